@@ -1,0 +1,287 @@
+//! The signed tenant context.
+//!
+//! When the SDK opens a tenant transaction it sends, in the transaction's first message,
+//! `BEGIN; SELECT tenancy.enter('<token>')`. The token says *which tenant*, *for which
+//! backend process* and *until when*, and carries an HMAC-SHA256 over those fields made
+//! with a [`ContextKey`] that the application holds and the runtime database role cannot
+//! read. `tenancy.enter` (a `SECURITY DEFINER` function owned by the owner role) checks
+//! the MAC, the backend pid and the expiry, and checks that it runs in the first message
+//! of its transaction; only then does it store a per-transaction binding that the RLS
+//! predicate `tenancy.current_tenant_id()` verifies on every statement.
+//!
+//! Consequences, each covered by the isolation tests:
+//! - `set_config('tenancy.ctx', …)` from injected SQL cannot name another tenant: the
+//!   stored binding is itself a MAC (with a key that never leaves the database) over the
+//!   tenant, the backend pid and the transaction start time.
+//! - A token replayed later in the same connection fails (not in the first message), a
+//!   token taken from another connection fails (pid), an old token fails (expiry).
+//!
+//! This module only builds and checks token text; it does no IO and takes the clock as an
+//! argument.
+
+use std::fmt;
+use std::str::FromStr;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::ids::TenantId;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Version prefix of the token format; bump it when the signed fields change.
+pub const TOKEN_VERSION: &str = "v1";
+
+/// Why a token or key could not be built or checked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// The key id breaks the rules.
+    #[error("context key id {value:?} is not allowed: use 1 to 16 characters from a-z and 0-9")]
+    KeyId { value: String },
+    /// The key material is not 64 hex digits.
+    #[error("context key must be 64 hex digits (32 random bytes), e.g. the output of `openssl rand -hex 32`")]
+    KeyMaterial,
+    /// The token text does not have the expected shape.
+    #[error("context token is malformed: {0}")]
+    Malformed(&'static str),
+    /// The token's MAC does not verify.
+    #[error("context token signature does not verify")]
+    BadSignature,
+    /// The token is outside its validity window.
+    #[error("context token has expired")]
+    Expired,
+    /// The token was signed by a key we do not hold.
+    #[error("context token was signed with unknown key id {0:?}")]
+    UnknownKey(String),
+}
+
+/// The id of a context key, so keys can be rotated: `[a-z0-9]{1,16}`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct KeyId(String);
+
+impl KeyId {
+    /// The key id text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for KeyId {
+    type Err = TokenError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = (1..=16).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !ok {
+            return Err(TokenError::KeyId { value: s.to_owned() });
+        }
+        Ok(KeyId(s.to_owned()))
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({})", self.0)
+    }
+}
+
+/// A secret key that signs context tokens.
+///
+/// The application holds it (from configuration); each tenant database holds a copy in a
+/// schema the runtime role cannot read. `Debug` never prints the material.
+#[derive(Clone)]
+pub struct ContextKey {
+    /// Which key this is, carried in every token so verification picks the right one
+    /// during a rotation.
+    kid: KeyId,
+    /// 32 bytes of key material.
+    material: [u8; 32],
+}
+
+impl ContextKey {
+    /// Builds a key from its id and 64 hex digits of material.
+    pub fn from_hex(kid: KeyId, material_hex: &str) -> Result<Self, TokenError> {
+        let bytes = hex::decode(material_hex.trim()).map_err(|_| TokenError::KeyMaterial)?;
+        let material: [u8; 32] = bytes.try_into().map_err(|_| TokenError::KeyMaterial)?;
+        Ok(ContextKey { kid, material })
+    }
+
+    /// Builds a key from raw bytes (for example freshly generated random bytes).
+    pub fn from_bytes(kid: KeyId, material: [u8; 32]) -> Self {
+        ContextKey { kid, material }
+    }
+
+    /// The key id.
+    pub fn kid(&self) -> &KeyId {
+        &self.kid
+    }
+
+    /// The material as hex, for installing the key into a database. Handle with care.
+    pub fn material_hex(&self) -> String {
+        hex::encode(self.material)
+    }
+
+    fn mac(&self, msg: &str) -> [u8; 32] {
+        // HMAC accepts keys of any length, so this cannot fail for a 32-byte key.
+        let mut mac = match HmacSha256::new_from_slice(&self.material) {
+            Ok(m) => m,
+            Err(_) => unreachable!("HMAC-SHA256 accepts any key length"),
+        };
+        mac.update(msg.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Signs a token for `tenant` on the backend with process id `backend_pid`, issued at
+    /// `now_micros` (microseconds since the Unix epoch) and valid for `ttl_micros`.
+    pub fn sign(&self, tenant: TenantId, backend_pid: i32, now_micros: i64, ttl_micros: i64) -> ContextToken {
+        let expires = now_micros.saturating_add(ttl_micros);
+        let body = format!("{TOKEN_VERSION}.{}.{}.{}.{}.{}", self.kid, tenant, backend_pid, now_micros, expires);
+        let mac = hex::encode(self.mac(&body));
+        ContextToken { text: format!("{body}.{mac}"), tenant, backend_pid, issued_micros: now_micros, expires_micros: expires }
+    }
+
+    /// Checks a token's signature and expiry as the database does, for tests and tools.
+    pub fn verify(&self, token: &str, now_micros: i64) -> Result<ContextToken, TokenError> {
+        let parsed = ContextToken::parse_unverified(token)?;
+        let (body, mac_hex) = token.rsplit_once('.').ok_or(TokenError::Malformed("no signature"))?;
+        let kid = body.split('.').nth(1).unwrap_or_default();
+        if kid != self.kid.as_str() {
+            return Err(TokenError::UnknownKey(kid.to_owned()));
+        }
+        let given = hex::decode(mac_hex).map_err(|_| TokenError::Malformed("signature is not hex"))?;
+        let expected = self.mac(body);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(expected.as_slice(), given.as_slice())) {
+            return Err(TokenError::BadSignature);
+        }
+        if now_micros > parsed.expires_micros {
+            return Err(TokenError::Expired);
+        }
+        Ok(parsed)
+    }
+}
+
+impl fmt::Debug for ContextKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContextKey").field("kid", &self.kid).field("material", &"<redacted>").finish()
+    }
+}
+
+/// A signed context token, as text plus its parsed fields.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ContextToken {
+    text: String,
+    tenant: TenantId,
+    backend_pid: i32,
+    issued_micros: i64,
+    expires_micros: i64,
+}
+
+impl ContextToken {
+    /// The token text. It only contains `[a-z0-9.-]`, so it is safe to embed in a SQL
+    /// string literal (which the SDK does to send begin and context in one message).
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The tenant the token names.
+    pub fn tenant(&self) -> TenantId {
+        self.tenant
+    }
+
+    /// The backend process the token is bound to.
+    pub fn backend_pid(&self) -> i32 {
+        self.backend_pid
+    }
+
+    /// When the token stops being accepted (microseconds since the Unix epoch).
+    pub fn expires_micros(&self) -> i64 {
+        self.expires_micros
+    }
+
+    /// When the token was issued (microseconds since the Unix epoch).
+    pub fn issued_micros(&self) -> i64 {
+        self.issued_micros
+    }
+
+    /// Parses the fields without checking the signature.
+    pub fn parse_unverified(token: &str) -> Result<Self, TokenError> {
+        if !token.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-') {
+            return Err(TokenError::Malformed("unexpected character"));
+        }
+        let parts: Vec<&str> = token.split('.').collect();
+        if parts.len() != 7 {
+            return Err(TokenError::Malformed("expected 7 dot-separated fields"));
+        }
+        if parts[0] != TOKEN_VERSION {
+            return Err(TokenError::Malformed("unknown version"));
+        }
+        parts[1].parse::<KeyId>()?;
+        let tenant = parts[2].parse::<TenantId>().map_err(|_| TokenError::Malformed("tenant is not a UUID"))?;
+        let backend_pid = parts[3].parse::<i32>().map_err(|_| TokenError::Malformed("pid is not a number"))?;
+        let issued_micros = parts[4].parse::<i64>().map_err(|_| TokenError::Malformed("issued-at is not a number"))?;
+        let expires_micros = parts[5].parse::<i64>().map_err(|_| TokenError::Malformed("expiry is not a number"))?;
+        if parts[6].len() != 64 {
+            return Err(TokenError::Malformed("signature must be 64 hex digits"));
+        }
+        Ok(ContextToken { text: token.to_owned(), tenant, backend_pid, issued_micros, expires_micros })
+    }
+}
+
+impl fmt::Debug for ContextToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The token is a bearer credential for one transaction; print only what it names.
+        f.debug_struct("ContextToken")
+            .field("tenant", &self.tenant)
+            .field("backend_pid", &self.backend_pid)
+            .field("expires_micros", &self.expires_micros)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> ContextKey {
+        ContextKey::from_bytes("k1".parse().expect("kid"), [7u8; 32])
+    }
+
+    #[test]
+    fn sign_and_verify_roundtrip() {
+        let t = TenantId::new_random();
+        let tok = key().sign(t, 4242, 1_000_000, 30_000_000);
+        let back = key().verify(tok.as_str(), 2_000_000).expect("verifies");
+        assert_eq!(back.tenant(), t);
+        assert_eq!(back.backend_pid(), 4242);
+        assert!(tok.as_str().starts_with("v1.k1."));
+    }
+
+    #[test]
+    fn tampering_and_expiry_are_refused() {
+        let t = TenantId::new_random();
+        let other = TenantId::new_random();
+        let tok = key().sign(t, 1, 0, 10);
+        let forged = tok.as_str().replace(&t.to_string(), &other.to_string());
+        assert_eq!(key().verify(&forged, 0), Err(TokenError::BadSignature));
+        assert_eq!(key().verify(tok.as_str(), 11), Err(TokenError::Expired));
+        let other_key = ContextKey::from_bytes("k1".parse().expect("kid"), [8u8; 32]);
+        assert_eq!(other_key.verify(tok.as_str(), 0), Err(TokenError::BadSignature));
+        assert!(matches!(key().verify("v1.k1.x", 0), Err(TokenError::Malformed(_))));
+        assert!(matches!(key().verify("v1.k1.'; drop table x; --", 0), Err(TokenError::Malformed(_))));
+    }
+
+    #[test]
+    fn key_parsing() {
+        assert!("K1".parse::<KeyId>().is_err());
+        assert!("".parse::<KeyId>().is_err());
+        assert!(ContextKey::from_hex("k1".parse().expect("kid"), "abc").is_err());
+        let k = ContextKey::from_hex("k1".parse().expect("kid"), &"ab".repeat(32)).expect("key");
+        assert!(!format!("{k:?}").contains("ab"));
+    }
+}

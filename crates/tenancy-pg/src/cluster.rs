@@ -1,0 +1,357 @@
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{io_err, HarnessError, PgBinaries};
+
+/// How to create and start a [`Cluster`].
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Where the data directory goes. `None` makes a private temporary directory that is
+    /// removed when the cluster stops; `Some` keeps the data (and reuses it next time).
+    pub data_dir: Option<PathBuf>,
+    /// Listen on this loopback TCP port as well as the Unix socket; `Some(0)` picks a free
+    /// port. `None` listens on the Unix socket only.
+    pub tcp_port: Option<u16>,
+    /// Name of the bootstrap superuser created by `initdb`.
+    pub superuser: String,
+    /// Turn off durability (`fsync`, `synchronous_commit`, `full_page_writes`) for speed.
+    /// Only for throw-away clusters (tests, demo): a crash can corrupt the data.
+    pub ephemeral: bool,
+    /// Extra `postgresql.conf` settings passed with `-c name=value`.
+    pub settings: Vec<(String, String)>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            data_dir: None,
+            tcp_port: None,
+            superuser: "postgres".into(),
+            ephemeral: false,
+            settings: Vec::new(),
+        }
+    }
+}
+
+impl ClusterOptions {
+    /// Options for a throw-away test cluster: temporary directory, Unix socket only, no
+    /// durability, enough connections for parallel tests.
+    pub fn for_tests() -> Self {
+        ClusterOptions {
+            ephemeral: true,
+            settings: vec![("max_connections".into(), "300".into())],
+            ..Default::default()
+        }
+    }
+}
+
+/// A running private PostgreSQL cluster.
+///
+/// Dropping it stops the server (fast shutdown) and, for a temporary cluster, removes
+/// its directory. If this process dies instead, the watchdog does the same.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Data directory; the Unix socket lives here too.
+    data_dir: PathBuf,
+    /// Port number: the TCP port when listening on TCP, else only the socket's name.
+    port: u16,
+    /// Whether the server also listens on 127.0.0.1.
+    tcp: bool,
+    /// Bootstrap superuser name.
+    superuser: String,
+    /// The watchdog shell that owns the postmaster.
+    watchdog: Option<Child>,
+    /// Write end of the watchdog's stdin pipe; dropping it asks the watchdog to stop the
+    /// server. Only this process holds it, so the server also stops if we die.
+    stop_pipe: Option<ChildStdin>,
+    /// Major version of the server.
+    major: u32,
+}
+
+fn current_euid() -> Option<u32> {
+    let out = Command::new("id").arg("-u").output().ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+fn user_ids(name: &str) -> Option<(u32, u32)> {
+    let uid = Command::new("id").args(["-u", name]).output().ok()?;
+    let gid = Command::new("id").args(["-g", name]).output().ok()?;
+    if !uid.status.success() || !gid.status.success() {
+        return None;
+    }
+    let uid = String::from_utf8_lossy(&uid.stdout).trim().parse().ok()?;
+    let gid = String::from_utf8_lossy(&gid.stdout).trim().parse().ok()?;
+    Some((uid, gid))
+}
+
+/// Builds a command that runs `program` as `run_as` (when root) or as ourselves.
+fn command_as(run_as: Option<&str>, program: &Path) -> Command {
+    match run_as {
+        Some(user) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", user, "--"]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+fn free_tcp_port() -> Result<u16, HarnessError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("finding a free TCP port"))?;
+    let port = l.local_addr().map_err(io_err("finding a free TCP port"))?.port();
+    Ok(port)
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.read_to_string(&mut s);
+    }
+    let all: Vec<&str> = s.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The watchdog: starts the postmaster in the background, then blocks reading stdin.
+/// When stdin reaches end of file (we dropped the pipe, or our process died), it asks the
+/// postmaster for a fast shutdown, waits for it, and removes a temporary directory.
+const WATCHDOG: &str = r#"
+log="$1"; cleanup="$2"; shift 2
+"$@" >>"$log" 2>&1 &
+pid=$!
+while read -r _line; do :; done
+kill -INT "$pid" 2>/dev/null
+wait "$pid"
+if [ -n "$cleanup" ]; then rm -rf "$cleanup"; fi
+"#;
+
+impl Cluster {
+    /// Creates (if needed) and starts a cluster, waiting until it accepts connections.
+    pub async fn start(opts: ClusterOptions) -> Result<Cluster, HarnessError> {
+        tokio::task::spawn_blocking(move || Self::start_blocking(opts))
+            .await
+            .map_err(|e| HarnessError::Command { what: "starting PostgreSQL".into(), detail: e.to_string() })?
+    }
+
+    fn start_blocking(opts: ClusterOptions) -> Result<Cluster, HarnessError> {
+        let bins = PgBinaries::locate()?;
+        let run_as = if current_euid() == Some(0) {
+            let candidates = match std::env::var("TENANCY_PG_USER") {
+                Ok(u) => vec![u],
+                Err(_) => vec!["postgres".to_owned(), "nobody".to_owned()],
+            };
+            let found = candidates.iter().find_map(|u| user_ids(u).map(|ids| (u.clone(), ids)));
+            match found {
+                Some(found) => Some(found),
+                None => return Err(HarnessError::NoUnprivilegedUser { tried: candidates.join(", ") }),
+            }
+        } else {
+            None
+        };
+        let chown = |p: &Path| -> Result<(), HarnessError> {
+            if let Some((_, (uid, gid))) = &run_as {
+                std::os::unix::fs::chown(p, Some(*uid), Some(*gid)).map_err(io_err(format!("chown {}", p.display())))?;
+            }
+            Ok(())
+        };
+
+        let (data_dir, cleanup) = match &opts.data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+                (dir.clone(), None)
+            }
+            None => {
+                let base = std::env::temp_dir().join(format!("tenancy-pg-{:016x}", rand::random::<u64>()));
+                std::fs::create_dir(&base).map_err(io_err(format!("creating {}", base.display())))?;
+                chown(&base)?;
+                (base.join("data"), Some(base))
+            }
+        };
+        use std::os::unix::fs::PermissionsExt;
+        if !data_dir.exists() {
+            std::fs::create_dir(&data_dir).map_err(io_err(format!("creating {}", data_dir.display())))?;
+        }
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err(format!("chmod {}", data_dir.display())))?;
+        chown(&data_dir)?;
+        let user = run_as.as_ref().map(|(u, _)| u.as_str());
+
+        if !data_dir.join("PG_VERSION").exists() {
+            let out = command_as(user, &bins.bin("initdb"))
+                .arg("-D")
+                .arg(&data_dir)
+                .args(["-U", &opts.superuser, "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync"])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(io_err("running initdb"))?;
+            if !out.status.success() {
+                return Err(HarnessError::Command {
+                    what: format!("initdb -D {}", data_dir.display()),
+                    detail: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+                });
+            }
+        }
+
+        let (port, tcp) = match opts.tcp_port {
+            Some(0) => (free_tcp_port()?, true),
+            Some(p) => (p, true),
+            // The socket file is named after the port; any number works, the directory is ours.
+            None => (5432, false),
+        };
+        let mut settings: Vec<(String, String)> = vec![
+            ("port".into(), port.to_string()),
+            ("listen_addresses".into(), if tcp { "127.0.0.1".into() } else { String::new() }),
+            ("unix_socket_directories".into(), data_dir.display().to_string()),
+            ("unix_socket_permissions".into(), "0700".into()),
+            ("logging_collector".into(), "off".into()),
+            ("dynamic_shared_memory_type".into(), "posix".into()),
+        ];
+        if opts.ephemeral {
+            for (k, v) in [("fsync", "off"), ("synchronous_commit", "off"), ("full_page_writes", "off")] {
+                settings.push((k.into(), v.into()));
+            }
+        }
+        settings.extend(opts.settings.iter().cloned());
+
+        let log = data_dir.join("tenancy-postgres.log");
+        let mut cmd = command_as(user, Path::new("/bin/sh"));
+        cmd.arg("-c").arg(WATCHDOG).arg("tenancy-pg-watchdog").arg(&log);
+        cmd.arg(cleanup.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+        cmd.arg(bins.bin("postgres")).arg("-D").arg(&data_dir);
+        for (k, v) in &settings {
+            cmd.arg("-c").arg(format!("{k}={v}"));
+        }
+        cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
+        let mut child = cmd.spawn().map_err(io_err("starting the PostgreSQL watchdog"))?;
+        let stop_pipe = child.stdin.take();
+        let mut cluster = Cluster {
+            data_dir,
+            port,
+            tcp,
+            superuser: opts.superuser.clone(),
+            watchdog: Some(child),
+            stop_pipe,
+            major: bins.major(),
+        };
+        cluster.wait_ready(&log)?;
+        tracing::info!(data_dir = %cluster.data_dir.display(), port, tcp, "PostgreSQL cluster started");
+        Ok(cluster)
+    }
+
+    fn wait_ready(&mut self, log: &Path) -> Result<(), HarnessError> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io_err("building a runtime"))?;
+        loop {
+            let cfg = self.config("postgres");
+            let ok = rt.block_on(async {
+                match tokio::time::timeout(Duration::from_secs(2), cfg.connect(tokio_postgres::NoTls)).await {
+                    Ok(Ok((client, conn))) => {
+                        let h = tokio::spawn(conn);
+                        let r = client.simple_query("SELECT 1").await.is_ok();
+                        drop(client);
+                        let _ = h.await;
+                        r
+                    }
+                    _ => false,
+                }
+            });
+            if ok {
+                return Ok(());
+            }
+            let exited = self.watchdog.as_mut().and_then(|c| c.try_wait().ok().flatten()).is_some();
+            if exited || Instant::now() > deadline {
+                return Err(HarnessError::StartTimeout { secs: 60, log: log.display().to_string(), tail: tail(log, 20) });
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
+    /// The data directory (the Unix socket is inside it).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Directory of the Unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The port (TCP port when listening on TCP).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether the cluster listens on 127.0.0.1 as well.
+    pub fn listens_on_tcp(&self) -> bool {
+        self.tcp
+    }
+
+    /// The bootstrap superuser's name.
+    pub fn superuser(&self) -> &str {
+        &self.superuser
+    }
+
+    /// The server's major version.
+    pub fn major_version(&self) -> u32 {
+        self.major
+    }
+
+    /// Connection settings for the superuser on database `dbname`, over the Unix socket.
+    pub fn config(&self, dbname: &str) -> tokio_postgres::Config {
+        self.config_as(&self.superuser, dbname)
+    }
+
+    /// Connection settings for `user` on database `dbname`, over the Unix socket.
+    pub fn config_as(&self, user: &str, dbname: &str) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host_path(&self.data_dir).port(self.port).user(user).dbname(dbname).application_name("tenancy");
+        c
+    }
+
+    /// A libpq-style connection string for `user` on `dbname` over the Unix socket.
+    pub fn url_as(&self, user: &str, dbname: &str) -> String {
+        format!("host={} port={} user={} dbname={}", self.data_dir.display(), self.port, user, dbname)
+    }
+
+    /// Connects as the superuser to `dbname`, driving the connection on the current runtime.
+    pub async fn connect(&self, dbname: &str) -> Result<tokio_postgres::Client, HarnessError> {
+        connect(&self.config(dbname)).await
+    }
+
+    /// Stops the server and waits for it to exit.
+    pub async fn stop(mut self) {
+        let stop_pipe = self.stop_pipe.take();
+        let watchdog = self.watchdog.take();
+        let _ = tokio::task::spawn_blocking(move || {
+            drop(stop_pipe);
+            if let Some(mut c) = watchdog {
+                let _ = c.wait();
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        drop(self.stop_pipe.take());
+        if let Some(mut c) = self.watchdog.take() {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Connects with `cfg` and spawns the connection task on the current runtime.
+pub async fn connect(cfg: &tokio_postgres::Config) -> Result<tokio_postgres::Client, HarnessError> {
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|source| HarnessError::Sql {
+        what: format!("connecting to {:?} as {:?}", cfg.get_dbname().unwrap_or(""), cfg.get_user().unwrap_or("")),
+        source,
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "harness connection closed");
+        }
+    });
+    Ok(client)
+}

@@ -1,0 +1,69 @@
+//! Private PostgreSQL clusters, started from the server binaries installed on the machine.
+//!
+//! Main parts:
+//! - [`PgBinaries`] finds `initdb`, `pg_ctl` and `postgres` (`PG_BIN`, then `PATH`, then the
+//!   newest `/usr/lib/postgresql/*/bin`) and says exactly what to install when they are
+//!   missing.
+//! - [`Cluster`] runs `initdb` into a data directory and starts a server listening on a
+//!   Unix socket inside that directory (and on a loopback TCP port when asked). As root it
+//!   runs the server as an unprivileged user, because `initdb` and `postgres` refuse root.
+//!   Several clusters can run at once (one per region). The server is stopped when the
+//!   [`Cluster`] is dropped *or when this process dies*: a small watchdog shell holds the
+//!   read end of a pipe whose write end only this process holds.
+//! - [`testing`] gives tests one cluster per test process, a migrated template database
+//!   built once, and a fresh database per test cloned from it.
+//!
+//! This crate knows nothing about tenants; it only provides PostgreSQL.
+
+mod binaries;
+mod cluster;
+pub mod testing;
+
+pub use binaries::PgBinaries;
+pub use cluster::{connect, Cluster, ClusterOptions};
+
+/// Why a cluster could not be found, created or started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HarnessError {
+    /// No PostgreSQL server binaries were found.
+    #[error(
+        "PostgreSQL server binaries (initdb, pg_ctl, postgres) were not found.\n\
+         Looked in: {looked_in}.\n\
+         Install them, e.g. `apt-get install postgresql` (Debian/Ubuntu, version 14 or newer), \
+         `dnf install postgresql-server` (Fedora/RHEL) or `brew install postgresql@16` (macOS), \
+         or set PG_BIN to the directory that contains initdb."
+    )]
+    BinariesNotFound { looked_in: String },
+    /// The binaries are older than we support.
+    #[error("PostgreSQL {found} found in {dir}; tenancy needs PostgreSQL 14 or newer (set PG_BIN to a newer bin directory)")]
+    TooOld { found: u32, dir: String },
+    /// Running as root and no unprivileged user exists to run the server as.
+    #[error("running as root, but no unprivileged user to run PostgreSQL as was found (tried {tried}); create one, e.g. `useradd --system postgres`, or set TENANCY_PG_USER")]
+    NoUnprivilegedUser { tried: String },
+    /// A helper command failed.
+    #[error("{what} failed: {detail}")]
+    Command { what: String, detail: String },
+    /// Filesystem trouble.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server did not accept connections in time.
+    #[error("PostgreSQL did not accept connections within {secs}s; last lines of its log ({log}):\n{tail}")]
+    StartTimeout { secs: u64, log: String, tail: String },
+    /// A SQL step of the harness failed.
+    #[error("{what}: {source}")]
+    Sql {
+        what: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
+    let what = what.into();
+    move |source| HarnessError::Io { what, source }
+}
