@@ -1,0 +1,106 @@
+//! The shared fixture: a private cluster, the tenancy roles and runtime, and three copies
+//! of the same seeded table (tenancy RLS, no RLS, tenaxum's GUC policy).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use tenancy_core::ContextKey;
+use tenancy_pg::{Cluster, ClusterOptions};
+use uuid::Uuid;
+
+/// Database the benchmarks run in.
+pub const DB: &str = "bench";
+/// Number of tenants seeded.
+pub const TENANTS: usize = 100;
+/// Rows per tenant (ids 1..=ROWS_PER_TENANT).
+pub const ROWS_PER_TENANT: i64 = 1_000;
+
+/// Tables: owner-created, then seeded by the superuser (which bypasses RLS).
+const SCHEMA_SQL: &str = r"
+CREATE TABLE items (tenant_id uuid NOT NULL, id bigint NOT NULL, payload text NOT NULL,
+                    PRIMARY KEY (tenant_id, id));
+SELECT tenancy.make_tenant_table('items');
+
+CREATE TABLE items_plain (tenant_id uuid NOT NULL, id bigint NOT NULL, payload text NOT NULL,
+                          PRIMARY KEY (tenant_id, id));
+GRANT SELECT ON items_plain TO tenancy_app;
+
+CREATE TABLE items_tenaxum (tenant_id uuid NOT NULL, id bigint NOT NULL, payload text NOT NULL,
+                            PRIMARY KEY (tenant_id, id));
+ALTER TABLE items_tenaxum ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON items_tenaxum
+    USING (tenant_id = current_setting('app.tenant_id', true)::uuid)
+    WITH CHECK (tenant_id = current_setting('app.tenant_id', true)::uuid);
+GRANT SELECT, INSERT, UPDATE, DELETE ON items_tenaxum TO tenancy_app;
+";
+
+/// Everything the benchmarks share.
+#[derive(Debug)]
+pub struct Env {
+    /// The private cluster (stopped when dropped).
+    pub cluster: Cluster,
+    /// The context key installed in `bench`.
+    pub key: ContextKey,
+    /// Seeded tenant ids.
+    pub tenants: Vec<Uuid>,
+    /// Postmaster pid, to sum server CPU over its children.
+    pub postmaster_pid: Option<u32>,
+}
+
+impl Env {
+    /// Starts the cluster, bootstraps tenancy and seeds the tables.
+    pub async fn start() -> Result<Env> {
+        let cluster = Cluster::start(ClusterOptions {
+            ephemeral: true,
+            settings: vec![("max_connections".into(), "200".into())],
+            ..Default::default()
+        })
+        .await
+        .context("starting a private PostgreSQL cluster")?;
+
+        let su = cluster.connect("postgres").await.context("connecting as the superuser")?;
+        su.batch_execute(&format!("CREATE DATABASE {DB}")).await.context("creating database bench")?;
+        tenancy_sdk::bootstrap::bootstrap_cluster(&su).await.context("creating the tenancy roles")?;
+        let su_bench = cluster.connect(DB).await.context("connecting to bench as the superuser")?;
+        tenancy_sdk::bootstrap::bootstrap_database(&su_bench, DB)
+            .await
+            .context("preparing database bench for tenancy")?;
+
+        let owner = tenancy_pg::connect(&cluster.config_as(tenancy_sdk::bootstrap::OWNER_ROLE, DB))
+            .await
+            .context("connecting as tenancy_owner")?;
+        let key = ContextKey::from_bytes("bench".parse().context("parsing the key id")?, rand::random());
+        tenancy_sdk::bootstrap::install_runtime(&owner, &key).await.context("installing the tenancy runtime")?;
+        owner.batch_execute(SCHEMA_SQL).await.context("creating the benchmark tables")?;
+
+        let tenants: Vec<Uuid> = (0..TENANTS).map(|_| Uuid::new_v4()).collect();
+        for table in ["items", "items_plain", "items_tenaxum"] {
+            let sql = format!(
+                "INSERT INTO {table} (tenant_id, id, payload) \
+                 SELECT t, g, t::text || ':' || g FROM unnest($1::uuid[]) AS t, generate_series(1, $2::bigint) AS g"
+            );
+            su_bench
+                .execute(&sql, &[&tenants, &ROWS_PER_TENANT])
+                .await
+                .with_context(|| format!("seeding {table}"))?;
+        }
+        su_bench.batch_execute("VACUUM ANALYZE").await.context("vacuuming the seeded tables")?;
+
+        let postmaster_pid = read_postmaster_pid(cluster.data_dir().join("postmaster.pid"));
+        Ok(Env { cluster, key, tenants, postmaster_pid })
+    }
+
+    /// Connection settings for the runtime role on `bench`.
+    pub fn app_config(&self) -> tokio_postgres::Config {
+        self.cluster.config_as(tenancy_sdk::bootstrap::RUNTIME_ROLE, DB)
+    }
+}
+
+fn read_postmaster_pid(path: PathBuf) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.lines().next()?.trim().parse().ok()
+}
+
+/// The payload seeded for (`tenant`, `id`): lets every variant check it got the right row.
+pub fn expected_payload(tenant: Uuid, id: i64) -> String {
+    format!("{tenant}:{id}")
+}

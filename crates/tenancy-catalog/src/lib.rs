@@ -1,0 +1,64 @@
+//! The tenancy catalog: the control database that knows every region, cluster and tenant.
+//!
+//! Main parts:
+//! - [`migrate`]: applies the versioned SQL migrations in `migrations/` (embedded at build
+//!   time) in order, each in its own transaction, recording version and checksum in
+//!   `tenancy_catalog.schema_migrations`; an applied migration whose text changed is refused.
+//! - The store functions ([`add_region`], [`add_cluster`], [`create_tenant`],
+//!   [`set_state`], [`get_tenant`], …): all catalog SQL lives here. They take parsed
+//!   types from `tenancy-core` and return records built from them.
+//!
+//! What it does not do: it never touches tenant data, and it does not create schemas or
+//! databases for tenants (provisioning does that, using this store for its state).
+
+mod migrate;
+mod store;
+
+pub use migrate::{migrate, migrate_for_tests, Migration, MIGRATIONS};
+pub use store::*;
+
+/// Errors from the catalog.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CatalogError {
+    /// A database call failed.
+    #[error("{what}: {source}")]
+    Db {
+        what: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// An applied migration's text no longer matches what was applied.
+    #[error("catalog migration {version} ({name}) was changed after it was applied (checksum {applied} in the database, {current} now); restore the original file and add a new migration instead")]
+    ChecksumMismatch { version: i32, name: String, applied: String, current: String },
+    /// The slug is already used by another tenant.
+    #[error("slug {0:?} is already taken; choose another")]
+    SlugTaken(String),
+    /// The region is not registered.
+    #[error("region {0:?} is not registered; add it first (tenancy regions add) or pick one of the registered regions")]
+    UnknownRegion(String),
+    /// No cluster in the region accepts tenants.
+    #[error("no cluster in region {0:?} accepts new tenants; register a cluster there or raise a cluster's capacity")]
+    NoCapacity(String),
+    /// The tenant does not exist.
+    #[error("tenant {0} does not exist")]
+    TenantNotFound(String),
+    /// The cluster does not exist.
+    #[error("cluster {0} does not exist")]
+    ClusterNotFound(String),
+    /// A state change that the lifecycle does not allow.
+    #[error("tenant {tenant} cannot go from {from} to {to}")]
+    InvalidTransition { tenant: String, from: String, to: String },
+    /// A stored value failed to parse (the catalog was edited by hand).
+    #[error("catalog holds an invalid value: {0}")]
+    Corrupt(String),
+    /// Input rejected before touching the database.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl CatalogError {
+    pub(crate) fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> CatalogError {
+        move |source| CatalogError::Db { what, source }
+    }
+}

@@ -1,0 +1,426 @@
+//! Catalog store: every SQL statement about regions, clusters and tenants.
+
+use tenancy_core::{Placement, PlanKey, RegionId, Slug, TenantId, TenantState};
+use time::OffsetDateTime;
+use tokio_postgres::{Client, Row};
+use uuid::Uuid;
+
+use crate::CatalogError;
+
+/// A registered region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Region {
+    /// Region id.
+    pub id: RegionId,
+    /// Human-readable name.
+    pub display_name: String,
+}
+
+/// A registered PostgreSQL cluster (its shared tenant database).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterRecord {
+    /// Cluster id.
+    pub id: Uuid,
+    /// Unique name.
+    pub name: String,
+    /// Region the cluster is in; tenants of other regions can never be placed here.
+    pub region: RegionId,
+    /// Host name, IP address or Unix socket directory.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// The shared tenant database.
+    pub dbname: String,
+    /// Maximum number of tenants the placement policy puts here.
+    pub capacity: i32,
+    /// Whether new tenants may be placed here.
+    pub accepting: bool,
+}
+
+/// A cluster to register.
+#[derive(Debug, Clone)]
+pub struct NewCluster {
+    /// Unique name (`[a-z][a-z0-9_-]{0,62}`).
+    pub name: String,
+    /// Region.
+    pub region: RegionId,
+    /// Host, IP or socket directory.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Shared tenant database name.
+    pub dbname: String,
+    /// Capacity in tenants.
+    pub capacity: i32,
+}
+
+/// A tenant as the catalog knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    /// Tenant id.
+    pub id: TenantId,
+    /// Slug.
+    pub slug: Slug,
+    /// Display name.
+    pub display_name: String,
+    /// Plan.
+    pub plan: PlanKey,
+    /// Region the tenant is pinned to.
+    pub region: RegionId,
+    /// Placement.
+    pub placement: Placement,
+    /// Cluster holding its data.
+    pub cluster_id: Uuid,
+    /// Lifecycle state.
+    pub state: TenantState,
+    /// Creation time.
+    pub created_at: OffsetDateTime,
+    /// Last change.
+    pub updated_at: OffsetDateTime,
+}
+
+/// A tenant to create.
+#[derive(Debug, Clone)]
+pub struct NewTenant {
+    /// Optional id (a fresh one is generated when absent).
+    pub id: Option<TenantId>,
+    /// Slug.
+    pub slug: Slug,
+    /// Display name (1 to 200 characters).
+    pub display_name: String,
+    /// Plan.
+    pub plan: PlanKey,
+    /// Region to pin the tenant to.
+    pub region: RegionId,
+    /// Placement.
+    pub placement: Placement,
+}
+
+/// One entry of a tenant's event log.
+#[derive(Debug, Clone)]
+pub struct TenantEvent {
+    /// Position in the global log.
+    pub seq: i64,
+    /// What happened (`created`, `state_changed`, …).
+    pub kind: String,
+    /// State before, for state changes.
+    pub from_state: Option<String>,
+    /// State after, for state changes.
+    pub to_state: Option<String>,
+    /// Who did it.
+    pub actor: String,
+    /// Free-form details.
+    pub detail: serde_json::Value,
+    /// When.
+    pub at: OffsetDateTime,
+}
+
+fn corrupt<E: std::fmt::Display>(e: E) -> CatalogError {
+    CatalogError::Corrupt(e.to_string())
+}
+
+const TENANT_COLUMNS: &str =
+    "id, slug, display_name, plan, region, placement, cluster_id, state, created_at, updated_at";
+
+fn tenant_from_row(row: &Row) -> Result<Tenant, CatalogError> {
+    Ok(Tenant {
+        id: TenantId::from_uuid(row.get(0)).map_err(corrupt)?,
+        slug: row.get::<_, String>(1).parse().map_err(corrupt)?,
+        display_name: row.get(2),
+        plan: row.get::<_, String>(3).parse().map_err(corrupt)?,
+        region: row.get::<_, String>(4).parse().map_err(corrupt)?,
+        placement: row.get::<_, String>(5).parse().map_err(corrupt)?,
+        cluster_id: row.get(6),
+        state: row.get::<_, String>(7).parse().map_err(corrupt)?,
+        created_at: row.get(8),
+        updated_at: row.get(9),
+    })
+}
+
+fn cluster_from_row(row: &Row) -> Result<ClusterRecord, CatalogError> {
+    let port: i32 = row.get(4);
+    Ok(ClusterRecord {
+        id: row.get(0),
+        name: row.get(1),
+        region: row.get::<_, String>(2).parse().map_err(corrupt)?,
+        host: row.get(3),
+        port: u16::try_from(port).map_err(corrupt)?,
+        dbname: row.get(5),
+        capacity: row.get(6),
+        accepting: row.get(7),
+    })
+}
+
+/// Registers a region, or updates its display name.
+pub async fn add_region(client: &Client, id: &RegionId, display_name: &str) -> Result<Region, CatalogError> {
+    if display_name.trim().is_empty() || display_name.len() > 200 {
+        return Err(CatalogError::Invalid("region display name must be 1 to 200 characters".into()));
+    }
+    client
+        .execute(
+            "INSERT INTO tenancy_catalog.regions (id, display_name) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET display_name = EXCLUDED.display_name",
+            &[&id.as_str(), &display_name],
+        )
+        .await
+        .map_err(CatalogError::db("registering a region"))?;
+    Ok(Region { id: id.clone(), display_name: display_name.to_owned() })
+}
+
+/// Lists the regions.
+pub async fn list_regions(client: &Client) -> Result<Vec<Region>, CatalogError> {
+    let rows = client
+        .query("SELECT id, display_name FROM tenancy_catalog.regions ORDER BY id", &[])
+        .await
+        .map_err(CatalogError::db("listing regions"))?;
+    rows.iter()
+        .map(|r| Ok(Region { id: r.get::<_, String>(0).parse().map_err(corrupt)?, display_name: r.get(1) }))
+        .collect()
+}
+
+/// Registers a cluster in a region, or updates its connection info (matched by name).
+pub async fn add_cluster(client: &Client, c: &NewCluster) -> Result<ClusterRecord, CatalogError> {
+    let name_ok = !c.name.is_empty()
+        && c.name.len() <= 63
+        && c.name.as_bytes()[0].is_ascii_lowercase()
+        && c.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if !name_ok {
+        return Err(CatalogError::Invalid(format!(
+            "cluster name {:?} is not allowed: use 1 to 63 characters from a-z, 0-9, '_' and '-', starting with a letter",
+            c.name
+        )));
+    }
+    if c.capacity <= 0 {
+        return Err(CatalogError::Invalid("cluster capacity must be a positive number of tenants".into()));
+    }
+    let row = client
+        .query_opt(
+            "INSERT INTO tenancy_catalog.clusters (id, name, region, host, port, dbname, capacity)
+             SELECT $1, $2, r.id, $4, $5, $6, $7 FROM tenancy_catalog.regions r WHERE r.id = $3
+             ON CONFLICT (name) DO UPDATE SET host = EXCLUDED.host, port = EXCLUDED.port,
+                 dbname = EXCLUDED.dbname, capacity = EXCLUDED.capacity
+             RETURNING id, name, region, host, port, dbname, capacity, accepting",
+            &[&Uuid::new_v4(), &c.name, &c.region.as_str(), &c.host, &i32::from(c.port), &c.dbname, &c.capacity],
+        )
+        .await
+        .map_err(CatalogError::db("registering a cluster"))?;
+    match row {
+        Some(row) => cluster_from_row(&row),
+        None => Err(CatalogError::UnknownRegion(c.region.to_string())),
+    }
+}
+
+/// Reads a cluster.
+pub async fn get_cluster(client: &Client, id: Uuid) -> Result<ClusterRecord, CatalogError> {
+    let row = client
+        .query_opt(
+            "SELECT id, name, region, host, port, dbname, capacity, accepting FROM tenancy_catalog.clusters WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .map_err(CatalogError::db("reading a cluster"))?;
+    match row {
+        Some(row) => cluster_from_row(&row),
+        None => Err(CatalogError::ClusterNotFound(id.to_string())),
+    }
+}
+
+/// Lists the clusters.
+pub async fn list_clusters(client: &Client) -> Result<Vec<ClusterRecord>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT id, name, region, host, port, dbname, capacity, accepting FROM tenancy_catalog.clusters ORDER BY name",
+            &[],
+        )
+        .await
+        .map_err(CatalogError::db("listing clusters"))?;
+    rows.iter().map(cluster_from_row).collect()
+}
+
+/// Creates a tenant in state `provisioning`, pinned to its region and placed on the
+/// least-loaded accepting cluster there, and records a `created` event, in one
+/// transaction.
+pub async fn create_tenant(client: &mut Client, t: &NewTenant, actor: &str) -> Result<Tenant, CatalogError> {
+    let name = t.display_name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(CatalogError::Invalid("display name must be 1 to 200 characters".into()));
+    }
+    let tx = client.transaction().await.map_err(CatalogError::db("starting a transaction"))?;
+    let region_exists = tx
+        .query_opt("SELECT 1 FROM tenancy_catalog.regions WHERE id = $1", &[&t.region.as_str()])
+        .await
+        .map_err(CatalogError::db("reading a region"))?
+        .is_some();
+    if !region_exists {
+        return Err(CatalogError::UnknownRegion(t.region.to_string()));
+    }
+    // Least loaded relative to capacity; FOR UPDATE of the cluster row serialises
+    // concurrent placements on the same cluster so capacity is respected.
+    let cluster = tx
+        .query_opt(
+            "SELECT c.id FROM tenancy_catalog.clusters c
+             WHERE c.region = $1 AND c.accepting
+               AND (SELECT count(*) FROM tenancy_catalog.tenants t WHERE t.cluster_id = c.id AND t.state <> 'deleted') < c.capacity
+             ORDER BY (SELECT count(*) FROM tenancy_catalog.tenants t WHERE t.cluster_id = c.id AND t.state <> 'deleted')::float8 / c.capacity, c.name
+             LIMIT 1 FOR UPDATE OF c",
+            &[&t.region.as_str()],
+        )
+        .await
+        .map_err(CatalogError::db("choosing a cluster"))?;
+    let Some(cluster) = cluster else {
+        return Err(CatalogError::NoCapacity(t.region.to_string()));
+    };
+    let cluster_id: Uuid = cluster.get(0);
+    let id = t.id.unwrap_or_else(TenantId::new_random);
+    let row = tx
+        .query_opt(
+            &format!(
+                "INSERT INTO tenancy_catalog.tenants (id, slug, display_name, plan, region, placement, cluster_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (slug) DO NOTHING RETURNING {TENANT_COLUMNS}"
+            ),
+            &[&id.as_uuid(), &t.slug.as_str(), &name, &t.plan.as_str(), &t.region.as_str(), &t.placement.as_str(), &cluster_id],
+        )
+        .await
+        .map_err(CatalogError::db("inserting a tenant"))?;
+    let Some(row) = row else {
+        return Err(CatalogError::SlugTaken(t.slug.to_string()));
+    };
+    let tenant = tenant_from_row(&row)?;
+    tx.execute(
+        "INSERT INTO tenancy_catalog.tenant_events (tenant_id, kind, to_state, actor, detail)
+         VALUES ($1, 'created', 'provisioning', $2, $3)",
+        &[
+            &id.as_uuid(),
+            &actor,
+            &serde_json::json!({"slug": t.slug.as_str(), "plan": t.plan.as_str(), "region": t.region.as_str(), "placement": t.placement.as_str(), "cluster_id": cluster_id}),
+        ],
+    )
+    .await
+    .map_err(CatalogError::db("recording a tenant event"))?;
+    tx.commit().await.map_err(CatalogError::db("committing a new tenant"))?;
+    Ok(tenant)
+}
+
+/// Whether the lifecycle allows going from `from` to `to`.
+pub fn transition_allowed(from: TenantState, to: TenantState) -> bool {
+    use TenantState::*;
+    matches!(
+        (from, to),
+        (Provisioning, Active)
+            | (Provisioning, Deleting)
+            | (Active, Suspended)
+            | (Active, Deleting)
+            | (Suspended, Active)
+            | (Suspended, Deleting)
+            | (Deleting, Deleted)
+            | (Deleting, Active)
+    )
+}
+
+/// Moves a tenant to state `to` if the lifecycle allows it, recording an event; setting
+/// the state it already has is a no-op (idempotent).
+pub async fn set_state(
+    client: &mut Client,
+    id: TenantId,
+    to: TenantState,
+    actor: &str,
+    reason: &str,
+) -> Result<Tenant, CatalogError> {
+    let tx = client.transaction().await.map_err(CatalogError::db("starting a transaction"))?;
+    let row = tx
+        .query_opt("SELECT state FROM tenancy_catalog.tenants WHERE id = $1 FOR UPDATE", &[&id.as_uuid()])
+        .await
+        .map_err(CatalogError::db("reading a tenant"))?
+        .ok_or_else(|| CatalogError::TenantNotFound(id.to_string()))?;
+    let from: TenantState = row.get::<_, String>(0).parse().map_err(corrupt)?;
+    if from != to {
+        if !transition_allowed(from, to) {
+            return Err(CatalogError::InvalidTransition { tenant: id.to_string(), from: from.to_string(), to: to.to_string() });
+        }
+        tx.execute(
+            "UPDATE tenancy_catalog.tenants SET state = $2, updated_at = now(), state_changed_at = now() WHERE id = $1",
+            &[&id.as_uuid(), &to.as_str()],
+        )
+        .await
+        .map_err(CatalogError::db("changing a tenant's state"))?;
+        tx.execute(
+            "INSERT INTO tenancy_catalog.tenant_events (tenant_id, kind, from_state, to_state, actor, detail)
+             VALUES ($1, 'state_changed', $2, $3, $4, $5)",
+            &[&id.as_uuid(), &from.as_str(), &to.as_str(), &actor, &serde_json::json!({ "reason": reason })],
+        )
+        .await
+        .map_err(CatalogError::db("recording a tenant event"))?;
+    }
+    let row = tx
+        .query_one(&format!("SELECT {TENANT_COLUMNS} FROM tenancy_catalog.tenants WHERE id = $1"), &[&id.as_uuid()])
+        .await
+        .map_err(CatalogError::db("reading a tenant"))?;
+    tx.commit().await.map_err(CatalogError::db("committing a state change"))?;
+    tenant_from_row(&row)
+}
+
+/// Reads a tenant by id.
+pub async fn get_tenant(client: &Client, id: TenantId) -> Result<Tenant, CatalogError> {
+    let row = client
+        .query_opt(&format!("SELECT {TENANT_COLUMNS} FROM tenancy_catalog.tenants WHERE id = $1"), &[&id.as_uuid()])
+        .await
+        .map_err(CatalogError::db("reading a tenant"))?;
+    match row {
+        Some(row) => tenant_from_row(&row),
+        None => Err(CatalogError::TenantNotFound(id.to_string())),
+    }
+}
+
+/// Reads a tenant by slug.
+pub async fn get_tenant_by_slug(client: &Client, slug: &Slug) -> Result<Tenant, CatalogError> {
+    let row = client
+        .query_opt(&format!("SELECT {TENANT_COLUMNS} FROM tenancy_catalog.tenants WHERE slug = $1"), &[&slug.as_str()])
+        .await
+        .map_err(CatalogError::db("reading a tenant"))?;
+    match row {
+        Some(row) => tenant_from_row(&row),
+        None => Err(CatalogError::TenantNotFound(slug.to_string())),
+    }
+}
+
+/// Lists tenants ordered by slug, `limit` at a time, starting after `after` (keyset
+/// pagination).
+pub async fn list_tenants(client: &Client, after: Option<&Slug>, limit: i64) -> Result<Vec<Tenant>, CatalogError> {
+    if !(1..=1000).contains(&limit) {
+        return Err(CatalogError::Invalid("limit must be between 1 and 1000".into()));
+    }
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {TENANT_COLUMNS} FROM tenancy_catalog.tenants WHERE ($1::text IS NULL OR slug > $1) ORDER BY slug LIMIT $2"
+            ),
+            &[&after.map(|s| s.as_str()), &limit],
+        )
+        .await
+        .map_err(CatalogError::db("listing tenants"))?;
+    rows.iter().map(tenant_from_row).collect()
+}
+
+/// A tenant's events, oldest first.
+pub async fn tenant_events(client: &Client, id: TenantId) -> Result<Vec<TenantEvent>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT seq, kind, from_state, to_state, actor, detail, at FROM tenancy_catalog.tenant_events
+             WHERE tenant_id = $1 ORDER BY seq",
+            &[&id.as_uuid()],
+        )
+        .await
+        .map_err(CatalogError::db("reading tenant events"))?;
+    Ok(rows
+        .iter()
+        .map(|r| TenantEvent {
+            seq: r.get(0),
+            kind: r.get(1),
+            from_state: r.get(2),
+            to_state: r.get(3),
+            actor: r.get(4),
+            detail: r.get(5),
+            at: r.get(6),
+        })
+        .collect())
+}

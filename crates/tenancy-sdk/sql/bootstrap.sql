@@ -1,0 +1,20 @@
+-- tenancy bootstrap, part 1 (cluster-wide): the two roles.
+-- Run by a superuser (or a role with CREATEROLE). Idempotent.
+--
+-- tenancy_owner: runs migrations and owns every tenancy object. It is not a superuser
+--   and does not bypass RLS, so FORCE ROW LEVEL SECURITY binds it too.
+-- tenancy_app: the runtime role the application connects as. It owns nothing, is not a
+--   member of any role, cannot bypass RLS and receives only SELECT/INSERT/UPDATE/DELETE.
+DO $bootstrap$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_owner') THEN
+    CREATE ROLE tenancy_owner LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOREPLICATION;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_app') THEN
+    CREATE ROLE tenancy_app LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
+  END IF;
+  -- Re-assert the attributes in case someone changed them.
+  ALTER ROLE tenancy_owner NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOREPLICATION;
+  ALTER ROLE tenancy_app NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
+END
+$bootstrap$;

@@ -1,0 +1,13 @@
+-- tenancy bootstrap, part 2 (per database): privileges and the two tenancy schemas.
+-- Run by a superuser connected to the database. Idempotent. :dbname is substituted.
+REVOKE ALL ON DATABASE :dbname FROM PUBLIC;
+GRANT CONNECT ON DATABASE :dbname TO tenancy_app;
+GRANT CONNECT, CREATE, TEMPORARY ON DATABASE :dbname TO tenancy_owner;
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+ALTER SCHEMA public OWNER TO tenancy_owner;
+GRANT USAGE ON SCHEMA public TO tenancy_app;
+CREATE SCHEMA IF NOT EXISTS tenancy AUTHORIZATION tenancy_owner;
+CREATE SCHEMA IF NOT EXISTS tenancy_private AUTHORIZATION tenancy_owner;
+REVOKE ALL ON SCHEMA tenancy_private FROM PUBLIC;
+-- Functions are executable by PUBLIC by default; not the ones the owner creates here.
+ALTER DEFAULT PRIVILEGES FOR ROLE tenancy_owner REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;

@@ -1,0 +1,206 @@
+-- tenancy runtime schema: the signed tenant context and the tenant-table helper.
+-- Run as tenancy_owner in every database that holds tenant rows. Idempotent.
+--
+-- How the context works (see ARCHITECTURE.md, "Signed tenant context"):
+--   1. The SDK sends `BEGIN; SELECT tenancy.enter('<token>')` as one message.
+--   2. tenancy.enter checks the token's HMAC (key in tenancy_private.context_keys, which
+--      the runtime role cannot read), that it is bound to this backend, that it has not
+--      expired, and that it runs in the first message of its transaction. It then stores
+--      `<tenant>.<binding>` in the transaction-local setting tenancy.ctx, where binding is
+--      an HMAC with a key that never leaves this database over tenant, backend pid and
+--      transaction start time.
+--   3. RLS policies call (SELECT tenancy.current_tenant_id()), which recomputes the
+--      binding once per statement. Anything else in tenancy.ctx (a raw tenant id, a
+--      value copied from another transaction or connection) yields NULL: no rows.
+
+CREATE TABLE IF NOT EXISTS tenancy_private.context_keys (
+    kid        text PRIMARY KEY CHECK (kid ~ '^[a-z0-9]{1,16}$'),
+    -- HMAC-SHA256 inner and outer padded keys, precomputed so verification is two sha256 calls.
+    ipad       bytea NOT NULL CHECK (length(ipad) = 64),
+    opad       bytea NOT NULL CHECK (length(opad) = 64),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS tenancy_private.binding_key (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    ipad       bytea NOT NULL CHECK (length(ipad) = 64),
+    opad       bytea NOT NULL CHECK (length(opad) = 64)
+);
+
+CREATE OR REPLACE FUNCTION tenancy_private.hmac_pads(key bytea, OUT ipad bytea, OUT opad bytea)
+LANGUAGE plpgsql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    k bytea := key;
+BEGIN
+    IF length(k) > 64 THEN
+        k := sha256(k);
+    END IF;
+    k := k || decode(repeat('00', 64 - length(k)), 'hex');
+    ipad := k;
+    opad := k;
+    FOR i IN 0..63 LOOP
+        ipad := set_byte(ipad, i, get_byte(k, i) # 54);   -- 0x36
+        opad := set_byte(opad, i, get_byte(k, i) # 92);   -- 0x5c
+    END LOOP;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION tenancy_private.hmac(ipad bytea, opad bytea, msg text) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT sha256(opad || sha256(ipad || convert_to(msg, 'UTF8'))) $fn$;
+
+INSERT INTO tenancy_private.binding_key (ipad, opad)
+SELECT p.ipad, p.opad
+FROM tenancy_private.hmac_pads(sha256(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()))) AS p
+ON CONFLICT (singleton) DO NOTHING;
+
+-- Installs (or replaces) a context key given as 64 hex digits. Owner only.
+CREATE OR REPLACE FUNCTION tenancy.install_context_key(kid text, material_hex text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    p record;
+BEGIN
+    IF material_hex !~ '^[0-9a-f]{64}$' THEN
+        RAISE EXCEPTION 'context key material must be 64 lowercase hex digits';
+    END IF;
+    SELECT * INTO p FROM tenancy_private.hmac_pads(decode(material_hex, 'hex'));
+    INSERT INTO tenancy_private.context_keys (kid, ipad, opad) VALUES (kid, p.ipad, p.opad)
+    ON CONFLICT ON CONSTRAINT context_keys_pkey DO UPDATE SET ipad = EXCLUDED.ipad, opad = EXCLUDED.opad, created_at = now();
+END
+$fn$;
+REVOKE ALL ON FUNCTION tenancy.install_context_key(text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.enter(token text) RETURNS uuid
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    parts  text[];
+    k      record;
+    b      record;
+    tenant uuid;
+    now_us bigint;
+    binding bytea;
+BEGIN
+    IF token IS NULL
+       OR token !~ '^v1\.[a-z0-9]{1,16}\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.[0-9]{1,10}\.[0-9]{1,18}\.[0-9]{1,18}\.[0-9a-f]{64}$' THEN
+        RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: malformed tenant context token';
+    END IF;
+    IF coalesce(current_setting('tenancy.ctx', true), '') <> '' AND tenancy.current_tenant_id() IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: this transaction already has a tenant context';
+    END IF;
+    IF statement_timestamp() <> transaction_timestamp() THEN
+        RAISE EXCEPTION USING ERRCODE = '28000',
+            MESSAGE = 'tenancy: tenancy.enter must be called in the first message of its transaction';
+    END IF;
+    parts := string_to_array(token, '.');
+    SELECT ipad, opad INTO k FROM tenancy_private.context_keys WHERE kid = parts[2];
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: tenant context token signed with an unknown key';
+    END IF;
+    -- Compare digests of the MACs so the comparison time says nothing about the MAC.
+    IF sha256(tenancy_private.hmac(k.ipad, k.opad, left(token, length(token) - 65)))
+       <> sha256(decode(parts[7], 'hex')) THEN
+        RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: tenant context token signature does not verify';
+    END IF;
+    IF parts[4]::bigint <> pg_backend_pid() THEN
+        RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: tenant context token was issued for another connection';
+    END IF;
+    now_us := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+    IF parts[6]::bigint < now_us THEN
+        RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: tenant context token has expired';
+    END IF;
+    tenant := parts[3]::uuid;
+    SELECT ipad, opad INTO b FROM tenancy_private.binding_key;
+    binding := tenancy_private.hmac(b.ipad, b.opad,
+        tenant::text || ':' || pg_backend_pid()::text || ':'
+        || ((extract(epoch FROM transaction_timestamp()) * 1000000)::bigint)::text);
+    PERFORM set_config('tenancy.ctx', tenant::text || '.' || encode(binding, 'hex'), true);
+    RETURN tenant;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION tenancy.current_tenant_id() RETURNS uuid
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    v text := current_setting('tenancy.ctx', true);
+    b record;
+BEGIN
+    IF v IS NULL OR v !~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.[0-9a-f]{64}$' THEN
+        RETURN NULL;
+    END IF;
+    SELECT ipad, opad INTO b FROM tenancy_private.binding_key;
+    IF tenancy_private.hmac(b.ipad, b.opad,
+           left(v, 36) || ':' || pg_backend_pid()::text || ':'
+           || ((extract(epoch FROM transaction_timestamp()) * 1000000)::bigint)::text)
+       <> decode(right(v, 64), 'hex') THEN
+        RETURN NULL;
+    END IF;
+    RETURN left(v, 36)::uuid;
+END
+$fn$;
+
+COMMENT ON FUNCTION tenancy.enter(text) IS 'tenancy:context-enter';
+COMMENT ON FUNCTION tenancy.current_tenant_id() IS 'tenancy:context-read';
+
+-- Makes `tbl` a tenant table: tenant column NOT NULL defaulting to the current tenant,
+-- keys and foreign keys that include it, RLS enabled and forced, one policy for all
+-- commands with USING and WITH CHECK on the tenant predicate, an index leading with the
+-- tenant column, and only SELECT/INSERT/UPDATE/DELETE for the runtime role.
+-- Refuses (and changes nothing) when a primary key, unique constraint or foreign key
+-- leaves the tenant column out: such a key would let one tenant's rows collide with or
+-- reference another's, and unique/foreign-key checks ignore RLS (existence oracles).
+CREATE OR REPLACE FUNCTION tenancy.make_tenant_table(tbl regclass, tenant_column name DEFAULT 'tenant_id')
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    att  record;
+    con  record;
+    col  int2;
+    pol  text := 'tenancy_tenant_isolation';
+BEGIN
+    IF NOT pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
+        RAISE EXCEPTION 'tenancy.make_tenant_table: % must be owned by % (the migration owner role)', tbl, current_user;
+    END IF;
+    SELECT a.attnum, a.atttypid INTO att FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = tenant_column AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I uuid NOT NULL DEFAULT tenancy.current_tenant_id()', tbl, tenant_column);
+        SELECT a.attnum, a.atttypid INTO att FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = tenant_column;
+    ELSIF att.atttypid <> 'uuid'::regtype THEN
+        RAISE EXCEPTION 'tenancy.make_tenant_table: %.% must be of type uuid, not %', tbl, tenant_column, att.atttypid::regtype;
+    END IF;
+    col := att.attnum;
+    FOR con IN SELECT conname, contype FROM pg_constraint
+                WHERE conrelid = tbl AND contype IN ('p', 'u', 'f') AND NOT (col = ANY (conkey)) LOOP
+        RAISE EXCEPTION 'tenancy.make_tenant_table: % constraint % on % does not include %',
+            CASE con.contype WHEN 'p' THEN 'primary key' WHEN 'u' THEN 'unique' ELSE 'foreign key' END,
+            con.conname, tbl, tenant_column
+            USING HINT = format('Make it composite, e.g. PRIMARY KEY (%1$I, id), UNIQUE (%1$I, email), '
+                'FOREIGN KEY (%1$I, customer_id) REFERENCES customers (%1$I, id). Unique and foreign-key checks '
+                'ignore row-level security, so a key without %1$I lets tenants collide with, probe or reference '
+                'each other''s rows.', tenant_column);
+    END LOOP;
+    FOR con IN SELECT conname FROM pg_constraint
+                WHERE confrelid = tbl AND contype = 'f' AND NOT (col = ANY (confkey)) LOOP
+        RAISE EXCEPTION 'tenancy.make_tenant_table: foreign key % references % without %', con.conname, tbl, tenant_column
+            USING HINT = 'Reference the composite key (tenant_id, id) instead.';
+    END LOOP;
+    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL, ALTER COLUMN %I SET DEFAULT tenancy.current_tenant_id()',
+        tbl, tenant_column, tenant_column);
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY', tbl);
+    EXECUTE format('DROP POLICY IF EXISTS %I ON %s', pol, tbl);
+    EXECUTE format('CREATE POLICY %I ON %s AS PERMISSIVE FOR ALL TO PUBLIC USING (%I = (SELECT tenancy.current_tenant_id())) '
+        'WITH CHECK (%I = (SELECT tenancy.current_tenant_id()))', pol, tbl, tenant_column, tenant_column);
+    IF NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = tbl AND i.indkey[0] = col) THEN
+        EXECUTE format('CREATE INDEX ON %s (%I)', tbl, tenant_column);
+    END IF;
+    EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', tbl);
+    EXECUTE format('REVOKE ALL ON %s FROM tenancy_app', tbl);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO tenancy_app', tbl);
+END
+$fn$;
+REVOKE ALL ON FUNCTION tenancy.make_tenant_table(regclass, name) FROM PUBLIC;
+
+GRANT USAGE ON SCHEMA tenancy TO tenancy_app;
+REVOKE ALL ON FUNCTION tenancy.enter(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.current_tenant_id() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.enter(text) TO tenancy_app;
+GRANT EXECUTE ON FUNCTION tenancy.current_tenant_id() TO tenancy_app;

@@ -1,0 +1,49 @@
+use tenancy_catalog::CatalogError;
+
+/// Errors from the SDK.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A database call failed.
+    #[error("{what}: {source}")]
+    Db {
+        what: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The database refused the tenant context (bad signature, expired, wrong connection).
+    #[error("the database refused the tenant context: {0}")]
+    ContextRefused(#[source] tokio_postgres::Error),
+    /// No connection could be taken from the pool.
+    #[error("no database connection available: {0}")]
+    Pool(String),
+    /// A catalog lookup failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The tenant exists but is not active.
+    #[error("tenant {tenant} is {state}; its data can only be opened while it is active")]
+    NotActive { tenant: String, state: String },
+    /// The tenant's cluster is in a region this router may not open.
+    #[error("tenant {tenant} is pinned to region {tenant_region}; refusing to open it on cluster {cluster} in region {cluster_region}")]
+    RegionMismatch { tenant: String, tenant_region: String, cluster: String, cluster_region: String },
+    /// A statement failed earlier in this transaction, so it can only be rolled back.
+    #[error("the transaction was aborted by an earlier error and has been rolled back")]
+    Aborted,
+    /// Invalid input to the SDK.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub(crate) fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
+        move |source| Error::Db { what, source }
+    }
+
+    /// The SQLSTATE of the underlying database error, if any.
+    pub fn sqlstate(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            Error::Db { source, .. } | Error::ContextRefused(source) => source.code(),
+            _ => None,
+        }
+    }
+}

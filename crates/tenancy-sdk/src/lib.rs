@@ -1,0 +1,30 @@
+//! The tenancy SDK: the only way an application reaches tenant data.
+//!
+//! Main parts:
+//! - [`bootstrap`]: creates the owner and runtime roles, prepares a database, installs
+//!   the runtime schema (signed tenant context, `tenancy.make_tenant_table`).
+//! - [`TenantPool`]: a connection pool on one database, connected as the runtime role,
+//!   whose only way to hand out a connection is [`TenantPool::begin`] → [`TenantTx`].
+//! - [`TenantTx`]: a transaction bound to one tenant by a signed, transaction-local
+//!   context. Begin and context travel in one message, pipelined with the first query, so
+//!   a tenant-scoped read costs one round trip more than a bare one (the COMMIT).
+//! - [`Router`]: resolves a tenant through the catalog (cached), refuses tenants that are
+//!   not active or whose cluster is in another region, and opens the [`TenantTx`] on the
+//!   right cluster's pool.
+//!
+//! What it does not do: it never sets a session-level tenant (only `set_config(…, true)`
+//! inside `tenancy.enter`), never connects as a superuser or owner for tenant data, and
+//! knows nothing about HTTP.
+
+pub mod bootstrap;
+mod error;
+mod pool;
+mod router;
+mod tx;
+
+pub use error::Error;
+pub use pool::{PoolOptions, TenantPool};
+pub use router::{ClusterCredentials, Router, RouterOptions};
+pub use tenancy_core::{ContextKey, KeyId, TenantId};
+pub use tokio_postgres::{types::ToSql, Row};
+pub use tx::TenantTx;

@@ -1,0 +1,161 @@
+//! The router: tenant → catalog record → cluster pool → `TenantTx`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tenancy_catalog::{ClusterRecord, Tenant};
+use tenancy_core::{ContextKey, RegionId, TenantId};
+use uuid::Uuid;
+
+use crate::pool::{build_pool, Pool, PoolOptions, TenantPool};
+use crate::{Error, TenantTx};
+
+/// Credentials of the runtime role on tenant clusters (the catalog stores only where a
+/// cluster is, never how to log in).
+#[derive(Clone)]
+pub struct ClusterCredentials {
+    /// Role name (normally `tenancy_app`).
+    pub user: String,
+    /// Password, when the cluster asks for one.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for ClusterCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterCredentials").field("user", &self.user).field("password", &self.password.as_ref().map(|_| "<redacted>")).finish()
+    }
+}
+
+/// Router settings.
+#[derive(Debug, Clone)]
+pub struct RouterOptions {
+    /// The regions this process may open tenant data in. `None` allows every region, but a
+    /// tenant is still only opened on a cluster of its own region.
+    pub allowed_regions: Option<Vec<RegionId>>,
+    /// How long a tenant's catalog record is cached.
+    pub cache_ttl: Duration,
+    /// Settings of each cluster's pool.
+    pub pool: PoolOptions,
+}
+
+impl Default for RouterOptions {
+    fn default() -> Self {
+        RouterOptions { allowed_regions: None, cache_ttl: Duration::from_secs(5), pool: PoolOptions::default() }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Catalog connections (runtime role; it may read tenants, clusters and regions, which
+    /// are not tenant data, so no tenant context is involved).
+    catalog: Pool,
+    /// Context key for every cluster.
+    key: ContextKey,
+    /// Login for tenant clusters.
+    creds: ClusterCredentials,
+    /// Region policy, cache TTL, pool settings.
+    opts: RouterOptions,
+    /// Cached tenant records with the time they were read.
+    tenants: RwLock<HashMap<TenantId, (Tenant, Instant)>>,
+    /// One pool per cluster, created on first use.
+    pools: RwLock<HashMap<Uuid, (ClusterRecord, TenantPool)>>,
+}
+
+/// Opens tenant transactions on the right cluster, from the catalog.
+#[derive(Clone, Debug)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+impl Router {
+    /// Builds a router that reads the catalog through `catalog_config` (runtime role).
+    pub fn new(
+        catalog_config: tokio_postgres::Config,
+        key: ContextKey,
+        creds: ClusterCredentials,
+        opts: RouterOptions,
+    ) -> Result<Self, Error> {
+        let catalog = build_pool(catalog_config, &PoolOptions { max_size: 4, ..opts.pool.clone() })?;
+        Ok(Router {
+            inner: Arc::new(Inner {
+                catalog,
+                key,
+                creds,
+                opts,
+                tenants: RwLock::new(HashMap::new()),
+                pools: RwLock::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Forgets the cached record of `tenant` (call on a catalog change notification).
+    pub fn invalidate(&self, tenant: TenantId) {
+        if let Ok(mut m) = self.inner.tenants.write() {
+            m.remove(&tenant);
+        }
+    }
+
+    /// The tenant's catalog record, from cache when fresh.
+    pub async fn tenant(&self, id: TenantId) -> Result<Tenant, Error> {
+        if let Ok(m) = self.inner.tenants.read() {
+            if let Some((t, at)) = m.get(&id) {
+                if at.elapsed() < self.inner.opts.cache_ttl {
+                    return Ok(t.clone());
+                }
+            }
+        }
+        let conn = self.inner.catalog.get().await.map_err(|e| Error::Pool(e.to_string()))?;
+        let t = tenancy_catalog::get_tenant(&conn.client, id).await?;
+        drop(conn);
+        if let Ok(mut m) = self.inner.tenants.write() {
+            m.insert(id, (t.clone(), Instant::now()));
+        }
+        Ok(t)
+    }
+
+    async fn pool_for(&self, cluster_id: Uuid) -> Result<(ClusterRecord, TenantPool), Error> {
+        if let Ok(m) = self.inner.pools.read() {
+            if let Some((c, p)) = m.get(&cluster_id) {
+                return Ok((c.clone(), p.clone()));
+            }
+        }
+        let conn = self.inner.catalog.get().await.map_err(|e| Error::Pool(e.to_string()))?;
+        let cluster = tenancy_catalog::get_cluster(&conn.client, cluster_id).await?;
+        drop(conn);
+        let mut cfg = tokio_postgres::Config::new();
+        if cluster.host.starts_with('/') {
+            cfg.host_path(&cluster.host);
+        } else {
+            cfg.host(&cluster.host);
+        }
+        cfg.port(cluster.port).dbname(&cluster.dbname).user(&self.inner.creds.user).application_name("tenancy");
+        if let Some(p) = &self.inner.creds.password {
+            cfg.password(p);
+        }
+        let pool = TenantPool::new(cfg, self.inner.key.clone(), self.inner.opts.pool.clone())?;
+        let mut m = self.inner.pools.write().map_err(|_| Error::Pool("router pool map poisoned".into()))?;
+        let entry = m.entry(cluster_id).or_insert((cluster, pool));
+        Ok((entry.0.clone(), entry.1.clone()))
+    }
+
+    /// Opens a transaction for `tenant` on its cluster. Refuses tenants that are not
+    /// active, and clusters outside the tenant's region or outside the allowed regions.
+    pub async fn begin(&self, tenant: TenantId) -> Result<TenantTx, Error> {
+        let t = self.tenant(tenant).await?;
+        if !t.state.allows_data_access() {
+            return Err(Error::NotActive { tenant: tenant.to_string(), state: t.state.to_string() });
+        }
+        let (cluster, pool) = self.pool_for(t.cluster_id).await?;
+        let allowed = self.inner.opts.allowed_regions.as_ref().is_none_or(|rs| rs.contains(&cluster.region));
+        if cluster.region != t.region || !allowed {
+            return Err(Error::RegionMismatch {
+                tenant: tenant.to_string(),
+                tenant_region: t.region.to_string(),
+                cluster: cluster.name.clone(),
+                cluster_region: cluster.region.to_string(),
+            });
+        }
+        pool.begin(tenant).await
+    }
+}

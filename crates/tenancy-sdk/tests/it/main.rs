@@ -1,0 +1,9 @@
+//! Integration tests of the SDK against a real private PostgreSQL cluster. Every test gets
+//! a fresh database cloned from a migrated template; tenant data is only ever reached as
+//! the runtime role `tenancy_app`, never as a superuser or owner.
+
+mod context;
+mod isolation;
+mod lifecycle;
+mod router;
+mod support;

@@ -1,0 +1,110 @@
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tenancy_pg::testing::{TemplateDb, TestDb};
+use tenancy_sdk::bootstrap::{self, OWNER_ROLE, RUNTIME_ROLE};
+use tenancy_sdk::{ContextKey, PoolOptions, TenantId, TenantPool};
+use tokio_postgres::{Client, NoTls};
+
+static TEMPLATE: TemplateDb = TemplateDb::new("sdk_tpl");
+
+pub const KEY_HEX: &str = "3f1c2b4a5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f701";
+
+pub fn key() -> ContextKey {
+    ContextKey::from_hex("test".parse().expect("kid"), KEY_HEX).expect("key")
+}
+
+pub const APP_SCHEMA: &str = "
+CREATE TABLE customers (
+    tenant_id uuid NOT NULL,
+    id        uuid NOT NULL DEFAULT gen_random_uuid(),
+    email     text NOT NULL,
+    name      text NOT NULL,
+    PRIMARY KEY (tenant_id, id),
+    UNIQUE (tenant_id, email)
+);
+CREATE TABLE invoices (
+    tenant_id    uuid NOT NULL,
+    id           uuid NOT NULL DEFAULT gen_random_uuid(),
+    customer_id  uuid NOT NULL,
+    amount_cents bigint NOT NULL,
+    PRIMARY KEY (tenant_id, id),
+    FOREIGN KEY (tenant_id, customer_id) REFERENCES customers (tenant_id, id) ON DELETE CASCADE
+);
+SELECT tenancy.make_tenant_table('customers');
+SELECT tenancy.make_tenant_table('invoices');
+";
+
+pub async fn connect(cfg: tokio_postgres::Config) -> Client {
+    let (client, conn) = cfg.connect(NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+/// A fresh database with roles, runtime schema, catalog and the app tables.
+pub async fn fresh_db() -> TestDb {
+    let db = TEMPLATE
+        .fresh(|cluster, db| async move {
+            let su = cluster.connect(&db).await?;
+            bootstrap::bootstrap_cluster(&su).await?;
+            bootstrap::bootstrap_database(&su, &db).await?;
+            let mut owner = connect(cluster.config_as(OWNER_ROLE, &db)).await;
+            bootstrap::install_runtime(&owner, &key()).await?;
+            tenancy_catalog::migrate(&mut owner).await?;
+            owner.batch_execute(APP_SCHEMA).await?;
+            Ok(())
+        })
+        .await
+        .expect("fresh database");
+    // Database-level privileges are not copied from a template; set them on the clone.
+    let su = db.connect_superuser().await.expect("superuser");
+    bootstrap::bootstrap_database(&su, &db.name).await.expect("bootstrap clone");
+    db
+}
+
+pub fn pool(db: &TestDb, max_size: usize) -> TenantPool {
+    TenantPool::new(db.config_as(RUNTIME_ROLE), key(), PoolOptions { max_size, ..Default::default() }).expect("pool")
+}
+
+/// A plain runtime-role connection, outside the SDK (what injected SQL or a careless
+/// developer would have).
+pub async fn runtime_client(db: &TestDb) -> Client {
+    connect(db.config_as(RUNTIME_ROLE)).await
+}
+
+pub fn now_micros() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_micros() as i64
+}
+
+/// Opens a tenant transaction by hand on a plain client, as the SDK does.
+pub async fn enter_by_hand(client: &Client, tenant: TenantId) -> Result<String, tokio_postgres::Error> {
+    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+    let token = key().sign(tenant, pid, now_micros(), 60_000_000);
+    client.batch_execute(&format!("BEGIN; SELECT tenancy.enter('{}')", token.as_str())).await?;
+    Ok(token.as_str().to_owned())
+}
+
+/// Inserts `n` customers for `tenant` through the SDK and returns their ids.
+pub async fn seed(pool: &TenantPool, tenant: TenantId, n: usize) -> Vec<uuid::Uuid> {
+    let mut tx = pool.begin(tenant).await.expect("begin");
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let row = tx
+            .query_one(
+                "INSERT INTO customers (email, name) VALUES ($1, $2) RETURNING id",
+                &[&format!("c{i}@{tenant}.example"), &format!("customer {i}")],
+            )
+            .await
+            .expect("insert");
+        ids.push(row.get(0));
+    }
+    tx.commit().await.expect("commit");
+    ids
+}
+
+/// Every tenant id visible to `tenant` in customers.
+pub async fn visible_tenants(pool: &TenantPool, tenant: TenantId) -> Vec<uuid::Uuid> {
+    let mut tx = pool.begin(tenant).await.expect("begin");
+    let rows = tx.query("SELECT tenant_id FROM customers", &[]).await.expect("select");
+    tx.commit().await.expect("commit");
+    rows.iter().map(|r| r.get(0)).collect()
+}
