@@ -30,7 +30,12 @@ pub enum CatalogError {
     },
     /// An applied migration's text no longer matches what was applied.
     #[error("catalog migration {version} ({name}) was changed after it was applied (checksum {applied} in the database, {current} now); restore the original file and add a new migration instead")]
-    ChecksumMismatch { version: i32, name: String, applied: String, current: String },
+    ChecksumMismatch {
+        version: i32,
+        name: String,
+        applied: String,
+        current: String,
+    },
     /// The slug is already used by another tenant.
     #[error("slug {0:?} is already taken; choose another")]
     SlugTaken(String),
@@ -48,7 +53,11 @@ pub enum CatalogError {
     ClusterNotFound(String),
     /// A state change that the lifecycle does not allow.
     #[error("tenant {tenant} cannot go from {from} to {to}")]
-    InvalidTransition { tenant: String, from: String, to: String },
+    InvalidTransition {
+        tenant: String,
+        from: String,
+        to: String,
+    },
     /// A stored value failed to parse (the catalog was edited by hand).
     #[error("catalog holds an invalid value: {0}")]
     Corrupt(String),

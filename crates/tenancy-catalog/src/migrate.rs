@@ -32,7 +32,10 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, CatalogError> {
     migrate_with(client, MIGRATIONS).await
 }
 
-pub(crate) async fn migrate_with(client: &mut Client, migrations: &[Migration]) -> Result<Vec<i32>, CatalogError> {
+pub(crate) async fn migrate_with(
+    client: &mut Client,
+    migrations: &[Migration],
+) -> Result<Vec<i32>, CatalogError> {
     client
         .batch_execute(
             "CREATE SCHEMA IF NOT EXISTS tenancy_catalog;
@@ -48,22 +51,37 @@ pub(crate) async fn migrate_with(client: &mut Client, migrations: &[Migration]) 
         .map_err(CatalogError::db("creating the catalog migration ledger"))?;
     let mut applied_now = Vec::new();
     for m in migrations {
-        let tx = client.transaction().await.map_err(CatalogError::db("starting a migration transaction"))?;
-        tx.execute("SELECT pg_advisory_xact_lock(7361626)", &[]).await.map_err(CatalogError::db("locking the catalog ledger"))?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(CatalogError::db("starting a migration transaction"))?;
+        tx.execute("SELECT pg_advisory_xact_lock(7361626)", &[])
+            .await
+            .map_err(CatalogError::db("locking the catalog ledger"))?;
         let row = tx
-            .query_opt("SELECT checksum FROM tenancy_catalog.schema_migrations WHERE version = $1", &[&m.version])
+            .query_opt(
+                "SELECT checksum FROM tenancy_catalog.schema_migrations WHERE version = $1",
+                &[&m.version],
+            )
             .await
             .map_err(CatalogError::db("reading the catalog ledger"))?;
         let sum = checksum(m.sql);
         if let Some(row) = row {
             let applied: String = row.get(0);
             if applied != sum {
-                return Err(CatalogError::ChecksumMismatch { version: m.version, name: m.name.into(), applied, current: sum });
+                return Err(CatalogError::ChecksumMismatch {
+                    version: m.version,
+                    name: m.name.into(),
+                    applied,
+                    current: sum,
+                });
             }
             continue;
         }
         let started = std::time::Instant::now();
-        tx.batch_execute(m.sql).await.map_err(CatalogError::db("applying a catalog migration"))?;
+        tx.batch_execute(m.sql)
+            .await
+            .map_err(CatalogError::db("applying a catalog migration"))?;
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         tx.execute(
             "INSERT INTO tenancy_catalog.schema_migrations (version, name, checksum, duration_ms) VALUES ($1, $2, $3, $4)",
@@ -71,14 +89,24 @@ pub(crate) async fn migrate_with(client: &mut Client, migrations: &[Migration]) 
         )
         .await
         .map_err(CatalogError::db("recording a catalog migration"))?;
-        tx.commit().await.map_err(CatalogError::db("committing a catalog migration"))?;
-        tracing::info!(version = m.version, name = m.name, ms, "catalog migration applied");
+        tx.commit()
+            .await
+            .map_err(CatalogError::db("committing a catalog migration"))?;
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            ms,
+            "catalog migration applied"
+        );
         applied_now.push(m.version);
     }
     Ok(applied_now)
 }
 
 #[doc(hidden)]
-pub async fn migrate_for_tests(client: &mut Client, migrations: &[Migration]) -> Result<Vec<i32>, CatalogError> {
+pub async fn migrate_for_tests(
+    client: &mut Client,
+    migrations: &[Migration],
+) -> Result<Vec<i32>, CatalogError> {
     migrate_with(client, migrations).await
 }

@@ -152,9 +152,15 @@ fn cluster_from_row(row: &Row) -> Result<ClusterRecord, CatalogError> {
 }
 
 /// Registers a region, or updates its display name.
-pub async fn add_region(client: &Client, id: &RegionId, display_name: &str) -> Result<Region, CatalogError> {
+pub async fn add_region(
+    client: &Client,
+    id: &RegionId,
+    display_name: &str,
+) -> Result<Region, CatalogError> {
     if display_name.trim().is_empty() || display_name.len() > 200 {
-        return Err(CatalogError::Invalid("region display name must be 1 to 200 characters".into()));
+        return Err(CatalogError::Invalid(
+            "region display name must be 1 to 200 characters".into(),
+        ));
     }
     client
         .execute(
@@ -164,17 +170,28 @@ pub async fn add_region(client: &Client, id: &RegionId, display_name: &str) -> R
         )
         .await
         .map_err(CatalogError::db("registering a region"))?;
-    Ok(Region { id: id.clone(), display_name: display_name.to_owned() })
+    Ok(Region {
+        id: id.clone(),
+        display_name: display_name.to_owned(),
+    })
 }
 
 /// Lists the regions.
 pub async fn list_regions(client: &Client) -> Result<Vec<Region>, CatalogError> {
     let rows = client
-        .query("SELECT id, display_name FROM tenancy_catalog.regions ORDER BY id", &[])
+        .query(
+            "SELECT id, display_name FROM tenancy_catalog.regions ORDER BY id",
+            &[],
+        )
         .await
         .map_err(CatalogError::db("listing regions"))?;
     rows.iter()
-        .map(|r| Ok(Region { id: r.get::<_, String>(0).parse().map_err(corrupt)?, display_name: r.get(1) }))
+        .map(|r| {
+            Ok(Region {
+                id: r.get::<_, String>(0).parse().map_err(corrupt)?,
+                display_name: r.get(1),
+            })
+        })
         .collect()
 }
 
@@ -183,7 +200,9 @@ pub async fn add_cluster(client: &Client, c: &NewCluster) -> Result<ClusterRecor
     let name_ok = !c.name.is_empty()
         && c.name.len() <= 63
         && c.name.as_bytes()[0].is_ascii_lowercase()
-        && c.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        && c.name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
     if !name_ok {
         return Err(CatalogError::Invalid(format!(
             "cluster name {:?} is not allowed: use 1 to 63 characters from a-z, 0-9, '_' and '-', starting with a letter",
@@ -191,7 +210,9 @@ pub async fn add_cluster(client: &Client, c: &NewCluster) -> Result<ClusterRecor
         )));
     }
     if c.capacity <= 0 {
-        return Err(CatalogError::Invalid("cluster capacity must be a positive number of tenants".into()));
+        return Err(CatalogError::Invalid(
+            "cluster capacity must be a positive number of tenants".into(),
+        ));
     }
     let row = client
         .query_opt(
@@ -200,7 +221,15 @@ pub async fn add_cluster(client: &Client, c: &NewCluster) -> Result<ClusterRecor
              ON CONFLICT (name) DO UPDATE SET host = EXCLUDED.host, port = EXCLUDED.port,
                  dbname = EXCLUDED.dbname, capacity = EXCLUDED.capacity
              RETURNING id, name, region, host, port, dbname, capacity, accepting",
-            &[&Uuid::new_v4(), &c.name, &c.region.as_str(), &c.host, &i32::from(c.port), &c.dbname, &c.capacity],
+            &[
+                &Uuid::new_v4(),
+                &c.name,
+                &c.region.as_str(),
+                &c.host,
+                &i32::from(c.port),
+                &c.dbname,
+                &c.capacity,
+            ],
         )
         .await
         .map_err(CatalogError::db("registering a cluster"))?;
@@ -240,14 +269,26 @@ pub async fn list_clusters(client: &Client) -> Result<Vec<ClusterRecord>, Catalo
 /// Creates a tenant in state `provisioning`, pinned to its region and placed on the
 /// least-loaded accepting cluster there, and records a `created` event, in one
 /// transaction.
-pub async fn create_tenant(client: &mut Client, t: &NewTenant, actor: &str) -> Result<Tenant, CatalogError> {
+pub async fn create_tenant(
+    client: &mut Client,
+    t: &NewTenant,
+    actor: &str,
+) -> Result<Tenant, CatalogError> {
     let name = t.display_name.trim();
     if name.is_empty() || name.chars().count() > 200 {
-        return Err(CatalogError::Invalid("display name must be 1 to 200 characters".into()));
+        return Err(CatalogError::Invalid(
+            "display name must be 1 to 200 characters".into(),
+        ));
     }
-    let tx = client.transaction().await.map_err(CatalogError::db("starting a transaction"))?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(CatalogError::db("starting a transaction"))?;
     let region_exists = tx
-        .query_opt("SELECT 1 FROM tenancy_catalog.regions WHERE id = $1", &[&t.region.as_str()])
+        .query_opt(
+            "SELECT 1 FROM tenancy_catalog.regions WHERE id = $1",
+            &[&t.region.as_str()],
+        )
         .await
         .map_err(CatalogError::db("reading a region"))?
         .is_some();
@@ -297,7 +338,9 @@ pub async fn create_tenant(client: &mut Client, t: &NewTenant, actor: &str) -> R
     )
     .await
     .map_err(CatalogError::db("recording a tenant event"))?;
-    tx.commit().await.map_err(CatalogError::db("committing a new tenant"))?;
+    tx.commit()
+        .await
+        .map_err(CatalogError::db("committing a new tenant"))?;
     Ok(tenant)
 }
 
@@ -326,16 +369,26 @@ pub async fn set_state(
     actor: &str,
     reason: &str,
 ) -> Result<Tenant, CatalogError> {
-    let tx = client.transaction().await.map_err(CatalogError::db("starting a transaction"))?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(CatalogError::db("starting a transaction"))?;
     let row = tx
-        .query_opt("SELECT state FROM tenancy_catalog.tenants WHERE id = $1 FOR UPDATE", &[&id.as_uuid()])
+        .query_opt(
+            "SELECT state FROM tenancy_catalog.tenants WHERE id = $1 FOR UPDATE",
+            &[&id.as_uuid()],
+        )
         .await
         .map_err(CatalogError::db("reading a tenant"))?
         .ok_or_else(|| CatalogError::TenantNotFound(id.to_string()))?;
     let from: TenantState = row.get::<_, String>(0).parse().map_err(corrupt)?;
     if from != to {
         if !transition_allowed(from, to) {
-            return Err(CatalogError::InvalidTransition { tenant: id.to_string(), from: from.to_string(), to: to.to_string() });
+            return Err(CatalogError::InvalidTransition {
+                tenant: id.to_string(),
+                from: from.to_string(),
+                to: to.to_string(),
+            });
         }
         tx.execute(
             "UPDATE tenancy_catalog.tenants SET state = $2, updated_at = now(), state_changed_at = now() WHERE id = $1",
@@ -352,17 +405,25 @@ pub async fn set_state(
         .map_err(CatalogError::db("recording a tenant event"))?;
     }
     let row = tx
-        .query_one(&format!("SELECT {TENANT_COLUMNS} FROM tenancy_catalog.tenants WHERE id = $1"), &[&id.as_uuid()])
+        .query_one(
+            &format!("SELECT {TENANT_COLUMNS} FROM tenancy_catalog.tenants WHERE id = $1"),
+            &[&id.as_uuid()],
+        )
         .await
         .map_err(CatalogError::db("reading a tenant"))?;
-    tx.commit().await.map_err(CatalogError::db("committing a state change"))?;
+    tx.commit()
+        .await
+        .map_err(CatalogError::db("committing a state change"))?;
     tenant_from_row(&row)
 }
 
 /// Reads a tenant by id.
 pub async fn get_tenant(client: &Client, id: TenantId) -> Result<Tenant, CatalogError> {
     let row = client
-        .query_opt(&format!("SELECT {TENANT_COLUMNS} FROM tenancy_catalog.tenants WHERE id = $1"), &[&id.as_uuid()])
+        .query_opt(
+            &format!("SELECT {TENANT_COLUMNS} FROM tenancy_catalog.tenants WHERE id = $1"),
+            &[&id.as_uuid()],
+        )
         .await
         .map_err(CatalogError::db("reading a tenant"))?;
     match row {
@@ -374,7 +435,10 @@ pub async fn get_tenant(client: &Client, id: TenantId) -> Result<Tenant, Catalog
 /// Reads a tenant by slug.
 pub async fn get_tenant_by_slug(client: &Client, slug: &Slug) -> Result<Tenant, CatalogError> {
     let row = client
-        .query_opt(&format!("SELECT {TENANT_COLUMNS} FROM tenancy_catalog.tenants WHERE slug = $1"), &[&slug.as_str()])
+        .query_opt(
+            &format!("SELECT {TENANT_COLUMNS} FROM tenancy_catalog.tenants WHERE slug = $1"),
+            &[&slug.as_str()],
+        )
         .await
         .map_err(CatalogError::db("reading a tenant"))?;
     match row {
@@ -385,9 +449,15 @@ pub async fn get_tenant_by_slug(client: &Client, slug: &Slug) -> Result<Tenant, 
 
 /// Lists tenants ordered by slug, `limit` at a time, starting after `after` (keyset
 /// pagination).
-pub async fn list_tenants(client: &Client, after: Option<&Slug>, limit: i64) -> Result<Vec<Tenant>, CatalogError> {
+pub async fn list_tenants(
+    client: &Client,
+    after: Option<&Slug>,
+    limit: i64,
+) -> Result<Vec<Tenant>, CatalogError> {
     if !(1..=1000).contains(&limit) {
-        return Err(CatalogError::Invalid("limit must be between 1 and 1000".into()));
+        return Err(CatalogError::Invalid(
+            "limit must be between 1 and 1000".into(),
+        ));
     }
     let rows = client
         .query(
@@ -402,7 +472,10 @@ pub async fn list_tenants(client: &Client, after: Option<&Slug>, limit: i64) -> 
 }
 
 /// A tenant's events, oldest first.
-pub async fn tenant_events(client: &Client, id: TenantId) -> Result<Vec<TenantEvent>, CatalogError> {
+pub async fn tenant_events(
+    client: &Client,
+    id: TenantId,
+) -> Result<Vec<TenantEvent>, CatalogError> {
     let rows = client
         .query(
             "SELECT seq, kind, from_state, to_state, actor, detail, at FROM tenancy_catalog.tenant_events

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 mod demo;
 
 #[derive(Parser, Debug)]
-#[command(name = "tenancy", version, about = "Multi-tenant foundation for SaaS on PostgreSQL")]
+#[command(
+    name = "tenancy",
+    version,
+    about = "Multi-tenant foundation for SaaS on PostgreSQL"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,12 +26,16 @@ enum Command {
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TENANCY_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("TENANCY_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: could not start the async runtime: {e}");

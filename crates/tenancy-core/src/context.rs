@@ -71,9 +71,12 @@ impl FromStr for KeyId {
     type Err = TokenError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let ok = (1..=16).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
         if !ok {
-            return Err(TokenError::KeyId { value: s.to_owned() });
+            return Err(TokenError::KeyId {
+                value: s.to_owned(),
+            });
         }
         Ok(KeyId(s.to_owned()))
     }
@@ -139,24 +142,45 @@ impl ContextKey {
 
     /// Signs a token for `tenant` on the backend with process id `backend_pid`, issued at
     /// `now_micros` (microseconds since the Unix epoch) and valid for `ttl_micros`.
-    pub fn sign(&self, tenant: TenantId, backend_pid: i32, now_micros: i64, ttl_micros: i64) -> ContextToken {
+    pub fn sign(
+        &self,
+        tenant: TenantId,
+        backend_pid: i32,
+        now_micros: i64,
+        ttl_micros: i64,
+    ) -> ContextToken {
         let expires = now_micros.saturating_add(ttl_micros);
-        let body = format!("{TOKEN_VERSION}.{}.{}.{}.{}.{}", self.kid, tenant, backend_pid, now_micros, expires);
+        let body = format!(
+            "{TOKEN_VERSION}.{}.{}.{}.{}.{}",
+            self.kid, tenant, backend_pid, now_micros, expires
+        );
         let mac = hex::encode(self.mac(&body));
-        ContextToken { text: format!("{body}.{mac}"), tenant, backend_pid, issued_micros: now_micros, expires_micros: expires }
+        ContextToken {
+            text: format!("{body}.{mac}"),
+            tenant,
+            backend_pid,
+            issued_micros: now_micros,
+            expires_micros: expires,
+        }
     }
 
     /// Checks a token's signature and expiry as the database does, for tests and tools.
     pub fn verify(&self, token: &str, now_micros: i64) -> Result<ContextToken, TokenError> {
         let parsed = ContextToken::parse_unverified(token)?;
-        let (body, mac_hex) = token.rsplit_once('.').ok_or(TokenError::Malformed("no signature"))?;
+        let (body, mac_hex) = token
+            .rsplit_once('.')
+            .ok_or(TokenError::Malformed("no signature"))?;
         let kid = body.split('.').nth(1).unwrap_or_default();
         if kid != self.kid.as_str() {
             return Err(TokenError::UnknownKey(kid.to_owned()));
         }
-        let given = hex::decode(mac_hex).map_err(|_| TokenError::Malformed("signature is not hex"))?;
+        let given =
+            hex::decode(mac_hex).map_err(|_| TokenError::Malformed("signature is not hex"))?;
         let expected = self.mac(body);
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(expected.as_slice(), given.as_slice())) {
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            expected.as_slice(),
+            given.as_slice(),
+        )) {
             return Err(TokenError::BadSignature);
         }
         if now_micros > parsed.expires_micros {
@@ -168,7 +192,10 @@ impl ContextKey {
 
 impl fmt::Debug for ContextKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ContextKey").field("kid", &self.kid).field("material", &"<redacted>").finish()
+        f.debug_struct("ContextKey")
+            .field("kid", &self.kid)
+            .field("material", &"<redacted>")
+            .finish()
     }
 }
 
@@ -211,7 +238,10 @@ impl ContextToken {
 
     /// Parses the fields without checking the signature.
     pub fn parse_unverified(token: &str) -> Result<Self, TokenError> {
-        if !token.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-') {
+        if !token
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        {
             return Err(TokenError::Malformed("unexpected character"));
         }
         let parts: Vec<&str> = token.split('.').collect();
@@ -222,14 +252,28 @@ impl ContextToken {
             return Err(TokenError::Malformed("unknown version"));
         }
         parts[1].parse::<KeyId>()?;
-        let tenant = parts[2].parse::<TenantId>().map_err(|_| TokenError::Malformed("tenant is not a UUID"))?;
-        let backend_pid = parts[3].parse::<i32>().map_err(|_| TokenError::Malformed("pid is not a number"))?;
-        let issued_micros = parts[4].parse::<i64>().map_err(|_| TokenError::Malformed("issued-at is not a number"))?;
-        let expires_micros = parts[5].parse::<i64>().map_err(|_| TokenError::Malformed("expiry is not a number"))?;
+        let tenant = parts[2]
+            .parse::<TenantId>()
+            .map_err(|_| TokenError::Malformed("tenant is not a UUID"))?;
+        let backend_pid = parts[3]
+            .parse::<i32>()
+            .map_err(|_| TokenError::Malformed("pid is not a number"))?;
+        let issued_micros = parts[4]
+            .parse::<i64>()
+            .map_err(|_| TokenError::Malformed("issued-at is not a number"))?;
+        let expires_micros = parts[5]
+            .parse::<i64>()
+            .map_err(|_| TokenError::Malformed("expiry is not a number"))?;
         if parts[6].len() != 64 {
             return Err(TokenError::Malformed("signature must be 64 hex digits"));
         }
-        Ok(ContextToken { text: token.to_owned(), tenant, backend_pid, issued_micros, expires_micros })
+        Ok(ContextToken {
+            text: token.to_owned(),
+            tenant,
+            backend_pid,
+            issued_micros,
+            expires_micros,
+        })
     }
 }
 
@@ -271,9 +315,18 @@ mod tests {
         assert_eq!(key().verify(&forged, 0), Err(TokenError::BadSignature));
         assert_eq!(key().verify(tok.as_str(), 11), Err(TokenError::Expired));
         let other_key = ContextKey::from_bytes("k1".parse().expect("kid"), [8u8; 32]);
-        assert_eq!(other_key.verify(tok.as_str(), 0), Err(TokenError::BadSignature));
-        assert!(matches!(key().verify("v1.k1.x", 0), Err(TokenError::Malformed(_))));
-        assert!(matches!(key().verify("v1.k1.'; drop table x; --", 0), Err(TokenError::Malformed(_))));
+        assert_eq!(
+            other_key.verify(tok.as_str(), 0),
+            Err(TokenError::BadSignature)
+        );
+        assert!(matches!(
+            key().verify("v1.k1.x", 0),
+            Err(TokenError::Malformed(_))
+        ));
+        assert!(matches!(
+            key().verify("v1.k1.'; drop table x; --", 0),
+            Err(TokenError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -17,7 +17,9 @@ pub enum IdError {
     #[error("tenant id {value:?} is not a UUID; expected the form 8-4-4-4-12 hex digits, e.g. 0190f2c4-5b7e-7a51-9d0e-3f1c2b4a5d6e")]
     TenantId { value: String },
     /// The nil UUID is reserved as "no tenant".
-    #[error("tenant id must not be the nil UUID (all zeros); it is reserved to mean \"no tenant\"")]
+    #[error(
+        "tenant id must not be the nil UUID (all zeros); it is reserved to mean \"no tenant\""
+    )]
     NilTenantId,
     /// The slug breaks a rule; `reason` says which.
     #[error("slug {value:?} is not allowed: {reason}")]
@@ -66,7 +68,9 @@ impl TenantId {
 impl FromStr for TenantId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let uuid = Uuid::parse_str(s.trim()).map_err(|_| IdError::TenantId { value: s.to_owned() })?;
+        let uuid = Uuid::parse_str(s.trim()).map_err(|_| IdError::TenantId {
+            value: s.to_owned(),
+        })?;
         TenantId::from_uuid(uuid)
     }
 }
@@ -100,10 +104,39 @@ impl fmt::Debug for TenantId {
 /// Words a slug may not be, because they name parts of the product (subdomains,
 /// API paths) or would confuse support staff.
 pub const RESERVED_SLUGS: &[&str] = &[
-    "admin", "api", "app", "apps", "assets", "auth", "billing", "blog", "cdn", "console",
-    "dashboard", "default", "dev", "docs", "help", "internal", "login", "logout", "mail",
-    "new", "null", "public", "root", "signup", "static", "status", "support", "system",
-    "tenancy", "tenant", "tenants", "test", "www",
+    "admin",
+    "api",
+    "app",
+    "apps",
+    "assets",
+    "auth",
+    "billing",
+    "blog",
+    "cdn",
+    "console",
+    "dashboard",
+    "default",
+    "dev",
+    "docs",
+    "help",
+    "internal",
+    "login",
+    "logout",
+    "mail",
+    "new",
+    "null",
+    "public",
+    "root",
+    "signup",
+    "static",
+    "status",
+    "support",
+    "system",
+    "tenancy",
+    "tenant",
+    "tenants",
+    "test",
+    "www",
 ];
 
 fn check_label(value: &str, min: usize, max: usize) -> Result<(), &'static str> {
@@ -113,7 +146,10 @@ fn check_label(value: &str, min: usize, max: usize) -> Result<(), &'static str> 
     if value.len() > max {
         return Err("too long");
     }
-    if !value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         return Err("only lowercase letters a-z, digits 0-9 and '-' are allowed");
     }
     if !value.as_bytes()[0].is_ascii_lowercase() {
@@ -152,7 +188,10 @@ impl Slug {
 impl FromStr for Slug {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason| IdError::Slug { value: s.to_owned(), reason };
+        let err = |reason| IdError::Slug {
+            value: s.to_owned(),
+            reason,
+        };
         check_label(s, Self::MIN_LEN, Self::MAX_LEN).map_err(|r| match r {
             "too short" => err("must be at least 3 characters"),
             "too long" => err("must be at most 40 characters"),
@@ -208,7 +247,10 @@ impl RegionId {
 impl FromStr for RegionId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason| IdError::Region { value: s.to_owned(), reason };
+        let err = |reason| IdError::Region {
+            value: s.to_owned(),
+            reason,
+        };
         check_label(s, 2, 32).map_err(|r| match r {
             "too short" => err("must be at least 2 characters"),
             "too long" => err("must be at most 32 characters"),
@@ -260,15 +302,23 @@ impl PlanKey {
 impl FromStr for PlanKey {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason| IdError::Plan { value: s.to_owned(), reason };
+        let err = |reason| IdError::Plan {
+            value: s.to_owned(),
+            reason,
+        };
         if s.is_empty() {
             return Err(err("must not be empty"));
         }
         if s.len() > 40 {
             return Err(err("must be at most 40 characters"));
         }
-        if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_') {
-            return Err(err("only lowercase letters a-z, digits 0-9, '-' and '_' are allowed"));
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Err(err(
+                "only lowercase letters a-z, digits 0-9, '-' and '_' are allowed",
+            ));
         }
         if !s.as_bytes()[0].is_ascii_lowercase() {
             return Err(err("must start with a lowercase letter"));
@@ -332,7 +382,9 @@ impl FromStr for Placement {
             "pooled" => Ok(Placement::Pooled),
             "schema" => Ok(Placement::Schema),
             "dedicated" => Ok(Placement::Dedicated),
-            _ => Err(IdError::Placement { value: s.to_owned() }),
+            _ => Err(IdError::Placement {
+                value: s.to_owned(),
+            }),
         }
     }
 }
@@ -386,7 +438,9 @@ impl FromStr for TenantState {
             "suspended" => Ok(TenantState::Suspended),
             "deleting" => Ok(TenantState::Deleting),
             "deleted" => Ok(TenantState::Deleted),
-            _ => Err(IdError::State { value: s.to_owned() }),
+            _ => Err(IdError::State {
+                value: s.to_owned(),
+            }),
         }
     }
 }
@@ -403,7 +457,13 @@ mod tests {
 
     #[test]
     fn slugs_table() {
-        let ok = ["acme", "acme-eu", "a1b", "globex-2026", "abcdefghij-abcdefghij-abcdefghij-abcdefg"];
+        let ok = [
+            "acme",
+            "acme-eu",
+            "a1b",
+            "globex-2026",
+            "abcdefghij-abcdefghij-abcdefghij-abcdefg",
+        ];
         for s in ok {
             assert!(s.parse::<Slug>().is_ok(), "{s} should parse");
         }
@@ -430,7 +490,12 @@ mod tests {
     fn tenant_ids() {
         let id = TenantId::new_random();
         assert_eq!(id.to_string().parse::<TenantId>().ok(), Some(id));
-        assert_eq!("nope".parse::<TenantId>(), Err(IdError::TenantId { value: "nope".into() }));
+        assert_eq!(
+            "nope".parse::<TenantId>(),
+            Err(IdError::TenantId {
+                value: "nope".into()
+            })
+        );
         assert_eq!(
             "00000000-0000-0000-0000-000000000000".parse::<TenantId>(),
             Err(IdError::NilTenantId)
@@ -447,7 +512,10 @@ mod tests {
         for p in [Placement::Pooled, Placement::Schema, Placement::Dedicated] {
             assert_eq!(p.as_str().parse::<Placement>().ok(), Some(p));
         }
-        assert!("shared".parse::<Placement>().unwrap_err().to_string().contains("pooled, schema, dedicated"));
+        let err = "shared"
+            .parse::<Placement>()
+            .expect_err("unknown placement");
+        assert!(err.to_string().contains("pooled, schema, dedicated"));
         for s in ["provisioning", "active", "suspended", "deleting", "deleted"] {
             assert_eq!(s.parse::<TenantState>().map(|x| x.as_str()), Ok(s));
         }

@@ -23,7 +23,14 @@ impl PgBinaries {
             std::env::var_os("PG_BIN"),
             std::env::var_os("PATH"),
             &["/usr/lib/postgresql", "/usr/local/lib/postgresql"],
-            &["/usr/pgsql-17/bin", "/usr/pgsql-16/bin", "/usr/pgsql-15/bin", "/usr/pgsql-14/bin", "/opt/homebrew/bin", "/usr/local/pgsql/bin"],
+            &[
+                "/usr/pgsql-17/bin",
+                "/usr/pgsql-16/bin",
+                "/usr/pgsql-15/bin",
+                "/usr/pgsql-14/bin",
+                "/opt/homebrew/bin",
+                "/usr/local/pgsql/bin",
+            ],
         )
     }
 
@@ -56,7 +63,11 @@ impl PgBinaries {
             if let Ok(entries) = std::fs::read_dir(root) {
                 for entry in entries.flatten() {
                     let bin = entry.path().join("bin");
-                    let version = entry.file_name().to_string_lossy().parse::<u32>().unwrap_or(0);
+                    let version = entry
+                        .file_name()
+                        .to_string_lossy()
+                        .parse::<u32>()
+                        .unwrap_or(0);
                     if has_server(&bin) {
                         candidates.push((version, bin));
                     }
@@ -73,7 +84,9 @@ impl PgBinaries {
         candidates.sort();
         match candidates.pop() {
             Some((_, dir)) => Self::at(dir),
-            None => Err(HarnessError::BinariesNotFound { looked_in: looked.join(", ") }),
+            None => Err(HarnessError::BinariesNotFound {
+                looked_in: looked.join(", "),
+            }),
         }
     }
 
@@ -82,7 +95,10 @@ impl PgBinaries {
         let out = Command::new(dir.join("postgres"))
             .arg("--version")
             .output()
-            .map_err(crate::io_err(format!("running {}/postgres --version", dir.display())))?;
+            .map_err(crate::io_err(format!(
+                "running {}/postgres --version",
+                dir.display()
+            )))?;
         let text = String::from_utf8_lossy(&out.stdout);
         // "postgres (PostgreSQL) 15.19 (Debian 15.19-0+deb12u1)"
         let major = text
@@ -95,7 +111,10 @@ impl PgBinaries {
                 detail: format!("unexpected output {text:?}"),
             })?;
         if major < Self::MIN_MAJOR {
-            return Err(HarnessError::TooOld { found: major, dir: dir.display().to_string() });
+            return Err(HarnessError::TooOld {
+                found: major,
+                dir: dir.display().to_string(),
+            });
         }
         Ok(PgBinaries { dir, major })
     }
@@ -117,5 +136,7 @@ impl PgBinaries {
 }
 
 fn has_server(dir: &Path) -> bool {
-    ["initdb", "pg_ctl", "postgres"].iter().all(|b| dir.join(b).is_file())
+    ["initdb", "pg_ctl", "postgres"]
+        .iter()
+        .all(|b| dir.join(b).is_file())
 }

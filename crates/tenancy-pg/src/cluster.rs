@@ -99,8 +99,12 @@ fn command_as(run_as: Option<&str>, program: &Path) -> Command {
 }
 
 fn free_tcp_port() -> Result<u16, HarnessError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("finding a free TCP port"))?;
-    let port = l.local_addr().map_err(io_err("finding a free TCP port"))?.port();
+    let l =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("finding a free TCP port"))?;
+    let port = l
+        .local_addr()
+        .map_err(io_err("finding a free TCP port"))?
+        .port();
     Ok(port)
 }
 
@@ -131,7 +135,10 @@ impl Cluster {
     pub async fn start(opts: ClusterOptions) -> Result<Cluster, HarnessError> {
         tokio::task::spawn_blocking(move || Self::start_blocking(opts))
             .await
-            .map_err(|e| HarnessError::Command { what: "starting PostgreSQL".into(), detail: e.to_string() })?
+            .map_err(|e| HarnessError::Command {
+                what: "starting PostgreSQL".into(),
+                detail: e.to_string(),
+            })?
     }
 
     fn start_blocking(opts: ClusterOptions) -> Result<Cluster, HarnessError> {
@@ -141,36 +148,47 @@ impl Cluster {
                 Ok(u) => vec![u],
                 Err(_) => vec!["postgres".to_owned(), "nobody".to_owned()],
             };
-            let found = candidates.iter().find_map(|u| user_ids(u).map(|ids| (u.clone(), ids)));
+            let found = candidates
+                .iter()
+                .find_map(|u| user_ids(u).map(|ids| (u.clone(), ids)));
             match found {
                 Some(found) => Some(found),
-                None => return Err(HarnessError::NoUnprivilegedUser { tried: candidates.join(", ") }),
+                None => {
+                    return Err(HarnessError::NoUnprivilegedUser {
+                        tried: candidates.join(", "),
+                    })
+                }
             }
         } else {
             None
         };
         let chown = |p: &Path| -> Result<(), HarnessError> {
             if let Some((_, (uid, gid))) = &run_as {
-                std::os::unix::fs::chown(p, Some(*uid), Some(*gid)).map_err(io_err(format!("chown {}", p.display())))?;
+                std::os::unix::fs::chown(p, Some(*uid), Some(*gid))
+                    .map_err(io_err(format!("chown {}", p.display())))?;
             }
             Ok(())
         };
 
         let (data_dir, cleanup) = match &opts.data_dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+                std::fs::create_dir_all(dir)
+                    .map_err(io_err(format!("creating {}", dir.display())))?;
                 (dir.clone(), None)
             }
             None => {
-                let base = std::env::temp_dir().join(format!("tenancy-pg-{:016x}", rand::random::<u64>()));
-                std::fs::create_dir(&base).map_err(io_err(format!("creating {}", base.display())))?;
+                let base =
+                    std::env::temp_dir().join(format!("tenancy-pg-{:016x}", rand::random::<u64>()));
+                std::fs::create_dir(&base)
+                    .map_err(io_err(format!("creating {}", base.display())))?;
                 chown(&base)?;
                 (base.join("data"), Some(base))
             }
         };
         use std::os::unix::fs::PermissionsExt;
         if !data_dir.exists() {
-            std::fs::create_dir(&data_dir).map_err(io_err(format!("creating {}", data_dir.display())))?;
+            std::fs::create_dir(&data_dir)
+                .map_err(io_err(format!("creating {}", data_dir.display())))?;
         }
         std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io_err(format!("chmod {}", data_dir.display())))?;
@@ -181,14 +199,27 @@ impl Cluster {
             let out = command_as(user, &bins.bin("initdb"))
                 .arg("-D")
                 .arg(&data_dir)
-                .args(["-U", &opts.superuser, "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync"])
+                .args([
+                    "-U",
+                    &opts.superuser,
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ])
                 .stdin(Stdio::null())
                 .output()
                 .map_err(io_err("running initdb"))?;
             if !out.status.success() {
                 return Err(HarnessError::Command {
                     what: format!("initdb -D {}", data_dir.display()),
-                    detail: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+                    detail: format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    ),
                 });
             }
         }
@@ -201,14 +232,28 @@ impl Cluster {
         };
         let mut settings: Vec<(String, String)> = vec![
             ("port".into(), port.to_string()),
-            ("listen_addresses".into(), if tcp { "127.0.0.1".into() } else { String::new() }),
-            ("unix_socket_directories".into(), data_dir.display().to_string()),
+            (
+                "listen_addresses".into(),
+                if tcp {
+                    "127.0.0.1".into()
+                } else {
+                    String::new()
+                },
+            ),
+            (
+                "unix_socket_directories".into(),
+                data_dir.display().to_string(),
+            ),
             ("unix_socket_permissions".into(), "0700".into()),
             ("logging_collector".into(), "off".into()),
             ("dynamic_shared_memory_type".into(), "posix".into()),
         ];
         if opts.ephemeral {
-            for (k, v) in [("fsync", "off"), ("synchronous_commit", "off"), ("full_page_writes", "off")] {
+            for (k, v) in [
+                ("fsync", "off"),
+                ("synchronous_commit", "off"),
+                ("full_page_writes", "off"),
+            ] {
                 settings.push((k.into(), v.into()));
             }
         }
@@ -216,14 +261,26 @@ impl Cluster {
 
         let log = data_dir.join("tenancy-postgres.log");
         let mut cmd = command_as(user, Path::new("/bin/sh"));
-        cmd.arg("-c").arg(WATCHDOG).arg("tenancy-pg-watchdog").arg(&log);
-        cmd.arg(cleanup.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+        cmd.arg("-c")
+            .arg(WATCHDOG)
+            .arg("tenancy-pg-watchdog")
+            .arg(&log);
+        cmd.arg(
+            cleanup
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        );
         cmd.arg(bins.bin("postgres")).arg("-D").arg(&data_dir);
         for (k, v) in &settings {
             cmd.arg("-c").arg(format!("{k}={v}"));
         }
-        cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
-        let mut child = cmd.spawn().map_err(io_err("starting the PostgreSQL watchdog"))?;
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .map_err(io_err("starting the PostgreSQL watchdog"))?;
         let stop_pipe = child.stdin.take();
         let mut cluster = Cluster {
             data_dir,
@@ -241,11 +298,19 @@ impl Cluster {
 
     fn wait_ready(&mut self, log: &Path) -> Result<(), HarnessError> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io_err("building a runtime"))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(io_err("building a runtime"))?;
         loop {
             let cfg = self.config("postgres");
             let ok = rt.block_on(async {
-                match tokio::time::timeout(Duration::from_secs(2), cfg.connect(tokio_postgres::NoTls)).await {
+                match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    cfg.connect(tokio_postgres::NoTls),
+                )
+                .await
+                {
                     Ok(Ok((client, conn))) => {
                         let h = tokio::spawn(conn);
                         let r = client.simple_query("SELECT 1").await.is_ok();
@@ -259,9 +324,17 @@ impl Cluster {
             if ok {
                 return Ok(());
             }
-            let exited = self.watchdog.as_mut().and_then(|c| c.try_wait().ok().flatten()).is_some();
+            let exited = self
+                .watchdog
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+                .is_some();
             if exited || Instant::now() > deadline {
-                return Err(HarnessError::StartTimeout { secs: 60, log: log.display().to_string(), tail: tail(log, 20) });
+                return Err(HarnessError::StartTimeout {
+                    secs: 60,
+                    log: log.display().to_string(),
+                    tail: tail(log, 20),
+                });
             }
             std::thread::sleep(Duration::from_millis(30));
         }
@@ -305,13 +378,23 @@ impl Cluster {
     /// Connection settings for `user` on database `dbname`, over the Unix socket.
     pub fn config_as(&self, user: &str, dbname: &str) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
-        c.host_path(&self.data_dir).port(self.port).user(user).dbname(dbname).application_name("tenancy");
+        c.host_path(&self.data_dir)
+            .port(self.port)
+            .user(user)
+            .dbname(dbname)
+            .application_name("tenancy");
         c
     }
 
     /// A libpq-style connection string for `user` on `dbname` over the Unix socket.
     pub fn url_as(&self, user: &str, dbname: &str) -> String {
-        format!("host={} port={} user={} dbname={}", self.data_dir.display(), self.port, user, dbname)
+        format!(
+            "host={} port={} user={} dbname={}",
+            self.data_dir.display(),
+            self.port,
+            user,
+            dbname
+        )
     }
 
     /// Connects as the superuser to `dbname`, driving the connection on the current runtime.
@@ -344,10 +427,17 @@ impl Drop for Cluster {
 
 /// Connects with `cfg` and spawns the connection task on the current runtime.
 pub async fn connect(cfg: &tokio_postgres::Config) -> Result<tokio_postgres::Client, HarnessError> {
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|source| HarnessError::Sql {
-        what: format!("connecting to {:?} as {:?}", cfg.get_dbname().unwrap_or(""), cfg.get_user().unwrap_or("")),
-        source,
-    })?;
+    let (client, conn) =
+        cfg.connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|source| HarnessError::Sql {
+                what: format!(
+                    "connecting to {:?} as {:?}",
+                    cfg.get_dbname().unwrap_or(""),
+                    cfg.get_user().unwrap_or("")
+                ),
+                source,
+            })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "harness connection closed");

@@ -53,7 +53,11 @@ pub enum HarnessError {
     },
     /// The server did not accept connections in time.
     #[error("PostgreSQL did not accept connections within {secs}s; last lines of its log ({log}):\n{tail}")]
-    StartTimeout { secs: u64, log: String, tail: String },
+    StartTimeout {
+        secs: u64,
+        log: String,
+        tail: String,
+    },
     /// A SQL step of the harness failed.
     #[error("{what}: {source}")]
     Sql {

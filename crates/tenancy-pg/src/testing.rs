@@ -33,7 +33,9 @@ pub type SetupError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The test process's cluster, started on first use and stopped when the process exits.
 pub async fn cluster() -> Result<&'static Cluster, HarnessError> {
-    CLUSTER.get_or_try_init(|| Cluster::start(ClusterOptions::for_tests())).await
+    CLUSTER
+        .get_or_try_init(|| Cluster::start(ClusterOptions::for_tests()))
+        .await
 }
 
 /// A template database built once per test process by a setup function.
@@ -48,7 +50,10 @@ pub struct TemplateDb {
 impl TemplateDb {
     /// Declares a template named `name` (a plain lowercase identifier).
     pub const fn new(name: &'static str) -> Self {
-        TemplateDb { name, ready: OnceCell::const_new() }
+        TemplateDb {
+            name,
+            ready: OnceCell::const_new(),
+        }
     }
 
     /// Returns a fresh database cloned from the template, building the template first with
@@ -90,7 +95,10 @@ impl TemplateDb {
         admin
             .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {}", self.name))
             .await
-            .map_err(|source| HarnessError::Sql { what: format!("cloning {} into {name}", self.name), source })?;
+            .map_err(|source| HarnessError::Sql {
+                what: format!("cloning {} into {name}", self.name),
+                source,
+            })?;
         Ok(TestDb { cluster, name })
     }
 }

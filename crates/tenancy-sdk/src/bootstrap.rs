@@ -28,22 +28,34 @@ pub fn quote_ident(name: &str) -> String {
 
 /// Creates (or re-asserts) the owner and runtime roles. Needs a superuser or CREATEROLE.
 pub async fn bootstrap_cluster(superuser: &Client) -> Result<(), Error> {
-    superuser.batch_execute(BOOTSTRAP_SQL).await.map_err(Error::db("creating the tenancy roles"))
+    superuser
+        .batch_execute(BOOTSTRAP_SQL)
+        .await
+        .map_err(Error::db("creating the tenancy roles"))
 }
 
 /// Sets the privileges of database `dbname` and creates the tenancy schemas in it.
 /// `superuser` must be connected to that database.
 pub async fn bootstrap_database(superuser: &Client, dbname: &str) -> Result<(), Error> {
     let sql = DATABASE_SQL.replace(":dbname", &quote_ident(dbname));
-    superuser.batch_execute(&sql).await.map_err(Error::db("preparing the database for tenancy"))
+    superuser
+        .batch_execute(&sql)
+        .await
+        .map_err(Error::db("preparing the database for tenancy"))
 }
 
 /// Installs the runtime schema and the context key. `owner` must be connected as the
 /// owner role (directly, or after `SET ROLE tenancy_owner`).
 pub async fn install_runtime(owner: &Client, key: &ContextKey) -> Result<(), Error> {
-    owner.batch_execute(RUNTIME_SQL).await.map_err(Error::db("installing the tenancy runtime schema"))?;
     owner
-        .execute("SELECT tenancy.install_context_key($1, $2)", &[&key.kid().as_str(), &key.material_hex()])
+        .batch_execute(RUNTIME_SQL)
+        .await
+        .map_err(Error::db("installing the tenancy runtime schema"))?;
+    owner
+        .execute(
+            "SELECT tenancy.install_context_key($1, $2)",
+            &[&key.kid().as_str(), &key.material_hex()],
+        )
         .await
         .map_err(Error::db("installing the context key"))?;
     Ok(())
@@ -53,7 +65,10 @@ pub async fn install_runtime(owner: &Client, key: &ContextKey) -> Result<(), Err
 /// `owner` must be connected as the owner role; `table` may be schema-qualified.
 pub async fn make_tenant_table(owner: &Client, table: &str) -> Result<(), Error> {
     owner
-        .execute("SELECT tenancy.make_tenant_table($1::text::regclass)", &[&table])
+        .execute(
+            "SELECT tenancy.make_tenant_table($1::text::regclass)",
+            &[&table],
+        )
         .await
         .map_err(Error::db("making a tenant table"))?;
     Ok(())

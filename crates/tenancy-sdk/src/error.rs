@@ -25,7 +25,12 @@ pub enum Error {
     NotActive { tenant: String, state: String },
     /// The tenant's cluster is in a region this router may not open.
     #[error("tenant {tenant} is pinned to region {tenant_region}; refusing to open it on cluster {cluster} in region {cluster_region}")]
-    RegionMismatch { tenant: String, tenant_region: String, cluster: String, cluster_region: String },
+    RegionMismatch {
+        tenant: String,
+        tenant_region: String,
+        cluster: String,
+        cluster_region: String,
+    },
     /// A statement failed earlier in this transaction, so it can only be rolled back.
     #[error("the transaction was aborted by an earlier error and has been rolled back")]
     Aborted,

@@ -28,7 +28,11 @@ impl Conn {
         if let Some(s) = self.stmts.get(sql) {
             return Ok(s.clone());
         }
-        let s = self.client.prepare(sql).await.map_err(Error::db("preparing a statement"))?;
+        let s = self
+            .client
+            .prepare(sql)
+            .await
+            .map_err(Error::db("preparing a statement"))?;
         if self.stmts.len() >= STATEMENT_CACHE_LIMIT {
             self.stmts.clear();
         }
@@ -55,8 +59,15 @@ impl managed::Manager for Manager {
                 tracing::debug!(error = %e, "pooled connection closed");
             }
         });
-        let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
-        Ok(Conn { client, pid, stmts: HashMap::new() })
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await?
+            .get(0);
+        Ok(Conn {
+            client,
+            pid,
+            stmts: HashMap::new(),
+        })
     }
 
     async fn recycle(&self, conn: &mut Conn, _: &Metrics) -> RecycleResult<tokio_postgres::Error> {
@@ -72,7 +83,10 @@ pub(crate) type Object = managed::Object<Manager>;
 
 /// Builds a pool of plain connections (used directly only for catalog reads, which are
 /// not tenant data).
-pub(crate) fn build_pool(config: tokio_postgres::Config, opts: &PoolOptions) -> Result<Pool, Error> {
+pub(crate) fn build_pool(
+    config: tokio_postgres::Config,
+    opts: &PoolOptions,
+) -> Result<Pool, Error> {
     Pool::builder(Manager { config })
         .max_size(opts.max_size)
         .wait_timeout(Some(opts.wait_timeout))
@@ -96,7 +110,11 @@ pub struct PoolOptions {
 
 impl Default for PoolOptions {
     fn default() -> Self {
-        PoolOptions { max_size: 16, token_ttl: Duration::from_secs(60), wait_timeout: Duration::from_secs(30) }
+        PoolOptions {
+            max_size: 16,
+            token_ttl: Duration::from_secs(60),
+            wait_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -116,7 +134,11 @@ pub struct TenantPool {
 impl TenantPool {
     /// Builds a pool that connects with `config` (which must name the runtime role).
     /// Connections are opened lazily.
-    pub fn new(config: tokio_postgres::Config, key: ContextKey, opts: PoolOptions) -> Result<Self, Error> {
+    pub fn new(
+        config: tokio_postgres::Config,
+        key: ContextKey,
+        opts: PoolOptions,
+    ) -> Result<Self, Error> {
         if opts.max_size == 0 {
             return Err(Error::Invalid("pool max_size must be at least 1".into()));
         }
@@ -127,9 +149,21 @@ impl TenantPool {
     /// Opens a transaction for `tenant`. Nothing is sent yet: `BEGIN` and the signed
     /// context go out in one message together with the first statement.
     pub async fn begin(&self, tenant: TenantId) -> Result<TenantTx, Error> {
-        let conn = self.pool.get().await.map_err(|e| Error::Pool(e.to_string()))?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
-        let token = self.key.sign(tenant, conn.pid, now, self.opts.token_ttl.as_micros() as i64);
+        let conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| Error::Pool(e.to_string()))?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        let token = self.key.sign(
+            tenant,
+            conn.pid,
+            now,
+            self.opts.token_ttl.as_micros() as i64,
+        );
         // The token text is [a-z0-9.-] only (checked by ContextToken), so it is safe inside
         // a string literal; a simple-query message lets BEGIN and enter share one message,
         // which tenancy.enter requires.

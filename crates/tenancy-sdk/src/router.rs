@@ -23,7 +23,10 @@ pub struct ClusterCredentials {
 
 impl std::fmt::Debug for ClusterCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterCredentials").field("user", &self.user).field("password", &self.password.as_ref().map(|_| "<redacted>")).finish()
+        f.debug_struct("ClusterCredentials")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
     }
 }
 
@@ -41,7 +44,11 @@ pub struct RouterOptions {
 
 impl Default for RouterOptions {
     fn default() -> Self {
-        RouterOptions { allowed_regions: None, cache_ttl: Duration::from_secs(5), pool: PoolOptions::default() }
+        RouterOptions {
+            allowed_regions: None,
+            cache_ttl: Duration::from_secs(5),
+            pool: PoolOptions::default(),
+        }
     }
 }
 
@@ -76,7 +83,13 @@ impl Router {
         creds: ClusterCredentials,
         opts: RouterOptions,
     ) -> Result<Self, Error> {
-        let catalog = build_pool(catalog_config, &PoolOptions { max_size: 4, ..opts.pool.clone() })?;
+        let catalog = build_pool(
+            catalog_config,
+            &PoolOptions {
+                max_size: 4,
+                ..opts.pool.clone()
+            },
+        )?;
         Ok(Router {
             inner: Arc::new(Inner {
                 catalog,
@@ -105,7 +118,12 @@ impl Router {
                 }
             }
         }
-        let conn = self.inner.catalog.get().await.map_err(|e| Error::Pool(e.to_string()))?;
+        let conn = self
+            .inner
+            .catalog
+            .get()
+            .await
+            .map_err(|e| Error::Pool(e.to_string()))?;
         let t = tenancy_catalog::get_tenant(&conn.client, id).await?;
         drop(conn);
         if let Ok(mut m) = self.inner.tenants.write() {
@@ -120,7 +138,12 @@ impl Router {
                 return Ok((c.clone(), p.clone()));
             }
         }
-        let conn = self.inner.catalog.get().await.map_err(|e| Error::Pool(e.to_string()))?;
+        let conn = self
+            .inner
+            .catalog
+            .get()
+            .await
+            .map_err(|e| Error::Pool(e.to_string()))?;
         let cluster = tenancy_catalog::get_cluster(&conn.client, cluster_id).await?;
         drop(conn);
         let mut cfg = tokio_postgres::Config::new();
@@ -129,12 +152,19 @@ impl Router {
         } else {
             cfg.host(&cluster.host);
         }
-        cfg.port(cluster.port).dbname(&cluster.dbname).user(&self.inner.creds.user).application_name("tenancy");
+        cfg.port(cluster.port)
+            .dbname(&cluster.dbname)
+            .user(&self.inner.creds.user)
+            .application_name("tenancy");
         if let Some(p) = &self.inner.creds.password {
             cfg.password(p);
         }
         let pool = TenantPool::new(cfg, self.inner.key.clone(), self.inner.opts.pool.clone())?;
-        let mut m = self.inner.pools.write().map_err(|_| Error::Pool("router pool map poisoned".into()))?;
+        let mut m = self
+            .inner
+            .pools
+            .write()
+            .map_err(|_| Error::Pool("router pool map poisoned".into()))?;
         let entry = m.entry(cluster_id).or_insert((cluster, pool));
         Ok((entry.0.clone(), entry.1.clone()))
     }
@@ -144,10 +174,18 @@ impl Router {
     pub async fn begin(&self, tenant: TenantId) -> Result<TenantTx, Error> {
         let t = self.tenant(tenant).await?;
         if !t.state.allows_data_access() {
-            return Err(Error::NotActive { tenant: tenant.to_string(), state: t.state.to_string() });
+            return Err(Error::NotActive {
+                tenant: tenant.to_string(),
+                state: t.state.to_string(),
+            });
         }
         let (cluster, pool) = self.pool_for(t.cluster_id).await?;
-        let allowed = self.inner.opts.allowed_regions.as_ref().is_none_or(|rs| rs.contains(&cluster.region));
+        let allowed = self
+            .inner
+            .opts
+            .allowed_regions
+            .as_ref()
+            .is_none_or(|rs| rs.contains(&cluster.region));
         if cluster.region != t.region || !allowed {
             return Err(Error::RegionMismatch {
                 tenant: tenant.to_string(),

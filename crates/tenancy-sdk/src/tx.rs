@@ -57,7 +57,12 @@ async fn with_begin<T>(
 
 impl TenantTx {
     pub(crate) fn new(conn: Object, tenant: TenantId, begin_sql: String) -> Self {
-        TenantTx { conn: Some(conn), tenant, begin_sql: Some(begin_sql), state: State::NotBegun }
+        TenantTx {
+            conn: Some(conn),
+            tenant,
+            begin_sql: Some(begin_sql),
+            state: State::NotBegun,
+        }
     }
 
     /// The tenant this transaction is bound to.
@@ -66,7 +71,9 @@ impl TenantTx {
     }
 
     fn conn(&mut self) -> Result<&mut Object, Error> {
-        self.conn.as_mut().ok_or_else(|| Error::Invalid("transaction already ended".into()))
+        self.conn
+            .as_mut()
+            .ok_or_else(|| Error::Invalid("transaction already ended".into()))
     }
 
     fn take_begin(&mut self) -> Option<String> {
@@ -93,7 +100,11 @@ impl TenantTx {
     }
 
     /// Runs a statement and returns its rows.
-    pub async fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
+    pub async fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
         self.check_usable()?;
         let stmt = self.conn()?.statement(sql).await?;
         let begin = self.take_begin();
@@ -103,7 +114,11 @@ impl TenantTx {
     }
 
     /// Runs a statement that returns exactly one row.
-    pub async fn query_one(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, Error> {
+    pub async fn query_one(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, Error> {
         self.check_usable()?;
         let stmt = self.conn()?.statement(sql).await?;
         let begin = self.take_begin();
@@ -113,7 +128,11 @@ impl TenantTx {
     }
 
     /// Runs a statement that returns zero or one row.
-    pub async fn query_opt(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, Error> {
+    pub async fn query_opt(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, Error> {
         self.check_usable()?;
         let stmt = self.conn()?.statement(sql).await?;
         let begin = self.take_begin();
@@ -123,7 +142,11 @@ impl TenantTx {
     }
 
     /// Runs a statement and returns the number of rows it affected.
-    pub async fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
+    pub async fn execute(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, Error> {
         self.check_usable()?;
         let stmt = self.conn()?.statement(sql).await?;
         let begin = self.take_begin();
@@ -147,7 +170,12 @@ impl TenantTx {
     pub async fn client(&mut self) -> Result<&Client, Error> {
         self.check_usable()?;
         if let Some(b) = self.take_begin() {
-            let r = self.conn()?.client.batch_execute(&b).await.map_err(Error::ContextRefused);
+            let r = self
+                .conn()?
+                .client
+                .batch_execute(&b)
+                .await
+                .map_err(Error::ContextRefused);
             self.track(r)?;
         }
         Ok(&self.conn()?.client)
@@ -157,12 +185,21 @@ impl TenantTx {
     /// [`Error::Aborted`] is returned, so a failed transaction never looks committed.
     pub async fn commit(mut self) -> Result<(), Error> {
         let state = self.state;
-        let Some(conn) = self.conn.take() else { return Ok(()) };
+        let Some(conn) = self.conn.take() else {
+            return Ok(());
+        };
         match state {
             State::NotBegun => Ok(()),
-            State::Open => conn.client.batch_execute("COMMIT").await.map_err(Error::db("committing")),
+            State::Open => conn
+                .client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(Error::db("committing")),
             State::Failed => {
-                conn.client.batch_execute("ROLLBACK").await.map_err(Error::db("rolling back"))?;
+                conn.client
+                    .batch_execute("ROLLBACK")
+                    .await
+                    .map_err(Error::db("rolling back"))?;
                 Err(Error::Aborted)
             }
         }
@@ -171,11 +208,16 @@ impl TenantTx {
     /// Rolls back.
     pub async fn rollback(mut self) -> Result<(), Error> {
         let state = self.state;
-        let Some(conn) = self.conn.take() else { return Ok(()) };
+        let Some(conn) = self.conn.take() else {
+            return Ok(());
+        };
         if state == State::NotBegun {
             return Ok(());
         }
-        conn.client.batch_execute("ROLLBACK").await.map_err(Error::db("rolling back"))
+        conn.client
+            .batch_execute("ROLLBACK")
+            .await
+            .map_err(Error::db("rolling back"))
     }
 }
 

@@ -13,7 +13,11 @@ const BOOTSTRAP: &str = "DO $$ BEGIN
 END $$;";
 
 async fn owner(db: &TestDb) -> tokio_postgres::Client {
-    let (c, conn) = db.config_as("tenancy_owner").connect(NoTls).await.expect("connect");
+    let (c, conn) = db
+        .config_as("tenancy_owner")
+        .connect(NoTls)
+        .await
+        .expect("connect");
     tokio::spawn(conn);
     c
 }
@@ -29,7 +33,12 @@ async fn fresh() -> TestDb {
         .expect("db");
     // Database privileges are not copied from a template.
     let su = db.connect_superuser().await.expect("su");
-    su.batch_execute(&format!("GRANT CREATE ON DATABASE {} TO tenancy_owner", db.name)).await.expect("grant");
+    su.batch_execute(&format!(
+        "GRANT CREATE ON DATABASE {} TO tenancy_owner",
+        db.name
+    ))
+    .await
+    .expect("grant");
     db
 }
 
@@ -48,9 +57,22 @@ fn new_tenant(slug: &str, region: &str) -> NewTenant {
 async fn migrations_apply_once_and_refuse_a_changed_file() {
     let db = fresh().await;
     let mut c = owner(&db).await;
-    assert_eq!(tenancy_catalog::migrate(&mut c).await.expect("first"), vec![1]);
-    assert!(tenancy_catalog::migrate(&mut c).await.expect("second").is_empty(), "no-op the second time");
-    let changed = [Migration { version: 1, name: "0001_catalog", sql: "SELECT 1" }];
+    assert_eq!(
+        tenancy_catalog::migrate(&mut c).await.expect("first"),
+        vec![1]
+    );
+    assert!(
+        tenancy_catalog::migrate(&mut c)
+            .await
+            .expect("second")
+            .is_empty(),
+        "no-op the second time"
+    );
+    let changed = [Migration {
+        version: 1,
+        name: "0001_catalog",
+        sql: "SELECT 1",
+    }];
     match tenancy_catalog::migrate_for_tests(&mut c, &changed).await {
         Err(CatalogError::ChecksumMismatch { version: 1, .. }) => {}
         other => panic!("expected a checksum refusal, got {other:?}"),
@@ -62,49 +84,109 @@ async fn tenants_are_placed_in_their_region_with_events_and_valid_transitions() 
     let db = fresh().await;
     let mut c = owner(&db).await;
     tenancy_catalog::migrate(&mut c).await.expect("migrate");
-    tenancy_catalog::add_region(&c, &"eu-west".parse().expect("r"), "EU").await.expect("region");
+    tenancy_catalog::add_region(&c, &"eu-west".parse().expect("r"), "EU")
+        .await
+        .expect("region");
     for (name, cap) in [("pg-a", 1), ("pg-b", 5)] {
         tenancy_catalog::add_cluster(
             &c,
-            &NewCluster { name: name.into(), region: "eu-west".parse().expect("r"), host: "/tmp".into(), port: 5432, dbname: "x".into(), capacity: cap },
+            &NewCluster {
+                name: name.into(),
+                region: "eu-west".parse().expect("r"),
+                host: "/tmp".into(),
+                port: 5432,
+                dbname: "x".into(),
+                capacity: cap,
+            },
         )
         .await
         .expect("cluster");
     }
-    let t1 = tenancy_catalog::create_tenant(&mut c, &new_tenant("acme", "eu-west"), "test").await.expect("t1");
-    let t2 = tenancy_catalog::create_tenant(&mut c, &new_tenant("globex", "eu-west"), "test").await.expect("t2");
-    assert_ne!(t1.cluster_id, t2.cluster_id, "least-loaded placement spreads tenants");
+    let t1 = tenancy_catalog::create_tenant(&mut c, &new_tenant("acme", "eu-west"), "test")
+        .await
+        .expect("t1");
+    let t2 = tenancy_catalog::create_tenant(&mut c, &new_tenant("globex", "eu-west"), "test")
+        .await
+        .expect("t2");
+    assert_ne!(
+        t1.cluster_id, t2.cluster_id,
+        "least-loaded placement spreads tenants"
+    );
     assert_eq!(t1.state, TenantState::Provisioning);
 
-    assert!(matches!(tenancy_catalog::create_tenant(&mut c, &new_tenant("acme", "eu-west"), "t").await, Err(CatalogError::SlugTaken(_))));
-    assert!(matches!(tenancy_catalog::create_tenant(&mut c, &new_tenant("initech", "us-east"), "t").await, Err(CatalogError::UnknownRegion(_))));
-    let bad_cluster = NewCluster { name: "Bad Name".into(), region: "eu-west".parse().expect("r"), host: "/tmp".into(), port: 1, dbname: "x".into(), capacity: 1 };
-    assert!(matches!(tenancy_catalog::add_cluster(&c, &bad_cluster).await, Err(CatalogError::Invalid(_))));
+    assert!(matches!(
+        tenancy_catalog::create_tenant(&mut c, &new_tenant("acme", "eu-west"), "t").await,
+        Err(CatalogError::SlugTaken(_))
+    ));
+    assert!(matches!(
+        tenancy_catalog::create_tenant(&mut c, &new_tenant("initech", "us-east"), "t").await,
+        Err(CatalogError::UnknownRegion(_))
+    ));
+    let bad_cluster = NewCluster {
+        name: "Bad Name".into(),
+        region: "eu-west".parse().expect("r"),
+        host: "/tmp".into(),
+        port: 1,
+        dbname: "x".into(),
+        capacity: 1,
+    };
+    assert!(matches!(
+        tenancy_catalog::add_cluster(&c, &bad_cluster).await,
+        Err(CatalogError::Invalid(_))
+    ));
 
-    tenancy_catalog::set_state(&mut c, t1.id, TenantState::Active, "test", "ready").await.expect("activate");
-    tenancy_catalog::set_state(&mut c, t1.id, TenantState::Active, "test", "again").await.expect("idempotent");
+    tenancy_catalog::set_state(&mut c, t1.id, TenantState::Active, "test", "ready")
+        .await
+        .expect("activate");
+    tenancy_catalog::set_state(&mut c, t1.id, TenantState::Active, "test", "again")
+        .await
+        .expect("idempotent");
     assert!(matches!(
         tenancy_catalog::set_state(&mut c, t2.id, TenantState::Suspended, "test", "x").await,
         Err(CatalogError::InvalidTransition { .. })
     ));
-    let events = tenancy_catalog::tenant_events(&c, t1.id).await.expect("events");
+    let events = tenancy_catalog::tenant_events(&c, t1.id)
+        .await
+        .expect("events");
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-    assert_eq!(kinds, vec!["created", "state_changed"], "the idempotent repeat records nothing");
+    assert_eq!(
+        kinds,
+        vec!["created", "state_changed"],
+        "the idempotent repeat records nothing"
+    );
 
     // The event log is append-only, even for the owner.
-    let err = c.execute("DELETE FROM tenancy_catalog.tenant_events", &[]).await.expect_err("append-only");
-    assert!(err.as_db_error().map(|d| d.message().contains("append-only")).unwrap_or(false));
-    let err = c.execute("UPDATE tenancy_catalog.tenant_events SET actor = 'x'", &[]).await.expect_err("append-only");
+    let err = c
+        .execute("DELETE FROM tenancy_catalog.tenant_events", &[])
+        .await
+        .expect_err("append-only");
+    assert!(err
+        .as_db_error()
+        .map(|d| d.message().contains("append-only"))
+        .unwrap_or(false));
+    let err = c
+        .execute("UPDATE tenancy_catalog.tenant_events SET actor = 'x'", &[])
+        .await
+        .expect_err("append-only");
     assert!(err.as_db_error().is_some());
 
     // Capacity: pg-a (1) is full; more tenants go to pg-b until it is full too.
     for i in 0..4 {
-        tenancy_catalog::create_tenant(&mut c, &new_tenant(&format!("t{i}x"), "eu-west"), "t").await.expect("fits");
+        tenancy_catalog::create_tenant(&mut c, &new_tenant(&format!("t{i}x"), "eu-west"), "t")
+            .await
+            .expect("fits");
     }
-    assert!(matches!(tenancy_catalog::create_tenant(&mut c, &new_tenant("overflow", "eu-west"), "t").await, Err(CatalogError::NoCapacity(_))));
-    let page = tenancy_catalog::list_tenants(&c, None, 3).await.expect("page");
+    assert!(matches!(
+        tenancy_catalog::create_tenant(&mut c, &new_tenant("overflow", "eu-west"), "t").await,
+        Err(CatalogError::NoCapacity(_))
+    ));
+    let page = tenancy_catalog::list_tenants(&c, None, 3)
+        .await
+        .expect("page");
     assert_eq!(page.len(), 3);
-    let next = tenancy_catalog::list_tenants(&c, Some(&page[2].slug), 100).await.expect("next");
+    let next = tenancy_catalog::list_tenants(&c, Some(&page[2].slug), 100)
+        .await
+        .expect("next");
     assert_eq!(page.len() + next.len(), 6);
     assert!(tenancy_catalog::list_tenants(&c, None, 0).await.is_err());
 }

@@ -6,7 +6,10 @@ use crate::support::*;
 
 async fn count_tenant(client: &tokio_postgres::Client, t: TenantId) -> i64 {
     client
-        .query_one("SELECT count(*) FROM customers WHERE tenant_id = $1", &[&t.as_uuid()])
+        .query_one(
+            "SELECT count(*) FROM customers WHERE tenant_id = $1",
+            &[&t.as_uuid()],
+        )
         .await
         .expect("count")
         .get(0)
@@ -20,21 +23,57 @@ async fn set_config_with_another_tenants_id_switches_nothing() {
     seed(&pool, a, 1).await;
     seed(&pool, b, 2).await;
     // Every way injected SQL could name B: raw id, id with a made-up binding.
-    for value in [b.to_string(), format!("{b}.{}", "0".repeat(64)), format!("{b}.{}", "f".repeat(64))] {
+    for value in [
+        b.to_string(),
+        format!("{b}.{}", "0".repeat(64)),
+        format!("{b}.{}", "f".repeat(64)),
+    ] {
         for write in [false, true] {
             let mut tx = pool.begin(a).await.expect("begin");
-            assert_eq!(tx.query("SELECT 1 FROM customers", &[]).await.expect("q").len(), 1);
-            tx.query_one("SELECT set_config('tenancy.ctx', $1, true)", &[&value]).await.expect("set_config");
+            assert_eq!(
+                tx.query("SELECT 1 FROM customers", &[])
+                    .await
+                    .expect("q")
+                    .len(),
+                1
+            );
+            tx.query_one("SELECT set_config('tenancy.ctx', $1, true)", &[&value])
+                .await
+                .expect("set_config");
             if write {
-                let r = tx.execute("INSERT INTO customers (email, name) VALUES ('i@b', 'planted')", &[]).await;
+                let r = tx
+                    .execute(
+                        "INSERT INTO customers (email, name) VALUES ('i@b', 'planted')",
+                        &[],
+                    )
+                    .await;
                 assert!(r.is_err(), "a forged context must not write");
-                let r = tx.execute("UPDATE customers SET name = 'hijacked'", &[]).await;
+                let r = tx
+                    .execute("UPDATE customers SET name = 'hijacked'", &[])
+                    .await;
                 assert!(matches!(r, Err(tenancy_sdk::Error::Aborted)));
             } else {
-                let rows = tx.query("SELECT tenant_id FROM customers", &[]).await.expect("q");
-                assert!(rows.is_empty(), "a forged context must see nothing, saw {} rows", rows.len());
-                assert_eq!(tx.execute("UPDATE customers SET name = 'hijacked'", &[]).await.expect("update"), 0);
-                assert_eq!(tx.execute("DELETE FROM customers", &[]).await.expect("delete"), 0);
+                let rows = tx
+                    .query("SELECT tenant_id FROM customers", &[])
+                    .await
+                    .expect("q");
+                assert!(
+                    rows.is_empty(),
+                    "a forged context must see nothing, saw {} rows",
+                    rows.len()
+                );
+                assert_eq!(
+                    tx.execute("UPDATE customers SET name = 'hijacked'", &[])
+                        .await
+                        .expect("update"),
+                    0
+                );
+                assert_eq!(
+                    tx.execute("DELETE FROM customers", &[])
+                        .await
+                        .expect("delete"),
+                    0
+                );
                 tx.commit().await.expect("commit");
             }
         }
@@ -54,9 +93,19 @@ async fn injected_set_config_inside_a_statement_cannot_switch_tenant() {
     let name = format!("x' OR set_config('tenancy.ctx', '{b}', true) IS NOT NULL OR '1'='1");
     let sql = format!("SELECT tenant_id FROM customers WHERE name = '{name}'");
     let first = tx.query(&sql, &[]).await.expect("injected query runs");
-    assert!(first.iter().all(|r| r.get::<_, uuid::Uuid>(0) == a.as_uuid()));
-    let after = tx.query("SELECT tenant_id FROM customers", &[]).await.expect("q");
-    assert!(after.iter().all(|r| r.get::<_, uuid::Uuid>(0) != b.as_uuid()), "B's rows leaked");
+    assert!(first
+        .iter()
+        .all(|r| r.get::<_, uuid::Uuid>(0) == a.as_uuid()));
+    let after = tx
+        .query("SELECT tenant_id FROM customers", &[])
+        .await
+        .expect("q");
+    assert!(
+        after
+            .iter()
+            .all(|r| r.get::<_, uuid::Uuid>(0) != b.as_uuid()),
+        "B's rows leaked"
+    );
     drop(tx);
 }
 
@@ -72,21 +121,43 @@ async fn a_binding_replayed_from_an_earlier_transaction_or_another_connection_se
 
     // B's binding from an earlier transaction on the same connection.
     enter_by_hand(&conn1, b).await.expect("enter b");
-    let b_binding: String = conn1.query_one("SELECT current_setting('tenancy.ctx')", &[]).await.expect("ctx").get(0);
+    let b_binding: String = conn1
+        .query_one("SELECT current_setting('tenancy.ctx')", &[])
+        .await
+        .expect("ctx")
+        .get(0);
     assert_eq!(count_tenant(&conn1, b).await, 2);
     conn1.batch_execute("COMMIT").await.expect("commit");
 
     enter_by_hand(&conn1, a).await.expect("enter a");
-    conn1.query_one("SELECT set_config('tenancy.ctx', $1, true)", &[&b_binding]).await.expect("set");
-    assert_eq!(count_tenant(&conn1, b).await, 0, "replayed binding from an earlier transaction");
+    conn1
+        .query_one("SELECT set_config('tenancy.ctx', $1, true)", &[&b_binding])
+        .await
+        .expect("set");
+    assert_eq!(
+        count_tenant(&conn1, b).await,
+        0,
+        "replayed binding from an earlier transaction"
+    );
     conn1.batch_execute("ROLLBACK").await.expect("rollback");
 
     // B's live binding taken from another connection, while B's transaction is open.
     enter_by_hand(&conn2, b).await.expect("enter b on conn2");
-    let live: String = conn2.query_one("SELECT current_setting('tenancy.ctx')", &[]).await.expect("ctx").get(0);
+    let live: String = conn2
+        .query_one("SELECT current_setting('tenancy.ctx')", &[])
+        .await
+        .expect("ctx")
+        .get(0);
     enter_by_hand(&conn1, a).await.expect("enter a");
-    conn1.query_one("SELECT set_config('tenancy.ctx', $1, true)", &[&live]).await.expect("set");
-    assert_eq!(count_tenant(&conn1, b).await, 0, "binding taken from another connection");
+    conn1
+        .query_one("SELECT set_config('tenancy.ctx', $1, true)", &[&live])
+        .await
+        .expect("set");
+    assert_eq!(
+        count_tenant(&conn1, b).await,
+        0,
+        "binding taken from another connection"
+    );
     conn1.batch_execute("ROLLBACK").await.expect("rollback");
     conn2.batch_execute("ROLLBACK").await.expect("rollback");
 }
@@ -104,8 +175,15 @@ async fn a_replayed_entry_token_is_refused() {
     let b_token = enter_by_hand(&conn1, b).await.expect("enter b");
     conn1.batch_execute("COMMIT").await.expect("commit");
     enter_by_hand(&conn1, a).await.expect("enter a");
-    let err = conn1.query_one("SELECT tenancy.enter($1)", &[&b_token]).await.expect_err("replay must fail");
-    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION), "{err:?}");
+    let err = conn1
+        .query_one("SELECT tenancy.enter($1)", &[&b_token])
+        .await
+        .expect_err("replay must fail");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION),
+        "{err:?}"
+    );
     conn1.batch_execute("ROLLBACK").await.expect("rollback");
 
     // B's token used on another connection, even as that transaction's first message.
@@ -113,19 +191,50 @@ async fn a_replayed_entry_token_is_refused() {
         .batch_execute(&format!("BEGIN; SELECT tenancy.enter('{b_token}')"))
         .await
         .expect_err("token bound to another backend");
-    assert!(err.as_db_error().map(|d| d.message().contains("another connection")).unwrap_or(false), "{err:?}");
+    assert!(
+        err.as_db_error()
+            .map(|d| d.message().contains("another connection"))
+            .unwrap_or(false),
+        "{err:?}"
+    );
     conn2.batch_execute("ROLLBACK").await.expect("rollback");
 
     // An expired token, and one signed with a key the database does not know.
-    let pid: i32 = conn2.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
+    let pid: i32 = conn2
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
     let expired = key().sign(b, pid, now_micros() - 120_000_000, 60_000_000);
-    let err = conn2.batch_execute(&format!("BEGIN; SELECT tenancy.enter('{}')", expired.as_str())).await.expect_err("expired");
-    assert!(err.as_db_error().map(|d| d.message().contains("expired")).unwrap_or(false), "{err:?}");
+    let err = conn2
+        .batch_execute(&format!(
+            "BEGIN; SELECT tenancy.enter('{}')",
+            expired.as_str()
+        ))
+        .await
+        .expect_err("expired");
+    assert!(
+        err.as_db_error()
+            .map(|d| d.message().contains("expired"))
+            .unwrap_or(false),
+        "{err:?}"
+    );
     conn2.batch_execute("ROLLBACK").await.expect("rollback");
     let other_key = tenancy_sdk::ContextKey::from_bytes("test".parse().expect("kid"), [9u8; 32]);
     let forged = other_key.sign(b, pid, now_micros(), 60_000_000);
-    let err = conn2.batch_execute(&format!("BEGIN; SELECT tenancy.enter('{}')", forged.as_str())).await.expect_err("forged");
-    assert!(err.as_db_error().map(|d| d.message().contains("does not verify")).unwrap_or(false), "{err:?}");
+    let err = conn2
+        .batch_execute(&format!(
+            "BEGIN; SELECT tenancy.enter('{}')",
+            forged.as_str()
+        ))
+        .await
+        .expect_err("forged");
+    assert!(
+        err.as_db_error()
+            .map(|d| d.message().contains("does not verify"))
+            .unwrap_or(false),
+        "{err:?}"
+    );
     conn2.batch_execute("ROLLBACK").await.expect("rollback");
     assert_eq!(count_tenant(&conn2, b).await, 0);
 }

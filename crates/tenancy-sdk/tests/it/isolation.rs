@@ -22,19 +22,52 @@ async fn each_tenant_sees_and_changes_only_its_own_rows() {
 
     // A reads B's row by primary key: nothing.
     let mut tx = pool.begin(a).await.expect("begin");
-    assert!(tx.query_opt("SELECT name FROM customers WHERE id = $1", &[&b_ids[0]]).await.expect("select").is_none());
+    assert!(tx
+        .query_opt("SELECT name FROM customers WHERE id = $1", &[&b_ids[0]])
+        .await
+        .expect("select")
+        .is_none());
     // UPDATE and DELETE without WHERE touch only A's rows.
-    assert_eq!(tx.execute("UPDATE customers SET name = 'renamed by a'", &[]).await.expect("update"), 3);
+    assert_eq!(
+        tx.execute("UPDATE customers SET name = 'renamed by a'", &[])
+            .await
+            .expect("update"),
+        3
+    );
     // Targeting B's row by id affects nothing.
-    assert_eq!(tx.execute("UPDATE customers SET name = 'x' WHERE id = $1", &[&b_ids[0]]).await.expect("update"), 0);
-    assert_eq!(tx.execute("DELETE FROM customers WHERE id = $1", &[&b_ids[1]]).await.expect("delete"), 0);
-    assert_eq!(tx.execute("DELETE FROM customers", &[]).await.expect("delete"), 3);
+    assert_eq!(
+        tx.execute(
+            "UPDATE customers SET name = 'x' WHERE id = $1",
+            &[&b_ids[0]]
+        )
+        .await
+        .expect("update"),
+        0
+    );
+    assert_eq!(
+        tx.execute("DELETE FROM customers WHERE id = $1", &[&b_ids[1]])
+            .await
+            .expect("delete"),
+        0
+    );
+    assert_eq!(
+        tx.execute("DELETE FROM customers", &[])
+            .await
+            .expect("delete"),
+        3
+    );
     tx.commit().await.expect("commit");
 
     let mut tx = pool.begin(b).await.expect("begin");
-    let rows = tx.query("SELECT name FROM customers ORDER BY name", &[]).await.expect("select");
+    let rows = tx
+        .query("SELECT name FROM customers ORDER BY name", &[])
+        .await
+        .expect("select");
     let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    assert_eq!(names, vec!["customer 0".to_string(), "customer 1".to_string()]);
+    assert_eq!(
+        names,
+        vec!["customer 0".to_string(), "customer 1".to_string()]
+    );
     tx.commit().await.expect("commit");
 }
 
@@ -44,7 +77,10 @@ async fn update_that_moves_a_row_to_another_tenant_is_refused() {
     let pool = pool(&db, 2);
     let (a, b) = (TenantId::new_random(), TenantId::new_random());
     let a_ids = seed(&pool, a, 2).await;
-    for sql in ["UPDATE customers SET tenant_id = $1 WHERE id = $2", "UPDATE customers SET tenant_id = $1"] {
+    for sql in [
+        "UPDATE customers SET tenant_id = $1 WHERE id = $2",
+        "UPDATE customers SET tenant_id = $1",
+    ] {
         let mut tx = pool.begin(a).await.expect("begin");
         let err = if sql.contains("$2") {
             tx.execute(sql, &[&b.as_uuid(), &a_ids[0]]).await
@@ -52,7 +88,11 @@ async fn update_that_moves_a_row_to_another_tenant_is_refused() {
             tx.execute(sql, &[&b.as_uuid()]).await
         }
         .expect_err("moving a row must fail");
-        assert_eq!(err.sqlstate(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{err}");
+        assert_eq!(
+            err.sqlstate(),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+            "{err}"
+        );
         drop(tx);
     }
     assert!(visible_tenants(&pool, b).await.is_empty());
@@ -66,12 +106,18 @@ async fn insert_with_a_foreign_tenant_id_is_refused() {
     let (a, b) = (TenantId::new_random(), TenantId::new_random());
     let mut tx = pool.begin(a).await.expect("begin");
     let err = tx
-        .execute("INSERT INTO customers (tenant_id, email, name) VALUES ($1, 'x@y', 'planted')", &[&b.as_uuid()])
+        .execute(
+            "INSERT INTO customers (tenant_id, email, name) VALUES ($1, 'x@y', 'planted')",
+            &[&b.as_uuid()],
+        )
         .await
         .expect_err("insert for another tenant must fail");
     assert_eq!(err.sqlstate(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
     // The failed transaction cannot be committed by accident.
-    assert!(matches!(tx.commit().await, Err(tenancy_sdk::Error::Aborted)));
+    assert!(matches!(
+        tx.commit().await,
+        Err(tenancy_sdk::Error::Aborted)
+    ));
     assert!(visible_tenants(&pool, b).await.is_empty());
 }
 
@@ -84,9 +130,12 @@ async fn unique_and_foreign_key_conflicts_reveal_nothing_about_other_tenants() {
 
     // Same email as B's customer: keys include tenant_id, so no collision, no oracle.
     let mut tx = pool.begin(a).await.expect("begin");
-    tx.execute("INSERT INTO customers (email, name) VALUES ($1, 'mine')", &[&format!("c0@{b}.example")])
-        .await
-        .expect("A may use an email B also uses");
+    tx.execute(
+        "INSERT INTO customers (email, name) VALUES ($1, 'mine')",
+        &[&format!("c0@{b}.example")],
+    )
+    .await
+    .expect("A may use an email B also uses");
     tx.commit().await.expect("commit");
 
     // Referencing B's customer fails exactly like referencing an id that does not exist.
@@ -94,19 +143,35 @@ async fn unique_and_foreign_key_conflicts_reveal_nothing_about_other_tenants() {
     for target in [b_ids[0], uuid::Uuid::new_v4()] {
         let mut tx = pool.begin(a).await.expect("begin");
         let err = tx
-            .execute("INSERT INTO invoices (customer_id, amount_cents) VALUES ($1, 100)", &[&target])
+            .execute(
+                "INSERT INTO invoices (customer_id, amount_cents) VALUES ($1, 100)",
+                &[&target],
+            )
             .await
             .expect_err("foreign key must fail");
         assert_eq!(err.sqlstate(), Some(&SqlState::FOREIGN_KEY_VIOLATION));
-        let tokio_err = std::error::Error::source(&err).and_then(|e| e.downcast_ref::<tokio_postgres::Error>()).expect("db error");
+        let tokio_err = std::error::Error::source(&err)
+            .and_then(|e| e.downcast_ref::<tokio_postgres::Error>())
+            .expect("db error");
         let dbe = tokio_err.as_db_error().expect("db error");
         // RLS suppresses the row values in the detail; nothing names B or its data.
         let detail = dbe.detail().unwrap_or_default().to_owned();
-        assert!(!detail.contains(&b.to_string()), "detail leaks B's tenant id: {detail}");
-        errors.push((dbe.message().replace(&target.to_string(), "<id>"), detail.replace(&target.to_string(), "<id>").replace(&a.to_string(), "<a>")));
+        assert!(
+            !detail.contains(&b.to_string()),
+            "detail leaks B's tenant id: {detail}"
+        );
+        errors.push((
+            dbe.message().replace(&target.to_string(), "<id>"),
+            detail
+                .replace(&target.to_string(), "<id>")
+                .replace(&a.to_string(), "<a>"),
+        ));
         drop(tx);
     }
-    assert_eq!(errors[0], errors[1], "B's existing row must be indistinguishable from a missing one");
+    assert_eq!(
+        errors[0], errors[1],
+        "B's existing row must be indistinguishable from a missing one"
+    );
 }
 
 #[tokio::test]
@@ -119,7 +184,11 @@ async fn without_context_nothing_is_visible_and_nothing_can_be_written() {
 
     // A connection that just served tenant A (committed), then runs without a context.
     enter_by_hand(&client, a).await.expect("enter");
-    let n: i64 = client.query_one("SELECT count(*) FROM customers", &[]).await.expect("count").get(0);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM customers", &[])
+        .await
+        .expect("count")
+        .get(0);
     assert_eq!(n, 3);
     client.batch_execute("COMMIT").await.expect("commit");
 
@@ -127,30 +196,66 @@ async fn without_context_nothing_is_visible_and_nothing_can_be_written() {
         if in_tx {
             client.batch_execute("BEGIN").await.expect("begin");
         }
-        let n: i64 = client.query_one("SELECT count(*) FROM customers", &[]).await.expect("count").get(0);
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM customers", &[])
+            .await
+            .expect("count")
+            .get(0);
         assert_eq!(n, 0, "no context must mean no rows (in_tx={in_tx})");
-        let ctx: Option<uuid::Uuid> = client.query_one("SELECT tenancy.current_tenant_id()", &[]).await.expect("ctx").get(0);
+        let ctx: Option<uuid::Uuid> = client
+            .query_one("SELECT tenancy.current_tenant_id()", &[])
+            .await
+            .expect("ctx")
+            .get(0);
         assert_eq!(ctx, None);
         if in_tx {
             client.batch_execute("ROLLBACK").await.expect("rollback");
         }
     }
     let err = client
-        .execute("INSERT INTO customers (email, name) VALUES ('x@y', 'no context')", &[])
+        .execute(
+            "INSERT INTO customers (email, name) VALUES ('x@y', 'no context')",
+            &[],
+        )
         .await
         .expect_err("insert without context");
     // The default tenant is NULL: refused by the policy's WITH CHECK (or NOT NULL).
-    assert!(matches!(err.code(), Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE || *c == SqlState::NOT_NULL_VIOLATION), "{err:?}");
+    assert!(
+        matches!(err.code(), Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE || *c == SqlState::NOT_NULL_VIOLATION),
+        "{err:?}"
+    );
     let err = client
-        .execute("INSERT INTO customers (tenant_id, email, name) VALUES ($1, 'x@y', 'no context')", &[&a.as_uuid()])
+        .execute(
+            "INSERT INTO customers (tenant_id, email, name) VALUES ($1, 'x@y', 'no context')",
+            &[&a.as_uuid()],
+        )
         .await
         .expect_err("insert naming a tenant without context");
     assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
-    assert_eq!(client.execute("UPDATE customers SET name = 'x'", &[]).await.expect("update"), 0);
-    assert_eq!(client.execute("DELETE FROM customers", &[]).await.expect("delete"), 0);
-    let err = client.batch_execute("TRUNCATE customers").await.expect_err("truncate");
+    assert_eq!(
+        client
+            .execute("UPDATE customers SET name = 'x'", &[])
+            .await
+            .expect("update"),
+        0
+    );
+    assert_eq!(
+        client
+            .execute("DELETE FROM customers", &[])
+            .await
+            .expect("delete"),
+        0
+    );
+    let err = client
+        .batch_execute("TRUNCATE customers")
+        .await
+        .expect_err("truncate");
     assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
-    assert_eq!(visible_tenants(&pool, a).await.len(), 3, "A's rows are untouched");
+    assert_eq!(
+        visible_tenants(&pool, a).await.len(),
+        3,
+        "A's rows are untouched"
+    );
 }
 
 #[tokio::test]
@@ -175,9 +280,16 @@ async fn runtime_role_has_only_the_privileges_it_needs() {
         .await
         .expect("role");
     for i in [0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12] {
-        assert!(!row.get::<_, bool>(i), "runtime role attribute/privilege #{i} must be false");
+        assert!(
+            !row.get::<_, bool>(i),
+            "runtime role attribute/privilege #{i} must be false"
+        );
     }
-    assert_eq!(row.get::<_, i64>(4), 0, "runtime role must not be a member of any role");
+    assert_eq!(
+        row.get::<_, i64>(4),
+        0,
+        "runtime role must not be a member of any role"
+    );
     assert_eq!(row.get::<_, i64>(5), 0, "runtime role must own nothing");
     let forced: Vec<(String, bool, bool)> = su
         .query("SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class WHERE relname IN ('customers', 'invoices')", &[])
@@ -187,10 +299,16 @@ async fn runtime_role_has_only_the_privileges_it_needs() {
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
     assert_eq!(forced.len(), 2);
-    assert!(forced.iter().all(|(_, on, force)| *on && *force), "{forced:?}");
+    assert!(
+        forced.iter().all(|(_, on, force)| *on && *force),
+        "{forced:?}"
+    );
     // The runtime role cannot read the signing key.
     let app = runtime_client(&db).await;
-    let err = app.query("SELECT * FROM tenancy_private.context_keys", &[]).await.expect_err("key must be unreadable");
+    let err = app
+        .query("SELECT * FROM tenancy_private.context_keys", &[])
+        .await
+        .expect_err("key must be unreadable");
     assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
 }
 
@@ -198,15 +316,30 @@ async fn runtime_role_has_only_the_privileges_it_needs() {
 async fn make_tenant_table_refuses_keys_without_the_tenant_column() {
     let db = fresh_db().await;
     let owner = connect(db.config_as(tenancy_sdk::bootstrap::OWNER_ROLE)).await;
-    owner.batch_execute("CREATE TABLE bad_pk (tenant_id uuid, id int PRIMARY KEY)").await.expect("create");
-    let err = tenancy_sdk::bootstrap::make_tenant_table(&owner, "bad_pk").await.expect_err("must refuse");
-    assert!(format!("{:?}", err).contains("does not include tenant_id"), "{err:?}");
+    owner
+        .batch_execute("CREATE TABLE bad_pk (tenant_id uuid, id int PRIMARY KEY)")
+        .await
+        .expect("create");
+    let err = tenancy_sdk::bootstrap::make_tenant_table(&owner, "bad_pk")
+        .await
+        .expect_err("must refuse");
+    assert!(
+        format!("{:?}", err).contains("does not include tenant_id"),
+        "{err:?}"
+    );
     owner
         .batch_execute("CREATE TABLE bad_fk (tenant_id uuid, id int, customer_id uuid REFERENCES customers_id_only(id), PRIMARY KEY (tenant_id, id))")
         .await
         .expect_err("referenced table does not exist");
     // Nothing was half-done: RLS stays off on the refused table.
-    let rls: bool = owner.query_one("SELECT relrowsecurity FROM pg_class WHERE relname = 'bad_pk'", &[]).await.expect("q").get(0);
+    let rls: bool = owner
+        .query_one(
+            "SELECT relrowsecurity FROM pg_class WHERE relname = 'bad_pk'",
+            &[],
+        )
+        .await
+        .expect("q")
+        .get(0);
     assert!(!rls);
 }
 
@@ -222,7 +355,12 @@ async fn many_tasks_interleaving_tenants_on_a_small_pool_never_see_foreign_rows(
     let checked = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for task in 0..12u64 {
-        let (pool, tenants, foreign, checked) = (pool.clone(), tenants.clone(), foreign.clone(), checked.clone());
+        let (pool, tenants, foreign, checked) = (
+            pool.clone(),
+            tenants.clone(),
+            foreign.clone(),
+            checked.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             for i in 0..250u64 {
                 let (pick, action) = {
@@ -259,12 +397,18 @@ async fn many_tasks_interleaving_tenants_on_a_small_pool_never_see_foreign_rows(
         t.await.expect("task");
     }
     assert_eq!(foreign.load(Ordering::Relaxed), 0, "foreign rows observed");
-    assert!(checked.load(Ordering::Relaxed) >= 3000 * 5, "the loop really read rows");
+    assert!(
+        checked.load(Ordering::Relaxed) >= 3000 * 5,
+        "the loop really read rows"
+    );
     // Invoices too: each tenant's invoices reference only its own customers.
     for t in &tenants {
         let mut tx = pool.begin(*t).await.expect("begin");
         let n: i64 = tx
-            .query_one("SELECT count(*) FROM invoices i WHERE i.tenant_id <> $1", &[&t.as_uuid()])
+            .query_one(
+                "SELECT count(*) FROM invoices i WHERE i.tenant_id <> $1",
+                &[&t.as_uuid()],
+            )
             .await
             .expect("count")
             .get(0);

@@ -24,7 +24,11 @@ async fn assert_clean(pool: &TenantPool, expected_pid: i32) {
 
 async fn pid_of(pool: &TenantPool, t: TenantId) -> i32 {
     let mut tx = pool.begin(t).await.expect("begin");
-    let pid = tx.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
+    let pid = tx
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
     tx.commit().await.expect("commit");
     pid
 }
@@ -45,39 +49,68 @@ async fn commit_rollback_drop_error_and_cancel_leave_no_tenant_state() {
 
     // Rollback, and rollback really discards.
     let mut tx = pool.begin(a).await.expect("begin");
-    tx.execute("DELETE FROM customers", &[]).await.expect("delete");
+    tx.execute("DELETE FROM customers", &[])
+        .await
+        .expect("delete");
     tx.rollback().await.expect("rollback");
     assert_eq!(visible_tenants(&pool, a).await.len(), 2);
     assert_clean(&pool, pid).await;
 
     // Drop without ending.
     let mut tx = pool.begin(a).await.expect("begin");
-    tx.execute("DELETE FROM customers", &[]).await.expect("delete");
+    tx.execute("DELETE FROM customers", &[])
+        .await
+        .expect("delete");
     drop(tx);
-    assert_eq!(visible_tenants(&pool, a).await.len(), 2, "drop must roll back");
+    assert_eq!(
+        visible_tenants(&pool, a).await.len(),
+        2,
+        "drop must roll back"
+    );
     assert_clean(&pool, pid).await;
 
     // An error, then commit: refused, rolled back.
     let mut tx = pool.begin(a).await.expect("begin");
-    tx.execute("DELETE FROM customers", &[]).await.expect("delete");
+    tx.execute("DELETE FROM customers", &[])
+        .await
+        .expect("delete");
     assert!(tx.execute("SELECT 1/0", &[]).await.is_err());
-    assert!(matches!(tx.query("SELECT 1", &[]).await, Err(tenancy_sdk::Error::Aborted)));
-    assert!(matches!(tx.commit().await, Err(tenancy_sdk::Error::Aborted)));
+    assert!(matches!(
+        tx.query("SELECT 1", &[]).await,
+        Err(tenancy_sdk::Error::Aborted)
+    ));
+    assert!(matches!(
+        tx.commit().await,
+        Err(tenancy_sdk::Error::Aborted)
+    ));
     assert_eq!(visible_tenants(&pool, a).await.len(), 2);
     assert_clean(&pool, pid).await;
 
     // A future cancelled while its statement runs.
     let mut tx = pool.begin(a).await.expect("begin");
-    tx.execute("DELETE FROM customers", &[]).await.expect("delete");
-    let r = tokio::time::timeout(Duration::from_millis(50), tx.query("SELECT pg_sleep(0.3)", &[])).await;
-    assert!(r.is_err(), "the statement should have been cancelled by the timeout");
+    tx.execute("DELETE FROM customers", &[])
+        .await
+        .expect("delete");
+    let r = tokio::time::timeout(
+        Duration::from_millis(50),
+        tx.query("SELECT pg_sleep(0.3)", &[]),
+    )
+    .await;
+    assert!(
+        r.is_err(),
+        "the statement should have been cancelled by the timeout"
+    );
     drop(tx);
     assert_eq!(visible_tenants(&pool, a).await.len(), 2);
     assert_clean(&pool, pid).await;
 
     // A future cancelled while BEGIN + context are still in flight.
     let mut tx = pool.begin(a).await.expect("begin");
-    let r = tokio::time::timeout(Duration::from_micros(1), tx.query("SELECT pg_sleep(0.2)", &[])).await;
+    let r = tokio::time::timeout(
+        Duration::from_micros(1),
+        tx.query("SELECT pg_sleep(0.2)", &[]),
+    )
+    .await;
     drop(r);
     drop(tx);
     assert_clean(&pool, pid).await;
@@ -99,10 +132,16 @@ async fn begin_and_context_share_one_round_trip_with_the_first_statement() {
     let _ = pid_of(&pool, a).await; // warm the statement cache
     let mut tx = pool.begin(a).await.expect("begin");
     let row = tx
-        .query_one("SELECT extract(epoch FROM statement_timestamp() - transaction_timestamp())::float8", &[])
+        .query_one(
+            "SELECT extract(epoch FROM statement_timestamp() - transaction_timestamp())::float8",
+            &[],
+        )
         .await
         .expect("q");
     let gap_s: f64 = row.get(0);
     tx.commit().await.expect("commit");
-    assert!(gap_s < 0.005, "first statement arrived {gap_s}s after BEGIN: not pipelined");
+    assert!(
+        gap_s < 0.005,
+        "first statement arrived {gap_s}s after BEGIN: not pipelined"
+    );
 }

@@ -11,7 +11,9 @@ async fn router_opens_active_tenants_in_their_region_only() {
     let db = fresh_db().await;
     let mut owner = connect(db.config_as(OWNER_ROLE)).await;
     for (r, name) in [("eu-west", "Europe"), ("us-east", "US East")] {
-        tenancy_catalog::add_region(&owner, &r.parse().expect("region"), name).await.expect("region");
+        tenancy_catalog::add_region(&owner, &r.parse().expect("region"), name)
+            .await
+            .expect("region");
         tenancy_catalog::add_cluster(
             &owner,
             &NewCluster {
@@ -47,19 +49,41 @@ async fn router_opens_active_tenants_in_their_region_only() {
     let router = Router::new(
         db.config_as(RUNTIME_ROLE),
         key(),
-        ClusterCredentials { user: RUNTIME_ROLE.into(), password: None },
-        RouterOptions { allowed_regions: Some(vec!["eu-west".parse().expect("region")]), ..Default::default() },
+        ClusterCredentials {
+            user: RUNTIME_ROLE.into(),
+            password: None,
+        },
+        RouterOptions {
+            allowed_regions: Some(vec!["eu-west".parse().expect("region")]),
+            ..Default::default()
+        },
     )
     .expect("router");
 
     // Still provisioning: refused.
-    assert!(matches!(router.begin(ids[0]).await, Err(Error::NotActive { .. })));
+    assert!(matches!(
+        router.begin(ids[0]).await,
+        Err(Error::NotActive { .. })
+    ));
     for id in &ids {
-        tenancy_catalog::set_state(&mut owner, *id, tenancy_core::TenantState::Active, "test", "ready").await.expect("activate");
+        tenancy_catalog::set_state(
+            &mut owner,
+            *id,
+            tenancy_core::TenantState::Active,
+            "test",
+            "ready",
+        )
+        .await
+        .expect("activate");
         router.invalidate(*id);
     }
     let mut tx = router.begin(ids[0]).await.expect("eu tenant opens");
-    tx.execute("INSERT INTO customers (email, name) VALUES ('a@acme', 'A')", &[]).await.expect("insert");
+    tx.execute(
+        "INSERT INTO customers (email, name) VALUES ('a@acme', 'A')",
+        &[],
+    )
+    .await
+    .expect("insert");
     tx.commit().await.expect("commit");
 
     // A us-east tenant through a router allowed only eu-west: refused.
@@ -69,20 +93,45 @@ async fn router_opens_active_tenants_in_their_region_only() {
     }
     // The catalog itself refuses a tenant on a cluster of another region.
     let eu_cluster: uuid::Uuid = owner
-        .query_one("SELECT id FROM tenancy_catalog.clusters WHERE region = 'eu-west'", &[])
+        .query_one(
+            "SELECT id FROM tenancy_catalog.clusters WHERE region = 'eu-west'",
+            &[],
+        )
         .await
         .expect("c")
         .get(0);
     let err = owner
-        .execute("UPDATE tenancy_catalog.tenants SET cluster_id = $1 WHERE id = $2", &[&eu_cluster, &ids[1].as_uuid()])
+        .execute(
+            "UPDATE tenancy_catalog.tenants SET cluster_id = $1 WHERE id = $2",
+            &[&eu_cluster, &ids[1].as_uuid()],
+        )
         .await
         .expect_err("cross-region placement");
-    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION));
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION)
+    );
 
     // Suspended: refused after invalidation.
-    tenancy_catalog::set_state(&mut owner, ids[0], tenancy_core::TenantState::Suspended, "test", "non-payment").await.expect("suspend");
+    tenancy_catalog::set_state(
+        &mut owner,
+        ids[0],
+        tenancy_core::TenantState::Suspended,
+        "test",
+        "non-payment",
+    )
+    .await
+    .expect("suspend");
     router.invalidate(ids[0]);
-    assert!(matches!(router.begin(ids[0]).await, Err(Error::NotActive { .. })));
+    assert!(matches!(
+        router.begin(ids[0]).await,
+        Err(Error::NotActive { .. })
+    ));
     // Unknown tenant.
-    assert!(matches!(router.begin(TenantId::new_random()).await, Err(Error::Catalog(tenancy_catalog::CatalogError::TenantNotFound(_)))));
+    assert!(matches!(
+        router.begin(TenantId::new_random()).await,
+        Err(Error::Catalog(
+            tenancy_catalog::CatalogError::TenantNotFound(_)
+        ))
+    ));
 }

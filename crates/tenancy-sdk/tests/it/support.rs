@@ -57,12 +57,22 @@ pub async fn fresh_db() -> TestDb {
         .expect("fresh database");
     // Database-level privileges are not copied from a template; set them on the clone.
     let su = db.connect_superuser().await.expect("superuser");
-    bootstrap::bootstrap_database(&su, &db.name).await.expect("bootstrap clone");
+    bootstrap::bootstrap_database(&su, &db.name)
+        .await
+        .expect("bootstrap clone");
     db
 }
 
 pub fn pool(db: &TestDb, max_size: usize) -> TenantPool {
-    TenantPool::new(db.config_as(RUNTIME_ROLE), key(), PoolOptions { max_size, ..Default::default() }).expect("pool")
+    TenantPool::new(
+        db.config_as(RUNTIME_ROLE),
+        key(),
+        PoolOptions {
+            max_size,
+            ..Default::default()
+        },
+    )
+    .expect("pool")
 }
 
 /// A plain runtime-role connection, outside the SDK (what injected SQL or a careless
@@ -72,14 +82,28 @@ pub async fn runtime_client(db: &TestDb) -> Client {
 }
 
 pub fn now_micros() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_micros() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as i64
 }
 
 /// Opens a tenant transaction by hand on a plain client, as the SDK does.
-pub async fn enter_by_hand(client: &Client, tenant: TenantId) -> Result<String, tokio_postgres::Error> {
-    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+pub async fn enter_by_hand(
+    client: &Client,
+    tenant: TenantId,
+) -> Result<String, tokio_postgres::Error> {
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0);
     let token = key().sign(tenant, pid, now_micros(), 60_000_000);
-    client.batch_execute(&format!("BEGIN; SELECT tenancy.enter('{}')", token.as_str())).await?;
+    client
+        .batch_execute(&format!(
+            "BEGIN; SELECT tenancy.enter('{}')",
+            token.as_str()
+        ))
+        .await?;
     Ok(token.as_str().to_owned())
 }
 
@@ -104,7 +128,10 @@ pub async fn seed(pool: &TenantPool, tenant: TenantId, n: usize) -> Vec<uuid::Uu
 /// Every tenant id visible to `tenant` in customers.
 pub async fn visible_tenants(pool: &TenantPool, tenant: TenantId) -> Vec<uuid::Uuid> {
     let mut tx = pool.begin(tenant).await.expect("begin");
-    let rows = tx.query("SELECT tenant_id FROM customers", &[]).await.expect("select");
+    let rows = tx
+        .query("SELECT tenant_id FROM customers", &[])
+        .await
+        .expect("select");
     tx.commit().await.expect("commit");
     rows.iter().map(|r| r.get(0)).collect()
 }
