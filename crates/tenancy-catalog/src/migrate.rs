@@ -14,12 +14,7 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-/// The catalog's migrations, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_catalog",
-    sql: include_str!("../migrations/0001_catalog.sql"),
-}];
+include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
 
 fn checksum(sql: &str) -> String {
     hex::encode(Sha256::digest(sql.as_bytes()))

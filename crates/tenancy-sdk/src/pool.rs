@@ -149,6 +149,30 @@ impl TenantPool {
     /// Opens a transaction for `tenant`. Nothing is sent yet: `BEGIN` and the signed
     /// context go out in one message together with the first statement.
     pub async fn begin(&self, tenant: TenantId) -> Result<TenantTx, Error> {
+        self.begin_with(tenant, None).await
+    }
+
+    /// Opens a transaction for `tenant` whose unqualified table names resolve in `schema`
+    /// first (the schema placement). The `search_path` is set with `SET LOCAL` in the same
+    /// message as BEGIN and the context. It is a convenience, not the isolation: tables in
+    /// tenant schemas are tenant tables with the same RLS policy, so a statement that
+    /// names another tenant's schema still sees none of its rows.
+    pub async fn begin_in_schema(&self, tenant: TenantId, schema: &str) -> Result<TenantTx, Error> {
+        let ok = !schema.is_empty()
+            && schema.len() <= 63
+            && schema.as_bytes()[0].is_ascii_lowercase()
+            && schema
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !ok {
+            return Err(Error::Invalid(format!(
+                "schema name {schema:?} is not allowed: use 1 to 63 characters from a-z, 0-9 and '_', starting with a letter"
+            )));
+        }
+        self.begin_with(tenant, Some(schema)).await
+    }
+
+    async fn begin_with(&self, tenant: TenantId, schema: Option<&str>) -> Result<TenantTx, Error> {
         let conn = self
             .pool
             .get()
@@ -167,7 +191,11 @@ impl TenantPool {
         // The token text is [a-z0-9.-] only (checked by ContextToken), so it is safe inside
         // a string literal; a simple-query message lets BEGIN and enter share one message,
         // which tenancy.enter requires.
-        let begin = format!("BEGIN; SELECT tenancy.enter('{}')", token.as_str());
+        let mut begin = format!("BEGIN; SELECT tenancy.enter('{}')", token.as_str());
+        if let Some(schema) = schema {
+            // Checked above: [a-z0-9_] only, so it needs no quoting beyond the double quotes.
+            begin.push_str(&format!("; SET LOCAL search_path = \"{schema}\", public"));
+        }
         Ok(TenantTx::new(conn, tenant, begin))
     }
 
