@@ -24,20 +24,17 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) async fn statement(&mut self, sql: &str) -> Result<Statement, Error> {
-        if let Some(s) = self.stmts.get(sql) {
-            return Ok(s.clone());
-        }
-        let s = self
-            .client
-            .prepare(sql)
-            .await
-            .map_err(Error::db("preparing a statement"))?;
+    /// A cached prepared statement for `sql`, if any.
+    pub(crate) fn cached(&self, sql: &str) -> Option<Statement> {
+        self.stmts.get(sql).cloned()
+    }
+
+    /// Remembers a prepared statement.
+    pub(crate) fn remember(&mut self, sql: &str, stmt: Statement) {
         if self.stmts.len() >= STATEMENT_CACHE_LIMIT {
             self.stmts.clear();
         }
-        self.stmts.insert(sql.to_owned(), s.clone());
-        Ok(s)
+        self.stmts.insert(sql.to_owned(), stmt);
     }
 }
 

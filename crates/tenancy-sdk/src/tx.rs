@@ -99,6 +99,35 @@ impl TenantTx {
         Ok(())
     }
 
+    /// The prepared statement for `sql`, from the connection's cache or prepared now. When
+    /// the transaction has not begun, BEGIN and the context are pipelined ahead of the
+    /// Parse, so names resolve with the transaction's settings (its `search_path`).
+    async fn statement(&mut self, sql: &str) -> Result<tokio_postgres::Statement, Error> {
+        if let Some(s) = self.conn()?.cached(sql) {
+            return Ok(s);
+        }
+        let begin = self.take_begin();
+        let conn = self.conn()?;
+        let r = match begin {
+            Some(b) => {
+                let (rb, rs) =
+                    futures_util::join!(conn.client.batch_execute(&b), conn.client.prepare(sql));
+                match (rb, rs) {
+                    (Err(e), _) => Err(Error::ContextRefused(e)),
+                    (Ok(()), r) => r.map_err(Error::db("preparing a statement")),
+                }
+            }
+            None => conn
+                .client
+                .prepare(sql)
+                .await
+                .map_err(Error::db("preparing a statement")),
+        };
+        let stmt = self.track(r)?;
+        self.conn()?.remember(sql, stmt.clone());
+        Ok(stmt)
+    }
+
     /// Runs a statement and returns its rows.
     pub async fn query(
         &mut self,
@@ -106,7 +135,7 @@ impl TenantTx {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
         self.check_usable()?;
-        let stmt = self.conn()?.statement(sql).await?;
+        let stmt = self.statement(sql).await?;
         let begin = self.take_begin();
         let client = &self.conn()?.client;
         let r = with_begin(client, begin.as_deref(), client.query(&stmt, params)).await;
@@ -120,7 +149,7 @@ impl TenantTx {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, Error> {
         self.check_usable()?;
-        let stmt = self.conn()?.statement(sql).await?;
+        let stmt = self.statement(sql).await?;
         let begin = self.take_begin();
         let client = &self.conn()?.client;
         let r = with_begin(client, begin.as_deref(), client.query_one(&stmt, params)).await;
@@ -134,7 +163,7 @@ impl TenantTx {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, Error> {
         self.check_usable()?;
-        let stmt = self.conn()?.statement(sql).await?;
+        let stmt = self.statement(sql).await?;
         let begin = self.take_begin();
         let client = &self.conn()?.client;
         let r = with_begin(client, begin.as_deref(), client.query_opt(&stmt, params)).await;
@@ -148,7 +177,7 @@ impl TenantTx {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, Error> {
         self.check_usable()?;
-        let stmt = self.conn()?.statement(sql).await?;
+        let stmt = self.statement(sql).await?;
         let begin = self.take_begin();
         let client = &self.conn()?.client;
         let r = with_begin(client, begin.as_deref(), client.execute(&stmt, params)).await;

@@ -416,3 +416,56 @@ async fn many_tasks_interleaving_tenants_on_a_small_pool_never_see_foreign_rows(
         tx.commit().await.expect("commit");
     }
 }
+
+#[tokio::test]
+async fn schema_placement_resolves_names_in_the_tenant_schema_and_rls_still_holds() {
+    let db = fresh_db().await;
+    let owner = connect(db.config_as(tenancy_sdk::bootstrap::OWNER_ROLE)).await;
+    for s in ["tenant_a", "tenant_b"] {
+        owner
+            .batch_execute(&format!(
+                "CREATE SCHEMA {s}; GRANT USAGE ON SCHEMA {s} TO tenancy_app;
+                 CREATE TABLE {s}.notes (tenant_id uuid NOT NULL, id int NOT NULL, body text, PRIMARY KEY (tenant_id, id));
+                 SELECT tenancy.make_tenant_table('{s}.notes');"
+            ))
+            .await
+            .expect("schema");
+    }
+    let pool = pool(&db, 2);
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    for (t, s) in [(a, "tenant_a"), (b, "tenant_b")] {
+        let mut tx = pool.begin_in_schema(t, s).await.expect("begin");
+        tx.execute("INSERT INTO notes (id, body) VALUES (1, $1)", &[&s])
+            .await
+            .expect("insert");
+        tx.commit().await.expect("commit");
+    }
+    let mut tx = pool.begin_in_schema(a, "tenant_a").await.expect("begin");
+    let body: String = tx
+        .query_one("SELECT body FROM notes", &[])
+        .await
+        .expect("own")
+        .get(0);
+    assert_eq!(body, "tenant_a");
+    // Naming B's schema explicitly, or switching search_path, reaches nothing.
+    let n: i64 = tx
+        .query_one("SELECT count(*) FROM tenant_b.notes", &[])
+        .await
+        .expect("other")
+        .get(0);
+    assert_eq!(n, 0);
+    tx.batch_execute("SET LOCAL search_path = tenant_b")
+        .await
+        .expect("set");
+    let n: i64 = tx
+        .query_one("SELECT count(*) FROM notes", &[])
+        .await
+        .expect("other")
+        .get(0);
+    assert_eq!(n, 0);
+    tx.commit().await.expect("commit");
+    assert!(matches!(
+        pool.begin_in_schema(a, "x; DROP TABLE y").await,
+        Err(tenancy_sdk::Error::Invalid(_))
+    ));
+}
