@@ -1,11 +1,16 @@
 //! The router: tenant → catalog record → cluster pool → `TenantTx`.
+//!
+//! Placement decides where the transaction opens: pooled tenants in the cluster's shared
+//! database, schema tenants there too with their schema first on the `search_path`
+//! ([`TenantPool::begin_in_schema`]), dedicated tenants in their own database on the
+//! cluster (one pool per database).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tenancy_catalog::{ClusterRecord, Tenant};
-use tenancy_core::{ContextKey, RegionId, TenantId};
+use tenancy_core::{ContextKey, Placement, RegionId, TenantId};
 use uuid::Uuid;
 
 use crate::pool::{build_pool, Pool, PoolOptions, TenantPool};
@@ -52,6 +57,9 @@ impl Default for RouterOptions {
     }
 }
 
+/// A cluster and, for dedicated tenants, the database on it (`None`: the shared one).
+type PoolKey = (Uuid, Option<String>);
+
 #[derive(Debug)]
 struct Inner {
     /// Catalog connections (runtime role; it may read tenants, clusters and regions, which
@@ -65,8 +73,9 @@ struct Inner {
     opts: RouterOptions,
     /// Cached tenant records with the time they were read.
     tenants: RwLock<HashMap<TenantId, (Tenant, Instant)>>,
-    /// One pool per cluster, created on first use.
-    pools: RwLock<HashMap<Uuid, (ClusterRecord, TenantPool)>>,
+    /// One pool per (cluster, database), created on first use: the shared database of
+    /// each cluster (`None`) and each dedicated tenant's own database.
+    pools: RwLock<HashMap<PoolKey, (ClusterRecord, TenantPool)>>,
 }
 
 /// Opens tenant transactions on the right cluster, from the catalog.
@@ -132,9 +141,14 @@ impl Router {
         Ok(t)
     }
 
-    async fn pool_for(&self, cluster_id: Uuid) -> Result<(ClusterRecord, TenantPool), Error> {
+    async fn pool_for(
+        &self,
+        cluster_id: Uuid,
+        database: Option<&str>,
+    ) -> Result<(ClusterRecord, TenantPool), Error> {
+        let key = (cluster_id, database.map(str::to_owned));
         if let Ok(m) = self.inner.pools.read() {
-            if let Some((c, p)) = m.get(&cluster_id) {
+            if let Some((c, p)) = m.get(&key) {
                 return Ok((c.clone(), p.clone()));
             }
         }
@@ -153,7 +167,7 @@ impl Router {
             cfg.host(&cluster.host);
         }
         cfg.port(cluster.port)
-            .dbname(&cluster.dbname)
+            .dbname(database.unwrap_or(&cluster.dbname))
             .user(&self.inner.creds.user)
             .application_name("tenancy");
         if let Some(p) = &self.inner.creds.password {
@@ -165,12 +179,69 @@ impl Router {
             .pools
             .write()
             .map_err(|_| Error::Pool("router pool map poisoned".into()))?;
-        let entry = m.entry(cluster_id).or_insert((cluster, pool));
+        let entry = m.entry(key).or_insert((cluster, pool));
         Ok((entry.0.clone(), entry.1.clone()))
     }
 
-    /// Opens a transaction for `tenant` on its cluster. Refuses tenants that are not
-    /// active, and clusters outside the tenant's region or outside the allowed regions.
+    /// Keeps the tenant cache fresh: listens on the catalog's change channel
+    /// (`tenancy_catalog_changes`, notified by a trigger on every tenant update) and
+    /// forgets a tenant's record as soon as it changes, so a suspension or a placement
+    /// change is seen in milliseconds rather than after the cache TTL. The listener ends
+    /// when the returned handle is aborted or its connection drops (the TTL still applies).
+    pub async fn listen_for_changes(
+        &self,
+        catalog_config: tokio_postgres::Config,
+    ) -> Result<tokio::task::JoinHandle<()>, Error> {
+        let (client, mut conn) = catalog_config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(Error::db("connecting the catalog change listener"))?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let driver = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+            while let Some(msg) = futures_util::StreamExt::next(&mut messages).await {
+                match msg {
+                    Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                        if tx.send(n.payload().to_owned()).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        client
+            .batch_execute("LISTEN tenancy_catalog_changes")
+            .await
+            .map_err(Error::db("listening for catalog changes"))?;
+        let me = self.clone();
+        Ok(tokio::spawn(async move {
+            // Keep the client alive as long as the listener runs.
+            let _client = client;
+            while let Some(payload) = rx.recv().await {
+                if let Some(id) = payload
+                    .strip_prefix("tenant:")
+                    .and_then(|s| s.parse::<TenantId>().ok())
+                {
+                    me.invalidate(id);
+                }
+            }
+            driver.abort();
+        }))
+    }
+
+    /// Forgets every cached tenant record (after a burst of catalog changes).
+    pub fn invalidate_all(&self) {
+        if let Ok(mut m) = self.inner.tenants.write() {
+            m.clear();
+        }
+    }
+
+    /// Opens a transaction for `tenant` where its placement puts it: the cluster's shared
+    /// database (pooled), its schema there (schema), or its own database (dedicated).
+    /// Refuses tenants that are not active, and clusters outside the tenant's region or
+    /// outside the allowed regions.
     pub async fn begin(&self, tenant: TenantId) -> Result<TenantTx, Error> {
         let t = self.tenant(tenant).await?;
         if !t.state.allows_data_access() {
@@ -179,7 +250,15 @@ impl Router {
                 state: t.state.to_string(),
             });
         }
-        let (cluster, pool) = self.pool_for(t.cluster_id).await?;
+        let database = match t.placement {
+            Placement::Dedicated => Some(t.database_name.as_deref().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "dedicated tenant {tenant} has no database in the catalog"
+                ))
+            })?),
+            Placement::Pooled | Placement::Schema => None,
+        };
+        let (cluster, pool) = self.pool_for(t.cluster_id, database).await?;
         let allowed = self
             .inner
             .opts
@@ -194,6 +273,16 @@ impl Router {
                 cluster_region: cluster.region.to_string(),
             });
         }
-        pool.begin(tenant).await
+        match t.placement {
+            Placement::Schema => {
+                let schema = t.schema_name.as_deref().ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "schema tenant {tenant} has no schema in the catalog"
+                    ))
+                })?;
+                pool.begin_in_schema(tenant, schema).await
+            }
+            Placement::Pooled | Placement::Dedicated => pool.begin(tenant).await,
+        }
     }
 }

@@ -121,27 +121,109 @@ async fn commit_rollback_drop_error_and_cancel_leave_no_tenant_state() {
     assert_clean(&pool, pid).await;
 }
 
+/// A relay between client and server on a Unix socket that counts round trips: a new
+/// one starts whenever the client sends after the server has answered. Messages the
+/// client pipelines before any answer belong to the same round trip.
+struct Relay {
+    dir: std::path::PathBuf,
+    round_trips: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn start_relay(db: &tenancy_pg::testing::TestDb) -> Relay {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = std::env::temp_dir().join(format!("tenancy-relay-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).expect("relay dir");
+    let port = db.cluster.port();
+    let listener =
+        tokio::net::UnixListener::bind(dir.join(format!(".s.PGSQL.{port}"))).expect("bind relay");
+    let upstream = db.cluster.socket_dir().join(format!(".s.PGSQL.{port}"));
+    let round_trips = Arc::new(AtomicUsize::new(0));
+    let counter = round_trips.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::UnixStream::connect(&upstream)
+                .await
+                .expect("connect upstream");
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            // True when the last bytes seen came from the server.
+            let server_spoke = Arc::new(AtomicBool::new(true));
+            let (flag, counter) = (server_spoke.clone(), counter.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    if flag.swap(false, Ordering::SeqCst) {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = sr.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    server_spoke.store(true, Ordering::SeqCst);
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Relay { dir, round_trips }
+}
+
 #[tokio::test]
-async fn begin_and_context_share_one_round_trip_with_the_first_statement() {
-    // The server sees BEGIN and tenancy.enter in one message: statement_timestamp of the
-    // first statement equals the transaction's start only when it arrived pipelined
-    // behind them, with no client round trip in between.
+async fn a_tenant_read_costs_one_round_trip_more_than_a_bare_read() {
+    use std::sync::atomic::Ordering;
     let db = fresh_db().await;
-    let pool = pool(&db, 1);
+    let relay = start_relay(&db).await;
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host_path(&relay.dir)
+        .port(db.cluster.port())
+        .user(tenancy_sdk::bootstrap::RUNTIME_ROLE)
+        .dbname(&db.name);
+    let pool = TenantPool::new(
+        cfg.clone(),
+        key(),
+        tenancy_sdk::PoolOptions {
+            max_size: 1,
+            ..Default::default()
+        },
+    )
+    .expect("pool");
     let a = TenantId::new_random();
-    let _ = pid_of(&pool, a).await; // warm the statement cache
+    seed(&pool, a, 1).await;
+    let sql = "SELECT name FROM customers WHERE id = $1";
+    let id = uuid::Uuid::new_v4();
+    // Warm up: connection and prepared statement.
     let mut tx = pool.begin(a).await.expect("begin");
-    let row = tx
-        .query_one(
-            "SELECT extract(epoch FROM statement_timestamp() - transaction_timestamp())::float8",
-            &[],
-        )
-        .await
-        .expect("q");
-    let gap_s: f64 = row.get(0);
+    tx.query_opt(sql, &[&id]).await.expect("warm");
     tx.commit().await.expect("commit");
-    assert!(
-        gap_s < 0.005,
-        "first statement arrived {gap_s}s after BEGIN: not pipelined"
+
+    let before = relay.round_trips.load(Ordering::SeqCst);
+    let mut tx = pool.begin(a).await.expect("begin");
+    tx.query_opt(sql, &[&id]).await.expect("read");
+    tx.commit().await.expect("commit");
+    let tenant_read = relay.round_trips.load(Ordering::SeqCst) - before;
+
+    let bare = connect(cfg).await;
+    let stmt = bare.prepare(sql).await.expect("prepare");
+    let before = relay.round_trips.load(Ordering::SeqCst);
+    bare.query_opt(&stmt, &[&id]).await.expect("bare read");
+    let bare_read = relay.round_trips.load(Ordering::SeqCst) - before;
+
+    assert_eq!(bare_read, 1);
+    assert_eq!(
+        tenant_read, 2,
+        "BEGIN + signed context + statement must share one round trip; COMMIT is the other"
     );
+    let _ = std::fs::remove_dir_all(&relay.dir);
 }
