@@ -65,6 +65,9 @@ impl CpuSnapshot {
     /// CPU seconds (client, server) used between `earlier` and `self`.
     pub fn since(&self, earlier: &CpuSnapshot) -> (Option<f64>, Option<f64>) {
         let d = |a: Option<f64>, b: Option<f64>| Some(a? - b?);
-        (d(self.client, earlier.client), d(self.server, earlier.server))
+        (
+            d(self.client, earlier.client),
+            d(self.server, earlier.server),
+        )
     }
 }

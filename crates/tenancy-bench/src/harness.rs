@@ -90,8 +90,15 @@ where
     let elapsed = start.elapsed().as_secs_f64();
     let (client, server) = CpuSnapshot::take(postmaster).since(&cpu0);
     if failed > 0 {
-        let msg = first_error.lock().ok().and_then(|s| s.clone()).unwrap_or_default();
-        bail!("{failed} of {} operations failed; first error: {msg}", ok + failed);
+        let msg = first_error
+            .lock()
+            .ok()
+            .and_then(|s| s.clone())
+            .unwrap_or_default();
+        bail!(
+            "{failed} of {} operations failed; first error: {msg}",
+            ok + failed
+        );
     }
     let per_op = |cpu: Option<f64>| cpu.filter(|_| ok > 0).map(|s| s * 1e6 / ok as f64);
     Ok(Sample {
@@ -107,7 +114,12 @@ pub trait Variants {
     /// Variant names, in the order they are run within each run.
     fn names(&self) -> &[&'static str];
     /// Measures variant `v` at concurrency index `ci` for `duration`.
-    fn run(&self, v: usize, ci: usize, duration: Duration) -> impl Future<Output = Result<Sample>> + Send;
+    fn run(
+        &self,
+        v: usize,
+        ci: usize,
+        duration: Duration,
+    ) -> impl Future<Output = Result<Sample>> + Send;
 }
 
 /// All samples: `samples[variant][concurrency index][run]`.
@@ -127,9 +139,15 @@ pub async fn run_matrix<B: Variants>(bench: &B, settings: Settings) -> Result<Ma
         for (ci, c) in CONCURRENCY.iter().enumerate() {
             for (v, name) in names.iter().enumerate() {
                 if !warm.is_zero() {
-                    bench.run(v, ci, warm).await.with_context(|| format!("warming up {name} at concurrency {c}"))?;
+                    bench
+                        .run(v, ci, warm)
+                        .await
+                        .with_context(|| format!("warming up {name} at concurrency {c}"))?;
                 }
-                let s = bench.run(v, ci, dur).await.with_context(|| format!("measuring {name} at concurrency {c}"))?;
+                let s = bench
+                    .run(v, ci, dur)
+                    .await
+                    .with_context(|| format!("measuring {name} at concurrency {c}"))?;
                 println!(
                     "  run {}/{} c={c:<2} {name:<16} {:>9.0} ops/s  client {:>6} µs/op  server {:>6} µs/op",
                     run + 1,
@@ -171,19 +189,30 @@ fn round(x: f64, places: i32) -> f64 {
 
 impl Matrix {
     fn index(&self, name: &str) -> usize {
-        self.names.iter().position(|n| *n == name).unwrap_or(usize::MAX)
+        self.names
+            .iter()
+            .position(|n| *n == name)
+            .unwrap_or(usize::MAX)
     }
 
     /// Median throughput of `name` at concurrency index `ci`.
     pub fn median_ops(&self, name: &str, ci: usize) -> f64 {
         let v = self.index(name);
-        self.samples.get(v).map_or(f64::NAN, |s| median(&s[ci].iter().map(|x| x.ops_per_sec).collect::<Vec<_>>()))
+        self.samples.get(v).map_or(f64::NAN, |s| {
+            median(&s[ci].iter().map(|x| x.ops_per_sec).collect::<Vec<_>>())
+        })
     }
 
     fn median_cpu(&self, v: usize, ci: usize, server: bool) -> Option<f64> {
         let xs: Vec<f64> = self.samples[v][ci]
             .iter()
-            .filter_map(|s| if server { s.server_cpu_us_per_op } else { s.client_cpu_us_per_op })
+            .filter_map(|s| {
+                if server {
+                    s.server_cpu_us_per_op
+                } else {
+                    s.client_cpu_us_per_op
+                }
+            })
             .collect();
         (!xs.is_empty()).then(|| round(median(&xs), 1))
     }
@@ -194,7 +223,10 @@ impl Matrix {
         for (v, name) in self.names.iter().enumerate() {
             let mut per_c = serde_json::Map::new();
             for (ci, c) in CONCURRENCY.iter().enumerate() {
-                let runs: Vec<f64> = self.samples[v][ci].iter().map(|s| round(s.ops_per_sec, 1)).collect();
+                let runs: Vec<f64> = self.samples[v][ci]
+                    .iter()
+                    .map(|s| round(s.ops_per_sec, 1))
+                    .collect();
                 let failures: u64 = self.samples[v][ci].iter().map(|s| s.failures).sum();
                 per_c.insert(
                     format!("c{c}"),

@@ -1,1 +1,112 @@
-fn main() {}
+//! Side-by-side benchmarks: `cargo run --release -p tenancy-bench -- NAME`.
+//!
+//! Each benchmark starts (or shares) a private PostgreSQL cluster, measures tenancy and its
+//! baseline in the same process, prints a summary and writes
+//! `<workspace root>/target/bench/<name>.json`.
+
+mod bare;
+mod config_propagation;
+mod cpu;
+mod flag_eval;
+mod harness;
+mod http_get;
+mod report;
+mod setup;
+mod tenant_tx;
+mod tenant_tx_tenaxum;
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+
+/// Which benchmark to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Name {
+    /// TenantTx point read vs the same query on a bare pool without RLS.
+    #[value(name = "tenant_tx")]
+    TenantTx,
+    /// TenantTx point read vs tenaxum's begin_tenant.
+    #[value(name = "tenant_tx_tenaxum")]
+    TenantTxTenaxum,
+    /// HTTP GET of one tenant row through the tenancy layer vs the same handler without tenancy.
+    #[value(name = "http_get")]
+    HttpGet,
+    /// In-process flag evaluation vs unleash-yggdrasil on equivalent rules.
+    #[value(name = "flag_eval")]
+    FlagEval,
+    /// A flag changed through the API until a second process sees it (p99 ms).
+    #[value(name = "config_propagation")]
+    ConfigPropagation,
+    /// Every benchmark above, on one cluster.
+    #[value(name = "all")]
+    All,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "tenancy benchmarks: ours vs a baseline, same process, same run")]
+struct Cli {
+    /// Benchmark to run.
+    name: Name,
+    /// Repetitions of the whole matrix; medians are reported.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Measured seconds per (variant, concurrency, run).
+    #[arg(long, default_value_t = 3)]
+    seconds: u64,
+    /// Unmeasured warm-up seconds before each measurement.
+    #[arg(long, default_value_t = 1)]
+    warmup_seconds: u64,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    // config_propagation re-runs this executable as its watcher process.
+    if let Some(result) = config_propagation::child_mode().await {
+        return result;
+    }
+    let cli = Cli::parse();
+    anyhow::ensure!(
+        cli.runs >= 1 && cli.seconds >= 1,
+        "--runs and --seconds must be at least 1"
+    );
+    let settings = harness::Settings {
+        runs: cli.runs,
+        seconds: cli.seconds,
+        warmup_seconds: cli.warmup_seconds,
+    };
+    if matches!(cli.name, Name::FlagEval | Name::All) {
+        flag_eval::run(cli.runs).context("running flag_eval")?;
+    }
+    if matches!(cli.name, Name::ConfigPropagation | Name::All) {
+        config_propagation::run(cli.runs)
+            .await
+            .context("running config_propagation")?;
+    }
+    let needs_items = matches!(
+        cli.name,
+        Name::TenantTx | Name::TenantTxTenaxum | Name::HttpGet | Name::All
+    );
+    if !needs_items {
+        return Ok(());
+    }
+    println!("setting up a private cluster (100 tenants × 1,000 rows)…");
+    let env = setup::Env::start()
+        .await
+        .context("setting up the benchmark database")?;
+    if matches!(cli.name, Name::TenantTx | Name::All) {
+        tenant_tx::run(&env, settings)
+            .await
+            .context("running tenant_tx")?;
+    }
+    if matches!(cli.name, Name::TenantTxTenaxum | Name::All) {
+        tenant_tx_tenaxum::run(&env, settings)
+            .await
+            .context("running tenant_tx_tenaxum")?;
+    }
+    if matches!(cli.name, Name::HttpGet | Name::All) {
+        http_get::run(&env, settings)
+            .await
+            .context("running http_get")?;
+    }
+    env.cluster.stop().await;
+    Ok(())
+}

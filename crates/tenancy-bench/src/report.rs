@@ -38,7 +38,8 @@ impl Report {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join(format!("{}.json", self.name));
         let text = serde_json::to_string_pretty(self).context("serializing the report")?;
-        std::fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, text + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }
 }

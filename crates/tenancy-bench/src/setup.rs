@@ -58,10 +58,20 @@ impl Env {
         .await
         .context("starting a private PostgreSQL cluster")?;
 
-        let su = cluster.connect("postgres").await.context("connecting as the superuser")?;
-        su.batch_execute(&format!("CREATE DATABASE {DB}")).await.context("creating database bench")?;
-        tenancy_sdk::bootstrap::bootstrap_cluster(&su).await.context("creating the tenancy roles")?;
-        let su_bench = cluster.connect(DB).await.context("connecting to bench as the superuser")?;
+        let su = cluster
+            .connect("postgres")
+            .await
+            .context("connecting as the superuser")?;
+        su.batch_execute(&format!("CREATE DATABASE {DB}"))
+            .await
+            .context("creating database bench")?;
+        tenancy_sdk::bootstrap::bootstrap_cluster(&su)
+            .await
+            .context("creating the tenancy roles")?;
+        let su_bench = cluster
+            .connect(DB)
+            .await
+            .context("connecting to bench as the superuser")?;
         tenancy_sdk::bootstrap::bootstrap_database(&su_bench, DB)
             .await
             .context("preparing database bench for tenancy")?;
@@ -69,9 +79,17 @@ impl Env {
         let owner = tenancy_pg::connect(&cluster.config_as(tenancy_sdk::bootstrap::OWNER_ROLE, DB))
             .await
             .context("connecting as tenancy_owner")?;
-        let key = ContextKey::from_bytes("bench".parse().context("parsing the key id")?, rand::random());
-        tenancy_sdk::bootstrap::install_runtime(&owner, &key).await.context("installing the tenancy runtime")?;
-        owner.batch_execute(SCHEMA_SQL).await.context("creating the benchmark tables")?;
+        let key = ContextKey::from_bytes(
+            "bench".parse().context("parsing the key id")?,
+            rand::random(),
+        );
+        tenancy_sdk::bootstrap::install_runtime(&owner, &key)
+            .await
+            .context("installing the tenancy runtime")?;
+        owner
+            .batch_execute(SCHEMA_SQL)
+            .await
+            .context("creating the benchmark tables")?;
 
         let tenants: Vec<Uuid> = (0..TENANTS).map(|_| Uuid::new_v4()).collect();
         for table in ["items", "items_plain", "items_tenaxum"] {
@@ -84,20 +102,35 @@ impl Env {
                 .await
                 .with_context(|| format!("seeding {table}"))?;
         }
-        su_bench.batch_execute("VACUUM ANALYZE").await.context("vacuuming the seeded tables")?;
+        su_bench
+            .batch_execute("VACUUM ANALYZE")
+            .await
+            .context("vacuuming the seeded tables")?;
 
         let postmaster_pid = read_postmaster_pid(cluster.data_dir().join("postmaster.pid"));
-        Ok(Env { cluster, key, tenants, postmaster_pid })
+        Ok(Env {
+            cluster,
+            key,
+            tenants,
+            postmaster_pid,
+        })
     }
 
     /// Connection settings for the runtime role on `bench`.
     pub fn app_config(&self) -> tokio_postgres::Config {
-        self.cluster.config_as(tenancy_sdk::bootstrap::RUNTIME_ROLE, DB)
+        self.cluster
+            .config_as(tenancy_sdk::bootstrap::RUNTIME_ROLE, DB)
     }
 }
 
 fn read_postmaster_pid(path: PathBuf) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.lines().next()?.trim().parse().ok()
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The payload seeded for (`tenant`, `id`): lets every variant check it got the right row.

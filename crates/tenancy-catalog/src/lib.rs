@@ -7,15 +7,22 @@
 //! - The store functions ([`add_region`], [`add_cluster`], [`create_tenant`],
 //!   [`set_state`], [`get_tenant`], …): all catalog SQL lives here. They take parsed
 //!   types from `tenancy-core` and return records built from them.
+//! - Custom domains and tenant API keys ([`add_custom_domain`], [`tenant_for_domain`],
+//!   [`create_api_key`], [`authenticate_api_key`], …), with change notifications on the
+//!   [`CHANGES_CHANNEL`] channel for caches.
 //!
 //! What it does not do: it never touches tenant data, and it does not create schemas or
 //! databases for tenants (provisioning does that, using this store for its state).
 
+mod domains;
 mod migrate;
 mod store;
+mod workflows;
 
+pub use domains::*;
 pub use migrate::{migrate, migrate_for_tests, Migration, MIGRATIONS};
 pub use store::*;
+pub use workflows::*;
 
 /// Errors from the catalog.
 #[derive(Debug, thiserror::Error)]

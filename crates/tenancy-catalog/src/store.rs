@@ -2,7 +2,7 @@
 
 use tenancy_core::{Placement, PlanKey, RegionId, Slug, TenantId, TenantState};
 use time::OffsetDateTime;
-use tokio_postgres::{Client, Row};
+use tokio_postgres::{Client, Row, Transaction};
 use uuid::Uuid;
 
 use crate::CatalogError;
@@ -77,6 +77,18 @@ pub struct Tenant {
     pub created_at: OffsetDateTime,
     /// Last change.
     pub updated_at: OffsetDateTime,
+    /// The tenant's own schema in the region's shared database (schema placement), once
+    /// provisioning has chosen it.
+    pub schema_name: Option<String>,
+    /// The tenant's own database on its cluster (dedicated placement), once provisioning
+    /// has chosen it.
+    pub database_name: Option<String>,
+    /// Billing customer (Stripe `cus_…`) linked by provisioning, used to map billing events.
+    pub billing_customer: Option<String>,
+    /// A legal hold blocks the purge of a soft-deleted tenant.
+    pub legal_hold: bool,
+    /// When a soft-deleted tenant's data may be purged.
+    pub purge_after: Option<OffsetDateTime>,
 }
 
 /// A tenant to create.
@@ -119,10 +131,13 @@ fn corrupt<E: std::fmt::Display>(e: E) -> CatalogError {
     CatalogError::Corrupt(e.to_string())
 }
 
-const TENANT_COLUMNS: &str =
-    "id, slug, display_name, plan, region, placement, cluster_id, state, created_at, updated_at";
+/// The columns [`tenant_from_row`] reads, in order.
+pub const TENANT_COLUMNS: &str =
+    "id, slug, display_name, plan, region, placement, cluster_id, state, created_at, updated_at, \
+     schema_name, database_name, billing_customer, legal_hold, purge_after";
 
-fn tenant_from_row(row: &Row) -> Result<Tenant, CatalogError> {
+/// Builds a [`Tenant`] from a row selected with [`TENANT_COLUMNS`].
+pub fn tenant_from_row(row: &Row) -> Result<Tenant, CatalogError> {
     Ok(Tenant {
         id: TenantId::from_uuid(row.get(0)).map_err(corrupt)?,
         slug: row.get::<_, String>(1).parse().map_err(corrupt)?,
@@ -134,6 +149,11 @@ fn tenant_from_row(row: &Row) -> Result<Tenant, CatalogError> {
         state: row.get::<_, String>(7).parse().map_err(corrupt)?,
         created_at: row.get(8),
         updated_at: row.get(9),
+        schema_name: row.get(10),
+        database_name: row.get(11),
+        billing_customer: row.get(12),
+        legal_hold: row.get(13),
+        purge_after: row.get(14),
     })
 }
 
@@ -274,16 +294,30 @@ pub async fn create_tenant(
     t: &NewTenant,
     actor: &str,
 ) -> Result<Tenant, CatalogError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(CatalogError::db("starting a transaction"))?;
+    let tenant = create_tenant_in(&tx, t, actor).await?;
+    tx.commit()
+        .await
+        .map_err(CatalogError::db("committing a new tenant"))?;
+    Ok(tenant)
+}
+
+/// [`create_tenant`] inside the caller's transaction, so provisioning can record the
+/// tenant and its workflow atomically.
+pub async fn create_tenant_in(
+    tx: &Transaction<'_>,
+    t: &NewTenant,
+    actor: &str,
+) -> Result<Tenant, CatalogError> {
     let name = t.display_name.trim();
     if name.is_empty() || name.chars().count() > 200 {
         return Err(CatalogError::Invalid(
             "display name must be 1 to 200 characters".into(),
         ));
     }
-    let tx = client
-        .transaction()
-        .await
-        .map_err(CatalogError::db("starting a transaction"))?;
     let region_exists = tx
         .query_opt(
             "SELECT 1 FROM tenancy_catalog.regions WHERE id = $1",
@@ -338,9 +372,6 @@ pub async fn create_tenant(
     )
     .await
     .map_err(CatalogError::db("recording a tenant event"))?;
-    tx.commit()
-        .await
-        .map_err(CatalogError::db("committing a new tenant"))?;
     Ok(tenant)
 }
 
@@ -373,6 +404,22 @@ pub async fn set_state(
         .transaction()
         .await
         .map_err(CatalogError::db("starting a transaction"))?;
+    let tenant = set_state_in(&tx, id, to, actor, reason).await?;
+    tx.commit()
+        .await
+        .map_err(CatalogError::db("committing a state change"))?;
+    Ok(tenant)
+}
+
+/// [`set_state`] inside the caller's transaction, so a workflow step can change the state
+/// and advance itself atomically.
+pub async fn set_state_in(
+    tx: &Transaction<'_>,
+    id: TenantId,
+    to: TenantState,
+    actor: &str,
+    reason: &str,
+) -> Result<Tenant, CatalogError> {
     let row = tx
         .query_opt(
             "SELECT state FROM tenancy_catalog.tenants WHERE id = $1 FOR UPDATE",
@@ -411,9 +458,6 @@ pub async fn set_state(
         )
         .await
         .map_err(CatalogError::db("reading a tenant"))?;
-    tx.commit()
-        .await
-        .map_err(CatalogError::db("committing a state change"))?;
     tenant_from_row(&row)
 }
 

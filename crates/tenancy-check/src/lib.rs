@@ -1,1 +1,212 @@
-//! stub
+//! `tenancy check`: audits a live PostgreSQL database for the known ways row-level-security
+//! (RLS) tenant isolation fails, and optionally probes it.
+//!
+//! Main parts:
+//! - [`audit`] — the static audit. It reads the system catalogues as the connecting role and
+//!   reports, for the *runtime role* (the role the application uses), every rule in
+//!   [`RULES`]: RLS disabled or not forced, missing or widened policies (always-true,
+//!   `OR`-widened, fail-open `IS NULL OR`, also inside SQL/PL/pgSQL functions a policy calls),
+//!   `WITH CHECK (true)`, bypassing roles and owners, views/definer functions/triggers that run
+//!   as a bypassing owner, keys and foreign keys without the tenant column, dangerous
+//!   privileges, partitions, materialized and foreign tables, stored tenant settings,
+//!   LEAKPROOF functions, publications, large objects, database and schema grants, unsigned
+//!   contexts and performance traps. Tenant tables are the tables that have the tenant
+//!   column (`--tenant-column`, default `tenant_id`) and are not declared global.
+//! - [`probe`] — the active probe: as the runtime role (via `SET ROLE` when needed, never as
+//!   a superuser), in transactions that are always rolled back, it inserts synthetic rows for
+//!   synthetic tenants and tries cross-tenant SELECT/INSERT/UPDATE/DELETE, moving a row to
+//!   another tenant and unique-key existence oracles. Contexts are set with
+//!   `set_config(<guc>, …, true)`, or on tenancy-managed databases with signed tokens
+//!   (`tenancy.enter`).
+//! - [`run`] and [`CheckArgs`] — the `tenancy check` command: parse, connect, audit, probe,
+//!   render ([`Format`]: text, JSON, SARIF 2.1.0, JUnit) and return the exit code
+//!   (0 no error finding, 1 error findings, 2 could not run).
+//!
+//! Severity contract: `error` — the runtime role can read or write another tenant's rows with
+//! ordinary SQL; `warning` — isolation fails if something else also goes wrong (an unsigned
+//! context that injected SQL could switch, existence oracles, performance traps); `info` —
+//! hygiene.
+//!
+//! What it does not do: it changes nothing (fixes are printed as SQL, never applied; probe
+//! writes are rolled back), it does not parse SQL properly (policy and function bodies are
+//! analysed textually, so unusual predicates may be misjudged — the probe is the behavioural
+//! cross-check), it does not cover leaks outside the catalogue (application code, pooler
+//! settings, statistics and EXPLAIN side channels, LISTEN/NOTIFY, advisory locks, server
+//! minor versions), and it does not check other databases of the cluster beyond their
+//! CONNECT grants.
+
+mod audit;
+mod model;
+mod output;
+mod predicate;
+mod probe;
+
+use std::io::{IsTerminal, Write};
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use audit::audit;
+pub use model::{rule_info, CheckError, Finding, Report, RuleInfo, Severity, Summary, RULES};
+pub use output::{json_value, render, sarif, Format};
+pub use probe::probe;
+
+/// What to audit and how.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The role the application connects as; `None` picks `tenancy_app` on tenancy-managed
+    /// databases and the connecting role otherwise.
+    pub runtime_role: Option<String>,
+    /// Name of the tenant column.
+    pub tenant_column: String,
+    /// Tables (`schema.table`, or `table` for `public`) that are global on purpose.
+    pub global_tables: Vec<String>,
+    /// Name of the setting holding the tenant on non-tenancy databases (probe; also checked in
+    /// role/database defaults). Detected from the policies when `None`.
+    pub context_guc: Option<String>,
+    /// Key that signs contexts on tenancy-managed databases (probe).
+    pub context_key: Option<tenancy_core::ContextKey>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            runtime_role: None,
+            tenant_column: "tenant_id".into(),
+            global_tables: Vec::new(),
+            context_guc: None,
+            context_key: None,
+        }
+    }
+}
+
+/// Arguments of `tenancy check`.
+#[derive(Clone, clap::Args)]
+pub struct CheckArgs {
+    /// Database to audit: a libpq key=value string or a postgres:// URL.
+    #[arg(long, value_name = "URL")]
+    pub database_url: String,
+    /// Role the application runs as [default: tenancy_app on tenancy-managed databases, else the connecting role].
+    #[arg(long, value_name = "ROLE")]
+    pub runtime_role: Option<String>,
+    /// Column that holds the tenant id.
+    #[arg(long, value_name = "NAME", default_value = "tenant_id")]
+    pub tenant_column: String,
+    /// A table that is global on purpose (repeatable).
+    #[arg(long = "global-table", value_name = "SCHEMA.TABLE")]
+    pub global_tables: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Also try cross-tenant reads and writes as the runtime role (always rolled back).
+    #[arg(long)]
+    pub probe: bool,
+    /// Setting that carries the tenant on non-tenancy databases, e.g. app.tenant_id (probe).
+    #[arg(long, value_name = "NAME")]
+    pub context_guc: Option<String>,
+    /// Context key KID:HEX for probing tenancy-managed databases.
+    #[arg(
+        long,
+        value_name = "KID:HEX",
+        env = "TENANCY_CONTEXT_KEY",
+        hide_env_values = true
+    )]
+    pub context_key: Option<String>,
+}
+
+impl std::fmt::Debug for CheckArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckArgs")
+            .field("runtime_role", &self.runtime_role)
+            .field("tenant_column", &self.tenant_column)
+            .field("global_tables", &self.global_tables)
+            .field("format", &self.format)
+            .field("probe", &self.probe)
+            .field("context_guc", &self.context_guc)
+            .field(
+                "context_key",
+                &self.context_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses `KID:HEX` into a context key.
+pub fn parse_context_key(s: &str) -> Result<tenancy_core::ContextKey, CheckError> {
+    let (kid, hex) = s
+        .split_once(':')
+        .ok_or_else(|| CheckError::BadKey("missing ':' between key id and material".into()))?;
+    let kid = kid
+        .trim()
+        .parse()
+        .map_err(|e: tenancy_core::TokenError| CheckError::BadKey(e.to_string()))?;
+    tenancy_core::ContextKey::from_hex(kid, hex).map_err(|e| CheckError::BadKey(e.to_string()))
+}
+
+impl CheckArgs {
+    /// The audit options these arguments describe.
+    pub fn options(&self) -> Result<Options, CheckError> {
+        Ok(Options {
+            runtime_role: self.runtime_role.clone(),
+            tenant_column: self.tenant_column.clone(),
+            global_tables: self.global_tables.clone(),
+            context_guc: self.context_guc.clone(),
+            context_key: self
+                .context_key
+                .as_deref()
+                .map(parse_context_key)
+                .transpose()?,
+        })
+    }
+}
+
+/// Connects to `url` (libpq string or URL) and drives the connection on the current runtime.
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client, CheckError> {
+    let mut cfg =
+        tokio_postgres::Config::from_str(url).map_err(|e| CheckError::BadUrl(e.to_string()))?;
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(Duration::from_secs(10));
+    }
+    cfg.application_name("tenancy check");
+    let (client, conn) = cfg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| CheckError::Connect(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// Runs `tenancy check` and returns its exit code: 0 no `error` finding, 1 at least one,
+/// 2 could not run (the reason goes to stderr).
+pub async fn run(args: &CheckArgs, out: &mut dyn Write) -> i32 {
+    match run_inner(args, out).await {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "tenancy check: {e}");
+            2
+        }
+    }
+}
+
+async fn run_inner(args: &CheckArgs, out: &mut dyn Write) -> Result<i32, CheckError> {
+    let opts = args.options()?;
+    let client = connect(&args.database_url).await?;
+    let mut report = audit(&client, &opts).await?;
+    if args.probe {
+        let found = probe(&client, &opts).await?;
+        report.findings.extend(found);
+        report.normalize();
+    }
+    let color = args.format == Format::Text
+        && std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none();
+    if let Err(e) = render(&report, args.format, color, out) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "tenancy check: cannot write the report: {e}"
+        );
+        return Ok(2);
+    }
+    Ok(if report.has_errors() { 1 } else { 0 })
+}

@@ -10,9 +10,13 @@ use tenancy_sdk::{ClusterCredentials, Router, RouterOptions};
 /// Options of `tenancy demo`.
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// Keep the cluster running after the demo and print how to connect, until Ctrl-C.
-    #[arg(long)]
+    /// Keep the cluster and the example app running after the demo, print how to call the
+    /// app as each tenant (curl commands with ready-made tokens), until Ctrl-C.
+    #[arg(long, alias = "serve")]
     keep_running: bool,
+    /// Port of the example app on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
 }
 
 const APP_SCHEMA: &str = "
@@ -49,12 +53,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         cluster.major_version(),
         cluster.data_dir().display()
     );
-    let result = demo(&cluster, args.keep_running).await;
+    let result = demo(&cluster, &args).await;
     cluster.stop().await;
     result
 }
 
-async fn demo(cluster: &Cluster, keep_running: bool) -> Result<()> {
+async fn demo(cluster: &Cluster, args: &DemoArgs) -> Result<()> {
     let db = "tenancy";
     let admin = cluster.connect("postgres").await?;
     admin
@@ -117,7 +121,7 @@ async fn demo(cluster: &Cluster, keep_running: bool) -> Result<()> {
 
     let router = Router::new(
         cluster.config_as(RUNTIME_ROLE, db),
-        key,
+        key.clone(),
         ClusterCredentials {
             user: RUNTIME_ROLE.into(),
             password: None,
@@ -228,8 +232,11 @@ async fn demo(cluster: &Cluster, keep_running: bool) -> Result<()> {
         Ok(_) => bail!("an unknown tenant was opened"),
     }
     println!();
+    let app = example_app(cluster, db, &mut owner, key, &tenants, args).await?;
+    println!();
     println!("demo finished: each tenant saw only its own rows.");
-    if keep_running {
+    if args.keep_running {
+        app.print_howto();
         println!();
         println!("cluster kept running; connect with:");
         println!(
@@ -245,5 +252,287 @@ async fn demo(cluster: &Cluster, keep_running: bool) -> Result<()> {
             .await
             .context("waiting for Ctrl-C")?;
     }
+    app.stop().await;
     Ok(())
+}
+
+/// The example app (examples/invoicing) served on 127.0.0.1 next to the demo cluster.
+struct ExampleApp {
+    /// Where it listens.
+    base: String,
+    /// Ready-made tokens, per tenant slug.
+    tokens: Vec<(String, String)>,
+    /// An API key of the first tenant.
+    api_key: String,
+    /// Stops the server.
+    stop: tokio::sync::oneshot::Sender<()>,
+    /// The server task.
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl ExampleApp {
+    fn print_howto(&self) {
+        println!();
+        println!(
+            "example app (examples/invoicing) serving on {}; call it as either tenant:",
+            self.base
+        );
+        for (slug, token) in &self.tokens {
+            println!();
+            println!("  # as {slug} (JWT, valid 12 h)");
+            println!("  export TOKEN_{}={token}", slug.to_uppercase());
+            println!(
+                "  curl -s {}/invoices -H \"Authorization: Bearer $TOKEN_{}\"",
+                self.base,
+                slug.to_uppercase()
+            );
+            println!(
+                "  curl -s {}/reports/summary -H \"Authorization: Bearer $TOKEN_{}\"",
+                self.base,
+                slug.to_uppercase()
+            );
+            println!(
+                "  curl -s {}/me -H 'Host: {slug}.{BASE_DOMAIN}'      # subdomain",
+                self.base
+            );
+            println!(
+                "  curl -s {}/t/{slug}/me                                 # path prefix",
+                self.base
+            );
+        }
+        println!();
+        println!(
+            "  # {} API key (scopes invoices:read, invoices:write)",
+            self.tokens.first().map(|t| t.0.as_str()).unwrap_or("")
+        );
+        println!(
+            "  curl -s {}/customers -H 'X-Api-Key: {}'",
+            self.base, self.api_key
+        );
+        println!("  curl -s -X POST {}/customers -H \"Authorization: Bearer $TOKEN_ACME\" -H 'content-type: application/json' -d '{{\"name\":\"Wile E.\",\"email\":\"wile@acme.example\"}}'", self.base);
+        println!("  curl -s -X POST {}/invoices/<invoice id>/send -H \"Authorization: Bearer $TOKEN_ACME\"   # background job", self.base);
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(Err(e)) => eprintln!("example app: {e:#}"),
+            Err(e) => eprintln!("example app task: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+/// Base domain of the example app's subdomain source.
+const BASE_DOMAIN: &str = "invoicing.localhost";
+
+/// Sends one HTTP/1.1 request and returns the status and body.
+async fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, serde_json::Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .context("connecting to the example app")?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .context("sending a request")?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)
+        .await
+        .context("reading a response")?;
+    let text = String::from_utf8_lossy(&out);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("malformed HTTP response")?;
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    // Bodies are small; undo chunked encoding if the server used it.
+    let json_text = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut acc = String::new();
+        let mut r = rest;
+        while let Some((len, tail)) = r.split_once("\r\n") {
+            let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+            if n == 0 || tail.len() < n {
+                break;
+            }
+            acc.push_str(&tail[..n]);
+            r = tail[n..].trim_start_matches("\r\n");
+        }
+        acc
+    } else {
+        rest.to_owned()
+    };
+    let v = serde_json::from_str(&json_text).unwrap_or(serde_json::Value::Null);
+    Ok((status, v))
+}
+
+async fn example_app(
+    cluster: &Cluster,
+    db: &str,
+    owner: &mut tokio_postgres::Client,
+    key: ContextKey,
+    tenants: &[tenancy_catalog::Tenant],
+    args: &DemoArgs,
+) -> Result<ExampleApp> {
+    use serde_json::json;
+    use tenancy_axum::jwt::{JwtConfig, TenantClaim};
+    use tenancy_axum::Source;
+
+    invoicing::migrate(owner)
+        .await
+        .context("migrating the example app")?;
+    let dev = invoicing::DevIssuer {
+        issuer: "tenancy-demo".into(),
+        audience: "invoicing".into(),
+        secret: hex_secret(),
+    };
+    let app = invoicing::build(invoicing::Config {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], args.port)),
+        catalog: cluster.config_as(RUNTIME_ROLE, db),
+        queue_db: cluster.config_as(RUNTIME_ROLE, db),
+        credentials: ClusterCredentials {
+            user: RUNTIME_ROLE.into(),
+            password: None,
+        },
+        context_key: key,
+        job_key: rand::random(),
+        sources: vec![
+            Source::jwt(
+                JwtConfig::new(TenantClaim::Id("tenant_id".into())).issuer(dev.jwt_issuer()?),
+            ),
+            Source::subdomain(BASE_DOMAIN),
+            Source::api_key(),
+            Source::path_prefix("/t"),
+        ],
+        run_worker: true,
+    })
+    .await
+    .context("starting the example app")?;
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    println!("  example app (examples/invoicing) on {base} — the control-plane HTTP server (`tenancy serve`) is not built yet; only the example app is served");
+    let mut tokens = Vec::new();
+    let mut first_invoice = Vec::new();
+    for (t, (customer, lines)) in tenants.iter().zip([
+        (
+            "Road Runner Ltd",
+            vec![("Anvil", 2, 19_900), ("Rocket skates", 1, 49_900)],
+        ),
+        ("Hank Scorpio", vec![("Doomsday device", 1, 999_900)]),
+    ]) {
+        let token = dev.token(
+            t.id,
+            &format!("demo-user@{}", t.slug),
+            std::time::Duration::from_secs(12 * 3600),
+        )?;
+        let slug = t.slug.as_str();
+        let (_, c) = http(
+            &base,
+            "POST",
+            "/customers",
+            &token,
+            Some(&json!({"name": customer, "email": format!("billing@{slug}.example")})),
+        )
+        .await?;
+        let lines: Vec<_> = lines
+            .iter()
+            .map(|(d, q, p)| json!({"description": d, "quantity": q, "unit_price_cents": p}))
+            .collect();
+        let (status, inv) = http(&base, "POST", "/invoices", &token, Some(&json!({"customer_id": c["id"], "number": format!("{}-INV-1", slug.to_uppercase()), "lines": lines}))).await?;
+        if status != 201 {
+            bail!("the example app refused to create an invoice for {slug}: {status} {inv}");
+        }
+        first_invoice.push(inv["id"].as_str().unwrap_or_default().to_owned());
+        let (_, _) = http(
+            &base,
+            "POST",
+            &format!("/invoices/{}/send", inv["id"].as_str().unwrap_or_default()),
+            &token,
+            None,
+        )
+        .await?;
+        tokens.push((slug.to_owned(), token));
+    }
+    for (slug, token) in &tokens {
+        let (status, r) = http(&base, "GET", "/reports/summary", token, None).await?;
+        println!(
+            "  GET /reports/summary as {slug:<7} → {status}  customers {}  invoices {}  total {:.2}",
+            r["customers"], r["invoices"], r["total_cents"].as_i64().unwrap_or(0) as f64 / 100.0
+        );
+    }
+    let (status, r) = http(
+        &base,
+        "GET",
+        &format!("/invoices/{}", first_invoice[1]),
+        &tokens[0].1,
+        None,
+    )
+    .await?;
+    println!(
+        "  GET /invoices/<globex invoice id> as acme → {status} {}",
+        r["code"].as_str().unwrap_or("")
+    );
+    if status != 404 {
+        bail!("acme reached globex's invoice through the example app");
+    }
+    // Wait for the "send invoice" jobs to run in their tenants.
+    let mut sent = 0;
+    for _ in 0..100 {
+        sent = 0;
+        for ((_, token), inv) in tokens.iter().zip(&first_invoice) {
+            let (_, r) = http(&base, "GET", &format!("/invoices/{inv}"), token, None).await?;
+            if r["sent"] == json!(true) {
+                sent += 1;
+            }
+        }
+        if sent == tokens.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    println!(
+        "  background job send_invoice ran for {sent} of {} tenants, each in its own tenant scope",
+        tokens.len()
+    );
+    let (_, api_key) = tenancy_axum::api_key::issue_api_key(
+        owner,
+        tenants[0].id,
+        "demo",
+        &["invoices:read".into(), "invoices:write".into()],
+    )
+    .await?;
+    Ok(ExampleApp {
+        base,
+        tokens,
+        api_key: api_key.expose().to_owned(),
+        stop,
+        task,
+    })
+}
+
+fn hex_secret() -> Vec<u8> {
+    let b: [u8; 32] = rand::random();
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<String>()
+        .into_bytes()
 }

@@ -4,6 +4,8 @@
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod serve;
+mod tenants;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -21,6 +23,21 @@ enum Command {
     /// Start a private PostgreSQL cluster, create two tenants and show that each sees only
     /// its own rows, even when it tries not to.
     Demo(demo::DemoArgs),
+    /// Audit a live PostgreSQL database for every known way row-level-security tenant
+    /// isolation fails (and, with --probe, try cross-tenant access as the runtime role).
+    /// Exit 0: no error finding; 1: at least one; 2: could not run.
+    Check(CheckCommand),
+    /// Run the control-plane API and the provisioning workers (embedded PostgreSQL when
+    /// no database is configured).
+    Serve(serve::ServeArgs),
+    /// Create, list, show, suspend, resume and delete tenants.
+    Tenants(tenants::TenantsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CheckCommand {
+    #[command(flatten)]
+    args: tenancy_check::CheckArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +68,27 @@ fn main() -> std::process::ExitCode {
                     1
                 }
             },
+            Command::Serve(args) => match serve::run(args).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            },
+            Command::Tenants(args) => match tenants::run(args).await {
+                Ok(out) => {
+                    println!("{out}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            },
+            Command::Check(c) => {
+                let mut out = std::io::stdout();
+                tenancy_check::run(&c.args, &mut out).await as u8
+            }
         }
     });
     std::process::ExitCode::from(code)

@@ -59,7 +59,10 @@ async fn migrations_apply_once_and_refuse_a_changed_file() {
     let mut c = owner(&db).await;
     assert_eq!(
         tenancy_catalog::migrate(&mut c).await.expect("first"),
-        vec![1]
+        tenancy_catalog::MIGRATIONS
+            .iter()
+            .map(|m| m.version)
+            .collect::<Vec<_>>()
     );
     assert!(
         tenancy_catalog::migrate(&mut c)

@@ -1,0 +1,340 @@
+//! The one HTTP error type, rendered as RFC 9457 `application/problem+json`.
+//!
+//! Every variant has a stable `code` (also the last part of its `type` URI) and status; the
+//! table is [`ProblemType::ALL`]. Bodies never carry internal details (those are logged
+//! where the error is turned into a response) and never say whether some *other* tenant
+//! exists: a mismatch between sources is a 403 whatever the other source named, and an
+//! id of another tenant's row is the same 404 as an id that exists nowhere.
+
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+use serde::Serialize;
+
+/// Prefix of every problem `type` URI.
+pub const PROBLEM_TYPE_PREFIX: &str = "urn:tenancy:problem:";
+
+/// The stable table of problem types: code, HTTP status and title.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProblemType {
+    /// No tenant could be resolved from the request (no credential, host, header or path).
+    Unauthenticated,
+    /// A credential was presented but is not valid (bad signature, expired, revoked, …).
+    InvalidCredentials,
+    /// Two sources of the request name different tenants.
+    TenantMismatch,
+    /// The tenant named by the request does not exist.
+    TenantNotFound,
+    /// The tenant is suspended.
+    TenantSuspended,
+    /// The tenant is still being provisioned.
+    TenantProvisioning,
+    /// The tenant is deleted or being deleted.
+    TenantDeleted,
+    /// The credential lacks a scope the operation needs.
+    InsufficientScope,
+    /// The resource does not exist (for this tenant).
+    NotFound,
+    /// The request is malformed.
+    BadRequest,
+    /// The request is well-formed but its content is invalid.
+    Validation,
+    /// The request conflicts with the current state (duplicate, concurrent change).
+    Conflict,
+    /// A dependency (database pool) is temporarily unavailable.
+    Unavailable,
+    /// Something failed on our side; details are in the logs.
+    Internal,
+}
+
+impl ProblemType {
+    /// Every problem type, for documentation and tests.
+    pub const ALL: &'static [ProblemType] = &[
+        ProblemType::Unauthenticated,
+        ProblemType::InvalidCredentials,
+        ProblemType::TenantMismatch,
+        ProblemType::TenantNotFound,
+        ProblemType::TenantSuspended,
+        ProblemType::TenantProvisioning,
+        ProblemType::TenantDeleted,
+        ProblemType::InsufficientScope,
+        ProblemType::NotFound,
+        ProblemType::BadRequest,
+        ProblemType::Validation,
+        ProblemType::Conflict,
+        ProblemType::Unavailable,
+        ProblemType::Internal,
+    ];
+
+    /// The stable code (`tenant-suspended`, …).
+    pub fn code(self) -> &'static str {
+        match self {
+            ProblemType::Unauthenticated => "unauthenticated",
+            ProblemType::InvalidCredentials => "invalid-credentials",
+            ProblemType::TenantMismatch => "tenant-mismatch",
+            ProblemType::TenantNotFound => "tenant-not-found",
+            ProblemType::TenantSuspended => "tenant-suspended",
+            ProblemType::TenantProvisioning => "tenant-provisioning",
+            ProblemType::TenantDeleted => "tenant-deleted",
+            ProblemType::InsufficientScope => "insufficient-scope",
+            ProblemType::NotFound => "not-found",
+            ProblemType::BadRequest => "bad-request",
+            ProblemType::Validation => "validation",
+            ProblemType::Conflict => "conflict",
+            ProblemType::Unavailable => "unavailable",
+            ProblemType::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ProblemType::Unauthenticated | ProblemType::InvalidCredentials => {
+                StatusCode::UNAUTHORIZED
+            }
+            ProblemType::TenantMismatch
+            | ProblemType::TenantSuspended
+            | ProblemType::InsufficientScope => StatusCode::FORBIDDEN,
+            ProblemType::TenantNotFound | ProblemType::NotFound => StatusCode::NOT_FOUND,
+            ProblemType::TenantProvisioning | ProblemType::Conflict => StatusCode::CONFLICT,
+            ProblemType::TenantDeleted => StatusCode::GONE,
+            ProblemType::BadRequest => StatusCode::BAD_REQUEST,
+            ProblemType::Validation => StatusCode::UNPROCESSABLE_ENTITY,
+            ProblemType::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProblemType::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A short, fixed title.
+    pub fn title(self) -> &'static str {
+        match self {
+            ProblemType::Unauthenticated => "No tenant could be determined for this request",
+            ProblemType::InvalidCredentials => "The credential is not valid",
+            ProblemType::TenantMismatch => "The request names more than one tenant",
+            ProblemType::TenantNotFound => "Tenant not found",
+            ProblemType::TenantSuspended => "The tenant is suspended",
+            ProblemType::TenantProvisioning => "The tenant is still being provisioned",
+            ProblemType::TenantDeleted => "The tenant has been deleted",
+            ProblemType::InsufficientScope => "The credential does not allow this operation",
+            ProblemType::NotFound => "Not found",
+            ProblemType::BadRequest => "Bad request",
+            ProblemType::Validation => "Invalid input",
+            ProblemType::Conflict => "Conflict",
+            ProblemType::Unavailable => "Service temporarily unavailable",
+            ProblemType::Internal => "Internal error",
+        }
+    }
+
+    /// The `type` URI.
+    pub fn uri(self) -> String {
+        format!("{PROBLEM_TYPE_PREFIX}{}", self.code())
+    }
+}
+
+/// An HTTP error. Convert it into a response (it implements [`IntoResponse`]) or return
+/// it from a handler.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HttpError {
+    /// Nothing in the request names a tenant.
+    #[error("no tenant in the request")]
+    Unauthenticated,
+    /// A credential was presented and refused; `reason` is shown to the caller (it says
+    /// what is wrong with *their* credential, e.g. "expired").
+    #[error("invalid credentials: {reason}")]
+    InvalidCredentials {
+        /// What is wrong, safe to show.
+        reason: String,
+    },
+    /// Sources disagree about the tenant.
+    #[error("sources name different tenants")]
+    TenantMismatch,
+    /// Unknown tenant.
+    #[error("tenant not found")]
+    TenantNotFound,
+    /// Suspended tenant.
+    #[error("tenant suspended")]
+    TenantSuspended,
+    /// Tenant not yet active.
+    #[error("tenant provisioning")]
+    TenantProvisioning,
+    /// Tenant deleted or being deleted.
+    #[error("tenant deleted")]
+    TenantDeleted,
+    /// The credential lacks `scope`.
+    #[error("missing scope {scope}")]
+    InsufficientScope {
+        /// The scope that is needed.
+        scope: String,
+    },
+    /// A resource is not there (for this tenant).
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for ("invoice").
+        what: String,
+    },
+    /// Malformed request.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// Invalid content.
+    #[error("invalid input: {0}")]
+    Validation(String),
+    /// Conflict with the current state.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Temporarily unavailable; the cause is logged.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Internal failure; the cause is logged, never returned.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl HttpError {
+    /// The problem type of this error.
+    pub fn problem_type(&self) -> ProblemType {
+        match self {
+            HttpError::Unauthenticated => ProblemType::Unauthenticated,
+            HttpError::InvalidCredentials { .. } => ProblemType::InvalidCredentials,
+            HttpError::TenantMismatch => ProblemType::TenantMismatch,
+            HttpError::TenantNotFound => ProblemType::TenantNotFound,
+            HttpError::TenantSuspended => ProblemType::TenantSuspended,
+            HttpError::TenantProvisioning => ProblemType::TenantProvisioning,
+            HttpError::TenantDeleted => ProblemType::TenantDeleted,
+            HttpError::InsufficientScope { .. } => ProblemType::InsufficientScope,
+            HttpError::NotFound { .. } => ProblemType::NotFound,
+            HttpError::BadRequest(_) => ProblemType::BadRequest,
+            HttpError::Validation(_) => ProblemType::Validation,
+            HttpError::Conflict(_) => ProblemType::Conflict,
+            HttpError::Unavailable(_) => ProblemType::Unavailable,
+            HttpError::Internal(_) => ProblemType::Internal,
+        }
+    }
+
+    /// A not-found error for `what`.
+    pub fn not_found(what: impl Into<String>) -> Self {
+        HttpError::NotFound { what: what.into() }
+    }
+
+    /// An internal error from anything displayable (logged when rendered).
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        HttpError::Internal(e.to_string())
+    }
+
+    /// The `detail` shown to the caller: only what the caller already knows or may know.
+    fn detail(&self) -> Option<String> {
+        match self {
+            HttpError::Unauthenticated => {
+                Some("send a bearer token or API key, or use the tenant's host name".into())
+            }
+            HttpError::InvalidCredentials { reason } => Some(reason.clone()),
+            HttpError::InsufficientScope { scope } => {
+                Some(format!("this operation needs the scope {scope:?}"))
+            }
+            HttpError::NotFound { what } => Some(format!("{what} not found")),
+            HttpError::BadRequest(d) | HttpError::Validation(d) | HttpError::Conflict(d) => {
+                Some(d.clone())
+            }
+            HttpError::TenantProvisioning => Some("retry in a few seconds".into()),
+            _ => None,
+        }
+    }
+}
+
+/// The JSON body of a problem response.
+#[derive(Debug, Serialize)]
+struct ProblemBody {
+    #[serde(rename = "type")]
+    type_: String,
+    title: &'static str,
+    status: u16,
+    code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let pt = self.problem_type();
+        // Log where the error is handled (turned into a response), not where it arose.
+        match &self {
+            HttpError::Internal(cause) => {
+                tracing::error!(code = pt.code(), %cause, "request failed")
+            }
+            HttpError::Unavailable(cause) => {
+                tracing::warn!(code = pt.code(), %cause, "request failed")
+            }
+            other => tracing::debug!(code = pt.code(), error = %other, "request refused"),
+        }
+        let body = ProblemBody {
+            type_: pt.uri(),
+            title: pt.title(),
+            status: pt.status().as_u16(),
+            code: pt.code(),
+            detail: self.detail(),
+        };
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let mut resp = (pt.status(), bytes).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if pt == ProblemType::Unauthenticated || pt == ProblemType::InvalidCredentials {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if pt == ProblemType::TenantProvisioning || pt == ProblemType::Unavailable {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        resp
+    }
+}
+
+impl From<tenancy_sdk::Error> for HttpError {
+    fn from(e: tenancy_sdk::Error) -> Self {
+        use tokio_postgres::error::SqlState;
+        match &e {
+            tenancy_sdk::Error::NotActive { state, .. } => match state.as_str() {
+                "suspended" => HttpError::TenantSuspended,
+                "provisioning" => HttpError::TenantProvisioning,
+                _ => HttpError::TenantDeleted,
+            },
+            tenancy_sdk::Error::Pool(_) => HttpError::Unavailable(e.to_string()),
+            _ => match e.sqlstate() {
+                Some(s) if *s == SqlState::UNIQUE_VIOLATION => {
+                    HttpError::Conflict("a record with these values already exists".into())
+                }
+                Some(s) if *s == SqlState::T_R_SERIALIZATION_FAILURE => {
+                    HttpError::Conflict("concurrent change; retry".into())
+                }
+                Some(s)
+                    if *s == SqlState::CHECK_VIOLATION || *s == SqlState::NOT_NULL_VIOLATION =>
+                {
+                    HttpError::Validation("a value is out of range or missing".into())
+                }
+                _ => HttpError::Internal(e.to_string()),
+            },
+        }
+    }
+}
+
+/// Configuration errors (building resolvers, reading key files).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A key could not be read or parsed.
+    #[error("{what}: {detail}")]
+    Key {
+        /// Which key.
+        what: String,
+        /// Why.
+        detail: String,
+    },
+    /// Something else is inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+    /// The SDK refused something (pool settings).
+    #[error(transparent)]
+    Sdk(#[from] tenancy_sdk::Error),
+}

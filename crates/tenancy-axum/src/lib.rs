@@ -1,0 +1,49 @@
+//! The tenancy request layer for tower/axum: every request and every job runs for one
+//! resolved, active tenant, inside a tracing span that carries `tenant_id`, with a
+//! tenant transaction that commits only when the work succeeded.
+//!
+//! Main parts:
+//! - [`Tenancy`] (built with [`Tenancy::builder`]): the configured [`Source`]s, in order —
+//!   JWT ([`jwt`]: HS256/RS256/ES256/EdDSA, keys or JWKS, per-issuer keys pinned to one
+//!   algorithm), subdomain of a base domain, verified custom domain, tenant API key
+//!   ([`api_key`]), trusted header (only when explicitly added), path prefix — plus
+//!   cached catalog lookups invalidated by catalog change notifications.
+//! - [`TenancyLayer`] / [`TenancyService`] / [`ResponseFuture`]: the tower middleware.
+//!   Rules: nothing names a tenant → 401; sources disagree → 403 (decided before
+//!   existence, so it never reveals whether the other tenant exists); unknown tenant →
+//!   404; suspended → 403 `tenant-suspended`; provisioning → 409; deleted → 410.
+//! - Extractors: [`Tenant`] (who the request is for) and [`Tx`] (the request's
+//!   `TenantTx`: committed when the handler returns a 2xx/3xx response, rolled back on
+//!   an error response, an error or a panic).
+//! - [`HttpError`]: the one HTTP error type, RFC 9457 `application/problem+json` with a
+//!   stable code table ([`ProblemType`]).
+//! - [`jobs`]: signed job envelopes, a PostgreSQL queue (`FOR UPDATE SKIP LOCKED`) and a
+//!   [`jobs::Worker`] that refuses jobs without a valid signed tenant and runs each in
+//!   its tenant's scope; [`spawn_with_tenant`] for in-process tasks.
+//! - [`TenantKey`] / [`TenantCache`]: cache keys that cannot be built without a tenant.
+//!
+//! What it does not do: it never reaches tenant data except through the SDK's
+//! `TenantTx`, never sets a session-level tenant, does not verify custom-domain
+//! ownership (the catalog's `verified` flag is set elsewhere), does not issue JWTs, and
+//! does not serve the control plane.
+
+pub mod api_key;
+mod catalog;
+mod error;
+mod future;
+pub mod jobs;
+pub mod jwt;
+mod layer;
+mod pool;
+mod service;
+mod tenancy;
+mod tenant;
+mod tx;
+
+pub use error::{ConfigError, HttpError, ProblemType, PROBLEM_TYPE_PREFIX};
+pub use future::ResponseFuture;
+pub use layer::TenancyLayer;
+pub use service::TenancyService;
+pub use tenancy::{Source, Tenancy, TenancyBuilder};
+pub use tenant::{spawn_with_tenant, SourceKind, Tenant, TenantCache, TenantKey};
+pub use tx::Tx;

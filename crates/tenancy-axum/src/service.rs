@@ -1,0 +1,122 @@
+//! The tower [`Service`]: resolve, scope, run, end the transaction.
+
+use std::panic::AssertUnwindSafe;
+use std::task::{Context, Poll};
+
+use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
+use http::{Request, Uri};
+use tower_service::Service;
+use tracing::Instrument;
+
+use crate::tx::TxSlot;
+use crate::{HttpError, ResponseFuture, Tenancy};
+
+/// The service built by [`crate::TenancyLayer`].
+#[derive(Debug, Clone)]
+pub struct TenancyService<S> {
+    /// The wrapped service (the application's router).
+    inner: S,
+    /// Resolvers, catalog caches and router.
+    tenancy: Tenancy,
+}
+
+impl<S> TenancyService<S> {
+    pub(crate) fn new(inner: S, tenancy: Tenancy) -> Self {
+        TenancyService { inner, tenancy }
+    }
+}
+
+fn strip_path(uri: &Uri, n: usize) -> Option<Uri> {
+    let path = uri.path();
+    let rest = path.get(n..)?;
+    let rest = if rest.is_empty() { "/" } else { rest };
+    let pq = match uri.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pq.parse().ok()?);
+    Uri::from_parts(parts).ok()
+}
+
+impl<S, B> Service<Request<B>> for TenancyService<S>
+where
+    S: Service<Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        // The clone is not ready; swap so the ready one is used (tower's usual dance).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let tenancy = self.tenancy.clone();
+        // The span exists before anything else runs; tenant_id is filled in as soon as
+        // the tenant is known, before any handler code.
+        let span = tracing::info_span!(
+            "request",
+            method = %req.method(),
+            path = %req.uri().path(),
+            tenant_id = tracing::field::Empty,
+            tenant = tracing::field::Empty,
+        );
+        let fut = async move {
+            let (mut parts, body) = req.into_parts();
+            let resolved = match tenancy.resolve(&parts).await {
+                Ok(r) => r,
+                Err(e) => return Ok(e.into_response()),
+            };
+            let tenant = resolved.tenant;
+            let span = tracing::Span::current();
+            span.record("tenant_id", tracing::field::display(tenant.id()));
+            span.record("tenant", tracing::field::display(tenant.slug()));
+            if let Some(n) = resolved.strip {
+                match strip_path(&parts.uri, n) {
+                    Some(u) => parts.uri = u,
+                    None => {
+                        return Ok(HttpError::BadRequest("malformed path".into()).into_response())
+                    }
+                }
+            }
+            let slot = TxSlot::new(tenancy, tenant.clone());
+            parts.extensions.insert(tenant.clone());
+            // For layers and crates that only need the id (tenancy-config's guard).
+            parts.extensions.insert(tenant.id());
+            parts.extensions.insert(slot.clone());
+            let req = Request::from_parts(parts, body);
+            let out = tenant
+                .scope(AssertUnwindSafe(inner.call(req)).catch_unwind())
+                .await;
+            match out {
+                Ok(Ok(resp)) => {
+                    let ok = resp.status().is_success() || resp.status().is_redirection();
+                    match slot.finish(ok).await {
+                        Ok(()) => Ok(resp),
+                        // The handler succeeded but its writes did not commit: the
+                        // caller must not see a success.
+                        Err(e) => Ok(e.into_response()),
+                    }
+                }
+                Ok(Err(e)) => {
+                    let _ = slot.finish(false).await;
+                    Err(e)
+                }
+                Err(_panic) => {
+                    tracing::error!("handler panicked; its tenant transaction was rolled back");
+                    let _ = slot.finish(false).await;
+                    Ok(HttpError::internal("handler panicked").into_response())
+                }
+            }
+        };
+        ResponseFuture::new(fut.instrument(span))
+    }
+}

@@ -1,0 +1,434 @@
+//! [`Tenancy`]: the configured resolvers, the catalog caches and the router; the rules
+//! that turn what a request says into one active [`Tenant`] or a problem.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{AUTHORIZATION, HOST};
+use http::request::Parts;
+use http::HeaderName;
+use tenancy_core::{Slug, TenantId, TenantState};
+use tenancy_sdk::{Router, TenantTx};
+
+use crate::api_key::{ApiKey, API_KEY_PREFIX};
+use crate::catalog::Catalog;
+use crate::jwt::{JwtConfig, JwtVerifier, TenantClaim};
+use crate::{ConfigError, HttpError, SourceKind, TenancyLayer, Tenant};
+
+/// One way of finding the tenant of a request. Sources are tried in the configured
+/// order; every source that finds something must agree.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Source {
+    /// `Authorization: Bearer <JWT>`, verified (see [`crate::jwt`]).
+    Jwt(JwtConfig),
+    /// `<slug>.<base domain>` in the `Host` header.
+    Subdomain {
+        /// The base domain, e.g. `app.example.com`.
+        base_domain: String,
+    },
+    /// A verified custom domain in the `Host` header (catalog lookup, cached).
+    CustomDomain,
+    /// `X-Api-Key: tnk_…` or `Authorization: Bearer tnk_…`.
+    ApiKey,
+    /// A header set by a trusted internal gateway, holding a tenant id or slug. Only for
+    /// services that are not reachable except through that gateway.
+    TrustedHeader {
+        /// Header name, e.g. `x-tenant-id`.
+        header: HeaderName,
+    },
+    /// `/<prefix>/<tenant id or slug>/…`; the prefix and tenant are stripped from the
+    /// path before routing.
+    PathPrefix {
+        /// The prefix, e.g. `/t`.
+        prefix: String,
+    },
+}
+
+impl Source {
+    /// The JWT source.
+    pub fn jwt(config: JwtConfig) -> Self {
+        Source::Jwt(config)
+    }
+    /// The subdomain source.
+    pub fn subdomain(base_domain: impl Into<String>) -> Self {
+        Source::Subdomain {
+            base_domain: base_domain.into(),
+        }
+    }
+    /// The verified-custom-domain source.
+    pub fn custom_domain() -> Self {
+        Source::CustomDomain
+    }
+    /// The API key source.
+    pub fn api_key() -> Self {
+        Source::ApiKey
+    }
+    /// The trusted-header source: enable it only behind a gateway that sets (and strips
+    /// client-sent copies of) the header.
+    pub fn trusted_header(header: &str) -> Result<Self, ConfigError> {
+        let header = HeaderName::try_from(header)
+            .map_err(|e| ConfigError::Invalid(format!("header name {header:?}: {e}")))?;
+        Ok(Source::TrustedHeader { header })
+    }
+    /// The path-prefix source.
+    pub fn path_prefix(prefix: impl Into<String>) -> Self {
+        Source::PathPrefix {
+            prefix: prefix.into(),
+        }
+    }
+}
+
+/// A source ready to use.
+#[derive(Debug)]
+enum Resolver {
+    Jwt(Box<JwtVerifier>),
+    Subdomain { suffix: String, base: String },
+    CustomDomain,
+    ApiKey,
+    TrustedHeader(HeaderName),
+    PathPrefix(String),
+}
+
+/// What one source says.
+#[derive(Debug)]
+enum Named {
+    Id(TenantId),
+    Slug(Slug),
+    Domain(String),
+    /// Something that cannot name any tenant (garbage id): an unknown tenant.
+    Nothing,
+}
+
+fn named(text: &str) -> Named {
+    if let Ok(id) = text.parse::<TenantId>() {
+        return Named::Id(id);
+    }
+    match text.parse::<Slug>() {
+        Ok(s) => Named::Slug(s),
+        Err(_) => Named::Nothing,
+    }
+}
+
+/// The outcome of resolution.
+#[derive(Debug)]
+pub(crate) struct Resolved {
+    /// The tenant.
+    pub(crate) tenant: Tenant,
+    /// Bytes of the path to strip (path-prefix source).
+    pub(crate) strip: Option<usize>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Sources in order.
+    resolvers: Vec<Resolver>,
+    /// Cached catalog lookups.
+    catalog: Arc<Catalog>,
+    /// Opens tenant transactions.
+    router: Router,
+}
+
+/// The tenancy request layer's shared state. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Tenancy {
+    inner: Arc<Inner>,
+}
+
+/// Builds a [`Tenancy`].
+#[derive(Debug)]
+pub struct TenancyBuilder {
+    router: Router,
+    catalog: tokio_postgres::Config,
+    sources: Vec<Source>,
+    cache_ttl: Duration,
+    listen: bool,
+}
+
+impl TenancyBuilder {
+    /// Adds a source (order matters only for which error is reported first).
+    pub fn source(mut self, s: Source) -> Self {
+        self.sources.push(s);
+        self
+    }
+
+    /// How long catalog answers are cached without a change notification (default 30 s).
+    pub fn cache_ttl(mut self, ttl: Duration) -> Self {
+        self.cache_ttl = ttl;
+        self
+    }
+
+    /// Whether to `LISTEN` for catalog changes (default on).
+    pub fn listen_for_changes(mut self, on: bool) -> Self {
+        self.listen = on;
+        self
+    }
+
+    /// Builds it; with change listening on, must run inside a Tokio runtime.
+    pub fn build(self) -> Result<Tenancy, ConfigError> {
+        if self.sources.is_empty() {
+            return Err(ConfigError::Invalid(
+                "configure at least one tenant source".into(),
+            ));
+        }
+        let mut resolvers = Vec::new();
+        for s in self.sources {
+            resolvers.push(match s {
+                Source::Jwt(c) => Resolver::Jwt(Box::new(JwtVerifier::new(c)?)),
+                Source::Subdomain { base_domain } => {
+                    let base = base_domain.trim_matches('.').to_ascii_lowercase();
+                    if base.is_empty() {
+                        return Err(ConfigError::Invalid(
+                            "subdomain source: empty base domain".into(),
+                        ));
+                    }
+                    Resolver::Subdomain {
+                        suffix: format!(".{base}"),
+                        base,
+                    }
+                }
+                Source::CustomDomain => Resolver::CustomDomain,
+                Source::ApiKey => Resolver::ApiKey,
+                Source::TrustedHeader { header } => Resolver::TrustedHeader(header),
+                Source::PathPrefix { prefix } => {
+                    let p = format!("/{}", prefix.trim_matches('/'));
+                    if p == "/" {
+                        return Err(ConfigError::Invalid(
+                            "path-prefix source: empty prefix".into(),
+                        ));
+                    }
+                    Resolver::PathPrefix(p)
+                }
+            });
+        }
+        let catalog = Catalog::new(self.catalog.clone(), self.router.clone(), self.cache_ttl)?;
+        if self.listen {
+            if tokio::runtime::Handle::try_current().is_err() {
+                return Err(ConfigError::Invalid(
+                    "Tenancy::build with change listening must run inside a Tokio runtime".into(),
+                ));
+            }
+            catalog.start_listener(self.catalog);
+        }
+        Ok(Tenancy {
+            inner: Arc::new(Inner {
+                resolvers,
+                catalog,
+                router: self.router,
+            }),
+        })
+    }
+}
+
+fn host_of(parts: &Parts) -> Option<String> {
+    let raw = parts
+        .headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.host())?;
+    // Strip a port; IPv6 literals ([::1]:80) are never tenant hosts.
+    if raw.starts_with('[') {
+        return None;
+    }
+    let host = raw.rsplit_once(':').map_or(raw, |(h, _)| h);
+    Some(host.trim_end_matches('.').to_ascii_lowercase())
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let v = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+impl Tenancy {
+    /// Starts building: `router` opens tenant transactions; `catalog` connects (as the
+    /// runtime role) to the catalog database for tenant, domain and API key lookups.
+    pub fn builder(router: Router, catalog: tokio_postgres::Config) -> TenancyBuilder {
+        TenancyBuilder {
+            router,
+            catalog,
+            sources: Vec::new(),
+            cache_ttl: Duration::from_secs(30),
+            listen: true,
+        }
+    }
+
+    /// The tower layer.
+    pub fn layer(&self) -> TenancyLayer {
+        TenancyLayer::new(self.clone())
+    }
+
+    /// The SDK router.
+    pub fn router(&self) -> &Router {
+        &self.inner.router
+    }
+
+    /// Opens a transaction for `tenant` (for tasks and jobs; handlers use [`crate::Tx`]).
+    pub async fn begin(&self, tenant: &Tenant) -> Result<TenantTx, HttpError> {
+        Ok(self.inner.router.begin(tenant.id()).await?)
+    }
+
+    /// A [`Tenant`] for `id`, checked like a request's (exists, active), for work the
+    /// application starts itself.
+    pub async fn scope_for(&self, id: TenantId) -> Result<Tenant, HttpError> {
+        self.checked(id, vec![SourceKind::Application], None, None)
+            .await
+    }
+
+    pub(crate) async fn checked(
+        &self,
+        id: TenantId,
+        via: Vec<SourceKind>,
+        subject: Option<String>,
+        scopes: Option<Vec<String>>,
+    ) -> Result<Tenant, HttpError> {
+        let Some(t) = self.inner.catalog.tenant(id).await? else {
+            return Err(HttpError::TenantNotFound);
+        };
+        match t.state {
+            TenantState::Active => Ok(Tenant::new(id, t.slug, via, subject, scopes)),
+            TenantState::Suspended => Err(HttpError::TenantSuspended),
+            TenantState::Provisioning => Err(HttpError::TenantProvisioning),
+            TenantState::Deleting | TenantState::Deleted => Err(HttpError::TenantDeleted),
+        }
+    }
+
+    /// Resolves the tenant of a request (see the crate docs for the rules).
+    pub(crate) async fn resolve(&self, parts: &Parts) -> Result<Resolved, HttpError> {
+        let mut found: Vec<(SourceKind, Named)> = Vec::new();
+        let mut subject = None;
+        let mut scopes = None;
+        let mut strip = None;
+        let host = host_of(parts);
+        let bearer = bearer(parts);
+        for r in &self.inner.resolvers {
+            match r {
+                Resolver::Jwt(v) => {
+                    let Some(token) = bearer.filter(|t| !t.starts_with(API_KEY_PREFIX)) else {
+                        continue;
+                    };
+                    let t = v.verify(token)?;
+                    let Some(value) = t.tenant else {
+                        return Err(HttpError::InvalidCredentials {
+                            reason: "token does not name a tenant".into(),
+                        });
+                    };
+                    let n = match &v.claim {
+                        TenantClaim::Id(_) => {
+                            value.parse::<TenantId>().map_or(Named::Nothing, Named::Id)
+                        }
+                        TenantClaim::Slug(_) => {
+                            value.parse::<Slug>().map_or(Named::Nothing, Named::Slug)
+                        }
+                    };
+                    subject = t.subject.or(Some(format!("jwt:{}", t.issuer)));
+                    found.push((SourceKind::Jwt, n));
+                }
+                Resolver::Subdomain { suffix, base } => {
+                    let Some(h) = &host else { continue };
+                    if h == base {
+                        continue;
+                    }
+                    if let Some(label) = h.strip_suffix(suffix.as_str()) {
+                        if !label.contains('.') {
+                            if let Ok(slug) = label.parse::<Slug>() {
+                                found.push((SourceKind::Subdomain, Named::Slug(slug)));
+                            }
+                        }
+                    }
+                }
+                Resolver::CustomDomain => {
+                    let Some(h) = &host else { continue };
+                    let is_base = self.inner.resolvers.iter().any(|r| match r {
+                        Resolver::Subdomain { suffix, base } => {
+                            h == base || h.ends_with(suffix.as_str())
+                        }
+                        _ => false,
+                    });
+                    let is_local = h == "localhost" || h.parse::<std::net::IpAddr>().is_ok();
+                    if !is_base && !is_local && h.contains('.') {
+                        found.push((SourceKind::CustomDomain, Named::Domain(h.clone())));
+                    }
+                }
+                Resolver::ApiKey => {
+                    let text = parts
+                        .headers
+                        .get("x-api-key")
+                        .and_then(|v| v.to_str().ok())
+                        .or(bearer.filter(|t| t.starts_with(API_KEY_PREFIX)));
+                    let Some(text) = text else { continue };
+                    let invalid = || HttpError::InvalidCredentials {
+                        reason: "API key is not valid".into(),
+                    };
+                    let key = ApiKey::parse(text.trim()).ok_or_else(invalid)?;
+                    let grant = self
+                        .inner
+                        .catalog
+                        .api_key(key.key_id(), &key.hash())
+                        .await?
+                        .ok_or_else(invalid)?;
+                    subject = Some(format!("api_key:{}", key.key_id()));
+                    scopes = Some(grant.scopes);
+                    found.push((SourceKind::ApiKey, Named::Id(grant.tenant_id)));
+                }
+                Resolver::TrustedHeader(name) => {
+                    let Some(v) = parts.headers.get(name) else {
+                        continue;
+                    };
+                    let n = v.to_str().map_or(Named::Nothing, |s| named(s.trim()));
+                    found.push((SourceKind::TrustedHeader, n));
+                }
+                Resolver::PathPrefix(prefix) => {
+                    let path = parts.uri.path();
+                    let Some(rest) = path.strip_prefix(prefix.as_str()) else {
+                        continue;
+                    };
+                    let Some(rest) = rest.strip_prefix('/') else {
+                        continue;
+                    };
+                    let seg = rest.split('/').next().unwrap_or_default();
+                    if seg.is_empty() {
+                        continue;
+                    }
+                    strip = Some(prefix.len() + 1 + seg.len());
+                    found.push((SourceKind::PathPrefix, named(seg)));
+                }
+            }
+        }
+        if found.is_empty() {
+            return Err(HttpError::Unauthenticated);
+        }
+        // Map every answer to a tenant id (None: names no tenant).
+        let mut ids: Vec<Option<TenantId>> = Vec::with_capacity(found.len());
+        for (_, n) in &found {
+            ids.push(match n {
+                Named::Id(id) => Some(*id),
+                Named::Slug(s) => self.inner.catalog.tenant_id_by_slug(s).await?,
+                Named::Domain(d) => self.inner.catalog.tenant_for_domain(d).await?,
+                Named::Nothing => None,
+            });
+        }
+        // An unverified/unknown custom domain is just a host name, not a claim.
+        let mut pairs: Vec<(SourceKind, Option<TenantId>)> = found
+            .iter()
+            .map(|(k, _)| *k)
+            .zip(ids)
+            .filter(|(k, id)| !(*k == SourceKind::CustomDomain && id.is_none()))
+            .collect();
+        if pairs.is_empty() {
+            return Err(HttpError::Unauthenticated);
+        }
+        // Disagreement is reported before existence, so a 403 here says nothing about
+        // whether the other tenant exists.
+        let first = pairs[0].1;
+        if pairs.iter().any(|(_, id)| *id != first) {
+            return Err(HttpError::TenantMismatch);
+        }
+        let Some(id) = first else {
+            return Err(HttpError::TenantNotFound);
+        };
+        let via = pairs.drain(..).map(|(k, _)| k).collect();
+        let tenant = self.checked(id, via, subject, scopes).await?;
+        Ok(Resolved { tenant, strip })
+    }
+}

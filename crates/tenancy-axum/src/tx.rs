@@ -1,0 +1,143 @@
+//! The per-request (and per-job) `TenantTx`: opened on first use by the [`Tx`]
+//! extractor, handed back when the handler is done, then committed by the layer if the
+//! response is a success and rolled back otherwise (error status, error, panic).
+
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::FromRequestParts;
+use http::request::Parts;
+use tenancy_sdk::TenantTx;
+
+use crate::{HttpError, Tenancy, Tenant};
+
+#[derive(Debug, Default)]
+struct SlotState {
+    /// The transaction, while nobody holds it.
+    tx: Option<TenantTx>,
+    /// Whether it was opened (only once per request).
+    opened: bool,
+}
+
+/// Where a request's transaction lives between the extractor and the layer.
+#[derive(Debug, Clone)]
+pub(crate) struct TxSlot {
+    /// Shared with the [`Tx`] handed to the handler.
+    state: Arc<Mutex<SlotState>>,
+    /// Opens the transaction.
+    tenancy: Tenancy,
+    /// For whom.
+    tenant: Tenant,
+}
+
+impl TxSlot {
+    pub(crate) fn new(tenancy: Tenancy, tenant: Tenant) -> Self {
+        TxSlot {
+            state: Arc::default(),
+            tenancy,
+            tenant,
+        }
+    }
+
+    pub(crate) async fn open(&self) -> Result<Tx, HttpError> {
+        {
+            let mut s = self
+                .state
+                .lock()
+                .map_err(|_| HttpError::internal("transaction slot poisoned"))?;
+            if s.opened {
+                return Err(HttpError::internal(
+                    "the tenant transaction was extracted twice in one request",
+                ));
+            }
+            s.opened = true;
+        }
+        let tx = self.tenancy.begin(&self.tenant).await?;
+        Ok(Tx {
+            tx: Some(tx),
+            slot: Arc::clone(&self.state),
+        })
+    }
+
+    /// Commits (`commit == true`) or rolls back the transaction if one was opened and
+    /// handed back.
+    pub(crate) async fn finish(&self, commit: bool) -> Result<(), HttpError> {
+        let tx = match self.state.lock() {
+            Ok(mut s) => s.tx.take(),
+            Err(_) => None,
+        };
+        let Some(tx) = tx else { return Ok(()) };
+        if commit {
+            tx.commit().await.map_err(HttpError::from)
+        } else {
+            tx.rollback().await.map_err(HttpError::from)
+        }
+    }
+}
+
+/// The request's tenant transaction. Use it like a [`TenantTx`] (it dereferences to
+/// one); do not commit it: the layer commits when the handler returns a success
+/// response and rolls back on an error response, an error or a panic.
+#[derive(Debug)]
+pub struct Tx {
+    /// Always `Some` until dropped.
+    tx: Option<TenantTx>,
+    /// Where the transaction goes back on drop.
+    slot: Arc<Mutex<SlotState>>,
+}
+
+impl Deref for Tx {
+    type Target = TenantTx;
+    fn deref(&self) -> &TenantTx {
+        match &self.tx {
+            Some(tx) => tx,
+            None => unreachable!("Tx holds its transaction until it is dropped"),
+        }
+    }
+}
+
+impl DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut TenantTx {
+        match &mut self.tx {
+            Some(tx) => tx,
+            None => unreachable!("Tx holds its transaction until it is dropped"),
+        }
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        // Hand the transaction back for the layer to end. If the slot is gone or
+        // poisoned, dropping the TenantTx rolls it back.
+        if let Some(tx) = self.tx.take() {
+            if let Ok(mut s) = self.slot.lock() {
+                s.tx = Some(tx);
+            }
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Tx {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, HttpError> {
+        let slot = parts
+            .extensions
+            .get::<TxSlot>()
+            .cloned()
+            .ok_or_else(|| HttpError::internal("the Tx extractor needs the tenancy layer"))?;
+        slot.open().await
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Tenant {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, HttpError> {
+        parts
+            .extensions
+            .get::<Tenant>()
+            .cloned()
+            .ok_or_else(|| HttpError::internal("the Tenant extractor needs the tenancy layer"))
+    }
+}

@@ -1,0 +1,86 @@
+//! The baseline pool: the same deadpool setup as `tenancy_sdk`'s pool (one tokio_postgres
+//! client per connection, a per-connection prepared-statement cache), with no tenancy.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use tokio_postgres::{Client, NoTls, Statement};
+
+/// Prepared statements kept per connection before the cache is cleared (as in the SDK).
+const STATEMENT_CACHE_LIMIT: usize = 256;
+
+/// One pooled connection.
+#[derive(Debug)]
+pub struct Conn {
+    /// The client; its connection task runs on the runtime.
+    pub client: Client,
+    /// Prepared statements by SQL text.
+    stmts: HashMap<String, Statement>,
+}
+
+impl Conn {
+    /// The prepared statement for `sql`, preparing it on first use.
+    pub async fn statement(&mut self, sql: &str) -> Result<Statement> {
+        if let Some(s) = self.stmts.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self
+            .client
+            .prepare(sql)
+            .await
+            .context("preparing a statement")?;
+        if self.stmts.len() >= STATEMENT_CACHE_LIMIT {
+            self.stmts.clear();
+        }
+        self.stmts.insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+}
+
+/// Creates and checks connections.
+#[derive(Debug)]
+pub struct Manager {
+    /// Where to connect, as which role.
+    config: tokio_postgres::Config,
+}
+
+impl managed::Manager for Manager {
+    type Type = Conn;
+    type Error = tokio_postgres::Error;
+
+    async fn create(&self) -> Result<Conn, tokio_postgres::Error> {
+        let (client, connection) = self.config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "baseline connection closed");
+            }
+        });
+        Ok(Conn {
+            client,
+            stmts: HashMap::new(),
+        })
+    }
+
+    async fn recycle(&self, conn: &mut Conn, _: &Metrics) -> RecycleResult<tokio_postgres::Error> {
+        if conn.client.is_closed() {
+            return Err(RecycleError::message("connection closed"));
+        }
+        Ok(())
+    }
+}
+
+/// The baseline pool type.
+pub type Pool = managed::Pool<Manager>;
+
+/// Builds a pool of `max_size` connections with the SDK's pool settings.
+pub fn build(config: tokio_postgres::Config, max_size: usize) -> Result<Pool> {
+    Pool::builder(Manager { config })
+        .max_size(max_size)
+        .wait_timeout(Some(Duration::from_secs(30)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .context("building the baseline pool")
+}

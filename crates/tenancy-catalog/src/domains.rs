@@ -1,0 +1,321 @@
+//! Catalog store: custom domains and tenant API keys (migration 0002).
+//!
+//! The request layer resolves a tenant from a verified custom domain or from an API key;
+//! both are catalog data, so their SQL lives here. API key secrets never reach this
+//! module: callers pass the SHA-256 of the full key.
+
+use tenancy_core::TenantId;
+use time::OffsetDateTime;
+use tokio_postgres::{Client, Row};
+
+use crate::CatalogError;
+
+/// The `LISTEN` channel on which catalog changes are announced, with payloads
+/// `tenant:<uuid>`, `domain:<name>` and `api_key:<key id>`.
+pub const CHANGES_CHANNEL: &str = "tenancy_catalog_changes";
+
+/// A custom domain of a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomDomain {
+    /// Lowercase host name.
+    pub domain: String,
+    /// The tenant it belongs to.
+    pub tenant_id: TenantId,
+    /// Whether ownership was verified; only verified domains resolve.
+    pub verified: bool,
+}
+
+/// An API key as the catalog stores it (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    /// Public part of the key, 16 hex digits.
+    pub key_id: String,
+    /// The tenant the key acts for.
+    pub tenant_id: TenantId,
+    /// Human-readable name.
+    pub name: String,
+    /// What the key may do.
+    pub scopes: Vec<String>,
+    /// Creation time.
+    pub created_at: OffsetDateTime,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Last successful authentication (recorded at most once a minute).
+    pub last_used_at: Option<OffsetDateTime>,
+}
+
+/// What a successful API key authentication yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyGrant {
+    /// The tenant the key acts for.
+    pub tenant_id: TenantId,
+    /// The key's scopes.
+    pub scopes: Vec<String>,
+}
+
+fn corrupt<E: std::fmt::Display>(e: E) -> CatalogError {
+    CatalogError::Corrupt(e.to_string())
+}
+
+/// Normalises and checks a host name (lowercase, no port, no trailing dot).
+pub fn normalize_domain(domain: &str) -> Result<String, CatalogError> {
+    let d = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    let labels_ok = d.split('.').count() >= 2
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+    if !labels_ok || d.len() > 253 {
+        return Err(CatalogError::Invalid(format!(
+            "{domain:?} is not a valid domain name: use lowercase labels of a-z, 0-9 and '-', separated by dots"
+        )));
+    }
+    Ok(d)
+}
+
+fn domain_from_row(row: &Row) -> Result<CustomDomain, CatalogError> {
+    Ok(CustomDomain {
+        domain: row.get(0),
+        tenant_id: TenantId::from_uuid(row.get(1)).map_err(corrupt)?,
+        verified: row.get(2),
+    })
+}
+
+/// Adds an (unverified) custom domain to a tenant. Refuses a domain another tenant holds.
+pub async fn add_custom_domain(
+    client: &Client,
+    tenant: TenantId,
+    domain: &str,
+) -> Result<CustomDomain, CatalogError> {
+    let d = normalize_domain(domain)?;
+    let row = client
+        .query_opt(
+            "INSERT INTO tenancy_catalog.custom_domains (domain, tenant_id) VALUES ($1, $2)
+             ON CONFLICT (domain) DO UPDATE SET domain = EXCLUDED.domain
+                 WHERE custom_domains.tenant_id = EXCLUDED.tenant_id
+             RETURNING domain, tenant_id, verified",
+            &[&d, &tenant.as_uuid()],
+        )
+        .await
+        .map_err(CatalogError::db("adding a custom domain"))?;
+    match row {
+        Some(row) => domain_from_row(&row),
+        None => Err(CatalogError::Invalid(format!(
+            "domain {d} is already registered"
+        ))),
+    }
+}
+
+/// Marks a domain verified (or not). Returns false when the domain is unknown.
+pub async fn set_domain_verified(
+    client: &Client,
+    domain: &str,
+    verified: bool,
+) -> Result<bool, CatalogError> {
+    let d = normalize_domain(domain)?;
+    let n = client
+        .execute(
+            "UPDATE tenancy_catalog.custom_domains
+                SET verified = $2, verified_at = CASE WHEN $2 THEN now() END
+              WHERE domain = $1",
+            &[&d, &verified],
+        )
+        .await
+        .map_err(CatalogError::db("verifying a custom domain"))?;
+    Ok(n == 1)
+}
+
+/// Removes a domain. Returns false when it was unknown.
+pub async fn remove_custom_domain(client: &Client, domain: &str) -> Result<bool, CatalogError> {
+    let d = normalize_domain(domain)?;
+    let n = client
+        .execute(
+            "DELETE FROM tenancy_catalog.custom_domains WHERE domain = $1",
+            &[&d],
+        )
+        .await
+        .map_err(CatalogError::db("removing a custom domain"))?;
+    Ok(n == 1)
+}
+
+/// The tenant of a *verified* domain, if any. Unverified and unknown domains both yield
+/// `None`.
+pub async fn tenant_for_domain(
+    client: &Client,
+    domain: &str,
+) -> Result<Option<TenantId>, CatalogError> {
+    let Ok(d) = normalize_domain(domain) else {
+        return Ok(None);
+    };
+    let row = client
+        .query_opt(
+            "SELECT tenant_id FROM tenancy_catalog.custom_domains WHERE domain = $1 AND verified",
+            &[&d],
+        )
+        .await
+        .map_err(CatalogError::db("looking up a custom domain"))?;
+    row.map(|r| TenantId::from_uuid(r.get(0)).map_err(corrupt))
+        .transpose()
+}
+
+/// A tenant's domains.
+pub async fn list_custom_domains(
+    client: &Client,
+    tenant: TenantId,
+) -> Result<Vec<CustomDomain>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT domain, tenant_id, verified FROM tenancy_catalog.custom_domains
+              WHERE tenant_id = $1 ORDER BY domain",
+            &[&tenant.as_uuid()],
+        )
+        .await
+        .map_err(CatalogError::db("listing custom domains"))?;
+    rows.iter().map(domain_from_row).collect()
+}
+
+fn check_key_id(key_id: &str) -> Result<(), CatalogError> {
+    if key_id.len() != 16
+        || !key_id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(CatalogError::Invalid(
+            "API key id must be 16 lowercase hex digits".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_scope(scope: &str) -> Result<(), CatalogError> {
+    let ok = !scope.is_empty()
+        && scope.len() <= 64
+        && scope
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b":_-.*".contains(&b));
+    if !ok {
+        return Err(CatalogError::Invalid(format!(
+            "API key scope {scope:?} is not allowed: use 1 to 64 characters from a-z, 0-9 and : _ - . *"
+        )));
+    }
+    Ok(())
+}
+
+fn key_from_row(row: &Row) -> Result<ApiKeyRecord, CatalogError> {
+    Ok(ApiKeyRecord {
+        key_id: row.get(0),
+        tenant_id: TenantId::from_uuid(row.get(1)).map_err(corrupt)?,
+        name: row.get(2),
+        scopes: row.get(3),
+        created_at: row.get(4),
+        revoked_at: row.get(5),
+        last_used_at: row.get(6),
+    })
+}
+
+const KEY_COLUMNS: &str = "key_id, tenant_id, name, scopes, created_at, revoked_at, last_used_at";
+
+/// Stores a new API key for `tenant`, given its public id and the SHA-256 of the whole
+/// key. The caller generates the key and shows it once; the catalog never sees it.
+pub async fn create_api_key(
+    client: &Client,
+    tenant: TenantId,
+    key_id: &str,
+    secret_hash: &[u8; 32],
+    name: &str,
+    scopes: &[String],
+) -> Result<ApiKeyRecord, CatalogError> {
+    check_key_id(key_id)?;
+    if name.trim().is_empty() || name.chars().count() > 200 {
+        return Err(CatalogError::Invalid(
+            "API key name must be 1 to 200 characters".into(),
+        ));
+    }
+    for s in scopes {
+        check_scope(s)?;
+    }
+    let row = client
+        .query_one(
+            &format!(
+                "INSERT INTO tenancy_catalog.api_keys (key_id, tenant_id, name, secret_hash, scopes)
+                 VALUES ($1, $2, $3, $4, $5) RETURNING {KEY_COLUMNS}"
+            ),
+            &[
+                &key_id,
+                &tenant.as_uuid(),
+                &name.trim(),
+                &secret_hash.as_slice(),
+                &scopes,
+            ],
+        )
+        .await
+        .map_err(CatalogError::db("storing an API key"))?;
+    key_from_row(&row)
+}
+
+/// Revokes a key of `tenant` (idempotent). Returns false when the tenant has no such key.
+pub async fn revoke_api_key(
+    client: &Client,
+    tenant: TenantId,
+    key_id: &str,
+) -> Result<bool, CatalogError> {
+    check_key_id(key_id)?;
+    let n = client
+        .execute(
+            "UPDATE tenancy_catalog.api_keys SET revoked_at = coalesce(revoked_at, now())
+              WHERE key_id = $1 AND tenant_id = $2",
+            &[&key_id, &tenant.as_uuid()],
+        )
+        .await
+        .map_err(CatalogError::db("revoking an API key"))?;
+    Ok(n == 1)
+}
+
+/// A tenant's keys (without secrets), newest first.
+pub async fn list_api_keys(
+    client: &Client,
+    tenant: TenantId,
+) -> Result<Vec<ApiKeyRecord>, CatalogError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {KEY_COLUMNS} FROM tenancy_catalog.api_keys WHERE tenant_id = $1
+                 ORDER BY created_at DESC, key_id"
+            ),
+            &[&tenant.as_uuid()],
+        )
+        .await
+        .map_err(CatalogError::db("listing API keys"))?;
+    rows.iter().map(key_from_row).collect()
+}
+
+/// Authenticates a key by its public id and the SHA-256 of the whole key, through
+/// `tenancy_catalog.authenticate_api_key` (usable by the runtime role, which cannot read
+/// the stored hashes). Unknown, revoked and wrong keys all yield `None`.
+pub async fn authenticate_api_key(
+    client: &Client,
+    key_id: &str,
+    secret_hash: &[u8; 32],
+) -> Result<Option<ApiKeyGrant>, CatalogError> {
+    if check_key_id(key_id).is_err() {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            "SELECT tenant_id, scopes FROM tenancy_catalog.authenticate_api_key($1, $2)",
+            &[&key_id, &secret_hash.as_slice()],
+        )
+        .await
+        .map_err(CatalogError::db("authenticating an API key"))?;
+    row.map(|r| {
+        Ok(ApiKeyGrant {
+            tenant_id: TenantId::from_uuid(r.get(0)).map_err(corrupt)?,
+            scopes: r.get(1),
+        })
+    })
+    .transpose()
+}

@@ -1,0 +1,106 @@
+//! Correct schemas: no error fires falsely.
+
+use tenancy_check::{audit, Options, Severity};
+
+use crate::corpus;
+use crate::support::{audit_as, errors, managed, plain, unique_roles};
+
+#[tokio::test]
+async fn tenancy_managed_schema_has_no_error() {
+    let db = managed().await;
+    let c = db.connect_superuser().await.expect("superuser");
+    let report = audit(&c, &Options::default()).await.expect("audit");
+    assert!(report.tenancy_managed);
+    assert_eq!(report.runtime_role, "tenancy_app");
+    assert_eq!(
+        report.tenant_tables,
+        vec!["public.comments".to_owned(), "public.docs".to_owned()]
+    );
+    assert!(
+        errors(&report).is_empty(),
+        "unexpected errors: {:#?}",
+        errors(&report)
+    );
+    // tenancy's own definer functions and signed context are trusted.
+    for f in &report.findings {
+        assert_ne!(f.rule, "security-definer-function", "{f:?}");
+        assert_ne!(f.rule, "policy-unsigned-context", "{f:?}");
+        assert_ne!(f.rule, "policy-initplan", "{f:?}");
+        assert!(
+            f.severity != Severity::Warning || f.rule == "database-public-connect",
+            "unexpected warning {f:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tutorial_guc_schema_has_no_error_but_an_unsigned_context_warning() {
+    let db = plain().await;
+    let (app, owner) = unique_roles("good");
+    let c = db.connect_superuser().await.expect("superuser");
+    c.batch_execute(&format!(
+        "{}\n{}",
+        corpus::roles_sql(&app, &owner),
+        corpus::fill(corpus::BASE, &app, &owner, &db.name)
+    ))
+    .await
+    .expect("setup");
+    let report = audit_as(&db, &app).await;
+    assert!(
+        errors(&report).is_empty(),
+        "unexpected errors: {:#?}",
+        errors(&report)
+    );
+    assert_eq!(report.find("policy-unsigned-context", "app.docs").len(), 1);
+    assert_eq!(report.tenant_tables, vec!["app.docs".to_owned()]);
+}
+
+#[tokio::test]
+async fn restrictive_floor_downgrades_a_widened_permissive_policy() {
+    let db = plain().await;
+    let (app, owner) = unique_roles("floor");
+    let c = db.connect_superuser().await.expect("superuser");
+    let extra = format!(
+        "DROP POLICY tenant_isolation ON app.docs; CREATE POLICY open ON app.docs USING (true) WITH CHECK (tenant_id = {ctx}); \
+         CREATE POLICY floor ON app.docs AS RESTRICTIVE USING (tenant_id = {ctx}) WITH CHECK (tenant_id = {ctx});",
+        ctx = corpus::CTX
+    );
+    c.batch_execute(&format!(
+        "{}\n{}\n{extra}",
+        corpus::roles_sql(&app, &owner),
+        corpus::fill(corpus::BASE, &app, &owner, &db.name)
+    ))
+    .await
+    .expect("setup");
+    let report = audit_as(&db, &app).await;
+    let hits = report.find("policy-always-true", "app.docs");
+    assert!(
+        !hits.is_empty() && hits.iter().all(|f| f.severity == Severity::Warning),
+        "{hits:#?}"
+    );
+}
+
+#[tokio::test]
+async fn global_tables_are_skipped_and_missing_role_is_an_error() {
+    let db = plain().await;
+    let (app, owner) = unique_roles("global");
+    let c = db.connect_superuser().await.expect("superuser");
+    c.batch_execute(&format!("{}\nCREATE TABLE public.plans (tenant_id uuid, name text); GRANT SELECT ON public.plans TO {app};", corpus::roles_sql(&app, &owner))).await.expect("setup");
+    let mut o = crate::support::opts(&app);
+    assert!(!audit(&c, &o)
+        .await
+        .expect("audit")
+        .find("rls-disabled", "public.plans")
+        .is_empty());
+    o.global_tables = vec!["public.plans".into()];
+    assert!(audit(&c, &o)
+        .await
+        .expect("audit")
+        .find("rls-disabled", "public.plans")
+        .is_empty());
+    o.runtime_role = Some("no_such_role_here".into());
+    assert!(matches!(
+        audit(&c, &o).await,
+        Err(tenancy_check::CheckError::NoSuchRole(_))
+    ));
+}

@@ -1,0 +1,168 @@
+//! `tenancy tenants …`: tenant lifecycle from the command line. Each command queues a
+//! workflow in the catalog (the workers of `tenancy serve` run it) and prints the result.
+
+use anyhow::Context;
+use tenancy_catalog::{NewTenant, WorkflowKind};
+use tenancy_core::TenantId;
+
+/// Arguments of `tenancy tenants`.
+#[derive(clap::Args, Debug)]
+pub struct TenantsArgs {
+    /// Catalog database URL (owner role).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    #[command(subcommand)]
+    pub command: TenantsCommand,
+}
+
+/// Tenant subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum TenantsCommand {
+    /// Create a tenant and queue its provisioning.
+    Create {
+        slug: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value = "free")]
+        plan: String,
+        #[arg(long)]
+        region: String,
+        #[arg(long, default_value = "pooled")]
+        placement: String,
+    },
+    /// List tenants.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Show a tenant (id or slug) with its workflows.
+    Show { tenant: String },
+    /// Suspend a tenant.
+    Suspend {
+        tenant: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Resume a suspended tenant.
+    Resume { tenant: String },
+    /// Soft-delete a tenant (purged after the retention period unless on legal hold).
+    Delete {
+        tenant: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+async fn resolve(client: &tokio_postgres::Client, t: &str) -> anyhow::Result<TenantId> {
+    if let Ok(id) = t.parse::<TenantId>() {
+        return Ok(id);
+    }
+    let slug = t.parse().context("parsing the tenant (id or slug)")?;
+    Ok(tenancy_catalog::get_tenant_by_slug(client, &slug).await?.id)
+}
+
+async fn enqueue(
+    client: &mut tokio_postgres::Client,
+    id: TenantId,
+    kind: WorkflowKind,
+    input: serde_json::Value,
+) -> anyhow::Result<String> {
+    let tx = client.transaction().await?;
+    let wf = tenancy_catalog::enqueue_workflow(&tx, id, kind, &input, "cli").await?;
+    tx.commit().await?;
+    Ok(format!(
+        "queued {} workflow {} for tenant {id}",
+        wf.kind, wf.id
+    ))
+}
+
+/// Runs a tenants subcommand; returns what to print.
+pub async fn run(args: TenantsArgs) -> anyhow::Result<String> {
+    let cfg: tokio_postgres::Config = args.database_url.parse().context("parsing DATABASE_URL")?;
+    let mut client = tenancy_pg::connect(&cfg)
+        .await
+        .context("connecting to the catalog")?;
+    match args.command {
+        TenantsCommand::Create {
+            slug,
+            name,
+            plan,
+            region,
+            placement,
+        } => {
+            let new = NewTenant {
+                id: None,
+                display_name: name.unwrap_or_else(|| slug.clone()),
+                slug: slug.parse()?,
+                plan: plan.parse()?,
+                region: region.parse()?,
+                placement: placement.parse()?,
+            };
+            let tx = client.transaction().await?;
+            let (t, wf) =
+                tenancy_catalog::start_provisioning(&tx, &new, &serde_json::json!({}), "cli")
+                    .await?;
+            tx.commit().await?;
+            Ok(format!(
+                "tenant {} ({}) created; provisioning workflow {}",
+                t.slug, t.id, wf.id
+            ))
+        }
+        TenantsCommand::List { limit, after } => {
+            let after = after.map(|a| a.parse()).transpose()?;
+            let ts = tenancy_catalog::list_tenants(&client, after.as_ref(), limit).await?;
+            Ok(ts
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{}\t{}\t{}\t{}\t{}\t{}",
+                        t.id, t.slug, t.state, t.placement, t.region, t.plan
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
+        TenantsCommand::Show { tenant } => {
+            let id = resolve(&client, &tenant).await?;
+            let t = tenancy_catalog::get_tenant(&client, id).await?;
+            let wfs = tenancy_catalog::tenant_workflows(&client, id).await?;
+            let mut out = format!(
+                "{} {} state={} placement={} region={} plan={}",
+                t.id, t.slug, t.state, t.placement, t.region, t.plan
+            );
+            for w in wfs {
+                out.push_str(&format!(
+                    "\n  workflow {} {} {} step={}",
+                    w.id, w.kind, w.status, w.step
+                ));
+            }
+            Ok(out)
+        }
+        TenantsCommand::Suspend { tenant, reason } => {
+            let id = resolve(&client, &tenant).await?;
+            enqueue(
+                &mut client,
+                id,
+                WorkflowKind::Suspend,
+                serde_json::json!({"reason": reason}),
+            )
+            .await
+        }
+        TenantsCommand::Resume { tenant } => {
+            let id = resolve(&client, &tenant).await?;
+            enqueue(&mut client, id, WorkflowKind::Resume, serde_json::json!({})).await
+        }
+        TenantsCommand::Delete { tenant, reason } => {
+            let id = resolve(&client, &tenant).await?;
+            enqueue(
+                &mut client,
+                id,
+                WorkflowKind::Delete,
+                serde_json::json!({"reason": reason}),
+            )
+            .await
+        }
+    }
+}

@@ -1,0 +1,829 @@
+//! Unit tests of the pure engine: every rule type, rollouts, the layer hierarchy,
+//! explanations and override expiry.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+use tenancy_core::{Placement, TenantId};
+use time::macros::datetime;
+use time::{Duration, OffsetDateTime};
+
+use super::*;
+use crate::model::*;
+
+fn now() -> OffsetDateTime {
+    datetime!(2026-03-01 12:00 UTC)
+}
+
+fn tenant(plan: &str, region: &str, placement: Placement) -> TenantData {
+    TenantData {
+        attributes: TenantAttributes {
+            id: TenantId::new_random(),
+            plan: plan.parse().expect("plan"),
+            region: region.parse().expect("region"),
+            placement,
+            created_at: datetime!(2025-06-01 00:00 UTC),
+            tags: vec!["beta".into(), "eu".into()],
+            custom: serde_json::from_value(
+                json!({"employees": 250, "industry": "fintech", "labels": ["a", "b"]}),
+            )
+            .expect("custom"),
+        },
+        overrides: Vec::new(),
+        settings: BTreeMap::new(),
+        branding: None,
+        domains: Vec::new(),
+    }
+}
+
+fn flag_with(rule: Vec<Condition>) -> Flag {
+    let mut f = Flag::boolean("f".parse().expect("key"));
+    f.rules.push(Rule {
+        name: "r".into(),
+        conditions: rule,
+        serve: Serve::Variant {
+            variant: "on".parse().expect("v"),
+        },
+    });
+    f
+}
+
+fn snap_with(flags: Vec<Flag>, tenants: Vec<TenantData>) -> Snapshot {
+    Snapshot::build(ConfigData {
+        flags,
+        tenants,
+        ..Default::default()
+    })
+}
+
+fn set(op: SetOp) -> SetOp {
+    op
+}
+
+#[test]
+fn every_condition_type_matches_and_misses() {
+    let t = tenant("pro", "eu-west", Placement::Pooled);
+    let id = t.attributes.id;
+    let other = TenantId::new_random();
+    let cases: Vec<(&str, Condition, bool)> = vec![
+        (
+            "tenant in",
+            Condition::TenantId {
+                op: SetOp::In,
+                values: vec![id],
+            },
+            true,
+        ),
+        (
+            "tenant in other",
+            Condition::TenantId {
+                op: SetOp::In,
+                values: vec![other],
+            },
+            false,
+        ),
+        (
+            "tenant not in",
+            Condition::TenantId {
+                op: SetOp::NotIn,
+                values: vec![other],
+            },
+            true,
+        ),
+        (
+            "plan in",
+            Condition::Plan {
+                op: SetOp::In,
+                values: vec!["pro".parse().expect("p")],
+            },
+            true,
+        ),
+        (
+            "plan in other",
+            Condition::Plan {
+                op: SetOp::In,
+                values: vec!["free".parse().expect("p")],
+            },
+            false,
+        ),
+        (
+            "plan not in",
+            Condition::Plan {
+                op: set(SetOp::NotIn),
+                values: vec!["pro".parse().expect("p")],
+            },
+            false,
+        ),
+        (
+            "region in",
+            Condition::Region {
+                op: SetOp::In,
+                values: vec!["eu-west".parse().expect("r")],
+            },
+            true,
+        ),
+        (
+            "region not in",
+            Condition::Region {
+                op: SetOp::NotIn,
+                values: vec!["eu-west".parse().expect("r")],
+            },
+            false,
+        ),
+        (
+            "placement in",
+            Condition::Placement {
+                op: SetOp::In,
+                values: vec![Placement::Pooled],
+            },
+            true,
+        ),
+        (
+            "placement in other",
+            Condition::Placement {
+                op: SetOp::In,
+                values: vec![Placement::Dedicated, Placement::Schema],
+            },
+            false,
+        ),
+        (
+            "placement not in",
+            Condition::Placement {
+                op: SetOp::NotIn,
+                values: vec![Placement::Dedicated],
+            },
+            true,
+        ),
+        (
+            "tags any",
+            Condition::Tags {
+                op: TagOp::AnyOf,
+                values: vec!["x".into(), "beta".into()],
+            },
+            true,
+        ),
+        (
+            "tags any miss",
+            Condition::Tags {
+                op: TagOp::AnyOf,
+                values: vec!["x".into()],
+            },
+            false,
+        ),
+        (
+            "tags all",
+            Condition::Tags {
+                op: TagOp::AllOf,
+                values: vec!["eu".into(), "beta".into()],
+            },
+            true,
+        ),
+        (
+            "tags all miss",
+            Condition::Tags {
+                op: TagOp::AllOf,
+                values: vec!["eu".into(), "x".into()],
+            },
+            false,
+        ),
+        (
+            "tags none",
+            Condition::Tags {
+                op: TagOp::NoneOf,
+                values: vec!["x".into()],
+            },
+            true,
+        ),
+        (
+            "tags none miss",
+            Condition::Tags {
+                op: TagOp::NoneOf,
+                values: vec!["beta".into()],
+            },
+            false,
+        ),
+        (
+            "created before",
+            Condition::CreatedAt {
+                op: TimeOp::Before,
+                value: datetime!(2025-07-01 00:00 UTC),
+            },
+            true,
+        ),
+        (
+            "created before miss",
+            Condition::CreatedAt {
+                op: TimeOp::Before,
+                value: datetime!(2025-06-01 00:00 UTC),
+            },
+            false,
+        ),
+        (
+            "created after (inclusive)",
+            Condition::CreatedAt {
+                op: TimeOp::After,
+                value: datetime!(2025-06-01 00:00 UTC),
+            },
+            true,
+        ),
+        (
+            "created after miss",
+            Condition::CreatedAt {
+                op: TimeOp::After,
+                value: datetime!(2025-06-02 00:00 UTC),
+            },
+            false,
+        ),
+        (
+            "custom eq",
+            Condition::Custom {
+                name: "industry".into(),
+                op: CustomOp::Eq,
+                value: json!("fintech"),
+            },
+            true,
+        ),
+        (
+            "custom eq number loose",
+            Condition::Custom {
+                name: "employees".into(),
+                op: CustomOp::Eq,
+                value: json!(250.0),
+            },
+            true,
+        ),
+        (
+            "custom not eq",
+            Condition::Custom {
+                name: "industry".into(),
+                op: CustomOp::NotEq,
+                value: json!("retail"),
+            },
+            true,
+        ),
+        (
+            "custom in",
+            Condition::Custom {
+                name: "industry".into(),
+                op: CustomOp::In,
+                value: json!(["retail", "fintech"]),
+            },
+            true,
+        ),
+        (
+            "custom not in",
+            Condition::Custom {
+                name: "industry".into(),
+                op: CustomOp::NotIn,
+                value: json!(["fintech"]),
+            },
+            false,
+        ),
+        (
+            "custom gt",
+            Condition::Custom {
+                name: "employees".into(),
+                op: CustomOp::Gt,
+                value: json!(100),
+            },
+            true,
+        ),
+        (
+            "custom gt miss",
+            Condition::Custom {
+                name: "employees".into(),
+                op: CustomOp::Gt,
+                value: json!(250),
+            },
+            false,
+        ),
+        (
+            "custom gte",
+            Condition::Custom {
+                name: "employees".into(),
+                op: CustomOp::Gte,
+                value: json!(250),
+            },
+            true,
+        ),
+        (
+            "custom lt",
+            Condition::Custom {
+                name: "employees".into(),
+                op: CustomOp::Lt,
+                value: json!(251),
+            },
+            true,
+        ),
+        (
+            "custom lte miss",
+            Condition::Custom {
+                name: "employees".into(),
+                op: CustomOp::Lte,
+                value: json!(249),
+            },
+            false,
+        ),
+        (
+            "custom gt on a string",
+            Condition::Custom {
+                name: "industry".into(),
+                op: CustomOp::Gt,
+                value: json!(1),
+            },
+            false,
+        ),
+        (
+            "custom contains string",
+            Condition::Custom {
+                name: "industry".into(),
+                op: CustomOp::Contains,
+                value: json!("tech"),
+            },
+            true,
+        ),
+        (
+            "custom contains array",
+            Condition::Custom {
+                name: "labels".into(),
+                op: CustomOp::Contains,
+                value: json!("b"),
+            },
+            true,
+        ),
+        (
+            "custom contains miss",
+            Condition::Custom {
+                name: "labels".into(),
+                op: CustomOp::Contains,
+                value: json!("z"),
+            },
+            false,
+        ),
+        (
+            "custom exists",
+            Condition::Custom {
+                name: "industry".into(),
+                op: CustomOp::Exists,
+                value: json!(null),
+            },
+            true,
+        ),
+        (
+            "custom missing attribute",
+            Condition::Custom {
+                name: "nope".into(),
+                op: CustomOp::NotEq,
+                value: json!(1),
+            },
+            false,
+        ),
+    ];
+    for (name, cond, expected) in cases {
+        let f = flag_with(vec![cond]);
+        f.validate().expect(name);
+        let snap = snap_with(vec![f], vec![t.clone()]);
+        let e = snap.flag(id, "f", now()).expect("flag");
+        assert_eq!(e.enabled(), expected, "{name}");
+        let reason = if expected {
+            FlagReason::Rule {
+                index: 0,
+                bucket: None,
+            }
+        } else {
+            FlagReason::Default
+        };
+        assert_eq!(e.reason, reason, "{name}");
+    }
+}
+
+#[test]
+fn all_conditions_of_a_rule_must_hold_and_first_rule_wins() {
+    let t = tenant("pro", "eu-west", Placement::Pooled);
+    let id = t.attributes.id;
+    let mut f = Flag {
+        kind: FlagKind::Multivariate,
+        variants: BTreeMap::from([
+            ("a".parse().expect("v"), json!("A")),
+            ("b".parse().expect("v"), json!("B")),
+            ("c".parse().expect("v"), json!("C")),
+        ]),
+        default_variant: "c".parse().expect("v"),
+        off_variant: "c".parse().expect("v"),
+        ..Flag::boolean("m".parse().expect("key"))
+    };
+    f.rules = vec![
+        Rule {
+            name: "needs both".into(),
+            conditions: vec![
+                Condition::Plan {
+                    op: SetOp::In,
+                    values: vec!["pro".parse().expect("p")],
+                },
+                Condition::Region {
+                    op: SetOp::In,
+                    values: vec!["us-east".parse().expect("r")],
+                },
+            ],
+            serve: Serve::Variant {
+                variant: "a".parse().expect("v"),
+            },
+        },
+        Rule {
+            name: "pro".into(),
+            conditions: vec![Condition::Plan {
+                op: SetOp::In,
+                values: vec!["pro".parse().expect("p")],
+            }],
+            serve: Serve::Variant {
+                variant: "b".parse().expect("v"),
+            },
+        },
+        Rule {
+            name: "everyone".into(),
+            conditions: vec![],
+            serve: Serve::Variant {
+                variant: "a".parse().expect("v"),
+            },
+        },
+    ];
+    f.validate().expect("valid");
+    let snap = snap_with(vec![f], vec![t]);
+    let e = snap.flag(id, "m", now()).expect("flag");
+    assert_eq!(e.value, &json!("B"));
+    assert_eq!(
+        e.reason,
+        FlagReason::Rule {
+            index: 1,
+            bucket: None
+        }
+    );
+}
+
+#[test]
+fn rollout_is_stable_and_close_to_its_weights() {
+    // Stable: a known vector, so other implementations (and future versions) agree.
+    let t: TenantId = "0190f2c4-5b7e-7a51-9d0e-3f1c2b4a5d6e".parse().expect("id");
+    let b = rollout_bucket("new-billing", t);
+    assert_eq!(b, rollout_bucket("new-billing", t));
+    assert!(b < 10_000);
+    // Salted by flag: the same tenant lands in different buckets for different flags.
+    let differs = (0..20).any(|i| rollout_bucket(&format!("flag-{i}"), t) != b);
+    assert!(differs);
+
+    let mut f = Flag::boolean("roll".parse().expect("key"));
+    f.rules.push(Rule {
+        name: "30%".into(),
+        conditions: vec![],
+        serve: Serve::Rollout {
+            weights: vec![
+                WeightedVariant {
+                    variant: "on".parse().expect("v"),
+                    weight: 3_000,
+                },
+                WeightedVariant {
+                    variant: "off".parse().expect("v"),
+                    weight: 7_000,
+                },
+            ],
+        },
+    });
+    f.validate().expect("valid");
+    let tenants: Vec<TenantData> = (0..10_000)
+        .map(|_| tenant("pro", "eu-west", Placement::Pooled))
+        .collect();
+    let ids: Vec<TenantId> = tenants.iter().map(|t| t.attributes.id).collect();
+    let snap = snap_with(vec![f.clone()], tenants.clone());
+    let on = ids
+        .iter()
+        .filter(|id| snap.is_enabled(**id, "roll", now()))
+        .count();
+    assert!(
+        (2_750..=3_250).contains(&on),
+        "30% rollout gave {on} of 10000"
+    );
+    // Every evaluation of a tenant reports its bucket, and the same answer each time.
+    for id in ids.iter().take(100) {
+        let e = snap.flag(*id, "roll", now()).expect("flag");
+        let FlagReason::Rule {
+            bucket: Some(b), ..
+        } = e.reason
+        else {
+            panic!("rollout reason expected, got {:?}", e.reason)
+        };
+        assert_eq!(b, rollout_bucket("roll", *id));
+        assert_eq!(e.enabled(), b < 3_000);
+        assert_eq!(snap.is_enabled(*id, "roll", now()), e.enabled());
+    }
+    // Growing the rollout only adds tenants: nobody who had it loses it.
+    let mut bigger = f;
+    bigger.rules[0].serve = Serve::Rollout {
+        weights: vec![
+            WeightedVariant {
+                variant: "on".parse().expect("v"),
+                weight: 5_000,
+            },
+            WeightedVariant {
+                variant: "off".parse().expect("v"),
+                weight: 5_000,
+            },
+        ],
+    };
+    let snap2 = snap_with(vec![bigger], tenants);
+    for id in &ids {
+        if snap.is_enabled(*id, "roll", now()) {
+            assert!(snap2.is_enabled(*id, "roll", now()));
+        }
+    }
+}
+
+#[test]
+fn kill_switch_beats_rules_and_overrides() {
+    let mut t = tenant("pro", "eu-west", Placement::Pooled);
+    let id = t.attributes.id;
+    t.overrides.push(Override {
+        tenant_id: id,
+        target: OverrideTarget::Flag("f".parse().expect("key")),
+        value: json!("on"),
+        reason: "pilot".into(),
+        expires_at: None,
+        created_by: "ops".into(),
+    });
+    let mut f = flag_with(vec![]);
+    f.killed = true;
+    let snap = snap_with(vec![f], vec![t]);
+    let e = snap.flag(id, "f", now()).expect("flag");
+    assert!(!e.enabled());
+    assert_eq!(e.reason, FlagReason::KillSwitch);
+    let ex = snap.explain_flag(id, "f", now()).expect("explain");
+    assert!(ex.detail.contains("kill switch"), "{}", ex.detail);
+}
+
+#[test]
+fn unknown_flag_and_unknown_tenant() {
+    let snap = snap_with(vec![flag_with(vec![])], vec![]);
+    let stranger = TenantId::new_random();
+    assert!(snap.flag(stranger, "nope", now()).is_none());
+    assert!(!snap.is_enabled(stranger, "nope", now()));
+    let e = snap.flag(stranger, "f", now()).expect("flag");
+    assert_eq!(e.reason, FlagReason::UnknownTenant);
+    assert!(!e.enabled());
+}
+
+fn hierarchy_snapshot() -> (Snapshot, TenantId, TenantId, TenantId) {
+    let seats: EntitlementKey = "seats".parse().expect("key");
+    let sso: EntitlementKey = "sso".parse().expect("key");
+    let locale: SettingKey = "locale".parse().expect("key");
+    let pro = Plan {
+        key: "pro".parse().expect("plan"),
+        display_name: "Pro".into(),
+        values: LayerValues {
+            entitlements: BTreeMap::from([
+                (seats.clone(), EntitlementValue::Limit(25)),
+                (sso.clone(), EntitlementValue::Enabled(true)),
+            ]),
+            settings: BTreeMap::from([(locale.clone(), json!("de"))]),
+            flags: BTreeMap::from([("f".parse().expect("f"), "on".parse().expect("v"))]),
+        },
+    };
+    let eu = RegionLayer {
+        region: "eu-west".parse().expect("r"),
+        values: LayerValues {
+            entitlements: BTreeMap::from([(sso.clone(), EntitlementValue::Enabled(false))]),
+            settings: BTreeMap::from([(locale.clone(), json!("fr"))]),
+            flags: BTreeMap::new(),
+        },
+    };
+    let plain = tenant("free", "us-east", Placement::Pooled);
+    let pro_us = tenant("pro", "us-east", Placement::Pooled);
+    let mut pro_eu = tenant("pro", "eu-west", Placement::Schema);
+    let id = pro_eu.attributes.id;
+    pro_eu.overrides.push(Override {
+        tenant_id: id,
+        target: OverrideTarget::Entitlement(seats.clone()),
+        value: json!(100),
+        reason: "negotiated contract".into(),
+        expires_at: Some(now() + Duration::days(30)),
+        created_by: "sales".into(),
+    });
+    pro_eu.settings.insert(locale.clone(), json!("it"));
+    let data = ConfigData {
+        version: 7,
+        entitlements: vec![
+            EntitlementDef {
+                key: seats,
+                kind: EntitlementKind::Limit,
+                default: EntitlementValue::Limit(3),
+                description: String::new(),
+            },
+            EntitlementDef {
+                key: sso,
+                kind: EntitlementKind::Feature,
+                default: EntitlementValue::Enabled(false),
+                description: String::new(),
+            },
+        ],
+        plans: vec![pro],
+        regions: vec![eu],
+        flags: vec![Flag::boolean("f".parse().expect("f"))],
+        settings: vec![SettingDef {
+            key: locale,
+            schema: json!({"type": "string"}),
+            default: json!("en"),
+            description: String::new(),
+        }],
+        tenants: vec![plain.clone(), pro_us.clone(), pro_eu],
+    };
+    (
+        Snapshot::build(data),
+        plain.attributes.id,
+        pro_us.attributes.id,
+        id,
+    )
+}
+
+#[test]
+fn hierarchy_global_plan_region_tenant() {
+    let (snap, plain, pro_us, pro_eu) = hierarchy_snapshot();
+    assert_eq!(snap.version(), 7);
+    // Global.
+    assert_eq!(
+        snap.entitlement(plain, "seats", now()),
+        Some(Resolved {
+            value: EntitlementValue::Limit(3),
+            layer: Layer::Global
+        })
+    );
+    assert!(!snap.has_feature(plain, "sso", now()));
+    assert_eq!(
+        snap.setting(plain, "locale")
+            .map(|r| (r.value.clone(), r.layer)),
+        Some((json!("en"), Layer::Global))
+    );
+    // Plan.
+    assert_eq!(snap.limit(pro_us, "seats", now()), Some(25));
+    assert_eq!(
+        snap.entitlement(pro_us, "sso", now()).map(|r| r.layer),
+        Some(Layer::Plan)
+    );
+    assert!(snap.has_feature(pro_us, "sso", now()));
+    assert_eq!(
+        snap.setting(pro_us, "locale")
+            .map(|r| (r.value.clone(), r.layer)),
+        Some((json!("de"), Layer::Plan))
+    );
+    let e = snap.flag(pro_us, "f", now()).expect("flag");
+    assert_eq!((e.enabled(), e.reason), (true, FlagReason::Plan));
+    // Region beats plan.
+    assert_eq!(
+        snap.entitlement(pro_eu, "sso", now()),
+        Some(Resolved {
+            value: EntitlementValue::Enabled(false),
+            layer: Layer::Region
+        })
+    );
+    // Tenant beats everything.
+    assert_eq!(
+        snap.entitlement(pro_eu, "seats", now()),
+        Some(Resolved {
+            value: EntitlementValue::Limit(100),
+            layer: Layer::Tenant
+        })
+    );
+    assert_eq!(
+        snap.setting(pro_eu, "locale")
+            .map(|r| (r.value.clone(), r.layer)),
+        Some((json!("it"), Layer::Tenant))
+    );
+    // Limits.
+    assert!(snap.check_limit(pro_us, "seats", 25, now()).is_ok());
+    let err = snap
+        .check_limit(pro_us, "seats", 26, now())
+        .expect_err("over");
+    assert_eq!((err.limit, err.requested), (25, 26));
+    assert_eq!(
+        snap.limit(pro_us, "no-such-limit", now()),
+        Some(0),
+        "unknown limits fail closed"
+    );
+    assert!(!snap.has_feature(pro_us, "no-such-feature", now()));
+}
+
+#[test]
+fn explain_names_the_deciding_layer_and_every_layer() {
+    let (snap, _plain, pro_us, pro_eu) = hierarchy_snapshot();
+    let ex = snap
+        .explain_entitlement(pro_eu, "seats", now())
+        .expect("explain");
+    assert_eq!(ex.decided_by, Layer::Tenant);
+    assert_eq!(ex.value, json!(100));
+    let layers: Vec<(Layer, Option<serde_json::Value>)> = ex
+        .layers
+        .iter()
+        .map(|l| (l.layer, l.value.clone()))
+        .collect();
+    assert_eq!(
+        layers,
+        vec![
+            (Layer::Global, Some(json!(3))),
+            (Layer::Plan, Some(json!(25))),
+            (Layer::Region, None),
+            (Layer::Tenant, Some(json!(100)))
+        ]
+    );
+    let note = ex.layers[3].note.clone().unwrap_or_default();
+    assert!(
+        note.contains("negotiated contract") && note.contains("expires"),
+        "{note}"
+    );
+
+    let ex = snap.explain_flag(pro_us, "f", now()).expect("explain");
+    assert_eq!(ex.decided_by, Layer::Plan);
+    assert!(ex.detail.contains("plan"), "{}", ex.detail);
+
+    let ex = snap.explain_setting(pro_eu, "locale").expect("explain");
+    assert_eq!(
+        (ex.decided_by, ex.value.clone()),
+        (Layer::Tenant, json!("it"))
+    );
+
+    assert!(snap.explain_flag(pro_us, "missing", now()).is_err());
+    assert!(snap.explain_entitlement(pro_us, "missing", now()).is_err());
+    assert!(snap.explain_setting(pro_us, "missing").is_err());
+}
+
+#[test]
+fn overrides_expire() {
+    let (snap, _plain, _pro_us, pro_eu) = hierarchy_snapshot();
+    let later = now() + Duration::days(31);
+    assert_eq!(
+        snap.entitlement(pro_eu, "seats", later),
+        Some(Resolved {
+            value: EntitlementValue::Limit(25),
+            layer: Layer::Plan
+        })
+    );
+    let ex = snap
+        .explain_entitlement(pro_eu, "seats", later)
+        .expect("explain");
+    assert_eq!(ex.decided_by, Layer::Plan);
+    let note = ex.layers[3].note.clone().unwrap_or_default();
+    assert!(note.contains("expired"), "{note}");
+
+    // Flag override with an expiry: on before, rules after.
+    let mut t = tenant("free", "us-east", Placement::Pooled);
+    let id = t.attributes.id;
+    t.overrides.push(Override {
+        tenant_id: id,
+        target: OverrideTarget::Flag("f".parse().expect("key")),
+        value: json!("on"),
+        reason: "beta pilot".into(),
+        expires_at: Some(now() + Duration::hours(1)),
+        created_by: "pm".into(),
+    });
+    let snap = snap_with(vec![Flag::boolean("f".parse().expect("key"))], vec![t]);
+    let e = snap.flag(id, "f", now()).expect("flag");
+    assert_eq!((e.enabled(), e.reason), (true, FlagReason::Override));
+    let e = snap
+        .flag(id, "f", now() + Duration::hours(1))
+        .expect("flag");
+    assert_eq!((e.enabled(), e.reason), (false, FlagReason::Default));
+}
+
+#[test]
+fn targeted_updates_replace_one_tenant_or_flag() {
+    let (snap, plain, pro_us, _pro_eu) = hierarchy_snapshot();
+    let mut moved = snap.tenant(plain).expect("tenant").clone();
+    moved.attributes.plan = "pro".parse().expect("plan");
+    moved.domains.push(Domain {
+        tenant_id: plain,
+        hostname: "app.acme.com".into(),
+        state: DomainState::Verified,
+        token: "t".into(),
+        verified_at: None,
+        last_error: None,
+    });
+    let next = snap.with_tenant(plain, Some(moved), 9);
+    assert_eq!(next.version(), 9);
+    assert_eq!(next.limit(plain, "seats", now()), Some(25));
+    assert_eq!(next.tenant_for_domain("app.acme.com"), Some(plain));
+    assert_eq!(
+        snap.limit(plain, "seats", now()),
+        Some(3),
+        "the old snapshot is untouched"
+    );
+    let gone = next.with_tenant(plain, None, 9);
+    assert!(gone.tenant(plain).is_none());
+    assert_eq!(gone.tenant_for_domain("app.acme.com"), None);
+
+    let mut f = Flag::boolean("f".parse().expect("key"));
+    f.killed = true;
+    let killed = snap.with_flag(&"f".parse().expect("key"), Some(f), 10);
+    // The plan's forced variant is recompiled into the new flag, but the kill switch wins.
+    assert_eq!(
+        killed.flag(pro_us, "f", now()).map(|e| e.reason),
+        Some(FlagReason::KillSwitch)
+    );
+    let removed = killed.with_flag(&"f".parse().expect("key"), None, 11);
+    assert!(removed.flag(pro_us, "f", now()).is_none());
+}

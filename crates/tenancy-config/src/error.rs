@@ -1,0 +1,57 @@
+//! The crate's error type.
+
+use crate::model::ModelError;
+
+/// Errors from the configuration store, client and DNS checks.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A database call failed.
+    #[error("{what}: {source}")]
+    Db {
+        /// What was being done.
+        what: &'static str,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// No connection could be had from the pool.
+    #[error("no catalog connection: {0}")]
+    Pool(String),
+    /// The input was refused before touching the database.
+    #[error(transparent)]
+    Invalid(#[from] ModelError),
+    /// The thing does not exist.
+    #[error("{kind} {key:?} does not exist")]
+    NotFound {
+        /// What kind of thing.
+        kind: &'static str,
+        /// Its key.
+        key: String,
+    },
+    /// The change conflicts with the current state (the message says how).
+    #[error("{0}")]
+    Conflict(String),
+    /// A stored value failed to parse (the catalog was edited by hand).
+    #[error("configuration store holds an invalid value: {0}")]
+    Corrupt(String),
+}
+
+impl ConfigError {
+    pub(crate) fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ConfigError {
+        move |source| ConfigError::Db { what, source }
+    }
+
+    pub(crate) fn corrupt<E: std::fmt::Display>(e: E) -> ConfigError {
+        ConfigError::Corrupt(e.to_string())
+    }
+
+    /// Whether the catalog could not be reached (as opposed to refusing the request).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            ConfigError::Pool(_) => true,
+            ConfigError::Db { source, .. } => source.is_closed() || source.code().is_none(),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,892 @@
+//! Handlers, request/response types and the OpenAPI document.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tenancy_catalog::{NewCluster, NewTenant, Tenant, Workflow, WorkflowKind};
+use tenancy_core::{Placement, PlanKey, RegionId, Slug, TenantId};
+use tenancy_provision::ProvisionRequest;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use uuid::Uuid;
+
+use crate::auth::Admin;
+use crate::error::{ApiError, FieldError, Problem, ProblemCode};
+use crate::{idempotency, stripe, AppState};
+
+fn ts(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// A tenant.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantView {
+    pub id: Uuid,
+    pub slug: String,
+    pub display_name: String,
+    pub plan: String,
+    pub region: String,
+    /// `pooled`, `schema` or `dedicated`.
+    pub placement: String,
+    pub cluster_id: Uuid,
+    /// `provisioning`, `active`, `suspended`, `deleting` or `deleted`.
+    pub state: String,
+    pub schema_name: Option<String>,
+    pub database_name: Option<String>,
+    pub billing_customer: Option<String>,
+    pub legal_hold: bool,
+    pub purge_after: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&Tenant> for TenantView {
+    fn from(t: &Tenant) -> Self {
+        TenantView {
+            id: t.id.as_uuid(),
+            slug: t.slug.to_string(),
+            display_name: t.display_name.clone(),
+            plan: t.plan.to_string(),
+            region: t.region.to_string(),
+            placement: t.placement.to_string(),
+            cluster_id: t.cluster_id,
+            state: t.state.to_string(),
+            schema_name: t.schema_name.clone(),
+            database_name: t.database_name.clone(),
+            billing_customer: t.billing_customer.clone(),
+            legal_hold: t.legal_hold,
+            purge_after: t.purge_after.map(ts),
+            created_at: ts(t.created_at),
+            updated_at: ts(t.updated_at),
+        }
+    }
+}
+
+/// A workflow (provision or lifecycle operation).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkflowView {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    /// `provision`, `suspend`, `resume`, `change_plan`, `delete` or `purge`.
+    pub kind: String,
+    /// `pending`, `running`, `compensating`, `succeeded`, `failed` or `cancelled`.
+    pub status: String,
+    pub step: i32,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+}
+
+impl From<&Workflow> for WorkflowView {
+    fn from(w: &Workflow) -> Self {
+        WorkflowView {
+            id: w.id,
+            tenant_id: w.tenant_id.as_uuid(),
+            kind: w.kind.to_string(),
+            status: w.status.to_string(),
+            step: w.step,
+            attempts: w.attempts,
+            last_error: w.last_error.clone(),
+            created_at: ts(w.created_at),
+            finished_at: w.finished_at.map(ts),
+        }
+    }
+}
+
+/// A queued operation: the tenant and the workflow that carries it out.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    pub tenant: TenantView,
+    pub workflow: WorkflowView,
+}
+
+/// One page of tenants.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantPage {
+    pub items: Vec<TenantView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<String>,
+}
+
+/// Create a tenant (admin).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    /// 3-40 characters: a-z, 0-9, single '-'; starts with a letter.
+    pub slug: String,
+    pub display_name: String,
+    pub plan: String,
+    pub region: String,
+    /// `pooled`, `schema` or `dedicated`.
+    pub placement: String,
+}
+
+/// Self-service signup.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Signup {
+    pub slug: String,
+    pub display_name: String,
+    /// Defaults to the configured signup region.
+    pub region: Option<String>,
+}
+
+/// Optional reason of a lifecycle operation.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reason {
+    pub reason: Option<String>,
+}
+
+/// New plan.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePlan {
+    pub plan: String,
+}
+
+/// Legal hold switch.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LegalHold {
+    pub hold: bool,
+}
+
+/// A region.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegionView {
+    pub id: String,
+    pub display_name: String,
+}
+
+/// A cluster of a region.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterView {
+    #[serde(default)]
+    pub id: Option<Uuid>,
+    pub name: String,
+    pub region: String,
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub capacity: i32,
+}
+
+/// Slug availability.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Availability {
+    pub slug: String,
+    pub available: bool,
+    /// Why not, when not.
+    pub reason: Option<String>,
+}
+
+/// One webhook delivery attempt.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryView {
+    pub webhook_id: String,
+    pub receiver: String,
+    pub tenant_id: Option<Uuid>,
+    pub event_type: String,
+    pub attempt: i32,
+    pub http_status: Option<i32>,
+    pub error: Option<String>,
+    pub ms: f64,
+}
+
+/// Result of a billing webhook.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BillingOutcome {
+    pub received: bool,
+    /// The event id was already processed.
+    pub duplicate: bool,
+    /// What it caused (`provision`, `suspend`, …, or `ignored: <why>`).
+    pub outcome: String,
+    pub workflow_id: Option<Uuid>,
+}
+
+/// Pagination.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PageParams {
+    /// 1 to 200 (default 50).
+    pub limit: Option<i64>,
+    /// Slug after which to start.
+    pub after: Option<String>,
+}
+
+/// Slug to check.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct SlugParam {
+    pub slug: String,
+}
+
+/// Delivery log filter.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct DeliveryParams {
+    pub tenant: Option<Uuid>,
+    /// 1 to 500 (default 100).
+    pub limit: Option<i64>,
+}
+
+/// Parses a JSON body, mapping every failure to a clear problem.
+fn parse_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(T, serde_json::Value), ApiError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ProblemCode::PayloadTooLarge,
+                "the request body is larger than 64 KiB",
+            )
+        } else {
+            ApiError::new(
+                ProblemCode::BadRequest,
+                format!("could not read the body: {e}"),
+            )
+        }
+    })?;
+    let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
+    let json_ct = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|ct| ct.starts_with("application/json"));
+    if !json_ct {
+        return Err(ApiError::new(
+            ProblemCode::UnsupportedMediaType,
+            "send the body as application/json",
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            ProblemCode::BadRequest,
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
+    let parsed = serde_json::from_value(value.clone()).map_err(|e| ApiError {
+        code: ProblemCode::ValidationFailed,
+        detail: format!("the body does not match the expected shape: {e}"),
+        errors: vec![FieldError {
+            field: "body".into(),
+            message: e.to_string(),
+        }],
+    })?;
+    Ok((parsed, value))
+}
+
+fn parse_field<T: std::str::FromStr>(field: &str, v: &str) -> Result<T, ApiError>
+where
+    T::Err: std::fmt::Display,
+{
+    v.parse::<T>()
+        .map_err(|e| ApiError::field(field, e.to_string()))
+}
+
+fn parse_tenant_id(id: &str) -> Result<TenantId, ApiError> {
+    id.parse()
+        .map_err(|e: tenancy_core::IdError| ApiError::new(ProblemCode::NotFound, e.to_string()))
+}
+
+fn to_value<T: Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or_default()
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "Alive")))]
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "meta", responses((status = 200, description = "This document")))]
+pub async fn openapi_json(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(state.openapi())
+}
+
+#[utoipa::path(get, path = "/v1/regions", tag = "registry", security(("admin" = [])),
+    responses((status = 200, body = [RegionView]), (status = 401, body = Problem, content_type = "application/problem+json")))]
+pub async fn list_regions(
+    _: Admin,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<RegionView>>, ApiError> {
+    let conn = state.catalog().await?;
+    let rs = tenancy_catalog::list_regions(&conn).await?;
+    Ok(Json(
+        rs.into_iter()
+            .map(|r| RegionView {
+                id: r.id.to_string(),
+                display_name: r.display_name,
+            })
+            .collect(),
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/regions", tag = "registry", security(("admin" = [])), request_body = RegionView,
+    params(("Idempotency-Key" = String, Header, description = "Client-chosen key; same key and body replay the first response")),
+    responses((status = 201, body = RegionView), (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn add_region(
+    admin: Admin,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (req, raw): (RegionView, _) = parse_body(&headers, body)?;
+    let scope = format!("admin:{}:POST /v1/regions", admin.principal);
+    idempotency::run(&state, &headers, scope, &raw, || async {
+        let id: RegionId = parse_field("id", &req.id)?;
+        let conn = state.catalog().await?;
+        let r = tenancy_catalog::add_region(&conn, &id, &req.display_name).await?;
+        Ok((
+            StatusCode::CREATED,
+            to_value(&RegionView {
+                id: r.id.to_string(),
+                display_name: r.display_name,
+            }),
+        ))
+    })
+    .await
+}
+
+fn cluster_view(c: tenancy_catalog::ClusterRecord) -> ClusterView {
+    ClusterView {
+        id: Some(c.id),
+        name: c.name,
+        region: c.region.to_string(),
+        host: c.host,
+        port: c.port,
+        dbname: c.dbname,
+        capacity: c.capacity,
+    }
+}
+
+#[utoipa::path(get, path = "/v1/clusters", tag = "registry", security(("admin" = [])),
+    responses((status = 200, body = [ClusterView]), (status = 401, body = Problem, content_type = "application/problem+json")))]
+pub async fn list_clusters(
+    _: Admin,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<ClusterView>>, ApiError> {
+    let conn = state.catalog().await?;
+    Ok(Json(
+        tenancy_catalog::list_clusters(&conn)
+            .await?
+            .into_iter()
+            .map(cluster_view)
+            .collect(),
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/clusters", tag = "registry", security(("admin" = [])), request_body = ClusterView,
+    params(("Idempotency-Key" = String, Header, description = "Client-chosen key")),
+    responses((status = 201, body = ClusterView), (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn add_cluster(
+    admin: Admin,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (req, raw): (ClusterView, _) = parse_body(&headers, body)?;
+    let scope = format!("admin:{}:POST /v1/clusters", admin.principal);
+    idempotency::run(&state, &headers, scope, &raw, || async {
+        let region: RegionId = parse_field("region", &req.region)?;
+        let conn = state.catalog().await?;
+        let c = tenancy_catalog::add_cluster(
+            &conn,
+            &NewCluster {
+                name: req.name.clone(),
+                region,
+                host: req.host.clone(),
+                port: req.port,
+                dbname: req.dbname.clone(),
+                capacity: req.capacity,
+            },
+        )
+        .await?;
+        Ok((StatusCode::CREATED, to_value(&cluster_view(c))))
+    })
+    .await
+}
+
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", security(("admin" = [])), params(PageParams),
+    responses((status = 200, body = TenantPage), (status = 401, body = Problem, content_type = "application/problem+json")))]
+pub async fn list_tenants(
+    _: Admin,
+    State(state): State<AppState>,
+    Query(p): Query<PageParams>,
+) -> Result<Json<TenantPage>, ApiError> {
+    let limit = p.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::field("limit", "must be between 1 and 200"));
+    }
+    let after: Option<Slug> = p
+        .after
+        .as_deref()
+        .map(|a| parse_field("after", a))
+        .transpose()?;
+    let conn = state.catalog().await?;
+    let ts = tenancy_catalog::list_tenants(&conn, after.as_ref(), limit + 1).await?;
+    let more = ts.len() as i64 > limit;
+    let items: Vec<TenantView> = ts
+        .iter()
+        .take(limit as usize)
+        .map(TenantView::from)
+        .collect();
+    let next_after = if more {
+        items.last().map(|t| t.slug.clone())
+    } else {
+        None
+    };
+    Ok(Json(TenantPage { items, next_after }))
+}
+
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", security(("admin" = [])), request_body = CreateTenant,
+    params(("Idempotency-Key" = String, Header, description = "Client-chosen key")),
+    responses((status = 202, body = Accepted), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn create_tenant(
+    admin: Admin,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (req, raw): (CreateTenant, _) = parse_body(&headers, body)?;
+    let scope = format!("admin:{}:POST /v1/tenants", admin.principal);
+    let actor = format!("admin:{}", admin.principal);
+    idempotency::run(&state, &headers, scope, &raw, || async {
+        let new = NewTenant {
+            id: None,
+            slug: parse_field("slug", &req.slug)?,
+            display_name: req.display_name.clone(),
+            plan: parse_field("plan", &req.plan)?,
+            region: parse_field("region", &req.region)?,
+            placement: parse_field("placement", &req.placement)?,
+        };
+        provision(&state, new, None, None, &actor).await
+    })
+    .await
+}
+
+async fn provision(
+    state: &AppState,
+    new: NewTenant,
+    customer: Option<String>,
+    sub: Option<String>,
+    actor: &str,
+) -> Result<(StatusCode, serde_json::Value), ApiError> {
+    let name = new.display_name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::field(
+            "display_name",
+            "must be 1 to 200 characters",
+        ));
+    }
+    let mut conn = state.catalog().await?;
+    let (t, wf) = state
+        .provisioner()
+        .provision(
+            &mut conn,
+            &ProvisionRequest {
+                tenant: new,
+                billing_customer: customer,
+                billing_subscription: sub,
+            },
+            actor,
+        )
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        to_value(&Accepted {
+            tenant: (&t).into(),
+            workflow: (&wf).into(),
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/tenants/{id}", tag = "tenants", security(("admin" = [])), params(("id" = Uuid, Path)),
+    responses((status = 200, body = TenantView), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn get_tenant(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TenantView>, ApiError> {
+    let id = parse_tenant_id(&id)?;
+    let conn = state.catalog().await?;
+    Ok(Json(
+        (&tenancy_catalog::get_tenant(&conn, id).await?).into(),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/tenants/{id}/workflows", tag = "tenants", security(("admin" = [])), params(("id" = Uuid, Path)),
+    responses((status = 200, body = [WorkflowView]), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn tenant_workflows(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<WorkflowView>>, ApiError> {
+    let id = parse_tenant_id(&id)?;
+    let conn = state.catalog().await?;
+    tenancy_catalog::get_tenant(&conn, id).await?;
+    Ok(Json(
+        tenancy_catalog::tenant_workflows(&conn, id)
+            .await?
+            .iter()
+            .map(WorkflowView::from)
+            .collect(),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/workflows/{id}", tag = "tenants", security(("admin" = [])), params(("id" = Uuid, Path)),
+    responses((status = 200, body = WorkflowView), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn get_workflow(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<WorkflowView>, ApiError> {
+    let id: Uuid = id
+        .parse()
+        .map_err(|_| ApiError::new(ProblemCode::NotFound, "workflow ids are UUIDs"))?;
+    let conn = state.catalog().await?;
+    let wf = tenancy_catalog::get_workflow(&conn, id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                ProblemCode::NotFound,
+                format!("workflow {id} does not exist"),
+            )
+        })?;
+    Ok(Json((&wf).into()))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn lifecycle(
+    state: &AppState,
+    admin: &Admin,
+    headers: &HeaderMap,
+    id: &str,
+    op: &str,
+    kind: WorkflowKind,
+    raw: serde_json::Value,
+    input: serde_json::Value,
+) -> Result<Response, ApiError> {
+    let id = parse_tenant_id(id)?;
+    let scope = format!("admin:{}:POST /v1/tenants/{id}/{op}", admin.principal);
+    let actor = format!("admin:{}", admin.principal);
+    idempotency::run(state, headers, scope, &raw, || async {
+        let mut conn = state.catalog().await?;
+        let t = tenancy_catalog::get_tenant(&conn, id).await?;
+        if t.state == tenancy_core::TenantState::Deleted {
+            return Err(ApiError::new(
+                ProblemCode::Conflict,
+                format!("tenant {id} is deleted"),
+            ));
+        }
+        let wf = state
+            .provisioner()
+            .enqueue(&mut conn, id, kind, &input, &actor)
+            .await?;
+        Ok((
+            StatusCode::ACCEPTED,
+            to_value(&Accepted {
+                tenant: (&t).into(),
+                workflow: (&wf).into(),
+            }),
+        ))
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/tenants/{id}/suspend", tag = "tenants", security(("admin" = [])), request_body = Reason,
+    params(("id" = Uuid, Path), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
+    responses((status = 202, body = Accepted), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn suspend(
+    admin: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (r, raw): (Reason, _) = parse_body(&headers, body)?;
+    lifecycle(
+        &state,
+        &admin,
+        &headers,
+        &id,
+        "suspend",
+        WorkflowKind::Suspend,
+        raw,
+        json!({"reason": r.reason}),
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/tenants/{id}/resume", tag = "tenants", security(("admin" = [])), request_body = Reason,
+    params(("id" = Uuid, Path), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
+    responses((status = 202, body = Accepted), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn resume(
+    admin: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (_r, raw): (Reason, _) = parse_body(&headers, body)?;
+    lifecycle(
+        &state,
+        &admin,
+        &headers,
+        &id,
+        "resume",
+        WorkflowKind::Resume,
+        raw,
+        json!({}),
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/tenants/{id}/delete", tag = "tenants", security(("admin" = [])), request_body = Reason,
+    params(("id" = Uuid, Path), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
+    responses((status = 202, body = Accepted, description = "Soft delete queued; data is purged after the retention period unless a legal hold is set"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn delete(
+    admin: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (r, raw): (Reason, _) = parse_body(&headers, body)?;
+    lifecycle(
+        &state,
+        &admin,
+        &headers,
+        &id,
+        "delete",
+        WorkflowKind::Delete,
+        raw,
+        json!({"reason": r.reason}),
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/tenants/{id}/plan", tag = "tenants", security(("admin" = [])), request_body = ChangePlan,
+    params(("id" = Uuid, Path), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
+    responses((status = 202, body = Accepted), (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn change_plan(
+    admin: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (r, raw): (ChangePlan, _) = parse_body(&headers, body)?;
+    let plan: PlanKey = parse_field("plan", &r.plan)?;
+    lifecycle(
+        &state,
+        &admin,
+        &headers,
+        &id,
+        "plan",
+        WorkflowKind::ChangePlan,
+        raw,
+        json!({"plan": plan.as_str()}),
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/tenants/{id}/legal-hold", tag = "tenants", security(("admin" = [])), request_body = LegalHold,
+    params(("id" = Uuid, Path), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
+    responses((status = 200, body = TenantView), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn legal_hold(
+    admin: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (r, raw): (LegalHold, _) = parse_body(&headers, body)?;
+    let id = parse_tenant_id(&id)?;
+    let scope = format!("admin:{}:POST /v1/tenants/{id}/legal-hold", admin.principal);
+    idempotency::run(&state, &headers, scope, &raw, || async {
+        let mut conn = state.catalog().await?;
+        let t = tenancy_catalog::set_legal_hold(
+            &mut conn,
+            id,
+            r.hold,
+            &format!("admin:{}", admin.principal),
+        )
+        .await?;
+        Ok((StatusCode::OK, to_value(&TenantView::from(&t))))
+    })
+    .await
+}
+
+#[utoipa::path(get, path = "/v1/webhook-deliveries", tag = "webhooks", security(("admin" = [])), params(DeliveryParams),
+    responses((status = 200, body = [DeliveryView]), (status = 401, body = Problem, content_type = "application/problem+json")))]
+pub async fn deliveries(
+    _: Admin,
+    State(state): State<AppState>,
+    Query(p): Query<DeliveryParams>,
+) -> Result<Json<Vec<DeliveryView>>, ApiError> {
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::field("limit", "must be between 1 and 500"));
+    }
+    let tenant = p
+        .tenant
+        .map(TenantId::from_uuid)
+        .transpose()
+        .map_err(|e| ApiError::field("tenant", e.to_string()))?;
+    let conn = state.catalog().await?;
+    let log = tenancy_catalog::deliveries(&conn, tenant, limit).await?;
+    Ok(Json(
+        log.into_iter()
+            .map(|d| DeliveryView {
+                webhook_id: d.webhook_id,
+                receiver: d.receiver,
+                tenant_id: d.tenant_id.map(|t| t.as_uuid()),
+                event_type: d.event_type,
+                attempt: d.attempt,
+                http_status: d.http_status,
+                error: d.error,
+                ms: d.ms,
+            })
+            .collect(),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/signup/availability", tag = "signup", params(SlugParam),
+    responses((status = 200, body = Availability)))]
+pub async fn availability(
+    State(state): State<AppState>,
+    Query(p): Query<SlugParam>,
+) -> Result<Json<Availability>, ApiError> {
+    let slug = match p.slug.parse::<Slug>() {
+        Ok(s) => s,
+        Err(e) => {
+            return Ok(Json(Availability {
+                slug: p.slug,
+                available: false,
+                reason: Some(e.to_string()),
+            }))
+        }
+    };
+    let conn = state.catalog().await?;
+    let taken = match tenancy_catalog::get_tenant_by_slug(&conn, &slug).await {
+        Ok(_) => true,
+        Err(tenancy_catalog::CatalogError::TenantNotFound(_)) => false,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Json(Availability {
+        slug: p.slug,
+        available: !taken,
+        reason: taken.then(|| "already taken".to_owned()),
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/signup", tag = "signup", request_body = Signup,
+    params(("Idempotency-Key" = String, Header, description = "Client-chosen key (required)")),
+    responses((status = 202, body = Accepted), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn signup(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (req, raw): (Signup, _) = parse_body(&headers, body)?;
+    idempotency::run(
+        &state,
+        &headers,
+        "signup:POST /v1/signup".into(),
+        &raw,
+        || async {
+            let s = state.signup();
+            let region = req.region.clone().unwrap_or_else(|| s.region.clone());
+            let new = NewTenant {
+                id: None,
+                slug: parse_field("slug", &req.slug)?,
+                display_name: req.display_name.clone(),
+                plan: parse_field("plan", &s.plan)?,
+                region: parse_field("region", &region)?,
+                placement: parse_field::<Placement>("placement", &s.placement)?,
+            };
+            provision(&state, new, None, None, "signup").await
+        },
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/billing/stripe", tag = "billing",
+    params(("Stripe-Signature" = String, Header, description = "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"t.payload\">")),
+    responses((status = 200, body = BillingOutcome), (status = 400, body = Problem, content_type = "application/problem+json")))]
+pub async fn stripe_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let bytes = body.map_err(|_| {
+        ApiError::new(
+            ProblemCode::PayloadTooLarge,
+            "the request body is larger than 64 KiB",
+        )
+    })?;
+    let Some(secret) = state.stripe_secret() else {
+        return Err(ApiError::new(
+            ProblemCode::NotFound,
+            "billing webhooks are not configured",
+        ));
+    };
+    let header = headers
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    stripe::verify(
+        &secret,
+        header,
+        &bytes,
+        tenancy_provision::webhook::unix_now(),
+        state.stripe_tolerance(),
+    )
+    .map_err(|e| ApiError::new(ProblemCode::InvalidSignature, e.to_string()))?;
+    let event: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            ProblemCode::BadRequest,
+            format!("the event is not JSON: {e}"),
+        )
+    })?;
+    let outcome = crate::billing::handle(&state, &event).await?;
+    Ok((StatusCode::OK, Json(outcome)).into_response())
+}
+
+/// The OpenAPI document of the control plane.
+#[derive(OpenApi, Debug)]
+#[openapi(
+    info(title = "tenancy control plane", description = "Regions, clusters, tenants and their lifecycle workflows. Errors are RFC 9457 problem documents; every state-changing POST takes an Idempotency-Key."),
+    paths(healthz, openapi_json, list_regions, add_region, list_clusters, add_cluster, list_tenants, create_tenant, get_tenant, tenant_workflows, get_workflow, suspend, resume, delete, change_plan, legal_hold, deliveries, availability, signup, stripe_webhook),
+    components(schemas(TenantView, WorkflowView, Accepted, TenantPage, CreateTenant, Signup, Reason, ChangePlan, LegalHold, RegionView, ClusterView, Availability, DeliveryView, BillingOutcome, Problem, FieldError)),
+    modifiers(&SecurityAddon),
+    tags((name = "tenants"), (name = "registry"), (name = "signup"), (name = "billing"), (name = "webhooks"), (name = "meta"))
+)]
+pub struct ApiDoc;
+
+/// Adds the admin bearer scheme.
+#[derive(Debug)]
+pub struct SecurityAddon;
+
+impl utoipa::Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("Admin token; the server stores only its SHA-256"))
+                    .build(),
+            ),
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! The one HTTP error type, rendered as RFC 9457 `application/problem+json`.
+//!
+//! Every problem has a stable `code` (also the last segment of its `type` URI); the table
+//! is [`ProblemCode`]. Internal details are logged here, where the error is handled, and
+//! never returned.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tenancy_catalog::CatalogError;
+use utoipa::ToSchema;
+
+/// Base of every problem `type` URI.
+pub const PROBLEM_BASE: &str = "https://tenancy.dev/problems/";
+
+/// The stable problem table: code, HTTP status, title.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProblemCode {
+    /// 400: the request is malformed (not JSON, wrong types).
+    BadRequest,
+    /// 401: missing or wrong admin token.
+    Unauthorized,
+    /// 404: no such resource.
+    NotFound,
+    /// 409: the slug is taken.
+    SlugTaken,
+    /// 409: the resource is in a state that does not allow this.
+    Conflict,
+    /// 409: a request with this idempotency key is still executing.
+    IdempotencyInProgress,
+    /// 400: this endpoint needs an `Idempotency-Key` header.
+    IdempotencyKeyRequired,
+    /// 422: the idempotency key was used with a different body.
+    IdempotencyKeyReused,
+    /// 413: the body is too large.
+    PayloadTooLarge,
+    /// 422: input failed validation; `errors` lists the fields.
+    ValidationFailed,
+    /// 400: the webhook signature is missing, malformed, wrong or too old.
+    InvalidSignature,
+    /// 503: no cluster of the region accepts tenants.
+    NoCapacity,
+    /// 415: the body must be JSON.
+    UnsupportedMediaType,
+    /// 500: something failed on our side (details are in the server log).
+    Internal,
+}
+
+impl ProblemCode {
+    /// Every code, for the documentation table and tests.
+    pub const ALL: &'static [ProblemCode] = &[
+        ProblemCode::BadRequest,
+        ProblemCode::Unauthorized,
+        ProblemCode::NotFound,
+        ProblemCode::SlugTaken,
+        ProblemCode::Conflict,
+        ProblemCode::IdempotencyInProgress,
+        ProblemCode::IdempotencyKeyRequired,
+        ProblemCode::IdempotencyKeyReused,
+        ProblemCode::PayloadTooLarge,
+        ProblemCode::ValidationFailed,
+        ProblemCode::InvalidSignature,
+        ProblemCode::NoCapacity,
+        ProblemCode::UnsupportedMediaType,
+        ProblemCode::Internal,
+    ];
+
+    /// `(code, status, title)`.
+    pub fn parts(&self) -> (&'static str, StatusCode, &'static str) {
+        use ProblemCode::*;
+        match self {
+            BadRequest => ("bad-request", StatusCode::BAD_REQUEST, "Malformed request"),
+            Unauthorized => (
+                "unauthorized",
+                StatusCode::UNAUTHORIZED,
+                "Authentication required",
+            ),
+            NotFound => ("not-found", StatusCode::NOT_FOUND, "Not found"),
+            SlugTaken => ("slug-taken", StatusCode::CONFLICT, "Slug already taken"),
+            Conflict => (
+                "conflict",
+                StatusCode::CONFLICT,
+                "Not possible in the current state",
+            ),
+            IdempotencyInProgress => (
+                "idempotency-in-progress",
+                StatusCode::CONFLICT,
+                "A request with this Idempotency-Key is in progress",
+            ),
+            IdempotencyKeyRequired => (
+                "idempotency-key-required",
+                StatusCode::BAD_REQUEST,
+                "Idempotency-Key header required",
+            ),
+            IdempotencyKeyReused => (
+                "idempotency-key-reused",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Idempotency-Key reused with a different request",
+            ),
+            PayloadTooLarge => (
+                "payload-too-large",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Request body too large",
+            ),
+            ValidationFailed => (
+                "validation-failed",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Validation failed",
+            ),
+            InvalidSignature => (
+                "invalid-signature",
+                StatusCode::BAD_REQUEST,
+                "Invalid webhook signature",
+            ),
+            NoCapacity => (
+                "no-capacity",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "No capacity in the region",
+            ),
+            UnsupportedMediaType => (
+                "unsupported-media-type",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Unsupported media type",
+            ),
+            Internal => (
+                "internal",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal error",
+            ),
+        }
+    }
+}
+
+/// One invalid field.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FieldError {
+    /// JSON pointer-ish field name (`slug`, `display_name`).
+    pub field: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// URI of the problem type (`https://tenancy.dev/problems/<code>`).
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Short summary of the problem type.
+    pub title: String,
+    /// HTTP status.
+    pub status: u16,
+    /// Explanation of this occurrence.
+    pub detail: String,
+    /// Stable machine-readable code.
+    pub code: String,
+    /// Invalid fields, for `validation-failed`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+/// The control plane's error.
+#[derive(Debug)]
+pub struct ApiError {
+    /// Which problem.
+    pub code: ProblemCode,
+    /// Safe-to-show explanation.
+    pub detail: String,
+    /// Field errors.
+    pub errors: Vec<FieldError>,
+}
+
+impl ApiError {
+    /// A problem with a detail.
+    pub fn new(code: ProblemCode, detail: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            detail: detail.into(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// A validation problem about one field.
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        ApiError {
+            code: ProblemCode::ValidationFailed,
+            detail: format!("{field}: {message}"),
+            errors: vec![FieldError {
+                field: field.to_owned(),
+                message,
+            }],
+        }
+    }
+
+    /// An internal error: logged with its cause, returned without it.
+    pub fn internal(what: &str, cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "{what}");
+        ApiError::new(
+            ProblemCode::Internal,
+            "an internal error occurred; it has been logged",
+        )
+    }
+
+    /// The problem document.
+    pub fn problem(&self) -> Problem {
+        let (code, status, title) = self.code.parts();
+        Problem {
+            type_: format!("{PROBLEM_BASE}{code}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: self.detail.clone(),
+            code: code.to_owned(),
+            errors: self.errors.clone(),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.code.parts().1
+    }
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::SlugTaken(s) => ApiError::new(
+                ProblemCode::SlugTaken,
+                format!("slug {s:?} is already taken; choose another"),
+            ),
+            CatalogError::UnknownRegion(_) => ApiError::field("region", e.to_string()),
+            CatalogError::NoCapacity(_) => ApiError::new(ProblemCode::NoCapacity, e.to_string()),
+            CatalogError::TenantNotFound(_) | CatalogError::ClusterNotFound(_) => {
+                ApiError::new(ProblemCode::NotFound, e.to_string())
+            }
+            CatalogError::InvalidTransition { .. } => {
+                ApiError::new(ProblemCode::Conflict, e.to_string())
+            }
+            CatalogError::Invalid(msg) => ApiError::new(ProblemCode::ValidationFailed, msg),
+            other => ApiError::internal("catalog call failed", &other),
+        }
+    }
+}
+
+impl From<tenancy_provision::Error> for ApiError {
+    fn from(e: tenancy_provision::Error) -> Self {
+        match e {
+            tenancy_provision::Error::Catalog(c) => c.into(),
+            tenancy_provision::Error::NotPossible(m) => ApiError::new(ProblemCode::Conflict, m),
+            other => ApiError::internal("provisioning call failed", &other),
+        }
+    }
+}
+
+/// Renders a problem document with its status and content type.
+pub fn problem_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut resp = (status, axum::Json(body.clone())).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    resp
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_value(self.problem()).unwrap_or_default();
+        let mut resp = problem_response(self.status(), &body);
+        if self.code == ProblemCode::Unauthorized {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tenancy\""),
+            );
+        }
+        resp
+    }
+}

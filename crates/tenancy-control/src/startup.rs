@@ -1,0 +1,218 @@
+//! Startup as a library API: `build(config) -> App`, `app.port()`,
+//! `app.run_until_stopped()`.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use secrecy::{ExposeSecret, SecretString};
+use tenancy_catalog::NewCluster;
+use tenancy_core::{ContextKey, KeyId};
+use tenancy_pg::{Cluster, ClusterOptions};
+use tenancy_provision::{
+    AppMigrations, ClusterAccess, Login, ProvisionConfig, Provisioner, Receiver, Workers,
+};
+use tenancy_sdk::bootstrap::{self, OWNER_ROLE};
+use tokio::sync::watch;
+
+use crate::{auth, router, AppState, ControlConfig};
+
+/// A built control plane, bound to its port, workers running.
+#[derive(Debug)]
+pub struct App {
+    /// Bound listener.
+    listener: tokio::net::TcpListener,
+    /// The routes.
+    router: axum::Router,
+    /// Provisioning workers, stopped after the server.
+    workers: Workers,
+    /// Private clusters of the embedded default, stopped last.
+    clusters: Vec<Cluster>,
+    /// Shared state (tests use it to reach the catalog and the engine).
+    state: AppState,
+    /// Admin token generated at startup when none was configured (shown once).
+    generated_admin_token: Option<String>,
+    /// Stop signal for `run_until_stopped`.
+    stop: (watch::Sender<bool>, watch::Receiver<bool>),
+}
+
+impl App {
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The admin token generated at startup, if none was configured.
+    pub fn generated_admin_token(&self) -> Option<&str> {
+        self.generated_admin_token.as_deref()
+    }
+
+    /// A handle that stops `run_until_stopped` when sent `true`.
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.stop.0.clone()
+    }
+
+    /// Serves until Ctrl-C (or the stopper), then stops the workers and the clusters.
+    pub async fn run_until_stopped(self) -> Result<()> {
+        let mut rx = self.stop.1.clone();
+        let shutdown = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = rx.wait_for(|s| *s) => {}
+            }
+        };
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving the control-plane API")?;
+        self.workers.stop().await;
+        for c in self.clusters {
+            c.stop().await;
+        }
+        Ok(())
+    }
+}
+
+fn login(user: &str, password: &Option<SecretString>) -> Login {
+    Login {
+        user: user.to_owned(),
+        password: password.clone(),
+    }
+}
+
+/// Builds the control plane: catalog (migrated), provisioning engine and workers, routes,
+/// listener. Without `database_url`, starts one private cluster per configured region,
+/// bootstraps it and registers it.
+pub async fn build(config: ControlConfig) -> Result<App> {
+    let kid: KeyId = config
+        .context_key_id
+        .parse()
+        .context("parsing context_key_id")?;
+    let mut clusters = Vec::new();
+    let (catalog_cfg, access, key) = match &config.database_url {
+        Some(url) => {
+            let cfg: tokio_postgres::Config = url
+                .expose_secret()
+                .parse()
+                .context("parsing the catalog database URL")?;
+            let hex = config.context_key_hex.as_ref().context(
+                "context_key_hex (or TENANCY_CONTEXT_KEY_HEX) is required with a database URL",
+            )?;
+            let key = ContextKey::from_hex(kid, hex.expose_secret())
+                .context("parsing the context key")?;
+            let access = ClusterAccess {
+                admin: login(&config.cluster_admin_user, &config.cluster_admin_password),
+                owner: login(OWNER_ROLE, &config.owner_password),
+                runtime: login(bootstrap::RUNTIME_ROLE, &config.runtime_password),
+            };
+            (cfg, access, key)
+        }
+        None => {
+            let key = ContextKey::from_bytes(kid, rand::random());
+            let mut catalog = None;
+            for region in &config.regions {
+                let cluster = Cluster::start(ClusterOptions::default())
+                    .await
+                    .with_context(|| format!("starting the private cluster of region {region}"))?;
+                let su = cluster.connect("postgres").await?;
+                bootstrap::bootstrap_cluster(&su).await?;
+                let _ = su.batch_execute("CREATE DATABASE tenancy").await;
+                let su = cluster.connect("tenancy").await?;
+                bootstrap::bootstrap_database(&su, "tenancy").await?;
+                let owner = tenancy_pg::connect(&cluster.config_as(OWNER_ROLE, "tenancy")).await?;
+                bootstrap::install_runtime(&owner, &key).await?;
+                if catalog.is_none() {
+                    catalog = Some(cluster.config_as(OWNER_ROLE, "tenancy"));
+                }
+                clusters.push((region.clone(), cluster));
+            }
+            let catalog = catalog.context("no region configured")?;
+            let access = ClusterAccess::local(clusters[0].1.superuser());
+            (catalog, access, key)
+        }
+    };
+    let mut owner = tenancy_pg::connect(&catalog_cfg).await?;
+    tenancy_catalog::migrate(&mut owner)
+        .await
+        .context("migrating the catalog")?;
+    for (region, cluster) in &clusters {
+        let id = region.parse().context("parsing a region")?;
+        tenancy_catalog::add_region(&owner, &id, region).await?;
+        tenancy_catalog::add_cluster(
+            &owner,
+            &NewCluster {
+                name: format!("local-{region}"),
+                region: id,
+                host: cluster.socket_dir().display().to_string(),
+                port: cluster.port(),
+                dbname: "tenancy".into(),
+                capacity: 10_000,
+            },
+        )
+        .await?;
+    }
+    let app_migrations = match &config.app_migrations_dir {
+        Some(dir) => AppMigrations::from_dir(dir)?,
+        None => AppMigrations::generated(config.generated_app_tables),
+    };
+    let receivers = |rs: &[crate::config::ReceiverConfig]| -> Vec<Receiver> {
+        rs.iter()
+            .map(|r| Receiver {
+                name: r.name.clone(),
+                url: r.url.clone(),
+                secret: r.secret.clone(),
+            })
+            .collect()
+    };
+    let provisioner = Provisioner::new(
+        catalog_cfg.clone(),
+        access,
+        key,
+        ProvisionConfig {
+            app_migrations,
+            plans: config.plans.clone(),
+            registration_receivers: receivers(&config.registration_receivers),
+            event_receivers: receivers(&config.event_receivers),
+            retention: Duration::from_secs(config.retention_days * 24 * 3600),
+            ..Default::default()
+        },
+    )?;
+    let mut digests = config
+        .admin_token_sha256
+        .iter()
+        .map(|d| auth::parse_digest(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let generated_admin_token = if digests.is_empty() {
+        let token = hex::encode(rand::random::<[u8; 24]>());
+        digests.push(auth::token_digest(&token));
+        Some(token)
+    } else {
+        None
+    };
+    let pool = tenancy_provision::pg_pool(catalog_cfg, 8)?;
+    let state = AppState::new(
+        pool,
+        provisioner.clone(),
+        digests,
+        config.stripe_webhook_secret.clone(),
+        config.signup.clone(),
+    );
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let workers = provisioner.spawn_workers(config.workers);
+    Ok(App {
+        listener,
+        router: router(state.clone()),
+        workers,
+        clusters: clusters.into_iter().map(|(_, c)| c).collect(),
+        state,
+        generated_admin_token,
+        stop: watch::channel(false),
+    })
+}

@@ -1,0 +1,79 @@
+//! The tenancy provisioning engine: takes a tenant from signup (or a billing event, or
+//! the CLI) to active, and through its lifecycle, with durable, resumable workflows.
+//!
+//! Main parts:
+//! - [`Provisioner`]: queues workflows (in the same catalog transaction as the change that
+//!   asks for them), runs their steps on workers that claim them with
+//!   `FOR UPDATE SKIP LOCKED`, retries failed steps with exponential backoff, and
+//!   compensates a provision that fails for good (drops the schema or database,
+//!   deregisters, marks the tenant deleted). A worker that dies mid-step leaves the row
+//!   lock to PostgreSQL, which releases it with the connection; the next worker re-runs
+//!   the step, and every step is idempotent.
+//! - [`storage`]: the placements: pooled (rows in the region's shared database), schema
+//!   (its own schema there, every table a tenant table), dedicated (its own database,
+//!   bootstrapped like any tenancy database), and the app's migrations at the latest
+//!   version, each applied atomically with a version marker.
+//! - [`webhook`]: Standard Webhooks signing, verification and delivery; the outbox loop
+//!   delivers lifecycle events with retries and logs every attempt.
+//! - [`config`]: app migrations, plans, receivers, retry settings.
+//!
+//! What it does not do: it never reads or writes tenant rows except to purge a deleted
+//! pooled tenant, and then only through a `TenantTx` of that tenant (RLS still applies);
+//! it knows nothing about HTTP servers (the control plane owns the API).
+
+pub mod config;
+mod conn;
+mod engine;
+pub mod storage;
+pub mod webhook;
+
+pub use config::{AppMigration, AppMigrations, ProvisionConfig, Receiver};
+pub use conn::{
+    pg_pool, ClusterAccess, Login, Manager as PgManager, Object as PgConn, Pool as PgPool,
+};
+pub use engine::{Fault, FaultPhase, Faults, Finished, ProvisionRequest, Provisioner, Workers};
+
+/// Errors of the provisioning engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A catalog call failed (or refused the change).
+    #[error(transparent)]
+    Catalog(#[from] tenancy_catalog::CatalogError),
+    /// An SDK call failed (bootstrap, tenant transaction).
+    #[error(transparent)]
+    Sdk(#[from] tenancy_sdk::Error),
+    /// A database call on a tenant cluster failed.
+    #[error("{what}: {source}")]
+    Db {
+        what: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// No connection could be opened.
+    #[error("connecting to {what}: {detail}")]
+    Connect { what: String, detail: String },
+    /// Invalid configuration.
+    #[error("{0}")]
+    Config(String),
+    /// A registration receiver refused or could not be reached.
+    #[error("registration with {receiver} failed: {detail}")]
+    Registration { receiver: String, detail: String },
+    /// The worker was "killed" on purpose at a step (fault injection in tests): its
+    /// catalog transaction is abandoned and the worker stops.
+    #[error("injected crash at step {0}")]
+    InjectedCrash(String),
+    /// A step failed on purpose (fault injection in tests); it is retried like any failure.
+    #[error("injected failure at step {0}")]
+    InjectedFailure(String),
+    /// The requested change is not possible in the tenant's state.
+    #[error("{0}")]
+    NotPossible(String),
+}
+
+impl Error {
+    pub(crate) fn db(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Db { what, source }
+    }
+}

@@ -1,0 +1,436 @@
+//! Test environment: a catalog + shared tenant database per test, a second cluster for a
+//! second region, local webhook receivers, and helpers to wait and count.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use secrecy::SecretString;
+use tenancy_catalog::NewCluster;
+use tenancy_core::{Placement, TenantId};
+use tenancy_pg::testing::{TemplateDb, TestDb};
+use tenancy_pg::{Cluster, ClusterOptions};
+use tenancy_provision::{
+    AppMigrations, ClusterAccess, ProvisionConfig, ProvisionRequest, Provisioner, Receiver,
+};
+use tenancy_sdk::bootstrap::{self, OWNER_ROLE, RUNTIME_ROLE};
+use tenancy_sdk::{ClusterCredentials, ContextKey, Router, RouterOptions};
+use tokio::sync::OnceCell;
+use tokio_postgres::{Client, NoTls};
+
+static TEMPLATE: TemplateDb = TemplateDb::new("prov_tpl");
+static SECOND: OnceCell<Cluster> = OnceCell::const_new();
+static SECOND_DBS: AtomicU64 = AtomicU64::new(0);
+
+pub const KEY_HEX: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
+
+pub fn key() -> ContextKey {
+    ContextKey::from_hex("prov".parse().expect("kid"), KEY_HEX).expect("key")
+}
+
+pub async fn connect(cfg: tokio_postgres::Config) -> Client {
+    let (client, conn) = cfg.connect(NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+/// A fresh catalog database that is also region eu-west's shared tenant database.
+pub async fn fresh_db() -> TestDb {
+    let db = TEMPLATE
+        .fresh(|cluster, db| async move {
+            let su = cluster.connect(&db).await?;
+            bootstrap::bootstrap_cluster(&su).await?;
+            bootstrap::bootstrap_database(&su, &db).await?;
+            let mut owner = connect(cluster.config_as(OWNER_ROLE, &db)).await;
+            bootstrap::install_runtime(&owner, &key()).await?;
+            tenancy_catalog::migrate(&mut owner).await?;
+            Ok(())
+        })
+        .await
+        .expect("fresh database");
+    let su = db.connect_superuser().await.expect("superuser");
+    bootstrap::bootstrap_database(&su, &db.name)
+        .await
+        .expect("bootstrap clone");
+    db
+}
+
+/// The second cluster (region us-east), with roles bootstrapped, and a fresh shared
+/// database on it.
+pub async fn second_region_db() -> (&'static Cluster, String) {
+    let cluster = SECOND
+        .get_or_init(|| async {
+            let c = Cluster::start(ClusterOptions::for_tests())
+                .await
+                .expect("second cluster");
+            let su = c.connect("postgres").await.expect("su");
+            bootstrap::bootstrap_cluster(&su).await.expect("roles");
+            c
+        })
+        .await;
+    let name = format!(
+        "shared_{}_{}",
+        std::process::id(),
+        SECOND_DBS.fetch_add(1, Ordering::Relaxed)
+    );
+    let su = cluster.connect("postgres").await.expect("su");
+    su.batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create shared db");
+    let su = cluster.connect(&name).await.expect("su");
+    bootstrap::bootstrap_database(&su, &name)
+        .await
+        .expect("bootstrap");
+    let owner = connect(cluster.config_as(OWNER_ROLE, &name)).await;
+    bootstrap::install_runtime(&owner, &key())
+        .await
+        .expect("runtime");
+    (cluster, name)
+}
+
+pub async fn add_region(owner: &Client, region: &str, cluster: &Cluster, dbname: &str) {
+    tenancy_catalog::add_region(owner, &region.parse().expect("region"), region)
+        .await
+        .expect("region");
+    tenancy_catalog::add_cluster(
+        owner,
+        &NewCluster {
+            name: format!("pg-{region}"),
+            region: region.parse().expect("region"),
+            host: cluster.socket_dir().display().to_string(),
+            port: cluster.port(),
+            dbname: dbname.to_owned(),
+            capacity: 1000,
+        },
+    )
+    .await
+    .expect("cluster");
+}
+
+/// One received webhook.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub id: String,
+    pub event_type: String,
+    pub tenant: String,
+}
+
+/// A local Standard Webhooks receiver that verifies signatures and records messages.
+#[derive(Debug, Clone)]
+pub struct WebhookReceiver {
+    pub url: String,
+    pub secret: SecretString,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    pub fail: Arc<AtomicBool>,
+    pub bad_signatures: Arc<AtomicU64>,
+}
+
+impl WebhookReceiver {
+    pub async fn start() -> Self {
+        let secret = tenancy_provision::webhook::generate_secret();
+        let key = tenancy_provision::webhook::decode_secret(&secret).expect("secret");
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let fail = Arc::new(AtomicBool::new(false));
+        let bad = Arc::new(AtomicU64::new(0));
+        let (r, f, b) = (received.clone(), fail.clone(), bad.clone());
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let (r, f, b, key) = (r.clone(), f.clone(), b.clone(), key.clone());
+                async move {
+                    let h = |n: &str| {
+                        headers
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned()
+                    };
+                    let ok = tenancy_provision::webhook::verify(
+                        &key,
+                        &h("webhook-id"),
+                        &h("webhook-timestamp"),
+                        &h("webhook-signature"),
+                        &body,
+                        tenancy_provision::webhook::unix_now(),
+                        Duration::from_secs(300),
+                    );
+                    if !ok {
+                        b.fetch_add(1, Ordering::Relaxed);
+                        return StatusCode::UNAUTHORIZED;
+                    }
+                    if f.load(Ordering::Relaxed) {
+                        return StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    if let Ok(mut g) = r.lock() {
+                        g.push(Received {
+                            id: h("webhook-id"),
+                            event_type: v["type"].as_str().unwrap_or("").to_owned(),
+                            tenant: v["data"]["id"].as_str().unwrap_or("").to_owned(),
+                        });
+                    }
+                    StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        WebhookReceiver {
+            url: format!("http://127.0.0.1:{port}/hook"),
+            secret,
+            received,
+            fail,
+            bad_signatures: bad,
+        }
+    }
+
+    pub fn as_receiver(&self, name: &str) -> Receiver {
+        Receiver {
+            name: name.to_owned(),
+            url: self.url.clone(),
+            secret: self.secret.clone(),
+        }
+    }
+
+    pub fn messages(&self) -> Vec<Received> {
+        self.received.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    /// Distinct webhook ids of `event_type` received for `tenant`.
+    pub fn distinct(&self, event_type: &str, tenant: TenantId) -> usize {
+        let mut ids: Vec<String> = self
+            .messages()
+            .into_iter()
+            .filter(|m| m.event_type == event_type && m.tenant == tenant.to_string())
+            .map(|m| m.id)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.len()
+    }
+}
+
+pub fn config(registration: Vec<Receiver>, events: Vec<Receiver>) -> ProvisionConfig {
+    let mut plans = BTreeMap::new();
+    let mut free = serde_json::Map::new();
+    free.insert("max_users".into(), serde_json::json!(5));
+    plans.insert("free".to_owned(), free);
+    let mut pro = serde_json::Map::new();
+    pro.insert("max_users".into(), serde_json::json!(100));
+    pro.insert("sso".into(), serde_json::json!(true));
+    plans.insert("pro".to_owned(), pro);
+    ProvisionConfig {
+        app_migrations: AppMigrations::generated(4),
+        plans,
+        registration_receivers: registration,
+        event_receivers: events,
+        retention: Duration::ZERO,
+        max_attempts: 3,
+        backoff_base: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(50),
+        outbox_max_attempts: 3,
+        webhook_timeout: Duration::from_secs(5),
+        poll_interval: Duration::from_millis(50),
+    }
+}
+
+pub fn provisioner(db: &TestDb, cfg: ProvisionConfig) -> Provisioner {
+    Provisioner::new(
+        db.config_as(OWNER_ROLE),
+        ClusterAccess::local(db.cluster.superuser()),
+        key(),
+        cfg,
+    )
+    .expect("provisioner")
+}
+
+pub fn request(slug: &str, region: &str, placement: Placement) -> ProvisionRequest {
+    ProvisionRequest {
+        tenant: tenancy_catalog::NewTenant {
+            id: None,
+            slug: slug.parse().expect("slug"),
+            display_name: slug.to_uppercase(),
+            plan: "free".parse().expect("plan"),
+            region: region.parse().expect("region"),
+            placement,
+        },
+        billing_customer: None,
+        billing_subscription: None,
+    }
+}
+
+pub fn router(db: &TestDb) -> Router {
+    Router::new(
+        db.config_as(RUNTIME_ROLE),
+        key(),
+        ClusterCredentials {
+            user: RUNTIME_ROLE.into(),
+            password: None,
+        },
+        RouterOptions {
+            cache_ttl: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .expect("router")
+}
+
+/// Waits until no workflow is unfinished.
+pub async fn wait_all_final(catalog: &Client, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n = tenancy_catalog::unfinished_workflows(catalog)
+            .await
+            .expect("count");
+        if n == 0 {
+            return;
+        }
+        if Instant::now() >= deadline {
+            dump_workflows(catalog).await;
+            panic!("{n} workflows still unfinished after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn dump_workflows(catalog: &Client) {
+    let rows = catalog
+        .query("SELECT kind, status, step, attempts, coalesce(last_error, ''), run_after::text FROM tenancy_catalog.workflows WHERE status NOT IN ('succeeded') ORDER BY seq", &[])
+        .await
+        .expect("workflows");
+    for r in rows {
+        eprintln!(
+            "wf {} {} step={} attempts={} err={} run_after={}",
+            r.get::<_, String>(0),
+            r.get::<_, String>(1),
+            r.get::<_, i32>(2),
+            r.get::<_, i32>(3),
+            r.get::<_, String>(4),
+            r.get::<_, String>(5)
+        );
+    }
+}
+
+/// Waits until the outbox is empty (every message delivered or dead).
+pub async fn wait_outbox_drained(catalog: &Client, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n: i64 = catalog
+            .query_one(
+                "SELECT count(*) FROM tenancy_catalog.webhook_outbox WHERE status = 'pending'",
+                &[],
+            )
+            .await
+            .expect("outbox")
+            .get(0);
+        if n == 0 {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let rows = catalog
+                .query("SELECT webhook_id, status, attempts, next_attempt::text, now()::text FROM tenancy_catalog.webhook_outbox", &[])
+                .await
+                .expect("outbox");
+            for r in rows {
+                eprintln!(
+                    "outbox {:?} {:?} {:?} {:?} {:?}",
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, i32>(2),
+                    r.get::<_, String>(3),
+                    r.get::<_, String>(4)
+                );
+            }
+            let log = tenancy_catalog::deliveries(catalog, None, 20)
+                .await
+                .expect("log");
+            eprintln!("deliveries {log:#?}");
+            panic!("{n} webhooks still pending");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn schema_exists(client: &Client, schema: &str) -> bool {
+    client
+        .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
+        .await
+        .expect("schema lookup")
+        .is_some()
+}
+
+pub async fn database_exists(client: &Client, db: &str) -> bool {
+    client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
+        .await
+        .expect("db lookup")
+        .is_some()
+}
+
+/// Asserts that storage exists exactly for the tenants whose state keeps it, and that no
+/// tenant schema in the shared database lacks a live catalog tenant.
+pub async fn assert_no_orphans(catalog: &Client, cluster_admin: &Client) {
+    assert_no_orphans_in(catalog, &[("eu-west", cluster_admin, catalog)]).await
+}
+
+/// [`assert_no_orphans`] with, per region, a maintenance connection to its cluster and a
+/// connection to its shared database.
+pub async fn assert_no_orphans_in(catalog: &Client, regions: &[(&str, &Client, &Client)]) {
+    let tenants = tenancy_catalog::list_tenants(catalog, None, 1000)
+        .await
+        .expect("tenants");
+    for (region, admin, shared) in regions {
+        let mut live_schemas = Vec::new();
+        for t in tenants.iter().filter(|t| t.region.as_str() == *region) {
+            let keeps = !matches!(t.state, tenancy_core::TenantState::Deleted);
+            match t.placement {
+                Placement::Schema => {
+                    let s = tenancy_provision::storage::schema_name_for(t.id);
+                    assert_eq!(
+                        schema_exists(shared, &s).await,
+                        keeps,
+                        "schema of {} ({})",
+                        t.slug,
+                        t.state
+                    );
+                    if keeps {
+                        live_schemas.push(s);
+                    }
+                }
+                Placement::Dedicated => {
+                    let d = tenancy_provision::storage::database_name_for(t.id);
+                    assert_eq!(
+                        database_exists(admin, &d).await,
+                        keeps,
+                        "database of {} ({})",
+                        t.slug,
+                        t.state
+                    );
+                }
+                Placement::Pooled => {}
+            }
+        }
+        let rows = shared
+            .query(
+                "SELECT nspname FROM pg_namespace WHERE nspname ~ '^t_[0-9a-f]{32}$' ORDER BY 1",
+                &[],
+            )
+            .await
+            .expect("schemas");
+        let mut found: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        found.sort();
+        live_schemas.sort();
+        assert_eq!(
+            found, live_schemas,
+            "tenant schemas in the shared database of {region}"
+        );
+    }
+}

@@ -1,0 +1,503 @@
+//! The HTTP API. Handlers take a `Tenant` and a `Tx`; row-level security limits every
+//! statement to the request's tenant, so no query names a tenant. An id of another
+//! tenant's row finds nothing: the same 404 as an id that exists nowhere.
+
+use axum::extract::{FromRequest, Path, Query, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tenancy_axum::{HttpError, Tenant, Tx};
+use tenancy_sdk::Row;
+use tower_layer::Layer as _;
+use uuid::Uuid;
+
+use crate::{send, AppState, QUEUE};
+
+type ApiResult<T> = Result<T, HttpError>;
+
+/// The app's routes behind the tenancy layer. The layer wraps the whole router (not each
+/// route) so that it runs before routing: the path-prefix source strips `/t/<tenant>`
+/// before the routes see the path, and unknown routes are resolved like any other.
+pub fn router(state: AppState) -> axum::Router {
+    let tenancy = state.tenancy.clone();
+    axum::Router::new().fallback_service(tenancy.layer().layer(routes(state)))
+}
+
+fn routes(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/me", get(me))
+        .route("/customers", get(list_customers).post(create_customer))
+        .route(
+            "/customers/{id}",
+            get(get_customer)
+                .patch(update_customer)
+                .delete(delete_customer),
+        )
+        .route("/invoices", get(list_invoices).post(create_invoice))
+        .route(
+            "/invoices/{id}",
+            get(get_invoice)
+                .patch(update_invoice)
+                .delete(delete_invoice),
+        )
+        .route("/invoices/{id}/lines", post(add_line))
+        .route("/invoices/{id}/send", post(send_invoice))
+        .route("/invoices/{id}/deliveries", get(list_deliveries))
+        .route("/reports/summary", get(report))
+        .fallback(|| async { HttpError::not_found("route") })
+        .with_state(state)
+}
+
+/// JSON body whose rejection is a problem+json 400.
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = HttpError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, HttpError> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| Body(v))
+            .map_err(|e| HttpError::BadRequest(e.body_text()))
+    }
+}
+
+/// Parses an id from the path; anything that is not a UUID is simply not found.
+fn id(raw: &str, what: &str) -> ApiResult<Uuid> {
+    raw.parse().map_err(|_| HttpError::not_found(what))
+}
+
+/// Maps database errors: references to rows this tenant cannot see are "not found";
+/// rows still referenced are a conflict.
+fn db(what: &'static str) -> impl Fn(tenancy_sdk::Error) -> HttpError {
+    move |e| match e.sqlstate() {
+        Some(s) if *s == tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION => {
+            HttpError::Conflict(format!(
+                "{what} is still referenced or references a missing record"
+            ))
+        }
+        _ => HttpError::from(e),
+    }
+}
+
+async fn me(tenant: Tenant) -> Json<Value> {
+    Json(json!({
+        "tenant_id": tenant.id(),
+        "slug": tenant.slug(),
+        "via": tenant.via().iter().map(|v| v.as_str()).collect::<Vec<_>>(),
+        "subject": tenant.subject(),
+    }))
+}
+
+// ---- customers ----
+
+#[derive(Debug, Serialize)]
+struct Customer {
+    id: Uuid,
+    name: String,
+    email: String,
+}
+
+fn customer(r: &Row) -> Customer {
+    Customer {
+        id: r.get(0),
+        name: r.get(1),
+        email: r.get(2),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct NewCustomer {
+    name: String,
+    email: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct CustomerPatch {
+    name: Option<String>,
+    email: Option<String>,
+}
+
+async fn list_customers(tenant: Tenant, mut tx: Tx) -> ApiResult<Json<Vec<Customer>>> {
+    tenant.require_scope("invoices:read")?;
+    let rows = tx
+        .query(
+            "SELECT id, name, email FROM invoicing.customers ORDER BY name, id",
+            &[],
+        )
+        .await?;
+    Ok(Json(rows.iter().map(customer).collect()))
+}
+
+async fn create_customer(
+    tenant: Tenant,
+    mut tx: Tx,
+    Body(c): Body<NewCustomer>,
+) -> ApiResult<(StatusCode, Json<Customer>)> {
+    tenant.require_scope("invoices:write")?;
+    if c.name.trim().is_empty() || !c.email.contains('@') {
+        return Err(HttpError::Validation(
+            "name and a valid email are required".into(),
+        ));
+    }
+    let row = tx
+        .query_one(
+            "INSERT INTO invoicing.customers (name, email) VALUES ($1, $2) RETURNING id, name, email",
+            &[&c.name.trim(), &c.email.trim()],
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(customer(&row))))
+}
+
+async fn get_customer(
+    tenant: Tenant,
+    mut tx: Tx,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<Customer>> {
+    tenant.require_scope("invoices:read")?;
+    let cid = id(&raw, "customer")?;
+    let row = tx
+        .query_opt(
+            "SELECT id, name, email FROM invoicing.customers WHERE id = $1",
+            &[&cid],
+        )
+        .await?
+        .ok_or_else(|| HttpError::not_found("customer"))?;
+    Ok(Json(customer(&row)))
+}
+
+async fn update_customer(
+    tenant: Tenant,
+    mut tx: Tx,
+    Path(raw): Path<String>,
+    Body(p): Body<CustomerPatch>,
+) -> ApiResult<Json<Customer>> {
+    tenant.require_scope("invoices:write")?;
+    let cid = id(&raw, "customer")?;
+    let row = tx
+        .query_opt(
+            "UPDATE invoicing.customers SET name = coalesce($2, name), email = coalesce($3, email)
+             WHERE id = $1 RETURNING id, name, email",
+            &[&cid, &p.name, &p.email],
+        )
+        .await?
+        .ok_or_else(|| HttpError::not_found("customer"))?;
+    Ok(Json(customer(&row)))
+}
+
+async fn delete_customer(
+    tenant: Tenant,
+    mut tx: Tx,
+    Path(raw): Path<String>,
+) -> ApiResult<StatusCode> {
+    tenant.require_scope("invoices:write")?;
+    let cid = id(&raw, "customer")?;
+    let n = tx
+        .execute("DELETE FROM invoicing.customers WHERE id = $1", &[&cid])
+        .await
+        .map_err(db("customer"))?;
+    if n == 0 {
+        return Err(HttpError::not_found("customer"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- invoices ----
+
+#[derive(Debug, Deserialize)]
+struct NewLine {
+    description: String,
+    quantity: i32,
+    unit_price_cents: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct NewInvoice {
+    customer_id: Uuid,
+    number: String,
+    #[serde(default)]
+    lines: Vec<NewLine>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InvoicePatch {
+    status: Option<String>,
+    number: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InvoiceFilter {
+    status: Option<String>,
+}
+
+const INVOICE_SQL: &str = "SELECT i.id, i.number, i.status, i.customer_id, i.currency, i.sent_at IS NOT NULL,
+        coalesce((SELECT sum(l.quantity * l.unit_price_cents) FROM invoicing.line_items l WHERE l.invoice_id = i.id), 0)::bigint
+   FROM invoicing.invoices i";
+
+fn invoice_json(r: &Row) -> Value {
+    json!({
+        "id": r.get::<_, Uuid>(0),
+        "number": r.get::<_, String>(1),
+        "status": r.get::<_, String>(2),
+        "customer_id": r.get::<_, Uuid>(3),
+        "currency": r.get::<_, String>(4),
+        "sent": r.get::<_, bool>(5),
+        "total_cents": r.get::<_, i64>(6),
+    })
+}
+
+async fn load_invoice(tx: &mut Tx, iid: Uuid) -> ApiResult<Value> {
+    let row = tx
+        .query_opt(&format!("{INVOICE_SQL} WHERE i.id = $1"), &[&iid])
+        .await?
+        .ok_or_else(|| HttpError::not_found("invoice"))?;
+    let mut v = invoice_json(&row);
+    let lines = tx
+        .query(
+            "SELECT id, description, quantity, unit_price_cents FROM invoicing.line_items
+             WHERE invoice_id = $1 ORDER BY description, id",
+            &[&iid],
+        )
+        .await?;
+    v["lines"] = lines
+        .iter()
+        .map(|l| {
+            json!({"id": l.get::<_, Uuid>(0), "description": l.get::<_, String>(1),
+                   "quantity": l.get::<_, i32>(2), "unit_price_cents": l.get::<_, i64>(3)})
+        })
+        .collect();
+    Ok(v)
+}
+
+async fn list_invoices(
+    tenant: Tenant,
+    mut tx: Tx,
+    Query(f): Query<InvoiceFilter>,
+) -> ApiResult<Json<Vec<Value>>> {
+    tenant.require_scope("invoices:read")?;
+    let rows = tx
+        .query(
+            &format!("{INVOICE_SQL} WHERE $1::text IS NULL OR i.status = $1 ORDER BY i.number"),
+            &[&f.status],
+        )
+        .await?;
+    Ok(Json(rows.iter().map(invoice_json).collect()))
+}
+
+async fn insert_line(tx: &mut Tx, iid: Uuid, l: &NewLine) -> ApiResult<()> {
+    if l.description.trim().is_empty() || l.quantity <= 0 || l.unit_price_cents < 0 {
+        return Err(HttpError::Validation(
+            "a line needs a description, a positive quantity and a non-negative price".into(),
+        ));
+    }
+    tx.execute(
+        "INSERT INTO invoicing.line_items (invoice_id, description, quantity, unit_price_cents)
+         VALUES ($1, $2, $3, $4)",
+        &[
+            &iid,
+            &l.description.trim(),
+            &l.quantity,
+            &l.unit_price_cents,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn create_invoice(
+    tenant: Tenant,
+    mut tx: Tx,
+    Body(n): Body<NewInvoice>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    tenant.require_scope("invoices:write")?;
+    // The composite foreign key would refuse another tenant's customer too; checking
+    // first gives the same 404 as for a customer that does not exist.
+    let exists = tx
+        .query_opt(
+            "SELECT 1 FROM invoicing.customers WHERE id = $1",
+            &[&n.customer_id],
+        )
+        .await?
+        .is_some();
+    if !exists {
+        return Err(HttpError::not_found("customer"));
+    }
+    let row = tx
+        .query_one(
+            "INSERT INTO invoicing.invoices (customer_id, number) VALUES ($1, $2) RETURNING id",
+            &[&n.customer_id, &n.number.trim()],
+        )
+        .await?;
+    let iid: Uuid = row.get(0);
+    for l in &n.lines {
+        insert_line(&mut tx, iid, l).await?;
+    }
+    Ok((StatusCode::CREATED, Json(load_invoice(&mut tx, iid).await?)))
+}
+
+async fn get_invoice(
+    tenant: Tenant,
+    mut tx: Tx,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<Value>> {
+    tenant.require_scope("invoices:read")?;
+    let iid = id(&raw, "invoice")?;
+    Ok(Json(load_invoice(&mut tx, iid).await?))
+}
+
+async fn update_invoice(
+    tenant: Tenant,
+    mut tx: Tx,
+    Path(raw): Path<String>,
+    Body(p): Body<InvoicePatch>,
+) -> ApiResult<Json<Value>> {
+    tenant.require_scope("invoices:write")?;
+    let iid = id(&raw, "invoice")?;
+    if let Some(s) = &p.status {
+        if !["draft", "sent", "paid", "void"].contains(&s.as_str()) {
+            return Err(HttpError::Validation(
+                "status must be draft, sent, paid or void".into(),
+            ));
+        }
+    }
+    let n = tx
+        .execute(
+            "UPDATE invoicing.invoices SET status = coalesce($2, status), number = coalesce($3, number)
+             WHERE id = $1",
+            &[&iid, &p.status, &p.number],
+        )
+        .await?;
+    if n == 0 {
+        return Err(HttpError::not_found("invoice"));
+    }
+    Ok(Json(load_invoice(&mut tx, iid).await?))
+}
+
+async fn delete_invoice(
+    tenant: Tenant,
+    mut tx: Tx,
+    Path(raw): Path<String>,
+) -> ApiResult<StatusCode> {
+    tenant.require_scope("invoices:write")?;
+    let iid = id(&raw, "invoice")?;
+    let n = tx
+        .execute("DELETE FROM invoicing.invoices WHERE id = $1", &[&iid])
+        .await
+        .map_err(db("invoice"))?;
+    if n == 0 {
+        return Err(HttpError::not_found("invoice"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn add_line(
+    tenant: Tenant,
+    mut tx: Tx,
+    Path(raw): Path<String>,
+    Body(l): Body<NewLine>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    tenant.require_scope("invoices:write")?;
+    let iid = id(&raw, "invoice")?;
+    let exists = tx
+        .query_opt(
+            "SELECT 1 FROM invoicing.invoices WHERE id = $1 FOR UPDATE",
+            &[&iid],
+        )
+        .await?
+        .is_some();
+    if !exists {
+        return Err(HttpError::not_found("invoice"));
+    }
+    insert_line(&mut tx, iid, &l).await?;
+    Ok((StatusCode::CREATED, Json(load_invoice(&mut tx, iid).await?)))
+}
+
+async fn send_invoice(
+    tenant: Tenant,
+    mut tx: Tx,
+    axum::extract::State(state): axum::extract::State<AppState>,
+    Path(raw): Path<String>,
+) -> ApiResult<Response> {
+    tenant.require_scope("invoices:write")?;
+    let iid = id(&raw, "invoice")?;
+    let exists = tx
+        .query_opt("SELECT 1 FROM invoicing.invoices WHERE id = $1", &[&iid])
+        .await?
+        .is_some();
+    if !exists {
+        return Err(HttpError::not_found("invoice"));
+    }
+    // Enqueued in the request's transaction: no job if the request fails.
+    let job = tenancy_axum::jobs::enqueue(
+        &mut tx,
+        &state.jobs,
+        QUEUE,
+        send::KIND,
+        &json!({ "invoice_id": iid }),
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "job_id": job }))).into_response())
+}
+
+async fn list_deliveries(
+    tenant: Tenant,
+    mut tx: Tx,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<Vec<Value>>> {
+    tenant.require_scope("invoices:read")?;
+    let iid = id(&raw, "invoice")?;
+    let exists = tx
+        .query_opt("SELECT 1 FROM invoicing.invoices WHERE id = $1", &[&iid])
+        .await?
+        .is_some();
+    if !exists {
+        return Err(HttpError::not_found("invoice"));
+    }
+    let rows = tx
+        .query(
+            "SELECT job_id, recipient, tenant_id FROM invoicing.deliveries WHERE invoice_id = $1 ORDER BY sent_at",
+            &[&iid],
+        )
+        .await?;
+    Ok(Json(
+        rows.iter()
+            .map(|r| json!({"job_id": r.get::<_, Uuid>(0), "recipient": r.get::<_, String>(1), "tenant_id": r.get::<_, Uuid>(2)}))
+            .collect(),
+    ))
+}
+
+async fn report(tenant: Tenant, mut tx: Tx) -> ApiResult<Json<Value>> {
+    tenant.require_scope("invoices:read")?;
+    let rows = tx
+        .query(
+            "SELECT i.status, count(DISTINCT i.id)::bigint,
+                    coalesce(sum(l.quantity * l.unit_price_cents), 0)::bigint
+               FROM invoicing.invoices i LEFT JOIN invoicing.line_items l ON l.invoice_id = i.id
+              GROUP BY i.status ORDER BY i.status",
+            &[],
+        )
+        .await?;
+    let customers: i64 = tx
+        .query_one("SELECT count(*) FROM invoicing.customers", &[])
+        .await?
+        .get(0);
+    let mut by_status = serde_json::Map::new();
+    let (mut count, mut total) = (0i64, 0i64);
+    for r in &rows {
+        let (c, t): (i64, i64) = (r.get(1), r.get(2));
+        count += c;
+        total += t;
+        by_status.insert(r.get(0), json!({"invoices": c, "total_cents": t}));
+    }
+    Ok(Json(json!({
+        "tenant": tenant.slug(),
+        "customers": customers,
+        "invoices": count,
+        "total_cents": total,
+        "by_status": by_status,
+    })))
+}

@@ -1,0 +1,259 @@
+//! A small multi-tenant invoicing SaaS, built only on the public tenancy SDK
+//! (`tenancy-sdk`, `tenancy-axum`, `tenancy-core`): customers, invoices with line items,
+//! a report, and a background job that "sends" an invoice.
+//!
+//! Main parts:
+//! - [`migrate`]: the app's own migrations (`migrations/*.sql`, run as the owner role):
+//!   tables with composite keys `(tenant_id, id)` and composite foreign keys, made tenant
+//!   tables with `tenancy.make_tenant_table`, and the tenancy job queue.
+//! - [`router`]: the axum routes behind the tenancy layer; every handler gets its
+//!   [`Tenant`](tenancy_axum::Tenant) and a [`Tx`](tenancy_axum::Tx), and never writes a
+//!   `WHERE tenant_id = …`: row-level security does that.
+//! - [`build`] → [`App`]: binds the port, builds the layer and the job worker;
+//!   [`App::run_until_stopped`] serves until the shutdown future completes.
+//! - [`DevIssuer`]: a development token issuer (HS256) so the demo and tests can call
+//!   the API as a tenant. A real deployment trusts its identity provider instead.
+//!
+//! What it does not do: it never reads the catalog itself, never connects as the owner
+//! at runtime, and has no tenant-specific code paths.
+
+mod api;
+mod send;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use tenancy_axum::jobs::{JobSigner, Worker};
+use tenancy_axum::{Source, Tenancy};
+use tenancy_core::{ContextKey, TenantId};
+use tenancy_sdk::{ClusterCredentials, Router, RouterOptions};
+
+pub use api::router;
+
+/// The queue the app's jobs go to.
+pub const QUEUE: &str = "invoicing";
+
+/// The app's migrations, in order.
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_invoicing",
+    include_str!("../migrations/0001_invoicing.sql"),
+)];
+
+/// Applies the app's migrations (and installs the tenancy job queue). `owner` must be
+/// connected as the owner role to the tenant database.
+pub async fn migrate(owner: &mut tokio_postgres::Client) -> Result<()> {
+    tenancy_axum::jobs::install(owner)
+        .await
+        .context("installing the tenancy job queue")?;
+    owner
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS public.invoicing_migrations (
+                 name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .context("creating the migration ledger")?;
+    for (name, sql) in MIGRATIONS {
+        let tx = owner.transaction().await.context("starting a migration")?;
+        let done = tx
+            .query_opt(
+                "SELECT 1 FROM public.invoicing_migrations WHERE name = $1 FOR UPDATE",
+                &[name],
+            )
+            .await
+            .context("reading the migration ledger")?
+            .is_some();
+        if !done {
+            tx.batch_execute(sql)
+                .await
+                .with_context(|| format!("applying migration {name}"))?;
+            tx.execute(
+                "INSERT INTO public.invoicing_migrations (name) VALUES ($1)",
+                &[name],
+            )
+            .await
+            .context("recording a migration")?;
+        }
+        tx.commit().await.context("committing a migration")?;
+    }
+    Ok(())
+}
+
+/// A development HS256 token issuer: the JWT source trusts it, and
+/// [`DevIssuer::token`] mints tokens for a tenant.
+#[derive(Clone)]
+pub struct DevIssuer {
+    /// `iss`.
+    pub issuer: String,
+    /// `aud`.
+    pub audience: String,
+    /// Shared secret (>= 32 bytes).
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for DevIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevIssuer")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DevIssuer {
+    /// The JWT issuer configuration that trusts this issuer.
+    pub fn jwt_issuer(&self) -> Result<tenancy_axum::jwt::JwtIssuer> {
+        Ok(
+            tenancy_axum::jwt::JwtIssuer::new(&self.issuer, &self.audience)
+                .key(tenancy_axum::jwt::JwtKey::hs256(&self.secret)?),
+        )
+    }
+
+    /// A token for `tenant` (claim `tenant_id`), subject `sub`, valid for `ttl`.
+    pub fn token(&self, tenant: TenantId, sub: &str, ttl: Duration) -> Result<String> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .context("reading the clock")?
+            .as_secs();
+        let claims = serde_json::json!({
+            "iss": self.issuer, "aud": self.audience, "sub": sub,
+            "tenant_id": tenant.to_string(), "iat": now, "exp": now + ttl.as_secs(),
+        });
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(&self.secret),
+        )
+        .context("signing a development token")
+    }
+}
+
+/// Everything the app needs to start.
+#[derive(Debug)]
+pub struct Config {
+    /// Where to listen (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Runtime-role connection to the catalog database (also used by the router).
+    pub catalog: tokio_postgres::Config,
+    /// Runtime-role connection to the tenant database holding the job queue.
+    pub queue_db: tokio_postgres::Config,
+    /// Runtime-role login on tenant clusters.
+    pub credentials: ClusterCredentials,
+    /// Signs tenant contexts (installed in the tenant databases).
+    pub context_key: ContextKey,
+    /// Signs job envelopes.
+    pub job_key: [u8; 32],
+    /// Tenant sources, in order.
+    pub sources: Vec<Source>,
+    /// Whether to run the job worker in this process.
+    pub run_worker: bool,
+}
+
+/// State shared by the handlers.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The tenancy layer's state (for `spawn_with_tenant` work and `begin`).
+    pub tenancy: Tenancy,
+    /// Signs the jobs handlers enqueue.
+    pub jobs: JobSigner,
+}
+
+/// A built, bound, not yet running app.
+#[derive(Debug)]
+pub struct App {
+    /// The bound listener.
+    listener: tokio::net::TcpListener,
+    /// Routes with the tenancy layer.
+    routes: axum::Router,
+    /// The job worker, when enabled.
+    worker: Option<Worker>,
+    /// Shared state.
+    state: AppState,
+}
+
+/// Builds the app: router, tenancy layer, worker; binds the port.
+pub async fn build(config: Config) -> Result<App> {
+    let router = Router::new(
+        config.catalog.clone(),
+        config.context_key,
+        config.credentials,
+        RouterOptions::default(),
+    )
+    .context("building the tenant router")?;
+    let mut b = Tenancy::builder(router, config.catalog);
+    for s in config.sources {
+        b = b.source(s);
+    }
+    let tenancy = b.build().context("building the tenancy layer")?;
+    let jobs = JobSigner::new(config.job_key);
+    let state = AppState {
+        tenancy: tenancy.clone(),
+        jobs: jobs.clone(),
+    };
+    let worker = if config.run_worker {
+        Some(
+            Worker::new(tenancy, config.queue_db, jobs)
+                .context("building the job worker")?
+                .queue(QUEUE)
+                .poll_interval(Duration::from_millis(50))
+                .register(send::KIND, send::send_invoice),
+        )
+    } else {
+        None
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    Ok(App {
+        listener,
+        routes: router_with_state(state.clone()),
+        worker,
+        state,
+    })
+}
+
+fn router_with_state(state: AppState) -> axum::Router {
+    api::router(state)
+}
+
+impl App {
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves HTTP (and runs the worker) until `shutdown` completes.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let worker = self.worker.map(|w| {
+            let mut rx = stop_rx.clone();
+            tokio::spawn(w.run(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }))
+        });
+        let mut rx = stop_rx;
+        let served = axum::serve(self.listener, self.routes)
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    _ = shutdown => {}
+                    _ = rx.wait_for(|s| *s) => {}
+                }
+            })
+            .await
+            .context("serving HTTP");
+        let _ = stop_tx.send(true);
+        if let Some(w) = worker {
+            let _ = w.await;
+        }
+        served
+    }
+}

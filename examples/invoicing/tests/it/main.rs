@@ -1,0 +1,12 @@
+//! End-to-end tests of the invoicing example over real HTTP: every tenant source, every
+//! rejection rule, cross-tenant attempts through every endpoint, jobs, JWT attacks and
+//! the request transaction. Each test runs the app on its own fresh database; the app
+//! connects only as the runtime role.
+
+mod isolation;
+mod jobs;
+mod jwt_attacks;
+mod resolvers;
+mod rules;
+mod support;
+mod transactions;
