@@ -1,5 +1,6 @@
 //! Cached catalog lookups for the request path: tenants by id and slug, verified custom
-//! domains, API keys. Entries expire after a TTL and are dropped as soon as the catalog
+//! domains (the configuration service's `config_domains`, read-only here: a host resolves
+//! only while its row is `verified`), API keys. Entries expire after a TTL and are dropped as soon as the catalog
 //! announces a change on [`tenancy_catalog::CHANGES_CHANNEL`] (a dedicated `LISTEN`
 //! connection); while that connection is down every cache is cleared on reconnect.
 
@@ -30,7 +31,8 @@ pub(crate) struct Catalog {
     tenants: Map<TenantId, Tenant>,
     /// Tenant ids by slug (slugs never move to another tenant, but are removed on change).
     slugs: Map<Slug, TenantId>,
-    /// Verified domains → tenant; `None` caches "no verified tenant here".
+    /// Verified domains → tenant; `None` caches "no verified tenant here" (pending,
+    /// disabled or unknown), dropped on `domain:<host>` when that changes.
     domains: Map<String, Option<TenantId>>,
     /// API keys by key id: hash of the key and what it grants.
     api_keys: Map<String, ([u8; 32], ApiKeyGrant)>,

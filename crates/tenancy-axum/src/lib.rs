@@ -24,7 +24,8 @@
 //!
 //! What it does not do: it never reaches tenant data except through the SDK's
 //! `TenantTx`, never sets a session-level tenant, does not verify custom-domain
-//! ownership (the catalog's `verified` flag is set elsewhere), does not issue JWTs, and
+//! ownership (the configuration service does, in `config_domains`; this crate only reads
+//! verified rows), does not issue JWTs, and
 //! does not serve the control plane.
 
 pub mod api_key;

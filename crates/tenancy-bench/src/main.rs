@@ -7,9 +7,11 @@
 mod bare;
 mod config_propagation;
 mod cpu;
+mod django;
 mod flag_eval;
 mod harness;
 mod http_get;
+mod provision;
 mod report;
 mod setup;
 mod tenant_tx;
@@ -36,6 +38,10 @@ enum Name {
     /// A flag changed through the API until a second process sees it (p99 ms).
     #[value(name = "config_propagation")]
     ConfigPropagation,
+    /// Signup to active tenant per placement (p50/p99) and the sustained rate vs
+    /// django-tenants creating the same 20-table schema tenant.
+    #[value(name = "provision")]
+    Provision,
     /// Every benchmark above, on one cluster.
     #[value(name = "all")]
     All,
@@ -55,6 +61,15 @@ struct Cli {
     /// Unmeasured warm-up seconds before each measurement.
     #[arg(long, default_value_t = 1)]
     warmup_seconds: u64,
+    /// provision: measured tenants per placement (and in the sustained batch).
+    #[arg(long, default_value_t = 100)]
+    tenants: usize,
+    /// provision: tenants the django-tenants baseline creates.
+    #[arg(long, default_value_t = 30)]
+    django_tenants: usize,
+    /// provision: provisioning workers (the control plane's default is 2).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
 }
 
 #[tokio::main]
@@ -80,6 +95,15 @@ async fn main() -> Result<()> {
         config_propagation::run(cli.runs)
             .await
             .context("running config_propagation")?;
+    }
+    if matches!(cli.name, Name::Provision | Name::All) {
+        provision::run(provision::Options {
+            tenants: cli.tenants,
+            django_tenants: cli.django_tenants,
+            workers: cli.workers,
+        })
+        .await
+        .context("running provision")?;
     }
     let needs_items = matches!(
         cli.name,

@@ -1,20 +1,10 @@
--- Custom domains and tenant API keys, and change notifications for the caches of the
--- request layer (tenancy-axum). Runs as the owner role.
-
--- A tenant's own host name (`billing.acme.com`). Only verified domains resolve to a
--- tenant; ownership verification (DNS challenge) is a separate workflow that sets
--- `verified`. A domain belongs to at most one tenant.
-CREATE TABLE tenancy_catalog.custom_domains (
-    domain      text PRIMARY KEY
-                CHECK (domain = lower(domain)
-                       AND domain ~ '^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$'
-                       AND length(domain) <= 253),
-    tenant_id   uuid NOT NULL REFERENCES tenancy_catalog.tenants (id),
-    verified    boolean NOT NULL DEFAULT false,
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    verified_at timestamptz
-);
-CREATE INDEX custom_domains_tenant_idx ON tenancy_catalog.custom_domains (tenant_id);
+-- Tenant API keys, and change notifications for the caches of the request layer
+-- (tenancy-axum). Runs as the owner role.
+--
+-- Custom domains are not here: the configuration service owns them
+-- (`tenancy_catalog.config_domains`, migration 0004: claim, DNS TXT verification,
+-- disable, removal, all versioned). The request layer resolves only domains that table
+-- holds `verified`, and 0004 announces their changes on the channel below.
 
 -- Tenant API keys: `tnk_<key_id>_<secret>`. Only a SHA-256 of the whole key is stored;
 -- `key_id` is the public part used to find the row. Scopes limit what a key may do;
@@ -59,7 +49,8 @@ $fn$;
 REVOKE ALL ON FUNCTION tenancy_catalog.authenticate_api_key(text, bytea) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy_catalog.authenticate_api_key(text, bytea) TO tenancy_app;
 
--- Caches of tenants, domains and keys listen on this channel and drop the named entry.
+-- Caches of tenants, domains and keys listen on this channel and drop the named entry
+-- (domains: `domain:<hostname>`, sent by the trigger on config_domains in 0004).
 CREATE FUNCTION tenancy_catalog.notify_change() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -68,11 +59,6 @@ BEGIN
     IF TG_OP = 'DELETE' THEN r := OLD; ELSE r := NEW; END IF;
     IF TG_TABLE_NAME = 'tenants' THEN
         PERFORM pg_notify('tenancy_catalog_changes', 'tenant:' || r.id::text);
-    ELSIF TG_TABLE_NAME = 'custom_domains' THEN
-        PERFORM pg_notify('tenancy_catalog_changes', 'domain:' || r.domain);
-        IF TG_OP = 'UPDATE' AND OLD.domain <> NEW.domain THEN
-            PERFORM pg_notify('tenancy_catalog_changes', 'domain:' || OLD.domain);
-        END IF;
     ELSIF TG_TABLE_NAME = 'api_keys' THEN
         PERFORM pg_notify('tenancy_catalog_changes', 'api_key:' || r.key_id);
     END IF;
@@ -81,10 +67,6 @@ END
 $fn$;
 CREATE TRIGGER tenants_notify AFTER UPDATE OR DELETE ON tenancy_catalog.tenants
     FOR EACH ROW EXECUTE FUNCTION tenancy_catalog.notify_change();
-CREATE TRIGGER custom_domains_notify AFTER INSERT OR UPDATE OR DELETE ON tenancy_catalog.custom_domains
-    FOR EACH ROW EXECUTE FUNCTION tenancy_catalog.notify_change();
 -- last_used_at changes are not interesting to caches.
 CREATE TRIGGER api_keys_notify AFTER UPDATE OF revoked_at, scopes OR DELETE ON tenancy_catalog.api_keys
     FOR EACH ROW EXECUTE FUNCTION tenancy_catalog.notify_change();
-
-GRANT SELECT ON tenancy_catalog.custom_domains TO tenancy_app;

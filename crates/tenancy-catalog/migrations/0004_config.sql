@@ -106,6 +106,10 @@ CREATE TABLE tenancy_catalog.config_branding (
     updated_at         timestamptz NOT NULL DEFAULT now()
 );
 
+-- The custom domains of tenants, the one table of them: the configuration service's
+-- lifecycle (claim → pending, DNS TXT check → verified, disabled, removed) is the source of
+-- truth, and the request layer (tenancy-axum, through tenancy-catalog's
+-- `tenant_for_domain`) resolves a Host to a tenant only from a `verified` row.
 -- A tenant may claim any hostname (pending); only one tenant can hold it verified.
 CREATE TABLE tenancy_catalog.config_domains (
     tenant_id       uuid NOT NULL REFERENCES tenancy_catalog.tenants (id),
@@ -121,6 +125,24 @@ CREATE TABLE tenancy_catalog.config_domains (
 );
 CREATE UNIQUE INDEX config_domains_verified_hostname ON tenancy_catalog.config_domains (hostname)
     WHERE state = 'verified';
+
+-- The request layer's domain cache drops `domain:<hostname>` on the catalog change channel
+-- (the same one as tenants and API keys), in the transaction of the change, so a domain
+-- that is verified, disabled or removed takes effect at once.
+CREATE FUNCTION tenancy_catalog.config_domains_notify() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        PERFORM pg_notify('tenancy_catalog_changes', 'domain:' || OLD.hostname);
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        PERFORM pg_notify('tenancy_catalog_changes', 'domain:' || NEW.hostname);
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+CREATE TRIGGER config_domains_notify AFTER INSERT OR UPDATE OR DELETE ON tenancy_catalog.config_domains
+    FOR EACH ROW EXECUTE FUNCTION tenancy_catalog.config_domains_notify();
 
 -- Tenant rows change rarely (creation, plan, state): tell SDK snapshots, which use the
 -- plan, region, placement and creation time for targeting.

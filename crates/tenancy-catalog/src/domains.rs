@@ -1,8 +1,11 @@
-//! Catalog store: custom domains and tenant API keys (migration 0002).
+//! Catalog store: custom-domain resolution and tenant API keys.
 //!
 //! The request layer resolves a tenant from a verified custom domain or from an API key;
-//! both are catalog data, so their SQL lives here. API key secrets never reach this
-//! module: callers pass the SHA-256 of the full key.
+//! both are catalog data, so the SQL it runs lives here. Custom domains themselves are
+//! owned by the configuration service (`tenancy_catalog.config_domains`, migration 0004):
+//! it claims them, verifies them by DNS TXT and records every change in its change log,
+//! so this module only *reads* them and never writes one. API key secrets never reach
+//! this module: callers pass the SHA-256 of the full key.
 
 use tenancy_core::TenantId;
 use time::OffsetDateTime;
@@ -13,17 +16,6 @@ use crate::CatalogError;
 /// The `LISTEN` channel on which catalog changes are announced, with payloads
 /// `tenant:<uuid>`, `domain:<name>` and `api_key:<key id>`.
 pub const CHANGES_CHANNEL: &str = "tenancy_catalog_changes";
-
-/// A custom domain of a tenant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CustomDomain {
-    /// Lowercase host name.
-    pub domain: String,
-    /// The tenant it belongs to.
-    pub tenant_id: TenantId,
-    /// Whether ownership was verified; only verified domains resolve.
-    pub verified: bool,
-}
 
 /// An API key as the catalog stores it (never the secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,73 +69,10 @@ pub fn normalize_domain(domain: &str) -> Result<String, CatalogError> {
     Ok(d)
 }
 
-fn domain_from_row(row: &Row) -> Result<CustomDomain, CatalogError> {
-    Ok(CustomDomain {
-        domain: row.get(0),
-        tenant_id: TenantId::from_uuid(row.get(1)).map_err(corrupt)?,
-        verified: row.get(2),
-    })
-}
-
-/// Adds an (unverified) custom domain to a tenant. Refuses a domain another tenant holds.
-pub async fn add_custom_domain(
-    client: &Client,
-    tenant: TenantId,
-    domain: &str,
-) -> Result<CustomDomain, CatalogError> {
-    let d = normalize_domain(domain)?;
-    let row = client
-        .query_opt(
-            "INSERT INTO tenancy_catalog.custom_domains (domain, tenant_id) VALUES ($1, $2)
-             ON CONFLICT (domain) DO UPDATE SET domain = EXCLUDED.domain
-                 WHERE custom_domains.tenant_id = EXCLUDED.tenant_id
-             RETURNING domain, tenant_id, verified",
-            &[&d, &tenant.as_uuid()],
-        )
-        .await
-        .map_err(CatalogError::db("adding a custom domain"))?;
-    match row {
-        Some(row) => domain_from_row(&row),
-        None => Err(CatalogError::Invalid(format!(
-            "domain {d} is already registered"
-        ))),
-    }
-}
-
-/// Marks a domain verified (or not). Returns false when the domain is unknown.
-pub async fn set_domain_verified(
-    client: &Client,
-    domain: &str,
-    verified: bool,
-) -> Result<bool, CatalogError> {
-    let d = normalize_domain(domain)?;
-    let n = client
-        .execute(
-            "UPDATE tenancy_catalog.custom_domains
-                SET verified = $2, verified_at = CASE WHEN $2 THEN now() END
-              WHERE domain = $1",
-            &[&d, &verified],
-        )
-        .await
-        .map_err(CatalogError::db("verifying a custom domain"))?;
-    Ok(n == 1)
-}
-
-/// Removes a domain. Returns false when it was unknown.
-pub async fn remove_custom_domain(client: &Client, domain: &str) -> Result<bool, CatalogError> {
-    let d = normalize_domain(domain)?;
-    let n = client
-        .execute(
-            "DELETE FROM tenancy_catalog.custom_domains WHERE domain = $1",
-            &[&d],
-        )
-        .await
-        .map_err(CatalogError::db("removing a custom domain"))?;
-    Ok(n == 1)
-}
-
-/// The tenant of a *verified* domain, if any. Unverified and unknown domains both yield
-/// `None`.
+/// The tenant that holds this host name *verified* in the configuration service
+/// (`config_domains`), if any. Pending, disabled and unknown domains all yield `None`;
+/// a host name is verified for at most one tenant (partial unique index), so the answer
+/// is unambiguous.
 pub async fn tenant_for_domain(
     client: &Client,
     domain: &str,
@@ -153,29 +82,14 @@ pub async fn tenant_for_domain(
     };
     let row = client
         .query_opt(
-            "SELECT tenant_id FROM tenancy_catalog.custom_domains WHERE domain = $1 AND verified",
+            "SELECT tenant_id FROM tenancy_catalog.config_domains
+              WHERE hostname = $1 AND state = 'verified'",
             &[&d],
         )
         .await
         .map_err(CatalogError::db("looking up a custom domain"))?;
     row.map(|r| TenantId::from_uuid(r.get(0)).map_err(corrupt))
         .transpose()
-}
-
-/// A tenant's domains.
-pub async fn list_custom_domains(
-    client: &Client,
-    tenant: TenantId,
-) -> Result<Vec<CustomDomain>, CatalogError> {
-    let rows = client
-        .query(
-            "SELECT domain, tenant_id, verified FROM tenancy_catalog.custom_domains
-              WHERE tenant_id = $1 ORDER BY domain",
-            &[&tenant.as_uuid()],
-        )
-        .await
-        .map_err(CatalogError::db("listing custom domains"))?;
-    rows.iter().map(domain_from_row).collect()
 }
 
 fn check_key_id(key_id: &str) -> Result<(), CatalogError> {

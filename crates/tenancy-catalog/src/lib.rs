@@ -7,9 +7,10 @@
 //! - The store functions ([`add_region`], [`add_cluster`], [`create_tenant`],
 //!   [`set_state`], [`get_tenant`], …): all catalog SQL lives here. They take parsed
 //!   types from `tenancy-core` and return records built from them.
-//! - Custom domains and tenant API keys ([`add_custom_domain`], [`tenant_for_domain`],
-//!   [`create_api_key`], [`authenticate_api_key`], …), with change notifications on the
-//!   [`CHANGES_CHANNEL`] channel for caches.
+//! - Request-path lookups: the tenant of a verified custom domain ([`tenant_for_domain`],
+//!   read from the configuration service's `config_domains`, which owns the domain
+//!   lifecycle) and tenant API keys ([`create_api_key`], [`authenticate_api_key`], …),
+//!   with change notifications on the [`CHANGES_CHANNEL`] channel for caches.
 //!
 //! What it does not do: it never touches tenant data, and it does not create schemas or
 //! databases for tenants (provisioning does that, using this store for its state).

@@ -200,6 +200,11 @@ pub(crate) async fn tenant_tables(
         if globals.contains(&tb.object()) || (tb.schema == "public" && globals.contains(&tb.name)) {
             continue;
         }
+        // In a tenancy-managed database the control catalog is global by design; it is
+        // reported once by `catalog_rules` instead of as tenant tables.
+        if t.managed && tb.schema == CATALOG_SCHEMA {
+            continue;
+        }
         out.push(tb);
     }
     Ok(out)
@@ -337,6 +342,49 @@ async fn functions(client: &Client, t: &Target) -> Result<Vec<Function>, CheckEr
         .collect())
 }
 
+/// Schema of tenancy's control catalog.
+const CATALOG_SCHEMA: &str = "tenancy_catalog";
+
+/// In a tenancy-managed database that also holds the control catalog (the embedded
+/// default), the runtime role reads catalog tables that carry a tenant column: every
+/// tenant's catalog rows are visible to every tenant's code. Not a row-level leak of
+/// tenant data, so a warning.
+async fn catalog_rules(
+    client: &Client,
+    opts: &Options,
+    t: &Target,
+    f: &mut Vec<Finding>,
+) -> Result<(), CheckError> {
+    if !t.managed {
+        return Ok(());
+    }
+    let rows = query(
+        client,
+        "SELECT n.nspname::text || '.' || c.relname::text FROM pg_catalog.pg_class c \
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = $2::text::name AND NOT a.attisdropped \
+          WHERE n.nspname = 'tenancy_catalog' AND c.relkind IN ('r', 'p') \
+            AND has_table_privilege($1::oid, c.oid, 'SELECT') ORDER BY 1",
+        &[&t.role_oid, &opts.tenant_column],
+        "listing readable catalog tables",
+    )
+    .await?;
+    for r in rows {
+        let object: String = r.get(0);
+        f.push(Finding::new(
+            "catalog-readable",
+            Severity::Warning,
+            object.clone(),
+            format!(
+                "{object} is part of tenancy's control catalog and the runtime role can read every tenant's rows in it; \
+                 keep the catalog in its own database (the router only needs tenants, clusters and regions)"
+            ),
+            format!("REVOKE SELECT ON {object} FROM {};", t.role),
+        ));
+    }
+    Ok(())
+}
+
 /// Runs the static audit of the database `client` is connected to.
 pub async fn audit(client: &Client, opts: &Options) -> Result<Report, CheckError> {
     let t = target(client, opts).await?;
@@ -382,6 +430,7 @@ pub async fn audit(client: &Client, opts: &Options) -> Result<Report, CheckError
     privilege_rules(client, &t, &mut f).await?;
     settings_rules(client, &t, &gucs, &mut f).await?;
     misc_rules(client, &t, &by_oid, &mut f).await?;
+    catalog_rules(client, opts, &t, &mut f).await?;
 
     let mut report = Report {
         findings: f,

@@ -17,6 +17,10 @@ pub struct DemoArgs {
     /// Port of the example app on 127.0.0.1 (0: any free port).
     #[arg(long, default_value_t = 0)]
     port: u16,
+    /// After the demo, run `tenancy check --probe` against the demo database (the example
+    /// app's tables included) and fail when it reports an error finding.
+    #[arg(long)]
+    check: bool,
 }
 
 const APP_SCHEMA: &str = "
@@ -69,6 +73,8 @@ async fn demo(cluster: &Cluster, args: &DemoArgs) -> Result<()> {
     bootstrap::bootstrap_cluster(&su).await?;
     bootstrap::bootstrap_database(&su, db).await?;
     let key = ContextKey::from_bytes("demo".parse()?, rand::random());
+    // For `--check`: the probe signs contexts for synthetic tenants with the same key.
+    let key_spec = format!("{}:{}", key.kid(), key.material_hex());
     let mut owner = connect(cluster.config_as(OWNER_ROLE, db)).await?;
     bootstrap::install_runtime(&owner, &key).await?;
     tenancy_catalog::migrate(&mut owner).await?;
@@ -233,6 +239,26 @@ async fn demo(cluster: &Cluster, args: &DemoArgs) -> Result<()> {
     }
     println!();
     let app = example_app(cluster, db, &mut owner, key, &tenants, args).await?;
+    if args.check {
+        println!();
+        println!("tenancy check --probe on the demo database:");
+        let check = tenancy_check::CheckArgs {
+            database_url: cluster.url_as(cluster.superuser(), db),
+            runtime_role: Some(RUNTIME_ROLE.into()),
+            tenant_column: "tenant_id".into(),
+            global_tables: Vec::new(),
+            format: tenancy_check::Format::Text,
+            probe: true,
+            context_guc: None,
+            context_key: Some(key_spec.clone()),
+        };
+        let mut out = std::io::stdout();
+        let code = tenancy_check::run(&check, &mut out).await;
+        if code != 0 {
+            app.stop().await;
+            bail!("tenancy check reported an isolation error on the demo database (exit {code})");
+        }
+    }
     println!();
     println!("demo finished: each tenant saw only its own rows.");
     if args.keep_running {

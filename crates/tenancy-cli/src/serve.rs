@@ -30,6 +30,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("tenancy control plane on http://127.0.0.1:{}", app.port());
     if embedded {
         println!("embedded default: private PostgreSQL clusters, stopped on exit");
+        for dir in app.cluster_data_dirs() {
+            println!("PostgreSQL data directory {}", dir.display());
+        }
     }
     if let Some(token) = app.generated_admin_token() {
         println!("admin token (shown once): {token}");

@@ -108,3 +108,27 @@ impl TxtResolver for StaticResolver {
         Box::pin(async move { found })
     }
 }
+
+/// A resolver that cannot resolve anything, with the reason (a server whose system DNS
+/// configuration could not be read still starts; verifications then fail with this
+/// reason instead of claiming that the record is missing).
+#[derive(Debug, Clone)]
+pub struct UnavailableResolver {
+    reason: String,
+}
+
+impl UnavailableResolver {
+    /// A resolver that fails every lookup with `reason`.
+    pub fn new(reason: impl Into<String>) -> UnavailableResolver {
+        UnavailableResolver {
+            reason: reason.into(),
+        }
+    }
+}
+
+impl TxtResolver for UnavailableResolver {
+    fn txt<'a>(&'a self, _name: &'a str) -> BoxFuture<'a, Result<Vec<String>, DnsError>> {
+        let e = DnsError(format!("DNS is not available: {}", self.reason));
+        Box::pin(async move { Err(e) })
+    }
+}

@@ -116,7 +116,11 @@ impl ProblemCode {
 }
 
 /// An RFC 9457 problem, rendered as `application/problem+json`.
+///
+/// Named `ConfigProblem` in OpenAPI documents, so that it does not shadow the control
+/// plane's own `Problem` schema when both are merged into one document.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = ConfigProblem)]
 pub struct Problem {
     /// `urn:tenancy:problem:<code>`.
     #[serde(rename = "type")]

@@ -4,6 +4,10 @@
 //! Main parts:
 //! - [`router`]: a pure `fn(AppState) -> axum::Router` with every route, so tests call it
 //!   without a socket; other crates add routes with [`router_with`] (or `.merge()`).
+//!   With [`AppState::with_config`], the configuration service's routes
+//!   (`tenancy-config`: plans, flags, overrides, branding, custom domains, evaluation) are
+//!   mounted too, behind the same admin authentication ([`config_routes`]), and their
+//!   paths are part of the one OpenAPI document ([`openapi`]).
 //! - [`build`] / [`App`]: startup as a library API (`build(config) → App`, `app.port()`,
 //!   `app.run_until_stopped()`), including the embedded default (private clusters, one
 //!   per region) when no database is configured.
@@ -29,8 +33,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderValue;
 use axum::routing::{get, post};
 use secrecy::{ExposeSecret, SecretString};
+use tenancy_config::ConfigState;
 use tenancy_provision::{PgConn, PgPool, Provisioner};
 use utoipa::OpenApi;
 
@@ -47,7 +53,7 @@ pub struct AppState {
     inner: Arc<StateInner>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct StateInner {
     /// Catalog connections as the owner role.
     catalog: PgPool,
@@ -61,8 +67,23 @@ struct StateInner {
     stripe_tolerance: Duration,
     /// Defaults of self-service signups.
     signup: SignupConfig,
-    /// The OpenAPI document (base plus merged extensions).
+    /// The configuration service (store, snapshot client, DNS), when it is mounted.
+    config: Option<ConfigState>,
+    /// The OpenAPI document (base plus merged extensions), kept typed so that
+    /// [`AppState::with_config`] can merge into it.
+    openapi_doc: OpenApiDoc,
+    /// The same document, serialized once for `/openapi.json`.
     openapi: serde_json::Value,
+}
+
+/// A typed OpenAPI document (utoipa's type has no `Debug` without a feature we leave off).
+#[derive(Clone)]
+struct OpenApiDoc(utoipa::openapi::OpenApi);
+
+impl std::fmt::Debug for OpenApiDoc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OpenApi { .. }")
+    }
 }
 
 impl AppState {
@@ -101,9 +122,28 @@ impl AppState {
                 stripe_secret,
                 stripe_tolerance: Duration::from_secs(300),
                 signup,
-                openapi: serde_json::to_value(openapi).unwrap_or_default(),
+                config: None,
+                openapi: serde_json::to_value(&openapi).unwrap_or_default(),
+                openapi_doc: OpenApiDoc(openapi),
             }),
         }
+    }
+
+    /// The same state with the configuration service mounted: [`router`] then serves its
+    /// routes behind admin authentication, and the OpenAPI document gains their paths.
+    pub fn with_config(self, config: ConfigState) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.openapi_doc.0.merge(config_openapi());
+        inner.openapi = serde_json::to_value(&inner.openapi_doc.0).unwrap_or_default();
+        inner.config = Some(config);
+        AppState {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The configuration service, when it is mounted.
+    pub fn config(&self) -> Option<&ConfigState> {
+        self.inner.config.as_ref()
     }
 
     /// A catalog connection.
@@ -144,12 +184,95 @@ impl AppState {
     }
 }
 
-/// The OpenAPI document of this crate's routes (merge other crates' documents into it).
+/// The OpenAPI document of the control plane as `tenancy serve` serves it: this crate's
+/// routes and the configuration service's (merge other crates' documents into it).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api::ApiDoc::openapi()
+    let mut doc = api::ApiDoc::openapi();
+    doc.merge(config_openapi());
+    doc
 }
 
-/// Every control-plane route.
+/// The configuration service's OpenAPI paths as mounted here: every operation needs the
+/// admin bearer token and may answer 401 with this crate's problem document.
+fn config_openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::security::SecurityRequirement;
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let mut doc = tenancy_config::http::ConfigApiDoc::openapi();
+    for item in doc.paths.paths.values_mut() {
+        let ops = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in ops.into_iter().flatten() {
+            op.security = Some(vec![SecurityRequirement::new(
+                "admin",
+                Vec::<String>::new(),
+            )]);
+            op.responses
+                .responses
+                .entry("401".to_owned())
+                .or_insert_with(|| {
+                    RefOr::T(
+                        ResponseBuilder::new()
+                            .description("Missing or invalid admin token")
+                            .content(
+                                "application/problem+json",
+                                ContentBuilder::new()
+                                    .schema(Some(Ref::from_schema_name("Problem")))
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                });
+        }
+    }
+    doc
+}
+
+/// The configuration service's routes behind admin authentication. A write records who
+/// made it: the `x-tenancy-actor` header when the caller sends one, else the admin
+/// token's principal (`admin:<first 8 hex digits of its digest>`).
+pub fn config_routes(state: &AppState, config: ConfigState) -> axum::Router {
+    tenancy_config::routes(config).route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        admin_for_config,
+    ))
+}
+
+/// Authenticates an admin before a configuration route runs, and fills in the actor.
+async fn admin_for_config(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::extract::FromRequestParts;
+    use axum::response::IntoResponse;
+    let (mut parts, body) = req.into_parts();
+    let admin = match auth::Admin::from_request_parts(&mut parts, &state).await {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let has_actor = parts
+        .headers
+        .get(ACTOR_HEADER)
+        .is_some_and(|v| v.to_str().is_ok_and(|v| !v.trim().is_empty()));
+    if !has_actor {
+        // The principal is hex, so the header value is always valid.
+        if let Ok(v) = HeaderValue::from_str(&format!("admin:{}", admin.principal)) {
+            parts.headers.insert(ACTOR_HEADER, v);
+        }
+    }
+    next.run(axum::extract::Request::from_parts(parts, body))
+        .await
+}
+
+/// Header in which the configuration service expects the author of a change.
+const ACTOR_HEADER: &str = "x-tenancy-actor";
+
+/// Every control-plane route (and the configuration service's, when the state has it).
 pub fn router(state: AppState) -> axum::Router {
     router_with(state, axum::Router::new())
 }
@@ -157,6 +280,10 @@ pub fn router(state: AppState) -> axum::Router {
 /// Every control-plane route plus `extra` (another crate's routes, already given their
 /// state); the body limit, request span and problem fallback apply to all of them.
 pub fn router_with(state: AppState, extra: axum::Router) -> axum::Router {
+    let extra = match state.config() {
+        Some(config) => extra.merge(config_routes(&state, config.clone())),
+        None => extra,
+    };
     axum::Router::new()
         .route("/healthz", get(api::healthz))
         .route("/openapi.json", get(api::openapi_json))

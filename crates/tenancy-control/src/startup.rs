@@ -1,11 +1,15 @@
 //! Startup as a library API: `build(config) -> App`, `app.port()`,
 //! `app.run_until_stopped()`.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use secrecy::{ExposeSecret, SecretString};
 use tenancy_catalog::NewCluster;
+use tenancy_config::dns::{SystemResolver, TxtResolver, UnavailableResolver};
+use tenancy_config::{ClientOptions, ConfigClient, ConfigState};
 use tenancy_core::{ContextKey, KeyId};
 use tenancy_pg::{Cluster, ClusterOptions};
 use tenancy_provision::{
@@ -44,6 +48,15 @@ impl App {
     /// The shared state.
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// Data directories of the embedded default's private clusters (empty with a
+    /// database URL); operators and tests use them to find the PostgreSQL processes.
+    pub fn cluster_data_dirs(&self) -> Vec<PathBuf> {
+        self.clusters
+            .iter()
+            .map(|c| c.data_dir().to_path_buf())
+            .collect()
     }
 
     /// The admin token generated at startup, if none was configured.
@@ -194,6 +207,25 @@ pub async fn build(config: ControlConfig) -> Result<App> {
     } else {
         None
     };
+    // The configuration service: writes through its store, reads from a snapshot that
+    // LISTEN/NOTIFY keeps fresh (the evaluation endpoint answers from it). Both use the
+    // catalog's owner login, like the rest of the control plane; the runtime role is for
+    // applications.
+    let resolver: Arc<dyn TxtResolver> = match SystemResolver::from_system() {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            tracing::warn!(error = %e, "no system DNS: custom-domain verification will fail");
+            Arc::new(UnavailableResolver::new(e.to_string()))
+        }
+    };
+    let config_state = ConfigState {
+        store: tenancy_config::Store::new(catalog_cfg.clone(), 4)
+            .context("creating the configuration store")?,
+        client: ConfigClient::connect(catalog_cfg.clone(), ClientOptions::default())
+            .await
+            .context("starting the configuration client (snapshot and LISTEN)")?,
+        resolver,
+    };
     let pool = tenancy_provision::pg_pool(catalog_cfg, 8)?;
     let state = AppState::new(
         pool,
@@ -201,7 +233,8 @@ pub async fn build(config: ControlConfig) -> Result<App> {
         digests,
         config.stripe_webhook_secret.clone(),
         config.signup.clone(),
-    );
+    )
+    .with_config(config_state);
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

@@ -104,3 +104,35 @@ async fn global_tables_are_skipped_and_missing_role_is_an_error() {
         Err(tenancy_check::CheckError::NoSuchRole(_))
     ));
 }
+
+#[tokio::test]
+async fn control_catalog_tables_are_global_but_reported_when_readable() {
+    let db = managed().await;
+    let c = db.connect_superuser().await.expect("superuser");
+    c.batch_execute(
+        "CREATE SCHEMA IF NOT EXISTS tenancy_catalog AUTHORIZATION tenancy_owner;
+         GRANT USAGE ON SCHEMA tenancy_catalog TO tenancy_app;
+         CREATE TABLE tenancy_catalog.tenant_flags (tenant_id uuid NOT NULL, flag text NOT NULL, PRIMARY KEY (tenant_id, flag));
+         CREATE TABLE tenancy_catalog.tenant_notes (tenant_id uuid NOT NULL, note text);
+         GRANT SELECT ON tenancy_catalog.tenant_flags TO tenancy_app;",
+    )
+    .await
+    .expect("catalog tables");
+    let report = audit(&c, &Options::default()).await.expect("audit");
+    assert!(
+        errors(&report).is_empty(),
+        "catalog tables are not tenant data: {:#?}",
+        errors(&report)
+    );
+    let readable: Vec<&str> = report
+        .findings
+        .iter()
+        .filter(|f| f.rule == "catalog-readable")
+        .map(|f| f.object.as_str())
+        .collect();
+    assert_eq!(readable, vec!["tenancy_catalog.tenant_flags"]);
+    assert!(!report
+        .tenant_tables
+        .iter()
+        .any(|t| t.starts_with("tenancy_catalog.")));
+}

@@ -15,7 +15,7 @@ use tenancy_sdk::ContextKey;
 use tower::ServiceExt;
 
 static TEMPLATE: TemplateDb = TemplateDb::new("ctl_tpl");
-const TOKEN: &str = "test-admin-token";
+pub(crate) const TOKEN: &str = "test-admin-token";
 const STRIPE: &str = "whsec_test_stripe";
 
 fn key() -> ContextKey {
@@ -23,6 +23,13 @@ fn key() -> ContextKey {
 }
 
 async fn fresh() -> (TestDb, axum::Router, Provisioner) {
+    let (db, state, p) = fresh_state().await;
+    (db, router(state), p)
+}
+
+/// A fresh catalog and the control plane's state on it (without the configuration
+/// service; see `config_routes::with_config`).
+pub(crate) async fn fresh_state() -> (TestDb, AppState, Provisioner) {
     let db = TEMPLATE
         .fresh(|cluster, db| async move {
             let su = cluster.connect(&db).await?;
@@ -76,10 +83,10 @@ async fn fresh() -> (TestDb, axum::Router, Provisioner) {
         Some(secrecy::SecretString::from(STRIPE.to_owned())),
         SignupConfig::default(),
     );
-    (db, router(state), p)
+    (db, state, p)
 }
 
-async fn call(
+pub(crate) async fn call(
     app: &axum::Router,
     method: &str,
     uri: &str,
@@ -109,8 +116,8 @@ async fn call(
     )
 }
 
-const AUTH: (&str, &str) = ("authorization", "Bearer test-admin-token");
-const JSON: (&str, &str) = ("content-type", "application/json");
+pub(crate) const AUTH: (&str, &str) = ("authorization", "Bearer test-admin-token");
+pub(crate) const JSON: (&str, &str) = ("content-type", "application/json");
 
 async fn wait_state(app: &axum::Router, id: &str, want: &str) -> Value {
     for _ in 0..300 {
@@ -125,7 +132,9 @@ async fn wait_state(app: &axum::Router, id: &str, want: &str) -> Value {
 
 #[tokio::test]
 async fn openapi_document_is_valid_openapi_3_1() {
-    let (_db, app, _p) = fresh().await;
+    // As `tenancy serve` builds it: with the configuration service mounted.
+    let (db, state, _p) = fresh_state().await;
+    let app = router(crate::config_routes::with_config(&db, state).await);
     let (status, _, doc) = call(&app, "GET", "/openapi.json", &[], None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["openapi"].as_str().unwrap_or("").starts_with("3.1"));
@@ -149,6 +158,7 @@ async fn openapi_document_is_valid_openapi_3_1() {
     ] {
         assert!(doc["paths"].get(p).is_some(), "{p} documented");
     }
+    crate::config_routes::check_config_paths(&doc);
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 
 use jsonwebtoken::Algorithm;
 use serde_json::json;
-use tenancy_sdk::bootstrap::RUNTIME_ROLE;
+use tenancy_sdk::bootstrap::{OWNER_ROLE, RUNTIME_ROLE};
 
 use crate::support::*;
 
@@ -55,41 +55,78 @@ async fn every_source_resolves_its_tenant() {
         .await;
     assert_eq!(r.body["via"], json!(["jwt", "subdomain"]), "{r:?}");
 
-    // Custom domain: only once verified; changes reach the cache.
-    tenancy_catalog::add_custom_domain(&env.owner, env.acme, "billing.acme.example")
+    // Custom domain: the configuration service owns the lifecycle (claim, DNS TXT
+    // verification, disable, removal); only a verified domain resolves, and every change
+    // reaches the layer's cache through the catalog change notification.
+    let config = tenancy_config::Store::new(env.db.config_as(OWNER_ROLE), 2).expect("store");
+    let dns = tenancy_config::dns::StaticResolver::new();
+    let who = tenancy_config::ChangeMeta::new("resolver-test", "custom domain");
+    let host = "billing.acme.example";
+    let claim = config
+        .add_domain(env.acme, host, &who)
         .await
-        .expect("domain");
-    let r = env
-        .call("GET", "/me", &[("host", "billing.acme.example")], None)
-        .await;
-    assert_eq!(r.status, 401, "unverified domain resolves nothing: {r:?}");
-    tenancy_catalog::set_domain_verified(&env.owner, "billing.acme.example", true)
+        .expect("claim");
+    let r = env.call("GET", "/me", &[("host", host)], None).await;
+    assert_eq!(r.status, 401, "a pending domain resolves nothing: {r:?}");
+    // Another tenant's claim of the same host (pending) does not resolve either.
+    let claim_b = config
+        .add_domain(env.globex, host, &who)
+        .await
+        .expect("claim by globex");
+    dns.add_txt(&claim.challenge_name(), &claim.challenge_value());
+    let verified = config
+        .verify_domain(env.acme, host, &dns, &who)
         .await
         .expect("verify");
+    assert_eq!(verified.state, tenancy_config::model::DomainState::Verified);
     assert!(
         eventually(std::time::Duration::from_secs(3), || async {
-            env.call("GET", "/me", &[("host", "billing.acme.example")], None)
-                .await
-                .status
-                == 200
+            env.call("GET", "/me", &[("host", host)], None).await.status == 200
         })
         .await,
         "verified domain resolves (cache invalidated by the change notification)"
     );
     let r = env
-        .call("GET", "/me", &[("host", "billing.acme.example")], None)
+        .call("GET", "/me", &[("host", "Billing.Acme.Example:443")], None)
         .await;
-    assert_eq!(slug_of(&r), "acme");
+    assert_eq!(slug_of(&r), "acme", "{r:?}");
     assert_eq!(r.body["via"], json!(["custom_domain"]));
-    tenancy_catalog::remove_custom_domain(&env.owner, "billing.acme.example")
+    // A host name is verified for one tenant only, even when the other tenant's record
+    // is published too.
+    dns.add_txt(&claim_b.challenge_name(), &claim_b.challenge_value());
+    assert!(config
+        .verify_domain(env.globex, host, &dns, &who)
+        .await
+        .is_err());
+    config
+        .disable_domain(env.acme, host, &who)
+        .await
+        .expect("disable");
+    assert!(
+        eventually(std::time::Duration::from_secs(3), || async {
+            env.call("GET", "/me", &[("host", host)], None).await.status == 401
+        })
+        .await,
+        "a disabled domain stops resolving"
+    );
+    config
+        .verify_domain(env.acme, host, &dns, &who)
+        .await
+        .expect("verify again");
+    assert!(
+        eventually(std::time::Duration::from_secs(3), || async {
+            env.call("GET", "/me", &[("host", host)], None).await.status == 200
+        })
+        .await,
+        "a re-verified domain resolves again"
+    );
+    config
+        .remove_domain(env.acme, host, &who)
         .await
         .expect("remove");
     assert!(
         eventually(std::time::Duration::from_secs(3), || async {
-            env.call("GET", "/me", &[("host", "billing.acme.example")], None)
-                .await
-                .status
-                == 401
+            env.call("GET", "/me", &[("host", host)], None).await.status == 401
         })
         .await,
         "a removed domain stops resolving"

@@ -1,0 +1,693 @@
+//! `provision`: time from a signup request to an active tenant, through the real
+//! provisioning engine, for each placement; the sustained rate; and django-tenants
+//! creating the same 20-table schema tenant as the baseline.
+//!
+//! Setup: one private cluster (ephemeral, listening on TCP as well for Django), with
+//! tenancy's roles, a catalog database that is also region `eu-west`'s shared tenant
+//! database (like the engine's own tests), and a `Provisioner` with `--workers` workers
+//! (the control plane's default is 2) and an app of 20 generated tenant tables.
+//!
+//! Time to active: one signup at a time, as the control plane's signup handler does it
+//! (`Provisioner::provision`: the tenant row and its workflow in one catalog transaction,
+//! workers woken), until `Provisioner::subscribe` reports the workflow succeeded (its
+//! last step, `activate`, commits the tenant's `active` state and the workflow's success
+//! together). A few unmeasured warm-up tenants per placement come first (the first pooled
+//! tenant brings the shared database to the app's version; pools fill).
+//!
+//! Sustained rate: a batch of schema tenants queued back to back while the workers run;
+//! tenants per second from the first request to the last activation.
+//!
+//! Where the time goes: each workflow's step log (`tenancy_catalog.workflow_steps`, the
+//! engine records every step's duration) is read back after each phase; whatever is not in
+//! a step is the signup transaction, claiming, recording and committing each step.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use tenancy_catalog::{NewCluster, NewTenant, WorkflowStatus};
+use tenancy_core::{ContextKey, Placement};
+use tenancy_pg::{Cluster, ClusterOptions};
+use tenancy_provision::{
+    AppMigrations, ClusterAccess, ProvisionConfig, ProvisionRequest, Provisioner,
+};
+use tenancy_sdk::bootstrap::{self, OWNER_ROLE};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use crate::django;
+use crate::report::Report;
+
+/// Tables of the generated app (both sides).
+const TABLES: usize = 20;
+/// Unmeasured tenants per placement before measuring.
+const WARMUP: usize = 3;
+/// The catalog database, also the region's shared tenant database.
+const CATALOG_DB: &str = "catalog";
+/// Longest wait for one workflow.
+const WORKFLOW_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Steps of a provision workflow, in order.
+const STEPS: [&str; 6] = [
+    "placement",
+    "storage",
+    "seed_config",
+    "register",
+    "billing_link",
+    "activate",
+];
+
+/// Settings of the benchmark.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Measured tenants per placement (and in the sustained batch).
+    pub tenants: usize,
+    /// Tenants django-tenants creates.
+    pub django_tenants: usize,
+    /// Provisioning workers.
+    pub workers: usize,
+}
+
+/// One measured provisioning.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    workflow: Uuid,
+    /// The signup call (tenant row + workflow, committed).
+    signup_ms: f64,
+    /// Request to active.
+    total_ms: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[(((sorted.len() - 1) as f64 * p).round() as usize).min(sorted.len() - 1)]
+}
+
+fn sorted(xs: impl IntoIterator<Item = f64>) -> Vec<f64> {
+    let mut v: Vec<f64> = xs.into_iter().collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.iter().sum::<f64>() / xs.len() as f64
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn key() -> Result<ContextKey> {
+    Ok(ContextKey::from_bytes(
+        "bench".parse().context("parsing the key id")?,
+        rand::random(),
+    ))
+}
+
+/// The workspace root: this crate lives in `<root>/crates/tenancy-bench`.
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest.join("..").join("..");
+    root.canonicalize().unwrap_or(root)
+}
+
+async fn connect(cfg: tokio_postgres::Config) -> Result<Client> {
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+fn request(slug: &str, placement: Placement) -> Result<ProvisionRequest> {
+    Ok(ProvisionRequest {
+        tenant: NewTenant {
+            id: None,
+            slug: slug.parse().context("slug")?,
+            display_name: format!("Bench {slug}"),
+            plan: "free".parse().context("plan")?,
+            region: "eu-west".parse().context("region")?,
+            placement,
+        },
+        billing_customer: Some(format!("cus_{}", slug.replace('-', "_"))),
+        billing_subscription: None,
+    })
+}
+
+fn placement_name(p: Placement) -> &'static str {
+    match p {
+        Placement::Pooled => "pooled",
+        Placement::Schema => "schema",
+        Placement::Dedicated => "dedicated",
+    }
+}
+
+/// Runs the benchmark and writes `target/bench/provision.json`.
+pub async fn run(opts: Options) -> Result<()> {
+    anyhow::ensure!(
+        opts.tenants >= 1 && opts.django_tenants >= 1 && opts.workers >= 1,
+        "--tenants, --django-tenants and --workers must be at least 1"
+    );
+    let cluster = Cluster::start(ClusterOptions {
+        ephemeral: true,
+        tcp_port: Some(0),
+        settings: vec![("max_connections".into(), "200".into())],
+        ..Default::default()
+    })
+    .await
+    .context("starting a private PostgreSQL cluster")?;
+    let result = measure(&cluster, opts).await;
+    cluster.stop().await;
+    result
+}
+
+async fn measure(cluster: &Cluster, opts: Options) -> Result<()> {
+    let root = workspace_root();
+
+    // Baseline first: django-tenants on its own database of the same cluster, over TCP.
+    let dj = django::run(&root, cluster, TABLES, opts.django_tenants)
+        .await
+        .context("running the django-tenants baseline")?;
+    let dj_sorted = sorted(dj.seconds.iter().copied());
+    let django_median_s = percentile(&dj_sorted, 0.5);
+    println!(
+        "django-tenants {} (Django {}, Python {}): {} tenants, median {:.3} s, p99 {:.3} s, min {:.3} s",
+        dj.django_tenants,
+        dj.django,
+        dj.python,
+        dj.seconds.len(),
+        django_median_s,
+        percentile(&dj_sorted, 0.99),
+        dj_sorted.first().copied().unwrap_or(f64::NAN),
+    );
+
+    // Ours.
+    let key = key()?;
+    let su = cluster.connect("postgres").await?;
+    su.batch_execute(&format!("CREATE DATABASE {CATALOG_DB}"))
+        .await
+        .context("creating the catalog database")?;
+    bootstrap::bootstrap_cluster(&su)
+        .await
+        .context("creating the tenancy roles")?;
+    let su_cat = cluster.connect(CATALOG_DB).await?;
+    bootstrap::bootstrap_database(&su_cat, CATALOG_DB)
+        .await
+        .context("preparing the catalog database")?;
+    let mut owner = connect(cluster.config_as(OWNER_ROLE, CATALOG_DB)).await?;
+    bootstrap::install_runtime(&owner, &key)
+        .await
+        .context("installing the tenancy runtime")?;
+    tenancy_catalog::migrate(&mut owner)
+        .await
+        .context("migrating the catalog")?;
+    let region = "eu-west".parse().context("region")?;
+    tenancy_catalog::add_region(&owner, &region, "EU West").await?;
+    tenancy_catalog::add_cluster(
+        &owner,
+        &NewCluster {
+            name: "pg-eu-west".into(),
+            region,
+            host: cluster.socket_dir().display().to_string(),
+            port: cluster.port(),
+            dbname: CATALOG_DB.into(),
+            capacity: 1_000_000,
+        },
+    )
+    .await?;
+
+    let mut plans = std::collections::BTreeMap::new();
+    let mut free = serde_json::Map::new();
+    free.insert("max_users".into(), json!(5));
+    free.insert("api_calls_per_day".into(), json!(10_000));
+    plans.insert("free".to_owned(), free);
+    let p = Provisioner::new(
+        cluster.config_as(OWNER_ROLE, CATALOG_DB),
+        ClusterAccess::local(cluster.superuser()),
+        key,
+        ProvisionConfig {
+            app_migrations: AppMigrations::generated(TABLES),
+            plans,
+            ..Default::default()
+        },
+    )?;
+    let workers = p.spawn_workers(opts.workers);
+    let mut catalog = connect(cluster.config_as(OWNER_ROLE, CATALOG_DB)).await?;
+
+    let mut per_placement = Vec::new();
+    let mut warmups = serde_json::Map::new();
+    for placement in [Placement::Pooled, Placement::Schema, Placement::Dedicated] {
+        let name = placement_name(placement);
+        println!(
+            "ours: {name}: {WARMUP} warm-up + {} tenants, one signup at a time…",
+            opts.tenants
+        );
+        let warm = sequential(&p, &mut catalog, placement, &format!("w{name}"), WARMUP).await?;
+        warmups.insert(
+            name.into(),
+            json!(warm.iter().map(|s| round2(s.total_ms)).collect::<Vec<_>>()),
+        );
+        let samples = sequential(&p, &mut catalog, placement, name, opts.tenants).await?;
+        verify_active(&catalog, &samples).await?;
+        let steps = step_log(&catalog, &samples).await?;
+        per_placement.push((placement, samples, steps));
+    }
+    verify_storage(cluster, &catalog).await?;
+
+    println!(
+        "ours: sustained: {} schema tenants queued back to back, {} workers…",
+        opts.tenants, opts.workers
+    );
+    let sustained = sustained(&p, &mut catalog, Placement::Schema, opts.tenants).await?;
+    verify_active(&catalog, &sustained.samples).await?;
+    let sustained_steps = step_log(&catalog, &sustained.samples).await?;
+    workers.stop().await;
+
+    // Summary.
+    println!();
+    println!(
+        "time to active (request → active), {} tenants each, {} workers, {TABLES}-table app:",
+        opts.tenants, opts.workers
+    );
+    println!(
+        "  {:<10} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        "placement", "p50 ms", "p99 ms", "max ms", "mean ms", "signup p50"
+    );
+    let mut params = serde_json::Map::new();
+    let mut steps_json = serde_json::Map::new();
+    let mut p99s = HashMap::new();
+    let mut p50s = HashMap::new();
+    for (placement, samples, steps) in &per_placement {
+        let name = placement_name(*placement);
+        let t = sorted(samples.iter().map(|s| s.total_ms));
+        let signup = sorted(samples.iter().map(|s| s.signup_ms));
+        println!(
+            "  {:<10} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>11.2}",
+            name,
+            percentile(&t, 0.5),
+            percentile(&t, 0.99),
+            t.last().copied().unwrap_or(f64::NAN),
+            mean(&t),
+            percentile(&signup, 0.5)
+        );
+        params.insert(format!("{name}_p50_ms"), json!(round2(percentile(&t, 0.5))));
+        params.insert(
+            format!("{name}_p99_ms"),
+            json!(round2(percentile(&t, 0.99))),
+        );
+        params.insert(
+            format!("{name}_max_ms"),
+            json!(round2(t.last().copied().unwrap_or(f64::NAN))),
+        );
+        p50s.insert(name, percentile(&t, 0.5));
+        p99s.insert(name, percentile(&t, 0.99));
+        steps_json.insert(name.into(), steps.to_json(samples));
+    }
+    let sus_t = sorted(sustained.samples.iter().map(|s| s.total_ms));
+    println!(
+        "sustained (schema, {} queued back to back): {:.1} tenants/s over {:.2} s; time to active under that load p50 {:.0} ms, p99 {:.0} ms",
+        sustained.samples.len(),
+        sustained.per_s,
+        sustained.wall_s,
+        percentile(&sus_t, 0.5),
+        percentile(&sus_t, 0.99)
+    );
+    steps_json.insert(
+        "sustained_schema".into(),
+        sustained_steps.to_json(&sustained.samples),
+    );
+
+    println!();
+    println!("where the time goes (step log; median / p99 ms per step; 'outside' = request → active minus the steps):");
+    for (placement, samples, steps) in &per_placement {
+        steps.print(placement_name(*placement), samples);
+    }
+    sustained_steps.print("sustained", &sustained.samples);
+
+    let ours_s = p50s.get("schema").copied().unwrap_or(f64::NAN) / 1000.0;
+    let ratio = django_median_s / ours_s;
+    let pooled_ok = p99s.get("pooled").is_some_and(|v| *v < 50.0);
+    let every_ok = p99s.values().all(|v| *v < 250.0);
+    let ratio_ok = ratio >= 5.0;
+    println!();
+    println!(
+        "schema median: ours {:.1} ms vs django-tenants {:.1} ms → {:.2}x faster",
+        ours_s * 1000.0,
+        django_median_s * 1000.0,
+        ratio
+    );
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!(
+        "targets: pooled p99 < 50 ms: {} ({:.1} ms); every placement p99 < 250 ms: {} (pooled {:.1}, schema {:.1}, dedicated {:.1} ms); ratio >= 5: {} ({:.2})",
+        verdict(pooled_ok),
+        p99s.get("pooled").copied().unwrap_or(f64::NAN),
+        verdict(every_ok),
+        p99s.get("pooled").copied().unwrap_or(f64::NAN),
+        p99s.get("schema").copied().unwrap_or(f64::NAN),
+        p99s.get("dedicated").copied().unwrap_or(f64::NAN),
+        verdict(ratio_ok),
+        ratio
+    );
+
+    params.insert(
+        "sustained_schema_per_s".into(),
+        json!(round2(sustained.per_s)),
+    );
+    params.insert(
+        "sustained_schema_wall_s".into(),
+        json!(round2(sustained.wall_s)),
+    );
+    params.insert(
+        "sustained_schema_p50_ms".into(),
+        json!(round2(percentile(&sus_t, 0.5))),
+    );
+    params.insert(
+        "sustained_schema_p99_ms".into(),
+        json!(round2(percentile(&sus_t, 0.99))),
+    );
+    params.insert("django_median_s".into(), json!(django_median_s));
+    params.insert("django_p99_s".into(), json!(percentile(&dj_sorted, 0.99)));
+    params.insert(
+        "django_min_s".into(),
+        json!(dj_sorted.first().copied().unwrap_or(f64::NAN)),
+    );
+    params.insert("django_tenants".into(), json!(dj.seconds.len()));
+    params.insert("django_version".into(), json!(dj.django));
+    params.insert("django_tenants_version".into(), json!(dj.django_tenants));
+    params.insert("django_seconds".into(), json!(dj.seconds));
+    params.insert("tenants_per_placement".into(), json!(opts.tenants));
+    params.insert("workers".into(), json!(opts.workers));
+    params.insert("tables".into(), json!(TABLES));
+    params.insert("warmup_ms".into(), serde_json::Value::Object(warmups));
+    params.insert("steps_ms".into(), serde_json::Value::Object(steps_json));
+    params.insert(
+        "targets".into(),
+        json!({"pooled_p99_lt_50ms": pooled_ok, "every_p99_lt_250ms": every_ok, "ratio_ge_5": ratio_ok}),
+    );
+    params.insert(
+        "setup".into(),
+        json!(format!(
+            "one private PostgreSQL {} cluster, ephemeral (fsync off) for both sides; ours over the Unix socket, Django over 127.0.0.1 TCP with scram; no webhook receivers configured; no warm pool",
+            cluster.major_version()
+        )),
+    );
+    let report = Report {
+        name: "provision".into(),
+        unit: "seconds from signup request to active schema tenant (20 tables), median; lower is better; ratio = baseline / ours, > 1 means faster than django-tenants".into(),
+        ours: ours_s,
+        baseline: django_median_s,
+        baseline_name: format!(
+            "django-tenants {} migrate/auto_create_schema, {TABLES} models",
+            dj.django_tenants
+        ),
+        ratio,
+        params: serde_json::Value::Object(params),
+    };
+    let path = report.write()?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// Provisions `n` tenants one at a time, timing each from the request to active.
+async fn sequential(
+    p: &Provisioner,
+    catalog: &mut Client,
+    placement: Placement,
+    prefix: &str,
+    n: usize,
+) -> Result<Vec<Sample>> {
+    let mut rx = p.subscribe();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let req = request(&format!("{prefix}-{i:05}"), placement)?;
+        let started = Instant::now();
+        let (_, wf) = p
+            .provision(catalog, &req, "signup")
+            .await
+            .context("signing up a tenant")?;
+        let signup_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let status = loop {
+            match tokio::time::timeout(WORKFLOW_TIMEOUT, rx.recv()).await {
+                Ok(Ok(f)) if f.workflow == wf.id => break f.status,
+                Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => continue,
+                Ok(Err(RecvError::Closed)) => bail!("the provisioner stopped"),
+                Err(_) => bail!(
+                    "workflow {} did not finish within {WORKFLOW_TIMEOUT:?}",
+                    wf.id
+                ),
+            }
+        };
+        let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+        if status != WorkflowStatus::Succeeded {
+            bail!(
+                "provisioning {} ended {status}: {:?}",
+                req.tenant.slug,
+                tenancy_catalog::workflow_steps(catalog, wf.id).await?
+            );
+        }
+        out.push(Sample {
+            workflow: wf.id,
+            signup_ms,
+            total_ms,
+        });
+    }
+    Ok(out)
+}
+
+struct Sustained {
+    samples: Vec<Sample>,
+    per_s: f64,
+    wall_s: f64,
+}
+
+/// Queues `n` signups back to back and waits for all of them to be active.
+async fn sustained(
+    p: &Provisioner,
+    catalog: &mut Client,
+    placement: Placement,
+    n: usize,
+) -> Result<Sustained> {
+    let mut rx = p.subscribe();
+    let collector = tokio::spawn(async move {
+        let mut done: HashMap<Uuid, (Instant, WorkflowStatus)> = HashMap::new();
+        while done.len() < n {
+            match rx.recv().await {
+                Ok(f) => {
+                    done.insert(f.workflow, (Instant::now(), f.status));
+                }
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => break,
+            }
+        }
+        done
+    });
+    let first = Instant::now();
+    let mut started = Vec::with_capacity(n);
+    for i in 0..n {
+        let req = request(&format!("load-{i:05}"), placement)?;
+        let t0 = Instant::now();
+        let (_, wf) = p
+            .provision(catalog, &req, "signup")
+            .await
+            .context("signing up a tenant")?;
+        started.push((wf.id, t0, t0.elapsed().as_secs_f64() * 1000.0));
+    }
+    let limit = WORKFLOW_TIMEOUT + Duration::from_secs(n as u64);
+    let done = tokio::time::timeout(limit, collector)
+        .await
+        .with_context(|| format!("the batch did not finish within {limit:?}"))?
+        .context("collecting finished workflows")?;
+    let mut samples = Vec::with_capacity(n);
+    let mut last = first;
+    for (id, t0, signup_ms) in started {
+        let Some((at, status)) = done.get(&id) else {
+            bail!("workflow {id} never finished");
+        };
+        if *status != WorkflowStatus::Succeeded {
+            bail!("workflow {id} ended {status}");
+        }
+        last = last.max(*at);
+        samples.push(Sample {
+            workflow: id,
+            signup_ms,
+            total_ms: at.duration_since(t0).as_secs_f64() * 1000.0,
+        });
+    }
+    let wall_s = last.duration_since(first).as_secs_f64();
+    Ok(Sustained {
+        per_s: n as f64 / wall_s,
+        wall_s,
+        samples,
+    })
+}
+
+/// Every measured tenant is `active` in the catalog.
+async fn verify_active(catalog: &Client, samples: &[Sample]) -> Result<()> {
+    let ids: Vec<Uuid> = samples.iter().map(|s| s.workflow).collect();
+    let active: i64 = catalog
+        .query_one(
+            "SELECT count(*) FROM tenancy_catalog.workflows w JOIN tenancy_catalog.tenants t ON t.id = w.tenant_id
+              WHERE w.id = ANY($1) AND t.state = 'active'",
+            &[&ids],
+        )
+        .await
+        .context("counting active tenants")?
+        .get(0);
+    anyhow::ensure!(
+        active == ids.len() as i64,
+        "{active} of {} tenants are active",
+        ids.len()
+    );
+    Ok(())
+}
+
+/// Schema tenants have their 20 tables (RLS forced); dedicated databases exist.
+async fn verify_storage(cluster: &Cluster, catalog: &Client) -> Result<()> {
+    let schemas: i64 = catalog
+        .query_one(
+            "SELECT count(*) FROM tenancy_catalog.tenants WHERE placement = 'schema' AND state = 'active'",
+            &[],
+        )
+        .await?
+        .get(0);
+    let tables: i64 = catalog
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname ~ '^t_[0-9a-f]{32}$' AND c.relkind = 'r' AND c.relforcerowsecurity",
+            &[],
+        )
+        .await?
+        .get(0);
+    anyhow::ensure!(
+        tables == schemas * TABLES as i64,
+        "{schemas} schema tenants but {tables} forced-RLS tables in tenant schemas"
+    );
+    let dedicated: i64 = catalog
+        .query_one(
+            "SELECT count(*) FROM tenancy_catalog.tenants WHERE placement = 'dedicated' AND state = 'active'",
+            &[],
+        )
+        .await?
+        .get(0);
+    let su = cluster.connect("postgres").await?;
+    let dbs: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname ~ '^tenant_[0-9a-f]{32}$'",
+            &[],
+        )
+        .await?
+        .get(0);
+    anyhow::ensure!(
+        dbs == dedicated,
+        "{dedicated} dedicated tenants but {dbs} tenant databases"
+    );
+    Ok(())
+}
+
+/// Step durations of a set of workflows, from the engine's step log.
+struct StepLog {
+    /// (workflow, step) → ms of the successful attempt.
+    ms: HashMap<(Uuid, String), f64>,
+    /// Attempts that were not `ok`.
+    failed_attempts: i64,
+}
+
+async fn step_log(catalog: &Client, samples: &[Sample]) -> Result<StepLog> {
+    let ids: Vec<Uuid> = samples.iter().map(|s| s.workflow).collect();
+    let rows = catalog
+        .query(
+            "SELECT workflow_id, step, ms, outcome FROM tenancy_catalog.workflow_steps
+              WHERE workflow_id = ANY($1) AND NOT compensation",
+            &[&ids],
+        )
+        .await
+        .context("reading the step log")?;
+    let mut ms = HashMap::new();
+    let mut failed_attempts = 0;
+    for r in rows {
+        let outcome: String = r.get(3);
+        if outcome == "ok" {
+            ms.insert(
+                (r.get::<_, Uuid>(0), r.get::<_, String>(1)),
+                r.get::<_, f64>(2),
+            );
+        } else {
+            failed_attempts += 1;
+        }
+    }
+    Ok(StepLog {
+        ms,
+        failed_attempts,
+    })
+}
+
+impl StepLog {
+    fn step(&self, samples: &[Sample], step: &str) -> Vec<f64> {
+        sorted(
+            samples
+                .iter()
+                .filter_map(|s| self.ms.get(&(s.workflow, step.to_owned())).copied()),
+        )
+    }
+
+    fn outside(&self, samples: &[Sample]) -> Vec<f64> {
+        sorted(samples.iter().map(|s| {
+            let in_steps: f64 = STEPS
+                .iter()
+                .filter_map(|st| self.ms.get(&(s.workflow, (*st).to_owned())))
+                .sum();
+            s.total_ms - in_steps
+        }))
+    }
+
+    fn to_json(&self, samples: &[Sample]) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for st in STEPS {
+            let v = self.step(samples, st);
+            m.insert(
+                st.into(),
+                json!({"p50": round2(percentile(&v, 0.5)), "p99": round2(percentile(&v, 0.99)), "mean": round2(mean(&v))}),
+            );
+        }
+        let o = self.outside(samples);
+        m.insert(
+            "outside_steps".into(),
+            json!({"p50": round2(percentile(&o, 0.5)), "p99": round2(percentile(&o, 0.99)), "mean": round2(mean(&o))}),
+        );
+        let signup = sorted(samples.iter().map(|s| s.signup_ms));
+        m.insert(
+            "signup_request".into(),
+            json!({"p50": round2(percentile(&signup, 0.5)), "p99": round2(percentile(&signup, 0.99)), "mean": round2(mean(&signup))}),
+        );
+        m.insert("failed_attempts".into(), json!(self.failed_attempts));
+        serde_json::Value::Object(m)
+    }
+
+    fn print(&self, label: &str, samples: &[Sample]) {
+        let mut line = format!("  {label:<10}");
+        for st in STEPS {
+            let v = self.step(samples, st);
+            line.push_str(&format!(
+                " {st} {:.1}/{:.1}",
+                percentile(&v, 0.5),
+                percentile(&v, 0.99)
+            ));
+        }
+        let o = self.outside(samples);
+        line.push_str(&format!(
+            " | outside {:.1}/{:.1}",
+            percentile(&o, 0.5),
+            percentile(&o, 0.99)
+        ));
+        if self.failed_attempts > 0 {
+            line.push_str(&format!(" | {} failed attempts", self.failed_attempts));
+        }
+        println!("{line}");
+    }
+}
