@@ -237,6 +237,8 @@ async fn measure(cluster: &Cluster, opts: Options) -> Result<()> {
             ..Default::default()
         },
     )?;
+    println!("PostgreSQL floors on this cluster (outside the engine)…");
+    let floor = floors(cluster, 15).await?;
     let workers = p.spawn_workers(opts.workers);
     let mut catalog = connect(cluster.config_as(OWNER_ROLE, CATALOG_DB)).await?;
 
@@ -329,6 +331,10 @@ async fn measure(cluster: &Cluster, opts: Options) -> Result<()> {
         steps.print(placement_name(*placement), samples);
     }
     sustained_steps.print("sustained", &sustained.samples);
+    println!(
+        "  PostgreSQL alone (medians): 20 tables + indexes in one transaction {:.1} ms; with make_tenant_table on each + grant + marker {:.1} ms; CREATE DATABASE {:.1} ms",
+        floor.ddl_ms, floor.ddl_tenant_tables_ms, floor.create_database_ms
+    );
 
     let ours_s = p50s.get("schema").copied().unwrap_or(f64::NAN) / 1000.0;
     let ratio = django_median_s / ours_s;
@@ -382,6 +388,14 @@ async fn measure(cluster: &Cluster, opts: Options) -> Result<()> {
     params.insert("django_tenants_version".into(), json!(dj.django_tenants));
     params.insert("django_seconds".into(), json!(dj.seconds));
     params.insert("tenants_per_placement".into(), json!(opts.tenants));
+    params.insert(
+        "pg_floor_ms".into(),
+        json!({
+            "ddl_20_tables": round2(floor.ddl_ms),
+            "ddl_20_tenant_tables": round2(floor.ddl_tenant_tables_ms),
+            "create_database": round2(floor.create_database_ms),
+        }),
+    );
     params.insert("workers".into(), json!(opts.workers));
     params.insert("tables".into(), json!(TABLES));
     params.insert("warmup_ms".into(), serde_json::Value::Object(warmups));
@@ -412,6 +426,68 @@ async fn measure(cluster: &Cluster, opts: Options) -> Result<()> {
     let path = report.write()?;
     println!("wrote {}", path.display());
     Ok(())
+}
+
+/// PostgreSQL's own cost of what the storage steps do, on the same cluster, outside the
+/// engine: medians in ms of `reps` runs each.
+struct Floors {
+    /// CREATE SCHEMA + the app's 20 tables and indexes, one transaction, one round trip.
+    ddl_ms: f64,
+    /// The same plus `tenancy.make_tenant_table` on every table, the USAGE grant and the
+    /// version comment: the statements `storage::migrate_schema` sends, without the engine.
+    ddl_tenant_tables_ms: f64,
+    /// `CREATE DATABASE` from the default template (PostgreSQL's default strategy).
+    create_database_ms: f64,
+}
+
+async fn floors(cluster: &Cluster, reps: usize) -> Result<Floors> {
+    let app = AppMigrations::generated(TABLES);
+    let ddl: String = app.after(0).map(|m| format!("{};\n", m.sql)).collect();
+    let owner = connect(cluster.config_as(OWNER_ROLE, CATALOG_DB)).await?;
+    let su = cluster.connect("postgres").await?;
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..reps {
+        let s = format!("floor_raw_{i}");
+        let sql = format!("BEGIN; CREATE SCHEMA {s}; SET LOCAL search_path = {s};\n{ddl} COMMIT;");
+        let t = Instant::now();
+        owner.batch_execute(&sql).await.context("floor: raw DDL")?;
+        a.push(t.elapsed().as_secs_f64() * 1000.0);
+
+        let s = format!("floor_tt_{i}");
+        let sql = format!(
+            "BEGIN; CREATE SCHEMA {s}; SET LOCAL search_path = {s};\n{ddl}
+             SELECT tenancy.make_tenant_table(c.oid::regclass) FROM pg_class c
+              WHERE c.relnamespace = '{s}'::regnamespace AND c.relkind IN ('r', 'p') ORDER BY c.oid;
+             GRANT USAGE ON SCHEMA {s} TO tenancy_app;
+             COMMENT ON SCHEMA {s} IS 'tenancy-app-version:1'; COMMIT;"
+        );
+        let t = Instant::now();
+        owner
+            .batch_execute(&sql)
+            .await
+            .context("floor: DDL with tenant tables")?;
+        b.push(t.elapsed().as_secs_f64() * 1000.0);
+
+        let t = Instant::now();
+        su.batch_execute(&format!("CREATE DATABASE floor_db_{i}"))
+            .await
+            .context("floor: CREATE DATABASE")?;
+        c.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    for i in 0..reps {
+        owner
+            .batch_execute(&format!(
+                "DROP SCHEMA floor_raw_{i} CASCADE; DROP SCHEMA floor_tt_{i} CASCADE"
+            ))
+            .await?;
+        su.batch_execute(&format!("DROP DATABASE floor_db_{i}"))
+            .await?;
+    }
+    Ok(Floors {
+        ddl_ms: percentile(&sorted(a), 0.5),
+        ddl_tenant_tables_ms: percentile(&sorted(b), 0.5),
+        create_database_ms: percentile(&sorted(c), 0.5),
+    })
 }
 
 /// Provisions `n` tenants one at a time, timing each from the request to active.
