@@ -253,7 +253,10 @@ pub async fn enqueue_workflow(
 }
 
 /// Claims the oldest runnable workflow (or the given one), locking its row until `tx`
-/// ends. Only the first unfinished workflow of each tenant is runnable, so a tenant's
+/// ends. Oldest by creation, not by `run_after`: advancing a step sets `run_after` to now,
+/// and ordering by it sent every workflow to the back of the queue after each step, so
+/// under a burst each tenant waited for the whole batch (measured: sustained p50 6.7 s for
+/// a batch of 100). Retries with backoff are still held back by `run_after <= now()`. Only the first unfinished workflow of each tenant is runnable, so a tenant's
 /// workflows run one at a time, in order. Returns `None` when nothing is due (or every
 /// due workflow is held by another worker).
 pub async fn claim_workflow(
@@ -269,7 +272,7 @@ pub async fn claim_workflow(
                    AND NOT EXISTS (SELECT 1 FROM tenancy_catalog.workflows e
                                    WHERE e.tenant_id = w.tenant_id AND e.seq < w.seq
                                      AND e.status IN ('pending', 'running', 'compensating'))
-                 ORDER BY w.run_after, w.seq LIMIT 1 FOR UPDATE SKIP LOCKED"
+                 ORDER BY w.seq LIMIT 1 FOR UPDATE SKIP LOCKED"
             ),
             &[&only],
         )
