@@ -43,7 +43,7 @@ async fn every_placement_reaches_active_and_is_routed_as_the_runtime_role() {
         tenants.push(t);
     }
     wait_all_final(&catalog, Duration::from_secs(30)).await;
-    wait_outbox_drained(&catalog, Duration::from_secs(10)).await;
+    wait_outbox_drained(&catalog, Duration::from_secs(30)).await;
 
     let router = router(&db);
     for t in &tenants {
@@ -260,7 +260,7 @@ async fn lifecycle_suspend_resume_change_plan_delete_and_purge_respect_the_legal
         .expect("lift");
     assert_eq!(p.schedule_purges(&mut catalog).await.expect("schedule"), 1);
     wait_all_final(&catalog, Duration::from_secs(20)).await;
-    wait_outbox_drained(&catalog, Duration::from_secs(10)).await;
+    wait_outbox_drained(&catalog, Duration::from_secs(30)).await;
     workers.stop().await;
     let t = tenancy_catalog::get_tenant(&catalog, ids[1])
         .await
