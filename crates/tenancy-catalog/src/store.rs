@@ -2,7 +2,8 @@
 
 use tenancy_core::{Placement, PlanKey, RegionId, Slug, TenantId, TenantState};
 use time::OffsetDateTime;
-use tokio_postgres::{Client, Row, Transaction};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, GenericClient, Row, Transaction};
 use uuid::Uuid;
 
 use crate::CatalogError;
@@ -451,44 +452,40 @@ pub async fn set_state_in(
         .await
         .map_err(CatalogError::db("recording a tenant event"))?;
     }
-    let row = tx
-        .query_one(
-            &format!("SELECT {TENANT_COLUMNS} FROM tenancy_catalog.tenants WHERE id = $1"),
-            &[&id.as_uuid()],
+    tenant_where(tx, "id = $1", &id.as_uuid())
+        .await?
+        .ok_or_else(|| CatalogError::TenantNotFound(id.to_string()))
+}
+
+/// Reads the tenant matching `filter` (SQL after `WHERE`, with `$1` bound to `param`),
+/// through a client or a transaction.
+pub(crate) async fn tenant_where<C: GenericClient>(
+    client: &C,
+    filter: &str,
+    param: &(dyn ToSql + Sync),
+) -> Result<Option<Tenant>, CatalogError> {
+    let row = client
+        .query_opt(
+            &format!("SELECT {TENANT_COLUMNS} FROM tenancy_catalog.tenants WHERE {filter}"),
+            &[param],
         )
         .await
         .map_err(CatalogError::db("reading a tenant"))?;
-    tenant_from_row(&row)
+    row.as_ref().map(tenant_from_row).transpose()
 }
 
 /// Reads a tenant by id.
 pub async fn get_tenant(client: &Client, id: TenantId) -> Result<Tenant, CatalogError> {
-    let row = client
-        .query_opt(
-            &format!("SELECT {TENANT_COLUMNS} FROM tenancy_catalog.tenants WHERE id = $1"),
-            &[&id.as_uuid()],
-        )
-        .await
-        .map_err(CatalogError::db("reading a tenant"))?;
-    match row {
-        Some(row) => tenant_from_row(&row),
-        None => Err(CatalogError::TenantNotFound(id.to_string())),
-    }
+    tenant_where(client, "id = $1", &id.as_uuid())
+        .await?
+        .ok_or_else(|| CatalogError::TenantNotFound(id.to_string()))
 }
 
 /// Reads a tenant by slug.
 pub async fn get_tenant_by_slug(client: &Client, slug: &Slug) -> Result<Tenant, CatalogError> {
-    let row = client
-        .query_opt(
-            &format!("SELECT {TENANT_COLUMNS} FROM tenancy_catalog.tenants WHERE slug = $1"),
-            &[&slug.as_str()],
-        )
-        .await
-        .map_err(CatalogError::db("reading a tenant"))?;
-    match row {
-        Some(row) => tenant_from_row(&row),
-        None => Err(CatalogError::TenantNotFound(slug.to_string())),
-    }
+    tenant_where(client, "slug = $1", &slug.as_str())
+        .await?
+        .ok_or_else(|| CatalogError::TenantNotFound(slug.to_string()))
 }
 
 /// Lists tenants ordered by slug, `limit` at a time, starting after `after` (keyset

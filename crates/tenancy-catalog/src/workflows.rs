@@ -431,17 +431,9 @@ pub async fn unfinished_workflows(client: &Client) -> Result<i64, CatalogError> 
 
 /// Reads a tenant inside a transaction, locking its row.
 pub async fn lock_tenant(tx: &Transaction<'_>, id: TenantId) -> Result<Tenant, CatalogError> {
-    let row = tx
-        .query_opt(
-            &format!("SELECT {TENANT_COLUMNS} FROM tenancy_catalog.tenants WHERE id = $1 FOR NO KEY UPDATE"),
-            &[&id.as_uuid()],
-        )
-        .await
-        .map_err(CatalogError::db("reading a tenant"))?;
-    match row {
-        Some(row) => tenant_from_row(&row),
-        None => Err(CatalogError::TenantNotFound(id.to_string())),
-    }
+    crate::store::tenant_where(tx, "id = $1 FOR NO KEY UPDATE", &id.as_uuid())
+        .await?
+        .ok_or_else(|| CatalogError::TenantNotFound(id.to_string()))
 }
 
 /// Records where a tenant's storage is (schema and/or database). Idempotent.
@@ -567,16 +559,7 @@ pub async fn tenant_by_billing_customer(
     client: &Client,
     customer: &str,
 ) -> Result<Option<Tenant>, CatalogError> {
-    let row = client
-        .query_opt(
-            &format!(
-                "SELECT {TENANT_COLUMNS} FROM tenancy_catalog.tenants WHERE billing_customer = $1"
-            ),
-            &[&customer],
-        )
-        .await
-        .map_err(CatalogError::db("finding a tenant by billing customer"))?;
-    row.as_ref().map(tenant_from_row).transpose()
+    crate::store::tenant_where(client, "billing_customer = $1", &customer).await
 }
 
 /// Finds the tenant whose provisioning was started for a billing customer but not yet

@@ -7,8 +7,8 @@
 --      the runtime role cannot read), that it is bound to this backend, that it has not
 --      expired, and that it runs in the first message of its transaction. It then stores
 --      `<tenant>.<binding>` in the transaction-local setting tenancy.ctx, where binding is
---      an HMAC with a key that never leaves this database over tenant, backend pid and
---      transaction start time.
+--      a keyed hash, with a key that never leaves this database, over tenant, backend pid
+--      and transaction start time.
 --   3. RLS policies call (SELECT tenancy.current_tenant_id()), which recomputes the
 --      binding once per statement. Anything else in tenancy.ctx (a raw tenant id, a
 --      value copied from another transaction or connection) yields NULL: no rows.
@@ -18,13 +18,16 @@ CREATE TABLE IF NOT EXISTS tenancy_private.context_keys (
     -- HMAC-SHA256 inner and outer padded keys, precomputed so verification is two sha256 calls.
     ipad       bytea NOT NULL CHECK (length(ipad) = 64),
     opad       bytea NOT NULL CHECK (length(opad) = 64),
+    -- A copy of tenancy_private.binding_key.k, so the per-transaction check in enter()
+    -- reads one row of one table (a join showed up as per-call executor cost).
+    bkey       bytea NOT NULL CHECK (length(bkey) = 64),
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- The database's binding key: 64 random bytes generated here, never sent anywhere.
 CREATE TABLE IF NOT EXISTS tenancy_private.binding_key (
     singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    ipad       bytea NOT NULL CHECK (length(ipad) = 64),
-    opad       bytea NOT NULL CHECK (length(opad) = 64)
+    k          bytea NOT NULL CHECK (length(k) = 64)
 );
 
 CREATE OR REPLACE FUNCTION tenancy_private.hmac_pads(key bytea, OUT ipad bytea, OUT opad bytea)
@@ -47,17 +50,10 @@ $fn$;
 
 DROP FUNCTION IF EXISTS tenancy_private.hmac(bytea, bytea, text);
 
-INSERT INTO tenancy_private.binding_key (ipad, opad)
-SELECT p.ipad, p.opad
-FROM tenancy_private.hmac_pads(sha256(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()))) AS p
+INSERT INTO tenancy_private.binding_key (k)
+SELECT sha256(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()))
+       || sha256(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()))
 ON CONFLICT (singleton) DO NOTHING;
-
--- Each context key row also carries a copy of the database's binding pads, so the
--- per-transaction check reads one row of one table (no join).
-ALTER TABLE tenancy_private.context_keys ADD COLUMN IF NOT EXISTS bipad bytea;
-ALTER TABLE tenancy_private.context_keys ADD COLUMN IF NOT EXISTS bopad bytea;
-UPDATE tenancy_private.context_keys c SET bipad = b.ipad, bopad = b.opad
-  FROM tenancy_private.binding_key b WHERE c.bipad IS DISTINCT FROM b.ipad OR c.bopad IS DISTINCT FROM b.opad;
 
 -- Installs (or replaces) a context key given as 64 hex digits. Owner only.
 CREATE OR REPLACE FUNCTION tenancy.install_context_key(kid text, material_hex text) RETURNS void
@@ -69,10 +65,10 @@ BEGIN
         RAISE EXCEPTION 'context key material must be 64 lowercase hex digits';
     END IF;
     SELECT * INTO p FROM tenancy_private.hmac_pads(decode(material_hex, 'hex'));
-    INSERT INTO tenancy_private.context_keys (kid, ipad, opad, bipad, bopad)
-    SELECT kid, p.ipad, p.opad, b.ipad, b.opad FROM tenancy_private.binding_key b
+    INSERT INTO tenancy_private.context_keys (kid, ipad, opad, bkey)
+    SELECT kid, p.ipad, p.opad, b.k FROM tenancy_private.binding_key b
     ON CONFLICT ON CONSTRAINT context_keys_pkey DO UPDATE
-        SET ipad = EXCLUDED.ipad, opad = EXCLUDED.opad, bipad = EXCLUDED.bipad, bopad = EXCLUDED.bopad, created_at = now();
+        SET ipad = EXCLUDED.ipad, opad = EXCLUDED.opad, bkey = EXCLUDED.bkey, created_at = now();
 END
 $fn$;
 REVOKE ALL ON FUNCTION tenancy.install_context_key(text, text) FROM PUBLIC;
@@ -119,7 +115,7 @@ BEGIN
                THEN 'tenant context token has expired'
            END AS problem,
            split_part(token, '.', 3) AS tenant_text,
-           split_part(token, '.', 3) || '.' || encode(sha256(c.bipad || convert_to(
+           split_part(token, '.', 3) || '.' || encode(sha256(c.bkey || convert_to(
                split_part(token, '.', 3) || ':' || pg_backend_pid()::text || ':'
                || date_part('epoch', transaction_timestamp())::text, 'UTF8')), 'hex') AS ctx
       INTO problem, tenant_text, ctx
@@ -147,7 +143,7 @@ BEGIN
     -- connection all fail the comparison.
     RETURN (
         SELECT CASE WHEN length(current_setting('tenancy.ctx', true)) = 101
-                     AND encode(sha256(b.ipad || convert_to(
+                     AND encode(sha256(b.k || convert_to(
                              left(current_setting('tenancy.ctx', true), 36) || ':' || pg_backend_pid()::text || ':'
                              || date_part('epoch', transaction_timestamp())::text, 'UTF8')), 'hex')
                          = right(current_setting('tenancy.ctx', true), 64)
