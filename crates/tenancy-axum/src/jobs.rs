@@ -402,7 +402,7 @@ impl Worker {
                     .map(Some)
             }
         };
-        let slot = TxSlot::new(self.tenancy.clone(), tenant.clone());
+        let slot = TxSlot::new(self.tenancy.clone(), tenant.clone(), false);
         let tx = match slot.open().await {
             Ok(tx) => tx,
             Err(e) => {

@@ -87,7 +87,8 @@ where
                     }
                 }
             }
-            let slot = TxSlot::new(tenancy, tenant.clone());
+            let read_only = tenancy.read_only_for(&parts.method);
+            let slot = TxSlot::new(tenancy, tenant.clone(), read_only);
             parts.extensions.insert(tenant.clone());
             // For layers and crates that only need the id (tenancy-config's guard).
             parts.extensions.insert(tenant.id());

@@ -127,6 +127,8 @@ struct Inner {
     catalog: Arc<Catalog>,
     /// Opens tenant transactions.
     router: Router,
+    /// GET, HEAD and OPTIONS requests get read-only transactions.
+    read_only_safe_methods: bool,
 }
 
 /// The tenancy request layer's shared state. Cheap to clone.
@@ -143,9 +145,19 @@ pub struct TenancyBuilder {
     sources: Vec<Source>,
     cache_ttl: Duration,
     listen: bool,
+    read_only_safe_methods: bool,
 }
 
 impl TenancyBuilder {
+    /// Whether requests with a safe method (GET, HEAD, OPTIONS) get a read-only
+    /// transaction (default: yes). A read-only transaction refuses writes, and its commit
+    /// is queued instead of awaited, which saves a round trip per request. Turn it off if
+    /// GET handlers must write (an access log row, a counter).
+    pub fn read_only_safe_methods(mut self, on: bool) -> Self {
+        self.read_only_safe_methods = on;
+        self
+    }
+
     /// Adds a source (order matters only for which error is reported first).
     pub fn source(mut self, s: Source) -> Self {
         self.sources.push(s);
@@ -215,6 +227,7 @@ impl TenancyBuilder {
                 resolvers,
                 catalog,
                 router: self.router,
+                read_only_safe_methods: self.read_only_safe_methods,
             }),
         })
     }
@@ -250,6 +263,7 @@ impl Tenancy {
             sources: Vec::new(),
             cache_ttl: Duration::from_secs(30),
             listen: true,
+            read_only_safe_methods: true,
         }
     }
 
@@ -266,6 +280,20 @@ impl Tenancy {
     /// Opens a transaction for `tenant` (for tasks and jobs; handlers use [`crate::Tx`]).
     pub async fn begin(&self, tenant: &Tenant) -> Result<TenantTx, HttpError> {
         Ok(self.inner.router.begin(tenant.id()).await?)
+    }
+
+    /// Opens a read-only transaction for `tenant`.
+    pub async fn begin_read_only(&self, tenant: &Tenant) -> Result<TenantTx, HttpError> {
+        Ok(self.inner.router.begin_read_only(tenant.id()).await?)
+    }
+
+    /// Whether a request with `method` gets a read-only transaction.
+    pub(crate) fn read_only_for(&self, method: &http::Method) -> bool {
+        self.inner.read_only_safe_methods
+            && matches!(
+                *method,
+                http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+            )
     }
 
     /// A [`Tenant`] for `id`, checked like a request's (exists, active), for work the

@@ -28,14 +28,17 @@ pub(crate) struct TxSlot {
     tenancy: Tenancy,
     /// For whom.
     tenant: Tenant,
+    /// Open it read-only (a safe HTTP method).
+    read_only: bool,
 }
 
 impl TxSlot {
-    pub(crate) fn new(tenancy: Tenancy, tenant: Tenant) -> Self {
+    pub(crate) fn new(tenancy: Tenancy, tenant: Tenant, read_only: bool) -> Self {
         TxSlot {
             state: Arc::default(),
             tenancy,
             tenant,
+            read_only,
         }
     }
 
@@ -52,7 +55,11 @@ impl TxSlot {
             }
             s.opened = true;
         }
-        let tx = self.tenancy.begin(&self.tenant).await?;
+        let tx = if self.read_only {
+            self.tenancy.begin_read_only(&self.tenant).await?
+        } else {
+            self.tenancy.begin(&self.tenant).await?
+        };
         Ok(Tx {
             tx: Some(tx),
             slot: Arc::clone(&self.state),

@@ -11,6 +11,7 @@ mod django;
 mod flag_eval;
 mod harness;
 mod http_get;
+mod migrate;
 mod provision;
 mod report;
 mod setup;
@@ -42,6 +43,10 @@ enum Name {
     /// django-tenants creating the same 20-table schema tenant.
     #[value(name = "provision")]
     Provision,
+    /// `tenancy migrate` over thousands of schema tenants (no-op and one ADD COLUMN)
+    /// vs django-tenants migrate_schemas --executor=multiprocessing.
+    #[value(name = "migrate")]
+    Migrate,
     /// Every benchmark above, on one cluster.
     #[value(name = "all")]
     All,
@@ -70,6 +75,18 @@ struct Cli {
     /// provision: provisioning workers (the control plane's default is 2).
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// migrate: numbers of schema tenants to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+    schemas: Vec<usize>,
+    /// migrate: schemas the django-tenants baseline migrates.
+    #[arg(long, default_value_t = 1000)]
+    django_schemas: usize,
+    /// migrate: connections per cluster.
+    #[arg(long, default_value_t = 4)]
+    migrate_concurrency: usize,
+    /// migrate: targets pipelined per connection.
+    #[arg(long, default_value_t = 16)]
+    migrate_pipeline: usize,
 }
 
 #[tokio::main]
@@ -104,6 +121,17 @@ async fn main() -> Result<()> {
         })
         .await
         .context("running provision")?;
+    }
+    if matches!(cli.name, Name::Migrate | Name::All) {
+        migrate::run(migrate::Options {
+            schemas: cli.schemas.clone(),
+            django_schemas: cli.django_schemas,
+            runs: cli.runs.min(3),
+            concurrency: cli.migrate_concurrency,
+            pipeline: cli.migrate_pipeline,
+        })
+        .await
+        .context("running migrate")?;
     }
     let needs_items = matches!(
         cli.name,

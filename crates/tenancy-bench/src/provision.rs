@@ -332,8 +332,8 @@ async fn measure(cluster: &Cluster, opts: Options) -> Result<()> {
     }
     sustained_steps.print("sustained", &sustained.samples);
     println!(
-        "  PostgreSQL alone (medians): 20 tables + indexes in one transaction {:.1} ms; with make_tenant_table on each + grant + marker {:.1} ms; CREATE DATABASE {:.1} ms",
-        floor.ddl_ms, floor.ddl_tenant_tables_ms, floor.create_database_ms
+        "  PostgreSQL alone (medians): 20 tables + indexes in one transaction {:.1} ms; with make_tenant_table on each + grant + marker {:.1} ms; the same from generated DDL (the engine's path) {:.1} ms; CREATE DATABASE {:.1} ms",
+        floor.ddl_ms, floor.ddl_tenant_tables_ms, floor.ddl_generated_ms, floor.create_database_ms
     );
 
     let ours_s = p50s.get("schema").copied().unwrap_or(f64::NAN) / 1000.0;
@@ -393,6 +393,7 @@ async fn measure(cluster: &Cluster, opts: Options) -> Result<()> {
         json!({
             "ddl_20_tables": round2(floor.ddl_ms),
             "ddl_20_tenant_tables": round2(floor.ddl_tenant_tables_ms),
+            "ddl_20_tenant_tables_generated": round2(floor.ddl_generated_ms),
             "create_database": round2(floor.create_database_ms),
         }),
     );
@@ -407,7 +408,7 @@ async fn measure(cluster: &Cluster, opts: Options) -> Result<()> {
     params.insert(
         "setup".into(),
         json!(format!(
-            "one private PostgreSQL {} cluster, ephemeral (fsync off) for both sides; ours over the Unix socket, Django over 127.0.0.1 TCP with scram; no webhook receivers configured; no warm pool",
+            "one private PostgreSQL {} cluster, ephemeral (fsync off) for both sides; ours over the Unix socket, Django over 127.0.0.1 TCP with scram; no webhook receivers configured; no warm pool; schema tenants from generated DDL in one round trip; dedicated tenants cloned from a per-app-version template database (built by the first dedicated warm-up tenant)",
             cluster.major_version()
         )),
     );
@@ -434,8 +435,12 @@ struct Floors {
     /// CREATE SCHEMA + the app's 20 tables and indexes, one transaction, one round trip.
     ddl_ms: f64,
     /// The same plus `tenancy.make_tenant_table` on every table, the USAGE grant and the
-    /// version comment: the statements `storage::migrate_schema` sends, without the engine.
+    /// version comment: what `storage::migrate_schema`'s general path sends, without the
+    /// engine.
     ddl_tenant_tables_ms: f64,
+    /// `storage::create_schema_fast`, what the engine runs for a new schema tenant: the
+    /// same objects from generated DDL in one round trip, without the engine.
+    ddl_generated_ms: f64,
     /// `CREATE DATABASE` from the default template (PostgreSQL's default strategy).
     create_database_ms: f64,
 }
@@ -445,7 +450,8 @@ async fn floors(cluster: &Cluster, reps: usize) -> Result<Floors> {
     let ddl: String = app.after(0).map(|m| format!("{};\n", m.sql)).collect();
     let owner = connect(cluster.config_as(OWNER_ROLE, CATALOG_DB)).await?;
     let su = cluster.connect("postgres").await?;
-    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    let mut owner_mut = connect(cluster.config_as(OWNER_ROLE, CATALOG_DB)).await?;
+    let (mut a, mut b, mut c, mut d) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..reps {
         let s = format!("floor_raw_{i}");
         let sql = format!("BEGIN; CREATE SCHEMA {s}; SET LOCAL search_path = {s};\n{ddl} COMMIT;");
@@ -468,6 +474,13 @@ async fn floors(cluster: &Cluster, reps: usize) -> Result<Floors> {
             .context("floor: DDL with tenant tables")?;
         b.push(t.elapsed().as_secs_f64() * 1000.0);
 
+        let s = format!("floor_gen_{i}");
+        let t = Instant::now();
+        tenancy_provision::storage::create_schema_fast(&mut owner_mut, &s, &app)
+            .await
+            .context("floor: generated tenant-table DDL")?;
+        d.push(t.elapsed().as_secs_f64() * 1000.0);
+
         let t = Instant::now();
         su.batch_execute(&format!("CREATE DATABASE floor_db_{i}"))
             .await
@@ -477,7 +490,7 @@ async fn floors(cluster: &Cluster, reps: usize) -> Result<Floors> {
     for i in 0..reps {
         owner
             .batch_execute(&format!(
-                "DROP SCHEMA floor_raw_{i} CASCADE; DROP SCHEMA floor_tt_{i} CASCADE"
+                "DROP SCHEMA floor_raw_{i} CASCADE; DROP SCHEMA floor_tt_{i} CASCADE; DROP SCHEMA floor_gen_{i} CASCADE"
             ))
             .await?;
         su.batch_execute(&format!("DROP DATABASE floor_db_{i}"))
@@ -486,6 +499,7 @@ async fn floors(cluster: &Cluster, reps: usize) -> Result<Floors> {
     Ok(Floors {
         ddl_ms: percentile(&sorted(a), 0.5),
         ddl_tenant_tables_ms: percentile(&sorted(b), 0.5),
+        ddl_generated_ms: percentile(&sorted(d), 0.5),
         create_database_ms: percentile(&sorted(c), 0.5),
     })
 }

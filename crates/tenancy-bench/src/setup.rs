@@ -48,6 +48,18 @@ pub struct Env {
 }
 
 impl Env {
+    /// Which signed-context implementation the bench database has.
+    pub async fn context_impl(&self) -> Result<tenancy_sdk::bootstrap::ContextImpl> {
+        let su = self
+            .cluster
+            .connect(DB)
+            .await
+            .context("connecting as the superuser")?;
+        tenancy_sdk::bootstrap::context_impl(&su)
+            .await?
+            .context("the tenancy runtime is not installed in the bench database")
+    }
+
     /// Starts the cluster, bootstraps tenancy and seeds the tables.
     pub async fn start() -> Result<Env> {
         let cluster = Cluster::start(ClusterOptions {

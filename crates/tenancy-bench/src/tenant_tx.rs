@@ -24,16 +24,29 @@ const NAIVE_SET_SQL: &str = "SELECT set_config('app.tenant_id', $1, true)";
 const NAIVE_SQL: &str = "SELECT payload FROM items_tenaxum WHERE id = $1";
 
 const OURS: &str = "ours";
+const OURS_RW: &str = "ours_rw";
 const BARE: &str = "bare";
 const NAIVE: &str = "naive";
 
-/// One tenancy read: begin (context pipelined with the query), read, commit.
+/// One tenancy read: a read-only transaction (begin, context and query in one round
+/// trip; the COMMIT of a read-only transaction is queued, not awaited).
 pub async fn ours_op(pool: &TenantPool, tenant: uuid::Uuid, id: i64) -> Result<()> {
+    ours_read(pool, tenant, id, true).await
+}
+
+/// The same read in a read-write transaction: its COMMIT is awaited (two round trips).
+pub async fn ours_rw_op(pool: &TenantPool, tenant: uuid::Uuid, id: i64) -> Result<()> {
+    ours_read(pool, tenant, id, false).await
+}
+
+async fn ours_read(pool: &TenantPool, tenant: uuid::Uuid, id: i64, read_only: bool) -> Result<()> {
     let tid = TenantId::from_uuid(tenant).context("wrapping the tenant id")?;
-    let mut tx = pool
-        .begin(tid)
-        .await
-        .context("beginning a tenant transaction")?;
+    let mut tx = if read_only {
+        pool.begin_read_only(tid).await
+    } else {
+        pool.begin(tid).await
+    }
+    .context("beginning a tenant transaction")?;
     let row = tx
         .query_one(OURS_SQL, &[&id])
         .await
@@ -112,13 +125,14 @@ struct Bench<'a> {
     env: &'a Env,
     tenants: Arc<Vec<uuid::Uuid>>,
     ours: Vec<Arc<TenantPool>>,
+    ours_rw: Vec<Arc<TenantPool>>,
     bare: Vec<bare::Pool>,
     naive: Vec<bare::Pool>,
 }
 
 impl Variants for Bench<'_> {
     fn names(&self) -> &[&'static str] {
-        &[OURS, BARE, NAIVE]
+        &[OURS, BARE, NAIVE, OURS_RW]
     }
 
     async fn run(&self, v: usize, ci: usize, duration: Duration) -> Result<Sample> {
@@ -138,6 +152,14 @@ impl Variants for Bench<'_> {
                 harness::measure(&self.tenants, c, duration, pm, move |t, id| {
                     let pool = pool.clone();
                     async move { bare_op(&pool, t, id).await }
+                })
+                .await
+            }
+            3 => {
+                let pool = Arc::clone(&self.ours_rw[ci]);
+                harness::measure(&self.tenants, c, duration, pm, move |t, id| {
+                    let pool = Arc::clone(&pool);
+                    async move { ours_rw_op(&pool, t, id).await }
                 })
                 .await
             }
@@ -173,11 +195,13 @@ pub async fn run(env: &Env, settings: Settings) -> Result<()> {
         env,
         tenants: Arc::new(env.tenants.clone()),
         ours: Vec::new(),
+        ours_rw: Vec::new(),
         bare: Vec::new(),
         naive: Vec::new(),
     };
     for c in CONCURRENCY {
         bench.ours.push(Arc::new(ours_pool(env, c)?));
+        bench.ours_rw.push(Arc::new(ours_pool(env, c)?));
         bench.bare.push(bare::build(env.app_config(), c)?);
         bench.naive.push(bare::build(env.app_config(), c)?);
     }
@@ -194,6 +218,8 @@ pub async fn run(env: &Env, settings: Settings) -> Result<()> {
         m.median_ops(BARE, 1),
         m.median_ops(NAIVE, 1),
     );
+    let (rw8, rw32) = (m.median_ops(OURS_RW, 0), m.median_ops(OURS_RW, 1));
+    let imp = env.context_impl().await?;
     let report = Report {
         name: "tenant_tx".into(),
         unit: "tx/s (higher is better; ratio = ours/baseline)".into(),
@@ -208,6 +234,9 @@ pub async fn run(env: &Env, settings: Settings) -> Result<()> {
             "headline": "top-level ours/baseline/ratio are the medians at concurrency 8; see ratio_c8 and ratio_c32",
             "ratio_c8": harness::ratio(o8, b8),
             "ratio_c32": harness::ratio(o32, b32),
+            "ours_rw_ratio_c8": harness::ratio(rw8, b8),
+            "ours_rw_ratio_c32": harness::ratio(rw32, b32),
+            "context_impl": format!("{imp:?}"),
             "naive_ratio_c8": harness::ratio(n8, b8),
             "naive_ratio_c32": harness::ratio(n32, b32),
             "ours_vs_naive_c8": harness::ratio(o8, n8),
@@ -222,7 +251,8 @@ pub async fn run(env: &Env, settings: Settings) -> Result<()> {
             "tenants": TENANTS,
             "rows_per_tenant": ROWS_PER_TENANT,
             "queries": {
-                "ours": format!("TenantPool::begin + TenantTx::query_one({OURS_SQL:?}) + commit; RLS via tenancy.make_tenant_table"),
+                "ours": format!("TenantPool::begin_read_only + TenantTx::query_one({OURS_SQL:?}) + commit (queued); RLS via tenancy.make_tenant_table"),
+                "ours_rw": format!("TenantPool::begin + TenantTx::query_one({OURS_SQL:?}) + commit (awaited)"),
                 "bare": BARE_SQL,
                 "naive": format!("BEGIN / {NAIVE_SET_SQL} / {NAIVE_SQL} / COMMIT, four round trips on the bare pool"),
             },
@@ -234,7 +264,7 @@ pub async fn run(env: &Env, settings: Settings) -> Result<()> {
     let path = report.write()?;
     println!(
         "tenant_tx: ours {:.0} tx/s vs bare {:.0} ops/s at c=8 → ratio {:.3}; c=32: {:.0} vs {:.0} → {:.3}; \
-         naive/bare c8 {:.3}, c32 {:.3}",
+         naive/bare c8 {:.3}, c32 {:.3}; read-write ours/bare c8 {:.3}, c32 {:.3} ({:?} context)",
         o8,
         b8,
         o8 / b8,
@@ -242,7 +272,10 @@ pub async fn run(env: &Env, settings: Settings) -> Result<()> {
         b32,
         o32 / b32,
         n8 / b8,
-        n32 / b32
+        n32 / b32,
+        rw8 / b8,
+        rw32 / b32,
+        imp
     );
     println!("wrote {}", path.display());
     Ok(())

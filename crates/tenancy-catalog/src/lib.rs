@@ -12,14 +12,19 @@
 //!   lifecycle) and tenant API keys ([`create_api_key`], [`authenticate_api_key`], …),
 //!   with change notifications on the [`CHANGES_CHANNEL`] channel for caches.
 //!
+//! - The app-migration ledger ([`targets_below`], [`write_ledger`], …): which app
+//!   migrations were applied and the version of every target, for `tenancy migrate`.
+//!
 //! What it does not do: it never touches tenant data, and it does not create schemas or
 //! databases for tenants (provisioning does that, using this store for its state).
 
+mod app_migrations;
 mod domains;
 mod migrate;
 mod store;
 mod workflows;
 
+pub use app_migrations::*;
 pub use domains::*;
 pub use migrate::{migrate, migrate_for_tests, Migration, MIGRATIONS};
 pub use store::*;

@@ -422,14 +422,37 @@ async fn probe_table(
             }
         }
     }
-    // 5. Switch to B (GUC: set_config; signed: a forged context that must yield no tenant).
+    // 5. Switch to B (GUC: set_config; signed: a forged context that must not yield B).
     switch_to(client, mode, &b).await?;
-    let who = if signed {
+    // Signed: the PL/pgSQL context turns a forged setting into no tenant; the native one
+    // keeps no setting, so the transaction stays tenant A's. Either is correct; B is not.
+    let effective: Option<String> = if signed {
+        client
+            .query_one("SELECT tenancy.current_tenant_id()::text", &[])
+            .await
+            .map_err(sql_err("reading the context after a forged setting"))?
+            .get(0)
+    } else {
+        None
+    };
+    if signed && effective.as_deref() == Some(b.as_str()) {
+        out.push(Finding::new(
+            "probe-forged-context",
+            Severity::Error,
+            &obj,
+            format!("Inside tenant A's transaction, set_config('tenancy.ctx', …) with tenant B's id made tenancy.current_tenant_id() return B: injected SQL can switch tenants while {obj} is read."),
+            "-- reinstall tenancy's runtime (tenancy.enter / tenancy.current_tenant_id) from tenancy-sdk/sql".to_owned(),
+        ));
+    }
+    let still_a = signed && effective.as_deref() == Some(a.as_str());
+    let who = if still_a {
+        "a forged context setting (ignored: the transaction stayed tenant A's)"
+    } else if signed {
         "a forged context (tenant B's id with tenant A's binding)"
     } else {
         "tenant B"
     };
-    if have_a {
+    if have_a && !still_a {
         let n = count(
             client,
             &format!("SELECT count(*) FROM {q} WHERE {c} = {}", lit(&a)),
@@ -445,8 +468,8 @@ async fn probe_table(
             ));
         }
     }
-    cross_checks(client, tb, &b, who, out).await?;
-    if signed {
+    cross_checks(client, tb, if still_a { &a } else { &b }, who, out).await?;
+    if signed && !still_a {
         if let Ok(plan) = &plan {
             if tb.ins
                 && attempt(client, &insert_sql(tb, plan, &a, true), false)

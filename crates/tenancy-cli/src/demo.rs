@@ -86,6 +86,16 @@ async fn demo(cluster: &Cluster, args: &DemoArgs) -> Result<()> {
     println!(
         "  catalog migrated; tenant table `invoices`: RLS enabled + forced, signed-context policy"
     );
+    println!(
+        "  signed tenant context: {}",
+        match bootstrap::context_impl(&owner).await? {
+            Some(bootstrap::ContextImpl::Native) =>
+                "native (C library tenancy_context, loaded by the private cluster)",
+            Some(bootstrap::ContextImpl::PlPgSql) =>
+                "PL/pgSQL (no native library was built for this server; see README)",
+            None => "missing",
+        }
+    );
 
     let region = "eu-west".parse()?;
     tenancy_catalog::add_region(&owner, &region, "Europe (West)").await?;
@@ -201,10 +211,13 @@ async fn demo(cluster: &Cluster, args: &DemoArgs) -> Result<()> {
     )
     .await?;
     let after_forge: i64 = tx
-        .query_one("SELECT count(*) FROM invoices", &[])
+        .query_one(
+            "SELECT count(*) FROM invoices WHERE tenant_id = $1",
+            &[&globex.id.as_uuid()],
+        )
         .await?
         .get(0);
-    println!("    set_config('tenancy.ctx', '<globex id>', true)   → then sees {after_forge} rows (forged context is worthless)");
+    println!("    set_config('tenancy.ctx', '<globex id>', true)   → then sees {after_forge} of globex's rows (a setting is not a context)");
     tx.rollback().await?;
     let mut tx = router.begin(acme.id).await?;
     let moved = tx

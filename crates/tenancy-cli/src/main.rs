@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod migrate;
 mod serve;
 mod tenants;
 
@@ -32,6 +33,10 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Create, list, show, suspend, resume and delete tenants.
     Tenants(tenants::TenantsArgs),
+    /// Apply the app's migrations to every pooled cluster, schema tenant and dedicated
+    /// database (--dry-run, --check-drift). Exit 0: all current; 1: failures or drift;
+    /// 2: could not run.
+    Migrate(migrate::MigrateArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -85,6 +90,7 @@ fn main() -> std::process::ExitCode {
                     1
                 }
             },
+            Command::Migrate(args) => migrate::run(args).await,
             Command::Check(c) => {
                 let mut out = std::io::stdout();
                 tenancy_check::run(&c.args, &mut out).await as u8

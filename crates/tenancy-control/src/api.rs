@@ -540,6 +540,75 @@ pub async fn tenant_workflows(
     ))
 }
 
+/// A tenant's place in the app-migration ledger (`tenancy migrate`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MigrationStatusView {
+    pub tenant_id: Uuid,
+    /// `pooled`, `schema` or `dedicated`. A pooled tenant's tables are shared: the
+    /// status is its cluster's pooled tables.
+    pub placement: String,
+    /// The app version the tenant's storage is known to be at (0: never migrated).
+    pub version: i32,
+    /// SHA-256 of that migration's SQL.
+    pub checksum: Option<String>,
+    pub applied_at: Option<String>,
+    /// Duration of the last migration transaction, in milliseconds.
+    pub duration_ms: Option<f64>,
+    /// The last failure since the last success.
+    pub error: Option<String>,
+    /// The version whose migration failed.
+    pub error_version: Option<i32>,
+    pub failed_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/tenants/{id}/migrations", tag = "tenants", security(("admin" = [])), params(("id" = Uuid, Path)),
+    responses((status = 200, body = MigrationStatusView, description = "The tenant's migration status (version 0 and no timestamps when the ledger has no row yet)"),
+              (status = 401, body = Problem, content_type = "application/problem+json"),
+              (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn tenant_migrations(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<MigrationStatusView>, ApiError> {
+    let id = parse_tenant_id(&id)?;
+    let conn = state.catalog().await?;
+    let tenant = tenancy_catalog::get_tenant(&conn, id).await?;
+    // Pooled tenants share their cluster's tables: that target's row is theirs.
+    let target = match tenant.placement {
+        Placement::Pooled => {
+            tenancy_catalog::pooled_migration_status(&*conn, tenant.cluster_id).await?
+        }
+        _ => tenancy_catalog::tenant_migration_status(&*conn, id).await?,
+    };
+    Ok(Json(match target {
+        Some(s) => MigrationStatusView {
+            tenant_id: id.as_uuid(),
+            placement: tenant.placement.to_string(),
+            version: s.version,
+            checksum: s.checksum,
+            applied_at: s.applied_at.map(ts),
+            duration_ms: s.duration_ms,
+            error: s.error,
+            error_version: s.error_version,
+            failed_at: s.failed_at.map(ts),
+            updated_at: Some(ts(s.updated_at)),
+        },
+        None => MigrationStatusView {
+            tenant_id: id.as_uuid(),
+            placement: tenant.placement.to_string(),
+            version: 0,
+            checksum: None,
+            applied_at: None,
+            duration_ms: None,
+            error: None,
+            error_version: None,
+            failed_at: None,
+            updated_at: None,
+        },
+    }))
+}
+
 #[utoipa::path(get, path = "/v1/workflows/{id}", tag = "tenants", security(("admin" = [])), params(("id" = Uuid, Path)),
     responses((status = 200, body = WorkflowView), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn get_workflow(
@@ -864,8 +933,8 @@ pub async fn stripe_webhook(
 #[derive(OpenApi, Debug)]
 #[openapi(
     info(title = "tenancy control plane", description = "Regions, clusters, tenants and their lifecycle workflows. Errors are RFC 9457 problem documents; every state-changing POST takes an Idempotency-Key."),
-    paths(healthz, openapi_json, list_regions, add_region, list_clusters, add_cluster, list_tenants, create_tenant, get_tenant, tenant_workflows, get_workflow, suspend, resume, delete, change_plan, legal_hold, deliveries, availability, signup, stripe_webhook),
-    components(schemas(TenantView, WorkflowView, Accepted, TenantPage, CreateTenant, Signup, Reason, ChangePlan, LegalHold, RegionView, ClusterView, Availability, DeliveryView, BillingOutcome, Problem, FieldError)),
+    paths(healthz, openapi_json, list_regions, add_region, list_clusters, add_cluster, list_tenants, create_tenant, get_tenant, tenant_workflows, tenant_migrations, get_workflow, suspend, resume, delete, change_plan, legal_hold, deliveries, availability, signup, stripe_webhook),
+    components(schemas(TenantView, WorkflowView, MigrationStatusView, Accepted, TenantPage, CreateTenant, Signup, Reason, ChangePlan, LegalHold, RegionView, ClusterView, Availability, DeliveryView, BillingOutcome, Problem, FieldError)),
     modifiers(&SecurityAddon),
     tags((name = "tenants"), (name = "registry"), (name = "signup"), (name = "billing"), (name = "webhooks"), (name = "meta"))
 )]

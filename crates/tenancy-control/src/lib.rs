@@ -298,6 +298,7 @@ pub fn router_with(state: AppState, extra: axum::Router) -> axum::Router {
         )
         .route("/v1/tenants/{id}", get(api::get_tenant))
         .route("/v1/tenants/{id}/workflows", get(api::tenant_workflows))
+        .route("/v1/tenants/{id}/migrations", get(api::tenant_migrations))
         .route("/v1/tenants/{id}/suspend", post(api::suspend))
         .route("/v1/tenants/{id}/resume", post(api::resume))
         .route("/v1/tenants/{id}/delete", post(api::delete))

@@ -258,6 +258,23 @@ impl Cluster {
             }
         }
         settings.extend(opts.settings.iter().cloned());
+        // tenancy's native tenant-context library, when one was built for this server.
+        if let Some(lib) = crate::native_context_library(bins.major()) {
+            let dir = data_dir.join("tenancy_lib");
+            std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+            let file = dir.join(format!("{}.so", crate::NATIVE_LIBRARY_NAME));
+            std::fs::write(&file, lib).map_err(io_err(format!("writing {}", file.display())))?;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))
+                .map_err(io_err(format!("chmod {}", file.display())))?;
+            chown(&dir)?;
+            chown(&file)?;
+            if !settings.iter().any(|(k, _)| k == "dynamic_library_path") {
+                settings.push((
+                    "dynamic_library_path".into(),
+                    format!("$libdir:{}", dir.display()),
+                ));
+            }
+        }
 
         let log = data_dir.join("tenancy-postgres.log");
         let mut cmd = command_as(user, Path::new("/bin/sh"));

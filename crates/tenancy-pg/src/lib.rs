@@ -13,14 +13,20 @@
 //! - [`testing`] gives tests one cluster per test process, a migrated template database
 //!   built once, and a fresh database per test cloned from it.
 //!
-//! This crate knows nothing about tenants; it only provides PostgreSQL.
+//! - [`native_context_library`]: tenancy's native tenant-context library, built for the
+//!   installed server headers; every cluster started here can load it.
+//!
+//! This crate knows nothing about tenants; it only provides PostgreSQL (and the one
+//! library tenancy loads into it).
 
 mod binaries;
 mod cluster;
+mod native;
 pub mod testing;
 
 pub use binaries::PgBinaries;
 pub use cluster::{connect, Cluster, ClusterOptions};
+pub use native::{native_context_library, native_context_majors, NATIVE_LIBRARY_NAME};
 
 /// Why a cluster could not be found, created or started.
 #[derive(Debug, thiserror::Error)]

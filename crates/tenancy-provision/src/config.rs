@@ -19,6 +19,15 @@ pub struct AppMigration {
     pub sql: String,
 }
 
+impl AppMigration {
+    /// SHA-256 (hex) of the SQL text: what the migration ledger records, so a file
+    /// changed after it was applied is refused.
+    pub fn checksum(&self) -> String {
+        use sha2::Digest;
+        format!("{:x}", sha2::Sha256::digest(self.sql.as_bytes()))
+    }
+}
+
 /// The application's migrations, in version order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppMigrations {
@@ -82,6 +91,23 @@ impl AppMigrations {
     /// The latest version (0 when there are none).
     pub fn latest(&self) -> i32 {
         self.migrations.last().map_or(0, |m| m.version)
+    }
+
+    /// Every migration, in version order.
+    pub fn all(&self) -> &[AppMigration] {
+        &self.migrations
+    }
+
+    /// The migrations as the catalog's migration ledger records them.
+    pub fn recorded(&self) -> Vec<tenancy_catalog::RecordedAppMigration> {
+        self.migrations
+            .iter()
+            .map(|m| tenancy_catalog::RecordedAppMigration {
+                version: m.version,
+                name: m.name.clone(),
+                checksum: m.checksum(),
+            })
+            .collect()
     }
 
     /// Migrations newer than `version`.

@@ -54,11 +54,7 @@ impl ClusterAccess {
 }
 
 /// Connection settings for `login` on database `dbname` of `cluster`.
-pub(crate) fn config_for(
-    cluster: &ClusterRecord,
-    login: &Login,
-    dbname: &str,
-) -> tokio_postgres::Config {
+pub fn config_for(cluster: &ClusterRecord, login: &Login, dbname: &str) -> tokio_postgres::Config {
     let mut cfg = tokio_postgres::Config::new();
     if cluster.host.starts_with('/') {
         cfg.host_path(&cluster.host);

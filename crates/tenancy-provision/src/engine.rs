@@ -170,6 +170,9 @@ struct Inner {
     clusters: RwLock<HashMap<Uuid, ClusterRecord>>,
     /// Clusters whose shared database is known to be at the app's latest version.
     shared_ready: Mutex<HashSet<Uuid>>,
+    /// Per cluster: the template database dedicated tenants are cloned from (known to
+    /// exist and be complete) and the `STRATEGY` clause its server takes.
+    templates: Mutex<HashMap<Uuid, (String, Option<&'static str>)>>,
     /// Runtime-role pools per cluster, to purge pooled tenants through their context.
     runtime_pools: Mutex<HashMap<Uuid, TenantPool>>,
     /// Fault injection (tests).
@@ -251,6 +254,7 @@ impl Provisioner {
                 pools: Pools::default(),
                 clusters: RwLock::new(HashMap::new()),
                 shared_ready: Mutex::new(HashSet::new()),
+                templates: Mutex::new(HashMap::new()),
                 runtime_pools: Mutex::new(HashMap::new()),
                 faults: Faults::default(),
                 wake: Notify::new(),
@@ -589,7 +593,12 @@ impl Provisioner {
                 };
                 catalog::set_storage(tx, id, schema.as_deref(), db.as_deref()).await?;
             }
-            (_, false, "storage") => self.create_storage(&tenant).await?,
+            (_, false, "storage") => {
+                self.create_storage(&tenant).await?;
+                // `tenancy migrate`'s ledger: a new tenant starts at the latest version.
+                let applied = self.inner.cfg.app_migrations.recorded();
+                catalog::record_provisioned(tx, &tenant, &applied).await?;
+            }
             (_, false, "seed_config") => {
                 let settings = self
                     .inner
@@ -771,25 +780,110 @@ impl Provisioner {
                 Ok(())
             }
             Placement::Dedicated => {
+                // A copy of the cluster's template (bootstrapped, migrated, no secrets),
+                // then what a copy does not carry: database privileges and its own keys.
                 let db = database_name_for(tenant.id);
+                let (template, strategy) = self.ensure_template(&cluster).await?;
                 {
                     let admin = self
                         .inner
                         .pools
                         .get(&cluster, &self.inner.access.admin, "postgres")
                         .await?;
-                    storage::create_database(&admin, &db).await?;
+                    if let Err(e) =
+                        storage::create_database_from(&admin, &db, &template, strategy).await
+                    {
+                        if storage::is_missing_database(&e) {
+                            // Dropped behind our back: rebuilt on the retry.
+                            if let Ok(mut m) = self.inner.templates.lock() {
+                                m.remove(&cluster.id);
+                            }
+                        }
+                        return Err(e);
+                    }
+                    storage::grant_database(&admin, &db).await?;
                 }
-                let admin = connect(&config_for(&cluster, &self.inner.access.admin, &db)).await?;
-                tenancy_sdk::bootstrap::bootstrap_database(&admin, &db).await?;
-                drop(admin);
                 let mut owner =
                     connect(&config_for(&cluster, &self.inner.access.owner, &db)).await?;
-                tenancy_sdk::bootstrap::install_runtime(&owner, &self.inner.key).await?;
-                storage::migrate_schema(&mut owner, "public", false, app).await?;
+                let version = storage::finalize_clone(&owner, &self.inner.key).await?;
+                if version.unwrap_or(0) < app.latest() {
+                    // Not a clone of the current template (a database left by an earlier
+                    // attempt or version): bring it up the long way, idempotently.
+                    drop(owner);
+                    let admin =
+                        connect(&config_for(&cluster, &self.inner.access.admin, &db)).await?;
+                    tenancy_sdk::bootstrap::bootstrap_database(&admin, &db).await?;
+                    drop(admin);
+                    owner = connect(&config_for(&cluster, &self.inner.access.owner, &db)).await?;
+                    tenancy_sdk::bootstrap::install_runtime(&owner, &self.inner.key).await?;
+                    storage::migrate_schema(&mut owner, "public", false, app).await?;
+                }
                 Ok(())
             }
         }
+    }
+
+    /// The cluster's template database for dedicated tenants, built when missing (once
+    /// per app version and runtime, by one process at a time: a session advisory lock on
+    /// a connection of its own, released with it even if this process dies). The build
+    /// happens under another name and is renamed when complete, so a crash mid-build
+    /// leaves nothing that looks like a template.
+    async fn ensure_template(
+        &self,
+        cluster: &ClusterRecord,
+    ) -> Result<(String, Option<&'static str>), Error> {
+        if let Some(t) = self
+            .inner
+            .templates
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&cluster.id).cloned())
+        {
+            return Ok(t);
+        }
+        let app = &self.inner.cfg.app_migrations;
+        let template = storage::template_name_for(app);
+        let access = &self.inner.access;
+        let admin = self
+            .inner
+            .pools
+            .get(cluster, &access.admin, "postgres")
+            .await?;
+        let version: i32 = admin
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .map_err(Error::db("reading the server version"))?
+            .get(0);
+        let strategy = storage::clone_strategy(version);
+        if !storage::database_exists(&admin, &template).await? {
+            let lock = connect(&config_for(cluster, &access.admin, "postgres")).await?;
+            lock.execute("SELECT pg_advisory_lock(hashtext($1))", &[&template])
+                .await
+                .map_err(Error::db("locking the template build"))?;
+            if !storage::database_exists(&admin, &template).await? {
+                let build = storage::template_build_name(&template);
+                storage::drop_database(&admin, &build).await?;
+                storage::create_database(&admin, &build).await?;
+                {
+                    let su = connect(&config_for(cluster, &access.admin, &build)).await?;
+                    tenancy_sdk::bootstrap::bootstrap_database(&su, &build).await?;
+                }
+                {
+                    let mut owner = connect(&config_for(cluster, &access.owner, &build)).await?;
+                    tenancy_sdk::bootstrap::install_runtime(&owner, &self.inner.key).await?;
+                    storage::migrate_schema(&mut owner, "public", false, app).await?;
+                    storage::strip_template_secrets(&owner).await?;
+                }
+                storage::seal_template(&admin, &build, &template).await?;
+                tracing::info!(cluster = %cluster.name, template, "built the template database for dedicated tenants");
+            }
+            drop(lock);
+        }
+        let out = (template, strategy);
+        if let Ok(mut m) = self.inner.templates.lock() {
+            m.insert(cluster.id, out.clone());
+        }
+        Ok(out)
     }
 
     /// Brings the cluster's shared database to the app's latest version (once per process).

@@ -29,7 +29,8 @@ pub mod webhook;
 
 pub use config::{AppMigration, AppMigrations, ProvisionConfig, Receiver};
 pub use conn::{
-    pg_pool, ClusterAccess, Login, Manager as PgManager, Object as PgConn, Pool as PgPool,
+    config_for, pg_pool, ClusterAccess, Login, Manager as PgManager, Object as PgConn,
+    Pool as PgPool,
 };
 pub use engine::{Fault, FaultPhase, Faults, Finished, ProvisionRequest, Provisioner, Workers};
 

@@ -86,6 +86,18 @@ REVOKE ALL ON FUNCTION tenancy.install_context_key(text, text) FROM PUBLIC;
 --
 -- force_generic_plan: with the token as a parameter the planner would otherwise fold the
 -- whole check into constants and, finding that cheaper, re-plan the query on every call.
+-- The PL/pgSQL implementation, installed unless the database already has the native one
+-- (native.sql, created by the superuser bootstrap from the tenancy_context C library).
+-- Setting tenancy.runtime_impl = 'plpgsql' in the installing session forces this one.
+DO $impl$
+BEGIN
+    IF coalesce(current_setting('tenancy.runtime_impl', true), '') <> 'plpgsql'
+       AND (SELECT count(*) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+             WHERE p.oid IN (to_regprocedure('tenancy.enter(text)'), to_regprocedure('tenancy.current_tenant_id()'))
+               AND l.lanname = 'c') = 2 THEN
+        RETURN;
+    END IF;
+    EXECUTE $def$
 CREATE OR REPLACE FUNCTION tenancy.enter(token text) RETURNS uuid
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $fn$
@@ -133,8 +145,9 @@ BEGIN
     PERFORM set_config('tenancy.ctx', ctx, true);
     RETURN tenant_text::uuid;
 END
-$fn$;
-
+$fn$
+$def$;
+    EXECUTE $def$
 CREATE OR REPLACE FUNCTION tenancy.current_tenant_id() RETURNS uuid
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
@@ -152,7 +165,10 @@ BEGIN
           FROM tenancy_private.binding_key b
     );
 END
-$fn$;
+$fn$
+$def$;
+END
+$impl$;
 
 COMMENT ON FUNCTION tenancy.enter(text) IS 'tenancy:context-enter';
 COMMENT ON FUNCTION tenancy.current_tenant_id() IS 'tenancy:context-read';

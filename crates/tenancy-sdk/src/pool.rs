@@ -21,6 +21,10 @@ pub(crate) struct Conn {
     pub(crate) pid: i32,
     /// Prepared statements by SQL text, so repeated queries skip Parse/Describe.
     stmts: HashMap<String, Statement>,
+    /// Issue time of the last token signed for this connection. Tokens are single-use per
+    /// backend (the native context refuses one not issued after the last it accepted), so
+    /// each new token is issued strictly later, even if the wall clock steps back.
+    last_issued: i64,
 }
 
 impl Conn {
@@ -64,6 +68,7 @@ impl managed::Manager for Manager {
             client,
             pid,
             stmts: HashMap::new(),
+            last_issued: i64::MIN,
         })
     }
 
@@ -146,7 +151,15 @@ impl TenantPool {
     /// Opens a transaction for `tenant`. Nothing is sent yet: `BEGIN` and the signed
     /// context go out in one message together with the first statement.
     pub async fn begin(&self, tenant: TenantId) -> Result<TenantTx, Error> {
-        self.begin_with(tenant, None).await
+        self.open(tenant, None, false).await
+    }
+
+    /// Opens a read-only transaction for `tenant` (`BEGIN READ ONLY`): the server refuses
+    /// any write in it. Its commit cannot fail, so [`TenantTx::commit`] queues the COMMIT
+    /// behind the connection's next use instead of waiting a round trip for it: a point
+    /// read costs one round trip in all (begin, context and query together).
+    pub async fn begin_read_only(&self, tenant: TenantId) -> Result<TenantTx, Error> {
+        self.open(tenant, None, true).await
     }
 
     /// Opens a transaction for `tenant` whose unqualified table names resolve in `schema`
@@ -155,22 +168,21 @@ impl TenantPool {
     /// tenant schemas are tenant tables with the same RLS policy, so a statement that
     /// names another tenant's schema still sees none of its rows.
     pub async fn begin_in_schema(&self, tenant: TenantId, schema: &str) -> Result<TenantTx, Error> {
-        let ok = !schema.is_empty()
-            && schema.len() <= 63
-            && schema.as_bytes()[0].is_ascii_lowercase()
-            && schema
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if !ok {
-            return Err(Error::Invalid(format!(
-                "schema name {schema:?} is not allowed: use 1 to 63 characters from a-z, 0-9 and '_', starting with a letter"
-            )));
-        }
-        self.begin_with(tenant, Some(schema)).await
+        self.open(tenant, Some(schema), false).await
     }
 
-    async fn begin_with(&self, tenant: TenantId, schema: Option<&str>) -> Result<TenantTx, Error> {
-        let conn = self
+    /// Opens a transaction: `schema` first on the search path when given, read-only when
+    /// asked.
+    pub(crate) async fn open(
+        &self,
+        tenant: TenantId,
+        schema: Option<&str>,
+        read_only: bool,
+    ) -> Result<TenantTx, Error> {
+        if let Some(schema) = schema {
+            check_schema_name(schema)?;
+        }
+        let mut conn = self
             .pool
             .get()
             .await
@@ -179,26 +191,49 @@ impl TenantPool {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as i64)
             .unwrap_or(0);
+        let issued = now.max(conn.last_issued.saturating_add(1));
+        conn.last_issued = issued;
         let token = self.key.sign(
             tenant,
             conn.pid,
-            now,
+            issued,
             self.opts.token_ttl.as_micros() as i64,
         );
         // The token text is [a-z0-9.-] only (checked by ContextToken), so it is safe inside
         // a string literal; a simple-query message lets BEGIN and enter share one message,
-        // which tenancy.enter requires.
-        let mut begin = format!("BEGIN; SELECT tenancy.enter('{}')", token.as_str());
+        // which the PL/pgSQL tenancy.enter requires.
+        let mut begin = format!(
+            "BEGIN{}; SELECT tenancy.enter('{}')",
+            if read_only { " READ ONLY" } else { "" },
+            token.as_str()
+        );
         if let Some(schema) = schema {
             // Checked above: [a-z0-9_] only, so it needs no quoting beyond the double quotes.
             begin.push_str(&format!("; SET LOCAL search_path = \"{schema}\", public"));
         }
-        Ok(TenantTx::new(conn, tenant, begin))
+        Ok(TenantTx::new(conn, tenant, begin, read_only))
     }
 
     /// Pool status: (connections open, connections idle).
     pub fn status(&self) -> (usize, usize) {
         let s = self.pool.status();
         (s.size, s.available)
+    }
+}
+
+/// Schema names the SDK puts into `SET LOCAL search_path`: `[a-z][a-z0-9_]{0,62}`.
+fn check_schema_name(schema: &str) -> Result<(), Error> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema.as_bytes()[0].is_ascii_lowercase()
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "schema name {schema:?} is not allowed: use 1 to 63 characters from a-z, 0-9 and '_', starting with a letter"
+        )))
     }
 }

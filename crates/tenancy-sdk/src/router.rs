@@ -243,6 +243,15 @@ impl Router {
     /// Refuses tenants that are not active, and clusters outside the tenant's region or
     /// outside the allowed regions.
     pub async fn begin(&self, tenant: TenantId) -> Result<TenantTx, Error> {
+        self.open(tenant, false).await
+    }
+
+    /// Like [`begin`](Router::begin), read-only (see [`TenantPool::begin_read_only`]).
+    pub async fn begin_read_only(&self, tenant: TenantId) -> Result<TenantTx, Error> {
+        self.open(tenant, true).await
+    }
+
+    async fn open(&self, tenant: TenantId, read_only: bool) -> Result<TenantTx, Error> {
         let t = self.tenant(tenant).await?;
         if !t.state.allows_data_access() {
             return Err(Error::NotActive {
@@ -280,9 +289,9 @@ impl Router {
                         "schema tenant {tenant} has no schema in the catalog"
                     ))
                 })?;
-                pool.begin_in_schema(tenant, schema).await
+                pool.open(tenant, Some(schema), read_only).await
             }
-            Placement::Pooled | Placement::Dedicated => pool.begin(tenant).await,
+            Placement::Pooled | Placement::Dedicated => pool.open(tenant, None, read_only).await,
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct TenantTx {
     begin_sql: Option<String>,
     /// Life-cycle state.
     state: State,
+    /// Began with `BEGIN READ ONLY`: the commit is queued, not awaited.
+    read_only: bool,
 }
 
 async fn with_begin<T>(
@@ -56,13 +58,19 @@ async fn with_begin<T>(
 }
 
 impl TenantTx {
-    pub(crate) fn new(conn: Object, tenant: TenantId, begin_sql: String) -> Self {
+    pub(crate) fn new(conn: Object, tenant: TenantId, begin_sql: String, read_only: bool) -> Self {
         TenantTx {
             conn: Some(conn),
             tenant,
             begin_sql: Some(begin_sql),
             state: State::NotBegun,
+            read_only,
         }
+    }
+
+    /// Whether this transaction was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// The tenant this transaction is bound to.
@@ -212,6 +220,11 @@ impl TenantTx {
 
     /// Commits. If a statement failed earlier the transaction is rolled back instead and
     /// [`Error::Aborted`] is returned, so a failed transaction never looks committed.
+    ///
+    /// A read-only transaction ([`TenantPool::begin_read_only`](crate::TenantPool::begin_read_only))
+    /// has nothing to commit that could fail: its COMMIT is written to the connection and
+    /// the connection goes back to the pool at once. Whatever uses the connection next is
+    /// queued behind that COMMIT, so it never runs inside this transaction.
     pub async fn commit(mut self) -> Result<(), Error> {
         let state = self.state;
         let Some(conn) = self.conn.take() else {
@@ -219,6 +232,17 @@ impl TenantTx {
         };
         match state {
             State::NotBegun => Ok(()),
+            State::Open if self.read_only => {
+                // The first poll hands the COMMIT to the connection task (tokio-postgres
+                // sends a request before it awaits the reply); dropping the future after
+                // that leaves the reply to be read and discarded by the connection task.
+                let commit = conn.client.batch_execute("COMMIT");
+                futures_util::pin_mut!(commit);
+                match futures_util::FutureExt::now_or_never(commit) {
+                    Some(r) => r.map_err(Error::db("committing")),
+                    None => Ok(()),
+                }
+            }
             State::Open => conn
                 .client
                 .batch_execute("COMMIT")

@@ -3,7 +3,7 @@
 use tenancy_check::{parse_context_key, probe, Options, Severity};
 
 use crate::corpus;
-use crate::support::{managed, opts, plain, unique_roles, with_case, KEY_HEX};
+use crate::support::{managed, managed_both, opts, plain, unique_roles, with_case, KEY_HEX};
 
 fn probe_errors(found: &[tenancy_check::Finding]) -> Vec<String> {
     found
@@ -96,35 +96,62 @@ async fn probe_finds_nothing_on_the_tutorial_schema() {
 
 #[tokio::test]
 async fn probe_finds_nothing_on_the_tenancy_managed_schema() {
-    let db = managed().await;
-    let c = db.connect_superuser().await.expect("superuser");
-    let o = Options {
-        context_key: Some(parse_context_key(&format!("k1:{KEY_HEX}")).expect("key")),
-        ..Options::default()
-    };
-    let found = probe(&c, &o).await.expect("probe");
-    // comments.doc_id must reference an existing doc of the same tenant: the synthetic row
-    // cannot satisfy that foreign key, so the table's write checks are skipped (info).
-    assert!(probe_errors(&found).is_empty(), "{found:#?}");
-    assert!(
-        found
-            .iter()
-            .all(|f| f.rule == "probe-table-skipped" && f.object == "public.comments"),
-        "{found:#?}"
-    );
-    // Without the key the probe is skipped with a warning.
-    let found = probe(&c, &Options::default()).await.expect("probe");
-    assert_eq!(
-        found.iter().map(|f| f.rule.as_str()).collect::<Vec<_>>(),
-        vec!["probe-skipped"]
-    );
+    for db in managed_both().await {
+        let c = db.connect_superuser().await.expect("superuser");
+        let o = Options {
+            context_key: Some(parse_context_key(&format!("k1:{KEY_HEX}")).expect("key")),
+            ..Options::default()
+        };
+        let found = probe(&c, &o).await.expect("probe");
+        // comments.doc_id must reference an existing doc of the same tenant: the synthetic row
+        // cannot satisfy that foreign key, so the table's write checks are skipped (info).
+        assert!(probe_errors(&found).is_empty(), "{found:#?}");
+        assert!(
+            found
+                .iter()
+                .all(|f| f.rule == "probe-table-skipped" && f.object == "public.comments"),
+            "{found:#?}"
+        );
+        // Without the key the probe is skipped with a warning.
+        let found = probe(&c, &Options::default()).await.expect("probe");
+        assert_eq!(
+            found.iter().map(|f| f.rule.as_str()).collect::<Vec<_>>(),
+            vec!["probe-skipped"]
+        );
+    }
 }
 
 #[tokio::test]
 async fn probe_on_tenancy_managed_finds_a_widened_policy() {
+    for db in managed_both().await {
+        let c = db.connect_superuser().await.expect("superuser");
+        c.batch_execute("SET ROLE tenancy_owner; CREATE POLICY everyone ON public.docs FOR SELECT USING (true); RESET ROLE;").await.expect("widen");
+        let o = Options {
+            context_key: Some(parse_context_key(&format!("k1:{KEY_HEX}")).expect("key")),
+            ..Options::default()
+        };
+        let found = probe(&c, &o).await.expect("probe");
+        assert!(
+            found
+                .iter()
+                .any(|f| f.rule == "probe-cross-tenant-select" && f.object == "public.docs"),
+            "{found:#?}"
+        );
+    }
+}
+
+/// A context function that believes the setting (no binding check) lets injected
+/// set_config switch tenants: the probe says so.
+#[tokio::test]
+async fn probe_finds_a_context_function_that_trusts_the_setting() {
     let db = managed().await;
     let c = db.connect_superuser().await.expect("superuser");
-    c.batch_execute("SET ROLE tenancy_owner; CREATE POLICY everyone ON public.docs FOR SELECT USING (true); RESET ROLE;").await.expect("widen");
+    c.batch_execute(
+        "CREATE OR REPLACE FUNCTION tenancy.current_tenant_id() RETURNS uuid LANGUAGE sql STABLE \
+           AS $$ SELECT left(nullif(current_setting('tenancy.ctx', true), ''), 36)::uuid $$",
+    )
+    .await
+    .expect("weaken");
     let o = Options {
         context_key: Some(parse_context_key(&format!("k1:{KEY_HEX}")).expect("key")),
         ..Options::default()
@@ -133,7 +160,7 @@ async fn probe_on_tenancy_managed_finds_a_widened_policy() {
     assert!(
         found
             .iter()
-            .any(|f| f.rule == "probe-cross-tenant-select" && f.object == "public.docs"),
+            .any(|f| f.rule == "probe-forged-context" && f.object == "public.docs"),
         "{found:#?}"
     );
 }

@@ -61,6 +61,28 @@ pub async fn managed() -> TestDb {
         .expect("managed database")
 }
 
+/// The managed database with the native signed context (the C functions the SDK's
+/// bootstrap installs where the server can load tenancy's library), or `None` when this
+/// build has no native library.
+pub async fn managed_native() -> Option<TestDb> {
+    if tenancy_pg::native_context_majors().is_empty() {
+        return None;
+    }
+    let db = managed().await;
+    let c = db.connect_superuser().await.expect("superuser");
+    c.batch_execute(include_str!("../../../tenancy-sdk/sql/native.sql"))
+        .await
+        .expect("native context");
+    Some(db)
+}
+
+/// The managed database with each implementation of the signed context.
+pub async fn managed_both() -> Vec<TestDb> {
+    let mut out = vec![managed().await];
+    out.extend(managed_native().await);
+    out
+}
+
 /// A fresh database with a case applied; returns (db, runtime role).
 pub async fn with_case(case: &Case) -> (TestDb, String) {
     let db = plain().await;

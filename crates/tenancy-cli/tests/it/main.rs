@@ -22,7 +22,7 @@ fn demo_runs_on_the_embedded_default_and_shows_isolation() {
         stdout.contains("globex sees 2 invoices: GLOBEX-0001, GLOBEX-0002"),
         "{stdout}"
     );
-    assert!(stdout.contains("then sees 0 rows"), "{stdout}");
+    assert!(stdout.contains("then sees 0 of globex's rows"), "{stdout}");
     assert!(
         stdout.contains("refused by the policy's WITH CHECK"),
         "{stdout}"

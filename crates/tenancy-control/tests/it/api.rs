@@ -155,6 +155,7 @@ async fn openapi_document_is_valid_openapi_3_1() {
         "/v1/signup",
         "/v1/billing/stripe",
         "/v1/tenants/{id}/suspend",
+        "/v1/tenants/{id}/migrations",
     ] {
         assert!(doc["paths"].get(p).is_some(), "{p} documented");
     }
@@ -479,4 +480,43 @@ async fn signup_and_stripe_events_drive_the_lifecycle() {
 
 fn t_id(s: &str) -> tenancy_core::TenantId {
     s.parse().expect("tenant id")
+}
+
+#[tokio::test]
+async fn migration_status_of_a_tenant_comes_from_the_ledger_and_needs_an_admin() {
+    let (db, app, p) = fresh().await;
+    let mut catalog = tenancy_pg::connect(&db.config_as(OWNER_ROLE))
+        .await
+        .expect("catalog");
+    let req = tenancy_provision::ProvisionRequest {
+        tenant: tenancy_catalog::NewTenant {
+            id: None,
+            slug: "schema-a".parse().expect("slug"),
+            display_name: "A".into(),
+            plan: "free".parse().expect("plan"),
+            region: "eu-west".parse().expect("region"),
+            placement: tenancy_core::Placement::Schema,
+        },
+        billing_customer: None,
+        billing_subscription: None,
+    };
+    let (t, wf) = p
+        .provision(&mut catalog, &req, "test")
+        .await
+        .expect("provision");
+    p.drive(&mut catalog, wf.id, Duration::from_secs(30))
+        .await
+        .expect("drive");
+    let uri = format!("/v1/tenants/{}/migrations", t.id);
+    let (status, _, body) = call(&app, "GET", &uri, &[AUTH], None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Provisioning recorded the version it created (the generated app: version 1).
+    assert_eq!(body["version"], 1);
+    assert_eq!(body["placement"], "schema");
+    assert!(body["error"].is_null());
+    let (status, _, _) = call(&app, "GET", &uri, &[], None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let missing = format!("/v1/tenants/{}/migrations", uuid::Uuid::new_v4());
+    let (status, _, _) = call(&app, "GET", &missing, &[AUTH], None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

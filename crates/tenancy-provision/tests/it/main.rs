@@ -5,4 +5,5 @@
 mod faults;
 mod lifecycle;
 mod regions;
+mod storage;
 mod support;

@@ -227,3 +227,51 @@ async fn a_tenant_read_costs_one_round_trip_more_than_a_bare_read() {
     );
     let _ = std::fs::remove_dir_all(&relay.dir);
 }
+
+/// A read-only transaction refuses writes, and its queued COMMIT ends it before the
+/// connection's next user runs anything: with one connection, transactions for other
+/// tenants right after it see only their own rows, and no transaction is left open.
+#[tokio::test]
+async fn a_read_only_transaction_refuses_writes_and_its_queued_commit_ends_it() {
+    for (imp, db) in fresh_dbs().await {
+        let pool = pool(&db, 1);
+        let (a, b) = (TenantId::new_random(), TenantId::new_random());
+        seed(&pool, a, 2).await;
+        seed(&pool, b, 3).await;
+        let pid = pid_of(&pool, a).await;
+
+        let mut tx = pool.begin_read_only(a).await.expect("begin read only");
+        assert!(tx.is_read_only());
+        let err = tx
+            .execute("UPDATE customers SET name = 'x'", &[])
+            .await
+            .expect_err("a read-only transaction must refuse writes");
+        assert!(format!("{err:?}").contains("read-only"), "{imp:?}: {err:?}");
+        assert!(matches!(
+            tx.commit().await,
+            Err(tenancy_sdk::Error::Aborted)
+        ));
+        assert_clean(&pool, pid).await;
+
+        for i in 0..200 {
+            let (t, n) = if i % 2 == 0 { (a, 2) } else { (b, 3) };
+            let mut tx = pool.begin_read_only(t).await.expect("begin read only");
+            let row = tx
+                .query_one(
+                    "SELECT count(*), count(*) FILTER (WHERE tenant_id <> $1) FROM customers",
+                    &[&t.as_uuid()],
+                )
+                .await
+                .expect("read");
+            assert_eq!(row.get::<_, i64>(0), n, "{imp:?}: iteration {i}");
+            assert_eq!(
+                row.get::<_, i64>(1),
+                0,
+                "{imp:?}: foreign rows at iteration {i}"
+            );
+            tx.commit().await.expect("commit");
+        }
+        // The last queued COMMIT ran: a plain transaction begins cleanly on the same backend.
+        assert_clean(&pool, pid).await;
+    }
+}

@@ -1,7 +1,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tenancy_pg::testing::{TemplateDb, TestDb};
-use tenancy_sdk::bootstrap::{self, OWNER_ROLE, RUNTIME_ROLE};
+use tenancy_sdk::bootstrap::{self, ContextImpl, OWNER_ROLE, RUNTIME_ROLE};
 use tenancy_sdk::{ContextKey, PoolOptions, TenantId, TenantPool};
 use tokio_postgres::{Client, NoTls};
 
@@ -40,7 +40,8 @@ pub async fn connect(cfg: tokio_postgres::Config) -> Client {
     client
 }
 
-/// A fresh database with roles, runtime schema, catalog and the app tables.
+/// A fresh database with roles, runtime schema, catalog and the app tables, with the
+/// native signed context when this build has the library (see `fresh_db_plpgsql`).
 pub async fn fresh_db() -> TestDb {
     let db = TEMPLATE
         .fresh(|cluster, db| async move {
@@ -61,6 +62,36 @@ pub async fn fresh_db() -> TestDb {
         .await
         .expect("bootstrap clone");
     db
+}
+
+/// The same database with the PL/pgSQL implementation of the signed context (what a
+/// server without the tenancy_context library gets).
+pub async fn fresh_db_plpgsql() -> TestDb {
+    let db = fresh_db().await;
+    let owner = connect(db.config_as(OWNER_ROLE)).await;
+    bootstrap::install_runtime_with(&owner, &key(), Some(ContextImpl::PlPgSql))
+        .await
+        .expect("install the PL/pgSQL context");
+    assert_eq!(
+        bootstrap::context_impl(&owner).await.expect("impl"),
+        Some(ContextImpl::PlPgSql)
+    );
+    db
+}
+
+/// Both implementations, for tests that must hold for each.
+pub async fn fresh_dbs() -> Vec<(ContextImpl, TestDb)> {
+    let native = fresh_db().await;
+    let su = native.connect_superuser().await.expect("superuser");
+    let imp = bootstrap::context_impl(&su)
+        .await
+        .expect("impl")
+        .expect("installed");
+    let mut out = vec![(imp, native)];
+    if imp == ContextImpl::Native {
+        out.push((ContextImpl::PlPgSql, fresh_db_plpgsql().await));
+    }
+    out
 }
 
 pub fn pool(db: &TestDb, max_size: usize) -> TenantPool {

@@ -78,6 +78,18 @@ async fn commit_on_success_rollback_on_error_response_or_panic() {
             }),
         )
         .route(
+            "/write-on-get",
+            get(|mut tx: Tx| async move {
+                tx.execute(
+                    "INSERT INTO invoicing.customers (name, email) VALUES ('t', 'get@x.test')",
+                    &[],
+                )
+                .await
+                .map_err(HttpError::from)?;
+                Ok::<_, HttpError>(axum::http::StatusCode::CREATED)
+            }),
+        )
+        .route(
             "/scope",
             get(|tenant: Tenant| async move {
                 let current = Tenant::current().map(|t| t.id());
@@ -106,6 +118,11 @@ async fn commit_on_success_rollback_on_error_response_or_panic() {
         .await;
     assert_eq!((r.status, r.code()), (500, "internal"), "{r:?}");
     assert!(r.body.get("detail").is_none(), "no internal details: {r:?}");
+    // GET requests get read-only transactions: a write in one is refused.
+    let r = bespoke
+        .as_tenant(bespoke.acme, "GET", "/write-on-get", None)
+        .await;
+    assert!(r.status >= 400, "a GET must not write: {r:?}");
     let r = bespoke.as_tenant(bespoke.acme, "GET", "/scope", None).await;
     assert_eq!(r.body["current"], bespoke.acme.to_string(), "{r:?}");
     assert_eq!(r.body["spawned"], bespoke.acme.to_string());

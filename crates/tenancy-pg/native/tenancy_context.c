@@ -1,0 +1,391 @@
+/*
+ * tenancy_context: the signed tenant context, natively.
+ *
+ * The same contract as the PL/pgSQL fallback in crates/tenancy-sdk/sql/runtime.sql
+ * (tenancy.enter(token) and tenancy.current_tenant_id()), with two differences:
+ *
+ *   - The verified tenant lives in this backend's memory, tagged with the local id of the
+ *     transaction that entered it. SQL cannot write it (there is no setting to forge), and
+ *     it is gone when that transaction ends: current_tenant_id() returns it only while
+ *     MyProc->lxid is still the tagged one, and a subtransaction that entered it and then
+ *     rolls back takes it with it.
+ *   - Tokens are single-use per backend: a token is accepted only if it was issued after
+ *     the last one accepted on this connection, so a token seen earlier cannot be replayed
+ *     on the same connection, whatever the SQL around it (COMMIT; BEGIN; …).
+ *
+ * tenancy.enter is SECURITY DEFINER (owned by tenancy_owner) only so that it can read the
+ * HMAC pads from tenancy_private.context_keys, which the runtime role cannot read. Keys
+ * are cached per backend for KEY_TTL_SECS; a MAC that fails against a cached key reloads
+ * the key once before refusing, so a replaced key takes effect at once.
+ *
+ * Cost per transaction: two SHA-256 compressions of a 64-byte pad plus the token, no
+ * table access (after the first call), no setting written. current_tenant_id() is a
+ * comparison of two integers.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "common/cryptohash.h"
+#include "datatype/timestamp.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/proc.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+
+PG_MODULE_MAGIC;
+
+#define TOKEN_MAX_LEN 200
+#define KID_MAX_LEN 16
+#define MAX_KEYS 16
+#define KEY_TTL_SECS 30
+#define UNIX_EPOCH_OFFSET_USECS \
+	((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * USECS_PER_SEC)
+
+typedef struct CachedKey
+{
+	bool		used;
+	char		kid[KID_MAX_LEN + 1];
+	uint8		ipad[64];
+	uint8		opad[64];
+	TimestampTz loaded_at;
+} CachedKey;
+
+static CachedKey keys[MAX_KEYS];
+
+/* The context of the current transaction, valid while ctx_lxid == MyProc->lxid. */
+static bool ctx_set = false;
+static LocalTransactionId ctx_lxid = InvalidLocalTransactionId;
+static SubTransactionId ctx_subid = InvalidSubTransactionId;
+static pg_uuid_t ctx_tenant;
+
+/* Issue time (µs since the Unix epoch) of the last token accepted on this backend. */
+static int64 last_issued = PG_INT64_MIN;
+static bool callback_registered = false;
+
+PG_FUNCTION_INFO_V1(tenancy_enter);
+PG_FUNCTION_INFO_V1(tenancy_current_tenant_id);
+
+static void
+subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+				 SubTransactionId parentSubid, void *arg)
+{
+	if (!ctx_set || ctx_subid != mySubid)
+		return;
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		ctx_set = false;
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+		ctx_subid = parentSubid;
+}
+
+static bool
+context_active(void)
+{
+	return ctx_set && MyProc != NULL && ctx_lxid == MyProc->lxid;
+}
+
+static void refuse(const char *problem) pg_attribute_noreturn();
+
+static void
+refuse(const char *problem)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+			 errmsg("tenancy: %s", problem)));
+}
+
+static void
+sha256_two(const uint8 *a, size_t alen, const uint8 *b, size_t blen, uint8 *out)
+{
+	pg_cryptohash_ctx *c = pg_cryptohash_create(PG_SHA256);
+
+	if (c == NULL || pg_cryptohash_init(c) < 0 ||
+		pg_cryptohash_update(c, a, alen) < 0 ||
+		pg_cryptohash_update(c, b, blen) < 0 ||
+		pg_cryptohash_final(c, out, 32) < 0)
+	{
+		pg_cryptohash_free(c);
+		elog(ERROR, "tenancy: SHA-256 failed");
+	}
+	pg_cryptohash_free(c);
+}
+
+/* Reads the pads of `kid` into the cache; NULL when the database has no such key. */
+static CachedKey *
+load_key(const char *kid)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1];
+	CachedKey  *slot = NULL;
+	int			i;
+	int			rc;
+
+	for (i = 0; i < MAX_KEYS; i++)
+		if (keys[i].used && strcmp(keys[i].kid, kid) == 0)
+			slot = &keys[i];
+	if (slot == NULL)
+		for (i = 0; i < MAX_KEYS && slot == NULL; i++)
+			if (!keys[i].used)
+				slot = &keys[i];
+	if (slot == NULL)
+	{
+		/* More kids than slots: start over (keys are few; this never happens in practice). */
+		memset(keys, 0, sizeof(keys));
+		slot = &keys[0];
+	}
+	slot->used = false;
+
+	values[0] = CStringGetTextDatum(kid);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "tenancy: SPI_connect failed");
+	rc = SPI_execute_with_args(
+		"SELECT ipad, opad FROM tenancy_private.context_keys WHERE kid OPERATOR(pg_catalog.=) $1",
+		1, argtypes, values, NULL, true, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "tenancy: reading the context key failed");
+	if (SPI_processed == 1)
+	{
+		bool		isnull1,
+					isnull2;
+		Datum		d1 = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull1);
+		Datum		d2 = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull2);
+
+		if (!isnull1 && !isnull2)
+		{
+			bytea	   *ip = DatumGetByteaPP(d1);
+			bytea	   *op = DatumGetByteaPP(d2);
+
+			if (VARSIZE_ANY_EXHDR(ip) == 64 && VARSIZE_ANY_EXHDR(op) == 64)
+			{
+				memcpy(slot->ipad, VARDATA_ANY(ip), 64);
+				memcpy(slot->opad, VARDATA_ANY(op), 64);
+				strlcpy(slot->kid, kid, sizeof(slot->kid));
+				slot->loaded_at = GetCurrentTimestamp();
+				slot->used = true;
+			}
+		}
+	}
+	SPI_finish();
+	return slot->used ? slot : NULL;
+}
+
+static CachedKey *
+cached_key(const char *kid, TimestampTz now)
+{
+	int			i;
+
+	for (i = 0; i < MAX_KEYS; i++)
+		if (keys[i].used && strcmp(keys[i].kid, kid) == 0)
+		{
+			if (TimestampDifferenceExceeds(keys[i].loaded_at, now, KEY_TTL_SECS * 1000))
+				return load_key(kid);
+			return &keys[i];
+		}
+	return load_key(kid);
+}
+
+static bool
+mac_matches(const CachedKey *key, const char *body, size_t body_len, const char *mac_hex)
+{
+	static const char hexdigits[] = "0123456789abcdef";
+	uint8		inner[32];
+	uint8		outer[32];
+	unsigned	diff = 0;
+	int			i;
+
+	sha256_two(key->ipad, 64, (const uint8 *) body, body_len, inner);
+	sha256_two(key->opad, 64, inner, 32, outer);
+	/* Constant time: every digit is compared whatever the earlier ones were. */
+	for (i = 0; i < 32; i++)
+	{
+		diff |= (unsigned) (hexdigits[outer[i] >> 4] ^ mac_hex[2 * i]);
+		diff |= (unsigned) (hexdigits[outer[i] & 15] ^ mac_hex[2 * i + 1]);
+	}
+	return diff == 0;
+}
+
+/* Parses a decimal int64 field of exactly `len` bytes; false when it is not one. */
+static bool
+parse_int64(const char *s, size_t len, int64 *out)
+{
+	int64		v = 0;
+	bool		neg = false;
+	size_t		i = 0;
+
+	if (len == 0 || len > 20)
+		return false;
+	if (s[0] == '-')
+	{
+		neg = true;
+		i = 1;
+		if (len == 1)
+			return false;
+	}
+	for (; i < len; i++)
+	{
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+		if (v > (PG_INT64_MAX - (s[i] - '0')) / 10)
+			return false;
+		v = v * 10 + (s[i] - '0');
+	}
+	*out = neg ? -v : v;
+	return true;
+}
+
+static int
+hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+/* Parses the canonical lowercase 8-4-4-4-12 form. */
+static bool
+parse_uuid(const char *s, size_t len, pg_uuid_t *out)
+{
+	int			nibbles = 0;
+	int			hi = 0;
+	size_t		i;
+
+	if (len != 36)
+		return false;
+	for (i = 0; i < 36; i++)
+	{
+		int			v;
+
+		if (i == 8 || i == 13 || i == 18 || i == 23)
+		{
+			if (s[i] != '-')
+				return false;
+			continue;
+		}
+		v = hexval(s[i]);
+		if (v < 0)
+			return false;
+		if (nibbles % 2 == 0)
+			hi = v;
+		else
+			out->data[nibbles / 2] = (unsigned char) (hi << 4 | v);
+		nibbles++;
+	}
+	return nibbles == 2 * UUID_LEN;
+}
+
+/*
+ * tenancy.enter(token text) RETURNS uuid
+ * token: v1.<kid>.<tenant uuid>.<backend pid>.<issued µs>.<expires µs>.<hmac hex>
+ */
+Datum
+tenancy_enter(PG_FUNCTION_ARGS)
+{
+	text	   *arg;
+	const char *tok;
+	size_t		len;
+	const char *field[7];
+	size_t		flen[7];
+	char		kid[KID_MAX_LEN + 1];
+	int			n = 0;
+	size_t		i,
+				start = 0;
+	int64		pid,
+				issued,
+				expires,
+				now_unix;
+	TimestampTz now;
+	CachedKey  *key;
+	pg_uuid_t	tenant;
+	pg_uuid_t  *result;
+
+	if (!callback_registered)
+	{
+		RegisterSubXactCallback(subxact_callback, NULL);
+		callback_registered = true;
+	}
+	if (PG_ARGISNULL(0))
+		refuse("malformed tenant context token");
+	arg = PG_GETARG_TEXT_PP(0);
+	tok = VARDATA_ANY(arg);
+	len = VARSIZE_ANY_EXHDR(arg);
+	if (len > TOKEN_MAX_LEN)
+		refuse("malformed tenant context token");
+	for (i = 0; i <= len; i++)
+	{
+		if (i == len || tok[i] == '.')
+		{
+			if (n == 7)
+				refuse("malformed tenant context token");
+			field[n] = tok + start;
+			flen[n] = i - start;
+			n++;
+			start = i + 1;
+			continue;
+		}
+		if (!((tok[i] >= 'a' && tok[i] <= 'z') || (tok[i] >= '0' && tok[i] <= '9') || tok[i] == '-'))
+			refuse("malformed tenant context token");
+	}
+	if (n != 7 || flen[0] != 2 || memcmp(field[0], "v1", 2) != 0 || flen[6] != 64 ||
+		flen[1] == 0 || flen[1] > KID_MAX_LEN)
+		refuse("malformed tenant context token");
+	if (context_active())
+		refuse("this transaction already has a tenant context");
+
+	memcpy(kid, field[1], flen[1]);
+	kid[flen[1]] = '\0';
+	now = GetCurrentTimestamp();
+	key = cached_key(kid, now);
+	if (key == NULL)
+		refuse("tenant context token signed with an unknown key");
+	/* The MAC covers everything before the last dot. */
+	if (!mac_matches(key, tok, len - 65, field[6]))
+	{
+		/* The key may have been replaced since it was cached: reload it once. */
+		key = load_key(kid);
+		if (key == NULL)
+			refuse("tenant context token signed with an unknown key");
+		if (!mac_matches(key, tok, len - 65, field[6]))
+			refuse("tenant context token signature does not verify");
+	}
+	/* Signed fields only from here on; the signer writes them canonically. */
+	if (!parse_uuid(field[2], flen[2], &tenant) ||
+		!parse_int64(field[3], flen[3], &pid) ||
+		!parse_int64(field[4], flen[4], &issued) ||
+		!parse_int64(field[5], flen[5], &expires))
+		refuse("malformed tenant context token");
+	if (pid != MyProcPid)
+		refuse("tenant context token was issued for another connection");
+	now_unix = now + UNIX_EPOCH_OFFSET_USECS;
+	if (expires < now_unix)
+		refuse("tenant context token has expired");
+	if (issued <= last_issued)
+		refuse("tenant context token was already used on this connection");
+
+	last_issued = issued;
+	ctx_tenant = tenant;
+	ctx_lxid = MyProc->lxid;
+	ctx_subid = GetCurrentSubTransactionId();
+	ctx_set = true;
+
+	result = (pg_uuid_t *) palloc(sizeof(pg_uuid_t));
+	*result = tenant;
+	PG_RETURN_UUID_P(result);
+}
+
+/* tenancy.current_tenant_id() RETURNS uuid: the entered tenant, or NULL. */
+Datum
+tenancy_current_tenant_id(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t  *result;
+
+	if (!context_active())
+		PG_RETURN_NULL();
+	result = (pg_uuid_t *) palloc(sizeof(pg_uuid_t));
+	*result = ctx_tenant;
+	PG_RETURN_UUID_P(result);
+}

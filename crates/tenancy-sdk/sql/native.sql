@@ -1,0 +1,15 @@
+-- tenancy bootstrap, part 2b (per database, superuser): the native signed context.
+-- Creates tenancy.enter and tenancy.current_tenant_id as C functions from the
+-- tenancy_context library (crates/tenancy-pg/native/tenancy_context.c) and gives them to
+-- the owner role. Runs as one implicit transaction: when the library cannot be loaded
+-- nothing changes and install_runtime installs the PL/pgSQL implementation instead.
+-- Same names, signatures and errors as the PL/pgSQL functions in runtime.sql, so
+-- policies, column defaults and the SDK do not care which one a database has.
+CREATE OR REPLACE FUNCTION tenancy.enter(token text) RETURNS uuid
+    LANGUAGE C VOLATILE SECURITY DEFINER AS 'tenancy_context', 'tenancy_enter';
+CREATE OR REPLACE FUNCTION tenancy.current_tenant_id() RETURNS uuid
+    LANGUAGE C STABLE PARALLEL RESTRICTED AS 'tenancy_context', 'tenancy_current_tenant_id';
+ALTER FUNCTION tenancy.enter(text) OWNER TO tenancy_owner;
+ALTER FUNCTION tenancy.current_tenant_id() OWNER TO tenancy_owner;
+REVOKE ALL ON FUNCTION tenancy.enter(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.current_tenant_id() FROM PUBLIC;
