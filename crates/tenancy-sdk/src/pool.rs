@@ -1,7 +1,9 @@
 //! The runtime-role connection pool.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use tenancy_core::{ContextKey, TenantId};
@@ -11,6 +13,13 @@ use crate::{Error, TenantTx};
 
 /// Prepared statements kept per connection before the cache is cleared.
 const STATEMENT_CACHE_LIMIT: usize = 256;
+
+/// How long a finished read-only transaction may stay open on an idle connection before
+/// the sweeper sends its COMMIT (when the connection is reused sooner, the COMMIT travels
+/// in the same message as the next BEGIN).
+const DEFERRED_COMMIT_MAX_AGE: Duration = Duration::from_millis(2);
+/// How often the sweeper looks for such connections.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(5);
 
 /// One pooled connection.
 #[derive(Debug)]
@@ -25,6 +34,11 @@ pub(crate) struct Conn {
     /// backend (the native context refuses one not issued after the last it accepted), so
     /// each new token is issued strictly later, even if the wall clock steps back.
     last_issued: i64,
+    /// When a read-only transaction on this connection finished without its COMMIT being
+    /// sent yet (see [`TenantTx::commit`](crate::TenantTx::commit)).
+    deferred_commit: Mutex<Option<Instant>>,
+    /// Count of the pool's connections with a deferred commit (the sweeper idles at 0).
+    deferred: Arc<AtomicUsize>,
 }
 
 impl Conn {
@@ -40,6 +54,77 @@ impl Conn {
         }
         self.stmts.insert(sql.to_owned(), stmt);
     }
+
+    /// Leaves the open read-only transaction's COMMIT to the next user of the connection
+    /// (or to the sweeper, if nobody uses it within `DEFERRED_COMMIT_MAX_AGE`).
+    pub(crate) fn defer_commit(&self) {
+        if let Ok(mut g) = self.deferred_commit.lock() {
+            if g.replace(Instant::now()).is_none() {
+                self.deferred.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Takes a deferred commit: the caller must send `COMMIT` before anything else.
+    pub(crate) fn take_deferred_commit(&self) -> bool {
+        let taken = self
+            .deferred_commit
+            .lock()
+            .map(|mut g| g.take().is_some())
+            .unwrap_or(false);
+        if taken {
+            self.deferred.fetch_sub(1, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    /// Sends a deferred COMMIT that has waited at least `age` (the connection is idle).
+    fn flush_deferred_commit(&self, age: Duration) {
+        let due = self
+            .deferred_commit
+            .lock()
+            .map(|mut g| match *g {
+                Some(at) if at.elapsed() >= age => g.take().is_some(),
+                _ => false,
+            })
+            .unwrap_or(false);
+        if due {
+            self.deferred.fetch_sub(1, Ordering::Relaxed);
+            send_without_waiting(&self.client, "COMMIT");
+        }
+    }
+}
+
+/// Hands `sql` to the connection task and returns without waiting for the reply, which the
+/// connection task reads and discards. Requests on a connection are sent in order, so
+/// whatever is sent after this runs after it.
+pub(crate) fn send_without_waiting(
+    client: &Client,
+    sql: &str,
+) -> Option<Result<(), tokio_postgres::Error>> {
+    // tokio-postgres sends a request on the future's first poll, before it awaits the reply.
+    let fut = client.batch_execute(sql);
+    futures_util::pin_mut!(fut);
+    futures_util::FutureExt::now_or_never(fut)
+}
+
+/// Sends the deferred COMMITs of connections that have sat idle too long, until the pool
+/// is dropped.
+async fn sweep_deferred_commits(pool: managed::WeakPool<Manager>, deferred: Arc<AtomicUsize>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        if deferred.load(Ordering::Relaxed) == 0 {
+            continue;
+        }
+        // Only idle connections are visited: one in use is never touched here.
+        pool.retain(|conn, _| {
+            conn.flush_deferred_commit(DEFERRED_COMMIT_MAX_AGE);
+            true
+        });
+    }
 }
 
 /// Creates and checks connections for the pool.
@@ -47,6 +132,8 @@ impl Conn {
 pub(crate) struct Manager {
     /// Where to connect, as which role.
     config: tokio_postgres::Config,
+    /// Shared with every connection: how many have a deferred commit.
+    deferred: Arc<AtomicUsize>,
 }
 
 impl managed::Manager for Manager {
@@ -69,6 +156,8 @@ impl managed::Manager for Manager {
             pid,
             stmts: HashMap::new(),
             last_issued: i64::MIN,
+            deferred_commit: Mutex::new(None),
+            deferred: Arc::clone(&self.deferred),
         })
     }
 
@@ -89,7 +178,15 @@ pub(crate) fn build_pool(
     config: tokio_postgres::Config,
     opts: &PoolOptions,
 ) -> Result<Pool, Error> {
-    Pool::builder(Manager { config })
+    build_pool_with(config, opts, Arc::default())
+}
+
+fn build_pool_with(
+    config: tokio_postgres::Config,
+    opts: &PoolOptions,
+    deferred: Arc<AtomicUsize>,
+) -> Result<Pool, Error> {
+    Pool::builder(Manager { config, deferred })
         .max_size(opts.max_size)
         .wait_timeout(Some(opts.wait_timeout))
         .create_timeout(Some(Duration::from_secs(10)))
@@ -131,6 +228,9 @@ pub struct TenantPool {
     key: ContextKey,
     /// Token lifetime and wait timeout.
     opts: PoolOptions,
+    /// A sweeper task sends deferred read-only COMMITs (false without a Tokio runtime:
+    /// read-only commits are then sent at once).
+    defers_commits: bool,
 }
 
 impl TenantPool {
@@ -144,8 +244,21 @@ impl TenantPool {
         if opts.max_size == 0 {
             return Err(Error::Invalid("pool max_size must be at least 1".into()));
         }
-        let pool = build_pool(config, &opts)?;
-        Ok(TenantPool { pool, key, opts })
+        let deferred = Arc::new(AtomicUsize::new(0));
+        let pool = build_pool_with(config, &opts, Arc::clone(&deferred))?;
+        let defers_commits = match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(sweep_deferred_commits(pool.weak(), deferred));
+                true
+            }
+            Err(_) => false,
+        };
+        Ok(TenantPool {
+            pool,
+            key,
+            opts,
+            defers_commits,
+        })
     }
 
     /// Opens a transaction for `tenant`. Nothing is sent yet: `BEGIN` and the signed
@@ -202,8 +315,15 @@ impl TenantPool {
         // The token text is [a-z0-9.-] only (checked by ContextToken), so it is safe inside
         // a string literal; a simple-query message lets BEGIN and enter share one message,
         // which the PL/pgSQL tenancy.enter requires.
+        // A read-only transaction that ended on this connection without its COMMIT being
+        // sent yet: the COMMIT leads this message.
         let mut begin = format!(
-            "BEGIN{}; SELECT tenancy.enter('{}')",
+            "{}BEGIN{}; SELECT tenancy.enter('{}')",
+            if conn.take_deferred_commit() {
+                "COMMIT; "
+            } else {
+                ""
+            },
             if read_only { " READ ONLY" } else { "" },
             token.as_str()
         );
@@ -211,7 +331,13 @@ impl TenantPool {
             // Checked above: [a-z0-9_] only, so it needs no quoting beyond the double quotes.
             begin.push_str(&format!("; SET LOCAL search_path = \"{schema}\", public"));
         }
-        Ok(TenantTx::new(conn, tenant, begin, read_only))
+        Ok(TenantTx::new(
+            conn,
+            tenant,
+            begin,
+            read_only,
+            self.defers_commits,
+        ))
     }
 
     /// Pool status: (connections open, connections idle).

@@ -36,8 +36,10 @@ pub struct TenantTx {
     begin_sql: Option<String>,
     /// Life-cycle state.
     state: State,
-    /// Began with `BEGIN READ ONLY`: the commit is queued, not awaited.
+    /// Began with `BEGIN READ ONLY`: the commit is not awaited.
     read_only: bool,
+    /// The pool's sweeper sends COMMITs left for the connection's next user.
+    defer_commit: bool,
 }
 
 async fn with_begin<T>(
@@ -58,13 +60,20 @@ async fn with_begin<T>(
 }
 
 impl TenantTx {
-    pub(crate) fn new(conn: Object, tenant: TenantId, begin_sql: String, read_only: bool) -> Self {
+    pub(crate) fn new(
+        conn: Object,
+        tenant: TenantId,
+        begin_sql: String,
+        read_only: bool,
+        defer_commit: bool,
+    ) -> Self {
         TenantTx {
             conn: Some(conn),
             tenant,
             begin_sql: Some(begin_sql),
             state: State::NotBegun,
             read_only,
+            defer_commit,
         }
     }
 
@@ -222,9 +231,12 @@ impl TenantTx {
     /// [`Error::Aborted`] is returned, so a failed transaction never looks committed.
     ///
     /// A read-only transaction ([`TenantPool::begin_read_only`](crate::TenantPool::begin_read_only))
-    /// has nothing to commit that could fail: its COMMIT is written to the connection and
-    /// the connection goes back to the pool at once. Whatever uses the connection next is
-    /// queued behind that COMMIT, so it never runs inside this transaction.
+    /// has nothing to commit that could fail, so its COMMIT is not awaited: the connection
+    /// goes back to the pool at once and the COMMIT leads the next message its next user
+    /// sends (`COMMIT; BEGIN …; SELECT tenancy.enter(…)`), or, if the connection stays idle
+    /// for a few milliseconds, the pool's sweeper sends it. Either way it is the first
+    /// thing the server receives on that connection, so nothing ever runs inside this
+    /// finished transaction.
     pub async fn commit(mut self) -> Result<(), Error> {
         let state = self.state;
         let Some(conn) = self.conn.take() else {
@@ -232,13 +244,12 @@ impl TenantTx {
         };
         match state {
             State::NotBegun => Ok(()),
+            State::Open if self.read_only && self.defer_commit => {
+                conn.defer_commit();
+                Ok(())
+            }
             State::Open if self.read_only => {
-                // The first poll hands the COMMIT to the connection task (tokio-postgres
-                // sends a request before it awaits the reply); dropping the future after
-                // that leaves the reply to be read and discarded by the connection task.
-                let commit = conn.client.batch_execute("COMMIT");
-                futures_util::pin_mut!(commit);
-                match futures_util::FutureExt::now_or_never(commit) {
+                match crate::pool::send_without_waiting(&conn.client, "COMMIT") {
                     Some(r) => r.map_err(Error::db("committing")),
                     None => Ok(()),
                 }
