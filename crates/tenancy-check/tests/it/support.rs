@@ -65,10 +65,8 @@ pub async fn managed() -> TestDb {
 /// bootstrap installs where the server can load tenancy's library), or `None` when this
 /// build has no native library.
 pub async fn managed_native() -> Option<TestDb> {
-    if tenancy_pg::native_context_majors().is_empty() {
-        return None;
-    }
     let db = managed().await;
+    tenancy_pg::native_context_library(db.cluster.major_version())?;
     let c = db.connect_superuser().await.expect("superuser");
     c.batch_execute(include_str!("../../../tenancy-sdk/sql/native.sql"))
         .await
