@@ -176,6 +176,42 @@ pub struct ProvisionConfig {
     pub webhook_timeout: Duration,
     /// How often idle workers look for due work (they are also woken on enqueue).
     pub poll_interval: Duration,
+    /// Pre-created storage per cluster, claimed at signup and refilled in the background.
+    pub warm_pool: WarmPool,
+}
+
+/// Size of the warm pool of each cluster: spare schemas (in the shared database) and
+/// spare databases, created at the app's latest version with no tenant, claimed by the
+/// storage step of schema and dedicated tenants (which fall back to creating storage
+/// when none is available) and refilled by a task started with the workers. 0 disables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WarmPool {
+    /// Spare schemas per cluster.
+    pub schemas: usize,
+    /// Spare databases per cluster.
+    pub databases: usize,
+}
+
+impl WarmPool {
+    /// No warm pool: every tenant's storage is created at signup.
+    pub const DISABLED: WarmPool = WarmPool {
+        schemas: 0,
+        databases: 0,
+    };
+
+    /// Whether anything is kept warm.
+    pub fn enabled(&self) -> bool {
+        self.schemas > 0 || self.databases > 0
+    }
+}
+
+impl Default for WarmPool {
+    fn default() -> Self {
+        WarmPool {
+            schemas: 4,
+            databases: 4,
+        }
+    }
 }
 
 impl Default for ProvisionConfig {
@@ -192,6 +228,7 @@ impl Default for ProvisionConfig {
             outbox_max_attempts: 8,
             webhook_timeout: Duration::from_secs(10),
             poll_interval: Duration::from_millis(500),
+            warm_pool: WarmPool::default(),
         }
     }
 }

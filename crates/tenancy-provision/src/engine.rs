@@ -2,6 +2,7 @@
 //! outbox loop and the purge scheduler.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -181,6 +182,10 @@ struct Inner {
     wake: Notify,
     /// Wakes the outbox loop.
     outbox_wake: Notify,
+    /// Wakes the warm-pool refill loop (after a claim).
+    refill_wake: Notify,
+    /// Spares claimed by this process: schemas, databases.
+    claims: [AtomicU64; 2],
     /// Final statuses, for waiters (API, CLI, benchmark).
     finished: broadcast::Sender<Finished>,
 }
@@ -259,9 +264,19 @@ impl Provisioner {
                 faults: Faults::default(),
                 wake: Notify::new(),
                 outbox_wake: Notify::new(),
+                refill_wake: Notify::new(),
+                claims: [AtomicU64::new(0), AtomicU64::new(0)],
                 finished,
             }),
         })
+    }
+
+    /// Spares of the warm pool claimed by this process so far: (schemas, databases).
+    pub fn warm_pool_claims(&self) -> (u64, u64) {
+        (
+            self.inner.claims[0].load(Ordering::Relaxed),
+            self.inner.claims[1].load(Ordering::Relaxed),
+        )
     }
 
     /// Fault injection handle (tests).
@@ -776,6 +791,16 @@ impl Provisioner {
                     .pools
                     .get(&cluster, &self.inner.access.owner, &cluster.dbname)
                     .await?;
+                // A spare of the warm pool at the latest version, renamed to the tenant's
+                // schema; none (or the schema exists: a re-run step): created here.
+                if self.inner.cfg.warm_pool.schemas > 0
+                    && app.latest() > 0
+                    && storage::claim_spare_schema(&mut owner, &schema, app.latest()).await?
+                {
+                    self.inner.claims[0].fetch_add(1, Ordering::Relaxed);
+                    self.inner.refill_wake.notify_one();
+                    return Ok(());
+                }
                 storage::migrate_schema(&mut owner, &schema, true, app).await?;
                 Ok(())
             }
@@ -784,6 +809,22 @@ impl Provisioner {
                 // then what a copy does not carry: database privileges and its own keys.
                 let db = database_name_for(tenant.id);
                 let (template, strategy) = self.ensure_template(&cluster).await?;
+                if self.inner.cfg.warm_pool.databases > 0 {
+                    // A finalised spare (own keys, privileges) cloned from the current
+                    // template, renamed to the tenant's database. None, or the database
+                    // exists (a re-run step): the path below.
+                    let mut admin = self
+                        .inner
+                        .pools
+                        .get(&cluster, &self.inner.access.admin, "postgres")
+                        .await?;
+                    let tag = storage::spare_database_tag(&template, &self.inner.key);
+                    if storage::claim_spare_database(&mut admin, &db, &tag).await? {
+                        self.inner.claims[1].fetch_add(1, Ordering::Relaxed);
+                        self.inner.refill_wake.notify_one();
+                        return Ok(());
+                    }
+                }
                 {
                     let admin = self
                         .inner
@@ -884,6 +925,155 @@ impl Provisioner {
             m.insert(cluster.id, out.clone());
         }
         Ok(out)
+    }
+
+    /// Refills the warm pool of every cluster (see [`crate::WarmPool`]): drops spares of an
+    /// older app version or template (and spare databases a crash left unfinished), then
+    /// creates spares until each cluster has the configured number. One refiller per
+    /// cluster at a time (a session advisory lock in its maintenance database; a cluster
+    /// another process is refilling is skipped). Returns the number of spares created.
+    pub async fn refill_warm_pool(&self) -> Result<usize, Error> {
+        let wp = self.inner.cfg.warm_pool;
+        if !wp.enabled() {
+            return Ok(0);
+        }
+        let clusters = {
+            let conn = self
+                .inner
+                .catalog_pool
+                .get()
+                .await
+                .map_err(|e| Error::Connect {
+                    what: "the catalog".into(),
+                    detail: e.to_string(),
+                })?;
+            catalog::list_clusters(&conn).await?
+        };
+        let mut made = 0;
+        let mut first_error = None;
+        for cluster in clusters {
+            if let Ok(mut m) = self.inner.clusters.write() {
+                m.entry(cluster.id).or_insert_with(|| cluster.clone());
+            }
+            // One cluster failing (unreachable, not bootstrapped) does not starve the others.
+            match self.refill_cluster(&cluster).await {
+                Ok(n) => made += n,
+                Err(e) => {
+                    tracing::warn!(cluster = %cluster.name, error = %e, "warm pool refill failed");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(made),
+        }
+    }
+
+    async fn refill_cluster(&self, cluster: &ClusterRecord) -> Result<usize, Error> {
+        let wp = self.inner.cfg.warm_pool;
+        let app = &self.inner.cfg.app_migrations;
+        let access = &self.inner.access;
+        let lock = connect(&config_for(cluster, &access.admin, "postgres")).await?;
+        let locked: bool = lock
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtext('tenancy-warm-pool-refill:' || $1))",
+                &[&cluster.dbname],
+            )
+            .await
+            .map_err(Error::db("locking the warm pool refill"))?
+            .get(0);
+        if !locked {
+            return Ok(0);
+        }
+        let mut made = 0;
+        let latest = app.latest();
+        if wp.schemas > 0 && latest > 0 {
+            let mut owner = self
+                .inner
+                .pools
+                .get(cluster, &access.owner, &cluster.dbname)
+                .await?;
+            let mut ready = 0;
+            for (name, version) in storage::spare_schemas(&owner).await? {
+                if version == latest {
+                    ready += 1;
+                } else if version < latest {
+                    storage::drop_spare_schema(&mut owner, &name).await?;
+                }
+            }
+            while ready < wp.schemas {
+                storage::create_spare_schema(&mut owner, app).await?;
+                ready += 1;
+                made += 1;
+            }
+        }
+        // Spare databases are cluster-wide: one refiller per cluster for them, even when
+        // several catalogs (shared databases) share the cluster.
+        let databases_locked = wp.databases > 0
+            && lock
+                .query_one(
+                    "SELECT pg_try_advisory_lock(hashtext('tenancy-warm-pool-refill-databases'))",
+                    &[],
+                )
+                .await
+                .map_err(Error::db("locking the warm pool refill"))?
+                .get::<_, bool>(0);
+        if databases_locked {
+            let (template, strategy) = self.ensure_template(cluster).await?;
+            let tag = storage::spare_database_tag(&template, &self.inner.key);
+            let ours = storage::spare_database_key_part(&tag);
+            let admin = self
+                .inner
+                .pools
+                .get(cluster, &access.admin, "postgres")
+                .await?;
+            let mut ready = 0;
+            for (name, of) in storage::spare_databases(&admin).await? {
+                match of {
+                    Some(of) if of == tag => ready += 1,
+                    // Another key's (another control plane's): not ours to drop.
+                    Some(of) if storage::spare_database_key_part(&of) != ours => {}
+                    // Another template (app version, runtime), or unfinished: nobody
+                    // else refills this cluster's databases now, so nobody finishes it.
+                    _ => storage::drop_spare_database(&admin, &name).await?,
+                }
+            }
+            while ready < wp.databases {
+                let name = storage::spare_database_name();
+                if let Err(e) =
+                    storage::create_database_from(&admin, &name, &template, strategy).await
+                {
+                    if storage::is_missing_database(&e) {
+                        if let Ok(mut m) = self.inner.templates.lock() {
+                            m.remove(&cluster.id);
+                        }
+                    }
+                    return Err(e);
+                }
+                storage::grant_database(&admin, &name).await?;
+                let version = {
+                    // A connection of its own, closed before the spare is marked: a spare
+                    // must have no sessions when it is claimed (renamed).
+                    let owner = connect(&config_for(cluster, &access.owner, &name)).await?;
+                    storage::finalize_clone(&owner, &self.inner.key).await?
+                };
+                if version.unwrap_or(0) < latest {
+                    storage::drop_database(&admin, &name).await?;
+                    return Err(Error::NotPossible(format!(
+                        "template {template} is not at the app's latest version"
+                    )));
+                }
+                storage::mark_spare_database(&admin, &name, &tag).await?;
+                ready += 1;
+                made += 1;
+            }
+        }
+        drop(lock);
+        if made > 0 {
+            tracing::debug!(cluster = %cluster.name, made, "refilled the warm pool");
+        }
+        Ok(made)
     }
 
     /// Brings the cluster's shared database to the app's latest version (once per process).
@@ -1197,6 +1387,11 @@ impl Provisioner {
         let me = self.clone();
         let rx = stop_rx.clone();
         handles.push(tokio::spawn(async move { me.outbox_loop(rx).await }));
+        if self.inner.cfg.warm_pool.enabled() {
+            let me = self.clone();
+            let rx = stop_rx.clone();
+            handles.push(tokio::spawn(async move { me.refill_loop(rx).await }));
+        }
         let me = self.clone();
         handles.push(tokio::spawn(async move { me.purge_loop(stop_rx).await }));
         Workers {
@@ -1283,6 +1478,22 @@ impl Provisioner {
                     client = None;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+            }
+        }
+    }
+
+    /// Keeps the warm pool full: a pass at start, after every claim and periodically.
+    async fn refill_loop(&self, mut stop: watch::Receiver<bool>) {
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            // Failures are logged per cluster; the next pass retries.
+            let _ = self.refill_warm_pool().await;
+            tokio::select! {
+                _ = self.inner.refill_wake.notified() => {}
+                _ = tokio::time::sleep(self.inner.cfg.poll_interval * 10) => {}
+                _ = stop.changed() => {}
             }
         }
     }

@@ -27,7 +27,7 @@ mod engine;
 pub mod storage;
 pub mod webhook;
 
-pub use config::{AppMigration, AppMigrations, ProvisionConfig, Receiver};
+pub use config::{AppMigration, AppMigrations, ProvisionConfig, Receiver, WarmPool};
 pub use conn::{
     config_for, pg_pool, ClusterAccess, Login, Manager as PgManager, Object as PgConn,
     Pool as PgPool,

@@ -7,3 +7,4 @@ mod lifecycle;
 mod regions;
 mod storage;
 mod support;
+mod warm_pool;

@@ -239,6 +239,9 @@ pub fn config(registration: Vec<Receiver>, events: Vec<Receiver>) -> ProvisionCo
         outbox_max_attempts: 3,
         webhook_timeout: Duration::from_secs(5),
         poll_interval: Duration::from_millis(50),
+        // The warm pool has tests of its own (warm_pool.rs); the others create storage
+        // at signup, as they always did.
+        warm_pool: tenancy_provision::WarmPool::DISABLED,
     }
 }
 
