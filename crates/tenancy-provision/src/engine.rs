@@ -831,18 +831,8 @@ impl Provisioner {
                         .pools
                         .get(&cluster, &self.inner.access.admin, "postgres")
                         .await?;
-                    if let Err(e) =
-                        storage::create_database_from(&admin, &db, &template, strategy).await
-                    {
-                        if storage::is_missing_database(&e) {
-                            // Dropped behind our back: rebuilt on the retry.
-                            if let Ok(mut m) = self.inner.templates.lock() {
-                                m.remove(&cluster.id);
-                            }
-                        }
-                        return Err(e);
-                    }
-                    storage::grant_database(&admin, &db).await?;
+                    self.clone_template(&admin, cluster.id, &db, &template, strategy)
+                        .await?;
                 }
                 let mut owner =
                     connect(&config_for(&cluster, &self.inner.access.owner, &db)).await?;
@@ -862,6 +852,28 @@ impl Provisioner {
                 Ok(())
             }
         }
+    }
+
+    /// Creates database `name` as a copy of `template` with the database-level grants a
+    /// copy does not carry. A template dropped behind our back is forgotten, so the retry
+    /// rebuilds it.
+    async fn clone_template(
+        &self,
+        admin: &tokio_postgres::Client,
+        cluster: Uuid,
+        name: &str,
+        template: &str,
+        strategy: Option<&'static str>,
+    ) -> Result<(), Error> {
+        if let Err(e) = storage::create_database_from(admin, name, template, strategy).await {
+            if storage::is_missing_database(&e) {
+                if let Ok(mut m) = self.inner.templates.lock() {
+                    m.remove(&cluster);
+                }
+            }
+            return Err(e);
+        }
+        storage::grant_database(admin, name).await
     }
 
     /// The cluster's template database for dedicated tenants, built when missing (once
@@ -1041,17 +1053,8 @@ impl Provisioner {
             }
             while ready < wp.databases {
                 let name = storage::spare_database_name();
-                if let Err(e) =
-                    storage::create_database_from(&admin, &name, &template, strategy).await
-                {
-                    if storage::is_missing_database(&e) {
-                        if let Ok(mut m) = self.inner.templates.lock() {
-                            m.remove(&cluster.id);
-                        }
-                    }
-                    return Err(e);
-                }
-                storage::grant_database(&admin, &name).await?;
+                self.clone_template(&admin, cluster.id, &name, &template, strategy)
+                    .await?;
                 let version = {
                     // A connection of its own, closed before the spare is marked: a spare
                     // must have no sessions when it is claimed (renamed).
