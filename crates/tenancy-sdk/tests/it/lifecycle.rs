@@ -224,6 +224,9 @@ async fn a_tenant_read_costs_one_round_trip_more_than_a_bare_read() {
         read_only.push(relay.round_trips.load(Ordering::SeqCst) - before);
     }
 
+    // The relay counts round trips of every connection: let the sweeper send the last
+    // read-only transaction's COMMIT before the bare read is counted.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let bare = connect(cfg).await;
     let stmt = bare.prepare(sql).await.expect("prepare");
     let before = relay.round_trips.load(Ordering::SeqCst);
