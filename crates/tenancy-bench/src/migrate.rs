@@ -385,19 +385,9 @@ async fn django_baseline(root: &Path, cluster: &Cluster, n: usize) -> Result<ser
         &dir.join("tenantapp").join("migrations").join("__init__.py"),
         "",
     )?;
-    let port = cluster.port().to_string();
+    let port = cluster.port();
     let py = |args: &[&str]| {
-        let mut c = Command::new(&python);
-        c.args(args)
-            .current_dir(&dir)
-            .env("DJANGO_SETTINGS_MODULE", "benchproj.settings")
-            .env("BENCH_DB_NAME", DJANGO_DB)
-            .env("BENCH_DB_USER", DJANGO_ROLE)
-            .env("BENCH_DB_PASSWORD", &password)
-            .env("BENCH_DB_HOST", "127.0.0.1")
-            .env("BENCH_DB_PORT", &port)
-            .env("PYTHONDONTWRITEBYTECODE", "1");
-        c
+        django::python_in(&python, &dir, DJANGO_DB, DJANGO_ROLE, &password, port, args)
     };
     django::check(
         py(&[

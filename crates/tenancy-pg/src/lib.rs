@@ -26,7 +26,7 @@ pub mod testing;
 
 pub use binaries::PgBinaries;
 pub use cluster::{connect, Cluster, ClusterOptions};
-pub use native::{native_context_library, native_context_majors, NATIVE_LIBRARY_NAME};
+pub use native::{native_context_library, NATIVE_LIBRARY_NAME};
 
 /// Why a cluster could not be found, created or started.
 #[derive(Debug, thiserror::Error)]

@@ -19,8 +19,3 @@ pub fn native_context_library(major: u32) -> Option<&'static [u8]> {
         .find(|(m, _)| *m == major)
         .map(|(_, bytes)| *bytes)
 }
-
-/// The major versions the native library was built for.
-pub fn native_context_majors() -> Vec<u32> {
-    NATIVE_LIBRARIES.iter().map(|(m, _)| *m).collect()
-}

@@ -572,15 +572,7 @@ impl Provisioner {
                 return Ok(c.clone());
             }
         }
-        let conn = self
-            .inner
-            .catalog_pool
-            .get()
-            .await
-            .map_err(|e| Error::Connect {
-                what: "the catalog".into(),
-                detail: e.to_string(),
-            })?;
+        let conn = self.catalog_conn().await?;
         let c = catalog::get_cluster(&conn, id).await?;
         if let Ok(mut m) = self.inner.clusters.write() {
             m.insert(id, c.clone());
@@ -854,6 +846,18 @@ impl Provisioner {
         }
     }
 
+    /// A pooled connection to the catalog.
+    async fn catalog_conn(&self) -> Result<crate::conn::Object, Error> {
+        self.inner
+            .catalog_pool
+            .get()
+            .await
+            .map_err(|e| Error::Connect {
+                what: "the catalog".into(),
+                detail: e.to_string(),
+            })
+    }
+
     /// Creates database `name` as a copy of `template` with the database-level grants a
     /// copy does not carry. A template dropped behind our back is forgotten, so the retry
     /// rebuilds it.
@@ -950,15 +954,7 @@ impl Provisioner {
             return Ok(0);
         }
         let clusters = {
-            let conn = self
-                .inner
-                .catalog_pool
-                .get()
-                .await
-                .map_err(|e| Error::Connect {
-                    what: "the catalog".into(),
-                    detail: e.to_string(),
-                })?;
+            let conn = self.catalog_conn().await?;
             catalog::list_clusters(&conn).await?
         };
         let mut made = 0;

@@ -490,22 +490,7 @@ pub async fn grant_database(admin: &Client, name: &str) -> Result<(), Error> {
 /// the app version of its `public` schema. `owner` is connected to the clone as the owner
 /// role.
 pub async fn finalize_clone(owner: &Client, key: &ContextKey) -> Result<Option<i32>, Error> {
-    owner
-        .batch_execute(
-            "INSERT INTO tenancy_private.binding_key (k)
-             SELECT sha256(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()))
-                    || sha256(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()))
-             ON CONFLICT (singleton) DO NOTHING",
-        )
-        .await
-        .map_err(Error::db("generating the database's binding key"))?;
-    owner
-        .execute(
-            "SELECT tenancy.install_context_key($1, $2)",
-            &[&key.kid().as_str(), &key.material_hex()],
-        )
-        .await
-        .map_err(Error::db("installing the context key"))?;
+    tenancy_sdk::bootstrap::install_context_key(owner, key).await?;
     schema_version(owner, "public").await
 }
 

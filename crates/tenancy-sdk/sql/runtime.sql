@@ -50,10 +50,6 @@ $fn$;
 
 DROP FUNCTION IF EXISTS tenancy_private.hmac(bytea, bytea, text);
 
-INSERT INTO tenancy_private.binding_key (k)
-SELECT sha256(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()))
-       || sha256(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()))
-ON CONFLICT (singleton) DO NOTHING;
 
 -- Installs (or replaces) a context key given as 64 hex digits. Owner only.
 CREATE OR REPLACE FUNCTION tenancy.install_context_key(kid text, material_hex text) RETURNS void
@@ -65,6 +61,12 @@ BEGIN
         RAISE EXCEPTION 'context key material must be 64 lowercase hex digits';
     END IF;
     SELECT * INTO p FROM tenancy_private.hmac_pads(decode(material_hex, 'hex'));
+    -- The database's binding key, generated here on first use (also in a clone of a
+    -- template stripped of its secrets): 64 random bytes that never leave the database.
+    INSERT INTO tenancy_private.binding_key (k)
+    SELECT sha256(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()))
+           || sha256(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()))
+    ON CONFLICT (singleton) DO NOTHING;
     INSERT INTO tenancy_private.context_keys (kid, ipad, opad, bkey)
     SELECT kid, p.ipad, p.opad, b.k FROM tenancy_private.binding_key b
     ON CONFLICT ON CONSTRAINT context_keys_pkey DO UPDATE

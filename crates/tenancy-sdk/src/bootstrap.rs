@@ -120,6 +120,14 @@ pub async fn install_runtime_with(
         .batch_execute(&sql)
         .await
         .map_err(Error::db("installing the tenancy runtime schema"))?;
+    install_context_key(owner, key).await
+}
+
+/// Installs (or replaces) the context key the application signs with. The runtime's
+/// `tenancy.install_context_key` also generates the database's binding key when it has
+/// none (a clone of a template stripped of its secrets gets its own here). Needs the
+/// runtime schema; `owner` is connected as the owner role.
+pub async fn install_context_key(owner: &Client, key: &ContextKey) -> Result<(), Error> {
     owner
         .execute(
             "SELECT tenancy.install_context_key($1, $2)",

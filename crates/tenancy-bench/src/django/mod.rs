@@ -179,20 +179,8 @@ pub async fn run(
         "",
     )?;
 
-    let port = cluster.port().to_string();
-    let py = |args: &[&str]| {
-        let mut c = Command::new(&python);
-        c.args(args)
-            .current_dir(&dir)
-            .env("DJANGO_SETTINGS_MODULE", "benchproj.settings")
-            .env("BENCH_DB_NAME", DB)
-            .env("BENCH_DB_USER", ROLE)
-            .env("BENCH_DB_PASSWORD", &password)
-            .env("BENCH_DB_HOST", "127.0.0.1")
-            .env("BENCH_DB_PORT", &port)
-            .env("PYTHONDONTWRITEBYTECODE", "1");
-        c
-    };
+    let port = cluster.port();
+    let py = |args: &[&str]| python_in(&python, &dir, DB, ROLE, &password, port, args);
     check(
         py(&[
             "manage.py",
@@ -256,4 +244,28 @@ pub async fn run(
         tables * tenants
     );
     Ok(result)
+}
+
+/// `python ARGS` in the Django project `dir`, connected to database `db` on the private
+/// cluster's loopback port as `role`.
+pub(crate) fn python_in(
+    python: &std::path::Path,
+    dir: &std::path::Path,
+    db: &str,
+    role: &str,
+    password: &str,
+    port: u16,
+    args: &[&str],
+) -> Command {
+    let mut c = Command::new(python);
+    c.args(args)
+        .current_dir(dir)
+        .env("DJANGO_SETTINGS_MODULE", "benchproj.settings")
+        .env("BENCH_DB_NAME", db)
+        .env("BENCH_DB_USER", role)
+        .env("BENCH_DB_PASSWORD", password)
+        .env("BENCH_DB_HOST", "127.0.0.1")
+        .env("BENCH_DB_PORT", port.to_string())
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    c
 }
