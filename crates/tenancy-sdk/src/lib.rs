@@ -21,6 +21,7 @@ mod error;
 mod pool;
 mod router;
 mod tx;
+mod wire;
 
 pub use error::Error;
 pub use pool::{PoolOptions, TenantPool};

@@ -1,7 +1,7 @@
 //! The runtime-role connection pool.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -9,6 +9,8 @@ use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use tenancy_core::{ContextKey, TenantId};
 use tokio_postgres::{Client, NoTls, Statement};
 
+use crate::tx::Begin;
+use crate::wire::{self, Splice};
 use crate::{Error, TenantTx};
 
 /// Prepared statements kept per connection before the cache is cleared.
@@ -28,6 +30,9 @@ pub(crate) struct Conn {
     pub(crate) client: Client,
     /// Backend process id, bound into every context token signed for this connection.
     pub(crate) pid: i32,
+    /// Set when the database has the native context: transaction openings then ride in
+    /// front of the first statement with no Sync of their own (see [`crate::wire`]).
+    pub(crate) splice: Option<Arc<Splice>>,
     /// Prepared statements by SQL text, so repeated queries skip Parse/Describe.
     stmts: HashMap<String, Statement>,
     /// Issue time of the last token signed for this connection. Tokens are single-use per
@@ -39,6 +44,8 @@ pub(crate) struct Conn {
     deferred_commit: Mutex<Option<Instant>>,
     /// Count of the pool's connections with a deferred commit (the sweeper idles at 0).
     deferred: Arc<AtomicUsize>,
+    /// The database refused an opening on this connection: it is closed, not reused.
+    retired: AtomicBool,
 }
 
 impl Conn {
@@ -90,8 +97,27 @@ impl Conn {
             .unwrap_or(false);
         if due {
             self.deferred.fetch_sub(1, Ordering::Relaxed);
-            send_without_waiting(&self.client, "COMMIT");
+            self.send_commit_without_waiting();
         }
+    }
+
+    /// Sends COMMIT without waiting for its reply. On a spliced connection it goes through
+    /// the splice, so an opening queued after it always follows it on the wire (a plain
+    /// request sent now could otherwise still be unwritten when the next user queues its
+    /// opening, and end that user's transaction).
+    pub(crate) fn send_commit_without_waiting(&self) -> Option<Result<(), tokio_postgres::Error>> {
+        match &self.splice {
+            Some(splice) => {
+                splice.push(&wire::encode_commit(), 1);
+                send_without_waiting(&self.client, "")
+            }
+            None => send_without_waiting(&self.client, "COMMIT"),
+        }
+    }
+
+    /// Marks the connection as not to be reused (its opening was refused).
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
     }
 }
 
@@ -132,40 +158,81 @@ async fn sweep_deferred_commits(pool: managed::WeakPool<Manager>, deferred: Arc<
 pub(crate) struct Manager {
     /// Where to connect, as which role.
     config: tokio_postgres::Config,
+    /// Tenant connections: detect the context implementation and, when native, prepare
+    /// the one-Sync openings.
+    tenant: bool,
     /// Shared with every connection: how many have a deferred commit.
     deferred: Arc<AtomicUsize>,
 }
 
 impl managed::Manager for Manager {
     type Type = Conn;
-    type Error = tokio_postgres::Error;
+    type Error = wire::Error;
 
-    async fn create(&self) -> Result<Conn, tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "pooled connection closed");
-            }
-        });
-        let pid: i32 = client
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await?
-            .get(0);
-        Ok(Conn {
+    async fn create(&self) -> Result<Conn, wire::Error> {
+        if !self.tenant {
+            let (client, connection) = self.config.connect(NoTls).await?;
+            spawn_connection(connection);
+            return Ok(self.conn(client, 0, None));
+        }
+        let (client, connection, splice) = wire::connect(&self.config).await?;
+        spawn_connection(connection);
+        let row = client
+            .query_one(
+                "SELECT pg_backend_pid(), coalesce((SELECT l.lanname = 'c' FROM pg_catalog.pg_proc p \
+                   JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
+                  WHERE p.oid = to_regprocedure('tenancy.enter(text)')), false)",
+                &[],
+            )
+            .await?;
+        let (pid, native): (i32, bool) = (row.get(0), row.get(1));
+        let splice = if native {
+            wire::prepare(&client, &splice).await?;
+            Some(splice)
+        } else {
+            None
+        };
+        Ok(self.conn(client, pid, splice))
+    }
+
+    async fn recycle(&self, conn: &mut Conn, _: &Metrics) -> RecycleResult<wire::Error> {
+        if conn.client.is_closed() {
+            return Err(RecycleError::message("connection closed"));
+        }
+        if conn.retired.load(Ordering::Relaxed) {
+            return Err(RecycleError::message(
+                "the database refused a transaction opening on this connection",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Drives a connection until it closes.
+fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "pooled connection closed");
+        }
+    });
+}
+
+impl Manager {
+    fn conn(&self, client: Client, pid: i32, splice: Option<Arc<Splice>>) -> Conn {
+        Conn {
             client,
             pid,
+            splice,
             stmts: HashMap::new(),
             last_issued: i64::MIN,
             deferred_commit: Mutex::new(None),
             deferred: Arc::clone(&self.deferred),
-        })
-    }
-
-    async fn recycle(&self, conn: &mut Conn, _: &Metrics) -> RecycleResult<tokio_postgres::Error> {
-        if conn.client.is_closed() {
-            return Err(RecycleError::message("connection closed"));
+            retired: AtomicBool::new(false),
         }
-        Ok(())
     }
 }
 
@@ -178,21 +245,26 @@ pub(crate) fn build_pool(
     config: tokio_postgres::Config,
     opts: &PoolOptions,
 ) -> Result<Pool, Error> {
-    build_pool_with(config, opts, Arc::default())
+    build_pool_with(config, opts, false, Arc::default())
 }
 
 fn build_pool_with(
     config: tokio_postgres::Config,
     opts: &PoolOptions,
+    tenant: bool,
     deferred: Arc<AtomicUsize>,
 ) -> Result<Pool, Error> {
-    Pool::builder(Manager { config, deferred })
-        .max_size(opts.max_size)
-        .wait_timeout(Some(opts.wait_timeout))
-        .create_timeout(Some(Duration::from_secs(10)))
-        .runtime(deadpool::Runtime::Tokio1)
-        .build()
-        .map_err(|e| Error::Pool(e.to_string()))
+    Pool::builder(Manager {
+        config,
+        tenant,
+        deferred,
+    })
+    .max_size(opts.max_size)
+    .wait_timeout(Some(opts.wait_timeout))
+    .create_timeout(Some(Duration::from_secs(10)))
+    .runtime(deadpool::Runtime::Tokio1)
+    .build()
+    .map_err(|e| Error::Pool(e.to_string()))
 }
 
 /// Settings of a [`TenantPool`].
@@ -245,7 +317,7 @@ impl TenantPool {
             return Err(Error::Invalid("pool max_size must be at least 1".into()));
         }
         let deferred = Arc::new(AtomicUsize::new(0));
-        let pool = build_pool_with(config, &opts, Arc::clone(&deferred))?;
+        let pool = build_pool_with(config, &opts, true, Arc::clone(&deferred))?;
         let defers_commits = match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(sweep_deferred_commits(pool.weak(), deferred));
@@ -312,25 +384,14 @@ impl TenantPool {
             issued,
             self.opts.token_ttl.as_micros() as i64,
         );
-        // The token text is [a-z0-9.-] only (checked by ContextToken), so it is safe inside
-        // a string literal; a simple-query message lets BEGIN and enter share one message,
-        // which the PL/pgSQL tenancy.enter requires.
         // A read-only transaction that ended on this connection without its COMMIT being
-        // sent yet: the COMMIT leads this message.
-        let mut begin = format!(
-            "{}BEGIN{}; SELECT tenancy.enter('{}')",
-            if conn.take_deferred_commit() {
-                "COMMIT; "
-            } else {
-                ""
-            },
-            if read_only { " READ ONLY" } else { "" },
-            token.as_str()
-        );
-        if let Some(schema) = schema {
-            // Checked above: [a-z0-9_] only, so it needs no quoting beyond the double quotes.
-            begin.push_str(&format!("; SET LOCAL search_path = \"{schema}\", public"));
-        }
+        // sent yet: the COMMIT leads the opening.
+        let begin = Begin {
+            commit_first: conn.take_deferred_commit(),
+            read_only,
+            token: token.as_str().to_owned(),
+            schema: schema.map(str::to_owned),
+        };
         Ok(TenantTx::new(
             conn,
             tenant,

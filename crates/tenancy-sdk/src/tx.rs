@@ -6,8 +6,51 @@ use tenancy_core::TenantId;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
-use crate::pool::Object;
+use crate::pool::{Conn, Object};
+use crate::wire::{self, Splice};
 use crate::Error;
+
+/// What opens a transaction: the deferred COMMIT of the connection's previous read-only
+/// transaction, `BEGIN [READ ONLY]`, the signed context, the schema's search path.
+#[derive(Debug)]
+pub(crate) struct Begin {
+    pub(crate) commit_first: bool,
+    pub(crate) read_only: bool,
+    /// The signed token: `[a-z0-9.-]` only (checked by `ContextToken`).
+    pub(crate) token: String,
+    /// Checked by the pool: `[a-z0-9_]` only.
+    pub(crate) schema: Option<String>,
+}
+
+impl Begin {
+    /// The opening as one simple-query message. The PL/pgSQL `tenancy.enter` needs this
+    /// form: it must run in the first message of its transaction.
+    fn simple_sql(&self) -> String {
+        // The token and schema texts need no quoting beyond the quotes (see the fields).
+        let mut sql = format!(
+            "{}BEGIN{}; SELECT tenancy.enter('{}')",
+            if self.commit_first { "COMMIT; " } else { "" },
+            if self.read_only { " READ ONLY" } else { "" },
+            self.token
+        );
+        if let Some(schema) = &self.schema {
+            sql.push_str(&format!("; SET LOCAL search_path = \"{schema}\", public"));
+        }
+        sql
+    }
+
+    /// Queues the opening on a spliced connection, in front of the next request.
+    fn splice_into(&self, splice: &Splice) {
+        let path = self.schema.as_ref().map(|s| format!("\"{s}\", public"));
+        let (msgs, stmts) = wire::encode(&wire::Opening {
+            commit_first: self.commit_first,
+            read_only: self.read_only,
+            token: &self.token,
+            search_path: path.as_deref(),
+        });
+        splice.push(&msgs, stmts);
+    }
+}
 
 /// Where the transaction is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,8 +75,8 @@ pub struct TenantTx {
     conn: Option<Object>,
     /// Tenant this transaction is bound to.
     tenant: TenantId,
-    /// `BEGIN; SELECT tenancy.enter('<token>')`, sent with the first statement.
-    begin_sql: Option<String>,
+    /// The opening, sent with the first statement.
+    begin: Option<Begin>,
     /// Life-cycle state.
     state: State,
     /// Began with `BEGIN READ ONLY`: the commit is not awaited.
@@ -42,20 +85,38 @@ pub struct TenantTx {
     defer_commit: bool,
 }
 
+/// Runs `fut` (a request not yet sent: futures send on first poll) with the opening in
+/// front of it when the transaction has not begun: spliced into the request's own
+/// messages on a native-context connection, else pipelined as a simple query just before.
 async fn with_begin<T>(
-    client: &Client,
-    begin: Option<&str>,
+    conn: &Conn,
+    begin: Option<Begin>,
+    what: &'static str,
     fut: impl Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<T, Error> {
-    match begin {
-        Some(sql) => {
+    match (begin, conn.splice.as_deref()) {
+        (Some(b), Some(splice)) => {
+            b.splice_into(splice);
+            fut.await.map_err(|e| {
+                if splice.take_failed() {
+                    // Whatever the cause (a refused token, statements deallocated through
+                    // `client()`), this connection is not handed out again.
+                    conn.retire();
+                    Error::ContextRefused(e)
+                } else {
+                    Error::Db { what, source: e }
+                }
+            })
+        }
+        (Some(b), None) => {
             // join! polls in order, so BEGIN+context is queued on the connection before the
             // statement: both leave in one write and come back in one round trip.
-            let (b, r) = futures_util::join!(client.batch_execute(sql), fut);
-            b.map_err(Error::ContextRefused)?;
-            r.map_err(Error::db("running a statement"))
+            let sql = b.simple_sql();
+            let (rb, r) = futures_util::join!(conn.client.batch_execute(&sql), fut);
+            rb.map_err(Error::ContextRefused)?;
+            r.map_err(Error::db(what))
         }
-        None => fut.await.map_err(Error::db("running a statement")),
+        (None, _) => fut.await.map_err(Error::db(what)),
     }
 }
 
@@ -63,14 +124,14 @@ impl TenantTx {
     pub(crate) fn new(
         conn: Object,
         tenant: TenantId,
-        begin_sql: String,
+        begin: Begin,
         read_only: bool,
         defer_commit: bool,
     ) -> Self {
         TenantTx {
             conn: Some(conn),
             tenant,
-            begin_sql: Some(begin_sql),
+            begin: Some(begin),
             state: State::NotBegun,
             read_only,
             defer_commit,
@@ -93,8 +154,8 @@ impl TenantTx {
             .ok_or_else(|| Error::Invalid("transaction already ended".into()))
     }
 
-    fn take_begin(&mut self) -> Option<String> {
-        let b = self.begin_sql.take();
+    fn take_begin(&mut self) -> Option<Begin> {
+        let b = self.begin.take();
         if b.is_some() {
             // From here on the server may have an open transaction: drop must roll back.
             self.state = State::Open;
@@ -125,21 +186,13 @@ impl TenantTx {
         }
         let begin = self.take_begin();
         let conn = self.conn()?;
-        let r = match begin {
-            Some(b) => {
-                let (rb, rs) =
-                    futures_util::join!(conn.client.batch_execute(&b), conn.client.prepare(sql));
-                match (rb, rs) {
-                    (Err(e), _) => Err(Error::ContextRefused(e)),
-                    (Ok(()), r) => r.map_err(Error::db("preparing a statement")),
-                }
-            }
-            None => conn
-                .client
-                .prepare(sql)
-                .await
-                .map_err(Error::db("preparing a statement")),
-        };
+        let r = with_begin(
+            conn,
+            begin,
+            "preparing a statement",
+            conn.client.prepare(sql),
+        )
+        .await;
         let stmt = self.track(r)?;
         self.conn()?.remember(sql, stmt.clone());
         Ok(stmt)
@@ -154,8 +207,14 @@ impl TenantTx {
         self.check_usable()?;
         let stmt = self.statement(sql).await?;
         let begin = self.take_begin();
-        let client = &self.conn()?.client;
-        let r = with_begin(client, begin.as_deref(), client.query(&stmt, params)).await;
+        let conn = self.conn()?;
+        let r = with_begin(
+            conn,
+            begin,
+            "running a statement",
+            conn.client.query(&stmt, params),
+        )
+        .await;
         self.track(r)
     }
 
@@ -168,8 +227,14 @@ impl TenantTx {
         self.check_usable()?;
         let stmt = self.statement(sql).await?;
         let begin = self.take_begin();
-        let client = &self.conn()?.client;
-        let r = with_begin(client, begin.as_deref(), client.query_one(&stmt, params)).await;
+        let conn = self.conn()?;
+        let r = with_begin(
+            conn,
+            begin,
+            "running a statement",
+            conn.client.query_one(&stmt, params),
+        )
+        .await;
         self.track(r)
     }
 
@@ -182,8 +247,14 @@ impl TenantTx {
         self.check_usable()?;
         let stmt = self.statement(sql).await?;
         let begin = self.take_begin();
-        let client = &self.conn()?.client;
-        let r = with_begin(client, begin.as_deref(), client.query_opt(&stmt, params)).await;
+        let conn = self.conn()?;
+        let r = with_begin(
+            conn,
+            begin,
+            "running a statement",
+            conn.client.query_opt(&stmt, params),
+        )
+        .await;
         self.track(r)
     }
 
@@ -196,8 +267,14 @@ impl TenantTx {
         self.check_usable()?;
         let stmt = self.statement(sql).await?;
         let begin = self.take_begin();
-        let client = &self.conn()?.client;
-        let r = with_begin(client, begin.as_deref(), client.execute(&stmt, params)).await;
+        let conn = self.conn()?;
+        let r = with_begin(
+            conn,
+            begin,
+            "running a statement",
+            conn.client.execute(&stmt, params),
+        )
+        .await;
         self.track(r)
     }
 
@@ -205,8 +282,14 @@ impl TenantTx {
     pub async fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
         self.check_usable()?;
         let begin = self.take_begin();
-        let client = &self.conn()?.client;
-        let r = with_begin(client, begin.as_deref(), client.batch_execute(sql)).await;
+        let conn = self.conn()?;
+        let r = with_begin(
+            conn,
+            begin,
+            "running a statement",
+            conn.client.batch_execute(sql),
+        )
+        .await;
         self.track(r)
     }
 
@@ -219,7 +302,7 @@ impl TenantTx {
             let r = self
                 .conn()?
                 .client
-                .batch_execute(&b)
+                .batch_execute(&b.simple_sql())
                 .await
                 .map_err(Error::ContextRefused);
             self.track(r)?;
@@ -243,17 +326,18 @@ impl TenantTx {
             return Ok(());
         };
         match state {
-            State::NotBegun => Ok(()),
+            State::NotBegun => {
+                self.release_unbegun(&conn);
+                Ok(())
+            }
             State::Open if self.read_only && self.defer_commit => {
                 conn.defer_commit();
                 Ok(())
             }
-            State::Open if self.read_only => {
-                match crate::pool::send_without_waiting(&conn.client, "COMMIT") {
-                    Some(r) => r.map_err(Error::db("committing")),
-                    None => Ok(()),
-                }
-            }
+            State::Open if self.read_only => match conn.send_commit_without_waiting() {
+                Some(r) => r.map_err(Error::db("committing")),
+                None => Ok(()),
+            },
             State::Open => conn
                 .client
                 .batch_execute("COMMIT")
@@ -269,6 +353,15 @@ impl TenantTx {
         }
     }
 
+    /// Ends a transaction that never sent anything. If it had taken over the COMMIT of the
+    /// connection's previous read-only transaction, that COMMIT is still owed: hand it
+    /// back to the connection (the next user or the sweeper sends it).
+    fn release_unbegun(&mut self, conn: &Conn) {
+        if self.begin.take().is_some_and(|b| b.commit_first) {
+            conn.defer_commit();
+        }
+    }
+
     /// Rolls back.
     pub async fn rollback(mut self) -> Result<(), Error> {
         let state = self.state;
@@ -276,6 +369,7 @@ impl TenantTx {
             return Ok(());
         };
         if state == State::NotBegun {
+            self.release_unbegun(&conn);
             return Ok(());
         }
         conn.client
@@ -289,7 +383,9 @@ impl Drop for TenantTx {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
         if self.state == State::NotBegun {
-            return; // Nothing was sent; the connection is clean.
+            // Nothing was sent; the connection is as this transaction found it.
+            self.release_unbegun(&conn);
+            return;
         }
         // Roll back before the connection is reused. The ROLLBACK is queued behind whatever
         // the dropped statement left in flight, so it ends this transaction whatever state

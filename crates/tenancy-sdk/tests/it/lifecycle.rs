@@ -321,3 +321,122 @@ async fn a_read_only_transaction_refuses_writes_and_its_queued_commit_ends_it() 
         assert_clean(&pool, pid).await;
     }
 }
+
+/// A transaction that ends before its first statement (committed, rolled back or dropped)
+/// still owes the COMMIT of the connection's previous read-only transaction, which it
+/// had taken over: the next transaction on that connection must begin cleanly.
+#[tokio::test]
+async fn a_transaction_ended_before_its_first_statement_keeps_the_owed_commit() {
+    for (imp, db) in fresh_dbs().await {
+        let pool = pool(&db, 1);
+        let (a, b) = (TenantId::new_random(), TenantId::new_random());
+        seed(&pool, a, 2).await;
+        let pid = pid_of(&pool, a).await;
+        for how in ["commit", "rollback", "drop"] {
+            let mut tx = pool.begin_read_only(a).await.expect("begin read only");
+            tx.query("SELECT 1 FROM customers", &[])
+                .await
+                .expect("read");
+            tx.commit().await.expect("commit"); // its COMMIT is now owed
+            let tx = pool.begin_read_only(b).await.expect("begin read only");
+            match how {
+                "commit" => tx.commit().await.expect("commit"),
+                "rollback" => tx.rollback().await.expect("rollback"),
+                _ => drop(tx),
+            }
+            assert_clean(&pool, pid).await;
+            let _ = imp;
+        }
+    }
+}
+
+/// Reuse right around the moment the sweeper sends an idle connection's owed COMMIT: the
+/// COMMIT and the next transaction's opening must reach the server in that order.
+#[tokio::test]
+async fn reuse_racing_the_commit_sweeper_never_breaks_a_transaction() {
+    for (imp, db) in fresh_dbs().await {
+        let pool = pool(&db, 1);
+        let (a, b) = (TenantId::new_random(), TenantId::new_random());
+        seed(&pool, a, 2).await;
+        seed(&pool, b, 3).await;
+        for i in 0..300u64 {
+            let (t, n) = if i % 2 == 0 { (a, 2) } else { (b, 3) };
+            let mut tx = pool.begin_read_only(t).await.expect("begin read only");
+            let row = tx
+                .query_one(
+                    "SELECT count(*), count(*) FILTER (WHERE tenant_id <> $1) FROM customers",
+                    &[&t.as_uuid()],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{imp:?}: iteration {i}: {e:?}"));
+            assert_eq!(row.get::<_, i64>(0), n, "{imp:?}: iteration {i}");
+            assert_eq!(row.get::<_, i64>(1), 0, "{imp:?}: iteration {i}");
+            tx.commit().await.expect("commit");
+            // 0 to 7 ms: before, around and after the sweeper's 2 ms age and 5 ms tick.
+            tokio::time::sleep(Duration::from_micros((i * 2_741) % 7_000)).await;
+        }
+    }
+}
+
+/// When the database refuses a transaction's opening on a native-context connection (here
+/// because the SDK's prepared statements were removed through `client()`), the first
+/// statement fails with `ContextRefused` whatever carried the opening (a prepared
+/// statement or a simple query), nothing hangs, and the connection is not reused.
+#[tokio::test]
+async fn a_refused_opening_fails_its_statement_and_retires_the_connection() {
+    let db = fresh_db().await;
+    let su = db.connect_superuser().await.expect("superuser");
+    let imp = tenancy_sdk::bootstrap::context_impl(&su)
+        .await
+        .expect("impl")
+        .expect("installed");
+    if imp != tenancy_sdk::bootstrap::ContextImpl::Native {
+        eprintln!("the native context is not installed here: nothing to check");
+        return;
+    }
+    let pool = pool(&db, 1);
+    let a = TenantId::new_random();
+    seed(&pool, a, 2).await;
+    for carrier in ["query", "batch_execute", "prepare"] {
+        let old = pid_of(&pool, a).await;
+        let mut tx = pool.begin(a).await.expect("begin");
+        tx.client()
+            .await
+            .expect("client")
+            .batch_execute("DEALLOCATE ALL")
+            .await
+            .expect("deallocate");
+        tx.commit().await.expect("commit");
+
+        let mut tx = pool.begin_read_only(a).await.expect("begin");
+        let attempt = async {
+            match carrier {
+                "query" => tx.query("SELECT 1", &[]).await.map(|_| ()),
+                "batch_execute" => tx.batch_execute("SELECT 1").await,
+                _ => tx
+                    .query(
+                        &format!("SELECT {} FROM customers", rand::random::<u32>()),
+                        &[],
+                    )
+                    .await
+                    .map(|_| ()),
+            }
+        };
+        let r = tokio::time::timeout(Duration::from_secs(10), attempt)
+            .await
+            .unwrap_or_else(|_| panic!("{carrier}: a refused opening must not hang"));
+        assert!(
+            matches!(r, Err(tenancy_sdk::Error::ContextRefused(_))),
+            "{carrier}: {r:?}"
+        );
+        drop(tx);
+        // Let the dropped transaction's ROLLBACK finish and return the connection.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let new = pid_of(&pool, a).await;
+        assert_ne!(
+            old, new,
+            "{carrier}: the refused connection must be replaced"
+        );
+        assert_clean(&pool, new).await;
+    }
+}

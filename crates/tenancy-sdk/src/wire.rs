@@ -1,0 +1,606 @@
+//! One-Sync transaction openings: the socket under a tenant connection lets the SDK put
+//! its own extended-protocol messages (`COMMIT` of a finished read-only transaction,
+//! `BEGIN`, `tenancy.enter($token)`, the schema's `search_path`) in front of the next
+//! request tokio-postgres writes, and hides their replies from tokio-postgres.
+//!
+//! Why: tokio-postgres ends every request with its own Sync, and each Sync costs the server
+//! a ReadyForQuery, a flush and the client a wake-up. Opening a transaction as its own
+//! request doubled the server's work per point read. Spliced in front of the first
+//! statement, the opening shares that statement's Sync: BEGIN, context and query are one
+//! pipeline, one flush, one round trip (the shape pgbench measures with `\startpipeline`).
+//!
+//! How it stays correct:
+//! - Messages are only inserted at a frontend message boundary, after start-up, and only
+//!   by the one [`TenantTx`](crate::TenantTx) holding the connection.
+//! - Their replies are the first replies after those of every Sync or Query written before
+//!   them (counted: each yields exactly one ReadyForQuery). From there the filter drops
+//!   BindComplete, ParseComplete, DataRow and CommandComplete until each inserted
+//!   statement has completed. Asynchronous messages (notices, parameter status,
+//!   notifications) always pass.
+//! - If an inserted statement fails, its ErrorResponse passes through: the server skips
+//!   the rest up to the Sync, so the ErrorResponse becomes the reply to the request that
+//!   carried it, and that request fails with the refusal (recorded so the SDK reports it
+//!   as a refused context).
+//! - Only statements the SDK prepared itself on this connection (named `tenancy_*`) are
+//!   bound here; tokio-postgres names its own `s<N>`.
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
+
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_postgres::config::Host;
+use tokio_postgres::{Client, Config, Connection, NoTls};
+
+/// The statements prepared on every native-context connection, by name.
+const PREPARED: &[(&str, &str)] = &[
+    (BEGIN, "BEGIN"),
+    (BEGIN_READ_ONLY, "BEGIN READ ONLY"),
+    (COMMIT, "COMMIT"),
+    (ENTER, "SELECT tenancy.enter($1::text)"),
+    (
+        SEARCH_PATH,
+        "SELECT pg_catalog.set_config('search_path', $1::text, true)",
+    ),
+];
+const BEGIN: &str = "tenancy_begin";
+const BEGIN_READ_ONLY: &str = "tenancy_begin_ro";
+const COMMIT: &str = "tenancy_commit";
+const ENTER: &str = "tenancy_enter";
+const SEARCH_PATH: &str = "tenancy_search_path";
+/// A Sync message.
+const SYNC: [u8; 5] = [b'S', 0, 0, 0, 4];
+
+/// A plain socket: TCP or Unix.
+#[derive(Debug)]
+pub(crate) enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Opens a socket to the first reachable host of `config` (Unix socket directories and
+/// TCP hosts, as libpq and tokio-postgres read them).
+async fn open_socket(config: &Config) -> io::Result<Socket> {
+    let hosts = config.get_hosts();
+    if hosts.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the connection configuration names no host: set host (a name, an address or a Unix socket directory)",
+        ));
+    }
+    let ports = config.get_ports();
+    let mut last = None;
+    for (i, host) in hosts.iter().enumerate() {
+        let port = match ports {
+            [] => 5432,
+            [p] => *p,
+            ps => ps.get(i).copied().unwrap_or(5432),
+        };
+        let attempt = async {
+            match host {
+                Host::Unix(dir) => {
+                    UnixStream::connect(Path::new(dir).join(format!(".s.PGSQL.{port}")))
+                        .await
+                        .map(Socket::Unix)
+                }
+                Host::Tcp(name) => {
+                    let s = TcpStream::connect((name.as_str(), port)).await?;
+                    s.set_nodelay(true)?;
+                    Ok(Socket::Tcp(s))
+                }
+            }
+        };
+        let r = match config.get_connect_timeout() {
+            Some(t) => tokio::time::timeout(*t, attempt).await.unwrap_or_else(|_| {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+            }),
+            None => attempt.await,
+        };
+        match r {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no host to connect to")))
+}
+
+/// Connects with `config` over a [`SpliceStream`]. The splice is armed (ready to carry an
+/// opening) once start-up has finished.
+pub(crate) async fn connect(
+    config: &Config,
+) -> Result<
+    (
+        Client,
+        Connection<SpliceStream, tokio_postgres::tls::NoTlsStream>,
+        Arc<Splice>,
+    ),
+    Error,
+> {
+    let socket = open_socket(config).await.map_err(Error::Io)?;
+    let splice = Arc::new(Splice::default());
+    let stream = SpliceStream::new(socket, Arc::clone(&splice));
+    let (client, connection) = config.connect_raw(stream, NoTls).await.map_err(Error::Pg)?;
+    splice.lock().armed = true;
+    Ok((client, connection, splice))
+}
+
+/// Why a pooled connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    #[error("could not open a socket to the database: {0}")]
+    Io(io::Error),
+    #[error(transparent)]
+    Pg(#[from] tokio_postgres::Error),
+}
+
+/// Prepares the `tenancy_*` statements on a connection whose database has the native
+/// context (one round trip, at connection creation).
+pub(crate) async fn prepare(client: &Client, splice: &Splice) -> Result<(), tokio_postgres::Error> {
+    let mut buf = BytesMut::new();
+    for (name, sql) in PREPARED {
+        // Statement texts are constants without NUL bytes: encoding cannot fail.
+        let _ = frontend::parse(name, sql, [], &mut buf);
+    }
+    splice.push(&buf, PREPARED.len() as u32);
+    // An empty query: the parses ride in front of it and share its ReadyForQuery.
+    client.batch_execute("").await
+}
+
+/// What a transaction opening contains.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Opening<'a> {
+    /// A finished read-only transaction's COMMIT goes first.
+    pub(crate) commit_first: bool,
+    /// `BEGIN READ ONLY` instead of `BEGIN`.
+    pub(crate) read_only: bool,
+    /// The signed context token.
+    pub(crate) token: &'a str,
+    /// The schema placement's `search_path`, already formatted.
+    pub(crate) search_path: Option<&'a str>,
+}
+
+/// Encodes an opening as Bind/Execute pairs of the prepared statements (no Sync), and the
+/// number of statements whose replies the filter must drop.
+pub(crate) fn encode(o: &Opening<'_>) -> (BytesMut, u32) {
+    let mut buf = BytesMut::with_capacity(256);
+    let mut n = 0;
+    let mut stmt = |name: &str, arg: Option<&str>, buf: &mut BytesMut| {
+        // Values are text without NUL bytes and statement names constants: cannot fail.
+        let _ = frontend::bind(
+            "",
+            name,
+            [0i16],
+            arg,
+            |v, buf| {
+                buf.extend_from_slice(v.as_bytes());
+                Ok(postgres_protocol::IsNull::No)
+            },
+            [0i16],
+            buf,
+        );
+        let _ = frontend::execute("", 0, buf);
+        n += 1;
+    };
+    if o.commit_first {
+        stmt(COMMIT, None, &mut buf);
+    }
+    stmt(
+        if o.read_only { BEGIN_READ_ONLY } else { BEGIN },
+        None,
+        &mut buf,
+    );
+    stmt(ENTER, Some(o.token), &mut buf);
+    if let Some(path) = o.search_path {
+        stmt(SEARCH_PATH, Some(path), &mut buf);
+    }
+    (buf, n)
+}
+
+/// `COMMIT` as a Bind/Execute of the prepared statement, for [`Splice::push`].
+pub(crate) fn encode_commit() -> BytesMut {
+    let mut buf = BytesMut::with_capacity(32);
+    // Constant names: cannot fail.
+    let _ = frontend::bind(
+        "",
+        COMMIT,
+        [],
+        [],
+        |(), _| Ok(postgres_protocol::IsNull::No),
+        [],
+        &mut buf,
+    );
+    let _ = frontend::execute("", 0, &mut buf);
+    buf
+}
+
+/// Statements whose replies are dropped, starting after the `after_z`-th ReadyForQuery.
+#[derive(Debug)]
+struct Skip {
+    after_z: u64,
+    /// Statements not yet complete.
+    left: u32,
+    /// The insertion ended with a Sync of its own (its carrier was not an extended-protocol
+    /// message): its ReadyForQuery is dropped too.
+    sync: bool,
+}
+
+/// State shared by the stream (in the connection task) and the SDK (in `TenantTx`).
+#[derive(Debug, Default)]
+struct Shared {
+    /// Start-up is over: messages may be inserted and replies filtered.
+    armed: bool,
+    /// Messages waiting to go in front of the next frontend message.
+    pending: Vec<u8>,
+    /// Statements in `pending`.
+    pending_stmts: u32,
+    /// Sync and Query messages written since arming.
+    syncs_written: u64,
+    /// ReadyForQuery messages read since arming.
+    z_seen: u64,
+    /// Inserted statements in flight, oldest first.
+    skips: VecDeque<Skip>,
+    /// An inserted statement failed since the last `push`.
+    failed: bool,
+}
+
+/// The SDK's handle on a spliced connection.
+#[derive(Debug, Default)]
+pub(crate) struct Splice {
+    shared: Mutex<Shared>,
+}
+
+impl Splice {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // The lock is never held across anything that can panic.
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `msgs` (holding `stmts` statements) in front of the next request.
+    pub(crate) fn push(&self, msgs: &[u8], stmts: u32) {
+        let mut s = self.lock();
+        s.pending.extend_from_slice(msgs);
+        s.pending_stmts += stmts;
+        s.failed = false;
+    }
+
+    /// Whether an inserted statement failed since the last `push` (and clears it).
+    pub(crate) fn take_failed(&self) -> bool {
+        std::mem::take(&mut self.lock().failed)
+    }
+}
+
+/// Frames a byte stream into protocol messages (type byte, then a length that counts
+/// itself), calling back at each message start.
+#[derive(Debug, Default, Clone)]
+struct Framer {
+    /// Header bytes seen of the current message (0 at a boundary or in a body).
+    got: usize,
+    len: [u8; 4],
+    /// Body bytes still to come.
+    left: usize,
+}
+
+impl Framer {
+    /// Walks `bytes`; `keep(type)` is asked at each message start whether to keep it, and
+    /// kept bytes are compacted to the front. Returns how many bytes were kept.
+    fn filter(
+        &mut self,
+        bytes: &mut [u8],
+        keep_current: &mut bool,
+        mut keep: impl FnMut(u8) -> bool,
+    ) -> usize {
+        let (mut r, mut w) = (0, 0);
+        while r < bytes.len() {
+            if self.left > 0 {
+                let n = self.left.min(bytes.len() - r);
+                if *keep_current {
+                    if w != r {
+                        bytes.copy_within(r..r + n, w);
+                    }
+                    w += n;
+                }
+                r += n;
+                self.left -= n;
+                continue;
+            }
+            let b = bytes[r];
+            self.header_byte(b, |t| *keep_current = keep(t));
+            if *keep_current {
+                bytes[w] = b;
+                w += 1;
+            }
+            r += 1;
+        }
+        w
+    }
+
+    /// Where the first message that starts in `bytes` starts, walking from this state.
+    fn first_start(&mut self, bytes: &[u8]) -> Option<usize> {
+        let mut r = 0;
+        while r < bytes.len() {
+            if self.left > 0 {
+                let k = self.left.min(bytes.len() - r);
+                r += k;
+                self.left -= k;
+                continue;
+            }
+            if self.got == 0 {
+                return Some(r);
+            }
+            self.header_byte(bytes[r], |_| {});
+            r += 1;
+        }
+        None
+    }
+
+    /// Walks `bytes` without changing them; returns how many Sync or Query messages start.
+    fn count_syncs(&mut self, bytes: &[u8]) -> u64 {
+        let mut n = 0;
+        let mut r = 0;
+        while r < bytes.len() {
+            if self.left > 0 {
+                let k = self.left.min(bytes.len() - r);
+                r += k;
+                self.left -= k;
+                continue;
+            }
+            self.header_byte(bytes[r], |t| {
+                if t == b'S' || t == b'Q' {
+                    n += 1;
+                }
+            });
+            r += 1;
+        }
+        n
+    }
+
+    /// Takes one header byte; `on_start(type)` runs at a message's first byte.
+    fn header_byte(&mut self, b: u8, on_start: impl FnOnce(u8)) {
+        if self.got == 0 {
+            on_start(b);
+        } else {
+            self.len[self.got - 1] = b;
+        }
+        self.got += 1;
+        if self.got == 5 {
+            self.left = (u32::from_be_bytes(self.len) as usize).saturating_sub(4);
+            self.got = 0;
+        }
+    }
+}
+
+/// The socket of a tenant connection: inserts queued openings, filters their replies.
+#[derive(Debug)]
+pub(crate) struct SpliceStream {
+    inner: Socket,
+    splice: Arc<Splice>,
+    /// Bytes accepted from tokio-postgres (with an opening in front) not yet on the socket.
+    wbuf: Vec<u8>,
+    /// Written bytes written so far, which may end mid-message.
+    out: Framer,
+    /// Read bytes so far.
+    inn: Framer,
+    /// Whether the message being read is passed on.
+    keep_in: bool,
+}
+
+impl SpliceStream {
+    fn new(inner: Socket, splice: Arc<Splice>) -> Self {
+        SpliceStream {
+            inner,
+            splice,
+            wbuf: Vec::new(),
+            out: Framer::default(),
+            inn: Framer::default(),
+            keep_in: true,
+        }
+    }
+
+    /// Writes `wbuf` to the socket until it is empty.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.wbuf.is_empty() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.wbuf))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.wbuf.drain(..n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for SpliceStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        let mut s = this.splice.lock();
+        if !s.armed {
+            drop(s);
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        if !s.pending.is_empty() {
+            // The queued messages go in front of the first message that starts in `buf`
+            // (the rest of a message begun in an earlier write comes first).
+            if let Some(pos) = this.out.clone().first_start(buf) {
+                // An extended-protocol carrier ends with a Sync the insertion shares. Anything
+                // else (a simple Query, above all) gets a Sync after the insertion: after an
+                // error the server skips to the next Sync, which a Query does not end.
+                let sync = !matches!(buf[pos], b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S');
+                let stmts = std::mem::take(&mut s.pending_stmts);
+                let mut syncs = this.out.count_syncs(&buf[..pos]);
+                let after_z = s.syncs_written + syncs;
+                if stmts > 0 || sync {
+                    s.skips.push_back(Skip {
+                        after_z,
+                        left: stmts,
+                        sync,
+                    });
+                }
+                this.wbuf.extend_from_slice(&buf[..pos]);
+                this.wbuf.append(&mut s.pending);
+                if sync {
+                    this.wbuf.extend_from_slice(&SYNC);
+                    syncs += 1;
+                }
+                this.wbuf.extend_from_slice(&buf[pos..]);
+                syncs += this.out.count_syncs(&buf[pos..]);
+                s.syncs_written += syncs;
+                drop(s);
+                if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                return Poll::Ready(Ok(buf.len()));
+            }
+        }
+        drop(s);
+        let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        let syncs = this.out.count_syncs(&buf[..n]);
+        if syncs > 0 {
+            this.splice.lock().syncs_written += syncs;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+impl AsyncRead for SpliceStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            let after = buf.filled().len();
+            if after == before {
+                return Poll::Ready(Ok(())); // end of stream
+            }
+            let mut s = this.splice.lock();
+            if !s.armed {
+                return Poll::Ready(Ok(()));
+            }
+            let kept = this.inn.filter(
+                &mut buf.filled_mut()[before..after],
+                &mut this.keep_in,
+                |t| keep_reply(&mut s, t),
+            );
+            drop(s);
+            buf.set_filled(before + kept);
+            if kept > 0 {
+                return Poll::Ready(Ok(()));
+            }
+            // Everything read was an inserted statement's reply: read on.
+        }
+    }
+}
+
+/// Whether a backend message starting with type byte `t` goes on to tokio-postgres.
+fn keep_reply(s: &mut Shared, t: u8) -> bool {
+    let z_seen = s.z_seen;
+    let Some(front) = s.skips.front_mut().filter(|k| z_seen >= k.after_z) else {
+        if t == b'Z' {
+            s.z_seen += 1;
+        }
+        return true;
+    };
+    match t {
+        // Notice, parameter status, notification: asynchronous, never a reply.
+        b'N' | b'S' | b'A' => true,
+        // An inserted statement failed. The server skips to the next Sync: the inserted
+        // one (whose ReadyForQuery is still dropped), or the carrier's, which makes this
+        // error the carrier's reply.
+        b'E' => {
+            s.failed = true;
+            if front.sync {
+                front.left = 0;
+            } else {
+                s.skips.pop_front();
+            }
+            true
+        }
+        b'Z' => {
+            s.z_seen += 1;
+            let own = front.sync && front.left == 0;
+            s.skips.pop_front();
+            // The inserted Sync's ReadyForQuery is dropped; no other can come before the
+            // inserted statements complete (kept, to be safe).
+            !own
+        }
+        // ParseComplete, CommandComplete, EmptyQueryResponse, PortalSuspended end a statement.
+        b'1' | b'C' | b'I' | b's' if front.left > 0 => {
+            front.left -= 1;
+            if front.left == 0 && !front.sync {
+                s.skips.pop_front();
+            }
+            false
+        }
+        // BindComplete, DataRow, RowDescription, NoData, ParameterDescription.
+        _ => false,
+    }
+}
