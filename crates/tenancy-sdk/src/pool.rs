@@ -101,18 +101,14 @@ impl Conn {
         }
     }
 
-    /// Sends COMMIT without waiting for its reply. On a spliced connection it goes through
-    /// the splice, so an opening queued after it always follows it on the wire (a plain
-    /// request sent now could otherwise still be unwritten when the next user queues its
-    /// opening, and end that user's transaction).
+    /// Sends COMMIT without waiting for its reply. On a spliced connection the splice is
+    /// told first, so an opening queued while this COMMIT is still unwritten goes after
+    /// it on the wire, never before (where the COMMIT would end that new transaction).
     pub(crate) fn send_commit_without_waiting(&self) -> Option<Result<(), tokio_postgres::Error>> {
-        match &self.splice {
-            Some(splice) => {
-                splice.push(&wire::encode_commit(), 1);
-                send_without_waiting(&self.client, "")
-            }
-            None => send_without_waiting(&self.client, "COMMIT"),
+        if let Some(splice) = &self.splice {
+            splice.query_ahead();
         }
+        send_without_waiting(&self.client, "COMMIT")
     }
 
     /// Marks the connection as not to be reused (its opening was refused).

@@ -242,23 +242,6 @@ pub(crate) fn encode(o: &Opening<'_>) -> (BytesMut, u32) {
     (buf, n)
 }
 
-/// `COMMIT` as a Bind/Execute of the prepared statement, for [`Splice::push`].
-pub(crate) fn encode_commit() -> BytesMut {
-    let mut buf = BytesMut::with_capacity(32);
-    // Constant names: cannot fail.
-    let _ = frontend::bind(
-        "",
-        COMMIT,
-        [],
-        [],
-        |(), _| Ok(postgres_protocol::IsNull::No),
-        [],
-        &mut buf,
-    );
-    let _ = frontend::execute("", 0, &mut buf);
-    buf
-}
-
 /// Statements whose replies are dropped, starting after the `after_z`-th ReadyForQuery.
 #[derive(Debug)]
 struct Skip {
@@ -287,6 +270,9 @@ struct Shared {
     skips: VecDeque<Skip>,
     /// An inserted statement failed since the last `push`.
     failed: bool,
+    /// Simple queries the SDK sent ahead of any later insertion (a deferred COMMIT sent
+    /// without waiting) and not yet written: an insertion goes after them.
+    queries_ahead: u32,
 }
 
 /// The SDK's handle on a spliced connection.
@@ -309,10 +295,23 @@ impl Splice {
         s.failed = false;
     }
 
+    /// Notes a simple query about to be sent without waiting: messages pushed later go
+    /// after it on the wire even if it is still unwritten when they are pushed.
+    pub(crate) fn query_ahead(&self) {
+        self.lock().queries_ahead += 1;
+    }
+
     /// Whether an inserted statement failed since the last `push` (and clears it).
     pub(crate) fn take_failed(&self) -> bool {
         std::mem::take(&mut self.lock().failed)
     }
+}
+
+/// Messages that each end with a ReadyForQuery (Sync and Query), and Queries among them.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    syncs: u64,
+    queries: u32,
 }
 
 /// Frames a byte stream into protocol messages (type byte, then a length that counts
@@ -360,8 +359,9 @@ impl Framer {
         w
     }
 
-    /// Where the first message that starts in `bytes` starts, walking from this state.
-    fn first_start(&mut self, bytes: &[u8]) -> Option<usize> {
+    /// Walks `bytes` from this state; `on_start(offset, type)` runs at each message start
+    /// and may stop the walk there by returning false (the state is then at that start).
+    fn walk(&mut self, bytes: &[u8], mut on_start: impl FnMut(usize, u8) -> bool) {
         let mut r = 0;
         while r < bytes.len() {
             if self.left > 0 {
@@ -370,34 +370,29 @@ impl Framer {
                 self.left -= k;
                 continue;
             }
-            if self.got == 0 {
-                return Some(r);
+            if self.got == 0 && !on_start(r, bytes[r]) {
+                return;
             }
             self.header_byte(bytes[r], |_| {});
             r += 1;
         }
-        None
     }
 
-    /// Walks `bytes` without changing them; returns how many Sync or Query messages start.
-    fn count_syncs(&mut self, bytes: &[u8]) -> u64 {
-        let mut n = 0;
-        let mut r = 0;
-        while r < bytes.len() {
-            if self.left > 0 {
-                let k = self.left.min(bytes.len() - r);
-                r += k;
-                self.left -= k;
-                continue;
-            }
-            self.header_byte(bytes[r], |t| {
-                if t == b'S' || t == b'Q' {
-                    n += 1;
+    /// Walks `bytes`; returns how many Sync and how many Query messages start in them.
+    fn count(&mut self, bytes: &[u8]) -> Counts {
+        let mut c = Counts::default();
+        self.walk(bytes, |_, t| {
+            match t {
+                b'S' => c.syncs += 1,
+                b'Q' => {
+                    c.syncs += 1;
+                    c.queries += 1;
                 }
-            });
-            r += 1;
-        }
-        n
+                _ => {}
+            }
+            true
+        });
+        c
     }
 
     /// Takes one header byte; `on_start(type)` runs at a message's first byte.
@@ -470,15 +465,28 @@ impl AsyncWrite for SpliceStream {
         }
         if !s.pending.is_empty() {
             // The queued messages go in front of the first message that starts in `buf`
-            // (the rest of a message begun in an earlier write comes first).
-            if let Some(pos) = this.out.clone().first_start(buf) {
+            // (the rest of a message begun in an earlier write comes first), after any
+            // simple query sent ahead of them.
+            let mut ahead = s.queries_ahead;
+            let mut at = None;
+            this.out.clone().walk(buf, |pos, t| {
+                if ahead == 0 {
+                    at = Some((pos, t));
+                    return false;
+                }
+                if t == b'Q' {
+                    ahead -= 1;
+                }
+                true
+            });
+            if let Some((pos, carrier)) = at {
                 // An extended-protocol carrier ends with a Sync the insertion shares. Anything
                 // else (a simple Query, above all) gets a Sync after the insertion: after an
                 // error the server skips to the next Sync, which a Query does not end.
-                let sync = !matches!(buf[pos], b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S');
+                let sync = !matches!(carrier, b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S');
                 let stmts = std::mem::take(&mut s.pending_stmts);
-                let mut syncs = this.out.count_syncs(&buf[..pos]);
-                let after_z = s.syncs_written + syncs;
+                let before = this.out.count(&buf[..pos]);
+                let after_z = s.syncs_written + before.syncs;
                 if stmts > 0 || sync {
                     s.skips.push_back(Skip {
                         after_z,
@@ -490,11 +498,13 @@ impl AsyncWrite for SpliceStream {
                 this.wbuf.append(&mut s.pending);
                 if sync {
                     this.wbuf.extend_from_slice(&SYNC);
-                    syncs += 1;
                 }
                 this.wbuf.extend_from_slice(&buf[pos..]);
-                syncs += this.out.count_syncs(&buf[pos..]);
-                s.syncs_written += syncs;
+                let rest = this.out.count(&buf[pos..]);
+                s.syncs_written += before.syncs + u64::from(sync) + rest.syncs;
+                s.queries_ahead = s
+                    .queries_ahead
+                    .saturating_sub(before.queries + rest.queries);
                 drop(s);
                 if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
                     return Poll::Ready(Err(e));
@@ -504,9 +514,11 @@ impl AsyncWrite for SpliceStream {
         }
         drop(s);
         let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
-        let syncs = this.out.count_syncs(&buf[..n]);
-        if syncs > 0 {
-            this.splice.lock().syncs_written += syncs;
+        let c = this.out.count(&buf[..n]);
+        if c.syncs > 0 {
+            let mut s = this.splice.lock();
+            s.syncs_written += c.syncs;
+            s.queries_ahead = s.queries_ahead.saturating_sub(c.queries);
         }
         Poll::Ready(Ok(n))
     }
