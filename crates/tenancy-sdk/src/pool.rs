@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
-use tenancy_core::{ContextKey, TenantId};
+use tenancy_core::{ContextKey, ContextToken, TenantId};
 use tokio_postgres::{Client, NoTls, Statement};
 
-use crate::tx::Begin;
+use crate::tx::{Begin, Signer};
 use crate::wire::{self, Splice};
 use crate::{Error, TenantTx};
 
@@ -52,6 +52,24 @@ impl Conn {
     /// A cached prepared statement for `sql`, if any.
     pub(crate) fn cached(&self, sql: &str) -> Option<Statement> {
         self.stmts.get(sql).cloned()
+    }
+
+    /// Signs a context token for `tenant` on this connection. Tokens are single-use per
+    /// backend, so each is issued strictly after the previous one, even if the wall clock
+    /// steps back.
+    pub(crate) fn sign(
+        &mut self,
+        key: &ContextKey,
+        tenant: TenantId,
+        ttl_micros: i64,
+    ) -> ContextToken {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        let issued = now.max(self.last_issued.saturating_add(1));
+        self.last_issued = issued;
+        key.sign(tenant, self.pid, issued, ttl_micros)
     }
 
     /// Remembers a prepared statement.
@@ -293,7 +311,7 @@ pub struct TenantPool {
     pool: Pool,
     /// Signs context tokens; the database holds the same key where the runtime role
     /// cannot read it.
-    key: ContextKey,
+    key: Arc<ContextKey>,
     /// Token lifetime and wait timeout.
     opts: PoolOptions,
     /// A sweeper task sends deferred read-only COMMITs (false without a Tokio runtime:
@@ -323,7 +341,7 @@ impl TenantPool {
         };
         Ok(TenantPool {
             pool,
-            key,
+            key: Arc::new(key),
             opts,
             defers_commits,
         })
@@ -368,18 +386,8 @@ impl TenantPool {
             .get()
             .await
             .map_err(|e| Error::Pool(e.to_string()))?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0);
-        let issued = now.max(conn.last_issued.saturating_add(1));
-        conn.last_issued = issued;
-        let token = self.key.sign(
-            tenant,
-            conn.pid,
-            issued,
-            self.opts.token_ttl.as_micros() as i64,
-        );
+        let ttl_micros = self.opts.token_ttl.as_micros() as i64;
+        let token = conn.sign(&self.key, tenant, ttl_micros);
         // A read-only transaction that ended on this connection without its COMMIT being
         // sent yet: the COMMIT leads the opening.
         let begin = Begin {
@@ -388,11 +396,15 @@ impl TenantPool {
             token: token.as_str().to_owned(),
             schema: schema.map(str::to_owned),
         };
+        let signer = Signer {
+            key: Arc::clone(&self.key),
+            ttl_micros,
+        };
         Ok(TenantTx::new(
             conn,
             tenant,
             begin,
-            read_only,
+            signer,
             self.defers_commits,
         ))
     }

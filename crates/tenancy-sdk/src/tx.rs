@@ -1,8 +1,9 @@
 //! `TenantTx`: a transaction bound to one tenant.
 
 use std::future::Future;
+use std::sync::Arc;
 
-use tenancy_core::TenantId;
+use tenancy_core::{ContextKey, TenantId};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
@@ -39,11 +40,13 @@ impl Begin {
         sql
     }
 
-    /// Queues the opening on a spliced connection, in front of the next request.
-    fn splice_into(&self, splice: &Splice) {
+    /// Queues the opening on a spliced connection, in front of the next request: as an
+    /// implicit read-only transaction's context, or as BEGIN and context.
+    fn splice_into(&self, splice: &Splice, implicit: bool) {
         let path = self.schema.as_ref().map(|s| format!("\"{s}\", public"));
         let (msgs, stmts) = wire::encode(&wire::Opening {
             commit_first: self.commit_first,
+            implicit,
             read_only: self.read_only,
             token: &self.token,
             search_path: path.as_deref(),
@@ -55,12 +58,23 @@ impl Begin {
 /// Where the transaction is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Nothing sent yet; `begin_sql` goes out with the first statement.
+    /// Nothing sent yet; the opening goes out with the first statement.
     NotBegun,
+    /// Read-only on a native-context connection: every statement ran in its own implicit
+    /// transaction (context and statement under one Sync), so nothing is open between
+    /// statements and there is nothing to commit or roll back.
+    Implicit,
     /// BEGIN and context were sent (maybe still in flight): must end with COMMIT or ROLLBACK.
     Open,
-    /// A statement failed: only ROLLBACK is possible.
-    Failed,
+    /// A statement failed. `open`: an explicit transaction is open and must be rolled back.
+    Failed { open: bool },
+}
+
+/// Signs the context tokens of a transaction's later implicit statements.
+#[derive(Debug, Clone)]
+pub(crate) struct Signer {
+    pub(crate) key: Arc<ContextKey>,
+    pub(crate) ttl_micros: i64,
 }
 
 /// A transaction on the tenant's database, bound to one tenant by a signed,
@@ -75,28 +89,34 @@ pub struct TenantTx {
     conn: Option<Object>,
     /// Tenant this transaction is bound to.
     tenant: TenantId,
-    /// The opening, sent with the first statement.
+    /// The opening of the first statement (its token, an owed COMMIT).
     begin: Option<Begin>,
+    /// Signs tokens for later implicit statements.
+    signer: Signer,
     /// Life-cycle state.
     state: State,
-    /// Began with `BEGIN READ ONLY`: the commit is not awaited.
+    /// Opened read-only.
     read_only: bool,
     /// The pool's sweeper sends COMMITs left for the connection's next user.
     defer_commit: bool,
+    /// A statement future is running (if the transaction is dropped meanwhile, its request
+    /// may still be unwritten: the connection is fenced before reuse).
+    in_flight: bool,
 }
 
-/// Runs `fut` (a request not yet sent: futures send on first poll) with the opening in
-/// front of it when the transaction has not begun: spliced into the request's own
-/// messages on a native-context connection, else pipelined as a simple query just before.
-async fn with_begin<T>(
+/// Runs `fut` (a request not yet sent: futures send on first poll) with `opening` in front
+/// of it: spliced into the request's own messages on a native-context connection (as an
+/// implicit transaction's context, or as BEGIN and context), else pipelined as a simple
+/// query just before.
+async fn with_opening<T>(
     conn: &Conn,
-    begin: Option<Begin>,
+    opening: Option<(Begin, bool)>,
     what: &'static str,
     fut: impl Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<T, Error> {
-    match (begin, conn.splice.as_deref()) {
-        (Some(b), Some(splice)) => {
-            b.splice_into(splice);
+    match (opening, conn.splice.as_deref()) {
+        (Some((b, implicit)), Some(splice)) => {
+            b.splice_into(splice, implicit);
             fut.await.map_err(|e| {
                 if splice.take_failed() {
                     // Whatever the cause (a refused token, statements deallocated through
@@ -108,7 +128,7 @@ async fn with_begin<T>(
                 }
             })
         }
-        (Some(b), None) => {
+        (Some((b, _)), None) => {
             // join! polls in order, so BEGIN+context is queued on the connection before the
             // statement: both leave in one write and come back in one round trip.
             let sql = b.simple_sql();
@@ -125,16 +145,18 @@ impl TenantTx {
         conn: Object,
         tenant: TenantId,
         begin: Begin,
-        read_only: bool,
+        signer: Signer,
         defer_commit: bool,
     ) -> Self {
         TenantTx {
             conn: Some(conn),
             tenant,
+            read_only: begin.read_only,
             begin: Some(begin),
+            signer,
             state: State::NotBegun,
-            read_only,
             defer_commit,
+            in_flight: false,
         }
     }
 
@@ -154,41 +176,88 @@ impl TenantTx {
             .ok_or_else(|| Error::Invalid("transaction already ended".into()))
     }
 
-    fn take_begin(&mut self) -> Option<Begin> {
-        let b = self.begin.take();
-        if b.is_some() {
-            // From here on the server may have an open transaction: drop must roll back.
-            self.state = State::Open;
+    /// Whether the first statement runs as an implicit transaction: read-only, no schema
+    /// search path, on a native-context connection.
+    fn first_is_implicit(&self) -> bool {
+        self.read_only
+            && self.begin.as_ref().is_some_and(|b| b.schema.is_none())
+            && self.conn.as_ref().is_some_and(|c| c.splice.is_some())
+    }
+
+    /// The opening the next statement carries, and whether it is an implicit one.
+    /// `extended`: the statement is an extended-protocol request ending with its own Sync,
+    /// which can carry an implicit opening; a simple query or `client()` cannot, and turns
+    /// a read-only transaction explicit (`BEGIN READ ONLY`) from there on.
+    fn opening(&mut self, extended: bool) -> Result<Option<(Begin, bool)>, Error> {
+        match self.state {
+            State::Failed { .. } => Err(Error::Aborted),
+            State::Open => Ok(None),
+            State::NotBegun => {
+                let implicit = extended && self.first_is_implicit();
+                let begin = self
+                    .begin
+                    .take()
+                    .ok_or_else(|| Error::Invalid("transaction opening already used".into()))?;
+                self.state = if implicit {
+                    State::Implicit
+                } else {
+                    State::Open
+                };
+                Ok(Some((begin, implicit)))
+            }
+            State::Implicit => {
+                let (tenant, signer) = (self.tenant, self.signer.clone());
+                let conn = self.conn()?;
+                let token = conn.sign(&signer.key, tenant, signer.ttl_micros);
+                let begin = Begin {
+                    commit_first: false,
+                    read_only: true,
+                    token: token.as_str().to_owned(),
+                    schema: None,
+                };
+                if !extended {
+                    self.state = State::Open;
+                }
+                Ok(Some((begin, extended)))
+            }
         }
-        b
     }
 
     fn track<T>(&mut self, r: Result<T, Error>) -> Result<T, Error> {
+        self.in_flight = false;
         if r.is_err() {
-            self.state = State::Failed;
+            self.state = State::Failed {
+                open: self.state == State::Open,
+            };
         }
         r
     }
 
     fn check_usable(&self) -> Result<(), Error> {
-        if self.state == State::Failed {
+        if matches!(self.state, State::Failed { .. }) {
             return Err(Error::Aborted);
         }
         Ok(())
     }
 
     /// The prepared statement for `sql`, from the connection's cache or prepared now. When
-    /// the transaction has not begun, BEGIN and the context are pipelined ahead of the
-    /// Parse, so names resolve with the transaction's settings (its `search_path`).
+    /// the transaction opens explicitly and has not begun, BEGIN and the context are
+    /// pipelined ahead of the Parse, so names resolve with the transaction's settings (its
+    /// `search_path`). An implicit transaction's opening must share its statement's Sync,
+    /// so the Parse goes alone (no search path is involved then).
     async fn statement(&mut self, sql: &str) -> Result<tokio_postgres::Statement, Error> {
         if let Some(s) = self.conn()?.cached(sql) {
             return Ok(s);
         }
-        let begin = self.take_begin();
+        let opening = match self.state {
+            State::NotBegun if !self.first_is_implicit() => self.opening(false)?,
+            _ => None,
+        };
+        self.in_flight = true;
         let conn = self.conn()?;
-        let r = with_begin(
+        let r = with_opening(
             conn,
-            begin,
+            opening,
             "preparing a statement",
             conn.client.prepare(sql),
         )
@@ -206,11 +275,12 @@ impl TenantTx {
     ) -> Result<Vec<Row>, Error> {
         self.check_usable()?;
         let stmt = self.statement(sql).await?;
-        let begin = self.take_begin();
+        let opening = self.opening(true)?;
+        self.in_flight = true;
         let conn = self.conn()?;
-        let r = with_begin(
+        let r = with_opening(
             conn,
-            begin,
+            opening,
             "running a statement",
             conn.client.query(&stmt, params),
         )
@@ -226,11 +296,12 @@ impl TenantTx {
     ) -> Result<Row, Error> {
         self.check_usable()?;
         let stmt = self.statement(sql).await?;
-        let begin = self.take_begin();
+        let opening = self.opening(true)?;
+        self.in_flight = true;
         let conn = self.conn()?;
-        let r = with_begin(
+        let r = with_opening(
             conn,
-            begin,
+            opening,
             "running a statement",
             conn.client.query_one(&stmt, params),
         )
@@ -246,11 +317,12 @@ impl TenantTx {
     ) -> Result<Option<Row>, Error> {
         self.check_usable()?;
         let stmt = self.statement(sql).await?;
-        let begin = self.take_begin();
+        let opening = self.opening(true)?;
+        self.in_flight = true;
         let conn = self.conn()?;
-        let r = with_begin(
+        let r = with_opening(
             conn,
-            begin,
+            opening,
             "running a statement",
             conn.client.query_opt(&stmt, params),
         )
@@ -266,11 +338,12 @@ impl TenantTx {
     ) -> Result<u64, Error> {
         self.check_usable()?;
         let stmt = self.statement(sql).await?;
-        let begin = self.take_begin();
+        let opening = self.opening(true)?;
+        self.in_flight = true;
         let conn = self.conn()?;
-        let r = with_begin(
+        let r = with_opening(
             conn,
-            begin,
+            opening,
             "running a statement",
             conn.client.execute(&stmt, params),
         )
@@ -281,11 +354,12 @@ impl TenantTx {
     /// Runs one or more statements without parameters (simple-query protocol).
     pub async fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
         self.check_usable()?;
-        let begin = self.take_begin();
+        let opening = self.opening(false)?;
+        self.in_flight = true;
         let conn = self.conn()?;
-        let r = with_begin(
+        let r = with_opening(
             conn,
-            begin,
+            opening,
             "running a statement",
             conn.client.batch_execute(sql),
         )
@@ -298,7 +372,8 @@ impl TenantTx {
     /// first if it has not been.
     pub async fn client(&mut self) -> Result<&Client, Error> {
         self.check_usable()?;
-        if let Some(b) = self.take_begin() {
+        if let Some((b, _)) = self.opening(false)? {
+            self.in_flight = true;
             let r = self
                 .conn()?
                 .client
@@ -314,12 +389,16 @@ impl TenantTx {
     /// [`Error::Aborted`] is returned, so a failed transaction never looks committed.
     ///
     /// A read-only transaction ([`TenantPool::begin_read_only`](crate::TenantPool::begin_read_only))
-    /// has nothing to commit that could fail, so its COMMIT is not awaited: the connection
-    /// goes back to the pool at once and the COMMIT leads the next message its next user
-    /// sends (`COMMIT; BEGIN …; SELECT tenancy.enter(…)`), or, if the connection stays idle
-    /// for a few milliseconds, the pool's sweeper sends it. Either way it is the first
-    /// thing the server receives on that connection, so nothing ever runs inside this
-    /// finished transaction.
+    /// has nothing to commit that could fail:
+    /// - On a native-context connection each of its statements ran as its own implicit
+    ///   transaction, so there is nothing left to send.
+    /// - Otherwise (PL/pgSQL context, or after [`client`](TenantTx::client) or
+    ///   [`batch_execute`](TenantTx::batch_execute)) its COMMIT is not awaited: the
+    ///   connection goes back to the pool at once and the COMMIT leads the next message its
+    ///   next user sends (`COMMIT; BEGIN …; SELECT tenancy.enter(…)`), or, if the
+    ///   connection stays idle for a few milliseconds, the pool's sweeper sends it. Either
+    ///   way it is the first thing the server receives on that connection, so nothing ever
+    ///   runs inside this finished transaction.
     pub async fn commit(mut self) -> Result<(), Error> {
         let state = self.state;
         let Some(conn) = self.conn.take() else {
@@ -330,6 +409,7 @@ impl TenantTx {
                 self.release_unbegun(&conn);
                 Ok(())
             }
+            State::Implicit => Ok(()),
             State::Open if self.read_only && self.defer_commit => {
                 conn.defer_commit();
                 Ok(())
@@ -343,13 +423,14 @@ impl TenantTx {
                 .batch_execute("COMMIT")
                 .await
                 .map_err(Error::db("committing")),
-            State::Failed => {
+            State::Failed { open: true } => {
                 conn.client
                     .batch_execute("ROLLBACK")
                     .await
                     .map_err(Error::db("rolling back"))?;
                 Err(Error::Aborted)
             }
+            State::Failed { open: false } => Err(Error::Aborted),
         }
     }
 
@@ -368,33 +449,46 @@ impl TenantTx {
         let Some(conn) = self.conn.take() else {
             return Ok(());
         };
-        if state == State::NotBegun {
-            self.release_unbegun(&conn);
-            return Ok(());
+        match state {
+            State::NotBegun => {
+                self.release_unbegun(&conn);
+                Ok(())
+            }
+            State::Implicit | State::Failed { open: false } => Ok(()),
+            State::Open | State::Failed { open: true } => conn
+                .client
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(Error::db("rolling back")),
         }
-        conn.client
-            .batch_execute("ROLLBACK")
-            .await
-            .map_err(Error::db("rolling back"))
     }
 }
 
 impl Drop for TenantTx {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
-        if self.state == State::NotBegun {
-            // Nothing was sent; the connection is as this transaction found it.
-            self.release_unbegun(&conn);
-            return;
-        }
-        // Roll back before the connection is reused. The ROLLBACK is queued behind whatever
-        // the dropped statement left in flight, so it ends this transaction whatever state
-        // it was in. Without a runtime, close the connection instead of reusing it.
+        let fence = match self.state {
+            State::NotBegun => {
+                // Nothing was sent; the connection is as this transaction found it.
+                self.release_unbegun(&conn);
+                return;
+            }
+            // Nothing is open. A statement dropped mid-flight may still be unwritten, though:
+            // an empty query behind it makes sure it is on the wire (and its implicit
+            // transaction over) before anyone else queues an opening on this connection.
+            State::Implicit | State::Failed { open: false } if !self.in_flight => return,
+            State::Implicit | State::Failed { open: false } => "",
+            // Roll back before the connection is reused. The ROLLBACK is queued behind
+            // whatever the dropped statement left in flight, so it ends this transaction
+            // whatever state it was in.
+            State::Open | State::Failed { open: true } => "ROLLBACK",
+        };
+        // Without a runtime, close the connection instead of reusing it.
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 handle.spawn(async move {
-                    if let Err(e) = conn.client.batch_execute("ROLLBACK").await {
-                        tracing::warn!(error = %e, "rollback of a dropped tenant transaction failed; closing the connection");
+                    if let Err(e) = conn.client.batch_execute(fence).await {
+                        tracing::warn!(error = %e, "ending a dropped tenant transaction failed; closing the connection");
                         drop(deadpool::managed::Object::take(conn));
                     }
                 });

@@ -45,6 +45,10 @@ const PREPARED: &[(&str, &str)] = &[
     (COMMIT, "COMMIT"),
     (ENTER, "SELECT tenancy.enter($1::text)"),
     (
+        ENTER_READ_ONLY,
+        "SELECT tenancy.enter($1::text), pg_catalog.set_config('transaction_read_only', 'on', true)",
+    ),
+    (
         SEARCH_PATH,
         "SELECT pg_catalog.set_config('search_path', $1::text, true)",
     ),
@@ -53,6 +57,7 @@ const BEGIN: &str = "tenancy_begin";
 const BEGIN_READ_ONLY: &str = "tenancy_begin_ro";
 const COMMIT: &str = "tenancy_commit";
 const ENTER: &str = "tenancy_enter";
+const ENTER_READ_ONLY: &str = "tenancy_enter_ro";
 const SEARCH_PATH: &str = "tenancy_search_path";
 /// A Sync message.
 const SYNC: [u8; 5] = [b'S', 0, 0, 0, 4];
@@ -197,6 +202,9 @@ pub(crate) async fn prepare(client: &Client, splice: &Splice) -> Result<(), toki
 pub(crate) struct Opening<'a> {
     /// A finished read-only transaction's COMMIT goes first.
     pub(crate) commit_first: bool,
+    /// No BEGIN: the context is entered in the implicit transaction the carrying statement
+    /// runs in (up to its Sync), made read-only in the same statement.
+    pub(crate) implicit: bool,
     /// `BEGIN READ ONLY` instead of `BEGIN`.
     pub(crate) read_only: bool,
     /// The signed context token.
@@ -230,12 +238,16 @@ pub(crate) fn encode(o: &Opening<'_>) -> (BytesMut, u32) {
     if o.commit_first {
         stmt(COMMIT, None, &mut buf);
     }
-    stmt(
-        if o.read_only { BEGIN_READ_ONLY } else { BEGIN },
-        None,
-        &mut buf,
-    );
-    stmt(ENTER, Some(o.token), &mut buf);
+    if o.implicit {
+        stmt(ENTER_READ_ONLY, Some(o.token), &mut buf);
+    } else {
+        stmt(
+            if o.read_only { BEGIN_READ_ONLY } else { BEGIN },
+            None,
+            &mut buf,
+        );
+        stmt(ENTER, Some(o.token), &mut buf);
+    }
     if let Some(path) = o.search_path {
         stmt(SEARCH_PATH, Some(path), &mut buf);
     }

@@ -127,6 +127,9 @@ async fn commit_rollback_drop_error_and_cancel_leave_no_tenant_state() {
 struct Relay {
     dir: std::path::PathBuf,
     round_trips: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// ReadyForQuery messages the server sent: one per Sync or simple query it processed,
+    /// each a flush and a client wake-up.
+    ready_for_query: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 async fn start_relay(db: &tenancy_pg::testing::TestDb) -> Relay {
@@ -142,6 +145,8 @@ async fn start_relay(db: &tenancy_pg::testing::TestDb) -> Relay {
     let upstream = db.cluster.socket_dir().join(format!(".s.PGSQL.{port}"));
     let round_trips = Arc::new(AtomicUsize::new(0));
     let counter = round_trips.clone();
+    let ready_for_query = Arc::new(AtomicUsize::new(0));
+    let rfq = ready_for_query.clone();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             let server = tokio::net::UnixStream::connect(&upstream)
@@ -152,6 +157,7 @@ async fn start_relay(db: &tenancy_pg::testing::TestDb) -> Relay {
             // True when the last bytes seen came from the server.
             let server_spoke = Arc::new(AtomicBool::new(true));
             let (flag, counter) = (server_spoke.clone(), counter.clone());
+            let rfq = rfq.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 65536];
                 while let Ok(n) = cr.read(&mut buf).await {
@@ -165,9 +171,28 @@ async fn start_relay(db: &tenancy_pg::testing::TestDb) -> Relay {
             });
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 65536];
+                // Backend messages: a type byte, then a length that counts itself.
+                let (mut header, mut got, mut left) = ([0u8; 5], 0usize, 0usize);
                 while let Ok(n) = sr.read(&mut buf).await {
                     if n == 0 {
                         break;
+                    }
+                    for &b in &buf[..n] {
+                        if left > 0 {
+                            left -= 1;
+                            continue;
+                        }
+                        header[got] = b;
+                        got += 1;
+                        if got == 5 {
+                            if header[0] == b'Z' {
+                                rfq.fetch_add(1, Ordering::SeqCst);
+                            }
+                            let len =
+                                u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+                            left = (len as usize).saturating_sub(4);
+                            got = 0;
+                        }
                     }
                     server_spoke.store(true, Ordering::SeqCst);
                     if cw.write_all(&buf[..n]).await.is_err() {
@@ -177,7 +202,11 @@ async fn start_relay(db: &tenancy_pg::testing::TestDb) -> Relay {
             });
         }
     });
-    Relay { dir, round_trips }
+    Relay {
+        dir,
+        round_trips,
+        ready_for_query,
+    }
 }
 
 #[tokio::test]
@@ -214,14 +243,18 @@ async fn a_tenant_read_costs_one_round_trip_more_than_a_bare_read() {
     tx.commit().await.expect("commit");
     let tenant_read = relay.round_trips.load(Ordering::SeqCst) - before;
 
-    // Read-only: the COMMIT is not awaited; it leads the next transaction's first message.
+    // Read-only: the COMMIT is not awaited (PL/pgSQL), or there is none (native: the
+    // context and the statement share one implicit transaction).
     let mut read_only = Vec::new();
+    let mut read_only_rfq = Vec::new();
     for _ in 0..5 {
         let before = relay.round_trips.load(Ordering::SeqCst);
+        let rfq_before = relay.ready_for_query.load(Ordering::SeqCst);
         let mut tx = pool.begin_read_only(a).await.expect("begin read only");
         tx.query_opt(sql, &[&id]).await.expect("read");
         tx.commit().await.expect("commit");
         read_only.push(relay.round_trips.load(Ordering::SeqCst) - before);
+        read_only_rfq.push(relay.ready_for_query.load(Ordering::SeqCst) - rfq_before);
     }
 
     // The relay counts round trips of every connection: let the sweeper send the last
@@ -230,8 +263,23 @@ async fn a_tenant_read_costs_one_round_trip_more_than_a_bare_read() {
     let bare = connect(cfg).await;
     let stmt = bare.prepare(sql).await.expect("prepare");
     let before = relay.round_trips.load(Ordering::SeqCst);
+    let rfq_before = relay.ready_for_query.load(Ordering::SeqCst);
     bare.query_opt(&stmt, &[&id]).await.expect("bare read");
     let bare_read = relay.round_trips.load(Ordering::SeqCst) - before;
+    let bare_rfq = relay.ready_for_query.load(Ordering::SeqCst) - rfq_before;
+    assert_eq!(bare_rfq, 1);
+    let su = db.connect_superuser().await.expect("superuser");
+    if tenancy_sdk::bootstrap::context_impl(&su)
+        .await
+        .expect("impl")
+        == Some(tenancy_sdk::bootstrap::ContextImpl::Native)
+    {
+        assert_eq!(
+            read_only_rfq,
+            vec![1; 5],
+            "native: a read-only point read is one Sync, like the bare read"
+        );
+    }
 
     assert_eq!(bare_read, 1);
     assert_eq!(
@@ -333,11 +381,11 @@ async fn a_transaction_ended_before_its_first_statement_keeps_the_owed_commit() 
         seed(&pool, a, 2).await;
         let pid = pid_of(&pool, a).await;
         for how in ["commit", "rollback", "drop"] {
+            // A simple query makes the read-only transaction explicit on both context
+            // implementations, so its COMMIT is deferred: now owed by the connection.
             let mut tx = pool.begin_read_only(a).await.expect("begin read only");
-            tx.query("SELECT 1 FROM customers", &[])
-                .await
-                .expect("read");
-            tx.commit().await.expect("commit"); // its COMMIT is now owed
+            tx.batch_execute("SELECT 1").await.expect("read");
+            tx.commit().await.expect("commit");
             let tx = pool.begin_read_only(b).await.expect("begin read only");
             match how {
                 "commit" => tx.commit().await.expect("commit"),
@@ -362,6 +410,10 @@ async fn reuse_racing_the_commit_sweeper_never_breaks_a_transaction() {
         for i in 0..300u64 {
             let (t, n) = if i % 2 == 0 { (a, 2) } else { (b, 3) };
             let mut tx = pool.begin_read_only(t).await.expect("begin read only");
+            if i % 3 != 0 {
+                // Explicit (deferred COMMIT) on the native context too.
+                tx.batch_execute("SELECT 1").await.expect("simple query");
+            }
             let row = tx
                 .query_one(
                     "SELECT count(*), count(*) FILTER (WHERE tenant_id <> $1) FROM customers",
@@ -439,4 +491,94 @@ async fn a_refused_opening_fails_its_statement_and_retires_the_connection() {
         );
         assert_clean(&pool, new).await;
     }
+}
+
+/// Native context, read-only: every statement is its own implicit transaction. Nothing is
+/// left open between statements or after the last one (the backend is idle at once, not
+/// idle in transaction), each statement sees only the tenant and refuses writes, and a
+/// simple query or `client()` turns the rest of the transaction into an explicit one.
+#[tokio::test]
+async fn native_read_only_statements_run_in_implicit_transactions() {
+    let db = fresh_db().await;
+    let su = db.connect_superuser().await.expect("superuser");
+    if tenancy_sdk::bootstrap::context_impl(&su)
+        .await
+        .expect("impl")
+        != Some(tenancy_sdk::bootstrap::ContextImpl::Native)
+    {
+        eprintln!("the native context is not installed here: nothing to check");
+        return;
+    }
+    let pool = pool(&db, 1);
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    seed(&pool, a, 2).await;
+    seed(&pool, b, 3).await;
+    let pid = pid_of(&pool, a).await;
+    let backend_state = || async {
+        su.query_one("SELECT state FROM pg_stat_activity WHERE pid = $1", &[&pid])
+            .await
+            .expect("state")
+            .get::<_, Option<String>>(0)
+    };
+
+    let count = "SELECT count(*), count(*) FILTER (WHERE tenant_id <> $1) FROM customers";
+    let mut tx = pool.begin_read_only(a).await.expect("begin read only");
+    for round in 0..3 {
+        let row = tx.query_one(count, &[&a.as_uuid()]).await.expect("read");
+        assert_eq!(
+            (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+            (2, 0),
+            "round {round}"
+        );
+        assert_eq!(
+            backend_state().await.as_deref(),
+            Some("idle"),
+            "round {round}"
+        );
+    }
+    let txid: Option<i64> = tx
+        .query_one("SELECT txid_current_if_assigned()", &[])
+        .await
+        .expect("txid")
+        .get(0);
+    assert_eq!(
+        txid, None,
+        "a read-only statement assigns no transaction id"
+    );
+    let err = tx
+        .execute("UPDATE customers SET name = 'x'", &[])
+        .await
+        .expect_err("a later statement must still refuse writes");
+    assert!(format!("{err:?}").contains("read-only"), "{err:?}");
+    assert!(matches!(
+        tx.commit().await,
+        Err(tenancy_sdk::Error::Aborted)
+    ));
+    assert_eq!(backend_state().await.as_deref(), Some("idle"));
+
+    // A simple query in the middle: explicit from there on, still only this tenant.
+    let mut tx = pool.begin_read_only(b).await.expect("begin read only");
+    let row = tx.query_one(count, &[&b.as_uuid()]).await.expect("read");
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (3, 0));
+    tx.batch_execute("SELECT 1").await.expect("simple query");
+    let row = tx.query_one(count, &[&b.as_uuid()]).await.expect("read");
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (3, 0));
+    assert_eq!(
+        backend_state().await.as_deref(),
+        Some("idle in transaction"),
+        "explicit after the simple query"
+    );
+    tx.commit().await.expect("commit");
+    assert_clean(&pool, pid).await;
+
+    // A statement cancelled mid-flight, then dropped: the connection is fenced and clean.
+    let mut tx = pool.begin_read_only(a).await.expect("begin read only");
+    let r = tokio::time::timeout(
+        Duration::from_millis(30),
+        tx.query("SELECT pg_sleep(0.2)", &[]),
+    )
+    .await;
+    assert!(r.is_err(), "the statement should have been cancelled");
+    drop(tx);
+    assert_clean(&pool, pid).await;
 }
