@@ -6,8 +6,10 @@
 //! - [`TenantPool`]: a connection pool on one database, connected as the runtime role,
 //!   whose only way to hand out a connection is [`TenantPool::begin`] → [`TenantTx`].
 //! - [`TenantTx`]: a transaction bound to one tenant by a signed, transaction-local
-//!   context. Begin and context travel in one message, pipelined with the first query, so
-//!   a tenant-scoped read costs one round trip more than a bare one (the COMMIT).
+//!   context. The opening travels in front of the first statement, so a read-write
+//!   transaction costs one round trip more than a bare read (the COMMIT), and a
+//!   read-only point read on the native context costs what a bare read does: one round
+//!   trip, one Sync (the private `wire` module; ARCHITECTURE.md, "Openings").
 //! - [`Router`]: resolves a tenant through the catalog (cached), refuses tenants that are
 //!   not active or whose cluster is in another region, and opens the [`TenantTx`] on the
 //!   right cluster's pool.

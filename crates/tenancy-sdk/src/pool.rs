@@ -353,10 +353,17 @@ impl TenantPool {
         self.open(tenant, None, false).await
     }
 
-    /// Opens a read-only transaction for `tenant` (`BEGIN READ ONLY`): the server refuses
-    /// any write in it. Its commit cannot fail, so [`TenantTx::commit`] queues the COMMIT
-    /// behind the connection's next use instead of waiting a round trip for it: a point
-    /// read costs one round trip in all (begin, context and query together).
+    /// Opens a read-only transaction for `tenant`: the server refuses any write in it.
+    ///
+    /// On the native context each statement runs in its own read-only implicit
+    /// transaction, the context entered in front of it under the same Sync: a point read
+    /// costs one round trip and leaves nothing open. Under READ COMMITTED every statement
+    /// takes a fresh snapshot anyway, so statements see what they would in one
+    /// transaction; `now()` differs per statement. A simple query
+    /// ([`TenantTx::batch_execute`]) or [`TenantTx::client`] makes the rest of the
+    /// transaction explicit (`BEGIN READ ONLY`). On the PL/pgSQL context the transaction
+    /// is explicit and [`TenantTx::commit`] queues its COMMIT behind the connection's next
+    /// use instead of waiting a round trip for it.
     pub async fn begin_read_only(&self, tenant: TenantId) -> Result<TenantTx, Error> {
         self.open(tenant, None, true).await
     }
