@@ -429,6 +429,8 @@ pub(crate) struct SpliceStream {
     splice: Arc<Splice>,
     /// Bytes accepted from tokio-postgres (with an opening in front) not yet on the socket.
     wbuf: Vec<u8>,
+    /// Bytes of `wbuf` already on the socket.
+    wpos: usize,
     /// Written bytes written so far, which may end mid-message.
     out: Framer,
     /// Read bytes so far.
@@ -443,6 +445,7 @@ impl SpliceStream {
             inner,
             splice,
             wbuf: Vec::new(),
+            wpos: 0,
             out: Framer::default(),
             inn: Framer::default(),
             keep_in: true,
@@ -451,13 +454,15 @@ impl SpliceStream {
 
     /// Writes `wbuf` to the socket until it is empty.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.wbuf.is_empty() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.wbuf))?;
+        while self.wpos < self.wbuf.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.wbuf[self.wpos..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.wbuf.drain(..n);
+            self.wpos += n;
         }
+        self.wbuf.clear();
+        self.wpos = 0;
         Poll::Ready(Ok(()))
     }
 }

@@ -582,3 +582,36 @@ async fn native_read_only_statements_run_in_implicit_transactions() {
     drop(tx);
     assert_clean(&pool, pid).await;
 }
+
+/// An opening in front of a first statement too large for one socket write (a 4 MiB
+/// parameter, written in many pieces), and a reply larger than one read: the statement
+/// still runs in the tenant's context, on both implementations and both kinds of
+/// transaction.
+#[tokio::test]
+async fn openings_survive_large_statements_and_replies() {
+    for (imp, db) in fresh_dbs().await {
+        let pool = pool(&db, 1);
+        let a = TenantId::new_random();
+        seed(&pool, a, 2).await;
+        let big = "x".repeat(4 << 20);
+        for read_only in [true, false] {
+            let mut tx = if read_only {
+                pool.begin_read_only(a).await
+            } else {
+                pool.begin(a).await
+            }
+            .expect("begin");
+            let row = tx
+                .query_one(
+                    "SELECT length($1::text), tenancy.current_tenant_id(), repeat('y', 3000000)",
+                    &[&big],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{imp:?} read_only={read_only}: {e:?}"));
+            assert_eq!(row.get::<_, i32>(0), 4 << 20);
+            assert_eq!(row.get::<_, Option<uuid::Uuid>>(1), Some(a.as_uuid()));
+            assert_eq!(row.get::<_, String>(2).len(), 3_000_000);
+            tx.commit().await.expect("commit");
+        }
+    }
+}
