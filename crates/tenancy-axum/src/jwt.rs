@@ -8,9 +8,17 @@
 //! signature by another configured issuer's key does not make a token of this issuer.
 //! `exp` is required; `exp`, `nbf` are checked with a small leeway; `iss` and `aud` must
 //! match.
+//!
+//! A client sends the same token with many requests, so a verified token is remembered by
+//! its exact text (at most [`CACHE_CAPACITY`] tokens, each at most [`CACHE_TTL_SECS`]):
+//! a later request with the same text skips signature and claim parsing but still has
+//! `exp` and `nbf` checked against the clock. Only tokens that verified are remembered,
+//! and a token differing in any byte is verified from scratch.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::RwLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use jsonwebtoken::Algorithm;
 use jsonwebtoken::{decode, decode_header, jwk::JwkSet, DecodingKey, Validation};
@@ -218,6 +226,22 @@ pub(crate) struct VerifiedToken {
     pub(crate) issuer: String,
 }
 
+/// Most verified tokens remembered at once (the cache starts over when full).
+const CACHE_CAPACITY: usize = 4096;
+/// Longest a verified token is trusted without verifying its signature again.
+const CACHE_TTL_SECS: u64 = 60;
+
+/// A verified token, remembered by its exact text.
+#[derive(Debug, Clone)]
+struct Cached {
+    token: VerifiedToken,
+    /// `exp` and `nbf` (seconds since the epoch), checked again on every use.
+    exp: u64,
+    nbf: Option<u64>,
+    /// Verified from scratch again after this time.
+    until: u64,
+}
+
 /// Prepared verifier.
 #[derive(Debug)]
 pub(crate) struct JwtVerifier {
@@ -225,6 +249,17 @@ pub(crate) struct JwtVerifier {
     issuers: Vec<(String, Vec<(JwtKey, Validation)>)>,
     /// Tenant claim.
     pub(crate) claim: TenantClaim,
+    /// Clock-skew allowance for `exp` and `nbf`, seconds.
+    leeway: u64,
+    /// Tokens that verified, by their exact text.
+    cache: RwLock<HashMap<String, Cached>>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn invalid(reason: &str) -> HttpError {
@@ -264,10 +299,62 @@ impl JwtVerifier {
         Ok(JwtVerifier {
             issuers,
             claim: cfg.claim,
+            leeway: cfg.leeway.as_secs(),
+            cache: RwLock::default(),
         })
     }
 
+    /// Verifies `token`: from the cache of verified tokens when its exact text is there
+    /// (its `exp` and `nbf` checked again), else from scratch (then remembered).
     pub(crate) fn verify(&self, token: &str) -> Result<VerifiedToken, HttpError> {
+        let now = now_secs();
+        if let Some(hit) = self.cached(token, now)? {
+            return Ok(hit);
+        }
+        let (verified, exp, nbf) = self.verify_signed(token)?;
+        if let Ok(mut cache) = self.cache.write() {
+            if cache.len() >= CACHE_CAPACITY {
+                cache.clear();
+            }
+            cache.insert(
+                token.to_owned(),
+                Cached {
+                    token: verified.clone(),
+                    exp,
+                    nbf,
+                    until: now.saturating_add(CACHE_TTL_SECS),
+                },
+            );
+        }
+        Ok(verified)
+    }
+
+    /// The remembered verification of exactly `token`, if any and still fresh at `now`;
+    /// an error if it has expired (or is not valid yet) by now.
+    fn cached(&self, token: &str, now: u64) -> Result<Option<VerifiedToken>, HttpError> {
+        let Ok(cache) = self.cache.read() else {
+            return Ok(None);
+        };
+        let Some(c) = cache.get(token) else {
+            return Ok(None);
+        };
+        if now >= c.until {
+            return Ok(None);
+        }
+        // The same tests as jsonwebtoken's, with the same leeway.
+        if c.exp.saturating_add(self.leeway) < now {
+            return Err(invalid("token has expired"));
+        }
+        if c.nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(self.leeway))
+        {
+            return Err(invalid("token is not valid yet"));
+        }
+        Ok(Some(c.token.clone()))
+    }
+
+    /// Verifies signature and claims; returns what the token says, its `exp` and `nbf`.
+    fn verify_signed(&self, token: &str) -> Result<(VerifiedToken, u64, Option<u64>), HttpError> {
         let header = decode_header(token).map_err(|_| invalid("malformed or unsupported token"))?;
         // Pick the issuer from the (not yet verified) claims; verification below checks
         // `iss` again with that issuer's keys only.
@@ -291,11 +378,15 @@ impl JwtVerifier {
                     let name = match &self.claim {
                         TenantClaim::Id(n) | TenantClaim::Slug(n) => n,
                     };
-                    return Ok(VerifiedToken {
+                    let secs = |c: &str| claims.get(c).and_then(Value::as_f64).map(|v| v as u64);
+                    // Required and checked by `decode`: present here.
+                    let exp = secs("exp").ok_or_else(|| invalid("token lacks the exp claim"))?;
+                    let verified = VerifiedToken {
                         tenant: claims.get(name).and_then(Value::as_str).map(str::to_owned),
                         subject: claims.get("sub").and_then(Value::as_str).map(str::to_owned),
                         issuer: iss,
-                    });
+                    };
+                    return Ok((verified, exp, secs("nbf")));
                 }
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind as K;
@@ -326,4 +417,71 @@ fn unverified_issuer(token: &str) -> Option<String> {
         .ok()?;
     let v: Map<String, Value> = serde_json::from_slice(&bytes).ok()?;
     v.get("iss")?.as_str().map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"unit-test-secret-of-at-least-32-bytes";
+
+    fn verifier() -> JwtVerifier {
+        JwtVerifier::new(
+            JwtConfig::new(TenantClaim::Id("tenant_id".into()))
+                .issuer(JwtIssuer::new("idp", "app").key(JwtKey::hs256(SECRET).expect("key")))
+                .leeway(Duration::from_secs(5)),
+        )
+        .expect("verifier")
+    }
+
+    fn token(exp: u64, tenant: &str) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"iss": "idp", "aud": "app", "exp": exp, "tenant_id": tenant}),
+            &EncodingKey::from_secret(SECRET),
+        )
+        .expect("sign")
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_and_only_its_exact_text_is_remembered() {
+        let v = verifier();
+        let now = now_secs();
+        let t = token(now + 20, "a");
+        assert_eq!(v.verify(&t).expect("verifies").tenant.as_deref(), Some("a"));
+        // Remembered: a hit while fresh.
+        assert_eq!(
+            v.cached(&t, now).expect("fresh").map(|c| c.tenant),
+            Some(Some("a".into()))
+        );
+        // Past exp + leeway the remembered token is refused, as a fresh one would be.
+        assert!(matches!(
+            v.cached(&t, now + 26),
+            Err(HttpError::InvalidCredentials { .. })
+        ));
+        // Within the leeway it still passes.
+        assert!(v.cached(&t, now + 24).expect("leeway").is_some());
+        // After the cache lifetime the token is verified from scratch.
+        assert!(v.cached(&t, now + CACHE_TTL_SECS).expect("stale").is_none());
+        // One byte changed in the signature: not a hit, and it does not verify.
+        let mut tampered = t.clone();
+        let last = tampered.pop().expect("non-empty");
+        tampered.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(v.cached(&tampered, now).expect("no error").is_none());
+        assert!(v.verify(&tampered).is_err());
+        // A token of another tenant is its own entry.
+        let u = token(now + 100, "b");
+        assert!(v.cached(&u, now).expect("no error").is_none());
+        assert_eq!(v.verify(&u).expect("verifies").tenant.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn an_expired_token_is_refused_and_not_remembered() {
+        let v = verifier();
+        let t = token(now_secs() - 60, "a");
+        assert!(v.verify(&t).is_err());
+        assert!(v.cached(&t, now_secs()).expect("no error").is_none());
+    }
 }
