@@ -330,6 +330,7 @@ impl TenantPool {
         if opts.max_size == 0 {
             return Err(Error::Invalid("pool max_size must be at least 1".into()));
         }
+        wire::check_config(&config).map_err(Error::Invalid)?;
         let deferred = Arc::new(AtomicUsize::new(0));
         let pool = build_pool_with(config, &opts, true, Arc::clone(&deferred))?;
         let defers_commits = match tokio::runtime::Handle::try_current() {

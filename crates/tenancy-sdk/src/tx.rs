@@ -55,6 +55,9 @@ impl Begin {
     }
 }
 
+/// What a failed statement was doing, for its error.
+const RUNNING: &str = "running a statement";
+
 /// Where the transaction is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -206,9 +209,11 @@ impl TenantTx {
                 Ok(Some((begin, implicit)))
             }
             State::Implicit => {
-                let (tenant, signer) = (self.tenant, self.signer.clone());
-                let conn = self.conn()?;
-                let token = conn.sign(&signer.key, tenant, signer.ttl_micros);
+                let conn = self
+                    .conn
+                    .as_mut()
+                    .ok_or_else(|| Error::Invalid("transaction already ended".into()))?;
+                let token = conn.sign(&self.signer.key, self.tenant, self.signer.ttl_micros);
                 let begin = Begin {
                     commit_first: false,
                     read_only: true,
@@ -267,24 +272,27 @@ impl TenantTx {
         Ok(stmt)
     }
 
+    /// Before a prepared statement runs: the statement, and the opening it carries.
+    async fn ready(
+        &mut self,
+        sql: &str,
+    ) -> Result<(tokio_postgres::Statement, Option<(Begin, bool)>), Error> {
+        self.check_usable()?;
+        let stmt = self.statement(sql).await?;
+        let opening = self.opening(true)?;
+        self.in_flight = true;
+        Ok((stmt, opening))
+    }
+
     /// Runs a statement and returns its rows.
     pub async fn query(
         &mut self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
-        self.check_usable()?;
-        let stmt = self.statement(sql).await?;
-        let opening = self.opening(true)?;
-        self.in_flight = true;
+        let (stmt, opening) = self.ready(sql).await?;
         let conn = self.conn()?;
-        let r = with_opening(
-            conn,
-            opening,
-            "running a statement",
-            conn.client.query(&stmt, params),
-        )
-        .await;
+        let r = with_opening(conn, opening, RUNNING, conn.client.query(&stmt, params)).await;
         self.track(r)
     }
 
@@ -294,18 +302,9 @@ impl TenantTx {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, Error> {
-        self.check_usable()?;
-        let stmt = self.statement(sql).await?;
-        let opening = self.opening(true)?;
-        self.in_flight = true;
+        let (stmt, opening) = self.ready(sql).await?;
         let conn = self.conn()?;
-        let r = with_opening(
-            conn,
-            opening,
-            "running a statement",
-            conn.client.query_one(&stmt, params),
-        )
-        .await;
+        let r = with_opening(conn, opening, RUNNING, conn.client.query_one(&stmt, params)).await;
         self.track(r)
     }
 
@@ -315,18 +314,9 @@ impl TenantTx {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, Error> {
-        self.check_usable()?;
-        let stmt = self.statement(sql).await?;
-        let opening = self.opening(true)?;
-        self.in_flight = true;
+        let (stmt, opening) = self.ready(sql).await?;
         let conn = self.conn()?;
-        let r = with_opening(
-            conn,
-            opening,
-            "running a statement",
-            conn.client.query_opt(&stmt, params),
-        )
-        .await;
+        let r = with_opening(conn, opening, RUNNING, conn.client.query_opt(&stmt, params)).await;
         self.track(r)
     }
 
@@ -336,18 +326,9 @@ impl TenantTx {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, Error> {
-        self.check_usable()?;
-        let stmt = self.statement(sql).await?;
-        let opening = self.opening(true)?;
-        self.in_flight = true;
+        let (stmt, opening) = self.ready(sql).await?;
         let conn = self.conn()?;
-        let r = with_opening(
-            conn,
-            opening,
-            "running a statement",
-            conn.client.execute(&stmt, params),
-        )
-        .await;
+        let r = with_opening(conn, opening, RUNNING, conn.client.execute(&stmt, params)).await;
         self.track(r)
     }
 
@@ -357,13 +338,7 @@ impl TenantTx {
         let opening = self.opening(false)?;
         self.in_flight = true;
         let conn = self.conn()?;
-        let r = with_opening(
-            conn,
-            opening,
-            "running a statement",
-            conn.client.batch_execute(sql),
-        )
-        .await;
+        let r = with_opening(conn, opening, RUNNING, conn.client.batch_execute(sql)).await;
         self.track(r)
     }
 

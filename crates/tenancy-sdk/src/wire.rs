@@ -109,36 +109,38 @@ impl AsyncWrite for Socket {
     }
 }
 
-/// Opens a socket to the first reachable host of `config` (Unix socket directories and
-/// TCP hosts, as libpq and tokio-postgres read them).
+/// Opens a socket to the first reachable host of `config`, with the socket settings
+/// tokio-postgres would apply itself: `hostaddr` (an address used instead of resolving the
+/// host), the connect timeout, TCP_NODELAY, keepalives and the TCP user timeout.
 async fn open_socket(config: &Config) -> io::Result<Socket> {
     let hosts = config.get_hosts();
-    if hosts.is_empty() {
+    let addrs = config.get_hostaddrs();
+    if hosts.is_empty() && addrs.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "the connection configuration names no host: set host (a name, an address or a Unix socket directory)",
+            "the connection configuration names no host: set host (a name, an address or a Unix socket directory) or hostaddr",
         ));
     }
     let ports = config.get_ports();
     let mut last = None;
-    for (i, host) in hosts.iter().enumerate() {
+    for i in 0..hosts.len().max(addrs.len()) {
         let port = match ports {
             [] => 5432,
             [p] => *p,
             ps => ps.get(i).copied().unwrap_or(5432),
         };
         let attempt = async {
-            match host {
-                Host::Unix(dir) => {
+            match (addrs.get(i), hosts.get(i)) {
+                (None, Some(Host::Unix(dir))) => {
                     UnixStream::connect(Path::new(dir).join(format!(".s.PGSQL.{port}")))
                         .await
                         .map(Socket::Unix)
                 }
-                Host::Tcp(name) => {
-                    let s = TcpStream::connect((name.as_str(), port)).await?;
-                    s.set_nodelay(true)?;
-                    Ok(Socket::Tcp(s))
+                (Some(ip), _) => tcp(config, TcpStream::connect((*ip, port)).await?),
+                (None, Some(Host::Tcp(name))) => {
+                    tcp(config, TcpStream::connect((name.as_str(), port)).await?)
                 }
+                (None, None) => Err(io::Error::other("no host to connect to")),
             }
         };
         let r = match config.get_connect_timeout() {
@@ -153,6 +155,43 @@ async fn open_socket(config: &Config) -> io::Result<Socket> {
         }
     }
     Err(last.unwrap_or_else(|| io::Error::other("no host to connect to")))
+}
+
+/// Refuses connection settings that only tokio-postgres' own connect honours: the pool
+/// opens its sockets itself (to splice them), and would otherwise ignore them silently.
+pub(crate) fn check_config(config: &Config) -> Result<(), String> {
+    use tokio_postgres::config::{LoadBalanceHosts, SslMode, TargetSessionAttrs};
+    if config.get_target_session_attrs() != TargetSessionAttrs::Any {
+        return Err("target_session_attrs is not supported by tenant pools: connect them to the primary's address".into());
+    }
+    if config.get_load_balance_hosts() != LoadBalanceHosts::Disable {
+        return Err("load_balance_hosts is not supported by tenant pools: list the hosts in the order to try them".into());
+    }
+    if config.get_ssl_mode() == SslMode::Require {
+        return Err("sslmode=require is not supported by tenant pools yet: use a Unix socket or a private network, with sslmode=disable or prefer".into());
+    }
+    Ok(())
+}
+
+/// Applies `config`'s TCP settings to a new connection.
+fn tcp(config: &Config, s: TcpStream) -> io::Result<Socket> {
+    s.set_nodelay(true)?;
+    let sock = socket2::SockRef::from(&s);
+    if config.get_keepalives() {
+        let mut ka = socket2::TcpKeepalive::new().with_time(config.get_keepalives_idle());
+        if let Some(interval) = config.get_keepalives_interval() {
+            ka = ka.with_interval(interval);
+        }
+        if let Some(retries) = config.get_keepalives_retries() {
+            ka = ka.with_retries(retries);
+        }
+        sock.set_tcp_keepalive(&ka)?;
+    }
+    #[cfg(target_os = "linux")]
+    if let Some(t) = config.get_tcp_user_timeout() {
+        sock.set_tcp_user_timeout(Some(*t))?;
+    }
+    Ok(Socket::Tcp(s))
 }
 
 /// Connects with `config` over a [`SpliceStream`]. The splice is armed (ready to carry an

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use tenancy_sdk::bootstrap::{self, OWNER_ROLE, RUNTIME_ROLE};
 use tenancy_sdk::{TenantId, TenantPool};
 
 use crate::support::*;
@@ -375,7 +376,7 @@ async fn a_read_only_transaction_refuses_writes_and_its_queued_commit_ends_it() 
 /// had taken over: the next transaction on that connection must begin cleanly.
 #[tokio::test]
 async fn a_transaction_ended_before_its_first_statement_keeps_the_owed_commit() {
-    for (imp, db) in fresh_dbs().await {
+    for (_, db) in fresh_dbs().await {
         let pool = pool(&db, 1);
         let (a, b) = (TenantId::new_random(), TenantId::new_random());
         seed(&pool, a, 2).await;
@@ -393,7 +394,6 @@ async fn a_transaction_ended_before_its_first_statement_keeps_the_owed_commit() 
                 _ => drop(tx),
             }
             assert_clean(&pool, pid).await;
-            let _ = imp;
         }
     }
 }
@@ -614,4 +614,104 @@ async fn openings_survive_large_statements_and_replies() {
             tx.commit().await.expect("commit");
         }
     }
+}
+
+/// Over TCP (a cluster that listens on 127.0.0.1, password authentication), the pool opens
+/// its spliced sockets with the configuration's `hostaddr` and keepalive settings, and
+/// tenant transactions work as on the Unix socket. A host that refuses connections gives
+/// a pool error that says so.
+#[tokio::test]
+async fn tenant_pools_connect_over_tcp_with_the_configured_socket_settings() {
+    let cluster = tenancy_pg::Cluster::start(tenancy_pg::ClusterOptions {
+        tcp_port: Some(0),
+        ..tenancy_pg::ClusterOptions::for_tests()
+    })
+    .await
+    .expect("a cluster listening on TCP");
+    assert!(cluster.listens_on_tcp());
+    let su = cluster.connect("postgres").await.expect("superuser");
+    su.batch_execute("CREATE DATABASE tcp_app")
+        .await
+        .expect("database");
+    bootstrap::bootstrap_cluster(&su).await.expect("roles");
+    su.batch_execute("ALTER ROLE tenancy_app PASSWORD 'tcp-test-password'")
+        .await
+        .expect("password");
+    let su_app = cluster
+        .connect("tcp_app")
+        .await
+        .expect("superuser on tcp_app");
+    bootstrap::bootstrap_database(&su_app, "tcp_app")
+        .await
+        .expect("bootstrap");
+    let owner = connect(cluster.config_as(OWNER_ROLE, "tcp_app")).await;
+    bootstrap::install_runtime(&owner, &key())
+        .await
+        .expect("runtime");
+    owner.batch_execute(APP_SCHEMA).await.expect("tables");
+
+    let tcp_config = |port: u16| {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("localhost")
+            .hostaddr(std::net::IpAddr::from([127, 0, 0, 1]))
+            .port(port)
+            .user(RUNTIME_ROLE)
+            .password("tcp-test-password")
+            .dbname("tcp_app")
+            .keepalives_idle(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(5));
+        cfg
+    };
+    let pool =
+        TenantPool::new(tcp_config(cluster.port()), key(), Default::default()).expect("pool");
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    seed(&pool, a, 2).await;
+    seed(&pool, b, 3).await;
+    for (t, n) in [(a, 2i64), (b, 3)] {
+        let mut tx = pool.begin_read_only(t).await.expect("begin read only");
+        let row = tx
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE tenant_id <> $1), \
+                        (SELECT client_addr::text FROM pg_stat_activity WHERE pid = pg_backend_pid()) \
+                   FROM customers",
+                &[&t.as_uuid()],
+            )
+            .await
+            .expect("read over TCP");
+        assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (n, 0));
+        assert_eq!(
+            row.get::<_, Option<String>>(2).as_deref(),
+            Some("127.0.0.1/32")
+        );
+        tx.commit().await.expect("commit");
+    }
+
+    // Settings only tokio-postgres' own connect honours are refused, not ignored.
+    let mut primary_only = tcp_config(cluster.port());
+    primary_only.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+    let err = TenantPool::new(primary_only, key(), Default::default())
+        .expect_err("target_session_attrs is refused");
+    assert!(err.to_string().contains("target_session_attrs"), "{err}");
+
+    // Nothing listens on this port (it was free a moment ago).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let pool = TenantPool::new(
+        tcp_config(closed),
+        key(),
+        tenancy_sdk::PoolOptions {
+            wait_timeout: Duration::from_secs(5),
+            ..Default::default()
+        },
+    )
+    .expect("pool");
+    let err = pool.begin(a).await.expect_err("nothing listens there");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, tenancy_sdk::Error::Pool(_)) && msg.contains("could not open a socket"),
+        "{msg}"
+    );
 }
