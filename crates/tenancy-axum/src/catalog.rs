@@ -27,8 +27,8 @@ pub(crate) struct Catalog {
     pool: PlainPool,
     /// How long an entry is trusted without a change notification.
     ttl: Duration,
-    /// Tenant records by id.
-    tenants: Map<TenantId, Tenant>,
+    /// Tenant records by id (shared with the requests that use them, never copied).
+    tenants: Map<TenantId, Arc<Tenant>>,
     /// Tenant ids by slug (slugs never move to another tenant, but are removed on change).
     slugs: Map<Slug, TenantId>,
     /// Verified domains → tenant; `None` caches "no verified tenant here" (pending,
@@ -56,7 +56,12 @@ fn catalog_err(e: CatalogError) -> HttpError {
     HttpError::Internal(format!("catalog lookup failed: {e}"))
 }
 
-fn get_fresh<K: std::hash::Hash + Eq, V: Clone>(m: &Map<K, V>, k: &K, ttl: Duration) -> Option<V> {
+fn get_fresh<K, Q, V>(m: &Map<K, V>, k: &Q, ttl: Duration) -> Option<V>
+where
+    K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
+    Q: std::hash::Hash + Eq + ?Sized,
+    V: Clone,
+{
     let m = m.read().ok()?;
     let (v, at) = m.get(k)?;
     (at.elapsed() < ttl).then(|| v.clone())
@@ -94,14 +99,21 @@ impl Catalog {
     }
 
     /// The tenant with this id, or `None` when the catalog has no such tenant.
-    pub(crate) async fn tenant(&self, id: TenantId) -> Result<Option<Tenant>, HttpError> {
+    pub(crate) async fn tenant(&self, id: TenantId) -> Result<Option<Arc<Tenant>>, HttpError> {
         if let Some(t) = get_fresh(&self.tenants, &id, self.ttl) {
             return Ok(Some(t));
         }
+        // Boxed, like every catalog read below: the rare path, which inline would make
+        // every request's future kilobytes larger.
+        Box::pin(self.load_tenant(id)).await
+    }
+
+    async fn load_tenant(&self, id: TenantId) -> Result<Option<Arc<Tenant>>, HttpError> {
         let c = self.conn().await?;
         match tenancy_catalog::get_tenant(&c, id).await {
             Ok(t) => {
-                put(&self.tenants, id, t.clone());
+                let t = Arc::new(t);
+                put(&self.tenants, id, Arc::clone(&t));
                 put(&self.slugs, t.slug.clone(), id);
                 Ok(Some(t))
             }
@@ -118,12 +130,16 @@ impl Catalog {
         if let Some(id) = get_fresh(&self.slugs, slug, self.ttl) {
             return Ok(Some(id));
         }
+        Box::pin(self.load_tenant_by_slug(slug)).await
+    }
+
+    async fn load_tenant_by_slug(&self, slug: &Slug) -> Result<Option<TenantId>, HttpError> {
         let c = self.conn().await?;
         match tenancy_catalog::get_tenant_by_slug(&c, slug).await {
             Ok(t) => {
                 let id = t.id;
                 put(&self.slugs, slug.clone(), id);
-                put(&self.tenants, id, t);
+                put(&self.tenants, id, Arc::new(t));
                 Ok(Some(id))
             }
             Err(CatalogError::TenantNotFound(_)) => Ok(None),
@@ -136,9 +152,13 @@ impl Catalog {
         &self,
         host: &str,
     ) -> Result<Option<TenantId>, HttpError> {
-        if let Some(v) = get_fresh(&self.domains, &host.to_owned(), self.ttl) {
+        if let Some(v) = get_fresh(&self.domains, host, self.ttl) {
             return Ok(v);
         }
+        Box::pin(self.load_domain(host)).await
+    }
+
+    async fn load_domain(&self, host: &str) -> Result<Option<TenantId>, HttpError> {
         let c = self.conn().await?;
         let v = tenancy_catalog::tenant_for_domain(&c, host)
             .await
@@ -153,11 +173,19 @@ impl Catalog {
         key_id: &str,
         hash: &[u8; 32],
     ) -> Result<Option<ApiKeyGrant>, HttpError> {
-        if let Some((h, grant)) = get_fresh(&self.api_keys, &key_id.to_owned(), self.ttl) {
+        if let Some((h, grant)) = get_fresh(&self.api_keys, key_id, self.ttl) {
             if bool::from(subtle::ConstantTimeEq::ct_eq(h.as_slice(), hash.as_slice())) {
                 return Ok(Some(grant));
             }
         }
+        Box::pin(self.load_api_key(key_id, hash)).await
+    }
+
+    async fn load_api_key(
+        &self,
+        key_id: &str,
+        hash: &[u8; 32],
+    ) -> Result<Option<ApiKeyGrant>, HttpError> {
         let c = self.conn().await?;
         let grant = tenancy_catalog::authenticate_api_key(&c, key_id, hash)
             .await

@@ -30,6 +30,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::pool::{self, PlainPool};
+use crate::tenant::Via;
 use crate::tx::TxSlot;
 use crate::{ConfigError, HttpError, SourceKind, Tenancy, Tenant, Tx};
 
@@ -381,8 +382,8 @@ impl Worker {
             .tenancy
             .checked(
                 env.tenant,
-                vec![SourceKind::Job],
-                Some(format!("job:{}", env.id)),
+                Via::one(SourceKind::Job),
+                Some(Arc::from(format!("job:{}", env.id))),
                 None,
             )
             .instrument(span.clone())

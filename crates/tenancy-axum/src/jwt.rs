@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use jsonwebtoken::Algorithm;
@@ -220,10 +220,8 @@ impl JwtConfig {
 pub(crate) struct VerifiedToken {
     /// The tenant claim's value.
     pub(crate) tenant: Option<String>,
-    /// `sub`, if present.
-    pub(crate) subject: Option<String>,
-    /// `iss`.
-    pub(crate) issuer: String,
+    /// Who is calling: `sub`, else `jwt:<iss>` (shared by every request with this token).
+    pub(crate) caller: Arc<str>,
 }
 
 /// Most verified tokens remembered at once (the cache starts over when full).
@@ -234,7 +232,7 @@ const CACHE_TTL_SECS: u64 = 60;
 /// A verified token, remembered by its exact text.
 #[derive(Debug, Clone)]
 struct Cached {
-    token: VerifiedToken,
+    token: Arc<VerifiedToken>,
     /// `exp` and `nbf` (seconds since the epoch), checked again on every use.
     exp: u64,
     nbf: Option<u64>,
@@ -306,12 +304,13 @@ impl JwtVerifier {
 
     /// Verifies `token`: from the cache of verified tokens when its exact text is there
     /// (its `exp` and `nbf` checked again), else from scratch (then remembered).
-    pub(crate) fn verify(&self, token: &str) -> Result<VerifiedToken, HttpError> {
+    pub(crate) fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, HttpError> {
         let now = now_secs();
         if let Some(hit) = self.cached(token, now)? {
             return Ok(hit);
         }
         let (verified, exp, nbf) = self.verify_signed(token)?;
+        let verified = Arc::new(verified);
         if let Ok(mut cache) = self.cache.write() {
             if cache.len() >= CACHE_CAPACITY {
                 cache.clear();
@@ -319,7 +318,7 @@ impl JwtVerifier {
             cache.insert(
                 token.to_owned(),
                 Cached {
-                    token: verified.clone(),
+                    token: Arc::clone(&verified),
                     exp,
                     nbf,
                     until: now.saturating_add(CACHE_TTL_SECS),
@@ -331,7 +330,7 @@ impl JwtVerifier {
 
     /// The remembered verification of exactly `token`, if any and still fresh at `now`;
     /// an error if it has expired (or is not valid yet) by now.
-    fn cached(&self, token: &str, now: u64) -> Result<Option<VerifiedToken>, HttpError> {
+    fn cached(&self, token: &str, now: u64) -> Result<Option<Arc<VerifiedToken>>, HttpError> {
         let Ok(cache) = self.cache.read() else {
             return Ok(None);
         };
@@ -350,7 +349,7 @@ impl JwtVerifier {
         {
             return Err(invalid("token is not valid yet"));
         }
-        Ok(Some(c.token.clone()))
+        Ok(Some(Arc::clone(&c.token)))
     }
 
     /// Verifies signature and claims; returns what the token says, its `exp` and `nbf`.
@@ -381,10 +380,13 @@ impl JwtVerifier {
                     let secs = |c: &str| claims.get(c).and_then(Value::as_f64).map(|v| v as u64);
                     // Required and checked by `decode`: present here.
                     let exp = secs("exp").ok_or_else(|| invalid("token lacks the exp claim"))?;
+                    let caller = Arc::from(match claims.get("sub").and_then(Value::as_str) {
+                        Some(sub) => sub.to_owned(),
+                        None => format!("jwt:{iss}"),
+                    });
                     let verified = VerifiedToken {
                         tenant: claims.get(name).and_then(Value::as_str).map(str::to_owned),
-                        subject: claims.get("sub").and_then(Value::as_str).map(str::to_owned),
-                        issuer: iss,
+                        caller,
                     };
                     return Ok((verified, exp, secs("nbf")));
                 }
@@ -453,7 +455,7 @@ mod tests {
         assert_eq!(v.verify(&t).expect("verifies").tenant.as_deref(), Some("a"));
         // Remembered: a hit while fresh.
         assert_eq!(
-            v.cached(&t, now).expect("fresh").map(|c| c.tenant),
+            v.cached(&t, now).expect("fresh").map(|c| c.tenant.clone()),
             Some(Some("a".into()))
         );
         // Past exp + leeway the remembered token is refused, as a fresh one would be.

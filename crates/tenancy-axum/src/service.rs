@@ -69,8 +69,10 @@ where
             tenant_id = tracing::field::Empty,
             tenant = tracing::field::Empty,
         );
+        // Split outside the future: what it captures is kept for its whole life, so
+        // capturing the request and splitting it inside would hold both.
+        let (mut parts, body) = req.into_parts();
         let fut = async move {
-            let (mut parts, body) = req.into_parts();
             let resolved = match tenancy.resolve(&parts).await {
                 Ok(r) => r,
                 Err(e) => return Ok(e.into_response()),
@@ -97,25 +99,29 @@ where
             let out = tenant
                 .scope(AssertUnwindSafe(inner.call(req)).catch_unwind())
                 .await;
-            match out {
+            // One place ends the transaction, whatever the handler did: commit on a
+            // success or redirect, roll back on an error response, an error or a panic.
+            let (commit, outcome) = match out {
                 Ok(Ok(resp)) => {
                     let ok = resp.status().is_success() || resp.status().is_redirection();
-                    match slot.finish(ok).await {
-                        Ok(()) => Ok(resp),
-                        // The handler succeeded but its writes did not commit: the
-                        // caller must not see a success.
-                        Err(e) => Ok(e.into_response()),
-                    }
+                    (ok, Ok(resp))
                 }
-                Ok(Err(e)) => {
-                    let _ = slot.finish(false).await;
-                    Err(e)
-                }
+                Ok(Err(e)) => (false, Err(Some(e))),
                 Err(_panic) => {
                     tracing::error!("handler panicked; its tenant transaction was rolled back");
-                    let _ = slot.finish(false).await;
-                    Ok(HttpError::internal("handler panicked").into_response())
+                    (false, Err(None))
                 }
+            };
+            let ended = slot.finish(commit).await;
+            match outcome {
+                Ok(resp) => match ended {
+                    Ok(()) => Ok(resp),
+                    // The handler succeeded but its writes did not commit: the caller must
+                    // not see a success.
+                    Err(e) => Ok(e.into_response()),
+                },
+                Err(Some(e)) => Err(e),
+                Err(None) => Ok(HttpError::internal("handler panicked").into_response()),
             }
         };
         ResponseFuture::new(fut.instrument(span))

@@ -1,6 +1,7 @@
 //! [`Tenancy`]: the configured resolvers, the catalog caches and the router; the rules
 //! that turn what a request says into one active [`Tenant`] or a problem.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use tenancy_sdk::{Router, TenantTx};
 use crate::api_key::{ApiKey, API_KEY_PREFIX};
 use crate::catalog::Catalog;
 use crate::jwt::{JwtConfig, JwtVerifier, TenantClaim};
+use crate::tenant::Via;
 use crate::{ConfigError, HttpError, SourceKind, TenancyLayer, Tenant};
 
 /// One way of finding the tenant of a request. Sources are tried in the configured
@@ -95,7 +97,6 @@ enum Resolver {
 enum Named {
     Id(TenantId),
     Slug(Slug),
-    Domain(String),
     /// Something that cannot name any tenant (garbage id): an unknown tenant.
     Nothing,
 }
@@ -123,6 +124,8 @@ pub(crate) struct Resolved {
 struct Inner {
     /// Sources in order.
     resolvers: Vec<Resolver>,
+    /// Some source reads the Host header (subdomain, custom domain).
+    host_sources: bool,
     /// Cached catalog lookups.
     catalog: Arc<Catalog>,
     /// Opens tenant transactions.
@@ -222,9 +225,13 @@ impl TenancyBuilder {
             }
             catalog.start_listener(self.catalog);
         }
+        let host_sources = resolvers
+            .iter()
+            .any(|r| matches!(r, Resolver::Subdomain { .. } | Resolver::CustomDomain));
         Ok(Tenancy {
             inner: Arc::new(Inner {
                 resolvers,
+                host_sources,
                 catalog,
                 router: self.router,
                 read_only_safe_methods: self.read_only_safe_methods,
@@ -233,7 +240,7 @@ impl TenancyBuilder {
     }
 }
 
-fn host_of(parts: &Parts) -> Option<String> {
+fn host_of(parts: &Parts) -> Option<Cow<'_, str>> {
     let raw = parts
         .headers
         .get(HOST)
@@ -244,7 +251,12 @@ fn host_of(parts: &Parts) -> Option<String> {
         return None;
     }
     let host = raw.rsplit_once(':').map_or(raw, |(h, _)| h);
-    Some(host.trim_end_matches('.').to_ascii_lowercase())
+    let host = host.trim_end_matches('.');
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {
@@ -299,22 +311,22 @@ impl Tenancy {
     /// A [`Tenant`] for `id`, checked like a request's (exists, active), for work the
     /// application starts itself.
     pub async fn scope_for(&self, id: TenantId) -> Result<Tenant, HttpError> {
-        self.checked(id, vec![SourceKind::Application], None, None)
+        self.checked(id, Via::one(SourceKind::Application), None, None)
             .await
     }
 
     pub(crate) async fn checked(
         &self,
         id: TenantId,
-        via: Vec<SourceKind>,
-        subject: Option<String>,
+        via: Via,
+        subject: Option<Arc<str>>,
         scopes: Option<Vec<String>>,
     ) -> Result<Tenant, HttpError> {
         let Some(t) = self.inner.catalog.tenant(id).await? else {
             return Err(HttpError::TenantNotFound);
         };
         match t.state {
-            TenantState::Active => Ok(Tenant::new(id, t.slug, via, subject, scopes)),
+            TenantState::Active => Ok(Tenant::new(t, via, subject, scopes)),
             TenantState::Suspended => Err(HttpError::TenantSuspended),
             TenantState::Provisioning => Err(HttpError::TenantProvisioning),
             TenantState::Deleting | TenantState::Deleted => Err(HttpError::TenantDeleted),
@@ -323,11 +335,17 @@ impl Tenancy {
 
     /// Resolves the tenant of a request (see the crate docs for the rules).
     pub(crate) async fn resolve(&self, parts: &Parts) -> Result<Resolved, HttpError> {
-        let mut found: Vec<(SourceKind, Named)> = Vec::new();
+        // Every source's answer, mapped to a tenant id (None: names no tenant), is checked
+        // against the first one as it comes; nothing is collected.
+        let mut agreed = Agreement::default();
         let mut subject = None;
         let mut scopes = None;
         let mut strip = None;
-        let host = host_of(parts);
+        let host = if self.inner.host_sources {
+            host_of(parts)
+        } else {
+            None
+        };
         let bearer = bearer(parts);
         for r in &self.inner.resolvers {
             match r {
@@ -336,21 +354,20 @@ impl Tenancy {
                         continue;
                     };
                     let t = v.verify(token)?;
-                    let Some(value) = t.tenant else {
+                    let Some(value) = &t.tenant else {
                         return Err(HttpError::InvalidCredentials {
                             reason: "token does not name a tenant".into(),
                         });
                     };
-                    let n = match &v.claim {
-                        TenantClaim::Id(_) => {
-                            value.parse::<TenantId>().map_or(Named::Nothing, Named::Id)
-                        }
-                        TenantClaim::Slug(_) => {
-                            value.parse::<Slug>().map_or(Named::Nothing, Named::Slug)
-                        }
+                    let id = match &v.claim {
+                        TenantClaim::Id(_) => value.parse::<TenantId>().ok(),
+                        TenantClaim::Slug(_) => match value.parse::<Slug>() {
+                            Ok(slug) => self.inner.catalog.tenant_id_by_slug(&slug).await?,
+                            Err(_) => None,
+                        },
                     };
-                    subject = t.subject.or(Some(format!("jwt:{}", t.issuer)));
-                    found.push((SourceKind::Jwt, n));
+                    subject = Some(Arc::clone(&t.caller));
+                    agreed.note(SourceKind::Jwt, id);
                 }
                 Resolver::Subdomain { suffix, base } => {
                     let Some(h) = &host else { continue };
@@ -360,7 +377,8 @@ impl Tenancy {
                     if let Some(label) = h.strip_suffix(suffix.as_str()) {
                         if !label.contains('.') {
                             if let Ok(slug) = label.parse::<Slug>() {
-                                found.push((SourceKind::Subdomain, Named::Slug(slug)));
+                                let id = self.inner.catalog.tenant_id_by_slug(&slug).await?;
+                                agreed.note(SourceKind::Subdomain, id);
                             }
                         }
                     }
@@ -375,7 +393,11 @@ impl Tenancy {
                     });
                     let is_local = h == "localhost" || h.parse::<std::net::IpAddr>().is_ok();
                     if !is_base && !is_local && h.contains('.') {
-                        found.push((SourceKind::CustomDomain, Named::Domain(h.clone())));
+                        // An unverified/unknown custom domain is just a host name, not a
+                        // claim.
+                        if let Some(id) = self.inner.catalog.tenant_for_domain(h).await? {
+                            agreed.note(SourceKind::CustomDomain, Some(id));
+                        }
                     }
                 }
                 Resolver::ApiKey => {
@@ -395,16 +417,19 @@ impl Tenancy {
                         .api_key(key.key_id(), &key.hash())
                         .await?
                         .ok_or_else(invalid)?;
-                    subject = Some(format!("api_key:{}", key.key_id()));
+                    subject = Some(Arc::from(format!("api_key:{}", key.key_id())));
                     scopes = Some(grant.scopes);
-                    found.push((SourceKind::ApiKey, Named::Id(grant.tenant_id)));
+                    agreed.note(SourceKind::ApiKey, Some(grant.tenant_id));
                 }
                 Resolver::TrustedHeader(name) => {
                     let Some(v) = parts.headers.get(name) else {
                         continue;
                     };
-                    let n = v.to_str().map_or(Named::Nothing, |s| named(s.trim()));
-                    found.push((SourceKind::TrustedHeader, n));
+                    let id = match v.to_str() {
+                        Ok(s) => self.named_id(s.trim()).await?,
+                        Err(_) => None,
+                    };
+                    agreed.note(SourceKind::TrustedHeader, id);
                 }
                 Resolver::PathPrefix(prefix) => {
                     let path = parts.uri.path();
@@ -419,44 +444,54 @@ impl Tenancy {
                         continue;
                     }
                     strip = Some(prefix.len() + 1 + seg.len());
-                    found.push((SourceKind::PathPrefix, named(seg)));
+                    let id = self.named_id(seg).await?;
+                    agreed.note(SourceKind::PathPrefix, id);
                 }
             }
         }
-        if found.is_empty() {
+        let Some(first) = agreed.first else {
             return Err(HttpError::Unauthenticated);
-        }
-        // Map every answer to a tenant id (None: names no tenant).
-        let mut ids: Vec<Option<TenantId>> = Vec::with_capacity(found.len());
-        for (_, n) in &found {
-            ids.push(match n {
-                Named::Id(id) => Some(*id),
-                Named::Slug(s) => self.inner.catalog.tenant_id_by_slug(s).await?,
-                Named::Domain(d) => self.inner.catalog.tenant_for_domain(d).await?,
-                Named::Nothing => None,
-            });
-        }
-        // An unverified/unknown custom domain is just a host name, not a claim.
-        let mut pairs: Vec<(SourceKind, Option<TenantId>)> = found
-            .iter()
-            .map(|(k, _)| *k)
-            .zip(ids)
-            .filter(|(k, id)| !(*k == SourceKind::CustomDomain && id.is_none()))
-            .collect();
-        if pairs.is_empty() {
-            return Err(HttpError::Unauthenticated);
-        }
+        };
         // Disagreement is reported before existence, so a 403 here says nothing about
         // whether the other tenant exists.
-        let first = pairs[0].1;
-        if pairs.iter().any(|(_, id)| *id != first) {
+        if agreed.mismatch {
             return Err(HttpError::TenantMismatch);
         }
         let Some(id) = first else {
             return Err(HttpError::TenantNotFound);
         };
-        let via = pairs.drain(..).map(|(k, _)| k).collect();
-        let tenant = self.checked(id, via, subject, scopes).await?;
+        let tenant = self.checked(id, agreed.via, subject, scopes).await?;
         Ok(Resolved { tenant, strip })
+    }
+
+    /// The tenant a header value or path segment names: an id, or a slug looked up in
+    /// the catalog; `None` for text that names no tenant.
+    async fn named_id(&self, text: &str) -> Result<Option<TenantId>, HttpError> {
+        Ok(match named(text) {
+            Named::Id(id) => Some(id),
+            Named::Slug(s) => self.inner.catalog.tenant_id_by_slug(&s).await?,
+            Named::Nothing => None,
+        })
+    }
+}
+
+/// The answers of the sources so far: which named a tenant, the first answer, and whether
+/// a later one differed.
+#[derive(Default)]
+struct Agreement {
+    via: Via,
+    /// The first answer (`Some(None)`: a source named no existing tenant).
+    first: Option<Option<TenantId>>,
+    mismatch: bool,
+}
+
+impl Agreement {
+    fn note(&mut self, kind: SourceKind, id: Option<TenantId>) {
+        self.via.push(kind);
+        match self.first {
+            None => self.first = Some(id),
+            Some(f) if f != id => self.mismatch = true,
+            Some(_) => {}
+        }
     }
 }

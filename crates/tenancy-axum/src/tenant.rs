@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use tenancy_catalog::Tenant as CatalogTenant;
 use tenancy_core::{Slug, TenantId};
 use tracing::Instrument;
 
@@ -51,80 +52,137 @@ impl SourceKind {
     }
 }
 
+/// The set of sources that named a tenant, in the order the resolvers are configured
+/// (each kind once). Inline: building a [`Tenant`] per request allocates only its shared
+/// body.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Via {
+    kinds: [SourceKind; 8],
+    len: u8,
+}
+
+impl Default for Via {
+    fn default() -> Self {
+        Via {
+            kinds: [SourceKind::Application; 8],
+            len: 0,
+        }
+    }
+}
+
+impl Via {
+    /// Only `kind`.
+    pub(crate) fn one(kind: SourceKind) -> Self {
+        let mut v = Via::default();
+        v.push(kind);
+        v
+    }
+
+    /// Adds `kind` unless it is there already (there are fewer than 8 kinds, so it
+    /// always fits).
+    pub(crate) fn push(&mut self, kind: SourceKind) {
+        let n = usize::from(self.len);
+        if !self.kinds[..n].contains(&kind) && n < self.kinds.len() {
+            self.kinds[n] = kind;
+            self.len += 1;
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[SourceKind] {
+        &self.kinds[..usize::from(self.len)]
+    }
+}
+
 /// The tenant a request (or job, or task) acts for, as resolved and checked by the layer:
 /// it exists and is active. Only this crate builds it, so holding one means resolution
-/// happened. Extract it in a handler with `tenant: Tenant`.
-#[derive(Clone, PartialEq, Eq)]
+/// happened. Extract it in a handler with `tenant: Tenant`. Cloning it is cheap (one
+/// shared body).
+#[derive(Clone)]
 pub struct Tenant {
-    /// Tenant id.
-    id: TenantId,
-    /// Tenant slug.
-    slug: Slug,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The catalog record it was checked against (shared with the catalog cache).
+    record: Arc<CatalogTenant>,
     /// The sources that named it (all agreed).
-    via: Vec<SourceKind>,
+    via: Via,
     /// Who is calling, when a credential said so (`sub`, or `api_key:<id>`).
-    subject: Option<String>,
+    subject: Option<Arc<str>>,
     /// Scopes of an API key; `None` when the credential is not scope-limited.
     scopes: Option<Vec<String>>,
 }
 
+impl PartialEq for Tenant {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (&*self.inner, &*other.inner);
+        a.record.id == b.record.id
+            && a.record.slug == b.record.slug
+            && a.via == b.via
+            && a.subject == b.subject
+            && a.scopes == b.scopes
+    }
+}
+
+impl Eq for Tenant {}
+
 impl fmt::Debug for Tenant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tenant")
-            .field("id", &self.id)
-            .field("slug", &self.slug)
-            .field("via", &self.via)
-            .field("subject", &self.subject)
+            .field("id", &self.id())
+            .field("slug", self.slug())
+            .field("via", &self.via())
+            .field("subject", &self.subject())
             .finish_non_exhaustive()
     }
 }
 
 impl Tenant {
     pub(crate) fn new(
-        id: TenantId,
-        slug: Slug,
-        via: Vec<SourceKind>,
-        subject: Option<String>,
+        record: Arc<CatalogTenant>,
+        via: Via,
+        subject: Option<Arc<str>>,
         scopes: Option<Vec<String>>,
     ) -> Self {
         Tenant {
-            id,
-            slug,
-            via,
-            subject,
-            scopes,
+            inner: Arc::new(Inner {
+                record,
+                via,
+                subject,
+                scopes,
+            }),
         }
     }
 
     /// The tenant id.
     pub fn id(&self) -> TenantId {
-        self.id
+        self.inner.record.id
     }
 
     /// The tenant slug.
     pub fn slug(&self) -> &Slug {
-        &self.slug
+        &self.inner.record.slug
     }
 
     /// The sources that named the tenant.
     pub fn via(&self) -> &[SourceKind] {
-        &self.via
+        self.inner.via.as_slice()
     }
 
     /// The caller, when known.
     pub fn subject(&self) -> Option<&str> {
-        self.subject.as_deref()
+        self.inner.subject.as_deref()
     }
 
     /// The scopes of a scope-limited credential (API key).
     pub fn scopes(&self) -> Option<&[String]> {
-        self.scopes.as_deref()
+        self.inner.scopes.as_deref()
     }
 
     /// Refuses (403 `insufficient-scope`) when the credential is scope-limited and lacks
     /// `scope` (or a `prefix:*` wildcard of it).
     pub fn require_scope(&self, scope: &str) -> Result<(), HttpError> {
-        let Some(scopes) = &self.scopes else {
+        let Some(scopes) = &self.inner.scopes else {
             return Ok(());
         };
         let ok = scopes.iter().any(|s| {

@@ -2,10 +2,12 @@
 //! extractor, handed back when the handler is done, then committed by the layer if the
 //! response is a success and rolled back otherwise (error status, error, panic).
 
+use std::future::{ready, Ready};
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::FromRequestParts;
+use futures_util::future::{BoxFuture, Either};
 use http::request::Parts;
 use tenancy_sdk::TenantTx;
 
@@ -18,6 +20,10 @@ struct SlotState {
     /// Whether it was opened (only once per request).
     opened: bool,
 }
+
+/// The end of a request's transaction: ready at once, or a boxed wait for the server.
+pub(crate) type Finish =
+    Either<Ready<Result<(), HttpError>>, BoxFuture<'static, Result<(), HttpError>>>;
 
 /// Where a request's transaction lives between the extractor and the layer.
 #[derive(Debug, Clone)]
@@ -67,17 +73,26 @@ impl TxSlot {
     }
 
     /// Commits (`commit == true`) or rolls back the transaction if one was opened and
-    /// handed back.
-    pub(crate) async fn finish(&self, commit: bool) -> Result<(), HttpError> {
+    /// handed back. Ready at once when that needs no round trip (nothing opened, or a
+    /// read-only transaction); the wait for a COMMIT or ROLLBACK is boxed, so the future
+    /// the layer keeps for every request stays small.
+    pub(crate) fn finish(&self, commit: bool) -> Finish {
         let tx = match self.state.lock() {
             Ok(mut s) => s.tx.take(),
             Err(_) => None,
         };
-        let Some(tx) = tx else { return Ok(()) };
-        if commit {
-            tx.commit().await.map_err(HttpError::from)
-        } else {
-            tx.rollback().await.map_err(HttpError::from)
+        let Some(mut tx) = tx else {
+            return Either::Left(ready(Ok(())));
+        };
+        match tx.end_without_round_trip(commit) {
+            Some(done) => Either::Left(ready(done.map_err(HttpError::from))),
+            None => Either::Right(Box::pin(async move {
+                if commit {
+                    tx.commit().await.map_err(HttpError::from)
+                } else {
+                    tx.rollback().await.map_err(HttpError::from)
+                }
+            })),
         }
     }
 }

@@ -25,6 +25,8 @@ pub struct Settings {
     pub seconds: u64,
     /// Unmeasured warm-up seconds before each measurement.
     pub warmup_seconds: u64,
+    /// Measure only the variant of this name (for profiling one side; no report is written).
+    pub only: Option<&'static str>,
 }
 
 /// One measurement.
@@ -132,12 +134,20 @@ pub struct Matrix {
 /// Runs every (variant, concurrency) once per run, variants alternating (A B A B …).
 pub async fn run_matrix<B: Variants>(bench: &B, settings: Settings) -> Result<Matrix> {
     let names = bench.names().to_vec();
+    if let Some(only) = settings.only {
+        if !names.contains(&only) {
+            bail!("--only {only}: this benchmark has no such variant; it has {names:?}");
+        }
+    }
     let mut samples = vec![vec![Vec::new(); CONCURRENCY.len()]; names.len()];
     let warm = Duration::from_secs(settings.warmup_seconds);
     let dur = Duration::from_secs(settings.seconds);
     for run in 0..settings.runs {
         for (ci, c) in CONCURRENCY.iter().enumerate() {
             for (v, name) in names.iter().enumerate() {
+                if settings.only.is_some_and(|only| only != *name) {
+                    continue;
+                }
                 if !warm.is_zero() {
                     bench
                         .run(v, ci, warm)
@@ -248,6 +258,9 @@ impl Matrix {
     pub fn print_medians(&self) {
         for (ci, c) in CONCURRENCY.iter().enumerate() {
             for (v, name) in self.names.iter().enumerate() {
+                if self.samples[v][ci].is_empty() {
+                    continue;
+                }
                 println!(
                     "  median c={c:<2} {name:<16} {:>9.0} ops/s  client {:>6} µs/op  server {:>6} µs/op",
                     self.median_ops(name, ci),
@@ -257,6 +270,15 @@ impl Matrix {
             }
         }
     }
+}
+
+/// True (after saying so) when `--only` measured one variant: there is no ratio to report.
+pub fn profiling_only(settings: Settings) -> bool {
+    if let Some(only) = settings.only {
+        println!("--only {only}: one variant measured for profiling; no ratio, no report written");
+        return true;
+    }
+    false
 }
 
 /// Rounds a ratio for the report.

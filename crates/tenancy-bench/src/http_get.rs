@@ -263,6 +263,9 @@ pub async fn run(env: &Env, settings: Settings) -> Result<()> {
     };
     let m = harness::run_matrix(&bench, settings).await?;
     m.print_medians();
+    if harness::profiling_only(settings) {
+        return Ok(());
+    }
     let (o8, b8) = (m.median_ops(OURS, 0), m.median_ops(BARE, 0));
     let (o32, b32) = (m.median_ops(OURS, 1), m.median_ops(BARE, 1));
     let report = Report {

@@ -66,6 +66,10 @@ struct Cli {
     /// Unmeasured warm-up seconds before each measurement.
     #[arg(long, default_value_t = 1)]
     warmup_seconds: u64,
+    /// tenant_tx, tenant_tx_tenaxum, http_get: measure only this variant (e.g. `ours`), to
+    /// profile one side; prints its figures and writes no report.
+    #[arg(long)]
+    only: Option<String>,
     /// provision: measured tenants per placement (and in the sustained batch).
     #[arg(long, default_value_t = 100)]
     tenants: usize,
@@ -104,6 +108,7 @@ async fn main() -> Result<()> {
         runs: cli.runs,
         seconds: cli.seconds,
         warmup_seconds: cli.warmup_seconds,
+        only: cli.only.clone().map(|s| &*Box::leak(s.into_boxed_str())),
     };
     if matches!(cli.name, Name::FlagEval | Name::All) {
         flag_eval::run(cli.runs).context("running flag_eval")?;

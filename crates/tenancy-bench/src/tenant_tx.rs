@@ -207,6 +207,9 @@ pub async fn run(env: &Env, settings: Settings) -> Result<()> {
     }
     let m = harness::run_matrix(&bench, settings).await?;
     m.print_medians();
+    if harness::profiling_only(settings) {
+        return Ok(());
+    }
 
     let (o8, b8, n8) = (
         m.median_ops(OURS, 0),

@@ -117,6 +117,9 @@ pub async fn run(env: &Env, settings: Settings) -> Result<()> {
     }
     let m = harness::run_matrix(&bench, settings).await?;
     m.print_medians();
+    if harness::profiling_only(settings) {
+        return Ok(());
+    }
     for p in bench.tenaxum.iter().chain(&bench.tenaxum_noping) {
         p.close().await;
     }

@@ -288,7 +288,8 @@ pub(crate) struct Function {
     pub executable: bool,
     pub nargs: i16,
     pub name: String,
-    /// One of tenancy's own context functions, trusted by design.
+    /// One of tenancy's own context functions (`tenancy.enter`, the native
+    /// `tenancy.enter_read_only`, `tenancy.current_tenant_id`), trusted by design.
     pub trusted: bool,
 }
 
@@ -320,7 +321,8 @@ async fn functions(client: &Client, t: &Target) -> Result<Vec<Function>, CheckEr
             let name: String = r.get(12);
             let trusted = schema == "tenancy"
                 && !role_member_of_owner
-                && ((name == "enter" && comment == "tenancy:context-enter")
+                && (((name == "enter" || name == "enter_read_only")
+                    && comment == "tenancy:context-enter")
                     || (name == "current_tenant_id" && comment == "tenancy:context-read"));
             Function {
                 oid: r.get(0),

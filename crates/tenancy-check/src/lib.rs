@@ -17,7 +17,9 @@
 //!   synthetic tenants and tries cross-tenant SELECT/INSERT/UPDATE/DELETE, moving a row to
 //!   another tenant and unique-key existence oracles. Contexts are set with
 //!   `set_config(<guc>, …, true)`, or on tenancy-managed databases with signed tokens
-//!   (`tenancy.enter`).
+//!   (`tenancy.enter`); there every entry function the runtime role may call
+//!   (`tenancy.enter`, the native `tenancy.enter_read_only`) must also refuse a token
+//!   with a bad signature, and a native one a token it already accepted.
 //! - [`run`] and [`CheckArgs`] — the `tenancy check` command: parse, connect, audit, probe,
 //!   render ([`Format`]: text, JSON, SARIF 2.1.0, JUnit) and return the exit code
 //!   (0 no error finding, 1 error findings, 2 could not run).

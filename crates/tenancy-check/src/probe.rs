@@ -15,8 +15,9 @@ use crate::Options;
 enum Mode {
     /// `set_config(guc, tenant, true)`.
     Guc(String),
-    /// Signed tokens through `tenancy.enter`.
-    Signed(tenancy_core::ContextKey),
+    /// Signed tokens through `tenancy.enter`. Boxed: a key carries its keyed HMAC state,
+    /// far larger than the other variant.
+    Signed(Box<tenancy_core::ContextKey>),
 }
 
 fn sql_err(what: &str) -> impl FnOnce(tokio_postgres::Error) -> CheckError + '_ {
@@ -87,7 +88,7 @@ async fn run_probe(
     let tables = audit::tenant_tables(client, opts, t).await?;
     let mode = if t.managed && opts.context_guc.is_none() {
         match &opts.context_key {
-            Some(k) => Mode::Signed(k.clone()),
+            Some(k) => Mode::Signed(Box::new(k.clone())),
             None => {
                 return Ok(skipped(&t.database, "The probe did not run: the database is tenancy-managed and the probe needs the context key to sign tenant contexts.".into(), "-- pass --context-key KID:HEX or set TENANCY_CONTEXT_KEY"));
             }
@@ -114,6 +115,9 @@ async fn run_probe(
         }
     };
     let mut out = Vec::new();
+    if let Mode::Signed(key) = &mode {
+        probe_entry_functions(client, key, &mut out).await?;
+    }
     for tb in tables
         .iter()
         .filter(|tb| tb.sel || tb.ins || tb.upd || tb.del)
@@ -310,6 +314,73 @@ async fn begin_as(client: &Client, mode: &Mode, tenant: &str) -> Result<(), Chec
                 .batch_execute(&format!("BEGIN; SELECT tenancy.enter({})", ql(token.as_str())))
                 .await
                 .map_err(sql_err("entering a signed tenant context (is --context-key the key installed with tenancy.install_context_key?)"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Signed mode: every function that enters a context (`tenancy.enter`, and the native
+/// `tenancy.enter_read_only`) the runtime role may call must refuse a token whose
+/// signature does not verify, and a native (C) one also a token it accepted before on
+/// this connection (native tokens are single-use; the PL/pgSQL context allows a replay
+/// within the token's lifetime by design).
+async fn probe_entry_functions(
+    client: &Client,
+    key: &tenancy_core::ContextKey,
+    out: &mut Vec<Finding>,
+) -> Result<(), CheckError> {
+    let rows = query(
+        client,
+        "SELECT p.oid::regprocedure::text, 'tenancy.' || quote_ident(p.proname), l.lanname = 'c', pg_backend_pid() \
+           FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
+          WHERE p.pronamespace = 'tenancy'::regnamespace AND p.proname IN ('enter', 'enter_read_only') \
+            AND p.proargtypes = '25'::oidvector AND has_function_privilege(p.oid, 'EXECUTE') ORDER BY 1",
+        &[],
+        "listing the context entry functions",
+    )
+    .await?;
+    let now = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0)
+    };
+    let tenant = tenancy_core::TenantId::new_random();
+    // Same key id, other key material: only the signature is wrong.
+    let forger = tenancy_core::ContextKey::from_bytes(key.kid().clone(), rand::random());
+    for r in rows {
+        let (func, name, native, pid): (String, String, bool, i32) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        // Whether `func` accepts `token` as the first statement of a transaction (rolled back).
+        let entered = |token: &str| {
+            let sql = format!("BEGIN; SELECT {name}({})", ql(token));
+            async move {
+                let ok = client.batch_execute(&sql).await.is_ok();
+                let _ = client.batch_execute("ROLLBACK").await;
+                ok
+            }
+        };
+        let forged = forger.sign(tenant, pid, now(), 60_000_000);
+        if entered(forged.as_str()).await {
+            out.push(Finding::new(
+                "probe-forged-token-accepted",
+                Severity::Error,
+                &func,
+                format!("{func} accepted a tenant context token whose signature does not verify: any SQL run as the runtime role can enter any tenant."),
+                "-- reinstall tenancy's runtime from tenancy-sdk/sql (bootstrap_database, then install_runtime)",
+            ));
+        }
+        if native {
+            let token = key.sign(tenant, pid, now(), 60_000_000);
+            if entered(token.as_str()).await && entered(token.as_str()).await {
+                out.push(Finding::new(
+                    "probe-replayed-token-accepted",
+                    Severity::Warning,
+                    &func,
+                    format!("{func} accepted the same tenant context token twice on one connection: injected SQL could re-enter a tenant whose token it saw earlier (native tokens are single-use)."),
+                    "-- reinstall the tenancy_context library and tenancy's runtime from tenancy-sdk/sql",
+                ));
+            }
         }
     }
     Ok(())

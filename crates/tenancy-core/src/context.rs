@@ -20,6 +20,7 @@
 //! argument.
 
 use std::fmt;
+use std::fmt::Write as _;
 use std::str::FromStr;
 
 use hmac::{Hmac, Mac};
@@ -105,6 +106,9 @@ pub struct ContextKey {
     kid: KeyId,
     /// 32 bytes of key material.
     material: [u8; 32],
+    /// HMAC state with the key already absorbed: each token costs the hash of its text,
+    /// not the key schedule again.
+    keyed: HmacSha256,
 }
 
 impl ContextKey {
@@ -112,12 +116,21 @@ impl ContextKey {
     pub fn from_hex(kid: KeyId, material_hex: &str) -> Result<Self, TokenError> {
         let bytes = hex::decode(material_hex.trim()).map_err(|_| TokenError::KeyMaterial)?;
         let material: [u8; 32] = bytes.try_into().map_err(|_| TokenError::KeyMaterial)?;
-        Ok(ContextKey { kid, material })
+        Ok(Self::from_bytes(kid, material))
     }
 
     /// Builds a key from raw bytes (for example freshly generated random bytes).
     pub fn from_bytes(kid: KeyId, material: [u8; 32]) -> Self {
-        ContextKey { kid, material }
+        // HMAC accepts keys of any length, so this cannot fail for a 32-byte key.
+        let keyed = match HmacSha256::new_from_slice(&material) {
+            Ok(m) => m,
+            Err(_) => unreachable!("HMAC-SHA256 accepts any key length"),
+        };
+        ContextKey {
+            kid,
+            material,
+            keyed,
+        }
     }
 
     /// The key id.
@@ -131,11 +144,7 @@ impl ContextKey {
     }
 
     fn mac(&self, msg: &str) -> [u8; 32] {
-        // HMAC accepts keys of any length, so this cannot fail for a 32-byte key.
-        let mut mac = match HmacSha256::new_from_slice(&self.material) {
-            Ok(m) => m,
-            Err(_) => unreachable!("HMAC-SHA256 accepts any key length"),
-        };
+        let mut mac = self.keyed.clone();
         mac.update(msg.as_bytes());
         mac.finalize().into_bytes().into()
     }
@@ -150,13 +159,22 @@ impl ContextKey {
         ttl_micros: i64,
     ) -> ContextToken {
         let expires = now_micros.saturating_add(ttl_micros);
-        let body = format!(
+        // One buffer: the signed fields, a dot, the MAC in hex (about 150 bytes).
+        let mut text = String::with_capacity(192);
+        // Writing to a String cannot fail.
+        let _ = write!(
+            text,
             "{TOKEN_VERSION}.{}.{}.{}.{}.{}",
             self.kid, tenant, backend_pid, now_micros, expires
         );
-        let mac = hex::encode(self.mac(&body));
+        let mac = self.mac(&text);
+        let mut mac_hex = [0u8; 64];
+        // 32 bytes always fit 64 hex digits.
+        let _ = hex::encode_to_slice(mac, &mut mac_hex);
+        text.push('.');
+        text.extend(mac_hex.iter().map(|&b| char::from(b)));
         ContextToken {
-            text: format!("{body}.{mac}"),
+            text,
             tenant,
             backend_pid,
             issued_micros: now_micros,

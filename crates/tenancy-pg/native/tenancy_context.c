@@ -13,6 +13,10 @@
  *     the last one accepted on this connection, so a token seen earlier cannot be replayed
  *     on the same connection, whatever the SQL around it (COMMIT; BEGIN; …).
  *
+ * A third function exists only here: tenancy.enter_read_only(token), tenancy.enter that
+ * also makes the transaction read-only, for the SDK's implicit read-only transactions (see
+ * the comment above tenancy_enter_read_only).
+ *
  * tenancy.enter is SECURITY DEFINER (owned by tenancy_owner) only so that it can read the
  * HMAC pads from tenancy_private.context_keys, which the runtime role cannot read. Keys
  * are cached per backend for KEY_TTL_SECS; a MAC that fails against a cached key reloads
@@ -68,6 +72,7 @@ static int64 last_issued = PG_INT64_MIN;
 static bool callback_registered = false;
 
 PG_FUNCTION_INFO_V1(tenancy_enter);
+PG_FUNCTION_INFO_V1(tenancy_enter_read_only);
 PG_FUNCTION_INFO_V1(tenancy_current_tenant_id);
 
 static void
@@ -394,11 +399,15 @@ parse_uuid(const char *s, size_t len, pg_uuid_t *out)
 }
 
 /*
- * tenancy.enter(token text) RETURNS uuid
+ * Verifies the token in argument 0 and enters its tenant's context, making the transaction
+ * read-only too when `read_only` (top level only, see tenancy_enter_read_only); returns the
+ * tenant. Any problem is an ERROR (28000) raised before anything is changed: a refused
+ * token leaves the context, the single-use mark and the transaction's read-only state as
+ * they were.
  * token: v1.<kid>.<tenant uuid>.<backend pid>.<issued µs>.<expires µs>.<hmac hex>
  */
-Datum
-tenancy_enter(PG_FUNCTION_ARGS)
+static pg_uuid_t *
+enter_context(FunctionCallInfo fcinfo, bool read_only)
 {
 	text	   *arg;
 	const char *tok;
@@ -423,6 +432,8 @@ tenancy_enter(PG_FUNCTION_ARGS)
 		RegisterSubXactCallback(subxact_callback, NULL);
 		callback_registered = true;
 	}
+	if (read_only && GetCurrentTransactionNestLevel() > 1)
+		refuse("tenancy.enter_read_only cannot be called inside a subtransaction");
 	if (PG_ARGISNULL(0))
 		refuse("malformed tenant context token");
 	arg = PG_GETARG_TEXT_PP(0);
@@ -481,15 +492,73 @@ tenancy_enter(PG_FUNCTION_ARGS)
 	if (issued <= last_issued)
 		refuse("tenant context token was already used on this connection");
 
+	/* Allocated first: nothing below can fail, so either all of it happens or none. */
+	result = (pg_uuid_t *) palloc(sizeof(pg_uuid_t));
+	*result = tenant;
+
 	last_issued = issued;
 	ctx_tenant = tenant;
 	ctx_lxid = MyProc->lxid;
 	ctx_subid = GetCurrentSubTransactionId();
 	ctx_set = true;
+	if (read_only)
+		XactReadOnly = true;
+	return result;
+}
 
-	result = (pg_uuid_t *) palloc(sizeof(pg_uuid_t));
-	*result = tenant;
-	PG_RETURN_UUID_P(result);
+/* tenancy.enter(token text) RETURNS uuid */
+Datum
+tenancy_enter(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_UUID_P(enter_context(fcinfo, false));
+}
+
+/*
+ * tenancy.enter_read_only(token text) RETURNS uuid: tenancy.enter, and the transaction is
+ * read-only from here on, as after set_config('transaction_read_only', 'on', true). The
+ * SDK's implicit read-only transactions open with it: one function call and no setting
+ * written, where set_config cost a second call plus a GUC save and restore
+ * (AtEOXact_GUC) per transaction. It writes XactReadOnly, the variable behind the
+ * transaction_read_only setting, directly. Why that is safe:
+ *
+ *   - Making a transaction read-only is always allowed; PostgreSQL only restricts the other
+ *     direction (check_transaction_read_only refuses read-write inside a subtransaction of
+ *     a read-only transaction, after the transaction's first snapshot, which this
+ *     statement has taken, and during recovery). So nothing that SET TRANSACTION or
+ *     set_config could do afterwards makes the transaction writable again. Bool settings
+ *     are shown and saved from the variable itself, so SHOW transaction_read_only says on,
+ *     a later write fails with 25006, and a later savepoint saves "on" when it starts
+ *     (prevXactReadOnly) and restores it when it ends.
+ *   - It is set only after the token verified (in enter_context, after every check):
+ *     a refused token changes nothing, although its ERROR aborts the transaction anyway.
+ *   - Nothing has to be restored: StartTransaction sets XactReadOnly to
+ *     default_transaction_read_only for every transaction, so the connection's next
+ *     transaction is read-write again, like the context it ends with. (COMMIT AND CHAIN
+ *     carries it into the chained transaction, as it would the setting.)
+ *   - Subtransactions: refused, before the token is looked at. The SDK calls it only as
+ *     the first statement of an implicit transaction, at top level. In a subtransaction
+ *     the read-only mode would not last: when a subtransaction ends, committed or rolled
+ *     back, xact.c restores the XactReadOnly it started with (set_config behaves the same
+ *     way), while a context entered in it survives RELEASE SAVEPOINT. A context in a
+ *     read-write transaction is what tenancy.enter gives anyway, so that would grant
+ *     nothing new, but the function's one promise (the whole transaction is read-only)
+ *     would not hold. tenancy.enter stays allowed in a subtransaction.
+ *   - Parallel workers get no read-only state from the leader on PostgreSQL 15, and did
+ *     not with set_config either: checked on 15.20 with force_parallel_mode, a worker's
+ *     current_setting('transaction_read_only') is off after both (ParallelWorkerMain
+ *     restores settings before StartParallelWorkerTransaction, whose StartTransaction
+ *     resets XactReadOnly; and SerializeGUCState skips settings still at their default
+ *     source, as a direct write leaves this one, so releases that restore settings later
+ *     would still show off here). That grants nothing: a parallel worker cannot write in
+ *     any transaction (parallel mode refuses XIDs and tuple writes), and the leader, whose
+ *     XactReadOnly is set, checks each statement's writes (ExecCheckXactReadOnly,
+ *     PreventCommandIfReadOnly) before any worker starts. The function itself is
+ *     PARALLEL UNSAFE (the default), so it never runs in a worker.
+ */
+Datum
+tenancy_enter_read_only(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_UUID_P(enter_context(fcinfo, true));
 }
 
 /* tenancy.current_tenant_id() RETURNS uuid: the entered tenant, or NULL. */

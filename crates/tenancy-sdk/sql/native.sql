@@ -9,7 +9,18 @@ CREATE OR REPLACE FUNCTION tenancy.enter(token text) RETURNS uuid
     LANGUAGE C VOLATILE SECURITY DEFINER AS 'tenancy_context', 'tenancy_enter';
 CREATE OR REPLACE FUNCTION tenancy.current_tenant_id() RETURNS uuid
     LANGUAGE C STABLE PARALLEL RESTRICTED AS 'tenancy_context', 'tenancy_current_tenant_id';
+-- tenancy.enter that also makes the transaction read-only: the opening of the SDK's
+-- implicit read-only transactions. Native only (runtime.sql has no PL/pgSQL version and
+-- drops this one when it installs PL/pgSQL), so its grant and its comment (what
+-- `tenancy check` recognises it by) are given here, where it is created: a database
+-- switched to the native context by this file alone is complete.
+CREATE OR REPLACE FUNCTION tenancy.enter_read_only(token text) RETURNS uuid
+    LANGUAGE C VOLATILE SECURITY DEFINER AS 'tenancy_context', 'tenancy_enter_read_only';
 ALTER FUNCTION tenancy.enter(text) OWNER TO tenancy_owner;
 ALTER FUNCTION tenancy.current_tenant_id() OWNER TO tenancy_owner;
+ALTER FUNCTION tenancy.enter_read_only(text) OWNER TO tenancy_owner;
 REVOKE ALL ON FUNCTION tenancy.enter(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION tenancy.current_tenant_id() FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.enter_read_only(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.enter_read_only(text) TO tenancy_app;
+COMMENT ON FUNCTION tenancy.enter_read_only(text) IS 'tenancy:context-enter';

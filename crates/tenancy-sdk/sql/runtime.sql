@@ -91,13 +91,21 @@ REVOKE ALL ON FUNCTION tenancy.install_context_key(text, text) FROM PUBLIC;
 -- The PL/pgSQL implementation, installed unless the database already has the native one
 -- (native.sql, created by the superuser bootstrap from the tenancy_context C library).
 -- Setting tenancy.runtime_impl = 'plpgsql' in the installing session forces this one.
+-- Native means all three C functions: a database left with an older native.sql (no
+-- enter_read_only, which the SDK prepares on every native connection) gets PL/pgSQL
+-- rather than connections that cannot open read-only transactions. tenancy.enter_read_only
+-- exists only with the native context: PL/pgSQL drops it (the SDK never uses it there).
 DO $impl$
 BEGIN
     IF coalesce(current_setting('tenancy.runtime_impl', true), '') <> 'plpgsql'
        AND (SELECT count(*) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
-             WHERE p.oid IN (to_regprocedure('tenancy.enter(text)'), to_regprocedure('tenancy.current_tenant_id()'))
-               AND l.lanname = 'c') = 2 THEN
+             WHERE p.oid IN (to_regprocedure('tenancy.enter(text)'), to_regprocedure('tenancy.current_tenant_id()'),
+                             to_regprocedure('tenancy.enter_read_only(text)'))
+               AND l.lanname = 'c') = 3 THEN
         RETURN;
+    END IF;
+    IF to_regprocedure('tenancy.enter_read_only(text)') IS NOT NULL THEN
+        DROP FUNCTION tenancy.enter_read_only(text);
     END IF;
     EXECUTE $def$
 CREATE OR REPLACE FUNCTION tenancy.enter(token text) RETURNS uuid

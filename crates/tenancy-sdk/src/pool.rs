@@ -184,29 +184,9 @@ impl managed::Manager for Manager {
     type Error = wire::Error;
 
     async fn create(&self) -> Result<Conn, wire::Error> {
-        if !self.tenant {
-            let (client, connection) = self.config.connect(NoTls).await?;
-            spawn_connection(connection);
-            return Ok(self.conn(client, 0, None));
-        }
-        let (client, connection, splice) = wire::connect(&self.config).await?;
-        spawn_connection(connection);
-        let row = client
-            .query_one(
-                "SELECT pg_backend_pid(), coalesce((SELECT l.lanname = 'c' FROM pg_catalog.pg_proc p \
-                   JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
-                  WHERE p.oid = to_regprocedure('tenancy.enter(text)')), false)",
-                &[],
-            )
-            .await?;
-        let (pid, native): (i32, bool) = (row.get(0), row.get(1));
-        let splice = if native {
-            wire::prepare(&client, &splice).await?;
-            Some(splice)
-        } else {
-            None
-        };
-        Ok(self.conn(client, pid, splice))
+        // Boxed: connecting is rare, and inline its state would make the future of every
+        // checkout (and of every transaction opening) kilobytes larger.
+        Box::pin(self.connect()).await
     }
 
     async fn recycle(&self, conn: &mut Conn, _: &Metrics) -> RecycleResult<wire::Error> {
@@ -222,20 +202,39 @@ impl managed::Manager for Manager {
     }
 }
 
-/// Drives a connection until it closes.
-fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "pooled connection closed");
-        }
-    });
-}
-
 impl Manager {
+    /// Opens a connection: a tenant connection learns its backend pid and context
+    /// implementation, and a native one prepares the one-Sync openings.
+    async fn connect(&self) -> Result<Conn, wire::Error> {
+        if !self.tenant {
+            let (client, connection) = self.config.connect(NoTls).await?;
+            spawn_connection(connection);
+            return Ok(self.conn(client, 0, None));
+        }
+        let (client, connection, splice) = wire::connect(&self.config).await?;
+        spawn_connection(connection);
+        let row = client
+            .query_one(
+                // Native only when every C entry point the openings use is there (a
+                // database bootstrapped before `enter_read_only` existed gets the simple-query
+                // openings until its runtime is installed again).
+                "SELECT pg_backend_pid(), (SELECT count(*) = 2 FROM pg_catalog.pg_proc p \
+                   JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
+                  WHERE l.lanname = 'c' AND p.oid IN (to_regprocedure('tenancy.enter(text)'), \
+                                                      to_regprocedure('tenancy.enter_read_only(text)')))",
+                &[],
+            )
+            .await?;
+        let (pid, native): (i32, bool) = (row.get(0), row.get(1));
+        let splice = if native {
+            wire::prepare(&client, &splice).await?;
+            Some(splice)
+        } else {
+            None
+        };
+        Ok(self.conn(client, pid, splice))
+    }
+
     fn conn(&self, client: Client, pid: i32, splice: Option<Arc<Splice>>) -> Conn {
         Conn {
             client,
@@ -248,6 +247,19 @@ impl Manager {
             retired: AtomicBool::new(false),
         }
     }
+}
+
+/// Drives a connection until it closes.
+fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "pooled connection closed");
+        }
+    });
 }
 
 pub(crate) type Pool = managed::Pool<Manager>;
@@ -401,7 +413,7 @@ impl TenantPool {
         let begin = Begin {
             commit_first: conn.take_deferred_commit(),
             read_only,
-            token: token.as_str().to_owned(),
+            token,
             schema: schema.map(str::to_owned),
         };
         let signer = Signer {

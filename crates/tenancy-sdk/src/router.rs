@@ -71,11 +71,12 @@ struct Inner {
     creds: ClusterCredentials,
     /// Region policy, cache TTL, pool settings.
     opts: RouterOptions,
-    /// Cached tenant records with the time they were read.
-    tenants: RwLock<HashMap<TenantId, (Tenant, Instant)>>,
+    /// Cached tenant records with the time they were read (shared, not copied, per
+    /// request).
+    tenants: RwLock<HashMap<TenantId, (Arc<Tenant>, Instant)>>,
     /// One pool per (cluster, database), created on first use: the shared database of
     /// each cluster (`None`) and each dedicated tenant's own database.
-    pools: RwLock<HashMap<PoolKey, (ClusterRecord, TenantPool)>>,
+    pools: RwLock<HashMap<PoolKey, (Arc<ClusterRecord>, TenantPool)>>,
 }
 
 /// Opens tenant transactions on the right cluster, from the catalog.
@@ -120,23 +121,34 @@ impl Router {
 
     /// The tenant's catalog record, from cache when fresh.
     pub async fn tenant(&self, id: TenantId) -> Result<Tenant, Error> {
+        Ok(Tenant::clone(&*self.tenant_record(id).await?))
+    }
+
+    /// The tenant's catalog record, shared with the cache.
+    async fn tenant_record(&self, id: TenantId) -> Result<Arc<Tenant>, Error> {
         if let Ok(m) = self.inner.tenants.read() {
             if let Some((t, at)) = m.get(&id) {
                 if at.elapsed() < self.inner.opts.cache_ttl {
-                    return Ok(t.clone());
+                    return Ok(Arc::clone(t));
                 }
             }
         }
+        // Boxed: the catalog read is the rare path, and inline it would make every
+        // transaction opening's future several kilobytes larger.
+        Box::pin(self.load_tenant(id)).await
+    }
+
+    async fn load_tenant(&self, id: TenantId) -> Result<Arc<Tenant>, Error> {
         let conn = self
             .inner
             .catalog
             .get()
             .await
             .map_err(|e| Error::Pool(e.to_string()))?;
-        let t = tenancy_catalog::get_tenant(&conn.client, id).await?;
+        let t = Arc::new(tenancy_catalog::get_tenant(&conn.client, id).await?);
         drop(conn);
         if let Ok(mut m) = self.inner.tenants.write() {
-            m.insert(id, (t.clone(), Instant::now()));
+            m.insert(id, (Arc::clone(&t), Instant::now()));
         }
         Ok(t)
     }
@@ -145,13 +157,22 @@ impl Router {
         &self,
         cluster_id: Uuid,
         database: Option<&str>,
-    ) -> Result<(ClusterRecord, TenantPool), Error> {
-        let key = (cluster_id, database.map(str::to_owned));
+    ) -> Result<(Arc<ClusterRecord>, TenantPool), Error> {
         if let Ok(m) = self.inner.pools.read() {
-            if let Some((c, p)) = m.get(&key) {
-                return Ok((c.clone(), p.clone()));
+            // The shared database's key owns no string (the common case).
+            if let Some((c, p)) = m.get(&(cluster_id, database.map(str::to_owned))) {
+                return Ok((Arc::clone(c), p.clone()));
             }
         }
+        Box::pin(self.create_pool(cluster_id, database)).await
+    }
+
+    async fn create_pool(
+        &self,
+        cluster_id: Uuid,
+        database: Option<&str>,
+    ) -> Result<(Arc<ClusterRecord>, TenantPool), Error> {
+        let key = (cluster_id, database.map(str::to_owned));
         let conn = self
             .inner
             .catalog
@@ -179,8 +200,8 @@ impl Router {
             .pools
             .write()
             .map_err(|_| Error::Pool("router pool map poisoned".into()))?;
-        let entry = m.entry(key).or_insert((cluster, pool));
-        Ok((entry.0.clone(), entry.1.clone()))
+        let entry = m.entry(key).or_insert((Arc::new(cluster), pool));
+        Ok((Arc::clone(&entry.0), entry.1.clone()))
     }
 
     /// Keeps the tenant cache fresh: listens on the catalog's change channel
@@ -252,7 +273,7 @@ impl Router {
     }
 
     async fn open(&self, tenant: TenantId, read_only: bool) -> Result<TenantTx, Error> {
-        let t = self.tenant(tenant).await?;
+        let t = self.tenant_record(tenant).await?;
         if !t.state.allows_data_access() {
             return Err(Error::NotActive {
                 tenant: tenant.to_string(),

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use tenancy_core::{ContextKey, TenantId};
+use tenancy_core::{ContextKey, ContextToken, TenantId};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
@@ -17,8 +17,8 @@ use crate::Error;
 pub(crate) struct Begin {
     pub(crate) commit_first: bool,
     pub(crate) read_only: bool,
-    /// The signed token: `[a-z0-9.-]` only (checked by `ContextToken`).
-    pub(crate) token: String,
+    /// The signed token: `[a-z0-9.-]` only.
+    pub(crate) token: ContextToken,
     /// Checked by the pool: `[a-z0-9_]` only.
     pub(crate) schema: Option<String>,
 }
@@ -32,7 +32,7 @@ impl Begin {
             "{}BEGIN{}; SELECT tenancy.enter('{}')",
             if self.commit_first { "COMMIT; " } else { "" },
             if self.read_only { " READ ONLY" } else { "" },
-            self.token
+            self.token.as_str()
         );
         if let Some(schema) = &self.schema {
             sql.push_str(&format!("; SET LOCAL search_path = \"{schema}\", public"));
@@ -44,14 +44,13 @@ impl Begin {
     /// implicit read-only transaction's context, or as BEGIN and context.
     fn splice_into(&self, splice: &Splice, implicit: bool) {
         let path = self.schema.as_ref().map(|s| format!("\"{s}\", public"));
-        let (msgs, stmts) = wire::encode(&wire::Opening {
+        splice.push_opening(&wire::Opening {
             commit_first: self.commit_first,
             implicit,
             read_only: self.read_only,
-            token: &self.token,
+            token: self.token.as_str(),
             search_path: path.as_deref(),
         });
-        splice.push(&msgs, stmts);
     }
 }
 
@@ -217,7 +216,7 @@ impl TenantTx {
                 let begin = Begin {
                     commit_first: false,
                     read_only: true,
-                    token: token.as_str().to_owned(),
+                    token,
                     schema: None,
                 };
                 if !extended {
@@ -375,37 +374,84 @@ impl TenantTx {
     ///   way it is the first thing the server receives on that connection, so nothing ever
     ///   runs inside this finished transaction.
     pub async fn commit(mut self) -> Result<(), Error> {
+        match self.end_without_round_trip(true) {
+            Some(done) => done,
+            None => self.end_with_round_trip(true).await,
+        }
+    }
+
+    /// Rolls back.
+    pub async fn rollback(mut self) -> Result<(), Error> {
+        match self.end_without_round_trip(false) {
+            Some(done) => done,
+            None => self.end_with_round_trip(false).await,
+        }
+    }
+
+    /// Ends the transaction now (commits when `commit`, else rolls back) if that needs no
+    /// round trip to the server, which is the case for every read-only transaction and
+    /// for one that never sent a statement, and returns the outcome: exactly what
+    /// [`commit`](TenantTx::commit) or [`rollback`](TenantTx::rollback) would return. The
+    /// transaction is then over (dropping it does nothing). Returns `None` and changes
+    /// nothing when a COMMIT or ROLLBACK must be awaited: end it with `commit` or
+    /// `rollback` then.
+    ///
+    /// For callers that end many transactions and want the common case without an
+    /// `.await` (the HTTP layer does this for every request).
+    pub fn end_without_round_trip(&mut self, commit: bool) -> Option<Result<(), Error>> {
         let state = self.state;
         let Some(conn) = self.conn.take() else {
-            return Ok(());
+            return Some(Ok(()));
         };
-        match state {
+        let done = match state {
             State::NotBegun => {
                 self.release_unbegun(&conn);
                 Ok(())
             }
             State::Implicit => Ok(()),
-            State::Open if self.read_only && self.defer_commit => {
+            State::Failed { open: false } if commit => Err(Error::Aborted),
+            State::Failed { open: false } => Ok(()),
+            State::Open if commit && self.read_only && self.defer_commit => {
                 conn.defer_commit();
                 Ok(())
             }
-            State::Open if self.read_only => match conn.send_commit_without_waiting() {
+            State::Open if commit && self.read_only => match conn.send_commit_without_waiting() {
                 Some(r) => r.map_err(Error::db("committing")),
                 None => Ok(()),
             },
-            State::Open => conn
+            State::Open | State::Failed { open: true } => {
+                self.conn = Some(conn);
+                return None;
+            }
+        };
+        Some(done)
+    }
+
+    /// Ends an open transaction with COMMIT (or ROLLBACK, also when a statement failed),
+    /// waiting for the server.
+    async fn end_with_round_trip(&mut self, commit: bool) -> Result<(), Error> {
+        let state = self.state;
+        let Some(conn) = self.conn.take() else {
+            return Ok(());
+        };
+        match state {
+            State::Open if commit => conn
                 .client
                 .batch_execute("COMMIT")
                 .await
                 .map_err(Error::db("committing")),
-            State::Failed { open: true } => {
+            State::Failed { open: true } if commit => {
                 conn.client
                     .batch_execute("ROLLBACK")
                     .await
                     .map_err(Error::db("rolling back"))?;
                 Err(Error::Aborted)
             }
-            State::Failed { open: false } => Err(Error::Aborted),
+            _ => conn
+                .client
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(Error::db("rolling back")),
         }
     }
 
@@ -415,26 +461,6 @@ impl TenantTx {
     fn release_unbegun(&mut self, conn: &Conn) {
         if self.begin.take().is_some_and(|b| b.commit_first) {
             conn.defer_commit();
-        }
-    }
-
-    /// Rolls back.
-    pub async fn rollback(mut self) -> Result<(), Error> {
-        let state = self.state;
-        let Some(conn) = self.conn.take() else {
-            return Ok(());
-        };
-        match state {
-            State::NotBegun => {
-                self.release_unbegun(&conn);
-                Ok(())
-            }
-            State::Implicit | State::Failed { open: false } => Ok(()),
-            State::Open | State::Failed { open: true } => conn
-                .client
-                .batch_execute("ROLLBACK")
-                .await
-                .map_err(Error::db("rolling back")),
         }
     }
 }

@@ -44,10 +44,7 @@ const PREPARED: &[(&str, &str)] = &[
     (BEGIN_READ_ONLY, "BEGIN READ ONLY"),
     (COMMIT, "COMMIT"),
     (ENTER, "SELECT tenancy.enter($1::text)"),
-    (
-        ENTER_READ_ONLY,
-        "SELECT tenancy.enter($1::text), pg_catalog.set_config('transaction_read_only', 'on', true)",
-    ),
+    (ENTER_READ_ONLY, "SELECT tenancy.enter_read_only($1::text)"),
     (
         SEARCH_PATH,
         "SELECT pg_catalog.set_config('search_path', $1::text, true)",
@@ -252,10 +249,9 @@ pub(crate) struct Opening<'a> {
     pub(crate) search_path: Option<&'a str>,
 }
 
-/// Encodes an opening as Bind/Execute pairs of the prepared statements (no Sync), and the
-/// number of statements whose replies the filter must drop.
-pub(crate) fn encode(o: &Opening<'_>) -> (BytesMut, u32) {
-    let mut buf = BytesMut::with_capacity(256);
+/// Encodes an opening as Bind/Execute pairs of the prepared statements (no Sync) at the
+/// end of `buf`, and returns the number of statements whose replies the filter must drop.
+fn encode_into(o: &Opening<'_>, buf: &mut BytesMut) -> u32 {
     let mut n = 0;
     let mut stmt = |name: &str, arg: Option<&str>, buf: &mut BytesMut| {
         // Values are text without NUL bytes and statement names constants: cannot fail.
@@ -275,22 +271,18 @@ pub(crate) fn encode(o: &Opening<'_>) -> (BytesMut, u32) {
         n += 1;
     };
     if o.commit_first {
-        stmt(COMMIT, None, &mut buf);
+        stmt(COMMIT, None, buf);
     }
     if o.implicit {
-        stmt(ENTER_READ_ONLY, Some(o.token), &mut buf);
+        stmt(ENTER_READ_ONLY, Some(o.token), buf);
     } else {
-        stmt(
-            if o.read_only { BEGIN_READ_ONLY } else { BEGIN },
-            None,
-            &mut buf,
-        );
-        stmt(ENTER, Some(o.token), &mut buf);
+        stmt(if o.read_only { BEGIN_READ_ONLY } else { BEGIN }, None, buf);
+        stmt(ENTER, Some(o.token), buf);
     }
     if let Some(path) = o.search_path {
-        stmt(SEARCH_PATH, Some(path), &mut buf);
+        stmt(SEARCH_PATH, Some(path), buf);
     }
-    (buf, n)
+    n
 }
 
 /// Statements whose replies are dropped, starting after the `after_z`-th ReadyForQuery.
@@ -310,7 +302,7 @@ struct Shared {
     /// Start-up is over: messages may be inserted and replies filtered.
     armed: bool,
     /// Messages waiting to go in front of the next frontend message.
-    pending: Vec<u8>,
+    pending: BytesMut,
     /// Statements in `pending`.
     pending_stmts: u32,
     /// Sync and Query messages written since arming.
@@ -342,6 +334,14 @@ impl Splice {
     pub(crate) fn push(&self, msgs: &[u8], stmts: u32) {
         let mut s = self.lock();
         s.pending.extend_from_slice(msgs);
+        s.pending_stmts += stmts;
+        s.failed = false;
+    }
+
+    /// Queues an opening in front of the next request (encoded straight into the queue).
+    pub(crate) fn push_opening(&self, o: &Opening<'_>) {
+        let mut s = self.lock();
+        let stmts = encode_into(o, &mut s.pending);
         s.pending_stmts += stmts;
         s.failed = false;
     }
@@ -551,7 +551,8 @@ impl AsyncWrite for SpliceStream {
                     });
                 }
                 this.wbuf.extend_from_slice(&buf[..pos]);
-                this.wbuf.append(&mut s.pending);
+                this.wbuf.extend_from_slice(&s.pending);
+                s.pending.clear();
                 if sync {
                     this.wbuf.extend_from_slice(&SYNC);
                 }

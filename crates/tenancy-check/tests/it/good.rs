@@ -3,34 +3,81 @@
 use tenancy_check::{audit, Options, Severity};
 
 use crate::corpus;
-use crate::support::{audit_as, errors, managed, plain, unique_roles};
+use crate::support::{
+    audit_as, errors, managed, managed_both, managed_native, plain, unique_roles,
+};
 
+/// On both context implementations (the native one adds `tenancy.enter_read_only`, a
+/// SECURITY DEFINER function the runtime role may execute), with the same findings.
 #[tokio::test]
 async fn tenancy_managed_schema_has_no_error() {
-    let db = managed().await;
-    let c = db.connect_superuser().await.expect("superuser");
-    let report = audit(&c, &Options::default()).await.expect("audit");
-    assert!(report.tenancy_managed);
-    assert_eq!(report.runtime_role, "tenancy_app");
-    assert_eq!(
-        report.tenant_tables,
-        vec!["public.comments".to_owned(), "public.docs".to_owned()]
-    );
-    assert!(
-        errors(&report).is_empty(),
-        "unexpected errors: {:#?}",
-        errors(&report)
-    );
-    // tenancy's own definer functions and signed context are trusted.
-    for f in &report.findings {
-        assert_ne!(f.rule, "security-definer-function", "{f:?}");
-        assert_ne!(f.rule, "policy-unsigned-context", "{f:?}");
-        assert_ne!(f.rule, "policy-initplan", "{f:?}");
+    let mut seen: Vec<Vec<(String, String)>> = Vec::new();
+    for db in managed_both().await {
+        let c = db.connect_superuser().await.expect("superuser");
+        let report = audit(&c, &Options::default()).await.expect("audit");
+        assert!(report.tenancy_managed);
+        assert_eq!(report.runtime_role, "tenancy_app");
+        assert_eq!(
+            report.tenant_tables,
+            vec!["public.comments".to_owned(), "public.docs".to_owned()]
+        );
         assert!(
-            f.severity != Severity::Warning || f.rule == "database-public-connect",
-            "unexpected warning {f:?}"
+            errors(&report).is_empty(),
+            "unexpected errors: {:#?}",
+            errors(&report)
+        );
+        // tenancy's own definer functions and signed context are trusted.
+        for f in &report.findings {
+            assert_ne!(f.rule, "security-definer-function", "{f:?}");
+            assert_ne!(f.rule, "policy-unsigned-context", "{f:?}");
+            assert_ne!(f.rule, "policy-initplan", "{f:?}");
+            assert!(
+                f.severity != Severity::Warning || f.rule == "database-public-connect",
+                "unexpected warning {f:?}"
+            );
+        }
+        // Other databases of the cluster come and go with other tests.
+        seen.push(
+            report
+                .findings
+                .iter()
+                .filter(|f| f.rule != "database-public-connect" || f.object == db.name)
+                .map(|f| (f.rule.clone(), f.object.replace(&db.name, "<db>")))
+                .collect(),
         );
     }
+    assert!(
+        seen.windows(2).all(|w| w[0] == w[1]),
+        "the implementations differ: {seen:#?}"
+    );
+}
+
+/// `tenancy.enter_read_only` is trusted by its name and comment, like `tenancy.enter`: the
+/// same function under another name, or without the comment, is an ordinary definer
+/// function the runtime role may execute.
+#[tokio::test]
+async fn only_tenancys_own_enter_read_only_is_trusted() {
+    let Some(db) = managed_native().await else {
+        return;
+    };
+    let c = db.connect_superuser().await.expect("superuser");
+    let definer_findings = |r: &tenancy_check::Report| -> Vec<String> {
+        r.findings
+            .iter()
+            .filter(|f| f.rule == "security-definer-function")
+            .map(|f| f.object.clone())
+            .collect()
+    };
+    let report = audit(&c, &Options::default()).await.expect("audit");
+    assert!(definer_findings(&report).is_empty(), "{report:#?}");
+    c.batch_execute("COMMENT ON FUNCTION tenancy.enter_read_only(text) IS NULL")
+        .await
+        .expect("uncomment");
+    let report = audit(&c, &Options::default()).await.expect("audit");
+    assert_eq!(
+        definer_findings(&report),
+        vec!["tenancy.enter_read_only(token text)".to_owned()]
+    );
 }
 
 #[tokio::test]

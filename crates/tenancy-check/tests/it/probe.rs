@@ -3,7 +3,9 @@
 use tenancy_check::{parse_context_key, probe, Options, Severity};
 
 use crate::corpus;
-use crate::support::{managed, managed_both, opts, plain, unique_roles, with_case, KEY_HEX};
+use crate::support::{
+    managed, managed_both, managed_native, opts, plain, unique_roles, with_case, KEY_HEX,
+};
 
 fn probe_errors(found: &[tenancy_check::Finding]) -> Vec<String> {
     found
@@ -161,6 +163,49 @@ async fn probe_finds_a_context_function_that_trusts_the_setting() {
         found
             .iter()
             .any(|f| f.rule == "probe-forged-context" && f.object == "public.docs"),
+        "{found:#?}"
+    );
+}
+
+/// Every context entry function the runtime role may call must refuse a forged token, and
+/// a native one a replayed token. Here `tenancy.enter_read_only` (native only) is replaced
+/// with a C function that ignores its token: the probe reports both.
+#[tokio::test]
+async fn probe_finds_an_entry_function_that_accepts_forged_and_replayed_tokens() {
+    let Some(db) = managed_native().await else {
+        return;
+    };
+    let c = db.connect_superuser().await.expect("superuser");
+    c.batch_execute(
+        "CREATE OR REPLACE FUNCTION tenancy.enter_read_only(token text) RETURNS uuid \
+           LANGUAGE C VOLATILE SECURITY DEFINER AS 'tenancy_context', 'tenancy_current_tenant_id'",
+    )
+    .await
+    .expect("weaken");
+    let o = Options {
+        context_key: Some(parse_context_key(&format!("k1:{KEY_HEX}")).expect("key")),
+        ..Options::default()
+    };
+    let found = probe(&c, &o).await.expect("probe");
+    let on_functions: Vec<(&str, &str, Severity)> = found
+        .iter()
+        .filter(|f| f.object.starts_with("tenancy."))
+        .map(|f| (f.rule.as_str(), f.object.as_str(), f.severity))
+        .collect();
+    assert_eq!(
+        on_functions,
+        vec![
+            (
+                "probe-forged-token-accepted",
+                "tenancy.enter_read_only(text)",
+                Severity::Error
+            ),
+            (
+                "probe-replayed-token-accepted",
+                "tenancy.enter_read_only(text)",
+                Severity::Warning
+            ),
+        ],
         "{found:#?}"
     );
 }

@@ -398,6 +398,78 @@ async fn a_transaction_ended_before_its_first_statement_keeps_the_owed_commit() 
     }
 }
 
+/// `end_without_round_trip` ends exactly the transactions that need no wait, with the
+/// outcome `commit`/`rollback` would give, and leaves the others untouched.
+#[tokio::test]
+async fn ending_without_a_round_trip_is_only_offered_when_nothing_must_be_awaited() {
+    for (imp, db) in fresh_dbs().await {
+        let pool = pool(&db, 1);
+        let a = TenantId::new_random();
+        seed(&pool, a, 2).await;
+        let pid = pid_of(&pool, a).await;
+
+        // Never used, and read-only after a read: ended at once, connection clean.
+        let mut tx = pool.begin(a).await.expect("begin");
+        assert!(
+            matches!(tx.end_without_round_trip(true), Some(Ok(()))),
+            "{imp:?}"
+        );
+        drop(tx);
+        assert_clean(&pool, pid).await;
+        let mut tx = pool.begin_read_only(a).await.expect("begin read only");
+        tx.query_one("SELECT count(*) FROM customers", &[])
+            .await
+            .expect("read");
+        assert!(
+            matches!(tx.end_without_round_trip(true), Some(Ok(()))),
+            "{imp:?}"
+        );
+        drop(tx);
+        assert_clean(&pool, pid).await;
+
+        // A failed read-only statement: commit reports the abort, as `commit` would.
+        let mut tx = pool.begin_read_only(a).await.expect("begin read only");
+        tx.execute("UPDATE customers SET name = 'x'", &[])
+            .await
+            .expect_err("read-only");
+        let ended = tx.end_without_round_trip(true);
+        match ended {
+            // Native: the failed statement's implicit transaction is already over.
+            Some(r) => assert!(
+                matches!(r, Err(tenancy_sdk::Error::Aborted)),
+                "{imp:?} {r:?}"
+            ),
+            // PL/pgSQL: an explicit transaction is open and must be rolled back.
+            None => assert!(matches!(
+                tx.commit().await,
+                Err(tenancy_sdk::Error::Aborted)
+            )),
+        }
+        assert_clean(&pool, pid).await;
+
+        // A write transaction must be awaited: nothing is ended, and the write still commits.
+        let mut tx = pool.begin(a).await.expect("begin");
+        tx.execute("UPDATE customers SET name = 'ended later'", &[])
+            .await
+            .expect("write");
+        assert!(tx.end_without_round_trip(true).is_none(), "{imp:?}");
+        assert!(tx.end_without_round_trip(false).is_none(), "{imp:?}");
+        tx.commit().await.expect("commit");
+        let mut tx = pool.begin_read_only(a).await.expect("begin read only");
+        let n: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM customers WHERE name = 'ended later'",
+                &[],
+            )
+            .await
+            .expect("read")
+            .get(0);
+        assert_eq!(n, 2, "{imp:?}: the write committed");
+        tx.commit().await.expect("commit");
+        assert_clean(&pool, pid).await;
+    }
+}
+
 /// Reuse right around the moment the sweeper sends an idle connection's owed COMMIT: the
 /// COMMIT and the next transaction's opening must reach the server in that order.
 #[tokio::test]
@@ -514,11 +586,21 @@ async fn native_read_only_statements_run_in_implicit_transactions() {
     seed(&pool, a, 2).await;
     seed(&pool, b, 3).await;
     let pid = pid_of(&pool, a).await;
+    // The settled state: a statement's error reaches the client before the server has
+    // processed the Sync behind it, so `active` is waited out (up to 5 s).
     let backend_state = || async {
-        su.query_one("SELECT state FROM pg_stat_activity WHERE pid = $1", &[&pid])
-            .await
-            .expect("state")
-            .get::<_, Option<String>>(0)
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let state = su
+                .query_one("SELECT state FROM pg_stat_activity WHERE pid = $1", &[&pid])
+                .await
+                .expect("state")
+                .get::<_, Option<String>>(0);
+            if state.as_deref() != Some("active") || std::time::Instant::now() > deadline {
+                return state;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     };
 
     let count = "SELECT count(*), count(*) FILTER (WHERE tenant_id <> $1) FROM customers";

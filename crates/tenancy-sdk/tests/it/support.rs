@@ -94,6 +94,24 @@ pub async fn fresh_dbs() -> Vec<(ContextImpl, TestDb)> {
     out
 }
 
+/// A fresh database with the native signed context, or `None` when this build has no
+/// native library for the server (built without server headers). Panics when the library
+/// was built but the database did not get the native context, so a native test cannot
+/// pass by checking nothing.
+pub async fn fresh_native_db() -> Option<TestDb> {
+    let db = fresh_db().await;
+    let su = db.connect_superuser().await.expect("superuser");
+    if bootstrap::context_impl(&su).await.expect("impl") == Some(ContextImpl::Native) {
+        return Some(db);
+    }
+    assert!(
+        tenancy_pg::native_context_library(db.cluster.major_version()).is_none(),
+        "the native library was built for this server but the database did not get the native context"
+    );
+    eprintln!("no native context library for this server: nothing to check");
+    None
+}
+
 pub fn pool(db: &TestDb, max_size: usize) -> TenantPool {
     TenantPool::new(
         db.config_as(RUNTIME_ROLE),
