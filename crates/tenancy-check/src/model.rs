@@ -215,6 +215,7 @@ pub const RULES: &[RuleInfo] = &[
     RuleInfo { id: "probe-foreign-insert", severity: Severity::Error, title: "Probe: a row for another tenant could be inserted" },
     RuleInfo { id: "probe-update-moves-row", severity: Severity::Error, title: "Probe: UPDATE moved a row to another tenant" },
     RuleInfo { id: "probe-existence-oracle", severity: Severity::Warning, title: "Probe: a unique key revealed another tenant's row" },
+    RuleInfo { id: "probe-forged-context", severity: Severity::Error, title: "Probe: a forged context setting switched the transaction to another tenant" },
     RuleInfo { id: "probe-forged-token-accepted", severity: Severity::Error, title: "Probe: a context entry function accepted a token whose signature does not verify" },
     RuleInfo { id: "probe-replayed-token-accepted", severity: Severity::Warning, title: "Probe: a native context entry function accepted a token twice" },
     RuleInfo { id: "probe-skipped", severity: Severity::Warning, title: "Probe could not run" },

@@ -92,3 +92,32 @@ cases!(
     unsigned_context,
     public_connect,
 );
+
+/// Every rule a finding can carry is listed in `RULES` (the SARIF output, `--explain` and
+/// the documentation come from that list): each `Finding::new("<id>", …)` in the source
+/// names a listed rule.
+#[test]
+fn every_rule_the_checker_emits_is_listed() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut emitted = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("src") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).expect("source");
+            for (i, _) in text.match_indices("Finding::new(") {
+                let rest = text[i + "Finding::new(".len()..].trim_start();
+                if let Some(lit) = rest.strip_prefix('"') {
+                    if let Some(end) = lit.find('"') {
+                        emitted.push(lit[..end].to_owned());
+                    }
+                }
+            }
+        }
+    }
+    assert!(emitted.len() > 20, "found the findings: {emitted:?}");
+    let missing: Vec<_> = emitted
+        .iter()
+        .filter(|id| tenancy_check::rule_info(id).is_none())
+        .collect();
+    assert!(missing.is_empty(), "emitted but not in RULES: {missing:?}");
+}
