@@ -92,25 +92,6 @@ enum Resolver {
     PathPrefix(String),
 }
 
-/// What one source says.
-#[derive(Debug)]
-enum Named {
-    Id(TenantId),
-    Slug(Slug),
-    /// Something that cannot name any tenant (garbage id): an unknown tenant.
-    Nothing,
-}
-
-fn named(text: &str) -> Named {
-    if let Ok(id) = text.parse::<TenantId>() {
-        return Named::Id(id);
-    }
-    match text.parse::<Slug>() {
-        Ok(s) => Named::Slug(s),
-        Err(_) => Named::Nothing,
-    }
-}
-
 /// The outcome of resolution.
 #[derive(Debug)]
 pub(crate) struct Resolved {
@@ -361,10 +342,7 @@ impl Tenancy {
                     };
                     let id = match &v.claim {
                         TenantClaim::Id(_) => value.parse::<TenantId>().ok(),
-                        TenantClaim::Slug(_) => match value.parse::<Slug>() {
-                            Ok(slug) => self.inner.catalog.tenant_id_by_slug(&slug).await?,
-                            Err(_) => None,
-                        },
+                        TenantClaim::Slug(_) => self.slug_id(value).await?,
                     };
                     subject = Some(Arc::clone(&t.caller));
                     agreed.note(SourceKind::Jwt, id);
@@ -467,11 +445,18 @@ impl Tenancy {
     /// The tenant a header value or path segment names: an id, or a slug looked up in
     /// the catalog; `None` for text that names no tenant.
     async fn named_id(&self, text: &str) -> Result<Option<TenantId>, HttpError> {
-        Ok(match named(text) {
-            Named::Id(id) => Some(id),
-            Named::Slug(s) => self.inner.catalog.tenant_id_by_slug(&s).await?,
-            Named::Nothing => None,
-        })
+        match text.parse::<TenantId>() {
+            Ok(id) => Ok(Some(id)),
+            Err(_) => self.slug_id(text).await,
+        }
+    }
+
+    /// The tenant with the slug `text`; `None` when it is no valid slug or no tenant's.
+    async fn slug_id(&self, text: &str) -> Result<Option<TenantId>, HttpError> {
+        match text.parse::<Slug>() {
+            Ok(slug) => self.inner.catalog.tenant_id_by_slug(&slug).await,
+            Err(_) => Ok(None),
+        }
     }
 }
 

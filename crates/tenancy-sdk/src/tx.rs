@@ -434,25 +434,21 @@ impl TenantTx {
         let Some(conn) = self.conn.take() else {
             return Ok(());
         };
-        match state {
-            State::Open if commit => conn
-                .client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(Error::db("committing")),
-            State::Failed { open: true } if commit => {
-                conn.client
-                    .batch_execute("ROLLBACK")
-                    .await
-                    .map_err(Error::db("rolling back"))?;
-                Err(Error::Aborted)
-            }
-            _ => conn
-                .client
-                .batch_execute("ROLLBACK")
-                .await
-                .map_err(Error::db("rolling back")),
+        // Only an open, healthy transaction commits; a failed one is rolled back and its
+        // commit reports the abort.
+        let (sql, what) = if commit && state == State::Open {
+            ("COMMIT", "committing")
+        } else {
+            ("ROLLBACK", "rolling back")
+        };
+        conn.client
+            .batch_execute(sql)
+            .await
+            .map_err(Error::db(what))?;
+        if commit && state != State::Open {
+            return Err(Error::Aborted);
         }
+        Ok(())
     }
 
     /// Ends a transaction that never sent anything. If it had taken over the COMMIT of the

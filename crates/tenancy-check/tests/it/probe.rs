@@ -15,6 +15,14 @@ fn probe_errors(found: &[tenancy_check::Finding]) -> Vec<String> {
         .collect()
 }
 
+/// Probe options with the test databases' context key (signed probes can run).
+fn keyed() -> Options {
+    Options {
+        context_key: Some(parse_context_key(&format!("k1:{KEY_HEX}")).expect("key")),
+        ..Options::default()
+    }
+}
+
 #[tokio::test]
 async fn probe_finds_cross_tenant_access_through_using_true() {
     let case = corpus::case("using_true").expect("case");
@@ -100,10 +108,7 @@ async fn probe_finds_nothing_on_the_tutorial_schema() {
 async fn probe_finds_nothing_on_the_tenancy_managed_schema() {
     for db in managed_both().await {
         let c = db.connect_superuser().await.expect("superuser");
-        let o = Options {
-            context_key: Some(parse_context_key(&format!("k1:{KEY_HEX}")).expect("key")),
-            ..Options::default()
-        };
+        let o = keyed();
         let found = probe(&c, &o).await.expect("probe");
         // comments.doc_id must reference an existing doc of the same tenant: the synthetic row
         // cannot satisfy that foreign key, so the table's write checks are skipped (info).
@@ -128,10 +133,7 @@ async fn probe_on_tenancy_managed_finds_a_widened_policy() {
     for db in managed_both().await {
         let c = db.connect_superuser().await.expect("superuser");
         c.batch_execute("SET ROLE tenancy_owner; CREATE POLICY everyone ON public.docs FOR SELECT USING (true); RESET ROLE;").await.expect("widen");
-        let o = Options {
-            context_key: Some(parse_context_key(&format!("k1:{KEY_HEX}")).expect("key")),
-            ..Options::default()
-        };
+        let o = keyed();
         let found = probe(&c, &o).await.expect("probe");
         assert!(
             found
@@ -154,10 +156,7 @@ async fn probe_finds_a_context_function_that_trusts_the_setting() {
     )
     .await
     .expect("weaken");
-    let o = Options {
-        context_key: Some(parse_context_key(&format!("k1:{KEY_HEX}")).expect("key")),
-        ..Options::default()
-    };
+    let o = keyed();
     let found = probe(&c, &o).await.expect("probe");
     assert!(
         found
@@ -182,10 +181,7 @@ async fn probe_finds_an_entry_function_that_accepts_forged_and_replayed_tokens()
     )
     .await
     .expect("weaken");
-    let o = Options {
-        context_key: Some(parse_context_key(&format!("k1:{KEY_HEX}")).expect("key")),
-        ..Options::default()
-    };
+    let o = keyed();
     let found = probe(&c, &o).await.expect("probe");
     let on_functions: Vec<(&str, &str, Severity)> = found
         .iter()

@@ -482,6 +482,16 @@ fn some(values: &[&str]) -> Vec<Option<String>> {
     values.iter().map(|v| Some((*v).to_owned())).collect()
 }
 
+/// A write refused because the transaction is read-only (SQLSTATE 25006).
+fn assert_write_refused<T: std::fmt::Debug>(r: Result<T, tokio_postgres::Error>, what: &str) {
+    let err = r.expect_err(what);
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION),
+        "{what}: {err:?}"
+    );
+}
+
 /// Native: `tenancy.enter_read_only` (the opening of the SDK's implicit read-only
 /// transactions) enters the context and makes its transaction read-only: SHOW says on, a
 /// write fails with 25006, and neither injected SQL nor savepoints make it writable again.
@@ -522,29 +532,20 @@ async fn native_enter_read_only_makes_its_transaction_read_only_and_only_that_on
 
     // A write later in the same implicit transaction, and in an explicit one.
     let t = signer.sign(a);
-    let err = conn
-        .batch_execute(&format!(
+    assert_write_refused(
+        conn.batch_execute(&format!(
             "SELECT tenancy.enter_read_only('{t}'); INSERT INTO customers (email, name) VALUES ('ro@a', 'ro')"
         ))
-        .await
-        .expect_err("a write after enter_read_only");
-    assert_eq!(
-        err.code(),
-        Some(&SqlState::READ_ONLY_SQL_TRANSACTION),
-        "{err:?}"
+        .await,
+        "a write after enter_read_only",
     );
     let t = signer.sign(a);
     conn.batch_execute(&format!("BEGIN; SELECT tenancy.enter_read_only('{t}')"))
         .await
         .expect("explicit transaction");
-    let err = conn
-        .execute("UPDATE customers SET name = 'x'", &[])
-        .await
-        .expect_err("a write in an explicit transaction");
-    assert_eq!(
-        err.code(),
-        Some(&SqlState::READ_ONLY_SQL_TRANSACTION),
-        "{err:?}"
+    assert_write_refused(
+        conn.execute("UPDATE customers SET name = 'x'", &[]).await,
+        "a write in an explicit transaction",
     );
     conn.batch_execute("ROLLBACK").await.expect("rollback");
 
@@ -589,14 +590,9 @@ async fn native_enter_read_only_makes_its_transaction_read_only_and_only_that_on
         .await
         .expect("after savepoints");
     assert_eq!(got, some(&["on", &aid]));
-    let err = conn
-        .execute("UPDATE customers SET name = 'x'", &[])
-        .await
-        .expect_err("a write after the savepoints");
-    assert_eq!(
-        err.code(),
-        Some(&SqlState::READ_ONLY_SQL_TRANSACTION),
-        "{err:?}"
+    assert_write_refused(
+        conn.execute("UPDATE customers SET name = 'x'", &[]).await,
+        "a write after the savepoints",
     );
     conn.batch_execute("ROLLBACK").await.expect("rollback");
 
