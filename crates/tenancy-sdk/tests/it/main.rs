@@ -5,5 +5,6 @@
 mod context;
 mod isolation;
 mod lifecycle;
+mod residual;
 mod router;
 mod support;
