@@ -259,9 +259,9 @@ async fn nul_byte_in_any_text_field_is_refused_naming_the_field_and_nothing_is_s
         ("POST", "/v1/billing/stripe".into(), vec![("stripe-signature", &stripe_sig)], checkout.clone(), "data/object/metadata/display_name"),
         ("PUT", "/v1/config/plans/pro".into(), vec![AUTH], r#"{"display_name":"Pro\u0000","entitlements":{},"settings":{},"flags":{}}"#.into(), "display_name"),
         ("PUT", "/v1/config/entitlements/seats".into(), vec![AUTH], r#"{"kind":"limit","default":5,"description":"seats\u0000"}"#.into(), "description"),
-        ("PUT", "/v1/config/flags/beta".into(), vec![AUTH], r#"{"kind":"string","variants":{"on":"x\u0000","off":"y"},"default_variant":"on","off_variant":"off"}"#.into(), "variants/on"),
+        ("PUT", "/v1/config/flags/beta".into(), vec![AUTH], r#"{"kind":"multivariate","variants":{"on":"x\u0000","off":"y"},"default_variant":"on","off_variant":"off"}"#.into(), "variants/on"),
         ("PUT", "/v1/config/settings/theme".into(), vec![AUTH], r#"{"schema":{"type":"string"},"default":"dark\u0000","description":"t"}"#.into(), "default"),
-        ("PUT", "/v1/config/regions/eu-west".into(), vec![AUTH], r#"{"settings":{"motd":"hi\u0000"}}"#.into(), "settings/motd"),
+        ("PUT", "/v1/config/regions/eu-west".into(), vec![AUTH], r#"{"settings":{"theme":"hi\u0000"}}"#.into(), "settings/theme"),
         ("PUT", config("attributes"), vec![AUTH], r#"{"tags":["vip","x\u0000"],"custom":{}}"#.into(), "tags/1"),
         ("PUT", config("attributes"), vec![AUTH], r#"{"tags":[],"custom":{"ref\u0000":"1"}}"#.into(), "custom/ref\\u0000"),
         ("PUT", config("overrides/entitlement/seats"), vec![AUTH], r#"{"value":9,"reason":"deal\u0000"}"#.into(), "reason"),
@@ -273,6 +273,20 @@ async fn nul_byte_in_any_text_field_is_refused_naming_the_field_and_nothing_is_s
         ("GET", "/v1/tenants?after=a%00".into(), vec![AUTH], String::new(), "after"),
         ("GET", "/v1/config/changes?flag=x%00".into(), vec![AUTH], String::new(), "flag"),
     ];
+    // What the configuration cases refer to exists, so that only the NUL is wrong.
+    for (path, body) in [
+        (
+            "/v1/config/entitlements/seats",
+            r#"{"kind":"limit","default":5,"description":"seats"}"#,
+        ),
+        (
+            "/v1/config/settings/theme",
+            r#"{"schema":{"type":"string"},"default":"dark","description":"t"}"#,
+        ),
+    ] {
+        let r = http(s.port, "127.0.0.1", "PUT", path, &[AUTH, JSON], Some(body)).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
     let before = all_rows(&s.db).await;
     let mut failures = Vec::new();
     for (i, (method, path, extra, body, field)) in cases.iter().enumerate() {
@@ -638,4 +652,31 @@ async fn futures_util_join<F: std::future::Future<Output = Resp> + Send + 'stati
         out.push(h.await.expect("task"));
     }
     out
+}
+
+#[tokio::test]
+async fn input_the_database_refuses_is_a_422_naming_the_field_not_a_500() {
+    let s = served(generous(), SignupConfig::default()).await;
+    let before = all_rows(&s.db).await;
+    // Port 0 passes the request's types (u16) and reaches the catalog's CHECK.
+    let r = http(
+        s.port,
+        "127.0.0.1",
+        "POST",
+        "/v1/clusters",
+        &[AUTH, JSON, ("idempotency-key", "port-0")],
+        Some(r#"{"name":"pg-zero","region":"eu-west","host":"db","port":0,"dbname":"d","capacity":5}"#),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.body["errors"][0]["field"], "port", "{}", r.body);
+    // Only the idempotency key keeps the (final, 4xx) answer.
+    let after = all_rows(&s.db).await;
+    let changed: Vec<_> = after
+        .iter()
+        .filter(|(t, n)| {
+            before.get(*t) != Some(n) && t.as_str() != "tenancy_catalog.idempotency_keys"
+        })
+        .collect();
+    assert!(changed.is_empty(), "{changed:?}");
 }
