@@ -11,6 +11,11 @@
 //! - [`build`] / [`App`]: startup as a library API (`build(config) → App`, `app.port()`,
 //!   `app.run_until_stopped()`), including the embedded default (private clusters, one
 //!   per region) when no database is configured.
+//! - [`server`]: serving a router on a public socket (header and request deadlines, the
+//!   peer address for rate limits, graceful stop); [`guard`]: what every request passes
+//!   before its handler (per-address and global rate limits of the unauthenticated routes
+//!   with `429` and `Retry-After`, the body read under a deadline, NUL refused in any
+//!   field).
 //! - [`error`]: the one HTTP error type, RFC 9457 problem documents with a stable code
 //!   table; [`auth`]: admin bearer tokens stored as SHA-256 digests; [`idempotency`]:
 //!   `Idempotency-Key` on every state-changing POST; [`stripe`] and `billing`: Stripe

@@ -680,3 +680,66 @@ async fn input_the_database_refuses_is_a_422_naming_the_field_not_a_500() {
         .collect();
     assert!(changed.is_empty(), "{changed:?}");
 }
+
+#[tokio::test]
+async fn tenancy_serve_applies_its_limits_end_to_end() {
+    // `build` + `run_until_stopped`, as `tenancy serve` runs them, on a catalog database.
+    let (db, _state, _p) = fresh_state_with(SignupConfig::default()).await;
+    let digest = tenancy_control::auth::token_digest(crate::api::TOKEN);
+    let config = tenancy_control::ControlConfig {
+        listen: "127.0.0.1:0".into(),
+        database_url: Some(secrecy::SecretString::from(
+            db.cluster.url_as(OWNER_ROLE, &db.name),
+        )),
+        context_key_id: "ctl".into(),
+        context_key_hex: Some(secrecy::SecretString::from("ab".repeat(32))),
+        admin_token_sha256: vec![format!("sha256:{}", hex::encode(digest))],
+        cluster_admin_user: db.cluster.superuser().to_owned(),
+        workers: 1,
+        limits: LimitsConfig {
+            header_read_timeout_ms: 600,
+            availability: RateConfig {
+                per_ip_per_minute: 1,
+                per_ip_burst: 2,
+                global_per_minute: 60_000,
+                global_burst: 10_000,
+            },
+            ..generous()
+        },
+        ..tenancy_control::ControlConfig::default()
+    };
+    let app = tenancy_control::build(config).await.expect("build");
+    let port = app.port();
+    let stopper = app.stopper();
+    let running = tokio::spawn(app.run_until_stopped());
+    let avail = "/v1/signup/availability?slug=umbrella";
+    for _ in 0..2 {
+        assert_eq!(
+            http(port, "127.0.0.1", "GET", avail, &[], None)
+                .await
+                .status,
+            200
+        );
+    }
+    let r = http(port, "127.0.0.1", "GET", avail, &[], None).await;
+    assert_limited(&r, "too-many-requests", 429);
+    assert_eq!(
+        http(port, "127.0.0.2", "GET", avail, &[], None)
+            .await
+            .status,
+        200
+    );
+    // A connection that never finishes its headers is closed.
+    let mut slow = connect_from(port, "127.0.0.1").await;
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .expect("write");
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut sink)).await;
+    assert!(
+        closed.is_ok(),
+        "a connection without complete headers stays open"
+    );
+    let _ = stopper.send(true);
+    running.await.expect("task").expect("served");
+}
