@@ -297,7 +297,14 @@ fn input_refused_by_database(e: &tokio_postgres::Error) -> Option<ApiError> {
         c if *c == SqlState::CHECK_VIOLATION => "is not an allowed value",
         _ => return None,
     };
-    let field = db.column().or(db.constraint()).unwrap_or("body").to_owned();
+    // A column CHECK is named `<table>_<column>_check` by PostgreSQL: name the column.
+    let from_constraint = db.constraint().map(|c| {
+        db.table()
+            .and_then(|t| c.strip_prefix(t)?.strip_prefix('_'))
+            .and_then(|c| c.strip_suffix("_check"))
+            .unwrap_or(c)
+    });
+    let field = db.column().or(from_constraint).unwrap_or("body").to_owned();
     tracing::info!(error = %e, "input refused by the database");
     Some(ApiError::field(&field, format!("the value {what}")))
 }
