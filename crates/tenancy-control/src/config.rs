@@ -69,6 +69,9 @@ pub struct LimitsConfig {
     pub body_timeout_ms: u64,
     /// Time a whole request may take, body and handler, in milliseconds (then 408).
     pub request_timeout_ms: u64,
+    /// Connections served at once; past it, new connections wait in the listen backlog
+    /// until one closes (0: no cap).
+    pub max_connections: usize,
     /// Header carrying the client address set by a reverse proxy (`x-forwarded-for`,
     /// `x-real-ip`); read only on connections from `trusted_proxies`. Absent: the
     /// socket's peer address is the client.
@@ -94,6 +97,7 @@ impl Default for LimitsConfig {
             header_read_timeout_ms: 10_000,
             body_timeout_ms: 10_000,
             request_timeout_ms: 30_000,
+            max_connections: 4096,
             client_ip_header: None,
             trusted_proxies: Vec::new(),
             max_tracked_ips: 10_000,

@@ -1,6 +1,6 @@
 //! Serving a router on a public socket: HTTP/1.1 with a deadline for each request's
 //! headers (which also bounds how long a kept-alive connection may sit idle) and for each
-//! whole request, the peer address in every request's extensions (`ConnectInfo`, which
+//! whole request, a cap on connections served at once, the peer address in every request's extensions (`ConnectInfo`, which
 //! rate limits count by), and a graceful stop. `axum::serve` has no header deadline, so a
 //! client sending its headers a byte at a time would hold a connection and a task
 //! forever.
@@ -35,6 +35,9 @@ pub struct ServeOptions {
     /// Time a whole request may take, from its headers to the end of the handler
     /// (then 408 with a problem document).
     pub request_timeout: Option<Duration>,
+    /// Connections served at once; past it, accepting waits until one closes, so new
+    /// clients queue in the kernel's listen backlog instead of costing memory and tasks.
+    pub max_connections: Option<usize>,
 }
 
 impl ServeOptions {
@@ -43,6 +46,7 @@ impl ServeOptions {
         ServeOptions {
             header_read_timeout: crate::guard::millis(limits.header_read_timeout_ms),
             request_timeout: crate::guard::millis(limits.request_timeout_ms),
+            max_connections: (limits.max_connections > 0).then_some(limits.max_connections),
         }
     }
 }
@@ -66,12 +70,13 @@ where
 {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
+    let cap = options.max_connections.unwrap_or(usize::MAX);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept(), if connections.len() < cap => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors and the like: keep serving the

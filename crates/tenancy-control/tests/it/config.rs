@@ -16,12 +16,14 @@ fn example_config_loads_and_environment_overrides_it() {
         (
             l.header_read_timeout_ms,
             l.body_timeout_ms,
-            l.request_timeout_ms
+            l.request_timeout_ms,
+            l.max_connections
         ),
         (
             d.header_read_timeout_ms,
             d.body_timeout_ms,
-            d.request_timeout_ms
+            d.request_timeout_ms,
+            d.max_connections
         )
     );
     assert_eq!(

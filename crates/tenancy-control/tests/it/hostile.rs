@@ -743,3 +743,32 @@ async fn tenancy_serve_applies_its_limits_end_to_end() {
     let _ = stopper.send(true);
     running.await.expect("task").expect("served");
 }
+
+#[tokio::test]
+async fn connections_past_the_cap_wait_until_one_closes() {
+    let limits = LimitsConfig {
+        max_connections: 2,
+        ..generous()
+    };
+    let s = served(limits, SignupConfig::default()).await;
+    // Two clients that say nothing hold both places.
+    let holders = [
+        connect_from(s.port, "127.0.0.1").await,
+        connect_from(s.port, "127.0.0.2").await,
+    ];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let port = s.port;
+    let third =
+        tokio::spawn(async move { http(port, "127.0.0.3", "GET", "/healthz", &[], None).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served past the cap"
+    );
+    drop(holders);
+    let r = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("served once a place is free")
+        .expect("task");
+    assert_eq!(r.status, 200);
+}
