@@ -2,7 +2,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::auth::Admin;
 use crate::error::{ApiError, FieldError, Problem, ProblemCode};
+use crate::guard::ClientIp;
 use crate::{idempotency, stripe, AppState};
 
 fn ts(t: OffsetDateTime) -> String {
@@ -279,6 +280,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(
             field: "body".into(),
             message: e.to_string(),
         }],
+        retry_after: None,
     })?;
     Ok((parsed, value))
 }
@@ -300,12 +302,14 @@ fn to_value<T: Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or_default()
 }
 
-#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "Alive")))]
+#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "Alive"),
+    (status = 429, body = Problem, content_type = "application/problem+json", description = "Rate limit (limits.public)", headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))))]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-#[utoipa::path(get, path = "/openapi.json", tag = "meta", responses((status = 200, description = "This document")))]
+#[utoipa::path(get, path = "/openapi.json", tag = "meta", responses((status = 200, description = "This document"),
+    (status = 429, body = Problem, content_type = "application/problem+json", description = "Rate limit (limits.public)", headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))))]
 pub async fn openapi_json(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(state.openapi())
 }
@@ -478,13 +482,7 @@ async fn provision(
     sub: Option<String>,
     actor: &str,
 ) -> Result<(StatusCode, serde_json::Value), ApiError> {
-    let name = new.display_name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::field(
-            "display_name",
-            "must be 1 to 200 characters",
-        ));
-    }
+    check_display_name(&new.display_name)?;
     let mut conn = state.catalog().await?;
     let (t, wf) = state
         .provisioner()
@@ -828,7 +826,9 @@ pub async fn deliveries(
 }
 
 #[utoipa::path(get, path = "/v1/signup/availability", tag = "signup", params(SlugParam),
-    responses((status = 200, body = Availability)))]
+    responses((status = 200, body = Availability),
+              (status = 429, body = Problem, content_type = "application/problem+json", description = "Rate limit of this client or of everyone (limits.availability)",
+               headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))))]
 pub async fn availability(
     State(state): State<AppState>,
     Query(p): Query<SlugParam>,
@@ -858,9 +858,14 @@ pub async fn availability(
 
 #[utoipa::path(post, path = "/v1/signup", tag = "signup", request_body = Signup,
     params(("Idempotency-Key" = String, Header, description = "Client-chosen key (required)")),
-    responses((status = 202, body = Accepted), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 202, body = Accepted), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json"),
+              (status = 429, body = Problem, content_type = "application/problem+json", description = "Rate limit (limits.signup) or this client's signup quota (signup.max_signups_per_ip) reached",
+               headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+              (status = 503, body = Problem, content_type = "application/problem+json", description = "Signup quota of everyone together (signup.max_signups) reached",
+               headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))))]
 pub async fn signup(
     State(state): State<AppState>,
+    Extension(client): Extension<ClientIp>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -881,15 +886,129 @@ pub async fn signup(
                 region: parse_field("region", &region)?,
                 placement: parse_field::<Placement>("placement", &s.placement)?,
             };
-            provision(&state, new, None, None, "signup").await
+            check_display_name(&new.display_name)?;
+            // The actor records the client address, which the quota counts by.
+            let actor = match client.label() {
+                Some(ip) => format!("signup:{ip}"),
+                None => "signup".to_owned(),
+            };
+            let mut conn = state.catalog().await?;
+            let tx = conn
+                .transaction()
+                .await
+                .map_err(|e| ApiError::internal("starting a transaction", &e))?;
+            signup_quota(&tx, s, client.label().is_some().then_some(actor.as_str())).await?;
+            let (t, wf) = state
+                .provisioner()
+                .provision_in(
+                    &tx,
+                    &ProvisionRequest {
+                        tenant: new,
+                        billing_customer: None,
+                        billing_subscription: None,
+                    },
+                    &actor,
+                )
+                .await?;
+            tx.commit()
+                .await
+                .map_err(|e| ApiError::internal("committing a signup", &e))?;
+            state.provisioner().wake();
+            Ok((
+                StatusCode::ACCEPTED,
+                to_value(&Accepted {
+                    tenant: (&t).into(),
+                    workflow: (&wf).into(),
+                }),
+            ))
         },
     )
     .await
 }
 
+/// Refuses the signup when the quota of everyone (503) or of this client (`actor`, 429)
+/// is reached within the window; both count the signups recorded in the catalog (their
+/// provision workflows), so restarts and several control-plane processes share them. The
+/// check holds a transaction-scoped advisory lock until the caller commits the new
+/// tenant, so concurrent signups cannot both take the last place.
+async fn signup_quota(
+    tx: &tokio_postgres::Transaction<'_>,
+    cfg: &crate::SignupConfig,
+    actor: Option<&str>,
+) -> Result<(), ApiError> {
+    if cfg.max_signups == 0 && cfg.max_signups_per_ip == 0 {
+        return Ok(());
+    }
+    let db = |e: tokio_postgres::Error| ApiError::internal("counting signups", &e);
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('tenancy_control.signup_quota', 0))",
+        &[],
+    )
+    .await
+    .map_err(db)?;
+    let window = cfg.quota_window_secs as f64;
+    // Seconds until the oldest counted signup (of everyone, of this client) leaves the
+    // window: when a refused client may try again.
+    let row = tx
+        .query_one(
+            "SELECT count(*),
+                    count(*) FILTER (WHERE actor = $2::text),
+                    extract(epoch FROM min(created_at) - (now() - $1::float8 * interval '1 second'))::float8,
+                    extract(epoch FROM min(created_at) FILTER (WHERE actor = $2)
+                                       - (now() - $1::float8 * interval '1 second'))::float8
+               FROM tenancy_catalog.workflows
+              WHERE kind = 'provision' AND actor LIKE 'signup%'
+                AND created_at > now() - $1::float8 * interval '1 second'",
+            &[&window, &actor.unwrap_or("")],
+        )
+        .await
+        .map_err(db)?;
+    let (all, mine): (i64, i64) = (row.get(0), row.get(1));
+    let wait = |secs: Option<f64>| {
+        std::time::Duration::from_secs_f64(secs.unwrap_or(window).clamp(1.0, window.max(1.0)))
+    };
+    if actor.is_some() && cfg.max_signups_per_ip > 0 && mine >= i64::from(cfg.max_signups_per_ip) {
+        return Err(ApiError::new(
+            ProblemCode::SignupQuotaExceeded,
+            format!(
+                "this address has signed up {mine} times within {} hours, the most allowed; retry after the number of seconds in Retry-After",
+                cfg.quota_window_secs / 3600
+            ),
+        )
+        .retry_after(wait(row.get(3))));
+    }
+    if cfg.max_signups > 0 && all >= i64::from(cfg.max_signups) {
+        return Err(ApiError::new(
+            ProblemCode::SignupsPaused,
+            "signups are paused: the number of signups allowed in this period is reached; retry after the number of seconds in Retry-After",
+        )
+        .retry_after(wait(row.get(2))));
+    }
+    Ok(())
+}
+
+/// A display name is 1 to 200 characters once trimmed, with no control characters.
+fn check_display_name(name: &str) -> Result<(), ApiError> {
+    let trimmed = name.trim();
+    if trimmed.is_empty() || trimmed.chars().count() > 200 {
+        return Err(ApiError::field(
+            "display_name",
+            "must be 1 to 200 characters",
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::field(
+            "display_name",
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
 #[utoipa::path(post, path = "/v1/billing/stripe", tag = "billing",
     params(("Stripe-Signature" = String, Header, description = "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"t.payload\">")),
-    responses((status = 200, body = BillingOutcome), (status = 400, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = BillingOutcome), (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 429, body = Problem, content_type = "application/problem+json", description = "Rate limit (limits.public)", headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))))]
 pub async fn stripe_webhook(
     State(state): State<AppState>,
     headers: HeaderMap,

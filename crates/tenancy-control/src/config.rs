@@ -17,6 +17,15 @@ pub struct SignupConfig {
     pub plan: String,
     /// Placement of a new signup (`pooled` or `schema`).
     pub placement: String,
+    /// Length of the window over which signups are counted against the quotas, in
+    /// seconds.
+    pub quota_window_secs: u64,
+    /// Signups accepted from everyone together within the window (0: no cap); past it,
+    /// signup answers 503 until the oldest counted signup leaves the window.
+    pub max_signups: u32,
+    /// Signups accepted from one client address (an IPv6 /64) within the window (0: no
+    /// cap); past it, that client gets 429.
+    pub max_signups_per_ip: u32,
 }
 
 impl Default for SignupConfig {
@@ -25,7 +34,131 @@ impl Default for SignupConfig {
             region: "eu-west".into(),
             plan: "free".into(),
             placement: "pooled".into(),
+            quota_window_secs: 24 * 3600,
+            max_signups: 1000,
+            max_signups_per_ip: 5,
         }
+    }
+}
+
+/// Token-bucket rate limit of one class of unauthenticated routes: per client address
+/// and for everyone together. A rate of 0 turns that bucket off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    /// Sustained requests per minute from one client address (an IPv6 /64).
+    pub per_ip_per_minute: u32,
+    /// Requests one client address may make in a burst.
+    pub per_ip_burst: u32,
+    /// Sustained requests per minute from everyone together.
+    pub global_per_minute: u32,
+    /// Requests everyone together may make in a burst.
+    pub global_burst: u32,
+}
+
+/// Limits of the public surface: connection and request timeouts, and rate limits of
+/// the routes that need no admin token. Every limit is on by default; 0 turns a timeout
+/// off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Time a client has to send a request's line and headers (also the idle time of a
+    /// kept-alive connection), in milliseconds; past it the connection is closed.
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send a request's body, in milliseconds (then 408).
+    pub body_timeout_ms: u64,
+    /// Time a whole request may take, body and handler, in milliseconds (then 408).
+    pub request_timeout_ms: u64,
+    /// Connections served at once; past it, new connections wait in the listen backlog
+    /// until one closes (0: no cap).
+    pub max_connections: usize,
+    /// Header carrying the client address set by a reverse proxy (`x-forwarded-for`,
+    /// `x-real-ip`); read only on connections from `trusted_proxies`. Absent: the
+    /// socket's peer address is the client.
+    pub client_ip_header: Option<String>,
+    /// Addresses (`10.0.0.7`) or networks (`10.0.0.0/8`) of the proxies whose
+    /// `client_ip_header` is believed.
+    pub trusted_proxies: Vec<String>,
+    /// Client addresses whose buckets are kept; past it, idle buckets are dropped first,
+    /// then the least recently used.
+    pub max_tracked_ips: usize,
+    /// `POST /v1/signup`.
+    pub signup: RateConfig,
+    /// `GET /v1/signup/availability`.
+    pub availability: RateConfig,
+    /// Every other route that needs no admin token (`/healthz`, `/openapi.json`, the
+    /// billing webhook before its signature is checked).
+    pub public: RateConfig,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            header_read_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
+            max_connections: 4096,
+            client_ip_header: None,
+            trusted_proxies: Vec::new(),
+            max_tracked_ips: 10_000,
+            signup: RateConfig {
+                per_ip_per_minute: 10,
+                per_ip_burst: 5,
+                global_per_minute: 120,
+                global_burst: 30,
+            },
+            availability: RateConfig {
+                per_ip_per_minute: 60,
+                per_ip_burst: 20,
+                global_per_minute: 3000,
+                global_burst: 300,
+            },
+            public: RateConfig {
+                per_ip_per_minute: 600,
+                per_ip_burst: 100,
+                global_per_minute: 30_000,
+                global_burst: 1000,
+            },
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The trusted proxies, parsed.
+    pub(crate) fn trusted_networks(&self) -> Result<Vec<crate::guard::Network>, String> {
+        self.trusted_proxies
+            .iter()
+            .map(|p| p.parse::<crate::guard::Network>())
+            .collect()
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        self.trusted_networks()?;
+        if let Some(h) = &self.client_ip_header {
+            axum::http::HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| format!("limits.client_ip_header {h:?} is not a header name"))?;
+            if self.trusted_proxies.is_empty() {
+                return Err("limits.client_ip_header needs limits.trusted_proxies (the proxies whose header is believed)".into());
+            }
+        }
+        for (name, r) in [
+            ("signup", self.signup),
+            ("availability", self.availability),
+            ("public", self.public),
+        ] {
+            if (r.per_ip_per_minute > 0 && r.per_ip_burst == 0)
+                || (r.global_per_minute > 0 && r.global_burst == 0)
+            {
+                return Err(format!(
+                    "limits.{name}: a burst must be at least 1 where its rate is on"
+                ));
+            }
+        }
+        if self.max_tracked_ips == 0 {
+            return Err("limits.max_tracked_ips must be at least 1".into());
+        }
+        Ok(())
     }
 }
 
@@ -84,6 +217,8 @@ pub struct ControlConfig {
     pub event_receivers: Vec<ReceiverConfig>,
     /// Days a soft-deleted tenant is kept before the purge.
     pub retention_days: u64,
+    /// Timeouts and rate limits of the public surface.
+    pub limits: LimitsConfig,
 }
 
 impl Default for ControlConfig {
@@ -108,6 +243,7 @@ impl Default for ControlConfig {
             registration_receivers: Vec::new(),
             event_receivers: Vec::new(),
             retention_days: 30,
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -171,6 +307,7 @@ impl ControlConfig {
         for d in &cfg.admin_token_sha256 {
             crate::auth::parse_digest(d)?;
         }
+        cfg.limits.validate()?;
         Ok(cfg)
     }
 }

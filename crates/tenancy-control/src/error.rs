@@ -43,6 +43,14 @@ pub enum ProblemCode {
     NoCapacity,
     /// 415: the body must be JSON.
     UnsupportedMediaType,
+    /// 408: the request (its body, or all of it) took longer than the configured limit.
+    RequestTimeout,
+    /// 429: too many requests from this client or from everyone; see `Retry-After`.
+    TooManyRequests,
+    /// 429: this client reached its signup quota; see `Retry-After`.
+    SignupQuotaExceeded,
+    /// 503: the signup quota of everyone together is reached; see `Retry-After`.
+    SignupsPaused,
     /// 500: something failed on our side (details are in the server log).
     Internal,
 }
@@ -63,6 +71,10 @@ impl ProblemCode {
         ProblemCode::InvalidSignature,
         ProblemCode::NoCapacity,
         ProblemCode::UnsupportedMediaType,
+        ProblemCode::RequestTimeout,
+        ProblemCode::TooManyRequests,
+        ProblemCode::SignupQuotaExceeded,
+        ProblemCode::SignupsPaused,
         ProblemCode::Internal,
     ];
 
@@ -123,6 +135,26 @@ impl ProblemCode {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "Unsupported media type",
             ),
+            RequestTimeout => (
+                "request-timeout",
+                StatusCode::REQUEST_TIMEOUT,
+                "Request took too long",
+            ),
+            TooManyRequests => (
+                "too-many-requests",
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many requests",
+            ),
+            SignupQuotaExceeded => (
+                "signup-quota-exceeded",
+                StatusCode::TOO_MANY_REQUESTS,
+                "Signup quota of this client reached",
+            ),
+            SignupsPaused => (
+                "signups-paused",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Signups are paused",
+            ),
             Internal => (
                 "internal",
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -169,6 +201,8 @@ pub struct ApiError {
     pub detail: String,
     /// Field errors.
     pub errors: Vec<FieldError>,
+    /// Seconds after which a retry may succeed (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -178,7 +212,23 @@ impl ApiError {
             code,
             detail: detail.into(),
             errors: Vec::new(),
+            retry_after: None,
         }
+    }
+
+    /// The same problem with a `Retry-After` of `wait` (whole seconds, at least 1).
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(crate::guard::retry_after_secs(wait));
+        self
+    }
+
+    /// A rate limit refused the request.
+    pub fn rate_limited(wait: std::time::Duration) -> Self {
+        ApiError::new(
+            ProblemCode::TooManyRequests,
+            "too many requests; retry after the number of seconds in Retry-After",
+        )
+        .retry_after(wait)
     }
 
     /// A validation problem about one field.
@@ -191,6 +241,7 @@ impl ApiError {
                 field: field.to_owned(),
                 message,
             }],
+            retry_after: None,
         }
     }
 
@@ -222,8 +273,49 @@ impl ApiError {
     }
 }
 
+/// What PostgreSQL refuses about a value rather than about us: a character it cannot
+/// store (NUL in text or `jsonb`), a number out of range, a value too long, a CHECK. Input
+/// validation refuses these first; this is the net for what it cannot see, so that such
+/// input is a 422, never a 500.
+fn input_refused_by_database(e: &tokio_postgres::Error) -> Option<ApiError> {
+    use tokio_postgres::error::SqlState;
+    let db = e.as_db_error()?;
+    let what = match db.code() {
+        c if *c == SqlState::CHARACTER_NOT_IN_REPERTOIRE
+            || *c == SqlState::UNTRANSLATABLE_CHARACTER
+            || *c == SqlState::NONSTANDARD_USE_OF_ESCAPE_CHARACTER =>
+        {
+            "contains a character that cannot be stored (such as NUL)"
+        }
+        c if *c == SqlState::NUMERIC_VALUE_OUT_OF_RANGE
+            || *c == SqlState::DATETIME_FIELD_OVERFLOW
+            || *c == SqlState::INTERVAL_FIELD_OVERFLOW =>
+        {
+            "is out of the range that can be stored"
+        }
+        c if *c == SqlState::STRING_DATA_RIGHT_TRUNCATION => "is too long",
+        c if *c == SqlState::CHECK_VIOLATION => "is not an allowed value",
+        _ => return None,
+    };
+    // A column CHECK is named `<table>_<column>_check` by PostgreSQL: name the column.
+    let from_constraint = db.constraint().map(|c| {
+        db.table()
+            .and_then(|t| c.strip_prefix(t)?.strip_prefix('_'))
+            .and_then(|c| c.strip_suffix("_check"))
+            .unwrap_or(c)
+    });
+    let field = db.column().or(from_constraint).unwrap_or("body").to_owned();
+    tracing::info!(error = %e, "input refused by the database");
+    Some(ApiError::field(&field, format!("the value {what}")))
+}
+
 impl From<CatalogError> for ApiError {
     fn from(e: CatalogError) -> Self {
+        if let CatalogError::Db { source, .. } = &e {
+            if let Some(refused) = input_refused_by_database(source) {
+                return refused;
+            }
+        }
         match e {
             CatalogError::SlugTaken(s) => ApiError::new(
                 ProblemCode::SlugTaken,
@@ -245,6 +337,11 @@ impl From<CatalogError> for ApiError {
 
 impl From<tenancy_provision::Error> for ApiError {
     fn from(e: tenancy_provision::Error) -> Self {
+        if let tenancy_provision::Error::Db { source, .. } = &e {
+            if let Some(refused) = input_refused_by_database(source) {
+                return refused;
+            }
+        }
         match e {
             tenancy_provision::Error::Catalog(c) => c.into(),
             tenancy_provision::Error::NotPossible(m) => ApiError::new(ProblemCode::Conflict, m),
@@ -267,6 +364,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_value(self.problem()).unwrap_or_default();
         let mut resp = problem_response(self.status(), &body);
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.code == ProblemCode::Unauthorized {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -47,7 +47,7 @@ pub fn request_hash(scope: &str, body: &serde_json::Value) -> String {
 }
 
 /// Runs `f` at most once per (scope, key). Responses below 500 are stored and replayed;
-/// a 5xx releases the key so the client can retry.
+/// a 5xx or 429 releases the key so the client can retry.
 pub async fn run<F, Fut>(
     state: &AppState,
     headers: &HeaderMap,
@@ -104,7 +104,8 @@ where
                 .await?;
             Ok((status, axum::Json(value)).into_response())
         }
-        Err(e) if e.status().is_server_error() => {
+        // A refusal to retry later (a rate or quota limit) is not the request's answer.
+        Err(e) if e.status().is_server_error() || e.status() == StatusCode::TOO_MANY_REQUESTS => {
             tenancy_catalog::idempotency_abandon(&conn, &scope, &key).await?;
             Err(e)
         }

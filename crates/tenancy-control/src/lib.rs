@@ -11,6 +11,11 @@
 //! - [`build`] / [`App`]: startup as a library API (`build(config) → App`, `app.port()`,
 //!   `app.run_until_stopped()`), including the embedded default (private clusters, one
 //!   per region) when no database is configured.
+//! - [`server`]: serving a router on a public socket (header and request deadlines, the
+//!   peer address for rate limits, graceful stop); [`guard`]: what every request passes
+//!   before its handler (per-address and global rate limits of the unauthenticated routes
+//!   with `429` and `Retry-After`, the body read under a deadline, NUL refused in any
+//!   field).
 //! - [`error`]: the one HTTP error type, RFC 9457 problem documents with a stable code
 //!   table; [`auth`]: admin bearer tokens stored as SHA-256 digests; [`idempotency`]:
 //!   `Idempotency-Key` on every state-changing POST; [`stripe`] and `billing`: Stripe
@@ -25,7 +30,9 @@ pub mod auth;
 mod billing;
 pub mod config;
 pub mod error;
+pub mod guard;
 pub mod idempotency;
+pub mod server;
 mod startup;
 pub mod stripe;
 
@@ -40,7 +47,7 @@ use tenancy_config::ConfigState;
 use tenancy_provision::{PgConn, PgPool, Provisioner};
 use utoipa::OpenApi;
 
-pub use config::{ControlConfig, SignupConfig};
+pub use config::{ControlConfig, LimitsConfig, RateConfig, SignupConfig};
 pub use error::{ApiError, Problem, ProblemCode};
 pub use startup::{build, App};
 
@@ -69,6 +76,8 @@ struct StateInner {
     signup: SignupConfig,
     /// The configuration service (store, snapshot client, DNS), when it is mounted.
     config: Option<ConfigState>,
+    /// Rate limits and the request guard (see [`guard`]).
+    guard: Arc<guard::Guard>,
     /// The OpenAPI document (base plus merged extensions), kept typed so that
     /// [`AppState::with_config`] can merge into it.
     openapi_doc: OpenApiDoc,
@@ -123,6 +132,7 @@ impl AppState {
                 stripe_tolerance: Duration::from_secs(300),
                 signup,
                 config: None,
+                guard: Arc::new(default_guard()),
                 openapi: serde_json::to_value(&openapi).unwrap_or_default(),
                 openapi_doc: OpenApiDoc(openapi),
             }),
@@ -139,6 +149,15 @@ impl AppState {
         AppState {
             inner: Arc::new(inner),
         }
+    }
+
+    /// The same state with these timeouts and rate limits (the defaults otherwise).
+    pub fn with_limits(self, limits: &LimitsConfig) -> Result<Self, String> {
+        let mut inner = (*self.inner).clone();
+        inner.guard = Arc::new(guard::Guard::new(limits)?);
+        Ok(AppState {
+            inner: Arc::new(inner),
+        })
     }
 
     /// The configuration service, when it is mounted.
@@ -182,6 +201,11 @@ impl AppState {
     pub(crate) fn openapi(&self) -> serde_json::Value {
         self.inner.openapi.clone()
     }
+}
+
+/// The guard of the default limits (no trusted proxies, nothing to parse).
+fn default_guard() -> guard::Guard {
+    guard::Guard::from_parts(&LimitsConfig::default(), None, Vec::new())
 }
 
 /// The OpenAPI document of the control plane as `tenancy serve` serves it: this crate's
@@ -278,12 +302,15 @@ pub fn router(state: AppState) -> axum::Router {
 }
 
 /// Every control-plane route plus `extra` (another crate's routes, already given their
-/// state); the body limit, request span and problem fallback apply to all of them.
+/// state); the body limit, the guard (rate limits of unauthenticated routes, body
+/// deadline, NUL refusal: [`guard`]), request span and problem fallback apply to all of
+/// them.
 pub fn router_with(state: AppState, extra: axum::Router) -> axum::Router {
     let extra = match state.config() {
         Some(config) => extra.merge(config_routes(&state, config.clone())),
         None => extra,
     };
+    let guard_state = state.inner.guard.clone();
     axum::Router::new()
         .route("/healthz", get(api::healthz))
         .route("/openapi.json", get(api::openapi_json))
@@ -312,6 +339,10 @@ pub fn router_with(state: AppState, extra: axum::Router) -> axum::Router {
         .with_state(state)
         .merge(extra)
         .fallback(|| async { ApiError::new(ProblemCode::NotFound, "no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            guard_state,
+            guard::guard,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(request_span))
 }

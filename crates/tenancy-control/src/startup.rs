@@ -18,6 +18,7 @@ use tenancy_provision::{
 use tenancy_sdk::bootstrap::{self, OWNER_ROLE};
 use tokio::sync::watch;
 
+use crate::server::ServeOptions;
 use crate::{auth, router, AppState, ControlConfig};
 
 /// A built control plane, bound to its port, workers running.
@@ -37,6 +38,8 @@ pub struct App {
     generated_admin_token: Option<String>,
     /// Stop signal for `run_until_stopped`.
     stop: (watch::Sender<bool>, watch::Receiver<bool>),
+    /// Header and request deadlines of the socket.
+    serve_options: ServeOptions,
 }
 
 impl App {
@@ -78,8 +81,7 @@ impl App {
                 _ = rx.wait_for(|s| *s) => {}
             }
         };
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
+        crate::server::serve(self.listener, self.router, self.serve_options, shutdown)
             .await
             .context("serving the control-plane API")?;
         self.workers.stop().await;
@@ -234,7 +236,9 @@ pub async fn build(config: ControlConfig) -> Result<App> {
         config.stripe_webhook_secret.clone(),
         config.signup.clone(),
     )
-    .with_config(config_state);
+    .with_config(config_state)
+    .with_limits(&config.limits)
+    .map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -247,5 +251,6 @@ pub async fn build(config: ControlConfig) -> Result<App> {
         state,
         generated_admin_token,
         stop: watch::channel(false),
+        serve_options: ServeOptions::from_limits(&config.limits),
     })
 }

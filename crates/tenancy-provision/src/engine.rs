@@ -316,13 +316,24 @@ impl Provisioner {
             .transaction()
             .await
             .map_err(Error::db("starting a catalog transaction"))?;
-        let out =
-            catalog::start_provisioning(&tx, &req.tenant, &provision_input(req), actor).await?;
+        let out = self.provision_in(&tx, req, actor).await?;
         tx.commit()
             .await
             .map_err(Error::db("committing a new tenant"))?;
         self.wake();
         Ok(out)
+    }
+
+    /// [`Provisioner::provision`] inside the caller's catalog transaction, so that a
+    /// check the caller makes (a signup quota under its lock) commits with the tenant row
+    /// and its workflow or not at all. Call [`Provisioner::wake`] after the commit.
+    pub async fn provision_in(
+        &self,
+        tx: &Transaction<'_>,
+        req: &ProvisionRequest,
+        actor: &str,
+    ) -> Result<(Tenant, Workflow), Error> {
+        Ok(catalog::start_provisioning(tx, &req.tenant, &provision_input(req), actor).await?)
     }
 
     /// Queues a lifecycle workflow (suspend, resume, change plan, delete, purge).

@@ -30,6 +30,11 @@ async fn fresh() -> (TestDb, axum::Router, Provisioner) {
 /// A fresh catalog and the control plane's state on it (without the configuration
 /// service; see `config_routes::with_config`).
 pub(crate) async fn fresh_state() -> (TestDb, AppState, Provisioner) {
+    fresh_state_with(SignupConfig::default()).await
+}
+
+/// [`fresh_state`] with these signup settings.
+pub(crate) async fn fresh_state_with(signup: SignupConfig) -> (TestDb, AppState, Provisioner) {
     let db = TEMPLATE
         .fresh(|cluster, db| async move {
             let su = cluster.connect(&db).await?;
@@ -81,7 +86,7 @@ pub(crate) async fn fresh_state() -> (TestDb, AppState, Provisioner) {
         p.clone(),
         vec![tenancy_control::auth::token_digest(TOKEN)],
         Some(secrecy::SecretString::from(STRIPE.to_owned())),
-        SignupConfig::default(),
+        signup,
     );
     (db, state, p)
 }
@@ -160,6 +165,27 @@ async fn openapi_document_is_valid_openapi_3_1() {
         assert!(doc["paths"].get(p).is_some(), "{p} documented");
     }
     crate::config_routes::check_config_paths(&doc);
+    // The public routes declare their rate-limit and quota refusals, with Retry-After.
+    for (path, method, statuses) in [
+        ("/v1/signup", "post", &["429", "503"][..]),
+        ("/v1/signup/availability", "get", &["429"][..]),
+        ("/healthz", "get", &["429"][..]),
+        ("/openapi.json", "get", &["429"][..]),
+        ("/v1/billing/stripe", "post", &["429"][..]),
+    ] {
+        for status in statuses {
+            let resp = &doc["paths"][path][method]["responses"][status];
+            assert_eq!(
+                resp["content"]["application/problem+json"]["schema"]["$ref"],
+                "#/components/schemas/Problem",
+                "{method} {path} {status}: {resp}"
+            );
+            assert!(
+                resp["headers"].get("Retry-After").is_some(),
+                "{method} {path} {status}: {resp}"
+            );
+        }
+    }
 }
 
 #[tokio::test]
