@@ -8,10 +8,21 @@
 //!   kind, issue time and payload. A worker refuses (state `rejected`) a job whose
 //!   signature is missing or does not verify, so a row edited in the queue cannot make a
 //!   job run as another tenant.
-//! - [`Worker`] claims one job at a time, checks the tenant (exists, active), and runs the
-//!   handler inside a `job` span with `tenant_id`, with [`crate::Tenant::current`] set and
-//!   a [`Tx`] that is committed when the handler returns `Ok` and rolled back otherwise.
-//!   Delivery is at least once: a crash after the commit and before the job is marked
+//! - The runtime role may only insert jobs (for its own tenant); it cannot read, claim,
+//!   finish or re-queue any. [`Worker`]s connect as the worker role
+//!   ([`WORKER_ROLE`], `tenancy_worker`), which may only claim and finish jobs through
+//!   the queue's two functions.
+//! - [`Worker`] claims one job at a time for a bounded lease ([`MAX_LEASE`]), checks the
+//!   tenant (exists, active), and runs the handler inside a `job` span with `tenant_id`,
+//!   with [`crate::Tenant::current`] set and a [`Tx`] that is committed when the handler
+//!   returns `Ok` and rolled back otherwise. Attempts are bounded (`max_attempts`, at most
+//!   25).
+//! - A finished job never runs again: its signed id is recorded once in
+//!   `tenancy.job_ledger` when it finishes, and a worker refuses (state `rejected`) an
+//!   envelope that has a record, even when the row was put back in the queue. Each claim
+//!   gets a fresh claim id that finishing must present, so a worker whose lease expired
+//!   cannot finish a job another worker holds.
+//! - Delivery is at least once: a crash after the commit and before the job is marked
 //!   done runs it again after its lease expires, so handlers must be idempotent.
 
 use std::collections::HashMap;
@@ -25,6 +36,8 @@ use futures_util::FutureExt;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tenancy_core::TenantId;
+pub use tenancy_sdk::bootstrap::WORKER_ROLE;
+use tenancy_sdk::bootstrap::{OWNER_ROLE, RUNTIME_ROLE};
 use tenancy_sdk::TenantTx;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -35,8 +48,13 @@ use crate::tx::TxSlot;
 use crate::{ConfigError, HttpError, SourceKind, Tenancy, Tenant, Tx};
 
 /// The SQL that creates the queue table and its functions; run it as the owner role
-/// (after the tenancy runtime is installed), e.g. with [`install`].
+/// (after the tenancy runtime is installed and the cluster bootstrap created the worker
+/// role), e.g. with [`install`].
 pub const JOBS_SQL: &str = include_str!("../sql/jobs.sql");
+
+/// The longest lease a worker may take on a job (the queue refuses longer ones): a job
+/// whose worker died is claimable again at most this long after it was claimed.
+pub const MAX_LEASE: Duration = Duration::from_secs(3600);
 
 /// Installs the queue. `owner` must be connected as the owner role.
 pub async fn install(owner: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
@@ -215,11 +233,25 @@ pub enum WorkerError {
     Pool(String),
 }
 
+/// A claimed job: the envelope, and what the queue said about this claim.
+struct Claimed {
+    /// The envelope as stored.
+    env: JobEnvelope,
+    /// The claim id that finishing must present.
+    claim: Uuid,
+    /// 1 on the first claim.
+    attempt: i32,
+    /// Claims allowed in all.
+    max: i32,
+    /// The outcome recorded when the job already finished once.
+    finished: Option<String>,
+}
+
 /// Runs tenant jobs from one queue.
 pub struct Worker {
     /// Tenant checks and transactions.
     tenancy: Tenancy,
-    /// Plain runtime-role connections for claim/finish (not tenant data).
+    /// Worker-role connections for claim/finish (not tenant data).
     pool: PlainPool,
     /// Verifies envelopes.
     signer: JobSigner,
@@ -247,13 +279,24 @@ fn now_secs_backoff(attempt: i32) -> i32 {
 }
 
 impl Worker {
-    /// A worker on queue `default`; `queue_db` connects as the runtime role to the
-    /// database holding `tenancy.jobs`.
+    /// A worker on queue `default`; `queue_db` connects as the worker role
+    /// ([`WORKER_ROLE`]) to the database holding `tenancy.jobs`. Handlers still reach
+    /// tenant data only through `tenancy`'s router, as the runtime role, in the job's
+    /// tenant. The runtime and owner roles are refused here: the runtime role cannot claim
+    /// jobs, and the owner must not be a worker's login.
     pub fn new(
         tenancy: Tenancy,
         queue_db: tokio_postgres::Config,
         signer: JobSigner,
     ) -> Result<Self, ConfigError> {
+        if let Some(user) = queue_db
+            .get_user()
+            .filter(|u| *u == RUNTIME_ROLE || *u == OWNER_ROLE)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "job worker: queue_db connects as {user}; workers connect as the worker role {WORKER_ROLE}"
+            )));
+        }
         Ok(Worker {
             tenancy,
             pool: pool::build(queue_db, 2)?,
@@ -277,6 +320,20 @@ impl Worker {
         self
     }
 
+    /// How long a claimed job is reserved for this worker before another may claim it
+    /// (default 5 minutes): at least one second, at most [`MAX_LEASE`].
+    pub fn lease(mut self, d: Duration) -> Result<Self, ConfigError> {
+        if d < Duration::from_secs(1) || d > MAX_LEASE {
+            return Err(ConfigError::Invalid(format!(
+                "job worker: lease must be between 1 s and {} s, not {:?}",
+                MAX_LEASE.as_secs(),
+                d
+            )));
+        }
+        self.lease = d;
+        Ok(self)
+    }
+
     /// Registers the handler of `kind`.
     pub fn register<F, Fut>(mut self, kind: &str, f: F) -> Self
     where
@@ -290,7 +347,7 @@ impl Worker {
 
     async fn finish(
         &self,
-        env: &JobEnvelope,
+        job: &Claimed,
         state: &str,
         error: Option<&str>,
         retry_secs: i32,
@@ -300,79 +357,112 @@ impl Worker {
             .get()
             .await
             .map_err(|e| WorkerError::Pool(e.to_string()))?;
-        c.execute(
-            "SELECT tenancy.finish_job($1, $2, $3, $4, $5)",
-            &[&env.tenant.as_uuid(), &env.id, &state, &error, &retry_secs],
-        )
-        .await?;
+        let env = &job.env;
+        let held: bool = c
+            .query_one(
+                "SELECT tenancy.finish_job($1, $2, $3, $4, $5, $6)",
+                &[
+                    &env.tenant.as_uuid(),
+                    &env.id,
+                    &job.claim,
+                    &state,
+                    &error,
+                    &retry_secs,
+                ],
+            )
+            .await?
+            .get(0);
+        if !held {
+            // The lease ran out and another worker claimed the job: its outcome is the
+            // one that counts.
+            tracing::warn!(job_id = %env.id, tenant_id = %env.tenant, state, "the job's lease expired before it finished; another claim holds it");
+        }
         Ok(())
     }
 
     async fn failed(
         &self,
-        env: &JobEnvelope,
+        job: &Claimed,
         attempt: i32,
-        max: i32,
         error: String,
     ) -> Result<JobOutcome, WorkerError> {
-        if attempt >= max {
+        let env = &job.env;
+        if attempt >= job.max {
             tracing::error!(job_id = %env.id, kind = %env.kind, %error, "job failed for good");
-            self.finish(env, "failed", Some(&error), 0).await?;
+            self.finish(job, "failed", Some(&error), 0).await?;
             Ok(JobOutcome::Failed { id: env.id, error })
         } else {
             tracing::warn!(job_id = %env.id, kind = %env.kind, %error, attempt, "job failed; will retry");
-            self.finish(env, "retry", Some(&error), now_secs_backoff(attempt))
+            self.finish(job, "retry", Some(&error), now_secs_backoff(attempt))
                 .await?;
             Ok(JobOutcome::Retry { id: env.id, error })
         }
     }
 
-    /// Claims and runs one job; `None` when the queue has nothing ready.
-    pub async fn run_once(&self) -> Result<Option<JobOutcome>, WorkerError> {
-        let row =
-            {
-                let c = self
-                    .pool
-                    .get()
-                    .await
-                    .map_err(|e| WorkerError::Pool(e.to_string()))?;
-                c.query_opt(
-                "SELECT tenant_id, id, kind, payload, issued_at, signature, attempts, max_attempts
+    /// Claims the next ready job, if any.
+    async fn claim(&self) -> Result<Option<Claimed>, WorkerError> {
+        let c = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| WorkerError::Pool(e.to_string()))?;
+        // `lease` is validated against MAX_LEASE, so it fits.
+        let lease = self.lease.as_secs().min(MAX_LEASE.as_secs()) as i32;
+        let row = c
+            .query_opt(
+                "SELECT tenant_id, id, kind, payload, issued_at, signature, attempts, max_attempts, claim, finished
                    FROM tenancy.claim_job($1, $2)",
-                &[&self.queue, &(self.lease.as_secs().min(i32::MAX as u64) as i32)],
+                &[&self.queue, &lease],
             )
-            .await?
-            };
+            .await?;
         let Some(row) = row else { return Ok(None) };
         let tenant_uuid: Uuid = row.get(0);
-        let attempt: i32 = row.get(6);
-        let max: i32 = row.get(7);
         let Ok(tenant) = TenantId::from_uuid(tenant_uuid) else {
             return Ok(None);
         };
-        let env = JobEnvelope {
-            id: row.get(1),
-            tenant,
-            kind: row.get(2),
-            payload: row.get(3),
-            issued_at: row.get(4),
-            signature: row.get(5),
+        Ok(Some(Claimed {
+            env: JobEnvelope {
+                id: row.get(1),
+                tenant,
+                kind: row.get(2),
+                payload: row.get(3),
+                issued_at: row.get(4),
+                signature: row.get(5),
+            },
+            attempt: row.get(6),
+            max: row.get(7),
+            claim: row.get(8),
+            finished: row.get(9),
+        }))
+    }
+
+    /// Claims and runs one job; `None` when the queue has nothing ready.
+    pub async fn run_once(&self) -> Result<Option<JobOutcome>, WorkerError> {
+        let Some(job) = self.claim().await? else {
+            return Ok(None);
         };
-        if !self.signer.verify(&env) {
-            let reason = "the job has no valid signed tenant context".to_owned();
+        let (env, attempt, max) = (&job.env, job.attempt, job.max);
+        let refusal = if !self.signer.verify(env) {
+            Some("the job has no valid signed tenant context".to_owned())
+        } else {
+            job.finished.as_ref().map(|outcome| {
+                format!("the job already finished ({outcome}); a finished job never runs again")
+            })
+        };
+        if let Some(reason) = refusal {
             tracing::warn!(job_id = %env.id, tenant_id = %env.tenant, kind = %env.kind, "refusing a job: {reason}");
-            self.finish(&env, "rejected", Some(&reason), 0).await?;
+            self.finish(&job, "rejected", Some(&reason), 0).await?;
             return Ok(Some(JobOutcome::Rejected { id: env.id, reason }));
         }
         let Some(handler) = self.handlers.get(&env.kind).cloned() else {
             let error = format!("no handler for job kind {:?}", env.kind);
-            return self.failed(&env, max, max, error).await.map(Some);
+            return self.failed(&job, max, error).await.map(Some);
         };
         let payload: serde_json::Value = match serde_json::from_str(&env.payload) {
             Ok(p) => p,
             Err(e) => {
                 return self
-                    .failed(&env, max, max, format!("payload: {e}"))
+                    .failed(&job, max, format!("payload: {e}"))
                     .await
                     .map(Some)
             }
@@ -392,26 +482,16 @@ impl Worker {
             Ok(t) => t,
             Err(HttpError::TenantNotFound) | Err(HttpError::TenantDeleted) => {
                 return self
-                    .failed(&env, max, max, "tenant is gone".into())
+                    .failed(&job, max, "tenant is gone".into())
                     .await
                     .map(Some)
             }
-            Err(e) => {
-                return self
-                    .failed(&env, attempt, max, e.to_string())
-                    .await
-                    .map(Some)
-            }
+            Err(e) => return self.failed(&job, attempt, e.to_string()).await.map(Some),
         };
         let slot = TxSlot::new(self.tenancy.clone(), tenant.clone(), false);
         let tx = match slot.open().await {
             Ok(tx) => tx,
-            Err(e) => {
-                return self
-                    .failed(&env, attempt, max, e.to_string())
-                    .await
-                    .map(Some)
-            }
+            Err(e) => return self.failed(&job, attempt, e.to_string()).await.map(Some),
         };
         let ctx = JobContext {
             tenant: tenant.clone(),
@@ -428,7 +508,7 @@ impl Worker {
         let error = match res {
             Ok(Ok(())) => match slot.finish(true).await {
                 Ok(()) => {
-                    self.finish(&env, "done", None, 0).await?;
+                    self.finish(&job, "done", None, 0).await?;
                     let _e = span.enter();
                     tracing::info!("job done");
                     return Ok(Some(JobOutcome::Done {
@@ -447,7 +527,7 @@ impl Worker {
                 "the job handler panicked".into()
             }
         };
-        self.failed(&env, attempt, max, error).await.map(Some)
+        self.failed(&job, attempt, error).await.map(Some)
     }
 
     /// Runs jobs until `shutdown` completes.

@@ -1,5 +1,6 @@
-//! A small pool of plain runtime-role connections, for catalog reads and the job queue's
-//! bookkeeping (never for tenant data: that goes through `TenantTx`).
+//! A small pool of plain connections: the runtime role's for catalog reads, the worker
+//! role's for the job queue's bookkeeping (never for tenant data: that goes through
+//! `TenantTx`).
 
 use std::time::Duration;
 

@@ -7,7 +7,8 @@
 //!   [`RULES`]: RLS disabled or not forced, missing or widened policies (always-true,
 //!   `OR`-widened, fail-open `IS NULL OR`, also inside SQL/PL/pgSQL functions a policy calls),
 //!   `WITH CHECK (true)`, bypassing roles and owners, views/definer functions/triggers that run
-//!   as a bypassing owner, keys and foreign keys without the tenant column, dangerous
+//!   as a bypassing owner, definer functions the runtime role may call that touch tenant
+//!   tables without referring to the tenant context, keys and foreign keys without the tenant column, dangerous
 //!   privileges, partitions, materialized and foreign tables, stored tenant settings,
 //!   LEAKPROOF functions, publications, large objects, database and schema grants, unsigned
 //!   contexts and performance traps. Tenant tables are the tables that have the tenant

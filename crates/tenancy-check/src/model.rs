@@ -191,6 +191,7 @@ pub const RULES: &[RuleInfo] = &[
     RuleInfo { id: "matview-tenant-data", severity: Severity::Error, title: "Materialized view over tenant tables readable by the runtime role" },
     RuleInfo { id: "foreign-table-readable", severity: Severity::Warning, title: "Foreign table readable by the runtime role (no RLS)" },
     RuleInfo { id: "security-definer-function", severity: Severity::Warning, title: "SECURITY DEFINER function executable by the runtime role" },
+    RuleInfo { id: "security-definer-ignores-context", severity: Severity::Error, title: "SECURITY DEFINER function executable by the runtime role touches tenant tables without referring to the tenant context" },
     RuleInfo { id: "trigger-security-definer", severity: Severity::Warning, title: "Trigger on a tenant table runs a SECURITY DEFINER function" },
     RuleInfo { id: "unique-without-tenant", severity: Severity::Warning, title: "Primary key or unique constraint without the tenant column (existence oracle)" },
     RuleInfo { id: "fk-cross-tenant", severity: Severity::Error, title: "Foreign key to a tenant table without the tenant column" },

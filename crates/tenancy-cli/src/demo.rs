@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use tenancy_catalog::{NewCluster, NewTenant};
 use tenancy_core::{ContextKey, Placement, TenantId, TenantState};
 use tenancy_pg::{Cluster, ClusterOptions};
-use tenancy_sdk::bootstrap::{self, OWNER_ROLE, RUNTIME_ROLE};
+use tenancy_sdk::bootstrap::{self, OWNER_ROLE, RUNTIME_ROLE, WORKER_ROLE};
 use tenancy_sdk::{ClusterCredentials, Router, RouterOptions};
 
 /// Options of `tenancy demo`.
@@ -82,7 +82,7 @@ async fn demo(cluster: &Cluster, args: &DemoArgs) -> Result<()> {
         .batch_execute(APP_SCHEMA)
         .await
         .context("creating the demo app's tables")?;
-    println!("  roles: {OWNER_ROLE} (runs migrations, owns tables), {RUNTIME_ROLE} (runtime: NOSUPERUSER NOBYPASSRLS, owns nothing)");
+    println!("  roles: {OWNER_ROLE} (runs migrations, owns tables), {RUNTIME_ROLE} (runtime: NOSUPERUSER NOBYPASSRLS, owns nothing), {WORKER_ROLE} (job workers: only claims and finishes jobs)");
     println!(
         "  catalog migrated; tenant table `invoices`: RLS enabled + forced, signed-context policy"
     );
@@ -444,7 +444,7 @@ async fn example_app(
     let app = invoicing::build(invoicing::Config {
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], args.port)),
         catalog: cluster.config_as(RUNTIME_ROLE, db),
-        queue_db: cluster.config_as(RUNTIME_ROLE, db),
+        queue_db: cluster.config_as(WORKER_ROLE, db),
         credentials: ClusterCredentials {
             user: RUNTIME_ROLE.into(),
             password: None,

@@ -1,4 +1,4 @@
--- tenancy bootstrap, part 1 (cluster-wide): the two roles.
+-- tenancy bootstrap, part 1 (cluster-wide): the roles.
 -- Run by a superuser (or a role with CREATEROLE). Idempotent.
 --
 -- tenancy_owner: runs migrations and owns every tenancy object. It is not a superuser
@@ -18,3 +18,16 @@ BEGIN
   ALTER ROLE tenancy_app NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
 END
 $bootstrap$;
+
+-- tenancy_worker: the role background workers connect as to claim and finish jobs of
+--   tenancy-axum's job queue. Like the runtime role it owns nothing, is not a member of
+--   any role and cannot bypass RLS; it gets no table privilege, only EXECUTE on the
+--   queue's claim and finish functions (granted where the queue is installed).
+DO $worker$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_worker') THEN
+    CREATE ROLE tenancy_worker LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
+  END IF;
+  ALTER ROLE tenancy_worker NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
+END
+$worker$;

@@ -11,3 +11,12 @@ CREATE SCHEMA IF NOT EXISTS tenancy_private AUTHORIZATION tenancy_owner;
 REVOKE ALL ON SCHEMA tenancy_private FROM PUBLIC;
 -- Functions are executable by PUBLIC by default; not the ones the owner creates here.
 ALTER DEFAULT PRIVILEGES FOR ROLE tenancy_owner REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
+-- The worker role (sql/bootstrap.sql) connects to claim and finish jobs; where the
+-- cluster was bootstrapped without it, nothing to grant.
+DO $worker$
+BEGIN
+  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_worker') THEN
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO tenancy_worker', current_database());
+  END IF;
+END
+$worker$;

@@ -1,7 +1,8 @@
 //! Creating the roles and installing tenancy's schema into a database.
 //!
 //! Three steps, each idempotent:
-//! 1. [`bootstrap_cluster`] (superuser, once per cluster): the owner and runtime roles.
+//! 1. [`bootstrap_cluster`] (superuser, once per cluster): the owner, runtime and job
+//!    worker roles.
 //! 2. [`bootstrap_database`] (superuser, once per database): database and schema
 //!    privileges, the `tenancy` / `tenancy_private` schemas owned by the owner role, and,
 //!    when the server can load tenancy's `tenancy_context` library, the native signed
@@ -19,6 +20,9 @@ use crate::Error;
 pub const OWNER_ROLE: &str = "tenancy_owner";
 /// The role the application connects as at runtime.
 pub const RUNTIME_ROLE: &str = "tenancy_app";
+/// The role job workers connect as: it only claims and finishes jobs of the job queue
+/// (tenancy-axum's `jobs`), through functions granted to it alone.
+pub const WORKER_ROLE: &str = "tenancy_worker";
 
 const BOOTSTRAP_SQL: &str = include_str!("../sql/bootstrap.sql");
 const DATABASE_SQL: &str = include_str!("../sql/database.sql");
@@ -46,7 +50,8 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Creates (or re-asserts) the owner and runtime roles. Needs a superuser or CREATEROLE.
+/// Creates (or re-asserts) the owner, runtime and worker roles. Needs a superuser or
+/// CREATEROLE.
 pub async fn bootstrap_cluster(superuser: &Client) -> Result<(), Error> {
     superuser
         .batch_execute(BOOTSTRAP_SQL)

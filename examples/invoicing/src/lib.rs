@@ -136,7 +136,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Runtime-role connection to the catalog database (also used by the router).
     pub catalog: tokio_postgres::Config,
-    /// Runtime-role connection to the tenant database holding the job queue.
+    /// Worker-role (`tenancy_worker`) connection to the tenant database holding the job
+    /// queue, for claiming and finishing jobs (the runtime role cannot); the jobs
+    /// themselves run in tenant transactions of the runtime role.
     pub queue_db: tokio_postgres::Config,
     /// Runtime-role login on tenant clusters.
     pub credentials: ClusterCredentials,

@@ -5,8 +5,10 @@
 //! databases; configuration comes from the environment:
 //! `INVOICING_DATABASE_URL` (runtime role, catalog and tenant database),
 //! `TENANCY_CONTEXT_KEY` (`<kid>:<64 hex>`), `INVOICING_JWT_SECRET` (>= 32 bytes),
-//! `INVOICING_JOB_KEY` (64 hex), optional `INVOICING_LISTEN` (default 127.0.0.1:8080)
-//! and `INVOICING_BASE_DOMAIN` (enables subdomain resolution).
+//! `INVOICING_JOB_KEY` (64 hex), optional `INVOICING_WORKER_DATABASE_URL` (the same
+//! database as the worker role `tenancy_worker`; runs the job worker in this process),
+//! `INVOICING_LISTEN` (default 127.0.0.1:8080) and `INVOICING_BASE_DOMAIN` (enables
+//! subdomain resolution).
 
 use anyhow::{Context, Result};
 use tenancy_axum::jwt::{JwtConfig, TenantClaim};
@@ -50,13 +52,23 @@ async fn main() -> Result<()> {
     }
     sources.push(Source::api_key());
     let user = db.get_user().unwrap_or("tenancy_app").to_owned();
+    // Jobs are claimed as the worker role; without its login this process only serves.
+    let worker_db: Option<tokio_postgres::Config> =
+        match std::env::var("INVOICING_WORKER_DATABASE_URL") {
+            Ok(url) => Some(
+                url.parse()
+                    .context("parsing INVOICING_WORKER_DATABASE_URL")?,
+            ),
+            Err(_) => None,
+        };
+    let run_worker = worker_db.is_some();
     let app = invoicing::build(invoicing::Config {
         listen: std::env::var("INVOICING_LISTEN")
             .unwrap_or_else(|_| "127.0.0.1:8080".into())
             .parse()
             .context("parsing INVOICING_LISTEN")?,
         catalog: db.clone(),
-        queue_db: db,
+        queue_db: worker_db.unwrap_or_else(|| db.clone()),
         credentials: ClusterCredentials {
             user,
             password: None,
@@ -64,7 +76,7 @@ async fn main() -> Result<()> {
         context_key,
         job_key,
         sources,
-        run_worker: true,
+        run_worker,
     })
     .await?;
     tracing::info!(port = app.port(), "invoicing listening");

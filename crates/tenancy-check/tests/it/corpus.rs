@@ -86,12 +86,32 @@ pub const CASES: &[Case] = &[
     case!("view_bypass", "view-bypasses-rls", "app.all_docs", "error", "CREATE VIEW app.all_docs AS SELECT * FROM app.docs; GRANT SELECT ON app.all_docs TO {app};"),
     case!(
         "secdef_reads_tenant_table",
-        "security-definer-function",
+        "security-definer-ignores-context",
         "app.get_doc(i bigint)",
         "error",
         "CREATE FUNCTION app.get_doc(i bigint) RETURNS SETOF app.docs LANGUAGE sql SECURITY DEFINER AS $$ SELECT * FROM app.docs WHERE id = i $$;"
     ),
     case!("secdef_other", "security-definer-function", "app.now2()", "warning", "CREATE FUNCTION app.now2() RETURNS timestamptz LANGUAGE sql SECURITY DEFINER AS $$ SELECT now() $$;"),
+    case!(
+        "secdef_writes_ignoring_context",
+        "security-definer-ignores-context",
+        "app.retitle(i bigint, t text)",
+        "warning",
+        "CREATE FUNCTION app.retitle(i bigint, t text) RETURNS void LANGUAGE sql SECURITY DEFINER AS $$ UPDATE app.docs SET title = t WHERE id = i $$;"
+    ),
+    // The shape of a job queue's claim function: owned by a role that is subject to RLS
+    // but has a policy of its own that lets it see every row, executable by PUBLIC.
+    case!(
+        "secdef_claims_any_tenants_row",
+        "security-definer-ignores-context",
+        "app.claim(i bigint)",
+        "error",
+        "SET ROLE {owner}; \
+         CREATE POLICY owner_all ON app.docs FOR ALL TO {owner} USING (true) WITH CHECK (true); \
+         CREATE FUNCTION app.claim(i bigint) RETURNS TABLE (tenant_id uuid, title text) LANGUAGE sql SECURITY DEFINER \
+           SET search_path = pg_catalog AS $$ UPDATE app.docs d SET title = d.title WHERE d.id = i RETURNING d.tenant_id, d.title $$; \
+         RESET ROLE;"
+    ),
     case!(
         "trigger_secdef",
         "trigger-security-definer",

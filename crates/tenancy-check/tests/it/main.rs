@@ -2,6 +2,7 @@
 
 mod cli;
 mod corpus;
+mod definer;
 mod good;
 mod probe;
 mod rules;

@@ -68,6 +68,8 @@ cases!(
     view_bypass,
     secdef_reads_tenant_table,
     secdef_other,
+    secdef_writes_ignoring_context,
+    secdef_claims_any_tenants_row,
     trigger_secdef,
     unique_without_tenant,
     fk_cross_tenant,

@@ -4,6 +4,7 @@
 //! connects only as the runtime role.
 
 mod isolation;
+mod job_attacks;
 mod jobs;
 mod jwt_attacks;
 mod resolvers;

@@ -11,7 +11,7 @@ use tenancy_axum::Source;
 use tenancy_catalog::{NewCluster, NewTenant};
 use tenancy_core::{ContextKey, Placement, TenantId, TenantState};
 use tenancy_pg::testing::{TemplateDb, TestDb};
-use tenancy_sdk::bootstrap::{self, OWNER_ROLE, RUNTIME_ROLE};
+use tenancy_sdk::bootstrap::{self, OWNER_ROLE, RUNTIME_ROLE, WORKER_ROLE};
 use tenancy_sdk::ClusterCredentials;
 use tokio_postgres::{Client, NoTls};
 
@@ -234,7 +234,7 @@ pub async fn start() -> Env {
     let app = invoicing::build(invoicing::Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
         catalog: db.config_as(RUNTIME_ROLE),
-        queue_db: db.config_as(RUNTIME_ROLE),
+        queue_db: db.config_as(WORKER_ROLE),
         credentials: ClusterCredentials {
             user: RUNTIME_ROLE.into(),
             password: None,

@@ -1,0 +1,542 @@
+//! Attacks on the job queue by injected SQL as the runtime role (`tenancy_app`), with no
+//! tenant context and with tenant A's context, on both implementations of the signed
+//! context; and by an owner who puts a finished job back in the queue. Workers connect as
+//! the worker role and run jobs with the public SDK, as the example app does.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tenancy_axum::jobs::{self, JobOutcome, JobSigner, Worker, WORKER_ROLE};
+use tenancy_axum::{Source, Tenancy};
+use tenancy_catalog::{NewCluster, NewTenant};
+use tenancy_core::{Placement, TenantId, TenantState};
+use tenancy_pg::testing::TestDb;
+use tenancy_sdk::bootstrap::{self, ContextImpl, OWNER_ROLE, RUNTIME_ROLE};
+use tenancy_sdk::{ClusterCredentials, Router, RouterOptions, TenantPool};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use crate::support::{connect, fresh_db, key};
+
+const QUEUE: &str = "attacks";
+const KIND: &str = "count";
+
+/// A tenant database with the job queue, two active tenants, the runtime role's pool and
+/// a worker factory whose handler counts its runs.
+struct Queue {
+    imp: ContextImpl,
+    db: TestDb,
+    a: TenantId,
+    b: TenantId,
+    pool: TenantPool,
+    signer: JobSigner,
+    tenancy: Tenancy,
+    runs: Arc<AtomicUsize>,
+}
+
+/// One queue per implementation of the signed context this build has (PL/pgSQL always;
+/// native when the library was built, which `fresh_db` installs when it can).
+async fn queues() -> Vec<Queue> {
+    let native = fresh_db().await;
+    let su = native.connect_superuser().await.expect("superuser");
+    let imp = bootstrap::context_impl(&su)
+        .await
+        .expect("impl")
+        .expect("installed");
+    assert!(
+        imp == ContextImpl::Native
+            || tenancy_pg::native_context_library(native.cluster.major_version()).is_none(),
+        "the native library was built but the database did not get the native context"
+    );
+    let mut out = vec![queue(imp, native).await];
+    if imp == ContextImpl::Native {
+        let db = fresh_db().await;
+        let owner = connect(db.config_as(OWNER_ROLE)).await;
+        bootstrap::install_runtime_with(&owner, &key(), Some(ContextImpl::PlPgSql))
+            .await
+            .expect("install the PL/pgSQL context");
+        out.push(queue(ContextImpl::PlPgSql, db).await);
+    }
+    out
+}
+
+async fn queue(imp: ContextImpl, db: TestDb) -> Queue {
+    let mut owner = connect(db.config_as(OWNER_ROLE)).await;
+    assert_eq!(
+        bootstrap::context_impl(&owner).await.expect("impl"),
+        Some(imp)
+    );
+    let region = "eu-west".parse().expect("region");
+    tenancy_catalog::add_region(&owner, &region, "EU")
+        .await
+        .expect("region");
+    tenancy_catalog::add_cluster(
+        &owner,
+        &NewCluster {
+            name: "pg-1".into(),
+            region: region.clone(),
+            host: db.cluster.socket_dir().display().to_string(),
+            port: db.cluster.port(),
+            dbname: db.name.clone(),
+            capacity: 100,
+        },
+    )
+    .await
+    .expect("cluster");
+    let mut ids = Vec::new();
+    for slug in ["acme", "globex"] {
+        let t = tenancy_catalog::create_tenant(
+            &mut owner,
+            &NewTenant {
+                id: None,
+                slug: slug.parse().expect("slug"),
+                display_name: slug.into(),
+                plan: "pro".parse().expect("plan"),
+                region: region.clone(),
+                placement: Placement::Pooled,
+            },
+            "test",
+        )
+        .await
+        .expect("tenant");
+        tenancy_catalog::set_state(&mut owner, t.id, TenantState::Active, "test", "ready")
+            .await
+            .expect("activate");
+        ids.push(t.id);
+    }
+    let router = Router::new(
+        db.config_as(RUNTIME_ROLE),
+        key(),
+        ClusterCredentials {
+            user: RUNTIME_ROLE.into(),
+            password: None,
+        },
+        RouterOptions::default(),
+    )
+    .expect("router");
+    let tenancy = Tenancy::builder(router, db.config_as(RUNTIME_ROLE))
+        .source(Source::api_key())
+        .build()
+        .expect("tenancy");
+    let pool =
+        TenantPool::new(db.config_as(RUNTIME_ROLE), key(), Default::default()).expect("pool");
+    Queue {
+        imp,
+        db,
+        a: ids[0],
+        b: ids[1],
+        pool,
+        signer: JobSigner::new([7; 32]),
+        tenancy,
+        runs: Arc::new(AtomicUsize::new(0)),
+    }
+}
+
+/// A job row as the superuser sees it.
+#[derive(Debug, PartialEq)]
+struct JobRow {
+    state: String,
+    attempts: i32,
+    locked_until_far: bool,
+}
+
+impl Queue {
+    /// A worker on the test queue, connected as the worker role.
+    fn worker(&self) -> Worker {
+        let runs = self.runs.clone();
+        Worker::new(
+            self.tenancy.clone(),
+            self.db.config_as(WORKER_ROLE),
+            self.signer.clone(),
+        )
+        .expect("worker")
+        .queue(QUEUE)
+        .register(KIND, move |_ctx| {
+            let runs = runs.clone();
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+    }
+
+    /// Enqueues a job for `tenant` in one of its transactions, as the app does.
+    async fn enqueue(&self, tenant: TenantId, payload: serde_json::Value) -> Uuid {
+        let mut tx = self.pool.begin(tenant).await.expect("begin");
+        let id = jobs::enqueue(&mut tx, &self.signer, QUEUE, KIND, &payload)
+            .await
+            .expect("enqueue");
+        tx.commit().await.expect("commit");
+        id
+    }
+
+    async fn row(&self, id: Uuid) -> JobRow {
+        let su = self.db.connect_superuser().await.expect("superuser");
+        let r = su
+            .query_one(
+                "SELECT state, attempts, coalesce(locked_until > now() + interval '2 hours', false)
+                   FROM tenancy.jobs WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .expect("job row");
+        JobRow {
+            state: r.get(0),
+            attempts: r.get(1),
+            locked_until_far: r.get(2),
+        }
+    }
+
+    /// A runtime-role connection with no tenant context (injected SQL outside any
+    /// transaction the SDK opened).
+    async fn no_context(&self) -> Client {
+        connect(self.db.config_as(RUNTIME_ROLE)).await
+    }
+
+    /// Runs `sql` as the runtime role inside a transaction of tenant A (injected SQL in
+    /// one of A's requests); the transaction is rolled back.
+    async fn as_a(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, tenancy_sdk::Error> {
+        let mut tx = self.pool.begin(self.a).await.expect("begin as A");
+        let r = tx.query(sql, params).await;
+        let _ = tx.rollback().await;
+        r
+    }
+}
+
+/// The statements injected SQL would use against the queue: claim with a short and with a
+/// decades-long lease, finish (fail, re-queue) with the current and the earlier signature.
+const CLAIMS: &[&str] = &[
+    "SELECT * FROM tenancy.claim_job('attacks', 60)",
+    "SELECT * FROM tenancy.claim_job('attacks', 2147483647)",
+];
+
+fn finishes(tenant: TenantId, job: Uuid) -> Vec<String> {
+    let (t, j) = (tenant.as_uuid(), job);
+    vec![
+        format!("SELECT tenancy.finish_job('{t}', '{j}', 'failed', 'injected', 0)"),
+        format!("SELECT tenancy.finish_job('{t}', '{j}', 'retry', NULL, 0)"),
+        format!(
+            "SELECT tenancy.finish_job('{t}', '{j}', gen_random_uuid(), 'failed', 'injected', 0)"
+        ),
+        format!("SELECT tenancy.finish_job('{t}', '{j}', gen_random_uuid(), 'retry', NULL, 0)"),
+    ]
+}
+
+/// Refused for lack of privilege, or because the earlier signature no longer exists.
+fn refused(code: Option<&SqlState>) -> bool {
+    code == Some(&SqlState::INSUFFICIENT_PRIVILEGE) || code == Some(&SqlState::UNDEFINED_FUNCTION)
+}
+
+#[tokio::test]
+async fn runtime_role_cannot_claim_or_read_another_tenants_job() {
+    for q in queues().await {
+        let imp = q.imp;
+        let secret = "b-payload-secret";
+        let job_b = q.enqueue(q.b, json!({ "secret": secret })).await;
+        let anon = q.no_context().await;
+        for sql in CLAIMS {
+            let err = anon
+                .query(*sql, &[])
+                .await
+                .expect_err("claim without context refused");
+            assert_eq!(
+                err.code(),
+                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+                "{imp:?} {sql}: {err:?}"
+            );
+            let err = q.as_a(sql, &[]).await.expect_err("claim as A refused");
+            assert_eq!(
+                err.sqlstate(),
+                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+                "{imp:?} {sql}: {err:?}"
+            );
+        }
+        for sql in [
+            "SELECT tenant_id, payload FROM tenancy.jobs",
+            "SELECT payload FROM tenancy.jobs WHERE id = $1",
+        ] {
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = if sql.contains("$1") {
+                vec![&job_b]
+            } else {
+                vec![]
+            };
+            let err = anon
+                .query(sql, &params)
+                .await
+                .expect_err("read without context refused");
+            assert_eq!(
+                err.code(),
+                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+                "{imp:?} {sql}: {err:?}"
+            );
+            let err = q.as_a(sql, &params).await.expect_err("read as A refused");
+            assert_eq!(
+                err.sqlstate(),
+                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+                "{imp:?} {sql}: {err:?}"
+            );
+        }
+        // B's job is untouched and runs normally, once.
+        assert_eq!(
+            q.row(job_b).await,
+            JobRow {
+                state: "queued".into(),
+                attempts: 0,
+                locked_until_far: false
+            },
+            "{imp:?}"
+        );
+        let out = q.worker().run_once().await.expect("worker");
+        assert!(
+            matches!(out, Some(JobOutcome::Done { id, .. }) if id == job_b),
+            "{imp:?} {out:?}"
+        );
+        assert_eq!(q.runs.load(Ordering::SeqCst), 1, "{imp:?}");
+    }
+}
+
+#[tokio::test]
+async fn runtime_role_cannot_fail_or_park_another_tenants_job() {
+    for q in queues().await {
+        let imp = q.imp;
+        let job_b = q.enqueue(q.b, json!({ "n": 1 })).await;
+        let anon = q.no_context().await;
+        for sql in finishes(q.b, job_b) {
+            let err = anon
+                .query(&sql, &[])
+                .await
+                .expect_err("finish without context refused");
+            assert!(refused(err.code()), "{imp:?} {sql}: {err:?}");
+            let err = q.as_a(&sql, &[]).await.expect_err("finish as A refused");
+            assert!(refused(err.sqlstate()), "{imp:?} {sql}: {err:?}");
+        }
+        for sql in [
+            "UPDATE tenancy.jobs SET state = 'failed'",
+            "UPDATE tenancy.jobs SET locked_until = now() + interval '50 years', state = 'running'",
+            "DELETE FROM tenancy.jobs",
+        ] {
+            let err = anon.execute(sql, &[]).await.expect_err("write refused");
+            assert_eq!(
+                err.code(),
+                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+                "{imp:?} {sql}: {err:?}"
+            );
+            let err = q.as_a(sql, &[]).await.expect_err("write as A refused");
+            assert_eq!(
+                err.sqlstate(),
+                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+                "{imp:?} {sql}: {err:?}"
+            );
+        }
+        assert_eq!(
+            q.row(job_b).await,
+            JobRow {
+                state: "queued".into(),
+                attempts: 0,
+                locked_until_far: false
+            },
+            "{imp:?}: B's job was not failed, parked or claimed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn runtime_role_cannot_requeue_a_finished_job() {
+    for q in queues().await {
+        let imp = q.imp;
+        let job_a = q.enqueue(q.a, json!({ "n": 1 })).await;
+        let worker = q.worker();
+        let out = worker.run_once().await.expect("worker");
+        assert!(
+            matches!(out, Some(JobOutcome::Done { .. })),
+            "{imp:?} {out:?}"
+        );
+        // A's own injected SQL puts its finished job back in the queue...
+        let requeue = "UPDATE tenancy.jobs SET state = 'queued', run_at = now(), finished_at = NULL WHERE id = $1";
+        let err = q
+            .as_a(requeue, &[&job_a])
+            .await
+            .expect_err("re-queue as A refused");
+        assert_eq!(
+            err.sqlstate(),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+            "{imp:?}: {err:?}"
+        );
+        // ...or, with no context, through the finish function.
+        let anon = q.no_context().await;
+        for sql in finishes(q.a, job_a) {
+            let err = anon.query(&sql, &[]).await.expect_err("re-queue refused");
+            assert!(refused(err.code()), "{imp:?} {sql}: {err:?}");
+        }
+        assert_eq!(q.row(job_a).await.state, "done", "{imp:?}");
+        assert!(
+            worker.run_once().await.expect("worker").is_none(),
+            "{imp:?}: nothing to run"
+        );
+        assert_eq!(q.runs.load(Ordering::SeqCst), 1, "{imp:?}: ran once");
+    }
+}
+
+#[tokio::test]
+async fn requeued_finished_job_is_not_run_a_second_time() {
+    for q in queues().await {
+        let imp = q.imp;
+        let job_a = q.enqueue(q.a, json!({ "n": 1 })).await;
+        let worker = q.worker();
+        let out = worker.run_once().await.expect("worker");
+        assert!(
+            matches!(out, Some(JobOutcome::Done { .. })),
+            "{imp:?} {out:?}"
+        );
+        assert_eq!(q.runs.load(Ordering::SeqCst), 1, "{imp:?}");
+        // A compromised operator (the owner role) puts the finished row back in the queue,
+        // its signed envelope unchanged.
+        let owner = connect(q.db.config_as(OWNER_ROLE)).await;
+        let n = owner
+            .execute(
+                "UPDATE tenancy.jobs SET state = 'queued', run_at = now(), finished_at = NULL,
+                        attempts = 0, locked_until = NULL WHERE id = $1",
+                &[&job_a],
+            )
+            .await
+            .expect("owner re-queues");
+        assert_eq!(n, 1);
+        let out = worker.run_once().await.expect("worker");
+        assert!(
+            matches!(&out, Some(JobOutcome::Rejected { id, reason }) if *id == job_a && reason.contains("already finished")),
+            "{imp:?} {out:?}"
+        );
+        assert_eq!(
+            q.runs.load(Ordering::SeqCst),
+            1,
+            "{imp:?}: the handler ran again"
+        );
+        assert_eq!(q.row(job_a).await.state, "rejected", "{imp:?}");
+    }
+}
+
+#[tokio::test]
+async fn over_long_lease_is_refused() {
+    for q in queues().await {
+        let imp = q.imp;
+        let job_b = q.enqueue(q.b, json!({ "n": 1 })).await;
+        // Injected SQL as the runtime role cannot claim at all (see above); the worker role
+        // itself is refused a lease longer than an hour, with an error that names it.
+        let anon = q.no_context().await;
+        let err = anon
+            .query(
+                "SELECT * FROM tenancy.claim_job('attacks', 2000000000)",
+                &[],
+            )
+            .await
+            .expect_err("runtime role refused");
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+            "{imp:?} {err:?}"
+        );
+        let worker_conn = connect(q.db.config_as(WORKER_ROLE)).await;
+        for lease in [2_000_000_000_i32, 3601, 0, -5] {
+            let err = worker_conn
+                .query("SELECT * FROM tenancy.claim_job('attacks', $1)", &[&lease])
+                .await
+                .expect_err("over-long lease refused");
+            assert_eq!(
+                err.code(),
+                Some(&SqlState::INVALID_PARAMETER_VALUE),
+                "{imp:?} {lease}: {err:?}"
+            );
+            let msg = err.as_db_error().map(|e| e.message()).unwrap_or_default();
+            assert!(msg.contains("lease_seconds"), "{imp:?}: {msg}");
+        }
+        assert_eq!(
+            q.row(job_b).await,
+            JobRow {
+                state: "queued".into(),
+                attempts: 0,
+                locked_until_far: false
+            },
+            "{imp:?}"
+        );
+        // The SDK refuses such a lease when the worker is built.
+        let err = q
+            .worker()
+            .lease(Duration::from_secs(50 * 365 * 86_400))
+            .expect_err("over-long lease refused");
+        assert!(err.to_string().contains("lease"), "{err}");
+        assert!(q.worker().lease(Duration::from_secs(30)).is_ok());
+        // And a worker does not log in as the runtime role.
+        let err = Worker::new(
+            q.tenancy.clone(),
+            q.db.config_as(RUNTIME_ROLE),
+            q.signer.clone(),
+        )
+        .expect_err("runtime role refused as a worker login");
+        assert!(err.to_string().contains(WORKER_ROLE), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn stale_claim_cannot_finish_a_reclaimed_job_and_attempts_are_bounded() {
+    for q in queues().await {
+        let imp = q.imp;
+        let job = q.enqueue(q.a, json!({ "n": 1 })).await;
+        let owner = connect(q.db.config_as(OWNER_ROLE)).await;
+        owner
+            .execute(
+                "UPDATE tenancy.jobs SET max_attempts = 2 WHERE id = $1",
+                &[&job],
+            )
+            .await
+            .expect("two attempts");
+        let w = connect(q.db.config_as(WORKER_ROLE)).await;
+        let claim = |lease: i32| {
+            let w = &w;
+            async move {
+                w.query_opt(
+                    "SELECT claim FROM tenancy.claim_job('attacks', $1)",
+                    &[&lease],
+                )
+                .await
+                .expect("claim")
+                .map(|r| r.get::<_, Uuid>(0))
+            }
+        };
+        let first = claim(1).await.expect("first claim");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let second = claim(1).await.expect("re-claimed after the lease expired");
+        assert_ne!(first, second);
+        let tenant = q.a.as_uuid();
+        let finish = |c: Uuid| {
+            let w = &w;
+            async move {
+                w.query_one(
+                    "SELECT tenancy.finish_job($1, $2, $3, 'done', NULL, 0)",
+                    &[&tenant, &job, &c],
+                )
+                .await
+                .expect("finish")
+                .get::<_, bool>(0)
+            }
+        };
+        assert!(
+            !finish(first).await,
+            "{imp:?}: the stale claim finished the job"
+        );
+        assert_eq!(q.row(job).await.state, "running", "{imp:?}");
+        // The second claim was the last allowed: when its lease runs out too, the job
+        // fails for good instead of being claimed a third time.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(claim(1).await.is_none(), "{imp:?}: claimed a third time");
+        let r = q.row(job).await;
+        assert_eq!((r.state.as_str(), r.attempts), ("failed", 2), "{imp:?}");
+        assert!(!finish(second).await, "{imp:?}");
+    }
+}
