@@ -19,6 +19,9 @@ use crate::Error;
 pub const OWNER_ROLE: &str = "tenancy_owner";
 /// The role the application connects as at runtime.
 pub const RUNTIME_ROLE: &str = "tenancy_app";
+/// The role the configuration client reads every tenant's configuration as (the runtime
+/// role cannot read it).
+pub const CONFIG_READER_ROLE: &str = "tenancy_config_reader";
 
 const BOOTSTRAP_SQL: &str = include_str!("../sql/bootstrap.sql");
 const DATABASE_SQL: &str = include_str!("../sql/database.sql");
