@@ -115,8 +115,17 @@ async fn runtime_role_without_context_cannot_read_any_catalog_table() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    for must in ["tenants", "regions", "clusters", "api_keys", "config_domains"] {
-        assert!(tables.iter().any(|t| t == must), "{must} is a catalog table");
+    for must in [
+        "tenants",
+        "regions",
+        "clusters",
+        "api_keys",
+        "config_domains",
+    ] {
+        assert!(
+            tables.iter().any(|t| t == must),
+            "{must} is a catalog table"
+        );
     }
     assert!(
         tables.iter().filter(|t| t.starts_with("config_")).count() >= 10,
@@ -196,15 +205,25 @@ async fn lookups_return_one_tenant_for_a_held_key_and_nothing_for_a_guess() {
     // Raw calls cannot widen a lookup into a listing: patterns, NULL, or an expression
     // all match nothing, and no call returns more than one row.
     for (sql, arg) in [
-        ("SELECT * FROM tenancy_catalog.tenant_route_by_slug($1)", "%"),
-        ("SELECT * FROM tenancy_catalog.tenant_route_by_slug($1)", "a%"),
+        (
+            "SELECT * FROM tenancy_catalog.tenant_route_by_slug($1)",
+            "%",
+        ),
+        (
+            "SELECT * FROM tenancy_catalog.tenant_route_by_slug($1)",
+            "a%",
+        ),
         (
             "SELECT * FROM tenancy_catalog.tenant_route_by_slug($1)",
             "acme' OR true --",
         ),
     ] {
         let rows = app.query(sql, &[&arg]).await.expect("lookup");
-        assert!(rows.is_empty(), "{sql} with {arg:?} returned {} rows", rows.len());
+        assert!(
+            rows.is_empty(),
+            "{sql} with {arg:?} returned {} rows",
+            rows.len()
+        );
     }
     let rows = app
         .query(
@@ -215,10 +234,7 @@ async fn lookups_return_one_tenant_for_a_held_key_and_nothing_for_a_guess() {
         .expect("lookup");
     assert!(rows.is_empty());
     let rows = app
-        .query(
-            "SELECT * FROM tenancy_catalog.tenant_route(NULL)",
-            &[],
-        )
+        .query("SELECT * FROM tenancy_catalog.tenant_route(NULL)", &[])
         .await
         .expect("lookup");
     assert!(rows.is_empty());
@@ -234,10 +250,22 @@ async fn lookups_return_one_tenant_for_a_held_key_and_nothing_for_a_guess() {
     let columns: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
     assert_eq!(
         columns,
-        vec!["id", "slug", "region", "placement", "cluster_id", "state", "schema_name", "database_name"]
+        vec![
+            "id",
+            "slug",
+            "region",
+            "placement",
+            "cluster_id",
+            "state",
+            "schema_name",
+            "database_name"
+        ]
     );
     let text = format!("{row:?}");
-    assert!(!text.contains("cus_globex_secret") && !text.contains("GLOBEX"), "{text}");
+    assert!(
+        !text.contains("cus_globex_secret") && !text.contains("GLOBEX"),
+        "{text}"
+    );
 
     // A verified custom domain names its tenant; a pending one, or a guess, nobody.
     assert_eq!(
@@ -279,7 +307,10 @@ async fn lookups_return_one_tenant_for_a_held_key_and_nothing_for_a_guess() {
     let cluster = tenancy_catalog::cluster_route(&app, env.cluster)
         .await
         .expect("cluster of the route");
-    assert_eq!((cluster.host.as_str(), cluster.port, cluster.dbname.as_str()), ("/tmp", 5432, "shared"));
+    assert_eq!(
+        (cluster.host.as_str(), cluster.port, cluster.dbname.as_str()),
+        ("/tmp", 5432, "shared")
+    );
     assert!(tenancy_catalog::cluster_route(&app, uuid::Uuid::new_v4())
         .await
         .is_err());
@@ -322,7 +353,10 @@ async fn configuration_reader_reads_configuration_but_no_names_billing_or_keys()
     }
     // And the reader cannot look tenants up by key either (that is the runtime role's).
     assert!(reader
-        .query("SELECT * FROM tenancy_catalog.tenant_route_by_slug('acme')", &[])
+        .query(
+            "SELECT * FROM tenancy_catalog.tenant_route_by_slug('acme')",
+            &[]
+        )
         .await
         .is_err_and(|e| is_denied(&e)));
 }
