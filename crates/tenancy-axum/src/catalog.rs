@@ -1,6 +1,8 @@
 //! Cached catalog lookups for the request path: tenants by id and slug, verified custom
 //! domains (the configuration service's `config_domains`, read-only here: a host resolves
-//! only while its row is `verified`), API keys. Entries expire after a TTL and are dropped as soon as the catalog
+//! only while its row is `verified`), API keys. Every lookup goes through the catalog's
+//! lookup functions (the runtime role reads no catalog table) and yields one tenant's
+//! route, never a list, a name or a billing link. Entries expire after a TTL and are dropped as soon as the catalog
 //! announces a change on [`tenancy_catalog::CHANGES_CHANNEL`] (a dedicated `LISTEN`
 //! connection); while that connection is down every cache is cleared on reconnect.
 
@@ -9,7 +11,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tenancy_catalog::{ApiKeyGrant, CatalogError, Tenant};
+use tenancy_catalog::{ApiKeyGrant, CatalogError, TenantRoute};
 use tenancy_core::{Slug, TenantId};
 use tenancy_sdk::Router;
 use tokio::task::AbortHandle;
@@ -27,8 +29,8 @@ pub(crate) struct Catalog {
     pool: PlainPool,
     /// How long an entry is trusted without a change notification.
     ttl: Duration,
-    /// Tenant records by id (shared with the requests that use them, never copied).
-    tenants: Map<TenantId, Arc<Tenant>>,
+    /// Tenant routes by id (shared with the requests that use them, never copied).
+    tenants: Map<TenantId, Arc<TenantRoute>>,
     /// Tenant ids by slug (slugs never move to another tenant, but are removed on change).
     slugs: Map<Slug, TenantId>,
     /// Verified domains → tenant; `None` caches "no verified tenant here" (pending,
@@ -99,7 +101,7 @@ impl Catalog {
     }
 
     /// The tenant with this id, or `None` when the catalog has no such tenant.
-    pub(crate) async fn tenant(&self, id: TenantId) -> Result<Option<Arc<Tenant>>, HttpError> {
+    pub(crate) async fn tenant(&self, id: TenantId) -> Result<Option<Arc<TenantRoute>>, HttpError> {
         if let Some(t) = get_fresh(&self.tenants, &id, self.ttl) {
             return Ok(Some(t));
         }
@@ -108,16 +110,16 @@ impl Catalog {
         Box::pin(self.load_tenant(id)).await
     }
 
-    async fn load_tenant(&self, id: TenantId) -> Result<Option<Arc<Tenant>>, HttpError> {
+    async fn load_tenant(&self, id: TenantId) -> Result<Option<Arc<TenantRoute>>, HttpError> {
         let c = self.conn().await?;
-        match tenancy_catalog::get_tenant(&c, id).await {
-            Ok(t) => {
+        match tenancy_catalog::tenant_route(&c, id).await {
+            Ok(Some(t)) => {
                 let t = Arc::new(t);
                 put(&self.tenants, id, Arc::clone(&t));
                 put(&self.slugs, t.slug.clone(), id);
                 Ok(Some(t))
             }
-            Err(CatalogError::TenantNotFound(_)) => Ok(None),
+            Ok(None) => Ok(None),
             Err(e) => Err(catalog_err(e)),
         }
     }
@@ -135,14 +137,14 @@ impl Catalog {
 
     async fn load_tenant_by_slug(&self, slug: &Slug) -> Result<Option<TenantId>, HttpError> {
         let c = self.conn().await?;
-        match tenancy_catalog::get_tenant_by_slug(&c, slug).await {
-            Ok(t) => {
+        match tenancy_catalog::tenant_route_by_slug(&c, slug).await {
+            Ok(Some(t)) => {
                 let id = t.id;
                 put(&self.slugs, slug.clone(), id);
                 put(&self.tenants, id, Arc::new(t));
                 Ok(Some(id))
             }
-            Err(CatalogError::TenantNotFound(_)) => Ok(None),
+            Ok(None) => Ok(None),
             Err(e) => Err(catalog_err(e)),
         }
     }

@@ -8,7 +8,7 @@ use std::hash::Hash;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use tenancy_catalog::Tenant as CatalogTenant;
+use tenancy_catalog::TenantRoute as CatalogTenant;
 use tenancy_core::{Slug, TenantId};
 use tracing::Instrument;
 

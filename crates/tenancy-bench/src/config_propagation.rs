@@ -3,8 +3,8 @@
 //!
 //! Setup: a private cluster with tenancy's roles and catalog, one tenant, the
 //! configuration routes served on 127.0.0.1, and a child process (this same executable,
-//! in watcher mode, see [`child_mode`]) holding a `ConfigClient` as the runtime role and
-//! printing the flag's variant after every snapshot swap. Each sample: note the time,
+//! in watcher mode, see [`child_mode`]) holding a `ConfigClient` as the configuration
+//! reader role and printing the flag's variant after every snapshot swap. Each sample: note the time,
 //! `PUT /v1/config/flags/…` flipping the default variant, wait for the child's line with
 //! the new variant. There is no peer to compare with; the baseline is the target
 //! (p99 < 50 ms), and `ratio` = target / ours (> 1 means within target).
@@ -21,7 +21,7 @@ use tenancy_config::dns::{StaticResolver, TxtResolver};
 use tenancy_config::{ClientOptions, ConfigClient, ConfigState, Store};
 use tenancy_core::{ContextKey, Placement, TenantId};
 use tenancy_pg::{Cluster, ClusterOptions};
-use tenancy_sdk::bootstrap::{self, OWNER_ROLE, RUNTIME_ROLE};
+use tenancy_sdk::bootstrap::{self, CONFIG_READER_ROLE, OWNER_ROLE};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
@@ -182,7 +182,7 @@ async fn measure(cluster: &Cluster, runs: usize) -> Result<()> {
 
     let store = Store::new(cluster.config_as(OWNER_ROLE, db), 4)?;
     let client = ConfigClient::connect(
-        cluster.config_as(RUNTIME_ROLE, db),
+        cluster.config_as(CONFIG_READER_ROLE, db),
         ClientOptions::default(),
     )
     .await?;
@@ -202,7 +202,7 @@ async fn measure(cluster: &Cluster, runs: usize) -> Result<()> {
         "creating the flag failed"
     );
 
-    let spec = format!("{}|{tenant}", cluster.url_as(RUNTIME_ROLE, db));
+    let spec = format!("{}|{tenant}", cluster.url_as(CONFIG_READER_ROLE, db));
     let mut child = Command::new(std::env::current_exe()?)
         .arg("config_propagation")
         .env(CHILD_ENV, spec)

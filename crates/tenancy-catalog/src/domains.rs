@@ -72,7 +72,7 @@ pub fn normalize_domain(domain: &str) -> Result<String, CatalogError> {
 /// The tenant that holds this host name *verified* in the configuration service
 /// (`config_domains`), if any. Pending, disabled and unknown domains all yield `None`;
 /// a host name is verified for at most one tenant (partial unique index), so the answer
-/// is unambiguous.
+/// is unambiguous. Usable by the runtime role.
 pub async fn tenant_for_domain(
     client: &Client,
     domain: &str,
@@ -80,15 +80,14 @@ pub async fn tenant_for_domain(
     let Ok(d) = normalize_domain(domain) else {
         return Ok(None);
     };
+    // Through `tenancy_catalog.tenant_for_domain`: the runtime role cannot read
+    // `config_domains` (it would list every tenant's domains).
     let row = client
-        .query_opt(
-            "SELECT tenant_id FROM tenancy_catalog.config_domains
-              WHERE hostname = $1 AND state = 'verified'",
-            &[&d],
-        )
+        .query_one("SELECT tenancy_catalog.tenant_for_domain($1)", &[&d])
         .await
         .map_err(CatalogError::db("looking up a custom domain"))?;
-    row.map(|r| TenantId::from_uuid(r.get(0)).map_err(corrupt))
+    row.get::<_, Option<uuid::Uuid>>(0)
+        .map(|id| TenantId::from_uuid(id).map_err(corrupt))
         .transpose()
 }
 

@@ -7,6 +7,10 @@
 //! - The store functions ([`add_region`], [`add_cluster`], [`create_tenant`],
 //!   [`set_state`], [`get_tenant`], …): all catalog SQL lives here. They take parsed
 //!   types from `tenancy-core` and return records built from them.
+//! - Runtime lookups ([`tenant_route`], [`tenant_route_by_slug`], [`cluster_route`]): the
+//!   runtime role reads no catalog table, it looks up one tenant by a key it holds
+//!   through `SECURITY DEFINER` functions that return only what resolving and routing
+//!   need ([`TenantRoute`], [`ClusterRoute`]).
 //! - Request-path lookups: the tenant of a verified custom domain ([`tenant_for_domain`],
 //!   read from the configuration service's `config_domains`, which owns the domain
 //!   lifecycle) and tenant API keys ([`create_api_key`], [`authenticate_api_key`], …),
@@ -20,12 +24,14 @@
 
 mod app_migrations;
 mod domains;
+mod lookups;
 mod migrate;
 mod store;
 mod workflows;
 
 pub use app_migrations::*;
 pub use domains::*;
+pub use lookups::*;
 pub use migrate::{migrate, migrate_for_tests, Migration, MIGRATIONS};
 pub use store::*;
 pub use workflows::*;

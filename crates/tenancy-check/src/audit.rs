@@ -363,10 +363,15 @@ async fn functions(client: &Client, t: &Target) -> Result<Vec<Function>, CheckEr
 /// Schema of tenancy's control catalog.
 const CATALOG_SCHEMA: &str = "tenancy_catalog";
 
-/// In a tenancy-managed database that also holds the control catalog (the embedded
-/// default), the runtime role reads catalog tables that carry a tenant column: every
-/// tenant's catalog rows are visible to every tenant's code. Not a row-level leak of
-/// tenant data, so a warning.
+/// A table that holds tenant rows without being a tenant table, readable by the runtime
+/// role, is an error: SQL injected as the runtime role lists every tenant's rows in it
+/// with no context at all. In a tenancy-managed database that holds the control catalog
+/// (the embedded default), that is the tenants table itself, every catalog table with the
+/// tenant column or a foreign key to the tenants table, and, outside the catalog, every
+/// table without the tenant column and without row-level security that references the
+/// tenants table. The runtime role
+/// needs none of them: it looks one tenant up at a time through the catalog's lookup
+/// functions. Column privileges count as readable too.
 async fn catalog_rules(
     client: &Client,
     opts: &Options,
@@ -378,26 +383,48 @@ async fn catalog_rules(
     }
     let rows = query(
         client,
-        "SELECT n.nspname::text || '.' || c.relname::text FROM pg_catalog.pg_class c \
+        "SELECT n.nspname::text || '.' || c.relname::text, n.nspname = 'tenancy_catalog' AND c.relname = 'tenants' \
+           FROM pg_catalog.pg_class c \
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-           JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = $2::text::name AND NOT a.attisdropped \
-          WHERE n.nspname = 'tenancy_catalog' AND c.relkind IN ('r', 'p') \
-            AND has_table_privilege($1::oid, c.oid, 'SELECT') ORDER BY 1",
+          WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') \
+            AND (has_table_privilege($1::oid, c.oid, 'SELECT') OR has_any_column_privilege($1::oid, c.oid, 'SELECT')) \
+            AND ( \
+                (n.nspname = 'tenancy_catalog' AND ( \
+                    c.relname = 'tenants' \
+                    OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attname = $2::text::name \
+                                AND a.attnum > 0 AND NOT a.attisdropped) \
+                    OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'f' \
+                                AND k.confrelid = to_regclass('tenancy_catalog.tenants')))) \
+                OR (n.nspname NOT IN ('tenancy_catalog', 'pg_catalog', 'information_schema') AND NOT c.relrowsecurity \
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attname = $2::text::name \
+                                     AND a.attnum > 0 AND NOT a.attisdropped) \
+                    AND EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'f' \
+                                 AND k.confrelid = to_regclass('tenancy_catalog.tenants'))) \
+            ) ORDER BY 1",
         &[&t.role_oid, &opts.tenant_column],
-        "listing readable catalog tables",
+        "listing readable tables that hold tenant rows",
     )
     .await?;
     for r in rows {
         let object: String = r.get(0);
+        let is_tenants: bool = r.get(1);
+        let what = if is_tenants {
+            "lists every tenant (id, slug, name, plan, state, billing link)".to_owned()
+        } else {
+            format!(
+                "holds rows of every tenant (a {} column or a reference to the tenants table) outside row-level security",
+                opts.tenant_column
+            )
+        };
         f.push(Finding::new(
             "catalog-readable",
-            Severity::Warning,
+            Severity::Error,
             object.clone(),
             format!(
-                "{object} is part of tenancy's control catalog and the runtime role can read every tenant's rows in it; \
-                 keep the catalog in its own database (the router only needs tenants, clusters and regions)"
+                "{object} {what} and the runtime role can read it: SQL injected as the runtime role reads all of it without any tenant context. \
+                 The runtime role needs no catalog table; it looks one tenant up by a key it holds through tenancy_catalog's lookup functions"
             ),
-            format!("REVOKE SELECT ON {object} FROM {};", t.role),
+            format!("REVOKE ALL ON {object} FROM {};", qi(&t.role)),
         ));
     }
     Ok(())

@@ -170,7 +170,7 @@ pub struct RuleInfo {
 
 /// Every rule this crate can report.
 pub const RULES: &[RuleInfo] = &[
-    RuleInfo { id: "catalog-readable", severity: Severity::Warning, title: "Control-catalog table with tenant rows readable by the runtime role" },
+    RuleInfo { id: "catalog-readable", severity: Severity::Error, title: "Table holding tenant rows outside RLS (control catalog) readable by the runtime role" },
     RuleInfo { id: "rls-disabled", severity: Severity::Error, title: "Tenant table without row-level security" },
     RuleInfo { id: "rls-not-forced", severity: Severity::Error, title: "Row-level security not forced; the table owner bypasses it" },
     RuleInfo { id: "no-policy", severity: Severity::Info, title: "RLS enabled but no policy applies to the runtime role (deny-all)" },

@@ -131,8 +131,9 @@ async fn open_session(config: &tokio_postgres::Config) -> Result<Session, Config
 }
 
 impl ConfigClient {
-    /// Connects (as any role that can read the catalog, normally the runtime role),
-    /// listens, loads the first snapshot and starts the background worker. Fails when the
+    /// Connects as the configuration reader role (`tenancy_config_reader`, created by
+    /// the bootstrap: it may read every tenant's configuration, which the runtime role
+    /// cannot), listens, loads the first snapshot and starts the background worker. Fails when the
     /// catalog cannot be reached now: there is nothing to serve yet.
     pub async fn connect(
         config: tokio_postgres::Config,

@@ -203,6 +203,9 @@ pub struct ControlConfig {
     pub owner_password: Option<SecretString>,
     /// Runtime-role password on tenant clusters.
     pub runtime_password: Option<SecretString>,
+    /// Password of the configuration reader (`tenancy_config_reader`) on the catalog, with
+    /// `database_url`: the configuration snapshot reads as that role, never as the owner.
+    pub config_reader_password: Option<SecretString>,
     /// Signup defaults.
     pub signup: SignupConfig,
     /// Directory of the app's `NNNN_name.sql` migrations.
@@ -236,6 +239,7 @@ impl Default for ControlConfig {
             cluster_admin_password: None,
             owner_password: None,
             runtime_password: None,
+            config_reader_password: None,
             signup: SignupConfig::default(),
             app_migrations_dir: None,
             generated_app_tables: 3,

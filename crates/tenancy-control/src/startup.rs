@@ -209,10 +209,11 @@ pub async fn build(config: ControlConfig) -> Result<App> {
     } else {
         None
     };
-    // The configuration service: writes through its store, reads from a snapshot that
-    // LISTEN/NOTIFY keeps fresh (the evaluation endpoint answers from it). Both use the
-    // catalog's owner login, like the rest of the control plane; the runtime role is for
-    // applications.
+    // The configuration service: writes through its store (the catalog's owner login,
+    // like the rest of the control plane), reads from a snapshot that LISTEN/NOTIFY keeps
+    // fresh (the evaluation endpoint answers from it) as the configuration reader, which
+    // may read the configuration and nothing else. The owner's password is never sent
+    // for it.
     let resolver: Arc<dyn TxtResolver> = match SystemResolver::from_system() {
         Ok(r) => Arc::new(r),
         Err(e) => {
@@ -220,12 +221,20 @@ pub async fn build(config: ControlConfig) -> Result<App> {
             Arc::new(UnavailableResolver::new(e.to_string()))
         }
     };
+    let mut reader_cfg = catalog_cfg.clone();
+    reader_cfg.user(bootstrap::CONFIG_READER_ROLE).password(
+        config
+            .config_reader_password
+            .as_ref()
+            .map(|p| p.expose_secret().as_bytes().to_vec())
+            .unwrap_or_default(),
+    );
     let config_state = ConfigState {
         store: tenancy_config::Store::new(catalog_cfg.clone(), 4)
             .context("creating the configuration store")?,
-        client: ConfigClient::connect(catalog_cfg.clone(), ClientOptions::default())
+        client: ConfigClient::connect(reader_cfg, ClientOptions::default())
             .await
-            .context("starting the configuration client (snapshot and LISTEN)")?,
+            .context("starting the configuration client (snapshot and LISTEN) as tenancy_config_reader (config_reader_password)")?,
         resolver,
     };
     let pool = tenancy_provision::pg_pool(catalog_cfg, 8)?;

@@ -478,6 +478,7 @@ pub async fn grant_database(admin: &Client, name: &str) -> Result<(), Error> {
         .batch_execute(&format!(
             "REVOKE ALL ON DATABASE {q} FROM PUBLIC;
              GRANT CONNECT ON DATABASE {q} TO tenancy_app;
+             GRANT CONNECT ON DATABASE {q} TO tenancy_config_reader;
              GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {q} TO tenancy_owner;"
         ))
         .await

@@ -31,3 +31,16 @@ BEGIN
   ALTER ROLE tenancy_worker NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
 END
 $worker$;
+
+-- tenancy_config_reader: the role the configuration client (tenancy-config's
+--   ConfigClient) reads its snapshot of every tenant's configuration as. That snapshot is
+--   exactly what the runtime role must not read, so it gets a login of its own: SELECT on
+--   the configuration tables and a few tenant columns, nothing else, member of no role.
+DO $bootstrap_config_reader$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_config_reader') THEN
+    CREATE ROLE tenancy_config_reader LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
+  END IF;
+  ALTER ROLE tenancy_config_reader NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
+END
+$bootstrap_config_reader$;

@@ -2,6 +2,9 @@
 -- Run by a superuser connected to the database. Idempotent. :dbname is substituted.
 REVOKE ALL ON DATABASE :dbname FROM PUBLIC;
 GRANT CONNECT ON DATABASE :dbname TO tenancy_app;
+-- The configuration client's login (bootstrap.sql); it reads only the catalog's
+-- configuration tables, granted by the catalog's migrations.
+GRANT CONNECT ON DATABASE :dbname TO tenancy_config_reader;
 GRANT CONNECT, CREATE, TEMPORARY ON DATABASE :dbname TO tenancy_owner;
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 ALTER SCHEMA public OWNER TO tenancy_owner;

@@ -23,6 +23,9 @@ pub const RUNTIME_ROLE: &str = "tenancy_app";
 /// The role job workers connect as: it only claims and finishes jobs of the job queue
 /// (tenancy-axum's `jobs`), through functions granted to it alone.
 pub const WORKER_ROLE: &str = "tenancy_worker";
+/// The role the configuration client reads every tenant's configuration as (the runtime
+/// role cannot read it).
+pub const CONFIG_READER_ROLE: &str = "tenancy_config_reader";
 
 const BOOTSTRAP_SQL: &str = include_str!("../sql/bootstrap.sql");
 const DATABASE_SQL: &str = include_str!("../sql/database.sql");

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use tenancy_catalog::{ClusterRecord, Tenant};
+use tenancy_catalog::{CatalogError, ClusterRoute, TenantRoute};
 use tenancy_core::{ContextKey, Placement, RegionId, TenantId};
 use uuid::Uuid;
 
@@ -62,8 +62,9 @@ type PoolKey = (Uuid, Option<String>);
 
 #[derive(Debug)]
 struct Inner {
-    /// Catalog connections (runtime role; it may read tenants, clusters and regions, which
-    /// are not tenant data, so no tenant context is involved).
+    /// Catalog connections (runtime role: it reads no catalog table, only one tenant's
+    /// route and one cluster's address at a time, through the catalog's lookup
+    /// functions; no tenant context is involved).
     catalog: Pool,
     /// Context key for every cluster.
     key: ContextKey,
@@ -71,12 +72,12 @@ struct Inner {
     creds: ClusterCredentials,
     /// Region policy, cache TTL, pool settings.
     opts: RouterOptions,
-    /// Cached tenant records with the time they were read (shared, not copied, per
+    /// Cached tenant routes with the time they were read (shared, not copied, per
     /// request).
-    tenants: RwLock<HashMap<TenantId, (Arc<Tenant>, Instant)>>,
+    tenants: RwLock<HashMap<TenantId, (Arc<TenantRoute>, Instant)>>,
     /// One pool per (cluster, database), created on first use: the shared database of
     /// each cluster (`None`) and each dedicated tenant's own database.
-    pools: RwLock<HashMap<PoolKey, (Arc<ClusterRecord>, TenantPool)>>,
+    pools: RwLock<HashMap<PoolKey, (Arc<ClusterRoute>, TenantPool)>>,
 }
 
 /// Opens tenant transactions on the right cluster, from the catalog.
@@ -86,7 +87,8 @@ pub struct Router {
 }
 
 impl Router {
-    /// Builds a router that reads the catalog through `catalog_config` (runtime role).
+    /// Builds a router that looks tenants up in the catalog through `catalog_config`
+    /// (runtime role).
     pub fn new(
         catalog_config: tokio_postgres::Config,
         key: ContextKey,
@@ -119,13 +121,13 @@ impl Router {
         }
     }
 
-    /// The tenant's catalog record, from cache when fresh.
-    pub async fn tenant(&self, id: TenantId) -> Result<Tenant, Error> {
-        Ok(Tenant::clone(&*self.tenant_record(id).await?))
+    /// The tenant's route (state and placement), from cache when fresh.
+    pub async fn tenant(&self, id: TenantId) -> Result<TenantRoute, Error> {
+        Ok(TenantRoute::clone(&*self.tenant_record(id).await?))
     }
 
-    /// The tenant's catalog record, shared with the cache.
-    async fn tenant_record(&self, id: TenantId) -> Result<Arc<Tenant>, Error> {
+    /// The tenant's route, shared with the cache.
+    async fn tenant_record(&self, id: TenantId) -> Result<Arc<TenantRoute>, Error> {
         if let Ok(m) = self.inner.tenants.read() {
             if let Some((t, at)) = m.get(&id) {
                 if at.elapsed() < self.inner.opts.cache_ttl {
@@ -138,14 +140,17 @@ impl Router {
         Box::pin(self.load_tenant(id)).await
     }
 
-    async fn load_tenant(&self, id: TenantId) -> Result<Arc<Tenant>, Error> {
+    async fn load_tenant(&self, id: TenantId) -> Result<Arc<TenantRoute>, Error> {
         let conn = self
             .inner
             .catalog
             .get()
             .await
             .map_err(|e| Error::Pool(e.to_string()))?;
-        let t = Arc::new(tenancy_catalog::get_tenant(&conn.client, id).await?);
+        let t = tenancy_catalog::tenant_route(&conn.client, id)
+            .await?
+            .ok_or_else(|| CatalogError::TenantNotFound(id.to_string()))?;
+        let t = Arc::new(t);
         drop(conn);
         if let Ok(mut m) = self.inner.tenants.write() {
             m.insert(id, (Arc::clone(&t), Instant::now()));
@@ -157,7 +162,7 @@ impl Router {
         &self,
         cluster_id: Uuid,
         database: Option<&str>,
-    ) -> Result<(Arc<ClusterRecord>, TenantPool), Error> {
+    ) -> Result<(Arc<ClusterRoute>, TenantPool), Error> {
         if let Ok(m) = self.inner.pools.read() {
             // The shared database's key owns no string (the common case).
             if let Some((c, p)) = m.get(&(cluster_id, database.map(str::to_owned))) {
@@ -171,7 +176,7 @@ impl Router {
         &self,
         cluster_id: Uuid,
         database: Option<&str>,
-    ) -> Result<(Arc<ClusterRecord>, TenantPool), Error> {
+    ) -> Result<(Arc<ClusterRoute>, TenantPool), Error> {
         let key = (cluster_id, database.map(str::to_owned));
         let conn = self
             .inner
@@ -179,7 +184,7 @@ impl Router {
             .get()
             .await
             .map_err(|e| Error::Pool(e.to_string()))?;
-        let cluster = tenancy_catalog::get_cluster(&conn.client, cluster_id).await?;
+        let cluster = tenancy_catalog::cluster_route(&conn.client, cluster_id).await?;
         drop(conn);
         let mut cfg = tokio_postgres::Config::new();
         if cluster.host.starts_with('/') {

@@ -1,4 +1,7 @@
-//! Catalog tests against a real private cluster (owner role, fresh database per test).
+//! Catalog tests against a real private cluster (owner role, fresh database per test;
+//! `runtime` attacks the catalog as the runtime role).
+
+mod runtime;
 
 use tenancy_catalog::{CatalogError, Migration, NewCluster, NewTenant};
 use tenancy_core::{Placement, TenantState};
@@ -9,10 +12,11 @@ static TPL: TemplateDb = TemplateDb::new("catalog_tpl");
 
 const BOOTSTRAP: &str = "DO $$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tenancy_owner') THEN CREATE ROLE tenancy_owner LOGIN; END IF;
-  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tenancy_app') THEN CREATE ROLE tenancy_app LOGIN; END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tenancy_app') THEN CREATE ROLE tenancy_app LOGIN NOINHERIT; END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tenancy_config_reader') THEN CREATE ROLE tenancy_config_reader LOGIN NOINHERIT; END IF;
 END $$;";
 
-async fn owner(db: &TestDb) -> tokio_postgres::Client {
+pub(crate) async fn owner(db: &TestDb) -> tokio_postgres::Client {
     let (c, conn) = db
         .config_as("tenancy_owner")
         .connect(NoTls)
@@ -22,7 +26,7 @@ async fn owner(db: &TestDb) -> tokio_postgres::Client {
     c
 }
 
-async fn fresh() -> TestDb {
+pub(crate) async fn fresh() -> TestDb {
     let db = TPL
         .fresh(|cluster, name| async move {
             let su = cluster.connect(&name).await?;
@@ -42,7 +46,7 @@ async fn fresh() -> TestDb {
     db
 }
 
-fn new_tenant(slug: &str, region: &str) -> NewTenant {
+pub(crate) fn new_tenant(slug: &str, region: &str) -> NewTenant {
     NewTenant {
         id: None,
         slug: slug.parse().expect("slug"),

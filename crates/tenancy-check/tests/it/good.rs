@@ -152,34 +152,63 @@ async fn global_tables_are_skipped_and_missing_role_is_an_error() {
     ));
 }
 
+/// Catalog tables are not tenant tables (no RLS rules apply to them), but one that holds
+/// tenant rows and that the runtime role can read is an error: the tenants table itself
+/// (it has no tenant column), one with the tenant column, one that only references the
+/// tenants table, and column privileges as much as table privileges. A catalog table
+/// without tenant rows, or one the runtime role cannot read, is not reported.
 #[tokio::test]
-async fn control_catalog_tables_are_global_but_reported_when_readable() {
+async fn readable_catalog_tables_holding_tenant_rows_are_errors() {
     let db = managed().await;
     let c = db.connect_superuser().await.expect("superuser");
     c.batch_execute(
         "CREATE SCHEMA IF NOT EXISTS tenancy_catalog AUTHORIZATION tenancy_owner;
          GRANT USAGE ON SCHEMA tenancy_catalog TO tenancy_app;
+         CREATE TABLE tenancy_catalog.regions (id text PRIMARY KEY);
+         CREATE TABLE tenancy_catalog.tenants (id uuid PRIMARY KEY, slug text, billing_customer text);
          CREATE TABLE tenancy_catalog.tenant_flags (tenant_id uuid NOT NULL, flag text NOT NULL, PRIMARY KEY (tenant_id, flag));
          CREATE TABLE tenancy_catalog.tenant_notes (tenant_id uuid NOT NULL, note text);
-         GRANT SELECT ON tenancy_catalog.tenant_flags TO tenancy_app;",
+         CREATE TABLE tenancy_catalog.keys (key_id text PRIMARY KEY, owner uuid REFERENCES tenancy_catalog.tenants (id));
+         CREATE TABLE public.tenant_mirror (owner uuid REFERENCES tenancy_catalog.tenants (id), name text);
+         GRANT SELECT ON tenancy_catalog.regions, tenancy_catalog.tenant_flags, tenancy_catalog.keys, public.tenant_mirror TO tenancy_app;
+         GRANT SELECT (id, slug) ON tenancy_catalog.tenants TO tenancy_app;",
     )
     .await
     .expect("catalog tables");
     let report = audit(&c, &Options::default()).await.expect("audit");
-    assert!(
-        errors(&report).is_empty(),
-        "catalog tables are not tenant data: {:#?}",
-        errors(&report)
-    );
-    let readable: Vec<&str> = report
+    let mut readable: Vec<(&str, Severity)> = report
         .findings
         .iter()
         .filter(|f| f.rule == "catalog-readable")
-        .map(|f| f.object.as_str())
+        .map(|f| (f.object.as_str(), f.severity))
         .collect();
-    assert_eq!(readable, vec!["tenancy_catalog.tenant_flags"]);
+    readable.sort_by_key(|(o, _)| *o);
+    assert_eq!(
+        readable,
+        vec![
+            ("public.tenant_mirror", Severity::Error),
+            ("tenancy_catalog.keys", Severity::Error),
+            ("tenancy_catalog.tenant_flags", Severity::Error),
+            ("tenancy_catalog.tenants", Severity::Error),
+        ],
+        "{:#?}",
+        report.findings
+    );
     assert!(!report
         .tenant_tables
         .iter()
         .any(|t| t.starts_with("tenancy_catalog.")));
+    // Once revoked, nothing is reported.
+    c.batch_execute(
+        "REVOKE ALL ON ALL TABLES IN SCHEMA tenancy_catalog FROM tenancy_app;
+         REVOKE ALL ON public.tenant_mirror FROM tenancy_app;",
+    )
+    .await
+    .expect("revoke");
+    let report = audit(&c, &Options::default()).await.expect("audit");
+    assert!(
+        !report.findings.iter().any(|f| f.rule == "catalog-readable"),
+        "{:#?}",
+        report.findings
+    );
 }

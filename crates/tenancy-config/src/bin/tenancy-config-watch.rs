@@ -2,7 +2,7 @@
 //! snapshot changes: the second OS process of the propagation tests and benchmark.
 //!
 //! Usage: `tenancy-config-watch DSN TENANT FLAG`
-//! (DSN in libpq key=value form, e.g. `host=/tmp/pg port=5432 user=tenancy_app dbname=app`).
+//! (DSN in libpq key=value form, e.g. `host=/tmp/pg port=5432 user=tenancy_config_reader dbname=app`).
 //!
 //! Output, one line each: `ready version=V variant=X`, then
 //! `change version=V variant=X` after every swap, and `stale` / `fresh` when the

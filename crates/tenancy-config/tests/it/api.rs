@@ -2,7 +2,7 @@
 //! evaluation and explain over HTTP.
 
 use serde_json::json;
-use tenancy_sdk::bootstrap::RUNTIME_ROLE;
+use tenancy_sdk::bootstrap::{CONFIG_READER_ROLE, RUNTIME_ROLE};
 
 use crate::support::*;
 
@@ -49,19 +49,25 @@ async fn every_change_is_versioned_with_who_when_why() {
     assert_eq!(changes[1]["after"]["default_variant"], "on");
     assert!(changes[1]["at"].as_str().is_some());
 
-    // The change log is append-only, and the runtime role can read but not write config.
+    // The change log is append-only; the configuration reader can read but not write
+    // config, and the runtime role cannot even read it.
     let owner = connect(db.config_as(tenancy_sdk::bootstrap::OWNER_ROLE)).await;
     assert!(owner
         .execute("DELETE FROM tenancy_catalog.config_changes", &[])
         .await
         .is_err());
-    let runtime = connect(db.config_as(RUNTIME_ROLE)).await;
-    assert!(runtime
+    let reader = connect(db.config_as(CONFIG_READER_ROLE)).await;
+    assert!(reader
         .query("SELECT * FROM tenancy_catalog.config_flags", &[])
         .await
         .is_ok());
-    assert!(runtime
+    assert!(reader
         .execute("DELETE FROM tenancy_catalog.config_flags", &[])
+        .await
+        .is_err());
+    let runtime = connect(db.config_as(RUNTIME_ROLE)).await;
+    assert!(runtime
+        .query("SELECT * FROM tenancy_catalog.config_flags", &[])
         .await
         .is_err());
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tenancy_config::model::Flag;
 use tenancy_config::{ChangeMeta, ClientOptions, ConfigClient, Store};
 use tenancy_pg::{Cluster, ClusterOptions};
-use tenancy_sdk::bootstrap::{OWNER_ROLE, RUNTIME_ROLE};
+use tenancy_sdk::bootstrap::{CONFIG_READER_ROLE, OWNER_ROLE};
 
 use crate::support::*;
 
@@ -29,7 +29,7 @@ async fn catalog_outage_serves_last_snapshot_and_reports_stale() {
         .await
         .expect("flag");
     let client = ConfigClient::connect(
-        cluster.config_as(RUNTIME_ROLE, "app"),
+        cluster.config_as(CONFIG_READER_ROLE, "app"),
         ClientOptions {
             max_staleness: Duration::from_secs(30),
             ..fast_opts()
@@ -83,7 +83,7 @@ async fn listener_reconnects_and_reloads_what_it_missed() {
         .expect("flag");
     // A slow first reconnect, so the change below surely happens while it is away.
     let client = ConfigClient::connect(
-        db.config_as(RUNTIME_ROLE),
+        db.config_as(CONFIG_READER_ROLE),
         ClientOptions {
             backoff: Duration::from_millis(500),
             ..fast_opts()
@@ -98,7 +98,7 @@ async fn listener_reconnects_and_reloads_what_it_missed() {
     f.default_variant = "on".parse().expect("v");
     su.execute(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND usename = $1 AND pid <> pg_backend_pid()",
-        &[&RUNTIME_ROLE],
+        &[&CONFIG_READER_ROLE],
     )
     .await
     .expect("terminate listener");

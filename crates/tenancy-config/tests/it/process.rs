@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tenancy_sdk::bootstrap::RUNTIME_ROLE;
+use tenancy_sdk::bootstrap::CONFIG_READER_ROLE;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -32,7 +32,7 @@ async fn a_flag_changed_through_the_api_is_seen_by_another_process() {
         200
     );
 
-    let dsn = db.cluster.url_as(RUNTIME_ROLE, &db.name);
+    let dsn = db.cluster.url_as(CONFIG_READER_ROLE, &db.name);
     let mut child = Command::new(env!("CARGO_BIN_EXE_tenancy-config-watch"))
         .args([dsn.as_str(), &t.to_string(), "checkout-v2"])
         .stdout(Stdio::piped())

@@ -142,7 +142,7 @@ async fn bursts_of_changes_are_coalesced() {
     let store = store(&db);
     let t = tenant(&db, "pro", "eu-west").await;
     let client = tenancy_config::ConfigClient::connect(
-        db.config_as(tenancy_sdk::bootstrap::RUNTIME_ROLE),
+        db.config_as(tenancy_sdk::bootstrap::CONFIG_READER_ROLE),
         tenancy_config::ClientOptions {
             coalesce: Duration::from_millis(50),
             ..fast_opts()
@@ -296,7 +296,7 @@ async fn periodic_full_refresh_bounds_staleness_without_notifications() {
         .await
         .expect("flag");
     let client = tenancy_config::ConfigClient::connect(
-        db.config_as(tenancy_sdk::bootstrap::RUNTIME_ROLE),
+        db.config_as(tenancy_sdk::bootstrap::CONFIG_READER_ROLE),
         tenancy_config::ClientOptions {
             max_staleness: Duration::from_millis(600),
             ..fast_opts()

@@ -1,6 +1,6 @@
 //! Test support: a fresh database per test (roles, runtime schema, catalog with the
 //! configuration tables), tenants, a store as the owner role, an SDK client as the
-//! runtime role, and the routes served on 127.0.0.1:0.
+//! configuration reader role, and the routes served on 127.0.0.1:0.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use tenancy_config::dns::{StaticResolver, TxtResolver};
 use tenancy_config::{ClientOptions, ConfigClient, ConfigState, Store};
 use tenancy_core::{ContextKey, Placement, TenantId};
 use tenancy_pg::testing::{TemplateDb, TestDb};
-use tenancy_sdk::bootstrap::{self, OWNER_ROLE, RUNTIME_ROLE};
+use tenancy_sdk::bootstrap::{self, CONFIG_READER_ROLE, OWNER_ROLE};
 use tokio_postgres::{Client, NoTls};
 
 static TEMPLATE: TemplateDb = TemplateDb::new("config_tpl");
@@ -119,7 +119,7 @@ pub fn fast_opts() -> ClientOptions {
 }
 
 pub async fn client(db: &TestDb) -> ConfigClient {
-    ConfigClient::connect(db.config_as(RUNTIME_ROLE), fast_opts())
+    ConfigClient::connect(db.config_as(CONFIG_READER_ROLE), fast_opts())
         .await
         .expect("config client")
 }

@@ -11,15 +11,15 @@ use tenancy_config::dns::StaticResolver;
 use tenancy_config::{ClientOptions, ConfigClient, ConfigState};
 use tenancy_control::{router, AppState};
 use tenancy_pg::testing::TestDb;
-use tenancy_sdk::bootstrap::{OWNER_ROLE, RUNTIME_ROLE};
+use tenancy_sdk::bootstrap::{CONFIG_READER_ROLE, OWNER_ROLE};
 
 use crate::api::{call, fresh_state, AUTH, JSON, TOKEN};
 
-/// `state` with the configuration service on `db` (the snapshot client as the runtime
-/// role, as an application would run it).
+/// `state` with the configuration service on `db` (the snapshot client as the
+/// configuration reader role, as an application would run it).
 pub(crate) async fn with_config(db: &TestDb, state: AppState) -> AppState {
     let client = ConfigClient::connect(
-        db.config_as(RUNTIME_ROLE),
+        db.config_as(CONFIG_READER_ROLE),
         ClientOptions {
             backoff: Duration::from_millis(50),
             max_backoff: Duration::from_millis(200),
