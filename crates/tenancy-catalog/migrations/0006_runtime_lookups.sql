@@ -64,11 +64,11 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f
      WHERE c.id = p_id
 $fn$;
 
-COMMENT ON FUNCTION tenancy_catalog.tenant_route(uuid) IS 'tenancy:catalog-lookup';
-COMMENT ON FUNCTION tenancy_catalog.tenant_route_by_slug(text) IS 'tenancy:catalog-lookup';
-COMMENT ON FUNCTION tenancy_catalog.tenant_for_domain(text) IS 'tenancy:catalog-lookup';
-COMMENT ON FUNCTION tenancy_catalog.cluster_route(uuid) IS 'tenancy:catalog-lookup';
-COMMENT ON FUNCTION tenancy_catalog.authenticate_api_key(text, bytea) IS 'tenancy:catalog-lookup';
+COMMENT ON FUNCTION tenancy_catalog.tenant_route(uuid) IS 'tenancy:narrow-lookup: the route of one tenant by the id the caller holds';
+COMMENT ON FUNCTION tenancy_catalog.tenant_route_by_slug(text) IS 'tenancy:narrow-lookup: the route of one tenant by the slug the caller holds';
+COMMENT ON FUNCTION tenancy_catalog.tenant_for_domain(text) IS 'tenancy:narrow-lookup: the tenant of one verified custom domain';
+COMMENT ON FUNCTION tenancy_catalog.cluster_route(uuid) IS 'tenancy:narrow-lookup: the address of one cluster a tenant route names';
+COMMENT ON FUNCTION tenancy_catalog.authenticate_api_key(text, bytea) IS 'tenancy:narrow-lookup: the grant of one API key by its id and hash';
 
 REVOKE ALL ON FUNCTION tenancy_catalog.tenant_route(uuid), tenancy_catalog.tenant_route_by_slug(text),
     tenancy_catalog.tenant_for_domain(text), tenancy_catalog.cluster_route(uuid) FROM PUBLIC;
