@@ -9,7 +9,7 @@ use http::{Request, Uri};
 use tower_service::Service;
 use tracing::Instrument;
 
-use crate::tx::TxSlot;
+use crate::tx::{PublicRoute, TxSlot};
 use crate::{HttpError, ResponseFuture, Tenancy};
 
 /// The service built by [`crate::TenancyLayer`].
@@ -69,6 +69,13 @@ where
             tenant_id = tracing::field::Empty,
             tenant = tracing::field::Empty,
         );
+        // A route declared public runs without a tenant: no resolution, no `Tenant`, no
+        // tenant id, no transaction slot (the `Tx` and `Tenant` extractors refuse there).
+        if tenancy.is_public(req.uri().path()) {
+            let mut req = req;
+            req.extensions_mut().insert(PublicRoute);
+            return ResponseFuture::new(inner.call(req).instrument(span));
+        }
         // Split outside the future: what it captures is kept for its whole life, so
         // capturing the request and splitting it inside would hold both.
         let (mut parts, body) = req.into_parts();
