@@ -537,7 +537,7 @@ impl Tenancy {
         // the first one as it comes; nothing is collected.
         let mut agreed = Agreement::default();
         let mut subject = None;
-        let mut scopes = Scopes::default();
+        let mut scopes = None;
         let bearer = bearer(parts);
         for c in &self.inner.credentials {
             match c {
@@ -556,7 +556,7 @@ impl Tenancy {
                         TenantClaim::Slug(_) => self.slug_id(value).await?,
                     };
                     subject.get_or_insert_with(|| Arc::clone(&t.caller));
-                    scopes.add(t.scopes.clone());
+                    merge_scopes(&mut scopes, agreed.first.is_none(), t.scopes.clone());
                     agreed.note(SourceKind::Jwt, id);
                 }
                 Credential::ApiKey => {
@@ -577,7 +577,11 @@ impl Tenancy {
                         .await?
                         .ok_or_else(invalid)?;
                     subject.get_or_insert_with(|| Arc::from(format!("api_key:{}", key.key_id())));
-                    scopes.add(shared_scopes(grant.scopes));
+                    merge_scopes(
+                        &mut scopes,
+                        agreed.first.is_none(),
+                        shared_scopes(grant.scopes),
+                    );
                     agreed.note(SourceKind::ApiKey, Some(grant.tenant_id));
                 }
                 Credential::TrustedHeader {
@@ -598,7 +602,7 @@ impl Tenancy {
                         .and_then(|s| {
                             shared_scopes(s.split_ascii_whitespace().map(str::to_owned).collect())
                         });
-                    scopes.add(granted);
+                    merge_scopes(&mut scopes, agreed.first.is_none(), granted);
                     agreed.note(SourceKind::TrustedHeader, id);
                 }
                 Credential::Session(source) => {
@@ -606,7 +610,11 @@ impl Tenancy {
                         continue;
                     };
                     subject.get_or_insert_with(|| Arc::from(session.subject));
-                    scopes.add(shared_scopes(session.scopes));
+                    merge_scopes(
+                        &mut scopes,
+                        agreed.first.is_none(),
+                        shared_scopes(session.scopes),
+                    );
                     agreed.note(SourceKind::Session, Some(session.tenant));
                 }
             }
@@ -681,7 +689,7 @@ impl Tenancy {
         let Some(Some(id)) = agreed.first else {
             return Err(HttpError::TenantNotFound);
         };
-        let tenant = self.checked(id, agreed.via, subject, scopes.get()).await?;
+        let tenant = self.checked(id, agreed.via, subject, scopes).await?;
         Ok(Resolved { tenant, strip })
     }
 
@@ -730,41 +738,28 @@ fn shared_scopes(scopes: Vec<String>) -> Option<Arc<[String]>> {
     (!scopes.is_empty()).then(|| Arc::from(scopes))
 }
 
-/// The scopes of the credentials presented so far. With more than one credential the
-/// request may do only what every one of them allows.
-#[derive(Default)]
-struct Scopes {
-    /// Whether a credential was counted yet.
-    seen: bool,
-    granted: Option<Arc<[String]>>,
-}
-
-impl Scopes {
-    fn add(&mut self, scopes: Option<Arc<[String]>>) {
-        if !self.seen {
-            self.seen = true;
-            self.granted = scopes;
-            return;
+/// Adds the scopes of one more credential to `granted`, the scopes of those presented so
+/// far (`first`: none was). With more than one credential the request may do only what
+/// every one of them allows.
+fn merge_scopes(granted: &mut Option<Arc<[String]>>, first: bool, scopes: Option<Arc<[String]>>) {
+    if first {
+        *granted = scopes;
+        return;
+    }
+    *granted = match (granted.take(), scopes) {
+        (Some(a), Some(b)) => {
+            // Each scope one credential lists survives if the other grants it too (a
+            // wildcard of one keeps the other's narrower scopes).
+            let both: Vec<String> = a
+                .iter()
+                .filter(|s| crate::tenant::grants(&b, s))
+                .chain(b.iter().filter(|s| crate::tenant::grants(&a, s)))
+                .cloned()
+                .collect();
+            shared_scopes(both)
         }
-        self.granted = match (self.granted.take(), scopes) {
-            (Some(a), Some(b)) => {
-                // Each scope one credential lists survives if the other grants it too (a
-                // wildcard of one keeps the other's narrower scopes).
-                let both: Vec<String> = a
-                    .iter()
-                    .filter(|s| crate::tenant::grants(&b, s))
-                    .chain(b.iter().filter(|s| crate::tenant::grants(&a, s)))
-                    .cloned()
-                    .collect();
-                shared_scopes(both)
-            }
-            _ => None,
-        };
-    }
-
-    fn get(self) -> Option<Arc<[String]>> {
-        self.granted
-    }
+        _ => None,
+    };
 }
 
 #[cfg(test)]
@@ -813,13 +808,17 @@ mod tests {
 
     #[test]
     fn several_credentials_allow_only_what_each_allows() {
-        let mut s = Scopes::default();
-        s.add(shared_scopes(vec!["*".into()]));
-        s.add(shared_scopes(vec!["invoices:read".into()]));
-        assert_eq!(s.get().as_deref(), Some(&["invoices:read".to_owned()][..]));
-        let mut s = Scopes::default();
-        s.add(shared_scopes(vec!["invoices:read".into()]));
-        s.add(None);
-        assert_eq!(s.get(), None);
+        let mut s = None;
+        merge_scopes(&mut s, true, shared_scopes(vec!["*".into()]));
+        merge_scopes(&mut s, false, shared_scopes(vec!["invoices:read".into()]));
+        assert_eq!(s.as_deref(), Some(&["invoices:read".to_owned()][..]));
+        let mut s = None;
+        merge_scopes(&mut s, true, shared_scopes(vec!["invoices:read".into()]));
+        merge_scopes(&mut s, false, None);
+        assert_eq!(s, None);
+        // The first credential's scopes stand alone.
+        let mut s = shared_scopes(vec!["stale".into()]);
+        merge_scopes(&mut s, true, None);
+        assert_eq!(s, None);
     }
 }

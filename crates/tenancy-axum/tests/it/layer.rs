@@ -28,10 +28,7 @@ fn key() -> ContextKey {
 }
 
 async fn connect(cfg: tokio_postgres::Config) -> tokio_postgres::Client {
-    let (c, conn) = cfg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .expect("connect");
+    let (c, conn) = cfg.connect(tokio_postgres::NoTls).await.expect("connect");
     tokio::spawn(conn);
     c
 }
@@ -171,7 +168,10 @@ async fn start() -> Env {
             .delete(write)
             .put(write),
         )
-        .route("/whoami", post(|t: Tenant| async move { t.slug().to_string() }));
+        .route(
+            "/whoami",
+            post(|t: Tenant| async move { t.slug().to_string() }),
+        );
     let app = axum::Router::new().fallback_service(tenancy.layer().layer(routes));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -199,7 +199,8 @@ impl Env {
         let mut s = tokio::net::TcpStream::connect(&self.base)
             .await
             .expect("connect");
-        let mut req = format!("{method} {path} HTTP/1.1\r\nconnection: close\r\ncontent-length: 0\r\n");
+        let mut req =
+            format!("{method} {path} HTTP/1.1\r\nconnection: close\r\ncontent-length: 0\r\n");
         if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
             req.push_str(&format!("host: {}\r\n", self.base));
         }
@@ -291,7 +292,11 @@ async fn a_token_of_one_tenant_never_selects_another() {
     ] {
         let mut headers = vec![("authorization", auth.as_str())];
         headers.extend(host.map(|h| ("host", h)));
-        assert_eq!(env.call("POST", path, &headers).await.0, 200, "{path} {host:?}");
+        assert_eq!(
+            env.call("POST", path, &headers).await.0,
+            200,
+            "{path} {host:?}"
+        );
     }
     assert_eq!(env.all_notes().await, 3);
 }
@@ -301,16 +306,26 @@ async fn a_token_without_scopes_allows_no_scoped_operation() {
     let env = start().await;
     let bare = format!("Bearer {}", token(env.acme, None));
     assert_eq!(
-        env.call("POST", "/whoami", &[("authorization", &bare)]).await,
+        env.call("POST", "/whoami", &[("authorization", &bare)])
+            .await,
         (200, "acme".into())
     );
     for method in METHODS {
-        let r = env.call(method, "/notes", &[("authorization", &bare)]).await;
+        let r = env
+            .call(method, "/notes", &[("authorization", &bare)])
+            .await;
         assert_eq!(r, (403, "insufficient-scope".into()), "{method}");
     }
     let read = format!("Bearer {}", token(env.acme, Some("notes:read")));
-    assert_eq!(env.call("GET", "/notes", &[("authorization", &read)]).await.0, 200);
-    let r = env.call("POST", "/notes", &[("authorization", &read)]).await;
+    assert_eq!(
+        env.call("GET", "/notes", &[("authorization", &read)])
+            .await
+            .0,
+        200
+    );
+    let r = env
+        .call("POST", "/notes", &[("authorization", &read)])
+        .await;
     assert_eq!(r, (403, "insufficient-scope".into()));
     assert_eq!(env.all_notes().await, 0, "nothing written");
 }
@@ -326,7 +341,13 @@ async fn a_public_route_is_served_without_a_tenant_and_gets_no_tx() {
         assert_eq!(r, (401, "unauthenticated".into()), "{headers:?}");
     }
     // Other spellings of a public path are not public.
-    for path in ["//health", "/health/", "/%68ealth", "/t/acme/health", "/t/acme/open"] {
+    for path in [
+        "//health",
+        "/health/",
+        "/%68ealth",
+        "/t/acme/health",
+        "/t/acme/open",
+    ] {
         let r = env.call("GET", path, &[]).await;
         assert_eq!(r, (401, "unauthenticated".into()), "{path}");
     }
