@@ -17,7 +17,8 @@ pub const PROBLEM_TYPE_PREFIX: &str = "urn:tenancy:problem:";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ProblemType {
-    /// No tenant could be resolved from the request (no credential, host, header or path).
+    /// The request carries no credential (a host name or path alone names a tenant but
+    /// does not authenticate the caller).
     Unauthenticated,
     /// A credential was presented but is not valid (bad signature, expired, revoked, …).
     InvalidCredentials,
@@ -108,7 +109,7 @@ impl ProblemType {
     /// A short, fixed title.
     pub fn title(self) -> &'static str {
         match self {
-            ProblemType::Unauthenticated => "No tenant could be determined for this request",
+            ProblemType::Unauthenticated => "A credential is required",
             ProblemType::InvalidCredentials => "The credential is not valid",
             ProblemType::TenantMismatch => "The request names more than one tenant",
             ProblemType::TenantNotFound => "Tenant not found",
@@ -136,8 +137,8 @@ impl ProblemType {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HttpError {
-    /// Nothing in the request names a tenant.
-    #[error("no tenant in the request")]
+    /// The request carries no credential.
+    #[error("no credential in the request")]
     Unauthenticated,
     /// A credential was presented and refused; `reason` is shown to the caller (it says
     /// what is wrong with *their* credential, e.g. "expired").
@@ -224,9 +225,7 @@ impl HttpError {
     /// The `detail` shown to the caller: only what the caller already knows or may know.
     fn detail(&self) -> Option<String> {
         match self {
-            HttpError::Unauthenticated => {
-                Some("send a bearer token or API key, or use the tenant's host name".into())
-            }
+            HttpError::Unauthenticated => Some("send a bearer token or an API key".into()),
             HttpError::InvalidCredentials { reason } => Some(reason.clone()),
             HttpError::InsufficientScope { scope } => {
                 Some(format!("this operation needs the scope {scope:?}"))
@@ -312,6 +311,18 @@ impl From<tenancy_sdk::Error> for HttpError {
                     if *s == SqlState::CHECK_VIOLATION || *s == SqlState::NOT_NULL_VIOLATION =>
                 {
                     HttpError::Validation("a value is out of range or missing".into())
+                }
+                // Input the database cannot store or compute with (a NUL byte in text, a
+                // number out of range, text too long) is the caller's, not a server
+                // failure. Handlers should check their fields first, to name the field.
+                Some(s)
+                    if *s == SqlState::CHARACTER_NOT_IN_REPERTOIRE
+                        || *s == SqlState::NUMERIC_VALUE_OUT_OF_RANGE
+                        || *s == SqlState::STRING_DATA_RIGHT_TRUNCATION =>
+                {
+                    HttpError::Validation(
+                        "a value cannot be stored (out of range or not valid text)".into(),
+                    )
                 }
                 _ => HttpError::Internal(e.to_string()),
             },

@@ -11,7 +11,7 @@ use axum::response::Response;
 /// request's transaction. Boxed: resolution and the commit are async steps around the
 /// inner future.
 pub struct ResponseFuture<E> {
-    inner: Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>,
+    pub(crate) inner: Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>,
 }
 
 impl<E> ResponseFuture<E> {

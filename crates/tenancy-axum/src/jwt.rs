@@ -222,6 +222,27 @@ pub(crate) struct VerifiedToken {
     pub(crate) tenant: Option<String>,
     /// Who is calling: `sub`, else `jwt:<iss>` (shared by every request with this token).
     pub(crate) caller: Arc<str>,
+    /// What the token allows, from `scope` or `scp`; `None` is nothing (shared too).
+    pub(crate) scopes: Option<Arc<[String]>>,
+}
+
+/// The scopes of verified claims: `scope` as one space-separated string (RFC 8693,
+/// OAuth 2.0 access tokens), else `scp` as an array of strings or one space-separated
+/// string (as some identity providers send it). Anything else grants nothing.
+fn claim_scopes(claims: &Map<String, Value>) -> Option<Arc<[String]>> {
+    let words = |s: &str| s.split_ascii_whitespace().map(str::to_owned).collect();
+    let scopes: Vec<String> = match (claims.get("scope"), claims.get("scp")) {
+        (Some(Value::String(s)), _) => words(s),
+        (None, Some(Value::String(s))) => words(s),
+        (None, Some(Value::Array(a))) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|s| !s.is_empty() && !s.contains(char::is_whitespace))
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    };
+    (!scopes.is_empty()).then(|| Arc::from(scopes))
 }
 
 /// Most verified tokens remembered at once (the cache starts over when full).
@@ -387,6 +408,7 @@ impl JwtVerifier {
                     let verified = VerifiedToken {
                         tenant: claims.get(name).and_then(Value::as_str).map(str::to_owned),
                         caller,
+                        scopes: claim_scopes(&claims),
                     };
                     return Ok((verified, exp, secs("nbf")));
                 }
@@ -477,6 +499,47 @@ mod tests {
         let u = token(now + 100, "b");
         assert!(v.cached(&u, now).expect("no error").is_none());
         assert_eq!(v.verify(&u).expect("verifies").tenant.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn scopes_come_from_the_standard_claims_and_absent_means_none() {
+        let scopes = |v: serde_json::Value| {
+            let Value::Object(m) = v else {
+                panic!("object")
+            };
+            claim_scopes(&m).map(|s| s.to_vec())
+        };
+        let read_write = Some(vec![
+            "invoices:read".to_owned(),
+            "invoices:write".to_owned(),
+        ]);
+        assert_eq!(
+            scopes(json!({"scope": "invoices:read invoices:write"})),
+            read_write
+        );
+        assert_eq!(
+            scopes(json!({"scp": ["invoices:read", "invoices:write"]})),
+            read_write
+        );
+        assert_eq!(
+            scopes(json!({"scp": "invoices:read  invoices:write"})),
+            read_write
+        );
+        // `scope` wins over `scp`; no claim, an empty one or a wrong type grants nothing.
+        assert_eq!(
+            scopes(json!({"scope": "invoices:read", "scp": ["*"]})),
+            Some(vec!["invoices:read".to_owned()])
+        );
+        for none in [
+            json!({}),
+            json!({"scope": ""}),
+            json!({"scope": ["invoices:read"]}),
+            json!({"scope": 1, "scp": ["*"]}),
+            json!({"scp": [1, "", "a b"]}),
+            json!({"scopes": "*"}),
+        ] {
+            assert_eq!(scopes(none.clone()), None, "{none}");
+        }
     }
 
     #[test]

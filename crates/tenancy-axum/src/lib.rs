@@ -3,15 +3,23 @@
 //! tenant transaction that commits only when the work succeeded.
 //!
 //! Main parts:
-//! - [`Tenancy`] (built with [`Tenancy::builder`]): the configured [`Source`]s, in order —
-//!   JWT ([`jwt`]: HS256/RS256/ES256/EdDSA, keys or JWKS, per-issuer keys pinned to one
-//!   algorithm), subdomain of a base domain, verified custom domain, tenant API key
-//!   ([`api_key`]), trusted header (only when explicitly added), path prefix — plus
-//!   cached catalog lookups invalidated by catalog change notifications.
+//! - [`Tenancy`] (built with [`Tenancy::builder`]): the configured [`Source`]s, in order.
+//!   Credentials authenticate the caller for a tenant: JWT ([`jwt`]: HS256/RS256/ES256/
+//!   EdDSA, keys or JWKS, per-issuer keys pinned to one algorithm; scopes from `scope` or
+//!   `scp`), tenant API key ([`api_key`]), trusted header (only when explicitly added),
+//!   the application's own [`SessionSource`]. Selectors only pick a tenant and must
+//!   agree with the credential: subdomain of a base domain, verified custom domain,
+//!   path prefix. Routes served without a tenant are declared with
+//!   [`TenancyBuilder::public`]. Catalog lookups are cached and invalidated by catalog
+//!   change notifications.
 //! - [`TenancyLayer`] / [`TenancyService`] / [`ResponseFuture`]: the tower middleware.
-//!   Rules: nothing names a tenant → 401; sources disagree → 403 (decided before
-//!   existence, so it never reveals whether the other tenant exists); unknown tenant →
-//!   404; suspended → 403 `tenant-suspended`; provisioning → 409; deleted → 410.
+//!   Rules: a presented credential that does not verify → 401 `invalid-credentials`; no
+//!   credential → 401 `unauthenticated` (whatever host or path the request names);
+//!   credentials or selectors name different tenants → 403 `tenant-mismatch` (decided
+//!   before existence, so it never reveals whether the other tenant exists); unknown
+//!   tenant → 404; suspended → 403 `tenant-suspended`; provisioning → 409; deleted →
+//!   410. Scopes a credential does not list are not granted
+//!   ([`Tenant::require_scope`]).
 //! - Extractors: [`Tenant`] (who the request is for) and [`Tx`] (the request's
 //!   `TenantTx`: committed when the handler returns a 2xx/3xx response, rolled back on
 //!   an error response, an error or a panic).
@@ -45,6 +53,6 @@ pub use error::{ConfigError, HttpError, ProblemType, PROBLEM_TYPE_PREFIX};
 pub use future::ResponseFuture;
 pub use layer::TenancyLayer;
 pub use service::TenancyService;
-pub use tenancy::{Source, Tenancy, TenancyBuilder};
+pub use tenancy::{Session, SessionSource, Source, Tenancy, TenancyBuilder};
 pub use tenant::{spawn_with_tenant, SourceKind, Tenant, TenantCache, TenantKey};
 pub use tx::Tx;

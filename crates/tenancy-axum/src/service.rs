@@ -9,7 +9,7 @@ use http::{Request, Uri};
 use tower_service::Service;
 use tracing::Instrument;
 
-use crate::tx::TxSlot;
+use crate::tx::{PublicRoute, TxSlot};
 use crate::{HttpError, ResponseFuture, Tenancy};
 
 /// The service built by [`crate::TenancyLayer`].
@@ -69,6 +69,13 @@ where
             tenant_id = tracing::field::Empty,
             tenant = tracing::field::Empty,
         );
+        // A route declared public runs without a tenant: no resolution, no `Tenant`, no
+        // tenant id, no transaction slot (the `Tx` and `Tenant` extractors refuse there).
+        if tenancy.is_public(req.uri().path()) {
+            let mut req = req;
+            req.extensions_mut().insert(PublicRoute);
+            return ResponseFuture::new(inner.call(req).instrument(span));
+        }
         // Split outside the future: what it captures is kept for its whole life, so
         // capturing the request and splitting it inside would hold both.
         let (mut parts, body) = req.into_parts();
@@ -125,5 +132,53 @@ where
             }
         };
         ResponseFuture::new(fut.instrument(span))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwt::{JwtConfig, JwtIssuer, JwtKey, TenantClaim};
+    use crate::Source;
+
+    /// The future allocated per request stays within glibc's per-thread cache (see
+    /// ARCHITECTURE.md, "Per-request cost").
+    #[test]
+    fn the_per_request_future_stays_under_1_kb() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let cfg: tokio_postgres::Config =
+                "host=/nonexistent dbname=x user=x".parse().expect("config");
+            let router = tenancy_sdk::Router::new(
+                cfg.clone(),
+                tenancy_core::ContextKey::from_bytes("k".parse().expect("kid"), [7; 32]),
+                tenancy_sdk::ClusterCredentials {
+                    user: "x".into(),
+                    password: None,
+                },
+                tenancy_sdk::RouterOptions::default(),
+            )
+            .expect("router");
+            let tenancy = Tenancy::builder(router, cfg)
+                .source(Source::jwt(
+                    JwtConfig::new(TenantClaim::Id("tenant_id".into())).issuer(
+                        JwtIssuer::new("iss", "aud").key(JwtKey::hs256(&[1; 32]).expect("key")),
+                    ),
+                ))
+                .listen_for_changes(false)
+                .build()
+                .expect("tenancy");
+            let mut svc = TenancyService::new(
+                axum::Router::new().route("/x", axum::routing::get(|| async { "x" })),
+                tenancy,
+            );
+            let fut = svc.call(Request::new(axum::body::Body::empty()));
+            let size = std::mem::size_of_val(&*fut.inner);
+            assert!(size < 1024, "the layer's future is {size} bytes");
+            println!("layer future: {size} bytes");
+        });
     }
 }

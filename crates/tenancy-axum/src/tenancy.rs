@@ -1,10 +1,18 @@
 //! [`Tenancy`]: the configured resolvers, the catalog caches and the router; the rules
 //! that turn what a request says into one active [`Tenant`] or a problem.
+//!
+//! Sources are of two kinds. *Credentials* (JWT, API key, the trusted gateway header, an
+//! application's [`SessionSource`]) authenticate the caller for a tenant. *Selectors*
+//! (subdomain, verified custom domain, path prefix) only say which tenant the caller
+//! means: anyone can type a host name or a path, so a selector never authenticates. A
+//! request reaches a tenant only when a credential named it and every selector agrees.
 
 use std::borrow::Cow;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use http::header::{AUTHORIZATION, HOST};
 use http::request::Parts;
 use http::HeaderName;
@@ -17,34 +25,93 @@ use crate::jwt::{JwtConfig, JwtVerifier, TenantClaim};
 use crate::tenant::Via;
 use crate::{ConfigError, HttpError, SourceKind, TenancyLayer, Tenant};
 
-/// One way of finding the tenant of a request. Sources are tried in the configured
-/// order; every source that finds something must agree.
+/// What an application's own credential check found: the tenant it authenticates the
+/// caller for, who the caller is, and what they may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Session {
+    /// The tenant the caller is authenticated for.
+    pub tenant: TenantId,
+    /// Who is calling (shown by [`Tenant::subject`]).
+    pub subject: String,
+    /// What the caller may do ([`Tenant::require_scope`]); empty means nothing that
+    /// needs a scope.
+    pub scopes: Vec<String>,
+}
+
+impl Session {
+    /// A session of `subject` for `tenant`, without scopes.
+    pub fn new(tenant: TenantId, subject: impl Into<String>) -> Self {
+        Session {
+            tenant,
+            subject: subject.into(),
+            scopes: Vec::new(),
+        }
+    }
+
+    /// Sets the scopes.
+    pub fn with_scopes<I, S>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+}
+
+/// An authenticating source of the application's own (a session cookie checked against
+/// its session store, a client certificate, …). What it returns is trusted like a
+/// verified JWT: it authenticates the caller for that tenant. Add it with
+/// [`Source::session`].
+pub trait SessionSource: fmt::Debug + Send + Sync + 'static {
+    /// `Ok(None)` when the request presents no such credential; an error (normally
+    /// [`HttpError::InvalidCredentials`]) when it presents one that is not valid;
+    /// otherwise the session it proves.
+    fn authenticate<'a>(
+        &'a self,
+        parts: &'a Parts,
+    ) -> BoxFuture<'a, Result<Option<Session>, HttpError>>;
+}
+
+/// One way of finding the tenant of a request. Credentials ([`Source::Jwt`],
+/// [`Source::ApiKey`], [`Source::TrustedHeader`], [`Source::Session`]) authenticate the
+/// caller; selectors ([`Source::Subdomain`], [`Source::CustomDomain`],
+/// [`Source::PathPrefix`]) only pick a tenant and must agree with the credential. Order
+/// matters only for which error is reported first.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Source {
-    /// `Authorization: Bearer <JWT>`, verified (see [`crate::jwt`]).
+    /// Credential: `Authorization: Bearer <JWT>`, verified (see [`crate::jwt`]). Scopes
+    /// come from the standard claims `scope` (space-separated) or `scp` (array).
     Jwt(JwtConfig),
-    /// `<slug>.<base domain>` in the `Host` header.
+    /// Selector: `<slug>.<base domain>` in the `Host` header.
     Subdomain {
         /// The base domain, e.g. `app.example.com`.
         base_domain: String,
     },
-    /// A verified custom domain in the `Host` header (catalog lookup, cached).
+    /// Selector: a verified custom domain in the `Host` header (catalog lookup, cached).
     CustomDomain,
-    /// `X-Api-Key: tnk_…` or `Authorization: Bearer tnk_…`.
+    /// Credential: `X-Api-Key: tnk_…` or `Authorization: Bearer tnk_…`.
     ApiKey,
-    /// A header set by a trusted internal gateway, holding a tenant id or slug. Only for
-    /// services that are not reachable except through that gateway.
+    /// Credential: a header set by a trusted internal gateway that authenticated the
+    /// caller, holding a tenant id or slug (and optionally a second header with the
+    /// caller's space-separated scopes). Only for services that are not reachable
+    /// except through that gateway, which must strip client-sent copies.
     TrustedHeader {
         /// Header name, e.g. `x-tenant-id`.
         header: HeaderName,
+        /// Header with the caller's scopes, e.g. `x-tenant-scopes`.
+        scopes: Option<HeaderName>,
     },
-    /// `/<prefix>/<tenant id or slug>/…`; the prefix and tenant are stripped from the
-    /// path before routing.
+    /// Selector: `/<prefix>/<tenant id or slug>/…`; the prefix and tenant are stripped
+    /// from the path before routing.
     PathPrefix {
         /// The prefix, e.g. `/t`.
         prefix: String,
     },
+    /// Credential: the application's own ([`SessionSource`]).
+    Session(Arc<dyn SessionSource>),
 }
 
 impl Source {
@@ -66,12 +133,25 @@ impl Source {
     pub fn api_key() -> Self {
         Source::ApiKey
     }
-    /// The trusted-header source: enable it only behind a gateway that sets (and strips
-    /// client-sent copies of) the header.
+    /// The trusted-header source, without scopes: enable it only behind a gateway that
+    /// authenticates the caller and sets (and strips client-sent copies of) the header.
     pub fn trusted_header(header: &str) -> Result<Self, ConfigError> {
-        let header = HeaderName::try_from(header)
-            .map_err(|e| ConfigError::Invalid(format!("header name {header:?}: {e}")))?;
-        Ok(Source::TrustedHeader { header })
+        Ok(Source::TrustedHeader {
+            header: header_name(header)?,
+            scopes: None,
+        })
+    }
+    /// The trusted-header source with a second header carrying the caller's scopes
+    /// (space-separated), set by the same gateway.
+    pub fn trusted_header_with_scopes(header: &str, scopes: &str) -> Result<Self, ConfigError> {
+        Ok(Source::TrustedHeader {
+            header: header_name(header)?,
+            scopes: Some(header_name(scopes)?),
+        })
+    }
+    /// An authenticating source of the application's own.
+    pub fn session(source: impl SessionSource) -> Self {
+        Source::Session(Arc::new(source))
     }
     /// The path-prefix source.
     pub fn path_prefix(prefix: impl Into<String>) -> Self {
@@ -81,15 +161,108 @@ impl Source {
     }
 }
 
-/// A source ready to use.
+fn header_name(name: &str) -> Result<HeaderName, ConfigError> {
+    HeaderName::try_from(name)
+        .map_err(|e| ConfigError::Invalid(format!("header name {name:?}: {e}")))
+}
+
+/// A credential source ready to use.
 #[derive(Debug)]
-enum Resolver {
+enum Credential {
     Jwt(Box<JwtVerifier>),
+    ApiKey,
+    TrustedHeader {
+        header: HeaderName,
+        scopes: Option<HeaderName>,
+    },
+    Session(Arc<dyn SessionSource>),
+}
+
+/// A selector ready to use.
+#[derive(Debug)]
+enum Selector {
     Subdomain { suffix: String, base: String },
     CustomDomain,
-    ApiKey,
-    TrustedHeader(HeaderName),
     PathPrefix(String),
+}
+
+/// One segment of a public route.
+#[derive(Debug, PartialEq, Eq)]
+enum Segment {
+    /// Must be exactly this text.
+    Literal(String),
+    /// `{name}`: one segment of unreserved characters (letters, digits, `-._~`), not `.`
+    /// or `..`.
+    Param,
+}
+
+/// A route declared public: served without a tenant, a credential or a transaction.
+#[derive(Debug)]
+struct PublicRoute {
+    segments: Vec<Segment>,
+}
+
+impl PublicRoute {
+    /// Parses `/a/{b}/c`. Refuses what would make the match ambiguous with what a router
+    /// or a proxy might see: empty, `.` and `..` segments, percent-escapes, wildcards.
+    fn parse(pattern: &str) -> Result<Self, ConfigError> {
+        let bad = |why: &str| ConfigError::Invalid(format!("public route {pattern:?}: {why}"));
+        let rest = pattern
+            .strip_prefix('/')
+            .ok_or_else(|| bad("must start with '/'"))?;
+        if rest.is_empty() {
+            return Ok(PublicRoute {
+                segments: vec![Segment::Literal(String::new())],
+            });
+        }
+        let mut segments = Vec::new();
+        for seg in rest.split('/') {
+            if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                if name.is_empty() || name.starts_with('*') {
+                    return Err(bad("only {name} parameters of one segment are allowed"));
+                }
+                segments.push(Segment::Param);
+            } else if seg.is_empty() || seg == "." || seg == ".." {
+                return Err(bad("empty, '.' and '..' segments are not allowed"));
+            } else if !seg.bytes().all(is_unreserved) {
+                return Err(bad(
+                    "a literal segment may contain only letters, digits and -._~",
+                ));
+            } else {
+                segments.push(Segment::Literal(seg.to_owned()));
+            }
+        }
+        Ok(PublicRoute { segments })
+    }
+
+    /// Whether `path` (the request path exactly as received, before any stripping or
+    /// decoding) is this route. Anything else, including another spelling of the same
+    /// path, is not public and needs a credential.
+    fn matches(&self, path: &str) -> bool {
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let mut parts = rest.split('/');
+        for seg in &self.segments {
+            let Some(p) = parts.next() else {
+                return false;
+            };
+            let ok = match seg {
+                Segment::Literal(l) => p == l,
+                Segment::Param => {
+                    !p.is_empty() && p != "." && p != ".." && p.bytes().all(is_unreserved)
+                }
+            };
+            if !ok {
+                return false;
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
 /// The outcome of resolution.
@@ -103,9 +276,13 @@ pub(crate) struct Resolved {
 
 #[derive(Debug)]
 struct Inner {
-    /// Sources in order.
-    resolvers: Vec<Resolver>,
-    /// Some source reads the Host header (subdomain, custom domain).
+    /// Credential sources in order.
+    credentials: Vec<Credential>,
+    /// Selectors in order.
+    selectors: Vec<Selector>,
+    /// Routes served without a tenant.
+    public: Vec<PublicRoute>,
+    /// Some selector reads the Host header (subdomain, custom domain).
     host_sources: bool,
     /// Cached catalog lookups.
     catalog: Arc<Catalog>,
@@ -127,12 +304,24 @@ pub struct TenancyBuilder {
     router: Router,
     catalog: tokio_postgres::Config,
     sources: Vec<Source>,
+    public: Vec<String>,
     cache_ttl: Duration,
     listen: bool,
     read_only_safe_methods: bool,
 }
 
 impl TenancyBuilder {
+    /// Declares a route public: a request whose path is exactly `path` (as received,
+    /// compared byte for byte; `{name}` matches one segment of letters, digits and
+    /// `-._~`) is served without resolving a tenant. It gets no [`Tenant`], no tenant
+    /// id and no transaction: the [`crate::Tx`] and [`Tenant`] extractors refuse with
+    /// 401 there. Every other path, including other spellings of this one (`//x`,
+    /// `/x/`, `/%78`, `/t/acme/x`), needs a credential.
+    pub fn public(mut self, path: impl Into<String>) -> Self {
+        self.public.push(path.into());
+        self
+    }
+
     /// Whether requests with a safe method (GET, HEAD, OPTIONS) get a read-only
     /// transaction (default: yes). A read-only transaction refuses writes, and its commit
     /// is queued instead of awaited, which saves a round trip per request. Turn it off if
@@ -142,7 +331,8 @@ impl TenancyBuilder {
         self
     }
 
-    /// Adds a source (order matters only for which error is reported first).
+    /// Adds a source (order matters only for which error is reported first). At least
+    /// one must be a credential.
     pub fn source(mut self, s: Source) -> Self {
         self.sources.push(s);
         self
@@ -167,10 +357,16 @@ impl TenancyBuilder {
                 "configure at least one tenant source".into(),
             ));
         }
-        let mut resolvers = Vec::new();
+        let mut credentials = Vec::new();
+        let mut selectors = Vec::new();
         for s in self.sources {
-            resolvers.push(match s {
-                Source::Jwt(c) => Resolver::Jwt(Box::new(JwtVerifier::new(c)?)),
+            match s {
+                Source::Jwt(c) => credentials.push(Credential::Jwt(Box::new(JwtVerifier::new(c)?))),
+                Source::ApiKey => credentials.push(Credential::ApiKey),
+                Source::TrustedHeader { header, scopes } => {
+                    credentials.push(Credential::TrustedHeader { header, scopes })
+                }
+                Source::Session(s) => credentials.push(Credential::Session(s)),
                 Source::Subdomain { base_domain } => {
                     let base = base_domain.trim_matches('.').to_ascii_lowercase();
                     if base.is_empty() {
@@ -178,14 +374,12 @@ impl TenancyBuilder {
                             "subdomain source: empty base domain".into(),
                         ));
                     }
-                    Resolver::Subdomain {
+                    selectors.push(Selector::Subdomain {
                         suffix: format!(".{base}"),
                         base,
-                    }
+                    });
                 }
-                Source::CustomDomain => Resolver::CustomDomain,
-                Source::ApiKey => Resolver::ApiKey,
-                Source::TrustedHeader { header } => Resolver::TrustedHeader(header),
+                Source::CustomDomain => selectors.push(Selector::CustomDomain),
                 Source::PathPrefix { prefix } => {
                     let p = format!("/{}", prefix.trim_matches('/'));
                     if p == "/" {
@@ -193,10 +387,25 @@ impl TenancyBuilder {
                             "path-prefix source: empty prefix".into(),
                         ));
                     }
-                    Resolver::PathPrefix(p)
+                    selectors.push(Selector::PathPrefix(p));
                 }
-            });
+            }
         }
+        // Host names and paths are typed by the caller: without a credential source no
+        // request could ever be authenticated, and a configuration that seems to work
+        // with selectors alone would be one where anyone can name any tenant.
+        if credentials.is_empty() {
+            return Err(ConfigError::Invalid(
+                "configure at least one credential source (JWT, API key, trusted header or \
+                 session); subdomain, custom domain and path prefix only select a tenant"
+                    .into(),
+            ));
+        }
+        let public = self
+            .public
+            .iter()
+            .map(|p| PublicRoute::parse(p))
+            .collect::<Result<Vec<_>, _>>()?;
         let catalog = Catalog::new(self.catalog.clone(), self.router.clone(), self.cache_ttl)?;
         if self.listen {
             if tokio::runtime::Handle::try_current().is_err() {
@@ -206,12 +415,14 @@ impl TenancyBuilder {
             }
             catalog.start_listener(self.catalog);
         }
-        let host_sources = resolvers
+        let host_sources = selectors
             .iter()
-            .any(|r| matches!(r, Resolver::Subdomain { .. } | Resolver::CustomDomain));
+            .any(|r| matches!(r, Selector::Subdomain { .. } | Selector::CustomDomain));
         Ok(Tenancy {
             inner: Arc::new(Inner {
-                resolvers,
+                credentials,
+                selectors,
+                public,
                 host_sources,
                 catalog,
                 router: self.router,
@@ -254,6 +465,7 @@ impl Tenancy {
             router,
             catalog,
             sources: Vec::new(),
+            public: Vec::new(),
             cache_ttl: Duration::from_secs(30),
             listen: true,
             read_only_safe_methods: true,
@@ -280,6 +492,11 @@ impl Tenancy {
         Ok(self.inner.router.begin_read_only(tenant.id()).await?)
     }
 
+    /// Whether `path` is a route declared public ([`TenancyBuilder::public`]).
+    pub(crate) fn is_public(&self, path: &str) -> bool {
+        self.inner.public.iter().any(|r| r.matches(path))
+    }
+
     /// Whether a request with `method` gets a read-only transaction.
     pub(crate) fn read_only_for(&self, method: &http::Method) -> bool {
         self.inner.read_only_safe_methods
@@ -301,7 +518,7 @@ impl Tenancy {
         id: TenantId,
         via: Via,
         subject: Option<Arc<str>>,
-        scopes: Option<Vec<String>>,
+        scopes: Option<Arc<[String]>>,
     ) -> Result<Tenant, HttpError> {
         let Some(t) = self.inner.catalog.tenant(id).await? else {
             return Err(HttpError::TenantNotFound);
@@ -316,21 +533,15 @@ impl Tenancy {
 
     /// Resolves the tenant of a request (see the crate docs for the rules).
     pub(crate) async fn resolve(&self, parts: &Parts) -> Result<Resolved, HttpError> {
-        // Every source's answer, mapped to a tenant id (None: names no tenant), is checked
-        // against the first one as it comes; nothing is collected.
+        // Every answer, mapped to a tenant id (None: names no tenant), is checked against
+        // the first one as it comes; nothing is collected.
         let mut agreed = Agreement::default();
         let mut subject = None;
         let mut scopes = None;
-        let mut strip = None;
-        let host = if self.inner.host_sources {
-            host_of(parts)
-        } else {
-            None
-        };
         let bearer = bearer(parts);
-        for r in &self.inner.resolvers {
-            match r {
-                Resolver::Jwt(v) => {
+        for c in &self.inner.credentials {
+            match c {
+                Credential::Jwt(v) => {
                     let Some(token) = bearer.filter(|t| !t.starts_with(API_KEY_PREFIX)) else {
                         continue;
                     };
@@ -344,41 +555,11 @@ impl Tenancy {
                         TenantClaim::Id(_) => value.parse::<TenantId>().ok(),
                         TenantClaim::Slug(_) => self.slug_id(value).await?,
                     };
-                    subject = Some(Arc::clone(&t.caller));
+                    subject.get_or_insert_with(|| Arc::clone(&t.caller));
+                    merge_scopes(&mut scopes, agreed.first.is_none(), t.scopes.clone());
                     agreed.note(SourceKind::Jwt, id);
                 }
-                Resolver::Subdomain { suffix, base } => {
-                    let Some(h) = &host else { continue };
-                    if h == base {
-                        continue;
-                    }
-                    if let Some(label) = h.strip_suffix(suffix.as_str()) {
-                        if !label.contains('.') {
-                            if let Ok(slug) = label.parse::<Slug>() {
-                                let id = self.inner.catalog.tenant_id_by_slug(&slug).await?;
-                                agreed.note(SourceKind::Subdomain, id);
-                            }
-                        }
-                    }
-                }
-                Resolver::CustomDomain => {
-                    let Some(h) = &host else { continue };
-                    let is_base = self.inner.resolvers.iter().any(|r| match r {
-                        Resolver::Subdomain { suffix, base } => {
-                            h == base || h.ends_with(suffix.as_str())
-                        }
-                        _ => false,
-                    });
-                    let is_local = h == "localhost" || h.parse::<std::net::IpAddr>().is_ok();
-                    if !is_base && !is_local && h.contains('.') {
-                        // An unverified/unknown custom domain is just a host name, not a
-                        // claim.
-                        if let Some(id) = self.inner.catalog.tenant_for_domain(h).await? {
-                            agreed.note(SourceKind::CustomDomain, Some(id));
-                        }
-                    }
-                }
-                Resolver::ApiKey => {
+                Credential::ApiKey => {
                     let text = parts
                         .headers
                         .get("x-api-key")
@@ -395,21 +576,94 @@ impl Tenancy {
                         .api_key(key.key_id(), &key.hash())
                         .await?
                         .ok_or_else(invalid)?;
-                    subject = Some(Arc::from(format!("api_key:{}", key.key_id())));
-                    scopes = Some(grant.scopes);
+                    subject.get_or_insert_with(|| Arc::from(format!("api_key:{}", key.key_id())));
+                    merge_scopes(
+                        &mut scopes,
+                        agreed.first.is_none(),
+                        shared_scopes(grant.scopes),
+                    );
                     agreed.note(SourceKind::ApiKey, Some(grant.tenant_id));
                 }
-                Resolver::TrustedHeader(name) => {
-                    let Some(v) = parts.headers.get(name) else {
+                Credential::TrustedHeader {
+                    header,
+                    scopes: scopes_header,
+                } => {
+                    let Some(v) = parts.headers.get(header) else {
                         continue;
                     };
                     let id = match v.to_str() {
-                        Ok(s) => self.named_id(s.trim()).await?,
+                        Ok(s) => self.named_id(s).await?,
                         Err(_) => None,
                     };
+                    let granted = scopes_header
+                        .as_ref()
+                        .and_then(|h| parts.headers.get(h))
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|s| {
+                            shared_scopes(s.split_ascii_whitespace().map(str::to_owned).collect())
+                        });
+                    merge_scopes(&mut scopes, agreed.first.is_none(), granted);
                     agreed.note(SourceKind::TrustedHeader, id);
                 }
-                Resolver::PathPrefix(prefix) => {
+                Credential::Session(source) => {
+                    let Some(session) = source.authenticate(parts).await? else {
+                        continue;
+                    };
+                    subject.get_or_insert_with(|| Arc::from(session.subject));
+                    merge_scopes(
+                        &mut scopes,
+                        agreed.first.is_none(),
+                        shared_scopes(session.scopes),
+                    );
+                    agreed.note(SourceKind::Session, Some(session.tenant));
+                }
+            }
+        }
+        // No credential: refused before any selector is looked at, so an anonymous
+        // caller learns nothing about the tenants it names and costs no catalog lookup.
+        if agreed.first.is_none() {
+            return Err(HttpError::Unauthenticated);
+        }
+        let mut strip = None;
+        let host = if self.inner.host_sources {
+            host_of(parts)
+        } else {
+            None
+        };
+        for r in &self.inner.selectors {
+            match r {
+                Selector::Subdomain { suffix, base } => {
+                    let Some(h) = &host else { continue };
+                    if h == base {
+                        continue;
+                    }
+                    if let Some(label) = h.strip_suffix(suffix.as_str()) {
+                        if !label.contains('.') {
+                            if let Ok(slug) = label.parse::<Slug>() {
+                                let id = self.inner.catalog.tenant_id_by_slug(&slug).await?;
+                                agreed.note(SourceKind::Subdomain, id);
+                            }
+                        }
+                    }
+                }
+                Selector::CustomDomain => {
+                    let Some(h) = &host else { continue };
+                    let is_base = self.inner.selectors.iter().any(|r| match r {
+                        Selector::Subdomain { suffix, base } => {
+                            h == base || h.ends_with(suffix.as_str())
+                        }
+                        _ => false,
+                    });
+                    let is_local = h == "localhost" || h.parse::<std::net::IpAddr>().is_ok();
+                    if !is_base && !is_local && h.contains('.') {
+                        // An unverified/unknown custom domain is just a host name, not a
+                        // claim.
+                        if let Some(id) = self.inner.catalog.tenant_for_domain(h).await? {
+                            agreed.note(SourceKind::CustomDomain, Some(id));
+                        }
+                    }
+                }
+                Selector::PathPrefix(prefix) => {
                     let path = parts.uri.path();
                     let Some(rest) = path.strip_prefix(prefix.as_str()) else {
                         continue;
@@ -427,23 +681,21 @@ impl Tenancy {
                 }
             }
         }
-        let Some(first) = agreed.first else {
-            return Err(HttpError::Unauthenticated);
-        };
         // Disagreement is reported before existence, so a 403 here says nothing about
         // whether the other tenant exists.
         if agreed.mismatch {
             return Err(HttpError::TenantMismatch);
         }
-        let Some(id) = first else {
+        let Some(Some(id)) = agreed.first else {
             return Err(HttpError::TenantNotFound);
         };
         let tenant = self.checked(id, agreed.via, subject, scopes).await?;
         Ok(Resolved { tenant, strip })
     }
 
-    /// The tenant a header value or path segment names: an id, or a slug looked up in
-    /// the catalog; `None` for text that names no tenant.
+    /// The tenant a header value or path segment names: an id in its canonical
+    /// spelling, or a slug looked up in the catalog; `None` for text that names no
+    /// tenant (another spelling of an id included).
     async fn named_id(&self, text: &str) -> Result<Option<TenantId>, HttpError> {
         match text.parse::<TenantId>() {
             Ok(id) => Ok(Some(id)),
@@ -478,5 +730,95 @@ impl Agreement {
             Some(f) if f != id => self.mismatch = true,
             Some(_) => {}
         }
+    }
+}
+
+/// Scopes as shared by a credential: `None` is no scope at all.
+fn shared_scopes(scopes: Vec<String>) -> Option<Arc<[String]>> {
+    (!scopes.is_empty()).then(|| Arc::from(scopes))
+}
+
+/// Adds the scopes of one more credential to `granted`, the scopes of those presented so
+/// far (`first`: none was). With more than one credential the request may do only what
+/// every one of them allows.
+fn merge_scopes(granted: &mut Option<Arc<[String]>>, first: bool, scopes: Option<Arc<[String]>>) {
+    if first {
+        *granted = scopes;
+        return;
+    }
+    *granted = match (granted.take(), scopes) {
+        (Some(a), Some(b)) => {
+            // Each scope one credential lists survives if the other grants it too (a
+            // wildcard of one keeps the other's narrower scopes).
+            let both: Vec<String> = a
+                .iter()
+                .filter(|s| crate::tenant::grants(&b, s))
+                .chain(b.iter().filter(|s| crate::tenant::grants(&a, s)))
+                .cloned()
+                .collect();
+            shared_scopes(both)
+        }
+        _ => None,
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_routes_match_only_their_exact_spelling() {
+        let health = PublicRoute::parse("/health").expect("parses");
+        assert!(health.matches("/health"));
+        for other in [
+            "/health/",
+            "//health",
+            "/Health",
+            "/%68ealth",
+            "/health/x",
+            "/x/../health",
+            "/t/acme/health",
+            "health",
+            "/",
+        ] {
+            assert!(!health.matches(other), "{other}");
+        }
+        let invite = PublicRoute::parse("/invites/{token}/accept").expect("parses");
+        assert!(invite.matches("/invites/abc-123_x.y~z/accept"));
+        for other in [
+            "/invites//accept",
+            "/invites/../accept",
+            "/invites/./accept",
+            "/invites/%2e%2e/accept",
+            "/invites/a%2Fb/accept",
+            "/invites/a;b/accept",
+            "/invites/a/b/accept",
+            "/invites/a/accept/",
+        ] {
+            assert!(!invite.matches(other), "{other}");
+        }
+        let root = PublicRoute::parse("/").expect("parses");
+        assert!(root.matches("/") && !root.matches("//"));
+        for bad in [
+            "health", "/a//b", "/a/../b", "/a/./b", "/%61", "/{*rest}", "/{}", "/a/",
+        ] {
+            assert!(PublicRoute::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn several_credentials_allow_only_what_each_allows() {
+        let mut s = None;
+        merge_scopes(&mut s, true, shared_scopes(vec!["*".into()]));
+        merge_scopes(&mut s, false, shared_scopes(vec!["invoices:read".into()]));
+        assert_eq!(s.as_deref(), Some(&["invoices:read".to_owned()][..]));
+        let mut s = None;
+        merge_scopes(&mut s, true, shared_scopes(vec!["invoices:read".into()]));
+        merge_scopes(&mut s, false, None);
+        assert_eq!(s, None);
+        // The first credential's scopes stand alone.
+        let mut s = shared_scopes(vec!["stale".into()]);
+        merge_scopes(&mut s, true, None);
+        assert_eq!(s, None);
     }
 }

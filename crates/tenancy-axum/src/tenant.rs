@@ -30,6 +30,8 @@ pub enum SourceKind {
     TrustedHeader,
     /// A path prefix (`/t/<tenant>/…`).
     PathPrefix,
+    /// The application's own credential ([`crate::SessionSource`]).
+    Session,
     /// A signed job envelope.
     Job,
     /// Opened by the application itself ([`crate::Tenancy::scope_for`]).
@@ -46,6 +48,7 @@ impl SourceKind {
             SourceKind::ApiKey => "api_key",
             SourceKind::TrustedHeader => "trusted_header",
             SourceKind::PathPrefix => "path_prefix",
+            SourceKind::Session => "session",
             SourceKind::Job => "job",
             SourceKind::Application => "application",
         }
@@ -57,20 +60,23 @@ impl SourceKind {
 /// body.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Via {
-    kinds: [SourceKind; 8],
+    kinds: [SourceKind; Via::KINDS],
     len: u8,
 }
 
 impl Default for Via {
     fn default() -> Self {
         Via {
-            kinds: [SourceKind::Application; 8],
+            kinds: [SourceKind::Application; Via::KINDS],
             len: 0,
         }
     }
 }
 
 impl Via {
+    /// How many kinds there are.
+    const KINDS: usize = 9;
+
     /// Only `kind`.
     pub(crate) fn one(kind: SourceKind) -> Self {
         let mut v = Via::default();
@@ -78,8 +84,8 @@ impl Via {
         v
     }
 
-    /// Adds `kind` unless it is there already (there are fewer than 8 kinds, so it
-    /// always fits).
+    /// Adds `kind` unless it is there already (there are `KINDS` kinds, so it always
+    /// fits).
     pub(crate) fn push(&mut self, kind: SourceKind) {
         let n = usize::from(self.len);
         if !self.kinds[..n].contains(&kind) && n < self.kinds.len() {
@@ -109,8 +115,9 @@ struct Inner {
     via: Via,
     /// Who is calling, when a credential said so (`sub`, or `api_key:<id>`).
     subject: Option<Arc<str>>,
-    /// Scopes of an API key; `None` when the credential is not scope-limited.
-    scopes: Option<Vec<String>>,
+    /// What the credential allows; `None` is nothing (shared with the credential's cache
+    /// entry where there is one).
+    scopes: Option<Arc<[String]>>,
 }
 
 impl PartialEq for Tenant {
@@ -142,7 +149,7 @@ impl Tenant {
         record: Arc<CatalogTenant>,
         via: Via,
         subject: Option<Arc<str>>,
-        scopes: Option<Vec<String>>,
+        scopes: Option<Arc<[String]>>,
     ) -> Self {
         Tenant {
             inner: Arc::new(Inner {
@@ -174,24 +181,17 @@ impl Tenant {
         self.inner.subject.as_deref()
     }
 
-    /// The scopes of a scope-limited credential (API key).
-    pub fn scopes(&self) -> Option<&[String]> {
-        self.inner.scopes.as_deref()
+    /// The scopes the credential grants (JWT `scope`/`scp`, the API key's scopes, a
+    /// session's); empty when it grants none.
+    pub fn scopes(&self) -> &[String] {
+        self.inner.scopes.as_deref().unwrap_or_default()
     }
 
-    /// Refuses (403 `insufficient-scope`) when the credential is scope-limited and lacks
-    /// `scope` (or a `prefix:*` wildcard of it).
+    /// Refuses (403 `insufficient-scope`) unless the credential grants `scope` (itself,
+    /// `*`, or a `prefix:*` wildcard of it). A credential without scopes grants none: a
+    /// scope-protected operation is never allowed by omission.
     pub fn require_scope(&self, scope: &str) -> Result<(), HttpError> {
-        let Some(scopes) = &self.inner.scopes else {
-            return Ok(());
-        };
-        let ok = scopes.iter().any(|s| {
-            s == scope
-                || s == "*"
-                || s.strip_suffix('*')
-                    .is_some_and(|p| p.ends_with(':') && scope.starts_with(p))
-        });
-        if ok {
+        if grants(self.scopes(), scope) {
             Ok(())
         } else {
             Err(HttpError::InsufficientScope {
@@ -210,6 +210,16 @@ impl Tenant {
     pub(crate) fn scope<F: Future>(self, fut: F) -> impl Future<Output = F::Output> {
         CURRENT.scope(self, fut)
     }
+}
+
+/// Whether `granted` allows `scope`: listed, `*`, or a `prefix:*` wildcard of it.
+pub(crate) fn grants(granted: &[String], scope: &str) -> bool {
+    granted.iter().any(|s| {
+        s == scope
+            || s == "*"
+            || s.strip_suffix('*')
+                .is_some_and(|p| p.ends_with(':') && scope.starts_with(p))
+    })
 }
 
 tokio::task_local! {

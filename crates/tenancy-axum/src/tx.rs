@@ -139,15 +139,31 @@ impl Drop for Tx {
     }
 }
 
+/// Marks a request the layer served as a public route: it was not authenticated.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PublicRoute;
+
+/// Why there is no tenant in `parts`: a public route (the caller was not authenticated:
+/// 401) or no tenancy layer in front of the handler (a wiring bug: 500).
+fn no_tenant(parts: &Parts, what: &str) -> HttpError {
+    if parts.extensions.get::<PublicRoute>().is_some() {
+        tracing::error!(
+            path = %parts.uri.path(),
+            "a handler of a route declared public asked for the {what}; refused"
+        );
+        HttpError::Unauthenticated
+    } else {
+        HttpError::internal(format!("the {what} extractor needs the tenancy layer"))
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Tx {
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, HttpError> {
-        let slot = parts
-            .extensions
-            .get::<TxSlot>()
-            .cloned()
-            .ok_or_else(|| HttpError::internal("the Tx extractor needs the tenancy layer"))?;
+        let Some(slot) = parts.extensions.get::<TxSlot>().cloned() else {
+            return Err(no_tenant(parts, "Tx"));
+        };
         slot.open().await
     }
 }
@@ -160,6 +176,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Tenant {
             .extensions
             .get::<Tenant>()
             .cloned()
-            .ok_or_else(|| HttpError::internal("the Tenant extractor needs the tenancy layer"))
+            .ok_or_else(|| no_tenant(parts, "Tenant"))
     }
 }

@@ -331,12 +331,14 @@ impl ExampleApp {
                 slug.to_uppercase()
             );
             println!(
-                "  curl -s {}/me -H 'Host: {slug}.{BASE_DOMAIN}'      # subdomain",
-                self.base
+                "  curl -s {}/me -H 'Host: {slug}.{BASE_DOMAIN}' -H \"Authorization: Bearer $TOKEN_{}\"   # subdomain selects, the token authenticates",
+                self.base,
+                slug.to_uppercase()
             );
             println!(
-                "  curl -s {}/t/{slug}/me                                 # path prefix",
-                self.base
+                "  curl -s {}/t/{slug}/me -H \"Authorization: Bearer $TOKEN_{}\"   # path prefix selects, the token authenticates",
+                self.base,
+                slug.to_uppercase()
             );
         }
         println!();
@@ -350,6 +352,9 @@ impl ExampleApp {
         );
         println!("  curl -s -X POST {}/customers -H \"Authorization: Bearer $TOKEN_ACME\" -H 'content-type: application/json' -d '{{\"name\":\"Wile E.\",\"email\":\"wile@acme.example\"}}'", self.base);
         println!("  curl -s -X POST {}/invoices/<invoice id>/send -H \"Authorization: Bearer $TOKEN_ACME\"   # background job", self.base);
+        println!();
+        println!("  # without a credential every route but /health is 401, whatever tenant the host or path names");
+        println!("  curl -s {}/t/globex/customers", self.base);
     }
 
     async fn stop(self) {
@@ -365,12 +370,25 @@ impl ExampleApp {
 /// Base domain of the example app's subdomain source.
 const BASE_DOMAIN: &str = "invoicing.localhost";
 
-/// Sends one HTTP/1.1 request and returns the status and body.
+/// Sends one HTTP/1.1 request with a bearer token and returns the status and body.
 async fn http(
     base: &str,
     method: &str,
     path: &str,
     token: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, serde_json::Value)> {
+    http_as(base, method, path, None, Some(token), body).await
+}
+
+/// Sends one HTTP/1.1 request (with `host` as the Host header if given, else the
+/// address; with a bearer token if given) and returns the status and body.
+async fn http_as(
+    base: &str,
+    method: &str,
+    path: &str,
+    host: Option<&str>,
+    token: Option<&str>,
     body: Option<&serde_json::Value>,
 ) -> Result<(u16, serde_json::Value)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -379,9 +397,13 @@ async fn http(
         .await
         .context("connecting to the example app")?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        host.unwrap_or(addr),
         body.len()
     );
     s.write_all(req.as_bytes())
@@ -481,6 +503,7 @@ async fn example_app(
         let token = dev.token(
             t.id,
             &format!("demo-user@{}", t.slug),
+            invoicing::SCOPES,
             std::time::Duration::from_secs(12 * 3600),
         )?;
         let slug = t.slug.as_str();
@@ -532,6 +555,73 @@ async fn example_app(
     );
     if status != 404 {
         bail!("acme reached globex's invoice through the example app");
+    }
+    // Naming a tenant is not a credential: without a token every route is refused,
+    // whichever tenant the path or the host names; with acme's token, naming globex is a
+    // mismatch.
+    let globex = tenants[1].slug.as_str();
+    let globex_host = format!("{globex}.{BASE_DOMAIN}");
+    let customers = format!("/t/{globex}/customers");
+    let one = format!("/t/{globex}/invoices/{}", first_invoice[1]);
+    let new_customer = json!({"name": "Mallory", "email": "mallory@evil.example"});
+    for (method, path, host, token, body, want) in [
+        ("GET", customers.as_str(), None, None, None, 401),
+        (
+            "POST",
+            customers.as_str(),
+            None,
+            None,
+            Some(&new_customer),
+            401,
+        ),
+        (
+            "PATCH",
+            one.as_str(),
+            None,
+            None,
+            Some(&json!({"status": "void"})),
+            401,
+        ),
+        ("DELETE", one.as_str(), None, None, None, 401),
+        (
+            "GET",
+            "/customers",
+            Some(globex_host.as_str()),
+            None,
+            None,
+            401,
+        ),
+        (
+            "GET",
+            customers.as_str(),
+            None,
+            Some(tokens[0].1.as_str()),
+            None,
+            403,
+        ),
+        (
+            "GET",
+            "/customers",
+            Some(globex_host.as_str()),
+            Some(tokens[0].1.as_str()),
+            None,
+            403,
+        ),
+    ] {
+        let (status, r) = http_as(&base, method, path, host, token, body).await?;
+        let who = if token.is_some() {
+            "acme's token"
+        } else {
+            "no credential"
+        };
+        let via = host.map(|h| format!(" Host: {h}")).unwrap_or_default();
+        println!(
+            "  {method:<6} {path}{via} with {who} → {status} {}",
+            r["code"].as_str().unwrap_or("")
+        );
+        if status != want {
+            bail!("{method} {path}{via} with {who} answered {status}, not {want}");
+        }
     }
     // Wait for the "send invoice" jobs to run in their tenants.
     let mut sent = 0;

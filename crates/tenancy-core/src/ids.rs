@@ -14,7 +14,7 @@ use uuid::Uuid;
 #[non_exhaustive]
 pub enum IdError {
     /// The value is not a UUID.
-    #[error("tenant id {value:?} is not a UUID; expected the form 8-4-4-4-12 hex digits, e.g. 0190f2c4-5b7e-7a51-9d0e-3f1c2b4a5d6e")]
+    #[error("tenant id {value:?} is not a UUID in canonical form; expected 8-4-4-4-12 lowercase hex digits, e.g. 0190f2c4-5b7e-7a51-9d0e-3f1c2b4a5d6e")]
     TenantId { value: String },
     /// The nil UUID is reserved as "no tenant".
     #[error(
@@ -65,12 +65,32 @@ impl TenantId {
     }
 }
 
+/// Whether `s` is a UUID in its one canonical spelling: 36 characters, lowercase hex
+/// digits, hyphens after the 8th, 12th, 16th and 20th digit.
+fn is_canonical_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        })
+}
+
 impl FromStr for TenantId {
     type Err = IdError;
+    /// Accepts only the canonical spelling (what [`fmt::Display`] prints and PostgreSQL
+    /// prints for a uuid). Upper case, braces, a missing hyphen, `urn:uuid:` or
+    /// surrounding whitespace are refused rather than read as the same id: every
+    /// tenant has exactly one id text, so nothing that compares or keys on the text
+    /// (a gateway rule on `/t/<id>`, a cache, a rate-limit bucket, an audit search) can
+    /// be reached by a second spelling.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let uuid = Uuid::parse_str(s.trim()).map_err(|_| IdError::TenantId {
+        let err = || IdError::TenantId {
             value: s.to_owned(),
-        })?;
+        };
+        if !is_canonical_uuid(s) {
+            return Err(err());
+        }
+        let uuid = Uuid::parse_str(s).map_err(|_| err())?;
         TenantId::from_uuid(uuid)
     }
 }
@@ -500,6 +520,37 @@ mod tests {
             "00000000-0000-0000-0000-000000000000".parse::<TenantId>(),
             Err(IdError::NilTenantId)
         );
+    }
+
+    #[test]
+    fn tenant_id_has_one_spelling() {
+        let id: TenantId = "0190f2c4-5b7e-7a51-9d0e-3f1c2b4a5d6e"
+            .parse()
+            .expect("canonical");
+        let text = id.to_string();
+        let simple = text.replace('-', "");
+        for other in [
+            text.to_uppercase(),
+            format!("{{{text}}}"),
+            simple.clone(),
+            simple.to_uppercase(),
+            format!("urn:uuid:{text}"),
+            format!(" {text}"),
+            format!("{text}\n"),
+            format!("{text}\0"),
+            "0190F2C4-5b7e-7a51-9d0e-3f1c2b4a5d6e".into(),
+        ] {
+            assert!(
+                matches!(other.parse::<TenantId>(), Err(IdError::TenantId { .. })),
+                "{other:?} must be refused"
+            );
+            // What serde deserialization goes through.
+            assert!(
+                TenantId::try_from(other.clone()).is_err(),
+                "{other:?} must be refused when deserialized too"
+            );
+        }
+        assert_eq!(text.parse::<TenantId>().ok(), Some(id));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The HTTP API. Handlers take a `Tenant` and a `Tx`; row-level security limits every
 //! statement to the request's tenant, so no query names a tenant. An id of another
-//! tenant's row finds nothing: the same 404 as an id that exists nowhere.
+//! tenant's row finds nothing: the same 404 as an id that exists nowhere. Every handler
+//! checks the scope it needs and every field it stores: bad input is a 4xx problem that
+//! names the field, never a database error.
 
 use axum::extract::{FromRequest, Path, Query, Request};
 use axum::http::StatusCode;
@@ -22,13 +24,21 @@ type ApiResult<T> = Result<T, HttpError>;
 /// The app's routes behind the tenancy layer. The layer wraps the whole router (not each
 /// route) so that it runs before routing: the path-prefix source strips `/t/<tenant>`
 /// before the routes see the path, and unknown routes are resolved like any other.
+/// [`PUBLIC_ROUTES`] must be declared public on the layer ([`crate::build`] does).
 pub fn router(state: AppState) -> axum::Router {
     let tenancy = state.tenancy.clone();
     axum::Router::new().fallback_service(tenancy.layer().layer(routes(state)))
 }
 
+/// The routes served without a credential (and without any tenant data).
+pub const PUBLIC_ROUTES: &[&str] = &["/health"];
+
+/// The scopes the API checks: reads need `invoices:read`, writes `invoices:write`.
+pub const SCOPES: &[&str] = &["invoices:read", "invoices:write"];
+
 fn routes(state: AppState) -> axum::Router {
     axum::Router::new()
+        .route("/health", get(health))
         .route("/me", get(me))
         .route("/customers", get(list_customers).post(create_customer))
         .route(
@@ -82,6 +92,101 @@ fn db(what: &'static str) -> impl Fn(tenancy_sdk::Error) -> HttpError {
         }
         _ => HttpError::from(e),
     }
+}
+
+/// Liveness, public: it touches no tenant data.
+async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+// ---- input checks ----
+
+/// Highest quantity of one line.
+const MAX_QUANTITY: i32 = 1_000_000;
+/// Highest unit price of one line, in cents.
+const MAX_UNIT_PRICE_CENTS: i64 = 100_000_000_000;
+/// Highest total of one invoice, in cents. Every total the API computes (a line, an
+/// invoice, the report's sums over any number of invoices) then fits in its type.
+const MAX_INVOICE_TOTAL_CENTS: i64 = 1_000_000_000_000_000;
+
+fn invalid(field: &str, what: &str) -> HttpError {
+    HttpError::Validation(format!("{field}: {what}"))
+}
+
+/// A text field as stored: trimmed, between `min` and `max` characters, without NUL
+/// bytes (PostgreSQL text cannot hold them) or other control characters.
+fn text<'a>(field: &str, value: &'a str, min: usize, max: usize) -> ApiResult<&'a str> {
+    let v = value.trim();
+    if v.contains('\0') {
+        return Err(invalid(field, "must not contain a NUL byte"));
+    }
+    if v.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    let n = v.chars().count();
+    if n < min {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if n > max {
+        return Err(invalid(field, &format!("must be at most {max} characters")));
+    }
+    Ok(v)
+}
+
+fn customer_name<'a>(field: &str, value: &'a str) -> ApiResult<&'a str> {
+    text(field, value, 1, 200)
+}
+
+fn email<'a>(field: &str, value: &'a str) -> ApiResult<&'a str> {
+    let v = text(field, value, 1, 320)?;
+    match v.split_once('@') {
+        Some((local, domain))
+            if !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && !v.contains(char::is_whitespace) =>
+        {
+            Ok(v)
+        }
+        _ => Err(invalid(field, "must be an email address")),
+    }
+}
+
+fn invoice_number<'a>(field: &str, value: &'a str) -> ApiResult<&'a str> {
+    text(field, value, 1, 40)
+}
+
+fn status<'a>(field: &str, value: &'a str) -> ApiResult<&'a str> {
+    if ["draft", "sent", "paid", "void"].contains(&value) {
+        Ok(value)
+    } else {
+        Err(invalid(field, "must be draft, sent, paid or void"))
+    }
+}
+
+/// Checks a line; `at` is the field path of the line (`lines[2]`, or empty).
+fn line<'a>(at: &str, l: &'a NewLine) -> ApiResult<&'a str> {
+    let field = |name: &str| {
+        if at.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{at}.{name}")
+        }
+    };
+    let description = text(&field("description"), &l.description, 1, 500)?;
+    if !(1..=MAX_QUANTITY).contains(&l.quantity) {
+        return Err(invalid(
+            &field("quantity"),
+            &format!("must be between 1 and {MAX_QUANTITY}"),
+        ));
+    }
+    if !(0..=MAX_UNIT_PRICE_CENTS).contains(&l.unit_price_cents) {
+        return Err(invalid(
+            &field("unit_price_cents"),
+            &format!("must be between 0 and {MAX_UNIT_PRICE_CENTS}"),
+        ));
+    }
+    Ok(description)
 }
 
 async fn me(tenant: Tenant) -> Json<Value> {
@@ -139,15 +244,12 @@ async fn create_customer(
     Body(c): Body<NewCustomer>,
 ) -> ApiResult<(StatusCode, Json<Customer>)> {
     tenant.require_scope("invoices:write")?;
-    if c.name.trim().is_empty() || !c.email.contains('@') {
-        return Err(HttpError::Validation(
-            "name and a valid email are required".into(),
-        ));
-    }
+    let name = customer_name("name", &c.name)?;
+    let email = email("email", &c.email)?;
     let row = tx
         .query_one(
             "INSERT INTO invoicing.customers (name, email) VALUES ($1, $2) RETURNING id, name, email",
-            &[&c.name.trim(), &c.email.trim()],
+            &[&name, &email],
         )
         .await?;
     Ok((StatusCode::CREATED, Json(customer(&row))))
@@ -178,11 +280,17 @@ async fn update_customer(
 ) -> ApiResult<Json<Customer>> {
     tenant.require_scope("invoices:write")?;
     let cid = id(&raw, "customer")?;
+    let name = p
+        .name
+        .as_deref()
+        .map(|n| customer_name("name", n))
+        .transpose()?;
+    let email = p.email.as_deref().map(|e| email("email", e)).transpose()?;
     let row = tx
         .query_opt(
             "UPDATE invoicing.customers SET name = coalesce($2, name), email = coalesce($3, email)
              WHERE id = $1 RETURNING id, name, email",
-            &[&cid, &p.name, &p.email],
+            &[&cid, &name, &email],
         )
         .await?
         .ok_or_else(|| HttpError::not_found("customer"))?;
@@ -279,32 +387,50 @@ async fn list_invoices(
     Query(f): Query<InvoiceFilter>,
 ) -> ApiResult<Json<Vec<Value>>> {
     tenant.require_scope("invoices:read")?;
+    let wanted = f
+        .status
+        .as_deref()
+        .map(|s| status("status", s))
+        .transpose()?;
     let rows = tx
         .query(
             &format!("{INVOICE_SQL} WHERE $1::text IS NULL OR i.status = $1 ORDER BY i.number"),
-            &[&f.status],
+            &[&wanted],
         )
         .await?;
     Ok(Json(rows.iter().map(invoice_json).collect()))
 }
 
-async fn insert_line(tx: &mut Tx, iid: Uuid, l: &NewLine) -> ApiResult<()> {
-    if l.description.trim().is_empty() || l.quantity <= 0 || l.unit_price_cents < 0 {
-        return Err(HttpError::Validation(
-            "a line needs a description, a positive quantity and a non-negative price".into(),
-        ));
-    }
+/// Inserts a checked line (`at`: its field path for errors).
+async fn insert_line(tx: &mut Tx, iid: Uuid, at: &str, l: &NewLine) -> ApiResult<()> {
+    let description = line(at, l)?;
     tx.execute(
         "INSERT INTO invoicing.line_items (invoice_id, description, quantity, unit_price_cents)
          VALUES ($1, $2, $3, $4)",
-        &[
-            &iid,
-            &l.description.trim(),
-            &l.quantity,
-            &l.unit_price_cents,
-        ],
+        &[&iid, &description, &l.quantity, &l.unit_price_cents],
     )
     .await?;
+    Ok(())
+}
+
+/// Refuses (422 naming `field`) when the invoice's lines add up to more than
+/// [`MAX_INVOICE_TOTAL_CENTS`]; the request's transaction then rolls back, so nothing of
+/// it is stored. Summed as `numeric`, which cannot overflow.
+async fn check_total(tx: &mut Tx, iid: Uuid, field: &str) -> ApiResult<()> {
+    let too_big: bool = tx
+        .query_one(
+            "SELECT coalesce(sum(quantity::numeric * unit_price_cents), 0) > $2::bigint
+               FROM invoicing.line_items WHERE invoice_id = $1",
+            &[&iid, &MAX_INVOICE_TOTAL_CENTS],
+        )
+        .await?
+        .get(0);
+    if too_big {
+        return Err(invalid(
+            field,
+            &format!("the invoice total must be at most {MAX_INVOICE_TOTAL_CENTS} cents"),
+        ));
+    }
     Ok(())
 }
 
@@ -314,6 +440,10 @@ async fn create_invoice(
     Body(n): Body<NewInvoice>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     tenant.require_scope("invoices:write")?;
+    let number = invoice_number("number", &n.number)?;
+    for (i, l) in n.lines.iter().enumerate() {
+        line(&format!("lines[{i}]"), l)?;
+    }
     // The composite foreign key would refuse another tenant's customer too; checking
     // first gives the same 404 as for a customer that does not exist.
     let exists = tx
@@ -329,13 +459,14 @@ async fn create_invoice(
     let row = tx
         .query_one(
             "INSERT INTO invoicing.invoices (customer_id, number) VALUES ($1, $2) RETURNING id",
-            &[&n.customer_id, &n.number.trim()],
+            &[&n.customer_id, &number],
         )
         .await?;
     let iid: Uuid = row.get(0);
-    for l in &n.lines {
-        insert_line(&mut tx, iid, l).await?;
+    for (i, l) in n.lines.iter().enumerate() {
+        insert_line(&mut tx, iid, &format!("lines[{i}]"), l).await?;
     }
+    check_total(&mut tx, iid, "lines").await?;
     Ok((StatusCode::CREATED, Json(load_invoice(&mut tx, iid).await?)))
 }
 
@@ -357,18 +488,21 @@ async fn update_invoice(
 ) -> ApiResult<Json<Value>> {
     tenant.require_scope("invoices:write")?;
     let iid = id(&raw, "invoice")?;
-    if let Some(s) = &p.status {
-        if !["draft", "sent", "paid", "void"].contains(&s.as_str()) {
-            return Err(HttpError::Validation(
-                "status must be draft, sent, paid or void".into(),
-            ));
-        }
-    }
+    let new_status = p
+        .status
+        .as_deref()
+        .map(|s| status("status", s))
+        .transpose()?;
+    let number = p
+        .number
+        .as_deref()
+        .map(|n| invoice_number("number", n))
+        .transpose()?;
     let n = tx
         .execute(
             "UPDATE invoicing.invoices SET status = coalesce($2, status), number = coalesce($3, number)
              WHERE id = $1",
-            &[&iid, &p.status, &p.number],
+            &[&iid, &new_status, &number],
         )
         .await?;
     if n == 0 {
@@ -402,6 +536,7 @@ async fn add_line(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     tenant.require_scope("invoices:write")?;
     let iid = id(&raw, "invoice")?;
+    line("", &l)?;
     let exists = tx
         .query_opt(
             "SELECT 1 FROM invoicing.invoices WHERE id = $1 FOR UPDATE",
@@ -412,7 +547,8 @@ async fn add_line(
     if !exists {
         return Err(HttpError::not_found("invoice"));
     }
-    insert_line(&mut tx, iid, &l).await?;
+    insert_line(&mut tx, iid, "", &l).await?;
+    check_total(&mut tx, iid, "unit_price_cents").await?;
     Ok((StatusCode::CREATED, Json(load_invoice(&mut tx, iid).await?)))
 }
 
@@ -472,10 +608,11 @@ async fn list_deliveries(
 
 async fn report(tenant: Tenant, mut tx: Tx) -> ApiResult<Json<Value>> {
     tenant.require_scope("invoices:read")?;
+    // Sums as numeric (text here): over any number of invoices they may exceed bigint.
     let rows = tx
         .query(
             "SELECT i.status, count(DISTINCT i.id)::bigint,
-                    coalesce(sum(l.quantity * l.unit_price_cents), 0)::bigint
+                    coalesce(sum(l.quantity::numeric * l.unit_price_cents), 0)::text
                FROM invoicing.invoices i LEFT JOIN invoicing.line_items l ON l.invoice_id = i.id
               GROUP BY i.status ORDER BY i.status",
             &[],
@@ -486,18 +623,32 @@ async fn report(tenant: Tenant, mut tx: Tx) -> ApiResult<Json<Value>> {
         .await?
         .get(0);
     let mut by_status = serde_json::Map::new();
-    let (mut count, mut total) = (0i64, 0i64);
+    let (mut count, mut total) = (0i64, 0i128);
     for r in &rows {
-        let (c, t): (i64, i64) = (r.get(1), r.get(2));
-        count += c;
-        total += t;
-        by_status.insert(r.get(0), json!({"invoices": c, "total_cents": t}));
+        let c: i64 = r.get(1);
+        let t: i128 = r
+            .get::<_, String>(2)
+            .parse()
+            .map_err(|e| HttpError::internal(format!("report total: {e}")))?;
+        count = count.saturating_add(c);
+        total = total.saturating_add(t);
+        by_status.insert(r.get(0), json!({"invoices": c, "total_cents": cents(t)}));
     }
     Ok(Json(json!({
         "tenant": tenant.slug(),
         "customers": customers,
         "invoices": count,
-        "total_cents": total,
+        "total_cents": cents(total),
         "by_status": by_status,
     })))
+}
+
+/// A sum of cents as a JSON number: exact while it fits in 64 bits, else the nearest
+/// floating-point value (beyond 92 quadrillion euros; JSON readers in JavaScript lose
+/// exactness far earlier anyway).
+fn cents(v: i128) -> Value {
+    match i64::try_from(v) {
+        Ok(v) => json!(v),
+        Err(_) => json!(v as f64),
+    }
 }

@@ -12,7 +12,11 @@
 //! - [`build`] → [`App`]: binds the port, builds the layer and the job worker;
 //!   [`App::run_until_stopped`] serves until the shutdown future completes.
 //! - [`DevIssuer`]: a development token issuer (HS256) so the demo and tests can call
-//!   the API as a tenant. A real deployment trusts its identity provider instead.
+//!   the API as a tenant, with the [`SCOPES`] a caller needs. A real deployment trusts
+//!   its identity provider instead.
+//!
+//! Every route needs a credential (a JWT or an API key; a subdomain, custom domain or
+//! `/t/<tenant>` only selects the tenant and must match it) except [`PUBLIC_ROUTES`].
 //!
 //! What it does not do: it never reads the catalog itself, never connects as the owner
 //! at runtime, and has no tenant-specific code paths.
@@ -30,7 +34,7 @@ use tenancy_axum::{Source, Tenancy};
 use tenancy_core::{ContextKey, TenantId};
 use tenancy_sdk::{ClusterCredentials, Router, RouterOptions};
 
-pub use api::router;
+pub use api::{router, PUBLIC_ROUTES, SCOPES};
 
 /// The queue the app's jobs go to.
 pub const QUEUE: &str = "invoicing";
@@ -110,8 +114,16 @@ impl DevIssuer {
         )
     }
 
-    /// A token for `tenant` (claim `tenant_id`), subject `sub`, valid for `ttl`.
-    pub fn token(&self, tenant: TenantId, sub: &str, ttl: Duration) -> Result<String> {
+    /// A token for `tenant` (claim `tenant_id`), subject `sub`, granting `scopes` (claim
+    /// `scope`; [`SCOPES`] for full access, none for a token that may only identify
+    /// itself), valid for `ttl`.
+    pub fn token(
+        &self,
+        tenant: TenantId,
+        sub: &str,
+        scopes: &[&str],
+        ttl: Duration,
+    ) -> Result<String> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .context("reading the clock")?
@@ -119,6 +131,7 @@ impl DevIssuer {
         let claims = serde_json::json!({
             "iss": self.issuer, "aud": self.audience, "sub": sub,
             "tenant_id": tenant.to_string(), "iat": now, "exp": now + ttl.as_secs(),
+            "scope": scopes.join(" "),
         });
         jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -146,7 +159,7 @@ pub struct Config {
     pub context_key: ContextKey,
     /// Signs job envelopes.
     pub job_key: [u8; 32],
-    /// Tenant sources, in order.
+    /// Tenant sources, in order (at least one credential: JWT, API key, …).
     pub sources: Vec<Source>,
     /// Whether to run the job worker in this process.
     pub run_worker: bool,
@@ -186,6 +199,9 @@ pub async fn build(config: Config) -> Result<App> {
     let mut b = Tenancy::builder(router, config.catalog);
     for s in config.sources {
         b = b.source(s);
+    }
+    for p in PUBLIC_ROUTES {
+        b = b.public(*p);
     }
     let tenancy = b.build().context("building the tenancy layer")?;
     let jobs = JobSigner::new(config.job_key);

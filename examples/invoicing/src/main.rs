@@ -7,8 +7,9 @@
 //! `TENANCY_CONTEXT_KEY` (`<kid>:<64 hex>`), `INVOICING_JWT_SECRET` (>= 32 bytes),
 //! `INVOICING_JOB_KEY` (64 hex), optional `INVOICING_WORKER_DATABASE_URL` (the same
 //! database as the worker role `tenancy_worker`; runs the job worker in this process),
-//! `INVOICING_LISTEN` (default 127.0.0.1:8080) and `INVOICING_BASE_DOMAIN` (enables
-//! subdomain resolution).
+//! `INVOICING_LISTEN` (default 127.0.0.1:8080) and `INVOICING_BASE_DOMAIN` (lets
+//! `<slug>.<base domain>` and verified custom domains select the tenant; every request
+//! still needs a JWT or an API key of that tenant).
 
 use anyhow::{Context, Result};
 use tenancy_axum::jwt::{JwtConfig, TenantClaim};

@@ -1,6 +1,9 @@
-//! Tests of the layer's database-free parts. The layer end to end (every source, every
-//! rule, jobs, JWT attacks, transactions) is tested over HTTP against the example app in
+//! Tests of the layer's database-free parts, and (`layer`) of its authentication rules
+//! over real HTTP on a real cluster. The layer end to end (every source, every rule,
+//! jobs, JWT attacks, transactions) is tested over HTTP against the example app in
 //! `examples/invoicing/tests/it`.
+
+mod layer;
 
 use std::collections::HashSet;
 

@@ -27,6 +27,17 @@ fn demo_runs_on_the_embedded_default_and_shows_isolation() {
         stdout.contains("refused by the policy's WITH CHECK"),
         "{stdout}"
     );
+    // The example app as the demo serves it: naming a tenant without a credential is
+    // refused on every method, and acme's token cannot select globex.
+    for line in [
+        "GET    /t/globex/customers with no credential → 401 unauthenticated",
+        "POST   /t/globex/customers with no credential → 401 unauthenticated",
+        "DELETE /t/globex/invoices/",
+        "GET    /customers Host: globex.invoicing.localhost with no credential → 401 unauthenticated",
+        "GET    /t/globex/customers with acme's token → 403 tenant-mismatch",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing from\n{stdout}");
+    }
     // The cluster's temporary directory is removed on exit.
     let dir = stdout
         .lines()

@@ -3,10 +3,13 @@
 //! the request transaction. Each test runs the app on its own fresh database; the app
 //! connects only as the runtime role.
 
+mod anonymous;
+mod bad_input;
 mod isolation;
 mod job_attacks;
 mod jobs;
 mod jwt_attacks;
+mod public;
 mod resolvers;
 mod rules;
 mod support;

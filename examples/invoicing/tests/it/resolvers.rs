@@ -1,4 +1,5 @@
-//! Every tenant source resolves the tenant it names.
+//! Every tenant source resolves the tenant it names: credentials on their own, selectors
+//! (subdomain, custom domain, path prefix) together with a credential of that tenant.
 
 use jsonwebtoken::Algorithm;
 use serde_json::json;
@@ -34,14 +35,17 @@ async fn every_source_resolves_its_tenant() {
         assert_eq!(r.body["subject"], "user-1");
     }
 
-    // Subdomain of the base domain.
+    // Subdomain of the base domain, with a credential of the same tenant.
+    let auth = format!("Bearer {}", token(env.globex));
     let r = env
-        .call("GET", "/me", &[("host", "globex.invoicing.test")], None)
+        .call(
+            "GET",
+            "/me",
+            &[("host", "globex.invoicing.test"), ("authorization", &auth)],
+            None,
+        )
         .await;
     assert_eq!((r.status, slug_of(&r)), (200, "globex".into()), "{r:?}");
-    assert_eq!(r.body["via"], json!(["subdomain"]));
-    // Subdomain and JWT together, agreeing.
-    let auth = format!("Bearer {}", token(env.globex));
     let r = env
         .call(
             "GET",
@@ -62,12 +66,25 @@ async fn every_source_resolves_its_tenant() {
     let dns = tenancy_config::dns::StaticResolver::new();
     let who = tenancy_config::ChangeMeta::new("resolver-test", "custom domain");
     let host = "billing.acme.example";
+    let acme_auth = format!("Bearer {}", token(env.acme));
+    let via = |r: &Resp| r.body["via"].clone();
     let claim = config
         .add_domain(env.acme, host, &who)
         .await
         .expect("claim");
-    let r = env.call("GET", "/me", &[("host", host)], None).await;
-    assert_eq!(r.status, 401, "a pending domain resolves nothing: {r:?}");
+    let r = env
+        .call(
+            "GET",
+            "/me",
+            &[("host", host), ("authorization", &acme_auth)],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, via(&r)),
+        (200, json!(["jwt"])),
+        "a pending domain selects nothing: {r:?}"
+    );
     // Another tenant's claim of the same host (pending) does not resolve either.
     let claim_b = config
         .add_domain(env.globex, host, &who)
@@ -79,18 +96,52 @@ async fn every_source_resolves_its_tenant() {
         .await
         .expect("verify");
     assert_eq!(verified.state, tenancy_config::model::DomainState::Verified);
+    // Which sources a request to `host` with acme's token resolved through.
+    let via_host = || async {
+        let r = env
+            .call(
+                "GET",
+                "/me",
+                &[("host", host), ("authorization", &acme_auth)],
+                None,
+            )
+            .await;
+        (r.status == 200).then(|| r.body["via"].clone())
+    };
     assert!(
         eventually(std::time::Duration::from_secs(3), || async {
-            env.call("GET", "/me", &[("host", host)], None).await.status == 200
+            via_host().await == Some(json!(["jwt", "custom_domain"]))
         })
         .await,
         "verified domain resolves (cache invalidated by the change notification)"
     );
     let r = env
-        .call("GET", "/me", &[("host", "Billing.Acme.Example:443")], None)
+        .call(
+            "GET",
+            "/me",
+            &[
+                ("host", "Billing.Acme.Example:443"),
+                ("authorization", &acme_auth),
+            ],
+            None,
+        )
         .await;
     assert_eq!(slug_of(&r), "acme", "{r:?}");
-    assert_eq!(r.body["via"], json!(["custom_domain"]));
+    assert_eq!(r.body["via"], json!(["jwt", "custom_domain"]));
+    // The verified domain of acme with globex's credential is a mismatch, and without a
+    // credential it is refused.
+    let globex_auth = format!("Bearer {}", token(env.globex));
+    let r = env
+        .call(
+            "GET",
+            "/me",
+            &[("host", host), ("authorization", &globex_auth)],
+            None,
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (403, "tenant-mismatch"), "{r:?}");
+    let r = env.call("GET", "/customers", &[("host", host)], None).await;
+    assert_eq!((r.status, r.code()), (401, "unauthenticated"), "{r:?}");
     // A host name is verified for one tenant only, even when the other tenant's record
     // is published too.
     dns.add_txt(&claim_b.challenge_name(), &claim_b.challenge_value());
@@ -104,7 +155,7 @@ async fn every_source_resolves_its_tenant() {
         .expect("disable");
     assert!(
         eventually(std::time::Duration::from_secs(3), || async {
-            env.call("GET", "/me", &[("host", host)], None).await.status == 401
+            via_host().await == Some(json!(["jwt"]))
         })
         .await,
         "a disabled domain stops resolving"
@@ -115,7 +166,7 @@ async fn every_source_resolves_its_tenant() {
         .expect("verify again");
     assert!(
         eventually(std::time::Duration::from_secs(3), || async {
-            env.call("GET", "/me", &[("host", host)], None).await.status == 200
+            via_host().await == Some(json!(["jwt", "custom_domain"]))
         })
         .await,
         "a re-verified domain resolves again"
@@ -126,7 +177,7 @@ async fn every_source_resolves_its_tenant() {
         .expect("remove");
     assert!(
         eventually(std::time::Duration::from_secs(3), || async {
-            env.call("GET", "/me", &[("host", host)], None).await.status == 401
+            via_host().await == Some(json!(["jwt"]))
         })
         .await,
         "a removed domain stops resolving"
@@ -141,12 +192,24 @@ async fn every_source_resolves_its_tenant() {
     let r = env.call("GET", "/me", &[("x-tenant-id", &id)], None).await;
     assert_eq!(slug_of(&r), "acme");
 
-    // Path prefix: stripped before routing.
-    let r = env.call("GET", "/t/globex/me", &[], None).await;
-    assert_eq!((r.status, slug_of(&r)), (200, "globex".into()), "{r:?}");
-    assert_eq!(r.body["via"], json!(["path_prefix"]));
+    // Path prefix with a credential of that tenant: stripped before routing.
     let r = env
-        .call("GET", &format!("/t/{}/customers", env.acme), &[], None)
+        .call(
+            "GET",
+            "/t/globex/me",
+            &[("authorization", &globex_auth)],
+            None,
+        )
+        .await;
+    assert_eq!((r.status, slug_of(&r)), (200, "globex".into()), "{r:?}");
+    assert_eq!(r.body["via"], json!(["jwt", "path_prefix"]));
+    let r = env
+        .call(
+            "GET",
+            &format!("/t/{}/customers", env.acme),
+            &[("authorization", &acme_auth)],
+            None,
+        )
         .await;
     assert_eq!(r.status, 200, "{r:?}");
 }

@@ -22,11 +22,14 @@ async fn rejection_rules() {
     let env = start().await;
     let acme_jwt = format!("Bearer {}", token(env.acme));
 
-    // Nothing to resolve → 401.
+    // No credential → 401, whatever the request names.
     let r = env.call("GET", "/me", &[], None).await;
     assert_problem(&r, 401, "unauthenticated");
-    // The bare base domain names no tenant either.
     let r = env.call("GET", "/me", &[("host", BASE_DOMAIN)], None).await;
+    assert_problem(&r, 401, "unauthenticated");
+    let r = env
+        .call("GET", "/me", &[("host", "nosuchco.invoicing.test")], None)
+        .await;
     assert_problem(&r, 401, "unauthenticated");
 
     // Sources that disagree → 403, whether the other tenant exists or not, same body.
@@ -72,9 +75,9 @@ async fn rejection_rules() {
         .await;
     assert_problem(&r, 403, "tenant-mismatch");
 
-    // Unknown tenant → 404 (by slug, by id in a valid token).
+    // Unknown tenant → 404 (by slug from the trusted gateway, by id in a valid token).
     let r = env
-        .call("GET", "/me", &[("host", "nosuchco.invoicing.test")], None)
+        .call("GET", "/me", &[("x-tenant-id", "nosuchco")], None)
         .await;
     assert_problem(&r, 404, "tenant-not-found");
     let ghost = format!("Bearer {}", token(TenantId::new_random()));
@@ -87,7 +90,7 @@ async fn rejection_rules() {
     let r = env.as_tenant(env.initech, "GET", "/me", None).await;
     assert_problem(&r, 403, "tenant-suspended");
     let r = env
-        .call("GET", "/me", &[("host", "hooli.invoicing.test")], None)
+        .call("GET", "/me", &[("x-tenant-id", "hooli")], None)
         .await;
     assert_problem(&r, 409, "tenant-provisioning");
     let r = env.as_tenant(env.hooli, "GET", "/me", None).await;

@@ -50,10 +50,10 @@ pub fn now() -> u64 {
         .as_secs()
 }
 
-/// Claims for `tenant` from `iss`, valid for an hour.
+/// Claims for `tenant` from `iss`, valid for an hour, with every scope the app checks.
 pub fn claims(iss: &str, tenant: TenantId) -> Value {
     json!({"iss": iss, "aud": AUD, "sub": "user-1", "tenant_id": tenant.to_string(),
-           "iat": now(), "exp": now() + 3600})
+           "iat": now(), "exp": now() + 3600, "scope": invoicing::SCOPES.join(" ")})
 }
 
 /// Signs `claims` with `alg` and the key in `pem_or_secret`.
@@ -82,6 +82,14 @@ pub fn ed_key() -> EncodingKey {
 /// A dev-issuer (HS256) token for `tenant`.
 pub fn token(tenant: TenantId) -> String {
     sign(Algorithm::HS256, &hs_key(), &claims(DEV_ISS, tenant), None)
+}
+
+/// A dev-issuer token for `tenant` whose claims are changed by `edit` (e.g. to drop the
+/// scopes).
+pub fn token_with(tenant: TenantId, edit: impl FnOnce(&mut Value)) -> String {
+    let mut c = claims(DEV_ISS, tenant);
+    edit(&mut c);
+    sign(Algorithm::HS256, &hs_key(), &c, None)
 }
 
 fn jwks_json() -> String {

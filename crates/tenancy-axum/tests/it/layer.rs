@@ -1,0 +1,383 @@
+//! The layer configured as the README shows it (JWT + subdomain, plus a path prefix and a
+//! public route), on a real cluster, called over real HTTP: naming a tenant is never a
+//! credential, a credential of one tenant never selects another, absent scopes grant
+//! nothing, and a public route gets no transaction.
+
+use axum::routing::{get, post};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use tenancy_axum::jwt::{JwtConfig, JwtIssuer, JwtKey, TenantClaim};
+use tenancy_axum::{HttpError, Source, Tenancy, Tenant, Tx};
+use tenancy_catalog::{NewCluster, NewTenant};
+use tenancy_core::{ContextKey, Placement, TenantId, TenantState};
+use tenancy_pg::testing::{TemplateDb, TestDb};
+use tenancy_sdk::bootstrap::{self, OWNER_ROLE, RUNTIME_ROLE};
+use tenancy_sdk::{ClusterCredentials, Router, RouterOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tower_layer::Layer as _;
+
+static TEMPLATE: TemplateDb = TemplateDb::new("axum_layer_tpl");
+const KEY_HEX: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+const SECRET: &[u8] = b"layer-test-secret-of-at-least-32-bytes";
+const ISS: &str = "https://idp.test";
+const AUD: &str = "app";
+const BASE: &str = "app.example.com";
+
+fn key() -> ContextKey {
+    ContextKey::from_hex("t".parse().expect("kid"), KEY_HEX).expect("key")
+}
+
+async fn connect(cfg: tokio_postgres::Config) -> tokio_postgres::Client {
+    let (c, conn) = cfg.connect(tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    c
+}
+
+struct Env {
+    db: TestDb,
+    base: String,
+    acme: TenantId,
+    globex: TenantId,
+}
+
+fn token(tenant: TenantId, scope: Option<&str>) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let mut claims = json!({"iss": ISS, "aud": AUD, "sub": "u", "tenant_id": tenant.to_string(),
+                            "exp": now + 600});
+    if let Some(s) = scope {
+        claims["scope"] = json!(s);
+    }
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET),
+    )
+    .expect("sign")
+}
+
+async fn notes(tx: &mut Tx) -> Result<Vec<String>, HttpError> {
+    let rows = tx
+        .query("SELECT body FROM notes ORDER BY body", &[])
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// A cluster with two active tenants, a tenant table `notes`, and the app served.
+async fn start() -> Env {
+    let db = TEMPLATE
+        .fresh(|cluster, db| async move {
+            let su = cluster.connect(&db).await?;
+            bootstrap::bootstrap_cluster(&su).await?;
+            bootstrap::bootstrap_database(&su, &db).await?;
+            let mut owner = connect(cluster.config_as(OWNER_ROLE, &db)).await;
+            bootstrap::install_runtime(&owner, &key()).await?;
+            tenancy_catalog::migrate(&mut owner).await?;
+            owner
+                .batch_execute(
+                    "CREATE TABLE notes (tenant_id uuid NOT NULL, id uuid NOT NULL DEFAULT gen_random_uuid(),
+                         body text NOT NULL, PRIMARY KEY (tenant_id, id));
+                     SELECT tenancy.make_tenant_table('notes');",
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+        .expect("fresh database");
+    let su = db.connect_superuser().await.expect("superuser");
+    bootstrap::bootstrap_database(&su, &db.name)
+        .await
+        .expect("bootstrap clone");
+    let mut owner = connect(db.config_as(OWNER_ROLE)).await;
+    let region = "eu-west".parse().expect("region");
+    tenancy_catalog::add_region(&owner, &region, "EU")
+        .await
+        .expect("region");
+    tenancy_catalog::add_cluster(
+        &owner,
+        &NewCluster {
+            name: "pg-1".into(),
+            region: region.clone(),
+            host: db.cluster.socket_dir().display().to_string(),
+            port: db.cluster.port(),
+            dbname: db.name.clone(),
+            capacity: 10,
+        },
+    )
+    .await
+    .expect("cluster");
+    let mut ids = Vec::new();
+    for slug in ["acme", "globex"] {
+        let t = tenancy_catalog::create_tenant(
+            &mut owner,
+            &NewTenant {
+                id: None,
+                slug: slug.parse().expect("slug"),
+                display_name: slug.into(),
+                plan: "pro".parse().expect("plan"),
+                region: region.clone(),
+                placement: Placement::Pooled,
+            },
+            "test",
+        )
+        .await
+        .expect("tenant");
+        tenancy_catalog::set_state(&mut owner, t.id, TenantState::Active, "test", "ready")
+            .await
+            .expect("activate");
+        ids.push(t.id);
+    }
+    let router = Router::new(
+        db.config_as(RUNTIME_ROLE),
+        key(),
+        ClusterCredentials {
+            user: RUNTIME_ROLE.into(),
+            password: None,
+        },
+        RouterOptions::default(),
+    )
+    .expect("router");
+    // The README's configuration, plus a path prefix and public routes.
+    let tenancy = Tenancy::builder(router, db.config_as(RUNTIME_ROLE))
+        .source(Source::jwt(
+            JwtConfig::new(TenantClaim::Id("tenant_id".into()))
+                .issuer(JwtIssuer::new(ISS, AUD).key(JwtKey::hs256(SECRET).expect("key"))),
+        ))
+        .source(Source::subdomain(BASE))
+        .source(Source::path_prefix("/t"))
+        .public("/health")
+        .public("/open")
+        .build()
+        .expect("tenancy");
+    let routes = axum::Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route(
+            "/open",
+            get(|mut tx: Tx| async move { notes(&mut tx).await.map(axum::Json) }),
+        )
+        .route(
+            "/notes",
+            get(|t: Tenant, mut tx: Tx| async move {
+                t.require_scope("notes:read")?;
+                notes(&mut tx).await.map(axum::Json)
+            })
+            .post(write)
+            .patch(write)
+            .delete(write)
+            .put(write),
+        )
+        .route(
+            "/whoami",
+            post(|t: Tenant| async move { t.slug().to_string() }),
+        );
+    let app = axum::Router::new().fallback_service(tenancy.layer().layer(routes));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Env {
+        db,
+        base: format!("127.0.0.1:{port}"),
+        acme: ids[0],
+        globex: ids[1],
+    }
+}
+
+async fn write(t: Tenant, mut tx: Tx) -> Result<&'static str, HttpError> {
+    t.require_scope("notes:write")?;
+    tx.execute("INSERT INTO notes (body) VALUES ('written')", &[])
+        .await?;
+    Ok("written")
+}
+
+impl Env {
+    /// One HTTP/1.1 request; returns the status and the problem code (or body text).
+    async fn call(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+        let mut s = tokio::net::TcpStream::connect(&self.base)
+            .await
+            .expect("connect");
+        let mut req =
+            format!("{method} {path} HTTP/1.1\r\nconnection: close\r\ncontent-length: 0\r\n");
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req.push_str(&format!("host: {}\r\n", self.base));
+        }
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).await.expect("send");
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.expect("read");
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("status");
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let code = serde_json::from_str::<Value>(body)
+            .ok()
+            .and_then(|v| v["code"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| body.to_owned());
+        (status, code)
+    }
+
+    /// Every note of every tenant, read as the superuser (past row-level security).
+    async fn all_notes(&self) -> i64 {
+        let su = self.db.connect_superuser().await.expect("superuser");
+        su.query_one("SELECT count(*) FROM notes", &[])
+            .await
+            .expect("count")
+            .get(0)
+    }
+}
+
+const METHODS: [&str; 5] = ["GET", "POST", "PATCH", "DELETE", "PUT"];
+
+#[tokio::test]
+async fn anonymous_requests_naming_a_tenant_are_refused_on_every_method() {
+    let env = start().await;
+    let globex_path = format!("/t/{}/notes", env.globex);
+    for method in METHODS {
+        for (path, headers) in [
+            ("/t/globex/notes", vec![]),
+            (globex_path.as_str(), vec![]),
+            ("/notes", vec![("host", "globex.app.example.com")]),
+            ("/notes", vec![("host", "globex.app.example.com:443")]),
+            ("/t/globex/whoami", vec![]),
+            ("/t/globex/nope", vec![]),
+        ] {
+            let r = env.call(method, path, &headers).await;
+            assert_eq!(
+                r,
+                (401, "unauthenticated".into()),
+                "{method} {path} {headers:?}"
+            );
+        }
+    }
+    assert_eq!(env.all_notes().await, 0, "nothing written");
+}
+
+#[tokio::test]
+async fn a_token_of_one_tenant_never_selects_another() {
+    let env = start().await;
+    let auth = format!("Bearer {}", token(env.acme, Some("notes:read notes:write")));
+    let globex_path = format!("/t/{}/notes", env.globex);
+    for method in METHODS {
+        for (path, host) in [
+            ("/t/globex/notes", None),
+            (globex_path.as_str(), None),
+            ("/notes", Some("globex.app.example.com")),
+            ("/notes", Some("nosuchco.app.example.com")),
+        ] {
+            let mut headers = vec![("authorization", auth.as_str())];
+            headers.extend(host.map(|h| ("host", h)));
+            let r = env.call(method, path, &headers).await;
+            assert_eq!(
+                r,
+                (403, "tenant-mismatch".into()),
+                "{method} {path} {host:?}"
+            );
+        }
+    }
+    assert_eq!(env.all_notes().await, 0, "nothing written");
+    // Its own tenant, selected or not, works.
+    for (path, host) in [
+        ("/notes", None),
+        ("/t/acme/notes", None),
+        ("/notes", Some("acme.app.example.com")),
+    ] {
+        let mut headers = vec![("authorization", auth.as_str())];
+        headers.extend(host.map(|h| ("host", h)));
+        assert_eq!(
+            env.call("POST", path, &headers).await.0,
+            200,
+            "{path} {host:?}"
+        );
+    }
+    assert_eq!(env.all_notes().await, 3);
+}
+
+#[tokio::test]
+async fn a_token_without_scopes_allows_no_scoped_operation() {
+    let env = start().await;
+    let bare = format!("Bearer {}", token(env.acme, None));
+    assert_eq!(
+        env.call("POST", "/whoami", &[("authorization", &bare)])
+            .await,
+        (200, "acme".into())
+    );
+    for method in METHODS {
+        let r = env
+            .call(method, "/notes", &[("authorization", &bare)])
+            .await;
+        assert_eq!(r, (403, "insufficient-scope".into()), "{method}");
+    }
+    let read = format!("Bearer {}", token(env.acme, Some("notes:read")));
+    assert_eq!(
+        env.call("GET", "/notes", &[("authorization", &read)])
+            .await
+            .0,
+        200
+    );
+    let r = env
+        .call("POST", "/notes", &[("authorization", &read)])
+        .await;
+    assert_eq!(r, (403, "insufficient-scope".into()));
+    assert_eq!(env.all_notes().await, 0, "nothing written");
+}
+
+#[tokio::test]
+async fn a_public_route_is_served_without_a_tenant_and_gets_no_tx() {
+    let env = start().await;
+    assert_eq!(env.call("GET", "/health", &[]).await, (200, "ok".into()));
+    // Even with a valid token, the public route's handler cannot open a transaction.
+    let auth = format!("Bearer {}", token(env.acme, Some("notes:read")));
+    for headers in [vec![], vec![("authorization", auth.as_str())]] {
+        let r = env.call("GET", "/open", &headers).await;
+        assert_eq!(r, (401, "unauthenticated".into()), "{headers:?}");
+    }
+    // Other spellings of a public path are not public.
+    for path in [
+        "//health",
+        "/health/",
+        "/%68ealth",
+        "/t/acme/health",
+        "/t/acme/open",
+    ] {
+        let r = env.call("GET", path, &[]).await;
+        assert_eq!(r, (401, "unauthenticated".into()), "{path}");
+    }
+}
+
+#[test]
+fn selectors_alone_are_not_a_configuration() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let cfg: tokio_postgres::Config = "host=/nonexistent dbname=x user=x".parse().expect("cfg");
+        let router = Router::new(
+            cfg.clone(),
+            key(),
+            ClusterCredentials {
+                user: "x".into(),
+                password: None,
+            },
+            RouterOptions::default(),
+        )
+        .expect("router");
+        let err = Tenancy::builder(router, cfg)
+            .source(Source::subdomain(BASE))
+            .source(Source::path_prefix("/t"))
+            .source(Source::custom_domain())
+            .listen_for_changes(false)
+            .build()
+            .expect_err("selectors only");
+        assert!(err.to_string().contains("credential"), "{err}");
+    });
+}
