@@ -94,12 +94,14 @@ REVOKE ALL ON FUNCTION tenancy.install_context_key(text, text) FROM PUBLIC;
 -- Single use: a token is accepted only if it was issued after the last token this backend
 -- accepted. That issue time is kept in the session-level setting tenancy.last_issued as
 -- `<issued µs>.<sha256(key || 'last_issued:<pid>:<issued µs>') hex>`. The runtime role can
--- write any tenancy.* setting, but cannot make a value this backend never held: a value
--- whose hash does not verify refuses every token (the SDK then retires the connection).
--- What it can do is return to a value the backend held before: RESET (the empty initial
--- value, no mark) or rolling back the transaction that raised it. That re-admits only
--- tokens issued for this backend and still unexpired, and no SQL can read a token (they
--- travel as bound parameters), so it needs a token obtained outside the database.
+-- write any tenancy.* setting, but cannot make a mark this backend never held: a value
+-- whose hash does not verify (made up, or copied from another backend) counts as no
+-- mark, like the empty value of a new backend. So no setting, not even a role default,
+-- can raise the mark and lock the SDK out. What SQL on the backend can do is return to a
+-- state the backend was in before: no mark (RESET, RESET ALL, any junk value) or an
+-- earlier mark (rolling back the transaction that raised it). That re-admits only tokens
+-- issued for this backend and still unexpired, and no SQL can read a token (they travel
+-- as bound parameters), so it needs a token obtained outside the database.
 --
 -- Both context functions run on every transaction (enter) or every statement
 -- (current_tenant_id). Each is one small query over one table inside plpgsql, which keeps
@@ -155,17 +157,15 @@ BEGIN
                THEN 'tenant context token was issued for another connection'
              WHEN split_part(token, '.', 6)::bigint < (extract(epoch FROM clock_timestamp()) * 1000000)::bigint
                THEN 'tenant context token has expired'
-             -- No token accepted on this backend yet (or the mark was reset): no mark.
-             WHEN coalesce(current_setting('tenancy.last_issued', true), '') = ''
-               THEN NULL
-             -- The mark is checked before its number is read: only a value enter() wrote
-             -- on this backend verifies.
-             WHEN length(current_setting('tenancy.last_issued', true)) > 90
-                  OR encode(sha256(c.bkey || textsend('last_issued:' || pg_backend_pid()::text || ':'
-                         || split_part(current_setting('tenancy.last_issued', true), '.', 1))), 'hex')
-                     <> split_part(current_setting('tenancy.last_issued', true), '.', 2)
-               THEN 'the tenant context state of this connection was altered'
-             WHEN split_part(token, '.', 5)::bigint <= split_part(current_setting('tenancy.last_issued', true), '.', 1)::bigint
+             -- The single-use mark counts only if enter() wrote it on this backend (its hash
+             -- verifies, checked before its number is read); anything else is no mark.
+             WHEN CASE WHEN length(current_setting('tenancy.last_issued', true)) BETWEEN 66 AND 90
+                        AND encode(sha256(c.bkey || textsend('last_issued:' || pg_backend_pid()::text || ':'
+                                || split_part(current_setting('tenancy.last_issued', true), '.', 1))), 'hex')
+                            = split_part(current_setting('tenancy.last_issued', true), '.', 2)
+                       THEN split_part(token, '.', 5)::bigint
+                            <= split_part(current_setting('tenancy.last_issued', true), '.', 1)::bigint
+                  END
                THEN 'tenant context token was already used on this connection'
            END AS problem,
            split_part(token, '.', 3) AS tenant_text,

@@ -397,6 +397,8 @@ struct Counts {
 /// itself), calling back at each message start.
 #[derive(Debug, Default, Clone)]
 struct Framer {
+    /// Type byte of the last message that started.
+    last: u8,
     /// Header bytes seen of the current message (0 at a boundary or in a body).
     got: usize,
     len: [u8; 4],
@@ -477,6 +479,7 @@ impl Framer {
     /// Takes one header byte; `on_start(type)` runs at a message's first byte.
     fn header_byte(&mut self, b: u8, on_start: impl FnOnce(u8)) {
         if self.got == 0 {
+            self.last = b;
             on_start(b);
         } else {
             self.len[self.got - 1] = b;
@@ -550,11 +553,18 @@ impl AsyncWrite for SpliceStream {
         if !s.pending.is_empty() {
             // The queued messages go in front of the first message that starts in `buf`
             // (the rest of a message begun in an earlier write comes first), after any
-            // simple query sent ahead of them.
+            // simple query sent ahead of them, and after any Close with its Sync:
+            // tokio-postgres closes a dropped statement with a request of its own, which
+            // it may write just before the statement the opening belongs to. In front of
+            // it the opening would end at the Close's Sync: an implicit transaction (and
+            // its context) before its statement ran, a refusal reported to the Close.
             let mut ahead = s.queries_ahead;
+            let mut after_close = this.out.last == b'C';
             let mut at = None;
             this.out.clone().walk(buf, |pos, t| {
-                if ahead == 0 {
+                let close = t == b'C' || (t == b'S' && after_close);
+                after_close = t == b'C';
+                if ahead == 0 && !close {
                     at = Some((pos, t));
                     return false;
                 }
