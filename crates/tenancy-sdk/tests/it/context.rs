@@ -838,7 +838,9 @@ async fn a_harvested_token_replayed_by_injected_sql_in_another_tenants_transacti
                 .get(0);
             let harvested = key().sign(b, pid, issued, 60_000_000);
             let replay = if as_parameter {
-                tx.batch_execute("COMMIT; BEGIN").await.expect("commit, begin");
+                tx.batch_execute("COMMIT; BEGIN")
+                    .await
+                    .expect("commit, begin");
                 tx.query_one("SELECT tenancy.enter($1)", &[&harvested.as_str()])
                     .await
                     .map(|_| ())
@@ -855,7 +857,9 @@ async fn a_harvested_token_replayed_by_injected_sql_in_another_tenants_transacti
                     .await
                     .expect("count")
                     .get(0);
-                panic!("{imp:?}: a replayed token of B opened B's rows to A's injected SQL ({n} rows)");
+                panic!(
+                    "{imp:?}: a replayed token of B opened B's rows to A's injected SQL ({n} rows)"
+                );
             }
             let err = replay.expect_err("refused");
             assert!(
@@ -886,7 +890,9 @@ async fn plpgsql_a_made_up_or_copied_single_use_mark_locks_nobody_out() {
     let pool = pool(&db, 1);
     seed(&pool, b, 2).await;
     let other = runtime_client(&db).await;
-    enter_by_hand(&other, a).await.expect("enter on another connection");
+    enter_by_hand(&other, a)
+        .await
+        .expect("enter on another connection");
     other.batch_execute("COMMIT").await.expect("commit");
     let copied: String = other
         .query_one("SELECT current_setting('tenancy.last_issued')", &[])
@@ -973,7 +979,10 @@ async fn a_refused_opening_leaves_no_token_in_the_server_log() {
                 _ => tx.client().await.map(|_| ()),
             };
             let err = refused.expect_err("an expired token");
-            assert!(format!("{err:?}").contains("expired"), "{imp:?} way {way}: {err:?}");
+            assert!(
+                format!("{err:?}").contains("expired"),
+                "{imp:?} way {way}: {err:?}"
+            );
             drop(tx);
         }
         let log = std::fs::read_to_string(db.cluster.data_dir().join("tenancy-postgres.log"))
@@ -1062,9 +1071,9 @@ async fn hostile_session_settings_neither_break_the_context_nor_keep_a_binding_o
         for (name, value) in &settings {
             // Through the SDK, the setting given at connection start.
             let mut cfg = db.config_as(tenancy_sdk::bootstrap::RUNTIME_ROLE);
-            cfg.options(&format!("-c {name}={}", value.replace(' ', "\\ ")));
-            let hostile = tenancy_sdk::TenantPool::new(cfg, key(), Default::default())
-                .expect("pool");
+            cfg.options(format!("-c {name}={}", value.replace(' ', "\\ ")));
+            let hostile =
+                tenancy_sdk::TenantPool::new(cfg, key(), Default::default()).expect("pool");
             let a = TenantId::new_random();
             seed(&hostile, a, 3).await;
             for read_only in [false, true] {
