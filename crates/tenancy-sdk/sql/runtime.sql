@@ -157,14 +157,20 @@ BEGIN
                THEN 'tenant context token was issued for another connection'
              WHEN split_part(token, '.', 6)::bigint < (extract(epoch FROM clock_timestamp()) * 1000000)::bigint
                THEN 'tenant context token has expired'
-             -- The single-use mark counts only if enter() wrote it on this backend (its hash
-             -- verifies, checked before its number is read); anything else is no mark.
-             WHEN CASE WHEN length(current_setting('tenancy.last_issued', true)) BETWEEN 66 AND 90
-                        AND encode(sha256(c.bkey || textsend('last_issued:' || pg_backend_pid()::text || ':'
+             -- Single use: refused if issued no later than the mark, and the mark counts only
+             -- if enter() wrote it on this backend (its hash verifies); anything else is no
+             -- mark. Issue times are compared as canonical decimals (shorter is smaller, then
+             -- byte order), so a made-up mark cannot fail a cast; the hash is computed only
+             -- when the token would be refused, as an unverified mark admits the token anyway.
+             WHEN CASE WHEN length(split_part(token, '.', 5))
+                            < length(split_part(current_setting('tenancy.last_issued', true), '.', 1))
+                         OR (length(split_part(token, '.', 5))
+                             = length(split_part(current_setting('tenancy.last_issued', true), '.', 1))
+                             AND split_part(token, '.', 5) COLLATE "C"
+                                 <= split_part(current_setting('tenancy.last_issued', true), '.', 1) COLLATE "C")
+                       THEN encode(sha256(c.bkey || textsend('last_issued:' || pg_backend_pid()::text || ':'
                                 || split_part(current_setting('tenancy.last_issued', true), '.', 1))), 'hex')
                             = split_part(current_setting('tenancy.last_issued', true), '.', 2)
-                       THEN split_part(token, '.', 5)::bigint
-                            <= split_part(current_setting('tenancy.last_issued', true), '.', 1)::bigint
                   END
                THEN 'tenant context token was already used on this connection'
            END AS problem,
