@@ -95,7 +95,13 @@ impl Env {
             "bench".parse().context("parsing the key id")?,
             rand::random(),
         );
-        tenancy_sdk::bootstrap::install_runtime(&owner, &key)
+        // TENANCY_BENCH_CONTEXT=plpgsql measures the PL/pgSQL context where the native one
+        // could be installed.
+        let force = match std::env::var("TENANCY_BENCH_CONTEXT").as_deref() {
+            Ok("plpgsql") => Some(tenancy_sdk::bootstrap::ContextImpl::PlPgSql),
+            _ => None,
+        };
+        tenancy_sdk::bootstrap::install_runtime_with(&owner, &key, force)
             .await
             .context("installing the tenancy runtime")?;
         owner

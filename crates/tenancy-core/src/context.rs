@@ -1,20 +1,25 @@
 //! The signed tenant context.
 //!
-//! When the SDK opens a tenant transaction it sends, in the transaction's first message,
-//! `BEGIN; SELECT tenancy.enter('<token>')`. The token says *which tenant*, *for which
-//! backend process* and *until when*, and carries an HMAC-SHA256 over those fields made
+//! When the SDK opens a tenant transaction it sends `BEGIN` and `SELECT tenancy.enter($1)`
+//! in front of the transaction's first statement, the token as a bound parameter (never
+//! as SQL text, which every session of the runtime role could read in
+//! `pg_stat_activity`). The token says *which tenant*, *for which backend process*, *when
+//! it was issued* and *until when*, and carries an HMAC-SHA256 over those fields made
 //! with a [`ContextKey`] that the application holds and the runtime database role cannot
 //! read. `tenancy.enter` (a `SECURITY DEFINER` function owned by the owner role) checks
-//! the MAC, the backend pid and the expiry, and checks that it runs in the first message
-//! of its transaction; only then does it store a per-transaction binding that the RLS
-//! predicate `tenancy.current_tenant_id()` verifies on every statement.
+//! the MAC, the backend pid, the expiry, and that the token was issued after the last one
+//! the backend accepted (tokens are single-use); only then does it enter the tenant for
+//! that one transaction, which the RLS predicate `tenancy.current_tenant_id()` reads on
+//! every statement.
 //!
-//! Consequences, each covered by the isolation tests:
+//! Consequences, each covered by the context and isolation tests:
 //! - `set_config('tenancy.ctx', …)` from injected SQL cannot name another tenant: the
-//!   stored binding is itself a MAC (with a key that never leaves the database) over the
-//!   tenant, the backend pid and the transaction start time.
-//! - A token replayed later in the same connection fails (not in the first message), a
-//!   token taken from another connection fails (pid), an old token fails (expiry).
+//!   native context keeps no setting, and the PL/pgSQL one stores a binding that is itself
+//!   a MAC (with a key that never leaves the database) over the tenant, the backend pid
+//!   and the transaction start time.
+//! - A token replayed later on the same connection fails (issued no later than the last
+//!   one accepted), a token taken from another connection fails (pid), an old token
+//!   fails (expiry).
 //!
 //! This module only builds and checks token text; it does no IO and takes the clock as an
 //! argument.
@@ -228,8 +233,9 @@ pub struct ContextToken {
 }
 
 impl ContextToken {
-    /// The token text. It only contains `[a-z0-9.-]`, so it is safe to embed in a SQL
-    /// string literal (which the SDK does to send begin and context in one message).
+    /// The token text (`[a-z0-9.-]` only). A bearer credential for one transaction on one
+    /// backend: send it as a bound parameter, never inside SQL text, which other sessions
+    /// of the same role can read in `pg_stat_activity` and statement logs keep.
     pub fn as_str(&self) -> &str {
         &self.text
     }

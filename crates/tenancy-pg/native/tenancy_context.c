@@ -9,9 +9,14 @@
  *     it is gone when that transaction ends: current_tenant_id() returns it only while
  *     MyProc->lxid is still the tagged one, and a subtransaction that entered it and then
  *     rolls back takes it with it.
- *   - Tokens are single-use per backend: a token is accepted only if it was issued after
- *     the last one accepted on this connection, so a token seen earlier cannot be replayed
- *     on the same connection, whatever the SQL around it (COMMIT; BEGIN; …).
+ *   - Tokens are single-use per backend (on both implementations: a token is accepted
+ *     only if it was issued after the last one accepted on this connection, whatever the
+ *     SQL around it, COMMIT; BEGIN; … included). Here the mark is backend memory that no
+ *     SQL can lower; the PL/pgSQL one keeps it in a setting, which SQL on the backend can
+ *     reset or roll back to a value it held before.
+ *
+ * Nothing here reads a setting of the session: the token arrives as a bound parameter,
+ * times come from GetCurrentTimestamp and the key query qualifies every name.
  *
  * A third function exists only here: tenancy.enter_read_only(token), tenancy.enter that
  * also makes the transaction read-only, for the SDK's implicit read-only transactions (see

@@ -2,16 +2,23 @@
 -- Run as tenancy_owner in every database that holds tenant rows. Idempotent.
 --
 -- How the context works (see ARCHITECTURE.md, "Signed tenant context"):
---   1. The SDK sends `BEGIN; SELECT tenancy.enter('<token>')` as one message.
+--   1. The SDK sends `BEGIN` and `SELECT tenancy.enter($1)` as prepared statements with the
+--      token as a bound parameter, never as SQL text: no view, statistic or statement log
+--      line shows it.
 --   2. tenancy.enter checks the token's HMAC (key in tenancy_private.context_keys, which
 --      the runtime role cannot read), that it is bound to this backend, that it has not
---      expired, and that it runs in the first message of its transaction. It then stores
+--      expired, and that it was issued after the last token this backend accepted
+--      (tokens are single-use, see tenancy.last_issued below). It then stores
 --      `<tenant>.<binding>` in the transaction-local setting tenancy.ctx, where binding is
 --      a keyed hash, with a key that never leaves this database, over tenant, backend pid
 --      and transaction start time.
 --   3. RLS policies call (SELECT tenancy.current_tenant_id()), which recomputes the
 --      binding once per statement. Anything else in tenancy.ctx (a raw tenant id, a
 --      value copied from another transaction or connection) yields NULL: no rows.
+--
+-- Nothing the two functions hash or compare depends on a setting of the session: the
+-- hashed values are binary (int4send, timestamptz_send) or text the token or the
+-- functions themselves wrote, and both functions fix their own search_path.
 
 CREATE TABLE IF NOT EXISTS tenancy_private.context_keys (
     kid        text PRIMARY KEY CHECK (kid ~ '^[a-z0-9]{1,16}$'),
@@ -76,9 +83,25 @@ $fn$;
 REVOKE ALL ON FUNCTION tenancy.install_context_key(text, text) FROM PUBLIC;
 
 -- The binding is sha256(secret 64-byte key || message): one hash instead of HMAC's two.
--- Length extension cannot forge it: the verifier hashes exactly "<tenant>:<pid>:<epoch>",
--- and an extension of another tenant's message never has that form. The token from the
--- application keeps a real HMAC, since its text is parsed.
+-- Length extension cannot forge it: the verifier hashes exactly
+-- textsend(<tenant>) || int4send(<pid>) || timestamptz_send(<transaction start>), all of
+-- fixed length, and an extension of another tenant's message never has that form. The
+-- token from the application keeps a real HMAC, since its text is parsed. The transaction
+-- start goes in as its binary value (microseconds): its text would follow the session's
+-- DateStyle, TimeZone or extra_float_digits, and a coarse text (`2e+09` at
+-- extra_float_digits = -15) would keep one binding valid for years.
+--
+-- Single use: a token is accepted only if it was issued after the last token this backend
+-- accepted. That issue time is kept in the session-level setting tenancy.last_issued as
+-- `<issued µs>.<sha256(key || 'last_issued:<pid>:<issued µs>') hex>`. The runtime role can
+-- write any tenancy.* setting, but cannot make a mark this backend never held: a value
+-- whose hash does not verify (made up, or copied from another backend) counts as no
+-- mark, like the empty value of a new backend. So no setting, not even a role default,
+-- can raise the mark and lock the SDK out. What SQL on the backend can do is return to a
+-- state the backend was in before: no mark (RESET, RESET ALL, any junk value) or an
+-- earlier mark (rolling back the transaction that raised it). That re-admits only tokens
+-- issued for this backend and still unexpired, and no SQL can read a token (they travel
+-- as bound parameters), so it needs a token obtained outside the database.
 --
 -- Both context functions run on every transaction (enter) or every statement
 -- (current_tenant_id). Each is one small query over one table inside plpgsql, which keeps
@@ -115,13 +138,12 @@ DECLARE
     problem     text;
     tenant_text text;
     ctx         text;
+    mark        text;
 BEGIN
     SELECT CASE
              WHEN length(token) > 200 OR split_part(token, '.', 1) <> 'v1'
                   OR length(split_part(token, '.', 7)) <> 64 OR split_part(token, '.', 8) <> ''
                THEN 'malformed tenant context token'
-             WHEN statement_timestamp() <> transaction_timestamp()
-               THEN 'tenancy.enter must be called in the first message of its transaction'
              WHEN coalesce(current_setting('tenancy.ctx', true), '') <> '' AND tenancy.current_tenant_id() IS NOT NULL
                THEN 'this transaction already has a tenant context'
              -- HMAC-SHA256 over everything before the last dot; digests of the hex MACs are
@@ -135,12 +157,29 @@ BEGIN
                THEN 'tenant context token was issued for another connection'
              WHEN split_part(token, '.', 6)::bigint < (extract(epoch FROM clock_timestamp()) * 1000000)::bigint
                THEN 'tenant context token has expired'
+             -- Single use: refused if issued no later than the mark, and the mark counts only
+             -- if enter() wrote it on this backend (its hash verifies); anything else is no
+             -- mark. Issue times are compared as canonical decimals (shorter is smaller, then
+             -- byte order), so a made-up mark cannot fail a cast; the hash is computed only
+             -- when the token would be refused, as an unverified mark admits the token anyway.
+             WHEN CASE WHEN length(split_part(token, '.', 5))
+                            < length(split_part(current_setting('tenancy.last_issued', true), '.', 1))
+                         OR (length(split_part(token, '.', 5))
+                             = length(split_part(current_setting('tenancy.last_issued', true), '.', 1))
+                             AND split_part(token, '.', 5) COLLATE "C"
+                                 <= split_part(current_setting('tenancy.last_issued', true), '.', 1) COLLATE "C")
+                       THEN encode(sha256(c.bkey || textsend('last_issued:' || pg_backend_pid()::text || ':'
+                                || split_part(current_setting('tenancy.last_issued', true), '.', 1))), 'hex')
+                            = split_part(current_setting('tenancy.last_issued', true), '.', 2)
+                  END
+               THEN 'tenant context token was already used on this connection'
            END AS problem,
            split_part(token, '.', 3) AS tenant_text,
-           split_part(token, '.', 3) || '.' || encode(sha256(c.bkey || convert_to(
-               split_part(token, '.', 3) || ':' || pg_backend_pid()::text || ':'
-               || date_part('epoch', transaction_timestamp())::text, 'UTF8')), 'hex') AS ctx
-      INTO problem, tenant_text, ctx
+           split_part(token, '.', 3) || '.' || encode(sha256(c.bkey || textsend(split_part(token, '.', 3))
+               || int4send(pg_backend_pid()) || timestamptz_send(transaction_timestamp())), 'hex') AS ctx,
+           split_part(token, '.', 5) || '.' || encode(sha256(c.bkey || textsend('last_issued:'
+               || pg_backend_pid()::text || ':' || split_part(token, '.', 5))), 'hex') AS mark
+      INTO problem, tenant_text, ctx, mark
       FROM tenancy_private.context_keys c
      WHERE c.kid = split_part(token, '.', 2);
     IF NOT FOUND THEN
@@ -151,8 +190,10 @@ BEGIN
     IF problem IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: ' || problem;
     END IF;
-    -- Transaction-local: gone at COMMIT or ROLLBACK, never carried to the connection's next user.
-    PERFORM set_config('tenancy.ctx', ctx, true);
+    -- The context is transaction-local: gone at COMMIT or ROLLBACK, never carried to the
+    -- connection's next user. The mark is session-level: it outlives the transaction
+    -- (unless that rolls back) so the token cannot enter another one.
+    PERFORM set_config('tenancy.ctx', ctx, true), set_config('tenancy.last_issued', mark, false);
     RETURN tenant_text::uuid;
 END
 $fn$
@@ -166,9 +207,8 @@ BEGIN
     -- connection all fail the comparison.
     RETURN (
         SELECT CASE WHEN length(current_setting('tenancy.ctx', true)) = 101
-                     AND encode(sha256(b.k || convert_to(
-                             left(current_setting('tenancy.ctx', true), 36) || ':' || pg_backend_pid()::text || ':'
-                             || date_part('epoch', transaction_timestamp())::text, 'UTF8')), 'hex')
+                     AND encode(sha256(b.k || textsend(left(current_setting('tenancy.ctx', true), 36))
+                             || int4send(pg_backend_pid()) || timestamptz_send(transaction_timestamp())), 'hex')
                          = right(current_setting('tenancy.ctx', true), 64)
                     THEN left(current_setting('tenancy.ctx', true), 36)::uuid
                END

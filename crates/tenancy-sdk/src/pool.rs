@@ -30,13 +30,14 @@ pub(crate) struct Conn {
     pub(crate) client: Client,
     /// Backend process id, bound into every context token signed for this connection.
     pub(crate) pid: i32,
-    /// Set when the database has the native context: transaction openings then ride in
-    /// front of the first statement with no Sync of their own (see [`crate::wire`]).
+    /// Set on every tenant connection: transaction openings ride in front of the first
+    /// statement with no Sync of their own, the token as a bound parameter (see
+    /// [`crate::wire`]).
     pub(crate) splice: Option<Arc<Splice>>,
     /// Prepared statements by SQL text, so repeated queries skip Parse/Describe.
     stmts: HashMap<String, Statement>,
     /// Issue time of the last token signed for this connection. Tokens are single-use per
-    /// backend (the native context refuses one not issued after the last it accepted), so
+    /// backend (both contexts refuse one not issued after the last they accepted), so
     /// each new token is issued strictly later, even if the wall clock steps back.
     last_issued: i64,
     /// When a read-only transaction on this connection finished without its COMMIT being
@@ -172,8 +173,8 @@ async fn sweep_deferred_commits(pool: managed::WeakPool<Manager>, deferred: Arc<
 pub(crate) struct Manager {
     /// Where to connect, as which role.
     config: tokio_postgres::Config,
-    /// Tenant connections: detect the context implementation and, when native, prepare
-    /// the one-Sync openings.
+    /// Tenant connections: detect the context implementation and prepare the one-Sync
+    /// openings.
     tenant: bool,
     /// Shared with every connection: how many have a deferred commit.
     deferred: Arc<AtomicUsize>,
@@ -204,7 +205,7 @@ impl managed::Manager for Manager {
 
 impl Manager {
     /// Opens a connection: a tenant connection learns its backend pid and context
-    /// implementation, and a native one prepares the one-Sync openings.
+    /// implementation, and prepares the one-Sync openings.
     async fn connect(&self) -> Result<Conn, wire::Error> {
         if !self.tenant {
             let (client, connection) = self.config.connect(NoTls).await?;
@@ -216,8 +217,8 @@ impl Manager {
         let row = client
             .query_one(
                 // Native only when every C entry point the openings use is there (a
-                // database bootstrapped before `enter_read_only` existed gets the simple-query
-                // openings until its runtime is installed again).
+                // database bootstrapped before `enter_read_only` existed gets explicit
+                // read-only openings until its runtime is installed again).
                 "SELECT pg_backend_pid(), (SELECT count(*) = 2 FROM pg_catalog.pg_proc p \
                    JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
                   WHERE l.lanname = 'c' AND p.oid IN (to_regprocedure('tenancy.enter(text)'), \
@@ -226,13 +227,8 @@ impl Manager {
             )
             .await?;
         let (pid, native): (i32, bool) = (row.get(0), row.get(1));
-        let splice = if native {
-            wire::prepare(&client, &splice).await?;
-            Some(splice)
-        } else {
-            None
-        };
-        Ok(self.conn(client, pid, splice))
+        wire::prepare(&client, &splice, native).await?;
+        Ok(self.conn(client, pid, Some(splice)))
     }
 
     fn conn(&self, client: Client, pid: i32, splice: Option<Arc<Splice>>) -> Conn {

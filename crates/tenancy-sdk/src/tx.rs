@@ -24,22 +24,6 @@ pub(crate) struct Begin {
 }
 
 impl Begin {
-    /// The opening as one simple-query message. The PL/pgSQL `tenancy.enter` needs this
-    /// form: it must run in the first message of its transaction.
-    fn simple_sql(&self) -> String {
-        // The token and schema texts need no quoting beyond the quotes (see the fields).
-        let mut sql = format!(
-            "{}BEGIN{}; SELECT tenancy.enter('{}')",
-            if self.commit_first { "COMMIT; " } else { "" },
-            if self.read_only { " READ ONLY" } else { "" },
-            self.token.as_str()
-        );
-        if let Some(schema) = &self.schema {
-            sql.push_str(&format!("; SET LOCAL search_path = \"{schema}\", public"));
-        }
-        sql
-    }
-
     /// Queues the opening on a spliced connection, in front of the next request: as an
     /// implicit read-only transaction's context, or as BEGIN and context.
     fn splice_into(&self, splice: &Splice, implicit: bool) {
@@ -107,9 +91,10 @@ pub struct TenantTx {
 }
 
 /// Runs `fut` (a request not yet sent: futures send on first poll) with `opening` in front
-/// of it: spliced into the request's own messages on a native-context connection (as an
-/// implicit transaction's context, or as BEGIN and context), else pipelined as a simple
-/// query just before.
+/// of it, spliced into the request's own messages (as an implicit transaction's context,
+/// or as BEGIN and context). The opening is never SQL text: the token travels only as a
+/// bound parameter, so no session sees it in `pg_stat_activity` and no statement log has
+/// it.
 async fn with_opening<T>(
     conn: &Conn,
     opening: Option<(Begin, bool)>,
@@ -130,14 +115,10 @@ async fn with_opening<T>(
                 }
             })
         }
-        (Some((b, _)), None) => {
-            // join! polls in order, so BEGIN+context is queued on the connection before the
-            // statement: both leave in one write and come back in one round trip.
-            let sql = b.simple_sql();
-            let (rb, r) = futures_util::join!(conn.client.batch_execute(&sql), fut);
-            rb.map_err(Error::ContextRefused)?;
-            r.map_err(Error::db(what))
-        }
+        // Every tenant connection is spliced; a connection without one never gets a tenant.
+        (Some(_), None) => Err(Error::Invalid(
+            "a tenant transaction on a connection without a splice".into(),
+        )),
         (None, _) => fut.await.map_err(Error::db(what)),
     }
 }
@@ -183,7 +164,11 @@ impl TenantTx {
     fn first_is_implicit(&self) -> bool {
         self.read_only
             && self.begin.as_ref().is_some_and(|b| b.schema.is_none())
-            && self.conn.as_ref().is_some_and(|c| c.splice.is_some())
+            && self
+                .conn
+                .as_ref()
+                .and_then(|c| c.splice.as_deref())
+                .is_some_and(wire::Splice::native)
     }
 
     /// The opening the next statement carries, and whether it is an implicit one.
@@ -346,14 +331,17 @@ impl TenantTx {
     /// first if it has not been.
     pub async fn client(&mut self) -> Result<&Client, Error> {
         self.check_usable()?;
-        if let Some((b, _)) = self.opening(false)? {
+        if let Some(opening) = self.opening(false)? {
+            // The opening rides in front of an empty query, which ends it with a Sync.
             self.in_flight = true;
-            let r = self
-                .conn()?
-                .client
-                .batch_execute(&b.simple_sql())
-                .await
-                .map_err(Error::ContextRefused);
+            let conn = self.conn()?;
+            let r = with_opening(
+                conn,
+                Some(opening),
+                "opening the transaction",
+                conn.client.batch_execute(""),
+            )
+            .await;
             self.track(r)?;
         }
         Ok(&self.conn()?.client)
@@ -368,8 +356,8 @@ impl TenantTx {
     ///   transaction, so there is nothing left to send.
     /// - Otherwise (PL/pgSQL context, or after [`client`](TenantTx::client) or
     ///   [`batch_execute`](TenantTx::batch_execute)) its COMMIT is not awaited: the
-    ///   connection goes back to the pool at once and the COMMIT leads the next message its
-    ///   next user sends (`COMMIT; BEGIN …; SELECT tenancy.enter(…)`), or, if the
+    ///   connection goes back to the pool at once and the COMMIT leads the next opening its
+    ///   next user sends (COMMIT, BEGIN, `tenancy.enter($1)` in one pipeline), or, if the
     ///   connection stays idle for a few milliseconds, the pool's sweeper sends it. Either
     ///   way it is the first thing the server receives on that connection, so nothing ever
     ///   runs inside this finished transaction.

@@ -9,6 +9,11 @@
 //! statement, the opening shares that statement's Sync: BEGIN, context and query are one
 //! pipeline, one flush, one round trip (the shape pgbench measures with `\startpipeline`).
 //!
+//! It is also the only way a token reaches the server, on both context implementations:
+//! as a bound parameter of a statement prepared once per connection. Query text shows in
+//! `pg_stat_activity` to every session of the runtime role and in statement logs; a
+//! parameter shows in neither (`pg_stat_activity` shows `SELECT tenancy.enter($1…)`).
+//!
 //! How it stays correct:
 //! - Messages are only inserted at a frontend message boundary, after start-up, and only
 //!   by the one [`TenantTx`](crate::TenantTx) holding the connection.
@@ -28,6 +33,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 
@@ -38,18 +44,25 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, Connection, NoTls};
 
-/// The statements prepared on every native-context connection, by name.
+/// The statements prepared on every tenant connection, by name. Names resolve when they
+/// are prepared, at connection start, before any statement of a user runs (and a plan is
+/// re-analysed with that same search path); they are qualified anyway.
 const PREPARED: &[(&str, &str)] = &[
     (BEGIN, "BEGIN"),
     (BEGIN_READ_ONLY, "BEGIN READ ONLY"),
     (COMMIT, "COMMIT"),
-    (ENTER, "SELECT tenancy.enter($1::text)"),
-    (ENTER_READ_ONLY, "SELECT tenancy.enter_read_only($1::text)"),
+    (ENTER, "SELECT tenancy.enter($1::pg_catalog.text)"),
     (
         SEARCH_PATH,
-        "SELECT pg_catalog.set_config('search_path', $1::text, true)",
+        "SELECT pg_catalog.set_config('search_path', $1::pg_catalog.text, true)",
     ),
 ];
+/// Prepared only where the database has the native context (the PL/pgSQL one has no
+/// `tenancy.enter_read_only`).
+const PREPARED_NATIVE: (&str, &str) = (
+    ENTER_READ_ONLY,
+    "SELECT tenancy.enter_read_only($1::pg_catalog.text)",
+);
 const BEGIN: &str = "tenancy_begin";
 const BEGIN_READ_ONLY: &str = "tenancy_begin_ro";
 const COMMIT: &str = "tenancy_commit";
@@ -220,15 +233,22 @@ pub(crate) enum Error {
     Pg(#[from] tokio_postgres::Error),
 }
 
-/// Prepares the `tenancy_*` statements on a connection whose database has the native
-/// context (one round trip, at connection creation).
-pub(crate) async fn prepare(client: &Client, splice: &Splice) -> Result<(), tokio_postgres::Error> {
+/// Prepares the `tenancy_*` statements on a tenant connection (one round trip, at
+/// connection creation), and records whether its database has the native context
+/// (`native`), whose implicit read-only openings use `tenancy.enter_read_only`.
+pub(crate) async fn prepare(
+    client: &Client,
+    splice: &Splice,
+    native: bool,
+) -> Result<(), tokio_postgres::Error> {
     let mut buf = BytesMut::new();
-    for (name, sql) in PREPARED {
+    let native_only = native.then_some(&PREPARED_NATIVE);
+    for (name, sql) in PREPARED.iter().chain(native_only) {
         // Statement texts are constants without NUL bytes: encoding cannot fail.
         let _ = frontend::parse(name, sql, [], &mut buf);
     }
-    splice.push(&buf, PREPARED.len() as u32);
+    splice.push(&buf, (PREPARED.len() + usize::from(native)) as u32);
+    splice.native.store(native, Ordering::Relaxed);
     // An empty query: the parses ride in front of it and share its ReadyForQuery.
     client.batch_execute("").await
 }
@@ -239,7 +259,7 @@ pub(crate) struct Opening<'a> {
     /// A finished read-only transaction's COMMIT goes first.
     pub(crate) commit_first: bool,
     /// No BEGIN: the context is entered in the implicit transaction the carrying statement
-    /// runs in (up to its Sync), made read-only in the same statement.
+    /// runs in (up to its Sync), made read-only in the same statement. Native context only.
     pub(crate) implicit: bool,
     /// `BEGIN READ ONLY` instead of `BEGIN`.
     pub(crate) read_only: bool,
@@ -322,6 +342,8 @@ struct Shared {
 #[derive(Debug, Default)]
 pub(crate) struct Splice {
     shared: Mutex<Shared>,
+    /// The database has the native context (`tenancy.enter_read_only` is prepared).
+    native: AtomicBool,
 }
 
 impl Splice {
@@ -356,6 +378,12 @@ impl Splice {
     pub(crate) fn take_failed(&self) -> bool {
         std::mem::take(&mut self.lock().failed)
     }
+
+    /// Whether the database has the native context, so implicit read-only openings
+    /// (`tenancy.enter_read_only`) can be used.
+    pub(crate) fn native(&self) -> bool {
+        self.native.load(Ordering::Relaxed)
+    }
 }
 
 /// Messages that each end with a ReadyForQuery (Sync and Query), and Queries among them.
@@ -369,6 +397,8 @@ struct Counts {
 /// itself), calling back at each message start.
 #[derive(Debug, Default, Clone)]
 struct Framer {
+    /// Type byte of the last message that started.
+    last: u8,
     /// Header bytes seen of the current message (0 at a boundary or in a body).
     got: usize,
     len: [u8; 4],
@@ -449,6 +479,7 @@ impl Framer {
     /// Takes one header byte; `on_start(type)` runs at a message's first byte.
     fn header_byte(&mut self, b: u8, on_start: impl FnOnce(u8)) {
         if self.got == 0 {
+            self.last = b;
             on_start(b);
         } else {
             self.len[self.got - 1] = b;
@@ -522,11 +553,18 @@ impl AsyncWrite for SpliceStream {
         if !s.pending.is_empty() {
             // The queued messages go in front of the first message that starts in `buf`
             // (the rest of a message begun in an earlier write comes first), after any
-            // simple query sent ahead of them.
+            // simple query sent ahead of them, and after any Close with its Sync:
+            // tokio-postgres closes a dropped statement with a request of its own, which
+            // it may write just before the statement the opening belongs to. In front of
+            // it the opening would end at the Close's Sync: an implicit transaction (and
+            // its context) before its statement ran, a refusal reported to the Close.
             let mut ahead = s.queries_ahead;
+            let mut after_close = this.out.last == b'C';
             let mut at = None;
             this.out.clone().walk(buf, |pos, t| {
-                if ahead == 0 {
+                let close = t == b'C' || (t == b'S' && after_close);
+                after_close = t == b'C';
+                if ahead == 0 && !close {
                     at = Some((pos, t));
                     return false;
                 }
