@@ -322,8 +322,9 @@ async fn begin_as(client: &Client, mode: &Mode, tenant: &str) -> Result<(), Chec
 /// Signed mode: every function that enters a context (`tenancy.enter`, and the native
 /// `tenancy.enter_read_only`) the runtime role may call must refuse a token whose
 /// signature does not verify, and a native (C) one also a token it accepted before on
-/// this connection (native tokens are single-use; the PL/pgSQL context allows a replay
-/// within the token's lifetime by design).
+/// this connection. The replay is probed on native only: the probe's enter, ROLLBACK,
+/// enter sequence rolls back the PL/pgSQL single-use mark with the transaction that set
+/// it, which is that implementation's documented residual.
 async fn probe_entry_functions(
     client: &Client,
     key: &tenancy_core::ContextKey,
