@@ -40,8 +40,14 @@ use tokio_postgres::{Client, Config, Connection, NoTls};
 
 /// The statements prepared on every native-context connection, by name.
 const PREPARED: &[(&str, &str)] = &[
-    (BEGIN, "BEGIN"),
-    (BEGIN_READ_ONLY, "BEGIN READ ONLY"),
+    // The modes are explicit: a session default an earlier transaction's SQL set (`SET
+    // default_transaction_read_only = on`) would otherwise apply to this transaction,
+    // which starts before `tenancy.enter` resets session settings.
+    (BEGIN, "BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE"),
+    (
+        BEGIN_READ_ONLY,
+        "BEGIN ISOLATION LEVEL READ COMMITTED, READ ONLY",
+    ),
     (COMMIT, "COMMIT"),
     (ENTER, "SELECT tenancy.enter($1::text)"),
     (ENTER_READ_ONLY, "SELECT tenancy.enter_read_only($1::text)"),
@@ -49,6 +55,7 @@ const PREPARED: &[(&str, &str)] = &[
         SEARCH_PATH,
         "SELECT pg_catalog.set_config('search_path', $1::text, true)",
     ),
+    (RESET, "RESET ALL"),
 ];
 const BEGIN: &str = "tenancy_begin";
 const BEGIN_READ_ONLY: &str = "tenancy_begin_ro";
@@ -56,6 +63,7 @@ const COMMIT: &str = "tenancy_commit";
 const ENTER: &str = "tenancy_enter";
 const ENTER_READ_ONLY: &str = "tenancy_enter_ro";
 const SEARCH_PATH: &str = "tenancy_search_path";
+const RESET: &str = "tenancy_reset";
 /// A Sync message.
 const SYNC: [u8; 5] = [b'S', 0, 0, 0, 4];
 
@@ -109,7 +117,7 @@ impl AsyncWrite for Socket {
 /// Opens a socket to the first reachable host of `config`, with the socket settings
 /// tokio-postgres would apply itself: `hostaddr` (an address used instead of resolving the
 /// host), the connect timeout, TCP_NODELAY, keepalives and the TCP user timeout.
-async fn open_socket(config: &Config) -> io::Result<Socket> {
+pub(crate) async fn open_socket(config: &Config) -> io::Result<Socket> {
     let hosts = config.get_hosts();
     let addrs = config.get_hostaddrs();
     if hosts.is_empty() && addrs.is_empty() {
@@ -249,25 +257,30 @@ pub(crate) struct Opening<'a> {
     pub(crate) search_path: Option<&'a str>,
 }
 
+/// Appends a Bind/Execute pair of prepared statement `name` (no Sync) to `buf`.
+fn bind_execute(name: &str, arg: Option<&str>, buf: &mut BytesMut) {
+    // Values are text without NUL bytes and statement names constants: cannot fail.
+    let _ = frontend::bind(
+        "",
+        name,
+        [0i16],
+        arg,
+        |v, buf| {
+            buf.extend_from_slice(v.as_bytes());
+            Ok(postgres_protocol::IsNull::No)
+        },
+        [0i16],
+        buf,
+    );
+    let _ = frontend::execute("", 0, buf);
+}
+
 /// Encodes an opening as Bind/Execute pairs of the prepared statements (no Sync) at the
 /// end of `buf`, and returns the number of statements whose replies the filter must drop.
 fn encode_into(o: &Opening<'_>, buf: &mut BytesMut) -> u32 {
     let mut n = 0;
     let mut stmt = |name: &str, arg: Option<&str>, buf: &mut BytesMut| {
-        // Values are text without NUL bytes and statement names constants: cannot fail.
-        let _ = frontend::bind(
-            "",
-            name,
-            [0i16],
-            arg,
-            |v, buf| {
-                buf.extend_from_slice(v.as_bytes());
-                Ok(postgres_protocol::IsNull::No)
-            },
-            [0i16],
-            buf,
-        );
-        let _ = frontend::execute("", 0, buf);
+        bind_execute(name, arg, buf);
         n += 1;
     };
     if o.commit_first {
@@ -343,6 +356,17 @@ impl Splice {
         let mut s = self.lock();
         let stmts = encode_into(o, &mut s.pending);
         s.pending_stmts += stmts;
+        s.failed = false;
+    }
+
+    /// Queues `RESET ALL` in front of the next request: the Parse of an implicit read-only
+    /// transaction's first statement goes ahead of its opening (whose `enter_read_only`
+    /// resets session settings), and must not resolve names with settings a previous
+    /// transaction left behind.
+    pub(crate) fn push_reset(&self) {
+        let mut s = self.lock();
+        bind_execute(RESET, None, &mut s.pending);
+        s.pending_stmts += 1;
         s.failed = false;
     }
 
