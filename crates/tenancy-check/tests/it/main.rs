@@ -5,4 +5,5 @@ mod corpus;
 mod good;
 mod probe;
 mod rules;
+mod session;
 mod support;
