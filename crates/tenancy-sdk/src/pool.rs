@@ -52,6 +52,8 @@ pub(crate) struct Conn {
     /// Shared with the pool's watchdog: when the transaction holding this connection
     /// began, and how to stop it.
     pub(crate) watch: Arc<Watch>,
+    /// What a simple-query opening runs to reset session settings (see `tx.rs`).
+    pub(crate) reset_sql: &'static str,
 }
 
 impl Conn {
@@ -395,18 +397,26 @@ impl Manager {
                 "SELECT pg_backend_pid(), (SELECT count(*) = 2 FROM pg_catalog.pg_proc p \
                    JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
                   WHERE l.lanname = 'c' AND p.oid IN (to_regprocedure('tenancy.enter(text)'), \
-                                                      to_regprocedure('tenancy.enter_read_only(text)')))",
+                                                      to_regprocedure('tenancy.enter_read_only(text)'))), \
+                        to_regprocedure('tenancy.reset_session()') IS NOT NULL",
                 &[],
             )
             .await?;
-        let (pid, native): (i32, bool) = (row.get(0), row.get(1));
+        let (pid, native, reset_fn): (i32, bool, bool) = (row.get(0), row.get(1), row.get(2));
         let splice = if native {
             wire::prepare(&client, &splice).await?;
             Some(splice)
         } else {
             None
         };
-        Ok(self.conn(client, pid, splice, kill))
+        let mut conn = self.conn(client, pid, splice, kill);
+        if !reset_fn {
+            // A database bootstrapped before tenancy.reset_session existed: a plain RESET
+            // ALL until `bootstrap_database` runs again (it also resets the PL/pgSQL
+            // context's single-use mark).
+            conn.reset_sql = "RESET ALL";
+        }
+        Ok(conn)
     }
 
     fn conn(
@@ -439,6 +449,7 @@ impl Manager {
             deferred: Arc::clone(&self.deferred),
             retired: AtomicBool::new(false),
             watch,
+            reset_sql: "SELECT tenancy.reset_session()",
         }
     }
 }
@@ -734,6 +745,7 @@ impl TenantPool {
             read_only,
             token,
             schema: schema.map(str::to_owned),
+            reset_sql: conn.reset_sql,
         };
         let signer = Signer {
             key: Arc::clone(&self.key),

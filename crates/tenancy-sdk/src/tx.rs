@@ -23,11 +23,14 @@ pub(crate) struct Begin {
     pub(crate) token: ContextToken,
     /// Checked by the pool: `[a-z0-9_]` only.
     pub(crate) schema: Option<String>,
+    /// Resets session settings in a simple-query opening (the connection's `reset_sql`).
+    pub(crate) reset_sql: &'static str,
 }
 
 impl Begin {
     /// The opening as one simple-query message. The PL/pgSQL `tenancy.enter` needs this
-    /// form: it must run in the first message of its transaction. `RESET ALL` undoes
+    /// form: it must run in the first message of its transaction. `tenancy.reset_session()`
+    /// (`RESET ALL`, keeping the context's single-use mark; `sql/database.sql`) undoes
     /// session-level settings an earlier transaction on this connection made (`SET`,
     /// `set_config(…, false)`) before anything of this one runs; settings from the startup
     /// packet are not session-level and stay. (The native `tenancy.enter` resets them
@@ -36,13 +39,14 @@ impl Begin {
     fn simple_sql(&self) -> String {
         // The token and schema texts need no quoting beyond the quotes (see the fields).
         let mut sql = format!(
-            "{}BEGIN ISOLATION LEVEL READ COMMITTED, {}; RESET ALL; SELECT tenancy.enter('{}')",
+            "{}BEGIN ISOLATION LEVEL READ COMMITTED, {}; {}; SELECT tenancy.enter('{}')",
             if self.commit_first { "COMMIT; " } else { "" },
             if self.read_only {
                 "READ ONLY"
             } else {
                 "READ WRITE"
             },
+            self.reset_sql,
             self.token.as_str()
         );
         if let Some(schema) = &self.schema {
@@ -250,6 +254,7 @@ impl TenantTx {
                     read_only: true,
                     token,
                     schema: None,
+                    reset_sql: conn.reset_sql,
                 };
                 if !extended {
                     self.state = State::Open;
@@ -339,6 +344,7 @@ impl TenantTx {
             read_only: self.read_only,
             token,
             schema: self.schema.clone(),
+            reset_sql: fresh.reset_sql,
         };
         self.conn = Some(fresh);
         self.begin = Some(begin);

@@ -958,6 +958,36 @@ mod hostile_session {
         }
     }
 
+    /// The PL/pgSQL openings' reset (`tenancy.reset_session()`) is RESET ALL except for
+    /// the PL/pgSQL context's session-level single-use mark, `tenancy.last_issued`, which
+    /// a plain RESET ALL would erase (a keyed value: carrying it over forges nothing).
+    #[tokio::test]
+    async fn the_session_reset_keeps_the_plpgsql_single_use_mark() {
+        let db = fresh_db_plpgsql().await;
+        let c = runtime_client(&db).await;
+        let row = c
+            .query_one(
+                "SELECT set_config('tenancy.last_issued', '123.abc', false), set_config('work_mem', '64kB', false), \
+                        set_config('search_path', 'pg_catalog', false)",
+                &[],
+            )
+            .await
+            .expect("session settings");
+        assert_eq!(row.get::<_, String>(0), "123.abc");
+        c.batch_execute("SELECT tenancy.reset_session()")
+            .await
+            .expect("reset");
+        let row = c
+            .query_one(
+                "SELECT current_setting('tenancy.last_issued', true), current_setting('work_mem'), current_setting('search_path')",
+                &[],
+            )
+            .await
+            .expect("read back");
+        let got: Vec<String> = (0..3).map(|i| row.get(i)).collect();
+        assert_eq!(got, ["123.abc", "4MB", "\"$user\", public"]);
+    }
+
     /// Injected SQL that drops the connection's prepared statements (the SDK's and the
     /// statement cache's) costs the next tenant nothing: its transaction moves to another
     /// connection before anything of it runs, and the emptied one is not reused.
