@@ -294,7 +294,9 @@ async fn watch_transactions(
         };
         for w in overdue {
             tracing::warn!(pid = w.pid, limit_ms = limit.as_millis() as u64, "a tenant transaction outlived its deadline; cancelling it and closing its connection");
-            stop_backend(&config, &w).await;
+            // Its own task: reaching the server may take a while, and other overdue
+            // transactions must not wait for it.
+            tokio::spawn(stop_backend(config.clone(), w));
         }
     }
 }
@@ -304,7 +306,7 @@ async fn watch_transactions(
 /// cancels the running statement, and terminates the backend, since the statement may
 /// catch the cancel (PL/pgSQL can trap `query_canceled`) and a busy backend does not
 /// notice a closed socket.
-async fn stop_backend(config: &tokio_postgres::Config, w: &Watch) {
+async fn stop_backend(config: tokio_postgres::Config, w: Arc<Watch>) {
     let fired_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -312,31 +314,29 @@ async fn stop_backend(config: &tokio_postgres::Config, w: &Watch) {
     if let Some(kill) = w.kill.lock().ok().and_then(|mut k| k.take()) {
         let _ = kill.send(());
     }
-    if let Ok(socket) = wire::open_socket(config).await {
+    if let Ok(socket) = wire::open_socket(&config).await {
         if let Err(e) = w.cancel.cancel_query_raw(socket, NoTls).await {
             tracing::debug!(error = %e, "cancelling an overdue transaction failed");
         }
     }
-    let (pid, config) = (w.pid, config.clone());
-    tokio::spawn(async move {
-        // A separate connection as the same role (a role may terminate its own backends).
-        // Only a backend that started before the deadline fired: the pid is never another,
-        // later connection's.
-        let terminated = async {
-            let (client, connection) = config.connect(NoTls).await?;
-            tokio::spawn(connection);
-            client
-                .execute(
-                    "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity \
-                      WHERE pid = $1 AND backend_start < pg_catalog.to_timestamp($2::float8)",
-                    &[&pid, &fired_at],
-                )
-                .await
-        };
-        if let Err(e) = terminated.await {
-            tracing::warn!(error = %e, pid, "terminating the backend of an overdue transaction failed");
-        }
-    });
+    // A separate connection as the same role (a role may terminate its own backends). Only
+    // a backend that started before the deadline fired: the pid is never another, later
+    // connection's.
+    let pid = w.pid;
+    let terminated = async {
+        let (client, connection) = config.connect(NoTls).await?;
+        tokio::spawn(connection);
+        client
+            .execute(
+                "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity \
+                  WHERE pid = $1 AND backend_start < pg_catalog.to_timestamp($2::float8)",
+                &[&pid, &fired_at],
+            )
+            .await
+    };
+    if let Err(e) = terminated.await {
+        tracing::warn!(error = %e, pid, "terminating the backend of an overdue transaction failed");
+    }
 }
 
 /// Creates and checks connections for the pool.
