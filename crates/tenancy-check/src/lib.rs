@@ -11,7 +11,9 @@
 //!   tables without referring to the tenant context, keys and foreign keys without the tenant column, dangerous
 //!   privileges, partitions, materialized and foreign tables, stored tenant settings,
 //!   LEAKPROOF functions, publications, large objects, database and schema grants, unsigned
-//!   contexts and performance traps. Tenant tables are the tables that have the tenant
+//!   contexts and performance traps, and what the runtime role can change about itself to
+//!   break every later session: defaults stored for it (`ALTER ROLE … SET`), a password
+//!   pg_hba.conf accepts (every role may change its own), no connection limit. Tenant tables are the tables that have the tenant
 //!   column (`--tenant-column`, default `tenant_id`) and are not declared global.
 //! - [`probe`] — the active probe: as the runtime role (via `SET ROLE` when needed, never as
 //!   a superuser), in transactions that are always rolled back, it inserts synthetic rows for

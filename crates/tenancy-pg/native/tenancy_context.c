@@ -42,6 +42,7 @@
 #include "miscadmin.h"
 #include "storage/proc.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
@@ -404,11 +405,29 @@ parse_uuid(const char *s, size_t len, pg_uuid_t *out)
 }
 
 /*
+ * What RESET ALL does, as part of every SDK transaction's opening: settings changed at
+ * session level by earlier transactions on this connection (SET, set_config(..., false))
+ * go back to their defaults, so one transaction's SQL cannot leave a statement_timeout,
+ * search_path or read-only default to the connection's next user. Settings from the
+ * startup packet, the role, the database or the server file are not session-level and
+ * stay; transaction_read_only and the other per-transaction settings are excluded by
+ * PostgreSQL itself (GUC_NO_RESET_ALL). ResetAllOptions skips every setting not changed
+ * in the session, so an unchanged connection costs one pass over the settings array. The
+ * change is transactional like RESET ALL's: undone if this transaction rolls back, and
+ * then done again by the next opening.
+ */
+static void
+reset_session_settings(void)
+{
+	ResetAllOptions();
+}
+
+/*
  * Verifies the token in argument 0 and enters its tenant's context, making the transaction
  * read-only too when `read_only` (top level only, see tenancy_enter_read_only); returns the
  * tenant. Any problem is an ERROR (28000) raised before anything is changed: a refused
- * token leaves the context, the single-use mark and the transaction's read-only state as
- * they were.
+ * token leaves the context, the single-use mark, the transaction's read-only state and the
+ * session's settings as they were. An accepted one also resets session-level settings.
  * token: v1.<kid>.<tenant uuid>.<backend pid>.<issued µs>.<expires µs>.<hmac hex>
  */
 static pg_uuid_t *
@@ -496,6 +515,9 @@ enter_context(FunctionCallInfo fcinfo, bool read_only)
 		refuse("tenant context token has expired");
 	if (issued <= last_issued)
 		refuse("tenant context token was already used on this connection");
+
+	/* Transactional: undone with the rest if this transaction aborts (out of memory). */
+	reset_session_settings();
 
 	/* Allocated first: nothing below can fail, so either all of it happens or none. */
 	result = (pg_uuid_t *) palloc(sizeof(pg_uuid_t));

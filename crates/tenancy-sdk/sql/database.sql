@@ -23,3 +23,23 @@ BEGIN
   END IF;
 END
 $worker$;
+-- What the PL/pgSQL context's openings run before tenancy.enter (the native tenancy.enter
+-- does the same in C): RESET ALL, so session-level settings an earlier transaction on the
+-- connection made (SET, set_config(…, false)) do not reach the next one, except the
+-- session-level tenancy.last_issued, the PL/pgSQL context's single-use mark (keyed, so
+-- carrying it over as it was cannot forge one). SECURITY INVOKER and without SET clauses:
+-- a SET clause would put back, when the function returns, the value RESET ALL undid.
+CREATE OR REPLACE FUNCTION tenancy.reset_session() RETURNS void
+LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    mark text := pg_catalog.current_setting('tenancy.last_issued', true);
+BEGIN
+    RESET ALL;
+    IF mark IS NOT NULL AND mark <> '' THEN
+        PERFORM pg_catalog.set_config('tenancy.last_issued', mark, false);
+    END IF;
+END
+$fn$;
+ALTER FUNCTION tenancy.reset_session() OWNER TO tenancy_owner;
+REVOKE ALL ON FUNCTION tenancy.reset_session() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.reset_session() TO tenancy_app;

@@ -34,6 +34,14 @@ pub enum Error {
     /// A statement failed earlier in this transaction, so it can only be rolled back.
     #[error("the transaction was aborted by an earlier error and has been rolled back")]
     Aborted,
+    /// The transaction held its connection longer than the pool's transaction deadline
+    /// ([`PoolOptions::transaction_deadline`](crate::PoolOptions::transaction_deadline)):
+    /// its statement was cancelled, its backend terminated and its connection closed, so
+    /// nothing of it was committed and the locks it held are released.
+    #[error(
+        "the transaction outlived its {0:?} deadline and was ended (nothing of it was committed)"
+    )]
+    TransactionDeadline(std::time::Duration),
     /// Invalid input to the SDK.
     #[error("{0}")]
     Invalid(String),

@@ -1,13 +1,15 @@
 //! The runtime-role connection pool.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use tenancy_core::{ContextKey, ContextToken, TenantId};
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio::sync::oneshot;
+use tokio_postgres::{CancelToken, Client, NoTls, Statement};
 
 use crate::tx::{Begin, Signer};
 use crate::wire::{self, Splice};
@@ -45,8 +47,12 @@ pub(crate) struct Conn {
     deferred_commit: Mutex<Option<Instant>>,
     /// Count of the pool's connections with a deferred commit (the sweeper idles at 0).
     deferred: Arc<AtomicUsize>,
-    /// The database refused an opening on this connection: it is closed, not reused.
+    /// The database refused an opening on this connection, or it died or outlived its
+    /// transaction deadline: it is closed, not reused.
     retired: AtomicBool,
+    /// Shared with the pool's watchdog: when the transaction holding this connection
+    /// began, and how to stop it.
+    pub(crate) watch: Arc<Watch>,
 }
 
 impl Conn {
@@ -130,9 +136,101 @@ impl Conn {
         send_without_waiting(&self.client, "COMMIT")
     }
 
-    /// Marks the connection as not to be reused (its opening was refused).
+    /// Marks the connection as not to be reused (its opening was refused, or it died).
     pub(crate) fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What the pool's watchdog knows about one connection.
+pub(crate) struct Watch {
+    /// The pool's clock: `since` counts from here.
+    epoch: Instant,
+    /// Milliseconds from `epoch` (plus one) at which the transaction holding the
+    /// connection began; 0 while the connection is in the pool.
+    since: AtomicU64,
+    /// Backend process id, to terminate it.
+    pid: i32,
+    /// Cancels the statement running on the connection.
+    cancel: CancelToken,
+    /// Fired, the connection task drops the socket.
+    kill: Mutex<Option<oneshot::Sender<()>>>,
+    /// The watchdog ended the connection's transaction: the transaction's errors say so,
+    /// and none of its requests is retried.
+    pub(crate) expired: AtomicBool,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("since", &self.since)
+            .field("pid", &self.pid)
+            .field("expired", &self.expired)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Watch {
+    fn now_mark(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// A transaction took the connection.
+    fn start(&self) {
+        self.since.store(self.now_mark(), Ordering::Relaxed);
+    }
+
+    /// Whether a transaction has held the connection for longer than `limit`.
+    fn overdue(&self, limit: Duration) -> bool {
+        let since = self.since.load(Ordering::Relaxed);
+        since != 0 && self.now_mark().saturating_sub(since) > limit.as_millis() as u64
+    }
+}
+
+/// A pooled connection lent to one transaction. Until it is dropped (back to the pool)
+/// the watchdog counts its time against the transaction deadline; a dropped statement's
+/// fence (see `TenantTx`'s `Drop`) still holds it, so a connection stuck behind a long
+/// statement stays watched.
+#[derive(Debug)]
+pub(crate) struct Lease(Object);
+
+impl Deref for Lease {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.0
+    }
+}
+
+impl DerefMut for Lease {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.0
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.watch.since.store(0, Ordering::Relaxed);
+    }
+}
+
+impl Lease {
+    /// The pool's maximum number of connections.
+    pub(crate) fn pool_size(&self) -> usize {
+        Object::pool(&self.0).map_or(0, |p| p.status().max_size)
+    }
+
+    /// Gives this (retired) connection back and takes another from the pool, for another
+    /// attempt of the same transaction. Back first: in a pool of one it is the only
+    /// connection, and the pool replaces it when it sees it retired.
+    pub(crate) async fn replace(self) -> Result<Lease, Error> {
+        let pool = Object::pool(&self.0)
+            .ok_or_else(|| Error::Pool("the connection pool was dropped".into()))?;
+        let since = self.watch.since.load(Ordering::Relaxed);
+        drop(self);
+        let conn = pool.get().await.map_err(|e| Error::Pool(e.to_string()))?;
+        // The transaction's deadline runs from its first attempt.
+        conn.watch.since.store(since, Ordering::Relaxed);
+        Ok(Lease(conn))
     }
 }
 
@@ -168,6 +266,78 @@ async fn sweep_deferred_commits(pool: managed::WeakPool<Manager>, deferred: Arc<
     }
 }
 
+/// Ends transactions that have held their connection longer than `limit`, until the pool
+/// is dropped. Statement and lock timeouts are session settings that the transaction's own
+/// SQL may lift (`SET statement_timeout = 0`); this limit lives in the application.
+async fn watch_transactions(
+    pool: managed::WeakPool<Manager>,
+    watches: Arc<Mutex<Vec<Weak<Watch>>>>,
+    config: tokio_postgres::Config,
+    limit: Duration,
+) {
+    let every = (limit / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if pool.upgrade().is_none() {
+            return;
+        }
+        let overdue: Vec<Arc<Watch>> = {
+            let Ok(mut ws) = watches.lock() else { return };
+            ws.retain(|w| w.strong_count() > 0);
+            ws.iter()
+                .filter_map(Weak::upgrade)
+                .filter(|w| w.overdue(limit) && !w.expired.swap(true, Ordering::Relaxed))
+                .collect()
+        };
+        for w in overdue {
+            tracing::warn!(pid = w.pid, limit_ms = limit.as_millis() as u64, "a tenant transaction outlived its deadline; cancelling it and closing its connection");
+            // Its own task: reaching the server may take a while, and other overdue
+            // transactions must not wait for it.
+            tokio::spawn(stop_backend(config.clone(), w));
+        }
+    }
+}
+
+/// Stops the backend of a connection whose transaction outlived its deadline: closes the
+/// socket (a backend waiting for its client ends its transaction, releasing its locks),
+/// cancels the running statement, and terminates the backend, since the statement may
+/// catch the cancel (PL/pgSQL can trap `query_canceled`) and a busy backend does not
+/// notice a closed socket.
+async fn stop_backend(config: tokio_postgres::Config, w: Arc<Watch>) {
+    let fired_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    if let Some(kill) = w.kill.lock().ok().and_then(|mut k| k.take()) {
+        let _ = kill.send(());
+    }
+    if let Ok(socket) = wire::open_socket(&config).await {
+        if let Err(e) = w.cancel.cancel_query_raw(socket, NoTls).await {
+            tracing::debug!(error = %e, "cancelling an overdue transaction failed");
+        }
+    }
+    // A separate connection as the same role (a role may terminate its own backends). Only
+    // a backend that started before the deadline fired: the pid is never another, later
+    // connection's.
+    let pid = w.pid;
+    let terminated = async {
+        let (client, connection) = config.connect(NoTls).await?;
+        tokio::spawn(connection);
+        client
+            .execute(
+                "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity \
+                  WHERE pid = $1 AND backend_start < pg_catalog.to_timestamp($2::float8)",
+                &[&pid, &fired_at],
+            )
+            .await
+    };
+    if let Err(e) = terminated.await {
+        tracing::warn!(error = %e, pid, "terminating the backend of an overdue transaction failed");
+    }
+}
+
 /// Creates and checks connections for the pool.
 #[derive(Debug)]
 pub(crate) struct Manager {
@@ -178,6 +348,10 @@ pub(crate) struct Manager {
     tenant: bool,
     /// Shared with every connection: how many have a deferred commit.
     deferred: Arc<AtomicUsize>,
+    /// Every connection's watch, for the watchdog (dead entries are pruned as it runs).
+    watches: Arc<Mutex<Vec<Weak<Watch>>>>,
+    /// The pool's clock for transaction deadlines.
+    epoch: Instant,
 }
 
 impl managed::Manager for Manager {
@@ -194,9 +368,9 @@ impl managed::Manager for Manager {
         if conn.client.is_closed() {
             return Err(RecycleError::message("connection closed"));
         }
-        if conn.retired.load(Ordering::Relaxed) {
+        if conn.retired.load(Ordering::Relaxed) || conn.watch.expired.load(Ordering::Relaxed) {
             return Err(RecycleError::message(
-                "the database refused a transaction opening on this connection",
+                "the connection was retired (a refused opening, a dead backend or an overdue transaction)",
             ));
         }
         Ok(())
@@ -209,11 +383,11 @@ impl Manager {
     async fn connect(&self) -> Result<Conn, wire::Error> {
         if !self.tenant {
             let (client, connection) = self.config.connect(NoTls).await?;
-            spawn_connection(connection);
-            return Ok(self.conn(client, 0, None));
+            let kill = spawn_connection(connection);
+            return Ok(self.conn(client, 0, None, kill));
         }
         let (client, connection, splice) = wire::connect(&self.config).await?;
-        spawn_connection(connection);
+        let kill = spawn_connection(connection);
         let row = client
             .query_one(
                 // Native only when every C entry point the openings use is there (a
@@ -222,16 +396,45 @@ impl Manager {
                 "SELECT pg_backend_pid(), (SELECT count(*) = 2 FROM pg_catalog.pg_proc p \
                    JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
                   WHERE l.lanname = 'c' AND p.oid IN (to_regprocedure('tenancy.enter(text)'), \
-                                                      to_regprocedure('tenancy.enter_read_only(text)')))",
+                                                      to_regprocedure('tenancy.enter_read_only(text)'))), \
+                        to_regprocedure('tenancy.reset_session()') IS NOT NULL",
                 &[],
             )
             .await?;
-        let (pid, native): (i32, bool) = (row.get(0), row.get(1));
-        wire::prepare(&client, &splice, native).await?;
-        Ok(self.conn(client, pid, Some(splice)))
+        let (pid, native, reset_fn): (i32, bool, bool) = (row.get(0), row.get(1), row.get(2));
+        // PL/pgSQL openings reset session settings with tenancy.reset_session(), which keeps
+        // the context's single-use mark; a database bootstrapped before it existed gets a
+        // plain RESET ALL until `bootstrap_database` runs again (which also drops the mark).
+        // The native tenancy.enter resets them itself.
+        let reset = match (native, reset_fn) {
+            (true, _) => None,
+            (false, true) => Some("SELECT tenancy.reset_session()"),
+            (false, false) => Some("RESET ALL"),
+        };
+        wire::prepare(&client, &splice, native, reset).await?;
+        Ok(self.conn(client, pid, Some(splice), kill))
     }
 
-    fn conn(&self, client: Client, pid: i32, splice: Option<Arc<Splice>>) -> Conn {
+    fn conn(
+        &self,
+        client: Client,
+        pid: i32,
+        splice: Option<Arc<Splice>>,
+        kill: oneshot::Sender<()>,
+    ) -> Conn {
+        let watch = Arc::new(Watch {
+            epoch: self.epoch,
+            since: AtomicU64::new(0),
+            pid,
+            cancel: client.cancel_token(),
+            kill: Mutex::new(Some(kill)),
+            expired: AtomicBool::new(false),
+        });
+        if self.tenant {
+            if let Ok(mut ws) = self.watches.lock() {
+                ws.push(Arc::downgrade(&watch));
+            }
+        }
         Conn {
             client,
             pid,
@@ -241,21 +444,29 @@ impl Manager {
             deferred_commit: Mutex::new(None),
             deferred: Arc::clone(&self.deferred),
             retired: AtomicBool::new(false),
+            watch,
         }
     }
 }
 
-/// Drives a connection until it closes.
-fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>)
+/// Drives a connection until it closes, or until the returned sender fires (the
+/// watchdog's way to drop the socket of an overdue transaction).
+fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>) -> oneshot::Sender<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let (kill, killed) = oneshot::channel::<()>();
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "pooled connection closed");
+        tokio::select! {
+            biased;
+            r = connection => if let Err(e) = r {
+                tracing::debug!(error = %e, "pooled connection closed");
+            },
+            Ok(()) = killed => tracing::debug!("pooled connection closed by the transaction watchdog"),
         }
     });
+    kill
 }
 
 pub(crate) type Pool = managed::Pool<Manager>;
@@ -267,19 +478,27 @@ pub(crate) fn build_pool(
     config: tokio_postgres::Config,
     opts: &PoolOptions,
 ) -> Result<Pool, Error> {
-    build_pool_with(config, opts, false, Arc::default())
+    build_pool_with(config, opts, false, Arc::default(), Arc::default())
 }
 
 fn build_pool_with(
-    config: tokio_postgres::Config,
+    mut config: tokio_postgres::Config,
     opts: &PoolOptions,
     tenant: bool,
     deferred: Arc<AtomicUsize>,
+    watches: Arc<Mutex<Vec<Weak<Watch>>>>,
 ) -> Result<Pool, Error> {
+    let options = match config.get_options() {
+        Some(own) if !own.trim().is_empty() => format!("{} {own}", opts.startup_options()),
+        _ => opts.startup_options(),
+    };
+    config.options(options);
     Pool::builder(Manager {
         config,
         tenant,
         deferred,
+        watches,
+        epoch: Instant::now(),
     })
     .max_size(opts.max_size)
     .wait_timeout(Some(opts.wait_timeout))
@@ -290,6 +509,20 @@ fn build_pool_with(
 }
 
 /// Settings of a [`TenantPool`].
+///
+/// The session limits (`statement_timeout` to `transaction_timeout`) travel in every
+/// connection's startup packet. Settings given there take precedence over defaults stored
+/// with `ALTER ROLE … SET` or `ALTER DATABASE … SET`, which the runtime role could
+/// otherwise use to break every later connection (the runtime role may change its own
+/// defaults, e.g. `ALTER ROLE tenancy_app SET statement_timeout = '1ms'`). Alongside them
+/// every connection is pinned to `default_transaction_read_only = off`,
+/// `default_transaction_isolation = 'read committed'`,
+/// `default_transaction_deferrable = off`, `row_security = on` and
+/// `client_min_messages = notice`. Options in the connection configuration itself
+/// (`options=-c …`) are sent after these and win, so an operator can still change any of
+/// them on purpose. A transaction's own `SET` changes them for the rest of its session
+/// only until the next transaction opens: every opening resets session-level settings
+/// (`RESET ALL`).
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
     /// Maximum number of connections.
@@ -299,6 +532,28 @@ pub struct PoolOptions {
     pub token_ttl: Duration,
     /// How long `begin` waits for a free connection.
     pub wait_timeout: Duration,
+    /// Longest a transaction may hold its connection, from `begin` until it ends;
+    /// `Duration::ZERO` for no limit. Enforced by the pool, not by a session setting the
+    /// transaction's SQL could lift: past it the running statement is cancelled, the
+    /// backend terminated (releasing its locks) and the connection closed, and the
+    /// transaction fails with [`Error::TransactionDeadline`]. Checked every quarter of
+    /// the limit (at most every second), so a transaction ends within 1.25 times it.
+    /// Needs a Tokio runtime when the pool is built.
+    pub transaction_deadline: Duration,
+    /// `statement_timeout` of every connection; `Duration::ZERO` for none.
+    pub statement_timeout: Duration,
+    /// `lock_timeout` of every connection: how long a statement waits for a lock before it
+    /// fails; `Duration::ZERO` for none.
+    pub lock_timeout: Duration,
+    /// `idle_in_transaction_session_timeout` of every connection; `Duration::ZERO` for none.
+    pub idle_in_transaction_timeout: Duration,
+    /// `search_path` of every connection, as PostgreSQL spells it; `None` keeps the
+    /// server's, database's or role's default. The default is PostgreSQL's own,
+    /// `"$user", public`.
+    pub search_path: Option<String>,
+    /// `transaction_timeout` of every connection (PostgreSQL 17 and later only: older
+    /// servers refuse connections that set it); `None` sends nothing.
+    pub transaction_timeout: Option<Duration>,
 }
 
 impl Default for PoolOptions {
@@ -307,7 +562,57 @@ impl Default for PoolOptions {
             max_size: 16,
             token_ttl: Duration::from_secs(60),
             wait_timeout: Duration::from_secs(30),
+            transaction_deadline: Duration::from_secs(30),
+            statement_timeout: Duration::from_secs(30),
+            lock_timeout: Duration::from_secs(10),
+            idle_in_transaction_timeout: Duration::from_secs(60),
+            search_path: Some("\"$user\", public".into()),
+            transaction_timeout: None,
         }
+    }
+}
+
+impl PoolOptions {
+    /// The `options` startup parameter carrying the session limits.
+    pub(crate) fn startup_options(&self) -> String {
+        let ms = |d: Duration| d.as_millis().min(i32::MAX as u128).to_string();
+        let mut settings: Vec<(&str, String)> = vec![
+            ("statement_timeout", ms(self.statement_timeout)),
+            ("lock_timeout", ms(self.lock_timeout)),
+            (
+                "idle_in_transaction_session_timeout",
+                ms(self.idle_in_transaction_timeout),
+            ),
+            ("default_transaction_read_only", "off".into()),
+            ("default_transaction_isolation", "read committed".into()),
+            ("default_transaction_deferrable", "off".into()),
+            ("row_security", "on".into()),
+            ("client_min_messages", "notice".into()),
+        ];
+        if let Some(path) = &self.search_path {
+            settings.push(("search_path", path.clone()));
+        }
+        if let Some(t) = self.transaction_timeout {
+            settings.push(("transaction_timeout", ms(t)));
+        }
+        let mut out = String::new();
+        for (name, value) in settings {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str("-c ");
+            out.push_str(name);
+            out.push('=');
+            // The server splits `options` at white space; a backslash keeps the next
+            // character (a space in a value, or a backslash) in the value.
+            for c in value.chars() {
+                if c.is_whitespace() || c == '\\' {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+        }
+        out
     }
 }
 
@@ -339,11 +644,33 @@ impl TenantPool {
             return Err(Error::Invalid("pool max_size must be at least 1".into()));
         }
         wire::check_config(&config).map_err(Error::Invalid)?;
+        if let Some(path) = &opts.search_path {
+            if path.contains('\0') {
+                return Err(Error::Invalid(
+                    "pool search_path must not contain a NUL byte".into(),
+                ));
+            }
+        }
         let deferred = Arc::new(AtomicUsize::new(0));
-        let pool = build_pool_with(config, &opts, true, Arc::clone(&deferred))?;
+        let watches = Arc::default();
+        let pool = build_pool_with(
+            config,
+            &opts,
+            true,
+            Arc::clone(&deferred),
+            Arc::clone(&watches),
+        )?;
         let defers_commits = match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(sweep_deferred_commits(pool.weak(), deferred));
+                if !opts.transaction_deadline.is_zero() {
+                    rt.spawn(watch_transactions(
+                        pool.weak(),
+                        watches,
+                        pool.manager().config.clone(),
+                        opts.transaction_deadline,
+                    ));
+                }
                 true
             }
             Err(_) => false,
@@ -397,11 +724,13 @@ impl TenantPool {
         if let Some(schema) = schema {
             check_schema_name(schema)?;
         }
-        let mut conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| Error::Pool(e.to_string()))?;
+        let mut conn = Lease(
+            self.pool
+                .get()
+                .await
+                .map_err(|e| Error::Pool(e.to_string()))?,
+        );
+        conn.watch.start();
         let ttl_micros = self.opts.token_ttl.as_micros() as i64;
         let token = conn.sign(&self.key, tenant, ttl_micros);
         // A read-only transaction that ended on this connection without its COMMIT being
@@ -415,6 +744,7 @@ impl TenantPool {
         let signer = Signer {
             key: Arc::clone(&self.key),
             ttl_micros,
+            deadline: self.opts.transaction_deadline,
         };
         Ok(TenantTx::new(
             conn,

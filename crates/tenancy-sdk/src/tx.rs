@@ -1,13 +1,15 @@
 //! `TenantTx`: a transaction bound to one tenant.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tenancy_core::{ContextKey, ContextToken, TenantId};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
-use crate::pool::{Conn, Object};
+use crate::pool::{Conn, Lease};
 use crate::wire::{self, Splice};
 use crate::Error;
 
@@ -56,11 +58,14 @@ enum State {
     Failed { open: bool },
 }
 
-/// Signs the context tokens of a transaction's later implicit statements.
+/// Signs the context tokens of a transaction's later implicit statements (and of its
+/// opening again when it moves to another connection).
 #[derive(Debug, Clone)]
 pub(crate) struct Signer {
     pub(crate) key: Arc<ContextKey>,
     pub(crate) ttl_micros: i64,
+    /// The pool's transaction deadline, for the error of a transaction that outlived it.
+    pub(crate) deadline: Duration,
 }
 
 /// A transaction on the tenant's database, bound to one tenant by a signed,
@@ -72,9 +77,12 @@ pub(crate) struct Signer {
 #[derive(Debug)]
 pub struct TenantTx {
     /// The pooled connection; `None` only after the transaction ended.
-    conn: Option<Object>,
+    conn: Option<Lease>,
     /// Tenant this transaction is bound to.
     tenant: TenantId,
+    /// The schema placement's schema, to open the transaction again on another
+    /// connection if its first one died before anything of it ran.
+    schema: Option<String>,
     /// The opening of the first statement (its token, an owed COMMIT).
     begin: Option<Begin>,
     /// Signs tokens for later implicit statements.
@@ -123,9 +131,23 @@ async fn with_opening<T>(
     }
 }
 
+/// Whether `e` says the connection is gone or unusable for the next transaction: closed,
+/// its backend terminated or crashed, or its prepared statements deallocated.
+fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.is_closed()
+        || matches!(
+            e.code(),
+            Some(c) if *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CRASH_SHUTDOWN
+                || *c == SqlState::CANNOT_CONNECT_NOW
+                || *c == SqlState::INVALID_SQL_STATEMENT_NAME
+        )
+}
+
 impl TenantTx {
     pub(crate) fn new(
-        conn: Object,
+        conn: Lease,
         tenant: TenantId,
         begin: Begin,
         signer: Signer,
@@ -134,6 +156,7 @@ impl TenantTx {
         TenantTx {
             conn: Some(conn),
             tenant,
+            schema: begin.schema.clone(),
             read_only: begin.read_only,
             begin: Some(begin),
             signer,
@@ -153,7 +176,7 @@ impl TenantTx {
         self.tenant
     }
 
-    fn conn(&mut self) -> Result<&mut Object, Error> {
+    fn conn(&mut self) -> Result<&mut Lease, Error> {
         self.conn
             .as_mut()
             .ok_or_else(|| Error::Invalid("transaction already ended".into()))
@@ -214,12 +237,90 @@ impl TenantTx {
 
     fn track<T>(&mut self, r: Result<T, Error>) -> Result<T, Error> {
         self.in_flight = false;
-        if r.is_err() {
+        if let Err(e) = &r {
             self.state = State::Failed {
                 open: self.state == State::Open,
             };
+            if let (Some(conn), Error::Db { source, .. } | Error::ContextRefused(source)) =
+                (&self.conn, e)
+            {
+                if connection_lost(source) {
+                    conn.retire();
+                }
+            }
         }
-        r
+        r.map_err(|e| self.deadline_error(e))
+    }
+
+    /// `e`, or [`Error::TransactionDeadline`] when the pool's watchdog ended this
+    /// transaction (its connection was closed under it).
+    fn deadline_error(&self, e: Error) -> Error {
+        match &self.conn {
+            Some(c) if c.watch.expired.load(Ordering::Relaxed) => {
+                Error::TransactionDeadline(self.signer.deadline)
+            }
+            _ => e,
+        }
+    }
+
+    /// After the transaction's first request failed: if its connection died under it
+    /// (terminated, crashed, or closed before the request was written), moves the
+    /// transaction to another connection so the request can run again, and returns true.
+    /// Nothing of the transaction can have taken effect: the request is an
+    /// extended-protocol statement (one statement, never a COMMIT of its own) that ran,
+    /// if at all, after BEGIN or, read-only, in an implicit transaction, and a dead
+    /// connection commits neither. A simple query (`batch_execute`, `client()`) may
+    /// commit on its own and is never run again. Retried at most once per connection of
+    /// the pool (injected SQL may have terminated every idle one, and each can still
+    /// look alive when it is handed out); a transaction that outlived its deadline is not
+    /// retried.
+    ///
+    /// A connection whose prepared statements are gone (`DEALLOCATE` by an earlier
+    /// transaction's SQL) counts as lost too: its statement cache no longer matches the
+    /// server, and a Bind of a missing statement fails before it runs.
+    async fn retry_first<T>(&mut self, r: &Result<T, Error>, retries: &mut usize) -> bool {
+        let Err(e) = r else { return false };
+        let Some(conn) = self.conn.as_ref() else {
+            return false;
+        };
+        if *retries >= conn.pool_size() {
+            return false;
+        }
+        *retries += 1;
+        let source = match e {
+            Error::Db { source, .. } | Error::ContextRefused(source) => source,
+            _ => return false,
+        };
+        if !connection_lost(source) && !conn.client.is_closed() {
+            return false;
+        }
+        if conn.watch.expired.load(Ordering::Relaxed) {
+            return false;
+        }
+        conn.retire();
+        let Some(conn) = self.conn.take() else {
+            return false;
+        };
+        let mut fresh = match conn.replace().await {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::debug!(error = %err, "no connection to retry a transaction whose connection died");
+                return false;
+            }
+        };
+        tracing::debug!(error = %e, "a pooled connection died before the transaction's first statement ran; retrying on another");
+        let token = fresh.sign(&self.signer.key, self.tenant, self.signer.ttl_micros);
+        let begin = Begin {
+            commit_first: fresh.take_deferred_commit(),
+            read_only: self.read_only,
+            token,
+            schema: self.schema.clone(),
+        };
+        self.conn = Some(fresh);
+        self.begin = Some(begin);
+        self.state = State::NotBegun;
+        self.in_flight = false;
+        true
     }
 
     fn check_usable(&self) -> Result<(), Error> {
@@ -238,19 +339,38 @@ impl TenantTx {
         if let Some(s) = self.conn()?.cached(sql) {
             return Ok(s);
         }
+        let mut reset = false;
         let opening = match self.state {
             State::NotBegun if !self.first_is_implicit() => self.opening(false)?,
+            State::NotBegun => {
+                // The Parse runs before the implicit opening: names must not resolve
+                // with session settings an earlier transaction left on this connection.
+                if let Some(splice) = self.conn()?.splice.as_deref() {
+                    splice.push_reset();
+                    reset = true;
+                }
+                None
+            }
             _ => None,
         };
         self.in_flight = true;
         let conn = self.conn()?;
-        let r = with_opening(
+        let mut r = with_opening(
             conn,
             opening,
             "preparing a statement",
             conn.client.prepare(sql),
         )
         .await;
+        if let (true, Err(Error::Db { .. }), Some(splice)) = (reset, &r, conn.splice.as_deref()) {
+            if splice.take_failed() {
+                // Like a refused opening: the connection lost the SDK's statements.
+                conn.retire();
+                if let Err(Error::Db { source, .. }) = r {
+                    r = Err(Error::ContextRefused(source));
+                }
+            }
+        }
         let stmt = self.track(r)?;
         self.conn()?.remember(sql, stmt.clone());
         Ok(stmt)
@@ -274,6 +394,21 @@ impl TenantTx {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
+        let mut retries = 0;
+        loop {
+            let first = self.state == State::NotBegun;
+            let r = self.query_once(sql, params).await;
+            if !(first && self.retry_first(&r, &mut retries).await) {
+                return r;
+            }
+        }
+    }
+
+    async fn query_once(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
         let (stmt, opening) = self.ready(sql).await?;
         let conn = self.conn()?;
         let r = with_opening(conn, opening, RUNNING, conn.client.query(&stmt, params)).await;
@@ -282,6 +417,21 @@ impl TenantTx {
 
     /// Runs a statement that returns exactly one row.
     pub async fn query_one(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, Error> {
+        let mut retries = 0;
+        loop {
+            let first = self.state == State::NotBegun;
+            let r = self.query_one_once(sql, params).await;
+            if !(first && self.retry_first(&r, &mut retries).await) {
+                return r;
+            }
+        }
+    }
+
+    async fn query_one_once(
         &mut self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
@@ -298,6 +448,21 @@ impl TenantTx {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, Error> {
+        let mut retries = 0;
+        loop {
+            let first = self.state == State::NotBegun;
+            let r = self.query_opt_once(sql, params).await;
+            if !(first && self.retry_first(&r, &mut retries).await) {
+                return r;
+            }
+        }
+    }
+
+    async fn query_opt_once(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, Error> {
         let (stmt, opening) = self.ready(sql).await?;
         let conn = self.conn()?;
         let r = with_opening(conn, opening, RUNNING, conn.client.query_opt(&stmt, params)).await;
@@ -306,6 +471,21 @@ impl TenantTx {
 
     /// Runs a statement and returns the number of rows it affected.
     pub async fn execute(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, Error> {
+        let mut retries = 0;
+        loop {
+            let first = self.state == State::NotBegun;
+            let r = self.execute_once(sql, params).await;
+            if !(first && self.retry_first(&r, &mut retries).await) {
+                return r;
+            }
+        }
+    }
+
+    async fn execute_once(
         &mut self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
@@ -429,10 +609,14 @@ impl TenantTx {
         } else {
             ("ROLLBACK", "rolling back")
         };
-        conn.client
-            .batch_execute(sql)
-            .await
-            .map_err(Error::db(what))?;
+        if let Err(e) = conn.client.batch_execute(sql).await {
+            let expired = conn.watch.expired.load(Ordering::Relaxed);
+            return Err(if expired {
+                Error::TransactionDeadline(self.signer.deadline)
+            } else {
+                Error::db(what)(e)
+            });
+        }
         if commit && state != State::Open {
             return Err(Error::Aborted);
         }
@@ -474,11 +658,11 @@ impl Drop for TenantTx {
                 handle.spawn(async move {
                     if let Err(e) = conn.client.batch_execute(fence).await {
                         tracing::warn!(error = %e, "ending a dropped tenant transaction failed; closing the connection");
-                        drop(deadpool::managed::Object::take(conn));
+                        conn.retire();
                     }
                 });
             }
-            Err(_) => drop(deadpool::managed::Object::take(conn)),
+            Err(_) => conn.retire(),
         }
     }
 }

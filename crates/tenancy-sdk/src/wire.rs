@@ -48,14 +48,21 @@ use tokio_postgres::{Client, Config, Connection, NoTls};
 /// are prepared, at connection start, before any statement of a user runs (and a plan is
 /// re-analysed with that same search path); they are qualified anyway.
 const PREPARED: &[(&str, &str)] = &[
-    (BEGIN, "BEGIN"),
-    (BEGIN_READ_ONLY, "BEGIN READ ONLY"),
+    // The modes are explicit: a session default an earlier transaction's SQL set (`SET
+    // default_transaction_read_only = on`) would otherwise apply to this transaction,
+    // which starts before `tenancy.enter` resets session settings.
+    (BEGIN, "BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE"),
+    (
+        BEGIN_READ_ONLY,
+        "BEGIN ISOLATION LEVEL READ COMMITTED, READ ONLY",
+    ),
     (COMMIT, "COMMIT"),
     (ENTER, "SELECT tenancy.enter($1::pg_catalog.text)"),
     (
         SEARCH_PATH,
         "SELECT pg_catalog.set_config('search_path', $1::pg_catalog.text, true)",
     ),
+    (RESET, "RESET ALL"),
 ];
 /// Prepared only where the database has the native context (the PL/pgSQL one has no
 /// `tenancy.enter_read_only`).
@@ -69,6 +76,8 @@ const COMMIT: &str = "tenancy_commit";
 const ENTER: &str = "tenancy_enter";
 const ENTER_READ_ONLY: &str = "tenancy_enter_ro";
 const SEARCH_PATH: &str = "tenancy_search_path";
+const RESET: &str = "tenancy_reset";
+const RESET_SESSION: &str = "tenancy_reset_session";
 /// A Sync message.
 const SYNC: [u8; 5] = [b'S', 0, 0, 0, 4];
 
@@ -122,7 +131,7 @@ impl AsyncWrite for Socket {
 /// Opens a socket to the first reachable host of `config`, with the socket settings
 /// tokio-postgres would apply itself: `hostaddr` (an address used instead of resolving the
 /// host), the connect timeout, TCP_NODELAY, keepalives and the TCP user timeout.
-async fn open_socket(config: &Config) -> io::Result<Socket> {
+pub(crate) async fn open_socket(config: &Config) -> io::Result<Socket> {
     let hosts = config.get_hosts();
     let addrs = config.get_hostaddrs();
     if hosts.is_empty() && addrs.is_empty() {
@@ -235,20 +244,34 @@ pub(crate) enum Error {
 
 /// Prepares the `tenancy_*` statements on a tenant connection (one round trip, at
 /// connection creation), and records whether its database has the native context
-/// (`native`), whose implicit read-only openings use `tenancy.enter_read_only`.
+/// (`native`), whose implicit read-only openings use `tenancy.enter_read_only`. `reset`:
+/// what an explicit opening runs between BEGIN and `tenancy.enter` to reset session
+/// settings, where `enter` does not do it itself (the PL/pgSQL context).
 pub(crate) async fn prepare(
     client: &Client,
     splice: &Splice,
     native: bool,
+    reset: Option<&'static str>,
 ) -> Result<(), tokio_postgres::Error> {
     let mut buf = BytesMut::new();
-    let native_only = native.then_some(&PREPARED_NATIVE);
-    for (name, sql) in PREPARED.iter().chain(native_only) {
+    let native_only = native.then_some(PREPARED_NATIVE);
+    let reset_stmt = reset.map(|sql| (RESET_SESSION, sql));
+    let mut n = 0;
+    for (name, sql) in PREPARED
+        .iter()
+        .copied()
+        .chain(native_only)
+        .chain(reset_stmt)
+    {
         // Statement texts are constants without NUL bytes: encoding cannot fail.
         let _ = frontend::parse(name, sql, [], &mut buf);
+        n += 1;
     }
-    splice.push(&buf, (PREPARED.len() + usize::from(native)) as u32);
+    splice.push(&buf, n);
     splice.native.store(native, Ordering::Relaxed);
+    splice
+        .reset_in_opening
+        .store(reset.is_some(), Ordering::Relaxed);
     // An empty query: the parses ride in front of it and share its ReadyForQuery.
     client.batch_execute("").await
 }
@@ -269,25 +292,30 @@ pub(crate) struct Opening<'a> {
     pub(crate) search_path: Option<&'a str>,
 }
 
+/// Appends a Bind/Execute pair of prepared statement `name` (no Sync) to `buf`.
+fn bind_execute(name: &str, arg: Option<&str>, buf: &mut BytesMut) {
+    // Values are text without NUL bytes and statement names constants: cannot fail.
+    let _ = frontend::bind(
+        "",
+        name,
+        [0i16],
+        arg,
+        |v, buf| {
+            buf.extend_from_slice(v.as_bytes());
+            Ok(postgres_protocol::IsNull::No)
+        },
+        [0i16],
+        buf,
+    );
+    let _ = frontend::execute("", 0, buf);
+}
+
 /// Encodes an opening as Bind/Execute pairs of the prepared statements (no Sync) at the
 /// end of `buf`, and returns the number of statements whose replies the filter must drop.
-fn encode_into(o: &Opening<'_>, buf: &mut BytesMut) -> u32 {
+fn encode_into(o: &Opening<'_>, reset: bool, buf: &mut BytesMut) -> u32 {
     let mut n = 0;
     let mut stmt = |name: &str, arg: Option<&str>, buf: &mut BytesMut| {
-        // Values are text without NUL bytes and statement names constants: cannot fail.
-        let _ = frontend::bind(
-            "",
-            name,
-            [0i16],
-            arg,
-            |v, buf| {
-                buf.extend_from_slice(v.as_bytes());
-                Ok(postgres_protocol::IsNull::No)
-            },
-            [0i16],
-            buf,
-        );
-        let _ = frontend::execute("", 0, buf);
+        bind_execute(name, arg, buf);
         n += 1;
     };
     if o.commit_first {
@@ -297,6 +325,9 @@ fn encode_into(o: &Opening<'_>, buf: &mut BytesMut) -> u32 {
         stmt(ENTER_READ_ONLY, Some(o.token), buf);
     } else {
         stmt(if o.read_only { BEGIN_READ_ONLY } else { BEGIN }, None, buf);
+        if reset {
+            stmt(RESET_SESSION, None, buf);
+        }
         stmt(ENTER, Some(o.token), buf);
     }
     if let Some(path) = o.search_path {
@@ -344,6 +375,9 @@ pub(crate) struct Splice {
     shared: Mutex<Shared>,
     /// The database has the native context (`tenancy.enter_read_only` is prepared).
     native: AtomicBool,
+    /// Explicit openings run `tenancy_reset_session` before `enter` (PL/pgSQL context,
+    /// whose `enter` does not reset session settings itself).
+    reset_in_opening: AtomicBool,
 }
 
 impl Splice {
@@ -363,8 +397,20 @@ impl Splice {
     /// Queues an opening in front of the next request (encoded straight into the queue).
     pub(crate) fn push_opening(&self, o: &Opening<'_>) {
         let mut s = self.lock();
-        let stmts = encode_into(o, &mut s.pending);
+        let reset = self.reset_in_opening.load(Ordering::Relaxed);
+        let stmts = encode_into(o, reset, &mut s.pending);
         s.pending_stmts += stmts;
+        s.failed = false;
+    }
+
+    /// Queues `RESET ALL` in front of the next request: the Parse of an implicit read-only
+    /// transaction's first statement goes ahead of its opening (whose `enter_read_only`
+    /// resets session settings), and must not resolve names with settings a previous
+    /// transaction left behind.
+    pub(crate) fn push_reset(&self) {
+        let mut s = self.lock();
+        bind_execute(RESET, None, &mut s.pending);
+        s.pending_stmts += 1;
         s.failed = false;
     }
 

@@ -6,4 +6,5 @@ mod definer;
 mod good;
 mod probe;
 mod rules;
+mod session;
 mod support;

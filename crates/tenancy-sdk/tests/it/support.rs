@@ -180,7 +180,7 @@ pub async fn visible_tenants(pool: &TenantPool, tenant: TenantId) -> Vec<uuid::U
     let rows = tx
         .query("SELECT tenant_id FROM customers", &[])
         .await
-        .expect("select");
+        .unwrap_or_else(|e| panic!("select: {e:?}"));
     tx.commit().await.expect("commit");
     rows.iter().map(|r| r.get(0)).collect()
 }
