@@ -8,7 +8,9 @@ use std::sync::{Arc, OnceLock};
 
 use sha2::{Digest, Sha256};
 use tenancy_core::{ContextKey, TenantId};
-use tenancy_sdk::bootstrap::quote_ident;
+use tenancy_sdk::bootstrap::{
+    quote_ident, CONFIG_READER_ROLE, OWNER_ROLE, RUNTIME_ROLE, WORKER_ROLE,
+};
 use tenancy_sdk::TenantPool;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
@@ -477,9 +479,8 @@ pub async fn grant_database(admin: &Client, name: &str) -> Result<(), Error> {
     admin
         .batch_execute(&format!(
             "REVOKE ALL ON DATABASE {q} FROM PUBLIC;
-             GRANT CONNECT ON DATABASE {q} TO tenancy_app;
-             GRANT CONNECT ON DATABASE {q} TO tenancy_config_reader;
-             GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {q} TO tenancy_owner;"
+             GRANT CONNECT ON DATABASE {q} TO {RUNTIME_ROLE}, {CONFIG_READER_ROLE}, {WORKER_ROLE};
+             GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {q} TO {OWNER_ROLE};"
         ))
         .await
         .map_err(Error::db(format!("granting privileges on database {name}")))

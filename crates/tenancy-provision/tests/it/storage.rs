@@ -180,7 +180,9 @@ async fn dedicated_databases_are_clones_with_their_own_keys_and_the_bootstrap_pr
         let su = &su;
         async move {
             su.query_one(
-                "SELECT datacl::text FROM pg_database WHERE datname = $1",
+                // Sorted: the order of ACL items depends on the order of the grants.
+                "SELECT string_agg(a::text, ',' ORDER BY a::text)
+                   FROM pg_database d, unnest(d.datacl) a WHERE d.datname = $1",
                 &[&name],
             )
             .await
