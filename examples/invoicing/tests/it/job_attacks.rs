@@ -10,8 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 use tenancy_axum::jobs::{self, JobOutcome, JobSigner, Worker, WORKER_ROLE};
 use tenancy_axum::{Source, Tenancy};
-use tenancy_catalog::{NewCluster, NewTenant};
-use tenancy_core::{Placement, TenantId, TenantState};
+use tenancy_core::{TenantId, TenantState};
 use tenancy_pg::testing::TestDb;
 use tenancy_sdk::bootstrap::{self, ContextImpl, OWNER_ROLE, RUNTIME_ROLE};
 use tenancy_sdk::{ClusterCredentials, Router, RouterOptions, TenantPool};
@@ -19,7 +18,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use crate::support::{connect, fresh_db, key};
+use crate::support::{catalog_with_tenants, connect, fresh_db, key};
 
 const QUEUE: &str = "attacks";
 const KIND: &str = "count";
@@ -64,49 +63,18 @@ async fn queues() -> Vec<Queue> {
 }
 
 async fn queue(imp: ContextImpl, db: TestDb) -> Queue {
-    let mut owner = connect(db.config_as(OWNER_ROLE)).await;
+    let (owner, ids) = catalog_with_tenants(
+        &db,
+        &[
+            ("acme", Some(TenantState::Active)),
+            ("globex", Some(TenantState::Active)),
+        ],
+    )
+    .await;
     assert_eq!(
         bootstrap::context_impl(&owner).await.expect("impl"),
         Some(imp)
     );
-    let region = "eu-west".parse().expect("region");
-    tenancy_catalog::add_region(&owner, &region, "EU")
-        .await
-        .expect("region");
-    tenancy_catalog::add_cluster(
-        &owner,
-        &NewCluster {
-            name: "pg-1".into(),
-            region: region.clone(),
-            host: db.cluster.socket_dir().display().to_string(),
-            port: db.cluster.port(),
-            dbname: db.name.clone(),
-            capacity: 100,
-        },
-    )
-    .await
-    .expect("cluster");
-    let mut ids = Vec::new();
-    for slug in ["acme", "globex"] {
-        let t = tenancy_catalog::create_tenant(
-            &mut owner,
-            &NewTenant {
-                id: None,
-                slug: slug.parse().expect("slug"),
-                display_name: slug.into(),
-                plan: "pro".parse().expect("plan"),
-                region: region.clone(),
-                placement: Placement::Pooled,
-            },
-            "test",
-        )
-        .await
-        .expect("tenant");
-        tenancy_catalog::set_state(&mut owner, t.id, TenantState::Active, "test", "ready")
-            .await
-            .expect("activate");
-        ids.push(t.id);
-    }
     let router = Router::new(
         db.config_as(RUNTIME_ROLE),
         key(),

@@ -183,8 +183,13 @@ pub async fn fresh_db() -> TestDb {
     db
 }
 
-pub async fn start() -> Env {
-    let db = fresh_db().await;
+/// Registers `db` as the one cluster of region `eu-west` in its own catalog and creates
+/// pooled tenants with the given slugs and states (`None`: left provisioning). Returns the
+/// owner's connection and the tenants' ids in order.
+pub async fn catalog_with_tenants(
+    db: &TestDb,
+    tenants: &[(&str, Option<TenantState>)],
+) -> (Client, Vec<TenantId>) {
     let mut owner = connect(db.config_as(OWNER_ROLE)).await;
     let region = "eu-west".parse().expect("region");
     tenancy_catalog::add_region(&owner, &region, "EU")
@@ -204,13 +209,7 @@ pub async fn start() -> Env {
     .await
     .expect("cluster");
     let mut ids = Vec::new();
-    for (slug, state) in [
-        ("acme", Some(TenantState::Active)),
-        ("globex", Some(TenantState::Active)),
-        ("initech", Some(TenantState::Suspended)),
-        ("hooli", None),
-        ("umbrella", Some(TenantState::Deleting)),
-    ] {
+    for &(slug, state) in tenants {
         let t = tenancy_catalog::create_tenant(
             &mut owner,
             &NewTenant {
@@ -229,12 +228,30 @@ pub async fn start() -> Env {
             tenancy_catalog::set_state(&mut owner, t.id, TenantState::Active, "test", "ready")
                 .await
                 .expect("activate");
-            tenancy_catalog::set_state(&mut owner, t.id, s, "test", "test")
-                .await
-                .expect("state");
+            if s != TenantState::Active {
+                tenancy_catalog::set_state(&mut owner, t.id, s, "test", "test")
+                    .await
+                    .expect("state");
+            }
         }
         ids.push(t.id);
     }
+    (owner, ids)
+}
+
+pub async fn start() -> Env {
+    let db = fresh_db().await;
+    let (owner, ids) = catalog_with_tenants(
+        &db,
+        &[
+            ("acme", Some(TenantState::Active)),
+            ("globex", Some(TenantState::Active)),
+            ("initech", Some(TenantState::Suspended)),
+            ("hooli", None),
+            ("umbrella", Some(TenantState::Deleting)),
+        ],
+    )
+    .await;
     let dir = std::env::temp_dir().join(format!("invoicing-it-{}-{}", std::process::id(), db.name));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let jwks = dir.join("jwks.json");
