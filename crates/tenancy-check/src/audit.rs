@@ -750,12 +750,32 @@ fn policy_rules(
                     msg = format!("{where_} is WITH CHECK (true): the runtime role can write rows for any tenant ({} through this policy).", if p.cmd == "a" { "INSERT" } else { "INSERT/UPDATE" });
                 }
                 if !p.applies {
+                    // A policy only for the table's owner grants nothing the owner lacks (it
+                    // can disable row-level security on its own table); what matters is
+                    // which definer functions run as the owner, which
+                    // `security-definer-ignores-context` checks.
+                    let owner_only = p.roles.iter().all(|r| *r == tb.owner);
+                    let (sev, why) = if owner_only {
+                        (Severity::Info, format!("The policy is only for the table's owner {}, which can read every row of its own table anyway; definer functions the runtime role may call are checked by security-definer-ignores-context.", tb.owner))
+                    } else {
+                        (Severity::Warning, format!("The policy is for {} (not the runtime role {}), so those roles read or write across tenants.", p.roles.join(", "), t.role))
+                    };
                     f.push(Finding::new(
                         "policy-other-role-widened",
-                        Severity::Warning,
+                        sev,
                         &obj,
-                        format!("{msg} The policy is for {} (not the runtime role {}), so those roles read or write across tenants.", p.roles.join(", "), t.role),
-                        fix_pol.replace(&format!("TO {}", qi(&t.role)), &format!("TO {}", p.roles.iter().map(|r| if r == "PUBLIC" { r.clone() } else { qi(r) }).collect::<Vec<_>>().join(", "))),
+                        format!("{msg} {why}"),
+                        fix_pol.replace(
+                            &format!("TO {}", qi(&t.role)),
+                            &format!(
+                                "TO {}",
+                                p.roles
+                                    .iter()
+                                    .map(|r| if r == "PUBLIC" { r.clone() } else { qi(r) })
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        ),
                     ));
                     continue;
                 }

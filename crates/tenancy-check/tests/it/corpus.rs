@@ -80,6 +80,7 @@ pub const CASES: &[Case] = &[
     ),
     case!("no_tenant_column", "policy-no-tenant-column", "app.docs", "error", "DROP POLICY tenant_isolation ON app.docs; CREATE POLICY p ON app.docs USING (title <> '');"),
     case!("other_role_widened", "policy-other-role-widened", "app.docs", "warning", "CREATE ROLE {owner}_auditor; CREATE POLICY audit_all ON app.docs TO {owner}_auditor USING (true);"),
+    case!("owner_only_widened", "policy-other-role-widened", "app.docs", "info", "CREATE POLICY owner_all ON app.docs TO {owner} USING (true);"),
     case!("with_check_true", "with-check-true", "app.docs", "error", "CREATE POLICY ins ON app.docs FOR INSERT WITH CHECK (true);"),
     case!("superuser", "runtime-role-superuser", "{app}", "error", "ALTER ROLE {app} SUPERUSER;"),
     case!("bypassrls", "runtime-role-bypassrls", "{app}", "error", "ALTER ROLE {app} BYPASSRLS;"),

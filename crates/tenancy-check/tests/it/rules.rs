@@ -62,6 +62,7 @@ cases!(
     fail_open_in_function,
     no_tenant_column,
     other_role_widened,
+    owner_only_widened,
     with_check_true,
     superuser,
     bypassrls,
