@@ -199,7 +199,33 @@ fn finishes(tenant: TenantId, job: Uuid) -> Vec<String> {
 
 /// Refused for lack of privilege, or because the earlier signature no longer exists.
 fn refused(code: Option<&SqlState>) -> bool {
-    code == Some(&SqlState::INSUFFICIENT_PRIVILEGE) || code == Some(&SqlState::UNDEFINED_FUNCTION)
+    denied(code) || code == Some(&SqlState::UNDEFINED_FUNCTION)
+}
+
+/// Refused for lack of privilege.
+fn denied(code: Option<&SqlState>) -> bool {
+    code == Some(&SqlState::INSUFFICIENT_PRIVILEGE)
+}
+
+impl Queue {
+    /// Runs `sql` as injected SQL twice, with no context (on `anon`) and in tenant A's
+    /// transaction, and asserts both are refused with a SQLSTATE that `ok` accepts.
+    async fn assert_refused(
+        &self,
+        anon: &Client,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        ok: fn(Option<&SqlState>) -> bool,
+    ) {
+        let imp = self.imp;
+        let err = anon
+            .query(sql, params)
+            .await
+            .expect_err("refused without context");
+        assert!(ok(err.code()), "{imp:?} {sql} without context: {err:?}");
+        let err = self.as_a(sql, params).await.expect_err("refused as A");
+        assert!(ok(err.sqlstate()), "{imp:?} {sql} as A: {err:?}");
+    }
 }
 
 #[tokio::test]
@@ -210,21 +236,7 @@ async fn runtime_role_cannot_claim_or_read_another_tenants_job() {
         let job_b = q.enqueue(q.b, json!({ "secret": secret })).await;
         let anon = q.no_context().await;
         for sql in CLAIMS {
-            let err = anon
-                .query(*sql, &[])
-                .await
-                .expect_err("claim without context refused");
-            assert_eq!(
-                err.code(),
-                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-                "{imp:?} {sql}: {err:?}"
-            );
-            let err = q.as_a(sql, &[]).await.expect_err("claim as A refused");
-            assert_eq!(
-                err.sqlstate(),
-                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-                "{imp:?} {sql}: {err:?}"
-            );
+            q.assert_refused(&anon, sql, &[], denied).await;
         }
         for sql in [
             "SELECT tenant_id, payload FROM tenancy.jobs",
@@ -235,21 +247,7 @@ async fn runtime_role_cannot_claim_or_read_another_tenants_job() {
             } else {
                 vec![]
             };
-            let err = anon
-                .query(sql, &params)
-                .await
-                .expect_err("read without context refused");
-            assert_eq!(
-                err.code(),
-                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-                "{imp:?} {sql}: {err:?}"
-            );
-            let err = q.as_a(sql, &params).await.expect_err("read as A refused");
-            assert_eq!(
-                err.sqlstate(),
-                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-                "{imp:?} {sql}: {err:?}"
-            );
+            q.assert_refused(&anon, sql, &params, denied).await;
         }
         // B's job is untouched and runs normally, once.
         assert_eq!(
@@ -277,31 +275,14 @@ async fn runtime_role_cannot_fail_or_park_another_tenants_job() {
         let job_b = q.enqueue(q.b, json!({ "n": 1 })).await;
         let anon = q.no_context().await;
         for sql in finishes(q.b, job_b) {
-            let err = anon
-                .query(&sql, &[])
-                .await
-                .expect_err("finish without context refused");
-            assert!(refused(err.code()), "{imp:?} {sql}: {err:?}");
-            let err = q.as_a(&sql, &[]).await.expect_err("finish as A refused");
-            assert!(refused(err.sqlstate()), "{imp:?} {sql}: {err:?}");
+            q.assert_refused(&anon, &sql, &[], refused).await;
         }
         for sql in [
             "UPDATE tenancy.jobs SET state = 'failed'",
             "UPDATE tenancy.jobs SET locked_until = now() + interval '50 years', state = 'running'",
             "DELETE FROM tenancy.jobs",
         ] {
-            let err = anon.execute(sql, &[]).await.expect_err("write refused");
-            assert_eq!(
-                err.code(),
-                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-                "{imp:?} {sql}: {err:?}"
-            );
-            let err = q.as_a(sql, &[]).await.expect_err("write as A refused");
-            assert_eq!(
-                err.sqlstate(),
-                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-                "{imp:?} {sql}: {err:?}"
-            );
+            q.assert_refused(&anon, sql, &[], denied).await;
         }
         assert_eq!(
             q.row(job_b).await,
