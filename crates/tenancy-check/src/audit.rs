@@ -1412,13 +1412,8 @@ async fn settings_rules(
         let role: String = r.get(0);
         let db: String = r.get(1);
         let setting: String = r.get(2);
-        let name = setting
-            .split('=')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_lowercase();
-        let hit = name == "row_security" || gucs.contains(&name) || name.contains("tenant");
+        let name = setting_name(&setting);
+        let hit = is_context_setting(&name, gucs);
         if !hit {
             continue;
         }
@@ -1538,14 +1533,9 @@ async fn runtime_role_setting_rules(
     for r in rows {
         let db: String = r.get(0);
         let setting: String = r.get(1);
-        let name = setting
-            .split('=')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_lowercase();
+        let name = setting_name(&setting);
         // Reported as errors by tenant-setting-default.
-        if name == "row_security" || gucs.contains(&name) || name.contains("tenant") {
+        if is_context_setting(&name, gucs) {
             continue;
         }
         let scope = if db.is_empty() {
@@ -1826,4 +1816,21 @@ async fn misc_rules(
         }
     }
     Ok(())
+}
+
+/// The name of a stored `name=value` setting (`pg_db_role_setting.setconfig`), lowercase.
+fn setting_name(setting: &str) -> String {
+    setting
+        .split('=')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_lowercase()
+}
+
+/// Whether a stored setting can switch or widen the tenant context (`row_security`, a
+/// context setting the policies read, or a name that says tenant): those are
+/// `tenant-setting-default` findings.
+fn is_context_setting(name: &str, gucs: &[String]) -> bool {
+    name == "row_security" || gucs.iter().any(|g| g == name) || name.contains("tenant")
 }
