@@ -116,8 +116,8 @@ REVOKE ALL ON FUNCTION tenancy.install_context_key(text, text) FROM PUBLIC;
 -- Setting tenancy.runtime_impl = 'plpgsql' in the installing session forces this one.
 -- Native means all three C functions: a database left with an older native.sql (no
 -- enter_read_only, which the SDK prepares on every native connection) gets PL/pgSQL
--- rather than connections that cannot open read-only transactions. tenancy.enter_read_only
--- exists only with the native context: PL/pgSQL drops it (the SDK never uses it there).
+-- rather than connections that cannot open read-only transactions. Both implementations
+-- have tenancy.enter_read_only, the opening of implicit read-only transactions.
 DO $impl$
 BEGIN
     IF coalesce(current_setting('tenancy.runtime_impl', true), '') <> 'plpgsql'
@@ -126,9 +126,6 @@ BEGIN
                              to_regprocedure('tenancy.enter_read_only(text)'))
                AND l.lanname = 'c') = 3 THEN
         RETURN;
-    END IF;
-    IF to_regprocedure('tenancy.enter_read_only(text)') IS NOT NULL THEN
-        DROP FUNCTION tenancy.enter_read_only(text);
     END IF;
     EXECUTE $def$
 CREATE OR REPLACE FUNCTION tenancy.enter(token text) RETURNS uuid
@@ -217,10 +214,37 @@ BEGIN
 END
 $fn$
 $def$;
+    -- The opening of the SDK's implicit read-only transactions (no BEGIN, no COMMIT: the
+    -- context and the statement share one Sync): resets session settings, enters the
+    -- context, and makes the transaction read-only. SECURITY INVOKER and without SET
+    -- clauses, like tenancy.reset_session(): a SET clause would put back, when the function
+    -- returns, a value RESET ALL undid. Everything it names is schema-qualified. The
+    -- read-only mode is a transaction-local setting, so a subtransaction rolled back
+    -- around this call would undo it; the SDK calls it first in an implicit transaction,
+    -- where SAVEPOINT is refused, and the mode is a safety net for GET handlers, not part
+    -- of the isolation (the context is what RLS checks).
+    EXECUTE $def$
+CREATE OR REPLACE FUNCTION tenancy.enter_read_only(token text) RETURNS uuid
+LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    mark    text := pg_catalog.current_setting('tenancy.last_issued', true);
+    tenant  uuid;
+BEGIN
+    RESET ALL;
+    IF pg_catalog.length(mark) OPERATOR(pg_catalog.>) 0 THEN
+        PERFORM pg_catalog.set_config('tenancy.last_issued', mark, false);
+    END IF;
+    tenant := tenancy.enter(token);
+    PERFORM pg_catalog.set_config('transaction_read_only', 'on', true);
+    RETURN tenant;
+END
+$fn$
+$def$;
 END
 $impl$;
 
 COMMENT ON FUNCTION tenancy.enter(text) IS 'tenancy:context-enter';
+COMMENT ON FUNCTION tenancy.enter_read_only(text) IS 'tenancy:context-enter';
 COMMENT ON FUNCTION tenancy.current_tenant_id() IS 'tenancy:context-read';
 
 -- Makes `tbl` a tenant table: tenant column NOT NULL defaulting to the current tenant,
@@ -285,4 +309,6 @@ GRANT USAGE ON SCHEMA tenancy TO tenancy_app;
 REVOKE ALL ON FUNCTION tenancy.enter(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION tenancy.current_tenant_id() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.enter(text) TO tenancy_app;
+REVOKE ALL ON FUNCTION tenancy.enter_read_only(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.enter_read_only(text) TO tenancy_app;
 GRANT EXECUTE ON FUNCTION tenancy.current_tenant_id() TO tenancy_app;

@@ -390,28 +390,33 @@ impl Manager {
         let kill = spawn_connection(connection);
         let row = client
             .query_one(
-                // Native only when every C entry point the openings use is there (a
-                // database bootstrapped before `enter_read_only` existed gets explicit
-                // read-only openings until its runtime is installed again).
+                // Native only when every C entry point the openings use is there. Implicit
+                // read-only openings need `tenancy.enter_read_only` (both implementations
+                // have it; a database whose runtime predates it gets explicit read-only
+                // openings until its runtime is installed again).
                 "SELECT pg_backend_pid(), (SELECT count(*) = 2 FROM pg_catalog.pg_proc p \
                    JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
                   WHERE l.lanname = 'c' AND p.oid IN (to_regprocedure('tenancy.enter(text)'), \
                                                       to_regprocedure('tenancy.enter_read_only(text)'))), \
-                        to_regprocedure('tenancy.reset_session()') IS NOT NULL",
+                        to_regprocedure('tenancy.reset_session()') IS NOT NULL, \
+                        to_regprocedure('tenancy.enter_read_only(text)') IS NOT NULL",
                 &[],
             )
             .await?;
-        let (pid, native, reset_fn): (i32, bool, bool) = (row.get(0), row.get(1), row.get(2));
+        let (pid, native, reset_fn, read_only_fn): (i32, bool, bool, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
         // PL/pgSQL openings reset session settings with tenancy.reset_session(), which keeps
         // the context's single-use mark; a database bootstrapped before it existed gets a
         // plain RESET ALL until `bootstrap_database` runs again (which also drops the mark).
-        // The native tenancy.enter resets them itself.
+        // The native tenancy.enter resets them itself, and so does either implementation's
+        // tenancy.enter_read_only.
         let reset = match (native, reset_fn) {
             (true, _) => None,
             (false, true) => Some("SELECT tenancy.reset_session()"),
             (false, false) => Some("RESET ALL"),
         };
-        wire::prepare(&client, &splice, native, reset).await?;
+        let implicit = read_only_fn;
+        wire::prepare(&client, &splice, implicit, reset).await?;
         Ok(self.conn(client, pid, Some(splice), kill))
     }
 
@@ -691,15 +696,15 @@ impl TenantPool {
 
     /// Opens a read-only transaction for `tenant`: the server refuses any write in it.
     ///
-    /// On the native context each statement runs in its own read-only implicit
-    /// transaction, the context entered in front of it under the same Sync: a point read
+    /// Each statement runs in its own read-only implicit transaction, the context entered
+    /// in front of it (`tenancy.enter_read_only`) under the same Sync: a point read
     /// costs one round trip and leaves nothing open. Under READ COMMITTED every statement
     /// takes a fresh snapshot anyway, so statements see what they would in one
     /// transaction; `now()` differs per statement. A simple query
     /// ([`TenantTx::batch_execute`]) or [`TenantTx::client`] makes the rest of the
-    /// transaction explicit (`BEGIN READ ONLY`). On the PL/pgSQL context the transaction
-    /// is explicit and [`TenantTx::commit`] queues its COMMIT behind the connection's next
-    /// use instead of waiting a round trip for it.
+    /// transaction explicit (`BEGIN READ ONLY`); an explicit read-only transaction's
+    /// [`TenantTx::commit`] queues its COMMIT behind the connection's next use instead of
+    /// waiting a round trip for it.
     pub async fn begin_read_only(&self, tenant: TenantId) -> Result<TenantTx, Error> {
         self.open(tenant, None, true).await
     }

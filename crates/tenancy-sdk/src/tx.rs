@@ -48,7 +48,7 @@ const RUNNING: &str = "running a statement";
 enum State {
     /// Nothing sent yet; the opening goes out with the first statement.
     NotBegun,
-    /// Read-only on a native-context connection: every statement ran in its own implicit
+    /// Read-only (no schema search path): every statement ran in its own implicit
     /// transaction (context and statement under one Sync), so nothing is open between
     /// statements and there is nothing to commit or roll back.
     Implicit,
@@ -183,7 +183,7 @@ impl TenantTx {
     }
 
     /// Whether the first statement runs as an implicit transaction: read-only, no schema
-    /// search path, on a native-context connection.
+    /// search path, on a connection whose database has `tenancy.enter_read_only`.
     fn first_is_implicit(&self) -> bool {
         self.read_only
             && self.begin.as_ref().is_some_and(|b| b.schema.is_none())
@@ -191,7 +191,7 @@ impl TenantTx {
                 .conn
                 .as_ref()
                 .and_then(|c| c.splice.as_deref())
-                .is_some_and(wire::Splice::native)
+                .is_some_and(wire::Splice::implicit)
     }
 
     /// The opening the next statement carries, and whether it is an implicit one.
@@ -532,10 +532,11 @@ impl TenantTx {
     ///
     /// A read-only transaction ([`TenantPool::begin_read_only`](crate::TenantPool::begin_read_only))
     /// has nothing to commit that could fail:
-    /// - On a native-context connection each of its statements ran as its own implicit
-    ///   transaction, so there is nothing left to send.
-    /// - Otherwise (PL/pgSQL context, or after [`client`](TenantTx::client) or
-    ///   [`batch_execute`](TenantTx::batch_execute)) its COMMIT is not awaited: the
+    /// - Normally each of its statements ran as its own implicit transaction, so there is
+    ///   nothing left to send.
+    /// - Otherwise (a schema tenant, a runtime without `tenancy.enter_read_only`, or after
+    ///   [`client`](TenantTx::client) or [`batch_execute`](TenantTx::batch_execute)) its
+    ///   COMMIT is not awaited: the
     ///   connection goes back to the pool at once and the COMMIT leads the next opening its
     ///   next user sends (COMMIT, BEGIN, `tenancy.enter($1)` in one pipeline), or, if the
     ///   connection stays idle for a few milliseconds, the pool's sweeper sends it. Either

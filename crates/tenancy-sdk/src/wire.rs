@@ -64,9 +64,9 @@ const PREPARED: &[(&str, &str)] = &[
     ),
     (RESET, "RESET ALL"),
 ];
-/// Prepared only where the database has the native context (the PL/pgSQL one has no
-/// `tenancy.enter_read_only`).
-const PREPARED_NATIVE: (&str, &str) = (
+/// Prepared only where the database has `tenancy.enter_read_only` (both context
+/// implementations do, unless the runtime predates it).
+const PREPARED_IMPLICIT: (&str, &str) = (
     ENTER_READ_ONLY,
     "SELECT tenancy.enter_read_only($1::pg_catalog.text)",
 );
@@ -243,24 +243,24 @@ pub(crate) enum Error {
 }
 
 /// Prepares the `tenancy_*` statements on a tenant connection (one round trip, at
-/// connection creation), and records whether its database has the native context
-/// (`native`), whose implicit read-only openings use `tenancy.enter_read_only`. `reset`:
+/// connection creation), and records whether its database has `tenancy.enter_read_only`
+/// (`implicit`), the opening of implicit read-only transactions. `reset`:
 /// what an explicit opening runs between BEGIN and `tenancy.enter` to reset session
 /// settings, where `enter` does not do it itself (the PL/pgSQL context).
 pub(crate) async fn prepare(
     client: &Client,
     splice: &Splice,
-    native: bool,
+    implicit: bool,
     reset: Option<&'static str>,
 ) -> Result<(), tokio_postgres::Error> {
     let mut buf = BytesMut::new();
-    let native_only = native.then_some(PREPARED_NATIVE);
+    let implicit_only = implicit.then_some(PREPARED_IMPLICIT);
     let reset_stmt = reset.map(|sql| (RESET_SESSION, sql));
     let mut n = 0;
     for (name, sql) in PREPARED
         .iter()
         .copied()
-        .chain(native_only)
+        .chain(implicit_only)
         .chain(reset_stmt)
     {
         // Statement texts are constants without NUL bytes: encoding cannot fail.
@@ -268,7 +268,7 @@ pub(crate) async fn prepare(
         n += 1;
     }
     splice.push(&buf, n);
-    splice.native.store(native, Ordering::Relaxed);
+    splice.implicit.store(implicit, Ordering::Relaxed);
     splice
         .reset_in_opening
         .store(reset.is_some(), Ordering::Relaxed);
@@ -282,7 +282,7 @@ pub(crate) struct Opening<'a> {
     /// A finished read-only transaction's COMMIT goes first.
     pub(crate) commit_first: bool,
     /// No BEGIN: the context is entered in the implicit transaction the carrying statement
-    /// runs in (up to its Sync), made read-only in the same statement. Native context only.
+    /// runs in (up to its Sync), made read-only in the same statement.
     pub(crate) implicit: bool,
     /// `BEGIN READ ONLY` instead of `BEGIN`.
     pub(crate) read_only: bool,
@@ -373,8 +373,9 @@ struct Shared {
 #[derive(Debug, Default)]
 pub(crate) struct Splice {
     shared: Mutex<Shared>,
-    /// The database has the native context (`tenancy.enter_read_only` is prepared).
-    native: AtomicBool,
+    /// The database has `tenancy.enter_read_only` (prepared as `tenancy_enter_ro`):
+    /// read-only transactions can open implicitly.
+    implicit: AtomicBool,
     /// Explicit openings run `tenancy_reset_session` before `enter` (PL/pgSQL context,
     /// whose `enter` does not reset session settings itself).
     reset_in_opening: AtomicBool,
@@ -403,13 +404,20 @@ impl Splice {
         s.failed = false;
     }
 
-    /// Queues `RESET ALL` in front of the next request: the Parse of an implicit read-only
-    /// transaction's first statement goes ahead of its opening (whose `enter_read_only`
-    /// resets session settings), and must not resolve names with settings a previous
-    /// transaction left behind.
+    /// Queues a reset of session settings in front of the next request: the Parse of an
+    /// implicit read-only transaction's first statement goes ahead of its opening (whose
+    /// `enter_read_only` resets session settings), and must not resolve names with
+    /// settings a previous transaction left behind. `RESET ALL` where `enter` resets by
+    /// itself (native); `tenancy.reset_session()` otherwise, which keeps the PL/pgSQL
+    /// context's single-use mark.
     pub(crate) fn push_reset(&self) {
         let mut s = self.lock();
-        bind_execute(RESET, None, &mut s.pending);
+        let stmt = if self.reset_in_opening.load(Ordering::Relaxed) {
+            RESET_SESSION
+        } else {
+            RESET
+        };
+        bind_execute(stmt, None, &mut s.pending);
         s.pending_stmts += 1;
         s.failed = false;
     }
@@ -425,10 +433,9 @@ impl Splice {
         std::mem::take(&mut self.lock().failed)
     }
 
-    /// Whether the database has the native context, so implicit read-only openings
-    /// (`tenancy.enter_read_only`) can be used.
-    pub(crate) fn native(&self) -> bool {
-        self.native.load(Ordering::Relaxed)
+    /// Whether implicit read-only openings (`tenancy.enter_read_only`) can be used.
+    pub(crate) fn implicit(&self) -> bool {
+        self.implicit.load(Ordering::Relaxed)
     }
 }
 
