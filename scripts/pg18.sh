@@ -33,4 +33,9 @@ done
 # and the server refuses to run initdb as root, so the tests run it as `postgres`, which
 # must be able to read and execute the whole tree).
 chmod -R a+rX "$root"
+if [ "$(id -u)" = 0 ] && id postgres >/dev/null 2>&1 && ! runuser -u postgres -- test -x "$bin/postgres"; then
+    echo "pg18.sh: the user postgres cannot reach $bin (a directory above it is not world-searchable);" \
+         "set TENANCY_PG18_VENV to a directory it can reach, e.g. /opt/tenancy-pg18-venv" >&2
+    exit 1
+fi
 echo "$bin"

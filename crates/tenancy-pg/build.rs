@@ -30,13 +30,11 @@ fn main() {
     let src = manifest.join(SOURCE);
     println!("cargo:rerun-if-changed={}", src.display());
     println!("cargo:rerun-if-changed=/usr/lib/postgresql");
-    for var in [
-        "PG_BIN",
-        "TENANCY_PG_CONFIG",
-        "TENANCY_REQUIRE_NATIVE",
-        "CC",
-    ] {
+    for var in ["TENANCY_PG_CONFIG", "TENANCY_REQUIRE_NATIVE", "CC"] {
         println!("cargo:rerun-if-env-changed={var}");
+    }
+    if std::env::var_os("TENANCY_PG_CONFIG").is_none() {
+        println!("cargo:rerun-if-env-changed=PG_BIN");
     }
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR is set by cargo"));
     let require = std::env::var("TENANCY_REQUIRE_NATIVE").is_ok_and(|v| v == "1");
@@ -128,11 +126,10 @@ fn main() {
 /// Every `pg_config` to ask, in order of preference.
 fn candidates() -> Vec<PathBuf> {
     let mut list = Vec::new();
-    if let Some(bin) = std::env::var_os("PG_BIN") {
-        list.push(PathBuf::from(bin).join("pg_config"));
-    }
     if let Some(paths) = std::env::var_os("TENANCY_PG_CONFIG") {
         list.extend(std::env::split_paths(&paths).filter(|p| !p.as_os_str().is_empty()));
+    } else if let Some(bin) = std::env::var_os("PG_BIN").filter(|b| !b.is_empty()) {
+        list.push(PathBuf::from(bin).join("pg_config"));
     }
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
         let mut debian: Vec<PathBuf> = entries

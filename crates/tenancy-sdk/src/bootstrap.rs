@@ -169,6 +169,30 @@ pub async fn context_impl(client: &Client) -> Result<Option<ContextImpl>, Error>
     }))
 }
 
+/// One line for operators: which implementation of the signed context the database
+/// `client` is connected to runs, and where it comes from (what `tenancy serve`,
+/// `tenancy migrate` and `tenancy demo` print).
+pub async fn describe_context_impl(client: &Client) -> Result<String, Error> {
+    let version: Option<String> = client
+        .query_opt(
+            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'tenancy_context'",
+            &[],
+        )
+        .await
+        .map_err(Error::db("reading the tenancy_context extension"))?
+        .map(|r| r.get(0));
+    Ok(match (context_impl(client).await?, version) {
+        (Some(ContextImpl::Native), Some(v)) => format!("native (tenancy_context extension {v})"),
+        (Some(ContextImpl::Native), None) => {
+            "native (C functions from the tenancy_context library)".to_owned()
+        }
+        (Some(ContextImpl::PlPgSql), _) => {
+            "PL/pgSQL (slower; install the tenancy_context extension for the native one)".to_owned()
+        }
+        (None, _) => "not installed".to_owned(),
+    })
+}
+
 /// Installs the runtime schema and the context key. `owner` must be connected as the
 /// owner role (directly, or after `SET ROLE tenancy_owner`).
 pub async fn install_runtime(owner: &Client, key: &ContextKey) -> Result<(), Error> {

@@ -149,45 +149,23 @@ async fn create_extension_needs_the_bootstrap_then_enters_signed_tokens_only() {
         )
         .await
         .expect("members");
-    let members: Vec<(
-        String,
-        String,
-        String,
-        bool,
-        bool,
-        Option<String>,
-        String,
-        String,
-    )> = rows
-        .iter()
-        .map(|r| {
-            (
-                r.get(0),
-                r.get(1),
-                r.get(2),
-                r.get(3),
-                r.get(4),
-                r.get(5),
-                r.get(6),
-                r.get(7),
-            )
-        })
-        .collect();
-    let names: Vec<&str> = members.iter().map(|m| m.0.as_str()).collect();
+    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(names, ["current_tenant_id", "enter", "enter_read_only"]);
-    for (name, lang, owner, app_exec, no_public, comment, version, ext_owner) in &members {
-        assert_eq!(lang, "c", "{name}");
-        assert_eq!(owner, "tenancy_owner", "{name}");
-        assert!(app_exec, "tenancy_app must execute {name}");
-        assert!(no_public, "PUBLIC must not execute {name}");
+    for r in &rows {
+        let name: String = r.get(0);
+        assert_eq!(r.get::<_, String>(1), "c", "{name}");
+        assert_eq!(r.get::<_, String>(2), "tenancy_owner", "{name}");
+        assert!(r.get::<_, bool>(3), "tenancy_app must execute {name}");
+        assert!(r.get::<_, bool>(4), "PUBLIC must not execute {name}");
+        let comment: Option<String> = r.get(5);
         assert!(
             comment
                 .as_deref()
                 .is_some_and(|c| c.starts_with("tenancy:context-")),
             "{name}: {comment:?}"
         );
-        assert_eq!(version, tenancy_pg::EXTENSION_VERSION);
-        assert_eq!(ext_owner, "tenancy_owner");
+        assert_eq!(r.get::<_, String>(6), tenancy_pg::EXTENSION_VERSION);
+        assert_eq!(r.get::<_, String>(7), "tenancy_owner", "extension owner");
     }
 
     // The library it loads: a signed token for this backend enters its tenant for the
