@@ -260,7 +260,12 @@ impl Cluster {
         settings.extend(opts.settings.iter().cloned());
         // tenancy's native tenant context (library, and extension files on 18+), when one
         // was built for this server; settings given in `opts` win.
-        for (k, v) in crate::native::install_into_data_dir(&data_dir, bins.major(), &chown)? {
+        for (k, v) in crate::native::install_into_data_dir(
+            &data_dir,
+            bins.major(),
+            crate::native::native_required(),
+            &chown,
+        )? {
             if !settings.iter().any(|(name, _)| *name == k) {
                 settings.push((k, v));
             }

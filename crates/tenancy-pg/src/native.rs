@@ -61,15 +61,17 @@ pub fn native_required() -> bool {
 /// Writes the native library (and on PostgreSQL 18+, the extension's files) for server
 /// `major` into `data_dir` and returns the settings that make the server find them.
 /// `chown` gives a written path to the server's user. Nothing is written when this
-/// build has no library for `major`; that is an error under `TENANCY_REQUIRE_NATIVE=1`.
+/// build has no library for `major`; that is an error when `require`
+/// ([`native_required`]).
 pub(crate) fn install_into_data_dir(
     data_dir: &Path,
     major: u32,
+    require: bool,
     chown: &dyn Fn(&Path) -> Result<(), HarnessError>,
 ) -> Result<Vec<(String, String)>, HarnessError> {
     use std::os::unix::fs::PermissionsExt;
     let Some(lib) = native_context_library(major) else {
-        if native_required() {
+        if require {
             return Err(HarnessError::NativeMissing {
                 major,
                 detail: format!(
@@ -122,4 +124,38 @@ pub(crate) fn install_into_data_dir(
         ));
     }
     Ok(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A major version no build has a library for.
+    const NO_SUCH_MAJOR: u32 = 99;
+
+    #[test]
+    fn a_server_without_a_library_fails_when_native_is_required_and_says_what_to_install() {
+        let dir = std::env::temp_dir().join(format!("tenancy-native-{}", std::process::id()));
+        let err = install_into_data_dir(&dir, NO_SUCH_MAJOR, true, &|_| Ok(()))
+            .expect_err("required, and there is no library for 99");
+        let text = err.to_string();
+        assert!(text.contains("TENANCY_REQUIRE_NATIVE=1"), "{text}");
+        assert!(text.contains("postgresql-server-dev-99"), "{text}");
+        assert!(!dir.exists(), "nothing is written");
+        let settings = install_into_data_dir(&dir, NO_SUCH_MAJOR, false, &|_| Ok(()))
+            .expect("not required: the PL/pgSQL fallback");
+        assert!(settings.is_empty());
+        assert!(!dir.exists(), "nothing is written");
+    }
+
+    #[test]
+    fn the_embedded_extension_files_agree_on_the_version() {
+        assert!(
+            EXTENSION_CONTROL.contains(&format!("default_version = '{EXTENSION_VERSION}'")),
+            "the control file's default_version is {EXTENSION_VERSION}"
+        );
+        assert!(EXTENSION_SCRIPTS
+            .iter()
+            .any(|(name, _)| *name == format!("{NATIVE_LIBRARY_NAME}--{EXTENSION_VERSION}.sql")));
+    }
 }
