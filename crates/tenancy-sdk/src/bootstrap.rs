@@ -4,9 +4,11 @@
 //! 1. [`bootstrap_cluster`] (superuser, once per cluster): the owner, runtime and job
 //!    worker roles.
 //! 2. [`bootstrap_database`] (superuser, once per database): database and schema
-//!    privileges, the `tenancy` / `tenancy_private` schemas owned by the owner role, and,
-//!    when the server can load tenancy's `tenancy_context` library, the native signed
-//!    context (`sql/native.sql`).
+//!    privileges, the `tenancy` / `tenancy_private` schemas owned by the owner role, and
+//!    the native signed context: `CREATE EXTENSION tenancy_context` where the server
+//!    offers it, else the same C functions from its library (`sql/native.sql`) where the
+//!    server can load it; an error instead of no native context under
+//!    `TENANCY_REQUIRE_NATIVE=1`.
 //! 3. [`install_runtime`] (owner role): the signed-context functions (the PL/pgSQL
 //!    implementation, unless step 2 installed the native one), the tenant-table helper and
 //!    the context key the application signs with.
