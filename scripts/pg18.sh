@@ -11,6 +11,13 @@ cd "$(dirname "$0")/.."
 version=18.6.3
 venv="${TENANCY_PG18_VENV:-$PWD/target/pg18-venv}"
 python=${PYTHON:-python3}
+# As root the tests run the server as `postgres`, which must reach the binaries: a
+# checkout under a directory others cannot enter gets the environment in /var/tmp.
+if [ -z "${TENANCY_PG18_VENV:-}" ] && [ "$(id -u)" = 0 ] && id postgres >/dev/null 2>&1 \
+    && ! runuser -u postgres -- test -x "$PWD"; then
+    venv=/var/tmp/tenancy-pg18-venv
+    echo "pg18.sh: postgres cannot enter $PWD; using $venv" >&2
+fi
 
 if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv" >&2 || {
