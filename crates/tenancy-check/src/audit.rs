@@ -49,6 +49,8 @@ pub(crate) struct Target {
     pub database: String,
     pub version: i32,
     pub managed: bool,
+    /// `native` or `plpgsql`: the language of `tenancy.current_tenant_id()`.
+    pub context_impl: Option<String>,
     pub role: String,
     pub role_oid: u32,
     pub role_super: bool,
@@ -61,7 +63,9 @@ pub(crate) async fn target(client: &Client, opts: &Options) -> Result<Target, Ch
         "SELECT current_database()::text, session_user::text, current_setting('server_version_num')::int, \
          EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
                   WHERE n.nspname = 'tenancy' AND p.proname = 'current_tenant_id' AND p.pronargs = 0) \
-         AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_app')",
+         AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_app'), \
+         (SELECT CASE l.lanname WHEN 'c' THEN 'native' ELSE l.lanname::text END FROM pg_catalog.pg_proc p \
+            JOIN pg_catalog.pg_language l ON l.oid = p.prolang WHERE p.oid = to_regprocedure('tenancy.current_tenant_id()'))",
         &[],
         "reading the database name and version",
     )
@@ -73,6 +77,7 @@ pub(crate) async fn target(client: &Client, opts: &Options) -> Result<Target, Ch
     let session_user: String = row.get(1);
     let version: i32 = row.get(2);
     let managed: bool = row.get(3);
+    let context_impl: Option<String> = row.get(4);
     let role = match &opts.runtime_role {
         Some(r) => r.clone(),
         None if managed => "tenancy_app".to_owned(),
@@ -92,6 +97,7 @@ pub(crate) async fn target(client: &Client, opts: &Options) -> Result<Target, Ch
         database,
         version,
         managed,
+        context_impl,
         role_oid: r.get(0),
         role_super: r.get(1),
         role_bypass: r.get(2),
@@ -487,6 +493,7 @@ pub async fn audit(client: &Client, opts: &Options) -> Result<Report, CheckError
         runtime_role: t.role.clone(),
         tenancy_managed: t.managed,
         server_version: t.version,
+        context_impl: t.context_impl.clone(),
         tenant_tables: tables.iter().map(Table::object).collect(),
     };
     report.normalize();

@@ -83,6 +83,10 @@ pub struct Report {
     pub tenancy_managed: bool,
     /// `server_version_num` of the server.
     pub server_version: i32,
+    /// Which implementation of tenancy's signed context the database runs: `native`
+    /// (C functions of the tenancy_context extension or library) or `plpgsql`; `None`
+    /// when it has none (not tenancy-managed).
+    pub context_impl: Option<String>,
     /// The tenant tables found (`schema.table`).
     pub tenant_tables: Vec<String>,
 }

@@ -46,6 +46,7 @@ pub fn json_value(report: &Report) -> Value {
         "runtime_role": report.runtime_role,
         "tenancy_managed": report.tenancy_managed,
         "server_version": report.server_version,
+        "context_impl": report.context_impl,
         "tenant_tables": report.tenant_tables,
     })
 }
@@ -73,6 +74,9 @@ fn text(report: &Report, color: bool, out: &mut dyn Write) -> io::Result<()> {
         },
         report.tenant_tables.len()
     )?;
+    if let Some(imp) = &report.context_impl {
+        writeln!(out, "tenant context: {imp}")?;
+    }
     let mut by_object: BTreeMap<&str, Vec<&crate::Finding>> = BTreeMap::new();
     for f in &report.findings {
         by_object.entry(f.object.as_str()).or_default().push(f);

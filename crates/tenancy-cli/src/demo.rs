@@ -88,13 +88,7 @@ async fn demo(cluster: &Cluster, args: &DemoArgs) -> Result<()> {
     );
     println!(
         "  signed tenant context: {}",
-        match bootstrap::context_impl(&owner).await? {
-            Some(bootstrap::ContextImpl::Native) =>
-                "native (C library tenancy_context, loaded by the private cluster)",
-            Some(bootstrap::ContextImpl::PlPgSql) =>
-                "PL/pgSQL (no native library was built for this server; see README)",
-            None => "missing",
-        }
+        bootstrap::describe_context_impl(&owner).await?
     );
 
     let region = "eu-west".parse()?;

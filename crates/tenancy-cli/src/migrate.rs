@@ -56,6 +56,20 @@ pub struct MigrateArgs {
     pub statement_timeout_ms: u64,
 }
 
+/// One line on stderr: the signed-context implementation of the catalog database. Silent
+/// when it cannot connect (the migration run reports that itself).
+async fn report_context_impl(catalog: &tokio_postgres::Config) {
+    let Ok((client, conn)) = catalog.connect(tokio_postgres::NoTls).await else {
+        return;
+    };
+    let driver = tokio::spawn(conn);
+    if let Ok(line) = tenancy_sdk::bootstrap::describe_context_impl(&client).await {
+        eprintln!("tenant context of the catalog database: {line}");
+    }
+    drop(client);
+    let _ = driver.await;
+}
+
 /// A failure to run at all (exit 2), as opposed to targets that failed (exit 1).
 fn cannot_run(msg: impl std::fmt::Display) -> u8 {
     eprintln!("error: {msg}");
@@ -110,6 +124,7 @@ pub async fn run(args: MigrateArgs) -> u8 {
             &config.runtime_password,
         ),
     };
+    report_context_impl(&catalog).await;
     let migrator = Migrator::new(catalog, access, set);
     let json = args.json || !std::io::stdout().is_terminal();
 

@@ -151,6 +151,13 @@ pub async fn build(config: ControlConfig) -> Result<App> {
         }
     };
     let mut owner = tenancy_pg::connect(&catalog_cfg).await?;
+    let context = bootstrap::describe_context_impl(&owner).await?;
+    tracing::info!(context = %context, "tenant context of the catalog database");
+    if tenancy_pg::native_required() && !context.starts_with("native") {
+        anyhow::bail!(
+            "TENANCY_REQUIRE_NATIVE=1, but the catalog database's tenant context is {context}"
+        );
+    }
     tenancy_catalog::migrate(&mut owner)
         .await
         .context("migrating the catalog")?;

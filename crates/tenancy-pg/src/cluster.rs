@@ -258,21 +258,16 @@ impl Cluster {
             }
         }
         settings.extend(opts.settings.iter().cloned());
-        // tenancy's native tenant-context library, when one was built for this server.
-        if let Some(lib) = crate::native_context_library(bins.major()) {
-            let dir = data_dir.join("tenancy_lib");
-            std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
-            let file = dir.join(format!("{}.so", crate::NATIVE_LIBRARY_NAME));
-            std::fs::write(&file, lib).map_err(io_err(format!("writing {}", file.display())))?;
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))
-                .map_err(io_err(format!("chmod {}", file.display())))?;
-            chown(&dir)?;
-            chown(&file)?;
-            if !settings.iter().any(|(k, _)| k == "dynamic_library_path") {
-                settings.push((
-                    "dynamic_library_path".into(),
-                    format!("$libdir:{}", dir.display()),
-                ));
+        // tenancy's native tenant context (library, and extension files on 18+), when one
+        // was built for this server; settings given in `opts` win.
+        for (k, v) in crate::native::install_into_data_dir(
+            &data_dir,
+            bins.major(),
+            crate::native::native_required(),
+            &chown,
+        )? {
+            if !settings.iter().any(|(name, _)| *name == k) {
+                settings.push((k, v));
             }
         }
 
@@ -309,6 +304,9 @@ impl Cluster {
             major: bins.major(),
         };
         cluster.wait_ready(&log)?;
+        if crate::native::native_required() {
+            cluster.check_native_loads(&log)?;
+        }
         tracing::info!(data_dir = %cluster.data_dir.display(), port, tcp, "PostgreSQL cluster started");
         Ok(cluster)
     }
@@ -355,6 +353,36 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(30));
         }
+    }
+
+    /// Under `TENANCY_REQUIRE_NATIVE=1`: fails unless the server loads the native library
+    /// (its SHA-256 self-test runs when it loads).
+    fn check_native_loads(&self, log: &Path) -> Result<(), HarnessError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(io_err("building a runtime"))?;
+        let cfg = self.config("postgres");
+        let result = rt.block_on(async {
+            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+            let h = tokio::spawn(conn);
+            let r = client
+                .batch_execute(&format!("LOAD '{}'", crate::NATIVE_LIBRARY_NAME))
+                .await;
+            drop(client);
+            let _ = h.await;
+            r
+        });
+        result.map_err(|e| HarnessError::NativeMissing {
+            major: self.major,
+            detail: format!(
+                "the server could not load it ({}); see {}",
+                e.as_db_error()
+                    .map(|d| d.message().to_owned())
+                    .unwrap_or_else(|| e.to_string()),
+                log.display()
+            ),
+        })
     }
 
     /// The data directory (the Unix socket is inside it).

@@ -13,11 +13,15 @@
 //! - [`testing`] gives tests one cluster per test process, a migrated template database
 //!   built once, and a fresh database per test cloned from it.
 //!
-//! - [`native_context_library`]: tenancy's native tenant-context library, built for the
-//!   installed server headers; every cluster started here can load it.
+//! - [`native_context_library`]: tenancy's native tenant context (the `tenancy_context`
+//!   extension in `extensions/tenancy_context/`), its library built for each server found
+//!   through `pg_config` at build time; every cluster started here can load it, and on
+//!   PostgreSQL 18+ can `CREATE EXTENSION` it without anything installed into the server.
+//!   Under `TENANCY_REQUIRE_NATIVE=1` ([`native_required`]) a cluster that cannot load
+//!   it fails to start.
 //!
 //! This crate knows nothing about tenants; it only provides PostgreSQL (and the one
-//! library tenancy loads into it).
+//! extension tenancy loads into it).
 
 mod binaries;
 mod cluster;
@@ -26,7 +30,10 @@ pub mod testing;
 
 pub use binaries::PgBinaries;
 pub use cluster::{connect, Cluster, ClusterOptions};
-pub use native::{native_context_library, NATIVE_LIBRARY_NAME};
+pub use native::{
+    native_context_library, native_context_majors, native_required, EXTENSION_CONTROL,
+    EXTENSION_SCRIPTS, EXTENSION_VERSION, NATIVE_LIBRARY_NAME,
+};
 
 /// Why a cluster could not be found, created or started.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +71,9 @@ pub enum HarnessError {
         log: String,
         tail: String,
     },
+    /// `TENANCY_REQUIRE_NATIVE=1` and the server cannot have the native tenant context.
+    #[error("TENANCY_REQUIRE_NATIVE=1, but PostgreSQL {major} cannot load tenancy's native tenant context: {detail}")]
+    NativeMissing { major: u32, detail: String },
     /// A SQL step of the harness failed.
     #[error("{what}: {source}")]
     Sql {

@@ -1,10 +1,14 @@
--- tenancy bootstrap, part 2b (per database, superuser): the native signed context.
--- Creates tenancy.enter and tenancy.current_tenant_id as C functions from the
--- tenancy_context library (crates/tenancy-pg/native/tenancy_context.c) and gives them to
--- the owner role. Runs as one implicit transaction: when the library cannot be loaded
--- nothing changes and install_runtime installs the PL/pgSQL implementation instead.
--- Same names, signatures and errors as the PL/pgSQL functions in runtime.sql, so
--- policies, column defaults and the SDK do not care which one a database has.
+-- tenancy bootstrap, part 2b (per database, superuser): the native signed context
+-- without the extension. The same C functions as the tenancy_context extension
+-- (extensions/tenancy_context, which bootstrap_database prefers when the server offers
+-- it), created straight from its library: on a cluster tenancy started, which loads the
+-- library from its data directory, or where the functions already exist outside the
+-- extension (an extension cannot take over existing functions). Gives them to the owner
+-- role. Runs as one implicit transaction: when the library cannot be loaded nothing
+-- changes and install_runtime installs the PL/pgSQL implementation instead (an error
+-- under TENANCY_REQUIRE_NATIVE=1). Same names, signatures and errors as the PL/pgSQL
+-- functions in runtime.sql, so policies, column defaults and the SDK do not care which
+-- one a database has.
 CREATE OR REPLACE FUNCTION tenancy.enter(token text) RETURNS uuid
     LANGUAGE C VOLATILE SECURITY DEFINER AS 'tenancy_context', 'tenancy_enter';
 CREATE OR REPLACE FUNCTION tenancy.current_tenant_id() RETURNS uuid

@@ -127,6 +127,23 @@ BEGIN
                AND l.lanname = 'c') = 3 THEN
         RETURN;
     END IF;
+    -- The native context as the tenancy_context extension: its functions leave it (the
+    -- PL/pgSQL ones below replace them in place, keeping the policies that call them),
+    -- and the emptied extension goes. Needs the role that created it (the bootstrap
+    -- creates it as the owner role).
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'tenancy_context') THEN
+        DECLARE
+            member regprocedure;
+        BEGIN
+            FOR member IN SELECT d.objid::regprocedure FROM pg_catalog.pg_depend d
+                            JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+                           WHERE e.extname = 'tenancy_context' AND d.deptype = 'e'
+                             AND d.classid = 'pg_catalog.pg_proc'::regclass LOOP
+                EXECUTE format('ALTER EXTENSION tenancy_context DROP FUNCTION %s', member);
+            END LOOP;
+        END;
+        DROP EXTENSION tenancy_context;
+    END IF;
     EXECUTE $def$
 CREATE OR REPLACE FUNCTION tenancy.enter(token text) RETURNS uuid
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER

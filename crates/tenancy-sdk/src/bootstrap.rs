@@ -4,9 +4,11 @@
 //! 1. [`bootstrap_cluster`] (superuser, once per cluster): the owner, runtime and job
 //!    worker roles.
 //! 2. [`bootstrap_database`] (superuser, once per database): database and schema
-//!    privileges, the `tenancy` / `tenancy_private` schemas owned by the owner role, and,
-//!    when the server can load tenancy's `tenancy_context` library, the native signed
-//!    context (`sql/native.sql`).
+//!    privileges, the `tenancy` / `tenancy_private` schemas owned by the owner role, and
+//!    the native signed context: `CREATE EXTENSION tenancy_context` where the server
+//!    offers it, else the same C functions from its library (`sql/native.sql`) where the
+//!    server can load it; an error instead of no native context under
+//!    `TENANCY_REQUIRE_NATIVE=1`.
 //! 3. [`install_runtime`] (owner role): the signed-context functions (the PL/pgSQL
 //!    implementation, unless step 2 installed the native one), the tenant-table helper and
 //!    the context key the application signs with.
@@ -70,15 +72,81 @@ pub async fn bootstrap_database(superuser: &Client, dbname: &str) -> Result<(), 
         .batch_execute(&sql)
         .await
         .map_err(Error::db("preparing the database for tenancy"))?;
-    // Best effort: without the library (a server tenancy did not start, a managed service)
-    // the batch fails as a whole, changes nothing, and install_runtime installs PL/pgSQL.
-    if let Err(e) = superuser.batch_execute(NATIVE_SQL).await {
-        let missing = e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FILE);
-        if missing {
-            tracing::debug!("the tenancy_context library is not installed on this server; using the PL/pgSQL context");
-        } else {
-            tracing::warn!(error = %e, "could not install the native tenant context; using the PL/pgSQL context");
+    // The native context, in this order of preference:
+    // 1. the tenancy_context extension, already created: updated to the server's default
+    //    version when that is newer;
+    // 2. the extension, when the server offers it (installed with `make install`, or a
+    //    PostgreSQL 18+ cluster tenancy started) and the database has none of its
+    //    functions yet: created as the owner role (the extension is trusted), so the owner
+    //    can later swap it for the PL/pgSQL context (runtime.sql);
+    // 3. the same C functions straight from the library (sql/native.sql), where the
+    //    server can load it (a cluster tenancy started) or the functions exist already
+    //    outside an extension (an extension cannot take over existing functions);
+    // 4. nothing: install_runtime installs the PL/pgSQL context. Under
+    //    TENANCY_REQUIRE_NATIVE=1 that is an error instead.
+    // Each step runs as one implicit transaction: a failed one changes nothing.
+    let require = std::env::var("TENANCY_REQUIRE_NATIVE").is_ok_and(|v| v == "1");
+    let state = superuser
+        .query_one(
+            "SELECT (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'tenancy_context'), \
+                    (SELECT default_version FROM pg_catalog.pg_available_extensions WHERE name = 'tenancy_context'), \
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_proc WHERE oid IN (to_regprocedure('tenancy.enter(text)'), \
+                            to_regprocedure('tenancy.current_tenant_id()'), to_regprocedure('tenancy.enter_read_only(text)')))",
+            &[],
+        )
+        .await
+        .map_err(Error::db("looking for the tenancy_context extension"))?;
+    let (installed, available, functions_exist): (Option<String>, Option<String>, bool) =
+        (state.get(0), state.get(1), state.get(2));
+    let db_message = |e: &tokio_postgres::Error| {
+        e.as_db_error()
+            .map(|d| d.message().to_owned())
+            .unwrap_or_else(|| e.to_string())
+    };
+    let mut problems: Vec<String> = Vec::new();
+    let mut done = false;
+    if let Some(installed) = &installed {
+        done = true;
+        if available.as_ref().is_some_and(|a| a != installed) {
+            if let Err(e) = superuser
+                .batch_execute("ALTER EXTENSION tenancy_context UPDATE")
+                .await
+            {
+                tracing::warn!(error = %e, from = %installed, "could not update the tenancy_context extension; keeping the installed version");
+            }
         }
+    } else if available.is_some() && !functions_exist {
+        for sql in [
+            "SET LOCAL ROLE tenancy_owner; CREATE EXTENSION tenancy_context",
+            "CREATE EXTENSION tenancy_context",
+        ] {
+            match superuser.batch_execute(sql).await {
+                Ok(()) => {
+                    done = true;
+                    break;
+                }
+                Err(e) => problems.push(format!("{sql}: {}", db_message(&e))),
+            }
+        }
+    } else if available.is_some() {
+        tracing::info!("tenancy's context functions exist outside the tenancy_context extension; re-creating them from the library instead of creating the extension");
+    }
+    if !done {
+        match superuser.batch_execute(NATIVE_SQL).await {
+            Ok(()) => done = true,
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FILE) => problems.push(
+                "the server has neither the tenancy_context extension nor its library (install it: make -C extensions/tenancy_context install)".into(),
+            ),
+            Err(e) => problems.push(format!("creating the C functions from the library: {}", db_message(&e))),
+        }
+    }
+    if !done {
+        if require {
+            return Err(Error::NativeContextRequired(problems.join("; ")));
+        }
+        tracing::warn!(problems = %problems.join("; "), "the native tenant context is not available on this server; using the slower PL/pgSQL context");
+    } else if !problems.is_empty() {
+        tracing::info!(problems = %problems.join("; "), "native tenant context installed from the library, not as the extension");
     }
     Ok(())
 }
@@ -101,6 +169,30 @@ pub async fn context_impl(client: &Client) -> Result<Option<ContextImpl>, Error>
             ContextImpl::PlPgSql
         }
     }))
+}
+
+/// One line for operators: which implementation of the signed context the database
+/// `client` is connected to runs, and where it comes from (what `tenancy serve`,
+/// `tenancy migrate` and `tenancy demo` print).
+pub async fn describe_context_impl(client: &Client) -> Result<String, Error> {
+    let version: Option<String> = client
+        .query_opt(
+            "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'tenancy_context'",
+            &[],
+        )
+        .await
+        .map_err(Error::db("reading the tenancy_context extension"))?
+        .map(|r| r.get(0));
+    Ok(match (context_impl(client).await?, version) {
+        (Some(ContextImpl::Native), Some(v)) => format!("native (tenancy_context extension {v})"),
+        (Some(ContextImpl::Native), None) => {
+            "native (C functions from the tenancy_context library)".to_owned()
+        }
+        (Some(ContextImpl::PlPgSql), _) => {
+            "PL/pgSQL (slower; install the tenancy_context extension for the native one)".to_owned()
+        }
+        (None, _) => "not installed".to_owned(),
+    })
 }
 
 /// Installs the runtime schema and the context key. `owner` must be connected as the

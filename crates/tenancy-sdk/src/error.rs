@@ -42,6 +42,10 @@ pub enum Error {
         "the transaction outlived its {0:?} deadline and was ended (nothing of it was committed)"
     )]
     TransactionDeadline(std::time::Duration),
+    /// `TENANCY_REQUIRE_NATIVE=1`, and the database could not get the native tenant
+    /// context (the `tenancy_context` extension or its library).
+    #[error("TENANCY_REQUIRE_NATIVE=1, but the native tenant context could not be installed: {0}")]
+    NativeContextRequired(String),
     /// Invalid input to the SDK.
     #[error("{0}")]
     Invalid(String),

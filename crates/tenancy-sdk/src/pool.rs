@@ -352,6 +352,8 @@ pub(crate) struct Manager {
     watches: Arc<Mutex<Vec<Weak<Watch>>>>,
     /// The pool's clock for transaction deadlines.
     epoch: Instant,
+    /// Set once the pool logged which context implementation its database runs.
+    context_reported: AtomicBool,
 }
 
 impl managed::Manager for Manager {
@@ -405,6 +407,7 @@ impl Manager {
             .await?;
         let (pid, native, reset_fn, read_only_fn): (i32, bool, bool, bool) =
             (row.get(0), row.get(1), row.get(2), row.get(3));
+        self.report_context_impl(native);
         // PL/pgSQL openings reset session settings with tenancy.reset_session(), which keeps
         // the context's single-use mark; a database bootstrapped before it existed gets a
         // plain RESET ALL until `bootstrap_database` runs again (which also drops the mark).
@@ -418,6 +421,30 @@ impl Manager {
         let implicit = read_only_fn;
         wire::prepare(&client, &splice, implicit, reset).await?;
         Ok(self.conn(client, pid, Some(splice), kill))
+    }
+
+    /// Logs, at the pool's first tenant connection, which implementation of the signed
+    /// context the database runs, so an operator sees a database left on the slower
+    /// PL/pgSQL one.
+    fn report_context_impl(&self, native: bool) {
+        if self.context_reported.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let database = self.config.get_dbname().unwrap_or_default();
+        if native {
+            tracing::info!(
+                database,
+                context = "native",
+                "tenant pool: the database runs the native tenant context (tenancy_context)"
+            );
+        } else {
+            tracing::info!(
+                database,
+                context = "plpgsql",
+                "tenant pool: the database runs the PL/pgSQL tenant context; install the tenancy_context extension \
+                 (extensions/tenancy_context) and bootstrap the database again for the native one"
+            );
+        }
     }
 
     fn conn(
@@ -504,6 +531,7 @@ fn build_pool_with(
         deferred,
         watches,
         epoch: Instant::now(),
+        context_reported: AtomicBool::new(false),
     })
     .max_size(opts.max_size)
     .wait_timeout(Some(opts.wait_timeout))

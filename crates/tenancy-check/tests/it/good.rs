@@ -212,3 +212,40 @@ async fn readable_catalog_tables_holding_tenant_rows_are_errors() {
         report.findings
     );
 }
+
+/// The report says which signed-context implementation the database runs, in JSON and
+/// in the text output's second line.
+#[tokio::test]
+async fn the_report_names_the_context_implementation() {
+    let mut cases = vec![(managed().await, "plpgsql")];
+    cases.extend(managed_native().await.map(|db| (db, "native")));
+    cases.extend(
+        crate::support::managed_extension()
+            .await
+            .map(|db| (db, "native")),
+    );
+    for (db, expected) in cases {
+        let c = db.connect_superuser().await.expect("superuser");
+        let report = audit(&c, &Options::default()).await.expect("audit");
+        assert_eq!(
+            report.context_impl.as_deref(),
+            Some(expected),
+            "{}",
+            db.name
+        );
+        assert_eq!(tenancy_check::json_value(&report)["context_impl"], expected);
+        let mut text = Vec::new();
+        tenancy_check::render(&report, tenancy_check::Format::Text, false, &mut text)
+            .expect("text");
+        let text = String::from_utf8(text).expect("utf-8");
+        assert_eq!(
+            text.lines().nth(1),
+            Some(format!("tenant context: {expected}").as_str()),
+            "{text}"
+        );
+    }
+    let db = plain().await;
+    let c = db.connect_superuser().await.expect("superuser");
+    let report = audit(&c, &Options::default()).await.expect("audit");
+    assert_eq!(report.context_impl, None, "not tenancy-managed");
+}

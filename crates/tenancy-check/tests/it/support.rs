@@ -37,14 +37,37 @@ pub async fn plain() -> TestDb {
 
 pub async fn managed() -> TestDb {
     MANAGED
-        .fresh(|cluster: &'static Cluster, db: String| async move {
-            let c = cluster.connect(&db).await?;
-            c.batch_execute(include_str!("../../../tenancy-sdk/sql/bootstrap.sql")).await?;
-            c.batch_execute(&include_str!("../../../tenancy-sdk/sql/database.sql").replace(":dbname", &format!("\"{db}\""))).await?;
-            c.batch_execute("SET ROLE tenancy_owner").await?;
-            c.batch_execute(include_str!("../../../tenancy-sdk/sql/runtime.sql")).await?;
-            c.batch_execute(&format!("SELECT tenancy.install_context_key('k1', '{KEY_HEX}')")).await?;
-            c.batch_execute(
+        .fresh(|cluster, db| managed_setup(cluster, db, false))
+        .await
+        .expect("managed database")
+}
+
+/// Builds the managed template; `extension`: with the native context as the
+/// tenancy_context extension, created before the runtime as the SDK's bootstrap does.
+async fn managed_setup(
+    cluster: &'static Cluster,
+    db: String,
+    extension: bool,
+) -> Result<(), SetupError> {
+    let c = cluster.connect(&db).await?;
+    c.batch_execute(include_str!("../../../tenancy-sdk/sql/bootstrap.sql"))
+        .await?;
+    c.batch_execute(
+        &include_str!("../../../tenancy-sdk/sql/database.sql")
+            .replace(":dbname", &format!("\"{db}\"")),
+    )
+    .await?;
+    c.batch_execute("SET ROLE tenancy_owner").await?;
+    if extension {
+        c.batch_execute("CREATE EXTENSION tenancy_context").await?;
+    }
+    c.batch_execute(include_str!("../../../tenancy-sdk/sql/runtime.sql"))
+        .await?;
+    c.batch_execute(&format!(
+        "SELECT tenancy.install_context_key('k1', '{KEY_HEX}')"
+    ))
+    .await?;
+    c.batch_execute(
                 "CREATE TABLE public.docs (tenant_id uuid NOT NULL, id bigint NOT NULL, title text NOT NULL, PRIMARY KEY (tenant_id, id)); \
                  SELECT tenancy.make_tenant_table('public.docs'); \
                  CREATE TABLE public.comments (tenant_id uuid NOT NULL, id bigint NOT NULL, doc_id bigint NOT NULL, body text, \
@@ -55,10 +78,7 @@ pub async fn managed() -> TestDb {
                  INSERT INTO public.comments (tenant_id, id, doc_id, body) VALUES ('6d1f3a52-0f7e-4b7a-9a57-3c1b2f9e8d01', 1, 1, 'real');",
             )
             .await?;
-            Ok::<(), SetupError>(())
-        })
-        .await
-        .expect("managed database")
+    Ok::<(), SetupError>(())
 }
 
 /// The managed database with the native signed context (the C functions the SDK's
@@ -66,7 +86,13 @@ pub async fn managed() -> TestDb {
 /// build has no native library.
 pub async fn managed_native() -> Option<TestDb> {
     let db = managed().await;
-    tenancy_pg::native_context_library(db.cluster.major_version())?;
+    if tenancy_pg::native_context_library(db.cluster.major_version()).is_none() {
+        assert!(
+            !tenancy_pg::native_required(),
+            "TENANCY_REQUIRE_NATIVE=1, but this build has no native library for the server"
+        );
+        return None;
+    }
     let c = db.connect_superuser().await.expect("superuser");
     c.batch_execute(include_str!("../../../tenancy-sdk/sql/native.sql"))
         .await
@@ -74,10 +100,44 @@ pub async fn managed_native() -> Option<TestDb> {
     Some(db)
 }
 
-/// The managed database with each implementation of the signed context.
+/// The managed database with the native signed context as the tenancy_context extension,
+/// or `None` when the server does not offer the extension (PostgreSQL 14–17 without
+/// `make install`; a cluster tenancy started on 18+ always offers it).
+pub async fn managed_extension() -> Option<TestDb> {
+    static MANAGED_EXT: TemplateDb = TemplateDb::new("check_managed_ext_tpl");
+    let cluster = tenancy_pg::testing::cluster().await.expect("cluster");
+    let offered: bool = cluster
+        .connect("postgres")
+        .await
+        .expect("superuser")
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'tenancy_context')",
+            &[],
+        )
+        .await
+        .expect("available extensions")
+        .get(0);
+    assert!(
+        offered || cluster.major_version() < 18 || !tenancy_pg::native_required(),
+        "a PostgreSQL 18+ cluster started by tenancy must offer the tenancy_context extension"
+    );
+    if !offered {
+        return None;
+    }
+    Some(
+        MANAGED_EXT
+            .fresh(|cluster, db| managed_setup(cluster, db, true))
+            .await
+            .expect("managed database with the extension"),
+    )
+}
+
+/// The managed database with each implementation of the signed context (the native one
+/// from the library and, where the server offers it, as the extension).
 pub async fn managed_both() -> Vec<TestDb> {
     let mut out = vec![managed().await];
     out.extend(managed_native().await);
+    out.extend(managed_extension().await);
     out
 }
 

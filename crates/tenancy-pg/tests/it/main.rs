@@ -1,5 +1,7 @@
 //! Integration tests of the PostgreSQL harness, against real clusters.
 
+mod extension;
+
 use tenancy_pg::testing::TemplateDb;
 use tenancy_pg::{Cluster, ClusterOptions};
 

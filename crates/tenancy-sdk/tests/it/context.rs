@@ -262,7 +262,12 @@ async fn native_rebootstrap_keeps_enter_read_only_and_a_database_without_it_gets
     };
     assert_eq!(read_only().await, (1, "on".to_owned()));
 
-    su.batch_execute("DROP FUNCTION tenancy.enter_read_only(text)")
+    // (Taken out of the tenancy_context extension first, where it is a member.)
+    su.batch_execute(
+        "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'tenancy_context') THEN \
+           ALTER EXTENSION tenancy_context DROP FUNCTION tenancy.enter_read_only(text); END IF; END $$; \
+         DROP FUNCTION tenancy.enter_read_only(text)",
+    )
         .await
         .expect("drop");
     bootstrap::install_runtime(&owner, &key())

@@ -87,6 +87,10 @@ pub async fn fresh_dbs() -> Vec<(ContextImpl, TestDb)> {
         .await
         .expect("impl")
         .expect("installed");
+    assert!(
+        imp == ContextImpl::Native || !tenancy_pg::native_required(),
+        "TENANCY_REQUIRE_NATIVE=1, but the database did not get the native context"
+    );
     let mut out = vec![(imp, native)];
     if imp == ContextImpl::Native {
         out.push((ContextImpl::PlPgSql, fresh_db_plpgsql().await));
@@ -97,19 +101,46 @@ pub async fn fresh_dbs() -> Vec<(ContextImpl, TestDb)> {
 /// A fresh database with the native signed context, or `None` when this build has no
 /// native library for the server (built without server headers). Panics when the library
 /// was built but the database did not get the native context, so a native test cannot
-/// pass by checking nothing.
+/// pass by checking nothing, and under `TENANCY_REQUIRE_NATIVE=1` whenever there is no
+/// native context.
 pub async fn fresh_native_db() -> Option<TestDb> {
     let db = fresh_db().await;
     let su = db.connect_superuser().await.expect("superuser");
     if bootstrap::context_impl(&su).await.expect("impl") == Some(ContextImpl::Native) {
+        assert_extension_when_offered(&su).await;
         return Some(db);
     }
+    assert!(
+        !tenancy_pg::native_required(),
+        "TENANCY_REQUIRE_NATIVE=1, but the database did not get the native context"
+    );
     assert!(
         tenancy_pg::native_context_library(db.cluster.major_version()).is_none(),
         "the native library was built for this server but the database did not get the native context"
     );
     eprintln!("no native context library for this server: nothing to check");
     None
+}
+
+/// Where the server offers the tenancy_context extension, the native context must be
+/// that extension (the bootstrap prefers it over creating the functions from the library).
+pub async fn assert_extension_when_offered(su: &Client) {
+    let row = su
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'tenancy_context'), \
+                    (SELECT extversion FROM pg_extension WHERE extname = 'tenancy_context')",
+            &[],
+        )
+        .await
+        .expect("extension state");
+    let (offered, installed): (bool, Option<String>) = (row.get(0), row.get(1));
+    if offered {
+        assert_eq!(
+            installed.as_deref(),
+            Some(tenancy_pg::EXTENSION_VERSION),
+            "the server offers the tenancy_context extension, but the database's native context is not it"
+        );
+    }
 }
 
 pub fn pool(db: &TestDb, max_size: usize) -> TenantPool {

@@ -1,5 +1,6 @@
 /*
- * tenancy_context: the signed tenant context, natively.
+ * tenancy_context: the signed tenant context, natively (the tenancy_context extension;
+ * see tenancy_context--1.0.sql for the SQL side and the Makefile for building it).
  *
  * The same contract as the PL/pgSQL fallback in crates/tenancy-sdk/sql/runtime.sql
  * (tenancy.enter(token) and tenancy.current_tenant_id()), with two differences:
@@ -7,8 +8,8 @@
  *   - The verified tenant lives in this backend's memory, tagged with the local id of the
  *     transaction that entered it. SQL cannot write it (there is no setting to forge), and
  *     it is gone when that transaction ends: current_tenant_id() returns it only while
- *     MyProc->lxid is still the tagged one, and a subtransaction that entered it and then
- *     rolls back takes it with it.
+ *     the backend's local transaction id (MY_LXID()) is still the tagged one, and a
+ *     subtransaction that entered it and then rolls back takes it with it.
  *   - Tokens are single-use per backend (on both implementations: a token is accepted
  *     only if it was issued after the last one accepted on this connection, whatever the
  *     SQL around it, COMMIT; BEGIN; … included). Here the mark is backend memory that no
@@ -46,7 +47,40 @@
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
+/*
+ * Version shims: the same source builds against the server headers of PostgreSQL 14
+ * through 18 (PG_VERSION_NUM comes from pg_config.h).
+ *
+ *   - PostgreSQL 17 moved the backend's local transaction id into PGPROC.vxid
+ *     (MyProc->vxid.lxid); before, it was MyProc->lxid.
+ *   - PostgreSQL 18 replaced the trailing pg_attribute_noreturn() with the leading
+ *     pg_noreturn specifier (C11 _Noreturn) and removed the old macro.
+ *   - PostgreSQL 18 can name a module and its version in its magic block
+ *     (PG_MODULE_MAGIC_EXT, shown by pg_get_loaded_modules()).
+ */
+#if PG_VERSION_NUM < 140000
+#error "tenancy_context needs PostgreSQL 14 or newer"
+#endif
+
+#if PG_VERSION_NUM >= 170000
+#define MY_LXID() (MyProc->vxid.lxid)
+#else
+#define MY_LXID() (MyProc->lxid)
+#endif
+
+#if PG_VERSION_NUM >= 180000
+#define TENANCY_NORETURN_BEFORE pg_noreturn
+#define TENANCY_NORETURN_AFTER
+#else
+#define TENANCY_NORETURN_BEFORE
+#define TENANCY_NORETURN_AFTER pg_attribute_noreturn()
+#endif
+
+#if PG_VERSION_NUM >= 180000
+PG_MODULE_MAGIC_EXT(.name = "tenancy_context", .version = "1.0");
+#else
 PG_MODULE_MAGIC;
+#endif
 
 #define TOKEN_MAX_LEN 200
 #define KID_MAX_LEN 16
@@ -67,7 +101,7 @@ typedef struct CachedKey
 
 static CachedKey keys[MAX_KEYS];
 
-/* The context of the current transaction, valid while ctx_lxid == MyProc->lxid. */
+/* The context of the current transaction, valid while ctx_lxid == MY_LXID(). */
 static bool ctx_set = false;
 static LocalTransactionId ctx_lxid = InvalidLocalTransactionId;
 static SubTransactionId ctx_subid = InvalidSubTransactionId;
@@ -96,10 +130,10 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 static bool
 context_active(void)
 {
-	return ctx_set && MyProc != NULL && ctx_lxid == MyProc->lxid;
+	return ctx_set && MyProc != NULL && ctx_lxid == MY_LXID();
 }
 
-static void refuse(const char *problem) pg_attribute_noreturn();
+TENANCY_NORETURN_BEFORE static void refuse(const char *problem) TENANCY_NORETURN_AFTER;
 
 static void
 refuse(const char *problem)
@@ -525,7 +559,7 @@ enter_context(FunctionCallInfo fcinfo, bool read_only)
 
 	last_issued = issued;
 	ctx_tenant = tenant;
-	ctx_lxid = MyProc->lxid;
+	ctx_lxid = MY_LXID();
 	ctx_subid = GetCurrentSubTransactionId();
 	ctx_set = true;
 	if (read_only)
