@@ -49,7 +49,7 @@ use utoipa::OpenApi;
 
 pub use config::{ControlConfig, LimitsConfig, RateConfig, SignupConfig};
 pub use error::{ApiError, Problem, ProblemCode};
-pub use startup::{build, App};
+pub use startup::{build, connect_catalog, App};
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 64 * 1024;
