@@ -47,7 +47,7 @@ use tenancy_config::ConfigState;
 use tenancy_provision::{PgConn, PgPool, Provisioner};
 use utoipa::OpenApi;
 
-pub use config::{ControlConfig, LimitsConfig, RateConfig, SignupConfig};
+pub use config::{ClusterConfig, ControlConfig, LimitsConfig, RateConfig, SignupConfig};
 pub use error::{ApiError, Problem, ProblemCode};
 pub use startup::{build, connect_catalog, App};
 

@@ -174,9 +174,36 @@ async fn check_bootstrapped(
 /// Registers the regions and clusters the configuration declares (idempotent: created,
 /// or their names, connection info and capacity updated).
 async fn register_declared(owner: &tokio_postgres::Client, config: &ControlConfig) -> Result<()> {
+    // Refused before anything is written: a declared cluster registered in another region.
+    let registered = tenancy_catalog::list_clusters(owner)
+        .await
+        .context("listing the registered clusters")?;
+    for c in &config.clusters {
+        if let Some(r) = registered
+            .iter()
+            .find(|r| r.name == c.name && r.region != c.region)
+        {
+            anyhow::bail!(
+                "cluster {} is registered in region {}, the configuration puts it in {}: a cluster cannot \
+                 move to another region (its tenants are pinned there); declare a new cluster instead",
+                c.name,
+                r.region,
+                c.region
+            );
+        }
+    }
+    // A cluster's region without a display name in the configuration is created with its
+    // id as name, and keeps the name it has when it exists.
+    let existing: std::collections::BTreeSet<String> = tenancy_catalog::list_regions(owner)
+        .await
+        .context("listing the registered regions")?
+        .into_iter()
+        .map(|r| r.id.as_str().to_owned())
+        .collect();
     let mut regions: std::collections::BTreeMap<String, String> = config
         .clusters
         .iter()
+        .filter(|c| !existing.contains(c.region.as_str()))
         .map(|c| (c.region.as_str().to_owned(), c.region.as_str().to_owned()))
         .collect();
     for (id, name) in &config.region_names {
@@ -192,7 +219,7 @@ async fn register_declared(owner: &tokio_postgres::Client, config: &ControlConfi
     }
     for c in &config.clusters {
         let (host, port, dbname) = c.endpoint().map_err(anyhow::Error::msg)?;
-        let rec = tenancy_catalog::add_cluster(
+        tenancy_catalog::add_cluster(
             owner,
             &NewCluster {
                 name: c.name.clone(),
@@ -205,15 +232,6 @@ async fn register_declared(owner: &tokio_postgres::Client, config: &ControlConfi
         )
         .await
         .with_context(|| format!("registering cluster {}", c.name))?;
-        if rec.region != c.region {
-            anyhow::bail!(
-                "cluster {} is registered in region {}, the configuration puts it in {}: a cluster cannot \
-                 move to another region (its tenants are pinned there); declare a new cluster instead",
-                c.name,
-                rec.region,
-                c.region
-            );
-        }
     }
     Ok(())
 }
