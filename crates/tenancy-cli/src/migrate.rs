@@ -103,17 +103,29 @@ pub async fn run(args: MigrateArgs) -> u8 {
     }
     match tenancy_control::connect_catalog(&catalog).await {
         Ok(client) => {
-            let has_catalog = client
+            // The catalog at the version this binary needs (tenancy serve and tenancy
+            // bootstrap migrate it; -1: no catalog at all).
+            let at = client
                 .query_one(
-                    "SELECT to_regclass('tenancy_catalog.schema_migrations') IS NOT NULL",
+                    "SELECT CASE WHEN to_regclass('tenancy_catalog.schema_migrations') IS NULL THEN -1
+                            ELSE (SELECT coalesce(max(version), 0) FROM tenancy_catalog.schema_migrations) END",
                     &[],
                 )
                 .await
-                .map(|r| r.get::<_, bool>(0));
-            if let Ok(false) = has_catalog {
-                return cannot_run(
-                    "the catalog database has no tenancy catalog: run `tenancy bootstrap --database-url …` on it (or start `tenancy serve` once), then run tenancy migrate again",
-                );
+                .map(|r| r.get::<_, i32>(0));
+            let needs = tenancy_catalog::MIGRATIONS.last().map_or(0, |m| m.version);
+            match at {
+                Ok(-1) => {
+                    return cannot_run(
+                        "the catalog database has no tenancy catalog: run `tenancy bootstrap --database-url …` on it (or start `tenancy serve` once), then run tenancy migrate again",
+                    )
+                }
+                Ok(v) if v < needs => {
+                    return cannot_run(format!(
+                        "the catalog is at version {v} and this tenancy needs {needs}: run `tenancy bootstrap --database-url …` (or start this version of `tenancy serve` once) to migrate it, then run tenancy migrate again"
+                    ))
+                }
+                _ => {}
             }
         }
         Err(e) => return cannot_run(format!("{e:#}")),

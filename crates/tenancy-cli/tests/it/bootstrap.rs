@@ -309,6 +309,36 @@ async fn bootstrap_sets_up_a_server_without_superuser_idempotently_and_serve_say
     );
     tx.commit().await.expect("commit");
 
+    // tenancy migrate on a catalog older than this binary says how to bring it up.
+    let latest = tenancy_catalog::MIGRATIONS
+        .last()
+        .expect("migrations")
+        .version;
+    let row = su_app
+        .query_one(
+            "DELETE FROM tenancy_catalog.schema_migrations WHERE version = $1 RETURNING name, checksum, duration_ms",
+            &[&latest],
+        )
+        .await
+        .expect("pretend an older catalog");
+    let o = tenancy(&["migrate"], &[("DATABASE_URL", &owner_url)]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "the catalog is at version {} and this tenancy needs {latest}",
+            latest - 1
+        )) && err.contains("tenancy bootstrap --database-url"),
+        "{err}"
+    );
+    su_app
+        .execute(
+            "INSERT INTO tenancy_catalog.schema_migrations (version, name, checksum, duration_ms) VALUES ($1, $2, $3, $4)",
+            &[&latest, &row.get::<_, String>(0), &row.get::<_, String>(1), &row.get::<_, f64>(2)],
+        )
+        .await
+        .expect("restore");
+
     // A run that stopped after its first phase (roles and schemas committed, no runtime,
     // no catalog) is completed by the next.
     su.batch_execute("CREATE DATABASE app2 OWNER admin")
