@@ -234,7 +234,8 @@ pub mod server {
         /// Key ids of the installed context keys (readable when the connecting role has the
         /// owner role's privileges).
         pub context_keys: Vec<String>,
-        /// The `tenancy_context` extension is available on the server.
+        /// The `tenancy_context` extension is available on the server to a role that is
+        /// not a superuser (a trusted extension: the database owner may create it).
         pub native_available: bool,
     }
 
@@ -280,7 +281,8 @@ pub mod server {
                         current_setting('server_version_num')::int,
                         r.rolsuper, r.rolcreaterole, pg_get_userbyid(d.datdba)::text,
                         pg_has_role(current_user, d.datdba, 'USAGE'),
-                        EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = 'tenancy_context'),
+                        EXISTS (SELECT 1 FROM pg_catalog.pg_available_extension_versions
+                                 WHERE name = 'tenancy_context' AND (trusted OR NOT superuser)),
                         to_regprocedure('tenancy.current_tenant_id()') IS NOT NULL
                               AND to_regclass('tenancy_private.context_keys') IS NOT NULL
                    FROM pg_catalog.pg_roles r, pg_catalog.pg_database d
