@@ -212,16 +212,27 @@ pub async fn record_app_migration_sources<C: GenericClient>(
     let names: Vec<&str> = migrations.iter().map(|m| m.name.as_str()).collect();
     let sums: Vec<&str> = migrations.iter().map(|m| m.checksum.as_str()).collect();
     let sqls: Vec<Option<&str>> = migrations.iter().map(|m| m.sql.as_deref()).collect();
+    // Two statements rather than ON CONFLICT DO UPDATE, which would lock every existing
+    // row even when it changes nothing: every provision records its migrations, and
+    // concurrent provisions must not queue behind each other's ledger rows.
     client
         .execute(
-            "INSERT INTO tenancy_catalog.app_migrations AS a (version, name, checksum, sql)
+            "INSERT INTO tenancy_catalog.app_migrations (version, name, checksum, sql)
              SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[])
-             ON CONFLICT (version) DO UPDATE SET sql = excluded.sql
-              WHERE a.sql IS NULL AND excluded.sql IS NOT NULL AND a.checksum = excluded.checksum",
+             ON CONFLICT (version) DO NOTHING",
             &[&versions, &names, &sums, &sqls],
         )
         .await
         .map_err(CatalogError::db("recording app migrations"))?;
+    client
+        .execute(
+            "UPDATE tenancy_catalog.app_migrations a SET sql = u.sql
+               FROM unnest($1::int[], $2::text[], $3::text[]) AS u(version, checksum, sql)
+              WHERE a.version = u.version AND a.sql IS NULL AND u.sql IS NOT NULL AND a.checksum = u.checksum",
+            &[&versions, &sums, &sqls],
+        )
+        .await
+        .map_err(CatalogError::db("recording app migration texts"))?;
     Ok(())
 }
 

@@ -133,9 +133,10 @@ impl AppMigrations {
         for r in newer.iter().filter(|r| r.version > self.latest()) {
             let Some(sql) = &r.sql else {
                 return Err(Error::Config(format!(
-                    "the fleet is at app migration {} ({}), recorded by tenancy migrate without its text, and this \
-                     control plane loaded migrations up to version {}: run `tenancy migrate` again (it records the \
-                     texts) or restart tenancy serve with app_migrations_dir holding version {}",
+                    "the fleet is at app migration {} ({}), recorded without its text (by an older tenancy migrate), and \
+                     this control plane loaded migrations up to version {}: restart tenancy serve with \
+                     app_migrations_dir holding version {} (provisioning then records the text for every \
+                     control plane)",
                     r.version,
                     r.name,
                     self.latest(),

@@ -10,6 +10,10 @@
 //! 3. [`install_runtime`] (owner role): the signed-context functions (the PL/pgSQL
 //!    implementation, unless step 2 installed the native one), the tenant-table helper and
 //!    the context key the application signs with.
+//!
+//! [`server`] does the same on a server tenancy did not start, without superuser where
+//! PostgreSQL allows it (`tenancy bootstrap`): it inspects what the connecting role may
+//! do, refuses with what to fix, and plans the SQL of the three steps for that role.
 
 use tenancy_core::ContextKey;
 use tokio_postgres::Client;

@@ -118,7 +118,19 @@ async fn a_fleet_version_recorded_without_its_text_fails_the_provision_with_what
     );
     let why = w.last_error.unwrap_or_default();
     assert!(
-        why.contains("run `tenancy migrate` again"),
+        why.contains("restart tenancy serve with app_migrations_dir holding version 2"),
         "says what to do: {why}"
     );
+    // Doing that: a control plane with version 2 provisions and records its text; from
+    // then on the one started at version 1 provisions at version 2 too.
+    let mut v12 = v1();
+    v12.push(v2());
+    let restarted = env.provisioner(v12);
+    env.provision_with(&restarted, &[("third", Placement::Schema)])
+        .await;
+    let ids = env
+        .provision_with(&p, &[("fourth", Placement::Schema)])
+        .await;
+    let (client, schema) = env.tenant_db(ids[0], Placement::Schema).await;
+    assert_eq!(state_of(&client, &schema).await, (2, true));
 }
