@@ -29,6 +29,21 @@ pub struct RecordedAppMigration {
     pub checksum: String,
 }
 
+/// An app migration with its text, as the ledger records it for provisioning: a control
+/// plane reads the migrations newer than the ones it loaded from here at each provision,
+/// so a new tenant starts at the fleet's version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppMigrationSource {
+    /// Version.
+    pub version: i32,
+    /// File name without extension.
+    pub name: String,
+    /// SHA-256 (hex) of `sql`.
+    pub checksum: String,
+    /// The SQL text; `None` for a migration recorded before the ledger kept texts.
+    pub sql: Option<String>,
+}
+
 /// Something the app's migrations are applied to, with what the ledger knows about it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MigrationTarget {
@@ -155,6 +170,69 @@ pub async fn record_app_migrations<C: GenericClient>(
         )
         .await
         .map_err(CatalogError::db("recording app migrations"))?;
+    Ok(())
+}
+
+/// The recorded app migrations newer than `version`, with their texts, by version. One
+/// indexed query; empty when nothing newer was recorded (the usual case).
+pub async fn app_migration_sources_after<C: GenericClient>(
+    client: &C,
+    version: i32,
+) -> Result<Vec<AppMigrationSource>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT version, name, checksum, sql FROM tenancy_catalog.app_migrations
+              WHERE version > $1 ORDER BY version",
+            &[&version],
+        )
+        .await
+        .map_err(CatalogError::db("reading the app migrations ledger"))?;
+    Ok(rows
+        .iter()
+        .map(|r| AppMigrationSource {
+            version: r.get(0),
+            name: r.get(1),
+            checksum: r.get(2),
+            sql: r.get(3),
+        })
+        .collect())
+}
+
+/// Records app migrations as applied, with their texts (first writer wins; a recorded
+/// checksum never changes; a text missing from an older row is filled in when its
+/// checksum matches).
+pub async fn record_app_migration_sources<C: GenericClient>(
+    client: &C,
+    migrations: &[AppMigrationSource],
+) -> Result<(), CatalogError> {
+    if migrations.is_empty() {
+        return Ok(());
+    }
+    let versions: Vec<i32> = migrations.iter().map(|m| m.version).collect();
+    let names: Vec<&str> = migrations.iter().map(|m| m.name.as_str()).collect();
+    let sums: Vec<&str> = migrations.iter().map(|m| m.checksum.as_str()).collect();
+    let sqls: Vec<Option<&str>> = migrations.iter().map(|m| m.sql.as_deref()).collect();
+    // Two statements rather than ON CONFLICT DO UPDATE, which would lock every existing
+    // row even when it changes nothing: every provision records its migrations, and
+    // concurrent provisions must not queue behind each other's ledger rows.
+    client
+        .execute(
+            "INSERT INTO tenancy_catalog.app_migrations (version, name, checksum, sql)
+             SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[])
+             ON CONFLICT (version) DO NOTHING",
+            &[&versions, &names, &sums, &sqls],
+        )
+        .await
+        .map_err(CatalogError::db("recording app migrations"))?;
+    client
+        .execute(
+            "UPDATE tenancy_catalog.app_migrations a SET sql = u.sql
+               FROM unnest($1::int[], $2::text[], $3::text[]) AS u(version, checksum, sql)
+              WHERE a.version = u.version AND a.sql IS NULL AND u.sql IS NOT NULL AND a.checksum = u.checksum",
+            &[&versions, &sums, &sqls],
+        )
+        .await
+        .map_err(CatalogError::db("recording app migration texts"))?;
     Ok(())
 }
 
@@ -361,16 +439,16 @@ async fn migration_status<C: GenericClient>(
 
 /// Records, in the provisioning step's transaction, that a new tenant's storage (or, for
 /// a pooled tenant, its cluster's pooled tables) is at the version of the last of
-/// `applied`, and that those migrations have been applied.
+/// `applied`, and that those migrations (with their texts) have been applied.
 pub async fn record_provisioned<C: GenericClient>(
     client: &C,
     tenant: &crate::Tenant,
-    applied: &[RecordedAppMigration],
+    applied: &[AppMigrationSource],
 ) -> Result<(), CatalogError> {
     let Some(last) = applied.last() else {
         return Ok(());
     };
-    record_app_migrations(client, applied).await?;
+    record_app_migration_sources(client, applied).await?;
     let (target_id, tenant_id) = match tenant.placement {
         Placement::Pooled => (tenant.cluster_id, None),
         _ => (tenant.id.as_uuid(), Some(tenant.id)),

@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bootstrap;
 mod demo;
 mod migrate;
 mod serve;
@@ -28,6 +29,11 @@ enum Command {
     /// isolation fails (and, with --probe, try cross-tenant access as the runtime role).
     /// Exit 0: no error finding; 1: at least one; 2: could not run.
     Check(CheckCommand),
+    /// Set up an existing PostgreSQL server for tenancy: roles, privileges, schemas, the
+    /// signed-context functions, the context key and the catalog. Idempotent; works
+    /// without superuser (CREATEROLE and ownership of the database suffice). Exit 0: set
+    /// up; 2: could not run or refused (says what to fix).
+    Bootstrap(bootstrap::BootstrapArgs),
     /// Run the control-plane API and the provisioning workers (embedded PostgreSQL when
     /// no database is configured).
     Serve(serve::ServeArgs),
@@ -91,6 +97,7 @@ fn main() -> std::process::ExitCode {
                 }
             },
             Command::Migrate(args) => migrate::run(args).await,
+            Command::Bootstrap(args) => bootstrap::run(args).await,
             Command::Check(c) => {
                 let mut out = std::io::stdout();
                 tenancy_check::run(&c.args, &mut out).await as u8

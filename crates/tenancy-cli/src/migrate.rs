@@ -99,10 +99,51 @@ pub async fn run(args: MigrateArgs) -> u8 {
             "no catalog database configured: set DATABASE_URL (or database_url in the file given with --config) to the catalog that `tenancy serve` uses",
         );
     };
-    let catalog: tokio_postgres::Config = match url.expose_secret().parse() {
+    let mut catalog: tokio_postgres::Config = match url.expose_secret().parse() {
         Ok(c) => c,
         Err(e) => return cannot_run(format!("parsing the catalog database URL: {e}")),
     };
+    // As `tenancy serve`: the owner role's catalog; a server `tenancy bootstrap` has not
+    // set up is named with the command to run.
+    if catalog.get_user().is_none() {
+        catalog.user(tenancy_sdk::bootstrap::OWNER_ROLE);
+    }
+    if catalog.get_password().is_none()
+        && catalog.get_user() == Some(tenancy_sdk::bootstrap::OWNER_ROLE)
+    {
+        if let Some(p) = &config.owner_password {
+            catalog.password(p.expose_secret().as_bytes());
+        }
+    }
+    match tenancy_control::connect_catalog(&catalog).await {
+        Ok(client) => {
+            // The catalog at the version this binary needs (tenancy serve and tenancy
+            // bootstrap migrate it; -1: no catalog at all).
+            let at = client
+                .query_one(
+                    "SELECT CASE WHEN to_regclass('tenancy_catalog.schema_migrations') IS NULL THEN -1
+                            ELSE (SELECT coalesce(max(version), 0) FROM tenancy_catalog.schema_migrations) END",
+                    &[],
+                )
+                .await
+                .map(|r| r.get::<_, i32>(0));
+            let needs = tenancy_catalog::MIGRATIONS.last().map_or(0, |m| m.version);
+            match at {
+                Ok(-1) => {
+                    return cannot_run(
+                        "the catalog database has no tenancy catalog: run `tenancy bootstrap --database-url …` on it (or start `tenancy serve` once), then run tenancy migrate again",
+                    )
+                }
+                Ok(v) if v < needs => {
+                    return cannot_run(format!(
+                        "the catalog is at version {v} and this tenancy needs {needs}: run `tenancy bootstrap --database-url …` (or start this version of `tenancy serve` once) to migrate it, then run tenancy migrate again"
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Err(e) => return cannot_run(format!("{e:#}")),
+    }
     let Some(dir) = args.dir.or(config.app_migrations_dir.clone()) else {
         return cannot_run(
             "no migrations directory: pass --dir DIR (or set app_migrations_dir / TENANCY_APP_MIGRATIONS_DIR)",

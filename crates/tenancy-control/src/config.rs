@@ -174,6 +174,101 @@ pub struct ReceiverConfig {
     pub secret: SecretString,
 }
 
+/// A PostgreSQL cluster registered at start (with `database_url`): where tenants of a
+/// region are placed. Created, or its connection info and capacity updated, on every
+/// start; a cluster never moves to another region (its tenants are pinned there).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Unique name (`[a-z][a-z0-9_-]{0,62}`).
+    pub name: String,
+    /// Region of its tenants (created when missing).
+    pub region: tenancy_core::RegionId,
+    /// Connection string without user or password (`host=… port=… dbname=…` or
+    /// `postgresql://host:port/dbname`); instead of `host`, `port` and `dbname`.
+    pub url: Option<String>,
+    /// Host name, IP address or Unix socket directory.
+    pub host: Option<String>,
+    /// Port (default 5432).
+    pub port: Option<u16>,
+    /// The shared database of its pooled and schema tenants (bootstrapped with `tenancy
+    /// bootstrap`).
+    pub dbname: Option<String>,
+    /// Tenants it takes.
+    pub capacity: i32,
+}
+
+impl ClusterConfig {
+    /// Host, port and database, from `url` or the separate fields.
+    pub fn endpoint(&self) -> Result<(String, u16, String), String> {
+        let what = format!("clusters.{}", self.name);
+        if let Some(url) = &self.url {
+            if self.host.is_some() || self.port.is_some() || self.dbname.is_some() {
+                return Err(format!(
+                    "{what}: give either url or host/port/dbname, not both"
+                ));
+            }
+            let cfg: tokio_postgres::Config = url
+                .parse()
+                .map_err(|e| format!("{what}: url is not a PostgreSQL connection string: {e}"))?;
+            if cfg.get_password().is_some() || cfg.get_user().is_some() {
+                return Err(format!(
+                    "{what}: url must not carry a user or password (tenancy logs in as its own roles; \
+                     set owner_password, runtime_password and cluster_admin_password instead)"
+                ));
+            }
+            let host = match cfg.get_hosts() {
+                [tokio_postgres::config::Host::Tcp(h)] => h.clone(),
+                [tokio_postgres::config::Host::Unix(p)] => p.display().to_string(),
+                _ => return Err(format!("{what}: url must name exactly one host")),
+            };
+            let port = cfg.get_ports().first().copied().unwrap_or(5432);
+            let dbname = cfg
+                .get_dbname()
+                .ok_or_else(|| format!("{what}: url must name the database (dbname)"))?;
+            return Ok((host, port, dbname.to_owned()));
+        }
+        let host = self
+            .host
+            .clone()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("{what}: host (or url) is required"))?;
+        let dbname = self
+            .dbname
+            .clone()
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| format!("{what}: dbname (or url) is required"))?;
+        Ok((host, self.port.unwrap_or(5432), dbname))
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        let ok = !self.name.is_empty()
+            && self.name.len() <= 63
+            && self.name.as_bytes()[0].is_ascii_lowercase()
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !ok {
+            return Err(format!(
+                "clusters: name {:?} is not allowed: use 1 to 63 characters from a-z, 0-9, '_' and '-', starting with a letter",
+                self.name
+            ));
+        }
+        if self.capacity <= 0 {
+            return Err(format!(
+                "clusters.{}: capacity must be a positive number of tenants",
+                self.name
+            ));
+        }
+        if self.port == Some(0) {
+            return Err(format!("clusters.{}: port must not be 0", self.name));
+        }
+        self.endpoint().map(|_| ())
+    }
+}
+
 /// Everything `tenancy serve` needs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -195,6 +290,11 @@ pub struct ControlConfig {
     pub context_key_hex: Option<SecretString>,
     /// Regions of the embedded default (one private cluster each).
     pub regions: Vec<String>,
+    /// Display names of regions (`region id → name`); with `database_url`, these regions
+    /// are registered at start even without a cluster.
+    pub region_names: BTreeMap<String, String>,
+    /// With `database_url`: the clusters (and their regions) registered at start.
+    pub clusters: Vec<ClusterConfig>,
     /// Superuser (or CREATEDB) login on tenant clusters.
     pub cluster_admin_user: String,
     /// Its password.
@@ -235,6 +335,8 @@ impl Default for ControlConfig {
             context_key_id: "k1".into(),
             context_key_hex: None,
             regions: vec!["eu-west".into()],
+            region_names: BTreeMap::new(),
+            clusters: Vec::new(),
             cluster_admin_user: "postgres".into(),
             cluster_admin_password: None,
             owner_password: None,
@@ -302,6 +404,28 @@ impl ControlConfig {
         if let Some(v) = get("TENANCY_APP_MIGRATIONS_DIR") {
             cfg.app_migrations_dir = Some(PathBuf::from(v));
         }
+        if let Some(v) = get("TENANCY_CONTEXT_KEY_ID") {
+            cfg.context_key_id = v;
+        }
+        if let Some(v) = get("TENANCY_CLUSTER_ADMIN_USER") {
+            cfg.cluster_admin_user = v;
+        }
+        for (var, slot) in [
+            (
+                "TENANCY_CLUSTER_ADMIN_PASSWORD",
+                &mut cfg.cluster_admin_password,
+            ),
+            ("TENANCY_OWNER_PASSWORD", &mut cfg.owner_password),
+            ("TENANCY_RUNTIME_PASSWORD", &mut cfg.runtime_password),
+            (
+                "TENANCY_CONFIG_READER_PASSWORD",
+                &mut cfg.config_reader_password,
+            ),
+        ] {
+            if let Some(v) = get(var) {
+                *slot = Some(SecretString::from(v));
+            }
+        }
         if cfg.workers == 0 || cfg.workers > 64 {
             return Err("workers must be between 1 and 64".into());
         }
@@ -312,6 +436,29 @@ impl ControlConfig {
             crate::auth::parse_digest(d)?;
         }
         cfg.limits.validate()?;
+        let mut names = std::collections::BTreeSet::new();
+        for c in &cfg.clusters {
+            c.validate()?;
+            if !names.insert(c.name.as_str()) {
+                return Err(format!("clusters: {:?} is declared twice", c.name));
+            }
+        }
+        for (id, name) in &cfg.region_names {
+            id.parse::<tenancy_core::RegionId>()
+                .map_err(|e| format!("region_names: {id:?}: {e}"))?;
+            if name.trim().is_empty() || name.len() > 200 {
+                return Err(format!(
+                    "region_names.{id}: a display name is 1 to 200 characters"
+                ));
+            }
+        }
+        if !cfg.clusters.is_empty() && cfg.database_url.is_none() {
+            return Err(
+                "clusters are registered only with database_url (without it, the embedded default \
+                        starts one private cluster per region in `regions`)"
+                    .into(),
+            );
+        }
         Ok(cfg)
     }
 }

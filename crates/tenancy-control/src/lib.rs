@@ -47,9 +47,9 @@ use tenancy_config::ConfigState;
 use tenancy_provision::{PgConn, PgPool, Provisioner};
 use utoipa::OpenApi;
 
-pub use config::{ControlConfig, LimitsConfig, RateConfig, SignupConfig};
+pub use config::{ClusterConfig, ControlConfig, LimitsConfig, RateConfig, SignupConfig};
 pub use error::{ApiError, Problem, ProblemCode};
-pub use startup::{build, App};
+pub use startup::{build, connect_catalog, App};
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 64 * 1024;

@@ -92,6 +92,150 @@ impl App {
     }
 }
 
+/// The command that sets the server up, for messages.
+fn bootstrap_hint(cfg: &tokio_postgres::Config) -> String {
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "HOST".into(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let db = cfg.get_dbname().unwrap_or("DB");
+    format!(
+        "run `tenancy bootstrap --database-url 'host={host} port={port} dbname={db} user=ADMIN'` \
+         as a superuser or a role with CREATEROLE that owns the database, then start again"
+    )
+}
+
+/// A failed catalog connection, explained when it means the server was not set up.
+fn not_bootstrapped_on_connect(
+    e: tenancy_pg::HarnessError,
+    cfg: &tokio_postgres::Config,
+) -> anyhow::Error {
+    use tokio_postgres::error::SqlState;
+    let code = match &e {
+        tenancy_pg::HarnessError::Sql { source, .. } => source.code().cloned(),
+        _ => None,
+    };
+    let user = cfg.get_user().unwrap_or(OWNER_ROLE);
+    match code {
+        Some(c) if c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => anyhow::anyhow!(
+            "the catalog server is not set up for tenancy: role {user} cannot log in ({e}); {}",
+            bootstrap_hint(cfg)
+        ),
+        Some(c) if c == SqlState::INVALID_CATALOG_NAME => anyhow::anyhow!(
+            "the catalog database does not exist ({e}): create it (CREATE DATABASE … OWNER <admin>) and {}",
+            bootstrap_hint(cfg)
+        ),
+        _ => anyhow::Error::new(e).context("connecting to the catalog database"),
+    }
+}
+
+/// Connects to the catalog database of a server tenancy did not start (`tenancy serve`
+/// and `tenancy migrate` with a database URL). Refuses a server `tenancy bootstrap` has
+/// not set up, naming what is missing and the command to run, and a URL that does not
+/// log in as the owner role.
+pub async fn connect_catalog(cfg: &tokio_postgres::Config) -> Result<tokio_postgres::Client> {
+    let client = tenancy_pg::connect(cfg)
+        .await
+        .map_err(|e| not_bootstrapped_on_connect(e, cfg))?;
+    check_bootstrapped(&client, cfg).await?;
+    Ok(client)
+}
+
+async fn check_bootstrapped(
+    client: &tokio_postgres::Client,
+    cfg: &tokio_postgres::Config,
+) -> Result<()> {
+    if let Some(what) = bootstrap::server::missing(client)
+        .await
+        .context("checking the catalog server")?
+    {
+        anyhow::bail!(
+            "the catalog server is not set up for tenancy (missing: {what}); {}",
+            bootstrap_hint(cfg)
+        );
+    }
+    let user: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .context("reading the catalog login")?
+        .get(0);
+    if user != OWNER_ROLE {
+        anyhow::bail!(
+            "the catalog database URL logs in as {user}; tenancy serve must log in as {OWNER_ROLE} \
+             (the catalog is the owner role's): set DATABASE_URL to the connection string `tenancy \
+             bootstrap` printed (user={OWNER_ROLE}) and TENANCY_OWNER_PASSWORD"
+        );
+    }
+    Ok(())
+}
+
+/// Registers the regions and clusters the configuration declares (idempotent: created,
+/// or their names, connection info and capacity updated).
+async fn register_declared(owner: &tokio_postgres::Client, config: &ControlConfig) -> Result<()> {
+    // Refused before anything is written: a declared cluster registered in another region.
+    let registered = tenancy_catalog::list_clusters(owner)
+        .await
+        .context("listing the registered clusters")?;
+    for c in &config.clusters {
+        if let Some(r) = registered
+            .iter()
+            .find(|r| r.name == c.name && r.region != c.region)
+        {
+            anyhow::bail!(
+                "cluster {} is registered in region {}, the configuration puts it in {}: a cluster cannot \
+                 move to another region (its tenants are pinned there); declare a new cluster instead",
+                c.name,
+                r.region,
+                c.region
+            );
+        }
+    }
+    // A cluster's region without a display name in the configuration is created with its
+    // id as name, and keeps the name it has when it exists.
+    let existing: std::collections::BTreeSet<String> = tenancy_catalog::list_regions(owner)
+        .await
+        .context("listing the registered regions")?
+        .into_iter()
+        .map(|r| r.id.as_str().to_owned())
+        .collect();
+    let mut regions: std::collections::BTreeMap<String, String> = config
+        .clusters
+        .iter()
+        .filter(|c| !existing.contains(c.region.as_str()))
+        .map(|c| (c.region.as_str().to_owned(), c.region.as_str().to_owned()))
+        .collect();
+    for (id, name) in &config.region_names {
+        regions.insert(id.clone(), name.clone());
+    }
+    for (id, name) in &regions {
+        let rid: tenancy_core::RegionId = id
+            .parse()
+            .with_context(|| format!("parsing region {id:?}"))?;
+        tenancy_catalog::add_region(owner, &rid, name)
+            .await
+            .with_context(|| format!("registering region {id}"))?;
+    }
+    for c in &config.clusters {
+        let (host, port, dbname) = c.endpoint().map_err(anyhow::Error::msg)?;
+        tenancy_catalog::add_cluster(
+            owner,
+            &NewCluster {
+                name: c.name.clone(),
+                region: c.region.clone(),
+                host,
+                port,
+                dbname,
+                capacity: c.capacity,
+            },
+        )
+        .await
+        .with_context(|| format!("registering cluster {}", c.name))?;
+    }
+    Ok(())
+}
+
 fn login(user: &str, password: &Option<SecretString>) -> Login {
     Login {
         user: user.to_owned(),
@@ -110,10 +254,20 @@ pub async fn build(config: ControlConfig) -> Result<App> {
     let mut clusters = Vec::new();
     let (catalog_cfg, access, key) = match &config.database_url {
         Some(url) => {
-            let cfg: tokio_postgres::Config = url
+            let mut cfg: tokio_postgres::Config = url
                 .expose_secret()
                 .parse()
                 .context("parsing the catalog database URL")?;
+            // The catalog is the owner role's: a URL without user logs in as it, and one
+            // without password takes owner_password (what `tenancy bootstrap` prints).
+            if cfg.get_user().is_none() {
+                cfg.user(OWNER_ROLE);
+            }
+            if cfg.get_password().is_none() && cfg.get_user() == Some(OWNER_ROLE) {
+                if let Some(p) = &config.owner_password {
+                    cfg.password(p.expose_secret().as_bytes());
+                }
+            }
             let hex = config.context_key_hex.as_ref().context(
                 "context_key_hex (or TENANCY_CONTEXT_KEY_HEX) is required with a database URL",
             )?;
@@ -150,7 +304,11 @@ pub async fn build(config: ControlConfig) -> Result<App> {
             (catalog, access, key)
         }
     };
-    let mut owner = tenancy_pg::connect(&catalog_cfg).await?;
+    let mut owner = if config.database_url.is_some() {
+        connect_catalog(&catalog_cfg).await?
+    } else {
+        tenancy_pg::connect(&catalog_cfg).await?
+    };
     let context = bootstrap::describe_context_impl(&owner).await?;
     tracing::info!(context = %context, "tenant context of the catalog database");
     if tenancy_pg::native_required() && !context.starts_with("native") {
@@ -163,7 +321,8 @@ pub async fn build(config: ControlConfig) -> Result<App> {
         .context("migrating the catalog")?;
     for (region, cluster) in &clusters {
         let id = region.parse().context("parsing a region")?;
-        tenancy_catalog::add_region(&owner, &id, region).await?;
+        let name = config.region_names.get(region).unwrap_or(region);
+        tenancy_catalog::add_region(&owner, &id, name).await?;
         tenancy_catalog::add_cluster(
             &owner,
             &NewCluster {
@@ -176,6 +335,9 @@ pub async fn build(config: ControlConfig) -> Result<App> {
             },
         )
         .await?;
+    }
+    if config.database_url.is_some() {
+        register_declared(&owner, &config).await?;
     }
     let app_migrations = match &config.app_migrations_dir {
         Some(dir) => AppMigrations::from_dir(dir)?,

@@ -6,9 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use tenancy_catalog::{
-    ClusterRecord, LedgerOutcome, LedgerUpdate, MigrationTarget, RecordedAppMigration,
-};
+use tenancy_catalog::{ClusterRecord, LedgerOutcome, LedgerUpdate, MigrationTarget};
 use tenancy_core::Placement;
 use tenancy_provision::storage::{database_name_for, schema_name_for};
 use tenancy_provision::ClusterAccess;
@@ -821,18 +819,15 @@ async fn ledger_writer(
             .await
             .map_err(Error::db("starting a ledger transaction"))?;
         if reached > recorded_up_to {
-            let applied: Vec<RecordedAppMigration> = set
+            // With their texts: provisioning in a control plane started earlier reads them
+            // to bring new tenants to this version.
+            let applied: Vec<_> = set
                 .app
-                .all()
-                .iter()
+                .sources()
+                .into_iter()
                 .filter(|m| m.version <= reached)
-                .map(|m| RecordedAppMigration {
-                    version: m.version,
-                    name: m.name.clone(),
-                    checksum: m.checksum(),
-                })
                 .collect();
-            tenancy_catalog::record_app_migrations(&tx, &applied).await?;
+            tenancy_catalog::record_app_migration_sources(&tx, &applied).await?;
         }
         tenancy_catalog::write_ledger(&tx, &batch).await?;
         tx.commit()

@@ -110,6 +110,55 @@ impl AppMigrations {
             .collect()
     }
 
+    /// The migrations with their texts, as the ledger records them for provisioning.
+    pub fn sources(&self) -> Vec<tenancy_catalog::AppMigrationSource> {
+        self.migrations
+            .iter()
+            .map(|m| tenancy_catalog::AppMigrationSource {
+                version: m.version,
+                name: m.name.clone(),
+                checksum: m.checksum(),
+                sql: Some(m.sql.clone()),
+            })
+            .collect()
+    }
+
+    /// These migrations followed by the fleet's newer ones (`newer`: what the catalog's
+    /// ledger recorded after [`AppMigrations::latest`], see
+    /// `tenancy_catalog::app_migration_sources_after`). Refuses a recorded migration
+    /// without its text or whose text does not match its checksum: a tenant provisioned
+    /// without it would be behind the fleet.
+    pub fn with_fleet(&self, newer: &[tenancy_catalog::AppMigrationSource]) -> Result<Self, Error> {
+        let mut out = self.migrations.clone();
+        for r in newer.iter().filter(|r| r.version > self.latest()) {
+            let Some(sql) = &r.sql else {
+                return Err(Error::Config(format!(
+                    "the fleet is at app migration {} ({}), recorded without its text (by an older tenancy migrate), and \
+                     this control plane loaded migrations up to version {}: restart tenancy serve with \
+                     app_migrations_dir holding version {} (provisioning then records the text for every \
+                     control plane)",
+                    r.version,
+                    r.name,
+                    self.latest(),
+                    r.version
+                )));
+            };
+            let m = AppMigration {
+                version: r.version,
+                name: r.name.clone(),
+                sql: sql.clone(),
+            };
+            if m.checksum() != r.checksum {
+                return Err(Error::Config(format!(
+                    "the catalog's text of app migration {} ({}) does not match its checksum {}",
+                    r.version, r.name, r.checksum
+                )));
+            }
+            out.push(m);
+        }
+        Self::new(out)
+    }
+
     /// Migrations newer than `version`.
     pub fn after(&self, version: i32) -> impl Iterator<Item = &AppMigration> {
         self.migrations.iter().filter(move |m| m.version > version)

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::conn::{config_for, connect, Manager, Pool, Pools};
 use crate::storage::{self, database_name_for, schema_name_for};
 use crate::webhook;
-use crate::{ClusterAccess, Error, ProvisionConfig, Receiver};
+use crate::{AppMigrations, ClusterAccess, Error, ProvisionConfig, Receiver};
 
 /// Forward steps of each workflow kind.
 fn forward_steps(kind: WorkflowKind) -> &'static [&'static str] {
@@ -169,8 +169,13 @@ struct Inner {
     pools: Pools,
     /// Cluster records (they change rarely; connection info only).
     clusters: RwLock<HashMap<Uuid, ClusterRecord>>,
-    /// Clusters whose shared database is known to be at the app's latest version.
-    shared_ready: Mutex<HashSet<Uuid>>,
+    /// The app's migrations at the fleet's version as last read from the catalog: the
+    /// ones loaded at start (`cfg.app_migrations`) followed by newer ones `tenancy migrate`
+    /// recorded since. Re-read (only what is newer) at each provision, so a new tenant
+    /// never starts behind the fleet.
+    app: RwLock<Arc<AppMigrations>>,
+    /// Per cluster: the app version its shared database is known to be at.
+    shared_ready: Mutex<HashMap<Uuid, i32>>,
     /// Per cluster: the template database dedicated tenants are cloned from (known to
     /// exist and be complete) and the `STRATEGY` clause its server takes.
     templates: Mutex<HashMap<Uuid, (String, Option<&'static str>)>>,
@@ -247,6 +252,7 @@ impl Provisioner {
             .build()
             .map_err(|e| Error::Config(e.to_string()))?;
         let (finished, _) = broadcast::channel(4096);
+        let app = Arc::new(cfg.app_migrations.clone());
         Ok(Provisioner {
             inner: Arc::new(Inner {
                 catalog,
@@ -258,7 +264,8 @@ impl Provisioner {
                 event_keys,
                 pools: Pools::default(),
                 clusters: RwLock::new(HashMap::new()),
-                shared_ready: Mutex::new(HashSet::new()),
+                app: RwLock::new(app),
+                shared_ready: Mutex::new(HashMap::new()),
                 templates: Mutex::new(HashMap::new()),
                 runtime_pools: Mutex::new(HashMap::new()),
                 faults: Faults::default(),
@@ -612,10 +619,12 @@ impl Provisioner {
                 catalog::set_storage(tx, id, schema.as_deref(), db.as_deref()).await?;
             }
             (_, false, "storage") => {
-                self.create_storage(&tenant).await?;
+                // The fleet's version, read in this step's transaction: migrations that
+                // `tenancy migrate` recorded after this process started are applied too.
+                let app = self.fleet_app(tx).await?;
+                self.create_storage(&tenant, &app).await?;
                 // `tenancy migrate`'s ledger: a new tenant starts at the latest version.
-                let applied = self.inner.cfg.app_migrations.recorded();
-                catalog::record_provisioned(tx, &tenant, &applied).await?;
+                catalog::record_provisioned(tx, &tenant, &app.sources()).await?;
             }
             (_, false, "seed_config") => {
                 let settings = self
@@ -782,11 +791,10 @@ impl Provisioner {
     }
 
     /// Creates the tenant's storage at the app's latest version. Idempotent.
-    async fn create_storage(&self, tenant: &Tenant) -> Result<(), Error> {
+    async fn create_storage(&self, tenant: &Tenant, app: &AppMigrations) -> Result<(), Error> {
         let cluster = self.cluster(tenant.cluster_id).await?;
-        let app = &self.inner.cfg.app_migrations;
         match tenant.placement {
-            Placement::Pooled => self.ensure_shared(&cluster).await,
+            Placement::Pooled => self.ensure_shared(&cluster, app).await,
             Placement::Schema => {
                 let schema = schema_name_for(tenant.id);
                 let mut owner = self
@@ -811,7 +819,7 @@ impl Provisioner {
                 // A copy of the cluster's template (bootstrapped, migrated, no secrets),
                 // then what a copy does not carry: database privileges and its own keys.
                 let db = database_name_for(tenant.id);
-                let (template, strategy) = self.ensure_template(&cluster).await?;
+                let (template, strategy) = self.ensure_template(&cluster, app).await?;
                 if self.inner.cfg.warm_pool.databases > 0 {
                     // A finalised spare (own keys, privileges) cloned from the current
                     // template, renamed to the tenant's database. None, or the database
@@ -857,6 +865,38 @@ impl Provisioner {
         }
     }
 
+    /// The app's migrations at the fleet's version: those this process knows, followed by
+    /// the newer ones the catalog's ledger recorded (`tenancy migrate` run since this
+    /// process started), remembered for the next call. One indexed catalog query that
+    /// finds nothing newer in the usual case.
+    pub async fn fleet_app<C: tokio_postgres::GenericClient>(
+        &self,
+        client: &C,
+    ) -> Result<Arc<AppMigrations>, Error> {
+        let known = self
+            .inner
+            .app
+            .read()
+            .map(|a| a.clone())
+            .unwrap_or_else(|_| Arc::new(self.inner.cfg.app_migrations.clone()));
+        let newer = catalog::app_migration_sources_after(client, known.latest()).await?;
+        if newer.is_empty() {
+            return Ok(known);
+        }
+        let app = Arc::new(known.with_fleet(&newer)?);
+        tracing::info!(
+            from = known.latest(),
+            to = app.latest(),
+            "new app migrations recorded by tenancy migrate: new tenants start at the fleet's version"
+        );
+        if let Ok(mut a) = self.inner.app.write() {
+            if a.latest() < app.latest() {
+                *a = app.clone();
+            }
+        }
+        Ok(app)
+    }
+
     /// A pooled connection to the catalog.
     async fn catalog_conn(&self) -> Result<crate::conn::Object, Error> {
         self.inner
@@ -899,18 +939,19 @@ impl Provisioner {
     async fn ensure_template(
         &self,
         cluster: &ClusterRecord,
+        app: &AppMigrations,
     ) -> Result<(String, Option<&'static str>), Error> {
+        let template = storage::template_name_for(app);
         if let Some(t) = self
             .inner
             .templates
             .lock()
             .ok()
             .and_then(|m| m.get(&cluster.id).cloned())
+            .filter(|t| t.0 == template)
         {
             return Ok(t);
         }
-        let app = &self.inner.cfg.app_migrations;
-        let template = storage::template_name_for(app);
         let access = &self.inner.access;
         let admin = self
             .inner
@@ -964,9 +1005,12 @@ impl Provisioner {
         if !wp.enabled() {
             return Ok(0);
         }
-        let clusters = {
+        let (clusters, app) = {
             let conn = self.catalog_conn().await?;
-            catalog::list_clusters(&conn).await?
+            (
+                catalog::list_clusters(&conn).await?,
+                self.fleet_app(&*conn).await?,
+            )
         };
         let mut made = 0;
         let mut first_error = None;
@@ -975,7 +1019,7 @@ impl Provisioner {
                 m.entry(cluster.id).or_insert_with(|| cluster.clone());
             }
             // One cluster failing (unreachable, not bootstrapped) does not starve the others.
-            match self.refill_cluster(&cluster).await {
+            match self.refill_cluster(&cluster, &app).await {
                 Ok(n) => made += n,
                 Err(e) => {
                     tracing::warn!(cluster = %cluster.name, error = %e, "warm pool refill failed");
@@ -989,9 +1033,12 @@ impl Provisioner {
         }
     }
 
-    async fn refill_cluster(&self, cluster: &ClusterRecord) -> Result<usize, Error> {
+    async fn refill_cluster(
+        &self,
+        cluster: &ClusterRecord,
+        app: &AppMigrations,
+    ) -> Result<usize, Error> {
         let wp = self.inner.cfg.warm_pool;
-        let app = &self.inner.cfg.app_migrations;
         let access = &self.inner.access;
         let lock = connect(&config_for(cluster, &access.admin, "postgres")).await?;
         let locked: bool = lock
@@ -1039,7 +1086,7 @@ impl Provisioner {
                 .map_err(Error::db("locking the warm pool refill"))?
                 .get::<_, bool>(0);
         if databases_locked {
-            let (template, strategy) = self.ensure_template(cluster).await?;
+            let (template, strategy) = self.ensure_template(cluster, app).await?;
             let tag = storage::spare_database_tag(&template, &self.inner.key);
             let ours = storage::spare_database_key_part(&tag);
             let admin = self
@@ -1086,13 +1133,18 @@ impl Provisioner {
         Ok(made)
     }
 
-    /// Brings the cluster's shared database to the app's latest version (once per process).
-    async fn ensure_shared(&self, cluster: &ClusterRecord) -> Result<(), Error> {
+    /// Brings the cluster's shared database to the app's latest version (once per process
+    /// and version).
+    async fn ensure_shared(
+        &self,
+        cluster: &ClusterRecord,
+        app: &AppMigrations,
+    ) -> Result<(), Error> {
         if self
             .inner
             .shared_ready
             .lock()
-            .map(|s| s.contains(&cluster.id))
+            .map(|s| s.get(&cluster.id).is_some_and(|v| *v >= app.latest()))
             .unwrap_or(false)
         {
             return Ok(());
@@ -1102,10 +1154,9 @@ impl Provisioner {
             .pools
             .get(cluster, &self.inner.access.owner, &cluster.dbname)
             .await?;
-        storage::migrate_schema(&mut owner, "public", false, &self.inner.cfg.app_migrations)
-            .await?;
+        storage::migrate_schema(&mut owner, "public", false, app).await?;
         if let Ok(mut s) = self.inner.shared_ready.lock() {
-            s.insert(cluster.id);
+            s.insert(cluster.id, app.latest());
         }
         Ok(())
     }

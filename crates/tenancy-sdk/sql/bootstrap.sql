@@ -1,5 +1,8 @@
 -- tenancy bootstrap, part 1 (cluster-wide): the roles.
--- Run by a superuser (or a role with CREATEROLE). Idempotent.
+-- Run by a superuser or a role with CREATEROLE. Idempotent. An existing role is altered
+-- only where its attributes are wrong: a role with CREATEROLE may not even name the
+-- SUPERUSER, BYPASSRLS or REPLICATION attributes (PostgreSQL 15), and on PostgreSQL 16 may
+-- alter only roles it administers, so a second run by such a role must not touch them.
 --
 -- tenancy_owner: runs migrations and owns every tenancy object. It is not a superuser
 --   and does not bypass RLS, so FORCE ROW LEVEL SECURITY binds it too.
@@ -14,8 +17,14 @@ BEGIN
     CREATE ROLE tenancy_app LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
   END IF;
   -- Re-assert the attributes in case someone changed them.
-  ALTER ROLE tenancy_owner NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOREPLICATION;
-  ALTER ROLE tenancy_app NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
+  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_owner'
+              AND (rolsuper OR rolbypassrls OR rolcreaterole OR rolreplication)) THEN
+    ALTER ROLE tenancy_owner NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOREPLICATION;
+  END IF;
+  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_app'
+              AND (rolsuper OR rolbypassrls OR rolcreatedb OR rolcreaterole OR rolreplication OR rolinherit)) THEN
+    ALTER ROLE tenancy_app NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
+  END IF;
 END
 $bootstrap$;
 
@@ -28,7 +37,10 @@ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_worker') THEN
     CREATE ROLE tenancy_worker LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
   END IF;
-  ALTER ROLE tenancy_worker NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
+  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_worker'
+              AND (rolsuper OR rolbypassrls OR rolcreatedb OR rolcreaterole OR rolreplication OR rolinherit)) THEN
+    ALTER ROLE tenancy_worker NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
+  END IF;
 END
 $worker$;
 
@@ -41,6 +53,9 @@ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_config_reader') THEN
     CREATE ROLE tenancy_config_reader LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
   END IF;
-  ALTER ROLE tenancy_config_reader NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
+  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_config_reader'
+              AND (rolsuper OR rolbypassrls OR rolcreatedb OR rolcreaterole OR rolreplication OR rolinherit)) THEN
+    ALTER ROLE tenancy_config_reader NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
+  END IF;
 END
 $bootstrap_config_reader$;

@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+mod bootstrap;
+
 #[test]
 fn demo_runs_on_the_embedded_default_and_shows_isolation() {
     let out = Command::new(env!("CARGO_BIN_EXE_tenancy"))

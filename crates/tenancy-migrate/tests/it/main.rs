@@ -3,5 +3,6 @@
 //! run killed half-way and resumed, checksum refusal, drift detection, and provisioning
 //! after a migration.
 
+mod fleet;
 mod runs;
 mod support;

@@ -109,13 +109,9 @@ impl Env {
         Migrator::new(self.db.config_as(OWNER_ROLE), self.access(), set(ms))
     }
 
-    /// Provisions tenants with the app at `ms` through the real engine and waits.
-    pub async fn provision(
-        &mut self,
-        ms: Vec<AppMigration>,
-        tenants: &[(&str, Placement)],
-    ) -> Vec<TenantId> {
-        let p = Provisioner::new(
+    /// A provisioning engine that loaded the app at `ms`.
+    pub fn provisioner(&self, ms: Vec<AppMigration>) -> Provisioner {
+        Provisioner::new(
             self.db.config_as(OWNER_ROLE),
             self.access(),
             key(),
@@ -125,7 +121,25 @@ impl Env {
                 ..Default::default()
             },
         )
-        .expect("provisioner");
+        .expect("provisioner")
+    }
+
+    /// Provisions tenants with the app at `ms` through the real engine and waits.
+    pub async fn provision(
+        &mut self,
+        ms: Vec<AppMigration>,
+        tenants: &[(&str, Placement)],
+    ) -> Vec<TenantId> {
+        let p = self.provisioner(ms);
+        self.provision_with(&p, tenants).await
+    }
+
+    /// Provisions tenants through `p` and waits until each is active.
+    pub async fn provision_with(
+        &mut self,
+        p: &Provisioner,
+        tenants: &[(&str, Placement)],
+    ) -> Vec<TenantId> {
         let mut ids = Vec::new();
         let mut wfs = Vec::new();
         for (slug, placement) in tenants {
