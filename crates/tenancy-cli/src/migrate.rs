@@ -85,7 +85,7 @@ pub async fn run(args: MigrateArgs) -> u8 {
             "no catalog database configured: set DATABASE_URL (or database_url in the file given with --config) to the catalog that `tenancy serve` uses",
         );
     };
-    let catalog: tokio_postgres::Config = match url.expose_secret().parse() {
+    let catalog = match tenancy_conn::PgConfig::parse(url.expose_secret()) {
         Ok(c) => c,
         Err(e) => return cannot_run(format!("parsing the catalog database URL: {e}")),
     };
@@ -109,6 +109,9 @@ pub async fn run(args: MigrateArgs) -> u8 {
             tenancy_sdk::bootstrap::RUNTIME_ROLE,
             &config.runtime_password,
         ),
+        // Tenant clusters are trusted as the catalog's URL says (same sslmode, CA and
+        // client certificate), as `tenancy serve` does.
+        tls: catalog.tls().clone(),
     };
     let migrator = Migrator::new(catalog, access, set);
     let json = args.json || !std::io::stdout().is_terminal();

@@ -46,11 +46,48 @@ pub struct PgConfig {
     /// Everything but TLS. Its own `sslmode` is always `disable`: TLS is negotiated here,
     /// below tokio-postgres, before the session starts.
     pg: tokio_postgres::Config,
-    /// The TLS settings as given (for messages and [`PgConfig::ssl_mode`]).
-    tls: TlsSettings,
-    /// The rustls client configuration built from `tls` (`None` for `disable`), shared by
-    /// every connection made with this configuration.
+    /// How the socket is secured.
+    tls: Tls,
+}
+
+/// TLS settings with their certificate files read: what connections use. Cheap to clone
+/// (the rustls configuration is shared).
+#[derive(Clone, Default)]
+pub struct Tls {
+    /// The settings as given (for messages).
+    settings: TlsSettings,
+    /// The rustls client configuration built from `settings` (`None` for `disable`).
     client: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.settings.fmt(f)
+    }
+}
+
+impl Tls {
+    /// Reads the certificate files `settings` names and builds the rustls configuration.
+    pub fn new(settings: TlsSettings) -> Result<Tls, ConnError> {
+        let client = tls::client_config(&settings)?;
+        Ok(Tls { settings, client })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &TlsSettings {
+        &self.settings
+    }
+
+    /// No TLS (`sslmode=disable`).
+    pub fn disabled() -> Tls {
+        Tls {
+            settings: TlsSettings {
+                mode: SslMode::Disable,
+                ..TlsSettings::default()
+            },
+            client: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -121,11 +158,18 @@ pub enum ConnError {
 impl PgConfig {
     /// Builds a configuration from tokio-postgres settings and TLS settings, reading the
     /// certificate files they name.
-    pub fn new(mut pg: tokio_postgres::Config, tls: TlsSettings) -> Result<Self, ConnError> {
+    pub fn new(pg: tokio_postgres::Config, tls: TlsSettings) -> Result<Self, ConnError> {
         check_supported(&pg)?;
+        Ok(PgConfig::with_tls(pg, &Tls::new(tls)?))
+    }
+
+    /// Connection settings secured with `tls` (whatever `sslmode` `pg` has).
+    pub fn with_tls(mut pg: tokio_postgres::Config, tls: &Tls) -> Self {
         pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
-        let client = tls::client_config(&tls)?;
-        Ok(PgConfig { pg, tls, client })
+        PgConfig {
+            pg,
+            tls: tls.clone(),
+        }
     }
 
     /// Parses a libpq-style URL (`postgres://user@host/db?sslmode=verify-full&…`) or
@@ -157,14 +201,14 @@ impl PgConfig {
         c
     }
 
-    /// The TLS settings.
-    pub fn tls(&self) -> &TlsSettings {
+    /// The TLS settings, certificate files read.
+    pub fn tls(&self) -> &Tls {
         &self.tls
     }
 
     /// The `sslmode`.
     pub fn ssl_mode(&self) -> SslMode {
-        self.tls.mode
+        self.tls.settings.mode
     }
 
     /// Connects and starts the session. The caller drives the returned connection (or
@@ -177,7 +221,7 @@ impl PgConfig {
         let mut last = None;
         for target in &hosts {
             let attempt = async {
-                let s = stream::open_one(&self.pg, target, &self.tls, self.client.as_ref()).await?;
+                let s = stream::open_one(&self.pg, target, &self.tls).await?;
                 self.pg
                     .connect_raw(s, NoTls)
                     .await
@@ -209,14 +253,13 @@ impl From<tokio_postgres::Config> for PgConfig {
             Pg::Require => SslMode::Require,
             _ => SslMode::Prefer,
         };
-        let tls = TlsSettings {
+        let settings = TlsSettings {
             mode,
             ..TlsSettings::default()
         };
-        let client = tls::client_config(&tls).unwrap_or(None);
-        let mut pg = pg;
-        pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
-        PgConfig { pg, tls, client }
+        // Without files to read, only `disable` has no rustls configuration.
+        let client = tls::client_config(&settings).unwrap_or(None);
+        PgConfig::with_tls(pg, &Tls { settings, client })
     }
 }
 

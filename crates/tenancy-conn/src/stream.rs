@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_postgres::config::Host;
 
-use crate::{ConnError, PgConfig, SslMode, TlsSettings};
+use crate::{ConnError, PgConfig, SslMode, Tls, TlsSettings};
 
 /// A connection's byte stream: plain TCP, a Unix socket, or TLS over TCP.
 #[derive(Debug)]
@@ -161,7 +161,7 @@ pub(crate) fn targets(pg: &tokio_postgres::Config) -> Result<Vec<Target>, ConnEr
 pub async fn open_stream(config: &PgConfig) -> Result<Stream, ConnError> {
     let mut last = None;
     for target in targets(&config.pg)? {
-        match open_one(&config.pg, &target, &config.tls, config.client.as_ref()).await {
+        match open_one(&config.pg, &target, &config.tls).await {
             Ok(s) => return Ok(s),
             Err(e) => last = Some(e),
         }
@@ -173,9 +173,9 @@ pub async fn open_stream(config: &PgConfig) -> Result<Stream, ConnError> {
 pub(crate) async fn open_one(
     pg: &tokio_postgres::Config,
     target: &Target,
-    tls: &TlsSettings,
-    client: Option<&Arc<rustls::ClientConfig>>,
+    tls: &Tls,
 ) -> Result<Stream, ConnError> {
+    let (client, tls) = (tls.client.as_ref(), &tls.settings);
     let attempt = async {
         let io_err = |source| ConnError::Io {
             host: target.describe(),

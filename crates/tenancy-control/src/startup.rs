@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use secrecy::{ExposeSecret, SecretString};
 use tenancy_catalog::NewCluster;
+use tenancy_conn::PgConfig;
 use tenancy_config::dns::{SystemResolver, TxtResolver, UnavailableResolver};
 use tenancy_config::{ClientOptions, ConfigClient, ConfigState};
 use tenancy_core::{ContextKey, KeyId};
@@ -110,9 +111,7 @@ pub async fn build(config: ControlConfig) -> Result<App> {
     let mut clusters = Vec::new();
     let (catalog_cfg, access, key) = match &config.database_url {
         Some(url) => {
-            let cfg: tokio_postgres::Config = url
-                .expose_secret()
-                .parse()
+            let cfg = PgConfig::parse(url.expose_secret())
                 .context("parsing the catalog database URL")?;
             let hex = config.context_key_hex.as_ref().context(
                 "context_key_hex (or TENANCY_CONTEXT_KEY_HEX) is required with a database URL",
@@ -123,6 +122,9 @@ pub async fn build(config: ControlConfig) -> Result<App> {
                 admin: login(&config.cluster_admin_user, &config.cluster_admin_password),
                 owner: login(OWNER_ROLE, &config.owner_password),
                 runtime: login(bootstrap::RUNTIME_ROLE, &config.runtime_password),
+                // Tenant clusters are trusted as the catalog's URL says (same sslmode, CA
+                // and client certificate); the catalog stores only where they are.
+                tls: cfg.tls().clone(),
             };
             (cfg, access, key)
         }
@@ -138,10 +140,12 @@ pub async fn build(config: ControlConfig) -> Result<App> {
                 let _ = su.batch_execute("CREATE DATABASE tenancy").await;
                 let su = cluster.connect("tenancy").await?;
                 bootstrap::bootstrap_database(&su, "tenancy").await?;
-                let owner = tenancy_pg::connect(&cluster.config_as(OWNER_ROLE, "tenancy")).await?;
+                let owner =
+                    tenancy_conn::connect(&cluster.config_as(OWNER_ROLE, "tenancy").into())
+                        .await?;
                 bootstrap::install_runtime(&owner, &key).await?;
                 if catalog.is_none() {
-                    catalog = Some(cluster.config_as(OWNER_ROLE, "tenancy"));
+                    catalog = Some(PgConfig::from(cluster.config_as(OWNER_ROLE, "tenancy")));
                 }
                 clusters.push((region.clone(), cluster));
             }
@@ -150,7 +154,9 @@ pub async fn build(config: ControlConfig) -> Result<App> {
             (catalog, access, key)
         }
     };
-    let mut owner = tenancy_pg::connect(&catalog_cfg).await?;
+    let mut owner = tenancy_conn::connect(&catalog_cfg)
+        .await
+        .context("connecting to the catalog")?;
     tenancy_catalog::migrate(&mut owner)
         .await
         .context("migrating the catalog")?;
@@ -222,7 +228,7 @@ pub async fn build(config: ControlConfig) -> Result<App> {
         }
     };
     let mut reader_cfg = catalog_cfg.clone();
-    reader_cfg.user(bootstrap::CONFIG_READER_ROLE).password(
+    reader_cfg.pg_mut().user(bootstrap::CONFIG_READER_ROLE).password(
         config
             .config_reader_password
             .as_ref()

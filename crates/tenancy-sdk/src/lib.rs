@@ -32,7 +32,7 @@ mod wire;
 pub use error::Error;
 pub use pool::{PoolOptions, TenantPool};
 pub use router::{ClusterCredentials, Router, RouterOptions};
-pub use tenancy_conn::{PgConfig, RootCerts, SslMode, TlsSettings};
+pub use tenancy_conn::{PgConfig, RootCerts, SslMode, Tls, TlsSettings};
 pub use tenancy_core::{ContextKey, KeyId, TenantId};
 pub use tokio_postgres::{types::ToSql, Row};
 pub use tx::TenantTx;

@@ -13,7 +13,7 @@ use tenancy_catalog::{CatalogError, ClusterRoute, TenantRoute};
 use tenancy_core::{ContextKey, Placement, RegionId, TenantId};
 use uuid::Uuid;
 
-use tenancy_conn::{PgConfig, TlsSettings};
+use tenancy_conn::{PgConfig, Tls};
 
 use crate::pool::{build_pool, Pool, PoolOptions, TenantPool};
 use crate::{Error, TenantTx};
@@ -49,8 +49,9 @@ pub struct RouterOptions {
     pub pool: PoolOptions,
     /// How connections to tenant clusters are secured (`sslmode`, `sslrootcert`, client
     /// certificate), the same for every cluster: the catalog says where a cluster is,
-    /// this says how to trust it. The default is libpq's: `prefer`, unverified.
-    pub cluster_tls: TlsSettings,
+    /// this says how to trust it (built with [`Tls::new`], which reads the certificate
+    /// files). The default is libpq's: `prefer`, unverified.
+    pub cluster_tls: Tls,
 }
 
 impl Default for RouterOptions {
@@ -59,7 +60,7 @@ impl Default for RouterOptions {
             allowed_regions: None,
             cache_ttl: Duration::from_secs(5),
             pool: PoolOptions::default(),
-            cluster_tls: TlsSettings::default(),
+            cluster_tls: Tls::default(),
         }
     }
 }
@@ -102,9 +103,6 @@ impl Router {
         creds: ClusterCredentials,
         opts: RouterOptions,
     ) -> Result<Self, Error> {
-        // Certificate files are read now: a bad one is reported here, not per tenant.
-        PgConfig::new(tokio_postgres::Config::new(), opts.cluster_tls.clone())
-            .map_err(|e| Error::Invalid(format!("router cluster_tls: {e}")))?;
         let catalog = build_pool(
             catalog_config.into(),
             &PoolOptions {
@@ -209,8 +207,7 @@ impl Router {
         if let Some(p) = &self.inner.creds.password {
             cfg.password(p);
         }
-        let cfg = PgConfig::new(cfg, self.inner.opts.cluster_tls.clone())
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let cfg = PgConfig::with_tls(cfg, &self.inner.opts.cluster_tls);
         let pool = TenantPool::new(cfg, self.inner.key.clone(), self.inner.opts.pool.clone())?;
         let mut m = self
             .inner
