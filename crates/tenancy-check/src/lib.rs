@@ -166,7 +166,8 @@ impl CheckArgs {
 /// Connects to `url` (libpq string or URL, `sslmode` up to `verify-full`) and drives the
 /// connection on the current runtime.
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client, CheckError> {
-    let mut cfg = tenancy_conn::PgConfig::parse(url).map_err(|e| CheckError::BadUrl(e.to_string()))?;
+    let mut cfg =
+        tenancy_conn::PgConfig::parse(url).map_err(|e| CheckError::BadUrl(e.to_string()))?;
     if cfg.pg().get_connect_timeout().is_none() {
         cfg.pg_mut().connect_timeout(Duration::from_secs(10));
     }

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, Guard};
 use futures_util::StreamExt;
 use serde_json::Value;
+use tenancy_conn::PgConfig;
 use tenancy_core::TenantId;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
-use tenancy_conn::PgConfig;
 use tokio_postgres::{AsyncMessage, Client};
 
 use crate::engine::{ExplainError, Explanation, LimitExceeded, Resolved, Snapshot};

@@ -14,9 +14,9 @@ use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use rand::RngCore;
 use serde::Serialize;
 use serde_json::Value;
+use tenancy_conn::PgConfig;
 use tenancy_core::{PlanKey, RegionId, TenantId};
 use time::OffsetDateTime;
-use tenancy_conn::PgConfig;
 use tokio_postgres::{Client, Transaction};
 
 use crate::dns::TxtResolver;
@@ -114,11 +114,7 @@ impl managed::Manager for Manager {
         Ok(client)
     }
 
-    async fn recycle(
-        &self,
-        c: &mut Client,
-        _: &Metrics,
-    ) -> RecycleResult<tenancy_conn::ConnError> {
+    async fn recycle(&self, c: &mut Client, _: &Metrics) -> RecycleResult<tenancy_conn::ConnError> {
         if c.is_closed() {
             return Err(RecycleError::message("connection closed"));
         }
@@ -308,12 +304,12 @@ impl Store {
         let pool = managed::Pool::builder(Manager {
             config: config.into(),
         })
-            .max_size(max_size)
-            .wait_timeout(Some(Duration::from_secs(10)))
-            .create_timeout(Some(Duration::from_secs(5)))
-            .runtime(deadpool::Runtime::Tokio1)
-            .build()
-            .map_err(|e| ConfigError::Pool(e.to_string()))?;
+        .max_size(max_size)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| ConfigError::Pool(e.to_string()))?;
         Ok(Store { pool })
     }
 

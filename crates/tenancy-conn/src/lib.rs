@@ -281,8 +281,7 @@ fn check_supported(pg: &tokio_postgres::Config) -> Result<(), ConnError> {
     }
     if pg.get_load_balance_hosts() != LoadBalanceHosts::Disable {
         return Err(ConnError::Invalid(
-            "load_balance_hosts is not supported: list the hosts in the order to try them"
-                .into(),
+            "load_balance_hosts is not supported: list the hosts in the order to try them".into(),
         ));
     }
     if pg.get_ssl_negotiation() != SslNegotiation::Postgres {

@@ -62,8 +62,8 @@ impl std::str::FromStr for SslMode {
             }
             other => {
                 return Err(ConnError::Invalid(format!(
-                    "sslmode={other:?} is not one of disable, prefer, require, verify-ca, verify-full"
-                )))
+                "sslmode={other:?} is not one of disable, prefer, require, verify-ca, verify-full"
+            )))
             }
         })
     }
@@ -285,7 +285,10 @@ mod tests {
         let e = split("host=x sslmode=verify_full").expect_err("bad mode");
         assert!(e.to_string().contains("verify-full"), "{e}");
         let e = split("postgres://h/d?sslpassword=x").expect_err("unsupported");
-        assert!(e.to_string().contains("sslpassword is not supported"), "{e}");
+        assert!(
+            e.to_string().contains("sslpassword is not supported"),
+            "{e}"
+        );
         let e = split("host=x sslmode").expect_err("no value");
         assert!(e.to_string().contains("has no value"), "{e}");
         let (_, tls) = split("postgres://h/d?sslrootcert=system").expect("system");

@@ -272,8 +272,8 @@ async fn negotiate(
             return Err(ConnError::Io {
                 host: target.describe(),
                 source: io::Error::other(format!(
-                    "unexpected answer {other:#04x} to the TLS request: is this a PostgreSQL server?"
-                )),
+                "unexpected answer {other:#04x} to the TLS request: is this a PostgreSQL server?"
+            )),
             })
         }
     }
@@ -295,7 +295,9 @@ async fn negotiate(
 /// What went wrong in a handshake, in words an operator can act on.
 fn handshake_detail(e: &io::Error, name: &str) -> String {
     use rustls::{CertificateError, Error as TlsError};
-    let tls = e.get_ref().and_then(|inner| inner.downcast_ref::<TlsError>());
+    let tls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<TlsError>());
     match tls {
         Some(TlsError::InvalidCertificate(CertificateError::UnknownIssuer)) => {
             "the server's certificate is not signed by a CA in sslrootcert (wrong CA file, or a server that is not the one you meant)".into()

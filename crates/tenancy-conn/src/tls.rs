@@ -73,7 +73,10 @@ pub(crate) fn client_config(
                     .map_err(|e| {
                         ConnError::Certificate(format!(
                             "sslrootcert={}: {e}",
-                            tls.root_cert.as_ref().map(|r| r.to_string()).unwrap_or_default()
+                            tls.root_cert
+                                .as_ref()
+                                .map(|r| r.to_string())
+                                .unwrap_or_default()
                         ))
                     })?;
             if tls.mode == SslMode::VerifyFull {
@@ -88,41 +91,34 @@ pub(crate) fn client_config(
         .map_err(|e| ConnError::Certificate(format!("TLS set-up: {e}")))?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
-    let config = match (&tls.client_cert, &tls.client_key) {
-        (None, None) => builder.with_no_client_auth(),
-        (Some(cert), Some(key)) => {
-            let chain = read_certs(cert, "sslcert")?;
-            let key = read_key(key)?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| {
-                ConnError::Certificate(format!(
-                    "sslcert={} and sslkey: {e} (the key must be the certificate's)",
-                    cert.display()
-                ))
-            })?
-        }
-        (Some(_), None) => {
-            return Err(ConnError::Invalid(
+    let config =
+        match (&tls.client_cert, &tls.client_key) {
+            (None, None) => builder.with_no_client_auth(),
+            (Some(cert), Some(key)) => {
+                let chain = read_certs(cert, "sslcert")?;
+                let key = read_key(key)?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                    ConnError::Certificate(format!(
+                        "sslcert={} and sslkey: {e} (the key must be the certificate's)",
+                        cert.display()
+                    ))
+                })?
+            }
+            (Some(_), None) => return Err(ConnError::Invalid(
                 "sslcert is given without sslkey: give both, the certificate and its private key"
                     .into(),
-            ))
-        }
-        (None, Some(_)) => {
-            return Err(ConnError::Invalid(
+            )),
+            (None, Some(_)) => return Err(ConnError::Invalid(
                 "sslkey is given without sslcert: give both, the certificate and its private key"
                     .into(),
-            ))
-        }
-    };
+            )),
+        };
     Ok(Some(Arc::new(config)))
 }
 
 fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, ConnError> {
-    let bad = |detail: String| {
-        ConnError::Certificate(format!(
-            "{what}={}: {detail}",
-            path.display()
-        ))
-    };
+    let bad =
+        |detail: String| ConnError::Certificate(format!("{what}={}: {detail}", path.display()));
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| bad(pem_error(e)))?
         .collect::<Result<Vec<_>, _>>()

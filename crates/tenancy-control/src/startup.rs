@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use secrecy::{ExposeSecret, SecretString};
 use tenancy_catalog::NewCluster;
-use tenancy_conn::PgConfig;
 use tenancy_config::dns::{SystemResolver, TxtResolver, UnavailableResolver};
 use tenancy_config::{ClientOptions, ConfigClient, ConfigState};
+use tenancy_conn::PgConfig;
 use tenancy_core::{ContextKey, KeyId};
 use tenancy_pg::{Cluster, ClusterOptions};
 use tenancy_provision::{
@@ -111,8 +111,8 @@ pub async fn build(config: ControlConfig) -> Result<App> {
     let mut clusters = Vec::new();
     let (catalog_cfg, access, key) = match &config.database_url {
         Some(url) => {
-            let cfg = PgConfig::parse(url.expose_secret())
-                .context("parsing the catalog database URL")?;
+            let cfg =
+                PgConfig::parse(url.expose_secret()).context("parsing the catalog database URL")?;
             let hex = config.context_key_hex.as_ref().context(
                 "context_key_hex (or TENANCY_CONTEXT_KEY_HEX) is required with a database URL",
             )?;
@@ -141,8 +141,7 @@ pub async fn build(config: ControlConfig) -> Result<App> {
                 let su = cluster.connect("tenancy").await?;
                 bootstrap::bootstrap_database(&su, "tenancy").await?;
                 let owner =
-                    tenancy_conn::connect(&cluster.config_as(OWNER_ROLE, "tenancy").into())
-                        .await?;
+                    tenancy_conn::connect(&cluster.config_as(OWNER_ROLE, "tenancy").into()).await?;
                 bootstrap::install_runtime(&owner, &key).await?;
                 if catalog.is_none() {
                     catalog = Some(PgConfig::from(cluster.config_as(OWNER_ROLE, "tenancy")));
@@ -228,13 +227,16 @@ pub async fn build(config: ControlConfig) -> Result<App> {
         }
     };
     let mut reader_cfg = catalog_cfg.clone();
-    reader_cfg.pg_mut().user(bootstrap::CONFIG_READER_ROLE).password(
-        config
-            .config_reader_password
-            .as_ref()
-            .map(|p| p.expose_secret().as_bytes().to_vec())
-            .unwrap_or_default(),
-    );
+    reader_cfg
+        .pg_mut()
+        .user(bootstrap::CONFIG_READER_ROLE)
+        .password(
+            config
+                .config_reader_password
+                .as_ref()
+                .map(|p| p.expose_secret().as_bytes().to_vec())
+                .unwrap_or_default(),
+        );
     let config_state = ConfigState {
         store: tenancy_config::Store::new(catalog_cfg.clone(), 4)
             .context("creating the configuration store")?,

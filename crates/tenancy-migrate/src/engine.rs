@@ -9,11 +9,11 @@ use futures_util::future::join_all;
 use tenancy_catalog::{
     ClusterRecord, LedgerOutcome, LedgerUpdate, MigrationTarget, RecordedAppMigration,
 };
+use tenancy_conn::PgConfig;
 use tenancy_core::Placement;
 use tenancy_provision::storage::{database_name_for, schema_name_for};
 use tenancy_provision::ClusterAccess;
 use tokio::sync::mpsc;
-use tenancy_conn::PgConfig;
 use tokio_postgres::Client;
 use uuid::Uuid;
 

@@ -75,8 +75,8 @@ impl TlsMaterial {
         std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         chown(&dir)?;
         let ca_key = KeyPair::generate().map_err(tls_err("generating the test CA key"))?;
-        let mut ca = CertificateParams::new(Vec::<String>::new())
-            .map_err(tls_err("making the test CA"))?;
+        let mut ca =
+            CertificateParams::new(Vec::<String>::new()).map_err(tls_err("making the test CA"))?;
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca.distinguished_name
             .push(DnType::CommonName, "tenancy test CA");
@@ -89,8 +89,9 @@ impl TlsMaterial {
             .self_signed(&ca_key)
             .map_err(tls_err("signing the test CA"))?;
         let server_key = KeyPair::generate().map_err(tls_err("generating the server key"))?;
-        let mut server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .map_err(tls_err("making the server certificate"))?;
+        let mut server =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .map_err(tls_err("making the server certificate"))?;
         server
             .distinguished_name
             .push(DnType::CommonName, "localhost");
@@ -371,13 +372,22 @@ impl Cluster {
                         t.cert_roles.join(",")
                     ));
                 }
-                rules.push_str("hostssl all all 127.0.0.1/32 scram-sha-256\nhostnossl all all all reject\n");
-                std::fs::write(&hba, rules).map_err(io_err(format!("writing {}", hba.display())))?;
+                rules.push_str(
+                    "hostssl all all 127.0.0.1/32 scram-sha-256\nhostnossl all all all reject\n",
+                );
+                std::fs::write(&hba, rules)
+                    .map_err(io_err(format!("writing {}", hba.display())))?;
                 chown(&hba)?;
                 for (k, v) in [
                     ("ssl", "on".to_owned()),
-                    ("ssl_cert_file", m.dir.join("server.crt").display().to_string()),
-                    ("ssl_key_file", m.dir.join("server.key").display().to_string()),
+                    (
+                        "ssl_cert_file",
+                        m.dir.join("server.crt").display().to_string(),
+                    ),
+                    (
+                        "ssl_key_file",
+                        m.dir.join("server.key").display().to_string(),
+                    ),
                     ("ssl_ca_file", m.dir.join("ca.crt").display().to_string()),
                     ("hba_file", hba.display().to_string()),
                 ] {
@@ -536,7 +546,12 @@ impl Cluster {
             .map_err(tls_err("signing a client certificate"))?;
         let own = |_: &Path| Ok(());
         let cert_file = t.write(&format!("client-{role}.crt"), &cert.pem(), 0o644, &own)?;
-        let key_file = t.write(&format!("client-{role}.key"), &key.serialize_pem(), 0o600, &own)?;
+        let key_file = t.write(
+            &format!("client-{role}.key"),
+            &key.serialize_pem(),
+            0o600,
+            &own,
+        )?;
         Ok((cert_file, key_file))
     }
 

@@ -21,10 +21,10 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::conn::{config_for, connect, Manager, Pool, Pools};
-use tenancy_conn::PgConfig;
 use crate::storage::{self, database_name_for, schema_name_for};
 use crate::webhook;
 use crate::{ClusterAccess, Error, ProvisionConfig, Receiver};
+use tenancy_conn::PgConfig;
 
 /// Forward steps of each workflow kind.
 fn forward_steps(kind: WorkflowKind) -> &'static [&'static str] {
@@ -794,7 +794,12 @@ impl Provisioner {
                 let mut owner = self
                     .inner
                     .pools
-                    .get(&cluster, &self.inner.access.owner, &cluster.dbname, &self.inner.access.tls)
+                    .get(
+                        &cluster,
+                        &self.inner.access.owner,
+                        &cluster.dbname,
+                        &self.inner.access.tls,
+                    )
                     .await?;
                 // A spare of the warm pool at the latest version, renamed to the tenant's
                 // schema; none (or the schema exists: a re-run step): created here.
@@ -821,7 +826,12 @@ impl Provisioner {
                     let mut admin = self
                         .inner
                         .pools
-                        .get(&cluster, &self.inner.access.admin, "postgres", &self.inner.access.tls)
+                        .get(
+                            &cluster,
+                            &self.inner.access.admin,
+                            "postgres",
+                            &self.inner.access.tls,
+                        )
                         .await?;
                     let tag = storage::spare_database_tag(&template, &self.inner.key);
                     if storage::claim_spare_database(&mut admin, &db, &tag).await? {
@@ -834,23 +844,44 @@ impl Provisioner {
                     let admin = self
                         .inner
                         .pools
-                        .get(&cluster, &self.inner.access.admin, "postgres", &self.inner.access.tls)
+                        .get(
+                            &cluster,
+                            &self.inner.access.admin,
+                            "postgres",
+                            &self.inner.access.tls,
+                        )
                         .await?;
                     self.clone_template(&admin, cluster.id, &db, &template, strategy)
                         .await?;
                 }
-                let mut owner =
-                    connect(&config_for(&cluster, &self.inner.access.owner, &db, &self.inner.access.tls)).await?;
+                let mut owner = connect(&config_for(
+                    &cluster,
+                    &self.inner.access.owner,
+                    &db,
+                    &self.inner.access.tls,
+                ))
+                .await?;
                 let version = storage::finalize_clone(&owner, &self.inner.key).await?;
                 if version.unwrap_or(0) < app.latest() {
                     // Not a clone of the current template (a database left by an earlier
                     // attempt or version): bring it up the long way, idempotently.
                     drop(owner);
-                    let admin =
-                        connect(&config_for(&cluster, &self.inner.access.admin, &db, &self.inner.access.tls)).await?;
+                    let admin = connect(&config_for(
+                        &cluster,
+                        &self.inner.access.admin,
+                        &db,
+                        &self.inner.access.tls,
+                    ))
+                    .await?;
                     tenancy_sdk::bootstrap::bootstrap_database(&admin, &db).await?;
                     drop(admin);
-                    owner = connect(&config_for(&cluster, &self.inner.access.owner, &db, &self.inner.access.tls)).await?;
+                    owner = connect(&config_for(
+                        &cluster,
+                        &self.inner.access.owner,
+                        &db,
+                        &self.inner.access.tls,
+                    ))
+                    .await?;
                     tenancy_sdk::bootstrap::install_runtime(&owner, &self.inner.key).await?;
                     storage::migrate_schema(&mut owner, "public", false, app).await?;
                 }
@@ -926,7 +957,8 @@ impl Provisioner {
             .get(0);
         let strategy = storage::clone_strategy(version);
         if !storage::database_exists(&admin, &template).await? {
-            let lock = connect(&config_for(cluster, &access.admin, "postgres", &access.tls)).await?;
+            let lock =
+                connect(&config_for(cluster, &access.admin, "postgres", &access.tls)).await?;
             lock.execute("SELECT pg_advisory_lock(hashtext($1))", &[&template])
                 .await
                 .map_err(Error::db("locking the template build"))?;
@@ -935,11 +967,13 @@ impl Provisioner {
                 storage::drop_database(&admin, &build).await?;
                 storage::create_database(&admin, &build).await?;
                 {
-                    let su = connect(&config_for(cluster, &access.admin, &build, &access.tls)).await?;
+                    let su =
+                        connect(&config_for(cluster, &access.admin, &build, &access.tls)).await?;
                     tenancy_sdk::bootstrap::bootstrap_database(&su, &build).await?;
                 }
                 {
-                    let mut owner = connect(&config_for(cluster, &access.owner, &build, &access.tls)).await?;
+                    let mut owner =
+                        connect(&config_for(cluster, &access.owner, &build, &access.tls)).await?;
                     tenancy_sdk::bootstrap::install_runtime(&owner, &self.inner.key).await?;
                     storage::migrate_schema(&mut owner, "public", false, app).await?;
                     storage::strip_template_secrets(&owner).await?;
@@ -1067,7 +1101,8 @@ impl Provisioner {
                 let version = {
                     // A connection of its own, closed before the spare is marked: a spare
                     // must have no sessions when it is claimed (renamed).
-                    let owner = connect(&config_for(cluster, &access.owner, &name, &access.tls)).await?;
+                    let owner =
+                        connect(&config_for(cluster, &access.owner, &name, &access.tls)).await?;
                     storage::finalize_clone(&owner, &self.inner.key).await?
                 };
                 if version.unwrap_or(0) < latest {
@@ -1102,7 +1137,12 @@ impl Provisioner {
         let mut owner = self
             .inner
             .pools
-            .get(cluster, &self.inner.access.owner, &cluster.dbname, &self.inner.access.tls)
+            .get(
+                cluster,
+                &self.inner.access.owner,
+                &cluster.dbname,
+                &self.inner.access.tls,
+            )
             .await?;
         storage::migrate_schema(&mut owner, "public", false, &self.inner.cfg.app_migrations)
             .await?;
@@ -1131,7 +1171,12 @@ impl Provisioner {
                 let owner = self
                     .inner
                     .pools
-                    .get(&cluster, &self.inner.access.owner, &cluster.dbname, &self.inner.access.tls)
+                    .get(
+                        &cluster,
+                        &self.inner.access.owner,
+                        &cluster.dbname,
+                        &self.inner.access.tls,
+                    )
                     .await?;
                 storage::drop_schema(&owner, &schema).await?;
             }
@@ -1143,7 +1188,12 @@ impl Provisioner {
                 let admin = self
                     .inner
                     .pools
-                    .get(&cluster, &self.inner.access.admin, "postgres", &self.inner.access.tls)
+                    .get(
+                        &cluster,
+                        &self.inner.access.admin,
+                        "postgres",
+                        &self.inner.access.tls,
+                    )
                     .await?;
                 storage::drop_database(&admin, &db).await?;
             }
@@ -1161,7 +1211,12 @@ impl Provisioner {
             return Ok(p.clone());
         }
         let pool = TenantPool::new(
-            config_for(cluster, &self.inner.access.runtime, &cluster.dbname, &self.inner.access.tls),
+            config_for(
+                cluster,
+                &self.inner.access.runtime,
+                &cluster.dbname,
+                &self.inner.access.tls,
+            ),
             self.inner.key.clone(),
             PoolOptions {
                 max_size: 2,

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use tenancy_conn::PgConfig;
 use tenancy_core::{ContextKey, ContextToken, TenantId};
 use tokio::sync::oneshot;
-use tenancy_conn::PgConfig;
 use tokio_postgres::{CancelToken, Client, NoTls, Statement};
 
 use crate::tx::{Begin, Signer};
@@ -478,10 +478,7 @@ pub(crate) type Object = managed::Object<Manager>;
 
 /// Builds a pool of plain connections (used directly only for catalog reads, which are
 /// not tenant data).
-pub(crate) fn build_pool(
-    config: PgConfig,
-    opts: &PoolOptions,
-) -> Result<Pool, Error> {
+pub(crate) fn build_pool(config: PgConfig, opts: &PoolOptions) -> Result<Pool, Error> {
     build_pool_with(config, opts, false, Arc::default(), Arc::default())
 }
 

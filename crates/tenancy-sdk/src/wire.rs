@@ -38,8 +38,8 @@ use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tenancy_conn::{PgConfig, Stream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::{Client, Config, Connection, NoTls};
 
 /// The statements prepared on every tenant connection, by name. Names resolve when they

@@ -203,11 +203,9 @@ async fn a_server_certificate_from_another_ca_is_refused() {
     let env = env().await;
     let other = other_ca(env.ca.parent().expect("dir"));
     for mode in ["verify-ca", "verify-full"] {
-        let e = connect_err(&env.su_url(&format!(
-            "sslmode={mode} sslrootcert={}",
-            other.display()
-        )))
-        .await;
+        let e =
+            connect_err(&env.su_url(&format!("sslmode={mode} sslrootcert={}", other.display())))
+                .await;
         assert!(
             e.contains("TLS handshake with localhost")
                 && e.contains("not signed by a CA in sslrootcert"),
@@ -240,14 +238,15 @@ async fn verify_full_refuses_a_host_name_the_certificate_lacks_and_verify_ca_acc
     let env = env().await;
     let wrong = "host=not-the-server.invalid hostaddr=127.0.0.1";
     let ca = env.ca.display();
-    let e = connect_err(&env.su_url_to(wrong, &format!("sslmode=verify-full sslrootcert={ca}")))
-    .await;
+    let e =
+        connect_err(&env.su_url_to(wrong, &format!("sslmode=verify-full sslrootcert={ca}"))).await;
     assert!(
         e.contains("does not name the host \"not-the-server.invalid\""),
         "{e}"
     );
-    let cfg = PgConfig::parse(&env.su_url_to(wrong, &format!("sslmode=verify-ca sslrootcert={ca}")))
-        .expect("settings");
+    let cfg =
+        PgConfig::parse(&env.su_url_to(wrong, &format!("sslmode=verify-ca sslrootcert={ca}")))
+            .expect("settings");
     let client = tenancy_conn::connect(&cfg).await.expect("verify-ca");
     assert!(server_sees_tls(&client).await);
     // The address the certificate names passes verify-full.
@@ -256,7 +255,9 @@ async fn verify_full_refuses_a_host_name_the_certificate_lacks_and_verify_ca_acc
         &format!("sslmode=verify-full sslrootcert={ca}"),
     ))
     .expect("settings");
-    let client = tenancy_conn::connect(&cfg).await.expect("verify-full by address");
+    let client = tenancy_conn::connect(&cfg)
+        .await
+        .expect("verify-full by address");
     assert!(server_sees_tls(&client).await);
 }
 
@@ -307,7 +308,9 @@ async fn settings_that_cannot_work_are_refused_before_connecting() {
     .to_string();
     assert!(e.contains("sslcert is given without sslkey"), "{e}");
     // A private key others may read is refused, as libpq does.
-    let loose = env.ca.with_file_name(format!("loose-{}.key", std::process::id()));
+    let loose = env
+        .ca
+        .with_file_name(format!("loose-{}.key", std::process::id()));
     std::fs::copy(&env.app_key, &loose).expect("copy key");
     {
         use std::os::unix::fs::PermissionsExt;
@@ -315,7 +318,10 @@ async fn settings_that_cannot_work_are_refused_before_connecting() {
     }
     let e = PgConfig::parse(&format!(
         "{} sslcert={} sslkey={}",
-        env.su_url(&format!("sslmode=verify-full sslrootcert={}", env.ca.display())),
+        env.su_url(&format!(
+            "sslmode=verify-full sslrootcert={}",
+            env.ca.display()
+        )),
         env.app_cert.display(),
         loose.display()
     ))
