@@ -187,18 +187,24 @@ impl PgConfig {
         &self.pg
     }
 
-    /// Changes settings other than TLS (user, database, options…).
+    /// Changes settings other than TLS (user, database, options…); its `sslmode` is not
+    /// used (TLS is [`PgConfig::tls`]).
     pub fn pg_mut(&mut self) -> &mut tokio_postgres::Config {
         &mut self.pg
     }
 
-    /// A copy with `f` applied to the non-TLS settings (for instance another database on
-    /// the same server), keeping the TLS settings.
-    pub fn with(&self, f: impl FnOnce(&mut tokio_postgres::Config)) -> Self {
-        let mut c = self.clone();
-        f(&mut c.pg);
-        c.pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
-        c
+    /// The settings to start a session with over a stream from [`open_stream`]: TLS is
+    /// already done there, so tokio-postgres must not ask for it again (an `sslmode` set
+    /// through [`PgConfig::pg_mut`] is ignored).
+    pub fn session_config(&self) -> std::borrow::Cow<'_, tokio_postgres::Config> {
+        use tokio_postgres::config::SslMode as Pg;
+        if self.pg.get_ssl_mode() == Pg::Disable {
+            std::borrow::Cow::Borrowed(&self.pg)
+        } else {
+            let mut pg = self.pg.clone();
+            pg.ssl_mode(Pg::Disable);
+            std::borrow::Cow::Owned(pg)
+        }
     }
 
     /// The TLS settings, certificate files read.
@@ -218,11 +224,12 @@ impl PgConfig {
     ) -> Result<(Client, Connection<Stream, NoTlsStream>), ConnError> {
         check_supported(&self.pg)?;
         let hosts = stream::targets(&self.pg)?;
+        let session = self.session_config();
         let mut last = None;
         for target in &hosts {
             let attempt = async {
                 let s = stream::open_one(&self.pg, target, &self.tls).await?;
-                self.pg
+                session
                     .connect_raw(s, NoTls)
                     .await
                     .map_err(|source| ConnError::Pg {
@@ -329,4 +336,46 @@ pub async fn connect(config: &PgConfig) -> Result<Client, ConnError> {
         }
     });
     Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tokio_postgres_config_keeps_its_sslmode_and_sessions_never_ask_for_tls_again() {
+        let mut pg = tokio_postgres::Config::new();
+        pg.host("db.example")
+            .ssl_mode(tokio_postgres::config::SslMode::Require);
+        let cfg = PgConfig::from(pg);
+        assert_eq!(cfg.ssl_mode(), SslMode::Require);
+        assert_eq!(
+            cfg.session_config().get_ssl_mode(),
+            tokio_postgres::config::SslMode::Disable
+        );
+        let mut cfg = PgConfig::parse("host=db.example sslmode=prefer").expect("parse");
+        cfg.pg_mut()
+            .ssl_mode(tokio_postgres::config::SslMode::Require);
+        assert_eq!(
+            cfg.session_config().get_ssl_mode(),
+            tokio_postgres::config::SslMode::Disable
+        );
+        assert_eq!(cfg.ssl_mode(), SslMode::Prefer);
+    }
+
+    #[test]
+    fn settings_only_tokio_postgres_own_connect_honours_are_refused() {
+        let e = PgConfig::parse("host=a,b target_session_attrs=read-write")
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("target_session_attrs is not supported"), "{e}");
+        let e = PgConfig::parse("host=a sslnegotiation=direct sslmode=require")
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("sslnegotiation=direct"), "{e}");
+        let e = PgConfig::parse("host=a sslmode=require sslrootcert=system")
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("only be used with sslmode=verify-full"), "{e}");
+    }
 }

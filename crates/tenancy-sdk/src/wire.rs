@@ -110,7 +110,7 @@ pub(crate) async fn connect(
     let splice = Arc::new(Splice::default());
     let stream = SpliceStream::new(socket, Arc::clone(&splice));
     let (client, connection) = config
-        .pg()
+        .session_config()
         .connect_raw(stream, NoTls)
         .await
         .map_err(Error::Pg)?;
