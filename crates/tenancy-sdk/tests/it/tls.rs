@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 use tenancy_pg::{Cluster, ClusterOptions, ClusterTls};
 use tenancy_sdk::bootstrap::{self, ContextImpl, OWNER_ROLE, RUNTIME_ROLE};
-use tenancy_sdk::{PgConfig, PoolOptions, SslMode, TenantId, TenantPool};
+use tenancy_sdk::{
+    ClusterCredentials, PgConfig, PoolOptions, RootCerts, Router, RouterOptions, SslMode, TenantId,
+    TenantPool, Tls, TlsSettings,
+};
 use tokio::sync::OnceCell;
 
 use crate::support::{key, APP_SCHEMA};
@@ -51,12 +54,13 @@ async fn env() -> &'static TlsEnv {
         bootstrap::bootstrap_database(&su, DB)
             .await
             .expect("database");
-        let owner = tenancy_pg::connect(&cluster.config_as(OWNER_ROLE, DB))
+        let mut owner = tenancy_pg::connect(&cluster.config_as(OWNER_ROLE, DB))
             .await
             .expect("owner");
         bootstrap::install_runtime(&owner, &key())
             .await
             .expect("runtime");
+        tenancy_catalog::migrate(&mut owner).await.expect("catalog");
         owner.batch_execute(APP_SCHEMA).await.expect("app schema");
         let ca = cluster.tls_ca_file().expect("CA file");
         let (app_cert, app_key) = cluster
@@ -391,4 +395,105 @@ async fn require_against_a_server_without_tls_fails_clearly() {
         Err(e) => e.to_string(),
     };
     assert!(e.contains("does not accept TLS connections"), "{e}");
+}
+
+#[tokio::test]
+async fn the_router_reaches_tenant_clusters_with_its_cluster_tls_settings() {
+    let env = env().await;
+    let mut owner = tenancy_pg::connect(&env.cluster.config_as(OWNER_ROLE, DB))
+        .await
+        .expect("owner");
+    let region: tenancy_core::RegionId = "tls-region".parse().expect("region");
+    tenancy_catalog::add_region(&owner, &region, "TLS")
+        .await
+        .expect("region");
+    // The catalog says where the cluster is: a host name its certificate lists.
+    tenancy_catalog::add_cluster(
+        &owner,
+        &tenancy_catalog::NewCluster {
+            name: "pg-tls".into(),
+            region: region.clone(),
+            host: "localhost".into(),
+            port: env.cluster.port(),
+            dbname: DB.into(),
+            capacity: 10,
+        },
+    )
+    .await
+    .expect("cluster");
+    let tenant = tenancy_catalog::create_tenant(
+        &mut owner,
+        &tenancy_catalog::NewTenant {
+            id: None,
+            slug: "tls-acme".parse().expect("slug"),
+            display_name: "TLS Acme".into(),
+            plan: "pro".parse().expect("plan"),
+            region,
+            placement: tenancy_core::Placement::Pooled,
+        },
+        "test",
+    )
+    .await
+    .expect("tenant")
+    .id;
+    tenancy_catalog::set_state(
+        &mut owner,
+        tenant,
+        tenancy_core::TenantState::Active,
+        "test",
+        "ready",
+    )
+    .await
+    .expect("activate");
+
+    let cluster_tls = |root: &Path| {
+        Tls::new(TlsSettings {
+            mode: SslMode::VerifyFull,
+            root_cert: Some(RootCerts::File(root.to_owned())),
+            client_cert: Some(env.app_cert.clone()),
+            client_key: Some(env.app_key.clone()),
+        })
+        .expect("cluster TLS")
+    };
+    let router = |tls: Tls| {
+        Router::new(
+            PgConfig::parse(&env.app_url()).expect("catalog settings"),
+            key(),
+            ClusterCredentials {
+                user: RUNTIME_ROLE.into(),
+                password: None,
+            },
+            RouterOptions {
+                cluster_tls: tls,
+                ..Default::default()
+            },
+        )
+        .expect("router")
+    };
+    let mut tx = router(cluster_tls(&env.ca))
+        .begin(tenant)
+        .await
+        .expect("begin");
+    let ssl: bool = tx
+        .query_one(
+            "SELECT ssl FROM pg_catalog.pg_stat_ssl WHERE pid = pg_catalog.pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("pg_stat_ssl")
+        .get(0);
+    assert!(ssl);
+    tx.commit().await.expect("commit");
+
+    // Another CA: the tenant cluster is not trusted.
+    let other = other_ca(env.ca.parent().expect("dir"));
+    let e = match router(cluster_tls(&other)).begin(tenant).await {
+        Ok(mut tx) => tx
+            .query("SELECT 1", &[])
+            .await
+            .expect_err("untrusted cluster")
+            .to_string(),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("not signed by a CA in sslrootcert"), "{e}");
 }
