@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tenancy_catalog::{ApiKeyGrant, CatalogError, TenantRoute};
 use tenancy_core::{Slug, TenantId};
+use tenancy_sdk::PgConfig;
 use tenancy_sdk::Router;
 use tokio::task::AbortHandle;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use crate::pool::{self, PlainPool};
 use crate::HttpError;
@@ -77,7 +78,7 @@ fn put<K: std::hash::Hash + Eq, V>(m: &Map<K, V>, k: K, v: V) {
 
 impl Catalog {
     pub(crate) fn new(
-        config: tokio_postgres::Config,
+        config: PgConfig,
         router: Router,
         ttl: Duration,
     ) -> Result<Arc<Self>, crate::ConfigError> {
@@ -247,7 +248,7 @@ impl Catalog {
     }
 
     /// Starts the change listener (needs a Tokio runtime).
-    pub(crate) fn start_listener(self: &Arc<Self>, config: tokio_postgres::Config) {
+    pub(crate) fn start_listener(self: &Arc<Self>, config: PgConfig) {
         let weak = Arc::downgrade(self);
         let handle = tokio::spawn(listen(weak, config)).abort_handle();
         if let Ok(mut l) = self.listener.lock() {
@@ -256,9 +257,9 @@ impl Catalog {
     }
 }
 
-async fn listen(weak: Weak<Catalog>, config: tokio_postgres::Config) {
+async fn listen(weak: Weak<Catalog>, config: PgConfig) {
     loop {
-        match config.connect(NoTls).await {
+        match config.connect_raw().await {
             Ok((client, mut conn)) => {
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
                 let driver = tokio::spawn(async move {

@@ -286,10 +286,12 @@ impl Worker {
     /// jobs, and the owner must not be a worker's login.
     pub fn new(
         tenancy: Tenancy,
-        queue_db: tokio_postgres::Config,
+        queue_db: impl Into<tenancy_sdk::PgConfig>,
         signer: JobSigner,
     ) -> Result<Self, ConfigError> {
+        let queue_db = queue_db.into();
         if let Some(user) = queue_db
+            .pg()
             .get_user()
             .filter(|u| *u == RUNTIME_ROLE || *u == OWNER_ROLE)
         {

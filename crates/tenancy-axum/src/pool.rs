@@ -5,21 +5,22 @@
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
-use tokio_postgres::{Client, NoTls};
+use tenancy_sdk::PgConfig;
+use tokio_postgres::Client;
 
 /// Creates and checks plain connections.
 #[derive(Debug)]
 pub(crate) struct Manager {
-    /// Where to connect, as which role.
-    config: tokio_postgres::Config,
+    /// Where to connect, as which role, and how to secure it.
+    config: PgConfig,
 }
 
 impl managed::Manager for Manager {
     type Type = Client;
-    type Error = tokio_postgres::Error;
+    type Error = tenancy_conn::ConnError;
 
-    async fn create(&self) -> Result<Client, tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(NoTls).await?;
+    async fn create(&self) -> Result<Client, tenancy_conn::ConnError> {
+        let (client, connection) = self.config.connect_raw().await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "plain connection closed");
@@ -28,7 +29,7 @@ impl managed::Manager for Manager {
         Ok(client)
     }
 
-    async fn recycle(&self, c: &mut Client, _: &Metrics) -> RecycleResult<tokio_postgres::Error> {
+    async fn recycle(&self, c: &mut Client, _: &Metrics) -> RecycleResult<tenancy_conn::ConnError> {
         if c.is_closed() {
             return Err(RecycleError::message("connection closed"));
         }
@@ -38,10 +39,7 @@ impl managed::Manager for Manager {
 
 pub(crate) type PlainPool = managed::Pool<Manager>;
 
-pub(crate) fn build(
-    config: tokio_postgres::Config,
-    max_size: usize,
-) -> Result<PlainPool, crate::ConfigError> {
+pub(crate) fn build(config: PgConfig, max_size: usize) -> Result<PlainPool, crate::ConfigError> {
     PlainPool::builder(Manager { config })
         .max_size(max_size)
         .wait_timeout(Some(Duration::from_secs(10)))

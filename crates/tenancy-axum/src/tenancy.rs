@@ -17,7 +17,7 @@ use http::header::{AUTHORIZATION, HOST};
 use http::request::Parts;
 use http::HeaderName;
 use tenancy_core::{Slug, TenantId, TenantState};
-use tenancy_sdk::{Router, TenantTx};
+use tenancy_sdk::{PgConfig, Router, TenantTx};
 
 use crate::api_key::{ApiKey, API_KEY_PREFIX};
 use crate::catalog::Catalog;
@@ -302,7 +302,7 @@ pub struct Tenancy {
 #[derive(Debug)]
 pub struct TenancyBuilder {
     router: Router,
-    catalog: tokio_postgres::Config,
+    catalog: PgConfig,
     sources: Vec<Source>,
     public: Vec<String>,
     cache_ttl: Duration,
@@ -459,11 +459,12 @@ fn bearer(parts: &Parts) -> Option<&str> {
 
 impl Tenancy {
     /// Starts building: `router` opens tenant transactions; `catalog` connects (as the
-    /// runtime role) to the catalog database for tenant, domain and API key lookups.
-    pub fn builder(router: Router, catalog: tokio_postgres::Config) -> TenancyBuilder {
+    /// runtime role) to the catalog database for tenant, domain and API key lookups (TLS
+    /// as it says: a [`PgConfig`] parsed from a URL with `sslmode=verify-full`…).
+    pub fn builder(router: Router, catalog: impl Into<PgConfig>) -> TenancyBuilder {
         TenancyBuilder {
             router,
-            catalog,
+            catalog: catalog.into(),
             sources: Vec::new(),
             public: Vec::new(),
             cache_ttl: Duration::from_secs(30),

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
-use tokio_postgres::{Client, NoTls, Statement};
+use tenancy_sdk::PgConfig;
+use tokio_postgres::{Client, Statement};
 
 /// Prepared statements kept per connection before the cache is cleared (as in the SDK).
 const STATEMENT_CACHE_LIMIT: usize = 256;
@@ -42,16 +43,17 @@ impl Conn {
 /// Creates and checks connections.
 #[derive(Debug)]
 pub struct Manager {
-    /// Where to connect, as which role.
-    config: tokio_postgres::Config,
+    /// Where to connect, as which role, and with which TLS (the SDK's own connection
+    /// code: tokio-postgres over rustls, so a TLS comparison compares the same stack).
+    config: PgConfig,
 }
 
 impl managed::Manager for Manager {
     type Type = Conn;
-    type Error = tokio_postgres::Error;
+    type Error = tenancy_conn::ConnError;
 
-    async fn create(&self) -> Result<Conn, tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(NoTls).await?;
+    async fn create(&self) -> Result<Conn, tenancy_conn::ConnError> {
+        let (client, connection) = self.config.connect_raw().await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "baseline connection closed");
@@ -63,7 +65,11 @@ impl managed::Manager for Manager {
         })
     }
 
-    async fn recycle(&self, conn: &mut Conn, _: &Metrics) -> RecycleResult<tokio_postgres::Error> {
+    async fn recycle(
+        &self,
+        conn: &mut Conn,
+        _: &Metrics,
+    ) -> RecycleResult<tenancy_conn::ConnError> {
         if conn.client.is_closed() {
             return Err(RecycleError::message("connection closed"));
         }
@@ -75,12 +81,14 @@ impl managed::Manager for Manager {
 pub type Pool = managed::Pool<Manager>;
 
 /// Builds a pool of `max_size` connections with the SDK's pool settings.
-pub fn build(config: tokio_postgres::Config, max_size: usize) -> Result<Pool> {
-    Pool::builder(Manager { config })
-        .max_size(max_size)
-        .wait_timeout(Some(Duration::from_secs(30)))
-        .create_timeout(Some(Duration::from_secs(10)))
-        .runtime(deadpool::Runtime::Tokio1)
-        .build()
-        .context("building the baseline pool")
+pub fn build(config: impl Into<PgConfig>, max_size: usize) -> Result<Pool> {
+    Pool::builder(Manager {
+        config: config.into(),
+    })
+    .max_size(max_size)
+    .wait_timeout(Some(Duration::from_secs(30)))
+    .create_timeout(Some(Duration::from_secs(10)))
+    .runtime(deadpool::Runtime::Tokio1)
+    .build()
+    .context("building the baseline pool")
 }

@@ -44,9 +44,12 @@ async fn watch(spec: &str) -> Result<()> {
         .rsplit_once('|')
         .context("watcher spec is DSN|TENANT")?;
     let tenant: TenantId = tenant.parse()?;
-    let client = ConfigClient::connect(dsn.parse()?, ClientOptions::default())
-        .await
-        .context("watcher: loading the configuration")?;
+    let client = ConfigClient::connect(
+        dsn.parse::<tokio_postgres::Config>()?,
+        ClientOptions::default(),
+    )
+    .await
+    .context("watcher: loading the configuration")?;
     let mut changes = client.subscribe();
     let variant = |c: &ConfigClient| {
         c.variant(tenant, FLAG)

@@ -17,6 +17,7 @@ mod report;
 mod setup;
 mod tenant_tx;
 mod tenant_tx_tenaxum;
+mod tenant_tx_tls;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
@@ -27,6 +28,9 @@ enum Name {
     /// TenantTx point read vs the same query on a bare pool without RLS.
     #[value(name = "tenant_tx")]
     TenantTx,
+    /// The tenant_tx read over TLS (verify-full): TenantTx vs the bare pool, both on TLS.
+    #[value(name = "tenant_tx_tls")]
+    TenantTxTls,
     /// TenantTx point read vs tenaxum's begin_tenant.
     #[value(name = "tenant_tx_tenaxum")]
     TenantTxTenaxum,
@@ -137,6 +141,16 @@ async fn main() -> Result<()> {
         })
         .await
         .context("running migrate")?;
+    }
+    if matches!(cli.name, Name::TenantTxTls | Name::All) {
+        println!("setting up a private cluster serving TLS (100 tenants × 1,000 rows)…");
+        let env = setup::Env::start_with(Some(tenancy_pg::ClusterTls::default()))
+            .await
+            .context("setting up the TLS benchmark database")?;
+        tenant_tx_tls::run(&env, settings)
+            .await
+            .context("running tenant_tx_tls")?;
+        env.cluster.stop().await;
     }
     let needs_items = matches!(
         cli.name,

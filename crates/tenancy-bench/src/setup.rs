@@ -45,6 +45,8 @@ pub struct Env {
     pub tenants: Vec<Uuid>,
     /// Postmaster pid, to sum server CPU over its children.
     pub postmaster_pid: Option<u32>,
+    /// The runtime role's password, set on a TLS cluster (whose TCP logins need one).
+    app_password: Option<String>,
 }
 
 impl Env {
@@ -62,9 +64,16 @@ impl Env {
 
     /// Starts the cluster, bootstraps tenancy and seeds the tables.
     pub async fn start() -> Result<Env> {
+        Env::start_with(None).await
+    }
+
+    /// Like [`Env::start`], on a cluster serving TLS when `tls` is given.
+    pub async fn start_with(tls: Option<tenancy_pg::ClusterTls>) -> Result<Env> {
+        let with_tls = tls.is_some();
         let cluster = Cluster::start(ClusterOptions {
             ephemeral: true,
             settings: vec![("max_connections".into(), "200".into())],
+            tls,
             ..Default::default()
         })
         .await
@@ -80,6 +89,15 @@ impl Env {
         tenancy_sdk::bootstrap::bootstrap_cluster(&su)
             .await
             .context("creating the tenancy roles")?;
+        let app_password = if with_tls {
+            let p = format!("{:032x}", rand::random::<u128>());
+            su.batch_execute(&format!("ALTER ROLE tenancy_app PASSWORD '{p}'"))
+                .await
+                .context("setting the runtime role's password")?;
+            Some(p)
+        } else {
+            None
+        };
         let su_bench = cluster
             .connect(DB)
             .await
@@ -131,6 +149,7 @@ impl Env {
             key,
             tenants,
             postmaster_pid,
+            app_password,
         })
     }
 
@@ -138,6 +157,23 @@ impl Env {
     pub fn app_config(&self) -> tokio_postgres::Config {
         self.cluster
             .config_as(tenancy_sdk::bootstrap::RUNTIME_ROLE, DB)
+    }
+
+    /// Connection settings for the runtime role on `bench` over TCP to `localhost` with
+    /// `sslmode=verify-full` (a cluster started with TLS).
+    pub fn app_tls_config(&self) -> Result<tenancy_sdk::PgConfig> {
+        let ca = self
+            .cluster
+            .tls_ca_file()
+            .context("the cluster was started without TLS")?;
+        let password = self.app_password.as_deref().unwrap_or_default();
+        tenancy_sdk::PgConfig::parse(&format!(
+            "host=localhost port={} user={} password={password} dbname={DB} application_name=tenancy sslmode=verify-full sslrootcert={}",
+            self.cluster.port(),
+            tenancy_sdk::bootstrap::RUNTIME_ROLE,
+            ca.display()
+        ))
+        .context("building the TLS connection settings")
     }
 }
 

@@ -17,7 +17,7 @@ use crate::setup::{expected_payload, Env, ROWS_PER_TENANT, TENANTS};
 /// Our query: RLS adds the tenant predicate.
 pub const OURS_SQL: &str = "SELECT payload FROM items WHERE id = $1";
 /// Baseline query: same row, same index, tenant predicate written out, no RLS.
-const BARE_SQL: &str = "SELECT payload FROM items_plain WHERE tenant_id = $1 AND id = $2";
+pub const BARE_SQL: &str = "SELECT payload FROM items_plain WHERE tenant_id = $1 AND id = $2";
 /// Naive tenant binding: a GUC set in its own round trip.
 const NAIVE_SET_SQL: &str = "SELECT set_config('app.tenant_id', $1, true)";
 /// Naive query on the GUC-policy table.
@@ -60,7 +60,8 @@ async fn ours_read(pool: &TenantPool, tenant: uuid::Uuid, id: i64, read_only: bo
     Ok(())
 }
 
-async fn bare_op(pool: &bare::Pool, tenant: uuid::Uuid, id: i64) -> Result<()> {
+/// The baseline read: the same row with the tenant predicate written out, no RLS.
+pub(crate) async fn bare_op(pool: &bare::Pool, tenant: uuid::Uuid, id: i64) -> Result<()> {
     let mut conn = pool
         .get()
         .await

@@ -47,7 +47,6 @@ mod predicate;
 mod probe;
 
 use std::io::{IsTerminal, Write};
-use std::str::FromStr;
 use std::time::Duration;
 
 pub use audit::audit;
@@ -164,22 +163,18 @@ impl CheckArgs {
     }
 }
 
-/// Connects to `url` (libpq string or URL) and drives the connection on the current runtime.
+/// Connects to `url` (libpq string or URL, `sslmode` up to `verify-full`) and drives the
+/// connection on the current runtime.
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client, CheckError> {
     let mut cfg =
-        tokio_postgres::Config::from_str(url).map_err(|e| CheckError::BadUrl(e.to_string()))?;
-    if cfg.get_connect_timeout().is_none() {
-        cfg.connect_timeout(Duration::from_secs(10));
+        tenancy_conn::PgConfig::parse(url).map_err(|e| CheckError::BadUrl(e.to_string()))?;
+    if cfg.pg().get_connect_timeout().is_none() {
+        cfg.pg_mut().connect_timeout(Duration::from_secs(10));
     }
-    cfg.application_name("tenancy check");
-    let (client, conn) = cfg
-        .connect(tokio_postgres::NoTls)
+    cfg.pg_mut().application_name("tenancy check");
+    tenancy_conn::connect(&cfg)
         .await
-        .map_err(|e| CheckError::Connect(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
+        .map_err(|e| CheckError::Connect(e.to_string()))
 }
 
 /// Runs `tenancy check` and returns its exit code: 0 no `error` finding, 1 at least one,

@@ -58,16 +58,13 @@ pub struct MigrateArgs {
 
 /// One line on stderr: the signed-context implementation of the catalog database. Silent
 /// when it cannot connect (the migration run reports that itself).
-async fn report_context_impl(catalog: &tokio_postgres::Config) {
-    let Ok((client, conn)) = catalog.connect(tokio_postgres::NoTls).await else {
+async fn report_context_impl(catalog: &tenancy_conn::PgConfig) {
+    let Ok(client) = tenancy_conn::connect(catalog).await else {
         return;
     };
-    let driver = tokio::spawn(conn);
     if let Ok(line) = tenancy_sdk::bootstrap::describe_context_impl(&client).await {
         eprintln!("tenant context of the catalog database: {line}");
     }
-    drop(client);
-    let _ = driver.await;
 }
 
 /// A failure to run at all (exit 2), as opposed to targets that failed (exit 1).
@@ -99,20 +96,20 @@ pub async fn run(args: MigrateArgs) -> u8 {
             "no catalog database configured: set DATABASE_URL (or database_url in the file given with --config) to the catalog that `tenancy serve` uses",
         );
     };
-    let mut catalog: tokio_postgres::Config = match url.expose_secret().parse() {
+    let mut catalog = match tenancy_conn::PgConfig::parse(url.expose_secret()) {
         Ok(c) => c,
         Err(e) => return cannot_run(format!("parsing the catalog database URL: {e}")),
     };
     // As `tenancy serve`: the owner role's catalog; a server `tenancy bootstrap` has not
     // set up is named with the command to run.
-    if catalog.get_user().is_none() {
-        catalog.user(tenancy_sdk::bootstrap::OWNER_ROLE);
+    if catalog.pg().get_user().is_none() {
+        catalog.pg_mut().user(tenancy_sdk::bootstrap::OWNER_ROLE);
     }
-    if catalog.get_password().is_none()
-        && catalog.get_user() == Some(tenancy_sdk::bootstrap::OWNER_ROLE)
+    if catalog.pg().get_password().is_none()
+        && catalog.pg().get_user() == Some(tenancy_sdk::bootstrap::OWNER_ROLE)
     {
         if let Some(p) = &config.owner_password {
-            catalog.password(p.expose_secret().as_bytes());
+            catalog.pg_mut().password(p.expose_secret().as_bytes());
         }
     }
     match tenancy_control::connect_catalog(&catalog).await {
@@ -164,6 +161,9 @@ pub async fn run(args: MigrateArgs) -> u8 {
             tenancy_sdk::bootstrap::RUNTIME_ROLE,
             &config.runtime_password,
         ),
+        // Tenant clusters are trusted as the catalog's URL says (same sslmode, CA and
+        // client certificate), as `tenancy serve` does.
+        tls: catalog.tls().clone(),
     };
     report_context_impl(&catalog).await;
     let migrator = Migrator::new(catalog, access, set);

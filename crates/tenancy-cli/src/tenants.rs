@@ -80,8 +80,8 @@ async fn enqueue(
 
 /// Runs a tenants subcommand; returns what to print.
 pub async fn run(args: TenantsArgs) -> anyhow::Result<String> {
-    let cfg: tokio_postgres::Config = args.database_url.parse().context("parsing DATABASE_URL")?;
-    let mut client = tenancy_pg::connect(&cfg)
+    let cfg = tenancy_conn::PgConfig::parse(&args.database_url).context("parsing DATABASE_URL")?;
+    let mut client = tenancy_conn::connect(&cfg)
         .await
         .context("connecting to the catalog")?;
     match args.command {

@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, Guard};
 use futures_util::StreamExt;
 use serde_json::Value;
+use tenancy_conn::PgConfig;
 use tenancy_core::TenantId;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
 use crate::engine::{ExplainError, Explanation, LimitExceeded, Resolved, Snapshot};
 use crate::error::ConfigError;
@@ -99,11 +100,15 @@ struct Session {
     notes: mpsc::UnboundedReceiver<String>,
 }
 
-async fn open_session(config: &tokio_postgres::Config) -> Result<Session, ConfigError> {
-    let (client, mut connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(ConfigError::db("connecting the configuration listener"))?;
+async fn open_session(config: &PgConfig) -> Result<Session, ConfigError> {
+    let (client, mut connection) =
+        config
+            .connect_raw()
+            .await
+            .map_err(|source| ConfigError::Connect {
+                what: "connecting the configuration listener",
+                source,
+            })?;
     let (tx, notes) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -136,9 +141,10 @@ impl ConfigClient {
     /// cannot), listens, loads the first snapshot and starts the background worker. Fails when the
     /// catalog cannot be reached now: there is nothing to serve yet.
     pub async fn connect(
-        config: tokio_postgres::Config,
+        config: impl Into<PgConfig>,
         opts: ClientOptions,
     ) -> Result<ConfigClient, ConfigError> {
+        let config = config.into();
         let session = open_session(&config).await?;
         let data = store::load_all(&session.client).await?;
         let (generation, _) = watch::channel(0);
@@ -417,7 +423,7 @@ async fn serve(weak: &Weak<Inner>, session: &mut Session) -> Option<String> {
     }
 }
 
-async fn worker(weak: Weak<Inner>, config: tokio_postgres::Config, first: Session) {
+async fn worker(weak: Weak<Inner>, config: PgConfig, first: Session) {
     let mut session = Some(first);
     let mut delay = match weak.upgrade() {
         Some(i) => i.opts.backoff,

@@ -18,6 +18,15 @@ pub enum ConfigError {
     /// No connection could be had from the pool.
     #[error("no catalog connection: {0}")]
     Pool(String),
+    /// A connection could not be opened.
+    #[error("{what}: {source}")]
+    Connect {
+        /// What was being connected.
+        what: &'static str,
+        /// Why it failed.
+        #[source]
+        source: tenancy_conn::ConnError,
+    },
     /// The input was refused before touching the database.
     #[error(transparent)]
     Invalid(#[from] ModelError),
@@ -49,7 +58,7 @@ impl ConfigError {
     /// Whether the catalog could not be reached (as opposed to refusing the request).
     pub fn is_unavailable(&self) -> bool {
         match self {
-            ConfigError::Pool(_) => true,
+            ConfigError::Pool(_) | ConfigError::Connect { .. } => true,
             ConfigError::Db { source, .. } => source.is_closed() || source.code().is_none(),
             _ => false,
         }

@@ -14,9 +14,10 @@ use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use rand::RngCore;
 use serde::Serialize;
 use serde_json::Value;
+use tenancy_conn::PgConfig;
 use tenancy_core::{PlanKey, RegionId, TenantId};
 use time::OffsetDateTime;
-use tokio_postgres::{Client, NoTls, Transaction};
+use tokio_postgres::{Client, Transaction};
 
 use crate::dns::TxtResolver;
 use crate::engine::{ConfigData, TenantData};
@@ -96,15 +97,15 @@ pub struct Change {
 #[derive(Debug)]
 pub struct Manager {
     /// Where to connect, as which role (the owner role in a control plane).
-    config: tokio_postgres::Config,
+    config: PgConfig,
 }
 
 impl managed::Manager for Manager {
     type Type = Client;
-    type Error = tokio_postgres::Error;
+    type Error = tenancy_conn::ConnError;
 
-    async fn create(&self) -> Result<Client, tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(NoTls).await?;
+    async fn create(&self) -> Result<Client, tenancy_conn::ConnError> {
+        let (client, connection) = self.config.connect_raw().await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "config store connection closed");
@@ -113,7 +114,7 @@ impl managed::Manager for Manager {
         Ok(client)
     }
 
-    async fn recycle(&self, c: &mut Client, _: &Metrics) -> RecycleResult<tokio_postgres::Error> {
+    async fn recycle(&self, c: &mut Client, _: &Metrics) -> RecycleResult<tenancy_conn::ConnError> {
         if c.is_closed() {
             return Err(RecycleError::message("connection closed"));
         }
@@ -299,14 +300,16 @@ const DOMAIN_COLUMNS: &str = "tenant_id, hostname, state, token, verified_at, la
 impl Store {
     /// A store connecting with `config` (the catalog's owner role), at most `max_size`
     /// connections.
-    pub fn new(config: tokio_postgres::Config, max_size: usize) -> Result<Store, ConfigError> {
-        let pool = managed::Pool::builder(Manager { config })
-            .max_size(max_size)
-            .wait_timeout(Some(Duration::from_secs(10)))
-            .create_timeout(Some(Duration::from_secs(5)))
-            .runtime(deadpool::Runtime::Tokio1)
-            .build()
-            .map_err(|e| ConfigError::Pool(e.to_string()))?;
+    pub fn new(config: impl Into<PgConfig>, max_size: usize) -> Result<Store, ConfigError> {
+        let pool = managed::Pool::builder(Manager {
+            config: config.into(),
+        })
+        .max_size(max_size)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| ConfigError::Pool(e.to_string()))?;
         Ok(Store { pool })
     }
 

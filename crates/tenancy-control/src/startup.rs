@@ -10,6 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tenancy_catalog::NewCluster;
 use tenancy_config::dns::{SystemResolver, TxtResolver, UnavailableResolver};
 use tenancy_config::{ClientOptions, ConfigClient, ConfigState};
+use tenancy_conn::PgConfig;
 use tenancy_core::{ContextKey, KeyId};
 use tenancy_pg::{Cluster, ClusterOptions};
 use tenancy_provision::{
@@ -108,15 +109,13 @@ fn bootstrap_hint(cfg: &tokio_postgres::Config) -> String {
 }
 
 /// A failed catalog connection, explained when it means the server was not set up.
-fn not_bootstrapped_on_connect(
-    e: tenancy_pg::HarnessError,
-    cfg: &tokio_postgres::Config,
-) -> anyhow::Error {
+fn not_bootstrapped_on_connect(e: tenancy_conn::ConnError, cfg: &PgConfig) -> anyhow::Error {
     use tokio_postgres::error::SqlState;
     let code = match &e {
-        tenancy_pg::HarnessError::Sql { source, .. } => source.code().cloned(),
+        tenancy_conn::ConnError::Pg { source, .. } => source.code().cloned(),
         _ => None,
     };
+    let cfg = cfg.pg();
     let user = cfg.get_user().unwrap_or(OWNER_ROLE);
     match code {
         Some(c) if c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => anyhow::anyhow!(
@@ -135,11 +134,11 @@ fn not_bootstrapped_on_connect(
 /// and `tenancy migrate` with a database URL). Refuses a server `tenancy bootstrap` has
 /// not set up, naming what is missing and the command to run, and a URL that does not
 /// log in as the owner role.
-pub async fn connect_catalog(cfg: &tokio_postgres::Config) -> Result<tokio_postgres::Client> {
-    let client = tenancy_pg::connect(cfg)
+pub async fn connect_catalog(cfg: &PgConfig) -> Result<tokio_postgres::Client> {
+    let client = tenancy_conn::connect(cfg)
         .await
         .map_err(|e| not_bootstrapped_on_connect(e, cfg))?;
-    check_bootstrapped(&client, cfg).await?;
+    check_bootstrapped(&client, cfg.pg()).await?;
     Ok(client)
 }
 
@@ -254,18 +253,16 @@ pub async fn build(config: ControlConfig) -> Result<App> {
     let mut clusters = Vec::new();
     let (catalog_cfg, access, key) = match &config.database_url {
         Some(url) => {
-            let mut cfg: tokio_postgres::Config = url
-                .expose_secret()
-                .parse()
-                .context("parsing the catalog database URL")?;
+            let mut cfg =
+                PgConfig::parse(url.expose_secret()).context("parsing the catalog database URL")?;
             // The catalog is the owner role's: a URL without user logs in as it, and one
             // without password takes owner_password (what `tenancy bootstrap` prints).
-            if cfg.get_user().is_none() {
-                cfg.user(OWNER_ROLE);
+            if cfg.pg().get_user().is_none() {
+                cfg.pg_mut().user(OWNER_ROLE);
             }
-            if cfg.get_password().is_none() && cfg.get_user() == Some(OWNER_ROLE) {
+            if cfg.pg().get_password().is_none() && cfg.pg().get_user() == Some(OWNER_ROLE) {
                 if let Some(p) = &config.owner_password {
-                    cfg.password(p.expose_secret().as_bytes());
+                    cfg.pg_mut().password(p.expose_secret().as_bytes());
                 }
             }
             let hex = config.context_key_hex.as_ref().context(
@@ -277,6 +274,9 @@ pub async fn build(config: ControlConfig) -> Result<App> {
                 admin: login(&config.cluster_admin_user, &config.cluster_admin_password),
                 owner: login(OWNER_ROLE, &config.owner_password),
                 runtime: login(bootstrap::RUNTIME_ROLE, &config.runtime_password),
+                // Tenant clusters are trusted as the catalog's URL says (same sslmode, CA
+                // and client certificate); the catalog stores only where they are.
+                tls: cfg.tls().clone(),
             };
             (cfg, access, key)
         }
@@ -292,10 +292,11 @@ pub async fn build(config: ControlConfig) -> Result<App> {
                 let _ = su.batch_execute("CREATE DATABASE tenancy").await;
                 let su = cluster.connect("tenancy").await?;
                 bootstrap::bootstrap_database(&su, "tenancy").await?;
-                let owner = tenancy_pg::connect(&cluster.config_as(OWNER_ROLE, "tenancy")).await?;
+                let owner =
+                    tenancy_conn::connect(&cluster.config_as(OWNER_ROLE, "tenancy").into()).await?;
                 bootstrap::install_runtime(&owner, &key).await?;
                 if catalog.is_none() {
-                    catalog = Some(cluster.config_as(OWNER_ROLE, "tenancy"));
+                    catalog = Some(PgConfig::from(cluster.config_as(OWNER_ROLE, "tenancy")));
                 }
                 clusters.push((region.clone(), cluster));
             }
@@ -307,7 +308,9 @@ pub async fn build(config: ControlConfig) -> Result<App> {
     let mut owner = if config.database_url.is_some() {
         connect_catalog(&catalog_cfg).await?
     } else {
-        tenancy_pg::connect(&catalog_cfg).await?
+        tenancy_conn::connect(&catalog_cfg)
+            .await
+            .context("connecting to the catalog")?
     };
     let context = bootstrap::describe_context_impl(&owner).await?;
     tracing::info!(context = %context, "tenant context of the catalog database");
@@ -391,13 +394,16 @@ pub async fn build(config: ControlConfig) -> Result<App> {
         }
     };
     let mut reader_cfg = catalog_cfg.clone();
-    reader_cfg.user(bootstrap::CONFIG_READER_ROLE).password(
-        config
-            .config_reader_password
-            .as_ref()
-            .map(|p| p.expose_secret().as_bytes().to_vec())
-            .unwrap_or_default(),
-    );
+    reader_cfg
+        .pg_mut()
+        .user(bootstrap::CONFIG_READER_ROLE)
+        .password(
+            config
+                .config_reader_password
+                .as_ref()
+                .map(|p| p.expose_secret().as_bytes().to_vec())
+                .unwrap_or_default(),
+        );
     let config_state = ConfigState {
         store: tenancy_config::Store::new(catalog_cfg.clone(), 4)
             .context("creating the configuration store")?,

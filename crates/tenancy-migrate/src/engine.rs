@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use tenancy_catalog::{ClusterRecord, LedgerOutcome, LedgerUpdate, MigrationTarget};
+use tenancy_conn::PgConfig;
 use tenancy_core::Placement;
 use tenancy_provision::storage::{database_name_for, schema_name_for};
 use tenancy_provision::ClusterAccess;
 use tokio::sync::mpsc;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::{sql, Error, MigrationSet};
@@ -210,22 +211,17 @@ impl Summary {
 #[derive(Debug, Clone)]
 pub struct Migrator {
     /// The catalog database, as the owner role.
-    catalog: tokio_postgres::Config,
+    catalog: PgConfig,
     /// Logins on tenant clusters (the owner role runs migrations).
     access: ClusterAccess,
     /// The migrations.
     set: MigrationSet,
 }
 
-pub(crate) async fn connect(cfg: &tokio_postgres::Config, what: &str) -> Result<Client, Error> {
-    let (client, conn) = cfg.connect(NoTls).await.map_err(|e| {
-        let cause = std::error::Error::source(&e)
-            .map(|s| format!(" ({s})"))
-            .unwrap_or_default();
-        Error::Connect {
-            what: what.to_owned(),
-            detail: format!("{e}{cause}"),
-        }
+pub(crate) async fn connect(cfg: &PgConfig, what: &str) -> Result<Client, Error> {
+    let (client, conn) = cfg.connect_raw().await.map_err(|e| Error::Connect {
+        what: what.to_owned(),
+        detail: e.to_string(),
     })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
@@ -285,9 +281,9 @@ struct Shared<'a> {
 impl Migrator {
     /// A migrator for the catalog at `catalog` (owner role), the clusters reachable with
     /// `access`, and `set`.
-    pub fn new(catalog: tokio_postgres::Config, access: ClusterAccess, set: MigrationSet) -> Self {
+    pub fn new(catalog: impl Into<PgConfig>, access: ClusterAccess, set: MigrationSet) -> Self {
         Migrator {
-            catalog,
+            catalog: catalog.into(),
             access,
             set,
         }
@@ -507,11 +503,12 @@ impl Migrator {
         cluster: &ClusterRecord,
         dbname: &str,
         opts: Option<&Options>,
-    ) -> tokio_postgres::Config {
-        let mut cfg = tenancy_provision::config_for(cluster, &self.access.owner, dbname);
-        cfg.application_name("tenancy-migrate");
+    ) -> PgConfig {
+        let mut cfg =
+            tenancy_provision::config_for(cluster, &self.access.owner, dbname, &self.access.tls);
+        cfg.pg_mut().application_name("tenancy-migrate");
         if let Some(o) = opts {
-            cfg.options(format!(
+            cfg.pg_mut().options(format!(
                 "-c lock_timeout={} -c statement_timeout={}",
                 o.lock_timeout.as_millis().max(1),
                 o.statement_timeout.as_millis().max(1)

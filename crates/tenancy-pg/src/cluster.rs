@@ -21,6 +21,106 @@ pub struct ClusterOptions {
     pub ephemeral: bool,
     /// Extra `postgresql.conf` settings passed with `-c name=value`.
     pub settings: Vec<(String, String)>,
+    /// Serve TLS on TCP with certificates from a CA made for this cluster (implies TCP:
+    /// a free port when `tcp_port` is `None`). TCP connections must then use TLS.
+    pub tls: Option<ClusterTls>,
+}
+
+/// TLS for a test cluster: a CA generated at start, a server certificate it signed for
+/// `localhost` and `127.0.0.1`, and client certificates on demand
+/// ([`Cluster::issue_client_cert`]).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterTls {
+    /// Roles that log in over TCP with a client certificate (pg_hba `cert`: the
+    /// certificate's common name must be the role's name) instead of a password.
+    pub cert_roles: Vec<String>,
+}
+
+/// A test cluster's TLS material. The CA's key stays in memory, to sign client
+/// certificates; files are in `dir`.
+struct TlsMaterial {
+    /// Holds `ca.crt` (for `sslrootcert`), the server's certificate and key, and issued
+    /// client certificates.
+    dir: PathBuf,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn tls_err(what: &str) -> impl FnOnce(rcgen::Error) -> HarnessError + '_ {
+    move |e| HarnessError::Command {
+        what: what.to_owned(),
+        detail: e.to_string(),
+    }
+}
+
+impl TlsMaterial {
+    /// Makes the CA and the server's certificate, and writes them into `dir` (created).
+    /// `chown` gives a file to the server's user.
+    fn create(
+        dir: PathBuf,
+        chown: &dyn Fn(&Path) -> Result<(), HarnessError>,
+    ) -> Result<TlsMaterial, HarnessError> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        chown(&dir)?;
+        let ca_key = KeyPair::generate().map_err(tls_err("generating the test CA key"))?;
+        let mut ca =
+            CertificateParams::new(Vec::<String>::new()).map_err(tls_err("making the test CA"))?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "tenancy test CA");
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = ca
+            .self_signed(&ca_key)
+            .map_err(tls_err("signing the test CA"))?;
+        let server_key = KeyPair::generate().map_err(tls_err("generating the server key"))?;
+        let mut server =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .map_err(tls_err("making the server certificate"))?;
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server = server
+            .signed_by(&server_key, &ca, &ca_key)
+            .map_err(tls_err("signing the server certificate"))?;
+        let m = TlsMaterial { dir, ca, ca_key };
+        m.write("ca.crt", &m.ca.pem(), 0o644, chown)?;
+        m.write("server.crt", &server.pem(), 0o644, chown)?;
+        m.write("server.key", &server_key.serialize_pem(), 0o600, chown)?;
+        Ok(m)
+    }
+
+    fn write(
+        &self,
+        name: &str,
+        contents: &str,
+        mode: u32,
+        chown: &dyn Fn(&Path) -> Result<(), HarnessError>,
+    ) -> Result<PathBuf, HarnessError> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.join(name);
+        std::fs::write(&path, contents).map_err(io_err(format!("writing {}", path.display())))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(io_err(format!("chmod {}", path.display())))?;
+        chown(&path)?;
+        Ok(path)
+    }
 }
 
 impl Default for ClusterOptions {
@@ -31,6 +131,7 @@ impl Default for ClusterOptions {
             superuser: "postgres".into(),
             ephemeral: false,
             settings: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -68,6 +169,8 @@ pub struct Cluster {
     stop_pipe: Option<ChildStdin>,
     /// Major version of the server.
     major: u32,
+    /// The CA and certificates of a TLS cluster.
+    tls: Option<TlsMaterial>,
 }
 
 fn current_euid() -> Option<u32> {
@@ -226,6 +329,7 @@ impl Cluster {
 
         let (port, tcp) = match opts.tcp_port {
             Some(0) => (free_tcp_port()?, true),
+            None if opts.tls.is_some() => (free_tcp_port()?, true),
             Some(p) => (p, true),
             // The socket file is named after the port; any number works, the directory is ours.
             None => (5432, false),
@@ -257,6 +361,42 @@ impl Cluster {
                 settings.push((k.into(), v.into()));
             }
         }
+        let tls = match &opts.tls {
+            Some(t) => {
+                let m = TlsMaterial::create(data_dir.join("tls"), &chown)?;
+                let hba = data_dir.join("tenancy_tls_hba.conf");
+                let mut rules = String::from("local all all trust\n");
+                if !t.cert_roles.is_empty() {
+                    rules.push_str(&format!(
+                        "hostssl all {} 127.0.0.1/32 cert\n",
+                        t.cert_roles.join(",")
+                    ));
+                }
+                rules.push_str(
+                    "hostssl all all 127.0.0.1/32 scram-sha-256\nhostnossl all all all reject\n",
+                );
+                std::fs::write(&hba, rules)
+                    .map_err(io_err(format!("writing {}", hba.display())))?;
+                chown(&hba)?;
+                for (k, v) in [
+                    ("ssl", "on".to_owned()),
+                    (
+                        "ssl_cert_file",
+                        m.dir.join("server.crt").display().to_string(),
+                    ),
+                    (
+                        "ssl_key_file",
+                        m.dir.join("server.key").display().to_string(),
+                    ),
+                    ("ssl_ca_file", m.dir.join("ca.crt").display().to_string()),
+                    ("hba_file", hba.display().to_string()),
+                ] {
+                    settings.push((k.into(), v));
+                }
+                Some(m)
+            }
+            None => None,
+        };
         settings.extend(opts.settings.iter().cloned());
         // tenancy's native tenant context (library, and extension files on 18+), when one
         // was built for this server; settings given in `opts` win.
@@ -302,6 +442,7 @@ impl Cluster {
             watchdog: Some(child),
             stop_pipe,
             major: bins.major(),
+            tls,
         };
         cluster.wait_ready(&log)?;
         if crate::native::native_required() {
@@ -403,6 +544,43 @@ impl Cluster {
     /// Whether the cluster listens on 127.0.0.1 as well.
     pub fn listens_on_tcp(&self) -> bool {
         self.tcp
+    }
+
+    /// The CA certificate (PEM file) that signed a TLS cluster's server certificate: what
+    /// clients name in `sslrootcert`. `None` without TLS.
+    pub fn tls_ca_file(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|t| t.dir.join("ca.crt"))
+    }
+
+    /// Issues a client certificate for `role` (its common name), signed by the cluster's
+    /// CA, and writes it and its key (mode 0600, owned by this process's user) to the
+    /// cluster's TLS directory. Returns (certificate file, key file), for `sslcert` and
+    /// `sslkey`.
+    pub fn issue_client_cert(&self, role: &str) -> Result<(PathBuf, PathBuf), HarnessError> {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+        let Some(t) = &self.tls else {
+            return Err(HarnessError::Command {
+                what: format!("issuing a client certificate for {role}"),
+                detail: "the cluster was started without TLS (ClusterOptions::tls)".into(),
+            });
+        };
+        let key = KeyPair::generate().map_err(tls_err("generating a client key"))?;
+        let mut params = CertificateParams::new(Vec::<String>::new())
+            .map_err(tls_err("making a client certificate"))?;
+        params.distinguished_name.push(DnType::CommonName, role);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params
+            .signed_by(&key, &t.ca, &t.ca_key)
+            .map_err(tls_err("signing a client certificate"))?;
+        let own = |_: &Path| Ok(());
+        let cert_file = t.write(&format!("client-{role}.crt"), &cert.pem(), 0o644, &own)?;
+        let key_file = t.write(
+            &format!("client-{role}.key"),
+            &key.serialize_pem(),
+            0o600,
+            &own,
+        )?;
+        Ok((cert_file, key_file))
     }
 
     /// The bootstrap superuser's name.

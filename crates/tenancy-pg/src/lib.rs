@@ -7,7 +7,9 @@
 //! - [`Cluster`] runs `initdb` into a data directory and starts a server listening on a
 //!   Unix socket inside that directory (and on a loopback TCP port when asked). As root it
 //!   runs the server as an unprivileged user, because `initdb` and `postgres` refuse root.
-//!   Several clusters can run at once (one per region). The server is stopped when the
+//!   Several clusters can run at once (one per region). With [`ClusterOptions::tls`] it
+//!   serves TLS on TCP with a CA made for it (server certificate for `localhost` and
+//!   `127.0.0.1`, client certificates on demand). The server is stopped when the
 //!   [`Cluster`] is dropped *or when this process dies*: a small watchdog shell holds the
 //!   read end of a pipe whose write end only this process holds.
 //! - [`testing`] gives tests one cluster per test process, a migrated template database
@@ -29,7 +31,7 @@ mod native;
 pub mod testing;
 
 pub use binaries::PgBinaries;
-pub use cluster::{connect, Cluster, ClusterOptions};
+pub use cluster::{connect, Cluster, ClusterOptions, ClusterTls};
 pub use native::{
     native_context_library, native_context_majors, native_required, EXTENSION_CONTROL,
     EXTENSION_SCRIPTS, EXTENSION_VERSION, NATIVE_LIBRARY_NAME,

@@ -7,7 +7,8 @@ use std::time::Duration;
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use secrecy::{ExposeSecret, SecretString};
 use tenancy_catalog::ClusterRecord;
-use tokio_postgres::{Client, NoTls};
+use tenancy_conn::{PgConfig, Tls};
+use tokio_postgres::Client;
 
 use crate::Error;
 
@@ -40,6 +41,9 @@ pub struct ClusterAccess {
     pub owner: Login,
     /// The runtime role: only to purge a deleted pooled tenant's rows, through its context.
     pub runtime: Login,
+    /// How connections to every cluster are secured (`sslmode`, `sslrootcert`, client
+    /// certificate): the catalog says where a cluster is, this says how to trust it.
+    pub tls: Tls,
 }
 
 impl ClusterAccess {
@@ -49,12 +53,13 @@ impl ClusterAccess {
             admin: Login::trusted(superuser),
             owner: Login::trusted(tenancy_sdk::bootstrap::OWNER_ROLE),
             runtime: Login::trusted(tenancy_sdk::bootstrap::RUNTIME_ROLE),
+            tls: Tls::default(),
         }
     }
 }
 
-/// Connection settings for `login` on database `dbname` of `cluster`.
-pub fn config_for(cluster: &ClusterRecord, login: &Login, dbname: &str) -> tokio_postgres::Config {
+/// Connection settings for `login` on database `dbname` of `cluster`, secured with `tls`.
+pub fn config_for(cluster: &ClusterRecord, login: &Login, dbname: &str, tls: &Tls) -> PgConfig {
     let mut cfg = tokio_postgres::Config::new();
     if cluster.host.starts_with('/') {
         cfg.host_path(&cluster.host);
@@ -69,16 +74,16 @@ pub fn config_for(cluster: &ClusterRecord, login: &Login, dbname: &str) -> tokio
     if let Some(p) = &login.password {
         cfg.password(p.expose_secret());
     }
-    cfg
+    PgConfig::with_tls(cfg, tls)
 }
 
 /// Opens one connection and drives it on the current runtime.
-pub(crate) async fn connect(cfg: &tokio_postgres::Config) -> Result<Client, Error> {
-    let (client, conn) = cfg.connect(NoTls).await.map_err(|e| Error::Connect {
+pub(crate) async fn connect(cfg: &PgConfig) -> Result<Client, Error> {
+    let (client, conn) = cfg.connect_raw().await.map_err(|e| Error::Connect {
         what: format!(
             "database {:?} as {:?}",
-            cfg.get_dbname().unwrap_or(""),
-            cfg.get_user().unwrap_or("")
+            cfg.pg().get_dbname().unwrap_or(""),
+            cfg.pg().get_user().unwrap_or("")
         ),
         detail: e.to_string(),
     })?;
@@ -93,13 +98,13 @@ pub(crate) async fn connect(cfg: &tokio_postgres::Config) -> Result<Client, Erro
 /// Creates plain `tokio_postgres` connections for a deadpool pool.
 #[derive(Debug)]
 pub struct Manager {
-    cfg: tokio_postgres::Config,
+    cfg: PgConfig,
 }
 
 impl Manager {
     /// A manager connecting with `cfg`.
-    pub fn new(cfg: tokio_postgres::Config) -> Self {
-        Manager { cfg }
+    pub fn new(cfg: impl Into<PgConfig>) -> Self {
+        Manager { cfg: cfg.into() }
     }
 }
 
@@ -125,7 +130,7 @@ pub type Pool = managed::Pool<Manager>;
 pub type Object = managed::Object<Manager>;
 
 /// Builds a pool of at most `max_size` connections made with `cfg`.
-pub fn pg_pool(cfg: tokio_postgres::Config, max_size: usize) -> Result<Pool, Error> {
+pub fn pg_pool(cfg: impl Into<PgConfig>, max_size: usize) -> Result<Pool, Error> {
     Pool::builder(Manager::new(cfg))
         .max_size(max_size)
         .runtime(deadpool::Runtime::Tokio1)
@@ -147,6 +152,7 @@ impl Pools {
         cluster: &ClusterRecord,
         login: &Login,
         dbname: &str,
+        tls: &Tls,
     ) -> Result<Object, Error> {
         let key = (
             cluster.host.clone(),
@@ -163,7 +169,7 @@ impl Pools {
                 Some(p) => p.clone(),
                 None => {
                     let p = Pool::builder(Manager {
-                        cfg: config_for(cluster, login, dbname),
+                        cfg: config_for(cluster, login, dbname, tls),
                     })
                     .max_size(8)
                     .runtime(deadpool::Runtime::Tokio1)

@@ -24,6 +24,7 @@ use crate::conn::{config_for, connect, Manager, Pool, Pools};
 use crate::storage::{self, database_name_for, schema_name_for};
 use crate::webhook;
 use crate::{AppMigrations, ClusterAccess, Error, ProvisionConfig, Receiver};
+use tenancy_conn::PgConfig;
 
 /// Forward steps of each workflow kind.
 fn forward_steps(kind: WorkflowKind) -> &'static [&'static str] {
@@ -152,7 +153,7 @@ struct StepCtx {
 #[derive(Debug)]
 struct Inner {
     /// The catalog database, as the owner role (workers, outbox, scheduler).
-    catalog: tokio_postgres::Config,
+    catalog: PgConfig,
     /// Catalog connections for lookups outside a workflow transaction.
     catalog_pool: Pool,
     /// Logins on tenant clusters.
@@ -232,7 +233,7 @@ fn now_rfc3339() -> String {
 impl Provisioner {
     /// Builds the engine. `catalog` connects to the catalog database as the owner role.
     pub fn new(
-        catalog: tokio_postgres::Config,
+        catalog: impl Into<PgConfig>,
         access: ClusterAccess,
         key: ContextKey,
         cfg: ProvisionConfig,
@@ -244,6 +245,7 @@ impl Provisioner {
         };
         let reg_keys = decode(&cfg.registration_receivers)?;
         let event_keys = decode(&cfg.event_receivers)?;
+        let catalog: PgConfig = catalog.into();
         let catalog_pool = Pool::builder(Manager::new(catalog.clone()))
             .max_size(4)
             .runtime(deadpool::Runtime::Tokio1)
@@ -800,7 +802,12 @@ impl Provisioner {
                 let mut owner = self
                     .inner
                     .pools
-                    .get(&cluster, &self.inner.access.owner, &cluster.dbname)
+                    .get(
+                        &cluster,
+                        &self.inner.access.owner,
+                        &cluster.dbname,
+                        &self.inner.access.tls,
+                    )
                     .await?;
                 // A spare of the warm pool at the latest version, renamed to the tenant's
                 // schema; none (or the schema exists: a re-run step): created here.
@@ -827,7 +834,12 @@ impl Provisioner {
                     let mut admin = self
                         .inner
                         .pools
-                        .get(&cluster, &self.inner.access.admin, "postgres")
+                        .get(
+                            &cluster,
+                            &self.inner.access.admin,
+                            "postgres",
+                            &self.inner.access.tls,
+                        )
                         .await?;
                     let tag = storage::spare_database_tag(&template, &self.inner.key);
                     if storage::claim_spare_database(&mut admin, &db, &tag).await? {
@@ -840,23 +852,44 @@ impl Provisioner {
                     let admin = self
                         .inner
                         .pools
-                        .get(&cluster, &self.inner.access.admin, "postgres")
+                        .get(
+                            &cluster,
+                            &self.inner.access.admin,
+                            "postgres",
+                            &self.inner.access.tls,
+                        )
                         .await?;
                     self.clone_template(&admin, cluster.id, &db, &template, strategy)
                         .await?;
                 }
-                let mut owner =
-                    connect(&config_for(&cluster, &self.inner.access.owner, &db)).await?;
+                let mut owner = connect(&config_for(
+                    &cluster,
+                    &self.inner.access.owner,
+                    &db,
+                    &self.inner.access.tls,
+                ))
+                .await?;
                 let version = storage::finalize_clone(&owner, &self.inner.key).await?;
                 if version.unwrap_or(0) < app.latest() {
                     // Not a clone of the current template (a database left by an earlier
                     // attempt or version): bring it up the long way, idempotently.
                     drop(owner);
-                    let admin =
-                        connect(&config_for(&cluster, &self.inner.access.admin, &db)).await?;
+                    let admin = connect(&config_for(
+                        &cluster,
+                        &self.inner.access.admin,
+                        &db,
+                        &self.inner.access.tls,
+                    ))
+                    .await?;
                     tenancy_sdk::bootstrap::bootstrap_database(&admin, &db).await?;
                     drop(admin);
-                    owner = connect(&config_for(&cluster, &self.inner.access.owner, &db)).await?;
+                    owner = connect(&config_for(
+                        &cluster,
+                        &self.inner.access.owner,
+                        &db,
+                        &self.inner.access.tls,
+                    ))
+                    .await?;
                     tenancy_sdk::bootstrap::install_runtime(&owner, &self.inner.key).await?;
                     storage::migrate_schema(&mut owner, "public", false, app).await?;
                 }
@@ -956,7 +989,7 @@ impl Provisioner {
         let admin = self
             .inner
             .pools
-            .get(cluster, &access.admin, "postgres")
+            .get(cluster, &access.admin, "postgres", &access.tls)
             .await?;
         let version: i32 = admin
             .query_one("SELECT current_setting('server_version_num')::int", &[])
@@ -965,7 +998,8 @@ impl Provisioner {
             .get(0);
         let strategy = storage::clone_strategy(version);
         if !storage::database_exists(&admin, &template).await? {
-            let lock = connect(&config_for(cluster, &access.admin, "postgres")).await?;
+            let lock =
+                connect(&config_for(cluster, &access.admin, "postgres", &access.tls)).await?;
             lock.execute("SELECT pg_advisory_lock(hashtext($1))", &[&template])
                 .await
                 .map_err(Error::db("locking the template build"))?;
@@ -974,11 +1008,13 @@ impl Provisioner {
                 storage::drop_database(&admin, &build).await?;
                 storage::create_database(&admin, &build).await?;
                 {
-                    let su = connect(&config_for(cluster, &access.admin, &build)).await?;
+                    let su =
+                        connect(&config_for(cluster, &access.admin, &build, &access.tls)).await?;
                     tenancy_sdk::bootstrap::bootstrap_database(&su, &build).await?;
                 }
                 {
-                    let mut owner = connect(&config_for(cluster, &access.owner, &build)).await?;
+                    let mut owner =
+                        connect(&config_for(cluster, &access.owner, &build, &access.tls)).await?;
                     tenancy_sdk::bootstrap::install_runtime(&owner, &self.inner.key).await?;
                     storage::migrate_schema(&mut owner, "public", false, app).await?;
                     storage::strip_template_secrets(&owner).await?;
@@ -1040,7 +1076,7 @@ impl Provisioner {
     ) -> Result<usize, Error> {
         let wp = self.inner.cfg.warm_pool;
         let access = &self.inner.access;
-        let lock = connect(&config_for(cluster, &access.admin, "postgres")).await?;
+        let lock = connect(&config_for(cluster, &access.admin, "postgres", &access.tls)).await?;
         let locked: bool = lock
             .query_one(
                 "SELECT pg_try_advisory_lock(hashtext('tenancy-warm-pool-refill:' || $1))",
@@ -1058,7 +1094,7 @@ impl Provisioner {
             let mut owner = self
                 .inner
                 .pools
-                .get(cluster, &access.owner, &cluster.dbname)
+                .get(cluster, &access.owner, &cluster.dbname, &access.tls)
                 .await?;
             let mut ready = 0;
             for (name, version) in storage::spare_schemas(&owner).await? {
@@ -1092,7 +1128,7 @@ impl Provisioner {
             let admin = self
                 .inner
                 .pools
-                .get(cluster, &access.admin, "postgres")
+                .get(cluster, &access.admin, "postgres", &access.tls)
                 .await?;
             let mut ready = 0;
             for (name, of) in storage::spare_databases(&admin).await? {
@@ -1112,7 +1148,8 @@ impl Provisioner {
                 let version = {
                     // A connection of its own, closed before the spare is marked: a spare
                     // must have no sessions when it is claimed (renamed).
-                    let owner = connect(&config_for(cluster, &access.owner, &name)).await?;
+                    let owner =
+                        connect(&config_for(cluster, &access.owner, &name, &access.tls)).await?;
                     storage::finalize_clone(&owner, &self.inner.key).await?
                 };
                 if version.unwrap_or(0) < latest {
@@ -1152,7 +1189,12 @@ impl Provisioner {
         let mut owner = self
             .inner
             .pools
-            .get(cluster, &self.inner.access.owner, &cluster.dbname)
+            .get(
+                cluster,
+                &self.inner.access.owner,
+                &cluster.dbname,
+                &self.inner.access.tls,
+            )
             .await?;
         storage::migrate_schema(&mut owner, "public", false, app).await?;
         if let Ok(mut s) = self.inner.shared_ready.lock() {
@@ -1180,7 +1222,12 @@ impl Provisioner {
                 let owner = self
                     .inner
                     .pools
-                    .get(&cluster, &self.inner.access.owner, &cluster.dbname)
+                    .get(
+                        &cluster,
+                        &self.inner.access.owner,
+                        &cluster.dbname,
+                        &self.inner.access.tls,
+                    )
                     .await?;
                 storage::drop_schema(&owner, &schema).await?;
             }
@@ -1192,7 +1239,12 @@ impl Provisioner {
                 let admin = self
                     .inner
                     .pools
-                    .get(&cluster, &self.inner.access.admin, "postgres")
+                    .get(
+                        &cluster,
+                        &self.inner.access.admin,
+                        "postgres",
+                        &self.inner.access.tls,
+                    )
                     .await?;
                 storage::drop_database(&admin, &db).await?;
             }
@@ -1210,7 +1262,12 @@ impl Provisioner {
             return Ok(p.clone());
         }
         let pool = TenantPool::new(
-            config_for(cluster, &self.inner.access.runtime, &cluster.dbname),
+            config_for(
+                cluster,
+                &self.inner.access.runtime,
+                &cluster.dbname,
+                &self.inner.access.tls,
+            ),
             self.inner.key.clone(),
             PoolOptions {
                 max_size: 2,

@@ -14,6 +14,10 @@
 //!   not active or whose cluster is in another region, and opens the [`TenantTx`] on the
 //!   right cluster's pool.
 //!
+//! Connections are made by `tenancy_conn` ([`PgConfig`]): libpq-style settings with
+//! `sslmode` up to `verify-full`, TLS with rustls; tenant pools put their protocol splice
+//! above the TLS stream.
+//!
 //! What it does not do: it never sets a session-level tenant (only `set_config(…, true)`
 //! inside `tenancy.enter`), never connects as a superuser or owner for tenant data, and
 //! knows nothing about HTTP.
@@ -28,6 +32,7 @@ mod wire;
 pub use error::Error;
 pub use pool::{PoolOptions, TenantPool};
 pub use router::{ClusterCredentials, Router, RouterOptions};
+pub use tenancy_conn::{PgConfig, RootCerts, SslMode, Tls, TlsSettings};
 pub use tenancy_core::{ContextKey, KeyId, TenantId};
 pub use tokio_postgres::{types::ToSql, Row};
 pub use tx::TenantTx;

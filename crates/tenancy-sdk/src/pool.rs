@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use tenancy_conn::PgConfig;
 use tenancy_core::{ContextKey, ContextToken, TenantId};
 use tokio::sync::oneshot;
 use tokio_postgres::{CancelToken, Client, NoTls, Statement};
@@ -272,7 +273,7 @@ async fn sweep_deferred_commits(pool: managed::WeakPool<Manager>, deferred: Arc<
 async fn watch_transactions(
     pool: managed::WeakPool<Manager>,
     watches: Arc<Mutex<Vec<Weak<Watch>>>>,
-    config: tokio_postgres::Config,
+    config: PgConfig,
     limit: Duration,
 ) {
     let every = (limit / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -305,7 +306,7 @@ async fn watch_transactions(
 /// cancels the running statement, and terminates the backend, since the statement may
 /// catch the cancel (PL/pgSQL can trap `query_canceled`) and a busy backend does not
 /// notice a closed socket.
-async fn stop_backend(config: tokio_postgres::Config, w: Arc<Watch>) {
+async fn stop_backend(config: PgConfig, w: Arc<Watch>) {
     let fired_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -313,7 +314,8 @@ async fn stop_backend(config: tokio_postgres::Config, w: Arc<Watch>) {
     if let Some(kill) = w.kill.lock().ok().and_then(|mut k| k.take()) {
         let _ = kill.send(());
     }
-    if let Ok(socket) = wire::open_socket(&config).await {
+    // Over TLS when the pool's connections use it: the cancel key travels encrypted.
+    if let Ok(socket) = tenancy_conn::open_stream(&config).await {
         if let Err(e) = w.cancel.cancel_query_raw(socket, NoTls).await {
             tracing::debug!(error = %e, "cancelling an overdue transaction failed");
         }
@@ -323,8 +325,9 @@ async fn stop_backend(config: tokio_postgres::Config, w: Arc<Watch>) {
     // connection's.
     let pid = w.pid;
     let terminated = async {
-        let (client, connection) = config.connect(NoTls).await?;
-        tokio::spawn(connection);
+        let client = tenancy_conn::connect(&config)
+            .await
+            .map_err(|e| e.to_string())?;
         client
             .execute(
                 "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity \
@@ -332,6 +335,7 @@ async fn stop_backend(config: tokio_postgres::Config, w: Arc<Watch>) {
                 &[&pid, &fired_at],
             )
             .await
+            .map_err(|e| e.to_string())
     };
     if let Err(e) = terminated.await {
         tracing::warn!(error = %e, pid, "terminating the backend of an overdue transaction failed");
@@ -341,8 +345,8 @@ async fn stop_backend(config: tokio_postgres::Config, w: Arc<Watch>) {
 /// Creates and checks connections for the pool.
 #[derive(Debug)]
 pub(crate) struct Manager {
-    /// Where to connect, as which role.
-    config: tokio_postgres::Config,
+    /// Where to connect, as which role, and how to secure the connection.
+    config: PgConfig,
     /// Tenant connections: detect the context implementation and prepare the one-Sync
     /// openings.
     tenant: bool,
@@ -384,7 +388,7 @@ impl Manager {
     /// implementation, and prepares the one-Sync openings.
     async fn connect(&self) -> Result<Conn, wire::Error> {
         if !self.tenant {
-            let (client, connection) = self.config.connect(NoTls).await?;
+            let (client, connection) = self.config.connect_raw().await?;
             let kill = spawn_connection(connection);
             return Ok(self.conn(client, 0, None, kill));
         }
@@ -430,7 +434,7 @@ impl Manager {
         if self.context_reported.swap(true, Ordering::Relaxed) {
             return;
         }
-        let database = self.config.get_dbname().unwrap_or_default();
+        let database = self.config.pg().get_dbname().unwrap_or_default();
         if native {
             tracing::info!(
                 database,
@@ -506,25 +510,22 @@ pub(crate) type Object = managed::Object<Manager>;
 
 /// Builds a pool of plain connections (used directly only for catalog reads, which are
 /// not tenant data).
-pub(crate) fn build_pool(
-    config: tokio_postgres::Config,
-    opts: &PoolOptions,
-) -> Result<Pool, Error> {
+pub(crate) fn build_pool(config: PgConfig, opts: &PoolOptions) -> Result<Pool, Error> {
     build_pool_with(config, opts, false, Arc::default(), Arc::default())
 }
 
 fn build_pool_with(
-    mut config: tokio_postgres::Config,
+    mut config: PgConfig,
     opts: &PoolOptions,
     tenant: bool,
     deferred: Arc<AtomicUsize>,
     watches: Arc<Mutex<Vec<Weak<Watch>>>>,
 ) -> Result<Pool, Error> {
-    let options = match config.get_options() {
+    let options = match config.pg().get_options() {
         Some(own) if !own.trim().is_empty() => format!("{} {own}", opts.startup_options()),
         _ => opts.startup_options(),
     };
-    config.options(options);
+    config.pg_mut().options(options);
     Pool::builder(Manager {
         config,
         tenant,
@@ -667,16 +668,19 @@ pub struct TenantPool {
 
 impl TenantPool {
     /// Builds a pool that connects with `config` (which must name the runtime role).
-    /// Connections are opened lazily.
+    /// Connections are opened lazily. TLS is as `config` says (a `tokio_postgres::Config`
+    /// converts with its own `sslmode`; [`PgConfig`] also verifies the server's
+    /// certificate and presents client certificates).
     pub fn new(
-        config: tokio_postgres::Config,
+        config: impl Into<PgConfig>,
         key: ContextKey,
         opts: PoolOptions,
     ) -> Result<Self, Error> {
+        let config = config.into();
         if opts.max_size == 0 {
             return Err(Error::Invalid("pool max_size must be at least 1".into()));
         }
-        wire::check_config(&config).map_err(Error::Invalid)?;
+        wire::check_config(config.pg()).map_err(Error::Invalid)?;
         if let Some(path) = &opts.search_path {
             if path.contains('\0') {
                 return Err(Error::Invalid(

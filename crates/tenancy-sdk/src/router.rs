@@ -13,6 +13,8 @@ use tenancy_catalog::{CatalogError, ClusterRoute, TenantRoute};
 use tenancy_core::{ContextKey, Placement, RegionId, TenantId};
 use uuid::Uuid;
 
+use tenancy_conn::{PgConfig, Tls};
+
 use crate::pool::{build_pool, Pool, PoolOptions, TenantPool};
 use crate::{Error, TenantTx};
 
@@ -45,6 +47,11 @@ pub struct RouterOptions {
     pub cache_ttl: Duration,
     /// Settings of each cluster's pool.
     pub pool: PoolOptions,
+    /// How connections to tenant clusters are secured (`sslmode`, `sslrootcert`, client
+    /// certificate), the same for every cluster: the catalog says where a cluster is,
+    /// this says how to trust it (built with [`Tls::new`], which reads the certificate
+    /// files). The default is libpq's: `prefer`, unverified.
+    pub cluster_tls: Tls,
 }
 
 impl Default for RouterOptions {
@@ -53,6 +60,7 @@ impl Default for RouterOptions {
             allowed_regions: None,
             cache_ttl: Duration::from_secs(5),
             pool: PoolOptions::default(),
+            cluster_tls: Tls::default(),
         }
     }
 }
@@ -90,13 +98,13 @@ impl Router {
     /// Builds a router that looks tenants up in the catalog through `catalog_config`
     /// (runtime role).
     pub fn new(
-        catalog_config: tokio_postgres::Config,
+        catalog_config: impl Into<PgConfig>,
         key: ContextKey,
         creds: ClusterCredentials,
         opts: RouterOptions,
     ) -> Result<Self, Error> {
         let catalog = build_pool(
-            catalog_config,
+            catalog_config.into(),
             &PoolOptions {
                 max_size: 4,
                 ..opts.pool.clone()
@@ -199,6 +207,7 @@ impl Router {
         if let Some(p) = &self.inner.creds.password {
             cfg.password(p);
         }
+        let cfg = PgConfig::with_tls(cfg, &self.inner.opts.cluster_tls);
         let pool = TenantPool::new(cfg, self.inner.key.clone(), self.inner.opts.pool.clone())?;
         let mut m = self
             .inner
@@ -216,12 +225,13 @@ impl Router {
     /// when the returned handle is aborted or its connection drops (the TTL still applies).
     pub async fn listen_for_changes(
         &self,
-        catalog_config: tokio_postgres::Config,
+        catalog_config: impl Into<PgConfig>,
     ) -> Result<tokio::task::JoinHandle<()>, Error> {
         let (client, mut conn) = catalog_config
-            .connect(tokio_postgres::NoTls)
+            .into()
+            .connect_raw()
             .await
-            .map_err(Error::db("connecting the catalog change listener"))?;
+            .map_err(|e| Error::Pool(format!("connecting the catalog change listener: {e}")))?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let driver = tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));

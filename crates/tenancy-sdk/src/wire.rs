@@ -31,7 +31,6 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -39,9 +38,8 @@ use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
+use tenancy_conn::{PgConfig, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpStream, UnixStream};
-use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, Connection, NoTls};
 
 /// The statements prepared on every tenant connection, by name. Names resolve when they
@@ -81,142 +79,25 @@ const RESET_SESSION: &str = "tenancy_reset_session";
 /// A Sync message.
 const SYNC: [u8; 5] = [b'S', 0, 0, 0, 4];
 
-/// A plain socket: TCP or Unix.
-#[derive(Debug)]
-pub(crate) enum Socket {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl AsyncRead for Socket {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Socket {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
-/// Opens a socket to the first reachable host of `config`, with the socket settings
-/// tokio-postgres would apply itself: `hostaddr` (an address used instead of resolving the
-/// host), the connect timeout, TCP_NODELAY, keepalives and the TCP user timeout.
-pub(crate) async fn open_socket(config: &Config) -> io::Result<Socket> {
-    let hosts = config.get_hosts();
-    let addrs = config.get_hostaddrs();
-    if hosts.is_empty() && addrs.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the connection configuration names no host: set host (a name, an address or a Unix socket directory) or hostaddr",
-        ));
-    }
-    let ports = config.get_ports();
-    let mut last = None;
-    for i in 0..hosts.len().max(addrs.len()) {
-        let port = match ports {
-            [] => 5432,
-            [p] => *p,
-            ps => ps.get(i).copied().unwrap_or(5432),
-        };
-        let attempt = async {
-            match (addrs.get(i), hosts.get(i)) {
-                (None, Some(Host::Unix(dir))) => {
-                    UnixStream::connect(Path::new(dir).join(format!(".s.PGSQL.{port}")))
-                        .await
-                        .map(Socket::Unix)
-                }
-                (Some(ip), _) => tcp(config, TcpStream::connect((*ip, port)).await?),
-                (None, Some(Host::Tcp(name))) => {
-                    tcp(config, TcpStream::connect((name.as_str(), port)).await?)
-                }
-                (None, None) => Err(io::Error::other("no host to connect to")),
-            }
-        };
-        let r = match config.get_connect_timeout() {
-            Some(t) => tokio::time::timeout(*t, attempt).await.unwrap_or_else(|_| {
-                Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
-            }),
-            None => attempt.await,
-        };
-        match r {
-            Ok(s) => return Ok(s),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| io::Error::other("no host to connect to")))
-}
-
 /// Refuses connection settings that only tokio-postgres' own connect honours: the pool
 /// opens its sockets itself (to splice them), and would otherwise ignore them silently.
 pub(crate) fn check_config(config: &Config) -> Result<(), String> {
-    use tokio_postgres::config::{LoadBalanceHosts, SslMode, TargetSessionAttrs};
+    use tokio_postgres::config::{LoadBalanceHosts, TargetSessionAttrs};
     if config.get_target_session_attrs() != TargetSessionAttrs::Any {
         return Err("target_session_attrs is not supported by tenant pools: connect them to the primary's address".into());
     }
     if config.get_load_balance_hosts() != LoadBalanceHosts::Disable {
         return Err("load_balance_hosts is not supported by tenant pools: list the hosts in the order to try them".into());
     }
-    if config.get_ssl_mode() == SslMode::Require {
-        return Err("sslmode=require is not supported by tenant pools yet: use a Unix socket or a private network, with sslmode=disable or prefer".into());
-    }
     Ok(())
 }
 
-/// Applies `config`'s TCP settings to a new connection.
-fn tcp(config: &Config, s: TcpStream) -> io::Result<Socket> {
-    s.set_nodelay(true)?;
-    let sock = socket2::SockRef::from(&s);
-    if config.get_keepalives() {
-        let mut ka = socket2::TcpKeepalive::new().with_time(config.get_keepalives_idle());
-        if let Some(interval) = config.get_keepalives_interval() {
-            ka = ka.with_interval(interval);
-        }
-        if let Some(retries) = config.get_keepalives_retries() {
-            ka = ka.with_retries(retries);
-        }
-        sock.set_tcp_keepalive(&ka)?;
-    }
-    #[cfg(target_os = "linux")]
-    if let Some(t) = config.get_tcp_user_timeout() {
-        sock.set_tcp_user_timeout(Some(*t))?;
-    }
-    Ok(Socket::Tcp(s))
-}
-
 /// Connects with `config` over a [`SpliceStream`]. The splice is armed (ready to carry an
-/// opening) once start-up has finished.
+/// opening) once start-up has finished. On TLS the splice sits above the TLS stream,
+/// where the protocol is plaintext: `tenancy_conn` negotiates TLS on the socket, and
+/// tokio-postgres starts the session over the splice without TLS of its own.
 pub(crate) async fn connect(
-    config: &Config,
+    config: &PgConfig,
 ) -> Result<
     (
         Client,
@@ -225,10 +106,14 @@ pub(crate) async fn connect(
     ),
     Error,
 > {
-    let socket = open_socket(config).await.map_err(Error::Io)?;
+    let socket = tenancy_conn::open_stream(config).await?;
     let splice = Arc::new(Splice::default());
     let stream = SpliceStream::new(socket, Arc::clone(&splice));
-    let (client, connection) = config.connect_raw(stream, NoTls).await.map_err(Error::Pg)?;
+    let (client, connection) = config
+        .session_config()
+        .connect_raw(stream, NoTls)
+        .await
+        .map_err(Error::Pg)?;
     splice.lock().armed = true;
     Ok((client, connection, splice))
 }
@@ -236,8 +121,8 @@ pub(crate) async fn connect(
 /// Why a pooled connection could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
-    #[error("could not open a socket to the database: {0}")]
-    Io(io::Error),
+    #[error(transparent)]
+    Conn(#[from] tenancy_conn::ConnError),
     #[error(transparent)]
     Pg(#[from] tokio_postgres::Error),
 }
@@ -548,7 +433,7 @@ impl Framer {
 /// The socket of a tenant connection: inserts queued openings, filters their replies.
 #[derive(Debug)]
 pub(crate) struct SpliceStream {
-    inner: Socket,
+    inner: Stream,
     splice: Arc<Splice>,
     /// Bytes accepted from tokio-postgres (with an opening in front) not yet on the socket.
     wbuf: Vec<u8>,
@@ -563,7 +448,7 @@ pub(crate) struct SpliceStream {
 }
 
 impl SpliceStream {
-    fn new(inner: Socket, splice: Arc<Splice>) -> Self {
+    fn new(inner: Stream, splice: Arc<Splice>) -> Self {
         SpliceStream {
             inner,
             splice,

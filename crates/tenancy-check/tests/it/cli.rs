@@ -167,3 +167,58 @@ async fn junit_and_text_outputs() {
     );
     assert!(!text.contains('\x1b'), "no colours when not a terminal");
 }
+
+/// `tenancy check` over TLS: a `postgres://` URL with `sslmode=verify-full` and
+/// `sslrootcert` reaches a server that only accepts TLS on TCP; the wrong CA cannot run.
+#[tokio::test]
+async fn audits_a_database_over_verify_full_tls() {
+    let cluster = tenancy_pg::Cluster::start(tenancy_pg::ClusterOptions {
+        tls: Some(tenancy_pg::ClusterTls::default()),
+        ..tenancy_pg::ClusterOptions::for_tests()
+    })
+    .await
+    .expect("TLS cluster");
+    let (app, owner) = unique_roles("tls");
+    let su = cluster.connect("postgres").await.expect("superuser");
+    for sql in [
+        "ALTER ROLE postgres PASSWORD 'check-tls'".to_owned(),
+        "CREATE DATABASE check_tls".to_owned(),
+    ] {
+        su.batch_execute(&sql).await.expect("set-up");
+    }
+    let c = cluster.connect("check_tls").await.expect("superuser");
+    c.batch_execute(&format!(
+        "{}\n{}",
+        corpus::roles_sql(&app, &owner),
+        corpus::fill(corpus::BASE, &app, &owner, "check_tls")
+    ))
+    .await
+    .expect("schema");
+    let ca = cluster.tls_ca_file().expect("CA");
+    let url = |root: &str| {
+        format!(
+            "postgres://postgres:check-tls@localhost:{}/check_tls?sslmode=verify-full&sslrootcert={root}",
+            cluster.port()
+        )
+    };
+    let (code, text) = run_to_string(&args(&[
+        "--database-url",
+        &url(&ca.display().to_string()),
+        "--runtime-role",
+        &app,
+        "--probe",
+    ]))
+    .await;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("policy-unsigned-context"), "{text}");
+
+    // Its own certificate is not a CA that signed the server's: cannot run.
+    let (code, _) = run_to_string(&args(&[
+        "--database-url",
+        &url(&ca.with_file_name("server.crt").display().to_string()),
+        "--runtime-role",
+        &app,
+    ]))
+    .await;
+    assert_eq!(code, 2);
+}

@@ -34,7 +34,7 @@ async fn main() -> ExitCode {
         eprintln!("usage: tenancy-config-watch DSN TENANT FLAG");
         return ExitCode::from(2);
     };
-    let config: tokio_postgres::Config = match dsn.parse() {
+    let config: tenancy_conn::PgConfig = match dsn.parse() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("bad DSN: {e}");

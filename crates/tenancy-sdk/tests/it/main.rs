@@ -8,3 +8,4 @@ mod lifecycle;
 mod residual;
 mod router;
 mod support;
+mod tls;
