@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use serde_json::json;
 use tenancy_core::TenantId;
-use tenancy_sdk::{PoolOptions, TenantPool};
+use tenancy_sdk::{PgConfig, PoolOptions, TenantPool};
 
 use crate::bare;
 use crate::harness::{self, Sample, Settings, Variants, CONCURRENCY};
@@ -34,11 +34,8 @@ pub async fn ours_op(pool: &TenantPool, tenant: uuid::Uuid, id: i64) -> Result<(
     ours_read(pool, tenant, id, true).await
 }
 
-/// The same read in a read-write transaction: its COMMIT is awaited (two round trips).
-pub async fn ours_rw_op(pool: &TenantPool, tenant: uuid::Uuid, id: i64) -> Result<()> {
-    ours_read(pool, tenant, id, false).await
-}
-
+/// The same read in a read-only or a read-write transaction (a read-write one awaits its
+/// COMMIT: two round trips).
 async fn ours_read(pool: &TenantPool, tenant: uuid::Uuid, id: i64, read_only: bool) -> Result<()> {
     let tid = TenantId::from_uuid(tenant).context("wrapping the tenant id")?;
     let mut tx = if read_only {
@@ -125,6 +122,8 @@ async fn naive_op(pool: &bare::Pool, tenant: uuid::Uuid, id: i64) -> Result<()> 
 struct Bench<'a> {
     env: &'a Env,
     tenants: Arc<Vec<uuid::Uuid>>,
+    /// The variants measured, in order (the naive one only where the flavour has it).
+    names: &'static [&'static str],
     ours: Vec<Arc<TenantPool>>,
     ours_rw: Vec<Arc<TenantPool>>,
     bare: Vec<bare::Pool>,
@@ -133,34 +132,28 @@ struct Bench<'a> {
 
 impl Variants for Bench<'_> {
     fn names(&self) -> &[&'static str] {
-        &[OURS, BARE, NAIVE, OURS_RW]
+        self.names
     }
 
     async fn run(&self, v: usize, ci: usize, duration: Duration) -> Result<Sample> {
         let c = CONCURRENCY[ci];
         let pm = self.env.postmaster_pid;
-        match v {
-            0 => {
-                let pool = Arc::clone(&self.ours[ci]);
+        match self.names[v] {
+            OURS | OURS_RW => {
+                let read_only = self.names[v] == OURS;
+                let pools = if read_only { &self.ours } else { &self.ours_rw };
+                let pool = Arc::clone(&pools[ci]);
                 harness::measure(&self.tenants, c, duration, pm, move |t, id| {
                     let pool = Arc::clone(&pool);
-                    async move { ours_op(&pool, t, id).await }
+                    async move { ours_read(&pool, t, id, read_only).await }
                 })
                 .await
             }
-            1 => {
+            BARE => {
                 let pool = self.bare[ci].clone();
                 harness::measure(&self.tenants, c, duration, pm, move |t, id| {
                     let pool = pool.clone();
                     async move { bare_op(&pool, t, id).await }
-                })
-                .await
-            }
-            3 => {
-                let pool = Arc::clone(&self.ours_rw[ci]);
-                harness::measure(&self.tenants, c, duration, pm, move |t, id| {
-                    let pool = Arc::clone(&pool);
-                    async move { ours_rw_op(&pool, t, id).await }
                 })
                 .await
             }
@@ -178,8 +171,12 @@ impl Variants for Bench<'_> {
 
 /// Builds a `TenantPool` of `c` connections.
 pub fn ours_pool(env: &Env, c: usize) -> Result<TenantPool> {
+    ours_pool_with(env, env.app_config().into(), c)
+}
+
+fn ours_pool_with(env: &Env, config: PgConfig, c: usize) -> Result<TenantPool> {
     TenantPool::new(
-        env.app_config(),
+        config,
         env.key.clone(),
         PoolOptions {
             max_size: c,
@@ -189,22 +186,60 @@ pub fn ours_pool(env: &Env, c: usize) -> Result<TenantPool> {
     .context("building the TenantPool")
 }
 
+/// What one report of the `tenant_tx` read measures: its name, the connection settings of
+/// every variant, and whether the naive variant runs too.
+pub struct Flavor {
+    /// The report's name (`target/bench/<name>.json`).
+    pub name: &'static str,
+    /// Every variant connects with these settings (plain, or TLS).
+    pub config: PgConfig,
+    /// Whether the naive four-round-trip variant is measured.
+    pub naive: bool,
+    /// Added to the baseline's description.
+    pub connection: &'static str,
+    /// Extra fields of `params`.
+    pub params: serde_json::Value,
+}
+
 /// Runs the benchmark and writes `target/bench/tenant_tx.json`.
 pub async fn run(env: &Env, settings: Settings) -> Result<()> {
     println!("== tenant_tx: TenantTx point read vs bare pool (same query, no tenancy, no RLS)");
+    let flavor = Flavor {
+        name: "tenant_tx",
+        config: env.app_config().into(),
+        naive: true,
+        connection: "",
+        params: json!({}),
+    };
+    run_flavor(env, settings, flavor).await
+}
+
+/// Measures `flavor` and writes its report.
+pub async fn run_flavor(env: &Env, settings: Settings, flavor: Flavor) -> Result<()> {
     let mut bench = Bench {
         env,
         tenants: Arc::new(env.tenants.clone()),
+        names: if flavor.naive {
+            &[OURS, BARE, NAIVE, OURS_RW]
+        } else {
+            &[OURS, BARE, OURS_RW]
+        },
         ours: Vec::new(),
         ours_rw: Vec::new(),
         bare: Vec::new(),
         naive: Vec::new(),
     };
     for c in CONCURRENCY {
-        bench.ours.push(Arc::new(ours_pool(env, c)?));
-        bench.ours_rw.push(Arc::new(ours_pool(env, c)?));
-        bench.bare.push(bare::build(env.app_config(), c)?);
-        bench.naive.push(bare::build(env.app_config(), c)?);
+        bench
+            .ours
+            .push(Arc::new(ours_pool_with(env, flavor.config.clone(), c)?));
+        bench
+            .ours_rw
+            .push(Arc::new(ours_pool_with(env, flavor.config.clone(), c)?));
+        bench.bare.push(bare::build(flavor.config.clone(), c)?);
+        if flavor.naive {
+            bench.naive.push(bare::build(flavor.config.clone(), c)?);
+        }
     }
     let m = harness::run_matrix(&bench, settings).await?;
     m.print_medians();
@@ -212,74 +247,70 @@ pub async fn run(env: &Env, settings: Settings) -> Result<()> {
         return Ok(());
     }
 
-    let (o8, b8, n8) = (
-        m.median_ops(OURS, 0),
-        m.median_ops(BARE, 0),
-        m.median_ops(NAIVE, 0),
-    );
-    let (o32, b32, n32) = (
-        m.median_ops(OURS, 1),
-        m.median_ops(BARE, 1),
-        m.median_ops(NAIVE, 1),
-    );
+    let (o8, b8) = (m.median_ops(OURS, 0), m.median_ops(BARE, 0));
+    let (o32, b32) = (m.median_ops(OURS, 1), m.median_ops(BARE, 1));
     let (rw8, rw32) = (m.median_ops(OURS_RW, 0), m.median_ops(OURS_RW, 1));
     let imp = env.context_impl().await?;
+    let mut params = json!({
+        "headline": "top-level ours/baseline/ratio are the medians at concurrency 8; see ratio_c8 and ratio_c32",
+        "ratio_c8": harness::ratio(o8, b8),
+        "ratio_c32": harness::ratio(o32, b32),
+        "ours_rw_ratio_c8": harness::ratio(rw8, b8),
+        "ours_rw_ratio_c32": harness::ratio(rw32, b32),
+        "context_impl": format!("{imp:?}"),
+        "concurrency": CONCURRENCY,
+        "pool_size": "= concurrency",
+        "runs": settings.runs,
+        "seconds": settings.seconds,
+        "warmup_seconds": settings.warmup_seconds,
+        "order": format!("per run: c8 then c32; within each, {} (alternating, each with its own warm-up)", bench.names.join(", ")),
+        "statistic": "median over runs of ops/s",
+        "tenants": TENANTS,
+        "rows_per_tenant": ROWS_PER_TENANT,
+        "queries": {
+            "ours": format!("TenantPool::begin_read_only + TenantTx::query_one({OURS_SQL:?}) + commit (queued); RLS via tenancy.make_tenant_table"),
+            "ours_rw": format!("TenantPool::begin + TenantTx::query_one({OURS_SQL:?}) + commit (awaited)"),
+            "bare": BARE_SQL,
+            "naive": format!("BEGIN / {NAIVE_SET_SQL} / {NAIVE_SQL} / COMMIT, four round trips on the bare pool"),
+        },
+        "variants": m.variants_json(),
+        "tokio_worker_threads": "default (one per core)",
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+    });
+    let mut naive_line = String::new();
+    if flavor.naive {
+        let (n8, n32) = (m.median_ops(NAIVE, 0), m.median_ops(NAIVE, 1));
+        params["naive_ratio_c8"] = harness::ratio(n8, b8).into();
+        params["naive_ratio_c32"] = harness::ratio(n32, b32).into();
+        params["ours_vs_naive_c8"] = harness::ratio(o8, n8).into();
+        params["ours_vs_naive_c32"] = harness::ratio(o32, n32).into();
+        naive_line = format!("naive/bare c8 {:.3}, c32 {:.3}; ", n8 / b8, n32 / b32);
+    }
+    if let (Some(p), serde_json::Value::Object(extra)) = (params.as_object_mut(), flavor.params) {
+        p.extend(extra);
+    }
     let report = Report {
-        name: "tenant_tx".into(),
+        name: flavor.name.into(),
         unit: "tx/s (higher is better; ratio = ours/baseline)".into(),
         ours: harness::ops(o8),
         baseline: harness::ops(b8),
-        baseline_name:
+        baseline_name: format!(
             "bare: same query on a table without RLS, same deadpool pool and size with a \
-                        per-connection statement cache, no transaction, no tenant context"
-                .into(),
+             per-connection statement cache, no transaction, no tenant context{}",
+            flavor.connection
+        ),
         ratio: harness::ratio(o8, b8),
-        params: json!({
-            "headline": "top-level ours/baseline/ratio are the medians at concurrency 8; see ratio_c8 and ratio_c32",
-            "ratio_c8": harness::ratio(o8, b8),
-            "ratio_c32": harness::ratio(o32, b32),
-            "ours_rw_ratio_c8": harness::ratio(rw8, b8),
-            "ours_rw_ratio_c32": harness::ratio(rw32, b32),
-            "context_impl": format!("{imp:?}"),
-            "naive_ratio_c8": harness::ratio(n8, b8),
-            "naive_ratio_c32": harness::ratio(n32, b32),
-            "ours_vs_naive_c8": harness::ratio(o8, n8),
-            "ours_vs_naive_c32": harness::ratio(o32, n32),
-            "concurrency": CONCURRENCY,
-            "pool_size": "= concurrency",
-            "runs": settings.runs,
-            "seconds": settings.seconds,
-            "warmup_seconds": settings.warmup_seconds,
-            "order": "per run: c8 then c32; within each, ours, bare, naive (alternating, each with its own warm-up)",
-            "statistic": "median over runs of ops/s",
-            "tenants": TENANTS,
-            "rows_per_tenant": ROWS_PER_TENANT,
-            "queries": {
-                "ours": format!("TenantPool::begin_read_only + TenantTx::query_one({OURS_SQL:?}) + commit (queued); RLS via tenancy.make_tenant_table"),
-                "ours_rw": format!("TenantPool::begin + TenantTx::query_one({OURS_SQL:?}) + commit (awaited)"),
-                "bare": BARE_SQL,
-                "naive": format!("BEGIN / {NAIVE_SET_SQL} / {NAIVE_SQL} / COMMIT, four round trips on the bare pool"),
-            },
-            "variants": m.variants_json(),
-            "tokio_worker_threads": "default (one per core)",
-            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        }),
+        params,
     };
     let path = report.write()?;
     println!(
-        "tenant_tx: ours {:.0} tx/s vs bare {:.0} ops/s at c=8 → ratio {:.3}; c=32: {:.0} vs {:.0} → {:.3}; \
-         naive/bare c8 {:.3}, c32 {:.3}; read-write ours/bare c8 {:.3}, c32 {:.3} ({:?} context)",
-        o8,
-        b8,
+        "{}: ours {o8:.0} tx/s vs bare {b8:.0} ops/s at c=8 → ratio {:.3}; c=32: {o32:.0} vs {b32:.0} → {:.3}; \
+         {naive_line}read-write ours/bare c8 {:.3}, c32 {:.3} ({imp:?} context)",
+        flavor.name,
         o8 / b8,
-        o32,
-        b32,
         o32 / b32,
-        n8 / b8,
-        n32 / b32,
         rw8 / b8,
         rw32 / b32,
-        imp
     );
     println!("wrote {}", path.display());
     Ok(())
