@@ -220,20 +220,7 @@ async fn a_server_certificate_from_another_ca_is_refused() {
     let url = env
         .app_url()
         .replace(&env.ca.display().to_string(), &other.display().to_string());
-    let pool = TenantPool::new(
-        PgConfig::parse(&url).expect("settings"),
-        key(),
-        PoolOptions::default(),
-    )
-    .expect("pool");
-    let e = match pool.begin(TenantId::new_random()).await {
-        Ok(mut tx) => tx
-            .query("SELECT 1", &[])
-            .await
-            .expect_err("an untrusted server")
-            .to_string(),
-        Err(e) => e.to_string(),
-    };
+    let e = pool_connect_error(&url).await;
     assert!(e.contains("not signed by a CA in sslrootcert"), "{e}");
 }
 
@@ -380,20 +367,7 @@ async fn require_against_a_server_without_tls_fails_clearly() {
         );
     }
     // A tenant pool says the same when it opens a connection.
-    let pool = TenantPool::new(
-        PgConfig::parse(&format!("{url} sslmode=require")).expect("settings"),
-        key(),
-        PoolOptions::default(),
-    )
-    .expect("a pool accepts sslmode=require");
-    let e = match pool.begin(TenantId::new_random()).await {
-        Ok(mut tx) => tx
-            .query("SELECT 1", &[])
-            .await
-            .expect_err("no TLS")
-            .to_string(),
-        Err(e) => e.to_string(),
-    };
+    let e = pool_connect_error(&format!("{url} sslmode=require")).await;
     assert!(e.contains("does not accept TLS connections"), "{e}");
 }
 
@@ -496,4 +470,23 @@ async fn the_router_reaches_tenant_clusters_with_its_cluster_tls_settings() {
         Err(e) => e.to_string(),
     };
     assert!(e.contains("not signed by a CA in sslrootcert"), "{e}");
+}
+
+/// The error a tenant pool built from `url` gives for the first transaction, whose
+/// connection must fail (a pool accepts the settings; connecting is what fails).
+async fn pool_connect_error(url: &str) -> String {
+    let pool = TenantPool::new(
+        PgConfig::parse(url).expect("settings"),
+        key(),
+        PoolOptions::default(),
+    )
+    .expect("a pool accepts the settings");
+    match pool.begin(TenantId::new_random()).await {
+        Ok(mut tx) => tx
+            .query("SELECT 1", &[])
+            .await
+            .expect_err("the connection must fail")
+            .to_string(),
+        Err(e) => e.to_string(),
+    }
 }
