@@ -218,7 +218,7 @@ async fn setup_ours(cluster: &Cluster) -> Result<Ours> {
         }],
     )
     .await?;
-    tenancy_catalog::record_app_migrations(&owner, &app.recorded()).await?;
+    tenancy_catalog::record_app_migration_sources(&owner, &app.sources()).await?;
     Ok(Ours {
         catalog,
         access: ClusterAccess::local(cluster.superuser()),

@@ -150,29 +150,6 @@ pub async fn recorded_app_migrations<C: GenericClient>(
         .collect())
 }
 
-/// Records app migrations as applied (first writer wins; a recorded checksum never changes).
-pub async fn record_app_migrations<C: GenericClient>(
-    client: &C,
-    migrations: &[RecordedAppMigration],
-) -> Result<(), CatalogError> {
-    if migrations.is_empty() {
-        return Ok(());
-    }
-    let versions: Vec<i32> = migrations.iter().map(|m| m.version).collect();
-    let names: Vec<&str> = migrations.iter().map(|m| m.name.as_str()).collect();
-    let sums: Vec<&str> = migrations.iter().map(|m| m.checksum.as_str()).collect();
-    client
-        .execute(
-            "INSERT INTO tenancy_catalog.app_migrations (version, name, checksum)
-             SELECT * FROM unnest($1::int[], $2::text[], $3::text[])
-             ON CONFLICT (version) DO NOTHING",
-            &[&versions, &names, &sums],
-        )
-        .await
-        .map_err(CatalogError::db("recording app migrations"))?;
-    Ok(())
-}
-
 /// The recorded app migrations newer than `version`, with their texts, by version. One
 /// indexed query; empty when nothing newer was recorded (the usual case).
 pub async fn app_migration_sources_after<C: GenericClient>(

@@ -98,18 +98,6 @@ impl AppMigrations {
         &self.migrations
     }
 
-    /// The migrations as the catalog's migration ledger records them.
-    pub fn recorded(&self) -> Vec<tenancy_catalog::RecordedAppMigration> {
-        self.migrations
-            .iter()
-            .map(|m| tenancy_catalog::RecordedAppMigration {
-                version: m.version,
-                name: m.name.clone(),
-                checksum: m.checksum(),
-            })
-            .collect()
-    }
-
     /// The migrations with their texts, as the ledger records them for provisioning.
     pub fn sources(&self) -> Vec<tenancy_catalog::AppMigrationSource> {
         self.migrations
