@@ -280,6 +280,15 @@ fn report(
             println!("context key kept (already installed; pass --context-key-hex to replace it)")
         }
     }
+    if !state.superuser {
+        // bootstrap.sql sets it only when run by a superuser (nobody else may).
+        println!(
+            "recommended, as a superuser (keeps context tokens out of statement logs; the roles cannot undo it):"
+        );
+        println!(
+            "  ALTER ROLE tenancy_app SET log_parameter_max_length = 0; ALTER ROLE tenancy_worker SET log_parameter_max_length = 0;"
+        );
+    }
     println!("start the control plane with (passwords from your secret store):");
     println!(
         "  DATABASE_URL='{}' TENANCY_CONTEXT_KEY_HEX=… TENANCY_OWNER_PASSWORD=… TENANCY_RUNTIME_PASSWORD=… \

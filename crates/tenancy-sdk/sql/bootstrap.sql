@@ -59,3 +59,18 @@ BEGIN
   END IF;
 END
 $bootstrap_config_reader$;
+
+-- Bound parameters stay out of the server log for the roles that carry signed tokens:
+-- with log_statement or log_min_duration_statement on, PostgreSQL logs each statement's
+-- parameters, and tenancy.enter's parameter is a live context token. Only a superuser may
+-- set log_parameter_max_length (and only a superuser may remove the default again, so the
+-- runtime role's own SQL cannot undo it). A role with CREATEROLE only cannot: `tenancy
+-- bootstrap` then prints the statement for a superuser to run.
+DO $log_parameters$
+BEGIN
+  IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+    ALTER ROLE tenancy_app SET log_parameter_max_length = 0;
+    ALTER ROLE tenancy_worker SET log_parameter_max_length = 0;
+  END IF;
+END
+$log_parameters$;
