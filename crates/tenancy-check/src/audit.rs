@@ -1526,13 +1526,25 @@ async fn runtime_role_setting_rules(
     gucs: &[String],
     f: &mut Vec<Finding>,
 ) -> Result<(), CheckError> {
+    // A setting only a superuser may set (`log_parameter_max_length`, which the bootstrap
+    // stores to keep tokens out of statement logs) is one the role cannot change or reset
+    // either, unless it was granted SET on it (PostgreSQL 15+).
+    let changeable = if t.version >= 150000 {
+        "p.context <> 'superuser' OR pg_catalog.has_parameter_privilege(s.setrole, p.name, 'SET')"
+    } else {
+        "p.context <> 'superuser'"
+    };
     let rows = query(
         client,
-        "SELECT coalesce(d.datname::text, ''), c \
-           FROM pg_catalog.pg_db_role_setting s \
-           LEFT JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase, unnest(s.setconfig) c \
-          WHERE s.setrole = $1::oid AND (s.setdatabase = 0 OR d.datname = current_database()) \
-          ORDER BY 1, 2",
+        &format!(
+            "SELECT coalesce(d.datname::text, ''), c \
+               FROM pg_catalog.pg_db_role_setting s \
+               LEFT JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase, unnest(s.setconfig) c \
+              WHERE s.setrole = $1::oid AND (s.setdatabase = 0 OR d.datname = current_database()) \
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_settings p \
+                                 WHERE p.name = lower(split_part(c, '=', 1)) AND NOT ({changeable})) \
+              ORDER BY 1, 2"
+        ),
         &[&t.role_oid],
         "reading the runtime role's stored settings",
     )
