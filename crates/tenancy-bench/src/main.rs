@@ -21,6 +21,7 @@ mod tenant_tx_tls;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
+use tenancy_sdk::bootstrap::ContextImpl;
 
 /// Which benchmark to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -164,9 +165,24 @@ async fn main() -> Result<()> {
         .await
         .context("setting up the benchmark database")?;
     if matches!(cli.name, Name::TenantTx | Name::All) {
-        tenant_tx::run(&env, settings)
-            .await
-            .context("running tenant_tx")?;
+        // Both context implementations in one run: the PL/pgSQL one (what a managed
+        // server without the extension runs) on a cluster of its own, unless the main
+        // one already runs it.
+        let plpgsql = if env.context_impl().await? == ContextImpl::PlPgSql {
+            None
+        } else {
+            println!("setting up a second private cluster with the PL/pgSQL context…");
+            Some(
+                setup::Env::start_context(None, Some(ContextImpl::PlPgSql))
+                    .await
+                    .context("setting up the PL/pgSQL benchmark database")?,
+            )
+        };
+        let r = tenant_tx::run(&env, plpgsql.as_ref(), settings).await;
+        if let Some(pl) = plpgsql {
+            pl.cluster.stop().await;
+        }
+        r.context("running tenant_tx")?;
     }
     if matches!(cli.name, Name::TenantTxTenaxum | Name::All) {
         tenant_tx_tenaxum::run(&env, settings)

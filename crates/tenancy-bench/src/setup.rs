@@ -69,6 +69,19 @@ impl Env {
 
     /// Like [`Env::start`], on a cluster serving TLS when `tls` is given.
     pub async fn start_with(tls: Option<tenancy_pg::ClusterTls>) -> Result<Env> {
+        let force = match std::env::var("TENANCY_BENCH_CONTEXT").as_deref() {
+            Ok("plpgsql") => Some(tenancy_sdk::bootstrap::ContextImpl::PlPgSql),
+            _ => None,
+        };
+        Env::start_context(tls, force).await
+    }
+
+    /// Like [`Env::start_with`], with the context implementation `force`d (`None`: the
+    /// native one where the server offers it).
+    pub async fn start_context(
+        tls: Option<tenancy_pg::ClusterTls>,
+        force: Option<tenancy_sdk::bootstrap::ContextImpl>,
+    ) -> Result<Env> {
         let with_tls = tls.is_some();
         let cluster = Cluster::start(ClusterOptions {
             ephemeral: true,
@@ -115,10 +128,6 @@ impl Env {
         );
         // TENANCY_BENCH_CONTEXT=plpgsql measures the PL/pgSQL context where the native one
         // could be installed.
-        let force = match std::env::var("TENANCY_BENCH_CONTEXT").as_deref() {
-            Ok("plpgsql") => Some(tenancy_sdk::bootstrap::ContextImpl::PlPgSql),
-            _ => None,
-        };
         tenancy_sdk::bootstrap::install_runtime_with(&owner, &key, force)
             .await
             .context("installing the tenancy runtime")?;

@@ -201,21 +201,68 @@ pub struct Flavor {
     pub params: serde_json::Value,
 }
 
-/// Runs the benchmark and writes `target/bench/tenant_tx.json`.
-pub async fn run(env: &Env, settings: Settings) -> Result<()> {
+/// Runs the benchmark on `env` and, when given, again on `plpgsql` (a database with the
+/// PL/pgSQL context), and writes `target/bench/tenant_tx.json`: the top-level figures are
+/// `env`'s, `params.by_context` has each implementation's ratios.
+pub async fn run(env: &Env, plpgsql: Option<&Env>, settings: Settings) -> Result<()> {
     println!("== tenant_tx: TenantTx point read vs bare pool (same query, no tenancy, no RLS)");
-    let flavor = Flavor {
+    let flavor = |env: &Env| Flavor {
         name: "tenant_tx",
         config: env.app_config().into(),
         naive: true,
         connection: "",
         params: json!({}),
     };
-    run_flavor(env, settings, flavor).await
+    let Some(mut report) = measure(env, settings, flavor(env)).await? else {
+        return Ok(());
+    };
+    let mut by_context = serde_json::Map::new();
+    by_context.insert(context_key(&report.params), context_summary(&report.params));
+    if let Some(pl) = plpgsql {
+        println!("== tenant_tx on the PL/pgSQL context");
+        if let Some(other) = measure(pl, settings, flavor(pl)).await? {
+            by_context.insert(context_key(&other.params), context_summary(&other.params));
+        }
+    }
+    report.params["by_context"] = serde_json::Value::Object(by_context);
+    let path = report.write()?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// `native` or `plpgsql`, from a report's `params.context_impl`.
+fn context_key(params: &serde_json::Value) -> String {
+    params["context_impl"]
+        .as_str()
+        .unwrap_or("unknown")
+        .to_lowercase()
+}
+
+/// One context implementation's figures for `params.by_context`.
+fn context_summary(params: &serde_json::Value) -> serde_json::Value {
+    json!({
+        "ratio_c8": params["ratio_c8"],
+        "ratio_c32": params["ratio_c32"],
+        "ours_rw_ratio_c8": params["ours_rw_ratio_c8"],
+        "ours_rw_ratio_c32": params["ours_rw_ratio_c32"],
+        "vs_naive_c8": params["ours_vs_naive_c8"],
+        "vs_naive_c32": params["ours_vs_naive_c32"],
+        "naive_ratio_c8": params["naive_ratio_c8"],
+        "variants": params["variants"],
+    })
 }
 
 /// Measures `flavor` and writes its report.
 pub async fn run_flavor(env: &Env, settings: Settings, flavor: Flavor) -> Result<()> {
+    if let Some(report) = measure(env, settings, flavor).await? {
+        let path = report.write()?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Measures `flavor` on `env` and returns its report (`None` when only profiling).
+async fn measure(env: &Env, settings: Settings, flavor: Flavor) -> Result<Option<Report>> {
     let mut bench = Bench {
         env,
         tenants: Arc::new(env.tenants.clone()),
@@ -244,7 +291,7 @@ pub async fn run_flavor(env: &Env, settings: Settings, flavor: Flavor) -> Result
     let m = harness::run_matrix(&bench, settings).await?;
     m.print_medians();
     if harness::profiling_only(settings) {
-        return Ok(());
+        return Ok(None);
     }
 
     let (o8, b8) = (m.median_ops(OURS, 0), m.median_ops(BARE, 0));
@@ -302,7 +349,6 @@ pub async fn run_flavor(env: &Env, settings: Settings, flavor: Flavor) -> Result
         ratio: harness::ratio(o8, b8),
         params,
     };
-    let path = report.write()?;
     println!(
         "{}: ours {o8:.0} tx/s vs bare {b8:.0} ops/s at c=8 → ratio {:.3}; c=32: {o32:.0} vs {b32:.0} → {:.3}; \
          {naive_line}read-write ours/bare c8 {:.3}, c32 {:.3} ({imp:?} context)",
@@ -312,6 +358,5 @@ pub async fn run_flavor(env: &Env, settings: Settings, flavor: Flavor) -> Result
         rw8 / b8,
         rw32 / b32,
     );
-    println!("wrote {}", path.display());
-    Ok(())
+    Ok(Some(report))
 }

@@ -24,7 +24,10 @@ async fn statement_logs_show_the_openings_but_never_a_context_token() {
         let pool = pool(&db, 1);
         let tenant = TenantId::new_random();
         seed(&pool, tenant, 2).await;
-        assert_eq!(visible_tenants(&pool, tenant).await, vec![tenant.as_uuid(); 2]);
+        assert_eq!(
+            visible_tenants(&pool, tenant).await,
+            vec![tenant.as_uuid(); 2]
+        );
 
         let log = std::fs::read_to_string(db.cluster.data_dir().join(LOG_FILE))
             .expect("the cluster's log file");
