@@ -41,16 +41,25 @@
 //! CONNECT grants.
 
 mod audit;
+mod database;
+mod functions;
 mod model;
 mod output;
+mod policies;
 mod predicate;
 mod probe;
+mod reach;
+mod roles;
+mod tables;
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 pub use audit::audit;
-pub use model::{rule_info, CheckError, Finding, Report, RuleInfo, Severity, Summary, RULES};
+pub use model::{
+    is_hazard, rule_info, CheckError, Finding, Report, RuleInfo, Severity, Summary, POSTURE_RULES,
+    RULES,
+};
 pub use output::{json_value, render, sarif, Format};
 pub use probe::probe;
 
@@ -60,8 +69,10 @@ pub struct Options {
     /// The role the application connects as; `None` picks `tenancy_app` on tenancy-managed
     /// databases and the connecting role otherwise.
     pub runtime_role: Option<String>,
-    /// Name of the tenant column.
-    pub tenant_column: String,
+    /// Names of the tenant column, in order of preference (a table is keyed by the first it
+    /// has). Tables with none of them are keyed by what the audit finds (policies, foreign
+    /// keys, owner column names; see the crate docs).
+    pub tenant_columns: Vec<String>,
     /// Tables (`schema.table`, or `table` for `public`) that are global on purpose.
     pub global_tables: Vec<String>,
     /// Name of the setting holding the tenant on non-tenancy databases (probe; also checked in
@@ -75,7 +86,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             runtime_role: None,
-            tenant_column: "tenant_id".into(),
+            tenant_columns: vec!["tenant_id".into()],
             global_tables: Vec::new(),
             context_guc: None,
             context_key: None,
@@ -92,10 +103,18 @@ pub struct CheckArgs {
     /// Role the application runs as [default: tenancy_app on tenancy-managed databases, else the connecting role].
     #[arg(long, value_name = "ROLE")]
     pub runtime_role: Option<String>,
-    /// Column that holds the tenant id.
-    #[arg(long, value_name = "NAME", default_value = "tenant_id")]
-    pub tenant_column: String,
-    /// A table that is global on purpose (repeatable).
+    /// Column that holds the tenant id (repeatable, or comma-separated: a table is keyed by
+    /// the first it has; tables with none are keyed by what the policies and foreign keys
+    /// show).
+    #[arg(
+        long = "tenant-column",
+        value_name = "NAME",
+        default_value = "tenant_id",
+        value_delimiter = ','
+    )]
+    pub tenant_columns: Vec<String>,
+    /// A table that is global on purpose (repeatable); or declare it in the database with
+    /// COMMENT ON TABLE … IS 'tenancy:global: <why>'.
     #[arg(long = "global-table", value_name = "SCHEMA.TABLE")]
     pub global_tables: Vec<String>,
     /// Output format.
@@ -121,7 +140,7 @@ impl std::fmt::Debug for CheckArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CheckArgs")
             .field("runtime_role", &self.runtime_role)
-            .field("tenant_column", &self.tenant_column)
+            .field("tenant_columns", &self.tenant_columns)
             .field("global_tables", &self.global_tables)
             .field("format", &self.format)
             .field("probe", &self.probe)
@@ -151,7 +170,20 @@ impl CheckArgs {
     pub fn options(&self) -> Result<Options, CheckError> {
         Ok(Options {
             runtime_role: self.runtime_role.clone(),
-            tenant_column: self.tenant_column.clone(),
+            tenant_columns: {
+                let cols: Vec<String> = self
+                    .tenant_columns
+                    .iter()
+                    .map(|c| c.trim().to_owned())
+                    .filter(|c| !c.is_empty())
+                    .collect();
+                if cols.is_empty() {
+                    return Err(CheckError::BadOption(
+                        "--tenant-column needs at least one column name".into(),
+                    ));
+                }
+                cols
+            },
             global_tables: self.global_tables.clone(),
             context_guc: self.context_guc.clone(),
             context_key: self
