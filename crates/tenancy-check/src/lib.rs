@@ -2,19 +2,16 @@
 //! (RLS) tenant isolation fails, and optionally probes it.
 //!
 //! Main parts:
-//! - [`audit`] — the static audit. It reads the system catalogues as the connecting role and
-//!   reports, for the *runtime role* (the role the application uses), every rule in
-//!   [`RULES`]: RLS disabled or not forced, missing or widened policies (always-true,
-//!   `OR`-widened, fail-open `IS NULL OR`, also inside SQL/PL/pgSQL functions a policy calls),
-//!   `WITH CHECK (true)`, bypassing roles and owners, views/definer functions/triggers that run
-//!   as a bypassing owner, definer functions the runtime role may call that touch tenant
-//!   tables without referring to the tenant context, keys and foreign keys without the tenant column, dangerous
-//!   privileges, partitions, materialized and foreign tables, stored tenant settings,
-//!   LEAKPROOF functions, publications, large objects, database and schema grants, unsigned
-//!   contexts and performance traps, and what the runtime role can change about itself to
-//!   break every later session: defaults stored for it (`ALTER ROLE … SET`), a password
-//!   pg_hba.conf accepts (every role may change its own), no connection limit. Tenant tables are the tables that have the tenant
-//!   column (`--tenant-column`, default `tenant_id`) and are not declared global.
+//! - [`audit`] — the static audit. It reads the system catalogues once as the connecting
+//!   role (facts: tables and their keys, policies, functions, views, roles) and applies the
+//!   rules in [`RULES`], pure functions over those facts, for the *runtime role* (the role
+//!   the application uses) and every role it can `SET ROLE` to. Modules: `tables` (which
+//!   tables hold tenant rows, by which key; RLS, keys, undeclared shared tables), `policies`,
+//!   `functions` (SECURITY DEFINER, LEAKPROOF, triggers), `reach` (views, materialized views,
+//!   foreign tables and the definer functions views call, followed through the object graph),
+//!   `roles` (assumable roles, login roles with BYPASSRLS, stored settings, how the runtime
+//!   role logs in) and `database` (schema and database privileges, publications, large
+//!   objects).
 //! - [`probe`] — the active probe: as the runtime role (via `SET ROLE` when needed, never as
 //!   a superuser), in transactions that are always rolled back, it inserts synthetic rows for
 //!   synthetic tenants and tries cross-tenant SELECT/INSERT/UPDATE/DELETE, moving a row to
@@ -27,10 +24,41 @@
 //!   render ([`Format`]: text, JSON, SARIF 2.1.0, JUnit) and return the exit code
 //!   (0 no error finding, 1 error findings, 2 could not run).
 //!
-//! Severity contract: `error` — the runtime role can read or write another tenant's rows with
-//! ordinary SQL; `warning` — isolation fails if something else also goes wrong (an unsigned
-//! context that injected SQL could switch, existence oracles, performance traps); `info` —
-//! hygiene.
+//! Application styles it understands, by how a table's tenant key is found (first match):
+//! 1. a configured tenant column (`--tenant-column`, repeatable, default `tenant_id`) —
+//!    per-tenant schemas such as tenancy's own;
+//! 2. the column a policy on the table compares with the caller's context:
+//!    `user_id = auth.uid()` (Supabase/PostgREST per-user rows), `tenant_id =
+//!    current_setting(…)`, `org_id IN (SELECT org_id FROM memberships WHERE user_id =
+//!    auth.uid())` or `EXISTS (… memberships.org_id = projects.org_id AND … auth.uid() …)`
+//!    (per-organisation with memberships) — found even when RLS was never enabled;
+//! 3. a foreign key to a tenant root (a table other tenant keys reference, such as
+//!    `auth.users` or `orgs`), and the root's own referenced column;
+//! 4. a well-known owner column: `user_id`, `owner_id`, `org_id`, `organization_id`,
+//!    `account_id`, `workspace_id`, `team_id`, `customer_id`, `company_id`, `profile_id`.
+//!
+//! Schema-per-tenant schemas (named `tenant_…`, commented `tenancy:tenant-schema`, or
+//! provisioned by tenancy) hold one tenant by placement: the check is which of them a role can
+//! reach. A table the runtime role can read or write with no key, not declared shared, that
+//! holds rows is `shared-table-undeclared`; declare reference data with `--global-table` or
+//! `COMMENT ON TABLE … IS 'tenancy:global: <why>'` (ignored on tables the runtime role owns).
+//!
+//! Severity contract: `error` — the runtime role (or a role it can become) can read or write
+//! another tenant's rows with ordinary SQL; `warning` — isolation fails if something else also
+//! goes wrong; `info` — hygiene and performance. Warnings are *hazard-class* ([`is_hazard`]:
+//! an object and a way across tenants) unless they are about the database's posture
+//! ([`POSTURE_RULES`]). Examples:
+//! - error: `rls-disabled` on `notes(user_id)` granted to the runtime role;
+//!   `view-bypasses-rls` on a view owned by a superuser, even through a security_invoker view
+//!   or a definer function it calls; `assumable-role-bypasses-rls` for
+//!   `app → mid → svc BYPASSRLS`; `policy-user-controlled` on `user_metadata`.
+//! - hazard warning: `shared-table-undeclared`, `security-definer-search-path`,
+//!   `unique-without-tenant` on a value the caller chooses (an email), `login-role-bypassrls`.
+//! - posture warning, once per database: `policy-unsigned-context` (every policy reads a
+//!   setting any role can change; the finding lists the tables).
+//! - info, where no isolation follows: `tenant-column-nullable`, `tenant-column-not-indexed`,
+//!   `policy-initplan`, `unique-without-tenant` on a generated key, `policy-insert-no-check`
+//!   (PostgreSQL admits no row through it).
 //!
 //! What it does not do: it changes nothing (fixes are printed as SQL, never applied; probe
 //! writes are rolled back), it does not parse SQL properly (policy and function bodies are

@@ -610,6 +610,69 @@ mod tests {
     }
 
     #[test]
+    fn bound_keys() {
+        let uid = "(user_id = ( SELECT auth.uid() AS uid))";
+        assert_eq!(bound_columns(uid, "todos", &[], true), vec!["user_id"]);
+        assert_eq!(classify(uid, "user_id"), Shape::Tenant);
+        let member = "(org_id IN ( SELECT m.org_id\n   FROM memberships m\n  WHERE (m.user_id = auth.uid())))";
+        assert_eq!(bound_columns(member, "projects", &[], true), vec!["org_id"]);
+        let exists = "(EXISTS ( SELECT 1\n   FROM memberships m\n  WHERE ((m.org_id = projects.org_id) AND (m.user_id = auth.uid()))))";
+        assert_eq!(bound_columns(exists, "projects", &[], true), vec!["org_id"]);
+        assert_eq!(classify(exists, "org_id"), Shape::Tenant);
+        // A context function the checker is told about, and one it is not (loose).
+        assert_eq!(
+            bound_columns("(owner = app.me())", "t", &["me".to_owned()], true),
+            vec!["owner"]
+        );
+        assert!(bound_columns("(owner = app.me())", "t", &[], true).is_empty());
+        assert_eq!(classify("(owner = app.me())", "owner"), Shape::Tenant);
+        // Mentions without a comparison with the caller.
+        assert_eq!(classify("(user_id IS NOT NULL)", "user_id"), Shape::Unbound);
+        assert_eq!(
+            classify(
+                "(org_id IN ( SELECT m.org_id FROM memberships m))",
+                "org_id"
+            ),
+            Shape::Unbound
+        );
+        assert_eq!(
+            classify("(tenant_id = other_id)", "tenant_id"),
+            Shape::Unbound
+        );
+        // Casts on the column side.
+        assert_eq!(
+            classify(
+                "((tenant_id)::text = current_setting('app.tenant'::text, true))",
+                "tenant_id"
+            ),
+            Shape::Tenant
+        );
+    }
+
+    #[test]
+    fn caller_controlled_and_inverted() {
+        assert_eq!(
+            classify("(((( SELECT auth.uid() AS uid) IS NOT NULL) OR (user_id = ( SELECT auth.uid() AS uid))))", "user_id"),
+            Shape::AlwaysTrue
+        );
+        assert_eq!(
+            classify(
+                "(tenant_id = COALESCE((current_setting('a'::text, true))::uuid, tenant_id))",
+                "tenant_id"
+            ),
+            Shape::FailOpen
+        );
+        assert!(user_controlled(
+            "((auth.jwt() -> 'user_metadata'::text) ->> 'org'::text)"
+        ));
+        assert!(!user_controlled(
+            "((auth.jwt() -> 'app_metadata'::text) ->> 'org'::text)"
+        ));
+        assert!(role_identity("(created_by = CURRENT_USER)"));
+        assert!(!role_identity("(created_by_user = 1)"));
+    }
+
+    #[test]
     fn bodies() {
         assert_eq!(
             body_shape(

@@ -106,7 +106,19 @@ async fn run_probe(
                     .flatten()
                     .flat_map(predicate::settings_read)
                     .next();
-                found
+                match found {
+                    Some(g) => Some(g),
+                    // The setting may be read inside a function the policies call
+                    // (`auth.uid()` reading `request.jwt.claim.sub`).
+                    None => {
+                        let funcs = crate::functions::functions(client, t).await?;
+                        pols.iter()
+                            .flat_map(|p| p.functions.iter())
+                            .filter_map(|o| funcs.iter().find(|x| x.oid == *o && !x.trusted))
+                            .flat_map(|x| predicate::settings_read(&x.body))
+                            .next()
+                    }
+                }
             }
         };
         match guc {
