@@ -25,6 +25,20 @@ pub enum Shape {
     Unbound,
 }
 
+impl Shape {
+    /// What the shape lets through, for messages.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Shape::Tenant => "a tenant predicate",
+            Shape::AlwaysTrue => "always true",
+            Shape::FailOpen => "fails open when the context is unset",
+            Shape::OrWidened { .. } => "widened with OR",
+            Shape::NoTenantColumn => "does not mention the tenant key",
+            Shape::Unbound => "never compares the tenant key with the caller",
+        }
+    }
+}
+
 /// Whether `c` can be part of an SQL identifier.
 fn ident_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == '$'

@@ -30,7 +30,9 @@ struct Node {
     /// Functions its rewrite rule references.
     functions: Vec<u32>,
     /// Its definition mentions the caller's context (a view that filters by it).
-    filters_by_context: bool,
+    /// The WHERE clause of its definition when the definition mentions the caller's
+    /// context (a view that filters by it).
+    context_filter: Option<String>,
 }
 
 /// Whether `role` (by name; `bypass`: superuser or BYPASSRLS) sees rows of tenant table `tb`
@@ -129,11 +131,20 @@ impl Walk<'_> {
                 let matview = in_matview || n.kind == 'm';
                 let leak = if matview {
                     Some("materialized views cannot have row-level security".to_owned())
-                } else if as_role == self.runtime || n.filters_by_context {
+                } else if as_role == self.runtime {
                     None
                 } else {
-                    sees_all(as_role, bypass, self.owners, tb, self.pols)
-                        .map(|w| format!("{as_role} reads it with {w}"))
+                    sees_all(as_role, bypass, self.owners, tb, self.pols).and_then(|w| {
+                        match &n.context_filter {
+                            // The view filters by the caller itself: trusted when its WHERE
+                            // clause is a tenant predicate on the table's key.
+                            Some(filter) => match predicate::classify(filter, &tb.col_name) {
+                                Shape::Tenant => None,
+                                shape => Some(format!("{as_role} reads it with {w}, and the view's own filter ({}) lets other tenants' rows through: {}", filter.trim(), shape.describe())),
+                            },
+                            None => Some(format!("{as_role} reads it with {w}")),
+                        }
+                    })
                 };
                 if let Some(why) = leak {
                     out.push(Leak {
@@ -259,7 +270,8 @@ pub(crate) async fn view_rules(
                 readable: r.get(7),
                 relations: r.get(8),
                 functions: r.get(9),
-                filters_by_context: predicate::mentions_context(&def, context_functions),
+                context_filter: predicate::mentions_context(&def, context_functions)
+                    .then(|| where_clause(&def)),
             },
         );
     }
@@ -341,4 +353,60 @@ pub(crate) async fn view_rules(
         }
     }
     Ok(())
+}
+
+/// The top-level WHERE clause of a view definition (`pg_get_viewdef`), up to GROUP BY,
+/// HAVING, ORDER BY, LIMIT or the end; the whole definition when it has none (then the
+/// classification sees no tenant predicate).
+fn where_clause(def: &str) -> String {
+    let upper = def.to_ascii_uppercase();
+    let bytes = upper.as_bytes();
+    let mut depth = 0i32;
+    let mut in_str = false;
+    let mut start: Option<usize> = None;
+    let mut end = def.len();
+    for i in 0..bytes.len() {
+        match bytes[i] {
+            b'\'' => in_str = !in_str,
+            b'(' if !in_str => depth += 1,
+            b')' if !in_str => depth -= 1,
+            _ => {}
+        }
+        let word_start = i == 0 || bytes[i - 1].is_ascii_whitespace();
+        if in_str || depth != 0 || !word_start {
+            continue;
+        }
+        match start {
+            None if upper[i..].starts_with("WHERE ") => start = Some(i + "WHERE ".len()),
+            Some(_)
+                if [
+                    "GROUP BY", "HAVING", "ORDER BY", "LIMIT", "OFFSET", "WINDOW",
+                ]
+                .iter()
+                .any(|k| upper[i..].starts_with(k)) =>
+            {
+                end = i;
+                break;
+            }
+            _ => {}
+        }
+    }
+    match start {
+        Some(s) if s <= end => def[s..end].trim().trim_end_matches(';').trim().to_owned(),
+        _ => def.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::where_clause;
+
+    #[test]
+    fn top_level_where() {
+        assert_eq!(
+            where_clause(" SELECT t.id\n   FROM app.t\n  WHERE (t.org_id IN ( SELECT m.org_id\n           FROM m\n          WHERE (m.user_id = auth.uid())))\n  ORDER BY t.id;"),
+            "(t.org_id IN ( SELECT m.org_id\n           FROM m\n          WHERE (m.user_id = auth.uid())))"
+        );
+        assert_eq!(where_clause(" SELECT 1;"), " SELECT 1;");
+    }
 }

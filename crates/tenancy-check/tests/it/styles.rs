@@ -303,6 +303,16 @@ style_cases! {
         CREATE VIEW app.remote_v AS SELECT * FROM app.remote_notes; GRANT SELECT ON app.remote_v TO {app};",
         tenant_columns: NONE, expect: &[("foreign-table-readable", "app.remote_v", "warning")] };
 
+    view_that_filters_only_partly: StyleCase { style: Style::PerUser, sql: "
+        ALTER TABLE app.todos ADD COLUMN shared boolean NOT NULL DEFAULT false;
+        CREATE VIEW app.visible AS SELECT id, title FROM app.todos WHERE user_id = (SELECT auth.uid()) OR shared;
+        GRANT SELECT ON app.visible TO {app};",
+        tenant_columns: NONE, expect: &[("view-bypasses-rls", "app.visible", "error")] };
+    view_exposing_the_users_table: StyleCase { style: Style::PerUser, sql: "
+        CREATE VIEW app.user_emails AS SELECT email FROM auth.users;
+        GRANT SELECT ON app.user_emails TO {app};",
+        tenant_columns: NONE, expect: &[("view-bypasses-rls", "app.user_emails", "error")] };
+
     // ---- every role the runtime role can become ----
     assumable_bypassrls_role_through_a_chain: StyleCase { style: Style::PerUser, sql: "
         CREATE ROLE {owner}_svc NOLOGIN BYPASSRLS; CREATE ROLE {owner}_mid NOLOGIN NOINHERIT;
