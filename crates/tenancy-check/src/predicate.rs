@@ -94,7 +94,7 @@ pub fn split_top(expr: &str, keyword: &str) -> Vec<String> {
             b')' if !in_str => depth -= 1,
             _ => {}
         }
-        if depth == 0 && !in_str && upper[i..].starts_with(&kw) {
+        if depth == 0 && !in_str && upper.as_bytes()[i..].starts_with(kw.as_bytes()) {
             parts.push(expr[start..i].trim().to_owned());
             i += kw.len();
             start = i;
@@ -536,7 +536,7 @@ pub fn unwrapped_calls(expr: &str, name: &str) -> usize {
         if in_str {
             continue;
         }
-        if lower[i..].starts_with(&pat) {
+        if bytes[i..].starts_with(pat.as_bytes()) {
             let prev = lower[..i].chars().next_back();
             if !prev.is_some_and(ident_char) && !stack.iter().any(|s| *s) {
                 count += 1;
@@ -620,6 +620,18 @@ mod tests {
         assert_eq!(
             settings_read("x = current_setting('app.tenant_id'::text, true)"),
             vec!["app.tenant_id".to_owned()]
+        );
+    }
+
+    /// Byte positions inside multi-byte characters are never sliced.
+    #[test]
+    fn non_ascii_text() {
+        let e = "((title = 'Größe'::text) OR (tenant_id = ( SELECT ctx() AS ctx)))";
+        assert!(matches!(classify(e, "tenant_id"), Shape::OrWidened { .. }));
+        assert_eq!(unwrapped_calls("(x = 'é' AND y = ctx())", "ctx"), 1);
+        assert_eq!(
+            classify("(tenant_id = coalesce('ü', 'ß'))", "tenant_id"),
+            Shape::Tenant
         );
     }
 

@@ -377,13 +377,13 @@ fn where_clause(def: &str) -> String {
             continue;
         }
         match start {
-            None if upper[i..].starts_with("WHERE ") => start = Some(i + "WHERE ".len()),
+            None if bytes[i..].starts_with(b"WHERE ") => start = Some(i + "WHERE ".len()),
             Some(_)
                 if [
                     "GROUP BY", "HAVING", "ORDER BY", "LIMIT", "OFFSET", "WINDOW",
                 ]
                 .iter()
-                .any(|k| upper[i..].starts_with(k)) =>
+                .any(|k| bytes[i..].starts_with(k.as_bytes())) =>
             {
                 end = i;
                 break;
@@ -408,5 +408,9 @@ mod tests {
             "(t.org_id IN ( SELECT m.org_id\n           FROM m\n          WHERE (m.user_id = auth.uid())))"
         );
         assert_eq!(where_clause(" SELECT 1;"), " SELECT 1;");
+        assert_eq!(
+            where_clause(" SELECT t.a\n   FROM t\n  WHERE (t.b = 'Größe'::text) GROUP BY t.a;"),
+            "(t.b = 'Größe'::text)"
+        );
     }
 }

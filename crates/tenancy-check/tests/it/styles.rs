@@ -326,6 +326,9 @@ style_cases! {
         CREATE ROLE {owner}_job NOLOGIN; GRANT {owner}_job TO {app};
         ALTER ROLE {owner}_job SET request.jwt.claim.sub = '00000000-0000-4000-8000-0000000000a1';",
         tenant_columns: NONE, expect: &[("tenant-setting-default", "{owner}_job", "error")] };
+    context_setting_stored_on_the_database: StyleCase { style: Style::PerUser, sql: "
+        ALTER DATABASE {db} SET request.jwt.claim.sub = '00000000-0000-4000-8000-0000000000a1';",
+        tenant_columns: NONE, expect: &[("tenant-setting-default", "{db}", "error")] };
     another_login_role_with_bypassrls: StyleCase { style: Style::PerUser, sql: "
         CREATE ROLE {owner}_etl LOGIN BYPASSRLS; GRANT USAGE ON SCHEMA app TO {owner}_etl;
         GRANT SELECT ON app.todos TO {owner}_etl;",
