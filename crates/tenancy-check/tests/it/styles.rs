@@ -409,3 +409,32 @@ async fn an_insert_policy_without_with_check_admits_no_row() {
         "{err:?}"
     );
 }
+
+/// The probe on the clean per-user and per-organisation schemas: it finds the request
+/// setting inside `auth.uid()`, runs as the runtime role, and reports no error.
+#[tokio::test]
+async fn the_probe_reports_no_error_on_the_clean_user_and_organisation_styles() {
+    for (name, style) in [("probe_user", Style::PerUser), ("probe_org", Style::PerOrg)] {
+        let db = plain().await;
+        let (app, owner) = unique_roles(name);
+        let c = db.connect_superuser().await.expect("superuser");
+        c.batch_execute(&format!(
+            "{}\n{}",
+            corpus::roles_sql(&app, &owner),
+            corpus::fill(&style.sql(), &app, &owner, &db.name)
+        ))
+        .await
+        .expect("setup");
+        let o = opts(&app);
+        let found = tenancy_check::probe(&c, &o).await.expect("probe");
+        assert!(
+            !found.iter().any(|f| f.rule == "probe-skipped"),
+            "{name}: {found:#?}"
+        );
+        let errors: Vec<_> = found
+            .iter()
+            .filter(|f| f.severity == tenancy_check::Severity::Error)
+            .collect();
+        assert!(errors.is_empty(), "{name}: {errors:#?}");
+    }
+}
