@@ -292,11 +292,21 @@ pub(crate) fn policy_rules(
             && (exprs.iter().any(|e| predicate::role_identity(e))
                 || user_fns.iter().any(|x| predicate::role_identity(&x.body)))
         {
+            // A policy for the runtime role itself (or PUBLIC) under a shared pool role is
+            // the same identity for every tenant. One that reaches the runtime role only
+            // through a group role may be a role-per-tenant design (each tenant a member of
+            // the group): a warning to confirm.
+            let direct = p.to_public || p.roles.contains(&t.role);
+            let (sev, msg) = if direct {
+                (Severity::Error, format!("Policy {} on {obj} identifies the caller by the database role (current_user / session_user), but every tenant's requests run as the same runtime role {}: the rows it lets one tenant see, it lets every tenant see.", p.name, t.role))
+            } else {
+                (Severity::Warning, format!("Policy {} on {obj} identifies the caller by the database role (current_user / session_user) and applies to the runtime role {} through {}: correct only if every tenant connects as a role of its own; under a shared pool role every tenant sees the same rows.", p.name, t.role, p.roles.join(", ")))
+            };
             f.push(Finding::new(
                 "policy-role-identity",
-                Severity::Error,
+                sev,
                 &obj,
-                format!("Policy {} on {obj} identifies the caller by the database role (current_user / session_user), but every tenant's requests run as the same runtime role {}: the rows it lets one tenant see, it lets every tenant see.", p.name, t.role),
+                msg,
                 fix_pol.clone(),
             ));
         }

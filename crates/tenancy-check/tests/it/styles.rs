@@ -343,6 +343,11 @@ style_cases! {
         ALTER TABLE app.todos ADD COLUMN created_by name NOT NULL DEFAULT current_user;
         CREATE POLICY mine ON app.todos FOR SELECT TO {app} USING (created_by = current_user);",
         tenant_columns: NONE, expect: &[("policy-role-identity", "app.todos", "error")] };
+    policy_on_current_user_through_a_group_role: StyleCase { style: Style::PerUser, sql: "
+        CREATE ROLE {owner}_tenants NOLOGIN; GRANT {owner}_tenants TO {app};
+        ALTER TABLE app.todos ADD COLUMN created_by name NOT NULL DEFAULT current_user;
+        CREATE POLICY mine ON app.todos FOR SELECT TO {owner}_tenants USING (created_by = current_user);",
+        tenant_columns: NONE, expect: &[("policy-role-identity", "app.todos", "warning")] };
     policy_with_an_always_true_arm: StyleCase { style: Style::PerUser, sql: "
         DROP POLICY own_rows ON app.todos;
         CREATE POLICY own_rows ON app.todos TO {app} USING (user_id = (SELECT auth.uid()) OR 2 > 1 OR true)
