@@ -432,7 +432,7 @@ pub(crate) async fn keyed_tables(
 }
 
 /// `shared-table-undeclared`: a table the runtime role can read or write that has no tenant
-/// key, is not declared shared and holds rows. Either it holds tenant rows by a key the
+/// key, is not declared shared and holds rows (a warning; info while it is empty). Either it holds tenant rows by a key the
 /// checker cannot see (then it leaks them all) or it is reference data that should be
 /// declared. `rows`: whether each such table has rows (`None`: could not be read).
 pub(crate) fn shared_table_rules(
@@ -445,9 +445,13 @@ pub(crate) fn shared_table_rules(
 ) {
     for r in undeclared_shared(rels, keys) {
         let has_rows = rows.get(&r.oid).copied().flatten();
-        if has_rows == Some(false) {
-            continue;
-        }
+        // Empty today: reported as info, so a schema checked before it has data still
+        // shows the tables to declare.
+        let sev = if has_rows == Some(false) {
+            Severity::Info
+        } else {
+            Severity::Warning
+        };
         let obj = r.object();
         let q = format!("{}.{}", qi(&r.schema), qi(&r.name));
         let access = match (r.readable, r.writable) {
@@ -457,12 +461,16 @@ pub(crate) fn shared_table_rules(
         };
         f.push(Finding::new(
             "shared-table-undeclared",
-            Severity::Warning,
+            sev,
             &obj,
             format!(
                 "The runtime role {} can {access} {obj}, which {} but has no tenant key the checker can find (none of the tenant columns {}, no policy comparing a column with the caller's context, no foreign key to a tenant root, no owner column such as user_id or org_id){}. If its rows belong to tenants, every tenant sees all of them; if it is shared reference data, declare it so.",
                 t.role,
-                if has_rows.is_none() { "may hold rows (they could not be counted)" } else { "holds rows" },
+                match has_rows {
+                    None => "may hold rows (they could not be counted)",
+                    Some(true) => "holds rows",
+                    Some(false) => "is empty for now",
+                },
                 opts.tenant_columns.join(", "),
                 if r.rls { "; row-level security is enabled on it, but no policy binds a column to the caller" } else { "" },
             ),

@@ -254,6 +254,10 @@ style_cases! {
         SET ROLE {owner}; CREATE TABLE app.settings (key text PRIMARY KEY, value text);
         GRANT SELECT ON app.settings TO {app}; RESET ROLE; INSERT INTO app.settings VALUES ('k', 'v');",
         tenant_columns: NONE, expect: &[("shared-table-undeclared", "app.settings", "warning")] };
+    empty_undeclared_table_is_info: StyleCase { style: Style::PerUser, sql: "
+        SET ROLE {owner}; CREATE TABLE app.flags (name text PRIMARY KEY, enabled boolean NOT NULL);
+        GRANT SELECT ON app.flags TO {app}; RESET ROLE;",
+        tenant_columns: NONE, expect: &[("shared-table-undeclared", "app.flags", "info")] };
     tenant_column_given_on_the_command_line: StyleCase { style: Style::PerTenant, sql: "
         SET ROLE {owner}; CREATE TABLE app.ledger (workspace_key text NOT NULL, amount numeric);
         GRANT SELECT ON app.ledger TO {app}; RESET ROLE;",
