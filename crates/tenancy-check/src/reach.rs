@@ -76,7 +76,14 @@ struct Walk<'a> {
     pols: &'a [Policy],
     owners: &'a HashSet<(String, String)>,
     runtime: &'a str,
+    /// Steps left for the current entry: paths through a graph of views that share
+    /// sub-views are enumerated, so a pathological graph is cut off rather than walked for
+    /// ever (the first leaks found are what matters).
+    budget: std::cell::Cell<usize>,
 }
+
+/// Steps of the walk from one entry object.
+const WALK_BUDGET: usize = 10_000;
 
 /// What a path reaches that leaks.
 struct Leak {
@@ -101,6 +108,10 @@ impl Walk<'_> {
         let Some(n) = self.nodes.get(&oid) else {
             return;
         };
+        if self.budget.get() == 0 {
+            return;
+        }
+        self.budget.set(self.budget.get() - 1);
         if !seen.insert(oid) {
             return;
         }
@@ -313,10 +324,12 @@ pub(crate) async fn view_rules(
         pols,
         owners: &owners,
         runtime: &t.role,
+        budget: std::cell::Cell::new(WALK_BUDGET),
     };
     let mut entries: Vec<&Node> = nodes.values().filter(|n| n.readable).collect();
     entries.sort_by(|a, b| a.object.cmp(&b.object));
     for n in entries {
+        walk.budget.set(WALK_BUDGET);
         let mut leaks = Vec::new();
         walk.visit(
             n.oid,

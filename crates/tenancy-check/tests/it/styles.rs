@@ -447,3 +447,40 @@ async fn the_probe_reports_no_error_on_the_clean_user_and_organisation_styles() 
         assert!(errors.is_empty(), "{name}: {errors:#?}");
     }
 }
+
+/// Views that share sub-views have exponentially many paths: 24 levels, each view reading
+/// both views of the level below (2^24 paths). The audit still finishes quickly and still
+/// reports the top view, which runs as a superuser over a tenant table.
+#[tokio::test]
+async fn a_graph_of_shared_views_is_walked_within_a_budget() {
+    let db = plain().await;
+    let (app, owner) = unique_roles("diamond");
+    let c = db.connect_superuser().await.expect("superuser");
+    let mut sql = format!(
+        "{}\n{}\n{}\nCREATE VIEW app.l0_a AS SELECT id, title FROM app.todos; CREATE VIEW app.l0_b AS SELECT id, title FROM app.todos;",
+        corpus::roles_sql(&app, &owner),
+        corpus::fill(AUTH, &app, &owner, &db.name),
+        corpus::fill(PER_USER, &app, &owner, &db.name)
+    );
+    for i in 1..24 {
+        let p = i - 1;
+        sql.push_str(&format!(
+            "CREATE VIEW app.l{i}_a AS SELECT * FROM app.l{p}_a UNION ALL SELECT * FROM app.l{p}_b; \
+             CREATE VIEW app.l{i}_b AS SELECT * FROM app.l{p}_b UNION ALL SELECT * FROM app.l{p}_a;"
+        ));
+    }
+    sql.push_str(&format!("GRANT SELECT ON app.l23_a TO {app};"));
+    c.batch_execute(&sql).await.expect("setup");
+    let report = tokio::time::timeout(std::time::Duration::from_secs(60), audit(&c, &opts(&app)))
+        .await
+        .expect("the audit finishes")
+        .expect("audit");
+    assert!(
+        report
+            .find("view-bypasses-rls", "app.l23_a")
+            .iter()
+            .any(|f| f.severity == tenancy_check::Severity::Error),
+        "{:#?}",
+        listing(&report)
+    );
+}
