@@ -2,19 +2,16 @@
 //! (RLS) tenant isolation fails, and optionally probes it.
 //!
 //! Main parts:
-//! - [`audit`] — the static audit. It reads the system catalogues as the connecting role and
-//!   reports, for the *runtime role* (the role the application uses), every rule in
-//!   [`RULES`]: RLS disabled or not forced, missing or widened policies (always-true,
-//!   `OR`-widened, fail-open `IS NULL OR`, also inside SQL/PL/pgSQL functions a policy calls),
-//!   `WITH CHECK (true)`, bypassing roles and owners, views/definer functions/triggers that run
-//!   as a bypassing owner, definer functions the runtime role may call that touch tenant
-//!   tables without referring to the tenant context, keys and foreign keys without the tenant column, dangerous
-//!   privileges, partitions, materialized and foreign tables, stored tenant settings,
-//!   LEAKPROOF functions, publications, large objects, database and schema grants, unsigned
-//!   contexts and performance traps, and what the runtime role can change about itself to
-//!   break every later session: defaults stored for it (`ALTER ROLE … SET`), a password
-//!   pg_hba.conf accepts (every role may change its own), no connection limit. Tenant tables are the tables that have the tenant
-//!   column (`--tenant-column`, default `tenant_id`) and are not declared global.
+//! - [`audit`] — the static audit. It reads the system catalogues once as the connecting
+//!   role (facts: tables and their keys, policies, functions, views, roles) and applies the
+//!   rules in [`RULES`], pure functions over those facts, for the *runtime role* (the role
+//!   the application uses) and every role it can `SET ROLE` to. Modules: `tables` (which
+//!   tables hold tenant rows, by which key; RLS, keys, undeclared shared tables), `policies`,
+//!   `functions` (SECURITY DEFINER, LEAKPROOF, triggers), `reach` (views, materialized views,
+//!   foreign tables and the definer functions views call, followed through the object graph),
+//!   `roles` (assumable roles, login roles with BYPASSRLS, stored settings, how the runtime
+//!   role logs in) and `database` (schema and database privileges, publications, large
+//!   objects).
 //! - [`probe`] — the active probe: as the runtime role (via `SET ROLE` when needed, never as
 //!   a superuser), in transactions that are always rolled back, it inserts synthetic rows for
 //!   synthetic tenants and tries cross-tenant SELECT/INSERT/UPDATE/DELETE, moving a row to
@@ -27,10 +24,41 @@
 //!   render ([`Format`]: text, JSON, SARIF 2.1.0, JUnit) and return the exit code
 //!   (0 no error finding, 1 error findings, 2 could not run).
 //!
-//! Severity contract: `error` — the runtime role can read or write another tenant's rows with
-//! ordinary SQL; `warning` — isolation fails if something else also goes wrong (an unsigned
-//! context that injected SQL could switch, existence oracles, performance traps); `info` —
-//! hygiene.
+//! Application styles it understands, by how a table's tenant key is found (first match):
+//! 1. a configured tenant column (`--tenant-column`, repeatable, default `tenant_id`) —
+//!    per-tenant schemas such as tenancy's own;
+//! 2. the column a policy on the table compares with the caller's context:
+//!    `user_id = auth.uid()` (Supabase/PostgREST per-user rows), `tenant_id =
+//!    current_setting(…)`, `org_id IN (SELECT org_id FROM memberships WHERE user_id =
+//!    auth.uid())` or `EXISTS (… memberships.org_id = projects.org_id AND … auth.uid() …)`
+//!    (per-organisation with memberships) — found even when RLS was never enabled;
+//! 3. a foreign key to a tenant root (a table other tenant keys reference, such as
+//!    `auth.users` or `orgs`), and the root's own referenced column;
+//! 4. a well-known owner column: `user_id`, `owner_id`, `org_id`, `organization_id`,
+//!    `account_id`, `workspace_id`, `team_id`, `customer_id`, `company_id`, `profile_id`.
+//!
+//! Schema-per-tenant schemas (named `tenant_…`, commented `tenancy:tenant-schema`, or
+//! provisioned by tenancy) hold one tenant by placement: the check is which of them a role can
+//! reach. A table the runtime role can read or write with no key, not declared shared, that
+//! holds rows is `shared-table-undeclared`; declare reference data with `--global-table` or
+//! `COMMENT ON TABLE … IS 'tenancy:global: <why>'` (ignored on tables the runtime role owns).
+//!
+//! Severity contract: `error` — the runtime role (or a role it can become) can read or write
+//! another tenant's rows with ordinary SQL; `warning` — isolation fails if something else also
+//! goes wrong; `info` — hygiene and performance. Warnings are *hazard-class* ([`is_hazard`]:
+//! an object and a way across tenants) unless they are about the database's posture
+//! ([`POSTURE_RULES`]). Examples:
+//! - error: `rls-disabled` on `notes(user_id)` granted to the runtime role;
+//!   `view-bypasses-rls` on a view owned by a superuser, even through a security_invoker view
+//!   or a definer function it calls; `assumable-role-bypasses-rls` for
+//!   `app → mid → svc BYPASSRLS`; `policy-user-controlled` on `user_metadata`.
+//! - hazard warning: `shared-table-undeclared`, `security-definer-search-path`,
+//!   `unique-without-tenant` on a value the caller chooses (an email), `login-role-bypassrls`.
+//! - posture warning, once per database: `policy-unsigned-context` (every policy reads a
+//!   setting any role can change; the finding lists the tables).
+//! - info, where no isolation follows: `tenant-column-nullable`, `tenant-column-not-indexed`,
+//!   `policy-initplan`, `unique-without-tenant` on a generated key, `policy-insert-no-check`
+//!   (PostgreSQL admits no row through it).
 //!
 //! What it does not do: it changes nothing (fixes are printed as SQL, never applied; probe
 //! writes are rolled back), it does not parse SQL properly (policy and function bodies are
@@ -41,16 +69,25 @@
 //! CONNECT grants.
 
 mod audit;
+mod database;
+mod functions;
 mod model;
 mod output;
+mod policies;
 mod predicate;
 mod probe;
+mod reach;
+mod roles;
+mod tables;
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 pub use audit::audit;
-pub use model::{rule_info, CheckError, Finding, Report, RuleInfo, Severity, Summary, RULES};
+pub use model::{
+    is_hazard, rule_info, CheckError, Finding, Report, RuleInfo, Severity, Summary, POSTURE_RULES,
+    RULES,
+};
 pub use output::{json_value, render, sarif, Format};
 pub use probe::probe;
 
@@ -60,8 +97,10 @@ pub struct Options {
     /// The role the application connects as; `None` picks `tenancy_app` on tenancy-managed
     /// databases and the connecting role otherwise.
     pub runtime_role: Option<String>,
-    /// Name of the tenant column.
-    pub tenant_column: String,
+    /// Names of the tenant column, in order of preference (a table is keyed by the first it
+    /// has). Tables with none of them are keyed by what the audit finds (policies, foreign
+    /// keys, owner column names; see the crate docs).
+    pub tenant_columns: Vec<String>,
     /// Tables (`schema.table`, or `table` for `public`) that are global on purpose.
     pub global_tables: Vec<String>,
     /// Name of the setting holding the tenant on non-tenancy databases (probe; also checked in
@@ -75,7 +114,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             runtime_role: None,
-            tenant_column: "tenant_id".into(),
+            tenant_columns: vec!["tenant_id".into()],
             global_tables: Vec::new(),
             context_guc: None,
             context_key: None,
@@ -92,10 +131,18 @@ pub struct CheckArgs {
     /// Role the application runs as [default: tenancy_app on tenancy-managed databases, else the connecting role].
     #[arg(long, value_name = "ROLE")]
     pub runtime_role: Option<String>,
-    /// Column that holds the tenant id.
-    #[arg(long, value_name = "NAME", default_value = "tenant_id")]
-    pub tenant_column: String,
-    /// A table that is global on purpose (repeatable).
+    /// Column that holds the tenant id (repeatable, or comma-separated: a table is keyed by
+    /// the first it has; tables with none are keyed by what the policies and foreign keys
+    /// show).
+    #[arg(
+        long = "tenant-column",
+        value_name = "NAME",
+        default_value = "tenant_id",
+        value_delimiter = ','
+    )]
+    pub tenant_columns: Vec<String>,
+    /// A table that is global on purpose (repeatable); or declare it in the database with
+    /// COMMENT ON TABLE … IS 'tenancy:global: <why>'.
     #[arg(long = "global-table", value_name = "SCHEMA.TABLE")]
     pub global_tables: Vec<String>,
     /// Output format.
@@ -121,7 +168,7 @@ impl std::fmt::Debug for CheckArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CheckArgs")
             .field("runtime_role", &self.runtime_role)
-            .field("tenant_column", &self.tenant_column)
+            .field("tenant_columns", &self.tenant_columns)
             .field("global_tables", &self.global_tables)
             .field("format", &self.format)
             .field("probe", &self.probe)
@@ -151,7 +198,20 @@ impl CheckArgs {
     pub fn options(&self) -> Result<Options, CheckError> {
         Ok(Options {
             runtime_role: self.runtime_role.clone(),
-            tenant_column: self.tenant_column.clone(),
+            tenant_columns: {
+                let cols: Vec<String> = self
+                    .tenant_columns
+                    .iter()
+                    .map(|c| c.trim().to_owned())
+                    .filter(|c| !c.is_empty())
+                    .collect();
+                if cols.is_empty() {
+                    return Err(CheckError::BadOption(
+                        "--tenant-column needs at least one column name".into(),
+                    ));
+                }
+                cols
+            },
             global_tables: self.global_tables.clone(),
             context_guc: self.context_guc.clone(),
             context_key: self

@@ -150,6 +150,9 @@ pub enum CheckError {
         "--context-key / TENANCY_CONTEXT_KEY must look like KID:HEX (e.g. k1:<64 hex digits>): {0}"
     )]
     BadKey(String),
+    /// A command-line option has an unusable value.
+    #[error("{0}")]
+    BadOption(String),
     /// A catalogue query failed.
     #[error("query failed while {what}: {source}; the connecting role needs to read the system catalogues (connect as the database owner or a superuser)")]
     Sql {
@@ -182,26 +185,34 @@ pub const RULES: &[RuleInfo] = &[
     RuleInfo { id: "policy-or-widened", severity: Severity::Error, title: "Policy predicate widened with OR" },
     RuleInfo { id: "policy-fail-open", severity: Severity::Error, title: "Policy predicate fails open when the context is unset (IS NULL OR ...)" },
     RuleInfo { id: "policy-no-tenant-column", severity: Severity::Error, title: "Policy predicate does not reference the tenant column" },
+    RuleInfo { id: "policy-tenant-unbound", severity: Severity::Error, title: "Policy predicate mentions the tenant key but never compares it with the caller's context" },
+    RuleInfo { id: "policy-user-controlled", severity: Severity::Error, title: "Policy takes identity from user-editable metadata (user_metadata)" },
+    RuleInfo { id: "policy-role-identity", severity: Severity::Error, title: "Policy identifies the caller by current_user/session_user under a shared runtime role" },
+    RuleInfo { id: "policy-insert-no-check", severity: Severity::Info, title: "INSERT policy without WITH CHECK (admits no row on its own)" },
+    RuleInfo { id: "shared-table-undeclared", severity: Severity::Warning, title: "Table with rows reachable by the runtime role has no tenant key and is not declared shared" },
+    RuleInfo { id: "assumable-role-bypasses-rls", severity: Severity::Error, title: "Runtime role can SET ROLE to a superuser or BYPASSRLS role" },
+    RuleInfo { id: "login-role-bypassrls", severity: Severity::Warning, title: "Another login role with BYPASSRLS can read tenant tables" },
+    RuleInfo { id: "security-definer-search-path", severity: Severity::Warning, title: "SECURITY DEFINER function executable by the runtime role with a mutable search_path" },
     RuleInfo { id: "policy-other-role-widened", severity: Severity::Warning, title: "Permissive policy for another role widens access across tenants" },
     RuleInfo { id: "with-check-true", severity: Severity::Error, title: "Write policy with WITH CHECK (true)" },
-    RuleInfo { id: "policy-unsigned-context", severity: Severity::Warning, title: "Policy reads an unsigned context setting with current_setting()" },
-    RuleInfo { id: "policy-initplan", severity: Severity::Warning, title: "Context function not wrapped in (SELECT ...): evaluated per row" },
+    RuleInfo { id: "policy-unsigned-context", severity: Severity::Warning, title: "Policies read an unsigned context setting with current_setting() (once per database)" },
+    RuleInfo { id: "policy-initplan", severity: Severity::Info, title: "Context function not wrapped in (SELECT ...): evaluated per row" },
     RuleInfo { id: "policy-volatile-function", severity: Severity::Warning, title: "Policy calls a VOLATILE function" },
     RuleInfo { id: "runtime-role-superuser", severity: Severity::Error, title: "Runtime role is a superuser" },
     RuleInfo { id: "runtime-role-bypassrls", severity: Severity::Error, title: "Runtime role has BYPASSRLS" },
     RuleInfo { id: "runtime-role-owner", severity: Severity::Error, title: "Runtime role owns a tenant table" },
     RuleInfo { id: "runtime-role-member-of-owner", severity: Severity::Error, title: "Runtime role is a member of a tenant table's owner role" },
-    RuleInfo { id: "view-bypasses-rls", severity: Severity::Error, title: "View without security_invoker over a tenant table, owned by a role that bypasses RLS" },
+    RuleInfo { id: "view-bypasses-rls", severity: Severity::Error, title: "View the runtime role can read reaches tenant rows as a role that sees every tenant (owner, definer function, chain of views)" },
     RuleInfo { id: "matview-tenant-data", severity: Severity::Error, title: "Materialized view over tenant tables readable by the runtime role" },
-    RuleInfo { id: "foreign-table-readable", severity: Severity::Warning, title: "Foreign table readable by the runtime role (no RLS)" },
+    RuleInfo { id: "foreign-table-readable", severity: Severity::Warning, title: "Foreign table readable by the runtime role, directly or through views (no RLS)" },
     RuleInfo { id: "security-definer-function", severity: Severity::Warning, title: "SECURITY DEFINER function executable by the runtime role" },
     RuleInfo { id: "security-definer-ignores-context", severity: Severity::Error, title: "SECURITY DEFINER function executable by the runtime role touches tenant tables without referring to the tenant context" },
     RuleInfo { id: "trigger-security-definer", severity: Severity::Warning, title: "Trigger on a tenant table runs a SECURITY DEFINER function" },
     RuleInfo { id: "unique-without-tenant", severity: Severity::Warning, title: "Primary key or unique constraint without the tenant column (existence oracle)" },
     RuleInfo { id: "fk-cross-tenant", severity: Severity::Error, title: "Foreign key to a tenant table without the tenant column" },
-    RuleInfo { id: "tenant-column-nullable", severity: Severity::Warning, title: "Tenant column is nullable" },
+    RuleInfo { id: "tenant-column-nullable", severity: Severity::Info, title: "Tenant column is nullable" },
     RuleInfo { id: "tenant-column-updatable", severity: Severity::Error, title: "Runtime role can change the tenant column" },
-    RuleInfo { id: "tenant-column-not-indexed", severity: Severity::Warning, title: "No index leads with the tenant column" },
+    RuleInfo { id: "tenant-column-not-indexed", severity: Severity::Info, title: "No index leads with the tenant column" },
     RuleInfo { id: "privilege-truncate", severity: Severity::Error, title: "Runtime role may TRUNCATE a tenant table" },
     RuleInfo { id: "privilege-references", severity: Severity::Warning, title: "Runtime role has REFERENCES on a tenant table" },
     RuleInfo { id: "privilege-trigger", severity: Severity::Warning, title: "Runtime role has TRIGGER on a tenant table" },
@@ -229,6 +240,30 @@ pub const RULES: &[RuleInfo] = &[
     RuleInfo { id: "probe-skipped", severity: Severity::Warning, title: "Probe could not run" },
     RuleInfo { id: "probe-table-skipped", severity: Severity::Info, title: "Probe could not insert a synthetic row into a table" },
 ];
+
+/// Warnings about the database's posture rather than an object through which isolation
+/// fails: the context design (an unsigned setting, once per database), who may connect, how
+/// the runtime role logs in and what it stores for itself. Every other warning, and every
+/// error, is hazard-class: it names an object and a way across tenants.
+pub const POSTURE_RULES: &[&str] = &[
+    "policy-unsigned-context",
+    "database-public-connect",
+    "runtime-role-password",
+    "runtime-role-setting",
+    "runtime-role-no-connection-limit",
+    "database-temp",
+    "probe-skipped",
+];
+
+/// Whether a finding is hazard-class: an error, or a warning not in [`POSTURE_RULES`].
+/// Info findings never are.
+pub fn is_hazard(f: &Finding) -> bool {
+    match f.severity {
+        Severity::Error => true,
+        Severity::Warning => !POSTURE_RULES.contains(&f.rule.as_str()),
+        Severity::Info => false,
+    }
+}
 
 /// Looks a rule up by id.
 pub fn rule_info(id: &str) -> Option<&'static RuleInfo> {

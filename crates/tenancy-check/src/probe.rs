@@ -5,9 +5,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio_postgres::Client;
 
-use crate::audit::{self, qi, ql, query, Table};
+use crate::audit::{self, qi, ql, query};
 use crate::model::{CheckError, Finding, Severity};
+use crate::policies;
 use crate::predicate;
+use crate::tables::{self, Table};
 use crate::Options;
 
 /// How the probe sets the tenant context.
@@ -85,7 +87,7 @@ async fn run_probe(
     opts: &Options,
     t: &audit::Target,
 ) -> Result<Vec<Finding>, CheckError> {
-    let tables = audit::tenant_tables(client, opts, t).await?;
+    let tables = tables::tenant_tables(client, opts, t).await?;
     let mode = if t.managed && opts.context_guc.is_none() {
         match &opts.context_key {
             Some(k) => Mode::Signed(Box::new(k.clone())),
@@ -97,14 +99,26 @@ async fn run_probe(
         let guc = match &opts.context_guc {
             Some(g) => Some(g.clone()),
             None => {
-                let pols = audit::policies(client, t).await?;
+                let pols = policies::policies(client, t).await?;
                 let found: Option<String> = pols
                     .iter()
                     .flat_map(|p| [p.using.as_deref(), p.check.as_deref()])
                     .flatten()
                     .flat_map(predicate::settings_read)
                     .next();
-                found
+                match found {
+                    Some(g) => Some(g),
+                    // The setting may be read inside a function the policies call
+                    // (`auth.uid()` reading `request.jwt.claim.sub`).
+                    None => {
+                        let funcs = crate::functions::functions(client, t).await?;
+                        pols.iter()
+                            .flat_map(|p| p.functions.iter())
+                            .filter_map(|o| funcs.iter().find(|x| x.oid == *o && !x.trusted))
+                            .flat_map(|x| predicate::settings_read(&x.body))
+                            .next()
+                    }
+                }
             }
         };
         match guc {

@@ -252,7 +252,7 @@ async fn demo(cluster: &Cluster, args: &DemoArgs) -> Result<()> {
         let check = tenancy_check::CheckArgs {
             database_url: cluster.url_as(cluster.superuser(), db),
             runtime_role: Some(RUNTIME_ROLE.into()),
-            tenant_column: "tenant_id".into(),
+            tenant_columns: vec!["tenant_id".into()],
             global_tables: Vec::new(),
             format: tenancy_check::Format::Text,
             probe: true,

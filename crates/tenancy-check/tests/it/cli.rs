@@ -222,3 +222,39 @@ async fn audits_a_database_over_verify_full_tls() {
     .await;
     assert_eq!(code, 2);
 }
+
+/// `--tenant-column` takes several names (repeated or comma-separated), in order of
+/// preference; an empty one is refused with exit code 2 before connecting.
+#[tokio::test]
+async fn several_tenant_columns_and_an_empty_one_is_refused() {
+    let a = args(&[
+        "--database-url",
+        "postgres://nobody@localhost/none",
+        "--tenant-column",
+        "tenant_id,account_id",
+        "--tenant-column",
+        "org_id",
+    ]);
+    let o = a.options().expect("options");
+    assert_eq!(o.tenant_columns, vec!["tenant_id", "account_id", "org_id"]);
+    assert_eq!(
+        args(&["--database-url", "x"])
+            .options()
+            .expect("options")
+            .tenant_columns,
+        vec!["tenant_id"]
+    );
+    let a = args(&[
+        "--database-url",
+        "postgres://nobody@localhost/none",
+        "--tenant-column",
+        " ",
+    ]);
+    assert!(matches!(
+        a.options(),
+        Err(tenancy_check::CheckError::BadOption(_))
+    ));
+    let (code, text) = run_to_string(&a).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.is_empty(), "{text}");
+}

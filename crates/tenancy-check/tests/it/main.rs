@@ -7,4 +7,5 @@ mod good;
 mod probe;
 mod rules;
 mod session;
+mod styles;
 mod support;

@@ -1,0 +1,410 @@
+//! User-defined functions: SECURITY DEFINER functions the runtime role may call, LEAKPROOF
+//! functions and definer triggers.
+
+use std::collections::{HashMap, HashSet};
+
+use tokio_postgres::Client;
+
+use crate::audit::{qi, query, Target};
+use crate::model::{CheckError, Finding, Severity};
+use crate::policies::Policy;
+use crate::predicate::{self, Shape};
+use crate::tables::Table;
+use crate::Options;
+
+/// A user-defined function.
+#[derive(Debug, Clone)]
+pub(crate) struct Function {
+    pub oid: u32,
+    pub qname: String,
+    pub signature: String,
+    pub secdef: bool,
+    pub volatile: bool,
+    pub leakproof: bool,
+    pub language: String,
+    pub body: String,
+    pub owner: String,
+    pub owner_bypass: bool,
+    pub executable: bool,
+    pub nargs: i16,
+    pub name: String,
+    /// One of tenancy's own context functions (`tenancy.enter`, the native
+    /// `tenancy.enter_read_only`, `tenancy.current_tenant_id`), trusted by design.
+    pub trusted: bool,
+    /// Declared a narrow lookup by its comment ([`NARROW_LOOKUP_MARK`]) and not owned by
+    /// the runtime role (which could otherwise declare its own functions narrow).
+    pub narrow_lookup: bool,
+    /// Whether it can hand values back: a set, a row, or a scalar other than `void`,
+    /// `boolean`, an integer or a trigger.
+    pub returns_data: bool,
+    /// Whether it sets its own `search_path` (`SET search_path = …`).
+    pub fixed_search_path: bool,
+}
+
+/// Lowercase names of the functions that read the caller's context: tenancy's own context
+/// functions and every SQL or PL/pgSQL function whose body reads a setting or calls
+/// `auth.uid()`/`auth.jwt()`. A policy comparing a column with a call of one of them keys
+/// its table by that column.
+pub(crate) fn context_functions(funcs: &[Function]) -> Vec<String> {
+    let mut out: Vec<String> = funcs
+        .iter()
+        .filter(|x| {
+            x.trusted
+                || ((x.language == "sql" || x.language == "plpgsql")
+                    && predicate::mentions_context(&x.body, &[]))
+        })
+        .map(|x| x.name.to_lowercase())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A comment on a SECURITY DEFINER function that starts with this declares it a narrow
+/// lookup: it finds one row by a key the caller already holds (a tenant id, slug, verified
+/// domain, API key id and secret) and returns no more than that row. The catalog's
+/// lookups carry it; `security-definer-ignores-context` does not report such functions.
+pub(crate) const NARROW_LOOKUP_MARK: &str = "tenancy:narrow-lookup";
+
+pub(crate) async fn functions(client: &Client, t: &Target) -> Result<Vec<Function>, CheckError> {
+    let rows = query(
+        client,
+        "SELECT p.oid, quote_ident(n.nspname) || '.' || quote_ident(p.proname), pg_get_function_identity_arguments(p.oid), \
+                p.prosecdef, p.provolatile = 'v', p.proleakproof, l.lanname::text, coalesce(p.prosrc, ''), \
+                pg_get_userbyid(p.proowner)::text, o.rolsuper OR o.rolbypassrls, has_function_privilege($1::oid, p.oid, 'EXECUTE'), \
+                p.pronargs, p.proname::text, coalesce(obj_description(p.oid, 'pg_proc'), ''), pg_has_role($1::oid, p.proowner, 'MEMBER'), \
+                n.nspname::text, \
+                p.proretset OR p.prorettype NOT IN ('void'::regtype, 'bool'::regtype, 'int2'::regtype, 'int4'::regtype, \
+                                                   'int8'::regtype, 'trigger'::regtype, 'event_trigger'::regtype), \
+                EXISTS (SELECT 1 FROM unnest(coalesce(p.proconfig, '{}'::text[])) c WHERE c LIKE 'search\\_path=%') \
+           FROM pg_catalog.pg_proc p \
+           JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+           JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
+           JOIN pg_catalog.pg_roles o ON o.oid = p.proowner \
+          WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND p.prokind IN ('f', 'p') \
+            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::regclass \
+                             AND d.objid = p.oid AND d.deptype = 'e')",
+        &[&t.role_oid],
+        "reading functions",
+    )
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let comment: String = r.get(13);
+            let role_member_of_owner: bool = r.get(14);
+            let schema: String = r.get(15);
+            let name: String = r.get(12);
+            let trusted = schema == "tenancy"
+                && !role_member_of_owner
+                && (((name == "enter" || name == "enter_read_only")
+                    && comment == "tenancy:context-enter")
+                    || (name == "current_tenant_id" && comment == "tenancy:context-read"));
+            Function {
+                oid: r.get(0),
+                qname: r.get(1),
+                signature: r.get(2),
+                secdef: r.get(3),
+                volatile: r.get(4),
+                leakproof: r.get(5),
+                language: r.get(6),
+                body: r.get(7),
+                owner: r.get(8),
+                owner_bypass: r.get(9),
+                executable: r.get(10),
+                nargs: r.get(11),
+                name,
+                trusted,
+                narrow_lookup: comment.starts_with(NARROW_LOOKUP_MARK) && !role_member_of_owner,
+                returns_data: r.get(16),
+                fixed_search_path: r.get(17),
+            }
+        })
+        .collect())
+}
+
+pub(crate) fn function_rules(
+    t: &Target,
+    tables: &[Table],
+    funcs: &[Function],
+    reported: &HashSet<u32>,
+    f: &mut Vec<Finding>,
+) {
+    for func in funcs {
+        let obj = format!("{}({})", func.qname.replace('"', ""), func.signature);
+        let qf = format!("{}({})", func.qname, func.signature);
+        if func.leakproof {
+            f.push(Finding::new(
+                "leakproof-function",
+                Severity::Warning,
+                &obj,
+                format!("{obj} is marked LEAKPROOF, so PostgreSQL may run it on rows before the policy filters them; if it can raise errors or notices that depend on its input, it leaks other tenants' values."),
+                format!("ALTER FUNCTION {qf} NOT LEAKPROOF;"),
+            ));
+        }
+        if func.secdef
+            && func.executable
+            && !func.trusted
+            && !func.fixed_search_path
+            && (func.language == "sql" || func.language == "plpgsql")
+        {
+            f.push(Finding::new(
+                "security-definer-search-path",
+                Severity::Warning,
+                &obj,
+                format!("SECURITY DEFINER function {obj} (owner {}) is executable by {} and does not set its own search_path: the names in its body resolve through the caller's search_path, so a caller who can create objects in any schema (pg_temp included) makes it run their operator or function with the owner's privileges.", func.owner, t.role),
+                format!("ALTER FUNCTION {qf} SET search_path = pg_catalog, pg_temp;  -- and schema-qualify the names in its body"),
+            ));
+        }
+        // `security-definer-ignores-context` already reported it, more precisely; a
+        // declared narrow lookup is reviewed by whoever wrote its comment.
+        if !func.secdef
+            || !func.executable
+            || func.trusted
+            || func.narrow_lookup
+            || reported.contains(&func.oid)
+        {
+            continue;
+        }
+        let body = func.body.to_lowercase();
+        let reads: Vec<&Table> = tables
+            .iter()
+            .filter(|tb| predicate::references(&body, &tb.name.to_lowercase()))
+            .collect();
+        let bypassing: Vec<&&Table> = reads
+            .iter()
+            .filter(|tb| func.owner_bypass || !tb.rls || (tb.owner == func.owner && !tb.force))
+            .collect();
+        let (sev, msg) = if let Some(tb) = bypassing.first() {
+            (
+                Severity::Error,
+                format!("SECURITY DEFINER function {obj} is executable by {} and reads tenant table {} as its owner {}, who bypasses row-level security on it: callers get other tenants' rows.", t.role, tb.object(), func.owner),
+            )
+        } else {
+            (
+                Severity::Warning,
+                format!("SECURITY DEFINER function {obj} (owner {}) is executable by {}; it runs with its owner's privileges, so any tenant table it touches is read as the owner.", func.owner, t.role),
+            )
+        };
+        f.push(Finding::new(
+            "security-definer-function",
+            sev,
+            &obj,
+            msg,
+            format!("ALTER FUNCTION {qf} SECURITY INVOKER;  -- or REVOKE EXECUTE ON FUNCTION {qf} FROM {}, PUBLIC;", qi(&t.role)),
+        ));
+    }
+}
+
+/// A table a definer function touches, as its owner sees it.
+pub(crate) struct Touched {
+    /// `schema.table`.
+    object: String,
+    /// Whether the function's owner sees rows beyond the caller's tenant context there:
+    /// it bypasses RLS, the table has none (or not forced for its owner), or a permissive
+    /// policy for the owner (or PUBLIC) is not a tenant predicate.
+    unbounded: bool,
+    /// A table of tenancy's control catalog (not tenant data; see `catalog_rules`).
+    catalog: bool,
+}
+
+/// `security-definer-ignores-context`: a SECURITY DEFINER function the runtime role may
+/// execute (directly or through PUBLIC) whose body reads or writes a tenant table (or, in
+/// a tenancy-managed database, a catalog table with a tenant column) and never mentions the
+/// tenant context: the context function (`current_tenant_id`, or a function the tenant
+/// policies call) or a context setting. Such a function acts for any caller, injected SQL
+/// with no context included.
+///
+/// Severity: `error` when it can hand back values (rows, records, text…) from a tenant
+/// table whose rows its owner sees beyond the context: any caller reads other tenants'
+/// data with one ordinary call (the severity contract's error). `warning` otherwise: it
+/// only writes, returns nothing but a flag or a count, touches only catalog tables, or
+/// row-level security still binds its owner, so what leaks depends on the arguments or on
+/// a policy staying as it is. Not reported: tenancy's own context functions, functions
+/// declared narrow lookups ([`NARROW_LOOKUP_MARK`]), and C functions (no body to read).
+///
+/// Returns the functions it reported, which `function_rules` then skips.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn definer_context_rules(
+    client: &Client,
+    opts: &Options,
+    t: &Target,
+    tables: &[Table],
+    pols: &[Policy],
+    funcs: &[Function],
+    gucs: &[String],
+    f: &mut Vec<Finding>,
+) -> Result<HashSet<u32>, CheckError> {
+    let mut reported = HashSet::new();
+    let candidates: Vec<&Function> = funcs
+        .iter()
+        .filter(|x| {
+            x.secdef
+                && x.executable
+                && !x.trusted
+                && !x.narrow_lookup
+                && (x.language == "sql" || x.language == "plpgsql")
+        })
+        .collect();
+    if candidates.is_empty() {
+        return Ok(reported);
+    }
+    let col = opts
+        .tenant_columns
+        .first()
+        .map(String::as_str)
+        .unwrap_or("tenant_id");
+    // What counts as referring to the tenant context: the context function, the settings
+    // policies read, and any function a tenant policy calls.
+    let fn_names: HashMap<u32, &str> = funcs.iter().map(|x| (x.oid, x.name.as_str())).collect();
+    let mut context_words: Vec<String> = vec!["current_tenant_id".into()];
+    context_words.extend(gucs.iter().cloned());
+    context_words.extend(
+        context_functions(funcs)
+            .into_iter()
+            .map(|n| format!("{n}(")),
+    );
+    for p in pols {
+        for oid in &p.functions {
+            if let Some(n) = fn_names.get(oid) {
+                context_words.push(n.to_lowercase());
+            }
+        }
+    }
+    context_words.sort();
+    context_words.dedup();
+    let catalog: Vec<(String, String)> = if t.managed {
+        query(
+            client,
+            "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = ANY ($1::text[]) AND NOT a.attisdropped \
+              WHERE n.nspname = 'tenancy_catalog' AND c.relkind IN ('r', 'p') ORDER BY 2",
+            &[&opts.tenant_columns],
+            "listing catalog tables with a tenant column",
+        )
+        .await?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    } else {
+        Vec::new()
+    };
+    for func in candidates {
+        let body = func.body.to_lowercase();
+        if context_words.iter().any(|w| body.contains(w.as_str())) {
+            continue;
+        }
+        let mut touched: Vec<Touched> = tables
+            .iter()
+            .filter(|tb| predicate::references(&body, &tb.name.to_lowercase()))
+            .map(|tb| {
+                let owner_policy_open = pols.iter().any(|p| {
+                    p.table == tb.oid
+                        && p.permissive
+                        && p.cmd != "a"
+                        && (p.roles.iter().any(|r| r == "PUBLIC" || *r == func.owner))
+                        && p.functions.is_empty()
+                        && p.using
+                            .as_deref()
+                            .is_some_and(|u| predicate::classify(u, &tb.col_name) != Shape::Tenant)
+                });
+                Touched {
+                    object: tb.object(),
+                    unbounded: func.owner_bypass
+                        || !tb.rls
+                        || (tb.owner == func.owner && !tb.force)
+                        || owner_policy_open,
+                    catalog: false,
+                }
+            })
+            .collect();
+        touched.extend(
+            catalog
+                .iter()
+                .filter(|(_, name)| predicate::references(&body, &name.to_lowercase()))
+                .map(|(schema, name)| Touched {
+                    object: format!("{schema}.{name}"),
+                    unbounded: true,
+                    catalog: true,
+                }),
+        );
+        if touched.is_empty() {
+            continue;
+        }
+        let obj = format!("{}({})", func.qname.replace('"', ""), func.signature);
+        let qf = format!("{}({})", func.qname, func.signature);
+        let list = touched
+            .iter()
+            .map(|x| x.object.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let leaking = touched
+            .iter()
+            .find(|x| x.unbounded && !x.catalog && func.returns_data);
+        let (sev, msg) = match leaking {
+            Some(x) => (
+                Severity::Error,
+                format!(
+                    "SECURITY DEFINER function {obj} is executable by {role} and hands back data from tenant table {table} without referring to the tenant context: it runs as {owner}, who sees every tenant's rows there, so any caller (injected SQL with no context included) gets other tenants' rows.",
+                    role = t.role,
+                    table = x.object,
+                    owner = func.owner
+                ),
+            ),
+            None => (
+                Severity::Warning,
+                format!(
+                    "SECURITY DEFINER function {obj} is executable by {role} and reads or writes {list} without referring to the tenant context: it acts on whatever rows its arguments name, for any caller, injected SQL with no context included{how}.",
+                    role = t.role,
+                    how = if touched.iter().any(|x| x.unbounded) {
+                        format!(", as {}, who sees every tenant's rows there", func.owner)
+                    } else {
+                        " (row-level security still binds its owner, so this holds only as long as the policies do)".to_owned()
+                    }
+                ),
+            ),
+        };
+        f.push(Finding::new(
+            "security-definer-ignores-context",
+            sev,
+            &obj,
+            format!("{msg} Check the tenant inside it (… WHERE {c} = (SELECT tenancy.current_tenant_id())), grant it only to a role of its own (as tenancy's job queue does with tenancy_worker), or, for a lookup of one row by a key the caller already holds, declare it with COMMENT ON FUNCTION {qf} IS '{NARROW_LOOKUP_MARK}: …'.", c = qi(col)),
+            format!("REVOKE EXECUTE ON FUNCTION {qf} FROM {}, PUBLIC;  -- and GRANT EXECUTE to a role of its own", qi(&t.role)),
+        ));
+        reported.insert(func.oid);
+    }
+    Ok(reported)
+}
+
+pub(crate) async fn trigger_rules(
+    client: &Client,
+    tables: &HashMap<u32, &Table>,
+    f: &mut Vec<Finding>,
+) -> Result<(), CheckError> {
+    let rows = query(
+        client,
+        "SELECT t.tgrelid, t.tgname::text, quote_ident(n.nspname) || '.' || quote_ident(p.proname), pg_get_userbyid(p.proowner)::text \
+           FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
+           JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+          WHERE NOT t.tgisinternal AND p.prosecdef",
+        &[],
+        "reading triggers",
+    )
+    .await?;
+    for r in rows {
+        let rel: u32 = r.get(0);
+        let Some(tb) = tables.get(&rel) else { continue };
+        let tg: String = r.get(1);
+        let func: String = r.get(2);
+        let owner: String = r.get(3);
+        f.push(Finding::new(
+            "trigger-security-definer",
+            Severity::Warning,
+            tb.object(),
+            format!("Trigger {tg} on {} runs SECURITY DEFINER function {func} as {owner}: whatever it reads or writes is not limited to the writing tenant unless it checks the tenant itself.", tb.object()),
+            format!("ALTER FUNCTION {func}() SECURITY INVOKER;"),
+        ));
+    }
+    Ok(())
+}
