@@ -587,7 +587,7 @@ pub async fn add_region(
 ) -> Result<Response, ApiError> {
     let (req, raw): (RegionInput, _) = parse_body(&headers, body)?;
     let scope = format!("admin:{}:POST /v1/regions", admin.principal);
-    idempotency::run(&state, &headers, scope, &raw, || async {
+    idempotency::run(&state, &headers, scope, &raw, move |state| async move {
         let id: RegionId = parse_field("id", &req.id)?;
         check_text("display_name", &req.display_name, 50)?;
         let conn = state.catalog().await?;
@@ -642,7 +642,7 @@ pub async fn add_cluster(
 ) -> Result<Response, ApiError> {
     let (req, raw): (ClusterInput, _) = parse_body(&headers, body)?;
     let scope = format!("admin:{}:POST /v1/clusters", admin.principal);
-    idempotency::run(&state, &headers, scope, &raw, || async {
+    idempotency::run(&state, &headers, scope, &raw, move |state| async move {
         let region: RegionId = parse_field("region", &req.region)?;
         check_text("host", &req.host, 255)?;
         check_text("dbname", &req.dbname, 63)?;
@@ -711,7 +711,7 @@ pub async fn create_tenant(
     let (req, raw): (CreateTenant, _) = parse_body(&headers, body)?;
     let scope = format!("admin:{}:POST /v1/tenants", admin.principal);
     let actor = format!("admin:{}", admin.principal);
-    idempotency::run(&state, &headers, scope, &raw, || async {
+    idempotency::run(&state, &headers, scope, &raw, move |state| async move {
         let new = NewTenant {
             id: None,
             slug: parse_field("slug", &req.slug)?,
@@ -879,13 +879,26 @@ pub async fn get_workflow(
     Ok(Json((&wf).into()))
 }
 
+/// Whether a lifecycle workflow of `kind` can do anything for a tenant in `state` (the
+/// same rules its workflow applies; refusing here answers 409 instead of queueing a
+/// workflow that is then cancelled).
+fn lifecycle_allowed(kind: WorkflowKind, state: tenancy_core::TenantState) -> bool {
+    use tenancy_core::TenantState::*;
+    match kind {
+        WorkflowKind::Suspend | WorkflowKind::Resume => matches!(state, Active | Suspended),
+        WorkflowKind::ChangePlan => !matches!(state, Deleting | Deleted),
+        WorkflowKind::Delete => matches!(state, Active | Suspended | Deleting),
+        _ => state != Deleted,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn lifecycle(
     state: &AppState,
     admin: &Admin,
     headers: &HeaderMap,
     id: &str,
-    op: &str,
+    op: &'static str,
     kind: WorkflowKind,
     raw: serde_json::Value,
     input: serde_json::Value,
@@ -893,13 +906,20 @@ async fn lifecycle(
     let id = tenant_ref(state, id).await?;
     let scope = format!("admin:{}:POST /v1/tenants/{id}/{op}", admin.principal);
     let actor = format!("admin:{}", admin.principal);
-    idempotency::run(state, headers, scope, &raw, || async {
+    idempotency::run(state, headers, scope, &raw, move |state| async move {
         let mut conn = state.catalog().await?;
         let t = tenancy_catalog::get_tenant(&conn, id).await?;
-        if t.state == tenancy_core::TenantState::Deleted {
+        if !lifecycle_allowed(kind, t.state) {
             return Err(ApiError::new(
                 ProblemCode::Conflict,
-                format!("tenant {id} is deleted"),
+                format!(
+                    "cannot {} tenant {id}: it is {}",
+                    match kind {
+                        WorkflowKind::ChangePlan => "change the plan of",
+                        _ => op,
+                    },
+                    t.state
+                ),
             ));
         }
         let wf = state
@@ -1030,15 +1050,10 @@ pub async fn legal_hold(
     let (r, raw): (LegalHold, _) = parse_body(&headers, body)?;
     let id = tenant_ref(&state, &id).await?;
     let scope = format!("admin:{}:POST /v1/tenants/{id}/legal-hold", admin.principal);
-    idempotency::run(&state, &headers, scope, &raw, || async {
+    let actor = format!("admin:{}", admin.principal);
+    idempotency::run(&state, &headers, scope, &raw, move |state| async move {
         let mut conn = state.catalog().await?;
-        let t = tenancy_catalog::set_legal_hold(
-            &mut conn,
-            id,
-            r.hold,
-            &format!("admin:{}", admin.principal),
-        )
-        .await?;
+        let t = tenancy_catalog::set_legal_hold(&mut conn, id, r.hold, &actor).await?;
         Ok((StatusCode::OK, to_value(&TenantView::from(&t))))
     })
     .await
@@ -1128,7 +1143,7 @@ pub async fn signup(
         &headers,
         "signup:POST /v1/signup".into(),
         &raw,
-        || async {
+        move |state| async move {
             let s = state.signup();
             let region = req.region.clone().unwrap_or_else(|| s.region.clone());
             let new = NewTenant {

@@ -30,8 +30,8 @@ pub struct SignupConfig {
 
 impl SignupConfig {
     /// Refuses signup defaults that would make every signup fail: a placement that does
-    /// not exist, a plan or region that is not a valid key, a plan missing from a
-    /// non-empty `[plans]`, or (embedded default) a region that is not started.
+    /// not exist, a plan or region that is not a valid key, or a plan missing from a
+    /// non-empty `[plans]`.
     pub fn validate(&self, cfg: &ControlConfig) -> Result<(), String> {
         self.placement
             .parse::<tenancy_core::Placement>()
@@ -49,13 +49,6 @@ impl SignupConfig {
         self.region
             .parse::<tenancy_core::RegionId>()
             .map_err(|e| format!("signup.region: {e}"))?;
-        if cfg.database_url.is_none() && !cfg.regions.contains(&self.region) {
-            return Err(format!(
-                "signup.region: {:?} is not one of the regions ({})",
-                self.region,
-                cfg.regions.join(", ")
-            ));
-        }
         Ok(())
     }
 }
