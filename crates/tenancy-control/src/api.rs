@@ -476,14 +476,20 @@ pub async fn openapi_json(
     State(state): State<AppState>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let mut doc = state.openapi();
-    let conn = state.catalog().await?;
-    let regions: Vec<String> = tenancy_catalog::list_regions(&conn)
-        .await?
-        .into_iter()
-        .map(|r| r.id.to_string())
-        .collect();
-    drop(conn);
-    refine_document(&mut doc, &regions, &known_plans(&state));
+    // Without the catalog the document is still served, without the list of regions.
+    let regions = match state.catalog().await {
+        Ok(conn) => tenancy_catalog::list_regions(&conn)
+            .await
+            .map(|rs| {
+                rs.into_iter()
+                    .map(|r| r.id.to_string())
+                    .collect::<Vec<String>>()
+            })
+            .map_err(|e| tracing::warn!(error = %e, "listing regions for the OpenAPI document"))
+            .ok(),
+        Err(_) => None,
+    };
+    refine_document(&mut doc, regions.as_deref(), &known_plans(&state));
     Ok(Json(doc))
 }
 
@@ -492,20 +498,22 @@ pub async fn openapi_json(
 /// may not be. Regions and plans are only ever added, so a value listed stays valid.
 fn refine_document(
     doc: &mut serde_json::Value,
-    regions: &[String],
+    regions: Option<&[String]>,
     plans: &std::collections::BTreeSet<String>,
 ) {
     let reserved: Vec<&str> = tenancy_core::ids::RESERVED_SLUGS.to_vec();
     let schemas = &mut doc["components"]["schemas"];
-    let fields: [(&str, &str, serde_json::Value); 7] = [
+    let mut fields: Vec<(&str, &str, serde_json::Value)> = vec![
         ("CreateTenant", "slug", json!({"not": {"enum": reserved}})),
         ("Signup", "slug", json!({"not": {"enum": reserved}})),
-        ("CreateTenant", "region", json!({"enum": regions})),
-        ("Signup", "region", json!({"enum": regions})),
-        ("ClusterInput", "region", json!({"enum": regions})),
         ("CreateTenant", "plan", json!({"enum": plans})),
         ("ChangePlan", "plan", json!({"enum": plans})),
     ];
+    if let Some(regions) = regions {
+        for schema in ["CreateTenant", "Signup", "ClusterInput"] {
+            fields.push((schema, "region", json!({ "enum": regions })));
+        }
+    }
     for (schema, field, extra) in fields {
         let Some(prop) = schemas
             .get_mut(schema)

@@ -451,3 +451,91 @@ fn signup_defaults_that_would_refuse_every_signup_are_refused_at_start() {
         loaded.map(|_| ())
     );
 }
+
+#[tokio::test]
+async fn the_openapi_document_declares_every_status_parameter_and_header_a_client_needs() {
+    let (db, state, _p) = fresh_state().await;
+    let app = router(crate::config_routes::with_config(&db, state).await);
+    let (st, _, doc) = call(&app, "GET", "/openapi.json", &[], None).await;
+    assert_eq!(st, StatusCode::OK);
+    let mut problems = Vec::new();
+    let mut idempotent = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            let what = format!("{method} {path}");
+            let responses = op["responses"].as_object().expect("responses");
+            for (status, r) in responses {
+                if r["description"]
+                    .as_str()
+                    .is_none_or(|d| d.trim().is_empty())
+                {
+                    problems.push(format!("{what} {status}: no description"));
+                }
+            }
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            for p in &params {
+                let name = p["name"].as_str().unwrap_or("");
+                let in_path = path.contains(&format!("{{{name}}}"));
+                if (p["in"] == "path") != in_path {
+                    problems.push(format!("{what}: {name} is declared in {}", p["in"]));
+                }
+                if p["name"] == "Idempotency-Key" {
+                    idempotent += 1;
+                    if p["required"] != true || !p["schema"]["pattern"].is_string() {
+                        problems.push(format!(
+                            "{what}: Idempotency-Key not required or without pattern: {p}"
+                        ));
+                    }
+                    if responses
+                        .get("409")
+                        .is_none_or(|r| r["headers"].get("Retry-After").is_none())
+                    {
+                        problems.push(format!("{what}: 409 without Retry-After"));
+                    }
+                }
+            }
+            let mut want = Vec::new();
+            if op
+                .get("security")
+                .is_some_and(|s| s != &serde_json::json!([]))
+            {
+                want.push("401");
+            }
+            if op.get("requestBody").is_some() {
+                want.extend(["400", "413", "415", "422"]);
+            }
+            if path.contains('{') {
+                want.extend(["400", "404", "422"]);
+            }
+            if params.iter().any(|p| p["in"] == "query") {
+                want.extend(["400", "422"]);
+            }
+            for status in want {
+                match responses.get(status) {
+                    Some(r)
+                        if r["content"]["application/problem+json"]["schema"]["$ref"]
+                            == "#/components/schemas/Problem" => {}
+                    _ => problems.push(format!("{what}: {status} not documented as a Problem")),
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert!(
+        idempotent >= 9,
+        "every state-changing POST takes an Idempotency-Key"
+    );
+    // What a request may name now: the registered regions and the known plans.
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["CreateTenant"]["properties"]["region"]["enum"],
+        serde_json::json!(["eu-west"])
+    );
+    assert_eq!(
+        schemas["ChangePlan"]["properties"]["plan"]["enum"],
+        serde_json::json!(["enterprise", "free", "pro"])
+    );
+    assert!(schemas["Signup"]["properties"]["slug"]["not"]["enum"]
+        .as_array()
+        .is_some_and(|r| r.iter().any(|s| s == "admin")));
+}
