@@ -141,10 +141,10 @@ bearer = "${TENANCY_CONTRACT_ADMIN_TOKEN}"
 [checks]
 object_level_authorization.enabled = false
 
-# The configuration service's bodies are documented as JSON objects whose rules (a flag's
-# variants and rules, a setting's JSON Schema, references to other keys) are stated in
-# words, not in the schema: a generated object that fits the schema is still refused
-# with 422, rightly. Every other check runs on them.
+# The configuration service's bodies are documented as free-form JSON objects whose rules
+# (a flag's variants and rules, a setting's JSON Schema, references to other keys, no NUL
+# in any string) are stated in words, not in the schema: a generated object that fits the
+# schema is still refused with 422, rightly. Every other check runs on them.
 [[operations]]
 include-path-regex = "^/v1/config/"
 include-method-regex = "(?i)^(put|post)$"
