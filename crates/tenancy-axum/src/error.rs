@@ -1,4 +1,5 @@
-//! The one HTTP error type, rendered as RFC 9457 `application/problem+json`.
+//! The request layer's HTTP error, rendered as the one problem document of tenancy
+//! ([`tenancy_problem::Problem`], RFC 9457 `application/problem+json`).
 //!
 //! Every variant has a stable `code` (also the last part of its `type` URI) and status; the
 //! table is [`ProblemType::ALL`]. Bodies never carry internal details (those are logged
@@ -8,12 +9,13 @@
 
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
-use serde::Serialize;
 
-/// Prefix of every problem `type` URI.
-pub const PROBLEM_TYPE_PREFIX: &str = "urn:tenancy:problem:";
+/// Prefix of every problem `type` URI (the one scheme of tenancy).
+pub use tenancy_problem::TYPE_PREFIX as PROBLEM_TYPE_PREFIX;
 
-/// The stable table of problem types: code, HTTP status and title.
+/// The problem types of the request layer: its part of the one code table of tenancy
+/// ([`tenancy_problem`]); the codes it shares with every surface (`not-found`,
+/// `validation`, …) are the common ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ProblemType {
@@ -48,6 +50,37 @@ pub enum ProblemType {
     Internal,
 }
 
+/// 401: the credential is not valid.
+pub const INVALID_CREDENTIALS: tenancy_problem::ProblemType =
+    tenancy_problem::ProblemType::new("invalid-credentials", 401, "The credential is not valid");
+/// 403: the request names more than one tenant.
+pub const TENANT_MISMATCH: tenancy_problem::ProblemType = tenancy_problem::ProblemType::new(
+    "tenant-mismatch",
+    403,
+    "The request names more than one tenant",
+);
+/// 404: the tenant does not exist.
+pub const TENANT_NOT_FOUND: tenancy_problem::ProblemType =
+    tenancy_problem::ProblemType::new("tenant-not-found", 404, "Tenant not found");
+/// 403: the tenant is suspended.
+pub const TENANT_SUSPENDED: tenancy_problem::ProblemType =
+    tenancy_problem::ProblemType::new("tenant-suspended", 403, "The tenant is suspended");
+/// 409: the tenant is still being provisioned.
+pub const TENANT_PROVISIONING: tenancy_problem::ProblemType = tenancy_problem::ProblemType::new(
+    "tenant-provisioning",
+    409,
+    "The tenant is still being provisioned",
+);
+/// 410: the tenant is deleted.
+pub const TENANT_DELETED: tenancy_problem::ProblemType =
+    tenancy_problem::ProblemType::new("tenant-deleted", 410, "The tenant has been deleted");
+/// 403: the credential lacks a scope.
+pub const INSUFFICIENT_SCOPE: tenancy_problem::ProblemType = tenancy_problem::ProblemType::new(
+    "insufficient-scope",
+    403,
+    "The credential does not allow this operation",
+);
+
 impl ProblemType {
     /// Every problem type, for documentation and tests.
     pub const ALL: &'static [ProblemType] = &[
@@ -67,68 +100,49 @@ impl ProblemType {
         ProblemType::Internal,
     ];
 
+    /// The entry of the one code table.
+    pub fn entry(self) -> tenancy_problem::ProblemType {
+        match self {
+            ProblemType::Unauthenticated => tenancy_problem::UNAUTHENTICATED,
+            ProblemType::InvalidCredentials => INVALID_CREDENTIALS,
+            ProblemType::TenantMismatch => TENANT_MISMATCH,
+            ProblemType::TenantNotFound => TENANT_NOT_FOUND,
+            ProblemType::TenantSuspended => TENANT_SUSPENDED,
+            ProblemType::TenantProvisioning => TENANT_PROVISIONING,
+            ProblemType::TenantDeleted => TENANT_DELETED,
+            ProblemType::InsufficientScope => INSUFFICIENT_SCOPE,
+            ProblemType::NotFound => tenancy_problem::NOT_FOUND,
+            ProblemType::BadRequest => tenancy_problem::BAD_REQUEST,
+            ProblemType::Validation => tenancy_problem::VALIDATION,
+            ProblemType::Conflict => tenancy_problem::CONFLICT,
+            ProblemType::Unavailable => tenancy_problem::UNAVAILABLE,
+            ProblemType::Internal => tenancy_problem::INTERNAL,
+        }
+    }
+
+    /// This crate's part of the code table (for [`tenancy_problem::check_table`]).
+    pub fn table() -> Vec<tenancy_problem::ProblemType> {
+        Self::ALL.iter().map(|t| t.entry()).collect()
+    }
+
     /// The stable code (`tenant-suspended`, …).
     pub fn code(self) -> &'static str {
-        match self {
-            ProblemType::Unauthenticated => "unauthenticated",
-            ProblemType::InvalidCredentials => "invalid-credentials",
-            ProblemType::TenantMismatch => "tenant-mismatch",
-            ProblemType::TenantNotFound => "tenant-not-found",
-            ProblemType::TenantSuspended => "tenant-suspended",
-            ProblemType::TenantProvisioning => "tenant-provisioning",
-            ProblemType::TenantDeleted => "tenant-deleted",
-            ProblemType::InsufficientScope => "insufficient-scope",
-            ProblemType::NotFound => "not-found",
-            ProblemType::BadRequest => "bad-request",
-            ProblemType::Validation => "validation",
-            ProblemType::Conflict => "conflict",
-            ProblemType::Unavailable => "unavailable",
-            ProblemType::Internal => "internal",
-        }
+        self.entry().code
     }
 
     /// The HTTP status.
     pub fn status(self) -> StatusCode {
-        match self {
-            ProblemType::Unauthenticated | ProblemType::InvalidCredentials => {
-                StatusCode::UNAUTHORIZED
-            }
-            ProblemType::TenantMismatch
-            | ProblemType::TenantSuspended
-            | ProblemType::InsufficientScope => StatusCode::FORBIDDEN,
-            ProblemType::TenantNotFound | ProblemType::NotFound => StatusCode::NOT_FOUND,
-            ProblemType::TenantProvisioning | ProblemType::Conflict => StatusCode::CONFLICT,
-            ProblemType::TenantDeleted => StatusCode::GONE,
-            ProblemType::BadRequest => StatusCode::BAD_REQUEST,
-            ProblemType::Validation => StatusCode::UNPROCESSABLE_ENTITY,
-            ProblemType::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ProblemType::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.entry().status_code()
     }
 
     /// A short, fixed title.
     pub fn title(self) -> &'static str {
-        match self {
-            ProblemType::Unauthenticated => "A credential is required",
-            ProblemType::InvalidCredentials => "The credential is not valid",
-            ProblemType::TenantMismatch => "The request names more than one tenant",
-            ProblemType::TenantNotFound => "Tenant not found",
-            ProblemType::TenantSuspended => "The tenant is suspended",
-            ProblemType::TenantProvisioning => "The tenant is still being provisioned",
-            ProblemType::TenantDeleted => "The tenant has been deleted",
-            ProblemType::InsufficientScope => "The credential does not allow this operation",
-            ProblemType::NotFound => "Not found",
-            ProblemType::BadRequest => "Bad request",
-            ProblemType::Validation => "Invalid input",
-            ProblemType::Conflict => "Conflict",
-            ProblemType::Unavailable => "Service temporarily unavailable",
-            ProblemType::Internal => "Internal error",
-        }
+        self.entry().title
     }
 
     /// The `type` URI.
     pub fn uri(self) -> String {
-        format!("{PROBLEM_TYPE_PREFIX}{}", self.code())
+        self.entry().uri()
     }
 }
 
@@ -240,18 +254,6 @@ impl HttpError {
     }
 }
 
-/// The JSON body of a problem response.
-#[derive(Debug, Serialize)]
-struct ProblemBody {
-    #[serde(rename = "type")]
-    type_: String,
-    title: &'static str,
-    status: u16,
-    code: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    detail: Option<String>,
-}
-
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let pt = self.problem_type();
@@ -265,19 +267,7 @@ impl IntoResponse for HttpError {
             }
             other => tracing::debug!(code = pt.code(), error = %other, "request refused"),
         }
-        let body = ProblemBody {
-            type_: pt.uri(),
-            title: pt.title(),
-            status: pt.status().as_u16(),
-            code: pt.code(),
-            detail: self.detail(),
-        };
-        let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        let mut resp = (pt.status(), bytes).into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        let mut resp = tenancy_problem::Problem::new(pt.entry(), self.detail()).into_response();
         if pt == ProblemType::Unauthenticated || pt == ProblemType::InvalidCredentials {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

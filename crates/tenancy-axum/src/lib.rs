@@ -54,5 +54,8 @@ pub use future::ResponseFuture;
 pub use layer::TenancyLayer;
 pub use service::TenancyService;
 pub use tenancy::{Session, SessionSource, Source, Tenancy, TenancyBuilder};
+/// The one problem document of tenancy (its `normalize` middleware turns axum's plain-text
+/// rejections and fallbacks into problems).
+pub use tenancy_problem as problem;
 pub use tenant::{spawn_with_tenant, SourceKind, Tenant, TenantCache, TenantKey};
 pub use tx::Tx;

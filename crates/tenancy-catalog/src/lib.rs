@@ -59,7 +59,7 @@ pub enum CatalogError {
     #[error("slug {0:?} is already taken; choose another")]
     SlugTaken(String),
     /// The region is not registered.
-    #[error("region {0:?} is not registered; add it first (tenancy regions add) or pick one of the registered regions")]
+    #[error("region {0:?} is not registered; register it first (POST /v1/regions, or `regions` in the configuration of `tenancy serve`) or pick one of the registered regions")]
     UnknownRegion(String),
     /// No cluster in the region accepts tenants.
     #[error("no cluster in region {0:?} accepts new tenants; register a cluster there or raise a cluster's capacity")]

@@ -1,6 +1,15 @@
 //! `tenancy demo`: the embedded default end to end.
 
 use anyhow::{bail, Context, Result};
+
+/// Prints a line on stdout. A closed stdout (`tenancy demo | head -2`) is not an error:
+/// the demo runs to its end, and stops its clusters, without printing the rest.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 use tenancy_catalog::{NewCluster, NewTenant};
 use tenancy_core::{ContextKey, Placement, TenantId, TenantState};
 use tenancy_pg::{Cluster, ClusterOptions};
@@ -45,14 +54,14 @@ async fn connect(cfg: tokio_postgres::Config) -> Result<tokio_postgres::Client> 
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
-    println!("tenancy demo: starting a private PostgreSQL cluster (embedded default)…");
+    say!("tenancy demo: starting a private PostgreSQL cluster (embedded default)…");
     let cluster = Cluster::start(ClusterOptions {
         ephemeral: true,
         ..Default::default()
     })
     .await
     .context("starting the embedded PostgreSQL cluster")?;
-    println!(
+    say!(
         "  PostgreSQL {} in {}",
         cluster.major_version(),
         cluster.data_dir().display()
@@ -82,11 +91,11 @@ async fn demo(cluster: &Cluster, args: &DemoArgs) -> Result<()> {
         .batch_execute(APP_SCHEMA)
         .await
         .context("creating the demo app's tables")?;
-    println!("  roles: {OWNER_ROLE} (runs migrations, owns tables), {RUNTIME_ROLE} (runtime: NOSUPERUSER NOBYPASSRLS, owns nothing), {WORKER_ROLE} (job workers: only claims and finishes jobs)");
-    println!(
+    say!("  roles: {OWNER_ROLE} (runs migrations, owns tables), {RUNTIME_ROLE} (runtime: NOSUPERUSER NOBYPASSRLS, owns nothing), {WORKER_ROLE} (job workers: only claims and finishes jobs)");
+    say!(
         "  catalog migrated; tenant table `invoices`: RLS enabled + forced, signed-context policy"
     );
-    println!(
+    say!(
         "  signed tenant context: {}",
         bootstrap::describe_context_impl(&owner).await?
     );
@@ -122,9 +131,12 @@ async fn demo(cluster: &Cluster, args: &DemoArgs) -> Result<()> {
         .await?;
         tenancy_catalog::set_state(&mut owner, t.id, TenantState::Active, "demo", "demo signup")
             .await?;
-        println!(
+        say!(
             "  tenant {:<7} id {}  region {}  placement {}  → active",
-            t.slug, t.id, t.region, t.placement
+            t.slug,
+            t.id,
+            t.region,
+            t.placement
         );
         tenants.push(t);
     }
@@ -152,7 +164,7 @@ async fn demo(cluster: &Cluster, args: &DemoArgs) -> Result<()> {
         }
         tx.commit().await?;
     }
-    println!();
+    say!();
     let mut first_ids: Vec<uuid::Uuid> = Vec::new();
     for t in &tenants {
         let mut tx = router.begin(t.id).await?;
@@ -164,7 +176,7 @@ async fn demo(cluster: &Cluster, args: &DemoArgs) -> Result<()> {
             .await?;
         tx.commit().await?;
         let numbers: Vec<String> = rows.iter().map(|r| r.get::<_, String>(1)).collect();
-        println!(
+        say!(
             "  {} sees {} invoices: {}",
             t.slug,
             rows.len(),
@@ -175,8 +187,8 @@ async fn demo(cluster: &Cluster, args: &DemoArgs) -> Result<()> {
         }
     }
     let (acme, globex) = (&tenants[0], &tenants[1]);
-    println!();
-    println!("  {} tries to reach {}'s data:", acme.slug, globex.slug);
+    say!();
+    say!("  {} tries to reach {}'s data:", acme.slug, globex.slug);
     let mut tx = router.begin(acme.id).await?;
     let by_id = tx
         .query_opt(
@@ -184,7 +196,7 @@ async fn demo(cluster: &Cluster, args: &DemoArgs) -> Result<()> {
             &[&first_ids[1]],
         )
         .await?;
-    println!(
+    say!(
         "    SELECT … WHERE id = <globex invoice id>          → {}",
         if by_id.is_some() {
             "FOUND (isolation broken!)"
@@ -198,7 +210,7 @@ async fn demo(cluster: &Cluster, args: &DemoArgs) -> Result<()> {
             &[&first_ids[1]],
         )
         .await?;
-    println!("    UPDATE … WHERE id = <globex invoice id>          → {updated} rows");
+    say!("    UPDATE … WHERE id = <globex invoice id>          → {updated} rows");
     tx.query_one(
         "SELECT set_config('tenancy.ctx', $1, true)",
         &[&globex.id.to_string()],
@@ -211,7 +223,7 @@ async fn demo(cluster: &Cluster, args: &DemoArgs) -> Result<()> {
         )
         .await?
         .get(0);
-    println!("    set_config('tenancy.ctx', '<globex id>', true)   → then sees {after_forge} of globex's rows (a setting is not a context)");
+    say!("    set_config('tenancy.ctx', '<globex id>', true)   → then sees {after_forge} of globex's rows (a setting is not a context)");
     tx.rollback().await?;
     let mut tx = router.begin(acme.id).await?;
     let moved = tx
@@ -220,7 +232,7 @@ async fn demo(cluster: &Cluster, args: &DemoArgs) -> Result<()> {
             &[&globex.id.as_uuid()],
         )
         .await;
-    println!(
+    say!(
         "    UPDATE invoices SET tenant_id = '<globex id>'     → {}",
         match &moved {
             Ok(n) => format!("{n} rows moved (isolation broken!)"),
@@ -233,7 +245,7 @@ async fn demo(cluster: &Cluster, args: &DemoArgs) -> Result<()> {
         .query_one("SELECT count(*) FROM invoices", &[])
         .await?
         .get(0);
-    println!(
+    say!(
         "    runtime role with no tenant context               → sees {no_ctx} rows (fail closed)"
     );
     if by_id.is_some() || updated != 0 || after_forge != 0 || moved.is_ok() || no_ctx != 0 {
@@ -241,14 +253,14 @@ async fn demo(cluster: &Cluster, args: &DemoArgs) -> Result<()> {
     }
     let other = TenantId::new_random();
     match router.begin(other).await {
-        Err(e) => println!("    unknown tenant {other}  → {e}"),
+        Err(e) => say!("    unknown tenant {other}  → {e}"),
         Ok(_) => bail!("an unknown tenant was opened"),
     }
-    println!();
+    say!();
     let app = example_app(cluster, db, &mut owner, key, &tenants, args).await?;
     if args.check {
-        println!();
-        println!("tenancy check --probe on the demo database:");
+        say!();
+        say!("tenancy check --probe on the demo database:");
         let check = tenancy_check::CheckArgs {
             database_url: cluster.url_as(cluster.superuser(), db),
             runtime_role: Some(RUNTIME_ROLE.into()),
@@ -266,21 +278,21 @@ async fn demo(cluster: &Cluster, args: &DemoArgs) -> Result<()> {
             bail!("tenancy check reported an isolation error on the demo database (exit {code})");
         }
     }
-    println!();
-    println!("demo finished: each tenant saw only its own rows.");
+    say!();
+    say!("demo finished: each tenant saw only its own rows.");
     if args.keep_running {
         app.print_howto();
-        println!();
-        println!("cluster kept running; connect with:");
-        println!(
+        say!();
+        say!("cluster kept running; connect with:");
+        say!(
             "  psql \"{}\"   (runtime role; sees nothing without a tenant context)",
             cluster.url_as(RUNTIME_ROLE, db)
         );
-        println!(
+        say!(
             "  psql \"{}\"   (superuser)",
             cluster.url_as(cluster.superuser(), db)
         );
-        println!("press Ctrl-C to stop and remove it");
+        say!("press Ctrl-C to stop and remove it");
         tokio::signal::ctrl_c()
             .await
             .context("waiting for Ctrl-C")?;
@@ -305,50 +317,51 @@ struct ExampleApp {
 
 impl ExampleApp {
     fn print_howto(&self) {
-        println!();
-        println!(
+        say!();
+        say!(
             "example app (examples/invoicing) serving on {}; call it as either tenant:",
             self.base
         );
         for (slug, token) in &self.tokens {
-            println!();
-            println!("  # as {slug} (JWT, valid 12 h)");
-            println!("  export TOKEN_{}={token}", slug.to_uppercase());
-            println!(
+            say!();
+            say!("  # as {slug} (JWT, valid 12 h)");
+            say!("  export TOKEN_{}={token}", slug.to_uppercase());
+            say!(
                 "  curl -s {}/invoices -H \"Authorization: Bearer $TOKEN_{}\"",
                 self.base,
                 slug.to_uppercase()
             );
-            println!(
+            say!(
                 "  curl -s {}/reports/summary -H \"Authorization: Bearer $TOKEN_{}\"",
                 self.base,
                 slug.to_uppercase()
             );
-            println!(
+            say!(
                 "  curl -s {}/me -H 'Host: {slug}.{BASE_DOMAIN}' -H \"Authorization: Bearer $TOKEN_{}\"   # subdomain selects, the token authenticates",
                 self.base,
                 slug.to_uppercase()
             );
-            println!(
+            say!(
                 "  curl -s {}/t/{slug}/me -H \"Authorization: Bearer $TOKEN_{}\"   # path prefix selects, the token authenticates",
                 self.base,
                 slug.to_uppercase()
             );
         }
-        println!();
-        println!(
+        say!();
+        say!(
             "  # {} API key (scopes invoices:read, invoices:write)",
             self.tokens.first().map(|t| t.0.as_str()).unwrap_or("")
         );
-        println!(
+        say!(
             "  curl -s {}/customers -H 'X-Api-Key: {}'",
-            self.base, self.api_key
+            self.base,
+            self.api_key
         );
-        println!("  curl -s -X POST {}/customers -H \"Authorization: Bearer $TOKEN_ACME\" -H 'content-type: application/json' -d '{{\"name\":\"Wile E.\",\"email\":\"wile@acme.example\"}}'", self.base);
-        println!("  curl -s -X POST {}/invoices/<invoice id>/send -H \"Authorization: Bearer $TOKEN_ACME\"   # background job", self.base);
-        println!();
-        println!("  # without a credential every route but /health is 401, whatever tenant the host or path names");
-        println!("  curl -s {}/t/globex/customers", self.base);
+        say!("  curl -s -X POST {}/customers -H \"Authorization: Bearer $TOKEN_ACME\" -H 'content-type: application/json' -d '{{\"name\":\"Wile E.\",\"email\":\"wile@acme.example\"}}'", self.base);
+        say!("  curl -s -X POST {}/invoices/<invoice id>/send -H \"Authorization: Bearer $TOKEN_ACME\"   # background job", self.base);
+        say!();
+        say!("  # without a credential every route but /health is 401, whatever tenant the host or path names");
+        say!("  curl -s {}/t/globex/customers", self.base);
     }
 
     async fn stop(self) {
@@ -484,7 +497,9 @@ async fn example_app(
     let task = tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
     }));
-    println!("  example app (examples/invoicing) on {base} — the control-plane HTTP server (`tenancy serve`) is not built yet; only the example app is served");
+    say!(
+        "  example app (examples/invoicing) on {base} — the control plane's API is `tenancy serve`"
+    );
     let mut tokens = Vec::new();
     let mut first_invoice = Vec::new();
     for (t, (customer, lines)) in tenants.iter().zip([
@@ -530,7 +545,7 @@ async fn example_app(
     }
     for (slug, token) in &tokens {
         let (status, r) = http(&base, "GET", "/reports/summary", token, None).await?;
-        println!(
+        say!(
             "  GET /reports/summary as {slug:<7} → {status}  customers {}  invoices {}  total {:.2}",
             r["customers"], r["invoices"], r["total_cents"].as_i64().unwrap_or(0) as f64 / 100.0
         );
@@ -543,7 +558,7 @@ async fn example_app(
         None,
     )
     .await?;
-    println!(
+    say!(
         "  GET /invoices/<globex invoice id> as acme → {status} {}",
         r["code"].as_str().unwrap_or("")
     );
@@ -609,7 +624,7 @@ async fn example_app(
             "no credential"
         };
         let via = host.map(|h| format!(" Host: {h}")).unwrap_or_default();
-        println!(
+        say!(
             "  {method:<6} {path}{via} with {who} → {status} {}",
             r["code"].as_str().unwrap_or("")
         );
@@ -632,7 +647,7 @@ async fn example_app(
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    println!(
+    say!(
         "  background job send_invoice ran for {sent} of {} tenants, each in its own tenant scope",
         tokens.len()
     );

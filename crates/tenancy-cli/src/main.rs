@@ -35,9 +35,10 @@ enum Command {
     /// up; 2: could not run or refused (says what to fix).
     Bootstrap(bootstrap::BootstrapArgs),
     /// Run the control-plane API and the provisioning workers (embedded PostgreSQL when
-    /// no database is configured).
+    /// no database is configured). Exit 0: stopped; 2: could not run.
     Serve(serve::ServeArgs),
-    /// Create, list, show, suspend, resume and delete tenants.
+    /// Create, list, show, suspend, resume and delete tenants. Exit 0: done; 2: could not
+    /// run or refused.
     Tenants(tenants::TenantsArgs),
     /// Apply the app's migrations to every pooled cluster, schema tenant and dedicated
     /// database (--dry-run, --check-drift). Exit 0: all current; 1: failures or drift;
@@ -79,21 +80,24 @@ fn main() -> std::process::ExitCode {
                     1
                 }
             },
+            // 2: could not run (as `check` and `migrate`).
             Command::Serve(args) => match serve::run(args).await {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("error: {e:#}");
-                    1
+                    2
                 }
             },
             Command::Tenants(args) => match tenants::run(args).await {
                 Ok(out) => {
-                    println!("{out}");
+                    use std::io::Write as _;
+                    // A closed stdout (`| head`) is not an error.
+                    let _ = writeln!(std::io::stdout(), "{out}");
                     0
                 }
                 Err(e) => {
                     eprintln!("error: {e:#}");
-                    1
+                    2
                 }
             },
             Command::Migrate(args) => migrate::run(args).await,

@@ -652,6 +652,11 @@ impl Snapshot {
         v
     }
 
+    /// The keys of every plan.
+    pub fn plan_keys(&self) -> Vec<&PlanKey> {
+        self.plans.keys().collect()
+    }
+
     /// Entitlement keys, sorted.
     pub fn entitlement_keys(&self) -> Vec<&EntitlementKey> {
         let mut v: Vec<&EntitlementKey> = self.entitlements.keys().collect();

@@ -1,6 +1,7 @@
 //! HTTP: the control-plane routes of the configuration service and the evaluation
 //! endpoint for services in other languages, as one composable [`routes`] router, plus
-//! the RFC 9457 problem type they (and the entitlement guard) answer with.
+//! the problem codes they (and the entitlement guard) answer with, as documents of the one
+//! problem type of tenancy ([`tenancy_problem::Problem`]).
 //!
 //! Writes need an `x-tenancy-actor` header (who) and take an optional
 //! `x-tenancy-reason` header (why); both are recorded in the change log. Authentication
@@ -9,8 +10,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -29,10 +29,11 @@ use crate::model::{
 };
 use crate::store::{ChangeMeta, Store};
 
-/// Prefix of every problem `type` URI (the same as the rest of tenancy).
-pub const PROBLEM_TYPE_PREFIX: &str = "urn:tenancy:problem:";
+pub use tenancy_problem::Problem;
+use tenancy_problem::ProblemType;
 
-/// The stable table of problem codes this crate answers with.
+/// The problem codes this crate answers with (its part of the one code table of tenancy,
+/// [`tenancy_problem`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ProblemCode {
@@ -56,6 +57,25 @@ pub enum ProblemCode {
     TenantRequired,
 }
 
+/// 403: the tenant's plan does not include the feature.
+pub const FEATURE_NOT_ENTITLED: ProblemType = ProblemType::new(
+    "feature-not-entitled",
+    403,
+    "The tenant's plan does not include this feature",
+);
+/// 403: the tenant reached a limit of its plan.
+pub const LIMIT_EXCEEDED: ProblemType = ProblemType::new(
+    "limit-exceeded",
+    403,
+    "The tenant reached a limit of its plan",
+);
+/// 401: no tenant could be determined for the request.
+pub const TENANT_REQUIRED: ProblemType = ProblemType::new(
+    "tenant-required",
+    401,
+    "No tenant could be determined for this request",
+);
+
 impl ProblemCode {
     /// Every code, for documentation and tests.
     pub const ALL: &'static [ProblemCode] = &[
@@ -70,95 +90,45 @@ impl ProblemCode {
         ProblemCode::TenantRequired,
     ];
 
+    /// The problem type (code, status, title).
+    pub fn problem_type(&self) -> ProblemType {
+        match self {
+            ProblemCode::BadRequest => tenancy_problem::BAD_REQUEST,
+            ProblemCode::Validation => tenancy_problem::VALIDATION,
+            ProblemCode::NotFound => tenancy_problem::NOT_FOUND,
+            ProblemCode::Conflict => tenancy_problem::CONFLICT,
+            ProblemCode::Unavailable => tenancy_problem::UNAVAILABLE,
+            ProblemCode::Internal => tenancy_problem::INTERNAL,
+            ProblemCode::FeatureNotEntitled => FEATURE_NOT_ENTITLED,
+            ProblemCode::LimitExceeded => LIMIT_EXCEEDED,
+            ProblemCode::TenantRequired => TENANT_REQUIRED,
+        }
+    }
+
+    /// This crate's part of the code table (for [`tenancy_problem::check_table`]).
+    pub fn table() -> Vec<ProblemType> {
+        Self::ALL.iter().map(|c| c.problem_type()).collect()
+    }
+
     /// The stable code (last part of the `type` URI).
     pub fn code(&self) -> &'static str {
-        match self {
-            ProblemCode::BadRequest => "bad-request",
-            ProblemCode::Validation => "validation",
-            ProblemCode::NotFound => "not-found",
-            ProblemCode::Conflict => "conflict",
-            ProblemCode::Unavailable => "unavailable",
-            ProblemCode::Internal => "internal",
-            ProblemCode::FeatureNotEntitled => "feature-not-entitled",
-            ProblemCode::LimitExceeded => "limit-exceeded",
-            ProblemCode::TenantRequired => "tenant-required",
-        }
+        self.problem_type().code
     }
 
     /// HTTP status.
     pub fn status(&self) -> StatusCode {
-        match self {
-            ProblemCode::BadRequest => StatusCode::BAD_REQUEST,
-            ProblemCode::Validation => StatusCode::UNPROCESSABLE_ENTITY,
-            ProblemCode::NotFound => StatusCode::NOT_FOUND,
-            ProblemCode::Conflict => StatusCode::CONFLICT,
-            ProblemCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ProblemCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ProblemCode::FeatureNotEntitled | ProblemCode::LimitExceeded => StatusCode::FORBIDDEN,
-            ProblemCode::TenantRequired => StatusCode::UNAUTHORIZED,
-        }
+        self.problem_type().status_code()
     }
 
     /// Short, fixed title.
     pub fn title(&self) -> &'static str {
-        match self {
-            ProblemCode::BadRequest => "The request is malformed",
-            ProblemCode::Validation => "The request's content is invalid",
-            ProblemCode::NotFound => "Not found",
-            ProblemCode::Conflict => "The request conflicts with the current state",
-            ProblemCode::Unavailable => "The configuration store is temporarily unavailable",
-            ProblemCode::Internal => "Internal error",
-            ProblemCode::FeatureNotEntitled => "The tenant's plan does not include this feature",
-            ProblemCode::LimitExceeded => "The tenant reached a limit of its plan",
-            ProblemCode::TenantRequired => "No tenant could be determined for this request",
-        }
+        self.problem_type().title
     }
 }
 
-/// An RFC 9457 problem, rendered as `application/problem+json`.
-///
-/// Named `ConfigProblem` in OpenAPI documents, so that it does not shadow the control
-/// plane's own `Problem` schema when both are merged into one document.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[schema(as = ConfigProblem)]
-pub struct Problem {
-    /// `urn:tenancy:problem:<code>`.
-    #[serde(rename = "type")]
-    pub type_uri: String,
-    /// Fixed title of the code.
-    pub title: String,
-    /// HTTP status.
-    pub status: u16,
-    /// Stable code.
-    pub code: String,
-    /// What went wrong, safe to show (never internal details).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
-
-impl Problem {
-    /// A problem of `code` with an optional detail.
-    pub fn new(code: ProblemCode, detail: impl Into<Option<String>>) -> Problem {
-        Problem {
-            type_uri: format!("{PROBLEM_TYPE_PREFIX}{}", code.code()),
-            title: code.title().to_owned(),
-            status: code.status().as_u16(),
-            code: code.code().to_owned(),
-            detail: detail.into(),
-        }
-    }
-}
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::to_vec(&self).unwrap_or_default();
-        let mut resp = (status, body).into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        resp
+impl From<ProblemCode> for ProblemType {
+    fn from(c: ProblemCode) -> ProblemType {
+        c.problem_type()
     }
 }
 
@@ -252,7 +222,8 @@ pub struct Written {
     pub version: i64,
 }
 
-/// The configuration routes (mount them at the root of the control-plane router).
+/// The configuration routes (mount them at the root of the control-plane router). Every
+/// error they answer, axum's own rejections included, is a problem document.
 pub fn routes(state: ConfigState) -> Router {
     Router::new()
         .route("/v1/config/entitlements/{key}", put(put_entitlement))
@@ -301,6 +272,7 @@ pub fn routes(state: ConfigState) -> Router {
         .route("/v1/evaluate/{tenant}", get(evaluate))
         .route("/v1/evaluate/{tenant}/explain/{kind}/{key}", get(explain))
         .with_state(state)
+        .layer(axum::middleware::from_fn(tenancy_problem::normalize))
 }
 
 /// The OpenAPI description of [`routes`].
@@ -314,13 +286,24 @@ pub fn routes(state: ConfigState) -> Router {
         explain
     ),
     components(schemas(Problem, Written)),
+    modifiers(&DocumentErrors),
     tags((name = "config", description = "Tenant configuration: plans, entitlements, flags, overrides, branding, domains, settings"))
 )]
 pub struct ConfigApiDoc;
 
+/// Completes every operation's error responses ([`tenancy_problem::openapi::document_errors`]).
+#[derive(Debug)]
+struct DocumentErrors;
+
+impl utoipa::Modify for DocumentErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        tenancy_problem::openapi::document_errors(openapi);
+    }
+}
+
 /// Creates or replaces an entitlement definition (body: `{"kind": "feature"|"limit", "default": …, "description": …}`).
 #[utoipa::path(put, path = "/v1/config/entitlements/{key}", tag = "config",
-    params(("key" = String, Path, description = "entitlement key")),
+    params(("key" = String, Path, description = "entitlement key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
     request_body(content = Object, description = "EntitlementDef without key"),
     responses((status = 200, body = Written), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn put_entitlement(
@@ -342,7 +325,7 @@ async fn put_entitlement(
 
 /// Creates or replaces a plan (body: `{"display_name", "entitlements", "settings", "flags"}`).
 #[utoipa::path(put, path = "/v1/config/plans/{plan}", tag = "config",
-    params(("plan" = String, Path, description = "plan key")),
+    params(("plan" = String, Path, description = "plan key", pattern = "^[a-z][a-z0-9_-]*$", max_length = 40)),
     request_body(content = Object, description = "Plan without key"),
     responses((status = 200, body = Written), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn put_plan(
@@ -364,7 +347,7 @@ async fn put_plan(
 
 /// Creates or replaces a region's layer (body: `{"entitlements", "settings", "flags"}`).
 #[utoipa::path(put, path = "/v1/config/regions/{region}", tag = "config",
-    params(("region" = String, Path, description = "region id")),
+    params(("region" = String, Path, description = "region id", pattern = "^[a-z][a-z0-9]*(-[a-z0-9]+)*$", min_length = 2, max_length = 32)),
     request_body(content = Object, description = "LayerValues"),
     responses((status = 200, body = Written), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn put_region(
@@ -386,7 +369,7 @@ async fn put_region(
 
 /// Creates or replaces a flag (body: a Flag without key).
 #[utoipa::path(put, path = "/v1/config/flags/{key}", tag = "config",
-    params(("key" = String, Path, description = "flag key")),
+    params(("key" = String, Path, description = "flag key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
     request_body(content = Object, description = "Flag without key: kind, variants, default_variant, off_variant, killed, rules"),
     responses((status = 200, body = Written), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn put_flag(
@@ -408,7 +391,7 @@ async fn put_flag(
 
 /// Reads a flag from the store.
 #[utoipa::path(get, path = "/v1/config/flags/{key}", tag = "config",
-    params(("key" = String, Path, description = "flag key")),
+    params(("key" = String, Path, description = "flag key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
     responses((status = 200, body = Object), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn get_flag(State(s): State<ConfigState>, Path(key): Path<String>) -> ApiResult<Json<Flag>> {
     let key: FlagKey = parse("flag key", &key)?;
@@ -417,7 +400,7 @@ async fn get_flag(State(s): State<ConfigState>, Path(key): Path<String>) -> ApiR
 
 /// Deletes a flag and its overrides.
 #[utoipa::path(delete, path = "/v1/config/flags/{key}", tag = "config",
-    params(("key" = String, Path, description = "flag key")),
+    params(("key" = String, Path, description = "flag key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
     responses((status = 200, body = Written), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn delete_flag(
     State(s): State<ConfigState>,
@@ -433,7 +416,7 @@ async fn delete_flag(
 
 /// Turns the kill switch on: the flag serves its off variant to everyone.
 #[utoipa::path(post, path = "/v1/config/flags/{key}/kill", tag = "config",
-    params(("key" = String, Path, description = "flag key")),
+    params(("key" = String, Path, description = "flag key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
     responses((status = 200, body = Written), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn kill_flag(
     State(s): State<ConfigState>,
@@ -449,7 +432,7 @@ async fn kill_flag(
 
 /// Turns the kill switch off.
 #[utoipa::path(delete, path = "/v1/config/flags/{key}/kill", tag = "config",
-    params(("key" = String, Path, description = "flag key")),
+    params(("key" = String, Path, description = "flag key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
     responses((status = 200, body = Written), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn unkill_flag(
     State(s): State<ConfigState>,
@@ -465,7 +448,7 @@ async fn unkill_flag(
 
 /// Creates or replaces a typed setting (body: `{"schema": <JSON Schema>, "default": …, "description"}`).
 #[utoipa::path(put, path = "/v1/config/settings/{key}", tag = "config",
-    params(("key" = String, Path, description = "setting key")),
+    params(("key" = String, Path, description = "setting key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
     request_body(content = Object, description = "SettingDef without key"),
     responses((status = 200, body = Written), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn put_setting_def(
@@ -495,7 +478,7 @@ struct AttributesBody {
 
 /// Sets a tenant's tags and custom attributes (body: `{"tags": [...], "custom": {...}}`).
 #[utoipa::path(put, path = "/v1/config/tenants/{tenant}/attributes", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id")),
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
     request_body(content = Object, description = "{tags, custom}"),
     responses((status = 200, body = Written), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn put_attributes(
@@ -536,7 +519,7 @@ fn target(kind: &str, key: &str) -> ApiResult<OverrideTarget> {
 /// Sets a per-tenant override (body: `{"value", "reason", "expires_at"?}`; a flag
 /// override's value is a variant key).
 #[utoipa::path(put, path = "/v1/config/tenants/{tenant}/overrides/{kind}/{key}", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id"), ("kind" = String, Path, description = "flag or entitlement"), ("key" = String, Path, description = "key")),
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("kind" = String, Path, description = "flag or entitlement", pattern = "^(flag|entitlement)$"), ("key" = String, Path, description = "key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
     request_body(content = Object, description = "{value, reason, expires_at?}"),
     responses((status = 200, body = Written), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn put_override(
@@ -564,7 +547,7 @@ async fn put_override(
 
 /// Removes a per-tenant override.
 #[utoipa::path(delete, path = "/v1/config/tenants/{tenant}/overrides/{kind}/{key}", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id"), ("kind" = String, Path, description = "flag or entitlement"), ("key" = String, Path, description = "key")),
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("kind" = String, Path, description = "flag or entitlement", pattern = "^(flag|entitlement)$"), ("key" = String, Path, description = "key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
     responses((status = 200, body = Written), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn delete_override(
     State(s): State<ConfigState>,
@@ -581,7 +564,7 @@ async fn delete_override(
 
 /// Sets a tenant's white-label branding (validated).
 #[utoipa::path(put, path = "/v1/config/tenants/{tenant}/branding", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id")),
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
     request_body(content = Object, description = "Branding"),
     responses((status = 200, body = Written), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn put_branding(
@@ -600,7 +583,7 @@ async fn put_branding(
 
 /// A tenant's branding, from the snapshot.
 #[utoipa::path(get, path = "/v1/config/tenants/{tenant}/branding", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id")),
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
     responses((status = 200, body = Object), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn get_branding(
     State(s): State<ConfigState>,
@@ -622,7 +605,7 @@ async fn get_branding(
 
 /// Sets a tenant's value of a typed setting (body: the JSON value; validated against the schema).
 #[utoipa::path(put, path = "/v1/config/tenants/{tenant}/settings/{key}", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id"), ("key" = String, Path, description = "setting key")),
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("key" = String, Path, description = "setting key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
     request_body(content = Object, description = "the value"),
     responses((status = 200, body = Written), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn put_tenant_setting(
@@ -641,7 +624,7 @@ async fn put_tenant_setting(
 
 /// Removes a tenant's value of a setting.
 #[utoipa::path(delete, path = "/v1/config/tenants/{tenant}/settings/{key}", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id"), ("key" = String, Path, description = "setting key")),
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("key" = String, Path, description = "setting key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
     responses((status = 200, body = Written), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn delete_tenant_setting(
     State(s): State<ConfigState>,
@@ -658,7 +641,7 @@ async fn delete_tenant_setting(
 
 /// A tenant's custom domains.
 #[utoipa::path(get, path = "/v1/config/tenants/{tenant}/domains", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id")),
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
     responses((status = 200, body = Object)))]
 async fn list_domains(
     State(s): State<ConfigState>,
@@ -682,7 +665,7 @@ fn domain_json(d: &crate::model::Domain) -> Value {
 
 /// Claims a custom domain (state `pending`); the answer says which TXT record to publish.
 #[utoipa::path(put, path = "/v1/config/tenants/{tenant}/domains/{hostname}", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id"), ("hostname" = String, Path, description = "hostname")),
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("hostname" = String, Path, description = "hostname (at least two labels of a-z, 0-9 and inner '-'; the last has a letter)", pattern = "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", max_length = 253)),
     responses((status = 200, body = Object), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn add_domain(
     State(s): State<ConfigState>,
@@ -697,7 +680,7 @@ async fn add_domain(
 
 /// Checks the domain's TXT record; verified on success, the failure recorded otherwise.
 #[utoipa::path(post, path = "/v1/config/tenants/{tenant}/domains/{hostname}/verify", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id"), ("hostname" = String, Path, description = "hostname")),
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("hostname" = String, Path, description = "hostname (at least two labels of a-z, 0-9 and inner '-'; the last has a letter)", pattern = "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", max_length = 253)),
     responses((status = 200, body = Object), (status = 409, body = Problem, content_type = "application/problem+json")))]
 async fn verify_domain(
     State(s): State<ConfigState>,
@@ -715,7 +698,7 @@ async fn verify_domain(
 
 /// Switches a domain off.
 #[utoipa::path(post, path = "/v1/config/tenants/{tenant}/domains/{hostname}/disable", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id"), ("hostname" = String, Path, description = "hostname")),
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("hostname" = String, Path, description = "hostname (at least two labels of a-z, 0-9 and inner '-'; the last has a letter)", pattern = "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", max_length = 253)),
     responses((status = 200, body = Object), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn disable_domain(
     State(s): State<ConfigState>,
@@ -730,7 +713,7 @@ async fn disable_domain(
 
 /// Removes a domain claim.
 #[utoipa::path(delete, path = "/v1/config/tenants/{tenant}/domains/{hostname}", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id"), ("hostname" = String, Path, description = "hostname")),
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("hostname" = String, Path, description = "hostname (at least two labels of a-z, 0-9 and inner '-'; the last has a letter)", pattern = "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", max_length = 253)),
     responses((status = 200, body = Written), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn remove_domain(
     State(s): State<ConfigState>,
@@ -754,7 +737,7 @@ struct ChangesQuery {
 
 /// The change log: who changed what, when and why, with before and after.
 #[utoipa::path(get, path = "/v1/config/changes", tag = "config",
-    params(("after" = Option<i64>, Query, description = "versions after this"), ("limit" = Option<i64>, Query, description = "1 to 1000, default 100"), ("tenant" = Option<String>, Query, description = "only this tenant's")),
+    params(("after" = Option<i64>, Query, description = "versions after this"), ("limit" = Option<i64>, Query, description = "1 to 1000, default 100", minimum = 1, maximum = 1000), ("tenant" = Option<String>, Query, description = "only this tenant's (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
     responses((status = 200, body = Object)))]
 async fn changes(
     State(s): State<ConfigState>,
@@ -794,7 +777,7 @@ struct EvaluateQuery {
 /// Evaluates a tenant's flags, entitlements and settings in this process (for services
 /// in other languages). `stale` says whether the snapshot may be out of date.
 #[utoipa::path(get, path = "/v1/evaluate/{tenant}", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id"), ("flags" = Option<String>, Query, description = "comma-separated flag keys")),
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("flags" = Option<String>, Query, description = "comma-separated flag keys (an unknown key is answered as not found)", pattern = "^[^\\u0000]*$")),
     responses((status = 200, body = Object)))]
 async fn evaluate(
     State(s): State<ConfigState>,
@@ -846,7 +829,7 @@ async fn evaluate(
 
 /// Explains which layer decided a flag, entitlement or setting for a tenant.
 #[utoipa::path(get, path = "/v1/evaluate/{tenant}/explain/{kind}/{key}", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id"), ("kind" = String, Path, description = "flag, entitlement or setting"), ("key" = String, Path, description = "key")),
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("kind" = String, Path, description = "flag, entitlement or setting", pattern = "^(flag|entitlement|setting)$"), ("key" = String, Path, description = "key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
     responses((status = 200, body = Object), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn explain(
     State(s): State<ConfigState>,

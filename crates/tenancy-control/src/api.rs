@@ -120,12 +120,32 @@ pub struct TenantPage {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
-    /// 3-40 characters: a-z, 0-9, single '-'; starts with a letter.
+    /// 3-40 characters: a-z, 0-9, single '-'; starts with a letter; not a reserved word.
+    #[schema(
+        pattern = "^[a-z][a-z0-9]*(-[a-z0-9]+)*$",
+        min_length = 3,
+        max_length = 40
+    )]
     pub slug: String,
+    /// 1 to 200 characters, not only spaces, no control characters.
+    #[schema(
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        min_length = 1,
+        max_length = 200
+    )]
     pub display_name: String,
+    /// A configured plan.
+    #[schema(pattern = "^[a-z][a-z0-9_-]*$", min_length = 1, max_length = 40)]
     pub plan: String,
+    /// A registered region.
+    #[schema(
+        pattern = "^[a-z][a-z0-9]*(-[a-z0-9]+)*$",
+        min_length = 2,
+        max_length = 32
+    )]
     pub region: String,
     /// `pooled`, `schema` or `dedicated`.
+    #[schema(pattern = "^(pooled|schema|dedicated)$")]
     pub placement: String,
 }
 
@@ -133,9 +153,26 @@ pub struct CreateTenant {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Signup {
+    /// 3-40 characters: a-z, 0-9, single '-'; starts with a letter; not a reserved word.
+    #[schema(
+        pattern = "^[a-z][a-z0-9]*(-[a-z0-9]+)*$",
+        min_length = 3,
+        max_length = 40
+    )]
     pub slug: String,
+    /// 1 to 200 characters, not only spaces, no control characters.
+    #[schema(
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        min_length = 1,
+        max_length = 200
+    )]
     pub display_name: String,
-    /// Defaults to the configured signup region.
+    /// A registered region; defaults to the configured signup region.
+    #[schema(
+        pattern = "^[a-z][a-z0-9]*(-[a-z0-9]+)*$",
+        min_length = 2,
+        max_length = 32
+    )]
     pub region: Option<String>,
 }
 
@@ -143,13 +180,29 @@ pub struct Signup {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Reason {
+    /// Free text recorded with the workflow (at most 1000 characters, no NUL).
+    #[schema(max_length = 1000, pattern = "^[^\\u0000]*$")]
     pub reason: Option<String>,
+}
+
+impl Reason {
+    /// A reason is at most 1000 characters.
+    fn check(&self) -> Result<(), ApiError> {
+        match &self.reason {
+            Some(r) if r.chars().count() > 1000 => {
+                Err(ApiError::field("reason", "must be at most 1000 characters"))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// New plan.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangePlan {
+    /// A configured plan.
+    #[schema(pattern = "^[a-z][a-z0-9_-]*$", min_length = 1, max_length = 40)]
     pub plan: String,
 }
 
@@ -161,24 +214,80 @@ pub struct LegalHold {
 }
 
 /// A region.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RegionView {
     pub id: String,
     pub display_name: String,
 }
 
-/// A cluster of a region.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+/// A region to register (or whose display name to change).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+pub struct RegionInput {
+    /// 2-32 characters: a-z, 0-9, single '-'; starts with a letter.
+    #[schema(
+        pattern = "^[a-z][a-z0-9]*(-[a-z0-9]+)*$",
+        min_length = 2,
+        max_length = 32
+    )]
+    pub id: String,
+    /// 1 to 50 characters, not only spaces, no control characters.
+    #[schema(
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        min_length = 1,
+        max_length = 50
+    )]
+    pub display_name: String,
+}
+
+/// A cluster of a region.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ClusterView {
-    #[serde(default)]
-    pub id: Option<Uuid>,
+    pub id: Uuid,
     pub name: String,
     pub region: String,
     pub host: String,
     pub port: u16,
     pub dbname: String,
+    pub capacity: i32,
+}
+
+/// A cluster to register in a region (or whose connection settings to change).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterInput {
+    /// Ignored (the server assigns cluster ids).
+    #[serde(default)]
+    pub id: Option<Uuid>,
+    /// 1-63 characters: a-z, 0-9, '_' and '-'; starts with a letter. A cluster of the
+    /// same name is updated.
+    #[schema(pattern = "^[a-z][a-z0-9_-]*$", min_length = 1, max_length = 63)]
+    pub name: String,
+    /// A registered region.
+    #[schema(
+        pattern = "^[a-z][a-z0-9]*(-[a-z0-9]+)*$",
+        min_length = 2,
+        max_length = 32
+    )]
+    pub region: String,
+    /// Host name, address or socket directory (not only spaces, no control characters).
+    #[schema(
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        min_length = 1,
+        max_length = 255
+    )]
+    pub host: String,
+    #[schema(minimum = 1, maximum = 65535)]
+    pub port: u16,
+    /// Database name (not only spaces, no control characters).
+    #[schema(
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        min_length = 1,
+        max_length = 63
+    )]
+    pub dbname: String,
+    /// Tenants the cluster takes (at least 1).
+    #[schema(minimum = 1, maximum = 2147483647)]
     pub capacity: i32,
 }
 
@@ -217,24 +326,38 @@ pub struct BillingOutcome {
 
 /// Pagination.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
     /// Slug after which to start.
+    #[param(
+        pattern = "^[a-z][a-z0-9]*(-[a-z0-9]+)*$",
+        min_length = 3,
+        max_length = 40
+    )]
     pub after: Option<String>,
 }
 
 /// Slug to check.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SlugParam {
+    /// Any text (without NUL): the answer says whether it is an available slug, and why
+    /// not.
+    #[param(pattern = "^[^\\u0000]*$")]
     pub slug: String,
 }
 
 /// Delivery log filter.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveryParams {
+    /// Only this tenant's deliveries.
     pub tenant: Option<Uuid>,
     /// 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 
@@ -256,7 +379,11 @@ fn parse_body<T: serde::de::DeserializeOwned>(
             )
         }
     })?;
-    let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
+    let bytes: &[u8] = if bytes.is_empty() || bytes.trim_ascii() == b"null" {
+        b"{}"
+    } else {
+        &bytes
+    };
     let json_ct = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -273,7 +400,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(
             format!("the body is not valid JSON: {e}"),
         )
     })?;
-    let parsed = serde_json::from_value(value.clone()).map_err(|e| ApiError {
+    let parsed = serde_json::from_value(integral_numbers(value.clone())).map_err(|e| ApiError {
         code: ProblemCode::ValidationFailed,
         detail: format!("the body does not match the expected shape: {e}"),
         errors: vec![FieldError {
@@ -285,6 +412,26 @@ fn parse_body<T: serde::de::DeserializeOwned>(
     Ok((parsed, value))
 }
 
+/// The same JSON with every number that is a whole number written as one (`126.0` is
+/// `126`): JSON Schema's `integer` admits both spellings, and so do the integer fields
+/// of this API.
+fn integral_numbers(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Value::from(f as i64),
+            _ => Value::Number(n),
+        },
+        Value::Array(a) => Value::Array(a.into_iter().map(integral_numbers).collect()),
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .map(|(k, v)| (k, integral_numbers(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 fn parse_field<T: std::str::FromStr>(field: &str, v: &str) -> Result<T, ApiError>
 where
     T::Err: std::fmt::Display,
@@ -293,9 +440,24 @@ where
         .map_err(|e| ApiError::field(field, e.to_string()))
 }
 
-fn parse_tenant_id(id: &str) -> Result<TenantId, ApiError> {
-    id.parse()
-        .map_err(|e: tenancy_core::IdError| ApiError::new(ProblemCode::NotFound, e.to_string()))
+/// The tenant a path names, by id (canonical UUID) or by slug; anything else is not found.
+async fn tenant_ref(state: &AppState, id_or_slug: &str) -> Result<TenantId, ApiError> {
+    if let Ok(id) = id_or_slug.parse::<TenantId>() {
+        return Ok(id);
+    }
+    let not_found = || {
+        ApiError::new(
+            ProblemCode::NotFound,
+            format!("no tenant has the id or slug {id_or_slug:?}"),
+        )
+    };
+    let slug: Slug = id_or_slug.parse().map_err(|_| not_found())?;
+    let conn = state.catalog().await?;
+    match tenancy_catalog::get_tenant_by_slug(&conn, &slug).await {
+        Ok(t) => Ok(t.id),
+        Err(tenancy_catalog::CatalogError::TenantNotFound(_)) => Err(not_found()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn to_value<T: Serialize>(v: &T) -> serde_json::Value {
@@ -310,8 +472,98 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 #[utoipa::path(get, path = "/openapi.json", tag = "meta", responses((status = 200, description = "This document"),
     (status = 429, body = Problem, content_type = "application/problem+json", description = "Rate limit (limits.public)", headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))))]
-pub async fn openapi_json(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(state.openapi())
+pub async fn openapi_json(
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut doc = state.openapi();
+    // Without the catalog the document is still served, without the list of regions.
+    let regions = match state.catalog().await {
+        Ok(conn) => tenancy_catalog::list_regions(&conn)
+            .await
+            .map(|rs| {
+                rs.into_iter()
+                    .map(|r| r.id.to_string())
+                    .collect::<Vec<String>>()
+            })
+            .map_err(|e| tracing::warn!(error = %e, "listing regions for the OpenAPI document"))
+            .ok(),
+        Err(_) => None,
+    };
+    refine_document(&mut doc, regions.as_deref(), &known_plans(&state));
+    Ok(Json(doc))
+}
+
+/// What the served document says beyond the static one: the regions and plans a request
+/// may name now (as enums of the fields that name them), and the reserved words a slug
+/// may not be. Regions and plans are only ever added, so a value listed stays valid.
+fn refine_document(
+    doc: &mut serde_json::Value,
+    regions: Option<&[String]>,
+    plans: &std::collections::BTreeSet<String>,
+) {
+    let reserved: Vec<&str> = tenancy_core::ids::RESERVED_SLUGS.to_vec();
+    let schemas = &mut doc["components"]["schemas"];
+    let mut fields: Vec<(&str, &str, serde_json::Value)> = vec![
+        ("CreateTenant", "slug", json!({"not": {"enum": reserved}})),
+        ("Signup", "slug", json!({"not": {"enum": reserved}})),
+        ("CreateTenant", "plan", json!({"enum": plans})),
+        ("ChangePlan", "plan", json!({"enum": plans})),
+    ];
+    if let Some(regions) = regions {
+        for schema in ["CreateTenant", "Signup", "ClusterInput"] {
+            fields.push((schema, "region", json!({ "enum": regions })));
+        }
+    }
+    for (schema, field, extra) in fields {
+        let Some(prop) = schemas
+            .get_mut(schema)
+            .and_then(|s| s.get_mut("properties"))
+            .and_then(|p| p.get_mut(field))
+            .and_then(|f| f.as_object_mut())
+        else {
+            continue;
+        };
+        if let Some(extra) = extra.as_object() {
+            for (k, v) in extra {
+                prop.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// The plans a tenant may be created with or moved to: the `[plans]` of the
+/// configuration, the signup plan, and the plans of the configuration service.
+pub fn known_plans(state: &AppState) -> std::collections::BTreeSet<String> {
+    let mut plans: std::collections::BTreeSet<String> =
+        state.provisioner().config().plans.keys().cloned().collect();
+    plans.insert(state.signup().plan.clone());
+    if let Some(config) = state.config() {
+        plans.extend(
+            config
+                .client
+                .snapshot()
+                .plan_keys()
+                .into_iter()
+                .map(|k| k.to_string()),
+        );
+    }
+    plans
+}
+
+/// Parses a plan field and refuses a plan that is not known ([`known_plans`]).
+fn known_plan(state: &AppState, field: &str, plan: &str) -> Result<PlanKey, ApiError> {
+    let key: PlanKey = parse_field(field, plan)?;
+    let known = known_plans(state);
+    if !known.contains(key.as_str()) {
+        return Err(ApiError::field(
+            field,
+            format!(
+                "plan {plan:?} does not exist; the plans are: {}",
+                known.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    Ok(key)
 }
 
 #[utoipa::path(get, path = "/v1/regions", tag = "registry", security(("admin" = [])),
@@ -332,7 +584,7 @@ pub async fn list_regions(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/regions", tag = "registry", security(("admin" = [])), request_body = RegionView,
+#[utoipa::path(post, path = "/v1/regions", tag = "registry", security(("admin" = [])), request_body = RegionInput,
     params(("Idempotency-Key" = String, Header, description = "Client-chosen key; same key and body replay the first response")),
     responses((status = 201, body = RegionView), (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn add_region(
@@ -341,10 +593,11 @@ pub async fn add_region(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (req, raw): (RegionView, _) = parse_body(&headers, body)?;
+    let (req, raw): (RegionInput, _) = parse_body(&headers, body)?;
     let scope = format!("admin:{}:POST /v1/regions", admin.principal);
-    idempotency::run(&state, &headers, scope, &raw, || async {
+    idempotency::run(&state, &headers, scope, &raw, move |state| async move {
         let id: RegionId = parse_field("id", &req.id)?;
+        check_text("display_name", &req.display_name, 50)?;
         let conn = state.catalog().await?;
         let r = tenancy_catalog::add_region(&conn, &id, &req.display_name).await?;
         Ok((
@@ -360,7 +613,7 @@ pub async fn add_region(
 
 fn cluster_view(c: tenancy_catalog::ClusterRecord) -> ClusterView {
     ClusterView {
-        id: Some(c.id),
+        id: c.id,
         name: c.name,
         region: c.region.to_string(),
         host: c.host,
@@ -386,7 +639,7 @@ pub async fn list_clusters(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/clusters", tag = "registry", security(("admin" = [])), request_body = ClusterView,
+#[utoipa::path(post, path = "/v1/clusters", tag = "registry", security(("admin" = [])), request_body = ClusterInput,
     params(("Idempotency-Key" = String, Header, description = "Client-chosen key")),
     responses((status = 201, body = ClusterView), (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn add_cluster(
@@ -395,10 +648,15 @@ pub async fn add_cluster(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (req, raw): (ClusterView, _) = parse_body(&headers, body)?;
+    let (req, raw): (ClusterInput, _) = parse_body(&headers, body)?;
     let scope = format!("admin:{}:POST /v1/clusters", admin.principal);
-    idempotency::run(&state, &headers, scope, &raw, || async {
+    idempotency::run(&state, &headers, scope, &raw, move |state| async move {
         let region: RegionId = parse_field("region", &req.region)?;
+        check_text("host", &req.host, 255)?;
+        check_text("dbname", &req.dbname, 63)?;
+        if req.port == 0 {
+            return Err(ApiError::field("port", "must be 1 to 65535"));
+        }
         let conn = state.catalog().await?;
         let c = tenancy_catalog::add_cluster(
             &conn,
@@ -461,12 +719,12 @@ pub async fn create_tenant(
     let (req, raw): (CreateTenant, _) = parse_body(&headers, body)?;
     let scope = format!("admin:{}:POST /v1/tenants", admin.principal);
     let actor = format!("admin:{}", admin.principal);
-    idempotency::run(&state, &headers, scope, &raw, || async {
+    idempotency::run(&state, &headers, scope, &raw, move |state| async move {
         let new = NewTenant {
             id: None,
             slug: parse_field("slug", &req.slug)?,
             display_name: req.display_name.clone(),
-            plan: parse_field("plan", &req.plan)?,
+            plan: known_plan(&state, "plan", &req.plan)?,
             region: parse_field("region", &req.region)?,
             placement: parse_field("placement", &req.placement)?,
         };
@@ -505,28 +763,28 @@ async fn provision(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/tenants/{id}", tag = "tenants", security(("admin" = [])), params(("id" = Uuid, Path)),
+#[utoipa::path(get, path = "/v1/tenants/{id}", tag = "tenants", security(("admin" = [])), params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40)),
     responses((status = 200, body = TenantView), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn get_tenant(
     _: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
-    let id = parse_tenant_id(&id)?;
+    let id = tenant_ref(&state, &id).await?;
     let conn = state.catalog().await?;
     Ok(Json(
         (&tenancy_catalog::get_tenant(&conn, id).await?).into(),
     ))
 }
 
-#[utoipa::path(get, path = "/v1/tenants/{id}/workflows", tag = "tenants", security(("admin" = [])), params(("id" = Uuid, Path)),
+#[utoipa::path(get, path = "/v1/tenants/{id}/workflows", tag = "tenants", security(("admin" = [])), params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40)),
     responses((status = 200, body = [WorkflowView]), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn tenant_workflows(
     _: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<WorkflowView>>, ApiError> {
-    let id = parse_tenant_id(&id)?;
+    let id = tenant_ref(&state, &id).await?;
     let conn = state.catalog().await?;
     tenancy_catalog::get_tenant(&conn, id).await?;
     Ok(Json(
@@ -560,7 +818,7 @@ pub struct MigrationStatusView {
     pub updated_at: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/tenants/{id}/migrations", tag = "tenants", security(("admin" = [])), params(("id" = Uuid, Path)),
+#[utoipa::path(get, path = "/v1/tenants/{id}/migrations", tag = "tenants", security(("admin" = [])), params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40)),
     responses((status = 200, body = MigrationStatusView, description = "The tenant's migration status (version 0 and no timestamps when the ledger has no row yet)"),
               (status = 401, body = Problem, content_type = "application/problem+json"),
               (status = 404, body = Problem, content_type = "application/problem+json")))]
@@ -569,7 +827,7 @@ pub async fn tenant_migrations(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<MigrationStatusView>, ApiError> {
-    let id = parse_tenant_id(&id)?;
+    let id = tenant_ref(&state, &id).await?;
     let conn = state.catalog().await?;
     let tenant = tenancy_catalog::get_tenant(&conn, id).await?;
     // Pooled tenants share their cluster's tables: that target's row is theirs.
@@ -607,7 +865,7 @@ pub async fn tenant_migrations(
     }))
 }
 
-#[utoipa::path(get, path = "/v1/workflows/{id}", tag = "tenants", security(("admin" = [])), params(("id" = Uuid, Path)),
+#[utoipa::path(get, path = "/v1/workflows/{id}", tag = "tenants", security(("admin" = [])), params(("id" = String, Path, description = "Workflow id", pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
     responses((status = 200, body = WorkflowView), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn get_workflow(
     _: Admin,
@@ -629,27 +887,47 @@ pub async fn get_workflow(
     Ok(Json((&wf).into()))
 }
 
+/// Whether a lifecycle workflow of `kind` can do anything for a tenant in `state` (the
+/// same rules its workflow applies; refusing here answers 409 instead of queueing a
+/// workflow that is then cancelled).
+fn lifecycle_allowed(kind: WorkflowKind, state: tenancy_core::TenantState) -> bool {
+    use tenancy_core::TenantState::*;
+    match kind {
+        WorkflowKind::Suspend | WorkflowKind::Resume => matches!(state, Active | Suspended),
+        WorkflowKind::ChangePlan => !matches!(state, Deleting | Deleted),
+        WorkflowKind::Delete => matches!(state, Active | Suspended | Deleting),
+        _ => state != Deleted,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn lifecycle(
     state: &AppState,
     admin: &Admin,
     headers: &HeaderMap,
     id: &str,
-    op: &str,
+    op: &'static str,
     kind: WorkflowKind,
     raw: serde_json::Value,
     input: serde_json::Value,
 ) -> Result<Response, ApiError> {
-    let id = parse_tenant_id(id)?;
+    let id = tenant_ref(state, id).await?;
     let scope = format!("admin:{}:POST /v1/tenants/{id}/{op}", admin.principal);
     let actor = format!("admin:{}", admin.principal);
-    idempotency::run(state, headers, scope, &raw, || async {
+    idempotency::run(state, headers, scope, &raw, move |state| async move {
         let mut conn = state.catalog().await?;
         let t = tenancy_catalog::get_tenant(&conn, id).await?;
-        if t.state == tenancy_core::TenantState::Deleted {
+        if !lifecycle_allowed(kind, t.state) {
             return Err(ApiError::new(
                 ProblemCode::Conflict,
-                format!("tenant {id} is deleted"),
+                format!(
+                    "cannot {} tenant {id}: it is {}",
+                    match kind {
+                        WorkflowKind::ChangePlan => "change the plan of",
+                        _ => op,
+                    },
+                    t.state
+                ),
             ));
         }
         let wf = state
@@ -667,8 +945,8 @@ async fn lifecycle(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/tenants/{id}/suspend", tag = "tenants", security(("admin" = [])), request_body = Reason,
-    params(("id" = Uuid, Path), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
+#[utoipa::path(post, path = "/v1/tenants/{id}/suspend", tag = "tenants", security(("admin" = [])), request_body = Option<Reason>,
+    params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
     responses((status = 202, body = Accepted), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn suspend(
     admin: Admin,
@@ -678,6 +956,7 @@ pub async fn suspend(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (r, raw): (Reason, _) = parse_body(&headers, body)?;
+    r.check()?;
     lifecycle(
         &state,
         &admin,
@@ -691,8 +970,8 @@ pub async fn suspend(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/tenants/{id}/resume", tag = "tenants", security(("admin" = [])), request_body = Reason,
-    params(("id" = Uuid, Path), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
+#[utoipa::path(post, path = "/v1/tenants/{id}/resume", tag = "tenants", security(("admin" = [])), request_body = Option<Reason>,
+    params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
     responses((status = 202, body = Accepted), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn resume(
     admin: Admin,
@@ -701,7 +980,8 @@ pub async fn resume(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (_r, raw): (Reason, _) = parse_body(&headers, body)?;
+    let (r, raw): (Reason, _) = parse_body(&headers, body)?;
+    r.check()?;
     lifecycle(
         &state,
         &admin,
@@ -715,8 +995,8 @@ pub async fn resume(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/tenants/{id}/delete", tag = "tenants", security(("admin" = [])), request_body = Reason,
-    params(("id" = Uuid, Path), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
+#[utoipa::path(post, path = "/v1/tenants/{id}/delete", tag = "tenants", security(("admin" = [])), request_body = Option<Reason>,
+    params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
     responses((status = 202, body = Accepted, description = "Soft delete queued; data is purged after the retention period unless a legal hold is set"), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn delete(
     admin: Admin,
@@ -726,6 +1006,7 @@ pub async fn delete(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (r, raw): (Reason, _) = parse_body(&headers, body)?;
+    r.check()?;
     lifecycle(
         &state,
         &admin,
@@ -740,7 +1021,7 @@ pub async fn delete(
 }
 
 #[utoipa::path(post, path = "/v1/tenants/{id}/plan", tag = "tenants", security(("admin" = [])), request_body = ChangePlan,
-    params(("id" = Uuid, Path), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
+    params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
     responses((status = 202, body = Accepted), (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn change_plan(
     admin: Admin,
@@ -750,7 +1031,7 @@ pub async fn change_plan(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (r, raw): (ChangePlan, _) = parse_body(&headers, body)?;
-    let plan: PlanKey = parse_field("plan", &r.plan)?;
+    let plan: PlanKey = known_plan(&state, "plan", &r.plan)?;
     lifecycle(
         &state,
         &admin,
@@ -765,7 +1046,7 @@ pub async fn change_plan(
 }
 
 #[utoipa::path(post, path = "/v1/tenants/{id}/legal-hold", tag = "tenants", security(("admin" = [])), request_body = LegalHold,
-    params(("id" = Uuid, Path), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
+    params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
     responses((status = 200, body = TenantView), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn legal_hold(
     admin: Admin,
@@ -775,17 +1056,12 @@ pub async fn legal_hold(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (r, raw): (LegalHold, _) = parse_body(&headers, body)?;
-    let id = parse_tenant_id(&id)?;
+    let id = tenant_ref(&state, &id).await?;
     let scope = format!("admin:{}:POST /v1/tenants/{id}/legal-hold", admin.principal);
-    idempotency::run(&state, &headers, scope, &raw, || async {
+    let actor = format!("admin:{}", admin.principal);
+    idempotency::run(&state, &headers, scope, &raw, move |state| async move {
         let mut conn = state.catalog().await?;
-        let t = tenancy_catalog::set_legal_hold(
-            &mut conn,
-            id,
-            r.hold,
-            &format!("admin:{}", admin.principal),
-        )
-        .await?;
+        let t = tenancy_catalog::set_legal_hold(&mut conn, id, r.hold, &actor).await?;
         Ok((StatusCode::OK, to_value(&TenantView::from(&t))))
     })
     .await
@@ -875,7 +1151,7 @@ pub async fn signup(
         &headers,
         "signup:POST /v1/signup".into(),
         &raw,
-        || async {
+        move |state| async move {
             let s = state.signup();
             let region = req.region.clone().unwrap_or_else(|| s.region.clone());
             let new = NewTenant {
@@ -987,6 +1263,23 @@ async fn signup_quota(
     Ok(())
 }
 
+/// A text field of `max` characters at most, not only spaces, with no control characters.
+fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.trim().is_empty() || value.chars().count() > max {
+        return Err(ApiError::field(
+            field,
+            format!("must be 1 to {max} characters, not only spaces"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::field(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
 /// A display name is 1 to 200 characters once trimmed, with no control characters.
 fn check_display_name(name: &str) -> Result<(), ApiError> {
     let trimmed = name.trim();
@@ -1006,8 +1299,10 @@ fn check_display_name(name: &str) -> Result<(), ApiError> {
 }
 
 #[utoipa::path(post, path = "/v1/billing/stripe", tag = "billing",
-    params(("Stripe-Signature" = String, Header, description = "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"t.payload\">")),
-    responses((status = 200, body = BillingOutcome), (status = 400, body = Problem, content_type = "application/problem+json"),
+    request_body(content = Object, description = "The Stripe event, as Stripe sends it (its signature covers the exact bytes)"),
+    params(("Stripe-Signature" = String, Header, description = "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"t.payload\">", min_length = 1)),
+    responses((status = 200, body = BillingOutcome), (status = 400, body = Problem, content_type = "application/problem+json", description = "The signature is missing, malformed, wrong or too old (`invalid-signature`), or the event is not JSON"),
+              (status = 404, body = Problem, content_type = "application/problem+json", description = "Billing webhooks are not configured (no Stripe signing secret)"),
               (status = 429, body = Problem, content_type = "application/problem+json", description = "Rate limit (limits.public)", headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))))]
 pub async fn stripe_webhook(
     State(state): State<AppState>,
@@ -1020,16 +1315,22 @@ pub async fn stripe_webhook(
             "the request body is larger than 64 KiB",
         )
     })?;
+    let Some(header) = headers
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+    else {
+        return Err(ApiError::new(
+            ProblemCode::InvalidSignature,
+            "the Stripe-Signature header is missing",
+        ));
+    };
     let Some(secret) = state.stripe_secret() else {
         return Err(ApiError::new(
             ProblemCode::NotFound,
             "billing webhooks are not configured",
         ));
     };
-    let header = headers
-        .get("stripe-signature")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
     stripe::verify(
         &secret,
         header,
@@ -1053,11 +1354,75 @@ pub async fn stripe_webhook(
 #[openapi(
     info(title = "tenancy control plane", description = "Regions, clusters, tenants and their lifecycle workflows. Errors are RFC 9457 problem documents; every state-changing POST takes an Idempotency-Key."),
     paths(healthz, openapi_json, list_regions, add_region, list_clusters, add_cluster, list_tenants, create_tenant, get_tenant, tenant_workflows, tenant_migrations, get_workflow, suspend, resume, delete, change_plan, legal_hold, deliveries, availability, signup, stripe_webhook),
-    components(schemas(TenantView, WorkflowView, MigrationStatusView, Accepted, TenantPage, CreateTenant, Signup, Reason, ChangePlan, LegalHold, RegionView, ClusterView, Availability, DeliveryView, BillingOutcome, Problem, FieldError)),
-    modifiers(&SecurityAddon),
+    components(schemas(TenantView, WorkflowView, MigrationStatusView, Accepted, TenantPage, CreateTenant, Signup, Reason, ChangePlan, LegalHold, RegionView, RegionInput, ClusterView, ClusterInput, Availability, DeliveryView, BillingOutcome, Problem, FieldError)),
+    modifiers(&SecurityAddon, &Contract),
     tags((name = "tenants"), (name = "registry"), (name = "signup"), (name = "billing"), (name = "webhooks"), (name = "meta"))
 )]
 pub struct ApiDoc;
+
+/// Completes the contract: the `Idempotency-Key` header of every state-changing POST
+/// (required, its pattern, the 409 while a request with the key runs and the 422 when it
+/// is reused with another body) and every operation's error responses
+/// ([`tenancy_problem::openapi::document_errors`]).
+#[derive(Debug)]
+pub struct Contract;
+
+impl utoipa::Modify for Contract {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use tenancy_problem::openapi::problem_response;
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{HeaderBuilder, ObjectBuilder, Required, Type};
+        for item in openapi.paths.paths.values_mut() {
+            let Some(op) = item.post.as_mut() else {
+                continue;
+            };
+            let mut idempotent = false;
+            for p in op.parameters.iter_mut().flatten() {
+                if p.parameter_in == ParameterIn::Header && p.name == "Idempotency-Key" {
+                    idempotent = true;
+                    p.required = Required::True;
+                    p.description = Some(
+                        "Client-chosen key of this request (1 to 255 visible ASCII characters, e.g. a UUID), required: the same key with the same body replays the first answer".to_owned(),
+                    );
+                    p.schema = Some(
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .pattern(Some(IDEMPOTENCY_KEY_PATTERN))
+                            .min_length(Some(1))
+                            .max_length(Some(255))
+                            .into(),
+                    );
+                }
+            }
+            if !idempotent {
+                continue;
+            }
+            let retry = HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::Integer))
+                .description(Some("Seconds to wait before retrying"))
+                .build();
+            let in_progress = op
+                .responses
+                .responses
+                .entry("409".to_owned())
+                .or_insert_with(|| problem_response("Conflict"));
+            if let utoipa::openapi::RefOr::T(r) = in_progress {
+                r.description = format!(
+                    "{}; or a request with this Idempotency-Key is still being processed (`idempotency-in-progress`, see Retry-After)",
+                    if r.description.trim().is_empty() { "Conflict" } else { r.description.trim() }
+                );
+                r.headers.insert("Retry-After".to_owned(), retry);
+            }
+            op.responses.responses.entry("422".to_owned()).or_insert_with(|| {
+                problem_response("Validation failed (`errors` names the fields), or the Idempotency-Key was used with another body (`idempotency-key-reused`)")
+            });
+        }
+        tenancy_problem::openapi::document_errors(openapi);
+    }
+}
+
+/// What an `Idempotency-Key` may be (see [`idempotency::key_from`]).
+pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]{1,255}$";
 
 /// Adds the admin bearer scheme.
 #[derive(Debug)]

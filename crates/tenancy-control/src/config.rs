@@ -28,6 +28,31 @@ pub struct SignupConfig {
     pub max_signups_per_ip: u32,
 }
 
+impl SignupConfig {
+    /// Refuses signup defaults that would make every signup fail: a placement that does
+    /// not exist, a plan or region that is not a valid key, or a plan missing from a
+    /// non-empty `[plans]`.
+    pub fn validate(&self, cfg: &ControlConfig) -> Result<(), String> {
+        self.placement
+            .parse::<tenancy_core::Placement>()
+            .map_err(|e| format!("signup.placement: {e}"))?;
+        self.plan
+            .parse::<tenancy_core::PlanKey>()
+            .map_err(|e| format!("signup.plan: {e}"))?;
+        if !cfg.plans.is_empty() && !cfg.plans.contains_key(&self.plan) {
+            return Err(format!(
+                "signup.plan: {:?} is not one of the configured plans ({})",
+                self.plan,
+                cfg.plans.keys().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        self.region
+            .parse::<tenancy_core::RegionId>()
+            .map_err(|e| format!("signup.region: {e}"))?;
+        Ok(())
+    }
+}
+
 impl Default for SignupConfig {
     fn default() -> Self {
         SignupConfig {
@@ -432,6 +457,7 @@ impl ControlConfig {
         if cfg.regions.is_empty() {
             return Err("at least one region must be configured".into());
         }
+        cfg.signup.validate(&cfg)?;
         for d in &cfg.admin_token_sha256 {
             crate::auth::parse_digest(d)?;
         }

@@ -1,19 +1,19 @@
-//! The one HTTP error type, rendered as RFC 9457 `application/problem+json`.
+//! The control plane's HTTP error, rendered as the one problem document of tenancy
+//! ([`tenancy_problem::Problem`], `application/problem+json`).
 //!
-//! Every problem has a stable `code` (also the last segment of its `type` URI); the table
-//! is [`ProblemCode`]. Internal details are logged here, where the error is handled, and
-//! never returned.
+//! Every problem has a stable `code` (also the last segment of its `type` URI,
+//! `urn:tenancy:problem:<code>`); this crate's part of the code table is [`ProblemCode`]
+//! (the common codes are [`tenancy_problem::COMMON`]). Internal details are logged here,
+//! where the error is handled, and never returned.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use tenancy_catalog::CatalogError;
-use utoipa::ToSchema;
+use tenancy_problem::ProblemType;
 
-/// Base of every problem `type` URI.
-pub const PROBLEM_BASE: &str = "https://tenancy.dev/problems/";
+pub use tenancy_problem::{FieldError, Problem};
 
-/// The stable problem table: code, HTTP status, title.
+/// The problem codes of the control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ProblemCode {
@@ -27,7 +27,7 @@ pub enum ProblemCode {
     SlugTaken,
     /// 409: the resource is in a state that does not allow this.
     Conflict,
-    /// 409: a request with this idempotency key is still executing.
+    /// 409: a request with this idempotency key is still executing; see `Retry-After`.
     IdempotencyInProgress,
     /// 400: this endpoint needs an `Idempotency-Key` header.
     IdempotencyKeyRequired,
@@ -55,6 +55,42 @@ pub enum ProblemCode {
     Internal,
 }
 
+/// 409: the slug is taken.
+pub const SLUG_TAKEN: ProblemType = ProblemType::new("slug-taken", 409, "Slug already taken");
+/// 409: a request with this Idempotency-Key is still executing.
+pub const IDEMPOTENCY_IN_PROGRESS: ProblemType = ProblemType::new(
+    "idempotency-in-progress",
+    409,
+    "A request with this Idempotency-Key is in progress",
+);
+/// 400: the Idempotency-Key header is missing.
+pub const IDEMPOTENCY_KEY_REQUIRED: ProblemType = ProblemType::new(
+    "idempotency-key-required",
+    400,
+    "Idempotency-Key header required",
+);
+/// 422: the Idempotency-Key was used with another request.
+pub const IDEMPOTENCY_KEY_REUSED: ProblemType = ProblemType::new(
+    "idempotency-key-reused",
+    422,
+    "Idempotency-Key reused with a different request",
+);
+/// 400: the webhook signature is not valid.
+pub const INVALID_SIGNATURE: ProblemType =
+    ProblemType::new("invalid-signature", 400, "Invalid webhook signature");
+/// 503: no cluster of the region accepts tenants.
+pub const NO_CAPACITY: ProblemType =
+    ProblemType::new("no-capacity", 503, "No capacity in the region");
+/// 429: this client's signup quota is reached.
+pub const SIGNUP_QUOTA_EXCEEDED: ProblemType = ProblemType::new(
+    "signup-quota-exceeded",
+    429,
+    "Signup quota of this client reached",
+);
+/// 503: the signup quota of everyone together is reached.
+pub const SIGNUPS_PAUSED: ProblemType =
+    ProblemType::new("signups-paused", 503, "Signups are paused");
+
 impl ProblemCode {
     /// Every code, for the documentation table and tests.
     pub const ALL: &'static [ProblemCode] = &[
@@ -78,118 +114,47 @@ impl ProblemCode {
         ProblemCode::Internal,
     ];
 
-    /// `(code, status, title)`.
-    pub fn parts(&self) -> (&'static str, StatusCode, &'static str) {
+    /// This crate's part of the code table (for [`tenancy_problem::check_table`]).
+    pub fn table() -> Vec<ProblemType> {
+        Self::ALL.iter().map(|c| c.problem_type()).collect()
+    }
+
+    /// The problem type (code, status, title).
+    pub fn problem_type(&self) -> ProblemType {
         use ProblemCode::*;
         match self {
-            BadRequest => ("bad-request", StatusCode::BAD_REQUEST, "Malformed request"),
-            Unauthorized => (
-                "unauthorized",
-                StatusCode::UNAUTHORIZED,
-                "Authentication required",
-            ),
-            NotFound => ("not-found", StatusCode::NOT_FOUND, "Not found"),
-            SlugTaken => ("slug-taken", StatusCode::CONFLICT, "Slug already taken"),
-            Conflict => (
-                "conflict",
-                StatusCode::CONFLICT,
-                "Not possible in the current state",
-            ),
-            IdempotencyInProgress => (
-                "idempotency-in-progress",
-                StatusCode::CONFLICT,
-                "A request with this Idempotency-Key is in progress",
-            ),
-            IdempotencyKeyRequired => (
-                "idempotency-key-required",
-                StatusCode::BAD_REQUEST,
-                "Idempotency-Key header required",
-            ),
-            IdempotencyKeyReused => (
-                "idempotency-key-reused",
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Idempotency-Key reused with a different request",
-            ),
-            PayloadTooLarge => (
-                "payload-too-large",
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Request body too large",
-            ),
-            ValidationFailed => (
-                "validation-failed",
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "Validation failed",
-            ),
-            InvalidSignature => (
-                "invalid-signature",
-                StatusCode::BAD_REQUEST,
-                "Invalid webhook signature",
-            ),
-            NoCapacity => (
-                "no-capacity",
-                StatusCode::SERVICE_UNAVAILABLE,
-                "No capacity in the region",
-            ),
-            UnsupportedMediaType => (
-                "unsupported-media-type",
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "Unsupported media type",
-            ),
-            RequestTimeout => (
-                "request-timeout",
-                StatusCode::REQUEST_TIMEOUT,
-                "Request took too long",
-            ),
-            TooManyRequests => (
-                "too-many-requests",
-                StatusCode::TOO_MANY_REQUESTS,
-                "Too many requests",
-            ),
-            SignupQuotaExceeded => (
-                "signup-quota-exceeded",
-                StatusCode::TOO_MANY_REQUESTS,
-                "Signup quota of this client reached",
-            ),
-            SignupsPaused => (
-                "signups-paused",
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Signups are paused",
-            ),
-            Internal => (
-                "internal",
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal error",
-            ),
+            BadRequest => tenancy_problem::BAD_REQUEST,
+            Unauthorized => tenancy_problem::UNAUTHENTICATED,
+            NotFound => tenancy_problem::NOT_FOUND,
+            SlugTaken => SLUG_TAKEN,
+            Conflict => tenancy_problem::CONFLICT,
+            IdempotencyInProgress => IDEMPOTENCY_IN_PROGRESS,
+            IdempotencyKeyRequired => IDEMPOTENCY_KEY_REQUIRED,
+            IdempotencyKeyReused => IDEMPOTENCY_KEY_REUSED,
+            PayloadTooLarge => tenancy_problem::PAYLOAD_TOO_LARGE,
+            ValidationFailed => tenancy_problem::VALIDATION,
+            InvalidSignature => INVALID_SIGNATURE,
+            NoCapacity => NO_CAPACITY,
+            UnsupportedMediaType => tenancy_problem::UNSUPPORTED_MEDIA_TYPE,
+            RequestTimeout => tenancy_problem::REQUEST_TIMEOUT,
+            TooManyRequests => tenancy_problem::TOO_MANY_REQUESTS,
+            SignupQuotaExceeded => SIGNUP_QUOTA_EXCEEDED,
+            SignupsPaused => SIGNUPS_PAUSED,
+            Internal => tenancy_problem::INTERNAL,
         }
+    }
+
+    /// `(code, status, title)`.
+    pub fn parts(&self) -> (&'static str, StatusCode, &'static str) {
+        let t = self.problem_type();
+        (t.code, t.status_code(), t.title)
     }
 }
 
-/// One invalid field.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct FieldError {
-    /// JSON pointer-ish field name (`slug`, `display_name`).
-    pub field: String,
-    /// What is wrong and what is allowed.
-    pub message: String,
-}
-
-/// An RFC 9457 problem document.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Problem {
-    /// URI of the problem type (`https://tenancy.dev/problems/<code>`).
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Short summary of the problem type.
-    pub title: String,
-    /// HTTP status.
-    pub status: u16,
-    /// Explanation of this occurrence.
-    pub detail: String,
-    /// Stable machine-readable code.
-    pub code: String,
-    /// Invalid fields, for `validation-failed`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<FieldError>,
+impl From<ProblemCode> for ProblemType {
+    fn from(c: ProblemCode) -> ProblemType {
+        c.problem_type()
+    }
 }
 
 /// The control plane's error.
@@ -256,15 +221,8 @@ impl ApiError {
 
     /// The problem document.
     pub fn problem(&self) -> Problem {
-        let (code, status, title) = self.code.parts();
-        Problem {
-            type_: format!("{PROBLEM_BASE}{code}"),
-            title: title.to_owned(),
-            status: status.as_u16(),
-            detail: self.detail.clone(),
-            code: code.to_owned(),
-            errors: self.errors.clone(),
-        }
+        Problem::new(self.code.problem_type(), Some(self.detail.clone()))
+            .with_errors(self.errors.clone())
     }
 
     /// The HTTP status.

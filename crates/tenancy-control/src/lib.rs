@@ -344,6 +344,7 @@ pub fn router_with(state: AppState, extra: axum::Router) -> axum::Router {
             guard::guard,
         ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(tenancy_problem::normalize))
         .layer(axum::middleware::from_fn(request_span))
 }
 

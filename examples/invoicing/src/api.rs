@@ -24,10 +24,14 @@ type ApiResult<T> = Result<T, HttpError>;
 /// The app's routes behind the tenancy layer. The layer wraps the whole router (not each
 /// route) so that it runs before routing: the path-prefix source strips `/t/<tenant>`
 /// before the routes see the path, and unknown routes are resolved like any other.
-/// [`PUBLIC_ROUTES`] must be declared public on the layer ([`crate::build`] does).
+/// [`PUBLIC_ROUTES`] must be declared public on the layer ([`crate::build`] does). Every
+/// error response, axum's own rejections (a query string, a path, a 405) included, is a
+/// problem document.
 pub fn router(state: AppState) -> axum::Router {
     let tenancy = state.tenancy.clone();
-    axum::Router::new().fallback_service(tenancy.layer().layer(routes(state)))
+    axum::Router::new()
+        .fallback_service(tenancy.layer().layer(routes(state)))
+        .layer(axum::middleware::from_fn(tenancy_axum::problem::normalize))
 }
 
 /// The routes served without a credential (and without any tenant data).

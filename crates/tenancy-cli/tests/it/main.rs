@@ -66,6 +66,58 @@ fn unknown_subcommands_get_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unrecognized subcommand"));
 }
 
+#[test]
+fn serve_and_tenants_exit_2_when_they_cannot_run() {
+    // A configuration that cannot be read, and a catalog that cannot be reached.
+    let serve = Command::new(env!("CARGO_BIN_EXE_tenancy"))
+        .args(["serve", "--config", "/nonexistent/tenancy.toml"])
+        .output()
+        .expect("run serve");
+    assert_eq!(
+        serve.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&serve.stderr)
+    );
+    assert!(String::from_utf8_lossy(&serve.stderr).contains("error:"));
+    let tenants = Command::new(env!("CARGO_BIN_EXE_tenancy"))
+        .args(["tenants", "list"])
+        .env(
+            "DATABASE_URL",
+            "postgres://tenancy@127.0.0.1:1/catalog?connect_timeout=2",
+        )
+        .output()
+        .expect("run tenants");
+    assert_eq!(
+        tenants.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&tenants.stderr)
+    );
+}
+
+#[test]
+fn demo_read_by_a_reader_that_stops_early_ends_cleanly() {
+    use std::io::{BufRead, BufReader};
+    // `tenancy demo | head -2`: the reader closes the pipe after two lines.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tenancy"))
+        .arg("demo")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tenancy demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    for _ in 0..2 {
+        lines.next().expect("a line").expect("read");
+    }
+    drop(lines);
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+}
+
 /// The `tenancy serve` process, killed when the test ends (also when it fails).
 struct Serve(std::process::Child);
 

@@ -77,6 +77,10 @@ pub(crate) async fn fresh_state_with(signup: SignupConfig) -> (TestDb, AppState,
         ProvisionConfig {
             app_migrations: AppMigrations::generated(2),
             poll_interval: Duration::from_millis(50),
+            plans: ["free", "pro", "enterprise"]
+                .into_iter()
+                .map(|p| (p.to_owned(), serde_json::Map::new()))
+                .collect(),
             ..Default::default()
         },
     )
@@ -198,8 +202,8 @@ async fn admin_api_authenticates_validates_and_is_idempotent() {
         (s, ct.as_str()),
         (StatusCode::UNAUTHORIZED, "application/problem+json")
     );
-    assert_eq!(body["code"], "unauthorized");
-    assert_eq!(body["type"], "https://tenancy.dev/problems/unauthorized");
+    assert_eq!(body["code"], "unauthenticated");
+    assert_eq!(body["type"], "urn:tenancy:problem:unauthenticated");
     let (s, _, _) = call(
         &app,
         "GET",

@@ -19,9 +19,9 @@ use tokio::sync::watch;
 use crate::api::fresh_state_with;
 
 /// A control plane on a socket, stopped when dropped.
-struct Served {
-    db: TestDb,
-    port: u16,
+pub(crate) struct Served {
+    pub(crate) db: TestDb,
+    pub(crate) port: u16,
     stop: watch::Sender<bool>,
 }
 
@@ -33,7 +33,7 @@ impl Drop for Served {
 
 /// Serves `tenancy serve`'s router (with the configuration service) with these limits
 /// and signup settings.
-async fn served(limits: LimitsConfig, signup: SignupConfig) -> Served {
+pub(crate) async fn served(limits: LimitsConfig, signup: SignupConfig) -> Served {
     let (db, state, _p) = fresh_state_with(signup).await;
     let state = crate::config_routes::with_config(&db, state)
         .await
@@ -60,7 +60,7 @@ async fn served(limits: LimitsConfig, signup: SignupConfig) -> Served {
 }
 
 /// Limits with every rate far away (a test turns on the one it looks at).
-fn generous() -> LimitsConfig {
+pub(crate) fn generous() -> LimitsConfig {
     let far = RateConfig {
         per_ip_per_minute: 60_000,
         per_ip_burst: 10_000,
@@ -77,15 +77,15 @@ fn generous() -> LimitsConfig {
 
 /// A response as the client saw it.
 #[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: BTreeMap<String, String>,
-    body: Value,
+pub(crate) struct Resp {
+    pub(crate) status: u16,
+    pub(crate) headers: BTreeMap<String, String>,
+    pub(crate) body: Value,
 }
 
 /// One HTTP/1.1 request over a fresh connection from source address `from` (any
 /// 127.0.0.0/8 address is this host).
-async fn http(
+pub(crate) async fn http(
     port: u16,
     from: &str,
     method: &str,
@@ -313,12 +313,12 @@ async fn nul_byte_in_any_text_field_is_refused_naming_the_field_and_nothing_is_s
         s.port,
         "127.0.0.1",
         "POST",
-        &tenant("suspend"),
+        "/v1/regions",
         &[AUTH, JSON, ("idempotency-key", "clean-1")],
-        Some(r#"{"reason":"audit"}"#),
+        Some(r#"{"id":"ap-south","display_name":"Asia"}"#),
     )
     .await;
-    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.status, 201, "{}", r.body);
 }
 
 #[tokio::test]

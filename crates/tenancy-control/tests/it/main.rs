@@ -8,6 +8,7 @@ mod config;
 mod config_routes;
 mod hostile;
 mod tls;
+mod validation;
 // The CLI's `serve` and `tenants` modules live in tenancy-cli (wired there by its owner);
 // they are compiled and exercised here until then.
 mod cli;
