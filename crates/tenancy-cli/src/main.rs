@@ -16,8 +16,49 @@ mod tenants;
     about = "Multi-tenant foundation for SaaS on PostgreSQL"
 )]
 struct Cli {
+    /// Log format on stderr: json (one object a line) or text. Default: json for `serve`
+    /// when stderr is not a terminal, text otherwise; colours only on a terminal.
+    #[arg(long, global = true, env = "TENANCY_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// One JSON object a line (timestamp, level, target, message, fields, spans).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Logs on stderr. `TENANCY_LOG` filters (`info`, `tenancy_provision=debug`, …); the
+/// default is `info` for `serve` (lifecycle events and one access line per request) and
+/// `warn` for the other commands.
+fn init_logs(format: Option<LogFormat>, serving: bool) {
+    use std::io::IsTerminal;
+    let terminal = std::io::stderr().is_terminal();
+    let default = if serving { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TENANCY_LOG")
+        .unwrap_or_else(|_| default.into());
+    let format = format.unwrap_or(if serving && !terminal {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(terminal);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -45,6 +86,12 @@ enum Command {
     Migrate(migrate::MigrateArgs),
 }
 
+/// An error and its causes on one line, PostgreSQL's message and SQLSTATE included.
+pub(crate) fn error_text(e: &anyhow::Error) -> String {
+    let e: &(dyn std::error::Error + 'static) = e.as_ref();
+    tenancy_conn::error_text(e)
+}
+
 #[derive(clap::Args, Debug)]
 struct CheckCommand {
     #[command(flatten)]
@@ -52,14 +99,8 @@ struct CheckCommand {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TENANCY_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.log_format, matches!(cli.command, Command::Serve(_)));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -75,14 +116,14 @@ fn main() -> std::process::ExitCode {
             Command::Demo(args) => match demo::run(args).await {
                 Ok(()) => 0,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", error_text(&e));
                     1
                 }
             },
             Command::Serve(args) => match serve::run(args).await {
                 Ok(()) => 0,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", error_text(&e));
                     1
                 }
             },
@@ -92,7 +133,7 @@ fn main() -> std::process::ExitCode {
                     0
                 }
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", error_text(&e));
                     1
                 }
             },

@@ -51,6 +51,9 @@ pub enum ProblemCode {
     SignupQuotaExceeded,
     /// 503: the signup quota of everyone together is reached; see `Retry-After`.
     SignupsPaused,
+    /// 503: a dependency (the catalog database) is unreachable, or the server is not
+    /// ready or is shutting down; retry later.
+    Unavailable,
     /// 500: something failed on our side (details are in the server log).
     Internal,
 }
@@ -75,6 +78,7 @@ impl ProblemCode {
         ProblemCode::TooManyRequests,
         ProblemCode::SignupQuotaExceeded,
         ProblemCode::SignupsPaused,
+        ProblemCode::Unavailable,
         ProblemCode::Internal,
     ];
 
@@ -154,6 +158,11 @@ impl ProblemCode {
                 "signups-paused",
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Signups are paused",
+            ),
+            Unavailable => (
+                "unavailable",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service unavailable",
             ),
             Internal => (
                 "internal",
@@ -254,6 +263,17 @@ impl ApiError {
         )
     }
 
+    /// A dependency is down (the catalog database): logged with its cause, returned as a
+    /// 503 without it.
+    pub fn unavailable(what: &str, cause: &(dyn std::error::Error + 'static)) -> Self {
+        tracing::error!(error = %tenancy_conn::ErrorText(cause), "{what}");
+        ApiError::new(
+            ProblemCode::Unavailable,
+            "a service this request needs is unavailable; retry later",
+        )
+        .retry_after(std::time::Duration::from_secs(5))
+    }
+
     /// The problem document.
     pub fn problem(&self) -> Problem {
         let (code, status, title) = self.code.parts();
@@ -330,7 +350,10 @@ impl From<CatalogError> for ApiError {
                 ApiError::new(ProblemCode::Conflict, e.to_string())
             }
             CatalogError::Invalid(msg) => ApiError::new(ProblemCode::ValidationFailed, msg),
-            other => ApiError::internal("catalog call failed", &other),
+            CatalogError::Db { ref source, .. } if connection_lost(source) => {
+                ApiError::unavailable("catalog call failed", &e)
+            }
+            other => ApiError::internal("catalog call failed", &tenancy_conn::ErrorText(&other)),
         }
     }
 }
@@ -345,8 +368,33 @@ impl From<tenancy_provision::Error> for ApiError {
         match e {
             tenancy_provision::Error::Catalog(c) => c.into(),
             tenancy_provision::Error::NotPossible(m) => ApiError::new(ProblemCode::Conflict, m),
-            other => ApiError::internal("provisioning call failed", &other),
+            tenancy_provision::Error::Db { ref source, .. } if connection_lost(source) => {
+                ApiError::unavailable("provisioning call failed", &e)
+            }
+            tenancy_provision::Error::Connect { .. } => {
+                ApiError::unavailable("provisioning call failed", &e)
+            }
+            other => {
+                ApiError::internal("provisioning call failed", &tenancy_conn::ErrorText(&other))
+            }
         }
+    }
+}
+
+/// Whether a database call failed because the server went away or refuses sessions
+/// (closed connection, SQLSTATE class 08, shutdown or startup in progress) rather than
+/// because of the statement: the request may succeed later, so it is a 503, not a 500.
+pub(crate) fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.as_db_error() {
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+        }
+        // Not an answer of the server: I/O on the socket.
+        None => std::error::Error::source(e).is_some_and(|c| c.is::<std::io::Error>()),
     }
 }
 
