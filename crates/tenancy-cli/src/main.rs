@@ -39,7 +39,11 @@ enum LogFormat {
 fn init_logs(format: Option<LogFormat>, serving: bool) {
     use std::io::IsTerminal;
     let terminal = std::io::stderr().is_terminal();
-    let default = if serving { "info" } else { "warn" };
+    let default = if serving {
+        "info,tokio_postgres=warn"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TENANCY_LOG")
         .unwrap_or_else(|_| default.into());
     let format = format.unwrap_or(if serving && !terminal {
