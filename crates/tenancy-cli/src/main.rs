@@ -33,11 +33,18 @@ enum LogFormat {
     Text,
 }
 
-/// Logs on stderr. `TENANCY_LOG` filters (`info`, `tenancy_provision=debug`, …); the
-/// default is `info` for `serve` (lifecycle events and one access line per request) and
-/// `warn` for the other commands.
-fn init_logs(format: Option<LogFormat>, serving: bool) {
+/// Logs on stderr, and traces over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set. `TENANCY_LOG` filters (`info`,
+/// `tenancy_provision=debug`, …); the default is `info` for `serve` (lifecycle events and
+/// one access line per request) and `warn` for the other commands. Returns the trace
+/// provider, to flush at exit.
+fn init_telemetry(
+    format: Option<LogFormat>,
+    serving: bool,
+) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let terminal = std::io::stderr().is_terminal();
     let default = if serving {
         "info,tokio_postgres=warn"
@@ -51,18 +58,60 @@ fn init_logs(format: Option<LogFormat>, serving: bool) {
     } else {
         LogFormat::Text
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (provider, otlp_error) = otlp_provider();
+    let otel = provider.as_ref().map(|p| {
+        use opentelemetry::trace::TracerProvider;
+        tracing_opentelemetry::layer().with_tracer(p.tracer("tenancy"))
+    });
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(terminal);
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
     match format {
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
+        LogFormat::Json => registry
+            .with(fmt.json().with_current_span(true).with_span_list(false))
             .init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => registry.with(fmt).init(),
     }
+    if let Some(e) = otlp_error {
+        tracing::warn!(error = %e, "OpenTelemetry export is off: the OTLP exporter could not be built");
+    } else if provider.is_some() {
+        tracing::info!("exporting traces over OTLP/HTTP");
+    }
+    provider
+}
+
+/// The OTLP/HTTP (protobuf) trace exporter when an OTLP endpoint is configured (the
+/// standard `OTEL_EXPORTER_OTLP_*` variables; `OTEL_SERVICE_NAME` names the service,
+/// `tenancy` by default).
+fn otlp_provider() -> (
+    Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    Option<String>,
+) {
+    let set = |v: &str| std::env::var(v).is_ok_and(|v| !v.trim().is_empty());
+    if !set("OTEL_EXPORTER_OTLP_ENDPOINT") && !set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        return (None, None);
+    }
+    let exporter = match opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+    {
+        Ok(e) => e,
+        Err(e) => return (None, Some(e.to_string())),
+    };
+    let service = std::env::var("OTEL_SERVICE_NAME")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "tenancy".to_owned());
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service)
+                .build(),
+        )
+        .build();
+    (Some(provider), None)
 }
 
 #[derive(Subcommand, Debug)]
@@ -104,7 +153,7 @@ struct CheckCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format, matches!(cli.command, Command::Serve(_)));
+    let traces = init_telemetry(cli.log_format, matches!(cli.command, Command::Serve(_)));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -149,5 +198,12 @@ fn main() -> std::process::ExitCode {
             }
         }
     });
+    drop(rt);
+    // Spans still buffered are sent before the process exits.
+    if let Some(p) = traces {
+        if let Err(e) = p.shutdown() {
+            eprintln!("warning: flushing OpenTelemetry spans: {e}");
+        }
+    }
     std::process::ExitCode::from(code)
 }

@@ -156,20 +156,27 @@ pub fn route_of(req: &Request) -> String {
 pub async fn observe(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id(req.headers());
-    let trace = TraceContext::from_headers(req.headers());
+    let mut trace = TraceContext::from_headers(req.headers());
     let route = route_of(&req);
     let method = req.method().clone();
-    req.extensions_mut().insert(RequestId(id.clone()));
-    req.extensions_mut().insert(trace);
     let span = tracing::info_span!(
         "request",
+        otel.kind = "server",
         method = %method,
         route = %route,
         request_id = %id,
-        trace_id = %hex::encode(trace.trace_id),
-        span_id = %hex::encode(trace.span_id),
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
         tenant_id = tracing::field::Empty,
     );
+    join_trace(&span, &mut trace);
+    span.record("trace_id", hex::encode(trace.trace_id));
+    span.record("span_id", hex::encode(trace.span_id));
+    if let Some(tenant) = tenant_in_path(&route, req.uri().path()) {
+        span.record("tenant_id", tenant);
+    }
+    req.extensions_mut().insert(RequestId(id.clone()));
+    req.extensions_mut().insert(trace);
     let response = next.run(req).instrument(span.clone()).await;
     let mut response = with_request_id_in_problem(response, &id).await;
     let status = response.status().as_u16();
@@ -192,6 +199,51 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         response.headers_mut().insert(TRACEPARENT.clone(), v);
     }
     response
+}
+
+/// With OpenTelemetry on (the `tracing-opentelemetry` layer is installed and the span
+/// is enabled): the span continues the caller's trace, and `trace` takes the span's own
+/// ids, so logs, the `traceparent` answered and the exported span agree. Otherwise `trace`
+/// keeps the ids made from the headers.
+fn join_trace(span: &tracing::Span, trace: &mut TraceContext) {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if let Some(parent) = trace.parent_span_id {
+        let flags = if trace.sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        let remote = SpanContext::new(
+            TraceId::from_bytes(trace.trace_id),
+            SpanId::from_bytes(parent),
+            flags,
+            true,
+            TraceState::default(),
+        );
+        // Fails only when no OpenTelemetry layer is installed: then there is nothing to join.
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+    }
+    let cx = span.context();
+    let own = cx.span().span_context().clone();
+    if own.is_valid() {
+        trace.trace_id = own.trace_id().to_bytes();
+        trace.span_id = own.span_id().to_bytes();
+        trace.sampled = own.is_sampled();
+    }
+}
+
+/// The tenant a `/v1/tenants/{id}…` or `/v1/evaluate/{tenant}` route is about, when the
+/// path names one (a UUID), for the request span's `tenant_id`.
+fn tenant_in_path(route: &str, path: &str) -> Option<String> {
+    let prefix = ["/v1/tenants/{id}", "/v1/evaluate/{tenant}"]
+        .into_iter()
+        .find(|p| route.starts_with(p))?;
+    let index = prefix.split('/').count() - 1;
+    let segment = path.split('/').nth(index)?;
+    segment.parse::<uuid::Uuid>().ok().map(|u| u.to_string())
 }
 
 /// A problem document gains `request_id` (other responses pass unchanged).
@@ -230,6 +282,30 @@ async fn with_request_id_in_problem(response: Response, id: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tenant_of_a_path_is_read_only_from_tenant_routes() {
+        let id = "0b5d4e1e-8a8c-4c49-9d55-5b7c2c3f0a11";
+        assert_eq!(
+            tenant_in_path(
+                "/v1/tenants/{id}/suspend",
+                &format!("/v1/tenants/{id}/suspend")
+            ),
+            Some(id.to_owned())
+        );
+        assert_eq!(
+            tenant_in_path("/v1/evaluate/{tenant}", &format!("/v1/evaluate/{id}")),
+            Some(id.to_owned())
+        );
+        assert_eq!(
+            tenant_in_path("/v1/tenants/{id}", "/v1/tenants/not-a-uuid"),
+            None
+        );
+        assert_eq!(
+            tenant_in_path("/v1/workflows/{id}", &format!("/v1/workflows/{id}")),
+            None
+        );
+    }
 
     #[test]
     fn traceparent_parsing_follows_the_w3c_rules() {
