@@ -13,6 +13,8 @@
 //! - `tenancy_webhook_deliveries_total{outcome}`.
 //! - `tenancy_migration_targets_total{kind,outcome}` (from `tenancy migrate` and the
 //!   workers' app migrations).
+//! - Read from the catalog when scraped (aggregates, bounded labels):
+//!   `tenancy_tenants{state}`, `tenancy_migration_targets{kind,state="current"|"behind"|"failed"}`.
 //! - Read when scraped: `tenancy_catalog_pool_connections{state="in_use"|"idle"|"max"}`,
 //!   `tenancy_catalog_pool_waiting`, `tenancy_workers_alive`,
 //!   `tenancy_config_snapshot_age_seconds`, `tenancy_config_snapshot_version`,
@@ -95,6 +97,11 @@ fn describe() {
         "1 when the configuration LISTEN connection is up"
     );
     describe_gauge!("tenancy_shutting_down", "1 once shutdown has begun");
+    describe_gauge!("tenancy_tenants", "Tenants by lifecycle state");
+    describe_gauge!(
+        "tenancy_migration_targets",
+        "App-migration targets by placement: at the fleet's version, behind it, or failed"
+    );
 }
 
 /// A route template as a label value: `/v1/tenants/{id}` is written `/v1/tenants/:id`
@@ -136,6 +143,78 @@ pub fn record_request(method: &str, route: &str, status: u16, elapsed: Duration)
     .record(elapsed.as_secs_f64());
 }
 
+/// Every tenant state (the catalog's CHECK).
+const TENANT_STATES: &[&str] = &["provisioning", "active", "suspended", "deleting", "deleted"];
+
+/// How long a scrape waits for the catalog's counts (the rest is served without them).
+const CATALOG_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Gauges read from the catalog when scraped: tenants by state, and migration targets
+/// (tenants with their own storage, clusters' pooled tables) at the fleet's latest
+/// version, behind it, or whose last migration failed. One aggregate query each; the
+/// labels are the fixed sets of states and placements, whatever the number of tenants.
+async fn catalog_gauges(state: &AppState) {
+    let conn = match state.inner.catalog.get().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %tenancy_conn::ErrorText(&e), "metrics: no catalog connection");
+            return;
+        }
+    };
+    match conn
+        .query(
+            "SELECT state::text, count(*) FROM tenancy_catalog.tenants GROUP BY 1",
+            &[],
+        )
+        .await
+    {
+        Ok(rows) => {
+            // A state without tenants is 0, not its last count.
+            for st in TENANT_STATES {
+                metrics::gauge!("tenancy_tenants", "state" => *st).set(0.0);
+            }
+            for r in rows {
+                let (st, n): (String, i64) = (r.get(0), r.get(1));
+                metrics::gauge!("tenancy_tenants", "state" => st).set(n as f64);
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %tenancy_conn::pg_error_text(&e), "metrics: counting tenants")
+        }
+    }
+    match conn
+        .query(
+            "WITH latest AS (SELECT coalesce(max(version), 0) AS v FROM tenancy_catalog.app_migrations)
+             SELECT kind,
+                    count(*) FILTER (WHERE error IS NULL AND version >= latest.v),
+                    count(*) FILTER (WHERE error IS NULL AND version < latest.v),
+                    count(*) FILTER (WHERE error IS NOT NULL)
+               FROM tenancy_catalog.app_migration_targets, latest
+              GROUP BY kind",
+            &[],
+        )
+        .await
+    {
+        Ok(rows) => {
+            for kind in ["pooled", "schema", "dedicated"] {
+                for st in ["current", "behind", "failed"] {
+                    metrics::gauge!("tenancy_migration_targets", "kind" => kind, "state" => st)
+                        .set(0.0);
+                }
+            }
+            for r in rows {
+                let kind: String = r.get(0);
+                for (i, st) in [(1, "current"), (2, "behind"), (3, "failed")] {
+                    let n: i64 = r.get(i);
+                    metrics::gauge!("tenancy_migration_targets", "kind" => kind.clone(), "state" => st)
+                        .set(n as f64);
+                }
+            }
+        }
+        Err(e) => tracing::debug!(error = %tenancy_conn::pg_error_text(&e), "metrics: counting migration targets"),
+    }
+}
+
 /// `GET /metrics`.
 pub async fn metrics_text(State(state): State<AppState>) -> Response {
     let Some(handle) = install() else {
@@ -159,6 +238,12 @@ pub async fn metrics_text(State(state): State<AppState>) -> Response {
         metrics::gauge!("tenancy_config_snapshot_age_seconds").set(s.since_refresh.as_secs_f64());
         metrics::gauge!("tenancy_config_snapshot_version").set(s.version as f64);
         metrics::gauge!("tenancy_config_listener_connected").set(f64::from(u8::from(s.connected)));
+    }
+    if tokio::time::timeout(CATALOG_TIMEOUT, catalog_gauges(&state))
+        .await
+        .is_err()
+    {
+        tracing::warn!("metrics: the catalog counts did not come within the scrape's budget");
     }
     handle.run_upkeep();
     let mut resp = handle.render().into_response();

@@ -579,6 +579,24 @@ fn serve_drains_on_sigterm_keeps_its_data_dir_and_exports_metrics() {
         "no pool gauge"
     );
     assert!(!find("tenancy_config_snapshot_age_seconds").is_empty());
+    let gauge = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        find(name)
+            .iter()
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    assert_eq!(gauge("tenancy_tenants", &[("state", "active")]), 2.0);
+    assert_eq!(
+        gauge(
+            "tenancy_migration_targets",
+            &[("kind", "schema"), ("state", "current")]
+        ),
+        2.0
+    );
     assert!(!find("tenancy_workers_alive").is_empty());
 
     serve.signal("-TERM", false);
