@@ -254,9 +254,10 @@ impl ApiError {
         }
     }
 
-    /// An internal error: logged with its cause, returned without it.
-    pub fn internal(what: &str, cause: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "{what}");
+    /// An internal error: logged with its cause (and its causes; PostgreSQL's message,
+    /// SQLSTATE, detail and hint spelled out), returned without it.
+    pub fn internal(what: &str, cause: &(dyn std::error::Error + 'static)) -> Self {
+        tracing::error!(error = %tenancy_conn::ErrorText(cause), "{what}");
         ApiError::new(
             ProblemCode::Internal,
             "an internal error occurred; it has been logged",
@@ -353,7 +354,7 @@ impl From<CatalogError> for ApiError {
             CatalogError::Db { ref source, .. } if connection_lost(source) => {
                 ApiError::unavailable("catalog call failed", &e)
             }
-            other => ApiError::internal("catalog call failed", &tenancy_conn::ErrorText(&other)),
+            other => ApiError::internal("catalog call failed", &other),
         }
     }
 }
@@ -374,9 +375,7 @@ impl From<tenancy_provision::Error> for ApiError {
             tenancy_provision::Error::Connect { .. } => {
                 ApiError::unavailable("provisioning call failed", &e)
             }
-            other => {
-                ApiError::internal("provisioning call failed", &tenancy_conn::ErrorText(&other))
-            }
+            other => ApiError::internal("provisioning call failed", &other),
         }
     }
 }
