@@ -562,6 +562,12 @@ pub async fn build(config: ControlConfig) -> Result<App> {
         .with_context(|| format!("binding {}", config.listen))?;
     let workers = provisioner.spawn_workers(config.workers);
     state.health().set_workers(workers, config.workers);
+    tracing::info!(
+        workers = config.workers,
+        listen = %config.listen,
+        data_dir = config.data_dir.as_ref().map(|d| d.display().to_string()),
+        "control plane built; provisioning workers started"
+    );
     Ok(App {
         listener,
         router: router(state.clone()),

@@ -129,3 +129,46 @@ async fn readyz_reports_its_checks_and_livez_needs_nothing() {
     let (s, _, _) = get(&app, "/livez").await;
     assert_eq!(s, 200);
 }
+
+#[test]
+fn data_dir_and_shutdown_grace_are_read_from_the_environment_and_checked() {
+    use tenancy_control::ControlConfig;
+    let env = |kv: &[(&str, &str)]| -> Vec<(String, String)> {
+        kv.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let c = ControlConfig::load_with_env(
+        None,
+        &env(&[
+            ("TENANCY_DATA_DIR", "/var/lib/tenancy"),
+            ("TENANCY_SHUTDOWN_GRACE_SECS", "5"),
+        ]),
+    )
+    .expect("config");
+    assert_eq!(
+        c.data_dir.as_deref(),
+        Some(std::path::Path::new("/var/lib/tenancy"))
+    );
+    assert_eq!(c.shutdown_grace_secs, 5);
+    assert_eq!(
+        ControlConfig::load_with_env(None, &[])
+            .expect("defaults")
+            .shutdown_grace_secs,
+        30
+    );
+    let refused =
+        |kv: &[(&str, &str)]| ControlConfig::load_with_env(None, &env(kv)).expect_err("refused");
+    let e = refused(&[("TENANCY_SHUTDOWN_GRACE_SECS", "soon")]);
+    assert!(
+        e.contains("TENANCY_SHUTDOWN_GRACE_SECS") && e.contains("number"),
+        "{e}"
+    );
+    let e = refused(&[("TENANCY_SHUTDOWN_GRACE_SECS", "7200")]);
+    assert!(e.contains("at most 3600"), "{e}");
+    let e = refused(&[
+        ("TENANCY_DATA_DIR", "/var/lib/tenancy"),
+        ("DATABASE_URL", "host=/tmp dbname=x"),
+    ]);
+    assert!(e.contains("data_dir") && e.contains("database_url"), "{e}");
+}
