@@ -330,11 +330,11 @@ fn json_logs(lines: &[String]) -> Vec<serde_json::Value> {
 fn serve_drains_on_sigterm_keeps_its_data_dir_and_exports_metrics() {
     let data = temp_dir("data");
     let data_s = data.display().to_string();
-    // Each schema tenant's storage step sleeps: a workflow step long enough to be under
-    // way when SIGTERM comes.
+    // Each schema tenant's storage step sleeps eight seconds: a workflow step long enough
+    // to be under way when SIGTERM comes.
     let mig = migrations_dir(
         "slow",
-        "CREATE TABLE notes (tenant_id uuid NOT NULL, id bigint NOT NULL, body text NOT NULL, PRIMARY KEY (tenant_id, id));\nSELECT pg_sleep(5);\n",
+        "CREATE TABLE notes (tenant_id uuid NOT NULL, id bigint NOT NULL, body text NOT NULL, PRIMARY KEY (tenant_id, id));\nSELECT pg_sleep(8);\n",
     );
     let mig_s = mig.display().to_string();
     let env = [("TENANCY_APP_MIGRATIONS_DIR", mig_s.as_str())];
@@ -400,7 +400,7 @@ fn serve_drains_on_sigterm_keeps_its_data_dir_and_exports_metrics() {
     let id = a.headers.get("x-request-id").expect("request id");
     assert_eq!(id.len(), 32, "{id}");
 
-    // A schema tenant whose storage step takes five seconds.
+    // A schema tenant whose storage step takes eight seconds.
     let (first, wf) = create_tenant(port, &token, "drain-one", "schema");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -464,7 +464,7 @@ fn serve_drains_on_sigterm_keeps_its_data_dir_and_exports_metrics() {
     let took = signalled.elapsed();
     assert!(
         took >= Duration::from_secs(2),
-        "exited {took:?} after SIGTERM: the storage step (5 s) cannot have finished"
+        "exited {took:?} after SIGTERM: the storage step (8 s) cannot have finished"
     );
     assert!(process_with(&dirs[0]).is_none(), "PostgreSQL still runs");
     assert!(Path::new(&dirs[0]).join("PG_VERSION").exists());
@@ -500,7 +500,7 @@ fn serve_drains_on_sigterm_keeps_its_data_dir_and_exports_metrics() {
     drop(serve);
 
     // Restarted on the same directory: the tenants and the admin token are there, and the
-    // storage step under way at SIGTERM had finished (a redo would take five seconds).
+    // storage step under way at SIGTERM had finished (a redo would take eight seconds).
     let serve = Served::start(&["--data-dir", &data_s], &env);
     let banner = serve.banner("admin token");
     assert!(
@@ -518,7 +518,7 @@ fn serve_drains_on_sigterm_keeps_its_data_dir_and_exports_metrics() {
     );
     let w = w.json();
     assert!(
-        restarted.elapsed() < Duration::from_secs(4),
+        restarted.elapsed() < Duration::from_secs(6),
         "too slow to tell whether the step was redone"
     );
     assert!(
