@@ -72,6 +72,7 @@ where
         // A route declared public runs without a tenant: no resolution, no `Tenant`, no
         // tenant id, no transaction slot (the `Tx` and `Tenant` extractors refuse there).
         if tenancy.is_public(req.uri().path()) {
+            count_resolution("public");
             let mut req = req;
             req.extensions_mut().insert(PublicRoute);
             return ResponseFuture::new(inner.call(req).instrument(span));
@@ -82,8 +83,12 @@ where
         let fut = async move {
             let resolved = match tenancy.resolve(&parts).await {
                 Ok(r) => r,
-                Err(e) => return Ok(e.into_response()),
+                Err(e) => {
+                    count_resolution(e.problem_type().code());
+                    return Ok(e.into_response());
+                }
             };
+            count_resolution("resolved");
             let tenant = resolved.tenant;
             let span = tracing::Span::current();
             span.record("tenant_id", tracing::field::display(tenant.id()));
@@ -135,11 +140,44 @@ where
     }
 }
 
+/// Counts how the layer settled a request's tenant, with the `metrics` feature:
+/// `tenancy_tenant_requests_total{outcome}`, `outcome` being `resolved`, `public` or the
+/// problem code of the refusal (`unauthenticated`, `tenant-mismatch`, …). No tenant id is
+/// a label, so the series do not grow with the number of tenants.
+#[inline]
+fn count_resolution(outcome: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("tenancy_tenant_requests_total", "outcome" => outcome).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = outcome;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::jwt::{JwtConfig, JwtIssuer, JwtKey, TenantClaim};
     use crate::Source;
+
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn resolutions_are_counted_by_outcome_without_tenant_labels() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            count_resolution("resolved");
+            count_resolution("resolved");
+            count_resolution(crate::ProblemType::TenantMismatch.code());
+        });
+        let text = handle.render();
+        assert!(
+            text.contains(r#"tenancy_tenant_requests_total{outcome="resolved"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tenancy_tenant_requests_total{outcome="tenant-mismatch"} 1"#),
+            "{text}"
+        );
+    }
 
     /// The future allocated per request stays within glibc's per-thread cache (see
     /// ARCHITECTURE.md, "Per-request cost").

@@ -154,7 +154,7 @@ pub enum CheckError {
     #[error("{0}")]
     BadOption(String),
     /// A catalogue query failed.
-    #[error("query failed while {what}: {source}; the connecting role needs to read the system catalogues (connect as the database owner or a superuser)")]
+    #[error("query failed while {what}: {}; the connecting role needs to read the system catalogues (connect as the database owner or a superuser)", tenancy_conn::pg_error_text(source))]
     Sql {
         /// What was being done.
         what: String,

@@ -109,7 +109,12 @@ pub async fn run(args: BootstrapArgs) -> u8 {
     };
     let mut client = match tenancy_pg::connect(&cfg).await {
         Ok(c) => c,
-        Err(e) => return fail(format!("connecting to --database-url: {e}")),
+        Err(e) => {
+            return fail(format!(
+                "connecting to --database-url: {}",
+                tenancy_conn::error_text(&e)
+            ))
+        }
     };
     let state = match server::inspect(&client).await {
         Ok(s) => s,
@@ -186,7 +191,8 @@ pub async fn run(args: BootstrapArgs) -> u8 {
     }
     if let Err(e) = migrate_catalog(&mut client, &state).await {
         return fail(format!(
-            "migrating the catalog (run tenancy bootstrap again; applied migrations are kept): {e:#}"
+            "migrating the catalog (run tenancy bootstrap again; applied migrations are kept): {}",
+            crate::error_text(&e)
         ));
     }
     let imp = match bootstrap::context_impl(&client).await {
@@ -199,7 +205,7 @@ pub async fn run(args: BootstrapArgs) -> u8 {
 
 /// The error with its causes (what PostgreSQL said).
 fn detail(e: tenancy_sdk::Error) -> String {
-    format!("{:#}", anyhow::Error::new(e))
+    tenancy_conn::error_text(&e)
 }
 
 /// Versions of the catalog's migrations not yet applied (`None`: the ledger cannot be

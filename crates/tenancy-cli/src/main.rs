@@ -16,8 +16,102 @@ mod tenants;
     about = "Multi-tenant foundation for SaaS on PostgreSQL"
 )]
 struct Cli {
+    /// Log format on stderr: json (one object a line) or text. Default: json for `serve`
+    /// when stderr is not a terminal, text otherwise; colours only on a terminal.
+    #[arg(long, global = true, env = "TENANCY_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// One JSON object a line (timestamp, level, target, message, fields, spans).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Logs on stderr, and traces over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set. `TENANCY_LOG` filters (`info`,
+/// `tenancy_provision=debug`, …); the default is `info` for `serve` (lifecycle events and
+/// one access line per request) and `warn` for the other commands. Returns the trace
+/// provider, to flush at exit.
+fn init_telemetry(
+    format: Option<LogFormat>,
+    serving: bool,
+) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let terminal = std::io::stderr().is_terminal();
+    let default = if serving {
+        "info,tokio_postgres=warn"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TENANCY_LOG")
+        .unwrap_or_else(|_| default.into());
+    let format = format.unwrap_or(if serving && !terminal {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    });
+    let (provider, otlp_error) = otlp_provider();
+    let otel = provider.as_ref().map(|p| {
+        use opentelemetry::trace::TracerProvider;
+        tracing_opentelemetry::layer().with_tracer(p.tracer("tenancy"))
+    });
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(terminal);
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    match format {
+        LogFormat::Json => registry
+            .with(fmt.json().with_current_span(true).with_span_list(false))
+            .init(),
+        LogFormat::Text => registry.with(fmt).init(),
+    }
+    if let Some(e) = otlp_error {
+        tracing::warn!(error = %e, "OpenTelemetry export is off: the OTLP exporter could not be built");
+    } else if provider.is_some() {
+        tracing::info!("exporting traces over OTLP/HTTP");
+    }
+    provider
+}
+
+/// The OTLP/HTTP (protobuf) trace exporter when an OTLP endpoint is configured (the
+/// standard `OTEL_EXPORTER_OTLP_*` variables; `OTEL_SERVICE_NAME` names the service,
+/// `tenancy` by default).
+fn otlp_provider() -> (
+    Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    Option<String>,
+) {
+    let set = |v: &str| std::env::var(v).is_ok_and(|v| !v.trim().is_empty());
+    if !set("OTEL_EXPORTER_OTLP_ENDPOINT") && !set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        return (None, None);
+    }
+    let exporter = match opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+    {
+        Ok(e) => e,
+        Err(e) => return (None, Some(e.to_string())),
+    };
+    let service = std::env::var("OTEL_SERVICE_NAME")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "tenancy".to_owned());
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service)
+                .build(),
+        )
+        .build();
+    (Some(provider), None)
 }
 
 #[derive(Subcommand, Debug)]
@@ -46,6 +140,12 @@ enum Command {
     Migrate(migrate::MigrateArgs),
 }
 
+/// An error and its causes on one line, PostgreSQL's message and SQLSTATE included.
+pub(crate) fn error_text(e: &anyhow::Error) -> String {
+    let e: &(dyn std::error::Error + 'static) = e.as_ref();
+    tenancy_conn::error_text(e)
+}
+
 #[derive(clap::Args, Debug)]
 struct CheckCommand {
     #[command(flatten)]
@@ -53,14 +153,8 @@ struct CheckCommand {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TENANCY_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let traces = init_telemetry(cli.log_format, matches!(cli.command, Command::Serve(_)));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -76,7 +170,7 @@ fn main() -> std::process::ExitCode {
             Command::Demo(args) => match demo::run(args).await {
                 Ok(()) => 0,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", error_text(&e));
                     1
                 }
             },
@@ -84,7 +178,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => match serve::run(args).await {
                 Ok(()) => 0,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", error_text(&e));
                     2
                 }
             },
@@ -96,7 +190,7 @@ fn main() -> std::process::ExitCode {
                     0
                 }
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", error_text(&e));
                     2
                 }
             },
@@ -108,5 +202,12 @@ fn main() -> std::process::ExitCode {
             }
         }
     });
+    drop(rt);
+    // Spans still buffered are sent before the process exits.
+    if let Some(p) = traces {
+        if let Err(e) = p.shutdown() {
+            eprintln!("warning: flushing OpenTelemetry spans: {e}");
+        }
+    }
     std::process::ExitCode::from(code)
 }

@@ -67,6 +67,31 @@ async fn report_context_impl(catalog: &tenancy_conn::PgConfig) {
     }
 }
 
+/// Completes at the first SIGINT (Ctrl-C) or SIGTERM: the run then starts no new target,
+/// lets the targets in flight finish, records them in the ledger and prints its summary.
+async fn interrupted() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    let int = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let name = tokio::select! {
+        _ = term => "SIGTERM",
+        _ = int => "SIGINT",
+    };
+    eprintln!(
+        "{name}: finishing the targets in flight and recording them; no new target is started"
+    );
+}
+
 /// A failure to run at all (exit 2), as opposed to targets that failed (exit 1).
 fn cannot_run(msg: impl std::fmt::Display) -> u8 {
     eprintln!("error: {msg}");
@@ -139,7 +164,7 @@ pub async fn run(args: MigrateArgs) -> u8 {
                 _ => {}
             }
         }
-        Err(e) => return cannot_run(format!("{e:#}")),
+        Err(e) => return cannot_run(crate::error_text(&e)),
     }
     let Some(dir) = args.dir.or(config.app_migrations_dir.clone()) else {
         return cannot_run(
@@ -148,7 +173,7 @@ pub async fn run(args: MigrateArgs) -> u8 {
     };
     let set = match MigrationSet::from_dir(&dir) {
         Ok(s) => s,
-        Err(e) => return cannot_run(e),
+        Err(e) => return cannot_run(tenancy_conn::error_text(&e)),
     };
     let login = |user: &str, password: &Option<secrecy::SecretString>| Login {
         user: user.to_owned(),
@@ -171,7 +196,7 @@ pub async fn run(args: MigrateArgs) -> u8 {
 
     if args.check_drift {
         return match migrator.check_drift().await {
-            Err(e) => cannot_run(e),
+            Err(e) => cannot_run(tenancy_conn::error_text(&e)),
             Ok(report) => {
                 if json {
                     println!("{}", serde_json::to_string(&report).unwrap_or_default());
@@ -203,7 +228,7 @@ pub async fn run(args: MigrateArgs) -> u8 {
 
     let plan = match migrator.plan(opts.canary).await {
         Ok(p) => p,
-        Err(e) => return cannot_run(e),
+        Err(e) => return cannot_run(tenancy_conn::error_text(&e)),
     };
     if args.dry_run {
         print_plan(&plan, json);
@@ -240,10 +265,12 @@ pub async fn run(args: MigrateArgs) -> u8 {
             b.finish_and_clear();
         }
     });
-    let result = migrator.execute(&plan, &opts, Some(tx)).await;
+    let result = migrator
+        .execute_until(&plan, &opts, Some(tx), interrupted())
+        .await;
     let _ = printer.await;
     match result {
-        Err(e) => cannot_run(e),
+        Err(e) => cannot_run(tenancy_conn::error_text(&e)),
         Ok(summary) => {
             print_summary(&summary, json);
             u8::from(!summary.complete())

@@ -27,6 +27,7 @@
 //! lists, encrypted client keys, `target_session_attrs` and `load_balance_hosts` (refused
 //! with a clear error rather than ignored).
 
+mod error_text;
 mod settings;
 mod stream;
 mod tls;
@@ -36,6 +37,7 @@ use std::sync::Arc;
 use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{Client, Connection, NoTls};
 
+pub use error_text::{error_text, pg_error_text, ErrorText};
 pub use settings::SslMode;
 pub use stream::{open_stream, Stream};
 pub use tls::RootCerts;
@@ -236,7 +238,7 @@ impl PgConfig {
                         host: target.describe(),
                         dbname: self.pg.get_dbname().unwrap_or("").to_owned(),
                         user: self.pg.get_user().unwrap_or("").to_owned(),
-                        detail: pg_detail(&source),
+                        detail: pg_error_text(&source),
                         source,
                     })
             };
@@ -302,28 +304,6 @@ fn check_supported(pg: &tokio_postgres::Config) -> Result<(), ConnError> {
         ));
     }
     Ok(())
-}
-
-/// The server's message for a database error (tokio-postgres' own text is only "db
-/// error"), else the error and its causes.
-fn pg_detail(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        let mut s = format!("{}: {}", db.severity(), db.message());
-        if let Some(d) = db.detail() {
-            s.push_str(&format!(" ({d})"));
-        }
-        if let Some(h) = db.hint() {
-            s.push_str(&format!("; hint: {h}"));
-        }
-        return s;
-    }
-    let mut s = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        s.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    s
 }
 
 /// Connects with `config` and drives the connection on the current runtime until it

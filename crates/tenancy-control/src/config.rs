@@ -347,6 +347,13 @@ pub struct ControlConfig {
     pub retention_days: u64,
     /// Timeouts and rate limits of the public surface.
     pub limits: LimitsConfig,
+    /// The embedded default's data directory: its clusters (one subdirectory per region),
+    /// context key and admin token digest are kept there across restarts. Absent: all of
+    /// it is in temporary directories deleted on exit. Not allowed with `database_url`.
+    pub data_dir: Option<PathBuf>,
+    /// On SIGTERM or SIGINT, time given to requests in flight and workflow steps under
+    /// way to finish, in seconds; past it, what is left is cut and the server exits.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for ControlConfig {
@@ -375,11 +382,29 @@ impl Default for ControlConfig {
             event_receivers: Vec::new(),
             retention_days: 30,
             limits: LimitsConfig::default(),
+            data_dir: None,
+            shutdown_grace_secs: 30,
         }
     }
 }
 
 impl ControlConfig {
+    /// Checks the data directory and the shutdown grace period (also after a command
+    /// line changed them).
+    pub fn validate_runtime(&self) -> Result<(), String> {
+        if self.data_dir.is_some() && self.database_url.is_some() {
+            return Err(
+                "data_dir keeps the embedded default's private clusters; with database_url the \
+                 data is in that database: remove one of them"
+                    .into(),
+            );
+        }
+        if self.shutdown_grace_secs > 3600 {
+            return Err("shutdown_grace_secs must be at most 3600".into());
+        }
+        Ok(())
+    }
+
     /// Loads the file (if any), then applies the environment.
     pub fn load(file: Option<&Path>) -> Result<Self, String> {
         let env: Vec<(String, String)> = std::env::vars().collect();
@@ -428,6 +453,14 @@ impl ControlConfig {
         }
         if let Some(v) = get("TENANCY_APP_MIGRATIONS_DIR") {
             cfg.app_migrations_dir = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("TENANCY_DATA_DIR").filter(|v| !v.is_empty()) {
+            cfg.data_dir = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("TENANCY_SHUTDOWN_GRACE_SECS") {
+            cfg.shutdown_grace_secs = v.parse().map_err(|_| {
+                format!("TENANCY_SHUTDOWN_GRACE_SECS={v:?} is not a number of seconds")
+            })?;
         }
         if let Some(v) = get("TENANCY_CONTEXT_KEY_ID") {
             cfg.context_key_id = v;
@@ -478,6 +511,7 @@ impl ControlConfig {
                 ));
             }
         }
+        cfg.validate_runtime()?;
         if !cfg.clusters.is_empty() && cfg.database_url.is_none() {
             return Err(
                 "clusters are registered only with database_url (without it, the embedded default \

@@ -51,6 +51,9 @@ pub enum ProblemCode {
     SignupQuotaExceeded,
     /// 503: the signup quota of everyone together is reached; see `Retry-After`.
     SignupsPaused,
+    /// 503: a dependency (the catalog database) is unreachable, or the server is not
+    /// ready or is shutting down; retry later.
+    Unavailable,
     /// 500: something failed on our side (details are in the server log).
     Internal,
 }
@@ -111,6 +114,7 @@ impl ProblemCode {
         ProblemCode::TooManyRequests,
         ProblemCode::SignupQuotaExceeded,
         ProblemCode::SignupsPaused,
+        ProblemCode::Unavailable,
         ProblemCode::Internal,
     ];
 
@@ -140,6 +144,7 @@ impl ProblemCode {
             TooManyRequests => tenancy_problem::TOO_MANY_REQUESTS,
             SignupQuotaExceeded => SIGNUP_QUOTA_EXCEEDED,
             SignupsPaused => SIGNUPS_PAUSED,
+            Unavailable => tenancy_problem::UNAVAILABLE,
             Internal => tenancy_problem::INTERNAL,
         }
     }
@@ -210,13 +215,25 @@ impl ApiError {
         }
     }
 
-    /// An internal error: logged with its cause, returned without it.
-    pub fn internal(what: &str, cause: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "{what}");
+    /// An internal error: logged with its cause (and its causes; PostgreSQL's message,
+    /// SQLSTATE, detail and hint spelled out), returned without it.
+    pub fn internal(what: &str, cause: &(dyn std::error::Error + 'static)) -> Self {
+        tracing::error!(error = %tenancy_conn::ErrorText(cause), "{what}");
         ApiError::new(
             ProblemCode::Internal,
             "an internal error occurred; it has been logged",
         )
+    }
+
+    /// A dependency is down (the catalog database): logged with its cause, returned as a
+    /// 503 without it.
+    pub fn unavailable(what: &str, cause: &(dyn std::error::Error + 'static)) -> Self {
+        tracing::error!(error = %tenancy_conn::ErrorText(cause), "{what}");
+        ApiError::new(
+            ProblemCode::Unavailable,
+            "a service this request needs is unavailable; retry later",
+        )
+        .retry_after(std::time::Duration::from_secs(5))
     }
 
     /// The problem document.
@@ -288,6 +305,9 @@ impl From<CatalogError> for ApiError {
                 ApiError::new(ProblemCode::Conflict, e.to_string())
             }
             CatalogError::Invalid(msg) => ApiError::new(ProblemCode::ValidationFailed, msg),
+            CatalogError::Db { ref source, .. } if connection_lost(source) => {
+                ApiError::unavailable("catalog call failed", &e)
+            }
             other => ApiError::internal("catalog call failed", &other),
         }
     }
@@ -303,8 +323,31 @@ impl From<tenancy_provision::Error> for ApiError {
         match e {
             tenancy_provision::Error::Catalog(c) => c.into(),
             tenancy_provision::Error::NotPossible(m) => ApiError::new(ProblemCode::Conflict, m),
+            tenancy_provision::Error::Db { ref source, .. } if connection_lost(source) => {
+                ApiError::unavailable("provisioning call failed", &e)
+            }
+            tenancy_provision::Error::Connect { .. } => {
+                ApiError::unavailable("provisioning call failed", &e)
+            }
             other => ApiError::internal("provisioning call failed", &other),
         }
+    }
+}
+
+/// Whether a database call failed because the server went away or refuses sessions
+/// (closed connection, SQLSTATE class 08, shutdown or startup in progress) rather than
+/// because of the statement: the request may succeed later, so it is a 503, not a 500.
+pub(crate) fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.as_db_error() {
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+        }
+        // Not an answer of the server: I/O on the socket.
+        None => std::error::Error::source(e).is_some_and(|c| c.is::<std::io::Error>()),
     }
 }
 

@@ -31,10 +31,13 @@ mod billing;
 pub mod config;
 pub mod error;
 pub mod guard;
+pub mod health;
 pub mod idempotency;
+pub mod metrics;
 pub mod server;
 mod startup;
 pub mod stripe;
+pub mod telemetry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,6 +86,8 @@ struct StateInner {
     openapi_doc: OpenApiDoc,
     /// The same document, serialized once for `/openapi.json`.
     openapi: serde_json::Value,
+    /// Workers and shutdown state, for `/readyz` (see [`health`]).
+    health: Arc<health::Health>,
 }
 
 /// A typed OpenAPI document (utoipa's type has no `Debug` without a feature we leave off).
@@ -135,6 +140,7 @@ impl AppState {
                 guard: Arc::new(default_guard()),
                 openapi: serde_json::to_value(&openapi).unwrap_or_default(),
                 openapi_doc: OpenApiDoc(openapi),
+                health: Arc::new(health::Health::default()),
             }),
         }
     }
@@ -165,13 +171,19 @@ impl AppState {
         self.inner.config.as_ref()
     }
 
-    /// A catalog connection.
+    /// A catalog connection; when none can be had (the database is down or refuses
+    /// sessions), a 503 problem.
     pub async fn catalog(&self) -> Result<PgConn, ApiError> {
         self.inner
             .catalog
             .get()
             .await
-            .map_err(|e| ApiError::internal("catalog connection", &e))
+            .map_err(|e| ApiError::unavailable("catalog connection", &e))
+    }
+
+    /// Workers and shutdown state, for readiness.
+    pub fn health(&self) -> &health::Health {
+        &self.inner.health
     }
 
     /// The provisioning engine.
@@ -311,8 +323,12 @@ pub fn router_with(state: AppState, extra: axum::Router) -> axum::Router {
         None => extra,
     };
     let guard_state = state.inner.guard.clone();
+    metrics::install();
     axum::Router::new()
+        .route("/livez", get(health::livez))
         .route("/healthz", get(api::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics_text))
         .route("/openapi.json", get(api::openapi_json))
         .route("/v1/regions", get(api::list_regions).post(api::add_region))
         .route(
@@ -344,16 +360,8 @@ pub fn router_with(state: AppState, extra: axum::Router) -> axum::Router {
             guard::guard,
         ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Outermost: the request span, id and access line see the final answer (a
+        // problem document once `normalize` has made one), and add the request id to it.
         .layer(axum::middleware::from_fn(tenancy_problem::normalize))
-        .layer(axum::middleware::from_fn(request_span))
-}
-
-/// Runs every request in a span (method, path); handlers add the tenant when they know it.
-async fn request_span(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use tracing::Instrument;
-    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), tenant_id = tracing::field::Empty);
-    next.run(req).instrument(span).await
+        .layer(axum::middleware::from_fn(telemetry::observe))
 }

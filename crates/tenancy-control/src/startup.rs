@@ -14,7 +14,7 @@ use tenancy_conn::PgConfig;
 use tenancy_core::{ContextKey, KeyId};
 use tenancy_pg::{Cluster, ClusterOptions};
 use tenancy_provision::{
-    AppMigrations, ClusterAccess, Login, ProvisionConfig, Provisioner, Receiver, Workers,
+    AppMigrations, ClusterAccess, Login, ProvisionConfig, Provisioner, Receiver,
 };
 use tenancy_sdk::bootstrap::{self, OWNER_ROLE};
 use tokio::sync::watch;
@@ -29,8 +29,6 @@ pub struct App {
     listener: tokio::net::TcpListener,
     /// The routes.
     router: axum::Router,
-    /// Provisioning workers, stopped after the server.
-    workers: Workers,
     /// Private clusters of the embedded default, stopped last.
     clusters: Vec<Cluster>,
     /// Shared state (tests use it to reach the catalog and the engine).
@@ -41,6 +39,13 @@ pub struct App {
     stop: (watch::Sender<bool>, watch::Receiver<bool>),
     /// Header and request deadlines of the socket.
     serve_options: ServeOptions,
+    /// Time given to requests and workflow steps to finish once shutdown begins.
+    grace: Duration,
+    /// The embedded default's data directory, when it keeps its data.
+    data_dir: Option<PathBuf>,
+    /// The generated admin token of an earlier start is still the valid one (its digest
+    /// is in the data directory).
+    admin_token_kept: bool,
 }
 
 impl App {
@@ -68,28 +73,132 @@ impl App {
         self.generated_admin_token.as_deref()
     }
 
-    /// A handle that stops `run_until_stopped` when sent `true`.
+    /// The embedded default's data directory, when its data is kept across restarts
+    /// (`None`: temporary directories, deleted on exit).
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        self.data_dir.as_deref()
+    }
+
+    /// Whether the admin token is the one generated at an earlier start (kept in the data
+    /// directory as a digest; it is not shown again).
+    pub fn admin_token_kept(&self) -> bool {
+        self.admin_token_kept
+    }
+
+    /// A handle that stops `run_until_stopped` when sent `true` (as SIGTERM does).
     pub fn stopper(&self) -> watch::Sender<bool> {
         self.stop.0.clone()
     }
 
-    /// Serves until Ctrl-C (or the stopper), then stops the workers and the clusters.
+    /// Serves until SIGTERM, SIGINT (Ctrl-C) or the stopper. Then: `/readyz` answers 503,
+    /// the listener closes, requests in flight and workflow steps under way finish (up to
+    /// the grace period; a second signal cuts it short), the workers stop and the
+    /// embedded clusters stop (fast shutdown: consistent on disk; a temporary one is
+    /// removed).
     pub async fn run_until_stopped(self) -> Result<()> {
-        let mut rx = self.stop.1.clone();
+        let App {
+            listener,
+            router,
+            clusters,
+            state,
+            stop,
+            serve_options,
+            grace,
+            ..
+        } = self;
+        let mut signals = Signals::new();
+        let (fired_tx, fired_rx) = watch::channel(false);
+        let mut stop_rx = stop.1.clone();
+        let draining = state.clone();
         let shutdown = async move {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = rx.wait_for(|s| *s) => {}
+            let why = tokio::select! {
+                s = signals.next() => s,
+                _ = stop_rx.wait_for(|s| *s) => "stop requested",
+            };
+            tracing::info!(
+                signal = why,
+                grace_secs = grace.as_secs(),
+                "shutting down: finishing requests in flight and workflow steps under way"
+            );
+            draining.health().set_draining();
+            let _ = fired_tx.send(true);
+        };
+        let server = crate::server::serve(listener, router, serve_options, shutdown);
+        let mut workers_rx = fired_rx.clone();
+        let workers_state = state.clone();
+        let workers = async move {
+            let _ = workers_rx.wait_for(|f| *f).await;
+            if let Some(w) = workers_state.health().take_workers() {
+                w.stop().await;
             }
         };
-        crate::server::serve(self.listener, self.router, self.serve_options, shutdown)
-            .await
-            .context("serving the control-plane API")?;
-        self.workers.stop().await;
-        for c in self.clusters {
+        let drained = async move {
+            let (served, ()) = tokio::join!(server, workers);
+            served
+        };
+        let mut deadline_rx = fired_rx;
+        let deadline = async move {
+            let _ = deadline_rx.wait_for(|f| *f).await;
+            let mut again = Signals::new();
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
+                s = again.next() => tracing::warn!(signal = s, "second signal: not waiting any longer"),
+            }
+        };
+        let outcome = tokio::select! {
+            r = drained => Some(r),
+            _ = deadline => None,
+        };
+        let result = match outcome {
+            Some(r) => r.context("serving the control-plane API"),
+            None => {
+                tracing::warn!(
+                    grace_secs = grace.as_secs(),
+                    "shutdown cut short: requests and workflow steps still running were cut \
+                     (an interrupted step is retried by the next start)"
+                );
+                Ok(())
+            }
+        };
+        for c in clusters {
             c.stop().await;
         }
-        Ok(())
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// SIGTERM (what Kubernetes and systemd send) and SIGINT (Ctrl-C).
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| tracing::warn!(error = %e, "cannot handle SIGTERM"))
+            .ok();
+        Signals { term }
+    }
+
+    /// The next SIGTERM or SIGINT, by name.
+    async fn next(&mut self) -> &'static str {
+        let term = async {
+            match &mut self.term {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = term => "SIGTERM",
+            r = tokio::signal::ctrl_c() => match r {
+                Ok(()) => "SIGINT",
+                // No SIGINT handler could be installed: only SIGTERM and the stopper.
+                Err(_) => std::future::pending().await,
+            },
+        }
     }
 }
 
@@ -281,10 +390,17 @@ pub async fn build(config: ControlConfig) -> Result<App> {
             (cfg, access, key)
         }
         None => {
-            let key = ContextKey::from_bytes(kid, rand::random());
+            let key = match &config.data_dir {
+                Some(dir) => kept_context_key(dir, kid)?,
+                None => ContextKey::from_bytes(kid, rand::random()),
+            };
             let mut catalog = None;
             for region in &config.regions {
-                let cluster = Cluster::start(ClusterOptions::default())
+                let opts = ClusterOptions {
+                    data_dir: config.data_dir.as_ref().map(|d| d.join(region)),
+                    ..ClusterOptions::default()
+                };
+                let cluster = Cluster::start(opts)
                     .await
                     .with_context(|| format!("starting the private cluster of region {region}"))?;
                 let su = cluster.connect("postgres").await?;
@@ -374,10 +490,28 @@ pub async fn build(config: ControlConfig) -> Result<App> {
         .map(|d| auth::parse_digest(d))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
+    let mut admin_token_kept = false;
     let generated_admin_token = if digests.is_empty() {
-        let token = hex::encode(rand::random::<[u8; 24]>());
-        digests.push(auth::token_digest(&token));
-        Some(token)
+        let kept = match &config.data_dir {
+            Some(dir) => kept_admin_digest(dir)?,
+            None => None,
+        };
+        match kept {
+            Some(d) => {
+                digests.push(d);
+                admin_token_kept = true;
+                None
+            }
+            None => {
+                let token = hex::encode(rand::random::<[u8; 24]>());
+                let digest = auth::token_digest(&token);
+                if let Some(dir) = &config.data_dir {
+                    write_private(&dir.join(ADMIN_DIGEST_FILE), &hex::encode(digest))?;
+                }
+                digests.push(digest);
+                Some(token)
+            }
+        }
     } else {
         None
     };
@@ -427,14 +561,73 @@ pub async fn build(config: ControlConfig) -> Result<App> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let workers = provisioner.spawn_workers(config.workers);
+    state.health().set_workers(workers, config.workers);
+    tracing::info!(
+        workers = config.workers,
+        listen = %config.listen,
+        data_dir = config.data_dir.as_ref().map(|d| d.display().to_string()),
+        "control plane built; provisioning workers started"
+    );
     Ok(App {
         listener,
         router: router(state.clone()),
-        workers,
         clusters: clusters.into_iter().map(|(_, c)| c).collect(),
         state,
         generated_admin_token,
         stop: watch::channel(false),
         serve_options: ServeOptions::from_limits(&config.limits),
+        grace: Duration::from_secs(config.shutdown_grace_secs),
+        data_dir: config.data_dir.clone(),
+        admin_token_kept,
     })
+}
+
+/// File of the data directory holding the context key (hex), readable by its owner only.
+const CONTEXT_KEY_FILE: &str = "context-key";
+/// File of the data directory holding the SHA-256 digest (hex) of the generated admin
+/// token; the token itself is shown once and never stored.
+const ADMIN_DIGEST_FILE: &str = "admin-token.sha256";
+
+/// The context key kept in `dir` (made and written there at the first start). The
+/// clusters' runtime functions hold the same key, so it must survive with them.
+fn kept_context_key(dir: &std::path::Path, kid: KeyId) -> Result<ContextKey> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(CONTEXT_KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(hex) => ContextKey::from_hex(kid, hex.trim())
+            .with_context(|| format!("reading the context key in {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let bytes: [u8; 32] = rand::random();
+            write_private(&path, &hex::encode(bytes))?;
+            Ok(ContextKey::from_bytes(kid, bytes))
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// The admin token digest kept in `dir` by an earlier start, if any.
+fn kept_admin_digest(dir: &std::path::Path) -> Result<Option<[u8; 32]>> {
+    let path = dir.join(ADMIN_DIGEST_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => auth::parse_digest(&format!("sha256:{}", text.trim()))
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Writes `text` to a new file readable and writable by its owner only.
+fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
 }

@@ -146,6 +146,9 @@ pub enum StopReason {
     CanaryFailed,
     /// `max_failures` was reached.
     MaxFailures(usize),
+    /// The run was interrupted (a signal): targets in flight finished, the rest was not
+    /// started.
+    Interrupted,
 }
 
 impl std::fmt::Display for StopReason {
@@ -153,6 +156,7 @@ impl std::fmt::Display for StopReason {
         match self {
             StopReason::CanaryFailed => f.write_str("a canary target failed"),
             StopReason::MaxFailures(n) => write!(f, "{n} failures (--max-failures)"),
+            StopReason::Interrupted => f.write_str("interrupted"),
         }
     }
 }
@@ -402,6 +406,20 @@ impl Migrator {
         opts: &Options,
         events: Option<mpsc::UnboundedSender<Event>>,
     ) -> Result<Summary, Error> {
+        self.execute_until(plan, opts, events, std::future::pending())
+            .await
+    }
+
+    /// [`Migrator::execute`] until `interrupt` completes: then no new target is started,
+    /// the targets in flight finish, the ledger records them, and the summary says
+    /// [`StopReason::Interrupted`] (the next run continues from there).
+    pub async fn execute_until(
+        &self,
+        plan: &Plan,
+        opts: &Options,
+        events: Option<mpsc::UnboundedSender<Event>>,
+        interrupt: impl std::future::Future<Output = ()>,
+    ) -> Result<Summary, Error> {
         opts.validate()?;
         let started = Instant::now();
         let pending = plan.pending();
@@ -473,8 +491,23 @@ impl Migrator {
             }
             r
         };
-        let (work_result, writer_result) = tokio::join!(work, writer);
+        let interrupted = AtomicBool::new(false);
+        let watcher = async {
+            interrupt.await;
+            interrupted.store(true, Ordering::SeqCst);
+            shared.stop.store(true, Ordering::SeqCst);
+            std::future::pending::<std::convert::Infallible>().await
+        };
+        let (work_result, writer_result) = tokio::select! {
+            r = async { tokio::join!(work, writer) } => r,
+            never = watcher => match never {},
+        };
         let (_, stopped) = work_result?;
+        let stopped = if interrupted.load(Ordering::SeqCst) {
+            Some(StopReason::Interrupted)
+        } else {
+            stopped
+        };
         writer_result?;
         let reports = shared.reports.into_inner().unwrap_or_default();
         for r in &reports {
@@ -521,6 +554,17 @@ impl Migrator {
 impl Shared<'_> {
     /// Records a target's outcome: ledger, events, failure count (and the stop).
     fn report(&self, t: &MigrationTarget, r: TargetReport) {
+        let label = match &r.outcome {
+            Outcome::Migrated => "migrated",
+            Outcome::CaughtUp => "caught_up",
+            Outcome::Failed(_) => "failed",
+        };
+        metrics::counter!(
+            "tenancy_migration_targets_total",
+            "kind" => t.kind.to_string(),
+            "outcome" => label
+        )
+        .increment(1);
         let outcome = match &r.outcome {
             Outcome::Migrated | Outcome::CaughtUp => LedgerOutcome::At {
                 version: r.to,

@@ -222,11 +222,15 @@ fn tail(path: &Path, lines: usize) -> String {
 
 /// The watchdog: starts the postmaster in the background, then blocks reading stdin.
 /// When stdin reaches end of file (we dropped the pipe, or our process died), it asks the
-/// postmaster for a fast shutdown, waits for it, and removes a temporary directory.
+/// postmaster for a fast shutdown, waits for it, and removes a temporary directory. It
+/// ignores SIGINT, SIGTERM and SIGHUP (after starting the postmaster, which keeps its own
+/// handlers), so a signal sent to the whole process group (Ctrl-C in a terminal, `kill
+/// -TERM -PGID`) does not kill it before it has cleaned up.
 const WATCHDOG: &str = r#"
 log="$1"; cleanup="$2"; shift 2
 "$@" >>"$log" 2>&1 &
 pid=$!
+trap '' INT TERM HUP
 while read -r _line; do :; done
 kill -INT "$pid" 2>/dev/null
 wait "$pid"

@@ -85,7 +85,7 @@ pub(crate) async fn connect(cfg: &PgConfig) -> Result<Client, Error> {
             cfg.pg().get_dbname().unwrap_or(""),
             cfg.pg().get_user().unwrap_or("")
         ),
-        detail: e.to_string(),
+        detail: tenancy_conn::error_text(&e),
     })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
@@ -184,7 +184,7 @@ impl Pools {
         };
         pool.get().await.map_err(|e| Error::Connect {
             what: format!("database {dbname:?} as {:?}", login.user),
-            detail: e.to_string(),
+            detail: tenancy_conn::error_text(&e),
         })
     }
 }

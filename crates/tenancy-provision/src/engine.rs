@@ -488,6 +488,7 @@ impl Provisioner {
                         .await
                         .map_err(Error::db("committing a workflow step"))?;
                     span.in_scope(|| tracing::debug!(ms, %status, "step done"));
+                    step_metrics(wf.kind, "ok", ms);
                     if status.is_final() {
                         self.announce(&wf, status);
                     }
@@ -508,6 +509,12 @@ impl Provisioner {
     }
 
     fn announce(&self, wf: &Workflow, status: WorkflowStatus) {
+        metrics::counter!(
+            "tenancy_workflows_finished_total",
+            "kind" => wf.kind.to_string(),
+            "status" => status.to_string()
+        )
+        .increment(1);
         let _ = self.inner.finished.send(Finished {
             workflow: wf.id,
             tenant: wf.tenant_id,
@@ -530,7 +537,9 @@ impl Provisioner {
         ctx: StepCtx,
         ms: f64,
     ) -> Result<Option<Uuid>, Error> {
-        let msg = e.to_string();
+        // The whole cause, with PostgreSQL's message, SQLSTATE, detail and hint: what an
+        // operator reads in the workflow's `last_error` and the step log.
+        let msg = tenancy_conn::error_text(&e);
         let tx = client
             .transaction()
             .await
@@ -580,6 +589,19 @@ impl Provisioner {
         tx.commit()
             .await
             .map_err(Error::db("recording a failed step"))?;
+        step_metrics(
+            wf.kind,
+            if final_status.is_some()
+                || (wf.kind == WorkflowKind::Provision
+                    && !compensating
+                    && attempt >= self.inner.cfg.max_attempts)
+            {
+                "failed"
+            } else {
+                "retry"
+            },
+            ms,
+        );
         if let Some(status) = final_status {
             self.announce(wf, status);
         }
@@ -938,7 +960,7 @@ impl Provisioner {
             .await
             .map_err(|e| Error::Connect {
                 what: "the catalog".into(),
-                detail: e.to_string(),
+                detail: tenancy_conn::error_text(&e),
             })
     }
 
@@ -1058,7 +1080,7 @@ impl Provisioner {
             match self.refill_cluster(&cluster, &app).await {
                 Ok(n) => made += n,
                 Err(e) => {
-                    tracing::warn!(cluster = %cluster.name, error = %e, "warm pool refill failed");
+                    tracing::warn!(cluster = %cluster.name, error = %tenancy_conn::ErrorText(&e), "warm pool refill failed");
                     first_error.get_or_insert(e);
                 }
             }
@@ -1473,6 +1495,12 @@ impl Provisioner {
         tx.commit()
             .await
             .map_err(Error::db("recording a webhook delivery"))?;
+        let outcome = match (delivered, retry_in) {
+            (true, _) => "delivered",
+            (false, Some(_)) => "retry",
+            (false, None) => "gave_up",
+        };
+        metrics::counter!("tenancy_webhook_deliveries_total", "outcome" => outcome).increment(1);
         Ok(true)
     }
 
@@ -1530,7 +1558,7 @@ impl Provisioner {
                 _ => match self.catalog_client().await {
                     Ok(c) => client.insert(c),
                     Err(e) => {
-                        tracing::warn!(worker = i, error = %e, "worker cannot reach the catalog");
+                        tracing::warn!(worker = i, error = %tenancy_conn::ErrorText(&e), "worker cannot reach the catalog");
                         tokio::time::sleep(self.inner.cfg.poll_interval).await;
                         continue;
                     }
@@ -1555,7 +1583,7 @@ impl Provisioner {
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(worker = i, error = %e, "worker step failed");
+                    tracing::warn!(worker = i, error = %tenancy_conn::ErrorText(&e), "worker step failed");
                     client = None;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -1592,7 +1620,7 @@ impl Provisioner {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "webhook delivery failed");
+                    tracing::warn!(error = %tenancy_conn::ErrorText(&e), "webhook delivery failed");
                     client = None;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -1624,10 +1652,12 @@ impl Provisioner {
             match self.catalog_client().await {
                 Ok(mut c) => {
                     if let Err(e) = self.schedule_purges(&mut c).await {
-                        tracing::warn!(error = %e, "purge scheduling failed");
+                        tracing::warn!(error = %tenancy_conn::ErrorText(&e), "purge scheduling failed");
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "purge scheduler cannot reach the catalog"),
+                Err(e) => {
+                    tracing::warn!(error = %tenancy_conn::ErrorText(&e), "purge scheduler cannot reach the catalog")
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.inner.cfg.poll_interval * 10) => {}
@@ -1661,6 +1691,18 @@ impl Workers {
             let _ = h.await;
         }
     }
+}
+
+/// Counts a workflow step attempt (`outcome`: ok, retry, failed) and its duration.
+fn step_metrics(kind: WorkflowKind, outcome: &'static str, ms: f64) {
+    metrics::counter!(
+        "tenancy_workflow_steps_total",
+        "kind" => kind.to_string(),
+        "outcome" => outcome
+    )
+    .increment(1);
+    metrics::histogram!("tenancy_workflow_step_duration_seconds", "kind" => kind.to_string())
+        .record(ms / 1000.0);
 }
 
 fn provision_input(req: &ProvisionRequest) -> serde_json::Value {

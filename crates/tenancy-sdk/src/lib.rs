@@ -24,6 +24,7 @@
 
 pub mod bootstrap;
 mod error;
+mod metrics;
 mod pool;
 mod router;
 mod tx;

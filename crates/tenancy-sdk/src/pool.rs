@@ -759,14 +759,13 @@ impl TenantPool {
         read_only: bool,
     ) -> Result<TenantTx, Error> {
         if let Some(schema) = schema {
-            check_schema_name(schema)?;
+            check_schema_name(schema).inspect_err(|_| crate::metrics::tx_event("refused"))?;
         }
-        let mut conn = Lease(
-            self.pool
-                .get()
-                .await
-                .map_err(|e| Error::Pool(e.to_string()))?,
-        );
+        let mut conn = Lease(self.pool.get().await.map_err(|e| {
+            crate::metrics::tx_event("refused");
+            Error::Pool(e.to_string())
+        })?);
+        crate::metrics::tx_event("opened");
         conn.watch.start();
         let ttl_micros = self.opts.token_ttl.as_micros() as i64;
         let token = conn.sign(&self.key, tenant, ttl_micros);

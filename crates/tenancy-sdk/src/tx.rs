@@ -593,6 +593,7 @@ impl TenantTx {
                 return None;
             }
         };
+        count_end(commit, &done);
         Some(done)
     }
 
@@ -610,18 +611,20 @@ impl TenantTx {
         } else {
             ("ROLLBACK", "rolling back")
         };
-        if let Err(e) = conn.client.batch_execute(sql).await {
-            let expired = conn.watch.expired.load(Ordering::Relaxed);
-            return Err(if expired {
-                Error::TransactionDeadline(self.signer.deadline)
-            } else {
-                Error::db(what)(e)
-            });
-        }
-        if commit && state != State::Open {
-            return Err(Error::Aborted);
-        }
-        Ok(())
+        let done = match conn.client.batch_execute(sql).await {
+            Err(e) => {
+                let expired = conn.watch.expired.load(Ordering::Relaxed);
+                Err(if expired {
+                    Error::TransactionDeadline(self.signer.deadline)
+                } else {
+                    Error::db(what)(e)
+                })
+            }
+            Ok(()) if commit && state != State::Open => Err(Error::Aborted),
+            Ok(()) => Ok(()),
+        };
+        count_end(commit, &done);
+        done
     }
 
     /// Ends a transaction that never sent anything. If it had taken over the COMMIT of the
@@ -634,9 +637,20 @@ impl TenantTx {
     }
 }
 
+/// Counts how a transaction ended (see [`crate::metrics`]): a commit that found the
+/// transaction aborted rolled it back; a failed COMMIT or ROLLBACK is not counted.
+fn count_end(commit: bool, done: &Result<(), Error>) {
+    match done {
+        Ok(()) if commit => crate::metrics::tx_event("committed"),
+        Ok(()) | Err(Error::Aborted) => crate::metrics::tx_event("rolled_back"),
+        Err(_) => {}
+    }
+}
+
 impl Drop for TenantTx {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
+        crate::metrics::tx_event("rolled_back");
         let fence = match self.state {
             State::NotBegun => {
                 // Nothing was sent; the connection is as this transaction found it.

@@ -7,6 +7,7 @@ mod api;
 mod config;
 mod config_routes;
 mod hostile;
+mod ops;
 mod tls;
 mod validation;
 // The CLI's `serve` and `tenants` modules live in tenancy-cli (wired there by its owner);

@@ -465,3 +465,71 @@ async fn a_failing_canary_stops_the_run_before_the_rest() {
         "{summary:?}"
     );
 }
+
+#[tokio::test]
+async fn an_interrupted_run_finishes_the_targets_in_flight_and_records_them() {
+    let mut env = Env::new().await;
+    let placements: Vec<(String, Placement)> = (0..6)
+        .map(|i| (format!("int-{i}"), Placement::Schema))
+        .collect();
+    let refs: Vec<(&str, Placement)> = placements.iter().map(|(s, p)| (s.as_str(), *p)).collect();
+    env.provision(v1(), &refs).await;
+    // Each target takes a while, one at a time: the interrupt comes with targets left.
+    let mut slow = v2();
+    slow.sql.push_str(";\nSELECT pg_sleep(0.3)");
+    let mut ms = v1();
+    ms.push(slow);
+    let m = env.migrator(ms);
+    let plan = m.plan(0).await.expect("plan");
+    let pending = plan.pending();
+    assert!(pending >= 6, "{pending}");
+    let one_at_a_time = Options {
+        concurrency: 1,
+        pipeline: 1,
+        ..opts()
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (first_done, interrupt) = tokio::sync::oneshot::channel::<()>();
+    let watcher = tokio::spawn(async move {
+        let mut first_done = Some(first_done);
+        let mut stopped = Vec::new();
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                Event::Target(_) => {
+                    if let Some(f) = first_done.take() {
+                        let _ = f.send(());
+                    }
+                }
+                Event::Stopped(r) => stopped.push(r),
+                Event::Wave { .. } => {}
+            }
+        }
+        stopped
+    });
+    let summary = m
+        .execute_until(&plan, &one_at_a_time, Some(tx), async {
+            let _ = interrupt.await;
+        })
+        .await
+        .expect("run");
+    let stopped_events = watcher.await.expect("events");
+    assert_eq!(
+        summary.stopped,
+        Some(StopReason::Interrupted),
+        "{summary:?}"
+    );
+    assert_eq!(stopped_events, vec![StopReason::Interrupted]);
+    assert!(!summary.complete());
+    assert_eq!(summary.failed, 0, "{summary:?}");
+    assert!(
+        summary.migrated >= 1 && summary.not_run >= 1,
+        "interrupted after the first target: {summary:?}"
+    );
+    assert_eq!(summary.migrated + summary.not_run, pending, "{summary:?}");
+    // Every target that ran is in the ledger, so the next plan is exactly what is left.
+    let next = m.plan(0).await.expect("plan");
+    assert_eq!(next.pending(), summary.not_run, "{summary:?}");
+    let rest = m.run(&opts(), None).await.expect("run");
+    assert!(rest.complete(), "{rest:?}");
+    assert_eq!(rest.migrated, summary.not_run);
+}
