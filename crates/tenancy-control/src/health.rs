@@ -24,7 +24,7 @@ use axum::Json;
 use serde_json::json;
 use tenancy_provision::Workers;
 
-use crate::error::{problem_response, ProblemCode, PROBLEM_BASE};
+use crate::error::{problem_response, ProblemCode};
 use crate::AppState;
 
 /// How long `/readyz` waits for the catalog database.
@@ -179,7 +179,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .map(|(k, _)| k.as_str())
         .collect();
     let body = json!({
-        "type": format!("{PROBLEM_BASE}{code}"),
+        "type": format!("{}{code}", tenancy_problem::TYPE_PREFIX),
         "title": title,
         "status": status.as_u16(),
         "detail": format!("not ready: {}", failed.join(", ")),
