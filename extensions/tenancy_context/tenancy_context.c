@@ -16,8 +16,16 @@
  *     SQL can lower; the PL/pgSQL one keeps it in a setting, which SQL on the backend can
  *     reset or roll back to a value it held before.
  *
- * Nothing here reads a setting of the session: the token arrives as a bound parameter,
- * times come from GetCurrentTimestamp and the key query qualifies every name.
+ * Nothing here reads a setting of the session, with one exception that no setting can
+ * subvert: the token arrives as a bound parameter, times come from GetCurrentTimestamp and
+ * the key query qualifies every name. The exception is a challenge-bound (v2) token: it
+ * answers the challenge tenancy.challenge() (PL/pgSQL, runtime.sql, shared by both
+ * implementations) left in the transaction-local setting tenancy.challenge, and that
+ * value counts only if its keyed hash (binding key, backend pid, transaction start)
+ * verifies here, so a value written by SQL or copied from another transaction is refused.
+ * A v2 token is accepted once per transaction (the consumed challenge is kept in backend
+ * memory) and does not touch the v1 single-use mark: behind a transaction-mode pooler the
+ * tokens a backend sees come from many clients, in no particular order.
  *
  * A third function exists only here: tenancy.enter_read_only(token), tenancy.enter that
  * also makes the transaction read-only, for the SDK's implicit read-only transactions (see
@@ -96,6 +104,8 @@ typedef struct CachedKey
 	/* SHA-256 states after absorbing the HMAC inner and outer pads. */
 	uint32		ipad_state[8];
 	uint32		opad_state[8];
+	/* SHA-256 state after absorbing the database's 64-byte binding key (v2 challenges). */
+	uint32		bkey_state[8];
 	TimestampTz loaded_at;
 } CachedKey;
 
@@ -109,6 +119,8 @@ static pg_uuid_t ctx_tenant;
 
 /* Issue time (µs since the Unix epoch) of the last token accepted on this backend. */
 static int64 last_issued = PG_INT64_MIN;
+/* The transaction whose challenge a v2 token last answered (each answers one, once). */
+static LocalTransactionId challenge_used_lxid = InvalidLocalTransactionId;
 static bool callback_registered = false;
 
 PG_FUNCTION_INFO_V1(tenancy_enter);
@@ -302,26 +314,31 @@ load_key(const char *kid)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "tenancy: SPI_connect failed");
 	rc = SPI_execute_with_args(
-		"SELECT ipad, opad FROM tenancy_private.context_keys WHERE kid OPERATOR(pg_catalog.=) $1",
+		"SELECT ipad, opad, bkey FROM tenancy_private.context_keys WHERE kid OPERATOR(pg_catalog.=) $1",
 		1, argtypes, values, NULL, true, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "tenancy: reading the context key failed");
 	if (SPI_processed == 1)
 	{
 		bool		isnull1,
-					isnull2;
+					isnull2,
+					isnull3;
 		Datum		d1 = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull1);
 		Datum		d2 = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull2);
+		Datum		d3 = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull3);
 
-		if (!isnull1 && !isnull2)
+		if (!isnull1 && !isnull2 && !isnull3)
 		{
 			bytea	   *ip = DatumGetByteaPP(d1);
 			bytea	   *op = DatumGetByteaPP(d2);
+			bytea	   *bk = DatumGetByteaPP(d3);
 
-			if (VARSIZE_ANY_EXHDR(ip) == 64 && VARSIZE_ANY_EXHDR(op) == 64)
+			if (VARSIZE_ANY_EXHDR(ip) == 64 && VARSIZE_ANY_EXHDR(op) == 64 &&
+				VARSIZE_ANY_EXHDR(bk) == 64)
 			{
 				sha256_absorb_pad((const uint8 *) VARDATA_ANY(ip), slot->ipad_state);
 				sha256_absorb_pad((const uint8 *) VARDATA_ANY(op), slot->opad_state);
+				sha256_absorb_pad((const uint8 *) VARDATA_ANY(bk), slot->bkey_state);
 				strlcpy(slot->kid, kid, sizeof(slot->kid));
 				slot->loaded_at = GetCurrentTimestamp();
 				slot->used = true;
@@ -363,6 +380,44 @@ mac_matches(const CachedKey *key, const char *body, size_t body_len, const char 
 	{
 		diff |= (unsigned) (hexdigits[outer[i] >> 4] ^ mac_hex[2 * i]);
 		diff |= (unsigned) (hexdigits[outer[i] & 15] ^ mac_hex[2 * i + 1]);
+	}
+	return diff == 0;
+}
+
+/*
+ * Whether the transaction-local setting tenancy.challenge holds the challenge `nonce` (36
+ * bytes, the canonical UUID text) as tenancy.challenge() wrote it in this transaction on
+ * this backend: `<nonce>.<hex of sha256(bkey || 'challenge:' || nonce || int4 pid ||
+ * int8 transaction start)>`, the same bytes runtime.sql hashes (textsend, int4send,
+ * timestamptz_send are raw text and big-endian integers). The digest comparison is
+ * constant-time.
+ */
+static bool
+challenge_matches(const CachedKey *key, const char *nonce)
+{
+	static const char hexdigits[] = "0123456789abcdef";
+	const char *setting = GetConfigOption("tenancy.challenge", true, false);
+	uint8		msg[10 + 36 + 4 + 8];
+	uint8		digest[32];
+	uint32		pid = (uint32) MyProcPid;
+	uint64		start = (uint64) GetCurrentTransactionStartTimestamp();
+	unsigned	diff = 0;
+	int			i;
+
+	if (setting == NULL || strlen(setting) != 36 + 1 + 64 || setting[36] != '.' ||
+		memcmp(setting, nonce, 36) != 0)
+		return false;
+	memcpy(msg, "challenge:", 10);
+	memcpy(msg + 10, nonce, 36);
+	for (i = 0; i < 4; i++)
+		msg[46 + i] = (uint8) (pid >> (24 - 8 * i));
+	for (i = 0; i < 8; i++)
+		msg[50 + i] = (uint8) (start >> (56 - 8 * i));
+	sha256_finish(key->bkey_state, 64, msg, sizeof(msg), digest);
+	for (i = 0; i < 32; i++)
+	{
+		diff |= (unsigned) (hexdigits[digest[i] >> 4] ^ setting[37 + 2 * i]);
+		diff |= (unsigned) (hexdigits[digest[i] & 15] ^ setting[37 + 2 * i + 1]);
 	}
 	return diff == 0;
 }
@@ -461,8 +516,10 @@ reset_session_settings(void)
  * read-only too when `read_only` (top level only, see tenancy_enter_read_only); returns the
  * tenant. Any problem is an ERROR (28000) raised before anything is changed: a refused
  * token leaves the context, the single-use mark, the transaction's read-only state and the
- * session's settings as they were. An accepted one also resets session-level settings.
+ * session's settings as they were. An accepted v1 token also resets session-level
+ * settings (a v2 opening resets them itself, before it sets its transaction's limits).
  * token: v1.<kid>.<tenant uuid>.<backend pid>.<issued µs>.<expires µs>.<hmac hex>
+ *    or  v2.<kid>.<tenant uuid>.<challenge uuid>.<issued µs>.<expires µs>.<hmac hex>
  */
 static pg_uuid_t *
 enter_context(FunctionCallInfo fcinfo, bool read_only)
@@ -476,14 +533,16 @@ enter_context(FunctionCallInfo fcinfo, bool read_only)
 	int			n = 0;
 	size_t		i,
 				start = 0;
-	int64		pid,
+	int64		pid = 0,
 				issued,
 				expires,
 				now_unix;
 	TimestampTz now;
 	CachedKey  *key;
 	pg_uuid_t	tenant;
+	pg_uuid_t	challenge;
 	pg_uuid_t  *result;
+	bool		challenged;
 
 	if (!callback_registered)
 	{
@@ -514,8 +573,13 @@ enter_context(FunctionCallInfo fcinfo, bool read_only)
 		if (!((tok[i] >= 'a' && tok[i] <= 'z') || (tok[i] >= '0' && tok[i] <= '9') || tok[i] == '-'))
 			refuse("malformed tenant context token");
 	}
-	if (n != 7 || flen[0] != 2 || memcmp(field[0], "v1", 2) != 0 || flen[6] != 64 ||
-		flen[1] == 0 || flen[1] > KID_MAX_LEN)
+	if (n != 7 || flen[0] != 2 || flen[6] != 64 || flen[1] == 0 || flen[1] > KID_MAX_LEN)
+		refuse("malformed tenant context token");
+	if (memcmp(field[0], "v1", 2) == 0)
+		challenged = false;
+	else if (memcmp(field[0], "v2", 2) == 0)
+		challenged = true;
+	else
 		refuse("malformed tenant context token");
 	if (context_active())
 		refuse("this transaction already has a tenant context");
@@ -538,26 +602,33 @@ enter_context(FunctionCallInfo fcinfo, bool read_only)
 	}
 	/* Signed fields only from here on; the signer writes them canonically. */
 	if (!parse_uuid(field[2], flen[2], &tenant) ||
-		!parse_int64(field[3], flen[3], &pid) ||
+		(challenged ? !parse_uuid(field[3], flen[3], &challenge)
+		 : !parse_int64(field[3], flen[3], &pid)) ||
 		!parse_int64(field[4], flen[4], &issued) ||
 		!parse_int64(field[5], flen[5], &expires))
 		refuse("malformed tenant context token");
-	if (pid != MyProcPid)
+	if (!challenged && pid != MyProcPid)
 		refuse("tenant context token was issued for another connection");
+	if (challenged && (challenge_used_lxid == MY_LXID() || !challenge_matches(key, field[3])))
+		refuse("tenant context token does not answer this transaction's challenge");
 	now_unix = now + UNIX_EPOCH_OFFSET_USECS;
 	if (expires < now_unix)
 		refuse("tenant context token has expired");
-	if (issued <= last_issued)
+	if (!challenged && issued <= last_issued)
 		refuse("tenant context token was already used on this connection");
 
 	/* Transactional: undone with the rest if this transaction aborts (out of memory). */
-	reset_session_settings();
+	if (!challenged)
+		reset_session_settings();
 
 	/* Allocated first: nothing below can fail, so either all of it happens or none. */
 	result = (pg_uuid_t *) palloc(sizeof(pg_uuid_t));
 	*result = tenant;
 
-	last_issued = issued;
+	if (challenged)
+		challenge_used_lxid = MY_LXID();
+	else
+		last_issued = issued;
 	ctx_tenant = tenant;
 	ctx_lxid = MY_LXID();
 	ctx_subid = GetCurrentSubTransactionId();

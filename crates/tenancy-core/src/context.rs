@@ -35,8 +35,13 @@ use crate::ids::TenantId;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Version prefix of the token format; bump it when the signed fields change.
+/// Version prefix of the token format bound to a backend process; bump it when the signed
+/// fields change.
 pub const TOKEN_VERSION: &str = "v1";
+/// Version prefix of the token format bound to a server challenge (the opening of a
+/// transaction behind a transaction-mode pooler, where the backend is not known in
+/// advance): `v2.<kid>.<tenant>.<challenge uuid>.<issued µs>.<expires µs>.<hmac hex>`.
+pub const CHALLENGE_TOKEN_VERSION: &str = "v2";
 
 /// Why a token or key could not be built or checked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -182,6 +187,44 @@ impl ContextKey {
             text,
             tenant,
             backend_pid,
+            challenge: None,
+            issued_micros: now_micros,
+            expires_micros: expires,
+        }
+    }
+
+    /// Signs a token for `tenant` bound to `challenge`, the value `tenancy.challenge()`
+    /// returned in the transaction the token is for, issued at `now_micros` and valid for
+    /// `ttl_micros`. `tenancy.enter` accepts it only in that transaction, once: the
+    /// binding does not depend on which backend runs the transaction (a transaction-mode
+    /// pooler picks it), and single use follows from the challenge being the
+    /// transaction's own.
+    pub fn sign_challenged(
+        &self,
+        tenant: TenantId,
+        challenge: uuid::Uuid,
+        now_micros: i64,
+        ttl_micros: i64,
+    ) -> ContextToken {
+        let expires = now_micros.saturating_add(ttl_micros);
+        let mut text = String::with_capacity(200);
+        // Writing to a String cannot fail. Uuid's Display is the canonical lowercase form
+        // the server compares with.
+        let _ = write!(
+            text,
+            "{CHALLENGE_TOKEN_VERSION}.{}.{}.{}.{}.{}",
+            self.kid, tenant, challenge, now_micros, expires
+        );
+        let mac = self.mac(&text);
+        let mut mac_hex = [0u8; 64];
+        let _ = hex::encode_to_slice(mac, &mut mac_hex);
+        text.push('.');
+        text.extend(mac_hex.iter().map(|&b| char::from(b)));
+        ContextToken {
+            text,
+            tenant,
+            backend_pid: 0,
+            challenge: Some(challenge),
             issued_micros: now_micros,
             expires_micros: expires,
         }
@@ -227,7 +270,10 @@ impl fmt::Debug for ContextKey {
 pub struct ContextToken {
     text: String,
     tenant: TenantId,
+    /// 0 for a challenge-bound token.
     backend_pid: i32,
+    /// The server challenge a `v2` token is bound to.
+    challenge: Option<uuid::Uuid>,
     issued_micros: i64,
     expires_micros: i64,
 }
@@ -245,9 +291,14 @@ impl ContextToken {
         self.tenant
     }
 
-    /// The backend process the token is bound to.
+    /// The backend process the token is bound to (0 for a challenge-bound token).
     pub fn backend_pid(&self) -> i32 {
         self.backend_pid
+    }
+
+    /// The server challenge the token is bound to (`v2` tokens), if any.
+    pub fn challenge(&self) -> Option<uuid::Uuid> {
+        self.challenge
     }
 
     /// When the token stops being accepted (microseconds since the Unix epoch).
@@ -272,16 +323,27 @@ impl ContextToken {
         if parts.len() != 7 {
             return Err(TokenError::Malformed("expected 7 dot-separated fields"));
         }
-        if parts[0] != TOKEN_VERSION {
-            return Err(TokenError::Malformed("unknown version"));
-        }
+        let challenged = match parts[0] {
+            TOKEN_VERSION => false,
+            CHALLENGE_TOKEN_VERSION => true,
+            _ => return Err(TokenError::Malformed("unknown version")),
+        };
         parts[1].parse::<KeyId>()?;
         let tenant = parts[2]
             .parse::<TenantId>()
             .map_err(|_| TokenError::Malformed("tenant is not a UUID"))?;
-        let backend_pid = parts[3]
-            .parse::<i32>()
-            .map_err(|_| TokenError::Malformed("pid is not a number"))?;
+        let (backend_pid, challenge) = if challenged {
+            let c = uuid::Uuid::parse_str(parts[3])
+                .ok()
+                .filter(|c| c.to_string() == parts[3])
+                .ok_or(TokenError::Malformed("challenge is not a canonical UUID"))?;
+            (0, Some(c))
+        } else {
+            let pid = parts[3]
+                .parse::<i32>()
+                .map_err(|_| TokenError::Malformed("pid is not a number"))?;
+            (pid, None)
+        };
         let issued_micros = parts[4]
             .parse::<i64>()
             .map_err(|_| TokenError::Malformed("issued-at is not a number"))?;
@@ -295,6 +357,7 @@ impl ContextToken {
             text: token.to_owned(),
             tenant,
             backend_pid,
+            challenge,
             issued_micros,
             expires_micros,
         })
@@ -307,6 +370,7 @@ impl fmt::Debug for ContextToken {
         f.debug_struct("ContextToken")
             .field("tenant", &self.tenant)
             .field("backend_pid", &self.backend_pid)
+            .field("challenged", &self.challenge.is_some())
             .field("expires_micros", &self.expires_micros)
             .finish_non_exhaustive()
     }
@@ -349,6 +413,31 @@ mod tests {
         ));
         assert!(matches!(
             key().verify("v1.k1.'; drop table x; --", 0),
+            Err(TokenError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn challenged_tokens_bind_the_challenge() {
+        let t = TenantId::new_random();
+        let c = uuid::Uuid::new_v4();
+        let tok = key().sign_challenged(t, c, 1_000_000, 30_000_000);
+        assert!(tok.as_str().starts_with("v2.k1."));
+        assert!(
+            tok.as_str().len() <= 200,
+            "the servers refuse longer tokens"
+        );
+        let back = key().verify(tok.as_str(), 2_000_000).expect("verifies");
+        assert_eq!(back.challenge(), Some(c));
+        assert_eq!(back.tenant(), t);
+        let other = uuid::Uuid::new_v4();
+        let moved = tok.as_str().replace(&c.to_string(), &other.to_string());
+        assert_eq!(key().verify(&moved, 0), Err(TokenError::BadSignature));
+        let upper = tok
+            .as_str()
+            .replace(&c.to_string(), &c.to_string().to_uppercase());
+        assert!(matches!(
+            key().verify(&upper, 0),
             Err(TokenError::Malformed(_))
         ));
     }

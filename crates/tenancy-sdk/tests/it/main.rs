@@ -5,6 +5,7 @@
 mod context;
 mod isolation;
 mod lifecycle;
+mod pgbouncer;
 mod residual;
 mod router;
 mod support;
