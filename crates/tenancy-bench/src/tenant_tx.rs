@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use serde_json::json;
 use tenancy_core::TenantId;
-use tenancy_sdk::{PgConfig, PoolOptions, TenantPool};
+use tenancy_sdk::{PgConfig, PoolOptions, Pooler, TenantPool};
+use tokio_postgres::types::Type;
 
 use crate::bare;
 use crate::harness::{self, Sample, Settings, Variants, CONCURRENCY};
@@ -57,19 +58,28 @@ async fn ours_read(pool: &TenantPool, tenant: uuid::Uuid, id: i64, read_only: bo
     Ok(())
 }
 
-/// The baseline read: the same row with the tenant predicate written out, no RLS.
-pub(crate) async fn bare_op(pool: &bare::Pool, tenant: uuid::Uuid, id: i64) -> Result<()> {
+/// The baseline read: the same row with the tenant predicate written out, no RLS;
+/// `unnamed`: as one unnamed statement with its parameter types given
+/// (Parse, Bind, Execute, Sync in one request), what works through a transaction-mode
+/// pooler, instead of a statement prepared once per connection.
+async fn bare_read(pool: &bare::Pool, tenant: uuid::Uuid, id: i64, unnamed: bool) -> Result<()> {
     let mut conn = pool
         .get()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("getting a connection")?;
-    let stmt = conn.statement(BARE_SQL).await?;
-    let row = conn
-        .client
-        .query_one(&stmt, &[&tenant, &id])
-        .await
-        .context("reading the row")?;
+    let row = if unnamed {
+        conn.client
+            .query_typed_one(BARE_SQL, &[(&tenant, Type::UUID), (&id, Type::INT8)])
+            .await
+            .context("reading the row")?
+    } else {
+        let stmt = conn.statement(BARE_SQL).await?;
+        conn.client
+            .query_one(&stmt, &[&tenant, &id])
+            .await
+            .context("reading the row")?
+    };
     let payload: &str = row.try_get(0).context("reading the payload")?;
     ensure!(
         payload == expected_payload(tenant, id),
@@ -128,6 +138,8 @@ struct Bench<'a> {
     ours_rw: Vec<Arc<TenantPool>>,
     bare: Vec<bare::Pool>,
     naive: Vec<bare::Pool>,
+    /// The baseline runs unnamed statements (behind a transaction-mode pooler).
+    unnamed: bool,
 }
 
 impl Variants for Bench<'_> {
@@ -151,9 +163,10 @@ impl Variants for Bench<'_> {
             }
             BARE => {
                 let pool = self.bare[ci].clone();
+                let unnamed = self.unnamed;
                 harness::measure(&self.tenants, c, duration, pm, move |t, id| {
                     let pool = pool.clone();
-                    async move { bare_op(&pool, t, id).await }
+                    async move { bare_read(&pool, t, id, unnamed).await }
                 })
                 .await
             }
@@ -171,15 +184,16 @@ impl Variants for Bench<'_> {
 
 /// Builds a `TenantPool` of `c` connections.
 pub fn ours_pool(env: &Env, c: usize) -> Result<TenantPool> {
-    ours_pool_with(env, env.app_config().into(), c)
+    ours_pool_with(env, env.app_config().into(), c, Pooler::Direct)
 }
 
-fn ours_pool_with(env: &Env, config: PgConfig, c: usize) -> Result<TenantPool> {
+fn ours_pool_with(env: &Env, config: PgConfig, c: usize, pooler: Pooler) -> Result<TenantPool> {
     TenantPool::new(
         config,
         env.key.clone(),
         PoolOptions {
             max_size: c,
+            pooler,
             ..Default::default()
         },
     )
@@ -199,6 +213,9 @@ pub struct Flavor {
     pub connection: &'static str,
     /// Extra fields of `params`.
     pub params: serde_json::Value,
+    /// How the tenant pools reach PostgreSQL; behind a transaction-mode pooler the
+    /// baseline runs unnamed statements too (named ones do not survive there).
+    pub pooler: Pooler,
 }
 
 /// Runs the benchmark and writes `target/bench/tenant_tx.json`.
@@ -210,6 +227,7 @@ pub async fn run(env: &Env, settings: Settings) -> Result<()> {
         naive: true,
         connection: "",
         params: json!({}),
+        pooler: Pooler::Direct,
     };
     run_flavor(env, settings, flavor).await
 }
@@ -228,14 +246,21 @@ pub async fn run_flavor(env: &Env, settings: Settings, flavor: Flavor) -> Result
         ours_rw: Vec::new(),
         bare: Vec::new(),
         naive: Vec::new(),
+        unnamed: flavor.pooler == Pooler::Transaction,
     };
     for c in CONCURRENCY {
-        bench
-            .ours
-            .push(Arc::new(ours_pool_with(env, flavor.config.clone(), c)?));
-        bench
-            .ours_rw
-            .push(Arc::new(ours_pool_with(env, flavor.config.clone(), c)?));
+        bench.ours.push(Arc::new(ours_pool_with(
+            env,
+            flavor.config.clone(),
+            c,
+            flavor.pooler,
+        )?));
+        bench.ours_rw.push(Arc::new(ours_pool_with(
+            env,
+            flavor.config.clone(),
+            c,
+            flavor.pooler,
+        )?));
         bench.bare.push(bare::build(flavor.config.clone(), c)?);
         if flavor.naive {
             bench.naive.push(bare::build(flavor.config.clone(), c)?);
