@@ -16,16 +16,17 @@
  *     SQL can lower; the PL/pgSQL one keeps it in a setting, which SQL on the backend can
  *     reset or roll back to a value it held before.
  *
- * Nothing here reads a setting of the session, with one exception that no setting can
- * subvert: the token arrives as a bound parameter, times come from GetCurrentTimestamp and
- * the key query qualifies every name. The exception is a challenge-bound (v2) token: it
- * answers the challenge tenancy.challenge() (PL/pgSQL, runtime.sql, shared by both
- * implementations) left in the transaction-local setting tenancy.challenge, and that
- * value counts only if its keyed hash (binding key, backend pid, transaction start)
- * verifies here, so a value written by SQL or copied from another transaction is refused.
- * A v2 token is accepted once per transaction (the consumed challenge is kept in backend
- * memory) and does not touch the v1 single-use mark: behind a transaction-mode pooler the
- * tokens a backend sees come from many clients, in no particular order.
+ * Nothing here reads a setting of the session: the token arrives as a bound parameter,
+ * times come from GetCurrentTimestamp and the key query qualifies every name.
+ *
+ * Two token versions: v1 is bound to the backend (pid) and single-use per backend by its
+ * issue time (the SDK's direct pools). v2 is bound to one transaction: the backend pid and
+ * the transaction's start (GetCurrentTransactionStartTimestamp, what the SDK read inside
+ * the transaction behind a transaction-mode pooler, where the backend is known only once
+ * the transaction runs). Its single-use mark is the start of the last transaction a v2
+ * token entered on this backend, also backend memory: a v2 token enters only its own
+ * transaction, once, even if the clock steps back. v2 tokens do not touch the v1 mark:
+ * behind a pooler a backend sees tokens issued by many clients, in no particular order.
  *
  * A third function exists only here: tenancy.enter_read_only(token), tenancy.enter that
  * also makes the transaction read-only, for the SDK's implicit read-only transactions (see
@@ -104,8 +105,6 @@ typedef struct CachedKey
 	/* SHA-256 states after absorbing the HMAC inner and outer pads. */
 	uint32		ipad_state[8];
 	uint32		opad_state[8];
-	/* SHA-256 state after absorbing the database's 64-byte binding key (v2 challenges). */
-	uint32		bkey_state[8];
 	TimestampTz loaded_at;
 } CachedKey;
 
@@ -119,8 +118,8 @@ static pg_uuid_t ctx_tenant;
 
 /* Issue time (µs since the Unix epoch) of the last token accepted on this backend. */
 static int64 last_issued = PG_INT64_MIN;
-/* The transaction whose challenge a v2 token last answered (each answers one, once). */
-static LocalTransactionId challenge_used_lxid = InvalidLocalTransactionId;
+/* Start of the last transaction a v2 token entered on this backend. */
+static TimestampTz last_transaction_entered = DT_NOBEGIN;
 static bool callback_registered = false;
 
 PG_FUNCTION_INFO_V1(tenancy_enter);
@@ -146,6 +145,8 @@ context_active(void)
 }
 
 TENANCY_NORETURN_BEFORE static void refuse(const char *problem) TENANCY_NORETURN_AFTER;
+static bool parse_int64(const char *s, size_t len, int64 *out);
+static int	hexval(char c);
 
 static void
 refuse(const char *problem)
@@ -314,31 +315,26 @@ load_key(const char *kid)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "tenancy: SPI_connect failed");
 	rc = SPI_execute_with_args(
-		"SELECT ipad, opad, bkey FROM tenancy_private.context_keys WHERE kid OPERATOR(pg_catalog.=) $1",
+		"SELECT ipad, opad FROM tenancy_private.context_keys WHERE kid OPERATOR(pg_catalog.=) $1",
 		1, argtypes, values, NULL, true, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "tenancy: reading the context key failed");
 	if (SPI_processed == 1)
 	{
 		bool		isnull1,
-					isnull2,
-					isnull3;
+					isnull2;
 		Datum		d1 = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull1);
 		Datum		d2 = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull2);
-		Datum		d3 = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull3);
 
-		if (!isnull1 && !isnull2 && !isnull3)
+		if (!isnull1 && !isnull2)
 		{
 			bytea	   *ip = DatumGetByteaPP(d1);
 			bytea	   *op = DatumGetByteaPP(d2);
-			bytea	   *bk = DatumGetByteaPP(d3);
 
-			if (VARSIZE_ANY_EXHDR(ip) == 64 && VARSIZE_ANY_EXHDR(op) == 64 &&
-				VARSIZE_ANY_EXHDR(bk) == 64)
+			if (VARSIZE_ANY_EXHDR(ip) == 64 && VARSIZE_ANY_EXHDR(op) == 64)
 			{
 				sha256_absorb_pad((const uint8 *) VARDATA_ANY(ip), slot->ipad_state);
 				sha256_absorb_pad((const uint8 *) VARDATA_ANY(op), slot->opad_state);
-				sha256_absorb_pad((const uint8 *) VARDATA_ANY(bk), slot->bkey_state);
 				strlcpy(slot->kid, kid, sizeof(slot->kid));
 				slot->loaded_at = GetCurrentTimestamp();
 				slot->used = true;
@@ -385,41 +381,30 @@ mac_matches(const CachedKey *key, const char *body, size_t body_len, const char 
 }
 
 /*
- * Whether the transaction-local setting tenancy.challenge holds the challenge `nonce` (36
- * bytes, the canonical UUID text) as tenancy.challenge() wrote it in this transaction on
- * this backend: `<nonce>.<hex of sha256(bkey || 'challenge:' || nonce || int4 pid ||
- * int8 transaction start)>`, the same bytes runtime.sql hashes (textsend, int4send,
- * timestamptz_send are raw text and big-endian integers). The digest comparison is
- * constant-time.
+ * Parses a v2 token's binding, `<pid>-<16 lowercase hex digits>` (the transaction start as
+ * timestamptz_send bytes), into `pid` and `start`; false when it is not one.
  */
 static bool
-challenge_matches(const CachedKey *key, const char *nonce)
+parse_transaction_binding(const char *s, size_t len, int64 *pid, TimestampTz *start)
 {
-	static const char hexdigits[] = "0123456789abcdef";
-	const char *setting = GetConfigOption("tenancy.challenge", true, false);
-	uint8		msg[10 + 36 + 4 + 8];
-	uint8		digest[32];
-	uint32		pid = (uint32) MyProcPid;
-	uint64		start = (uint64) GetCurrentTransactionStartTimestamp();
-	unsigned	diff = 0;
-	int			i;
+	uint64		v = 0;
+	size_t		dash = 0;
+	size_t		i;
 
-	if (setting == NULL || strlen(setting) != 36 + 1 + 64 || setting[36] != '.' ||
-		memcmp(setting, nonce, 36) != 0)
+	while (dash < len && s[dash] != '-')
+		dash++;
+	if (dash == 0 || dash + 1 + 16 != len || !parse_int64(s, dash, pid))
 		return false;
-	memcpy(msg, "challenge:", 10);
-	memcpy(msg + 10, nonce, 36);
-	for (i = 0; i < 4; i++)
-		msg[46 + i] = (uint8) (pid >> (24 - 8 * i));
-	for (i = 0; i < 8; i++)
-		msg[50 + i] = (uint8) (start >> (56 - 8 * i));
-	sha256_finish(key->bkey_state, 64, msg, sizeof(msg), digest);
-	for (i = 0; i < 32; i++)
+	for (i = dash + 1; i < len; i++)
 	{
-		diff |= (unsigned) (hexdigits[digest[i] >> 4] ^ setting[37 + 2 * i]);
-		diff |= (unsigned) (hexdigits[digest[i] & 15] ^ setting[37 + 2 * i + 1]);
+		int			h = hexval(s[i]);
+
+		if (h < 0)
+			return false;
+		v = (v << 4) | (uint64) h;
 	}
-	return diff == 0;
+	*start = (TimestampTz) v;
+	return true;
 }
 
 /* Parses a decimal int64 field of exactly `len` bytes; false when it is not one. */
@@ -519,7 +504,7 @@ reset_session_settings(void)
  * session's settings as they were. An accepted v1 token also resets session-level
  * settings (a v2 opening resets them itself, before it sets its transaction's limits).
  * token: v1.<kid>.<tenant uuid>.<backend pid>.<issued µs>.<expires µs>.<hmac hex>
- *    or  v2.<kid>.<tenant uuid>.<challenge uuid>.<issued µs>.<expires µs>.<hmac hex>
+ *    or  v2.<kid>.<tenant uuid>.<backend pid>-<transaction start hex>.<issued µs>.<expires µs>.<hmac hex>
  */
 static pg_uuid_t *
 enter_context(FunctionCallInfo fcinfo, bool read_only)
@@ -540,9 +525,9 @@ enter_context(FunctionCallInfo fcinfo, bool read_only)
 	TimestampTz now;
 	CachedKey  *key;
 	pg_uuid_t	tenant;
-	pg_uuid_t	challenge;
 	pg_uuid_t  *result;
-	bool		challenged;
+	TimestampTz xact_start = 0;
+	bool		per_transaction;
 
 	if (!callback_registered)
 	{
@@ -576,9 +561,9 @@ enter_context(FunctionCallInfo fcinfo, bool read_only)
 	if (n != 7 || flen[0] != 2 || flen[6] != 64 || flen[1] == 0 || flen[1] > KID_MAX_LEN)
 		refuse("malformed tenant context token");
 	if (memcmp(field[0], "v1", 2) == 0)
-		challenged = false;
+		per_transaction = false;
 	else if (memcmp(field[0], "v2", 2) == 0)
-		challenged = true;
+		per_transaction = true;
 	else
 		refuse("malformed tenant context token");
 	if (context_active())
@@ -602,31 +587,33 @@ enter_context(FunctionCallInfo fcinfo, bool read_only)
 	}
 	/* Signed fields only from here on; the signer writes them canonically. */
 	if (!parse_uuid(field[2], flen[2], &tenant) ||
-		(challenged ? !parse_uuid(field[3], flen[3], &challenge)
+		(per_transaction ? !parse_transaction_binding(field[3], flen[3], &pid, &xact_start)
 		 : !parse_int64(field[3], flen[3], &pid)) ||
 		!parse_int64(field[4], flen[4], &issued) ||
 		!parse_int64(field[5], flen[5], &expires))
 		refuse("malformed tenant context token");
-	if (!challenged && pid != MyProcPid)
+	if (!per_transaction && pid != MyProcPid)
 		refuse("tenant context token was issued for another connection");
-	if (challenged && (challenge_used_lxid == MY_LXID() || !challenge_matches(key, field[3])))
-		refuse("tenant context token does not answer this transaction's challenge");
+	if (per_transaction && (pid != MyProcPid || xact_start != GetCurrentTransactionStartTimestamp()))
+		refuse("tenant context token was issued for another transaction");
 	now_unix = now + UNIX_EPOCH_OFFSET_USECS;
 	if (expires < now_unix)
 		refuse("tenant context token has expired");
-	if (!challenged && issued <= last_issued)
+	if (!per_transaction && issued <= last_issued)
+		refuse("tenant context token was already used on this connection");
+	if (per_transaction && xact_start <= last_transaction_entered)
 		refuse("tenant context token was already used on this connection");
 
 	/* Transactional: undone with the rest if this transaction aborts (out of memory). */
-	if (!challenged)
+	if (!per_transaction)
 		reset_session_settings();
 
 	/* Allocated first: nothing below can fail, so either all of it happens or none. */
 	result = (pg_uuid_t *) palloc(sizeof(pg_uuid_t));
 	*result = tenant;
 
-	if (challenged)
-		challenge_used_lxid = MY_LXID();
+	if (per_transaction)
+		last_transaction_entered = xact_start;
 	else
 		last_issued = issued;
 	ctx_tenant = tenant;

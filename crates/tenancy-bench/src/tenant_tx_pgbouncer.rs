@@ -45,7 +45,7 @@ pub async fn run(env: &Env, settings: Settings) -> Result<()> {
         connection: "; through the same PgBouncer (transaction mode), unnamed statements with their parameter types (query_typed: Parse, Bind, Execute, Sync in one request)",
         params: json!({
             "pooler": format!("{version}, pool_mode = transaction, default_pool_size = {SERVER_POOL}, auth trust, TCP 127.0.0.1 to PgBouncer, Unix socket to PostgreSQL"),
-            "ours_mode": "PoolOptions::pooler = Pooler::Transaction: per transaction one round trip for BEGIN, RESET ALL, SET LOCAL limits and tenancy.challenge(), then tenancy.enter (challenge-bound token) spliced in front of the unnamed query; read-only COMMIT deferred into the next opening",
+            "ours_mode": "PoolOptions::pooler = Pooler::Transaction: per transaction one round trip for BEGIN, RESET ALL, SET LOCAL limits, reading the backend pid and transaction start, then tenancy.enter (a v2 token bound to that transaction) spliced in front of the unnamed query; read-only COMMIT deferred into the next opening",
         }),
         pooler: Pooler::Transaction,
     };

@@ -295,8 +295,7 @@ pub(crate) struct Function {
     pub nargs: i16,
     pub name: String,
     /// One of tenancy's own context functions (`tenancy.enter`, the native
-    /// `tenancy.enter_read_only`, `tenancy.current_tenant_id`, `tenancy.challenge`),
-    /// trusted by design.
+    /// `tenancy.enter_read_only`, `tenancy.current_tenant_id`), trusted by design.
     pub trusted: bool,
     /// Declared a narrow lookup by its comment ([`NARROW_LOOKUP_MARK`]) and not owned by
     /// the runtime role (which could otherwise declare its own functions narrow).
@@ -344,8 +343,7 @@ async fn functions(client: &Client, t: &Target) -> Result<Vec<Function>, CheckEr
                 && !role_member_of_owner
                 && (((name == "enter" || name == "enter_read_only")
                     && comment == "tenancy:context-enter")
-                    || (name == "current_tenant_id" && comment == "tenancy:context-read")
-                    || (name == "challenge" && comment == "tenancy:context-challenge"));
+                    || (name == "current_tenant_id" && comment == "tenancy:context-read"));
             Function {
                 oid: r.get(0),
                 qname: r.get(1),

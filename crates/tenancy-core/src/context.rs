@@ -38,10 +38,12 @@ type HmacSha256 = Hmac<Sha256>;
 /// Version prefix of the token format bound to a backend process; bump it when the signed
 /// fields change.
 pub const TOKEN_VERSION: &str = "v1";
-/// Version prefix of the token format bound to a server challenge (the opening of a
-/// transaction behind a transaction-mode pooler, where the backend is not known in
-/// advance): `v2.<kid>.<tenant>.<challenge uuid>.<issued µs>.<expires µs>.<hmac hex>`.
-pub const CHALLENGE_TOKEN_VERSION: &str = "v2";
+/// Version prefix of the token format bound to one transaction (the opening of a
+/// transaction behind a transaction-mode pooler, where the backend is not known before the
+/// transaction starts): `v2.<kid>.<tenant>.<backend pid>-<transaction start>.<issued
+/// µs>.<expires µs>.<hmac hex>`, the transaction start as PostgreSQL's
+/// `timestamptz_send` bytes in lowercase hex (16 digits: microseconds since 2000-01-01).
+pub const TRANSACTION_TOKEN_VERSION: &str = "v2";
 
 /// Why a token or key could not be built or checked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -187,33 +189,34 @@ impl ContextKey {
             text,
             tenant,
             backend_pid,
-            challenge: None,
+            transaction_start: None,
             issued_micros: now_micros,
             expires_micros: expires,
         }
     }
 
-    /// Signs a token for `tenant` bound to `challenge`, the value `tenancy.challenge()`
-    /// returned in the transaction the token is for, issued at `now_micros` and valid for
-    /// `ttl_micros`. `tenancy.enter` accepts it only in that transaction, once: the
-    /// binding does not depend on which backend runs the transaction (a transaction-mode
-    /// pooler picks it), and single use follows from the challenge being the
-    /// transaction's own.
-    pub fn sign_challenged(
+    /// Signs a token for `tenant` bound to one transaction: the one that started at
+    /// `transaction_start` (PostgreSQL's `transaction_timestamp()`, microseconds since
+    /// 2000-01-01, as `timestamptz_send` gives it) on the backend with process id
+    /// `backend_pid`, both read inside that transaction. `tenancy.enter` accepts it only
+    /// in that transaction: behind a transaction-mode pooler the backend is known only
+    /// once the transaction runs, and a later transaction on the same backend starts
+    /// later.
+    pub fn sign_for_transaction(
         &self,
         tenant: TenantId,
-        challenge: uuid::Uuid,
+        backend_pid: i32,
+        transaction_start: i64,
         now_micros: i64,
         ttl_micros: i64,
     ) -> ContextToken {
         let expires = now_micros.saturating_add(ttl_micros);
         let mut text = String::with_capacity(200);
-        // Writing to a String cannot fail. Uuid's Display is the canonical lowercase form
-        // the server compares with.
+        // Writing to a String cannot fail.
         let _ = write!(
             text,
-            "{CHALLENGE_TOKEN_VERSION}.{}.{}.{}.{}.{}",
-            self.kid, tenant, challenge, now_micros, expires
+            "{TRANSACTION_TOKEN_VERSION}.{}.{}.{}-{:016x}.{}.{}",
+            self.kid, tenant, backend_pid, transaction_start as u64, now_micros, expires
         );
         let mac = self.mac(&text);
         let mut mac_hex = [0u8; 64];
@@ -223,8 +226,8 @@ impl ContextKey {
         ContextToken {
             text,
             tenant,
-            backend_pid: 0,
-            challenge: Some(challenge),
+            backend_pid,
+            transaction_start: Some(transaction_start),
             issued_micros: now_micros,
             expires_micros: expires,
         }
@@ -270,10 +273,9 @@ impl fmt::Debug for ContextKey {
 pub struct ContextToken {
     text: String,
     tenant: TenantId,
-    /// 0 for a challenge-bound token.
     backend_pid: i32,
-    /// The server challenge a `v2` token is bound to.
-    challenge: Option<uuid::Uuid>,
+    /// The start of the transaction a `v2` token is bound to.
+    transaction_start: Option<i64>,
     issued_micros: i64,
     expires_micros: i64,
 }
@@ -291,14 +293,15 @@ impl ContextToken {
         self.tenant
     }
 
-    /// The backend process the token is bound to (0 for a challenge-bound token).
+    /// The backend process the token is bound to.
     pub fn backend_pid(&self) -> i32 {
         self.backend_pid
     }
 
-    /// The server challenge the token is bound to (`v2` tokens), if any.
-    pub fn challenge(&self) -> Option<uuid::Uuid> {
-        self.challenge
+    /// The start of the transaction a `v2` token is bound to (microseconds since
+    /// 2000-01-01), if it is one.
+    pub fn transaction_start(&self) -> Option<i64> {
+        self.transaction_start
     }
 
     /// When the token stops being accepted (microseconds since the Unix epoch).
@@ -323,21 +326,30 @@ impl ContextToken {
         if parts.len() != 7 {
             return Err(TokenError::Malformed("expected 7 dot-separated fields"));
         }
-        let challenged = match parts[0] {
+        let per_transaction = match parts[0] {
             TOKEN_VERSION => false,
-            CHALLENGE_TOKEN_VERSION => true,
+            TRANSACTION_TOKEN_VERSION => true,
             _ => return Err(TokenError::Malformed("unknown version")),
         };
         parts[1].parse::<KeyId>()?;
         let tenant = parts[2]
             .parse::<TenantId>()
             .map_err(|_| TokenError::Malformed("tenant is not a UUID"))?;
-        let (backend_pid, challenge) = if challenged {
-            let c = uuid::Uuid::parse_str(parts[3])
-                .ok()
-                .filter(|c| c.to_string() == parts[3])
-                .ok_or(TokenError::Malformed("challenge is not a canonical UUID"))?;
-            (0, Some(c))
+        let (backend_pid, transaction_start) = if per_transaction {
+            let (pid, start) = parts[3]
+                .split_once('-')
+                .ok_or(TokenError::Malformed("expected <pid>-<transaction start>"))?;
+            let pid = pid
+                .parse::<i32>()
+                .map_err(|_| TokenError::Malformed("pid is not a number"))?;
+            if start.len() != 16 {
+                return Err(TokenError::Malformed(
+                    "transaction start must be 16 hex digits",
+                ));
+            }
+            let start = u64::from_str_radix(start, 16)
+                .map_err(|_| TokenError::Malformed("transaction start is not hex"))?;
+            (pid, Some(start as i64))
         } else {
             let pid = parts[3]
                 .parse::<i32>()
@@ -357,7 +369,7 @@ impl ContextToken {
             text: token.to_owned(),
             tenant,
             backend_pid,
-            challenge,
+            transaction_start,
             issued_micros,
             expires_micros,
         })
@@ -370,7 +382,7 @@ impl fmt::Debug for ContextToken {
         f.debug_struct("ContextToken")
             .field("tenant", &self.tenant)
             .field("backend_pid", &self.backend_pid)
-            .field("challenged", &self.challenge.is_some())
+            .field("transaction_start", &self.transaction_start)
             .field("expires_micros", &self.expires_micros)
             .finish_non_exhaustive()
     }
@@ -418,26 +430,32 @@ mod tests {
     }
 
     #[test]
-    fn challenged_tokens_bind_the_challenge() {
+    fn transaction_tokens_bind_pid_and_transaction_start() {
         let t = TenantId::new_random();
-        let c = uuid::Uuid::new_v4();
-        let tok = key().sign_challenged(t, c, 1_000_000, 30_000_000);
+        let start = 817_000_000_123_456_i64;
+        let tok = key().sign_for_transaction(t, 4242, start, 1_000_000, 30_000_000);
         assert!(tok.as_str().starts_with("v2.k1."));
+        assert!(
+            tok.as_str().contains(&format!(".4242-{:016x}.", start)),
+            "{}",
+            tok.as_str()
+        );
         assert!(
             tok.as_str().len() <= 200,
             "the servers refuse longer tokens"
         );
         let back = key().verify(tok.as_str(), 2_000_000).expect("verifies");
-        assert_eq!(back.challenge(), Some(c));
-        assert_eq!(back.tenant(), t);
-        let other = uuid::Uuid::new_v4();
-        let moved = tok.as_str().replace(&c.to_string(), &other.to_string());
-        assert_eq!(key().verify(&moved, 0), Err(TokenError::BadSignature));
-        let upper = tok
+        assert_eq!(back.transaction_start(), Some(start));
+        assert_eq!((back.tenant(), back.backend_pid()), (t, 4242));
+        let later = tok
             .as_str()
-            .replace(&c.to_string(), &c.to_string().to_uppercase());
+            .replace(&format!("{:016x}", start), &format!("{:016x}", start + 1));
+        assert_eq!(key().verify(&later, 0), Err(TokenError::BadSignature));
+        let short = tok
+            .as_str()
+            .replace(&format!("-{:016x}", start), &format!("-{:x}", start));
         assert!(matches!(
-            key().verify(&upper, 0),
+            key().verify(&short, 0),
             Err(TokenError::Malformed(_))
         ));
     }

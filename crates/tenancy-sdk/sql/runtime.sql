@@ -169,14 +169,14 @@ BEGIN
              -- Signed fields only from here on; the signer writes them canonically.
              WHEN split_part(token, '.', 1) = 'v1' AND split_part(token, '.', 4) <> pg_backend_pid()::text
                THEN 'tenant context token was issued for another connection'
-             -- A v2 token is bound to the challenge tenancy.challenge() handed out in this
-             -- transaction (see there); entering consumes it.
+             -- A v2 token is bound to one transaction: this backend's pid and the
+             -- transaction's start (the timestamptz_send bytes in hex), which the SDK read
+             -- inside this transaction (behind a transaction-mode pooler). A later
+             -- transaction on this backend starts later, and this one gets one context.
              WHEN split_part(token, '.', 1) = 'v2'
-                  AND coalesce(current_setting('tenancy.challenge', true), '')
-                      <> split_part(token, '.', 4) || '.' || encode(sha256(c.bkey
-                         || textsend('challenge:' || split_part(token, '.', 4))
-                         || int4send(pg_backend_pid()) || timestamptz_send(transaction_timestamp())), 'hex')
-               THEN 'tenant context token does not answer this transaction''s challenge'
+                  AND split_part(token, '.', 4) <> pg_backend_pid()::text || '-'
+                      || encode(timestamptz_send(transaction_timestamp()), 'hex')
+               THEN 'tenant context token was issued for another transaction'
              WHEN split_part(token, '.', 6)::bigint < (extract(epoch FROM clock_timestamp()) * 1000000)::bigint
                THEN 'tenant context token has expired'
              -- Single use: refused if issued no later than the mark, and the mark counts only
@@ -219,7 +219,8 @@ BEGIN
     IF split_part(token, '.', 1) = 'v1' THEN
         PERFORM set_config('tenancy.ctx', ctx, true), set_config('tenancy.last_issued', mark, false);
     ELSE
-        PERFORM set_config('tenancy.ctx', ctx, true), set_config('tenancy.challenge', '', true);
+        -- A v2 token needs no mark: it names this transaction.
+        PERFORM set_config('tenancy.ctx', ctx, true);
     END IF;
     RETURN tenant_text::uuid;
 END
@@ -272,42 +273,6 @@ $fn$
 $def$;
 END
 $impl$;
-
--- The per-transaction challenge of openings that cannot know their backend in advance (a
--- transaction-mode pooler such as PgBouncer hands each transaction whichever backend is
--- free, so a token bound to a backend pid would be refused). In the transaction it opens,
--- the SDK calls this first, signs a v2 token over the returned value and passes it to
--- tenancy.enter, which accepts it only in this same transaction and consumes it:
---   - The challenge is 122 random bits, kept in the transaction-local setting
---     tenancy.challenge as `<challenge>.<sha256(k || 'challenge:<challenge>' ||
---     int4send(pid) || timestamptz_send(transaction start)) hex>` with the database's
---     binding key k (unreadable by the runtime role). A value the runtime role writes
---     itself, or copies from another transaction or backend, does not verify.
---   - So a v2 token enters only the transaction whose challenge it signs (single use by
---     construction, on any backend, with no per-backend mark); once entered, the
---     transaction has a context and a second enter is refused, and the challenge is
---     cleared. The native context checks the same setting and keeps the consumed
---     challenge in backend memory.
--- Both implementations use this function (the native library verifies the setting).
--- SECURITY DEFINER to read the binding key; VOLATILE; the setting is transaction-local.
-CREATE OR REPLACE FUNCTION tenancy.challenge() RETURNS uuid
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-DECLARE
-    nonce uuid := gen_random_uuid();
-BEGIN
-    PERFORM set_config('tenancy.challenge', nonce::text || '.' || encode(sha256(b.k
-                || textsend('challenge:' || nonce::text)
-                || int4send(pg_backend_pid()) || timestamptz_send(transaction_timestamp())), 'hex'), true)
-       FROM tenancy_private.binding_key b;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: this database has no context key installed';
-    END IF;
-    RETURN nonce;
-END
-$fn$;
-COMMENT ON FUNCTION tenancy.challenge() IS 'tenancy:context-challenge';
-REVOKE ALL ON FUNCTION tenancy.challenge() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION tenancy.challenge() TO tenancy_app;
 
 COMMENT ON FUNCTION tenancy.enter(text) IS 'tenancy:context-enter';
 COMMENT ON FUNCTION tenancy.enter_read_only(text) IS 'tenancy:context-enter';

@@ -31,14 +31,13 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(5);
 /// functions the database has. Native only when every C entry point the openings use is
 /// there. Implicit read-only openings need `tenancy.enter_read_only` (both implementations
 /// have it; a database whose runtime predates it gets explicit read-only openings until its
-/// runtime is installed again); transaction-mode pooling needs `tenancy.challenge()`.
+/// runtime is installed again).
 const CONNECTION_CHECK: &str = "SELECT pg_catalog.pg_backend_pid(), (SELECT count(*) = 2 FROM pg_catalog.pg_proc p \
        JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
       WHERE l.lanname = 'c' AND p.oid IN (pg_catalog.to_regprocedure('tenancy.enter(text)'), \
                                           pg_catalog.to_regprocedure('tenancy.enter_read_only(text)'))), \
             pg_catalog.to_regprocedure('tenancy.reset_session()') IS NOT NULL, \
-            pg_catalog.to_regprocedure('tenancy.enter_read_only(text)') IS NOT NULL, \
-            pg_catalog.to_regprocedure('tenancy.challenge()') IS NOT NULL";
+            pg_catalog.to_regprocedure('tenancy.enter_read_only(text)') IS NOT NULL";
 
 /// One pooled connection.
 #[derive(Debug)]
@@ -412,13 +411,15 @@ pub(crate) struct Manager {
 }
 
 /// What opens a tenant transaction behind a transaction-mode pooler, one simple query
-/// whose reply carries the transaction's challenge: `BEGIN` with its modes named, `RESET
-/// ALL` (session settings an earlier transaction on the same backend left), the pool's
-/// session limits as transaction-local settings, and `tenancy.challenge()`.
+/// whose reply names the transaction (backend pid, transaction start), which its token is
+/// then bound to: `BEGIN` with its modes named, `RESET ALL` (session settings an earlier
+/// transaction on the same backend left), and the pool's session limits as
+/// transaction-local settings.
 #[derive(Debug)]
 pub(crate) struct Pooled {
-    /// `SET LOCAL …;` for the limits and `pg_catalog.set_config('search_path', …, true), `
-    /// for the path (a column of the final SELECT).
+    /// `SET LOCAL statement_timeout`, then the SELECT of the backend pid, the transaction
+    /// start and the other limits (`set_config(…, true)`); the search path is added as its last
+    /// column.
     limits: String,
     search_path: Option<String>,
 }
@@ -426,16 +427,26 @@ pub(crate) struct Pooled {
 impl Pooled {
     fn new(opts: &PoolOptions) -> Self {
         let ms = |d: Duration| d.as_millis().min(i32::MAX as u128);
+        // The statement timeout first, as a statement of its own: the timer of a running
+        // statement keeps the value it started with, and a role default (1 ms) would
+        // otherwise apply to the SELECT below. The rest are columns of that SELECT: fewer
+        // statements to parse per transaction.
         let mut limits = format!(
-            "SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}; \
-             SET LOCAL idle_in_transaction_session_timeout = {}; SET LOCAL row_security = on; \
-             SET LOCAL client_min_messages = notice; ",
+            "SET LOCAL statement_timeout = {}; SELECT pg_catalog.pg_backend_pid(), \
+             pg_catalog.encode(pg_catalog.timestamptz_send(pg_catalog.transaction_timestamp()), 'hex'), \
+             pg_catalog.set_config('lock_timeout', '{}', true), \
+             pg_catalog.set_config('idle_in_transaction_session_timeout', '{}', true), \
+             pg_catalog.set_config('row_security', 'on', true), \
+             pg_catalog.set_config('client_min_messages', 'notice', true)",
             ms(opts.statement_timeout),
             ms(opts.lock_timeout),
             ms(opts.idle_in_transaction_timeout)
         );
         if let Some(t) = opts.transaction_timeout {
-            limits.push_str(&format!("SET LOCAL transaction_timeout = {}; ", ms(t)));
+            limits.push_str(&format!(
+                ", pg_catalog.set_config('transaction_timeout', '{}', true)",
+                ms(t)
+            ));
         }
         Pooled {
             limits,
@@ -445,14 +456,14 @@ impl Pooled {
 
     /// The opening query: `commit_first` sends a finished read-only transaction's COMMIT
     /// first; `schema` goes first on the search path (checked `[a-z0-9_]`). Its last row
-    /// is (challenge, backend pid).
+    /// starts with (backend pid, transaction start as `timestamptz_send` hex).
     pub(crate) fn opening_sql(
         &self,
         commit_first: bool,
         read_only: bool,
         schema: Option<&str>,
     ) -> String {
-        let mut sql = String::with_capacity(400);
+        let mut sql = String::with_capacity(512);
         if commit_first {
             sql.push_str("COMMIT; ");
         }
@@ -462,7 +473,6 @@ impl Pooled {
             "BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE, NOT DEFERRABLE; RESET ALL; "
         });
         sql.push_str(&self.limits);
-        sql.push_str("SELECT tenancy.challenge(), pg_catalog.pg_backend_pid()");
         let path = match schema {
             Some(schema) => Some(format!("\"{schema}\", public")),
             None => self.search_path.clone(),
@@ -483,15 +493,17 @@ impl Pooled {
     }
 }
 
-/// The challenge and backend pid in the reply to [`Pooled::opening_sql`].
-pub(crate) fn parse_opening_reply(msgs: &[SimpleQueryMessage]) -> Option<(uuid::Uuid, i32)> {
+/// The backend pid and the transaction's start (microseconds since 2000-01-01) in the
+/// reply to [`Pooled::opening_sql`].
+pub(crate) fn parse_opening_reply(msgs: &[SimpleQueryMessage]) -> Option<(i32, i64)> {
     let row = msgs.iter().rev().find_map(|m| match m {
         SimpleQueryMessage::Row(r) => Some(r),
         _ => None,
     })?;
-    let challenge = uuid::Uuid::parse_str(row.get(0)?).ok()?;
-    let pid = row.get(1)?.parse().ok()?;
-    Some((challenge, pid))
+    let pid = row.get(0)?.parse().ok()?;
+    let start = row.get(1).filter(|h| h.len() == 16)?;
+    let start = u64::from_str_radix(start, 16).ok()? as i64;
+    Some((pid, start))
 }
 
 impl managed::Manager for Manager {
@@ -568,7 +580,7 @@ impl Manager {
         let pid: i32 = row.get(0).and_then(|p| p.parse().ok()).ok_or_else(|| {
             wire::Error::Setup("the connection check returned no backend pid".into())
         })?;
-        let (native, reset_fn, read_only_fn, challenge_fn) = (flag(1), flag(2), flag(3), flag(4));
+        let (native, reset_fn, read_only_fn) = (flag(1), flag(2), flag(3));
         self.report_context_impl(native);
         // Through a pooler (PgBouncer and the like) the BackendKeyData is the pooler's,
         // not the backend's.
@@ -586,13 +598,6 @@ impl Manager {
                 )));
             }
             (Pooler::Transaction, Some(pooled)) => {
-                if !challenge_fn {
-                    return Err(wire::Error::Setup(
-                        "the database's tenancy runtime has no tenancy.challenge(), which transaction-mode \
-                         pooling needs: install the runtime again (tenancy migrate, or bootstrap::install_runtime)"
-                            .into(),
-                    ));
-                }
                 // Nothing is prepared: no named statement may outlive a transaction.
                 let mut conn = self.conn(client, 0, Some(splice), kill);
                 conn.pooled = Some(Arc::clone(pooled));
@@ -809,9 +814,9 @@ pub enum Pooler {
     /// Through a pooler that may hand each transaction another backend (PgBouncer
     /// `pool_mode = transaction`; a session-mode pool works too). Every transaction opens
     /// with one round trip of its own (`BEGIN`, `RESET ALL`, the session limits as `SET
-    /// LOCAL`, `tenancy.challenge()`); its token is bound to that challenge, which only
-    /// this transaction can answer, and `tenancy.enter` rides in front of the first
-    /// statement. Statements are unnamed: parameter types are learnt once per connection
+    /// LOCAL`, and reading the backend pid and the transaction's start); its token is
+    /// bound to that transaction (a `v2` token), and `tenancy.enter` rides in front of
+    /// the first statement. Statements are unnamed: parameter types are learnt once per connection
     /// and SQL from a statement prepared and closed inside one transaction. Statements
     /// prepared through [`TenantTx::client`](crate::TenantTx::client) must be dropped
     /// before the transaction ends.
@@ -1011,8 +1016,8 @@ impl TenantPool {
         );
         conn.watch.start();
         let ttl_micros = self.opts.token_ttl.as_micros() as i64;
-        // Behind a transaction-mode pooler the token is signed once the transaction's
-        // challenge is known.
+        // Behind a transaction-mode pooler the token is signed once the transaction runs
+        // (its backend and start are known).
         let token = match conn.pooled {
             Some(_) => None,
             None => Some(conn.sign(&self.key, tenant, ttl_micros)),

@@ -21,7 +21,8 @@ pub(crate) struct Begin {
     pub(crate) commit_first: bool,
     pub(crate) read_only: bool,
     /// The signed token: `[a-z0-9.-]` only. Behind a transaction-mode pooler it is signed
-    /// over the transaction's challenge, once the opening query returned it.
+    /// for the transaction itself (backend pid, transaction start), once the opening query
+    /// returned them.
     pub(crate) token: Option<ContextToken>,
     /// Checked by the pool: `[a-z0-9_]` only.
     pub(crate) schema: Option<String>,
@@ -30,15 +31,15 @@ pub(crate) struct Begin {
 impl Begin {
     /// Queues the opening on a spliced connection, in front of the next request: as an
     /// implicit read-only transaction's context, or as BEGIN and context.
-    /// Behind a transaction-mode pooler (a challenge-bound token) BEGIN, reset, limits and
-    /// search path already ran: only `tenancy.enter` is queued. Returns false when there is
+    /// Behind a transaction-mode pooler (a token bound to the transaction) BEGIN, reset,
+    /// limits and search path already ran: only `tenancy.enter` is queued. Returns false when there is
     /// no token to queue.
     fn splice_into(&self, splice: &Splice, implicit: bool) -> bool {
         let Some(token) = &self.token else {
             return false;
         };
-        if token.challenge().is_some() {
-            splice.push_challenged_enter(token.as_str());
+        if token.transaction_start().is_some() {
+            splice.push_transaction_enter(token.as_str());
             return true;
         }
         let path = self.schema.as_ref().map(|s| format!("\"{s}\", public"));
@@ -129,8 +130,22 @@ async fn with_opening<T>(
                     "a tenant transaction without a signed context token".into(),
                 ));
             }
+            let per_transaction = b
+                .token
+                .as_ref()
+                .is_some_and(|t| t.transaction_start().is_some());
             fut.await.map_err(|e| {
                 if splice.take_failed() {
+                    if per_transaction
+                        && e.as_db_error()
+                            .is_some_and(|d| d.message().contains("malformed tenant context token"))
+                    {
+                        tracing::warn!(
+                            "the database refused a transaction-bound (v2) context token as malformed: its native \
+                             tenancy_context library predates transaction-mode pooling; install the current \
+                             library (make -C extensions/tenancy_context install) and reconnect"
+                        );
+                    }
                     // Whatever the cause (a refused token, statements deallocated through
                     // `client()`), this connection is not handed out again.
                     conn.retire();
@@ -219,7 +234,7 @@ impl TenantTx {
         match self.state {
             State::Failed { .. } => Err(Error::Aborted),
             // Behind a transaction-mode pooler the transaction is open once its opening
-            // query returned the challenge; `tenancy.enter` goes with the first statement.
+            // query returned; `tenancy.enter` goes with the first statement.
             State::Open => Ok(self.begin.take().map(|b| (b, false))),
             State::NotBegun => {
                 let implicit = extended && self.first_is_implicit();
@@ -351,10 +366,10 @@ impl TenantTx {
     }
 
     /// Behind a transaction-mode pooler, before the transaction's first statement: one
-    /// round trip runs `BEGIN`, `RESET ALL`, the pool's limits (`SET LOCAL`) and
-    /// `tenancy.challenge()`, and the token is signed over the challenge it returned. The
-    /// pooler keeps the backend for the transaction from here on; `tenancy.enter` rides
-    /// in front of the first statement.
+    /// round trip runs `BEGIN`, `RESET ALL` and the pool's limits (`SET LOCAL`) and reads
+    /// the backend pid and the transaction's start, and the token is signed for exactly
+    /// that transaction. The pooler keeps the backend for the transaction from here on;
+    /// `tenancy.enter` rides in front of the first statement.
     async fn open_pooled(&mut self) -> Result<(), Error> {
         if self.state != State::NotBegun {
             return Ok(());
@@ -372,14 +387,16 @@ impl TenantTx {
         self.state = State::Open;
         self.in_flight = true;
         let conn = self.conn()?;
-        let r = conn.client.simple_query(&sql).await.map_err(Error::db(
-            "opening the transaction (BEGIN, limits, tenancy.challenge())",
-        ));
+        let r = conn
+            .client
+            .simple_query(&sql)
+            .await
+            .map_err(Error::db("opening the transaction (BEGIN, limits)"));
         let msgs = self.track(r)?;
-        let Some((challenge, pid)) = parse_opening_reply(&msgs) else {
+        let Some((pid, start)) = parse_opening_reply(&msgs) else {
             self.state = State::Failed { open: true };
             return Err(Error::Invalid(
-                "the transaction opening returned no challenge from tenancy.challenge()".into(),
+                "the transaction opening returned no backend pid and transaction start".into(),
             ));
         };
         self.conn()?.watch.set_backend(pid);
@@ -387,10 +404,13 @@ impl TenantTx {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as i64)
             .unwrap_or(0);
-        let token =
-            self.signer
-                .key
-                .sign_challenged(self.tenant, challenge, now, self.signer.ttl_micros);
+        let token = self.signer.key.sign_for_transaction(
+            self.tenant,
+            pid,
+            start,
+            now,
+            self.signer.ttl_micros,
+        );
         if let Some(b) = self.begin.as_mut() {
             b.token = Some(token);
         }

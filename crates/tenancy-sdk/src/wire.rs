@@ -29,8 +29,8 @@
 //! - Only statements the SDK prepared itself on this connection (named `tenancy_*`) are
 //!   bound here; tokio-postgres names its own `s<N>`. Behind a transaction-mode pooler
 //!   nothing named may outlive a transaction, so there the one inserted statement,
-//!   `tenancy.enter($1)` with a challenge-bound token, is parsed unnamed in front of its
-//!   Bind ([`Splice::push_challenged_enter`]).
+//!   `tenancy.enter($1)` with a token bound to the transaction, is parsed unnamed in front of its
+//!   Bind ([`Splice::push_transaction_enter`]).
 
 use std::collections::VecDeque;
 use std::io;
@@ -347,8 +347,8 @@ impl Splice {
 
     /// Queues `tenancy.enter($token)` in front of the next request as an unnamed statement
     /// (Parse, Bind, Execute; no Sync): the opening of a transaction behind a
-    /// transaction-mode pooler, whose BEGIN, reset, limits and challenge already ran.
-    pub(crate) fn push_challenged_enter(&self, token: &str) {
+    /// transaction-mode pooler, whose BEGIN, reset and limits already ran.
+    pub(crate) fn push_transaction_enter(&self, token: &str) {
         let mut s = self.lock();
         // Constant text and a token of `[a-z0-9.-]`: encoding cannot fail.
         let _ = frontend::parse("", ENTER_SQL, [], &mut s.pending);

@@ -187,11 +187,29 @@ async fn a_direct_pool_behind_pgbouncer_refuses_with_the_fix() {
     assert_eq!(visible_tenants(&direct, t).await.len(), 2);
 }
 
-/// A challenge-bound token enters only the transaction whose challenge it signs, once:
-/// replayed in the same transaction, in a later one through the pooler, with the old
-/// challenge copied back into `tenancy.challenge`, or with a made-up one, it is refused.
+/// The pid and start of the current transaction on `c`, as the pooled opening reads them.
+async fn this_transaction(c: &Client) -> (i32, i64) {
+    let row = c
+        .query_one(
+            "SELECT pg_backend_pid(), encode(timestamptz_send(transaction_timestamp()), 'hex')",
+            &[],
+        )
+        .await
+        .expect("transaction");
+    let hex: String = row.get(1);
+    (
+        row.get(0),
+        u64::from_str_radix(&hex, 16).expect("hex") as i64,
+    )
+}
+
+/// A transaction-bound (v2) token enters only the transaction it names, once: replayed in
+/// the same transaction, in a later transaction through the pooler (on whichever backend),
+/// or in another connection's transaction, it is refused; a v1 token bound to a backend
+/// is refused through the pooler when the backend changed, which is why pooled pools do
+/// not use them.
 #[tokio::test]
-async fn challenge_tokens_are_single_use_and_bound_to_their_transaction() {
+async fn transaction_tokens_are_single_use_and_bound_to_their_transaction() {
     for (imp, db) in fresh_dbs().await {
         let bouncer = bouncer(&db, 2).await;
         let c = bouncer_client(&db, &bouncer).await;
@@ -208,19 +226,12 @@ async fn challenge_tokens_are_single_use_and_bound_to_their_transaction() {
         };
 
         c.batch_execute("BEGIN").await.expect("begin");
-        let row = c
-            .query_one(
-                "SELECT tenancy.challenge(), current_setting('tenancy.challenge')",
-                &[],
-            )
-            .await
-            .expect("challenge");
-        let (challenge, stored): (uuid::Uuid, String) = (row.get(0), row.get(1));
-        let token = key().sign_challenged(t, challenge, now_micros(), 60_000_000);
+        let (pid, start) = this_transaction(&c).await;
+        let token = key().sign_for_transaction(t, pid, start, now_micros(), 60_000_000);
         let entered: uuid::Uuid = c
             .query_one("SELECT tenancy.enter($1)", &[&token.as_str()])
             .await
-            .expect("the answer to this transaction's challenge enters")
+            .expect("a token for this transaction enters")
             .get(0);
         assert_eq!(entered, t.as_uuid());
         refused(
@@ -230,31 +241,10 @@ async fn challenge_tokens_are_single_use_and_bound_to_their_transaction() {
         );
         c.batch_execute("ROLLBACK").await.expect("rollback");
 
-        // Later transactions, wherever the pooler runs them.
-        for what in [
-            "replayed later",
-            "with the old challenge copied back",
-            "with a made-up challenge",
-        ] {
+        // Later transactions, wherever the pooler runs them; and one whose start the token
+        // does not name although the pid matches.
+        for what in ["replayed later", "replayed later again"] {
             c.batch_execute("BEGIN").await.expect("begin");
-            let _: uuid::Uuid = c
-                .query_one("SELECT tenancy.challenge()", &[])
-                .await
-                .expect("challenge")
-                .get(0);
-            let forged = match what {
-                "with the old challenge copied back" => stored.clone(),
-                "with a made-up challenge" => format!("{challenge}.{}", "a".repeat(64)),
-                _ => String::new(),
-            };
-            if !forged.is_empty() {
-                c.query(
-                    "SELECT set_config('tenancy.challenge', $1, true)",
-                    &[&forged],
-                )
-                .await
-                .expect("the runtime role can write the setting");
-            }
             refused(
                 c.query("SELECT tenancy.enter($1)", &[&token.as_str()])
                     .await,
@@ -262,45 +252,42 @@ async fn challenge_tokens_are_single_use_and_bound_to_their_transaction() {
             );
             c.batch_execute("ROLLBACK").await.expect("rollback");
         }
-
-        // A token for a challenge issued in another transaction on another connection.
-        let other = runtime_client(&db).await;
-        other.batch_execute("BEGIN").await.expect("begin");
-        let foreign: uuid::Uuid = other
-            .query_one("SELECT tenancy.challenge()", &[])
-            .await
-            .expect("challenge")
-            .get(0);
         c.batch_execute("BEGIN").await.expect("begin");
-        let _: uuid::Uuid = c
-            .query_one("SELECT tenancy.challenge()", &[])
-            .await
-            .expect("challenge")
-            .get(0);
-        let foreign_token = key().sign_challenged(t, foreign, now_micros(), 60_000_000);
+        let (pid_now, start_now) = this_transaction(&c).await;
+        let off_by_one =
+            key().sign_for_transaction(t, pid_now, start_now - 1, now_micros(), 60_000_000);
         refused(
-            c.query("SELECT tenancy.enter($1)", &[&foreign_token.as_str()])
+            c.query("SELECT tenancy.enter($1)", &[&off_by_one.as_str()])
                 .await,
-            "a token for another transaction's challenge",
+            "a token for an earlier start on this backend",
         );
         c.batch_execute("ROLLBACK").await.expect("rollback");
-        // And in the transaction it was made for, it still works (it was never used).
+
+        // A token for another connection's open transaction: refused here, accepted there.
+        let other = runtime_client(&db).await;
+        other.batch_execute("BEGIN").await.expect("begin");
+        let (opid, ostart) = this_transaction(&other).await;
+        let foreign = key().sign_for_transaction(t, opid, ostart, now_micros(), 60_000_000);
+        c.batch_execute("BEGIN").await.expect("begin");
+        refused(
+            c.query("SELECT tenancy.enter($1)", &[&foreign.as_str()])
+                .await,
+            "a token for another connection's transaction",
+        );
+        c.batch_execute("ROLLBACK").await.expect("rollback");
         let entered: uuid::Uuid = other
-            .query_one("SELECT tenancy.enter($1)", &[&foreign_token.as_str()])
+            .query_one("SELECT tenancy.enter($1)", &[&foreign.as_str()])
             .await
             .expect("the token enters its own transaction")
             .get(0);
         assert_eq!(entered, t.as_uuid());
         other.batch_execute("ROLLBACK").await.expect("rollback");
+
         if imp == ContextImpl::Native {
-            // Native: a rolled-back savepoint takes the context, not the consumed challenge.
+            // Native: a rolled-back savepoint takes the context, not the single-use mark.
             c.batch_execute("BEGIN").await.expect("begin");
-            let ch: uuid::Uuid = c
-                .query_one("SELECT tenancy.challenge()", &[])
-                .await
-                .expect("challenge")
-                .get(0);
-            let tok = key().sign_challenged(t, ch, now_micros(), 60_000_000);
+            let (p, s) = this_transaction(&c).await;
+            let tok = key().sign_for_transaction(t, p, s, now_micros(), 60_000_000);
             c.batch_execute("SAVEPOINT s").await.expect("savepoint");
             c.query("SELECT tenancy.enter($1)", &[&tok.as_str()])
                 .await
@@ -310,7 +297,7 @@ async fn challenge_tokens_are_single_use_and_bound_to_their_transaction() {
                 .expect("rollback to");
             refused(
                 c.query("SELECT tenancy.enter($1)", &[&tok.as_str()]).await,
-                "a consumed challenge after a rolled-back savepoint (native)",
+                "the token again after a rolled-back savepoint (native)",
             );
             c.batch_execute("ROLLBACK").await.expect("rollback");
         }
