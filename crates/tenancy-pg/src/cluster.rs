@@ -189,9 +189,12 @@ pub(crate) fn user_ids(name: &str) -> Option<(u32, u32)> {
     Some((uid, gid))
 }
 
+/// A user name and its uid and gid.
+pub(crate) type RunAs = (String, (u32, u32));
+
 /// As root: the unprivileged user (and its uid, gid) to run servers as (`initdb`,
 /// `postgres` and `pgbouncer` refuse root); `None` when not root.
-pub(crate) fn unprivileged_user() -> Result<Option<(String, (u32, u32))>, HarnessError> {
+pub(crate) fn unprivileged_user() -> Result<Option<RunAs>, HarnessError> {
     if current_euid() != Some(0) {
         return Ok(None);
     }
