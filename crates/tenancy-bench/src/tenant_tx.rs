@@ -276,7 +276,18 @@ pub async fn run_flavor(env: &Env, settings: Settings, flavor: Flavor) -> Result
     let (o32, b32) = (m.median_ops(OURS, 1), m.median_ops(BARE, 1));
     let (rw8, rw32) = (m.median_ops(OURS_RW, 0), m.median_ops(OURS_RW, 1));
     let imp = env.context_impl().await?;
+    let variants = m.variants_json();
+    // Failed operations of every variant and concurrency (each also in `variants`).
+    let failures: u64 = variants
+        .as_object()
+        .into_iter()
+        .flat_map(|v| v.values())
+        .filter_map(|v| v.as_object())
+        .flat_map(|c| c.values())
+        .filter_map(|c| c["failures"].as_u64())
+        .sum();
     let mut params = json!({
+        "failures": failures,
         "headline": "top-level ours/baseline/ratio are the medians at concurrency 8; see ratio_c8 and ratio_c32",
         "ratio_c8": harness::ratio(o8, b8),
         "ratio_c32": harness::ratio(o32, b32),
@@ -298,7 +309,7 @@ pub async fn run_flavor(env: &Env, settings: Settings, flavor: Flavor) -> Result
             "bare": BARE_SQL,
             "naive": format!("BEGIN / {NAIVE_SET_SQL} / {NAIVE_SQL} / COMMIT, four round trips on the bare pool"),
         },
-        "variants": m.variants_json(),
+        "variants": variants,
         "tokio_worker_threads": "default (one per core)",
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
     });
