@@ -21,6 +21,12 @@
 //!   one accepted), a token taken from another connection fails (pid), an old token
 //!   fails (expiry).
 //!
+//! Behind a transaction-mode pooler (PgBouncer) the backend is known only once the
+//! transaction runs, and a backend serves many clients' transactions in no order: there
+//! the SDK reads the backend pid and the transaction's start inside the transaction and
+//! signs a `v2` token bound to exactly that transaction
+//! ([`ContextKey::sign_for_transaction`]); `tenancy.enter` accepts it only there, once.
+//!
 //! This module only builds and checks token text; it does no IO and takes the clock as an
 //! argument.
 
