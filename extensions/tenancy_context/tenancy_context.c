@@ -19,6 +19,15 @@
  * Nothing here reads a setting of the session: the token arrives as a bound parameter,
  * times come from GetCurrentTimestamp and the key query qualifies every name.
  *
+ * Two token versions: v1 is bound to the backend (pid) and single-use per backend by its
+ * issue time (the SDK's direct pools). v2 is bound to one transaction: the backend pid and
+ * the transaction's start (GetCurrentTransactionStartTimestamp, what the SDK read inside
+ * the transaction behind a transaction-mode pooler, where the backend is known only once
+ * the transaction runs). Its single-use mark is the start of the last transaction a v2
+ * token entered on this backend, also backend memory: a v2 token enters only its own
+ * transaction, once, even if the clock steps back. v2 tokens do not touch the v1 mark:
+ * behind a pooler a backend sees tokens issued by many clients, in no particular order.
+ *
  * A third function exists only here: tenancy.enter_read_only(token), tenancy.enter that
  * also makes the transaction read-only, for the SDK's implicit read-only transactions (see
  * the comment above tenancy_enter_read_only).
@@ -109,6 +118,8 @@ static pg_uuid_t ctx_tenant;
 
 /* Issue time (µs since the Unix epoch) of the last token accepted on this backend. */
 static int64 last_issued = PG_INT64_MIN;
+/* Start of the last transaction a v2 token entered on this backend. */
+static TimestampTz last_transaction_entered = DT_NOBEGIN;
 static bool callback_registered = false;
 
 PG_FUNCTION_INFO_V1(tenancy_enter);
@@ -134,6 +145,8 @@ context_active(void)
 }
 
 TENANCY_NORETURN_BEFORE static void refuse(const char *problem) TENANCY_NORETURN_AFTER;
+static bool parse_int64(const char *s, size_t len, int64 *out);
+static int	hexval(char c);
 
 static void
 refuse(const char *problem)
@@ -367,6 +380,33 @@ mac_matches(const CachedKey *key, const char *body, size_t body_len, const char 
 	return diff == 0;
 }
 
+/*
+ * Parses a v2 token's binding, `<pid>-<16 lowercase hex digits>` (the transaction start as
+ * timestamptz_send bytes), into `pid` and `start`; false when it is not one.
+ */
+static bool
+parse_transaction_binding(const char *s, size_t len, int64 *pid, TimestampTz *start)
+{
+	uint64		v = 0;
+	size_t		dash = 0;
+	size_t		i;
+
+	while (dash < len && s[dash] != '-')
+		dash++;
+	if (dash == 0 || dash + 1 + 16 != len || !parse_int64(s, dash, pid))
+		return false;
+	for (i = dash + 1; i < len; i++)
+	{
+		int			h = hexval(s[i]);
+
+		if (h < 0)
+			return false;
+		v = (v << 4) | (uint64) h;
+	}
+	*start = (TimestampTz) v;
+	return true;
+}
+
 /* Parses a decimal int64 field of exactly `len` bytes; false when it is not one. */
 static bool
 parse_int64(const char *s, size_t len, int64 *out)
@@ -461,8 +501,10 @@ reset_session_settings(void)
  * read-only too when `read_only` (top level only, see tenancy_enter_read_only); returns the
  * tenant. Any problem is an ERROR (28000) raised before anything is changed: a refused
  * token leaves the context, the single-use mark, the transaction's read-only state and the
- * session's settings as they were. An accepted one also resets session-level settings.
+ * session's settings as they were. An accepted v1 token also resets session-level
+ * settings (a v2 opening resets them itself, before it sets its transaction's limits).
  * token: v1.<kid>.<tenant uuid>.<backend pid>.<issued µs>.<expires µs>.<hmac hex>
+ *    or  v2.<kid>.<tenant uuid>.<backend pid>-<transaction start hex>.<issued µs>.<expires µs>.<hmac hex>
  */
 static pg_uuid_t *
 enter_context(FunctionCallInfo fcinfo, bool read_only)
@@ -476,7 +518,7 @@ enter_context(FunctionCallInfo fcinfo, bool read_only)
 	int			n = 0;
 	size_t		i,
 				start = 0;
-	int64		pid,
+	int64		pid = 0,
 				issued,
 				expires,
 				now_unix;
@@ -484,6 +526,8 @@ enter_context(FunctionCallInfo fcinfo, bool read_only)
 	CachedKey  *key;
 	pg_uuid_t	tenant;
 	pg_uuid_t  *result;
+	TimestampTz xact_start = 0;
+	bool		per_transaction;
 
 	if (!callback_registered)
 	{
@@ -514,8 +558,13 @@ enter_context(FunctionCallInfo fcinfo, bool read_only)
 		if (!((tok[i] >= 'a' && tok[i] <= 'z') || (tok[i] >= '0' && tok[i] <= '9') || tok[i] == '-'))
 			refuse("malformed tenant context token");
 	}
-	if (n != 7 || flen[0] != 2 || memcmp(field[0], "v1", 2) != 0 || flen[6] != 64 ||
-		flen[1] == 0 || flen[1] > KID_MAX_LEN)
+	if (n != 7 || flen[0] != 2 || flen[6] != 64 || flen[1] == 0 || flen[1] > KID_MAX_LEN)
+		refuse("malformed tenant context token");
+	if (memcmp(field[0], "v1", 2) == 0)
+		per_transaction = false;
+	else if (memcmp(field[0], "v2", 2) == 0)
+		per_transaction = true;
+	else
 		refuse("malformed tenant context token");
 	if (context_active())
 		refuse("this transaction already has a tenant context");
@@ -538,26 +587,35 @@ enter_context(FunctionCallInfo fcinfo, bool read_only)
 	}
 	/* Signed fields only from here on; the signer writes them canonically. */
 	if (!parse_uuid(field[2], flen[2], &tenant) ||
-		!parse_int64(field[3], flen[3], &pid) ||
+		(per_transaction ? !parse_transaction_binding(field[3], flen[3], &pid, &xact_start)
+		 : !parse_int64(field[3], flen[3], &pid)) ||
 		!parse_int64(field[4], flen[4], &issued) ||
 		!parse_int64(field[5], flen[5], &expires))
 		refuse("malformed tenant context token");
-	if (pid != MyProcPid)
+	if (!per_transaction && pid != MyProcPid)
 		refuse("tenant context token was issued for another connection");
+	if (per_transaction && (pid != MyProcPid || xact_start != GetCurrentTransactionStartTimestamp()))
+		refuse("tenant context token was issued for another transaction");
 	now_unix = now + UNIX_EPOCH_OFFSET_USECS;
 	if (expires < now_unix)
 		refuse("tenant context token has expired");
-	if (issued <= last_issued)
+	if (!per_transaction && issued <= last_issued)
+		refuse("tenant context token was already used on this connection");
+	if (per_transaction && xact_start <= last_transaction_entered)
 		refuse("tenant context token was already used on this connection");
 
 	/* Transactional: undone with the rest if this transaction aborts (out of memory). */
-	reset_session_settings();
+	if (!per_transaction)
+		reset_session_settings();
 
 	/* Allocated first: nothing below can fail, so either all of it happens or none. */
 	result = (pg_uuid_t *) palloc(sizeof(pg_uuid_t));
 	*result = tenant;
 
-	last_issued = issued;
+	if (per_transaction)
+		last_transaction_entered = xact_start;
+	else
+		last_issued = issued;
 	ctx_tenant = tenant;
 	ctx_lxid = MY_LXID();
 	ctx_subid = GetCurrentSubTransactionId();

@@ -16,6 +16,7 @@ mod provision;
 mod report;
 mod setup;
 mod tenant_tx;
+mod tenant_tx_pgbouncer;
 mod tenant_tx_tenaxum;
 mod tenant_tx_tls;
 
@@ -32,6 +33,10 @@ enum Name {
     /// The tenant_tx read over TLS (verify-full): TenantTx vs the bare pool, both on TLS.
     #[value(name = "tenant_tx_tls")]
     TenantTxTls,
+    /// The tenant_tx read through PgBouncer in transaction mode: TenantTx (pooler mode) vs
+    /// the bare pool, both through the same PgBouncer.
+    #[value(name = "tenant_tx_pgbouncer")]
+    TenantTxPgbouncer,
     /// TenantTx point read vs tenaxum's begin_tenant.
     #[value(name = "tenant_tx_tenaxum")]
     TenantTxTenaxum,
@@ -155,7 +160,11 @@ async fn main() -> Result<()> {
     }
     let needs_items = matches!(
         cli.name,
-        Name::TenantTx | Name::TenantTxTenaxum | Name::HttpGet | Name::All
+        Name::TenantTx
+            | Name::TenantTxPgbouncer
+            | Name::TenantTxTenaxum
+            | Name::HttpGet
+            | Name::All
     );
     if !needs_items {
         return Ok(());
@@ -183,6 +192,11 @@ async fn main() -> Result<()> {
             pl.cluster.stop().await;
         }
         r.context("running tenant_tx")?;
+    }
+    if matches!(cli.name, Name::TenantTxPgbouncer | Name::All) {
+        tenant_tx_pgbouncer::run(&env, settings)
+            .await
+            .context("running tenant_tx_pgbouncer")?;
     }
     if matches!(cli.name, Name::TenantTxTenaxum | Name::All) {
         tenant_tx_tenaxum::run(&env, settings)

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use serde_json::json;
 use tenancy_core::TenantId;
-use tenancy_sdk::{PgConfig, PoolOptions, TenantPool};
+use tenancy_sdk::{PgConfig, PoolOptions, Pooler, TenantPool};
+use tokio_postgres::types::Type;
 
 use crate::bare;
 use crate::harness::{self, Sample, Settings, Variants, CONCURRENCY};
@@ -57,19 +58,28 @@ async fn ours_read(pool: &TenantPool, tenant: uuid::Uuid, id: i64, read_only: bo
     Ok(())
 }
 
-/// The baseline read: the same row with the tenant predicate written out, no RLS.
-pub(crate) async fn bare_op(pool: &bare::Pool, tenant: uuid::Uuid, id: i64) -> Result<()> {
+/// The baseline read: the same row with the tenant predicate written out, no RLS;
+/// `unnamed`: as one unnamed statement with its parameter types given
+/// (Parse, Bind, Execute, Sync in one request), what works through a transaction-mode
+/// pooler, instead of a statement prepared once per connection.
+async fn bare_read(pool: &bare::Pool, tenant: uuid::Uuid, id: i64, unnamed: bool) -> Result<()> {
     let mut conn = pool
         .get()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("getting a connection")?;
-    let stmt = conn.statement(BARE_SQL).await?;
-    let row = conn
-        .client
-        .query_one(&stmt, &[&tenant, &id])
-        .await
-        .context("reading the row")?;
+    let row = if unnamed {
+        conn.client
+            .query_typed_one(BARE_SQL, &[(&tenant, Type::UUID), (&id, Type::INT8)])
+            .await
+            .context("reading the row")?
+    } else {
+        let stmt = conn.statement(BARE_SQL).await?;
+        conn.client
+            .query_one(&stmt, &[&tenant, &id])
+            .await
+            .context("reading the row")?
+    };
     let payload: &str = row.try_get(0).context("reading the payload")?;
     ensure!(
         payload == expected_payload(tenant, id),
@@ -128,6 +138,8 @@ struct Bench<'a> {
     ours_rw: Vec<Arc<TenantPool>>,
     bare: Vec<bare::Pool>,
     naive: Vec<bare::Pool>,
+    /// The baseline runs unnamed statements (behind a transaction-mode pooler).
+    unnamed: bool,
 }
 
 impl Variants for Bench<'_> {
@@ -151,9 +163,10 @@ impl Variants for Bench<'_> {
             }
             BARE => {
                 let pool = self.bare[ci].clone();
+                let unnamed = self.unnamed;
                 harness::measure(&self.tenants, c, duration, pm, move |t, id| {
                     let pool = pool.clone();
-                    async move { bare_op(&pool, t, id).await }
+                    async move { bare_read(&pool, t, id, unnamed).await }
                 })
                 .await
             }
@@ -171,15 +184,16 @@ impl Variants for Bench<'_> {
 
 /// Builds a `TenantPool` of `c` connections.
 pub fn ours_pool(env: &Env, c: usize) -> Result<TenantPool> {
-    ours_pool_with(env, env.app_config().into(), c)
+    ours_pool_with(env, env.app_config().into(), c, Pooler::Direct)
 }
 
-fn ours_pool_with(env: &Env, config: PgConfig, c: usize) -> Result<TenantPool> {
+fn ours_pool_with(env: &Env, config: PgConfig, c: usize, pooler: Pooler) -> Result<TenantPool> {
     TenantPool::new(
         config,
         env.key.clone(),
         PoolOptions {
             max_size: c,
+            pooler,
             ..Default::default()
         },
     )
@@ -199,6 +213,9 @@ pub struct Flavor {
     pub connection: &'static str,
     /// Extra fields of `params`.
     pub params: serde_json::Value,
+    /// How the tenant pools reach PostgreSQL; behind a transaction-mode pooler the
+    /// baseline runs unnamed statements too (named ones do not survive there).
+    pub pooler: Pooler,
 }
 
 /// Runs the benchmark on `env` and, when given, again on `plpgsql` (a database with the
@@ -212,6 +229,7 @@ pub async fn run(env: &Env, plpgsql: Option<&Env>, settings: Settings) -> Result
         naive: true,
         connection: "",
         params: json!({}),
+        pooler: Pooler::Direct,
     };
     let Some(mut report) = measure(env, settings, flavor(env)).await? else {
         return Ok(());
@@ -275,14 +293,21 @@ async fn measure(env: &Env, settings: Settings, flavor: Flavor) -> Result<Option
         ours_rw: Vec::new(),
         bare: Vec::new(),
         naive: Vec::new(),
+        unnamed: flavor.pooler == Pooler::Transaction,
     };
     for c in CONCURRENCY {
-        bench
-            .ours
-            .push(Arc::new(ours_pool_with(env, flavor.config.clone(), c)?));
-        bench
-            .ours_rw
-            .push(Arc::new(ours_pool_with(env, flavor.config.clone(), c)?));
+        bench.ours.push(Arc::new(ours_pool_with(
+            env,
+            flavor.config.clone(),
+            c,
+            flavor.pooler,
+        )?));
+        bench.ours_rw.push(Arc::new(ours_pool_with(
+            env,
+            flavor.config.clone(),
+            c,
+            flavor.pooler,
+        )?));
         bench.bare.push(bare::build(flavor.config.clone(), c)?);
         if flavor.naive {
             bench.naive.push(bare::build(flavor.config.clone(), c)?);
@@ -298,7 +323,18 @@ async fn measure(env: &Env, settings: Settings, flavor: Flavor) -> Result<Option
     let (o32, b32) = (m.median_ops(OURS, 1), m.median_ops(BARE, 1));
     let (rw8, rw32) = (m.median_ops(OURS_RW, 0), m.median_ops(OURS_RW, 1));
     let imp = env.context_impl().await?;
+    let variants = m.variants_json();
+    // Failed operations of every variant and concurrency (each also in `variants`).
+    let failures: u64 = variants
+        .as_object()
+        .into_iter()
+        .flat_map(|v| v.values())
+        .filter_map(|v| v.as_object())
+        .flat_map(|c| c.values())
+        .filter_map(|c| c["failures"].as_u64())
+        .sum();
     let mut params = json!({
+        "failures": failures,
         "headline": "top-level ours/baseline/ratio are the medians at concurrency 8; see ratio_c8 and ratio_c32",
         "ratio_c8": harness::ratio(o8, b8),
         "ratio_c32": harness::ratio(o32, b32),
@@ -320,7 +356,7 @@ async fn measure(env: &Env, settings: Settings, flavor: Flavor) -> Result<Option
             "bare": BARE_SQL,
             "naive": format!("BEGIN / {NAIVE_SET_SQL} / {NAIVE_SQL} / COMMIT, four round trips on the bare pool"),
         },
-        "variants": m.variants_json(),
+        "variants": variants,
         "tokio_worker_threads": "default (one per core)",
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
     });

@@ -8,6 +8,7 @@ use serde_json::json;
 use crate::harness::Settings;
 use crate::setup::Env;
 use crate::tenant_tx::{run_flavor, Flavor};
+use tenancy_sdk::Pooler;
 
 /// Runs the benchmark on `env` (a cluster started with TLS) and writes
 /// `target/bench/tenant_tx_tls.json`.
@@ -36,6 +37,7 @@ pub async fn run(env: &Env, settings: Settings) -> Result<()> {
         params: json!({
             "tls": "sslmode=verify-full, sslrootcert = the cluster's CA, TCP to localhost (127.0.0.1), rustls (ring), TLS 1.3; password (SCRAM) login",
         }),
+        pooler: Pooler::Direct,
     };
     run_flavor(env, settings, flavor).await
 }

@@ -489,6 +489,7 @@ async fn example_app(
             Source::path_prefix("/t"),
         ],
         run_worker: true,
+        pooler: tenancy_sdk::Pooler::Direct,
     })
     .await
     .context("starting the example app")?;

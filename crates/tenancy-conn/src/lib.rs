@@ -13,6 +13,9 @@
 //!   negotiated on it (SSLRequest, then the rustls handshake). The SDK's tenant pools put
 //!   their protocol splice on top of this stream, above TLS, where the protocol is
 //!   plaintext.
+//! - [`connect_session`]: [`connect`] for a connection that must be one backend for its
+//!   whole life (the control plane's catalog): refuses a connection pooler in front of
+//!   the server, naming the fix.
 //! - [`connect`]: a session over [`open_stream`] (tokio-postgres' `connect_raw`, with
 //!   TLS already done), trying each host in turn.
 //!
@@ -28,6 +31,7 @@
 //! with a clear error rather than ignored).
 
 mod error_text;
+mod session;
 mod settings;
 mod stream;
 mod tls;
@@ -38,6 +42,7 @@ use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{Client, Connection, NoTls};
 
 pub use error_text::{error_text, pg_error_text, ErrorText};
+pub use session::connect_session;
 pub use settings::SslMode;
 pub use stream::{open_stream, Stream};
 pub use tls::RootCerts;
@@ -144,6 +149,10 @@ pub enum ConnError {
         roots: String,
         detail: String,
     },
+    /// A connection pooler stands between this client and PostgreSQL, and the caller
+    /// needs a session of its own.
+    #[error("{who} is connected to {host} through a connection pooler (PgBouncer or similar: the process id the connection was given at start-up is not its backend's). {who} needs a database session of its own (LISTEN for changes, prepared statements, advisory locks), which a transaction-mode pooler does not keep: give it a URL that reaches PostgreSQL directly. Tenant pools of the SDK can use the pooler (PoolOptions::pooler = Pooler::Transaction)")]
+    Pooler { host: String, who: String },
     /// The session could not be started (authentication, unknown database…).
     #[error("connecting to database {dbname:?} as {user:?} on {host}: {detail}")]
     Pg {
@@ -281,7 +290,7 @@ impl std::str::FromStr for PgConfig {
 
 /// Refuses settings only tokio-postgres' own connect honours: connections here are
 /// opened by [`open_stream`], which would otherwise ignore them silently.
-fn check_supported(pg: &tokio_postgres::Config) -> Result<(), ConnError> {
+pub(crate) fn check_supported(pg: &tokio_postgres::Config) -> Result<(), ConnError> {
     use tokio_postgres::config::{LoadBalanceHosts, SslNegotiation, TargetSessionAttrs};
     if pg.get_target_session_attrs() != TargetSessionAttrs::Any {
         return Err(ConnError::Invalid(

@@ -235,6 +235,7 @@ fn not_bootstrapped_on_connect(e: tenancy_conn::ConnError, cfg: &PgConfig) -> an
             "the catalog database does not exist ({e}): create it (CREATE DATABASE … OWNER <admin>) and {}",
             bootstrap_hint(cfg)
         ),
+        _ if matches!(e, tenancy_conn::ConnError::Pooler { .. }) => anyhow::Error::new(e),
         _ => anyhow::Error::new(e).context("connecting to the catalog database"),
     }
 }
@@ -243,10 +244,15 @@ fn not_bootstrapped_on_connect(e: tenancy_conn::ConnError, cfg: &PgConfig) -> an
 /// and `tenancy migrate` with a database URL). Refuses a server `tenancy bootstrap` has
 /// not set up, naming what is missing and the command to run, and a URL that does not
 /// log in as the owner role.
+///
+/// A connection pooler in front of the catalog (PgBouncer in transaction mode hands each
+/// transaction another backend, and keeps neither LISTEN nor prepared statements) is
+/// refused with the fix: a URL that reaches PostgreSQL directly.
 pub async fn connect_catalog(cfg: &PgConfig) -> Result<tokio_postgres::Client> {
-    let client = tenancy_conn::connect(cfg)
-        .await
-        .map_err(|e| not_bootstrapped_on_connect(e, cfg))?;
+    let client =
+        tenancy_conn::connect_session(cfg, "the control plane (tenancy serve, tenancy migrate)")
+            .await
+            .map_err(|e| not_bootstrapped_on_connect(e, cfg))?;
     check_bootstrapped(&client, cfg.pg()).await?;
     Ok(client)
 }

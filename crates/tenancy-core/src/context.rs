@@ -21,6 +21,12 @@
 //!   one accepted), a token taken from another connection fails (pid), an old token
 //!   fails (expiry).
 //!
+//! Behind a transaction-mode pooler (PgBouncer) the backend is known only once the
+//! transaction runs, and a backend serves many clients' transactions in no order: there
+//! the SDK reads the backend pid and the transaction's start inside the transaction and
+//! signs a `v2` token bound to exactly that transaction
+//! ([`ContextKey::sign_for_transaction`]); `tenancy.enter` accepts it only there, once.
+//!
 //! This module only builds and checks token text; it does no IO and takes the clock as an
 //! argument.
 
@@ -35,8 +41,15 @@ use crate::ids::TenantId;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Version prefix of the token format; bump it when the signed fields change.
+/// Version prefix of the token format bound to a backend process; bump it when the signed
+/// fields change.
 pub const TOKEN_VERSION: &str = "v1";
+/// Version prefix of the token format bound to one transaction (the opening of a
+/// transaction behind a transaction-mode pooler, where the backend is not known before the
+/// transaction starts): `v2.<kid>.<tenant>.<backend pid>-<transaction start>.<issued
+/// µs>.<expires µs>.<hmac hex>`, the transaction start as PostgreSQL's
+/// `timestamptz_send` bytes in lowercase hex (16 digits: microseconds since 2000-01-01).
+pub const TRANSACTION_TOKEN_VERSION: &str = "v2";
 
 /// Why a token or key could not be built or checked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -182,6 +195,45 @@ impl ContextKey {
             text,
             tenant,
             backend_pid,
+            transaction_start: None,
+            issued_micros: now_micros,
+            expires_micros: expires,
+        }
+    }
+
+    /// Signs a token for `tenant` bound to one transaction: the one that started at
+    /// `transaction_start` (PostgreSQL's `transaction_timestamp()`, microseconds since
+    /// 2000-01-01, as `timestamptz_send` gives it) on the backend with process id
+    /// `backend_pid`, both read inside that transaction. `tenancy.enter` accepts it only
+    /// in that transaction: behind a transaction-mode pooler the backend is known only
+    /// once the transaction runs, and a later transaction on the same backend starts
+    /// later.
+    pub fn sign_for_transaction(
+        &self,
+        tenant: TenantId,
+        backend_pid: i32,
+        transaction_start: i64,
+        now_micros: i64,
+        ttl_micros: i64,
+    ) -> ContextToken {
+        let expires = now_micros.saturating_add(ttl_micros);
+        let mut text = String::with_capacity(200);
+        // Writing to a String cannot fail.
+        let _ = write!(
+            text,
+            "{TRANSACTION_TOKEN_VERSION}.{}.{}.{}-{:016x}.{}.{}",
+            self.kid, tenant, backend_pid, transaction_start as u64, now_micros, expires
+        );
+        let mac = self.mac(&text);
+        let mut mac_hex = [0u8; 64];
+        let _ = hex::encode_to_slice(mac, &mut mac_hex);
+        text.push('.');
+        text.extend(mac_hex.iter().map(|&b| char::from(b)));
+        ContextToken {
+            text,
+            tenant,
+            backend_pid,
+            transaction_start: Some(transaction_start),
             issued_micros: now_micros,
             expires_micros: expires,
         }
@@ -228,6 +280,8 @@ pub struct ContextToken {
     text: String,
     tenant: TenantId,
     backend_pid: i32,
+    /// The start of the transaction a `v2` token is bound to.
+    transaction_start: Option<i64>,
     issued_micros: i64,
     expires_micros: i64,
 }
@@ -248,6 +302,12 @@ impl ContextToken {
     /// The backend process the token is bound to.
     pub fn backend_pid(&self) -> i32 {
         self.backend_pid
+    }
+
+    /// The start of the transaction a `v2` token is bound to (microseconds since
+    /// 2000-01-01), if it is one.
+    pub fn transaction_start(&self) -> Option<i64> {
+        self.transaction_start
     }
 
     /// When the token stops being accepted (microseconds since the Unix epoch).
@@ -272,16 +332,36 @@ impl ContextToken {
         if parts.len() != 7 {
             return Err(TokenError::Malformed("expected 7 dot-separated fields"));
         }
-        if parts[0] != TOKEN_VERSION {
-            return Err(TokenError::Malformed("unknown version"));
-        }
+        let per_transaction = match parts[0] {
+            TOKEN_VERSION => false,
+            TRANSACTION_TOKEN_VERSION => true,
+            _ => return Err(TokenError::Malformed("unknown version")),
+        };
         parts[1].parse::<KeyId>()?;
         let tenant = parts[2]
             .parse::<TenantId>()
             .map_err(|_| TokenError::Malformed("tenant is not a UUID"))?;
-        let backend_pid = parts[3]
-            .parse::<i32>()
-            .map_err(|_| TokenError::Malformed("pid is not a number"))?;
+        let (backend_pid, transaction_start) = if per_transaction {
+            let (pid, start) = parts[3]
+                .split_once('-')
+                .ok_or(TokenError::Malformed("expected <pid>-<transaction start>"))?;
+            let pid = pid
+                .parse::<i32>()
+                .map_err(|_| TokenError::Malformed("pid is not a number"))?;
+            if start.len() != 16 {
+                return Err(TokenError::Malformed(
+                    "transaction start must be 16 hex digits",
+                ));
+            }
+            let start = u64::from_str_radix(start, 16)
+                .map_err(|_| TokenError::Malformed("transaction start is not hex"))?;
+            (pid, Some(start as i64))
+        } else {
+            let pid = parts[3]
+                .parse::<i32>()
+                .map_err(|_| TokenError::Malformed("pid is not a number"))?;
+            (pid, None)
+        };
         let issued_micros = parts[4]
             .parse::<i64>()
             .map_err(|_| TokenError::Malformed("issued-at is not a number"))?;
@@ -295,6 +375,7 @@ impl ContextToken {
             text: token.to_owned(),
             tenant,
             backend_pid,
+            transaction_start,
             issued_micros,
             expires_micros,
         })
@@ -307,6 +388,7 @@ impl fmt::Debug for ContextToken {
         f.debug_struct("ContextToken")
             .field("tenant", &self.tenant)
             .field("backend_pid", &self.backend_pid)
+            .field("transaction_start", &self.transaction_start)
             .field("expires_micros", &self.expires_micros)
             .finish_non_exhaustive()
     }
@@ -349,6 +431,37 @@ mod tests {
         ));
         assert!(matches!(
             key().verify("v1.k1.'; drop table x; --", 0),
+            Err(TokenError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn transaction_tokens_bind_pid_and_transaction_start() {
+        let t = TenantId::new_random();
+        let start = 817_000_000_123_456_i64;
+        let tok = key().sign_for_transaction(t, 4242, start, 1_000_000, 30_000_000);
+        assert!(tok.as_str().starts_with("v2.k1."));
+        assert!(
+            tok.as_str().contains(&format!(".4242-{:016x}.", start)),
+            "{}",
+            tok.as_str()
+        );
+        assert!(
+            tok.as_str().len() <= 200,
+            "the servers refuse longer tokens"
+        );
+        let back = key().verify(tok.as_str(), 2_000_000).expect("verifies");
+        assert_eq!(back.transaction_start(), Some(start));
+        assert_eq!((back.tenant(), back.backend_pid()), (t, 4242));
+        let later = tok
+            .as_str()
+            .replace(&format!("{:016x}", start), &format!("{:016x}", start + 1));
+        assert_eq!(key().verify(&later, 0), Err(TokenError::BadSignature));
+        let short = tok
+            .as_str()
+            .replace(&format!("-{:016x}", start), &format!("-{:x}", start));
+        assert!(matches!(
+            key().verify(&short, 0),
             Err(TokenError::Malformed(_))
         ));
     }

@@ -173,12 +173,12 @@ pub struct Cluster {
     tls: Option<TlsMaterial>,
 }
 
-fn current_euid() -> Option<u32> {
+pub(crate) fn current_euid() -> Option<u32> {
     let out = Command::new("id").arg("-u").output().ok()?;
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
-fn user_ids(name: &str) -> Option<(u32, u32)> {
+pub(crate) fn user_ids(name: &str) -> Option<(u32, u32)> {
     let uid = Command::new("id").args(["-u", name]).output().ok()?;
     let gid = Command::new("id").args(["-g", name]).output().ok()?;
     if !uid.status.success() || !gid.status.success() {
@@ -189,8 +189,32 @@ fn user_ids(name: &str) -> Option<(u32, u32)> {
     Some((uid, gid))
 }
 
+/// A user name and its uid and gid.
+pub(crate) type RunAs = (String, (u32, u32));
+
+/// As root: the unprivileged user (and its uid, gid) to run servers as (`initdb`,
+/// `postgres` and `pgbouncer` refuse root); `None` when not root.
+pub(crate) fn unprivileged_user() -> Result<Option<RunAs>, HarnessError> {
+    if current_euid() != Some(0) {
+        return Ok(None);
+    }
+    let candidates = match std::env::var("TENANCY_PG_USER") {
+        Ok(u) => vec![u],
+        Err(_) => vec!["postgres".to_owned(), "nobody".to_owned()],
+    };
+    let found = candidates
+        .iter()
+        .find_map(|u| user_ids(u).map(|ids| (u.clone(), ids)));
+    match found {
+        Some(found) => Ok(Some(found)),
+        None => Err(HarnessError::NoUnprivilegedUser {
+            tried: candidates.join(", "),
+        }),
+    }
+}
+
 /// Builds a command that runs `program` as `run_as` (when root) or as ourselves.
-fn command_as(run_as: Option<&str>, program: &Path) -> Command {
+pub(crate) fn command_as(run_as: Option<&str>, program: &Path) -> Command {
     match run_as {
         Some(user) => {
             let mut c = Command::new("runuser");
@@ -201,7 +225,7 @@ fn command_as(run_as: Option<&str>, program: &Path) -> Command {
     }
 }
 
-fn free_tcp_port() -> Result<u16, HarnessError> {
+pub(crate) fn free_tcp_port() -> Result<u16, HarnessError> {
     let l =
         std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err("finding a free TCP port"))?;
     let port = l
@@ -211,7 +235,7 @@ fn free_tcp_port() -> Result<u16, HarnessError> {
     Ok(port)
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let mut s = String::new();
     if let Ok(mut f) = std::fs::File::open(path) {
         let _ = f.read_to_string(&mut s);
@@ -250,25 +274,7 @@ impl Cluster {
 
     fn start_blocking(opts: ClusterOptions) -> Result<Cluster, HarnessError> {
         let bins = PgBinaries::locate()?;
-        let run_as = if current_euid() == Some(0) {
-            let candidates = match std::env::var("TENANCY_PG_USER") {
-                Ok(u) => vec![u],
-                Err(_) => vec!["postgres".to_owned(), "nobody".to_owned()],
-            };
-            let found = candidates
-                .iter()
-                .find_map(|u| user_ids(u).map(|ids| (u.clone(), ids)));
-            match found {
-                Some(found) => Some(found),
-                None => {
-                    return Err(HarnessError::NoUnprivilegedUser {
-                        tried: candidates.join(", "),
-                    })
-                }
-            }
-        } else {
-            None
-        };
+        let run_as = unprivileged_user()?;
         let chown = |p: &Path| -> Result<(), HarnessError> {
             if let Some((_, (uid, gid))) = &run_as {
                 std::os::unix::fs::chown(p, Some(*uid), Some(*gid))

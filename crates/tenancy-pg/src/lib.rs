@@ -12,6 +12,9 @@
 //!   `127.0.0.1`, client certificates on demand). The server is stopped when the
 //!   [`Cluster`] is dropped *or when this process dies*: a small watchdog shell holds the
 //!   read end of a pipe whose write end only this process holds.
+//! - [`PgBouncer`] runs Debian's `pgbouncer` (as the same unprivileged user as the
+//!   server) in front of a [`Cluster`]'s socket, in transaction mode unless told
+//!   otherwise, for tests and benchmarks of tenancy behind a transaction pooler.
 //! - [`testing`] gives tests one cluster per test process, a migrated template database
 //!   built once, and a fresh database per test cloned from it.
 //!
@@ -28,6 +31,7 @@
 mod binaries;
 mod cluster;
 mod native;
+mod pgbouncer;
 pub mod testing;
 
 pub use binaries::PgBinaries;
@@ -36,6 +40,7 @@ pub use native::{
     native_context_library, native_context_majors, native_required, EXTENSION_CONTROL,
     EXTENSION_SCRIPTS, EXTENSION_VERSION, NATIVE_LIBRARY_NAME,
 };
+pub use pgbouncer::{PgBouncer, PgBouncerOptions};
 
 /// Why a cluster could not be found, created or started.
 #[derive(Debug, thiserror::Error)]

@@ -155,7 +155,7 @@ DECLARE
     mark        text;
 BEGIN
     SELECT CASE
-             WHEN length(token) > 200 OR split_part(token, '.', 1) <> 'v1'
+             WHEN length(token) > 200 OR split_part(token, '.', 1) NOT IN ('v1', 'v2')
                   OR length(split_part(token, '.', 7)) <> 64 OR split_part(token, '.', 8) <> ''
                THEN 'malformed tenant context token'
              WHEN coalesce(current_setting('tenancy.ctx', true), '') <> '' AND tenancy.current_tenant_id() IS NOT NULL
@@ -167,8 +167,16 @@ BEGIN
                   <> sha256(convert_to(split_part(token, '.', 7), 'UTF8'))
                THEN 'tenant context token signature does not verify'
              -- Signed fields only from here on; the signer writes them canonically.
-             WHEN split_part(token, '.', 4) <> pg_backend_pid()::text
+             WHEN split_part(token, '.', 1) = 'v1' AND split_part(token, '.', 4) <> pg_backend_pid()::text
                THEN 'tenant context token was issued for another connection'
+             -- A v2 token is bound to one transaction: this backend's pid and the
+             -- transaction's start (the timestamptz_send bytes in hex), which the SDK read
+             -- inside this transaction (behind a transaction-mode pooler). A later
+             -- transaction on this backend starts later, and this one gets one context.
+             WHEN split_part(token, '.', 1) = 'v2'
+                  AND split_part(token, '.', 4) <> pg_backend_pid()::text || '-'
+                      || encode(timestamptz_send(transaction_timestamp()), 'hex')
+               THEN 'tenant context token was issued for another transaction'
              WHEN split_part(token, '.', 6)::bigint < (extract(epoch FROM clock_timestamp()) * 1000000)::bigint
                THEN 'tenant context token has expired'
              -- Single use: refused if issued no later than the mark, and the mark counts only
@@ -176,7 +184,8 @@ BEGIN
              -- mark. Issue times are compared as canonical decimals (shorter is smaller, then
              -- byte order), so a made-up mark cannot fail a cast; the hash is computed only
              -- when the token would be refused, as an unverified mark admits the token anyway.
-             WHEN CASE WHEN length(split_part(token, '.', 5))
+             WHEN split_part(token, '.', 1) = 'v1'
+                  AND CASE WHEN length(split_part(token, '.', 5))
                             < length(split_part(current_setting('tenancy.last_issued', true), '.', 1))
                          OR (length(split_part(token, '.', 5))
                              = length(split_part(current_setting('tenancy.last_issued', true), '.', 1))
@@ -197,7 +206,7 @@ BEGIN
       FROM tenancy_private.context_keys c
      WHERE c.kid = split_part(token, '.', 2);
     IF NOT FOUND THEN
-        problem := CASE WHEN token IS NULL OR length(token) > 200 OR split_part(token, '.', 1) <> 'v1'
+        problem := CASE WHEN token IS NULL OR length(token) > 200 OR split_part(token, '.', 1) NOT IN ('v1', 'v2')
                         THEN 'malformed tenant context token'
                         ELSE 'tenant context token signed with an unknown key' END;
     END IF;
@@ -207,7 +216,12 @@ BEGIN
     -- The context is transaction-local: gone at COMMIT or ROLLBACK, never carried to the
     -- connection's next user. The mark is session-level: it outlives the transaction
     -- (unless that rolls back) so the token cannot enter another one.
-    PERFORM set_config('tenancy.ctx', ctx, true), set_config('tenancy.last_issued', mark, false);
+    IF split_part(token, '.', 1) = 'v1' THEN
+        PERFORM set_config('tenancy.ctx', ctx, true), set_config('tenancy.last_issued', mark, false);
+    ELSE
+        -- A v2 token needs no mark: it names this transaction.
+        PERFORM set_config('tenancy.ctx', ctx, true);
+    END IF;
     RETURN tenant_text::uuid;
 END
 $fn$

@@ -31,7 +31,7 @@ mod tx;
 mod wire;
 
 pub use error::Error;
-pub use pool::{PoolOptions, TenantPool};
+pub use pool::{PoolOptions, Pooler, TenantPool};
 pub use router::{ClusterCredentials, Router, RouterOptions};
 pub use tenancy_conn::{PgConfig, RootCerts, SslMode, Tls, TlsSettings};
 pub use tenancy_core::{ContextKey, KeyId, TenantId};

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -10,7 +10,8 @@ use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use tenancy_conn::PgConfig;
 use tenancy_core::{ContextKey, ContextToken, TenantId};
 use tokio::sync::oneshot;
-use tokio_postgres::{CancelToken, Client, NoTls, Statement};
+use tokio_postgres::types::Type;
+use tokio_postgres::{CancelToken, Client, NoTls, SimpleQueryMessage, Statement};
 
 use crate::tx::{Begin, Signer};
 use crate::wire::{self, Splice};
@@ -26,6 +27,18 @@ const DEFERRED_COMMIT_MAX_AGE: Duration = Duration::from_millis(2);
 /// How often the sweeper looks for such connections.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(5);
 
+/// What a tenant connection learns when it opens: its backend pid, and which context
+/// functions the database has. Native only when every C entry point the openings use is
+/// there. Implicit read-only openings need `tenancy.enter_read_only` (both implementations
+/// have it; a database whose runtime predates it gets explicit read-only openings until its
+/// runtime is installed again).
+const CONNECTION_CHECK: &str = "SELECT pg_catalog.pg_backend_pid(), (SELECT count(*) = 2 FROM pg_catalog.pg_proc p \
+       JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
+      WHERE l.lanname = 'c' AND p.oid IN (pg_catalog.to_regprocedure('tenancy.enter(text)'), \
+                                          pg_catalog.to_regprocedure('tenancy.enter_read_only(text)'))), \
+            pg_catalog.to_regprocedure('tenancy.reset_session()') IS NOT NULL, \
+            pg_catalog.to_regprocedure('tenancy.enter_read_only(text)') IS NOT NULL";
+
 /// One pooled connection.
 #[derive(Debug)]
 pub(crate) struct Conn {
@@ -39,6 +52,13 @@ pub(crate) struct Conn {
     pub(crate) splice: Option<Arc<Splice>>,
     /// Prepared statements by SQL text, so repeated queries skip Parse/Describe.
     stmts: HashMap<String, Statement>,
+    /// Behind a transaction-mode pooler: what opens a transaction (see [`Pooled`]).
+    pub(crate) pooled: Option<Arc<Pooled>>,
+    /// Behind a transaction-mode pooler: parameter types by statement (keyed by the
+    /// schema placement's schema and the SQL text), learnt from a statement prepared and
+    /// closed inside one transaction, so later runs are unnamed (Parse, Bind, Execute in
+    /// one request) and nothing named outlives a transaction.
+    types: HashMap<(Option<String>, String), Vec<Type>>,
     /// Issue time of the last token signed for this connection. Tokens are single-use per
     /// backend (both contexts refuse one not issued after the last they accepted), so
     /// each new token is issued strictly later, even if the wall clock steps back.
@@ -78,6 +98,22 @@ impl Conn {
         let issued = now.max(self.last_issued.saturating_add(1));
         self.last_issued = issued;
         key.sign(tenant, self.pid, issued, ttl_micros)
+    }
+
+    /// Parameter types learnt for `sql` (behind a transaction-mode pooler).
+    pub(crate) fn learnt_types(&self, schema: Option<&str>, sql: &str) -> Option<Vec<Type>> {
+        self.types
+            .get(&(schema.map(str::to_owned), sql.to_owned()))
+            .cloned()
+    }
+
+    /// Remembers the parameter types of `sql` (behind a transaction-mode pooler).
+    pub(crate) fn learn_types(&mut self, schema: Option<&str>, sql: &str, types: Vec<Type>) {
+        if self.types.len() >= STATEMENT_CACHE_LIMIT {
+            self.types.clear();
+        }
+        self.types
+            .insert((schema.map(str::to_owned), sql.to_owned()), types);
     }
 
     /// Remembers a prepared statement.
@@ -150,8 +186,9 @@ pub(crate) struct Watch {
     /// Milliseconds from `epoch` (plus one) at which the transaction holding the
     /// connection began; 0 while the connection is in the pool.
     since: AtomicU64,
-    /// Backend process id, to terminate it.
-    pid: i32,
+    /// Backend process id, to terminate it (behind a transaction-mode pooler: the backend
+    /// of the current transaction, learnt when it opens; 0 before).
+    pid: AtomicI32,
     /// Cancels the statement running on the connection.
     cancel: CancelToken,
     /// Fired, the connection task drops the socket.
@@ -174,6 +211,11 @@ impl std::fmt::Debug for Watch {
 impl Watch {
     fn now_mark(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Behind a transaction-mode pooler: the backend the current transaction runs on.
+    pub(crate) fn set_backend(&self, pid: i32) {
+        self.pid.store(pid, Ordering::Relaxed);
     }
 
     /// A transaction took the connection.
@@ -293,7 +335,7 @@ async fn watch_transactions(
                 .collect()
         };
         for w in overdue {
-            tracing::warn!(pid = w.pid, limit_ms = limit.as_millis() as u64, "a tenant transaction outlived its deadline; cancelling it and closing its connection");
+            tracing::warn!(pid = w.pid.load(Ordering::Relaxed), limit_ms = limit.as_millis() as u64, "a tenant transaction outlived its deadline; cancelling it and closing its connection");
             // Its own task: reaching the server may take a while, and other overdue
             // transactions must not wait for it.
             tokio::spawn(stop_backend(config.clone(), w));
@@ -323,17 +365,21 @@ async fn stop_backend(config: PgConfig, w: Arc<Watch>) {
     // A separate connection as the same role (a role may terminate its own backends). Only
     // a backend that started before the deadline fired: the pid is never another, later
     // connection's.
-    let pid = w.pid;
+    let pid = w.pid.load(Ordering::Relaxed);
+    if pid == 0 {
+        return;
+    }
     let terminated = async {
         let client = tenancy_conn::connect(&config)
             .await
             .map_err(|e| e.to_string())?;
+        // One simple query of two numbers: it also works through a transaction-mode pooler,
+        // where a prepared statement may not survive to its execution.
         client
-            .execute(
+            .simple_query(&format!(
                 "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity \
-                  WHERE pid = $1 AND backend_start < pg_catalog.to_timestamp($2::float8)",
-                &[&pid, &fired_at],
-            )
+                  WHERE pid = {pid} AND backend_start < pg_catalog.to_timestamp({fired_at:.6}::float8)"
+            ))
             .await
             .map_err(|e| e.to_string())
     };
@@ -358,6 +404,106 @@ pub(crate) struct Manager {
     epoch: Instant,
     /// Set once the pool logged which context implementation its database runs.
     context_reported: AtomicBool,
+    /// How the pool reaches PostgreSQL, and (behind a transaction-mode pooler) what opens
+    /// each transaction.
+    pooler: Pooler,
+    pooled: Option<Arc<Pooled>>,
+}
+
+/// What opens a tenant transaction behind a transaction-mode pooler, one simple query
+/// whose reply names the transaction (backend pid, transaction start), which its token is
+/// then bound to: `BEGIN` with its modes named, `RESET ALL` (session settings an earlier
+/// transaction on the same backend left), and the pool's session limits as
+/// transaction-local settings.
+#[derive(Debug)]
+pub(crate) struct Pooled {
+    /// `SET LOCAL statement_timeout`, then the SELECT of the backend pid, the transaction
+    /// start and the other limits (`set_config(…, true)`); the search path is added as its last
+    /// column.
+    limits: String,
+    search_path: Option<String>,
+}
+
+impl Pooled {
+    fn new(opts: &PoolOptions) -> Self {
+        let ms = |d: Duration| d.as_millis().min(i32::MAX as u128);
+        // The statement timeout first, as a statement of its own: the timer of a running
+        // statement keeps the value it started with, and a role default (1 ms) would
+        // otherwise apply to the SELECT below. The rest are columns of that SELECT: fewer
+        // statements to parse per transaction.
+        let mut limits = format!(
+            "SET LOCAL statement_timeout = {}; SELECT pg_catalog.pg_backend_pid(), \
+             pg_catalog.encode(pg_catalog.timestamptz_send(pg_catalog.transaction_timestamp()), 'hex'), \
+             pg_catalog.set_config('lock_timeout', '{}', true), \
+             pg_catalog.set_config('idle_in_transaction_session_timeout', '{}', true), \
+             pg_catalog.set_config('row_security', 'on', true), \
+             pg_catalog.set_config('client_min_messages', 'notice', true)",
+            ms(opts.statement_timeout),
+            ms(opts.lock_timeout),
+            ms(opts.idle_in_transaction_timeout)
+        );
+        if let Some(t) = opts.transaction_timeout {
+            limits.push_str(&format!(
+                ", pg_catalog.set_config('transaction_timeout', '{}', true)",
+                ms(t)
+            ));
+        }
+        Pooled {
+            limits,
+            search_path: opts.search_path.clone(),
+        }
+    }
+
+    /// The opening query: `commit_first` sends a finished read-only transaction's COMMIT
+    /// first; `schema` goes first on the search path (checked `[a-z0-9_]`). Its last row
+    /// starts with (backend pid, transaction start as `timestamptz_send` hex).
+    pub(crate) fn opening_sql(
+        &self,
+        commit_first: bool,
+        read_only: bool,
+        schema: Option<&str>,
+    ) -> String {
+        let mut sql = String::with_capacity(512);
+        if commit_first {
+            sql.push_str("COMMIT; ");
+        }
+        sql.push_str(if read_only {
+            "BEGIN ISOLATION LEVEL READ COMMITTED, READ ONLY, NOT DEFERRABLE; RESET ALL; "
+        } else {
+            "BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE, NOT DEFERRABLE; RESET ALL; "
+        });
+        sql.push_str(&self.limits);
+        let path = match schema {
+            Some(schema) => Some(format!("\"{schema}\", public")),
+            None => self.search_path.clone(),
+        };
+        if let Some(path) = path {
+            // An escape string literal: read the same whatever standard_conforming_strings
+            // an earlier transaction left (the whole query is parsed before RESET ALL runs).
+            sql.push_str(", pg_catalog.set_config('search_path', E'");
+            for c in path.chars() {
+                if c == '\'' || c == '\\' {
+                    sql.push(c);
+                }
+                sql.push(c);
+            }
+            sql.push_str("', true)");
+        }
+        sql
+    }
+}
+
+/// The backend pid and the transaction's start (microseconds since 2000-01-01) in the
+/// reply to [`Pooled::opening_sql`].
+pub(crate) fn parse_opening_reply(msgs: &[SimpleQueryMessage]) -> Option<(i32, i64)> {
+    let row = msgs.iter().rev().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => Some(r),
+        _ => None,
+    })?;
+    let pid = row.get(0)?.parse().ok()?;
+    let start = row.get(1).filter(|h| h.len() == 16)?;
+    let start = u64::from_str_radix(start, 16).ok()? as i64;
+    Some((pid, start))
 }
 
 impl managed::Manager for Manager {
@@ -392,26 +538,73 @@ impl Manager {
             let kill = spawn_connection(connection);
             return Ok(self.conn(client, 0, None, kill));
         }
-        let (client, connection, splice) = wire::connect(&self.config).await?;
+        let (client, connection, splice) = match wire::connect(&self.config).await {
+            Ok(c) => c,
+            // PgBouncer refuses the startup packet's session limits (`options`).
+            Err(wire::Error::Pg(e))
+                if self.pooler == Pooler::Direct
+                    && e.as_db_error()
+                        .is_some_and(|d| d.message().contains("unsupported startup parameter")) =>
+            {
+                return Err(wire::Error::Setup(format!(
+                    "this tenant pool seems to connect through a connection pooler, which refused the \
+                     session limits the pool sends at start-up ({}). Set PoolOptions::pooler = \
+                     Pooler::Transaction (pooler = \"transaction\" in configuration): limits are then \
+                     set per transaction. Or connect the pool to PostgreSQL directly",
+                    e.as_db_error().map(|d| d.message()).unwrap_or_default()
+                )));
+            }
+            Err(e) => return Err(e),
+        };
         let kill = spawn_connection(connection);
-        let row = client
-            .query_one(
-                // Native only when every C entry point the openings use is there. Implicit
-                // read-only openings need `tenancy.enter_read_only` (both implementations
-                // have it; a database whose runtime predates it gets explicit read-only
-                // openings until its runtime is installed again).
-                "SELECT pg_backend_pid(), (SELECT count(*) = 2 FROM pg_catalog.pg_proc p \
-                   JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
-                  WHERE l.lanname = 'c' AND p.oid IN (to_regprocedure('tenancy.enter(text)'), \
-                                                      to_regprocedure('tenancy.enter_read_only(text)'))), \
-                        to_regprocedure('tenancy.reset_session()') IS NOT NULL, \
-                        to_regprocedure('tenancy.enter_read_only(text)') IS NOT NULL",
-                &[],
-            )
+        // A simple query: one round trip, and nothing named that a transaction-mode pooler
+        // could hand to another backend between Parse and Bind.
+        // Behind a transaction-mode pooler the backend may have role defaults the runtime
+        // role stored for itself (a 1 ms statement timeout): the check lifts the timeout for
+        // its own transaction first.
+        let (before, after) = match self.pooler {
+            Pooler::Transaction => ("BEGIN; SET LOCAL statement_timeout = 0; ", "; COMMIT"),
+            Pooler::Direct => ("", ""),
+        };
+        let msgs = client
+            .simple_query(&format!("{before}{CONNECTION_CHECK}{after}"))
             .await?;
-        let (pid, native, reset_fn, read_only_fn): (i32, bool, bool, bool) =
-            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let row = msgs
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .ok_or_else(|| wire::Error::Setup("the connection check returned no row".into()))?;
+        let flag = |i: usize| row.get(i) == Some("t");
+        let pid: i32 = row.get(0).and_then(|p| p.parse().ok()).ok_or_else(|| {
+            wire::Error::Setup("the connection check returned no backend pid".into())
+        })?;
+        let (native, reset_fn, read_only_fn) = (flag(1), flag(2), flag(3));
         self.report_context_impl(native);
+        // Through a pooler (PgBouncer and the like) the BackendKeyData is the pooler's,
+        // not the backend's.
+        let behind_pooler = splice.key_pid().is_some_and(|k| k != pid);
+        match (self.pooler, &self.pooled) {
+            (Pooler::Direct, _) if behind_pooler => {
+                return Err(wire::Error::Setup(format!(
+                    "this tenant pool connects through a connection pooler (the server process is {pid}, \
+                     but the connection was given process id {} at start-up, as PgBouncer does): a \
+                     transaction-mode pooler hands each transaction another backend, so tokens bound to \
+                     one backend would be refused and prepared statements lost. Set \
+                     PoolOptions::pooler = Pooler::Transaction (pooler = \"transaction\" in configuration), \
+                     or connect the pool to PostgreSQL directly",
+                    splice.key_pid().unwrap_or_default()
+                )));
+            }
+            (Pooler::Transaction, Some(pooled)) => {
+                // Nothing is prepared: no named statement may outlive a transaction.
+                let mut conn = self.conn(client, 0, Some(splice), kill);
+                conn.pooled = Some(Arc::clone(pooled));
+                return Ok(conn);
+            }
+            _ => {}
+        }
         // PL/pgSQL openings reset session settings with tenancy.reset_session(), which keeps
         // the context's single-use mark; a database bootstrapped before it existed gets a
         // plain RESET ALL until `bootstrap_database` runs again (which also drops the mark).
@@ -461,7 +654,7 @@ impl Manager {
         let watch = Arc::new(Watch {
             epoch: self.epoch,
             since: AtomicU64::new(0),
-            pid,
+            pid: AtomicI32::new(pid),
             cancel: client.cancel_token(),
             kill: Mutex::new(Some(kill)),
             expired: AtomicBool::new(false),
@@ -476,6 +669,8 @@ impl Manager {
             pid,
             splice,
             stmts: HashMap::new(),
+            pooled: None,
+            types: HashMap::new(),
             last_issued: i64::MIN,
             deferred_commit: Mutex::new(None),
             deferred: Arc::clone(&self.deferred),
@@ -521,11 +716,17 @@ fn build_pool_with(
     deferred: Arc<AtomicUsize>,
     watches: Arc<Mutex<Vec<Weak<Watch>>>>,
 ) -> Result<Pool, Error> {
-    let options = match config.pg().get_options() {
-        Some(own) if !own.trim().is_empty() => format!("{} {own}", opts.startup_options()),
-        _ => opts.startup_options(),
-    };
-    config.pg_mut().options(options);
+    // Behind a transaction-mode pooler the limits are set per transaction instead: a
+    // pooler refuses (PgBouncer: `unsupported startup parameter`) or drops `options`.
+    let pooled =
+        (tenant && opts.pooler == Pooler::Transaction).then(|| Arc::new(Pooled::new(opts)));
+    if opts.pooler == Pooler::Direct {
+        let options = match config.pg().get_options() {
+            Some(own) if !own.trim().is_empty() => format!("{} {own}", opts.startup_options()),
+            _ => opts.startup_options(),
+        };
+        config.pg_mut().options(options);
+    }
     Pool::builder(Manager {
         config,
         tenant,
@@ -533,6 +734,8 @@ fn build_pool_with(
         watches,
         epoch: Instant::now(),
         context_reported: AtomicBool::new(false),
+        pooler: opts.pooler,
+        pooled,
     })
     .max_size(opts.max_size)
     .wait_timeout(Some(opts.wait_timeout))
@@ -557,6 +760,10 @@ fn build_pool_with(
 /// them on purpose. A transaction's own `SET` changes them for the rest of its session
 /// only until the next transaction opens: every opening resets session-level settings
 /// (`RESET ALL`).
+///
+/// Behind a transaction-mode pooler ([`Pooler::Transaction`]) nothing travels in the
+/// startup packet; every transaction's opening sets the same limits with `SET LOCAL`
+/// after its `RESET ALL` instead, which also beats role and database defaults.
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
     /// Maximum number of connections.
@@ -588,6 +795,45 @@ pub struct PoolOptions {
     /// `transaction_timeout` of every connection (PostgreSQL 17 and later only: older
     /// servers refuse connections that set it); `None` sends nothing.
     pub transaction_timeout: Option<Duration>,
+    /// How the pool reaches PostgreSQL: directly (the default) or through a
+    /// transaction-mode pooler such as PgBouncer. A direct pool that finds itself behind
+    /// a pooler refuses to connect, naming this setting.
+    pub pooler: Pooler,
+}
+
+/// How a [`TenantPool`] reaches PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Pooler {
+    /// Each pooled connection is one backend for its whole life. Context tokens are bound
+    /// to the backend pid, the SDK's own statements are prepared once per connection,
+    /// and a transaction's opening rides in front of its first statement (a read-only
+    /// point read is one round trip).
+    #[default]
+    Direct,
+    /// Through a pooler that may hand each transaction another backend (PgBouncer
+    /// `pool_mode = transaction`; a session-mode pool works too). Every transaction opens
+    /// with one round trip of its own (`BEGIN`, `RESET ALL`, the session limits as `SET
+    /// LOCAL`, and reading the backend pid and the transaction's start); its token is
+    /// bound to that transaction (a `v2` token), and `tenancy.enter` rides in front of
+    /// the first statement. Statements are unnamed: parameter types are learnt once per connection
+    /// and SQL from a statement prepared and closed inside one transaction. Statements
+    /// prepared through [`TenantTx::client`](crate::TenantTx::client) must be dropped
+    /// before the transaction ends.
+    Transaction,
+}
+
+impl std::str::FromStr for Pooler {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "direct" | "none" => Ok(Pooler::Direct),
+            "transaction" => Ok(Pooler::Transaction),
+            other => Err(Error::Invalid(format!(
+                "pooler {other:?} is not known: use \"direct\" or \"transaction\""
+            ))),
+        }
+    }
 }
 
 impl Default for PoolOptions {
@@ -602,6 +848,7 @@ impl Default for PoolOptions {
             idle_in_transaction_timeout: Duration::from_secs(60),
             search_path: Some("\"$user\", public".into()),
             transaction_timeout: None,
+            pooler: Pooler::Direct,
         }
     }
 }
@@ -768,7 +1015,12 @@ impl TenantPool {
         crate::metrics::tx_event("opened");
         conn.watch.start();
         let ttl_micros = self.opts.token_ttl.as_micros() as i64;
-        let token = conn.sign(&self.key, tenant, ttl_micros);
+        // Behind a transaction-mode pooler the token is signed once the transaction runs
+        // (its backend and start are known).
+        let token = match conn.pooled {
+            Some(_) => None,
+            None => Some(conn.sign(&self.key, tenant, ttl_micros)),
+        };
         // A read-only transaction that ended on this connection without its COMMIT being
         // sent yet: the COMMIT leads the opening.
         let begin = Begin {

@@ -3,13 +3,14 @@
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::TryStreamExt;
 use tenancy_core::{ContextKey, ContextToken, TenantId};
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Row};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Row, Statement};
 
-use crate::pool::{Conn, Lease};
+use crate::pool::{parse_opening_reply, Conn, Lease};
 use crate::wire::{self, Splice};
 use crate::Error;
 
@@ -19,8 +20,10 @@ use crate::Error;
 pub(crate) struct Begin {
     pub(crate) commit_first: bool,
     pub(crate) read_only: bool,
-    /// The signed token: `[a-z0-9.-]` only.
-    pub(crate) token: ContextToken,
+    /// The signed token: `[a-z0-9.-]` only. Behind a transaction-mode pooler it is signed
+    /// for the transaction itself (backend pid, transaction start), once the opening query
+    /// returned them.
+    pub(crate) token: Option<ContextToken>,
     /// Checked by the pool: `[a-z0-9_]` only.
     pub(crate) schema: Option<String>,
 }
@@ -28,15 +31,26 @@ pub(crate) struct Begin {
 impl Begin {
     /// Queues the opening on a spliced connection, in front of the next request: as an
     /// implicit read-only transaction's context, or as BEGIN and context.
-    fn splice_into(&self, splice: &Splice, implicit: bool) {
+    /// Behind a transaction-mode pooler (a token bound to the transaction) BEGIN, reset,
+    /// limits and search path already ran: only `tenancy.enter` is queued. Returns false when there is
+    /// no token to queue.
+    fn splice_into(&self, splice: &Splice, implicit: bool) -> bool {
+        let Some(token) = &self.token else {
+            return false;
+        };
+        if token.transaction_start().is_some() {
+            splice.push_transaction_enter(token.as_str());
+            return true;
+        }
         let path = self.schema.as_ref().map(|s| format!("\"{s}\", public"));
         splice.push_opening(&wire::Opening {
             commit_first: self.commit_first,
             implicit,
             read_only: self.read_only,
-            token: self.token.as_str(),
+            token: token.as_str(),
             search_path: path.as_deref(),
         });
+        true
     }
 }
 
@@ -111,9 +125,27 @@ async fn with_opening<T>(
 ) -> Result<T, Error> {
     match (opening, conn.splice.as_deref()) {
         (Some((b, implicit)), Some(splice)) => {
-            b.splice_into(splice, implicit);
+            if !b.splice_into(splice, implicit) {
+                return Err(Error::Invalid(
+                    "a tenant transaction without a signed context token".into(),
+                ));
+            }
+            let per_transaction = b
+                .token
+                .as_ref()
+                .is_some_and(|t| t.transaction_start().is_some());
             fut.await.map_err(|e| {
                 if splice.take_failed() {
+                    if per_transaction
+                        && e.as_db_error()
+                            .is_some_and(|d| d.message().contains("malformed tenant context token"))
+                    {
+                        tracing::warn!(
+                            "the database refused a transaction-bound (v2) context token as malformed: its native \
+                             tenancy_context library predates transaction-mode pooling; install the current \
+                             library (make -C extensions/tenancy_context install) and reconnect"
+                        );
+                    }
                     // Whatever the cause (a refused token, statements deallocated through
                     // `client()`), this connection is not handed out again.
                     conn.retire();
@@ -201,7 +233,9 @@ impl TenantTx {
     fn opening(&mut self, extended: bool) -> Result<Option<(Begin, bool)>, Error> {
         match self.state {
             State::Failed { .. } => Err(Error::Aborted),
-            State::Open => Ok(None),
+            // Behind a transaction-mode pooler the transaction is open once its opening
+            // query returned; `tenancy.enter` goes with the first statement.
+            State::Open => Ok(self.begin.take().map(|b| (b, false))),
             State::NotBegun => {
                 let implicit = extended && self.first_is_implicit();
                 let begin = self
@@ -224,7 +258,7 @@ impl TenantTx {
                 let begin = Begin {
                     commit_first: false,
                     read_only: true,
-                    token,
+                    token: Some(token),
                     schema: None,
                 };
                 if !extended {
@@ -309,7 +343,10 @@ impl TenantTx {
             }
         };
         tracing::debug!(error = %e, "a pooled connection died before the transaction's first statement ran; retrying on another");
-        let token = fresh.sign(&self.signer.key, self.tenant, self.signer.ttl_micros);
+        let token = match fresh.pooled {
+            Some(_) => None,
+            None => Some(fresh.sign(&self.signer.key, self.tenant, self.signer.ttl_micros)),
+        };
         let begin = Begin {
             commit_first: fresh.take_deferred_commit(),
             read_only: self.read_only,
@@ -321,6 +358,130 @@ impl TenantTx {
         self.state = State::NotBegun;
         self.in_flight = false;
         true
+    }
+
+    /// Whether the connection is behind a transaction-mode pooler.
+    fn pooled(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.pooled.is_some())
+    }
+
+    /// Behind a transaction-mode pooler, before the transaction's first statement: one
+    /// round trip runs `BEGIN`, `RESET ALL` and the pool's limits (`SET LOCAL`) and reads
+    /// the backend pid and the transaction's start, and the token is signed for exactly
+    /// that transaction. The pooler keeps the backend for the transaction from here on;
+    /// `tenancy.enter` rides in front of the first statement.
+    async fn open_pooled(&mut self) -> Result<(), Error> {
+        if self.state != State::NotBegun {
+            return Ok(());
+        }
+        let Some(pooled) = self.conn.as_ref().and_then(|c| c.pooled.clone()) else {
+            return Ok(());
+        };
+        let begin = self
+            .begin
+            .as_mut()
+            .ok_or_else(|| Error::Invalid("transaction opening already used".into()))?;
+        let sql = pooled.opening_sql(begin.commit_first, begin.read_only, begin.schema.as_deref());
+        // The COMMIT it owed is in this query now.
+        begin.commit_first = false;
+        self.state = State::Open;
+        self.in_flight = true;
+        let conn = self.conn()?;
+        let r = conn
+            .client
+            .simple_query(&sql)
+            .await
+            .map_err(Error::db("opening the transaction (BEGIN, limits)"));
+        let msgs = self.track(r)?;
+        let Some((pid, start)) = parse_opening_reply(&msgs) else {
+            self.state = State::Failed { open: true };
+            return Err(Error::Invalid(
+                "the transaction opening returned no backend pid and transaction start".into(),
+            ));
+        };
+        self.conn()?.watch.set_backend(pid);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        let token = self.signer.key.sign_for_transaction(
+            self.tenant,
+            pid,
+            start,
+            now,
+            self.signer.ttl_micros,
+        );
+        if let Some(b) = self.begin.as_mut() {
+            b.token = Some(token);
+        }
+        Ok(())
+    }
+
+    /// Runs a statement behind a transaction-mode pooler: unnamed (Parse, Bind, Execute in
+    /// one request) once the connection knows its parameter types; the first time,
+    /// prepared, run and closed inside this transaction, which teaches it the types.
+    async fn run_pooled(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        op: Op,
+    ) -> Result<Out, Error> {
+        self.check_usable()?;
+        self.open_pooled().await?;
+        let schema = self.schema.clone();
+        let types = self.conn()?.learnt_types(schema.as_deref(), sql);
+        if let Some(types) = &types {
+            if types.len() != params.len() {
+                return Err(Error::Invalid(format!(
+                    "the statement has {} parameters but {} values were given",
+                    types.len(),
+                    params.len()
+                )));
+            }
+        }
+        let opening = self.opening(true)?;
+        self.in_flight = true;
+        let conn: &Lease = self.conn()?;
+        let (r, learnt) = match types {
+            Some(types) => {
+                let typed: Vec<(&(dyn ToSql + Sync), Type)> =
+                    params.iter().copied().zip(types).collect();
+                let r = with_opening(
+                    conn,
+                    opening,
+                    RUNNING,
+                    run_typed(&conn.client, sql, &typed, op),
+                )
+                .await;
+                (r, None)
+            }
+            None => {
+                let prepared = with_opening(
+                    conn,
+                    opening,
+                    "preparing a statement",
+                    conn.client.prepare(sql),
+                )
+                .await;
+                match prepared {
+                    Ok(stmt) => {
+                        let types = stmt.params().to_vec();
+                        let r = run_prepared(&conn.client, &stmt, params, op)
+                            .await
+                            .map_err(Error::db(RUNNING));
+                        // Closed now, inside this transaction: its Close reaches the backend
+                        // that prepared it.
+                        drop(stmt);
+                        (r, Some(types))
+                    }
+                    Err(e) => (Err(e), None),
+                }
+            }
+        };
+        if let (Ok(_), Some(types)) = (&r, learnt) {
+            self.conn()?.learn_types(schema.as_deref(), sql, types);
+        }
+        self.track(r)
     }
 
     fn check_usable(&self) -> Result<(), Error> {
@@ -409,6 +570,12 @@ impl TenantTx {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
+        if self.pooled() {
+            return self
+                .run_pooled(sql, params, Op::Rows)
+                .await
+                .and_then(Out::rows);
+        }
         let (stmt, opening) = self.ready(sql).await?;
         let conn = self.conn()?;
         let r = with_opening(conn, opening, RUNNING, conn.client.query(&stmt, params)).await;
@@ -436,6 +603,12 @@ impl TenantTx {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, Error> {
+        if self.pooled() {
+            return self
+                .run_pooled(sql, params, Op::One)
+                .await
+                .and_then(Out::one);
+        }
         let (stmt, opening) = self.ready(sql).await?;
         let conn = self.conn()?;
         let r = with_opening(conn, opening, RUNNING, conn.client.query_one(&stmt, params)).await;
@@ -463,6 +636,12 @@ impl TenantTx {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, Error> {
+        if self.pooled() {
+            return self
+                .run_pooled(sql, params, Op::Opt)
+                .await
+                .and_then(Out::opt);
+        }
         let (stmt, opening) = self.ready(sql).await?;
         let conn = self.conn()?;
         let r = with_opening(conn, opening, RUNNING, conn.client.query_opt(&stmt, params)).await;
@@ -490,6 +669,12 @@ impl TenantTx {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, Error> {
+        if self.pooled() {
+            return self
+                .run_pooled(sql, params, Op::Count)
+                .await
+                .and_then(Out::count);
+        }
         let (stmt, opening) = self.ready(sql).await?;
         let conn = self.conn()?;
         let r = with_opening(conn, opening, RUNNING, conn.client.execute(&stmt, params)).await;
@@ -499,6 +684,7 @@ impl TenantTx {
     /// Runs one or more statements without parameters (simple-query protocol).
     pub async fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
         self.check_usable()?;
+        self.open_pooled().await?;
         let opening = self.opening(false)?;
         self.in_flight = true;
         let conn = self.conn()?;
@@ -511,6 +697,7 @@ impl TenantTx {
     /// first if it has not been.
     pub async fn client(&mut self) -> Result<&Client, Error> {
         self.check_usable()?;
+        self.open_pooled().await?;
         if let Some(opening) = self.opening(false)? {
             // The opening rides in front of an empty query, which ends it with a Sync.
             self.in_flight = true;
@@ -680,4 +867,88 @@ impl Drop for TenantTx {
             Err(_) => conn.retire(),
         }
     }
+}
+
+/// What a statement run behind a transaction-mode pooler returns.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Rows,
+    One,
+    Opt,
+    Count,
+}
+
+#[derive(Debug)]
+enum Out {
+    Rows(Vec<Row>),
+    One(Row),
+    Opt(Option<Row>),
+    Count(u64),
+}
+
+impl Out {
+    fn mismatch() -> Error {
+        Error::Invalid("internal: a statement returned another kind of result".into())
+    }
+    fn rows(self) -> Result<Vec<Row>, Error> {
+        match self {
+            Out::Rows(r) => Ok(r),
+            _ => Err(Self::mismatch()),
+        }
+    }
+    fn one(self) -> Result<Row, Error> {
+        match self {
+            Out::One(r) => Ok(r),
+            _ => Err(Self::mismatch()),
+        }
+    }
+    fn opt(self) -> Result<Option<Row>, Error> {
+        match self {
+            Out::Opt(r) => Ok(r),
+            _ => Err(Self::mismatch()),
+        }
+    }
+    fn count(self) -> Result<u64, Error> {
+        match self {
+            Out::Count(n) => Ok(n),
+            _ => Err(Self::mismatch()),
+        }
+    }
+}
+
+/// Runs an unnamed statement with known parameter types (one request).
+async fn run_typed(
+    client: &Client,
+    sql: &str,
+    typed: &[(&(dyn ToSql + Sync), Type)],
+    op: Op,
+) -> Result<Out, tokio_postgres::Error> {
+    Ok(match op {
+        Op::Rows => Out::Rows(client.query_typed(sql, typed).await?),
+        Op::One => Out::One(client.query_typed_one(sql, typed).await?),
+        Op::Opt => Out::Opt(client.query_typed_opt(sql, typed).await?),
+        Op::Count => {
+            let stream = client
+                .query_typed_raw(sql, typed.iter().map(|(v, t)| (*v, t.clone())))
+                .await?;
+            futures_util::pin_mut!(stream);
+            while stream.try_next().await?.is_some() {}
+            Out::Count(stream.rows_affected().unwrap_or(0))
+        }
+    })
+}
+
+/// Runs a prepared statement.
+async fn run_prepared(
+    client: &Client,
+    stmt: &Statement,
+    params: &[&(dyn ToSql + Sync)],
+    op: Op,
+) -> Result<Out, tokio_postgres::Error> {
+    Ok(match op {
+        Op::Rows => Out::Rows(client.query(stmt, params).await?),
+        Op::One => Out::One(client.query_one(stmt, params).await?),
+        Op::Opt => Out::Opt(client.query_opt(stmt, params).await?),
+        Op::Count => Out::Count(client.execute(stmt, params).await?),
+    })
 }

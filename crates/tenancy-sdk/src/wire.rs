@@ -27,7 +27,10 @@
 //!   carried it, and that request fails with the refusal (recorded so the SDK reports it
 //!   as a refused context).
 //! - Only statements the SDK prepared itself on this connection (named `tenancy_*`) are
-//!   bound here; tokio-postgres names its own `s<N>`.
+//!   bound here; tokio-postgres names its own `s<N>`. Behind a transaction-mode pooler
+//!   nothing named may outlive a transaction, so there the one inserted statement,
+//!   `tenancy.enter($1)` with a token bound to the transaction, is parsed unnamed in front of its
+//!   Bind ([`Splice::push_transaction_enter`]).
 
 use std::collections::VecDeque;
 use std::io;
@@ -78,6 +81,11 @@ const RESET: &str = "tenancy_reset";
 const RESET_SESSION: &str = "tenancy_reset_session";
 /// A Sync message.
 const SYNC: [u8; 5] = [b'S', 0, 0, 0, 4];
+/// The opening statement of a transaction behind a transaction-mode pooler, parsed unnamed.
+const ENTER_SQL: &str = "SELECT tenancy.enter($1::pg_catalog.text)";
+/// Start-up bytes kept to read the BackendKeyData from (authentication, parameter status
+/// and the key come first; a server sends well under this).
+const STARTUP_KEEP: usize = 64 * 1024;
 
 /// Refuses connection settings that only tokio-postgres' own connect honours: the pool
 /// opens its sockets itself (to splice them), and would otherwise ignore them silently.
@@ -123,8 +131,19 @@ pub(crate) async fn connect(
 pub(crate) enum Error {
     #[error(transparent)]
     Conn(#[from] tenancy_conn::ConnError),
-    #[error(transparent)]
+    #[error("{}", describe(.0))]
     Pg(#[from] tokio_postgres::Error),
+    /// The connection works but cannot serve tenant transactions as configured.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// The server's message where there is one (tokio-postgres shows only "db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{e}: {}", d.message()),
+        None => e.to_string(),
+    }
 }
 
 /// Prepares the `tenancy_*` statements on a tenant connection (one round trip, at
@@ -252,6 +271,9 @@ struct Shared {
     /// Simple queries the SDK sent ahead of any later insertion (a deferred COMMIT sent
     /// without waiting) and not yet written: an insertion goes after them.
     queries_ahead: u32,
+    /// What the server sent before the splice was armed (start-up), to read the process
+    /// id of its BackendKeyData.
+    startup: Vec<u8>,
 }
 
 /// The SDK's handle on a spliced connection.
@@ -322,6 +344,44 @@ impl Splice {
     pub(crate) fn implicit(&self) -> bool {
         self.implicit.load(Ordering::Relaxed)
     }
+
+    /// Queues `tenancy.enter($token)` in front of the next request as an unnamed statement
+    /// (Parse, Bind, Execute; no Sync): the opening of a transaction behind a
+    /// transaction-mode pooler, whose BEGIN, reset and limits already ran.
+    pub(crate) fn push_transaction_enter(&self, token: &str) {
+        let mut s = self.lock();
+        // Constant text and a token of `[a-z0-9.-]`: encoding cannot fail.
+        let _ = frontend::parse("", ENTER_SQL, [], &mut s.pending);
+        bind_execute_unnamed(Some(token), &mut s.pending);
+        // ParseComplete and CommandComplete each end one counted reply.
+        s.pending_stmts += 2;
+        s.failed = false;
+    }
+
+    /// The process id the server gave in its BackendKeyData at start-up, if it sent one.
+    /// Behind a pooler such as PgBouncer it is the pooler's own (random) key, not the
+    /// `pg_backend_pid()` of any backend.
+    pub(crate) fn key_pid(&self) -> Option<i32> {
+        let s = self.lock();
+        let mut rest = s.startup.as_slice();
+        while rest.len() >= 5 {
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            let end = 1 + len;
+            if len < 4 || rest.len() < end {
+                return None;
+            }
+            if rest[0] == b'K' && len >= 8 {
+                return Some(i32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]));
+            }
+            rest = &rest[end..];
+        }
+        None
+    }
+}
+
+/// Appends Bind/Execute of the unnamed statement (no Sync) to `buf`.
+fn bind_execute_unnamed(arg: Option<&str>, buf: &mut BytesMut) {
+    bind_execute("", arg, buf);
 }
 
 /// Messages that each end with a ReadyForQuery (Sync and Query), and Queries among them.
@@ -588,6 +648,9 @@ impl AsyncRead for SpliceStream {
             }
             let mut s = this.splice.lock();
             if !s.armed {
+                let room = STARTUP_KEEP.saturating_sub(s.startup.len());
+                let got = &buf.filled()[before..after];
+                s.startup.extend_from_slice(&got[..got.len().min(room)]);
                 return Poll::Ready(Ok(()));
             }
             let kept = this.inn.filter(

@@ -32,7 +32,7 @@ use anyhow::{Context, Result};
 use tenancy_axum::jobs::{JobSigner, Worker};
 use tenancy_axum::{Source, Tenancy};
 use tenancy_core::{ContextKey, TenantId};
-use tenancy_sdk::{ClusterCredentials, Router, RouterOptions};
+use tenancy_sdk::{ClusterCredentials, PoolOptions, Pooler, Router, RouterOptions};
 
 pub use api::{router, PUBLIC_ROUTES, SCOPES};
 
@@ -163,6 +163,10 @@ pub struct Config {
     pub sources: Vec<Source>,
     /// Whether to run the job worker in this process.
     pub run_worker: bool,
+    /// How tenant connections reach the clusters the catalog names: directly, or through
+    /// a transaction-mode pooler such as PgBouncer (the catalog and the job queue
+    /// connections stay direct: they LISTEN and hold sessions).
+    pub pooler: Pooler,
 }
 
 /// State shared by the handlers.
@@ -193,7 +197,13 @@ pub async fn build(config: Config) -> Result<App> {
         config.catalog.clone(),
         config.context_key,
         config.credentials,
-        RouterOptions::default(),
+        RouterOptions {
+            pool: PoolOptions {
+                pooler: config.pooler,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
     )
     .context("building the tenant router")?;
     let mut b = Tenancy::builder(router, config.catalog);

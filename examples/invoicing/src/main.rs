@@ -78,6 +78,12 @@ async fn main() -> Result<()> {
         job_key,
         sources,
         run_worker,
+        // `transaction` when the clusters the catalog names are reached through PgBouncer
+        // in transaction mode.
+        pooler: match std::env::var("TENANCY_POOLER") {
+            Ok(p) => p.parse().context("parsing TENANCY_POOLER")?,
+            Err(_) => tenancy_sdk::Pooler::Direct,
+        },
     })
     .await?;
     tracing::info!(port = app.port(), "invoicing listening");

@@ -4,6 +4,7 @@ use std::process::Command;
 
 mod bootstrap;
 mod ops;
+mod pooler;
 
 #[test]
 fn demo_runs_on_the_embedded_default_and_shows_isolation() {

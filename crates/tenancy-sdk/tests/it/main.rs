@@ -6,6 +6,7 @@ mod context;
 mod isolation;
 mod lifecycle;
 mod logging;
+mod pgbouncer;
 mod residual;
 mod router;
 mod support;

@@ -9,6 +9,7 @@ mod isolation;
 mod job_attacks;
 mod jobs;
 mod jwt_attacks;
+mod pgbouncer;
 mod public;
 mod resolvers;
 mod rules;

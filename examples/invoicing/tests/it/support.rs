@@ -142,6 +142,8 @@ pub struct Env {
     pub umbrella: TenantId,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     _dir: TempDir,
+    /// PgBouncer in front of the cluster, when the app reaches it that way.
+    _bouncer: Option<tenancy_pg::PgBouncer>,
 }
 
 impl Drop for Env {
@@ -190,6 +192,22 @@ pub async fn catalog_with_tenants(
     db: &TestDb,
     tenants: &[(&str, Option<TenantState>)],
 ) -> (Client, Vec<TenantId>) {
+    catalog_with_tenants_at(db, tenants, None).await
+}
+
+/// [`catalog_with_tenants`], the cluster registered at `at` (host, port) instead of the
+/// test cluster's own socket (PgBouncer in front of it).
+pub async fn catalog_with_tenants_at(
+    db: &TestDb,
+    tenants: &[(&str, Option<TenantState>)],
+    at: Option<(String, u16)>,
+) -> (Client, Vec<TenantId>) {
+    let (host, port) = at.unwrap_or_else(|| {
+        (
+            db.cluster.socket_dir().display().to_string(),
+            db.cluster.port(),
+        )
+    });
     let mut owner = connect(db.config_as(OWNER_ROLE)).await;
     let region = "eu-west".parse().expect("region");
     tenancy_catalog::add_region(&owner, &region, "EU")
@@ -200,8 +218,8 @@ pub async fn catalog_with_tenants(
         &NewCluster {
             name: "pg-1".into(),
             region: region.clone(),
-            host: db.cluster.socket_dir().display().to_string(),
-            port: db.cluster.port(),
+            host,
+            port,
             dbname: db.name.clone(),
             capacity: 100,
         },
@@ -240,8 +258,34 @@ pub async fn catalog_with_tenants(
 }
 
 pub async fn start() -> Env {
+    start_with(None).await
+}
+
+/// The app with its tenant connections through PgBouncer in transaction mode (catalog and
+/// job queue direct), `Pooler::Transaction`.
+pub async fn start_through_pgbouncer() -> Env {
+    start_with(Some(tenancy_sdk::Pooler::Transaction)).await
+}
+
+async fn start_with(pooler: Option<tenancy_sdk::Pooler>) -> Env {
     let db = fresh_db().await;
-    let (owner, ids) = catalog_with_tenants(
+    let bouncer = match pooler {
+        Some(_) => Some(
+            tenancy_pg::PgBouncer::start(
+                db.cluster,
+                tenancy_pg::PgBouncerOptions {
+                    users: vec![RUNTIME_ROLE.to_owned()],
+                    default_pool_size: 3,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("pgbouncer"),
+        ),
+        None => None,
+    };
+    let at = bouncer.as_ref().map(|b| ("127.0.0.1".to_owned(), b.port()));
+    let (owner, ids) = catalog_with_tenants_at(
         &db,
         &[
             ("acme", Some(TenantState::Active)),
@@ -250,6 +294,7 @@ pub async fn start() -> Env {
             ("hooli", None),
             ("umbrella", Some(TenantState::Deleting)),
         ],
+        at,
     )
     .await;
     let dir = std::env::temp_dir().join(format!("invoicing-it-{}-{}", std::process::id(), db.name));
@@ -268,6 +313,7 @@ pub async fn start() -> Env {
         job_key: [9u8; 32],
         sources: sources(&jwks),
         run_worker: true,
+        pooler: pooler.unwrap_or_default(),
     })
     .await
     .expect("build app");
@@ -287,6 +333,7 @@ pub async fn start() -> Env {
         umbrella: ids[4],
         stop: Some(stop),
         _dir: TempDir(dir),
+        _bouncer: bouncer,
     }
 }
 

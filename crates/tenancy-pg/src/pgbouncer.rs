@@ -1,0 +1,283 @@
+//! PgBouncer in front of a private [`Cluster`], for tests and benchmarks of tenancy behind
+//! a transaction pooler.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cluster::{command_as, free_tcp_port, tail, unprivileged_user};
+use crate::{io_err, Cluster, HarnessError};
+
+/// How to start a [`PgBouncer`].
+#[derive(Debug, Clone)]
+pub struct PgBouncerOptions {
+    /// `pool_mode`: `transaction` (the default), `session` or `statement`.
+    pub pool_mode: String,
+    /// Roles that may log in through it (PgBouncer's `auth_file`; authentication is
+    /// `trust`, and the cluster trusts its Unix socket).
+    pub users: Vec<String>,
+    /// Server connections per database and user.
+    pub default_pool_size: u32,
+    /// Client connections it accepts.
+    pub max_client_conn: u32,
+}
+
+impl Default for PgBouncerOptions {
+    fn default() -> Self {
+        PgBouncerOptions {
+            pool_mode: "transaction".into(),
+            users: Vec::new(),
+            default_pool_size: 20,
+            max_client_conn: 500,
+        }
+    }
+}
+
+/// A running `pgbouncer` listening on a loopback TCP port, forwarding every database to a
+/// cluster's Unix socket. Stopped when dropped or when this process dies (a watchdog
+/// shell, as for [`Cluster`]).
+#[derive(Debug)]
+pub struct PgBouncer {
+    port: u16,
+    dir: PathBuf,
+    watchdog: Option<Child>,
+    stop_pipe: Option<ChildStdin>,
+}
+
+/// Starts the program in the background and, when stdin reaches end of file, stops it
+/// at once (SIGTERM: PgBouncer's immediate shutdown) and removes its directory.
+const WATCHDOG: &str = r#"
+log="$1"; cleanup="$2"; shift 2
+"$@" >>"$log" 2>&1 &
+pid=$!
+while read -r _line; do :; done
+kill -TERM "$pid" 2>/dev/null
+wait "$pid"
+if [ -n "$cleanup" ]; then rm -rf "$cleanup"; fi
+"#;
+
+impl PgBouncer {
+    /// The `pgbouncer` program: `TENANCY_PGBOUNCER`, else Debian's `/usr/sbin/pgbouncer`,
+    /// else `/usr/bin/pgbouncer`.
+    pub fn locate() -> Result<PathBuf, HarnessError> {
+        let candidates: Vec<PathBuf> = match std::env::var_os("TENANCY_PGBOUNCER") {
+            Some(p) => vec![PathBuf::from(p)],
+            None => vec![
+                PathBuf::from("/usr/sbin/pgbouncer"),
+                PathBuf::from("/usr/bin/pgbouncer"),
+            ],
+        };
+        candidates
+            .iter()
+            .find(|p| p.is_file())
+            .cloned()
+            .ok_or_else(|| HarnessError::Command {
+                what: "finding pgbouncer".into(),
+                detail: format!(
+                    "not found (looked at {}); install it (`apt-get install pgbouncer`) or set TENANCY_PGBOUNCER",
+                    candidates
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+    }
+
+    /// Starts PgBouncer in front of `cluster` and waits until it accepts connections.
+    pub async fn start(
+        cluster: &Cluster,
+        opts: PgBouncerOptions,
+    ) -> Result<PgBouncer, HarnessError> {
+        let socket_dir = cluster.socket_dir().to_path_buf();
+        let server_port = cluster.port();
+        let probe_user = cluster.superuser().to_owned();
+        tokio::task::spawn_blocking(move || {
+            Self::start_blocking(&socket_dir, server_port, &probe_user, opts)
+        })
+        .await
+        .map_err(|e| HarnessError::Command {
+            what: "starting pgbouncer".into(),
+            detail: e.to_string(),
+        })?
+    }
+
+    fn start_blocking(
+        socket_dir: &Path,
+        server_port: u16,
+        probe_user: &str,
+        opts: PgBouncerOptions,
+    ) -> Result<PgBouncer, HarnessError> {
+        let program = Self::locate()?;
+        let run_as = unprivileged_user()?;
+        let chown = |p: &Path| -> Result<(), HarnessError> {
+            if let Some((_, (uid, gid))) = &run_as {
+                std::os::unix::fs::chown(p, Some(*uid), Some(*gid))
+                    .map_err(io_err(format!("chown {}", p.display())))?;
+            }
+            Ok(())
+        };
+        let dir =
+            std::env::temp_dir().join(format!("tenancy-pgbouncer-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        chown(&dir)?;
+        let port = free_tcp_port()?;
+        let mut users: Vec<String> = opts.users.clone();
+        if !users.iter().any(|u| u == probe_user) {
+            users.push(probe_user.to_owned());
+        }
+        let auth: String = users
+            .iter()
+            .map(|u| format!("\"{}\" \"\"\n", u.replace('"', "\"\"")))
+            .collect();
+        let auth_file = dir.join("users.txt");
+        let log = dir.join("pgbouncer.log");
+        let ini = format!(
+            "[databases]\n\
+             * = host={socket} port={server_port}\n\
+             [pgbouncer]\n\
+             listen_addr = 127.0.0.1\n\
+             listen_port = {port}\n\
+             unix_socket_dir =\n\
+             auth_type = trust\n\
+             auth_file = {auth}\n\
+             pool_mode = {mode}\n\
+             default_pool_size = {size}\n\
+             max_client_conn = {max}\n\
+             server_reset_query =\n\
+             ignore_startup_parameters = extra_float_digits\n\
+             logfile = {log}\n",
+            socket = socket_dir.display(),
+            auth = auth_file.display(),
+            mode = opts.pool_mode,
+            size = opts.default_pool_size,
+            max = opts.max_client_conn,
+            log = log.display(),
+        );
+        let ini_file = dir.join("pgbouncer.ini");
+        for (path, text) in [(&auth_file, auth.as_str()), (&ini_file, ini.as_str())] {
+            std::fs::write(path, text).map_err(io_err(format!("writing {}", path.display())))?;
+            chown(path)?;
+        }
+        let user = run_as.as_ref().map(|(u, _)| u.as_str());
+        let mut cmd = command_as(user, Path::new("/bin/sh"));
+        cmd.arg("-c")
+            .arg(WATCHDOG)
+            .arg("tenancy-pgbouncer-watchdog")
+            .arg(dir.join("stdout.log"))
+            .arg(&dir)
+            .arg(&program)
+            .arg(&ini_file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .map_err(io_err("starting the pgbouncer watchdog"))?;
+        let stop_pipe = child.stdin.take();
+        let mut bouncer = PgBouncer {
+            port,
+            dir,
+            watchdog: Some(child),
+            stop_pipe,
+        };
+        bouncer.wait_ready(probe_user, &log)?;
+        tracing::info!(port, mode = %opts.pool_mode, "pgbouncer started");
+        Ok(bouncer)
+    }
+
+    fn wait_ready(&mut self, user: &str, log: &Path) -> Result<(), HarnessError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(io_err("building a runtime"))?;
+        loop {
+            let cfg = self.config_as(user, "postgres");
+            let ok = rt.block_on(async {
+                match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    cfg.connect(tokio_postgres::NoTls),
+                )
+                .await
+                {
+                    Ok(Ok((client, conn))) => {
+                        let h = tokio::spawn(conn);
+                        let r = client.simple_query("SELECT 1").await.is_ok();
+                        drop(client);
+                        let _ = h.await;
+                        r
+                    }
+                    _ => false,
+                }
+            });
+            if ok {
+                return Ok(());
+            }
+            let exited = self
+                .watchdog
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+                .is_some();
+            if exited || Instant::now() > deadline {
+                return Err(HarnessError::Command {
+                    what: "starting pgbouncer".into(),
+                    detail: format!(
+                        "it did not accept connections within 30s; last lines of {}:\n{}{}",
+                        log.display(),
+                        tail(log, 20),
+                        tail(&self.dir.join("stdout.log"), 20)
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
+    /// The loopback TCP port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Connection settings for `user` on `dbname` through PgBouncer (no TLS; the
+    /// application name is one PgBouncer forwards).
+    pub fn config_as(&self, user: &str, dbname: &str) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host("127.0.0.1")
+            .port(self.port)
+            .user(user)
+            .dbname(dbname)
+            .application_name("tenancy");
+        c
+    }
+
+    /// A libpq-style connection string for `user` on `dbname` through PgBouncer.
+    pub fn url_as(&self, user: &str, dbname: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} dbname={dbname} sslmode=disable",
+            self.port
+        )
+    }
+
+    /// Stops PgBouncer and waits for it to exit.
+    pub async fn stop(mut self) {
+        let stop_pipe = self.stop_pipe.take();
+        let watchdog = self.watchdog.take();
+        let _ = tokio::task::spawn_blocking(move || {
+            drop(stop_pipe);
+            if let Some(mut c) = watchdog {
+                let _ = c.wait();
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        drop(self.stop_pipe.take());
+        if let Some(mut c) = self.watchdog.take() {
+            let _ = c.wait();
+        }
+    }
+}
