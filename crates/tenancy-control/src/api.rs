@@ -1353,7 +1353,7 @@ pub async fn stripe_webhook(
 #[derive(OpenApi, Debug)]
 #[openapi(
     info(title = "tenancy control plane", description = "Regions, clusters, tenants and their lifecycle workflows. Errors are RFC 9457 problem documents; every state-changing POST takes an Idempotency-Key."),
-    paths(healthz, openapi_json, list_regions, add_region, list_clusters, add_cluster, list_tenants, create_tenant, get_tenant, tenant_workflows, tenant_migrations, get_workflow, suspend, resume, delete, change_plan, legal_hold, deliveries, availability, signup, stripe_webhook),
+    paths(healthz, crate::health::livez, crate::health::readyz, crate::metrics::metrics_text, openapi_json, list_regions, add_region, list_clusters, add_cluster, list_tenants, create_tenant, get_tenant, tenant_workflows, tenant_migrations, get_workflow, suspend, resume, delete, change_plan, legal_hold, deliveries, availability, signup, stripe_webhook),
     components(schemas(TenantView, WorkflowView, MigrationStatusView, Accepted, TenantPage, CreateTenant, Signup, Reason, ChangePlan, LegalHold, RegionView, RegionInput, ClusterView, ClusterInput, Availability, DeliveryView, BillingOutcome, Problem, FieldError)),
     modifiers(&SecurityAddon, &Contract),
     tags((name = "tenants"), (name = "registry"), (name = "signup"), (name = "billing"), (name = "webhooks"), (name = "meta"))

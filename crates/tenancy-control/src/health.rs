@@ -87,11 +87,16 @@ impl Health {
 }
 
 /// `GET /livez` and `GET /healthz`: the process serves HTTP.
+#[utoipa::path(get, path = "/livez", tag = "meta", responses((status = 200, description = "The process serves HTTP (checks no dependency)"),
+    (status = 429, body = crate::error::Problem, content_type = "application/problem+json", description = "Rate limit (limits.public)", headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))))]
 pub async fn livez() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// `GET /readyz`: every dependency checked; 200, or 503 with a problem document.
+#[utoipa::path(get, path = "/readyz", tag = "meta", responses((status = 200, description = "Ready: the catalog answers, its migrations are current, the context implementation is installed and the workers run"),
+    (status = 503, body = crate::error::Problem, content_type = "application/problem+json", description = "Not ready (a dependency is down, or the server is shutting down); `checks` says which", headers(("Retry-After" = u64, description = "Seconds to wait before asking again"))),
+    (status = 429, body = crate::error::Problem, content_type = "application/problem+json", description = "Rate limit (limits.public)", headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let mut checks = serde_json::Map::new();
     let mut ready = true;

@@ -216,6 +216,9 @@ async fn catalog_gauges(state: &AppState) {
 }
 
 /// `GET /metrics`.
+#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, body = String, content_type = "text/plain; version=0.0.4", description = "Prometheus text format"),
+    (status = 404, body = crate::error::Problem, content_type = "application/problem+json", description = "This process exports no metrics itself (an application's own recorder does)"),
+    (status = 429, body = crate::error::Problem, content_type = "application/problem+json", description = "Rate limit (limits.public)", headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))))]
 pub async fn metrics_text(State(state): State<AppState>) -> Response {
     let Some(handle) = install() else {
         return (
