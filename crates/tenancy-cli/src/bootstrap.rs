@@ -56,8 +56,10 @@ fn fail(msg: impl std::fmt::Display) -> u8 {
     2
 }
 
-/// The connection string of `cfg` as another user, without password (key=value form).
-pub fn connection_string_as(cfg: &tokio_postgres::Config, user: &str) -> String {
+/// The connection string of `cfg` as another user, without password (key=value form),
+/// with its TLS settings.
+pub fn connection_string_as(pg: &tenancy_conn::PgConfig, user: &str) -> String {
+    let cfg = pg.pg();
     let mut out = String::new();
     if let Some(h) = cfg.get_hosts().first() {
         match h {
@@ -74,6 +76,13 @@ pub fn connection_string_as(cfg: &tokio_postgres::Config, user: &str) -> String 
         "user={user} dbname={}",
         cfg.get_dbname().unwrap_or("postgres")
     ));
+    let tls = pg.tls().settings();
+    if tls.mode != tenancy_conn::SslMode::Prefer {
+        out.push_str(&format!(" sslmode={}", tls.mode));
+    }
+    if let Some(root) = &tls.root_cert {
+        out.push_str(&format!(" sslrootcert={root}"));
+    }
     out
 }
 
@@ -103,11 +112,13 @@ pub async fn run(args: BootstrapArgs) -> u8 {
             Err(e) => return fail(format!("--context-key-hex: {e} (64 hex digits)")),
         },
     };
-    let cfg: tokio_postgres::Config = match args.database_url.expose_secret().parse() {
+    // Through tenancy-conn, like every other command: `sslmode` up to verify-full,
+    // `sslrootcert`, client certificates.
+    let pg = match tenancy_conn::PgConfig::parse(args.database_url.expose_secret()) {
         Ok(c) => c,
         Err(e) => return fail(format!("parsing --database-url: {e}")),
     };
-    let mut client = match tenancy_pg::connect(&cfg).await {
+    let mut client = match tenancy_conn::connect(&pg).await {
         Ok(c) => c,
         Err(e) => {
             return fail(format!(
@@ -199,7 +210,7 @@ pub async fn run(args: BootstrapArgs) -> u8 {
         Ok(Some(ContextImpl::Native)) => "native",
         _ => "PL/pgSQL",
     };
-    report(&state, &cfg, &plan, &generated, imp);
+    report(&state, &pg, &plan, &generated, imp);
     0
 }
 
@@ -251,7 +262,7 @@ async fn migrate_catalog(
 
 fn report(
     state: &ServerState,
-    cfg: &tokio_postgres::Config,
+    cfg: &tenancy_conn::PgConfig,
     plan: &server::Plan,
     generated: &[(&str, String)],
     imp: &str,

@@ -444,3 +444,61 @@ async fn bootstrap_sets_up_a_server_without_superuser_idempotently_and_serve_say
     drop(p);
     cluster.stop().await;
 }
+
+/// A server that takes TCP connections over TLS only: `tenancy bootstrap` connects with
+/// `sslmode=verify-full` (the CA from `sslrootcert`, the host name checked), and the
+/// connection string it prints for `tenancy serve` keeps those settings.
+#[tokio::test]
+async fn bootstrap_reaches_a_tls_only_server_with_verify_full_and_keeps_tls_in_what_it_prints() {
+    let cluster = Cluster::start(ClusterOptions {
+        tls: Some(tenancy_pg::ClusterTls::default()),
+        ..ClusterOptions::for_tests()
+    })
+    .await
+    .expect("TLS cluster");
+    let su = cluster.connect("postgres").await.expect("superuser");
+    for sql in [
+        format!(
+            "ALTER ROLE {} PASSWORD 'bootstrap-tls'",
+            cluster.superuser()
+        ),
+        "CREATE DATABASE app".to_owned(),
+    ] {
+        su.batch_execute(&sql).await.expect("set-up");
+    }
+    let ca = cluster.tls_ca_file().expect("CA file");
+    let url = |mode: &str| {
+        format!(
+            "host=localhost port={} user={} password=bootstrap-tls dbname=app sslmode={mode} sslrootcert={}",
+            cluster.port(),
+            cluster.superuser(),
+            ca.display()
+        )
+    };
+
+    // Over plaintext the server refuses TCP: the failure names the connection, nothing is
+    // created.
+    let out = tenancy(&["bootstrap", "--database-url", &url("disable")], &[]);
+    let (_, err) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "plaintext must fail: {err}");
+    assert!(err.contains("connecting to --database-url"), "{err}");
+    assert!(!role_exists(&su, RUNTIME_ROLE).await, "nothing created");
+
+    let out = tenancy(&["bootstrap", "--database-url", &url("verify-full")], &[]);
+    let (stdout, err) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "bootstrap over TLS: {stdout}\n{err}"
+    );
+    assert!(
+        role_exists(&su, RUNTIME_ROLE).await,
+        "roles created over TLS"
+    );
+    assert!(
+        stdout.contains("sslmode=verify-full")
+            && stdout.contains(&format!("sslrootcert={}", ca.display())),
+        "the printed connection string keeps TLS: {stdout}"
+    );
+    cluster.stop().await;
+}
