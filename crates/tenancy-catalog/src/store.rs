@@ -352,7 +352,7 @@ pub async fn create_tenant_in(
         .query_opt(
             &format!(
                 "INSERT INTO tenancy_catalog.tenants (id, slug, display_name, plan, region, placement, cluster_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (slug) DO NOTHING RETURNING {TENANT_COLUMNS}"
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (slug) WHERE {HOLDS_SLUG} DO NOTHING RETURNING {TENANT_COLUMNS}"
             ),
             &[&id.as_uuid(), &t.slug.as_str(), &name, &t.plan.as_str(), &t.region.as_str(), &t.placement.as_str(), &cluster_id],
         )
@@ -481,15 +481,41 @@ pub async fn get_tenant(client: &Client, id: TenantId) -> Result<Tenant, Catalog
         .ok_or_else(|| CatalogError::TenantNotFound(id.to_string()))
 }
 
-/// Reads a tenant by slug.
+/// Whether a tenant holds its slug: every tenant but one whose provisioning failed for good
+/// (`deleted` with `failure` set), whose slug is free again (the partial unique index
+/// `tenants_slug_key` has the same predicate).
+const HOLDS_SLUG: &str = "(state <> 'deleted' OR failure IS NULL)";
+
+/// Reads a tenant by slug: the one holding it, else the latest whose provisioning failed
+/// with it.
 pub async fn get_tenant_by_slug(client: &Client, slug: &Slug) -> Result<Tenant, CatalogError> {
-    tenant_where(client, "slug = $1", &slug.as_str())
-        .await?
-        .ok_or_else(|| CatalogError::TenantNotFound(slug.to_string()))
+    tenant_where(
+        client,
+        &format!("slug = $1 ORDER BY {HOLDS_SLUG} DESC, created_at DESC LIMIT 1"),
+        &slug.as_str(),
+    )
+    .await?
+    .ok_or_else(|| CatalogError::TenantNotFound(slug.to_string()))
 }
 
-/// Lists tenants ordered by slug, `limit` at a time, starting after `after` (keyset
-/// pagination).
+/// Whether a tenant holds `slug` (a new tenant cannot take it).
+pub async fn slug_taken(client: &Client, slug: &Slug) -> Result<bool, CatalogError> {
+    client
+        .query_one(
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM tenancy_catalog.tenants WHERE slug = $1 AND {HOLDS_SLUG})"
+            ),
+            &[&slug.as_str()],
+        )
+        .await
+        .map(|r| r.get(0))
+        .map_err(CatalogError::db("checking a slug"))
+}
+
+/// Lists tenants ordered by slug, `limit` slugs at a time, starting after `after` (keyset
+/// pagination). A slug freed by a failed provisioning can name several tenants; they come
+/// on the same page (so a page may hold a few more than `limit` tenants), the failed ones
+/// first.
 pub async fn list_tenants(
     client: &Client,
     after: Option<&Slug>,
@@ -503,7 +529,10 @@ pub async fn list_tenants(
     let rows = client
         .query(
             &format!(
-                "SELECT {TENANT_COLUMNS} FROM tenancy_catalog.tenants WHERE ($1::text IS NULL OR slug > $1) ORDER BY slug LIMIT $2"
+                "SELECT {TENANT_COLUMNS} FROM tenancy_catalog.tenants \
+                  WHERE slug IN (SELECT DISTINCT slug FROM tenancy_catalog.tenants \
+                                  WHERE ($1::text IS NULL OR slug > $1) ORDER BY slug LIMIT $2) \
+                  ORDER BY slug, {HOLDS_SLUG}, created_at"
             ),
             &[&after.map(|s| s.as_str()), &limit],
         )

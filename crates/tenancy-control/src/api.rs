@@ -1120,11 +1120,7 @@ pub async fn availability(
         }
     };
     let conn = state.catalog().await?;
-    let taken = match tenancy_catalog::get_tenant_by_slug(&conn, &slug).await {
-        Ok(_) => true,
-        Err(tenancy_catalog::CatalogError::TenantNotFound(_)) => false,
-        Err(e) => return Err(e.into()),
-    };
+    let taken = tenancy_catalog::slug_taken(&conn, &slug).await?;
     Ok(Json(Availability {
         slug: p.slug,
         available: !taken,

@@ -197,3 +197,132 @@ async fn tenants_are_placed_in_their_region_with_events_and_valid_transitions() 
     assert_eq!(page.len() + next.len(), 6);
     assert!(tenancy_catalog::list_tenants(&c, None, 0).await.is_err());
 }
+
+/// A provisioning that failed for good (the tenant ends `deleted` with `failure` set) frees
+/// its slug for the customer's next attempt; a tenant that was deleted after serving keeps
+/// its slug, and so does every live one.
+#[tokio::test]
+async fn a_failed_provisioning_frees_its_slug_and_nothing_else_does() {
+    let db = fresh().await;
+    let mut c = owner(&db).await;
+    tenancy_catalog::migrate(&mut c).await.expect("migrate");
+    tenancy_catalog::add_region(&c, &"eu-west".parse().expect("r"), "EU")
+        .await
+        .expect("region");
+    tenancy_catalog::add_cluster(
+        &c,
+        &NewCluster {
+            name: "pg-a".into(),
+            region: "eu-west".parse().expect("r"),
+            host: "/tmp".into(),
+            port: 5432,
+            dbname: "x".into(),
+            capacity: 10,
+        },
+    )
+    .await
+    .expect("cluster");
+    let create = |slug: &'static str| new_tenant(slug, "eu-west");
+    let failed = tenancy_catalog::create_tenant(&mut c, &create("globex"), "t")
+        .await
+        .expect("globex");
+    let gone = tenancy_catalog::create_tenant(&mut c, &create("initech"), "t")
+        .await
+        .expect("initech");
+    tenancy_catalog::create_tenant(&mut c, &create("acme"), "t")
+        .await
+        .expect("acme");
+    // What compensation leaves (mark_failed), and a tenant deleted after it served.
+    c.execute(
+        "UPDATE tenancy_catalog.tenants SET state = 'deleted', failure = 'storage step failed' WHERE id = $1",
+        &[&failed.id.as_uuid()],
+    )
+    .await
+    .expect("failed");
+    c.execute(
+        "UPDATE tenancy_catalog.tenants SET state = 'deleted' WHERE id = $1",
+        &[&gone.id.as_uuid()],
+    )
+    .await
+    .expect("deleted");
+
+    let slug = |s: &str| s.parse::<tenancy_core::Slug>().expect("slug");
+    assert!(!tenancy_catalog::slug_taken(&c, &slug("globex"))
+        .await
+        .expect("q"));
+    assert!(tenancy_catalog::slug_taken(&c, &slug("initech"))
+        .await
+        .expect("q"));
+    assert!(tenancy_catalog::slug_taken(&c, &slug("acme"))
+        .await
+        .expect("q"));
+    // The failed tenant is still found by its slug while nobody else has it.
+    assert_eq!(
+        tenancy_catalog::get_tenant_by_slug(&c, &slug("globex"))
+            .await
+            .expect("by slug")
+            .id,
+        failed.id
+    );
+    for taken in ["initech", "acme"] {
+        assert!(
+            matches!(
+                tenancy_catalog::create_tenant(&mut c, &create(taken), "t").await,
+                Err(CatalogError::SlugTaken(_))
+            ),
+            "{taken} keeps its slug"
+        );
+    }
+
+    let again = tenancy_catalog::create_tenant(&mut c, &create("globex"), "t")
+        .await
+        .expect("the customer's next attempt takes the freed slug");
+    assert_ne!(again.id, failed.id);
+    assert!(tenancy_catalog::slug_taken(&c, &slug("globex"))
+        .await
+        .expect("q"));
+    assert!(matches!(
+        tenancy_catalog::create_tenant(&mut c, &create("globex"), "t").await,
+        Err(CatalogError::SlugTaken(_))
+    ));
+    assert_eq!(
+        tenancy_catalog::get_tenant_by_slug(&c, &slug("globex"))
+            .await
+            .expect("by slug")
+            .id,
+        again.id,
+        "the slug names the tenant holding it"
+    );
+    let routed: uuid::Uuid = c
+        .query_one(
+            "SELECT id FROM tenancy_catalog.tenant_route_by_slug('globex')",
+            &[],
+        )
+        .await
+        .expect("route")
+        .get(0);
+    assert_eq!(routed, again.id.as_uuid());
+
+    // Paging by slug keeps both tenants named globex on one page, the failed one first.
+    let first = tenancy_catalog::list_tenants(&c, None, 1)
+        .await
+        .expect("page 1");
+    assert_eq!(
+        first.iter().map(|t| t.slug.as_str()).collect::<Vec<_>>(),
+        vec!["acme"]
+    );
+    let second = tenancy_catalog::list_tenants(&c, Some(&slug("acme")), 1)
+        .await
+        .expect("page 2");
+    assert_eq!(
+        second.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![failed.id, again.id]
+    );
+    let third = tenancy_catalog::list_tenants(&c, Some(&slug("globex")), 10)
+        .await
+        .expect("page 3");
+    assert_eq!(
+        third.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![gone.id]
+    );
+}
