@@ -167,6 +167,16 @@ impl ContextKey {
         mac.finalize().into_bytes().into()
     }
 
+    /// Appends `.` and the hex MAC of everything in `text` so far.
+    fn append_mac(&self, text: &mut String) {
+        let mac = self.mac(text);
+        let mut mac_hex = [0u8; 64];
+        // 32 bytes always fit 64 hex digits.
+        let _ = hex::encode_to_slice(mac, &mut mac_hex);
+        text.push('.');
+        text.extend(mac_hex.iter().map(|&b| char::from(b)));
+    }
+
     /// Signs a token for `tenant` on the backend with process id `backend_pid`, issued at
     /// `now_micros` (microseconds since the Unix epoch) and valid for `ttl_micros`.
     pub fn sign(
@@ -185,12 +195,7 @@ impl ContextKey {
             "{TOKEN_VERSION}.{}.{}.{}.{}.{}",
             self.kid, tenant, backend_pid, now_micros, expires
         );
-        let mac = self.mac(&text);
-        let mut mac_hex = [0u8; 64];
-        // 32 bytes always fit 64 hex digits.
-        let _ = hex::encode_to_slice(mac, &mut mac_hex);
-        text.push('.');
-        text.extend(mac_hex.iter().map(|&b| char::from(b)));
+        self.append_mac(&mut text);
         ContextToken {
             text,
             tenant,
@@ -224,11 +229,7 @@ impl ContextKey {
             "{TRANSACTION_TOKEN_VERSION}.{}.{}.{}-{:016x}.{}.{}",
             self.kid, tenant, backend_pid, transaction_start as u64, now_micros, expires
         );
-        let mac = self.mac(&text);
-        let mut mac_hex = [0u8; 64];
-        let _ = hex::encode_to_slice(mac, &mut mac_hex);
-        text.push('.');
-        text.extend(mac_hex.iter().map(|&b| char::from(b)));
+        self.append_mac(&mut text);
         ContextToken {
             text,
             tenant,

@@ -235,6 +235,24 @@ pub(crate) fn free_tcp_port() -> Result<u16, HarnessError> {
     Ok(port)
 }
 
+/// Whether a server (PostgreSQL, or a pooler in front of it) at `cfg` accepts a connection
+/// and answers a query within 2 s.
+pub(crate) fn accepts_queries(rt: &tokio::runtime::Runtime, cfg: &tokio_postgres::Config) -> bool {
+    rt.block_on(async {
+        match tokio::time::timeout(Duration::from_secs(2), cfg.connect(tokio_postgres::NoTls)).await
+        {
+            Ok(Ok((client, conn))) => {
+                let h = tokio::spawn(conn);
+                let r = client.simple_query("SELECT 1").await.is_ok();
+                drop(client);
+                let _ = h.await;
+                r
+            }
+            _ => false,
+        }
+    })
+}
+
 pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let mut s = String::new();
     if let Ok(mut f) = std::fs::File::open(path) {
@@ -470,23 +488,7 @@ impl Cluster {
             .map_err(io_err("building a runtime"))?;
         loop {
             let cfg = self.config("postgres");
-            let ok = rt.block_on(async {
-                match tokio::time::timeout(
-                    Duration::from_secs(2),
-                    cfg.connect(tokio_postgres::NoTls),
-                )
-                .await
-                {
-                    Ok(Ok((client, conn))) => {
-                        let h = tokio::spawn(conn);
-                        let r = client.simple_query("SELECT 1").await.is_ok();
-                        drop(client);
-                        let _ = h.await;
-                        r
-                    }
-                    _ => false,
-                }
-            });
+            let ok = accepts_queries(&rt, &cfg);
             if ok {
                 return Ok(());
             }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cluster::{command_as, free_tcp_port, tail, unprivileged_user};
+use crate::cluster::{accepts_queries, command_as, free_tcp_port, tail, unprivileged_user};
 use crate::{io_err, Cluster, HarnessError};
 
 /// How to start a [`PgBouncer`].
@@ -194,23 +194,7 @@ impl PgBouncer {
             .map_err(io_err("building a runtime"))?;
         loop {
             let cfg = self.config_as(user, "postgres");
-            let ok = rt.block_on(async {
-                match tokio::time::timeout(
-                    Duration::from_secs(2),
-                    cfg.connect(tokio_postgres::NoTls),
-                )
-                .await
-                {
-                    Ok(Ok((client, conn))) => {
-                        let h = tokio::spawn(conn);
-                        let r = client.simple_query("SELECT 1").await.is_ok();
-                        drop(client);
-                        let _ = h.await;
-                        r
-                    }
-                    _ => false,
-                }
-            });
+            let ok = accepts_queries(&rt, &cfg);
             if ok {
                 return Ok(());
             }

@@ -12,7 +12,9 @@ use tenancy_pg::{Cluster, ClusterOptions};
 use tenancy_sdk::bootstrap::{self, server, OWNER_ROLE, RUNTIME_ROLE};
 use tenancy_sdk::{ContextKey, PoolOptions, TenantId, TenantPool};
 
-fn tenancy(args: &[&str], env: &[(&str, &str)]) -> Output {
+/// Runs the `tenancy` binary with `args`, without any tenancy variable of the caller's
+/// environment, plus `env`.
+pub(crate) fn tenancy(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tenancy"));
     c.args(args);
     for v in [

@@ -3,28 +3,10 @@
 //! locks), so both refuse the pooler and name the fix instead of failing later with a
 //! lost prepared statement.
 
-use std::process::{Command, Output};
-
 use tenancy_pg::{Cluster, ClusterOptions, PgBouncer, PgBouncerOptions};
 use tenancy_sdk::bootstrap::{self, OWNER_ROLE};
 
-fn tenancy(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tenancy"));
-    c.args(args);
-    for v in [
-        "DATABASE_URL",
-        "TENANCY_DATABASE_URL",
-        "TENANCY_CONTEXT_KEY_HEX",
-        "TENANCY_CONFIG",
-        "TENANCY_OWNER_PASSWORD",
-    ] {
-        c.env_remove(v);
-    }
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("run tenancy")
-}
+use crate::bootstrap::tenancy;
 
 #[tokio::test]
 async fn serve_and_migrate_refuse_a_transaction_pooler_and_name_the_fix() {
