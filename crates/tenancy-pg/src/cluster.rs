@@ -163,10 +163,7 @@ pub struct Cluster {
     /// Bootstrap superuser name.
     superuser: String,
     /// The watchdog shell that owns the postmaster.
-    watchdog: Option<Child>,
-    /// Write end of the watchdog's stdin pipe; dropping it asks the watchdog to stop the
-    /// server. Only this process holds it, so the server also stops if we die.
-    stop_pipe: Option<ChildStdin>,
+    watchdog: Watchdog,
     /// Major version of the server.
     major: u32,
     /// The CA and certificates of a TLS cluster.
@@ -458,17 +455,15 @@ impl Cluster {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let mut child = cmd
+        let child = cmd
             .spawn()
             .map_err(io_err("starting the PostgreSQL watchdog"))?;
-        let stop_pipe = child.stdin.take();
         let mut cluster = Cluster {
             data_dir,
             port,
             tcp,
             superuser: opts.superuser.clone(),
-            watchdog: Some(child),
-            stop_pipe,
+            watchdog: Watchdog::new(child),
             major: bins.major(),
             tls,
         };
@@ -492,11 +487,7 @@ impl Cluster {
             if ok {
                 return Ok(());
             }
-            let exited = self
-                .watchdog
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-                .is_some();
+            let exited = self.watchdog.exited();
             if exited || Instant::now() > deadline {
                 return Err(HarnessError::StartTimeout {
                     secs: 60,
@@ -639,11 +630,44 @@ impl Cluster {
 
     /// Stops the server and waits for it to exit.
     pub async fn stop(mut self) {
+        self.watchdog.stop().await;
+    }
+}
+
+/// A watchdog shell that owns a server process (the postmaster, or PgBouncer) and stops it
+/// when its stdin closes: when [`Watchdog::stop`] is called, when the handle is dropped,
+/// or when this process dies (only this process holds the write end of the pipe).
+#[derive(Debug)]
+pub(crate) struct Watchdog {
+    child: Option<Child>,
+    stop_pipe: Option<ChildStdin>,
+}
+
+impl Watchdog {
+    /// Takes over `child`, spawned with a piped stdin.
+    pub(crate) fn new(mut child: Child) -> Self {
+        let stop_pipe = child.stdin.take();
+        Watchdog {
+            child: Some(child),
+            stop_pipe,
+        }
+    }
+
+    /// Whether the watchdog (and so its server) has already exited.
+    pub(crate) fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+            .is_some()
+    }
+
+    /// Stops the server and waits for the watchdog to exit, off the async threads.
+    pub(crate) async fn stop(&mut self) {
         let stop_pipe = self.stop_pipe.take();
-        let watchdog = self.watchdog.take();
+        let child = self.child.take();
         let _ = tokio::task::spawn_blocking(move || {
             drop(stop_pipe);
-            if let Some(mut c) = watchdog {
+            if let Some(mut c) = child {
                 let _ = c.wait();
             }
         })
@@ -651,10 +675,10 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
+impl Drop for Watchdog {
     fn drop(&mut self) {
         drop(self.stop_pipe.take());
-        if let Some(mut c) = self.watchdog.take() {
+        if let Some(mut c) = self.child.take() {
             let _ = c.wait();
         }
     }

@@ -2,10 +2,12 @@
 //! a transaction pooler.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::cluster::{accepts_queries, command_as, free_tcp_port, tail, unprivileged_user};
+use crate::cluster::{
+    accepts_queries, command_as, free_tcp_port, tail, unprivileged_user, Watchdog,
+};
 use crate::{io_err, Cluster, HarnessError};
 
 /// How to start a [`PgBouncer`].
@@ -40,8 +42,7 @@ impl Default for PgBouncerOptions {
 pub struct PgBouncer {
     port: u16,
     dir: PathBuf,
-    watchdog: Option<Child>,
-    stop_pipe: Option<ChildStdin>,
+    watchdog: Watchdog,
 }
 
 /// Starts the program in the background and, when stdin reaches end of file, stops it
@@ -171,15 +172,13 @@ impl PgBouncer {
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let mut child = cmd
+        let child = cmd
             .spawn()
             .map_err(io_err("starting the pgbouncer watchdog"))?;
-        let stop_pipe = child.stdin.take();
         let mut bouncer = PgBouncer {
             port,
             dir,
-            watchdog: Some(child),
-            stop_pipe,
+            watchdog: Watchdog::new(child),
         };
         bouncer.wait_ready(probe_user, &log)?;
         tracing::info!(port, mode = %opts.pool_mode, "pgbouncer started");
@@ -198,11 +197,7 @@ impl PgBouncer {
             if ok {
                 return Ok(());
             }
-            let exited = self
-                .watchdog
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-                .is_some();
+            let exited = self.watchdog.exited();
             if exited || Instant::now() > deadline {
                 return Err(HarnessError::Command {
                     what: "starting pgbouncer".into(),
@@ -245,23 +240,6 @@ impl PgBouncer {
 
     /// Stops PgBouncer and waits for it to exit.
     pub async fn stop(mut self) {
-        let stop_pipe = self.stop_pipe.take();
-        let watchdog = self.watchdog.take();
-        let _ = tokio::task::spawn_blocking(move || {
-            drop(stop_pipe);
-            if let Some(mut c) = watchdog {
-                let _ = c.wait();
-            }
-        })
-        .await;
-    }
-}
-
-impl Drop for PgBouncer {
-    fn drop(&mut self) {
-        drop(self.stop_pipe.take());
-        if let Some(mut c) = self.watchdog.take() {
-            let _ = c.wait();
-        }
+        self.watchdog.stop().await;
     }
 }
