@@ -5,6 +5,9 @@
 ALTER TABLE tenancy_catalog.tenants DROP CONSTRAINT tenants_slug_key;
 CREATE UNIQUE INDEX tenants_slug_key ON tenancy_catalog.tenants (slug)
     WHERE state <> 'deleted' OR failure IS NULL;
+-- Lookups and paging by slug name no state: they need an index of every row (the unique
+-- one above is partial, so a plain `slug = $1` could not use it).
+CREATE INDEX tenants_slug_idx ON tenancy_catalog.tenants (slug);
 
 -- By slug, the tenant holding it (a tenant whose provisioning failed only when no other
 -- has the slug).

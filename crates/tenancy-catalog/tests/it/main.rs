@@ -326,3 +326,29 @@ async fn a_failed_provisioning_frees_its_slug_and_nothing_else_does() {
         vec![gone.id]
     );
 }
+
+/// Looking a tenant up by slug uses an index, whatever the tenant's state (the unique index
+/// on slugs is partial).
+#[tokio::test]
+async fn slug_lookups_use_an_index() {
+    let db = fresh().await;
+    let mut c = owner(&db).await;
+    tenancy_catalog::migrate(&mut c).await.expect("migrate");
+    c.batch_execute("SET enable_seqscan = off")
+        .await
+        .expect("planner");
+    for sql in [
+        "EXPLAIN SELECT id FROM tenancy_catalog.tenants WHERE slug = 'acme'",
+        "EXPLAIN SELECT id FROM tenancy_catalog.tenants WHERE slug > 'acme' ORDER BY slug LIMIT 10",
+    ] {
+        let plan: Vec<String> = c
+            .query(sql, &[])
+            .await
+            .expect("explain")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("tenants_slug_idx"), "{sql}:\n{plan}");
+    }
+}
