@@ -26,14 +26,20 @@ mod app_migrations;
 mod domains;
 mod lookups;
 mod migrate;
+mod requests;
 mod store;
+mod tenant_lifecycle;
+mod webhooks;
 mod workflows;
 
 pub use app_migrations::*;
 pub use domains::*;
 pub use lookups::*;
 pub use migrate::{migrate, migrate_for_tests, Migration, MIGRATIONS};
+pub use requests::*;
 pub use store::*;
+pub use tenant_lifecycle::*;
+pub use webhooks::*;
 pub use workflows::*;
 
 /// Errors from the catalog.
