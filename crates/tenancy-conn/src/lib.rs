@@ -47,6 +47,17 @@ pub use settings::SslMode;
 pub use stream::{open_stream, Stream};
 pub use tls::RootCerts;
 
+/// Quotes an SQL identifier (always, so a name that looks like a keyword is safe too).
+pub fn quote_ident(name: &str) -> String {
+    postgres_protocol::escape::escape_identifier(name)
+}
+
+/// Quotes an SQL string literal, correct whatever `standard_conforming_strings` is (a value
+/// with a backslash becomes an `E'…'` literal).
+pub fn quote_literal(value: &str) -> String {
+    postgres_protocol::escape::escape_literal(value)
+}
+
 /// Connection settings: tokio-postgres' own, and how to secure the socket.
 #[derive(Clone)]
 pub struct PgConfig {
