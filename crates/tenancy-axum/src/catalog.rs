@@ -94,7 +94,7 @@ impl Catalog {
         }))
     }
 
-    async fn conn(&self) -> Result<deadpool::managed::Object<pool::Manager>, HttpError> {
+    async fn conn(&self) -> Result<tenancy_conn::PlainConn, HttpError> {
         self.pool
             .get()
             .await

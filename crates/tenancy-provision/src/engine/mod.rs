@@ -19,7 +19,7 @@ use tokio_postgres::{Client, Transaction};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::conn::{connect, Manager, Pool, Pools};
+use crate::conn::{connect, pg_pool, Pool, Pools};
 use crate::webhook;
 use crate::{AppMigrations, ClusterAccess, Error, ProvisionConfig, Receiver};
 use tenancy_conn::PgConfig;
@@ -166,13 +166,7 @@ impl Provisioner {
         let reg_keys = decode(&cfg.registration_receivers)?;
         let event_keys = decode(&cfg.event_receivers)?;
         let catalog: PgConfig = catalog.into();
-        let catalog_pool = Pool::builder(Manager::new(catalog.clone()))
-            .max_size(4)
-            .runtime(deadpool::Runtime::Tokio1)
-            .create_timeout(Some(Duration::from_secs(10)))
-            .wait_timeout(Some(Duration::from_secs(30)))
-            .build()
-            .map_err(|e| Error::Config(e.to_string()))?;
+        let catalog_pool = pg_pool(catalog.clone(), 4)?;
         let (finished, _) = broadcast::channel(4096);
         let app = Arc::new(cfg.app_migrations.clone());
         Ok(Provisioner {
