@@ -31,6 +31,7 @@
 //! with a clear error rather than ignored).
 
 mod error_text;
+mod listen;
 mod pool;
 mod session;
 mod settings;
@@ -43,6 +44,7 @@ use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{Client, Connection, NoTls};
 
 pub use error_text::{error_text, pg_error_text, ErrorText};
+pub use listen::{listen, Notifications};
 pub use pool::{plain_pool, PlainConn, PlainManager, PlainPool};
 pub use session::connect_session;
 pub use settings::SslMode;
