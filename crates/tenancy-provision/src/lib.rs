@@ -32,7 +32,9 @@ pub use conn::{
     config_for, pg_pool, ClusterAccess, Login, Manager as PgManager, Object as PgConn,
     Pool as PgPool,
 };
-pub use engine::{Fault, FaultPhase, Faults, Finished, ProvisionRequest, Provisioner, Workers};
+#[cfg(feature = "fault-injection")]
+pub use engine::{Fault, FaultPhase, Faults};
+pub use engine::{Finished, ProvisionRequest, Provisioner, Workers};
 
 /// Errors of the provisioning engine.
 #[derive(Debug, thiserror::Error)]

@@ -32,6 +32,7 @@ pub struct Faults {
     inner: Arc<Mutex<FaultTable>>,
 }
 
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 impl Faults {
     /// Makes step `step` hit `fault` at `phase` the next `times` times it runs.
     pub fn inject(&self, step: &str, phase: FaultPhase, fault: Fault, times: u32) {

@@ -202,7 +202,8 @@ impl Provisioner {
         )
     }
 
-    /// Fault injection handle (tests).
+    /// Fault injection handle (the crash-recovery tests; feature `fault-injection`).
+    #[cfg(feature = "fault-injection")]
     pub fn faults(&self) -> &Faults {
         &self.inner.faults
     }
