@@ -149,33 +149,53 @@ pub enum ConnError {
     /// No socket could be opened.
     #[error("could not connect to {host}: {source}")]
     Io {
+        /// The host (or socket directory) tried.
         host: String,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
     /// The server does not offer TLS and the settings require it.
     #[error("the server at {host} does not accept TLS connections, and sslmode={mode} requires TLS: enable ssl on the server, or use sslmode=prefer or disable on a network you trust")]
-    TlsRefused { host: String, mode: SslMode },
+    TlsRefused {
+        /// The host (or socket directory) tried.
+        host: String,
+        /// The `sslmode` in force.
+        mode: SslMode,
+    },
     /// The TLS handshake failed (for instance, the certificate did not verify).
     #[error("TLS handshake with {host} failed (sslmode={mode}{roots}): {detail}")]
     Handshake {
+        /// The host (or socket directory) tried.
         host: String,
+        /// The `sslmode` in force.
         mode: SslMode,
+        /// Which root certificates were trusted.
         roots: String,
+        /// What failed, in words.
         detail: String,
     },
     /// A connection pooler stands between this client and PostgreSQL, and the caller
     /// needs a session of its own.
     #[error("{who} is connected to {host} through a connection pooler (PgBouncer or similar: the process id the connection was given at start-up is not its backend's). {who} needs a database session of its own (LISTEN for changes, prepared statements, advisory locks), which a transaction-mode pooler does not keep: give it a URL that reaches PostgreSQL directly. Tenant pools of the SDK can use the pooler (PoolOptions::pooler = Pooler::Transaction)")]
-    Pooler { host: String, who: String },
+    Pooler {
+        /// The host (or socket directory) tried.
+        host: String,
+        /// The component that needs a session of its own.
+        who: String,
+    },
     /// The session could not be started (authentication, unknown database…).
     #[error("connecting to database {dbname:?} as {user:?} on {host}: {detail}")]
     Pg {
+        /// The host (or socket directory) tried.
         host: String,
+        /// The database.
         dbname: String,
+        /// The role.
         user: String,
         /// What the server said, or what failed.
         detail: String,
+        /// The underlying error.
         #[source]
         source: tokio_postgres::Error,
     },
