@@ -639,10 +639,15 @@ impl TenantPool {
         if let Some(schema) = schema {
             check_schema_name(schema).inspect_err(|_| crate::metrics::tx_event("refused"))?;
         }
+        let waited = crate::metrics::wait_started();
         let mut conn = Lease(self.pool.get().await.map_err(|e| {
             crate::metrics::tx_event("refused");
             Error::Pool(e.to_string())
         })?);
+        if waited.is_some() {
+            let st = self.pool.status();
+            crate::metrics::wait_ended(waited, (st.size, st.available, st.max_size));
+        }
         crate::metrics::tx_event("opened");
         conn.watch.start();
         let ttl_micros = self.opts.token_ttl.as_micros() as i64;
