@@ -4,6 +4,7 @@ use std::process::Command;
 
 mod bootstrap;
 mod ops;
+mod otlp;
 mod pooler;
 mod tenants;
 
