@@ -17,21 +17,27 @@
 //!   with change notifications on the [`CHANGES_CHANNEL`] channel for caches.
 //!
 //! - The app-migration ledger ([`targets_below`], [`write_ledger`], …): which app
-//!   migrations were applied and the version of every target, for `tenancy migrate`.
+//!   migrations were applied and the version of every target, for `tenancy migrate`;
+//!   the migrations themselves as files ([`AppMigrations`]), checked against it.
+//! - [`naming`]: the schema or database of a tenant's storage, derived from its id, and
+//!   the version marker of a migrated schema.
 //!
 //! What it does not do: it never touches tenant data, and it does not create schemas or
 //! databases for tenants (provisioning does that, using this store for its state).
 
+mod app_migration_files;
 mod app_migrations;
 mod domains;
 mod lookups;
 mod migrate;
+pub mod naming;
 mod requests;
 mod store;
 mod tenant_lifecycle;
 mod webhooks;
 mod workflows;
 
+pub use app_migration_files::{AppMigration, AppMigrations, AppMigrationsError};
 pub use app_migrations::*;
 pub use domains::*;
 pub use lookups::*;

@@ -4,7 +4,6 @@
 use clap::{Parser, Subcommand};
 
 mod bootstrap;
-mod demo;
 mod migrate;
 mod serve;
 mod tenants;
@@ -116,9 +115,6 @@ fn otlp_provider() -> (
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Start a private PostgreSQL cluster, create two tenants and show that each sees only
-    /// its own rows, even when it tries not to.
-    Demo(demo::DemoArgs),
     /// Audit a live PostgreSQL database for every known way row-level-security tenant
     /// isolation fails (and, with --probe, try cross-tenant access as the runtime role).
     /// Exit 0: no error finding; 1: at least one; 2: could not run.
@@ -167,13 +163,6 @@ fn main() -> std::process::ExitCode {
     };
     let code = rt.block_on(async {
         match cli.command {
-            Command::Demo(args) => match demo::run(args).await {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("error: {}", error_text(&e));
-                    1
-                }
-            },
             // 2: could not run (as `check` and `migrate`).
             Command::Serve(args) => match serve::run(args).await {
                 Ok(()) => 0,

@@ -18,6 +18,8 @@
 //!   the server, naming the fix.
 //! - [`connect`]: a session over [`open_stream`] (tokio-postgres' `connect_raw`, with
 //!   TLS already done), trying each host in turn.
+//! - [`native_required`]: whether `TENANCY_REQUIRE_NATIVE=1` forbids falling back to the
+//!   PL/pgSQL tenant context.
 //!
 //! `sslmode` as in libpq: `disable` (never TLS), `prefer` (TLS when the server offers it;
 //! the certificate is not checked; a failed handshake falls back to plaintext), `require`
@@ -360,6 +362,14 @@ pub async fn connect(config: &PgConfig) -> Result<Client, ConnError> {
         }
     });
     Ok(client)
+}
+
+/// Whether `TENANCY_REQUIRE_NATIVE=1`: every place that would fall back to the PL/pgSQL
+/// tenant context fails instead (the build of the native library, private cluster start,
+/// `bootstrap_database`, `tenancy serve` and the test helpers). Read here, where every
+/// component that connects can see it, so they all read it the same way.
+pub fn native_required() -> bool {
+    std::env::var("TENANCY_REQUIRE_NATIVE").is_ok_and(|v| v == "1")
 }
 
 #[cfg(test)]

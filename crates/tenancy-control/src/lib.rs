@@ -9,8 +9,9 @@
 //!   mounted too, behind the same admin authentication ([`config_routes`]), and their
 //!   paths are part of the one OpenAPI document ([`openapi`]).
 //! - [`build`] / [`App`]: startup as a library API (`build(config) → App`, `app.port()`,
-//!   `app.run_until_stopped()`), including the embedded default (private clusters, one
-//!   per region) when no database is configured.
+//!   `app.run_until_stopped()`); [`build_local`] builds it on [`LocalCluster`]s someone
+//!   else started (the CLI's embedded default: one private cluster per region), which it
+//!   reaches through `tenancy-conn` like any server and stops last.
 //! - [`server`]: serving a router on a public socket (header and request deadlines, the
 //!   peer address for rate limits, graceful stop); [`guard`]: what every request passes
 //!   before its handler (per-address and global rate limits of the unauthenticated routes
@@ -23,7 +24,8 @@
 //!   document (utoipa), served at `/openapi.json`.
 //!
 //! What it does not do: it runs no workflow step itself (the provisioning engine does,
-//! on workers), and it never touches tenant data.
+//! on workers), it never touches tenant data, and it never starts PostgreSQL (the
+//! private-cluster harness `tenancy-pg` is only a dev-dependency).
 
 pub mod api;
 pub mod auth;
@@ -52,7 +54,7 @@ use utoipa::OpenApi;
 
 pub use config::{ClusterConfig, ControlConfig, LimitsConfig, RateConfig, SignupConfig};
 pub use error::{ApiError, Problem, ProblemCode};
-pub use startup::{build, connect_catalog, App};
+pub use startup::{build, build_local, connect_catalog, App, LocalCluster, StopCluster};
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 64 * 1024;

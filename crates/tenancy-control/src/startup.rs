@@ -1,7 +1,9 @@
 //! Startup as a library API: `build(config) -> App`, `app.port()`,
 //! `app.run_until_stopped()`.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +14,6 @@ use tenancy_config::dns::{SystemResolver, TxtResolver, UnavailableResolver};
 use tenancy_config::{ClientOptions, ConfigClient, ConfigState};
 use tenancy_conn::PgConfig;
 use tenancy_core::{ContextKey, KeyId};
-use tenancy_pg::{Cluster, ClusterOptions};
 use tenancy_provision::{
     AppMigrations, ClusterAccess, Login, ProvisionConfig, Provisioner, Receiver,
 };
@@ -22,6 +23,49 @@ use tokio::sync::watch;
 use crate::server::ServeOptions;
 use crate::{auth, router, AppState, ControlConfig};
 
+/// Stops a [`LocalCluster`]'s server. The control plane calls it last, once requests and
+/// workers have stopped; whoever started the server decides what stopping means (a
+/// private cluster is shut down, and its temporary directory removed).
+pub trait StopCluster: Send + Sync + std::fmt::Debug {
+    /// Stops the server and waits for it to exit.
+    fn stop(self: Box<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// A PostgreSQL cluster started for the control plane when it has no database URL (the
+/// embedded default of `tenancy serve`). The control plane reaches it through
+/// `tenancy-conn` like any server: it bootstraps it (roles, the `tenancy` database, the
+/// signed context), and the first one holds the catalog. Every cluster is registered in
+/// its region under the name `local-<region>`.
+#[derive(Debug)]
+pub struct LocalCluster {
+    /// The region the cluster serves.
+    pub region: String,
+    /// Directory of the server's Unix socket (the host the catalog records).
+    pub socket_dir: PathBuf,
+    /// Port of the socket.
+    pub port: u16,
+    /// A superuser that logs in over the socket without a password: bootstraps the
+    /// cluster and creates and drops dedicated tenant databases.
+    pub superuser: String,
+    /// The data directory, shown to operators (they find the server processes by it).
+    pub data_dir: PathBuf,
+    /// Stops the server when the control plane stops.
+    pub stop: Box<dyn StopCluster>,
+}
+
+impl LocalCluster {
+    /// Connection settings for `user` on `dbname` over the socket.
+    fn config_as(&self, user: &str, dbname: &str) -> PgConfig {
+        let mut c = tokio_postgres::Config::new();
+        c.host_path(&self.socket_dir)
+            .port(self.port)
+            .user(user)
+            .dbname(dbname)
+            .application_name("tenancy");
+        PgConfig::from(c)
+    }
+}
+
 /// A built control plane, bound to its port, workers running.
 #[derive(Debug)]
 pub struct App {
@@ -29,8 +73,8 @@ pub struct App {
     listener: tokio::net::TcpListener,
     /// The routes.
     router: axum::Router,
-    /// Private clusters of the embedded default, stopped last.
-    clusters: Vec<Cluster>,
+    /// Clusters of the embedded default, stopped last.
+    clusters: Vec<LocalCluster>,
     /// Shared state (tests use it to reach the catalog and the engine).
     state: AppState,
     /// Admin token generated at startup when none was configured (shown once).
@@ -62,10 +106,7 @@ impl App {
     /// Data directories of the embedded default's private clusters (empty with a
     /// database URL); operators and tests use them to find the PostgreSQL processes.
     pub fn cluster_data_dirs(&self) -> Vec<PathBuf> {
-        self.clusters
-            .iter()
-            .map(|c| c.data_dir().to_path_buf())
-            .collect()
+        self.clusters.iter().map(|c| c.data_dir.clone()).collect()
     }
 
     /// The admin token generated at startup, if none was configured.
@@ -161,7 +202,7 @@ impl App {
             }
         };
         for c in clusters {
-            c.stop().await;
+            c.stop.stop().await;
         }
         tracing::info!("stopped");
         result
@@ -357,15 +398,101 @@ fn login(user: &str, password: &Option<SecretString>) -> Login {
     }
 }
 
-/// Builds the control plane: catalog (migrated), provisioning engine and workers, routes,
-/// listener. Without `database_url`, starts one private cluster per configured region,
-/// bootstraps it and registers it.
+/// Builds the control plane on the catalog database of `config.database_url`: catalog
+/// (migrated), provisioning engine and workers, routes, listener. Refuses a
+/// configuration without a database URL (the embedded default is [`build_local`]).
 pub async fn build(config: ControlConfig) -> Result<App> {
+    if config.database_url.is_none() {
+        anyhow::bail!(
+            "no database_url (or DATABASE_URL) is configured: the control plane needs a catalog \
+             database (`tenancy serve` built with the `embedded` feature starts private clusters \
+             instead)"
+        );
+    }
+    build_on(config, Vec::new()).await
+}
+
+/// Builds the control plane on clusters started for it, one per region in
+/// `config.regions` (the embedded default): bootstraps each, keeps the catalog in the
+/// first, registers them all. The clusters are stopped when the app stops (or when this
+/// fails). `config.database_url` must be unset.
+pub async fn build_local(config: ControlConfig, clusters: Vec<LocalCluster>) -> Result<App> {
+    if config.database_url.is_some() {
+        stop_all(clusters).await;
+        anyhow::bail!("database_url is set: the control plane does not use local clusters with it");
+    }
+    build_on(config, clusters).await
+}
+
+async fn stop_all(clusters: Vec<LocalCluster>) {
+    for c in clusters {
+        c.stop.stop().await;
+    }
+}
+
+async fn build_on(config: ControlConfig, clusters: Vec<LocalCluster>) -> Result<App> {
+    // Built in a helper that borrows the clusters, so a failure stops them too.
+    match build_with(&config, &clusters).await {
+        Ok(parts) => Ok(parts.into_app(config, clusters)),
+        Err(e) => {
+            stop_all(clusters).await;
+            Err(e)
+        }
+    }
+}
+
+/// What [`build_with`] makes before the clusters join it.
+struct Parts {
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    generated_admin_token: Option<String>,
+    admin_token_kept: bool,
+}
+
+impl Parts {
+    fn into_app(self, config: ControlConfig, clusters: Vec<LocalCluster>) -> App {
+        App {
+            listener: self.listener,
+            router: router(self.state.clone()),
+            clusters,
+            state: self.state,
+            generated_admin_token: self.generated_admin_token,
+            stop: watch::channel(false),
+            serve_options: ServeOptions::from_limits(&config.limits),
+            grace: Duration::from_secs(config.shutdown_grace_secs),
+            data_dir: config.data_dir.clone(),
+            admin_token_kept: self.admin_token_kept,
+        }
+    }
+}
+
+/// Bootstraps a local cluster (roles, the `tenancy` database, the signed context with
+/// `key`) and returns the catalog's connection settings on it.
+async fn bootstrap_local(cluster: &LocalCluster, key: &ContextKey) -> Result<PgConfig> {
+    let what = |step: &str| format!("{step} on the local cluster of region {}", cluster.region);
+    let su = tenancy_conn::connect(&cluster.config_as(&cluster.superuser, "postgres"))
+        .await
+        .with_context(|| what("connecting as superuser"))?;
+    bootstrap::bootstrap_cluster(&su).await?;
+    // Already there on a kept data directory.
+    let _ = su.batch_execute("CREATE DATABASE tenancy").await;
+    let su = tenancy_conn::connect(&cluster.config_as(&cluster.superuser, "tenancy"))
+        .await
+        .with_context(|| what("connecting to database tenancy as superuser"))?;
+    bootstrap::bootstrap_database(&su, "tenancy").await?;
+    let catalog = cluster.config_as(OWNER_ROLE, "tenancy");
+    let owner = tenancy_conn::connect(&catalog)
+        .await
+        .with_context(|| what("connecting as the owner role"))?;
+    bootstrap::install_runtime(&owner, key).await?;
+    Ok(catalog)
+}
+
+async fn build_with(config: &ControlConfig, clusters: &[LocalCluster]) -> Result<Parts> {
     let kid: KeyId = config
         .context_key_id
         .parse()
         .context("parsing context_key_id")?;
-    let mut clusters = Vec::new();
     let (catalog_cfg, access, key) = match &config.database_url {
         Some(url) => {
             let mut cfg =
@@ -401,29 +528,12 @@ pub async fn build(config: ControlConfig) -> Result<App> {
                 None => ContextKey::from_bytes(kid, rand::random()),
             };
             let mut catalog = None;
-            for region in &config.regions {
-                let opts = ClusterOptions {
-                    data_dir: config.data_dir.as_ref().map(|d| d.join(region)),
-                    ..ClusterOptions::default()
-                };
-                let cluster = Cluster::start(opts)
-                    .await
-                    .with_context(|| format!("starting the private cluster of region {region}"))?;
-                let su = cluster.connect("postgres").await?;
-                bootstrap::bootstrap_cluster(&su).await?;
-                let _ = su.batch_execute("CREATE DATABASE tenancy").await;
-                let su = cluster.connect("tenancy").await?;
-                bootstrap::bootstrap_database(&su, "tenancy").await?;
-                let owner =
-                    tenancy_conn::connect(&cluster.config_as(OWNER_ROLE, "tenancy").into()).await?;
-                bootstrap::install_runtime(&owner, &key).await?;
-                if catalog.is_none() {
-                    catalog = Some(PgConfig::from(cluster.config_as(OWNER_ROLE, "tenancy")));
-                }
-                clusters.push((region.clone(), cluster));
+            for cluster in clusters {
+                let cfg = bootstrap_local(cluster, &key).await?;
+                catalog.get_or_insert(cfg);
             }
             let catalog = catalog.context("no region configured")?;
-            let access = ClusterAccess::local(clusters[0].1.superuser());
+            let access = ClusterAccess::local(&clusters[0].superuser);
             (catalog, access, key)
         }
     };
@@ -436,7 +546,7 @@ pub async fn build(config: ControlConfig) -> Result<App> {
     };
     let context = bootstrap::describe_context_impl(&owner).await?;
     tracing::info!(context = %context, "tenant context of the catalog database");
-    if tenancy_pg::native_required() && !context.starts_with("native") {
+    if tenancy_conn::native_required() && !context.starts_with("native") {
         anyhow::bail!(
             "TENANCY_REQUIRE_NATIVE=1, but the catalog database's tenant context is {context}"
         );
@@ -444,7 +554,8 @@ pub async fn build(config: ControlConfig) -> Result<App> {
     tenancy_catalog::migrate(&mut owner)
         .await
         .context("migrating the catalog")?;
-    for (region, cluster) in &clusters {
+    for cluster in clusters {
+        let region = &cluster.region;
         let id = region.parse().context("parsing a region")?;
         let name = config.region_names.get(region).unwrap_or(region);
         tenancy_catalog::add_region(&owner, &id, name).await?;
@@ -453,8 +564,8 @@ pub async fn build(config: ControlConfig) -> Result<App> {
             &NewCluster {
                 name: format!("local-{region}"),
                 region: id,
-                host: cluster.socket_dir().display().to_string(),
-                port: cluster.port(),
+                host: cluster.socket_dir.display().to_string(),
+                port: cluster.port,
                 dbname: "tenancy".into(),
                 capacity: 10_000,
             },
@@ -462,7 +573,7 @@ pub async fn build(config: ControlConfig) -> Result<App> {
         .await?;
     }
     if config.database_url.is_some() {
-        register_declared(&owner, &config).await?;
+        register_declared(&owner, config).await?;
     }
     let app_migrations = match &config.app_migrations_dir {
         Some(dir) => AppMigrations::from_dir(dir)?,
@@ -574,16 +685,10 @@ pub async fn build(config: ControlConfig) -> Result<App> {
         data_dir = config.data_dir.as_ref().map(|d| d.display().to_string()),
         "control plane built; provisioning workers started"
     );
-    Ok(App {
+    Ok(Parts {
         listener,
-        router: router(state.clone()),
-        clusters: clusters.into_iter().map(|(_, c)| c).collect(),
         state,
         generated_admin_token,
-        stop: watch::channel(false),
-        serve_options: ServeOptions::from_limits(&config.limits),
-        grace: Duration::from_secs(config.shutdown_grace_secs),
-        data_dir: config.data_dir.clone(),
         admin_token_kept,
     })
 }

@@ -177,14 +177,14 @@ impl Migrator {
                 (Placement::Schema, Some(id)) => (
                     t.schema_name
                         .clone()
-                        .unwrap_or_else(|| tenancy_provision::storage::schema_name_for(id)),
+                        .unwrap_or_else(|| tenancy_catalog::naming::schema_name_for(id)),
                     cluster.dbname.clone(),
                 ),
                 (Placement::Dedicated, Some(id)) => (
                     "public".to_owned(),
                     t.database_name
                         .clone()
-                        .unwrap_or_else(|| tenancy_provision::storage::database_name_for(id)),
+                        .unwrap_or_else(|| tenancy_catalog::naming::database_name_for(id)),
                 ),
                 _ => ("public".to_owned(), cluster.dbname.clone()),
             };

@@ -6,10 +6,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
+use tenancy_catalog::naming::{database_name_for, schema_name_for};
 use tenancy_catalog::{ClusterRecord, LedgerOutcome, LedgerUpdate, MigrationTarget};
 use tenancy_conn::PgConfig;
 use tenancy_core::Placement;
-use tenancy_provision::storage::{database_name_for, schema_name_for};
 use tenancy_provision::ClusterAccess;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
@@ -113,7 +113,7 @@ impl Migrator {
     /// Refuses the run when a migration applied somewhere changed or disappeared.
     pub async fn verify_checksums(&self, catalog: &Client) -> Result<(), Error> {
         let recorded = tenancy_catalog::recorded_app_migrations(catalog).await?;
-        let files: HashMap<i32, &tenancy_provision::AppMigration> =
+        let files: HashMap<i32, &tenancy_catalog::AppMigration> =
             self.set.app.all().iter().map(|m| (m.version, m)).collect();
         let next = self
             .set

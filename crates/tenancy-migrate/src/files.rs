@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tenancy_provision::{AppMigration, AppMigrations};
+use tenancy_catalog::{AppMigration, AppMigrations};
 
 use crate::Error;
 

@@ -3,7 +3,7 @@
 //! connection is ready for the next target), and several targets can be pipelined on
 //! one connection without one's failure touching another.
 
-use tenancy_provision::{storage::MARKER, AppMigrations};
+use tenancy_catalog::{naming::MARKER, AppMigrations};
 use tenancy_sdk::bootstrap::quote_ident;
 
 /// SQLSTATE raised when the schema's marker is not the version the plan expected

@@ -53,10 +53,9 @@ pub fn native_context_majors() -> Vec<u32> {
 }
 
 /// Whether `TENANCY_REQUIRE_NATIVE=1`: every place that would fall back to the PL/pgSQL
-/// context fails instead (the build, cluster start, bootstrap and the tests).
-pub fn native_required() -> bool {
-    std::env::var("TENANCY_REQUIRE_NATIVE").is_ok_and(|v| v == "1")
-}
+/// context fails instead (the build, cluster start, bootstrap and the tests). The one
+/// reading of the variable, `tenancy-conn`'s, shared by every component.
+pub use tenancy_conn::native_required;
 
 /// Writes the native library (and on PostgreSQL 18+, the extension's files) for server
 /// `major` into `data_dir` and returns the settings that make the server find them.

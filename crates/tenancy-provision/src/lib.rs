@@ -15,7 +15,8 @@
 //!   version, each applied atomically with a version marker.
 //! - [`webhook`]: Standard Webhooks signing, verification and delivery; the outbox loop
 //!   delivers lifecycle events with retries and logs every attempt.
-//! - [`config`]: app migrations, plans, receivers, retry settings.
+//! - [`config`]: plans, receivers, retry settings, and the app's migrations (defined in
+//!   `tenancy-catalog`, beside their ledger).
 //!
 //! What it does not do: it never reads or writes tenant rows except to purge a deleted
 //! pooled tenant, and then only through a `TenantTx` of that tenant (RLS still applies);
@@ -84,6 +85,12 @@ pub enum Error {
     /// The requested change is not possible in the tenant's state.
     #[error("{0}")]
     NotPossible(String),
+}
+
+impl From<tenancy_catalog::AppMigrationsError> for Error {
+    fn from(e: tenancy_catalog::AppMigrationsError) -> Self {
+        Error::Config(e.0)
+    }
 }
 
 impl Error {

@@ -17,19 +17,7 @@ use tokio_postgres::Client;
 
 use crate::{AppMigrations, Error};
 
-/// Marker prefix of the comment on a migrated schema (`tenancy-migrate` reads it too).
-pub const MARKER: &str = "tenancy-app-version:";
-
-/// The schema of a schema-placement tenant: derived from its id, so a re-run step
-/// computes the same name.
-pub fn schema_name_for(tenant: TenantId) -> String {
-    format!("t_{}", tenant.as_uuid().simple())
-}
-
-/// The database of a dedicated tenant, derived from its id.
-pub fn database_name_for(tenant: TenantId) -> String {
-    format!("tenant_{}", tenant.as_uuid().simple())
-}
+pub use tenancy_catalog::naming::{database_name_for, schema_name_for, MARKER};
 
 /// The app version recorded on `schema`, or `None` when the schema does not exist.
 pub async fn schema_version(client: &Client, schema: &str) -> Result<Option<i32>, Error> {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 /// A `tenancy serve` process: its stdout and stderr lines, and a kill when the test ends
 /// (also when it fails).
-struct Served {
+pub(crate) struct Served {
     child: Child,
     stdout: Receiver<String>,
     stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
@@ -30,7 +30,7 @@ impl Drop for Served {
 
 impl Served {
     /// Starts `tenancy serve` on the embedded default, in its own process group.
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Served {
+    pub(crate) fn start(args: &[&str], env: &[(&str, &str)]) -> Served {
         use std::os::unix::process::CommandExt;
         let mut c = Command::new(env!("CARGO_BIN_EXE_tenancy"));
         c.args(["serve", "--listen", "127.0.0.1:0"]).args(args);
@@ -85,7 +85,7 @@ impl Served {
     }
 
     /// Stdout lines up to and including the one starting with `last`.
-    fn banner(&self, last: &str) -> Vec<String> {
+    pub(crate) fn banner(&self, last: &str) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(180);
         let mut lines = Vec::new();
         loop {
@@ -108,7 +108,7 @@ impl Served {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    fn signal(&self, sig: &str, group: bool) {
+    pub(crate) fn signal(&self, sig: &str, group: bool) {
         let target = if group {
             format!("-{}", self.child.id())
         } else {
@@ -122,7 +122,7 @@ impl Served {
     }
 
     /// Waits for the process to exit (and for the last of its stderr).
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+    pub(crate) fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + within;
         loop {
             if let Some(s) = self.child.try_wait().expect("wait") {
@@ -141,7 +141,7 @@ impl Served {
     }
 }
 
-fn port_of(banner: &[String]) -> u16 {
+pub(crate) fn port_of(banner: &[String]) -> u16 {
     banner
         .iter()
         .find_map(|l| l.strip_prefix("tenancy control plane on http://127.0.0.1:"))
@@ -158,14 +158,14 @@ fn data_dirs(banner: &[String]) -> Vec<String> {
 }
 
 /// An HTTP answer: status, headers (lowercase names), body.
-struct Answer {
-    status: u16,
-    headers: BTreeMap<String, String>,
-    body: String,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) headers: BTreeMap<String, String>,
+    pub(crate) body: String,
 }
 
 impl Answer {
-    fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 }
@@ -209,7 +209,7 @@ fn read_answer(mut s: TcpStream) -> Answer {
     }
 }
 
-fn http(
+pub(crate) fn http(
     port: u16,
     method: &str,
     path: &str,
@@ -225,7 +225,7 @@ fn http(
     read_answer(s)
 }
 
-fn wait_ready(port: u16) -> Answer {
+pub(crate) fn wait_ready(port: u16) -> Answer {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let a = http(port, "GET", "/readyz", &[], None);
@@ -242,7 +242,12 @@ fn wait_ready(port: u16) -> Answer {
     }
 }
 
-fn create_tenant(port: u16, token: &str, slug: &str, placement: &str) -> (String, String) {
+pub(crate) fn create_tenant(
+    port: u16,
+    token: &str,
+    slug: &str,
+    placement: &str,
+) -> (String, String) {
     let auth = format!("Bearer {token}");
     let key = format!("ops-{slug}");
     let a = http(
@@ -270,7 +275,7 @@ fn get(port: u16, token: &str, path: &str) -> Answer {
     http(port, "GET", path, &[("Authorization", &auth)], None)
 }
 
-fn wait_active(port: u16, token: &str, id: &str, within: Duration) {
+pub(crate) fn wait_active(port: u16, token: &str, id: &str, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
         let t = get(port, token, &format!("/v1/tenants/{id}")).json();
@@ -756,170 +761,4 @@ async fn cli_messages_carry_postgres_message_and_sqlstate() {
         "{stderr}"
     );
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A minimal OTLP/HTTP collector: answers every POST with 200 and keeps the spans of the
-/// `ExportTraceServiceRequest` bodies (with their resource's `service.name`).
-struct Collector {
-    port: u16,
-    spans: std::sync::Arc<
-        std::sync::Mutex<Vec<(String, opentelemetry_proto::tonic::trace::v1::Span)>>,
-    >,
-}
-
-impl Collector {
-    fn start() -> Collector {
-        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-        use prost::Message;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = spans.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                let head_end = loop {
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break Some(i + 4);
-                    }
-                    match stream.read(&mut chunk) {
-                        Ok(0) | Err(_) => break None,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                };
-                let Some(head_end) = head_end else { continue };
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                while buf.len() < head_end + len {
-                    match stream.read(&mut chunk) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let body = &buf[head_end..(head_end + len).min(buf.len())];
-                if let Ok(req) = ExportTraceServiceRequest::decode(body) {
-                    if let Ok(mut s) = sink.lock() {
-                        for rs in req.resource_spans {
-                            let service = rs
-                                .resource
-                                .iter()
-                                .flat_map(|r| r.attributes.iter())
-                                .find(|a| a.key == "service.name")
-                                .and_then(|a| a.value.as_ref())
-                                .map(|v| format!("{:?}", v.value))
-                                .unwrap_or_default();
-                            for ss in rs.scope_spans {
-                                for span in ss.spans {
-                                    s.push((service.clone(), span));
-                                }
-                            }
-                        }
-                    }
-                }
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                );
-            }
-        });
-        Collector { port, spans }
-    }
-}
-
-/// A span attribute's string value.
-fn attr(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<String> {
-    use opentelemetry_proto::tonic::common::v1::any_value::Value;
-    span.attributes
-        .iter()
-        .find(|a| a.key == key)
-        .and_then(|a| a.value.as_ref())
-        .and_then(|v| match &v.value {
-            Some(Value::StringValue(s)) => Some(s.clone()),
-            Some(Value::IntValue(i)) => Some(i.to_string()),
-            _ => None,
-        })
-}
-
-#[test]
-fn serve_exports_spans_over_otlp_continuing_the_callers_trace_with_tenant_ids() {
-    let collector = Collector::start();
-    let endpoint = format!("http://127.0.0.1:{}", collector.port);
-    let mut serve = Served::start(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())]);
-    let banner = serve.banner("admin token");
-    let port = port_of(&banner);
-    let token = banner
-        .iter()
-        .find_map(|l| l.strip_prefix("admin token (shown once): "))
-        .expect("token")
-        .trim()
-        .to_owned();
-    wait_ready(port);
-    let (tenant, _) = create_tenant(port, &token, "traced", "pooled");
-    wait_active(port, &token, &tenant, Duration::from_secs(60));
-    let a = http(
-        port,
-        "GET",
-        &format!("/v1/tenants/{tenant}"),
-        &[
-            ("Authorization", &format!("Bearer {token}")),
-            (
-                "traceparent",
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            ),
-        ],
-        None,
-    );
-    assert_eq!(a.status, 200, "{}", a.body);
-    let answered = a.headers.get("traceparent").expect("traceparent").clone();
-    // Exported spans are flushed when the process exits.
-    serve.signal("-TERM", false);
-    assert!(serve.wait_exit(Duration::from_secs(60)).success());
-
-    let spans = collector
-        .spans
-        .lock()
-        .map(|s| s.clone())
-        .unwrap_or_default();
-    assert!(!spans.is_empty(), "no span reached the collector");
-    assert!(
-        spans
-            .iter()
-            .all(|(service, _)| service.contains("\"tenancy\"")),
-        "{:?}",
-        spans.iter().map(|(s, _)| s).collect::<Vec<_>>()
-    );
-    let request = spans
-        .iter()
-        .map(|(_, s)| s)
-        .find(|s| {
-            s.name == "request" && hex::encode(&s.trace_id) == "4bf92f3577b34da6a3ce929d0e0e4736"
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no request span in the caller's trace: {:?}",
-                spans.iter().map(|(_, s)| &s.name).collect::<Vec<_>>()
-            )
-        });
-    assert_eq!(hex::encode(&request.parent_span_id), "00f067aa0ba902b7");
-    assert_eq!(
-        answered,
-        format!(
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01",
-            hex::encode(&request.span_id)
-        ),
-        "the traceparent answered names the exported span"
-    );
-    assert_eq!(attr(request, "tenant_id").as_deref(), Some(tenant.as_str()));
-    assert_eq!(attr(request, "route").as_deref(), Some("/v1/tenants/{id}"));
-    assert!(
-        spans.iter().any(|(_, s)| s.name == "workflow_step"
-            && attr(s, "tenant_id").as_deref() == Some(tenant.as_str())),
-        "no workflow step span with the tenant id"
-    );
 }

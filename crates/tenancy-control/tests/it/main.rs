@@ -10,11 +10,3 @@ mod hostile;
 mod ops;
 mod tls;
 mod validation;
-// The CLI's `serve` and `tenants` modules live in tenancy-cli (wired there by its owner);
-// they are compiled and exercised here until then.
-mod cli;
-#[path = "../../../tenancy-cli/src/serve.rs"]
-#[allow(dead_code)]
-mod serve;
-#[path = "../../../tenancy-cli/src/tenants.rs"]
-mod tenants;

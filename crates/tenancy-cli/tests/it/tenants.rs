@@ -1,17 +1,28 @@
-use clap::Parser;
+//! `tenancy tenants …` against a real catalog: the binary, as operators run it.
 
-use crate::tenants::{run, TenantsArgs};
-
-#[derive(Parser, Debug)]
-struct Cli {
-    #[command(flatten)]
-    args: TenantsArgs,
+/// Runs `tenancy tenants --database-url URL ARGV…`: its stdout when it exits 0, else its
+/// exit code and stderr.
+async fn tenants(url: &str, argv: &[&str]) -> Result<String, String> {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenancy"))
+        .args(["tenants", "--database-url", url])
+        .args(argv)
+        .env_remove("DATABASE_URL")
+        .output()
+        .await
+        .map_err(|e| format!("running tenancy tenants: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
 }
 
 #[tokio::test]
 async fn tenants_cli_creates_lists_shows_and_queues_lifecycle_workflows() {
-    let db = tenancy_pg::testing::TemplateDb::new("cli_tpl");
-    let _ = db; // the catalog below is a plain fresh database
     let cluster = tenancy_pg::testing::cluster().await.expect("cluster");
     let su = cluster.connect("postgres").await.expect("su");
     let name = format!("cli_{}", std::process::id());
@@ -53,39 +64,40 @@ async fn tenants_cli_creates_lists_shows_and_queues_lifecycle_workflows() {
     .await
     .expect("cluster");
     let url = cluster.url_as(tenancy_sdk::bootstrap::OWNER_ROLE, &name);
-    let go = |argv: &[&str]| {
-        let mut full = vec!["tenants", "--database-url", &url];
-        full.extend_from_slice(argv);
-        Cli::parse_from(full).args
-    };
-    let out = run(go(&[
-        "create",
-        "acme",
-        "--region",
-        "eu-west",
-        "--placement",
-        "schema",
-    ]))
+    let out = tenants(
+        &url,
+        &[
+            "create",
+            "acme",
+            "--region",
+            "eu-west",
+            "--placement",
+            "schema",
+        ],
+    )
     .await
     .expect("create");
     assert!(out.contains("tenant acme"), "{out}");
-    assert!(run(go(&["list"]))
+    assert!(tenants(&url, &["list"])
         .await
         .expect("list")
         .contains("acme\tprovisioning\tschema"));
-    assert!(run(go(&["suspend", "acme", "--reason", "test"]))
+    assert!(tenants(&url, &["suspend", "acme", "--reason", "test"])
         .await
         .expect("suspend")
         .contains("queued suspend"));
-    assert!(run(go(&["resume", "acme"]))
+    assert!(tenants(&url, &["resume", "acme"])
         .await
         .expect("resume")
         .contains("queued resume"));
-    assert!(run(go(&["delete", "acme"]))
+    assert!(tenants(&url, &["delete", "acme"])
         .await
         .expect("delete")
         .contains("queued delete"));
-    let show = run(go(&["show", "acme"])).await.expect("show");
+    let show = tenants(&url, &["show", "acme"]).await.expect("show");
     assert_eq!(show.matches("workflow").count(), 4, "{show}");
-    assert!(run(go(&["show", "nope-nope"])).await.is_err());
+    let missing = tenants(&url, &["show", "nope-nope"])
+        .await
+        .expect_err("an unknown tenant is refused");
+    assert!(missing.starts_with("Some(2)"), "{missing}");
 }

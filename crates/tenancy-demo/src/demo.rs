@@ -1,8 +1,9 @@
-//! `tenancy demo`: the embedded default end to end.
+//! The demo: a private cluster, two tenants, isolation shown through the SDK and the
+//! example application.
 
 use anyhow::{bail, Context, Result};
 
-/// Prints a line on stdout. A closed stdout (`tenancy demo | head -2`) is not an error:
+/// Prints a line on stdout. A closed stdout (`tenancy-demo | head -2`) is not an error:
 /// the demo runs to its end, and stops its clusters, without printing the rest.
 macro_rules! say {
     ($($arg:tt)*) => {{
@@ -16,7 +17,7 @@ use tenancy_pg::{Cluster, ClusterOptions};
 use tenancy_sdk::bootstrap::{self, OWNER_ROLE, RUNTIME_ROLE, WORKER_ROLE};
 use tenancy_sdk::{ClusterCredentials, Router, RouterOptions};
 
-/// Options of `tenancy demo`.
+/// Options of `tenancy-demo`.
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
     /// Keep the cluster and the example app running after the demo, print how to call the
@@ -54,7 +55,7 @@ async fn connect(cfg: tokio_postgres::Config) -> Result<tokio_postgres::Client> 
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
-    say!("tenancy demo: starting a private PostgreSQL cluster (embedded default)…");
+    say!("tenancy-demo: starting a private PostgreSQL cluster (embedded default)…");
     let cluster = Cluster::start(ClusterOptions {
         ephemeral: true,
         ..Default::default()

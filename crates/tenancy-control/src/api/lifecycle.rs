@@ -1,0 +1,265 @@
+//! Lifecycle transitions of a tenant: suspend, resume, delete (one handler, parameterised
+//! by the transition), plan changes and legal holds.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::json;
+use tenancy_catalog::WorkflowKind;
+use tenancy_core::PlanKey;
+use utoipa::ToSchema;
+
+use super::tenants::{Accepted, TenantView};
+use super::{known_plan, parse_body, tenant_ref, to_value};
+use crate::auth::Admin;
+use crate::error::{ApiError, Problem, ProblemCode};
+use crate::{idempotency, AppState};
+
+/// Optional reason of a lifecycle operation.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reason {
+    /// Free text recorded with the workflow (at most 1000 characters, no NUL).
+    #[schema(max_length = 1000, pattern = "^[^\\u0000]*$")]
+    pub reason: Option<String>,
+}
+
+impl Reason {
+    /// A reason is at most 1000 characters.
+    fn check(&self) -> Result<(), ApiError> {
+        match &self.reason {
+            Some(r) if r.chars().count() > 1000 => {
+                Err(ApiError::field("reason", "must be at most 1000 characters"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// New plan.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePlan {
+    /// A configured plan.
+    #[schema(pattern = "^[a-z][a-z0-9_-]*$", min_length = 1, max_length = 40)]
+    pub plan: String,
+}
+
+/// Legal hold switch.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LegalHold {
+    pub hold: bool,
+}
+
+/// Whether a lifecycle workflow of `kind` can do anything for a tenant in `state` (the
+/// same rules its workflow applies; refusing here answers 409 instead of queueing a
+/// workflow that is then cancelled).
+fn lifecycle_allowed(kind: WorkflowKind, state: tenancy_core::TenantState) -> bool {
+    use tenancy_core::TenantState::*;
+    match kind {
+        WorkflowKind::Suspend | WorkflowKind::Resume => matches!(state, Active | Suspended),
+        WorkflowKind::ChangePlan => !matches!(state, Deleting | Deleted),
+        WorkflowKind::Delete => matches!(state, Active | Suspended | Deleting),
+        _ => state != Deleted,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn lifecycle(
+    state: &AppState,
+    admin: &Admin,
+    headers: &HeaderMap,
+    id: &str,
+    op: &'static str,
+    kind: WorkflowKind,
+    raw: serde_json::Value,
+    input: serde_json::Value,
+) -> Result<Response, ApiError> {
+    let id = tenant_ref(state, id).await?;
+    let scope = format!("admin:{}:POST /v1/tenants/{id}/{op}", admin.principal);
+    let actor = format!("admin:{}", admin.principal);
+    idempotency::run(state, headers, scope, &raw, move |state| async move {
+        let mut conn = state.catalog().await?;
+        let t = tenancy_catalog::get_tenant(&conn, id).await?;
+        if !lifecycle_allowed(kind, t.state) {
+            return Err(ApiError::new(
+                ProblemCode::Conflict,
+                format!(
+                    "cannot {} tenant {id}: it is {}",
+                    match kind {
+                        WorkflowKind::ChangePlan => "change the plan of",
+                        _ => op,
+                    },
+                    t.state
+                ),
+            ));
+        }
+        let wf = state
+            .provisioner()
+            .enqueue(&mut conn, id, kind, &input, &actor)
+            .await?;
+        Ok((
+            StatusCode::ACCEPTED,
+            to_value(&Accepted {
+                tenant: (&t).into(),
+                workflow: (&wf).into(),
+            }),
+        ))
+    })
+    .await
+}
+
+/// A transition of a tenant's state that takes an optional reason: what its route is
+/// named and which workflow it queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// Active → suspended (the tenant's requests are refused; data kept).
+    Suspend,
+    /// Suspended → active.
+    Resume,
+    /// Soft delete: purged after the retention period unless on legal hold.
+    Delete,
+}
+
+impl Transition {
+    /// The last segment of its route, `POST /v1/tenants/{id}/<op>`.
+    pub fn op(self) -> &'static str {
+        match self {
+            Transition::Suspend => "suspend",
+            Transition::Resume => "resume",
+            Transition::Delete => "delete",
+        }
+    }
+
+    /// The workflow it queues.
+    fn kind(self) -> WorkflowKind {
+        match self {
+            Transition::Suspend => WorkflowKind::Suspend,
+            Transition::Resume => WorkflowKind::Resume,
+            Transition::Delete => WorkflowKind::Delete,
+        }
+    }
+
+    /// The workflow's input: the reason where the workflow records one.
+    fn input(self, r: Reason) -> serde_json::Value {
+        match self {
+            Transition::Suspend | Transition::Delete => json!({"reason": r.reason}),
+            Transition::Resume => json!({}),
+        }
+    }
+}
+
+/// The handler of every [`Transition`]: an optional [`Reason`], then the workflow queued
+/// (idempotently) when the tenant's state allows it.
+pub async fn transition(
+    to: Transition,
+    admin: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (r, raw): (Reason, _) = parse_body(&headers, body)?;
+    r.check()?;
+    lifecycle(
+        &state,
+        &admin,
+        &headers,
+        &id,
+        to.op(),
+        to.kind(),
+        raw,
+        to.input(r),
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/tenants/{id}/suspend", tag = "tenants", security(("admin" = [])), request_body = Option<Reason>,
+    params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
+    responses((status = 202, body = Accepted), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn suspend(
+    admin: Admin,
+    state: State<AppState>,
+    id: Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    transition(Transition::Suspend, admin, state, id, headers, body).await
+}
+
+#[utoipa::path(post, path = "/v1/tenants/{id}/resume", tag = "tenants", security(("admin" = [])), request_body = Option<Reason>,
+    params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
+    responses((status = 202, body = Accepted), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn resume(
+    admin: Admin,
+    state: State<AppState>,
+    id: Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    transition(Transition::Resume, admin, state, id, headers, body).await
+}
+
+#[utoipa::path(post, path = "/v1/tenants/{id}/delete", tag = "tenants", security(("admin" = [])), request_body = Option<Reason>,
+    params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
+    responses((status = 202, body = Accepted, description = "Soft delete queued; data is purged after the retention period unless a legal hold is set"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn delete(
+    admin: Admin,
+    state: State<AppState>,
+    id: Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    transition(Transition::Delete, admin, state, id, headers, body).await
+}
+
+#[utoipa::path(post, path = "/v1/tenants/{id}/plan", tag = "tenants", security(("admin" = [])), request_body = ChangePlan,
+    params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
+    responses((status = 202, body = Accepted), (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn change_plan(
+    admin: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (r, raw): (ChangePlan, _) = parse_body(&headers, body)?;
+    let plan: PlanKey = known_plan(&state, "plan", &r.plan)?;
+    lifecycle(
+        &state,
+        &admin,
+        &headers,
+        &id,
+        "plan",
+        WorkflowKind::ChangePlan,
+        raw,
+        json!({"plan": plan.as_str()}),
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/tenants/{id}/legal-hold", tag = "tenants", security(("admin" = [])), request_body = LegalHold,
+    params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
+    responses((status = 200, body = TenantView), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn legal_hold(
+    admin: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (r, raw): (LegalHold, _) = parse_body(&headers, body)?;
+    let id = tenant_ref(&state, &id).await?;
+    let scope = format!("admin:{}:POST /v1/tenants/{id}/legal-hold", admin.principal);
+    let actor = format!("admin:{}", admin.principal);
+    idempotency::run(&state, &headers, scope, &raw, move |state| async move {
+        let mut conn = state.catalog().await?;
+        let t = tenancy_catalog::set_legal_hold(&mut conn, id, r.hold, &actor).await?;
+        Ok((StatusCode::OK, to_value(&TenantView::from(&t))))
+    })
+    .await
+}
