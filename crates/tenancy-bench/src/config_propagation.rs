@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use tenancy_catalog::{NewCluster, NewTenant};
-use tenancy_config::dns::{StaticResolver, TxtResolver};
-use tenancy_config::{ClientOptions, ConfigClient, ConfigState, Store};
+use tenancy_config::{ClientOptions, ConfigClient};
+use tenancy_config_service::dns::{StaticResolver, TxtResolver};
+use tenancy_config_service::{ConfigState, Store};
 use tenancy_core::{ContextKey, Placement, TenantId};
 use tenancy_pg::{Cluster, ClusterOptions};
 use tenancy_sdk::bootstrap::{self, CONFIG_READER_ROLE, OWNER_ROLE};
@@ -190,7 +191,7 @@ async fn measure(cluster: &Cluster, runs: usize) -> Result<()> {
     )
     .await?;
     let resolver: Arc<dyn TxtResolver> = Arc::new(StaticResolver::new());
-    let router = tenancy_config::routes(ConfigState {
+    let router = tenancy_config_service::routes(ConfigState {
         store,
         client,
         resolver,

@@ -22,8 +22,8 @@ use tokio_postgres::{AsyncMessage, Client};
 
 use crate::engine::{ExplainError, Explanation, LimitExceeded, Resolved, Snapshot};
 use crate::error::ConfigError;
+use crate::load::{self, CHANNEL};
 use crate::model::{EntitlementValue, FlagKey, VariantKey};
-use crate::store::{self, CHANNEL};
 
 /// How the client keeps its snapshot fresh.
 #[derive(Debug, Clone)]
@@ -87,6 +87,23 @@ struct Inner {
     opts: ClientOptions,
 }
 
+impl Inner {
+    /// Serving `snapshot`, just loaded.
+    fn new(snapshot: Snapshot, opts: ClientOptions) -> Arc<Inner> {
+        let (generation, _) = watch::channel(0);
+        Arc::new(Inner {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            health: Mutex::new(Health {
+                connected: true,
+                last_refresh: Instant::now(),
+                last_error: None,
+            }),
+            generation,
+            opts,
+        })
+    }
+}
+
 /// The SDK's configuration client. Cheap to clone; the background worker stops when the
 /// last clone is dropped.
 #[derive(Debug, Clone)]
@@ -146,39 +163,20 @@ impl ConfigClient {
     ) -> Result<ConfigClient, ConfigError> {
         let config = config.into();
         let session = open_session(&config).await?;
-        let data = store::load_all(&session.client).await?;
-        let (generation, _) = watch::channel(0);
-        let inner = Arc::new(Inner {
-            snapshot: ArcSwap::from_pointee(Snapshot::build(data)),
-            health: Mutex::new(Health {
-                connected: true,
-                last_refresh: Instant::now(),
-                last_error: None,
-            }),
-            generation,
-            opts,
-        });
+        let data = load::load_all(&session.client).await?;
+        let inner = Inner::new(Snapshot::build(data), opts);
         tokio::spawn(worker(Arc::downgrade(&inner), config, session));
         Ok(ConfigClient { inner })
     }
 
     /// A client serving a fixed snapshot, with no worker (tests, offline tools).
     pub fn from_snapshot(snapshot: Snapshot) -> ConfigClient {
-        let (generation, _) = watch::channel(0);
+        let opts = ClientOptions {
+            max_staleness: Duration::MAX,
+            ..ClientOptions::default()
+        };
         ConfigClient {
-            inner: Arc::new(Inner {
-                snapshot: ArcSwap::from_pointee(snapshot),
-                health: Mutex::new(Health {
-                    connected: true,
-                    last_refresh: Instant::now(),
-                    last_error: None,
-                }),
-                generation,
-                opts: ClientOptions {
-                    max_staleness: Duration::MAX,
-                    ..ClientOptions::default()
-                },
-            }),
+            inner: Inner::new(snapshot, opts),
         }
     }
 
@@ -335,7 +333,7 @@ impl Pending {
 }
 
 async fn full_refresh(inner: &Inner, client: &Client) -> Result<(), ConfigError> {
-    let data = store::load_all(client).await?;
+    let data = load::load_all(client).await?;
     ConfigClient::swap(inner, Snapshot::build(data));
     set_health(inner, |h| {
         h.last_refresh = Instant::now();
@@ -351,7 +349,7 @@ async fn apply(inner: &Inner, client: &Client, p: Pending) -> Result<(), ConfigE
     let current = inner.snapshot.load_full();
     let mut next: Option<Snapshot> = None;
     for key in &p.flags {
-        let loaded = store::load_flag(client, key).await?;
+        let loaded = load::load_flag(client, key).await?;
         let base = next.as_ref().unwrap_or(&current);
         let (flag, version) = match loaded {
             Some((f, v)) => (Some(f), v),
@@ -360,7 +358,7 @@ async fn apply(inner: &Inner, client: &Client, p: Pending) -> Result<(), ConfigE
         next = Some(base.with_flag(key, flag, version));
     }
     for id in &p.tenants {
-        let loaded = store::load_tenant(client, *id).await?;
+        let loaded = load::load_tenant(client, *id).await?;
         let version = client
             .query_one(
                 "SELECT coalesce(max(version), 0) FROM tenancy_catalog.config_changes",

@@ -47,11 +47,13 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    pub(crate) fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ConfigError {
+    /// Maps a driver error of `what` (a verb phrase: "reading a flag").
+    pub fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ConfigError {
         move |source| ConfigError::Db { what, source }
     }
 
-    pub(crate) fn corrupt<E: std::fmt::Display>(e: E) -> ConfigError {
+    /// A stored value that does not parse.
+    pub fn corrupt<E: std::fmt::Display>(e: E) -> ConfigError {
         ConfigError::Corrupt(e.to_string())
     }
 

@@ -8,6 +8,9 @@
 //!
 //! The tenant comes from the request extension [`TenantId`], which the tenant-resolution
 //! layer (`tenancy-axum`) inserts; without it the request is refused (fail closed).
+//!
+//! The problem types it answers with ([`FEATURE_NOT_ENTITLED`], [`LIMIT_EXCEEDED`],
+//! [`TENANT_REQUIRED`]) are part of tenancy's one code table.
 
 use std::future::{ready, Ready};
 use std::sync::Arc;
@@ -23,9 +26,30 @@ use time::OffsetDateTime;
 use tower_layer::Layer;
 use tower_service::Service;
 
+pub use tenancy_problem::Problem;
+use tenancy_problem::ProblemType;
+
 use crate::client::ConfigClient;
 use crate::engine::Snapshot;
-use crate::http::{Problem, ProblemCode};
+
+/// 403: the tenant's plan does not include the feature.
+pub const FEATURE_NOT_ENTITLED: ProblemType = ProblemType::new(
+    "feature-not-entitled",
+    403,
+    "The tenant's plan does not include this feature",
+);
+/// 403: the tenant reached a limit of its plan.
+pub const LIMIT_EXCEEDED: ProblemType = ProblemType::new(
+    "limit-exceeded",
+    403,
+    "The tenant reached a limit of its plan",
+);
+/// 401: no tenant could be determined for the request.
+pub const TENANT_REQUIRED: ProblemType = ProblemType::new(
+    "tenant-required",
+    401,
+    "No tenant could be determined for this request",
+);
 
 /// Refuses requests whose tenant does not have `feature`.
 #[derive(Debug, Clone)]
@@ -63,20 +87,18 @@ pub struct RequireFeature<S> {
     feature: Arc<str>,
 }
 
-fn not_entitled(feature: &str) -> Response {
+fn not_entitled(feature: &str) -> Problem {
     Problem::new(
-        ProblemCode::FeatureNotEntitled,
+        FEATURE_NOT_ENTITLED,
         format!("the tenant's plan does not include the feature {feature:?}"),
     )
-    .into_response()
 }
 
-fn no_tenant() -> Response {
+fn no_tenant() -> Problem {
     Problem::new(
-        ProblemCode::TenantRequired,
+        TENANT_REQUIRED,
         "this route needs a tenant; none was resolved for the request".to_owned(),
     )
-    .into_response()
 }
 
 impl<S, B> Service<Request<B>> for RequireFeature<S>
@@ -93,12 +115,12 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let Some(tenant) = req.extensions().get::<TenantId>().copied() else {
-            return Either::Left(ready(Ok(no_tenant())));
+            return Either::Left(ready(Ok(no_tenant().into_response())));
         };
         if self.client.has_feature(tenant, &self.feature) {
             Either::Right(self.inner.call(req))
         } else {
-            Either::Left(ready(Ok(not_entitled(&self.feature))))
+            Either::Left(ready(Ok(not_entitled(&self.feature).into_response())))
         }
     }
 }
@@ -125,10 +147,7 @@ impl TenantConfig {
         if self.has_feature(key) {
             Ok(())
         } else {
-            Err(Problem::new(
-                ProblemCode::FeatureNotEntitled,
-                format!("the tenant's plan does not include the feature {key:?}"),
-            ))
+            Err(not_entitled(key))
         }
     }
 
@@ -141,7 +160,7 @@ impl TenantConfig {
     pub fn check_limit(&self, key: &str, requested: u64) -> Result<(), Problem> {
         self.snapshot
             .check_limit(self.tenant, key, requested, self.now)
-            .map_err(|e| Problem::new(ProblemCode::LimitExceeded, e.to_string()))
+            .map_err(|e| Problem::new(LIMIT_EXCEEDED, e.to_string()))
     }
 
     /// Whether a flag is on.
@@ -163,12 +182,11 @@ where
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let tenant = parts.extensions.get::<TenantId>().copied().ok_or_else(|| {
-            Problem::new(
-                ProblemCode::TenantRequired,
-                "this route needs a tenant; none was resolved for the request".to_owned(),
-            )
-        })?;
+        let tenant = parts
+            .extensions
+            .get::<TenantId>()
+            .copied()
+            .ok_or_else(no_tenant)?;
         let client = ConfigClient::from_ref(state);
         Ok(TenantConfig {
             tenant,

@@ -48,7 +48,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderValue;
 use axum::routing::{get, post};
 use secrecy::{ExposeSecret, SecretString};
-use tenancy_config::ConfigState;
+use tenancy_config_service::ConfigState;
 use tenancy_provision::{PgConn, PgPool, Provisioner};
 use utoipa::OpenApi;
 
@@ -235,7 +235,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 fn config_openapi() -> utoipa::openapi::OpenApi {
     use utoipa::openapi::security::SecurityRequirement;
     use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
-    let mut doc = tenancy_config::http::ConfigApiDoc::openapi();
+    let mut doc = tenancy_config_service::http::ConfigApiDoc::openapi();
     for item in doc.paths.paths.values_mut() {
         let ops = [
             &mut item.get,
@@ -274,7 +274,7 @@ fn config_openapi() -> utoipa::openapi::OpenApi {
 /// made it: the `x-tenancy-actor` header when the caller sends one, else the admin
 /// token's principal (`admin:<first 8 hex digits of its digest>`).
 pub fn config_routes(state: &AppState, config: ConfigState) -> axum::Router {
-    tenancy_config::routes(config).route_layer(axum::middleware::from_fn_with_state(
+    tenancy_config_service::routes(config).route_layer(axum::middleware::from_fn_with_state(
         state.clone(),
         admin_for_config,
     ))

@@ -10,8 +10,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use secrecy::{ExposeSecret, SecretString};
 use tenancy_catalog::NewCluster;
-use tenancy_config::dns::{SystemResolver, TxtResolver, UnavailableResolver};
-use tenancy_config::{ClientOptions, ConfigClient, ConfigState};
+use tenancy_config::{ClientOptions, ConfigClient};
+use tenancy_config_service::dns::{SystemResolver, TxtResolver, UnavailableResolver};
+use tenancy_config_service::ConfigState;
 use tenancy_conn::PgConfig;
 use tenancy_core::{ContextKey, KeyId};
 use tenancy_provision::{
@@ -656,7 +657,7 @@ async fn build_with(config: &ControlConfig, clusters: &[LocalCluster]) -> Result
                 .unwrap_or_default(),
         );
     let config_state = ConfigState {
-        store: tenancy_config::Store::new(catalog_cfg.clone(), 4)
+        store: tenancy_config_service::Store::new(catalog_cfg.clone(), 4)
             .context("creating the configuration store")?,
         client: ConfigClient::connect(reader_cfg, ClientOptions::default())
             .await

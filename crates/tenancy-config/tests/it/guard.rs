@@ -7,7 +7,8 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
-use tenancy_config::{ChangeMeta, ConfigClient, RequireFeatureLayer, TenantConfig};
+use tenancy_config::{ConfigClient, RequireFeatureLayer, TenantConfig};
+use tenancy_config_service::ChangeMeta;
 use tenancy_core::TenantId;
 
 use crate::support::*;

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use tenancy_config::model::Flag;
-use tenancy_config::{ChangeMeta, ClientOptions, ConfigClient, Store};
+use tenancy_config::{ClientOptions, ConfigClient};
+use tenancy_config_service::{ChangeMeta, Store};
 use tenancy_pg::{Cluster, ClusterOptions};
 use tenancy_sdk::bootstrap::{CONFIG_READER_ROLE, OWNER_ROLE};
 
@@ -65,7 +66,7 @@ async fn catalog_outage_serves_last_snapshot_and_reports_stale() {
         .await
         .expect_err("catalog is down");
     assert!(err.is_unavailable(), "{err}");
-    let problem = tenancy_config::Problem::from(err);
+    let problem = tenancy_config_service::ApiError::from(err).0;
     assert_eq!(problem.status, 503);
 }
 

@@ -10,7 +10,8 @@ use tenancy_config::model::{
     EntitlementDef, EntitlementKind, EntitlementValue, Flag, Override, OverrideTarget, Rule, Serve,
 };
 use tenancy_config::openfeature::TenancyProvider;
-use tenancy_config::{ChangeMeta, FlagReason, Layer};
+use tenancy_config::{FlagReason, Layer};
+use tenancy_config_service::ChangeMeta;
 use time::OffsetDateTime;
 
 use crate::support::*;

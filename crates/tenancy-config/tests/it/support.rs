@@ -10,8 +10,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde_json::Value;
 use tenancy_catalog::{NewCluster, NewTenant};
-use tenancy_config::dns::{StaticResolver, TxtResolver};
-use tenancy_config::{ClientOptions, ConfigClient, ConfigState, Store};
+use tenancy_config::{ClientOptions, ConfigClient};
+use tenancy_config_service::dns::{StaticResolver, TxtResolver};
+use tenancy_config_service::{ConfigState, Store};
 use tenancy_core::{ContextKey, Placement, TenantId};
 use tenancy_pg::testing::{TemplateDb, TestDb};
 use tenancy_sdk::bootstrap::{self, CONFIG_READER_ROLE, OWNER_ROLE};
@@ -148,7 +149,7 @@ pub async fn app(db: &TestDb) -> App {
     let client = client(db).await;
     let dns = StaticResolver::new();
     let resolver: Arc<dyn TxtResolver> = Arc::new(dns.clone());
-    let router = tenancy_config::routes(ConfigState {
+    let router = tenancy_config_service::routes(ConfigState {
         store: store.clone(),
         client: client.clone(),
         resolver,

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde_json::{json, Value};
-use tenancy_config::dns::StaticResolver;
-use tenancy_config::{ClientOptions, ConfigClient, ConfigState};
+use tenancy_config::{ClientOptions, ConfigClient};
+use tenancy_config_service::dns::StaticResolver;
+use tenancy_config_service::ConfigState;
 use tenancy_control::{router, AppState};
 use tenancy_pg::testing::TestDb;
 use tenancy_sdk::bootstrap::{CONFIG_READER_ROLE, OWNER_ROLE};
@@ -29,7 +30,7 @@ pub(crate) async fn with_config(db: &TestDb, state: AppState) -> AppState {
     .await
     .expect("config client");
     state.with_config(ConfigState {
-        store: tenancy_config::Store::new(db.config_as(OWNER_ROLE), 2).expect("store"),
+        store: tenancy_config_service::Store::new(db.config_as(OWNER_ROLE), 2).expect("store"),
         client,
         resolver: Arc::new(StaticResolver::new()),
     })

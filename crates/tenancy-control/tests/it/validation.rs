@@ -141,7 +141,7 @@ async fn every_error_axum_itself_produces_is_a_problem_document_of_the_one_schem
 
     // One code table: every crate's codes agree with the common ones and with each other.
     let control = tenancy_control::ProblemCode::table();
-    let config = tenancy_config::ProblemCode::table();
+    let config = tenancy_config_service::ProblemCode::table();
     let layer = tenancy_axum::ProblemType::table();
     assert_eq!(
         tenancy_axum::problem::check_table(&[&control, &config, &layer]),

@@ -62,9 +62,10 @@ async fn every_source_resolves_its_tenant() {
     // Custom domain: the configuration service owns the lifecycle (claim, DNS TXT
     // verification, disable, removal); only a verified domain resolves, and every change
     // reaches the layer's cache through the catalog change notification.
-    let config = tenancy_config::Store::new(env.db.config_as(OWNER_ROLE), 2).expect("store");
-    let dns = tenancy_config::dns::StaticResolver::new();
-    let who = tenancy_config::ChangeMeta::new("resolver-test", "custom domain");
+    let config =
+        tenancy_config_service::Store::new(env.db.config_as(OWNER_ROLE), 2).expect("store");
+    let dns = tenancy_config_service::dns::StaticResolver::new();
+    let who = tenancy_config_service::ChangeMeta::new("resolver-test", "custom domain");
     let host = "billing.acme.example";
     let acme_auth = format!("Bearer {}", token(env.acme));
     let via = |r: &Resp| r.body["via"].clone();

@@ -426,7 +426,7 @@ async fn evaluate_and_explain_endpoints() {
 
     // The OpenAPI document names every route.
     use utoipa::OpenApi;
-    let doc = tenancy_config::http::ConfigApiDoc::openapi();
+    let doc = tenancy_config_service::http::ConfigApiDoc::openapi();
     let paths: Vec<&String> = doc.paths.paths.keys().collect();
     assert!(
         paths.iter().any(|p| p.as_str() == "/v1/evaluate/{tenant}"),

@@ -1,0 +1,261 @@
+//! A tenant's configuration: targeting attributes, overrides, branding, setting values
+//! and custom domains.
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tenancy_config::model::{Branding, Domain, Override, OverrideTarget, SettingKey};
+use tenancy_core::TenantId;
+use time::OffsetDateTime;
+
+use super::{
+    bad, from_json, parse, tenant_write, written, ApiResult, ConfigState, Problem, ProblemCode,
+    Written,
+};
+
+#[derive(Debug, Deserialize)]
+struct AttributesBody {
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    custom: serde_json::Map<String, Value>,
+}
+
+/// Sets a tenant's tags and custom attributes (body: `{"tags": [...], "custom": {...}}`).
+#[utoipa::path(put, path = "/v1/config/tenants/{tenant}/attributes", tag = "config",
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
+    request_body(content = Object, description = "{tags, custom}"),
+    responses((status = 200, body = Written), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub(super) async fn put_attributes(
+    State(s): State<ConfigState>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> ApiResult<Json<Written>> {
+    let ((m, tenant), body) = (
+        tenant_write(&headers, &tenant)?,
+        from_json::<AttributesBody>(body)?,
+    );
+    Ok(written(
+        s.store
+            .put_tenant_attributes(tenant, &body.tags, &body.custom, &m)
+            .await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct OverrideBody {
+    value: Value,
+    reason: String,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    expires_at: Option<OffsetDateTime>,
+}
+
+fn target(kind: &str, key: &str) -> ApiResult<OverrideTarget> {
+    match kind {
+        "flag" => Ok(OverrideTarget::Flag(parse("flag key", key)?)),
+        "entitlement" => Ok(OverrideTarget::Entitlement(parse("entitlement key", key)?)),
+        _ => Err(bad(format!(
+            "override kind {kind:?} is unknown; expected flag or entitlement"
+        ))),
+    }
+}
+
+/// Sets a per-tenant override (body: `{"value", "reason", "expires_at"?}`; a flag
+/// override's value is a variant key).
+#[utoipa::path(put, path = "/v1/config/tenants/{tenant}/overrides/{kind}/{key}", tag = "config",
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("kind" = String, Path, description = "flag or entitlement", pattern = "^(flag|entitlement)$"), ("key" = String, Path, description = "key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
+    request_body(content = Object, description = "{value, reason, expires_at?}"),
+    responses((status = 200, body = Written), (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub(super) async fn put_override(
+    State(s): State<ConfigState>,
+    Path((tenant, kind, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> ApiResult<Json<Written>> {
+    let (m, tenant) = tenant_write(&headers, &tenant)?;
+    let target = target(&kind, &key)?;
+    let body: OverrideBody = from_json(body)?;
+    let o = Override {
+        tenant_id: tenant,
+        target,
+        value: body.value,
+        reason: body.reason,
+        expires_at: body.expires_at,
+        created_by: m.actor.clone(),
+    };
+    Ok(written(s.store.put_override(&o, &m).await?))
+}
+
+/// Removes a per-tenant override.
+#[utoipa::path(delete, path = "/v1/config/tenants/{tenant}/overrides/{kind}/{key}", tag = "config",
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("kind" = String, Path, description = "flag or entitlement", pattern = "^(flag|entitlement)$"), ("key" = String, Path, description = "key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
+    responses((status = 200, body = Written), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub(super) async fn delete_override(
+    State(s): State<ConfigState>,
+    Path((tenant, kind, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Written>> {
+    let (m, tenant) = tenant_write(&headers, &tenant)?;
+    let target = target(&kind, &key)?;
+    Ok(written(s.store.delete_override(tenant, &target, &m).await?))
+}
+
+/// Sets a tenant's white-label branding (validated).
+#[utoipa::path(put, path = "/v1/config/tenants/{tenant}/branding", tag = "config",
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
+    request_body(content = Object, description = "Branding"),
+    responses((status = 200, body = Written), (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub(super) async fn put_branding(
+    State(s): State<ConfigState>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> ApiResult<Json<Written>> {
+    let ((m, tenant), b) = (
+        tenant_write(&headers, &tenant)?,
+        from_json::<Branding>(body)?,
+    );
+    Ok(written(s.store.put_branding(tenant, &b, &m).await?))
+}
+
+/// A tenant's branding, from the snapshot.
+#[utoipa::path(get, path = "/v1/config/tenants/{tenant}/branding", tag = "config",
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
+    responses((status = 200, body = Object), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub(super) async fn get_branding(
+    State(s): State<ConfigState>,
+    Path(tenant): Path<String>,
+) -> ApiResult<Json<Branding>> {
+    let tenant: TenantId = parse("tenant id", &tenant)?;
+    s.client
+        .snapshot()
+        .branding(tenant)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| {
+            Problem::new(
+                ProblemCode::NotFound,
+                "this tenant has no branding".to_owned(),
+            )
+            .into()
+        })
+}
+
+/// Sets a tenant's value of a typed setting (body: the JSON value; validated against the schema).
+#[utoipa::path(put, path = "/v1/config/tenants/{tenant}/settings/{key}", tag = "config",
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("key" = String, Path, description = "setting key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
+    request_body(content = Object, description = "the value"),
+    responses((status = 200, body = Written), (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub(super) async fn put_tenant_setting(
+    State(s): State<ConfigState>,
+    Path((tenant, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> ApiResult<Json<Written>> {
+    let (m, tenant) = tenant_write(&headers, &tenant)?;
+    let key: SettingKey = parse("setting key", &key)?;
+    Ok(written(
+        s.store.put_tenant_setting(tenant, &key, &body, &m).await?,
+    ))
+}
+
+/// Removes a tenant's value of a setting.
+#[utoipa::path(delete, path = "/v1/config/tenants/{tenant}/settings/{key}", tag = "config",
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("key" = String, Path, description = "setting key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
+    responses((status = 200, body = Written), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub(super) async fn delete_tenant_setting(
+    State(s): State<ConfigState>,
+    Path((tenant, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Written>> {
+    let (m, tenant) = tenant_write(&headers, &tenant)?;
+    let key: SettingKey = parse("setting key", &key)?;
+    Ok(written(
+        s.store.delete_tenant_setting(tenant, &key, &m).await?,
+    ))
+}
+
+/// A tenant's custom domains.
+#[utoipa::path(get, path = "/v1/config/tenants/{tenant}/domains", tag = "config",
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
+    responses((status = 200, body = Object)))]
+pub(super) async fn list_domains(
+    State(s): State<ConfigState>,
+    Path(tenant): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let tenant: TenantId = parse("tenant id", &tenant)?;
+    let domains = s.store.list_domains(tenant).await?;
+    let items: Vec<Value> = domains.iter().map(domain_json).collect();
+    Ok(Json(json!({ "domains": items })))
+}
+
+fn domain_json(d: &Domain) -> Value {
+    json!({
+        "hostname": d.hostname,
+        "state": d.state,
+        "verified_at": d.verified_at.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+        "last_error": d.last_error,
+        "challenge": { "type": "TXT", "name": d.challenge_name(), "value": d.challenge_value() },
+    })
+}
+
+/// Claims a custom domain (state `pending`); the answer says which TXT record to publish.
+#[utoipa::path(put, path = "/v1/config/tenants/{tenant}/domains/{hostname}", tag = "config",
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("hostname" = String, Path, description = "hostname (at least two labels of a-z, 0-9 and inner '-'; the last has a letter)", pattern = "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", max_length = 253)),
+    responses((status = 200, body = Object), (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub(super) async fn add_domain(
+    State(s): State<ConfigState>,
+    Path((tenant, hostname)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let (m, tenant) = tenant_write(&headers, &tenant)?;
+    let d = s.store.add_domain(tenant, &hostname, &m).await?;
+    Ok(Json(domain_json(&d)))
+}
+
+/// Checks the domain's TXT record; verified on success, the failure recorded otherwise.
+#[utoipa::path(post, path = "/v1/config/tenants/{tenant}/domains/{hostname}/verify", tag = "config",
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("hostname" = String, Path, description = "hostname (at least two labels of a-z, 0-9 and inner '-'; the last has a letter)", pattern = "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", max_length = 253)),
+    responses((status = 200, body = Object), (status = 409, body = Problem, content_type = "application/problem+json")))]
+pub(super) async fn verify_domain(
+    State(s): State<ConfigState>,
+    Path((tenant, hostname)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let (m, tenant) = tenant_write(&headers, &tenant)?;
+    let d = s
+        .store
+        .verify_domain(tenant, &hostname, s.resolver.as_ref(), &m)
+        .await?;
+    Ok(Json(domain_json(&d)))
+}
+
+/// Switches a domain off.
+#[utoipa::path(post, path = "/v1/config/tenants/{tenant}/domains/{hostname}/disable", tag = "config",
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("hostname" = String, Path, description = "hostname (at least two labels of a-z, 0-9 and inner '-'; the last has a letter)", pattern = "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", max_length = 253)),
+    responses((status = 200, body = Object), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub(super) async fn disable_domain(
+    State(s): State<ConfigState>,
+    Path((tenant, hostname)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let (m, tenant) = tenant_write(&headers, &tenant)?;
+    let d = s.store.disable_domain(tenant, &hostname, &m).await?;
+    Ok(Json(domain_json(&d)))
+}
+
+/// Removes a domain claim.
+#[utoipa::path(delete, path = "/v1/config/tenants/{tenant}/domains/{hostname}", tag = "config",
+    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("hostname" = String, Path, description = "hostname (at least two labels of a-z, 0-9 and inner '-'; the last has a letter)", pattern = "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", max_length = 253)),
+    responses((status = 200, body = Written), (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub(super) async fn remove_domain(
+    State(s): State<ConfigState>,
+    Path((tenant, hostname)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Written>> {
+    let (m, tenant) = tenant_write(&headers, &tenant)?;
+    Ok(written(s.store.remove_domain(tenant, &hostname, &m).await?))
+}

@@ -1,0 +1,205 @@
+//! The configuration store: every statement that writes configuration, one module per
+//! entity (entitlements, plan and region layers, flags, settings, tenant attributes and
+//! branding, overrides, domains) and the change log.
+//!
+//! Every write goes through one helper, [`Store::write`]: it checks who and why, opens a
+//! transaction, reads the row as it was (for the change log) after validating against the
+//! other definitions, appends a [`ChangeRecord`] to `tenancy_catalog.config_changes` (who,
+//! when, why, before, after) whose version stamps the written row, sends
+//! `NOTIFY tenancy_config, '<kind>:<id>'`, writes, and commits. PostgreSQL delivers the
+//! notification only if the transaction commits, so a snapshot never hears of a change
+//! that did not happen. Payloads carry ids only; listeners read the data themselves.
+
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use serde::Serialize;
+use serde_json::Value;
+use tenancy_config::engine::ConfigData;
+use tenancy_config::model::ModelError;
+use tenancy_config::ConfigError;
+use tenancy_conn::PgConfig;
+use tenancy_core::TenantId;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Transaction};
+
+mod domains;
+mod entitlements;
+mod flags;
+mod layers;
+mod log;
+mod overrides;
+mod settings;
+mod tenants;
+
+pub use log::{Change, ChangeMeta};
+pub(crate) use log::{ChangeRecord, Scope};
+pub use tenancy_config::load::CHANNEL;
+
+/// Creates catalog connections for the store's pool.
+#[derive(Debug)]
+pub struct Manager {
+    /// Where to connect, as which role (the owner role in a control plane).
+    config: PgConfig,
+}
+
+impl managed::Manager for Manager {
+    type Type = Client;
+    type Error = tenancy_conn::ConnError;
+
+    async fn create(&self) -> Result<Client, tenancy_conn::ConnError> {
+        let (client, connection) = self.config.connect_raw().await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "config store connection closed");
+            }
+        });
+        Ok(client)
+    }
+
+    async fn recycle(&self, c: &mut Client, _: &Metrics) -> RecycleResult<tenancy_conn::ConnError> {
+        if c.is_closed() {
+            return Err(RecycleError::message("connection closed"));
+        }
+        Ok(())
+    }
+}
+
+/// The control plane's handle on the configuration tables: a small pool of catalog
+/// connections and the write operations.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: managed::Pool<Manager>,
+}
+
+type Tx<'a> = Transaction<'a>;
+
+impl Store {
+    /// A store connecting with `config` (the catalog's owner role), at most `max_size`
+    /// connections.
+    pub fn new(config: impl Into<PgConfig>, max_size: usize) -> Result<Store, ConfigError> {
+        let pool = managed::Pool::builder(Manager {
+            config: config.into(),
+        })
+        .max_size(max_size)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| ConfigError::Pool(e.to_string()))?;
+        Ok(Store { pool })
+    }
+
+    async fn conn(&self) -> Result<managed::Object<Manager>, ConfigError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| ConfigError::Pool(e.to_string()))
+    }
+
+    /// Loads everything (what a snapshot is built from).
+    pub async fn load_all(&self) -> Result<ConfigData, ConfigError> {
+        let c = self.conn().await?;
+        tenancy_config::load::load_all(&c).await
+    }
+
+    /// The one write path. Checks `meta`, opens a transaction, runs `prepare` (checks
+    /// against the stored state, reads the row as it was; returns the change to record
+    /// and what `apply` needs), records the change (its version), runs `apply` with that
+    /// version (writes the row), and commits; `committing` names the write in errors.
+    /// Returns the version and what `apply` returned. Any error rolls everything back,
+    /// the notification included.
+    async fn write<P, T>(
+        &self,
+        meta: &ChangeMeta,
+        committing: &'static str,
+        prepare: impl AsyncFnOnce(&Tx<'_>) -> Result<(ChangeRecord, P), ConfigError>,
+        apply: impl AsyncFnOnce(&Tx<'_>, i64, P) -> Result<T, ConfigError>,
+    ) -> Result<(i64, T), ConfigError> {
+        meta.validate()?;
+        let mut c = self.conn().await?;
+        let tx = c
+            .transaction()
+            .await
+            .map_err(ConfigError::db("starting a transaction"))?;
+        let (change, prepared) = prepare(&tx).await?;
+        let version = change.record(&tx, meta).await?;
+        let out = apply(&tx, version, prepared).await?;
+        tx.commit().await.map_err(ConfigError::db(committing))?;
+        Ok((version, out))
+    }
+}
+
+/// Refuses invalid input before a connection is taken: the change's actor and reason
+/// first, then the entity's own check (whose result it passes on).
+fn valid<T>(
+    meta: &ChangeMeta,
+    entity: Result<T, impl Into<ConfigError>>,
+) -> Result<T, ConfigError> {
+    meta.validate()?;
+    entity.map_err(Into::into)
+}
+
+/// Nothing more to write than the change itself (deletions, whose `prepare` removed the row).
+async fn nothing(_: &Tx<'_>, _: i64, (): ()) -> Result<(), ConfigError> {
+    Ok(())
+}
+
+fn to_json<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(ModelError::Invalid(msg.into()))
+}
+
+fn not_found(kind: &'static str, key: impl ToString) -> ConfigError {
+    ConfigError::NotFound {
+        kind,
+        key: key.to_string(),
+    }
+}
+
+/// The row a statement returns as JSON (its first column), if it returns one: the value
+/// before a change, read `FOR UPDATE` or returned by the `DELETE`.
+async fn row_json(
+    tx: &Tx<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    what: &'static str,
+) -> Result<Option<Value>, ConfigError> {
+    Ok(tx
+        .query_opt(sql, params)
+        .await
+        .map_err(ConfigError::db(what))?
+        .map(|r| r.get::<_, Value>(0)))
+}
+
+/// Runs a statement that writes one row.
+async fn exec(
+    tx: &Tx<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    what: &'static str,
+) -> Result<(), ConfigError> {
+    tx.execute(sql, params)
+        .await
+        .map_err(ConfigError::db(what))?;
+    Ok(())
+}
+
+async fn tenant_exists(tx: &Tx<'_>, tenant: TenantId) -> Result<(), ConfigError> {
+    let found = tx
+        .query_opt(
+            "SELECT 1 FROM tenancy_catalog.tenants WHERE id = $1 AND state <> 'deleted'",
+            &[&tenant.as_uuid()],
+        )
+        .await
+        .map_err(ConfigError::db("reading a tenant"))?
+        .is_some();
+    if found {
+        Ok(())
+    } else {
+        Err(not_found("tenant", tenant))
+    }
+}
