@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tenancy_axum::jobs::{self, JobOutcome, JobSigner, Worker, WORKER_ROLE};
 use tenancy_axum::{Source, Tenancy};
 use tenancy_core::{TenantId, TenantState};
+use tenancy_jobs::{self as jobs, JobOutcome, JobSigner, Worker, WORKER_ROLE};
 use tenancy_pg::testing::TestDb;
 use tenancy_sdk::bootstrap::{self, ContextImpl, OWNER_ROLE, RUNTIME_ROLE};
 use tenancy_sdk::{ClusterCredentials, Router, RouterOptions, TenantPool};
@@ -113,7 +113,7 @@ struct JobRow {
 
 impl Queue {
     /// A worker on the test queue, connected as the worker role.
-    fn worker(&self) -> Worker {
+    fn worker(&self) -> Worker<tenancy_axum::Tenancy> {
         let runs = self.runs.clone();
         Worker::new(
             self.tenancy.clone(),
