@@ -342,6 +342,8 @@ async fn start_with(pooler: Option<tenancy_sdk::Pooler>) -> Env {
 pub struct Resp {
     pub status: u16,
     pub content_type: String,
+    /// The `X-Request-Id` response header.
+    pub request_id: Option<String>,
     pub body: Value,
 }
 
@@ -393,6 +395,11 @@ impl Env {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
+        let request_id = resp
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         let body = if body.is_empty() {
             Value::Null
@@ -403,6 +410,7 @@ impl Env {
         Resp {
             status,
             content_type,
+            request_id,
             body,
         }
     }
