@@ -179,7 +179,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_current_trace_is_the_scope_s() {
+    async fn the_current_trace_is_set_by_its_scope() {
         assert_eq!(TraceParent::current(), None);
         let t = TraceParent::new([1; 16], [2; 8], 1);
         let seen = TraceParent::scope(t, async { TraceParent::current() }).await;

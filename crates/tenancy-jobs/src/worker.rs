@@ -519,3 +519,29 @@ fn join_trace(span: &tracing::Span, tp: &TraceParent) {
     // Fails only when no OpenTelemetry layer is installed: then there is nothing to join.
     let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
 }
+
+#[cfg(all(test, feature = "otel"))]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{TraceContextExt, TracerProvider};
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[test]
+    fn a_jobs_span_is_a_child_of_the_enqueuers_span() {
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let tp = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .expect("traceparent");
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("job");
+            join_trace(&span, &tp);
+            let cx = span.context();
+            let own = cx.span().span_context().clone();
+            assert_eq!(own.trace_id().to_bytes(), tp.trace_id());
+            assert_ne!(own.span_id().to_bytes(), tp.parent_id());
+            assert!(own.is_sampled());
+        });
+    }
+}
