@@ -352,6 +352,16 @@ impl Resp {
     pub fn code(&self) -> &str {
         self.body["code"].as_str().unwrap_or("")
     }
+
+    /// The body without its `request_id` (which differs on every request), for comparing
+    /// what two answers say.
+    pub fn said(&self) -> Value {
+        let mut b = self.body.clone();
+        if let Some(o) = b.as_object_mut() {
+            o.remove("request_id");
+        }
+        b
+    }
 }
 
 impl Env {
