@@ -25,9 +25,15 @@
 //!   an error response, an error or a panic).
 //! - [`HttpError`]: the one HTTP error type, RFC 9457 `application/problem+json` with a
 //!   stable code table ([`ProblemType`]).
-//! - [`jobs`]: signed job envelopes, a PostgreSQL queue (`FOR UPDATE SKIP LOCKED`) and a
-//!   [`jobs::Worker`] that refuses jobs without a valid signed tenant and runs each in
-//!   its tenant's scope; [`spawn_with_tenant`] for in-process tasks.
+//! - Jobs: [`Tenancy`] is a `tenancy_jobs::JobRuntime`, so a `tenancy_jobs::Worker` runs
+//!   each job with the same [`Tenant`] and [`Tx`] a request gets; the queue, envelopes and
+//!   worker live in `tenancy-jobs`. [`spawn_with_tenant`] for in-process tasks.
+//! - Request id and trace context: every response carries `X-Request-Id` (the client's
+//!   when it is sane, else a new one; [`RequestId`] in the request extensions) and every
+//!   problem body carries it as `request_id`. A valid incoming W3C `traceparent` is put in
+//!   the request extensions as a [`TraceParent`], recorded on the request span
+//!   (`trace_id`), and stored with the jobs the request enqueues; an invalid one is
+//!   ignored.
 //! - [`TenantKey`] / [`TenantCache`]: cache keys that cannot be built without a tenant.
 //!
 //! What it does not do: it never reaches tenant data except through the SDK's
@@ -40,7 +46,7 @@ pub mod api_key;
 mod catalog;
 mod error;
 mod future;
-pub mod jobs;
+mod jobs;
 pub mod jwt;
 mod layer;
 mod pool;
@@ -54,8 +60,10 @@ pub use future::ResponseFuture;
 pub use layer::TenancyLayer;
 pub use service::TenancyService;
 pub use tenancy::{Session, SessionSource, Source, Tenancy, TenancyBuilder};
+pub use tenancy_jobs::TraceParent;
 /// The one problem document of tenancy (its `normalize` middleware turns axum's plain-text
 /// rejections and fallbacks into problems).
 pub use tenancy_problem as problem;
+pub use tenancy_problem::request_id::RequestId;
 pub use tenant::{spawn_with_tenant, SourceKind, Tenant, TenantCache, TenantKey};
 pub use tx::Tx;

@@ -1,11 +1,15 @@
-//! The tower [`Service`]: resolve, scope, run, end the transaction.
+//! The tower [`Service`]: request id and trace context, resolve, scope, run, end the
+//! transaction.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::task::{Context, Poll};
 
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
-use http::{Request, Uri};
+use http::{HeaderName, Request, Uri};
+use tenancy_jobs::TraceParent;
+use tenancy_problem::request_id::{self, RequestId};
 use tower_service::Service;
 use tracing::Instrument;
 
@@ -25,6 +29,31 @@ impl<S> TenancyService<S> {
     pub(crate) fn new(inner: S, tenancy: Tenancy) -> Self {
         TenancyService { inner, tenancy }
     }
+}
+
+/// W3C `traceparent`.
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// Runs the request, then stamps its response with the request id: the `X-Request-Id`
+/// header on every response, `request_id` in every problem body. A `then` rather than an
+/// `async fn`: the request's future and the stamping share the space (an `async fn`
+/// would keep its argument and the awaited future side by side, doubling the
+/// per-request allocation).
+fn with_request_id<E>(
+    fut: impl Future<Output = Result<Response, E>>,
+    id: RequestId,
+) -> impl Future<Output = Result<Response, E>> {
+    fut.then(move |res| async move {
+        let mut resp = res?;
+        if request_id::is_problem(&resp) {
+            // Boxed: only problems pay for the rewrite's state.
+            resp = Box::pin(request_id::add_to_problem(resp, &id)).await;
+        }
+        if let Some(v) = id.header_value() {
+            resp.headers_mut().insert(request_id::HEADER.clone(), v);
+        }
+        Ok(resp)
+    })
 }
 
 fn strip_path(uri: &Uri, n: usize) -> Option<Uri> {
@@ -55,27 +84,40 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         // The clone is not ready; swap so the ready one is used (tower's usual dance).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let tenancy = self.tenancy.clone();
+        let id = RequestId::from_headers(req.headers());
+        // An invalid traceparent is ignored: the request simply starts no trace here.
+        let trace = req
+            .headers()
+            .get(&TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceParent::parse);
         // The span exists before anything else runs; tenant_id is filled in as soon as
         // the tenant is known, before any handler code.
         let span = tracing::info_span!(
             "request",
             method = %req.method(),
             path = %req.uri().path(),
+            request_id = %id,
+            trace_id = tracing::field::Empty,
             tenant_id = tracing::field::Empty,
             tenant = tracing::field::Empty,
         );
+        req.extensions_mut().insert(id.clone());
+        if let Some(t) = trace {
+            span.record("trace_id", t.trace_id_hex());
+            req.extensions_mut().insert(t);
+        }
         // A route declared public runs without a tenant: no resolution, no `Tenant`, no
         // tenant id, no transaction slot (the `Tx` and `Tenant` extractors refuse there).
         if tenancy.is_public(req.uri().path()) {
             count_resolution("public");
-            let mut req = req;
             req.extensions_mut().insert(PublicRoute);
-            return ResponseFuture::new(inner.call(req).instrument(span));
+            return ResponseFuture::new(with_request_id(inner.call(req), id).instrument(span));
         }
         // Split outside the future: what it captures is kept for its whole life, so
         // capturing the request and splitting it inside would hold both.
@@ -108,9 +150,12 @@ where
             parts.extensions.insert(tenant.id());
             parts.extensions.insert(slot.clone());
             let req = Request::from_parts(parts, body);
-            let out = tenant
-                .scope(AssertUnwindSafe(inner.call(req)).catch_unwind())
-                .await;
+            // Jobs the handler enqueues keep the request's trace context.
+            let out = TraceParent::scope(
+                trace,
+                tenant.scope(AssertUnwindSafe(inner.call(req)).catch_unwind()),
+            )
+            .await;
             // One place ends the transaction, whatever the handler did: commit on a
             // success or redirect, roll back on an error response, an error or a panic.
             let (commit, outcome) = match out {
@@ -136,7 +181,7 @@ where
                 Err(None) => Ok(HttpError::internal("handler panicked").into_response()),
             }
         };
-        ResponseFuture::new(fut.instrument(span))
+        ResponseFuture::new(with_request_id(fut, id).instrument(span))
     }
 }
 

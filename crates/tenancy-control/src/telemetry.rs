@@ -4,7 +4,8 @@
 //! - Request id: the client's `X-Request-Id` when it is 1 to 128 visible ASCII
 //!   characters, else a new one (32 hex digits). It is echoed in the `X-Request-Id`
 //!   response header, recorded on the request span and added as `request_id` to every
-//!   problem document, so an operator can find the log lines of a failed call.
+//!   problem document, so an operator can find the log lines of a failed call. The rules
+//!   are `tenancy_problem::request_id`'s, shared with the tenancy request layer.
 //! - Trace context: a valid incoming `traceparent` (version 00) keeps its trace id, and the
 //!   request gets a new span id under it; without one, a new trace starts. The response
 //!   carries the request's `traceparent`, and the span records `trace_id` and `span_id`
@@ -17,25 +18,20 @@
 
 use std::time::Instant;
 
-use axum::body::Body;
 use axum::extract::{MatchedPath, Request};
-use axum::http::{header, HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 
+use tenancy_problem::request_id::add_to_problem;
+/// The request id of a request (in its extensions once [`observe`] ran).
+pub use tenancy_problem::request_id::RequestId;
 /// `X-Request-Id`.
-pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub use tenancy_problem::request_id::HEADER as REQUEST_ID;
+
 /// W3C `traceparent`.
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-
-/// Largest problem body rewritten to carry the request id (problems are small; anything
-/// bigger is left as it is).
-const MAX_PROBLEM_BODY: usize = 64 * 1024;
-
-/// The request id of a request (in its extensions once [`observe`] ran).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(pub String);
 
 /// W3C trace context of a request: the trace it belongs to and its own span id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,51 +93,10 @@ fn nonzero_random<const N: usize>() -> [u8; N] {
 
 /// Parses `00-<32 hex>-<16 hex>-<2 hex>` (lowercase; all-zero ids are invalid). Versions
 /// other than 00 are read the same way when their first four fields look the same, as the
-/// specification asks.
+/// specification asks. The rules are `tenancy_jobs::TraceParent`'s, shared with the
+/// request layer and the job queue.
 pub fn parse_traceparent(v: &str) -> Option<([u8; 16], [u8; 8], u8)> {
-    let mut parts = v.trim().split('-');
-    let version = parts.next()?;
-    let trace = parts.next()?;
-    let span = parts.next()?;
-    let flags = parts.next()?;
-    if version.len() != 2 || version == "ff" || !is_lower_hex(version) {
-        return None;
-    }
-    if version == "00" && parts.next().is_some() {
-        return None;
-    }
-    if trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
-        return None;
-    }
-    if !is_lower_hex(trace) || !is_lower_hex(span) || !is_lower_hex(flags) {
-        return None;
-    }
-    let mut t = [0u8; 16];
-    let mut s = [0u8; 8];
-    hex::decode_to_slice(trace, &mut t).ok()?;
-    hex::decode_to_slice(span, &mut s).ok()?;
-    let mut f = [0u8; 1];
-    hex::decode_to_slice(flags, &mut f).ok()?;
-    if t.iter().all(|b| *b == 0) || s.iter().all(|b| *b == 0) {
-        return None;
-    }
-    Some((t, s, f[0]))
-}
-
-fn is_lower_hex(s: &str) -> bool {
-    s.bytes()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// The client's request id when it is usable, else a new one.
-fn request_id(headers: &axum::http::HeaderMap) -> String {
-    headers
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>()))
+    tenancy_jobs::TraceParent::parse(v).map(|t| (t.trace_id(), t.parent_id(), t.flags()))
 }
 
 /// The route template of a request, or `unmatched` (no route: the 404 fallback).
@@ -155,7 +110,7 @@ pub fn route_of(req: &Request) -> String {
 /// The middleware: request id, trace context, span, access line.
 pub async fn observe(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let id = request_id(req.headers());
+    let id = RequestId::from_headers(req.headers());
     let mut trace = TraceContext::from_headers(req.headers());
     let route = route_of(&req);
     let method = req.method().clone();
@@ -175,10 +130,10 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
     if let Some(tenant) = tenant_in_path(&route, req.uri().path()) {
         span.record("tenant_id", tenant);
     }
-    req.extensions_mut().insert(RequestId(id.clone()));
+    req.extensions_mut().insert(id.clone());
     req.extensions_mut().insert(trace);
     let response = next.run(req).instrument(span.clone()).await;
-    let mut response = with_request_id_in_problem(response, &id).await;
+    let mut response = add_to_problem(response, &id).await;
     let status = response.status().as_u16();
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     crate::metrics::record_request(method.as_str(), &route, status, started.elapsed());
@@ -192,7 +147,7 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
             "access"
         )
     });
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    if let Some(v) = id.header_value() {
         response.headers_mut().insert(REQUEST_ID.clone(), v);
     }
     if let Ok(v) = HeaderValue::from_str(&trace.traceparent()) {
@@ -244,39 +199,6 @@ fn tenant_in_path(route: &str, path: &str) -> Option<String> {
     let index = prefix.split('/').count() - 1;
     let segment = path.split('/').nth(index)?;
     segment.parse::<uuid::Uuid>().ok().map(|u| u.to_string())
-}
-
-/// A problem document gains `request_id` (other responses pass unchanged).
-async fn with_request_id_in_problem(response: Response, id: &str) -> Response {
-    let is_problem = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if !is_problem {
-        return response;
-    }
-    let (mut parts, body) = response.into_parts();
-    let bytes = match axum::body::to_bytes(body, MAX_PROBLEM_BODY).await {
-        Ok(b) => b,
-        Err(_) => return Response::from_parts(parts, Body::empty()),
-    };
-    let rewritten = match serde_json::from_slice::<serde_json::Value>(&bytes) {
-        Ok(serde_json::Value::Object(mut doc)) => {
-            doc.insert(
-                "request_id".into(),
-                serde_json::Value::String(id.to_owned()),
-            );
-            serde_json::to_vec(&doc).ok()
-        }
-        _ => None,
-    };
-    match rewritten {
-        Some(b) => {
-            parts.headers.remove(header::CONTENT_LENGTH);
-            Response::from_parts(parts, Body::from(b))
-        }
-        None => Response::from_parts(parts, Body::from(bytes)),
-    }
 }
 
 #[cfg(test)]

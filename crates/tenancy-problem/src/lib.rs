@@ -11,6 +11,8 @@
 //!   or a path; the body limit's 413; a 404 or 405 of the router) is plain text; the
 //!   [`normalize`] middleware turns every error response that is not yet a problem
 //!   document into one, keeping its status and headers (`Allow` of a 405).
+//! - [`request_id`]: the request id of a call (`X-Request-Id`: the client's when sane,
+//!   else a new one) and the `request_id` member it adds to every problem document.
 //! - [`openapi::document_errors`] adds to an OpenAPI document the error responses every
 //!   operation can give, from its shape (parameters, body, security).
 //!
@@ -27,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub mod openapi;
+pub mod request_id;
 
 /// Prefix of every problem `type` URI.
 pub const TYPE_PREFIX: &str = "urn:tenancy:problem:";

@@ -27,7 +27,7 @@ pub const OWNER_ROLE: &str = "tenancy_owner";
 /// The role the application connects as at runtime.
 pub const RUNTIME_ROLE: &str = "tenancy_app";
 /// The role job workers connect as: it only claims and finishes jobs of the job queue
-/// (tenancy-axum's `jobs`), through functions granted to it alone.
+/// (tenancy-jobs), through functions granted to it alone.
 pub const WORKER_ROLE: &str = "tenancy_worker";
 /// The role the configuration client reads every tenant's configuration as (the runtime
 /// role cannot read it).

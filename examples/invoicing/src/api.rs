@@ -29,9 +29,10 @@ type ApiResult<T> = Result<T, HttpError>;
 /// problem document.
 pub fn router(state: AppState) -> axum::Router {
     let tenancy = state.tenancy.clone();
-    axum::Router::new()
-        .fallback_service(tenancy.layer().layer(routes(state)))
-        .layer(axum::middleware::from_fn(tenancy_axum::problem::normalize))
+    // `normalize` runs inside the tenancy layer, so the layer sees axum's rejections as
+    // problems already and adds the request id to them too.
+    let routes = routes(state).layer(axum::middleware::from_fn(tenancy_axum::problem::normalize));
+    axum::Router::new().fallback_service(tenancy.layer().layer(routes))
 }
 
 /// The routes served without a credential (and without any tenant data).
@@ -572,7 +573,7 @@ async fn send_invoice(
         return Err(HttpError::not_found("invoice"));
     }
     // Enqueued in the request's transaction: no job if the request fails.
-    let job = tenancy_axum::jobs::enqueue(
+    let job = tenancy_jobs::enqueue(
         &mut tx,
         &state.jobs,
         QUEUE,

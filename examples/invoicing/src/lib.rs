@@ -1,5 +1,5 @@
 //! A small multi-tenant invoicing SaaS, built only on the public tenancy SDK
-//! (`tenancy-sdk`, `tenancy-axum`, `tenancy-core`): customers, invoices with line items,
+//! (`tenancy-sdk`, `tenancy-axum`, `tenancy-jobs`, `tenancy-core`): customers, invoices with line items,
 //! a report, and a background job that "sends" an invoice.
 //!
 //! Main parts:
@@ -29,9 +29,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use tenancy_axum::jobs::{JobSigner, Worker};
 use tenancy_axum::{Source, Tenancy};
 use tenancy_core::{ContextKey, TenantId};
+use tenancy_jobs::{JobSigner, Worker};
 use tenancy_sdk::{ClusterCredentials, PoolOptions, Pooler, Router, RouterOptions};
 
 pub use api::{router, PUBLIC_ROUTES, SCOPES};
@@ -48,7 +48,7 @@ const MIGRATIONS: &[(&str, &str)] = &[(
 /// Applies the app's migrations (and installs the tenancy job queue). `owner` must be
 /// connected as the owner role to the tenant database.
 pub async fn migrate(owner: &mut tokio_postgres::Client) -> Result<()> {
-    tenancy_axum::jobs::install(owner)
+    tenancy_jobs::install(owner)
         .await
         .context("installing the tenancy job queue")?;
     owner
@@ -186,7 +186,7 @@ pub struct App {
     /// Routes with the tenancy layer.
     routes: axum::Router,
     /// The job worker, when enabled.
-    worker: Option<Worker>,
+    worker: Option<Worker<Tenancy>>,
     /// Shared state.
     state: AppState,
 }

@@ -1,13 +1,14 @@
 //! The "send invoice" job: runs in the invoice's tenant (span, `Tx`), records a delivery
 //! and marks the invoice sent. Idempotent: a second run of the same job changes nothing.
 
-use tenancy_axum::jobs::{JobContext, JobResult};
+use tenancy_axum::Tenancy;
+use tenancy_jobs::{JobContext, JobResult};
 use uuid::Uuid;
 
 /// Job kind.
 pub const KIND: &str = "send_invoice";
 
-pub async fn send_invoice(mut ctx: JobContext) -> JobResult {
+pub async fn send_invoice(mut ctx: JobContext<Tenancy>) -> JobResult {
     let invoice: Uuid = ctx
         .payload
         .get("invoice_id")

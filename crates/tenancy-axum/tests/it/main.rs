@@ -9,9 +9,9 @@ use std::collections::HashSet;
 
 use axum::response::IntoResponse;
 use tenancy_axum::api_key::ApiKey;
-use tenancy_axum::jobs::JobSigner;
 use tenancy_axum::{HttpError, ProblemType};
 use tenancy_core::TenantId;
+use tenancy_jobs::JobSigner;
 
 #[test]
 fn problem_table_is_stable_and_unique() {

@@ -72,7 +72,7 @@ async fn managed_with_jobs() -> tenancy_pg::testing::TestDb {
     let c = db.connect_superuser().await.expect("superuser");
     c.batch_execute(&format!(
         "SET ROLE tenancy_owner;\n{}\nRESET ROLE;",
-        include_str!("../../../tenancy-axum/sql/jobs.sql")
+        include_str!("../../../tenancy-jobs/sql/jobs.sql")
     ))
     .await
     .expect("job queue");

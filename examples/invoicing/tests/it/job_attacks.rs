@@ -3,14 +3,17 @@
 //! context; and by an owner who puts a finished job back in the queue. Workers connect as
 //! the worker role and run jobs with the public SDK, as the example app does.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use tenancy_axum::jobs::{self, JobOutcome, JobSigner, Worker, WORKER_ROLE};
 use tenancy_axum::{Source, Tenancy};
 use tenancy_core::{TenantId, TenantState};
+use tenancy_jobs::{
+    self as jobs, JobContext, JobOutcome, JobSigner, TraceParent, Worker, WORKER_ROLE,
+};
 use tenancy_pg::testing::TestDb;
 use tenancy_sdk::bootstrap::{self, ContextImpl, OWNER_ROLE, RUNTIME_ROLE};
 use tenancy_sdk::{ClusterCredentials, Router, RouterOptions, TenantPool};
@@ -113,7 +116,7 @@ struct JobRow {
 
 impl Queue {
     /// A worker on the test queue, connected as the worker role.
-    fn worker(&self) -> Worker {
+    fn worker(&self) -> Worker<tenancy_axum::Tenancy> {
         let runs = self.runs.clone();
         Worker::new(
             self.tenancy.clone(),
@@ -488,4 +491,198 @@ async fn stale_claim_cannot_finish_a_reclaimed_job_and_attempts_are_bounded() {
         assert_eq!((r.state.as_str(), r.attempts), ("failed", 2), "{imp:?}");
         assert!(!finish(second).await, "{imp:?}");
     }
+}
+
+const TRACE_A: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const TRACE_B: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+
+#[tokio::test]
+async fn a_job_is_claimed_with_the_trace_context_it_was_enqueued_with() {
+    for q in queues().await {
+        let imp = q.imp;
+        let a = TraceParent::parse(TRACE_A).expect("trace a");
+        let b = TraceParent::parse(TRACE_B).expect("trace b");
+        // In a task with a trace context (a request's), enqueue keeps it.
+        let in_request = TraceParent::scope(Some(a), q.enqueue(q.a, json!({ "n": 1 }))).await;
+        // Outside one, it is given explicitly, or there is none.
+        let explicit = {
+            let mut tx = q.pool.begin(q.b).await.expect("begin");
+            let id =
+                jobs::enqueue_traced(&mut tx, &q.signer, QUEUE, KIND, &json!({ "n": 2 }), Some(b))
+                    .await
+                    .expect("enqueue");
+            tx.commit().await.expect("commit");
+            id
+        };
+        let untraced = q.enqueue(q.a, json!({ "n": 3 })).await;
+        let seen: Arc<Mutex<HashMap<Uuid, (Option<TraceParent>, Option<TraceParent>)>>> =
+            Arc::default();
+        let record = Arc::clone(&seen);
+        let worker = Worker::new(
+            q.tenancy.clone(),
+            q.db.config_as(WORKER_ROLE),
+            q.signer.clone(),
+        )
+        .expect("worker")
+        .queue(QUEUE)
+        .register(KIND, move |ctx: JobContext<Tenancy>| {
+            let record = Arc::clone(&record);
+            async move {
+                // The handler sees the job's trace as its own (jobs it enqueues keep it).
+                let current = TraceParent::current();
+                record
+                    .lock()
+                    .expect("lock")
+                    .insert(ctx.job_id, (ctx.traceparent, current));
+                Ok(())
+            }
+        });
+        for _ in 0..3 {
+            let out = worker.run_once().await.expect("worker");
+            assert!(
+                matches!(out, Some(JobOutcome::Done { .. })),
+                "{imp:?} {out:?}"
+            );
+        }
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(seen[&in_request], (Some(a), Some(a)), "{imp:?}");
+        assert_eq!(seen[&explicit], (Some(b), Some(b)), "{imp:?}");
+        assert_eq!(seen[&untraced], (None, None), "{imp:?}");
+        assert_eq!(
+            seen[&in_request].0.map(|t| t.trace_id_hex()).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+    }
+}
+
+/// A job row of `tenant` inserted as injected SQL would: the columns an envelope has and
+/// `traceparent` (`$1`).
+fn forged_insert(tenant: TenantId) -> String {
+    format!(
+        "INSERT INTO tenancy.jobs (tenant_id, id, queue, kind, payload, issued_at, traceparent)
+         VALUES ('{}', gen_random_uuid(), 'attacks', 'count', '{{}}', 0, $1)",
+        tenant.as_uuid()
+    )
+}
+
+#[tokio::test]
+async fn runtime_role_cannot_set_another_tenants_trace_context_nor_a_forged_one() {
+    for q in queues().await {
+        let imp = q.imp;
+        let job_b = q.enqueue(q.b, json!({ "n": 1 })).await;
+        let anon = q.no_context().await;
+        let trace = TRACE_A.to_owned();
+        // No role but the owner's functions changes a job, its trace context included.
+        let update = "UPDATE tenancy.jobs SET traceparent = $1 WHERE id = $2";
+        q.assert_refused(&anon, update, &[&trace, &job_b], denied)
+            .await;
+        // A job for another tenant, with a trace context, is refused by RLS.
+        let err = q
+            .as_a(&forged_insert(q.b), &[&trace])
+            .await
+            .expect_err("a job for B inserted as A");
+        assert!(denied(err.sqlstate()), "{imp:?}: {err:?}");
+        // In its own tenant, only the W3C form is stored.
+        for forged in [
+            "garbage",
+            "",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\n",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-00",
+        ] {
+            let forged = forged.to_owned();
+            let err = q
+                .as_a(&forged_insert(q.a), &[&forged])
+                .await
+                .expect_err("a forged traceparent stored");
+            assert_eq!(
+                err.sqlstate(),
+                Some(&SqlState::CHECK_VIOLATION),
+                "{imp:?} {forged:?}: {err:?}"
+            );
+        }
+        q.as_a(&forged_insert(q.a), &[&trace])
+            .await
+            .expect("a valid traceparent in its own tenant");
+        let su = q.db.connect_superuser().await.expect("superuser");
+        let stored: Option<String> = su
+            .query_one(
+                "SELECT traceparent FROM tenancy.jobs WHERE id = $1",
+                &[&job_b],
+            )
+            .await
+            .expect("row")
+            .get(0);
+        assert_eq!(stored, None, "{imp:?}: B's job has no trace context");
+    }
+}
+
+#[tokio::test]
+async fn installing_the_queue_upgrades_one_without_trace_context_in_place() {
+    let q = queue_on_fresh_db().await;
+    let owner = connect(q.db.config_as(OWNER_ROLE)).await;
+    let old = q.enqueue(q.a, json!({ "n": 1 })).await;
+    // The queue as it was before it carried trace context: no column, and a claim
+    // function without it (created as the owner, so PUBLIC may execute it).
+    owner
+        .batch_execute(
+            "ALTER TABLE tenancy.jobs DROP COLUMN traceparent;
+             DROP FUNCTION tenancy.claim_job(text, integer);
+             CREATE FUNCTION tenancy.claim_job(p_queue text, p_lease_seconds integer)
+             RETURNS TABLE (tenant_id uuid, id uuid, kind text, payload text, issued_at bigint,
+                            signature text, attempts integer, max_attempts integer, claim uuid,
+                            finished text)
+             LANGUAGE sql AS $$ SELECT NULL::uuid, NULL::uuid, NULL, NULL, NULL::bigint, NULL,
+                                       NULL::integer, NULL::integer, NULL::uuid, NULL WHERE false $$;",
+        )
+        .await
+        .expect("the earlier queue");
+    jobs::install(&owner).await.expect("upgrade");
+    jobs::install(&owner)
+        .await
+        .expect("a second install changes nothing");
+    let grants = owner
+        .query_one(
+            "SELECT has_function_privilege('tenancy_worker', 'tenancy.claim_job(text, integer)', 'EXECUTE'),
+                    has_function_privilege('tenancy_app', 'tenancy.claim_job(text, integer)', 'EXECUTE'),
+                    EXISTS (SELECT 1 FROM pg_proc p, aclexplode(p.proacl) a
+                             WHERE p.oid = 'tenancy.claim_job(text, integer)'::regprocedure
+                               AND a.grantee = 0)",
+            &[],
+        )
+        .await
+        .expect("grants");
+    let (worker, app, public): (bool, bool, bool) = (grants.get(0), grants.get(1), grants.get(2));
+    assert_eq!((worker, app, public), (true, false, false));
+    // The old job runs, without trace context; a new one keeps its own.
+    let a = TraceParent::parse(TRACE_A).expect("trace");
+    let new = TraceParent::scope(Some(a), q.enqueue(q.a, json!({ "n": 2 }))).await;
+    let worker = q.worker();
+    for _ in 0..2 {
+        let out = worker.run_once().await.expect("worker");
+        assert!(matches!(out, Some(JobOutcome::Done { .. })), "{out:?}");
+    }
+    let su = q.db.connect_superuser().await.expect("superuser");
+    for (id, want) in [(old, None), (new, Some(TRACE_A.to_owned()))] {
+        let got: Option<String> = su
+            .query_one("SELECT traceparent FROM tenancy.jobs WHERE id = $1", &[&id])
+            .await
+            .expect("row")
+            .get(0);
+        assert_eq!(got, want);
+    }
+}
+
+/// One queue on a fresh database with whichever context it got.
+async fn queue_on_fresh_db() -> Queue {
+    let db = fresh_db().await;
+    let su = db.connect_superuser().await.expect("superuser");
+    let imp = bootstrap::context_impl(&su)
+        .await
+        .expect("impl")
+        .expect("installed");
+    queue(imp, db).await
 }

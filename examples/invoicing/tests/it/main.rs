@@ -1,7 +1,7 @@
 //! End-to-end tests of the invoicing example over real HTTP: every tenant source, every
-//! rejection rule, cross-tenant attempts through every endpoint, jobs, JWT attacks and
-//! the request transaction. Each test runs the app on its own fresh database; the app
-//! connects only as the runtime role.
+//! rejection rule, cross-tenant attempts through every endpoint, jobs, JWT attacks, the
+//! request transaction, request ids and trace context. Each test runs the app on its own
+//! fresh database; the app connects only as the runtime role.
 
 mod anonymous;
 mod bad_input;
@@ -9,6 +9,7 @@ mod isolation;
 mod job_attacks;
 mod jobs;
 mod jwt_attacks;
+mod observability;
 mod pgbouncer;
 mod public;
 mod resolvers;

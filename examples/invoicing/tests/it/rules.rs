@@ -58,7 +58,8 @@ async fn rejection_rules() {
         .await;
     assert_problem(&to_nobody, 403, "tenant-mismatch");
     assert_eq!(
-        to_globex.body, to_nobody.body,
+        to_globex.said(),
+        to_nobody.said(),
         "a mismatch says nothing about the other tenant"
     );
     let r = env

@@ -342,6 +342,8 @@ async fn start_with(pooler: Option<tenancy_sdk::Pooler>) -> Env {
 pub struct Resp {
     pub status: u16,
     pub content_type: String,
+    /// The `X-Request-Id` response header.
+    pub request_id: Option<String>,
     pub body: Value,
 }
 
@@ -349,6 +351,16 @@ impl Resp {
     /// The problem code of a problem+json response.
     pub fn code(&self) -> &str {
         self.body["code"].as_str().unwrap_or("")
+    }
+
+    /// The body without its `request_id` (which differs on every request), for comparing
+    /// what two answers say.
+    pub fn said(&self) -> Value {
+        let mut b = self.body.clone();
+        if let Some(o) = b.as_object_mut() {
+            o.remove("request_id");
+        }
+        b
     }
 }
 
@@ -393,6 +405,11 @@ impl Env {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
+        let request_id = resp
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         let body = if body.is_empty() {
             Value::Null
@@ -403,6 +420,7 @@ impl Env {
         Resp {
             status,
             content_type,
+            request_id,
             body,
         }
     }

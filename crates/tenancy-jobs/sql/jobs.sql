@@ -1,4 +1,4 @@
--- tenancy job queue (tenancy-axum): two tables in the `tenancy` schema, run as the owner
+-- tenancy job queue (tenancy-jobs): two tables in the `tenancy` schema, run as the owner
 -- role after the runtime schema is installed. Idempotent.
 --
 -- Three roles touch the queue, each through one door:
@@ -19,6 +19,11 @@
 -- when its row is put back in the queue. Leases are bounded (1 to 3600 seconds), retries
 -- are bounded (at most max_attempts claims, at most 25), and only the claim that holds a
 -- job may finish it.
+--
+-- A job may carry the W3C trace context (traceparent, version 00) of the request or job
+-- that enqueued it; claim_job returns it so the worker's span continues that trace. It is
+-- not part of the signed envelope (it names a trace, never a tenant), and the CHECK below
+-- admits only the W3C form with non-zero ids.
 DO $roles$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_worker') THEN
@@ -60,13 +65,26 @@ BEGIN
     END IF;
 END
 $bounds$;
+-- The W3C trace context of the work that enqueued the job (NULL: none).
+ALTER TABLE tenancy.jobs ADD COLUMN IF NOT EXISTS traceparent text;
+DO $traceparent$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
+                    WHERE conrelid = 'tenancy.jobs'::regclass AND conname = 'jobs_traceparent_w3c') THEN
+        ALTER TABLE tenancy.jobs ADD CONSTRAINT jobs_traceparent_w3c CHECK (
+            traceparent ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+            AND substr(traceparent, 4, 32) <> repeat('0', 32)
+            AND substr(traceparent, 37, 16) <> repeat('0', 16));
+    END IF;
+END
+$traceparent$;
 CREATE INDEX IF NOT EXISTS jobs_ready_idx ON tenancy.jobs (queue, run_at) WHERE state IN ('queued', 'running');
 SELECT tenancy.make_tenant_table('tenancy.jobs');
 -- make_tenant_table grants the runtime role SELECT, INSERT, UPDATE and DELETE; on the
 -- queue it only enqueues, and only the columns of an envelope (state, attempts, leases
 -- and run times keep their defaults).
 REVOKE ALL ON tenancy.jobs FROM tenancy_app;
-GRANT INSERT (tenant_id, id, queue, kind, payload, issued_at, signature) ON tenancy.jobs TO tenancy_app;
+GRANT INSERT (tenant_id, id, queue, kind, payload, issued_at, signature, traceparent) ON tenancy.jobs TO tenancy_app;
 REVOKE ALL ON tenancy.jobs FROM tenancy_worker;
 DROP POLICY IF EXISTS tenancy_jobs_worker ON tenancy.jobs;
 CREATE POLICY tenancy_jobs_worker ON tenancy.jobs AS PERMISSIVE FOR ALL TO tenancy_owner
@@ -91,13 +109,16 @@ DROP POLICY IF EXISTS tenancy_job_ledger_add ON tenancy.job_ledger;
 CREATE POLICY tenancy_job_ledger_add ON tenancy.job_ledger AS PERMISSIVE FOR INSERT TO tenancy_owner
     WITH CHECK (true);
 
--- Earlier versions: claim_job without a claim id, finish_job without one.
+-- Earlier versions: claim_job without a claim id or without the trace context (its
+-- return type changes, so it is dropped and created again, then granted to the worker
+-- role alone below), finish_job without a claim id.
 DO $upgrade$
 BEGIN
     IF to_regprocedure('tenancy.claim_job(text, integer)') IS NOT NULL
        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc
                         WHERE oid = to_regprocedure('tenancy.claim_job(text, integer)')
-                          AND 'claim' = ANY (proargnames)) THEN
+                          AND 'claim' = ANY (proargnames)
+                          AND 'traceparent' = ANY (proargnames)) THEN
         DROP FUNCTION tenancy.claim_job(text, integer);
     END IF;
 END
@@ -105,12 +126,13 @@ $upgrade$;
 DROP FUNCTION IF EXISTS tenancy.finish_job(uuid, uuid, text, text, integer);
 
 -- Claims the next ready job of p_queue for p_lease_seconds (1 to 3600). Returns the
--- envelope, the attempt number, the claim id finish_job needs, and `finished`: the outcome
--- recorded in the ledger when the job already finished once (the worker then refuses it).
+-- envelope, the attempt number, the claim id finish_job needs, `finished`: the outcome
+-- recorded in the ledger when the job already finished once (the worker then refuses it),
+-- and the job's trace context.
 CREATE OR REPLACE FUNCTION tenancy.claim_job(p_queue text, p_lease_seconds integer)
 RETURNS TABLE (tenant_id uuid, id uuid, kind text, payload text, issued_at bigint,
                signature text, attempts integer, max_attempts integer, claim uuid,
-               finished text)
+               finished text, traceparent text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 #variable_conflict use_column
 BEGIN
@@ -145,7 +167,8 @@ BEGIN
     RETURNING j.tenant_id, j.id, j.kind, j.payload, j.issued_at, j.signature, j.attempts,
               j.max_attempts, j.claim,
               (SELECT l.outcome FROM tenancy.job_ledger l
-                WHERE l.tenant_id = j.tenant_id AND l.job_id = j.id);
+                WHERE l.tenant_id = j.tenant_id AND l.job_id = j.id),
+              j.traceparent;
 END
 $fn$;
 
