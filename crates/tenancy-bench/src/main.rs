@@ -4,6 +4,7 @@
 //! baseline in the same process, prints a summary and writes
 //! `<workspace root>/target/bench/<name>.json`.
 
+mod audit_append;
 mod bare;
 mod config_propagation;
 mod cpu;
@@ -57,6 +58,10 @@ enum Name {
     /// vs django-tenants migrate_schemas --executor=multiprocessing.
     #[value(name = "migrate")]
     Migrate,
+    /// An audited write (row + audit event in one TenantTx) vs the same write without
+    /// audit, 8 clients over 100 tenants and on one tenant.
+    #[value(name = "audit_append")]
+    AuditAppend,
     /// Every benchmark above, on one cluster.
     #[value(name = "all")]
     All,
@@ -164,6 +169,7 @@ async fn main() -> Result<()> {
             | Name::TenantTxPgbouncer
             | Name::TenantTxTenaxum
             | Name::HttpGet
+            | Name::AuditAppend
             | Name::All
     );
     if !needs_items {
@@ -207,6 +213,11 @@ async fn main() -> Result<()> {
         http_get::run(&env, settings)
             .await
             .context("running http_get")?;
+    }
+    if matches!(cli.name, Name::AuditAppend | Name::All) {
+        audit_append::run(&env, settings)
+            .await
+            .context("running audit_append")?;
     }
     env.cluster.stop().await;
     Ok(())

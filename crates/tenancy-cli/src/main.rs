@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod audit;
 mod bootstrap;
 mod migrate;
 mod serve;
@@ -134,6 +135,9 @@ enum Command {
     /// database (--dry-run, --check-drift). Exit 0: all current; 1: failures or drift;
     /// 2: could not run.
     Migrate(migrate::MigrateArgs),
+    /// Seal, verify and export the tenants' tamper-evident audit logs. verify: exit 0
+    /// intact, 1 tampered, 2 could not run.
+    Audit(audit::AuditArgs),
 }
 
 /// An error and its causes on one line, PostgreSQL's message and SQLSTATE included.
@@ -185,6 +189,7 @@ fn main() -> std::process::ExitCode {
             },
             Command::Migrate(args) => migrate::run(args).await,
             Command::Bootstrap(args) => bootstrap::run(args).await,
+            Command::Audit(args) => audit::run(args).await,
             Command::Check(c) => {
                 let mut out = std::io::stdout();
                 tenancy_check::run(&c.args, &mut out).await as u8

@@ -87,6 +87,7 @@ async fn demo(cluster: &Cluster, args: &DemoArgs) -> Result<()> {
     let key_spec = format!("{}:{}", key.kid(), key.material_hex());
     let mut owner = connect(cluster.config_as(OWNER_ROLE, db)).await?;
     bootstrap::install_runtime(&owner, &key).await?;
+    tenancy_audit::install(&owner).await?;
     tenancy_catalog::migrate(&mut owner).await?;
     owner
         .batch_execute(APP_SCHEMA)

@@ -2,6 +2,7 @@
 
 use std::process::Command;
 
+mod audit;
 mod bootstrap;
 mod ops;
 mod otlp;

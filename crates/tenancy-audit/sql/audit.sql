@@ -1,0 +1,86 @@
+-- tenancy audit log (tenancy-audit): one append-only table of events in the `tenancy`
+-- schema, run as the owner role after the tenancy runtime is installed. Idempotent.
+--
+-- - tenancy_app (runtime role) may INSERT events, only for the tenant of its current
+--   TenantTx (row-level security) and only the columns an event has (never the
+--   transaction id, the sequence or the chain fields), and SELECT its own tenant's events.
+--   It has no UPDATE, DELETE or TRUNCATE.
+-- - tenancy_owner runs the sealer: it sees every tenant's events and fills in the chain
+--   fields of events not sealed yet. The trigger below refuses any other change, deletion
+--   and truncation; the owner could drop it (it owns the table), which the hash chain and
+--   the signed checkpoints make detectable.
+--
+-- Inserting takes no lock shared by a tenant's transactions (the sequence is not
+-- transactional, `pg_current_xact_id()` reads the transaction's own id), so concurrent
+-- audited transactions of one tenant do not wait for each other; the chain is made later,
+-- in insertion order, by the sealer.
+CREATE TABLE IF NOT EXISTS tenancy.audit_events (
+    tenant_id     uuid NOT NULL,
+    seq           bigint GENERATED ALWAYS AS IDENTITY,
+    -- The inserting transaction: the sealer takes only events whose transaction ended.
+    xid           xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    occurred_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    actor_kind    text NOT NULL CHECK (actor_kind IN ('user', 'api_key', 'admin', 'worker', 'system')),
+    actor_subject text CHECK (octet_length(actor_subject) <= 1024),
+    actor_key_id  text CHECK (octet_length(actor_key_id) <= 256),
+    action        text NOT NULL CHECK (action ~ '^[A-Za-z][A-Za-z0-9_.:/-]{0,127}$'),
+    target        text CHECK (octet_length(target) <= 1024),
+    before        jsonb,
+    after         jsonb,
+    request_id    text CHECK (octet_length(request_id) <= 256),
+    trace_id      text CHECK (octet_length(trace_id) <= 256),
+    client_addr   inet,
+    outcome       text NOT NULL CHECK (outcome IN ('success', 'failure', 'denied')),
+    -- Filled in by the sealer: position in the tenant's chain (1, 2, …), the hash of the
+    -- event before it (32 zero bytes for the first), and this event's hash.
+    chain_pos     bigint CHECK (chain_pos >= 1),
+    prev_hash     bytea CHECK (octet_length(prev_hash) = 32),
+    hash          bytea CHECK (octet_length(hash) = 32),
+    sealed_at     timestamptz,
+    PRIMARY KEY (tenant_id, seq),
+    UNIQUE (tenant_id, chain_pos),
+    CHECK ((chain_pos IS NULL) = (hash IS NULL) AND (hash IS NULL) = (prev_hash IS NULL))
+);
+-- What the sealer reads: events not sealed yet, in insertion order.
+CREATE INDEX IF NOT EXISTS audit_events_unsealed_idx ON tenancy.audit_events (seq)
+    WHERE chain_pos IS NULL;
+SELECT tenancy.make_tenant_table('tenancy.audit_events');
+-- make_tenant_table grants SELECT, INSERT, UPDATE and DELETE; an audit log only grows.
+REVOKE ALL ON tenancy.audit_events FROM tenancy_app;
+GRANT SELECT ON tenancy.audit_events TO tenancy_app;
+GRANT INSERT (tenant_id, occurred_at, actor_kind, actor_subject, actor_key_id, action, target,
+              before, after, request_id, trace_id, client_addr, outcome)
+    ON tenancy.audit_events TO tenancy_app;
+DROP POLICY IF EXISTS tenancy_audit_owner ON tenancy.audit_events;
+CREATE POLICY tenancy_audit_owner ON tenancy.audit_events AS PERMISSIVE FOR ALL TO tenancy_owner
+    USING (true) WITH CHECK (true);
+
+-- Append-only: an event's fields never change; the chain fields are set once, by the
+-- sealer, on an event that has none; nothing is deleted or truncated.
+CREATE OR REPLACE FUNCTION tenancy.audit_events_guard() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    -- OLD and NEW exist only in the row-level UPDATE case (TRUNCATE is statement-level).
+    IF TG_OP = 'UPDATE' THEN
+        IF OLD.chain_pos IS NULL AND NEW.chain_pos IS NOT NULL
+           AND (OLD.tenant_id, OLD.seq, OLD.xid, OLD.occurred_at, OLD.actor_kind, OLD.actor_subject,
+                OLD.actor_key_id, OLD.action, OLD.target, OLD.before, OLD.after, OLD.request_id,
+                OLD.trace_id, OLD.client_addr, OLD.outcome)
+               IS NOT DISTINCT FROM
+               (NEW.tenant_id, NEW.seq, NEW.xid, NEW.occurred_at, NEW.actor_kind, NEW.actor_subject,
+                NEW.actor_key_id, NEW.action, NEW.target, NEW.before, NEW.after, NEW.request_id,
+                NEW.trace_id, NEW.client_addr, NEW.outcome) THEN
+            RETURN NEW;
+        END IF;
+    END IF;
+    RAISE EXCEPTION 'tenancy.audit_events is append-only (% refused)', TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END
+$fn$;
+REVOKE ALL ON FUNCTION tenancy.audit_events_guard() FROM PUBLIC;
+DROP TRIGGER IF EXISTS audit_events_append_only ON tenancy.audit_events;
+CREATE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE ON tenancy.audit_events
+    FOR EACH ROW EXECUTE FUNCTION tenancy.audit_events_guard();
+DROP TRIGGER IF EXISTS audit_events_no_truncate ON tenancy.audit_events;
+CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON tenancy.audit_events
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.audit_events_guard();

@@ -1,0 +1,6 @@
+//! Integration tests of the audit log against real clusters (one per test process).
+
+mod support;
+
+mod chain;
+mod record;

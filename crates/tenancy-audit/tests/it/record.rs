@@ -1,0 +1,227 @@
+//! Recording: events exist iff their transaction committed; the runtime role can only add
+//! its own tenant's events; recording does not serialize a tenant's transactions.
+
+use std::time::Duration;
+
+use tenancy_audit::{Actor, ActorKind, Event, Outcome};
+use tenancy_core::TenantId;
+
+use crate::support::{self, audited_write, event, fresh_db, owner, pool};
+
+async fn count(owner: &tokio_postgres::Client, tenant: TenantId) -> i64 {
+    owner
+        .query_one(
+            "SELECT count(*) FROM tenancy.audit_events WHERE tenant_id = $1",
+            &[&tenant.as_uuid()],
+        )
+        .await
+        .expect("count")
+        .get(0)
+}
+
+#[tokio::test]
+async fn an_event_exists_exactly_when_its_change_committed() {
+    let db = fresh_db().await;
+    let owner = owner(&db).await;
+    let pool = pool(&db, 2);
+    let t = TenantId::new_random();
+
+    audited_write(&pool, t, 1).await;
+    assert_eq!(count(&owner, t).await, 1);
+
+    // Rolled back: neither the note nor the event.
+    let mut tx = pool.begin(t).await.expect("begin");
+    tx.execute("INSERT INTO notes (id, body) VALUES (2, 'two')", &[])
+        .await
+        .expect("insert");
+    tenancy_audit::record(&mut tx, &event("note.create", 2))
+        .await
+        .expect("record");
+    tx.rollback().await.expect("rollback");
+    // Dropped without commit: rolled back too.
+    let mut tx = pool.begin(t).await.expect("begin");
+    tenancy_audit::record(&mut tx, &event("note.create", 3))
+        .await
+        .expect("record");
+    drop(tx);
+    // A change that fails after its event was recorded takes the event with it.
+    let mut tx = pool.begin(t).await.expect("begin");
+    tenancy_audit::record(&mut tx, &event("note.create", 1))
+        .await
+        .expect("record");
+    assert!(tx
+        .execute("INSERT INTO notes (id, body) VALUES (1, 'duplicate')", &[])
+        .await
+        .is_err());
+    assert!(tx.commit().await.is_err());
+
+    assert_eq!(count(&owner, t).await, 1);
+    let row = owner
+        .query_one(
+            "SELECT action, target, after->>'body', client_addr::text, outcome, actor_kind, actor_subject \
+               FROM tenancy.audit_events WHERE tenant_id = $1",
+            &[&t.as_uuid()],
+        )
+        .await
+        .expect("event");
+    assert_eq!(row.get::<_, String>(0), "note.create");
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("note:1"));
+    assert_eq!(row.get::<_, Option<String>>(2).as_deref(), Some("note 1"));
+    assert_eq!(
+        row.get::<_, Option<String>>(3).as_deref(),
+        Some("192.0.2.7/32")
+    );
+    assert_eq!(row.get::<_, String>(4), "success");
+    assert_eq!(row.get::<_, String>(5), "user");
+    assert_eq!(row.get::<_, Option<String>>(6).as_deref(), Some("user-1"));
+}
+
+#[tokio::test]
+async fn the_runtime_role_cannot_change_delete_truncate_or_forge_events() {
+    let db = fresh_db().await;
+    let pool = pool(&db, 2);
+    let (t, other) = (TenantId::new_random(), TenantId::new_random());
+    audited_write(&pool, t, 1).await;
+    audited_write(&pool, other, 1).await;
+    let mut owner = owner(&db).await;
+    support::seal_all(&mut owner).await;
+
+    let refused = [
+        "UPDATE tenancy.audit_events SET action = 'forged'",
+        "UPDATE tenancy.audit_events SET chain_pos = NULL, hash = NULL, prev_hash = NULL",
+        "DELETE FROM tenancy.audit_events",
+        "TRUNCATE tenancy.audit_events",
+        // Columns only the database and the sealer fill in.
+        "INSERT INTO tenancy.audit_events (actor_kind, action, outcome, xid) \
+         VALUES ('user', 'x', 'success', '1'::xid8)",
+        "INSERT INTO tenancy.audit_events (actor_kind, action, outcome, chain_pos, prev_hash, hash) \
+         VALUES ('user', 'x', 'success', 9, '\\x00', '\\x00')",
+    ];
+    for sql in refused {
+        let mut tx = pool.begin(t).await.expect("begin");
+        let err = tx.execute(sql, &[]).await.expect_err(sql);
+        let text = format!("{err:?}");
+        assert!(
+            text.contains("42501")
+                || text.contains("InsufficientPrivilege")
+                || text.contains("permission denied"),
+            "{sql}: {text}"
+        );
+        drop(tx);
+    }
+    // Another tenant's event: refused by the row-level security policy.
+    let mut tx = pool.begin(t).await.expect("begin");
+    let err = tx
+        .execute(
+            "INSERT INTO tenancy.audit_events (tenant_id, actor_kind, action, outcome) \
+             VALUES ($1, 'user', 'forged', 'success')",
+            &[&other.as_uuid()],
+        )
+        .await
+        .expect_err("insert for another tenant");
+    assert!(format!("{err:?}").contains("row-level security"), "{err:?}");
+    drop(tx);
+    // It reads its own tenant's events only.
+    let mut tx = pool.begin(t).await.expect("begin");
+    let rows = tx
+        .query("SELECT tenant_id FROM tenancy.audit_events", &[])
+        .await
+        .expect("read");
+    tx.commit().await.expect("commit");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, uuid::Uuid>(0), t.as_uuid());
+
+    // The owner is held by the append-only trigger too (it can drop the trigger, which
+    // the chain makes detectable: see the tamper tests).
+    for sql in [
+        "UPDATE tenancy.audit_events SET action = 'forged'",
+        "DELETE FROM tenancy.audit_events",
+        "TRUNCATE tenancy.audit_events",
+    ] {
+        let err = owner.execute(sql, &[]).await.expect_err(sql);
+        assert!(format!("{err:?}").contains("append-only"), "{sql}: {err:?}");
+    }
+    // Nothing changed.
+    let verdicts =
+        tenancy_audit::verify_database(&owner, None, None, &[], &tenancy_audit::Trust::AnyKey)
+            .await
+            .expect("verify");
+    assert_eq!(verdicts.len(), 2);
+    assert!(
+        verdicts.iter().all(|v| v.intact() && v.sealed == 1),
+        "{verdicts:?}"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_a_clear_error() {
+    let db = fresh_db().await;
+    let pool = pool(&db, 1);
+    let t = TenantId::new_random();
+    let mut tx = pool.begin(t).await.expect("begin");
+    for e in [
+        Event::new(Actor::new(ActorKind::Admin, "a"), ""),
+        Event::new(Actor::new(ActorKind::Admin, "a"), "has space"),
+        Event::new(Actor::new(ActorKind::Admin, "a\0b"), "ok"),
+        Event::new(Actor::new(ActorKind::Admin, "a"), "ok").target("x".repeat(2000)),
+    ] {
+        let err = tenancy_audit::record(&mut tx, &e)
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, tenancy_audit::Error::Invalid(_)), "{err}");
+    }
+    // The transaction is still usable: nothing reached the database.
+    tenancy_audit::record(
+        &mut tx,
+        &Event::new(Actor::new(ActorKind::Worker, "mailer"), "mail.sent").outcome(Outcome::Failure),
+    )
+    .await
+    .expect("record");
+    tx.commit().await.expect("commit");
+}
+
+/// Two transactions of one tenant each record an event; neither waits for the other, and
+/// the sealer neither waits for an open one nor seals its event before it commits.
+#[tokio::test]
+async fn recording_does_not_serialize_a_tenants_transactions() {
+    let db = fresh_db().await;
+    let pool = pool(&db, 3);
+    let mut owner = owner(&db).await;
+    let t = TenantId::new_random();
+
+    let mut open = pool.begin(t).await.expect("begin");
+    tenancy_audit::record(&mut open, &event("note.create", 1))
+        .await
+        .expect("record in the open transaction");
+
+    let second = async {
+        let mut tx = pool.begin(t).await.expect("begin");
+        tenancy_audit::record(&mut tx, &event("note.create", 2))
+            .await
+            .expect("record");
+        tx.commit().await.expect("commit");
+    };
+    tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("the second transaction waited for the first");
+
+    let report = tokio::time::timeout(Duration::from_secs(5), tenancy_audit::seal(&mut owner, 100))
+        .await
+        .expect("the sealer waited for the open transaction")
+        .expect("seal");
+    // The open transaction's id is not below the snapshot's xmin: its event is left alone,
+    // and so may be the second one (its id is above the open one's).
+    assert!(report.sealed <= 1, "{report:?}");
+    open.commit().await.expect("commit");
+
+    let sealed = support::seal_all(&mut owner).await;
+    let total: i64 = owner
+        .query_one(
+            "SELECT count(*) FROM tenancy.audit_events WHERE chain_pos IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!((total, sealed + report.sealed), (2, 2));
+}

@@ -1,0 +1,292 @@
+//! `tenancy audit …`: seal the audit chains and sign checkpoints, verify them (live or
+//! from an export), export one tenant's log.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use secrecy::{ExposeSecret, SecretString};
+use tenancy_audit::{Checkpoint, Signer, Trust, Verdict};
+use tenancy_core::TenantId;
+
+/// Arguments of `tenancy audit`.
+#[derive(clap::Args, Debug)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    command: AuditCommand,
+}
+
+/// Where the log and the checkpoints are.
+#[derive(clap::Args, Debug)]
+struct Databases {
+    /// The tenant database holding `tenancy.audit_events` (owner role).
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<SecretString>,
+    /// The catalog holding the signed checkpoints (owner role); default: the database URL.
+    #[arg(long, env = "TENANCY_CATALOG_URL")]
+    catalog_url: Option<SecretString>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum AuditCommand {
+    /// Recompute every tenant's chain (or one) and check it against the signed
+    /// checkpoints. Names the first bad event. Exit 0: intact; 1: tampered; 2: could not run.
+    Verify {
+        #[command(flatten)]
+        db: Databases,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Checkpoints published to a JSON-lines file, checked besides the catalog's.
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+        /// Verify an export (`tenancy audit export`) offline instead of a database (the
+        /// database URLs are then not used).
+        #[arg(long, conflicts_with = "tenant")]
+        file: Option<PathBuf>,
+        /// Trust checkpoints signed by this Ed25519 public key (hex); repeatable.
+        #[arg(long = "public-key")]
+        public_keys: Vec<String>,
+        /// Trust checkpoints signed by this signing key file (its public half).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Write one tenant's events, hashes, checkpoints and public keys as JSON lines.
+    /// Exit 0: written; 2: could not run.
+    Export {
+        #[command(flatten)]
+        db: Databases,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Checkpoints published to a JSON-lines file, included besides the catalog's.
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+        /// Write here instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Seal recorded events into their tenants' chains and sign a checkpoint for every
+    /// chain that grew. Exit 0: done; 2: could not run.
+    Seal {
+        #[command(flatten)]
+        db: Databases,
+        /// The Ed25519 signing key file (hex seed); created with a fresh key (mode 0600)
+        /// when missing. Keep it outside the database.
+        #[arg(long)]
+        key: PathBuf,
+        /// Also append each new checkpoint to this JSON-lines file.
+        #[arg(long)]
+        publish: Option<PathBuf>,
+        /// Repeat every this many seconds until interrupted (0: once).
+        #[arg(long, default_value_t = 0)]
+        every: u64,
+    },
+}
+
+/// Runs the subcommand; returns the exit code.
+pub async fn run(args: AuditArgs) -> u8 {
+    let r = match args.command {
+        AuditCommand::Verify {
+            db,
+            tenant,
+            checkpoints,
+            file,
+            public_keys,
+            key,
+        } => verify(db, tenant, checkpoints, file, public_keys, key).await,
+        AuditCommand::Export {
+            db,
+            tenant,
+            checkpoints,
+            output,
+        } => export(db, tenant, checkpoints, output).await.map(|()| 0),
+        AuditCommand::Seal {
+            db,
+            key,
+            publish,
+            every,
+        } => seal(db, key, publish, every).await.map(|()| 0),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", crate::error_text(&e));
+            2
+        }
+    }
+}
+
+async fn connect(url: &SecretString, what: &str) -> Result<tokio_postgres::Client> {
+    let pg = tenancy_conn::PgConfig::parse(url.expose_secret())
+        .with_context(|| format!("parsing the {what} URL"))?;
+    tenancy_conn::connect(&pg)
+        .await
+        .with_context(|| format!("connecting to the {what}"))
+}
+
+/// The tenant database and the catalog connections (one when they are the same URL).
+async fn connect_both(
+    db: &Databases,
+) -> Result<(tokio_postgres::Client, Option<tokio_postgres::Client>)> {
+    let url = db
+        .database_url
+        .as_ref()
+        .context("no database: pass --database-url or set DATABASE_URL")?;
+    let owner = connect(url, "tenant database").await?;
+    let catalog = match &db.catalog_url {
+        Some(c) if c.expose_secret() != url.expose_secret() => Some(connect(c, "catalog").await?),
+        _ => None,
+    };
+    Ok((owner, catalog))
+}
+
+/// Whether the catalog has the checkpoint table (a database without one has no
+/// checkpoints yet).
+async fn has_checkpoints(catalog: &tokio_postgres::Client) -> Result<bool> {
+    Ok(catalog
+        .query_one(
+            "SELECT to_regclass('tenancy_catalog.audit_checkpoints') IS NOT NULL",
+            &[],
+        )
+        .await
+        .context("looking for the checkpoint table")?
+        .get(0))
+}
+
+fn parse_tenant(t: &str) -> Result<TenantId> {
+    t.parse::<TenantId>()
+        .with_context(|| format!("--tenant {t:?} is not a tenant id (a UUID)"))
+}
+
+fn read_checkpoints(file: Option<&PathBuf>) -> Result<Vec<Checkpoint>> {
+    match file {
+        Some(f) => Ok(tenancy_audit::read_jsonl(f)?),
+        None => Ok(Vec::new()),
+    }
+}
+
+fn print_verdict(v: &Verdict) {
+    let mut out = std::io::stdout();
+    let _ = match &v.tampering {
+        None => writeln!(
+            out,
+            "tenant {}: intact ({} sealed events, head at position {}, {} unsealed, {} checkpoints)",
+            v.tenant, v.sealed, v.head, v.unsealed, v.checkpoints
+        ),
+        Some(t) => writeln!(out, "tenant {}: TAMPERED: {t}", v.tenant),
+    };
+}
+
+async fn verify(
+    db: Databases,
+    tenant: Option<String>,
+    checkpoints: Option<PathBuf>,
+    file: Option<PathBuf>,
+    public_keys: Vec<String>,
+    key: Option<PathBuf>,
+) -> Result<u8> {
+    let mut trusted = public_keys;
+    for k in &trusted {
+        anyhow::ensure!(
+            k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()),
+            "--public-key {k:?} is not 32 bytes of hex"
+        );
+    }
+    if let Some(k) = &key {
+        trusted.push(Signer::load(k)?.public_key_hex());
+    }
+    let trust = if trusted.is_empty() {
+        eprintln!("note: no --public-key or --key given: checkpoint signatures are checked against the keys they name");
+        Trust::AnyKey
+    } else {
+        Trust::Keys(trusted)
+    };
+    let extra = read_checkpoints(checkpoints.as_ref())?;
+    let verdicts = if let Some(f) = file {
+        let input = std::fs::File::open(&f)
+            .with_context(|| format!("opening the export {}", f.display()))?;
+        let exp = tenancy_audit::read_export(&mut std::io::BufReader::new(input))
+            .with_context(|| format!("reading the export {}", f.display()))?;
+        let mut cps = exp.checkpoints;
+        cps.extend(extra);
+        vec![tenancy_audit::verify_chain(
+            exp.tenant,
+            &exp.events,
+            &cps,
+            &trust,
+        )]
+    } else {
+        let tenant = tenant.as_deref().map(parse_tenant).transpose()?;
+        let (owner, catalog) = connect_both(&db).await?;
+        let catalog = catalog.as_ref().unwrap_or(&owner);
+        let catalog = has_checkpoints(catalog).await?.then_some(catalog);
+        tenancy_audit::verify_database(&owner, catalog, tenant.map(|t| t.as_uuid()), &extra, &trust)
+            .await?
+    };
+    for v in &verdicts {
+        print_verdict(v);
+    }
+    Ok(if verdicts.iter().all(Verdict::intact) {
+        0
+    } else {
+        1
+    })
+}
+
+async fn export(
+    db: Databases,
+    tenant: String,
+    checkpoints: Option<PathBuf>,
+    output: Option<PathBuf>,
+) -> Result<()> {
+    let tenant = parse_tenant(&tenant)?;
+    let extra = read_checkpoints(checkpoints.as_ref())?;
+    let (owner, catalog) = connect_both(&db).await?;
+    let catalog = catalog.as_ref().unwrap_or(&owner);
+    let catalog = has_checkpoints(catalog).await?.then_some(catalog);
+    let mut buf = Vec::new();
+    let n = tenancy_audit::export(&owner, catalog, tenant.as_uuid(), &extra, &mut buf).await?;
+    match output {
+        Some(path) => std::fs::write(&path, &buf)
+            .with_context(|| format!("writing the export to {}", path.display()))?,
+        None => std::io::stdout()
+            .write_all(&buf)
+            .context("writing the export to stdout")?,
+    }
+    eprintln!("exported {n} events of tenant {tenant}");
+    Ok(())
+}
+
+async fn seal(db: Databases, key: PathBuf, publish: Option<PathBuf>, every: u64) -> Result<()> {
+    let signer = Signer::load_or_generate(&key)?;
+    let (mut owner, catalog) = connect_both(&db).await?;
+    tenancy_audit::install_catalog(catalog.as_ref().unwrap_or(&owner))
+        .await
+        .context("installing the checkpoint table in the catalog")?;
+    eprintln!("signing checkpoints with key {}", signer.public_key_hex());
+    loop {
+        let report = tenancy_audit::seal(&mut owner, 5000).await?;
+        let cps = tenancy_audit::checkpoint(
+            &owner,
+            catalog.as_ref().unwrap_or(&owner),
+            &signer,
+            publish.as_deref(),
+        )
+        .await?;
+        println!(
+            "sealed {} events in {} chains; signed {} checkpoints",
+            report.sealed,
+            report.heads.len(),
+            cps.len()
+        );
+        if every == 0 {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(every)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
