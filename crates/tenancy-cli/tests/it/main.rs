@@ -4,6 +4,7 @@ use std::process::Command;
 
 mod bootstrap;
 mod ops;
+mod own_postgres;
 mod pooler;
 
 #[test]

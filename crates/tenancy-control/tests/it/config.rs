@@ -188,6 +188,8 @@ async fn declared_regions_and_clusters_are_registered_at_start_idempotently_and_
         port: Some(db.cluster.port()),
         dbname: Some(db.name.clone()),
         capacity,
+        pooler_host: None,
+        pooler_port: None,
     };
     let config = |clusters: Vec<tenancy_control::ClusterConfig>, user: &str| ControlConfig {
         listen: "127.0.0.1:0".into(),
