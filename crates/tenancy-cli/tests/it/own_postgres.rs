@@ -251,6 +251,24 @@ async fn your_own_postgres_with_tls_goes_from_nothing_to_a_tenant_served_through
         "the example app's binary {} is missing: build it with `cargo build -p invoicing` (cargo test --workspace builds it)",
         invoicing_bin.display()
     );
+    let built = std::fs::metadata(&invoicing_bin)
+        .and_then(|m| m.modified())
+        .expect("the example app's binary");
+    let app_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/invoicing");
+    for sub in ["src", "migrations"] {
+        for entry in std::fs::read_dir(app_dir.join(sub)).expect("the example app's sources") {
+            let path = entry.expect("entry").path();
+            let changed = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .expect("mtime");
+            assert!(
+                changed <= built,
+                "{} is newer than {}: rebuild it with `cargo build -p invoicing`",
+                path.display(),
+                invoicing_bin.display()
+            );
+        }
+    }
     PgBouncer::locate().expect("pgbouncer (apt-get install pgbouncer)");
     let bins = PgBinaries::locate().expect("PostgreSQL server binaries");
     let root = std::fs::metadata("/proc/self").map(|m| m.uid()).ok() == Some(0);
