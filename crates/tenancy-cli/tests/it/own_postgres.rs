@@ -424,6 +424,10 @@ async fn your_own_postgres_with_tls_goes_from_nothing_to_a_tenant_served_through
         .unwrap_or_else(|| panic!("no DATABASE_URL in {serve_line}"));
     let cluster_admin = printed(&serve_line.replace(' ', "\n"), "TENANCY_CLUSTER_ADMIN_USER");
     assert!(
+        serve_line.contains("TENANCY_CLUSTER_ADMIN_PASSWORD="),
+        "the serve line names every secret serve needs: {serve_line}"
+    );
+    assert!(
         database_url.contains("sslmode=verify-full")
             && database_url.contains(&format!("sslrootcert={}", ca.display())),
         "{database_url}"
