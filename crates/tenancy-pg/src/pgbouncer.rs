@@ -167,7 +167,9 @@ impl PgBouncer {
         opts: PgBouncerOptions,
     ) -> Result<PgBouncer, HarnessError> {
         let server = format!("host={} port={server_port}\n", socket_dir.display());
-        Self::launch(&server, "", Some(probe_user), opts)
+        // The superuser probes through it only where it logs in without a password or TLS.
+        let probe = (opts.passwords.is_empty() && opts.client_tls.is_none()).then_some(probe_user);
+        Self::launch(&server, "", probe, opts)
     }
 
     /// Writes the configuration (every database forwarded to `server`, plus `extra`
