@@ -50,6 +50,10 @@ pub struct ClusterRoute {
     pub port: u16,
     /// The shared tenant database.
     pub dbname: String,
+    /// Where applications reach it through a transaction-mode pooler (host, port), when
+    /// one is registered ([`set_cluster_pooler`](crate::set_cluster_pooler)); `host` and
+    /// `port` stay the direct address.
+    pub pooler: Option<(String, u16)>,
 }
 
 fn corrupt<E: std::fmt::Display>(e: E) -> CatalogError {
@@ -107,13 +111,21 @@ pub async fn tenant_route_by_slug(
 pub async fn cluster_route(client: &Client, id: Uuid) -> Result<ClusterRoute, CatalogError> {
     let row = client
         .query_opt(
-            "SELECT id, name, region, host, port, dbname FROM tenancy_catalog.cluster_route($1)",
+            "SELECT id, name, region, host, port, dbname, pooler_host, pooler_port
+               FROM tenancy_catalog.cluster_route($1)",
             &[&id],
         )
         .await
         .map_err(CatalogError::db("looking up a cluster"))?
         .ok_or_else(|| CatalogError::ClusterNotFound(id.to_string()))?;
     let port: i32 = row.get(4);
+    let pooler = match (
+        row.get::<_, Option<String>>(6),
+        row.get::<_, Option<i32>>(7),
+    ) {
+        (Some(host), Some(port)) => Some((host, u16::try_from(port).map_err(corrupt)?)),
+        _ => None,
+    };
     Ok(ClusterRoute {
         id: row.get(0),
         name: row.get(1),
@@ -121,5 +133,6 @@ pub async fn cluster_route(client: &Client, id: Uuid) -> Result<ClusterRoute, Ca
         host: row.get(3),
         port: u16::try_from(port).map_err(corrupt)?,
         dbname: row.get(5),
+        pooler,
     })
 }

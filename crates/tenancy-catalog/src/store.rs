@@ -260,6 +260,38 @@ pub async fn add_cluster(client: &Client, c: &NewCluster) -> Result<ClusterRecor
     }
 }
 
+/// Registers (`Some`) or removes (`None`) the address (host, port) where applications
+/// reach cluster `name` through a transaction-mode pooler such as PgBouncer. The control
+/// plane keeps using the cluster's direct address.
+pub async fn set_cluster_pooler(
+    client: &Client,
+    name: &str,
+    pooler: Option<(&str, u16)>,
+) -> Result<(), CatalogError> {
+    if let Some((host, port)) = pooler {
+        if host.is_empty() || port == 0 {
+            return Err(CatalogError::Invalid(format!(
+                "cluster {name:?}: the pooler address needs a host and a port from 1 to 65535"
+            )));
+        }
+    }
+    let (host, port) = match pooler {
+        Some((h, p)) => (Some(h), Some(i32::from(p))),
+        None => (None, None),
+    };
+    let n = client
+        .execute(
+            "UPDATE tenancy_catalog.clusters SET pooler_host = $2, pooler_port = $3 WHERE name = $1",
+            &[&name, &host, &port],
+        )
+        .await
+        .map_err(CatalogError::db("registering a cluster's pooler address"))?;
+    if n == 0 {
+        return Err(CatalogError::Invalid(format!("no cluster named {name:?}")));
+    }
+    Ok(())
+}
+
 /// Reads a cluster.
 pub async fn get_cluster(client: &Client, id: Uuid) -> Result<ClusterRecord, CatalogError> {
     let row = client

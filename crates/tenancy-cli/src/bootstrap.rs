@@ -309,7 +309,7 @@ fn report(
     println!("start the control plane with (passwords from your secret store):");
     println!(
         "  DATABASE_URL='{}' TENANCY_CONTEXT_KEY_HEX=… TENANCY_OWNER_PASSWORD=… TENANCY_RUNTIME_PASSWORD=… \
-         TENANCY_CONFIG_READER_PASSWORD=… TENANCY_CLUSTER_ADMIN_USER={} tenancy serve",
+         TENANCY_CONFIG_READER_PASSWORD=… TENANCY_CLUSTER_ADMIN_USER={} TENANCY_CLUSTER_ADMIN_PASSWORD=… tenancy serve",
         connection_string_as(cfg, OWNER_ROLE),
         state.user
     );

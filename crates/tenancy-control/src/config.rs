@@ -221,6 +221,13 @@ pub struct ClusterConfig {
     pub dbname: Option<String>,
     /// Tenants it takes.
     pub capacity: i32,
+    /// Where applications reach it through a transaction-mode pooler (PgBouncer): host
+    /// name or IP address, with `pooler_port`. Tenant pools in pooler mode connect there;
+    /// `tenancy serve` itself always uses the direct address above (it needs sessions of
+    /// its own). Without it the pooler address is removed.
+    pub pooler_host: Option<String>,
+    /// The pooler's port (with `pooler_host`).
+    pub pooler_port: Option<u16>,
 }
 
 impl ClusterConfig {
@@ -266,6 +273,18 @@ impl ClusterConfig {
         Ok((host, self.port.unwrap_or(5432), dbname))
     }
 
+    /// The pooler's address (`pooler_host`, `pooler_port`), if one is declared.
+    pub fn pooler(&self) -> Result<Option<(&str, u16)>, String> {
+        match (self.pooler_host.as_deref(), self.pooler_port) {
+            (None, None) => Ok(None),
+            (Some(h), Some(p)) if !h.is_empty() && p != 0 => Ok(Some((h, p))),
+            _ => Err(format!(
+                "clusters.{}: give pooler_host and pooler_port together (a host name or address, and a port from 1 to 65535)",
+                self.name
+            )),
+        }
+    }
+
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), String> {
         let ok = !self.name.is_empty()
@@ -290,6 +309,7 @@ impl ClusterConfig {
         if self.port == Some(0) {
             return Err(format!("clusters.{}: port must not be 0", self.name));
         }
+        self.pooler()?;
         self.endpoint().map(|_| ())
     }
 }

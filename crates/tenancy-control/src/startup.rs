@@ -388,6 +388,10 @@ async fn register_declared(owner: &tokio_postgres::Client, config: &ControlConfi
         )
         .await
         .with_context(|| format!("registering cluster {}", c.name))?;
+        let pooler = c.pooler().map_err(anyhow::Error::msg)?;
+        tenancy_catalog::set_cluster_pooler(owner, &c.name, pooler)
+            .await
+            .with_context(|| format!("registering the pooler address of cluster {}", c.name))?;
     }
     Ok(())
 }

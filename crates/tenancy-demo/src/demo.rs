@@ -474,8 +474,8 @@ async fn example_app(
     };
     let app = invoicing::build(invoicing::Config {
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], args.port)),
-        catalog: cluster.config_as(RUNTIME_ROLE, db),
-        queue_db: cluster.config_as(WORKER_ROLE, db),
+        catalog: cluster.config_as(RUNTIME_ROLE, db).into(),
+        queue_db: cluster.config_as(WORKER_ROLE, db).into(),
         credentials: ClusterCredentials {
             user: RUNTIME_ROLE.into(),
             password: None,

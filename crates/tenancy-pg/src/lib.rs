@@ -40,7 +40,7 @@ pub use native::{
     native_context_library, native_context_majors, native_required, EXTENSION_CONTROL,
     EXTENSION_SCRIPTS, EXTENSION_VERSION, NATIVE_LIBRARY_NAME,
 };
-pub use pgbouncer::{PgBouncer, PgBouncerOptions};
+pub use pgbouncer::{PgBouncer, PgBouncerOptions, PgBouncerTls, PgBouncerUpstream};
 
 /// Why a cluster could not be found, created or started.
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use tenancy_conn::{PgConfig, Tls};
 
-use crate::pool::{build_pool, Pool, PoolOptions, TenantPool};
+use crate::pool::{build_pool, Pool, PoolOptions, Pooler, TenantPool};
 use crate::{Error, TenantTx};
 
 /// Credentials of the runtime role on tenant clusters (the catalog stores only where a
@@ -194,13 +194,19 @@ impl Router {
             .map_err(|e| Error::Pool(e.to_string()))?;
         let cluster = tenancy_catalog::cluster_route(&conn.client, cluster_id).await?;
         drop(conn);
+        // Behind a transaction pooler, its address when the catalog has one; the cluster's
+        // own address otherwise (and always in direct mode).
+        let (host, port) = match (&self.inner.opts.pool.pooler, &cluster.pooler) {
+            (Pooler::Transaction, Some((host, port))) => (host.as_str(), *port),
+            _ => (cluster.host.as_str(), cluster.port),
+        };
         let mut cfg = tokio_postgres::Config::new();
-        if cluster.host.starts_with('/') {
-            cfg.host_path(&cluster.host);
+        if host.starts_with('/') {
+            cfg.host_path(host);
         } else {
-            cfg.host(&cluster.host);
+            cfg.host(host);
         }
-        cfg.port(cluster.port)
+        cfg.port(port)
             .dbname(database.unwrap_or(&cluster.dbname))
             .user(&self.inner.creds.user)
             .application_name("tenancy");

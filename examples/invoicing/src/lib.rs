@@ -32,7 +32,7 @@ use anyhow::{Context, Result};
 use tenancy_axum::{Source, Tenancy};
 use tenancy_core::{ContextKey, TenantId};
 use tenancy_jobs::{JobSigner, Worker};
-use tenancy_sdk::{ClusterCredentials, PoolOptions, Pooler, Router, RouterOptions};
+use tenancy_sdk::{ClusterCredentials, PgConfig, PoolOptions, Pooler, Router, RouterOptions};
 
 pub use api::{router, PUBLIC_ROUTES, SCOPES};
 
@@ -147,13 +147,16 @@ impl DevIssuer {
 pub struct Config {
     /// Where to listen (port 0 picks a free one).
     pub listen: SocketAddr,
-    /// Runtime-role connection to the catalog database (also used by the router).
-    pub catalog: tokio_postgres::Config,
+    /// Runtime-role connection to the catalog database (also used by the router). Its TLS
+    /// settings (`sslmode`, `sslrootcert`, client certificate) are also how tenant
+    /// clusters are reached.
+    pub catalog: PgConfig,
     /// Worker-role (`tenancy_worker`) connection to the tenant database holding the job
     /// queue, for claiming and finishing jobs (the runtime role cannot); the jobs
     /// themselves run in tenant transactions of the runtime role.
-    pub queue_db: tokio_postgres::Config,
-    /// Runtime-role login on tenant clusters.
+    pub queue_db: PgConfig,
+    /// Runtime-role login on tenant clusters (the catalog says where they are, not how to
+    /// log in).
     pub credentials: ClusterCredentials,
     /// Signs tenant contexts (installed in the tenant databases).
     pub context_key: ContextKey,
@@ -202,6 +205,7 @@ pub async fn build(config: Config) -> Result<App> {
                 pooler: config.pooler,
                 ..Default::default()
             },
+            cluster_tls: config.catalog.tls().clone(),
             ..Default::default()
         },
     )

@@ -311,6 +311,39 @@ async fn lookups_return_one_tenant_for_a_held_key_and_nothing_for_a_guess() {
         (cluster.host.as_str(), cluster.port, cluster.dbname.as_str()),
         ("/tmp", 5432, "shared")
     );
+    assert_eq!(cluster.pooler, None);
+    // Its pooler address, once registered, and removed again.
+    let o = owner(&env.db).await;
+    tenancy_catalog::set_cluster_pooler(&o, "pg-a", Some(("bouncer.internal", 6432)))
+        .await
+        .expect("pooler address");
+    let with_pooler = tenancy_catalog::cluster_route(&app, env.cluster)
+        .await
+        .expect("cluster with its pooler");
+    assert_eq!(
+        (
+            with_pooler.host.as_str(),
+            with_pooler.port,
+            with_pooler.pooler
+        ),
+        ("/tmp", 5432, Some(("bouncer.internal".to_owned(), 6432)))
+    );
+    assert!(
+        tenancy_catalog::set_cluster_pooler(&o, "pg-nope", Some(("b", 1)))
+            .await
+            .is_err(),
+        "an unknown cluster"
+    );
+    tenancy_catalog::set_cluster_pooler(&o, "pg-a", None)
+        .await
+        .expect("no pooler");
+    assert_eq!(
+        tenancy_catalog::cluster_route(&app, env.cluster)
+            .await
+            .expect("cluster")
+            .pooler,
+        None
+    );
     assert!(tenancy_catalog::cluster_route(&app, uuid::Uuid::new_v4())
         .await
         .is_err());

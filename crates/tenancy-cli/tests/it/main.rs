@@ -6,6 +6,7 @@ mod audit;
 mod bootstrap;
 mod ops;
 mod otlp;
+mod own_postgres;
 mod pooler;
 mod tenants;
 

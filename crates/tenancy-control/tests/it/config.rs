@@ -96,6 +96,12 @@ fn server_example_config_declares_regions_and_clusters_and_bad_declarations_are_
             "pg-us-1 us-east pg-us-1.internal:5432/tenancy 5000"
         ]
     );
+    let poolers: Vec<_> = cfg
+        .clusters
+        .iter()
+        .map(|c| c.pooler().expect("pooler"))
+        .collect();
+    assert_eq!(poolers, [Some(("pgbouncer-eu-1.internal", 6432)), None]);
     assert_eq!(cfg.region_names["eu-west"], "Europe (Ireland)");
     use secrecy::ExposeSecret;
     assert_eq!(
@@ -150,6 +156,14 @@ fn server_example_config_declares_regions_and_clusters_and_bad_declarations_are_
             "[[clusters]]\nname = \"pg\"\nregion = \"eu-west\"\nhost = \"h\"\ndbname = \"d\"\ncapacity = 1\nsize = 3\n",
             "unknown field",
         ),
+        (
+            "[[clusters]]\nname = \"pg\"\nregion = \"eu-west\"\nhost = \"h\"\ndbname = \"d\"\ncapacity = 1\npooler_host = \"b\"\n",
+            "give pooler_host and pooler_port together",
+        ),
+        (
+            "[[clusters]]\nname = \"pg\"\nregion = \"eu-west\"\nhost = \"h\"\ndbname = \"d\"\ncapacity = 1\npooler_host = \"b\"\npooler_port = 0\n",
+            "give pooler_host and pooler_port together",
+        ),
         ("[region_names]\neu-west = \"\"\n", "display name"),
     ] {
         let file = dir.join("c.toml");
@@ -188,6 +202,8 @@ async fn declared_regions_and_clusters_are_registered_at_start_idempotently_and_
         port: Some(db.cluster.port()),
         dbname: Some(db.name.clone()),
         capacity,
+        pooler_host: None,
+        pooler_port: None,
     };
     let config = |clusters: Vec<tenancy_control::ClusterConfig>, user: &str| ControlConfig {
         listen: "127.0.0.1:0".into(),

@@ -303,8 +303,8 @@ async fn start_with(pooler: Option<tenancy_sdk::Pooler>) -> Env {
     std::fs::write(&jwks, jwks_json()).expect("write jwks");
     let app = invoicing::build(invoicing::Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
-        catalog: db.config_as(RUNTIME_ROLE),
-        queue_db: db.config_as(WORKER_ROLE),
+        catalog: db.config_as(RUNTIME_ROLE).into(),
+        queue_db: db.config_as(WORKER_ROLE).into(),
         credentials: ClusterCredentials {
             user: RUNTIME_ROLE.into(),
             password: None,
