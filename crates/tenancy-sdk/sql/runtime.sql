@@ -18,7 +18,9 @@
 --
 -- Nothing the two functions hash or compare depends on a setting of the session: the
 -- hashed values are binary (int4send, timestamptz_send) or text the token or the
--- functions themselves wrote, and both functions fix their own search_path.
+-- functions themselves wrote, and every name in them is schema-qualified (operators,
+-- types and the collation included), so nothing resolves through the session's
+-- search_path either.
 
 CREATE TABLE IF NOT EXISTS tenancy_private.context_keys (
     kid        text PRIMARY KEY CHECK (kid ~ '^[a-z0-9]{1,16}$'),
@@ -103,14 +105,14 @@ REVOKE ALL ON FUNCTION tenancy.install_context_key(text, text) FROM PUBLIC;
 -- issued for this backend and still unexpired, and no SQL can read a token (they travel
 -- as bound parameters), so it needs a token obtained outside the database.
 --
--- Both context functions run on every transaction (enter) or every statement
--- (current_tenant_id). Each is one small query over one table inside plpgsql, which keeps
--- it prepared for the session; plan nodes, joins, subqueries, extra plpgsql expressions
--- and regular expressions all showed up in profiles as per-call cost. No regular
--- expressions are needed: the HMAC check rejects anything that was not signed.
---
--- force_generic_plan: with the token as a parameter the planner would otherwise fold the
--- whole check into constants and, finding that cheaper, re-plan the query on every call.
+-- The context functions run on every transaction (enter) or every statement
+-- (enter_read_only on implicit read-only transactions, current_tenant_id). Each queries
+-- one table inside plpgsql, which keeps the query prepared for the session, and those
+-- queries have no parameter the planner could fold (a custom plan per call): the key
+-- lookup compares the key id with an indexed column (custom and generic plans cost the
+-- same, so the generic one is kept), and current_tenant_id reads its setting inside the
+-- query. No regular expressions are needed: the HMAC check rejects anything that was not
+-- signed.
 -- The PL/pgSQL implementation, installed unless the database already has the native one
 -- (native.sql, created by the superuser bootstrap from the tenancy_context C library).
 -- Setting tenancy.runtime_impl = 'plpgsql' in the installing session forces this one.
@@ -268,25 +270,24 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS ' || quote_literal(
     EXECUTE $def$
 CREATE OR REPLACE FUNCTION tenancy.current_tenant_id() RETURNS uuid
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER AS $fn$
+DECLARE
+    ctx pg_catalog.text := pg_catalog.current_setting('tenancy.ctx', true);
+    k   pg_catalog.bytea;
 BEGIN
     -- No context (no setting, or not the length of one): NULL without reading the key.
-    IF pg_catalog.length(pg_catalog.current_setting('tenancy.ctx', true)) OPERATOR(pg_catalog.<>) 101 IS NOT FALSE THEN
+    IF pg_catalog.length(ctx) OPERATOR(pg_catalog.<>) 101 IS NOT FALSE THEN
         RETURN NULL;
     END IF;
-    -- The setting is read in the query rather than passed in as a variable: a query with
-    -- no parameters is planned once per session, where a parameter would have it planned
-    -- again on every call (PL/pgSQL's custom plans).
-    RETURN (
-        SELECT CASE WHEN pg_catalog.encode(pg_catalog.sha256(b.k
-                             OPERATOR(pg_catalog.||) pg_catalog.textsend(pg_catalog.left(s.ctx, 36))
-                             OPERATOR(pg_catalog.||) pg_catalog.int4send(pg_catalog.pg_backend_pid())
-                             OPERATOR(pg_catalog.||) pg_catalog.timestamptz_send(pg_catalog.transaction_timestamp())), 'hex')
-                         OPERATOR(pg_catalog.=) pg_catalog.right(s.ctx, 64)
-                    THEN pg_catalog.left(s.ctx, 36)::pg_catalog.uuid
-               END
-          FROM tenancy_private.binding_key b,
-               (SELECT pg_catalog.current_setting('tenancy.ctx', true) AS ctx) s
-    );
+    -- The key through a query without parameters (planned once per session), the check
+    -- as a plain expression (set up once per transaction, not on every call).
+    SELECT b.k INTO k FROM tenancy_private.binding_key b;
+    IF pg_catalog.encode(pg_catalog.sha256(k OPERATOR(pg_catalog.||) pg_catalog.textsend(pg_catalog.left(ctx, 36))
+           OPERATOR(pg_catalog.||) pg_catalog.int4send(pg_catalog.pg_backend_pid())
+           OPERATOR(pg_catalog.||) pg_catalog.timestamptz_send(pg_catalog.transaction_timestamp())), 'hex')
+       OPERATOR(pg_catalog.=) pg_catalog.right(ctx, 64) THEN
+        RETURN pg_catalog.left(ctx, 36)::pg_catalog.uuid;
+    END IF;
+    RETURN NULL;
 END
 $fn$
 $def$;
