@@ -95,8 +95,19 @@ pub(crate) async fn functions(client: &Client, t: &Target) -> Result<Vec<Functio
             let role_member_of_owner: bool = r.get(14);
             let schema: String = r.get(15);
             let name: String = r.get(12);
+            let secdef: bool = r.get(3);
+            let language: String = r.get(6);
+            let body: String = r.get(7);
+            let fixed_search_path: bool = r.get(17);
+            // A context function in SQL or PL/pgSQL that runs as its owner without its own
+            // search_path is trusted only while every name in it is schema-qualified.
+            let shape_ok = !secdef
+                || fixed_search_path
+                || !(language == "sql" || language == "plpgsql")
+                || (language == "plpgsql" && fully_qualified(&body));
             let trusted = schema == "tenancy"
                 && !role_member_of_owner
+                && shape_ok
                 && (((name == "enter" || name == "enter_read_only")
                     && comment == "tenancy:context-enter")
                     || (name == "current_tenant_id" && comment == "tenancy:context-read"));
@@ -104,11 +115,11 @@ pub(crate) async fn functions(client: &Client, t: &Target) -> Result<Vec<Functio
                 oid: r.get(0),
                 qname: r.get(1),
                 signature: r.get(2),
-                secdef: r.get(3),
+                secdef,
                 volatile: r.get(4),
                 leakproof: r.get(5),
-                language: r.get(6),
-                body: r.get(7),
+                language,
+                body,
                 owner: r.get(8),
                 owner_bypass: r.get(9),
                 executable: r.get(10),
@@ -117,10 +128,250 @@ pub(crate) async fn functions(client: &Client, t: &Target) -> Result<Vec<Functio
                 trusted,
                 narrow_lookup: comment.starts_with(NARROW_LOOKUP_MARK) && !role_member_of_owner,
                 returns_data: r.get(16),
-                fixed_search_path: r.get(17),
+                fixed_search_path,
             }
         })
         .collect())
+}
+
+/// Whether every name in a PL/pgSQL body is schema-qualified, so that running it under
+/// any caller's search_path resolves the same objects: the shape of tenancy's PL/pgSQL
+/// context functions, which run as their owner without `SET search_path`. Conservative:
+/// anything it cannot read as qualified fails it. Outside string literals, comments and
+/// quoted identifiers:
+///
+/// - operators only as `OPERATOR(pg_catalog.…)` (besides `:=`, `::`, a minus sign in
+///   front of a number and, in a RAISE statement, `=` after an option name);
+/// - a cast `::` names a `pg_catalog` type, `COLLATE` a `pg_catalog` collation;
+/// - a name followed by `(` is qualified (`schema.function(`) or one of a few keywords;
+///   a name followed by a string literal (a typed literal: `text 'x'`) is a keyword;
+/// - a name after FROM or JOIN is qualified;
+/// - each declaration's type is a `pg_catalog` type;
+/// - no construct that looks `=` up by name (IN, BETWEEN, CASE, NULLIF, DISTINCT, LIKE,
+///   ANY/ALL/SOME), no dynamic SQL (EXECUTE) and no writes (INSERT, UPDATE, DELETE, MERGE).
+pub(crate) fn fully_qualified(body: &str) -> bool {
+    #[derive(PartialEq, Debug)]
+    enum Tok {
+        Word(String),
+        Num,
+        Str,
+        Punct(char),
+        Op(String),
+    }
+    let chars: Vec<char> = body.chars().collect();
+    let mut toks: Vec<Tok> = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_whitespace() {
+            i += 1;
+        } else if c == '-' && chars.get(i + 1) == Some(&'-') {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '/' && chars.get(i + 1) == Some(&'*') {
+            i += 2;
+            while i < chars.len() && !(chars[i] == '*' && chars.get(i + 1) == Some(&'/')) {
+                i += 1;
+            }
+            i += 2;
+        } else if c == '\'' {
+            // A string literal ('' inside is a quote). E'' and dollar quoting fail below.
+            i += 1;
+            loop {
+                if i >= chars.len() {
+                    return false;
+                }
+                if chars[i] == '\'' {
+                    if chars.get(i + 1) == Some(&'\'') {
+                        i += 2;
+                        continue;
+                    }
+                    i += 1;
+                    break;
+                }
+                i += 1;
+            }
+            toks.push(Tok::Str);
+        } else if c == '"' {
+            let start = i + 1;
+            i += 1;
+            while i < chars.len() && chars[i] != '"' {
+                i += 1;
+            }
+            if i >= chars.len() {
+                return false;
+            }
+            toks.push(Tok::Word(chars[start..i].iter().collect::<String>()));
+            i += 1;
+        } else if c.is_ascii_alphabetic() || c == '_' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+            toks.push(Tok::Word(
+                chars[start..i].iter().collect::<String>().to_lowercase(),
+            ));
+        } else if c.is_ascii_digit() {
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                i += 1;
+            }
+            toks.push(Tok::Num);
+        } else if "(),;[].".contains(c) {
+            toks.push(Tok::Punct(c));
+            i += 1;
+        } else if "+-*/<>=~!@#%^&|`?:".contains(c) {
+            let start = i;
+            while i < chars.len() && "+-*/<>=~!@#%^&|`?:".contains(chars[i]) {
+                i += 1;
+            }
+            toks.push(Tok::Op(chars[start..i].iter().collect()));
+        } else {
+            // $ (dollar quoting, positional parameters) and anything else.
+            return false;
+        }
+    }
+    let word = |t: Option<&Tok>, w: &str| matches!(t, Some(Tok::Word(x)) if x == w);
+    let qualified_after = |k: usize| {
+        // toks[k] is a schema name followed by `.` and a name.
+        matches!(toks.get(k), Some(Tok::Word(_)))
+            && toks.get(k + 1) == Some(&Tok::Punct('.'))
+            && matches!(toks.get(k + 2), Some(Tok::Word(_)))
+    };
+    const CALL_KEYWORDS: &[&str] = &[
+        "operator", "if", "elsif", "and", "or", "not", "return", "then", "else", "select", "where",
+        "from", "into", "exists", "when", "using", "perform",
+    ];
+    const LITERAL_KEYWORDS: &[&str] = &[
+        "then", "else", "return", "and", "or", "not", "when", "if", "elsif",
+    ];
+    const FORBIDDEN: &[&str] = &[
+        "in",
+        "between",
+        "case",
+        "nullif",
+        "distinct",
+        "like",
+        "ilike",
+        "similar",
+        "any",
+        "all",
+        "some",
+        "execute",
+        "insert",
+        "update",
+        "delete",
+        "merge",
+        "collation",
+    ];
+    const RAISE_OPTIONS: &[&str] = &[
+        "errcode",
+        "message",
+        "detail",
+        "hint",
+        "column",
+        "constraint",
+        "datatype",
+        "table",
+        "schema",
+    ];
+    let mut in_declare = false;
+    let mut in_raise = false;
+    let mut decl_start = true;
+    let mut k = 0;
+    while k < toks.len() {
+        let prev = if k > 0 { toks.get(k - 1) } else { None };
+        match &toks[k] {
+            Tok::Word(w) => {
+                let after_dot = prev == Some(&Tok::Punct('.'));
+                if w == "declare" && !after_dot {
+                    in_declare = true;
+                    decl_start = true;
+                    k += 1;
+                    continue;
+                }
+                if w == "begin" && !after_dot {
+                    in_declare = false;
+                }
+                if w == "raise" && !after_dot {
+                    in_raise = true;
+                }
+                if in_declare && decl_start {
+                    // `name [CONSTANT] type …;`: the type is pg_catalog's.
+                    let mut t = k + 1;
+                    if word(toks.get(t), "constant") {
+                        t += 1;
+                    }
+                    if !(word(toks.get(t), "pg_catalog") && qualified_after(t)) {
+                        return false;
+                    }
+                    decl_start = false;
+                    k += 1;
+                    continue;
+                }
+                if !after_dot
+                    && FORBIDDEN.contains(&w.as_str())
+                    && !(w == "all" && word(prev, "reset"))
+                {
+                    return false;
+                }
+                if w == "collate"
+                    && !(word(toks.get(k + 1), "pg_catalog") && qualified_after(k + 1))
+                {
+                    return false;
+                }
+                if (w == "from" || w == "join") && !qualified_after(k + 1) {
+                    return false;
+                }
+                let qualified = after_dot;
+                match toks.get(k + 1) {
+                    Some(Tok::Punct('(')) if !qualified && !CALL_KEYWORDS.contains(&w.as_str()) => {
+                        return false
+                    }
+                    Some(Tok::Str) if !qualified && !LITERAL_KEYWORDS.contains(&w.as_str()) => {
+                        return false
+                    }
+                    _ => {}
+                }
+                if w == "operator" && !after_dot {
+                    // OPERATOR(pg_catalog.<op>)
+                    if !(toks.get(k + 1) == Some(&Tok::Punct('('))
+                        && word(toks.get(k + 2), "pg_catalog")
+                        && toks.get(k + 3) == Some(&Tok::Punct('.'))
+                        && matches!(toks.get(k + 4), Some(Tok::Op(_)))
+                        && toks.get(k + 5) == Some(&Tok::Punct(')')))
+                    {
+                        return false;
+                    }
+                    k += 6;
+                    continue;
+                }
+            }
+            Tok::Op(op) => match op.as_str() {
+                ":=" => {}
+                "::" => {
+                    if !(word(toks.get(k + 1), "pg_catalog") && qualified_after(k + 1)) {
+                        return false;
+                    }
+                }
+                "-" if matches!(toks.get(k + 1), Some(Tok::Num))
+                    && matches!(prev, Some(Tok::Punct('(')) | Some(Tok::Punct(','))) => {}
+                "=" if in_raise
+                    && k >= 2
+                    && matches!(toks.get(k - 2), Some(Tok::Word(_)) | Some(Tok::Punct(',')))
+                    && matches!(prev, Some(Tok::Word(w)) if RAISE_OPTIONS.contains(&w.as_str())) => {
+                }
+                _ => return false,
+            },
+            Tok::Punct(';') => {
+                decl_start = true;
+                in_raise = false;
+            }
+            _ => {}
+        }
+        k += 1;
+    }
+    true
 }
 
 pub(crate) fn function_rules(
@@ -407,4 +658,56 @@ pub(crate) async fn trigger_rules(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fully_qualified;
+
+    const OK: &str = "
+DECLARE
+    p pg_catalog.text[] := pg_catalog.string_to_array(token, '.');  -- a comment's 'quote
+    n pg_catalog.int4;
+BEGIN
+    /* RESET ALL first */
+    RESET ALL;
+    SELECT c.n INTO n FROM tenancy_private.t c WHERE c.k OPERATOR(pg_catalog.=) p[2];
+    IF pg_catalog.length(p[1]) OPERATOR(pg_catalog.<>) 2 OR NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'it''s refused';
+    END IF;
+    RETURN pg_catalog.left(token, -65)::pg_catalog.uuid COLLATE pg_catalog.\"C\";
+END
+";
+
+    #[test]
+    fn accepts_a_fully_qualified_body() {
+        assert!(fully_qualified(OK));
+    }
+
+    #[test]
+    fn refuses_every_name_that_resolves_through_the_search_path() {
+        for (from, to) in [
+            ("OPERATOR(pg_catalog.=) p[2]", "= p[2]"),
+            ("OPERATOR(pg_catalog.=) p[2]", "OPERATOR(public.=) p[2]"),
+            ("pg_catalog.length(p[1])", "length(p[1])"),
+            ("::pg_catalog.uuid", "::uuid"),
+            ("n pg_catalog.int4;", "n int4;"),
+            ("FROM tenancy_private.t c", "FROM t c"),
+            ("COLLATE pg_catalog.\"C\"", "COLLATE \"C\""),
+            ("OR NOT FOUND", "OR p[1] IN ('v1')"),
+            ("OR NOT FOUND", "OR p[1] BETWEEN 'a' AND 'b'"),
+            ("OR NOT FOUND", "OR text 'x' OPERATOR(pg_catalog.=) p[1]"),
+            ("RESET ALL;", "EXECUTE 'SELECT 1';"),
+            ("RESET ALL;", "UPDATE tenancy_private.t SET n = 1;"),
+            ("RESET ALL;", "PERFORM $1;"),
+            (
+                "WHERE c.k OPERATOR(pg_catalog.=) p[2]",
+                "WHERE c.message = p[2]",
+            ),
+        ] {
+            let body = OK.replacen(from, to, 1);
+            assert_ne!(body, OK, "{from}");
+            assert!(!fully_qualified(&body), "accepted: {to}");
+        }
+    }
 }

@@ -18,7 +18,9 @@
 --
 -- Nothing the two functions hash or compare depends on a setting of the session: the
 -- hashed values are binary (int4send, timestamptz_send) or text the token or the
--- functions themselves wrote, and both functions fix their own search_path.
+-- functions themselves wrote, and every name in them is schema-qualified (operators,
+-- types and the collation included), so nothing resolves through the session's
+-- search_path either.
 
 CREATE TABLE IF NOT EXISTS tenancy_private.context_keys (
     kid        text PRIMARY KEY CHECK (kid ~ '^[a-z0-9]{1,16}$'),
@@ -103,14 +105,14 @@ REVOKE ALL ON FUNCTION tenancy.install_context_key(text, text) FROM PUBLIC;
 -- issued for this backend and still unexpired, and no SQL can read a token (they travel
 -- as bound parameters), so it needs a token obtained outside the database.
 --
--- Both context functions run on every transaction (enter) or every statement
--- (current_tenant_id). Each is one small query over one table inside plpgsql, which keeps
--- it prepared for the session; plan nodes, joins, subqueries, extra plpgsql expressions
--- and regular expressions all showed up in profiles as per-call cost. No regular
--- expressions are needed: the HMAC check rejects anything that was not signed.
---
--- force_generic_plan: with the token as a parameter the planner would otherwise fold the
--- whole check into constants and, finding that cheaper, re-plan the query on every call.
+-- The context functions run on every transaction (enter) or every statement
+-- (enter_read_only on implicit read-only transactions, current_tenant_id). Each queries
+-- one table inside plpgsql, which keeps the query prepared for the session, and those
+-- queries have no parameter the planner could fold (a custom plan per call): the key
+-- lookup compares the key id with an indexed column (custom and generic plans cost the
+-- same, so the generic one is kept), and current_tenant_id reads its setting inside the
+-- query. No regular expressions are needed: the HMAC check rejects anything that was not
+-- signed.
 -- The PL/pgSQL implementation, installed unless the database already has the native one
 -- (native.sql, created by the superuser bootstrap from the tenancy_context C library).
 -- Setting tenancy.runtime_impl = 'plpgsql' in the installing session forces this one.
@@ -144,130 +146,148 @@ BEGIN
         END;
         DROP EXTENSION tenancy_context;
     END IF;
-    EXECUTE $def$
-CREATE OR REPLACE FUNCTION tenancy.enter(token text) RETURNS uuid
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $fn$
+    -- The three functions below run on every transaction (enter) or every statement
+    -- (enter_read_only on implicit read-only transactions, current_tenant_id). What they
+    -- cost is mostly per function call: each call or operator in an expression is looked
+    -- up, permission-checked and set up again in every transaction. So they split the token
+    -- once (string_to_array), call few functions, and carry no SET clauses (each one
+    -- saves and restores settings on every call). Without SET search_path, every name in
+    -- them is schema-qualified, operators (OPERATOR(pg_catalog.=)), types, the collation
+    -- and functions included, and none of them uses a construct that looks an operator up
+    -- by name (IN, simple CASE, BETWEEN, IS DISTINCT FROM, NULLIF): nothing resolves
+    -- through the caller's search_path, and pg_temp is never searched for functions or
+    -- operators. enter and enter_read_only share one body; enter_read_only adds RESET ALL
+    -- after the checks that read the session (as the native one resets once the token
+    -- verified) and makes the transaction read-only at the end.
+    DECLARE
+        body text := $body$
 DECLARE
-    problem     text;
-    tenant_text text;
-    ctx         text;
-    mark        text;
+    p      pg_catalog.text[] := pg_catalog.string_to_array(token, '.');
+    mark   pg_catalog.text := pg_catalog.current_setting('tenancy.last_issued', true);
+    k_ipad pg_catalog.bytea;
+    k_opad pg_catalog.bytea;
+    k_bkey pg_catalog.bytea;
+    v1     pg_catalog.bool;
+    done   pg_catalog.text;
 BEGIN
-    SELECT CASE
-             WHEN length(token) > 200 OR split_part(token, '.', 1) NOT IN ('v1', 'v2')
-                  OR length(split_part(token, '.', 7)) <> 64 OR split_part(token, '.', 8) <> ''
-               THEN 'malformed tenant context token'
-             WHEN coalesce(current_setting('tenancy.ctx', true), '') <> '' AND tenancy.current_tenant_id() IS NOT NULL
-               THEN 'this transaction already has a tenant context'
-             -- HMAC-SHA256 over everything before the last dot; digests of the hex MACs are
-             -- compared so the comparison time says nothing about the expected MAC.
-             WHEN sha256(convert_to(encode(sha256(c.opad || sha256(c.ipad
-                      || convert_to(left(token, length(token) - 65), 'UTF8'))), 'hex'), 'UTF8'))
-                  <> sha256(convert_to(split_part(token, '.', 7), 'UTF8'))
-               THEN 'tenant context token signature does not verify'
-             -- Signed fields only from here on; the signer writes them canonically.
-             WHEN split_part(token, '.', 1) = 'v1' AND split_part(token, '.', 4) <> pg_backend_pid()::text
-               THEN 'tenant context token was issued for another connection'
-             -- A v2 token is bound to one transaction: this backend's pid and the
-             -- transaction's start (the timestamptz_send bytes in hex), which the SDK read
-             -- inside this transaction (behind a transaction-mode pooler). A later
-             -- transaction on this backend starts later, and this one gets one context.
-             WHEN split_part(token, '.', 1) = 'v2'
-                  AND split_part(token, '.', 4) <> pg_backend_pid()::text || '-'
-                      || encode(timestamptz_send(transaction_timestamp()), 'hex')
-               THEN 'tenant context token was issued for another transaction'
-             WHEN split_part(token, '.', 6)::bigint < (extract(epoch FROM clock_timestamp()) * 1000000)::bigint
-               THEN 'tenant context token has expired'
-             -- Single use: refused if issued no later than the mark, and the mark counts only
-             -- if enter() wrote it on this backend (its hash verifies); anything else is no
-             -- mark. Issue times are compared as canonical decimals (shorter is smaller, then
-             -- byte order), so a made-up mark cannot fail a cast; the hash is computed only
-             -- when the token would be refused, as an unverified mark admits the token anyway.
-             WHEN split_part(token, '.', 1) = 'v1'
-                  AND CASE WHEN length(split_part(token, '.', 5))
-                            < length(split_part(current_setting('tenancy.last_issued', true), '.', 1))
-                         OR (length(split_part(token, '.', 5))
-                             = length(split_part(current_setting('tenancy.last_issued', true), '.', 1))
-                             AND split_part(token, '.', 5) COLLATE "C"
-                                 <= split_part(current_setting('tenancy.last_issued', true), '.', 1) COLLATE "C")
-                       THEN encode(sha256(c.bkey || textsend('last_issued:' || pg_backend_pid()::text || ':'
-                                || split_part(current_setting('tenancy.last_issued', true), '.', 1))), 'hex')
-                            = split_part(current_setting('tenancy.last_issued', true), '.', 2)
-                  END
-               THEN 'tenant context token was already used on this connection'
-           END AS problem,
-           split_part(token, '.', 3) AS tenant_text,
-           split_part(token, '.', 3) || '.' || encode(sha256(c.bkey || textsend(split_part(token, '.', 3))
-               || int4send(pg_backend_pid()) || timestamptz_send(transaction_timestamp())), 'hex') AS ctx,
-           split_part(token, '.', 5) || '.' || encode(sha256(c.bkey || textsend('last_issued:'
-               || pg_backend_pid()::text || ':' || split_part(token, '.', 5))), 'hex') AS mark
-      INTO problem, tenant_text, ctx, mark
-      FROM tenancy_private.context_keys c
-     WHERE c.kid = split_part(token, '.', 2);
+    IF token IS NULL OR pg_catalog.length(token) OPERATOR(pg_catalog.>) 200
+       OR pg_catalog.cardinality(p) OPERATOR(pg_catalog.<>) 7 OR pg_catalog.length(p[7]) OPERATOR(pg_catalog.<>) 64
+       OR NOT (p[1] OPERATOR(pg_catalog.=) 'v1' OR p[1] OPERATOR(pg_catalog.=) 'v2') THEN
+        RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: malformed tenant context token';
+    END IF;
+    SELECT c.ipad, c.opad, c.bkey INTO k_ipad, k_opad, k_bkey
+      FROM tenancy_private.context_keys c WHERE c.kid OPERATOR(pg_catalog.=) p[2];
     IF NOT FOUND THEN
-        problem := CASE WHEN token IS NULL OR length(token) > 200 OR split_part(token, '.', 1) NOT IN ('v1', 'v2')
-                        THEN 'malformed tenant context token'
-                        ELSE 'tenant context token signed with an unknown key' END;
+        RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: tenant context token signed with an unknown key';
     END IF;
-    IF problem IS NOT NULL THEN
-        RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: ' || problem;
+    IF pg_catalog.current_setting('tenancy.ctx', true) OPERATOR(pg_catalog.<>) '' AND tenancy.current_tenant_id() IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: this transaction already has a tenant context';
     END IF;
+    -- HMAC-SHA256 over everything before the last dot; digests of the hex MACs are
+    -- compared so the comparison time says nothing about the expected MAC.
+    IF pg_catalog.sha256(pg_catalog.textsend(pg_catalog.encode(pg_catalog.sha256(k_opad OPERATOR(pg_catalog.||)
+           pg_catalog.sha256(k_ipad OPERATOR(pg_catalog.||) pg_catalog.textsend(pg_catalog.left(token, -65)))), 'hex')))
+       OPERATOR(pg_catalog.<>) pg_catalog.sha256(pg_catalog.textsend(p[7])) THEN
+        RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: tenant context token signature does not verify';
+    END IF;
+    -- Signed fields only from here on; the signer writes them canonically.
+    v1 := p[1] OPERATOR(pg_catalog.=) 'v1';
+    IF v1 THEN
+        IF p[4] OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()::pg_catalog.text THEN
+            RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: tenant context token was issued for another connection';
+        END IF;
+    -- A v2 token is bound to one transaction: this backend's pid and the transaction's
+    -- start (the timestamptz_send bytes in hex), which the SDK read inside this
+    -- transaction (behind a transaction-mode pooler). A later transaction on this backend
+    -- starts later, and this one gets one context.
+    ELSIF p[4] OPERATOR(pg_catalog.<>) (pg_catalog.pg_backend_pid()::pg_catalog.text OPERATOR(pg_catalog.||) '-'
+             OPERATOR(pg_catalog.||) pg_catalog.encode(pg_catalog.timestamptz_send(pg_catalog.transaction_timestamp()), 'hex')) THEN
+        RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: tenant context token was issued for another transaction';
+    END IF;
+    -- Expiry in µs since the Unix epoch, compared as float8 (exact to well under a µs).
+    -- (OPERATOR() forms all have one precedence, left to right: hence the parentheses.)
+    IF p[6]::pg_catalog.float8 OPERATOR(pg_catalog.<)
+       (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.*) 1000000) THEN
+        RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: tenant context token has expired';
+    END IF;
+    -- Single use: refused if issued no later than the mark, and the mark counts only if
+    -- enter() wrote it on this backend (its hash verifies); anything else is no mark.
+    -- Issue times are compared as canonical decimals padded to 20 digits, so a made-up
+    -- mark cannot fail a cast; the hash is computed only when the token would be refused,
+    -- as an unverified mark admits the token anyway.
+    IF v1 AND pg_catalog.lpad(p[5], 20, '0') OPERATOR(pg_catalog.<=)
+              pg_catalog.lpad(pg_catalog.split_part(mark, '.', 1), 20, '0') COLLATE pg_catalog."C" THEN
+        IF pg_catalog.encode(pg_catalog.sha256(k_bkey OPERATOR(pg_catalog.||) pg_catalog.textsend('last_issued:'
+               OPERATOR(pg_catalog.||) pg_catalog.pg_backend_pid()::pg_catalog.text OPERATOR(pg_catalog.||) ':'
+               OPERATOR(pg_catalog.||) pg_catalog.split_part(mark, '.', 1))), 'hex')
+           OPERATOR(pg_catalog.=) pg_catalog.split_part(mark, '.', 2) THEN
+            RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: tenant context token was already used on this connection';
+        END IF;
+    END IF;
+    /*reset*/
+    -- (Settings are written by assignment, not PERFORM: an assignment of a simple
+    -- expression skips the executor start-up a PERFORM query costs.)
     -- The context is transaction-local: gone at COMMIT or ROLLBACK, never carried to the
     -- connection's next user. The mark is session-level: it outlives the transaction
-    -- (unless that rolls back) so the token cannot enter another one.
-    IF split_part(token, '.', 1) = 'v1' THEN
-        PERFORM set_config('tenancy.ctx', ctx, true), set_config('tenancy.last_issued', mark, false);
-    ELSE
-        -- A v2 token needs no mark: it names this transaction.
-        PERFORM set_config('tenancy.ctx', ctx, true);
+    -- (unless that rolls back) so the token cannot enter another one. A v2 token needs no
+    -- mark: it names this transaction.
+    done := pg_catalog.set_config('tenancy.ctx', p[3] OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||)
+        pg_catalog.encode(pg_catalog.sha256(k_bkey OPERATOR(pg_catalog.||) pg_catalog.textsend(p[3])
+            OPERATOR(pg_catalog.||) pg_catalog.int4send(pg_catalog.pg_backend_pid())
+            OPERATOR(pg_catalog.||) pg_catalog.timestamptz_send(pg_catalog.transaction_timestamp())), 'hex'), true);
+    IF v1 THEN
+        done := pg_catalog.set_config('tenancy.last_issued', p[5] OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||)
+            pg_catalog.encode(pg_catalog.sha256(k_bkey OPERATOR(pg_catalog.||) pg_catalog.textsend('last_issued:'
+                OPERATOR(pg_catalog.||) pg_catalog.pg_backend_pid()::pg_catalog.text OPERATOR(pg_catalog.||) ':'
+                OPERATOR(pg_catalog.||) p[5])), 'hex'), false);
+    /*keep mark*/
     END IF;
-    RETURN tenant_text::uuid;
+    /*read only*/
+    RETURN p[3]::pg_catalog.uuid;
 END
-$fn$
-$def$;
-    EXECUTE $def$
-CREATE OR REPLACE FUNCTION tenancy.current_tenant_id() RETURNS uuid
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-BEGIN
+$body$;
+    BEGIN
+        EXECUTE 'CREATE OR REPLACE FUNCTION tenancy.enter(token text) RETURNS uuid
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS ' || quote_literal(body);
+        -- The opening of the SDK's implicit read-only transactions (no BEGIN, no COMMIT:
+        -- the context and the statement share one Sync): enter, resetting session settings
+        -- like tenancy.reset_session() (RESET ALL, keeping the single-use mark), and the
+        -- transaction read-only. The read-only mode is a transaction-local setting, so a
+        -- subtransaction rolled back around this call would undo it; the SDK calls it first
+        -- in an implicit transaction, where SAVEPOINT is refused, and the mode is a safety
+        -- net for GET handlers, not part of the isolation (the context is what RLS checks).
+        EXECUTE 'CREATE OR REPLACE FUNCTION tenancy.enter_read_only(token text) RETURNS uuid
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS ' || quote_literal(
+            replace(replace(replace(body,
+                '/*reset*/', 'RESET ALL;'),
+                '/*keep mark*/', 'ELSIF mark OPERATOR(pg_catalog.<>) '''' THEN
+        done := pg_catalog.set_config(''tenancy.last_issued'', mark, false);'),
+                '/*read only*/', 'done := pg_catalog.set_config(''transaction_read_only'', ''on'', true);'));
+    END;
     -- NULL unless tenancy.ctx holds a binding enter() made for this backend and this
     -- transaction: a raw id, a made-up value or a value copied from another transaction or
-    -- connection all fail the comparison.
-    RETURN (
-        SELECT CASE WHEN length(current_setting('tenancy.ctx', true)) = 101
-                     AND encode(sha256(b.k || textsend(left(current_setting('tenancy.ctx', true), 36))
-                             || int4send(pg_backend_pid()) || timestamptz_send(transaction_timestamp())), 'hex')
-                         = right(current_setting('tenancy.ctx', true), 64)
-                    THEN left(current_setting('tenancy.ctx', true), 36)::uuid
-               END
-          FROM tenancy_private.binding_key b
-    );
-END
-$fn$
-$def$;
-    -- The opening of the SDK's implicit read-only transactions (no BEGIN, no COMMIT: the
-    -- context and the statement share one Sync): resets session settings, enters the
-    -- context, and makes the transaction read-only. SECURITY INVOKER and without SET
-    -- clauses, like tenancy.reset_session(): a SET clause would put back, when the function
-    -- returns, a value RESET ALL undid. Everything it names is schema-qualified. The
-    -- read-only mode is a transaction-local setting, so a subtransaction rolled back
-    -- around this call would undo it; the SDK calls it first in an implicit transaction,
-    -- where SAVEPOINT is refused, and the mode is a safety net for GET handlers, not part
-    -- of the isolation (the context is what RLS checks).
+    -- connection all fail the comparison. SECURITY DEFINER to read the binding key.
     EXECUTE $def$
-CREATE OR REPLACE FUNCTION tenancy.enter_read_only(token text) RETURNS uuid
-LANGUAGE plpgsql VOLATILE AS $fn$
+CREATE OR REPLACE FUNCTION tenancy.current_tenant_id() RETURNS uuid
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER AS $fn$
 DECLARE
-    mark    text := pg_catalog.current_setting('tenancy.last_issued', true);
-    tenant  uuid;
+    ctx pg_catalog.text := pg_catalog.current_setting('tenancy.ctx', true);
+    k   pg_catalog.bytea;
 BEGIN
-    RESET ALL;
-    IF pg_catalog.length(mark) OPERATOR(pg_catalog.>) 0 THEN
-        PERFORM pg_catalog.set_config('tenancy.last_issued', mark, false);
+    -- No context (no setting, or not the length of one): NULL without reading the key.
+    IF pg_catalog.length(ctx) OPERATOR(pg_catalog.<>) 101 IS NOT FALSE THEN
+        RETURN NULL;
     END IF;
-    tenant := tenancy.enter(token);
-    PERFORM pg_catalog.set_config('transaction_read_only', 'on', true);
-    RETURN tenant;
+    -- The key through a query without parameters (planned once per session), the check
+    -- as a plain expression (set up once per transaction, not on every call).
+    SELECT b.k INTO k FROM tenancy_private.binding_key b;
+    IF pg_catalog.encode(pg_catalog.sha256(k OPERATOR(pg_catalog.||) pg_catalog.textsend(pg_catalog.left(ctx, 36))
+           OPERATOR(pg_catalog.||) pg_catalog.int4send(pg_catalog.pg_backend_pid())
+           OPERATOR(pg_catalog.||) pg_catalog.timestamptz_send(pg_catalog.transaction_timestamp())), 'hex')
+       OPERATOR(pg_catalog.=) pg_catalog.right(ctx, 64) THEN
+        RETURN pg_catalog.left(ctx, 36)::pg_catalog.uuid;
+    END IF;
+    RETURN NULL;
 END
 $fn$
 $def$;

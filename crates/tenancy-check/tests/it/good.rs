@@ -252,3 +252,48 @@ async fn the_report_names_the_context_implementation() {
     let report = audit(&c, &Options::default()).await.expect("audit");
     assert_eq!(report.context_impl, None, "not tenancy-managed");
 }
+
+/// tenancy's PL/pgSQL context functions run as their owner without `SET search_path`:
+/// trusted because every name in them is schema-qualified. The same function with one
+/// operator left unqualified loses that trust and is reported like any definer without
+/// its own search_path.
+#[tokio::test]
+async fn plpgsql_context_functions_are_trusted_only_while_fully_qualified() {
+    let db = managed().await;
+    let c = db.connect_superuser().await.expect("superuser");
+    let row = c
+        .query_one(
+            "SELECT l.lanname::text, p.prosrc, p.proconfig IS NULL FROM pg_catalog.pg_proc p \
+               JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
+              WHERE p.oid = 'tenancy.enter(text)'::regprocedure",
+            &[],
+        )
+        .await
+        .expect("enter");
+    assert_eq!(row.get::<_, String>(0), "plpgsql");
+    assert!(row.get::<_, bool>(2), "tenancy.enter has no SET clause");
+    let search_path_findings = |r: &tenancy_check::Report| -> Vec<String> {
+        r.findings
+            .iter()
+            .filter(|f| f.rule == "security-definer-search-path")
+            .map(|f| f.object.clone())
+            .collect()
+    };
+    let report = audit(&c, &Options::default()).await.expect("audit");
+    assert!(search_path_findings(&report).is_empty(), "{report:#?}");
+
+    let body: String = row.get(1);
+    let loose = body.replacen("OPERATOR(pg_catalog.<>) 7", "<> 7", 1);
+    assert_ne!(loose, body, "the body has the expected comparison");
+    c.batch_execute(&format!(
+        "CREATE OR REPLACE FUNCTION tenancy.enter(token text) RETURNS uuid \
+         LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS $b${loose}$b$"
+    ))
+    .await
+    .expect("replace enter");
+    let report = audit(&c, &Options::default()).await.expect("audit");
+    assert_eq!(
+        search_path_findings(&report),
+        vec!["tenancy.enter(token text)".to_owned()]
+    );
+}

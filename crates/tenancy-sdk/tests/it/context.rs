@@ -1195,3 +1195,91 @@ async fn an_opening_behind_closed_statements_still_carries_the_context() {
         );
     }
 }
+
+/// The context functions carry no `SET search_path`: every name in them is
+/// schema-qualified. A session whose search_path puts a schema of look-alike operators
+/// and functions ahead of pg_catalog (`=`/`<>` that always agree, a constant `sha256`)
+/// changes nothing: a forged MAC, a token of another connection and a made-up binding are
+/// still refused or see nothing, and a genuine token still enters.
+#[tokio::test]
+async fn look_alike_operators_ahead_of_pg_catalog_do_not_reach_the_context_functions() {
+    for (imp, db) in fresh_dbs().await {
+        let su = db.connect_superuser().await.expect("superuser");
+        su.batch_execute(&format!(
+            "CREATE SCHEMA lure; \
+             CREATE FUNCTION lure.agree(text, text) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true'; \
+             CREATE FUNCTION lure.differ_not(text, text) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT false'; \
+             CREATE FUNCTION lure.differ_not(bytea, bytea) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT false'; \
+             CREATE FUNCTION lure.sha256(bytea) RETURNS bytea LANGUAGE sql IMMUTABLE AS 'SELECT ''\\x00''::bytea'; \
+             CREATE FUNCTION lure.length(text) RETURNS integer LANGUAGE sql IMMUTABLE AS 'SELECT 101'; \
+             CREATE OPERATOR lure.= (LEFTARG = text, RIGHTARG = text, FUNCTION = lure.agree); \
+             CREATE OPERATOR lure.<> (LEFTARG = text, RIGHTARG = text, FUNCTION = lure.differ_not); \
+             CREATE OPERATOR lure.<> (LEFTARG = bytea, RIGHTARG = bytea, FUNCTION = lure.differ_not); \
+             GRANT USAGE ON SCHEMA lure TO {role}; \
+             GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA lure TO {role}",
+            role = bootstrap::RUNTIME_ROLE
+        ))
+        .await
+        .expect("lure schema");
+        let pool = pool(&db, 1);
+        let b = TenantId::new_random();
+        seed(&pool, b, 2).await;
+        let conn = runtime_client(&db).await;
+        conn.batch_execute("SET search_path = lure, pg_catalog, public")
+            .await
+            .expect("search_path");
+        let pid: i32 = conn
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .expect("pid")
+            .get(0);
+        let genuine = key().sign(b, pid, now_micros(), 60_000_000);
+        let forged = format!(
+            "{}{}",
+            &genuine.as_str()[..genuine.as_str().len() - 64],
+            "f".repeat(64)
+        );
+        let elsewhere = key().sign(b, pid + 1, now_micros(), 60_000_000);
+        for (token, refusal) in [
+            (forged.as_str(), "does not verify"),
+            (elsewhere.as_str(), "another connection"),
+        ] {
+            for enter in ["tenancy.enter", "tenancy.enter_read_only"] {
+                let err = conn
+                    .batch_execute(&format!("BEGIN; SELECT {enter}('{token}')"))
+                    .await
+                    .expect_err("a token that must be refused");
+                assert!(
+                    format!("{err:?}").contains(refusal),
+                    "{imp:?} {enter}: {err:?}"
+                );
+                conn.batch_execute("ROLLBACK").await.expect("rollback");
+            }
+        }
+        conn.batch_execute("BEGIN").await.expect("begin");
+        conn.query_one(
+            "SELECT set_config('tenancy.ctx', $1, true)",
+            &[&format!("{b}.{}", "0".repeat(64))],
+        )
+        .await
+        .expect("made-up binding");
+        assert_eq!(
+            count_tenant(&conn, b).await,
+            0,
+            "{imp:?}: a made-up binding"
+        );
+        conn.batch_execute("ROLLBACK").await.expect("rollback");
+        conn.batch_execute(&format!(
+            "BEGIN; SELECT tenancy.enter('{}')",
+            genuine.as_str()
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{imp:?}: a genuine token under the lure: {e:?}"));
+        assert_eq!(
+            count_tenant(&conn, b).await,
+            2,
+            "{imp:?}: the genuine context"
+        );
+        conn.batch_execute("COMMIT").await.expect("commit");
+    }
+}
