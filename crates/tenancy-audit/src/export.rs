@@ -26,7 +26,7 @@ enum Line {
         /// The public keys of the checkpoints in the export (hex).
         public_keys: Vec<String>,
     },
-    Event(StoredEvent),
+    Event(Box<StoredEvent>),
     Checkpoint(Checkpoint),
 }
 
@@ -80,7 +80,7 @@ pub async fn export(
     })?;
     let n = events.len() as u64;
     for e in events {
-        put(&Line::Event(e))?;
+        put(&Line::Event(Box::new(e)))?;
     }
     for c in checkpoints {
         put(&Line::Checkpoint(c))?;
@@ -124,7 +124,7 @@ pub fn read_export(input: &mut dyn BufRead) -> Result<Export, Error> {
                 }
                 header = Some((tenant, public_keys));
             }
-            Line::Event(e) => events.push(e),
+            Line::Event(e) => events.push(*e),
             Line::Checkpoint(c) => checkpoints.push(c),
         }
     }
