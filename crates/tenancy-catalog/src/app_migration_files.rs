@@ -9,7 +9,10 @@ use std::path::Path;
 /// without its text or with a text that does not match its checksum.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct AppMigrationsError(pub String);
+pub struct AppMigrationsError(
+    /// What is wrong, naming the file or version.
+    pub String,
+);
 
 /// One migration of the application's tenant tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
