@@ -174,7 +174,7 @@ pub async fn context_impl(client: &Client) -> Result<Option<ContextImpl>, Error>
 
 /// One line for operators: which implementation of the signed context the database
 /// `client` is connected to runs, and where it comes from (what `tenancy serve`,
-/// `tenancy migrate` and `tenancy demo` print).
+/// `tenancy migrate` and `tenancy-demo` print).
 pub async fn describe_context_impl(client: &Client) -> Result<String, Error> {
     let version: Option<String> = client
         .query_opt(

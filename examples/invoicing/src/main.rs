@@ -1,6 +1,6 @@
 //! `invoicing`: serves the example app against an existing tenancy deployment.
 //!
-//! The easy way to see it is `tenancy demo --serve`, which starts PostgreSQL, creates
+//! The easy way to see it is `tenancy-demo --serve`, which starts PostgreSQL, creates
 //! tenants and serves this app. This binary is for running it against your own
 //! databases; configuration comes from the environment:
 //! `INVOICING_DATABASE_URL` (runtime role `tenancy_app`, catalog and tenant database; its
