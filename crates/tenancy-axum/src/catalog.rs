@@ -10,13 +10,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use tenancy_catalog::{ApiKeyGrant, CatalogError, TenantRoute};
 use tenancy_core::{Slug, TenantId};
 use tenancy_sdk::PgConfig;
 use tenancy_sdk::Router;
 use tokio::task::AbortHandle;
-use tokio_postgres::AsyncMessage;
 
 use crate::pool::{self, PlainPool};
 use crate::HttpError;
@@ -94,7 +92,7 @@ impl Catalog {
         }))
     }
 
-    async fn conn(&self) -> Result<deadpool::managed::Object<pool::Manager>, HttpError> {
+    async fn conn(&self) -> Result<tenancy_conn::PlainConn, HttpError> {
         self.pool
             .get()
             .await
@@ -259,50 +257,21 @@ impl Catalog {
 
 async fn listen(weak: Weak<Catalog>, config: PgConfig) {
     loop {
-        match config.connect_raw().await {
-            Ok((client, mut conn)) => {
-                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-                let driver = tokio::spawn(async move {
-                    let mut messages =
-                        futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-                    while let Some(m) = messages.next().await {
-                        match m {
-                            Ok(AsyncMessage::Notification(n)) => {
-                                if tx.send(n.payload().to_owned()).is_err() {
-                                    break;
-                                }
-                            }
-                            Ok(_) => {}
-                            Err(e) => {
-                                tracing::warn!(error = %e, "catalog change feed connection failed");
-                                break;
-                            }
-                        }
-                    }
-                });
-                let listening = client
-                    .batch_execute(&format!("LISTEN {}", tenancy_catalog::CHANGES_CHANNEL))
-                    .await;
-                match listening {
-                    Ok(()) => {
-                        // Changes may have been missed while we were not listening.
-                        match weak.upgrade() {
-                            Some(c) => c.clear(),
-                            None => return,
-                        }
-                        while let Some(payload) = rx.recv().await {
-                            match weak.upgrade() {
-                                Some(c) => c.apply(&payload),
-                                None => return,
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "could not LISTEN for catalog changes"),
+        match tenancy_conn::listen(&config, &[tenancy_catalog::CHANGES_CHANNEL]).await {
+            Ok(mut changes) => {
+                // Changes may have been missed while we were not listening.
+                match weak.upgrade() {
+                    Some(c) => c.clear(),
+                    None => return,
                 }
-                driver.abort();
-                drop(client);
+                while let Some(payload) = changes.recv().await {
+                    match weak.upgrade() {
+                        Some(c) => c.apply(&payload),
+                        None => return,
+                    }
+                }
             }
-            Err(e) => tracing::warn!(error = %e, "catalog change feed: cannot connect; retrying"),
+            Err(e) => tracing::warn!(error = %e, "catalog change feed: cannot listen; retrying"),
         }
         if weak.strong_count() == 0 {
             return;

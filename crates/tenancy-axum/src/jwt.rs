@@ -15,9 +15,8 @@
 //! `exp` and `nbf` checked against the clock. Only tokens that verified are remembered,
 //! and a token differing in any byte is verified from scratch.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use jsonwebtoken::Algorithm;
@@ -245,8 +244,8 @@ fn claim_scopes(claims: &Map<String, Value>) -> Option<Arc<[String]>> {
     (!scopes.is_empty()).then(|| Arc::from(scopes))
 }
 
-/// Most verified tokens remembered at once (the cache starts over when full).
-const CACHE_CAPACITY: usize = 4096;
+/// Most verified tokens remembered at once (the least useful are evicted first).
+const CACHE_CAPACITY: u64 = 4096;
 /// Longest a verified token is trusted without verifying its signature again.
 const CACHE_TTL_SECS: u64 = 60;
 
@@ -270,8 +269,8 @@ pub(crate) struct JwtVerifier {
     pub(crate) claim: TenantClaim,
     /// Clock-skew allowance for `exp` and `nbf`, seconds.
     leeway: u64,
-    /// Tokens that verified, by their exact text.
-    cache: RwLock<HashMap<String, Cached>>,
+    /// Tokens that verified, by their exact text, each for at most `CACHE_TTL_SECS`.
+    cache: moka::sync::Cache<String, Cached>,
 }
 
 fn now_secs() -> u64 {
@@ -319,7 +318,10 @@ impl JwtVerifier {
             issuers,
             claim: cfg.claim,
             leeway: cfg.leeway.as_secs(),
-            cache: RwLock::default(),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_live(Duration::from_secs(CACHE_TTL_SECS))
+                .build(),
         })
     }
 
@@ -332,30 +334,22 @@ impl JwtVerifier {
         }
         let (verified, exp, nbf) = self.verify_signed(token)?;
         let verified = Arc::new(verified);
-        if let Ok(mut cache) = self.cache.write() {
-            if cache.len() >= CACHE_CAPACITY {
-                cache.clear();
-            }
-            cache.insert(
-                token.to_owned(),
-                Cached {
-                    token: Arc::clone(&verified),
-                    exp,
-                    nbf,
-                    until: now.saturating_add(CACHE_TTL_SECS),
-                },
-            );
-        }
+        self.cache.insert(
+            token.to_owned(),
+            Cached {
+                token: Arc::clone(&verified),
+                exp,
+                nbf,
+                until: now.saturating_add(CACHE_TTL_SECS),
+            },
+        );
         Ok(verified)
     }
 
     /// The remembered verification of exactly `token`, if any and still fresh at `now`;
     /// an error if it has expired (or is not valid yet) by now.
     fn cached(&self, token: &str, now: u64) -> Result<Option<Arc<VerifiedToken>>, HttpError> {
-        let Ok(cache) = self.cache.read() else {
-            return Ok(None);
-        };
-        let Some(c) = cache.get(token) else {
+        let Some(c) = self.cache.get(token) else {
             return Ok(None);
         };
         if now >= c.until {

@@ -26,14 +26,20 @@ mod app_migrations;
 mod domains;
 mod lookups;
 mod migrate;
+mod requests;
 mod store;
+mod tenant_lifecycle;
+mod webhooks;
 mod workflows;
 
 pub use app_migrations::*;
 pub use domains::*;
 pub use lookups::*;
 pub use migrate::{migrate, migrate_for_tests, Migration, MIGRATIONS};
+pub use requests::*;
 pub use store::*;
+pub use tenant_lifecycle::*;
+pub use webhooks::*;
 pub use workflows::*;
 
 /// Errors from the catalog.
@@ -43,16 +49,22 @@ pub enum CatalogError {
     /// A database call failed.
     #[error("{what}: {source}")]
     Db {
+        /// What was being done.
         what: &'static str,
+        /// The underlying error.
         #[source]
         source: tokio_postgres::Error,
     },
     /// An applied migration's text no longer matches what was applied.
     #[error("catalog migration {version} ({name}) was changed after it was applied (checksum {applied} in the database, {current} now); restore the original file and add a new migration instead")]
     ChecksumMismatch {
+        /// The migration's version.
         version: i32,
+        /// The migration's name.
         name: String,
+        /// Checksum recorded when it was applied.
         applied: String,
+        /// Checksum of the file now.
         current: String,
     },
     /// The slug is already used by another tenant.
@@ -73,8 +85,11 @@ pub enum CatalogError {
     /// A state change that the lifecycle does not allow.
     #[error("tenant {tenant} cannot go from {from} to {to}")]
     InvalidTransition {
+        /// The tenant.
         tenant: String,
+        /// The state it is in.
         from: String,
+        /// The state asked for.
         to: String,
     },
     /// A stored value failed to parse (the catalog was edited by hand).

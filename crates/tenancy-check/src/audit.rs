@@ -33,13 +33,13 @@ pub(crate) fn qi(name: &str) -> String {
     if plain {
         name.to_owned()
     } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
+        tenancy_conn::quote_ident(name)
     }
 }
 
 /// Quotes a string literal.
 pub(crate) fn ql(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    tenancy_conn::quote_literal(s)
 }
 
 pub(crate) async fn query(

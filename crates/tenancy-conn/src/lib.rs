@@ -31,6 +31,8 @@
 //! with a clear error rather than ignored).
 
 mod error_text;
+mod listen;
+mod pool;
 mod session;
 mod settings;
 mod stream;
@@ -42,10 +44,23 @@ use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{Client, Connection, NoTls};
 
 pub use error_text::{error_text, pg_error_text, ErrorText};
+pub use listen::{listen, Notifications};
+pub use pool::{plain_pool, PlainConn, PlainManager, PlainPool};
 pub use session::connect_session;
 pub use settings::SslMode;
 pub use stream::{open_stream, Stream};
 pub use tls::RootCerts;
+
+/// Quotes an SQL identifier (always, so a name that looks like a keyword is safe too).
+pub fn quote_ident(name: &str) -> String {
+    postgres_protocol::escape::escape_identifier(name)
+}
+
+/// Quotes an SQL string literal, correct whatever `standard_conforming_strings` is (a value
+/// with a backslash becomes an `E'…'` literal).
+pub fn quote_literal(value: &str) -> String {
+    postgres_protocol::escape::escape_literal(value)
+}
 
 /// Connection settings: tokio-postgres' own, and how to secure the socket.
 #[derive(Clone)]
@@ -134,33 +149,53 @@ pub enum ConnError {
     /// No socket could be opened.
     #[error("could not connect to {host}: {source}")]
     Io {
+        /// The host (or socket directory) tried.
         host: String,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
     /// The server does not offer TLS and the settings require it.
     #[error("the server at {host} does not accept TLS connections, and sslmode={mode} requires TLS: enable ssl on the server, or use sslmode=prefer or disable on a network you trust")]
-    TlsRefused { host: String, mode: SslMode },
+    TlsRefused {
+        /// The host (or socket directory) tried.
+        host: String,
+        /// The `sslmode` in force.
+        mode: SslMode,
+    },
     /// The TLS handshake failed (for instance, the certificate did not verify).
     #[error("TLS handshake with {host} failed (sslmode={mode}{roots}): {detail}")]
     Handshake {
+        /// The host (or socket directory) tried.
         host: String,
+        /// The `sslmode` in force.
         mode: SslMode,
+        /// Which root certificates were trusted.
         roots: String,
+        /// What failed, in words.
         detail: String,
     },
     /// A connection pooler stands between this client and PostgreSQL, and the caller
     /// needs a session of its own.
     #[error("{who} is connected to {host} through a connection pooler (PgBouncer or similar: the process id the connection was given at start-up is not its backend's). {who} needs a database session of its own (LISTEN for changes, prepared statements, advisory locks), which a transaction-mode pooler does not keep: give it a URL that reaches PostgreSQL directly. Tenant pools of the SDK can use the pooler (PoolOptions::pooler = Pooler::Transaction)")]
-    Pooler { host: String, who: String },
+    Pooler {
+        /// The host (or socket directory) tried.
+        host: String,
+        /// The component that needs a session of its own.
+        who: String,
+    },
     /// The session could not be started (authentication, unknown database…).
     #[error("connecting to database {dbname:?} as {user:?} on {host}: {detail}")]
     Pg {
+        /// The host (or socket directory) tried.
         host: String,
+        /// The database.
         dbname: String,
+        /// The role.
         user: String,
         /// What the server said, or what failed.
         detail: String,
+        /// The underlying error.
         #[source]
         source: tokio_postgres::Error,
     },

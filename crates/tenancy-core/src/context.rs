@@ -57,7 +57,10 @@ pub const TRANSACTION_TOKEN_VERSION: &str = "v2";
 pub enum TokenError {
     /// The key id breaks the rules.
     #[error("context key id {value:?} is not allowed: use 1 to 16 characters from a-z and 0-9")]
-    KeyId { value: String },
+    KeyId {
+        /// The value given.
+        value: String,
+    },
     /// The key material is not 64 hex digits.
     #[error("context key must be 64 hex digits (32 random bytes), e.g. the output of `openssl rand -hex 32`")]
     KeyMaterial,

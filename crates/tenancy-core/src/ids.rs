@@ -15,7 +15,10 @@ use uuid::Uuid;
 pub enum IdError {
     /// The value is not a UUID.
     #[error("tenant id {value:?} is not a UUID in canonical form; expected 8-4-4-4-12 lowercase hex digits, e.g. 0190f2c4-5b7e-7a51-9d0e-3f1c2b4a5d6e")]
-    TenantId { value: String },
+    TenantId {
+        /// The value given.
+        value: String,
+    },
     /// The nil UUID is reserved as "no tenant".
     #[error(
         "tenant id must not be the nil UUID (all zeros); it is reserved to mean \"no tenant\""
@@ -23,19 +26,40 @@ pub enum IdError {
     NilTenantId,
     /// The slug breaks a rule; `reason` says which.
     #[error("slug {value:?} is not allowed: {reason}")]
-    Slug { value: String, reason: &'static str },
+    Slug {
+        /// The value given.
+        value: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
     /// The region breaks a rule; `reason` says which.
     #[error("region {value:?} is not allowed: {reason}")]
-    Region { value: String, reason: &'static str },
+    Region {
+        /// The value given.
+        value: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
     /// The plan key breaks a rule; `reason` says which.
     #[error("plan {value:?} is not allowed: {reason}")]
-    Plan { value: String, reason: &'static str },
+    Plan {
+        /// The value given.
+        value: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
     /// Not one of the known placements.
     #[error("placement {value:?} is unknown; expected one of: pooled, schema, dedicated")]
-    Placement { value: String },
+    Placement {
+        /// The value given.
+        value: String,
+    },
     /// Not one of the known lifecycle states.
     #[error("tenant state {value:?} is unknown; expected one of: provisioning, active, suspended, deleting, deleted")]
-    State { value: String },
+    State {
+        /// The value given.
+        value: String,
+    },
 }
 
 /// The id of a tenant: a non-nil UUID.

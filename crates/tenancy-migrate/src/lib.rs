@@ -28,6 +28,7 @@
 pub mod drift;
 mod engine;
 pub mod files;
+mod report;
 mod sql;
 
 use std::time::Duration;

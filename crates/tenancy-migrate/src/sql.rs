@@ -13,10 +13,6 @@ pub(crate) const STALE_PLAN: &str = "TM001";
 /// SQLSTATE raised when the target's schema does not exist.
 pub(crate) const NO_SCHEMA: &str = "TM002";
 
-pub(crate) fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 /// The tables of the schema named by SQL literal `lit`, as a subquery over `pg_class`
 /// rows. Found through `pg_depend` (every relation depends on its namespace; that index
 /// is keyed by the namespace) rather than `pg_class.relnamespace`, which has no index:
@@ -37,7 +33,7 @@ fn tables_of(lit: &str) -> String {
 /// runtime role and moves the marker — all in one transaction.
 pub(crate) fn upgrade(schema: &str, from: i32, app: &AppMigrations) -> String {
     let q = quote_ident(schema);
-    let lit = literal(schema);
+    let lit = tenancy_conn::quote_literal(schema);
     let latest = app.latest();
     let mut sql = format!(
         "SELECT pg_advisory_xact_lock(hashtext({lit}));
@@ -86,7 +82,7 @@ COMMENT ON SCHEMA {q} IS '{MARKER}{latest}';"
 /// every migration, every table a tenant table, no lock and no marker check.
 pub(crate) fn reference(schema: &str, app: &AppMigrations) -> String {
     let q = quote_ident(schema);
-    let lit = literal(schema);
+    let lit = tenancy_conn::quote_literal(schema);
     let mut sql = format!("CREATE SCHEMA {q};\nSET LOCAL search_path = {q};\n");
     for m in app.all() {
         sql.push_str(&m.sql);

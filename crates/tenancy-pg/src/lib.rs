@@ -54,37 +54,65 @@ pub enum HarnessError {
          `dnf install postgresql-server` (Fedora/RHEL) or `brew install postgresql@16` (macOS), \
          or set PG_BIN to the directory that contains initdb."
     )]
-    BinariesNotFound { looked_in: String },
+    BinariesNotFound {
+        /// Where the binaries were looked for.
+        looked_in: String,
+    },
     /// The binaries are older than we support.
     #[error("PostgreSQL {found} found in {dir}; tenancy needs PostgreSQL 14 or newer (set PG_BIN to a newer bin directory)")]
-    TooOld { found: u32, dir: String },
+    TooOld {
+        /// The major version found.
+        found: u32,
+        /// The directory it was found in.
+        dir: String,
+    },
     /// Running as root and no unprivileged user exists to run the server as.
     #[error("running as root, but no unprivileged user to run PostgreSQL as was found (tried {tried}); create one, e.g. `useradd --system postgres`, or set TENANCY_PG_USER")]
-    NoUnprivilegedUser { tried: String },
+    NoUnprivilegedUser {
+        /// The users tried.
+        tried: String,
+    },
     /// A helper command failed.
     #[error("{what} failed: {detail}")]
-    Command { what: String, detail: String },
+    Command {
+        /// What was being done.
+        what: String,
+        /// What failed, in words.
+        detail: String,
+    },
     /// Filesystem trouble.
     #[error("{what}: {source}")]
     Io {
+        /// What was being done.
         what: String,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
     /// The server did not accept connections in time.
     #[error("PostgreSQL did not accept connections within {secs}s; last lines of its log ({log}):\n{tail}")]
     StartTimeout {
+        /// How long it waited, in seconds.
         secs: u64,
+        /// The server log's path.
         log: String,
+        /// The last lines of the server log.
         tail: String,
     },
     /// `TENANCY_REQUIRE_NATIVE=1` and the server cannot have the native tenant context.
     #[error("TENANCY_REQUIRE_NATIVE=1, but PostgreSQL {major} cannot load tenancy's native tenant context: {detail}")]
-    NativeMissing { major: u32, detail: String },
+    NativeMissing {
+        /// The server's major version.
+        major: u32,
+        /// What failed, in words.
+        detail: String,
+    },
     /// A SQL step of the harness failed.
     #[error("{what}: {source}")]
     Sql {
+        /// What was being done.
         what: String,
+        /// The underlying error.
         #[source]
         source: tokio_postgres::Error,
     },

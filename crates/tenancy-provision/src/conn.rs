@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use secrecy::{ExposeSecret, SecretString};
 use tenancy_catalog::ClusterRecord;
 use tenancy_conn::{PgConfig, Tls};
@@ -95,48 +94,16 @@ pub(crate) async fn connect(cfg: &PgConfig) -> Result<Client, Error> {
     Ok(client)
 }
 
-/// Creates plain `tokio_postgres` connections for a deadpool pool.
-#[derive(Debug)]
-pub struct Manager {
-    cfg: PgConfig,
-}
-
-impl Manager {
-    /// A manager connecting with `cfg`.
-    pub fn new(cfg: impl Into<PgConfig>) -> Self {
-        Manager { cfg: cfg.into() }
-    }
-}
-
-impl managed::Manager for Manager {
-    type Type = Client;
-    type Error = Error;
-
-    async fn create(&self) -> Result<Client, Error> {
-        connect(&self.cfg).await
-    }
-
-    async fn recycle(&self, c: &mut Client, _: &Metrics) -> RecycleResult<Error> {
-        if c.is_closed() {
-            return Err(RecycleError::message("connection closed"));
-        }
-        Ok(())
-    }
-}
-
+/// Creates plain connections for a pool (tenancy-conn's, shared by every component).
+pub type Manager = tenancy_conn::PlainManager;
 /// A pool of plain connections (catalog, tenant clusters).
-pub type Pool = managed::Pool<Manager>;
+pub type Pool = tenancy_conn::PlainPool;
 /// A connection taken from a [`Pool`].
-pub type Object = managed::Object<Manager>;
+pub type Object = tenancy_conn::PlainConn;
 
 /// Builds a pool of at most `max_size` connections made with `cfg`.
 pub fn pg_pool(cfg: impl Into<PgConfig>, max_size: usize) -> Result<Pool, Error> {
-    Pool::builder(Manager::new(cfg))
-        .max_size(max_size)
-        .runtime(deadpool::Runtime::Tokio1)
-        .create_timeout(Some(Duration::from_secs(10)))
-        .wait_timeout(Some(Duration::from_secs(30)))
-        .build()
+    tenancy_conn::plain_pool(cfg, max_size, Duration::from_secs(30))
         .map_err(|e| Error::Config(e.to_string()))
 }
 
@@ -168,15 +135,7 @@ impl Pools {
             match m.get(&key) {
                 Some(p) => p.clone(),
                 None => {
-                    let p = Pool::builder(Manager {
-                        cfg: config_for(cluster, login, dbname, tls),
-                    })
-                    .max_size(8)
-                    .runtime(deadpool::Runtime::Tokio1)
-                    .create_timeout(Some(Duration::from_secs(10)))
-                    .wait_timeout(Some(Duration::from_secs(30)))
-                    .build()
-                    .map_err(|e| Error::Config(e.to_string()))?;
+                    let p = pg_pool(config_for(cluster, login, dbname, tls), 8)?;
                     m.insert(key, p.clone());
                     p
                 }

@@ -32,7 +32,9 @@ pub use conn::{
     config_for, pg_pool, ClusterAccess, Login, Manager as PgManager, Object as PgConn,
     Pool as PgPool,
 };
-pub use engine::{Fault, FaultPhase, Faults, Finished, ProvisionRequest, Provisioner, Workers};
+#[cfg(feature = "fault-injection")]
+pub use engine::{Fault, FaultPhase, Faults};
+pub use engine::{Finished, ProvisionRequest, Provisioner, Workers};
 
 /// Errors of the provisioning engine.
 #[derive(Debug, thiserror::Error)]
@@ -47,19 +49,31 @@ pub enum Error {
     /// A database call on a tenant cluster failed.
     #[error("{what}: {source}")]
     Db {
+        /// What was being done.
         what: String,
+        /// The underlying error.
         #[source]
         source: tokio_postgres::Error,
     },
     /// No connection could be opened.
     #[error("connecting to {what}: {detail}")]
-    Connect { what: String, detail: String },
+    Connect {
+        /// What was being done.
+        what: String,
+        /// What failed, in words.
+        detail: String,
+    },
     /// Invalid configuration.
     #[error("{0}")]
     Config(String),
     /// A registration receiver refused or could not be reached.
     #[error("registration with {receiver} failed: {detail}")]
-    Registration { receiver: String, detail: String },
+    Registration {
+        /// The receiver's name.
+        receiver: String,
+        /// What failed, in words.
+        detail: String,
+    },
     /// The worker was "killed" on purpose at a step (fault injection in tests): its
     /// catalog transaction is abandoned and the worker stops.
     #[error("injected crash at step {0}")]

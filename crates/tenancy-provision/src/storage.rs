@@ -131,7 +131,7 @@ async fn migrate_schema_general(
           WHERE c.relnamespace = {lit}::regnamespace AND c.relkind IN ('r', 'p') ORDER BY c.oid;
          GRANT USAGE ON SCHEMA {q} TO tenancy_app;
          COMMENT ON SCHEMA {q} IS '{MARKER}{latest}';",
-        lit = literal(schema)
+        lit = tenancy_conn::quote_literal(schema)
     ));
     tx.batch_execute(&sql).await.map_err(Error::db(format!(
         "applying the app's migrations to schema {schema}"
@@ -140,10 +140,6 @@ async fn migrate_schema_general(
         .await
         .map_err(Error::db("committing the app's migrations"))?;
     Ok(true)
-}
-
-fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// What `tenancy.make_tenant_table` does to one table of the app, found once per app
@@ -287,7 +283,7 @@ fn tenant_table_sql(schema: &str, plan: &[TenantTablePlan]) -> String {
             "REVOKE ALL ON {list} FROM PUBLIC, tenancy_app;\nGRANT SELECT, INSERT, UPDATE, DELETE ON {list} TO tenancy_app;\n"
         ));
     }
-    let lit = literal(schema);
+    let lit = tenancy_conn::quote_literal(schema);
     let n = plan.len();
     sql.push_str(&format!(
         "DO $tenancy_check$ BEGIN
@@ -325,7 +321,7 @@ pub async fn create_schema_fast(
     let latest = app.latest();
     let mut sql = format!(
         "SELECT pg_advisory_xact_lock(hashtext({lit}));\nCREATE SCHEMA {q};\nSET LOCAL search_path = {q};\n",
-        lit = literal(schema)
+        lit = tenancy_conn::quote_literal(schema)
     );
     for m in app.after(0) {
         sql.push_str(&m.sql);
@@ -743,7 +739,7 @@ pub async fn mark_spare_database(admin: &Client, spare: &str, tag: &str) -> Resu
         .batch_execute(&format!(
             "COMMENT ON DATABASE {} IS {}",
             quote_ident(spare),
-            literal(&format!("{SPARE_DATABASE_MARKER}{tag}"))
+            tenancy_conn::quote_literal(&format!("{SPARE_DATABASE_MARKER}{tag}"))
         ))
         .await
         .map_err(Error::db(format!("marking spare database {spare}")))

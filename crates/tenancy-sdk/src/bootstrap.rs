@@ -54,10 +54,7 @@ pub enum ContextImpl {
     PlPgSql,
 }
 
-/// Quotes an SQL identifier.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+pub use tenancy_conn::quote_ident;
 
 /// Creates (or re-asserts) the owner, runtime and worker roles. Needs a superuser or
 /// CREATEROLE.

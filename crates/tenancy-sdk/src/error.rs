@@ -7,7 +7,9 @@ pub enum Error {
     /// A database call failed.
     #[error("{what}: {source}")]
     Db {
+        /// What was being done.
         what: &'static str,
+        /// The underlying error.
         #[source]
         source: tokio_postgres::Error,
     },
@@ -22,13 +24,22 @@ pub enum Error {
     Catalog(#[from] CatalogError),
     /// The tenant exists but is not active.
     #[error("tenant {tenant} is {state}; its data can only be opened while it is active")]
-    NotActive { tenant: String, state: String },
+    NotActive {
+        /// The tenant.
+        tenant: String,
+        /// The state it is in.
+        state: String,
+    },
     /// The tenant's cluster is in a region this router may not open.
     #[error("tenant {tenant} is pinned to region {tenant_region}; refusing to open it on cluster {cluster} in region {cluster_region}")]
     RegionMismatch {
+        /// The tenant.
         tenant: String,
+        /// The tenant's region.
         tenant_region: String,
+        /// The cluster.
         cluster: String,
+        /// The cluster's region.
         cluster_region: String,
     },
     /// A statement failed earlier in this transaction, so it can only be rolled back.

@@ -227,35 +227,13 @@ impl Router {
         &self,
         catalog_config: impl Into<PgConfig>,
     ) -> Result<tokio::task::JoinHandle<()>, Error> {
-        let (client, mut conn) = catalog_config
-            .into()
-            .connect_raw()
-            .await
-            .map_err(|e| Error::Pool(format!("connecting the catalog change listener: {e}")))?;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let driver = tokio::spawn(async move {
-            let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-            while let Some(msg) = futures_util::StreamExt::next(&mut messages).await {
-                match msg {
-                    Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                        if tx.send(n.payload().to_owned()).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => return,
-                }
-            }
-        });
-        client
-            .batch_execute("LISTEN tenancy_catalog_changes")
-            .await
-            .map_err(Error::db("listening for catalog changes"))?;
+        let mut changes =
+            tenancy_conn::listen(&catalog_config.into(), &["tenancy_catalog_changes"])
+                .await
+                .map_err(|e| Error::Pool(format!("listening for catalog changes: {e}")))?;
         let me = self.clone();
         Ok(tokio::spawn(async move {
-            // Keep the client alive as long as the listener runs.
-            let _client = client;
-            while let Some(payload) = rx.recv().await {
+            while let Some(payload) = changes.recv().await {
                 if let Some(id) = payload
                     .strip_prefix("tenant:")
                     .and_then(|s| s.parse::<TenantId>().ok())
@@ -263,7 +241,6 @@ impl Router {
                     me.invalidate(id);
                 }
             }
-            driver.abort();
         }))
     }
 

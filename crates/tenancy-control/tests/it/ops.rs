@@ -105,6 +105,24 @@ async fn metrics_count_routes_by_template_and_tenant_transactions() {
     assert!(delta("committed") >= 3.0, "{after}");
     assert!(delta("rolled_back") >= 3.0, "{after}");
     assert!(delta("refused") >= 1.0, "{after}");
+    // The waits for a connection: one sample per opened transaction, and the pool's sizes.
+    let sample = |body: &str, name: &str| -> f64 {
+        body.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        sample(&after, "tenancy_pool_wait_seconds_count")
+            - sample(&before, "tenancy_pool_wait_seconds_count")
+            >= 6.0,
+        "{after}"
+    );
+    assert_eq!(
+        sample(&after, "tenancy_pool_connections{state=\"max\"}"),
+        PoolOptions::default().max_size as f64,
+        "{after}"
+    );
 }
 
 #[tokio::test]

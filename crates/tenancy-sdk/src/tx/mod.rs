@@ -1,58 +1,23 @@
 //! `TenantTx`: a transaction bound to one tenant.
 
-use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::TryStreamExt;
-use tenancy_core::{ContextKey, ContextToken, TenantId};
+use tenancy_core::{ContextKey, TenantId};
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Row, Statement};
+use tokio_postgres::{Client, Row};
 
 use crate::pool::{parse_opening_reply, Conn, Lease};
-use crate::wire::{self, Splice};
+use crate::wire;
 use crate::Error;
 
-/// What opens a transaction: the deferred COMMIT of the connection's previous read-only
-/// transaction, `BEGIN [READ ONLY]`, the signed context, the schema's search path.
-#[derive(Debug)]
-pub(crate) struct Begin {
-    pub(crate) commit_first: bool,
-    pub(crate) read_only: bool,
-    /// The signed token: `[a-z0-9.-]` only. Behind a transaction-mode pooler it is signed
-    /// for the transaction itself (backend pid, transaction start), once the opening query
-    /// returned them.
-    pub(crate) token: Option<ContextToken>,
-    /// Checked by the pool: `[a-z0-9_]` only.
-    pub(crate) schema: Option<String>,
-}
+mod opening;
+mod ops;
 
-impl Begin {
-    /// Queues the opening on a spliced connection, in front of the next request: as an
-    /// implicit read-only transaction's context, or as BEGIN and context.
-    /// Behind a transaction-mode pooler (a token bound to the transaction) BEGIN, reset,
-    /// limits and search path already ran: only `tenancy.enter` is queued. Returns false when there is
-    /// no token to queue.
-    fn splice_into(&self, splice: &Splice, implicit: bool) -> bool {
-        let Some(token) = &self.token else {
-            return false;
-        };
-        if token.transaction_start().is_some() {
-            splice.push_transaction_enter(token.as_str());
-            return true;
-        }
-        let path = self.schema.as_ref().map(|s| format!("\"{s}\", public"));
-        splice.push_opening(&wire::Opening {
-            commit_first: self.commit_first,
-            implicit,
-            read_only: self.read_only,
-            token: token.as_str(),
-            search_path: path.as_deref(),
-        });
-        true
-    }
-}
+pub(crate) use opening::Begin;
+use opening::{connection_lost, with_opening};
+use ops::{run_prepared, run_typed, Op, Out};
 
 /// What a failed statement was doing, for its error.
 const RUNNING: &str = "running a statement";
@@ -110,71 +75,6 @@ pub struct TenantTx {
     /// A statement future is running (if the transaction is dropped meanwhile, its request
     /// may still be unwritten: the connection is fenced before reuse).
     in_flight: bool,
-}
-
-/// Runs `fut` (a request not yet sent: futures send on first poll) with `opening` in front
-/// of it, spliced into the request's own messages (as an implicit transaction's context,
-/// or as BEGIN and context). The opening is never SQL text: the token travels only as a
-/// bound parameter, so no session sees it in `pg_stat_activity` and no statement log has
-/// it.
-async fn with_opening<T>(
-    conn: &Conn,
-    opening: Option<(Begin, bool)>,
-    what: &'static str,
-    fut: impl Future<Output = Result<T, tokio_postgres::Error>>,
-) -> Result<T, Error> {
-    match (opening, conn.splice.as_deref()) {
-        (Some((b, implicit)), Some(splice)) => {
-            if !b.splice_into(splice, implicit) {
-                return Err(Error::Invalid(
-                    "a tenant transaction without a signed context token".into(),
-                ));
-            }
-            let per_transaction = b
-                .token
-                .as_ref()
-                .is_some_and(|t| t.transaction_start().is_some());
-            fut.await.map_err(|e| {
-                if splice.take_failed() {
-                    if per_transaction
-                        && e.as_db_error()
-                            .is_some_and(|d| d.message().contains("malformed tenant context token"))
-                    {
-                        tracing::warn!(
-                            "the database refused a transaction-bound (v2) context token as malformed: its native \
-                             tenancy_context library predates transaction-mode pooling; install the current \
-                             library (make -C extensions/tenancy_context install) and reconnect"
-                        );
-                    }
-                    // Whatever the cause (a refused token, statements deallocated through
-                    // `client()`), this connection is not handed out again.
-                    conn.retire();
-                    Error::ContextRefused(e)
-                } else {
-                    Error::Db { what, source: e }
-                }
-            })
-        }
-        // Every tenant connection is spliced; a connection without one never gets a tenant.
-        (Some(_), None) => Err(Error::Invalid(
-            "a tenant transaction on a connection without a splice".into(),
-        )),
-        (None, _) => fut.await.map_err(Error::db(what)),
-    }
-}
-
-/// Whether `e` says the connection is gone or unusable for the next transaction: closed,
-/// its backend terminated or crashed, or its prepared statements deallocated.
-fn connection_lost(e: &tokio_postgres::Error) -> bool {
-    use tokio_postgres::error::SqlState;
-    e.is_closed()
-        || matches!(
-            e.code(),
-            Some(c) if *c == SqlState::ADMIN_SHUTDOWN
-                || *c == SqlState::CRASH_SHUTDOWN
-                || *c == SqlState::CANNOT_CONNECT_NOW
-                || *c == SqlState::INVALID_SQL_STATEMENT_NAME
-        )
 }
 
 impl TenantTx {
@@ -555,31 +455,7 @@ impl TenantTx {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
-        let mut retries = 0;
-        loop {
-            let first = self.state == State::NotBegun;
-            let r = self.query_once(sql, params).await;
-            if !(first && self.retry_first(&r, &mut retries).await) {
-                return r;
-            }
-        }
-    }
-
-    async fn query_once(
-        &mut self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, Error> {
-        if self.pooled() {
-            return self
-                .run_pooled(sql, params, Op::Rows)
-                .await
-                .and_then(Out::rows);
-        }
-        let (stmt, opening) = self.ready(sql).await?;
-        let conn = self.conn()?;
-        let r = with_opening(conn, opening, RUNNING, conn.client.query(&stmt, params)).await;
-        self.track(r)
+        self.run(sql, params, Op::Rows).await.and_then(Out::rows)
     }
 
     /// Runs a statement that returns exactly one row.
@@ -588,31 +464,7 @@ impl TenantTx {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, Error> {
-        let mut retries = 0;
-        loop {
-            let first = self.state == State::NotBegun;
-            let r = self.query_one_once(sql, params).await;
-            if !(first && self.retry_first(&r, &mut retries).await) {
-                return r;
-            }
-        }
-    }
-
-    async fn query_one_once(
-        &mut self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Row, Error> {
-        if self.pooled() {
-            return self
-                .run_pooled(sql, params, Op::One)
-                .await
-                .and_then(Out::one);
-        }
-        let (stmt, opening) = self.ready(sql).await?;
-        let conn = self.conn()?;
-        let r = with_opening(conn, opening, RUNNING, conn.client.query_one(&stmt, params)).await;
-        self.track(r)
+        self.run(sql, params, Op::One).await.and_then(Out::one)
     }
 
     /// Runs a statement that returns zero or one row.
@@ -621,31 +473,7 @@ impl TenantTx {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, Error> {
-        let mut retries = 0;
-        loop {
-            let first = self.state == State::NotBegun;
-            let r = self.query_opt_once(sql, params).await;
-            if !(first && self.retry_first(&r, &mut retries).await) {
-                return r;
-            }
-        }
-    }
-
-    async fn query_opt_once(
-        &mut self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<Row>, Error> {
-        if self.pooled() {
-            return self
-                .run_pooled(sql, params, Op::Opt)
-                .await
-                .and_then(Out::opt);
-        }
-        let (stmt, opening) = self.ready(sql).await?;
-        let conn = self.conn()?;
-        let r = with_opening(conn, opening, RUNNING, conn.client.query_opt(&stmt, params)).await;
-        self.track(r)
+        self.run(sql, params, Op::Opt).await.and_then(Out::opt)
     }
 
     /// Runs a statement and returns the number of rows it affected.
@@ -654,30 +482,45 @@ impl TenantTx {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, Error> {
+        self.run(sql, params, Op::Count).await.and_then(Out::count)
+    }
+
+    /// Runs a statement; the transaction's first statement runs again on another
+    /// connection when its own died under it (see `retry_first`).
+    async fn run(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        op: Op,
+    ) -> Result<Out, Error> {
         let mut retries = 0;
         loop {
             let first = self.state == State::NotBegun;
-            let r = self.execute_once(sql, params).await;
-            if !(first && self.retry_first(&r, &mut retries).await) {
+            let r = self.run_once(sql, params, op).await;
+            if !(first && r.is_err() && self.retry_first(&r, &mut retries).await) {
                 return r;
             }
         }
     }
 
-    async fn execute_once(
+    async fn run_once(
         &mut self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, Error> {
+        op: Op,
+    ) -> Result<Out, Error> {
         if self.pooled() {
-            return self
-                .run_pooled(sql, params, Op::Count)
-                .await
-                .and_then(Out::count);
+            return self.run_pooled(sql, params, op).await;
         }
         let (stmt, opening) = self.ready(sql).await?;
         let conn = self.conn()?;
-        let r = with_opening(conn, opening, RUNNING, conn.client.execute(&stmt, params)).await;
+        let r = with_opening(
+            conn,
+            opening,
+            RUNNING,
+            run_prepared(&conn.client, &stmt, params, op),
+        )
+        .await;
         self.track(r)
     }
 
@@ -867,88 +710,4 @@ impl Drop for TenantTx {
             Err(_) => conn.retire(),
         }
     }
-}
-
-/// What a statement run behind a transaction-mode pooler returns.
-#[derive(Debug, Clone, Copy)]
-enum Op {
-    Rows,
-    One,
-    Opt,
-    Count,
-}
-
-#[derive(Debug)]
-enum Out {
-    Rows(Vec<Row>),
-    One(Row),
-    Opt(Option<Row>),
-    Count(u64),
-}
-
-impl Out {
-    fn mismatch() -> Error {
-        Error::Invalid("internal: a statement returned another kind of result".into())
-    }
-    fn rows(self) -> Result<Vec<Row>, Error> {
-        match self {
-            Out::Rows(r) => Ok(r),
-            _ => Err(Self::mismatch()),
-        }
-    }
-    fn one(self) -> Result<Row, Error> {
-        match self {
-            Out::One(r) => Ok(r),
-            _ => Err(Self::mismatch()),
-        }
-    }
-    fn opt(self) -> Result<Option<Row>, Error> {
-        match self {
-            Out::Opt(r) => Ok(r),
-            _ => Err(Self::mismatch()),
-        }
-    }
-    fn count(self) -> Result<u64, Error> {
-        match self {
-            Out::Count(n) => Ok(n),
-            _ => Err(Self::mismatch()),
-        }
-    }
-}
-
-/// Runs an unnamed statement with known parameter types (one request).
-async fn run_typed(
-    client: &Client,
-    sql: &str,
-    typed: &[(&(dyn ToSql + Sync), Type)],
-    op: Op,
-) -> Result<Out, tokio_postgres::Error> {
-    Ok(match op {
-        Op::Rows => Out::Rows(client.query_typed(sql, typed).await?),
-        Op::One => Out::One(client.query_typed_one(sql, typed).await?),
-        Op::Opt => Out::Opt(client.query_typed_opt(sql, typed).await?),
-        Op::Count => {
-            let stream = client
-                .query_typed_raw(sql, typed.iter().map(|(v, t)| (*v, t.clone())))
-                .await?;
-            futures_util::pin_mut!(stream);
-            while stream.try_next().await?.is_some() {}
-            Out::Count(stream.rows_affected().unwrap_or(0))
-        }
-    })
-}
-
-/// Runs a prepared statement.
-async fn run_prepared(
-    client: &Client,
-    stmt: &Statement,
-    params: &[&(dyn ToSql + Sync)],
-    op: Op,
-) -> Result<Out, tokio_postgres::Error> {
-    Ok(match op {
-        Op::Rows => Out::Rows(client.query(stmt, params).await?),
-        Op::One => Out::One(client.query_one(stmt, params).await?),
-        Op::Opt => Out::Opt(client.query_opt(stmt, params).await?),
-        Op::Count => Out::Count(client.execute(stmt, params).await?),
-    })
 }

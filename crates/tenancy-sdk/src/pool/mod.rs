@@ -11,11 +11,20 @@ use tenancy_conn::PgConfig;
 use tenancy_core::{ContextKey, ContextToken, TenantId};
 use tokio::sync::oneshot;
 use tokio_postgres::types::Type;
-use tokio_postgres::{CancelToken, Client, NoTls, SimpleQueryMessage, Statement};
+use tokio_postgres::{Client, SimpleQueryMessage, Statement};
 
 use crate::tx::{Begin, Signer};
 use crate::wire::{self, Splice};
 use crate::{Error, TenantTx};
+
+mod options;
+mod pooled;
+mod watchdog;
+
+pub use options::{PoolOptions, Pooler};
+pub(crate) use pooled::{parse_opening_reply, Pooled};
+use watchdog::watch_transactions;
+pub(crate) use watchdog::Watch;
 
 /// Prepared statements kept per connection before the cache is cleared.
 const STATEMENT_CACHE_LIMIT: usize = 256;
@@ -179,57 +188,6 @@ impl Conn {
     }
 }
 
-/// What the pool's watchdog knows about one connection.
-pub(crate) struct Watch {
-    /// The pool's clock: `since` counts from here.
-    epoch: Instant,
-    /// Milliseconds from `epoch` (plus one) at which the transaction holding the
-    /// connection began; 0 while the connection is in the pool.
-    since: AtomicU64,
-    /// Backend process id, to terminate it (behind a transaction-mode pooler: the backend
-    /// of the current transaction, learnt when it opens; 0 before).
-    pid: AtomicI32,
-    /// Cancels the statement running on the connection.
-    cancel: CancelToken,
-    /// Fired, the connection task drops the socket.
-    kill: Mutex<Option<oneshot::Sender<()>>>,
-    /// The watchdog ended the connection's transaction: the transaction's errors say so,
-    /// and none of its requests is retried.
-    pub(crate) expired: AtomicBool,
-}
-
-impl std::fmt::Debug for Watch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Watch")
-            .field("since", &self.since)
-            .field("pid", &self.pid)
-            .field("expired", &self.expired)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Watch {
-    fn now_mark(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64 + 1
-    }
-
-    /// Behind a transaction-mode pooler: the backend the current transaction runs on.
-    pub(crate) fn set_backend(&self, pid: i32) {
-        self.pid.store(pid, Ordering::Relaxed);
-    }
-
-    /// A transaction took the connection.
-    fn start(&self) {
-        self.since.store(self.now_mark(), Ordering::Relaxed);
-    }
-
-    /// Whether a transaction has held the connection for longer than `limit`.
-    fn overdue(&self, limit: Duration) -> bool {
-        let since = self.since.load(Ordering::Relaxed);
-        since != 0 && self.now_mark().saturating_sub(since) > limit.as_millis() as u64
-    }
-}
-
 /// A pooled connection lent to one transaction. Until it is dropped (back to the pool)
 /// the watchdog counts its time against the transaction deadline; a dropped statement's
 /// fence (see `TenantTx`'s `Drop`) still holds it, so a connection stuck behind a long
@@ -309,85 +267,6 @@ async fn sweep_deferred_commits(pool: managed::WeakPool<Manager>, deferred: Arc<
     }
 }
 
-/// Ends transactions that have held their connection longer than `limit`, until the pool
-/// is dropped. Statement and lock timeouts are session settings that the transaction's own
-/// SQL may lift (`SET statement_timeout = 0`); this limit lives in the application.
-async fn watch_transactions(
-    pool: managed::WeakPool<Manager>,
-    watches: Arc<Mutex<Vec<Weak<Watch>>>>,
-    config: PgConfig,
-    limit: Duration,
-) {
-    let every = (limit / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if pool.upgrade().is_none() {
-            return;
-        }
-        let overdue: Vec<Arc<Watch>> = {
-            let Ok(mut ws) = watches.lock() else { return };
-            ws.retain(|w| w.strong_count() > 0);
-            ws.iter()
-                .filter_map(Weak::upgrade)
-                .filter(|w| w.overdue(limit) && !w.expired.swap(true, Ordering::Relaxed))
-                .collect()
-        };
-        for w in overdue {
-            tracing::warn!(pid = w.pid.load(Ordering::Relaxed), limit_ms = limit.as_millis() as u64, "a tenant transaction outlived its deadline; cancelling it and closing its connection");
-            // Its own task: reaching the server may take a while, and other overdue
-            // transactions must not wait for it.
-            tokio::spawn(stop_backend(config.clone(), w));
-        }
-    }
-}
-
-/// Stops the backend of a connection whose transaction outlived its deadline: closes the
-/// socket (a backend waiting for its client ends its transaction, releasing its locks),
-/// cancels the running statement, and terminates the backend, since the statement may
-/// catch the cancel (PL/pgSQL can trap `query_canceled`) and a busy backend does not
-/// notice a closed socket.
-async fn stop_backend(config: PgConfig, w: Arc<Watch>) {
-    let fired_at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    if let Some(kill) = w.kill.lock().ok().and_then(|mut k| k.take()) {
-        let _ = kill.send(());
-    }
-    // Over TLS when the pool's connections use it: the cancel key travels encrypted.
-    if let Ok(socket) = tenancy_conn::open_stream(&config).await {
-        if let Err(e) = w.cancel.cancel_query_raw(socket, NoTls).await {
-            tracing::debug!(error = %e, "cancelling an overdue transaction failed");
-        }
-    }
-    // A separate connection as the same role (a role may terminate its own backends). Only
-    // a backend that started before the deadline fired: the pid is never another, later
-    // connection's.
-    let pid = w.pid.load(Ordering::Relaxed);
-    if pid == 0 {
-        return;
-    }
-    let terminated = async {
-        let client = tenancy_conn::connect(&config)
-            .await
-            .map_err(|e| e.to_string())?;
-        // One simple query of two numbers: it also works through a transaction-mode pooler,
-        // where a prepared statement may not survive to its execution.
-        client
-            .simple_query(&format!(
-                "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity \
-                  WHERE pid = {pid} AND backend_start < pg_catalog.to_timestamp({fired_at:.6}::float8)"
-            ))
-            .await
-            .map_err(|e| e.to_string())
-    };
-    if let Err(e) = terminated.await {
-        tracing::warn!(error = %e, pid, "terminating the backend of an overdue transaction failed");
-    }
-}
-
 /// Creates and checks connections for the pool.
 #[derive(Debug)]
 pub(crate) struct Manager {
@@ -408,102 +287,6 @@ pub(crate) struct Manager {
     /// each transaction.
     pooler: Pooler,
     pooled: Option<Arc<Pooled>>,
-}
-
-/// What opens a tenant transaction behind a transaction-mode pooler, one simple query
-/// whose reply names the transaction (backend pid, transaction start), which its token is
-/// then bound to: `BEGIN` with its modes named, `RESET ALL` (session settings an earlier
-/// transaction on the same backend left), and the pool's session limits as
-/// transaction-local settings.
-#[derive(Debug)]
-pub(crate) struct Pooled {
-    /// `SET LOCAL statement_timeout`, then the SELECT of the backend pid, the transaction
-    /// start and the other limits (`set_config(…, true)`); the search path is added as its last
-    /// column.
-    limits: String,
-    search_path: Option<String>,
-}
-
-impl Pooled {
-    fn new(opts: &PoolOptions) -> Self {
-        let ms = |d: Duration| d.as_millis().min(i32::MAX as u128);
-        // The statement timeout first, as a statement of its own: the timer of a running
-        // statement keeps the value it started with, and a role default (1 ms) would
-        // otherwise apply to the SELECT below. The rest are columns of that SELECT: fewer
-        // statements to parse per transaction.
-        let mut limits = format!(
-            "SET LOCAL statement_timeout = {}; SELECT pg_catalog.pg_backend_pid(), \
-             pg_catalog.encode(pg_catalog.timestamptz_send(pg_catalog.transaction_timestamp()), 'hex'), \
-             pg_catalog.set_config('lock_timeout', '{}', true), \
-             pg_catalog.set_config('idle_in_transaction_session_timeout', '{}', true), \
-             pg_catalog.set_config('row_security', 'on', true), \
-             pg_catalog.set_config('client_min_messages', 'notice', true)",
-            ms(opts.statement_timeout),
-            ms(opts.lock_timeout),
-            ms(opts.idle_in_transaction_timeout)
-        );
-        if let Some(t) = opts.transaction_timeout {
-            limits.push_str(&format!(
-                ", pg_catalog.set_config('transaction_timeout', '{}', true)",
-                ms(t)
-            ));
-        }
-        Pooled {
-            limits,
-            search_path: opts.search_path.clone(),
-        }
-    }
-
-    /// The opening query: `commit_first` sends a finished read-only transaction's COMMIT
-    /// first; `schema` goes first on the search path (checked `[a-z0-9_]`). Its last row
-    /// starts with (backend pid, transaction start as `timestamptz_send` hex).
-    pub(crate) fn opening_sql(
-        &self,
-        commit_first: bool,
-        read_only: bool,
-        schema: Option<&str>,
-    ) -> String {
-        let mut sql = String::with_capacity(512);
-        if commit_first {
-            sql.push_str("COMMIT; ");
-        }
-        sql.push_str(if read_only {
-            "BEGIN ISOLATION LEVEL READ COMMITTED, READ ONLY, NOT DEFERRABLE; RESET ALL; "
-        } else {
-            "BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE, NOT DEFERRABLE; RESET ALL; "
-        });
-        sql.push_str(&self.limits);
-        let path = match schema {
-            Some(schema) => Some(format!("\"{schema}\", public")),
-            None => self.search_path.clone(),
-        };
-        if let Some(path) = path {
-            // An escape string literal: read the same whatever standard_conforming_strings
-            // an earlier transaction left (the whole query is parsed before RESET ALL runs).
-            sql.push_str(", pg_catalog.set_config('search_path', E'");
-            for c in path.chars() {
-                if c == '\'' || c == '\\' {
-                    sql.push(c);
-                }
-                sql.push(c);
-            }
-            sql.push_str("', true)");
-        }
-        sql
-    }
-}
-
-/// The backend pid and the transaction's start (microseconds since 2000-01-01) in the
-/// reply to [`Pooled::opening_sql`].
-pub(crate) fn parse_opening_reply(msgs: &[SimpleQueryMessage]) -> Option<(i32, i64)> {
-    let row = msgs.iter().rev().find_map(|m| match m {
-        SimpleQueryMessage::Row(r) => Some(r),
-        _ => None,
-    })?;
-    let pid = row.get(0)?.parse().ok()?;
-    let start = row.get(1).filter(|h| h.len() == 16)?;
-    let start = u64::from_str_radix(start, 16).ok()? as i64;
-    Some((pid, start))
 }
 
 impl managed::Manager for Manager {
@@ -745,158 +528,6 @@ fn build_pool_with(
     .map_err(|e| Error::Pool(e.to_string()))
 }
 
-/// Settings of a [`TenantPool`].
-///
-/// The session limits (`statement_timeout` to `transaction_timeout`) travel in every
-/// connection's startup packet. Settings given there take precedence over defaults stored
-/// with `ALTER ROLE … SET` or `ALTER DATABASE … SET`, which the runtime role could
-/// otherwise use to break every later connection (the runtime role may change its own
-/// defaults, e.g. `ALTER ROLE tenancy_app SET statement_timeout = '1ms'`). Alongside them
-/// every connection is pinned to `default_transaction_read_only = off`,
-/// `default_transaction_isolation = 'read committed'`,
-/// `default_transaction_deferrable = off`, `row_security = on` and
-/// `client_min_messages = notice`. Options in the connection configuration itself
-/// (`options=-c …`) are sent after these and win, so an operator can still change any of
-/// them on purpose. A transaction's own `SET` changes them for the rest of its session
-/// only until the next transaction opens: every opening resets session-level settings
-/// (`RESET ALL`).
-///
-/// Behind a transaction-mode pooler ([`Pooler::Transaction`]) nothing travels in the
-/// startup packet; every transaction's opening sets the same limits with `SET LOCAL`
-/// after its `RESET ALL` instead, which also beats role and database defaults.
-#[derive(Debug, Clone)]
-pub struct PoolOptions {
-    /// Maximum number of connections.
-    pub max_size: usize,
-    /// How long a signed context token stays valid after it is issued. It only has to
-    /// outlive the gap between signing and the transaction's first message.
-    pub token_ttl: Duration,
-    /// How long `begin` waits for a free connection.
-    pub wait_timeout: Duration,
-    /// Longest a transaction may hold its connection, from `begin` until it ends;
-    /// `Duration::ZERO` for no limit. Enforced by the pool, not by a session setting the
-    /// transaction's SQL could lift: past it the running statement is cancelled, the
-    /// backend terminated (releasing its locks) and the connection closed, and the
-    /// transaction fails with [`Error::TransactionDeadline`]. Checked every quarter of
-    /// the limit (at most every second), so a transaction ends within 1.25 times it.
-    /// Needs a Tokio runtime when the pool is built.
-    pub transaction_deadline: Duration,
-    /// `statement_timeout` of every connection; `Duration::ZERO` for none.
-    pub statement_timeout: Duration,
-    /// `lock_timeout` of every connection: how long a statement waits for a lock before it
-    /// fails; `Duration::ZERO` for none.
-    pub lock_timeout: Duration,
-    /// `idle_in_transaction_session_timeout` of every connection; `Duration::ZERO` for none.
-    pub idle_in_transaction_timeout: Duration,
-    /// `search_path` of every connection, as PostgreSQL spells it; `None` keeps the
-    /// server's, database's or role's default. The default is PostgreSQL's own,
-    /// `"$user", public`.
-    pub search_path: Option<String>,
-    /// `transaction_timeout` of every connection (PostgreSQL 17 and later only: older
-    /// servers refuse connections that set it); `None` sends nothing.
-    pub transaction_timeout: Option<Duration>,
-    /// How the pool reaches PostgreSQL: directly (the default) or through a
-    /// transaction-mode pooler such as PgBouncer. A direct pool that finds itself behind
-    /// a pooler refuses to connect, naming this setting.
-    pub pooler: Pooler,
-}
-
-/// How a [`TenantPool`] reaches PostgreSQL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Pooler {
-    /// Each pooled connection is one backend for its whole life. Context tokens are bound
-    /// to the backend pid, the SDK's own statements are prepared once per connection,
-    /// and a transaction's opening rides in front of its first statement (a read-only
-    /// point read is one round trip).
-    #[default]
-    Direct,
-    /// Through a pooler that may hand each transaction another backend (PgBouncer
-    /// `pool_mode = transaction`; a session-mode pool works too). Every transaction opens
-    /// with one round trip of its own (`BEGIN`, `RESET ALL`, the session limits as `SET
-    /// LOCAL`, and reading the backend pid and the transaction's start); its token is
-    /// bound to that transaction (a `v2` token), and `tenancy.enter` rides in front of
-    /// the first statement. Statements are unnamed: parameter types are learnt once per connection
-    /// and SQL from a statement prepared and closed inside one transaction. Statements
-    /// prepared through [`TenantTx::client`](crate::TenantTx::client) must be dropped
-    /// before the transaction ends.
-    Transaction,
-}
-
-impl std::str::FromStr for Pooler {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        match s {
-            "direct" | "none" => Ok(Pooler::Direct),
-            "transaction" => Ok(Pooler::Transaction),
-            other => Err(Error::Invalid(format!(
-                "pooler {other:?} is not known: use \"direct\" or \"transaction\""
-            ))),
-        }
-    }
-}
-
-impl Default for PoolOptions {
-    fn default() -> Self {
-        PoolOptions {
-            max_size: 16,
-            token_ttl: Duration::from_secs(60),
-            wait_timeout: Duration::from_secs(30),
-            transaction_deadline: Duration::from_secs(30),
-            statement_timeout: Duration::from_secs(30),
-            lock_timeout: Duration::from_secs(10),
-            idle_in_transaction_timeout: Duration::from_secs(60),
-            search_path: Some("\"$user\", public".into()),
-            transaction_timeout: None,
-            pooler: Pooler::Direct,
-        }
-    }
-}
-
-impl PoolOptions {
-    /// The `options` startup parameter carrying the session limits.
-    pub(crate) fn startup_options(&self) -> String {
-        let ms = |d: Duration| d.as_millis().min(i32::MAX as u128).to_string();
-        let mut settings: Vec<(&str, String)> = vec![
-            ("statement_timeout", ms(self.statement_timeout)),
-            ("lock_timeout", ms(self.lock_timeout)),
-            (
-                "idle_in_transaction_session_timeout",
-                ms(self.idle_in_transaction_timeout),
-            ),
-            ("default_transaction_read_only", "off".into()),
-            ("default_transaction_isolation", "read committed".into()),
-            ("default_transaction_deferrable", "off".into()),
-            ("row_security", "on".into()),
-            ("client_min_messages", "notice".into()),
-        ];
-        if let Some(path) = &self.search_path {
-            settings.push(("search_path", path.clone()));
-        }
-        if let Some(t) = self.transaction_timeout {
-            settings.push(("transaction_timeout", ms(t)));
-        }
-        let mut out = String::new();
-        for (name, value) in settings {
-            if !out.is_empty() {
-                out.push(' ');
-            }
-            out.push_str("-c ");
-            out.push_str(name);
-            out.push('=');
-            // The server splits `options` at white space; a backslash keeps the next
-            // character (a space in a value, or a backslash) in the value.
-            for c in value.chars() {
-                if c.is_whitespace() || c == '\\' {
-                    out.push('\\');
-                }
-                out.push(c);
-            }
-        }
-        out
-    }
-}
-
 /// A pool of runtime-role connections to one database that hands out connections only
 /// as [`TenantTx`]s.
 #[derive(Clone, Debug)]
@@ -1008,10 +639,15 @@ impl TenantPool {
         if let Some(schema) = schema {
             check_schema_name(schema).inspect_err(|_| crate::metrics::tx_event("refused"))?;
         }
+        let waited = crate::metrics::wait_started();
         let mut conn = Lease(self.pool.get().await.map_err(|e| {
             crate::metrics::tx_event("refused");
             Error::Pool(e.to_string())
         })?);
+        if waited.is_some() {
+            let st = self.pool.status();
+            crate::metrics::wait_ended(waited, (st.size, st.available, st.max_size));
+        }
         crate::metrics::tx_event("opened");
         conn.watch.start();
         let ttl_micros = self.opts.token_ttl.as_micros() as i64;

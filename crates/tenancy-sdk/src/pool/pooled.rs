@@ -1,0 +1,104 @@
+//! Behind a transaction-mode pooler: what opens each tenant transaction, and reading its
+//! reply.
+
+use std::time::Duration;
+
+use tokio_postgres::SimpleQueryMessage;
+
+use super::PoolOptions;
+
+/// What opens a tenant transaction behind a transaction-mode pooler, one simple query
+/// whose reply names the transaction (backend pid, transaction start), which its token is
+/// then bound to: `BEGIN` with its modes named, `RESET ALL` (session settings an earlier
+/// transaction on the same backend left), and the pool's session limits as
+/// transaction-local settings.
+#[derive(Debug)]
+pub(crate) struct Pooled {
+    /// `SET LOCAL statement_timeout`, then the SELECT of the backend pid, the transaction
+    /// start and the other limits (`set_config(…, true)`); the search path is added as its last
+    /// column.
+    limits: String,
+    search_path: Option<String>,
+}
+
+impl Pooled {
+    pub(super) fn new(opts: &PoolOptions) -> Self {
+        let ms = |d: Duration| d.as_millis().min(i32::MAX as u128);
+        // The statement timeout first, as a statement of its own: the timer of a running
+        // statement keeps the value it started with, and a role default (1 ms) would
+        // otherwise apply to the SELECT below. The rest are columns of that SELECT: fewer
+        // statements to parse per transaction.
+        let mut limits = format!(
+            "SET LOCAL statement_timeout = {}; SELECT pg_catalog.pg_backend_pid(), \
+             pg_catalog.encode(pg_catalog.timestamptz_send(pg_catalog.transaction_timestamp()), 'hex'), \
+             pg_catalog.set_config('lock_timeout', '{}', true), \
+             pg_catalog.set_config('idle_in_transaction_session_timeout', '{}', true), \
+             pg_catalog.set_config('row_security', 'on', true), \
+             pg_catalog.set_config('client_min_messages', 'notice', true)",
+            ms(opts.statement_timeout),
+            ms(opts.lock_timeout),
+            ms(opts.idle_in_transaction_timeout)
+        );
+        if let Some(t) = opts.transaction_timeout {
+            limits.push_str(&format!(
+                ", pg_catalog.set_config('transaction_timeout', '{}', true)",
+                ms(t)
+            ));
+        }
+        Pooled {
+            limits,
+            search_path: opts.search_path.clone(),
+        }
+    }
+
+    /// The opening query: `commit_first` sends a finished read-only transaction's COMMIT
+    /// first; `schema` goes first on the search path (checked `[a-z0-9_]`). Its last row
+    /// starts with (backend pid, transaction start as `timestamptz_send` hex).
+    pub(crate) fn opening_sql(
+        &self,
+        commit_first: bool,
+        read_only: bool,
+        schema: Option<&str>,
+    ) -> String {
+        let mut sql = String::with_capacity(512);
+        if commit_first {
+            sql.push_str("COMMIT; ");
+        }
+        sql.push_str(if read_only {
+            "BEGIN ISOLATION LEVEL READ COMMITTED, READ ONLY, NOT DEFERRABLE; RESET ALL; "
+        } else {
+            "BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE, NOT DEFERRABLE; RESET ALL; "
+        });
+        sql.push_str(&self.limits);
+        let path = match schema {
+            Some(schema) => Some(format!("\"{schema}\", public")),
+            None => self.search_path.clone(),
+        };
+        if let Some(path) = path {
+            // An escape string literal: read the same whatever standard_conforming_strings
+            // an earlier transaction left (the whole query is parsed before RESET ALL runs).
+            sql.push_str(", pg_catalog.set_config('search_path', E'");
+            for c in path.chars() {
+                if c == '\'' || c == '\\' {
+                    sql.push(c);
+                }
+                sql.push(c);
+            }
+            sql.push_str("', true)");
+        }
+        sql
+    }
+}
+
+/// The backend pid and the transaction's start (microseconds since 2000-01-01) in the
+/// reply to [`Pooled::opening_sql`].
+pub(crate) fn parse_opening_reply(msgs: &[SimpleQueryMessage]) -> Option<(i32, i64)> {
+    let row = msgs.iter().rev().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => Some(r),
+        _ => None,
+    })?;
+    let pid = row.get(0)?.parse().ok()?;
+    let start = row.get(1).filter(|h| h.len() == 16)?;
+    let start = u64::from_str_radix(start, 16).ok()? as i64;
+    Some((pid, start))
+}
