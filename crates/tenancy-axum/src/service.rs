@@ -224,6 +224,68 @@ mod tests {
         );
     }
 
+    /// A layer with one JWT source and `/x` public, over a database that is never
+    /// reached (public routes skip resolution).
+    fn offline_tenancy() -> Tenancy {
+        let cfg: tokio_postgres::Config =
+            "host=/nonexistent dbname=x user=x".parse().expect("config");
+        let router = tenancy_sdk::Router::new(
+            cfg.clone(),
+            tenancy_core::ContextKey::from_bytes("k".parse().expect("kid"), [7; 32]),
+            tenancy_sdk::ClusterCredentials {
+                user: "x".into(),
+                password: None,
+            },
+            tenancy_sdk::RouterOptions::default(),
+        )
+        .expect("router");
+        Tenancy::builder(router, cfg)
+            .source(Source::jwt(
+                JwtConfig::new(TenantClaim::Id("tenant_id".into())).issuer(
+                    JwtIssuer::new("iss", "aud").key(JwtKey::hs256(&[1; 32]).expect("key")),
+                ),
+            ))
+            .public("/x")
+            .listen_for_changes(false)
+            .build()
+            .expect("tenancy")
+    }
+
+    #[tokio::test]
+    async fn handlers_get_the_request_id_and_a_valid_traceparent_and_nothing_else() {
+        let app = axum::Router::new().route(
+            "/x",
+            axum::routing::get(|req: Request<axum::body::Body>| async move {
+                let id = req.extensions().get::<RequestId>().map(|r| r.to_string());
+                let tp = req.extensions().get::<TraceParent>().map(|t| t.to_string());
+                format!("{id:?} {tp:?}")
+            }),
+        );
+        let mut svc = TenancyService::new(app, offline_tenancy());
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        for (traceparent, want) in [
+            (tp, format!("Some(\"r-1\") Some({tp:?})")),
+            (
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                "Some(\"r-1\") None".to_owned(),
+            ),
+            ("nonsense", "Some(\"r-1\") None".to_owned()),
+        ] {
+            let req = Request::builder()
+                .uri("/x")
+                .header("x-request-id", "r-1")
+                .header("traceparent", traceparent)
+                .body(axum::body::Body::empty())
+                .expect("request");
+            let resp = svc.call(req).await.expect("response");
+            assert_eq!(resp.headers()["x-request-id"], "r-1");
+            let body = axum::body::to_bytes(resp.into_body(), 1024)
+                .await
+                .expect("body");
+            assert_eq!(String::from_utf8_lossy(&body), want, "{traceparent}");
+        }
+    }
+
     /// The future allocated per request stays within glibc's per-thread cache (see
     /// ARCHITECTURE.md, "Per-request cost").
     #[test]

@@ -493,6 +493,9 @@ async fn stale_claim_cannot_finish_a_reclaimed_job_and_attempts_are_bounded() {
     }
 }
 
+/// What a handler saw of its job's trace: the context's, and the task's current one.
+type Seen = (Option<TraceParent>, Option<TraceParent>);
+
 const TRACE_A: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const TRACE_B: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
 
@@ -515,8 +518,7 @@ async fn a_job_is_claimed_with_the_trace_context_it_was_enqueued_with() {
             id
         };
         let untraced = q.enqueue(q.a, json!({ "n": 3 })).await;
-        let seen: Arc<Mutex<HashMap<Uuid, (Option<TraceParent>, Option<TraceParent>)>>> =
-            Arc::default();
+        let seen: Arc<Mutex<HashMap<Uuid, Seen>>> = Arc::default();
         let record = Arc::clone(&seen);
         let worker = Worker::new(
             q.tenancy.clone(),

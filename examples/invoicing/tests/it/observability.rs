@@ -79,6 +79,16 @@ async fn malformed_traceparents_are_ignored_and_not_stored() {
     }
 }
 
+/// What is asked and the status it gets: what, status, method, path, headers, body.
+type Case<'a> = (
+    &'a str,
+    u16,
+    &'a str,
+    String,
+    Vec<(&'a str, &'a str)>,
+    Option<serde_json::Value>,
+);
+
 /// The request id of a response: the header, and the same id in the problem body.
 fn id_of(what: &str, r: &Resp) -> String {
     let header = r
@@ -104,14 +114,7 @@ async fn every_problem_carries_the_request_id_its_header_carries() {
     );
     let initech = format!("Bearer {}", token(env.initech));
     let missing = uuid::Uuid::new_v4();
-    let cases: Vec<(
-        &str,
-        u16,
-        &str,
-        String,
-        Vec<(&str, &str)>,
-        Option<serde_json::Value>,
-    )> = vec![
+    let cases: Vec<Case> = vec![
         (
             "no credential",
             401,
