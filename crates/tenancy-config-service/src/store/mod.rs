@@ -12,16 +12,15 @@
 
 use std::time::Duration;
 
-use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use serde::Serialize;
 use serde_json::Value;
 use tenancy_config::engine::ConfigData;
 use tenancy_config::model::ModelError;
 use tenancy_config::ConfigError;
-use tenancy_conn::PgConfig;
+use tenancy_conn::{plain_pool, PgConfig, PlainConn, PlainPool};
 use tenancy_core::TenantId;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::Transaction;
 
 mod domains;
 mod entitlements;
@@ -36,40 +35,11 @@ pub use log::{Change, ChangeMeta};
 pub(crate) use log::{ChangeRecord, Scope};
 pub use tenancy_config::load::CHANNEL;
 
-/// Creates catalog connections for the store's pool.
-#[derive(Debug)]
-pub struct Manager {
-    /// Where to connect, as which role (the owner role in a control plane).
-    config: PgConfig,
-}
-
-impl managed::Manager for Manager {
-    type Type = Client;
-    type Error = tenancy_conn::ConnError;
-
-    async fn create(&self) -> Result<Client, tenancy_conn::ConnError> {
-        let (client, connection) = self.config.connect_raw().await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "config store connection closed");
-            }
-        });
-        Ok(client)
-    }
-
-    async fn recycle(&self, c: &mut Client, _: &Metrics) -> RecycleResult<tenancy_conn::ConnError> {
-        if c.is_closed() {
-            return Err(RecycleError::message("connection closed"));
-        }
-        Ok(())
-    }
-}
-
 /// The control plane's handle on the configuration tables: a small pool of catalog
 /// connections and the write operations.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: managed::Pool<Manager>,
+    pool: PlainPool,
 }
 
 type Tx<'a> = Transaction<'a>;
@@ -78,19 +48,12 @@ impl Store {
     /// A store connecting with `config` (the catalog's owner role), at most `max_size`
     /// connections.
     pub fn new(config: impl Into<PgConfig>, max_size: usize) -> Result<Store, ConfigError> {
-        let pool = managed::Pool::builder(Manager {
-            config: config.into(),
-        })
-        .max_size(max_size)
-        .wait_timeout(Some(Duration::from_secs(10)))
-        .create_timeout(Some(Duration::from_secs(5)))
-        .runtime(deadpool::Runtime::Tokio1)
-        .build()
-        .map_err(|e| ConfigError::Pool(e.to_string()))?;
+        let pool = plain_pool(config, max_size, Duration::from_secs(10))
+            .map_err(|e| ConfigError::Pool(e.to_string()))?;
         Ok(Store { pool })
     }
 
-    async fn conn(&self) -> Result<managed::Object<Manager>, ConfigError> {
+    async fn conn(&self) -> Result<PlainConn, ConfigError> {
         self.pool
             .get()
             .await

@@ -5,8 +5,8 @@
 //! No IO happens here: no database, no network, no clock. The caller passes `now` (used
 //! only for override expiry), which keeps every evaluation deterministic and testable.
 //!
-//! Parts: [`compile`](self) prepares the snapshot's lookups, this module evaluates, and
-//! the `explain` methods walk the layers to say which one decided.
+//! Parts: `compile` prepares the snapshot's lookups, this module evaluates, and `explain`
+//! walks the layers (one walker for flags, entitlements and settings) to say which decided.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
