@@ -12,7 +12,7 @@ use crate::verify::load_events;
 use crate::Error;
 
 /// The export format's name, in its header line.
-pub const FORMAT: &str = "tenancy-audit-export-v1";
+pub(crate) const FORMAT: &str = "tenancy-audit-export-v1";
 
 /// One line of an export.
 #[derive(Debug, Clone, Serialize, Deserialize)]

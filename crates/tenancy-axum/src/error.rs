@@ -51,35 +51,37 @@ pub enum ProblemType {
 }
 
 /// 401: the credential is not valid.
-pub const INVALID_CREDENTIALS: tenancy_problem::ProblemType =
+pub(crate) const INVALID_CREDENTIALS: tenancy_problem::ProblemType =
     tenancy_problem::ProblemType::new("invalid-credentials", 401, "The credential is not valid");
 /// 403: the request names more than one tenant.
-pub const TENANT_MISMATCH: tenancy_problem::ProblemType = tenancy_problem::ProblemType::new(
+pub(crate) const TENANT_MISMATCH: tenancy_problem::ProblemType = tenancy_problem::ProblemType::new(
     "tenant-mismatch",
     403,
     "The request names more than one tenant",
 );
 /// 404: the tenant does not exist.
-pub const TENANT_NOT_FOUND: tenancy_problem::ProblemType =
+pub(crate) const TENANT_NOT_FOUND: tenancy_problem::ProblemType =
     tenancy_problem::ProblemType::new("tenant-not-found", 404, "Tenant not found");
 /// 403: the tenant is suspended.
-pub const TENANT_SUSPENDED: tenancy_problem::ProblemType =
+pub(crate) const TENANT_SUSPENDED: tenancy_problem::ProblemType =
     tenancy_problem::ProblemType::new("tenant-suspended", 403, "The tenant is suspended");
 /// 409: the tenant is still being provisioned.
-pub const TENANT_PROVISIONING: tenancy_problem::ProblemType = tenancy_problem::ProblemType::new(
-    "tenant-provisioning",
-    409,
-    "The tenant is still being provisioned",
-);
+pub(crate) const TENANT_PROVISIONING: tenancy_problem::ProblemType =
+    tenancy_problem::ProblemType::new(
+        "tenant-provisioning",
+        409,
+        "The tenant is still being provisioned",
+    );
 /// 410: the tenant is deleted.
-pub const TENANT_DELETED: tenancy_problem::ProblemType =
+pub(crate) const TENANT_DELETED: tenancy_problem::ProblemType =
     tenancy_problem::ProblemType::new("tenant-deleted", 410, "The tenant has been deleted");
 /// 403: the credential lacks a scope.
-pub const INSUFFICIENT_SCOPE: tenancy_problem::ProblemType = tenancy_problem::ProblemType::new(
-    "insufficient-scope",
-    403,
-    "The credential does not allow this operation",
-);
+pub(crate) const INSUFFICIENT_SCOPE: tenancy_problem::ProblemType =
+    tenancy_problem::ProblemType::new(
+        "insufficient-scope",
+        403,
+        "The credential does not allow this operation",
+    );
 
 impl ProblemType {
     /// Every problem type, for documentation and tests.

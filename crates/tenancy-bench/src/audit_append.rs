@@ -74,7 +74,7 @@ async fn measure(
 }
 
 /// Runs the benchmark and writes `target/bench/audit_append.json`.
-pub async fn run(env: &Env, settings: Settings) -> Result<()> {
+pub(crate) async fn run(env: &Env, settings: Settings) -> Result<()> {
     println!("== audit_append: audited write (row + audit event, one TenantTx) vs the same write without audit");
     let mut owner = tenancy_pg::connect(&env.cluster.config_as(OWNER_ROLE, DB))
         .await

@@ -14,7 +14,7 @@ const STATEMENT_CACHE_LIMIT: usize = 256;
 
 /// One pooled connection.
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     /// The client; its connection task runs on the runtime.
     pub client: Client,
     /// Prepared statements by SQL text.
@@ -23,7 +23,7 @@ pub struct Conn {
 
 impl Conn {
     /// The prepared statement for `sql`, preparing it on first use.
-    pub async fn statement(&mut self, sql: &str) -> Result<Statement> {
+    pub(crate) async fn statement(&mut self, sql: &str) -> Result<Statement> {
         if let Some(s) = self.stmts.get(sql) {
             return Ok(s.clone());
         }
@@ -42,7 +42,7 @@ impl Conn {
 
 /// Creates and checks connections.
 #[derive(Debug)]
-pub struct Manager {
+pub(crate) struct Manager {
     /// Where to connect, as which role, and with which TLS (the SDK's own connection
     /// code: tokio-postgres over rustls, so a TLS comparison compares the same stack).
     config: PgConfig,
@@ -78,10 +78,10 @@ impl managed::Manager for Manager {
 }
 
 /// The baseline pool type.
-pub type Pool = managed::Pool<Manager>;
+pub(crate) type Pool = managed::Pool<Manager>;
 
 /// Builds a pool of `max_size` connections with the SDK's pool settings.
-pub fn build(config: impl Into<PgConfig>, max_size: usize) -> Result<Pool> {
+pub(crate) fn build(config: impl Into<PgConfig>, max_size: usize) -> Result<Pool> {
     Pool::builder(Manager {
         config: config.into(),
     })

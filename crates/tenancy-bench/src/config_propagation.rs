@@ -29,13 +29,13 @@ use tokio::process::Command;
 use crate::report::Report;
 
 /// Environment variable that turns this executable into the watcher child.
-pub const CHILD_ENV: &str = "TENANCY_BENCH_CONFIG_WATCHER";
+pub(crate) const CHILD_ENV: &str = "TENANCY_BENCH_CONFIG_WATCHER";
 const FLAG: &str = "bench-propagation";
 const CHANGES_PER_RUN: usize = 100;
 
 /// When this process was started as the watcher child, runs it and returns its result;
 /// otherwise returns `None`. Call it first thing in `main`.
-pub async fn child_mode() -> Option<Result<()>> {
+pub(crate) async fn child_mode() -> Option<Result<()>> {
     let spec = std::env::var(CHILD_ENV).ok()?;
     Some(watch(&spec).await)
 }
@@ -134,7 +134,7 @@ fn median(xs: &[f64]) -> f64 {
 }
 
 /// Runs the benchmark `runs` times and writes `target/bench/config_propagation.json`.
-pub async fn run(runs: usize) -> Result<()> {
+pub(crate) async fn run(runs: usize) -> Result<()> {
     let cluster = Cluster::start(ClusterOptions {
         ephemeral: true,
         ..Default::default()

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 /// CPU seconds used so far: (client, server). `None` where /proc is unreadable.
 #[derive(Debug, Clone, Copy)]
-pub struct CpuSnapshot {
+pub(crate) struct CpuSnapshot {
     client: Option<f64>,
     server: Option<f64>,
 }
@@ -54,7 +54,7 @@ fn server_ticks(postmaster: u32) -> Option<u64> {
 
 impl CpuSnapshot {
     /// Takes a snapshot now.
-    pub fn take(postmaster: Option<u32>) -> Self {
+    pub(crate) fn take(postmaster: Option<u32>) -> Self {
         let tck = clk_tck();
         CpuSnapshot {
             client: stat("self").map(|(_, t)| t as f64 / tck),
@@ -63,7 +63,7 @@ impl CpuSnapshot {
     }
 
     /// CPU seconds (client, server) used between `earlier` and `self`.
-    pub fn since(&self, earlier: &CpuSnapshot) -> (Option<f64>, Option<f64>) {
+    pub(crate) fn since(&self, earlier: &CpuSnapshot) -> (Option<f64>, Option<f64>) {
         let d = |a: Option<f64>, b: Option<f64>| Some(a? - b?);
         (
             d(self.client, earlier.client),

@@ -184,7 +184,7 @@ fn median(xs: &[f64]) -> f64 {
 }
 
 /// Runs the benchmark `runs` times and writes `target/bench/flag_eval.json`.
-pub fn run(runs: usize) -> Result<()> {
+pub(crate) fn run(runs: usize) -> Result<()> {
     let fx = fixture()?;
     let ours_batch = |offset: usize| {
         let mut on = 0;

@@ -14,11 +14,11 @@ use crate::cpu::CpuSnapshot;
 use crate::setup::ROWS_PER_TENANT;
 
 /// Concurrency levels measured (pool size = concurrency).
-pub const CONCURRENCY: [usize; 2] = [8, 32];
+pub(crate) const CONCURRENCY: [usize; 2] = [8, 32];
 
 /// How long and how often to measure.
 #[derive(Debug, Clone, Copy)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Whole repetitions of the matrix.
     pub runs: usize,
     /// Measured seconds per (variant, concurrency, run).
@@ -31,7 +31,7 @@ pub struct Settings {
 
 /// One measurement.
 #[derive(Debug, Clone, Copy)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// Completed operations per second.
     pub ops_per_sec: f64,
     /// Operations that failed (error or wrong row); must be 0.
@@ -44,7 +44,7 @@ pub struct Sample {
 
 /// Runs `op` in a closed loop on `concurrency` tasks for `duration`; each call gets a random
 /// seeded tenant and one of its row ids.
-pub async fn measure<F, Fut>(
+pub(crate) async fn measure<F, Fut>(
     tenants: &Arc<Vec<Uuid>>,
     concurrency: usize,
     duration: Duration,
@@ -112,7 +112,7 @@ where
 }
 
 /// A benchmark made of variants measured side by side.
-pub trait Variants {
+pub(crate) trait Variants {
     /// Variant names, in the order they are run within each run.
     fn names(&self) -> &[&'static str];
     /// Measures variant `v` at concurrency index `ci` for `duration`.
@@ -126,13 +126,13 @@ pub trait Variants {
 
 /// All samples: `samples[variant][concurrency index][run]`.
 #[derive(Debug)]
-pub struct Matrix {
+pub(crate) struct Matrix {
     names: Vec<&'static str>,
     samples: Vec<Vec<Vec<Sample>>>,
 }
 
 /// Runs every (variant, concurrency) once per run, variants alternating (A B A B …).
-pub async fn run_matrix<B: Variants>(bench: &B, settings: Settings) -> Result<Matrix> {
+pub(crate) async fn run_matrix<B: Variants>(bench: &B, settings: Settings) -> Result<Matrix> {
     let names = bench.names().to_vec();
     if let Some(only) = settings.only {
         if !names.contains(&only) {
@@ -178,7 +178,7 @@ fn fmt_opt(v: Option<f64>) -> String {
 }
 
 /// Median of a non-empty slice (mean of the middle two for even length).
-pub fn median(xs: &[f64]) -> f64 {
+pub(crate) fn median(xs: &[f64]) -> f64 {
     let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
     if v.is_empty() {
         return f64::NAN;
@@ -206,7 +206,7 @@ impl Matrix {
     }
 
     /// Median throughput of `name` at concurrency index `ci`.
-    pub fn median_ops(&self, name: &str, ci: usize) -> f64 {
+    pub(crate) fn median_ops(&self, name: &str, ci: usize) -> f64 {
         let v = self.index(name);
         self.samples.get(v).map_or(f64::NAN, |s| {
             median(&s[ci].iter().map(|x| x.ops_per_sec).collect::<Vec<_>>())
@@ -228,7 +228,7 @@ impl Matrix {
     }
 
     /// Per-variant figures for the JSON params: medians, per-run throughputs, CPU per op.
-    pub fn variants_json(&self) -> serde_json::Value {
+    pub(crate) fn variants_json(&self) -> serde_json::Value {
         let mut out = serde_json::Map::new();
         for (v, name) in self.names.iter().enumerate() {
             let mut per_c = serde_json::Map::new();
@@ -255,7 +255,7 @@ impl Matrix {
     }
 
     /// Prints the medians and CPU per op of every variant.
-    pub fn print_medians(&self) {
+    pub(crate) fn print_medians(&self) {
         for (ci, c) in CONCURRENCY.iter().enumerate() {
             for (v, name) in self.names.iter().enumerate() {
                 if self.samples[v][ci].is_empty() {
@@ -273,7 +273,7 @@ impl Matrix {
 }
 
 /// True (after saying so) when `--only` measured one variant: there is no ratio to report.
-pub fn profiling_only(settings: Settings) -> bool {
+pub(crate) fn profiling_only(settings: Settings) -> bool {
     if let Some(only) = settings.only {
         println!("--only {only}: one variant measured for profiling; no ratio, no report written");
         return true;
@@ -282,11 +282,11 @@ pub fn profiling_only(settings: Settings) -> bool {
 }
 
 /// Rounds a ratio for the report.
-pub fn ratio(ours: f64, baseline: f64) -> f64 {
+pub(crate) fn ratio(ours: f64, baseline: f64) -> f64 {
     round(ours / baseline, 3)
 }
 
 /// Rounds a throughput for the report.
-pub fn ops(x: f64) -> f64 {
+pub(crate) fn ops(x: f64) -> f64 {
     round(x, 1)
 }

@@ -237,7 +237,7 @@ impl Variants for Bench {
 }
 
 /// Runs the benchmark and writes `target/bench/http_get.json`.
-pub async fn run(env: &Env, settings: Settings) -> Result<()> {
+pub(crate) async fn run(env: &Env, settings: Settings) -> Result<()> {
     println!("== http_get: GET one tenant row through the tenancy layer (JWT, TenantTx) vs the same handler without tenancy");
     catalog(env).await?;
     let mut tokens = std::collections::HashMap::new();

@@ -34,7 +34,7 @@ const DJANGO_ROLE: &str = "django_migrate";
 
 /// Settings of the benchmark.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Numbers of schema tenants to measure, ascending (e.g. 1000, 5000).
     pub schemas: Vec<usize>,
     /// Schemas django-tenants migrates (the baseline).
@@ -489,7 +489,7 @@ async fn django_baseline(root: &Path, cluster: &Cluster, n: usize) -> Result<ser
 }
 
 /// Runs the benchmark and writes `target/bench/migrate.json`.
-pub async fn run(opts: Options) -> Result<()> {
+pub(crate) async fn run(opts: Options) -> Result<()> {
     anyhow::ensure!(
         !opts.schemas.is_empty()
             && opts.schemas.iter().all(|n| *n >= 1)

@@ -73,7 +73,7 @@ const STEPS: [&str; 6] = [
 
 /// Settings of the benchmark.
 #[derive(Debug, Clone, Copy)]
-pub struct Options {
+pub(crate) struct Options {
     /// Measured tenants per placement (and in the sustained batch).
     pub tenants: usize,
     /// Tenants django-tenants creates.
@@ -160,7 +160,7 @@ fn placement_name(p: Placement) -> &'static str {
 }
 
 /// Runs the benchmark and writes `target/bench/provision.json`.
-pub async fn run(opts: Options) -> Result<()> {
+pub(crate) async fn run(opts: Options) -> Result<()> {
     anyhow::ensure!(
         opts.tenants >= 1 && opts.django_tenants >= 1 && opts.workers >= 1,
         "--tenants, --django-tenants and --workers must be at least 1"

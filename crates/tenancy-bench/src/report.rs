@@ -7,7 +7,7 @@ use serde::Serialize;
 
 /// One benchmark result, as checks read it.
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// Benchmark name (also the file name).
     pub name: String,
     /// Unit of `ours`/`baseline`, and which way `ratio` is better.
@@ -33,7 +33,7 @@ fn workspace_root() -> PathBuf {
 
 impl Report {
     /// Writes the report and returns its path.
-    pub fn write(&self) -> Result<PathBuf> {
+    pub(crate) fn write(&self) -> Result<PathBuf> {
         let dir = workspace_root().join("target").join("bench");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join(format!("{}.json", self.name));

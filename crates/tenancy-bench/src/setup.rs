@@ -9,11 +9,11 @@ use tenancy_pg::{Cluster, ClusterOptions};
 use uuid::Uuid;
 
 /// Database the benchmarks run in.
-pub const DB: &str = "bench";
+pub(crate) const DB: &str = "bench";
 /// Number of tenants seeded.
-pub const TENANTS: usize = 100;
+pub(crate) const TENANTS: usize = 100;
 /// Rows per tenant (ids 1..=ROWS_PER_TENANT).
-pub const ROWS_PER_TENANT: i64 = 1_000;
+pub(crate) const ROWS_PER_TENANT: i64 = 1_000;
 
 /// Tables: owner-created, then seeded by the superuser (which bypasses RLS).
 const SCHEMA_SQL: &str = r"
@@ -36,7 +36,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON items_tenaxum TO tenancy_app;
 
 /// Everything the benchmarks share.
 #[derive(Debug)]
-pub struct Env {
+pub(crate) struct Env {
     /// The private cluster (stopped when dropped).
     pub cluster: Cluster,
     /// The context key installed in `bench`.
@@ -51,7 +51,7 @@ pub struct Env {
 
 impl Env {
     /// Which signed-context implementation the bench database has.
-    pub async fn context_impl(&self) -> Result<tenancy_sdk::bootstrap::ContextImpl> {
+    pub(crate) async fn context_impl(&self) -> Result<tenancy_sdk::bootstrap::ContextImpl> {
         let su = self
             .cluster
             .connect(DB)
@@ -63,12 +63,12 @@ impl Env {
     }
 
     /// Starts the cluster, bootstraps tenancy and seeds the tables.
-    pub async fn start() -> Result<Env> {
+    pub(crate) async fn start() -> Result<Env> {
         Env::start_with(None).await
     }
 
     /// Like [`Env::start`], on a cluster serving TLS when `tls` is given.
-    pub async fn start_with(tls: Option<tenancy_pg::ClusterTls>) -> Result<Env> {
+    pub(crate) async fn start_with(tls: Option<tenancy_pg::ClusterTls>) -> Result<Env> {
         let force = match std::env::var("TENANCY_BENCH_CONTEXT").as_deref() {
             Ok("plpgsql") => Some(tenancy_sdk::bootstrap::ContextImpl::PlPgSql),
             _ => None,
@@ -78,7 +78,7 @@ impl Env {
 
     /// Like [`Env::start_with`], with the context implementation `force`d (`None`: the
     /// native one where the server offers it).
-    pub async fn start_context(
+    pub(crate) async fn start_context(
         tls: Option<tenancy_pg::ClusterTls>,
         force: Option<tenancy_sdk::bootstrap::ContextImpl>,
     ) -> Result<Env> {
@@ -163,14 +163,14 @@ impl Env {
     }
 
     /// Connection settings for the runtime role on `bench`.
-    pub fn app_config(&self) -> tokio_postgres::Config {
+    pub(crate) fn app_config(&self) -> tokio_postgres::Config {
         self.cluster
             .config_as(tenancy_sdk::bootstrap::RUNTIME_ROLE, DB)
     }
 
     /// Connection settings for the runtime role on `bench` over TCP to `localhost` with
     /// `sslmode=verify-full` (a cluster started with TLS).
-    pub fn app_tls_config(&self) -> Result<tenancy_sdk::PgConfig> {
+    pub(crate) fn app_tls_config(&self) -> Result<tenancy_sdk::PgConfig> {
         let ca = self
             .cluster
             .tls_ca_file()
@@ -197,6 +197,6 @@ fn read_postmaster_pid(path: PathBuf) -> Option<u32> {
 }
 
 /// The payload seeded for (`tenant`, `id`): lets every variant check it got the right row.
-pub fn expected_payload(tenant: Uuid, id: i64) -> String {
+pub(crate) fn expected_payload(tenant: Uuid, id: i64) -> String {
     format!("{tenant}:{id}")
 }

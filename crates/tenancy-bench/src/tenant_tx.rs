@@ -16,9 +16,10 @@ use crate::report::Report;
 use crate::setup::{expected_payload, Env, ROWS_PER_TENANT, TENANTS};
 
 /// Our query: RLS adds the tenant predicate.
-pub const OURS_SQL: &str = "SELECT payload FROM items WHERE id = $1";
+pub(crate) const OURS_SQL: &str = "SELECT payload FROM items WHERE id = $1";
 /// Baseline query: same row, same index, tenant predicate written out, no RLS.
-pub const BARE_SQL: &str = "SELECT payload FROM items_plain WHERE tenant_id = $1 AND id = $2";
+pub(crate) const BARE_SQL: &str =
+    "SELECT payload FROM items_plain WHERE tenant_id = $1 AND id = $2";
 /// Naive tenant binding: a GUC set in its own round trip.
 const NAIVE_SET_SQL: &str = "SELECT set_config('app.tenant_id', $1, true)";
 /// Naive query on the GUC-policy table.
@@ -31,7 +32,7 @@ const NAIVE: &str = "naive";
 
 /// One tenancy read: a read-only transaction (begin, context and query in one round
 /// trip; the COMMIT of a read-only transaction is queued, not awaited).
-pub async fn ours_op(pool: &TenantPool, tenant: uuid::Uuid, id: i64) -> Result<()> {
+pub(crate) async fn ours_op(pool: &TenantPool, tenant: uuid::Uuid, id: i64) -> Result<()> {
     ours_read(pool, tenant, id, true).await
 }
 
@@ -183,7 +184,7 @@ impl Variants for Bench<'_> {
 }
 
 /// Builds a `TenantPool` of `c` connections.
-pub fn ours_pool(env: &Env, c: usize) -> Result<TenantPool> {
+pub(crate) fn ours_pool(env: &Env, c: usize) -> Result<TenantPool> {
     ours_pool_with(env, env.app_config().into(), c, Pooler::Direct)
 }
 
@@ -202,7 +203,7 @@ fn ours_pool_with(env: &Env, config: PgConfig, c: usize, pooler: Pooler) -> Resu
 
 /// What one report of the `tenant_tx` read measures: its name, the connection settings of
 /// every variant, and whether the naive variant runs too.
-pub struct Flavor {
+pub(crate) struct Flavor {
     /// The report's name (`target/bench/<name>.json`).
     pub name: &'static str,
     /// Every variant connects with these settings (plain, or TLS).
@@ -221,7 +222,7 @@ pub struct Flavor {
 /// Runs the benchmark on `env` and, when given, again on `plpgsql` (a database with the
 /// PL/pgSQL context), and writes `target/bench/tenant_tx.json`: the top-level figures are
 /// `env`'s, `params.by_context` has each implementation's ratios.
-pub async fn run(env: &Env, plpgsql: Option<&Env>, settings: Settings) -> Result<()> {
+pub(crate) async fn run(env: &Env, plpgsql: Option<&Env>, settings: Settings) -> Result<()> {
     println!("== tenant_tx: TenantTx point read vs bare pool (same query, no tenancy, no RLS)");
     let flavor = |env: &Env| Flavor {
         name: "tenant_tx",
@@ -271,7 +272,7 @@ fn context_summary(params: &serde_json::Value) -> serde_json::Value {
 }
 
 /// Measures `flavor` and writes its report.
-pub async fn run_flavor(env: &Env, settings: Settings, flavor: Flavor) -> Result<()> {
+pub(crate) async fn run_flavor(env: &Env, settings: Settings, flavor: Flavor) -> Result<()> {
     if let Some(report) = measure(env, settings, flavor).await? {
         let path = report.write()?;
         println!("wrote {}", path.display());

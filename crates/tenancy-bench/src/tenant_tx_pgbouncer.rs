@@ -19,7 +19,7 @@ const SERVER_POOL: u32 = 40;
 
 /// Starts PgBouncer in front of `env`'s cluster, measures, writes
 /// `target/bench/tenant_tx_pgbouncer.json` and stops PgBouncer.
-pub async fn run(env: &Env, settings: Settings) -> Result<()> {
+pub(crate) async fn run(env: &Env, settings: Settings) -> Result<()> {
     println!("== tenant_tx_pgbouncer: TenantTx point read vs bare pool, both through PgBouncer (transaction mode)");
     let bouncer = PgBouncer::start(
         &env.cluster,

@@ -101,7 +101,7 @@ async fn sqlx_pool(env: &Env, c: usize, test_before_acquire: bool) -> Result<PgP
 }
 
 /// Runs the benchmark and writes `target/bench/tenant_tx_tenaxum.json`.
-pub async fn run(env: &Env, settings: Settings) -> Result<()> {
+pub(crate) async fn run(env: &Env, settings: Settings) -> Result<()> {
     println!("== tenant_tx_tenaxum: TenantTx point read vs tenaxum begin_tenant (sqlx)");
     let mut bench = Bench {
         env,

@@ -12,7 +12,7 @@ use tenancy_sdk::Pooler;
 
 /// Runs the benchmark on `env` (a cluster started with TLS) and writes
 /// `target/bench/tenant_tx_tls.json`.
-pub async fn run(env: &Env, settings: Settings) -> Result<()> {
+pub(crate) async fn run(env: &Env, settings: Settings) -> Result<()> {
     println!("== tenant_tx_tls: TenantTx point read vs bare pool, both over TLS (verify-full)");
     let config = env.app_tls_config()?;
     // Every variant's connections really are encrypted.

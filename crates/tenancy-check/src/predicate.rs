@@ -6,7 +6,7 @@
 
 /// What a predicate does to tenant isolation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Shape {
+pub(crate) enum Shape {
     /// Restricts rows by the tenant column without an obvious hole.
     Tenant,
     /// Always true (`true`, `1 = 1`, `x = x`, `... OR true`).
@@ -27,7 +27,7 @@ pub enum Shape {
 
 impl Shape {
     /// What the shape lets through, for messages.
-    pub fn describe(&self) -> &'static str {
+    pub(crate) fn describe(&self) -> &'static str {
         match self {
             Shape::Tenant => "a tenant predicate",
             Shape::AlwaysTrue => "always true",
@@ -45,7 +45,7 @@ fn ident_char(c: char) -> bool {
 }
 
 /// Removes parentheses that enclose the whole expression.
-pub fn strip_outer(expr: &str) -> &str {
+pub(crate) fn strip_outer(expr: &str) -> &str {
     let mut s = expr.trim();
     loop {
         if !(s.starts_with('(') && s.ends_with(')')) {
@@ -77,7 +77,7 @@ pub fn strip_outer(expr: &str) -> &str {
 }
 
 /// Splits at a keyword (`OR`/`AND`) at parenthesis depth 0, outside string literals.
-pub fn split_top(expr: &str, keyword: &str) -> Vec<String> {
+pub(crate) fn split_top(expr: &str, keyword: &str) -> Vec<String> {
     let upper = expr.to_ascii_uppercase();
     let kw = format!(" {} ", keyword.to_ascii_uppercase());
     let bytes = expr.as_bytes();
@@ -107,7 +107,7 @@ pub fn split_top(expr: &str, keyword: &str) -> Vec<String> {
 }
 
 /// Whether `expr` mentions identifier `col` (as a whole word or quoted).
-pub fn references(expr: &str, col: &str) -> bool {
+pub(crate) fn references(expr: &str, col: &str) -> bool {
     let lower = expr.to_lowercase();
     let col_l = col.to_lowercase();
     if lower.contains(&format!("\"{col_l}\"")) {
@@ -142,7 +142,7 @@ fn atom_true(atom: &str) -> bool {
 }
 
 /// Whether the whole expression is trivially true.
-pub fn always_true(expr: &str) -> bool {
+pub(crate) fn always_true(expr: &str) -> bool {
     let e = strip_outer(expr);
     let ors = split_top(e, "OR");
     if ors.iter().any(|d| atom_true(d)) {
@@ -153,7 +153,7 @@ pub fn always_true(expr: &str) -> bool {
 }
 
 /// Classifies a policy predicate for tenant column `col`.
-pub fn classify(expr: &str, col: &str) -> Shape {
+pub(crate) fn classify(expr: &str, col: &str) -> Shape {
     if always_true(expr) {
         return Shape::AlwaysTrue;
     }
@@ -207,7 +207,7 @@ const CONTEXT_MARKERS: &[&str] = &[
 
 /// Whether `expr` depends on the caller: one of [`CONTEXT_MARKERS`] or a call to one of
 /// `functions` (lowercase names of functions known to read the context).
-pub fn mentions_context(expr: &str, functions: &[String]) -> bool {
+pub(crate) fn mentions_context(expr: &str, functions: &[String]) -> bool {
     let lower = expr.to_lowercase();
     CONTEXT_MARKERS.iter().any(|m| lower.contains(m))
         || functions.iter().any(|f| {
@@ -298,7 +298,12 @@ fn column_of(side: &str) -> Option<String> {
 /// ([`mentions_context`] with `functions`); otherwise any function call there counts for
 /// `=` (a context function the checker does not know), while `IN`/`EXISTS` subqueries
 /// still need the context or a call.
-pub fn bound_columns(expr: &str, table: &str, functions: &[String], strict: bool) -> Vec<String> {
+pub(crate) fn bound_columns(
+    expr: &str,
+    table: &str,
+    functions: &[String],
+    strict: bool,
+) -> Vec<String> {
     let mut out = Vec::new();
     let e = strip_outer(expr);
     let ors = split_top(e, "OR");
@@ -418,14 +423,14 @@ fn coalesce_fails_open(expr: &str, col: &str) -> bool {
 /// Whether `expr` takes identity from data the user can edit themselves: Supabase's
 /// `user_metadata` claim or the `raw_user_meta_data` column (any signed-up user writes
 /// them with `auth.updateUser`).
-pub fn user_controlled(expr: &str) -> bool {
+pub(crate) fn user_controlled(expr: &str) -> bool {
     let lower = expr.to_lowercase();
     lower.contains("user_metadata") || lower.contains("raw_user_meta_data")
 }
 
 /// Whether `expr` identifies the caller by the database role (`current_user`,
 /// `session_user`, `current_role`): under a pool every tenant is the same role.
-pub fn role_identity(expr: &str) -> bool {
+pub(crate) fn role_identity(expr: &str) -> bool {
     let lower = expr.to_lowercase();
     ["current_user", "session_user", "current_role"]
         .iter()
@@ -464,7 +469,7 @@ fn squash(body: &str) -> String {
 }
 
 /// Holes found in a SQL or PL/pgSQL function body that a policy calls.
-pub fn body_shape(body: &str) -> Option<Shape> {
+pub(crate) fn body_shape(body: &str) -> Option<Shape> {
     let b = squash(body);
     let stripped: String = b
         .trim()
@@ -492,12 +497,12 @@ pub fn body_shape(body: &str) -> Option<Shape> {
 }
 
 /// Whether `body` reads a setting directly.
-pub fn reads_setting(body: &str) -> bool {
+pub(crate) fn reads_setting(body: &str) -> bool {
     body.to_lowercase().contains("current_setting(")
 }
 
 /// Setting names read with `current_setting('name', ...)` in `text`.
-pub fn settings_read(text: &str) -> Vec<String> {
+pub(crate) fn settings_read(text: &str) -> Vec<String> {
     let lower = text.to_lowercase();
     let mut out = Vec::new();
     let mut from = 0;
@@ -519,7 +524,7 @@ pub fn settings_read(text: &str) -> Vec<String> {
 
 /// Positions of calls to `name(` in `expr` that are not inside a `(SELECT ...)` sub-select,
 /// i.e. that PostgreSQL evaluates once per row instead of once per statement.
-pub fn unwrapped_calls(expr: &str, name: &str) -> usize {
+pub(crate) fn unwrapped_calls(expr: &str, name: &str) -> usize {
     let lower = expr.to_lowercase();
     let pat = format!("{}(", name.to_lowercase());
     let bytes = lower.as_bytes();

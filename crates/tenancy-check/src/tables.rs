@@ -28,7 +28,7 @@ pub(crate) enum KeySource {
 
 impl KeySource {
     /// How the key was found, for messages.
-    pub fn describe(&self, col: &str) -> String {
+    pub(crate) fn describe(&self, col: &str) -> String {
         match self {
             KeySource::Configured => format!("tenant column {col}"),
             KeySource::Policy(p) => format!("tenant key {col}, which policy {p} compares with the caller's context"),
@@ -94,7 +94,7 @@ pub(crate) struct Relation {
 }
 
 impl Relation {
-    pub fn object(&self) -> String {
+    pub(crate) fn object(&self) -> String {
         format!("{}.{}", self.schema, self.name)
     }
 }
@@ -332,18 +332,18 @@ pub(crate) struct Table {
 }
 
 impl Table {
-    pub fn qname(&self) -> String {
+    pub(crate) fn qname(&self) -> String {
         format!("{}.{}", qi(&self.schema), qi(&self.name))
     }
-    pub fn object(&self) -> String {
+    pub(crate) fn object(&self) -> String {
         format!("{}.{}", self.schema, self.name)
     }
-    pub fn any_dml(&self) -> bool {
+    pub(crate) fn any_dml(&self) -> bool {
         self.sel || self.ins || self.upd || self.del
     }
     /// Whether the tenant-table rules concern it: a configured key, or a key the checker
     /// found on a table the runtime role can use or owns.
-    pub fn in_scope(&self) -> bool {
+    pub(crate) fn in_scope(&self) -> bool {
         self.key_source == KeySource::Configured
             || self.any_dml()
             || self.role_owns

@@ -12,7 +12,7 @@ use tenancy_core::TenantId;
 
 /// Arguments of `tenancy audit`.
 #[derive(clap::Args, Debug)]
-pub struct AuditArgs {
+pub(crate) struct AuditArgs {
     #[command(subcommand)]
     command: AuditCommand,
 }
@@ -86,7 +86,7 @@ enum AuditCommand {
 }
 
 /// Runs the subcommand; returns the exit code.
-pub async fn run(args: AuditArgs) -> u8 {
+pub(crate) async fn run(args: AuditArgs) -> u8 {
     let r = match args.command {
         AuditCommand::Verify {
             db,

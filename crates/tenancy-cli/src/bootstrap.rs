@@ -15,7 +15,7 @@ use tenancy_sdk::bootstrap::{self, ContextImpl, OWNER_ROLE, RUNTIME_ROLE};
 
 /// Arguments of `tenancy bootstrap`.
 #[derive(clap::Args, Debug)]
-pub struct BootstrapArgs {
+pub(crate) struct BootstrapArgs {
     /// The database to set up, as a role that may: a superuser, or a role with CREATEROLE
     /// that owns the database (e.g. a managed service's admin user).
     #[arg(long)]
@@ -58,7 +58,7 @@ fn fail(msg: impl std::fmt::Display) -> u8 {
 
 /// The connection string of `cfg` as another user, without password (key=value form),
 /// with its TLS settings.
-pub fn connection_string_as(pg: &tenancy_conn::PgConfig, user: &str) -> String {
+pub(crate) fn connection_string_as(pg: &tenancy_conn::PgConfig, user: &str) -> String {
     let cfg = pg.pg();
     let mut out = String::new();
     if let Some(h) = cfg.get_hosts().first() {
@@ -94,7 +94,7 @@ fn generate_password() -> String {
 }
 
 /// Runs `tenancy bootstrap`; returns the exit code.
-pub async fn run(args: BootstrapArgs) -> u8 {
+pub(crate) async fn run(args: BootstrapArgs) -> u8 {
     if args.runtime_role != RUNTIME_ROLE || args.owner_role != OWNER_ROLE {
         return fail(format!(
             "custom role names are not supported: tenancy's runtime schema, catalog migrations and \

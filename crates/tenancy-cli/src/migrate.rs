@@ -15,7 +15,7 @@ use tenancy_provision::{ClusterAccess, Login};
 
 /// Arguments of `tenancy migrate`.
 #[derive(clap::Args, Debug)]
-pub struct MigrateArgs {
+pub(crate) struct MigrateArgs {
     /// Configuration file (TOML) of `tenancy serve`; TENANCY_… variables override it.
     #[arg(long, env = "TENANCY_CONFIG")]
     pub config: Option<PathBuf>,
@@ -99,7 +99,7 @@ fn cannot_run(msg: impl std::fmt::Display) -> u8 {
 }
 
 /// Runs `tenancy migrate`; returns the exit code.
-pub async fn run(args: MigrateArgs) -> u8 {
+pub(crate) async fn run(args: MigrateArgs) -> u8 {
     let opts = Options {
         concurrency: args.concurrency,
         pipeline: args.pipeline,

@@ -6,7 +6,7 @@ use anyhow::Context;
 
 /// Arguments of `tenancy serve`.
 #[derive(clap::Args, Debug)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Configuration file (TOML); TENANCY_… environment variables override it.
     #[arg(long, env = "TENANCY_CONFIG")]
     pub config: Option<PathBuf>,
@@ -25,7 +25,7 @@ pub struct ServeArgs {
 }
 
 /// Loads the configuration, builds the control plane and serves until SIGTERM or SIGINT.
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = tenancy_control::ControlConfig::load(args.config.as_deref())
         .map_err(anyhow::Error::msg)
         .context("loading the configuration")?;

@@ -7,7 +7,7 @@ use tenancy_core::TenantId;
 
 /// Arguments of `tenancy tenants`.
 #[derive(clap::Args, Debug)]
-pub struct TenantsArgs {
+pub(crate) struct TenantsArgs {
     /// Catalog database URL (owner role).
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
@@ -17,7 +17,7 @@ pub struct TenantsArgs {
 
 /// Tenant subcommands.
 #[derive(clap::Subcommand, Debug)]
-pub enum TenantsCommand {
+pub(crate) enum TenantsCommand {
     /// Create a tenant and queue its provisioning.
     Create {
         slug: String,
@@ -79,7 +79,7 @@ async fn enqueue(
 }
 
 /// Runs a tenants subcommand; returns what to print.
-pub async fn run(args: TenantsArgs) -> anyhow::Result<String> {
+pub(crate) async fn run(args: TenantsArgs) -> anyhow::Result<String> {
     let cfg = tenancy_conn::PgConfig::parse(&args.database_url).context("parsing DATABASE_URL")?;
     let mut client = tenancy_conn::connect(&cfg)
         .await

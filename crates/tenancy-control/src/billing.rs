@@ -18,7 +18,7 @@ fn s<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 }
 
 /// Applies one verified event.
-pub async fn handle(state: &AppState, event: &Value) -> Result<BillingOutcome, ApiError> {
+pub(crate) async fn handle(state: &AppState, event: &Value) -> Result<BillingOutcome, ApiError> {
     let id = s(event, &["id"]).unwrap_or_default().to_owned();
     let kind = s(event, &["type"]).unwrap_or_default().to_owned();
     if id.is_empty() || kind.is_empty() {

@@ -19,7 +19,7 @@ use tenancy_sdk::{ClusterCredentials, Router, RouterOptions};
 
 /// Options of `tenancy-demo`.
 #[derive(clap::Args, Debug)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Keep the cluster and the example app running after the demo, print how to call the
     /// app as each tenant (curl commands with ready-made tokens), until Ctrl-C.
     #[arg(long, alias = "serve")]
@@ -54,7 +54,7 @@ async fn connect(cfg: tokio_postgres::Config) -> Result<tokio_postgres::Client> 
     Ok(client)
 }
 
-pub async fn run(args: DemoArgs) -> Result<()> {
+pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     say!("tenancy-demo: starting a private PostgreSQL cluster (embedded default)…");
     let cluster = Cluster::start(ClusterOptions {
         ephemeral: true,

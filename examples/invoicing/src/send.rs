@@ -6,9 +6,9 @@ use tenancy_jobs::{JobContext, JobResult};
 use uuid::Uuid;
 
 /// Job kind.
-pub const KIND: &str = "send_invoice";
+pub(crate) const KIND: &str = "send_invoice";
 
-pub async fn send_invoice(mut ctx: JobContext<Tenancy>) -> JobResult {
+pub(crate) async fn send_invoice(mut ctx: JobContext<Tenancy>) -> JobResult {
     let invoice: Uuid = ctx
         .payload
         .get("invoice_id")

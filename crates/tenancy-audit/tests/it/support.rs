@@ -9,11 +9,11 @@ static TEMPLATE: TemplateDb = TemplateDb::new("audit_tpl");
 
 const KEY_HEX: &str = "0f1c2b4a5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f702";
 
-pub fn key() -> ContextKey {
+pub(crate) fn key() -> ContextKey {
     ContextKey::from_hex("test".parse().expect("kid"), KEY_HEX).expect("key")
 }
 
-pub const APP_SCHEMA: &str = "
+pub(crate) const APP_SCHEMA: &str = "
 CREATE TABLE notes (
     tenant_id uuid NOT NULL,
     id        bigint NOT NULL,
@@ -23,14 +23,14 @@ CREATE TABLE notes (
 SELECT tenancy.make_tenant_table('notes');
 ";
 
-pub async fn connect(cfg: tokio_postgres::Config) -> Client {
+pub(crate) async fn connect(cfg: tokio_postgres::Config) -> Client {
     let (client, conn) = cfg.connect(NoTls).await.expect("connect");
     tokio::spawn(conn);
     client
 }
 
 /// A fresh database with the runtime, the catalog, the audit table and an app table.
-pub async fn fresh_db() -> TestDb {
+pub(crate) async fn fresh_db() -> TestDb {
     let db = TEMPLATE
         .fresh(|cluster, db| async move {
             let su = cluster.connect(&db).await?;
@@ -56,11 +56,11 @@ pub async fn fresh_db() -> TestDb {
     db
 }
 
-pub async fn owner(db: &TestDb) -> Client {
+pub(crate) async fn owner(db: &TestDb) -> Client {
     connect(db.config_as(OWNER_ROLE)).await
 }
 
-pub fn pool(db: &TestDb, size: usize) -> TenantPool {
+pub(crate) fn pool(db: &TestDb, size: usize) -> TenantPool {
     TenantPool::new(
         db.config_as(RUNTIME_ROLE),
         key(),
@@ -72,7 +72,7 @@ pub fn pool(db: &TestDb, size: usize) -> TenantPool {
     .expect("pool")
 }
 
-pub fn event(action: &str, n: i64) -> Event {
+pub(crate) fn event(action: &str, n: i64) -> Event {
     Event::new(Actor::new(ActorKind::User, "user-1"), action)
         .target(format!("note:{n}"))
         .after(serde_json::json!({ "id": n, "body": format!("note {n}") }))
@@ -81,7 +81,7 @@ pub fn event(action: &str, n: i64) -> Event {
 }
 
 /// Writes a note and its audit event in one transaction, and commits.
-pub async fn audited_write(pool: &TenantPool, tenant: TenantId, n: i64) {
+pub(crate) async fn audited_write(pool: &TenantPool, tenant: TenantId, n: i64) {
     let mut tx = pool.begin(tenant).await.expect("begin");
     tx.execute(
         "INSERT INTO notes (id, body) VALUES ($1, $2)",
@@ -98,7 +98,7 @@ pub async fn audited_write(pool: &TenantPool, tenant: TenantId, n: i64) {
 /// Seals until no event of the database is left unsealed. The sealer takes only events of
 /// transactions below the snapshot's xmin, which is cluster-wide: other tests' open
 /// transactions (in other databases) can hold a pass back for a moment.
-pub async fn seal_all(owner: &mut Client) -> u64 {
+pub(crate) async fn seal_all(owner: &mut Client) -> u64 {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut sealed = 0;
     loop {

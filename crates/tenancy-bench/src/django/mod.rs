@@ -27,7 +27,7 @@ const ROLE: &str = "django_bench";
 
 /// What the Python side measured.
 #[derive(Debug, Deserialize)]
-pub struct DjangoResult {
+pub(crate) struct DjangoResult {
     /// Django version.
     pub django: String,
     /// django-tenants version.
@@ -127,7 +127,7 @@ pub(crate) async fn ensure_venv(root: &Path) -> Result<PathBuf> {
 }
 
 /// Runs the baseline: `tenants` tenant creations of a `tables`-model tenant app.
-pub async fn run(
+pub(crate) async fn run(
     root: &Path,
     cluster: &Cluster,
     tables: usize,

@@ -8,10 +8,10 @@
 #![allow(dead_code)]
 
 /// The tenant predicate of the base schema.
-pub const CTX: &str = "(SELECT NULLIF(current_setting('app.tenant_id', true), '')::uuid)";
+pub(crate) const CTX: &str = "(SELECT NULLIF(current_setting('app.tenant_id', true), '')::uuid)";
 
 /// Correct base schema (run as superuser after the two roles exist).
-pub const BASE: &str = "
+pub(crate) const BASE: &str = "
 CREATE SCHEMA app AUTHORIZATION {owner};
 GRANT USAGE ON SCHEMA app TO {app};
 SET ROLE {owner};
@@ -25,7 +25,7 @@ INSERT INTO app.docs (tenant_id, id, title) VALUES (gen_random_uuid(), 1, 'exist
 
 /// One broken schema.
 #[derive(Debug, Clone, Copy)]
-pub struct Case {
+pub(crate) struct Case {
     pub name: &'static str,
     pub rule: &'static str,
     pub object: &'static str,
@@ -45,7 +45,7 @@ macro_rules! case {
     };
 }
 
-pub const CASES: &[Case] = &[
+pub(crate) const CASES: &[Case] = &[
     case!("rls_disabled", "rls-disabled", "app.docs", "error", "ALTER TABLE app.docs DISABLE ROW LEVEL SECURITY;"),
     case!("rls_not_forced", "rls-not-forced", "app.docs", "warning", "ALTER TABLE app.docs NO FORCE ROW LEVEL SECURITY;"),
     case!("rls_not_forced_owner", "rls-not-forced", "app.docs", "error", "ALTER TABLE app.docs NO FORCE ROW LEVEL SECURITY; ALTER TABLE app.docs OWNER TO {app};"),
@@ -223,12 +223,12 @@ pub const CASES: &[Case] = &[
 ];
 
 /// Looks a case up.
-pub fn case(name: &str) -> Option<&'static Case> {
+pub(crate) fn case(name: &str) -> Option<&'static Case> {
     CASES.iter().find(|c| c.name == name)
 }
 
 /// Fills the placeholders.
-pub fn fill(sql: &str, app: &str, owner: &str, db: &str) -> String {
+pub(crate) fn fill(sql: &str, app: &str, owner: &str, db: &str) -> String {
     sql.replace("{ctx}", CTX)
         .replace("{app}", app)
         .replace("{owner}", owner)
@@ -236,7 +236,7 @@ pub fn fill(sql: &str, app: &str, owner: &str, db: &str) -> String {
 }
 
 /// SQL (as superuser) that creates the two roles if missing.
-pub fn roles_sql(app: &str, owner: &str) -> String {
+pub(crate) fn roles_sql(app: &str, owner: &str) -> String {
     format!(
         "DO $$ BEGIN \
            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{app}') THEN CREATE ROLE {app} LOGIN NOSUPERUSER NOBYPASSRLS; END IF; \
@@ -246,7 +246,7 @@ pub fn roles_sql(app: &str, owner: &str) -> String {
 }
 
 /// Full setup SQL for a case (roles, base, case), run as superuser in database `db`.
-pub fn setup_sql(case: &Case, app: &str, owner: &str, db: &str) -> String {
+pub(crate) fn setup_sql(case: &Case, app: &str, owner: &str, db: &str) -> String {
     format!(
         "{}\n{}\n{}",
         roles_sql(app, owner),

@@ -16,10 +16,10 @@ static MANAGED: TemplateDb = TemplateDb::new("check_managed_tpl");
 static N: AtomicU32 = AtomicU32::new(0);
 
 /// The context key installed in the managed template.
-pub const KEY_HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+pub(crate) const KEY_HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
 /// Role names unique to this test process and call.
-pub fn unique_roles(tag: &str) -> (String, String) {
+pub(crate) fn unique_roles(tag: &str) -> (String, String) {
     let n = N.fetch_add(1, Ordering::Relaxed);
     let p = std::process::id();
     (
@@ -28,14 +28,14 @@ pub fn unique_roles(tag: &str) -> (String, String) {
     )
 }
 
-pub async fn plain() -> TestDb {
+pub(crate) async fn plain() -> TestDb {
     PLAIN
         .fresh(|_c: &'static Cluster, _db: String| async move { Ok(()) })
         .await
         .expect("plain database")
 }
 
-pub async fn managed() -> TestDb {
+pub(crate) async fn managed() -> TestDb {
     MANAGED
         .fresh(|cluster, db| managed_setup(cluster, db, false))
         .await
@@ -84,7 +84,7 @@ async fn managed_setup(
 /// The managed database with the native signed context (the C functions the SDK's
 /// bootstrap installs where the server can load tenancy's library), or `None` when this
 /// build has no native library.
-pub async fn managed_native() -> Option<TestDb> {
+pub(crate) async fn managed_native() -> Option<TestDb> {
     let db = managed().await;
     if tenancy_pg::native_context_library(db.cluster.major_version()).is_none() {
         assert!(
@@ -103,7 +103,7 @@ pub async fn managed_native() -> Option<TestDb> {
 /// The managed database with the native signed context as the tenancy_context extension,
 /// or `None` when the server does not offer the extension (PostgreSQL 14–17 without
 /// `make install`; a cluster tenancy started on 18+ always offers it).
-pub async fn managed_extension() -> Option<TestDb> {
+pub(crate) async fn managed_extension() -> Option<TestDb> {
     static MANAGED_EXT: TemplateDb = TemplateDb::new("check_managed_ext_tpl");
     let cluster = tenancy_pg::testing::cluster().await.expect("cluster");
     let offered: bool = cluster
@@ -134,7 +134,7 @@ pub async fn managed_extension() -> Option<TestDb> {
 
 /// The managed database with each implementation of the signed context (the native one
 /// from the library and, where the server offers it, as the extension).
-pub async fn managed_both() -> Vec<TestDb> {
+pub(crate) async fn managed_both() -> Vec<TestDb> {
     let mut out = vec![managed().await];
     out.extend(managed_native().await);
     out.extend(managed_extension().await);
@@ -142,7 +142,7 @@ pub async fn managed_both() -> Vec<TestDb> {
 }
 
 /// A fresh database with a case applied; returns (db, runtime role).
-pub async fn with_case(case: &Case) -> (TestDb, String) {
+pub(crate) async fn with_case(case: &Case) -> (TestDb, String) {
     let db = plain().await;
     let (app, owner) = unique_roles(case.name);
     let c = db.connect_superuser().await.expect("superuser");
@@ -152,19 +152,19 @@ pub async fn with_case(case: &Case) -> (TestDb, String) {
     (db, app)
 }
 
-pub fn opts(role: &str) -> Options {
+pub(crate) fn opts(role: &str) -> Options {
     Options {
         runtime_role: Some(role.to_owned()),
         ..Options::default()
     }
 }
 
-pub async fn audit_as(db: &TestDb, role: &str) -> Report {
+pub(crate) async fn audit_as(db: &TestDb, role: &str) -> Report {
     let c = db.connect_superuser().await.expect("superuser");
     audit(&c, &opts(role)).await.expect("audit")
 }
 
-pub fn errors(r: &Report) -> Vec<String> {
+pub(crate) fn errors(r: &Report) -> Vec<String> {
     r.findings
         .iter()
         .filter(|f| f.severity == Severity::Error)
@@ -172,7 +172,7 @@ pub fn errors(r: &Report) -> Vec<String> {
         .collect()
 }
 
-pub fn sev(s: &str) -> Severity {
+pub(crate) fn sev(s: &str) -> Severity {
     match s {
         "error" => Severity::Error,
         "warning" => Severity::Warning,

@@ -25,7 +25,12 @@ use tenancy_core::{PlanKey, RegionId};
 pub enum ModelError {
     /// A key (flag, entitlement, setting, variant) breaks the key rules.
     #[error("{kind} key {value:?} is not allowed: use 1 to 64 characters from a-z, 0-9, '_', '-' and '.', starting with a letter")]
-    Key { kind: &'static str, value: String },
+    Key {
+        /// What the key names (flag, entitlement, setting, variant).
+        kind: &'static str,
+        /// The key given.
+        value: String,
+    },
     /// A value or definition is inconsistent; the message says how.
     #[error("{0}")]
     Invalid(String),

@@ -20,13 +20,13 @@ use tokio_postgres::{Client, NoTls};
 
 static TEMPLATE: TemplateDb = TemplateDb::new("config_tpl");
 
-pub const KEY_HEX: &str = "3f1c2b4a5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f701";
+pub(crate) const KEY_HEX: &str = "3f1c2b4a5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f701";
 
-pub fn key() -> ContextKey {
+pub(crate) fn key() -> ContextKey {
     ContextKey::from_hex("test".parse().expect("kid"), KEY_HEX).expect("key")
 }
 
-pub async fn connect(cfg: tokio_postgres::Config) -> Client {
+pub(crate) async fn connect(cfg: tokio_postgres::Config) -> Client {
     let (client, conn) = cfg.connect(NoTls).await.expect("connect");
     tokio::spawn(conn);
     client
@@ -34,7 +34,7 @@ pub async fn connect(cfg: tokio_postgres::Config) -> Client {
 
 /// Roles, database privileges, runtime schema and the migrated catalog, on `db` of
 /// `cluster` (used for template databases and for private clusters).
-pub async fn install(
+pub(crate) async fn install(
     cluster: &tenancy_pg::Cluster,
     db: &str,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -64,7 +64,7 @@ pub async fn install(
 }
 
 /// A fresh database for one test.
-pub async fn fresh_db() -> TestDb {
+pub(crate) async fn fresh_db() -> TestDb {
     let db = TEMPLATE
         .fresh(|cluster, db| async move { install(cluster, &db).await })
         .await
@@ -80,7 +80,7 @@ pub async fn fresh_db() -> TestDb {
 static SLUG: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// Creates a tenant in the catalog (as the owner role).
-pub async fn tenant_on(cfg: tokio_postgres::Config, plan: &str, region: &str) -> TenantId {
+pub(crate) async fn tenant_on(cfg: tokio_postgres::Config, plan: &str, region: &str) -> TenantId {
     let mut owner = connect(cfg).await;
     let n = SLUG.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let t = tenancy_catalog::create_tenant(
@@ -102,15 +102,15 @@ pub async fn tenant_on(cfg: tokio_postgres::Config, plan: &str, region: &str) ->
     t.id
 }
 
-pub async fn tenant(db: &TestDb, plan: &str, region: &str) -> TenantId {
+pub(crate) async fn tenant(db: &TestDb, plan: &str, region: &str) -> TenantId {
     tenant_on(db.config_as(OWNER_ROLE), plan, region).await
 }
 
-pub fn store(db: &TestDb) -> Store {
+pub(crate) fn store(db: &TestDb) -> Store {
     Store::new(db.config_as(OWNER_ROLE), 4).expect("store")
 }
 
-pub fn fast_opts() -> ClientOptions {
+pub(crate) fn fast_opts() -> ClientOptions {
     ClientOptions {
         max_staleness: Duration::from_secs(30),
         coalesce: Duration::from_millis(2),
@@ -119,7 +119,7 @@ pub fn fast_opts() -> ClientOptions {
     }
 }
 
-pub async fn client(db: &TestDb) -> ConfigClient {
+pub(crate) async fn client(db: &TestDb) -> ConfigClient {
     ConfigClient::connect(db.config_as(CONFIG_READER_ROLE), fast_opts())
         .await
         .expect("config client")
@@ -127,13 +127,13 @@ pub async fn client(db: &TestDb) -> ConfigClient {
 
 /// Everything a test of the routes needs.
 #[derive(Debug)]
-pub struct App {
+pub(crate) struct App {
     pub addr: SocketAddr,
     pub client: ConfigClient,
     pub dns: StaticResolver,
 }
 
-pub async fn serve(router: axum::Router) -> SocketAddr {
+pub(crate) async fn serve(router: axum::Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -144,7 +144,7 @@ pub async fn serve(router: axum::Router) -> SocketAddr {
     addr
 }
 
-pub async fn app(db: &TestDb) -> App {
+pub(crate) async fn app(db: &TestDb) -> App {
     let store = store(db);
     let client = client(db).await;
     let dns = StaticResolver::new();
@@ -163,13 +163,13 @@ pub async fn app(db: &TestDb) -> App {
 
 /// An HTTP response, body parsed as JSON (Null when empty or not JSON).
 #[derive(Debug)]
-pub struct Resp {
+pub(crate) struct Resp {
     pub status: u16,
     pub content_type: String,
     pub body: Value,
 }
 
-pub async fn call(
+pub(crate) async fn call(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -215,9 +215,9 @@ pub async fn call(
     }
 }
 
-pub const ACTOR: (&str, &str) = ("x-tenancy-actor", "alice@ops");
+pub(crate) const ACTOR: (&str, &str) = ("x-tenancy-actor", "alice@ops");
 
-pub async fn put(addr: SocketAddr, path: &str, body: Value) -> Resp {
+pub(crate) async fn put(addr: SocketAddr, path: &str, body: Value) -> Resp {
     call(
         addr,
         "PUT",
@@ -229,7 +229,11 @@ pub async fn put(addr: SocketAddr, path: &str, body: Value) -> Resp {
 }
 
 /// Waits (bounded) until `check` holds on the client.
-pub async fn eventually(client: &ConfigClient, what: &str, check: impl Fn(&ConfigClient) -> bool) {
+pub(crate) async fn eventually(
+    client: &ConfigClient,
+    what: &str,
+    check: impl Fn(&ConfigClient) -> bool,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut rx = client.subscribe();
     while !check(client) {

@@ -16,14 +16,17 @@ use crate::{stripe, AppState};
 /// Result of a billing webhook.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BillingOutcome {
+    /// Always true: the event was read and its signature verified.
     pub received: bool,
     /// The event id was already processed.
     pub duplicate: bool,
     /// What it caused (`provision`, `suspend`, …, or `ignored: <why>`).
     pub outcome: String,
+    /// The workflow it queued, if any.
     pub workflow_id: Option<Uuid>,
 }
 
+/// Receives a Stripe webhook (signature checked) and queues what it causes: provision, suspend, resume, change of plan or delete.
 #[utoipa::path(post, path = "/v1/billing/stripe", tag = "billing",
     request_body(content = Object, description = "The Stripe event, as Stripe sends it (its signature covers the exact bytes)"),
     params(("Stripe-Signature" = String, Header, description = "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"t.payload\">", min_length = 1)),

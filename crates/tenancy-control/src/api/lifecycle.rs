@@ -52,6 +52,7 @@ pub struct ChangePlan {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LegalHold {
+    /// true sets the legal hold (a purge is then refused); false lifts it.
     pub hold: bool,
 }
 
@@ -178,6 +179,7 @@ pub async fn transition(
     .await
 }
 
+/// Suspends a tenant: queues its suspend workflow (requests for its data then get 403 `tenant-suspended`).
 #[utoipa::path(post, path = "/v1/tenants/{id}/suspend", tag = "tenants", security(("admin" = [])), request_body = Option<Reason>,
     params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
     responses((status = 202, body = Accepted), (status = 404, body = Problem, content_type = "application/problem+json")))]
@@ -191,6 +193,7 @@ pub async fn suspend(
     transition(Transition::Suspend, admin, state, id, headers, body).await
 }
 
+/// Resumes a suspended tenant: queues its resume workflow.
 #[utoipa::path(post, path = "/v1/tenants/{id}/resume", tag = "tenants", security(("admin" = [])), request_body = Option<Reason>,
     params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
     responses((status = 202, body = Accepted), (status = 404, body = Problem, content_type = "application/problem+json")))]
@@ -204,6 +207,7 @@ pub async fn resume(
     transition(Transition::Resume, admin, state, id, headers, body).await
 }
 
+/// Soft-deletes a tenant: queues its delete workflow; the purge follows once the retention period is over and no legal hold is set.
 #[utoipa::path(post, path = "/v1/tenants/{id}/delete", tag = "tenants", security(("admin" = [])), request_body = Option<Reason>,
     params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
     responses((status = 202, body = Accepted, description = "Soft delete queued; data is purged after the retention period unless a legal hold is set"), (status = 404, body = Problem, content_type = "application/problem+json")))]
@@ -217,6 +221,7 @@ pub async fn delete(
     transition(Transition::Delete, admin, state, id, headers, body).await
 }
 
+/// Changes a tenant's plan: queues the workflow that switches it and seeds the plan's settings.
 #[utoipa::path(post, path = "/v1/tenants/{id}/plan", tag = "tenants", security(("admin" = [])), request_body = ChangePlan,
     params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
     responses((status = 202, body = Accepted), (status = 422, body = Problem, content_type = "application/problem+json")))]
@@ -242,6 +247,7 @@ pub async fn change_plan(
     .await
 }
 
+/// Sets or lifts a tenant's legal hold.
 #[utoipa::path(post, path = "/v1/tenants/{id}/legal-hold", tag = "tenants", security(("admin" = [])), request_body = LegalHold,
     params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
     responses((status = 200, body = TenantView), (status = 404, body = Problem, content_type = "application/problem+json")))]

@@ -8,12 +8,14 @@ use super::known_plans;
 use crate::error::{ApiError, Problem};
 use crate::AppState;
 
+/// Liveness, kept for compatibility (`/livez` and `/readyz` are the health checks).
 #[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "Alive"),
     (status = 429, body = Problem, content_type = "application/problem+json", description = "Rate limit (limits.public)", headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))))]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// This OpenAPI document.
 #[utoipa::path(get, path = "/openapi.json", tag = "meta", responses((status = 200, description = "This document"),
     (status = 429, body = Problem, content_type = "application/problem+json", description = "Rate limit (limits.public)", headers(("Retry-After" = u64, description = "Seconds to wait before retrying")))))]
 pub async fn openapi_json(

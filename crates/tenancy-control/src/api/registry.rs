@@ -20,7 +20,9 @@ use crate::{idempotency, AppState};
 /// A region.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RegionView {
+    /// Region id.
     pub id: String,
+    /// Name shown to people.
     pub display_name: String,
 }
 
@@ -47,12 +49,19 @@ pub struct RegionInput {
 /// A cluster of a region.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ClusterView {
+    /// Cluster id.
     pub id: Uuid,
+    /// Unique name.
     pub name: String,
+    /// The region it belongs to (never changes).
     pub region: String,
+    /// Host name, address or socket directory.
     pub host: String,
+    /// TCP port.
     pub port: u16,
+    /// The shared tenant database.
     pub dbname: String,
+    /// Most tenants the placement policy puts here.
     pub capacity: i32,
 }
 
@@ -81,6 +90,7 @@ pub struct ClusterInput {
         max_length = 255
     )]
     pub host: String,
+    /// TCP port.
     #[schema(minimum = 1, maximum = 65535)]
     pub port: u16,
     /// Database name (not only spaces, no control characters).
@@ -95,6 +105,7 @@ pub struct ClusterInput {
     pub capacity: i32,
 }
 
+/// Lists the regions.
 #[utoipa::path(get, path = "/v1/regions", tag = "registry", security(("admin" = [])),
     responses((status = 200, body = [RegionView]), (status = 401, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_regions(
@@ -113,6 +124,7 @@ pub async fn list_regions(
     ))
 }
 
+/// Registers a region, or changes its display name.
 #[utoipa::path(post, path = "/v1/regions", tag = "registry", security(("admin" = [])), request_body = RegionInput,
     params(("Idempotency-Key" = String, Header, description = "Client-chosen key; same key and body replay the first response")),
     responses((status = 201, body = RegionView), (status = 422, body = Problem, content_type = "application/problem+json")))]
@@ -152,6 +164,7 @@ fn cluster_view(c: tenancy_catalog::ClusterRecord) -> ClusterView {
     }
 }
 
+/// Lists the clusters of every region.
 #[utoipa::path(get, path = "/v1/clusters", tag = "registry", security(("admin" = [])),
     responses((status = 200, body = [ClusterView]), (status = 401, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_clusters(
@@ -168,6 +181,7 @@ pub async fn list_clusters(
     ))
 }
 
+/// Registers a cluster in a region, or changes its connection settings.
 #[utoipa::path(post, path = "/v1/clusters", tag = "registry", security(("admin" = [])), request_body = ClusterInput,
     params(("Idempotency-Key" = String, Header, description = "Client-chosen key")),
     responses((status = 201, body = ClusterView), (status = 422, body = Problem, content_type = "application/problem+json")))]

@@ -48,7 +48,9 @@ pub struct Signup {
 /// Slug availability.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Availability {
+    /// The slug asked about.
     pub slug: String,
+    /// Whether a signup with it would be accepted now.
     pub available: bool,
     /// Why not, when not.
     pub reason: Option<String>,
@@ -64,6 +66,7 @@ pub struct SlugParam {
     pub slug: String,
 }
 
+/// Says whether a slug is free for a signup.
 #[utoipa::path(get, path = "/v1/signup/availability", tag = "signup", params(SlugParam),
     responses((status = 200, body = Availability),
               (status = 429, body = Problem, content_type = "application/problem+json", description = "Rate limit of this client or of everyone (limits.availability)",
@@ -91,6 +94,7 @@ pub async fn availability(
     }))
 }
 
+/// Signs a tenant up (no credential; rate-limited): creates it and queues its provision workflow.
 #[utoipa::path(post, path = "/v1/signup", tag = "signup", request_body = Signup,
     params(("Idempotency-Key" = String, Header, description = "Client-chosen key (required)")),
     responses((status = 202, body = Accepted), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json"),

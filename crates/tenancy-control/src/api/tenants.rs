@@ -21,22 +21,35 @@ use crate::{idempotency, AppState};
 /// A tenant.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TenantView {
+    /// Tenant id.
     pub id: Uuid,
+    /// Unique, URL-safe name.
     pub slug: String,
+    /// Name shown to people.
     pub display_name: String,
+    /// Plan key.
     pub plan: String,
+    /// The region the tenant is pinned to.
     pub region: String,
     /// `pooled`, `schema` or `dedicated`.
     pub placement: String,
+    /// The cluster holding its data.
     pub cluster_id: Uuid,
     /// `provisioning`, `active`, `suspended`, `deleting` or `deleted`.
     pub state: String,
+    /// Its schema (schema placement), once chosen.
     pub schema_name: Option<String>,
+    /// Its database (dedicated placement), once chosen.
     pub database_name: Option<String>,
+    /// Billing customer (Stripe `cus_…`), when linked.
     pub billing_customer: Option<String>,
+    /// A legal hold blocks the purge of a deleted tenant.
     pub legal_hold: bool,
+    /// When a soft-deleted tenant may be purged (RFC 3339).
     pub purge_after: Option<String>,
+    /// Creation time (RFC 3339).
     pub created_at: String,
+    /// Last change (RFC 3339).
     pub updated_at: String,
 }
 
@@ -65,16 +78,23 @@ impl From<&Tenant> for TenantView {
 /// A workflow (provision or lifecycle operation).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WorkflowView {
+    /// Workflow id.
     pub id: Uuid,
+    /// The tenant.
     pub tenant_id: Uuid,
     /// `provision`, `suspend`, `resume`, `change_plan`, `delete` or `purge`.
     pub kind: String,
     /// `pending`, `running`, `compensating`, `succeeded`, `failed` or `cancelled`.
     pub status: String,
+    /// Index of the next step to run.
     pub step: i32,
+    /// Failed attempts of the current step.
     pub attempts: i32,
+    /// The last failure, with PostgreSQL's message when it came from the database.
     pub last_error: Option<String>,
+    /// When it was queued (RFC 3339).
     pub created_at: String,
+    /// When it reached a final status (RFC 3339).
     pub finished_at: Option<String>,
 }
 
@@ -97,13 +117,16 @@ impl From<&Workflow> for WorkflowView {
 /// A queued operation: the tenant and the workflow that carries it out.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Accepted {
+    /// The tenant, as it is now.
     pub tenant: TenantView,
+    /// The workflow that carries the operation out.
     pub workflow: WorkflowView,
 }
 
 /// One page of tenants.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TenantPage {
+    /// Tenants ordered by slug.
     pub items: Vec<TenantView>,
     /// Pass as `after` for the next page; absent on the last page.
     pub next_after: Option<String>,
@@ -158,6 +181,7 @@ pub struct PageParams {
     pub after: Option<String>,
 }
 
+/// Lists tenants, one page at a time, ordered by slug.
 #[utoipa::path(get, path = "/v1/tenants", tag = "tenants", security(("admin" = [])), params(PageParams),
     responses((status = 200, body = TenantPage), (status = 401, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_tenants(
@@ -190,6 +214,7 @@ pub async fn list_tenants(
     Ok(Json(TenantPage { items, next_after }))
 }
 
+/// Creates a tenant and queues its provision workflow.
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", security(("admin" = [])), request_body = CreateTenant,
     params(("Idempotency-Key" = String, Header, description = "Client-chosen key")),
     responses((status = 202, body = Accepted), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
@@ -246,6 +271,7 @@ async fn provision(
     ))
 }
 
+/// Reads a tenant by id or slug.
 #[utoipa::path(get, path = "/v1/tenants/{id}", tag = "tenants", security(("admin" = [])), params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40)),
     responses((status = 200, body = TenantView), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn get_tenant(
@@ -260,6 +286,7 @@ pub async fn get_tenant(
     ))
 }
 
+/// Lists a tenant's workflows, oldest first.
 #[utoipa::path(get, path = "/v1/tenants/{id}/workflows", tag = "tenants", security(("admin" = [])), params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40)),
     responses((status = 200, body = [WorkflowView]), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn tenant_workflows(
@@ -282,6 +309,7 @@ pub async fn tenant_workflows(
 /// A tenant's place in the app-migration ledger (`tenancy migrate`).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MigrationStatusView {
+    /// The tenant.
     pub tenant_id: Uuid,
     /// `pooled`, `schema` or `dedicated`. A pooled tenant's tables are shared: the
     /// status is its cluster's pooled tables.
@@ -290,6 +318,7 @@ pub struct MigrationStatusView {
     pub version: i32,
     /// SHA-256 of that migration's SQL.
     pub checksum: Option<String>,
+    /// When that version was applied (RFC 3339).
     pub applied_at: Option<String>,
     /// Duration of the last migration transaction, in milliseconds.
     pub duration_ms: Option<f64>,
@@ -297,10 +326,13 @@ pub struct MigrationStatusView {
     pub error: Option<String>,
     /// The version whose migration failed.
     pub error_version: Option<i32>,
+    /// When the last failure happened (RFC 3339).
     pub failed_at: Option<String>,
+    /// Last change of this ledger entry (RFC 3339).
     pub updated_at: Option<String>,
 }
 
+/// A tenant's place in the app-migration ledger.
 #[utoipa::path(get, path = "/v1/tenants/{id}/migrations", tag = "tenants", security(("admin" = [])), params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40)),
     responses((status = 200, body = MigrationStatusView, description = "The tenant's migration status (version 0 and no timestamps when the ledger has no row yet)"),
               (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -348,6 +380,7 @@ pub async fn tenant_migrations(
     }))
 }
 
+/// Reads a workflow.
 #[utoipa::path(get, path = "/v1/workflows/{id}", tag = "tenants", security(("admin" = [])), params(("id" = String, Path, description = "Workflow id", pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
     responses((status = 200, body = WorkflowView), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn get_workflow(

@@ -14,13 +14,21 @@ use crate::AppState;
 /// One webhook delivery attempt.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeliveryView {
+    /// The `webhook-id` sent (the same for every attempt of one message).
     pub webhook_id: String,
+    /// The receiver's name.
     pub receiver: String,
+    /// The tenant the message is about.
     pub tenant_id: Option<Uuid>,
+    /// The event type (`tenant.activated`, …).
     pub event_type: String,
+    /// Attempt number, from 1.
     pub attempt: i32,
+    /// The receiver's HTTP status, when it answered.
     pub http_status: Option<i32>,
+    /// Why the attempt failed, when it did.
     pub error: Option<String>,
+    /// Duration of the attempt in milliseconds.
     pub ms: f64,
 }
 
@@ -35,6 +43,7 @@ pub struct DeliveryParams {
     pub limit: Option<i64>,
 }
 
+/// Lists webhook delivery attempts, newest first.
 #[utoipa::path(get, path = "/v1/webhook-deliveries", tag = "webhooks", security(("admin" = [])), params(DeliveryParams),
     responses((status = 200, body = [DeliveryView]), (status = 401, body = Problem, content_type = "application/problem+json")))]
 pub async fn deliveries(

@@ -16,7 +16,7 @@ use tokio_postgres::{Client, NoTls};
 
 static TEMPLATE: TemplateDb = TemplateDb::new("migrate_tpl");
 
-pub fn key() -> ContextKey {
+pub(crate) fn key() -> ContextKey {
     ContextKey::from_hex(
         "mig".parse().expect("kid"),
         "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9",
@@ -24,21 +24,21 @@ pub fn key() -> ContextKey {
     .expect("key")
 }
 
-pub async fn connect(cfg: tokio_postgres::Config) -> Client {
+pub(crate) async fn connect(cfg: tokio_postgres::Config) -> Client {
     let (client, conn) = cfg.connect(NoTls).await.expect("connect");
     tokio::spawn(conn);
     client
 }
 
 /// Version 1: two generated tenant tables.
-pub fn v1() -> Vec<AppMigration> {
+pub(crate) fn v1() -> Vec<AppMigration> {
     let mut g = AppMigrations::generated(2).all().to_vec();
     g[0].name = "0001_init".into();
     g
 }
 
 /// Version 2: one ADD COLUMN.
-pub fn v2() -> AppMigration {
+pub(crate) fn v2() -> AppMigration {
     AppMigration {
         version: 2,
         name: "0002_notes".into(),
@@ -46,21 +46,21 @@ pub fn v2() -> AppMigration {
     }
 }
 
-pub fn set(ms: Vec<AppMigration>) -> MigrationSet {
+pub(crate) fn set(ms: Vec<AppMigration>) -> MigrationSet {
     MigrationSet::from_app(
         AppMigrations::new(ms).expect("migrations"),
         "test migrations",
     )
 }
 
-pub struct Env {
+pub(crate) struct Env {
     pub db: TestDb,
     pub catalog: Client,
     pub cluster_id: uuid::Uuid,
 }
 
 impl Env {
-    pub async fn new() -> Env {
+    pub(crate) async fn new() -> Env {
         let db = TEMPLATE
             .fresh(|cluster, db| async move {
                 let su = cluster.connect(&db).await?;
@@ -101,16 +101,16 @@ impl Env {
         }
     }
 
-    pub fn access(&self) -> ClusterAccess {
+    pub(crate) fn access(&self) -> ClusterAccess {
         ClusterAccess::local(self.db.cluster.superuser())
     }
 
-    pub fn migrator(&self, ms: Vec<AppMigration>) -> Migrator {
+    pub(crate) fn migrator(&self, ms: Vec<AppMigration>) -> Migrator {
         Migrator::new(self.db.config_as(OWNER_ROLE), self.access(), set(ms))
     }
 
     /// A provisioning engine that loaded the app at `ms`.
-    pub fn provisioner(&self, ms: Vec<AppMigration>) -> Provisioner {
+    pub(crate) fn provisioner(&self, ms: Vec<AppMigration>) -> Provisioner {
         Provisioner::new(
             self.db.config_as(OWNER_ROLE),
             self.access(),
@@ -125,7 +125,7 @@ impl Env {
     }
 
     /// Provisions tenants with the app at `ms` through the real engine and waits.
-    pub async fn provision(
+    pub(crate) async fn provision(
         &mut self,
         ms: Vec<AppMigration>,
         tenants: &[(&str, Placement)],
@@ -135,7 +135,7 @@ impl Env {
     }
 
     /// Provisions tenants through `p` and waits until each is active.
-    pub async fn provision_with(
+    pub(crate) async fn provision_with(
         &mut self,
         p: &Provisioner,
         tenants: &[(&str, Placement)],
@@ -178,7 +178,7 @@ impl Env {
     }
 
     /// A connection to a tenant's database as the superuser (schema tenants: the shared db).
-    pub async fn tenant_db(&self, id: TenantId, placement: Placement) -> (Client, String) {
+    pub(crate) async fn tenant_db(&self, id: TenantId, placement: Placement) -> (Client, String) {
         match placement {
             Placement::Dedicated => (
                 self.db
@@ -197,7 +197,7 @@ impl Env {
 }
 
 /// The marker version of `schema` and whether `t01.notes` exists there.
-pub async fn state_of(client: &Client, schema: &str) -> (i32, bool) {
+pub(crate) async fn state_of(client: &Client, schema: &str) -> (i32, bool) {
     let v = tenancy_provision::storage::schema_version(client, schema)
         .await
         .expect("version")
@@ -215,7 +215,7 @@ pub async fn state_of(client: &Client, schema: &str) -> (i32, bool) {
 }
 
 /// Ledger version of a target.
-pub async fn ledger_version(catalog: &Client, target: uuid::Uuid) -> Option<i32> {
+pub(crate) async fn ledger_version(catalog: &Client, target: uuid::Uuid) -> Option<i32> {
     catalog
         .query_opt(
             "SELECT version FROM tenancy_catalog.app_migration_targets WHERE target_id = $1",
@@ -226,7 +226,7 @@ pub async fn ledger_version(catalog: &Client, target: uuid::Uuid) -> Option<i32>
         .map(|r| r.get(0))
 }
 
-pub fn opts() -> Options {
+pub(crate) fn opts() -> Options {
     Options {
         concurrency: 2,
         pipeline: 4,

@@ -25,20 +25,20 @@ static TEMPLATE: TemplateDb = TemplateDb::new("prov_tpl");
 static SECOND: OnceCell<Cluster> = OnceCell::const_new();
 static SECOND_DBS: AtomicU64 = AtomicU64::new(0);
 
-pub const KEY_HEX: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
+pub(crate) const KEY_HEX: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
 
-pub fn key() -> ContextKey {
+pub(crate) fn key() -> ContextKey {
     ContextKey::from_hex("prov".parse().expect("kid"), KEY_HEX).expect("key")
 }
 
-pub async fn connect(cfg: tokio_postgres::Config) -> Client {
+pub(crate) async fn connect(cfg: tokio_postgres::Config) -> Client {
     let (client, conn) = cfg.connect(NoTls).await.expect("connect");
     tokio::spawn(conn);
     client
 }
 
 /// A fresh catalog database that is also region eu-west's shared tenant database.
-pub async fn fresh_db() -> TestDb {
+pub(crate) async fn fresh_db() -> TestDb {
     let db = TEMPLATE
         .fresh(|cluster, db| async move {
             let su = cluster.connect(&db).await?;
@@ -60,7 +60,7 @@ pub async fn fresh_db() -> TestDb {
 
 /// The second cluster (region us-east), with roles bootstrapped, and a fresh shared
 /// database on it.
-pub async fn second_region_db() -> (&'static Cluster, String) {
+pub(crate) async fn second_region_db() -> (&'static Cluster, String) {
     let cluster = SECOND
         .get_or_init(|| async {
             let c = Cluster::start(ClusterOptions::for_tests())
@@ -91,7 +91,7 @@ pub async fn second_region_db() -> (&'static Cluster, String) {
     (cluster, name)
 }
 
-pub async fn add_region(owner: &Client, region: &str, cluster: &Cluster, dbname: &str) {
+pub(crate) async fn add_region(owner: &Client, region: &str, cluster: &Cluster, dbname: &str) {
     tenancy_catalog::add_region(owner, &region.parse().expect("region"), region)
         .await
         .expect("region");
@@ -112,7 +112,7 @@ pub async fn add_region(owner: &Client, region: &str, cluster: &Cluster, dbname:
 
 /// One received webhook.
 #[derive(Debug, Clone)]
-pub struct Received {
+pub(crate) struct Received {
     pub id: String,
     pub event_type: String,
     pub tenant: String,
@@ -120,7 +120,7 @@ pub struct Received {
 
 /// A local Standard Webhooks receiver that verifies signatures and records messages.
 #[derive(Debug, Clone)]
-pub struct WebhookReceiver {
+pub(crate) struct WebhookReceiver {
     pub url: String,
     pub secret: SecretString,
     pub received: Arc<Mutex<Vec<Received>>>,
@@ -129,7 +129,7 @@ pub struct WebhookReceiver {
 }
 
 impl WebhookReceiver {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let secret = tenancy_provision::webhook::generate_secret();
         let key = tenancy_provision::webhook::decode_secret(&secret).expect("secret");
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
@@ -192,7 +192,7 @@ impl WebhookReceiver {
         }
     }
 
-    pub fn as_receiver(&self, name: &str) -> Receiver {
+    pub(crate) fn as_receiver(&self, name: &str) -> Receiver {
         Receiver {
             name: name.to_owned(),
             url: self.url.clone(),
@@ -200,12 +200,12 @@ impl WebhookReceiver {
         }
     }
 
-    pub fn messages(&self) -> Vec<Received> {
+    pub(crate) fn messages(&self) -> Vec<Received> {
         self.received.lock().map(|g| g.clone()).unwrap_or_default()
     }
 
     /// Distinct webhook ids of `event_type` received for `tenant`.
-    pub fn distinct(&self, event_type: &str, tenant: TenantId) -> usize {
+    pub(crate) fn distinct(&self, event_type: &str, tenant: TenantId) -> usize {
         let mut ids: Vec<String> = self
             .messages()
             .into_iter()
@@ -218,7 +218,7 @@ impl WebhookReceiver {
     }
 }
 
-pub fn config(registration: Vec<Receiver>, events: Vec<Receiver>) -> ProvisionConfig {
+pub(crate) fn config(registration: Vec<Receiver>, events: Vec<Receiver>) -> ProvisionConfig {
     let mut plans = BTreeMap::new();
     let mut free = serde_json::Map::new();
     free.insert("max_users".into(), serde_json::json!(5));
@@ -245,7 +245,7 @@ pub fn config(registration: Vec<Receiver>, events: Vec<Receiver>) -> ProvisionCo
     }
 }
 
-pub fn provisioner(db: &TestDb, cfg: ProvisionConfig) -> Provisioner {
+pub(crate) fn provisioner(db: &TestDb, cfg: ProvisionConfig) -> Provisioner {
     Provisioner::new(
         db.config_as(OWNER_ROLE),
         ClusterAccess::local(db.cluster.superuser()),
@@ -255,7 +255,7 @@ pub fn provisioner(db: &TestDb, cfg: ProvisionConfig) -> Provisioner {
     .expect("provisioner")
 }
 
-pub fn request(slug: &str, region: &str, placement: Placement) -> ProvisionRequest {
+pub(crate) fn request(slug: &str, region: &str, placement: Placement) -> ProvisionRequest {
     ProvisionRequest {
         tenant: tenancy_catalog::NewTenant {
             id: None,
@@ -270,7 +270,7 @@ pub fn request(slug: &str, region: &str, placement: Placement) -> ProvisionReque
     }
 }
 
-pub fn router(db: &TestDb) -> Router {
+pub(crate) fn router(db: &TestDb) -> Router {
     Router::new(
         db.config_as(RUNTIME_ROLE),
         key(),
@@ -287,7 +287,7 @@ pub fn router(db: &TestDb) -> Router {
 }
 
 /// Waits until no workflow is unfinished.
-pub async fn wait_all_final(catalog: &Client, timeout: Duration) {
+pub(crate) async fn wait_all_final(catalog: &Client, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let n = tenancy_catalog::unfinished_workflows(catalog)
@@ -304,7 +304,7 @@ pub async fn wait_all_final(catalog: &Client, timeout: Duration) {
     }
 }
 
-pub async fn dump_workflows(catalog: &Client) {
+pub(crate) async fn dump_workflows(catalog: &Client) {
     let rows = catalog
         .query("SELECT kind, status, step, attempts, coalesce(last_error, ''), run_after::text FROM tenancy_catalog.workflows WHERE status NOT IN ('succeeded') ORDER BY seq", &[])
         .await
@@ -323,7 +323,7 @@ pub async fn dump_workflows(catalog: &Client) {
 }
 
 /// Waits until the outbox is empty (every message delivered or dead).
-pub async fn wait_outbox_drained(catalog: &Client, timeout: Duration) {
+pub(crate) async fn wait_outbox_drained(catalog: &Client, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let n: i64 = catalog
@@ -362,7 +362,7 @@ pub async fn wait_outbox_drained(catalog: &Client, timeout: Duration) {
     }
 }
 
-pub async fn schema_exists(client: &Client, schema: &str) -> bool {
+pub(crate) async fn schema_exists(client: &Client, schema: &str) -> bool {
     client
         .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
         .await
@@ -370,7 +370,7 @@ pub async fn schema_exists(client: &Client, schema: &str) -> bool {
         .is_some()
 }
 
-pub async fn database_exists(client: &Client, db: &str) -> bool {
+pub(crate) async fn database_exists(client: &Client, db: &str) -> bool {
     client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
         .await
@@ -380,13 +380,13 @@ pub async fn database_exists(client: &Client, db: &str) -> bool {
 
 /// Asserts that storage exists exactly for the tenants whose state keeps it, and that no
 /// tenant schema in the shared database lacks a live catalog tenant.
-pub async fn assert_no_orphans(catalog: &Client, cluster_admin: &Client) {
+pub(crate) async fn assert_no_orphans(catalog: &Client, cluster_admin: &Client) {
     assert_no_orphans_in(catalog, &[("eu-west", cluster_admin, catalog)]).await
 }
 
 /// [`assert_no_orphans`] with, per region, a maintenance connection to its cluster and a
 /// connection to its shared database.
-pub async fn assert_no_orphans_in(catalog: &Client, regions: &[(&str, &Client, &Client)]) {
+pub(crate) async fn assert_no_orphans_in(catalog: &Client, regions: &[(&str, &Client, &Client)]) {
     let tenants = tenancy_catalog::list_tenants(catalog, None, 1000)
         .await
         .expect("tenants");

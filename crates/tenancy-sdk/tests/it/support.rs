@@ -7,13 +7,13 @@ use tokio_postgres::{Client, NoTls};
 
 static TEMPLATE: TemplateDb = TemplateDb::new("sdk_tpl");
 
-pub const KEY_HEX: &str = "3f1c2b4a5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f701";
+pub(crate) const KEY_HEX: &str = "3f1c2b4a5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f701";
 
-pub fn key() -> ContextKey {
+pub(crate) fn key() -> ContextKey {
     ContextKey::from_hex("test".parse().expect("kid"), KEY_HEX).expect("key")
 }
 
-pub const APP_SCHEMA: &str = "
+pub(crate) const APP_SCHEMA: &str = "
 CREATE TABLE customers (
     tenant_id uuid NOT NULL,
     id        uuid NOT NULL DEFAULT gen_random_uuid(),
@@ -34,7 +34,7 @@ SELECT tenancy.make_tenant_table('customers');
 SELECT tenancy.make_tenant_table('invoices');
 ";
 
-pub async fn connect(cfg: tokio_postgres::Config) -> Client {
+pub(crate) async fn connect(cfg: tokio_postgres::Config) -> Client {
     let (client, conn) = cfg.connect(NoTls).await.expect("connect");
     tokio::spawn(conn);
     client
@@ -42,7 +42,7 @@ pub async fn connect(cfg: tokio_postgres::Config) -> Client {
 
 /// A fresh database with roles, runtime schema, catalog and the app tables, with the
 /// native signed context when this build has the library (see `fresh_db_plpgsql`).
-pub async fn fresh_db() -> TestDb {
+pub(crate) async fn fresh_db() -> TestDb {
     let db = TEMPLATE
         .fresh(|cluster, db| async move {
             let su = cluster.connect(&db).await?;
@@ -66,7 +66,7 @@ pub async fn fresh_db() -> TestDb {
 
 /// The same database with the PL/pgSQL implementation of the signed context (what a
 /// server without the tenancy_context library gets).
-pub async fn fresh_db_plpgsql() -> TestDb {
+pub(crate) async fn fresh_db_plpgsql() -> TestDb {
     let db = fresh_db().await;
     let owner = connect(db.config_as(OWNER_ROLE)).await;
     bootstrap::install_runtime_with(&owner, &key(), Some(ContextImpl::PlPgSql))
@@ -80,7 +80,7 @@ pub async fn fresh_db_plpgsql() -> TestDb {
 }
 
 /// Both implementations, for tests that must hold for each.
-pub async fn fresh_dbs() -> Vec<(ContextImpl, TestDb)> {
+pub(crate) async fn fresh_dbs() -> Vec<(ContextImpl, TestDb)> {
     let native = fresh_db().await;
     let su = native.connect_superuser().await.expect("superuser");
     let imp = bootstrap::context_impl(&su)
@@ -103,7 +103,7 @@ pub async fn fresh_dbs() -> Vec<(ContextImpl, TestDb)> {
 /// was built but the database did not get the native context, so a native test cannot
 /// pass by checking nothing, and under `TENANCY_REQUIRE_NATIVE=1` whenever there is no
 /// native context.
-pub async fn fresh_native_db() -> Option<TestDb> {
+pub(crate) async fn fresh_native_db() -> Option<TestDb> {
     let db = fresh_db().await;
     let su = db.connect_superuser().await.expect("superuser");
     if bootstrap::context_impl(&su).await.expect("impl") == Some(ContextImpl::Native) {
@@ -124,7 +124,7 @@ pub async fn fresh_native_db() -> Option<TestDb> {
 
 /// Where the server offers the tenancy_context extension, the native context must be
 /// that extension (the bootstrap prefers it over creating the functions from the library).
-pub async fn assert_extension_when_offered(su: &Client) {
+pub(crate) async fn assert_extension_when_offered(su: &Client) {
     let row = su
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'tenancy_context'), \
@@ -143,7 +143,7 @@ pub async fn assert_extension_when_offered(su: &Client) {
     }
 }
 
-pub fn pool(db: &TestDb, max_size: usize) -> TenantPool {
+pub(crate) fn pool(db: &TestDb, max_size: usize) -> TenantPool {
     TenantPool::new(
         db.config_as(RUNTIME_ROLE),
         key(),
@@ -157,11 +157,11 @@ pub fn pool(db: &TestDb, max_size: usize) -> TenantPool {
 
 /// A plain runtime-role connection, outside the SDK (what injected SQL or a careless
 /// developer would have).
-pub async fn runtime_client(db: &TestDb) -> Client {
+pub(crate) async fn runtime_client(db: &TestDb) -> Client {
     connect(db.config_as(RUNTIME_ROLE)).await
 }
 
-pub fn now_micros() -> i64 {
+pub(crate) fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
@@ -169,7 +169,7 @@ pub fn now_micros() -> i64 {
 }
 
 /// Opens a tenant transaction by hand on a plain client, as the SDK does.
-pub async fn enter_by_hand(
+pub(crate) async fn enter_by_hand(
     client: &Client,
     tenant: TenantId,
 ) -> Result<String, tokio_postgres::Error> {
@@ -188,7 +188,7 @@ pub async fn enter_by_hand(
 }
 
 /// Inserts `n` customers for `tenant` through the SDK and returns their ids.
-pub async fn seed(pool: &TenantPool, tenant: TenantId, n: usize) -> Vec<uuid::Uuid> {
+pub(crate) async fn seed(pool: &TenantPool, tenant: TenantId, n: usize) -> Vec<uuid::Uuid> {
     let mut tx = pool.begin(tenant).await.expect("begin");
     let mut ids = Vec::new();
     for i in 0..n {
@@ -206,7 +206,7 @@ pub async fn seed(pool: &TenantPool, tenant: TenantId, n: usize) -> Vec<uuid::Uu
 }
 
 /// Every tenant id visible to `tenant` in customers.
-pub async fn visible_tenants(pool: &TenantPool, tenant: TenantId) -> Vec<uuid::Uuid> {
+pub(crate) async fn visible_tenants(pool: &TenantPool, tenant: TenantId) -> Vec<uuid::Uuid> {
     let mut tx = pool.begin(tenant).await.expect("begin");
     let rows = tx
         .query("SELECT tenant_id FROM customers", &[])

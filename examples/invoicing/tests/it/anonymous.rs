@@ -10,7 +10,7 @@ use crate::support::*;
 
 /// Every row of the app's tables and of the job queue, as text: what an attempt must not
 /// change.
-pub async fn db_state(env: &Env) -> Vec<(String, i64, String)> {
+pub(crate) async fn db_state(env: &Env) -> Vec<(String, i64, String)> {
     let su = env.db.connect_superuser().await.expect("superuser");
     let mut out = Vec::new();
     for table in [

@@ -17,33 +17,33 @@ use tokio_postgres::{Client, NoTls};
 
 static TEMPLATE: TemplateDb = TemplateDb::new("invoicing_tpl");
 
-pub const KEY_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
-pub const BASE_DOMAIN: &str = "invoicing.test";
-pub const DEV_ISS: &str = "invoicing-dev";
-pub const AUD: &str = "invoicing";
-pub const IDP_ISS: &str = "https://idp.test";
-pub const JWKS_ISS: &str = "https://jwks.test";
-pub const OTHER_ISS: &str = "https://other-idp.test";
-pub const HS_SECRET: &[u8] = b"test-secret-of-at-least-32-bytes!!";
+pub(crate) const KEY_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+pub(crate) const BASE_DOMAIN: &str = "invoicing.test";
+pub(crate) const DEV_ISS: &str = "invoicing-dev";
+pub(crate) const AUD: &str = "invoicing";
+pub(crate) const IDP_ISS: &str = "https://idp.test";
+pub(crate) const JWKS_ISS: &str = "https://jwks.test";
+pub(crate) const OTHER_ISS: &str = "https://other-idp.test";
+pub(crate) const HS_SECRET: &[u8] = b"test-secret-of-at-least-32-bytes!!";
 
-pub fn key() -> ContextKey {
+pub(crate) fn key() -> ContextKey {
     ContextKey::from_hex("test".parse().expect("kid"), KEY_HEX).expect("key")
 }
 
-pub fn data(name: &str) -> Vec<u8> {
+pub(crate) fn data(name: &str) -> Vec<u8> {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
         .join(name);
     std::fs::read(&p).expect("test key file")
 }
 
-pub async fn connect(cfg: tokio_postgres::Config) -> Client {
+pub(crate) async fn connect(cfg: tokio_postgres::Config) -> Client {
     let (client, conn) = cfg.connect(NoTls).await.expect("connect");
     tokio::spawn(conn);
     client
 }
 
-pub fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
@@ -51,42 +51,42 @@ pub fn now() -> u64 {
 }
 
 /// Claims for `tenant` from `iss`, valid for an hour, with every scope the app checks.
-pub fn claims(iss: &str, tenant: TenantId) -> Value {
+pub(crate) fn claims(iss: &str, tenant: TenantId) -> Value {
     json!({"iss": iss, "aud": AUD, "sub": "user-1", "tenant_id": tenant.to_string(),
            "iat": now(), "exp": now() + 3600, "scope": invoicing::SCOPES.join(" ")})
 }
 
 /// Signs `claims` with `alg` and the key in `pem_or_secret`.
-pub fn sign(alg: Algorithm, key: &EncodingKey, claims: &Value, kid: Option<&str>) -> String {
+pub(crate) fn sign(alg: Algorithm, key: &EncodingKey, claims: &Value, kid: Option<&str>) -> String {
     let mut h = Header::new(alg);
     h.kid = kid.map(str::to_owned);
     jsonwebtoken::encode(&h, claims, key).expect("sign")
 }
 
-pub fn hs_key() -> EncodingKey {
+pub(crate) fn hs_key() -> EncodingKey {
     EncodingKey::from_secret(HS_SECRET)
 }
-pub fn rsa_key() -> EncodingKey {
+pub(crate) fn rsa_key() -> EncodingKey {
     EncodingKey::from_rsa_pem(&data("rsa_private.pem")).expect("rsa")
 }
-pub fn rsa2_key() -> EncodingKey {
+pub(crate) fn rsa2_key() -> EncodingKey {
     EncodingKey::from_rsa_pem(&data("rsa2_private.pem")).expect("rsa2")
 }
-pub fn ec_key() -> EncodingKey {
+pub(crate) fn ec_key() -> EncodingKey {
     EncodingKey::from_ec_pem(&data("ec_private.pem")).expect("ec")
 }
-pub fn ed_key() -> EncodingKey {
+pub(crate) fn ed_key() -> EncodingKey {
     EncodingKey::from_ed_pem(&data("ed_private.pem")).expect("ed")
 }
 
 /// A dev-issuer (HS256) token for `tenant`.
-pub fn token(tenant: TenantId) -> String {
+pub(crate) fn token(tenant: TenantId) -> String {
     sign(Algorithm::HS256, &hs_key(), &claims(DEV_ISS, tenant), None)
 }
 
 /// A dev-issuer token for `tenant` whose claims are changed by `edit` (e.g. to drop the
 /// scopes).
-pub fn token_with(tenant: TenantId, edit: impl FnOnce(&mut Value)) -> String {
+pub(crate) fn token_with(tenant: TenantId, edit: impl FnOnce(&mut Value)) -> String {
     let mut c = claims(DEV_ISS, tenant);
     edit(&mut c);
     sign(Algorithm::HS256, &hs_key(), &c, None)
@@ -130,7 +130,7 @@ fn sources(jwks_path: &std::path::Path) -> Vec<Source> {
 }
 
 /// A running app with tenants on a fresh database.
-pub struct Env {
+pub(crate) struct Env {
     pub db: TestDb,
     pub owner: Client,
     pub base: String,
@@ -155,14 +155,14 @@ impl Drop for Env {
 }
 
 /// A directory removed on drop.
-pub struct TempDir(pub std::path::PathBuf);
+pub(crate) struct TempDir(pub std::path::PathBuf);
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
-pub async fn fresh_db() -> TestDb {
+pub(crate) async fn fresh_db() -> TestDb {
     let db = TEMPLATE
         .fresh(|cluster, db| async move {
             let su = cluster.connect(&db).await?;
@@ -188,7 +188,7 @@ pub async fn fresh_db() -> TestDb {
 /// Registers `db` as the one cluster of region `eu-west` in its own catalog and creates
 /// pooled tenants with the given slugs and states (`None`: left provisioning). Returns the
 /// owner's connection and the tenants' ids in order.
-pub async fn catalog_with_tenants(
+pub(crate) async fn catalog_with_tenants(
     db: &TestDb,
     tenants: &[(&str, Option<TenantState>)],
 ) -> (Client, Vec<TenantId>) {
@@ -197,7 +197,7 @@ pub async fn catalog_with_tenants(
 
 /// [`catalog_with_tenants`], the cluster registered at `at` (host, port) instead of the
 /// test cluster's own socket (PgBouncer in front of it).
-pub async fn catalog_with_tenants_at(
+pub(crate) async fn catalog_with_tenants_at(
     db: &TestDb,
     tenants: &[(&str, Option<TenantState>)],
     at: Option<(String, u16)>,
@@ -257,13 +257,13 @@ pub async fn catalog_with_tenants_at(
     (owner, ids)
 }
 
-pub async fn start() -> Env {
+pub(crate) async fn start() -> Env {
     start_with(None).await
 }
 
 /// The app with its tenant connections through PgBouncer in transaction mode (catalog and
 /// job queue direct), `Pooler::Transaction`.
-pub async fn start_through_pgbouncer() -> Env {
+pub(crate) async fn start_through_pgbouncer() -> Env {
     start_with(Some(tenancy_sdk::Pooler::Transaction)).await
 }
 
@@ -339,7 +339,7 @@ async fn start_with(pooler: Option<tenancy_sdk::Pooler>) -> Env {
 
 /// An HTTP response.
 #[derive(Debug)]
-pub struct Resp {
+pub(crate) struct Resp {
     pub status: u16,
     pub content_type: String,
     /// The `X-Request-Id` response header.
@@ -349,13 +349,13 @@ pub struct Resp {
 
 impl Resp {
     /// The problem code of a problem+json response.
-    pub fn code(&self) -> &str {
+    pub(crate) fn code(&self) -> &str {
         self.body["code"].as_str().unwrap_or("")
     }
 
     /// The body without its `request_id` (which differs on every request), for comparing
     /// what two answers say.
-    pub fn said(&self) -> Value {
+    pub(crate) fn said(&self) -> Value {
         let mut b = self.body.clone();
         if let Some(o) = b.as_object_mut() {
             o.remove("request_id");
@@ -366,7 +366,7 @@ impl Resp {
 
 impl Env {
     /// Sends a request; `headers` may include `host`.
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         method: &str,
         path: &str,
@@ -426,7 +426,7 @@ impl Env {
     }
 
     /// A request as `tenant` with a dev token.
-    pub async fn as_tenant(
+    pub(crate) async fn as_tenant(
         &self,
         tenant: TenantId,
         method: &str,
@@ -439,7 +439,7 @@ impl Env {
     }
 
     /// Creates a customer and an invoice with two lines for `tenant`; returns their ids.
-    pub async fn seed(&self, tenant: TenantId, tag: &str) -> (String, String) {
+    pub(crate) async fn seed(&self, tenant: TenantId, tag: &str) -> (String, String) {
         let c = self
             .as_tenant(tenant, "POST", "/customers", Some(json!({"name": format!("{tag} customer"), "email": format!("billing@{tag}.example")})))
             .await;
@@ -464,7 +464,7 @@ impl Env {
 }
 
 /// Polls `f` until it returns true or `timeout` passes.
-pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+pub(crate) async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
