@@ -1,4 +1,6 @@
-//! Fault injection for tests: a step made to crash or fail at a chosen phase.
+//! Fault injection for tests: a step made to crash or fail at a chosen phase. Public with
+//! the `fault-injection` feature only.
+#![cfg_attr(not(feature = "fault-injection"), allow(unreachable_pub))]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -30,7 +30,10 @@ mod steps;
 mod webhooks;
 mod workers;
 
+#[cfg(feature = "fault-injection")]
 pub use faults::{Fault, FaultPhase, Faults};
+#[cfg(not(feature = "fault-injection"))]
+use faults::{Fault, FaultPhase, Faults};
 use steps::steps_of;
 pub use workers::Workers;
 
