@@ -3,6 +3,8 @@
 //! the runtime role `tenancy_app`, never as a superuser or owner.
 
 mod context;
+mod context_leaks;
+mod hostile_session;
 mod isolation;
 mod lifecycle;
 mod logging;
