@@ -26,16 +26,7 @@ impl Provisioner {
             Placement::Pooled => self.ensure_shared(&cluster, app).await,
             Placement::Schema => {
                 let schema = schema_name_for(tenant.id);
-                let mut owner = self
-                    .inner
-                    .pools
-                    .get(
-                        &cluster,
-                        &self.inner.access.owner,
-                        &cluster.dbname,
-                        &self.inner.access.tls,
-                    )
-                    .await?;
+                let mut owner = self.login(&cluster, Role::Owner, &cluster.dbname).await?;
                 // A spare of the warm pool at the latest version, renamed to the tenant's
                 // schema; none (or the schema exists: a re-run step): created here.
                 if self.inner.cfg.warm_pool.schemas > 0
@@ -58,16 +49,7 @@ impl Provisioner {
                     // A finalised spare (own keys, privileges) cloned from the current
                     // template, renamed to the tenant's database. None, or the database
                     // exists (a re-run step): the path below.
-                    let mut admin = self
-                        .inner
-                        .pools
-                        .get(
-                            &cluster,
-                            &self.inner.access.admin,
-                            "postgres",
-                            &self.inner.access.tls,
-                        )
-                        .await?;
+                    let mut admin = self.login(&cluster, Role::Admin, "postgres").await?;
                     let tag = storage::spare_database_tag(&template, &self.inner.key);
                     if storage::claim_spare_database(&mut admin, &db, &tag).await? {
                         self.inner.claims[1].fetch_add(1, Ordering::Relaxed);
@@ -76,16 +58,7 @@ impl Provisioner {
                     }
                 }
                 {
-                    let admin = self
-                        .inner
-                        .pools
-                        .get(
-                            &cluster,
-                            &self.inner.access.admin,
-                            "postgres",
-                            &self.inner.access.tls,
-                        )
-                        .await?;
+                    let admin = self.login(&cluster, Role::Admin, "postgres").await?;
                     self.clone_template(&admin, cluster.id, &db, &template, strategy)
                         .await?;
                 }
@@ -401,16 +374,7 @@ impl Provisioner {
         {
             return Ok(());
         }
-        let mut owner = self
-            .inner
-            .pools
-            .get(
-                cluster,
-                &self.inner.access.owner,
-                &cluster.dbname,
-                &self.inner.access.tls,
-            )
-            .await?;
+        let mut owner = self.login(cluster, Role::Owner, &cluster.dbname).await?;
         storage::migrate_schema(&mut owner, "public", false, app).await?;
         if let Ok(mut s) = self.inner.shared_ready.lock() {
             s.insert(cluster.id, app.latest());
@@ -438,16 +402,7 @@ impl Provisioner {
                     .schema_name
                     .clone()
                     .unwrap_or_else(|| schema_name_for(tenant.id));
-                let owner = self
-                    .inner
-                    .pools
-                    .get(
-                        &cluster,
-                        &self.inner.access.owner,
-                        &cluster.dbname,
-                        &self.inner.access.tls,
-                    )
-                    .await?;
+                let owner = self.login(&cluster, Role::Owner, &cluster.dbname).await?;
                 storage::drop_schema(&owner, &schema).await?;
             }
             Placement::Dedicated => {
@@ -455,16 +410,7 @@ impl Provisioner {
                     .database_name
                     .clone()
                     .unwrap_or_else(|| database_name_for(tenant.id));
-                let admin = self
-                    .inner
-                    .pools
-                    .get(
-                        &cluster,
-                        &self.inner.access.admin,
-                        "postgres",
-                        &self.inner.access.tls,
-                    )
-                    .await?;
+                let admin = self.login(&cluster, Role::Admin, "postgres").await?;
                 storage::drop_database(&admin, &db).await?;
             }
         }
@@ -496,4 +442,31 @@ impl Provisioner {
         m.insert(cluster.id, pool.clone());
         Ok(pool)
     }
+
+    /// A pooled connection to database `db` of `cluster` as the cluster admin or the owner
+    /// role, secured as every cluster connection is.
+    async fn login(
+        &self,
+        cluster: &ClusterRecord,
+        role: Role,
+        db: &str,
+    ) -> Result<crate::conn::Object, Error> {
+        let login = match role {
+            Role::Admin => &self.inner.access.admin,
+            Role::Owner => &self.inner.access.owner,
+        };
+        self.inner
+            .pools
+            .get(cluster, login, db, &self.inner.access.tls)
+            .await
+    }
+}
+
+/// Which of provisioning's logins a connection to a tenant cluster uses.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    /// The cluster admin (creates and drops databases).
+    Admin,
+    /// The owner role (schemas, migrations).
+    Owner,
 }
