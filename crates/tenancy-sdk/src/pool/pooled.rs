@@ -18,6 +18,9 @@ pub(crate) struct Pooled {
     /// start and the other limits (`set_config(…, true)`); the search path is added as its last
     /// column.
     limits: String,
+    /// `SET LOCAL statement_timeout = …; `, also sent before `RESET ALL`: a leftover
+    /// session value or a role default (1 ms) would otherwise time out the reset itself.
+    timeout: String,
     search_path: Option<String>,
 }
 
@@ -47,6 +50,10 @@ impl Pooled {
         }
         Pooled {
             limits,
+            timeout: format!(
+                "SET LOCAL statement_timeout = {}; ",
+                ms(opts.statement_timeout)
+            ),
             search_path: opts.search_path.clone(),
         }
     }
@@ -65,10 +72,14 @@ impl Pooled {
             sql.push_str("COMMIT; ");
         }
         sql.push_str(if read_only {
-            "BEGIN ISOLATION LEVEL READ COMMITTED, READ ONLY, NOT DEFERRABLE; RESET ALL; "
+            "BEGIN ISOLATION LEVEL READ COMMITTED, READ ONLY, NOT DEFERRABLE; "
         } else {
-            "BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE, NOT DEFERRABLE; RESET ALL; "
+            "BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE, NOT DEFERRABLE; "
         });
+        // Each statement of a simple query runs under the statement timeout in force when it
+        // starts: the pool's, not a hostile leftover, for the reset.
+        sql.push_str(&self.timeout);
+        sql.push_str("RESET ALL; ");
         sql.push_str(&self.limits);
         let path = match schema {
             Some(schema) => Some(format!("\"{schema}\", public")),
