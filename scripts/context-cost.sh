@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Server-side cost of a tenant context, in CPU instructions per transaction, counted by
+# valgrind (cachegrind) in the PostgreSQL backend: exact and repeatable on a shared,
+# noisy machine, where timings are not. One private cluster (PG_BIN, default Debian's
+# PostgreSQL 15) runs under valgrind; pgbench (prepared statements, one client) runs each
+# scenario twice, with 200 and 1,200 transactions, and the difference of the backend's
+# counts divided by 1,000 is the cost of one transaction, without connection start-up.
+#
+# Databases: `plpgsql` has the PL/pgSQL context of crates/tenancy-sdk/sql/runtime.sql and
+# the design probe of scripts/context-cost/session-probe.sql; `native` has the C context
+# (the tenancy_context library must be installed in the server: see extensions/).
+# Scenarios (each BEGIN … COMMIT, tenant and row chosen at random):
+#   empty       SELECT 1
+#   plain       the point read on a table without RLS, tenant predicate written out
+#   naive       set_config('app.tenant_id') then the read under a current_setting policy
+#   sign        a v2 token signed in SQL (what the context scenarios pay on top; subtracted)
+#   enter       tenancy.enter(token), no read
+#   context     tenancy.enter(token) then the read under the installed policy
+#   probe_enter / probe   the same with the probe's enter_s and policy
+# Output: one line per scenario, then the overhead of each context over `plain`.
+#
+#   scripts/context-cost.sh                 # about 5 minutes
+#   PG_BIN=/path/to/bin scripts/context-cost.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+pg_bin=${PG_BIN:-/usr/lib/postgresql/15/bin}
+work=${CONTEXT_COST_DIR:-$root/target/context-cost}
+port=${CONTEXT_COST_PORT:-55499}
+for tool in valgrind pgbench psql; do
+    command -v "$tool" >/dev/null || { echo "context-cost.sh: $tool is needed (apt-get install -y $tool)" >&2; exit 2; }
+done
+
+run_as=()
+if [ "$(id -u)" = 0 ]; then
+    user=${TENANCY_PG_USER:-postgres}
+    id "$user" >/dev/null 2>&1 || { echo "context-cost.sh: as root, PostgreSQL runs as an unprivileged user; none named $user" >&2; exit 2; }
+    run_as=(runuser -u "$user" --)
+fi
+
+rm -rf "$work"
+mkdir -p "$work/cg"
+[ ${#run_as[@]} -eq 0 ] || chown -R "$user" "$work"
+"${run_as[@]}" "$pg_bin/initdb" -D "$work/data" -A trust -U postgres >/dev/null
+"${run_as[@]}" valgrind --tool=cachegrind --cache-sim=no --trace-children=yes \
+    --cachegrind-out-file="$work/cg/cg.%p" "$pg_bin/postgres" -D "$work/data" -p "$port" -k "$work" \
+    -c listen_addresses= -c autovacuum=off -c shared_buffers=128MB >"$work/server.log" 2>&1 &
+server=$!
+stop() { kill -INT "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
+trap stop EXIT
+for _ in $(seq 1 600); do
+    psql -X -q -h "$work" -p "$port" -U postgres -d postgres -c 'SELECT 1' >/dev/null 2>&1 && break
+    sleep 0.2
+done
+
+sql=crates/tenancy-sdk/sql
+psql_su() { psql -X -q -v ON_ERROR_STOP=1 -h "$work" -p "$port" -U postgres "$@" >/dev/null; }
+psql_su -d postgres -f "$sql/bootstrap.sql"
+for db in plpgsql native; do
+    psql_su -d postgres -c "CREATE DATABASE $db"
+    sed "s/:dbname/$db/g" "$sql/database.sql" | psql_su -d "$db" -f -
+    psql_su -d "$db" -c "GRANT TEMPORARY ON DATABASE $db TO tenancy_owner"
+done
+psql_su -d native -f "$sql/native.sql"
+psql_su -d plpgsql -c "SET ROLE tenancy_owner" -c "SET tenancy.runtime_impl = 'plpgsql'" -f "$sql/runtime.sql"
+psql_su -d native -c "SET ROLE tenancy_owner" -f "$sql/runtime.sql"
+for db in plpgsql native; do
+    psql_su -d "$db" -c "SELECT tenancy.install_context_key('k1', repeat('ab', 32))" -f scripts/context-cost/tables.sql
+done
+psql_su -d plpgsql -f scripts/context-cost/session-probe.sql
+impl=$(psql -X -At -h "$work" -p "$port" -U postgres -d native -c \
+    "SELECT l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang WHERE p.oid = 'tenancy.enter(text)'::regprocedure")
+
+scenario() {
+    local name=$1 body=$2
+    printf '\\set t random(1, 20)\n\\set id random(1, 1000)\nBEGIN;\n%s\nCOMMIT;\n' "$body" >"$work/$name.sql"
+}
+uuid="('00000000-0000-0000-0000-' || lpad(:t::text, 12, '0'))::uuid"
+scenario empty 'SELECT 1;'
+scenario plain "SELECT payload FROM items_plain WHERE tenant_id = $uuid AND id = :id;"
+scenario naive "SELECT set_config('app.tenant_id', '00000000-0000-0000-0000-' || lpad(:t::text, 12, '0'), true);
+SELECT payload FROM items_naive WHERE id = :id;"
+scenario sign 'SELECT sign_token(:t);'
+scenario enter 'SELECT tenancy.enter(sign_token(:t));'
+scenario context 'SELECT tenancy.enter(sign_token(:t));
+SELECT payload FROM items WHERE id = :id;'
+scenario probe_enter 'SELECT tenancy.enter_s(0, :t, :s) AS s \gset'
+scenario probe 'SELECT tenancy.enter_s(0, :t, :s) AS s \gset
+SELECT payload FROM items_probe WHERE id = :id;'
+
+# Instructions of the backend that ran `n` transactions of scenario $1 on database $2:
+# the largest count among the processes that ended meanwhile (autovacuum is off).
+count() {
+    local before after f best=0 v
+    before=$(ls "$work/cg")
+    pgbench -n -M prepared -D s=0 -h "$work" -p "$port" -U tenancy_app -c 1 -t "$3" -f "$work/$1.sql" "$2" \
+        >"$work/pgbench.log" 2>&1 || { cat "$work/pgbench.log" >&2; exit 1; }
+    for _ in $(seq 1 100); do
+        after=$(comm -13 <(echo "$before") <(ls "$work/cg"))
+        [ -n "$after" ] && break
+        sleep 0.1
+    done
+    sleep 1
+    for f in $(comm -13 <(echo "$before") <(ls "$work/cg")); do
+        v=$(sed -n 's/^summary: //p' "$work/cg/$f")
+        [ "${v:-0}" -gt "$best" ] && best=$v
+    done
+    echo "$best"
+}
+declare -A cost
+measure() {
+    local key="$2/$1" a b
+    a=$(count "$1" "$2" 200)
+    b=$(count "$1" "$2" 1200)
+    cost[$key]=$(( (b - a) / 1000 ))
+    printf '%-10s %-20s %9d instructions per transaction\n' "$2" "$1" "${cost[$key]}"
+}
+for s in empty plain naive sign enter context probe_enter probe; do measure "$s" plpgsql; done
+for s in empty plain sign enter context; do measure "$s" native; done
+echo
+echo "overhead over plain (the read alone), per transaction:"
+p=plpgsql
+printf '  naive (set_config + policy on a setting)      %9d\n' $(( cost[$p/naive] - cost[$p/plain] ))
+printf '  PL/pgSQL context (enter + read)              %9d   (enter alone %d)\n' \
+    $(( cost[$p/context] - cost[$p/sign] + cost[$p/empty] - cost[$p/plain] )) $(( cost[$p/enter] - cost[$p/sign] + cost[$p/empty] - cost[$p/empty] ))
+printf '  probe: sequences + session secret (enter + read) %6d   (enter alone %d)\n' \
+    $(( cost[$p/probe] - cost[$p/plain] )) $(( cost[$p/probe_enter] - cost[$p/empty] ))
+printf '  %s context on database native (enter + read) %9d   (enter alone %d)\n' "$impl" \
+    $(( cost[native/context] - cost[native/sign] + cost[native/empty] - cost[native/plain] )) $(( cost[native/enter] - cost[native/sign] ))
