@@ -72,6 +72,12 @@ async fn peer(mut io: DuplexStream, log: Log, ready: oneshot::Receiver<()>) -> s
             }
             b'E' if portals
                 .get(&cstr(&body).0)
+                .is_some_and(|s| s.starts_with("COPY refused")) =>
+            {
+                be::error("COPY FROM not supported with row-level security")
+            }
+            b'E' if portals
+                .get(&cstr(&body).0)
                 .is_some_and(|s| s.starts_with("COPY")) =>
             {
                 copying = true;
@@ -316,6 +322,25 @@ async fn copy_in_writes_two_syncs_and_then_the_splice_stops_inserting() {
         e.is_closed() || e.to_string().contains("COPY FROM STDIN"),
         "{e}"
     );
+    assert!(client.is_closed());
+}
+
+#[tokio::test]
+async fn a_copy_refused_before_copy_mode_writes_copy_fail_and_a_second_sync() {
+    let (client, _, log) = connect().await;
+    let copy = client
+        .prepare("COPY refused FROM STDIN")
+        .await
+        .expect("prepare copy");
+    take(&log);
+    let r = client.copy_in::<_, Bytes>(&copy).await;
+    assert!(r.is_err());
+    drop(r);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Both Syncs are answered (the server is not in copy-in mode), so the splice's count
+    // holds. tokio-postgres routes the second ReadyForQuery to the next request, or, with
+    // none waiting, closes its connection on it.
+    assert_eq!(types(&take(&log)), "BESfS");
     assert!(client.is_closed());
 }
 

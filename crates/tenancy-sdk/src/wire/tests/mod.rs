@@ -13,6 +13,7 @@ use super::machine::{Machine, Reader, MAX_DROPPED, SYNC};
 mod assumptions;
 mod cases;
 mod prop;
+mod timing;
 
 /// One protocol message: type byte, length, body.
 pub(super) fn msg(t: u8, body: &[u8]) -> Vec<u8> {
@@ -404,6 +405,37 @@ fn after_copy_in_nothing_more_is_inserted() {
         n
     });
     assert_eq!(h.write(&fe::run("s1"), &[]), Err(FrameError::CopyIn));
+}
+
+#[test]
+fn a_copy_refused_before_copy_mode_keeps_the_count() {
+    // Refused before copy-in mode: both Syncs answered, insertion goes on as usual.
+    let mut h = Harness::armed();
+    let copy = [fe::run("s1"), msg(b'f', b"\0"), SYNC.to_vec()].concat();
+    h.write(&copy, &[]).expect("write");
+    let replies = [
+        be::bind_complete(),
+        be::error("COPY FROM not supported with row-level security"),
+        be::ready(b'I'),
+        be::ready(b'I'),
+    ]
+    .concat();
+    assert_eq!(h.read(&replies, &[]).as_deref(), Ok(&replies[..]));
+    let (opening, n) = explicit_opening();
+    h.m.queue(|b| {
+        b.extend_from_slice(&opening);
+        n
+    });
+    let run = fe::run("s1");
+    assert_eq!(h.write(&run, &[]), Ok([opening, run.clone()].concat()));
+    let carrier = [
+        be::bind_complete(),
+        be::complete("SELECT 0"),
+        be::ready(b'I'),
+    ]
+    .concat();
+    let server = [explicit_opening_replies(), carrier.clone()].concat();
+    assert_eq!(h.read(&server, &[]), Ok(carrier));
 }
 
 #[test]
