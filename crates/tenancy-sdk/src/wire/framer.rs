@@ -26,11 +26,14 @@ pub(crate) enum FrameError {
 /// The largest length field of any message: the protocol's lengths are signed 32-bit.
 pub(super) const MAX_LEN: u32 = i32::MAX as u32;
 
-/// Messages that each end with a ReadyForQuery (Sync and Query), and Queries among them.
+/// Messages that each end with a ReadyForQuery (Sync and Query), Queries among them, and
+/// where a CopyFail went.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Counts {
     pub(super) syncs: u64,
     pub(super) queries: u32,
+    /// Sync and Query messages before the last CopyFail among these bytes, if any.
+    pub(super) copy_fail: Option<u64>,
 }
 
 /// Frames a byte stream into protocol messages, calling back at each message start.
@@ -148,6 +151,7 @@ impl Framer {
                     c.syncs += 1;
                     c.queries += 1;
                 }
+                b'f' => c.copy_fail = Some(c.syncs),
                 _ => {}
             }
             true

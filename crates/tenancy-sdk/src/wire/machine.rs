@@ -157,10 +157,11 @@ impl Machine {
         let before = out.count(&buf[..pos])?;
         let rest = out.count(&buf[pos..])?;
         let stmts = std::mem::take(&mut self.pending_stmts);
-        let after_z = self.syncs_written + before.syncs;
+        // In stream order, so that skips stay ordered by `after_z`.
+        self.wrote(before);
         if stmts > 0 || sync {
             self.skips.push_back(Skip {
-                after_z,
+                after_z: self.syncs_written,
                 left: stmts,
                 sync,
             });
@@ -173,15 +174,24 @@ impl Machine {
         }
         wbuf.extend_from_slice(&buf[pos..]);
         self.syncs_written += u64::from(sync);
-        self.wrote(Counts {
-            syncs: before.syncs + rest.syncs,
-            queries: before.queries + rest.queries,
-        });
+        self.wrote(rest);
         Ok(true)
     }
 
-    /// Sync and Query messages tokio-postgres wrote.
+    /// Sync and Query messages (and CopyFail) tokio-postgres wrote.
     pub(super) fn wrote(&mut self, c: Counts) {
+        if let (Some(before), false) = (c.copy_fail, self.copy_in) {
+            // A COPY FROM STDIN the server refused before copy-in mode: tokio-postgres
+            // still ends it with CopyFail and a second Sync, which the server (out of
+            // copy mode) answers with a ReadyForQuery tokio-postgres does not expect, and
+            // would hand to its next request. That one is dropped here. (In copy-in mode,
+            // after CopyInResponse, the server ignored the first Sync instead.)
+            self.skips.push_back(Skip {
+                after_z: self.syncs_written + before,
+                left: 0,
+                sync: true,
+            });
+        }
         self.syncs_written += c.syncs;
         self.queries_ahead = self.queries_ahead.saturating_sub(c.queries);
     }

@@ -76,16 +76,17 @@
 //! 5. **A dropped statement is closed by a request of its own** (Close, Sync), possibly
 //!    just before the next request: the opening goes after it (above).
 //! 6. **COPY FROM STDIN** writes Bind, Execute, Sync, then CopyData, CopyDone (or
-//!    CopyFail) and a second Sync. In copy-in mode the server ignores the first Sync, so
-//!    that request yields one ReadyForQuery for two Syncs. The count cannot follow that:
-//!    when the server answers CopyInResponse the splice stops inserting on that
+//!    CopyFail) and a second Sync, and expects one ReadyForQuery. In copy-in mode the
+//!    server ignores the first Sync, so that is what it sends; the count cannot follow
+//!    that, so when the server answers CopyInResponse the splice stops inserting on that
 //!    connection, and its next opening fails with an I/O error that closes the connection
 //!    (`FrameError::CopyIn`; a transaction's first prepared statement then runs again on
 //!    another connection). A COPY refused before copy-in mode (any tenant table: row-level
-//!    security refuses COPY FROM) gets both ReadyForQuery messages and the count holds
-//!    (tokio-postgres itself then routes the second one to its next request, or closes
-//!    its connection on it when none is waiting). An opening
-//!    in front of a COPY request is fine: its replies come before CopyInResponse.
+//!    security refuses COPY FROM) ends with CopyFail and a second Sync, which the server
+//!    answers: the splice drops that second ReadyForQuery, which tokio-postgres would
+//!    otherwise hand to its next request (replies one request off) or close its
+//!    connection on. An opening in front of a COPY request is fine: its replies come
+//!    before CopyInResponse.
 //! 7. **Start-up ends at a message boundary**, with ReadyForQuery, before `connect_raw`
 //!    returns; nothing is written after it until the first request.
 

@@ -85,7 +85,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SpliceStream<S> {
         drop(s);
         let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
         let c = this.out.count(&buf[..n]).map_err(invalid)?;
-        if c.syncs > 0 {
+        if c.syncs > 0 || c.copy_fail.is_some() {
             this.splice.lock().wrote(c);
         }
         Poll::Ready(Ok(n))

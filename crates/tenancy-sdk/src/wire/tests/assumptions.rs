@@ -327,7 +327,7 @@ async fn copy_in_writes_two_syncs_and_then_the_splice_stops_inserting() {
 
 #[tokio::test]
 async fn a_copy_refused_before_copy_mode_writes_copy_fail_and_a_second_sync() {
-    let (client, _, log) = connect().await;
+    let (client, splice, log) = connect().await;
     let copy = client
         .prepare("COPY refused FROM STDIN")
         .await
@@ -337,11 +337,24 @@ async fn a_copy_refused_before_copy_mode_writes_copy_fail_and_a_second_sync() {
     assert!(r.is_err());
     drop(r);
     tokio::time::sleep(Duration::from_millis(20)).await;
-    // Both Syncs are answered (the server is not in copy-in mode), so the splice's count
-    // holds. tokio-postgres routes the second ReadyForQuery to the next request, or, with
-    // none waiting, closes its connection on it.
+    // Both Syncs are answered (the server is not in copy-in mode). tokio-postgres expects
+    // one ReadyForQuery (with none waiting it would close its connection on the second,
+    // with a request waiting hand it to that one): the splice drops the second.
     assert_eq!(types(&take(&log)), "BESfS");
-    assert!(client.is_closed());
+    assert!(!client.is_closed());
+    splice.push_opening(&Opening {
+        commit_first: false,
+        implicit: true,
+        read_only: true,
+        token: "v1.k.t.1.2.3.mac",
+        search_path: None,
+    });
+    client
+        .batch_execute("")
+        .await
+        .expect("the next request, with an opening");
+    assert_eq!(types(&take(&log)), "BESQ");
+    assert!(!splice.take_failed());
 }
 
 #[tokio::test]

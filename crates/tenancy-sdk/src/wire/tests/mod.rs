@@ -408,34 +408,46 @@ fn after_copy_in_nothing_more_is_inserted() {
 }
 
 #[test]
-fn a_copy_refused_before_copy_mode_keeps_the_count() {
-    // Refused before copy-in mode: both Syncs answered, insertion goes on as usual.
-    let mut h = Harness::armed();
+fn a_copy_refused_before_copy_mode_drops_the_extra_ready_for_query() {
+    // Refused before copy-in mode, the server answers both Syncs; tokio-postgres expects
+    // one ReadyForQuery, so the second (the CopyFail's Sync) is dropped, in any chunking.
     let copy = [fe::run("s1"), msg(b'f', b"\0"), SYNC.to_vec()].concat();
-    h.write(&copy, &[]).expect("write");
-    let replies = [
+    let refused = [
         be::bind_complete(),
         be::error("COPY FROM not supported with row-level security"),
         be::ready(b'I'),
-        be::ready(b'I'),
     ]
     .concat();
-    assert_eq!(h.read(&replies, &[]).as_deref(), Ok(&replies[..]));
-    let (opening, n) = explicit_opening();
-    h.m.queue(|b| {
-        b.extend_from_slice(&opening);
-        n
-    });
-    let run = fe::run("s1");
-    assert_eq!(h.write(&run, &[]), Ok([opening, run.clone()].concat()));
-    let carrier = [
-        be::bind_complete(),
-        be::complete("SELECT 0"),
-        be::ready(b'I'),
-    ]
-    .concat();
-    let server = [explicit_opening_replies(), carrier.clone()].concat();
-    assert_eq!(h.read(&server, &[]), Ok(carrier));
+    let replies = [refused.clone(), be::notice("n"), be::ready(b'I')].concat();
+    for chunks in chunkings(copy.len(), 7) {
+        let mut h = Harness::armed();
+        h.write(&copy, &chunks).expect("write");
+        for read_chunks in chunkings(replies.len(), 8).iter().step_by(7) {
+            let mut h2 = Harness::armed();
+            h2.write(&copy, &chunks).expect("write");
+            let got = h2.read(&replies, read_chunks).expect("read");
+            assert_eq!(got, [refused.clone(), be::notice("n")].concat());
+            assert!(h2.m.skips().is_empty());
+            assert!(!h2.m.failed);
+        }
+        // The count holds: an opening after it is inserted and filtered as usual.
+        h.read(&replies, &[]).expect("read");
+        let (opening, n) = explicit_opening();
+        h.m.queue(|b| {
+            b.extend_from_slice(&opening);
+            n
+        });
+        let run = fe::run("s1");
+        assert_eq!(h.write(&run, &[]), Ok([opening, run.clone()].concat()));
+        let carrier = [
+            be::bind_complete(),
+            be::complete("SELECT 0"),
+            be::ready(b'I'),
+        ]
+        .concat();
+        let server = [explicit_opening_replies(), carrier.clone()].concat();
+        assert_eq!(h.read(&server, &[]), Ok(carrier));
+    }
 }
 
 #[test]
