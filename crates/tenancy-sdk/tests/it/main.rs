@@ -11,5 +11,6 @@ mod logging;
 mod pgbouncer;
 mod residual;
 mod router;
+mod splice;
 mod support;
 mod tls;

@@ -1,0 +1,134 @@
+//! The SDK's own statements on a tenant connection: their names and texts, and the
+//! encoding of an opening as Bind/Execute messages (no Sync) of them.
+
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
+
+/// The statements prepared on every tenant connection, by name. Names resolve when they
+/// are prepared, at connection start, before any statement of a user runs (and a plan is
+/// re-analysed with that same search path); they are qualified anyway.
+pub(super) const PREPARED: &[(&str, &str)] = &[
+    // The modes are explicit: a session default an earlier transaction's SQL set (`SET
+    // default_transaction_read_only = on`) would otherwise apply to this transaction,
+    // which starts before `tenancy.enter` resets session settings.
+    (BEGIN, "BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE"),
+    (
+        BEGIN_READ_ONLY,
+        "BEGIN ISOLATION LEVEL READ COMMITTED, READ ONLY",
+    ),
+    (COMMIT, "COMMIT"),
+    (ENTER, "SELECT tenancy.enter($1::pg_catalog.text)"),
+    (
+        SEARCH_PATH,
+        "SELECT pg_catalog.set_config('search_path', $1::pg_catalog.text, true)",
+    ),
+    (RESET, "RESET ALL"),
+];
+/// Prepared only where the database has `tenancy.enter_read_only` (both context
+/// implementations do, unless the runtime predates it).
+pub(super) const PREPARED_IMPLICIT: (&str, &str) = (
+    ENTER_READ_ONLY,
+    "SELECT tenancy.enter_read_only($1::pg_catalog.text)",
+);
+const BEGIN: &str = "tenancy_begin";
+const BEGIN_READ_ONLY: &str = "tenancy_begin_ro";
+const COMMIT: &str = "tenancy_commit";
+const ENTER: &str = "tenancy_enter";
+const ENTER_READ_ONLY: &str = "tenancy_enter_ro";
+const SEARCH_PATH: &str = "tenancy_search_path";
+const RESET: &str = "tenancy_reset";
+pub(super) const RESET_SESSION: &str = "tenancy_reset_session";
+/// The opening statement of a transaction behind a transaction-mode pooler, parsed unnamed.
+const ENTER_SQL: &str = "SELECT tenancy.enter($1::pg_catalog.text)";
+
+/// What a transaction opening contains.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Opening<'a> {
+    /// A finished read-only transaction's COMMIT goes first.
+    pub(crate) commit_first: bool,
+    /// No BEGIN: the context is entered in the implicit transaction the carrying statement
+    /// runs in (up to its Sync), made read-only in the same statement.
+    pub(crate) implicit: bool,
+    /// `BEGIN READ ONLY` instead of `BEGIN`.
+    pub(crate) read_only: bool,
+    /// The signed context token.
+    pub(crate) token: &'a str,
+    /// The schema placement's `search_path`, already formatted.
+    pub(crate) search_path: Option<&'a str>,
+}
+
+/// Appends Parse messages of `stmts` (name, text) to `buf`; returns how many.
+pub(super) fn parse_all<'a>(
+    stmts: impl IntoIterator<Item = (&'a str, &'a str)>,
+    buf: &mut BytesMut,
+) -> u32 {
+    let mut n = 0;
+    for (name, sql) in stmts {
+        // Statement texts are constants without NUL bytes: encoding cannot fail.
+        let _ = frontend::parse(name, sql, [], buf);
+        n += 1;
+    }
+    n
+}
+
+/// Appends a Bind/Execute pair of prepared statement `name` (no Sync) to `buf`.
+fn bind_execute(name: &str, arg: Option<&str>, buf: &mut BytesMut) {
+    // Values are text without NUL bytes and statement names constants: cannot fail.
+    let _ = frontend::bind(
+        "",
+        name,
+        [0i16],
+        arg,
+        |v, buf| {
+            buf.extend_from_slice(v.as_bytes());
+            Ok(postgres_protocol::IsNull::No)
+        },
+        [0i16],
+        buf,
+    );
+    let _ = frontend::execute("", 0, buf);
+}
+
+/// Encodes an opening as Bind/Execute pairs of the prepared statements (no Sync) at the
+/// end of `buf`, and returns the number of statements whose replies the filter must drop.
+/// `reset`: run `tenancy_reset_session` between BEGIN and `enter`.
+pub(super) fn opening(o: &Opening<'_>, reset: bool, buf: &mut BytesMut) -> u32 {
+    let mut n = 0;
+    let mut stmt = |name: &str, arg: Option<&str>, buf: &mut BytesMut| {
+        bind_execute(name, arg, buf);
+        n += 1;
+    };
+    if o.commit_first {
+        stmt(COMMIT, None, buf);
+    }
+    if o.implicit {
+        stmt(ENTER_READ_ONLY, Some(o.token), buf);
+    } else {
+        stmt(if o.read_only { BEGIN_READ_ONLY } else { BEGIN }, None, buf);
+        if reset {
+            stmt(RESET_SESSION, None, buf);
+        }
+        stmt(ENTER, Some(o.token), buf);
+    }
+    if let Some(path) = o.search_path {
+        stmt(SEARCH_PATH, Some(path), buf);
+    }
+    n
+}
+
+/// Encodes a reset of session settings (one statement): `tenancy_reset_session` where
+/// `session` (it keeps the PL/pgSQL context's single-use mark), `RESET ALL` otherwise.
+pub(super) fn reset(session: bool, buf: &mut BytesMut) -> u32 {
+    bind_execute(if session { RESET_SESSION } else { RESET }, None, buf);
+    1
+}
+
+/// Encodes `tenancy.enter($token)` as an unnamed statement (Parse, Bind, Execute; no
+/// Sync); returns the replies that each end one counted reply (ParseComplete and
+/// CommandComplete).
+pub(super) fn transaction_enter(token: &str, buf: &mut BytesMut) -> u32 {
+    // Constant text and a token of `[a-z0-9.-]`: encoding cannot fail.
+    let _ = frontend::parse("", ENTER_SQL, [], buf);
+    bind_execute("", Some(token), buf);
+    2
+}
