@@ -204,50 +204,45 @@ fn domain_json(d: &Domain) -> Value {
     })
 }
 
-/// Claims a custom domain (state `pending`); the answer says which TXT record to publish.
-#[utoipa::path(put, path = "/v1/config/tenants/{tenant}/domains/{hostname}", tag = "config",
-    params(DomainPath),
-    responses((status = 200, body = Object), (status = 422, body = Problem, content_type = "application/problem+json")))]
-pub(super) async fn add_domain(
-    State(s): State<ConfigState>,
-    Path(DomainPath { tenant, hostname }): Path<DomainPath>,
-    headers: HeaderMap,
-) -> ApiResult<Json<Value>> {
-    let (m, tenant) = tenant_write(&headers, &tenant)?;
-    let d = s.store.add_domain(tenant, &hostname, &m).await?;
-    Ok(Json(domain_json(&d)))
+/// A domain operation answering the domain as it is after it: who and why, the tenant
+/// and hostname of the path, then `$call` (with `$s`, `$tenant`, `$host` and `$m` bound).
+macro_rules! domain_action {
+    ($(#[$doc:meta])* $name:ident, $method:ident, $path:literal, $status:literal,
+     |$s:ident, $tenant:ident, $host:ident, $m:ident| $call:expr) => {
+        $(#[$doc])*
+        #[utoipa::path($method, path = $path, tag = "config", params(DomainPath),
+            responses((status = 200, body = Object),
+                (status = $status, body = Problem, content_type = "application/problem+json")))]
+        pub(super) async fn $name(
+            State($s): State<ConfigState>,
+            Path(DomainPath { tenant, hostname: $host }): Path<DomainPath>,
+            headers: HeaderMap,
+        ) -> ApiResult<Json<Value>> {
+            let ($m, $tenant) = tenant_write(&headers, &tenant)?;
+            let d = $call.await?;
+            Ok(Json(domain_json(&d)))
+        }
+    };
 }
 
-/// Checks the domain's TXT record; verified on success, the failure recorded otherwise.
-#[utoipa::path(post, path = "/v1/config/tenants/{tenant}/domains/{hostname}/verify", tag = "config",
-    params(DomainPath),
-    responses((status = 200, body = Object), (status = 409, body = Problem, content_type = "application/problem+json")))]
-pub(super) async fn verify_domain(
-    State(s): State<ConfigState>,
-    Path(DomainPath { tenant, hostname }): Path<DomainPath>,
-    headers: HeaderMap,
-) -> ApiResult<Json<Value>> {
-    let (m, tenant) = tenant_write(&headers, &tenant)?;
-    let d = s
-        .store
-        .verify_domain(tenant, &hostname, s.resolver.as_ref(), &m)
-        .await?;
-    Ok(Json(domain_json(&d)))
-}
+domain_action!(
+    /// Claims a custom domain (state `pending`); the answer says which TXT record to
+    /// publish.
+    add_domain, put, "/v1/config/tenants/{tenant}/domains/{hostname}", 422,
+    |s, tenant, hostname, m| s.store.add_domain(tenant, &hostname, &m)
+);
 
-/// Switches a domain off.
-#[utoipa::path(post, path = "/v1/config/tenants/{tenant}/domains/{hostname}/disable", tag = "config",
-    params(DomainPath),
-    responses((status = 200, body = Object), (status = 404, body = Problem, content_type = "application/problem+json")))]
-pub(super) async fn disable_domain(
-    State(s): State<ConfigState>,
-    Path(DomainPath { tenant, hostname }): Path<DomainPath>,
-    headers: HeaderMap,
-) -> ApiResult<Json<Value>> {
-    let (m, tenant) = tenant_write(&headers, &tenant)?;
-    let d = s.store.disable_domain(tenant, &hostname, &m).await?;
-    Ok(Json(domain_json(&d)))
-}
+domain_action!(
+    /// Checks the domain's TXT record; verified on success, the failure recorded otherwise.
+    verify_domain, post, "/v1/config/tenants/{tenant}/domains/{hostname}/verify", 409,
+    |s, tenant, hostname, m| s.store.verify_domain(tenant, &hostname, s.resolver.as_ref(), &m)
+);
+
+domain_action!(
+    /// Switches a domain off.
+    disable_domain, post, "/v1/config/tenants/{tenant}/domains/{hostname}/disable", 404,
+    |s, tenant, hostname, m| s.store.disable_domain(tenant, &hostname, &m)
+);
 
 /// Removes a domain claim.
 #[utoipa::path(delete, path = "/v1/config/tenants/{tenant}/domains/{hostname}", tag = "config",
