@@ -34,15 +34,14 @@ impl<S> TenancyService<S> {
 /// W3C `traceparent`.
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
-/// Runs the request, then stamps its response with the request id and trace context: the
-/// `X-Request-Id` and `traceparent` headers on every response, `request_id` in every
-/// problem body. A `then` rather than an `async fn`: the request's future and the
-/// stamping share the space (an `async fn` would keep its argument and the awaited future
-/// side by side, doubling the per-request allocation).
+/// Runs the request, then stamps its response with the request id: the `X-Request-Id`
+/// header on every response, `request_id` in every problem body. A `then` rather than an
+/// `async fn`: the request's future and the stamping share the space (an `async fn` would
+/// keep its argument and the awaited future side by side, doubling the per-request
+/// allocation).
 fn with_request_id<E>(
     fut: impl Future<Output = Result<Response, E>>,
     id: RequestId,
-    trace: TraceParent,
 ) -> impl Future<Output = Result<Response, E>> {
     fut.then(move |res| async move {
         let mut resp = res?;
@@ -53,11 +52,18 @@ fn with_request_id<E>(
         if let Some(v) = id.header_value() {
             resp.headers_mut().insert(request_id::HEADER.clone(), v);
         }
-        if let Ok(v) = http::HeaderValue::from_str(&trace.to_string()) {
-            resp.headers_mut().insert(TRACEPARENT.clone(), v);
-        }
         Ok(resp)
     })
+}
+
+/// `resp` with the `traceparent` header naming the request's span. Stamped by the
+/// futures that already hold the trace context (a copy kept for the stamping alone would
+/// push the per-request future past 1 KB).
+fn traced(mut resp: Response, trace: &TraceParent) -> Response {
+    if let Ok(v) = http::HeaderValue::from_str(&trace.to_string()) {
+        resp.headers_mut().insert(TRACEPARENT.clone(), v);
+    }
+    resp
 }
 
 /// The request's own span in W3C trace-context terms: the caller's trace and sampled flag
@@ -144,8 +150,9 @@ where
         if tenancy.is_public(req.uri().path()) {
             count_resolution("public");
             req.extensions_mut().insert(PublicRoute);
-            let fut = TraceParent::scope(Some(trace), inner.call(req));
-            return ResponseFuture::new(with_request_id(fut, id, trace).instrument(span));
+            let fut = TraceParent::scope(Some(trace), inner.call(req))
+                .map(move |res| res.map(|resp| traced(resp, &trace)));
+            return ResponseFuture::new(with_request_id(fut, id).instrument(span));
         }
         // Split outside the future: what it captures is kept for its whole life, so
         // capturing the request and splitting it inside would hold both.
@@ -155,7 +162,7 @@ where
                 Ok(r) => r,
                 Err(e) => {
                     count_resolution(e.problem_type().code());
-                    return Ok(e.into_response());
+                    return Ok(traced(e.into_response(), &trace));
                 }
             };
             count_resolution("resolved");
@@ -167,7 +174,8 @@ where
                 match strip_path(&parts.uri, n) {
                     Some(u) => parts.uri = u,
                     None => {
-                        return Ok(HttpError::BadRequest("malformed path".into()).into_response())
+                        let e = HttpError::BadRequest("malformed path".into());
+                        return Ok(traced(e.into_response(), &trace));
                     }
                 }
             }
@@ -198,7 +206,7 @@ where
                 }
             };
             let ended = slot.finish(commit).await;
-            match outcome {
+            let answer = match outcome {
                 Ok(resp) => match ended {
                     Ok(()) => Ok(resp),
                     // The handler succeeded but its writes did not commit: the caller must
@@ -207,9 +215,10 @@ where
                 },
                 Err(Some(e)) => Err(e),
                 Err(None) => Ok(HttpError::internal("handler panicked").into_response()),
-            }
+            };
+            answer.map(|resp| traced(resp, &trace))
         };
-        ResponseFuture::new(with_request_id(fut, id, trace).instrument(span))
+        ResponseFuture::new(with_request_id(fut, id).instrument(span))
     }
 }
 
@@ -326,7 +335,10 @@ mod tests {
             assert_ne!(answered.parent_id(), caller.parent_id(), "{traceparent}");
             if continues {
                 assert_eq!(answered.trace_id(), caller.trace_id());
-                assert!(!answered.sampled(), "the caller's sampling decision is kept");
+                assert!(
+                    !answered.sampled(),
+                    "the caller's sampling decision is kept"
+                );
             } else {
                 assert_ne!(answered.trace_id(), caller.trace_id(), "{traceparent}");
                 assert!(answered.sampled(), "{traceparent}");

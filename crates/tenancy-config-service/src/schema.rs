@@ -46,8 +46,7 @@ pub fn check_stored(
     key: &SettingKey,
     value: &serde_json::Value,
 ) -> Result<(), tenancy_config::ConfigError> {
-    check_against(v, key, value)
-        .map_err(|e| tenancy_config::ConfigError::Conflict(e.to_string()))
+    check_against(v, key, value).map_err(|e| tenancy_config::ConfigError::Conflict(e.to_string()))
 }
 
 #[cfg(test)]

@@ -159,7 +159,11 @@ async fn start() -> Env {
         // The trace context a handler (and the jobs it enqueues) sees.
         .route(
             "/trace",
-            get(|| async { TraceParent::current().map(|t| t.to_string()).unwrap_or_default() }),
+            get(|| async {
+                TraceParent::current()
+                    .map(|t| t.to_string())
+                    .unwrap_or_default()
+            }),
         )
         .route(
             "/open",
@@ -378,6 +382,9 @@ async fn a_public_route_is_served_without_a_tenant_and_gets_no_tx() {
     }
 }
 
+/// A path, the headers to send and the status expected.
+type Route<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16);
+
 /// The `traceparent` of a response: valid, and the only one.
 fn traceparent_of(headers: &[(String, String)]) -> TraceParent {
     let values: Vec<&str> = headers
@@ -396,7 +403,7 @@ async fn every_response_names_the_request_span_in_a_w3c_traceparent() {
     let incoming = TraceParent::parse(caller).expect("caller");
     let auth = format!("Bearer {}", token(env.acme, Some("notes:read")));
     // A public route, a tenant route, and a refusal (a problem answered by the layer).
-    let routes: [(&str, Vec<(&str, &str)>, u16); 3] = [
+    let routes: [Route; 3] = [
         ("/trace", vec![], 200),
         ("/notes", vec![("authorization", auth.as_str())], 200),
         ("/notes", vec![], 401),

@@ -214,7 +214,9 @@ fn read_answer(mut s: TcpStream) -> Answer {
 fn valid_traceparent(v: &str) -> Option<String> {
     let parts: Vec<&str> = v.split('-').collect();
     let hex = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     let ok = parts.len() == 4
         && parts[0] == "00"

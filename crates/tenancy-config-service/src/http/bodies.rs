@@ -114,8 +114,13 @@ fn schemas() -> Vec<(&'static str, Value)> {
     let custom = {
         let mut c = condition(
             "custom",
-            ops(&["eq", "not_eq", "in", "not_in", "gt", "gte", "lt", "lte", "contains", "exists"]),
-            ("name", json!({"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[^\\u0000]*$"})),
+            ops(&[
+                "eq", "not_eq", "in", "not_in", "gt", "gte", "lt", "lte", "contains", "exists",
+            ]),
+            (
+                "name",
+                json!({"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[^\\u0000]*$"}),
+            ),
         );
         // The operand: optional (null when absent), its type depends on the operator.
         c["properties"]["value"] = reference("JsonValue");
@@ -384,7 +389,10 @@ mod tests {
     fn the_document_holds_exactly_the_schemas_the_server_checks() {
         for ((name, original), (_, parsed)) in schemas().into_iter().zip(components()) {
             let back = serde_json::to_value(&parsed).expect("serialize");
-            assert_eq!(back, original, "{name} changed on its way into the document");
+            assert_eq!(
+                back, original,
+                "{name} changed on its way into the document"
+            );
         }
         for c in COMPILED.iter() {
             assert!(c.name == "JsonValue" || c.name.ends_with("Body"));
@@ -402,13 +410,21 @@ mod tests {
     #[test]
     fn well_formed_bodies_pass() {
         let ok = [
-            ("EntitlementBody", json!({"kind": "feature", "default": true, "description": "SSO"})),
+            (
+                "EntitlementBody",
+                json!({"kind": "feature", "default": true, "description": "SSO"}),
+            ),
             ("EntitlementBody", json!({"kind": "limit", "default": null})),
             ("EntitlementBody", json!({"kind": "limit", "default": 5})),
-            ("PlanBody", json!({"display_name": " Pro ", "entitlements": {"sso": true, "seats": null},
-                "settings": {"ui": {"locale": "de", "n": [1, {"a": null}]}}, "flags": {"new-billing": "on"}})),
+            (
+                "PlanBody",
+                json!({"display_name": " Pro ", "entitlements": {"sso": true, "seats": null},
+                "settings": {"ui": {"locale": "de", "n": [1, {"a": null}]}}, "flags": {"new-billing": "on"}}),
+            ),
             ("RegionBody", json!({})),
-            ("FlagBody", json!({"kind": "multivariate", "variants": {"blue": {"hex": "#00f"}, "red": 1},
+            (
+                "FlagBody",
+                json!({"kind": "multivariate", "variants": {"blue": {"hex": "#00f"}, "red": 1},
                 "default_variant": "blue", "off_variant": "red", "killed": false,
                 "rules": [{"name": "beta", "conditions": [
                     {"attribute": "tenant_id", "op": "in", "values": ["0b5d4e1e-8a8c-4c49-9d55-5b7c2c3f0a11"]},
@@ -420,17 +436,39 @@ mod tests {
                     {"attribute": "custom", "name": "seats", "op": "gt", "value": 10},
                     {"attribute": "custom", "name": "vip", "op": "exists"}],
                   "serve": {"type": "rollout", "weights": [{"variant": "blue", "weight": 5000}, {"variant": "red", "weight": 5000}]}},
-                  {"serve": {"type": "variant", "variant": "red"}}]})),
-            ("SettingDefBody", json!({"schema": {"type": "string", "enum": ["en", "fr"]}, "default": "en"})),
-            ("SettingDefBody", json!({"schema": true, "default": [1, "x"], "description": ""})),
-            ("AttributesBody", json!({"tags": ["beta", "eu.customer"], "custom": {"Seats Max": 10}})),
-            ("OverrideBody", json!({"value": "on", "reason": "support ticket 42", "expires_at": "2999-12-31T23:59:59Z"})),
-            ("OverrideBody", json!({"value": null, "reason": "x", "expires_at": null})),
-            ("BrandingBody", json!({"display_name": "Acme Cloud", "primary_color": "#112233", "accent_color": "#ABCDEF",
+                  {"serve": {"type": "variant", "variant": "red"}}]}),
+            ),
+            (
+                "SettingDefBody",
+                json!({"schema": {"type": "string", "enum": ["en", "fr"]}, "default": "en"}),
+            ),
+            (
+                "SettingDefBody",
+                json!({"schema": true, "default": [1, "x"], "description": ""}),
+            ),
+            (
+                "AttributesBody",
+                json!({"tags": ["beta", "eu.customer"], "custom": {"Seats Max": 10}}),
+            ),
+            (
+                "OverrideBody",
+                json!({"value": "on", "reason": "support ticket 42", "expires_at": "2999-12-31T23:59:59Z"}),
+            ),
+            (
+                "OverrideBody",
+                json!({"value": null, "reason": "x", "expires_at": null}),
+            ),
+            (
+                "BrandingBody",
+                json!({"display_name": "Acme Cloud", "primary_color": "#112233", "accent_color": "#ABCDEF",
                 "logo_url": "https://cdn.acme.com/logo.svg?v=2", "email_from_name": "Acme Billing",
-                "email_from_address": "billing+eu@mail.acme.com"})),
-            ("BrandingBody", json!({"display_name": "A", "primary_color": "#000000", "accent_color": "#000000",
-                "logo_url": null, "email_from_name": "A", "email_from_address": "a@b.io"})),
+                "email_from_address": "billing+eu@mail.acme.com"}),
+            ),
+            (
+                "BrandingBody",
+                json!({"display_name": "A", "primary_color": "#000000", "accent_color": "#000000",
+                "logo_url": null, "email_from_name": "A", "email_from_address": "a@b.io"}),
+            ),
             ("JsonValue", json!({"any": ["json", 1, 2.5, true, null]})),
         ];
         for (schema, body) in ok {
@@ -444,42 +482,126 @@ mod tests {
     fn malformed_bodies_are_refused_naming_the_field() {
         let nul = "a\u{0}b";
         let cases: Vec<(&str, Value, &str)> = vec![
-            ("EntitlementBody", json!({"kind": "feature", "default": 3}), "body"),
-            ("EntitlementBody", json!({"kind": "limit", "default": -1}), "body"),
-            ("EntitlementBody", json!({"kind": "feature", "default": true, "key": "x"}), "body"),
+            (
+                "EntitlementBody",
+                json!({"kind": "feature", "default": 3}),
+                "body",
+            ),
+            (
+                "EntitlementBody",
+                json!({"kind": "limit", "default": -1}),
+                "body",
+            ),
+            (
+                "EntitlementBody",
+                json!({"kind": "feature", "default": true, "key": "x"}),
+                "body",
+            ),
             ("PlanBody", json!({"display_name": "   "}), "display_name"),
-            ("PlanBody", json!({"display_name": "P", "entitlements": {"Bad Key": true}}), "entitlements"),
-            ("PlanBody", json!({"display_name": "P", "entitlements": {"sso": "yes"}}), "entitlements/sso"),
-            ("PlanBody", json!({"display_name": "P", "settings": {"ui": {"k": nul}}}), "settings/ui"),
-            ("PlanBody", json!({"display_name": "P", "flags": {"f": "ON"}}), "flags/f"),
+            (
+                "PlanBody",
+                json!({"display_name": "P", "entitlements": {"Bad Key": true}}),
+                "entitlements",
+            ),
+            (
+                "PlanBody",
+                json!({"display_name": "P", "entitlements": {"sso": "yes"}}),
+                "entitlements/sso",
+            ),
+            (
+                "PlanBody",
+                json!({"display_name": "P", "settings": {"ui": {"k": nul}}}),
+                "settings/ui",
+            ),
+            (
+                "PlanBody",
+                json!({"display_name": "P", "flags": {"f": "ON"}}),
+                "flags/f",
+            ),
             ("RegionBody", json!({"region": "eu-west"}), "body"),
-            ("FlagBody", json!({"kind": "boolean", "variants": {}, "default_variant": "on", "off_variant": "off"}), "variants"),
-            ("FlagBody", json!({"kind": "boolean", "variants": {"on": true}, "default_variant": "on", "off_variant": "on",
-                "rules": [{"serve": {"type": "rollout", "weights": [{"variant": "on", "weight": 10001}]}}]}), "rules/0/serve"),
-            ("FlagBody", json!({"kind": "boolean", "variants": {"on": true}, "default_variant": "on", "off_variant": "on",
+            (
+                "FlagBody",
+                json!({"kind": "boolean", "variants": {}, "default_variant": "on", "off_variant": "off"}),
+                "variants",
+            ),
+            (
+                "FlagBody",
+                json!({"kind": "boolean", "variants": {"on": true}, "default_variant": "on", "off_variant": "on",
+                "rules": [{"serve": {"type": "rollout", "weights": [{"variant": "on", "weight": 10001}]}}]}),
+                "rules/0/serve",
+            ),
+            (
+                "FlagBody",
+                json!({"kind": "boolean", "variants": {"on": true}, "default_variant": "on", "off_variant": "on",
                 "rules": [{"conditions": [{"attribute": "created_at", "op": "before", "value": "yesterday"}],
-                           "serve": {"type": "variant", "variant": "on"}}]}), "rules/0/conditions/0"),
-            ("FlagBody", json!({"kind": "boolean", "variants": {"on": true}, "default_variant": "on", "off_variant": "on",
-                "description": "x".repeat(2001)}), "description"),
-            ("SettingDefBody", json!({"schema": 5, "default": 1}), "schema"),
+                           "serve": {"type": "variant", "variant": "on"}}]}),
+                "rules/0/conditions/0",
+            ),
+            (
+                "FlagBody",
+                json!({"kind": "boolean", "variants": {"on": true}, "default_variant": "on", "off_variant": "on",
+                "description": "x".repeat(2001)}),
+                "description",
+            ),
+            (
+                "SettingDefBody",
+                json!({"schema": 5, "default": 1}),
+                "schema",
+            ),
             ("SettingDefBody", json!({"schema": {}}), "body"),
             ("AttributesBody", json!({"tags": ["Beta"]}), "tags/0"),
             ("AttributesBody", json!({"custom": {"": 1}}), "custom"),
-            ("OverrideBody", json!({"value": "on", "reason": " "}), "reason"),
-            ("OverrideBody", json!({"value": "on", "reason": "x", "expires_at": "tomorrow"}), "expires_at"),
-            ("OverrideBody", json!({"value": "on", "reason": "x", "note": 1}), "body"),
-            ("BrandingBody", json!({"display_name": "Acme", "primary_color": "blue", "accent_color": "#000000",
-                "email_from_name": "A", "email_from_address": "a@b.io"}), "primary_color"),
-            ("BrandingBody", json!({"display_name": "Acme", "primary_color": "#000000", "accent_color": "#000000",
-                "logo_url": "http://acme.com/l.png", "email_from_name": "A", "email_from_address": "a@b.io"}), "logo_url"),
-            ("BrandingBody", json!({"display_name": "Acme", "primary_color": "#000000", "accent_color": "#000000",
-                "logo_url": "https://u:p@acme.com/l.png", "email_from_name": "A", "email_from_address": "a@b.io"}), "logo_url"),
-            ("BrandingBody", json!({"display_name": "Acme", "primary_color": "#000000", "accent_color": "#000000",
-                "email_from_name": "A <b>", "email_from_address": "a@b.io"}), "email_from_name"),
-            ("BrandingBody", json!({"display_name": "Acme", "primary_color": "#000000", "accent_color": "#000000",
-                "email_from_name": "A", "email_from_address": "a@localhost"}), "email_from_address"),
-            ("BrandingBody", json!({"display_name": "Ac\u{7}me", "primary_color": "#000000", "accent_color": "#000000",
-                "email_from_name": "A", "email_from_address": "a@b.io"}), "display_name"),
+            (
+                "OverrideBody",
+                json!({"value": "on", "reason": " "}),
+                "reason",
+            ),
+            (
+                "OverrideBody",
+                json!({"value": "on", "reason": "x", "expires_at": "tomorrow"}),
+                "expires_at",
+            ),
+            (
+                "OverrideBody",
+                json!({"value": "on", "reason": "x", "note": 1}),
+                "body",
+            ),
+            (
+                "BrandingBody",
+                json!({"display_name": "Acme", "primary_color": "blue", "accent_color": "#000000",
+                "email_from_name": "A", "email_from_address": "a@b.io"}),
+                "primary_color",
+            ),
+            (
+                "BrandingBody",
+                json!({"display_name": "Acme", "primary_color": "#000000", "accent_color": "#000000",
+                "logo_url": "http://acme.com/l.png", "email_from_name": "A", "email_from_address": "a@b.io"}),
+                "logo_url",
+            ),
+            (
+                "BrandingBody",
+                json!({"display_name": "Acme", "primary_color": "#000000", "accent_color": "#000000",
+                "logo_url": "https://u:p@acme.com/l.png", "email_from_name": "A", "email_from_address": "a@b.io"}),
+                "logo_url",
+            ),
+            (
+                "BrandingBody",
+                json!({"display_name": "Acme", "primary_color": "#000000", "accent_color": "#000000",
+                "email_from_name": "A <b>", "email_from_address": "a@b.io"}),
+                "email_from_name",
+            ),
+            (
+                "BrandingBody",
+                json!({"display_name": "Acme", "primary_color": "#000000", "accent_color": "#000000",
+                "email_from_name": "A", "email_from_address": "a@localhost"}),
+                "email_from_address",
+            ),
+            (
+                "BrandingBody",
+                json!({"display_name": "Ac\u{7}me", "primary_color": "#000000", "accent_color": "#000000",
+                "email_from_name": "A", "email_from_address": "a@b.io"}),
+                "display_name",
+            ),
             ("JsonValue", json!({"k": [nul]}), "body"),
             ("JsonValue", json!({nul: 1}), "body"),
         ];

@@ -140,4 +140,3 @@ async fn kill_switch(
     let key: FlagKey = parse("flag key", key)?;
     Ok(written(s.store.set_flag_killed(&key, killed, &m).await?))
 }
-

@@ -44,7 +44,10 @@ async fn send(env: &Env, inv: &str, traceparent: Option<&str>) -> (String, Trace
         .as_deref()
         .and_then(TraceParent::parse)
         .unwrap_or_else(|| panic!("a valid traceparent answered: {r:?}"));
-    (r.body["job_id"].as_str().expect("job id").to_owned(), answered)
+    (
+        r.body["job_id"].as_str().expect("job id").to_owned(),
+        answered,
+    )
 }
 
 #[tokio::test]
