@@ -212,20 +212,11 @@ fn read_answer(mut s: TcpStream) -> Answer {
 /// The trace id of a valid version-00 W3C `traceparent` (lowercase hex, ids not all
 /// zero), `None` for anything else.
 fn valid_traceparent(v: &str) -> Option<String> {
-    let parts: Vec<&str> = v.split('-').collect();
-    let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    let ok = parts.len() == 4
-        && parts[0] == "00"
-        && hex(parts[1], 32)
-        && hex(parts[2], 16)
-        && hex(parts[3], 2)
-        && parts[1].bytes().any(|b| b != b'0')
-        && parts[2].bytes().any(|b| b != b'0');
-    ok.then(|| parts[1].to_owned())
+    let p: Vec<&str> = v.split('-').collect();
+    let hex = |s: &str, n| s.len() == n && s.bytes().all(|b| b"0123456789abcdef".contains(&b));
+    let id = |s: &str, n| hex(s, n) && s.bytes().any(|b| b != b'0');
+    let ok = p.len() == 4 && p[0] == "00" && id(p[1], 32) && id(p[2], 16) && hex(p[3], 2);
+    ok.then(|| p[1].to_owned())
 }
 
 pub(crate) fn http(
