@@ -478,6 +478,14 @@ mod tests {
         }
     }
 
+    /// A valid branding with `field` set to `value`.
+    fn branding(field: &str, value: Value) -> Value {
+        let mut b = json!({"display_name": "Acme", "primary_color": "#000000",
+            "accent_color": "#000000", "email_from_name": "A", "email_from_address": "a@b.io"});
+        b[field] = value;
+        b
+    }
+
     #[test]
     fn malformed_bodies_are_refused_naming_the_field() {
         let nul = "a\u{0}b";
@@ -568,38 +576,32 @@ mod tests {
             ),
             (
                 "BrandingBody",
-                json!({"display_name": "Acme", "primary_color": "blue", "accent_color": "#000000",
-                "email_from_name": "A", "email_from_address": "a@b.io"}),
+                branding("primary_color", json!("blue")),
                 "primary_color",
             ),
             (
                 "BrandingBody",
-                json!({"display_name": "Acme", "primary_color": "#000000", "accent_color": "#000000",
-                "logo_url": "http://acme.com/l.png", "email_from_name": "A", "email_from_address": "a@b.io"}),
+                branding("logo_url", json!("http://acme.com/l.png")),
                 "logo_url",
             ),
             (
                 "BrandingBody",
-                json!({"display_name": "Acme", "primary_color": "#000000", "accent_color": "#000000",
-                "logo_url": "https://u:p@acme.com/l.png", "email_from_name": "A", "email_from_address": "a@b.io"}),
+                branding("logo_url", json!("https://u:p@acme.com/l.png")),
                 "logo_url",
             ),
             (
                 "BrandingBody",
-                json!({"display_name": "Acme", "primary_color": "#000000", "accent_color": "#000000",
-                "email_from_name": "A <b>", "email_from_address": "a@b.io"}),
+                branding("email_from_name", json!("A <b>")),
                 "email_from_name",
             ),
             (
                 "BrandingBody",
-                json!({"display_name": "Acme", "primary_color": "#000000", "accent_color": "#000000",
-                "email_from_name": "A", "email_from_address": "a@localhost"}),
+                branding("email_from_address", json!("a@localhost")),
                 "email_from_address",
             ),
             (
                 "BrandingBody",
-                json!({"display_name": "Ac\u{7}me", "primary_color": "#000000", "accent_color": "#000000",
-                "email_from_name": "A", "email_from_address": "a@b.io"}),
+                branding("display_name", json!("Ac\u{7}me")),
                 "display_name",
             ),
             ("JsonValue", json!({"k": [nul]}), "body"),
