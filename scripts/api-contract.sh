@@ -141,14 +141,18 @@ bearer = "${TENANCY_CONTRACT_ADMIN_TOKEN}"
 [checks]
 object_level_authorization.enabled = false
 
-# The configuration service's bodies are documented as free-form JSON objects whose rules
-# (a flag's variants and rules, a setting's JSON Schema, references to other keys, no NUL
-# in any string) are stated in words, not in the schema: a generated object that fits the
-# schema is still refused with 422, rightly. Every other check runs on them.
+# Three configuration bodies have rules between their own parts that no JSON Schema can
+# state, answered with 422 for a body that fits the schema: a flag's default, off and
+# served variants must be among its variants and each rollout's weights sum to 10000; a
+# setting's default must satisfy the setting's own schema (itself a valid JSON Schema);
+# an override's expiry must be in the future. For those three operations 422 is an
+# accepted answer to conforming data; every other check runs on them, and every other
+# operation takes the defaults (a reference to a missing definition is 404, a value that
+# does not fit a stored definition 409).
 [[operations]]
-include-path-regex = "^/v1/config/"
-include-method-regex = "(?i)^(put|post)$"
-checks.positive_data_acceptance.enabled = false
+include-path-regex = "^/v1/config/(flags/[^/]+|settings/[^/]+|tenants/[^/]+/overrides/[^/]+/[^/]+)$"
+include-method-regex = "(?i)^put$"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
 EOF
 
 start=$(date +%s)

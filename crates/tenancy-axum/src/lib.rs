@@ -30,10 +30,13 @@
 //!   worker live in `tenancy-jobs`. [`spawn_with_tenant`] for in-process tasks.
 //! - Request id and trace context: every response carries `X-Request-Id` (the client's
 //!   when it is sane, else a new one; [`RequestId`] in the request extensions) and every
-//!   problem body carries it as `request_id`. A valid incoming W3C `traceparent` is put in
-//!   the request extensions as a [`TraceParent`], recorded on the request span
-//!   (`trace_id`), and stored with the jobs the request enqueues; an invalid one is
-//!   ignored.
+//!   problem body carries it as `request_id`. Each request is a span in W3C trace-context
+//!   terms: under the caller's trace when its `traceparent` is valid (keeping its sampled
+//!   flag), else in a new trace (an invalid `traceparent` is ignored), with a new span id.
+//!   That span is answered in the response's `traceparent` header, put in the request
+//!   extensions as a [`TraceParent`] (and as the task's current one), recorded on the
+//!   request span (`trace_id`, `span_id`), and stored with the jobs the request enqueues,
+//!   whose spans are its children.
 //! - [`TenantKey`] / [`TenantCache`]: cache keys that cannot be built without a tenant.
 //!
 //! What it does not do: it never reaches tenant data except through the SDK's

@@ -36,9 +36,9 @@ static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Runs the request, then stamps its response with the request id: the `X-Request-Id`
 /// header on every response, `request_id` in every problem body. A `then` rather than an
-/// `async fn`: the request's future and the stamping share the space (an `async fn`
-/// would keep its argument and the awaited future side by side, doubling the
-/// per-request allocation).
+/// `async fn`: the request's future and the stamping share the space (an `async fn` would
+/// keep its argument and the awaited future side by side, doubling the per-request
+/// allocation).
 fn with_request_id<E>(
     fut: impl Future<Output = Result<Response, E>>,
     id: RequestId,
@@ -54,6 +54,45 @@ fn with_request_id<E>(
         }
         Ok(resp)
     })
+}
+
+/// `resp` with the `traceparent` header naming the request's span. Stamped by the
+/// futures that already hold the trace context (a copy kept for the stamping alone would
+/// push the per-request future past 1 KB).
+fn traced(mut resp: Response, trace: &TraceParent) -> Response {
+    if let Ok(v) = http::HeaderValue::from_str(&trace.to_string()) {
+        resp.headers_mut().insert(TRACEPARENT.clone(), v);
+    }
+    resp
+}
+
+/// The request's own span in W3C trace-context terms: the caller's trace and sampled flag
+/// when its `traceparent` is valid, else a new trace (sampled); always a new span id. An
+/// invalid `traceparent` is ignored, as the specification asks.
+fn server_span(headers: &http::HeaderMap) -> TraceParent {
+    let incoming = headers
+        .get(&TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
+    let (trace_id, flags) = match incoming {
+        Some(t) => (t.trace_id(), t.flags() & 1),
+        None => (nonzero_random(), 1),
+    };
+    loop {
+        if let Some(t) = TraceParent::new(trace_id, nonzero_random(), flags) {
+            return t;
+        }
+    }
+}
+
+/// Random bytes, not all zero (W3C forbids all-zero ids).
+fn nonzero_random<const N: usize>() -> [u8; N] {
+    loop {
+        let b: [u8; N] = std::array::from_fn(|_| rand::random());
+        if b.iter().any(|x| *x != 0) {
+            return b;
+        }
+    }
 }
 
 fn strip_path(uri: &Uri, n: usize) -> Option<Uri> {
@@ -90,12 +129,8 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let tenancy = self.tenancy.clone();
         let id = RequestId::from_headers(req.headers());
-        // An invalid traceparent is ignored: the request simply starts no trace here.
-        let trace = req
-            .headers()
-            .get(&TRACEPARENT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(TraceParent::parse);
+        // The request's span: under the caller's trace, or a new one.
+        let trace = server_span(req.headers());
         // The span exists before anything else runs; tenant_id is filled in as soon as
         // the tenant is known, before any handler code.
         let span = tracing::info_span!(
@@ -103,21 +138,21 @@ where
             method = %req.method(),
             path = %req.uri().path(),
             request_id = %id,
-            trace_id = tracing::field::Empty,
+            trace_id = %trace.trace_id_hex(),
+            span_id = %hex::encode(trace.parent_id()),
             tenant_id = tracing::field::Empty,
             tenant = tracing::field::Empty,
         );
         req.extensions_mut().insert(id.clone());
-        if let Some(t) = trace {
-            span.record("trace_id", t.trace_id_hex());
-            req.extensions_mut().insert(t);
-        }
+        req.extensions_mut().insert(trace);
         // A route declared public runs without a tenant: no resolution, no `Tenant`, no
         // tenant id, no transaction slot (the `Tx` and `Tenant` extractors refuse there).
         if tenancy.is_public(req.uri().path()) {
             count_resolution("public");
             req.extensions_mut().insert(PublicRoute);
-            return ResponseFuture::new(with_request_id(inner.call(req), id).instrument(span));
+            let fut = TraceParent::scope(Some(trace), inner.call(req))
+                .map(move |res| res.map(|resp| traced(resp, &trace)));
+            return ResponseFuture::new(with_request_id(fut, id).instrument(span));
         }
         // Split outside the future: what it captures is kept for its whole life, so
         // capturing the request and splitting it inside would hold both.
@@ -127,7 +162,7 @@ where
                 Ok(r) => r,
                 Err(e) => {
                     count_resolution(e.problem_type().code());
-                    return Ok(e.into_response());
+                    return Ok(traced(e.into_response(), &trace));
                 }
             };
             count_resolution("resolved");
@@ -139,7 +174,8 @@ where
                 match strip_path(&parts.uri, n) {
                     Some(u) => parts.uri = u,
                     None => {
-                        return Ok(HttpError::BadRequest("malformed path".into()).into_response())
+                        let e = HttpError::BadRequest("malformed path".into());
+                        return Ok(traced(e.into_response(), &trace));
                     }
                 }
             }
@@ -150,9 +186,9 @@ where
             parts.extensions.insert(tenant.id());
             parts.extensions.insert(slot.clone());
             let req = Request::from_parts(parts, body);
-            // Jobs the handler enqueues keep the request's trace context.
+            // Jobs the handler enqueues are children of the request's span.
             let out = TraceParent::scope(
-                trace,
+                Some(trace),
                 tenant.scope(AssertUnwindSafe(inner.call(req)).catch_unwind()),
             )
             .await;
@@ -170,7 +206,7 @@ where
                 }
             };
             let ended = slot.finish(commit).await;
-            match outcome {
+            let answer = match outcome {
                 Ok(resp) => match ended {
                     Ok(()) => Ok(resp),
                     // The handler succeeded but its writes did not commit: the caller must
@@ -179,7 +215,8 @@ where
                 },
                 Err(Some(e)) => Err(e),
                 Err(None) => Ok(HttpError::internal("handler panicked").into_response()),
-            }
+            };
+            answer.map(|resp| traced(resp, &trace))
         };
         ResponseFuture::new(with_request_id(fut, id).instrument(span))
     }
@@ -252,24 +289,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn handlers_get_the_request_id_and_a_valid_traceparent_and_nothing_else() {
+    async fn handlers_get_the_request_id_and_the_request_span_as_trace_context() {
         let app = axum::Router::new().route(
             "/x",
             axum::routing::get(|req: Request<axum::body::Body>| async move {
                 let id = req.extensions().get::<RequestId>().map(|r| r.to_string());
-                let tp = req.extensions().get::<TraceParent>().map(|t| t.to_string());
-                format!("{id:?} {tp:?}")
+                let tp = req.extensions().get::<TraceParent>().copied();
+                assert_eq!(tp, TraceParent::current(), "extension and task agree");
+                format!("{id:?} {}", tp.map(|t| t.to_string()).unwrap_or_default())
             }),
         );
         let mut svc = TenancyService::new(app, offline_tenancy());
-        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        for (traceparent, want) in [
-            (tp, format!("Some(\"r-1\") Some({tp:?})")),
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let caller = TraceParent::parse(tp).expect("caller");
+        for (traceparent, continues) in [
+            (tp, true),
             (
                 "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-                "Some(\"r-1\") None".to_owned(),
+                false,
             ),
-            ("nonsense", "Some(\"r-1\") None".to_owned()),
+            ("nonsense", false),
         ] {
             let req = Request::builder()
                 .uri("/x")
@@ -279,10 +318,31 @@ mod tests {
                 .expect("request");
             let resp = svc.call(req).await.expect("response");
             assert_eq!(resp.headers()["x-request-id"], "r-1");
+            let answered = resp.headers()["traceparent"]
+                .to_str()
+                .ok()
+                .and_then(TraceParent::parse)
+                .expect("a valid traceparent answered");
             let body = axum::body::to_bytes(resp.into_body(), 1024)
                 .await
                 .expect("body");
-            assert_eq!(String::from_utf8_lossy(&body), want, "{traceparent}");
+            // The handler saw the span the response names.
+            assert_eq!(
+                String::from_utf8_lossy(&body),
+                format!("Some(\"r-1\") {answered}"),
+                "{traceparent}"
+            );
+            assert_ne!(answered.parent_id(), caller.parent_id(), "{traceparent}");
+            if continues {
+                assert_eq!(answered.trace_id(), caller.trace_id());
+                assert!(
+                    !answered.sampled(),
+                    "the caller's sampling decision is kept"
+                );
+            } else {
+                assert_ne!(answered.trace_id(), caller.trace_id(), "{traceparent}");
+                assert!(answered.sampled(), "{traceparent}");
+            }
         }
     }
 

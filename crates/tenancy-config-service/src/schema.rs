@@ -1,5 +1,7 @@
 //! Typed settings: each setting's JSON Schema, compiled and enforced on every value the
-//! store is asked to write (definitions, plan and region layers, tenant values).
+//! store is asked to write (definitions, plan and region layers, tenant values). A
+//! definition whose default breaks its own schema is invalid; a value written for a
+//! stored definition that its schema refuses conflicts with that definition.
 
 use tenancy_config::model::{ModelError, SettingDef, SettingKey};
 
@@ -34,6 +36,17 @@ pub fn check_against(
             errors.join("; ")
         )))
     }
+}
+
+/// Checks a value written for a stored setting definition: one its schema refuses
+/// conflicts with that definition (a `Conflict`, not invalid input: the same value is
+/// valid under another schema).
+pub fn check_stored(
+    v: &jsonschema::Validator,
+    key: &SettingKey,
+    value: &serde_json::Value,
+) -> Result<(), tenancy_config::ConfigError> {
+    check_against(v, key, value).map_err(|e| tenancy_config::ConfigError::Conflict(e.to_string()))
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The layer configured as the README shows it (JWT + subdomain, plus a path prefix and a
 //! public route), on a real cluster, called over real HTTP: naming a tenant is never a
 //! credential, a credential of one tenant never selects another, absent scopes grant
-//! nothing, and a public route gets no transaction.
+//! nothing, a public route gets no transaction, and every response names the request's
+//! span in a W3C `traceparent`.
 
 use axum::routing::{get, post};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -10,6 +11,7 @@ use tenancy_axum::jwt::{JwtConfig, JwtIssuer, JwtKey, TenantClaim};
 use tenancy_axum::{HttpError, Source, Tenancy, Tenant, Tx};
 use tenancy_catalog::{NewCluster, NewTenant};
 use tenancy_core::{ContextKey, Placement, TenantId, TenantState};
+use tenancy_jobs::TraceParent;
 use tenancy_pg::testing::{TemplateDb, TestDb};
 use tenancy_sdk::bootstrap::{self, OWNER_ROLE, RUNTIME_ROLE};
 use tenancy_sdk::{ClusterCredentials, Router, RouterOptions};
@@ -149,10 +151,20 @@ async fn start() -> Env {
         .source(Source::path_prefix("/t"))
         .public("/health")
         .public("/open")
+        .public("/trace")
         .build()
         .expect("tenancy");
     let routes = axum::Router::new()
         .route("/health", get(|| async { "ok" }))
+        // The trace context a handler (and the jobs it enqueues) sees.
+        .route(
+            "/trace",
+            get(|| async {
+                TraceParent::current()
+                    .map(|t| t.to_string())
+                    .unwrap_or_default()
+            }),
+        )
         .route(
             "/open",
             get(|mut tx: Tx| async move { notes(&mut tx).await.map(axum::Json) }),
@@ -196,6 +208,22 @@ async fn write(t: Tenant, mut tx: Tx) -> Result<&'static str, HttpError> {
 impl Env {
     /// One HTTP/1.1 request; returns the status and the problem code (or body text).
     async fn call(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+        let (status, _, body) = self.exchange(method, path, headers).await;
+        let code = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v["code"].as_str().map(str::to_owned))
+            .unwrap_or(body);
+        (status, code)
+    }
+
+    /// One HTTP/1.1 request; returns the status, the response headers (names lowercase)
+    /// and the body.
+    async fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, Vec<(String, String)>, String) {
         let mut s = tokio::net::TcpStream::connect(&self.base)
             .await
             .expect("connect");
@@ -212,17 +240,18 @@ impl Env {
         let mut out = Vec::new();
         s.read_to_end(&mut out).await.expect("read");
         let text = String::from_utf8_lossy(&out).into_owned();
-        let status = text
-            .split(' ')
-            .nth(1)
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
             .and_then(|c| c.parse().ok())
             .expect("status");
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        let code = serde_json::from_str::<Value>(body)
-            .ok()
-            .and_then(|v| v["code"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| body.to_owned());
-        (status, code)
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        (status, headers, body.to_owned())
     }
 
     /// Every note of every tenant, read as the superuser (past row-level security).
@@ -350,6 +379,73 @@ async fn a_public_route_is_served_without_a_tenant_and_gets_no_tx() {
     ] {
         let r = env.call("GET", path, &[]).await;
         assert_eq!(r, (401, "unauthenticated".into()), "{path}");
+    }
+}
+
+/// A path, the headers to send and the status expected.
+type Route<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16);
+
+/// The `traceparent` of a response: valid, and the only one.
+fn traceparent_of(headers: &[(String, String)]) -> TraceParent {
+    let values: Vec<&str> = headers
+        .iter()
+        .filter(|(k, _)| k == "traceparent")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(values.len(), 1, "one traceparent: {headers:?}");
+    TraceParent::parse(values[0]).unwrap_or_else(|| panic!("valid traceparent: {}", values[0]))
+}
+
+#[tokio::test]
+async fn every_response_names_the_request_span_in_a_w3c_traceparent() {
+    let env = start().await;
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let incoming = TraceParent::parse(caller).expect("caller");
+    let auth = format!("Bearer {}", token(env.acme, Some("notes:read")));
+    // A public route, a tenant route, and a refusal (a problem answered by the layer).
+    let routes: [Route; 3] = [
+        ("/trace", vec![], 200),
+        ("/notes", vec![("authorization", auth.as_str())], 200),
+        ("/notes", vec![], 401),
+    ];
+    for (path, headers, status) in routes {
+        // With the caller's traceparent: the same trace and sampling, a new span.
+        let mut with = headers.clone();
+        with.push(("traceparent", caller));
+        let (got, resp, body) = env.exchange("GET", path, &with).await;
+        assert_eq!(got, status, "{path}: {body}");
+        let answered = traceparent_of(&resp);
+        assert_eq!(answered.trace_id(), incoming.trace_id(), "{path}");
+        assert_ne!(answered.parent_id(), incoming.parent_id(), "{path}");
+        assert!(answered.sampled(), "{path}");
+        if path == "/trace" {
+            // The handler runs in the span the response names (its jobs are its children).
+            assert_eq!(body, answered.to_string());
+        }
+        // Without one, and with malformed ones: a new trace each time.
+        let mut seen = vec![answered.trace_id()];
+        for bad in [
+            None,
+            Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"),
+            Some("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
+            Some("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some("nonsense"),
+        ] {
+            let mut h = headers.clone();
+            h.extend(bad.map(|v| ("traceparent", v)));
+            let (got, resp, body) = env.exchange("GET", path, &h).await;
+            assert_eq!(got, status, "{path} {bad:?}: {body}");
+            let fresh = traceparent_of(&resp);
+            assert!(
+                !seen.contains(&fresh.trace_id()),
+                "{path} {bad:?}: a new trace, got {fresh}"
+            );
+            seen.push(fresh.trace_id());
+            if path == "/trace" {
+                assert_eq!(body, fresh.to_string(), "{bad:?}");
+            }
+        }
     }
 }
 

@@ -209,6 +209,16 @@ fn read_answer(mut s: TcpStream) -> Answer {
     }
 }
 
+/// The trace id of a valid version-00 W3C `traceparent` (lowercase hex, ids not all
+/// zero), `None` for anything else.
+fn valid_traceparent(v: &str) -> Option<String> {
+    let p: Vec<&str> = v.split('-').collect();
+    let hex = |s: &str, n| s.len() == n && s.bytes().all(|b| b"0123456789abcdef".contains(&b));
+    let id = |s: &str, n| hex(s, n) && s.bytes().any(|b| b != b'0');
+    let ok = p.len() == 4 && p[0] == "00" && id(p[1], 32) && id(p[2], 16) && hex(p[3], 2);
+    ok.then(|| p[1].to_owned())
+}
+
 pub(crate) fn http(
     port: u16,
     method: &str,
@@ -400,10 +410,29 @@ fn serve_drains_on_sigterm_keeps_its_data_dir_and_exports_metrics() {
         tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && !tp.contains("00f067aa0ba902b7"),
         "{tp}"
     );
+    assert!(valid_traceparent(tp).is_some(), "{tp}");
     // Without one, a new id is made.
     let a = http(port, "GET", "/livez", &[], None);
     let id = a.headers.get("x-request-id").expect("request id");
     assert_eq!(id.len(), 32, "{id}");
+    // Without a traceparent, or with a malformed one (ignored), a new trace each time,
+    // answered in a valid traceparent.
+    let mut traces = vec!["4bf92f3577b34da6a3ce929d0e0e4736".to_owned()];
+    for bad in [
+        None,
+        Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+        Some("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
+        Some("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        Some("garbage"),
+    ] {
+        let headers: Vec<(&str, &str)> = bad.iter().map(|v| ("traceparent", *v)).collect();
+        let a = http(port, "GET", "/livez", &headers, None);
+        let tp = a.headers.get("traceparent").expect("traceparent out");
+        let trace = valid_traceparent(tp)
+            .unwrap_or_else(|| panic!("{bad:?}: a valid traceparent, got {tp}"));
+        assert!(!traces.contains(&trace), "{bad:?}: a new trace, got {tp}");
+        traces.push(trace);
+    }
 
     // A schema tenant whose storage step takes eight seconds.
     let (first, wf) = create_tenant(port, &token, "drain-one", "schema");

@@ -10,82 +10,83 @@ use tenancy_config::model::{
 };
 use tenancy_core::{PlanKey, RegionId};
 
+use super::params::{KeyPath, PlanPath, RegionPath};
 use super::{keyed_body, meta, parse, written, ApiResult, ConfigState, Problem, Written};
 
-/// Creates or replaces an entitlement definition (body: `{"kind": "feature"|"limit", "default": …, "description": …}`).
-#[utoipa::path(put, path = "/v1/config/entitlements/{key}", tag = "config",
-    params(("key" = String, Path, description = "entitlement key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
-    request_body(content = Object, description = "EntitlementDef without key"),
-    responses((status = 200, body = Written), (status = 422, body = Problem, content_type = "application/problem+json")))]
-pub(super) async fn put_entitlement(
-    State(s): State<ConfigState>,
-    Path(key): Path<String>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> ApiResult<Json<Written>> {
-    let (m, def) = keyed_body::<EntitlementKey, EntitlementDef>(
-        &headers,
-        "entitlement key",
-        &key,
-        "key",
-        body,
-    )?;
-    Ok(written(s.store.put_entitlement(&def, &m).await?))
+/// A `PUT` of a definition named by the path: the handler reads the key of the path as
+/// `$key` (reported as `$what`), checks the body against the schema `$schema`, sets the key
+/// as the body's `$field`, reads it as `$def` and writes it with the store's `$write`.
+macro_rules! put_definition {
+    ($(#[$doc:meta])* $name:ident, $path:literal, $params:ident { $param:ident }, $key:ty, $what:literal,
+     $field:literal, $schema:ident, $def:ty, $write:ident, $refs:literal) => {
+        $(#[$doc])*
+        #[utoipa::path(put, path = $path, tag = "config", params($params),
+            request_body(content = super::bodies::$schema),
+            responses((status = 200, body = Written),
+                (status = 404, description = $refs, body = Problem, content_type = "application/problem+json"),
+                (status = 409, description = "Conflicts with a stored definition", body = Problem, content_type = "application/problem+json"),
+                (status = 422, body = Problem, content_type = "application/problem+json")))]
+        pub(super) async fn $name(
+            State(s): State<ConfigState>,
+            Path($params { $param }): Path<$params>,
+            headers: HeaderMap,
+            Json(body): Json<Value>,
+        ) -> ApiResult<Json<Written>> {
+            let (m, def) =
+                keyed_body::<$key, $def>(&headers, $what, &$param, $field, stringify!($schema), body)?;
+            Ok(written(s.store.$write(&def, &m).await?))
+        }
+    };
 }
 
-/// Creates or replaces a plan (body: `{"display_name", "entitlements", "settings", "flags"}`).
-#[utoipa::path(put, path = "/v1/config/plans/{plan}", tag = "config",
-    params(("plan" = String, Path, description = "plan key", pattern = "^[a-z][a-z0-9_-]*$", max_length = 40)),
-    request_body(content = Object, description = "Plan without key"),
-    responses((status = 200, body = Written), (status = 422, body = Problem, content_type = "application/problem+json")))]
-pub(super) async fn put_plan(
-    State(s): State<ConfigState>,
-    Path(plan): Path<String>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> ApiResult<Json<Written>> {
-    let (m, plan) = keyed_body::<PlanKey, Plan>(&headers, "plan", &plan, "key", body)?;
-    Ok(written(s.store.put_plan(&plan, &m).await?))
-}
+put_definition!(
+    /// Creates or replaces an entitlement definition: a feature (`{"kind": "feature",
+    /// "default": true}`) or a limit (`{"kind": "limit", "default": 5}`, `null` for
+    /// unlimited). Its kind cannot change (409).
+    put_entitlement, "/v1/config/entitlements/{key}", KeyPath { key }, EntitlementKey,
+    "entitlement key", "key", EntitlementBody, EntitlementDef, put_entitlement,
+    "Not found"
+);
 
-/// Creates or replaces a region's layer (body: `{"entitlements", "settings", "flags"}`).
-#[utoipa::path(put, path = "/v1/config/regions/{region}", tag = "config",
-    params(("region" = String, Path, description = "region id", pattern = "^[a-z][a-z0-9]*(-[a-z0-9]+)*$", min_length = 2, max_length = 32)),
-    request_body(content = Object, description = "LayerValues"),
-    responses((status = 200, body = Written), (status = 404, body = Problem, content_type = "application/problem+json")))]
-pub(super) async fn put_region(
-    State(s): State<ConfigState>,
-    Path(region): Path<String>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> ApiResult<Json<Written>> {
-    let (m, layer) =
-        keyed_body::<RegionId, RegionLayer>(&headers, "region", &region, "region", body)?;
-    Ok(written(s.store.put_region_layer(&layer, &m).await?))
-}
+put_definition!(
+    /// Creates or replaces a plan (`{"display_name", "entitlements", "settings", "flags"}`).
+    /// Every key it names must be defined (404), and every value must fit its definition
+    /// (409).
+    put_plan, "/v1/config/plans/{plan}", PlanPath { plan }, PlanKey, "plan", "key", PlanBody, Plan,
+    put_plan, "An entitlement, setting or flag the plan names is not defined"
+);
 
-/// Creates or replaces a flag (body: a Flag without key).
-#[utoipa::path(put, path = "/v1/config/flags/{key}", tag = "config",
-    params(("key" = String, Path, description = "flag key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
-    request_body(content = Object, description = "Flag without key: kind, variants, default_variant, off_variant, killed, rules"),
-    responses((status = 200, body = Written), (status = 422, body = Problem, content_type = "application/problem+json")))]
-pub(super) async fn put_flag(
-    State(s): State<ConfigState>,
-    Path(key): Path<String>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> ApiResult<Json<Written>> {
-    let (m, flag) = keyed_body::<FlagKey, Flag>(&headers, "flag key", &key, "key", body)?;
-    Ok(written(s.store.put_flag(&flag, &m).await?))
-}
+put_definition!(
+    /// Creates or replaces a region's layer (`{"entitlements", "settings", "flags"}`). The
+    /// region must be registered and every key it names defined (404); every value must
+    /// fit its definition (409).
+    put_region, "/v1/config/regions/{region}", RegionPath { region }, RegionId, "region", "region",
+    RegionBody, RegionLayer, put_region_layer,
+    "The region, or an entitlement, setting or flag the layer names, does not exist"
+);
+
+put_definition!(
+    /// Creates or replaces a flag. Its default and off variants and the variants its rules
+    /// serve must be among its variants, and each rollout's weights sum to 10000 (422).
+    put_flag, "/v1/config/flags/{key}", KeyPath { key }, FlagKey, "flag key", "key", FlagBody,
+    Flag, put_flag, "Not found"
+);
+
+put_definition!(
+    /// Creates or replaces a typed setting (`{"schema": <JSON Schema>, "default": …,
+    /// "description"}`): the schema must be a valid JSON Schema and the default satisfy it
+    /// (422); a new schema must accept every value tenants have (409).
+    put_setting_def, "/v1/config/settings/{key}", KeyPath { key }, SettingKey, "setting key",
+    "key", SettingDefBody, SettingDef, put_setting_def, "Not found"
+);
 
 /// Reads a flag from the store.
 #[utoipa::path(get, path = "/v1/config/flags/{key}", tag = "config",
-    params(("key" = String, Path, description = "flag key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
+    params(KeyPath),
     responses((status = 200, body = Object), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub(super) async fn get_flag(
     State(s): State<ConfigState>,
-    Path(key): Path<String>,
+    Path(KeyPath { key }): Path<KeyPath>,
 ) -> ApiResult<Json<Flag>> {
     let key: FlagKey = parse("flag key", &key)?;
     Ok(Json(s.store.get_flag(&key).await?))
@@ -93,11 +94,11 @@ pub(super) async fn get_flag(
 
 /// Deletes a flag and its overrides.
 #[utoipa::path(delete, path = "/v1/config/flags/{key}", tag = "config",
-    params(("key" = String, Path, description = "flag key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
+    params(KeyPath),
     responses((status = 200, body = Written), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub(super) async fn delete_flag(
     State(s): State<ConfigState>,
-    Path(key): Path<String>,
+    Path(KeyPath { key }): Path<KeyPath>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Written>> {
     let m = meta(&headers)?;
@@ -107,11 +108,11 @@ pub(super) async fn delete_flag(
 
 /// Turns the kill switch on: the flag serves its off variant to everyone.
 #[utoipa::path(post, path = "/v1/config/flags/{key}/kill", tag = "config",
-    params(("key" = String, Path, description = "flag key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
+    params(KeyPath),
     responses((status = 200, body = Written), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub(super) async fn kill_flag(
     State(s): State<ConfigState>,
-    Path(key): Path<String>,
+    Path(KeyPath { key }): Path<KeyPath>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Written>> {
     kill_switch(&s, &key, &headers, true).await
@@ -119,11 +120,11 @@ pub(super) async fn kill_flag(
 
 /// Turns the kill switch off.
 #[utoipa::path(delete, path = "/v1/config/flags/{key}/kill", tag = "config",
-    params(("key" = String, Path, description = "flag key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
+    params(KeyPath),
     responses((status = 200, body = Written), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub(super) async fn unkill_flag(
     State(s): State<ConfigState>,
-    Path(key): Path<String>,
+    Path(KeyPath { key }): Path<KeyPath>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Written>> {
     kill_switch(&s, &key, &headers, false).await
@@ -138,20 +139,4 @@ async fn kill_switch(
     let m = meta(headers)?;
     let key: FlagKey = parse("flag key", key)?;
     Ok(written(s.store.set_flag_killed(&key, killed, &m).await?))
-}
-
-/// Creates or replaces a typed setting (body: `{"schema": <JSON Schema>, "default": …, "description"}`).
-#[utoipa::path(put, path = "/v1/config/settings/{key}", tag = "config",
-    params(("key" = String, Path, description = "setting key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
-    request_body(content = Object, description = "SettingDef without key"),
-    responses((status = 200, body = Written), (status = 422, body = Problem, content_type = "application/problem+json")))]
-pub(super) async fn put_setting_def(
-    State(s): State<ConfigState>,
-    Path(key): Path<String>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> ApiResult<Json<Written>> {
-    let (m, def) =
-        keyed_body::<SettingKey, SettingDef>(&headers, "setting key", &key, "key", body)?;
-    Ok(written(s.store.put_setting_def(&def, &m).await?))
 }

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use tenancy_core::TenantId;
 use time::OffsetDateTime;
 
+use super::params::TenantPath;
 use super::{bad, parse, ApiResult, ConfigState, Problem, ProblemCode};
 
 #[derive(Debug, Deserialize)]
@@ -60,11 +61,11 @@ pub(super) struct EvaluateQuery {
 /// Evaluates a tenant's flags, entitlements and settings in this process (for services
 /// in other languages). `stale` says whether the snapshot may be out of date.
 #[utoipa::path(get, path = "/v1/evaluate/{tenant}", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("flags" = Option<String>, Query, description = "comma-separated flag keys (an unknown key is answered as not found)", pattern = "^[^\\u0000]*$")),
+    params(TenantPath, ("flags" = Option<String>, Query, description = "comma-separated flag keys (an unknown key is answered as not found)", pattern = "^[^\\u0000]*$")),
     responses((status = 200, body = Object)))]
 pub(super) async fn evaluate(
     State(s): State<ConfigState>,
-    Path(tenant): Path<String>,
+    Path(TenantPath { tenant }): Path<TenantPath>,
     Query(q): Query<EvaluateQuery>,
 ) -> ApiResult<Json<Value>> {
     let tenant: TenantId = parse("tenant id", &tenant)?;

@@ -30,8 +30,10 @@ use utoipa::{OpenApi, ToSchema};
 use crate::dns::TxtResolver;
 use crate::store::{ChangeMeta, Store};
 
+mod bodies;
 mod definitions;
 mod evaluate;
+mod params;
 mod tenants;
 
 use definitions::*;
@@ -230,14 +232,22 @@ fn tenant_write(headers: &HeaderMap, tenant: &str) -> ApiResult<(ChangeMeta, Ten
     Ok((meta(headers)?, parse("tenant id", tenant)?))
 }
 
+/// A body checked against its schema ([`bodies`], a `validation` problem naming the
+/// fields that break it), then read as `T`.
+fn checked<T: DeserializeOwned>(schema: &str, body: Value) -> ApiResult<T> {
+    bodies::check(schema, &body)?;
+    from_json(body)
+}
+
 /// A `PUT` of something named by the path: who and why, then the key of the path
-/// (parsed as `what`), then the body with that key set as its `field`. Checked in that
-/// order.
+/// (parsed as `what`), then the body, checked against `schema` and read with that key set
+/// as its `field`. Checked in that order.
 fn keyed_body<K, T>(
     headers: &HeaderMap,
     what: &str,
     key: &str,
     field: &str,
+    schema: &str,
     mut body: Value,
 ) -> ApiResult<(ChangeMeta, T)>
 where
@@ -247,6 +257,7 @@ where
 {
     let m = meta(headers)?;
     let key: K = parse(what, key)?;
+    bodies::check(schema, &body)?;
     if let Some(o) = body.as_object_mut() {
         o.insert(field.into(), json!(key));
     }

@@ -10,8 +10,9 @@ use tenancy_config::model::{Branding, Domain, Override, OverrideTarget, SettingK
 use tenancy_core::TenantId;
 use time::OffsetDateTime;
 
+use super::params::{DomainPath, OverridePath, TenantKeyPath, TenantPath};
 use super::{
-    bad, from_json, parse, tenant_write, written, ApiResult, ConfigState, Problem, ProblemCode,
+    bad, checked, parse, tenant_write, written, ApiResult, ConfigState, Problem, ProblemCode,
     Written,
 };
 
@@ -25,18 +26,18 @@ struct AttributesBody {
 
 /// Sets a tenant's tags and custom attributes (body: `{"tags": [...], "custom": {...}}`).
 #[utoipa::path(put, path = "/v1/config/tenants/{tenant}/attributes", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
-    request_body(content = Object, description = "{tags, custom}"),
+    params(TenantPath),
+    request_body(content = super::bodies::AttributesBody),
     responses((status = 200, body = Written), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub(super) async fn put_attributes(
     State(s): State<ConfigState>,
-    Path(tenant): Path<String>,
+    Path(TenantPath { tenant }): Path<TenantPath>,
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> ApiResult<Json<Written>> {
     let ((m, tenant), body) = (
         tenant_write(&headers, &tenant)?,
-        from_json::<AttributesBody>(body)?,
+        checked::<AttributesBody>("AttributesBody", body)?,
     );
     Ok(written(
         s.store
@@ -66,18 +67,18 @@ fn target(kind: &str, key: &str) -> ApiResult<OverrideTarget> {
 /// Sets a per-tenant override (body: `{"value", "reason", "expires_at"?}`; a flag
 /// override's value is a variant key).
 #[utoipa::path(put, path = "/v1/config/tenants/{tenant}/overrides/{kind}/{key}", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("kind" = String, Path, description = "flag or entitlement", pattern = "^(flag|entitlement)$"), ("key" = String, Path, description = "key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
-    request_body(content = Object, description = "{value, reason, expires_at?}"),
-    responses((status = 200, body = Written), (status = 422, body = Problem, content_type = "application/problem+json")))]
+    params(OverridePath),
+    request_body(content = super::bodies::OverrideBody),
+    responses((status = 200, body = Written), (status = 404, description = "No such tenant, or no such definition", body = Problem, content_type = "application/problem+json"), (status = 409, description = "The value does not fit the stored definition", body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub(super) async fn put_override(
     State(s): State<ConfigState>,
-    Path((tenant, kind, key)): Path<(String, String, String)>,
+    Path(OverridePath { tenant, kind, key }): Path<OverridePath>,
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> ApiResult<Json<Written>> {
     let (m, tenant) = tenant_write(&headers, &tenant)?;
     let target = target(&kind, &key)?;
-    let body: OverrideBody = from_json(body)?;
+    let body: OverrideBody = checked("OverrideBody", body)?;
     let o = Override {
         tenant_id: tenant,
         target,
@@ -91,11 +92,11 @@ pub(super) async fn put_override(
 
 /// Removes a per-tenant override.
 #[utoipa::path(delete, path = "/v1/config/tenants/{tenant}/overrides/{kind}/{key}", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("kind" = String, Path, description = "flag or entitlement", pattern = "^(flag|entitlement)$"), ("key" = String, Path, description = "key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
+    params(OverridePath),
     responses((status = 200, body = Written), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub(super) async fn delete_override(
     State(s): State<ConfigState>,
-    Path((tenant, kind, key)): Path<(String, String, String)>,
+    Path(OverridePath { tenant, kind, key }): Path<OverridePath>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Written>> {
     let (m, tenant) = tenant_write(&headers, &tenant)?;
@@ -105,29 +106,29 @@ pub(super) async fn delete_override(
 
 /// Sets a tenant's white-label branding (validated).
 #[utoipa::path(put, path = "/v1/config/tenants/{tenant}/branding", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
-    request_body(content = Object, description = "Branding"),
+    params(TenantPath),
+    request_body(content = super::bodies::BrandingBody),
     responses((status = 200, body = Written), (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub(super) async fn put_branding(
     State(s): State<ConfigState>,
-    Path(tenant): Path<String>,
+    Path(TenantPath { tenant }): Path<TenantPath>,
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> ApiResult<Json<Written>> {
     let ((m, tenant), b) = (
         tenant_write(&headers, &tenant)?,
-        from_json::<Branding>(body)?,
+        checked::<Branding>("BrandingBody", body)?,
     );
     Ok(written(s.store.put_branding(tenant, &b, &m).await?))
 }
 
 /// A tenant's branding, from the snapshot.
 #[utoipa::path(get, path = "/v1/config/tenants/{tenant}/branding", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
+    params(TenantPath),
     responses((status = 200, body = Object), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub(super) async fn get_branding(
     State(s): State<ConfigState>,
-    Path(tenant): Path<String>,
+    Path(TenantPath { tenant }): Path<TenantPath>,
 ) -> ApiResult<Json<Branding>> {
     let tenant: TenantId = parse("tenant id", &tenant)?;
     s.client
@@ -146,17 +147,18 @@ pub(super) async fn get_branding(
 
 /// Sets a tenant's value of a typed setting (body: the JSON value; validated against the schema).
 #[utoipa::path(put, path = "/v1/config/tenants/{tenant}/settings/{key}", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("key" = String, Path, description = "setting key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
-    request_body(content = Object, description = "the value"),
-    responses((status = 200, body = Written), (status = 422, body = Problem, content_type = "application/problem+json")))]
+    params(TenantKeyPath),
+    request_body(content = super::bodies::JsonValue, description = "The value, valid under the setting's JSON Schema (409 when it is not)"),
+    responses((status = 200, body = Written), (status = 404, description = "No such tenant, or no such definition", body = Problem, content_type = "application/problem+json"), (status = 409, description = "The value does not fit the stored definition", body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub(super) async fn put_tenant_setting(
     State(s): State<ConfigState>,
-    Path((tenant, key)): Path<(String, String)>,
+    Path(TenantKeyPath { tenant, key }): Path<TenantKeyPath>,
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> ApiResult<Json<Written>> {
     let (m, tenant) = tenant_write(&headers, &tenant)?;
     let key: SettingKey = parse("setting key", &key)?;
+    super::bodies::check("JsonValue", &body)?;
     Ok(written(
         s.store.put_tenant_setting(tenant, &key, &body, &m).await?,
     ))
@@ -164,11 +166,11 @@ pub(super) async fn put_tenant_setting(
 
 /// Removes a tenant's value of a setting.
 #[utoipa::path(delete, path = "/v1/config/tenants/{tenant}/settings/{key}", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("key" = String, Path, description = "setting key", pattern = "^[a-z][a-z0-9_.-]*$", max_length = 64)),
+    params(TenantKeyPath),
     responses((status = 200, body = Written), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub(super) async fn delete_tenant_setting(
     State(s): State<ConfigState>,
-    Path((tenant, key)): Path<(String, String)>,
+    Path(TenantKeyPath { tenant, key }): Path<TenantKeyPath>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Written>> {
     let (m, tenant) = tenant_write(&headers, &tenant)?;
@@ -180,11 +182,11 @@ pub(super) async fn delete_tenant_setting(
 
 /// A tenant's custom domains.
 #[utoipa::path(get, path = "/v1/config/tenants/{tenant}/domains", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
+    params(TenantPath),
     responses((status = 200, body = Object)))]
 pub(super) async fn list_domains(
     State(s): State<ConfigState>,
-    Path(tenant): Path<String>,
+    Path(TenantPath { tenant }): Path<TenantPath>,
 ) -> ApiResult<Json<Value>> {
     let tenant: TenantId = parse("tenant id", &tenant)?;
     let domains = s.store.list_domains(tenant).await?;
@@ -202,58 +204,53 @@ fn domain_json(d: &Domain) -> Value {
     })
 }
 
-/// Claims a custom domain (state `pending`); the answer says which TXT record to publish.
-#[utoipa::path(put, path = "/v1/config/tenants/{tenant}/domains/{hostname}", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("hostname" = String, Path, description = "hostname (at least two labels of a-z, 0-9 and inner '-'; the last has a letter)", pattern = "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", max_length = 253)),
-    responses((status = 200, body = Object), (status = 422, body = Problem, content_type = "application/problem+json")))]
-pub(super) async fn add_domain(
-    State(s): State<ConfigState>,
-    Path((tenant, hostname)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> ApiResult<Json<Value>> {
-    let (m, tenant) = tenant_write(&headers, &tenant)?;
-    let d = s.store.add_domain(tenant, &hostname, &m).await?;
-    Ok(Json(domain_json(&d)))
+/// A domain operation answering the domain as it is after it: who and why, the tenant
+/// and hostname of the path, then `$call` (with `$s`, `$tenant`, `$host` and `$m` bound).
+macro_rules! domain_action {
+    ($(#[$doc:meta])* $name:ident, $method:ident, $path:literal, $status:literal,
+     |$s:ident, $tenant:ident, $host:ident, $m:ident| $call:expr) => {
+        $(#[$doc])*
+        #[utoipa::path($method, path = $path, tag = "config", params(DomainPath),
+            responses((status = 200, body = Object),
+                (status = $status, body = Problem, content_type = "application/problem+json")))]
+        pub(super) async fn $name(
+            State($s): State<ConfigState>,
+            Path(DomainPath { tenant, hostname: $host }): Path<DomainPath>,
+            headers: HeaderMap,
+        ) -> ApiResult<Json<Value>> {
+            let ($m, $tenant) = tenant_write(&headers, &tenant)?;
+            let d = $call.await?;
+            Ok(Json(domain_json(&d)))
+        }
+    };
 }
 
-/// Checks the domain's TXT record; verified on success, the failure recorded otherwise.
-#[utoipa::path(post, path = "/v1/config/tenants/{tenant}/domains/{hostname}/verify", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("hostname" = String, Path, description = "hostname (at least two labels of a-z, 0-9 and inner '-'; the last has a letter)", pattern = "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", max_length = 253)),
-    responses((status = 200, body = Object), (status = 409, body = Problem, content_type = "application/problem+json")))]
-pub(super) async fn verify_domain(
-    State(s): State<ConfigState>,
-    Path((tenant, hostname)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> ApiResult<Json<Value>> {
-    let (m, tenant) = tenant_write(&headers, &tenant)?;
-    let d = s
-        .store
-        .verify_domain(tenant, &hostname, s.resolver.as_ref(), &m)
-        .await?;
-    Ok(Json(domain_json(&d)))
-}
+domain_action!(
+    /// Claims a custom domain (state `pending`); the answer says which TXT record to
+    /// publish.
+    add_domain, put, "/v1/config/tenants/{tenant}/domains/{hostname}", 422,
+    |s, tenant, hostname, m| s.store.add_domain(tenant, &hostname, &m)
+);
 
-/// Switches a domain off.
-#[utoipa::path(post, path = "/v1/config/tenants/{tenant}/domains/{hostname}/disable", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("hostname" = String, Path, description = "hostname (at least two labels of a-z, 0-9 and inner '-'; the last has a letter)", pattern = "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", max_length = 253)),
-    responses((status = 200, body = Object), (status = 404, body = Problem, content_type = "application/problem+json")))]
-pub(super) async fn disable_domain(
-    State(s): State<ConfigState>,
-    Path((tenant, hostname)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> ApiResult<Json<Value>> {
-    let (m, tenant) = tenant_write(&headers, &tenant)?;
-    let d = s.store.disable_domain(tenant, &hostname, &m).await?;
-    Ok(Json(domain_json(&d)))
-}
+domain_action!(
+    /// Checks the domain's TXT record; verified on success, the failure recorded otherwise.
+    verify_domain, post, "/v1/config/tenants/{tenant}/domains/{hostname}/verify", 409,
+    |s, tenant, hostname, m| s.store.verify_domain(tenant, &hostname, s.resolver.as_ref(), &m)
+);
+
+domain_action!(
+    /// Switches a domain off.
+    disable_domain, post, "/v1/config/tenants/{tenant}/domains/{hostname}/disable", 404,
+    |s, tenant, hostname, m| s.store.disable_domain(tenant, &hostname, &m)
+);
 
 /// Removes a domain claim.
 #[utoipa::path(delete, path = "/v1/config/tenants/{tenant}/domains/{hostname}", tag = "config",
-    params(("tenant" = String, Path, description = "tenant id (a UUID, not the nil one)", pattern = "^(?!00000000-0000-0000-0000-000000000000$)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), ("hostname" = String, Path, description = "hostname (at least two labels of a-z, 0-9 and inner '-'; the last has a letter)", pattern = "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", max_length = 253)),
+    params(DomainPath),
     responses((status = 200, body = Written), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub(super) async fn remove_domain(
     State(s): State<ConfigState>,
-    Path((tenant, hostname)): Path<(String, String)>,
+    Path(DomainPath { tenant, hostname }): Path<DomainPath>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Written>> {
     let (m, tenant) = tenant_write(&headers, &tenant)?;

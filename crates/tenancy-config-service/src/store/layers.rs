@@ -10,9 +10,10 @@ use super::settings::setting_def;
 use super::{
     exec, invalid, not_found, row_json, to_json, valid, ChangeMeta, ChangeRecord, Scope, Store, Tx,
 };
-use crate::schema::{check_against, compile_setting};
+use crate::schema::{check_stored, compile_setting};
 
-/// Checks a plan's or region's values against the definitions.
+/// Checks a plan's or region's values against the definitions: a key without one is
+/// `NotFound`, a value that does not fit its definition a `Conflict`.
 async fn validate_layer(tx: &Tx<'_>, layer: &LayerValues) -> Result<(), ConfigError> {
     let kinds = entitlement_kinds(tx).await?;
     for (k, v) in &layer.entitlements {
@@ -20,7 +21,7 @@ async fn validate_layer(tx: &Tx<'_>, layer: &LayerValues) -> Result<(), ConfigEr
             .get(k.as_str())
             .ok_or_else(|| not_found("entitlement", k))?;
         if !v.fits(*kind) {
-            return Err(invalid(format!(
+            return Err(ConfigError::Conflict(format!(
                 "entitlement {k} is a {kind:?}; {} does not fit it",
                 v.to_json()
             )));
@@ -29,12 +30,14 @@ async fn validate_layer(tx: &Tx<'_>, layer: &LayerValues) -> Result<(), ConfigEr
     for (k, v) in &layer.settings {
         let def = setting_def(tx, k).await?;
         let validator = compile_setting(&def)?;
-        check_against(&validator, k, v)?;
+        check_stored(&validator, k, v)?;
     }
     for (k, variant) in &layer.flags {
         let flag = stored_flag(tx, k).await?;
         if !flag.variants.contains_key(variant) {
-            return Err(invalid(format!("flag {k} has no variant {variant}")));
+            return Err(ConfigError::Conflict(format!(
+                "flag {k} has no variant {variant}"
+            )));
         }
     }
     Ok(())

@@ -22,7 +22,7 @@ fn kind_and_key(target: &OverrideTarget) -> (&'static str, &str) {
 }
 
 /// Checks that an override's value fits its target: a variant of the flag, or a value of
-/// the entitlement's kind.
+/// the entitlement's kind (a `Conflict` with the stored definition otherwise).
 async fn check_target(tx: &Tx<'_>, o: &Override) -> Result<(), ConfigError> {
     match &o.target {
         OverrideTarget::Flag(k) => {
@@ -32,7 +32,7 @@ async fn check_target(tx: &Tx<'_>, o: &Override) -> Result<(), ConfigError> {
                 .as_str()
                 .is_some_and(|v| flag.variants.keys().any(|k| k.as_str() == v));
             if !ok {
-                return Err(invalid(format!(
+                return Err(ConfigError::Conflict(format!(
                     "an override of flag {k} names one of its variants ({})",
                     flag.variants
                         .keys()
@@ -48,13 +48,13 @@ async fn check_target(tx: &Tx<'_>, o: &Override) -> Result<(), ConfigError> {
                 .get(k.as_str())
                 .ok_or_else(|| not_found("entitlement", k))?;
             let v: EntitlementValue = serde_json::from_value(o.value.clone()).map_err(|_| {
-                invalid(format!(
+                ConfigError::Conflict(format!(
                     "override of entitlement {k}: {} is not an entitlement value",
                     o.value
                 ))
             })?;
             if !v.fits(*kind) {
-                return Err(invalid(format!(
+                return Err(ConfigError::Conflict(format!(
                     "override of entitlement {k}: {} does not fit a {kind:?}",
                     o.value
                 )));

@@ -9,7 +9,7 @@ use super::{
     exec, not_found, nothing, row_json, tenant_exists, to_json, valid, ChangeMeta, ChangeRecord,
     Scope, Store, Tx,
 };
-use crate::schema::{check_against, compile_setting};
+use crate::schema::{check_against, check_stored, compile_setting};
 
 /// A setting's definition (`NotFound` when there is none).
 pub(super) async fn setting_def(tx: &Tx<'_>, key: &SettingKey) -> Result<SettingDef, ConfigError> {
@@ -109,7 +109,7 @@ impl Store {
             tenant_exists(tx, tenant).await?;
             let def = setting_def(tx, key).await?;
             let validator = compile_setting(&def)?;
-            check_against(&validator, key, value)?;
+            check_stored(&validator, key, value)?;
             let before = row_json(
                 tx,
                 "SELECT value FROM tenancy_catalog.config_tenant_settings WHERE tenant_id = $1 AND key = $2 FOR UPDATE",

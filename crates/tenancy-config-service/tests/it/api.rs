@@ -148,7 +148,8 @@ async fn invalid_input_is_a_problem_json() {
     )
     .await;
     assert_eq!(r.body["primary_color"], "#0000ff");
-    // Plans are checked against definitions.
+    // Plans are checked against definitions: an undefined key is 404, a value that does
+    // not fit the definition's kind 409.
     problem(
         &put(
             app.addr,
@@ -176,8 +177,8 @@ async fn invalid_input_is_a_problem_json() {
             json!({"display_name": "Pro", "entitlements": {"sso": 3}}),
         )
         .await,
-        422,
-        "validation",
+        409,
+        "conflict",
     );
     // An entitlement cannot change kind.
     problem(
@@ -190,7 +191,8 @@ async fn invalid_input_is_a_problem_json() {
         409,
         "conflict",
     );
-    // Overrides need a reason and a known variant.
+    // Overrides need a reason (422) and a variant of the flag (409: it conflicts with the
+    // stored flag).
     let body = json!({"value": "on", "reason": ""});
     assert_eq!(put(app.addr, "/v1/config/flags/f", json!({"kind": "boolean", "variants": {"on": true, "off": false}, "default_variant": "off", "off_variant": "off"})).await.status, 200);
     problem(
@@ -210,8 +212,8 @@ async fn invalid_input_is_a_problem_json() {
             json!({"value": "blue", "reason": "x"}),
         )
         .await,
-        422,
-        "validation",
+        409,
+        "conflict",
     );
 }
 
@@ -263,8 +265,8 @@ async fn settings_are_typed_by_json_schema_and_layered() {
             json!({"settings": {"ui": {"locale": "xx"}}}),
         )
         .await,
-        422,
-        "validation",
+        409,
+        "conflict",
     );
     let r = put(
         app.addr,
@@ -272,7 +274,7 @@ async fn settings_are_typed_by_json_schema_and_layered() {
         json!({"locale": "fr", "max_upload_mb": 0}),
     )
     .await;
-    problem(&r, 422, "validation");
+    problem(&r, 409, "conflict");
     assert!(
         r.body["detail"]
             .as_str()
@@ -433,4 +435,84 @@ async fn evaluate_and_explain_endpoints() {
         "{paths:?}"
     );
     assert!(paths.len() >= 18, "{paths:?}");
+}
+
+#[tokio::test]
+async fn bodies_outside_their_schema_are_refused_naming_the_field_and_nothing_is_stored() {
+    let db = fresh_db().await;
+    let app = app(&db).await;
+    let t = tenant(&db, "free", "eu-west").await;
+    let changes = || async {
+        call(app.addr, "GET", "/v1/config/changes", &[], None)
+            .await
+            .body["changes"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let before = changes().await;
+    let nul = "a\u{0}b";
+    let cases = [
+        (
+            "/v1/config/flags/f".to_owned(),
+            json!({"kind": "boolean", "variants": {"on": true, "off": false}, "default_variant": "off",
+                   "off_variant": "off", "owner": "me"}),
+            "body",
+        ),
+        (
+            "/v1/config/flags/f".to_owned(),
+            json!({"kind": "boolean", "variants": {"on": true, "off": false}, "default_variant": "off",
+                   "off_variant": "off", "rules": [{"serve": {"type": "variant", "variant": "On"}}]}),
+            "rules/0/serve",
+        ),
+        (
+            "/v1/config/entitlements/sso".to_owned(),
+            json!({"kind": "feature", "default": 1}),
+            "body",
+        ),
+        (
+            "/v1/config/plans/pro".to_owned(),
+            json!({"display_name": "Pro", "settings": {"ui": {"footer": nul}}}),
+            "settings/ui",
+        ),
+        (
+            "/v1/config/settings/ui".to_owned(),
+            json!({"schema": {"type": "string"}, "default": "x", "key": "ui"}),
+            "body",
+        ),
+        (
+            format!("/v1/config/tenants/{t}/attributes"),
+            json!({"tags": ["ok", "Not Ok"]}),
+            "tags/1",
+        ),
+        (
+            format!("/v1/config/tenants/{t}/overrides/flag/f"),
+            json!({"value": "on", "reason": "x", "expires_at": "2030-02-30"}),
+            "expires_at",
+        ),
+        (
+            format!("/v1/config/tenants/{t}/branding"),
+            json!({"display_name": "Acme", "primary_color": "#000000", "accent_color": "#000000",
+                   "logo_url": "https://acme.com/logo.png", "email_from_name": "Acme", "email_from_address": "hi@acme.com",
+                   "favicon": "x"}),
+            "body",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let r = put(app.addr, &path, body.clone()).await;
+        problem(&r, 422, "validation");
+        let errors = r.body["errors"].as_array().cloned().unwrap_or_default();
+        assert!(
+            errors.iter().any(|e| e["field"] == field),
+            "{path} {body}: {:?}",
+            r.body
+        );
+        assert!(
+            r.body["detail"].as_str().unwrap_or("").contains(field),
+            "{:?}",
+            r.body
+        );
+    }
+    assert_eq!(changes().await, before, "nothing was written");
+    let r = call(app.addr, "GET", "/v1/config/flags/f", &[], None).await;
+    problem(&r, 404, "not-found");
 }

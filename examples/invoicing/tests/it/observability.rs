@@ -1,11 +1,13 @@
 //! What a request carries into its answer and its jobs, over real HTTP against the app:
 //! the request id (the `X-Request-Id` header and `request_id` in every problem body) and
-//! the W3C trace context (a valid `traceparent` is stored with the jobs the request
-//! enqueues; anything else is ignored).
+//! the W3C trace context (the request is a span of the caller's trace when its
+//! `traceparent` is valid, of a new trace otherwise; the response's `traceparent` names
+//! that span, and the jobs the request enqueues are its children).
 
 use std::time::Duration;
 
 use serde_json::json;
+use tenancy_axum::TraceParent;
 
 use crate::support::*;
 
@@ -25,8 +27,9 @@ async fn job_trace(env: &Env, job: &str) -> (Option<String>, String) {
     (row.get(0), row.get(1))
 }
 
-/// Sends an invoice as `tenant` with `traceparent` (when given); returns the job id.
-async fn send(env: &Env, inv: &str, traceparent: Option<&str>) -> String {
+/// Sends an invoice as `tenant` with `traceparent` (when given); returns the job id and
+/// the response's `traceparent`.
+async fn send(env: &Env, inv: &str, traceparent: Option<&str>) -> (String, TraceParent) {
     let auth = format!("Bearer {}", token(env.acme));
     let mut headers = vec![("authorization", auth.as_str())];
     if let Some(t) = traceparent {
@@ -36,15 +39,31 @@ async fn send(env: &Env, inv: &str, traceparent: Option<&str>) -> String {
         .call("POST", &format!("/invoices/{inv}/send"), &headers, None)
         .await;
     assert_eq!(r.status, 202, "{traceparent:?}: {r:?}");
-    r.body["job_id"].as_str().expect("job id").to_owned()
+    let answered = r
+        .traceparent
+        .as_deref()
+        .and_then(TraceParent::parse)
+        .unwrap_or_else(|| panic!("a valid traceparent answered: {r:?}"));
+    (
+        r.body["job_id"].as_str().expect("job id").to_owned(),
+        answered,
+    )
 }
 
 #[tokio::test]
-async fn a_job_enqueued_by_a_request_keeps_the_requests_trace() {
+async fn a_job_enqueued_by_a_request_is_a_child_of_the_requests_span() {
     let env = start().await;
     let (_, inv) = env.seed(env.acme, "acme").await;
-    let job = send(&env, &inv, Some(TRACEPARENT)).await;
-    assert_eq!(job_trace(&env, &job).await.0.as_deref(), Some(TRACEPARENT));
+    let caller = TraceParent::parse(TRACEPARENT).expect("caller");
+    let (job, answered) = send(&env, &inv, Some(TRACEPARENT)).await;
+    // The request's span continues the caller's trace under a span id of its own, and
+    // the job is stored with that span as its parent.
+    assert_eq!(answered.trace_id(), caller.trace_id());
+    assert_ne!(answered.parent_id(), caller.parent_id());
+    assert_eq!(
+        job_trace(&env, &job).await.0.as_deref(),
+        Some(answered.to_string().as_str())
+    );
     // The app's worker claims it (with its trace) and runs it.
     assert!(
         eventually(Duration::from_secs(5), || async {
@@ -54,15 +73,20 @@ async fn a_job_enqueued_by_a_request_keeps_the_requests_trace() {
         "{:?}",
         job_trace(&env, &job).await
     );
-    // Without a traceparent, the job has none.
-    let job = send(&env, &inv, None).await;
-    assert_eq!(job_trace(&env, &job).await.0, None);
+    // Without a traceparent, the request starts a trace, and the job is in it.
+    let (job, fresh) = send(&env, &inv, None).await;
+    assert_ne!(fresh.trace_id(), caller.trace_id());
+    assert_eq!(
+        job_trace(&env, &job).await.0.as_deref(),
+        Some(fresh.to_string().as_str())
+    );
 }
 
 #[tokio::test]
 async fn malformed_traceparents_are_ignored_and_not_stored() {
     let env = start().await;
     let (_, inv) = env.seed(env.acme, "acme").await;
+    let caller = TraceParent::parse(TRACEPARENT).expect("caller");
     for bad in [
         "garbage",
         "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
@@ -73,9 +97,15 @@ async fn malformed_traceparents_are_ignored_and_not_stored() {
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b-01",
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'; --",
     ] {
-        // The request succeeds as if no trace context came with it.
-        let job = send(&env, &inv, Some(bad)).await;
-        assert_eq!(job_trace(&env, &job).await.0, None, "{bad:?}");
+        // The request succeeds as if no trace context came with it: a new trace, which
+        // the job is stored with.
+        let (job, answered) = send(&env, &inv, Some(bad)).await;
+        assert_ne!(answered.trace_id(), caller.trace_id(), "{bad:?}");
+        assert_eq!(
+            job_trace(&env, &job).await.0.as_deref(),
+            Some(answered.to_string().as_str()),
+            "{bad:?}"
+        );
     }
 }
 

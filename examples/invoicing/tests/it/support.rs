@@ -344,6 +344,8 @@ pub(crate) struct Resp {
     pub content_type: String,
     /// The `X-Request-Id` response header.
     pub request_id: Option<String>,
+    /// The `traceparent` response header.
+    pub traceparent: Option<String>,
     pub body: Value,
 }
 
@@ -410,6 +412,11 @@ impl Env {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let traceparent = resp
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         let body = if body.is_empty() {
             Value::Null
@@ -421,6 +428,7 @@ impl Env {
             status,
             content_type,
             request_id,
+            traceparent,
             body,
         }
     }
