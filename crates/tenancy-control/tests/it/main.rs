@@ -5,6 +5,7 @@
 
 mod api;
 mod config;
+mod console;
 mod config_routes;
 mod hostile;
 mod ops;
