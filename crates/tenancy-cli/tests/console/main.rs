@@ -4,12 +4,12 @@
 
 mod support;
 
-use fantoccini::Locator;
 use serde_json::Value;
 use support::{request, wait_until, Browser, Serve};
 
 /// What a tenant's name and branding hold: markup that would run if it were not escaped.
-const HOSTILE: &str = r#"<script>window.__pwned=1;alert("x")</script><img src=x onerror="window.__pwned=2">"#;
+const HOSTILE: &str =
+    r#"<script>window.__pwned=1;alert("x")</script><img src=x onerror="window.__pwned=2">"#;
 
 /// Creates a tenant through the API and waits until its workers made it active.
 fn active_tenant(serve: &Serve, slug: &str, display_name: &str) -> String {
@@ -41,14 +41,8 @@ fn evaluated(serve: &Serve, id: &str, flag: &str) -> Value {
 }
 
 async fn click_button(b: &Browser, label: &str) {
-    b.client
-        .wait()
-        .at_most(support::WAIT)
-        .for_element(Locator::XPath(&format!(
-            "//button[normalize-space()='{label}']"
-        )))
+    b.find_xpath(&format!("//button[normalize-space()='{label}']"), label)
         .await
-        .unwrap_or_else(|e| panic!("no button {label:?}: {e}"))
         .click()
         .await
         .expect("click");
@@ -59,7 +53,11 @@ async fn assert_accessible(b: &Browser) {
     let unlabelled = b
         .js("return [...document.querySelectorAll('input:not([type=hidden]),select,textarea')].filter(e => e.labels.length === 0).map(e => e.name)")
         .await;
-    assert_eq!(unlabelled, serde_json::json!([]), "controls without a label");
+    assert_eq!(
+        unlabelled,
+        serde_json::json!([]),
+        "controls without a label"
+    );
     let landmarks = b
         .js("return ['header','nav','main'].every(t => document.querySelector(t))")
         .await;
@@ -91,22 +89,34 @@ async fn the_console_in_chromium_signs_in_finds_acts_edits_flags_escapes_and_sig
 
     // Without a session every console page redirects to the sign-in page; the console is
     // not part of the API's OpenAPI document.
-    for path in ["/console", "/console/tenants", "/console/flags", "/console/workflows"] {
+    for path in [
+        "/console",
+        "/console/tenants",
+        "/console/flags",
+        "/console/workflows",
+    ] {
         let (s, head, _) = serve.get(path, None);
         assert_eq!(s, 303, "{path}: {head}");
-        assert!(head.to_ascii_lowercase().contains("location: /console/sign-in"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("location: /console/sign-in"),
+            "{head}"
+        );
     }
     let (_, _, doc) = serve.get("/openapi.json", None);
-    assert!(!doc.contains("/console"), "console routes stay out of the OpenAPI document");
+    assert!(
+        !doc.contains("/console"),
+        "console routes stay out of the OpenAPI document"
+    );
 
     let b = Browser::start("main").await;
-    b.client.goto(&serve.url("/console/tenants")).await.expect("goto");
+    b.goto(&serve.url("/console/tenants")).await;
     b.wait_path("/console/sign-in").await;
     // A wrong token is refused; the right one opens a session.
-    b.find("#token").await.send_keys("not-the-token").await.expect("type");
+    b.type_into("#token", "not-the-token").await;
     click_button(&b, "Sign in").await;
     assert!(b.text("#sign-in-error").await.contains("not valid"));
-    b.find("#token").await.send_keys(&serve.token).await.expect("type");
+    b.type_into("#token", &serve.token).await;
     click_button(&b, "Sign in").await;
     b.wait_path("/console/tenants").await;
     let cookie = b
@@ -120,34 +130,41 @@ async fn the_console_in_chromium_signs_in_finds_acts_edits_flags_escapes_and_sig
     let (s, head, _) = serve.get("/console/tenants", Some(&session));
     assert_eq!(s, 200);
     let head = head.to_ascii_lowercase();
-    assert!(head.contains("content-security-policy: default-src 'self'; script-src 'self'; style-src 'self'"), "{head}");
+    assert!(
+        head.contains(
+            "content-security-policy: default-src 'self'; script-src 'self'; style-src 'self'"
+        ),
+        "{head}"
+    );
     assert_accessible(&b).await;
 
     // Find a tenant by the beginning of its slug, then by its id.
-    b.find("#q").await.send_keys("acm").await.expect("type");
+    b.type_into("#q", "acm").await;
     click_button(&b, "Search").await;
-    b.client
-        .wait()
-        .at_most(support::WAIT)
-        .for_element(Locator::XPath("//table[@id='results']//a[normalize-space()='acme']"))
-        .await
-        .expect("acme in the results");
-    let rows = b.js("return document.querySelectorAll('#results tbody tr').length").await;
-    assert_eq!(rows, serde_json::json!(2), "acme and acme-hostile, not globex");
+    b.find_xpath(
+        "//table[@id='results']//a[normalize-space()='acme']",
+        "acme in the results",
+    )
+    .await;
+    let rows = b
+        .js("return document.querySelectorAll('#results tbody tr').length")
+        .await;
+    assert_eq!(
+        rows,
+        serde_json::json!(2),
+        "acme and acme-hostile, not globex"
+    );
     b.screenshot("tenants").await;
-    b.client
-        .goto(&serve.url(&format!("/console/tenants?q={id}")))
-        .await
-        .expect("goto");
-    b.client
-        .wait()
-        .at_most(support::WAIT)
-        .for_element(Locator::XPath("//table[@id='results']//a[normalize-space()='acme']"))
-        .await
-        .expect("acme by id")
-        .click()
-        .await
-        .expect("open acme");
+    b.goto(&serve.url(&format!("/console/tenants?q={id}")))
+        .await;
+    b.find_xpath(
+        "//table[@id='results']//a[normalize-space()='acme']",
+        "acme by id",
+    )
+    .await
+    .click()
+    .await
+    .expect("open acme");
     b.wait_path(&format!("/console/tenants/{id}")).await;
     assert_eq!(b.text("h1").await, "Tenant acme");
     assert_eq!(b.text("#tenant-state").await, "active");
@@ -156,7 +173,7 @@ async fn the_console_in_chromium_signs_in_finds_acts_edits_flags_escapes_and_sig
     // Suspend, then resume, each after its confirmation step; the API sees the change.
     click_button(&b, "Suspend…").await;
     b.wait_path(&format!("/console/tenants/{id}/actions")).await;
-    b.find("#reason").await.send_keys("browser test").await.expect("reason");
+    b.type_into("#reason", "browser test").await;
     click_button(&b, "Confirm suspend").await;
     b.wait_path(&format!("/console/tenants/{id}")).await;
     assert!(b.text("#flash").await.contains("suspend queued"));
@@ -170,9 +187,13 @@ async fn the_console_in_chromium_signs_in_finds_acts_edits_flags_escapes_and_sig
     b.screenshot("tenant").await;
 
     // Turn the flag on for everyone in the editor; /v1/evaluate serves it.
-    b.client.goto(&serve.url("/console/flags/console-beta")).await.expect("goto");
-    b.find("#default_variant").await.select_by_value("on").await.expect("select");
-    b.find("#reason").await.send_keys("browser test").await.expect("reason");
+    b.goto(&serve.url("/console/flags/console-beta")).await;
+    b.find("#default_variant")
+        .await
+        .select_by_value("on")
+        .await
+        .expect("select");
+    b.type_into("#reason", "browser test").await;
     click_button(&b, "Save flag").await;
     assert!(b.text("#flash").await.contains("saved"));
     wait_until("/v1/evaluate serves the flag on", || {
@@ -180,14 +201,19 @@ async fn the_console_in_chromium_signs_in_finds_acts_edits_flags_escapes_and_sig
     });
 
     // A name and a branding that hold markup show as text; nothing of it runs.
-    b.client
-        .goto(&serve.url(&format!("/console/tenants/{hostile_id}")))
-        .await
-        .expect("goto");
+    b.goto(&serve.url(&format!("/console/tenants/{hostile_id}")))
+        .await;
     assert_eq!(b.text("#display-name").await, HOSTILE);
     assert_eq!(b.text("#branding-name").await, HOSTILE);
-    assert_eq!(b.js("return window.__pwned === undefined").await, Value::Bool(true));
-    assert_eq!(b.js("return document.querySelectorAll('main script, main img').length").await, serde_json::json!(0));
+    assert_eq!(
+        b.js("return window.__pwned === undefined").await,
+        Value::Bool(true)
+    );
+    assert_eq!(
+        b.js("return document.querySelectorAll('main script, main img').length")
+            .await,
+        serde_json::json!(0)
+    );
     assert!(b.client.get_alert_text().await.is_err(), "no alert is open");
 
     // Readable at 360 px: nothing wider than the window.
@@ -202,10 +228,7 @@ async fn the_console_in_chromium_signs_in_finds_acts_edits_flags_escapes_and_sig
     b.client.set_window_size(1280, 1000).await.expect("resize");
 
     // A form posted without the CSRF token is refused (and changes nothing).
-    b.client
-        .goto(&serve.url(&format!("/console/tenants/{id}")))
-        .await
-        .expect("goto");
+    b.goto(&serve.url(&format!("/console/tenants/{id}"))).await;
     b.find("#tenant-state").await;
     b.js(&format!(
         "const f = document.createElement('form'); f.method = 'post'; f.action = '/console/tenants/{id}/actions';
@@ -234,13 +257,15 @@ async fn the_console_in_chromium_signs_in_finds_acts_edits_flags_escapes_and_sig
     assert_eq!(tenant_state(&serve, &id), "active", "nothing was suspended");
 
     // Sign out: the session cookie no longer works, even replayed by hand.
-    b.client.goto(&serve.url("/console/workflows")).await.expect("goto");
+    b.goto(&serve.url("/console/workflows")).await;
     click_button(&b, "Sign out").await;
     b.wait_path("/console/sign-in").await;
     let (s, head, _) = serve.get("/console/tenants", Some(&session));
     assert_eq!(s, 303, "{head}");
-    assert!(head.to_ascii_lowercase().contains("location: /console/sign-in"));
-    b.client.goto(&serve.url("/console/flags")).await.expect("goto");
+    assert!(head
+        .to_ascii_lowercase()
+        .contains("location: /console/sign-in"));
+    b.goto(&serve.url("/console/flags")).await;
     b.wait_path("/console/sign-in").await;
     b.client.clone().close().await.expect("close the browser");
 }

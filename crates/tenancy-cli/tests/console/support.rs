@@ -123,7 +123,8 @@ pub(crate) fn request(
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
     for (name, value) in headers {
         if let Some(v) = value {
             req.push_str(&format!("{name}: {v}\r\n"));
@@ -230,6 +231,30 @@ impl Browser {
             .unwrap_or_else(|e| panic!("{css} never appeared: {e}"))
     }
 
+    /// The element an XPath finds, once it is there.
+    pub(crate) async fn find_xpath(
+        &self,
+        xpath: &str,
+        what: &str,
+    ) -> fantoccini::elements::Element {
+        self.client
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::XPath(xpath))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {xpath} never appeared: {e}"))
+    }
+
+    /// Opens a page.
+    pub(crate) async fn goto(&self, url: &str) {
+        self.client.goto(url).await.expect("goto");
+    }
+
+    /// Types into an element, once it is there.
+    pub(crate) async fn type_into(&self, css: &str, text: &str) {
+        self.find(css).await.send_keys(text).await.expect("type");
+    }
+
     /// The text of an element, once it is there.
     pub(crate) async fn text(&self, css: &str) -> String {
         self.find(css).await.text().await.expect("text")
@@ -272,7 +297,8 @@ impl Browser {
     /// Writes a screenshot under target/console-screenshots/.
     pub(crate) async fn screenshot(&self, name: &str) -> PathBuf {
         let png = self.client.screenshot().await.expect("screenshot");
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshots");
+        let dir =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/console-screenshots");
         std::fs::create_dir_all(&dir).expect("screenshot directory");
         let path = dir.join(format!("{name}.png"));
         std::fs::write(&path, &png).expect("write screenshot");

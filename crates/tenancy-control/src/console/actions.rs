@@ -158,10 +158,16 @@ pub(crate) async fn run(
     let body = |v: serde_json::Value| Ok(Bytes::from(v.to_string()));
     let (admin, st, path) = (ctx.admin(), State(state.clone()), Path(id));
     let answer = match action {
-        Action::Suspend => api::suspend(admin, st, path, headers, body(json!({"reason": reason}))).await,
+        Action::Suspend => {
+            api::suspend(admin, st, path, headers, body(json!({"reason": reason}))).await
+        }
         Action::Resume => api::resume(admin, st, path, headers, body(json!({}))).await,
-        Action::Delete => api::delete(admin, st, path, headers, body(json!({"reason": reason}))).await,
-        Action::Plan => api::change_plan(admin, st, path, headers, body(json!({"plan": f.plan}))).await,
+        Action::Delete => {
+            api::delete(admin, st, path, headers, body(json!({"reason": reason}))).await
+        }
+        Action::Plan => {
+            api::change_plan(admin, st, path, headers, body(json!({"plan": f.plan}))).await
+        }
         Action::Hold | Action::ReleaseHold => {
             let hold = action == Action::Hold;
             api::legal_hold(admin, st, path, headers, body(json!({"hold": hold}))).await

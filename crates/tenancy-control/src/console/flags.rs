@@ -16,12 +16,13 @@ use tenancy_config_service::{ChangeMeta, ConfigState};
 
 use super::layout::{self, csrf_field, json, Section};
 use super::tenant::label;
-use super::{flash, html_response, refused, Ctx};
+use super::{flash, html_response, Ctx, PageResult, Refusal};
 use crate::AppState;
 
-fn config_of(state: &AppState) -> Result<&ConfigState, Response> {
+/// The configuration service, or the refusal of a server without it.
+fn config_of(state: &AppState) -> Result<&ConfigState, Refusal> {
     state.config().ok_or_else(|| {
-        refused(
+        Refusal::new(
             StatusCode::NOT_FOUND,
             "The configuration service is not mounted on this server.",
         )
@@ -29,28 +30,46 @@ fn config_of(state: &AppState) -> Result<&ConfigState, Response> {
 }
 
 /// A store error as a message and status.
-fn store_error(e: &ConfigError) -> (StatusCode, String) {
+fn store_error(e: &ConfigError) -> Refusal {
     match e {
-        ConfigError::Invalid(m) => (StatusCode::UNPROCESSABLE_ENTITY, m.to_string()),
-        ConfigError::NotFound { .. } => (StatusCode::NOT_FOUND, e.to_string()),
-        ConfigError::Conflict(m) => (StatusCode::CONFLICT, m.clone()),
+        ConfigError::Invalid(m) => Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, m.to_string()),
+        ConfigError::NotFound { .. } => Refusal::new(StatusCode::NOT_FOUND, e.to_string()),
+        ConfigError::Conflict(m) => Refusal::new(StatusCode::CONFLICT, m.clone()),
         _ => {
             tracing::warn!(error = %e, "console: configuration store");
-            (
+            Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "The configuration store could not be reached; try again.".into(),
+                "The configuration store could not be reached; try again.",
             )
         }
     }
 }
 
+/// The configuration service, the key of the path and its flag as stored.
+async fn stored_flag<'s>(
+    state: &'s AppState,
+    key: &str,
+) -> Result<(&'s ConfigState, FlagKey, Flag), Refusal> {
+    let cfg = config_of(state)?;
+    let key: FlagKey = key
+        .parse()
+        .map_err(|e: tenancy_config::model::ModelError| {
+            Refusal::new(StatusCode::NOT_FOUND, e.to_string())
+        })?;
+    let flag = cfg
+        .store
+        .get_flag(&key)
+        .await
+        .map_err(|e| store_error(&e))?;
+    Ok((cfg, key, flag))
+}
+
 /// `GET /console/flags`.
-pub(crate) async fn list(State(state): State<AppState>, Extension(ctx): Extension<Ctx>) -> Response {
-    let cfg = match config_of(&state) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let snap = cfg.client.snapshot();
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<Ctx>,
+) -> PageResult {
+    let snap = config_of(&state)?.client.snapshot();
     let body = html! {
         h1 { "Flags" }
         @if snap.flag_keys().is_empty() { p { "No flags are defined." } } @else {
@@ -76,7 +95,10 @@ pub(crate) async fn list(State(state): State<AppState>, Extension(ctx): Extensio
             }
         }
     };
-    html_response(StatusCode::OK, layout::page(&ctx, Section::Flags, "Flags", body))
+    Ok(html_response(
+        StatusCode::OK,
+        layout::page(&ctx, Section::Flags, "Flags", body),
+    ))
 }
 
 /// The new-flag form.
@@ -93,33 +115,35 @@ pub(crate) async fn create(
     State(state): State<AppState>,
     Extension(ctx): Extension<Ctx>,
     Form(f): Form<NewFlag>,
-) -> Response {
-    let cfg = match config_of(&state) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let key: FlagKey = match f.key.trim().parse() {
-        Ok(k) => k,
-        Err(e) => return refused(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
-    };
+) -> PageResult {
+    let cfg = config_of(&state)?;
+    let key: FlagKey = f
+        .key
+        .trim()
+        .parse()
+        .map_err(|e: tenancy_config::model::ModelError| {
+            Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        })?;
     match cfg.store.get_flag(&key).await {
-        Ok(_) => return refused(StatusCode::CONFLICT, &format!("Flag {key} already exists.")),
+        Ok(_) => {
+            return Err(Refusal::new(
+                StatusCode::CONFLICT,
+                format!("Flag {key} already exists."),
+            ))
+        }
         Err(ConfigError::NotFound { .. }) => {}
-        Err(e) => return refused(store_error(&e).0, &store_error(&e).1),
+        Err(e) => return Err(store_error(&e)),
     }
     let mut flag = Flag::boolean(key.clone());
     flag.description = f.description.trim().to_owned();
     let meta = ChangeMeta::new(ctx.actor(), "created in the console");
-    match cfg.store.put_flag(&flag, &meta).await {
-        Ok(v) => {
-            flash(&state, &ctx, format!("Flag {key} created (version {v})."));
-            Redirect::to(&format!("/console/flags/{key}")).into_response()
-        }
-        Err(e) => {
-            let (status, m) = store_error(&e);
-            refused(status, &m)
-        }
-    }
+    let v = cfg
+        .store
+        .put_flag(&flag, &meta)
+        .await
+        .map_err(|e| store_error(&e))?;
+    flash(&state, &ctx, format!("Flag {key} created (version {v})."));
+    Ok(Redirect::to(&format!("/console/flags/{key}")).into_response())
 }
 
 /// The edit form's fields, as text (what the operator typed is shown again on error).
@@ -188,22 +212,9 @@ pub(crate) async fn edit(
     State(state): State<AppState>,
     Extension(ctx): Extension<Ctx>,
     Path(key): Path<String>,
-) -> Response {
-    let cfg = match config_of(&state) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let key: FlagKey = match key.parse() {
-        Ok(k) => k,
-        Err(e) => return refused(StatusCode::NOT_FOUND, &e.to_string()),
-    };
-    match cfg.store.get_flag(&key).await {
-        Ok(f) => editor(&ctx, &f, &FlagForm::of(&f), StatusCode::OK, None),
-        Err(e) => {
-            let (status, m) = store_error(&e);
-            refused(status, &m)
-        }
-    }
+) -> PageResult {
+    let (_, _, f) = stored_flag(&state, &key).await?;
+    Ok(editor(&ctx, &f, &FlagForm::of(&f), StatusCode::OK, None))
 }
 
 /// `POST /console/flags/{key}`: writes the flag through the store.
@@ -212,48 +223,38 @@ pub(crate) async fn save(
     Extension(ctx): Extension<Ctx>,
     Path(key): Path<String>,
     Form(form): Form<FlagForm>,
-) -> Response {
-    let cfg = match config_of(&state) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let key: FlagKey = match key.parse() {
-        Ok(k) => k,
-        Err(e) => return refused(StatusCode::NOT_FOUND, &e.to_string()),
-    };
-    let stored = match cfg.store.get_flag(&key).await {
-        Ok(f) => f,
-        Err(e) => {
-            let (status, m) = store_error(&e);
-            return refused(status, &m);
-        }
-    };
+) -> PageResult {
+    let (cfg, key, stored) = stored_flag(&state, &key).await?;
+    let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
     let flag = match form.to_flag(&key, stored.kind) {
         Ok(f) => f,
-        Err(m) => return editor(&ctx, &stored, &form, StatusCode::UNPROCESSABLE_ENTITY, Some(&m)),
+        Err(m) => return Ok(editor(&ctx, &stored, &form, unprocessable, Some(&m))),
     };
     let reason = if form.reason.trim().is_empty() {
         "edited in the console"
     } else {
         form.reason.trim()
     };
-    match cfg
-        .store
-        .put_flag(&flag, &ChangeMeta::new(ctx.actor(), reason))
-        .await
-    {
+    let meta = ChangeMeta::new(ctx.actor(), reason);
+    Ok(match cfg.store.put_flag(&flag, &meta).await {
         Ok(v) => {
             flash(&state, &ctx, format!("Flag {key} saved (version {v})."));
             Redirect::to(&format!("/console/flags/{key}")).into_response()
         }
         Err(e) => {
-            let (status, m) = store_error(&e);
-            editor(&ctx, &stored, &form, status, Some(&m))
+            let r = store_error(&e);
+            editor(&ctx, &stored, &form, r.status, Some(&r.message))
         }
-    }
+    })
 }
 
-fn editor(ctx: &Ctx, f: &Flag, form: &FlagForm, status: StatusCode, error: Option<&str>) -> Response {
+fn editor(
+    ctx: &Ctx,
+    f: &Flag,
+    form: &FlagForm,
+    status: StatusCode,
+    error: Option<&str>,
+) -> Response {
     let variants: Vec<String> = f.variants.keys().map(|v| v.to_string()).collect();
     let choose = |id: &str, name: &str, current: &str| -> Markup {
         html! {

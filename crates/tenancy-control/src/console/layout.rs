@@ -21,7 +21,11 @@ const NAV: &[(Section, &str, &str)] = &[
     (Section::Tenants, "/console/tenants", "Tenants"),
     (Section::Flags, "/console/flags", "Flags"),
     (Section::Workflows, "/console/workflows", "Workflows"),
-    (Section::Deliveries, "/console/deliveries", "Webhook deliveries"),
+    (
+        Section::Deliveries,
+        "/console/deliveries",
+        "Webhook deliveries",
+    ),
 ];
 
 fn head(title: &str) -> Markup {

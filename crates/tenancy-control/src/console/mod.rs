@@ -76,7 +76,10 @@ impl Ctx {
 /// The console's routes (given their state; merged into [`crate::router_with`]).
 pub fn routes(state: AppState) -> Router {
     let signed_in = Router::new()
-        .route("/console", get(|| async { Redirect::to("/console/tenants") }))
+        .route(
+            "/console",
+            get(|| async { Redirect::to("/console/tenants") }),
+        )
         .route("/console/sign-out", post(sign_out))
         .route("/console/tenants", get(tenants::list))
         .route("/console/tenants/{id}", get(tenant::show))
@@ -198,6 +201,37 @@ fn csrf_refused() -> Response {
         "This form was refused: it did not carry this session's CSRF token. Reload the page and try again.",
     )
 }
+
+/// Why a page cannot be shown: answered as a short error page with this status.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    pub(crate) message: String,
+}
+
+impl Refusal {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        refused(self.status, &self.message)
+    }
+}
+
+impl From<crate::error::ApiError> for Refusal {
+    fn from(e: crate::error::ApiError) -> Refusal {
+        Refusal::new(e.status(), e.detail)
+    }
+}
+
+/// What a page handler answers: the page, or why it cannot be shown.
+pub(crate) type PageResult = Result<Response, Refusal>;
 
 /// A short error page.
 pub(crate) fn refused(status: StatusCode, message: &str) -> Response {

@@ -3,15 +3,13 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::Response;
 use axum::{Extension, Json};
 use maud::{html, Markup};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::layout::{self, opt, Section};
-use super::tenant::api_error_page;
-use super::{html_response, refused, Ctx};
+use super::{html_response, Ctx, PageResult};
 use crate::api;
 use crate::error::ApiError;
 use crate::AppState;
@@ -84,17 +82,10 @@ fn workflow_rows(id: &str, caption: &str, rows: &[WorkflowRow]) -> Markup {
 pub(crate) async fn workflows(
     State(state): State<AppState>,
     Extension(ctx): Extension<Ctx>,
-) -> Response {
-    let conn = match state.catalog().await {
-        Ok(c) => c,
-        Err(e) => return api_error_page(e),
-    };
-    let running = workflows_with(&conn, &["pending", "running", "compensating"]).await;
-    let failed = workflows_with(&conn, &["failed"]).await;
-    let (running, failed) = match (running, failed) {
-        (Ok(r), Ok(f)) => (r, f),
-        (Err(e), _) | (_, Err(e)) => return api_error_page(e),
-    };
+) -> PageResult {
+    let conn = state.catalog().await?;
+    let running = workflows_with(&conn, &["pending", "running", "compensating"]).await?;
+    let failed = workflows_with(&conn, &["failed"]).await?;
     let body = html! {
         h1 { "Workflows" }
         section aria-labelledby="h-running" {
@@ -106,10 +97,10 @@ pub(crate) async fn workflows(
             (workflow_rows("failed", "Failed workflows", &failed))
         }
     };
-    html_response(
+    Ok(html_response(
         StatusCode::OK,
         layout::page(&ctx, Section::Workflows, "Workflows", body),
-    )
+    ))
 }
 
 /// `GET /console/workflows/{id}`: the workflow (through the API's handler) and its steps.
@@ -117,19 +108,12 @@ pub(crate) async fn workflow(
     State(state): State<AppState>,
     Extension(ctx): Extension<Ctx>,
     Path(id): Path<String>,
-) -> Response {
-    let Json(w) = match api::get_workflow(ctx.admin(), State(state.clone()), Path(id)).await {
-        Ok(w) => w,
-        Err(e) => return api_error_page(e),
-    };
-    let conn = match state.catalog().await {
-        Ok(c) => c,
-        Err(e) => return api_error_page(e),
-    };
-    let steps = match tenancy_catalog::workflow_steps(&conn, w.id).await {
-        Ok(s) => s,
-        Err(e) => return refused(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-    };
+) -> PageResult {
+    let Json(w) = api::get_workflow(ctx.admin(), State(state.clone()), Path(id)).await?;
+    let conn = state.catalog().await?;
+    let steps = tenancy_catalog::workflow_steps(&conn, w.id)
+        .await
+        .map_err(ApiError::from)?;
     let title = format!("Workflow {}", w.kind);
     let body = html! {
         h1 { "Workflow " (w.kind) }
@@ -156,10 +140,10 @@ pub(crate) async fn workflow(
             }
         }
     };
-    html_response(
+    Ok(html_response(
         StatusCode::OK,
         layout::page(&ctx, Section::Workflows, &title, body),
-    )
+    ))
 }
 
 /// A table of webhook deliveries.
@@ -185,22 +169,18 @@ pub(crate) fn delivery_table(title: &str, ds: &[tenancy_catalog::Delivery]) -> M
 pub(crate) async fn deliveries(
     State(state): State<AppState>,
     Extension(ctx): Extension<Ctx>,
-) -> Response {
-    let conn = match state.catalog().await {
-        Ok(c) => c,
-        Err(e) => return api_error_page(e),
-    };
-    let ds = match tenancy_catalog::deliveries(&conn, None, LIMIT).await {
-        Ok(d) => d,
-        Err(e) => return refused(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-    };
+) -> PageResult {
+    let conn = state.catalog().await?;
+    let ds = tenancy_catalog::deliveries(&conn, None, LIMIT)
+        .await
+        .map_err(ApiError::from)?;
     let body = html! {
         h1 { "Webhook deliveries" }
         p { "The newest " (LIMIT) " delivery attempts, registrations and lifecycle events alike." }
         (delivery_table("Deliveries", &ds))
     };
-    html_response(
+    Ok(html_response(
         StatusCode::OK,
         layout::page(&ctx, Section::Deliveries, "Webhook deliveries", body),
-    )
+    ))
 }

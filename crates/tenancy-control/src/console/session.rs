@@ -79,11 +79,7 @@ impl Sessions {
         map.retain(|_, s| !s.expired(now));
         if map.len() >= MAX_SESSIONS {
             // Make room by dropping the least recently used one.
-            if let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, s)| s.last_used)
-                .map(|(k, _)| *k)
-            {
+            if let Some(oldest) = map.iter().min_by_key(|(_, s)| s.last_used).map(|(k, _)| *k) {
                 map.remove(&oldest);
             }
         }
@@ -202,7 +198,10 @@ mod tests {
     #[test]
     fn cookies_are_parsed_and_set_with_their_attributes() {
         let mut h = HeaderMap::new();
-        h.insert("cookie", HeaderValue::from_static("a=1; tenancy_console=xyz"));
+        h.insert(
+            "cookie",
+            HeaderValue::from_static("a=1; tenancy_console=xyz"),
+        );
         assert_eq!(cookie(&h, SESSION_COOKIE), Some("xyz"));
         assert_eq!(cookie(&h, "b"), None);
         let v = set_cookie(SESSION_COOKIE, "xyz", true, 10);
@@ -212,6 +211,9 @@ mod tests {
         assert!(!plain.to_str().expect("ascii").contains("Secure"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         assert!(over_tls(&h, &"/console".parse().expect("uri")));
-        assert!(!over_tls(&HeaderMap::new(), &"/console".parse().expect("uri")));
+        assert!(!over_tls(
+            &HeaderMap::new(),
+            &"/console".parse().expect("uri")
+        ));
     }
 }

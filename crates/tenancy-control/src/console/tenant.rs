@@ -161,13 +161,21 @@ fn config(state: &AppState, tid: TenantId) -> Markup {
     let snap = cfg.client.snapshot();
     let mut rows = Vec::new();
     let mut keys: Vec<(&str, String)> = Vec::new();
-    keys.extend(snap.flag_keys().into_iter().map(|k| ("flag", k.to_string())));
+    keys.extend(
+        snap.flag_keys()
+            .into_iter()
+            .map(|k| ("flag", k.to_string())),
+    );
     keys.extend(
         snap.entitlement_keys()
             .into_iter()
             .map(|k| ("entitlement", k.to_string())),
     );
-    keys.extend(snap.setting_keys().into_iter().map(|k| ("setting", k.to_string())));
+    keys.extend(
+        snap.setting_keys()
+            .into_iter()
+            .map(|k| ("setting", k.to_string())),
+    );
     for (kind, key) in keys {
         if let Ok(e) = cfg.client.explain(kind, tid, &key) {
             rows.push(e);

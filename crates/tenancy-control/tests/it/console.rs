@@ -34,7 +34,11 @@ async fn send(
     let resp = app.clone().oneshot(req).await.expect("response");
     let (status, headers) = (resp.status(), resp.headers().clone());
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, headers, String::from_utf8_lossy(&bytes).into_owned())
+    (
+        status,
+        headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
 }
 
 /// The value the response sets for cookie `name`.
@@ -52,15 +56,39 @@ async fn sign_in(app: &axum::Router) -> String {
     let (s, h, page) = send(app, "GET", "/console/sign-in", None, None).await;
     assert_eq!(s, StatusCode::OK);
     let pre = set_cookie(&h, "tenancy_console_sign_in").expect("sign-in cookie");
-    assert!(page.contains(&format!("value=\"{pre}\"")), "the form carries it");
+    assert!(
+        page.contains(&format!("value=\"{pre}\"")),
+        "the form carries it"
+    );
     let cookie = format!("tenancy_console_sign_in={pre}");
     // Without the form's token, or with a wrong admin token: refused.
-    let (s, _, _) = send(app, "POST", "/console/sign-in", Some(&cookie), Some(&format!("token={TOKEN}"))).await;
+    let (s, _, _) = send(
+        app,
+        "POST",
+        "/console/sign-in",
+        Some(&cookie),
+        Some(&format!("token={TOKEN}")),
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    let (s, h, _) = send(app, "POST", "/console/sign-in", Some(&cookie), Some(&format!("csrf={pre}&token=wrong"))).await;
+    let (s, h, _) = send(
+        app,
+        "POST",
+        "/console/sign-in",
+        Some(&cookie),
+        Some(&format!("csrf={pre}&token=wrong")),
+    )
+    .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert!(set_cookie(&h, "tenancy_console").is_none());
-    let (s, h, _) = send(app, "POST", "/console/sign-in", Some(&cookie), Some(&format!("csrf={pre}&token={TOKEN}"))).await;
+    let (s, h, _) = send(
+        app,
+        "POST",
+        "/console/sign-in",
+        Some(&cookie),
+        Some(&format!("csrf={pre}&token={TOKEN}")),
+    )
+    .await;
     assert_eq!(s, StatusCode::SEE_OTHER);
     let raw = h
         .get_all("set-cookie")
@@ -69,16 +97,30 @@ async fn sign_in(app: &axum::Router) -> String {
         .find(|v| v.starts_with("tenancy_console="))
         .expect("session cookie")
         .to_owned();
-    assert!(raw.contains("HttpOnly") && raw.contains("SameSite=Strict") && raw.contains("Path=/console"), "{raw}");
+    assert!(
+        raw.contains("HttpOnly")
+            && raw.contains("SameSite=Strict")
+            && raw.contains("Path=/console"),
+        "{raw}"
+    );
     assert!(!raw.contains("Secure"), "plain HTTP: no Secure attribute");
-    format!("tenancy_console={}", set_cookie(&h, "tenancy_console").expect("value"))
+    format!(
+        "tenancy_console={}",
+        set_cookie(&h, "tenancy_console").expect("value")
+    )
 }
 
 /// The slugs of the tenants page, in order, and the next page's address.
 fn slugs_and_next(page: &str) -> (Vec<String>, Option<String>) {
     let mut slugs = Vec::new();
-    for part in page.split("<th scope=\"row\"><a href=\"/console/tenants/").skip(1) {
-        let slug = part.split_once("\">").and_then(|(_, r)| r.split_once('<')).map(|(s, _)| s);
+    for part in page
+        .split("<th scope=\"row\"><a href=\"/console/tenants/")
+        .skip(1)
+    {
+        let slug = part
+            .split_once("\">")
+            .and_then(|(_, r)| r.split_once('<'))
+            .map(|(s, _)| s);
         slugs.push(slug.expect("a slug").to_owned());
     }
     let next = page
@@ -92,7 +134,9 @@ fn slugs_and_next(page: &str) -> (Vec<String>, Option<String>) {
 async fn console_sessions_csrf_headers_and_keyset_paging_over_100k_tenants() {
     let (db, state, _p) = fresh_state().await;
     let app = router(state);
-    let owner = tenancy_pg::connect(&db.config_as(OWNER_ROLE)).await.expect("owner");
+    let owner = tenancy_pg::connect(&db.config_as(OWNER_ROLE))
+        .await
+        .expect("owner");
     // 100,000 tenants: every 1000th suspended, every 10th on plan pro; one custom domain.
     let started = Instant::now();
     owner
@@ -112,7 +156,11 @@ async fn console_sessions_csrf_headers_and_keyset_paging_over_100k_tenants() {
     eprintln!("seeded 100,000 tenants in {:?}", started.elapsed());
 
     // No session: every page redirects to the sign-in page, a POST too.
-    for (method, path) in [("GET", "/console/tenants"), ("GET", "/console/flags"), ("POST", "/console/sign-out")] {
+    for (method, path) in [
+        ("GET", "/console/tenants"),
+        ("GET", "/console/flags"),
+        ("POST", "/console/sign-out"),
+    ] {
         let (s, h, _) = send(&app, method, path, None, None).await;
         assert_eq!(s, StatusCode::SEE_OTHER, "{method} {path}");
         assert_eq!(h["location"], "/console/sign-in");
@@ -121,10 +169,16 @@ async fn console_sessions_csrf_headers_and_keyset_paging_over_100k_tenants() {
     let (s, h, page) = send(&app, "GET", "/console/tenants", Some(&cookie), None).await;
     assert_eq!(s, StatusCode::OK);
     let csp = h["content-security-policy"].to_str().expect("csp");
-    assert!(csp.starts_with("default-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(
+        csp.starts_with("default-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
     assert_eq!(h["x-frame-options"], "DENY");
     assert_eq!(h["cache-control"], "no-store");
-    assert!(!page.contains("style=") && !page.contains("<script>"), "no inline style or script");
+    assert!(
+        !page.contains("style=") && !page.contains("<script>"),
+        "no inline style or script"
+    );
     let csrf = page
         .split_once("name=\"csrf\" value=\"")
         .and_then(|(_, r)| r.split_once('"'))
@@ -136,7 +190,10 @@ async fn console_sessions_csrf_headers_and_keyset_paging_over_100k_tenants() {
     let mut get = async |label: &str, uri: &str| {
         let t = Instant::now();
         let (s, _, page) = send(&app, "GET", uri, Some(&cookie), None).await;
-        timed.push(format!("{label}: {:.1} ms", t.elapsed().as_secs_f64() * 1000.0));
+        timed.push(format!(
+            "{label}: {:.1} ms",
+            t.elapsed().as_secs_f64() * 1000.0
+        ));
         assert_eq!(s, StatusCode::OK, "{uri}");
         slugs_and_next(&page)
     };
@@ -145,14 +202,29 @@ async fn console_sessions_csrf_headers_and_keyset_paging_over_100k_tenants() {
     assert_eq!(first[0], "t000001");
     let next = next.expect("a next page");
     let (second, _) = get("second page", &next).await;
-    assert_eq!(second[0], "t000051", "the next page starts after the last one");
+    assert_eq!(
+        second[0], "t000051",
+        "the next page starts after the last one"
+    );
     let deep_id: String = owner
-        .query_one("SELECT id::text FROM tenancy_catalog.tenants WHERE slug = 't099980'", &[])
+        .query_one(
+            "SELECT id::text FROM tenancy_catalog.tenants WHERE slug = 't099980'",
+            &[],
+        )
         .await
         .expect("id")
         .get(0);
-    let (deep, next) = get("page after t099980", &format!("/console/tenants?after_slug=t099980&after_id={deep_id}")).await;
-    assert_eq!(deep, (99981..=100000).map(|i| format!("t{i:06}")).collect::<Vec<_>>());
+    let (deep, next) = get(
+        "page after t099980",
+        &format!("/console/tenants?after_slug=t099980&after_id={deep_id}"),
+    )
+    .await;
+    assert_eq!(
+        deep,
+        (99981..=100000)
+            .map(|i| format!("t{i:06}"))
+            .collect::<Vec<_>>()
+    );
     assert!(next.is_none(), "the last page has no next page");
     // A selective filter, paged to its end: every suspended tenant exactly once, in order.
     let mut seen = Vec::new();
@@ -162,29 +234,133 @@ async fn console_sessions_csrf_headers_and_keyset_paging_over_100k_tenants() {
         seen.extend(s);
         uri = n;
     }
-    assert_eq!(seen, (1..=100).map(|i| format!("t{:06}", i * 1000)).collect::<Vec<_>>());
-    let (pro, _) = get("plan pro and prefix t0999", "/console/tenants?q=t0999&plan=pro").await;
-    assert_eq!(pro, (99910..=99990).step_by(10).map(|i| format!("t{i:06}")).collect::<Vec<_>>());
+    assert_eq!(
+        seen,
+        (1..=100)
+            .map(|i| format!("t{:06}", i * 1000))
+            .collect::<Vec<_>>()
+    );
+    let (pro, _) = get(
+        "plan pro and prefix t0999",
+        "/console/tenants?q=t0999&plan=pro",
+    )
+    .await;
+    assert_eq!(
+        pro,
+        (99900..=99990)
+            .step_by(10)
+            .map(|i| format!("t{i:06}"))
+            .collect::<Vec<_>>()
+    );
     let (by_domain, _) = get("by domain", "/console/tenants?q=APP.t042000.example.com").await;
     assert_eq!(by_domain, ["t042000"]);
     let (none, _) = get("prefix without match", "/console/tenants?q=zzz").await;
     assert!(none.is_empty());
-    let (s, _, page) = send(&app, "GET", "/console/tenants?state=gone", Some(&cookie), None).await;
+    let (s, _, page) = send(
+        &app,
+        "GET",
+        "/console/tenants?state=gone",
+        Some(&cookie),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(page.contains("Unknown state"));
-    eprintln!("console tenants pages at 100,000 tenants (through the router):\n  {}", timed.join("\n  "));
+    eprintln!(
+        "console tenants pages at 100,000 tenants (through the router):\n  {}",
+        timed.join("\n  ")
+    );
+
+    // An action goes through the API's handler: confirmation page, then the post queues
+    // the workflow once (the form's key is its idempotency key), an unknown plan is refused
+    // with the API's own message.
+    let t1: String = owner
+        .query_one(
+            "SELECT id::text FROM tenancy_catalog.tenants WHERE slug = 't000001'",
+            &[],
+        )
+        .await
+        .expect("id")
+        .get(0);
+    let confirm = format!("/console/tenants/{t1}/actions?action=plan&plan=pro");
+    let (s, _, page) = send(&app, "GET", &confirm, Some(&cookie), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let field = |name: &str| {
+        page.split_once(&format!("name=\"{name}\" value=\""))
+            .and_then(|(_, r)| r.split_once('"'))
+            .map(|(v, _)| v.to_owned())
+            .expect(name)
+    };
+    let form = format!(
+        "csrf={}&action=plan&plan=pro&key={}",
+        field("csrf"),
+        field("key")
+    );
+    let actions = format!("/console/tenants/{t1}/actions");
+    for _ in 0..2 {
+        let (s, h, _) = send(&app, "POST", &actions, Some(&cookie), Some(&form)).await;
+        assert_eq!(s, StatusCode::SEE_OTHER);
+        assert_eq!(h["location"], format!("/console/tenants/{t1}").as_str());
+    }
+    let queued: i64 = owner
+        .query_one(
+            "SELECT count(*) FROM tenancy_catalog.workflows WHERE tenant_id = $1::text::uuid AND kind = 'change_plan' AND input->>'plan' = 'pro'",
+            &[&t1],
+        )
+        .await
+        .expect("workflows")
+        .get(0);
+    assert_eq!(queued, 1, "the form sent twice queued one workflow");
+    let (s, _, page) = send(
+        &app,
+        "GET",
+        &format!("/console/tenants/{t1}"),
+        Some(&cookie),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        page.contains("plan queued (workflow "),
+        "the flash of the action"
+    );
+    let bad = format!(
+        "csrf={}&action=plan&plan=nope&key=console-test-bad-plan",
+        field("csrf")
+    );
+    let (s, _, page) = send(&app, "POST", &actions, Some(&cookie), Some(&bad)).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains("does not exist"), "{page}");
 
     // CSRF: a POST without the token, or with another, is refused and ends nothing.
     let (s, _, _) = send(&app, "POST", "/console/sign-out", Some(&cookie), Some("")).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    let (s, _, _) = send(&app, "POST", "/console/sign-out", Some(&cookie), Some("csrf=00")).await;
+    let (s, _, _) = send(
+        &app,
+        "POST",
+        "/console/sign-out",
+        Some(&cookie),
+        Some("csrf=00"),
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     let (s, _, _) = send(&app, "GET", "/console/tenants", Some(&cookie), None).await;
     assert_eq!(s, StatusCode::OK, "the session still works");
-    let (s, h, _) = send(&app, "POST", "/console/sign-out", Some(&cookie), Some(&format!("csrf={csrf}"))).await;
+    let (s, h, _) = send(
+        &app,
+        "POST",
+        "/console/sign-out",
+        Some(&cookie),
+        Some(&format!("csrf={csrf}")),
+    )
+    .await;
     assert_eq!(s, StatusCode::SEE_OTHER);
     assert_eq!(h["location"], "/console/sign-in");
     let (s, h, _) = send(&app, "GET", "/console/tenants", Some(&cookie), None).await;
-    assert_eq!(s, StatusCode::SEE_OTHER, "signed out: the cookie no longer works");
+    assert_eq!(
+        s,
+        StatusCode::SEE_OTHER,
+        "signed out: the cookie no longer works"
+    );
     assert_eq!(h["location"], "/console/sign-in");
 }

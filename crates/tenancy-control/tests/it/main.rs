@@ -5,8 +5,8 @@
 
 mod api;
 mod config;
-mod console;
 mod config_routes;
+mod console;
 mod hostile;
 mod ops;
 mod tls;
