@@ -178,6 +178,13 @@ async fn require_session(State(state): State<AppState>, req: Request, next: Next
         if !form_csrf_matches(&bytes, &session.csrf) {
             return csrf_refused();
         }
+        // PostgreSQL stores no NUL in text: refuse it here, with a clear message.
+        if bytes.windows(3).any(|w| w.eq_ignore_ascii_case(b"%00")) {
+            return refused(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "A field holds the NUL character (U+0000), which no value may contain.",
+            );
+        }
         Body::from(bytes)
     } else {
         body

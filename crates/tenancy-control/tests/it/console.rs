@@ -331,6 +331,13 @@ async fn console_sessions_csrf_headers_and_keyset_paging_over_100k_tenants() {
     let (s, _, page) = send(&app, "POST", &actions, Some(&cookie), Some(&bad)).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(page.contains("does not exist"), "{page}");
+    let nul = format!(
+        "csrf={}&action=suspend&reason=a%00b&key=console-test-nul",
+        field("csrf")
+    );
+    let (s, _, page) = send(&app, "POST", &actions, Some(&cookie), Some(&nul)).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains("NUL"), "{page}");
 
     // CSRF: a POST without the token, or with another, is refused and ends nothing.
     let (s, _, _) = send(&app, "POST", "/console/sign-out", Some(&cookie), Some("")).await;
