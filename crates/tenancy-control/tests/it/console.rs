@@ -324,6 +324,55 @@ async fn console_sessions_csrf_headers_and_keyset_paging_over_100k_tenants() {
         page.contains("plan queued (workflow "),
         "the flash of the action"
     );
+    // The queued workflow is in flight on the workflows page, with its own page.
+    let (s, _, page) = send(&app, "GET", "/console/workflows", Some(&cookie), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let wf = page
+        .split_once("<a href=\"/console/workflows/")
+        .and_then(|(_, r)| r.split_once('"'))
+        .map(|(v, _)| v.to_owned())
+        .expect("a workflow in flight");
+    assert!(
+        page.contains(">t000001</a>") && page.contains("change_plan"),
+        "{page}"
+    );
+    let (s, _, page) = send(
+        &app,
+        "GET",
+        &format!("/console/workflows/{wf}"),
+        Some(&cookie),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(page.contains("pending"), "{page}");
+    let (s, _, _) = send(
+        &app,
+        "GET",
+        "/console/workflows/not-a-uuid",
+        Some(&cookie),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, _) = send(&app, "GET", "/console/deliveries", Some(&cookie), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, page) = send(&app, "GET", "/console/flags", Some(&cookie), None).await;
+    assert_eq!(
+        s,
+        StatusCode::NOT_FOUND,
+        "no configuration service on this state"
+    );
+    assert!(page.contains("not mounted"));
+    let (s, _, _) = send(
+        &app,
+        "GET",
+        "/console/tenants/no-such-tenant",
+        Some(&cookie),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     let bad = format!(
         "csrf={}&action=plan&plan=nope&key=console-test-bad-plan",
         field("csrf")
