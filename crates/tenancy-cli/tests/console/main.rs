@@ -137,6 +137,31 @@ async fn the_console_in_chromium_signs_in_finds_acts_edits_flags_escapes_and_sig
         "{head}"
     );
     assert_accessible(&b).await;
+    // The keyboard starts at the skip link, which moves focus to the main content.
+    b.find("body")
+        .await
+        .send_keys("\u{E004}")
+        .await
+        .expect("Tab");
+    let first = b.js("return document.activeElement.textContent").await;
+    assert_eq!(
+        first,
+        Value::String("Skip to content".into()),
+        "first Tab stop"
+    );
+    b.client
+        .active_element()
+        .await
+        .expect("focus")
+        .send_keys("\u{E007}")
+        .await
+        .expect("Enter");
+    let focused = b.js("return document.activeElement.id").await;
+    assert_eq!(
+        focused,
+        Value::String("main".into()),
+        "the skip link moves focus to main"
+    );
 
     // Find a tenant by the beginning of its slug, then by its id.
     b.type_into("#q", "acm").await;
@@ -196,6 +221,7 @@ async fn the_console_in_chromium_signs_in_finds_acts_edits_flags_escapes_and_sig
     b.type_into("#reason", "browser test").await;
     click_button(&b, "Save flag").await;
     assert!(b.text("#flash").await.contains("saved"));
+    b.screenshot("flag").await;
     wait_until("/v1/evaluate serves the flag on", || {
         evaluated(&serve, &id, "console-beta") == Value::Bool(true)
     });
