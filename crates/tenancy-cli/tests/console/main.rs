@@ -166,6 +166,7 @@ async fn the_console_in_chromium_signs_in_finds_acts_edits_flags_escapes_and_sig
     // Find a tenant by the beginning of its slug, then by its id.
     b.type_into("#q", "acm").await;
     click_button(&b, "Search").await;
+    b.wait_query("q=acm").await;
     b.find_xpath(
         "//table[@id='results']//a[normalize-space()='acme']",
         "acme in the results",

@@ -273,6 +273,22 @@ impl Browser {
         }
     }
 
+    /// Waits until the page's query string holds `needle` (a submitted search).
+    pub(crate) async fn wait_query(&self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let url = self.client.current_url().await.expect("url");
+            if url.query().is_some_and(|q| q.contains(needle)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the query never held {needle} (at {url})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Reloads the page until the text of `css` is `want`.
     pub(crate) async fn reload_until_text(&self, css: &str, want: &str) {
         let deadline = Instant::now() + WAIT;
