@@ -268,7 +268,9 @@ impl Guard {
         match route {
             "/v1/signup" => Some(&self.signup),
             "/v1/signup/availability" => Some(&self.availability),
-            "/healthz" | "/openapi.json" | "/v1/billing/stripe" => Some(&self.public),
+            "/healthz" | "/openapi.json" | "/v1/billing/stripe" | "/console/sign-in" => {
+                Some(&self.public)
+            }
             _ => None,
         }
     }

@@ -31,6 +31,7 @@ pub mod api;
 pub mod auth;
 mod billing;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod guard;
 pub mod health;
@@ -90,6 +91,8 @@ struct StateInner {
     openapi: serde_json::Value,
     /// Workers and shutdown state, for `/readyz` (see [`health`]).
     health: Arc<health::Health>,
+    /// Sessions of the operator console (see [`console`]).
+    sessions: Arc<console::session::Sessions>,
 }
 
 /// A typed OpenAPI document (utoipa's type has no `Debug` without a feature we leave off).
@@ -143,6 +146,7 @@ impl AppState {
                 openapi: serde_json::to_value(&openapi).unwrap_or_default(),
                 openapi_doc: OpenApiDoc(openapi),
                 health: Arc::new(health::Health::default()),
+                sessions: Arc::new(console::session::Sessions::default()),
             }),
         }
     }
@@ -210,6 +214,10 @@ impl AppState {
 
     pub(crate) fn signup(&self) -> &SignupConfig {
         &self.inner.signup
+    }
+
+    pub(crate) fn sessions(&self) -> &console::session::Sessions {
+        &self.inner.sessions
     }
 
     pub(crate) fn openapi(&self) -> serde_json::Value {
@@ -318,7 +326,8 @@ pub fn router(state: AppState) -> axum::Router {
 /// Every control-plane route plus `extra` (another crate's routes, already given their
 /// state); the body limit, the guard (rate limits of unauthenticated routes, body
 /// deadline, NUL refusal: [`guard`]), request span and problem fallback apply to all of
-/// them.
+/// them. The operator [`console`]'s HTML pages are mounted too, outside the problem
+/// normalization (their errors are pages) and outside the OpenAPI document.
 pub fn router_with(state: AppState, extra: axum::Router) -> axum::Router {
     let extra = match state.config() {
         Some(config) => extra.merge(config_routes(&state, config.clone())),
@@ -354,16 +363,24 @@ pub fn router_with(state: AppState, extra: axum::Router) -> axum::Router {
         .route("/v1/signup/availability", get(api::availability))
         .route("/v1/signup", post(api::signup))
         .route("/v1/billing/stripe", post(api::stripe_webhook))
-        .with_state(state)
+        .with_state(state.clone())
         .merge(extra)
         .fallback(|| async { ApiError::new(ProblemCode::NotFound, "no such route") })
         .layer(axum::middleware::from_fn_with_state(
-            guard_state,
+            guard_state.clone(),
             guard::guard,
         ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(tenancy_problem::normalize))
+        .merge(
+            console::routes(state)
+                .layer(axum::middleware::from_fn_with_state(
+                    guard_state,
+                    guard::guard,
+                ))
+                .layer(DefaultBodyLimit::max(BODY_LIMIT)),
+        )
         // Outermost: the request span, id and access line see the final answer (a
         // problem document once `normalize` has made one), and add the request id to it.
-        .layer(axum::middleware::from_fn(tenancy_problem::normalize))
         .layer(axum::middleware::from_fn(telemetry::observe))
 }

@@ -6,6 +6,7 @@
 mod api;
 mod config;
 mod config_routes;
+mod console;
 mod hostile;
 mod ops;
 mod tls;
