@@ -114,6 +114,21 @@ pub async fn set_legal_hold(
         .transaction()
         .await
         .map_err(CatalogError::db("starting a transaction"))?;
+    let t = set_legal_hold_in(&tx, id, hold, actor).await?;
+    tx.commit()
+        .await
+        .map_err(CatalogError::db("committing a legal hold"))?;
+    Ok(t)
+}
+
+/// [`set_legal_hold`] inside the caller's transaction (which records what else the change
+/// needs, such as its audit event, and commits).
+pub async fn set_legal_hold_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: TenantId,
+    hold: bool,
+    actor: &str,
+) -> Result<Tenant, CatalogError> {
     let row = tx
         .query_opt(
             &format!("UPDATE tenancy_catalog.tenants SET legal_hold = $2, updated_at = now() WHERE id = $1 RETURNING {TENANT_COLUMNS}"),
@@ -128,9 +143,6 @@ pub async fn set_legal_hold(
     )
     .await
     .map_err(CatalogError::db("recording a tenant event"))?;
-    tx.commit()
-        .await
-        .map_err(CatalogError::db("committing a legal hold"))?;
     tenant_from_row(&row)
 }
 

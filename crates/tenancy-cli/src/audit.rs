@@ -51,6 +51,10 @@ enum AuditCommand {
         /// Trust checkpoints signed by this signing key file (its public half).
         #[arg(long)]
         key: Option<PathBuf>,
+        /// Which log: `tenant` (applications' events, in the tenant database) or
+        /// `control` (the control plane's own log, in the catalog).
+        #[arg(long, default_value = "tenant", value_parser = parse_log)]
+        log: tenancy_audit::Log,
     },
     /// Write one tenant's events, hashes, checkpoints and public keys as JSON lines.
     /// Exit 0: written; 2: could not run.
@@ -95,7 +99,8 @@ pub(crate) async fn run(args: AuditArgs) -> u8 {
             file,
             public_keys,
             key,
-        } => verify(db, tenant, checkpoints, file, public_keys, key).await,
+            log,
+        } => verify(db, tenant, checkpoints, file, public_keys, key, log).await,
         AuditCommand::Export {
             db,
             tenant,
@@ -172,11 +177,24 @@ fn print_verdict(v: &Verdict) {
     let _ = match &v.tampering {
         None => writeln!(
             out,
-            "tenant {}: intact ({} sealed events, head at position {}, {} unsealed, {} checkpoints)",
-            v.tenant, v.sealed, v.head, v.unsealed, v.checkpoints
+            "tenant {}: intact ({} sealed events, head at position {}, {} unsealed, {} checkpoints{})",
+            v.tenant,
+            v.sealed,
+            v.head,
+            v.unsealed,
+            v.checkpoints,
+            if v.base > 0 {
+                format!(", verified from the purge anchor at position {}", v.base)
+            } else {
+                String::new()
+            }
         ),
         Some(t) => writeln!(out, "tenant {}: TAMPERED: {t}", v.tenant),
     };
+}
+
+fn parse_log(s: &str) -> Result<tenancy_audit::Log, String> {
+    tenancy_audit::Log::parse(s).ok_or_else(|| format!("{s:?} is not a log: use tenant or control"))
 }
 
 async fn verify(
@@ -186,6 +204,7 @@ async fn verify(
     file: Option<PathBuf>,
     public_keys: Vec<String>,
     key: Option<PathBuf>,
+    log: tenancy_audit::Log,
 ) -> Result<u8> {
     let mut trusted = public_keys;
     for k in &trusted {
@@ -211,19 +230,33 @@ async fn verify(
             .with_context(|| format!("reading the export {}", f.display()))?;
         let mut cps = exp.checkpoints;
         cps.extend(extra);
-        vec![tenancy_audit::verify_chain(
+        vec![tenancy_audit::verify_chain_in(
+            tenancy_audit::Log::Tenant,
             exp.tenant,
             &exp.events,
             &cps,
+            &exp.anchors,
             &trust,
         )]
     } else {
-        let tenant = tenant.as_deref().map(parse_tenant).transpose()?;
+        // The control plane's log is in the catalog (`--log control`; the platform chain is
+        // tenant 00000000-0000-0000-0000-000000000000).
+        let tenant = match tenant.as_deref() {
+            Some(t) if log == tenancy_audit::Log::Control => Some(
+                t.parse::<uuid::Uuid>()
+                    .with_context(|| format!("--tenant {t:?} is not a UUID"))?,
+            ),
+            Some(t) => Some(parse_tenant(t)?.as_uuid()),
+            None => None,
+        };
         let (owner, catalog) = connect_both(&db).await?;
         let catalog = catalog.as_ref().unwrap_or(&owner);
         let catalog = has_checkpoints(catalog).await?.then_some(catalog);
-        tenancy_audit::verify_database(&owner, catalog, tenant.map(|t| t.as_uuid()), &extra, &trust)
-            .await?
+        let events_db = match log {
+            tenancy_audit::Log::Control => catalog.unwrap_or(&owner),
+            _ => &owner,
+        };
+        tenancy_audit::verify_log(events_db, catalog, log, tenant, &extra, &trust).await?
     };
     for v in &verdicts {
         print_verdict(v);

@@ -28,6 +28,7 @@
 //! private-cluster harness `tenancy-pg` is only a dev-dependency).
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 mod billing;
 pub mod config;
@@ -90,6 +91,11 @@ struct StateInner {
     openapi: serde_json::Value,
     /// Workers and shutdown state, for `/readyz` (see [`health`]).
     health: Arc<health::Health>,
+    /// The audit sealer (tenant databases, checkpoints), when the app was built with it:
+    /// `GET /v1/tenants/{id}/audit` reads tenant logs through it.
+    audit: Option<audit::sealer::Sealer>,
+    /// Its periodic task, stopped with the workers at shutdown.
+    audit_task: Arc<std::sync::Mutex<Option<audit::sealer::SealerTask>>>,
 }
 
 /// A typed OpenAPI document (utoipa's type has no `Debug` without a feature we leave off).
@@ -143,6 +149,8 @@ impl AppState {
                 openapi: serde_json::to_value(&openapi).unwrap_or_default(),
                 openapi_doc: OpenApiDoc(openapi),
                 health: Arc::new(health::Health::default()),
+                audit: None,
+                audit_task: Arc::default(),
             }),
         }
     }
@@ -157,6 +165,33 @@ impl AppState {
         AppState {
             inner: Arc::new(inner),
         }
+    }
+
+    /// The same state with the audit sealer (its task is started separately, see
+    /// [`AppState::set_audit_task`]).
+    pub fn with_audit(self, sealer: audit::sealer::Sealer) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.audit = Some(sealer);
+        AppState {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The audit sealer, when there is one.
+    pub fn audit(&self) -> Option<&audit::sealer::Sealer> {
+        self.inner.audit.as_ref()
+    }
+
+    /// Keeps the sealer's periodic task, to stop it at shutdown.
+    pub fn set_audit_task(&self, task: Option<audit::sealer::SealerTask>) {
+        if let Ok(mut t) = self.inner.audit_task.lock() {
+            *t = task;
+        }
+    }
+
+    /// Takes the sealer's task (to stop it).
+    pub fn take_audit_task(&self) -> Option<audit::sealer::SealerTask> {
+        self.inner.audit_task.lock().ok().and_then(|mut t| t.take())
     }
 
     /// The same state with these timeouts and rate limits (the defaults otherwise).
@@ -349,6 +384,7 @@ pub fn router_with(state: AppState, extra: axum::Router) -> axum::Router {
         .route("/v1/tenants/{id}/delete", post(api::delete))
         .route("/v1/tenants/{id}/plan", post(api::change_plan))
         .route("/v1/tenants/{id}/legal-hold", post(api::legal_hold))
+        .route("/v1/tenants/{id}/audit", get(api::audit::tenant_audit))
         .route("/v1/workflows/{id}", get(api::get_workflow))
         .route("/v1/webhook-deliveries", get(api::deliveries))
         .route("/v1/signup/availability", get(api::availability))

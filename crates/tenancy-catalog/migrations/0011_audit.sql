@@ -1,0 +1,124 @@
+-- The catalog's side of the audit logs (tenancy-audit). Idempotent and upgrades in
+-- place, because tenancy-audit also runs this file (`install_catalog`) on catalogs
+-- where an earlier version of the checkpoint table was installed by hand.
+--
+-- - audit_checkpoints: signed checkpoints of every chain. A checkpoint commits to one
+--   chain up to one position: its head hash, signed with Ed25519 by a key kept outside
+--   the database, so a chain rewritten by someone who can write the database no longer
+--   matches it. `log` names the log: `tenant` (an application's events in a tenant
+--   database) or `control` (the control plane's own log below).
+-- - audit_anchors: the signed checkpoint at the boundary of each purge (events at or
+--   before it were removed after their retention); verification starts the remaining
+--   chain from it.
+-- - audit_log: the control plane's own log (its changes to the catalog: tenants, their
+--   lifecycle, legal holds, configuration, purges of tenant logs). One chain per tenant
+--   the change concerns, and one for platform-wide changes (tenant id 00000000-…, the
+--   nil UUID), sealed and checkpointed like tenant logs with their own hash domain.
+--   Only the owner role reaches it: the runtime role reads and writes no catalog table.
+-- Rows of all three are never changed (the chain fields of audit_log are filled once by
+-- the sealer) and never removed.
+CREATE TABLE IF NOT EXISTS tenancy_catalog.audit_checkpoints (
+    tenant_id  uuid NOT NULL,
+    chain_pos  bigint NOT NULL CHECK (chain_pos >= 1),
+    head_hash  bytea NOT NULL CHECK (octet_length(head_hash) = 32),
+    signed_at  timestamptz NOT NULL,
+    public_key bytea NOT NULL CHECK (octet_length(public_key) = 32),
+    signature  bytea NOT NULL CHECK (octet_length(signature) = 64),
+    PRIMARY KEY (tenant_id, chain_pos, public_key)
+);
+ALTER TABLE tenancy_catalog.audit_checkpoints
+    ADD COLUMN IF NOT EXISTS log text NOT NULL DEFAULT 'tenant' CHECK (log IN ('tenant', 'control'));
+DO $do$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                    WHERE i.indrelid = 'tenancy_catalog.audit_checkpoints'::regclass AND i.indisprimary AND a.attname = 'log') THEN
+        ALTER TABLE tenancy_catalog.audit_checkpoints DROP CONSTRAINT audit_checkpoints_pkey;
+        ALTER TABLE tenancy_catalog.audit_checkpoints ADD PRIMARY KEY (log, tenant_id, chain_pos, public_key);
+    END IF;
+END
+$do$;
+REVOKE ALL ON tenancy_catalog.audit_checkpoints FROM PUBLIC;
+
+CREATE TABLE IF NOT EXISTS tenancy_catalog.audit_anchors (
+    log         text NOT NULL CHECK (log IN ('tenant', 'control')),
+    tenant_id   uuid NOT NULL,
+    chain_pos   bigint NOT NULL CHECK (chain_pos >= 1),
+    head_hash   bytea NOT NULL CHECK (octet_length(head_hash) = 32),
+    signed_at   timestamptz NOT NULL,
+    public_key  bytea NOT NULL CHECK (octet_length(public_key) = 32),
+    signature   bytea NOT NULL CHECK (octet_length(signature) = 64),
+    PRIMARY KEY (log, tenant_id, chain_pos)
+);
+REVOKE ALL ON tenancy_catalog.audit_anchors FROM PUBLIC;
+
+CREATE TABLE IF NOT EXISTS tenancy_catalog.audit_log (
+    tenant_id     uuid NOT NULL,
+    seq           bigint GENERATED ALWAYS AS IDENTITY,
+    xid           xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    occurred_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    actor_kind    text NOT NULL CHECK (actor_kind IN ('user', 'api_key', 'admin', 'worker', 'system')),
+    actor_subject text CHECK (octet_length(actor_subject) <= 1024),
+    actor_key_id  text CHECK (octet_length(actor_key_id) <= 256),
+    action        text NOT NULL CHECK (action ~ '^[A-Za-z][A-Za-z0-9_.:/-]{0,127}$'),
+    target        text CHECK (octet_length(target) <= 1024),
+    before        jsonb,
+    after         jsonb,
+    request_id    text CHECK (octet_length(request_id) <= 256),
+    trace_id      text CHECK (octet_length(trace_id) <= 256),
+    client_addr   inet,
+    outcome       text NOT NULL CHECK (outcome IN ('success', 'failure', 'denied')),
+    chain_pos     bigint CHECK (chain_pos >= 1),
+    prev_hash     bytea CHECK (octet_length(prev_hash) = 32),
+    hash          bytea CHECK (octet_length(hash) = 32),
+    sealed_at     timestamptz,
+    PRIMARY KEY (tenant_id, seq),
+    UNIQUE (tenant_id, chain_pos),
+    CHECK ((chain_pos IS NULL) = (hash IS NULL) AND (hash IS NULL) = (prev_hash IS NULL))
+);
+CREATE INDEX IF NOT EXISTS audit_log_unsealed_idx ON tenancy_catalog.audit_log (seq)
+    WHERE chain_pos IS NULL;
+REVOKE ALL ON tenancy_catalog.audit_log FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy_catalog.refuse_checkpoint_change() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    RAISE EXCEPTION '%.% is append-only (% refused)', TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END
+$fn$;
+REVOKE ALL ON FUNCTION tenancy_catalog.refuse_checkpoint_change() FROM PUBLIC;
+DROP TRIGGER IF EXISTS audit_checkpoints_append_only ON tenancy_catalog.audit_checkpoints;
+CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE OR DELETE ON tenancy_catalog.audit_checkpoints
+    FOR EACH ROW EXECUTE FUNCTION tenancy_catalog.refuse_checkpoint_change();
+DROP TRIGGER IF EXISTS audit_checkpoints_no_truncate ON tenancy_catalog.audit_checkpoints;
+CREATE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON tenancy_catalog.audit_checkpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy_catalog.refuse_checkpoint_change();
+DROP TRIGGER IF EXISTS audit_anchors_append_only ON tenancy_catalog.audit_anchors;
+CREATE TRIGGER audit_anchors_append_only BEFORE UPDATE OR DELETE ON tenancy_catalog.audit_anchors
+    FOR EACH ROW EXECUTE FUNCTION tenancy_catalog.refuse_checkpoint_change();
+DROP TRIGGER IF EXISTS audit_anchors_no_truncate ON tenancy_catalog.audit_anchors;
+CREATE TRIGGER audit_anchors_no_truncate BEFORE TRUNCATE ON tenancy_catalog.audit_anchors
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy_catalog.refuse_checkpoint_change();
+
+-- The control log: the same guard as tenant logs (the sealer may fill empty chain fields
+-- of an unchanged event; nothing else changes, nothing is deleted or truncated).
+CREATE OR REPLACE FUNCTION tenancy_catalog.audit_log_guard() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    -- Compared as jsonb without the chain fields: every other column must be unchanged.
+    IF TG_OP = 'UPDATE' AND OLD.chain_pos IS NULL AND NEW.chain_pos IS NOT NULL
+       AND to_jsonb(OLD) - ARRAY['chain_pos', 'prev_hash', 'hash', 'sealed_at']
+           = to_jsonb(NEW) - ARRAY['chain_pos', 'prev_hash', 'hash', 'sealed_at'] THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'tenancy_catalog.audit_log is append-only (% refused)', TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END
+$fn$;
+REVOKE ALL ON FUNCTION tenancy_catalog.audit_log_guard() FROM PUBLIC;
+DROP TRIGGER IF EXISTS audit_log_append_only ON tenancy_catalog.audit_log;
+CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON tenancy_catalog.audit_log
+    FOR EACH ROW EXECUTE FUNCTION tenancy_catalog.audit_log_guard();
+DROP TRIGGER IF EXISTS audit_log_no_truncate ON tenancy_catalog.audit_log;
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON tenancy_catalog.audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy_catalog.audit_log_guard();
