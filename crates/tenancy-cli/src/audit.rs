@@ -1,5 +1,6 @@
-//! `tenancy audit …`: seal the audit chains and sign checkpoints, verify them (live or
-//! from an export), export one tenant's log.
+//! `tenancy audit …`: seal the audit chains (tenant logs and the control plane's own log)
+//! and sign checkpoints, verify them (live or from an export; a purged head from its
+//! signed anchor), export one tenant's log, set or lift a tenant's legal hold.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -71,6 +72,23 @@ enum AuditCommand {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Set (or with --clear, lift) a tenant's legal hold: while it is set, neither the
+    /// tenant nor its audit log is purged. Recorded in the control plane's audit log.
+    /// Exit 0: done; 2: could not run.
+    Hold {
+        /// The catalog (owner role).
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<SecretString>,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Lift the hold instead of setting it.
+        #[arg(long)]
+        clear: bool,
+        /// Who sets it, recorded as the event's actor (default: `cli:` and $USER).
+        #[arg(long)]
+        actor: Option<String>,
+    },
     /// Seal recorded events into their tenants' chains and sign a checkpoint for every
     /// chain that grew. Exit 0: done; 2: could not run.
     Seal {
@@ -107,6 +125,12 @@ pub(crate) async fn run(args: AuditArgs) -> u8 {
             checkpoints,
             output,
         } => export(db, tenant, checkpoints, output).await.map(|()| 0),
+        AuditCommand::Hold {
+            database_url,
+            tenant,
+            clear,
+            actor,
+        } => hold(database_url, tenant, !clear, actor).await.map(|()| 0),
         AuditCommand::Seal {
             db,
             key,
@@ -292,26 +316,64 @@ async fn export(
     Ok(())
 }
 
+async fn hold(
+    url: Option<SecretString>,
+    tenant: String,
+    on: bool,
+    actor: Option<String>,
+) -> Result<()> {
+    let tenant = parse_tenant(&tenant)?;
+    let url = url.context("no catalog: pass --database-url or set DATABASE_URL")?;
+    let mut catalog = connect(&url, "catalog").await?;
+    let actor = actor.unwrap_or_else(|| {
+        format!(
+            "cli:{}",
+            std::env::var("USER").unwrap_or_else(|_| "operator".into())
+        )
+    });
+    let mut who = tenancy_control::audit::Who::named(&actor, Default::default());
+    who.actor.kind = tenancy_audit::ActorKind::Admin;
+    let t = tenancy_control::audit::set_legal_hold(&mut catalog, tenant, on, &who)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
+    println!(
+        "tenant {}: legal hold {}",
+        t.id,
+        if t.legal_hold { "set" } else { "lifted" }
+    );
+    Ok(())
+}
+
 async fn seal(db: Databases, key: PathBuf, publish: Option<PathBuf>, every: u64) -> Result<()> {
     let signer = Signer::load_or_generate(&key)?;
-    let (mut owner, catalog) = connect_both(&db).await?;
+    let (mut owner, mut catalog) = connect_both(&db).await?;
     tenancy_audit::install_catalog(catalog.as_ref().unwrap_or(&owner))
         .await
-        .context("installing the checkpoint table in the catalog")?;
+        .context("installing the audit tables in the catalog")?;
     eprintln!("signing checkpoints with key {}", signer.public_key_hex());
     loop {
         let report = tenancy_audit::seal(&mut owner, 5000).await?;
-        let cps = tenancy_audit::checkpoint(
-            &owner,
-            catalog.as_ref().unwrap_or(&owner),
-            &signer,
-            publish.as_deref(),
-        )
-        .await?;
+        // The control plane's own log, in the catalog.
+        let control = match catalog.as_mut() {
+            Some(c) => tenancy_audit::seal_log(c, tenancy_audit::Log::Control, 5000).await?,
+            None => tenancy_audit::seal_log(&mut owner, tenancy_audit::Log::Control, 5000).await?,
+        };
+        let cat = catalog.as_ref().unwrap_or(&owner);
+        let mut cps = tenancy_audit::checkpoint(&owner, cat, &signer, publish.as_deref()).await?;
+        cps.extend(
+            tenancy_audit::checkpoint_log(
+                tenancy_audit::Log::Control,
+                cat,
+                cat,
+                &signer,
+                publish.as_deref(),
+            )
+            .await?,
+        );
         println!(
             "sealed {} events in {} chains; signed {} checkpoints",
-            report.sealed,
-            report.heads.len(),
+            report.sealed + control.sealed,
+            report.heads.len() + control.heads.len(),
             cps.len()
         );
         if every == 0 {
