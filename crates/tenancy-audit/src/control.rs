@@ -6,8 +6,8 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::log::PLATFORM;
-use crate::{db, Error, Event};
+use crate::log::{Log, PLATFORM};
+use crate::{db, insert_sql, Error, Event};
 
 /// Records `event` in the control plane's log, in the chain of `tenant` (the tenant the
 /// change concerns; `None`: the platform chain). `catalog` is the catalog transaction of
@@ -18,27 +18,10 @@ pub async fn record_control(
     event: &Event,
 ) -> Result<(), Error> {
     event.check()?;
+    let tenant = tenant.unwrap_or(PLATFORM);
+    let names = event.names();
     catalog
-        .execute(
-            "INSERT INTO tenancy_catalog.audit_log \
-             (tenant_id, actor_kind, actor_subject, actor_key_id, action, target, before, after, \
-              request_id, trace_id, client_addr, outcome) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            &[
-                &tenant.unwrap_or(PLATFORM),
-                &event.actor.kind.as_str(),
-                &event.actor.subject,
-                &event.actor.key_id,
-                &event.action,
-                &event.target,
-                &event.before,
-                &event.after,
-                &event.request_id,
-                &event.trace_id,
-                &event.client_addr,
-                &event.outcome.as_str(),
-            ],
-        )
+        .execute(&insert_sql(Log::Control), &event.values(&tenant, &names))
         .await
         .map_err(db("recording a control-plane audit event"))?;
     Ok(())

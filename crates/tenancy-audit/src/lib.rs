@@ -317,10 +317,48 @@ impl Event {
     }
 }
 
-const INSERT: &str = "INSERT INTO tenancy.audit_events \
-    (tenant_id, actor_kind, actor_subject, actor_key_id, action, target, before, after, \
-     request_id, trace_id, client_addr, outcome) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+/// The INSERT of an event into `log`'s table; its parameters are [`Event::values`].
+pub(crate) fn insert_sql(log: Log) -> String {
+    format!(
+        "INSERT INTO {} \
+         (tenant_id, actor_kind, actor_subject, actor_key_id, action, target, before, after, \
+          request_id, trace_id, client_addr, outcome) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        log.table()
+    )
+}
+
+/// The stored names of an event's actor kind and outcome, borrowed by [`Event::values`].
+pub(crate) type Names = (&'static str, &'static str);
+
+impl Event {
+    /// The names [`Event::values`] borrows.
+    pub(crate) fn names(&self) -> Names {
+        (self.actor.kind.as_str(), self.outcome.as_str())
+    }
+
+    /// The parameters of [`insert_sql`] for this event of `tenant`.
+    pub(crate) fn values<'a>(
+        &'a self,
+        tenant: &'a uuid::Uuid,
+        names: &'a Names,
+    ) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 12] {
+        [
+            tenant,
+            &names.0,
+            &self.actor.subject,
+            &self.actor.key_id,
+            &self.action,
+            &self.target,
+            &self.before,
+            &self.after,
+            &self.request_id,
+            &self.trace_id,
+            &self.client_addr,
+            &names.1,
+        ]
+    }
+}
 
 /// Records `event` in `tx`, the transaction of the change it describes: it commits or
 /// rolls back with it. The row-level security policy refuses an event for any tenant but
@@ -328,23 +366,8 @@ const INSERT: &str = "INSERT INTO tenancy.audit_events \
 pub async fn record(tx: &mut TenantTx, event: &Event) -> Result<(), Error> {
     event.check()?;
     let tenant = tx.tenant().as_uuid();
-    tx.execute(
-        INSERT,
-        &[
-            &tenant,
-            &event.actor.kind.as_str(),
-            &event.actor.subject,
-            &event.actor.key_id,
-            &event.action,
-            &event.target,
-            &event.before,
-            &event.after,
-            &event.request_id,
-            &event.trace_id,
-            &event.client_addr,
-            &event.outcome.as_str(),
-        ],
-    )
-    .await?;
+    let names = event.names();
+    tx.execute(&insert_sql(Log::Tenant), &event.values(&tenant, &names))
+        .await?;
     Ok(())
 }

@@ -39,38 +39,50 @@ END
 $do$;
 REVOKE ALL ON tenancy_catalog.audit_checkpoints FROM PUBLIC;
 
-CREATE TABLE IF NOT EXISTS tenancy_catalog.audit_anchors (
-    log         text NOT NULL CHECK (log IN ('tenant', 'control')),
-    tenant_id   uuid NOT NULL,
-    chain_pos   bigint NOT NULL CHECK (chain_pos >= 1),
-    head_hash   bytea NOT NULL CHECK (octet_length(head_hash) = 32),
-    signed_at   timestamptz NOT NULL,
-    public_key  bytea NOT NULL CHECK (octet_length(public_key) = 32),
-    signature   bytea NOT NULL CHECK (octet_length(signature) = 64),
-    PRIMARY KEY (log, tenant_id, chain_pos)
-);
+-- An anchor is a signed checkpoint (the same columns), one per purge boundary.
+DO $do$
+BEGIN
+    IF to_regclass('tenancy_catalog.audit_anchors') IS NULL THEN
+        CREATE TABLE tenancy_catalog.audit_anchors
+            (LIKE tenancy_catalog.audit_checkpoints INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+        ALTER TABLE tenancy_catalog.audit_anchors ADD PRIMARY KEY (log, tenant_id, chain_pos);
+    END IF;
+END
+$do$;
 REVOKE ALL ON tenancy_catalog.audit_anchors FROM PUBLIC;
 
+-- The columns, their limits and the chain fields are those of a tenant log
+-- (tenancy-audit's sql/audit.sql), so one hash function and one sealer serve both; what
+-- the control plane records in each is noted here.
 CREATE TABLE IF NOT EXISTS tenancy_catalog.audit_log (
+    -- The tenant the change concerns; the nil UUID for platform-wide changes.
     tenant_id     uuid NOT NULL,
     seq           bigint GENERATED ALWAYS AS IDENTITY,
     xid           xid8 NOT NULL DEFAULT pg_current_xact_id(),
     occurred_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- Who: `admin` with `admin:<token principal>` (API) or `cli:<user>` (command line),
+    -- `worker` for the sealer's purges, `system` for signups and billing events.
     actor_kind    text NOT NULL CHECK (actor_kind IN ('user', 'api_key', 'admin', 'worker', 'system')),
     actor_subject text CHECK (octet_length(actor_subject) <= 1024),
     actor_key_id  text CHECK (octet_length(actor_key_id) <= 256),
+    -- What: `tenant.<workflow kind>`, `tenant.legal_hold.set`, `config.<entity>.<action>`,
+    -- `audit.purge`, …, on `tenant:<id>` or `<entity>:<key>`.
     action        text NOT NULL CHECK (action ~ '^[A-Za-z][A-Za-z0-9_.:/-]{0,127}$'),
     target        text CHECK (octet_length(target) <= 1024),
+    -- Digests (`{"sha256": …}`) of the state before and after, never the values.
     before        jsonb,
     after         jsonb,
+    -- Where: the request's id, trace and client address (none for workers).
     request_id    text CHECK (octet_length(request_id) <= 256),
     trace_id      text CHECK (octet_length(trace_id) <= 256),
     client_addr   inet,
     outcome       text NOT NULL CHECK (outcome IN ('success', 'failure', 'denied')),
+    -- The chain, filled by the sealer under its own hash domain.
     chain_pos     bigint CHECK (chain_pos >= 1),
     prev_hash     bytea CHECK (octet_length(prev_hash) = 32),
     hash          bytea CHECK (octet_length(hash) = 32),
     sealed_at     timestamptz,
+    -- One chain per tenant concerned, and the platform's.
     PRIMARY KEY (tenant_id, seq),
     UNIQUE (tenant_id, chain_pos),
     CHECK ((chain_pos IS NULL) = (hash IS NULL) AND (hash IS NULL) = (prev_hash IS NULL))
@@ -87,18 +99,20 @@ BEGIN
 END
 $fn$;
 REVOKE ALL ON FUNCTION tenancy_catalog.refuse_checkpoint_change() FROM PUBLIC;
-DROP TRIGGER IF EXISTS audit_checkpoints_append_only ON tenancy_catalog.audit_checkpoints;
-CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE OR DELETE ON tenancy_catalog.audit_checkpoints
-    FOR EACH ROW EXECUTE FUNCTION tenancy_catalog.refuse_checkpoint_change();
-DROP TRIGGER IF EXISTS audit_checkpoints_no_truncate ON tenancy_catalog.audit_checkpoints;
-CREATE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON tenancy_catalog.audit_checkpoints
-    FOR EACH STATEMENT EXECUTE FUNCTION tenancy_catalog.refuse_checkpoint_change();
-DROP TRIGGER IF EXISTS audit_anchors_append_only ON tenancy_catalog.audit_anchors;
-CREATE TRIGGER audit_anchors_append_only BEFORE UPDATE OR DELETE ON tenancy_catalog.audit_anchors
-    FOR EACH ROW EXECUTE FUNCTION tenancy_catalog.refuse_checkpoint_change();
-DROP TRIGGER IF EXISTS audit_anchors_no_truncate ON tenancy_catalog.audit_anchors;
-CREATE TRIGGER audit_anchors_no_truncate BEFORE TRUNCATE ON tenancy_catalog.audit_anchors
-    FOR EACH STATEMENT EXECUTE FUNCTION tenancy_catalog.refuse_checkpoint_change();
+-- Checkpoints and anchors: no UPDATE, DELETE or TRUNCATE.
+DO $do$
+DECLARE t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['audit_checkpoints', 'audit_anchors'] LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON tenancy_catalog.%I', t || '_append_only', t);
+        EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OR DELETE ON tenancy_catalog.%I '
+                       'FOR EACH ROW EXECUTE FUNCTION tenancy_catalog.refuse_checkpoint_change()', t || '_append_only', t);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON tenancy_catalog.%I', t || '_no_truncate', t);
+        EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON tenancy_catalog.%I '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION tenancy_catalog.refuse_checkpoint_change()', t || '_no_truncate', t);
+    END LOOP;
+END
+$do$;
 
 -- The control log: the same guard as tenant logs (the sealer may fill empty chain fields
 -- of an unchanged event; nothing else changes, nothing is deleted or truncated).

@@ -30,38 +30,42 @@ pub struct AuditParams {
     pub limit: Option<i64>,
 }
 
-/// A sealed event with its place in the chain.
+/// A sealed event with its place in the chain. Its hash is SHA-256 over the fields
+/// exactly as given here (see ARCHITECTURE.md, audit log), so a page can be verified
+/// offline.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuditEventView {
-    /// Insertion sequence.
+    /// Order of insertion in the tenant database (may differ from the chain order for
+    /// an event whose transaction outlived a seal pass).
     pub seq: i64,
-    /// Position in the chain (1, 2, …).
+    /// Position in the tenant's chain, from 1 (or from the purge anchor's position + 1).
     pub chain_pos: i64,
-    /// When it was recorded, µs since the Unix epoch (hashed as such).
+    /// Recording time in microseconds since the Unix epoch (the hashed form).
     pub occurred_at_us: i64,
-    /// `user`, `api_key`, `admin`, `worker` or `system`.
+    /// The actor's kind: `user`, `api_key`, `admin`, `worker` or `system`.
     pub actor_kind: String,
-    /// Who.
+    /// The actor (user id, `admin:<principal>`, worker name), if recorded.
     pub actor_subject: Option<String>,
-    /// The API key used.
+    /// The API key the actor used, if any.
     pub actor_key_id: Option<String>,
-    /// What.
+    /// The action, e.g. `invoice.create` or `tenant.suspend`.
     pub action: String,
-    /// On what.
+    /// What it acted on, e.g. `invoice:42`.
     pub target: Option<String>,
-    /// State before (PostgreSQL's jsonb text, as hashed).
+    /// The state before (or its digest) as PostgreSQL prints the jsonb value.
     pub before: Option<String>,
-    /// State after (jsonb text).
+    /// The state after (or its digest), printed the same way.
     pub after: Option<String>,
-    /// Request id.
+    /// The request that made the change.
     pub request_id: Option<String>,
-    /// Trace id.
+    /// The W3C trace it ran in.
     pub trace_id: Option<String>,
-    /// Client address (inet text).
+    /// The client address as PostgreSQL prints an inet (`203.0.113.7/32`).
     pub client_addr: Option<String>,
-    /// `success`, `failure` or `denied`.
+    /// How it ended: `success`, `failure` or `denied`.
     pub outcome: String,
-    /// The previous event's hash (hex).
+    /// The hash of the event at the previous position (hex; the anchor's hash after a
+    /// purge, 32 zero bytes at position 1).
     pub prev_hash: String,
     /// This event's hash (hex).
     pub hash: String,
