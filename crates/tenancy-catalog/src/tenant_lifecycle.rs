@@ -146,6 +146,19 @@ pub async fn set_legal_hold_in(
     tenant_from_row(&row)
 }
 
+/// Whether a tenant's provisioning failed for good (it is `deleted` with a failure
+/// recorded, and never served).
+pub async fn provisioning_failed(client: &Client, id: TenantId) -> Result<bool, CatalogError> {
+    Ok(client
+        .query_opt(
+            "SELECT failure IS NOT NULL FROM tenancy_catalog.tenants WHERE id = $1",
+            &[&id.as_uuid()],
+        )
+        .await
+        .map_err(CatalogError::db("reading a tenant's failure"))?
+        .is_some_and(|r| r.get(0)))
+}
+
 /// Finds the tenant linked to a billing customer.
 pub async fn tenant_by_billing_customer(
     client: &Client,

@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tenancy_audit::{Checkpoint, Log, StoredEvent};
-use tenancy_core::{Placement, TenantId};
+use tenancy_core::{Placement, TenantId, TenantState};
 use utoipa::{IntoParams, ToSchema};
 
 use super::tenant_ref;
@@ -22,8 +22,12 @@ pub struct AuditParams {
     /// or `control` (the control plane's changes concerning the tenant).
     #[param(pattern = "^(tenant|control)$")]
     pub log: Option<String>,
-    /// The `next_after` of the previous page (opaque; only valid for this tenant and log).
-    #[param(pattern = "^[0-9a-f]{2,256}$", min_length = 2, max_length = 256)]
+    /// The `next_after` of the previous page: `<tenant id>.<log>.<chain position>`. A
+    /// cursor of another tenant's or another log's pages is refused with 409.
+    #[param(
+        pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\\.(tenant|control)\\.[0-9]{1,18}$",
+        max_length = 64
+    )]
     pub after: Option<String>,
     /// 1 to 500 events (default 100).
     #[param(minimum = 1, maximum = 500)]
@@ -142,31 +146,31 @@ fn checkpoint_view(c: Checkpoint) -> CheckpointView {
     }
 }
 
-/// The cursor after chain position `pos` of `tenant`'s `log`: hex of
-/// `v1:<tenant>:<log>:<pos>`, so a cursor names the chain it belongs to.
+/// The cursor after chain position `pos` of `tenant`'s `log`:
+/// `<tenant>.<log>.<pos>`, so a cursor names the chain it belongs to.
 fn cursor(tenant: TenantId, log: Log, pos: i64) -> String {
-    hex::encode(format!("v1:{tenant}:{}:{pos}", log.as_str()))
+    format!("{tenant}.{}.{pos}", log.as_str())
 }
 
-/// The chain position a cursor names, refusing one of another tenant or log.
+/// The chain position a cursor names: 422 for one that is not a cursor, 409 for one of
+/// another tenant's or another log's pages.
 fn parse_cursor(c: &str, tenant: TenantId, log: Log) -> Result<i64, ApiError> {
     let bad = || ApiError::field("after", "is not a cursor this endpoint returned");
-    let text = hex::decode(c)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(bad)?;
-    let mut parts = text.splitn(4, ':');
-    let (Some("v1"), Some(t), Some(l), Some(p)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let mut parts = c.splitn(3, '.');
+    let (Some(t), Some(l), Some(p)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(bad());
     };
     let pos: i64 = p.parse().ok().filter(|p| *p >= 0).ok_or_else(bad)?;
-    let t: TenantId = t.parse().map_err(|_| bad())?;
-    if t != tenant || Log::parse(l) != Some(log) {
-        return Err(ApiError::field(
-            "after",
-            "the cursor belongs to another tenant's or another log's pages",
+    let t: uuid::Uuid = t.parse().map_err(|_| bad())?;
+    let l = Log::parse(l).ok_or_else(bad)?;
+    if t != tenant.as_uuid() || l != log {
+        return Err(ApiError::new(
+            ProblemCode::Conflict,
+            format!(
+                "the cursor belongs to the {} log of tenant {t}, not to the {} log of tenant {tenant}",
+                l.as_str(),
+                log.as_str()
+            ),
         ));
     }
     Ok(pos)
@@ -175,7 +179,7 @@ fn parse_cursor(c: &str, tenant: TenantId, log: Log) -> Result<i64, ApiError> {
 /// Pages through a tenant's audit log (sealed events in chain order) with the proofs an offline check needs.
 #[utoipa::path(get, path = "/v1/tenants/{id}/audit", tag = "tenants", security(("admin" = [])),
     params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), AuditParams),
-    responses((status = 200, body = AuditPage), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json", description = "A limit out of range, an unknown log, or a cursor that is malformed or belongs to another tenant or log"), (status = 503, body = Problem, content_type = "application/problem+json", description = "The catalog or the tenant's database cannot be reached")))]
+    responses((status = 200, body = AuditPage), (status = 401, body = Problem, content_type = "application/problem+json"), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json", description = "The cursor belongs to another tenant's or another log's pages"), (status = 422, body = Problem, content_type = "application/problem+json", description = "A limit out of range, an unknown log, or a malformed cursor"), (status = 503, body = Problem, content_type = "application/problem+json", description = "The catalog or the tenant's database cannot be reached")))]
 pub async fn tenant_audit(
     _: Admin,
     State(state): State<AppState>,
@@ -220,8 +224,16 @@ pub async fn tenant_audit(
                     "this control plane reads no tenant audit logs (no audit sealer)",
                 )
             })?;
+            // A tenant that never served (provisioning, or failed for good) has no
+            // application events, and its cluster may never have been reachable.
+            let never_served = match t.state {
+                TenantState::Provisioning => true,
+                TenantState::Deleted => tenancy_catalog::provisioning_failed(&catalog, id).await?,
+                _ => false,
+            };
             let cluster = tenancy_catalog::get_cluster(&catalog, t.cluster_id).await?;
             let dbname = match (t.placement, &t.database_name) {
+                _ if never_served => None,
                 (Placement::Dedicated, Some(d)) => Some(d.clone()),
                 // A dedicated tenant whose database is not made yet has no events.
                 (Placement::Dedicated, None) => None,

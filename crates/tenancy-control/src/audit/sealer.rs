@@ -78,8 +78,8 @@ pub struct SealerTask {
 }
 
 impl SealerTask {
-    /// Stops the task and waits for it (a pass under way finishes first: each of its
-    /// steps is a transaction, so nothing is left half-done either way).
+    /// Stops the task and waits for it (a pass under way is cut: each of its steps is a
+    /// transaction, so nothing is left half-done).
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.handle.await;
@@ -129,7 +129,14 @@ impl Sealer {
         let me = self.clone();
         let handle = tokio::spawn(async move {
             loop {
-                match me.pass(true).await {
+                // A pass is cut at shutdown: each of its steps is a transaction, and a
+                // purge cut between its anchor and its delete leaves events the anchor
+                // still verifies (the next pass deletes them).
+                let pass = tokio::select! {
+                    r = me.pass(true) => r,
+                    _ = rx.wait_for(|s| *s) => return,
+                };
+                match pass {
                     Ok(r) if r.sealed > 0 || !r.purged.is_empty() => tracing::info!(
                         sealed = r.sealed,
                         checkpoints = r.checkpoints.len(),

@@ -422,15 +422,25 @@ async fn no_tenant_reads_or_forges_another_log_and_the_api_refuses_another_chain
         .to_owned();
     let second = page(port, a, &format!("?limit=1&after={cursor}")).await;
     assert_eq!(second.body["items"][0]["chain_pos"], 2, "{}", second.body);
+    for (t, q) in [
+        (b, format!("?after={cursor}")),
+        (a, format!("?log=control&after={cursor}")),
+    ] {
+        let r = page(port, t, &q).await;
+        assert_eq!(r.status, 409, "{q}: {}", r.body);
+        assert!(
+            r.body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("the cursor belongs to")),
+            "{q}: {}",
+            r.body
+        );
+    }
     for (t, q, field) in [
-        (b, format!("?after={cursor}"), "after"),
-        (a, format!("?log=control&after={cursor}"), "after"),
         (a, "?after=zz".to_owned(), "after"),
-        (
-            a,
-            format!("?after={}", hex::encode("v1:x:tenant:1")),
-            "after",
-        ),
+        (a, format!("?after={a}.tenant.x"), "after"),
+        (a, format!("?after={a}.other.1"), "after"),
+        (a, "?after=v1.x.tenant.1".to_owned(), "after"),
         (a, "?limit=0".to_owned(), "limit"),
         (a, "?limit=501".to_owned(), "limit"),
         (a, "?log=everything".to_owned(), "log"),
