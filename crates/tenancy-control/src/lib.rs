@@ -23,9 +23,17 @@
 //!   signature verification and event mapping; [`api`]: handlers and the OpenAPI 3.1
 //!   document (utoipa), served at `/openapi.json`.
 //!
+//! - [`audit`]: the control plane's own audit log (every change it makes recorded in the
+//!   catalog transaction of the change, through one helper) and the sealer task
+//!   (seals and checkpoints every audit log, publishes checkpoints, purges logs past
+//!   their plan's retention unless on legal hold); `GET /v1/tenants/{id}/audit` pages
+//!   through a tenant's log.
+//!
 //! What it does not do: it runs no workflow step itself (the provisioning engine does,
-//! on workers), it never touches tenant data, and it never starts PostgreSQL (the
-//! private-cluster harness `tenancy-pg` is only a dev-dependency).
+//! on workers), it never touches tenant data other than the audit log
+//! (`tenancy.audit_events`, which it reads, seals and purges as the owner role), and it
+//! never starts PostgreSQL (the private-cluster harness `tenancy-pg` is only a
+//! dev-dependency).
 
 pub mod api;
 pub mod audit;

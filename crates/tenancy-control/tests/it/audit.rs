@@ -565,10 +565,19 @@ async fn events_past_their_plans_retention_are_purged_only_without_a_legal_hold(
     .expect("verify");
     assert!(v[0].intact(), "{v:?}");
     // The purge is a checkpointed event of the control plane's platform chain.
-    sealer.pass(false).await.expect("pass");
-    let purges = tenancy_audit::load_log_events(&owner, Log::Control, tenancy_audit::PLATFORM)
-        .await
-        .expect("platform chain");
+    // (Sealing waits for the cluster's oldest running transaction, which other tests'
+    // transactions can hold back for a moment.)
+    let purges = eventually("the purge event sealed", || async {
+        sealer.pass(false).await.expect("pass");
+        let purges = tenancy_audit::load_log_events(&owner, Log::Control, tenancy_audit::PLATFORM)
+            .await
+            .expect("platform chain");
+        purges
+            .iter()
+            .all(|e| e.chain_pos.is_some())
+            .then_some(purges)
+    })
+    .await;
     assert_eq!(purges.len(), 1, "{purges:?}");
     assert_eq!(purges[0].action, "audit.purge");
     assert_eq!(purges[0].actor_kind, "worker");
