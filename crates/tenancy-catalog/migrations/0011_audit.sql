@@ -136,3 +136,29 @@ CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON tenancy_catalog.
 DROP TRIGGER IF EXISTS audit_log_no_truncate ON tenancy_catalog.audit_log;
 CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON tenancy_catalog.audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy_catalog.audit_log_guard();
+
+-- Changes that workflow steps apply (a tenant's state and plan, written with a
+-- tenant_events row in the step's transaction) enter the control log from that row, in
+-- the same transaction, whichever worker or command applied them. The requests that
+-- queue them are recorded by the control plane itself, with who and where.
+CREATE OR REPLACE FUNCTION tenancy_catalog.audit_tenant_event() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    INSERT INTO tenancy_catalog.audit_log (tenant_id, actor_kind, actor_subject, action, target, before, after, outcome)
+    VALUES (NEW.tenant_id,
+            CASE split_part(NEW.actor, ':', 1) WHEN 'admin' THEN 'admin' WHEN 'worker' THEN 'worker' ELSE 'system' END,
+            NEW.actor,
+            CASE NEW.kind WHEN 'state_changed' THEN 'tenant.state.' || NEW.to_state ELSE 'tenant.plan.changed' END,
+            'tenant:' || NEW.tenant_id,
+            CASE WHEN NEW.from_state IS NOT NULL THEN jsonb_build_object('state', NEW.from_state) END,
+            CASE NEW.kind WHEN 'state_changed' THEN jsonb_build_object('state', NEW.to_state, 'detail', NEW.detail)
+                          ELSE NEW.detail END,
+            'success');
+    RETURN NULL;
+END
+$fn$;
+REVOKE ALL ON FUNCTION tenancy_catalog.audit_tenant_event() FROM PUBLIC;
+DROP TRIGGER IF EXISTS tenant_events_audit ON tenancy_catalog.tenant_events;
+CREATE TRIGGER tenant_events_audit AFTER INSERT ON tenancy_catalog.tenant_events
+    FOR EACH ROW WHEN (NEW.kind IN ('state_changed', 'plan_changed'))
+    EXECUTE FUNCTION tenancy_catalog.audit_tenant_event();
