@@ -147,7 +147,7 @@ BEGIN
     INSERT INTO tenancy_catalog.audit_log (tenant_id, actor_kind, actor_subject, action, target, before, after, outcome)
     VALUES (NEW.tenant_id,
             CASE split_part(NEW.actor, ':', 1) WHEN 'admin' THEN 'admin' WHEN 'worker' THEN 'worker' ELSE 'system' END,
-            NEW.actor,
+            left(NEW.actor, 1024),
             CASE NEW.kind WHEN 'state_changed' THEN 'tenant.state.' || NEW.to_state ELSE 'tenant.plan.changed' END,
             'tenant:' || NEW.tenant_id,
             CASE WHEN NEW.from_state IS NOT NULL THEN jsonb_build_object('state', NEW.from_state) END,

@@ -178,8 +178,14 @@ impl Who {
             Some("user") => ActorKind::User,
             _ => ActorKind::System,
         };
+        // The log keeps at most 1024 bytes of a subject (a Stripe event id comes from
+        // outside); the workflow keeps the whole name.
+        let mut end = actor.len().min(1024);
+        while !actor.is_char_boundary(end) {
+            end -= 1;
+        }
         Who {
-            actor: Actor::new(kind, actor),
+            actor: Actor::new(kind, &actor[..end]),
             origin,
         }
     }
@@ -189,7 +195,7 @@ impl Who {
         Who::named(&format!("admin:{}", admin.principal), admin.origin.clone())
     }
 
-    /// The actor string of workflows and the configuration log.
+    /// The actor string of workflows (as given to [`Who::named`], at most 1024 bytes).
     pub fn actor_name(&self) -> &str {
         self.actor.subject.as_deref().unwrap_or("system")
     }
