@@ -56,7 +56,8 @@ CREATE POLICY tenancy_audit_owner ON tenancy.audit_events AS PERMISSIVE FOR ALL 
     USING (true) WITH CHECK (true);
 
 -- Append-only: an event's fields never change; the chain fields are set once, by the
--- sealer, on an event that has none; nothing is deleted or truncated.
+-- sealer, on an event that has none; nothing is truncated, and only a purge past a
+-- signed anchor deletes.
 CREATE OR REPLACE FUNCTION tenancy.audit_events_guard() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
@@ -72,6 +73,14 @@ BEGIN
                 NEW.trace_id, NEW.client_addr, NEW.outcome) THEN
             RETURN NEW;
         END IF;
+    END IF;
+    -- A purge (tenancy-audit's `purge`) removes sealed events up to a position whose
+    -- signed anchor it stored first, naming tenant and position in a transaction-local
+    -- setting; nothing else is ever deleted.
+    IF TG_OP = 'DELETE' AND OLD.chain_pos IS NOT NULL
+       AND split_part(current_setting('tenancy.audit_purge', true), ':', 1) = OLD.tenant_id::text
+       AND OLD.chain_pos <= NULLIF(split_part(current_setting('tenancy.audit_purge', true), ':', 2), '')::bigint THEN
+        RETURN OLD;
     END IF;
     RAISE EXCEPTION 'tenancy.audit_events is append-only (% refused)', TG_OP
         USING ERRCODE = 'insufficient_privilege';

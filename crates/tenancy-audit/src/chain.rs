@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::log::Log;
+
 /// The previous hash of a chain's first event.
 pub const GENESIS: [u8; 32] = [0; 32];
 
@@ -68,8 +70,13 @@ fn put_opt(h: &mut Sha256, s: Option<&str>) {
 /// variable field is written with a presence byte and a 64-bit length, so no two
 /// different events encode alike.
 pub fn event_hash(e: &StoredEvent, pos: i64, prev: &[u8; 32]) -> [u8; 32] {
+    event_hash_in(Log::Tenant, e, pos, prev)
+}
+
+/// [`event_hash`] for an event of `log` (each log hashes under its own domain).
+pub fn event_hash_in(log: Log, e: &StoredEvent, pos: i64, prev: &[u8; 32]) -> [u8; 32] {
     let mut h = Sha256::new();
-    put_str(&mut h, "tenancy-audit-event-v1");
+    put_str(&mut h, log.event_domain());
     h.update(e.tenant.as_bytes());
     h.update(pos.to_be_bytes());
     h.update(e.seq.to_be_bytes());
@@ -161,6 +168,15 @@ mod tests {
         assert_ne!(
             event_hash(&event(), 1, &GENESIS),
             event_hash(&c, 1, &GENESIS)
+        );
+    }
+
+    #[test]
+    fn logs_hash_apart() {
+        let e = event();
+        assert_ne!(
+            event_hash_in(Log::Tenant, &e, 1, &GENESIS),
+            event_hash_in(Log::Control, &e, 1, &GENESIS)
         );
     }
 

@@ -10,11 +10,16 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
+use crate::log::Log;
 use crate::{db, Error};
 
 /// A signed statement that a tenant's chain had `head_hash` at `chain_pos`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
+    /// The log whose chain it covers (absent in files written before there were two:
+    /// a tenant log).
+    #[serde(default)]
+    pub log: Log,
     /// The tenant.
     pub tenant: Uuid,
     /// The chain position it covers (1-based; every event up to it).
@@ -29,9 +34,9 @@ pub struct Checkpoint {
     pub signature: String,
 }
 
-fn message(tenant: Uuid, pos: i64, head: &[u8; 32], signed_at_us: i64) -> Vec<u8> {
-    let mut m = Vec::with_capacity(96);
-    m.extend_from_slice(b"tenancy-audit-checkpoint-v1\0");
+fn message(log: Log, tenant: Uuid, pos: i64, head: &[u8; 32], signed_at_us: i64) -> Vec<u8> {
+    let mut m = Vec::with_capacity(104);
+    m.extend_from_slice(log.checkpoint_domain());
     m.extend_from_slice(tenant.as_bytes());
     m.extend_from_slice(&pos.to_be_bytes());
     m.extend_from_slice(head);
@@ -58,7 +63,13 @@ impl Checkpoint {
             .ok_or("the checkpoint's signature is not 64 bytes of hex")?;
         let head = hash32(&self.head_hash, "the checkpoint's head hash")?;
         key.verify_strict(
-            &message(self.tenant, self.chain_pos, &head, self.signed_at_us),
+            &message(
+                self.log,
+                self.tenant,
+                self.chain_pos,
+                &head,
+                self.signed_at_us,
+            ),
             &Signature::from_bytes(&sig),
         )
         .map_err(|_| "the checkpoint's signature does not verify".to_owned())
@@ -139,7 +150,7 @@ impl Signer {
         hex::encode(self.public_key())
     }
 
-    /// Signs a checkpoint.
+    /// Signs a checkpoint of a tenant log.
     pub fn sign(
         &self,
         tenant: Uuid,
@@ -147,10 +158,23 @@ impl Signer {
         head: &[u8; 32],
         signed_at_us: i64,
     ) -> Checkpoint {
+        self.sign_in(Log::Tenant, tenant, chain_pos, head, signed_at_us)
+    }
+
+    /// Signs a checkpoint of a chain of `log`.
+    pub fn sign_in(
+        &self,
+        log: Log,
+        tenant: Uuid,
+        chain_pos: i64,
+        head: &[u8; 32],
+        signed_at_us: i64,
+    ) -> Checkpoint {
         let sig = self
             .key
-            .sign(&message(tenant, chain_pos, head, signed_at_us));
+            .sign(&message(log, tenant, chain_pos, head, signed_at_us));
         Checkpoint {
+            log,
             tenant,
             chain_pos,
             head_hash: hex::encode(head),
@@ -161,11 +185,11 @@ impl Signer {
     }
 }
 
-fn now_us() -> i64 {
+pub(crate) fn now_us() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
 }
 
-fn ts(us: i64) -> Result<time::OffsetDateTime, Error> {
+pub(crate) fn ts(us: i64) -> Result<time::OffsetDateTime, Error> {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
         .map_err(|_| Error::Format(format!("checkpoint time {us} µs is out of range")))
 }
@@ -173,15 +197,26 @@ fn ts(us: i64) -> Result<time::OffsetDateTime, Error> {
 /// Stores a checkpoint in the catalog (`tenancy_catalog.audit_checkpoints`, owner role).
 /// Storing the same checkpoint twice is a no-op.
 pub async fn store_checkpoint(catalog: &Client, c: &Checkpoint) -> Result<(), Error> {
+    store_in(catalog, "tenancy_catalog.audit_checkpoints", c).await
+}
+
+/// Stores a signed checkpoint in `table` (checkpoints or anchors); a repeat is a no-op.
+pub(crate) async fn store_in(
+    catalog: &impl tokio_postgres::GenericClient,
+    table: &str,
+    c: &Checkpoint,
+) -> Result<(), Error> {
     let head = hash32(&c.head_hash, "head hash").map_err(Error::Format)?;
     let key = hash32(&c.public_key, "public key").map_err(Error::Format)?;
     let sig =
         hex::decode(&c.signature).map_err(|_| Error::Format("signature is not hex".into()))?;
     catalog
         .execute(
-            "INSERT INTO tenancy_catalog.audit_checkpoints \
-                 (tenant_id, chain_pos, head_hash, signed_at, public_key, signature) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            &format!(
+                "INSERT INTO {table} \
+                     (log, tenant_id, chain_pos, head_hash, signed_at, public_key, signature) \
+                 VALUES ($7, $1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING"
+            ),
             &[
                 &c.tenant,
                 &c.chain_pos,
@@ -189,6 +224,7 @@ pub async fn store_checkpoint(catalog: &Client, c: &Checkpoint) -> Result<(), Er
                 &ts(c.signed_at_us)?,
                 &key.as_slice(),
                 &sig,
+                &c.log.as_str(),
             ],
         )
         .await
@@ -196,17 +232,55 @@ pub async fn store_checkpoint(catalog: &Client, c: &Checkpoint) -> Result<(), Er
     Ok(())
 }
 
-/// The checkpoints stored in the catalog, for one tenant or all, by tenant and position.
+/// The checkpoints of tenant logs stored in the catalog, for one tenant or all, by
+/// tenant and position.
 pub async fn load_checkpoints(
     catalog: &Client,
     tenant: Option<Uuid>,
 ) -> Result<Vec<Checkpoint>, Error> {
+    load_in(
+        catalog,
+        "tenancy_catalog.audit_checkpoints",
+        Log::Tenant,
+        tenant,
+    )
+    .await
+}
+
+/// The checkpoints of `log` stored in the catalog, for one tenant or all.
+pub async fn load_log_checkpoints(
+    catalog: &impl tokio_postgres::GenericClient,
+    log: Log,
+    tenant: Option<Uuid>,
+) -> Result<Vec<Checkpoint>, Error> {
+    load_in(catalog, "tenancy_catalog.audit_checkpoints", log, tenant).await
+}
+
+/// The purge anchors of `log` stored in the catalog, for one tenant or all.
+pub async fn load_anchors(
+    catalog: &impl tokio_postgres::GenericClient,
+    log: Log,
+    tenant: Option<Uuid>,
+) -> Result<Vec<Checkpoint>, Error> {
+    load_in(catalog, "tenancy_catalog.audit_anchors", log, tenant).await
+}
+
+/// The signed rows of `table` (checkpoints or anchors) of `log`, for one tenant or all,
+/// by tenant and position.
+pub(crate) async fn load_in(
+    catalog: &impl tokio_postgres::GenericClient,
+    table: &str,
+    log: Log,
+    tenant: Option<Uuid>,
+) -> Result<Vec<Checkpoint>, Error> {
     let rows = catalog
         .query(
-            "SELECT tenant_id, chain_pos, head_hash, signed_at, public_key, signature \
-               FROM tenancy_catalog.audit_checkpoints \
-              WHERE $1::uuid IS NULL OR tenant_id = $1 ORDER BY tenant_id, chain_pos",
-            &[&tenant],
+            &format!(
+                "SELECT tenant_id, chain_pos, head_hash, signed_at, public_key, signature \
+                   FROM {table} WHERE log = $2 AND ($1::uuid IS NULL OR tenant_id = $1) \
+                  ORDER BY tenant_id, chain_pos"
+            ),
+            &[&tenant, &log.as_str()],
         )
         .await
         .map_err(db("reading audit checkpoints"))?;
@@ -215,6 +289,7 @@ pub async fn load_checkpoints(
         .map(|r| {
             let at: time::OffsetDateTime = r.get(3);
             Checkpoint {
+                log,
                 tenant: r.get(0),
                 chain_pos: r.get(1),
                 head_hash: hex::encode(r.get::<_, Vec<u8>>(2)),
@@ -285,10 +360,46 @@ pub async fn checkpoint(
     signer: &Signer,
     publish: Option<&Path>,
 ) -> Result<Vec<Checkpoint>, Error> {
-    let heads = tenant_db
+    checkpoint_log(Log::Tenant, tenant_db, catalog, signer, publish).await
+}
+
+/// [`checkpoint`] for the chains of `log` held in `source` (a tenant database, or the
+/// catalog for [`Log::Control`]).
+pub async fn checkpoint_log(
+    log: Log,
+    source: &Client,
+    catalog: &Client,
+    signer: &Signer,
+    publish: Option<&Path>,
+) -> Result<Vec<Checkpoint>, Error> {
+    let out = sign_heads(log, source, catalog, signer).await?;
+    if let Some(path) = publish {
+        // Published first: a checkpoint in the file but not in the catalog is harmless,
+        // the next run signs a newer one.
+        append_jsonl(path, &out)?;
+    }
+    for c in &out {
+        store_checkpoint(catalog, c).await?;
+    }
+    Ok(out)
+}
+
+/// Signs (without storing) a checkpoint for every chain of `log` in `source` whose head
+/// moved past its latest checkpoint by this key in `catalog`; store them with
+/// [`store_checkpoint_in`], e.g. in the transaction that also queues their publication.
+pub async fn sign_heads(
+    log: Log,
+    source: &Client,
+    catalog: &impl tokio_postgres::GenericClient,
+    signer: &Signer,
+) -> Result<Vec<Checkpoint>, Error> {
+    let heads = source
         .query(
-            "SELECT DISTINCT ON (tenant_id) tenant_id, chain_pos, hash FROM tenancy.audit_events \
-              WHERE chain_pos IS NOT NULL ORDER BY tenant_id, chain_pos DESC",
+            &format!(
+                "SELECT DISTINCT ON (tenant_id) tenant_id, chain_pos, hash FROM {} \
+                  WHERE chain_pos IS NOT NULL ORDER BY tenant_id, chain_pos DESC",
+                log.table()
+            ),
             &[],
         )
         .await
@@ -297,8 +408,8 @@ pub async fn checkpoint(
     let done: HashMap<Uuid, i64> = catalog
         .query(
             "SELECT tenant_id, max(chain_pos) FROM tenancy_catalog.audit_checkpoints \
-              WHERE public_key = $1 GROUP BY tenant_id",
-            &[&key.as_slice()],
+              WHERE public_key = $1 AND log = $2 GROUP BY tenant_id",
+            &[&key.as_slice(), &log.as_str()],
         )
         .await
         .map_err(db("reading the latest audit checkpoints"))?
@@ -316,15 +427,15 @@ pub async fn checkpoint(
         let hash = <[u8; 32]>::try_from(hash).map_err(|_| {
             Error::Format(format!("tenant {tenant}: the head hash is not 32 bytes"))
         })?;
-        out.push(signer.sign(tenant, pos, &hash, at));
-    }
-    if let Some(path) = publish {
-        // Published first: a checkpoint in the file but not in the catalog is harmless,
-        // the next run signs a newer one.
-        append_jsonl(path, &out)?;
-    }
-    for c in &out {
-        store_checkpoint(catalog, c).await?;
+        out.push(signer.sign_in(log, tenant, pos, &hash, at));
     }
     Ok(out)
+}
+
+/// [`store_checkpoint`] on any client or transaction.
+pub async fn store_checkpoint_in(
+    catalog: &impl tokio_postgres::GenericClient,
+    c: &Checkpoint,
+) -> Result<(), Error> {
+    store_in(catalog, "tenancy_catalog.audit_checkpoints", c).await
 }

@@ -7,7 +7,8 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::chain::StoredEvent;
-use crate::checkpoint::{load_checkpoints, Checkpoint};
+use crate::checkpoint::{load_anchors, load_checkpoints, Checkpoint};
+use crate::log::Log;
 use crate::verify::load_events;
 use crate::Error;
 
@@ -28,6 +29,8 @@ enum Line {
     },
     Event(Box<StoredEvent>),
     Checkpoint(Checkpoint),
+    /// A purge boundary the remaining chain starts after.
+    Anchor(Checkpoint),
 }
 
 /// A parsed export.
@@ -39,6 +42,8 @@ pub struct Export {
     pub events: Vec<StoredEvent>,
     /// Its checkpoints.
     pub checkpoints: Vec<Checkpoint>,
+    /// The anchors of its purges.
+    pub anchors: Vec<Checkpoint>,
     /// The public keys the export names.
     pub public_keys: Vec<String>,
 }
@@ -53,9 +58,12 @@ pub async fn export(
     out: &mut dyn Write,
 ) -> Result<u64, Error> {
     let events = load_events(owner, tenant).await?;
-    let mut checkpoints = match catalog {
-        Some(c) => load_checkpoints(c, Some(tenant)).await?,
-        None => Vec::new(),
+    let (mut checkpoints, anchors) = match catalog {
+        Some(c) => (
+            load_checkpoints(c, Some(tenant)).await?,
+            load_anchors(c, Log::Tenant, Some(tenant)).await?,
+        ),
+        None => (Vec::new(), Vec::new()),
     };
     checkpoints.extend(extra.iter().filter(|c| c.tenant == tenant).cloned());
     checkpoints.sort_by(|a, b| (a.chain_pos, &a.public_key).cmp(&(b.chain_pos, &b.public_key)));
@@ -85,13 +93,16 @@ pub async fn export(
     for c in checkpoints {
         put(&Line::Checkpoint(c))?;
     }
+    for a in anchors {
+        put(&Line::Anchor(a))?;
+    }
     Ok(n)
 }
 
 /// Reads an export written by [`export`].
 pub fn read_export(input: &mut dyn BufRead) -> Result<Export, Error> {
     let mut header: Option<(Uuid, Vec<String>)> = None;
-    let (mut events, mut checkpoints) = (Vec::new(), Vec::new());
+    let (mut events, mut checkpoints, mut anchors) = (Vec::new(), Vec::new(), Vec::new());
     for (i, line) in input.lines().enumerate() {
         let line = line.map_err(|source| Error::Io {
             what: "reading the export from",
@@ -126,6 +137,7 @@ pub fn read_export(input: &mut dyn BufRead) -> Result<Export, Error> {
             }
             Line::Event(e) => events.push(*e),
             Line::Checkpoint(c) => checkpoints.push(c),
+            Line::Anchor(a) => anchors.push(a),
         }
     }
     let (tenant, public_keys) =
@@ -140,6 +152,7 @@ pub fn read_export(input: &mut dyn BufRead) -> Result<Export, Error> {
         tenant,
         events,
         checkpoints,
+        anchors,
         public_keys,
     })
 }

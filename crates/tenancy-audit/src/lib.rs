@@ -17,8 +17,16 @@
 //!   [`verify_database`] runs it on a live database, [`export`] / [`read_export`] carry
 //!   everything it needs to an offline check.
 //!
-//! It does not decide what an application audits, retain or purge events, or encrypt
-//! their values.
+//! - [`record_control`] appends to the control plane's own log
+//!   (`tenancy_catalog.audit_log`, [`Log::Control`]) in the catalog transaction of a
+//!   control-plane change; it is sealed, checkpointed and verified like a tenant log, under
+//!   its own hash and signature domains.
+//! - [`purge`] removes a prefix of a tenant's chain older than its retention behind a
+//!   signed anchor, recorded in the control log; verification starts the remaining chain
+//!   from the anchor.
+//!
+//! It does not decide what an application audits, which retention applies or whether a
+//! legal hold stops a purge (the control plane does), nor encrypt event values.
 
 use std::net::IpAddr;
 
@@ -27,30 +35,39 @@ use tenancy_sdk::TenantTx;
 
 mod chain;
 mod checkpoint;
+mod control;
 mod export;
+mod log;
+mod purge;
 mod seal;
 mod verify;
 
-pub use chain::{event_hash, StoredEvent, GENESIS};
+pub use chain::{event_hash, event_hash_in, StoredEvent, GENESIS};
 pub use checkpoint::{
-    append_jsonl, checkpoint, load_checkpoints, read_jsonl, store_checkpoint, Checkpoint, Signer,
+    append_jsonl, checkpoint, checkpoint_log, load_anchors, load_checkpoints, load_log_checkpoints,
+    read_jsonl, sign_heads, store_checkpoint, store_checkpoint_in, Checkpoint, Signer,
 };
+pub use control::{digest, record_control};
 pub use export::{export, read_export, Export};
-pub use seal::{seal, SealReport};
+pub use log::{Log, PLATFORM};
+pub use purge::{purge, Purged};
+pub use seal::{seal, seal_log, SealReport};
 pub use verify::{
-    load_events, verify_chain, verify_database, TamperKind, Tampering, Trust, Verdict,
+    load_events, load_log_events, load_page, verify_chain, verify_chain_in, verify_database,
+    verify_log, TamperKind, Tampering, Trust, Verdict,
 };
 
 /// The SQL that creates the audit table, its policies and its append-only trigger; run it
 /// as the owner role after the tenancy runtime is installed, e.g. with [`install`].
 pub const AUDIT_SQL: &str = include_str!("../sql/audit.sql");
 
-/// The SQL that creates the checkpoint table in the catalog
-/// (`tenancy_catalog.audit_checkpoints`); run it as the owner role on the catalog
+/// The SQL that creates the catalog's audit tables (`tenancy_catalog.audit_checkpoints`,
+/// `audit_anchors` and the control plane's log `audit_log`): the catalog's migration
+/// `0011_audit.sql`, which is idempotent; run it as the owner role on the catalog
 /// database, e.g. with [`install_catalog`].
-pub const CHECKPOINTS_SQL: &str = include_str!("../sql/checkpoints.sql");
+pub const CHECKPOINTS_SQL: &str = include_str!("../../tenancy-catalog/migrations/0011_audit.sql");
 
-/// Installs (or updates) the checkpoint table in the catalog. `catalog` must be connected
+/// Installs (or updates) the catalog's audit tables. `catalog` must be connected
 /// as the owner role to the catalog database, after the catalog migrations. Idempotent.
 pub async fn install_catalog(
     catalog: &tokio_postgres::Client,
@@ -263,7 +280,7 @@ impl Event {
     }
 
     /// Refuses what the table would refuse, with a message naming the field.
-    fn check(&self) -> Result<(), Error> {
+    pub(crate) fn check(&self) -> Result<(), Error> {
         let a = self.action.as_bytes();
         let ok = !a.is_empty()
             && a.len() <= 128
@@ -300,10 +317,48 @@ impl Event {
     }
 }
 
-const INSERT: &str = "INSERT INTO tenancy.audit_events \
-    (tenant_id, actor_kind, actor_subject, actor_key_id, action, target, before, after, \
-     request_id, trace_id, client_addr, outcome) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+/// The INSERT of an event into `log`'s table; its parameters are [`Event::values`].
+pub(crate) fn insert_sql(log: Log) -> String {
+    format!(
+        "INSERT INTO {} \
+         (tenant_id, actor_kind, actor_subject, actor_key_id, action, target, before, after, \
+          request_id, trace_id, client_addr, outcome) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        log.table()
+    )
+}
+
+/// The stored names of an event's actor kind and outcome, borrowed by [`Event::values`].
+pub(crate) type Names = (&'static str, &'static str);
+
+impl Event {
+    /// The names [`Event::values`] borrows.
+    pub(crate) fn names(&self) -> Names {
+        (self.actor.kind.as_str(), self.outcome.as_str())
+    }
+
+    /// The parameters of [`insert_sql`] for this event of `tenant`.
+    pub(crate) fn values<'a>(
+        &'a self,
+        tenant: &'a uuid::Uuid,
+        names: &'a Names,
+    ) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 12] {
+        [
+            tenant,
+            &names.0,
+            &self.actor.subject,
+            &self.actor.key_id,
+            &self.action,
+            &self.target,
+            &self.before,
+            &self.after,
+            &self.request_id,
+            &self.trace_id,
+            &self.client_addr,
+            &names.1,
+        ]
+    }
+}
 
 /// Records `event` in `tx`, the transaction of the change it describes: it commits or
 /// rolls back with it. The row-level security policy refuses an event for any tenant but
@@ -311,23 +366,8 @@ const INSERT: &str = "INSERT INTO tenancy.audit_events \
 pub async fn record(tx: &mut TenantTx, event: &Event) -> Result<(), Error> {
     event.check()?;
     let tenant = tx.tenant().as_uuid();
-    tx.execute(
-        INSERT,
-        &[
-            &tenant,
-            &event.actor.kind.as_str(),
-            &event.actor.subject,
-            &event.actor.key_id,
-            &event.action,
-            &event.target,
-            &event.before,
-            &event.after,
-            &event.request_id,
-            &event.trace_id,
-            &event.client_addr,
-            &event.outcome.as_str(),
-        ],
-    )
-    .await?;
+    let names = event.names();
+    tx.execute(&insert_sql(Log::Tenant), &event.values(&tenant, &names))
+        .await?;
     Ok(())
 }

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use crate::chain::{event_hash, StoredEvent, COLUMNS, GENESIS};
+use crate::chain::{event_hash_in, StoredEvent, COLUMNS, GENESIS};
+use crate::log::Log;
 use crate::{db, Error};
 
 /// What one [`seal`] call did.
@@ -40,13 +41,19 @@ pub struct SealReport {
 /// - Recording takes no lock the sealer waits for, nor the other way round: the sealer
 ///   updates only rows of ended transactions.
 pub async fn seal(owner: &mut Client, batch: i64) -> Result<SealReport, Error> {
+    seal_log(owner, Log::Tenant, batch).await
+}
+
+/// [`seal`] for the events of `log` (`owner` connected to the database that holds them:
+/// a tenant database, or the catalog for [`Log::Control`]).
+pub async fn seal_log(owner: &mut Client, log: Log, batch: i64) -> Result<SealReport, Error> {
     if batch < 1 {
         return Err(Error::Invalid("the seal batch must be at least 1".into()));
     }
     let mut report = SealReport::default();
     let mut heads: HashMap<Uuid, i64> = HashMap::new();
     loop {
-        let n = seal_batch(owner, batch, &mut heads).await?;
+        let n = seal_batch(owner, log, batch, &mut heads).await?;
         report.sealed += n;
         if (n as i64) < batch {
             break;
@@ -60,6 +67,7 @@ pub async fn seal(owner: &mut Client, batch: i64) -> Result<SealReport, Error> {
 
 async fn seal_batch(
     owner: &mut Client,
+    log: Log,
     batch: i64,
     heads_out: &mut HashMap<Uuid, i64>,
 ) -> Result<u64, Error> {
@@ -68,17 +76,18 @@ async fn seal_batch(
         .await
         .map_err(db("starting a seal transaction"))?;
     tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtext('tenancy.audit_events.seal'))",
-        &[],
+        "SELECT pg_advisory_xact_lock(hashtext($1))",
+        &[&log.seal_lock()],
     )
     .await
     .map_err(db("waiting for the seal lock"))?;
     let rows = tx
         .query(
             &format!(
-                "SELECT {COLUMNS} FROM tenancy.audit_events \
+                "SELECT {COLUMNS} FROM {} \
                   WHERE chain_pos IS NULL AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
-                  ORDER BY seq LIMIT $1"
+                  ORDER BY seq LIMIT $1",
+                log.table()
             ),
             &[&batch],
         )
@@ -98,9 +107,12 @@ async fn seal_batch(
     tenants.dedup();
     let head_rows = tx
         .query(
-            "SELECT DISTINCT ON (tenant_id) tenant_id, chain_pos, hash FROM tenancy.audit_events \
-              WHERE tenant_id = ANY($1) AND chain_pos IS NOT NULL \
-              ORDER BY tenant_id, chain_pos DESC",
+            &format!(
+                "SELECT DISTINCT ON (tenant_id) tenant_id, chain_pos, hash FROM {} \
+                  WHERE tenant_id = ANY($1) AND chain_pos IS NOT NULL \
+                  ORDER BY tenant_id, chain_pos DESC",
+                log.table()
+            ),
             &[&tenants],
         )
         .await
@@ -118,7 +130,7 @@ async fn seal_batch(
     for e in &events {
         let head = heads.entry(e.tenant).or_insert((0, GENESIS));
         let pos = head.0 + 1;
-        let h = event_hash(e, pos, &head.1);
+        let h = event_hash_in(log, e, pos, &head.1);
         t.push(e.tenant);
         s.push(e.seq);
         p.push(pos);
@@ -128,11 +140,14 @@ async fn seal_batch(
     }
     let n = tx
         .execute(
-            "UPDATE tenancy.audit_events e \
+            &format!(
+                "UPDATE {} e \
                 SET chain_pos = u.pos, prev_hash = u.prev, hash = u.hash, sealed_at = now() \
                FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::bytea[], $5::bytea[]) \
                     AS u(tenant_id, seq, pos, prev, hash) \
               WHERE e.tenant_id = u.tenant_id AND e.seq = u.seq AND e.chain_pos IS NULL",
+                log.table()
+            ),
             &[&t, &s, &p, &prev, &hash],
         )
         .await

@@ -6,8 +6,9 @@ use std::fmt;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use crate::chain::{event_hash, StoredEvent, COLUMNS, GENESIS};
-use crate::checkpoint::{hash32, load_checkpoints, Checkpoint};
+use crate::chain::{event_hash_in, StoredEvent, COLUMNS, GENESIS};
+use crate::checkpoint::{hash32, load_in, Checkpoint};
+use crate::log::Log;
 use crate::{db, Error};
 
 /// Which public keys a checkpoint may be signed with.
@@ -84,6 +85,8 @@ pub struct Verdict {
     pub checkpoints: u64,
     /// The head position of the chain that verified.
     pub head: i64,
+    /// The purge anchor the chain was verified from (0: from its first event).
+    pub base: i64,
     /// The first problem, if any.
     pub tampering: Option<Tampering>,
 }
@@ -107,6 +110,31 @@ pub fn verify_chain(
     checkpoints: &[Checkpoint],
     trust: &Trust,
 ) -> Verdict {
+    verify_chain_in(Log::Tenant, tenant, events, checkpoints, &[], trust)
+}
+
+fn trusted(trust: &Trust, key: &str) -> bool {
+    match trust {
+        Trust::Keys(keys) => keys.iter().any(|k| k.eq_ignore_ascii_case(key)),
+        Trust::AnyKey => true,
+    }
+}
+
+/// [`verify_chain`] for a chain of `log`, whose head may have been purged: `anchors` are
+/// the signed checkpoints stored at purge boundaries. When the chain's first remaining
+/// event is at position `n + 1` and a valid, trusted anchor commits to position `n`, the
+/// chain is verified from that anchor's hash; without one, the missing head is reported
+/// as deleted. Anchors are also checked like checkpoints wherever their position remains.
+pub fn verify_chain_in(
+    log: Log,
+    tenant: Uuid,
+    events: &[StoredEvent],
+    checkpoints: &[Checkpoint],
+    anchors: &[Checkpoint],
+    trust: &Trust,
+) -> Verdict {
+    let mine = |c: &&Checkpoint| c.tenant == tenant && c.log == log;
+    let anchors: Vec<&Checkpoint> = anchors.iter().filter(mine).collect();
     let mut sealed: Vec<&StoredEvent> = events
         .iter()
         .filter(|e| e.tenant == tenant && e.chain_pos.is_some())
@@ -122,6 +150,7 @@ pub fn verify_chain(
         unsealed,
         checkpoints: 0,
         head: 0,
+        base: 0,
         tampering: None,
     };
     let mut found: Option<(i64, Tampering)> = None;
@@ -129,8 +158,25 @@ pub fn verify_chain(
     let mut hashes: Vec<[u8; 32]> = Vec::with_capacity(sealed.len());
     let mut prev = GENESIS;
     let mut prev_seq: Option<i64> = None;
+    // The purge boundary the remaining chain starts after (0: none, the chain starts at
+    // its first event).
+    let first = sealed.first().and_then(|e| e.chain_pos).unwrap_or(1);
+    let mut base = 0i64;
+    if first > 1 {
+        if let Some(a) = anchors.iter().find(|a| {
+            a.chain_pos == first - 1
+                && a.verify_signature().is_ok()
+                && trusted(trust, &a.public_key)
+        }) {
+            if let Ok(h) = hash32(&a.head_hash, "") {
+                base = a.chain_pos;
+                prev = h;
+            }
+        }
+    }
+    verdict.base = base;
     for e in &sealed {
-        let expected = hashes.len() as i64 + 1;
+        let expected = base + hashes.len() as i64 + 1;
         let pos = e.chain_pos.unwrap_or_default();
         let bad = |kind, detail: String| {
             Some((
@@ -171,12 +217,15 @@ pub fn verify_chain(
                 format!(
                     "the event at {} does not follow the one before it ({}): its previous hash differs; an event was inserted or the events were reordered",
                     at(pos, e),
-                    prev_seq.map_or("the chain's start".to_owned(), |s| format!("seq {s}"))
+                    prev_seq.map_or(
+                        if base > 0 { format!("the purge anchor at position {base}") } else { "the chain's start".to_owned() },
+                        |s| format!("seq {s}")
+                    )
                 ),
             );
             break;
         }
-        let h = event_hash(e, pos, &prev);
+        let h = event_hash_in(log, e, pos, &prev);
         let stored = e.hash.as_deref().and_then(|h| hash32(h, "").ok());
         if stored != Some(h) {
             found = bad(
@@ -192,9 +241,14 @@ pub fn verify_chain(
         prev = h;
         prev_seq = Some(e.seq);
     }
-    verdict.head = hashes.len() as i64;
-    let chain_end = sealed.iter().filter_map(|e| e.chain_pos).max().unwrap_or(0);
-    let mut cps: Vec<&Checkpoint> = checkpoints.iter().filter(|c| c.tenant == tenant).collect();
+    verdict.head = base + hashes.len() as i64;
+    let chain_end = sealed
+        .iter()
+        .filter_map(|e| e.chain_pos)
+        .max()
+        .unwrap_or(base);
+    let mut cps: Vec<&Checkpoint> = checkpoints.iter().filter(mine).collect();
+    cps.extend(anchors.iter().copied());
     cps.sort_by_key(|c| c.chain_pos);
     for c in cps {
         verdict.checkpoints += 1;
@@ -223,14 +277,13 @@ pub fn verify_chain(
                     c.chain_pos
                 ),
             ))
-        } else if matches!(trust, Trust::Keys(keys) if !keys.iter().any(|k| k.eq_ignore_ascii_case(&c.public_key)))
-        {
+        } else if !trusted(trust, &c.public_key) {
             Some(problem(TamperKind::BadCheckpoint, c.chain_pos, None, format!("the checkpoint at chain position {} signed {when} is signed by key {}, which is not trusted", c.chain_pos, c.public_key)))
         } else if c.chain_pos > chain_end && found.is_none() {
             Some(problem(TamperKind::Truncated, chain_end + 1, None, format!("the chain ends at position {chain_end}, but the checkpoint signed {when} covers position {}: events {}..={} were removed", c.chain_pos, chain_end + 1, c.chain_pos)))
-        } else if c.chain_pos >= 1 && (c.chain_pos as usize) <= hashes.len() {
-            let h = hashes[c.chain_pos as usize - 1];
-            let e = sealed[c.chain_pos as usize - 1];
+        } else if c.chain_pos > base && ((c.chain_pos - base) as usize) <= hashes.len() {
+            let i = (c.chain_pos - base) as usize - 1;
+            let (h, e) = (hashes[i], sealed[i]);
             (hash32(&c.head_hash, "").ok() != Some(h)).then(|| problem(
                 TamperKind::CheckpointMismatch,
                 c.chain_pos,
@@ -252,11 +305,21 @@ pub fn verify_chain(
 
 /// One tenant's events as stored, in chain order (unsealed ones last).
 pub async fn load_events(owner: &Client, tenant: Uuid) -> Result<Vec<StoredEvent>, Error> {
+    load_log_events(owner, Log::Tenant, tenant).await
+}
+
+/// [`load_events`] for a chain of `log`.
+pub async fn load_log_events(
+    owner: &impl tokio_postgres::GenericClient,
+    log: Log,
+    tenant: Uuid,
+) -> Result<Vec<StoredEvent>, Error> {
     let rows = owner
         .query(
             &format!(
-                "SELECT {COLUMNS} FROM tenancy.audit_events WHERE tenant_id = $1 \
-                  ORDER BY chain_pos NULLS LAST, seq"
+                "SELECT {COLUMNS} FROM {} WHERE tenant_id = $1 \
+                  ORDER BY chain_pos NULLS LAST, seq",
+                log.table()
             ),
             &[&tenant],
         )
@@ -266,6 +329,45 @@ pub async fn load_events(owner: &Client, tenant: Uuid) -> Result<Vec<StoredEvent
         .map(StoredEvent::from_row)
         .collect::<Result<Vec<_>, _>>()
         .map_err(db("reading audit events"))
+}
+
+/// One page of a chain of `log`: `tenant`'s sealed events after chain position `after`,
+/// in chain order, at most `limit`; and how many of its events are not sealed yet.
+pub async fn load_page(
+    source: &impl tokio_postgres::GenericClient,
+    log: Log,
+    tenant: Uuid,
+    after: i64,
+    limit: i64,
+) -> Result<(Vec<StoredEvent>, i64), Error> {
+    let rows = source
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM {} WHERE tenant_id = $1 AND chain_pos > $2 \
+                  ORDER BY chain_pos LIMIT $3",
+                log.table()
+            ),
+            &[&tenant, &after, &limit],
+        )
+        .await
+        .map_err(db("reading audit events"))?;
+    let events = rows
+        .iter()
+        .map(StoredEvent::from_row)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db("reading audit events"))?;
+    let unsealed: i64 = source
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {} WHERE tenant_id = $1 AND chain_pos IS NULL",
+                log.table()
+            ),
+            &[&tenant],
+        )
+        .await
+        .map_err(db("counting unsealed audit events"))?
+        .get(0);
+    Ok((events, unsealed))
 }
 
 /// Verifies the chains in a tenant database (`owner`: owner role), for one tenant or every
@@ -278,9 +380,25 @@ pub async fn verify_database(
     extra: &[Checkpoint],
     trust: &Trust,
 ) -> Result<Vec<Verdict>, Error> {
-    let mut checkpoints: Vec<Checkpoint> = match catalog {
-        Some(c) => load_checkpoints(c, tenant).await?,
-        None => Vec::new(),
+    verify_log(owner, catalog, Log::Tenant, tenant, extra, trust).await
+}
+
+/// [`verify_database`] for the chains of `log` (`owner` on the database that holds them).
+/// Checkpoints and purge anchors come from the catalog, when given.
+pub async fn verify_log(
+    owner: &Client,
+    catalog: Option<&Client>,
+    log: Log,
+    tenant: Option<Uuid>,
+    extra: &[Checkpoint],
+    trust: &Trust,
+) -> Result<Vec<Verdict>, Error> {
+    let (mut checkpoints, anchors) = match catalog {
+        Some(c) => (
+            load_in(c, "tenancy_catalog.audit_checkpoints", log, tenant).await?,
+            load_in(c, "tenancy_catalog.audit_anchors", log, tenant).await?,
+        ),
+        None => (Vec::new(), Vec::new()),
     };
     checkpoints.extend(
         extra
@@ -295,7 +413,10 @@ pub async fn verify_database(
         }
         None => {
             let rows = owner
-                .query("SELECT DISTINCT tenant_id FROM tenancy.audit_events", &[])
+                .query(
+                    &format!("SELECT DISTINCT tenant_id FROM {}", log.table()),
+                    &[],
+                )
                 .await
                 .map_err(db("listing tenants with audit events"))?;
             tenants.extend(rows.iter().map(|r| r.get::<_, Uuid>(0)));
@@ -303,8 +424,15 @@ pub async fn verify_database(
     }
     let mut out = Vec::new();
     for t in tenants {
-        let events = load_events(owner, t).await?;
-        out.push(verify_chain(t, &events, &checkpoints, trust));
+        let events = load_log_events(owner, log, t).await?;
+        out.push(verify_chain_in(
+            log,
+            t,
+            &events,
+            &checkpoints,
+            &anchors,
+            trust,
+        ));
     }
     Ok(out)
 }

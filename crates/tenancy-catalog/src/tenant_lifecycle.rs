@@ -114,6 +114,21 @@ pub async fn set_legal_hold(
         .transaction()
         .await
         .map_err(CatalogError::db("starting a transaction"))?;
+    let t = set_legal_hold_in(&tx, id, hold, actor).await?;
+    tx.commit()
+        .await
+        .map_err(CatalogError::db("committing a legal hold"))?;
+    Ok(t)
+}
+
+/// [`set_legal_hold`] inside the caller's transaction (which records what else the change
+/// needs, such as its audit event, and commits).
+pub async fn set_legal_hold_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: TenantId,
+    hold: bool,
+    actor: &str,
+) -> Result<Tenant, CatalogError> {
     let row = tx
         .query_opt(
             &format!("UPDATE tenancy_catalog.tenants SET legal_hold = $2, updated_at = now() WHERE id = $1 RETURNING {TENANT_COLUMNS}"),
@@ -128,10 +143,20 @@ pub async fn set_legal_hold(
     )
     .await
     .map_err(CatalogError::db("recording a tenant event"))?;
-    tx.commit()
-        .await
-        .map_err(CatalogError::db("committing a legal hold"))?;
     tenant_from_row(&row)
+}
+
+/// Whether a tenant's provisioning failed for good (it is `deleted` with a failure
+/// recorded, and never served).
+pub async fn provisioning_failed(client: &Client, id: TenantId) -> Result<bool, CatalogError> {
+    Ok(client
+        .query_opt(
+            "SELECT failure IS NOT NULL FROM tenancy_catalog.tenants WHERE id = $1",
+            &[&id.as_uuid()],
+        )
+        .await
+        .map_err(CatalogError::db("reading a tenant's failure"))?
+        .is_some_and(|r| r.get(0)))
 }
 
 /// Finds the tenant linked to a billing customer.

@@ -1,5 +1,6 @@
-//! `tenancy audit …`: seal the audit chains and sign checkpoints, verify them (live or
-//! from an export), export one tenant's log.
+//! `tenancy audit …`: seal the audit chains (tenant logs and the control plane's own log)
+//! and sign checkpoints, verify them (live or from an export; a purged head from its
+//! signed anchor), export one tenant's log, set or lift a tenant's legal hold.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -51,6 +52,10 @@ enum AuditCommand {
         /// Trust checkpoints signed by this signing key file (its public half).
         #[arg(long)]
         key: Option<PathBuf>,
+        /// Which log: `tenant` (applications' events, in the tenant database) or
+        /// `control` (the control plane's own log, in the catalog).
+        #[arg(long, default_value = "tenant", value_parser = parse_log)]
+        log: tenancy_audit::Log,
     },
     /// Write one tenant's events, hashes, checkpoints and public keys as JSON lines.
     /// Exit 0: written; 2: could not run.
@@ -66,6 +71,23 @@ enum AuditCommand {
         /// Write here instead of stdout.
         #[arg(long, short)]
         output: Option<PathBuf>,
+    },
+    /// Set (or with --clear, lift) a tenant's legal hold: while it is set, neither the
+    /// tenant nor its audit log is purged. Recorded in the control plane's audit log.
+    /// Exit 0: done; 2: could not run.
+    Hold {
+        /// The catalog (owner role).
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<SecretString>,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Lift the hold instead of setting it.
+        #[arg(long)]
+        clear: bool,
+        /// Who sets it, recorded as the event's actor (default: `cli:` and $USER).
+        #[arg(long)]
+        actor: Option<String>,
     },
     /// Seal recorded events into their tenants' chains and sign a checkpoint for every
     /// chain that grew. Exit 0: done; 2: could not run.
@@ -95,13 +117,20 @@ pub(crate) async fn run(args: AuditArgs) -> u8 {
             file,
             public_keys,
             key,
-        } => verify(db, tenant, checkpoints, file, public_keys, key).await,
+            log,
+        } => verify(db, tenant, checkpoints, file, public_keys, key, log).await,
         AuditCommand::Export {
             db,
             tenant,
             checkpoints,
             output,
         } => export(db, tenant, checkpoints, output).await.map(|()| 0),
+        AuditCommand::Hold {
+            database_url,
+            tenant,
+            clear,
+            actor,
+        } => hold(database_url, tenant, !clear, actor).await.map(|()| 0),
         AuditCommand::Seal {
             db,
             key,
@@ -172,11 +201,24 @@ fn print_verdict(v: &Verdict) {
     let _ = match &v.tampering {
         None => writeln!(
             out,
-            "tenant {}: intact ({} sealed events, head at position {}, {} unsealed, {} checkpoints)",
-            v.tenant, v.sealed, v.head, v.unsealed, v.checkpoints
+            "tenant {}: intact ({} sealed events, head at position {}, {} unsealed, {} checkpoints{})",
+            v.tenant,
+            v.sealed,
+            v.head,
+            v.unsealed,
+            v.checkpoints,
+            if v.base > 0 {
+                format!(", verified from the purge anchor at position {}", v.base)
+            } else {
+                String::new()
+            }
         ),
         Some(t) => writeln!(out, "tenant {}: TAMPERED: {t}", v.tenant),
     };
+}
+
+fn parse_log(s: &str) -> Result<tenancy_audit::Log, String> {
+    tenancy_audit::Log::parse(s).ok_or_else(|| format!("{s:?} is not a log: use tenant or control"))
 }
 
 async fn verify(
@@ -186,6 +228,7 @@ async fn verify(
     file: Option<PathBuf>,
     public_keys: Vec<String>,
     key: Option<PathBuf>,
+    log: tenancy_audit::Log,
 ) -> Result<u8> {
     let mut trusted = public_keys;
     for k in &trusted {
@@ -211,19 +254,33 @@ async fn verify(
             .with_context(|| format!("reading the export {}", f.display()))?;
         let mut cps = exp.checkpoints;
         cps.extend(extra);
-        vec![tenancy_audit::verify_chain(
+        vec![tenancy_audit::verify_chain_in(
+            tenancy_audit::Log::Tenant,
             exp.tenant,
             &exp.events,
             &cps,
+            &exp.anchors,
             &trust,
         )]
     } else {
-        let tenant = tenant.as_deref().map(parse_tenant).transpose()?;
+        // The control plane's log is in the catalog (`--log control`; the platform chain is
+        // tenant 00000000-0000-0000-0000-000000000000).
+        let tenant = match tenant.as_deref() {
+            Some(t) if log == tenancy_audit::Log::Control => Some(
+                t.parse::<uuid::Uuid>()
+                    .with_context(|| format!("--tenant {t:?} is not a UUID"))?,
+            ),
+            Some(t) => Some(parse_tenant(t)?.as_uuid()),
+            None => None,
+        };
         let (owner, catalog) = connect_both(&db).await?;
         let catalog = catalog.as_ref().unwrap_or(&owner);
         let catalog = has_checkpoints(catalog).await?.then_some(catalog);
-        tenancy_audit::verify_database(&owner, catalog, tenant.map(|t| t.as_uuid()), &extra, &trust)
-            .await?
+        let events_db = match log {
+            tenancy_audit::Log::Control => catalog.unwrap_or(&owner),
+            _ => &owner,
+        };
+        tenancy_audit::verify_log(events_db, catalog, log, tenant, &extra, &trust).await?
     };
     for v in &verdicts {
         print_verdict(v);
@@ -259,26 +316,64 @@ async fn export(
     Ok(())
 }
 
+async fn hold(
+    url: Option<SecretString>,
+    tenant: String,
+    on: bool,
+    actor: Option<String>,
+) -> Result<()> {
+    let tenant = parse_tenant(&tenant)?;
+    let url = url.context("no catalog: pass --database-url or set DATABASE_URL")?;
+    let mut catalog = connect(&url, "catalog").await?;
+    let actor = actor.unwrap_or_else(|| {
+        format!(
+            "cli:{}",
+            std::env::var("USER").unwrap_or_else(|_| "operator".into())
+        )
+    });
+    let mut who = tenancy_control::audit::Who::named(&actor, Default::default());
+    who.actor.kind = tenancy_audit::ActorKind::Admin;
+    let t = tenancy_control::audit::set_legal_hold(&mut catalog, tenant, on, &who)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
+    println!(
+        "tenant {}: legal hold {}",
+        t.id,
+        if t.legal_hold { "set" } else { "lifted" }
+    );
+    Ok(())
+}
+
 async fn seal(db: Databases, key: PathBuf, publish: Option<PathBuf>, every: u64) -> Result<()> {
     let signer = Signer::load_or_generate(&key)?;
-    let (mut owner, catalog) = connect_both(&db).await?;
+    let (mut owner, mut catalog) = connect_both(&db).await?;
     tenancy_audit::install_catalog(catalog.as_ref().unwrap_or(&owner))
         .await
-        .context("installing the checkpoint table in the catalog")?;
+        .context("installing the audit tables in the catalog")?;
     eprintln!("signing checkpoints with key {}", signer.public_key_hex());
     loop {
         let report = tenancy_audit::seal(&mut owner, 5000).await?;
-        let cps = tenancy_audit::checkpoint(
-            &owner,
-            catalog.as_ref().unwrap_or(&owner),
-            &signer,
-            publish.as_deref(),
-        )
-        .await?;
+        // The control plane's own log, in the catalog.
+        let control = match catalog.as_mut() {
+            Some(c) => tenancy_audit::seal_log(c, tenancy_audit::Log::Control, 5000).await?,
+            None => tenancy_audit::seal_log(&mut owner, tenancy_audit::Log::Control, 5000).await?,
+        };
+        let cat = catalog.as_ref().unwrap_or(&owner);
+        let mut cps = tenancy_audit::checkpoint(&owner, cat, &signer, publish.as_deref()).await?;
+        cps.extend(
+            tenancy_audit::checkpoint_log(
+                tenancy_audit::Log::Control,
+                cat,
+                cat,
+                &signer,
+                publish.as_deref(),
+            )
+            .await?,
+        );
         println!(
             "sealed {} events in {} chains; signed {} checkpoints",
-            report.sealed,
-            report.heads.len(),
+            report.sealed + control.sealed,
+            report.heads.len() + control.heads.len(),
             cps.len()
         );
         if every == 0 {

@@ -4,6 +4,7 @@
 //! handler shares (body parsing, the tenant a path names, known plans, text checks) and
 //! the document's assembly ([`ApiDoc`], [`Contract`]) live here.
 
+pub mod audit;
 pub mod billing;
 pub mod lifecycle;
 pub mod meta;
@@ -221,8 +222,8 @@ fn check_display_name(name: &str) -> Result<(), ApiError> {
 #[derive(OpenApi, Debug)]
 #[openapi(
     info(title = "tenancy control plane", description = "Regions, clusters, tenants and their lifecycle workflows. Errors are RFC 9457 problem documents; every state-changing POST takes an Idempotency-Key."),
-    paths(meta::healthz, crate::health::livez, crate::health::readyz, crate::metrics::metrics_text, meta::openapi_json, registry::list_regions, registry::add_region, registry::list_clusters, registry::add_cluster, tenants::list_tenants, tenants::create_tenant, tenants::get_tenant, tenants::tenant_workflows, tenants::tenant_migrations, tenants::get_workflow, lifecycle::suspend, lifecycle::resume, lifecycle::delete, lifecycle::change_plan, lifecycle::legal_hold, webhooks::deliveries, signup::availability, signup::signup, billing::stripe_webhook),
-    components(schemas(TenantView, WorkflowView, MigrationStatusView, Accepted, TenantPage, CreateTenant, Signup, Reason, ChangePlan, LegalHold, RegionView, RegionInput, ClusterView, ClusterInput, Availability, DeliveryView, BillingOutcome, Problem, FieldError)),
+    paths(meta::healthz, crate::health::livez, crate::health::readyz, crate::metrics::metrics_text, meta::openapi_json, registry::list_regions, registry::add_region, registry::list_clusters, registry::add_cluster, tenants::list_tenants, tenants::create_tenant, tenants::get_tenant, tenants::tenant_workflows, tenants::tenant_migrations, tenants::get_workflow, lifecycle::suspend, lifecycle::resume, lifecycle::delete, lifecycle::change_plan, lifecycle::legal_hold, audit::tenant_audit, webhooks::deliveries, signup::availability, signup::signup, billing::stripe_webhook),
+    components(schemas(TenantView, WorkflowView, MigrationStatusView, Accepted, TenantPage, CreateTenant, Signup, Reason, ChangePlan, LegalHold, RegionView, RegionInput, ClusterView, ClusterInput, Availability, DeliveryView, BillingOutcome, audit::AuditPage, audit::AuditEventView, audit::CheckpointView, Problem, FieldError)),
     modifiers(&SecurityAddon, &Contract),
     tags((name = "tenants"), (name = "registry"), (name = "signup"), (name = "billing"), (name = "webhooks"), (name = "meta"))
 )]

@@ -31,6 +31,9 @@ pub struct Admin {
     /// Short, non-secret id of the token (first 8 hex digits of its digest), for logs and
     /// idempotency scopes.
     pub principal: String,
+    /// Where the request came from (request id, trace id, client address), for the audit
+    /// events of the changes it makes.
+    pub origin: crate::audit::Origin,
 }
 
 impl FromRequestParts<AppState> for Admin {
@@ -57,6 +60,7 @@ impl FromRequestParts<AppState> for Admin {
         if bool::from(ok) {
             Ok(Admin {
                 principal: hex::encode(&digest[..4]),
+                origin: crate::audit::Origin::of(parts),
             })
         } else {
             Err(ApiError::new(

@@ -148,6 +148,19 @@ pub(crate) async fn handle(state: &AppState, event: &Value) -> Result<BillingOut
     };
     let outcome = match queued {
         Ok((t, wf, label)) => {
+            let who = crate::audit::Who::named(&actor, crate::audit::Origin::default());
+            let target = format!("tenant:{t}");
+            crate::audit::record(
+                &tx,
+                Some(t),
+                &who,
+                &format!("billing.{label}"),
+                target,
+                None,
+                None,
+            )
+            .await
+            .map_err(|e| ApiError::internal("recording a control-plane audit event", &e))?;
             tenancy_catalog::link_billing_event(&tx, &id, Some(t), Some(wf.id)).await?;
             BillingOutcome {
                 received: true,

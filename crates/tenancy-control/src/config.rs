@@ -374,6 +374,8 @@ pub struct ControlConfig {
     /// On SIGTERM or SIGINT, time given to requests in flight and workflow steps under
     /// way to finish, in seconds; past it, what is left is cut and the server exits.
     pub shutdown_grace_secs: u64,
+    /// The audit logs: sealer interval, signing key, checkpoint publication, retention.
+    pub audit: crate::audit::AuditConfig,
 }
 
 impl Default for ControlConfig {
@@ -404,6 +406,7 @@ impl Default for ControlConfig {
             limits: LimitsConfig::default(),
             data_dir: None,
             shutdown_grace_secs: 30,
+            audit: crate::audit::AuditConfig::default(),
         }
     }
 }
@@ -422,7 +425,7 @@ impl ControlConfig {
         if self.shutdown_grace_secs > 3600 {
             return Err("shutdown_grace_secs must be at most 3600".into());
         }
-        Ok(())
+        self.audit.validate()
     }
 
     /// Loads the file (if any), then applies the environment.

@@ -23,11 +23,20 @@
 //!   signature verification and event mapping; [`api`]: handlers and the OpenAPI 3.1
 //!   document (utoipa), served at `/openapi.json`.
 //!
+//! - [`audit`]: the control plane's own audit log (every change it makes recorded in the
+//!   catalog transaction of the change, through one helper) and the sealer task
+//!   (seals and checkpoints every audit log, publishes checkpoints, purges logs past
+//!   their plan's retention unless on legal hold); `GET /v1/tenants/{id}/audit` pages
+//!   through a tenant's log.
+//!
 //! What it does not do: it runs no workflow step itself (the provisioning engine does,
-//! on workers), it never touches tenant data, and it never starts PostgreSQL (the
-//! private-cluster harness `tenancy-pg` is only a dev-dependency).
+//! on workers), it never touches tenant data other than the audit log
+//! (`tenancy.audit_events`, which it reads, seals and purges as the owner role), and it
+//! never starts PostgreSQL (the private-cluster harness `tenancy-pg` is only a
+//! dev-dependency).
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 mod billing;
 pub mod config;
@@ -93,6 +102,11 @@ struct StateInner {
     health: Arc<health::Health>,
     /// Sessions of the operator console (see [`console`]).
     sessions: Arc<console::session::Sessions>,
+    /// The audit sealer (tenant databases, checkpoints), when the app was built with it:
+    /// `GET /v1/tenants/{id}/audit` reads tenant logs through it.
+    audit: Option<audit::sealer::Sealer>,
+    /// Its periodic task, stopped with the workers at shutdown.
+    audit_task: Arc<std::sync::Mutex<Option<audit::sealer::SealerTask>>>,
 }
 
 /// A typed OpenAPI document (utoipa's type has no `Debug` without a feature we leave off).
@@ -147,6 +161,8 @@ impl AppState {
                 openapi_doc: OpenApiDoc(openapi),
                 health: Arc::new(health::Health::default()),
                 sessions: Arc::new(console::session::Sessions::default()),
+                audit: None,
+                audit_task: Arc::default(),
             }),
         }
     }
@@ -161,6 +177,33 @@ impl AppState {
         AppState {
             inner: Arc::new(inner),
         }
+    }
+
+    /// The same state with the audit sealer (its task is started separately, see
+    /// [`AppState::set_audit_task`]).
+    pub fn with_audit(self, sealer: audit::sealer::Sealer) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.audit = Some(sealer);
+        AppState {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The audit sealer, when there is one.
+    pub fn audit(&self) -> Option<&audit::sealer::Sealer> {
+        self.inner.audit.as_ref()
+    }
+
+    /// Keeps the sealer's periodic task, to stop it at shutdown.
+    pub fn set_audit_task(&self, task: Option<audit::sealer::SealerTask>) {
+        if let Ok(mut t) = self.inner.audit_task.lock() {
+            *t = task;
+        }
+    }
+
+    /// Takes the sealer's task (to stop it).
+    pub fn take_audit_task(&self) -> Option<audit::sealer::SealerTask> {
+        self.inner.audit_task.lock().ok().and_then(|mut t| t.take())
     }
 
     /// The same state with these timeouts and rate limits (the defaults otherwise).
@@ -358,6 +401,7 @@ pub fn router_with(state: AppState, extra: axum::Router) -> axum::Router {
         .route("/v1/tenants/{id}/delete", post(api::delete))
         .route("/v1/tenants/{id}/plan", post(api::change_plan))
         .route("/v1/tenants/{id}/legal-hold", post(api::legal_hold))
+        .route("/v1/tenants/{id}/audit", get(api::audit::tenant_audit))
         .route("/v1/workflows/{id}", get(api::get_workflow))
         .route("/v1/webhook-deliveries", get(api::deliveries))
         .route("/v1/signup/availability", get(api::availability))

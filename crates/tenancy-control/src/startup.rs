@@ -173,6 +173,9 @@ impl App {
             if let Some(w) = workers_state.health().take_workers() {
                 w.stop().await;
             }
+            if let Some(t) = workers_state.take_audit_task() {
+                t.stop().await;
+            }
         };
         let drained = async move {
             let (served, ()) = tokio::join!(server, workers);
@@ -593,6 +596,7 @@ async fn build_with(config: &ControlConfig, clusters: &[LocalCluster]) -> Result
             })
             .collect()
     };
+    let audit_access = access.clone();
     let provisioner = Provisioner::new(
         catalog_cfg.clone(),
         access,
@@ -668,6 +672,20 @@ async fn build_with(config: &ControlConfig, clusters: &[LocalCluster]) -> Result
             .context("starting the configuration client (snapshot and LISTEN) as tenancy_config_reader (config_reader_password)")?,
         resolver,
     };
+    let sealer = crate::audit::sealer::Sealer::new(
+        catalog_cfg.clone(),
+        audit_access,
+        crate::audit::signing_key(config)?,
+        config.audit.clone(),
+        config
+            .event_receivers
+            .iter()
+            .map(|r| crate::audit::sealer::CheckpointReceiver {
+                name: r.name.clone(),
+                url: r.url.clone(),
+            })
+            .collect(),
+    );
     let pool = tenancy_provision::pg_pool(catalog_cfg, 8)?;
     let state = AppState::new(
         pool,
@@ -677,6 +695,7 @@ async fn build_with(config: &ControlConfig, clusters: &[LocalCluster]) -> Result
         config.signup.clone(),
     )
     .with_config(config_state)
+    .with_audit(sealer.clone())
     .with_limits(&config.limits)
     .map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
@@ -684,6 +703,7 @@ async fn build_with(config: &ControlConfig, clusters: &[LocalCluster]) -> Result
         .with_context(|| format!("binding {}", config.listen))?;
     let workers = provisioner.spawn_workers(config.workers);
     state.health().set_workers(workers, config.workers);
+    state.set_audit_task(sealer.spawn());
     tracing::info!(
         workers = config.workers,
         listen = %config.listen,

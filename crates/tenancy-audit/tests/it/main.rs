@@ -3,4 +3,5 @@
 mod support;
 
 mod chain;
+mod purge;
 mod record;

@@ -175,7 +175,43 @@ impl ChangeRecord {
             )
             .await
             .map_err(ConfigError::db("recording a configuration change"))?;
-        Ok(row.get(0))
+        let version: i64 = row.get(0);
+        self.audit(tx, meta, version).await?;
+        Ok(version)
+    }
+
+    /// Records the change in the control plane's audit log (its tenant's chain, or the
+    /// platform chain), in the same transaction: `config.<entity>.<action>` on
+    /// `<entity>:<key>` by the change's actor, with digests of the values before and
+    /// after and the change's version.
+    async fn audit(&self, tx: &Tx<'_>, meta: &ChangeMeta, version: i64) -> Result<(), ConfigError> {
+        use tenancy_audit::{Actor, ActorKind, Event};
+        let actor = meta.actor.trim();
+        let kind = match actor.split(':').next() {
+            Some("admin") => ActorKind::Admin,
+            Some("worker") => ActorKind::Worker,
+            Some("api_key") => ActorKind::ApiKey,
+            _ => ActorKind::User,
+        };
+        let mut e = Event::new(
+            Actor::new(kind, actor),
+            format!("config.{}.{}", self.entity, self.action),
+        )
+        .target(format!("{}:{}", self.entity, self.key))
+        .after(serde_json::json!({
+            "version": version,
+            "digest": self.after.as_ref().map(tenancy_audit::digest),
+        }));
+        e.before = self.before.as_ref().map(tenancy_audit::digest);
+        tenancy_audit::record_control(tx, self.scope.tenant().map(|t| t.as_uuid()), &e)
+            .await
+            .map_err(|e| match e {
+                tenancy_audit::Error::Db { source, .. } => ConfigError::Db {
+                    what: "recording the configuration change's audit event",
+                    source,
+                },
+                other => invalid(format!("recording the audit event: {other}")),
+            })
     }
 }
 

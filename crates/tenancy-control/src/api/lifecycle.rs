@@ -82,7 +82,7 @@ async fn lifecycle(
 ) -> Result<Response, ApiError> {
     let id = tenant_ref(state, id).await?;
     let scope = format!("admin:{}:POST /v1/tenants/{id}/{op}", admin.principal);
-    let actor = format!("admin:{}", admin.principal);
+    let who = crate::audit::Who::admin(admin);
     idempotency::run(state, headers, scope, &raw, move |state| async move {
         let mut conn = state.catalog().await?;
         let t = tenancy_catalog::get_tenant(&conn, id).await?;
@@ -99,10 +99,8 @@ async fn lifecycle(
                 ),
             ));
         }
-        let wf = state
-            .provisioner()
-            .enqueue(&mut conn, id, kind, &input, &actor)
-            .await?;
+        let wf =
+            crate::audit::enqueue(state.provisioner(), &mut conn, id, kind, &input, &who).await?;
         Ok((
             StatusCode::ACCEPTED,
             to_value(&Accepted {
@@ -261,10 +259,10 @@ pub async fn legal_hold(
     let (r, raw): (LegalHold, _) = parse_body(&headers, body)?;
     let id = tenant_ref(&state, &id).await?;
     let scope = format!("admin:{}:POST /v1/tenants/{id}/legal-hold", admin.principal);
-    let actor = format!("admin:{}", admin.principal);
+    let who = crate::audit::Who::admin(&admin);
     idempotency::run(&state, &headers, scope, &raw, move |state| async move {
         let mut conn = state.catalog().await?;
-        let t = tenancy_catalog::set_legal_hold(&mut conn, id, r.hold, &actor).await?;
+        let t = crate::audit::set_legal_hold(&mut conn, id, r.hold, &who).await?;
         Ok((StatusCode::OK, to_value(&TenantView::from(&t))))
     })
     .await

@@ -149,6 +149,15 @@ pub async fn signup(
                     &actor,
                 )
                 .await?;
+            let origin = crate::audit::Origin {
+                client: client.0,
+                ..crate::audit::Origin::default()
+            };
+            let who = crate::audit::Who::named(&actor, origin);
+            let target = format!("tenant:{}", t.id);
+            crate::audit::record(&tx, Some(t.id), &who, "tenant.signup", target, None, None)
+                .await
+                .map_err(|e| ApiError::internal("recording a control-plane audit event", &e))?;
             tx.commit()
                 .await
                 .map_err(|e| ApiError::internal("committing a signup", &e))?;

@@ -226,7 +226,7 @@ pub async fn create_tenant(
 ) -> Result<Response, ApiError> {
     let (req, raw): (CreateTenant, _) = parse_body(&headers, body)?;
     let scope = format!("admin:{}:POST /v1/tenants", admin.principal);
-    let actor = format!("admin:{}", admin.principal);
+    let who = crate::audit::Who::admin(&admin);
     idempotency::run(&state, &headers, scope, &raw, move |state| async move {
         let new = NewTenant {
             id: None,
@@ -236,7 +236,7 @@ pub async fn create_tenant(
             region: parse_field("region", &req.region)?,
             placement: parse_field("placement", &req.placement)?,
         };
-        provision(&state, new, None, None, &actor).await
+        provision(&state, new, None, None, &who).await
     })
     .await
 }
@@ -246,22 +246,16 @@ async fn provision(
     new: NewTenant,
     customer: Option<String>,
     sub: Option<String>,
-    actor: &str,
+    who: &crate::audit::Who,
 ) -> Result<(StatusCode, serde_json::Value), ApiError> {
     check_display_name(&new.display_name)?;
     let mut conn = state.catalog().await?;
-    let (t, wf) = state
-        .provisioner()
-        .provision(
-            &mut conn,
-            &ProvisionRequest {
-                tenant: new,
-                billing_customer: customer,
-                billing_subscription: sub,
-            },
-            actor,
-        )
-        .await?;
+    let req = ProvisionRequest {
+        tenant: new,
+        billing_customer: customer,
+        billing_subscription: sub,
+    };
+    let (t, wf) = crate::audit::provision(state.provisioner(), &mut conn, &req, who).await?;
     Ok((
         StatusCode::ACCEPTED,
         to_value(&Accepted {

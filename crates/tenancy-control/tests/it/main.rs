@@ -4,6 +4,7 @@
 //! resources/schemas/v3.1/schema.json).
 
 mod api;
+mod audit;
 mod config;
 mod config_routes;
 mod console;
