@@ -135,12 +135,12 @@ impl<P: KeyProvider> Keyring<P> {
             resealed: 0,
         };
         let first = format!(
-            "SELECT {key}::text, {column} FROM {table} WHERE {column} IS NOT NULL \
-             ORDER BY {key} LIMIT {batch} FOR UPDATE"
+            "SELECT {key}::text AS row_key, {column} AS sealed FROM {table} WHERE {column} IS NOT NULL \
+             ORDER BY {table}.{key} LIMIT {batch} FOR UPDATE"
         );
         let next = format!(
-            "SELECT {key}::text, {column} FROM {table} WHERE {column} IS NOT NULL \
-             AND {key} > $1::text::{key_type} ORDER BY {key} LIMIT {batch} FOR UPDATE"
+            "SELECT {key}::text AS row_key, {column} AS sealed FROM {table} WHERE {column} IS NOT NULL \
+             AND {key} > $1::text::{key_type} ORDER BY {table}.{key} LIMIT {batch} FOR UPDATE"
         );
         let update = format!("UPDATE {table} SET {column} = $1 WHERE {key} = $2::text::{key_type}");
         let mut last: Option<String> = None;
