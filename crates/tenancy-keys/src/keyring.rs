@@ -403,7 +403,9 @@ impl<P: KeyProvider> Keyring<P> {
             .after(serde_json::json!({ "data_keys_deleted": versions.len() }));
         tenancy_audit::record(&mut tx, &event).await?;
         if let Err(e) = self.provider.destroy(tenant).await {
-            tx.rollback().await?;
+            // The provider's error is the one to report; a failed rollback also leaves
+            // nothing behind (the transaction ends with its connection).
+            let _ = tx.rollback().await;
             return Err(e);
         }
         self.forget(tenant, &versions);

@@ -36,11 +36,10 @@ pub use reencrypt::{Progress, SealedColumn};
 pub const KEYS_SQL: &str = include_str!("../sql/keys.sql");
 
 /// Installs (or updates) the data-key table. `owner` must be connected as the owner role
-/// to the tenant database. Idempotent; runs in one transaction.
+/// to the tenant database. Idempotent; the statements run as one implicit transaction (a
+/// failure changes nothing).
 pub async fn install(owner: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
-    owner
-        .batch_execute(&format!("BEGIN; {KEYS_SQL}; COMMIT;"))
-        .await
+    owner.batch_execute(KEYS_SQL).await
 }
 
 /// What went wrong.

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use tenancy_audit::{Actor, ActorKind};
 use tenancy_core::TenantId;
-use tenancy_keys::{Error, KekState, KeyProvider};
+use tenancy_keys::{Error, KekState, KeyProvider, LocalKeyProvider};
 use tenancy_pg::testing::TestDb;
 use tenancy_pg::PgBinaries;
 
@@ -183,5 +183,80 @@ async fn shredding_makes_an_earlier_dump_unreadable() {
         ring.provider().state(b).await.expect("state b"),
         KekState::Live { current: 1 }
     ));
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// A provider whose destruction fails: everything else is the local provider's.
+struct FailingDestroy(LocalKeyProvider);
+
+impl KeyProvider for FailingDestroy {
+    async fn create_kek(&self, t: TenantId) -> Result<u32, Error> {
+        self.0.create_kek(t).await
+    }
+    async fn state(&self, t: TenantId) -> Result<KekState, Error> {
+        self.0.state(t).await
+    }
+    async fn wrap(
+        &self,
+        t: TenantId,
+        v: Option<u32>,
+        key: &[u8; 32],
+        aad: &[u8],
+    ) -> Result<tenancy_keys::Wrapped, Error> {
+        self.0.wrap(t, v, key, aad).await
+    }
+    async fn unwrap(
+        &self,
+        t: TenantId,
+        w: &tenancy_keys::Wrapped,
+        aad: &[u8],
+    ) -> Result<tenancy_keys::SecretKey, Error> {
+        self.0.unwrap(t, w, aad).await
+    }
+    async fn rotate_kek(&self, t: TenantId) -> Result<u32, Error> {
+        self.0.rotate_kek(t).await
+    }
+    async fn destroy(&self, _: TenantId) -> Result<(), Error> {
+        Err(Error::Provider(
+            "scheduling the key deletion was refused".into(),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn a_failed_destruction_changes_nothing() {
+    let db = fresh_db().await;
+    let pool = pool(&db);
+    let dir = key_dir();
+    let provider = FailingDestroy(LocalKeyProvider::open(&dir).expect("key dir"));
+    let ring = tenancy_keys::Keyring::new(std::sync::Arc::new(provider));
+    let a = TenantId::new_random();
+    ring.create_keys(&pool, a).await.expect("keys");
+    let mut tx = pool.begin(a).await.expect("begin");
+    let f = tenancy_keys::FieldRef::new("secrets", "body", "1").expect("field");
+    let sealed = ring.seal(&mut tx, &f, b"kept").await.expect("seal");
+    tx.commit().await.expect("commit");
+
+    let actor = Actor::new(ActorKind::Admin, "ops");
+    let e = ring.shred(&pool, a, &actor).await.expect_err("shred fails");
+    assert!(matches!(e, Error::Provider(_)), "{e}");
+    // The wrapped keys are still there, no audit event was recorded, and the value opens
+    // with a fresh keyring (nothing cached).
+    let mut tx = pool.begin_read_only(a).await.expect("begin");
+    let counts = tx
+        .query_one(
+            "SELECT (SELECT count(*) FROM tenancy.data_keys), \
+                    (SELECT count(*) FROM tenancy.audit_events)",
+            &[],
+        )
+        .await
+        .expect("counts");
+    assert_eq!((counts.get::<_, i64>(0), counts.get::<_, i64>(1)), (1, 0));
+    let fresh = keyring(&dir);
+    assert_eq!(
+        fresh.open(&mut tx, &f, &sealed).await.expect("opens"),
+        b"kept"
+    );
+    tx.commit().await.expect("commit");
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
