@@ -10,7 +10,7 @@ use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use tenancy_core::TenantId;
 
-use crate::provider::random;
+use crate::provider::encrypt_into;
 use crate::Error;
 
 /// The only format written and read.
@@ -121,20 +121,8 @@ pub(crate) fn seal_with(
     let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
     out.push(FORMAT_V1);
     out.extend_from_slice(&version.to_be_bytes());
-    let mut nonce = [0u8; NONCE];
-    random(&mut nonce)?;
-    out.extend_from_slice(&nonce);
     let aad = aad(tenant, field, &out[..HEADER]);
-    let ct = cipher
-        .encrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: plaintext,
-                aad: &aad,
-            },
-        )
-        .map_err(|_| Error::Crypto("sealing failed".into()))?;
-    out.extend_from_slice(&ct);
+    encrypt_into(cipher, &mut out, plaintext, &aad)?;
     Ok(out)
 }
 

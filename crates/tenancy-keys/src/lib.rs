@@ -55,11 +55,11 @@ pub enum Error {
     /// A key file or directory could not be read or written.
     #[error("{what} {path}: {source}")]
     Io {
-        /// What was being done.
+        /// The operation that failed.
         what: &'static str,
-        /// The file or directory.
+        /// The key file or key directory.
         path: String,
-        /// The OS error.
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },

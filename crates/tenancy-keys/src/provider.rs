@@ -115,6 +115,24 @@ pub(crate) fn random(buf: &mut [u8]) -> Result<(), Error> {
         .map_err(|e| Error::Random(e.to_string()))
 }
 
+/// Appends a random 96-bit nonce and the AES-256-GCM encryption of `msg` under it (with
+/// associated data `aad`) to `out`.
+pub(crate) fn encrypt_into(
+    cipher: &Aes256Gcm,
+    out: &mut Vec<u8>,
+    msg: &[u8],
+    aad: &[u8],
+) -> Result<(), Error> {
+    let mut nonce = [0u8; NONCE];
+    random(&mut nonce)?;
+    out.extend_from_slice(&nonce);
+    let ct = cipher
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg, aad })
+        .map_err(|_| Error::Crypto("AES-256-GCM encryption failed".into()))?;
+    out.extend_from_slice(&ct);
+    Ok(())
+}
+
 /// A fresh random 32-byte key.
 pub(crate) fn random_key() -> Result<SecretKey, Error> {
     let mut key = Zeroizing::new([0u8; 32]);
@@ -433,21 +451,9 @@ impl KeyProvider for LocalKeyProvider {
         let version = kek_version.unwrap_or(kf.keys.len() as u32);
         let kek = kek_at(&kf, tenant, version)?;
         let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(kek.as_ref()));
-        let mut nonce = [0u8; NONCE];
-        random(&mut nonce)?;
+        let mut bytes = Vec::with_capacity(NONCE + 32 + TAG);
         let aad = wrap_aad(tenant, version, aad);
-        let ct = cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: key,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| Error::Crypto("wrapping a data key failed".into()))?;
-        let mut bytes = Vec::with_capacity(NONCE + ct.len());
-        bytes.extend_from_slice(&nonce);
-        bytes.extend_from_slice(&ct);
+        encrypt_into(&cipher, &mut bytes, key, &aad)?;
         Ok(Wrapped {
             kek_version: version,
             bytes,
