@@ -191,3 +191,52 @@ fn chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
+
+#[tokio::test]
+async fn a_wrapped_key_copied_from_another_tenant_or_altered_does_not_unwrap() {
+    let db = fresh_db().await;
+    let pool = pool(&db);
+    let dir = key_dir();
+    let ring = keyring(&dir);
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    ring.create_keys(&pool, a).await.expect("keys a");
+    ring.create_keys(&pool, b).await.expect("keys b");
+    write_secret(&ring, &pool, a, 1, "a's secret").await;
+
+    // The superuser (no row-level security) puts b's wrapped key in a's row.
+    let su = db.connect_superuser().await.expect("superuser");
+    let swap = "UPDATE tenancy.data_keys SET wrapped = \
+                (SELECT wrapped FROM tenancy.data_keys WHERE tenant_id = $2 AND version = 1) \
+                WHERE tenant_id = $1 AND version = 1";
+    let n = su
+        .execute(swap, &[&a.as_uuid(), &b.as_uuid()])
+        .await
+        .expect("swap");
+    assert_eq!(n, 1);
+    let e = read_secret(&keyring(&dir), &pool, a, 1)
+        .await
+        .expect_err("foreign wrapped key");
+    assert!(
+        matches!(e, Error::Unwrap { tenant, kek_version: 1 } if tenant == a),
+        "{e}"
+    );
+
+    // One flipped bit of a wrapped key.
+    su.execute(
+        "UPDATE tenancy.data_keys SET wrapped = set_byte(wrapped, 20, get_byte(wrapped, 20) # 1) \
+         WHERE tenant_id = $1",
+        &[&b.as_uuid()],
+    )
+    .await
+    .expect("flip");
+    ring.create_keys(&pool, b).await.expect("keys b exist");
+    let mut tx = pool.begin(b).await.expect("begin b");
+    let f = FieldRef::new("secrets", "body", "9").expect("field");
+    let e = keyring(&dir)
+        .seal(&mut tx, &f, b"x")
+        .await
+        .expect_err("altered");
+    assert!(matches!(e, Error::Unwrap { .. }), "{e}");
+    tx.rollback().await.expect("rollback");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
