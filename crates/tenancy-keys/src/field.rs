@@ -6,11 +6,11 @@
 //! the length-prefixed table, column and row key, so a value opens only where it was
 //! sealed, and a changed header fails like a changed ciphertext.
 
-use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::aead::{Aead, AeadInPlace, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use tenancy_core::TenantId;
 
-use crate::provider::encrypt_into;
+use crate::provider::random;
 use crate::Error;
 
 /// The only format written and read.
@@ -118,11 +118,20 @@ pub(crate) fn seal_with(
             plaintext.len()
         )));
     }
+    // Header, nonce and plaintext in one buffer, encrypted in place, the tag appended: one
+    // allocation and no copy of the ciphertext.
     let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
     out.push(FORMAT_V1);
     out.extend_from_slice(&version.to_be_bytes());
+    let mut nonce = [0u8; NONCE];
+    random(&mut nonce)?;
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plaintext);
     let aad = aad(tenant, field, &out[..HEADER]);
-    encrypt_into(cipher, &mut out, plaintext, &aad)?;
+    let tag = cipher
+        .encrypt_in_place_detached(Nonce::from_slice(&nonce), &aad, &mut out[HEADER + NONCE..])
+        .map_err(|_| Error::Crypto("sealing failed".into()))?;
+    out.extend_from_slice(&tag);
     Ok(out)
 }
 

@@ -87,7 +87,8 @@ pub struct ShredReport {
 pub struct Keyring<P> {
     provider: Arc<P>,
     keys: moka::sync::Cache<(Uuid, u32), Arc<DataKey>>,
-    current: moka::sync::Cache<Uuid, u32>,
+    /// Per tenant: its current data-key version and that key (one lookup per seal).
+    current: moka::sync::Cache<Uuid, (u32, Arc<DataKey>)>,
 }
 
 impl<P> fmt::Debug for Keyring<P> {
@@ -191,18 +192,19 @@ impl<P: KeyProvider> Keyring<P> {
             .transpose()
     }
 
-    /// The tenant's current data-key version (cached for `current_ttl`).
-    async fn current(&self, tx: &mut TenantTx) -> Result<u32, Error> {
+    /// The tenant's current data-key version and key (cached for `current_ttl`).
+    async fn current(&self, tx: &mut TenantTx) -> Result<(u32, Arc<DataKey>), Error> {
         let tenant = tx.tenant();
-        if let Some(v) = self.current.get(&tenant.as_uuid()) {
-            return Ok(v);
+        if let Some(c) = self.current.get(&tenant.as_uuid()) {
+            return Ok(c);
         }
         let v = self
             .current_in(tx)
             .await?
             .ok_or(Error::NoDataKeys(tenant))?;
-        self.current.insert(tenant.as_uuid(), v);
-        Ok(v)
+        let key = self.data_key(tx, v).await?;
+        self.current.insert(tenant.as_uuid(), (v, key.clone()));
+        Ok((v, key))
     }
 
     /// The unwrapped data key `version` of the transaction's tenant (cached).
@@ -243,8 +245,7 @@ impl<P: KeyProvider> Keyring<P> {
         field: &FieldRef<'_>,
         plaintext: &[u8],
     ) -> Result<Vec<u8>, Error> {
-        let version = self.current(tx).await?;
-        let key = self.data_key(tx, version).await?;
+        let (version, key) = self.current(tx).await?;
         seal_with(&key.cipher, version, tx.tenant(), field, plaintext)
     }
 
@@ -299,7 +300,8 @@ impl<P: KeyProvider> Keyring<P> {
             .ok_or_else(|| Error::Invalid("no data-key version left".into()))?;
         self.insert_new_key(&mut tx, next).await?;
         tx.commit().await?;
-        self.current.insert(tenant.as_uuid(), next);
+        // The next seal in this process reads the new version.
+        self.current.invalidate(&tenant.as_uuid());
         Ok(next)
     }
 

@@ -117,7 +117,7 @@ pub(crate) fn random(buf: &mut [u8]) -> Result<(), Error> {
 
 /// Appends a random 96-bit nonce and the AES-256-GCM encryption of `msg` under it (with
 /// associated data `aad`) to `out`.
-pub(crate) fn encrypt_into(
+fn encrypt_into(
     cipher: &Aes256Gcm,
     out: &mut Vec<u8>,
     msg: &[u8],
