@@ -53,12 +53,12 @@ pub enum Error {
     #[error("database: {0}")]
     Tx(#[from] tenancy_sdk::Error),
     /// A key file or directory could not be read or written.
-    #[error("{what} {path}: {source}")]
+    #[error("{action} {file}: {source}")]
     Io {
         /// The operation that failed.
-        what: &'static str,
+        action: &'static str,
         /// The key file or key directory.
-        path: String,
+        file: String,
         /// The operating system's error.
         #[source]
         source: std::io::Error,

@@ -188,7 +188,11 @@ impl LocalKeyProvider {
         let dir = dir.into();
         let io = |what| {
             let path = dir.display().to_string();
-            move |source| Error::Io { what, path, source }
+            move |source| Error::Io {
+                action: what,
+                file: path,
+                source,
+            }
         };
         if !dir.exists() {
             fs::DirBuilder::new()
@@ -242,15 +246,19 @@ impl LocalKeyProvider {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
                 return Err(Error::Io {
-                    what: "opening key file",
-                    path: shown,
+                    action: "opening key file",
+                    file: shown,
                     source,
                 })
             }
         };
         let io = |what| {
             let path = shown.clone();
-            move |source| Error::Io { what, path, source }
+            move |source| Error::Io {
+                action: what,
+                file: path,
+                source,
+            }
         };
         let meta = file.metadata().map_err(io("reading key file"))?;
         let mode = meta.permissions().mode() & 0o777;
@@ -286,7 +294,11 @@ impl LocalKeyProvider {
         let tmp_shown = tmp.display().to_string();
         let io = |what, path: &str| {
             let path = path.to_owned();
-            move |source| Error::Io { what, path, source }
+            move |source| Error::Io {
+                action: what,
+                file: path,
+                source,
+            }
         };
         let result = (|| {
             let mut f = OpenOptions::new()
