@@ -380,6 +380,10 @@ impl<P: KeyProvider> Keyring<P> {
     /// commits. Every copy of its sealed values, including backups and dumps taken
     /// earlier, stops opening. Needs the audit table (`tenancy_audit::install`).
     ///
+    /// Shred a tenant that no longer runs (suspended or deleted): another process's
+    /// keyring keeps the tenant's cached keys for up to `key_ttl` (`current_ttl` for
+    /// sealing), and values it seals meanwhile are lost with the keys.
+    ///
     /// If the provider fails, the transaction rolls back and nothing changed. If the commit
     /// fails after the KEKs were destroyed, [`Error::ShredIncomplete`] says so; running the
     /// shred again finishes it (destroying is idempotent).
