@@ -15,6 +15,7 @@ mod http_get;
 mod migrate;
 mod provision;
 mod report;
+mod seal_open;
 mod setup;
 mod tenant_tx;
 mod tenant_tx_pgbouncer;
@@ -62,6 +63,9 @@ enum Name {
     /// audit, 8 clients over 100 tenants and on one tenant.
     #[value(name = "audit_append")]
     AuditAppend,
+    /// Sealing and opening a 1 KB field through the keyring vs AES-256-GCM alone.
+    #[value(name = "seal_open")]
+    SealOpen,
     /// Every benchmark above, on one cluster.
     #[value(name = "all")]
     All,
@@ -170,6 +174,7 @@ async fn main() -> Result<()> {
             | Name::TenantTxTenaxum
             | Name::HttpGet
             | Name::AuditAppend
+            | Name::SealOpen
             | Name::All
     );
     if !needs_items {
@@ -218,6 +223,11 @@ async fn main() -> Result<()> {
         audit_append::run(&env, settings)
             .await
             .context("running audit_append")?;
+    }
+    if matches!(cli.name, Name::SealOpen | Name::All) {
+        seal_open::run(&env, cli.runs)
+            .await
+            .context("running seal_open")?;
     }
     env.cluster.stop().await;
     Ok(())

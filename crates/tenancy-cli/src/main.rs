@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod audit;
 mod bootstrap;
+mod keys;
 mod migrate;
 mod serve;
 mod tenants;
@@ -138,6 +139,8 @@ enum Command {
     /// Seal, verify and export the tenants' tamper-evident audit logs. verify: exit 0
     /// intact, 1 tampered, 2 could not run.
     Audit(audit::AuditArgs),
+    /// Show and rotate a tenant's encryption keys. Exit 0: done; 2: could not run.
+    Keys(keys::KeysArgs),
 }
 
 /// An error and its causes on one line, PostgreSQL's message and SQLSTATE included.
@@ -190,6 +193,7 @@ fn main() -> std::process::ExitCode {
             Command::Migrate(args) => migrate::run(args).await,
             Command::Bootstrap(args) => bootstrap::run(args).await,
             Command::Audit(args) => audit::run(args).await,
+            Command::Keys(args) => keys::run(args).await,
             Command::Check(c) => {
                 let mut out = std::io::stdout();
                 tenancy_check::run(&c.args, &mut out).await as u8

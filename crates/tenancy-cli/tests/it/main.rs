@@ -4,6 +4,7 @@ use std::process::Command;
 
 mod audit;
 mod bootstrap;
+mod keys;
 mod ops;
 mod otlp;
 mod own_postgres;
