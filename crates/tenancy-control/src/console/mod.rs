@@ -52,6 +52,8 @@ const JS: &str = include_str!("assets/console.js");
 pub(crate) struct Ctx {
     id: String,
     session: Session,
+    /// Where the request came from, for the audit events of the changes it makes.
+    origin: crate::audit::Origin,
 }
 
 impl Ctx {
@@ -59,6 +61,7 @@ impl Ctx {
     pub(crate) fn admin(&self) -> Admin {
         Admin {
             principal: self.session.principal.clone(),
+            origin: self.origin.clone(),
         }
     }
 
@@ -189,7 +192,12 @@ async fn require_session(State(state): State<AppState>, req: Request, next: Next
     } else {
         body
     };
-    parts.extensions.insert(Ctx { id, session });
+    let origin = crate::audit::Origin::of(&parts);
+    parts.extensions.insert(Ctx {
+        id,
+        session,
+        origin,
+    });
     next.run(Request::from_parts(parts, body)).await
 }
 
