@@ -16,6 +16,7 @@ mod migrate;
 mod provision;
 mod report;
 mod setup;
+mod stats;
 mod tenant_tx;
 mod tenant_tx_pgbouncer;
 mod tenant_tx_tenaxum;
