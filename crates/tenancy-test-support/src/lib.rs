@@ -4,7 +4,7 @@
 //! the catalog, and plain connections driven on the current runtime.
 
 use tenancy_core::ContextKey;
-use tenancy_pg::testing::{TemplateDb, TestDb};
+use tenancy_pg::testing::{SetupError, TemplateDb, TestDb};
 use tenancy_sdk::bootstrap::{self, OWNER_ROLE};
 use tokio_postgres::{Client, NoTls};
 
@@ -20,8 +20,7 @@ pub async fn connect(cfg: tokio_postgres::Config) -> Client {
 
 /// A fresh clone of `template`, built once per test process: the cluster's and the
 /// database's bootstrap, the runtime with `key`, the catalog's migrations, then `app_sql`
-/// run as the owner role (empty: nothing). Database-level privileges are not copied from
-/// a template, so the clone is bootstrapped again.
+/// run as the owner role (empty: nothing).
 ///
 /// # Panics
 /// When the template or the clone cannot be made (a test set-up failure).
@@ -29,6 +28,25 @@ pub async fn fresh_catalog_db(
     template: &'static TemplateDb,
     key: ContextKey,
     app_sql: &'static str,
+) -> TestDb {
+    fresh_catalog_db_with(template, key, async |owner: &mut Client| {
+        if !app_sql.is_empty() {
+            owner.batch_execute(app_sql).await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// [`fresh_catalog_db`] with `app` run on the owner's connection instead of SQL (an
+/// application's own migrations, say).
+///
+/// # Panics
+/// When the template or the clone cannot be made (a test set-up failure).
+pub async fn fresh_catalog_db_with(
+    template: &'static TemplateDb,
+    key: ContextKey,
+    app: impl AsyncFnOnce(&mut Client) -> Result<(), SetupError>,
 ) -> TestDb {
     let db = template
         .fresh(|cluster, db| async move {
@@ -38,18 +56,24 @@ pub async fn fresh_catalog_db(
             let mut owner = connect(cluster.config_as(OWNER_ROLE, &db)).await;
             bootstrap::install_runtime(&owner, &key).await?;
             tenancy_catalog::migrate(&mut owner).await?;
-            if !app_sql.is_empty() {
-                owner.batch_execute(app_sql).await?;
-            }
-            Ok(())
+            app(&mut owner).await
         })
         .await
         .expect("fresh database");
+    bootstrap_clone(&db).await;
+    db
+}
+
+/// Sets the database-level privileges of a clone of a template database (they are not
+/// copied from the template).
+///
+/// # Panics
+/// When the superuser cannot connect or the bootstrap fails.
+pub async fn bootstrap_clone(db: &TestDb) {
     let su = db.connect_superuser().await.expect("superuser");
     bootstrap::bootstrap_database(&su, &db.name)
         .await
         .expect("bootstrap clone");
-    db
 }
 
 /// Whether the server `client` is connected to offers the `tenancy_context` extension
