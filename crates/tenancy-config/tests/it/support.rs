@@ -69,7 +69,11 @@ pub(crate) async fn fresh_db() -> TestDb {
         .fresh(|cluster, db| async move { install(cluster, &db).await })
         .await
         .expect("fresh database");
-    tenancy_test_support::bootstrap_clone(&db).await;
+    // Database-level privileges are not copied from a template; set them on the clone.
+    let su = db.connect_superuser().await.expect("superuser");
+    bootstrap::bootstrap_database(&su, &db.name)
+        .await
+        .expect("bootstrap clone");
     db
 }
 
