@@ -355,27 +355,7 @@ mod tests {
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let cfg: tokio_postgres::Config =
-                "host=/nonexistent dbname=x user=x".parse().expect("config");
-            let router = tenancy_sdk::Router::new(
-                cfg.clone(),
-                tenancy_core::ContextKey::from_bytes("k".parse().expect("kid"), [7; 32]),
-                tenancy_sdk::ClusterCredentials {
-                    user: "x".into(),
-                    password: None,
-                },
-                tenancy_sdk::RouterOptions::default(),
-            )
-            .expect("router");
-            let tenancy = Tenancy::builder(router, cfg)
-                .source(Source::jwt(
-                    JwtConfig::new(TenantClaim::Id("tenant_id".into())).issuer(
-                        JwtIssuer::new("iss", "aud").key(JwtKey::hs256(&[1; 32]).expect("key")),
-                    ),
-                ))
-                .listen_for_changes(false)
-                .build()
-                .expect("tenancy");
+            let tenancy = offline_tenancy();
             let mut svc = TenancyService::new(
                 axum::Router::new().route("/x", axum::routing::get(|| async { "x" })),
                 tenancy,

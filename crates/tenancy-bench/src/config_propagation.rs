@@ -27,6 +27,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 use crate::report::Report;
+use crate::setup::on_private_cluster;
+use crate::stats::{loadavg, median, percentile};
 
 /// Environment variable that turns this executable into the watcher child.
 pub(crate) const CHILD_ENV: &str = "TENANCY_BENCH_CONFIG_WATCHER";
@@ -120,30 +122,16 @@ fn flag(default: &str) -> serde_json::Value {
     json!({"kind": "boolean", "variants": {"on": true, "off": false}, "default_variant": default, "off_variant": "off"})
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[(((sorted.len() - 1) as f64 * p).round() as usize).min(sorted.len() - 1)]
-}
-
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    percentile(&v, 0.5)
-}
-
 /// Runs the benchmark `runs` times and writes `target/bench/config_propagation.json`.
 pub(crate) async fn run(runs: usize) -> Result<()> {
-    let cluster = Cluster::start(ClusterOptions {
-        ephemeral: true,
-        ..Default::default()
-    })
+    on_private_cluster(
+        ClusterOptions {
+            ephemeral: true,
+            ..Default::default()
+        },
+        async |cluster| measure(cluster, runs).await,
+    )
     .await
-    .context("starting a private PostgreSQL cluster")?;
-    let result = measure(&cluster, runs).await;
-    cluster.stop().await;
-    result
 }
 
 async fn measure(cluster: &Cluster, runs: usize) -> Result<()> {
@@ -281,14 +269,4 @@ async fn measure(cluster: &Cluster, runs: usize) -> Result<()> {
         path.display()
     );
     Ok(())
-}
-
-/// The 1, 5 and 15 minute load averages: the machine is shared, so say how busy it was.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }

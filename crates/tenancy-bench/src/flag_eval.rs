@@ -28,6 +28,7 @@ use tenancy_core::{Placement, TenantId};
 use unleash_yggdrasil::{ClientFeatures, Context, EngineState, UpdateMessage};
 
 use crate::report::Report;
+use crate::stats::{loadavg, median, percentile};
 
 const TENANTS: usize = 1_000;
 const FLAGS: usize = 20;
@@ -146,14 +147,6 @@ fn fixture() -> Result<Fixture> {
     })
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
 /// Per-call nanoseconds of `BATCHES` batches of each side, batches alternating (ours,
 /// theirs, ours, …) so both see the same interference from other processes.
 fn sample(
@@ -175,12 +168,6 @@ fn sample(
     a.sort_by(f64::total_cmp);
     b.sort_by(f64::total_cmp);
     ((a, a_on), (b, b_on))
-}
-
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    percentile(&v, 0.5)
 }
 
 /// Runs the benchmark `runs` times and writes `target/bench/flag_eval.json`.
@@ -261,14 +248,4 @@ pub(crate) fn run(runs: usize) -> Result<()> {
         path.display()
     );
     Ok(())
-}
-
-/// The 1, 5 and 15 minute load averages: the machine is shared, so say how busy it was.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }

@@ -17,6 +17,7 @@ mod provision;
 mod report;
 mod seal_open;
 mod setup;
+mod stats;
 mod tenant_tx;
 mod tenant_tx_pgbouncer;
 mod tenant_tx_tenaxum;

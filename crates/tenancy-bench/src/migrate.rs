@@ -26,6 +26,8 @@ use tokio::process::Command;
 
 use crate::django;
 use crate::report::Report;
+use crate::setup::on_private_cluster;
+use crate::stats::median;
 
 const TABLES: usize = 20;
 const DB: &str = "tenancy";
@@ -90,11 +92,6 @@ BEGIN
   END IF;
 END $f$;
 "#;
-
-fn median(xs: &mut [f64]) -> f64 {
-    xs.sort_by(|a, b| a.total_cmp(b));
-    xs[xs.len() / 2]
-}
 
 fn workspace_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -330,8 +327,8 @@ async fn measure_ours(ours: &mut Ours, opts: &Options) -> Result<(f64, f64, serd
         let app = AppMigrations::new(ours.migrations.clone())?;
         tenancy_provision::storage::migrate_schema(&mut owner, &ours.source, false, &app).await?;
     }
-    let noop_m = median(&mut noop.clone());
-    let alter_m = median(&mut alter.clone());
+    let noop_m = median(&noop);
+    let alter_m = median(&alter);
     println!(
         "tenancy migrate over {n} schema tenants: no-op median {:.3} s {noop:?}, ADD COLUMN median {:.3} s {alter:?}",
         noop_m, alter_m
@@ -389,19 +386,7 @@ async fn django_baseline(root: &Path, cluster: &Cluster, n: usize) -> Result<ser
     let py = |args: &[&str]| {
         django::python_in(&python, &dir, DJANGO_DB, DJANGO_ROLE, &password, port, args)
     };
-    django::check(
-        py(&[
-            "manage.py",
-            "makemigrations",
-            "customers",
-            "tenantapp",
-            "-v",
-            "0",
-        ])
-        .output()
-        .await?,
-        "makemigrations",
-    )?;
+    django::check(py(django::MAKEMIGRATIONS).output().await?, "makemigrations")?;
     django::check(
         py(&["manage.py", "migrate_schemas", "--shared", "-v", "0"])
             .output()
@@ -496,21 +481,20 @@ pub(crate) async fn run(opts: Options) -> Result<()> {
             && opts.django_schemas >= 2,
         "--schemas needs counts of at least 1 and --django-schemas at least 2"
     );
-    let cluster = Cluster::start(ClusterOptions {
-        ephemeral: true,
-        tcp_port: Some(0),
-        settings: vec![
-            ("max_connections".into(), "200".into()),
-            ("max_locks_per_transaction".into(), "1024".into()),
-            ("shared_buffers".into(), "512MB".into()),
-        ],
-        ..Default::default()
-    })
+    on_private_cluster(
+        ClusterOptions {
+            ephemeral: true,
+            tcp_port: Some(0),
+            settings: vec![
+                ("max_connections".into(), "200".into()),
+                ("max_locks_per_transaction".into(), "1024".into()),
+                ("shared_buffers".into(), "512MB".into()),
+            ],
+            ..Default::default()
+        },
+        async |cluster| measure(cluster, opts).await,
+    )
     .await
-    .context("starting a private PostgreSQL cluster")?;
-    let result = measure(&cluster, opts).await;
-    cluster.stop().await;
-    result
 }
 
 async fn measure(cluster: &Cluster, opts: Options) -> Result<()> {

@@ -200,3 +200,26 @@ fn read_postmaster_pid(path: PathBuf) -> Option<u32> {
 pub(crate) fn expected_payload(tenant: Uuid, id: i64) -> String {
     format!("{tenant}:{id}")
 }
+
+/// Starts a private cluster with `options`, runs `body` on it, and stops the cluster
+/// whatever `body` returned.
+pub(crate) async fn on_private_cluster<T>(
+    options: ClusterOptions,
+    body: impl AsyncFnOnce(&Cluster) -> Result<T>,
+) -> Result<T> {
+    let cluster = Cluster::start(options)
+        .await
+        .context("starting a private PostgreSQL cluster")?;
+    let result = body(&cluster).await;
+    cluster.stop().await;
+    result
+}
+
+/// Fails unless `payload` is the one [`expected_payload`] gives for `id` of `tenant`.
+pub(crate) fn check_payload(payload: &str, tenant: Uuid, id: i64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        payload == expected_payload(tenant, id),
+        "wrong row: {payload:?}"
+    );
+    Ok(())
+}

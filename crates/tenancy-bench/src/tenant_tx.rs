@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::json;
 use tenancy_core::TenantId;
 use tenancy_sdk::{PgConfig, PoolOptions, Pooler, TenantPool};
@@ -13,7 +13,7 @@ use tokio_postgres::types::Type;
 use crate::bare;
 use crate::harness::{self, Sample, Settings, Variants, CONCURRENCY};
 use crate::report::Report;
-use crate::setup::{expected_payload, Env, ROWS_PER_TENANT, TENANTS};
+use crate::setup::{check_payload, Env, ROWS_PER_TENANT, TENANTS};
 
 /// Our query: RLS adds the tenant predicate.
 pub(crate) const OURS_SQL: &str = "SELECT payload FROM items WHERE id = $1";
@@ -51,12 +51,7 @@ async fn ours_read(pool: &TenantPool, tenant: uuid::Uuid, id: i64, read_only: bo
         .await
         .context("reading the row")?;
     tx.commit().await.context("committing")?;
-    let payload: &str = row.try_get(0).context("reading the payload")?;
-    ensure!(
-        payload == expected_payload(tenant, id),
-        "wrong row: {payload:?}"
-    );
-    Ok(())
+    check_payload(row.try_get(0).context("reading the payload")?, tenant, id)
 }
 
 /// The baseline read: the same row with the tenant predicate written out, no RLS;
@@ -81,12 +76,7 @@ async fn bare_read(pool: &bare::Pool, tenant: uuid::Uuid, id: i64, unnamed: bool
             .await
             .context("reading the row")?
     };
-    let payload: &str = row.try_get(0).context("reading the payload")?;
-    ensure!(
-        payload == expected_payload(tenant, id),
-        "wrong row: {payload:?}"
-    );
-    Ok(())
+    check_payload(row.try_get(0).context("reading the payload")?, tenant, id)
 }
 
 async fn naive_op(pool: &bare::Pool, tenant: uuid::Uuid, id: i64) -> Result<()> {
@@ -115,12 +105,7 @@ async fn naive_op(pool: &bare::Pool, tenant: uuid::Uuid, id: i64) -> Result<()> 
             .batch_execute("COMMIT")
             .await
             .context("committing")?;
-        let payload: &str = row.try_get(0).context("reading the payload")?;
-        ensure!(
-            payload == expected_payload(tenant, id),
-            "wrong row: {payload:?}"
-        );
-        Ok(())
+        check_payload(row.try_get(0).context("reading the payload")?, tenant, id)
     }
     .await;
     if r.is_err() {

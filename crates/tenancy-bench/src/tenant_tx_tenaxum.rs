@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::Row;
@@ -13,7 +13,7 @@ use tenaxum::PgPoolExt;
 
 use crate::harness::{self, Sample, Settings, Variants, CONCURRENCY};
 use crate::report::Report;
-use crate::setup::{expected_payload, Env, DB, ROWS_PER_TENANT, TENANTS};
+use crate::setup::{check_payload, Env, DB, ROWS_PER_TENANT, TENANTS};
 use crate::tenant_tx::{ours_op, ours_pool, OURS_SQL};
 
 /// tenaxum's query: its documented policy adds the tenant predicate from `app.tenant_id`.
@@ -35,12 +35,7 @@ async fn tenaxum_op(pool: &PgPool, tenant: uuid::Uuid, id: i64) -> Result<()> {
         .await
         .context("reading the row")?;
     tx.commit().await.context("committing")?;
-    let payload: &str = row.try_get(0).context("reading the payload")?;
-    ensure!(
-        payload == expected_payload(tenant, id),
-        "wrong row: {payload:?}"
-    );
-    Ok(())
+    check_payload(row.try_get(0).context("reading the payload")?, tenant, id)
 }
 
 struct Bench<'a> {

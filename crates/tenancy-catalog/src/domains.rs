@@ -52,15 +52,7 @@ fn corrupt<E: std::fmt::Display>(e: E) -> CatalogError {
 /// Normalises and checks a host name (lowercase, no port, no trailing dot).
 pub fn normalize_domain(domain: &str) -> Result<String, CatalogError> {
     let d = domain.trim().trim_end_matches('.').to_ascii_lowercase();
-    let labels_ok = d.split('.').count() >= 2
-        && d.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        });
+    let labels_ok = d.split('.').count() >= 2 && d.split('.').all(tenancy_core::is_dns_label);
     if !labels_ok || d.len() > 253 {
         return Err(CatalogError::Invalid(format!(
             "{domain:?} is not a valid domain name: use lowercase labels of a-z, 0-9 and '-', separated by dots"

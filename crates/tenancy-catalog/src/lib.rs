@@ -38,15 +38,42 @@ mod webhooks;
 mod workflows;
 
 pub use app_migration_files::{AppMigration, AppMigrations, AppMigrationsError};
-pub use app_migrations::*;
-pub use domains::*;
-pub use lookups::*;
+pub use app_migrations::{
+    all_targets, app_migration_sources_after, pooled_migration_status,
+    record_app_migration_sources, record_provisioned, recorded_app_migrations, targets_below,
+    tenant_migration_status, write_ledger, AppMigrationSource, LedgerOutcome, LedgerUpdate,
+    MigrationStatus, MigrationTarget, RecordedAppMigration,
+};
+pub use domains::{
+    authenticate_api_key, create_api_key, list_api_keys, normalize_domain, revoke_api_key,
+    tenant_for_domain, ApiKeyGrant, ApiKeyRecord, CHANGES_CHANNEL,
+};
+pub use lookups::{cluster_route, tenant_route, tenant_route_by_slug, ClusterRoute, TenantRoute};
 pub use migrate::{migrate, migrate_for_tests, Migration, MIGRATIONS};
-pub use requests::*;
-pub use store::*;
-pub use tenant_lifecycle::*;
-pub use webhooks::*;
-pub use workflows::*;
+pub use requests::{
+    count_tenants_by_state, idempotency_abandon, idempotency_begin, idempotency_complete,
+    link_billing_event, record_billing_event, IdempotencyBegin,
+};
+pub use store::{
+    add_cluster, add_region, create_tenant, create_tenant_in, get_cluster, get_tenant,
+    get_tenant_by_slug, list_clusters, list_regions, list_tenants, set_cluster_pooler, set_state,
+    set_state_in, slug_taken, tenant_events, tenant_from_row, transition_allowed, ClusterRecord,
+    NewCluster, NewTenant, Region, Tenant, TenantEvent, TENANT_COLUMNS,
+};
+pub use tenant_lifecycle::{
+    lock_tenant, plan_settings, purge_due, seed_plan_settings, set_billing, set_failure,
+    set_legal_hold, set_plan_in, set_purge_after, set_storage, tenant_by_billing_customer,
+    tenant_by_pending_billing_customer,
+};
+pub use webhooks::{
+    claim_outbox, deliveries, enqueue_outbox, finish_outbox, record_delivery, record_registration,
+    registrations, registrations_in, remove_registration, Delivery, OutboxMessage,
+};
+pub use workflows::{
+    advance_workflow, claim_workflow, enqueue_workflow, get_workflow, record_step, retry_workflow,
+    start_provisioning, tenant_workflows, unfinished_workflows, workflow_steps, StepRecord,
+    Workflow, WorkflowKind, WorkflowStatus,
+};
 
 /// Errors from the catalog.
 #[derive(Debug, thiserror::Error)]

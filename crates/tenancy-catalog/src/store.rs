@@ -128,6 +128,14 @@ pub struct TenantEvent {
     pub at: OffsetDateTime,
 }
 
+/// Starts a transaction on `client`.
+pub(crate) async fn begin(client: &mut Client) -> Result<Transaction<'_>, CatalogError> {
+    client
+        .transaction()
+        .await
+        .map_err(CatalogError::db("starting a transaction"))
+}
+
 fn corrupt<E: std::fmt::Display>(e: E) -> CatalogError {
     CatalogError::Corrupt(e.to_string())
 }
@@ -327,10 +335,7 @@ pub async fn create_tenant(
     t: &NewTenant,
     actor: &str,
 ) -> Result<Tenant, CatalogError> {
-    let tx = client
-        .transaction()
-        .await
-        .map_err(CatalogError::db("starting a transaction"))?;
+    let tx = begin(client).await?;
     let tenant = create_tenant_in(&tx, t, actor).await?;
     tx.commit()
         .await
@@ -433,10 +438,7 @@ pub async fn set_state(
     actor: &str,
     reason: &str,
 ) -> Result<Tenant, CatalogError> {
-    let tx = client
-        .transaction()
-        .await
-        .map_err(CatalogError::db("starting a transaction"))?;
+    let tx = begin(client).await?;
     let tenant = set_state_in(&tx, id, to, actor, reason).await?;
     tx.commit()
         .await

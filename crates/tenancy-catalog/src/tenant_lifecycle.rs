@@ -6,6 +6,7 @@ use tenancy_core::{PlanKey, TenantId};
 use time::OffsetDateTime;
 use tokio_postgres::{Client, Transaction};
 
+use crate::store::begin;
 use crate::workflows::corrupt;
 use crate::{tenant_from_row, CatalogError, Tenant, TENANT_COLUMNS};
 
@@ -110,10 +111,7 @@ pub async fn set_legal_hold(
     hold: bool,
     actor: &str,
 ) -> Result<Tenant, CatalogError> {
-    let tx = client
-        .transaction()
-        .await
-        .map_err(CatalogError::db("starting a transaction"))?;
+    let tx = begin(client).await?;
     let t = set_legal_hold_in(&tx, id, hold, actor).await?;
     tx.commit()
         .await

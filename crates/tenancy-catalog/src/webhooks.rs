@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use tenancy_core::TenantId;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, GenericClient, Transaction};
 use uuid::Uuid;
 
 use crate::workflows::corrupt;
@@ -14,14 +14,7 @@ pub async fn registrations(
     client: &Client,
     id: TenantId,
 ) -> Result<Vec<(String, String)>, CatalogError> {
-    let rows = client
-        .query(
-            "SELECT receiver, webhook_id FROM tenancy_catalog.tenant_registrations WHERE tenant_id = $1 ORDER BY receiver",
-            &[&id.as_uuid()],
-        )
-        .await
-        .map_err(CatalogError::db("reading registrations"))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    registrations_on(client, id).await
 }
 
 /// Receivers a tenant is registered with, inside a transaction.
@@ -29,7 +22,14 @@ pub async fn registrations_in(
     tx: &Transaction<'_>,
     id: TenantId,
 ) -> Result<Vec<(String, String)>, CatalogError> {
-    let rows = tx
+    registrations_on(tx, id).await
+}
+
+async fn registrations_on(
+    client: &impl GenericClient,
+    id: TenantId,
+) -> Result<Vec<(String, String)>, CatalogError> {
+    let rows = client
         .query(
             "SELECT receiver, webhook_id FROM tenancy_catalog.tenant_registrations WHERE tenant_id = $1 ORDER BY receiver",
             &[&id.as_uuid()],

@@ -20,6 +20,37 @@ pub(crate) fn corrupt<E: fmt::Display>(e: E) -> CatalogError {
     CatalogError::Corrupt(e.to_string())
 }
 
+/// `as_str` (the name stored in the catalog), `FromStr` (an unknown name is a corrupt
+/// catalog) and `Display` of an enum the catalog stores by name.
+macro_rules! stored_names {
+    ($ty:ident, $what:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The name stored in the catalog.
+            pub fn as_str(&self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name,)+
+                }
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = CatalogError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Ok(match s {
+                    $($name => $ty::$variant,)+
+                    other => return Err(corrupt(format!(concat!("unknown ", $what, " {:?}"), other))),
+                })
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 /// What a workflow does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WorkflowKind {
@@ -37,40 +68,14 @@ pub enum WorkflowKind {
     Purge,
 }
 
-impl WorkflowKind {
-    /// The name stored in the catalog.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            WorkflowKind::Provision => "provision",
-            WorkflowKind::Suspend => "suspend",
-            WorkflowKind::Resume => "resume",
-            WorkflowKind::ChangePlan => "change_plan",
-            WorkflowKind::Delete => "delete",
-            WorkflowKind::Purge => "purge",
-        }
-    }
-}
-
-impl FromStr for WorkflowKind {
-    type Err = CatalogError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "provision" => WorkflowKind::Provision,
-            "suspend" => WorkflowKind::Suspend,
-            "resume" => WorkflowKind::Resume,
-            "change_plan" => WorkflowKind::ChangePlan,
-            "delete" => WorkflowKind::Delete,
-            "purge" => WorkflowKind::Purge,
-            other => return Err(corrupt(format!("unknown workflow kind {other:?}"))),
-        })
-    }
-}
-
-impl fmt::Display for WorkflowKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+stored_names!(WorkflowKind, "workflow kind", {
+    Provision => "provision",
+    Suspend => "suspend",
+    Resume => "resume",
+    ChangePlan => "change_plan",
+    Delete => "delete",
+    Purge => "purge",
+});
 
 /// Where a workflow is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -89,46 +94,22 @@ pub enum WorkflowStatus {
     Cancelled,
 }
 
-impl WorkflowStatus {
-    /// The name stored in the catalog.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            WorkflowStatus::Pending => "pending",
-            WorkflowStatus::Running => "running",
-            WorkflowStatus::Compensating => "compensating",
-            WorkflowStatus::Succeeded => "succeeded",
-            WorkflowStatus::Failed => "failed",
-            WorkflowStatus::Cancelled => "cancelled",
-        }
-    }
+stored_names!(WorkflowStatus, "workflow status", {
+    Pending => "pending",
+    Running => "running",
+    Compensating => "compensating",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Cancelled => "cancelled",
+});
 
+impl WorkflowStatus {
     /// Whether the workflow is over.
     pub fn is_final(&self) -> bool {
         matches!(
             self,
             WorkflowStatus::Succeeded | WorkflowStatus::Failed | WorkflowStatus::Cancelled
         )
-    }
-}
-
-impl FromStr for WorkflowStatus {
-    type Err = CatalogError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "pending" => WorkflowStatus::Pending,
-            "running" => WorkflowStatus::Running,
-            "compensating" => WorkflowStatus::Compensating,
-            "succeeded" => WorkflowStatus::Succeeded,
-            "failed" => WorkflowStatus::Failed,
-            "cancelled" => WorkflowStatus::Cancelled,
-            other => return Err(corrupt(format!("unknown workflow status {other:?}"))),
-        })
-    }
-}
-
-impl fmt::Display for WorkflowStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

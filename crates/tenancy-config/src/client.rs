@@ -12,13 +12,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};
-use futures_util::StreamExt;
 use serde_json::Value;
-use tenancy_conn::PgConfig;
+use tenancy_conn::{Notifications, PgConfig};
 use tenancy_core::TenantId;
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, watch};
-use tokio_postgres::{AsyncMessage, Client};
+use tokio::sync::watch;
+use tokio_postgres::Client;
 
 use crate::engine::{ExplainError, Explanation, LimitExceeded, Resolved, Snapshot};
 use crate::error::ConfigError;
@@ -111,45 +110,17 @@ pub struct ConfigClient {
     inner: Arc<Inner>,
 }
 
-/// A live listener connection.
-struct Session {
-    client: Client,
-    notes: mpsc::UnboundedReceiver<String>,
-}
+/// A live listener connection: the notifications on [`CHANNEL`], and the session that
+/// reads what they announce.
+type Session = Notifications;
 
 async fn open_session(config: &PgConfig) -> Result<Session, ConfigError> {
-    let (client, mut connection) =
-        config
-            .connect_raw()
-            .await
-            .map_err(|source| ConfigError::Connect {
-                what: "connecting the configuration listener",
-                source,
-            })?;
-    let (tx, notes) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(m) = messages.next().await {
-            match m {
-                Ok(AsyncMessage::Notification(n)) => {
-                    if tx.send(n.payload().to_owned()).is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "configuration listener connection lost");
-                    break;
-                }
-            }
-        }
-        // Dropping `tx` tells the worker the connection is gone.
-    });
-    client
-        .batch_execute(&format!("LISTEN {CHANNEL}"))
+    tenancy_conn::listen(config, &[CHANNEL])
         .await
-        .map_err(ConfigError::db("listening for configuration changes"))?;
-    Ok(Session { client, notes })
+        .map_err(|source| ConfigError::Connect {
+            what: "connecting the configuration listener",
+            source,
+        })
 }
 
 impl ConfigClient {
@@ -163,7 +134,7 @@ impl ConfigClient {
     ) -> Result<ConfigClient, ConfigError> {
         let config = config.into();
         let session = open_session(&config).await?;
-        let data = load::load_all(&session.client).await?;
+        let data = load::load_all(session.client()).await?;
         let inner = Inner::new(Snapshot::build(data), opts);
         tokio::spawn(worker(Arc::downgrade(&inner), config, session));
         Ok(ConfigClient { inner })
@@ -388,7 +359,7 @@ async fn serve(weak: &Weak<Inner>, session: &mut Session) -> Option<String> {
         let coalesce = weak.upgrade()?.opts.coalesce;
         let mut pending = Pending::default();
         tokio::select! {
-            note = session.notes.recv() => {
+            note = session.recv() => {
                 let Some(first) = note else {
                     return Some("the listener connection closed".into());
                 };
@@ -402,18 +373,18 @@ async fn serve(weak: &Weak<Inner>, session: &mut Session) -> Option<String> {
                         tokio::time::sleep(coalesce - since).await;
                     }
                 }
-                while let Ok(more) = session.notes.try_recv() {
+                while let Some(more) = session.try_recv() {
                     pending.add(&more);
                 }
                 let inner = weak.upgrade()?;
-                if let Err(e) = apply(&inner, &session.client, pending).await {
+                if let Err(e) = apply(&inner, session.client(), pending).await {
                     return Some(e.to_string());
                 }
                 last_apply = Some(Instant::now());
             }
             _ = refresh.tick() => {
                 let inner = weak.upgrade()?;
-                if let Err(e) = full_refresh(&inner, &session.client).await {
+                if let Err(e) = full_refresh(&inner, session.client()).await {
                     return Some(e.to_string());
                 }
             }
@@ -436,7 +407,7 @@ async fn worker(weak: Weak<Inner>, config: PgConfig, first: Session) {
                     let inner = weak
                         .upgrade()
                         .ok_or(ConfigError::Pool("client dropped".into()))?;
-                    full_refresh(&inner, &s.client).await?;
+                    full_refresh(&inner, s.client()).await?;
                     Ok::<Session, ConfigError>(s)
                 };
                 match attempt.await {

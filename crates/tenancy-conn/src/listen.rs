@@ -13,8 +13,8 @@ use crate::{quote_ident, ConnError, PgConfig};
 #[derive(Debug)]
 pub struct Notifications {
     rx: mpsc::UnboundedReceiver<String>,
-    /// Dropping the client would end the session.
-    _client: Client,
+    /// The listening session; dropping it ends the session.
+    client: Client,
     /// Reads the connection's messages into `rx`.
     driver: JoinHandle<()>,
 }
@@ -23,6 +23,17 @@ impl Notifications {
     /// The next notification's payload; `None` once the connection is gone.
     pub async fn recv(&mut self) -> Option<String> {
         self.rx.recv().await
+    }
+
+    /// The payload of a notification already received, without waiting.
+    pub fn try_recv(&mut self) -> Option<String> {
+        self.rx.try_recv().ok()
+    }
+
+    /// The listening connection, for queries on the same session (reading what a
+    /// notification announced, say).
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 }
 
@@ -73,9 +84,5 @@ pub async fn listen(config: &PgConfig, channels: &[&str]) -> Result<Notification
             source,
         });
     }
-    Ok(Notifications {
-        rx,
-        _client: client,
-        driver,
-    })
+    Ok(Notifications { rx, client, driver })
 }

@@ -84,6 +84,13 @@ pub async fn connect_session(config: &PgConfig, who: &str) -> Result<Client, Con
     let mut last = None;
     for target in targets(config.pg())? {
         let host = target.describe();
+        let pg_error = |source: tokio_postgres::Error| ConnError::Pg {
+            host: host.clone(),
+            dbname: config.pg().get_dbname().unwrap_or("").to_owned(),
+            user: config.pg().get_user().unwrap_or("").to_owned(),
+            detail: error_text(&source),
+            source,
+        };
         let attempt = async {
             let inner = open_one(config.pg(), &target, config.tls()).await?;
             let seen = Arc::new(Mutex::new(Vec::new()));
@@ -92,16 +99,7 @@ pub async fn connect_session(config: &PgConfig, who: &str) -> Result<Client, Con
                 seen: Arc::clone(&seen),
             };
             let (client, connection) =
-                session
-                    .connect_raw(stream, NoTls)
-                    .await
-                    .map_err(|source| ConnError::Pg {
-                        host: host.clone(),
-                        dbname: config.pg().get_dbname().unwrap_or("").to_owned(),
-                        user: config.pg().get_user().unwrap_or("").to_owned(),
-                        detail: error_text(&source),
-                        source,
-                    })?;
+                session.connect_raw(stream, NoTls).await.map_err(pg_error)?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, "database connection closed");
@@ -112,13 +110,7 @@ pub async fn connect_session(config: &PgConfig, who: &str) -> Result<Client, Con
         };
         match attempt.await {
             Ok((client, key)) => {
-                let pid = backend_pid(&client).await.map_err(|source| ConnError::Pg {
-                    host: host.clone(),
-                    dbname: config.pg().get_dbname().unwrap_or("").to_owned(),
-                    user: config.pg().get_user().unwrap_or("").to_owned(),
-                    detail: error_text(&source),
-                    source,
-                })?;
+                let pid = backend_pid(&client).await.map_err(pg_error)?;
                 if key.is_some_and(|k| Some(k) != pid) {
                     return Err(ConnError::Pooler {
                         host,

@@ -65,7 +65,10 @@ pub(crate) fn client_config(
         Some(RootCerts::File(path)) => Some(file_roots(path)?),
     };
     let verifier: Arc<dyn ServerCertVerifier> = match roots {
-        None => Arc::new(Unverified(Arc::clone(&provider))),
+        None => Arc::new(Lenient {
+            chain: None,
+            provider: Arc::clone(&provider),
+        }),
         Some(roots) => {
             let webpki =
                 WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
@@ -82,7 +85,10 @@ pub(crate) fn client_config(
             if tls.mode == SslMode::VerifyFull {
                 webpki
             } else {
-                Arc::new(ChainOnly(webpki))
+                Arc::new(Lenient {
+                    chain: Some(webpki),
+                    provider: Arc::clone(&provider),
+                })
             }
         }
     };
@@ -191,12 +197,19 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, ConnError> {
     })
 }
 
-/// `verify-ca`: the certificate must chain to a trusted root; the name it carries is not
-/// compared with the host.
+/// The certificate checks weaker than `verify-full`. The handshake's signatures are
+/// always checked against the certificate presented.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct Lenient {
+    /// `Some`: `verify-ca`, the certificate must chain to a trusted root and the name it
+    /// carries is not compared with the host. `None`: `require` or `prefer` without a root
+    /// certificate, encryption without knowing who the server is (what libpq does).
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    /// Whose signature algorithms check the handshake.
+    provider: Arc<CryptoProvider>,
+}
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -205,11 +218,11 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
         // The chain is checked before the name: a name error means the chain verified.
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -223,52 +236,11 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `require` or `prefer` without a root certificate: encryption without knowing who the
-/// server is (what libpq does). The handshake's signatures are still checked against the
-/// certificate presented.
-#[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -282,11 +254,13 @@ impl ServerCertVerifier for Unverified {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -285,17 +285,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// admin bearer token and may answer 401 with this crate's problem document.
 fn config_openapi() -> utoipa::openapi::OpenApi {
     use utoipa::openapi::security::SecurityRequirement;
-    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
     let mut doc = tenancy_config_service::http::ConfigApiDoc::openapi();
     for item in doc.paths.paths.values_mut() {
-        let ops = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-        ];
-        for op in ops.into_iter().flatten() {
+        for op in tenancy_problem::openapi::operations_mut(item) {
             op.security = Some(vec![SecurityRequirement::new(
                 "admin",
                 Vec::<String>::new(),
@@ -304,17 +296,7 @@ fn config_openapi() -> utoipa::openapi::OpenApi {
                 .responses
                 .entry("401".to_owned())
                 .or_insert_with(|| {
-                    RefOr::T(
-                        ResponseBuilder::new()
-                            .description("Missing or invalid admin token")
-                            .content(
-                                "application/problem+json",
-                                ContentBuilder::new()
-                                    .schema(Some(Ref::from_schema_name("Problem")))
-                                    .build(),
-                            )
-                            .build(),
-                    )
+                    tenancy_problem::openapi::problem_response("Missing or invalid admin token")
                 });
         }
     }

@@ -18,3 +18,15 @@ pub mod ids;
 
 pub use context::{ContextKey, ContextToken, KeyId, TokenError};
 pub use ids::{IdError, Placement, PlanKey, RegionId, Slug, TenantId, TenantState};
+
+/// Whether `label` is one label of a host name as tenancy accepts them: 1 to 63 bytes of
+/// a-z, 0-9 and '-', neither starting nor ending with '-'.
+pub fn is_dns_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}

@@ -10,7 +10,7 @@ use tenancy_catalog::naming::{database_name_for, schema_name_for};
 use tenancy_catalog::{ClusterRecord, LedgerOutcome, LedgerUpdate, MigrationTarget};
 use tenancy_conn::PgConfig;
 use tenancy_core::Placement;
-use tenancy_provision::ClusterAccess;
+use tenancy_sdk::ClusterAccess;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -346,7 +346,7 @@ impl Migrator {
         opts: Option<&Options>,
     ) -> PgConfig {
         let mut cfg =
-            tenancy_provision::config_for(cluster, &self.access.owner, dbname, &self.access.tls);
+            tenancy_sdk::config_for(cluster, &self.access.owner, dbname, &self.access.tls);
         cfg.pg_mut().application_name("tenancy-migrate");
         if let Some(o) = opts {
             cfg.pg_mut().options(format!(

@@ -210,6 +210,15 @@ pub(crate) fn unprivileged_user() -> Result<Option<RunAs>, HarnessError> {
     }
 }
 
+/// Gives `p` to the unprivileged user the server runs as, when there is one.
+pub(crate) fn chown_to(run_as: Option<&RunAs>, p: &Path) -> Result<(), HarnessError> {
+    if let Some((_, (uid, gid))) = run_as {
+        std::os::unix::fs::chown(p, Some(*uid), Some(*gid))
+            .map_err(io_err(format!("chown {}", p.display())))?;
+    }
+    Ok(())
+}
+
 /// Builds a command that runs `program` as `run_as` (when root) or as ourselves.
 pub(crate) fn command_as(run_as: Option<&str>, program: &Path) -> Command {
     match run_as {
@@ -290,13 +299,7 @@ impl Cluster {
     fn start_blocking(opts: ClusterOptions) -> Result<Cluster, HarnessError> {
         let bins = PgBinaries::locate()?;
         let run_as = unprivileged_user()?;
-        let chown = |p: &Path| -> Result<(), HarnessError> {
-            if let Some((_, (uid, gid))) = &run_as {
-                std::os::unix::fs::chown(p, Some(*uid), Some(*gid))
-                    .map_err(io_err(format!("chown {}", p.display())))?;
-            }
-            Ok(())
-        };
+        let chown = |p: &Path| chown_to(run_as.as_ref(), p);
 
         let (data_dir, cleanup) = match &opts.data_dir {
             Some(dir) => {
@@ -603,12 +606,8 @@ impl Cluster {
 
     /// Connection settings for `user` on database `dbname`, over the Unix socket.
     pub fn config_as(&self, user: &str, dbname: &str) -> tokio_postgres::Config {
-        let mut c = tokio_postgres::Config::new();
-        c.host_path(&self.data_dir)
-            .port(self.port)
-            .user(user)
-            .dbname(dbname)
-            .application_name("tenancy");
+        let mut c = config_at(self.port, user, dbname);
+        c.host_path(&self.data_dir);
         c
     }
 
@@ -632,6 +631,17 @@ impl Cluster {
     pub async fn stop(mut self) {
         self.watchdog.stop().await;
     }
+}
+
+/// Connection settings for `user` on `dbname` at `port`, with the application name
+/// `tenancy`; the caller adds the host.
+pub(crate) fn config_at(port: u16, user: &str, dbname: &str) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    c.port(port)
+        .user(user)
+        .dbname(dbname)
+        .application_name("tenancy");
+    c
 }
 
 /// A watchdog shell that owns a server process (the postmaster, or PgBouncer) and stops it

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::cluster::{
-    accepts_queries, command_as, free_tcp_port, tail, unprivileged_user, Watchdog,
+    accepts_queries, chown_to, command_as, free_tcp_port, tail, unprivileged_user, Watchdog,
 };
 use crate::{io_err, Cluster, HarnessError};
 
@@ -183,13 +183,7 @@ impl PgBouncer {
     ) -> Result<PgBouncer, HarnessError> {
         let program = Self::locate()?;
         let run_as = unprivileged_user()?;
-        let chown = |p: &Path| -> Result<(), HarnessError> {
-            if let Some((_, (uid, gid))) = &run_as {
-                std::os::unix::fs::chown(p, Some(*uid), Some(*gid))
-                    .map_err(io_err(format!("chown {}", p.display())))?;
-            }
-            Ok(())
-        };
+        let chown = |p: &Path| chown_to(run_as.as_ref(), p);
         let dir =
             std::env::temp_dir().join(format!("tenancy-pgbouncer-{:016x}", rand::random::<u64>()));
         std::fs::create_dir(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
@@ -319,12 +313,8 @@ impl PgBouncer {
     /// Connection settings for `user` on `dbname` through PgBouncer (no TLS; the
     /// application name is one PgBouncer forwards).
     pub fn config_as(&self, user: &str, dbname: &str) -> tokio_postgres::Config {
-        let mut c = tokio_postgres::Config::new();
-        c.host("127.0.0.1")
-            .port(self.port)
-            .user(user)
-            .dbname(dbname)
-            .application_name("tenancy");
+        let mut c = crate::cluster::config_at(self.port, user, dbname);
+        c.host("127.0.0.1");
         c
     }
 

@@ -7,7 +7,7 @@
 //! not list yet (each a [`Problem`](crate::Problem) document) and gives every response
 //! without a description the reason phrase of its status.
 
-use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
 use utoipa::PartialSchema;
 
@@ -28,22 +28,28 @@ pub fn problem_response(description: &str) -> RefOr<utoipa::openapi::Response> {
     )
 }
 
+/// Every operation of a path, whatever its method.
+pub fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+        &mut item.head,
+        &mut item.options,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .flatten()
+}
+
 /// Completes the error responses of every operation of `doc` (see the module
 /// documentation) and adds the `Problem` and `FieldError` schemas.
 pub fn document_errors(doc: &mut OpenApi) {
     for (path, item) in doc.paths.paths.iter_mut() {
         let templated = path.contains('{');
-        let ops = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-            &mut item.head,
-            &mut item.options,
-            &mut item.trace,
-        ];
-        for op in ops.into_iter().flatten() {
+        for op in operations_mut(item) {
             complete(op, templated);
         }
     }

@@ -22,6 +22,7 @@
 //! inside `tenancy.enter`), never connects as a superuser or owner for tenant data, and
 //! knows nothing about HTTP.
 
+mod access;
 pub mod bootstrap;
 mod error;
 mod metrics;
@@ -30,6 +31,7 @@ mod router;
 mod tx;
 mod wire;
 
+pub use access::{config_for, ClusterAccess, Login};
 pub use error::Error;
 pub use pool::{PoolOptions, Pooler, TenantPool};
 pub use router::{ClusterCredentials, Router, RouterOptions};

@@ -148,13 +148,17 @@ impl Router {
         Box::pin(self.load_tenant(id)).await
     }
 
-    async fn load_tenant(&self, id: TenantId) -> Result<Arc<TenantRoute>, Error> {
-        let conn = self
-            .inner
+    /// A connection to the catalog from the router's own pool.
+    async fn catalog_conn(&self) -> Result<deadpool::managed::Object<crate::pool::Manager>, Error> {
+        self.inner
             .catalog
             .get()
             .await
-            .map_err(|e| Error::Pool(e.to_string()))?;
+            .map_err(|e| Error::Pool(e.to_string()))
+    }
+
+    async fn load_tenant(&self, id: TenantId) -> Result<Arc<TenantRoute>, Error> {
+        let conn = self.catalog_conn().await?;
         let t = tenancy_catalog::tenant_route(&conn.client, id)
             .await?
             .ok_or_else(|| CatalogError::TenantNotFound(id.to_string()))?;
@@ -186,12 +190,7 @@ impl Router {
         database: Option<&str>,
     ) -> Result<(Arc<ClusterRoute>, TenantPool), Error> {
         let key = (cluster_id, database.map(str::to_owned));
-        let conn = self
-            .inner
-            .catalog
-            .get()
-            .await
-            .map_err(|e| Error::Pool(e.to_string()))?;
+        let conn = self.catalog_conn().await?;
         let cluster = tenancy_catalog::cluster_route(&conn.client, cluster_id).await?;
         drop(conn);
         // Behind a transaction pooler, its address when the catalog has one; the cluster's

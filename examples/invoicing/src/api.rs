@@ -99,6 +99,37 @@ fn db(what: &'static str) -> impl Fn(tenancy_sdk::Error) -> HttpError {
     }
 }
 
+/// Deletes the row of `what` whose id (`$1` of `sql`) is `raw`, for a caller with the
+/// `invoices:write` scope: 204, or 404 when there is none.
+async fn delete_one(
+    what: &'static str,
+    sql: &str,
+    tenant: Tenant,
+    tx: &mut Tx,
+    raw: &str,
+) -> ApiResult<StatusCode> {
+    tenant.require_scope("invoices:write")?;
+    let row_id = id(raw, what)?;
+    let n = tx.execute(sql, &[&row_id]).await.map_err(db(what))?;
+    if n == 0 {
+        return Err(HttpError::not_found(what));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The id of the invoice `raw` names: 404 when there is none.
+async fn existing_invoice(tx: &mut Tx, raw: &str) -> ApiResult<Uuid> {
+    let iid = id(raw, "invoice")?;
+    let exists = tx
+        .query_opt("SELECT 1 FROM invoicing.invoices WHERE id = $1", &[&iid])
+        .await?
+        .is_some();
+    if !exists {
+        return Err(HttpError::not_found("invoice"));
+    }
+    Ok(iid)
+}
+
 /// Liveness, public: it touches no tenant data.
 async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
@@ -307,16 +338,14 @@ async fn delete_customer(
     mut tx: Tx,
     Path(raw): Path<String>,
 ) -> ApiResult<StatusCode> {
-    tenant.require_scope("invoices:write")?;
-    let cid = id(&raw, "customer")?;
-    let n = tx
-        .execute("DELETE FROM invoicing.customers WHERE id = $1", &[&cid])
-        .await
-        .map_err(db("customer"))?;
-    if n == 0 {
-        return Err(HttpError::not_found("customer"));
-    }
-    Ok(StatusCode::NO_CONTENT)
+    delete_one(
+        "customer",
+        "DELETE FROM invoicing.customers WHERE id = $1",
+        tenant,
+        &mut tx,
+        &raw,
+    )
+    .await
 }
 
 // ---- invoices ----
@@ -521,16 +550,14 @@ async fn delete_invoice(
     mut tx: Tx,
     Path(raw): Path<String>,
 ) -> ApiResult<StatusCode> {
-    tenant.require_scope("invoices:write")?;
-    let iid = id(&raw, "invoice")?;
-    let n = tx
-        .execute("DELETE FROM invoicing.invoices WHERE id = $1", &[&iid])
-        .await
-        .map_err(db("invoice"))?;
-    if n == 0 {
-        return Err(HttpError::not_found("invoice"));
-    }
-    Ok(StatusCode::NO_CONTENT)
+    delete_one(
+        "invoice",
+        "DELETE FROM invoicing.invoices WHERE id = $1",
+        tenant,
+        &mut tx,
+        &raw,
+    )
+    .await
 }
 
 async fn add_line(
@@ -564,14 +591,7 @@ async fn send_invoice(
     Path(raw): Path<String>,
 ) -> ApiResult<Response> {
     tenant.require_scope("invoices:write")?;
-    let iid = id(&raw, "invoice")?;
-    let exists = tx
-        .query_opt("SELECT 1 FROM invoicing.invoices WHERE id = $1", &[&iid])
-        .await?
-        .is_some();
-    if !exists {
-        return Err(HttpError::not_found("invoice"));
-    }
+    let iid = existing_invoice(&mut tx, &raw).await?;
     // Enqueued in the request's transaction: no job if the request fails.
     let job = tenancy_jobs::enqueue(
         &mut tx,
@@ -590,14 +610,7 @@ async fn list_deliveries(
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Vec<Value>>> {
     tenant.require_scope("invoices:read")?;
-    let iid = id(&raw, "invoice")?;
-    let exists = tx
-        .query_opt("SELECT 1 FROM invoicing.invoices WHERE id = $1", &[&iid])
-        .await?
-        .is_some();
-    if !exists {
-        return Err(HttpError::not_found("invoice"));
-    }
+    let iid = existing_invoice(&mut tx, &raw).await?;
     let rows = tx
         .query(
             "SELECT job_id, recipient, tenant_id FROM invoicing.deliveries WHERE invoice_id = $1 ORDER BY sent_at",

@@ -13,7 +13,7 @@ use tenancy_catalog::{NewCluster, NewTenant};
 use tenancy_core::{ContextKey, Placement, TenantId, TenantState};
 use tenancy_jobs::TraceParent;
 use tenancy_pg::testing::{TemplateDb, TestDb};
-use tenancy_sdk::bootstrap::{self, OWNER_ROLE, RUNTIME_ROLE};
+use tenancy_sdk::bootstrap::{OWNER_ROLE, RUNTIME_ROLE};
 use tenancy_sdk::{ClusterCredentials, Router, RouterOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower_layer::Layer as _;
@@ -69,29 +69,14 @@ async fn notes(tx: &mut Tx) -> Result<Vec<String>, HttpError> {
 
 /// A cluster with two active tenants, a tenant table `notes`, and the app served.
 async fn start() -> Env {
-    let db = TEMPLATE
-        .fresh(|cluster, db| async move {
-            let su = cluster.connect(&db).await?;
-            bootstrap::bootstrap_cluster(&su).await?;
-            bootstrap::bootstrap_database(&su, &db).await?;
-            let mut owner = connect(cluster.config_as(OWNER_ROLE, &db)).await;
-            bootstrap::install_runtime(&owner, &key()).await?;
-            tenancy_catalog::migrate(&mut owner).await?;
-            owner
-                .batch_execute(
-                    "CREATE TABLE notes (tenant_id uuid NOT NULL, id uuid NOT NULL DEFAULT gen_random_uuid(),
-                         body text NOT NULL, PRIMARY KEY (tenant_id, id));
-                     SELECT tenancy.make_tenant_table('notes');",
-                )
-                .await?;
-            Ok(())
-        })
-        .await
-        .expect("fresh database");
-    let su = db.connect_superuser().await.expect("superuser");
-    bootstrap::bootstrap_database(&su, &db.name)
-        .await
-        .expect("bootstrap clone");
+    let db = tenancy_test_support::fresh_catalog_db(
+        &TEMPLATE,
+        key(),
+        "CREATE TABLE notes (tenant_id uuid NOT NULL, id uuid NOT NULL DEFAULT gen_random_uuid(),
+             body text NOT NULL, PRIMARY KEY (tenant_id, id));
+         SELECT tenancy.make_tenant_table('notes');",
+    )
+    .await;
     let mut owner = connect(db.config_as(OWNER_ROLE)).await;
     let region = "eu-west".parse().expect("region");
     tenancy_catalog::add_region(&owner, &region, "EU")

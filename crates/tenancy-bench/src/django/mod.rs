@@ -67,6 +67,16 @@ pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The arguments that generate the sample app's migrations (`customers`, `tenantapp`).
+pub(crate) const MAKEMIGRATIONS: &[&str] = &[
+    "manage.py",
+    "makemigrations",
+    "customers",
+    "tenantapp",
+    "-v",
+    "0",
+];
+
 pub(crate) fn check(out: Output, what: &str) -> Result<Output> {
     if !out.status.success() {
         bail!(
@@ -182,17 +192,10 @@ pub(crate) async fn run(
     let port = cluster.port();
     let py = |args: &[&str]| python_in(&python, &dir, DB, ROLE, &password, port, args);
     check(
-        py(&[
-            "manage.py",
-            "makemigrations",
-            "customers",
-            "tenantapp",
-            "-v",
-            "0",
-        ])
-        .output()
-        .await
-        .context("running makemigrations")?,
+        py(MAKEMIGRATIONS)
+            .output()
+            .await
+            .context("running makemigrations")?,
         "manage.py makemigrations",
     )?;
     check(

@@ -51,6 +51,8 @@ use uuid::Uuid;
 
 use crate::django;
 use crate::report::Report;
+use crate::setup::on_private_cluster;
+use crate::stats::percentile;
 
 /// Tables of the generated app (both sides).
 const TABLES: usize = 20;
@@ -90,13 +92,6 @@ struct Sample {
     signup_ms: f64,
     /// Request to active.
     total_ms: f64,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[(((sorted.len() - 1) as f64 * p).round() as usize).min(sorted.len() - 1)]
 }
 
 fn sorted(xs: impl IntoIterator<Item = f64>) -> Vec<f64> {
@@ -165,17 +160,16 @@ pub(crate) async fn run(opts: Options) -> Result<()> {
         opts.tenants >= 1 && opts.django_tenants >= 1 && opts.workers >= 1,
         "--tenants, --django-tenants and --workers must be at least 1"
     );
-    let cluster = Cluster::start(ClusterOptions {
-        ephemeral: true,
-        tcp_port: Some(0),
-        settings: vec![("max_connections".into(), "200".into())],
-        ..Default::default()
-    })
+    on_private_cluster(
+        ClusterOptions {
+            ephemeral: true,
+            tcp_port: Some(0),
+            settings: vec![("max_connections".into(), "200".into())],
+            ..Default::default()
+        },
+        async |cluster| measure(cluster, opts).await,
+    )
     .await
-    .context("starting a private PostgreSQL cluster")?;
-    let result = measure(&cluster, opts).await;
-    cluster.stop().await;
-    result
 }
 
 async fn measure(cluster: &Cluster, opts: Options) -> Result<()> {

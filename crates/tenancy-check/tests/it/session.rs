@@ -20,12 +20,7 @@ async fn runtime_session(
     ))
     .await
     .expect("runtime role");
-    let (client, conn) = db
-        .config_as(&app)
-        .connect(tokio_postgres::NoTls)
-        .await
-        .expect("connect as the runtime role");
-    tokio::spawn(conn);
+    let client = tenancy_test_support::connect(db.config_as(&app)).await;
     (db, app, client)
 }
 

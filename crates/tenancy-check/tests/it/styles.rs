@@ -400,12 +400,7 @@ async fn an_insert_policy_without_with_check_admits_no_row() {
     ))
     .await
     .expect("setup");
-    let (rt, conn) = db
-        .config_as(&app)
-        .connect(tokio_postgres::NoTls)
-        .await
-        .expect("runtime role");
-    tokio::spawn(conn);
+    let rt = tenancy_test_support::connect(db.config_as(&app)).await;
     let err = rt
         .batch_execute(
             "INSERT INTO app.todos (user_id, title) VALUES ('00000000-0000-4000-8000-0000000000a1', 'x')",

@@ -106,17 +106,10 @@ pub(crate) async fn managed_native() -> Option<TestDb> {
 pub(crate) async fn managed_extension() -> Option<TestDb> {
     static MANAGED_EXT: TemplateDb = TemplateDb::new("check_managed_ext_tpl");
     let cluster = tenancy_pg::testing::cluster().await.expect("cluster");
-    let offered: bool = cluster
-        .connect("postgres")
-        .await
-        .expect("superuser")
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'tenancy_context')",
-            &[],
-        )
-        .await
-        .expect("available extensions")
-        .get(0);
+    let offered = tenancy_test_support::context_extension_offered(
+        &cluster.connect("postgres").await.expect("superuser"),
+    )
+    .await;
     assert!(
         offered || cluster.major_version() < 18 || !tenancy_pg::native_required(),
         "a PostgreSQL 18+ cluster started by tenancy must offer the tenancy_context extension"

@@ -3,7 +3,7 @@
 
 use tenancy_audit::{Actor, ActorKind, Event};
 use tenancy_pg::testing::TemplateDb;
-use tenancy_sdk::bootstrap::{self, OWNER_ROLE, RUNTIME_ROLE};
+use tenancy_sdk::bootstrap::{OWNER_ROLE, RUNTIME_ROLE};
 use tenancy_sdk::{ContextKey, PoolOptions, TenantId, TenantPool};
 
 use crate::bootstrap::tenancy;
@@ -12,12 +12,6 @@ static TEMPLATE: TemplateDb = TemplateDb::new("cli_audit_tpl");
 
 fn key() -> ContextKey {
     ContextKey::from_bytes("test".parse().expect("kid"), [5; 32])
-}
-
-async fn connect(cfg: tokio_postgres::Config) -> tokio_postgres::Client {
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.expect("connect");
-    tokio::spawn(conn);
-    client
 }
 
 fn out(o: &std::process::Output) -> String {
@@ -31,23 +25,11 @@ fn out(o: &std::process::Output) -> String {
 
 #[tokio::test]
 async fn audit_verify_exits_1_naming_the_first_bad_event() {
-    let db = TEMPLATE
-        .fresh(|cluster, db| async move {
-            let su = cluster.connect(&db).await?;
-            bootstrap::bootstrap_cluster(&su).await?;
-            bootstrap::bootstrap_database(&su, &db).await?;
-            let mut owner = connect(cluster.config_as(OWNER_ROLE, &db)).await;
-            bootstrap::install_runtime(&owner, &key()).await?;
-            tenancy_catalog::migrate(&mut owner).await?;
-            tenancy_audit::install(&owner).await?;
-            Ok(())
-        })
-        .await
-        .expect("fresh database");
+    let db = tenancy_test_support::fresh_catalog_db_with(&TEMPLATE, key(), async |owner| {
+        Ok(tenancy_audit::install(owner).await?)
+    })
+    .await;
     let su = db.connect_superuser().await.expect("superuser");
-    bootstrap::bootstrap_database(&su, &db.name)
-        .await
-        .expect("bootstrap clone");
     let pool =
         TenantPool::new(db.config_as(RUNTIME_ROLE), key(), PoolOptions::default()).expect("pool");
     let t = TenantId::new_random();

@@ -72,17 +72,10 @@ pub fn hostname_ok(s: &str) -> bool {
     if s.is_empty() || s.len() > 253 || !s.contains('.') {
         return false;
     }
-    s.split('.').all(|l| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    }) && s
-        .rsplit('.')
-        .next()
-        .is_some_and(|tld| tld.bytes().any(|b| b.is_ascii_lowercase()))
+    s.split('.').all(tenancy_core::is_dns_label)
+        && s.rsplit('.')
+            .next()
+            .is_some_and(|tld| tld.bytes().any(|b| b.is_ascii_lowercase()))
 }
 
 impl Branding {

@@ -101,13 +101,7 @@ async fn lifecycle(
         }
         let wf =
             crate::audit::enqueue(state.provisioner(), &mut conn, id, kind, &input, &who).await?;
-        Ok((
-            StatusCode::ACCEPTED,
-            to_value(&Accepted {
-                tenant: (&t).into(),
-                workflow: (&wf).into(),
-            }),
-        ))
+        Ok(Accepted::reply(&t, &wf))
     })
     .await
 }
@@ -177,47 +171,49 @@ pub async fn transition(
     .await
 }
 
-/// Suspends a tenant: queues its suspend workflow (requests for its data then get 403 `tenant-suspended`).
-#[utoipa::path(post, path = "/v1/tenants/{id}/suspend", tag = "tenants", security(("admin" = [])), request_body = Option<Reason>,
-    params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
-    responses((status = 202, body = Accepted), (status = 404, body = Problem, content_type = "application/problem+json")))]
-pub async fn suspend(
-    admin: Admin,
-    state: State<AppState>,
-    id: Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    transition(Transition::Suspend, admin, state, id, headers, body).await
+/// A route of one [`Transition`]: its OpenAPI operation and a handler that calls
+/// [`transition`].
+macro_rules! transition_route {
+    ($(#[doc = $doc:tt])* $name:ident, $to:ident, $path:tt, $accepted:tt) => {
+        $(#[doc = $doc])*
+        #[utoipa::path(post, path = $path, tag = "tenants", security(("admin" = [])), request_body = Option<Reason>,
+            params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
+            responses($accepted, (status = 404, body = Problem, content_type = "application/problem+json")))]
+        pub async fn $name(
+            admin: Admin,
+            state: State<AppState>,
+            id: Path<String>,
+            headers: HeaderMap,
+            body: Result<Bytes, BytesRejection>,
+        ) -> Result<Response, ApiError> {
+            transition(Transition::$to, admin, state, id, headers, body).await
+        }
+    };
 }
 
-/// Resumes a suspended tenant: queues its resume workflow.
-#[utoipa::path(post, path = "/v1/tenants/{id}/resume", tag = "tenants", security(("admin" = [])), request_body = Option<Reason>,
-    params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
-    responses((status = 202, body = Accepted), (status = 404, body = Problem, content_type = "application/problem+json")))]
-pub async fn resume(
-    admin: Admin,
-    state: State<AppState>,
-    id: Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    transition(Transition::Resume, admin, state, id, headers, body).await
-}
+transition_route!(
+    /// Suspends a tenant: queues its suspend workflow (requests for its data then get 403 `tenant-suspended`).
+    suspend,
+    Suspend,
+    "/v1/tenants/{id}/suspend",
+    (status = 202, body = Accepted)
+);
 
-/// Soft-deletes a tenant: queues its delete workflow; the purge follows once the retention period is over and no legal hold is set.
-#[utoipa::path(post, path = "/v1/tenants/{id}/delete", tag = "tenants", security(("admin" = [])), request_body = Option<Reason>,
-    params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
-    responses((status = 202, body = Accepted, description = "Soft delete queued; data is purged after the retention period unless a legal hold is set"), (status = 404, body = Problem, content_type = "application/problem+json")))]
-pub async fn delete(
-    admin: Admin,
-    state: State<AppState>,
-    id: Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    transition(Transition::Delete, admin, state, id, headers, body).await
-}
+transition_route!(
+    /// Resumes a suspended tenant: queues its resume workflow.
+    resume,
+    Resume,
+    "/v1/tenants/{id}/resume",
+    (status = 202, body = Accepted)
+);
+
+transition_route!(
+    /// Soft-deletes a tenant: queues its delete workflow; the purge follows once the retention period is over and no legal hold is set.
+    delete,
+    Delete,
+    "/v1/tenants/{id}/delete",
+    (status = 202, body = Accepted, description = "Soft delete queued; data is purged after the retention period unless a legal hold is set")
+);
 
 /// Changes a tenant's plan: queues the workflow that switches it and seeds the plan's settings.
 #[utoipa::path(post, path = "/v1/tenants/{id}/plan", tag = "tenants", security(("admin" = [])), request_body = ChangePlan,

@@ -3,7 +3,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -13,7 +13,7 @@ use tenancy_provision::ProvisionRequest;
 use utoipa::{IntoParams, ToSchema};
 
 use super::tenants::Accepted;
-use super::{check_display_name, parse_body, parse_field, to_value};
+use super::{check_display_name, parse_body, parse_field};
 use crate::error::{ApiError, Problem, ProblemCode};
 use crate::guard::ClientIp;
 use crate::{idempotency, AppState};
@@ -162,13 +162,7 @@ pub async fn signup(
                 .await
                 .map_err(|e| ApiError::internal("committing a signup", &e))?;
             state.provisioner().wake();
-            Ok((
-                StatusCode::ACCEPTED,
-                to_value(&Accepted {
-                    tenant: (&t).into(),
-                    workflow: (&wf).into(),
-                }),
-            ))
+            Ok(Accepted::reply(&t, &wf))
         },
     )
     .await

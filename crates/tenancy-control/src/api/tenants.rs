@@ -123,6 +123,19 @@ pub struct Accepted {
     pub workflow: WorkflowView,
 }
 
+impl Accepted {
+    /// The `202 Accepted` reply of an operation that queued `wf` for `t`.
+    pub(crate) fn reply(t: &Tenant, wf: &Workflow) -> (StatusCode, serde_json::Value) {
+        (
+            StatusCode::ACCEPTED,
+            to_value(&Accepted {
+                tenant: t.into(),
+                workflow: wf.into(),
+            }),
+        )
+    }
+}
+
 /// One page of tenants.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TenantPage {
@@ -256,13 +269,7 @@ async fn provision(
         billing_subscription: sub,
     };
     let (t, wf) = crate::audit::provision(state.provisioner(), &mut conn, &req, who).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        to_value(&Accepted {
-            tenant: (&t).into(),
-            workflow: (&wf).into(),
-        }),
-    ))
+    Ok(Accepted::reply(&t, &wf))
 }
 
 /// Reads a tenant by id or slug.

@@ -10,7 +10,7 @@ use tenancy_control::{router, AppState, SignupConfig};
 use tenancy_core::TenantState;
 use tenancy_pg::testing::{TemplateDb, TestDb};
 use tenancy_provision::{AppMigrations, ClusterAccess, ProvisionConfig, Provisioner};
-use tenancy_sdk::bootstrap::{self, OWNER_ROLE};
+use tenancy_sdk::bootstrap::OWNER_ROLE;
 use tenancy_sdk::ContextKey;
 use tower::ServiceExt;
 
@@ -35,22 +35,7 @@ pub(crate) async fn fresh_state() -> (TestDb, AppState, Provisioner) {
 
 /// [`fresh_state`] with these signup settings.
 pub(crate) async fn fresh_state_with(signup: SignupConfig) -> (TestDb, AppState, Provisioner) {
-    let db = TEMPLATE
-        .fresh(|cluster, db| async move {
-            let su = cluster.connect(&db).await?;
-            bootstrap::bootstrap_cluster(&su).await?;
-            bootstrap::bootstrap_database(&su, &db).await?;
-            let mut owner = tenancy_pg::connect(&cluster.config_as(OWNER_ROLE, &db)).await?;
-            bootstrap::install_runtime(&owner, &key()).await?;
-            tenancy_catalog::migrate(&mut owner).await?;
-            Ok(())
-        })
-        .await
-        .expect("fresh");
-    let su = db.connect_superuser().await.expect("su");
-    bootstrap::bootstrap_database(&su, &db.name)
-        .await
-        .expect("bootstrap");
+    let db = tenancy_test_support::fresh_catalog_db(&TEMPLATE, key(), "").await;
     let owner = tenancy_pg::connect(&db.config_as(OWNER_ROLE))
         .await
         .expect("owner");

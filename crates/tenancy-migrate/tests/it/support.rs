@@ -10,9 +10,9 @@ use tenancy_pg::testing::{TemplateDb, TestDb};
 use tenancy_provision::{
     AppMigration, AppMigrations, ClusterAccess, ProvisionConfig, ProvisionRequest, Provisioner,
 };
-use tenancy_sdk::bootstrap::{self, OWNER_ROLE};
+use tenancy_sdk::bootstrap::OWNER_ROLE;
 use tenancy_sdk::ContextKey;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 static TEMPLATE: TemplateDb = TemplateDb::new("migrate_tpl");
 
@@ -24,11 +24,7 @@ pub(crate) fn key() -> ContextKey {
     .expect("key")
 }
 
-pub(crate) async fn connect(cfg: tokio_postgres::Config) -> Client {
-    let (client, conn) = cfg.connect(NoTls).await.expect("connect");
-    tokio::spawn(conn);
-    client
-}
+pub(crate) use tenancy_test_support::connect;
 
 /// Version 1: two generated tenant tables.
 pub(crate) fn v1() -> Vec<AppMigration> {
@@ -61,22 +57,7 @@ pub(crate) struct Env {
 
 impl Env {
     pub(crate) async fn new() -> Env {
-        let db = TEMPLATE
-            .fresh(|cluster, db| async move {
-                let su = cluster.connect(&db).await?;
-                bootstrap::bootstrap_cluster(&su).await?;
-                bootstrap::bootstrap_database(&su, &db).await?;
-                let mut owner = connect(cluster.config_as(OWNER_ROLE, &db)).await;
-                bootstrap::install_runtime(&owner, &key()).await?;
-                tenancy_catalog::migrate(&mut owner).await?;
-                Ok(())
-            })
-            .await
-            .expect("fresh database");
-        let su = db.connect_superuser().await.expect("superuser");
-        bootstrap::bootstrap_database(&su, &db.name)
-            .await
-            .expect("bootstrap clone");
+        let db = tenancy_test_support::fresh_catalog_db(&TEMPLATE, key(), "").await;
         let catalog = connect(db.config_as(OWNER_ROLE)).await;
         tenancy_catalog::add_region(&catalog, &"eu-west".parse().expect("region"), "EU")
             .await

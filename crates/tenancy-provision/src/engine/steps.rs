@@ -10,8 +10,17 @@ use super::{Outcome, Provisioner, StepCtx};
 use crate::storage::{database_name_for, schema_name_for};
 use crate::Error;
 
+/// The reason a lifecycle step records with the state change.
+#[derive(Debug)]
+enum Reason {
+    /// The workflow input's reason, or this one when the input gives none.
+    FromInput(&'static str),
+    /// Always this one: the input's reason is not used.
+    Fixed(&'static str),
+}
+
 /// What a lifecycle step does to the tenant's state.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(super) struct Transition {
     /// The step's name.
     name: &'static str,
@@ -21,11 +30,8 @@ pub(super) struct Transition {
     from: &'static [TenantState],
     /// The state it leads to; a tenant already there is left alone (a retried step).
     to: TenantState,
-    /// The reason recorded when the workflow's input gives none; `None`: the input's
-    /// reason is not used.
-    default_reason: Option<&'static str>,
-    /// The reason recorded when the input's is not used.
-    fixed_reason: &'static str,
+    /// The reason recorded with the change.
+    reason: Reason,
     /// Whether the change starts the retention period (soft delete).
     starts_retention: bool,
     /// The lifecycle event queued for the receivers.
@@ -37,8 +43,7 @@ const SUSPEND: Transition = Transition {
     verb: "suspend",
     from: &[TenantState::Active],
     to: TenantState::Suspended,
-    default_reason: Some("suspended"),
-    fixed_reason: "suspended",
+    reason: Reason::FromInput("suspended"),
     starts_retention: false,
     event: "tenant.suspended",
 };
@@ -48,8 +53,7 @@ const RESUME: Transition = Transition {
     verb: "resume",
     from: &[TenantState::Suspended],
     to: TenantState::Active,
-    default_reason: None,
-    fixed_reason: "resumed",
+    reason: Reason::Fixed("resumed"),
     starts_retention: false,
     event: "tenant.resumed",
 };
@@ -59,15 +63,14 @@ const SOFT_DELETE: Transition = Transition {
     verb: "delete",
     from: &[TenantState::Active, TenantState::Suspended],
     to: TenantState::Deleting,
-    default_reason: Some("deleted"),
-    fixed_reason: "deleted",
+    reason: Reason::FromInput("deleted"),
     starts_retention: true,
     event: "tenant.deleted",
 };
 
 /// A step of a workflow. Its name ([`Step::as_str`]) is what the catalog's step log,
 /// the step metrics and fault injection call it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub(super) enum Step {
     /// Chooses the tenant's schema or database name from its placement.
     Placement,
@@ -250,9 +253,9 @@ impl Provisioner {
                             change.verb, tenant.state
                         )));
                     }
-                    let reason = match change.default_reason {
-                        Some(default) => input.reason.as_deref().unwrap_or(default),
-                        None => change.fixed_reason,
+                    let reason = match change.reason {
+                        Reason::FromInput(default) => input.reason.as_deref().unwrap_or(default),
+                        Reason::Fixed(reason) => reason,
                     };
                     catalog::set_state_in(tx, id, change.to, actor, reason).await?;
                     if change.starts_retention {

@@ -159,20 +159,14 @@ impl Provisioner {
             .find(|(r, _)| r.name == m.receiver)
             .map(|(_, k)| k.clone());
         let attempt_no = m.attempts + 1;
-        let (delivered, retry_in, delivery) = match key {
+        let (a, retry_in) = match key {
             None => (
-                false,
-                None,
-                Delivery {
-                    webhook_id: m.webhook_id.clone(),
-                    receiver: m.receiver.clone(),
-                    tenant_id: m.tenant_id,
-                    event_type: m.event_type.clone(),
-                    attempt: attempt_no,
-                    http_status: None,
+                webhook::Attempt {
+                    status: None,
                     error: Some("receiver is no longer configured".into()),
                     ms: 0.0,
                 },
+                None,
             ),
             Some(key) => {
                 let body = serde_json::to_vec(&m.payload).unwrap_or_default();
@@ -186,21 +180,19 @@ impl Provisioner {
                 .await;
                 let retry = (!a.ok() && attempt_no < self.inner.cfg.outbox_max_attempts)
                     .then(|| self.inner.cfg.backoff(m.attempts));
-                (
-                    a.ok(),
-                    retry,
-                    Delivery {
-                        webhook_id: m.webhook_id.clone(),
-                        receiver: m.receiver.clone(),
-                        tenant_id: m.tenant_id,
-                        event_type: m.event_type.clone(),
-                        attempt: attempt_no,
-                        http_status: a.status.map(i32::from),
-                        error: a.error,
-                        ms: a.ms,
-                    },
-                )
+                (a, retry)
             }
+        };
+        let delivered = a.ok();
+        let delivery = Delivery {
+            webhook_id: m.webhook_id.clone(),
+            receiver: m.receiver.clone(),
+            tenant_id: m.tenant_id,
+            event_type: m.event_type.clone(),
+            attempt: attempt_no,
+            http_status: a.status.map(i32::from),
+            error: a.error,
+            ms: a.ms,
         };
         catalog::record_delivery(&tx, &delivery).await?;
         catalog::finish_outbox(&tx, &m.webhook_id, delivered, retry_in).await?;

@@ -55,22 +55,32 @@ impl Provisioner {
         }
     }
 
+    /// The catalog connection a loop keeps in `client`: the one there while it is open,
+    /// else a new one.
+    async fn open_catalog<'a>(
+        &self,
+        client: &'a mut Option<Client>,
+    ) -> Result<&'a mut Client, Error> {
+        let c = match client.take().filter(|c| !c.is_closed()) {
+            Some(c) => c,
+            None => self.catalog_client().await?,
+        };
+        Ok(client.insert(c))
+    }
+
     async fn worker_loop(&self, i: usize, mut stop: watch::Receiver<bool>) {
         let mut client: Option<Client> = None;
         loop {
             if *stop.borrow() {
                 return;
             }
-            let c = match client.as_mut() {
-                Some(c) if !c.is_closed() => c,
-                _ => match self.catalog_client().await {
-                    Ok(c) => client.insert(c),
-                    Err(e) => {
-                        tracing::warn!(worker = i, error = %tenancy_conn::ErrorText(&e), "worker cannot reach the catalog");
-                        tokio::time::sleep(self.inner.cfg.poll_interval).await;
-                        continue;
-                    }
-                },
+            let c = match self.open_catalog(&mut client).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(worker = i, error = %tenancy_conn::ErrorText(&e), "worker cannot reach the catalog");
+                    tokio::time::sleep(self.inner.cfg.poll_interval).await;
+                    continue;
+                }
             };
             let notified = self.inner.wake.notified();
             tokio::pin!(notified);
@@ -105,15 +115,9 @@ impl Provisioner {
             if *stop.borrow() {
                 return;
             }
-            let c = match client.as_mut() {
-                Some(c) if !c.is_closed() => c,
-                _ => match self.catalog_client().await {
-                    Ok(c) => client.insert(c),
-                    Err(_) => {
-                        tokio::time::sleep(self.inner.cfg.poll_interval).await;
-                        continue;
-                    }
-                },
+            let Ok(c) = self.open_catalog(&mut client).await else {
+                tokio::time::sleep(self.inner.cfg.poll_interval).await;
+                continue;
             };
             let notified = self.inner.outbox_wake.notified();
             tokio::pin!(notified);

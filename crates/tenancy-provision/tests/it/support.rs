@@ -19,7 +19,7 @@ use tenancy_provision::{
 use tenancy_sdk::bootstrap::{self, OWNER_ROLE, RUNTIME_ROLE};
 use tenancy_sdk::{ClusterCredentials, ContextKey, Router, RouterOptions};
 use tokio::sync::OnceCell;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 static TEMPLATE: TemplateDb = TemplateDb::new("prov_tpl");
 static SECOND: OnceCell<Cluster> = OnceCell::const_new();
@@ -31,31 +31,11 @@ pub(crate) fn key() -> ContextKey {
     ContextKey::from_hex("prov".parse().expect("kid"), KEY_HEX).expect("key")
 }
 
-pub(crate) async fn connect(cfg: tokio_postgres::Config) -> Client {
-    let (client, conn) = cfg.connect(NoTls).await.expect("connect");
-    tokio::spawn(conn);
-    client
-}
+pub(crate) use tenancy_test_support::connect;
 
 /// A fresh catalog database that is also region eu-west's shared tenant database.
 pub(crate) async fn fresh_db() -> TestDb {
-    let db = TEMPLATE
-        .fresh(|cluster, db| async move {
-            let su = cluster.connect(&db).await?;
-            bootstrap::bootstrap_cluster(&su).await?;
-            bootstrap::bootstrap_database(&su, &db).await?;
-            let mut owner = connect(cluster.config_as(OWNER_ROLE, &db)).await;
-            bootstrap::install_runtime(&owner, &key()).await?;
-            tenancy_catalog::migrate(&mut owner).await?;
-            Ok(())
-        })
-        .await
-        .expect("fresh database");
-    let su = db.connect_superuser().await.expect("superuser");
-    bootstrap::bootstrap_database(&su, &db.name)
-        .await
-        .expect("bootstrap clone");
-    db
+    tenancy_test_support::fresh_catalog_db(&TEMPLATE, key(), "").await
 }
 
 /// The second cluster (region us-east), with roles bootstrapped, and a fresh shared

@@ -3,7 +3,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tenancy_pg::testing::{TemplateDb, TestDb};
 use tenancy_sdk::bootstrap::{self, ContextImpl, OWNER_ROLE, RUNTIME_ROLE};
 use tenancy_sdk::{ContextKey, PoolOptions, TenantId, TenantPool};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 static TEMPLATE: TemplateDb = TemplateDb::new("sdk_tpl");
 
@@ -34,34 +34,12 @@ SELECT tenancy.make_tenant_table('customers');
 SELECT tenancy.make_tenant_table('invoices');
 ";
 
-pub(crate) async fn connect(cfg: tokio_postgres::Config) -> Client {
-    let (client, conn) = cfg.connect(NoTls).await.expect("connect");
-    tokio::spawn(conn);
-    client
-}
+pub(crate) use tenancy_test_support::connect;
 
 /// A fresh database with roles, runtime schema, catalog and the app tables, with the
 /// native signed context when this build has the library (see `fresh_db_plpgsql`).
 pub(crate) async fn fresh_db() -> TestDb {
-    let db = TEMPLATE
-        .fresh(|cluster, db| async move {
-            let su = cluster.connect(&db).await?;
-            bootstrap::bootstrap_cluster(&su).await?;
-            bootstrap::bootstrap_database(&su, &db).await?;
-            let mut owner = connect(cluster.config_as(OWNER_ROLE, &db)).await;
-            bootstrap::install_runtime(&owner, &key()).await?;
-            tenancy_catalog::migrate(&mut owner).await?;
-            owner.batch_execute(APP_SCHEMA).await?;
-            Ok(())
-        })
-        .await
-        .expect("fresh database");
-    // Database-level privileges are not copied from a template; set them on the clone.
-    let su = db.connect_superuser().await.expect("superuser");
-    bootstrap::bootstrap_database(&su, &db.name)
-        .await
-        .expect("bootstrap clone");
-    db
+    tenancy_test_support::fresh_catalog_db(&TEMPLATE, key(), APP_SCHEMA).await
 }
 
 /// The same database with the PL/pgSQL implementation of the signed context (what a
@@ -125,16 +103,15 @@ pub(crate) async fn fresh_native_db() -> Option<TestDb> {
 /// Where the server offers the tenancy_context extension, the native context must be
 /// that extension (the bootstrap prefers it over creating the functions from the library).
 pub(crate) async fn assert_extension_when_offered(su: &Client) {
-    let row = su
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'tenancy_context'), \
-                    (SELECT extversion FROM pg_extension WHERE extname = 'tenancy_context')",
-            &[],
-        )
-        .await
-        .expect("extension state");
-    let (offered, installed): (bool, Option<String>) = (row.get(0), row.get(1));
-    if offered {
+    if tenancy_test_support::context_extension_offered(su).await {
+        let installed: Option<String> = su
+            .query_opt(
+                "SELECT extversion FROM pg_extension WHERE extname = 'tenancy_context'",
+                &[],
+            )
+            .await
+            .expect("installed extension")
+            .map(|r| r.get(0));
         assert_eq!(
             installed.as_deref(),
             Some(tenancy_pg::EXTENSION_VERSION),

@@ -11,7 +11,7 @@ use tenancy_axum::Source;
 use tenancy_catalog::{NewCluster, NewTenant};
 use tenancy_core::{ContextKey, Placement, TenantId, TenantState};
 use tenancy_pg::testing::{TemplateDb, TestDb};
-use tenancy_sdk::bootstrap::{self, OWNER_ROLE, RUNTIME_ROLE, WORKER_ROLE};
+use tenancy_sdk::bootstrap::{OWNER_ROLE, RUNTIME_ROLE, WORKER_ROLE};
 use tenancy_sdk::ClusterCredentials;
 use tokio_postgres::{Client, NoTls};
 
@@ -163,26 +163,13 @@ impl Drop for TempDir {
 }
 
 pub(crate) async fn fresh_db() -> TestDb {
-    let db = TEMPLATE
-        .fresh(|cluster, db| async move {
-            let su = cluster.connect(&db).await?;
-            bootstrap::bootstrap_cluster(&su).await?;
-            bootstrap::bootstrap_database(&su, &db).await?;
-            let mut owner = connect(cluster.config_as(OWNER_ROLE, &db)).await;
-            bootstrap::install_runtime(&owner, &key()).await?;
-            tenancy_catalog::migrate(&mut owner).await?;
-            invoicing::migrate(&mut owner)
-                .await
-                .map_err(|e| format!("{e:#}"))?;
-            Ok(())
-        })
-        .await
-        .expect("fresh database");
-    let su = db.connect_superuser().await.expect("superuser");
-    bootstrap::bootstrap_database(&su, &db.name)
-        .await
-        .expect("bootstrap clone");
-    db
+    tenancy_test_support::fresh_catalog_db_with(&TEMPLATE, key(), async |owner| {
+        invoicing::migrate(owner)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(())
+    })
+    .await
 }
 
 /// Registers `db` as the one cluster of region `eu-west` in its own catalog and creates
