@@ -61,9 +61,9 @@ pub use store::{
     NewCluster, NewTenant, Region, Tenant, TenantEvent, TENANT_COLUMNS,
 };
 pub use tenant_lifecycle::{
-    lock_tenant, plan_settings, purge_due, seed_plan_settings, set_billing, set_failure,
-    set_legal_hold, set_plan_in, set_purge_after, set_storage, tenant_by_billing_customer,
-    tenant_by_pending_billing_customer,
+    lock_tenant, plan_settings, provisioning_failed, purge_due, seed_plan_settings, set_billing,
+    set_failure, set_legal_hold, set_legal_hold_in, set_plan_in, set_purge_after, set_storage,
+    tenant_by_billing_customer, tenant_by_pending_billing_customer,
 };
 pub use webhooks::{
     claim_outbox, deliveries, enqueue_outbox, finish_outbox, record_delivery, record_registration,

@@ -3,8 +3,9 @@
 
 use tenancy_audit::{Actor, ActorKind, Event};
 use tenancy_pg::testing::TemplateDb;
-use tenancy_sdk::bootstrap::{OWNER_ROLE, RUNTIME_ROLE};
+use tenancy_sdk::bootstrap::{self, OWNER_ROLE, RUNTIME_ROLE};
 use tenancy_sdk::{ContextKey, PoolOptions, TenantId, TenantPool};
+use tenancy_test_support::connect;
 
 use crate::bootstrap::tenancy;
 
