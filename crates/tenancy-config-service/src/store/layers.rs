@@ -2,6 +2,7 @@
 //! variants a plan or a region sets, checked against their definitions.
 
 use tenancy_config::model::{LayerValues, Plan, RegionLayer};
+use tenancy_core::PlanKey;
 use tenancy_config::ConfigError;
 
 use super::entitlements::entitlement_kinds;
@@ -86,6 +87,21 @@ impl Store {
             .write(meta, "committing a plan", prepare, apply)
             .await?;
         Ok(v)
+    }
+
+    /// A plan as stored (what [`Store::put_plan`] wrote last).
+    pub async fn get_plan(&self, key: &PlanKey) -> Result<Plan, ConfigError> {
+        let c = self.conn().await?;
+        let row = c
+            .query_opt(
+                "SELECT jsonb_build_object('key', key, 'display_name', display_name) || layer
+                 FROM tenancy_catalog.config_plans WHERE key = $1",
+                &[&key.as_str()],
+            )
+            .await
+            .map_err(ConfigError::db("reading a plan"))?
+            .ok_or_else(|| not_found("plan", key))?;
+        serde_json::from_value(row.get(0)).map_err(ConfigError::corrupt)
     }
 
     /// Creates or replaces a region's layer.

@@ -304,6 +304,16 @@ impl Snapshot {
         v
     }
 
+    /// A plan as this snapshot holds it.
+    pub fn plan_def(&self, key: &PlanKey) -> Option<&Plan> {
+        self.plans.get(key).map(|p| &**p)
+    }
+
+    /// An entitlement's definition.
+    pub fn entitlement_def(&self, key: &str) -> Option<&EntitlementDef> {
+        self.entitlements.get(key)
+    }
+
     /// A flag's definition.
     pub fn flag_def(&self, key: &str) -> Option<&Flag> {
         self.flags.get(key).map(|f| &f.def)

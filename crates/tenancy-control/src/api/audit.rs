@@ -148,13 +148,13 @@ fn checkpoint_view(c: Checkpoint) -> CheckpointView {
 
 /// The cursor after chain position `pos` of `tenant`'s `log`:
 /// `<tenant>.<log>.<pos>`, so a cursor names the chain it belongs to.
-fn cursor(tenant: TenantId, log: Log, pos: i64) -> String {
+pub(crate) fn cursor(tenant: TenantId, log: Log, pos: i64) -> String {
     format!("{tenant}.{}.{pos}", log.as_str())
 }
 
 /// The chain position a cursor names: 422 for one that is not a cursor, 409 for one of
 /// another tenant's or another log's pages.
-fn parse_cursor(c: &str, tenant: TenantId, log: Log) -> Result<i64, ApiError> {
+pub(crate) fn parse_cursor(c: &str, tenant: TenantId, log: Log) -> Result<i64, ApiError> {
     let bad = || ApiError::field("after", "is not a cursor this endpoint returned");
     let mut parts = c.splitn(3, '.');
     let (Some(t), Some(l), Some(p)) = (parts.next(), parts.next(), parts.next()) else {
@@ -204,52 +204,14 @@ pub async fn tenant_audit(
         .transpose()?
         .unwrap_or(0);
     let catalog = state.catalog().await?;
-    let t = tenancy_catalog::get_tenant(&catalog, id).await?;
     let uuid = id.as_uuid();
-    let unreachable = |e: &(dyn std::error::Error + 'static)| {
-        tracing::warn!(tenant = %id, error = %tenancy_conn::ErrorText(e), "reading a tenant's audit log");
-        ApiError::new(
-            ProblemCode::Unavailable,
-            "the tenant's audit log cannot be read right now",
-        )
-    };
-    let (events, unsealed) = match log {
-        Log::Control => tenancy_audit::load_page(&*catalog, log, uuid, after, limit + 1)
+    let unreachable = |e: &(dyn std::error::Error + 'static)| unreadable(id, e);
+    let reader = open_log(&state, &catalog, id, log).await?;
+    let (events, unsealed) = match reader.client(&catalog) {
+        Some(c) => tenancy_audit::load_page(c, log, uuid, after, limit + 1)
             .await
             .map_err(|e| unreachable(&e))?,
-        _ => {
-            let sealer = state.audit().ok_or_else(|| {
-                ApiError::new(
-                    ProblemCode::Unavailable,
-                    "this control plane reads no tenant audit logs (no audit sealer)",
-                )
-            })?;
-            // A tenant that never served (provisioning, or failed for good) has no
-            // application events, and its cluster may never have been reachable.
-            let never_served = match t.state {
-                TenantState::Provisioning => true,
-                TenantState::Deleted => tenancy_catalog::provisioning_failed(&catalog, id).await?,
-                _ => false,
-            };
-            let cluster = tenancy_catalog::get_cluster(&catalog, t.cluster_id).await?;
-            let dbname = match (t.placement, &t.database_name) {
-                _ if never_served => None,
-                (Placement::Dedicated, Some(d)) => Some(d.clone()),
-                // A dedicated tenant whose database is not made yet has no events.
-                (Placement::Dedicated, None) => None,
-                _ => Some(cluster.dbname.clone()),
-            };
-            match dbname {
-                None => (Vec::new(), 0),
-                Some(d) => match sealer.tenant_db(&cluster, &d).await {
-                    Ok(db) => tenancy_audit::load_page(&db, log, uuid, after, limit + 1)
-                        .await
-                        .map_err(|e| unreachable(&e))?,
-                    Err(e) if missing_database(&e) => (Vec::new(), 0),
-                    Err(e) => return Err(unreachable(e.as_ref())),
-                },
-            }
-        }
+        None => (Vec::new(), 0),
     };
     let more = events.len() as i64 > limit;
     let items: Vec<AuditEventView> = events
@@ -283,6 +245,84 @@ pub async fn tenant_audit(
         public_key: state.audit().map(|s| s.public_key_hex()),
         next_after: more.then(|| cursor(id, log, last)),
     }))
+}
+
+/// The answer to a tenant's audit log that cannot be read (the cause is logged).
+pub(crate) fn unreadable(id: TenantId, e: &(dyn std::error::Error + 'static)) -> ApiError {
+    tracing::warn!(tenant = %id, error = %tenancy_conn::ErrorText(e), "reading a tenant's audit log");
+    ApiError::new(
+        ProblemCode::Unavailable,
+        "the tenant's audit log cannot be read right now",
+    )
+}
+
+/// Where one of a tenant's audit logs is read from.
+pub(crate) enum LogReader {
+    /// The catalog (the control log).
+    Catalog,
+    /// The tenant's database (its own log).
+    Tenant(tokio_postgres::Client),
+    /// Nowhere: the tenant has no application events (it never served, or its database
+    /// is not made yet or was dropped by its purge).
+    Empty,
+}
+
+impl LogReader {
+    /// The connection to read from (`catalog` for the control log), if any.
+    pub(crate) fn client<'a>(
+        &'a self,
+        catalog: &'a tokio_postgres::Client,
+    ) -> Option<&'a tokio_postgres::Client> {
+        match self {
+            LogReader::Catalog => Some(catalog),
+            LogReader::Tenant(c) => Some(c),
+            LogReader::Empty => None,
+        }
+    }
+}
+
+/// Opens tenant `id`'s log of `log`: the control log is in the catalog; its own log in
+/// the database it is placed in (503 without an audit sealer, which holds the
+/// connections to tenant databases).
+pub(crate) async fn open_log(
+    state: &AppState,
+    catalog: &tokio_postgres::Client,
+    id: TenantId,
+    log: Log,
+) -> Result<LogReader, ApiError> {
+    if log == Log::Control {
+        return Ok(LogReader::Catalog);
+    }
+    let sealer = state.audit().ok_or_else(|| {
+        ApiError::new(
+            ProblemCode::Unavailable,
+            "this control plane reads no tenant audit logs (no audit sealer)",
+        )
+    })?;
+    let t = tenancy_catalog::get_tenant(catalog, id).await?;
+    // A tenant that never served (provisioning, or failed for good) has no
+    // application events, and its cluster may never have been reachable.
+    let never_served = match t.state {
+        TenantState::Provisioning => true,
+        TenantState::Deleted => tenancy_catalog::provisioning_failed(catalog, id).await?,
+        _ => false,
+    };
+    let cluster = tenancy_catalog::get_cluster(catalog, t.cluster_id).await?;
+    let dbname = match (t.placement, &t.database_name) {
+        _ if never_served => None,
+        (Placement::Dedicated, Some(d)) => Some(d.clone()),
+        // A dedicated tenant whose database is not made yet has no events.
+        (Placement::Dedicated, None) => None,
+        _ => Some(cluster.dbname.clone()),
+    };
+    let Some(d) = dbname else {
+        return Ok(LogReader::Empty);
+    };
+    match sealer.tenant_db(&cluster, &d).await {
+        Ok(db) => Ok(LogReader::Tenant(db)),
+        Err(e) if missing_database(&e) => Ok(LogReader::Empty),
+        Err(e) => Err(unreadable(id, e.as_ref())),
+    }
 }
 
 /// Whether connecting failed because the database does not exist (a dedicated tenant's

@@ -20,7 +20,7 @@ use super::{flash, html_response, Ctx, PageResult, Refusal};
 use crate::AppState;
 
 /// The configuration service, or the refusal of a server without it.
-fn config_of(state: &AppState) -> Result<&ConfigState, Refusal> {
+pub(super) fn config_of(state: &AppState) -> Result<&ConfigState, Refusal> {
     state.config().ok_or_else(|| {
         Refusal::new(
             StatusCode::NOT_FOUND,
@@ -30,7 +30,7 @@ fn config_of(state: &AppState) -> Result<&ConfigState, Refusal> {
 }
 
 /// A store error as a message and status.
-fn store_error(e: &ConfigError) -> Refusal {
+pub(super) fn store_error(e: &ConfigError) -> Refusal {
     match e {
         ConfigError::Invalid(m) => Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, m.to_string()),
         ConfigError::NotFound { .. } => Refusal::new(StatusCode::NOT_FOUND, e.to_string()),

@@ -13,6 +13,7 @@ use super::Ctx;
 pub(crate) enum Section {
     Tenants,
     Flags,
+    Plans,
     Workflows,
     Deliveries,
 }
@@ -20,6 +21,7 @@ pub(crate) enum Section {
 const NAV: &[(Section, &str, &str)] = &[
     (Section::Tenants, "/console/tenants", "Tenants"),
     (Section::Flags, "/console/flags", "Flags"),
+    (Section::Plans, "/console/plans", "Plans"),
     (Section::Workflows, "/console/workflows", "Workflows"),
     (
         Section::Deliveries,

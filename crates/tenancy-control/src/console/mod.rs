@@ -9,8 +9,9 @@
 //!   history, plan, configuration with explanations, flags, domains, migrations,
 //!   workflows, deliveries), `actions` (suspend, resume, change plan, legal hold, delete,
 //!   each after a confirmation step, through the API's own handlers), `flags` (the flag
-//!   editor, through the configuration service's store) and `ops` (workflows in flight
-//!   and failed, webhook deliveries).
+//!   editor, through the configuration service's store), `plans` (the plans' entitlement
+//!   editor, through the same store) and `ops` (workflows in flight and failed, webhook
+//!   deliveries).
 //!
 //! Every response carries a strict Content-Security-Policy (`default-src 'self'`, no
 //! inline script or style): the only script and style sheet are the two files under
@@ -23,6 +24,7 @@ mod actions;
 mod flags;
 mod layout;
 mod ops;
+mod plans;
 pub(crate) mod session;
 mod tenant;
 mod tenants;
@@ -92,6 +94,8 @@ pub fn routes(state: AppState) -> Router {
         )
         .route("/console/flags", get(flags::list).post(flags::create))
         .route("/console/flags/{key}", get(flags::edit).post(flags::save))
+        .route("/console/plans", get(plans::list))
+        .route("/console/plans/{plan}", get(plans::edit).post(plans::save))
         .route("/console/workflows", get(ops::workflows))
         .route("/console/workflows/{id}", get(ops::workflow))
         .route("/console/deliveries", get(ops::deliveries))

@@ -14,7 +14,7 @@ use tower::ServiceExt;
 use crate::api::{fresh_state, TOKEN};
 
 /// (status, headers, body) of one request.
-async fn send(
+pub(crate) async fn send(
     app: &axum::Router,
     method: &str,
     uri: &str,
@@ -52,7 +52,7 @@ fn set_cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
 }
 
 /// Signs in: the sign-in page's CSRF cookie and field, then the token; the session cookie.
-async fn sign_in(app: &axum::Router) -> String {
+pub(crate) async fn sign_in(app: &axum::Router) -> String {
     let (s, h, page) = send(app, "GET", "/console/sign-in", None, None).await;
     assert_eq!(s, StatusCode::OK);
     let pre = set_cookie(&h, "tenancy_console_sign_in").expect("sign-in cookie");

@@ -8,6 +8,7 @@ mod audit;
 mod config;
 mod config_routes;
 mod console;
+mod console_edit;
 mod hostile;
 mod ops;
 mod tls;
