@@ -2,8 +2,8 @@
 //! variants a plan or a region sets, checked against their definitions.
 
 use tenancy_config::model::{LayerValues, Plan, RegionLayer};
-use tenancy_core::PlanKey;
 use tenancy_config::ConfigError;
+use tenancy_core::PlanKey;
 
 use super::entitlements::entitlement_kinds;
 use super::flags::stored_flag;

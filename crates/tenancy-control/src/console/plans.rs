@@ -138,13 +138,21 @@ fn reductions(
         .iter()
         .filter_map(|(k, old)| {
             let lower = match (old, after.get(k)) {
-                (_, None) => return Some(format!("{k}: {} removed (the default applies)", show(old))),
+                (_, None) => {
+                    return Some(format!("{k}: {} removed (the default applies)", show(old)))
+                }
                 (Enabled(true), Some(Enabled(false))) => true,
                 (Unlimited, Some(Limit(_))) => true,
                 (Limit(a), Some(Limit(b))) => b < a,
                 _ => false,
             };
-            lower.then(|| format!("{k}: {} → {}", show(old), after.get(k).map(show).unwrap_or_default()))
+            lower.then(|| {
+                format!(
+                    "{k}: {} → {}",
+                    show(old),
+                    after.get(k).map(show).unwrap_or_default()
+                )
+            })
         })
         .collect()
 }
@@ -168,9 +176,8 @@ pub(crate) async fn save(
         .iter()
         .filter_map(|(k, v)| Some((k.strip_prefix(FIELD)?.to_owned(), v.clone())))
         .collect();
-    let show_form = |status, error: Option<&str>| {
-        editor(&ctx, &snap, &stored, &typed, reason, status, error)
-    };
+    let show_form =
+        |status, error: Option<&str>| editor(&ctx, &snap, &stored, &typed, reason, status, error);
     let mut entitlements = BTreeMap::new();
     for (k, text) in &typed {
         let parsed = k
@@ -205,7 +212,11 @@ pub(crate) async fn save(
     let cfg = config_of(&state)?;
     Ok(match cfg.store.put_plan(&plan, &meta).await {
         Ok(v) => {
-            flash(&state, &ctx, format!("Plan {} saved (version {v}).", plan.key));
+            flash(
+                &state,
+                &ctx,
+                format!("Plan {} saved (version {v}).", plan.key),
+            );
             Redirect::to(&format!("/console/plans/{}", plan.key)).into_response()
         }
         Err(e) => {
