@@ -7,8 +7,9 @@
 //! - `layout`: the page skeleton (landmarks, navigation, skip link) and small helpers.
 //! - `tenants` (search, filters, keyset paging), `tenant` (one tenant: placement, state
 //!   history, plan, configuration with explanations, flags, domains, migrations,
-//!   workflows, deliveries), `actions` (suspend, resume, change plan, legal hold, delete,
-//!   each after a confirmation step, through the API's own handlers), `flags` (the flag
+//!   workflows, deliveries; its audit events of both logs with their chains'
+//!   verification state, through `audit`), `actions` (suspend, resume, change plan,
+//!   legal hold, delete, each after a confirmation step, through the API's own handlers), `flags` (the flag
 //!   editor, through the configuration service's store), `plans` (the plans' entitlement
 //!   editor, through the same store) and `ops` (workflows in flight and failed, webhook
 //!   deliveries).
@@ -21,6 +22,7 @@
 //! the session's CSRF token (without it, 403).
 
 mod actions;
+mod audit;
 mod flags;
 mod layout;
 mod ops;

@@ -1,11 +1,12 @@
 //! One tenant's page: what the catalog knows (placement, region, cluster, state history,
 //! plan), what the configuration service resolves for it (every flag, entitlement and
 //! setting with its explanation, overrides, branding, custom domains), its migration
-//! status, its workflows and its webhook deliveries, and the actions an operator can take.
+//! status, its workflows and its webhook deliveries, its audit events with their chains'
+//! verification state, and the actions an operator can take.
 //! The tenant, its workflows and its migration status are read through the API's own
 //! handlers, so the page shows exactly what `GET /v1/tenants/{id}…` answers.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::{Extension, Json};
@@ -13,6 +14,7 @@ use maud::{html, Markup};
 use serde::Serialize;
 use tenancy_core::TenantId;
 
+use super::audit::AuditCursors;
 use super::layout::{self, json, none, opt, Section};
 use super::{html_response, refused, Ctx};
 use crate::api::{self, MigrationStatusView, TenantView, WorkflowView};
@@ -38,14 +40,20 @@ pub(crate) async fn show(
     State(state): State<AppState>,
     Extension(ctx): Extension<Ctx>,
     Path(id): Path<String>,
+    Query(q): Query<AuditCursors>,
 ) -> Response {
-    match render(&state, &ctx, id).await {
+    match render(&state, &ctx, id, &q).await {
         Ok(page) => html_response(StatusCode::OK, page),
         Err(e) => api_error_page(e),
     }
 }
 
-async fn render(state: &AppState, ctx: &Ctx, id: String) -> Result<Markup, ApiError> {
+async fn render(
+    state: &AppState,
+    ctx: &Ctx,
+    id: String,
+    q: &AuditCursors,
+) -> Result<Markup, ApiError> {
     let Json(t) = api::get_tenant(ctx.admin(), State(state.clone()), Path(id)).await?;
     let key = t.id.to_string();
     let Json(workflows) =
@@ -62,12 +70,14 @@ async fn render(state: &AppState, ctx: &Ctx, id: String) -> Result<Markup, ApiEr
     let events = tenancy_catalog::tenant_events(&conn, tid).await?;
     let deliveries = tenancy_catalog::deliveries(&conn, Some(tid), 50).await?;
     let plans: Vec<String> = api::known_plans(state).into_iter().collect();
+    let audit = super::audit::section(state, tid, q).await;
     let title = format!("Tenant {}", t.slug);
     let body = html! {
         h1 { "Tenant " (t.slug) }
         (summary(&t, cluster.as_deref()))
         (actions(&t, &plans))
         (history(&events))
+        (audit)
         (config(state, tid))
         (migration(&migrations))
         (workflow_table(&workflows))

@@ -26,7 +26,7 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
     d
 }
 
-fn config(db: &TestDb, audit: AuditConfig) -> ControlConfig {
+pub(crate) fn config(db: &TestDb, audit: AuditConfig) -> ControlConfig {
     let digest = tenancy_control::auth::token_digest(crate::api::TOKEN);
     ControlConfig {
         listen: "127.0.0.1:0".into(),
@@ -45,7 +45,7 @@ fn config(db: &TestDb, audit: AuditConfig) -> ControlConfig {
 }
 
 /// Creates a pooled tenant through the API; returns its id.
-async fn create(port: u16, slug: &str, request_id: &str) -> TenantId {
+pub(crate) async fn create(port: u16, slug: &str, request_id: &str) -> TenantId {
     let body = json!({"slug": slug, "display_name": slug, "plan": "free", "region": "eu-west", "placement": "pooled"}).to_string();
     let r = http(
         port,
@@ -131,12 +131,12 @@ async fn all_pages(
     }
 }
 
-fn runtime_pool(db: &TestDb) -> TenantPool {
+pub(crate) fn runtime_pool(db: &TestDb) -> TenantPool {
     TenantPool::new(db.config_as(RUNTIME_ROLE), key(), PoolOptions::default()).expect("pool")
 }
 
 /// Records `n` application events of `t` as the runtime role, each in its own TenantTx.
-async fn app_events(pool: &TenantPool, t: TenantId, n: usize) {
+pub(crate) async fn app_events(pool: &TenantPool, t: TenantId, n: usize) {
     for i in 0..n {
         let mut tx = pool.begin(t).await.expect("begin");
         let e = tenancy_audit::Event::new(
@@ -150,7 +150,7 @@ async fn app_events(pool: &TenantPool, t: TenantId, n: usize) {
 }
 
 /// Waits until `f` returns something.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+pub(crate) async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
     mut f: impl FnMut() -> F,
 ) -> T {

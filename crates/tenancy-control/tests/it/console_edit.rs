@@ -228,3 +228,189 @@ async fn console_plan_editor_writes_entitlements_through_the_store() {
     .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+/// Runs a lifecycle action through the console: its confirmation page, then its form.
+async fn console_action(app: &axum::Router, cookie: &str, tenant: &str, action: &str) {
+    let confirm = format!("/console/tenants/{tenant}/actions?action={action}");
+    let (s, _, page) = send(app, "GET", &confirm, Some(cookie), None).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    let form = format!(
+        "csrf={}&action={action}&plan=&key={}&reason=console+test",
+        field(&page, "csrf"),
+        field(&page, "key")
+    );
+    let actions = format!("/console/tenants/{tenant}/actions");
+    let (s, _, page) = send(app, "POST", &actions, Some(cookie), Some(&form)).await;
+    assert_eq!(s, StatusCode::SEE_OTHER, "{action}: {page}");
+}
+
+/// Waits until the tenant is in `want` (through the API).
+async fn wait_state(app: &axum::Router, tenant: &str, want: &str) {
+    crate::audit::eventually(want, || async {
+        let (_, _, t) = call(app, "GET", &format!("/v1/tenants/{tenant}"), &[AUTH], None).await;
+        (t["state"] == want).then_some(())
+    })
+    .await;
+}
+
+/// The text of a page's `<table id="…">`.
+fn table<'p>(page: &'p str, id: &str) -> &'p str {
+    page.split_once(&format!("<table id=\"{id}\">"))
+        .and_then(|(_, r)| r.split_once("</table>"))
+        .map(|(t, _)| t)
+        .unwrap_or_else(|| panic!("no table {id} in {page}"))
+}
+
+#[tokio::test]
+async fn console_tenant_page_lists_both_audit_logs_newest_first_with_verified_chains() {
+    let (db, _state, _p) =
+        crate::api::fresh_state_with(tenancy_control::SignupConfig::default()).await;
+    let served = tenancy_control::build(crate::audit::config(
+        &db,
+        tenancy_control::audit::AuditConfig {
+            seal_interval_secs: 0,
+            ..Default::default()
+        },
+    ))
+    .await
+    .expect("build");
+    let port = served.port();
+    let state = served.state().clone();
+    let sealer = state.audit().expect("sealer").clone();
+    let stopper = served.stopper();
+    let running = tokio::spawn(served.run_until_stopped());
+    let tenant = crate::audit::create(port, "acme", "req-console")
+        .await
+        .to_string();
+    let app = router(state);
+    wait_state(&app, &tenant, "active").await;
+    sealer
+        .pass(false)
+        .await
+        .expect("first pass installs and seals");
+    // 25 application events: more than one page of the tenant log.
+    let pool = crate::audit::runtime_pool(&db);
+    crate::audit::app_events(&pool, tenant.parse().expect("id"), 25).await;
+
+    let cookie = sign_in(&app).await;
+    console_action(&app, &cookie, &tenant, "suspend").await;
+    wait_state(&app, &tenant, "suspended").await;
+    console_action(&app, &cookie, &tenant, "resume").await;
+    wait_state(&app, &tenant, "active").await;
+
+    let uri = format!("/console/tenants/{tenant}");
+    let page = crate::audit::eventually("both logs sealed and checkpointed", || async {
+        sealer.pass(false).await.expect("pass");
+        let (s, _, page) = send(&app, "GET", &uri, Some(&cookie), None).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        let done = page
+            .matches("<p class=\"chain verified\">Verified up to the latest checkpoint")
+            .count()
+            == 2
+            && !page.contains("not yet sealed")
+            && page.contains("tenant.resume");
+        done.then_some(page)
+    })
+    .await;
+    // The control log: the console's suspend and resume, newest first, by the operator.
+    let control = table(&page, "audit-control");
+    let (suspend, resume) = (
+        control
+            .find("<th scope=\"row\">tenant.suspend</th>")
+            .expect("suspend listed"),
+        control
+            .find("<th scope=\"row\">tenant.resume</th>")
+            .expect("resume listed"),
+    );
+    assert!(resume < suspend, "newest first: {control}");
+    assert!(
+        control.contains("<td>admin admin:"),
+        "the operator is the actor: {control}"
+    );
+    assert!(
+        control.contains(&format!("<td>tenant:{tenant}</td>")),
+        "{control}"
+    );
+    assert!(control.contains("<td>success</td>"), "{control}");
+    assert!(control.contains("<time datetime=\""), "{control}");
+    // The tenant log: its newest 20 events, then the older ones by cursor.
+    let own = table(&page, "audit-tenant");
+    assert_eq!(
+        own.matches("<th scope=\"row\">invoice.create</th>").count(),
+        20,
+        "{own}"
+    );
+    assert!(
+        own.find(">invoice:24<") < own.find(">invoice:5<"),
+        "newest first: {own}"
+    );
+    assert!(!own.contains(">invoice:4<"), "{own}");
+    assert!(
+        !page.contains("control_before="),
+        "the control log fits one page"
+    );
+    let older = page
+        .split("href=\"")
+        .find(|h| h.starts_with("/console/tenants/") && h.contains("tenant_before="))
+        .and_then(|h| h.split_once('"'))
+        .map(|(h, _)| h.replace("&amp;", "&"))
+        .expect("a link to older events");
+    let (s, _, page) = send(&app, "GET", &older, Some(&cookie), None).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    let own = table(&page, "audit-tenant");
+    assert_eq!(own.matches("invoice.create").count(), 5, "{own}");
+    assert!(
+        own.contains(">invoice:0<") && own.contains(">invoice:4<"),
+        "{own}"
+    );
+    assert!(
+        !page.contains("tenant_before="),
+        "the first event is on this page"
+    );
+    // Another tenant's cursor is refused in its section, and the rest of the page shows.
+    let other = uuid::Uuid::new_v4();
+    let (s, _, page) = send(
+        &app,
+        "GET",
+        &format!("{uri}?tenant_before={other}.tenant.5"),
+        Some(&cookie),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    assert!(page.contains("the cursor belongs to"), "{page}");
+    assert!(page.contains("id=\"audit-control\""), "{page}");
+
+    // An event changed behind the log's back: the page names the first bad one.
+    let su = db.connect_superuser().await.expect("superuser");
+    su.batch_execute(&format!(
+        "SET session_replication_role = replica; \
+         UPDATE tenancy.audit_events SET target = 'invoice:700' WHERE tenant_id = '{tenant}' AND target = 'invoice:7'"
+    ))
+    .await
+    .expect("tamper");
+    let pos: i64 = su
+        .query_one(
+            "SELECT chain_pos FROM tenancy.audit_events WHERE target = 'invoice:700'",
+            &[],
+        )
+        .await
+        .expect("position")
+        .get(0);
+    let (s, _, page) = send(&app, "GET", &uri, Some(&cookie), None).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    assert!(
+        page.contains(&format!(
+            "Verification failed at the first bad event, chain position {pos} (seq "
+        )) && page.contains("modified"),
+        "{page}"
+    );
+    assert_eq!(
+        page.matches("<p class=\"chain verified\">").count(),
+        1,
+        "the control log still verifies"
+    );
+
+    let _ = stopper.send(true);
+    running.await.expect("join").expect("served");
+}
