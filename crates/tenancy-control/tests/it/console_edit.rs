@@ -43,6 +43,35 @@ async fn evaluate_until(app: &axum::Router, tenant: &str, check: impl Fn(&Value)
     last
 }
 
+/// Saves plan pro's form through the console and waits until `/v1/evaluate` of `tenant`
+/// serves `seats` and `sso` from the plan.
+async fn save_and_see(
+    app: &axum::Router,
+    cookie: &str,
+    tenant: &str,
+    form: &str,
+    seats: Value,
+    sso: bool,
+) {
+    let (s, h, page) = send(app, "POST", "/console/plans/pro", Some(cookie), Some(form)).await;
+    assert_eq!(s, StatusCode::SEE_OTHER, "{form}: {page}");
+    assert_eq!(h["location"], "/console/plans/pro");
+    let seen = evaluate_until(app, tenant, |b| {
+        b["entitlements"]["sso"]["value"] == sso && b["entitlements"]["seats"]["value"] == seats
+    })
+    .await;
+    assert_eq!(
+        seen["entitlements"]["seats"],
+        json!({"value": seats, "layer": "plan"}),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["entitlements"]["sso"],
+        json!({"value": sso, "layer": "plan"}),
+        "{seen}"
+    );
+}
+
 #[tokio::test]
 async fn console_plan_editor_writes_entitlements_through_the_store() {
     let (db, state, _p) = fresh_state().await;
@@ -150,27 +179,7 @@ async fn console_plan_editor_writes_entitlements_through_the_store() {
 
     // A raise and a new feature: written with the operator as the actor and the reason.
     let form = format!("csrf={csrf}&ent.seats=25&ent.sso=on&reason=bigger+teams");
-    let (s, h, page) = send(
-        &app,
-        "POST",
-        "/console/plans/pro",
-        Some(&cookie),
-        Some(&form),
-    )
-    .await;
-    assert_eq!(s, StatusCode::SEE_OTHER, "{page}");
-    assert_eq!(h["location"], "/console/plans/pro");
-    let seen = evaluate_until(&app, &tenant, |b| b["entitlements"]["sso"]["value"] == true).await;
-    assert_eq!(
-        seen["entitlements"]["seats"],
-        json!({"value": 25, "layer": "plan"}),
-        "{seen}"
-    );
-    assert_eq!(
-        seen["entitlements"]["sso"],
-        json!({"value": true, "layer": "plan"}),
-        "{seen}"
-    );
+    save_and_see(&app, &cookie, &tenant, &form, json!(25), true).await;
     let (_, _, log) = call(&app, "GET", "/v1/config/changes", &[AUTH], None).await;
     let last = log["changes"]
         .as_array()
@@ -194,29 +203,7 @@ async fn console_plan_editor_writes_entitlements_through_the_store() {
 
     // A confirmed reduction: the feature off, the limit unlimited.
     let form = format!("csrf={csrf}&ent.seats=unlimited&ent.sso=off&confirm=yes");
-    let (s, _, page) = send(
-        &app,
-        "POST",
-        "/console/plans/pro",
-        Some(&cookie),
-        Some(&form),
-    )
-    .await;
-    assert_eq!(s, StatusCode::SEE_OTHER, "{page}");
-    let seen = evaluate_until(&app, &tenant, |b| {
-        b["entitlements"]["sso"]["value"] == false
-    })
-    .await;
-    assert_eq!(
-        seen["entitlements"]["seats"],
-        json!({"value": null, "layer": "plan"}),
-        "{seen}"
-    );
-    assert_eq!(
-        seen["entitlements"]["sso"],
-        json!({"value": false, "layer": "plan"}),
-        "{seen}"
-    );
+    save_and_see(&app, &cookie, &tenant, &form, Value::Null, false).await;
 
     let (s, _, _) = send(
         &app,
