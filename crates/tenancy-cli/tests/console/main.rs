@@ -40,6 +40,13 @@ fn evaluated(serve: &Serve, id: &str, flag: &str) -> Value {
     v["flags"][flag]["value"].clone()
 }
 
+/// The value `/v1/evaluate` gives the entitlement for the tenant.
+fn entitlement(serve: &Serve, id: &str, key: &str) -> Value {
+    let (_, b) = serve.api("GET", &format!("/v1/evaluate/{id}"), None);
+    let v: Value = serde_json::from_str(&b).unwrap_or_default();
+    v["entitlements"][key]["value"].clone()
+}
+
 async fn click_button(b: &Browser, label: &str) {
     b.find_xpath(&format!("//button[normalize-space()='{label}']"), label)
         .await
@@ -65,7 +72,7 @@ async fn assert_accessible(b: &Browser) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_console_in_chromium_signs_in_finds_acts_edits_flags_escapes_and_signs_out() {
+async fn the_console_in_chromium_signs_in_finds_acts_edits_flags_and_plans_escapes_and_signs_out() {
     let serve = Serve::start();
     let hostile_id = active_tenant(&serve, "acme-hostile", HOSTILE);
     let id = active_tenant(&serve, "acme", "Acme Corporation");
@@ -86,6 +93,22 @@ async fn the_console_in_chromium_signs_in_finds_acts_edits_flags_escapes_and_sig
     wait_until("the flag is in the snapshot, off", || {
         evaluated(&serve, &id, "console-beta") == Value::Bool(false)
     });
+    for (path, body) in [
+        (
+            "/v1/config/entitlements/seats",
+            r#"{"kind":"limit","default":5}"#,
+        ),
+        (
+            "/v1/config/plans/free",
+            r#"{"display_name":"Free","entitlements":{"seats":10}}"#,
+        ),
+    ] {
+        let (s, b) = serve.api("PUT", path, Some(body));
+        assert_eq!(s, 200, "{path}: {b}");
+    }
+    wait_until("the plan's limit is in the snapshot", || {
+        entitlement(&serve, &id, "seats") == serde_json::json!(10)
+    });
 
     // Without a session every console page redirects to the sign-in page; the console is
     // not part of the API's OpenAPI document.
@@ -93,6 +116,7 @@ async fn the_console_in_chromium_signs_in_finds_acts_edits_flags_escapes_and_sig
         "/console",
         "/console/tenants",
         "/console/flags",
+        "/console/plans",
         "/console/workflows",
     ] {
         let (s, head, _) = serve.get(path, None);
@@ -210,7 +234,24 @@ async fn the_console_in_chromium_signs_in_finds_acts_edits_flags_escapes_and_sig
     b.wait_path(&format!("/console/tenants/{id}")).await;
     b.reload_until_text("#tenant-state", "active").await;
     assert_eq!(tenant_state(&serve, &id), "active");
+    // Both audit logs are on the page: the console's suspend and resume in the control
+    // log, newest first, once sealed and checkpointed, with the chain verified.
+    b.reload_until_js(
+        "const rows = [...document.querySelectorAll('#audit-control tbody th')].map(t => t.textContent);
+         return rows.indexOf('tenant.resume') >= 0 && rows.indexOf('tenant.resume') < rows.indexOf('tenant.suspend')
+             && !!document.querySelector('#h-audit-control + p.chain.verified')
+             && !document.querySelector('#audit p.error');",
+        "the control log lists suspend and resume with its chain verified",
+    )
+    .await;
+    assert!(b
+        .text("#h-audit-control + p.chain")
+        .await
+        .starts_with("Verified up to the latest checkpoint"));
     b.screenshot("tenant").await;
+    b.js("document.getElementById('h-audit').scrollIntoView(); return true")
+        .await;
+    b.screenshot("tenant-audit").await;
 
     // Turn the flag on for everyone in the editor; /v1/evaluate serves it.
     b.goto(&serve.url("/console/flags/console-beta")).await;
@@ -225,6 +266,28 @@ async fn the_console_in_chromium_signs_in_finds_acts_edits_flags_escapes_and_sig
     b.screenshot("flag").await;
     wait_until("/v1/evaluate serves the flag on", || {
         evaluated(&serve, &id, "console-beta") == Value::Bool(true)
+    });
+
+    // Raise a limit of the tenants' plan in the plans editor; /v1/evaluate serves it.
+    b.goto(&serve.url("/console/plans")).await;
+    b.find_xpath(
+        "//table[@id='plans']//a[normalize-space()='free']",
+        "plan free",
+    )
+    .await
+    .click()
+    .await
+    .expect("open plan free");
+    b.wait_path("/console/plans/free").await;
+    assert_accessible(&b).await;
+    b.find("#ent-seats").await.clear().await.expect("clear");
+    b.type_into("#ent-seats", "25").await;
+    b.type_into("#reason", "browser test").await;
+    click_button(&b, "Save plan").await;
+    assert!(b.text("#flash").await.contains("Plan free saved"));
+    b.screenshot("plan").await;
+    wait_until("/v1/evaluate serves the plan's new limit", || {
+        entitlement(&serve, &id, "seats") == serde_json::json!(25)
     });
 
     // A name and a branding that hold markup show as text; nothing of it runs.

@@ -302,6 +302,19 @@ impl Browser {
         }
     }
 
+    /// Reloads the page until `script` returns true.
+    pub(crate) async fn reload_until_js(&self, script: &str, what: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if self.js(script).await == serde_json::Value::Bool(true) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            self.client.refresh().await.expect("reload");
+        }
+    }
+
     /// Runs a script and returns its JSON value.
     pub(crate) async fn js(&self, script: &str) -> serde_json::Value {
         self.client

@@ -102,7 +102,11 @@ async fn read(
 
 /// The chain's state in a sentence.
 fn chain_state(v: &LogView) -> Markup {
-    let Some(verdict) = &v.verdict else {
+    let Some(verdict) = v
+        .verdict
+        .as_ref()
+        .filter(|d| d.sealed + d.unsealed > 0 || d.tampering.is_some())
+    else {
         return html! { p.chain { "No events." } };
     };
     let unsealed = html! {
@@ -187,7 +191,7 @@ pub(crate) async fn section(state: &AppState, tid: TenantId, q: &AuditCursors) -
         },
     };
     html! {
-        section aria-labelledby="h-audit" {
+        section #audit aria-labelledby="h-audit" {
             h2 #h-audit { "Audit events" }
             (view(&tenant, keep(Log::Control, &q.control_before), Log::Tenant))
             (view(&control, keep(Log::Tenant, &q.tenant_before), Log::Control))
