@@ -140,6 +140,15 @@ fn when(us: i64) -> Markup {
     }
 }
 
+/// Who acted: the subject, with its kind unless the subject names it (`admin:…`).
+fn actor(e: &StoredEvent) -> String {
+    match &e.actor_subject {
+        Some(s) if s.starts_with(&format!("{}:", e.actor_kind)) => s.clone(),
+        Some(s) => format!("{s} ({})", e.actor_kind),
+        None => e.actor_kind.clone(),
+    }
+}
+
 fn log_section(tenant: &str, v: &LogView, other: Option<&str>) -> Markup {
     let name = v.log.as_str();
     let (title, id) = match v.log {
@@ -163,7 +172,7 @@ fn log_section(tenant: &str, v: &LogView, other: Option<&str>) -> Markup {
                 thead { tr { th scope="col" { "Position" } th scope="col" { "When" } th scope="col" { "Action" } th scope="col" { "Actor" } th scope="col" { "Target" } th scope="col" { "Outcome" } } }
                 tbody { @for e in &v.events { tr {
                     td { (opt(e.chain_pos)) } td { (when(e.occurred_at_us)) } th scope="row" { (e.action) }
-                    td { (e.actor_kind) @if let Some(s) = &e.actor_subject { " " (s) } }
+                    td { (actor(e)) }
                     td { (opt(e.target.as_deref())) } td { (e.outcome) }
                 } } }
             } }

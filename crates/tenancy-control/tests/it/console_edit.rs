@@ -311,7 +311,7 @@ async fn console_tenant_page_lists_both_audit_logs_newest_first_with_verified_ch
     );
     assert!(resume < suspend, "newest first: {control}");
     assert!(
-        control.contains("<td>admin admin:"),
+        control.contains("<td>admin:"),
         "the operator is the actor: {control}"
     );
     assert!(
@@ -332,6 +332,10 @@ async fn console_tenant_page_lists_both_audit_logs_newest_first_with_verified_ch
         "newest first: {own}"
     );
     assert!(!own.contains(">invoice:4<"), "{own}");
+    assert!(
+        own.contains("<td>user-1 (user)</td>"),
+        "the actor and its kind: {own}"
+    );
     assert!(
         !page.contains("control_before="),
         "the control log fits one page"
