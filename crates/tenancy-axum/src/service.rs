@@ -60,7 +60,7 @@ fn with_request_id<E>(
 /// futures that already hold the trace context (a copy kept for the stamping alone would
 /// push the per-request future past 1 KB).
 fn traced(mut resp: Response, trace: &TraceParent) -> Response {
-    if let Ok(v) = http::HeaderValue::from_str(&trace.to_string()) {
+    if let Ok(v) = http::HeaderValue::from_bytes(&trace.header_bytes()) {
         resp.headers_mut().insert(TRACEPARENT.clone(), v);
     }
     resp
@@ -88,7 +88,8 @@ fn server_span(headers: &http::HeaderMap) -> TraceParent {
 /// Random bytes, not all zero (W3C forbids all-zero ids).
 fn nonzero_random<const N: usize>() -> [u8; N] {
     loop {
-        let b: [u8; N] = std::array::from_fn(|_| rand::random());
+        let mut b = [0u8; N];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
         if b.iter().any(|x| *x != 0) {
             return b;
         }

@@ -111,15 +111,24 @@ fn is_lower_hex(s: &str) -> bool {
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+impl TraceParent {
+    /// The `traceparent` header's bytes (`00-<trace>-<span>-<flags>`, 55 ASCII bytes),
+    /// written without allocating: the request layer stamps one on every response.
+    pub fn header_bytes(&self) -> [u8; 55] {
+        let mut out = [b'-'; 55];
+        out[..2].copy_from_slice(b"00");
+        // Both slices have exactly twice the input's length, so encoding cannot fail.
+        let _ = hex::encode_to_slice(self.trace_id, &mut out[3..35]);
+        let _ = hex::encode_to_slice(self.parent_id, &mut out[36..52]);
+        let _ = hex::encode_to_slice([self.flags], &mut out[53..55]);
+        out
+    }
+}
+
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            hex::encode(self.trace_id),
-            hex::encode(self.parent_id),
-            self.flags
-        )
+        let bytes = self.header_bytes();
+        f.write_str(std::str::from_utf8(&bytes).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -154,6 +163,7 @@ mod tests {
         assert_eq!(hex::encode(t.parent_id()), "00f067aa0ba902b7");
         assert!(t.sampled());
         assert_eq!(t.to_string(), ok);
+        assert_eq!(&t.header_bytes()[..], ok.as_bytes());
         // A later version with the same first fields is read, and written as 00.
         let v1 = TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-x")
             .expect("future version");

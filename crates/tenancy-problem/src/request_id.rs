@@ -35,7 +35,10 @@ impl RequestId {
 
     /// A new id: 32 random hex digits.
     pub fn generate() -> Self {
-        RequestId(Arc::from(hex::encode(rand::random::<[u8; 16]>())))
+        let mut buf = [0u8; 32];
+        // 32 bytes for 16 encoded: cannot fail; the digits are ASCII.
+        let _ = hex::encode_to_slice(rand::random::<[u8; 16]>(), &mut buf);
+        RequestId(Arc::from(std::str::from_utf8(&buf).unwrap_or_default()))
     }
 
     /// The client's `X-Request-Id` when it is usable, else a new one.
