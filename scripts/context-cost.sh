@@ -46,7 +46,12 @@ mkdir -p "$work/cg"
     --cachegrind-out-file="$work/cg/cg.%p" "$pg_bin/postgres" -D "$work/data" -p "$port" -k "$work" \
     -c listen_addresses= -c autovacuum=off -c shared_buffers=128MB >"$work/server.log" 2>&1 &
 server=$!
-stop() { kill -INT "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
+# The postmaster runs under runuser and valgrind: pg_ctl stops it (a signal to runuser
+# would not reach it), then the script waits for valgrind to write its last counts.
+stop() {
+    "${run_as[@]}" "$pg_bin/pg_ctl" -D "$work/data" -m fast -w stop >/dev/null 2>&1 || kill -TERM "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+}
 trap stop EXIT
 for _ in $(seq 1 600); do
     psql -X -q -h "$work" -p "$port" -U postgres -d postgres -c 'SELECT 1' >/dev/null 2>&1 && break
