@@ -12,6 +12,7 @@ use crate::pool::{parse_opening_reply, Conn, Lease};
 use crate::wire;
 use crate::Error;
 
+mod finish;
 mod opening;
 mod ops;
 
