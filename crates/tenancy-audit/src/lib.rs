@@ -371,3 +371,21 @@ pub async fn record(tx: &mut TenantTx, event: &Event) -> Result<(), Error> {
         .await?;
     Ok(())
 }
+
+/// Records `event` as the last statement of `tx` and commits, in one round trip: the
+/// event's INSERT and the COMMIT are sent together
+/// ([`TenantTx::execute_and_commit`]). The same outcome as [`record`] then
+/// `commit`: the event and the change both commit, or, if the event is refused or the
+/// commit fails, neither does and the error is returned.
+///
+/// Use it when the event is the transaction's last statement, which it usually is (the
+/// change, then its event, then the commit); an audited write then costs the same number
+/// of round trips as the write alone.
+pub async fn record_and_commit(tx: TenantTx, event: &Event) -> Result<(), Error> {
+    event.check()?;
+    let tenant = tx.tenant().as_uuid();
+    let names = event.names();
+    tx.execute_and_commit(&insert_sql(Log::Tenant), &event.values(&tenant, &names))
+        .await?;
+    Ok(())
+}

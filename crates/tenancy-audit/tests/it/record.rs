@@ -225,3 +225,104 @@ async fn recording_does_not_serialize_a_tenants_transactions() {
         .get(0);
     assert_eq!((total, sealed + report.sealed), (2, 2));
 }
+
+/// `record_and_commit` sends the event's INSERT and the COMMIT together: the change and its
+/// event still commit together or not at all, whichever of the two fails.
+#[tokio::test]
+async fn an_event_sent_with_its_commit_exists_exactly_when_its_change_committed() {
+    let db = fresh_db().await;
+    let owner = owner(&db).await;
+    // A deferred unique key fails at COMMIT, after the event's INSERT succeeded.
+    owner
+        .batch_execute(
+            "CREATE TABLE deferred_notes (tenant_id uuid NOT NULL, id bigint NOT NULL, \
+               UNIQUE (tenant_id, id) DEFERRABLE INITIALLY DEFERRED); \
+             SELECT tenancy.make_tenant_table('deferred_notes');",
+        )
+        .await
+        .expect("deferred table");
+    let pool = pool(&db, 1);
+    let t = TenantId::new_random();
+
+    // The change and its event commit.
+    let mut tx = pool.begin(t).await.expect("begin");
+    tx.execute("INSERT INTO notes (id, body) VALUES (1, 'one')", &[])
+        .await
+        .expect("insert");
+    tenancy_audit::record_and_commit(tx, &event("note.create", 1))
+        .await
+        .expect("record and commit");
+    assert_eq!(
+        (note_count(&owner, t, 1).await, count(&owner, t).await),
+        (1, 1)
+    );
+
+    // The database refuses the event (jsonb has no NUL character): the change does not
+    // commit without it.
+    let mut tx = pool.begin(t).await.expect("begin");
+    tx.execute("INSERT INTO notes (id, body) VALUES (2, 'two')", &[])
+        .await
+        .expect("insert");
+    let refused = event("note.create", 2).after(serde_json::json!({ "body": "a\u{0}b" }));
+    let err = tenancy_audit::record_and_commit(tx, &refused)
+        .await
+        .expect_err("an event the database refuses");
+    assert!(matches!(err, tenancy_audit::Error::Tx(_)), "{err}");
+    assert_eq!(
+        (note_count(&owner, t, 2).await, count(&owner, t).await),
+        (0, 1)
+    );
+
+    // The COMMIT fails after the event was inserted: the event goes with the change.
+    let mut tx = pool.begin(t).await.expect("begin");
+    tx.execute("INSERT INTO deferred_notes (id) VALUES (7), (7)", &[])
+        .await
+        .expect("the duplicate is checked at commit");
+    let err = tenancy_audit::record_and_commit(tx, &event("note.create", 7))
+        .await
+        .expect_err("the commit fails");
+    assert!(format!("{err:?}").contains("23505"), "{err:?}");
+    assert_eq!(count(&owner, t).await, 1);
+
+    // Refused before reaching the database: nothing is sent, nothing commits.
+    let mut tx = pool.begin(t).await.expect("begin");
+    tx.execute("INSERT INTO notes (id, body) VALUES (3, 'three')", &[])
+        .await
+        .expect("insert");
+    let err = tenancy_audit::record_and_commit(tx, &event("has space", 3))
+        .await
+        .expect_err("invalid action");
+    assert!(matches!(err, tenancy_audit::Error::Invalid(_)), "{err}");
+    assert_eq!(
+        (note_count(&owner, t, 3).await, count(&owner, t).await),
+        (0, 1)
+    );
+
+    // The event as the transaction's only statement: sent after the opening, then committed.
+    let tx = pool.begin(t).await.expect("begin");
+    tenancy_audit::record_and_commit(tx, &event("note.view", 4))
+        .await
+        .expect("record and commit alone");
+    assert_eq!(count(&owner, t).await, 2);
+
+    // The pooled connection is clean for the next transaction of another tenant.
+    let other = TenantId::new_random();
+    let mut tx = pool.begin(other).await.expect("begin");
+    let seen = tx
+        .query("SELECT tenant_id FROM tenancy.audit_events", &[])
+        .await
+        .expect("read");
+    tx.commit().await.expect("commit");
+    assert!(seen.is_empty(), "{seen:?}");
+}
+
+async fn note_count(owner: &tokio_postgres::Client, tenant: TenantId, id: i64) -> i64 {
+    owner
+        .query_one(
+            "SELECT count(*) FROM notes WHERE tenant_id = $1 AND id = $2",
+            &[&tenant.as_uuid(), &id],
+        )
+        .await
+        .expect("count notes")
+        .get(0)
+}
