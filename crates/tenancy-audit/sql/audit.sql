@@ -14,32 +14,11 @@
 -- transactional, `pg_current_xact_id()` reads the transaction's own id), so concurrent
 -- audited transactions of one tenant do not wait for each other; the chain is made later,
 -- in insertion order, by the sealer.
+--
+-- The columns are those of the control plane's log (tenancy-catalog's
+-- `sql/audit_event_columns.sql`, put in place of the marker when this file is installed).
 CREATE TABLE IF NOT EXISTS tenancy.audit_events (
-    tenant_id     uuid NOT NULL,
-    seq           bigint GENERATED ALWAYS AS IDENTITY,
-    -- The inserting transaction: the sealer takes only events whose transaction ended.
-    xid           xid8 NOT NULL DEFAULT pg_current_xact_id(),
-    occurred_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
-    actor_kind    text NOT NULL CHECK (actor_kind IN ('user', 'api_key', 'admin', 'worker', 'system')),
-    actor_subject text CHECK (octet_length(actor_subject) <= 1024),
-    actor_key_id  text CHECK (octet_length(actor_key_id) <= 256),
-    action        text NOT NULL CHECK (action ~ '^[A-Za-z][A-Za-z0-9_.:/-]{0,127}$'),
-    target        text CHECK (octet_length(target) <= 1024),
-    before        jsonb,
-    after         jsonb,
-    request_id    text CHECK (octet_length(request_id) <= 256),
-    trace_id      text CHECK (octet_length(trace_id) <= 256),
-    client_addr   inet,
-    outcome       text NOT NULL CHECK (outcome IN ('success', 'failure', 'denied')),
-    -- Filled in by the sealer: position in the tenant's chain (1, 2, …), the hash of the
-    -- event before it (32 zero bytes for the first), and this event's hash.
-    chain_pos     bigint CHECK (chain_pos >= 1),
-    prev_hash     bytea CHECK (octet_length(prev_hash) = 32),
-    hash          bytea CHECK (octet_length(hash) = 32),
-    sealed_at     timestamptz,
-    PRIMARY KEY (tenant_id, seq),
-    UNIQUE (tenant_id, chain_pos),
-    CHECK ((chain_pos IS NULL) = (hash IS NULL) AND (hash IS NULL) = (prev_hash IS NULL))
+{{audit_event_columns}}
 );
 -- What the sealer reads: events not sealed yet, in insertion order.
 CREATE INDEX IF NOT EXISTS audit_events_unsealed_idx ON tenancy.audit_events (seq)

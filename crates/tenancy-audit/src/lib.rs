@@ -58,14 +58,21 @@ pub use verify::{
 };
 
 /// The SQL that creates the audit table, its policies and its append-only trigger; run it
-/// as the owner role after the tenancy runtime is installed, e.g. with [`install`].
-pub const AUDIT_SQL: &str = include_str!("../sql/audit.sql");
+/// as the owner role after the tenancy runtime is installed, e.g. with [`install`]. Its
+/// columns are the catalog's [`tenancy_catalog::AUDIT_EVENT_COLUMNS`], those of the
+/// control plane's log.
+pub fn audit_sql() -> String {
+    include_str!("../sql/audit.sql").replace(
+        tenancy_catalog::AUDIT_EVENT_COLUMNS_MARKER,
+        tenancy_catalog::AUDIT_EVENT_COLUMNS.trim_end(),
+    )
+}
 
 /// The SQL that creates the catalog's audit tables (`tenancy_catalog.audit_checkpoints`,
 /// `audit_anchors` and the control plane's log `audit_log`): the catalog's migration
-/// `0011_audit.sql`, which is idempotent; run it as the owner role on the catalog
+/// `0011_audit`, which is idempotent; run it as the owner role on the catalog
 /// database, e.g. with [`install_catalog`].
-pub const CHECKPOINTS_SQL: &str = include_str!("../../tenancy-catalog/migrations/0011_audit.sql");
+pub const CHECKPOINTS_SQL: &str = tenancy_catalog::AUDIT_MIGRATION_SQL;
 
 /// Installs (or updates) the catalog's audit tables. `catalog` must be connected
 /// as the owner role to the catalog database, after the catalog migrations. Idempotent.
@@ -78,7 +85,7 @@ pub async fn install_catalog(
 /// Installs (or updates) the audit table. `owner` must be connected as the owner role to
 /// the tenant database. Idempotent.
 pub async fn install(owner: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
-    owner.batch_execute(AUDIT_SQL).await
+    owner.batch_execute(&audit_sql()).await
 }
 
 /// What went wrong.

@@ -51,41 +51,21 @@ END
 $do$;
 REVOKE ALL ON tenancy_catalog.audit_anchors FROM PUBLIC;
 
--- The columns, their limits and the chain fields are those of a tenant log
--- (tenancy-audit's sql/audit.sql), so one hash function and one sealer serve both; what
--- the control plane records in each is noted here.
+-- The columns, their limits and the chain fields are those of a tenant log (the shared
+-- column list `sql/audit_event_columns.sql`, which the build puts in place of the marker
+-- below and tenancy-audit uses for the tenant table), so one hash function and one sealer
+-- serve both. What the control plane records in them:
+-- - tenant_id: the tenant the change concerns; the nil UUID for platform-wide changes
+--   (one chain per tenant concerned, and the platform's);
+-- - who: `admin` with `admin:<token principal>` (API) or `cli:<user>` (command line),
+--   `worker` for the sealer's purges, `system` for signups and billing events;
+-- - what: `tenant.<workflow kind>`, `tenant.legal_hold.set`, `config.<entity>.<action>`,
+--   `audit.purge`, …, on `tenant:<id>` or `<entity>:<key>`;
+-- - before and after: digests (`{"sha256": …}`) of the state, never the values;
+-- - where: the request's id, trace and client address (none for workers);
+-- - the chain fields, filled by the sealer under the control log's own hash domain.
 CREATE TABLE IF NOT EXISTS tenancy_catalog.audit_log (
-    -- The tenant the change concerns; the nil UUID for platform-wide changes.
-    tenant_id     uuid NOT NULL,
-    seq           bigint GENERATED ALWAYS AS IDENTITY,
-    xid           xid8 NOT NULL DEFAULT pg_current_xact_id(),
-    occurred_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
-    -- Who: `admin` with `admin:<token principal>` (API) or `cli:<user>` (command line),
-    -- `worker` for the sealer's purges, `system` for signups and billing events.
-    actor_kind    text NOT NULL CHECK (actor_kind IN ('user', 'api_key', 'admin', 'worker', 'system')),
-    actor_subject text CHECK (octet_length(actor_subject) <= 1024),
-    actor_key_id  text CHECK (octet_length(actor_key_id) <= 256),
-    -- What: `tenant.<workflow kind>`, `tenant.legal_hold.set`, `config.<entity>.<action>`,
-    -- `audit.purge`, …, on `tenant:<id>` or `<entity>:<key>`.
-    action        text NOT NULL CHECK (action ~ '^[A-Za-z][A-Za-z0-9_.:/-]{0,127}$'),
-    target        text CHECK (octet_length(target) <= 1024),
-    -- Digests (`{"sha256": …}`) of the state before and after, never the values.
-    before        jsonb,
-    after         jsonb,
-    -- Where: the request's id, trace and client address (none for workers).
-    request_id    text CHECK (octet_length(request_id) <= 256),
-    trace_id      text CHECK (octet_length(trace_id) <= 256),
-    client_addr   inet,
-    outcome       text NOT NULL CHECK (outcome IN ('success', 'failure', 'denied')),
-    -- The chain, filled by the sealer under its own hash domain.
-    chain_pos     bigint CHECK (chain_pos >= 1),
-    prev_hash     bytea CHECK (octet_length(prev_hash) = 32),
-    hash          bytea CHECK (octet_length(hash) = 32),
-    sealed_at     timestamptz,
-    -- One chain per tenant concerned, and the platform's.
-    PRIMARY KEY (tenant_id, seq),
-    UNIQUE (tenant_id, chain_pos),
-    CHECK ((chain_pos IS NULL) = (hash IS NULL) AND (hash IS NULL) = (prev_hash IS NULL))
+{{audit_event_columns}}
 );
 CREATE INDEX IF NOT EXISTS audit_log_unsealed_idx ON tenancy_catalog.audit_log (seq)
     WHERE chain_pos IS NULL;

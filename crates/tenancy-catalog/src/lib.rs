@@ -49,7 +49,10 @@ pub use domains::{
     tenant_for_domain, ApiKeyGrant, ApiKeyRecord, CHANGES_CHANNEL,
 };
 pub use lookups::{cluster_route, tenant_route, tenant_route_by_slug, ClusterRoute, TenantRoute};
-pub use migrate::{migrate, migrate_for_tests, Migration, MIGRATIONS};
+pub use migrate::{
+    migrate, migrate_for_tests, Migration, AUDIT_EVENT_COLUMNS, AUDIT_EVENT_COLUMNS_MARKER,
+    AUDIT_MIGRATION_SQL, MIGRATIONS,
+};
 pub use requests::{
     count_tenants_by_state, idempotency_abandon, idempotency_begin, idempotency_complete,
     link_billing_event, record_billing_event, IdempotencyBegin,

@@ -16,6 +16,21 @@ pub struct Migration {
 
 include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
 
+/// The columns and table constraints of an audit event table (`sql/audit_event_columns.sql`):
+/// the control plane's log (`tenancy_catalog.audit_log`, migration `0011_audit`) and every
+/// tenant database's `tenancy.audit_events` (tenancy-audit) share them, so one hash
+/// function and one sealer serve both. Migrations hold the marker
+/// [`AUDIT_EVENT_COLUMNS_MARKER`] where the build puts them.
+pub const AUDIT_EVENT_COLUMNS: &str = include_str!("../sql/audit_event_columns.sql");
+
+/// The line that stands for [`AUDIT_EVENT_COLUMNS`] in a `CREATE TABLE` of an SQL file.
+pub const AUDIT_EVENT_COLUMNS_MARKER: &str = "{{audit_event_columns}}";
+
+/// Migration `0011_audit` as applied (its columns in place): the catalog's audit tables.
+/// Idempotent; tenancy-audit runs it on catalogs whose audit tables predate it.
+pub const AUDIT_MIGRATION_SQL: &str =
+    include_str!(concat!(env!("OUT_DIR"), "/migrations/0011_audit.sql"));
+
 fn checksum(sql: &str) -> String {
     hex::encode(Sha256::digest(sql.as_bytes()))
 }
@@ -104,4 +119,37 @@ pub async fn migrate_for_tests(
     migrations: &[Migration],
 ) -> Result<Vec<i32>, CatalogError> {
     migrate_with(client, migrations).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Released migrations are embedded byte for byte (their applied checksums must never
+    /// change); only a migration with a marker is expanded, and no marker is left behind.
+    #[test]
+    fn migrations_are_embedded_as_written_except_for_their_markers() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        for m in MIGRATIONS {
+            let file = std::fs::read_to_string(dir.join(format!("{}.sql", m.name)))
+                .expect("migration file");
+            assert!(!m.sql.contains("{{"), "{}: a marker was left", m.name);
+            if file.contains(AUDIT_EVENT_COLUMNS_MARKER) {
+                assert_eq!(
+                    m.sql,
+                    file.replace(AUDIT_EVENT_COLUMNS_MARKER, AUDIT_EVENT_COLUMNS.trim_end()),
+                    "{}",
+                    m.name
+                );
+            } else {
+                assert_eq!(m.sql, file, "{} is not embedded as written", m.name);
+            }
+        }
+        let audit = MIGRATIONS
+            .iter()
+            .find(|m| m.name == "0011_audit")
+            .expect("0011_audit");
+        assert_eq!(audit.sql, AUDIT_MIGRATION_SQL);
+        assert!(AUDIT_MIGRATION_SQL.contains(AUDIT_EVENT_COLUMNS.trim_end()));
+    }
 }
