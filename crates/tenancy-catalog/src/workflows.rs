@@ -173,11 +173,15 @@ pub async fn start_provisioning(
     actor: &str,
 ) -> Result<(Tenant, Workflow), CatalogError> {
     let tenant = create_tenant_in(tx, t, actor).await?;
-    let wf = insert_workflow(tx, tenant.id, WorkflowKind::Provision, input, actor).await?;
+    let wf = enqueue_workflow(tx, tenant.id, WorkflowKind::Provision, input, actor).await?;
     Ok((tenant, wf))
 }
 
-async fn insert_workflow(
+/// Queues a lifecycle workflow for an existing tenant (it runs after the tenant's earlier
+/// workflows) and wakes the workers. The workflow is inserted only if the tenant exists,
+/// in the same statement, so an unknown tenant is [`CatalogError::TenantNotFound`]
+/// rather than a foreign-key error.
+pub async fn enqueue_workflow(
     tx: &Transaction<'_>,
     tenant: TenantId,
     kind: WorkflowKind,
@@ -185,10 +189,11 @@ async fn insert_workflow(
     actor: &str,
 ) -> Result<Workflow, CatalogError> {
     let row = tx
-        .query_one(
+        .query_opt(
             &format!(
                 "INSERT INTO tenancy_catalog.workflows (id, tenant_id, kind, input, actor)
-                 VALUES ($1, $2, $3, $4, $5) RETURNING {WF_COLUMNS}"
+                 SELECT $1, t.id, $3, $4, $5 FROM tenancy_catalog.tenants t WHERE t.id = $2
+                 RETURNING {WF_COLUMNS}"
             ),
             &[
                 &Uuid::new_v4(),
@@ -199,7 +204,8 @@ async fn insert_workflow(
             ],
         )
         .await
-        .map_err(CatalogError::db("recording a workflow"))?;
+        .map_err(CatalogError::db("recording a workflow"))?
+        .ok_or_else(|| CatalogError::TenantNotFound(tenant.to_string()))?;
     tx.execute(
         "SELECT pg_notify('tenancy_workflows', $1::text)",
         &[&tenant.to_string()],
@@ -207,29 +213,6 @@ async fn insert_workflow(
     .await
     .map_err(CatalogError::db("notifying workers"))?;
     workflow_from_row(&row)
-}
-
-/// Queues a lifecycle workflow for an existing tenant (it runs after the tenant's earlier
-/// workflows).
-pub async fn enqueue_workflow(
-    tx: &Transaction<'_>,
-    tenant: TenantId,
-    kind: WorkflowKind,
-    input: &serde_json::Value,
-    actor: &str,
-) -> Result<Workflow, CatalogError> {
-    let exists = tx
-        .query_opt(
-            "SELECT 1 FROM tenancy_catalog.tenants WHERE id = $1 FOR KEY SHARE",
-            &[&tenant.as_uuid()],
-        )
-        .await
-        .map_err(CatalogError::db("reading a tenant"))?
-        .is_some();
-    if !exists {
-        return Err(CatalogError::TenantNotFound(tenant.to_string()));
-    }
-    insert_workflow(tx, tenant, kind, input, actor).await
 }
 
 /// Claims the oldest runnable workflow (or the given one), locking its row until `tx`
