@@ -471,23 +471,17 @@ async fn probe_table(
     }
     // 2. As A: rows of other tenants (pre-existing ones included).
     cross_checks(client, tb, &a, "tenant A", out).await?;
-    if let Ok(plan) = &plan {
-        if tb.ins {
-            // 3. Insert a row for another tenant.
-            if attempt(client, &insert_sql(tb, plan, &b, true), false)
-                .await?
-                .is_ok()
-            {
-                out.push(Finding::new(
-                    "probe-foreign-insert",
-                    Severity::Error,
-                    &obj,
-                    format!("Acting as tenant A, the runtime role {} inserted a row into {obj} with {} = B (another tenant).", t.role, tb.col_name),
-                    format!("ALTER POLICY <policy> ON {q} WITH CHECK ({c} = (SELECT <context function>()));"),
-                ));
-            }
-        }
-    }
+    // 3. Insert a row for another tenant.
+    foreign_insert(
+        client,
+        tb,
+        &plan,
+        &b,
+        format!("Acting as tenant A, the runtime role {} inserted a row into {obj} with {} = B (another tenant).", t.role, tb.col_name),
+        format!("ALTER POLICY <policy> ON {q} WITH CHECK ({c} = (SELECT <context function>()));"),
+        out,
+    )
+    .await?;
     if have_a && tb.upd {
         // 4. Move A's row to B.
         if let Ok(n) = attempt(
@@ -556,21 +550,16 @@ async fn probe_table(
     }
     cross_checks(client, tb, if still_a { &a } else { &b }, who, out).await?;
     if signed && !still_a {
-        if let Ok(plan) = &plan {
-            if tb.ins
-                && attempt(client, &insert_sql(tb, plan, &a, true), false)
-                    .await?
-                    .is_ok()
-            {
-                out.push(Finding::new(
-                    "probe-foreign-insert",
-                    Severity::Error,
-                    &obj,
-                    format!("With {who}, the runtime role {} inserted a row for tenant A into {obj}.", t.role),
-                    format!("ALTER POLICY <policy> ON {q} WITH CHECK ({c} = (SELECT tenancy.current_tenant_id()));"),
-                ));
-            }
-        }
+        foreign_insert(
+            client,
+            tb,
+            &plan,
+            &a,
+            format!("With {who}, the runtime role {} inserted a row for tenant A into {obj}.", t.role),
+            format!("ALTER POLICY <policy> ON {q} WITH CHECK ({c} = (SELECT tenancy.current_tenant_id()));"),
+            out,
+        )
+        .await?;
     }
     // 6. Existence oracle: B inserts A's unique values.
     if have_a && !signed {
@@ -600,6 +589,34 @@ async fn probe_table(
             .batch_execute("ROLLBACK")
             .await
             .map_err(sql_err("rolling back the probe"))?;
+    }
+    Ok(())
+}
+
+/// Check `probe-foreign-insert`: in the current context, inserting a row whose tenant
+/// column names `other` must be refused. `what` says who acted, `fix` how to refuse it.
+async fn foreign_insert(
+    client: &Client,
+    tb: &Table,
+    plan: &Result<RowPlan, String>,
+    other: &str,
+    what: String,
+    fix: String,
+    out: &mut Vec<Finding>,
+) -> Result<(), CheckError> {
+    let Ok(plan) = plan else { return Ok(()) };
+    if tb.ins
+        && attempt(client, &insert_sql(tb, plan, other, true), false)
+            .await?
+            .is_ok()
+    {
+        out.push(Finding::new(
+            "probe-foreign-insert",
+            Severity::Error,
+            tb.object(),
+            what,
+            fix,
+        ));
     }
     Ok(())
 }
