@@ -7,7 +7,7 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::log::{Log, PLATFORM};
-use crate::{db, insert_sql, Error, Event};
+use crate::{db, Error, Event, Insert};
 
 /// Records `event` in the control plane's log, in the chain of `tenant` (the tenant the
 /// change concerns; `None`: the platform chain). `catalog` is the catalog transaction of
@@ -17,11 +17,9 @@ pub async fn record_control(
     tenant: Option<Uuid>,
     event: &Event,
 ) -> Result<(), Error> {
-    event.check()?;
-    let tenant = tenant.unwrap_or(PLATFORM);
-    let names = event.names();
+    let insert = Insert::new(Log::Control, tenant.unwrap_or(PLATFORM), event)?;
     catalog
-        .execute(&insert_sql(Log::Control), &event.values(&tenant, &names))
+        .execute(&insert.sql, &insert.params())
         .await
         .map_err(db("recording a control-plane audit event"))?;
     Ok(())

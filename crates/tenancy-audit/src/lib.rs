@@ -324,45 +324,52 @@ impl Event {
     }
 }
 
-/// The INSERT of an event into `log`'s table; its parameters are [`Event::values`].
-pub(crate) fn insert_sql(log: Log) -> String {
-    format!(
-        "INSERT INTO {} \
-         (tenant_id, actor_kind, actor_subject, actor_key_id, action, target, before, after, \
-          request_id, trace_id, client_addr, outcome) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        log.table()
-    )
+/// An event checked and ready to go into `log`'s table for one tenant: the INSERT and
+/// the values its parameters borrow.
+pub(crate) struct Insert<'a> {
+    /// The INSERT; its parameters are [`Insert::params`].
+    pub(crate) sql: String,
+    event: &'a Event,
+    tenant: uuid::Uuid,
+    /// The stored names of the actor kind and the outcome.
+    names: (&'static str, &'static str),
 }
 
-/// The stored names of an event's actor kind and outcome, borrowed by [`Event::values`].
-pub(crate) type Names = (&'static str, &'static str);
-
-impl Event {
-    /// The names [`Event::values`] borrows.
-    pub(crate) fn names(&self) -> Names {
-        (self.actor.kind.as_str(), self.outcome.as_str())
+impl<'a> Insert<'a> {
+    /// Refuses what the table would refuse ([`Event::check`]), else the INSERT of `event`
+    /// into `log`'s chain of `tenant`.
+    pub(crate) fn new(log: Log, tenant: uuid::Uuid, event: &'a Event) -> Result<Self, Error> {
+        event.check()?;
+        Ok(Insert {
+            sql: format!(
+                "INSERT INTO {} \
+                 (tenant_id, actor_kind, actor_subject, actor_key_id, action, target, before, \
+                  after, request_id, trace_id, client_addr, outcome) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                log.table()
+            ),
+            event,
+            tenant,
+            names: (event.actor.kind.as_str(), event.outcome.as_str()),
+        })
     }
 
-    /// The parameters of [`insert_sql`] for this event of `tenant`.
-    pub(crate) fn values<'a>(
-        &'a self,
-        tenant: &'a uuid::Uuid,
-        names: &'a Names,
-    ) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 12] {
+    /// The parameters of [`Insert::sql`].
+    pub(crate) fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 12] {
+        let e = self.event;
         [
-            tenant,
-            &names.0,
-            &self.actor.subject,
-            &self.actor.key_id,
-            &self.action,
-            &self.target,
-            &self.before,
-            &self.after,
-            &self.request_id,
-            &self.trace_id,
-            &self.client_addr,
-            &names.1,
+            &self.tenant,
+            &self.names.0,
+            &e.actor.subject,
+            &e.actor.key_id,
+            &e.action,
+            &e.target,
+            &e.before,
+            &e.after,
+            &e.request_id,
+            &e.trace_id,
+            &e.client_addr,
+            &self.names.1,
         ]
     }
 }
@@ -371,11 +378,8 @@ impl Event {
 /// rolls back with it. The row-level security policy refuses an event for any tenant but
 /// the transaction's. No lock beyond the inserted row is taken.
 pub async fn record(tx: &mut TenantTx, event: &Event) -> Result<(), Error> {
-    event.check()?;
-    let tenant = tx.tenant().as_uuid();
-    let names = event.names();
-    tx.execute(&insert_sql(Log::Tenant), &event.values(&tenant, &names))
-        .await?;
+    let insert = Insert::new(Log::Tenant, tx.tenant().as_uuid(), event)?;
+    tx.execute(&insert.sql, &insert.params()).await?;
     Ok(())
 }
 
@@ -389,10 +393,7 @@ pub async fn record(tx: &mut TenantTx, event: &Event) -> Result<(), Error> {
 /// change, then its event, then the commit); an audited write then costs the same number
 /// of round trips as the write alone.
 pub async fn record_and_commit(tx: TenantTx, event: &Event) -> Result<(), Error> {
-    event.check()?;
-    let tenant = tx.tenant().as_uuid();
-    let names = event.names();
-    tx.execute_and_commit(&insert_sql(Log::Tenant), &event.values(&tenant, &names))
-        .await?;
+    let insert = Insert::new(Log::Tenant, tx.tenant().as_uuid(), event)?;
+    tx.execute_and_commit(&insert.sql, &insert.params()).await?;
     Ok(())
 }
