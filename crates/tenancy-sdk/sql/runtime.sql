@@ -192,6 +192,14 @@ BEGIN
     END IF;
     -- Signed fields only from here on; the signer writes them canonically.
     v1 := p[1] OPERATOR(pg_catalog.=) 'v1';
+    -- A backend with a session context (tenancy.init_session ran on it) takes no v1 token:
+    -- the SDK enters it with its session secret, so no v1 single-use mark is ever set
+    -- there, and a v1 token of it could only have been made to be replayed.
+    IF v1 AND EXISTS (SELECT 1 FROM tenancy_private.context_sessions s
+                       WHERE s.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()) THEN
+        RAISE EXCEPTION USING ERRCODE = '28000',
+            MESSAGE = 'tenancy: tenant context token refused: this connection enters tenants with its session context';
+    END IF;
     IF v1 THEN
         IF p[4] OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()::pg_catalog.text THEN
             RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: tenant context token was issued for another connection';

@@ -177,7 +177,12 @@ async fn hostile_session_settings_neither_lose_nor_forge_the_session_context() {
             Some(a.as_uuid()),
             "{set} lost the context"
         );
-        assert_eq!(crate::context::count_tenant(&c, a).await, 1, "{set}");
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM public.customers", &[])
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(n, 1, "{set}");
         c.batch_execute("COMMIT").await.expect("commit");
         c.batch_execute(&format!("BEGIN; {set}")).await.expect(set);
         assert_eq!(
@@ -342,14 +347,16 @@ async fn temporary_objects_of_the_runtime_role_cannot_forge_a_session_context() 
 async fn a_connection_whose_session_context_was_dropped_or_burnt_is_retired_without_an_error() {
     let (db, a, b) = set_up().await;
     let p = pool(&db, 1);
-    let injected = [
-        "DISCARD TEMP",
-        "COMMIT; DISCARD ALL; BEGIN",
-        "DISCARD SEQUENCES",
-        "SELECT tenancy.enter_session(0, 0, 0)",
-        "SELECT setval('pg_temp.tenancy_ctx_hi', 0)",
+    // Each a list of simple queries (DISCARD ALL must run outside a transaction block).
+    let injected: [&[&str]; 5] = [
+        &["DISCARD TEMP"],
+        &["COMMIT", "DISCARD ALL"],
+        &["DISCARD SEQUENCES"],
+        &["SELECT tenancy.enter_session(0, 0, 0)"],
+        &["SELECT setval('pg_temp.tenancy_ctx_hi', 0)"],
     ];
-    for sql in injected {
+    for sqls in injected {
+        let sql = sqls.join("; ");
         for read_only in [false, true] {
             let mut tx = p.begin(a).await.expect("begin a");
             assert_eq!(
@@ -364,7 +371,9 @@ async fn a_connection_whose_session_context_was_dropped_or_burnt_is_retired_with
                 .await
                 .expect("pid")
                 .get(0);
-            let _ = tx.batch_execute(sql).await;
+            for sql in sqls {
+                let _ = tx.batch_execute(sql).await;
+            }
             let _ = tx.commit().await;
             let run = async {
                 let mut tx = if read_only {
