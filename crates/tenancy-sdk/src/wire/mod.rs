@@ -42,6 +42,11 @@
 //!   BindComplete, ParseComplete, DataRow and CommandComplete until each inserted
 //!   statement has completed. Asynchronous messages (notices, parameter status,
 //!   notifications) always pass.
+//! - One dropped reply is read rather than only dropped: the DataRow of an inserted
+//!   `tenancy.enter_session` (the PL/pgSQL session context) is the connection's next
+//!   secret, handed to the connection state ([`machine::Machine::take_secret`]) as soon as
+//!   it arrives, even when the request that carried it then fails (the server rotated the
+//!   secret either way). A connection without a secret cannot open again and is retired.
 //! - If an inserted statement fails, its ErrorResponse passes through: the server skips
 //!   the rest up to the Sync, so the ErrorResponse becomes the reply to the request that
 //!   carried it, and that request fails with the refusal (recorded so the SDK reports it
