@@ -6,17 +6,19 @@
 # scenario twice, with 200 and 1,200 transactions, and the difference of the backend's
 # counts divided by 1,000 is the cost of one transaction, without connection start-up.
 #
-# Databases: `plpgsql` has the PL/pgSQL context of crates/tenancy-sdk/sql/runtime.sql and
-# the design probe of scripts/context-cost/session-probe.sql; `native` has the C context
-# (the tenancy_context library must be installed in the server: see extensions/).
+# Databases: `plpgsql` has the PL/pgSQL context of crates/tenancy-sdk/sql/runtime.sql;
+# `native` has the C context (the tenancy_context library must be installed in the
+# server: see extensions/).
 # Scenarios (each BEGIN … COMMIT, tenant and row chosen at random):
 #   empty       SELECT 1
 #   plain       the point read on a table without RLS, tenant predicate written out
 #   naive       set_config('app.tenant_id') then the read under a current_setting policy
 #   sign        a v2 token signed in SQL (what the context scenarios pay on top; subtracted)
-#   enter       tenancy.enter(token), no read
+#   enter       tenancy.enter(token), no read (the opening behind a transaction-mode pooler)
 #   context     tenancy.enter(token) then the read under the installed policy
-#   probe_enter / probe   the same with the probe's enter_s and policy
+#   session_enter / session   the same with the session context of direct connections
+#               (PL/pgSQL: tenancy.enter_session(hi, lo, secret), the secret each call
+#               returns carried to the next; tenancy.init_session() once per connection)
 # Output: one line per scenario, then the overhead of each context over `plain`.
 #
 #   scripts/context-cost.sh                 # about 5 minutes
@@ -72,7 +74,6 @@ psql_su -d native -c "SET ROLE tenancy_owner" -f "$sql/runtime.sql"
 for db in plpgsql native; do
     psql_su -d "$db" -c "SELECT tenancy.install_context_key('k1', repeat('ab', 32))" -f scripts/context-cost/tables.sql
 done
-psql_su -d plpgsql -f scripts/context-cost/session-probe.sql
 impl=$(psql -X -At -h "$work" -p "$port" -U postgres -d native -c \
     "SELECT l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang WHERE p.oid = 'tenancy.enter(text)'::regprocedure")
 
@@ -89,16 +90,23 @@ scenario sign 'SELECT sign_token(:t);'
 scenario enter 'SELECT tenancy.enter(sign_token(:t));'
 scenario context 'SELECT tenancy.enter(sign_token(:t));
 SELECT payload FROM items WHERE id = :id;'
-scenario probe_enter 'SELECT tenancy.enter_s(0, :t, :s) AS s \gset'
-scenario probe 'SELECT tenancy.enter_s(0, :t, :s) AS s \gset
-SELECT payload FROM items_probe WHERE id = :id;'
+# pgbench runs a script per transaction: the session's first one (secret still 0, from
+# -D) initialises it.
+init='\if :secret = 0
+SELECT tenancy.init_session() AS secret \gset
+\endif'
+scenario session_enter "$init
+SELECT tenancy.enter_session(0, :t, :secret) AS secret \gset"
+scenario session "$init
+SELECT tenancy.enter_session(0, :t, :secret) AS secret \gset
+SELECT payload FROM items WHERE id = :id;"
 
 # Instructions of the backend that ran `n` transactions of scenario $1 on database $2:
 # the largest count among the processes that ended meanwhile (autovacuum is off).
 count() {
     local before after f best=0 v
     before=$(ls "$work/cg")
-    pgbench -n -M prepared -D s=0 -h "$work" -p "$port" -U tenancy_app -c 1 -t "$3" -f "$work/$1.sql" "$2" \
+    pgbench -n -M prepared -D secret=0 -h "$work" -p "$port" -U tenancy_app -c 1 -t "$3" -f "$work/$1.sql" "$2" \
         >"$work/pgbench.log" 2>&1 || { cat "$work/pgbench.log" >&2; exit 1; }
     for _ in $(seq 1 100); do
         after=$(comm -13 <(echo "$before") <(ls "$work/cg"))
@@ -120,15 +128,15 @@ measure() {
     cost[$key]=$(( (b - a) / 1000 ))
     printf '%-10s %-20s %9d instructions per transaction\n' "$2" "$1" "${cost[$key]}"
 }
-for s in empty plain naive sign enter context probe_enter probe; do measure "$s" plpgsql; done
+for s in empty plain naive sign enter context session_enter session; do measure "$s" plpgsql; done
 for s in empty plain sign enter context; do measure "$s" native; done
 echo
 echo "overhead over plain (the read alone), per transaction:"
 p=plpgsql
 printf '  naive (set_config + policy on a setting)      %9d\n' $(( cost[$p/naive] - cost[$p/plain] ))
-printf '  PL/pgSQL context (enter + read)              %9d   (enter alone %d)\n' \
+printf '  PL/pgSQL token context (enter + read)        %9d   (enter alone %d)\n' \
     $(( cost[$p/context] - cost[$p/sign] + cost[$p/empty] - cost[$p/plain] )) $(( cost[$p/enter] - cost[$p/sign] + cost[$p/empty] - cost[$p/empty] ))
-printf '  probe: sequences + session secret (enter + read) %6d   (enter alone %d)\n' \
-    $(( cost[$p/probe] - cost[$p/plain] )) $(( cost[$p/probe_enter] - cost[$p/empty] ))
+printf '  PL/pgSQL session context (enter + read)      %9d   (enter alone %d)\n' \
+    $(( cost[$p/session] - cost[$p/plain] )) $(( cost[$p/session_enter] - cost[$p/empty] ))
 printf '  %s context on database native (enter + read) %9d   (enter alone %d)\n' "$impl" \
     $(( cost[native/context] - cost[native/sign] + cost[native/empty] - cost[native/plain] )) $(( cost[native/enter] - cost[native/sign] ))

@@ -63,7 +63,8 @@ pub(crate) struct Target {
     pub database: String,
     pub version: i32,
     pub managed: bool,
-    /// `native` or `plpgsql`: the language of `tenancy.current_tenant_id()`.
+    /// `native` or `plpgsql`: from the language of `tenancy.current_tenant_id()` (C for
+    /// native; SQL, reading the PL/pgSQL session context, or PL/pgSQL for the other).
     pub context_impl: Option<String>,
     pub role: String,
     pub role_oid: u32,
@@ -80,7 +81,7 @@ pub(crate) async fn target(client: &Client, opts: &Options) -> Result<Target, Ch
          EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
                   WHERE n.nspname = 'tenancy' AND p.proname = 'current_tenant_id' AND p.pronargs = 0) \
          AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_app'), \
-         (SELECT CASE l.lanname WHEN 'c' THEN 'native' ELSE l.lanname::text END FROM pg_catalog.pg_proc p \
+         (SELECT CASE WHEN l.lanname = 'c' THEN 'native' WHEN l.lanname IN ('sql', 'plpgsql') THEN 'plpgsql' ELSE l.lanname::text END FROM pg_catalog.pg_proc p \
             JOIN pg_catalog.pg_language l ON l.oid = p.prolang WHERE p.oid = to_regprocedure('tenancy.current_tenant_id()'))",
         &[],
         "reading the database name and version",

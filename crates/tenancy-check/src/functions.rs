@@ -28,8 +28,8 @@ pub(crate) struct Function {
     pub executable: bool,
     pub nargs: i16,
     pub name: String,
-    /// One of tenancy's own context functions (`tenancy.enter`, the native
-    /// `tenancy.enter_read_only`, `tenancy.current_tenant_id`), trusted by design.
+    /// One of tenancy's own context functions ([`CONTEXT_ENTRIES`], [`CONTEXT_READS`]),
+    /// trusted by design.
     pub trusted: bool,
     /// Declared a narrow lookup by its comment ([`NARROW_LOOKUP_MARK`]) and not owned by
     /// the runtime role (which could otherwise declare its own functions narrow).
@@ -59,6 +59,20 @@ pub(crate) fn context_functions(funcs: &[Function]) -> Vec<String> {
     out.dedup();
     out
 }
+
+/// tenancy's functions that enter a context (schema `tenancy`, comment
+/// `tenancy:context-enter`): the token openings, and the PL/pgSQL session context's
+/// initialisation and openings.
+const CONTEXT_ENTRIES: &[&str] = &[
+    "enter",
+    "enter_read_only",
+    "init_session",
+    "enter_session",
+    "enter_session_read_only",
+];
+/// tenancy's functions that read the context (comment `tenancy:context-read`): the one
+/// policies call, and the PL/pgSQL check of a token-entered context it falls back to.
+const CONTEXT_READS: &[&str] = &["current_tenant_id", "context_from_setting"];
 
 /// A comment on a SECURITY DEFINER function that starts with this declares it a narrow
 /// lookup: it finds one row by a key the caller already holds (a tenant id, slug, verified
@@ -108,9 +122,10 @@ pub(crate) async fn functions(client: &Client, t: &Target) -> Result<Vec<Functio
             let trusted = schema == "tenancy"
                 && !role_member_of_owner
                 && shape_ok
-                && (((name == "enter" || name == "enter_read_only")
+                && ((CONTEXT_ENTRIES.contains(&name.as_str())
                     && comment == "tenancy:context-enter")
-                    || (name == "current_tenant_id" && comment == "tenancy:context-read"));
+                    || (CONTEXT_READS.contains(&name.as_str())
+                        && comment == "tenancy:context-read"));
             Function {
                 oid: r.get(0),
                 qname: r.get(1),

@@ -180,7 +180,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: tenant context token signed with an unknown key';
     END IF;
-    IF pg_catalog.current_setting('tenancy.ctx', true) OPERATOR(pg_catalog.<>) '' AND tenancy.current_tenant_id() IS NOT NULL THEN
+    IF pg_catalog.current_setting('tenancy.ctx', true) OPERATOR(pg_catalog.<>) '' AND tenancy.context_from_setting() IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: this transaction already has a tenant context';
     END IF;
     -- HMAC-SHA256 over everything before the last dot; digests of the hex MACs are
@@ -192,6 +192,14 @@ BEGIN
     END IF;
     -- Signed fields only from here on; the signer writes them canonically.
     v1 := p[1] OPERATOR(pg_catalog.=) 'v1';
+    -- A backend with a session context (tenancy.init_session ran on it) takes no v1 token:
+    -- the SDK enters it with its session secret, so no v1 single-use mark is ever set
+    -- there, and a v1 token of it could only have been made to be replayed.
+    IF v1 AND EXISTS (SELECT 1 FROM tenancy_private.context_sessions s
+                       WHERE s.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()) THEN
+        RAISE EXCEPTION USING ERRCODE = '28000',
+            MESSAGE = 'tenancy: tenant context token refused: this connection enters tenants with its session context';
+    END IF;
     IF v1 THEN
         IF p[4] OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()::pg_catalog.text THEN
             RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: tenant context token was issued for another connection';
@@ -264,11 +272,13 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS ' || quote_literal(
         done := pg_catalog.set_config(''tenancy.last_issued'', mark, false);'),
                 '/*read only*/', 'done := pg_catalog.set_config(''transaction_read_only'', ''on'', true);'));
     END;
-    -- NULL unless tenancy.ctx holds a binding enter() made for this backend and this
-    -- transaction: a raw id, a made-up value or a value copied from another transaction or
-    -- connection all fail the comparison. SECURITY DEFINER to read the binding key.
+    -- The context a v1 or v2 token entered (tenancy.enter): NULL unless tenancy.ctx holds
+    -- a binding enter() made for this backend and this transaction. A raw id, a made-up
+    -- value or a value copied from another transaction or connection all fail the
+    -- comparison. SECURITY DEFINER to read the binding key. current_tenant_id() calls it
+    -- only when the transaction has no session context (behind a transaction-mode pooler).
     EXECUTE $def$
-CREATE OR REPLACE FUNCTION tenancy.current_tenant_id() RETURNS uuid
+CREATE OR REPLACE FUNCTION tenancy.context_from_setting() RETURNS uuid
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER AS $fn$
 DECLARE
     ctx pg_catalog.text := pg_catalog.current_setting('tenancy.ctx', true);
@@ -290,6 +300,143 @@ BEGIN
     RETURN NULL;
 END
 $fn$
+$def$;
+    -- The session context (direct connections, no pooler in between). Its state lives in
+    -- four temporary sequences the owner role creates once per backend
+    -- (tenancy.init_session): the tenant as two int8 (tenancy_ctx_hi, tenancy_ctx_lo), a
+    -- hash of the start of the transaction that entered it (tenancy_ctx_tx) and the
+    -- session secret (tenancy_ctx_secret). setval on a temporary sequence needs no
+    -- transaction id, works in read-only transactions and is not undone by ROLLBACK: the
+    -- context belongs to the transaction whose start hash is stored with it, and any other
+    -- transaction on the backend reads NULL. The runtime role may SELECT hi, lo and tx
+    -- (which currval needs) and nothing else: no setval, no nextval, nothing at all on the
+    -- secret.
+    --
+    -- The transaction start is hashed from its float8 epoch (date_part of a timestamptz
+    -- is binary: no DateStyle, TimeZone, IntervalStyle or extra_float_digits reaches it).
+    --
+    -- tenancy.init_session() -> the first secret. Once per backend, ever: it records the
+    -- backend's pid in tenancy_private.context_sessions (owner only) and refuses a pid
+    -- that is recorded and still running. Rows of backends that ended are removed first.
+    -- So a DISCARD TEMP or DISCARD ALL (which drop the sequences) leaves a backend that can
+    -- never enter a session context again: the SDK retires it. It also refuses a database
+    -- where the connecting role may create temporary objects: DISCARD TEMP and sequences
+    -- of its own with these names would forge a context.
+    EXECUTE $def$
+CREATE TABLE IF NOT EXISTS tenancy_private.context_sessions (
+    pid        int4 PRIMARY KEY,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+)
+$def$;
+    EXECUTE $def$
+CREATE OR REPLACE FUNCTION tenancy.init_session() RETURNS int8
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    n int8;
+BEGIN
+    IF has_database_privilege(session_user, current_database(), 'TEMPORARY') THEN
+        RAISE EXCEPTION USING ERRCODE = '42501',
+            MESSAGE = format('tenancy: role %I may create temporary objects in database %I, which would let it forge '
+                             'a session context', session_user, current_database()),
+            HINT = format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC, %I (tenancy bootstrap does this)',
+                          current_database(), session_user);
+    END IF;
+    DELETE FROM tenancy_private.context_sessions c
+     WHERE NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(NULL) a WHERE a.pid = c.pid);
+    INSERT INTO tenancy_private.context_sessions (pid) VALUES (pg_backend_pid()) ON CONFLICT (pid) DO NOTHING;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = 'tenancy: this connection already initialised its session context (a second init_session is refused)';
+    END IF;
+    -- CREATE without IF NOT EXISTS: an object of the same name (made before, by anyone) is an error.
+    CREATE TEMP SEQUENCE tenancy_ctx_secret AS int8 MINVALUE -9223372036854775808;
+    CREATE TEMP SEQUENCE tenancy_ctx_hi AS int8 MINVALUE -9223372036854775808;
+    CREATE TEMP SEQUENCE tenancy_ctx_lo AS int8 MINVALUE -9223372036854775808;
+    CREATE TEMP SEQUENCE tenancy_ctx_tx AS int8 MINVALUE -9223372036854775808;
+    EXECUTE format('GRANT SELECT ON pg_temp.tenancy_ctx_hi, pg_temp.tenancy_ctx_lo, pg_temp.tenancy_ctx_tx TO %I',
+                   session_user);
+    -- Defined from the start, so currval in current_tenant_id() reads no context rather
+    -- than failing before the first enter (0 is no transaction's hash in practice).
+    n := setval('pg_temp.tenancy_ctx_hi', 0);
+    n := setval('pg_temp.tenancy_ctx_lo', 0);
+    n := setval('pg_temp.tenancy_ctx_tx', 0);
+    RETURN setval('pg_temp.tenancy_ctx_secret', uuid_hash_extended(gen_random_uuid(), 0));
+END
+$fn$
+$def$;
+    -- tenancy.enter_session(hi, lo, secret) -> the next secret. The secret is a bound
+    -- parameter, read with pg_sequence_last_value (from the sequence itself: DISCARD
+    -- SEQUENCES, which forgets currval, changes nothing). A wrong one is refused and
+    -- burns the current one (a new random value nobody knows): the connection cannot
+    -- enter again and the SDK retires it. A right one is replaced by a new random value,
+    -- returned to the SDK: each secret works once. Then RESET ALL (session settings of
+    -- an earlier transaction on this connection end here) and the state. Same shape as
+    -- enter: no SET clauses, every name schema-qualified.
+    DECLARE
+        body text := $body$
+DECLARE
+    n    pg_catalog.int8 := pg_catalog.pg_sequence_last_value(pg_catalog.to_regclass('pg_temp.tenancy_ctx_secret'));
+    done pg_catalog.text;
+BEGIN
+    IF n IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55000',
+            MESSAGE = 'tenancy: this connection has no session context (DISCARD TEMP or DISCARD ALL dropped it); it cannot enter a tenant again';
+    END IF;
+    IF secret IS NULL OR secret OPERATOR(pg_catalog.<>) n THEN
+        n := pg_catalog.setval('pg_temp.tenancy_ctx_secret'::pg_catalog.regclass,
+                               pg_catalog.uuid_hash_extended(pg_catalog.gen_random_uuid(), 0));
+        RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: wrong session secret (the connection cannot enter a tenant again)';
+    END IF;
+    RESET ALL;
+    n := pg_catalog.setval('pg_temp.tenancy_ctx_hi'::pg_catalog.regclass, hi);
+    n := pg_catalog.setval('pg_temp.tenancy_ctx_lo'::pg_catalog.regclass, lo);
+    n := pg_catalog.setval('pg_temp.tenancy_ctx_tx'::pg_catalog.regclass,
+        pg_catalog.hashfloat8extended(pg_catalog.date_part('epoch', pg_catalog.transaction_timestamp()), 0));
+    /*read only*/
+    RETURN pg_catalog.setval('pg_temp.tenancy_ctx_secret'::pg_catalog.regclass,
+                             pg_catalog.uuid_hash_extended(pg_catalog.gen_random_uuid(), 0));
+END
+$body$;
+    BEGIN
+        EXECUTE 'CREATE OR REPLACE FUNCTION tenancy.enter_session(hi int8, lo int8, secret int8) RETURNS int8
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS ' || quote_literal(replace(body, '/*read only*/', ''));
+        -- The opening of implicit read-only transactions: the same, and the transaction
+        -- read-only (see enter_read_only).
+        EXECUTE 'CREATE OR REPLACE FUNCTION tenancy.enter_session_read_only(hi int8, lo int8, secret int8) RETURNS int8
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS ' || quote_literal(replace(body, '/*read only*/',
+            'done := pg_catalog.set_config(''transaction_read_only'', ''on'', true);'));
+    END;
+    -- The tenant of this transaction: the session context when its transaction hash is
+    -- this transaction's, else what a token entered through tenancy.enter (behind a
+    -- transaction-mode pooler; COALESCE calls it only then). An inlinable SQL function
+    -- (no plpgsql call, no SECURITY DEFINER, no SET clause): it runs as the caller, who
+    -- may read hi, lo and tx; where the sequences do not exist (no init_session on this
+    -- backend) to_regclass is NULL and so is currval. Inlined, its body is parsed with
+    -- the caller's search_path: every name in it is schema-qualified, operators included.
+    -- VOLATILE because currval is (a STABLE function with a volatile body is not inlined);
+    -- policies call it as (SELECT tenancy.current_tenant_id()): once per statement.
+    EXECUTE $def$
+CREATE OR REPLACE FUNCTION tenancy.current_tenant_id() RETURNS uuid
+LANGUAGE sql VOLATILE PARALLEL RESTRICTED SECURITY INVOKER AS $fn$
+SELECT COALESCE(
+    CASE WHEN pg_catalog.currval(pg_catalog.to_regclass('pg_temp.tenancy_ctx_tx')) OPERATOR(pg_catalog.=)
+              pg_catalog.hashfloat8extended(pg_catalog.date_part('epoch', pg_catalog.transaction_timestamp()), 0)
+         THEN pg_catalog.encode(pg_catalog.int8send(pg_catalog.currval(pg_catalog.to_regclass('pg_temp.tenancy_ctx_hi')))
+              OPERATOR(pg_catalog.||) pg_catalog.int8send(pg_catalog.currval(pg_catalog.to_regclass('pg_temp.tenancy_ctx_lo'))),
+              'hex')::pg_catalog.uuid END,
+    tenancy.context_from_setting())
+$fn$
+$def$;
+    EXECUTE $def$
+COMMENT ON FUNCTION tenancy.context_from_setting() IS 'tenancy:context-read';
+COMMENT ON FUNCTION tenancy.init_session() IS 'tenancy:context-enter';
+COMMENT ON FUNCTION tenancy.enter_session(int8, int8, int8) IS 'tenancy:context-enter';
+COMMENT ON FUNCTION tenancy.enter_session_read_only(int8, int8, int8) IS 'tenancy:context-enter';
+REVOKE ALL ON TABLE tenancy_private.context_sessions FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.context_from_setting(), tenancy.init_session(), tenancy.enter_session(int8, int8, int8),
+    tenancy.enter_session_read_only(int8, int8, int8) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.context_from_setting(), tenancy.init_session(), tenancy.enter_session(int8, int8, int8),
+    tenancy.enter_session_read_only(int8, int8, int8) TO tenancy_app
 $def$;
 END
 $impl$;

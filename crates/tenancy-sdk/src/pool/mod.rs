@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, SimpleQueryMessage, Statement};
 
-use crate::tx::{Begin, Signer};
+use crate::tx::{Begin, Credential, Signer};
 use crate::wire::{self, Splice};
 use crate::{Error, TenantTx};
 
@@ -40,13 +40,15 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(5);
 /// functions the database has. Native only when every C entry point the openings use is
 /// there. Implicit read-only openings need `tenancy.enter_read_only` (both implementations
 /// have it; a database whose runtime predates it gets explicit read-only openings until its
-/// runtime is installed again).
+/// runtime is installed again). The PL/pgSQL session context needs `tenancy.init_session`
+/// (a runtime that predates it gets token openings).
 const CONNECTION_CHECK: &str = "SELECT pg_catalog.pg_backend_pid(), (SELECT count(*) = 2 FROM pg_catalog.pg_proc p \
        JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
       WHERE l.lanname = 'c' AND p.oid IN (pg_catalog.to_regprocedure('tenancy.enter(text)'), \
                                           pg_catalog.to_regprocedure('tenancy.enter_read_only(text)'))), \
             pg_catalog.to_regprocedure('tenancy.reset_session()') IS NOT NULL, \
-            pg_catalog.to_regprocedure('tenancy.enter_read_only(text)') IS NOT NULL";
+            pg_catalog.to_regprocedure('tenancy.enter_read_only(text)') IS NOT NULL, \
+            pg_catalog.to_regprocedure('tenancy.init_session()') IS NOT NULL";
 
 /// One pooled connection.
 #[derive(Debug)]
@@ -91,15 +93,33 @@ impl Conn {
         self.stmts.get(sql).cloned()
     }
 
-    /// Signs a context token for `tenant` on this connection. Tokens are single-use per
-    /// backend, so each is issued strictly after the previous one, even if the wall clock
-    /// steps back.
+    /// What enters `tenant` on this connection: the session context where the connection
+    /// has one (its secret is taken when the opening is queued), else a signed token.
     pub(crate) fn sign(
         &mut self,
         key: &ContextKey,
         tenant: TenantId,
         ttl_micros: i64,
-    ) -> ContextToken {
+    ) -> Credential {
+        if self.splice.as_deref().is_some_and(Splice::session) {
+            return Credential::Session(tenant);
+        }
+        Credential::Token(self.sign_token(key, tenant, ttl_micros))
+    }
+
+    /// Whether this connection can open another transaction: a session-context
+    /// connection needs its next secret (it has none once an opening failed).
+    pub(crate) fn can_enter(&self) -> bool {
+        match self.splice.as_deref() {
+            Some(s) if s.session() => s.has_secret(),
+            _ => true,
+        }
+    }
+
+    /// Signs a context token for `tenant` on this connection. Tokens are single-use per
+    /// backend, so each is issued strictly after the previous one, even if the wall clock
+    /// steps back.
+    fn sign_token(&mut self, key: &ContextKey, tenant: TenantId, ttl_micros: i64) -> ContextToken {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as i64)
@@ -303,7 +323,10 @@ impl managed::Manager for Manager {
         if conn.client.is_closed() {
             return Err(RecycleError::message("connection closed"));
         }
-        if conn.retired.load(Ordering::Relaxed) || conn.watch.expired.load(Ordering::Relaxed) {
+        if conn.retired.load(Ordering::Relaxed)
+            || conn.watch.expired.load(Ordering::Relaxed)
+            || !conn.can_enter()
+        {
             return Err(RecycleError::message(
                 "the connection was retired (a refused opening, a dead backend or an overdue transaction)",
             ));
@@ -363,7 +386,7 @@ impl Manager {
         let pid: i32 = row.get(0).and_then(|p| p.parse().ok()).ok_or_else(|| {
             wire::Error::Setup("the connection check returned no backend pid".into())
         })?;
-        let (native, reset_fn, read_only_fn) = (flag(1), flag(2), flag(3));
+        let (native, reset_fn, read_only_fn, session_fn) = (flag(1), flag(2), flag(3), flag(4));
         self.report_context_impl(native);
         // Through a pooler (PgBouncer and the like) the BackendKeyData is the pooler's,
         // not the backend's.
@@ -393,13 +416,21 @@ impl Manager {
         // plain RESET ALL until `bootstrap_database` runs again (which also drops the mark).
         // The native tenancy.enter resets them itself, and so does either implementation's
         // tenancy.enter_read_only.
-        let reset = match (native, reset_fn) {
-            (true, _) => None,
-            (false, true) => Some("SELECT tenancy.reset_session()"),
-            (false, false) => Some("RESET ALL"),
+        // The PL/pgSQL session context (direct connections only: behind a pooler the
+        // backend changes between transactions): initialised once, here, before any
+        // statement of a user; its enter_session resets session settings itself.
+        let session = if !native && session_fn {
+            Some(init_session(&client).await?)
+        } else {
+            None
+        };
+        let reset = match (native, reset_fn, session) {
+            (true, _, _) | (false, _, Some(_)) => None,
+            (false, true, None) => Some("SELECT tenancy.reset_session()"),
+            (false, false, None) => Some("RESET ALL"),
         };
         let implicit = read_only_fn;
-        wire::prepare(&client, &splice, implicit, reset).await?;
+        wire::prepare(&client, &splice, implicit, reset, session).await?;
         Ok(self.conn(client, pid, Some(splice), kill))
     }
 
@@ -461,6 +492,32 @@ impl Manager {
             watch,
         }
     }
+}
+
+/// Initialises the PL/pgSQL session context of a new connection and returns its first
+/// secret. The secret comes back in the reply, never in query text.
+async fn init_session(client: &Client) -> Result<i64, wire::Error> {
+    let msgs = client
+        .simple_query("SELECT tenancy.init_session()")
+        .await
+        .map_err(|e| {
+            wire::Error::Setup(format!(
+                "initialising the tenant session context (tenancy.init_session()) failed: {}",
+                e.as_db_error().map_or_else(
+                    || e.to_string(),
+                    |d| match d.hint() {
+                        Some(h) => format!("{}. {h}", d.message()),
+                        None => d.message().to_owned(),
+                    }
+                )
+            ))
+        })?;
+    msgs.iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+            _ => None,
+        })
+        .ok_or_else(|| wire::Error::Setup("tenancy.init_session() returned no secret".into()))
 }
 
 /// Drives a connection until it closes, or until the returned sender fires (the

@@ -16,8 +16,8 @@ mod finish;
 mod opening;
 mod ops;
 
-pub(crate) use opening::Begin;
 use opening::{connection_lost, with_opening};
+pub(crate) use opening::{Begin, Credential};
 use ops::{run_prepared, run_typed, Op, Out};
 
 /// What a failed statement was doing, for its error.
@@ -313,7 +313,7 @@ impl TenantTx {
             self.signer.ttl_micros,
         );
         if let Some(b) = self.begin.as_mut() {
-            b.token = Some(token);
+            b.token = Some(Credential::Token(token));
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use tenancy_core::ContextToken;
+use tenancy_core::{ContextToken, TenantId};
 
 use crate::pool::Conn;
 use crate::wire::{self, Splice};
@@ -15,12 +15,33 @@ use crate::Error;
 pub(crate) struct Begin {
     pub(crate) commit_first: bool,
     pub(crate) read_only: bool,
-    /// The signed token: `[a-z0-9.-]` only. Behind a transaction-mode pooler it is signed
-    /// for the transaction itself (backend pid, transaction start), once the opening query
+    /// What enters the tenant. Behind a transaction-mode pooler a token signed for the
+    /// transaction itself (backend pid, transaction start), once the opening query
     /// returned them.
-    pub(crate) token: Option<ContextToken>,
+    pub(crate) token: Option<Credential>,
     /// Checked by the pool: `[a-z0-9_]` only.
     pub(crate) schema: Option<String>,
+}
+
+/// What an opening enters its tenant with.
+#[derive(Debug, Clone)]
+pub(crate) enum Credential {
+    /// A signed token (`[a-z0-9.-]` only): the native context, the PL/pgSQL one behind a
+    /// transaction-mode pooler or on a runtime without the session context.
+    Token(ContextToken),
+    /// The PL/pgSQL session context: the tenant, entered with the connection's current
+    /// session secret when the opening is queued.
+    Session(TenantId),
+}
+
+impl Credential {
+    /// The token, if this is one.
+    pub(crate) fn token(&self) -> Option<&ContextToken> {
+        match self {
+            Credential::Token(t) => Some(t),
+            Credential::Session(_) => None,
+        }
+    }
 }
 
 impl Begin {
@@ -28,24 +49,33 @@ impl Begin {
     /// implicit read-only transaction's context, or as BEGIN and context.
     /// Behind a transaction-mode pooler (a token bound to the transaction) BEGIN, reset,
     /// limits and search path already ran: only `tenancy.enter` is queued. Returns false when there is
-    /// no token to queue.
+    /// nothing to enter with (no token, or a session-context connection without a secret).
     pub(super) fn splice_into(&self, splice: &Splice, implicit: bool) -> bool {
-        let Some(token) = &self.token else {
+        let Some(credential) = &self.token else {
             return false;
         };
-        if token.transaction_start().is_some() {
-            splice.push_transaction_enter(token.as_str());
-            return true;
-        }
         let path = self.schema.as_ref().map(|s| format!("\"{s}\", public"));
-        splice.push_opening(&wire::Opening {
+        let mut opening = wire::Opening {
             commit_first: self.commit_first,
             implicit,
             read_only: self.read_only,
-            token: token.as_str(),
+            enter: wire::Enter::Token(""),
             search_path: path.as_deref(),
-        });
-        true
+        };
+        match credential {
+            Credential::Token(token) if token.transaction_start().is_some() => {
+                splice.push_transaction_enter(token.as_str());
+                true
+            }
+            Credential::Token(token) => {
+                opening.enter = wire::Enter::Token(token.as_str());
+                splice.push_opening(&opening);
+                true
+            }
+            Credential::Session(tenant) => {
+                splice.push_session_opening(&opening, *tenant.as_uuid().as_bytes())
+            }
+        }
     }
 }
 
@@ -63,13 +93,16 @@ pub(super) async fn with_opening<T>(
     match (opening, conn.splice.as_deref()) {
         (Some((b, implicit)), Some(splice)) => {
             if !b.splice_into(splice, implicit) {
+                // Nothing was sent; this connection cannot enter a tenant.
+                conn.retire();
                 return Err(Error::Invalid(
-                    "a tenant transaction without a signed context token".into(),
+                    "a tenant transaction without a signed context token or session secret".into(),
                 ));
             }
             let per_transaction = b
                 .token
                 .as_ref()
+                .and_then(Credential::token)
                 .is_some_and(|t| t.transaction_start().is_some());
             fut.await.map_err(|e| {
                 if splice.take_failed() {
@@ -101,7 +134,10 @@ pub(super) async fn with_opening<T>(
 }
 
 /// Whether `e` says the connection is gone or unusable for the next transaction: closed,
-/// its backend terminated or crashed, or its prepared statements deallocated.
+/// its backend terminated or crashed, its prepared statements deallocated, or its session
+/// context gone (DISCARD TEMP or DISCARD ALL dropped it) or burnt (a wrong secret, sent by
+/// SQL an earlier transaction injected). In each case the statement did not run: the
+/// opening in front of it failed first.
 pub(super) fn connection_lost(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
     e.is_closed()
@@ -112,4 +148,15 @@ pub(super) fn connection_lost(e: &tokio_postgres::Error) -> bool {
                 || *c == SqlState::CANNOT_CONNECT_NOW
                 || *c == SqlState::INVALID_SQL_STATEMENT_NAME
         )
+        || session_context_lost(e)
+}
+
+/// Whether `e` is the session context's refusal of a connection that can no longer enter a
+/// tenant (not of a tenant or a token: those are never retried).
+fn session_context_lost(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        d.message()
+            .starts_with("tenancy: this connection has no session context")
+            || d.message().starts_with("tenancy: wrong session secret")
+    })
 }

@@ -24,6 +24,19 @@ pub(super) const PREPARED: &[(&str, &str)] = &[
     ),
     (RESET, "RESET ALL"),
 ];
+/// Prepared on connections with a PL/pgSQL session context (direct connections to a
+/// database whose runtime has `tenancy.init_session`): the explicit and the implicit
+/// read-only opening, with the tenant as two int8 and the session secret.
+pub(super) const PREPARED_SESSION: &[(&str, &str)] = &[
+    (
+        ENTER_SESSION,
+        "SELECT tenancy.enter_session($1::pg_catalog.int8, $2::pg_catalog.int8, $3::pg_catalog.int8)",
+    ),
+    (
+        ENTER_SESSION_READ_ONLY,
+        "SELECT tenancy.enter_session_read_only($1::pg_catalog.int8, $2::pg_catalog.int8, $3::pg_catalog.int8)",
+    ),
+];
 /// Prepared only where the database has `tenancy.enter_read_only` (both context
 /// implementations do, unless the runtime predates it).
 pub(super) const PREPARED_IMPLICIT: (&str, &str) = (
@@ -35,6 +48,8 @@ const BEGIN_READ_ONLY: &str = "tenancy_begin_ro";
 const COMMIT: &str = "tenancy_commit";
 const ENTER: &str = "tenancy_enter";
 const ENTER_READ_ONLY: &str = "tenancy_enter_ro";
+const ENTER_SESSION: &str = "tenancy_enter_session";
+const ENTER_SESSION_READ_ONLY: &str = "tenancy_enter_session_ro";
 const SEARCH_PATH: &str = "tenancy_search_path";
 const RESET: &str = "tenancy_reset";
 pub(super) const RESET_SESSION: &str = "tenancy_reset_session";
@@ -51,10 +66,20 @@ pub(crate) struct Opening<'a> {
     pub(crate) implicit: bool,
     /// `BEGIN READ ONLY` instead of `BEGIN`.
     pub(crate) read_only: bool,
-    /// The signed context token.
-    pub(crate) token: &'a str,
+    /// What enters the tenant.
+    pub(crate) enter: Enter<'a>,
     /// The schema placement's `search_path`, already formatted.
     pub(crate) search_path: Option<&'a str>,
+}
+
+/// How an opening enters its tenant.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Enter<'a> {
+    /// A signed context token (`tenancy.enter`, `tenancy.enter_read_only`).
+    Token(&'a str),
+    /// The PL/pgSQL session context: the tenant's id as two int8 (big-endian halves) and
+    /// the session secret (`tenancy.enter_session`, `tenancy.enter_session_read_only`).
+    Session { hi: i64, lo: i64, secret: i64 },
 }
 
 /// Appends Parse messages of `stmts` (name, text) to `buf`; returns how many.
@@ -73,12 +98,17 @@ pub(super) fn parse_all<'a>(
 
 /// Appends a Bind/Execute pair of prepared statement `name` (no Sync) to `buf`.
 fn bind_execute(name: &str, arg: Option<&str>, buf: &mut BytesMut) {
+    bind_execute_all(name, arg, buf);
+}
+
+/// Appends a Bind/Execute pair of prepared statement `name` with text arguments `args`.
+fn bind_execute_all<'a>(name: &str, args: impl IntoIterator<Item = &'a str>, buf: &mut BytesMut) {
     // Values are text without NUL bytes and statement names constants: cannot fail.
     let _ = frontend::bind(
         "",
         name,
         [0i16],
-        arg,
+        args,
         |v, buf| {
             buf.extend_from_slice(v.as_bytes());
             Ok(postgres_protocol::IsNull::No)
@@ -91,29 +121,48 @@ fn bind_execute(name: &str, arg: Option<&str>, buf: &mut BytesMut) {
 
 /// Encodes an opening as Bind/Execute pairs of the prepared statements (no Sync) at the
 /// end of `buf`, and returns the number of statements whose replies the filter must drop.
-/// `reset`: run `tenancy_reset_session` between BEGIN and `enter`.
+/// `reset`: run `tenancy_reset_session` between BEGIN and `enter` (token openings only:
+/// `enter_session` resets session settings itself).
 pub(super) fn opening(o: &Opening<'_>, reset: bool, buf: &mut BytesMut) -> u32 {
     let mut n = 0;
-    let mut stmt = |name: &str, arg: Option<&str>, buf: &mut BytesMut| {
-        bind_execute(name, arg, buf);
+    let mut stmt = |name: &str, args: &[&str], buf: &mut BytesMut| {
+        bind_execute_all(name, args.iter().copied(), buf);
         n += 1;
     };
     if o.commit_first {
-        stmt(COMMIT, None, buf);
+        stmt(COMMIT, &[], buf);
     }
-    if o.implicit {
-        stmt(ENTER_READ_ONLY, Some(o.token), buf);
-    } else {
-        stmt(if o.read_only { BEGIN_READ_ONLY } else { BEGIN }, None, buf);
-        if reset {
-            stmt(RESET_SESSION, None, buf);
+    if !o.implicit {
+        stmt(if o.read_only { BEGIN_READ_ONLY } else { BEGIN }, &[], buf);
+    }
+    match o.enter {
+        Enter::Token(token) if o.implicit => stmt(ENTER_READ_ONLY, &[token], buf),
+        Enter::Token(token) => {
+            if reset {
+                stmt(RESET_SESSION, &[], buf);
+            }
+            stmt(ENTER, &[token], buf);
         }
-        stmt(ENTER, Some(o.token), buf);
+        Enter::Session { hi, lo, secret } => {
+            let name = if o.implicit {
+                ENTER_SESSION_READ_ONLY
+            } else {
+                ENTER_SESSION
+            };
+            let (hi, lo, secret) = (hi.to_string(), lo.to_string(), secret.to_string());
+            stmt(name, &[&hi, &lo, &secret], buf);
+        }
     }
     if let Some(path) = o.search_path {
-        stmt(SEARCH_PATH, Some(path), buf);
+        stmt(SEARCH_PATH, &[path], buf);
     }
     n
+}
+
+/// Which statement of [`opening`] (from 0) returns the next session secret, if any.
+pub(super) fn secret_at(o: &Opening<'_>) -> Option<u32> {
+    matches!(o.enter, Enter::Session { .. })
+        .then(|| u32::from(o.commit_first) + u32::from(!o.implicit))
 }
 
 /// Encodes a reset of session settings (one statement): `tenancy_reset_session` where

@@ -36,6 +36,68 @@ pub(super) struct Counts {
     pub(super) copy_fail: Option<u64>,
 }
 
+/// What becomes of a backend message the filter meets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fate {
+    /// Passed on to tokio-postgres.
+    Keep,
+    /// Dropped (a reply to an inserted statement).
+    Drop,
+    /// Dropped, its body kept in a [`Capture`] (the DataRow with the next session secret).
+    Capture,
+}
+
+/// The body of the last captured message, up to [`Capture::ROOM`] bytes (a DataRow of one
+/// int8 in text is 26): nothing longer is ever needed, and nothing is allocated.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Capture {
+    /// A captured message is being read.
+    active: bool,
+    buf: [u8; Capture::ROOM],
+    len: usize,
+    /// The message was longer than the room (its body is then useless).
+    overflow: bool,
+    /// A captured message ended and was not taken yet.
+    done: bool,
+}
+
+impl Capture {
+    const ROOM: usize = 32;
+
+    fn start(&mut self) {
+        self.active = true;
+        self.len = 0;
+        self.overflow = false;
+        self.done = false;
+    }
+
+    fn take(&mut self, bytes: &[u8]) {
+        let room = Self::ROOM - self.len;
+        if bytes.len() > room {
+            self.overflow = true;
+        }
+        let n = bytes.len().min(room);
+        self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+        self.len += n;
+    }
+
+    fn finish(&mut self) {
+        if self.active {
+            self.active = false;
+            self.done = true;
+        }
+    }
+
+    /// The body of a captured message that ended since the last call: `Some(None)` when it
+    /// did not fit.
+    pub(super) fn ended(&mut self) -> Option<Option<&[u8]>> {
+        if !std::mem::take(&mut self.done) {
+            return None;
+        }
+        Some((!self.overflow).then_some(&self.buf[..self.len]))
+    }
+}
+
 /// Frames a byte stream into protocol messages, calling back at each message start.
 #[derive(Debug, Default, Clone)]
 pub(super) struct Framer {
@@ -55,17 +117,25 @@ impl Framer {
         self.got == 0 && self.left == 0
     }
 
-    /// Walks `bytes`; `keep(type)` is asked at each message start whether to keep it, and
+    /// Walks `bytes`; `fate(type)` is asked at each message start what becomes of it, and
     /// kept bytes are compacted to the front (in place: no copy while everything is kept).
-    /// A message not kept may be at most `max_dropped` bytes long. Returns how many bytes
-    /// were kept.
+    /// A message not kept may be at most `max_dropped` bytes long; a captured one is
+    /// dropped and its body copied into `capture`. Returns how many bytes were kept.
     pub(super) fn filter(
         &mut self,
         bytes: &mut [u8],
         keep_current: &mut bool,
+        capture: &mut Capture,
         max_dropped: u32,
-        mut keep: impl FnMut(u8) -> bool,
+        mut fate: impl FnMut(u8) -> Fate,
     ) -> Result<usize, FrameError> {
+        let mut decide = |t: u8, keep_current: &mut bool, capture: &mut Capture| {
+            let f = fate(t);
+            *keep_current = f == Fate::Keep;
+            if f == Fate::Capture {
+                capture.start();
+            }
+        };
         let (mut r, mut w) = (0, 0);
         while r < bytes.len() {
             if self.left > 0 {
@@ -75,15 +145,20 @@ impl Framer {
                         bytes.copy_within(r..r + n, w);
                     }
                     w += n;
+                } else if capture.active {
+                    capture.take(&bytes[r..r + n]);
                 }
                 r += n;
                 self.left -= n;
+                if self.left == 0 {
+                    capture.finish();
+                }
                 continue;
             }
             if self.got == 0 && bytes.len() - r >= 5 {
                 // A whole header at hand (the common case): one step instead of five.
                 let t = bytes[r];
-                *keep_current = keep(t);
+                decide(t, keep_current, capture);
                 self.last = t;
                 let len =
                     u32::from_be_bytes([bytes[r + 1], bytes[r + 2], bytes[r + 3], bytes[r + 4]]);
@@ -99,6 +174,9 @@ impl Framer {
                 }
                 r += 5;
                 self.left = len as usize - 4;
+                if self.left == 0 {
+                    capture.finish();
+                }
                 continue;
             }
             let b = bytes[r];
@@ -107,12 +185,16 @@ impl Framer {
             } else {
                 max_dropped
             };
-            self.header_byte(b, limit, |t| *keep_current = keep(t))?;
+            self.header_byte(b, limit, |t| decide(t, keep_current, capture))?;
             if *keep_current {
                 bytes[w] = b;
                 w += 1;
             }
             r += 1;
+            if self.got == 0 && self.left == 0 {
+                // A message without a body ended with its header.
+                capture.finish();
+            }
         }
         Ok(w)
     }

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 
 use bytes::BytesMut;
 
-use super::framer::{Counts, FrameError, Framer};
+use super::framer::{Capture, Counts, Fate, FrameError, Framer};
 
 /// A Sync message.
 pub(super) const SYNC: [u8; 5] = [b'S', 0, 0, 0, 4];
@@ -33,6 +33,9 @@ pub(super) struct Skip {
     /// The insertion ended with a Sync of its own (its carrier was not an extended-protocol
     /// message): its ReadyForQuery is dropped too.
     pub(super) sync: bool,
+    /// The statement whose DataRow is the next session secret, as the value of `left`
+    /// while it runs (`tenancy.enter_session`).
+    pub(super) secret_left: Option<u32>,
 }
 
 /// The state the stream (in the connection task) and the SDK (in `TenantTx`) share.
@@ -44,6 +47,13 @@ pub(super) struct Machine {
     pending: BytesMut,
     /// Statements in `pending`.
     pending_stmts: u32,
+    /// Which of them (counted from the first) returns the next session secret.
+    pending_secret: Option<u32>,
+    /// The session secret the last `tenancy.enter_session` returned (or `init_session`,
+    /// at connection set-up), not yet taken for an opening. Replaced by every DataRow of an
+    /// inserted enter, even when the request that carried it then failed: the server
+    /// rotated the secret in any case.
+    secret: Option<i64>,
     /// Sync and Query messages written since arming.
     syncs_written: u64,
     /// ReadyForQuery messages read since arming.
@@ -68,6 +78,8 @@ pub(super) struct Reader {
     framer: Framer,
     /// Whether the message being read is passed on.
     keep: bool,
+    /// The body of a dropped DataRow that carries a session secret.
+    capture: Capture,
 }
 
 impl Default for Reader {
@@ -75,6 +87,7 @@ impl Default for Reader {
         Reader {
             framer: Framer::default(),
             keep: true,
+            capture: Capture::default(),
         }
     }
 }
@@ -91,9 +104,38 @@ impl Machine {
     /// Queues messages in front of the next frontend message: `encode` appends them and
     /// returns how many statements (counted replies) they hold.
     pub(super) fn queue(&mut self, encode: impl FnOnce(&mut BytesMut) -> u32) {
+        self.queue_with_secret(encode, None);
+    }
+
+    /// Like [`Machine::queue`]; `secret_at`: which of the queued statements (from 0)
+    /// returns the next session secret, a DataRow of one int8 in text.
+    pub(super) fn queue_with_secret(
+        &mut self,
+        encode: impl FnOnce(&mut BytesMut) -> u32,
+        secret_at: Option<u32>,
+    ) {
+        let before = self.pending_stmts;
         let n = encode(&mut self.pending);
+        if let Some(i) = secret_at.filter(|&i| i < n) {
+            self.pending_secret = Some(before + i);
+        }
         self.pending_stmts += n;
         self.failed = false;
+    }
+
+    /// Takes the session secret for the next opening (each works once).
+    pub(super) fn take_secret(&mut self) -> Option<i64> {
+        self.secret.take()
+    }
+
+    /// Whether a session secret is there for the next opening.
+    pub(super) fn has_secret(&self) -> bool {
+        self.secret.is_some()
+    }
+
+    /// The first session secret, from `tenancy.init_session()` at connection set-up.
+    pub(super) fn set_secret(&mut self, secret: i64) {
+        self.secret = Some(secret);
     }
 
     /// Inserted statements in flight (for tests).
@@ -157,6 +199,7 @@ impl Machine {
         let before = out.count(&buf[..pos])?;
         let rest = out.count(&buf[pos..])?;
         let stmts = std::mem::take(&mut self.pending_stmts);
+        let secret_left = self.pending_secret.take().map(|i| stmts - i);
         // In stream order, so that skips stay ordered by `after_z`.
         self.wrote(before);
         if stmts > 0 || sync {
@@ -164,6 +207,7 @@ impl Machine {
                 after_z: self.syncs_written,
                 left: stmts,
                 sync,
+                secret_left,
             });
         }
         wbuf.extend_from_slice(&buf[..pos]);
@@ -190,6 +234,7 @@ impl Machine {
                 after_z: self.syncs_written + before,
                 left: 0,
                 sync: true,
+                secret_left: None,
             });
         }
         self.syncs_written += c.syncs;
@@ -207,12 +252,33 @@ impl Machine {
             inn.framer.walk(bytes, |_, _| true)?;
             return Ok(bytes.len());
         }
-        inn.framer
-            .filter(bytes, &mut inn.keep, MAX_DROPPED, |t| self.keep_reply(t))
+        let kept = inn
+            .framer
+            .filter(bytes, &mut inn.keep, &mut inn.capture, MAX_DROPPED, |t| {
+                self.keep_reply(t)
+            })?;
+        if let Some(body) = inn.capture.ended() {
+            // A secret that cannot be read is no secret: the next opening on this
+            // connection then has none, and the SDK retires it.
+            self.secret = body.and_then(secret_of_data_row);
+        }
+        Ok(kept)
+    }
+
+    /// What becomes of a backend message starting with type byte `t`: passed on to
+    /// tokio-postgres, dropped, or dropped and read (the DataRow with the next secret).
+    fn keep_reply(&mut self, t: u8) -> Fate {
+        match self.reply(t) {
+            true => Fate::Keep,
+            false => match self.skips.front() {
+                Some(k) if t == b'D' && k.secret_left.is_some_and(|s| s == k.left) => Fate::Capture,
+                _ => Fate::Drop,
+            },
+        }
     }
 
     /// Whether a backend message starting with type byte `t` goes on to tokio-postgres.
-    fn keep_reply(&mut self, t: u8) -> bool {
+    fn reply(&mut self, t: u8) -> bool {
         let z_seen = self.z_seen;
         let Some(front) = self.skips.front_mut().filter(|k| z_seen >= k.after_z) else {
             match t {
@@ -276,4 +342,15 @@ impl Machine {
         }
         None
     }
+}
+
+/// The int8 in a DataRow body of one text column (`tenancy.enter_session`'s result), if it
+/// is exactly that.
+fn secret_of_data_row(body: &[u8]) -> Option<i64> {
+    let (cols, rest) = body.split_first_chunk::<2>()?;
+    let (len, value) = rest.split_first_chunk::<4>()?;
+    if u16::from_be_bytes(*cols) != 1 || i32::from_be_bytes(*len) != value.len() as i32 {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
 }

@@ -42,6 +42,11 @@
 //!   BindComplete, ParseComplete, DataRow and CommandComplete until each inserted
 //!   statement has completed. Asynchronous messages (notices, parameter status,
 //!   notifications) always pass.
+//! - One dropped reply is read rather than only dropped: the DataRow of an inserted
+//!   `tenancy.enter_session` (the PL/pgSQL session context) is the connection's next
+//!   secret, handed to the connection state ([`machine::Machine::take_secret`]) as soon as
+//!   it arrives, even when the request that carried it then fails (the server rotated the
+//!   secret either way). A connection without a secret cannot open again and is retired.
 //! - If an inserted statement fails, its ErrorResponse passes through: the server skips
 //!   the rest up to the Sync, so the ErrorResponse becomes the reply to the request that
 //!   carried it, and that request fails with the refusal (recorded so the SDK reports it
@@ -104,7 +109,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use encode::Opening;
+pub(crate) use encode::{Enter, Opening};
 use machine::Machine;
 pub(crate) use stream::SpliceStream;
 
@@ -171,20 +176,32 @@ fn describe(e: &tokio_postgres::Error) -> String {
 /// connection creation), and records whether its database has `tenancy.enter_read_only`
 /// (`implicit`), the opening of implicit read-only transactions. `reset`:
 /// what an explicit opening runs between BEGIN and `tenancy.enter` to reset session
-/// settings, where `enter` does not do it itself (the PL/pgSQL context).
+/// settings, where `enter` does not do it itself (the PL/pgSQL context). `session`: the
+/// first secret of the PL/pgSQL session context (`tenancy.init_session()` ran on this
+/// connection): openings then enter with `tenancy.enter_session`.
 pub(crate) async fn prepare(
     client: &Client,
     splice: &Splice,
     implicit: bool,
     reset: Option<&'static str>,
+    session: Option<i64>,
 ) -> Result<(), tokio_postgres::Error> {
     let implicit_only = implicit.then_some(encode::PREPARED_IMPLICIT);
     let reset_stmt = reset.map(|sql| (encode::RESET_SESSION, sql));
+    let session_stmts = session
+        .is_some()
+        .then_some(encode::PREPARED_SESSION)
+        .unwrap_or_default();
     let stmts = encode::PREPARED
         .iter()
         .copied()
         .chain(implicit_only)
-        .chain(reset_stmt);
+        .chain(reset_stmt)
+        .chain(session_stmts.iter().copied());
+    if let Some(secret) = session {
+        splice.lock().set_secret(secret);
+        splice.session.store(true, Ordering::Relaxed);
+    }
     splice.lock().queue(|buf| encode::parse_all(stmts, buf));
     splice.implicit.store(implicit, Ordering::Relaxed);
     splice
@@ -204,6 +221,9 @@ pub(crate) struct Splice {
     /// Explicit openings run `tenancy_reset_session` before `enter` (PL/pgSQL context,
     /// whose `enter` does not reset session settings itself).
     reset_in_opening: AtomicBool,
+    /// Openings enter with the PL/pgSQL session context (`tenancy.enter_session`), whose
+    /// secret rotates with every opening: see [`Machine::take_secret`].
+    session: AtomicBool,
 }
 
 impl Splice {
@@ -220,7 +240,41 @@ impl Splice {
     /// Queues an opening in front of the next request (encoded straight into the queue).
     pub(crate) fn push_opening(&self, o: &Opening<'_>) {
         let reset = self.reset_in_opening.load(Ordering::Relaxed);
-        self.lock().queue(|buf| encode::opening(o, reset, buf));
+        self.lock()
+            .queue_with_secret(|buf| encode::opening(o, reset, buf), encode::secret_at(o));
+    }
+
+    /// Queues an opening that enters `tenant` with the session context, in front of the
+    /// next request: `o`'s `enter` is replaced by the tenant and the connection's current
+    /// secret, which this uses up (the DataRow of the enter brings the next one). Returns
+    /// false, queueing nothing, when the connection has no secret (a failed opening or a
+    /// dropped reply lost it): the connection cannot enter a tenant again.
+    pub(crate) fn push_session_opening(&self, o: &Opening<'_>, tenant: [u8; 16]) -> bool {
+        let mut m = self.lock();
+        let Some(secret) = m.take_secret() else {
+            return false;
+        };
+        let (hi, lo) = tenant.split_at(8);
+        let o = Opening {
+            enter: Enter::Session {
+                hi: i64::from_be_bytes(hi.try_into().unwrap_or_default()),
+                lo: i64::from_be_bytes(lo.try_into().unwrap_or_default()),
+                secret,
+            },
+            ..*o
+        };
+        m.queue_with_secret(|buf| encode::opening(&o, false, buf), encode::secret_at(&o));
+        true
+    }
+
+    /// Whether openings on this connection use the session context.
+    pub(crate) fn session(&self) -> bool {
+        self.session.load(Ordering::Relaxed)
+    }
+
+    /// Whether this session-context connection has a secret for its next opening.
+    pub(crate) fn has_secret(&self) -> bool {
+        self.lock().has_secret()
     }
 
     /// Queues a reset of session settings in front of the next request: the Parse of an

@@ -141,8 +141,14 @@ async fn a_harvested_token_replayed_by_injected_sql_in_another_tenants_transacti
                 );
             }
             let err = replay.expect_err("refused");
+            // PL/pgSQL: the pool entered the connection with its session context, which
+            // then takes no v1 token at all.
+            let expected = match imp {
+                bootstrap::ContextImpl::Native => "already used",
+                bootstrap::ContextImpl::PlPgSql => "enters tenants with its session context",
+            };
             assert!(
-                format!("{err:?}").contains("already used"),
+                format!("{err:?}").contains(expected),
                 "{imp:?}, parameter {as_parameter}: {err:?}"
             );
             drop(tx);
@@ -160,8 +166,9 @@ async fn a_harvested_token_replayed_by_injected_sql_in_another_tenants_transacti
 /// no mark: it locks nobody out, neither set in a session nor as a role default for every
 /// new connection. What it can do is what RESET does (the residual documented in
 /// runtime.sql): an unexpired token of this very backend, issued before the last one
-/// accepted, is admitted again. This test pins that extent; no SQL can read a token (see
-/// the `pg_stat_activity` test).
+/// accepted, is admitted again, on a connection that entered with tokens (the pool's
+/// connections enter with the session context and take no v1 token). This test pins that
+/// extent; no SQL can read a token (see the `pg_stat_activity` test).
 #[tokio::test]
 async fn plpgsql_a_made_up_or_copied_single_use_mark_locks_nobody_out() {
     let db = fresh_db_plpgsql().await;
@@ -200,13 +207,38 @@ async fn plpgsql_a_made_up_or_copied_single_use_mark_locks_nobody_out() {
             .expect("pid")
             .get(0);
         let older = key().sign(b, pid, issued, 60_000_000);
-        tx.batch_execute(&format!(
-            "COMMIT; SET tenancy.last_issued = '{mark}'; BEGIN; SELECT tenancy.enter('{}')",
-            older.as_str()
-        ))
-        .await
-        .expect("a reset mark re-admits an older token of the same backend");
-        tx.rollback().await.expect("rollback");
+        let replay = tx
+            .batch_execute(&format!(
+                "COMMIT; SET tenancy.last_issued = '{mark}'; BEGIN; SELECT tenancy.enter('{}')",
+                older.as_str()
+            ))
+            .await;
+        // The pool's connections enter with the session context, which takes no v1 token
+        // at all: the residual is gone there.
+        let err = replay.expect_err("a v1 token on a session-context connection");
+        assert!(
+            format!("{err:?}").contains("enters tenants with its session context"),
+            "{err:?}"
+        );
+        let _ = tx.rollback().await;
+        // On a connection that entered with tokens only (no session context), the
+        // residual remains: a reset mark re-admits an older token of the same backend.
+        let plain = runtime_client(&db).await;
+        enter_by_hand(&plain, a).await.expect("enter a by hand");
+        let pid: i32 = plain
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .expect("pid")
+            .get(0);
+        let older = key().sign(b, pid, now_micros() - 1_000_000, 60_000_000);
+        plain
+            .batch_execute(&format!(
+                "COMMIT; SET tenancy.last_issued = '{mark}'; BEGIN; SELECT tenancy.enter('{}')",
+                older.as_str()
+            ))
+            .await
+            .expect("a reset mark re-admits an older token of the same backend");
+        plain.batch_execute("ROLLBACK").await.expect("rollback");
     }
     // A role default for every new connection of this database (set here by the superuser;
     // the runtime role may set its own defaults).
@@ -235,6 +267,10 @@ async fn plpgsql_a_made_up_or_copied_single_use_mark_locks_nobody_out() {
 #[tokio::test]
 async fn a_refused_opening_leaves_no_token_in_the_server_log() {
     for (imp, db) in fresh_dbs().await {
+        if imp == bootstrap::ContextImpl::PlPgSql {
+            refused_session_openings_leave_no_secret_in_the_server_log(&db).await;
+            continue;
+        }
         let expired = tenancy_sdk::TenantPool::new(
             db.config_as(tenancy_sdk::bootstrap::RUNTIME_ROLE),
             key(),
@@ -273,6 +309,61 @@ async fn a_refused_opening_leaves_no_token_in_the_server_log() {
         assert!(
             !log.contains(&format!("{TOKEN_PREFIX}{a}")),
             "{imp:?}: a token of the SDK is in the server log"
+        );
+    }
+}
+
+/// The PL/pgSQL pool enters with its session context, whose secrets do not expire: here
+/// injected SQL burns the secret of the pool's one connection before every opening, with
+/// a refusal of its own. The connection is retired at once, the next tenant's opening of
+/// every kind runs on a new one without an error, and the log shows no bound value.
+async fn refused_session_openings_leave_no_secret_in_the_server_log(
+    db: &tenancy_pg::testing::TestDb,
+) {
+    let pool = pool(db, 1);
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    seed(&pool, b, 1).await;
+    for way in 0..4 {
+        let mut tx = pool.begin(a).await.expect("begin a");
+        tx.query("SELECT 1", &[]).await.expect("a");
+        let burnt = tx
+            .batch_execute("SELECT tenancy.enter_session(0, 0, 0)")
+            .await;
+        assert!(
+            format!("{burnt:?}").contains("wrong session secret"),
+            "{burnt:?}"
+        );
+        drop(tx);
+        let mut tx = match way {
+            0 | 3 => pool.begin(b).await,
+            _ => pool.begin_read_only(b).await,
+        }
+        .expect("begin b");
+        match way {
+            0 | 1 => tx.query("SELECT 1", &[]).await.map(|_| ()),
+            2 => tx.batch_execute("SELECT 1").await,
+            _ => tx.client().await.map(|_| ()),
+        }
+        .unwrap_or_else(|e| panic!("way {way}: a burnt secret failed the next tenant: {e:?}"));
+        drop(tx);
+    }
+    let log = std::fs::read_to_string(db.cluster.data_dir().join("tenancy-postgres.log"))
+        .expect("server log");
+    assert!(
+        log.contains("wrong session secret"),
+        "the refusals are in the log"
+    );
+    assert!(
+        !log.contains("parameters: $1"),
+        "bound values are in the server log"
+    );
+    for line in log
+        .lines()
+        .filter(|l| l.contains("STATEMENT:") && l.contains("tenancy.enter_session("))
+    {
+        assert!(
+            line.contains("enter_session($1") || line.contains("enter_session(0, 0, 0)"),
+            "a session opening with its values in the log: {line}"
         );
     }
 }
@@ -452,7 +543,12 @@ async fn an_opening_behind_closed_statements_still_carries_the_context() {
                 assert_eq!(n, 2, "{imp:?} read-only {read_only}, statement {i}");
             }
         }
-        // A refused opening behind closed statements is reported as the refusal.
+        // A refused opening behind closed statements is reported as the refusal. (The
+        // PL/pgSQL session context has no expiry, and its refused opening moves to
+        // another connection: see session_context.)
+        if imp == bootstrap::ContextImpl::PlPgSql {
+            continue;
+        }
         let expired = tenancy_sdk::TenantPool::new(
             db.config_as(tenancy_sdk::bootstrap::RUNTIME_ROLE),
             key(),

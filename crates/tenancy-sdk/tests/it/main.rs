@@ -11,6 +11,7 @@ mod logging;
 mod pgbouncer;
 mod residual;
 mod router;
+mod session_context;
 mod splice;
 mod support;
 mod tls;

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::oneshot;
 use tokio_postgres::{Client, NoTls};
 
-use super::super::{Opening, Splice, SpliceStream};
+use super::super::{Enter, Opening, Splice, SpliceStream};
 use super::{be, msg};
 
 /// Frontend messages the peer received after start-up: (type, body).
@@ -235,7 +235,7 @@ async fn a_request_is_written_on_its_futures_first_poll() {
         commit_first: false,
         implicit: false,
         read_only: false,
-        token: "v1.k.t.1.2.3.mac",
+        enter: Enter::Token("v1.k.t.1.2.3.mac"),
         search_path: None,
     });
     let rows = fut.await.expect("query with the opening in front");
@@ -311,7 +311,7 @@ async fn copy_in_writes_two_syncs_and_then_the_splice_stops_inserting() {
         commit_first: false,
         implicit: true,
         read_only: true,
-        token: "v1.k.t.1.2.3.mac",
+        enter: Enter::Token("v1.k.t.1.2.3.mac"),
         search_path: None,
     });
     let e = client
@@ -346,7 +346,7 @@ async fn a_copy_refused_before_copy_mode_writes_copy_fail_and_a_second_sync() {
         commit_first: false,
         implicit: true,
         read_only: true,
-        token: "v1.k.t.1.2.3.mac",
+        enter: Enter::Token("v1.k.t.1.2.3.mac"),
         search_path: None,
     });
     client

@@ -49,7 +49,7 @@ fn cases() -> Vec<Case> {
         commit_first: true,
         implicit: true,
         read_only: true,
-        token: "v1.k.t.1.2.3.mac",
+        enter: Enter::Token("v1.k.t.1.2.3.mac"),
         search_path: None,
     };
     let (implicit, implicit_n) = queued(|b| encode::opening(&implicit, true, b));

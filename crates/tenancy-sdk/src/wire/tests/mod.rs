@@ -6,13 +6,14 @@ use postgres_protocol::message::frontend;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::encode::{self, Opening};
+use super::encode::{self, Enter, Opening};
 use super::framer::{FrameError, Framer, MAX_LEN};
 use super::machine::{Machine, Reader, MAX_DROPPED, SYNC};
 
 mod assumptions;
 mod cases;
 mod prop;
+mod secret;
 mod timing;
 
 /// One protocol message: type byte, length, body.
@@ -152,7 +153,7 @@ pub(super) fn explicit_opening() -> (Vec<u8>, u32) {
         commit_first: false,
         implicit: false,
         read_only: false,
-        token: "v1.k.t.1.2.3.mac",
+        enter: Enter::Token("v1.k.t.1.2.3.mac"),
         search_path: Some("\"t_1\", public"),
     };
     queued(|b| encode::opening(&o, false, b))
