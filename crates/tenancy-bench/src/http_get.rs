@@ -136,11 +136,7 @@ pub(crate) async fn ours_server(env: &Env, c: usize) -> Result<String> {
 
 /// [`ours_server`] with the layer's and the router's caches trusting an entry for `ttl`
 /// (their defaults when `None`).
-pub(crate) async fn ours_server_with(
-    env: &Env,
-    c: usize,
-    ttl: Option<Duration>,
-) -> Result<String> {
+pub(crate) async fn ours_server_with(env: &Env, c: usize, ttl: Option<Duration>) -> Result<String> {
     let router = Router::new(
         env.app_config(),
         env.key.clone(),

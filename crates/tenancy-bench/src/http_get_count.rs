@@ -90,7 +90,9 @@ async fn drive(
     }
     let start = Instant::now();
     for i in 0..requests {
-        send(WARMUP + i).await.context("sending a counted request")?;
+        send(WARMUP + i)
+            .await
+            .context("sending a counted request")?;
     }
     println!(
         "http_get_count: {variant}: {requests} requests after two warm-ups of {WARMUP} in {:.2}s",
