@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use jsonwebtoken::Algorithm;
 use jsonwebtoken::{decode, decode_header, jwk::JwkSet, DecodingKey, Validation};
 use serde_json::{Map, Value};
+use tenancy_core::TenantId;
 
 use crate::error::ConfigError;
 use crate::HttpError;
@@ -219,6 +220,9 @@ impl JwtConfig {
 pub(crate) struct VerifiedToken {
     /// The tenant claim's value.
     pub(crate) tenant: Option<String>,
+    /// With [`TenantClaim::Id`], the tenant the claim's value names in its canonical
+    /// spelling (`None` for any other text): parsed once per verification, not per request.
+    pub(crate) tenant_id: Option<TenantId>,
     /// Who is calling: `sub`, else `jwt:<iss>` (shared by every request with this token).
     pub(crate) caller: Arc<str>,
     /// What the token allows, from `scope` or `scp`; `None` is nothing (shared too).
@@ -399,8 +403,14 @@ impl JwtVerifier {
                         Some(sub) => sub.to_owned(),
                         None => format!("jwt:{iss}"),
                     });
+                    let tenant = claims.get(name).and_then(Value::as_str).map(str::to_owned);
+                    let tenant_id = match &self.claim {
+                        TenantClaim::Id(_) => tenant.as_deref().and_then(|v| v.parse().ok()),
+                        TenantClaim::Slug(_) => None,
+                    };
                     let verified = VerifiedToken {
-                        tenant: claims.get(name).and_then(Value::as_str).map(str::to_owned),
+                        tenant,
+                        tenant_id,
                         caller,
                         scopes: claim_scopes(&claims),
                     };

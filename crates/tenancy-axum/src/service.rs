@@ -66,6 +66,19 @@ fn traced(mut resp: Response, trace: &TraceParent) -> Response {
     resp
 }
 
+/// Bytes as lower-case hex, written only when a subscriber formats the field (the span's
+/// fields are evaluated for every request, even when nothing records them).
+struct Hex<const N: usize>([u8; N]);
+
+impl<const N: usize> std::fmt::Display for Hex<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut buf = [0u8; 64];
+        let out = buf.get_mut(..2 * N).ok_or(std::fmt::Error)?;
+        hex::encode_to_slice(self.0, out).map_err(|_| std::fmt::Error)?;
+        f.write_str(std::str::from_utf8(out).map_err(|_| std::fmt::Error)?)
+    }
+}
+
 /// The request's own span in W3C trace-context terms: the caller's trace and sampled flag
 /// when its `traceparent` is valid, else a new trace (sampled); always a new span id. An
 /// invalid `traceparent` is ignored, as the specification asks.
@@ -139,8 +152,8 @@ where
             method = %req.method(),
             path = %req.uri().path(),
             request_id = %id,
-            trace_id = %trace.trace_id_hex(),
-            span_id = %hex::encode(trace.parent_id()),
+            trace_id = %Hex(trace.trace_id()),
+            span_id = %Hex(trace.parent_id()),
             tenant_id = tracing::field::Empty,
             tenant = tracing::field::Empty,
         );
@@ -345,6 +358,18 @@ mod tests {
                 assert!(answered.sampled(), "{traceparent}");
             }
         }
+    }
+
+    #[test]
+    fn span_ids_are_written_as_the_traceparent_writes_them() {
+        let t = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .expect("traceparent");
+        assert_eq!(Hex(t.trace_id()).to_string(), t.trace_id_hex());
+        assert_eq!(
+            Hex(t.parent_id()).to_string(),
+            "00f067aa0ba902b7",
+            "the span id"
+        );
     }
 
     /// The future allocated per request stays within glibc's per-thread cache (see

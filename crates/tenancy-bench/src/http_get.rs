@@ -39,7 +39,7 @@ const OURS_SQL: &str = "SELECT payload FROM items WHERE id = $1";
 const BARE_SQL: &str = "SELECT payload FROM items_plain WHERE tenant_id = $1 AND id = $2";
 
 /// Registers the seeded tenants in a catalog in `bench` (idempotent per process run).
-async fn catalog(env: &Env) -> Result<()> {
+pub(crate) async fn catalog(env: &Env) -> Result<()> {
     let mut owner = tenancy_pg::connect(&env.cluster.config_as(OWNER_ROLE, DB))
         .await
         .context("connecting as the owner")?;
@@ -81,7 +81,7 @@ async fn catalog(env: &Env) -> Result<()> {
     Ok(())
 }
 
-fn token(tenant: Uuid) -> Result<String> {
+pub(crate) fn token(tenant: Uuid) -> Result<String> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
@@ -130,7 +130,13 @@ async fn serve(app: axum::Router) -> Result<String> {
     Ok(format!("http://127.0.0.1:{port}"))
 }
 
-async fn ours_server(env: &Env, c: usize) -> Result<String> {
+pub(crate) async fn ours_server(env: &Env, c: usize) -> Result<String> {
+    ours_server_with(env, c, None).await
+}
+
+/// [`ours_server`] with the layer's and the router's caches trusting an entry for `ttl`
+/// (their defaults when `None`).
+pub(crate) async fn ours_server_with(env: &Env, c: usize, ttl: Option<Duration>) -> Result<String> {
     let router = Router::new(
         env.app_config(),
         env.key.clone(),
@@ -143,22 +149,25 @@ async fn ours_server(env: &Env, c: usize) -> Result<String> {
                 max_size: c,
                 ..Default::default()
             },
+            cache_ttl: ttl.unwrap_or(RouterOptions::default().cache_ttl),
             ..Default::default()
         },
     )?;
-    let tenancy = Tenancy::builder(router, env.app_config())
-        .source(Source::jwt(
-            JwtConfig::new(TenantClaim::Id("tenant_id".into()))
-                .issuer(JwtIssuer::new(ISSUER, AUDIENCE).key(JwtKey::hs256(SECRET)?)),
-        ))
-        .build()?;
+    let mut tenancy = Tenancy::builder(router, env.app_config()).source(Source::jwt(
+        JwtConfig::new(TenantClaim::Id("tenant_id".into()))
+            .issuer(JwtIssuer::new(ISSUER, AUDIENCE).key(JwtKey::hs256(SECRET)?)),
+    ));
+    if let Some(ttl) = ttl {
+        tenancy = tenancy.cache_ttl(ttl);
+    }
+    let tenancy = tenancy.build()?;
     let app = axum::Router::new()
         .route("/items/{id}", get(ours_handler))
         .layer(tenancy.layer());
     serve(app).await
 }
 
-async fn bare_server(env: &Env, c: usize) -> Result<String> {
+pub(crate) async fn bare_server(env: &Env, c: usize) -> Result<String> {
     let pool = bare::build(env.app_config(), c)?;
     let app = axum::Router::new()
         .route("/plain/items/{tenant}/{id}", get(bare_handler))
@@ -166,10 +175,10 @@ async fn bare_server(env: &Env, c: usize) -> Result<String> {
     serve(app).await
 }
 
-type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+pub(crate) type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
 /// One GET; checks status and body. Both variants send the same Authorization header.
-async fn get_row(
+pub(crate) async fn get_row(
     client: &HttpClient,
     url: String,
     auth: &str,

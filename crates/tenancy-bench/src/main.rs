@@ -12,6 +12,7 @@ mod django;
 mod flag_eval;
 mod harness;
 mod http_get;
+mod http_get_count;
 mod migrate;
 mod provision;
 mod report;
@@ -46,6 +47,10 @@ enum Name {
     /// HTTP GET of one tenant row through the tenancy layer vs the same handler without tenancy.
     #[value(name = "http_get")]
     HttpGet,
+    /// The http_get requests of one variant (`--only ours|bare`), `--requests` of them one
+    /// at a time on one thread, for counting instructions under valgrind.
+    #[value(name = "http_get_count")]
+    HttpGetCount,
     /// In-process flag evaluation vs unleash-yggdrasil on equivalent rules.
     #[value(name = "flag_eval")]
     FlagEval,
@@ -86,10 +91,13 @@ struct Cli {
     /// Unmeasured warm-up seconds before each measurement.
     #[arg(long, default_value_t = 1)]
     warmup_seconds: u64,
-    /// tenant_tx, tenant_tx_tenaxum, http_get: measure only this variant (e.g. `ours`), to
+    /// tenant_tx, tenant_tx_tenaxum, http_get, http_get_count: measure only this variant (e.g. `ours`), to
     /// profile one side; prints its figures and writes no report.
     #[arg(long)]
     only: Option<String>,
+    /// http_get_count: requests counted after the warm-up.
+    #[arg(long, default_value_t = 1000)]
+    requests: usize,
     /// provision: measured tenants per placement (and in the sustained batch).
     #[arg(long, default_value_t = 100)]
     tenants: usize,
@@ -174,6 +182,7 @@ async fn main() -> Result<()> {
             | Name::TenantTxPgbouncer
             | Name::TenantTxTenaxum
             | Name::HttpGet
+            | Name::HttpGetCount
             | Name::AuditAppend
             | Name::SealOpen
             | Name::All
@@ -219,6 +228,11 @@ async fn main() -> Result<()> {
         http_get::run(&env, settings)
             .await
             .context("running http_get")?;
+    }
+    if cli.name == Name::HttpGetCount {
+        http_get_count::run(&env, cli.only.as_deref().unwrap_or("ours"), cli.requests)
+            .await
+            .context("running http_get_count")?;
     }
     if matches!(cli.name, Name::AuditAppend | Name::All) {
         audit_append::run(&env, settings)

@@ -478,7 +478,7 @@ impl Tenancy {
                         });
                     };
                     let id = match &v.claim {
-                        TenantClaim::Id(_) => value.parse::<TenantId>().ok(),
+                        TenantClaim::Id(_) => t.tenant_id,
                         TenantClaim::Slug(_) => self.slug_id(value).await?,
                     };
                     subject.get_or_insert_with(|| Arc::clone(&t.caller));

@@ -43,11 +43,16 @@ struct Env {
 }
 
 fn token(tenant: TenantId, scope: Option<&str>) -> String {
+    token_naming(&tenant.to_string(), scope)
+}
+
+/// A token whose tenant claim is `tenant_id` exactly as given.
+fn token_naming(tenant_id: &str, scope: Option<&str>) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs();
-    let mut claims = json!({"iss": ISS, "aud": AUD, "sub": "u", "tenant_id": tenant.to_string(),
+    let mut claims = json!({"iss": ISS, "aud": AUD, "sub": "u", "tenant_id": tenant_id,
                             "exp": now + 600});
     if let Some(s) = scope {
         claims["scope"] = json!(s);
@@ -313,6 +318,41 @@ async fn a_token_of_one_tenant_never_selects_another() {
         );
     }
     assert_eq!(env.all_notes().await, 3);
+}
+
+#[tokio::test]
+async fn a_token_naming_its_tenant_in_another_spelling_names_no_tenant_even_once_cached() {
+    let env = start().await;
+    let canonical = env.acme.to_string();
+    let uuid = uuid::Uuid::parse_str(&canonical).expect("uuid");
+    for other in [
+        canonical.to_uppercase(),
+        uuid.simple().to_string(),
+        format!("{{{canonical}}}"),
+        uuid.urn().to_string(),
+        format!(" {canonical}"),
+    ] {
+        let auth = format!("Bearer {}", token_naming(&other, Some("notes:read")));
+        // The second request is answered from the cache of verified tokens.
+        for attempt in ["verified", "cached"] {
+            assert_eq!(
+                env.call("GET", "/notes", &[("authorization", auth.as_str())])
+                    .await,
+                (404, "tenant-not-found".into()),
+                "{other:?} ({attempt})"
+            );
+        }
+    }
+    let auth = format!("Bearer {}", token(env.acme, Some("notes:read")));
+    for attempt in ["verified", "cached"] {
+        assert_eq!(
+            env.call("GET", "/notes", &[("authorization", auth.as_str())])
+                .await
+                .0,
+            200,
+            "{attempt}"
+        );
+    }
 }
 
 #[tokio::test]
