@@ -174,7 +174,11 @@ async fn grant(
         &b.role,
     )
     .await?;
-    let status = if new { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((
         status,
         Json(Grant {

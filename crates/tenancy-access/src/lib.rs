@@ -166,13 +166,7 @@ impl Access {
             }
         }
         if tenant.via().contains(&tenancy_axum::SourceKind::ApiKey) {
-            granted.extend(
-                tenant
-                    .scopes()
-                    .iter()
-                    .filter(|s| self.declares(s))
-                    .cloned(),
-            );
+            granted.extend(tenant.scopes().iter().filter(|s| self.declares(s)).cloned());
         }
         Ok(Permissions {
             inner: Arc::new(PermInner {

@@ -454,10 +454,7 @@ pub async fn revoke(
                 &[],
             )
             .await?;
-        let others = owners
-            .iter()
-            .filter(|r| r.get::<_, &str>(0) != who)
-            .count();
+        let others = owners.iter().filter(|r| r.get::<_, &str>(0) != who).count();
         if others == 0 && owners.len() == 1 {
             return Err(AccessError::Conflict(
                 "the last owner cannot be revoked; grant owner to another subject first".into(),

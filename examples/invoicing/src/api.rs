@@ -5,10 +5,10 @@
 //! names the field, never a database error.
 
 use axum::extract::{FromRequest, Path, Query, Request};
+use axum::handler::Handler as _;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::handler::Handler as _;
 use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -738,8 +738,7 @@ async fn create_api_key(
     };
     let (client, conn) = issuer.connect_raw().await.map_err(HttpError::internal)?;
     let conn = tokio::spawn(conn);
-    let issued =
-        tenancy_axum::api_key::issue_api_key(&client, tenant.id(), name, &scopes).await;
+    let issued = tenancy_axum::api_key::issue_api_key(&client, tenant.id(), name, &scopes).await;
     drop(client);
     let _ = conn.await;
     let (rec, key) = issued.map_err(HttpError::internal)?;

@@ -618,7 +618,8 @@ impl Tenancy {
         let Some(Some(id)) = agreed.first else {
             return Err(HttpError::TenantNotFound);
         };
-        let tenant = self.checked(id, agreed.via, subject, scopes, verified_jwt)
+        let tenant = self
+            .checked(id, agreed.via, subject, scopes, verified_jwt)
             .await?;
         Ok(Resolved { tenant, strip })
     }

@@ -147,9 +147,18 @@ async fn only_admins_issue_api_keys_and_a_key_never_exceeds_its_creator() {
     assert!(r.body["detail"]
         .as_str()
         .is_some_and(|d| d.contains("\"invoices:create\"")));
-    for bad in [&["*"][..], &["invoices:*"], &["invoices:read", "billing:nope"]] {
+    for bad in [
+        &["*"][..],
+        &["invoices:*"],
+        &["invoices:read", "billing:nope"],
+    ] {
         let r = env
-            .call("POST", "/api-keys", &[("authorization", &kim)], key_body(bad))
+            .call(
+                "POST",
+                "/api-keys",
+                &[("authorization", &kim)],
+                key_body(bad),
+            )
             .await;
         assert_eq!((r.status, r.code()), (422, "validation"), "{bad:?}: {r:?}");
         assert!(r.body["detail"]
@@ -227,11 +236,26 @@ async fn custom_roles_grant_what_they_list_and_every_change_is_an_audit_event() 
     assert_eq!(r.status, 403, "{r:?}");
     let r = call(owner.clone(), "POST", "/access/roles", Some(json!({"name": "billing", "permissions": ["invoices:read", "invoices:write", "invoices:create"]}))).await;
     assert_eq!(r.status, 201, "{r:?}");
-    assert_eq!(r.body["permissions"], json!(["invoices:create", "invoices:read", "invoices:write"]));
-    let r = call(owner.clone(), "POST", "/access/grants", Some(json!({"subject": "bob", "role": "billing"}))).await;
+    assert_eq!(
+        r.body["permissions"],
+        json!(["invoices:create", "invoices:read", "invoices:write"])
+    );
+    let r = call(
+        owner.clone(),
+        "POST",
+        "/access/grants",
+        Some(json!({"subject": "bob", "role": "billing"})),
+    )
+    .await;
     assert_eq!(r.status, 201, "{r:?}");
     // Granting again changes nothing and records nothing.
-    let r = call(owner.clone(), "POST", "/access/grants", Some(json!({"subject": "bob", "role": "billing"}))).await;
+    let r = call(
+        owner.clone(),
+        "POST",
+        "/access/grants",
+        Some(json!({"subject": "bob", "role": "billing"})),
+    )
+    .await;
     assert_eq!(r.status, 200, "{r:?}");
     let r = call(bob.clone(), "GET", "/access/me", None).await;
     assert_eq!(r.body["roles"], json!(["billing"]), "{r:?}");
@@ -239,18 +263,40 @@ async fn custom_roles_grant_what_they_list_and_every_change_is_an_audit_event() 
     assert_eq!(r.status, 201, "{r:?}");
     // The role loses the permission: bob loses it at his next request.
     let r = env
-        .call("PUT", "/access/roles/billing", &[("authorization", &owner)], Some(json!({"permissions": ["invoices:read"]})))
+        .call(
+            "PUT",
+            "/access/roles/billing",
+            &[("authorization", &owner)],
+            Some(json!({"permissions": ["invoices:read"]})),
+        )
         .await;
     assert_eq!(r.status, 200, "{r:?}");
     let r = call(bob.clone(), "POST", "/invoices", create("bob-2")).await;
     assert_eq!((r.status, r.code()), (403, "permission-denied"), "{r:?}");
     // Revoked, then the role deleted (with any grant of it left).
-    let r = call(owner.clone(), "POST", "/access/grants", Some(json!({"subject": "carl", "role": "billing"}))).await;
+    let r = call(
+        owner.clone(),
+        "POST",
+        "/access/grants",
+        Some(json!({"subject": "carl", "role": "billing"})),
+    )
+    .await;
     assert_eq!(r.status, 201, "{r:?}");
-    let r = call(owner.clone(), "POST", "/access/revocations", Some(json!({"subject": "bob", "role": "billing"}))).await;
+    let r = call(
+        owner.clone(),
+        "POST",
+        "/access/revocations",
+        Some(json!({"subject": "bob", "role": "billing"})),
+    )
+    .await;
     assert_eq!(r.status, 204, "{r:?}");
     let r = env
-        .call("DELETE", "/access/roles/billing", &[("authorization", &owner)], None)
+        .call(
+            "DELETE",
+            "/access/roles/billing",
+            &[("authorization", &owner)],
+            None,
+        )
         .await;
     assert_eq!(r.status, 204, "{r:?}");
     let r = call(owner.clone(), "GET", "/access/grants", None).await;
@@ -269,7 +315,14 @@ async fn custom_roles_grant_what_they_list_and_every_change_is_an_audit_event() 
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect();
     let acme = env.acme.to_string();
-    let e = |a: &str, t: &str| (acme.clone(), a.to_owned(), t.to_owned(), Some("olga".to_owned()));
+    let e = |a: &str, t: &str| {
+        (
+            acme.clone(),
+            a.to_owned(),
+            t.to_owned(),
+            Some("olga".to_owned()),
+        )
+    };
     assert_eq!(
         events,
         vec![
@@ -318,17 +371,27 @@ async fn jwt_claims_map_to_roles_per_issuer() {
         c["roles"] = json!("owner");
     });
     let r = create(viewer, "idp-1").await;
-    assert_eq!((r.status, r.code()), (403, "permission-denied"), "the idp's `roles` claim means nothing: {r:?}");
-    let admin = signed(IDP_ISS, &|c| c["groups"] = json!(["unrelated", "invoicing-admins"]));
+    assert_eq!(
+        (r.status, r.code()),
+        (403, "permission-denied"),
+        "the idp's `roles` claim means nothing: {r:?}"
+    );
+    let admin = signed(IDP_ISS, &|c| {
+        c["groups"] = json!(["unrelated", "invoicing-admins"])
+    });
     let r = create(admin.clone(), "idp-2").await;
     assert_eq!(r.status, 201, "{r:?}");
-    let r = env.call("GET", "/access/me", &[("authorization", &admin)], None).await;
+    let r = env
+        .call("GET", "/access/me", &[("authorization", &admin)], None)
+        .await;
     assert_eq!(r.body["roles"], json!(["admin"]), "{r:?}");
     // Another trusted issuer has no mapping: its `roles` and `groups` claims grant nothing.
     let other = signed(OTHER_ISS, &|_| {});
     let r = create(other.clone(), "other-1").await;
     assert_eq!((r.status, r.code()), (403, "permission-denied"), "{r:?}");
-    let r = env.call("GET", "/access/me", &[("authorization", &other)], None).await;
+    let r = env
+        .call("GET", "/access/me", &[("authorization", &other)], None)
+        .await;
     assert_eq!(r.body["roles"], json!([]), "{r:?}");
     // The dev issuer names them in `roles`; a value with no mapping grants nothing.
     let unknown = signed(DEV_ISS, &|c| c["roles"] = json!("superuser root"));
@@ -350,18 +413,33 @@ async fn a_grant_in_one_tenant_gives_nothing_in_another() {
         json!({"subject": "bob", "role": "owner"}),
     ] {
         let r = env
-            .call("POST", "/access/grants", &[("authorization", &acme_owner)], Some(body))
+            .call(
+                "POST",
+                "/access/grants",
+                &[("authorization", &acme_owner)],
+                Some(body),
+            )
             .await;
         assert_eq!(r.status, 201, "{r:?}");
     }
     let r = env
-        .call("POST", "/access/roles", &[("authorization", &acme_owner)], Some(json!({"name": "billing", "permissions": ["invoices:create"]})))
+        .call(
+            "POST",
+            "/access/roles",
+            &[("authorization", &acme_owner)],
+            Some(json!({"name": "billing", "permissions": ["invoices:create"]})),
+        )
         .await;
     assert_eq!(r.status, 201, "{r:?}");
     // bob is an admin and owner of acme…
     let in_acme = as_user(env.acme, "bob", &[]);
     let r = env
-        .call("POST", "/invoices", &[("authorization", &in_acme)], invoice(&acme_cust, "b-1"))
+        .call(
+            "POST",
+            "/invoices",
+            &[("authorization", &in_acme)],
+            invoice(&acme_cust, "b-1"),
+        )
         .await;
     assert_eq!(r.status, 201, "{r:?}");
     // …and nothing in globex: no roles, no permission, no view of acme's roles or grants.
@@ -369,30 +447,68 @@ async fn a_grant_in_one_tenant_gives_nothing_in_another() {
     let r = env
         .call("GET", "/access/me", &[("authorization", &in_globex)], None)
         .await;
-    assert_eq!((r.body["roles"].clone(), r.body["permissions"].clone()), (json!([]), json!([])), "{r:?}");
+    assert_eq!(
+        (r.body["roles"].clone(), r.body["permissions"].clone()),
+        (json!([]), json!([])),
+        "{r:?}"
+    );
     let r = env
-        .call("POST", "/invoices", &[("authorization", &in_globex)], invoice(&globex_cust, "b-1"))
+        .call(
+            "POST",
+            "/invoices",
+            &[("authorization", &in_globex)],
+            invoice(&globex_cust, "b-1"),
+        )
         .await;
     assert_eq!((r.status, r.code()), (403, "permission-denied"), "{r:?}");
     for path in ["/access/grants", "/access/roles"] {
         let r = env
             .call("GET", path, &[("authorization", &in_globex)], None)
             .await;
-        assert_eq!((r.status, r.code()), (403, "permission-denied"), "{path}: {r:?}");
+        assert_eq!(
+            (r.status, r.code()),
+            (403, "permission-denied"),
+            "{path}: {r:?}"
+        );
     }
     let globex_owner = as_user(env.globex, "gina", &["owner"]);
     let r = env
-        .call("GET", "/access/grants", &[("authorization", &globex_owner)], None)
+        .call(
+            "GET",
+            "/access/grants",
+            &[("authorization", &globex_owner)],
+            None,
+        )
         .await;
     assert_eq!(r.body, json!([]), "{r:?}");
     let r = env
-        .call("GET", "/access/roles", &[("authorization", &globex_owner)], None)
+        .call(
+            "GET",
+            "/access/roles",
+            &[("authorization", &globex_owner)],
+            None,
+        )
         .await;
-    let names: Vec<&str> = r.body.as_array().expect("roles").iter().filter_map(|r| r["name"].as_str()).collect();
-    assert_eq!(names, ["owner", "admin", "member", "viewer"], "acme's custom role is not globex's");
+    let names: Vec<&str> = r
+        .body
+        .as_array()
+        .expect("roles")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["owner", "admin", "member", "viewer"],
+        "acme's custom role is not globex's"
+    );
     // globex granting acme's custom role: unknown there.
     let r = env
-        .call("POST", "/access/grants", &[("authorization", &globex_owner)], Some(json!({"subject": "bob", "role": "billing"})))
+        .call(
+            "POST",
+            "/access/grants",
+            &[("authorization", &globex_owner)],
+            Some(json!({"subject": "bob", "role": "billing"})),
+        )
         .await;
     assert_eq!((r.status, r.code()), (404, "not-found"), "{r:?}");
 }
@@ -403,15 +519,30 @@ async fn management_input_is_checked_and_a_refusal_stores_nothing() {
     let owner = as_user(env.acme, "olga", &["owner"]);
     // A single owner by grant, so the last-owner rule can be tried.
     let r = env
-        .call("POST", "/access/grants", &[("authorization", &owner)], Some(json!({"subject": "olga", "role": "owner"})))
+        .call(
+            "POST",
+            "/access/grants",
+            &[("authorization", &owner)],
+            Some(json!({"subject": "olga", "role": "owner"})),
+        )
         .await;
     assert_eq!(r.status, 201, "{r:?}");
     let r = env
-        .call("POST", "/access/roles", &[("authorization", &owner)], Some(json!({"name": "clerk", "permissions": ["access:manage", "invoices:read"]})))
+        .call(
+            "POST",
+            "/access/roles",
+            &[("authorization", &owner)],
+            Some(json!({"name": "clerk", "permissions": ["access:manage", "invoices:read"]})),
+        )
         .await;
     assert_eq!(r.status, 201, "{r:?}");
     let r = env
-        .call("POST", "/access/grants", &[("authorization", &owner)], Some(json!({"subject": "cleo", "role": "clerk"})))
+        .call(
+            "POST",
+            "/access/grants",
+            &[("authorization", &owner)],
+            Some(json!({"subject": "cleo", "role": "clerk"})),
+        )
         .await;
     assert_eq!(r.status, 201, "{r:?}");
     let before = access_state(&env).await;
@@ -423,32 +554,232 @@ async fn management_input_is_checked_and_a_refusal_stores_nothing() {
     let many: Vec<String> = (0..300).map(|_| "invoices:read".to_owned()).collect();
     let cases: Vec<(&str, &str, &str, Option<Value>, u16, &str, &str)> = vec![
         // (who, method, path, body, status, code, detail names)
-        ("owner", "POST", "/access/roles", Some(json!({"name": "x", "permissions": ["invoices:delete"]})), 422, "validation", "permissions[0]: unknown permission \"invoices:delete\""),
-        ("owner", "POST", "/access/roles", Some(json!({"name": "x", "permissions": ["invoices:read\u{0}"]})), 422, "validation", "unknown permission"),
-        ("owner", "POST", "/access/roles", Some(json!({"name": "admin", "permissions": []})), 422, "validation", "\"admin\" is built in"),
-        ("owner", "PUT", "/access/roles/viewer", Some(json!({"permissions": ["invoices:create"]})), 422, "validation", "\"viewer\" is built in"),
-        ("owner", "DELETE", "/access/roles/owner", None, 422, "validation", "\"owner\" is built in"),
-        ("owner", "POST", "/access/roles", Some(json!({"name": long, "permissions": []})), 422, "validation", "name:"),
-        ("owner", "POST", "/access/roles", Some(json!({"name": "Bad Name", "permissions": []})), 422, "validation", "name:"),
-        ("owner", "POST", "/access/roles", Some(json!({"name": "x\u{0}", "permissions": []})), 422, "validation", "name:"),
-        ("owner", "POST", "/access/roles", Some(json!({"name": "x", "permissions": many})), 422, "validation", "at most 256"),
-        ("owner", "POST", "/access/roles", Some(json!({"name": "clerk", "permissions": []})), 409, "conflict", "already exists"),
-        ("owner", "POST", "/access/roles", Some(json!({"name": "x", "permissions": [], "extra": 1})), 400, "bad-request", "extra"),
-        ("owner", "POST", "/access/roles", Some(json!({"name": 7, "permissions": []})), 400, "bad-request", "name"),
-        ("owner", "PUT", "/access/roles/nosuch", Some(json!({"permissions": []})), 404, "not-found", "nosuch"),
-        ("owner", "POST", "/access/grants", Some(json!({"subject": "bob", "role": "nosuch"})), 404, "not-found", "nosuch"),
-        ("owner", "POST", "/access/grants", Some(json!({"subject": "bob\u{0}", "role": "viewer"})), 422, "validation", "subject:"),
-        ("owner", "POST", "/access/grants", Some(json!({"subject": "", "role": "viewer"})), 422, "validation", "subject:"),
-        ("owner", "POST", "/access/grants", Some(json!({"subject": "b".repeat(257), "role": "viewer"})), 422, "validation", "subject:"),
-        ("owner", "POST", "/access/revocations", Some(json!({"subject": "olga", "role": "owner"})), 409, "conflict", "last owner"),
-        ("owner", "POST", "/access/revocations", Some(json!({"subject": "nobody", "role": "viewer"})), 404, "not-found", "grant"),
+        (
+            "owner",
+            "POST",
+            "/access/roles",
+            Some(json!({"name": "x", "permissions": ["invoices:delete"]})),
+            422,
+            "validation",
+            "permissions[0]: unknown permission \"invoices:delete\"",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/roles",
+            Some(json!({"name": "x", "permissions": ["invoices:read\u{0}"]})),
+            422,
+            "validation",
+            "unknown permission",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/roles",
+            Some(json!({"name": "admin", "permissions": []})),
+            422,
+            "validation",
+            "\"admin\" is built in",
+        ),
+        (
+            "owner",
+            "PUT",
+            "/access/roles/viewer",
+            Some(json!({"permissions": ["invoices:create"]})),
+            422,
+            "validation",
+            "\"viewer\" is built in",
+        ),
+        (
+            "owner",
+            "DELETE",
+            "/access/roles/owner",
+            None,
+            422,
+            "validation",
+            "\"owner\" is built in",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/roles",
+            Some(json!({"name": long, "permissions": []})),
+            422,
+            "validation",
+            "name:",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/roles",
+            Some(json!({"name": "Bad Name", "permissions": []})),
+            422,
+            "validation",
+            "name:",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/roles",
+            Some(json!({"name": "x\u{0}", "permissions": []})),
+            422,
+            "validation",
+            "name:",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/roles",
+            Some(json!({"name": "x", "permissions": many})),
+            422,
+            "validation",
+            "at most 256",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/roles",
+            Some(json!({"name": "clerk", "permissions": []})),
+            409,
+            "conflict",
+            "already exists",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/roles",
+            Some(json!({"name": "x", "permissions": [], "extra": 1})),
+            400,
+            "bad-request",
+            "extra",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/roles",
+            Some(json!({"name": 7, "permissions": []})),
+            400,
+            "bad-request",
+            "name",
+        ),
+        (
+            "owner",
+            "PUT",
+            "/access/roles/nosuch",
+            Some(json!({"permissions": []})),
+            404,
+            "not-found",
+            "nosuch",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/grants",
+            Some(json!({"subject": "bob", "role": "nosuch"})),
+            404,
+            "not-found",
+            "nosuch",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/grants",
+            Some(json!({"subject": "bob\u{0}", "role": "viewer"})),
+            422,
+            "validation",
+            "subject:",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/grants",
+            Some(json!({"subject": "", "role": "viewer"})),
+            422,
+            "validation",
+            "subject:",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/grants",
+            Some(json!({"subject": "b".repeat(257), "role": "viewer"})),
+            422,
+            "validation",
+            "subject:",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/revocations",
+            Some(json!({"subject": "olga", "role": "owner"})),
+            409,
+            "conflict",
+            "last owner",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/revocations",
+            Some(json!({"subject": "nobody", "role": "viewer"})),
+            404,
+            "not-found",
+            "grant",
+        ),
         // Nobody hands out more than they hold.
-        ("admin", "POST", "/access/grants", Some(json!({"subject": "bob", "role": "owner"})), 403, "permission-denied", "\"owner\""),
-        ("admin", "POST", "/access/revocations", Some(json!({"subject": "olga", "role": "owner"})), 403, "permission-denied", "\"owner\""),
-        ("clerk", "POST", "/access/grants", Some(json!({"subject": "bob", "role": "member"})), 403, "permission-denied", "\"invoices:create\""),
-        ("clerk", "POST", "/access/roles", Some(json!({"name": "x", "permissions": ["invoices:write"]})), 403, "permission-denied", "\"invoices:write\""),
-        ("member", "GET", "/access/roles", None, 403, "permission-denied", "\"access:manage\""),
-        ("member", "POST", "/access/grants", Some(json!({"subject": "max", "role": "admin"})), 403, "permission-denied", "\"access:manage\""),
+        (
+            "admin",
+            "POST",
+            "/access/grants",
+            Some(json!({"subject": "bob", "role": "owner"})),
+            403,
+            "permission-denied",
+            "\"owner\"",
+        ),
+        (
+            "admin",
+            "POST",
+            "/access/revocations",
+            Some(json!({"subject": "olga", "role": "owner"})),
+            403,
+            "permission-denied",
+            "\"owner\"",
+        ),
+        (
+            "clerk",
+            "POST",
+            "/access/grants",
+            Some(json!({"subject": "bob", "role": "member"})),
+            403,
+            "permission-denied",
+            "\"invoices:create\"",
+        ),
+        (
+            "clerk",
+            "POST",
+            "/access/roles",
+            Some(json!({"name": "x", "permissions": ["invoices:write"]})),
+            403,
+            "permission-denied",
+            "\"invoices:write\"",
+        ),
+        (
+            "member",
+            "GET",
+            "/access/roles",
+            None,
+            403,
+            "permission-denied",
+            "\"access:manage\"",
+        ),
+        (
+            "member",
+            "POST",
+            "/access/grants",
+            Some(json!({"subject": "max", "role": "admin"})),
+            403,
+            "permission-denied",
+            "\"access:manage\"",
+        ),
     ];
     for (who, method, path, body, status, code, names) in cases {
         let auth = match who {
@@ -457,10 +788,23 @@ async fn management_input_is_checked_and_a_refusal_stores_nothing() {
             "clerk" => &clerk,
             _ => &member,
         };
-        let r = env.call(method, path, &[("authorization", auth)], body.clone()).await;
-        assert_eq!((r.status, r.code()), (status, code), "{who} {method} {path} {body:?}: {r:?}");
+        let r = env
+            .call(method, path, &[("authorization", auth)], body.clone())
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (status, code),
+            "{who} {method} {path} {body:?}: {r:?}"
+        );
         let detail = r.body["detail"].as_str().unwrap_or_default();
-        assert!(detail.contains(names), "{who} {method} {path}: {detail:?} names {names:?}");
+        assert!(
+            detail.contains(names),
+            "{who} {method} {path}: {detail:?} names {names:?}"
+        );
     }
-    assert_eq!(access_state(&env).await, before, "nothing of a refused call is stored");
+    assert_eq!(
+        access_state(&env).await,
+        before,
+        "nothing of a refused call is stored"
+    );
 }
