@@ -36,6 +36,8 @@ pub enum ProblemType {
     TenantDeleted,
     /// The credential lacks a scope the operation needs.
     InsufficientScope,
+    /// The caller's roles do not include a permission the operation needs.
+    PermissionDenied,
     /// The resource does not exist (for this tenant).
     NotFound,
     /// The request is malformed.
@@ -82,6 +84,13 @@ pub(crate) const INSUFFICIENT_SCOPE: tenancy_problem::ProblemType =
         403,
         "The credential does not allow this operation",
     );
+/// 403: the caller's roles lack a permission.
+pub(crate) const PERMISSION_DENIED: tenancy_problem::ProblemType =
+    tenancy_problem::ProblemType::new(
+        "permission-denied",
+        403,
+        "The caller's roles do not allow this operation",
+    );
 
 impl ProblemType {
     /// Every problem type, for documentation and tests.
@@ -94,6 +103,7 @@ impl ProblemType {
         ProblemType::TenantProvisioning,
         ProblemType::TenantDeleted,
         ProblemType::InsufficientScope,
+        ProblemType::PermissionDenied,
         ProblemType::NotFound,
         ProblemType::BadRequest,
         ProblemType::Validation,
@@ -113,6 +123,7 @@ impl ProblemType {
             ProblemType::TenantProvisioning => TENANT_PROVISIONING,
             ProblemType::TenantDeleted => TENANT_DELETED,
             ProblemType::InsufficientScope => INSUFFICIENT_SCOPE,
+            ProblemType::PermissionDenied => PERMISSION_DENIED,
             ProblemType::NotFound => tenancy_problem::NOT_FOUND,
             ProblemType::BadRequest => tenancy_problem::BAD_REQUEST,
             ProblemType::Validation => tenancy_problem::VALIDATION,
@@ -184,6 +195,12 @@ pub enum HttpError {
         /// The scope that is needed.
         scope: String,
     },
+    /// The caller's roles lack `permission`.
+    #[error("missing permission {permission}")]
+    PermissionDenied {
+        /// The permission that is needed.
+        permission: String,
+    },
     /// A resource is not there (for this tenant).
     #[error("{what} not found")]
     NotFound {
@@ -219,6 +236,7 @@ impl HttpError {
             HttpError::TenantProvisioning => ProblemType::TenantProvisioning,
             HttpError::TenantDeleted => ProblemType::TenantDeleted,
             HttpError::InsufficientScope { .. } => ProblemType::InsufficientScope,
+            HttpError::PermissionDenied { .. } => ProblemType::PermissionDenied,
             HttpError::NotFound { .. } => ProblemType::NotFound,
             HttpError::BadRequest(_) => ProblemType::BadRequest,
             HttpError::Validation(_) => ProblemType::Validation,
@@ -246,6 +264,9 @@ impl HttpError {
             HttpError::InsufficientScope { scope } => {
                 Some(format!("this operation needs the scope {scope:?}"))
             }
+            HttpError::PermissionDenied { permission } => Some(format!(
+                "this operation needs the permission {permission:?}, which none of the caller's roles grants"
+            )),
             HttpError::NotFound { what } => Some(format!("{what} not found")),
             HttpError::BadRequest(d) | HttpError::Validation(d) | HttpError::Conflict(d) => {
                 Some(d.clone())

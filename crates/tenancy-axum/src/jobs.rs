@@ -26,7 +26,7 @@ impl JobRuntime for Tenancy {
     async fn check(&self, tenant: TenantId, job: Uuid) -> Result<Tenant, TenantUnavailable> {
         let subject = Some(Arc::from(format!("job:{job}")));
         match self
-            .checked(tenant, Via::one(SourceKind::Job), subject, None)
+            .checked(tenant, Via::one(SourceKind::Job), subject, None, None)
             .await
         {
             Ok(t) => Ok(t),

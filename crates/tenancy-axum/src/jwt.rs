@@ -227,6 +227,10 @@ pub(crate) struct VerifiedToken {
     pub(crate) caller: Arc<str>,
     /// What the token allows, from `scope` or `scp`; `None` is nothing (shared too).
     pub(crate) scopes: Option<Arc<[String]>>,
+    /// The `iss` it was verified for: claims such as roles mean what their issuer says.
+    pub(crate) issuer: String,
+    /// Every verified claim, for the application's own mappings (roles, groups).
+    pub(crate) claims: Map<String, Value>,
 }
 
 /// The scopes of verified claims: `scope` as one space-separated string (RFC 8693,
@@ -399,6 +403,7 @@ impl JwtVerifier {
                     let secs = |c: &str| claims.get(c).and_then(Value::as_f64).map(|v| v as u64);
                     // Required and checked by `decode`: present here.
                     let exp = secs("exp").ok_or_else(|| invalid("token lacks the exp claim"))?;
+                    let nbf = secs("nbf");
                     let caller = Arc::from(match claims.get("sub").and_then(Value::as_str) {
                         Some(sub) => sub.to_owned(),
                         None => format!("jwt:{iss}"),
@@ -413,8 +418,10 @@ impl JwtVerifier {
                         tenant_id,
                         caller,
                         scopes: claim_scopes(&claims),
+                        issuer: iss.clone(),
+                        claims,
                     };
-                    return Ok((verified, exp, secs("nbf")));
+                    return Ok((verified, exp, nbf));
                 }
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind as K;

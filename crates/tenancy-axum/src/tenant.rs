@@ -12,6 +12,7 @@ use tenancy_catalog::TenantRoute as CatalogTenant;
 use tenancy_core::{Slug, TenantId};
 use tracing::Instrument;
 
+use crate::jwt::VerifiedToken;
 use crate::HttpError;
 
 /// Where the tenant of a request came from.
@@ -118,6 +119,9 @@ struct Inner {
     /// What the credential allows; `None` is nothing (shared with the credential's cache
     /// entry where there is one).
     scopes: Option<Arc<[String]>>,
+    /// The verified JWT, when one named the tenant (shared with the token cache), for
+    /// claim mappings such as roles per issuer.
+    token: Option<Arc<VerifiedToken>>,
 }
 
 impl PartialEq for Tenant {
@@ -150,6 +154,7 @@ impl Tenant {
         via: Via,
         subject: Option<Arc<str>>,
         scopes: Option<Arc<[String]>>,
+        token: Option<Arc<VerifiedToken>>,
     ) -> Self {
         Tenant {
             inner: Arc::new(Inner {
@@ -157,6 +162,7 @@ impl Tenant {
                 via,
                 subject,
                 scopes,
+                token,
             }),
         }
     }
@@ -185,6 +191,18 @@ impl Tenant {
     /// session's); empty when it grants none.
     pub fn scopes(&self) -> &[String] {
         self.inner.scopes.as_deref().unwrap_or_default()
+    }
+
+    /// The issuer (`iss`) of the verified JWT that authenticated the caller, if one did.
+    pub fn jwt_issuer(&self) -> Option<&str> {
+        self.inner.token.as_deref().map(|t| t.issuer.as_str())
+    }
+
+    /// A claim of the verified JWT that authenticated the caller (`None` without a JWT
+    /// or without that claim). Read it together with [`Tenant::jwt_issuer`]: a claim
+    /// means what its issuer says it means.
+    pub fn jwt_claim(&self, name: &str) -> Option<&serde_json::Value> {
+        self.inner.token.as_deref().and_then(|t| t.claims.get(name))
     }
 
     /// Refuses (403 `insufficient-scope`) unless the credential grants `scope` (itself,

@@ -1,5 +1,6 @@
 //! The per-request (and per-job) `TenantTx`: opened on first use by the [`Tx`]
-//! extractor, handed back when the handler is done, then committed by the layer if the
+//! extractor (a later extraction gets the same transaction once the earlier holder has
+//! dropped it, so a guard and the handler share it), handed back when the handler is done, then committed by the layer if the
 //! response is a success and rolled back otherwise (error status, error, panic).
 
 use std::future::{ready, Ready};
@@ -55,9 +56,17 @@ impl TxSlot {
                 .lock()
                 .map_err(|_| HttpError::internal("transaction slot poisoned"))?;
             if s.opened {
-                return Err(HttpError::internal(
-                    "the tenant transaction was extracted twice in one request",
-                ));
+                // Handed back by an earlier holder (a guard that checked permissions in
+                // it): the same transaction again. Held by someone: a wiring bug.
+                return match s.tx.take() {
+                    Some(tx) => Ok(Tx {
+                        tx: Some(tx),
+                        slot: Arc::clone(&self.state),
+                    }),
+                    None => Err(HttpError::internal(
+                        "the tenant transaction was extracted twice in one request",
+                    )),
+                };
             }
             s.opened = true;
         }

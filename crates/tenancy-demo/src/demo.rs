@@ -492,6 +492,10 @@ async fn example_app(
         ],
         run_worker: true,
         pooler: tenancy_sdk::Pooler::Direct,
+        access: invoicing::AccessConfig {
+            role_claims: vec![dev.role_claims()],
+            key_issuer: None,
+        },
     })
     .await
     .context("starting the example app")?;

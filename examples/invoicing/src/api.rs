@@ -5,6 +5,7 @@
 //! names the field, never a database error.
 
 use axum::extract::{FromRequest, Path, Query, Request};
+use axum::handler::Handler as _;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -12,6 +13,7 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tenancy_access::{Access, AccessModel, ClaimRoles, ModelError, Permissions};
 use tenancy_axum::{HttpError, Tenant, Tx};
 use tenancy_sdk::Row;
 use tower_layer::Layer as _;
@@ -26,13 +28,42 @@ type ApiResult<T> = Result<T, HttpError>;
 /// before the routes see the path, and unknown routes are resolved like any other.
 /// [`PUBLIC_ROUTES`] must be declared public on the layer ([`crate::build`] does). Every
 /// error response, axum's own rejections (a query string, a path, a 405) included, is a
-/// problem document.
-pub fn router(state: AppState) -> axum::Router {
+/// problem document. Refused when a route requires a permission the model does not
+/// declare.
+pub fn router(state: AppState) -> Result<axum::Router, ModelError> {
     let tenancy = state.tenancy.clone();
     // `normalize` runs inside the tenancy layer, so the layer sees axum's rejections as
     // problems already and adds the request id to them too.
-    let routes = routes(state).layer(axum::middleware::from_fn(tenancy_axum::problem::normalize));
-    axum::Router::new().fallback_service(tenancy.layer().layer(routes))
+    let routes = routes(state)?.layer(axum::middleware::from_fn(tenancy_axum::problem::normalize));
+    Ok(axum::Router::new().fallback_service(tenancy.layer().layer(routes)))
+}
+
+/// The permissions the app declares (besides `access:manage`, which every model has):
+/// `invoices:read` and `invoices:write` are also the scopes its handlers check,
+/// `invoices:create` is needed to create an invoice, `api_keys:manage` to issue API keys.
+/// An API key's scopes are permissions too, so a key can only be issued with permissions
+/// its creator holds.
+pub const PERMISSIONS: &[&str] = &[
+    "invoices:read",
+    "invoices:write",
+    "invoices:create",
+    "api_keys:manage",
+];
+
+/// The app's access model: owners and admins hold every permission, members
+/// `invoices:read`, `invoices:write` and `invoices:create`, viewers `invoices:read`; each
+/// of `role_claims` maps one issuer's claim to roles.
+pub fn access_model(role_claims: Vec<ClaimRoles>) -> Result<Access, ModelError> {
+    role_claims
+        .into_iter()
+        .fold(
+            AccessModel::new()
+                .permissions(PERMISSIONS.iter().copied())
+                .member(["invoices:read", "invoices:write", "invoices:create"])
+                .viewer(["invoices:read"]),
+            AccessModel::issuer,
+        )
+        .build()
 }
 
 /// The routes served without a credential (and without any tenant data).
@@ -41,8 +72,11 @@ pub const PUBLIC_ROUTES: &[&str] = &["/health"];
 /// The scopes the API checks: reads need `invoices:read`, writes `invoices:write`.
 pub const SCOPES: &[&str] = &["invoices:read", "invoices:write"];
 
-fn routes(state: AppState) -> axum::Router {
-    axum::Router::new()
+fn routes(state: AppState) -> Result<axum::Router, ModelError> {
+    let create_invoices = state.access.require("invoices:create")?;
+    let manage_keys = state.access.require("api_keys:manage")?;
+    let access = tenancy_access::api::router(state.access.clone());
+    Ok(axum::Router::new()
         .route("/health", get(health))
         .route("/me", get(me))
         .route("/customers", get(list_customers).post(create_customer))
@@ -52,7 +86,11 @@ fn routes(state: AppState) -> axum::Router {
                 .patch(update_customer)
                 .delete(delete_customer),
         )
-        .route("/invoices", get(list_invoices).post(create_invoice))
+        .route(
+            "/invoices",
+            get(list_invoices).post(create_invoice.layer(create_invoices)),
+        )
+        .route("/api-keys", post(create_api_key.layer(manage_keys)))
         .route(
             "/invoices/{id}",
             get(get_invoice)
@@ -65,6 +103,7 @@ fn routes(state: AppState) -> axum::Router {
         .route("/reports/summary", get(report))
         .fallback(|| async { HttpError::not_found("route") })
         .with_state(state)
+        .merge(access))
 }
 
 /// JSON body whose rejection is a problem+json 400.
@@ -669,4 +708,47 @@ fn cents(v: i128) -> Value {
         Ok(v) => json!(v),
         Err(_) => json!(v as f64),
     }
+}
+
+// ---- API keys ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewApiKey {
+    name: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+}
+
+/// Issues an API key of the caller's tenant (behind `RequirePermission` for
+/// `api_keys:manage`). Its scopes must be permissions the caller holds: one more is
+/// refused (403 naming it), an undeclared one too (422 naming it). The key is shown once.
+async fn create_api_key(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    tenant: Tenant,
+    perms: Permissions,
+    Body(k): Body<NewApiKey>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let name = text("name", &k.name, 1, 100)?;
+    let scopes = tenancy_access::check_key_scopes(&state.access, &perms, &k.scopes)?;
+    let Some(issuer) = &state.key_issuer else {
+        return Err(HttpError::Unavailable(
+            "this deployment issues no API keys (no catalog owner connection)".into(),
+        ));
+    };
+    let (client, conn) = issuer.connect_raw().await.map_err(HttpError::internal)?;
+    let conn = tokio::spawn(conn);
+    let issued = tenancy_axum::api_key::issue_api_key(&client, tenant.id(), name, &scopes).await;
+    drop(client);
+    let _ = conn.await;
+    let (rec, key) = issued.map_err(HttpError::internal)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "key_id": rec.key_id,
+            "name": rec.name,
+            "scopes": rec.scopes,
+            "key": key.expose(),
+        })),
+    ))
 }

@@ -14,6 +14,12 @@
 //! - [`DevIssuer`]: a development token issuer (HS256) so the demo and tests can call
 //!   the API as a tenant, with the [`SCOPES`] a caller needs. A real deployment trusts
 //!   its identity provider instead.
+//! - Access control (`tenancy-access`): the app declares [`PERMISSIONS`]; viewers read,
+//!   members also create invoices, owners and admins also manage API keys and roles.
+//!   `POST /invoices` needs `invoices:create` and `POST /api-keys` `api_keys:manage`
+//!   (each a `RequirePermission` layer); `/access/…` is the tenant admins' management API.
+//!   Which JWT claim values mean which role is configured per issuer
+//!   ([`AccessConfig::role_claims`]).
 //!
 //! Every route needs a credential (a JWT or an API key; a subdomain, custom domain or
 //! `/t/<tenant>` only selects the tenant and must match it) except [`PUBLIC_ROUTES`].
@@ -34,12 +40,14 @@ use tenancy_core::{ContextKey, TenantId};
 use tenancy_jobs::{JobSigner, Worker};
 use tenancy_sdk::{ClusterCredentials, PgConfig, PoolOptions, Pooler, Router, RouterOptions};
 
-pub use api::{router, PUBLIC_ROUTES, SCOPES};
+pub use api::{access_model, router, PERMISSIONS, PUBLIC_ROUTES, SCOPES};
+pub use tenancy_access::ClaimRoles;
 
 /// The queue the app's jobs go to.
 pub const QUEUE: &str = "invoicing";
 
-/// The app's migrations, in order.
+/// The app's migrations, in order (after the tenancy job queue, audit log and access
+/// tables).
 const MIGRATIONS: &[(&str, &str)] = &[(
     "0001_invoicing",
     include_str!("../migrations/0001_invoicing.sql"),
@@ -51,6 +59,12 @@ pub async fn migrate(owner: &mut tokio_postgres::Client) -> Result<()> {
     tenancy_jobs::install(owner)
         .await
         .context("installing the tenancy job queue")?;
+    tenancy_audit::install(owner)
+        .await
+        .context("installing the tenancy audit log")?;
+    tenancy_access::install(owner)
+        .await
+        .context("installing the tenancy access tables")?;
     owner
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS public.invoicing_migrations (
@@ -114,13 +128,33 @@ impl DevIssuer {
         )
     }
 
+    /// How this issuer's tokens name roles: the `roles` claim, each built-in role by its
+    /// own name.
+    pub fn role_claims(&self) -> ClaimRoles {
+        ["owner", "admin", "member", "viewer"]
+            .into_iter()
+            .fold(ClaimRoles::new(&self.issuer, "roles"), |m, r| m.map(r, r))
+    }
+
     /// A token for `tenant` (claim `tenant_id`), subject `sub`, granting `scopes` (claim
     /// `scope`; [`SCOPES`] for full access, none for a token that may only identify
-    /// itself), valid for `ttl`.
+    /// itself), valid for `ttl`, for an owner of the tenant (claim `roles`).
     pub fn token(
         &self,
         tenant: TenantId,
         sub: &str,
+        scopes: &[&str],
+        ttl: Duration,
+    ) -> Result<String> {
+        self.token_as(tenant, sub, &["owner"], scopes, ttl)
+    }
+
+    /// [`DevIssuer::token`] for a caller holding `roles` (claim `roles`).
+    pub fn token_as(
+        &self,
+        tenant: TenantId,
+        sub: &str,
+        roles: &[&str],
         scopes: &[&str],
         ttl: Duration,
     ) -> Result<String> {
@@ -131,7 +165,7 @@ impl DevIssuer {
         let claims = serde_json::json!({
             "iss": self.issuer, "aud": self.audience, "sub": sub,
             "tenant_id": tenant.to_string(), "iat": now, "exp": now + ttl.as_secs(),
-            "scope": scopes.join(" "),
+            "scope": scopes.join(" "), "roles": roles.join(" "),
         });
         jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -170,6 +204,19 @@ pub struct Config {
     /// a transaction-mode pooler such as PgBouncer (the catalog and the job queue
     /// connections stay direct: they LISTEN and hold sessions).
     pub pooler: Pooler,
+    /// Roles from JWT claims, and how API keys are issued.
+    pub access: AccessConfig,
+}
+
+/// The app's access-control settings.
+#[derive(Debug, Clone, Default)]
+pub struct AccessConfig {
+    /// Per trusted issuer, which claim values mean which role (an issuer without one
+    /// gives roles only through stored grants).
+    pub role_claims: Vec<ClaimRoles>,
+    /// The catalog as the owner role, used only by `POST /api-keys` to store a new key's
+    /// hash (the runtime role cannot write keys). Without it that route answers 503.
+    pub key_issuer: Option<PgConfig>,
 }
 
 /// State shared by the handlers.
@@ -179,6 +226,10 @@ pub struct AppState {
     pub tenancy: Tenancy,
     /// Signs the jobs handlers enqueue.
     pub jobs: JobSigner,
+    /// The app's access model (permissions, built-in roles, claim mappings).
+    pub access: tenancy_access::Access,
+    /// Where API keys are issued (see [`AccessConfig::key_issuer`]).
+    pub key_issuer: Option<PgConfig>,
 }
 
 /// A built, bound, not yet running app.
@@ -219,9 +270,12 @@ pub async fn build(config: Config) -> Result<App> {
     }
     let tenancy = b.build().context("building the tenancy layer")?;
     let jobs = JobSigner::new(config.job_key);
+    let access = access_model(config.access.role_claims).context("building the access model")?;
     let state = AppState {
         tenancy: tenancy.clone(),
         jobs: jobs.clone(),
+        access,
+        key_issuer: config.access.key_issuer,
     };
     let worker = if config.run_worker {
         Some(
@@ -239,14 +293,14 @@ pub async fn build(config: Config) -> Result<App> {
         .with_context(|| format!("binding {}", config.listen))?;
     Ok(App {
         listener,
-        routes: router_with_state(state.clone()),
+        routes: router_with_state(state.clone())?,
         worker,
         state,
     })
 }
 
-fn router_with_state(state: AppState) -> axum::Router {
-    api::router(state)
+fn router_with_state(state: AppState) -> Result<axum::Router> {
+    api::router(state).context("building the routes")
 }
 
 impl App {

@@ -8,7 +8,7 @@
 //! TLS settings how they are reached), `TENANCY_CONTEXT_KEY` (`<kid>:<64 hex>`),
 //! `INVOICING_JWT_SECRET` (>= 32 bytes), `INVOICING_JOB_KEY` (64 hex), optional
 //! `INVOICING_OWNER_DATABASE_URL` (the same database as `tenancy_owner`: applies the app's
-//! migrations at start), optional `INVOICING_WORKER_DATABASE_URL` (the same database as
+//! migrations at start, and stores the hashes of API keys issued by `POST /api-keys`), optional `INVOICING_WORKER_DATABASE_URL` (the same database as
 //! the worker role `tenancy_worker`; runs the job worker in this process),
 //! `TENANCY_POOLER` (`transaction` when the clusters the catalog names are reached through
 //! PgBouncer in transaction mode), `INVOICING_LISTEN` (default 127.0.0.1:8080) and
@@ -71,8 +71,10 @@ async fn main() -> Result<()> {
         .map(|p| String::from_utf8(p.to_vec()))
         .transpose()
         .context("the password in INVOICING_DATABASE_URL must be UTF-8")?;
+    let mut owner_db = None;
     if let Ok(url) = std::env::var("INVOICING_OWNER_DATABASE_URL") {
         let owner = database_url_from("INVOICING_OWNER_DATABASE_URL", &url)?;
+        owner_db = Some(owner.clone());
         let (mut client, conn) = owner
             .connect_raw()
             .await
@@ -108,6 +110,10 @@ async fn main() -> Result<()> {
         pooler: match std::env::var("TENANCY_POOLER") {
             Ok(p) => p.parse().context("parsing TENANCY_POOLER")?,
             Err(_) => tenancy_sdk::Pooler::Direct,
+        },
+        access: invoicing::AccessConfig {
+            role_claims: vec![dev.role_claims()],
+            key_issuer: owner_db,
         },
     })
     .await?;

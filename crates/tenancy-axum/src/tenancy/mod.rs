@@ -21,7 +21,7 @@ use tenancy_sdk::{PgConfig, Router, TenantTx};
 
 use crate::api_key::{ApiKey, API_KEY_PREFIX};
 use crate::catalog::Catalog;
-use crate::jwt::{JwtConfig, JwtVerifier, TenantClaim};
+use crate::jwt::{JwtConfig, JwtVerifier, TenantClaim, VerifiedToken};
 use crate::tenant::Via;
 use crate::{ConfigError, HttpError, SourceKind, TenancyLayer, Tenant};
 
@@ -435,7 +435,7 @@ impl Tenancy {
     /// A [`Tenant`] for `id`, checked like a request's (exists, active), for work the
     /// application starts itself.
     pub async fn scope_for(&self, id: TenantId) -> Result<Tenant, HttpError> {
-        self.checked(id, Via::one(SourceKind::Application), None, None)
+        self.checked(id, Via::one(SourceKind::Application), None, None, None)
             .await
     }
 
@@ -445,12 +445,13 @@ impl Tenancy {
         via: Via,
         subject: Option<Arc<str>>,
         scopes: Option<Arc<[String]>>,
+        token: Option<Arc<VerifiedToken>>,
     ) -> Result<Tenant, HttpError> {
         let Some(t) = self.inner.catalog.tenant(id).await? else {
             return Err(HttpError::TenantNotFound);
         };
         match t.state {
-            TenantState::Active => Ok(Tenant::new(t, via, subject, scopes)),
+            TenantState::Active => Ok(Tenant::new(t, via, subject, scopes, token)),
             TenantState::Suspended => Err(HttpError::TenantSuspended),
             TenantState::Provisioning => Err(HttpError::TenantProvisioning),
             TenantState::Deleting | TenantState::Deleted => Err(HttpError::TenantDeleted),
@@ -464,6 +465,7 @@ impl Tenancy {
         let mut agreed = Agreement::default();
         let mut subject = None;
         let mut scopes = None;
+        let mut verified_jwt = None;
         let bearer = bearer(parts);
         for c in &self.inner.credentials {
             match c {
@@ -483,6 +485,7 @@ impl Tenancy {
                     };
                     subject.get_or_insert_with(|| Arc::clone(&t.caller));
                     merge_scopes(&mut scopes, agreed.first.is_none(), t.scopes.clone());
+                    verified_jwt = Some(Arc::clone(&t));
                     agreed.note(SourceKind::Jwt, id);
                 }
                 Credential::ApiKey => {
@@ -615,7 +618,9 @@ impl Tenancy {
         let Some(Some(id)) = agreed.first else {
             return Err(HttpError::TenantNotFound);
         };
-        let tenant = self.checked(id, agreed.via, subject, scopes).await?;
+        let tenant = self
+            .checked(id, agreed.via, subject, scopes, verified_jwt)
+            .await?;
         Ok(Resolved { tenant, strip })
     }
 

@@ -32,6 +32,7 @@ fn problem_table_is_stable_and_unique() {
             ("tenant-provisioning", 409),
             ("tenant-deleted", 410),
             ("insufficient-scope", 403),
+            ("permission-denied", 403),
             ("not-found", 404),
             ("bad-request", 400),
             ("validation", 422),

@@ -3,6 +3,7 @@
 //! request transaction, request ids and trace context. Each test runs the app on its own
 //! fresh database; the app connects only as the runtime role.
 
+mod access;
 mod anonymous;
 mod bad_input;
 mod isolation;

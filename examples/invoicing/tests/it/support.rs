@@ -50,10 +50,32 @@ pub(crate) fn now() -> u64 {
         .as_secs()
 }
 
-/// Claims for `tenant` from `iss`, valid for an hour, with every scope the app checks.
+/// Claims for `tenant` from `iss`, valid for an hour, with every scope the app checks,
+/// for an owner: `roles` (the dev and JWKS issuers' role claim) and `groups` (the
+/// identity provider's).
 pub(crate) fn claims(iss: &str, tenant: TenantId) -> Value {
     json!({"iss": iss, "aud": AUD, "sub": "user-1", "tenant_id": tenant.to_string(),
-           "iat": now(), "exp": now() + 3600, "scope": invoicing::SCOPES.join(" ")})
+           "iat": now(), "exp": now() + 3600, "scope": invoicing::SCOPES.join(" "),
+           "roles": "owner", "groups": ["invoicing-owners"]})
+}
+
+/// Which claim values mean which role, per issuer: the dev and JWKS issuers name roles in
+/// `roles` by their own names; the identity provider names groups in `groups`; the other
+/// issuer has no mapping, so its tokens hold only stored grants.
+pub(crate) fn role_claims() -> Vec<invoicing::ClaimRoles> {
+    let by_name = |iss: &str| {
+        ["owner", "admin", "member", "viewer"]
+            .into_iter()
+            .fold(invoicing::ClaimRoles::new(iss, "roles"), |m, r| m.map(r, r))
+    };
+    vec![
+        by_name(DEV_ISS),
+        by_name(JWKS_ISS),
+        invoicing::ClaimRoles::new(IDP_ISS, "groups")
+            .map("invoicing-owners", "owner")
+            .map("invoicing-admins", "admin")
+            .map("invoicing-viewers", "viewer"),
+    ]
 }
 
 /// Signs `claims` with `alg` and the key in `pem_or_secret`.
@@ -301,6 +323,10 @@ async fn start_with(pooler: Option<tenancy_sdk::Pooler>) -> Env {
         sources: sources(&jwks),
         run_worker: true,
         pooler: pooler.unwrap_or_default(),
+        access: invoicing::AccessConfig {
+            role_claims: role_claims(),
+            key_issuer: Some(db.config_as(OWNER_ROLE).into()),
+        },
     })
     .await
     .expect("build app");

@@ -1,0 +1,480 @@
+//! Managing a tenant's roles and grants, each change with its audit event in the same
+//! `TenantTx`.
+//!
+//! Every function takes the caller's [`Permissions`] and refuses unless they include
+//! [`MANAGE_ACCESS`] and everything the change hands out; inputs are checked before any
+//! statement runs, and a refusal after a statement leaves the rollback to the caller's
+//! transaction (the request layer rolls back every error response), so nothing of a
+//! refused call is ever stored.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use serde_json::json;
+use tenancy_audit::{Actor, ActorKind, Event};
+use tenancy_axum::{SourceKind, Tenant};
+use tenancy_sdk::TenantTx;
+
+use crate::model::{permission_shape, role_shape};
+use crate::{
+    Access, AccessError, BuiltinRole, Permissions, MANAGE_ACCESS, MAX_PERMISSIONS, MAX_ROLE_LEN,
+    MAX_SUBJECT_LEN,
+};
+
+/// Who makes a change: the actor and request of its audit events.
+#[derive(Debug, Clone)]
+pub struct By {
+    /// The actor recorded.
+    actor: Actor,
+    /// The request that made the change, when there is one.
+    request_id: Option<String>,
+}
+
+impl By {
+    /// The caller of a request of `tenant` (an API key is recorded as one, with its id).
+    pub fn tenant(tenant: &Tenant, request_id: Option<&tenancy_axum::RequestId>) -> By {
+        let subject = tenant.subject().map(str::to_owned);
+        let key_id = match (&subject, tenant.via().contains(&SourceKind::ApiKey)) {
+            (Some(s), true) => s.strip_prefix("api_key:").map(str::to_owned),
+            _ => None,
+        };
+        By {
+            actor: Actor {
+                kind: if key_id.is_some() {
+                    ActorKind::ApiKey
+                } else {
+                    ActorKind::User
+                },
+                subject,
+                key_id,
+            },
+            request_id: request_id.map(ToString::to_string),
+        }
+    }
+
+    /// A platform administrator (`principal`) acting through the control plane.
+    pub fn platform_admin(principal: &str, request_id: Option<&str>) -> By {
+        By {
+            actor: Actor::new(ActorKind::Admin, principal),
+            request_id: request_id.map(str::to_owned),
+        }
+    }
+
+    fn event(&self, action: &str, target: String) -> Event {
+        let e = Event::new(self.actor.clone(), action).target(target);
+        match &self.request_id {
+            Some(id) => e.request_id(id.clone()),
+            None => e,
+        }
+    }
+}
+
+/// A role as listed: built in or the tenant's own, with its permissions (sorted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Role {
+    /// Its name.
+    pub name: String,
+    /// Whether it is one of the built-in roles.
+    pub builtin: bool,
+    /// What it grants.
+    pub permissions: Vec<String>,
+}
+
+/// A role held by a subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Grant {
+    /// Who holds it.
+    pub subject: String,
+    /// The role.
+    pub role: String,
+}
+
+/// Refuses unless the caller may manage access.
+fn manager(caller: &Permissions) -> Result<(), AccessError> {
+    caller.require(MANAGE_ACCESS)
+}
+
+/// A subject as stored: 1 to [`MAX_SUBJECT_LEN`] bytes, no control characters (NUL
+/// included).
+fn subject<'a>(field: &str, s: &'a str) -> Result<&'a str, AccessError> {
+    if s.is_empty() || s.len() > MAX_SUBJECT_LEN {
+        return Err(AccessError::invalid(
+            field,
+            format!("must be 1 to {MAX_SUBJECT_LEN} bytes"),
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(AccessError::invalid(
+            field,
+            "must not contain control characters or NUL bytes",
+        ));
+    }
+    Ok(s)
+}
+
+/// A role name's shape.
+fn role_name<'a>(field: &str, name: &'a str) -> Result<&'a str, AccessError> {
+    if !role_shape(name) {
+        return Err(AccessError::invalid(
+            field,
+            format!(
+                "must start with a lowercase letter and have at most {MAX_ROLE_LEN} lowercase letters, digits, `_` and `-`"
+            ),
+        ));
+    }
+    Ok(name)
+}
+
+/// A custom role's name: well-formed and not built in.
+fn custom_name<'a>(field: &str, name: &'a str) -> Result<&'a str, AccessError> {
+    let name = role_name(field, name)?;
+    if BuiltinRole::from_name(name).is_some() {
+        return Err(AccessError::BuiltinRole {
+            role: name.to_owned(),
+        });
+    }
+    Ok(name)
+}
+
+/// Refuses (naming the first) unless the caller holds every permission of `perms`.
+fn within<'a>(
+    caller: &Permissions,
+    perms: impl IntoIterator<Item = &'a String>,
+) -> Result<(), AccessError> {
+    for p in perms {
+        caller.require(p)?;
+    }
+    Ok(())
+}
+
+/// A role's permission list: at most [`MAX_PERMISSIONS`], each declared (else the error
+/// names it and its index in `field`), each held by the caller; sorted, without
+/// duplicates.
+fn permission_list(
+    access: &Access,
+    caller: &Permissions,
+    field: &str,
+    perms: &[String],
+) -> Result<Vec<String>, AccessError> {
+    if perms.len() > MAX_PERMISSIONS {
+        return Err(AccessError::invalid(
+            field,
+            format!("at most {MAX_PERMISSIONS} permissions"),
+        ));
+    }
+    let mut set = BTreeSet::new();
+    for (i, p) in perms.iter().enumerate() {
+        if !access.declares(p) {
+            return Err(AccessError::UnknownPermission {
+                field: format!("{field}[{i}]"),
+                permission: p.clone(),
+            });
+        }
+        set.insert(p.clone());
+    }
+    within(caller, &set)?;
+    Ok(set.into_iter().collect())
+}
+
+/// Checks the scopes of an API key a caller is about to create: each must be a declared
+/// permission (a wildcard is not one) that the caller holds, so a key never allows more
+/// than its creator may do. Returns them sorted, without duplicates.
+pub fn check_key_scopes(
+    access: &Access,
+    caller: &Permissions,
+    scopes: &[String],
+) -> Result<Vec<String>, AccessError> {
+    for (i, s) in scopes.iter().enumerate() {
+        if !permission_shape(s) || !access.declares(s) {
+            return Err(AccessError::UnknownPermission {
+                field: format!("scopes[{i}]"),
+                permission: s.clone(),
+            });
+        }
+    }
+    permission_list(access, caller, "scopes", scopes)
+}
+
+/// Every role of the tenant: the built-in ones (in their fixed order), then its own,
+/// by name.
+pub async fn list_roles(tx: &mut TenantTx, access: &Access) -> Result<Vec<Role>, AccessError> {
+    let mut out: Vec<Role> = BuiltinRole::ALL
+        .iter()
+        .map(|b| Role {
+            name: b.as_str().to_owned(),
+            builtin: true,
+            permissions: access.builtin_permissions(*b).iter().cloned().collect(),
+        })
+        .collect();
+    let rows = tx
+        .query(
+            "SELECT name, permissions FROM tenancy.access_roles ORDER BY name",
+            &[],
+        )
+        .await?;
+    for r in rows {
+        let mut permissions: Vec<String> = r.get(1);
+        permissions.retain(|p| access.declares(p));
+        out.push(Role {
+            name: r.get(0),
+            builtin: false,
+            permissions,
+        });
+    }
+    Ok(out)
+}
+
+/// Every grant of the tenant, by subject then role.
+pub async fn list_grants(tx: &mut TenantTx) -> Result<Vec<Grant>, AccessError> {
+    let rows = tx
+        .query(
+            "SELECT subject, role FROM tenancy.access_grants ORDER BY subject, role",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Grant {
+            subject: r.get(0),
+            role: r.get(1),
+        })
+        .collect())
+}
+
+/// Creates the custom role `name` with `permissions` (each declared and held by the
+/// caller). A name taken by a built-in role is refused; one the tenant already has is a
+/// conflict. Audited as `access.role.create`.
+pub async fn create_role(
+    tx: &mut TenantTx,
+    access: &Access,
+    caller: &Permissions,
+    by: &By,
+    name: &str,
+    permissions: &[String],
+) -> Result<Role, AccessError> {
+    manager(caller)?;
+    let name = custom_name("name", name)?;
+    let perms = permission_list(access, caller, "permissions", permissions)?;
+    let created = tx
+        .execute(
+            "INSERT INTO tenancy.access_roles (name, permissions) VALUES ($1, $2)
+             ON CONFLICT DO NOTHING",
+            &[&name, &perms],
+        )
+        .await?;
+    if created == 0 {
+        return Err(AccessError::Conflict(format!(
+            "role {name:?} already exists; change it instead"
+        )));
+    }
+    tenancy_audit::record(
+        tx,
+        &by.event("access.role.create", format!("role:{name}"))
+            .after(json!({ "permissions": perms })),
+    )
+    .await?;
+    Ok(Role {
+        name: name.to_owned(),
+        builtin: false,
+        permissions: perms,
+    })
+}
+
+/// The permissions of the custom role `name`, locked against concurrent changes
+/// (`FOR UPDATE` to change it, `FOR SHARE` to grant it).
+async fn locked_role(
+    tx: &mut TenantTx,
+    name: &str,
+    exclusive: bool,
+) -> Result<Vec<String>, AccessError> {
+    let sql = if exclusive {
+        "SELECT permissions FROM tenancy.access_roles WHERE name = $1 FOR UPDATE"
+    } else {
+        "SELECT permissions FROM tenancy.access_roles WHERE name = $1 FOR SHARE"
+    };
+    tx.query_opt(sql, &[&name])
+        .await?
+        .map(|r| r.get(0))
+        .ok_or_else(|| AccessError::UnknownRole {
+            role: name.to_owned(),
+        })
+}
+
+/// Replaces the permissions of the custom role `name`. The caller must hold both what the
+/// role had and what it gets. Audited as `access.role.update` with both lists.
+pub async fn update_role(
+    tx: &mut TenantTx,
+    access: &Access,
+    caller: &Permissions,
+    by: &By,
+    name: &str,
+    permissions: &[String],
+) -> Result<Role, AccessError> {
+    manager(caller)?;
+    let name = custom_name("name", name)?;
+    let perms = permission_list(access, caller, "permissions", permissions)?;
+    let mut before = locked_role(tx, name, true).await?;
+    before.retain(|p| access.declares(p));
+    within(caller, &before)?;
+    tx.execute(
+        "UPDATE tenancy.access_roles SET permissions = $2, updated_at = now() WHERE name = $1",
+        &[&name, &perms],
+    )
+    .await?;
+    tenancy_audit::record(
+        tx,
+        &by.event("access.role.update", format!("role:{name}"))
+            .before(json!({ "permissions": before }))
+            .after(json!({ "permissions": perms })),
+    )
+    .await?;
+    Ok(Role {
+        name: name.to_owned(),
+        builtin: false,
+        permissions: perms,
+    })
+}
+
+/// Deletes the custom role `name` and every grant of it (each audited as
+/// `access.revoke`, the role as `access.role.delete`). The caller must hold what the
+/// role grants.
+pub async fn delete_role(
+    tx: &mut TenantTx,
+    access: &Access,
+    caller: &Permissions,
+    by: &By,
+    name: &str,
+) -> Result<(), AccessError> {
+    manager(caller)?;
+    let name = custom_name("name", name)?;
+    let mut before = locked_role(tx, name, true).await?;
+    before.retain(|p| access.declares(p));
+    within(caller, &before)?;
+    let revoked = tx
+        .query(
+            "DELETE FROM tenancy.access_grants WHERE role = $1 RETURNING subject",
+            &[&name],
+        )
+        .await?;
+    for r in revoked {
+        let subject: String = r.get(0);
+        tenancy_audit::record(
+            tx,
+            &by.event("access.revoke", format!("subject:{subject}"))
+                .before(json!({ "role": name })),
+        )
+        .await?;
+    }
+    tx.execute("DELETE FROM tenancy.access_roles WHERE name = $1", &[&name])
+        .await?;
+    tenancy_audit::record(
+        tx,
+        &by.event("access.role.delete", format!("role:{name}"))
+            .before(json!({ "permissions": before })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// What granting or revoking `role` requires of the caller: an owner for `owner`, and
+/// every permission the role grants. `exclusive` locks a custom role for a change of it.
+async fn may_hand_out(
+    tx: &mut TenantTx,
+    access: &Access,
+    caller: &Permissions,
+    role: &str,
+) -> Result<(), AccessError> {
+    match BuiltinRole::from_name(role) {
+        Some(BuiltinRole::Owner) if !caller.is_owner() => Err(AccessError::Denied {
+            permission: "owner".into(),
+        }),
+        Some(b) => within(caller, access.builtin_permissions(b)),
+        None => {
+            let mut perms = locked_role(tx, role, false).await?;
+            perms.retain(|p| access.declares(p));
+            within(caller, &perms)
+        }
+    }
+}
+
+/// Grants `role` (built in or the tenant's own) to `subject`. The caller must hold every
+/// permission of the role, and be an owner to grant `owner`. Returns whether the grant is
+/// new (one already held is left as it is, and records nothing). Audited as
+/// `access.grant`.
+pub async fn grant(
+    tx: &mut TenantTx,
+    access: &Access,
+    caller: &Permissions,
+    by: &By,
+    subject_name: &str,
+    role: &str,
+) -> Result<bool, AccessError> {
+    manager(caller)?;
+    let who = subject("subject", subject_name)?;
+    let role = role_name("role", role)?;
+    may_hand_out(tx, access, caller, role).await?;
+    let n = tx
+        .execute(
+            "INSERT INTO tenancy.access_grants (subject, role) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&who, &role],
+        )
+        .await?;
+    if n == 0 {
+        return Ok(false);
+    }
+    tenancy_audit::record(
+        tx,
+        &by.event("access.grant", format!("subject:{who}"))
+            .after(json!({ "role": role })),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Revokes `role` from `subject`. The caller must hold every permission of the role, and
+/// be an owner to revoke `owner`; the tenant's last owner is never revoked. Audited as
+/// `access.revoke`.
+pub async fn revoke(
+    tx: &mut TenantTx,
+    access: &Access,
+    caller: &Permissions,
+    by: &By,
+    subject_name: &str,
+    role: &str,
+) -> Result<(), AccessError> {
+    manager(caller)?;
+    let who = subject("subject", subject_name)?;
+    let role = role_name("role", role)?;
+    may_hand_out(tx, access, caller, role).await?;
+    if role == BuiltinRole::Owner.as_str() {
+        // Locked, so two concurrent revocations cannot each leave the other owner.
+        let owners = tx
+            .query(
+                "SELECT subject FROM tenancy.access_grants WHERE role = 'owner' FOR UPDATE",
+                &[],
+            )
+            .await?;
+        let others = owners.iter().filter(|r| r.get::<_, &str>(0) != who).count();
+        if others == 0 && owners.len() == 1 {
+            return Err(AccessError::Conflict(
+                "the last owner cannot be revoked; grant owner to another subject first".into(),
+            ));
+        }
+    }
+    let n = tx
+        .execute(
+            "DELETE FROM tenancy.access_grants WHERE subject = $1 AND role = $2",
+            &[&who, &role],
+        )
+        .await?;
+    if n == 0 {
+        return Err(AccessError::NoSuchGrant);
+    }
+    tenancy_audit::record(
+        tx,
+        &by.event("access.revoke", format!("subject:{who}"))
+            .before(json!({ "role": role })),
+    )
+    .await?;
+    Ok(())
+}

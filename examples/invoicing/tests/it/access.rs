@@ -1,0 +1,810 @@
+//! Access control over real HTTP: built-in and custom roles, `RequirePermission` on
+//! `POST /invoices` and `POST /api-keys`, API key scopes within their creator's
+//! permissions, roles from JWT claims per issuer, audit events of every change, the
+//! management API's input checks, and grants that stay in their tenant.
+
+use jsonwebtoken::Algorithm;
+use serde_json::{json, Value};
+use tenancy_core::TenantId;
+
+use crate::support::*;
+
+/// A dev-issuer token for `tenant`, subject `sub`, holding `roles` by claim (none: only
+/// stored grants count).
+fn as_user(tenant: TenantId, sub: &str, roles: &[&str]) -> String {
+    let auth = token_with(tenant, |c| {
+        c["sub"] = json!(sub);
+        c["roles"] = json!(roles.join(" "));
+    });
+    format!("Bearer {auth}")
+}
+
+/// Everything access control stores, across tenants, read as superuser: the roles, the
+/// grants and the audit events of `access.*` actions.
+async fn access_state(env: &Env) -> Vec<String> {
+    let su = env.db.connect_superuser().await.expect("superuser");
+    let mut out = Vec::new();
+    for sql in [
+        "SELECT tenant_id::text || ' ' || name || ' ' || array_to_string(permissions, ',') FROM tenancy.access_roles ORDER BY 1",
+        "SELECT tenant_id::text || ' ' || subject || ' ' || role FROM tenancy.access_grants ORDER BY 1",
+        "SELECT tenant_id::text || ' ' || action || ' ' || coalesce(target, '') FROM tenancy.audit_events WHERE action LIKE 'access.%' ORDER BY seq",
+        "SELECT tenant_id::text || ' ' || key_id FROM tenancy_catalog.api_keys ORDER BY 1",
+    ] {
+        for r in su.query(sql, &[]).await.expect("state") {
+            out.push(r.get::<_, String>(0));
+        }
+    }
+    out
+}
+
+fn invoice(cust: &str, number: &str) -> Option<Value> {
+    Some(json!({"customer_id": cust, "number": number}))
+}
+
+async fn invoices(env: &Env, tenant: TenantId) -> usize {
+    let r = env.as_tenant(tenant, "GET", "/invoices", None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    r.body.as_array().expect("list").len()
+}
+
+#[tokio::test]
+async fn viewers_cannot_create_invoices_and_the_refusal_names_the_permission() {
+    let env = start().await;
+    let (cust, _) = env.seed(env.acme, "acme").await;
+    let before = invoices(&env, env.acme).await;
+    for (who, roles) in [("vera", &["viewer"][..]), ("nobody", &[][..])] {
+        let auth = as_user(env.acme, who, roles);
+        // Reading is allowed (scope and role agree)…
+        let r = env
+            .call("GET", "/invoices", &[("authorization", &auth)], None)
+            .await;
+        assert_eq!(r.status, 200, "{who}: {r:?}");
+        // …creating is not: 403 naming the permission, nothing stored.
+        let r = env
+            .call(
+                "POST",
+                "/invoices",
+                &[("authorization", &auth)],
+                invoice(&cust, &format!("{who}-1")),
+            )
+            .await;
+        assert_eq!((r.status, r.code()), (403, "permission-denied"), "{r:?}");
+        assert!(
+            r.body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("\"invoices:create\"")),
+            "{r:?}"
+        );
+        assert_eq!(r.content_type, "application/problem+json");
+    }
+    assert_eq!(invoices(&env, env.acme).await, before, "nothing created");
+    // A member may create invoices.
+    let auth = as_user(env.acme, "max", &["member"]);
+    let r = env
+        .call(
+            "POST",
+            "/invoices",
+            &[("authorization", &auth)],
+            invoice(&cust, "max-1"),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+}
+
+#[tokio::test]
+async fn only_admins_issue_api_keys_and_a_key_never_exceeds_its_creator() {
+    let env = start().await;
+    let (cust, _) = env.seed(env.acme, "acme").await;
+    let key_body = |scopes: &[&str]| Some(json!({"name": "ci", "scopes": scopes}));
+    // Members and viewers may not manage API keys.
+    for role in ["member", "viewer"] {
+        let auth = as_user(env.acme, "m", &[role]);
+        let r = env
+            .call(
+                "POST",
+                "/api-keys",
+                &[("authorization", &auth)],
+                key_body(&["invoices:read"]),
+            )
+            .await;
+        assert_eq!((r.status, r.code()), (403, "permission-denied"), "{r:?}");
+        assert!(r.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("\"api_keys:manage\"")));
+    }
+    // A custom role that may manage keys but not create invoices cannot hand out
+    // `invoices:create` through a key, nor a wildcard, nor an undeclared scope.
+    let owner = as_user(env.acme, "olga", &["owner"]);
+    let r = env
+        .call(
+            "POST",
+            "/access/roles",
+            &[("authorization", &owner)],
+            Some(json!({"name": "keykeeper", "permissions": ["api_keys:manage", "invoices:read"]})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = env
+        .call(
+            "POST",
+            "/access/grants",
+            &[("authorization", &owner)],
+            Some(json!({"subject": "kim", "role": "keykeeper"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let before = access_state(&env).await;
+    let kim = as_user(env.acme, "kim", &[]);
+    let r = env
+        .call(
+            "POST",
+            "/api-keys",
+            &[("authorization", &kim)],
+            key_body(&["invoices:read", "invoices:create"]),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (403, "permission-denied"), "{r:?}");
+    assert!(r.body["detail"]
+        .as_str()
+        .is_some_and(|d| d.contains("\"invoices:create\"")));
+    for bad in [
+        &["*"][..],
+        &["invoices:*"],
+        &["invoices:read", "billing:nope"],
+    ] {
+        let r = env
+            .call(
+                "POST",
+                "/api-keys",
+                &[("authorization", &kim)],
+                key_body(bad),
+            )
+            .await;
+        assert_eq!((r.status, r.code()), (422, "validation"), "{bad:?}: {r:?}");
+        assert!(r.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("scopes[") && d.contains("unknown permission")));
+    }
+    assert_eq!(access_state(&env).await, before, "no key stored");
+    // Within kim's permissions: issued, and the key does what its scopes say, no more.
+    let r = env
+        .call(
+            "POST",
+            "/api-keys",
+            &[("authorization", &kim)],
+            key_body(&["invoices:read"]),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let key = r.body["key"].as_str().expect("key").to_owned();
+    let r = env
+        .call("GET", "/invoices", &[("x-api-key", &key)], None)
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = env
+        .call(
+            "POST",
+            "/invoices",
+            &[("x-api-key", &key)],
+            invoice(&cust, "key-1"),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (403, "permission-denied"), "{r:?}");
+    let r = env
+        .call("GET", "/access/me", &[("x-api-key", &key)], None)
+        .await;
+    assert_eq!(r.body["permissions"], json!(["invoices:read"]), "{r:?}");
+    // An admin issues a key that creates invoices.
+    let admin = as_user(env.acme, "ada", &["admin"]);
+    let r = env
+        .call(
+            "POST",
+            "/api-keys",
+            &[("authorization", &admin)],
+            key_body(&["invoices:read", "invoices:write", "invoices:create"]),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let key = r.body["key"].as_str().expect("key").to_owned();
+    let r = env
+        .call(
+            "POST",
+            "/invoices",
+            &[("x-api-key", &key)],
+            invoice(&cust, "key-2"),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+}
+
+#[tokio::test]
+async fn custom_roles_grant_what_they_list_and_every_change_is_an_audit_event() {
+    let env = start().await;
+    let (cust, _) = env.seed(env.acme, "acme").await;
+    let owner = as_user(env.acme, "olga", &["owner"]);
+    let bob = as_user(env.acme, "bob", &[]);
+    let call = |auth: String, method: &'static str, path: &'static str, body: Option<Value>| {
+        let env = &env;
+        async move {
+            env.call(method, path, &[("authorization", &auth)], body)
+                .await
+        }
+    };
+    let create = |n: &str| invoice(&cust, n);
+    // Without a grant bob may not create invoices.
+    let r = call(bob.clone(), "POST", "/invoices", create("bob-0")).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    let r = call(owner.clone(), "POST", "/access/roles", Some(json!({"name": "billing", "permissions": ["invoices:read", "invoices:write", "invoices:create"]}))).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(
+        r.body["permissions"],
+        json!(["invoices:create", "invoices:read", "invoices:write"])
+    );
+    let r = call(
+        owner.clone(),
+        "POST",
+        "/access/grants",
+        Some(json!({"subject": "bob", "role": "billing"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    // Granting again changes nothing and records nothing.
+    let r = call(
+        owner.clone(),
+        "POST",
+        "/access/grants",
+        Some(json!({"subject": "bob", "role": "billing"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = call(bob.clone(), "GET", "/access/me", None).await;
+    assert_eq!(r.body["roles"], json!(["billing"]), "{r:?}");
+    let r = call(bob.clone(), "POST", "/invoices", create("bob-1")).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    // The role loses the permission: bob loses it at his next request.
+    let r = env
+        .call(
+            "PUT",
+            "/access/roles/billing",
+            &[("authorization", &owner)],
+            Some(json!({"permissions": ["invoices:read"]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = call(bob.clone(), "POST", "/invoices", create("bob-2")).await;
+    assert_eq!((r.status, r.code()), (403, "permission-denied"), "{r:?}");
+    // Revoked, then the role deleted (with any grant of it left).
+    let r = call(
+        owner.clone(),
+        "POST",
+        "/access/grants",
+        Some(json!({"subject": "carl", "role": "billing"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = call(
+        owner.clone(),
+        "POST",
+        "/access/revocations",
+        Some(json!({"subject": "bob", "role": "billing"})),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{r:?}");
+    let r = env
+        .call(
+            "DELETE",
+            "/access/roles/billing",
+            &[("authorization", &owner)],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{r:?}");
+    let r = call(owner.clone(), "GET", "/access/grants", None).await;
+    assert_eq!(r.body, json!([]), "{r:?}");
+    // One event per change, in order, by the owner, in acme's log.
+    let su = env.db.connect_superuser().await.expect("superuser");
+    let events: Vec<(String, String, String, Option<String>)> = su
+        .query(
+            "SELECT tenant_id::text, action, coalesce(target, ''), actor_subject FROM tenancy.audit_events
+              WHERE action LIKE 'access.%' ORDER BY seq",
+            &[],
+        )
+        .await
+        .expect("events")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let acme = env.acme.to_string();
+    let e = |a: &str, t: &str| {
+        (
+            acme.clone(),
+            a.to_owned(),
+            t.to_owned(),
+            Some("olga".to_owned()),
+        )
+    };
+    assert_eq!(
+        events,
+        vec![
+            e("access.role.create", "role:billing"),
+            e("access.grant", "subject:bob"),
+            e("access.role.update", "role:billing"),
+            e("access.grant", "subject:carl"),
+            e("access.revoke", "subject:bob"),
+            e("access.revoke", "subject:carl"),
+            e("access.role.delete", "role:billing"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn jwt_claims_map_to_roles_per_issuer() {
+    let env = start().await;
+    let (cust, _) = env.seed(env.acme, "acme").await;
+    let signed = |iss: &str, edit: &dyn Fn(&mut Value)| {
+        let mut c = claims(iss, env.acme);
+        c["sub"] = json!("sso-user");
+        edit(&mut c);
+        let t = match iss {
+            IDP_ISS => sign(Algorithm::RS256, &rsa_key(), &c, None),
+            OTHER_ISS => sign(
+                Algorithm::HS256,
+                &jsonwebtoken::EncodingKey::from_secret(b"other-issuer-secret-32-bytes-long!!"),
+                &c,
+                None,
+            ),
+            _ => sign(Algorithm::HS256, &hs_key(), &c, None),
+        };
+        format!("Bearer {t}")
+    };
+    let create = |auth: String, n: &'static str| {
+        let env = &env;
+        let body = invoice(&cust, n);
+        async move {
+            env.call("POST", "/invoices", &[("authorization", &auth)], body)
+                .await
+        }
+    };
+    // The identity provider names roles in `groups`.
+    let viewer = signed(IDP_ISS, &|c| {
+        c["groups"] = json!(["invoicing-viewers"]);
+        c["roles"] = json!("owner");
+    });
+    let r = create(viewer, "idp-1").await;
+    assert_eq!(
+        (r.status, r.code()),
+        (403, "permission-denied"),
+        "the idp's `roles` claim means nothing: {r:?}"
+    );
+    let admin = signed(IDP_ISS, &|c| {
+        c["groups"] = json!(["unrelated", "invoicing-admins"])
+    });
+    let r = create(admin.clone(), "idp-2").await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = env
+        .call("GET", "/access/me", &[("authorization", &admin)], None)
+        .await;
+    assert_eq!(r.body["roles"], json!(["admin"]), "{r:?}");
+    // Another trusted issuer has no mapping: its `roles` and `groups` claims grant nothing.
+    let other = signed(OTHER_ISS, &|_| {});
+    let r = create(other.clone(), "other-1").await;
+    assert_eq!((r.status, r.code()), (403, "permission-denied"), "{r:?}");
+    let r = env
+        .call("GET", "/access/me", &[("authorization", &other)], None)
+        .await;
+    assert_eq!(r.body["roles"], json!([]), "{r:?}");
+    // The dev issuer names them in `roles`; a value with no mapping grants nothing.
+    let unknown = signed(DEV_ISS, &|c| c["roles"] = json!("superuser root"));
+    let r = create(unknown, "dev-1").await;
+    assert_eq!(r.status, 403, "{r:?}");
+    let member = signed(DEV_ISS, &|c| c["roles"] = json!(["viewer", "member"]));
+    let r = create(member, "dev-2").await;
+    assert_eq!(r.status, 201, "{r:?}");
+}
+
+#[tokio::test]
+async fn a_grant_in_one_tenant_gives_nothing_in_another() {
+    let env = start().await;
+    let (acme_cust, _) = env.seed(env.acme, "acme").await;
+    let (globex_cust, _) = env.seed(env.globex, "globex").await;
+    let acme_owner = as_user(env.acme, "olga", &["owner"]);
+    for body in [
+        json!({"subject": "bob", "role": "admin"}),
+        json!({"subject": "bob", "role": "owner"}),
+    ] {
+        let r = env
+            .call(
+                "POST",
+                "/access/grants",
+                &[("authorization", &acme_owner)],
+                Some(body),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+    let r = env
+        .call(
+            "POST",
+            "/access/roles",
+            &[("authorization", &acme_owner)],
+            Some(json!({"name": "billing", "permissions": ["invoices:create"]})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    // bob is an admin and owner of acme…
+    let in_acme = as_user(env.acme, "bob", &[]);
+    let r = env
+        .call(
+            "POST",
+            "/invoices",
+            &[("authorization", &in_acme)],
+            invoice(&acme_cust, "b-1"),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    // …and nothing in globex: no roles, no permission, no view of acme's roles or grants.
+    let in_globex = as_user(env.globex, "bob", &[]);
+    let r = env
+        .call("GET", "/access/me", &[("authorization", &in_globex)], None)
+        .await;
+    assert_eq!(
+        (r.body["roles"].clone(), r.body["permissions"].clone()),
+        (json!([]), json!([])),
+        "{r:?}"
+    );
+    let r = env
+        .call(
+            "POST",
+            "/invoices",
+            &[("authorization", &in_globex)],
+            invoice(&globex_cust, "b-1"),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (403, "permission-denied"), "{r:?}");
+    for path in ["/access/grants", "/access/roles"] {
+        let r = env
+            .call("GET", path, &[("authorization", &in_globex)], None)
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (403, "permission-denied"),
+            "{path}: {r:?}"
+        );
+    }
+    let globex_owner = as_user(env.globex, "gina", &["owner"]);
+    let r = env
+        .call(
+            "GET",
+            "/access/grants",
+            &[("authorization", &globex_owner)],
+            None,
+        )
+        .await;
+    assert_eq!(r.body, json!([]), "{r:?}");
+    let r = env
+        .call(
+            "GET",
+            "/access/roles",
+            &[("authorization", &globex_owner)],
+            None,
+        )
+        .await;
+    let names: Vec<&str> = r
+        .body
+        .as_array()
+        .expect("roles")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["owner", "admin", "member", "viewer"],
+        "acme's custom role is not globex's"
+    );
+    // globex granting acme's custom role: unknown there.
+    let r = env
+        .call(
+            "POST",
+            "/access/grants",
+            &[("authorization", &globex_owner)],
+            Some(json!({"subject": "bob", "role": "billing"})),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (404, "not-found"), "{r:?}");
+}
+
+#[tokio::test]
+async fn management_input_is_checked_and_a_refusal_stores_nothing() {
+    let env = start().await;
+    let owner = as_user(env.acme, "olga", &["owner"]);
+    // A single owner by grant, so the last-owner rule can be tried.
+    let r = env
+        .call(
+            "POST",
+            "/access/grants",
+            &[("authorization", &owner)],
+            Some(json!({"subject": "olga", "role": "owner"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = env
+        .call(
+            "POST",
+            "/access/roles",
+            &[("authorization", &owner)],
+            Some(json!({"name": "clerk", "permissions": ["access:manage", "invoices:read"]})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = env
+        .call(
+            "POST",
+            "/access/grants",
+            &[("authorization", &owner)],
+            Some(json!({"subject": "cleo", "role": "clerk"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let before = access_state(&env).await;
+    let admin = as_user(env.acme, "ada", &["admin"]);
+    let clerk = as_user(env.acme, "cleo", &[]);
+    let member = as_user(env.acme, "max", &["member"]);
+    let owner_by_grant = as_user(env.acme, "olga", &[]);
+    let long = "a".repeat(65);
+    let many: Vec<String> = (0..300).map(|_| "invoices:read".to_owned()).collect();
+    let cases: Vec<(&str, &str, &str, Option<Value>, u16, &str, &str)> = vec![
+        // (who, method, path, body, status, code, detail names)
+        (
+            "owner",
+            "POST",
+            "/access/roles",
+            Some(json!({"name": "x", "permissions": ["invoices:delete"]})),
+            422,
+            "validation",
+            "permissions[0]: unknown permission \"invoices:delete\"",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/roles",
+            Some(json!({"name": "x", "permissions": ["invoices:read\u{0}"]})),
+            422,
+            "validation",
+            "unknown permission",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/roles",
+            Some(json!({"name": "admin", "permissions": []})),
+            422,
+            "validation",
+            "\"admin\" is built in",
+        ),
+        (
+            "owner",
+            "PUT",
+            "/access/roles/viewer",
+            Some(json!({"permissions": ["invoices:create"]})),
+            422,
+            "validation",
+            "\"viewer\" is built in",
+        ),
+        (
+            "owner",
+            "DELETE",
+            "/access/roles/owner",
+            None,
+            422,
+            "validation",
+            "\"owner\" is built in",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/roles",
+            Some(json!({"name": long, "permissions": []})),
+            422,
+            "validation",
+            "name:",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/roles",
+            Some(json!({"name": "Bad Name", "permissions": []})),
+            422,
+            "validation",
+            "name:",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/roles",
+            Some(json!({"name": "x\u{0}", "permissions": []})),
+            422,
+            "validation",
+            "name:",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/roles",
+            Some(json!({"name": "x", "permissions": many})),
+            422,
+            "validation",
+            "at most 256",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/roles",
+            Some(json!({"name": "clerk", "permissions": []})),
+            409,
+            "conflict",
+            "already exists",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/roles",
+            Some(json!({"name": "x", "permissions": [], "extra": 1})),
+            400,
+            "bad-request",
+            "extra",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/roles",
+            Some(json!({"name": 7, "permissions": []})),
+            400,
+            "bad-request",
+            "name",
+        ),
+        (
+            "owner",
+            "PUT",
+            "/access/roles/nosuch",
+            Some(json!({"permissions": []})),
+            404,
+            "not-found",
+            "nosuch",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/grants",
+            Some(json!({"subject": "bob", "role": "nosuch"})),
+            404,
+            "not-found",
+            "nosuch",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/grants",
+            Some(json!({"subject": "bob\u{0}", "role": "viewer"})),
+            422,
+            "validation",
+            "subject:",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/grants",
+            Some(json!({"subject": "", "role": "viewer"})),
+            422,
+            "validation",
+            "subject:",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/grants",
+            Some(json!({"subject": "b".repeat(257), "role": "viewer"})),
+            422,
+            "validation",
+            "subject:",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/revocations",
+            Some(json!({"subject": "olga", "role": "owner"})),
+            409,
+            "conflict",
+            "last owner",
+        ),
+        (
+            "owner",
+            "POST",
+            "/access/revocations",
+            Some(json!({"subject": "nobody", "role": "viewer"})),
+            404,
+            "not-found",
+            "grant",
+        ),
+        // Nobody hands out more than they hold.
+        (
+            "admin",
+            "POST",
+            "/access/grants",
+            Some(json!({"subject": "bob", "role": "owner"})),
+            403,
+            "permission-denied",
+            "\"owner\"",
+        ),
+        (
+            "admin",
+            "POST",
+            "/access/revocations",
+            Some(json!({"subject": "olga", "role": "owner"})),
+            403,
+            "permission-denied",
+            "\"owner\"",
+        ),
+        (
+            "clerk",
+            "POST",
+            "/access/grants",
+            Some(json!({"subject": "bob", "role": "member"})),
+            403,
+            "permission-denied",
+            "\"invoices:create\"",
+        ),
+        (
+            "clerk",
+            "POST",
+            "/access/roles",
+            Some(json!({"name": "x", "permissions": ["invoices:write"]})),
+            403,
+            "permission-denied",
+            "\"invoices:write\"",
+        ),
+        (
+            "member",
+            "GET",
+            "/access/roles",
+            None,
+            403,
+            "permission-denied",
+            "\"access:manage\"",
+        ),
+        (
+            "member",
+            "POST",
+            "/access/grants",
+            Some(json!({"subject": "max", "role": "admin"})),
+            403,
+            "permission-denied",
+            "\"access:manage\"",
+        ),
+    ];
+    for (who, method, path, body, status, code, names) in cases {
+        let auth = match who {
+            "owner" => &owner_by_grant,
+            "admin" => &admin,
+            "clerk" => &clerk,
+            _ => &member,
+        };
+        let r = env
+            .call(method, path, &[("authorization", auth)], body.clone())
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (status, code),
+            "{who} {method} {path} {body:?}: {r:?}"
+        );
+        let detail = r.body["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains(names),
+            "{who} {method} {path}: {detail:?} names {names:?}"
+        );
+    }
+    assert_eq!(
+        access_state(&env).await,
+        before,
+        "nothing of a refused call is stored"
+    );
+}
