@@ -9,6 +9,7 @@ mod keys;
 mod migrate;
 mod serve;
 mod tenants;
+mod transfer;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -129,8 +130,8 @@ enum Command {
     /// Run the control-plane API and the provisioning workers (embedded PostgreSQL when
     /// no database is configured). Exit 0: stopped; 2: could not run.
     Serve(serve::ServeArgs),
-    /// Create, list, show, suspend, resume and delete tenants. Exit 0: done; 2: could not
-    /// run or refused.
+    /// Create, list, show, suspend, resume, delete, export and import tenants. Exit 0:
+    /// done; 2: could not run or refused.
     Tenants(tenants::TenantsArgs),
     /// Apply the app's migrations to every pooled cluster, schema tenant and dedicated
     /// database (--dry-run, --check-drift). Exit 0: all current; 1: failures or drift;

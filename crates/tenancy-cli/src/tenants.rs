@@ -53,6 +53,12 @@ pub(crate) enum TenantsCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Write every row of a tenant's tables to an archive (any placement), read through
+    /// the tenant's own transaction.
+    Export(crate::transfer::ExportArgs),
+    /// Load an archive into an empty tenant of any placement (created when --tenant names
+    /// none), verified by counts and checksums, all or nothing.
+    Import(crate::transfer::ImportArgs),
 }
 
 async fn resolve(client: &tokio_postgres::Client, t: &str) -> anyhow::Result<TenantId> {
@@ -164,5 +170,7 @@ pub(crate) async fn run(args: TenantsArgs) -> anyhow::Result<String> {
             )
             .await
         }
+        TenantsCommand::Export(a) => crate::transfer::export(&cfg, &client, a).await,
+        TenantsCommand::Import(a) => crate::transfer::import(&cfg, &mut client, a).await,
     }
 }
