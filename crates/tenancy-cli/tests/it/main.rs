@@ -10,6 +10,7 @@ mod otlp;
 mod own_postgres;
 mod pooler;
 mod tenants;
+mod top;
 
 #[test]
 fn unknown_subcommands_get_a_clear_error() {
