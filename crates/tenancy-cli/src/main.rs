@@ -10,6 +10,7 @@ mod migrate;
 mod serve;
 mod tenants;
 mod transfer;
+mod top;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -142,6 +143,9 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Show and rotate a tenant's encryption keys. Exit 0: done; 2: could not run.
     Keys(keys::KeysArgs),
+    /// A live view of the tenants using the most database time (from `tenancy serve`'s
+    /// insights), redrawn in place until Ctrl-C. Exit 0: stopped; 2: could not run.
+    Top(top::TopArgs),
 }
 
 /// An error and its causes on one line, PostgreSQL's message and SQLSTATE included.
@@ -195,6 +199,7 @@ fn main() -> std::process::ExitCode {
             Command::Bootstrap(args) => bootstrap::run(args).await,
             Command::Audit(args) => audit::run(args).await,
             Command::Keys(args) => keys::run(args).await,
+            Command::Top(args) => top::run(args).await,
             Command::Check(c) => {
                 let mut out = std::io::stdout();
                 tenancy_check::run(&c.args, &mut out).await as u8

@@ -107,6 +107,9 @@ struct StateInner {
     audit: Option<audit::sealer::Sealer>,
     /// Its periodic task, stopped with the workers at shutdown.
     audit_task: Arc<std::sync::Mutex<Option<audit::sealer::SealerTask>>>,
+    /// Per-tenant performance snapshots pushed by applications, for the last window
+    /// (see [`api::insights`]).
+    insights: Arc<tenancy_insights::Window>,
 }
 
 /// A typed OpenAPI document (utoipa's type has no `Debug` without a feature we leave off).
@@ -163,6 +166,7 @@ impl AppState {
                 sessions: Arc::new(console::session::Sessions::default()),
                 audit: None,
                 audit_task: Arc::default(),
+                insights: Arc::new(tenancy_insights::Window::new(Default::default())),
             }),
         }
     }
@@ -187,6 +191,11 @@ impl AppState {
         AppState {
             inner: Arc::new(inner),
         }
+    }
+
+    /// The per-tenant performance snapshots of the last window.
+    pub fn insights(&self) -> &tenancy_insights::Window {
+        &self.inner.insights
     }
 
     /// The audit sealer, when there is one.
@@ -386,6 +395,8 @@ pub fn router_with(state: AppState, extra: axum::Router) -> axum::Router {
         .route("/v1/tenants/{id}/audit", get(api::audit::tenant_audit))
         .route("/v1/workflows/{id}", get(api::get_workflow))
         .route("/v1/webhook-deliveries", get(api::deliveries))
+        .route("/v1/insights/snapshots", post(api::insights::push_snapshot))
+        .route("/v1/insights/tenants", get(api::insights::tenants))
         .route("/v1/signup/availability", get(api::availability))
         .route("/v1/signup", post(api::signup))
         .route("/v1/billing/stripe", post(api::stripe_webhook))

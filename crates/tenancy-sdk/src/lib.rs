@@ -14,6 +14,9 @@
 //!   not active or whose cluster is in another region, and opens the [`TenantTx`] on the
 //!   right cluster's pool.
 //!
+//! - [`Observer`]: an optional per-tenant recording hook a pool calls with the SDK's own
+//!   timings of each statement, transaction end and connection wait.
+//!
 //! Connections are made by `tenancy_conn` ([`PgConfig`]): libpq-style settings with
 //! `sslmode` up to `verify-full`, TLS with rustls; tenant pools put their protocol splice
 //! above the TLS stream.
@@ -26,6 +29,7 @@ mod access;
 pub mod bootstrap;
 mod error;
 mod metrics;
+mod observe;
 mod pool;
 mod router;
 mod tx;
@@ -33,6 +37,7 @@ mod wire;
 
 pub use access::{config_for, ClusterAccess, Login};
 pub use error::Error;
+pub use observe::{Observer, Outcome};
 pub use pool::{PoolOptions, Pooler, TenantPool};
 pub use router::{ClusterCredentials, Router, RouterOptions};
 pub use tenancy_conn::{PgConfig, RootCerts, SslMode, Tls, TlsSettings};

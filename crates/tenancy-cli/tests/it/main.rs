@@ -11,6 +11,7 @@ mod own_postgres;
 mod pooler;
 mod tenants;
 mod transfer;
+mod top;
 
 #[test]
 fn unknown_subcommands_get_a_clear_error() {

@@ -697,7 +697,12 @@ impl TenantPool {
             check_schema_name(schema).inspect_err(|_| crate::metrics::tx_event("refused"))?;
         }
         let waited = crate::metrics::wait_started();
-        let mut conn = Lease(self.pool.get().await.map_err(|e| {
+        let observed = self.opts.observer.as_ref().map(|o| (o, Instant::now()));
+        let got = self.pool.get().await;
+        if let Some((o, at)) = observed {
+            o.pool_wait(tenant, at.elapsed(), got.is_ok());
+        }
+        let mut conn = Lease(got.map_err(|e| {
             crate::metrics::tx_event("refused");
             Error::Pool(e.to_string())
         })?);
@@ -733,6 +738,7 @@ impl TenantPool {
             begin,
             signer,
             self.defers_commits,
+            self.opts.observer.clone(),
         ))
     }
 

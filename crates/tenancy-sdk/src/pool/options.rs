@@ -58,6 +58,9 @@ pub struct PoolOptions {
     /// transaction-mode pooler such as PgBouncer. A direct pool that finds itself behind
     /// a pooler refuses to connect, naming this setting.
     pub pooler: Pooler,
+    /// Receives per-tenant timings of this pool's transactions (see [`crate::Observer`]);
+    /// `None`: nothing is timed.
+    pub observer: Option<std::sync::Arc<dyn crate::Observer>>,
 }
 
 /// How a [`TenantPool`] reaches PostgreSQL.
@@ -108,6 +111,7 @@ impl Default for PoolOptions {
             search_path: Some("\"$user\", public".into()),
             transaction_timeout: None,
             pooler: Pooler::Direct,
+            observer: None,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tenancy_core::{ContextKey, TenantId};
 use tokio_postgres::types::{ToSql, Type};
@@ -76,6 +76,8 @@ pub struct TenantTx {
     /// A statement future is running (if the transaction is dropped meanwhile, its request
     /// may still be unwritten: the connection is fenced before reuse).
     in_flight: bool,
+    /// The pool's observer and when `begin` returned this transaction (its duration).
+    observer: Option<(Arc<dyn crate::Observer>, Instant)>,
 }
 
 impl TenantTx {
@@ -85,6 +87,7 @@ impl TenantTx {
         begin: Begin,
         signer: Signer,
         defer_commit: bool,
+        observer: Option<Arc<dyn crate::Observer>>,
     ) -> Self {
         TenantTx {
             conn: Some(conn),
@@ -96,6 +99,32 @@ impl TenantTx {
             state: State::NotBegun,
             defer_commit,
             in_flight: false,
+            observer: observer.map(|o| (o, Instant::now())),
+        }
+    }
+
+    /// Tells the observer how a statement that started at `started` ended.
+    fn observe_statement<T>(
+        &self,
+        started: Option<Instant>,
+        r: &Result<T, Error>,
+        rows: impl FnOnce(&T) -> u64,
+    ) {
+        if let (Some(at), Some((o, _))) = (started, &self.observer) {
+            let outcome = match r {
+                Ok(v) => crate::Outcome::Ok { rows: rows(v) },
+                Err(Error::ContextRefused(_)) => crate::Outcome::ContextRefused,
+                Err(_) => crate::Outcome::Error,
+            };
+            o.statement(self.tenant, at.elapsed(), outcome);
+        }
+    }
+
+    /// Tells the observer the transaction ended; `end` is what its COMMIT or ROLLBACK
+    /// took. Called at most once: the observer is taken.
+    fn observe_end(&mut self, end: Duration, committed: bool) {
+        if let Some((o, at)) = self.observer.take() {
+            o.transaction(self.tenant, at.elapsed(), end, committed);
         }
     }
 
@@ -494,11 +523,13 @@ impl TenantTx {
         params: &[&(dyn ToSql + Sync)],
         op: Op,
     ) -> Result<Out, Error> {
+        let started = self.observer.as_ref().map(|_| Instant::now());
         let mut retries = 0;
         loop {
             let first = self.state == State::NotBegun;
             let r = self.run_once(sql, params, op).await;
             if !(first && r.is_err() && self.retry_first(&r, &mut retries).await) {
+                self.observe_statement(started, &r, Out::row_count);
                 return r;
             }
         }
@@ -531,9 +562,12 @@ impl TenantTx {
         self.open_pooled().await?;
         let opening = self.opening(false)?;
         self.in_flight = true;
+        let started = self.observer.as_ref().map(|_| Instant::now());
         let conn = self.conn()?;
         let r = with_opening(conn, opening, RUNNING, conn.client.batch_execute(sql)).await;
-        self.track(r)
+        let r = self.track(r);
+        self.observe_statement(started, &r, |_| 0);
+        r
     }
 
     /// The underlying `tokio_postgres::Client`, inside this transaction, for what the
@@ -625,6 +659,7 @@ impl TenantTx {
             }
         };
         count_end(commit, &done);
+        self.observe_end(Duration::ZERO, commit && done.is_ok());
         Some(done)
     }
 
@@ -642,7 +677,10 @@ impl TenantTx {
         } else {
             ("ROLLBACK", "rolling back")
         };
-        let done = match conn.client.batch_execute(sql).await {
+        let ending = self.observer.as_ref().map(|_| Instant::now());
+        let r = conn.client.batch_execute(sql).await;
+        let end = ending.map(|at| at.elapsed()).unwrap_or_default();
+        let done = match r {
             Err(e) => {
                 let expired = conn.watch.expired.load(Ordering::Relaxed);
                 Err(if expired {
@@ -655,6 +693,7 @@ impl TenantTx {
             Ok(()) => Ok(()),
         };
         count_end(commit, &done);
+        self.observe_end(end, commit && done.is_ok());
         done
     }
 
@@ -682,6 +721,7 @@ impl Drop for TenantTx {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
         crate::metrics::tx_event("rolled_back");
+        self.observe_end(Duration::ZERO, false);
         let fence = match self.state {
             State::NotBegun => {
                 // Nothing was sent; the connection is as this transaction found it.

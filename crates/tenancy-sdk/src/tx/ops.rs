@@ -24,6 +24,16 @@ pub(super) enum Out {
 }
 
 impl Out {
+    /// Rows returned (or, for a count, affected).
+    pub(super) fn row_count(&self) -> u64 {
+        match self {
+            Out::Rows(r) => r.len() as u64,
+            Out::One(_) => 1,
+            Out::Opt(r) => u64::from(r.is_some()),
+            Out::Count(n) => *n,
+        }
+    }
+
     fn mismatch() -> Error {
         Error::Invalid("internal: a statement returned another kind of result".into())
     }
