@@ -16,7 +16,6 @@
 --      binding once per statement. Anything else in tenancy.ctx (a raw tenant id, a
 --      value copied from another transaction or connection) yields NULL: no rows.
 --
---
 -- On direct connections (no transaction-mode pooler) the PL/pgSQL implementation has a
 -- faster session context instead (see tenancy.init_session and tenancy.enter_session
 -- below): per-backend state in temporary sequences owned by tenancy_owner, entered with a
