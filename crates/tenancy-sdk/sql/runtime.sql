@@ -16,6 +16,13 @@
 --      binding once per statement. Anything else in tenancy.ctx (a raw tenant id, a
 --      value copied from another transaction or connection) yields NULL: no rows.
 --
+-- On direct connections (no transaction-mode pooler) the PL/pgSQL implementation has a
+-- faster session context instead (see tenancy.init_session and tenancy.enter_session
+-- below): per-backend state in temporary sequences owned by tenancy_owner, entered with a
+-- secret the SDK got from the previous opening (a bound parameter; each works once), read
+-- by current_tenant_id() as an inlinable SQL function. Tokens stay for transaction-mode
+-- poolers (v2) and the native implementation.
+--
 -- Nothing the two functions hash or compare depends on a setting of the session: the
 -- hashed values are binary (int4send, timestamptz_send) or text the token or the
 -- functions themselves wrote, and every name in them is schema-qualified (operators,

@@ -188,10 +188,11 @@ pub(crate) async fn prepare(
 ) -> Result<(), tokio_postgres::Error> {
     let implicit_only = implicit.then_some(encode::PREPARED_IMPLICIT);
     let reset_stmt = reset.map(|sql| (encode::RESET_SESSION, sql));
-    let session_stmts = session
-        .is_some()
-        .then_some(encode::PREPARED_SESSION)
-        .unwrap_or_default();
+    let session_stmts: &[(&str, &str)] = if session.is_some() {
+        encode::PREPARED_SESSION
+    } else {
+        &[]
+    };
     let stmts = encode::PREPARED
         .iter()
         .copied()
