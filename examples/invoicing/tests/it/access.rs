@@ -538,6 +538,18 @@ async fn a_grant_in_one_tenant_gives_nothing_in_another() {
     assert_eq!((r.status, r.code()), (404, "not-found"), "{r:?}");
 }
 
+/// One refused management call: who, method, path, body, status, code, and what the
+/// detail must name.
+type Case = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<Value>,
+    u16,
+    &'static str,
+    &'static str,
+);
+
 #[tokio::test]
 async fn management_input_is_checked_and_a_refusal_stores_nothing() {
     let env = start().await;
@@ -577,7 +589,7 @@ async fn management_input_is_checked_and_a_refusal_stores_nothing() {
     let owner_by_grant = as_user(env.acme, "olga", &[]);
     let long = "a".repeat(65);
     let many: Vec<String> = (0..300).map(|_| "invoices:read".to_owned()).collect();
-    let cases: Vec<(&str, &str, &str, Option<Value>, u16, &str, &str)> = vec![
+    let cases: Vec<Case> = vec![
         // (who, method, path, body, status, code, detail names)
         (
             "owner",
