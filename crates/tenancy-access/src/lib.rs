@@ -56,6 +56,9 @@ pub use store::{
     update_role, By, Grant, Role,
 };
 
+/// How the request layer names an API key as a subject (`api_key:<key id>`).
+const API_KEY_SUBJECT: &str = "api_key:";
+
 /// The SQL that creates the access tables; run it as the owner role on each tenant
 /// database after the tenancy runtime (and the audit table, `tenancy_audit::install`),
 /// e.g. with [`install`].
@@ -132,14 +135,20 @@ impl Access {
     /// tenant): the roles granted to its subject, the roles its JWT's claims map to under
     /// its issuer's mapping, and for an API key its scopes that are declared permissions.
     /// Permissions a custom role lists that the model no longer declares grant nothing; a
-    /// role name that is neither built in nor a custom role of this tenant grants nothing.
+    /// role name that is neither built in nor a custom role of this tenant grants nothing;
+    /// grants to `api_key:<id>` count only when that API key authenticated the request.
     pub async fn resolve(
         &self,
         tx: &mut tenancy_sdk::TenantTx,
         tenant: &tenancy_axum::Tenant,
     ) -> Result<Permissions, AccessError> {
         let mapped = self.mapped_roles(tenant);
-        let subject = tenant.subject();
+        let by_key = tenant.via().contains(&tenancy_axum::SourceKind::ApiKey);
+        // `api_key:<id>` names an API key only when the key itself authenticated the
+        // request: a token whose `sub` merely spells it gets no grant of that key.
+        let subject = tenant
+            .subject()
+            .filter(|s| by_key || !s.starts_with(API_KEY_SUBJECT));
         let mut roles: BTreeSet<String> = BTreeSet::new();
         let mut granted: BTreeSet<String> = BTreeSet::new();
         if subject.is_some() || !mapped.is_empty() {
@@ -165,7 +174,7 @@ impl Access {
                 }
             }
         }
-        if tenant.via().contains(&tenancy_axum::SourceKind::ApiKey) {
+        if by_key {
             granted.extend(tenant.scopes().iter().filter(|s| self.declares(s)).cloned());
         }
         Ok(Permissions {

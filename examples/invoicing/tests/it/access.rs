@@ -177,10 +177,35 @@ async fn only_admins_issue_api_keys_and_a_key_never_exceeds_its_creator() {
         .await;
     assert_eq!(r.status, 201, "{r:?}");
     let key = r.body["key"].as_str().expect("key").to_owned();
+    let key_subject = format!("api_key:{}", r.body["key_id"].as_str().expect("key id"));
     let r = env
         .call("GET", "/invoices", &[("x-api-key", &key)], None)
         .await;
     assert_eq!(r.status, 200, "{r:?}");
+    // A role granted to the key is the key's alone: a token whose `sub` spells the key's
+    // subject gets nothing of it.
+    let r = env
+        .call(
+            "POST",
+            "/access/grants",
+            &[("authorization", &owner)],
+            Some(json!({"subject": key_subject, "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = env
+        .call("GET", "/access/me", &[("x-api-key", &key)], None)
+        .await;
+    assert_eq!(r.body["roles"], json!(["viewer"]), "{r:?}");
+    let spoof = as_user(env.acme, &key_subject, &[]);
+    let r = env
+        .call("GET", "/access/me", &[("authorization", &spoof)], None)
+        .await;
+    assert_eq!(
+        (r.body["roles"].clone(), r.body["permissions"].clone()),
+        (json!([]), json!([])),
+        "{r:?}"
+    );
     let r = env
         .call(
             "POST",
@@ -513,6 +538,18 @@ async fn a_grant_in_one_tenant_gives_nothing_in_another() {
     assert_eq!((r.status, r.code()), (404, "not-found"), "{r:?}");
 }
 
+/// One refused management call: who, method, path, body, status, code, and what the
+/// detail must name.
+type Case = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<Value>,
+    u16,
+    &'static str,
+    &'static str,
+);
+
 #[tokio::test]
 async fn management_input_is_checked_and_a_refusal_stores_nothing() {
     let env = start().await;
@@ -552,7 +589,7 @@ async fn management_input_is_checked_and_a_refusal_stores_nothing() {
     let owner_by_grant = as_user(env.acme, "olga", &[]);
     let long = "a".repeat(65);
     let many: Vec<String> = (0..300).map(|_| "invoices:read".to_owned()).collect();
-    let cases: Vec<(&str, &str, &str, Option<Value>, u16, &str, &str)> = vec![
+    let cases: Vec<Case> = vec![
         // (who, method, path, body, status, code, detail names)
         (
             "owner",
