@@ -243,7 +243,7 @@ impl Recorder {
             totals.pool_wait_us = totals.pool_wait_us.saturating_add(t.pool_wait_us);
             slots.extend(drained.slots);
         }
-        slots.sort_by(|a, b| b.weight.cmp(&a.weight));
+        slots.sort_by_key(|s| std::cmp::Reverse(s.weight));
         slots.truncate(self.snapshot_tenants);
         let interval_ms = u64::try_from(now.duration_since(since).as_millis())
             .unwrap_or(u64::MAX)

@@ -173,7 +173,8 @@ fn invalid_snapshots_name_the_field() {
     let t = TenantId::new_random();
     let good = snapshot("app:1", 0, "one", vec![tenant(t, 1000, 2, 1)]);
     good.check().expect("valid");
-    let cases: Vec<(Box<dyn Fn(&mut Snapshot)>, &str)> = vec![
+    type Change = Box<dyn Fn(&mut Snapshot)>;
+    let cases: Vec<(Change, &str)> = vec![
         (Box::new(|s| s.source = String::new()), "source"),
         (Box::new(|s| s.source = "a b".into()), "source"),
         (Box::new(|s| s.cluster = "One".into()), "cluster"),
