@@ -9,8 +9,8 @@ mod keys;
 mod migrate;
 mod serve;
 mod tenants;
-mod transfer;
 mod top;
+mod transfer;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -10,8 +10,8 @@ mod otlp;
 mod own_postgres;
 mod pooler;
 mod tenants;
-mod transfer;
 mod top;
+mod transfer;
 
 #[test]
 fn unknown_subcommands_get_a_clear_error() {
