@@ -12,6 +12,15 @@ pub const MAX_SNAPSHOT_TENANTS: usize = 256;
 /// Longest interval a snapshot may cover (one hour, in ms).
 pub const MAX_INTERVAL_MS: u64 = 3_600_000;
 
+/// The largest count a snapshot may carry: JSON's largest exactly representable integer
+/// (2^53 - 1), the maximum the OpenAPI document states for every count.
+pub const MAX_COUNT: u64 = 9_007_199_254_740_991;
+
+/// The first field of `fields` over [`MAX_COUNT`], for the error.
+fn over_max(fields: &[(&'static str, u64)]) -> Option<&'static str> {
+    fields.iter().find(|(_, v)| *v > MAX_COUNT).map(|(f, _)| *f)
+}
+
 /// One interval of a process's recording for one cluster.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -221,7 +230,23 @@ impl Snapshot {
                 ),
             ));
         }
+        if self.sequence > MAX_COUNT {
+            return Err(err("sequence", format!("must be at most {MAX_COUNT}")));
+        }
         let t = &self.totals;
+        if let Some(f) = over_max(&[
+            ("db_us", t.db_us),
+            ("statements", t.statements),
+            ("transactions", t.transactions),
+            ("errors", t.errors),
+            ("refusals", t.refusals),
+            ("pool_wait_us", t.pool_wait_us),
+        ]) {
+            return Err(err(
+                format!("totals.{f}"),
+                format!("must be at most {MAX_COUNT}"),
+            ));
+        }
         if t.refusals > t.errors {
             return Err(err(
                 "totals.refusals",
@@ -237,6 +262,18 @@ impl Snapshot {
             let at = |f: &str| format!("tenants[{i}].{f}");
             if !seen.insert(s.tenant) {
                 return Err(err(at("tenant"), "appears twice in this snapshot"));
+            }
+            if let Some(f) = over_max(&[
+                ("db_us", s.db_us),
+                ("db_us_error", s.db_us_error),
+                ("statements", s.statements),
+                ("transactions", s.transactions),
+                ("rows", s.rows),
+                ("errors", s.errors),
+                ("refusals", s.refusals),
+                ("pool_wait_us", s.pool_wait_us),
+            ]) {
+                return Err(err(at(f), format!("must be at most {MAX_COUNT}")));
             }
             if s.db_us_error > s.db_us {
                 return Err(err(at("db_us_error"), "must not exceed db_us"));

@@ -184,6 +184,12 @@ fn invalid_snapshots_name_the_field() {
         (Box::new(|s| s.totals.refusals = 5), "totals.refusals"),
         (Box::new(|s| s.totals.errors = 99), "totals.errors"),
         (
+            Box::new(|s| s.totals.transactions = 1 << 53),
+            "totals.transactions",
+        ),
+        (Box::new(|s| s.sequence = u64::MAX), "sequence"),
+        (Box::new(|s| s.tenants[0].rows = 1 << 53), "tenants[0].rows"),
+        (
             Box::new(|s| s.tenants.push(s.tenants[0].clone())),
             "tenants[1].tenant",
         ),
