@@ -187,16 +187,16 @@ impl Sketch {
                 w.counts.len()
             ));
         }
-        if w.counts.is_empty() {
-            return Ok(Sketch::new());
-        }
         let last = i64::from(w.offset) + w.counts.len() as i64 - 1;
-        if w.offset < 0 || last > i64::from(max_key()) {
+        if w.offset < 0 || w.offset > max_key() || last > i64::from(max_key()) {
             return Err(format!(
                 "covers buckets {}..={last}; buckets run from 0 (1 µs) to {} (one day)",
                 w.offset,
                 max_key()
             ));
+        }
+        if w.counts.is_empty() {
+            return Ok(Sketch::new());
         }
         let mut s = Sketch::new();
         for (i, &n) in w.counts.iter().enumerate() {

@@ -102,6 +102,20 @@ fn hostile_wire_forms_are_refused_with_the_reason() {
         ),
         (
             SketchWire {
+                offset: -1,
+                counts: vec![],
+            },
+            "buckets",
+        ),
+        (
+            SketchWire {
+                offset: max_key() + 1,
+                counts: vec![],
+            },
+            "buckets",
+        ),
+        (
+            SketchWire {
                 offset: max_key(),
                 counts: vec![1, 1],
             },
