@@ -14,7 +14,7 @@ pub const MAX_INTERVAL_MS: u64 = 3_600_000;
 
 /// The largest count a snapshot may carry: JSON's largest exactly representable integer
 /// (2^53 - 1), the maximum the OpenAPI document states for every count.
-pub const MAX_COUNT: u64 = 9_007_199_254_740_991;
+pub(crate) const MAX_COUNT: u64 = 9_007_199_254_740_991;
 
 /// The first field of `fields` over [`MAX_COUNT`], for the error.
 fn over_max(fields: &[(&'static str, u64)]) -> Option<&'static str> {
