@@ -137,8 +137,11 @@ async fn lock_and_activity_views_show_other_tenants_sessions_but_not_their_param
     let observer = runtime_client(&db).await;
     let row_locks: i64 = observer
         .query_one(
+            // Clones of one template share the table's oid, and pg_locks lists every
+            // database of the cluster: only this database's locks count.
             "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-              WHERE c.relname = 'customers' AND l.mode = 'RowExclusiveLock'",
+              WHERE c.relname = 'customers' AND l.mode = 'RowExclusiveLock'
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             &[],
         )
         .await
