@@ -19,7 +19,9 @@ use tokio::task::AbortHandle;
 use crate::pool::{self, PlainPool};
 use crate::HttpError;
 
-type Map<K, V> = RwLock<HashMap<K, (V, Instant)>>;
+/// foldhash's fast hasher, seeded at random per map: keys come from requests (slugs, host
+/// names, key ids), and SipHash cost about as much as the lookup around it.
+type Map<K, V> = RwLock<HashMap<K, (V, Instant), foldhash::fast::RandomState>>;
 
 /// The caches and the catalog connections behind them.
 #[derive(Debug)]

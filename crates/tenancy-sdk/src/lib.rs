@@ -44,3 +44,8 @@ pub use tenancy_conn::{PgConfig, RootCerts, SslMode, Tls, TlsSettings};
 pub use tenancy_core::{ContextKey, KeyId, TenantId};
 pub use tokio_postgres::{types::ToSql, Row};
 pub use tx::TenantTx;
+
+/// The request path's in-process maps (tenant routes, pools, prepared statements): foldhash's
+/// fast hasher, seeded at random per map, instead of SipHash, which cost about as much as
+/// the lookup around it.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

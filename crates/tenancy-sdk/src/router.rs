@@ -5,7 +5,6 @@
 //! ([`TenantPool::begin_in_schema`]), dedicated tenants in their own database on the
 //! cluster (one pool per database).
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,7 @@ use uuid::Uuid;
 use tenancy_conn::{PgConfig, Tls};
 
 use crate::pool::{build_pool, Pool, PoolOptions, Pooler, TenantPool};
+use crate::FastMap;
 use crate::{Error, TenantTx};
 
 /// Credentials of the runtime role on tenant clusters (the catalog stores only where a
@@ -82,10 +82,10 @@ struct Inner {
     opts: RouterOptions,
     /// Cached tenant routes with the time they were read (shared, not copied, per
     /// request).
-    tenants: RwLock<HashMap<TenantId, (Arc<TenantRoute>, Instant)>>,
+    tenants: RwLock<FastMap<TenantId, (Arc<TenantRoute>, Instant)>>,
     /// One pool per (cluster, database), created on first use: the shared database of
     /// each cluster (`None`) and each dedicated tenant's own database.
-    pools: RwLock<HashMap<PoolKey, (Arc<ClusterRoute>, TenantPool)>>,
+    pools: RwLock<FastMap<PoolKey, (Arc<ClusterRoute>, TenantPool)>>,
 }
 
 /// Opens tenant transactions on the right cluster, from the catalog.
@@ -116,8 +116,8 @@ impl Router {
                 key,
                 creds,
                 opts,
-                tenants: RwLock::new(HashMap::new()),
-                pools: RwLock::new(HashMap::new()),
+                tenants: RwLock::new(FastMap::default()),
+                pools: RwLock::new(FastMap::default()),
             }),
         })
     }

@@ -62,7 +62,7 @@ pub(crate) struct Conn {
     /// [`crate::wire`]).
     pub(crate) splice: Option<Arc<Splice>>,
     /// Prepared statements by SQL text, so repeated queries skip Parse/Describe.
-    stmts: HashMap<String, Statement>,
+    stmts: crate::FastMap<String, Statement>,
     /// Behind a transaction-mode pooler: what opens a transaction (see [`Pooled`]).
     pub(crate) pooled: Option<Arc<Pooled>>,
     /// Behind a transaction-mode pooler: parameter types by statement (keyed by the
@@ -482,7 +482,7 @@ impl Manager {
             client,
             pid,
             splice,
-            stmts: HashMap::new(),
+            stmts: crate::FastMap::default(),
             pooled: None,
             types: HashMap::new(),
             last_issued: i64::MIN,
