@@ -268,11 +268,7 @@ impl ContextKey {
         let _ = hex::encode_to_slice(nonce, &mut nonce_hex);
         let mut text = String::with_capacity(200);
         // Writing to a String cannot fail.
-        let _ = write!(
-            text,
-            "{SINGLE_USE_TOKEN_VERSION}.{}.{}.",
-            self.kid, tenant
-        );
+        let _ = write!(text, "{SINGLE_USE_TOKEN_VERSION}.{}.{}.", self.kid, tenant);
         text.extend(nonce_hex.iter().map(|&b| char::from(b)));
         let _ = write!(text, ".{now_micros}.{expires}");
         self.append_mac(&mut text);
@@ -404,7 +400,9 @@ impl ContextToken {
                 || parts[3].bytes().any(|b| b.is_ascii_uppercase())
                 || hex::decode_to_slice(parts[3], &mut bytes).is_err()
             {
-                return Err(TokenError::Malformed("nonce must be 32 lowercase hex digits"));
+                return Err(TokenError::Malformed(
+                    "nonce must be 32 lowercase hex digits",
+                ));
             }
             nonce = Some(bytes);
             (0, None)

@@ -210,7 +210,11 @@ pub(super) fn pooled_opening(
     }
     match begin {
         Some(true) => unnamed("BEGIN ISOLATION LEVEL READ COMMITTED, READ ONLY", None, buf),
-        Some(false) => unnamed("BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE", None, buf),
+        Some(false) => unnamed(
+            "BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE",
+            None,
+            buf,
+        ),
         None => {}
     }
     unnamed(timeout_sql, None, buf);

@@ -275,7 +275,11 @@ impl Machine {
             } else {
                 // A secret that cannot be read is no secret: the next opening on this
                 // connection then has none, and the SDK retires it.
-                self.secret = if whole { secret_of_data_row(body) } else { None };
+                self.secret = if whole {
+                    secret_of_data_row(body)
+                } else {
+                    None
+                };
             }
         }
         Ok(kept)

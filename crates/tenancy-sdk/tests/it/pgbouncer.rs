@@ -437,7 +437,9 @@ fn refusal<T>(r: Result<T, tokio_postgres::Error>, what: &str) -> String {
         Some(&tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION),
         "{what}: {e}"
     );
-    e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default()
+    e.as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default()
 }
 
 /// Enters with `token` in a transaction of its own on `c` (through the pooler: whichever
@@ -472,9 +474,14 @@ async fn single_use_tokens_enter_once_whichever_backend_they_reach() {
     let nonce = || rand::random::<[u8; 16]>();
 
     let token = key().sign_single_use(a, nonce(), now_micros(), 10_000_000);
-    let entered = enter_once(&c, token.as_str()).await.expect("a fresh token enters");
+    let entered = enter_once(&c, token.as_str())
+        .await
+        .expect("a fresh token enters");
     assert_eq!(entered, a.as_uuid());
-    for what in ["replayed through the pooler", "replayed through the pooler again"] {
+    for what in [
+        "replayed through the pooler",
+        "replayed through the pooler again",
+    ] {
         let msg = refusal(enter_once(&c, token.as_str()).await, what);
         assert!(msg.contains("already used"), "{what}: {msg}");
     }
@@ -487,13 +494,13 @@ async fn single_use_tokens_enter_once_whichever_backend_they_reach() {
 
     // A's token names A: edited to name B, it no longer verifies.
     let fresh = key().sign_single_use(a, nonce(), now_micros(), 10_000_000);
-    let for_b = fresh
-        .as_str()
-        .replace(&a.to_string(), &b.to_string());
+    let for_b = fresh.as_str().replace(&a.to_string(), &b.to_string());
     let msg = refusal(enter_once(&c, &for_b).await, "A's token edited to name B");
     assert!(msg.contains("does not verify"), "{msg}");
     assert_eq!(
-        enter_once(&c, fresh.as_str()).await.expect("the unedited token"),
+        enter_once(&c, fresh.as_str())
+            .await
+            .expect("the unedited token"),
         a.as_uuid()
     );
 
@@ -606,7 +613,9 @@ async fn own_cluster(settings: &[(&str, &str)]) -> tenancy_pg::Cluster {
         .await
         .expect("create database");
     let su = cluster.connect("app").await.expect("superuser");
-    bootstrap::bootstrap_cluster(&su).await.expect("cluster bootstrap");
+    bootstrap::bootstrap_cluster(&su)
+        .await
+        .expect("cluster bootstrap");
     bootstrap::bootstrap_database(&su, "app")
         .await
         .expect("database bootstrap");
@@ -630,7 +639,10 @@ async fn a_full_replay_registry_refuses_and_names_the_setting() {
     }
     let c = connect(cluster.config_as(RUNTIME_ROLE, "app")).await;
     let slots: String = c
-        .query_one("SELECT current_setting('tenancy_context.replay_slots')", &[])
+        .query_one(
+            "SELECT current_setting('tenancy_context.replay_slots')",
+            &[],
+        )
         .await
         .expect("setting")
         .get(0);
@@ -647,14 +659,22 @@ async fn a_full_replay_registry_refuses_and_names_the_setting() {
         e.code(),
         Some(&tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
     );
-    assert!(d.message().contains("replay registry is full"), "{}", d.message());
     assert!(
-        d.hint().is_some_and(|h| h.contains("tenancy_context.replay_slots")),
+        d.message().contains("replay registry is full"),
+        "{}",
+        d.message()
+    );
+    assert!(
+        d.hint()
+            .is_some_and(|h| h.contains("tenancy_context.replay_slots")),
         "{:?}",
         d.hint()
     );
     // The first token is still recorded: refused as used, not as full.
-    let msg = refusal(enter_once(&c, first.as_str()).await, "the first token again");
+    let msg = refusal(
+        enter_once(&c, first.as_str()).await,
+        "the first token again",
+    );
     assert!(msg.contains("already used"), "{msg}");
 }
 
@@ -667,12 +687,18 @@ async fn without_preload_pooled_pools_fall_back_to_transaction_tokens() {
     let c = connect(cluster.config_as(RUNTIME_ROLE, "app")).await;
     assert!(!registry_on(&c).await);
     if is_native(&cluster).await {
-        let tok = key().sign_single_use(TenantId::new_random(), rand::random(), now_micros(), 10_000_000);
+        let tok = key().sign_single_use(
+            TenantId::new_random(),
+            rand::random(),
+            now_micros(),
+            10_000_000,
+        );
         let e = enter_once(&c, tok.as_str()).await.expect_err("no registry");
         let d = e.as_db_error().expect("db error");
         assert!(d.message().contains("replay registry"), "{}", d.message());
         assert!(
-            d.hint().is_some_and(|h| h.contains("shared_preload_libraries")),
+            d.hint()
+                .is_some_and(|h| h.contains("shared_preload_libraries")),
             "{:?}",
             d.hint()
         );
