@@ -52,8 +52,8 @@ pub(crate) async fn run(env: &Env, settings: Settings) -> Result<()> {
         .context("reading tenancy_context.replay_slots")?
         .get(0);
     let ours_mode = match &replay_slots {
-        Some(_) => "PoolOptions::pooler = Pooler::Transaction, server with the replay registry (tenancy_context preloaded):                     a single-use v3 token per transaction, no round trip of its own; a read-only point read is one request:                     unnamed set_config(statement_timeout), SELECT pg_backend_pid(), tenancy.enter_read_only($1) and the limits                     (RESET ALL inside), then the unnamed query, one Sync, an implicit transaction (no BEGIN, no COMMIT)",
-        None => "PoolOptions::pooler = Pooler::Transaction, server without the replay registry: per transaction one round                  trip for BEGIN, RESET ALL, SET LOCAL limits, reading the backend pid and transaction start, then                  tenancy.enter (a v2 token bound to that transaction) spliced in front of the unnamed query; read-only                  COMMIT deferred into the next opening",
+        Some(_) => "PoolOptions::pooler = Pooler::Transaction, server with the replay registry (tenancy_context preloaded): a single-use v3 token per transaction, no round trip of its own; a read-only point read is one request: unnamed SET statement_timeout (undone by the RESET ALL that follows), SELECT pg_backend_pid(), tenancy.enter_read_only($1) and the limits (RESET ALL inside), then the unnamed query, one Sync, an implicit transaction (no BEGIN, no COMMIT)",
+        None => "PoolOptions::pooler = Pooler::Transaction, server without the replay registry: per transaction one round trip for BEGIN, RESET ALL, SET LOCAL limits, reading the backend pid and transaction start, then tenancy.enter (a v2 token bound to that transaction) spliced in front of the unnamed query; read-only COMMIT deferred into the next opening",
     };
     let flavor = Flavor {
         name: "tenant_tx_pgbouncer",

@@ -29,8 +29,8 @@ pub(crate) struct Pooled {
     enter: String,
     /// The same with `tenancy.enter_read_only` (an implicit read-only transaction).
     enter_read_only: String,
-    /// With a replay registry: the pool's statement timeout, transaction-local, as a
-    /// statement of its own in front of the enter statement. Each statement's timer starts
+    /// With a replay registry: the pool's statement timeout as a statement of its own in
+    /// front of the enter statement. Each statement's timer starts
     /// with the value in force when it starts: a leftover session value or a role default
     /// (1 ms) would otherwise time out the enter statement (and its RESET ALL) every time.
     timeout_sql: String,
@@ -66,12 +66,10 @@ impl Pooled {
         let mut set = format!(
             "pg_catalog.set_config('statement_timeout', '{}', true), \
              pg_catalog.set_config('lock_timeout', '{}', true), \
-             pg_catalog.set_config('idle_in_transaction_session_timeout', '{}', true), \
              pg_catalog.set_config('row_security', 'on', true), \
              pg_catalog.set_config('client_min_messages', 'notice', true)",
             ms(opts.statement_timeout),
             ms(opts.lock_timeout),
-            ms(opts.idle_in_transaction_timeout)
         );
         if let Some(t) = opts.transaction_timeout {
             set.push_str(&format!(
@@ -79,16 +77,25 @@ impl Pooled {
                 ms(t)
             ));
         }
-        let enter = |f: &str| {
-            format!("SELECT pg_catalog.pg_backend_pid(), tenancy.{f}($1::pg_catalog.text), {set}")
+        // An implicit transaction ends at its Sync: it is never idle in a transaction
+        // block, so only explicit ones set that timeout.
+        let idle = format!(
+            ", pg_catalog.set_config('idle_in_transaction_session_timeout', '{}', true)",
+            ms(opts.idle_in_transaction_timeout)
+        );
+        let enter = |f: &str, idle: &str| {
+            format!(
+                "SELECT pg_catalog.pg_backend_pid(), tenancy.{f}($1::pg_catalog.text), {set}{idle}"
+            )
         };
         Pooled {
-            timeout_sql: format!(
-                "SELECT pg_catalog.set_config('statement_timeout', '{}', true)",
-                ms(opts.statement_timeout)
-            ),
-            enter: enter("enter"),
-            enter_read_only: enter("enter_read_only"),
+            // A utility statement (no plan, no executor), session-level because SET LOCAL
+            // outside a transaction block warns: the enter statement's RESET ALL, in the
+            // same transaction, takes the session value back to its default (and if the
+            // transaction aborts, both are undone), so it never outlives the transaction.
+            timeout_sql: format!("SET statement_timeout = {}", ms(opts.statement_timeout)),
+            enter: enter("enter", &idle),
+            enter_read_only: enter("enter_read_only", ""),
             limits,
             timeout: format!(
                 "SET LOCAL statement_timeout = {}; ",
