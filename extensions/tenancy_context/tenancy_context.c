@@ -28,6 +28,15 @@
  * transaction, once, even if the clock steps back. v2 tokens do not touch the v1 mark:
  * behind a pooler a backend sees tokens issued by many clients, in no particular order.
  *
+ * v3 is single-use by a nonce and bound to no backend: behind a transaction-mode pooler the
+ * SDK signs it before it knows which backend the transaction will get, and the opening
+ * needs no round trip of its own. It is accepted only when the library was loaded through
+ * shared_preload_libraries, which gives the server a replay registry in shared memory: a
+ * fixed table of the nonces of accepted v3 tokens with their expiry, shared by every
+ * backend (see "The replay registry" below). A nonce is accepted once, server-wide, until
+ * its token expires; a full registry refuses (never accepts). Like v1, an accepted v3
+ * token resets session-level settings; it does not touch the v1 mark.
+ *
  * A third function exists only here: tenancy.enter_read_only(token), tenancy.enter that
  * also makes the transaction read-only, for the SDK's implicit read-only transactions (see
  * the comment above tenancy_enter_read_only).
@@ -50,7 +59,10 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
 #include "storage/proc.h"
+#include "storage/shmem.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/timestamp.h"
@@ -95,6 +107,13 @@ PG_MODULE_MAGIC;
 #define KID_MAX_LEN 16
 #define MAX_KEYS 16
 #define KEY_TTL_SECS 30
+/* Partitions of the replay registry, each with its own lock. */
+#define REPLAY_PARTITIONS 16
+/* Slots a nonce may occupy, from its home slot on, within its partition. */
+#define REPLAY_PROBE 32
+/* The longest a v3 token may still be valid when it is used: it pins a slot that long. */
+#define REPLAY_MAX_LIFETIME_SECS 120
+#define REPLAY_TRANCHE "tenancy_context"
 #define UNIX_EPOCH_OFFSET_USECS \
 	((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * USECS_PER_SEC)
 
@@ -259,23 +278,6 @@ sha256_finish(const uint32 from[8], uint64 prefix_len, const uint8 *data, size_t
 		out[4 * i + 2] = (uint8) (st[i] >> 8);
 		out[4 * i + 3] = (uint8) st[i];
 	}
-}
-
-void		_PG_init(void);
-
-/* Refuses to load if SHA-256 does not give the FIPS 180-4 digest of "abc". */
-void
-_PG_init(void)
-{
-	static const uint8 expected[32] = {
-		0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40, 0xde, 0x5d, 0xae, 0x22, 0x23,
-		0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad
-	};
-	uint8		got[32];
-
-	sha256_finish(sha256_iv, 0, (const uint8 *) "abc", 3, got);
-	if (memcmp(got, expected, sizeof(got)) != 0)
-		elog(ERROR, "tenancy: SHA-256 self-test failed; the library is not usable");
 }
 
 /* The state after absorbing one 64-byte pad. */
@@ -497,6 +499,206 @@ reset_session_settings(void)
 }
 
 /*
+ * The replay registry: the nonces of accepted v3 tokens, in shared memory, so that a token
+ * is accepted once whichever backend it reaches. Present only when the library is in
+ * shared_preload_libraries (the space is requested at server start); its size is
+ * tenancy_context.replay_slots (PGC_POSTMASTER). The slots are split into
+ * REPLAY_PARTITIONS partitions, each guarded by one LWLock of the named tranche
+ * "tenancy_context". A nonce's first 8 bytes pick its partition and the next 8 its home
+ * slot there (nonces are random and covered by the MAC: no client can aim at a slot); it
+ * is stored in the first reusable slot of the REPLAY_PROBE slots from home on, and looked
+ * up in all of them. A slot is reusable once the token it holds has expired (a slot never
+ * used has expiry 0): an expired token is refused before the registry is consulted, so
+ * forgetting its nonce re-admits nothing. No reusable slot among the probed ones: the
+ * token is refused, naming the setting.
+ */
+typedef struct ReplaySlot
+{
+	uint8		nonce[16];
+	/* Expiry of the token (µs since the Unix epoch); 0 = never used. */
+	int64		expires;
+} ReplaySlot;
+
+typedef struct ReplayRegistry
+{
+	int			nparts;
+	int			per_part;
+	ReplaySlot	slots[FLEXIBLE_ARRAY_MEMBER];
+} ReplayRegistry;
+
+static int	replay_slots = 262144;
+static ReplayRegistry *registry = NULL;
+static LWLockPadded *registry_locks = NULL;
+
+#if PG_VERSION_NUM >= 150000
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+#endif
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static Size
+registry_size(void)
+{
+	return add_size(offsetof(ReplayRegistry, slots),
+					mul_size(sizeof(ReplaySlot), (Size) replay_slots));
+}
+
+/* Requests the registry's shared memory and locks (at server start). */
+static void
+registry_request(void)
+{
+#if PG_VERSION_NUM >= 150000
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+#endif
+	RequestAddinShmemSpace(registry_size());
+	RequestNamedLWLockTranche(REPLAY_TRANCHE, REPLAY_PARTITIONS);
+}
+
+/* Creates (in the postmaster) or attaches to the registry. */
+static void
+registry_startup(void)
+{
+	bool		found;
+	ReplayRegistry *r;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	r = (ReplayRegistry *) ShmemInitStruct("tenancy_context replay registry", registry_size(), &found);
+	if (!found)
+	{
+		memset(r, 0, registry_size());
+		r->nparts = Min(REPLAY_PARTITIONS, replay_slots);
+		r->per_part = replay_slots / r->nparts;
+	}
+	LWLockRelease(AddinShmemInitLock);
+	registry_locks = GetNamedLWLockTranche(REPLAY_TRANCHE);
+	registry = r;
+}
+
+/*
+ * Records the nonce of a v3 token that expires at `expires` (µs since the Unix epoch;
+ * already checked to be no earlier than `now_unix`). Refuses a nonce already recorded and
+ * unexpired (a replay), and refuses when no slot is free; the caller has not changed
+ * anything yet.
+ */
+static void
+registry_use(const uint8 *nonce, int64 expires, int64 now_unix)
+{
+	uint64		h1,
+				h2;
+	int			part,
+				per,
+				window,
+				home,
+				i;
+	ReplaySlot *base;
+	ReplaySlot *free_slot = NULL;
+	bool		replayed = false;
+
+	memcpy(&h1, nonce, sizeof(h1));
+	memcpy(&h2, nonce + 8, sizeof(h2));
+	part = (int) (h1 % (uint64) registry->nparts);
+	per = registry->per_part;
+	window = Min(per, REPLAY_PROBE);
+	home = (int) (h2 % (uint64) per);
+	base = registry->slots + (Size) part * per;
+
+	LWLockAcquire(&registry_locks[part].lock, LW_EXCLUSIVE);
+	for (i = 0; i < window; i++)
+	{
+		ReplaySlot *s = &base[(home + i) % per];
+
+		if (s->expires < now_unix)
+		{
+			if (free_slot == NULL)
+				free_slot = s;
+			continue;
+		}
+		if (memcmp(s->nonce, nonce, sizeof(s->nonce)) == 0)
+		{
+			replayed = true;
+			break;
+		}
+	}
+	if (!replayed && free_slot != NULL)
+	{
+		memcpy(free_slot->nonce, nonce, sizeof(free_slot->nonce));
+		free_slot->expires = expires;
+	}
+	LWLockRelease(&registry_locks[part].lock);
+	if (replayed)
+		refuse("tenant context token was already used");
+	if (free_slot == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				 errmsg("tenancy: the replay registry is full; tenant context token refused"),
+				 errhint("Raise tenancy_context.replay_slots (now %d; takes effect at restart) above the peak number of transactions per token lifetime.",
+						 replay_slots)));
+}
+
+/* Parses 32 lowercase hex digits into 16 bytes; false when it is not that. */
+static bool
+parse_nonce(const char *s, size_t len, uint8 *out)
+{
+	size_t		i;
+
+	if (len != 32)
+		return false;
+	for (i = 0; i < 16; i++)
+	{
+		int			hi = hexval(s[2 * i]);
+		int			lo = hexval(s[2 * i + 1]);
+
+		if (hi < 0 || lo < 0)
+			return false;
+		out[i] = (uint8) (hi << 4 | lo);
+	}
+	return true;
+}
+
+void		_PG_init(void);
+
+/* Refuses to load if SHA-256 does not give the FIPS 180-4 digest of "abc". */
+void
+_PG_init(void)
+{
+	static const uint8 expected[32] = {
+		0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40, 0xde, 0x5d, 0xae, 0x22, 0x23,
+		0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad
+	};
+	uint8		got[32];
+
+	sha256_finish(sha256_iv, 0, (const uint8 *) "abc", 3, got);
+	if (memcmp(got, expected, sizeof(got)) != 0)
+		elog(ERROR, "tenancy: SHA-256 self-test failed; the library is not usable");
+
+	/* The replay registry exists only when the library is preloaded at server start. */
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	DefineCustomIntVariable("tenancy_context.replay_slots",
+							"Slots of the replay registry of single-use (v3) tenant context tokens.",
+							"Each accepted v3 token holds a slot until it expires.",
+							&replay_slots,
+							262144,
+							1,
+							INT_MAX / (int) sizeof(ReplaySlot),
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+#if PG_VERSION_NUM >= 150000
+	MarkGUCPrefixReserved("tenancy_context");
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = registry_request;
+#else
+	EmitWarningsOnPlaceholders("tenancy_context");
+	registry_request();
+#endif
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = registry_startup;
+}
+
+/*
  * Verifies the token in argument 0 and enters its tenant's context, making the transaction
  * read-only too when `read_only` (top level only, see tenancy_enter_read_only); returns the
  * tenant. Any problem is an ERROR (28000) raised before anything is changed: a refused
@@ -505,6 +707,7 @@ reset_session_settings(void)
  * settings (a v2 opening resets them itself, before it sets its transaction's limits).
  * token: v1.<kid>.<tenant uuid>.<backend pid>.<issued µs>.<expires µs>.<hmac hex>
  *    or  v2.<kid>.<tenant uuid>.<backend pid>-<transaction start hex>.<issued µs>.<expires µs>.<hmac hex>
+ *    or  v3.<kid>.<tenant uuid>.<nonce: 32 hex digits>.<issued µs>.<expires µs>.<hmac hex>
  */
 static pg_uuid_t *
 enter_context(FunctionCallInfo fcinfo, bool read_only)
@@ -528,6 +731,8 @@ enter_context(FunctionCallInfo fcinfo, bool read_only)
 	pg_uuid_t  *result;
 	TimestampTz xact_start = 0;
 	bool		per_transaction;
+	bool		single_use = false;
+	uint8		nonce[16];
 
 	if (!callback_registered)
 	{
@@ -564,6 +769,11 @@ enter_context(FunctionCallInfo fcinfo, bool read_only)
 		per_transaction = false;
 	else if (memcmp(field[0], "v2", 2) == 0)
 		per_transaction = true;
+	else if (memcmp(field[0], "v3", 2) == 0)
+	{
+		per_transaction = false;
+		single_use = true;
+	}
 	else
 		refuse("malformed tenant context token");
 	if (context_active())
@@ -587,22 +797,35 @@ enter_context(FunctionCallInfo fcinfo, bool read_only)
 	}
 	/* Signed fields only from here on; the signer writes them canonically. */
 	if (!parse_uuid(field[2], flen[2], &tenant) ||
-		(per_transaction ? !parse_transaction_binding(field[3], flen[3], &pid, &xact_start)
+		(single_use ? !parse_nonce(field[3], flen[3], nonce)
+		 : per_transaction ? !parse_transaction_binding(field[3], flen[3], &pid, &xact_start)
 		 : !parse_int64(field[3], flen[3], &pid)) ||
 		!parse_int64(field[4], flen[4], &issued) ||
 		!parse_int64(field[5], flen[5], &expires))
 		refuse("malformed tenant context token");
-	if (!per_transaction && pid != MyProcPid)
+	if (!per_transaction && !single_use && pid != MyProcPid)
 		refuse("tenant context token was issued for another connection");
 	if (per_transaction && (pid != MyProcPid || xact_start != GetCurrentTransactionStartTimestamp()))
 		refuse("tenant context token was issued for another transaction");
 	now_unix = now + UNIX_EPOCH_OFFSET_USECS;
 	if (expires < now_unix)
 		refuse("tenant context token has expired");
-	if (!per_transaction && issued <= last_issued)
+	if (!per_transaction && !single_use && issued <= last_issued)
 		refuse("tenant context token was already used on this connection");
 	if (per_transaction && xact_start <= last_transaction_entered)
 		refuse("tenant context token was already used on this connection");
+	if (single_use)
+	{
+		if (registry == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+					 errmsg("tenancy: single-use (v3) tenant context tokens need the replay registry, which this server does not have"),
+					 errhint("Add tenancy_context to shared_preload_libraries and restart the server.")));
+		if (expires - now_unix > (int64) REPLAY_MAX_LIFETIME_SECS * USECS_PER_SEC)
+			refuse("tenant context token lives too long for the replay registry (over 120 s)");
+		/* The last check: from here on nothing is refused, and the nonce is used up. */
+		registry_use(nonce, expires, now_unix);
+	}
 
 	/* Transactional: undone with the rest if this transaction aborts (out of memory). */
 	if (!per_transaction)
@@ -614,7 +837,7 @@ enter_context(FunctionCallInfo fcinfo, bool read_only)
 
 	if (per_transaction)
 		last_transaction_entered = xact_start;
-	else
+	else if (!single_use)
 		last_issued = issued;
 	ctx_tenant = tenant;
 	ctx_lxid = MY_LXID();

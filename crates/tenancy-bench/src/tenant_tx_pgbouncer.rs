@@ -38,6 +38,23 @@ pub(crate) async fn run(env: &Env, settings: Settings) -> Result<()> {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.lines().next().map(str::to_owned))
         .unwrap_or_default();
+    // The replay registry (tenancy_context preloaded) decides how pooled openings go.
+    let replay_slots: Option<String> = env
+        .cluster
+        .connect(DB)
+        .await
+        .context("connecting to the benchmark database")?
+        .query_one(
+            "SELECT current_setting('tenancy_context.replay_slots', true)",
+            &[],
+        )
+        .await
+        .context("reading tenancy_context.replay_slots")?
+        .get(0);
+    let ours_mode = match &replay_slots {
+        Some(_) => "PoolOptions::pooler = Pooler::Transaction, server with the replay registry (tenancy_context preloaded): a single-use v3 token per transaction, no round trip of its own; a read-only point read is one request: unnamed SET statement_timeout (undone by the RESET ALL that follows), SELECT pg_backend_pid(), tenancy.enter_read_only($1) and the limits (RESET ALL inside), then the unnamed query, one Sync, an implicit transaction (no BEGIN, no COMMIT)",
+        None => "PoolOptions::pooler = Pooler::Transaction, server without the replay registry: per transaction one round trip for BEGIN, RESET ALL, SET LOCAL limits, reading the backend pid and transaction start, then tenancy.enter (a v2 token bound to that transaction) spliced in front of the unnamed query; read-only COMMIT deferred into the next opening",
+    };
     let flavor = Flavor {
         name: "tenant_tx_pgbouncer",
         config: bouncer.config_as(RUNTIME_ROLE, DB).into(),
@@ -45,7 +62,8 @@ pub(crate) async fn run(env: &Env, settings: Settings) -> Result<()> {
         connection: "; through the same PgBouncer (transaction mode), unnamed statements with their parameter types (query_typed: Parse, Bind, Execute, Sync in one request)",
         params: json!({
             "pooler": format!("{version}, pool_mode = transaction, default_pool_size = {SERVER_POOL}, auth trust, TCP 127.0.0.1 to PgBouncer, Unix socket to PostgreSQL"),
-            "ours_mode": "PoolOptions::pooler = Pooler::Transaction: per transaction one round trip for BEGIN, RESET ALL, SET LOCAL limits, reading the backend pid and transaction start, then tenancy.enter (a v2 token bound to that transaction) spliced in front of the unnamed query; read-only COMMIT deferred into the next opening",
+            "ours_mode": ours_mode,
+            "replay_slots": replay_slots,
         }),
         pooler: Pooler::Transaction,
     };

@@ -52,6 +52,12 @@ pub const TOKEN_VERSION: &str = "v1";
 /// µs>.<expires µs>.<hmac hex>`, the transaction start as PostgreSQL's
 /// `timestamptz_send` bytes in lowercase hex (16 digits: microseconds since 2000-01-01).
 pub const TRANSACTION_TOKEN_VERSION: &str = "v2";
+/// Version prefix of the single-use token format bound to no backend (the opening of a
+/// transaction behind a transaction-mode pooler, on a server whose native context keeps a
+/// replay registry in shared memory): `v3.<kid>.<tenant>.<nonce>.<issued µs>.<expires
+/// µs>.<hmac hex>`, the nonce 16 random bytes in lowercase hex (32 digits). The server
+/// accepts each nonce once, server-wide, until the token expires.
+pub const SINGLE_USE_TOKEN_VERSION: &str = "v3";
 
 /// Why a token or key could not be built or checked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -217,6 +223,7 @@ impl ContextKey {
             tenant,
             backend_pid,
             transaction_start: None,
+            nonce: None,
             issued_micros: now_micros,
             expires_micros: expires,
         }
@@ -251,6 +258,39 @@ impl ContextKey {
             tenant,
             backend_pid,
             transaction_start: Some(transaction_start),
+            nonce: None,
+            issued_micros: now_micros,
+            expires_micros: expires,
+        }
+    }
+
+    /// Signs a single-use token for `tenant` that is bound to no backend: `nonce` (16
+    /// random bytes, never reused) makes it unique, and the database's replay registry
+    /// accepts each nonce once until the token expires. Issued at `now_micros`
+    /// (microseconds since the Unix epoch), valid for `ttl_micros`.
+    pub fn sign_single_use(
+        &self,
+        tenant: TenantId,
+        nonce: [u8; 16],
+        now_micros: i64,
+        ttl_micros: i64,
+    ) -> ContextToken {
+        let expires = now_micros.saturating_add(ttl_micros);
+        let mut nonce_hex = [0u8; 32];
+        // 16 bytes always fit 32 hex digits.
+        let _ = hex::encode_to_slice(nonce, &mut nonce_hex);
+        let mut text = String::with_capacity(200);
+        // Writing to a String cannot fail.
+        let _ = write!(text, "{SINGLE_USE_TOKEN_VERSION}.{}.{}.", self.kid, tenant);
+        text.extend(nonce_hex.iter().map(|&b| char::from(b)));
+        let _ = write!(text, ".{now_micros}.{expires}");
+        self.append_mac(&mut text);
+        ContextToken {
+            text,
+            tenant,
+            backend_pid: 0,
+            transaction_start: None,
+            nonce: Some(nonce),
             issued_micros: now_micros,
             expires_micros: expires,
         }
@@ -299,6 +339,8 @@ pub struct ContextToken {
     backend_pid: i32,
     /// The start of the transaction a `v2` token is bound to.
     transaction_start: Option<i64>,
+    /// The nonce of a single-use `v3` token.
+    nonce: Option<[u8; 16]>,
     issued_micros: i64,
     expires_micros: i64,
 }
@@ -327,6 +369,11 @@ impl ContextToken {
         self.transaction_start
     }
 
+    /// The nonce of a single-use `v3` token (bound to no backend), if it is one.
+    pub fn nonce(&self) -> Option<[u8; 16]> {
+        self.nonce
+    }
+
     /// When the token stops being accepted (microseconds since the Unix epoch).
     pub fn expires_micros(&self) -> i64 {
         self.expires_micros
@@ -349,16 +396,30 @@ impl ContextToken {
         if parts.len() != 7 {
             return Err(TokenError::Malformed("expected 7 dot-separated fields"));
         }
-        let per_transaction = match parts[0] {
-            TOKEN_VERSION => false,
-            TRANSACTION_TOKEN_VERSION => true,
+        let (per_transaction, single_use) = match parts[0] {
+            TOKEN_VERSION => (false, false),
+            TRANSACTION_TOKEN_VERSION => (true, false),
+            SINGLE_USE_TOKEN_VERSION => (false, true),
             _ => return Err(TokenError::Malformed("unknown version")),
         };
         parts[1].parse::<KeyId>()?;
         let tenant = parts[2]
             .parse::<TenantId>()
             .map_err(|_| TokenError::Malformed("tenant is not a UUID"))?;
-        let (backend_pid, transaction_start) = if per_transaction {
+        let mut nonce = None;
+        let (backend_pid, transaction_start) = if single_use {
+            let mut bytes = [0u8; 16];
+            if parts[3].len() != 32
+                || parts[3].bytes().any(|b| b.is_ascii_uppercase())
+                || hex::decode_to_slice(parts[3], &mut bytes).is_err()
+            {
+                return Err(TokenError::Malformed(
+                    "nonce must be 32 lowercase hex digits",
+                ));
+            }
+            nonce = Some(bytes);
+            (0, None)
+        } else if per_transaction {
             let (pid, start) = parts[3]
                 .split_once('-')
                 .ok_or(TokenError::Malformed("expected <pid>-<transaction start>"))?;
@@ -393,6 +454,7 @@ impl ContextToken {
             tenant,
             backend_pid,
             transaction_start,
+            nonce,
             issued_micros,
             expires_micros,
         })
@@ -481,6 +543,34 @@ mod tests {
             key().verify(&short, 0),
             Err(TokenError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn single_use_tokens_carry_a_signed_nonce() {
+        let t = TenantId::new_random();
+        let nonce = [0xabu8; 16];
+        let tok = key().sign_single_use(t, nonce, 1_000_000, 30_000_000);
+        assert!(tok.as_str().starts_with("v3.k1."), "{}", tok.as_str());
+        assert!(tok.as_str().contains(&format!(".{}.", "ab".repeat(16))));
+        assert!(
+            tok.as_str().len() <= 200,
+            "the servers refuse longer tokens"
+        );
+        let back = key().verify(tok.as_str(), 2_000_000).expect("verifies");
+        assert_eq!(back.nonce(), Some(nonce));
+        assert_eq!(back.tenant(), t);
+        assert_eq!(back.transaction_start(), None);
+        let other = tok.as_str().replace(&"ab".repeat(16), &"ac".repeat(16));
+        assert_eq!(key().verify(&other, 0), Err(TokenError::BadSignature));
+        let short = tok.as_str().replace(&"ab".repeat(16), &"ab".repeat(15));
+        assert!(matches!(
+            key().verify(&short, 0),
+            Err(TokenError::Malformed(_))
+        ));
+        assert_eq!(
+            key().verify(tok.as_str(), 31_000_001),
+            Err(TokenError::Expired)
+        );
     }
 
     #[test]

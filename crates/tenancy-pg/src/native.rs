@@ -101,10 +101,18 @@ pub(crate) fn install_into_data_dir(
     write(&lib_dir.join(format!("{NATIVE_LIBRARY_NAME}.so")), lib)?;
     // First: the control file names the library without $libdir, so this copy (built with
     // this program) wins over one installed into the server by an older `make install`.
-    let mut settings = vec![(
-        "dynamic_library_path".to_owned(),
-        format!("{}:$libdir", lib_dir.display()),
-    )];
+    // Preloaded (found through dynamic_library_path): the library then keeps the replay
+    // registry of single-use tokens in shared memory, which transaction-mode pools use.
+    let mut settings = vec![
+        (
+            "dynamic_library_path".to_owned(),
+            format!("{}:$libdir", lib_dir.display()),
+        ),
+        (
+            "shared_preload_libraries".to_owned(),
+            NATIVE_LIBRARY_NAME.to_owned(),
+        ),
+    ];
     if major >= CONTROL_PATH_MAJOR {
         let share = data_dir.join("tenancy_ext");
         let ext = share.join("extension");

@@ -41,14 +41,17 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(5);
 /// there. Implicit read-only openings need `tenancy.enter_read_only` (both implementations
 /// have it; a database whose runtime predates it gets explicit read-only openings until its
 /// runtime is installed again). The PL/pgSQL session context needs `tenancy.init_session`
-/// (a runtime that predates it gets token openings).
+/// (a runtime that predates it gets token openings). The last column is the size of the
+/// native context's replay registry, NULL where the server has none (the library is not in
+/// `shared_preload_libraries`).
 const CONNECTION_CHECK: &str = "SELECT pg_catalog.pg_backend_pid(), (SELECT count(*) = 2 FROM pg_catalog.pg_proc p \
        JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
       WHERE l.lanname = 'c' AND p.oid IN (pg_catalog.to_regprocedure('tenancy.enter(text)'), \
                                           pg_catalog.to_regprocedure('tenancy.enter_read_only(text)'))), \
             pg_catalog.to_regprocedure('tenancy.reset_session()') IS NOT NULL, \
             pg_catalog.to_regprocedure('tenancy.enter_read_only(text)') IS NOT NULL, \
-            pg_catalog.to_regprocedure('tenancy.init_session()') IS NOT NULL";
+            pg_catalog.to_regprocedure('tenancy.init_session()') IS NOT NULL, \
+            pg_catalog.current_setting('tenancy_context.replay_slots', true)";
 
 /// One pooled connection.
 #[derive(Debug)]
@@ -65,6 +68,10 @@ pub(crate) struct Conn {
     stmts: crate::FastMap<String, Statement>,
     /// Behind a transaction-mode pooler: what opens a transaction (see [`Pooled`]).
     pub(crate) pooled: Option<Arc<Pooled>>,
+    /// Behind a transaction-mode pooler: the server keeps a replay registry (native
+    /// context, preloaded), so transactions open with single-use tokens in front of their
+    /// first statement, without a round trip of their own.
+    pub(crate) replay: bool,
     /// Behind a transaction-mode pooler: parameter types by statement (keyed by the
     /// schema placement's schema and the SQL text), learnt from a statement prepared and
     /// closed inside one transaction, so later runs are unnamed (Parse, Bind, Execute in
@@ -104,6 +111,9 @@ impl Conn {
         if self.splice.as_deref().is_some_and(Splice::session) {
             return Credential::Session(tenant);
         }
+        if self.pooled.is_some() && self.replay {
+            return Credential::Token(sign_single_use(key, tenant, ttl_micros));
+        }
         Credential::Token(self.sign_token(key, tenant, ttl_micros))
     }
 
@@ -127,6 +137,13 @@ impl Conn {
         let issued = now.max(self.last_issued.saturating_add(1));
         self.last_issued = issued;
         key.sign(tenant, self.pid, issued, ttl_micros)
+    }
+
+    /// Whether transactions on this connection are opened by the SDK in front of their
+    /// first statement (everything but a transaction-mode pooler without a replay
+    /// registry, where an opening query runs first and the token is signed for it).
+    pub(crate) fn signs_at_begin(&self) -> bool {
+        self.pooled.is_none() || self.replay
     }
 
     /// Parameter types learnt for `sql` (behind a transaction-mode pooler).
@@ -387,7 +404,8 @@ impl Manager {
             wire::Error::Setup("the connection check returned no backend pid".into())
         })?;
         let (native, reset_fn, read_only_fn, session_fn) = (flag(1), flag(2), flag(3), flag(4));
-        self.report_context_impl(native);
+        let replay = native && row.get(5).is_some();
+        self.report_context_impl(native, replay);
         // Through a pooler (PgBouncer and the like) the BackendKeyData is the pooler's,
         // not the backend's.
         let behind_pooler = splice.key_pid().is_some_and(|k| k != pid);
@@ -407,6 +425,7 @@ impl Manager {
                 // Nothing is prepared: no named statement may outlive a transaction.
                 let mut conn = self.conn(client, 0, Some(splice), kill);
                 conn.pooled = Some(Arc::clone(pooled));
+                conn.replay = replay;
                 return Ok(conn);
             }
             _ => {}
@@ -437,11 +456,29 @@ impl Manager {
     /// Logs, at the pool's first tenant connection, which implementation of the signed
     /// context the database runs, so an operator sees a database left on the slower
     /// PL/pgSQL one.
-    fn report_context_impl(&self, native: bool) {
+    fn report_context_impl(&self, native: bool, replay: bool) {
         if self.context_reported.swap(true, Ordering::Relaxed) {
             return;
         }
         let database = self.config.pg().get_dbname().unwrap_or_default();
+        if self.pooler == Pooler::Transaction {
+            if replay {
+                tracing::info!(
+                    database,
+                    replay_registry = true,
+                    "tenant pool behind a transaction-mode pooler: the server keeps a replay registry; \
+                     transactions open with single-use tokens in front of their first statement"
+                );
+            } else {
+                tracing::info!(
+                    database,
+                    replay_registry = false,
+                    "tenant pool behind a transaction-mode pooler: the server has no replay registry \
+                     (tenancy_context not in shared_preload_libraries); each transaction opens with a \
+                     round trip of its own"
+                );
+            }
+        }
         if native {
             tracing::info!(
                 database,
@@ -465,10 +502,14 @@ impl Manager {
         splice: Option<Arc<Splice>>,
         kill: oneshot::Sender<()>,
     ) -> Conn {
+        let backend = splice
+            .as_deref()
+            .map_or_else(|| Arc::new(AtomicI32::new(0)), Splice::backend);
+        backend.store(pid, Ordering::Relaxed);
         let watch = Arc::new(Watch {
             epoch: self.epoch,
             since: AtomicU64::new(0),
-            pid: AtomicI32::new(pid),
+            pid: backend,
             cancel: client.cancel_token(),
             kill: Mutex::new(Some(kill)),
             expired: AtomicBool::new(false),
@@ -484,6 +525,7 @@ impl Manager {
             splice,
             stmts: crate::FastMap::default(),
             pooled: None,
+            replay: false,
             types: HashMap::new(),
             last_issued: i64::MIN,
             deferred_commit: Mutex::new(None),
@@ -492,6 +534,21 @@ impl Manager {
             watch,
         }
     }
+}
+
+/// The longest a single-use token lives: it holds a slot of the server's replay registry
+/// until it expires, and is sent within moments of being signed.
+const SINGLE_USE_TTL: Duration = Duration::from_secs(10);
+
+/// Signs a single-use (`v3`) token for `tenant`: a random nonce, valid for the pool's
+/// token lifetime but at most [`SINGLE_USE_TTL`].
+fn sign_single_use(key: &ContextKey, tenant: TenantId, ttl_micros: i64) -> ContextToken {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    let ttl = ttl_micros.min(SINGLE_USE_TTL.as_micros() as i64);
+    key.sign_single_use(tenant, rand::random(), now, ttl)
 }
 
 /// Initialises the PL/pgSQL session context of a new connection and returns its first
@@ -713,12 +770,11 @@ impl TenantPool {
         crate::metrics::tx_event("opened");
         conn.watch.start();
         let ttl_micros = self.opts.token_ttl.as_micros() as i64;
-        // Behind a transaction-mode pooler the token is signed once the transaction runs
-        // (its backend and start are known).
-        let token = match conn.pooled {
-            Some(_) => None,
-            None => Some(conn.sign(&self.key, tenant, ttl_micros)),
-        };
+        // Behind a transaction-mode pooler without a replay registry the token is signed
+        // once the transaction runs (its backend and start are known).
+        let token = conn
+            .signs_at_begin()
+            .then(|| conn.sign(&self.key, tenant, ttl_micros));
         // A read-only transaction that ended on this connection without its COMMIT being
         // sent yet: the COMMIT leads the opening.
         let begin = Begin {

@@ -1,6 +1,7 @@
 //! Behind a transaction-mode pooler: what opens each tenant transaction, and reading its
 //! reply.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use tokio_postgres::SimpleQueryMessage;
@@ -22,6 +23,17 @@ pub(crate) struct Pooled {
     /// session value or a role default (1 ms) would otherwise time out the reset itself.
     timeout: String,
     search_path: Option<String>,
+    /// With a replay registry: the statement that enters the tenant, `$1` the single-use
+    /// token, with the pool's limits as columns after it (`set_config(…, true)`), the
+    /// backend pid first; the search path is added as its last column.
+    enter: String,
+    /// The same with `tenancy.enter_read_only` (an implicit read-only transaction).
+    enter_read_only: String,
+    /// With a replay registry: the pool's statement timeout as a statement of its own in
+    /// front of the enter statement. Each statement's timer starts
+    /// with the value in force when it starts: a leftover session value or a role default
+    /// (1 ms) would otherwise time out the enter statement (and its RESET ALL) every time.
+    timeout_sql: String,
 }
 
 impl Pooled {
@@ -48,7 +60,42 @@ impl Pooled {
                 ms(t)
             ));
         }
+        // Columns are evaluated in order: the limits after `enter`, whose RESET ALL would
+        // otherwise undo them. The statement runs under whatever timeout was in force when
+        // it started; the next statement's timer starts with the pool's.
+        let mut set = format!(
+            "pg_catalog.set_config('statement_timeout', '{}', true), \
+             pg_catalog.set_config('lock_timeout', '{}', true), \
+             pg_catalog.set_config('row_security', 'on', true), \
+             pg_catalog.set_config('client_min_messages', 'notice', true)",
+            ms(opts.statement_timeout),
+            ms(opts.lock_timeout),
+        );
+        if let Some(t) = opts.transaction_timeout {
+            set.push_str(&format!(
+                ", pg_catalog.set_config('transaction_timeout', '{}', true)",
+                ms(t)
+            ));
+        }
+        // An implicit transaction ends at its Sync: it is never idle in a transaction
+        // block, so only explicit ones set that timeout.
+        let idle = format!(
+            ", pg_catalog.set_config('idle_in_transaction_session_timeout', '{}', true)",
+            ms(opts.idle_in_transaction_timeout)
+        );
+        let enter = |f: &str, idle: &str| {
+            format!(
+                "SELECT pg_catalog.pg_backend_pid(), tenancy.{f}($1::pg_catalog.text), {set}{idle}"
+            )
+        };
         Pooled {
+            // A utility statement (no plan, no executor), session-level because SET LOCAL
+            // outside a transaction block warns: the enter statement's RESET ALL, in the
+            // same transaction, takes the session value back to its default (and if the
+            // transaction aborts, both are undone), so it never outlives the transaction.
+            timeout_sql: format!("SET statement_timeout = {}", ms(opts.statement_timeout)),
+            enter: enter("enter", &idle),
+            enter_read_only: enter("enter_read_only", ""),
             limits,
             timeout: format!(
                 "SET LOCAL statement_timeout = {}; ",
@@ -99,6 +146,50 @@ impl Pooled {
         }
         sql
     }
+}
+
+impl Pooled {
+    /// With a replay registry: the statement that sets the pool's statement timeout for
+    /// the transaction, sent in front of [`Pooled::enter_sql`].
+    pub(crate) fn timeout_sql(&self) -> &str {
+        &self.timeout_sql
+    }
+
+    /// With a replay registry: the statement that enters the tenant and sets the pool's
+    /// limits (`implicit`: and makes the implicit transaction read-only), its first column
+    /// the backend pid. `schema` goes first on the search path (checked `[a-z0-9_]`).
+    pub(crate) fn enter_sql(&self, implicit: bool, schema: Option<&str>) -> Cow<'_, str> {
+        let base = if implicit {
+            &self.enter_read_only
+        } else {
+            &self.enter
+        };
+        let path = match schema {
+            Some(schema) => Cow::Owned(format!("\"{schema}\", public")),
+            None => match &self.search_path {
+                Some(p) => Cow::Borrowed(p.as_str()),
+                None => return Cow::Borrowed(base),
+            },
+        };
+        let mut sql = String::with_capacity(base.len() + 64);
+        sql.push_str(base);
+        push_search_path(&mut sql, &path);
+        Cow::Owned(sql)
+    }
+}
+
+/// Appends `, set_config('search_path', <path>, true)` with `path` as an escape string
+/// literal: read the same whatever `standard_conforming_strings` an earlier transaction
+/// left.
+fn push_search_path(sql: &mut String, path: &str) {
+    sql.push_str(", pg_catalog.set_config('search_path', E'");
+    for c in path.chars() {
+        if c == '\'' || c == '\\' {
+            sql.push(c);
+        }
+        sql.push(c);
+    }
+    sql.push_str("', true)");
 }
 
 /// The backend pid and the transaction's start (microseconds since 2000-01-01) in the

@@ -20,8 +20,9 @@ pub(crate) struct Watch {
     /// connection began; 0 while the connection is in the pool.
     pub(super) since: AtomicU64,
     /// Backend process id, to terminate it (behind a transaction-mode pooler: the backend
-    /// of the current transaction, learnt when it opens; 0 before).
-    pub(super) pid: AtomicI32,
+    /// of the current transaction, learnt when it opens; 0 before). Shared with the
+    /// connection's splice, which stores the pid a single-use opening's row gives.
+    pub(super) pid: Arc<AtomicI32>,
     /// Cancels the statement running on the connection.
     pub(super) cancel: CancelToken,
     /// Fired, the connection task drops the socket.

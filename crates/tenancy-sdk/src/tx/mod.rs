@@ -146,14 +146,15 @@ impl TenantTx {
 
     /// Whether the first statement runs as an implicit transaction: read-only, no schema
     /// search path, on a connection whose database has `tenancy.enter_read_only`.
+    /// Behind a transaction-mode pooler: only with single-use tokens (a replay registry),
+    /// which any backend accepts, so each statement may run on another.
     fn first_is_implicit(&self) -> bool {
         self.read_only
             && self.begin.as_ref().is_some_and(|b| b.schema.is_none())
-            && self
-                .conn
-                .as_ref()
-                .and_then(|c| c.splice.as_deref())
-                .is_some_and(wire::Splice::implicit)
+            && self.conn.as_ref().is_some_and(|c| match c.pooled {
+                Some(_) => c.replay,
+                None => c.splice.as_deref().is_some_and(wire::Splice::implicit),
+            })
     }
 
     /// The opening the next statement carries, and whether it is an implicit one.
@@ -273,10 +274,9 @@ impl TenantTx {
             }
         };
         tracing::debug!(error = %e, "a pooled connection died before the transaction's first statement ran; retrying on another");
-        let token = match fresh.pooled {
-            Some(_) => None,
-            None => Some(fresh.sign(&self.signer.key, self.tenant, self.signer.ttl_micros)),
-        };
+        let token = fresh
+            .signs_at_begin()
+            .then(|| fresh.sign(&self.signer.key, self.tenant, self.signer.ttl_micros));
         let begin = Begin {
             commit_first: fresh.take_deferred_commit(),
             read_only: self.read_only,
@@ -304,7 +304,13 @@ impl TenantTx {
         if self.state != State::NotBegun {
             return Ok(());
         }
-        let Some(pooled) = self.conn.as_ref().and_then(|c| c.pooled.clone()) else {
+        let Some(pooled) = self
+            .conn
+            .as_ref()
+            .filter(|c| !c.replay)
+            .and_then(|c| c.pooled.clone())
+        else {
+            // Direct, or a single-use token that opens in front of the first statement.
             return Ok(());
         };
         let begin = self
@@ -369,7 +375,9 @@ impl TenantTx {
                 )));
             }
         }
-        let opening = self.opening(true)?;
+        // A statement whose types are unknown is prepared, run and closed in three
+        // requests: inside an explicit transaction, so they reach one backend.
+        let opening = self.opening(types.is_some())?;
         self.in_flight = true;
         let conn: &Lease = self.conn()?;
         let (r, learnt) = match types {
@@ -410,6 +418,11 @@ impl TenantTx {
         };
         if let (Ok(_), Some(types)) = (&r, learnt) {
             self.conn()?.learn_types(schema.as_deref(), sql, types);
+        }
+        if self.state == State::Implicit {
+            // The implicit transaction ended with its statement: the backend serves
+            // others now, and the watchdog must not stop it.
+            self.conn()?.watch.set_backend(0);
         }
         self.track(r)
     }

@@ -5,7 +5,7 @@ use std::future::Future;
 
 use tenancy_core::{ContextToken, TenantId};
 
-use crate::pool::Conn;
+use crate::pool::{Conn, Pooled};
 use crate::wire::{self, Splice};
 use crate::Error;
 
@@ -50,7 +50,15 @@ impl Begin {
     /// Behind a transaction-mode pooler (a token bound to the transaction) BEGIN, reset,
     /// limits and search path already ran: only `tenancy.enter` is queued. Returns false when there is
     /// nothing to enter with (no token, or a session-context connection without a secret).
-    pub(super) fn splice_into(&self, splice: &Splice, implicit: bool) -> bool {
+    /// With a single-use token (behind a pooler whose server keeps a replay registry)
+    /// everything is queued here, unnamed: the owed COMMIT, BEGIN unless implicit, and
+    /// `pooled`'s enter statement with the pool's limits.
+    pub(super) fn splice_into(
+        &self,
+        splice: &Splice,
+        implicit: bool,
+        pooled: Option<&Pooled>,
+    ) -> bool {
         let Some(credential) = &self.token else {
             return false;
         };
@@ -63,6 +71,20 @@ impl Begin {
             search_path: path.as_deref(),
         };
         match credential {
+            Credential::Token(token) if token.nonce().is_some() => {
+                let Some(pooled) = pooled else {
+                    return false;
+                };
+                let sql = pooled.enter_sql(implicit, self.schema.as_deref());
+                splice.push_pooled_opening(
+                    self.commit_first,
+                    (!implicit).then_some(self.read_only),
+                    pooled.timeout_sql(),
+                    &sql,
+                    token.as_str(),
+                );
+                true
+            }
             Credential::Token(token) if token.transaction_start().is_some() => {
                 splice.push_transaction_enter(token.as_str());
                 true
@@ -92,7 +114,7 @@ pub(super) async fn with_opening<T>(
 ) -> Result<T, Error> {
     match (opening, conn.splice.as_deref()) {
         (Some((b, implicit)), Some(splice)) => {
-            if !b.splice_into(splice, implicit) {
+            if !b.splice_into(splice, implicit, conn.pooled.as_deref()) {
                 // Nothing was sent; this connection cannot enter a tenant.
                 conn.retire();
                 return Err(Error::Invalid(

@@ -181,3 +181,43 @@ pub(super) fn transaction_enter(token: &str, buf: &mut BytesMut) -> u32 {
     bind_execute("", Some(token), buf);
     2
 }
+
+/// Encodes the opening of a transaction behind a transaction-mode pooler with a
+/// single-use token, each statement unnamed (Parse, Bind, Execute; no Sync): the COMMIT of
+/// the connection's finished read-only transaction when `commit_first`, `BEGIN` with its
+/// modes unless `begin` is `None` (an implicit transaction), `timeout_sql` (the pool's
+/// statement timeout, transaction-local), then `enter_sql` (the pooled enter statement:
+/// backend pid first, `$1` the token). Returns the replies that each end one counted reply
+/// (ParseComplete and CommandComplete, two per statement).
+pub(super) fn pooled_opening(
+    commit_first: bool,
+    begin: Option<bool>,
+    timeout_sql: &str,
+    enter_sql: &str,
+    token: &str,
+    buf: &mut BytesMut,
+) -> u32 {
+    let mut n = 0;
+    let mut unnamed = |sql: &str, arg: Option<&str>, buf: &mut BytesMut| {
+        // Texts without NUL bytes (checked by the pool) and a token of `[a-z0-9.-]`:
+        // encoding cannot fail.
+        let _ = frontend::parse("", sql, [], buf);
+        bind_execute("", arg, buf);
+        n += 2;
+    };
+    if commit_first {
+        unnamed("COMMIT", None, buf);
+    }
+    match begin {
+        Some(true) => unnamed("BEGIN ISOLATION LEVEL READ COMMITTED, READ ONLY", None, buf),
+        Some(false) => unnamed(
+            "BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE",
+            None,
+            buf,
+        ),
+        None => {}
+    }
+    unnamed(timeout_sql, None, buf);
+    unnamed(enter_sql, Some(token), buf);
+    n
+}

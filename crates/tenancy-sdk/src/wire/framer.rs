@@ -48,7 +48,8 @@ pub(super) enum Fate {
 }
 
 /// The body of the last captured message, up to [`Capture::ROOM`] bytes (a DataRow of one
-/// int8 in text is 26): nothing longer is ever needed, and nothing is allocated.
+/// int8 in text is 26; a pooled opening's backend pid is its first column): nothing longer
+/// is ever needed, and nothing is allocated.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Capture {
     /// A captured message is being read.
@@ -88,13 +89,13 @@ impl Capture {
         }
     }
 
-    /// The body of a captured message that ended since the last call: `Some(None)` when it
-    /// did not fit.
-    pub(super) fn ended(&mut self) -> Option<Option<&[u8]>> {
+    /// The body of a captured message that ended since the last call: its first
+    /// [`Capture::ROOM`] bytes, and whether that is all of it.
+    pub(super) fn ended(&mut self) -> Option<(&[u8], bool)> {
         if !std::mem::take(&mut self.done) {
             return None;
         }
-        Some((!self.overflow).then_some(&self.buf[..self.len]))
+        Some((&self.buf[..self.len], !self.overflow))
     }
 }
 

@@ -8,6 +8,8 @@
 //! Sync or Query went out.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 
 use bytes::BytesMut;
 
@@ -70,6 +72,13 @@ pub(super) struct Machine {
     /// What the server sent before the splice was armed (start-up), to read the process
     /// id of its BackendKeyData.
     startup: Vec<u8>,
+    /// Behind a transaction-mode pooler with single-use tokens: the captured DataRow is a
+    /// pooled opening's, whose first column is the backend pid of the transaction (not a
+    /// session secret), stored in `backend`.
+    pub(super) capture_backend: bool,
+    /// The backend pid of the transaction a pooled opening last entered (shared with the
+    /// pool's watchdog).
+    pub(super) backend: Arc<AtomicI32>,
 }
 
 /// The backend side's own state (the stream's, not shared).
@@ -257,10 +266,21 @@ impl Machine {
             .filter(bytes, &mut inn.keep, &mut inn.capture, MAX_DROPPED, |t| {
                 self.keep_reply(t)
             })?;
-        if let Some(body) = inn.capture.ended() {
-            // A secret that cannot be read is no secret: the next opening on this
-            // connection then has none, and the SDK retires it.
-            self.secret = body.and_then(secret_of_data_row);
+        if let Some((body, whole)) = inn.capture.ended() {
+            if self.capture_backend {
+                // A pooled opening's row: its first column is the backend's pid.
+                if let Some(pid) = first_int_of_data_row(body).and_then(|v| i32::try_from(v).ok()) {
+                    self.backend.store(pid, Ordering::Relaxed);
+                }
+            } else {
+                // A secret that cannot be read is no secret: the next opening on this
+                // connection then has none, and the SDK retires it.
+                self.secret = if whole {
+                    secret_of_data_row(body)
+                } else {
+                    None
+                };
+            }
         }
         Ok(kept)
     }
@@ -342,6 +362,18 @@ impl Machine {
         }
         None
     }
+}
+
+/// The integer in the first column of a DataRow body (text format), whatever follows it.
+/// The body may be cut short after that column.
+fn first_int_of_data_row(body: &[u8]) -> Option<i64> {
+    let (cols, rest) = body.split_first_chunk::<2>()?;
+    let (len, rest) = rest.split_first_chunk::<4>()?;
+    let len = usize::try_from(i32::from_be_bytes(*len)).ok()?;
+    if u16::from_be_bytes(*cols) == 0 || rest.len() < len {
+        return None;
+    }
+    std::str::from_utf8(&rest[..len]).ok()?.parse().ok()
 }
 
 /// The int8 in a DataRow body of one text column (`tenancy.enter_session`'s result), if it

@@ -297,6 +297,37 @@ impl Splice {
             .queue(|buf: &mut BytesMut| encode::transaction_enter(token, buf));
     }
 
+    /// Queues the opening of a transaction behind a transaction-mode pooler with a
+    /// single-use token in front of the next request: unnamed statements only (see
+    /// [`encode::pooled_opening`]). The backend pid in the first column of the enter
+    /// statement's row goes to [`Splice::backend`] when it arrives.
+    pub(crate) fn push_pooled_opening(
+        &self,
+        commit_first: bool,
+        begin: Option<bool>,
+        timeout_sql: &str,
+        enter_sql: &str,
+        token: &str,
+    ) {
+        let mut m = self.lock();
+        m.capture_backend = true;
+        // The enter statement is the last; its DataRow comes while its CommandComplete is
+        // the one counted reply left.
+        let stmts = 2 * (2 + u32::from(commit_first) + u32::from(begin.is_some()));
+        m.queue_with_secret(
+            |buf: &mut BytesMut| {
+                encode::pooled_opening(commit_first, begin, timeout_sql, enter_sql, token, buf)
+            },
+            Some(stmts - 1),
+        );
+    }
+
+    /// The backend pid the last pooled opening's row gave (0 before any): shared, so the
+    /// pool's watchdog knows the backend of a statement still running.
+    pub(crate) fn backend(&self) -> Arc<std::sync::atomic::AtomicI32> {
+        Arc::clone(&self.lock().backend)
+    }
+
     /// Notes a simple query about to be sent without waiting: messages pushed later go
     /// after it on the wire even if it is still unwritten when they are pushed.
     pub(crate) fn query_ahead(&self) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tenancy_pg::testing::TestDb;
 use tenancy_pg::{PgBouncer, PgBouncerOptions};
-use tenancy_sdk::bootstrap::{ContextImpl, RUNTIME_ROLE};
+use tenancy_sdk::bootstrap::{self, ContextImpl, OWNER_ROLE, RUNTIME_ROLE};
 use tenancy_sdk::{Error, PoolOptions, Pooler, TenantId, TenantPool, TenantTx};
 use tokio_postgres::Client;
 
@@ -413,4 +413,342 @@ async fn schema_placement_and_client_work_through_pgbouncer() {
         .expect("activity")
         .get(0);
     assert_eq!(left, 0, "no transaction left open on a backend");
+}
+
+/// Whether the server behind `c` keeps the replay registry of single-use tokens.
+async fn registry_on(c: &Client) -> bool {
+    c.query_one(
+        "SELECT current_setting('tenancy_context.replay_slots', true) IS NOT NULL",
+        &[],
+    )
+    .await
+    .expect("registry setting")
+    .get(0)
+}
+
+/// The error of `r` when it is a refusal (28000); panics otherwise.
+fn refusal<T>(r: Result<T, tokio_postgres::Error>, what: &str) -> String {
+    let e = match r {
+        Ok(_) => panic!("{what} must be refused"),
+        Err(e) => e,
+    };
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION),
+        "{what}: {e}"
+    );
+    e.as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default()
+}
+
+/// Enters with `token` in a transaction of its own on `c` (through the pooler: whichever
+/// backend it hands out), and returns what `enter` said; the transaction is rolled back.
+async fn enter_once(c: &Client, token: &str) -> Result<uuid::Uuid, tokio_postgres::Error> {
+    c.batch_execute("BEGIN").await.expect("begin");
+    let r = c
+        .query_one("SELECT tenancy.enter($1)", &[&token])
+        .await
+        .map(|r| r.get(0));
+    c.batch_execute("ROLLBACK").await.expect("rollback");
+    r
+}
+
+/// A single-use (v3) token enters once, server-wide: replayed through the pooler (on
+/// whichever backend) or on a direct connection (another backend), it is refused. Its
+/// tenant is what it enters (edited to name another tenant, its MAC fails); an expired
+/// token and one that would live longer than the registry allows are refused.
+#[tokio::test]
+async fn single_use_tokens_enter_once_whichever_backend_they_reach() {
+    let Some(db) = fresh_native_db().await else {
+        return;
+    };
+    let bouncer = bouncer(&db, 2).await;
+    let c = bouncer_client(&db, &bouncer).await;
+    assert!(
+        registry_on(&c).await,
+        "clusters tenancy starts preload the native library"
+    );
+    let a = TenantId::new_random();
+    let b = TenantId::new_random();
+    let nonce = || rand::random::<[u8; 16]>();
+
+    let token = key().sign_single_use(a, nonce(), now_micros(), 10_000_000);
+    let entered = enter_once(&c, token.as_str())
+        .await
+        .expect("a fresh token enters");
+    assert_eq!(entered, a.as_uuid());
+    for what in [
+        "replayed through the pooler",
+        "replayed through the pooler again",
+    ] {
+        let msg = refusal(enter_once(&c, token.as_str()).await, what);
+        assert!(msg.contains("already used"), "{what}: {msg}");
+    }
+    let direct = runtime_client(&db).await;
+    let msg = refusal(
+        enter_once(&direct, token.as_str()).await,
+        "replayed on a direct connection",
+    );
+    assert!(msg.contains("already used"), "{msg}");
+
+    // A's token names A: edited to name B, it no longer verifies.
+    let fresh = key().sign_single_use(a, nonce(), now_micros(), 10_000_000);
+    let for_b = fresh.as_str().replace(&a.to_string(), &b.to_string());
+    let msg = refusal(enter_once(&c, &for_b).await, "A's token edited to name B");
+    assert!(msg.contains("does not verify"), "{msg}");
+    assert_eq!(
+        enter_once(&c, fresh.as_str())
+            .await
+            .expect("the unedited token"),
+        a.as_uuid()
+    );
+
+    let expired = key().sign_single_use(a, nonce(), now_micros() - 20_000_000, 10_000_000);
+    let msg = refusal(enter_once(&c, expired.as_str()).await, "an expired token");
+    assert!(msg.contains("expired"), "{msg}");
+    let long = key().sign_single_use(a, nonce(), now_micros(), 300_000_000);
+    let msg = refusal(enter_once(&c, long.as_str()).await, "a token living 300 s");
+    assert!(msg.contains("lives too long"), "{msg}");
+    drop(c);
+    bouncer.stop().await;
+}
+
+/// A pool behind PgBouncer on a server with the registry opens its transactions with
+/// single-use tokens, never in SQL text: while read-only and read-write transactions run,
+/// no query text in `pg_stat_activity` holds a token, and each tenant sees its own rows.
+#[tokio::test]
+async fn pooled_single_use_openings_keep_tokens_out_of_query_text() {
+    let Some(db) = fresh_native_db().await else {
+        return;
+    };
+    let su = db.connect_superuser().await.expect("superuser");
+    su.batch_execute(&format!(
+        "ALTER ROLE tenancy_app IN DATABASE {} SET log_statement = 'all'",
+        db.name
+    ))
+    .await
+    .expect("statement logging for this database");
+    let bouncer = bouncer(&db, 2).await;
+    let pool = pooled_pool(&db, &bouncer, 4);
+    let t = TenantId::new_random();
+    seed(&pool, t, 3).await;
+    let watcher = runtime_client(&db).await;
+    let pool2 = pool.clone();
+    let runs = tokio::spawn(async move {
+        for _ in 0..20 {
+            let mut tx = pool2.begin_read_only(t).await?;
+            tx.query_one("SELECT count(*), pg_sleep(0.01)::text FROM customers", &[])
+                .await?;
+            tx.commit().await?;
+            let mut tx = pool2.begin(t).await?;
+            tx.execute("UPDATE customers SET name = name", &[]).await?;
+            tx.commit().await?;
+        }
+        Ok::<_, Error>(())
+    });
+    while !runs.is_finished() {
+        let rows = watcher
+            .query(
+                "SELECT query FROM pg_stat_activity WHERE datname = current_database()",
+                &[],
+            )
+            .await
+            .expect("activity");
+        for r in rows {
+            let q: String = r.get(0);
+            assert!(
+                !q.contains("v3.") && !q.contains("v2."),
+                "a token in query text: {q}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    runs.await.expect("task").expect("transactions");
+    // Only the tenant's rows, through implicit read-only statements.
+    assert_eq!(visible_tenants(&pool, t).await.len(), 3);
+    assert!(visible_tenants(&pool, TenantId::new_random())
+        .await
+        .is_empty());
+    // The openings were the single-use ones (only they run this statement), implicit for
+    // read-only transactions; no token is in the log.
+    let log = std::fs::read_to_string(db.cluster.data_dir().join("tenancy-postgres.log"))
+        .expect("the cluster's log file");
+    assert!(
+        log.contains("SELECT pg_catalog.pg_backend_pid(), tenancy.enter_read_only($1"),
+        "implicit single-use openings are logged"
+    );
+    assert!(log.contains("SELECT pg_catalog.pg_backend_pid(), tenancy.enter($1"));
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("parameters:") && l.contains("'v3.")),
+        "a context token in the server log"
+    );
+    drop(pool);
+    bouncer.stop().await;
+}
+
+/// Whether database `app` on `cluster` got the native context (it must, where this build
+/// has the library or `TENANCY_REQUIRE_NATIVE=1`).
+async fn is_native(cluster: &tenancy_pg::Cluster) -> bool {
+    let su = cluster.connect("app").await.expect("superuser");
+    let native = bootstrap::context_impl(&su).await.expect("impl") == Some(ContextImpl::Native);
+    assert!(native || !tenancy_pg::native_required());
+    if !native {
+        eprintln!("no native context library for this server: nothing to check");
+    }
+    native
+}
+
+/// A cluster of its own with `settings`, a database `app` on it bootstrapped like the test
+/// template (roles, runtime with the native context where built, catalog, app tables).
+async fn own_cluster(settings: &[(&str, &str)]) -> tenancy_pg::Cluster {
+    let mut opts = tenancy_pg::ClusterOptions::for_tests();
+    opts.settings
+        .extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let cluster = tenancy_pg::Cluster::start(opts).await.expect("cluster");
+    let admin = cluster.connect("postgres").await.expect("admin");
+    admin
+        .batch_execute("CREATE DATABASE app")
+        .await
+        .expect("create database");
+    let su = cluster.connect("app").await.expect("superuser");
+    bootstrap::bootstrap_cluster(&su)
+        .await
+        .expect("cluster bootstrap");
+    bootstrap::bootstrap_database(&su, "app")
+        .await
+        .expect("database bootstrap");
+    let mut owner = connect(cluster.config_as(OWNER_ROLE, "app")).await;
+    bootstrap::install_runtime(&owner, &key())
+        .await
+        .expect("runtime");
+    tenancy_catalog::migrate(&mut owner).await.expect("catalog");
+    owner.batch_execute(APP_SCHEMA).await.expect("app tables");
+    cluster
+}
+
+/// With a registry of one slot, the second unexpired single-use token finds it full and
+/// is refused, the message naming the setting; nothing entered. A pool on that server
+/// fails its transactions as refused rather than entering unrecorded.
+#[tokio::test]
+async fn a_full_replay_registry_refuses_and_names_the_setting() {
+    let cluster = own_cluster(&[("tenancy_context.replay_slots", "1")]).await;
+    if !is_native(&cluster).await {
+        return;
+    }
+    let c = connect(cluster.config_as(RUNTIME_ROLE, "app")).await;
+    let slots: String = c
+        .query_one(
+            "SELECT current_setting('tenancy_context.replay_slots')",
+            &[],
+        )
+        .await
+        .expect("setting")
+        .get(0);
+    assert_eq!(slots, "1");
+    let t = TenantId::new_random();
+    let first = key().sign_single_use(t, rand::random(), now_micros(), 10_000_000);
+    enter_once(&c, first.as_str()).await.expect("the one slot");
+    let second = key().sign_single_use(t, rand::random(), now_micros(), 10_000_000);
+    let e = enter_once(&c, second.as_str())
+        .await
+        .expect_err("a full registry must refuse");
+    let d = e.as_db_error().expect("db error");
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+    );
+    assert!(
+        d.message().contains("replay registry is full"),
+        "{}",
+        d.message()
+    );
+    assert!(
+        d.hint()
+            .is_some_and(|h| h.contains("tenancy_context.replay_slots")),
+        "{:?}",
+        d.hint()
+    );
+    // The first token is still recorded: refused as used, not as full.
+    let msg = refusal(
+        enter_once(&c, first.as_str()).await,
+        "the first token again",
+    );
+    assert!(msg.contains("already used"), "{msg}");
+}
+
+/// A server without the library preloaded has no registry: a pool behind PgBouncer falls
+/// back to transaction-bound (v2) tokens and its transactions still run, isolated; a v3
+/// token sent by hand is refused with the fix named.
+#[tokio::test]
+async fn without_preload_pooled_pools_fall_back_to_transaction_tokens() {
+    let cluster = own_cluster(&[("shared_preload_libraries", "")]).await;
+    let c = connect(cluster.config_as(RUNTIME_ROLE, "app")).await;
+    assert!(!registry_on(&c).await);
+    if is_native(&cluster).await {
+        let tok = key().sign_single_use(
+            TenantId::new_random(),
+            rand::random(),
+            now_micros(),
+            10_000_000,
+        );
+        let e = enter_once(&c, tok.as_str()).await.expect_err("no registry");
+        let d = e.as_db_error().expect("db error");
+        assert!(d.message().contains("replay registry"), "{}", d.message());
+        assert!(
+            d.hint()
+                .is_some_and(|h| h.contains("shared_preload_libraries")),
+            "{:?}",
+            d.hint()
+        );
+    }
+    cluster
+        .connect("app")
+        .await
+        .expect("superuser")
+        .batch_execute("ALTER ROLE tenancy_app IN DATABASE app SET log_statement = 'all'")
+        .await
+        .expect("statement logging");
+    let bouncer = PgBouncer::start(
+        &cluster,
+        PgBouncerOptions {
+            users: vec![RUNTIME_ROLE.to_owned()],
+            default_pool_size: 2,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("pgbouncer");
+    let pool = TenantPool::new(
+        bouncer.config_as(RUNTIME_ROLE, "app"),
+        key(),
+        PoolOptions {
+            max_size: 4,
+            pooler: Pooler::Transaction,
+            ..Default::default()
+        },
+    )
+    .expect("pool");
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    seed(&pool, a, 2).await;
+    seed(&pool, b, 1).await;
+    for _ in 0..3 {
+        assert_eq!(visible_tenants(&pool, a).await, vec![a.as_uuid(); 2]);
+        let mut tx = pool.begin_read_only(b).await.expect("begin");
+        let n: i64 = tx
+            .query_one("SELECT count(*) FROM customers", &[])
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(n, 1);
+        tx.commit().await.expect("commit");
+    }
+    // The openings were transaction-bound: an opening query, then `tenancy.enter`.
+    let log = std::fs::read_to_string(cluster.data_dir().join("tenancy-postgres.log"))
+        .expect("the cluster's log file");
+    assert!(log.contains("timestamptz_send(pg_catalog.transaction_timestamp())"));
+    assert!(!log.contains("pg_backend_pid(), tenancy.enter"));
+    drop(pool);
+    bouncer.stop().await;
 }

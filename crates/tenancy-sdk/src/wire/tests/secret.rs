@@ -243,3 +243,101 @@ fn the_session_opening_binds_tenant_halves_and_secret_as_text() {
         );
     }
 }
+
+/// A DataRow of several text values.
+fn row_of(values: &[&str]) -> Vec<u8> {
+    let mut b = (values.len() as u16).to_be_bytes().to_vec();
+    for v in values {
+        b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+        b.extend_from_slice(v.as_bytes());
+    }
+    msg(b'D', &b)
+}
+
+/// A pooled single-use opening (unnamed statements: COMMIT?, BEGIN?, the statement
+/// timeout, the enter statement): every reply is dropped, in any chunking, and the first
+/// column of the enter statement's row (longer than the capture room) is the backend pid
+/// the watchdog reads; no session secret comes of it.
+#[test]
+fn a_pooled_opening_hands_the_backend_pid_over_and_drops_its_replies() {
+    let enter_row = row_of(&[
+        "48213",
+        "0b7f6a4e-1c2d-4e5f-8a9b-0c1d2e3f4a5b",
+        "30000",
+        "30000",
+        "60000",
+        "on",
+        "notice",
+    ]);
+    for (case, (commit_first, begin)) in [
+        (false, None),
+        (true, None),
+        (false, Some(true)),
+        (true, Some(false)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut server = Vec::new();
+        let plain = u32::from(commit_first) + u32::from(begin.is_some());
+        for _ in 0..plain {
+            server.extend(
+                [
+                    be::parse_complete(),
+                    be::bind_complete(),
+                    be::complete("BEGIN"),
+                ]
+                .concat(),
+            );
+        }
+        // The statement timeout: one short row.
+        server.extend(
+            [
+                be::parse_complete(),
+                be::bind_complete(),
+                be::row("30000"),
+                be::complete("SELECT 1"),
+            ]
+            .concat(),
+        );
+        server.extend(
+            [
+                be::parse_complete(),
+                be::bind_complete(),
+                enter_row.clone(),
+                be::complete("SELECT 1"),
+            ]
+            .concat(),
+        );
+        server.extend(carrier_ok());
+        for chunks in chunkings(server.len(), 500 + case as u64) {
+            let mut h = Harness::armed();
+            h.m.capture_backend = true;
+            let stmts = 2 * (2 + plain);
+            h.m.queue_with_secret(
+                |b| {
+                    encode::pooled_opening(
+                        commit_first,
+                        begin,
+                        "SELECT set_config('statement_timeout', '30000', true)",
+                        "SELECT pg_backend_pid(), tenancy.enter($1)",
+                        "v3.k.t.n.1.2.mac",
+                        b,
+                    )
+                },
+                Some(stmts - 1),
+            );
+            h.write(&fe::run("s1"), &[]).expect("write");
+            let got = h.read(&server, &chunks).expect("read");
+            assert_eq!(got, carrier_ok(), "case {case}, chunks {chunks:?}");
+            assert_eq!(
+                h.m.backend.load(std::sync::atomic::Ordering::Relaxed),
+                48213,
+                "case {case}, chunks {chunks:?}"
+            );
+            assert_eq!(h.m.take_secret(), None, "no session secret");
+            assert!(h.m.skips().is_empty());
+            assert!(!h.m.failed);
+        }
+    }
+}
