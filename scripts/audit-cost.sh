@@ -19,11 +19,11 @@
 #   event     tenancy.enter(token) and the event's INSERT alone
 # Output: one line per scenario, then what the event adds to the write.
 # With AUDIT_COST_PROFILE=1 the server runs under callgrind instead, and the functions
-# whose own instructions per transaction differ most between `audited` and `plain` are
+# whose inclusive instructions per transaction grow most from `plain` to `audited` are
 # listed as well.
 #
-#   scripts/audit-cost.sh                   # about 3 minutes
-#   AUDIT_COST_PROFILE=1 scripts/audit-cost.sh
+#   scripts/audit-cost.sh                   # about a minute
+#   AUDIT_COST_PROFILE=1 scripts/audit-cost.sh   # about two
 #   PG_BIN=/path/to/bin scripts/audit-cost.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -146,24 +146,25 @@ echo
 printf 'the audit event adds %d instructions per transaction (audited - plain)\n' $(( cost[audited] - cost[plain] ))
 
 if [ "$profile" = 1 ]; then
-    # Own instructions per function: (1200-run - 200-run) / 1000, audited minus plain.
+    # Inclusive instructions per function: (1200-run - 200-run) / 1000, audited minus plain.
     python3 - "${files[audited/200]}" "${files[audited/1200]}" "${files[plain/200]}" "${files[plain/1200]}" <<'PY'
-import subprocess, sys, collections
-def own(path):
-    out = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", path],
-                         capture_output=True, text=True).stdout
+import collections, re, subprocess, sys
+line = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(\S.*?)(\s+\[[^\]]*\])?\s*$")
+def inclusive(path):
+    out = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", path],
+                         capture_output=True, text=True, check=True).stdout
     d = collections.Counter()
-    for line in out.splitlines():
-        parts = line.split(None, 1)
-        if len(parts) == 2 and parts[0].replace(",", "").isdigit():
-            d[parts[1].split(" [")[0].strip()] += int(parts[0].replace(",", ""))
+    for l in out.splitlines():
+        m = line.match(l)
+        if m:
+            d[m.group(2).split(":", 1)[-1]] += int(m.group(1).replace(",", ""))
     return d
-a200, a1200, p200, p1200 = map(own, sys.argv[1:5])
-delta = collections.Counter()
-for k in set(a200) | set(a1200) | set(p200) | set(p1200):
-    delta[k] = ((a1200[k] - a200[k]) - (p1200[k] - p200[k])) / 1000
-print("\nfunctions whose own instructions per transaction grow most with the event:")
-for k, v in sorted(delta.items(), key=lambda kv: -kv[1])[:40]:
-    print(f"  {v:9.0f}  {k}")
+a200, a1200, p200, p1200 = map(inclusive, sys.argv[1:5])
+delta = {k: ((a1200[k] - a200[k]) - (p1200[k] - p200[k])) / 1000
+         for k in set(a200) | set(a1200) | set(p200) | set(p1200)}
+print("\nfunctions whose inclusive instructions per transaction grow most with the event:")
+for k, v in sorted(delta.items(), key=lambda kv: -kv[1])[:50]:
+    if not k.startswith("0x"):
+        print(f"  {v:9.0f}  {k}")
 PY
 fi
