@@ -67,7 +67,7 @@ async fn the_tenant_log_refuses_exactly_what_the_column_checks_refuse() {
     let owner = owner(&db).await;
     let ok = true;
     let refused = false;
-    let cases: Vec<(bool, Vec<(&str, &str)>)> = vec![
+    let cases = [
         (ok, vec![]),
         // Actor kinds and outcomes: the fixed sets.
         (ok, vec![("actor_kind", "'api_key'")]),
