@@ -20,6 +20,70 @@
 CREATE TABLE IF NOT EXISTS tenancy.audit_events (
 {{audit_event_columns}}
 );
+-- What an event may hold, in one CHECK: the rules of the catalog fragment's column checks
+-- (an actor kind and an outcome of the fixed sets; an action of a letter, then letters,
+-- digits and `_ . : / -`, at most 128 bytes; subject and target at most 1024 bytes, key
+-- id, request id and trace id at most 256; chain fields all set or all empty, a position
+-- from 1, 32-byte hashes), as one PL/pgSQL function of the row. PostgreSQL reads every
+-- CHECK constraint's expression back from its stored text and plans it at each execution
+-- of an INSERT, so the fragment's twelve checks cost more than the rest of the insert
+-- together; a call on the whole row is a short expression, and the function's own
+-- expressions are planned once per session and set up once per transaction. The chain
+-- rules are set up only for a row that has a chain field (the sealer's UPDATE), never
+-- for the runtime role's inserts (it cannot set them). Not STRICT; NULL-safe (`IS NOT
+-- FALSE`: an empty optional field passes, as it passes a column check). Every name is
+-- schema-qualified, so the caller's search path changes nothing.
+CREATE OR REPLACE FUNCTION tenancy.audit_event_valid(e tenancy.audit_events)
+RETURNS boolean LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $fn$
+BEGIN
+    IF e.chain_pos IS NOT NULL OR e.prev_hash IS NOT NULL OR e.hash IS NOT NULL THEN
+        IF NOT (e.chain_pos IS NOT NULL AND e.prev_hash IS NOT NULL AND e.hash IS NOT NULL
+                AND e.chain_pos OPERATOR(pg_catalog.>=) 1
+                AND pg_catalog.octet_length(e.prev_hash) OPERATOR(pg_catalog.=) 32
+                AND pg_catalog.octet_length(e.hash) OPERATOR(pg_catalog.=) 32) THEN
+            RETURN false;
+        END IF;
+    END IF;
+    RETURN (e.actor_kind OPERATOR(pg_catalog.=) ANY ('{user,api_key,admin,worker,system}'::pg_catalog.text[])
+       AND e.outcome OPERATOR(pg_catalog.=) ANY ('{success,failure,denied}'::pg_catalog.text[])
+       AND e.action OPERATOR(pg_catalog.~) '^[A-Za-z][A-Za-z0-9_.:/-]*$'
+       AND pg_catalog.octet_length(e.action) OPERATOR(pg_catalog.<=) 128
+       AND GREATEST(pg_catalog.octet_length(e.actor_subject), pg_catalog.octet_length(e.target))
+           OPERATOR(pg_catalog.<=) 1024
+       AND GREATEST(pg_catalog.octet_length(e.actor_key_id), pg_catalog.octet_length(e.request_id),
+                    pg_catalog.octet_length(e.trace_id)) OPERATOR(pg_catalog.<=) 256) IS NOT FALSE;
+END
+$fn$;
+REVOKE ALL ON FUNCTION tenancy.audit_event_valid(tenancy.audit_events) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.audit_event_valid(tenancy.audit_events) TO tenancy_app;
+-- The fragment's checks give way to that one, and its unique (tenant_id, chain_pos) to the
+-- same uniqueness over sealed events only: an unsealed event has no position, and a row
+-- in that index would be one more index insertion per event recorded. Once, in one
+-- statement (an existing table is checked against the new constraint once).
+CREATE UNIQUE INDEX IF NOT EXISTS audit_events_chain_pos_key ON tenancy.audit_events (tenant_id, chain_pos)
+    WHERE chain_pos IS NOT NULL;
+DO $swap$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
+                    WHERE conrelid = 'tenancy.audit_events'::regclass AND conname = 'audit_events_valid') THEN
+        ALTER TABLE tenancy.audit_events
+            DROP CONSTRAINT IF EXISTS audit_events_actor_kind_check,
+            DROP CONSTRAINT IF EXISTS audit_events_actor_subject_check,
+            DROP CONSTRAINT IF EXISTS audit_events_actor_key_id_check,
+            DROP CONSTRAINT IF EXISTS audit_events_action_check,
+            DROP CONSTRAINT IF EXISTS audit_events_target_check,
+            DROP CONSTRAINT IF EXISTS audit_events_request_id_check,
+            DROP CONSTRAINT IF EXISTS audit_events_trace_id_check,
+            DROP CONSTRAINT IF EXISTS audit_events_outcome_check,
+            DROP CONSTRAINT IF EXISTS audit_events_chain_pos_check,
+            DROP CONSTRAINT IF EXISTS audit_events_prev_hash_check,
+            DROP CONSTRAINT IF EXISTS audit_events_hash_check,
+            DROP CONSTRAINT IF EXISTS audit_events_check,
+            DROP CONSTRAINT IF EXISTS audit_events_tenant_id_chain_pos_key,
+            ADD CONSTRAINT audit_events_valid CHECK (tenancy.audit_event_valid(audit_events));
+    END IF;
+END
+$swap$;
 -- What the sealer reads: events not sealed yet, in insertion order.
 CREATE INDEX IF NOT EXISTS audit_events_unsealed_idx ON tenancy.audit_events (seq)
     WHERE chain_pos IS NULL;

@@ -1,0 +1,301 @@
+//! The tenant log's table refuses exactly what the shared column checks refuse: its one
+//! CHECK (a PL/pgSQL function of the row) against the control log's table, which keeps the
+//! catalog fragment's column checks; and an installed table of the fragment's shape is
+//! brought to it once.
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use crate::support::{fresh_db, owner};
+
+/// The columns a case sets, in this order.
+const COLUMNS: &str = "tenant_id, actor_kind, actor_subject, actor_key_id, action, target, \
+                       request_id, trace_id, outcome, chain_pos, prev_hash, hash";
+
+/// A valid unsealed event's values for [`COLUMNS`] after `tenant_id`, with `changes`
+/// (column, SQL expression) applied.
+fn values(changes: &[(&str, &str)]) -> Vec<String> {
+    let mut v: Vec<(&str, String)> = [
+        ("actor_kind", "'user'"),
+        ("actor_subject", "'user-1'"),
+        ("actor_key_id", "NULL"),
+        ("action", "'note.create'"),
+        ("target", "'note:1'"),
+        ("request_id", "'req-1'"),
+        ("trace_id", "NULL"),
+        ("outcome", "'success'"),
+        ("chain_pos", "NULL"),
+        ("prev_hash", "NULL"),
+        ("hash", "NULL"),
+    ]
+    .into_iter()
+    .map(|(c, e)| (c, e.to_owned()))
+    .collect();
+    for (column, expr) in changes {
+        let slot = v
+            .iter_mut()
+            .find(|(c, _)| c == column)
+            .unwrap_or_else(|| panic!("no column {column}"));
+        slot.1 = (*expr).to_owned();
+    }
+    v.into_iter().map(|(_, e)| e).collect()
+}
+
+/// Inserts one row into `table` (each case in a tenant of its own, so a chain position
+/// never meets another case's); `Ok` or the SQLSTATE it was refused with.
+async fn insert(owner: &Client, table: &str, changes: &[(&str, &str)]) -> Result<(), SqlState> {
+    let sql = format!(
+        "INSERT INTO {table} ({COLUMNS}) VALUES ('{}', {})",
+        Uuid::new_v4(),
+        values(changes).join(", ")
+    );
+    owner
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| e.code().cloned().unwrap_or_else(|| panic!("{sql}: {e}")))
+}
+
+const HASH: &str = "'\\x0000000000000000000000000000000000000000000000000000000000000000'::bytea";
+const HASH_31: &str = "'\\x00000000000000000000000000000000000000000000000000000000000000'::bytea";
+const HASH_33: &str =
+    "'\\x000000000000000000000000000000000000000000000000000000000000000000'::bytea";
+
+#[tokio::test]
+async fn the_tenant_log_refuses_exactly_what_the_column_checks_refuse() {
+    let db = fresh_db().await;
+    let owner = owner(&db).await;
+    let ok = true;
+    let refused = false;
+    let cases = [
+        (ok, vec![]),
+        // Actor kinds and outcomes: the fixed sets.
+        (ok, vec![("actor_kind", "'api_key'")]),
+        (ok, vec![("actor_kind", "'admin'")]),
+        (ok, vec![("actor_kind", "'worker'")]),
+        (ok, vec![("actor_kind", "'system'")]),
+        (refused, vec![("actor_kind", "'robot'")]),
+        (refused, vec![("actor_kind", "'User'")]),
+        (ok, vec![("outcome", "'failure'")]),
+        (ok, vec![("outcome", "'denied'")]),
+        (refused, vec![("outcome", "'maybe'")]),
+        (refused, vec![("outcome", "''")]),
+        // Actions: a letter, then letters, digits and `_ . : / -`, at most 128.
+        (ok, vec![("action", "'a'")]),
+        (ok, vec![("action", "'Z9_.:/-x'")]),
+        (ok, vec![("action", "repeat('a', 128)")]),
+        (refused, vec![("action", "repeat('a', 129)")]),
+        (refused, vec![("action", "''")]),
+        (refused, vec![("action", "'9lives'")]),
+        (refused, vec![("action", "'_x'")]),
+        (refused, vec![("action", "'has space'")]),
+        (refused, vec![("action", "'a' || chr(10)")]),
+        (refused, vec![("action", "'caf' || chr(233)")]),
+        (refused, vec![("action", "'a+b'")]),
+        // Bounded texts, in bytes (é is two).
+        (ok, vec![("actor_subject", "repeat('s', 1024)")]),
+        (refused, vec![("actor_subject", "repeat('s', 1025)")]),
+        (ok, vec![("actor_subject", "repeat(chr(233), 512)")]),
+        (refused, vec![("actor_subject", "repeat(chr(233), 513)")]),
+        (ok, vec![("actor_subject", "NULL"), ("target", "NULL")]),
+        (ok, vec![("actor_key_id", "repeat('k', 256)")]),
+        (refused, vec![("actor_key_id", "repeat('k', 257)")]),
+        (ok, vec![("target", "repeat('t', 1024)")]),
+        (refused, vec![("target", "repeat('t', 1025)")]),
+        (ok, vec![("request_id", "repeat('r', 256)")]),
+        (refused, vec![("request_id", "repeat('r', 257)")]),
+        (ok, vec![("trace_id", "repeat('0', 256)")]),
+        (refused, vec![("trace_id", "repeat('0', 257)")]),
+        // One bad field among good ones, and among empty ones.
+        (
+            refused,
+            vec![("actor_key_id", "repeat('k', 257)"), ("trace_id", "NULL")],
+        ),
+        (
+            refused,
+            vec![
+                ("actor_subject", "NULL"),
+                ("target", "NULL"),
+                ("request_id", "NULL"),
+                ("trace_id", "repeat('0', 257)"),
+            ],
+        ),
+        // Chain fields: all or none, a position from 1, 32-byte hashes.
+        (
+            ok,
+            vec![("chain_pos", "1"), ("prev_hash", HASH), ("hash", HASH)],
+        ),
+        (
+            refused,
+            vec![("chain_pos", "0"), ("prev_hash", HASH), ("hash", HASH)],
+        ),
+        (refused, vec![("chain_pos", "1")]),
+        (refused, vec![("prev_hash", HASH), ("hash", HASH)]),
+        (refused, vec![("chain_pos", "1"), ("hash", HASH)]),
+        (refused, vec![("chain_pos", "1"), ("prev_hash", HASH)]),
+        (refused, vec![("hash", HASH)]),
+        (
+            refused,
+            vec![("chain_pos", "1"), ("prev_hash", HASH), ("hash", HASH_31)],
+        ),
+        (
+            refused,
+            vec![("chain_pos", "1"), ("prev_hash", HASH_33), ("hash", HASH)],
+        ),
+        (
+            refused,
+            vec![
+                ("chain_pos", "1"),
+                ("prev_hash", HASH),
+                ("hash", HASH),
+                ("action", "''"),
+            ],
+        ),
+    ];
+    for (accepted, changes) in &cases {
+        let control = insert(&owner, "tenancy_catalog.audit_log", changes).await;
+        let tenant = insert(&owner, "tenancy.audit_events", changes).await;
+        assert_eq!(tenant, control, "{changes:?}");
+        if *accepted {
+            assert_eq!(tenant, Ok(()), "{changes:?}");
+        } else {
+            assert_eq!(tenant, Err(SqlState::CHECK_VIOLATION), "{changes:?}");
+        }
+    }
+
+    // The sealer's UPDATE is held to the same rules: the append-only trigger lets a
+    // first sealing through, and the check refuses malformed chain fields.
+    for (accepted, set) in [
+        (
+            false,
+            format!("chain_pos = 1, prev_hash = {HASH}, hash = {HASH_31}"),
+        ),
+        (
+            false,
+            format!("chain_pos = 0, prev_hash = {HASH}, hash = {HASH}"),
+        ),
+        (false, format!("chain_pos = 1, hash = {HASH}")),
+        (
+            true,
+            format!("chain_pos = 1, prev_hash = {HASH}, hash = {HASH}"),
+        ),
+    ] {
+        let mut outcomes = Vec::new();
+        for table in ["tenancy_catalog.audit_log", "tenancy.audit_events"] {
+            let tenant = Uuid::new_v4();
+            owner
+                .batch_execute(&format!(
+                    "INSERT INTO {table} ({COLUMNS}) VALUES ('{tenant}', {})",
+                    values(&[]).join(", ")
+                ))
+                .await
+                .expect("insert an unsealed event");
+            let r = owner
+                .batch_execute(&format!(
+                    "UPDATE {table} SET {set} WHERE tenant_id = '{tenant}'"
+                ))
+                .await
+                .map_err(|e| e.code().cloned());
+            outcomes.push(r);
+        }
+        assert_eq!(outcomes[0], outcomes[1], "{set}");
+        if accepted {
+            assert_eq!(outcomes[1], Ok(()), "{set}");
+        } else {
+            assert_eq!(outcomes[1], Err(Some(SqlState::CHECK_VIOLATION)), "{set}");
+        }
+    }
+}
+
+async fn constraints(owner: &Client) -> Vec<(String, String)> {
+    owner
+        .query(
+            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
+              WHERE conrelid = 'tenancy.audit_events'::regclass ORDER BY conname",
+            &[],
+        )
+        .await
+        .expect("constraints")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// A table created with the fragment's constraints (as installed before the table had
+/// its own CHECK) keeps its events and gets the CHECK and the partial unique index on
+/// the next install; later installs leave them as they are.
+#[tokio::test]
+async fn install_brings_a_table_of_the_fragments_shape_to_one_check() {
+    let db = fresh_db().await;
+    let owner = owner(&db).await;
+    let tenant = Uuid::new_v4();
+    owner
+        .batch_execute(&format!(
+            "DROP TABLE tenancy.audit_events CASCADE;
+             CREATE TABLE tenancy.audit_events ({});
+             INSERT INTO tenancy.audit_events ({COLUMNS}) VALUES ('{tenant}', {});
+             INSERT INTO tenancy.audit_events ({COLUMNS}) VALUES ('{tenant}', {});",
+            tenancy_catalog::AUDIT_EVENT_COLUMNS,
+            values(&[]).join(", "),
+            values(&[("chain_pos", "1"), ("prev_hash", HASH), ("hash", HASH)]).join(", "),
+        ))
+        .await
+        .expect("a table of the fragment's shape");
+    assert!(constraints(&owner).await.len() > 5);
+
+    tenancy_audit::install(&owner).await.expect("install");
+    let after = constraints(&owner).await;
+    let names: Vec<&str> = after.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["audit_events_pkey", "audit_events_valid"],
+        "{after:?}"
+    );
+    let valid_oid = || async {
+        owner
+            .query_one(
+                "SELECT oid FROM pg_constraint WHERE conname = 'audit_events_valid' \
+                   AND conrelid = 'tenancy.audit_events'::regclass",
+                &[],
+            )
+            .await
+            .expect("constraint oid")
+            .get::<_, u32>(0)
+    };
+    let first = valid_oid().await;
+    let index: String = owner
+        .query_one(
+            "SELECT pg_get_indexdef('tenancy.audit_events_chain_pos_key'::regclass)",
+            &[],
+        )
+        .await
+        .expect("index")
+        .get(0);
+    assert!(
+        index.starts_with("CREATE UNIQUE INDEX") && index.contains("WHERE (chain_pos IS NOT NULL)"),
+        "{index}"
+    );
+    let count: i64 = owner
+        .query_one(
+            "SELECT count(*) FROM tenancy.audit_events WHERE tenant_id = $1",
+            &[&tenant],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(count, 2);
+
+    // Installing again changes nothing (no new constraint, no revalidation).
+    tenancy_audit::install(&owner).await.expect("install again");
+    assert_eq!(valid_oid().await, first);
+    assert_eq!(constraints(&owner).await, after);
+    // A second sealed event at the same position is refused by the partial index.
+    let err = owner
+        .batch_execute(&format!(
+            "INSERT INTO tenancy.audit_events ({COLUMNS}) VALUES ('{tenant}', {})",
+            values(&[("chain_pos", "1"), ("prev_hash", HASH), ("hash", HASH)]).join(", ")
+        ))
+        .await
+        .expect_err("a second event at position 1");
+    assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION), "{err}");
+}

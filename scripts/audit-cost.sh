@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Server-side cost of recording an audit event, in CPU instructions per transaction,
+# counted by valgrind in the PostgreSQL backend: exact and repeatable on a shared, noisy
+# machine, where timings are not. One private cluster (PG_BIN, default Debian's
+# PostgreSQL 15) runs under valgrind; pgbench (prepared statements, one client, runtime
+# role) runs each scenario twice, with 200 and 1,200 transactions, and the difference of
+# the backend's counts divided by 1,000 is the cost of one transaction, without
+# connection start-up.
+#
+# The database has the native context (the tenancy_context library must be installed in
+# the server: see extensions/), the tenancy runtime, the benchmark's write table and the
+# audit table exactly as tenancy-audit installs it (crates/tenancy-audit/sql/audit.sql
+# with the catalog's column fragment in place of its marker).
+# Scenarios (each BEGIN … COMMIT, tenant among 100 and row chosen at random), those of
+# the `audit_append` benchmark:
+#   plain     tenancy.enter(token), the INSERT of a row
+#   audited   the same, then the INSERT of its audit event (the statement
+#             tenancy_audit::record sends: every column an event has, `after` a jsonb)
+#   event     tenancy.enter(token) and the event's INSERT alone
+# Output: one line per scenario, then what the event adds to the write.
+# With AUDIT_COST_PROFILE=1 the server runs under callgrind instead, and the functions
+# whose inclusive instructions per transaction grow most from `plain` to `audited` are
+# listed as well.
+#
+#   scripts/audit-cost.sh                   # about a minute
+#   AUDIT_COST_PROFILE=1 scripts/audit-cost.sh   # about two
+#   PG_BIN=/path/to/bin scripts/audit-cost.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+pg_bin=${PG_BIN:-/usr/lib/postgresql/15/bin}
+work=${AUDIT_COST_DIR:-$root/target/audit-cost}
+port=${AUDIT_COST_PORT:-55497}
+profile=${AUDIT_COST_PROFILE:-0}
+for tool in valgrind pgbench psql; do
+    command -v "$tool" >/dev/null || { echo "audit-cost.sh: $tool is needed (apt-get install -y $tool)" >&2; exit 2; }
+done
+if [ "$profile" = 1 ]; then
+    command -v callgrind_annotate >/dev/null || { echo "audit-cost.sh: callgrind_annotate is needed (valgrind)" >&2; exit 2; }
+    tool=(--tool=callgrind --callgrind-out-file="$work/cg/cg.%p")
+else
+    tool=(--tool=cachegrind --cache-sim=no --cachegrind-out-file="$work/cg/cg.%p")
+fi
+
+run_as=()
+if [ "$(id -u)" = 0 ]; then
+    user=${TENANCY_PG_USER:-postgres}
+    id "$user" >/dev/null 2>&1 || { echo "audit-cost.sh: as root, PostgreSQL runs as an unprivileged user; none named $user" >&2; exit 2; }
+    run_as=(runuser -u "$user" --)
+fi
+
+rm -rf "$work"
+mkdir -p "$work/cg"
+[ ${#run_as[@]} -eq 0 ] || chown -R "$user" "$work"
+"${run_as[@]}" "$pg_bin/initdb" -D "$work/data" -A trust -U postgres >/dev/null
+"${run_as[@]}" valgrind "${tool[@]}" --trace-children=yes "$pg_bin/postgres" -D "$work/data" -p "$port" -k "$work" \
+    -c listen_addresses= -c autovacuum=off -c shared_buffers=128MB >"$work/server.log" 2>&1 &
+server=$!
+# The postmaster runs under runuser and valgrind: pg_ctl stops it (a signal to runuser
+# would not reach it), then the script waits for valgrind to write its last counts.
+stop() {
+    "${run_as[@]}" "$pg_bin/pg_ctl" -D "$work/data" -m fast -w stop >/dev/null 2>&1 || kill -TERM "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+}
+trap stop EXIT
+for _ in $(seq 1 600); do
+    psql -X -q -h "$work" -p "$port" -U postgres -d postgres -c 'SELECT 1' >/dev/null 2>&1 && break
+    sleep 0.2
+done
+
+sql=crates/tenancy-sdk/sql
+db=audit
+psql_su() { psql -X -q -v ON_ERROR_STOP=1 -h "$work" -p "$port" -U postgres "$@" >/dev/null; }
+psql_su -d postgres -f "$sql/bootstrap.sql"
+psql_su -d postgres -c "CREATE DATABASE $db"
+sed "s/:dbname/$db/g" "$sql/database.sql" | psql_su -d "$db" -f -
+psql_su -d "$db" -f "$sql/native.sql"
+psql_su -d "$db" -c "SET ROLE tenancy_owner" -f "$sql/runtime.sql"
+psql_su -d "$db" -c "SELECT tenancy.install_context_key('k1', repeat('ab', 32))"
+# audit.sql with the column fragment in place of its marker line, as tenancy_audit::install
+# runs it (as the owner role).
+columns=$(cat crates/tenancy-catalog/sql/audit_event_columns.sql)
+audit_sql=$(awk -v cols="$columns" '$0 ~ /^\{\{audit_event_columns\}\}$/ { print cols; next } { print }' \
+    crates/tenancy-audit/sql/audit.sql)
+printf 'SET ROLE tenancy_owner;\n%s\n' "$audit_sql" | psql_su -d "$db" -f -
+psql_su -d "$db" -f scripts/audit-cost/tables.sql -c ANALYZE
+impl=$(psql -X -At -h "$work" -p "$port" -U postgres -d "$db" -c \
+    "SELECT l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang WHERE p.oid = 'tenancy.enter(text)'::regprocedure")
+[ "$impl" = c ] || { echo "audit-cost.sh: the native context did not install (tenancy.enter is $impl)" >&2; exit 2; }
+
+# Each transaction first computes its values in one SELECT (both scenarios pay for it),
+# so the INSERTs take them as parameters, as the SDK sends them.
+scenario() {
+    local name=$1 body=$2
+    printf '%s\n' '\set t random(1, 100)' '\set id random(1, 1000000)' 'BEGIN;' \
+        "SELECT '00000000-0000-0000-0000-' || lpad(:t::text, 12, '0') AS tenant, 'item ' || :id || ' updated' AS body,
+    'item:' || :id AS target, '{\"item\": ' || :id || ', \"body\": \"item ' || :id || ' updated\"}' AS after,
+    'user' AS kind, 'bench-user' AS subject, 'item.update' AS action, 'bench' AS request, 'success' AS outcome \\gset" \
+        'SELECT tenancy.enter(sign_token(:t));' "$body" 'COMMIT;' >"$work/$name.sql"
+}
+write="INSERT INTO audit_bench_writes (item, body) VALUES (:id, :body);"
+# The event of the benchmark: actor, action, target, `after` a jsonb, request id.
+event="INSERT INTO tenancy.audit_events (tenant_id, actor_kind, actor_subject, actor_key_id, action, target, before,
+    after, request_id, trace_id, client_addr, outcome)
+VALUES (:tenant, :kind, :subject, NULL, :action, :target, NULL, :after, :request, NULL, NULL, :outcome);"
+scenario plain "$write"
+scenario audited "$write
+$event"
+scenario event "$event"
+
+# Instructions of the backend that ran `n` transactions of scenario $1: the largest
+# count among the processes that ended meanwhile (autovacuum is off). Sets `file` to
+# that process's output.
+count() {
+    local before after f best=0 v
+    before=$(ls "$work/cg")
+    pgbench -n -M prepared -h "$work" -p "$port" -U tenancy_app -c 1 -t "$2" -f "$work/$1.sql" "$db" \
+        >"$work/pgbench.log" 2>&1 || { cat "$work/pgbench.log" >&2; exit 1; }
+    for _ in $(seq 1 100); do
+        after=$(comm -13 <(echo "$before") <(ls "$work/cg"))
+        [ -n "$after" ] && break
+        sleep 0.1
+    done
+    sleep 1
+    file=
+    for f in $(comm -13 <(echo "$before") <(ls "$work/cg")); do
+        v=$(sed -n 's/^summary: //p' "$work/cg/$f")
+        if [ "${v:-0}" -gt "$best" ]; then best=$v; file=$work/cg/$f; fi
+    done
+    echo "$best" >"$work/count"
+}
+declare -A cost files
+measure() {
+    local a b
+    count "$1" 200
+    a=$(cat "$work/count")
+    files[$1/200]=$file
+    count "$1" 1200
+    b=$(cat "$work/count")
+    files[$1/1200]=$file
+    cost[$1]=$(( (b - a) / 1000 ))
+    printf '%-10s %9d instructions per transaction\n' "$1" "${cost[$1]}"
+}
+for s in plain audited event; do measure "$s"; done
+echo
+printf 'the audit event adds %d instructions per transaction (audited - plain)\n' $(( cost[audited] - cost[plain] ))
+
+if [ "$profile" = 1 ]; then
+    # Inclusive instructions per function: (1200-run - 200-run) / 1000, audited minus plain.
+    python3 - "${files[audited/200]}" "${files[audited/1200]}" "${files[plain/200]}" "${files[plain/1200]}" <<'PY'
+import collections, re, subprocess, sys
+line = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(\S.*?)(\s+\[[^\]]*\])?\s*$")
+def inclusive(path):
+    out = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", path],
+                         capture_output=True, text=True, check=True).stdout
+    d = collections.Counter()
+    for l in out.splitlines():
+        m = line.match(l)
+        if m:
+            d[m.group(2).split(":", 1)[-1]] += int(m.group(1).replace(",", ""))
+    return d
+a200, a1200, p200, p1200 = map(inclusive, sys.argv[1:5])
+delta = {k: ((a1200[k] - a200[k]) - (p1200[k] - p200[k])) / 1000
+         for k in set(a200) | set(a1200) | set(p200) | set(p1200)}
+print("\nfunctions whose inclusive instructions per transaction grow most with the event:")
+for k, v in sorted(delta.items(), key=lambda kv: -kv[1])[:50]:
+    if not k.startswith("0x"):
+        print(f"  {v:9.0f}  {k}")
+PY
+fi
