@@ -220,6 +220,37 @@ fn check_display_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The OpenAPI schema of a new tenant's `slug` (in [`tenants::CreateTenant`] and
+/// [`signup::Signup`]): what [`Slug`] parses, but for the reserved words, which the served
+/// document adds.
+fn slug_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .description(Some(
+            "3-40 characters: a-z, 0-9, single '-'; starts with a letter; not a reserved word.",
+        ))
+        .pattern(Some("^[a-z][a-z0-9]*(-[a-z0-9]+)*$"))
+        .min_length(Some(3))
+        .max_length(Some(40))
+        .build()
+}
+
+/// The OpenAPI schema of a new tenant's `display_name` (in [`tenants::CreateTenant`] and
+/// [`signup::Signup`]): what [`check_display_name`] accepts.
+fn display_name_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .description(Some(
+            "1 to 200 characters, not only spaces, no control characters.",
+        ))
+        .pattern(Some(
+            "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        ))
+        .min_length(Some(1))
+        .max_length(Some(200))
+        .build()
+}
+
 /// The OpenAPI document of the control plane.
 #[derive(OpenApi, Debug)]
 #[openapi(
