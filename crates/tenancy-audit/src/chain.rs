@@ -10,9 +10,40 @@ use crate::log::Log;
 /// The previous hash of a chain's first event.
 pub const GENESIS: [u8; 32] = [0; 32];
 
-/// An event as stored, with the values exactly as they are hashed: `before`, `after` are
-/// PostgreSQL's `jsonb` text (canonical for a given value), `client_addr` the `inet` text,
-/// `occurred_at_us` microseconds since the Unix epoch, hashes in lowercase hex.
+/// What an event records, with the values exactly as they are hashed: `before` and
+/// `after` are PostgreSQL's `jsonb` text (canonical for a given value), `client_addr` the
+/// `inet` text. A [`StoredEvent`] carries it with the event's place in the chain; the
+/// control plane's audit pages serve it the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Recorded {
+    /// The actor's kind: `user`, `api_key`, `admin`, `worker` or `system`.
+    pub actor_kind: String,
+    /// The actor (user id, `admin:<principal>`, worker name), if recorded.
+    pub actor_subject: Option<String>,
+    /// The API key the actor used, if any.
+    pub actor_key_id: Option<String>,
+    /// The action, e.g. `invoice.create` or `tenant.suspend`.
+    pub action: String,
+    /// What it acted on, e.g. `invoice:42`.
+    pub target: Option<String>,
+    /// The state before (or its digest) as PostgreSQL prints the jsonb value.
+    pub before: Option<String>,
+    /// The state after (or its digest), printed the same way.
+    pub after: Option<String>,
+    /// The request that made the change.
+    pub request_id: Option<String>,
+    /// The W3C trace it ran in.
+    pub trace_id: Option<String>,
+    /// The client address as PostgreSQL prints an inet (`203.0.113.7/32`).
+    pub client_addr: Option<String>,
+    /// How it ended: `success`, `failure` or `denied`.
+    pub outcome: String,
+}
+
+/// An event as stored: what it records and where it is, with `occurred_at_us` in
+/// microseconds since the Unix epoch and hashes in lowercase hex. Its JSON form is flat
+/// (the fields of [`Recorded`] beside the others).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredEvent {
     /// The tenant.
@@ -21,28 +52,9 @@ pub struct StoredEvent {
     pub seq: i64,
     /// When it was recorded (µs since the Unix epoch).
     pub occurred_at_us: i64,
-    /// `user`, `api_key`, `admin`, `worker` or `system`.
-    pub actor_kind: String,
-    /// Who.
-    pub actor_subject: Option<String>,
-    /// The API key used.
-    pub actor_key_id: Option<String>,
-    /// What.
-    pub action: String,
-    /// On what.
-    pub target: Option<String>,
-    /// State before (jsonb text).
-    pub before: Option<String>,
-    /// State after (jsonb text).
-    pub after: Option<String>,
-    /// Request id.
-    pub request_id: Option<String>,
-    /// Trace id.
-    pub trace_id: Option<String>,
-    /// Client address (inet text).
-    pub client_addr: Option<String>,
-    /// `success`, `failure` or `denied`.
-    pub outcome: String,
+    /// What it records.
+    #[serde(flatten)]
+    pub recorded: Recorded,
     /// Position in the tenant's chain; `None` until sealed.
     pub chain_pos: Option<i64>,
     /// The previous event's hash (hex).
@@ -81,17 +93,18 @@ pub fn event_hash_in(log: Log, e: &StoredEvent, pos: i64, prev: &[u8; 32]) -> [u
     h.update(pos.to_be_bytes());
     h.update(e.seq.to_be_bytes());
     h.update(e.occurred_at_us.to_be_bytes());
-    put_str(&mut h, &e.actor_kind);
-    put_opt(&mut h, e.actor_subject.as_deref());
-    put_opt(&mut h, e.actor_key_id.as_deref());
-    put_str(&mut h, &e.action);
-    put_opt(&mut h, e.target.as_deref());
-    put_opt(&mut h, e.before.as_deref());
-    put_opt(&mut h, e.after.as_deref());
-    put_opt(&mut h, e.request_id.as_deref());
-    put_opt(&mut h, e.trace_id.as_deref());
-    put_opt(&mut h, e.client_addr.as_deref());
-    put_str(&mut h, &e.outcome);
+    let r = &e.recorded;
+    put_str(&mut h, &r.actor_kind);
+    put_opt(&mut h, r.actor_subject.as_deref());
+    put_opt(&mut h, r.actor_key_id.as_deref());
+    put_str(&mut h, &r.action);
+    put_opt(&mut h, r.target.as_deref());
+    put_opt(&mut h, r.before.as_deref());
+    put_opt(&mut h, r.after.as_deref());
+    put_opt(&mut h, r.request_id.as_deref());
+    put_opt(&mut h, r.trace_id.as_deref());
+    put_opt(&mut h, r.client_addr.as_deref());
+    put_str(&mut h, &r.outcome);
     h.update(prev);
     h.finalize().into()
 }
@@ -110,17 +123,19 @@ impl StoredEvent {
             tenant: r.try_get(0)?,
             seq: r.try_get(1)?,
             occurred_at_us: (at.unix_timestamp_nanos() / 1000) as i64,
-            actor_kind: r.try_get(3)?,
-            actor_subject: r.try_get(4)?,
-            actor_key_id: r.try_get(5)?,
-            action: r.try_get(6)?,
-            target: r.try_get(7)?,
-            before: r.try_get(8)?,
-            after: r.try_get(9)?,
-            request_id: r.try_get(10)?,
-            trace_id: r.try_get(11)?,
-            client_addr: r.try_get(12)?,
-            outcome: r.try_get(13)?,
+            recorded: Recorded {
+                actor_kind: r.try_get(3)?,
+                actor_subject: r.try_get(4)?,
+                actor_key_id: r.try_get(5)?,
+                action: r.try_get(6)?,
+                target: r.try_get(7)?,
+                before: r.try_get(8)?,
+                after: r.try_get(9)?,
+                request_id: r.try_get(10)?,
+                trace_id: r.try_get(11)?,
+                client_addr: r.try_get(12)?,
+                outcome: r.try_get(13)?,
+            },
             chain_pos: r.try_get(14)?,
             prev_hash: prev.map(hex::encode),
             hash: hash.map(hex::encode),
@@ -132,39 +147,27 @@ impl StoredEvent {
 mod tests {
     use super::*;
 
+    /// An unsealed event with every optional field absent (serde reads a missing
+    /// `Option` as `None`).
     fn event() -> StoredEvent {
-        StoredEvent {
-            tenant: Uuid::nil(),
-            seq: 1,
-            occurred_at_us: 0,
-            actor_kind: "user".into(),
-            actor_subject: Some("u".into()),
-            actor_key_id: None,
-            action: "a".into(),
-            target: None,
-            before: None,
-            after: None,
-            request_id: None,
-            trace_id: None,
-            client_addr: None,
-            outcome: "success".into(),
-            chain_pos: None,
-            prev_hash: None,
-            hash: None,
-        }
+        serde_json::from_value(serde_json::json!({
+            "tenant": Uuid::nil(), "seq": 1, "occurred_at_us": 0, "actor_kind": "user",
+            "actor_subject": "u", "action": "a", "outcome": "success",
+        }))
+        .expect("an event")
     }
 
     #[test]
     fn field_boundaries_are_unambiguous() {
         let mut a = event();
         let mut b = event();
-        a.actor_subject = Some("ab".into());
-        a.actor_key_id = Some("c".into());
-        b.actor_subject = Some("a".into());
-        b.actor_key_id = Some("bc".into());
+        a.recorded.actor_subject = Some("ab".into());
+        a.recorded.actor_key_id = Some("c".into());
+        b.recorded.actor_subject = Some("a".into());
+        b.recorded.actor_key_id = Some("bc".into());
         assert_ne!(event_hash(&a, 1, &GENESIS), event_hash(&b, 1, &GENESIS));
         let mut c = event();
-        c.target = Some(String::new());
+        c.recorded.target = Some(String::new());
         assert_ne!(
             event_hash(&event(), 1, &GENESIS),
             event_hash(&c, 1, &GENESIS)

@@ -42,7 +42,7 @@ mod purge;
 mod seal;
 mod verify;
 
-pub use chain::{event_hash, event_hash_in, StoredEvent, GENESIS};
+pub use chain::{event_hash, event_hash_in, Recorded, StoredEvent, GENESIS};
 pub use checkpoint::{
     append_jsonl, checkpoint, checkpoint_log, load_anchors, load_checkpoints, load_log_checkpoints,
     read_jsonl, sign_heads, store_checkpoint, store_checkpoint_in, Checkpoint, Signer,

@@ -12,11 +12,8 @@ use time::OffsetDateTime;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
+use crate::corrupt;
 use crate::CatalogError;
-
-fn corrupt<E: std::fmt::Display>(e: E) -> CatalogError {
-    CatalogError::Corrupt(e.to_string())
-}
 
 /// An app migration recorded as applied somewhere.
 #[derive(Debug, Clone, PartialEq, Eq)]

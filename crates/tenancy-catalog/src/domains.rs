@@ -11,6 +11,7 @@ use tenancy_core::TenantId;
 use time::OffsetDateTime;
 use tokio_postgres::{Client, Row};
 
+use crate::corrupt;
 use crate::CatalogError;
 
 /// The `LISTEN` channel on which catalog changes are announced, with payloads
@@ -43,10 +44,6 @@ pub struct ApiKeyGrant {
     pub tenant_id: TenantId,
     /// The key's scopes.
     pub scopes: Vec<String>,
-}
-
-fn corrupt<E: std::fmt::Display>(e: E) -> CatalogError {
-    CatalogError::Corrupt(e.to_string())
 }
 
 /// Normalises and checks a host name (lowercase, no port, no trailing dot).

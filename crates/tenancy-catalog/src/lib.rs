@@ -136,6 +136,12 @@ pub enum CatalogError {
     Invalid(String),
 }
 
+/// A value the catalog returned that does not parse as its type (a row written outside
+/// this crate, or by a newer version of it).
+pub(crate) fn corrupt<E: std::fmt::Display>(e: E) -> CatalogError {
+    CatalogError::Corrupt(e.to_string())
+}
+
 impl CatalogError {
     pub(crate) fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> CatalogError {
         move |source| CatalogError::Db { what, source }

@@ -11,6 +11,7 @@ use tenancy_core::{Placement, RegionId, Slug, TenantId, TenantState};
 use tokio_postgres::{Client, Row};
 use uuid::Uuid;
 
+use crate::corrupt;
 use crate::CatalogError;
 
 /// What resolving and opening one tenant needs: who it is, its state, and where its data
@@ -54,10 +55,6 @@ pub struct ClusterRoute {
     /// one is registered ([`set_cluster_pooler`](crate::set_cluster_pooler)); `host` and
     /// `port` stay the direct address.
     pub pooler: Option<(String, u16)>,
-}
-
-fn corrupt<E: std::fmt::Display>(e: E) -> CatalogError {
-    CatalogError::Corrupt(e.to_string())
 }
 
 /// The columns of `tenancy_catalog.tenant_route*`, in order.

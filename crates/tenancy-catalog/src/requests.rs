@@ -6,7 +6,7 @@ use tenancy_core::{TenantId, TenantState};
 use tokio_postgres::{Client, Transaction};
 use uuid::Uuid;
 
-use crate::workflows::corrupt;
+use crate::corrupt;
 use crate::CatalogError;
 
 /// What the idempotency ledger says about a request.

@@ -6,6 +6,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, Row, Transaction};
 use uuid::Uuid;
 
+use crate::corrupt;
 use crate::CatalogError;
 
 /// A registered region.
@@ -134,10 +135,6 @@ pub(crate) async fn begin(client: &mut Client) -> Result<Transaction<'_>, Catalo
         .transaction()
         .await
         .map_err(CatalogError::db("starting a transaction"))
-}
-
-fn corrupt<E: std::fmt::Display>(e: E) -> CatalogError {
-    CatalogError::Corrupt(e.to_string())
 }
 
 /// The columns [`tenant_from_row`] reads, in order.

@@ -6,8 +6,8 @@ use tenancy_core::{PlanKey, TenantId};
 use time::OffsetDateTime;
 use tokio_postgres::{Client, Transaction};
 
+use crate::corrupt;
 use crate::store::begin;
-use crate::workflows::corrupt;
 use crate::{tenant_from_row, CatalogError, Tenant, TENANT_COLUMNS};
 
 /// Reads a tenant inside a transaction, locking its row.

@@ -6,7 +6,7 @@ use tenancy_core::TenantId;
 use tokio_postgres::{Client, GenericClient, Transaction};
 use uuid::Uuid;
 
-use crate::workflows::corrupt;
+use crate::corrupt;
 use crate::CatalogError;
 
 /// Receivers a tenant is registered with, with the webhook id of the registration.

@@ -14,11 +14,8 @@ use time::OffsetDateTime;
 use tokio_postgres::{Client, Row, Transaction};
 use uuid::Uuid;
 
+use crate::corrupt;
 use crate::{create_tenant_in, CatalogError, NewTenant, Tenant};
-
-pub(crate) fn corrupt<E: fmt::Display>(e: E) -> CatalogError {
-    CatalogError::Corrupt(e.to_string())
-}
 
 /// `as_str` (the name stored in the catalog), `FromStr` (an unknown name is a corrupt
 /// catalog) and `Display` of an enum the catalog stores by name.

@@ -220,12 +220,43 @@ fn check_display_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The OpenAPI schema of a new tenant's `slug` (in [`tenants::CreateTenant`] and
+/// [`signup::Signup`]): what [`Slug`] parses, but for the reserved words, which the served
+/// document adds.
+fn slug_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .description(Some(
+            "3-40 characters: a-z, 0-9, single '-'; starts with a letter; not a reserved word.",
+        ))
+        .pattern(Some("^[a-z][a-z0-9]*(-[a-z0-9]+)*$"))
+        .min_length(Some(3))
+        .max_length(Some(40))
+        .build()
+}
+
+/// The OpenAPI schema of a new tenant's `display_name` (in [`tenants::CreateTenant`] and
+/// [`signup::Signup`]): what [`check_display_name`] accepts.
+fn display_name_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .description(Some(
+            "1 to 200 characters, not only spaces, no control characters.",
+        ))
+        .pattern(Some(
+            "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$",
+        ))
+        .min_length(Some(1))
+        .max_length(Some(200))
+        .build()
+}
+
 /// The OpenAPI document of the control plane.
 #[derive(OpenApi, Debug)]
 #[openapi(
     info(title = "tenancy control plane", description = "Regions, clusters, tenants and their lifecycle workflows. Errors are RFC 9457 problem documents; every state-changing POST takes an Idempotency-Key."),
     paths(meta::healthz, crate::health::livez, crate::health::readyz, crate::metrics::metrics_text, meta::openapi_json, registry::list_regions, registry::add_region, registry::list_clusters, registry::add_cluster, tenants::list_tenants, tenants::create_tenant, tenants::get_tenant, tenants::tenant_workflows, tenants::tenant_migrations, tenants::get_workflow, lifecycle::suspend, lifecycle::resume, lifecycle::delete, lifecycle::change_plan, lifecycle::legal_hold, audit::tenant_audit, webhooks::deliveries, insights::push_snapshot, insights::tenants, signup::availability, signup::signup, billing::stripe_webhook),
-    components(schemas(TenantView, WorkflowView, MigrationStatusView, Accepted, TenantPage, CreateTenant, Signup, Reason, ChangePlan, LegalHold, RegionView, RegionInput, ClusterView, ClusterInput, Availability, DeliveryView, BillingOutcome, audit::AuditPage, audit::AuditEventView, audit::CheckpointView, insights::SnapshotAccepted, tenancy_insights::Snapshot, tenancy_insights::Totals, tenancy_insights::TenantStats, tenancy_insights::SketchWire, tenancy_insights::Report, tenancy_insights::ClusterReport, tenancy_insights::TenantReport, Problem, FieldError)),
+    components(schemas(TenantView, WorkflowView, MigrationStatusView, Accepted, TenantPage, CreateTenant, Signup, Reason, ChangePlan, LegalHold, RegionView, RegionInput, ClusterView, ClusterInput, Availability, DeliveryView, BillingOutcome, audit::AuditPage, audit::AuditEventView, audit::CheckpointView, insights::SnapshotAccepted, tenancy_insights::Snapshot, tenancy_insights::Counts, tenancy_insights::TenantStats, tenancy_insights::SketchWire, tenancy_insights::Report, tenancy_insights::ClusterReport, tenancy_insights::TenantReport, Problem, FieldError)),
     modifiers(&SecurityAddon, &Contract),
     tags((name = "tenants"), (name = "registry"), (name = "signup"), (name = "billing"), (name = "webhooks"), (name = "insights"), (name = "meta"))
 )]

@@ -28,6 +28,6 @@ pub use recorder::{Recorder, RecorderOptions};
 pub use report::{ClusterReport, PushError, Pushed, Report, TenantReport, Window, WindowOptions};
 pub use sketch::{Sketch, SketchWire};
 pub use snapshot::{
-    is_cluster_name, Snapshot, SnapshotError, TenantStats, Totals, MAX_INTERVAL_MS,
+    is_cluster_name, Counts, Snapshot, SnapshotError, TenantStats, MAX_INTERVAL_MS,
     MAX_SNAPSHOT_TENANTS,
 };

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use tenancy_core::TenantId;
 use tenancy_sdk::{Observer, Outcome};
 
-use crate::sketch::Sketch;
-use crate::snapshot::{TenantStats, Totals, MAX_SNAPSHOT_TENANTS};
+use crate::snapshot::{Counts, Tally, MAX_SNAPSHOT_TENANTS};
 use crate::Snapshot;
 
 /// Number of independently locked shards (a power of two): concurrent statements of
@@ -47,33 +46,21 @@ impl Default for RecorderOptions {
 #[derive(Debug, Clone)]
 struct Slot {
     tenant: TenantId,
-    /// Database time in µs, including `error`: the space-saving weight.
-    weight: u64,
-    /// What this slot inherited from the tenant it replaced (the overestimate bound).
-    error: u64,
-    statements: u64,
-    transactions: u64,
-    rows: u64,
-    errors: u64,
-    refusals: u64,
-    pool_wait_us: u64,
-    latency: Sketch,
+    /// Its figures; `tally.counts.db_us` (database time in µs, including what it
+    /// inherited, `tally.db_us_error`) is the space-saving weight.
+    tally: Tally,
 }
 
 impl Slot {
     fn new(tenant: TenantId, inherited: u64) -> Self {
-        Slot {
-            tenant,
-            weight: inherited,
-            error: inherited,
-            statements: 0,
-            transactions: 0,
-            rows: 0,
-            errors: 0,
-            refusals: 0,
-            pool_wait_us: 0,
-            latency: Sketch::new(),
-        }
+        let mut tally = Tally::default();
+        tally.counts.db_us = inherited;
+        tally.db_us_error = inherited;
+        Slot { tenant, tally }
+    }
+
+    fn weight(&self) -> u64 {
+        self.tally.counts.db_us
     }
 }
 
@@ -85,7 +72,7 @@ impl Slot {
 struct Shard {
     slots: Vec<Slot>,
     index: HashMap<TenantId, usize>,
-    totals: Totals,
+    totals: Counts,
     cap: usize,
 }
 
@@ -94,7 +81,7 @@ impl Shard {
         Shard {
             slots: Vec::with_capacity(cap),
             index: HashMap::with_capacity(cap),
-            totals: Totals::default(),
+            totals: Counts::default(),
             cap,
         }
     }
@@ -112,8 +99,8 @@ impl Shard {
                     .slots
                     .iter()
                     .enumerate()
-                    .min_by_key(|(_, s)| s.weight)
-                    .map(|(i, s)| (i, s.weight))
+                    .min_by_key(|(_, s)| s.weight())
+                    .map(|(i, s)| (i, s.weight()))
                     .unwrap_or((0, 0));
                 let old = self.slots[i].tenant;
                 self.index.remove(&old);
@@ -127,7 +114,7 @@ impl Shard {
 
     fn heap_bytes(&self) -> usize {
         self.slots.capacity() * std::mem::size_of::<Slot>()
-            + self.slots.iter().map(|s| s.latency.heap_bytes()).sum::<usize>()
+            + self.slots.iter().map(|s| s.tally.latency.heap_bytes()).sum::<usize>()
             // A hashbrown table: a key, a value and a control byte per bucket; buckets
             // are at most twice the capacity.
             + self.index.capacity()
@@ -224,7 +211,7 @@ impl Recorder {
             };
             std::mem::replace(&mut *s, now)
         };
-        let mut totals = Totals::default();
+        let mut totals = Counts::default();
         let mut slots = Vec::new();
         for shard in self.shards.iter() {
             let drained = {
@@ -234,16 +221,10 @@ impl Recorder {
                 };
                 std::mem::replace(&mut *g, Shard::with_capacity(self.shard_cap))
             };
-            let t = drained.totals;
-            totals.db_us = totals.db_us.saturating_add(t.db_us);
-            totals.statements = totals.statements.saturating_add(t.statements);
-            totals.transactions = totals.transactions.saturating_add(t.transactions);
-            totals.errors = totals.errors.saturating_add(t.errors);
-            totals.refusals = totals.refusals.saturating_add(t.refusals);
-            totals.pool_wait_us = totals.pool_wait_us.saturating_add(t.pool_wait_us);
+            totals.add(&drained.totals);
             slots.extend(drained.slots);
         }
-        slots.sort_by_key(|s| std::cmp::Reverse(s.weight));
+        slots.sort_by_key(|s| std::cmp::Reverse(s.weight()));
         slots.truncate(self.snapshot_tenants);
         let interval_ms = u64::try_from(now.duration_since(since).as_millis())
             .unwrap_or(u64::MAX)
@@ -256,18 +237,7 @@ impl Recorder {
             totals,
             tenants: slots
                 .into_iter()
-                .map(|s| TenantStats {
-                    tenant: s.tenant,
-                    db_us: s.weight,
-                    db_us_error: s.error,
-                    statements: s.statements,
-                    transactions: s.transactions,
-                    rows: s.rows,
-                    errors: s.errors,
-                    refusals: s.refusals,
-                    pool_wait_us: s.pool_wait_us,
-                    latency: s.latency.to_wire(),
-                })
+                .map(|s| s.tally.to_stats(s.tenant))
                 .collect(),
         }
     }
@@ -287,12 +257,12 @@ impl Observer for Recorder {
             t.statements += 1;
             t.errors += error;
             t.refusals += refused;
-            let s = shard.slot(tenant);
-            s.weight = s.weight.saturating_add(us);
-            s.statements += 1;
+            let s = &mut shard.slot(tenant).tally;
+            s.counts.db_us = s.counts.db_us.saturating_add(us);
+            s.counts.statements += 1;
+            s.counts.errors += error;
+            s.counts.refusals += refused;
             s.rows = s.rows.saturating_add(rows);
-            s.errors += error;
-            s.refusals += refused;
             s.latency.add(elapsed.as_secs_f64() * 1e6);
         });
     }
@@ -302,8 +272,8 @@ impl Observer for Recorder {
         self.with_shard(tenant, |shard| {
             shard.totals.db_us = shard.totals.db_us.saturating_add(us);
             shard.totals.transactions += 1;
-            let s = shard.slot(tenant);
-            s.weight = s.weight.saturating_add(us);
+            let s = &mut shard.slot(tenant).tally.counts;
+            s.db_us = s.db_us.saturating_add(us);
             s.transactions += 1;
         });
     }
@@ -314,7 +284,7 @@ impl Observer for Recorder {
             shard.totals.pool_wait_us = shard.totals.pool_wait_us.saturating_add(us);
             // Waiting is not database time: it never makes a tenant tracked.
             if let Some(&i) = shard.index.get(&tenant) {
-                let s = &mut shard.slots[i];
+                let s = &mut shard.slots[i].tally.counts;
                 s.pool_wait_us = s.pool_wait_us.saturating_add(us);
             }
         });

@@ -9,7 +9,7 @@ use serde::Serialize;
 use tenancy_core::TenantId;
 
 use crate::sketch::Sketch;
-use crate::snapshot::{Snapshot, SnapshotError, Totals};
+use crate::snapshot::{Counts, Snapshot, SnapshotError, Tally};
 
 /// Limits of a [`Window`].
 #[derive(Debug, Clone)]
@@ -156,20 +156,6 @@ pub struct Report {
     pub tenants: Vec<TenantReport>,
 }
 
-/// One tenant's sums while merging.
-#[derive(Debug, Default)]
-struct Sum {
-    db_us: u64,
-    db_us_error: u64,
-    statements: u64,
-    transactions: u64,
-    rows: u64,
-    errors: u64,
-    refusals: u64,
-    pool_wait_us: u64,
-    latency: Sketch,
-}
-
 fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
@@ -274,61 +260,48 @@ impl Window {
             if cluster.is_some_and(|c| c != name) {
                 continue;
             }
-            let mut totals = Totals::default();
-            let mut sums: HashMap<TenantId, Sum> = HashMap::new();
+            let mut totals = Counts::default();
+            let mut sums: HashMap<TenantId, Tally> = HashMap::new();
             let mut sources = std::collections::HashSet::new();
             for e in q {
                 sources.insert(e.snapshot.source.as_str());
-                let t = &e.snapshot.totals;
-                totals.db_us = totals.db_us.saturating_add(t.db_us);
-                totals.statements = totals.statements.saturating_add(t.statements);
-                totals.transactions = totals.transactions.saturating_add(t.transactions);
-                totals.errors = totals.errors.saturating_add(t.errors);
-                totals.refusals = totals.refusals.saturating_add(t.refusals);
+                totals.add(&e.snapshot.totals);
                 for (s, sketch) in e.snapshot.tenants.iter().zip(&e.sketches) {
-                    let m = sums.entry(s.tenant).or_default();
-                    m.db_us = m.db_us.saturating_add(s.db_us);
-                    m.db_us_error = m.db_us_error.saturating_add(s.db_us_error);
-                    m.statements = m.statements.saturating_add(s.statements);
-                    m.transactions = m.transactions.saturating_add(s.transactions);
-                    m.rows = m.rows.saturating_add(s.rows);
-                    m.errors = m.errors.saturating_add(s.errors);
-                    m.refusals = m.refusals.saturating_add(s.refusals);
-                    m.pool_wait_us = m.pool_wait_us.saturating_add(s.pool_wait_us);
-                    m.latency.merge(sketch);
+                    sums.entry(s.tenant).or_default().add(s, sketch);
                 }
             }
             // The cluster's time is at least what its tenants account for (a snapshot's
             // tenant figures may overestimate theirs).
-            let tracked: u64 = sums.values().fold(0u64, |a, m| {
-                a.saturating_add(m.db_us.saturating_sub(m.db_us_error))
-            });
+            let tracked: u64 = sums
+                .values()
+                .fold(0u64, |a, m| a.saturating_add(m.tracked_us()));
             let cluster_us = totals.db_us.max(tracked);
             let mut noisy_tenants = 0;
             for (tenant, m) in sums {
                 let share = if cluster_us == 0 {
                     0.0
                 } else {
-                    ((m.db_us.saturating_sub(m.db_us_error)) as f64 / cluster_us as f64).min(1.0)
+                    (m.tracked_us() as f64 / cluster_us as f64).min(1.0)
                 };
-                let others = cluster_us.saturating_sub(m.db_us.saturating_sub(m.db_us_error)) > 0;
+                let others = cluster_us.saturating_sub(m.tracked_us()) > 0;
                 let noisy = others && share >= noisy_share;
                 noisy_tenants += u64::from(noisy);
+                let c = &m.counts;
                 tenants.push(TenantReport {
                     tenant,
                     cluster: name.clone(),
-                    db_time_ms: ms(m.db_us),
+                    db_time_ms: ms(c.db_us),
                     db_time_error_ms: ms(m.db_us_error),
                     share,
                     p50_ms: m.latency.quantile(0.5).map(|v| v / 1000.0),
                     p99_ms: m.latency.quantile(0.99).map(|v| v / 1000.0),
-                    statements: m.statements,
-                    transactions: m.transactions,
+                    statements: c.statements,
+                    transactions: c.transactions,
                     rows: m.rows,
-                    errors: m.errors,
-                    refusals: m.refusals,
-                    error_rate: rate(m.errors, m.statements),
-                    pool_wait_ms: ms(m.pool_wait_us),
+                    errors: c.errors,
+                    refusals: c.refusals,
+                    error_rate: rate(c.errors, c.statements),
+                    pool_wait_ms: ms(c.pool_wait_us),
                     noisy,
                 });
             }

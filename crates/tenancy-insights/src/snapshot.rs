@@ -51,17 +51,18 @@ pub struct Snapshot {
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 3600000))]
     pub interval_ms: u64,
     /// Everything recorded in the interval, every tenant included.
-    pub totals: Totals,
+    pub totals: Counts,
     /// The heaviest tenants by database time, at most 256.
     #[cfg_attr(feature = "openapi", schema(max_items = 256))]
     pub tenants: Vec<TenantStats>,
 }
 
-/// Counts over every tenant of an interval.
+/// Counts over a set of statements in an interval: every tenant's (a snapshot's
+/// `totals`) or one tenant's (flattened into [`TenantStats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
-pub struct Totals {
+pub struct Counts {
     /// Database time in µs: statements plus COMMIT/ROLLBACK round trips.
     #[cfg_attr(
         feature = "openapi",
@@ -100,6 +101,48 @@ pub struct Totals {
     pub pool_wait_us: u64,
 }
 
+impl Counts {
+    /// Adds `other` into these counts (saturating).
+    pub(crate) fn add(&mut self, other: &Counts) {
+        self.db_us = self.db_us.saturating_add(other.db_us);
+        self.statements = self.statements.saturating_add(other.statements);
+        self.transactions = self.transactions.saturating_add(other.transactions);
+        self.errors = self.errors.saturating_add(other.errors);
+        self.refusals = self.refusals.saturating_add(other.refusals);
+        self.pool_wait_us = self.pool_wait_us.saturating_add(other.pool_wait_us);
+    }
+
+    /// Every count with its field name, for the checks.
+    fn fields(&self) -> [(&'static str, u64); 6] {
+        [
+            ("db_us", self.db_us),
+            ("statements", self.statements),
+            ("transactions", self.transactions),
+            ("errors", self.errors),
+            ("refusals", self.refusals),
+            ("pool_wait_us", self.pool_wait_us),
+        ]
+    }
+
+    /// The first field that breaks a rule (a count over [`MAX_COUNT`], more refusals
+    /// than errors, more errors than statements), with what it must be.
+    fn invalid(&self) -> Option<(&'static str, String)> {
+        if let Some(f) = over_max(&self.fields()) {
+            return Some((f, format!("must be at most {MAX_COUNT}")));
+        }
+        if self.refusals > self.errors {
+            return Some((
+                "refusals",
+                "must not exceed errors (a refusal is an error)".into(),
+            ));
+        }
+        if self.errors > self.statements {
+            return Some(("errors", "must not exceed statements".into()));
+        }
+        None
+    }
+}
+
 /// One tenant's counts in an interval.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -108,12 +151,9 @@ pub struct TenantStats {
     /// The tenant.
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"))]
     pub tenant: TenantId,
-    /// Database time in µs (may be overestimated by at most `db_us_error`).
-    #[cfg_attr(
-        feature = "openapi",
-        schema(minimum = 0, maximum = 9007199254740991_i64)
-    )]
-    pub db_us: u64,
+    /// Its counts (`db_us` may be overestimated by at most `db_us_error`).
+    #[serde(flatten)]
+    pub counts: Counts,
     /// Bound on the overestimate of `db_us`: what the bounded top-N credited this tenant
     /// with when it took the place of a lighter one (0 when it was tracked from the
     /// interval's start). Its other counts start at that moment.
@@ -122,44 +162,55 @@ pub struct TenantStats {
         schema(minimum = 0, maximum = 9007199254740991_i64)
     )]
     pub db_us_error: u64,
-    /// Statements run.
-    #[cfg_attr(
-        feature = "openapi",
-        schema(minimum = 0, maximum = 9007199254740991_i64)
-    )]
-    pub statements: u64,
-    /// Transactions ended.
-    #[cfg_attr(
-        feature = "openapi",
-        schema(minimum = 0, maximum = 9007199254740991_i64)
-    )]
-    pub transactions: u64,
     /// Rows returned (or affected).
     #[cfg_attr(
         feature = "openapi",
         schema(minimum = 0, maximum = 9007199254740991_i64)
     )]
     pub rows: u64,
-    /// Statements that failed (context refusals included).
-    #[cfg_attr(
-        feature = "openapi",
-        schema(minimum = 0, maximum = 9007199254740991_i64)
-    )]
-    pub errors: u64,
-    /// Statements whose tenant context the server refused.
-    #[cfg_attr(
-        feature = "openapi",
-        schema(minimum = 0, maximum = 9007199254740991_i64)
-    )]
-    pub refusals: u64,
-    /// Time spent waiting for a connection in `begin`, in µs.
-    #[cfg_attr(
-        feature = "openapi",
-        schema(minimum = 0, maximum = 9007199254740991_i64)
-    )]
-    pub pool_wait_us: u64,
     /// Statement latencies.
     pub latency: SketchWire,
+}
+
+/// One tenant's figures while they are added up (in a recorder's slot, or merged from
+/// snapshots in a report): what [`TenantStats`] carries, with the sketch parsed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tally {
+    /// Its counts; `counts.db_us` includes `db_us_error`.
+    pub(crate) counts: Counts,
+    /// Bound on the overestimate of `counts.db_us`.
+    pub(crate) db_us_error: u64,
+    /// Rows returned (or affected).
+    pub(crate) rows: u64,
+    /// Statement latencies.
+    pub(crate) latency: Sketch,
+}
+
+impl Tally {
+    /// Adds one snapshot's figures for the tenant (`latency` is `stats.latency`, parsed).
+    pub(crate) fn add(&mut self, stats: &TenantStats, latency: &Sketch) {
+        self.counts.add(&stats.counts);
+        self.db_us_error = self.db_us_error.saturating_add(stats.db_us_error);
+        self.rows = self.rows.saturating_add(stats.rows);
+        self.latency.merge(latency);
+    }
+
+    /// Database time in µs that is surely this tenant's: `counts.db_us` less the bound
+    /// on its overestimate.
+    pub(crate) fn tracked_us(&self) -> u64 {
+        self.counts.db_us.saturating_sub(self.db_us_error)
+    }
+
+    /// The figures as a snapshot carries them.
+    pub(crate) fn to_stats(&self, tenant: TenantId) -> TenantStats {
+        TenantStats {
+            tenant,
+            counts: self.counts,
+            db_us_error: self.db_us_error,
+            rows: self.rows,
+            latency: self.latency.to_wire(),
+        }
+    }
 }
 
 /// Why a snapshot was refused: the field and what it must be.
@@ -233,28 +284,8 @@ impl Snapshot {
         if self.sequence > MAX_COUNT {
             return Err(err("sequence", format!("must be at most {MAX_COUNT}")));
         }
-        let t = &self.totals;
-        if let Some(f) = over_max(&[
-            ("db_us", t.db_us),
-            ("statements", t.statements),
-            ("transactions", t.transactions),
-            ("errors", t.errors),
-            ("refusals", t.refusals),
-            ("pool_wait_us", t.pool_wait_us),
-        ]) {
-            return Err(err(
-                format!("totals.{f}"),
-                format!("must be at most {MAX_COUNT}"),
-            ));
-        }
-        if t.refusals > t.errors {
-            return Err(err(
-                "totals.refusals",
-                "must not exceed totals.errors (a refusal is an error)",
-            ));
-        }
-        if t.errors > t.statements {
-            return Err(err("totals.errors", "must not exceed totals.statements"));
+        if let Some((f, message)) = self.totals.invalid() {
+            return Err(err(format!("totals.{f}"), message));
         }
         let mut seen = std::collections::HashSet::with_capacity(self.tenants.len());
         let mut sketches = Vec::with_capacity(self.tenants.len());
@@ -263,29 +294,17 @@ impl Snapshot {
             if !seen.insert(s.tenant) {
                 return Err(err(at("tenant"), "appears twice in this snapshot"));
             }
-            if let Some(f) = over_max(&[
-                ("db_us", s.db_us),
-                ("db_us_error", s.db_us_error),
-                ("statements", s.statements),
-                ("transactions", s.transactions),
-                ("rows", s.rows),
-                ("errors", s.errors),
-                ("refusals", s.refusals),
-                ("pool_wait_us", s.pool_wait_us),
-            ]) {
+            if let Some((f, message)) = s.counts.invalid() {
+                return Err(err(at(f), message));
+            }
+            if let Some(f) = over_max(&[("db_us_error", s.db_us_error), ("rows", s.rows)]) {
                 return Err(err(at(f), format!("must be at most {MAX_COUNT}")));
             }
-            if s.db_us_error > s.db_us {
+            if s.db_us_error > s.counts.db_us {
                 return Err(err(at("db_us_error"), "must not exceed db_us"));
             }
-            if s.refusals > s.errors {
-                return Err(err(at("refusals"), "must not exceed errors"));
-            }
-            if s.errors > s.statements {
-                return Err(err(at("errors"), "must not exceed statements"));
-            }
             let sketch = Sketch::from_wire(&s.latency).map_err(|m| err(at("latency"), m))?;
-            if sketch.count() > s.statements {
+            if sketch.count() > s.counts.statements {
                 return Err(err(at("latency"), "counts more latencies than statements"));
             }
             sketches.push(sketch);

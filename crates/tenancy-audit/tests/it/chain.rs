@@ -168,7 +168,7 @@ async fn a_forged_inserted_event_is_detected_even_with_a_correct_hash() {
         .expect("events");
     let mut forged: StoredEvent = events[2].clone();
     forged.seq = 1_000_000;
-    forged.action = "note.delete".into();
+    forged.recorded.action = "note.delete".into();
     let prev: [u8; 32] = hex::decode(events[1].hash.as_deref().expect("hash"))
         .expect("hex")
         .try_into()
@@ -279,7 +279,7 @@ async fn a_consistently_rewritten_chain_fails_against_the_checkpoint() {
     let mut events = load_events(&s.owner, s.tenant.as_uuid())
         .await
         .expect("events");
-    events[1].target = Some("note:rewritten".into());
+    events[1].recorded.target = Some("note:rewritten".into());
     let mut prev = GENESIS;
     let mut sql = String::new();
     for (i, e) in events.iter().enumerate() {
@@ -287,7 +287,7 @@ async fn a_consistently_rewritten_chain_fails_against_the_checkpoint() {
         let h = event_hash(e, pos, &prev);
         sql.push_str(&format!(
             "UPDATE tenancy.audit_events SET target = {target}, prev_hash = '\\x{p}', hash = '\\x{h}' WHERE {w};",
-            target = e.target.as_deref().map_or("NULL".into(), |t| format!("'{t}'")),
+            target = e.recorded.target.as_deref().map_or("NULL".into(), |t| format!("'{t}'")),
             p = hex::encode(prev),
             h = hex::encode(h),
             w = at(&s, pos),

@@ -130,16 +130,20 @@ async fn a_purged_head_verifies_from_its_signed_anchor_and_a_cut_without_one_is_
         .await
         .expect("control events");
     assert_eq!(control.len(), 1, "{control:?}");
-    assert_eq!(control[0].action, "audit.purge");
-    assert_eq!(control[0].target.as_deref(), Some(&*format!("tenant:{a}")));
+    assert_eq!(control[0].recorded.action, "audit.purge");
+    assert_eq!(
+        control[0].recorded.target.as_deref(),
+        Some(&*format!("tenant:{a}"))
+    );
     assert!(
         control[0]
+            .recorded
             .after
             .as_deref()
             .unwrap_or("")
             .contains("\"up_to_position\": 4"),
         "{:?}",
-        control[0].after
+        control[0].recorded.after
     );
     let v = tenancy_audit::verify_log(
         &catalog,

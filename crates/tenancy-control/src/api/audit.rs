@@ -5,7 +5,7 @@
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use tenancy_audit::{Checkpoint, Log, StoredEvent};
+use tenancy_audit::{Checkpoint, Log, Recorded, StoredEvent};
 use tenancy_core::{Placement, TenantId, TenantState};
 use utoipa::{IntoParams, ToSchema};
 
@@ -46,28 +46,9 @@ pub struct AuditEventView {
     pub chain_pos: i64,
     /// Recording time in microseconds since the Unix epoch (the hashed form).
     pub occurred_at_us: i64,
-    /// The actor's kind: `user`, `api_key`, `admin`, `worker` or `system`.
-    pub actor_kind: String,
-    /// The actor (user id, `admin:<principal>`, worker name), if recorded.
-    pub actor_subject: Option<String>,
-    /// The API key the actor used, if any.
-    pub actor_key_id: Option<String>,
-    /// The action, e.g. `invoice.create` or `tenant.suspend`.
-    pub action: String,
-    /// What it acted on, e.g. `invoice:42`.
-    pub target: Option<String>,
-    /// The state before (or its digest) as PostgreSQL prints the jsonb value.
-    pub before: Option<String>,
-    /// The state after (or its digest), printed the same way.
-    pub after: Option<String>,
-    /// The request that made the change.
-    pub request_id: Option<String>,
-    /// The W3C trace it ran in.
-    pub trace_id: Option<String>,
-    /// The client address as PostgreSQL prints an inet (`203.0.113.7/32`).
-    pub client_addr: Option<String>,
-    /// How it ended: `success`, `failure` or `denied`.
-    pub outcome: String,
+    /// What the event records.
+    #[serde(flatten)]
+    pub recorded: Recorded,
     /// The hash of the event at the previous position (hex; the anchor's hash after a
     /// purge, 32 zero bytes at position 1).
     pub prev_hash: String,
@@ -119,17 +100,7 @@ fn event_view(e: StoredEvent) -> AuditEventView {
         seq: e.seq,
         chain_pos: e.chain_pos.unwrap_or_default(),
         occurred_at_us: e.occurred_at_us,
-        actor_kind: e.actor_kind,
-        actor_subject: e.actor_subject,
-        actor_key_id: e.actor_key_id,
-        action: e.action,
-        target: e.target,
-        before: e.before,
-        after: e.after,
-        request_id: e.request_id,
-        trace_id: e.trace_id,
-        client_addr: e.client_addr,
-        outcome: e.outcome,
+        recorded: e.recorded,
         prev_hash: e.prev_hash.unwrap_or_default(),
         hash: e.hash.unwrap_or_default(),
     }

@@ -3,9 +3,10 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 use tenancy_catalog::WorkflowKind;
@@ -54,6 +55,56 @@ pub struct ChangePlan {
 pub struct LegalHold {
     /// true sets the legal hold (a purge is then refused); false lifts it.
     pub hold: bool,
+}
+
+/// What every lifecycle route takes, extracted in this order (so a request without an
+/// admin token is refused before its body is read): the admin, the tenant as the path
+/// names it, the headers (for the idempotency key) and the body, parsed, with its raw
+/// JSON (what a replay with the same key must match).
+#[derive(Debug)]
+pub struct TenantPost<T> {
+    admin: Admin,
+    id: String,
+    headers: HeaderMap,
+    body: T,
+    raw: serde_json::Value,
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for TenantPost<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let admin = Admin::from_request_parts(&mut parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Path(id) = Path::<String>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let headers = parts.headers.clone();
+        let bytes = Bytes::from_request(Request::from_parts(parts, body), state).await;
+        TenantPost::new(admin, id, headers, bytes).map_err(IntoResponse::into_response)
+    }
+}
+
+impl<T: DeserializeOwned> TenantPost<T> {
+    /// The request with its body parsed as the API parses it (the console builds one on
+    /// an admin's behalf).
+    pub(crate) fn new(
+        admin: Admin,
+        id: String,
+        headers: HeaderMap,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Result<Self, ApiError> {
+        let (body, raw) = parse_body(&headers, body)?;
+        Ok(TenantPost {
+            admin,
+            id,
+            headers,
+            body,
+            raw,
+        })
+    }
 }
 
 /// Whether a lifecycle workflow of `kind` can do anything for a tenant in `state` (the
@@ -150,23 +201,19 @@ impl Transition {
 /// (idempotently) when the tenant's state allows it.
 pub async fn transition(
     to: Transition,
-    admin: Admin,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    post: TenantPost<Reason>,
 ) -> Result<Response, ApiError> {
-    let (r, raw): (Reason, _) = parse_body(&headers, body)?;
-    r.check()?;
+    post.body.check()?;
     lifecycle(
         &state,
-        &admin,
-        &headers,
-        &id,
+        &post.admin,
+        &post.headers,
+        &post.id,
         to.op(),
         to.kind(),
-        raw,
-        to.input(r),
+        post.raw,
+        to.input(post.body),
     )
     .await
 }
@@ -180,13 +227,10 @@ macro_rules! transition_route {
             params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
             responses($accepted, (status = 404, body = Problem, content_type = "application/problem+json")))]
         pub async fn $name(
-            admin: Admin,
             state: State<AppState>,
-            id: Path<String>,
-            headers: HeaderMap,
-            body: Result<Bytes, BytesRejection>,
+            post: TenantPost<Reason>,
         ) -> Result<Response, ApiError> {
-            transition(Transition::$to, admin, state, id, headers, body).await
+            transition(Transition::$to, state, post).await
         }
     };
 }
@@ -220,22 +264,18 @@ transition_route!(
     params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
     responses((status = 202, body = Accepted), (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn change_plan(
-    admin: Admin,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    post: TenantPost<ChangePlan>,
 ) -> Result<Response, ApiError> {
-    let (r, raw): (ChangePlan, _) = parse_body(&headers, body)?;
-    let plan: PlanKey = known_plan(&state, "plan", &r.plan)?;
+    let plan: PlanKey = known_plan(&state, "plan", &post.body.plan)?;
     lifecycle(
         &state,
-        &admin,
-        &headers,
-        &id,
+        &post.admin,
+        &post.headers,
+        &post.id,
         "plan",
         WorkflowKind::ChangePlan,
-        raw,
+        post.raw,
         json!({"plan": plan.as_str()}),
     )
     .await
@@ -246,20 +286,26 @@ pub async fn change_plan(
     params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
     responses((status = 200, body = TenantView), (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn legal_hold(
-    admin: Admin,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    post: TenantPost<LegalHold>,
 ) -> Result<Response, ApiError> {
-    let (r, raw): (LegalHold, _) = parse_body(&headers, body)?;
-    let id = tenant_ref(&state, &id).await?;
-    let scope = format!("admin:{}:POST /v1/tenants/{id}/legal-hold", admin.principal);
-    let who = crate::audit::Who::admin(&admin);
-    idempotency::run(&state, &headers, scope, &raw, move |state| async move {
-        let mut conn = state.catalog().await?;
-        let t = crate::audit::set_legal_hold(&mut conn, id, r.hold, &who).await?;
-        Ok((StatusCode::OK, to_value(&TenantView::from(&t))))
-    })
+    let id = tenant_ref(&state, &post.id).await?;
+    let scope = format!(
+        "admin:{}:POST /v1/tenants/{id}/legal-hold",
+        post.admin.principal
+    );
+    let who = crate::audit::Who::admin(&post.admin);
+    let hold = post.body.hold;
+    idempotency::run(
+        &state,
+        &post.headers,
+        scope,
+        &post.raw,
+        move |state| async move {
+            let mut conn = state.catalog().await?;
+            let t = crate::audit::set_legal_hold(&mut conn, id, hold, &who).await?;
+            Ok((StatusCode::OK, to_value(&TenantView::from(&t))))
+        },
+    )
     .await
 }

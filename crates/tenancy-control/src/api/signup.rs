@@ -22,19 +22,11 @@ use crate::{idempotency, AppState};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Signup {
-    /// 3-40 characters: a-z, 0-9, single '-'; starts with a letter; not a reserved word.
-    #[schema(
-        pattern = "^[a-z][a-z0-9]*(-[a-z0-9]+)*$",
-        min_length = 3,
-        max_length = 40
-    )]
+    /// The slug to sign up with.
+    #[schema(schema_with = super::slug_schema)]
     pub slug: String,
-    /// 1 to 200 characters, not only spaces, no control characters.
-    #[schema(
-        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$",
-        min_length = 1,
-        max_length = 200
-    )]
+    /// The name people will see.
+    #[schema(schema_with = super::display_name_schema)]
     pub display_name: String,
     /// A registered region; defaults to the configured signup region.
     #[schema(

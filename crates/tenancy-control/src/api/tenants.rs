@@ -149,19 +149,11 @@ pub struct TenantPage {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
-    /// 3-40 characters: a-z, 0-9, single '-'; starts with a letter; not a reserved word.
-    #[schema(
-        pattern = "^[a-z][a-z0-9]*(-[a-z0-9]+)*$",
-        min_length = 3,
-        max_length = 40
-    )]
+    /// The new tenant's slug.
+    #[schema(schema_with = super::slug_schema)]
     pub slug: String,
-    /// 1 to 200 characters, not only spaces, no control characters.
-    #[schema(
-        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$",
-        min_length = 1,
-        max_length = 200
-    )]
+    /// The new tenant's display name.
+    #[schema(schema_with = super::display_name_schema)]
     pub display_name: String,
     /// A configured plan.
     #[schema(pattern = "^[a-z][a-z0-9_-]*$", min_length = 1, max_length = 40)]

@@ -17,6 +17,7 @@ use super::layout::{self, csrf_field, Section};
 use super::tenant::api_error_page;
 use super::{flash, html_response, refused, session, Ctx};
 use crate::api;
+use crate::api::lifecycle::TenantPost;
 use crate::AppState;
 
 /// The operations the console offers.
@@ -156,23 +157,33 @@ pub(crate) async fn run(
     );
     let reason = (!f.reason.trim().is_empty()).then(|| f.reason.clone());
     let body = |v: serde_json::Value| Ok(Bytes::from(v.to_string()));
-    let (admin, st, path) = (ctx.admin(), State(state.clone()), Path(id));
-    let answer = match action {
-        Action::Suspend => {
-            api::suspend(admin, st, path, headers, body(json!({"reason": reason}))).await
+    let admin = ctx.admin();
+    let st = State(state.clone());
+    let answer = async {
+        match action {
+            Action::Suspend => {
+                let post = TenantPost::new(admin, id, headers, body(json!({"reason": reason})))?;
+                api::suspend(st, post).await
+            }
+            Action::Resume => {
+                api::resume(st, TenantPost::new(admin, id, headers, body(json!({})))?).await
+            }
+            Action::Delete => {
+                let post = TenantPost::new(admin, id, headers, body(json!({"reason": reason})))?;
+                api::delete(st, post).await
+            }
+            Action::Plan => {
+                let post = TenantPost::new(admin, id, headers, body(json!({"plan": f.plan})))?;
+                api::change_plan(st, post).await
+            }
+            Action::Hold | Action::ReleaseHold => {
+                let hold = action == Action::Hold;
+                let post = TenantPost::new(admin, id, headers, body(json!({"hold": hold})))?;
+                api::legal_hold(st, post).await
+            }
         }
-        Action::Resume => api::resume(admin, st, path, headers, body(json!({}))).await,
-        Action::Delete => {
-            api::delete(admin, st, path, headers, body(json!({"reason": reason}))).await
-        }
-        Action::Plan => {
-            api::change_plan(admin, st, path, headers, body(json!({"plan": f.plan}))).await
-        }
-        Action::Hold | Action::ReleaseHold => {
-            let hold = action == Action::Hold;
-            api::legal_hold(admin, st, path, headers, body(json!({"hold": hold}))).await
-        }
-    };
+    }
+    .await;
     let resp = match answer {
         Ok(r) => r,
         Err(e) => return api_error_page(e),

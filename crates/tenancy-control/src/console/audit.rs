@@ -142,10 +142,11 @@ fn when(us: i64) -> Markup {
 
 /// Who acted: the subject, with its kind unless the subject names it (`admin:…`).
 fn actor(e: &StoredEvent) -> String {
-    match &e.actor_subject {
-        Some(s) if s.starts_with(&format!("{}:", e.actor_kind)) => s.clone(),
-        Some(s) => format!("{s} ({})", e.actor_kind),
-        None => e.actor_kind.clone(),
+    let r = &e.recorded;
+    match &r.actor_subject {
+        Some(s) if s.starts_with(&format!("{}:", r.actor_kind)) => s.clone(),
+        Some(s) => format!("{s} ({})", r.actor_kind),
+        None => r.actor_kind.clone(),
     }
 }
 
@@ -171,9 +172,9 @@ fn log_section(tenant: &str, v: &LogView, other: Option<&str>) -> Markup {
                 caption.visually-hidden { (title) ", newest first" }
                 thead { tr { th scope="col" { "Position" } th scope="col" { "When" } th scope="col" { "Action" } th scope="col" { "Actor" } th scope="col" { "Target" } th scope="col" { "Outcome" } } }
                 tbody { @for e in &v.events { tr {
-                    td { (opt(e.chain_pos)) } td { (when(e.occurred_at_us)) } th scope="row" { (e.action) }
+                    td { (opt(e.chain_pos)) } td { (when(e.occurred_at_us)) } th scope="row" { (e.recorded.action) }
                     td { (actor(e)) }
-                    td { (opt(e.target.as_deref())) } td { (e.outcome) }
+                    td { (opt(e.recorded.target.as_deref())) } td { (e.recorded.outcome) }
                 } } }
             } }
         }

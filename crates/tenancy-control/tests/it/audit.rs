@@ -219,7 +219,9 @@ async fn serve_seals_signs_publishes_and_records_every_control_plane_change() {
     let (control, cps, _, key) =
         eventually("the control chain sealed and checkpointed", || async {
             let got = all_pages(port, t, "control").await;
-            (got.0.iter().any(|e| e.action == "config.domain.put")
+            (got.0
+                .iter()
+                .any(|e| e.recorded.action == "config.domain.put")
                 && got.1.iter().any(|c| c.chain_pos == got.0.len() as i64))
             .then_some(got)
         })
@@ -228,7 +230,7 @@ async fn serve_seals_signs_publishes_and_records_every_control_plane_change() {
     // Workflow steps' changes (`tenant.state.*`) land in between, as the workers apply them.
     let actions: Vec<&str> = control
         .iter()
-        .map(|e| e.action.as_str())
+        .map(|e| e.recorded.action.as_str())
         .filter(|a| !a.starts_with("tenant.state."))
         .collect();
     assert_eq!(
@@ -241,7 +243,7 @@ async fn serve_seals_signs_publishes_and_records_every_control_plane_change() {
         ],
         "{control:?}"
     );
-    let created = &control[0];
+    let created = &control[0].recorded;
     assert_eq!(created.actor_kind, "admin");
     assert!(
         created
@@ -262,7 +264,8 @@ async fn serve_seals_signs_publishes_and_records_every_control_plane_change() {
     );
     let set = control
         .iter()
-        .find(|e| e.action == "tenant.legal_hold.set")
+        .find(|e| e.recorded.action == "tenant.legal_hold.set")
+        .map(|e| &e.recorded)
         .expect("hold event");
     assert!(set.before.is_some() && set.after.is_some());
     let v = tenancy_audit::verify_chain_in(
@@ -589,8 +592,8 @@ async fn events_past_their_plans_retention_are_purged_only_without_a_legal_hold(
     })
     .await;
     assert_eq!(purges.len(), 1, "{purges:?}");
-    assert_eq!(purges[0].action, "audit.purge");
-    assert_eq!(purges[0].actor_kind, "worker");
+    assert_eq!(purges[0].recorded.action, "audit.purge");
+    assert_eq!(purges[0].recorded.actor_kind, "worker");
     let pos = purges[0].chain_pos.expect("sealed");
     let cps =
         tenancy_audit::load_log_checkpoints(&owner, Log::Control, Some(tenancy_audit::PLATFORM))
@@ -604,7 +607,7 @@ async fn events_past_their_plans_retention_are_purged_only_without_a_legal_hold(
     // Workflow steps' changes (`tenant.state.*`) land in between, as the workers apply them.
     let actions: Vec<&str> = control
         .iter()
-        .map(|e| e.action.as_str())
+        .map(|e| e.recorded.action.as_str())
         .filter(|a| !a.starts_with("tenant.state."))
         .collect();
     assert_eq!(
@@ -617,7 +620,9 @@ async fn events_past_their_plans_retention_are_purged_only_without_a_legal_hold(
     );
     // The worker's activation entered the same chain, in its step's transaction.
     assert!(
-        control.iter().any(|e| e.action == "tenant.state.active"),
+        control
+            .iter()
+            .any(|e| e.recorded.action == "tenant.state.active"),
         "{control:?}"
     );
     let _ = stopper.send(true);

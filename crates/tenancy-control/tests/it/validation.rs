@@ -538,4 +538,25 @@ async fn the_openapi_document_declares_every_status_parameter_and_header_a_clien
     assert!(schemas["Signup"]["properties"]["slug"]["not"]["enum"]
         .as_array()
         .is_some_and(|r| r.iter().any(|s| s == "admin")));
+    // Both bodies that name a new tenant state the same rules for its slug and name.
+    for body in ["CreateTenant", "Signup"] {
+        let props = &schemas[body]["properties"];
+        for (field, min, max) in [("slug", 3, 40), ("display_name", 1, 200)] {
+            let p = &props[field];
+            assert_eq!(p["type"], "string", "{body}.{field}: {p}");
+            assert_eq!(
+                (&p["minLength"], &p["maxLength"]),
+                (&serde_json::json!(min), &serde_json::json!(max)),
+                "{body}.{field}: {p}"
+            );
+            assert!(p["pattern"].is_string(), "{body}.{field}: {p}");
+            assert!(p["description"].is_string(), "{body}.{field}: {p}");
+        }
+        let required = schemas[body]["required"].as_array().expect("required");
+        assert!(required.contains(&serde_json::json!("slug")), "{body}");
+        assert!(
+            required.contains(&serde_json::json!("display_name")),
+            "{body}"
+        );
+    }
 }

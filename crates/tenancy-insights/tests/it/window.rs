@@ -1,7 +1,7 @@
 use std::time::{Duration, Instant};
 
 use tenancy_insights::{
-    PushError, Pushed, Sketch, Snapshot, TenantStats, Totals, Window, WindowOptions,
+    Counts, PushError, Pushed, Sketch, Snapshot, TenantStats, Window, WindowOptions,
 };
 use tenancy_sdk::TenantId;
 
@@ -12,27 +12,28 @@ fn tenant(t: TenantId, db_us: u64, statements: u64, errors: u64) -> TenantStats 
     }
     TenantStats {
         tenant: t,
-        db_us,
+        counts: Counts {
+            db_us,
+            statements,
+            transactions: statements,
+            errors,
+            refusals: 0,
+            pool_wait_us: 0,
+        },
         db_us_error: 0,
-        statements,
-        transactions: statements,
         rows: statements,
-        errors,
-        refusals: 0,
-        pool_wait_us: 0,
         latency: s.to_wire(),
     }
 }
 
 fn snapshot(source: &str, sequence: u64, cluster: &str, tenants: Vec<TenantStats>) -> Snapshot {
-    let totals = Totals {
-        db_us: tenants.iter().map(|t| t.db_us).sum(),
-        statements: tenants.iter().map(|t| t.statements).sum(),
-        transactions: tenants.iter().map(|t| t.transactions).sum(),
-        errors: tenants.iter().map(|t| t.errors).sum(),
-        refusals: 0,
-        pool_wait_us: 0,
-    };
+    let mut totals = Counts::default();
+    for t in &tenants {
+        totals.db_us += t.counts.db_us;
+        totals.statements += t.counts.statements;
+        totals.transactions += t.counts.transactions;
+        totals.errors += t.counts.errors;
+    }
     Snapshot {
         source: source.into(),
         sequence,
@@ -197,7 +198,14 @@ fn invalid_snapshots_name_the_field() {
             Box::new(|s| s.tenants[0].db_us_error = 1001),
             "tenants[0].db_us_error",
         ),
-        (Box::new(|s| s.tenants[0].errors = 3), "tenants[0].errors"),
+        (
+            Box::new(|s| s.tenants[0].counts.errors = 3),
+            "tenants[0].errors",
+        ),
+        (
+            Box::new(|s| s.tenants[0].counts.pool_wait_us = 1 << 53),
+            "tenants[0].pool_wait_us",
+        ),
         (
             Box::new(|s| s.tenants[0].latency.counts = vec![1, 1, 1]),
             "tenants[0].latency",
@@ -239,4 +247,43 @@ fn a_snapshot_too_large_for_a_body_keeps_its_heaviest_tenants() {
     assert!(!back.tenants.is_empty() && back.tenants.len() < 200);
     assert_eq!(back.tenants[..], s.tenants[..back.tenants.len()]);
     assert_eq!(back.totals, s.totals);
+}
+
+#[test]
+fn a_tenant_s_counts_are_flat_fields_on_the_wire_and_unknown_fields_are_refused() {
+    let t = TenantId::new_random();
+    let s = snapshot("app:1", 0, "one", vec![tenant(t, 1000, 2, 1)]);
+    let json = serde_json::to_value(&s).expect("json");
+    let one = &json["tenants"][0];
+    for field in [
+        "tenant",
+        "db_us",
+        "db_us_error",
+        "statements",
+        "transactions",
+        "rows",
+        "errors",
+        "refusals",
+        "pool_wait_us",
+        "latency",
+    ] {
+        assert!(one.get(field).is_some(), "{field} missing from {one}");
+    }
+    assert_eq!(one.as_object().map(|o| o.len()), Some(10), "{one}");
+    assert_eq!(one["db_us"], 1000);
+    assert_eq!(json["totals"]["statements"], 2);
+    let back: Snapshot = serde_json::from_value(json.clone()).expect("round trip");
+    assert_eq!(back, s);
+
+    for (at, extra) in [("tenants", "cpu_us"), ("totals", "rows")] {
+        let mut bad = json.clone();
+        let target = if at == "tenants" {
+            &mut bad["tenants"][0]
+        } else {
+            &mut bad["totals"]
+        };
+        target[extra] = serde_json::json!(1);
+        let e = serde_json::from_value::<Snapshot>(bad).expect_err("unknown field accepted");
+        assert!(e.to_string().contains(extra), "{at}.{extra}: {e}");
+    }
 }
