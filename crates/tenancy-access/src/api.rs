@@ -24,7 +24,7 @@
 //! caller lacks, 404 for an unknown role or grant, 409 for a role that exists or the last
 //! owner.
 
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Extension, Json};
@@ -32,7 +32,7 @@ use http::request::Parts;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tenancy_axum::{HttpError, Tenant};
+use tenancy_axum::{Body, HttpError, Tenant};
 
 use crate::{store, Access, Grant, Manager, Page, PageRequest, Permissions, Role};
 
@@ -48,20 +48,6 @@ pub fn router(access: Access) -> axum::Router {
         .route("/access/grants", get(list_grants).post(grant))
         .route("/access/revocations", post(revoke))
         .layer(Extension(access))
-}
-
-/// A JSON body whose rejection is a 400 problem; unknown fields are refused by the types.
-struct Body<T>(T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
-    type Rejection = HttpError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, HttpError> {
-        Json::<T>::from_request(req, state)
-            .await
-            .map(|Json(v)| Body(v))
-            .map_err(|e| HttpError::BadRequest(e.body_text()))
-    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -86,15 +86,6 @@ impl From<tenancy_access::Role> for RoleView {
     }
 }
 
-/// One page of a tenant's roles: the built-in ones first, then its own by name.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RolePage {
-    /// The roles.
-    pub items: Vec<RoleView>,
-    /// Cursor of the next page, absent on the last.
-    pub next_after: Option<String>,
-}
-
 /// A custom role to create.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -115,15 +106,6 @@ pub struct GrantView {
     pub subject: String,
     /// The role.
     pub role: String,
-}
-
-/// One page of a tenant's grants, by subject then role.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct GrantPage {
-    /// The grants.
-    pub items: Vec<GrantView>,
-    /// Cursor of the next page, absent on the last.
-    pub next_after: Option<String>,
 }
 
 /// A grant to make or revoke.
@@ -168,14 +150,35 @@ impl From<&tenancy_catalog::ApiKeyRecord> for ApiKeyView {
     }
 }
 
-/// One page of a tenant's API keys, newest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ApiKeyPage {
-    /// The keys.
-    pub items: Vec<ApiKeyView>,
-    /// Cursor of the next page, absent on the last.
-    pub next_after: Option<String>,
+/// A page of a list: one struct per item type (the OpenAPI document names each).
+macro_rules! page {
+    ($name:ident, $item:ty, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Debug, Serialize, ToSchema)]
+        pub struct $name {
+            /// The items, in the list's order.
+            pub items: Vec<$item>,
+            /// Cursor of the next page (pass it as `after`), absent on the last.
+            pub next_after: Option<String>,
+        }
+    };
 }
+
+page!(
+    RolePage,
+    RoleView,
+    "One page of a tenant's roles: the built-in ones first, then its own by name."
+);
+page!(
+    GrantPage,
+    GrantView,
+    "One page of a tenant's grants, by subject then role."
+);
+page!(
+    ApiKeyPage,
+    ApiKeyView,
+    "One page of a tenant's API keys, newest first."
+);
 
 /// The problem of a refused management call, naming the field.
 fn access_error(e: AccessError) -> ApiError {
@@ -293,6 +296,50 @@ fn page(p: &AccessPageParams) -> Result<PageRequest, ApiError> {
     PageRequest::parse(p.after.as_deref(), p.limit).map_err(access_error)
 }
 
+/// The page a list of the tenant `id_or_slug` asks for (checked first, so a bad one is a
+/// 422 before any connection), and a session of that tenant.
+async fn open_page(
+    state: &AppState,
+    id_or_slug: &str,
+    p: &AccessPageParams,
+) -> Result<(PageRequest, Session), ApiError> {
+    let req = page(p)?;
+    Ok((req, Session::open(state, id_or_slug).await?))
+}
+
+/// Runs an admin's change of the access of the tenant `id_or_slug` names: the body
+/// parsed as `B`, then `change` (given the body, an open [`Session`] it commits, and the
+/// actor) at most once per Idempotency-Key, its answer replayed for a retry.
+async fn change<B, F, Fut>(
+    admin: &Admin,
+    state: &AppState,
+    id_or_slug: &str,
+    what: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    change: F,
+) -> Result<Response, ApiError>
+where
+    B: serde::de::DeserializeOwned + Send + 'static,
+    F: FnOnce(B, Session, By) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(StatusCode, serde_json::Value), ApiError>>
+        + Send
+        + 'static,
+{
+    let (b, raw): (B, _) = parse_body(headers, body)?;
+    let tenant = tenant_ref(state, id_or_slug).await?;
+    let scope = format!(
+        "admin:{}:POST /v1/tenants/{tenant}/access/{what}",
+        admin.principal
+    );
+    let by = by(admin);
+    idempotency::run(state, headers, scope, &raw, move |state| async move {
+        let s = Session::open(&state, &tenant.to_string()).await?;
+        change(b, s, by).await
+    })
+    .await
+}
+
 /// Lists a tenant's roles (built in first, then its own by name), one page at a time.
 #[utoipa::path(get, path = "/v1/tenants/{id}/access/roles", tag = "tenants", security(("admin" = [])),
     params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), AccessPageParams),
@@ -303,8 +350,7 @@ pub async fn list_roles(
     Path(id): Path<String>,
     Query(p): Query<AccessPageParams>,
 ) -> Result<Json<RolePage>, ApiError> {
-    let req = page(&p)?;
-    let mut s = Session::open(&state, &id).await?;
+    let (req, mut s) = open_page(&state, &id, &p).await?;
     let got = tenancy_access::list_roles(&mut s.tx, &s.model, &req)
         .await
         .map_err(access_error)?;
@@ -344,22 +390,28 @@ pub async fn create_role(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (r, raw): (NewRole, _) = parse_body(&headers, body)?;
-    let tenant = tenant_ref(&state, &id).await?;
-    let scope = format!(
-        "admin:{}:POST /v1/tenants/{tenant}/access/roles",
-        admin.principal
-    );
-    let by = by(&admin);
-    idempotency::run(&state, &headers, scope, &raw, move |state| async move {
-        let mut s = Session::open(&state, &tenant.to_string()).await?;
-        let role =
-            tenancy_access::create_role(&mut s.tx, &s.model, &s.all, &by, &r.name, &r.permissions)
-                .await
-                .map_err(access_error)?;
-        s.commit().await?;
-        Ok((StatusCode::CREATED, to_value(&RoleView::from(role))))
-    })
+    change(
+        &admin,
+        &state,
+        &id,
+        "roles",
+        &headers,
+        body,
+        |r: NewRole, mut s, by| async move {
+            let role = tenancy_access::create_role(
+                &mut s.tx,
+                &s.model,
+                &s.all,
+                &by,
+                &r.name,
+                &r.permissions,
+            )
+            .await
+            .map_err(access_error)?;
+            s.commit().await?;
+            Ok((StatusCode::CREATED, to_value(&RoleView::from(role))))
+        },
+    )
     .await
 }
 
@@ -391,8 +443,7 @@ pub async fn list_grants(
     Path(id): Path<String>,
     Query(p): Query<AccessPageParams>,
 ) -> Result<Json<GrantPage>, ApiError> {
-    let req = page(&p)?;
-    let mut s = Session::open(&state, &id).await?;
+    let (req, mut s) = open_page(&state, &id, &p).await?;
     let got = tenancy_access::list_grants(&mut s.tx, &req)
         .await
         .map_err(access_error)?;
@@ -422,32 +473,32 @@ pub async fn grant(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (g, raw): (GrantInput, _) = parse_body(&headers, body)?;
-    let tenant = tenant_ref(&state, &id).await?;
-    let scope = format!(
-        "admin:{}:POST /v1/tenants/{tenant}/access/grants",
-        admin.principal
-    );
-    let by = by(&admin);
-    idempotency::run(&state, &headers, scope, &raw, move |state| async move {
-        let mut s = Session::open(&state, &tenant.to_string()).await?;
-        let new = tenancy_access::grant(&mut s.tx, &s.model, &s.all, &by, &g.subject, &g.role)
-            .await
-            .map_err(access_error)?;
-        s.commit().await?;
-        let status = if new {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        };
-        Ok((
-            status,
-            to_value(&GrantView {
+    change(
+        &admin,
+        &state,
+        &id,
+        "grants",
+        &headers,
+        body,
+        |g: GrantInput, mut s, by| async move {
+            let new = tenancy_access::grant(&mut s.tx, &s.model, &s.all, &by, &g.subject, &g.role)
+                .await
+                .map_err(access_error)?;
+            s.commit().await?;
+            let view = to_value(&GrantView {
                 subject: g.subject,
                 role: g.role,
-            }),
-        ))
-    })
+            });
+            Ok((
+                if new {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                },
+                view,
+            ))
+        },
+    )
     .await
 }
 
@@ -463,27 +514,25 @@ pub async fn revoke(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (g, raw): (GrantInput, _) = parse_body(&headers, body)?;
-    let tenant = tenant_ref(&state, &id).await?;
-    let scope = format!(
-        "admin:{}:POST /v1/tenants/{tenant}/access/revocations",
-        admin.principal
-    );
-    let by = by(&admin);
-    idempotency::run(&state, &headers, scope, &raw, move |state| async move {
-        let mut s = Session::open(&state, &tenant.to_string()).await?;
-        tenancy_access::revoke(&mut s.tx, &s.model, &s.all, &by, &g.subject, &g.role)
-            .await
-            .map_err(access_error)?;
-        s.commit().await?;
-        Ok((
-            StatusCode::OK,
-            to_value(&GrantView {
+    change(
+        &admin,
+        &state,
+        &id,
+        "revocations",
+        &headers,
+        body,
+        |g: GrantInput, mut s, by| async move {
+            tenancy_access::revoke(&mut s.tx, &s.model, &s.all, &by, &g.subject, &g.role)
+                .await
+                .map_err(access_error)?;
+            s.commit().await?;
+            let view = GrantView {
                 subject: g.subject,
                 role: g.role,
-            }),
-        ))
-    })
+            };
+            Ok((StatusCode::OK, to_value(&view)))
+        },
+    )
     .await
 }
 
