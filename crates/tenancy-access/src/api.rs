@@ -5,30 +5,36 @@
 //! | Method and path | Body | Answer |
 //! |---|---|---|
 //! | `GET /access/me` | | the caller's subject, roles and permissions |
-//! | `GET /access/roles` | | every role, built in first |
+//! | `GET /access/roles?after=&limit=` | | a page of roles, built in first |
 //! | `POST /access/roles` | `{"name", "permissions"}` | 201 the role |
 //! | `PUT /access/roles/{name}` | `{"permissions"}` | 200 the role |
 //! | `DELETE /access/roles/{name}` | | 204 (its grants revoked) |
-//! | `GET /access/grants` | | every grant |
+//! | `GET /access/grants?after=&limit=` | | a page of grants, by subject and role |
 //! | `POST /access/grants` | `{"subject", "role"}` | 201 new, 200 already held |
 //! | `POST /access/revocations` | `{"subject", "role"}` | 204 |
 //!
-//! Errors are problem documents: 400 for a body that is not the JSON asked for (unknown
-//! fields included), 422 naming the field (unknown permission, malformed name, NUL
+//! A list answers `{"items": [...], "next_after": cursor|null}`; pass `next_after` as
+//! `after` for the next page (`limit` 1 to [`MAX_PAGE`](crate::MAX_PAGE), default
+//! [`DEFAULT_PAGE`](crate::DEFAULT_PAGE)).
+//!
+//! Errors are problem documents: 400 for a body or query string that is not what is
+//! asked for (unknown fields included), 422 naming the field (a limit out of range, a
+//! cursor this list did not return, an unknown permission, a malformed name, NUL
 //! bytes, sizes, a built-in role), 403 `permission-denied` naming the permission the
 //! caller lacks, 404 for an unknown role or grant, 409 for a role that exists or the last
 //! owner.
 
-use axum::extract::{FromRequest, Path, Request};
+use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Extension, Json};
+use http::request::Parts;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tenancy_axum::{HttpError, RequestId, Tenant, Tx};
+use tenancy_axum::{Body, HttpError, Tenant};
 
-use crate::{store, Access, By, Grant, Permissions, Role};
+use crate::{store, Access, Grant, Manager, Page, PageRequest, Permissions, Role};
 
 type ApiResult<T> = Result<T, HttpError>;
 
@@ -42,20 +48,6 @@ pub fn router(access: Access) -> axum::Router {
         .route("/access/grants", get(list_grants).post(grant))
         .route("/access/revocations", post(revoke))
         .layer(Extension(access))
-}
-
-/// A JSON body whose rejection is a 400 problem; unknown fields are refused by the types.
-struct Body<T>(T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
-    type Rejection = HttpError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, HttpError> {
-        Json::<T>::from_request(req, state)
-            .await
-            .map(|Json(v)| Body(v))
-            .map_err(|e| HttpError::BadRequest(e.body_text()))
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,8 +70,32 @@ struct GrantBody {
     role: String,
 }
 
-fn by(tenant: &Tenant, rid: &Option<Extension<RequestId>>) -> By {
-    By::tenant(tenant, rid.as_ref().map(|Extension(r)| r))
+/// Paging of a list: `after` (the `next_after` of the previous page) and `limit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+impl PageQuery {
+    fn request(&self) -> Result<PageRequest, HttpError> {
+        Ok(PageRequest::parse(self.after.as_deref(), self.limit)?)
+    }
+}
+
+/// A query string whose rejection is a 400 problem naming what is wrong.
+struct Params<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Params(v))
+            .map_err(|e| HttpError::BadRequest(e.body_text()))
+    }
 }
 
 async fn me(tenant: Tenant, perms: Permissions) -> Json<Value> {
@@ -90,28 +106,21 @@ async fn me(tenant: Tenant, perms: Permissions) -> Json<Value> {
     }))
 }
 
-async fn list_roles(
-    Extension(access): Extension<Access>,
-    perms: Permissions,
-    mut tx: Tx,
-) -> ApiResult<Json<Vec<Role>>> {
-    perms.require(crate::MANAGE_ACCESS)?;
-    Ok(Json(store::list_roles(&mut tx, &access).await?))
+async fn list_roles(mut m: Manager, Params(q): Params<PageQuery>) -> ApiResult<Json<Page<Role>>> {
+    m.require(crate::MANAGE_ACCESS)?;
+    let page = q.request()?;
+    Ok(Json(store::list_roles(&mut m.tx, &m.access, &page).await?))
 }
 
 async fn create_role(
-    Extension(access): Extension<Access>,
-    tenant: Tenant,
-    rid: Option<Extension<RequestId>>,
-    perms: Permissions,
-    mut tx: Tx,
+    mut m: Manager,
     Body(b): Body<NewRole>,
 ) -> ApiResult<(StatusCode, Json<Role>)> {
     let role = store::create_role(
-        &mut tx,
-        &access,
-        &perms,
-        &by(&tenant, &rid),
+        &mut m.tx,
+        &m.access,
+        &m.perms,
+        &m.by,
         &b.name,
         &b.permissions,
     )
@@ -120,60 +129,28 @@ async fn create_role(
 }
 
 async fn update_role(
-    Extension(access): Extension<Access>,
-    tenant: Tenant,
-    rid: Option<Extension<RequestId>>,
-    perms: Permissions,
-    mut tx: Tx,
+    mut m: Manager,
     Path(name): Path<String>,
     Body(b): Body<RolePermissions>,
 ) -> ApiResult<Json<Role>> {
-    let role = store::update_role(
-        &mut tx,
-        &access,
-        &perms,
-        &by(&tenant, &rid),
-        &name,
-        &b.permissions,
-    )
-    .await?;
+    let role =
+        store::update_role(&mut m.tx, &m.access, &m.perms, &m.by, &name, &b.permissions).await?;
     Ok(Json(role))
 }
 
-async fn delete_role(
-    Extension(access): Extension<Access>,
-    tenant: Tenant,
-    rid: Option<Extension<RequestId>>,
-    perms: Permissions,
-    mut tx: Tx,
-    Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
-    store::delete_role(&mut tx, &access, &perms, &by(&tenant, &rid), &name).await?;
+async fn delete_role(mut m: Manager, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    store::delete_role(&mut m.tx, &m.access, &m.perms, &m.by, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_grants(perms: Permissions, mut tx: Tx) -> ApiResult<Json<Vec<Grant>>> {
-    perms.require(crate::MANAGE_ACCESS)?;
-    Ok(Json(store::list_grants(&mut tx).await?))
+async fn list_grants(mut m: Manager, Params(q): Params<PageQuery>) -> ApiResult<Json<Page<Grant>>> {
+    m.require(crate::MANAGE_ACCESS)?;
+    let page = q.request()?;
+    Ok(Json(store::list_grants(&mut m.tx, &page).await?))
 }
 
-async fn grant(
-    Extension(access): Extension<Access>,
-    tenant: Tenant,
-    rid: Option<Extension<RequestId>>,
-    perms: Permissions,
-    mut tx: Tx,
-    Body(b): Body<GrantBody>,
-) -> ApiResult<(StatusCode, Json<Grant>)> {
-    let new = store::grant(
-        &mut tx,
-        &access,
-        &perms,
-        &by(&tenant, &rid),
-        &b.subject,
-        &b.role,
-    )
-    .await?;
+async fn grant(mut m: Manager, Body(b): Body<GrantBody>) -> ApiResult<(StatusCode, Json<Grant>)> {
+    let new = store::grant(&mut m.tx, &m.access, &m.perms, &m.by, &b.subject, &b.role).await?;
     let status = if new {
         StatusCode::CREATED
     } else {
@@ -188,22 +165,7 @@ async fn grant(
     ))
 }
 
-async fn revoke(
-    Extension(access): Extension<Access>,
-    tenant: Tenant,
-    rid: Option<Extension<RequestId>>,
-    perms: Permissions,
-    mut tx: Tx,
-    Body(b): Body<GrantBody>,
-) -> ApiResult<StatusCode> {
-    store::revoke(
-        &mut tx,
-        &access,
-        &perms,
-        &by(&tenant, &rid),
-        &b.subject,
-        &b.role,
-    )
-    .await?;
+async fn revoke(mut m: Manager, Body(b): Body<GrantBody>) -> ApiResult<StatusCode> {
+    store::revoke(&mut m.tx, &m.access, &m.perms, &m.by, &b.subject, &b.role).await?;
     Ok(StatusCode::NO_CONTENT)
 }

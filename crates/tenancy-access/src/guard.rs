@@ -8,11 +8,11 @@ use axum::extract::{FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
 use http::request::Parts;
-use tenancy_axum::{HttpError, Tenant, Tx};
+use tenancy_axum::{HttpError, RequestId, Tenant, Tx};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{Access, Permissions};
+use crate::{Access, By, Permissions};
 
 /// The permissions of the request's caller: from the request's extensions when a guard
 /// (or an earlier extractor) resolved them already, else resolved now in the request's
@@ -124,6 +124,56 @@ where
                 return Ok(e.into_response());
             }
             inner.call(Request::from_parts(parts, body)).await
+        })
+    }
+}
+
+/// What a handler that manages something of its tenant needs, in one extractor: the
+/// [`Access`] model, the caller's [`Tenant`] and [`Permissions`], who it is for audit
+/// events ([`By`]), and the request's transaction. It checks no permission itself: call
+/// [`Manager::require`] (the management functions check theirs).
+#[derive(Debug)]
+pub struct Manager {
+    /// The application's model (from the request extensions).
+    pub access: Access,
+    /// The caller's tenant.
+    pub tenant: Tenant,
+    /// What the caller may do (resolved at most once per request).
+    pub perms: Permissions,
+    /// The actor and request of the audit events of its changes.
+    pub by: By,
+    /// The request's transaction.
+    pub tx: Tx,
+}
+
+impl Manager {
+    /// Refuses (403 `permission-denied`, naming it) unless the caller holds `permission`.
+    pub fn require(&self, permission: &str) -> Result<(), HttpError> {
+        Ok(self.perms.require(permission)?)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Manager {
+    type Rejection = HttpError;
+
+    /// Needs what [`Permissions`] needs (the [`Access`] in the request extensions, behind
+    /// the tenancy layer).
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
+        let perms = Permissions::from_request_parts(parts, state).await?;
+        let Some(access) = parts.extensions.get::<Access>().cloned() else {
+            return Err(HttpError::internal(
+                "the Manager extractor needs the Access in the request extensions",
+            ));
+        };
+        let tenant = Tenant::from_request_parts(parts, state).await?;
+        let by = By::tenant(&tenant, parts.extensions.get::<RequestId>());
+        let tx = Tx::from_request_parts(parts, state).await?;
+        Ok(Manager {
+            access,
+            tenant,
+            perms,
+            by,
+            tx,
         })
     }
 }

@@ -23,13 +23,17 @@
 //!   [`Access::require`] that refuses with 403 `permission-denied` naming the permission
 //!   before the handler runs.
 //! - Management ([`create_role`], [`update_role`], [`delete_role`], [`grant`],
-//!   [`revoke`], [`list_roles`], [`list_grants`], [`check_key_scopes`]): every input
+//!   [`revoke`], [`get_role`], [`check_key_scopes`], and the paged [`list_roles`] and
+//!   [`list_grants`]: a [`PageRequest`] in, a [`Page`] with its `next_after` cursor
+//!   out): every input
 //!   checked with an error naming the field; every change recorded as an audit event
 //!   (`tenancy_audit::record`) in the same `TenantTx`, so the event exists exactly when
 //!   the change committed. Nobody hands out more than they hold: a role's permissions,
 //!   a granted role and an API key's scopes must be within the caller's own permissions,
 //!   only an owner grants or revokes `owner`, and the last owner cannot be revoked.
-//!   [`api::router`] serves them over HTTP to the tenant's own admins.
+//!   [`api::router`] serves them over HTTP to the tenant's own admins; handlers that
+//!   manage something take one [`Manager`] (model, tenant, permissions, actor,
+//!   transaction).
 //!
 //! What it does not do: it does not authenticate (the request layer does), does not
 //! issue API keys (the catalog does; [`check_key_scopes`] is the check before), does not
@@ -46,14 +50,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 pub use error::{AccessError, ModelError};
-pub use guard::{RequirePermission, RequirePermissionService};
+pub use guard::{Manager, RequirePermission, RequirePermissionService};
 pub use model::{
     AccessModel, BuiltinRole, ClaimRoles, MANAGE_ACCESS, MAX_PERMISSIONS, MAX_PERMISSION_LEN,
     MAX_ROLE_LEN, MAX_SUBJECT_LEN,
 };
 pub use store::{
-    check_key_scopes, create_role, delete_role, grant, list_grants, list_roles, revoke,
-    update_role, By, Grant, Role,
+    check_key_scopes, create_role, delete_role, get_role, grant, list_grants, list_roles, revoke,
+    update_role, By, Grant, Page, PageRequest, Role, DEFAULT_PAGE, MAX_CURSOR_LEN, MAX_PAGE,
 };
 
 /// How the request layer names an API key as a subject (`api_key:<key id>`).

@@ -195,50 +195,212 @@ pub fn check_key_scopes(
     permission_list(access, caller, "scopes", scopes)
 }
 
-/// Every role of the tenant: the built-in ones (in their fixed order), then its own,
-/// by name.
-pub async fn list_roles(tx: &mut TenantTx, access: &Access) -> Result<Vec<Role>, AccessError> {
-    let mut out: Vec<Role> = BuiltinRole::ALL
-        .iter()
-        .map(|b| Role {
-            name: b.as_str().to_owned(),
-            builtin: true,
-            permissions: access.builtin_permissions(*b).iter().cloned().collect(),
-        })
-        .collect();
-    let rows = tx
-        .query(
-            "SELECT name, permissions FROM tenancy.access_roles ORDER BY name",
-            &[],
-        )
-        .await?;
-    for r in rows {
-        let mut permissions: Vec<String> = r.get(1);
-        permissions.retain(|p| access.declares(p));
-        out.push(Role {
-            name: r.get(0),
-            builtin: false,
-            permissions,
-        });
-    }
-    Ok(out)
+/// Most items of one page of a list.
+pub const MAX_PAGE: i64 = 200;
+/// Items of a page when the caller asks for no number.
+pub const DEFAULT_PAGE: i64 = 50;
+/// Longest cursor, in bytes (a grant's: the subject in hex, `.`, the role).
+pub const MAX_CURSOR_LEN: usize = 2 * MAX_SUBJECT_LEN + 1 + MAX_ROLE_LEN;
+
+/// Which page of a list: after the cursor a previous page returned (`next_after`), at
+/// most `limit` items. Built by [`PageRequest::parse`], which names the field it refuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    /// The cursor, still opaque (each list parses its own).
+    after: Option<String>,
+    /// 1 to [`MAX_PAGE`].
+    limit: i64,
 }
 
-/// Every grant of the tenant, by subject then role.
-pub async fn list_grants(tx: &mut TenantTx) -> Result<Vec<Grant>, AccessError> {
+impl PageRequest {
+    /// Checks `limit` (1 to [`MAX_PAGE`], default [`DEFAULT_PAGE`]) and the cursor's size;
+    /// each list checks the cursor's shape.
+    pub fn parse(after: Option<&str>, limit: Option<i64>) -> Result<PageRequest, AccessError> {
+        let limit = limit.unwrap_or(DEFAULT_PAGE);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(AccessError::invalid(
+                "limit",
+                format!("must be between 1 and {MAX_PAGE}"),
+            ));
+        }
+        if let Some(a) = after {
+            if a.is_empty() || a.len() > MAX_CURSOR_LEN {
+                return Err(bad_cursor());
+            }
+        }
+        Ok(PageRequest {
+            after: after.map(str::to_owned),
+            limit,
+        })
+    }
+
+    /// The most items of the page.
+    pub fn limit(&self) -> i64 {
+        self.limit
+    }
+
+    /// The first page of the default size.
+    pub fn first() -> PageRequest {
+        PageRequest {
+            after: None,
+            limit: DEFAULT_PAGE,
+        }
+    }
+}
+
+/// One page of a list and the cursor of the next one (none after the last page).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Page<T> {
+    /// The items, in the list's order.
+    pub items: Vec<T>,
+    /// Pass it as `after` for the next page; absent on the last page.
+    pub next_after: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// The first `limit` of `items` (fetched one more than a page), with the cursor of
+    /// the last one when there were more.
+    fn cut(mut items: Vec<T>, limit: i64, cursor: impl Fn(&T) -> String) -> Page<T> {
+        let more = items.len() as i64 > limit;
+        items.truncate(limit as usize);
+        let next_after = if more { items.last().map(cursor) } else { None };
+        Page { items, next_after }
+    }
+}
+
+fn bad_cursor() -> AccessError {
+    AccessError::invalid("after", "is not a cursor this list returned")
+}
+
+/// The cursor after a grant: the subject in lowercase hex (any text, so it cannot
+/// contain the separator), `.`, the role.
+fn grant_cursor(g: &Grant) -> String {
+    let hex: String = g.subject.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}.{}", g.role)
+}
+
+/// The (subject, role) a grant cursor names.
+fn parse_grant_cursor(c: &str) -> Result<(String, String), AccessError> {
+    let (hex, role) = c.split_once('.').ok_or_else(bad_cursor)?;
+    if hex.is_empty() || hex.len() % 2 != 0 || !role_shape(role) {
+        return Err(bad_cursor());
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .filter(|d| {
+                    d.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                })
+                .and_then(|d| u8::from_str_radix(d, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(bad_cursor)?;
+    let subject = String::from_utf8(bytes).map_err(|_| bad_cursor())?;
+    Ok((subject, role.to_owned()))
+}
+
+/// A built-in role as listed.
+fn builtin_role(access: &Access, b: BuiltinRole) -> Role {
+    Role {
+        name: b.as_str().to_owned(),
+        builtin: true,
+        permissions: access.builtin_permissions(b).iter().cloned().collect(),
+    }
+}
+
+/// A custom role as listed: the permissions the model still declares.
+fn custom_role(access: &Access, name: String, mut permissions: Vec<String>) -> Role {
+    permissions.retain(|p| access.declares(p));
+    Role {
+        name,
+        builtin: false,
+        permissions,
+    }
+}
+
+/// One page of the tenant's roles: the built-in ones (in their fixed order), then its
+/// own, by name. The cursor is the last role's name.
+pub async fn list_roles(
+    tx: &mut TenantTx,
+    access: &Access,
+    page: &PageRequest,
+) -> Result<Page<Role>, AccessError> {
+    let after = page
+        .after
+        .as_deref()
+        .map(|a| role_name("after", a).map_err(|_| bad_cursor()))
+        .transpose()?;
+    // Built-in roles after the cursor, and the name custom roles start after.
+    let (builtins, custom_after): (Vec<BuiltinRole>, &str) = match after {
+        None => (BuiltinRole::ALL.to_vec(), ""),
+        Some(a) => match BuiltinRole::ALL.iter().position(|b| b.as_str() == a) {
+            Some(i) => (BuiltinRole::ALL[i + 1..].to_vec(), ""),
+            None => (Vec::new(), a),
+        },
+    };
+    let mut out: Vec<Role> = builtins
+        .into_iter()
+        .map(|b| builtin_role(access, b))
+        .collect();
+    let want = (page.limit + 1 - out.len() as i64).max(0);
     let rows = tx
         .query(
-            "SELECT subject, role FROM tenancy.access_grants ORDER BY subject, role",
-            &[],
+            "SELECT name, permissions FROM tenancy.access_roles WHERE name > $1
+              ORDER BY name LIMIT $2",
+            &[&custom_after, &want],
         )
         .await?;
-    Ok(rows
+    out.extend(
+        rows.into_iter()
+            .map(|r| custom_role(access, r.get(0), r.get(1))),
+    );
+    Ok(Page::cut(out, page.limit, |r| r.name.clone()))
+}
+
+/// The role `name` of the tenant, built in or its own.
+pub async fn get_role(tx: &mut TenantTx, access: &Access, name: &str) -> Result<Role, AccessError> {
+    let name = role_name("name", name)?;
+    if let Some(b) = BuiltinRole::from_name(name) {
+        return Ok(builtin_role(access, b));
+    }
+    tx.query_opt(
+        "SELECT name, permissions FROM tenancy.access_roles WHERE name = $1",
+        &[&name],
+    )
+    .await?
+    .map(|r| custom_role(access, r.get(0), r.get(1)))
+    .ok_or_else(|| AccessError::UnknownRole {
+        role: name.to_owned(),
+    })
+}
+
+/// One page of the tenant's grants, by subject then role (the cursor names the last
+/// grant, so a page starts where the previous one ended whatever changed meanwhile).
+pub async fn list_grants(
+    tx: &mut TenantTx,
+    page: &PageRequest,
+) -> Result<Page<Grant>, AccessError> {
+    let (subject, role) = match page.after.as_deref() {
+        Some(c) => parse_grant_cursor(c)?,
+        None => (String::new(), String::new()),
+    };
+    let rows = tx
+        .query(
+            "SELECT subject, role FROM tenancy.access_grants
+              WHERE (subject, role) > ($1, $2) ORDER BY subject, role LIMIT $3",
+            &[&subject, &role, &(page.limit + 1)],
+        )
+        .await?;
+    let items = rows
         .iter()
         .map(|r| Grant {
             subject: r.get(0),
             role: r.get(1),
         })
-        .collect())
+        .collect();
+    Ok(Page::cut(items, page.limit, grant_cursor))
 }
 
 /// Creates the custom role `name` with `permissions` (each declared and held by the

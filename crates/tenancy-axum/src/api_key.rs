@@ -6,7 +6,8 @@
 //! role can only check a key through `tenancy_catalog.authenticate_api_key`.
 
 use sha2::{Digest, Sha256};
-use tenancy_catalog::{ApiKeyRecord, CatalogError};
+use tenancy_catalog::CatalogError;
+pub use tenancy_catalog::{api_key_cursor, parse_api_key_cursor, ApiKeyRecord};
 use tenancy_core::TenantId;
 use tokio_postgres::Client;
 
@@ -85,4 +86,84 @@ pub async fn issue_api_key(
         tenancy_catalog::create_api_key(owner, tenant, key.key_id(), &key.hash(), name, scopes)
             .await?;
     Ok((rec, key))
+}
+
+/// The columns the catalog's tenant key functions return, as a record of `tenant`.
+fn tenant_key(tenant: TenantId, row: &tokio_postgres::Row) -> ApiKeyRecord {
+    ApiKeyRecord {
+        key_id: row.get(0),
+        tenant_id: tenant,
+        name: row.get(1),
+        scopes: row.get(2),
+        created_at: row.get(3),
+        revoked_at: row.get(4),
+        last_used_at: row.get(5),
+    }
+}
+
+/// Issues a key for the tenant of `tx` (a transaction of that tenant on the catalog
+/// database, as the runtime role) through `tenancy_catalog.issue_tenant_api_key`, which
+/// takes the tenant from the signed context, never from an argument, and refuses scopes
+/// that are not among `permissions` (the caller's own). Returns the record and the key
+/// (shown once; the catalog stores only its hash).
+pub async fn issue_tenant_api_key(
+    tx: &mut tenancy_sdk::TenantTx,
+    name: &str,
+    scopes: &[String],
+    permissions: &[String],
+) -> Result<(ApiKeyRecord, ApiKey), tenancy_sdk::Error> {
+    let key = ApiKey::generate();
+    let hash = key.hash();
+    let row = tx
+        .query_one(
+            "SELECT key_id, name, scopes, created_at, NULL::timestamptz, NULL::timestamptz
+               FROM tenancy_catalog.issue_tenant_api_key($1, $2, $3, $4, $5)",
+            &[
+                &key.key_id(),
+                &hash.as_slice(),
+                &name,
+                &scopes,
+                &permissions,
+            ],
+        )
+        .await?;
+    Ok((tenant_key(tx.tenant(), &row), key))
+}
+
+/// One page of the keys of the tenant of `tx` (see [`issue_tenant_api_key`]), newest
+/// first, without hashes: at most `limit`, after the key `after` names
+/// (`tenancy_catalog::parse_api_key_cursor`).
+pub async fn tenant_api_keys(
+    tx: &mut tenancy_sdk::TenantTx,
+    after: Option<&(time::OffsetDateTime, String)>,
+    limit: i64,
+) -> Result<Vec<ApiKeyRecord>, tenancy_sdk::Error> {
+    let (at, id) = match after {
+        Some((at, id)) => (Some(*at), id.as_str()),
+        None => (None, ""),
+    };
+    let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+    let rows = tx
+        .query(
+            "SELECT * FROM tenancy_catalog.tenant_api_keys($1, $2, $3)",
+            &[&at, &id, &limit],
+        )
+        .await?;
+    let tenant = tx.tenant();
+    Ok(rows.iter().map(|r| tenant_key(tenant, r)).collect())
+}
+
+/// Revokes the key `key_id` of the tenant of `tx` (see [`issue_tenant_api_key`]); `None`
+/// when that tenant has no such key (another tenant's key is untouched).
+pub async fn revoke_tenant_api_key(
+    tx: &mut tenancy_sdk::TenantTx,
+    key_id: &str,
+) -> Result<Option<ApiKeyRecord>, tenancy_sdk::Error> {
+    let row = tx
+        .query_opt(
+            "SELECT * FROM tenancy_catalog.revoke_tenant_api_key($1)",
+            &[&key_id],
+        )
+        .await?;
+    Ok(row.map(|r| tenant_key(tx.tenant(), &r)))
 }

@@ -46,6 +46,7 @@
 //! does not serve the control plane.
 
 pub mod api_key;
+mod body;
 mod catalog;
 mod error;
 mod future;
@@ -58,6 +59,7 @@ mod tenancy;
 mod tenant;
 mod tx;
 
+pub use body::Body;
 pub use error::{ConfigError, HttpError, ProblemType, PROBLEM_TYPE_PREFIX};
 pub use future::ResponseFuture;
 pub use layer::TenancyLayer;

@@ -195,6 +195,86 @@ pub async fn list_api_keys(
     rows.iter().map(key_from_row).collect()
 }
 
+/// The cursor after `key` in a list of keys newest first: its creation time (µs since
+/// the Unix epoch), `.`, its id.
+pub fn api_key_cursor(key: &ApiKeyRecord) -> String {
+    let us = key.created_at.unix_timestamp_nanos() / 1000;
+    format!("{us}.{}", key.key_id)
+}
+
+/// The creation time and key id an [`api_key_cursor`] names; `None` for anything else.
+pub fn parse_api_key_cursor(cursor: &str) -> Option<(OffsetDateTime, String)> {
+    let (us, id) = cursor.split_once('.')?;
+    let us: i128 = us.parse().ok()?;
+    let at = OffsetDateTime::from_unix_timestamp_nanos(us.checked_mul(1000)?).ok()?;
+    check_key_id(id).ok()?;
+    Some((at, id.to_owned()))
+}
+
+/// One page of a tenant's keys (without secrets or hashes), newest first: at most
+/// `limit`, after the key created at `after.0` with id `after.1` when given.
+pub async fn list_api_keys_page(
+    client: &Client,
+    tenant: TenantId,
+    after: Option<(OffsetDateTime, &str)>,
+    limit: i64,
+) -> Result<Vec<ApiKeyRecord>, CatalogError> {
+    let (at, id) = match after {
+        Some((at, id)) => (Some(at), id),
+        None => (None, ""),
+    };
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {KEY_COLUMNS} FROM tenancy_catalog.api_keys
+                  WHERE tenant_id = $1
+                    AND ($2::timestamptz IS NULL
+                         OR created_at < $2 OR (created_at = $2 AND key_id > $3))
+                  ORDER BY created_at DESC, key_id LIMIT $4"
+            ),
+            &[&tenant.as_uuid(), &at, &id, &limit],
+        )
+        .await
+        .map_err(CatalogError::db("listing API keys"))?;
+    rows.iter().map(key_from_row).collect()
+}
+
+/// Revokes a key of `tenant` in `client`'s transaction (locking it), returning the key
+/// before and after, or `None` when the tenant has no such key. A revoked key stays as
+/// it was (its first revocation time).
+pub async fn revoke_api_key_returning<C: tokio_postgres::GenericClient>(
+    client: &C,
+    tenant: TenantId,
+    key_id: &str,
+) -> Result<Option<(ApiKeyRecord, ApiKeyRecord)>, CatalogError> {
+    check_key_id(key_id)?;
+    let Some(row) = client
+        .query_opt(
+            &format!(
+                "SELECT {KEY_COLUMNS} FROM tenancy_catalog.api_keys
+                  WHERE key_id = $1 AND tenant_id = $2 FOR UPDATE"
+            ),
+            &[&key_id, &tenant.as_uuid()],
+        )
+        .await
+        .map_err(CatalogError::db("reading an API key"))?
+    else {
+        return Ok(None);
+    };
+    let before = key_from_row(&row)?;
+    let row = client
+        .query_one(
+            &format!(
+                "UPDATE tenancy_catalog.api_keys SET revoked_at = coalesce(revoked_at, now())
+                  WHERE key_id = $1 AND tenant_id = $2 RETURNING {KEY_COLUMNS}"
+            ),
+            &[&key_id, &tenant.as_uuid()],
+        )
+        .await
+        .map_err(CatalogError::db("revoking an API key"))?;
+    Ok(Some((before, key_from_row(&row)?)))
+}
+
 /// Authenticates a key by its public id and the SHA-256 of the whole key, through
 /// `tenancy_catalog.authenticate_api_key` (usable by the runtime role, which cannot read
 /// the stored hashes). Unknown, revoked and wrong keys all yield `None`.

@@ -45,7 +45,8 @@ pub use app_migrations::{
     MigrationStatus, MigrationTarget, RecordedAppMigration,
 };
 pub use domains::{
-    authenticate_api_key, create_api_key, list_api_keys, normalize_domain, revoke_api_key,
+    api_key_cursor, authenticate_api_key, create_api_key, list_api_keys, list_api_keys_page,
+    normalize_domain, parse_api_key_cursor, revoke_api_key, revoke_api_key_returning,
     tenant_for_domain, ApiKeyGrant, ApiKeyRecord, CHANGES_CHANNEL,
 };
 pub use lookups::{cluster_route, tenant_route, tenant_route_by_slug, ClusterRoute, TenantRoute};

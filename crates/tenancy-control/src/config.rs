@@ -376,6 +376,38 @@ pub struct ControlConfig {
     pub shutdown_grace_secs: u64,
     /// The audit logs: sealer interval, signing key, checkpoint publication, retention.
     pub audit: crate::audit::AuditConfig,
+    /// The application's access model, for the platform administrators' management of
+    /// tenants' roles and grants (`/v1/tenants/{id}/access/…`).
+    pub access: AccessModelConfig,
+}
+
+/// The `[access]` section: the permissions the application declares and what its
+/// built-in `member` and `viewer` roles hold, as its `tenancy_access::AccessModel` says
+/// (owner and admin hold every permission; `access:manage` is always declared). The
+/// control plane checks custom roles and grants against it exactly as the application
+/// does; left empty, it knows `access:manage` only, and platform administrators can still
+/// list, grant and revoke the built-in roles.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessModelConfig {
+    /// Every permission the application declares (`invoices:create`, …).
+    pub permissions: Vec<String>,
+    /// What the built-in `member` role holds.
+    pub member: Vec<String>,
+    /// What the built-in `viewer` role holds.
+    pub viewer: Vec<String>,
+}
+
+impl AccessModelConfig {
+    /// The checked model (the error names the permission and what is wrong with it).
+    pub fn build(&self) -> Result<tenancy_access::Access, String> {
+        tenancy_access::AccessModel::new()
+            .permissions(self.permissions.iter().cloned())
+            .member(self.member.iter().cloned())
+            .viewer(self.viewer.iter().cloned())
+            .build()
+            .map_err(|e| format!("access: {e}"))
+    }
 }
 
 impl Default for ControlConfig {
@@ -407,6 +439,7 @@ impl Default for ControlConfig {
             data_dir: None,
             shutdown_grace_secs: 30,
             audit: crate::audit::AuditConfig::default(),
+            access: AccessModelConfig::default(),
         }
     }
 }
@@ -518,6 +551,7 @@ impl ControlConfig {
             crate::auth::parse_digest(d)?;
         }
         cfg.limits.validate()?;
+        cfg.access.build()?;
         let mut names = std::collections::BTreeSet::new();
         for c in &cfg.clusters {
             c.validate()?;

@@ -62,7 +62,9 @@ use tenancy_config_service::ConfigState;
 use tenancy_provision::{PgConn, PgPool, Provisioner};
 use utoipa::OpenApi;
 
-pub use config::{ClusterConfig, ControlConfig, LimitsConfig, RateConfig, SignupConfig};
+pub use config::{
+    AccessModelConfig, ClusterConfig, ControlConfig, LimitsConfig, RateConfig, SignupConfig,
+};
 pub use error::{ApiError, Problem, ProblemCode};
 pub use startup::{build, build_local, connect_catalog, App, LocalCluster, StopCluster};
 
@@ -110,6 +112,10 @@ struct StateInner {
     /// Per-tenant performance snapshots pushed by applications, for the last window
     /// (see [`api::insights`]).
     insights: Arc<tenancy_insights::Window>,
+    /// Tenant transactions and the application's access model, for the platform
+    /// administrators' management of tenants' roles and grants (see [`api::access`]);
+    /// without it those routes answer 503.
+    tenant_access: Option<api::access::TenantAccess>,
 }
 
 /// A typed OpenAPI document (utoipa's type has no `Debug` without a feature we leave off).
@@ -167,6 +173,7 @@ impl AppState {
                 audit: None,
                 audit_task: Arc::default(),
                 insights: Arc::new(tenancy_insights::Window::new(Default::default())),
+                tenant_access: None,
             }),
         }
     }
@@ -191,6 +198,21 @@ impl AppState {
         AppState {
             inner: Arc::new(inner),
         }
+    }
+
+    /// The same state with tenant transactions and the access model: the
+    /// `/v1/tenants/{id}/access/…` routes then manage tenants' roles and grants.
+    pub fn with_tenant_access(self, access: api::access::TenantAccess) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.tenant_access = Some(access);
+        AppState {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Tenant transactions and the access model, when the state has them.
+    pub fn tenant_access(&self) -> Option<&api::access::TenantAccess> {
+        self.inner.tenant_access.as_ref()
     }
 
     /// The per-tenant performance snapshots of the last window.
@@ -393,6 +415,27 @@ pub fn router_with(state: AppState, extra: axum::Router) -> axum::Router {
         .route("/v1/tenants/{id}/plan", post(api::change_plan))
         .route("/v1/tenants/{id}/legal-hold", post(api::legal_hold))
         .route("/v1/tenants/{id}/audit", get(api::audit::tenant_audit))
+        .route(
+            "/v1/tenants/{id}/access/roles",
+            get(api::access::list_roles).post(api::access::create_role),
+        )
+        .route(
+            "/v1/tenants/{id}/access/roles/{name}",
+            get(api::access::get_role).delete(api::access::delete_role),
+        )
+        .route(
+            "/v1/tenants/{id}/access/grants",
+            get(api::access::list_grants).post(api::access::grant),
+        )
+        .route(
+            "/v1/tenants/{id}/access/revocations",
+            post(api::access::revoke),
+        )
+        .route("/v1/tenants/{id}/api-keys", get(api::access::list_keys))
+        .route(
+            "/v1/tenants/{id}/api-keys/{key_id}/revoke",
+            post(api::access::revoke_key),
+        )
         .route("/v1/workflows/{id}", get(api::get_workflow))
         .route("/v1/webhook-deliveries", get(api::deliveries))
         .route("/v1/insights/snapshots", post(api::insights::push_snapshot))

@@ -597,6 +597,30 @@ async fn build_with(config: &ControlConfig, clusters: &[LocalCluster]) -> Result
             .collect()
     };
     let audit_access = access.clone();
+    // Platform administrators manage a tenant's roles and grants in that tenant's own
+    // transactions, as the runtime role under its signed context (row-level security
+    // bounds every statement to it), like the application does.
+    let tenant_router = tenancy_sdk::Router::new(
+        catalog_cfg.clone(),
+        key.clone(),
+        tenancy_sdk::ClusterCredentials {
+            user: access.runtime.user.clone(),
+            password: access
+                .runtime
+                .password
+                .as_ref()
+                .map(|p| p.expose_secret().to_owned()),
+        },
+        tenancy_sdk::RouterOptions {
+            cluster_tls: access.tls.clone(),
+            ..Default::default()
+        },
+    )
+    .context("building the tenant router of the access API")?;
+    let tenant_access = crate::api::access::TenantAccess::new(
+        tenant_router,
+        config.access.build().map_err(anyhow::Error::msg)?,
+    );
     let provisioner = Provisioner::new(
         catalog_cfg.clone(),
         access,
@@ -696,6 +720,7 @@ async fn build_with(config: &ControlConfig, clusters: &[LocalCluster]) -> Result
     )
     .with_config(config_state)
     .with_audit(sealer.clone())
+    .with_tenant_access(tenant_access)
     .with_limits(&config.limits)
     .map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(&config.listen)

@@ -494,7 +494,6 @@ async fn example_app(
         pooler: tenancy_sdk::Pooler::Direct,
         access: invoicing::AccessConfig {
             role_claims: vec![dev.role_claims()],
-            key_issuer: None,
         },
     })
     .await

@@ -16,8 +16,11 @@
 //!   its identity provider instead.
 //! - Access control (`tenancy-access`): the app declares [`PERMISSIONS`]; viewers read,
 //!   members also create invoices, owners and admins also manage API keys and roles.
-//!   `POST /invoices` needs `invoices:create` and `POST /api-keys` `api_keys:manage`
-//!   (each a `RequirePermission` layer); `/access/…` is the tenant admins' management API.
+//!   `POST /invoices` needs `invoices:create`, and `/api-keys` (issue, list, revoke)
+//!   `api_keys:manage` (each a `RequirePermission` layer); `/access/…` is the tenant
+//!   admins' management API. Keys are issued, listed and revoked in a transaction of the
+//!   request's tenant on the catalog database, through the catalog's tenant key functions
+//!   (the runtime role; the app holds no owner connection).
 //!   Which JWT claim values mean which role is configured per issuer
 //!   ([`AccessConfig::role_claims`]).
 //!
@@ -204,7 +207,7 @@ pub struct Config {
     /// a transaction-mode pooler such as PgBouncer (the catalog and the job queue
     /// connections stay direct: they LISTEN and hold sessions).
     pub pooler: Pooler,
-    /// Roles from JWT claims, and how API keys are issued.
+    /// Roles from JWT claims.
     pub access: AccessConfig,
 }
 
@@ -214,9 +217,6 @@ pub struct AccessConfig {
     /// Per trusted issuer, which claim values mean which role (an issuer without one
     /// gives roles only through stored grants).
     pub role_claims: Vec<ClaimRoles>,
-    /// The catalog as the owner role, used only by `POST /api-keys` to store a new key's
-    /// hash (the runtime role cannot write keys). Without it that route answers 503.
-    pub key_issuer: Option<PgConfig>,
 }
 
 /// State shared by the handlers.
@@ -228,8 +228,11 @@ pub struct AppState {
     pub jobs: JobSigner,
     /// The app's access model (permissions, built-in roles, claim mappings).
     pub access: tenancy_access::Access,
-    /// Where API keys are issued (see [`AccessConfig::key_issuer`]).
-    pub key_issuer: Option<PgConfig>,
+    /// Transactions of a tenant on the catalog database (runtime role, signed context):
+    /// the API key routes issue, list and revoke the keys of the request's tenant through
+    /// the catalog's tenant key functions, which act on the context's tenant only. The
+    /// app holds no owner connection.
+    pub keys: tenancy_sdk::TenantPool,
 }
 
 /// A built, bound, not yet running app.
@@ -247,6 +250,15 @@ pub struct App {
 
 /// Builds the app: router, tenancy layer, worker; binds the port.
 pub async fn build(config: Config) -> Result<App> {
+    let keys = tenancy_sdk::TenantPool::new(
+        config.catalog.clone(),
+        config.context_key.clone(),
+        PoolOptions {
+            max_size: 4,
+            ..Default::default()
+        },
+    )
+    .context("building the catalog pool of the API key routes")?;
     let router = Router::new(
         config.catalog.clone(),
         config.context_key,
@@ -275,7 +287,7 @@ pub async fn build(config: Config) -> Result<App> {
         tenancy: tenancy.clone(),
         jobs: jobs.clone(),
         access,
-        key_issuer: config.access.key_issuer,
+        keys,
     };
     let worker = if config.run_worker {
         Some(

@@ -8,7 +8,7 @@
 //! TLS settings how they are reached), `TENANCY_CONTEXT_KEY` (`<kid>:<64 hex>`),
 //! `INVOICING_JWT_SECRET` (>= 32 bytes), `INVOICING_JOB_KEY` (64 hex), optional
 //! `INVOICING_OWNER_DATABASE_URL` (the same database as `tenancy_owner`: applies the app's
-//! migrations at start, and stores the hashes of API keys issued by `POST /api-keys`), optional `INVOICING_WORKER_DATABASE_URL` (the same database as
+//! migrations at start; the app never keeps it), optional `INVOICING_WORKER_DATABASE_URL` (the same database as
 //! the worker role `tenancy_worker`; runs the job worker in this process),
 //! `TENANCY_POOLER` (`transaction` when the clusters the catalog names are reached through
 //! PgBouncer in transaction mode), `INVOICING_LISTEN` (default 127.0.0.1:8080) and
@@ -71,10 +71,8 @@ async fn main() -> Result<()> {
         .map(|p| String::from_utf8(p.to_vec()))
         .transpose()
         .context("the password in INVOICING_DATABASE_URL must be UTF-8")?;
-    let mut owner_db = None;
     if let Ok(url) = std::env::var("INVOICING_OWNER_DATABASE_URL") {
         let owner = database_url_from("INVOICING_OWNER_DATABASE_URL", &url)?;
-        owner_db = Some(owner.clone());
         let (mut client, conn) = owner
             .connect_raw()
             .await
@@ -113,7 +111,6 @@ async fn main() -> Result<()> {
         },
         access: invoicing::AccessConfig {
             role_claims: vec![dev.role_claims()],
-            key_issuer: owner_db,
         },
     })
     .await?;

@@ -4,8 +4,8 @@
 //! over HTTP in `examples/invoicing/tests/it/access.rs`.
 
 use tenancy_access::{
-    check_key_scopes, create_role, grant, list_grants, AccessError, AccessModel, By, ClaimRoles,
-    Permissions,
+    check_key_scopes, create_role, grant, list_grants, list_roles, AccessError, AccessModel, By,
+    ClaimRoles, PageRequest, Permissions,
 };
 use tenancy_core::{ContextKey, TenantId};
 use tenancy_pg::testing::{TemplateDb, TestDb};
@@ -126,7 +126,11 @@ async fn access_tables_hold_only_the_transactions_tenant_rows() {
     // Tenant b sees none of a's rows, cannot grant a's custom role, and cannot write rows
     // naming a.
     let mut tx = pool.begin(b).await.expect("begin b");
-    assert!(list_grants(&mut tx).await.expect("grants").is_empty());
+    assert!(list_grants(&mut tx, &PageRequest::first())
+        .await
+        .expect("grants")
+        .items
+        .is_empty());
     let n: i64 = tx
         .query_one("SELECT count(*) FROM tenancy.access_roles", &[])
         .await
@@ -151,7 +155,10 @@ async fn access_tables_hold_only_the_transactions_tenant_rows() {
     );
     drop(tx);
     let mut tx = pool.begin(a).await.expect("begin a");
-    let grants = list_grants(&mut tx).await.expect("grants");
+    let grants = list_grants(&mut tx, &PageRequest::first())
+        .await
+        .expect("grants")
+        .items;
     assert_eq!(grants.len(), 1);
     assert_eq!(
         (grants[0].subject.as_str(), grants[0].role.as_str()),
@@ -193,4 +200,98 @@ async fn a_grant_and_its_audit_event_exist_exactly_when_the_transaction_commits(
         .expect("grant");
     tx.commit().await.expect("commit");
     assert_eq!(count(&pool).await, (1, 1), "committed: both");
+}
+
+/// Every page of a list, following `next_after` from the first page.
+macro_rules! all_pages {
+    ($tx:expr, $limit:expr, |$page:ident| $list:expr) => {{
+        let mut items = Vec::new();
+        let mut after: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let $page = PageRequest::parse(after.as_deref(), Some($limit)).expect("page");
+            let got = $list.await.expect("list");
+            assert!(got.items.len() <= $limit as usize);
+            items.extend(got.items);
+            pages += 1;
+            match got.next_after {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        (items, pages)
+    }};
+}
+
+#[tokio::test]
+async fn grant_and_role_lists_page_through_every_item_once_in_order() {
+    let db = fresh_db().await;
+    let pool = pool(&db);
+    let access = model();
+    let all = Permissions::all(&access);
+    let by = By::platform_admin("ops", None);
+    let t = TenantId::new_random();
+    let mut tx = pool.begin(t).await.expect("begin");
+    // Subjects with the cursor's separator, multibyte text and a common prefix.
+    let subjects = ["a.b", "a", "ab", "zoë", "api_key:0011223344556677"];
+    for s in subjects {
+        for role in ["viewer", "member"] {
+            assert!(grant(&mut tx, &access, &all, &by, s, role)
+                .await
+                .expect("grant"));
+        }
+    }
+    for name in ["r3", "r1", "r2"] {
+        create_role(
+            &mut tx,
+            &access,
+            &all,
+            &by,
+            name,
+            &["invoices:read".to_owned()],
+        )
+        .await
+        .expect("role");
+    }
+    let (grants, pages) = all_pages!(tx, 3, |page| list_grants(&mut tx, &page));
+    assert_eq!(grants.len(), 10);
+    assert_eq!(pages, 4, "10 grants in pages of 3");
+    let unpaged = list_grants(&mut tx, &PageRequest::parse(None, Some(200)).expect("page"))
+        .await
+        .expect("one page");
+    assert_eq!(unpaged.next_after, None);
+    assert_eq!(grants, unpaged.items, "paging neither skips nor repeats");
+    let (roles, _) = all_pages!(tx, 2, |page| list_roles(&mut tx, &access, &page));
+    let names: Vec<&str> = roles.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["owner", "admin", "member", "viewer", "r1", "r2", "r3"]
+    );
+    // A cursor of one page size is good for any other.
+    let (roles, _) = all_pages!(tx, 1, |page| list_roles(&mut tx, &access, &page));
+    assert_eq!(roles.len(), 7);
+    // Bad input names its field.
+    for (after, limit, field) in [
+        (None, Some(0), "limit"),
+        (None, Some(201), "limit"),
+        (Some(""), None, "after"),
+        (Some("x".repeat(2000).as_str()), None, "after"),
+    ] {
+        match PageRequest::parse(after, limit) {
+            Err(AccessError::Invalid { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{after:?} {limit:?}: {other:?}"),
+        }
+    }
+    for bad in ["zz.viewer", "61", "6.viewer", "61.Viewer", "ff.viewer"] {
+        let page = PageRequest::parse(Some(bad), None).expect("size is fine");
+        match list_grants(&mut tx, &page).await {
+            Err(AccessError::Invalid { field, .. }) => assert_eq!(field, "after", "{bad}"),
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+    let page = PageRequest::parse(Some("Not-A-Role"), None).expect("size is fine");
+    assert!(matches!(
+        list_roles(&mut tx, &access, &page).await,
+        Err(AccessError::Invalid { field, .. }) if field == "after"
+    ));
 }

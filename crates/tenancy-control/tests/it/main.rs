@@ -3,6 +3,7 @@
 //! (tests/data/oas-3.1-schema.json, from the PyPI package openapi-spec-validator 0.9.0,
 //! resources/schemas/v3.1/schema.json).
 
+mod access;
 mod api;
 mod audit;
 mod config;

@@ -325,7 +325,7 @@ async fn custom_roles_grant_what_they_list_and_every_change_is_an_audit_event() 
         .await;
     assert_eq!(r.status, 204, "{r:?}");
     let r = call(owner.clone(), "GET", "/access/grants", None).await;
-    assert_eq!(r.body, json!([]), "{r:?}");
+    assert_eq!(r.body, json!({"items": [], "next_after": null}), "{r:?}");
     // One event per change, in order, by the owner, in acme's log.
     let su = env.db.connect_superuser().await.expect("superuser");
     let events: Vec<(String, String, String, Option<String>)> = su
@@ -505,7 +505,7 @@ async fn a_grant_in_one_tenant_gives_nothing_in_another() {
             None,
         )
         .await;
-    assert_eq!(r.body, json!([]), "{r:?}");
+    assert_eq!(r.body["items"], json!([]), "{r:?}");
     let r = env
         .call(
             "GET",
@@ -514,8 +514,7 @@ async fn a_grant_in_one_tenant_gives_nothing_in_another() {
             None,
         )
         .await;
-    let names: Vec<&str> = r
-        .body
+    let names: Vec<&str> = r.body["items"]
         .as_array()
         .expect("roles")
         .iter()
@@ -843,5 +842,266 @@ async fn management_input_is_checked_and_a_refusal_stores_nothing() {
         access_state(&env).await,
         before,
         "nothing of a refused call is stored"
+    );
+}
+
+/// Every page of `GET /api-keys` as `auth`, `limit` a page.
+async fn listed_keys(env: &Env, auth: &str, limit: u32) -> Vec<Value> {
+    let (mut items, mut after) = (Vec::new(), String::new());
+    loop {
+        let r = env
+            .call(
+                "GET",
+                &format!("/api-keys?limit={limit}{after}"),
+                &[("authorization", auth)],
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let page = r.body["items"].as_array().expect("items");
+        assert!(page.len() <= limit as usize);
+        items.extend(page.iter().cloned());
+        match r.body["next_after"].as_str() {
+            Some(n) => after = format!("&after={n}"),
+            None => return items,
+        }
+    }
+}
+
+#[tokio::test]
+async fn only_admins_list_and_revoke_api_keys_and_only_their_tenants() {
+    let env = start().await;
+    let owner = as_user(env.acme, "olga", &["owner"]);
+    let admin = as_user(env.acme, "ada", &["admin"]);
+    let mut issued = Vec::new();
+    for (i, auth) in [&owner, &admin, &owner].into_iter().enumerate() {
+        let r = env
+            .call(
+                "POST",
+                "/api-keys",
+                &[("authorization", auth)],
+                Some(json!({"name": format!("ci-{i}"), "scopes": ["invoices:read"]})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{r:?}");
+        assert!(r.body.get("secret_hash").is_none(), "{r:?}");
+        issued.push((
+            r.body["key_id"].as_str().expect("id").to_owned(),
+            r.body["key"].as_str().expect("key").to_owned(),
+        ));
+    }
+    let globex_owner = as_user(env.globex, "gina", &["owner"]);
+    let r = env
+        .call(
+            "POST",
+            "/api-keys",
+            &[("authorization", &globex_owner)],
+            Some(json!({"name": "theirs", "scopes": ["invoices:read"]})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let (theirs, their_key) = (
+        r.body["key_id"].as_str().expect("id").to_owned(),
+        r.body["key"].as_str().expect("key").to_owned(),
+    );
+    // Members and viewers may neither list nor revoke keys: 403 naming the permission.
+    for role in ["member", "viewer"] {
+        let auth = as_user(env.acme, role, &[role]);
+        for (method, path) in [
+            ("GET", "/api-keys".to_owned()),
+            ("POST", format!("/api-keys/{}/revoke", issued[0].0)),
+        ] {
+            let r = env
+                .call(method, &path, &[("authorization", &auth)], None)
+                .await;
+            assert_eq!(
+                (r.status, r.code()),
+                (403, "permission-denied"),
+                "{role} {path}: {r:?}"
+            );
+            assert!(
+                r.body["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("\"api_keys:manage\"")),
+                "{r:?}"
+            );
+        }
+    }
+    // An admin lists the tenant's own keys, newest first, in pages, without secrets.
+    for limit in [1, 2, 50] {
+        let keys = listed_keys(&env, &admin, limit).await;
+        let ids: Vec<&str> = keys.iter().filter_map(|k| k["key_id"].as_str()).collect();
+        let mut want: Vec<&str> = issued.iter().map(|(id, _)| id.as_str()).collect();
+        want.sort_unstable();
+        let mut got = ids.clone();
+        got.sort_unstable();
+        assert_eq!(got, want, "limit {limit}: only acme's keys, each once");
+        for k in &keys {
+            assert!(
+                k.get("key").is_none() && k.get("secret_hash").is_none(),
+                "{k}"
+            );
+        }
+    }
+    for (query, code) in [("limit=0", "validation"), ("after=nope", "validation")] {
+        let r = env
+            .call(
+                "GET",
+                &format!("/api-keys?{query}"),
+                &[("authorization", &admin)],
+                None,
+            )
+            .await;
+        assert_eq!((r.status, r.code()), (422, code), "{query}: {r:?}");
+    }
+    // Another tenant's key is not found through this one, and keeps working.
+    let r = env
+        .call(
+            "POST",
+            &format!("/api-keys/{theirs}/revoke"),
+            &[("authorization", &admin)],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404, "{r:?}");
+    let r = env
+        .call("GET", "/invoices", &[("x-api-key", &their_key)], None)
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // Revoked: the key stops authenticating at once.
+    let r = env
+        .call("GET", "/invoices", &[("x-api-key", &issued[0].1)], None)
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = env
+        .call(
+            "POST",
+            &format!("/api-keys/{}/revoke", issued[0].0),
+            &[("authorization", &admin)],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body["revoked_at"].is_string(), "{r:?}");
+    let r = env
+        .call("GET", "/invoices", &[("x-api-key", &issued[0].1)], None)
+        .await;
+    assert_eq!(r.status, 401, "{r:?}");
+    let r = env
+        .call("GET", "/invoices", &[("x-api-key", &issued[1].1)], None)
+        .await;
+    assert_eq!(r.status, 200, "the other keys stay: {r:?}");
+}
+
+#[tokio::test]
+async fn the_runtime_role_issues_keys_only_for_its_context_tenant_and_reads_no_hash() {
+    use tenancy_sdk::bootstrap::RUNTIME_ROLE;
+    use tenancy_sdk::{PoolOptions, TenantPool};
+    let env = start().await;
+    let pool = TenantPool::new(
+        env.db.config_as(RUNTIME_ROLE),
+        key(),
+        PoolOptions::default(),
+    )
+    .expect("pool");
+    let scopes = vec!["invoices:read".to_owned()];
+    // In acme's context, a key is acme's: no argument names a tenant.
+    let mut tx = pool.begin(env.acme).await.expect("begin");
+    let (rec, key) = tenancy_axum::api_key::issue_tenant_api_key(&mut tx, "mine", &scopes, &scopes)
+        .await
+        .expect("issued");
+    tx.commit().await.expect("commit");
+    let runtime = tenancy_pg::connect(&env.db.config_as(RUNTIME_ROLE))
+        .await
+        .expect("runtime");
+    let grant = tenancy_catalog::authenticate_api_key(&runtime, &rec.key_id, &key.hash())
+        .await
+        .expect("authenticate")
+        .expect("a live key");
+    assert_eq!(grant.tenant_id, env.acme);
+    // Scopes beyond the caller's permissions are refused by the function itself.
+    let mut tx = pool.begin(env.acme).await.expect("begin");
+    let err = tenancy_axum::api_key::issue_tenant_api_key(
+        &mut tx,
+        "more",
+        &["invoices:read".to_owned(), "invoices:create".to_owned()],
+        &scopes,
+    )
+    .await
+    .expect_err("beyond the caller's permissions");
+    assert!(
+        format!("{err:?}").contains("permission of the caller"),
+        "{err:?}"
+    );
+    drop(tx);
+    // Without a context: nothing issued, nothing listed.
+    for sql in [
+        "SELECT * FROM tenancy_catalog.issue_tenant_api_key('00112233445566aa', '\\x00000000000000000000000000000000000000000000000000000000000000aa', 'x', '{}', '{}')",
+    ] {
+        let err = runtime.batch_execute(sql).await.expect_err(sql);
+        assert!(format!("{err:?}").contains("no tenant context"), "{err:?}");
+    }
+    let n: i64 = runtime
+        .query_one(
+            "SELECT count(*) FROM tenancy_catalog.tenant_api_keys(NULL, '', 1000)",
+            &[],
+        )
+        .await
+        .expect("list")
+        .get(0);
+    assert_eq!(n, 0);
+    // No hash, no key table, no other tenant's key: not readable, not writable.
+    for sql in [
+        "SELECT secret_hash FROM tenancy_catalog.api_keys",
+        "SELECT count(*) FROM tenancy_catalog.api_keys",
+        "INSERT INTO tenancy_catalog.api_keys (key_id, tenant_id, name, secret_hash) SELECT '00112233445566bb', id, 'x', '\\x00' FROM tenancy_catalog.tenants",
+        "UPDATE tenancy_catalog.api_keys SET tenant_id = tenant_id",
+    ] {
+        let err = runtime.batch_execute(sql).await.expect_err(sql);
+        assert!(format!("{err:?}").contains("permission denied"), "{sql}: {err:?}");
+    }
+    let mut tx = pool.begin(env.globex).await.expect("begin");
+    let theirs = tenancy_axum::api_key::tenant_api_keys(&mut tx, None, 1000)
+        .await
+        .expect("list");
+    assert!(theirs.iter().all(|k| k.key_id != rec.key_id), "{theirs:?}");
+    let revoked = tenancy_axum::api_key::revoke_tenant_api_key(&mut tx, &rec.key_id)
+        .await
+        .expect("revoke");
+    assert!(revoked.is_none(), "another tenant's key is not revocable");
+    tx.commit().await.expect("commit");
+    let mut tx = pool.begin(env.acme).await.expect("begin");
+    let mine = tenancy_axum::api_key::tenant_api_keys(&mut tx, None, 1000)
+        .await
+        .expect("list");
+    let rows = tx
+        .query(
+            "SELECT * FROM tenancy_catalog.tenant_api_keys(NULL, '', 10)",
+            &[],
+        )
+        .await
+        .expect("list");
+    let columns: Vec<&str> = rows[0].columns().iter().map(|c| c.name()).collect();
+    assert_eq!(
+        columns,
+        [
+            "key_id",
+            "name",
+            "scopes",
+            "created_at",
+            "revoked_at",
+            "last_used_at"
+        ],
+        "no hash among what the runtime role gets"
+    );
+    tx.commit().await.expect("commit");
+    assert!(mine
+        .iter()
+        .any(|k| k.key_id == rec.key_id && k.revoked_at.is_none()));
+    assert!(
+        tenancy_catalog::authenticate_api_key(&runtime, &rec.key_id, &key.hash())
+            .await
+            .expect("authenticate")
+            .is_some()
     );
 }

@@ -325,7 +325,6 @@ async fn start_with(pooler: Option<tenancy_sdk::Pooler>) -> Env {
         pooler: pooler.unwrap_or_default(),
         access: invoicing::AccessConfig {
             role_claims: role_claims(),
-            key_issuer: Some(db.config_as(OWNER_ROLE).into()),
         },
     })
     .await
