@@ -352,6 +352,12 @@ async fn analyse(
         .into_iter()
         .collect();
     let tgt = relations(target, Some(&schemas)).await?;
+    if !tgt.iter().any(|t| t.tenant) {
+        return Err(Error::Refused(format!(
+            "the target database holds no tenant table in schema(s) {}: the app's migrations have not run there yet (run `tenancy migrate`, or provision a first tenant), or the source is not a database of this app",
+            schemas.join(", ")
+        )));
+    }
     let by_name = |rels: &[Rel], schema: &str, name: &str| -> Option<usize> {
         rels.iter()
             .position(|r| r.schema == schema && r.name == name)
@@ -977,8 +983,13 @@ async fn checksum(
     Ok(sum.summary(&p.display))
 }
 
+/// One batch of rows for the target: a column of text values (None: NULL) per inserted
+/// column.
+type Batch = Vec<Vec<Option<String>>>;
+
 /// Streams one table out of the source and into the target in batches; returns the count
-/// and checksum of what was read.
+/// and checksum of what was read. Reading and parsing the source (a task of its own) runs
+/// ahead of the inserts by at most two batches.
 async fn copy_table(
     source: &Client,
     target: &Client,
@@ -1026,13 +1037,48 @@ async fn copy_table(
         .copy_out(sql.as_str())
         .await
         .map_err(Error::db(what.clone()))?;
+    let (send, mut batches) = tokio::sync::mpsc::channel::<Batch>(2);
+    let reader = tokio::spawn(read_rows(
+        stream,
+        send,
+        p.display.clone(),
+        p.compared.len(),
+        p.inserted_at.clone(),
+        what,
+    ));
+    let mut loaded = Ok(());
+    while let Some(mut batch) = batches.recv().await {
+        if let Err(e) = insert_batch(target, &stmt, &mut batch, p, progress).await {
+            loaded = Err(e);
+            break;
+        }
+    }
+    // Closing the channel stops the reader if it is still going.
+    drop(batches);
+    let read = reader
+        .await
+        .map_err(|e| Error::Refused(format!("reading table {}: {e}", p.display)))?;
+    loaded?;
+    read
+}
+
+/// Reads a table's COPY text, checksums every row and sends its values in batches.
+async fn read_rows(
+    stream: tokio_postgres::CopyOutStream,
+    send: tokio::sync::mpsc::Sender<Batch>,
+    display: String,
+    width: usize,
+    inserted_at: Vec<usize>,
+    what: String,
+) -> Result<TableSummary, Error> {
     futures_util::pin_mut!(stream);
+    let n = inserted_at.len();
     let mut sum = RowChecksum::default();
     let mut pending: Vec<u8> = Vec::new();
-    let mut batch: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(BATCH_ROWS); n];
+    let mut batch: Batch = vec![Vec::with_capacity(BATCH_ROWS); n];
     let mut batch_bytes = 0usize;
     // Where each field of the current line starts and ends.
-    let mut fields: Vec<(usize, usize)> = Vec::with_capacity(p.compared.len());
+    let mut fields: Vec<(usize, usize)> = Vec::with_capacity(width);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(Error::db(what.clone()))?;
         pending.extend_from_slice(&chunk);
@@ -1050,28 +1096,30 @@ async fn copy_table(
                 }
             }
             fields.push((from, line.len()));
-            if fields.len() != p.compared.len() {
+            if fields.len() != width {
                 return Err(Error::Refused(format!(
-                    "a row of table {} has {} fields, {} expected",
-                    p.display,
+                    "a row of table {display} has {} fields, {width} expected",
                     fields.len(),
-                    p.compared.len()
                 )));
             }
-            for (k, at) in p.inserted_at.iter().enumerate() {
+            for (k, at) in inserted_at.iter().enumerate() {
                 let (a, b) = fields[*at];
                 let f = &line[a..b];
                 batch[k].push(if f == b"\\N" {
                     None
                 } else {
                     Some(String::from_utf8(copy_unescape(f)).map_err(|_| {
-                        Error::Refused(format!("a value of table {} is not valid UTF-8", p.display))
+                        Error::Refused(format!("a value of table {display} is not valid UTF-8"))
                     })?)
                 });
             }
             batch_bytes += line.len();
             if batch[0].len() >= BATCH_ROWS || batch_bytes >= BATCH_BYTES {
-                insert_batch(target, &stmt, &mut batch, p, progress).await?;
+                let full = std::mem::replace(&mut batch, vec![Vec::with_capacity(BATCH_ROWS); n]);
+                if send.send(full).await.is_err() {
+                    // The loader stopped (an insert failed): it reports why.
+                    return Ok(sum.summary(&display));
+                }
                 batch_bytes = 0;
             }
         }
@@ -1079,14 +1127,13 @@ async fn copy_table(
     }
     if !pending.is_empty() {
         return Err(Error::Refused(format!(
-            "the COPY output of table {} ended inside a row",
-            p.display
+            "the COPY output of table {display} ended inside a row"
         )));
     }
     if !batch[0].is_empty() {
-        insert_batch(target, &stmt, &mut batch, p, progress).await?;
+        let _ = send.send(batch).await;
     }
-    Ok(sum.summary(&p.display))
+    Ok(sum.summary(&display))
 }
 
 async fn insert_batch(
@@ -1110,9 +1157,6 @@ async fn insert_batch(
             "table {}: {rows} rows sent, {inserted} inserted; nothing was imported",
             p.display
         )));
-    }
-    for c in batch.iter_mut() {
-        c.clear();
     }
     progress.rows(rows);
     Ok(())
