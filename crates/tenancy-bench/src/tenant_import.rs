@@ -164,7 +164,15 @@ async fn measure(cluster: &Cluster, runs: usize) -> Result<()> {
             user: RUNTIME_ROLE.into(),
             password: None,
         },
-        RouterOptions::default(),
+        // One transaction carries the whole import: no pool deadline or statement timeout.
+        RouterOptions {
+            pool: tenancy_sdk::PoolOptions {
+                transaction_deadline: Duration::ZERO,
+                statement_timeout: Duration::ZERO,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
     )?;
 
     println!("generating the source database ({ROWS} rows)…");
@@ -196,7 +204,7 @@ async fn measure(cluster: &Cluster, runs: usize) -> Result<()> {
         su.batch_execute(&format!("CREATE DATABASE {scratch}"))
             .await
             .context("creating the scratch database")?;
-        let (dump, psql) = (bins.bin("pg_dump"), bins.bin("psql"));
+        let (dump, psql) = (client_bin(&bins, "pg_dump"), client_bin(&bins, "psql"));
         let (h, p, u, s) = (host.clone(), port.clone(), user.clone(), scratch.clone());
         let elapsed = tokio::task::spawn_blocking(move || -> Result<Duration> {
             let t = Instant::now();
@@ -310,6 +318,7 @@ async fn measure(cluster: &Cluster, runs: usize) -> Result<()> {
             "ours_rows_per_s": ours_rps,
             "baseline_rows_per_s": base_rps,
             "dry_run_inspect_seconds": inspect_s,
+            "postgres_bin": bins.dir().display().to_string(),
             "ours_includes": "table comparison, COPY out of one snapshot, batched INSERTs through the TenantTx (RLS, per-row foreign key checks, indexes of the shared tables), per-table read-back checksum, commit",
         }),
     };
@@ -320,6 +329,21 @@ async fn measure(cluster: &Cluster, runs: usize) -> Result<()> {
         path.display()
     );
     Ok(())
+}
+
+/// A client program of the server's version: beside the server binaries, else in the
+/// distribution's directory of that version, else on `PATH`.
+fn client_bin(bins: &PgBinaries, name: &str) -> std::path::PathBuf {
+    let beside = bins.bin(name);
+    if beside.exists() {
+        return beside;
+    }
+    let debian =
+        std::path::PathBuf::from(format!("/usr/lib/postgresql/{}/bin/{name}", bins.major()));
+    if debian.exists() {
+        return debian;
+    }
+    std::path::PathBuf::from(name)
 }
 
 /// Rows of the four tables in `schema`.

@@ -96,6 +96,13 @@ pub(crate) fn open(catalog: &PgConfig, access: &Access) -> Result<(Router, Clust
         },
         RouterOptions {
             cluster_tls: catalog.tls().clone(),
+            // An export or import is one transaction as long as the tenant is large: no
+            // pool deadline and no statement timeout.
+            pool: tenancy_sdk::PoolOptions {
+                transaction_deadline: Duration::ZERO,
+                statement_timeout: Duration::ZERO,
+                ..Default::default()
+            },
             ..RouterOptions::default()
         },
     )

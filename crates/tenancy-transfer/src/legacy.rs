@@ -815,7 +815,9 @@ impl fmt::Display for LegacySummary {
 /// the tenant's own; see the module's documentation. `source` is a connection to the
 /// source database that may read every table; `access` holds the owner login that raises
 /// sequences. Any incompatibility is refused with the [`Report`] of it (run [`inspect`]
-/// first for the complete one, with row scans).
+/// first for the complete one, with row scans). The whole import is one transaction: the
+/// router's pool must allow one that long (`PoolOptions::transaction_deadline` and
+/// `statement_timeout`, whose defaults end it after 30 s).
 pub async fn import_database(
     router: &Router,
     catalog: &Client,
