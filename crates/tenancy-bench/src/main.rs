@@ -19,6 +19,7 @@ mod report;
 mod seal_open;
 mod setup;
 mod stats;
+mod tenant_import;
 mod tenant_tx;
 mod tenant_tx_pgbouncer;
 mod tenant_tx_tenaxum;
@@ -72,6 +73,10 @@ enum Name {
     /// Sealing and opening a 1 KB field through the keyring vs AES-256-GCM alone.
     #[value(name = "seal_open")]
     SealOpen,
+    /// Rows/s importing a 1,000,000-row single-tenant database as a pooled tenant
+    /// (`tenancy import --from-database`'s work) vs pg_dump | psql into a scratch database.
+    #[value(name = "tenant_import")]
+    TenantImport,
     /// Every benchmark above, on one cluster.
     #[value(name = "all")]
     All,
@@ -165,6 +170,11 @@ async fn main() -> Result<()> {
         })
         .await
         .context("running migrate")?;
+    }
+    if matches!(cli.name, Name::TenantImport | Name::All) {
+        tenant_import::run(cli.runs.min(3))
+            .await
+            .context("running tenant_import")?;
     }
     if matches!(cli.name, Name::TenantTxTls | Name::All) {
         println!("setting up a private cluster serving TLS (100 tenants × 1,000 rows)…");

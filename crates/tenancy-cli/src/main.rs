@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod audit;
 mod bootstrap;
 mod keys;
+mod legacy_import;
 mod migrate;
 mod serve;
 mod tenants;
@@ -134,6 +135,12 @@ enum Command {
     /// Create, list, show, suspend, resume, delete, export and import tenants. Exit 0:
     /// done; 2: could not run or refused.
     Tenants(tenants::TenantsArgs),
+    /// Import a database of the app's single-tenant era (its tables without tenant_id) as
+    /// a new tenant: checked first (--dry-run reports every incompatibility with what to
+    /// do), copied in one transaction of the tenant's, verified by counts and checksums;
+    /// running it again for the same source finishes or does nothing. Exit 0: imported
+    /// or nothing to do; 1: the source does not fit; 2: could not run or failed.
+    Import(legacy_import::ImportArgs),
     /// Apply the app's migrations to every pooled cluster, schema tenant and dedicated
     /// database (--dry-run, --check-drift). Exit 0: all current; 1: failures or drift;
     /// 2: could not run.
@@ -195,6 +202,7 @@ fn main() -> std::process::ExitCode {
                     2
                 }
             },
+            Command::Import(args) => legacy_import::run(args).await,
             Command::Migrate(args) => migrate::run(args).await,
             Command::Bootstrap(args) => bootstrap::run(args).await,
             Command::Audit(args) => audit::run(args).await,

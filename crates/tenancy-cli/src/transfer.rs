@@ -53,7 +53,7 @@ pub(crate) struct ImportArgs {
 /// How to reach tenant data: the tenant's own transactions need the context key and the
 /// runtime role's login; raising sequences after an import needs the owner's.
 #[derive(clap::Args, Debug)]
-struct Access {
+pub(crate) struct Access {
     /// Id of the context key (context_key_id of `tenancy serve`).
     #[arg(long, env = "TENANCY_CONTEXT_KEY_ID", default_value = "k1")]
     context_key_id: String,
@@ -70,7 +70,7 @@ struct Access {
 }
 
 /// The router (runtime role) and cluster logins built from the catalog URL and `access`.
-fn open(catalog: &PgConfig, access: &Access) -> Result<(Router, ClusterAccess)> {
+pub(crate) fn open(catalog: &PgConfig, access: &Access) -> Result<(Router, ClusterAccess)> {
     let kid: KeyId = access
         .context_key_id
         .parse()
@@ -96,6 +96,13 @@ fn open(catalog: &PgConfig, access: &Access) -> Result<(Router, ClusterAccess)> 
         },
         RouterOptions {
             cluster_tls: catalog.tls().clone(),
+            // An export or import is one transaction as long as the tenant is large: no
+            // pool deadline and no statement timeout.
+            pool: tenancy_sdk::PoolOptions {
+                transaction_deadline: Duration::ZERO,
+                statement_timeout: Duration::ZERO,
+                ..Default::default()
+            },
             ..RouterOptions::default()
         },
     )
@@ -123,7 +130,7 @@ fn open(catalog: &PgConfig, access: &Access) -> Result<(Router, ClusterAccess)> 
 }
 
 /// A progress bar on stderr when it is a terminal (indicatif draws nothing otherwise).
-struct Bar(indicatif::ProgressBar);
+pub(crate) struct Bar(indicatif::ProgressBar);
 
 impl Bar {
     fn bytes(total: u64, what: &str) -> Self {
@@ -139,7 +146,7 @@ impl Bar {
         Bar(bar)
     }
 
-    fn rows(what: &str) -> Self {
+    pub(crate) fn rows(what: &str) -> Self {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
             indicatif::ProgressStyle::with_template("{prefix} {spinner} {pos} rows {msg}")

@@ -386,7 +386,7 @@ async fn read_back(tx: &mut TenantTx, p: &Plan) -> Result<TableSummary, Error> {
 
 /// Raises each sequence to at least the largest value imported into its column, as the
 /// owner of the tenant's database. Returns how many were raised.
-async fn raise_sequences(
+pub(crate) async fn raise_sequences(
     catalog: &Client,
     access: &ClusterAccess,
     t: &tenancy_catalog::Tenant,

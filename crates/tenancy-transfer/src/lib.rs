@@ -14,6 +14,10 @@
 //!   the archive, identity sequences raised past the imported keys, then one commit.
 //!   Anything wrong rolls back everything: no partial import.
 //! - [`verify_archive`]: the reader's checks alone, before anything is created.
+//! - [`legacy`]: a database of the app's single-tenant era (the same tables without
+//!   `tenant_id`) checked against the app's tenant tables and imported as one tenant,
+//!   streamed out of the source with `COPY` into the tenant's `TenantTx`, verified by
+//!   count and checksum per table, idempotent per source through a catalog record.
 //!
 //! Memory is bounded by one archive frame (row batches of about 256 KiB), whatever the
 //! tenant's size. It never creates or deletes tenants (the CLI does, through the
@@ -21,6 +25,7 @@
 //! only owner connection raises identity sequences.
 
 pub mod format;
+pub mod legacy;
 
 mod export;
 mod import;

@@ -1,6 +1,7 @@
 //! `tenancy tenants export | import` through the binary: a large tenant's round trip with
 //! the process's peak memory measured (it must not grow with the tenant), and a damaged
-//! archive refused before any tenant is created.
+//! archive refused before any tenant is created. `tenancy import --from-database`: a
+//! single-tenant database checked, imported as a new tenant, and a second run a no-op.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -132,9 +133,15 @@ impl Deployment {
     /// Runs `tenancy tenants ARGV…`: (exit code, stdout, stderr, peak resident memory in
     /// KiB, read from the process's VmHWM while it runs).
     async fn tenancy(&self, argv: &[&str]) -> (Option<i32>, String, String, u64) {
+        self.run(&["tenants"], argv).await
+    }
+
+    /// Runs `tenancy COMMAND --database-url … ARGV…`, measured as [`Self::tenancy`].
+    async fn run(&self, command: &[&str], argv: &[&str]) -> (Option<i32>, String, String, u64) {
         let url = self.db.cluster.url_as(OWNER_ROLE, &self.db.name);
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenancy"))
-            .args(["tenants", "--database-url", &url])
+            .args(command)
+            .args(["--database-url", &url])
             .args(argv)
             .env_remove("DATABASE_URL")
             .env("TENANCY_CONTEXT_KEY_ID", "xfer")
@@ -275,4 +282,146 @@ async fn a_damaged_archive_is_refused_before_any_tenant_is_created() {
         tenancy_catalog::get_tenant_by_slug(&d.catalog, &"fresh-copy".parse().expect("slug")).await;
     assert!(missing.is_err(), "a tenant was created: {missing:?}");
     std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// The generated app's three tables before tenants: identity keys, foreign keys on `id`.
+const SINGLE_TENANT_SCHEMA: &str = "
+CREATE TABLE t00 (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL,
+                  amount numeric(12,2) NOT NULL DEFAULT 0, created_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE t01 (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL,
+                  amount numeric(12,2) NOT NULL DEFAULT 0, created_at timestamptz NOT NULL DEFAULT now(),
+                  parent_id bigint REFERENCES t00);
+CREATE TABLE t02 (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL,
+                  amount numeric(12,2) NOT NULL DEFAULT 0, created_at timestamptz NOT NULL DEFAULT now(),
+                  parent_id bigint REFERENCES t01);
+INSERT INTO t00 (name, amount) SELECT 'legacy ' || g, g / 4.0 FROM generate_series(1, 2000) g;
+INSERT INTO t01 (name, parent_id) SELECT name || ' child', id FROM t00;
+INSERT INTO t02 (name, parent_id) SELECT name || ' child', id FROM t01;
+";
+
+#[tokio::test]
+async fn a_single_tenant_database_is_checked_imported_and_a_second_run_does_nothing() {
+    let mut d = deployment().await;
+    // The app's tables exist in the pooled database once a pooled tenant was provisioned.
+    d.tenant("first", Placement::Pooled).await;
+    let workers = d.provisioner.spawn_workers(1);
+    let admin = tenancy_test_support::connect(d.db.cluster.config("postgres")).await;
+    let (good, bad) = (format!("{}_good", d.db.name), format!("{}_bad", d.db.name));
+    for db in [&good, &bad] {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .await
+            .expect("source database");
+    }
+    tenancy_test_support::connect(d.db.cluster.config(&good))
+        .await
+        .batch_execute(SINGLE_TENANT_SCHEMA)
+        .await
+        .expect("good source");
+    tenancy_test_support::connect(d.db.cluster.config(&bad))
+        .await
+        .batch_execute(&format!(
+            "{SINGLE_TENANT_SCHEMA} ALTER TABLE t01 ADD COLUMN fax text; ALTER TABLE t02 ALTER COLUMN name TYPE varchar(80);"
+        ))
+        .await
+        .expect("bad source");
+    let su = d.db.cluster.superuser().to_owned();
+    let from = |db: &str| d.db.cluster.url_as(&su, db);
+
+    // A dry run of an incompatible source: exit 1, every problem with what to do, and
+    // nothing created.
+    let (code, out, err, _) = d
+        .run(
+            &["import"],
+            &[
+                "--from-database",
+                &from(&bad),
+                "--tenant",
+                "legacy-bad",
+                "--dry-run",
+            ],
+        )
+        .await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.contains("BLOCKER t01.fax: the app has no such column"),
+        "{out}"
+    );
+    assert!(out.contains("BLOCKER t02.name"), "{out}");
+    assert!(out.contains("do: "), "{out}");
+    // Without --dry-run the same source is refused the same way.
+    let (code, out, err, _) = d
+        .run(
+            &["import"],
+            &["--from-database", &from(&bad), "--tenant", "legacy-bad"],
+        )
+        .await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.contains("nothing was imported"), "{out}");
+    let none =
+        tenancy_catalog::get_tenant_by_slug(&d.catalog, &"legacy-bad".parse().expect("slug")).await;
+    assert!(
+        none.is_err(),
+        "a tenant was created for a refused source: {none:?}"
+    );
+
+    // A clean dry run, then the import: a new pooled tenant with every row, verified.
+    let (code, out, err, _) = d
+        .run(
+            &["import"],
+            &[
+                "--from-database",
+                &from(&good),
+                "--tenant",
+                "legacy-one",
+                "--dry-run",
+            ],
+        )
+        .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("the import would proceed"), "{out}");
+    let (code, out, err, _) = d
+        .run(
+            &["import"],
+            &["--from-database", &from(&good), "--tenant", "legacy-one"],
+        )
+        .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("imported 6000 rows"), "{out}");
+    let t = tenancy_catalog::get_tenant_by_slug(&d.catalog, &"legacy-one".parse().expect("slug"))
+        .await
+        .expect("the imported tenant");
+    let mut tx = d.router.begin(t.id).await.expect("begin");
+    let row = tx
+        .query_one(
+            "SELECT (SELECT count(*) FROM t02 JOIN t01 ON t01.id = t02.parent_id JOIN t00 ON t00.id = t01.parent_id),
+                    (SELECT sum(amount)::text FROM t00)",
+            &[],
+        )
+        .await
+        .expect("rows");
+    assert_eq!(row.get::<_, i64>(0), 2000, "every chain of keys kept");
+    assert_eq!(row.get::<_, String>(1), "500250.00");
+    // The identity sequences were raised: the tenant keeps inserting.
+    let id: i64 = tx
+        .query_one("INSERT INTO t00 (name) VALUES ('after') RETURNING id", &[])
+        .await
+        .expect("insert after the import")
+        .get(0);
+    assert!(id > 2000, "new id {id}");
+    tx.commit().await.expect("commit");
+
+    // The same source again: recorded as done, nothing to do, no tenant made.
+    let (code, out, err, _) = d
+        .run(
+            &["import"],
+            &["--from-database", &from(&good), "--tenant", "legacy-two"],
+        )
+        .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("nothing to do"), "{out}");
+    let none =
+        tenancy_catalog::get_tenant_by_slug(&d.catalog, &"legacy-two".parse().expect("slug")).await;
+    assert!(none.is_err(), "{none:?}");
+    workers.stop().await;
 }

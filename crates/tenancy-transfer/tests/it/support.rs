@@ -52,6 +52,11 @@ pub(crate) struct Env {
 }
 
 pub(crate) async fn env() -> Env {
+    env_with(app()).await
+}
+
+/// [`env`] with another app.
+pub(crate) async fn env_with(app_migrations: AppMigrations) -> Env {
     let db = tenancy_test_support::fresh_catalog_db(&TEMPLATE, key(), "").await;
     let catalog = tenancy_test_support::connect(db.config_as(OWNER_ROLE)).await;
     tenancy_catalog::add_region(&catalog, &"eu-west".parse().expect("r"), "EU")
@@ -76,7 +81,7 @@ pub(crate) async fn env() -> Env {
         access.clone(),
         key(),
         ProvisionConfig {
-            app_migrations: app(),
+            app_migrations,
             plans: BTreeMap::from([("free".to_owned(), serde_json::Map::new())]),
             registration_receivers: vec![],
             event_receivers: vec![],

@@ -1,5 +1,6 @@
 //! End-to-end tests of the invoicing example over real HTTP: every tenant source, every
-//! rejection rule, cross-tenant attempts through every endpoint, jobs, JWT attacks, the
+//! rejection rule, cross-tenant attempts through every endpoint, jobs, JWT attacks,
+//! single-tenant databases imported as tenants, the
 //! request transaction, request ids and trace context. Each test runs the app on its own
 //! fresh database; the app connects only as the runtime role.
 
@@ -10,6 +11,7 @@ mod isolation;
 mod job_attacks;
 mod jobs;
 mod jwt_attacks;
+mod legacy_import;
 mod observability;
 mod pgbouncer;
 mod public;
