@@ -457,25 +457,28 @@ LANGUAGE plpgsql VOLATILE STRICT SECURITY DEFINER AS ' || quote_literal(replace(
 LANGUAGE plpgsql VOLATILE STRICT SECURITY DEFINER AS ' || quote_literal(replace(body, '/*read only*/',
             'AND pg_catalog.set_config(''transaction_read_only'', ''on'', true) IS NOT NULL'));
     END;
-    -- The tenant of this transaction. A SQL function with a standard body (RETURN): the
+    -- The tenant of this transaction. SQL functions with a standard body (RETURN): the
     -- body is parsed once, when it is created, with every name bound then (no caller's
     -- search_path reaches it), and planning inlines the stored tree without parsing text.
-    -- No plpgsql call, no SECURITY DEFINER: it runs as the caller, who may read hi, lo
-    -- and tx. The planner folds tenancy.session_seq (IMMUTABLE) to constants and
-    -- simplifies the CASE with them, so a plan holds one of two expressions:
-    --   * on a backend with a session context: the sequences' tenant when the stored hash
-    --     is this transaction's, else NULL (three currval of constant oids, no lookup);
-    --   * on any other backend (behind a transaction-mode pooler): tenancy.context_from_setting(),
-    --     the token-entered context, and nothing of the session context.
+    -- No plpgsql call, no SECURITY DEFINER: they run as the caller, who may read hi, lo
+    -- and tx. The planner folds tenancy.session_seq (IMMUTABLE) to a constant and
+    -- simplifies the CASE with it, so a plan holds one of two expressions:
+    --   * on a backend with a session context: tenancy.session_tenant(), inlined: the
+    --     sequences' tenant when the stored hash is this transaction's, else NULL (three
+    --     currval of constant oids, no lookup);
+    --   * on any other backend (behind a transaction-mode pooler, where every statement is
+    --     planned anew): tenancy.context_from_setting(), the token-entered context;
+    --     session_tenant() is dropped before it is inlined, so planning there reads one
+    --     short body and makes one session_seq call.
     -- A backend with a session context never reads a token context: enter refuses v1
     -- tokens there, and the SDK signs v2 tokens only for pooled backends.
     -- VOLATILE because currval is (a STABLE function with a volatile body is not inlined);
-    -- policies call it as (SELECT tenancy.current_tenant_id()): once per statement.
+    -- policies call current_tenant_id as (SELECT tenancy.current_tenant_id()): once per
+    -- statement.
     EXECUTE $def$
-CREATE OR REPLACE FUNCTION tenancy.current_tenant_id() RETURNS uuid
+CREATE OR REPLACE FUNCTION tenancy.session_tenant() RETURNS uuid
 LANGUAGE sql VOLATILE PARALLEL RESTRICTED SECURITY INVOKER
 RETURN CASE
-    WHEN tenancy.session_seq('tenancy_ctx_tx') IS NULL THEN tenancy.context_from_setting()
     WHEN pg_catalog.currval(tenancy.session_seq('tenancy_ctx_tx')) OPERATOR(pg_catalog.=)
          pg_catalog.hashfloat8extended(pg_catalog.date_part('epoch', pg_catalog.transaction_timestamp()), 0)
     THEN pg_catalog.encode(pg_catalog.int8send(pg_catalog.currval(tenancy.session_seq('tenancy_ctx_hi')))
@@ -484,15 +487,22 @@ RETURN CASE
 END
 $def$;
     EXECUTE $def$
+CREATE OR REPLACE FUNCTION tenancy.current_tenant_id() RETURNS uuid
+LANGUAGE sql VOLATILE PARALLEL RESTRICTED SECURITY INVOKER
+RETURN CASE WHEN tenancy.session_seq('tenancy_ctx_tx') IS NULL THEN tenancy.context_from_setting()
+            ELSE tenancy.session_tenant() END
+$def$;
+    EXECUTE $def$
 COMMENT ON FUNCTION tenancy.context_from_setting() IS 'tenancy:context-read';
+COMMENT ON FUNCTION tenancy.session_tenant() IS 'tenancy:context-read';
 COMMENT ON FUNCTION tenancy.init_session(text) IS 'tenancy:context-enter';
 COMMENT ON FUNCTION tenancy.enter_session(int8, int8, int8, int8) IS 'tenancy:context-enter';
 COMMENT ON FUNCTION tenancy.enter_session_read_only(int8, int8, int8, int8) IS 'tenancy:context-enter';
 REVOKE ALL ON TABLE tenancy_private.context_sessions FROM PUBLIC;
 REVOKE ALL ON FUNCTION tenancy.context_from_setting(), tenancy.init_session(text), tenancy.enter_session(int8, int8, int8, int8),
-    tenancy.enter_session_read_only(int8, int8, int8, int8), tenancy.session_seq(text) FROM PUBLIC;
+    tenancy.enter_session_read_only(int8, int8, int8, int8), tenancy.session_seq(text), tenancy.session_tenant() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.context_from_setting(), tenancy.init_session(text), tenancy.enter_session(int8, int8, int8, int8),
-    tenancy.enter_session_read_only(int8, int8, int8, int8), tenancy.session_seq(text) TO tenancy_app
+    tenancy.enter_session_read_only(int8, int8, int8, int8), tenancy.session_seq(text), tenancy.session_tenant() TO tenancy_app
 $def$;
 END
 $impl$;

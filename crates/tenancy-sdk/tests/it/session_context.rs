@@ -45,9 +45,11 @@ async fn pid(c: &Client) -> i32 {
 /// `tenancy.init_session` with a token `key` signed for backend `pid`.
 async fn init_with(c: &Client, key: &ContextKey, pid: i32) -> Result<i64, tokio_postgres::Error> {
     let token = key.sign(TenantId::new_random(), pid, issue_micros(), 60_000_000);
-    Ok(c.query_one("SELECT tenancy.init_session($1)", &[&token.as_str()])
-        .await?
-        .get(0))
+    Ok(
+        c.query_one("SELECT tenancy.init_session($1)", &[&token.as_str()])
+            .await?
+            .get(0),
+    )
 }
 
 /// `tenancy.init_session` as the SDK calls it: with a token for this backend.
@@ -67,7 +69,10 @@ async fn enter(c: &Client, t: TenantId, secret: i64) -> Result<i64, tokio_postgr
         )
         .await?
         .get(0);
-    assert_eq!(stored, next, "enter_session returns the next secret it stored");
+    assert_eq!(
+        stored, next,
+        "enter_session returns the next secret it stored"
+    );
     Ok(stored)
 }
 
@@ -574,9 +579,15 @@ async fn cached_plans_follow_the_session_state() {
     c.batch_execute("BEGIN").await.expect("begin");
     enter(&c, a, s).await.expect("enter");
     c.batch_execute("DISCARD SEQUENCES").await.expect("discard");
-    c.batch_execute("COMMIT; DISCARD TEMP").await.expect("discard temp");
+    c.batch_execute("COMMIT; DISCARD TEMP")
+        .await
+        .expect("discard temp");
     for _ in 0..2 {
-        let n: i64 = c.query_one(&count, &[]).await.expect("after DISCARD TEMP").get(0);
+        let n: i64 = c
+            .query_one(&count, &[])
+            .await
+            .expect("after DISCARD TEMP")
+            .get(0);
         assert_eq!(n, 0);
         let id: Option<uuid::Uuid> = c.query_one(&who, &[]).await.expect("who").get(0);
         assert_eq!(id, None);
