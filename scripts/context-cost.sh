@@ -17,8 +17,9 @@
 #   enter       tenancy.enter(token), no read (the opening behind a transaction-mode pooler)
 #   context     tenancy.enter(token) then the read under the installed policy
 #   session_enter / session   the same with the session context of direct connections
-#               (PL/pgSQL: tenancy.enter_session(hi, lo, secret), the secret each call
-#               returns carried to the next; tenancy.init_session() once per connection)
+#               (PL/pgSQL: tenancy.enter_session(hi, lo, secret, next), `next` drawn by
+#               pgbench and carried to the next call as its secret;
+#               tenancy.init_session(v1 token) once per connection)
 # Output: one line per scenario, then the overhead of each context over `plain`.
 #
 #   scripts/context-cost.sh                 # about 5 minutes
@@ -93,12 +94,13 @@ SELECT payload FROM items WHERE id = :id;'
 # pgbench runs a script per transaction: the session's first one (secret still 0, from
 # -D) initialises it.
 init='\if :secret = 0
-SELECT tenancy.init_session() AS secret \gset
-\endif'
+SELECT tenancy.init_session(sign_token_v1(1)) AS secret \gset
+\endif
+\set next random(1, 9000000000000000000)'
 scenario session_enter "$init
-SELECT tenancy.enter_session(0, :t, :secret) AS secret \gset"
+SELECT tenancy.enter_session(0, :t, :secret, :next) AS secret \gset"
 scenario session "$init
-SELECT tenancy.enter_session(0, :t, :secret) AS secret \gset
+SELECT tenancy.enter_session(0, :t, :secret, :next) AS secret \gset
 SELECT payload FROM items WHERE id = :id;"
 
 # Instructions of the backend that ran `n` transactions of scenario $1 on database $2:

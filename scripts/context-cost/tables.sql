@@ -35,7 +35,19 @@ BEGIN
     RETURN msg || '.' || encode(sha256('\x%s'::bytea || sha256('\x%s'::bytea || convert_to(msg, 'UTF8'))), 'hex');
 END
 $body$$f$, op, ip);
+    -- A v1 token (bound to this backend) for tenant t: what the SDK passes to
+    -- tenancy.init_session() once per connection.
+    EXECUTE format($f$
+CREATE FUNCTION public.sign_token_v1(t int) RETURNS text LANGUAGE plpgsql AS $body$
+DECLARE
+    now_us bigint := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+    msg text := 'v1.k1.00000000-0000-0000-0000-' || lpad(t::text, 12, '0') || '.' || pg_backend_pid() || '.'
+        || now_us || '.' || (now_us + 60000000);
+BEGIN
+    RETURN msg || '.' || encode(sha256('\x%s'::bytea || sha256('\x%s'::bytea || convert_to(msg, 'UTF8'))), 'hex');
+END
+$body$$f$, op, ip);
 END
 $mk$;
-GRANT EXECUTE ON FUNCTION public.sign_token(int) TO tenancy_app;
+GRANT EXECUTE ON FUNCTION public.sign_token(int), public.sign_token_v1(int) TO tenancy_app;
 ANALYZE;

@@ -18,10 +18,11 @@
 --
 -- On direct connections (no transaction-mode pooler) the PL/pgSQL implementation has a
 -- faster session context instead (see tenancy.init_session and tenancy.enter_session
--- below): per-backend state in temporary sequences owned by tenancy_owner, entered with a
--- secret the SDK got from the previous opening (a bound parameter; each works once), read
--- by current_tenant_id() as an inlinable SQL function. Tokens stay for transaction-mode
--- poolers (v2) and the native implementation.
+-- below): per-backend state in temporary sequences owned by tenancy_owner, set up once
+-- with a token the SDK signed for the backend, entered with a secret the SDK handed over
+-- in the previous opening (a bound parameter; each works once), read by
+-- current_tenant_id() as an inlined SQL function whose sequences the planner resolves.
+-- Tokens stay for transaction-mode poolers (v2) and the native implementation.
 --
 -- Nothing the two functions hash or compare depends on a setting of the session: the
 -- hashed values are binary (int4send, timestamptz_send) or text the token or the
@@ -200,14 +201,17 @@ BEGIN
     -- Signed fields only from here on; the signer writes them canonically.
     v1 := p[1] OPERATOR(pg_catalog.=) 'v1';
     -- A backend with a session context (tenancy.init_session ran on it) takes no v1 token:
-    -- the SDK enters it with its session secret, so no v1 single-use mark is ever set
-    -- there, and a v1 token of it could only have been made to be replayed.
-    IF v1 AND EXISTS (SELECT 1 FROM tenancy_private.context_sessions s
-                       WHERE s.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()) THEN
-        RAISE EXCEPTION USING ERRCODE = '28000',
-            MESSAGE = 'tenancy: tenant context token refused: this connection enters tenants with its session context';
-    END IF;
+    -- the SDK enters it with its session secret, and the only v1 token it signs for it is
+    -- the one init_session took (before the backend had a session context), so a v1
+    -- token of it could only have been made to be replayed.
+    -- (Inside IF v1: an expression with a subquery runs as a query of its own, set up and
+    -- torn down on every call even where v1 is false.)
     IF v1 THEN
+        IF EXISTS (SELECT 1 FROM tenancy_private.context_sessions s
+                    WHERE s.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()) THEN
+            RAISE EXCEPTION USING ERRCODE = '28000',
+                MESSAGE = 'tenancy: tenant context token refused: this connection enters tenants with its session context';
+        END IF;
         IF p[4] OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()::pg_catalog.text THEN
             RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: tenant context token was issued for another connection';
         END IF;
@@ -322,13 +326,34 @@ $def$;
     -- The transaction start is hashed from its float8 epoch (date_part of a timestamptz
     -- is binary: no DateStyle, TimeZone, IntervalStyle or extra_float_digits reaches it).
     --
-    -- tenancy.init_session() -> the first secret. Once per backend, ever: it records the
-    -- backend's pid in tenancy_private.context_sessions (owner only) and refuses a pid
+    -- tenancy.session_seq(name) -> this backend's temporary sequence `name`, or NULL where
+    -- the backend has none (no init_session, or DISCARD TEMP dropped them). IMMUTABLE, so
+    -- the planner evaluates it once, when it plans a statement, and puts the sequence's
+    -- oid in the plan as a constant: a statement prepared once per connection looks no
+    -- name up when it runs, and its plan depends on the sequence, so dropping the
+    -- sequence (DISCARD TEMP) replans it. (A plan made before init_session keeps NULL: no
+    -- context, never a wrong one.) Only pg_temp is searched, which the runtime role
+    -- cannot create objects in.
+    EXECUTE $def$
+CREATE OR REPLACE FUNCTION tenancy.session_seq(name pg_catalog.text) RETURNS pg_catalog.regclass
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL RESTRICTED SECURITY INVOKER AS $fn$
+BEGIN
+    RETURN pg_catalog.to_regclass('pg_temp.' OPERATOR(pg_catalog.||) name);
+END
+$fn$
+$def$;
+    --
+    -- tenancy.init_session(token) -> the first secret. Once per backend, ever: it records
+    -- the backend's pid in tenancy_private.context_sessions (owner only) and refuses a pid
     -- that is recorded and still running. Rows of backends that ended are removed first.
     -- So a DISCARD TEMP or DISCARD ALL (which drop the sequences) leaves a backend that can
-    -- never enter a session context again: the SDK retires it. It also refuses a database
-    -- where the connecting role may create temporary objects: DISCARD TEMP and sequences
-    -- of its own with these names would forge a context.
+    -- never enter a session context again: the SDK retires it. `token` is a v1 context
+    -- token the SDK signed for this backend (for a tenant of its choosing; nothing is read
+    -- under it): SQL injected into a transaction on a backend the SDK did not initialise
+    -- (behind a transaction-mode pooler, whose backends never get a session context)
+    -- cannot give itself a session context and a secret, because it cannot sign a token.
+    -- It also refuses a database where the connecting role may create temporary objects:
+    -- DISCARD TEMP and sequences of its own with these names would forge a context.
     EXECUTE $def$
 CREATE TABLE IF NOT EXISTS tenancy_private.context_sessions (
     pid        int4 PRIMARY KEY,
@@ -336,7 +361,12 @@ CREATE TABLE IF NOT EXISTS tenancy_private.context_sessions (
 )
 $def$;
     EXECUTE $def$
-CREATE OR REPLACE FUNCTION tenancy.init_session() RETURNS int8
+DROP FUNCTION IF EXISTS tenancy.init_session();
+DROP FUNCTION IF EXISTS tenancy.enter_session(int8, int8, int8);
+DROP FUNCTION IF EXISTS tenancy.enter_session_read_only(int8, int8, int8)
+$def$;
+    EXECUTE $def$
+CREATE OR REPLACE FUNCTION tenancy.init_session(token text) RETURNS int8
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     n int8;
@@ -350,11 +380,17 @@ BEGIN
     END IF;
     DELETE FROM tenancy_private.context_sessions c
      WHERE NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(NULL) a WHERE a.pid = c.pid);
-    INSERT INTO tenancy_private.context_sessions (pid) VALUES (pg_backend_pid()) ON CONFLICT (pid) DO NOTHING;
-    IF NOT FOUND THEN
+    IF EXISTS (SELECT 1 FROM tenancy_private.context_sessions c WHERE c.pid = pg_backend_pid()) THEN
         RAISE EXCEPTION USING ERRCODE = '55000',
             MESSAGE = 'tenancy: this connection already initialised its session context (a second init_session is refused)';
     END IF;
+    -- The token proves the SDK asks: its MAC, this backend, its expiry, single use.
+    IF token IS NULL OR pg_catalog.split_part(token, '.', 1) <> 'v1' THEN
+        RAISE EXCEPTION USING ERRCODE = '28000',
+            MESSAGE = 'tenancy: init_session takes a v1 context token signed for this connection';
+    END IF;
+    PERFORM tenancy.enter(token);
+    INSERT INTO tenancy_private.context_sessions (pid) VALUES (pg_backend_pid());
     -- CREATE without IF NOT EXISTS: an object of the same name (made before, by anyone) is an error.
     CREATE TEMP SEQUENCE tenancy_ctx_secret AS int8 MINVALUE -9223372036854775808;
     CREATE TEMP SEQUENCE tenancy_ctx_hi AS int8 MINVALUE -9223372036854775808;
@@ -371,79 +407,102 @@ BEGIN
 END
 $fn$
 $def$;
-    -- tenancy.enter_session(hi, lo, secret) -> the next secret. The secret is a bound
+    -- tenancy.enter_session(hi, lo, secret, next) -> next. The secret is a bound
     -- parameter, read with pg_sequence_last_value (from the sequence itself: DISCARD
     -- SEQUENCES, which forgets currval, changes nothing). A wrong one is refused and
     -- burns the current one (a new random value nobody knows): the connection cannot
-    -- enter again and the SDK retires it. A right one is replaced by a new random value,
-    -- returned to the SDK: each secret works once. Then RESET ALL (session settings of
-    -- an earlier transaction on this connection end here) and the state. Same shape as
-    -- enter: no SET clauses, every name schema-qualified.
+    -- enter again and the SDK retires it. A right one is replaced by `next`, which the SDK
+    -- drew from its own CSPRNG and sends as a bound parameter like the secret (the server
+    -- draws nothing per transaction): each secret works once. Then RESET ALL (session
+    -- settings of an earlier transaction on this connection end here) and the state.
+    -- STRICT: a NULL argument changes nothing (and enters nothing). Same shape as enter:
+    -- no SET clauses, every name schema-qualified.
+    --
+    -- What it costs is mostly per expression and per function call in it (each is set up
+    -- again in every transaction), so the whole state is written by one expression:
+    -- setval's arguments are evaluated in order before it runs, and its third
+    -- (is_called, true) is the AND of the other setvals, which return their non-null
+    -- value; the secret's sequence is written last.
     DECLARE
         body text := $body$
 DECLARE
-    n    pg_catalog.int8 := pg_catalog.pg_sequence_last_value(pg_catalog.to_regclass('pg_temp.tenancy_ctx_secret'));
-    done pg_catalog.text;
+    done pg_catalog.bool;
 BEGIN
-    IF n IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = '55000',
-            MESSAGE = 'tenancy: this connection has no session context (DISCARD TEMP or DISCARD ALL dropped it); it cannot enter a tenant again';
-    END IF;
-    IF secret IS NULL OR secret OPERATOR(pg_catalog.<>) n THEN
-        n := pg_catalog.setval('pg_temp.tenancy_ctx_secret'::pg_catalog.regclass,
-                               pg_catalog.uuid_hash_extended(pg_catalog.gen_random_uuid(), 0));
+    IF (pg_catalog.pg_sequence_last_value(tenancy.session_seq('tenancy_ctx_secret')) OPERATOR(pg_catalog.=) secret)
+       IS NOT TRUE THEN
+        IF pg_catalog.pg_sequence_last_value(tenancy.session_seq('tenancy_ctx_secret')) IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '55000',
+                MESSAGE = 'tenancy: this connection has no session context (DISCARD TEMP or DISCARD ALL dropped it); it cannot enter a tenant again';
+        END IF;
+        done := pg_catalog.setval('pg_temp.tenancy_ctx_secret'::pg_catalog.regclass,
+                                  pg_catalog.uuid_hash_extended(pg_catalog.gen_random_uuid(), 0)) IS NOT NULL;
         RAISE EXCEPTION USING ERRCODE = '28000', MESSAGE = 'tenancy: wrong session secret (the connection cannot enter a tenant again)';
     END IF;
     RESET ALL;
-    n := pg_catalog.setval('pg_temp.tenancy_ctx_hi'::pg_catalog.regclass, hi);
-    n := pg_catalog.setval('pg_temp.tenancy_ctx_lo'::pg_catalog.regclass, lo);
-    n := pg_catalog.setval('pg_temp.tenancy_ctx_tx'::pg_catalog.regclass,
-        pg_catalog.hashfloat8extended(pg_catalog.date_part('epoch', pg_catalog.transaction_timestamp()), 0));
-    /*read only*/
-    RETURN pg_catalog.setval('pg_temp.tenancy_ctx_secret'::pg_catalog.regclass,
-                             pg_catalog.uuid_hash_extended(pg_catalog.gen_random_uuid(), 0));
+    RETURN pg_catalog.setval('pg_temp.tenancy_ctx_secret'::pg_catalog.regclass, next,
+        pg_catalog.setval('pg_temp.tenancy_ctx_hi'::pg_catalog.regclass, hi) IS NOT NULL
+        AND pg_catalog.setval('pg_temp.tenancy_ctx_lo'::pg_catalog.regclass, lo) IS NOT NULL
+        AND pg_catalog.setval('pg_temp.tenancy_ctx_tx'::pg_catalog.regclass,
+                pg_catalog.hashfloat8extended(pg_catalog.date_part('epoch', pg_catalog.transaction_timestamp()), 0))
+            IS NOT NULL
+        /*read only*/);
 END
 $body$;
     BEGIN
-        EXECUTE 'CREATE OR REPLACE FUNCTION tenancy.enter_session(hi int8, lo int8, secret int8) RETURNS int8
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS ' || quote_literal(replace(body, '/*read only*/', ''));
+        EXECUTE 'CREATE OR REPLACE FUNCTION tenancy.enter_session(hi int8, lo int8, secret int8, next int8) RETURNS int8
+LANGUAGE plpgsql VOLATILE STRICT SECURITY DEFINER AS ' || quote_literal(replace(body, '/*read only*/', ''));
         -- The opening of implicit read-only transactions: the same, and the transaction
-        -- read-only (see enter_read_only).
-        EXECUTE 'CREATE OR REPLACE FUNCTION tenancy.enter_session_read_only(hi int8, lo int8, secret int8) RETURNS int8
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS ' || quote_literal(replace(body, '/*read only*/',
-            'done := pg_catalog.set_config(''transaction_read_only'', ''on'', true);'));
+        -- read-only (see enter_read_only), in the same expression.
+        EXECUTE 'CREATE OR REPLACE FUNCTION tenancy.enter_session_read_only(hi int8, lo int8, secret int8, next int8) RETURNS int8
+LANGUAGE plpgsql VOLATILE STRICT SECURITY DEFINER AS ' || quote_literal(replace(body, '/*read only*/',
+            'AND pg_catalog.set_config(''transaction_read_only'', ''on'', true) IS NOT NULL'));
     END;
-    -- The tenant of this transaction: the session context when its transaction hash is
-    -- this transaction's, else what a token entered through tenancy.enter (behind a
-    -- transaction-mode pooler; COALESCE calls it only then). An inlinable SQL function
-    -- (no plpgsql call, no SECURITY DEFINER, no SET clause): it runs as the caller, who
-    -- may read hi, lo and tx; where the sequences do not exist (no init_session on this
-    -- backend) to_regclass is NULL and so is currval. Inlined, its body is parsed with
-    -- the caller's search_path: every name in it is schema-qualified, operators included.
+    -- The tenant of this transaction. SQL functions with a standard body (RETURN): the
+    -- body is parsed once, when it is created, with every name bound then (no caller's
+    -- search_path reaches it), and planning inlines the stored tree without parsing text.
+    -- No plpgsql call, no SECURITY DEFINER: they run as the caller, who may read hi, lo
+    -- and tx. The planner folds tenancy.session_seq (IMMUTABLE) to a constant and
+    -- simplifies the CASE with it, so a plan holds one of two expressions:
+    --   * on a backend with a session context: tenancy.session_tenant(), inlined: the
+    --     sequences' tenant when the stored hash is this transaction's, else NULL (three
+    --     currval of constant oids, no lookup);
+    --   * on any other backend (behind a transaction-mode pooler, where every statement is
+    --     planned anew): tenancy.context_from_setting(), the token-entered context;
+    --     session_tenant() is dropped before it is inlined, so planning there reads one
+    --     short body and makes one session_seq call.
+    -- A backend with a session context never reads a token context: enter refuses v1
+    -- tokens there, and the SDK signs v2 tokens only for pooled backends.
     -- VOLATILE because currval is (a STABLE function with a volatile body is not inlined);
-    -- policies call it as (SELECT tenancy.current_tenant_id()): once per statement.
+    -- policies call current_tenant_id as (SELECT tenancy.current_tenant_id()): once per
+    -- statement.
+    EXECUTE $def$
+CREATE OR REPLACE FUNCTION tenancy.session_tenant() RETURNS uuid
+LANGUAGE sql VOLATILE PARALLEL RESTRICTED SECURITY INVOKER
+RETURN CASE
+    WHEN pg_catalog.currval(tenancy.session_seq('tenancy_ctx_tx')) OPERATOR(pg_catalog.=)
+         pg_catalog.hashfloat8extended(pg_catalog.date_part('epoch', pg_catalog.transaction_timestamp()), 0)
+    THEN pg_catalog.encode(pg_catalog.int8send(pg_catalog.currval(tenancy.session_seq('tenancy_ctx_hi')))
+         OPERATOR(pg_catalog.||) pg_catalog.int8send(pg_catalog.currval(tenancy.session_seq('tenancy_ctx_lo'))),
+         'hex')::pg_catalog.uuid
+END
+$def$;
     EXECUTE $def$
 CREATE OR REPLACE FUNCTION tenancy.current_tenant_id() RETURNS uuid
-LANGUAGE sql VOLATILE PARALLEL RESTRICTED SECURITY INVOKER AS $fn$
-SELECT COALESCE(
-    CASE WHEN pg_catalog.currval(pg_catalog.to_regclass('pg_temp.tenancy_ctx_tx')) OPERATOR(pg_catalog.=)
-              pg_catalog.hashfloat8extended(pg_catalog.date_part('epoch', pg_catalog.transaction_timestamp()), 0)
-         THEN pg_catalog.encode(pg_catalog.int8send(pg_catalog.currval(pg_catalog.to_regclass('pg_temp.tenancy_ctx_hi')))
-              OPERATOR(pg_catalog.||) pg_catalog.int8send(pg_catalog.currval(pg_catalog.to_regclass('pg_temp.tenancy_ctx_lo'))),
-              'hex')::pg_catalog.uuid END,
-    tenancy.context_from_setting())
-$fn$
+LANGUAGE sql VOLATILE PARALLEL RESTRICTED SECURITY INVOKER
+RETURN CASE WHEN tenancy.session_seq('tenancy_ctx_tx') IS NULL THEN tenancy.context_from_setting()
+            ELSE tenancy.session_tenant() END
 $def$;
     EXECUTE $def$
 COMMENT ON FUNCTION tenancy.context_from_setting() IS 'tenancy:context-read';
-COMMENT ON FUNCTION tenancy.init_session() IS 'tenancy:context-enter';
-COMMENT ON FUNCTION tenancy.enter_session(int8, int8, int8) IS 'tenancy:context-enter';
-COMMENT ON FUNCTION tenancy.enter_session_read_only(int8, int8, int8) IS 'tenancy:context-enter';
+COMMENT ON FUNCTION tenancy.session_tenant() IS 'tenancy:context-read';
+COMMENT ON FUNCTION tenancy.init_session(text) IS 'tenancy:context-enter';
+COMMENT ON FUNCTION tenancy.enter_session(int8, int8, int8, int8) IS 'tenancy:context-enter';
+COMMENT ON FUNCTION tenancy.enter_session_read_only(int8, int8, int8, int8) IS 'tenancy:context-enter';
 REVOKE ALL ON TABLE tenancy_private.context_sessions FROM PUBLIC;
-REVOKE ALL ON FUNCTION tenancy.context_from_setting(), tenancy.init_session(), tenancy.enter_session(int8, int8, int8),
-    tenancy.enter_session_read_only(int8, int8, int8) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION tenancy.context_from_setting(), tenancy.init_session(), tenancy.enter_session(int8, int8, int8),
-    tenancy.enter_session_read_only(int8, int8, int8) TO tenancy_app
+REVOKE ALL ON FUNCTION tenancy.context_from_setting(), tenancy.init_session(text), tenancy.enter_session(int8, int8, int8, int8),
+    tenancy.enter_session_read_only(int8, int8, int8, int8), tenancy.session_seq(text), tenancy.session_tenant() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.context_from_setting(), tenancy.init_session(text), tenancy.enter_session(int8, int8, int8, int8),
+    tenancy.enter_session_read_only(int8, int8, int8, int8), tenancy.session_seq(text), tenancy.session_tenant() TO tenancy_app
 $def$;
 END
 $impl$;

@@ -40,17 +40,17 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(5);
 /// functions the database has. Native only when every C entry point the openings use is
 /// there. Implicit read-only openings need `tenancy.enter_read_only` (both implementations
 /// have it; a database whose runtime predates it gets explicit read-only openings until its
-/// runtime is installed again). The PL/pgSQL session context needs `tenancy.init_session`
-/// (a runtime that predates it gets token openings). The last column is the size of the
-/// native context's replay registry, NULL where the server has none (the library is not in
-/// `shared_preload_libraries`).
+/// runtime is installed again). The PL/pgSQL session context needs
+/// `tenancy.init_session(text)` (a runtime that predates it gets token openings). The last
+/// column is the size of the native context's replay registry, NULL where the server has
+/// none (the library is not in `shared_preload_libraries`).
 const CONNECTION_CHECK: &str = "SELECT pg_catalog.pg_backend_pid(), (SELECT count(*) = 2 FROM pg_catalog.pg_proc p \
        JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
       WHERE l.lanname = 'c' AND p.oid IN (pg_catalog.to_regprocedure('tenancy.enter(text)'), \
                                           pg_catalog.to_regprocedure('tenancy.enter_read_only(text)'))), \
             pg_catalog.to_regprocedure('tenancy.reset_session()') IS NOT NULL, \
             pg_catalog.to_regprocedure('tenancy.enter_read_only(text)') IS NOT NULL, \
-            pg_catalog.to_regprocedure('tenancy.init_session()') IS NOT NULL, \
+            pg_catalog.to_regprocedure('tenancy.init_session(text)') IS NOT NULL, \
             pg_catalog.current_setting('tenancy_context.replay_slots', true)";
 
 /// One pooled connection.
@@ -324,6 +324,9 @@ pub(crate) struct Manager {
     /// each transaction.
     pooler: Pooler,
     pooled: Option<Arc<Pooled>>,
+    /// Tenant pools: the context key, which signs the token that initialises a PL/pgSQL
+    /// session context.
+    key: Option<Arc<ContextKey>>,
 }
 
 impl managed::Manager for Manager {
@@ -438,10 +441,9 @@ impl Manager {
         // The PL/pgSQL session context (direct connections only: behind a pooler the
         // backend changes between transactions): initialised once, here, before any
         // statement of a user; its enter_session resets session settings itself.
-        let session = if !native && session_fn {
-            Some(init_session(&client).await?)
-        } else {
-            None
+        let session = match &self.key {
+            Some(key) if !native && session_fn => Some(init_session(&client, key, pid).await?),
+            _ => None,
         };
         let reset = match (native, reset_fn, session) {
             (true, _, _) | (false, _, Some(_)) => None,
@@ -551,11 +553,25 @@ fn sign_single_use(key: &ContextKey, tenant: TenantId, ttl_micros: i64) -> Conte
     key.sign_single_use(tenant, rand::random(), now, ttl)
 }
 
-/// Initialises the PL/pgSQL session context of a new connection and returns its first
-/// secret. The secret comes back in the reply, never in query text.
-async fn init_session(client: &Client) -> Result<i64, wire::Error> {
-    let msgs = client
-        .simple_query("SELECT tenancy.init_session()")
+/// How long the token that initialises a session context is valid.
+const INIT_TOKEN_TTL_MICROS: i64 = 60_000_000;
+
+/// Initialises the PL/pgSQL session context of a new connection (backend `pid`) and
+/// returns its first secret. The database takes it only with a v1 token signed for this
+/// backend (for a random tenant, entered by nothing), so SQL on a backend the SDK did not
+/// initialise cannot give itself a session context. Token and secret travel as a bound
+/// parameter and in the reply, never in query text.
+async fn init_session(client: &Client, key: &ContextKey, pid: i32) -> Result<i64, wire::Error> {
+    let issued = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    let token = key.sign(TenantId::new_random(), pid, issued, INIT_TOKEN_TTL_MICROS);
+    let row = client
+        .query_one(
+            "SELECT tenancy.init_session($1::pg_catalog.text)",
+            &[&token.as_str()],
+        )
         .await
         .map_err(|e| {
             wire::Error::Setup(format!(
@@ -569,11 +585,9 @@ async fn init_session(client: &Client) -> Result<i64, wire::Error> {
                 )
             ))
         })?;
-    msgs.iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
-            _ => None,
-        })
+    row.try_get::<_, Option<i64>>(0)
+        .ok()
+        .flatten()
         .ok_or_else(|| wire::Error::Setup("tenancy.init_session() returned no secret".into()))
 }
 
@@ -603,18 +617,20 @@ pub(crate) type Object = managed::Object<Manager>;
 /// Builds a pool of plain connections (used directly only for catalog reads, which are
 /// not tenant data).
 pub(crate) fn build_pool(config: PgConfig, opts: &PoolOptions) -> Result<Pool, Error> {
-    build_pool_with(config, opts, false, Arc::default(), Arc::default())
+    build_pool_with(config, opts, None, Arc::default(), Arc::default())
 }
 
+/// `key`: a tenant pool's context key (tenant connections), `None` for plain connections.
 fn build_pool_with(
     mut config: PgConfig,
     opts: &PoolOptions,
-    tenant: bool,
+    key: Option<Arc<ContextKey>>,
     deferred: Arc<AtomicUsize>,
     watches: Arc<Mutex<Vec<Weak<Watch>>>>,
 ) -> Result<Pool, Error> {
     // Behind a transaction-mode pooler the limits are set per transaction instead: a
     // pooler refuses (PgBouncer: `unsupported startup parameter`) or drops `options`.
+    let tenant = key.is_some();
     let pooled =
         (tenant && opts.pooler == Pooler::Transaction).then(|| Arc::new(Pooled::new(opts)));
     if opts.pooler == Pooler::Direct {
@@ -626,6 +642,7 @@ fn build_pool_with(
     }
     Pool::builder(Manager {
         config,
+        key,
         tenant,
         deferred,
         watches,
@@ -682,10 +699,11 @@ impl TenantPool {
         }
         let deferred = Arc::new(AtomicUsize::new(0));
         let watches = Arc::default();
+        let key = Arc::new(key);
         let pool = build_pool_with(
             config,
             &opts,
-            true,
+            Some(Arc::clone(&key)),
             Arc::clone(&deferred),
             Arc::clone(&watches),
         )?;
@@ -706,7 +724,7 @@ impl TenantPool {
         };
         Ok(TenantPool {
             pool,
-            key: Arc::new(key),
+            key,
             opts,
             defers_commits,
         })

@@ -26,15 +26,15 @@ pub(super) const PREPARED: &[(&str, &str)] = &[
 ];
 /// Prepared on connections with a PL/pgSQL session context (direct connections to a
 /// database whose runtime has `tenancy.init_session`): the explicit and the implicit
-/// read-only opening, with the tenant as two int8 and the session secret.
+/// read-only opening, with the tenant as two int8, the session secret and the next one.
 pub(super) const PREPARED_SESSION: &[(&str, &str)] = &[
     (
         ENTER_SESSION,
-        "SELECT tenancy.enter_session($1::pg_catalog.int8, $2::pg_catalog.int8, $3::pg_catalog.int8)",
+        "SELECT tenancy.enter_session($1::pg_catalog.int8, $2::pg_catalog.int8, $3::pg_catalog.int8, $4::pg_catalog.int8)",
     ),
     (
         ENTER_SESSION_READ_ONLY,
-        "SELECT tenancy.enter_session_read_only($1::pg_catalog.int8, $2::pg_catalog.int8, $3::pg_catalog.int8)",
+        "SELECT tenancy.enter_session_read_only($1::pg_catalog.int8, $2::pg_catalog.int8, $3::pg_catalog.int8, $4::pg_catalog.int8)",
     ),
 ];
 /// Prepared only where the database has `tenancy.enter_read_only` (both context
@@ -77,9 +77,15 @@ pub(crate) struct Opening<'a> {
 pub(crate) enum Enter<'a> {
     /// A signed context token (`tenancy.enter`, `tenancy.enter_read_only`).
     Token(&'a str),
-    /// The PL/pgSQL session context: the tenant's id as two int8 (big-endian halves) and
-    /// the session secret (`tenancy.enter_session`, `tenancy.enter_session_read_only`).
-    Session { hi: i64, lo: i64, secret: i64 },
+    /// The PL/pgSQL session context: the tenant's id as two int8 (big-endian halves), the
+    /// session secret and the one that replaces it (`tenancy.enter_session`,
+    /// `tenancy.enter_session_read_only`).
+    Session {
+        hi: i64,
+        lo: i64,
+        secret: i64,
+        next: i64,
+    },
 }
 
 /// Appends Parse messages of `stmts` (name, text) to `buf`; returns how many.
@@ -143,14 +149,24 @@ pub(super) fn opening(o: &Opening<'_>, reset: bool, buf: &mut BytesMut) -> u32 {
             }
             stmt(ENTER, &[token], buf);
         }
-        Enter::Session { hi, lo, secret } => {
+        Enter::Session {
+            hi,
+            lo,
+            secret,
+            next,
+        } => {
             let name = if o.implicit {
                 ENTER_SESSION_READ_ONLY
             } else {
                 ENTER_SESSION
             };
-            let (hi, lo, secret) = (hi.to_string(), lo.to_string(), secret.to_string());
-            stmt(name, &[&hi, &lo, &secret], buf);
+            let (hi, lo, secret, next) = (
+                hi.to_string(),
+                lo.to_string(),
+                secret.to_string(),
+                next.to_string(),
+            );
+            stmt(name, &[&hi, &lo, &secret, &next], buf);
         }
     }
     if let Some(path) = o.search_path {

@@ -142,7 +142,7 @@ impl Machine {
         self.secret.is_some()
     }
 
-    /// The first session secret, from `tenancy.init_session()` at connection set-up.
+    /// The first session secret, from `tenancy.init_session` at connection set-up.
     pub(super) fn set_secret(&mut self, secret: i64) {
         self.secret = Some(secret);
     }

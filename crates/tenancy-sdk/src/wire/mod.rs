@@ -44,9 +44,10 @@
 //!   notifications) always pass.
 //! - One dropped reply is read rather than only dropped: the DataRow of an inserted
 //!   `tenancy.enter_session` (the PL/pgSQL session context) is the connection's next
-//!   secret, handed to the connection state ([`machine::Machine::take_secret`]) as soon as
-//!   it arrives, even when the request that carried it then fails (the server rotated the
-//!   secret either way). A connection without a secret cannot open again and is retired.
+//!   secret (the one the opening sent along, returned once the server stored it), handed
+//!   to the connection state ([`machine::Machine::take_secret`]) as soon as it arrives,
+//!   even when the request that carried it then fails (the server rotated the secret
+//!   either way). A connection without a secret cannot open again and is retired.
 //! - If an inserted statement fails, its ErrorResponse passes through: the server skips
 //!   the rest up to the Sync, so the ErrorResponse becomes the reply to the request that
 //!   carried it, and that request fails with the refusal (recorded so the SDK reports it
@@ -177,7 +178,7 @@ fn describe(e: &tokio_postgres::Error) -> String {
 /// (`implicit`), the opening of implicit read-only transactions. `reset`:
 /// what an explicit opening runs between BEGIN and `tenancy.enter` to reset session
 /// settings, where `enter` does not do it itself (the PL/pgSQL context). `session`: the
-/// first secret of the PL/pgSQL session context (`tenancy.init_session()` ran on this
+/// first secret of the PL/pgSQL session context (`tenancy.init_session` ran on this
 /// connection): openings then enter with `tenancy.enter_session`.
 pub(crate) async fn prepare(
     client: &Client,
@@ -246,11 +247,13 @@ impl Splice {
     }
 
     /// Queues an opening that enters `tenant` with the session context, in front of the
-    /// next request: `o`'s `enter` is replaced by the tenant and the connection's current
-    /// secret, which this uses up (the DataRow of the enter brings the next one). Returns
-    /// false, queueing nothing, when the connection has no secret (a failed opening or a
-    /// dropped reply lost it): the connection cannot enter a tenant again.
+    /// next request: `o`'s `enter` is replaced by the tenant, the connection's current
+    /// secret, which this uses up, and the next secret, drawn here from a CSPRNG (the
+    /// DataRow of the enter returns it once the database stored it). Returns false,
+    /// queueing nothing, when the connection has no secret (a failed opening or a dropped
+    /// reply lost it): the connection cannot enter a tenant again.
     pub(crate) fn push_session_opening(&self, o: &Opening<'_>, tenant: [u8; 16]) -> bool {
+        let next: i64 = rand::random();
         let mut m = self.lock();
         let Some(secret) = m.take_secret() else {
             return false;
@@ -261,6 +264,7 @@ impl Splice {
                 hi: i64::from_be_bytes(hi.try_into().unwrap_or_default()),
                 lo: i64::from_be_bytes(lo.try_into().unwrap_or_default()),
                 secret,
+                next,
             },
             ..*o
         };

@@ -327,7 +327,7 @@ async fn refused_session_openings_leave_no_secret_in_the_server_log(
         let mut tx = pool.begin(a).await.expect("begin a");
         tx.query("SELECT 1", &[]).await.expect("a");
         let burnt = tx
-            .batch_execute("SELECT tenancy.enter_session(0, 0, 0)")
+            .batch_execute("SELECT tenancy.enter_session(0, 0, 0, 0)")
             .await;
         assert!(
             format!("{burnt:?}").contains("wrong session secret"),
@@ -362,7 +362,7 @@ async fn refused_session_openings_leave_no_secret_in_the_server_log(
         .filter(|l| l.contains("STATEMENT:") && l.contains("tenancy.enter_session("))
     {
         assert!(
-            line.contains("enter_session($1") || line.contains("enter_session(0, 0, 0)"),
+            line.contains("enter_session($1") || line.contains("enter_session(0, 0, 0, 0)"),
             "a session opening with its values in the log: {line}"
         );
     }

@@ -4,7 +4,7 @@
 //! through the pool (what the next tenant on the connection sees).
 
 use tenancy_pg::testing::TestDb;
-use tenancy_sdk::{Error, TenantId};
+use tenancy_sdk::{ContextKey, Error, TenantId};
 use tokio_postgres::Client;
 
 use crate::support::*;
@@ -19,21 +19,61 @@ fn halves(t: TenantId) -> (i64, i64) {
     )
 }
 
-async fn init(c: &Client) -> Result<i64, tokio_postgres::Error> {
-    Ok(c.query_one("SELECT tenancy.init_session()", &[])
-        .await?
-        .get(0))
+/// Microseconds since the Unix epoch, strictly increasing within the process (tokens
+/// are single-use per backend).
+fn issue_micros() -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as i64;
+    let next = |prev: i64| prev.max(now - 1) + 1;
+    next(
+        LAST.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| Some(next(p)))
+            .unwrap_or(now - 1),
+    )
 }
 
-/// `tenancy.enter_session` with bound parameters, as the SDK sends it.
+async fn pid(c: &Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0)
+}
+
+/// `tenancy.init_session` with a token `key` signed for backend `pid`.
+async fn init_with(c: &Client, key: &ContextKey, pid: i32) -> Result<i64, tokio_postgres::Error> {
+    let token = key.sign(TenantId::new_random(), pid, issue_micros(), 60_000_000);
+    Ok(
+        c.query_one("SELECT tenancy.init_session($1)", &[&token.as_str()])
+            .await?
+            .get(0),
+    )
+}
+
+/// `tenancy.init_session` as the SDK calls it: with a token for this backend.
+async fn init(c: &Client) -> Result<i64, tokio_postgres::Error> {
+    init_with(c, &key(), pid(c).await).await
+}
+
+/// `tenancy.enter_session` with bound parameters, as the SDK sends it; returns the
+/// secret for the next opening (the random `next` it passed, once the database took it).
 async fn enter(c: &Client, t: TenantId, secret: i64) -> Result<i64, tokio_postgres::Error> {
     let (hi, lo) = halves(t);
-    Ok(c.query_one(
-        "SELECT tenancy.enter_session($1, $2, $3)",
-        &[&hi, &lo, &secret],
-    )
-    .await?
-    .get(0))
+    let next: i64 = rand::random();
+    let stored: i64 = c
+        .query_one(
+            "SELECT tenancy.enter_session($1, $2, $3, $4)",
+            &[&hi, &lo, &secret, &next],
+        )
+        .await?
+        .get(0);
+    assert_eq!(
+        stored, next,
+        "enter_session returns the next secret it stored"
+    );
+    Ok(stored)
 }
 
 async fn current(c: &Client) -> Option<uuid::Uuid> {
@@ -371,7 +411,7 @@ async fn a_connection_whose_session_context_was_dropped_or_burnt_is_retired_with
         &["DISCARD TEMP"],
         &["COMMIT", "DISCARD ALL"],
         &["DISCARD SEQUENCES"],
-        &["SELECT tenancy.enter_session(0, 0, 0)"],
+        &["SELECT tenancy.enter_session(0, 0, 0, 0)"],
         &["SELECT setval('pg_temp.tenancy_ctx_hi', 0)"],
     ];
     for sqls in injected {
@@ -419,5 +459,137 @@ async fn a_connection_whose_session_context_was_dropped_or_burnt_is_retired_with
                 assert_ne!(pid_a, pid_b, "{sql}: the connection must be retired");
             }
         }
+    }
+}
+
+/// A backend the SDK did not initialise (every backend behind a transaction-mode pooler):
+/// SQL on it cannot give itself a session context, and with it a secret of its own to
+/// enter any tenant. init_session takes only a v1 token the SDK signed for this backend.
+#[tokio::test]
+async fn sql_on_a_backend_the_sdk_did_not_initialise_cannot_give_itself_a_session_context() {
+    let (db, _, b) = set_up().await;
+    let c = runtime_client(&db).await;
+    let me = pid(&c).await;
+    let other_key = ContextKey::from_hex(
+        "test".parse().expect("kid"),
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+    )
+    .expect("key");
+    let v2 = key().sign_for_transaction(b, me, 0, issue_micros(), 60_000_000);
+    let expired = key().sign(b, me, issue_micros() - 120_000_000, 60_000_000);
+    let refused: [(&str, Result<i64, tokio_postgres::Error>); 6] = [
+        (
+            "no argument",
+            c.query_one("SELECT tenancy.init_session()", &[])
+                .await
+                .map(|r| r.get(0)),
+        ),
+        (
+            "junk",
+            c.query_one("SELECT tenancy.init_session('v1.test.x.1.2.3.abc')", &[])
+                .await
+                .map(|r| r.get(0)),
+        ),
+        (
+            "another backend",
+            init_with(&c, &key(), me.wrapping_add(1)).await,
+        ),
+        ("another key", init_with(&c, &other_key, me).await),
+        (
+            "a v2 token",
+            c.query_one("SELECT tenancy.init_session($1)", &[&v2.as_str()])
+                .await
+                .map(|r| r.get(0)),
+        ),
+        (
+            "an expired token",
+            c.query_one("SELECT tenancy.init_session($1)", &[&expired.as_str()])
+                .await
+                .map(|r| r.get(0)),
+        ),
+    ];
+    for (what, r) in refused {
+        assert!(r.is_err(), "init_session accepted {what}");
+    }
+    // Nothing was initialised: no secret enters B, whatever is guessed.
+    for guess in [0i64, 1, -1] {
+        c.batch_execute("BEGIN").await.expect("begin");
+        let e = enter(&c, b, guess).await.expect_err("entered without init");
+        assert!(message(&e).contains("no session context"), "{e}");
+        c.batch_execute("ROLLBACK").await.expect("rollback");
+    }
+    assert_eq!(current(&c).await, None);
+    assert_eq!(crate::context::count_tenant(&c, b).await, 0);
+    // The SDK's own token initialises it.
+    let s = init(&c).await.expect("init with the SDK's token");
+    c.batch_execute("BEGIN").await.expect("begin");
+    enter(&c, b, s).await.expect("enter");
+    assert_eq!(current(&c).await, Some(b.as_uuid()));
+    c.batch_execute("COMMIT").await.expect("commit");
+}
+
+/// The planner puts the session state's sequences in a statement's plan as constants: a
+/// plan prepared and cached on the connection reads this transaction's tenant in every
+/// transaction, and once DISCARD TEMP dropped the state it is planned again and reads
+/// no context (never an error, never a stale tenant). A plan made before init_session
+/// reads no context or the transaction's own tenant.
+#[tokio::test]
+async fn cached_plans_follow_the_session_state() {
+    let (db, a, b) = set_up().await;
+    let c = runtime_client(&db).await;
+    let count = c
+        .prepare("SELECT count(*) FROM customers")
+        .await
+        .expect("prepare");
+    let who = c
+        .prepare("SELECT tenancy.current_tenant_id()")
+        .await
+        .expect("prepare");
+    // Planned (custom, then generic) before init: no context.
+    for _ in 0..7 {
+        let n: i64 = c.query_one(&count, &[]).await.expect("count").get(0);
+        assert_eq!(n, 0);
+    }
+    let mut s = init(&c).await.expect("init");
+    c.batch_execute("BEGIN").await.expect("begin");
+    s = enter(&c, b, s).await.expect("enter");
+    let n: i64 = c.query_one(&count, &[]).await.expect("count").get(0);
+    // Kept (no context) or planned again (init_session may reset the plan cache when it
+    // creates the temporary schema): never another tenant's rows.
+    assert!(n == 0 || n == 2, "a plan made before init read {n} rows");
+    c.batch_execute("COMMIT").await.expect("commit");
+    // Planned after init, the same text: the tenant of each transaction, many times over
+    // (the generic plan is cached after five runs).
+    let count = c
+        .prepare("SELECT count(*) FROM customers WHERE true")
+        .await
+        .expect("prepare");
+    for i in 0..8 {
+        let (t, want) = if i % 2 == 0 { (a, 1) } else { (b, 2) };
+        c.batch_execute("BEGIN").await.expect("begin");
+        s = enter(&c, t, s).await.expect("enter");
+        let n: i64 = c.query_one(&count, &[]).await.expect("count").get(0);
+        assert_eq!(n, want, "run {i}");
+        let id: Option<uuid::Uuid> = c.query_one(&who, &[]).await.expect("who").get(0);
+        assert_eq!(id, Some(t.as_uuid()), "run {i}");
+        c.batch_execute("COMMIT").await.expect("commit");
+        let n: i64 = c.query_one(&count, &[]).await.expect("count").get(0);
+        assert_eq!(n, 0, "run {i}: the next transaction");
+    }
+    c.batch_execute("BEGIN").await.expect("begin");
+    enter(&c, a, s).await.expect("enter");
+    c.batch_execute("DISCARD SEQUENCES").await.expect("discard");
+    c.batch_execute("COMMIT; DISCARD TEMP")
+        .await
+        .expect("discard temp");
+    for _ in 0..2 {
+        let n: i64 = c
+            .query_one(&count, &[])
+            .await
+            .expect("after DISCARD TEMP")
+            .get(0);
+        assert_eq!(n, 0);
+        let id: Option<uuid::Uuid> = c.query_one(&who, &[]).await.expect("who").get(0);
+        assert_eq!(id, None);
     }
 }

@@ -14,6 +14,7 @@ fn session_opening(commit_first: bool, implicit: bool, schema: bool) -> (Opening
             hi: 1,
             lo: -2,
             secret: 77,
+            next: 78,
         },
         search_path: schema.then_some("\"t_1\", public"),
     };
