@@ -4,6 +4,8 @@
 //! `request_id` to every problem document ([`add_to_problem`]), so an operator can find
 //! the log lines of a failed call from what the client saw.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
@@ -19,63 +21,49 @@ pub const MAX_LEN: usize = 128;
 const MAX_PROBLEM_BODY: usize = 64 * 1024;
 
 /// A request's id: 1 to [`MAX_LEN`] visible ASCII characters (so it is always a valid
-/// header value and never breaks a log line). Held as the header value it is answered
-/// with: a client's id is kept without a copy, and cloning it is cheap.
+/// header value and never breaks a log line). Cloning it is cheap.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RequestId(HeaderValue);
-
-/// Whether `v` is a usable id as it stands (no surrounding spaces to trim).
-fn sane(v: &[u8]) -> bool {
-    !v.is_empty() && v.len() <= MAX_LEN && v.iter().all(u8::is_ascii_graphic)
-}
+pub struct RequestId(Arc<str>);
 
 impl RequestId {
     /// The id a client sent, when it is usable (surrounding spaces trimmed).
     pub fn parse(v: &str) -> Option<Self> {
         let v = v.trim();
-        if !sane(v.as_bytes()) {
-            return None;
-        }
-        HeaderValue::from_str(v).ok().map(RequestId)
+        (!v.is_empty() && v.len() <= MAX_LEN && v.bytes().all(|b| b.is_ascii_graphic()))
+            .then(|| RequestId(Arc::from(v)))
     }
 
     /// A new id: 32 random hex digits.
     pub fn generate() -> Self {
         let mut buf = [0u8; 32];
-        // 32 bytes for 16 encoded: cannot fail; the digits are valid header bytes.
+        // 32 bytes for 16 encoded: cannot fail; the digits are ASCII.
         let _ = hex::encode_to_slice(rand::random::<[u8; 16]>(), &mut buf);
-        RequestId(HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0")))
+        RequestId(Arc::from(std::str::from_utf8(&buf).unwrap_or_default()))
     }
 
     /// The client's `X-Request-Id` when it is usable, else a new one.
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        match headers.get(&HEADER) {
-            // Usable as sent: the client's value itself, without a copy.
-            Some(v) if sane(v.as_bytes()) => RequestId(v.clone()),
-            Some(v) => v
-                .to_str()
-                .ok()
-                .and_then(RequestId::parse)
-                .unwrap_or_else(RequestId::generate),
-            None => RequestId::generate(),
-        }
+        headers
+            .get(&HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(RequestId::parse)
+            .unwrap_or_else(RequestId::generate)
     }
 
     /// The id.
     pub fn as_str(&self) -> &str {
-        // Only visible ASCII is ever held, so this never falls back.
-        self.0.to_str().unwrap_or_default()
+        &self.0
     }
 
     /// The `X-Request-Id` header value.
     pub fn header_value(&self) -> Option<HeaderValue> {
-        Some(self.0.clone())
+        HeaderValue::from_str(&self.0).ok()
     }
 }
 
 impl std::fmt::Display for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(&self.0)
     }
 }
 
