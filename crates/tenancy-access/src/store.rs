@@ -297,7 +297,10 @@ fn parse_grant_cursor(c: &str) -> Result<(String, String), AccessError> {
         })
         .collect::<Option<Vec<u8>>>()
         .ok_or_else(bad_cursor)?;
-    let subject = String::from_utf8(bytes).map_err(|_| bad_cursor())?;
+    // Any well-formed cursor is a position in the list, even one no page returned: hex of
+    // bytes that are not UTF-8 stands for the text they decode to with replacements, and
+    // NULs are dropped (PostgreSQL text holds none, so no subject has one).
+    let subject = String::from_utf8_lossy(&bytes).replace('\0', "");
     Ok((subject, role.to_owned()))
 }
 

@@ -342,7 +342,7 @@ where
 
 /// Lists a tenant's roles (built in first, then its own by name), one page at a time.
 #[utoipa::path(get, path = "/v1/tenants/{id}/access/roles", tag = "tenants", security(("admin" = [])),
-    params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), AccessPageParams),
+    params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("after" = Option<String>, Query, description = "The `next_after` of the previous page: the last role's name", pattern = "^[a-z][a-z0-9_-]{0,63}$", min_length = 1, max_length = 64), ("limit" = Option<i64>, Query, description = "1 to 200 items (default 50)", minimum = 1, maximum = 200)),
     responses((status = 200, body = RolePage), (status = 409, body = Problem, content_type = "application/problem+json", description = "The tenant is not active"), (status = 503, body = Problem, content_type = "application/problem+json", description = "The catalog or the tenant's database cannot be reached")))]
 pub async fn list_roles(
     _: Admin,
@@ -435,7 +435,7 @@ pub async fn delete_role(
 
 /// Lists a tenant's grants (by subject, then role), one page at a time.
 #[utoipa::path(get, path = "/v1/tenants/{id}/access/grants", tag = "tenants", security(("admin" = [])),
-    params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), AccessPageParams),
+    params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("after" = Option<String>, Query, description = "The `next_after` of the previous page: the last grant's subject in lowercase hex, `.`, its role", pattern = "^([0-9a-f]{2})+[.][a-z][a-z0-9_-]{0,63}$", min_length = 1, max_length = 577), ("limit" = Option<i64>, Query, description = "1 to 200 items (default 50)", minimum = 1, maximum = 200)),
     responses((status = 200, body = GrantPage), (status = 409, body = Problem, content_type = "application/problem+json", description = "The tenant is not active"), (status = 503, body = Problem, content_type = "application/problem+json", description = "The catalog or the tenant's database cannot be reached")))]
 pub async fn list_grants(
     _: Admin,
@@ -539,7 +539,7 @@ pub async fn revoke(
 /// Lists a tenant's API keys (newest first; revoked ones too), without secrets or
 /// hashes, one page at a time.
 #[utoipa::path(get, path = "/v1/tenants/{id}/api-keys", tag = "tenants", security(("admin" = [])),
-    params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), AccessPageParams),
+    params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("after" = Option<String>, Query, description = "The `next_after` of the previous page: the last key's creation time (µs since the Unix epoch), `.`, its key id", pattern = "^-?[0-9]{1,17}[.][0-9a-f]{16}$", min_length = 1, max_length = 35), ("limit" = Option<i64>, Query, description = "1 to 200 items (default 50)", minimum = 1, maximum = 200)),
     responses((status = 200, body = ApiKeyPage), (status = 503, body = Problem, content_type = "application/problem+json", description = "The catalog cannot be reached")))]
 pub async fn list_keys(
     _: Admin,
