@@ -3,8 +3,6 @@
 //! this module finds or creates the tenant, keeps the catalog's record of the source and
 //! prints the report).
 
-use std::time::{Duration, Instant};
-
 use anyhow::{bail, Context, Result};
 use tenancy_catalog::NewTenant;
 use tenancy_core::{Placement, TenantId, TenantState};
@@ -212,25 +210,12 @@ async fn create(
             .context("creating the tenant")?;
     legacy::record(&tx, identity, t.id).await?;
     tx.commit().await?;
-    let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
-    loop {
-        let now = tenancy_catalog::get_tenant(catalog, t.id).await?;
-        match now.state {
-            TenantState::Active => return Ok(t.id),
-            TenantState::Provisioning if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            TenantState::Provisioning => bail!(
-                "tenant {} ({}) is still provisioning after {} s: is `tenancy serve` running its workers? Nothing was imported; run the same command again once it is active",
-                args.tenant,
-                t.id,
-                args.wait_secs
-            ),
-            other => bail!(
-                "tenant {} ({}) did not become active ({other}); nothing was imported",
-                args.tenant,
-                t.id
-            ),
-        }
-    }
+    crate::transfer::wait_until_active(
+        catalog,
+        &args.tenant,
+        t.id,
+        args.wait_secs,
+        "run the same command again",
+    )
+    .await
 }

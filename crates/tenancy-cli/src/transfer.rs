@@ -348,23 +348,37 @@ async fn create(
             .await
             .context("creating the target tenant")?;
     tx.commit().await?;
-    let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
+    wait_until_active(
+        catalog,
+        slug,
+        t.id,
+        args.wait_secs,
+        &format!("run the import again with --tenant {slug}"),
+    )
+    .await
+}
+
+/// Waits until `tenancy serve`'s workers made the new tenant active, at most `wait_secs`.
+/// Nothing was imported when it gives up; `rerun` says how to go on.
+pub(crate) async fn wait_until_active(
+    catalog: &tokio_postgres::Client,
+    slug: &str,
+    id: TenantId,
+    wait_secs: u64,
+    rerun: &str,
+) -> Result<TenantId> {
+    let deadline = Instant::now() + Duration::from_secs(wait_secs);
     loop {
-        let now = tenancy_catalog::get_tenant(catalog, t.id).await?;
+        let now = tenancy_catalog::get_tenant(catalog, id).await?;
         match now.state {
-            TenantState::Active => return Ok(t.id),
+            TenantState::Active => return Ok(id),
             TenantState::Provisioning if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await
             }
             TenantState::Provisioning => bail!(
-                "tenant {slug} ({}) is still provisioning after {} s: is `tenancy serve` running its workers? Nothing was imported; run the import again with --tenant {slug} once it is active",
-                t.id,
-                args.wait_secs
+                "tenant {slug} ({id}) is still provisioning after {wait_secs} s: is `tenancy serve` running its workers? Nothing was imported; {rerun} once it is active"
             ),
-            other => bail!(
-                "tenant {slug} ({}) did not become active ({other}); nothing was imported",
-                t.id
-            ),
+            other => bail!("tenant {slug} ({id}) did not become active ({other}); nothing was imported"),
         }
     }
 }

@@ -133,16 +133,8 @@ impl Pooled {
             None => self.search_path.clone(),
         };
         if let Some(path) = path {
-            // An escape string literal: read the same whatever standard_conforming_strings
-            // an earlier transaction left (the whole query is parsed before RESET ALL runs).
-            sql.push_str(", pg_catalog.set_config('search_path', E'");
-            for c in path.chars() {
-                if c == '\'' || c == '\\' {
-                    sql.push(c);
-                }
-                sql.push(c);
-            }
-            sql.push_str("', true)");
+            // The whole query is parsed before RESET ALL runs: hence the escape literal.
+            push_search_path(&mut sql, &path);
         }
         sql
     }
