@@ -102,21 +102,35 @@ pub(super) fn parse_all<'a>(
     n
 }
 
-/// Appends a Bind/Execute pair of prepared statement `name` (no Sync) to `buf`.
+/// Appends a Bind/Execute pair of prepared statement `name` (no Sync) to `buf`, with
+/// one text argument or none.
 fn bind_execute(name: &str, arg: Option<&str>, buf: &mut BytesMut) {
-    bind_execute_all(name, arg, buf);
+    bind_execute_with(name, 0, arg, |v, buf| buf.extend_from_slice(v.as_bytes()), buf);
 }
 
-/// Appends a Bind/Execute pair of prepared statement `name` with text arguments `args`.
-fn bind_execute_all<'a>(name: &str, args: impl IntoIterator<Item = &'a str>, buf: &mut BytesMut) {
-    // Values are text without NUL bytes and statement names constants: cannot fail.
+/// Appends a Bind/Execute pair of prepared statement `name` with int8 arguments in binary
+/// (eight bytes, big-endian: nothing to format here or to parse on the server).
+fn bind_execute_int8<const N: usize>(name: &str, args: [i64; N], buf: &mut BytesMut) {
+    bind_execute_with(name, 1, args, |v, buf| buf.extend_from_slice(&v.to_be_bytes()), buf);
+}
+
+/// Appends a Bind/Execute pair of prepared statement `name`, its arguments in `format`
+/// (0 text, 1 binary) written by `put`, its result in text.
+fn bind_execute_with<T>(
+    name: &str,
+    format: i16,
+    args: impl IntoIterator<Item = T>,
+    put: impl Fn(T, &mut BytesMut),
+    buf: &mut BytesMut,
+) {
+    // Values are text without NUL bytes or int8, statement names constants: cannot fail.
     let _ = frontend::bind(
         "",
         name,
-        [0i16],
+        [format],
         args,
         |v, buf| {
-            buf.extend_from_slice(v.as_bytes());
+            put(v, buf);
             Ok(postgres_protocol::IsNull::No)
         },
         [0i16],
@@ -131,23 +145,22 @@ fn bind_execute_all<'a>(name: &str, args: impl IntoIterator<Item = &'a str>, buf
 /// `enter_session` resets session settings itself).
 pub(super) fn opening(o: &Opening<'_>, reset: bool, buf: &mut BytesMut) -> u32 {
     let mut n = 0;
-    let mut stmt = |name: &str, args: &[&str], buf: &mut BytesMut| {
-        bind_execute_all(name, args.iter().copied(), buf);
-        n += 1;
-    };
     if o.commit_first {
-        stmt(COMMIT, &[], buf);
+        bind_execute(COMMIT, None, buf);
+        n += 1;
     }
     if !o.implicit {
-        stmt(if o.read_only { BEGIN_READ_ONLY } else { BEGIN }, &[], buf);
+        bind_execute(if o.read_only { BEGIN_READ_ONLY } else { BEGIN }, None, buf);
+        n += 1;
     }
     match o.enter {
-        Enter::Token(token) if o.implicit => stmt(ENTER_READ_ONLY, &[token], buf),
+        Enter::Token(token) if o.implicit => bind_execute(ENTER_READ_ONLY, Some(token), buf),
         Enter::Token(token) => {
             if reset {
-                stmt(RESET_SESSION, &[], buf);
+                bind_execute(RESET_SESSION, None, buf);
+                n += 1;
             }
-            stmt(ENTER, &[token], buf);
+            bind_execute(ENTER, Some(token), buf);
         }
         Enter::Session {
             hi,
@@ -160,17 +173,13 @@ pub(super) fn opening(o: &Opening<'_>, reset: bool, buf: &mut BytesMut) -> u32 {
             } else {
                 ENTER_SESSION
             };
-            let (hi, lo, secret, next) = (
-                hi.to_string(),
-                lo.to_string(),
-                secret.to_string(),
-                next.to_string(),
-            );
-            stmt(name, &[&hi, &lo, &secret, &next], buf);
+            bind_execute_int8(name, [hi, lo, secret, next], buf);
         }
     }
+    n += 1;
     if let Some(path) = o.search_path {
-        stmt(SEARCH_PATH, &[path], buf);
+        bind_execute(SEARCH_PATH, Some(path), buf);
+        n += 1;
     }
     n
 }

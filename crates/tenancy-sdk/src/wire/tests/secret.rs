@@ -230,19 +230,32 @@ fn a_row_that_is_not_one_int8_is_no_secret() {
 }
 
 #[test]
-fn the_session_opening_binds_tenant_halves_and_secret_as_text() {
+fn the_session_opening_binds_tenant_halves_and_secrets_as_binary_int8() {
     let (o, _) = session_opening(false, false, false);
+    let Enter::Session {
+        hi,
+        lo,
+        secret,
+        next,
+    } = o.enter
+    else {
+        panic!("a session opening");
+    };
     let (bytes, _) = queued(|b| encode::opening(&o, false, b));
     let text = String::from_utf8_lossy(&bytes);
     assert!(text.contains("tenancy_enter_session\0"), "{text:?}");
-    for v in ["1", "-2", "77"] {
-        let mut field = (v.len() as i32).to_be_bytes().to_vec();
-        field.extend_from_slice(v.as_bytes());
-        assert!(
-            bytes.windows(field.len()).any(|w| w == field),
-            "{v} in {text:?}"
-        );
+    // One parameter format code, binary; four parameters of eight bytes each, in order.
+    let mut params = 1i16.to_be_bytes().to_vec();
+    params.extend_from_slice(&1i16.to_be_bytes());
+    params.extend_from_slice(&4i16.to_be_bytes());
+    for v in [hi, lo, secret, next] {
+        params.extend_from_slice(&8i32.to_be_bytes());
+        params.extend_from_slice(&v.to_be_bytes());
     }
+    assert!(
+        bytes.windows(params.len()).any(|w| w == params),
+        "{params:?} in {text:?}"
+    );
 }
 
 /// A DataRow of several text values.
