@@ -18,8 +18,9 @@ pub async fn record_control(
     event: &Event,
 ) -> Result<(), Error> {
     let insert = Insert::new(Log::Control, tenant.unwrap_or(PLATFORM), event)?;
+    let (params, n) = insert.params();
     catalog
-        .execute(&insert.sql, &insert.params())
+        .execute(&insert.sql, &params[..n])
         .await
         .map_err(db("recording a control-plane audit event"))?;
     Ok(())

@@ -28,6 +28,7 @@
 //! It does not decide what an application audits, which retention applies or whether a
 //! legal hold stops a purge (the control plane does), nor encrypt event values.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -324,8 +325,21 @@ impl Event {
     }
 }
 
+/// The columns an event's INSERT can name, in this order: the first four always, each
+/// later one only when the event has a value for it.
+const INSERT_COLUMNS: usize = 12;
+
+/// A parameter of an event's INSERT.
+type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+
 /// An event checked and ready to go into `log`'s table for one tenant: the INSERT and
 /// the values its parameters borrow.
+///
+/// The INSERT names only the columns the event has a value for: an absent optional field
+/// is the column's NULL without being bound, so the server checks, binds and projects
+/// fewer parameters (each named column also costs a column-privilege check for the
+/// runtime role). An application records events of a few shapes, so it prepares a few
+/// statements per connection.
 pub(crate) struct Insert<'a> {
     /// The INSERT; its parameters are [`Insert::params`].
     pub(crate) sql: String,
@@ -335,42 +349,74 @@ pub(crate) struct Insert<'a> {
     names: (&'static str, &'static str),
 }
 
+fn present<T: tokio_postgres::types::ToSql + Sync>(v: &Option<T>) -> Option<Param<'_>> {
+    v.as_ref().map(|v| v as Param<'_>)
+}
+
 impl<'a> Insert<'a> {
     /// Refuses what the table would refuse ([`Event::check`]), else the INSERT of `event`
     /// into `log`'s chain of `tenant`.
     pub(crate) fn new(log: Log, tenant: uuid::Uuid, event: &'a Event) -> Result<Self, Error> {
         event.check()?;
-        Ok(Insert {
-            sql: format!(
-                "INSERT INTO {} \
-                 (tenant_id, actor_kind, actor_subject, actor_key_id, action, target, before, \
-                  after, request_id, trace_id, client_addr, outcome) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                log.table()
-            ),
+        let mut insert = Insert {
+            sql: String::new(),
             event,
             tenant,
             names: (event.actor.kind.as_str(), event.outcome.as_str()),
-        })
+        };
+        let mut sql = String::with_capacity(256);
+        sql.push_str("INSERT INTO ");
+        sql.push_str(log.table());
+        sql.push_str(" (");
+        let mut n = 0;
+        for (name, _) in insert.columns().iter().filter(|(_, v)| v.is_some()) {
+            if n > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(name);
+            n += 1;
+        }
+        sql.push_str(") VALUES (");
+        for i in 1..=n {
+            if i > 1 {
+                sql.push_str(", ");
+            }
+            // Writing to a String cannot fail.
+            let _ = write!(sql, "${i}");
+        }
+        sql.push(')');
+        insert.sql = sql;
+        Ok(insert)
     }
 
-    /// The parameters of [`Insert::sql`].
-    pub(crate) fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 12] {
+    /// Every column an event has, with its value when it has one.
+    fn columns(&self) -> [(&'static str, Option<Param<'_>>); INSERT_COLUMNS] {
         let e = self.event;
         [
-            &self.tenant,
-            &self.names.0,
-            &e.actor.subject,
-            &e.actor.key_id,
-            &e.action,
-            &e.target,
-            &e.before,
-            &e.after,
-            &e.request_id,
-            &e.trace_id,
-            &e.client_addr,
-            &self.names.1,
+            ("tenant_id", Some(&self.tenant)),
+            ("actor_kind", Some(&self.names.0)),
+            ("action", Some(&e.action)),
+            ("outcome", Some(&self.names.1)),
+            ("actor_subject", present(&e.actor.subject)),
+            ("actor_key_id", present(&e.actor.key_id)),
+            ("target", present(&e.target)),
+            ("before", present(&e.before)),
+            ("after", present(&e.after)),
+            ("request_id", present(&e.request_id)),
+            ("trace_id", present(&e.trace_id)),
+            ("client_addr", present(&e.client_addr)),
         ]
+    }
+
+    /// The parameters of [`Insert::sql`]: the first `n` of the array.
+    pub(crate) fn params(&self) -> ([Param<'_>; INSERT_COLUMNS], usize) {
+        let mut out: [Param<'_>; INSERT_COLUMNS] = [&self.tenant; INSERT_COLUMNS];
+        let mut n = 0;
+        for value in self.columns().into_iter().filter_map(|(_, v)| v) {
+            out[n] = value;
+            n += 1;
+        }
+        (out, n)
     }
 }
 
@@ -379,7 +425,8 @@ impl<'a> Insert<'a> {
 /// the transaction's. No lock beyond the inserted row is taken.
 pub async fn record(tx: &mut TenantTx, event: &Event) -> Result<(), Error> {
     let insert = Insert::new(Log::Tenant, tx.tenant().as_uuid(), event)?;
-    tx.execute(&insert.sql, &insert.params()).await?;
+    let (params, n) = insert.params();
+    tx.execute(&insert.sql, &params[..n]).await?;
     Ok(())
 }
 
@@ -394,6 +441,44 @@ pub async fn record(tx: &mut TenantTx, event: &Event) -> Result<(), Error> {
 /// of round trips as the write alone.
 pub async fn record_and_commit(tx: TenantTx, event: &Event) -> Result<(), Error> {
     let insert = Insert::new(Log::Tenant, tx.tenant().as_uuid(), event)?;
-    tx.execute_and_commit(&insert.sql, &insert.params()).await?;
+    let (params, n) = insert.params();
+    tx.execute_and_commit(&insert.sql, &params[..n]).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_insert_names_the_fields_an_event_has_and_binds_as_many_parameters() {
+        let tenant = uuid::Uuid::nil();
+        let bare = Event::new(
+            Actor {
+                kind: ActorKind::System,
+                subject: None,
+                key_id: None,
+            },
+            "a.b",
+        );
+        let i = Insert::new(Log::Tenant, tenant, &bare).expect("insert");
+        assert_eq!(
+            i.sql,
+            "INSERT INTO tenancy.audit_events (tenant_id, actor_kind, action, outcome) \
+             VALUES ($1, $2, $3, $4)"
+        );
+        assert_eq!(i.params().1, 4);
+        let some = Event::new(Actor::new(ActorKind::User, "u"), "a.b")
+            .after(serde_json::json!({}))
+            .client_addr(IpAddr::from([192, 0, 2, 1]));
+        let i = Insert::new(Log::Control, tenant, &some).expect("insert");
+        assert_eq!(
+            i.sql,
+            "INSERT INTO tenancy_catalog.audit_log (tenant_id, actor_kind, action, outcome, \
+             actor_subject, after, client_addr) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        );
+        assert_eq!(i.params().1, 7);
+        // A refused event makes no INSERT.
+        assert!(Insert::new(Log::Tenant, tenant, &Event::new(bare.actor.clone(), "9")).is_err());
+    }
 }

@@ -101,13 +101,58 @@ fn tenant_key(tenant: TenantId, row: &tokio_postgres::Row) -> ApiKeyRecord {
     }
 }
 
+/// Who changes a tenant's API keys, as the control log's event of the change names them:
+/// the caller of a request of that tenant (a user, or an API key with its id), and the
+/// request's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyActor {
+    /// `user` or `api_key`.
+    kind: &'static str,
+    /// The caller's subject.
+    subject: Option<String>,
+    /// The API key that authenticated the caller, if one did.
+    key_id: Option<String>,
+    /// The request that made the change.
+    request_id: Option<String>,
+}
+
+impl KeyActor {
+    /// The caller of a request of `tenant`: an API key when one authenticated it (its
+    /// subject is `api_key:<key id>`), else a user.
+    pub fn of(tenant: &crate::Tenant, request_id: Option<&crate::RequestId>) -> KeyActor {
+        let subject = tenant.subject().map(str::to_owned);
+        let key_id = match (&subject, tenant.via().contains(&crate::SourceKind::ApiKey)) {
+            (Some(s), true) => s.strip_prefix("api_key:").map(str::to_owned),
+            _ => None,
+        };
+        KeyActor {
+            kind: if key_id.is_some() { "api_key" } else { "user" },
+            subject,
+            key_id,
+            request_id: request_id.map(|r| r.as_str().to_owned()),
+        }
+    }
+
+    /// A user of the tenant, `subject`, outside any request (a script, a test).
+    pub fn user(subject: impl Into<String>) -> KeyActor {
+        KeyActor {
+            kind: "user",
+            subject: Some(subject.into()),
+            key_id: None,
+            request_id: None,
+        }
+    }
+}
+
 /// Issues a key for the tenant of `tx` (a transaction of that tenant on the catalog
 /// database, as the runtime role) through `tenancy_catalog.issue_tenant_api_key`, which
-/// takes the tenant from the signed context, never from an argument, and refuses scopes
-/// that are not among `permissions` (the caller's own). Returns the record and the key
-/// (shown once; the catalog stores only its hash).
+/// takes the tenant from the signed context, never from an argument, refuses scopes
+/// that are not among `permissions` (the caller's own), and records the issue (`by`, the
+/// key's id, name and scopes) in the control log in the same transaction. Returns the
+/// record and the key (shown once; the catalog stores only its hash).
 pub async fn issue_tenant_api_key(
     tx: &mut tenancy_sdk::TenantTx,
+    by: &KeyActor,
     name: &str,
     scopes: &[String],
     permissions: &[String],
@@ -117,13 +162,17 @@ pub async fn issue_tenant_api_key(
     let row = tx
         .query_one(
             "SELECT key_id, name, scopes, created_at, NULL::timestamptz, NULL::timestamptz
-               FROM tenancy_catalog.issue_tenant_api_key($1, $2, $3, $4, $5)",
+               FROM tenancy_catalog.issue_tenant_api_key($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 &key.key_id(),
                 &hash.as_slice(),
                 &name,
                 &scopes,
                 &permissions,
+                &by.kind,
+                &by.subject,
+                &by.key_id,
+                &by.request_id,
             ],
         )
         .await?;
@@ -153,16 +202,19 @@ pub async fn tenant_api_keys(
     Ok(rows.iter().map(|r| tenant_key(tenant, r)).collect())
 }
 
-/// Revokes the key `key_id` of the tenant of `tx` (see [`issue_tenant_api_key`]); `None`
-/// when that tenant has no such key (another tenant's key is untouched).
+/// Revokes the key `key_id` of the tenant of `tx` (see [`issue_tenant_api_key`]) and
+/// records the revocation (`by`) in the control log in the same transaction; `None` when
+/// that tenant has no such key (another tenant's key is untouched). Revoking a revoked key
+/// changes and records nothing.
 pub async fn revoke_tenant_api_key(
     tx: &mut tenancy_sdk::TenantTx,
+    by: &KeyActor,
     key_id: &str,
 ) -> Result<Option<ApiKeyRecord>, tenancy_sdk::Error> {
     let row = tx
         .query_opt(
-            "SELECT * FROM tenancy_catalog.revoke_tenant_api_key($1)",
-            &[&key_id],
+            "SELECT * FROM tenancy_catalog.revoke_tenant_api_key($1, $2, $3, $4, $5)",
+            &[&key_id, &by.kind, &by.subject, &by.key_id, &by.request_id],
         )
         .await?;
     Ok(row.map(|r| tenant_key(tx.tenant(), &r)))

@@ -9,11 +9,11 @@ use axum::handler::Handler as _;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tenancy_access::{Access, AccessModel, ClaimRoles, ModelError, Permissions};
-use tenancy_axum::{api_key, Body, HttpError, Tenant, Tx};
+use tenancy_axum::{api_key, Body, HttpError, RequestId, Tenant, Tx};
 use tenancy_sdk::Row;
 use time::format_description::well_known::Rfc3339;
 use tower_layer::Layer as _;
@@ -718,18 +718,22 @@ struct NewApiKey {
 /// `api_keys:manage`). Its scopes must be permissions the caller holds: one more is
 /// refused (403 naming it), an undeclared one too (422 naming it). The key is shown once.
 /// It is stored in a transaction of the tenant on the catalog database, through the
-/// catalog's function that takes the tenant from that transaction's signed context.
+/// catalog's function that takes the tenant from that transaction's signed context and
+/// records the issue (`api_key.issue`, by the caller) in the control log in that
+/// transaction.
 async fn create_api_key(
     axum::extract::State(state): axum::extract::State<AppState>,
     tenant: Tenant,
     perms: Permissions,
+    request_id: Option<Extension<RequestId>>,
     Body(k): Body<NewApiKey>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let name = text("name", &k.name, 1, 100)?;
     let scopes = tenancy_access::check_key_scopes(&state.access, &perms, &k.scopes)?;
     let held: Vec<String> = perms.granted().map(str::to_owned).collect();
+    let by = api_key::KeyActor::of(&tenant, request_id.as_deref());
     let mut tx = state.keys.begin(tenant.id()).await?;
-    let (rec, key) = api_key::issue_tenant_api_key(&mut tx, name, &scopes, &held).await?;
+    let (rec, key) = api_key::issue_tenant_api_key(&mut tx, &by, name, &scopes, &held).await?;
     tx.commit().await?;
     let mut view = key_view(&rec);
     view["key"] = json!(key.expose());
@@ -792,9 +796,11 @@ async fn list_api_keys(
 /// Revokes an API key of the caller's tenant (behind `RequirePermission` for
 /// `api_keys:manage`): 200 with the key, 404 for a key the tenant does not have (another
 /// tenant's key included, which stays as it is). Revoking a revoked key changes nothing.
+/// The revocation and its `api_key.revoke` event in the control log commit together.
 async fn revoke_api_key(
     axum::extract::State(state): axum::extract::State<AppState>,
     tenant: Tenant,
+    request_id: Option<Extension<RequestId>>,
     Path(key_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let well_formed = key_id.len() == 16
@@ -805,7 +811,8 @@ async fn revoke_api_key(
         return Err(HttpError::not_found("API key"));
     }
     let mut tx = state.keys.begin(tenant.id()).await?;
-    let revoked = api_key::revoke_tenant_api_key(&mut tx, &key_id).await?;
+    let by = api_key::KeyActor::of(&tenant, request_id.as_deref());
+    let revoked = api_key::revoke_tenant_api_key(&mut tx, &by, &key_id).await?;
     tx.commit().await?;
     revoked
         .map(|k| Json(key_view(&k)))

@@ -993,6 +993,212 @@ async fn only_admins_list_and_revoke_api_keys_and_only_their_tenants() {
     assert_eq!(r.status, 200, "the other keys stay: {r:?}");
 }
 
+/// The control log's API key events, as superuser, in order: tenant, action, target,
+/// actor kind, subject, key id, request id and `after`.
+async fn key_events(
+    env: &Env,
+) -> Vec<(
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Value,
+)> {
+    let su = env.db.connect_superuser().await.expect("superuser");
+    su.query(
+        "SELECT tenant_id::text, action, target, actor_kind, coalesce(actor_subject, ''),
+                coalesce(actor_key_id, ''), coalesce(request_id, ''), coalesce(after, 'null')
+           FROM tenancy_catalog.audit_log WHERE action LIKE 'api_key.%' ORDER BY seq",
+        &[],
+    )
+    .await
+    .expect("key events")
+    .iter()
+    .map(|r| {
+        (
+            r.get(0),
+            r.get(1),
+            r.get(2),
+            r.get(3),
+            r.get(4),
+            r.get(5),
+            r.get(6),
+            r.get(7),
+        )
+    })
+    .collect()
+}
+
+#[tokio::test]
+async fn every_api_key_issue_and_revocation_is_an_audit_event_and_a_refused_one_is_none() {
+    let env = start().await;
+    let acme = env.acme.to_string();
+    let owner = as_user(env.acme, "olga", &["owner"]);
+    let admin = as_user(env.acme, "ada", &["admin"]);
+    let viewer = as_user(env.acme, "vera", &["viewer"]);
+    let member = as_user(env.acme, "max", &["member"]);
+    let issue = |auth: &'static str, value: String, scopes: &[&str], rid: &'static str| {
+        let body = Some(json!({"name": "ci", "scopes": scopes}));
+        let env = &env;
+        async move {
+            env.call(
+                "POST",
+                "/api-keys",
+                &[(auth, value.as_str()), ("x-request-id", rid)],
+                body,
+            )
+            .await
+        }
+    };
+    // Issued by a user: one event, in the same transaction as the key.
+    let r = issue(
+        "authorization",
+        owner.clone(),
+        &["invoices:read", "api_keys:manage"],
+        "req-issue-1",
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let (k1, key1) = (
+        r.body["key_id"].as_str().expect("id").to_owned(),
+        r.body["key"].as_str().expect("key").to_owned(),
+    );
+    let events = key_events(&env).await;
+    assert_eq!(
+        events,
+        [(
+            acme.clone(),
+            "api_key.issue".to_owned(),
+            format!("api_key:{k1}"),
+            "user".to_owned(),
+            "olga".to_owned(),
+            String::new(),
+            "req-issue-1".to_owned(),
+            json!({"name": "ci", "scopes": ["api_keys:manage", "invoices:read"]}),
+        )],
+        "{events:?}"
+    );
+    assert!(
+        !format!("{events:?}").contains(&key1),
+        "the key itself is never recorded"
+    );
+    // Refused issues (no permission, scopes beyond the caller's, undeclared scopes) and
+    // refused revocations record nothing.
+    for (auth, scopes) in [
+        (&viewer, &["invoices:read"][..]),
+        (&member, &["invoices:read"]),
+        (&owner, &["invoices:*"]),
+    ] {
+        let r = issue("authorization", auth.clone(), scopes, "req-refused").await;
+        assert!(matches!(r.status, 403 | 422), "{r:?}");
+    }
+    let r = issue(
+        "x-api-key",
+        key1.clone(),
+        &["invoices:create"],
+        "req-refused",
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (403, "permission-denied"),
+        "beyond the key: {r:?}"
+    );
+    for auth in [&viewer, &member] {
+        let r = env
+            .call(
+                "POST",
+                &format!("/api-keys/{k1}/revoke"),
+                &[("authorization", auth)],
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 403, "{r:?}");
+    }
+    let globex_owner = as_user(env.globex, "gina", &["owner"]);
+    let r = env
+        .call(
+            "POST",
+            &format!("/api-keys/{k1}/revoke"),
+            &[("authorization", &globex_owner)],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404, "another tenant's key: {r:?}");
+    assert_eq!(
+        key_events(&env).await,
+        events,
+        "nothing recorded for a refusal"
+    );
+    // Issued by an API key: the actor is the key, with its id.
+    let r = issue("x-api-key", key1.clone(), &["invoices:read"], "req-issue-2").await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let k2 = r.body["key_id"].as_str().expect("id").to_owned();
+    // Revoked by an admin: one event; revoking it again changes and records nothing.
+    for _ in 0..2 {
+        let r = env
+            .call(
+                "POST",
+                &format!("/api-keys/{k2}/revoke"),
+                &[("authorization", &admin), ("x-request-id", "req-revoke")],
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let events = key_events(&env).await;
+    assert_eq!(events.len(), 3, "{events:?}");
+    let (t, action, target, kind, subject, key_id, rid, after) = &events[1];
+    assert_eq!(
+        (
+            t,
+            action.as_str(),
+            target,
+            kind.as_str(),
+            subject,
+            key_id,
+            rid.as_str()
+        ),
+        (
+            &acme,
+            "api_key.issue",
+            &format!("api_key:{k2}"),
+            "api_key",
+            &format!("api_key:{k1}"),
+            &k1,
+            "req-issue-2"
+        ),
+        "{events:?}"
+    );
+    assert_eq!(after["scopes"], json!(["invoices:read"]));
+    let (t, action, target, kind, subject, key_id, rid, after) = &events[2];
+    assert_eq!(
+        (
+            t,
+            action.as_str(),
+            target,
+            kind.as_str(),
+            subject.as_str(),
+            key_id.as_str(),
+            rid.as_str()
+        ),
+        (
+            &acme,
+            "api_key.revoke",
+            &format!("api_key:{k2}"),
+            "user",
+            "ada",
+            "",
+            "req-revoke"
+        ),
+        "{events:?}"
+    );
+    assert!(after["revoked_at"].is_string(), "{after}");
+}
+
 #[tokio::test]
 async fn the_runtime_role_issues_keys_only_for_its_context_tenant_and_reads_no_hash() {
     use tenancy_sdk::bootstrap::RUNTIME_ROLE;
@@ -1007,9 +1213,11 @@ async fn the_runtime_role_issues_keys_only_for_its_context_tenant_and_reads_no_h
     let scopes = vec!["invoices:read".to_owned()];
     // In acme's context, a key is acme's: no argument names a tenant.
     let mut tx = pool.begin(env.acme).await.expect("begin");
-    let (rec, key) = tenancy_axum::api_key::issue_tenant_api_key(&mut tx, "mine", &scopes, &scopes)
-        .await
-        .expect("issued");
+    let by = tenancy_axum::api_key::KeyActor::user("script");
+    let (rec, key) =
+        tenancy_axum::api_key::issue_tenant_api_key(&mut tx, &by, "mine", &scopes, &scopes)
+            .await
+            .expect("issued");
     tx.commit().await.expect("commit");
     let runtime = tenancy_pg::connect(&env.db.config_as(RUNTIME_ROLE))
         .await
@@ -1023,6 +1231,7 @@ async fn the_runtime_role_issues_keys_only_for_its_context_tenant_and_reads_no_h
     let mut tx = pool.begin(env.acme).await.expect("begin");
     let err = tenancy_axum::api_key::issue_tenant_api_key(
         &mut tx,
+        &by,
         "more",
         &["invoices:read".to_owned(), "invoices:create".to_owned()],
         &scopes,
@@ -1036,10 +1245,35 @@ async fn the_runtime_role_issues_keys_only_for_its_context_tenant_and_reads_no_h
     drop(tx);
     // Without a context: nothing issued, nothing listed.
     for sql in [
-        "SELECT * FROM tenancy_catalog.issue_tenant_api_key('00112233445566aa', '\\x00000000000000000000000000000000000000000000000000000000000000aa', 'x', '{}', '{}')",
+        "SELECT * FROM tenancy_catalog.issue_tenant_api_key('00112233445566aa', '\\x00000000000000000000000000000000000000000000000000000000000000aa', 'x', '{}', '{}', 'user', 'u', NULL, NULL)",
     ] {
         let err = runtime.batch_execute(sql).await.expect_err(sql);
         assert!(format!("{err:?}").contains("no tenant context"), "{err:?}");
+    }
+    // Nor without the actor its event records, nor as an actor an application may not
+    // speak for.
+    for (sql, refusal) in [
+        (
+            "SELECT * FROM tenancy_catalog.issue_tenant_api_key('00112233445566aa', '\\x00', 'x', '{}', '{}')",
+            "permission denied",
+        ),
+        (
+            "SELECT * FROM tenancy_catalog.revoke_tenant_api_key('00112233445566aa')",
+            "permission denied",
+        ),
+        (
+            "SELECT * FROM tenancy_catalog.issue_tenant_api_key('00112233445566aa', '\\x00', 'x', '{}', '{}', 'admin', 'root', NULL, NULL)",
+            "must be a user or an API key",
+        ),
+        (
+            "SELECT * FROM tenancy_catalog.revoke_tenant_api_key('00112233445566aa', 'system', NULL, NULL, NULL)",
+            "must be a user or an API key",
+        ),
+    ] {
+        let mut tx = pool.begin(env.acme).await.expect("begin");
+        let err = tx.batch_execute(sql).await.expect_err(sql);
+        assert!(format!("{err:?}").contains(refusal), "{sql}: {err:?}");
+        drop(tx);
     }
     let n: i64 = runtime
         .query_one(
@@ -1065,7 +1299,7 @@ async fn the_runtime_role_issues_keys_only_for_its_context_tenant_and_reads_no_h
         .await
         .expect("list");
     assert!(theirs.iter().all(|k| k.key_id != rec.key_id), "{theirs:?}");
-    let revoked = tenancy_axum::api_key::revoke_tenant_api_key(&mut tx, &rec.key_id)
+    let revoked = tenancy_axum::api_key::revoke_tenant_api_key(&mut tx, &by, &rec.key_id)
         .await
         .expect("revoke");
     assert!(revoked.is_none(), "another tenant's key is not revocable");
