@@ -63,11 +63,11 @@ pub struct LegalHold {
 /// JSON (what a replay with the same key must match).
 #[derive(Debug)]
 pub struct TenantPost<T> {
-    admin: Admin,
-    id: String,
-    headers: HeaderMap,
-    body: T,
-    raw: serde_json::Value,
+    pub(super) admin: Admin,
+    pub(super) id: String,
+    pub(super) headers: HeaderMap,
+    pub(super) body: T,
+    pub(super) raw: serde_json::Value,
 }
 
 impl<T: DeserializeOwned> FromRequest<AppState> for TenantPost<T> {
