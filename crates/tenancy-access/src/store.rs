@@ -406,6 +406,21 @@ pub async fn list_grants(
     Ok(Page::cut(items, page.limit, grant_cursor))
 }
 
+/// A custom role's name and permissions as a caller writes them, checked: the caller may
+/// manage access, the name is well-formed and not built in, and the permission list is
+/// one the caller may hand out (sorted, without duplicates).
+fn role_input<'a>(
+    access: &Access,
+    caller: &Permissions,
+    name: &'a str,
+    permissions: &[String],
+) -> Result<(&'a str, Vec<String>), AccessError> {
+    manager(caller)?;
+    let name = custom_name("name", name)?;
+    let perms = permission_list(access, caller, "permissions", permissions)?;
+    Ok((name, perms))
+}
+
 /// Creates the custom role `name` with `permissions` (each declared and held by the
 /// caller). A name taken by a built-in role is refused; one the tenant already has is a
 /// conflict. Audited as `access.role.create`.
@@ -417,9 +432,7 @@ pub async fn create_role(
     name: &str,
     permissions: &[String],
 ) -> Result<Role, AccessError> {
-    manager(caller)?;
-    let name = custom_name("name", name)?;
-    let perms = permission_list(access, caller, "permissions", permissions)?;
+    let (name, perms) = role_input(access, caller, name, permissions)?;
     let created = tx
         .execute(
             "INSERT INTO tenancy.access_roles (name, permissions) VALUES ($1, $2)
@@ -438,11 +451,7 @@ pub async fn create_role(
             .after(json!({ "permissions": perms })),
     )
     .await?;
-    Ok(Role {
-        name: name.to_owned(),
-        builtin: false,
-        permissions: perms,
-    })
+    Ok(custom_role(access, name.to_owned(), perms))
 }
 
 /// The permissions of the custom role `name`, locked against concurrent changes
@@ -465,6 +474,20 @@ async fn locked_role(
         })
 }
 
+/// The declared permissions of the custom role `name`, locked for a change of it; refused
+/// unless the caller holds every one of them.
+async fn role_to_change(
+    tx: &mut TenantTx,
+    access: &Access,
+    caller: &Permissions,
+    name: &str,
+) -> Result<Vec<String>, AccessError> {
+    let mut before = locked_role(tx, name, true).await?;
+    before.retain(|p| access.declares(p));
+    within(caller, &before)?;
+    Ok(before)
+}
+
 /// Replaces the permissions of the custom role `name`. The caller must hold both what the
 /// role had and what it gets. Audited as `access.role.update` with both lists.
 pub async fn update_role(
@@ -475,12 +498,8 @@ pub async fn update_role(
     name: &str,
     permissions: &[String],
 ) -> Result<Role, AccessError> {
-    manager(caller)?;
-    let name = custom_name("name", name)?;
-    let perms = permission_list(access, caller, "permissions", permissions)?;
-    let mut before = locked_role(tx, name, true).await?;
-    before.retain(|p| access.declares(p));
-    within(caller, &before)?;
+    let (name, perms) = role_input(access, caller, name, permissions)?;
+    let before = role_to_change(tx, access, caller, name).await?;
     tx.execute(
         "UPDATE tenancy.access_roles SET permissions = $2, updated_at = now() WHERE name = $1",
         &[&name, &perms],
@@ -493,11 +512,7 @@ pub async fn update_role(
             .after(json!({ "permissions": perms })),
     )
     .await?;
-    Ok(Role {
-        name: name.to_owned(),
-        builtin: false,
-        permissions: perms,
-    })
+    Ok(custom_role(access, name.to_owned(), perms))
 }
 
 /// Deletes the custom role `name` and every grant of it (each audited as
@@ -512,9 +527,7 @@ pub async fn delete_role(
 ) -> Result<(), AccessError> {
     manager(caller)?;
     let name = custom_name("name", name)?;
-    let mut before = locked_role(tx, name, true).await?;
-    before.retain(|p| access.declares(p));
-    within(caller, &before)?;
+    let before = role_to_change(tx, access, caller, name).await?;
     let revoked = tx
         .query(
             "DELETE FROM tenancy.access_grants WHERE role = $1 RETURNING subject",
@@ -562,6 +575,23 @@ async fn may_hand_out(
     }
 }
 
+/// The subject and role of a grant or revocation, checked: the caller may manage access,
+/// both are well-formed, and the caller may hand the role out (a custom role is locked
+/// against concurrent changes).
+async fn grant_input<'a>(
+    tx: &mut TenantTx,
+    access: &Access,
+    caller: &Permissions,
+    subject_name: &'a str,
+    role: &'a str,
+) -> Result<(&'a str, &'a str), AccessError> {
+    manager(caller)?;
+    let who = subject("subject", subject_name)?;
+    let role = role_name("role", role)?;
+    may_hand_out(tx, access, caller, role).await?;
+    Ok((who, role))
+}
+
 /// Grants `role` (built in or the tenant's own) to `subject`. The caller must hold every
 /// permission of the role, and be an owner to grant `owner`. Returns whether the grant is
 /// new (one already held is left as it is, and records nothing). Audited as
@@ -574,10 +604,7 @@ pub async fn grant(
     subject_name: &str,
     role: &str,
 ) -> Result<bool, AccessError> {
-    manager(caller)?;
-    let who = subject("subject", subject_name)?;
-    let role = role_name("role", role)?;
-    may_hand_out(tx, access, caller, role).await?;
+    let (who, role) = grant_input(tx, access, caller, subject_name, role).await?;
     let n = tx
         .execute(
             "INSERT INTO tenancy.access_grants (subject, role) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -607,10 +634,7 @@ pub async fn revoke(
     subject_name: &str,
     role: &str,
 ) -> Result<(), AccessError> {
-    manager(caller)?;
-    let who = subject("subject", subject_name)?;
-    let role = role_name("role", role)?;
-    may_hand_out(tx, access, caller, role).await?;
+    let (who, role) = grant_input(tx, access, caller, subject_name, role).await?;
     if role == BuiltinRole::Owner.as_str() {
         // Locked, so two concurrent revocations cannot each leave the other owner.
         let owners = tx
