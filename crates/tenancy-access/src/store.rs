@@ -89,6 +89,39 @@ pub struct Grant {
     pub role: String,
 }
 
+/// A change of a tenant's access, as every management function takes it: the tenant's
+/// transaction it is made in (and audited in), the application's model, what the caller
+/// may do, and who is recorded as making it.
+#[derive(Debug)]
+pub struct Change<'a> {
+    /// The tenant's transaction (runtime role, signed context).
+    pub tx: &'a mut TenantTx,
+    /// The application's model.
+    pub access: &'a Access,
+    /// The caller's permissions: the change is refused unless they include
+    /// [`MANAGE_ACCESS`] and everything it hands out.
+    pub caller: &'a Permissions,
+    /// The actor and request of its audit events.
+    pub by: &'a By,
+}
+
+impl<'a> Change<'a> {
+    /// A change made in `tx` under `access`, by `by` with the permissions `caller`.
+    pub fn new(
+        tx: &'a mut TenantTx,
+        access: &'a Access,
+        caller: &'a Permissions,
+        by: &'a By,
+    ) -> Change<'a> {
+        Change {
+            tx,
+            access,
+            caller,
+            by,
+        }
+    }
+}
+
 /// Refuses unless the caller may manage access.
 fn manager(caller: &Permissions) -> Result<(), AccessError> {
     caller.require(MANAGE_ACCESS)
@@ -425,13 +458,16 @@ fn role_input<'a>(
 /// caller). A name taken by a built-in role is refused; one the tenant already has is a
 /// conflict. Audited as `access.role.create`.
 pub async fn create_role(
-    tx: &mut TenantTx,
-    access: &Access,
-    caller: &Permissions,
-    by: &By,
+    change: Change<'_>,
     name: &str,
     permissions: &[String],
 ) -> Result<Role, AccessError> {
+    let Change {
+        tx,
+        access,
+        caller,
+        by,
+    } = change;
     let (name, perms) = role_input(access, caller, name, permissions)?;
     let created = tx
         .execute(
@@ -491,13 +527,16 @@ async fn role_to_change(
 /// Replaces the permissions of the custom role `name`. The caller must hold both what the
 /// role had and what it gets. Audited as `access.role.update` with both lists.
 pub async fn update_role(
-    tx: &mut TenantTx,
-    access: &Access,
-    caller: &Permissions,
-    by: &By,
+    change: Change<'_>,
     name: &str,
     permissions: &[String],
 ) -> Result<Role, AccessError> {
+    let Change {
+        tx,
+        access,
+        caller,
+        by,
+    } = change;
     let (name, perms) = role_input(access, caller, name, permissions)?;
     let before = role_to_change(tx, access, caller, name).await?;
     tx.execute(
@@ -518,13 +557,13 @@ pub async fn update_role(
 /// Deletes the custom role `name` and every grant of it (each audited as
 /// `access.revoke`, the role as `access.role.delete`). The caller must hold what the
 /// role grants.
-pub async fn delete_role(
-    tx: &mut TenantTx,
-    access: &Access,
-    caller: &Permissions,
-    by: &By,
-    name: &str,
-) -> Result<(), AccessError> {
+pub async fn delete_role(change: Change<'_>, name: &str) -> Result<(), AccessError> {
+    let Change {
+        tx,
+        access,
+        caller,
+        by,
+    } = change;
     manager(caller)?;
     let name = custom_name("name", name)?;
     let before = role_to_change(tx, access, caller, name).await?;
@@ -597,13 +636,16 @@ async fn grant_input<'a>(
 /// new (one already held is left as it is, and records nothing). Audited as
 /// `access.grant`.
 pub async fn grant(
-    tx: &mut TenantTx,
-    access: &Access,
-    caller: &Permissions,
-    by: &By,
+    change: Change<'_>,
     subject_name: &str,
     role: &str,
 ) -> Result<bool, AccessError> {
+    let Change {
+        tx,
+        access,
+        caller,
+        by,
+    } = change;
     let (who, role) = grant_input(tx, access, caller, subject_name, role).await?;
     let n = tx
         .execute(
@@ -626,14 +668,13 @@ pub async fn grant(
 /// Revokes `role` from `subject`. The caller must hold every permission of the role, and
 /// be an owner to revoke `owner`; the tenant's last owner is never revoked. Audited as
 /// `access.revoke`.
-pub async fn revoke(
-    tx: &mut TenantTx,
-    access: &Access,
-    caller: &Permissions,
-    by: &By,
-    subject_name: &str,
-    role: &str,
-) -> Result<(), AccessError> {
+pub async fn revoke(change: Change<'_>, subject_name: &str, role: &str) -> Result<(), AccessError> {
+    let Change {
+        tx,
+        access,
+        caller,
+        by,
+    } = change;
     let (who, role) = grant_input(tx, access, caller, subject_name, role).await?;
     if role == BuiltinRole::Owner.as_str() {
         // Locked, so two concurrent revocations cannot each leave the other owner.

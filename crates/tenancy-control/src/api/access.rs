@@ -287,6 +287,12 @@ impl Session {
         })
     }
 
+    /// A change of the tenant's access in this session's transaction, with every
+    /// permission of the model, recorded as made by `by`.
+    fn change<'a>(&'a mut self, by: &'a By) -> tenancy_access::Change<'a> {
+        tenancy_access::Change::new(&mut self.tx, &self.model, &self.all, by)
+    }
+
     async fn commit(self) -> Result<(), ApiError> {
         self.tx.commit().await.map_err(tx_error)
     }
@@ -399,10 +405,9 @@ pub async fn create_role(
     post: TenantPost<NewRole>,
 ) -> Result<Response, ApiError> {
     change(&state, post, "roles", |r, mut s, by| async move {
-        let role =
-            tenancy_access::create_role(&mut s.tx, &s.model, &s.all, &by, &r.name, &r.permissions)
-                .await
-                .map_err(access_error)?;
+        let role = tenancy_access::create_role(s.change(&by), &r.name, &r.permissions)
+            .await
+            .map_err(access_error)?;
         s.commit().await?;
         Ok((StatusCode::CREATED, to_value(&RoleView::from(role))))
     })
@@ -420,7 +425,7 @@ pub async fn delete_role(
     Path((id, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let mut s = Session::open(&state, &id).await?;
-    tenancy_access::delete_role(&mut s.tx, &s.model, &s.all, &by(&admin), &name)
+    tenancy_access::delete_role(s.change(&by(&admin)), &name)
         .await
         .map_err(access_error)?;
     s.commit().await?;
@@ -465,7 +470,7 @@ pub async fn grant(
     post: TenantPost<GrantInput>,
 ) -> Result<Response, ApiError> {
     change(&state, post, "grants", |g, mut s, by| async move {
-        let new = tenancy_access::grant(&mut s.tx, &s.model, &s.all, &by, &g.subject, &g.role)
+        let new = tenancy_access::grant(s.change(&by), &g.subject, &g.role)
             .await
             .map_err(access_error)?;
         s.commit().await?;
@@ -492,7 +497,7 @@ pub async fn revoke(
     post: TenantPost<GrantInput>,
 ) -> Result<Response, ApiError> {
     change(&state, post, "revocations", |g, mut s, by| async move {
-        tenancy_access::revoke(&mut s.tx, &s.model, &s.all, &by, &g.subject, &g.role)
+        tenancy_access::revoke(s.change(&by), &g.subject, &g.role)
             .await
             .map_err(access_error)?;
         s.commit().await?;
