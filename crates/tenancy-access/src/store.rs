@@ -120,6 +120,11 @@ impl<'a> Change<'a> {
             by,
         }
     }
+
+    /// Its parts, for the management functions.
+    fn parts(self) -> (&'a mut TenantTx, &'a Access, &'a Permissions, &'a By) {
+        (self.tx, self.access, self.caller, self.by)
+    }
 }
 
 /// Refuses unless the caller may manage access.
@@ -462,12 +467,7 @@ pub async fn create_role(
     name: &str,
     permissions: &[String],
 ) -> Result<Role, AccessError> {
-    let Change {
-        tx,
-        access,
-        caller,
-        by,
-    } = change;
+    let (tx, access, caller, by) = change.parts();
     let (name, perms) = role_input(access, caller, name, permissions)?;
     let created = tx
         .execute(
@@ -531,12 +531,7 @@ pub async fn update_role(
     name: &str,
     permissions: &[String],
 ) -> Result<Role, AccessError> {
-    let Change {
-        tx,
-        access,
-        caller,
-        by,
-    } = change;
+    let (tx, access, caller, by) = change.parts();
     let (name, perms) = role_input(access, caller, name, permissions)?;
     let before = role_to_change(tx, access, caller, name).await?;
     tx.execute(
@@ -558,12 +553,7 @@ pub async fn update_role(
 /// `access.revoke`, the role as `access.role.delete`). The caller must hold what the
 /// role grants.
 pub async fn delete_role(change: Change<'_>, name: &str) -> Result<(), AccessError> {
-    let Change {
-        tx,
-        access,
-        caller,
-        by,
-    } = change;
+    let (tx, access, caller, by) = change.parts();
     manager(caller)?;
     let name = custom_name("name", name)?;
     let before = role_to_change(tx, access, caller, name).await?;
@@ -640,12 +630,7 @@ pub async fn grant(
     subject_name: &str,
     role: &str,
 ) -> Result<bool, AccessError> {
-    let Change {
-        tx,
-        access,
-        caller,
-        by,
-    } = change;
+    let (tx, access, caller, by) = change.parts();
     let (who, role) = grant_input(tx, access, caller, subject_name, role).await?;
     let n = tx
         .execute(
@@ -669,12 +654,7 @@ pub async fn grant(
 /// be an owner to revoke `owner`; the tenant's last owner is never revoked. Audited as
 /// `access.revoke`.
 pub async fn revoke(change: Change<'_>, subject_name: &str, role: &str) -> Result<(), AccessError> {
-    let Change {
-        tx,
-        access,
-        caller,
-        by,
-    } = change;
+    let (tx, access, caller, by) = change.parts();
     let (who, role) = grant_input(tx, access, caller, subject_name, role).await?;
     if role == BuiltinRole::Owner.as_str() {
         // Locked, so two concurrent revocations cannot each leave the other owner.
