@@ -10,7 +10,8 @@
 # The database has the native context (the tenancy_context library must be installed in
 # the server: see extensions/), the tenancy runtime, the benchmark's write table and the
 # audit table exactly as tenancy-audit installs it (crates/tenancy-audit/sql/audit.sql
-# with the catalog's column fragment in place of its marker).
+# with the catalog's column fragment in place of its marker). The cluster, the counting
+# and the token signer are those of scripts/lib/.
 # Scenarios (each BEGIN … COMMIT, tenant among 100 and row chosen at random), those of
 # the `audit_append` benchmark:
 #   plain     tenancy.enter(token), the INSERT of a row
@@ -32,45 +33,20 @@ pg_bin=${PG_BIN:-/usr/lib/postgresql/15/bin}
 work=${AUDIT_COST_DIR:-$root/target/audit-cost}
 port=${AUDIT_COST_PORT:-55497}
 profile=${AUDIT_COST_PROFILE:-0}
-for tool in valgrind pgbench psql; do
-    command -v "$tool" >/dev/null || { echo "audit-cost.sh: $tool is needed (apt-get install -y $tool)" >&2; exit 2; }
-done
+cost_name=audit-cost.sh
+# shellcheck source=lib/cost.sh
+. scripts/lib/cost.sh
+cost_need valgrind pgbench psql
 if [ "$profile" = 1 ]; then
-    command -v callgrind_annotate >/dev/null || { echo "audit-cost.sh: callgrind_annotate is needed (valgrind)" >&2; exit 2; }
-    tool=(--tool=callgrind --callgrind-out-file="$work/cg/cg.%p")
+    command -v callgrind_annotate >/dev/null || cost_fail "callgrind_annotate is needed (valgrind)"
+    valgrind_tool=(--tool=callgrind --callgrind-out-file="$work/cg/cg.%p")
 else
-    tool=(--tool=cachegrind --cache-sim=no --cachegrind-out-file="$work/cg/cg.%p")
+    valgrind_tool=(--tool=cachegrind --cache-sim=no --cachegrind-out-file="$work/cg/cg.%p")
 fi
-
-run_as=()
-if [ "$(id -u)" = 0 ]; then
-    user=${TENANCY_PG_USER:-postgres}
-    id "$user" >/dev/null 2>&1 || { echo "audit-cost.sh: as root, PostgreSQL runs as an unprivileged user; none named $user" >&2; exit 2; }
-    run_as=(runuser -u "$user" --)
-fi
-
-rm -rf "$work"
-mkdir -p "$work/cg"
-[ ${#run_as[@]} -eq 0 ] || chown -R "$user" "$work"
-"${run_as[@]}" "$pg_bin/initdb" -D "$work/data" -A trust -U postgres >/dev/null
-"${run_as[@]}" valgrind "${tool[@]}" --trace-children=yes "$pg_bin/postgres" -D "$work/data" -p "$port" -k "$work" \
-    -c listen_addresses= -c autovacuum=off -c shared_buffers=128MB >"$work/server.log" 2>&1 &
-server=$!
-# The postmaster runs under runuser and valgrind: pg_ctl stops it (a signal to runuser
-# would not reach it), then the script waits for valgrind to write its last counts.
-stop() {
-    "${run_as[@]}" "$pg_bin/pg_ctl" -D "$work/data" -m fast -w stop >/dev/null 2>&1 || kill -TERM "$server" 2>/dev/null || true
-    wait "$server" 2>/dev/null || true
-}
-trap stop EXIT
-for _ in $(seq 1 600); do
-    psql -X -q -h "$work" -p "$port" -U postgres -d postgres -c 'SELECT 1' >/dev/null 2>&1 && break
-    sleep 0.2
-done
+cost_start_server
 
 sql=crates/tenancy-sdk/sql
 db=audit
-psql_su() { psql -X -q -v ON_ERROR_STOP=1 -h "$work" -p "$port" -U postgres "$@" >/dev/null; }
 psql_su -d postgres -f "$sql/bootstrap.sql"
 psql_su -d postgres -c "CREATE DATABASE $db"
 sed "s/:dbname/$db/g" "$sql/database.sql" | psql_su -d "$db" -f -
@@ -83,10 +59,10 @@ columns=$(cat crates/tenancy-catalog/sql/audit_event_columns.sql)
 audit_sql=$(awk -v cols="$columns" '$0 ~ /^\{\{audit_event_columns\}\}$/ { print cols; next } { print }' \
     crates/tenancy-audit/sql/audit.sql)
 printf 'SET ROLE tenancy_owner;\n%s\n' "$audit_sql" | psql_su -d "$db" -f -
-psql_su -d "$db" -f scripts/audit-cost/tables.sql -c ANALYZE
-impl=$(psql -X -At -h "$work" -p "$port" -U postgres -d "$db" -c \
-    "SELECT l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang WHERE p.oid = 'tenancy.enter(text)'::regprocedure")
-[ "$impl" = c ] || { echo "audit-cost.sh: the native context did not install (tenancy.enter is $impl)" >&2; exit 2; }
+psql_su -d "$db" -c "SET ROLE tenancy_owner" -f crates/tenancy-bench/sql/audit_bench_writes.sql \
+    -c "RESET ROLE" -f scripts/lib/sign-tokens.sql -c ANALYZE
+impl=$(cost_context_impl "$db")
+[ "$impl" = c ] || cost_fail "the native context did not install (tenancy.enter is $impl)"
 
 # Each transaction first computes its values in one SELECT (both scenarios pay for it),
 # so the INSERTs take them as parameters, as the SDK sends them.
@@ -109,35 +85,14 @@ scenario audited "$write
 $event"
 scenario event "$event"
 
-# Instructions of the backend that ran `n` transactions of scenario $1: the largest
-# count among the processes that ended meanwhile (autovacuum is off). Sets `file` to
-# that process's output.
-count() {
-    local before after f best=0 v
-    before=$(ls "$work/cg")
-    pgbench -n -M prepared -h "$work" -p "$port" -U tenancy_app -c 1 -t "$2" -f "$work/$1.sql" "$db" \
-        >"$work/pgbench.log" 2>&1 || { cat "$work/pgbench.log" >&2; exit 1; }
-    for _ in $(seq 1 100); do
-        after=$(comm -13 <(echo "$before") <(ls "$work/cg"))
-        [ -n "$after" ] && break
-        sleep 0.1
-    done
-    sleep 1
-    file=
-    for f in $(comm -13 <(echo "$before") <(ls "$work/cg")); do
-        v=$(sed -n 's/^summary: //p' "$work/cg/$f")
-        if [ "${v:-0}" -gt "$best" ]; then best=$v; file=$work/cg/$f; fi
-    done
-    echo "$best" >"$work/count"
-}
 declare -A cost files
 measure() {
     local a b
-    count "$1" 200
-    a=$(cat "$work/count")
+    cost_count "$1" "$db" 200
+    a=$instructions
     files[$1/200]=$file
-    count "$1" 1200
-    b=$(cat "$work/count")
+    cost_count "$1" "$db" 1200
+    b=$instructions
     files[$1/1200]=$file
     cost[$1]=$(( (b - a) / 1000 ))
     printf '%-10s %9d instructions per transaction\n' "$1" "${cost[$1]}"

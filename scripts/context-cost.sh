@@ -8,7 +8,8 @@
 #
 # Databases: `plpgsql` has the PL/pgSQL context of crates/tenancy-sdk/sql/runtime.sql;
 # `native` has the C context (the tenancy_context library must be installed in the
-# server: see extensions/).
+# server: see extensions/). The cluster, the counting and the token signers are those of
+# scripts/lib/.
 # Scenarios (each BEGIN … COMMIT, tenant and row chosen at random):
 #   empty       SELECT 1
 #   plain       the point read on a table without RLS, tenant predicate written out
@@ -30,39 +31,14 @@ root=$PWD
 pg_bin=${PG_BIN:-/usr/lib/postgresql/15/bin}
 work=${CONTEXT_COST_DIR:-$root/target/context-cost}
 port=${CONTEXT_COST_PORT:-55499}
-for tool in valgrind pgbench psql; do
-    command -v "$tool" >/dev/null || { echo "context-cost.sh: $tool is needed (apt-get install -y $tool)" >&2; exit 2; }
-done
-
-run_as=()
-if [ "$(id -u)" = 0 ]; then
-    user=${TENANCY_PG_USER:-postgres}
-    id "$user" >/dev/null 2>&1 || { echo "context-cost.sh: as root, PostgreSQL runs as an unprivileged user; none named $user" >&2; exit 2; }
-    run_as=(runuser -u "$user" --)
-fi
-
-rm -rf "$work"
-mkdir -p "$work/cg"
-[ ${#run_as[@]} -eq 0 ] || chown -R "$user" "$work"
-"${run_as[@]}" "$pg_bin/initdb" -D "$work/data" -A trust -U postgres >/dev/null
-"${run_as[@]}" valgrind --tool=cachegrind --cache-sim=no --trace-children=yes \
-    --cachegrind-out-file="$work/cg/cg.%p" "$pg_bin/postgres" -D "$work/data" -p "$port" -k "$work" \
-    -c listen_addresses= -c autovacuum=off -c shared_buffers=128MB >"$work/server.log" 2>&1 &
-server=$!
-# The postmaster runs under runuser and valgrind: pg_ctl stops it (a signal to runuser
-# would not reach it), then the script waits for valgrind to write its last counts.
-stop() {
-    "${run_as[@]}" "$pg_bin/pg_ctl" -D "$work/data" -m fast -w stop >/dev/null 2>&1 || kill -TERM "$server" 2>/dev/null || true
-    wait "$server" 2>/dev/null || true
-}
-trap stop EXIT
-for _ in $(seq 1 600); do
-    psql -X -q -h "$work" -p "$port" -U postgres -d postgres -c 'SELECT 1' >/dev/null 2>&1 && break
-    sleep 0.2
-done
+cost_name=context-cost.sh
+# shellcheck source=lib/cost.sh
+. scripts/lib/cost.sh
+cost_need valgrind pgbench psql
+valgrind_tool=(--tool=cachegrind --cache-sim=no --cachegrind-out-file="$work/cg/cg.%p")
+cost_start_server
 
 sql=crates/tenancy-sdk/sql
-psql_su() { psql -X -q -v ON_ERROR_STOP=1 -h "$work" -p "$port" -U postgres "$@" >/dev/null; }
 psql_su -d postgres -f "$sql/bootstrap.sql"
 for db in plpgsql native; do
     psql_su -d postgres -c "CREATE DATABASE $db"
@@ -73,10 +49,10 @@ psql_su -d native -f "$sql/native.sql"
 psql_su -d plpgsql -c "SET ROLE tenancy_owner" -c "SET tenancy.runtime_impl = 'plpgsql'" -f "$sql/runtime.sql"
 psql_su -d native -c "SET ROLE tenancy_owner" -f "$sql/runtime.sql"
 for db in plpgsql native; do
-    psql_su -d "$db" -c "SELECT tenancy.install_context_key('k1', repeat('ab', 32))" -f scripts/context-cost/tables.sql
+    psql_su -d "$db" -c "SELECT tenancy.install_context_key('k1', repeat('ab', 32))" -f scripts/context-cost/tables.sql \
+        -f scripts/lib/sign-tokens.sql
 done
-impl=$(psql -X -At -h "$work" -p "$port" -U postgres -d native -c \
-    "SELECT l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang WHERE p.oid = 'tenancy.enter(text)'::regprocedure")
+impl=$(cost_context_impl native)
 
 scenario() {
     local name=$1 body=$2
@@ -103,30 +79,13 @@ scenario session "$init
 SELECT tenancy.enter_session(0, :t, :secret, :next) AS secret \gset
 SELECT payload FROM items WHERE id = :id;"
 
-# Instructions of the backend that ran `n` transactions of scenario $1 on database $2:
-# the largest count among the processes that ended meanwhile (autovacuum is off).
-count() {
-    local before after f best=0 v
-    before=$(ls "$work/cg")
-    pgbench -n -M prepared -D secret=0 -h "$work" -p "$port" -U tenancy_app -c 1 -t "$3" -f "$work/$1.sql" "$2" \
-        >"$work/pgbench.log" 2>&1 || { cat "$work/pgbench.log" >&2; exit 1; }
-    for _ in $(seq 1 100); do
-        after=$(comm -13 <(echo "$before") <(ls "$work/cg"))
-        [ -n "$after" ] && break
-        sleep 0.1
-    done
-    sleep 1
-    for f in $(comm -13 <(echo "$before") <(ls "$work/cg")); do
-        v=$(sed -n 's/^summary: //p' "$work/cg/$f")
-        [ "${v:-0}" -gt "$best" ] && best=$v
-    done
-    echo "$best"
-}
 declare -A cost
 measure() {
     local key="$2/$1" a b
-    a=$(count "$1" "$2" 200)
-    b=$(count "$1" "$2" 1200)
+    cost_count "$1" "$2" 200 -D secret=0
+    a=$instructions
+    cost_count "$1" "$2" 1200 -D secret=0
+    b=$instructions
     cost[$key]=$(( (b - a) / 1000 ))
     printf '%-10s %-20s %9d instructions per transaction\n' "$2" "$1" "${cost[$key]}"
 }

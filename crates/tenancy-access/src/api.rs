@@ -116,15 +116,7 @@ async fn create_role(
     mut m: Manager,
     Body(b): Body<NewRole>,
 ) -> ApiResult<(StatusCode, Json<Role>)> {
-    let role = store::create_role(
-        &mut m.tx,
-        &m.access,
-        &m.perms,
-        &m.by,
-        &b.name,
-        &b.permissions,
-    )
-    .await?;
+    let role = store::create_role(m.change(), &b.name, &b.permissions).await?;
     Ok((StatusCode::CREATED, Json(role)))
 }
 
@@ -133,13 +125,12 @@ async fn update_role(
     Path(name): Path<String>,
     Body(b): Body<RolePermissions>,
 ) -> ApiResult<Json<Role>> {
-    let role =
-        store::update_role(&mut m.tx, &m.access, &m.perms, &m.by, &name, &b.permissions).await?;
+    let role = store::update_role(m.change(), &name, &b.permissions).await?;
     Ok(Json(role))
 }
 
 async fn delete_role(mut m: Manager, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    store::delete_role(&mut m.tx, &m.access, &m.perms, &m.by, &name).await?;
+    store::delete_role(m.change(), &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -150,7 +141,7 @@ async fn list_grants(mut m: Manager, Params(q): Params<PageQuery>) -> ApiResult<
 }
 
 async fn grant(mut m: Manager, Body(b): Body<GrantBody>) -> ApiResult<(StatusCode, Json<Grant>)> {
-    let new = store::grant(&mut m.tx, &m.access, &m.perms, &m.by, &b.subject, &b.role).await?;
+    let new = store::grant(m.change(), &b.subject, &b.role).await?;
     let status = if new {
         StatusCode::CREATED
     } else {
@@ -166,6 +157,6 @@ async fn grant(mut m: Manager, Body(b): Body<GrantBody>) -> ApiResult<(StatusCod
 }
 
 async fn revoke(mut m: Manager, Body(b): Body<GrantBody>) -> ApiResult<StatusCode> {
-    store::revoke(&mut m.tx, &m.access, &m.perms, &m.by, &b.subject, &b.role).await?;
+    store::revoke(m.change(), &b.subject, &b.role).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -12,7 +12,7 @@ use tenancy_axum::{HttpError, RequestId, Tenant, Tx};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{Access, By, Permissions};
+use crate::{Access, By, Change, Permissions};
 
 /// The permissions of the request's caller: from the request's extensions when a guard
 /// (or an earlier extractor) resolved them already, else resolved now in the request's
@@ -150,6 +150,12 @@ impl Manager {
     /// Refuses (403 `permission-denied`, naming it) unless the caller holds `permission`.
     pub fn require(&self, permission: &str) -> Result<(), HttpError> {
         Ok(self.perms.require(permission)?)
+    }
+
+    /// The caller's change of its tenant's access, in the request's transaction: what
+    /// the management functions take.
+    pub fn change(&mut self) -> Change<'_> {
+        Change::new(&mut self.tx, &self.access, &self.perms, &self.by)
     }
 }
 

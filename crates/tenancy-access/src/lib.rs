@@ -25,8 +25,8 @@
 //! - Management ([`create_role`], [`update_role`], [`delete_role`], [`grant`],
 //!   [`revoke`], [`get_role`], [`check_key_scopes`], and the paged [`list_roles`] and
 //!   [`list_grants`]: a [`PageRequest`] in, a [`Page`] with its `next_after` cursor
-//!   out): every input
-//!   checked with an error naming the field; every change recorded as an audit event
+//!   out): each change takes one [`Change`] (the tenant's transaction, the model, the
+//!   caller's permissions, the actor); every input checked with an error naming the field; every change recorded as an audit event
 //!   (`tenancy_audit::record`) in the same `TenantTx`, so the event exists exactly when
 //!   the change committed. Nobody hands out more than they hold: a role's permissions,
 //!   a granted role and an API key's scopes must be within the caller's own permissions,
@@ -57,7 +57,8 @@ pub use model::{
 };
 pub use store::{
     check_key_scopes, create_role, delete_role, get_role, grant, list_grants, list_roles, revoke,
-    update_role, By, Grant, Page, PageRequest, Role, DEFAULT_PAGE, MAX_CURSOR_LEN, MAX_PAGE,
+    update_role, By, Change, Grant, Page, PageRequest, Role, DEFAULT_PAGE, MAX_CURSOR_LEN,
+    MAX_PAGE,
 };
 
 /// How the request layer names an API key as a subject (`api_key:<key id>`).

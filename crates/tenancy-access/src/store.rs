@@ -89,6 +89,44 @@ pub struct Grant {
     pub role: String,
 }
 
+/// A change of a tenant's access, as every management function takes it: the tenant's
+/// transaction it is made in (and audited in), the application's model, what the caller
+/// may do, and who is recorded as making it.
+#[derive(Debug)]
+pub struct Change<'a> {
+    /// The tenant's transaction (runtime role, signed context).
+    pub tx: &'a mut TenantTx,
+    /// The application's model.
+    pub access: &'a Access,
+    /// The caller's permissions: the change is refused unless they include
+    /// [`MANAGE_ACCESS`] and everything it hands out.
+    pub caller: &'a Permissions,
+    /// The actor and request of its audit events.
+    pub by: &'a By,
+}
+
+impl<'a> Change<'a> {
+    /// A change made in `tx` under `access`, by `by` with the permissions `caller`.
+    pub fn new(
+        tx: &'a mut TenantTx,
+        access: &'a Access,
+        caller: &'a Permissions,
+        by: &'a By,
+    ) -> Change<'a> {
+        Change {
+            tx,
+            access,
+            caller,
+            by,
+        }
+    }
+
+    /// Its parts, for the management functions.
+    fn parts(self) -> (&'a mut TenantTx, &'a Access, &'a Permissions, &'a By) {
+        (self.tx, self.access, self.caller, self.by)
+    }
+}
+
 /// Refuses unless the caller may manage access.
 fn manager(caller: &Permissions) -> Result<(), AccessError> {
     caller.require(MANAGE_ACCESS)
@@ -406,20 +444,31 @@ pub async fn list_grants(
     Ok(Page::cut(items, page.limit, grant_cursor))
 }
 
+/// A custom role's name and permissions as a caller writes them, checked: the caller may
+/// manage access, the name is well-formed and not built in, and the permission list is
+/// one the caller may hand out (sorted, without duplicates).
+fn role_input<'a>(
+    access: &Access,
+    caller: &Permissions,
+    name: &'a str,
+    permissions: &[String],
+) -> Result<(&'a str, Vec<String>), AccessError> {
+    manager(caller)?;
+    let name = custom_name("name", name)?;
+    let perms = permission_list(access, caller, "permissions", permissions)?;
+    Ok((name, perms))
+}
+
 /// Creates the custom role `name` with `permissions` (each declared and held by the
 /// caller). A name taken by a built-in role is refused; one the tenant already has is a
 /// conflict. Audited as `access.role.create`.
 pub async fn create_role(
-    tx: &mut TenantTx,
-    access: &Access,
-    caller: &Permissions,
-    by: &By,
+    change: Change<'_>,
     name: &str,
     permissions: &[String],
 ) -> Result<Role, AccessError> {
-    manager(caller)?;
-    let name = custom_name("name", name)?;
-    let perms = permission_list(access, caller, "permissions", permissions)?;
+    let (tx, access, caller, by) = change.parts();
+    let (name, perms) = role_input(access, caller, name, permissions)?;
     let created = tx
         .execute(
             "INSERT INTO tenancy.access_roles (name, permissions) VALUES ($1, $2)
@@ -438,11 +487,7 @@ pub async fn create_role(
             .after(json!({ "permissions": perms })),
     )
     .await?;
-    Ok(Role {
-        name: name.to_owned(),
-        builtin: false,
-        permissions: perms,
-    })
+    Ok(custom_role(access, name.to_owned(), perms))
 }
 
 /// The permissions of the custom role `name`, locked against concurrent changes
@@ -465,22 +510,30 @@ async fn locked_role(
         })
 }
 
-/// Replaces the permissions of the custom role `name`. The caller must hold both what the
-/// role had and what it gets. Audited as `access.role.update` with both lists.
-pub async fn update_role(
+/// The declared permissions of the custom role `name`, locked for a change of it; refused
+/// unless the caller holds every one of them.
+async fn role_to_change(
     tx: &mut TenantTx,
     access: &Access,
     caller: &Permissions,
-    by: &By,
     name: &str,
-    permissions: &[String],
-) -> Result<Role, AccessError> {
-    manager(caller)?;
-    let name = custom_name("name", name)?;
-    let perms = permission_list(access, caller, "permissions", permissions)?;
+) -> Result<Vec<String>, AccessError> {
     let mut before = locked_role(tx, name, true).await?;
     before.retain(|p| access.declares(p));
     within(caller, &before)?;
+    Ok(before)
+}
+
+/// Replaces the permissions of the custom role `name`. The caller must hold both what the
+/// role had and what it gets. Audited as `access.role.update` with both lists.
+pub async fn update_role(
+    change: Change<'_>,
+    name: &str,
+    permissions: &[String],
+) -> Result<Role, AccessError> {
+    let (tx, access, caller, by) = change.parts();
+    let (name, perms) = role_input(access, caller, name, permissions)?;
+    let before = role_to_change(tx, access, caller, name).await?;
     tx.execute(
         "UPDATE tenancy.access_roles SET permissions = $2, updated_at = now() WHERE name = $1",
         &[&name, &perms],
@@ -493,28 +546,17 @@ pub async fn update_role(
             .after(json!({ "permissions": perms })),
     )
     .await?;
-    Ok(Role {
-        name: name.to_owned(),
-        builtin: false,
-        permissions: perms,
-    })
+    Ok(custom_role(access, name.to_owned(), perms))
 }
 
 /// Deletes the custom role `name` and every grant of it (each audited as
 /// `access.revoke`, the role as `access.role.delete`). The caller must hold what the
 /// role grants.
-pub async fn delete_role(
-    tx: &mut TenantTx,
-    access: &Access,
-    caller: &Permissions,
-    by: &By,
-    name: &str,
-) -> Result<(), AccessError> {
+pub async fn delete_role(change: Change<'_>, name: &str) -> Result<(), AccessError> {
+    let (tx, access, caller, by) = change.parts();
     manager(caller)?;
     let name = custom_name("name", name)?;
-    let mut before = locked_role(tx, name, true).await?;
-    before.retain(|p| access.declares(p));
-    within(caller, &before)?;
+    let before = role_to_change(tx, access, caller, name).await?;
     let revoked = tx
         .query(
             "DELETE FROM tenancy.access_grants WHERE role = $1 RETURNING subject",
@@ -562,22 +604,34 @@ async fn may_hand_out(
     }
 }
 
+/// The subject and role of a grant or revocation, checked: the caller may manage access,
+/// both are well-formed, and the caller may hand the role out (a custom role is locked
+/// against concurrent changes).
+async fn grant_input<'a>(
+    tx: &mut TenantTx,
+    access: &Access,
+    caller: &Permissions,
+    subject_name: &'a str,
+    role: &'a str,
+) -> Result<(&'a str, &'a str), AccessError> {
+    manager(caller)?;
+    let who = subject("subject", subject_name)?;
+    let role = role_name("role", role)?;
+    may_hand_out(tx, access, caller, role).await?;
+    Ok((who, role))
+}
+
 /// Grants `role` (built in or the tenant's own) to `subject`. The caller must hold every
 /// permission of the role, and be an owner to grant `owner`. Returns whether the grant is
 /// new (one already held is left as it is, and records nothing). Audited as
 /// `access.grant`.
 pub async fn grant(
-    tx: &mut TenantTx,
-    access: &Access,
-    caller: &Permissions,
-    by: &By,
+    change: Change<'_>,
     subject_name: &str,
     role: &str,
 ) -> Result<bool, AccessError> {
-    manager(caller)?;
-    let who = subject("subject", subject_name)?;
-    let role = role_name("role", role)?;
-    may_hand_out(tx, access, caller, role).await?;
+    let (tx, access, caller, by) = change.parts();
+    let (who, role) = grant_input(tx, access, caller, subject_name, role).await?;
     let n = tx
         .execute(
             "INSERT INTO tenancy.access_grants (subject, role) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -599,18 +653,9 @@ pub async fn grant(
 /// Revokes `role` from `subject`. The caller must hold every permission of the role, and
 /// be an owner to revoke `owner`; the tenant's last owner is never revoked. Audited as
 /// `access.revoke`.
-pub async fn revoke(
-    tx: &mut TenantTx,
-    access: &Access,
-    caller: &Permissions,
-    by: &By,
-    subject_name: &str,
-    role: &str,
-) -> Result<(), AccessError> {
-    manager(caller)?;
-    let who = subject("subject", subject_name)?;
-    let role = role_name("role", role)?;
-    may_hand_out(tx, access, caller, role).await?;
+pub async fn revoke(change: Change<'_>, subject_name: &str, role: &str) -> Result<(), AccessError> {
+    let (tx, access, caller, by) = change.parts();
+    let (who, role) = grant_input(tx, access, caller, subject_name, role).await?;
     if role == BuiltinRole::Owner.as_str() {
         // Locked, so two concurrent revocations cannot each leave the other owner.
         let owners = tx

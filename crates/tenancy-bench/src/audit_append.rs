@@ -21,16 +21,8 @@ use crate::tenant_tx::ours_pool;
 
 const CLIENTS: usize = 8;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS audit_bench_writes (
-    tenant_id uuid NOT NULL,
-    id        bigint GENERATED ALWAYS AS IDENTITY,
-    item      bigint NOT NULL,
-    body      text NOT NULL,
-    PRIMARY KEY (tenant_id, id)
-);
-SELECT tenancy.make_tenant_table('audit_bench_writes');
-";
+/// The write table, shared with `scripts/audit-cost.sh`.
+const SCHEMA: &str = include_str!("../sql/audit_bench_writes.sql");
 
 const WRITE: &str = "INSERT INTO audit_bench_writes (item, body) VALUES ($1, $2)";
 

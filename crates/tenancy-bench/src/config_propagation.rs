@@ -21,13 +21,13 @@ use tenancy_config::{ClientOptions, ConfigClient};
 use tenancy_config_service::dns::{StaticResolver, TxtResolver};
 use tenancy_config_service::{ConfigState, Store};
 use tenancy_core::{ContextKey, Placement, TenantId};
-use tenancy_pg::{Cluster, ClusterOptions};
+use tenancy_pg::Cluster;
 use tenancy_sdk::bootstrap::{self, CONFIG_READER_ROLE, OWNER_ROLE};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 use crate::report::Report;
-use crate::setup::on_private_cluster;
+use crate::setup::on_ephemeral_cluster;
 use crate::stats::{loadavg, median, percentile};
 
 /// Environment variable that turns this executable into the watcher child.
@@ -79,12 +79,6 @@ fn key() -> Result<ContextKey> {
     )?)
 }
 
-async fn connect(cfg: tokio_postgres::Config) -> Result<tokio_postgres::Client> {
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    Ok(client)
-}
-
 /// One HTTP/1.1 request on a fresh connection; returns the status code.
 async fn http_put(addr: std::net::SocketAddr, path: &str, body: &serde_json::Value) -> Result<u16> {
     let body = serde_json::to_vec(body)?;
@@ -124,14 +118,7 @@ fn flag(default: &str) -> serde_json::Value {
 
 /// Runs the benchmark `runs` times and writes `target/bench/config_propagation.json`.
 pub(crate) async fn run(runs: usize) -> Result<()> {
-    on_private_cluster(
-        ClusterOptions {
-            ephemeral: true,
-            ..Default::default()
-        },
-        async |cluster| measure(cluster, runs).await,
-    )
-    .await
+    on_ephemeral_cluster(async |cluster| measure(cluster, runs).await).await
 }
 
 async fn measure(cluster: &Cluster, runs: usize) -> Result<()> {
@@ -141,7 +128,7 @@ async fn measure(cluster: &Cluster, runs: usize) -> Result<()> {
     let su = cluster.connect(db).await?;
     bootstrap::bootstrap_cluster(&su).await?;
     bootstrap::bootstrap_database(&su, db).await?;
-    let mut owner = connect(cluster.config_as(OWNER_ROLE, db)).await?;
+    let mut owner = tenancy_pg::connect(&cluster.config_as(OWNER_ROLE, db)).await?;
     bootstrap::install_runtime(&owner, &key()?).await?;
     tenancy_catalog::migrate(&mut owner).await?;
     tenancy_catalog::add_region(&owner, &"eu-west".parse()?, "Europe West").await?;

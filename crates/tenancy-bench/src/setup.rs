@@ -215,6 +215,65 @@ pub(crate) async fn on_private_cluster<T>(
     result
 }
 
+/// [`on_private_cluster`] on a throw-away cluster with the default settings.
+pub(crate) async fn on_ephemeral_cluster<T>(
+    body: impl AsyncFnOnce(&Cluster) -> Result<T>,
+) -> Result<T> {
+    on_private_cluster(
+        ClusterOptions {
+            ephemeral: true,
+            ..Default::default()
+        },
+        body,
+    )
+    .await
+}
+
+/// The catalog database of the benchmarks that provision tenants.
+pub(crate) const CATALOG_DB: &str = "catalog";
+
+/// Makes [`CATALOG_DB`] of `cluster` (which the caller created, connected as the
+/// superuser `su`) a migrated tenancy catalog signed with `key`, with the region
+/// `eu-west` and `cluster` itself, over its socket directory, as that region's one
+/// cluster. Returns the owner's connection to the catalog.
+pub(crate) async fn catalog_on(
+    cluster: &Cluster,
+    su: &tokio_postgres::Client,
+    key: &ContextKey,
+) -> Result<tokio_postgres::Client> {
+    use tenancy_sdk::bootstrap;
+    bootstrap::bootstrap_cluster(su)
+        .await
+        .context("creating the tenancy roles")?;
+    let su_cat = cluster.connect(CATALOG_DB).await?;
+    bootstrap::bootstrap_database(&su_cat, CATALOG_DB)
+        .await
+        .context("preparing the catalog database")?;
+    let mut owner =
+        tenancy_pg::connect(&cluster.config_as(bootstrap::OWNER_ROLE, CATALOG_DB)).await?;
+    bootstrap::install_runtime(&owner, key)
+        .await
+        .context("installing the tenancy runtime")?;
+    tenancy_catalog::migrate(&mut owner)
+        .await
+        .context("migrating the catalog")?;
+    let region = "eu-west".parse().context("region")?;
+    tenancy_catalog::add_region(&owner, &region, "EU West").await?;
+    tenancy_catalog::add_cluster(
+        &owner,
+        &tenancy_catalog::NewCluster {
+            name: "pg-eu-west".into(),
+            region,
+            host: cluster.socket_dir().display().to_string(),
+            port: cluster.port(),
+            dbname: CATALOG_DB.into(),
+            capacity: 1_000_000,
+        },
+    )
+    .await?;
+    Ok(owner)
+}
+
 /// Fails unless `payload` is the one [`expected_payload`] gives for `id` of `tenant`.
 pub(crate) fn check_payload(payload: &str, tenant: Uuid, id: i64) -> anyhow::Result<()> {
     anyhow::ensure!(

@@ -21,21 +21,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use tenancy_catalog::NewCluster;
 use tenancy_core::{ContextKey, Placement, TenantId};
-use tenancy_pg::{Cluster, ClusterOptions, PgBinaries};
+use tenancy_pg::{Cluster, PgBinaries};
 use tenancy_provision::{
     AppMigration, AppMigrations, ClusterAccess, ProvisionConfig, ProvisionRequest, Provisioner,
 };
-use tenancy_sdk::bootstrap::{self, OWNER_ROLE, RUNTIME_ROLE};
+use tenancy_sdk::bootstrap::{OWNER_ROLE, RUNTIME_ROLE};
 use tenancy_sdk::{ClusterCredentials, Router, RouterOptions};
 use tenancy_transfer::legacy::{self, LegacyOptions};
 use tokio_postgres::Client;
 
 use crate::report::Report;
-use crate::setup::on_private_cluster;
+use crate::setup::{catalog_on, on_ephemeral_cluster, CATALOG_DB};
 
-const CATALOG_DB: &str = "catalog";
 const SOURCE_DB: &str = "legacy_source";
 /// Rows of the source: 50,000 customers, 100,000 invoices, 800,000 line items, 50,000
 /// deliveries.
@@ -84,22 +82,9 @@ fn median(xs: &[f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-async fn connect(cfg: tokio_postgres::Config) -> Result<Client> {
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    Ok(client)
-}
-
 /// Runs the benchmark `runs` times and writes `target/bench/tenant_import.json`.
 pub(crate) async fn run(runs: usize) -> Result<()> {
-    on_private_cluster(
-        ClusterOptions {
-            ephemeral: true,
-            ..Default::default()
-        },
-        async |cluster| measure(cluster, runs).await,
-    )
-    .await
+    on_ephemeral_cluster(async |cluster| measure(cluster, runs).await).await
 }
 
 async fn measure(cluster: &Cluster, runs: usize) -> Result<()> {
@@ -113,34 +98,7 @@ async fn measure(cluster: &Cluster, runs: usize) -> Result<()> {
             .await
             .with_context(|| format!("creating database {db}"))?;
     }
-    bootstrap::bootstrap_cluster(&su)
-        .await
-        .context("creating the tenancy roles")?;
-    let su_cat = cluster.connect(CATALOG_DB).await?;
-    bootstrap::bootstrap_database(&su_cat, CATALOG_DB)
-        .await
-        .context("preparing the catalog database")?;
-    let mut owner = connect(cluster.config_as(OWNER_ROLE, CATALOG_DB)).await?;
-    bootstrap::install_runtime(&owner, &key)
-        .await
-        .context("installing the tenancy runtime")?;
-    tenancy_catalog::migrate(&mut owner)
-        .await
-        .context("migrating the catalog")?;
-    let region = "eu-west".parse().context("region")?;
-    tenancy_catalog::add_region(&owner, &region, "EU West").await?;
-    tenancy_catalog::add_cluster(
-        &owner,
-        &NewCluster {
-            name: "pg-eu-west".into(),
-            region,
-            host: cluster.socket_dir().display().to_string(),
-            port: cluster.port(),
-            dbname: CATALOG_DB.into(),
-            capacity: 1_000_000,
-        },
-    )
-    .await?;
+    let mut owner = catalog_on(cluster, &su, &key).await?;
     let access = ClusterAccess::local(cluster.superuser());
     let provisioner = Provisioner::new(
         cluster.config_as(OWNER_ROLE, CATALOG_DB),
@@ -253,7 +211,7 @@ async fn measure(cluster: &Cluster, runs: usize) -> Result<()> {
         // Ours: a new pooled tenant, the import, then the shared tables emptied again.
         let tenant = provision(&provisioner, &mut owner, &format!("imported-{run}")).await?;
         if inspect_s.is_none() {
-            let target = connect(cluster.config_as(OWNER_ROLE, CATALOG_DB)).await?;
+            let target = tenancy_pg::connect(&cluster.config_as(OWNER_ROLE, CATALOG_DB)).await?;
             let t = Instant::now();
             let report = legacy::inspect(&source, &target, &LegacyOptions::default()).await?;
             inspect_s = Some(t.elapsed().as_secs_f64());

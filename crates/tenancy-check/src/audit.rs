@@ -74,6 +74,18 @@ pub(crate) struct Target {
     pub assumable: Vec<crate::roles::Assumable>,
 }
 
+impl Target {
+    /// Runs `sql` with the runtime role's oid as `$1`; `what` names it in an error.
+    pub(crate) async fn rows(
+        &self,
+        client: &Client,
+        sql: &str,
+        what: &str,
+    ) -> Result<Vec<Row>, CheckError> {
+        query(client, sql, &[&self.role_oid], what).await
+    }
+}
+
 pub(crate) async fn target(client: &Client, opts: &Options) -> Result<Target, CheckError> {
     let rows = query(
         client,

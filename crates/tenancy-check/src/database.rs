@@ -13,7 +13,7 @@ pub(crate) async fn privilege_rules(
     t: &Target,
     f: &mut Vec<Finding>,
 ) -> Result<(), CheckError> {
-    let rows = query(
+    let rows = t.rows(
         client,
         "SELECT n.nspname::text, has_schema_privilege($1::oid, n.oid, 'CREATE'), has_schema_privilege($1::oid, n.oid, 'USAGE'), \
                 EXISTS (SELECT 1 FROM aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a WHERE a.grantee = 0 AND a.privilege_type = 'USAGE'), \
@@ -24,7 +24,6 @@ pub(crate) async fn privilege_rules(
                              OR has_table_privilege($1::oid, c.oid, 'DELETE')) ORDER BY 1) \
            FROM pg_catalog.pg_namespace n \
           WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1",
-        &[&t.role_oid],
         "reading schema privileges",
     )
     .await?;
@@ -80,12 +79,11 @@ pub(crate) async fn privilege_rules(
             ));
         }
     }
-    let rows = query(
+    let rows = t.rows(
         client,
         "SELECT d.datname::text, d.datname = current_database(), has_database_privilege($1::oid, d.oid, 'TEMP') AND d.datname = current_database(), \
                 EXISTS (SELECT 1 FROM aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a WHERE a.grantee = 0 AND a.privilege_type = 'CONNECT') \
            FROM pg_catalog.pg_database d WHERE d.datallowconn AND NOT d.datistemplate ORDER BY 1",
-        &[&t.role_oid],
         "reading database privileges",
     )
     .await?;

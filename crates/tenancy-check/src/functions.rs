@@ -81,7 +81,7 @@ const CONTEXT_READS: &[&str] = &["current_tenant_id", "context_from_setting"];
 pub(crate) const NARROW_LOOKUP_MARK: &str = "tenancy:narrow-lookup";
 
 pub(crate) async fn functions(client: &Client, t: &Target) -> Result<Vec<Function>, CheckError> {
-    let rows = query(
+    let rows = t.rows(
         client,
         "SELECT p.oid, quote_ident(n.nspname) || '.' || quote_ident(p.proname), pg_get_function_identity_arguments(p.oid), \
                 p.prosecdef, p.provolatile = 'v', p.proleakproof, l.lanname::text, coalesce(p.prosrc, ''), \
@@ -98,7 +98,6 @@ pub(crate) async fn functions(client: &Client, t: &Target) -> Result<Vec<Functio
           WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND p.prokind IN ('f', 'p') \
             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::regclass \
                              AND d.objid = p.oid AND d.deptype = 'e')",
-        &[&t.role_oid],
         "reading functions",
     )
     .await?;

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use tokio_postgres::Client;
 
-use crate::audit::{qi, query, Target};
+use crate::audit::{qi, Target};
 use crate::functions::Function;
 use crate::model::{CheckError, Finding, Severity};
 use crate::predicate::{self, Shape};
@@ -42,7 +42,7 @@ impl Policy {
 }
 
 pub(crate) async fn policies(client: &Client, t: &Target) -> Result<Vec<Policy>, CheckError> {
-    let rows = query(
+    let rows = t.rows(
         client,
         "SELECT p.polrelid, p.polname::text, p.polcmd::text, p.polpermissive, 0::oid = ANY (p.polroles), \
                 EXISTS (SELECT 1 FROM unnest(p.polroles) r WHERE r = 0 OR pg_has_role($1::oid, r, 'USAGE')), \
@@ -51,7 +51,6 @@ pub(crate) async fn policies(client: &Client, t: &Target) -> Result<Vec<Policy>,
                 ARRAY(SELECT d.refobjid FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_policy'::regclass \
                        AND d.objid = p.oid AND d.refclassid = 'pg_catalog.pg_proc'::regclass) \
            FROM pg_catalog.pg_policy p ORDER BY p.polname",
-        &[&t.role_oid],
         "reading policies",
     )
     .await?;

@@ -236,7 +236,7 @@ pub(crate) async fn view_rules(
     context_functions: &[String],
     f: &mut Vec<Finding>,
 ) -> Result<(), CheckError> {
-    let rows = query(
+    let rows = t.rows(
         client,
         "SELECT v.oid, n.nspname::text, v.relname::text, v.relkind::text, pg_get_userbyid(v.relowner)::text, \
                 vo.rolsuper OR vo.rolbypassrls, \
@@ -255,7 +255,6 @@ pub(crate) async fn view_rules(
            JOIN pg_catalog.pg_roles vo ON vo.oid = v.relowner \
           WHERE v.relkind IN ('v', 'm', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
             AND n.nspname NOT LIKE 'pg\\_toast%' ORDER BY 2, 3",
-        &[&t.role_oid],
         "reading views",
     )
     .await?;

@@ -147,18 +147,18 @@ pub(crate) async fn settings_rules(
     gucs: &[String],
     f: &mut Vec<Finding>,
 ) -> Result<(), CheckError> {
-    let rows = query(
-        client,
-        "SELECT coalesce(r.rolname::text, ''), coalesce(d.datname::text, ''), c \
+    let rows = t
+        .rows(
+            client,
+            "SELECT coalesce(r.rolname::text, ''), coalesce(d.datname::text, ''), c \
            FROM pg_catalog.pg_db_role_setting s \
            LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.setrole \
            LEFT JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase, unnest(s.setconfig) c \
           WHERE (s.setdatabase = 0 OR d.datname = current_database()) \
             AND (s.setrole = 0 OR pg_has_role($1::oid, s.setrole, 'MEMBER'))",
-        &[&t.role_oid],
-        "reading role and database settings",
-    )
-    .await?;
+            "reading role and database settings",
+        )
+        .await?;
     for r in rows {
         let role: String = r.get(0);
         let db: String = r.get(1);
@@ -278,7 +278,7 @@ pub(crate) async fn runtime_role_setting_rules(
     } else {
         "p.context <> 'superuser'"
     };
-    let rows = query(
+    let rows = t.rows(
         client,
         &format!(
             "SELECT coalesce(d.datname::text, ''), c \
@@ -289,7 +289,6 @@ pub(crate) async fn runtime_role_setting_rules(
                                  WHERE p.name = lower(split_part(c, '=', 1)) AND NOT ({changeable})) \
               ORDER BY 1, 2"
         ),
-        &[&t.role_oid],
         "reading the runtime role's stored settings",
     )
     .await?;
@@ -353,16 +352,16 @@ pub(crate) async fn runtime_role_login_rules(
     t: &Target,
     f: &mut Vec<Finding>,
 ) -> Result<(), CheckError> {
-    let rows = query(
-        client,
-        "SELECT r.rolcanlogin, r.rolconnlimit, \
+    let rows = t
+        .rows(
+            client,
+            "SELECT r.rolcanlogin, r.rolconnlimit, \
                 has_table_privilege('pg_catalog.pg_authid', 'SELECT'), \
                 has_function_privilege('pg_catalog.pg_hba_file_rules()', 'EXECUTE') \
            FROM pg_catalog.pg_roles r WHERE r.oid = $1::oid",
-        &[&t.role_oid],
-        "reading the runtime role's login attributes",
-    )
-    .await?;
+            "reading the runtime role's login attributes",
+        )
+        .await?;
     let Some(r) = rows.first() else {
         return Ok(());
     };
@@ -387,13 +386,13 @@ pub(crate) async fn runtime_role_login_rules(
         ));
     }
     let has_password: Option<bool> = if authid {
-        let rows = query(
-            client,
-            "SELECT rolpassword IS NOT NULL FROM pg_catalog.pg_authid WHERE oid = $1::oid",
-            &[&t.role_oid],
-            "reading whether the runtime role has a password",
-        )
-        .await?;
+        let rows = t
+            .rows(
+                client,
+                "SELECT rolpassword IS NOT NULL FROM pg_catalog.pg_authid WHERE oid = $1::oid",
+                "reading whether the runtime role has a password",
+            )
+            .await?;
         rows.first().map(|r| r.get(0))
     } else {
         None

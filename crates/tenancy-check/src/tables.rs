@@ -120,7 +120,7 @@ pub(crate) async fn relations(
     opts: &Options,
     t: &Target,
 ) -> Result<(Vec<Relation>, Vec<ForeignKey>), CheckError> {
-    let rows = query(
+    let rows = t.rows(
         client,
         "SELECT c.oid, n.nspname::text, c.relname::text, c.relrowsecurity, \
                 EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid), \
@@ -137,7 +137,6 @@ pub(crate) async fn relations(
           WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
             AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
           ORDER BY 2, 3",
-        &[&t.role_oid],
         "listing tables",
     )
     .await?;

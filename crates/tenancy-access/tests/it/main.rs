@@ -5,7 +5,7 @@
 
 use tenancy_access::{
     check_key_scopes, create_role, grant, list_grants, list_roles, AccessError, AccessModel, By,
-    ClaimRoles, PageRequest, Permissions,
+    Change, ClaimRoles, PageRequest, Permissions,
 };
 use tenancy_core::{ContextKey, TenantId};
 use tenancy_pg::testing::{TemplateDb, TestDb};
@@ -110,18 +110,17 @@ async fn access_tables_hold_only_the_transactions_tenant_rows() {
     let by = By::platform_admin("ops@example", None);
     let mut tx = pool.begin(a).await.expect("begin a");
     create_role(
-        &mut tx,
-        &access,
-        &all,
-        &by,
+        Change::new(&mut tx, &access, &all, &by),
         "billing",
         &["invoices:create".into()],
     )
     .await
     .expect("role");
-    assert!(grant(&mut tx, &access, &all, &by, "bob", "billing")
-        .await
-        .expect("grant"));
+    assert!(
+        grant(Change::new(&mut tx, &access, &all, &by), "bob", "billing")
+            .await
+            .expect("grant")
+    );
     tx.commit().await.expect("commit");
     // Tenant b sees none of a's rows, cannot grant a's custom role, and cannot write rows
     // naming a.
@@ -138,7 +137,7 @@ async fn access_tables_hold_only_the_transactions_tenant_rows() {
         .get(0);
     assert_eq!(n, 0);
     assert!(matches!(
-        grant(&mut tx, &access, &all, &by, "bob", "billing").await,
+        grant(Change::new(&mut tx, &access, &all, &by), "bob", "billing").await,
         Err(AccessError::UnknownRole { .. })
     ));
     tx.rollback().await.expect("rollback");
@@ -189,13 +188,13 @@ async fn a_grant_and_its_audit_event_exist_exactly_when_the_transaction_commits(
         (r.get(0), r.get(1))
     };
     let mut tx = pool.begin(t).await.expect("begin");
-    grant(&mut tx, &access, &all, &by, "bob", "viewer")
+    grant(Change::new(&mut tx, &access, &all, &by), "bob", "viewer")
         .await
         .expect("grant");
     tx.rollback().await.expect("rollback");
     assert_eq!(count(&pool).await, (0, 0), "rolled back: neither");
     let mut tx = pool.begin(t).await.expect("begin");
-    grant(&mut tx, &access, &all, &by, "bob", "viewer")
+    grant(Change::new(&mut tx, &access, &all, &by), "bob", "viewer")
         .await
         .expect("grant");
     tx.commit().await.expect("commit");
@@ -236,17 +235,14 @@ async fn grant_and_role_lists_page_through_every_item_once_in_order() {
     let subjects = ["a.b", "a", "ab", "zoë", "api_key:0011223344556677"];
     for s in subjects {
         for role in ["viewer", "member"] {
-            assert!(grant(&mut tx, &access, &all, &by, s, role)
+            assert!(grant(Change::new(&mut tx, &access, &all, &by), s, role)
                 .await
                 .expect("grant"));
         }
     }
     for name in ["r3", "r1", "r2"] {
         create_role(
-            &mut tx,
-            &access,
-            &all,
-            &by,
+            Change::new(&mut tx, &access, &all, &by),
             name,
             &["invoices:read".to_owned()],
         )

@@ -38,20 +38,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use tenancy_catalog::{NewCluster, NewTenant, WorkflowStatus};
+use tenancy_catalog::{NewTenant, WorkflowStatus};
 use tenancy_core::{ContextKey, Placement};
 use tenancy_pg::{Cluster, ClusterOptions};
 use tenancy_provision::{
     storage, AppMigrations, ClusterAccess, ProvisionConfig, ProvisionRequest, Provisioner, WarmPool,
 };
-use tenancy_sdk::bootstrap::{self, OWNER_ROLE};
+use tenancy_sdk::bootstrap::OWNER_ROLE;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::django;
 use crate::report::Report;
-use crate::setup::on_private_cluster;
+use crate::setup::{catalog_on, on_private_cluster, CATALOG_DB};
 use crate::stats::percentile;
 
 /// Tables of the generated app (both sides).
@@ -59,7 +59,6 @@ const TABLES: usize = 20;
 /// Unmeasured tenants per placement before measuring.
 const WARMUP: usize = 3;
 /// The catalog database, also the region's shared tenant database.
-const CATALOG_DB: &str = "catalog";
 /// Longest wait for one workflow.
 const WORKFLOW_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -123,12 +122,6 @@ fn workspace_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let root = manifest.join("..").join("..");
     root.canonicalize().unwrap_or(root)
-}
-
-async fn connect(cfg: tokio_postgres::Config) -> Result<Client> {
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    Ok(client)
 }
 
 fn request(slug: &str, placement: Placement) -> Result<ProvisionRequest> {
@@ -198,34 +191,8 @@ async fn measure(cluster: &Cluster, opts: Options) -> Result<()> {
     su.batch_execute(&format!("CREATE DATABASE {CATALOG_DB}"))
         .await
         .context("creating the catalog database")?;
-    bootstrap::bootstrap_cluster(&su)
-        .await
-        .context("creating the tenancy roles")?;
-    let su_cat = cluster.connect(CATALOG_DB).await?;
-    bootstrap::bootstrap_database(&su_cat, CATALOG_DB)
-        .await
-        .context("preparing the catalog database")?;
-    let mut owner = connect(cluster.config_as(OWNER_ROLE, CATALOG_DB)).await?;
-    bootstrap::install_runtime(&owner, &key)
-        .await
-        .context("installing the tenancy runtime")?;
-    tenancy_catalog::migrate(&mut owner)
-        .await
-        .context("migrating the catalog")?;
-    let region = "eu-west".parse().context("region")?;
-    tenancy_catalog::add_region(&owner, &region, "EU West").await?;
-    tenancy_catalog::add_cluster(
-        &owner,
-        &NewCluster {
-            name: "pg-eu-west".into(),
-            region,
-            host: cluster.socket_dir().display().to_string(),
-            port: cluster.port(),
-            dbname: CATALOG_DB.into(),
-            capacity: 1_000_000,
-        },
-    )
-    .await?;
+    // Held open for the run, as an application's owner connection would be.
+    let _owner = catalog_on(cluster, &su, &key).await?;
 
     let mut plans = std::collections::BTreeMap::new();
     let mut free = serde_json::Map::new();
@@ -249,7 +216,7 @@ async fn measure(cluster: &Cluster, opts: Options) -> Result<()> {
     let p = engine(warm_pool)?;
     println!("PostgreSQL floors on this cluster (outside the engine)…");
     let floor = floors(cluster, 15).await?;
-    let mut catalog = connect(cluster.config_as(OWNER_ROLE, CATALOG_DB)).await?;
+    let mut catalog = tenancy_pg::connect(&cluster.config_as(OWNER_ROLE, CATALOG_DB)).await?;
     let pool_wait = PoolWait {
         shared: cluster.connect(CATALOG_DB).await?,
         maintenance: cluster.connect("postgres").await?,

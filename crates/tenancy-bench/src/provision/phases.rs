@@ -23,9 +23,9 @@ pub(super) struct Floors {
 pub(super) async fn floors(cluster: &Cluster, reps: usize) -> Result<Floors> {
     let app = AppMigrations::generated(TABLES);
     let ddl: String = app.after(0).map(|m| format!("{};\n", m.sql)).collect();
-    let owner = connect(cluster.config_as(OWNER_ROLE, CATALOG_DB)).await?;
+    let owner = tenancy_pg::connect(&cluster.config_as(OWNER_ROLE, CATALOG_DB)).await?;
     let su = cluster.connect("postgres").await?;
-    let mut owner_mut = connect(cluster.config_as(OWNER_ROLE, CATALOG_DB)).await?;
+    let mut owner_mut = tenancy_pg::connect(&cluster.config_as(OWNER_ROLE, CATALOG_DB)).await?;
     let (mut a, mut b, mut c, mut d) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..reps {
         let s = format!("floor_raw_{i}");

@@ -16,8 +16,6 @@
 //! 200, default 50); a value out of range or a cursor the list did not return is a 422
 //! naming the field.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -29,7 +27,8 @@ use tenancy_core::TenantId;
 use utoipa::{IntoParams, ToSchema};
 
 use super::audit::{open_log, LogReader};
-use super::{parse_body, tenant_ref, to_value, ts};
+use super::lifecycle::TenantPost;
+use super::{tenant_ref, to_value, ts};
 use crate::auth::Admin;
 use crate::error::{ApiError, Problem, ProblemCode};
 use crate::{idempotency, AppState};
@@ -106,6 +105,15 @@ pub struct GrantView {
     pub subject: String,
     /// The role.
     pub role: String,
+}
+
+impl From<GrantInput> for GrantView {
+    fn from(g: GrantInput) -> Self {
+        GrantView {
+            subject: g.subject,
+            role: g.role,
+        }
+    }
 }
 
 /// A grant to make or revoke.
@@ -279,6 +287,12 @@ impl Session {
         })
     }
 
+    /// A change of the tenant's access in this session's transaction, with every
+    /// permission of the model, recorded as made by `by`.
+    fn change<'a>(&'a mut self, by: &'a By) -> tenancy_access::Change<'a> {
+        tenancy_access::Change::new(&mut self.tx, &self.model, &self.all, by)
+    }
+
     async fn commit(self) -> Result<(), ApiError> {
         self.tx.commit().await.map_err(tx_error)
     }
@@ -307,36 +321,39 @@ async fn open_page(
     Ok((req, Session::open(state, id_or_slug).await?))
 }
 
-/// Runs an admin's change of the access of the tenant `id_or_slug` names: the body
-/// parsed as `B`, then `change` (given the body, an open [`Session`] it commits, and the
+/// Runs an admin's change of the access of the tenant `post` names: its body (parsed as
+/// `B`), then `change` (given the body, an open [`Session`] it commits, and the
 /// actor) at most once per Idempotency-Key, its answer replayed for a retry.
 async fn change<B, F, Fut>(
-    admin: &Admin,
     state: &AppState,
-    id_or_slug: &str,
+    post: TenantPost<B>,
     what: &str,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
     change: F,
 ) -> Result<Response, ApiError>
 where
-    B: serde::de::DeserializeOwned + Send + 'static,
+    B: Send + 'static,
     F: FnOnce(B, Session, By) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<(StatusCode, serde_json::Value), ApiError>>
         + Send
         + 'static,
 {
-    let (b, raw): (B, _) = parse_body(headers, body)?;
-    let tenant = tenant_ref(state, id_or_slug).await?;
+    let tenant = tenant_ref(state, &post.id).await?;
     let scope = format!(
         "admin:{}:POST /v1/tenants/{tenant}/access/{what}",
-        admin.principal
+        post.admin.principal
     );
-    let by = by(admin);
-    idempotency::run(state, headers, scope, &raw, move |state| async move {
-        let s = Session::open(&state, &tenant.to_string()).await?;
-        change(b, s, by).await
-    })
+    let by = by(&post.admin);
+    let body = post.body;
+    idempotency::run(
+        state,
+        &post.headers,
+        scope,
+        &post.raw,
+        move |state| async move {
+            let s = Session::open(&state, &tenant.to_string()).await?;
+            change(body, s, by).await
+        },
+    )
     .await
 }
 
@@ -384,34 +401,16 @@ pub async fn get_role(
     params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
     responses((status = 201, body = RoleView), (status = 409, body = Problem, content_type = "application/problem+json", description = "The tenant has a role of that name, or is not active"), (status = 503, body = Problem, content_type = "application/problem+json", description = "The catalog or the tenant's database cannot be reached")))]
 pub async fn create_role(
-    admin: Admin,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    post: TenantPost<NewRole>,
 ) -> Result<Response, ApiError> {
-    change(
-        &admin,
-        &state,
-        &id,
-        "roles",
-        &headers,
-        body,
-        |r: NewRole, mut s, by| async move {
-            let role = tenancy_access::create_role(
-                &mut s.tx,
-                &s.model,
-                &s.all,
-                &by,
-                &r.name,
-                &r.permissions,
-            )
+    change(&state, post, "roles", |r, mut s, by| async move {
+        let role = tenancy_access::create_role(s.change(&by), &r.name, &r.permissions)
             .await
             .map_err(access_error)?;
-            s.commit().await?;
-            Ok((StatusCode::CREATED, to_value(&RoleView::from(role))))
-        },
-    )
+        s.commit().await?;
+        Ok((StatusCode::CREATED, to_value(&RoleView::from(role))))
+    })
     .await
 }
 
@@ -426,7 +425,7 @@ pub async fn delete_role(
     Path((id, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let mut s = Session::open(&state, &id).await?;
-    tenancy_access::delete_role(&mut s.tx, &s.model, &s.all, &by(&admin), &name)
+    tenancy_access::delete_role(s.change(&by(&admin)), &name)
         .await
         .map_err(access_error)?;
     s.commit().await?;
@@ -467,38 +466,24 @@ pub async fn list_grants(
     params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
     responses((status = 201, body = GrantView, description = "Granted"), (status = 200, body = GrantView, description = "Already held"), (status = 409, body = Problem, content_type = "application/problem+json", description = "The tenant is not active"), (status = 503, body = Problem, content_type = "application/problem+json", description = "The catalog or the tenant's database cannot be reached")))]
 pub async fn grant(
-    admin: Admin,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    post: TenantPost<GrantInput>,
 ) -> Result<Response, ApiError> {
-    change(
-        &admin,
-        &state,
-        &id,
-        "grants",
-        &headers,
-        body,
-        |g: GrantInput, mut s, by| async move {
-            let new = tenancy_access::grant(&mut s.tx, &s.model, &s.all, &by, &g.subject, &g.role)
-                .await
-                .map_err(access_error)?;
-            s.commit().await?;
-            let view = to_value(&GrantView {
-                subject: g.subject,
-                role: g.role,
-            });
-            Ok((
-                if new {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                },
-                view,
-            ))
-        },
-    )
+    change(&state, post, "grants", |g, mut s, by| async move {
+        let new = tenancy_access::grant(s.change(&by), &g.subject, &g.role)
+            .await
+            .map_err(access_error)?;
+        s.commit().await?;
+        let view = to_value(&GrantView::from(g));
+        Ok((
+            if new {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            },
+            view,
+        ))
+    })
     .await
 }
 
@@ -508,31 +493,16 @@ pub async fn grant(
     params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
     responses((status = 200, body = GrantView, description = "Revoked"), (status = 409, body = Problem, content_type = "application/problem+json", description = "The subject is the tenant's last owner, or the tenant is not active"), (status = 503, body = Problem, content_type = "application/problem+json", description = "The catalog or the tenant's database cannot be reached")))]
 pub async fn revoke(
-    admin: Admin,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    post: TenantPost<GrantInput>,
 ) -> Result<Response, ApiError> {
-    change(
-        &admin,
-        &state,
-        &id,
-        "revocations",
-        &headers,
-        body,
-        |g: GrantInput, mut s, by| async move {
-            tenancy_access::revoke(&mut s.tx, &s.model, &s.all, &by, &g.subject, &g.role)
-                .await
-                .map_err(access_error)?;
-            s.commit().await?;
-            let view = GrantView {
-                subject: g.subject,
-                role: g.role,
-            };
-            Ok((StatusCode::OK, to_value(&view)))
-        },
-    )
+    change(&state, post, "revocations", |g, mut s, by| async move {
+        tenancy_access::revoke(s.change(&by), &g.subject, &g.role)
+            .await
+            .map_err(access_error)?;
+        s.commit().await?;
+        Ok((StatusCode::OK, to_value(&GrantView::from(g))))
+    })
     .await
 }
 

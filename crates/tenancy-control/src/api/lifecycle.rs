@@ -57,17 +57,17 @@ pub struct LegalHold {
     pub hold: bool,
 }
 
-/// What every lifecycle route takes, extracted in this order (so a request without an
-/// admin token is refused before its body is read): the admin, the tenant as the path
-/// names it, the headers (for the idempotency key) and the body, parsed, with its raw
-/// JSON (what a replay with the same key must match).
+/// What every lifecycle route and every access change (`access`) takes, extracted in
+/// this order (so a request without an admin token is refused before its body is read):
+/// the admin, the tenant as the path names it, the headers (for the idempotency key) and
+/// the body, parsed, with its raw JSON (what a replay with the same key must match).
 #[derive(Debug)]
 pub struct TenantPost<T> {
-    admin: Admin,
-    id: String,
-    headers: HeaderMap,
-    body: T,
-    raw: serde_json::Value,
+    pub(super) admin: Admin,
+    pub(super) id: String,
+    pub(super) headers: HeaderMap,
+    pub(super) body: T,
+    pub(super) raw: serde_json::Value,
 }
 
 impl<T: DeserializeOwned> FromRequest<AppState> for TenantPost<T> {
