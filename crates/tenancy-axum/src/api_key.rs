@@ -205,7 +205,9 @@ pub async fn tenant_api_keys(
 /// Revokes the key `key_id` of the tenant of `tx` (see [`issue_tenant_api_key`]) and
 /// records the revocation (`by`) in the control log in the same transaction; `None` when
 /// that tenant has no such key (another tenant's key is untouched). Revoking a revoked key
-/// changes and records nothing.
+/// changes and records nothing. Once it committed, [`crate::Tenancy::forget_api_key`]
+/// makes this process refuse the key at once (other processes when the catalog's change
+/// notification reaches them).
 pub async fn revoke_tenant_api_key(
     tx: &mut tenancy_sdk::TenantTx,
     by: &KeyActor,

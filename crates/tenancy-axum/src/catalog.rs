@@ -217,9 +217,14 @@ impl Catalog {
                 m.remove(d);
             }
         } else if let Some(k) = payload.strip_prefix("api_key:") {
-            if let Ok(mut m) = self.api_keys.write() {
-                m.remove(k);
-            }
+            self.forget_api_key(k);
+        }
+    }
+
+    /// Drops the cached grant of API key `key_id`.
+    pub(crate) fn forget_api_key(&self, key_id: &str) {
+        if let Ok(mut m) = self.api_keys.write() {
+            m.remove(key_id);
         }
     }
 

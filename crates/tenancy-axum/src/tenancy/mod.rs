@@ -418,6 +418,14 @@ impl Tenancy {
         Ok(self.inner.router.begin_read_only(tenant.id()).await?)
     }
 
+    /// Forgets the cached grant of API key `key_id` in this process, so its next request
+    /// is authenticated against the catalog again. Call it once a revocation committed
+    /// ([`crate::api_key::revoke_tenant_api_key`]): the catalog's change notification does
+    /// the same for every process, but arrives a little later.
+    pub fn forget_api_key(&self, key_id: &str) {
+        self.inner.catalog.forget_api_key(key_id);
+    }
+
     /// Whether `path` is a route declared public ([`TenancyBuilder::public`]).
     pub(crate) fn is_public(&self, path: &str) -> bool {
         self.inner.public.iter().any(|r| r.matches(path))

@@ -120,6 +120,9 @@ pub(super) async fn revoke_api_key(
     let by = api_key::KeyActor::of(&tenant, request_id.as_deref());
     let revoked = api_key::revoke_tenant_api_key(&mut tx, &by, &key_id).await?;
     tx.commit().await?;
+    // This process stops accepting the key now, not when the catalog's notification
+    // arrives.
+    state.tenancy.forget_api_key(&key_id);
     revoked
         .map(|k| Json(key_view(&k)))
         .ok_or_else(|| HttpError::not_found("API key"))
