@@ -222,6 +222,11 @@ pub(crate) fn config(registration: Vec<Receiver>, events: Vec<Receiver>) -> Prov
         // The warm pool has tests of its own (warm_pool.rs); the others create storage
         // at signup, as they always did.
         warm_pool: tenancy_provision::WarmPool::DISABLED,
+        moves: tenancy_provision::MoveSettings {
+            cutover_wait: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(2),
+            keep_source: Duration::ZERO,
+        },
     }
 }
 
