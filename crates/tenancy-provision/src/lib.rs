@@ -39,7 +39,7 @@ pub use conn::{
 };
 #[cfg(feature = "fault-injection")]
 pub use engine::{Fault, FaultPhase, Faults};
-pub use engine::{Finished, ProvisionRequest, Provisioner, Workers};
+pub use engine::{Finished, MoveRequest, MoveRequestError, ProvisionRequest, Provisioner, Workers};
 
 /// Errors of the provisioning engine.
 #[derive(Debug, thiserror::Error)]

@@ -35,6 +35,7 @@ mod workers;
 pub use faults::{Fault, FaultPhase, Faults};
 #[cfg(not(feature = "fault-injection"))]
 use faults::{Fault, FaultPhase, Faults};
+pub use moves::{MoveRequest, MoveRequestError};
 use steps::steps_of;
 pub use workers::Workers;
 

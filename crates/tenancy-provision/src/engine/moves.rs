@@ -25,7 +25,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tenancy_catalog::{
     self as catalog, ClusterRecord, Move, MoveEnd, MoveStatus, Tenant, Workflow,
 };
@@ -40,18 +40,80 @@ use crate::conn::{config_for, connect};
 use crate::storage::{database_name_for, schema_name_for};
 use crate::Error;
 
-/// A move workflow's input, as the API and the CLI queue it.
-#[derive(Debug, Deserialize)]
-struct MoveInput {
+/// Where a tenant is to move: a `move` workflow's input, as the API and the CLI queue it
+/// (built with [`MoveRequest::parse`], which checks every field).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveRequest {
     /// The placement to move to.
-    to: Placement,
+    pub to: Placement,
     /// The cluster (by name) to move to; default: the tenant's cluster when the region
     /// stays, else an accepting cluster of the new region.
-    #[serde(default)]
-    cluster: Option<String>,
-    /// The region to move to; default: the target cluster's, else the tenant's.
-    #[serde(default)]
-    region: Option<RegionId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// The region to move to; default: the named cluster's, else the tenant's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<RegionId>,
+}
+
+/// A field of a move request that does not parse: which, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct MoveRequestError {
+    /// The field (`to`, `cluster`, `region`).
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl MoveRequest {
+    /// Checks and builds a request: `to` one of `pooled`, `schema`, `dedicated`; `cluster`
+    /// a cluster name (`^[a-z][a-z0-9_-]{0,62}$`); `region` a region id.
+    pub fn parse(
+        to: &str,
+        cluster: Option<&str>,
+        region: Option<&str>,
+    ) -> Result<MoveRequest, MoveRequestError> {
+        let to = to.parse::<Placement>().map_err(|_| MoveRequestError {
+            field: "to",
+            message: "must be pooled, schema or dedicated".into(),
+        })?;
+        let cluster_ok = |c: &str| {
+            let b = c.as_bytes();
+            !b.is_empty()
+                && b.len() <= 63
+                && b[0].is_ascii_lowercase()
+                && b.iter().all(|x| {
+                    x.is_ascii_lowercase() || x.is_ascii_digit() || *x == b'_' || *x == b'-'
+                })
+        };
+        if let Some(c) = cluster.filter(|c| !cluster_ok(c)) {
+            return Err(MoveRequestError {
+                field: "cluster",
+                message: format!(
+                    "{c:?} is not a cluster name: 1 to 63 characters from a-z, 0-9, '_' and '-', starting with a letter"
+                ),
+            });
+        }
+        let region = region
+            .map(|r| {
+                r.parse::<RegionId>().map_err(|e| MoveRequestError {
+                    field: "region",
+                    message: e.to_string(),
+                })
+            })
+            .transpose()?;
+        Ok(MoveRequest {
+            to,
+            cluster: cluster.map(str::to_owned),
+            region,
+        })
+    }
+
+    /// The workflow input.
+    pub fn input(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
 }
 
 /// Rows of changes applied per round of catch-up.
@@ -184,7 +246,7 @@ impl Provisioner {
                 tenant.state
             )));
         }
-        let input: MoveInput = serde_json::from_value(wf.input.clone()).map_err(|e| {
+        let input: MoveRequest = serde_json::from_value(wf.input.clone()).map_err(|e| {
             Error::NotPossible(format!(
                 "workflow {} has an unreadable move input: {e}",
                 wf.id

@@ -483,3 +483,72 @@ async fn crashes_at_every_move_step_resume_and_lose_nothing() {
     assert_eq!(t.placement, Placement::Dedicated);
     assert_eq!(names(&router, tenant).await, expected);
 }
+
+#[tokio::test]
+async fn the_router_waits_out_a_cutover_and_gives_up_after_its_bound() {
+    let db = fresh_db().await;
+    let mut catalog = connect(db.config_as(OWNER_ROLE)).await;
+    add_region(&catalog, "eu-west", db.cluster, &db.name).await;
+    let p = provisioner(&db, config(vec![], vec![]));
+    let router = router(&db);
+    let tenant = provisioned(&p, &mut catalog, "waiting", Placement::Pooled).await;
+    let wf = p
+        .enqueue(
+            &mut catalog,
+            tenant,
+            WorkflowKind::Move,
+            &json!({ "to": "dedicated" }),
+            "test",
+        )
+        .await
+        .expect("enqueue");
+    // The residency step records the move; its cutover window is opened by hand.
+    p.step_once(&mut catalog, Some(wf.id)).await.expect("step");
+    tenancy_catalog::set_cutover(&catalog, wf.id, Some(Duration::from_millis(400)))
+        .await
+        .expect("open the window");
+    let started = Instant::now();
+    let mut tx = router
+        .begin(tenant)
+        .await
+        .expect("opens once the window passed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "waited {:?}",
+        started.elapsed()
+    );
+    tx.query_one("SELECT 1", &[]).await.expect("query");
+    tx.rollback().await.expect("rollback");
+    // A window longer than the router waits: refused after its bound, not hung.
+    let short = tenancy_sdk::Router::new(
+        db.config_as(tenancy_sdk::bootstrap::RUNTIME_ROLE),
+        key(),
+        tenancy_sdk::ClusterCredentials {
+            user: tenancy_sdk::bootstrap::RUNTIME_ROLE.into(),
+            password: None,
+        },
+        tenancy_sdk::RouterOptions {
+            cache_ttl: Duration::ZERO,
+            cutover_wait: Duration::from_millis(100),
+            ..Default::default()
+        },
+    )
+    .expect("router");
+    tenancy_catalog::set_cutover(&catalog, wf.id, Some(Duration::from_secs(30)))
+        .await
+        .expect("open the window");
+    let started = Instant::now();
+    let err = short.begin(tenant).await.expect_err("refused");
+    assert!(matches!(err, tenancy_sdk::Error::Cutover { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    tenancy_catalog::set_cutover(&catalog, wf.id, None)
+        .await
+        .expect("close the window");
+    short
+        .begin(tenant)
+        .await
+        .expect("opens again")
+        .rollback()
+        .await
+        .expect("rollback");
+}
