@@ -4,6 +4,11 @@
 //! database, schema tenants there too with their schema first on the `search_path`
 //! ([`TenantPool::begin_in_schema`]), dedicated tenants in their own database on the
 //! cluster (one pool per database).
+//!
+//! While a move's cutover holds a tenant (its route says `cutover`), opening a transaction
+//! for it waits, bounded by [`RouterOptions::cutover_wait`], and then opens where the
+//! catalog points once the cutover ended: the new placement, or the old one when the
+//! move was undone.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};

@@ -1,5 +1,5 @@
-//! Online moves against real clusters: pooled → dedicated and dedicated → pooled with
-//! writers running (nothing acknowledged is lost), a verification mismatch that undoes
+//! Online moves against real clusters: every pair of placements with writers running
+//! (nothing acknowledged is lost), a verification mismatch that undoes
 //! the move, a region outside the residency policy refused before anything is copied,
 //! and crashes at every step resumed.
 
@@ -26,24 +26,6 @@ const MOVE_STEPS: [&str; 6] = [
     "catch_up",
     "cutover",
 ];
-
-async fn provisioned(
-    p: &Provisioner,
-    catalog: &mut Client,
-    slug: &str,
-    placement: Placement,
-) -> TenantId {
-    let (t, wf) = p
-        .provision(catalog, &request(slug, "eu-west", placement), "test")
-        .await
-        .expect("provision");
-    let wf = p
-        .drive(catalog, wf.id, Duration::from_secs(60))
-        .await
-        .expect("drive");
-    assert_eq!(wf.status, WorkflowStatus::Succeeded);
-    t.id
-}
 
 /// Inserts `n` parent rows (t00) and one child (t01) per parent; returns their names.
 async fn seed(router: &Router, tenant: TenantId, prefix: &str, n: usize) -> BTreeSet<String> {
@@ -146,16 +128,24 @@ impl Writers {
     }
 }
 
+async fn enqueue_move(
+    p: &Provisioner,
+    catalog: &mut Client,
+    tenant: TenantId,
+    input: serde_json::Value,
+) -> tenancy_catalog::Workflow {
+    p.enqueue(catalog, tenant, WorkflowKind::Move, &input, "test")
+        .await
+        .expect("enqueue")
+}
+
 async fn move_to(
     p: &Provisioner,
     catalog: &mut Client,
     tenant: TenantId,
     input: serde_json::Value,
 ) -> tenancy_catalog::Workflow {
-    let wf = p
-        .enqueue(catalog, tenant, WorkflowKind::Move, &input, "test")
-        .await
-        .expect("enqueue");
+    let wf = enqueue_move(p, catalog, tenant, input).await;
     p.drive(catalog, wf.id, Duration::from_secs(120))
         .await
         .expect("drive")
@@ -180,8 +170,8 @@ async fn move_with_writers(from: Placement, to: Placement) {
     add_region(&catalog, "eu-west", db.cluster, &db.name).await;
     let p = provisioner(&db, config(vec![], vec![]));
     let router = router(&db);
-    let mover = provisioned(&p, &mut catalog, "mover", from).await;
-    let neighbour = provisioned(&p, &mut catalog, "neighbour", Placement::Pooled).await;
+    let mover = provision_driven(&p, &mut catalog, "mover", from).await;
+    let neighbour = provision_driven(&p, &mut catalog, "neighbour", Placement::Pooled).await;
     let mut expected = seed(&router, mover, "seed", 300).await;
     let theirs = seed(&router, neighbour, "theirs", 50).await;
     let writers = Writers::start(&router, mover, 2);
@@ -286,24 +276,21 @@ async fn pooled_to_schema_and_schema_to_dedicated_lose_nothing() {
 }
 
 #[tokio::test]
+async fn dedicated_to_schema_and_schema_to_pooled_lose_nothing() {
+    move_with_writers(Placement::Dedicated, Placement::Schema).await;
+    move_with_writers(Placement::Schema, Placement::Pooled).await;
+}
+
+#[tokio::test]
 async fn a_verification_mismatch_undoes_the_move_and_the_old_placement_keeps_serving() {
     let db = fresh_db().await;
     let mut catalog = connect(db.config_as(OWNER_ROLE)).await;
     add_region(&catalog, "eu-west", db.cluster, &db.name).await;
     let p = provisioner(&db, config(vec![], vec![]));
     let router = router(&db);
-    let tenant = provisioned(&p, &mut catalog, "tampered", Placement::Pooled).await;
+    let tenant = provision_driven(&p, &mut catalog, "tampered", Placement::Pooled).await;
     let expected = seed(&router, tenant, "row", 40).await;
-    let wf = p
-        .enqueue(
-            &mut catalog,
-            tenant,
-            WorkflowKind::Move,
-            &json!({ "to": "dedicated" }),
-            "test",
-        )
-        .await
-        .expect("enqueue");
+    let wf = enqueue_move(&p, &mut catalog, tenant, json!({ "to": "dedicated" })).await;
     // Every step before the cutover.
     for _ in 0..5 {
         p.step_once(&mut catalog, Some(wf.id)).await.expect("step");
@@ -363,7 +350,7 @@ async fn a_region_outside_the_residency_policy_is_refused_before_anything_is_cop
     add_region(&catalog, "us-east", second, &second_db).await;
     let p = provisioner(&db, config(vec![], vec![]));
     let router = router(&db);
-    let tenant = provisioned(&p, &mut catalog, "resident", Placement::Pooled).await;
+    let tenant = provision_driven(&p, &mut catalog, "resident", Placement::Pooled).await;
     let expected = seed(&router, tenant, "row", 20).await;
     let wf = move_to(
         &p,
@@ -440,7 +427,7 @@ async fn crashes_at_every_move_step_resume_and_lose_nothing() {
     add_region(&catalog, "eu-west", db.cluster, &db.name).await;
     let p = provisioner(&db, config(vec![], vec![]));
     let router = router(&db);
-    let tenant = provisioned(&p, &mut catalog, "crashy", Placement::Pooled).await;
+    let tenant = provision_driven(&p, &mut catalog, "crashy", Placement::Pooled).await;
     let mut expected = seed(&router, tenant, "row", 100).await;
     let writers = Writers::start(&router, tenant, 1);
     for step in MOVE_STEPS {
@@ -449,16 +436,7 @@ async fn crashes_at_every_move_step_resume_and_lose_nothing() {
         p.faults()
             .inject(step, FaultPhase::AfterEffects, Fault::Crash, 1);
     }
-    let wf = p
-        .enqueue(
-            &mut catalog,
-            tenant,
-            WorkflowKind::Move,
-            &json!({ "to": "dedicated" }),
-            "test",
-        )
-        .await
-        .expect("enqueue");
+    let wf = enqueue_move(&p, &mut catalog, tenant, json!({ "to": "dedicated" })).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut crashes = 0;
     let wf = loop {
@@ -491,17 +469,8 @@ async fn the_router_waits_out_a_cutover_and_gives_up_after_its_bound() {
     add_region(&catalog, "eu-west", db.cluster, &db.name).await;
     let p = provisioner(&db, config(vec![], vec![]));
     let router = router(&db);
-    let tenant = provisioned(&p, &mut catalog, "waiting", Placement::Pooled).await;
-    let wf = p
-        .enqueue(
-            &mut catalog,
-            tenant,
-            WorkflowKind::Move,
-            &json!({ "to": "dedicated" }),
-            "test",
-        )
-        .await
-        .expect("enqueue");
+    let tenant = provision_driven(&p, &mut catalog, "waiting", Placement::Pooled).await;
+    let wf = enqueue_move(&p, &mut catalog, tenant, json!({ "to": "dedicated" })).await;
     // The residency step records the move; its cutover window is opened by hand.
     p.step_once(&mut catalog, Some(wf.id)).await.expect("step");
     tenancy_catalog::set_cutover(&catalog, wf.id, Some(Duration::from_millis(400)))
