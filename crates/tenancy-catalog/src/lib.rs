@@ -30,6 +30,7 @@ mod app_migrations;
 mod domains;
 mod lookups;
 mod migrate;
+mod moves;
 pub mod naming;
 mod requests;
 mod store;
@@ -53,6 +54,10 @@ pub use lookups::{cluster_route, tenant_route, tenant_route_by_slug, ClusterRout
 pub use migrate::{
     migrate, migrate_for_tests, Migration, AUDIT_EVENT_COLUMNS, AUDIT_EVENT_COLUMNS_MARKER,
     AUDIT_MIGRATION_SQL, MIGRATIONS,
+};
+pub use moves::{
+    finish_move, get_move, moves_to_drop, record_move, residency, set_cutover, set_move_snapshot,
+    set_residency, switch_placement, Move, MoveEnd, MoveStatus,
 };
 pub use requests::{
     count_tenants_by_state, idempotency_abandon, idempotency_begin, idempotency_complete,

@@ -34,6 +34,9 @@ pub struct TenantRoute {
     pub schema_name: Option<String>,
     /// Its own database on its cluster (dedicated placement).
     pub database_name: Option<String>,
+    /// A move's cutover holds the tenant's writes now: the router waits (bounded) for it
+    /// to end before opening a transaction, then reads the route again.
+    pub cutover: bool,
 }
 
 /// Where a cluster's databases are (never how to log in).
@@ -59,7 +62,7 @@ pub struct ClusterRoute {
 
 /// The columns of `tenancy_catalog.tenant_route*`, in order.
 const ROUTE_COLUMNS: &str =
-    "id, slug, region, placement, cluster_id, state, schema_name, database_name";
+    "id, slug, region, placement, cluster_id, state, schema_name, database_name, cutover";
 
 fn route_from_row(row: &Row) -> Result<TenantRoute, CatalogError> {
     Ok(TenantRoute {
@@ -71,6 +74,7 @@ fn route_from_row(row: &Row) -> Result<TenantRoute, CatalogError> {
         state: row.get::<_, String>(5).parse().map_err(corrupt)?,
         schema_name: row.get(6),
         database_name: row.get(7),
+        cutover: row.get(8),
     })
 }
 

@@ -63,6 +63,8 @@ pub enum WorkflowKind {
     Delete,
     /// Drop the storage of a soft-deleted tenant after its retention period.
     Purge,
+    /// Move the tenant's rows to another placement, cluster or region, online.
+    Move,
 }
 
 stored_names!(WorkflowKind, "workflow kind", {
@@ -72,6 +74,7 @@ stored_names!(WorkflowKind, "workflow kind", {
     ChangePlan => "change_plan",
     Delete => "delete",
     Purge => "purge",
+    Move => "move",
 });
 
 /// Where a workflow is.

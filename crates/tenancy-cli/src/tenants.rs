@@ -53,6 +53,21 @@ pub(crate) enum TenantsCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Move a tenant online to another placement, cluster or region (a workflow the
+    /// workers of `tenancy serve` run: copy, catch-up, verified cutover). A region
+    /// outside the tenant's residency policy is refused before anything is copied.
+    Move {
+        tenant: String,
+        /// pooled, schema or dedicated.
+        #[arg(long)]
+        to: String,
+        /// The target cluster's name (default: the tenant's, or one of the new region).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// The target region (default: the cluster's, else the tenant's).
+        #[arg(long)]
+        region: Option<String>,
+    },
     /// Write every row of a tenant's tables to an archive (any placement), read through
     /// the tenant's own transaction.
     Export(crate::transfer::ExportArgs),
@@ -169,6 +184,18 @@ pub(crate) async fn run(args: TenantsArgs) -> anyhow::Result<String> {
                 serde_json::json!({"reason": reason}),
             )
             .await
+        }
+        TenantsCommand::Move {
+            tenant,
+            to,
+            cluster,
+            region,
+        } => {
+            let req =
+                tenancy_provision::MoveRequest::parse(&to, cluster.as_deref(), region.as_deref())
+                    .context("checking the move")?;
+            let id = resolve(&client, &tenant).await?;
+            enqueue(&mut client, id, WorkflowKind::Move, req.input()).await
         }
         TenantsCommand::Export(a) => crate::transfer::export(&cfg, &client, a).await,
         TenantsCommand::Import(a) => crate::transfer::import(&cfg, &mut client, a).await,

@@ -18,7 +18,8 @@ pub mod webhooks;
 
 pub use billing::{stripe_webhook, BillingOutcome};
 pub use lifecycle::{
-    change_plan, delete, legal_hold, resume, suspend, ChangePlan, LegalHold, Reason, Transition,
+    change_plan, delete, legal_hold, move_tenant, resume, suspend, ChangePlan, LegalHold, MoveTo,
+    Reason, Transition,
 };
 pub use meta::{healthz, openapi_json};
 pub use registry::{
@@ -256,8 +257,8 @@ fn display_name_schema() -> utoipa::openapi::Object {
 #[derive(OpenApi, Debug)]
 #[openapi(
     info(title = "tenancy control plane", description = "Regions, clusters, tenants and their lifecycle workflows. Errors are RFC 9457 problem documents; every state-changing POST takes an Idempotency-Key."),
-    paths(meta::healthz, crate::health::livez, crate::health::readyz, crate::metrics::metrics_text, meta::openapi_json, registry::list_regions, registry::add_region, registry::list_clusters, registry::add_cluster, tenants::list_tenants, tenants::create_tenant, tenants::get_tenant, tenants::tenant_workflows, tenants::tenant_migrations, tenants::get_workflow, lifecycle::suspend, lifecycle::resume, lifecycle::delete, lifecycle::change_plan, lifecycle::legal_hold, audit::tenant_audit, access::list_roles, access::get_role, access::create_role, access::delete_role, access::list_grants, access::grant, access::revoke, access::list_keys, access::revoke_key, webhooks::deliveries, insights::push_snapshot, insights::tenants, signup::availability, signup::signup, billing::stripe_webhook),
-    components(schemas(TenantView, WorkflowView, MigrationStatusView, Accepted, TenantPage, CreateTenant, Signup, Reason, ChangePlan, LegalHold, RegionView, RegionInput, ClusterView, ClusterInput, Availability, DeliveryView, BillingOutcome, audit::AuditPage, audit::AuditEventView, audit::CheckpointView, access::RoleView, access::RolePage, access::NewRole, access::GrantView, access::GrantPage, access::GrantInput, access::ApiKeyView, access::ApiKeyPage, insights::SnapshotAccepted, tenancy_insights::Snapshot, tenancy_insights::Counts, tenancy_insights::TenantStats, tenancy_insights::SketchWire, tenancy_insights::Report, tenancy_insights::ClusterReport, tenancy_insights::TenantReport, Problem, FieldError)),
+    paths(meta::healthz, crate::health::livez, crate::health::readyz, crate::metrics::metrics_text, meta::openapi_json, registry::list_regions, registry::add_region, registry::list_clusters, registry::add_cluster, tenants::list_tenants, tenants::create_tenant, tenants::get_tenant, tenants::tenant_workflows, tenants::tenant_migrations, tenants::get_workflow, lifecycle::suspend, lifecycle::resume, lifecycle::delete, lifecycle::change_plan, lifecycle::move_tenant, lifecycle::legal_hold, audit::tenant_audit, access::list_roles, access::get_role, access::create_role, access::delete_role, access::list_grants, access::grant, access::revoke, access::list_keys, access::revoke_key, webhooks::deliveries, insights::push_snapshot, insights::tenants, signup::availability, signup::signup, billing::stripe_webhook),
+    components(schemas(TenantView, WorkflowView, MigrationStatusView, Accepted, TenantPage, CreateTenant, Signup, Reason, ChangePlan, MoveTo, LegalHold, RegionView, RegionInput, ClusterView, ClusterInput, Availability, DeliveryView, BillingOutcome, audit::AuditPage, audit::AuditEventView, audit::CheckpointView, access::RoleView, access::RolePage, access::NewRole, access::GrantView, access::GrantPage, access::GrantInput, access::ApiKeyView, access::ApiKeyPage, insights::SnapshotAccepted, tenancy_insights::Snapshot, tenancy_insights::Counts, tenancy_insights::TenantStats, tenancy_insights::SketchWire, tenancy_insights::Report, tenancy_insights::ClusterReport, tenancy_insights::TenantReport, Problem, FieldError)),
     modifiers(&SecurityAddon, &Contract),
     tags((name = "tenants"), (name = "registry"), (name = "signup"), (name = "billing"), (name = "webhooks"), (name = "insights"), (name = "meta"))
 )]

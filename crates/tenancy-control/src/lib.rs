@@ -413,6 +413,7 @@ pub fn router_with(state: AppState, extra: axum::Router) -> axum::Router {
         .route("/v1/tenants/{id}/resume", post(api::resume))
         .route("/v1/tenants/{id}/delete", post(api::delete))
         .route("/v1/tenants/{id}/plan", post(api::change_plan))
+        .route("/v1/tenants/{id}/move", post(api::move_tenant))
         .route("/v1/tenants/{id}/legal-hold", post(api::legal_hold))
         .route("/v1/tenants/{id}/audit", get(api::audit::tenant_audit))
         .route(

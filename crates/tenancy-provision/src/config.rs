@@ -45,6 +45,31 @@ pub struct ProvisionConfig {
     pub poll_interval: Duration,
     /// Pre-created storage per cluster, claimed at signup and refilled in the background.
     pub warm_pool: WarmPool,
+    /// Online moves: the cutover's bounds and how long the old copy is kept.
+    pub moves: MoveSettings,
+}
+
+/// Settings of online moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoveSettings {
+    /// How long the cutover window is announced for: routers hold new transactions of the
+    /// tenant at most this long (their own `cutover_wait` bounds them too).
+    pub cutover_wait: Duration,
+    /// How long the cutover waits for the tenant's open writing transactions on the old
+    /// placement to finish (the drain); past it the cutover gives up and is retried.
+    pub drain_timeout: Duration,
+    /// How long the old copy is kept after the switch before it is dropped.
+    pub keep_source: Duration,
+}
+
+impl Default for MoveSettings {
+    fn default() -> Self {
+        MoveSettings {
+            cutover_wait: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(2),
+            keep_source: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// Size of the warm pool of each cluster: spare schemas (in the shared database) and
@@ -96,6 +121,7 @@ impl Default for ProvisionConfig {
             webhook_timeout: Duration::from_secs(10),
             poll_interval: Duration::from_millis(500),
             warm_pool: WarmPool::default(),
+            moves: MoveSettings::default(),
         }
     }
 }

@@ -15,6 +15,10 @@
 //!   version, each applied atomically with a version marker.
 //! - [`webhook`]: Standard Webhooks signing, verification and delivery; the outbox loop
 //!   delivers lifecycle events with retries and logs every attempt.
+//! - Moves: a tenant's rows moved online to another placement, cluster or region (a
+//!   `move` workflow: residency check, target storage, change capture, snapshot copy,
+//!   catch-up, a verified cutover, the old copy dropped later); see the engine's
+//!   `moves` module for the capture and the fence.
 //! - [`config`]: plans, receivers, retry settings, and the app's migrations (defined in
 //!   `tenancy-catalog`, beside their ledger).
 //!
@@ -28,14 +32,14 @@ mod engine;
 pub mod storage;
 pub mod webhook;
 
-pub use config::{AppMigration, AppMigrations, ProvisionConfig, Receiver, WarmPool};
+pub use config::{AppMigration, AppMigrations, MoveSettings, ProvisionConfig, Receiver, WarmPool};
 pub use conn::{
     config_for, pg_pool, ClusterAccess, Login, Manager as PgManager, Object as PgConn,
     Pool as PgPool,
 };
 #[cfg(feature = "fault-injection")]
 pub use engine::{Fault, FaultPhase, Faults};
-pub use engine::{Finished, ProvisionRequest, Provisioner, Workers};
+pub use engine::{Finished, MoveRequest, MoveRequestError, ProvisionRequest, Provisioner, Workers};
 
 /// Errors of the provisioning engine.
 #[derive(Debug, thiserror::Error)]

@@ -42,6 +42,17 @@ pub enum Error {
         /// The cluster's region.
         cluster_region: String,
     },
+    /// A move's cutover held the tenant for longer than the router waits
+    /// ([`RouterOptions::cutover_wait`](crate::RouterOptions::cutover_wait)); nothing was
+    /// opened. Retry: the tenant is served again (from its old or its new placement)
+    /// once the cutover ends.
+    #[error("tenant {tenant} is being moved and its cutover did not end within {waited:?}; retry")]
+    Cutover {
+        /// The tenant.
+        tenant: String,
+        /// How long the router waited.
+        waited: std::time::Duration,
+    },
     /// A statement failed earlier in this transaction, so it can only be rolled back.
     #[error("the transaction was aborted by an earlier error and has been rolled back")]
     Aborted,

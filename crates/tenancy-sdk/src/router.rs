@@ -4,6 +4,11 @@
 //! database, schema tenants there too with their schema first on the `search_path`
 //! ([`TenantPool::begin_in_schema`]), dedicated tenants in their own database on the
 //! cluster (one pool per database).
+//!
+//! While a move's cutover holds a tenant (its route says `cutover`), opening a transaction
+//! for it waits, bounded by [`RouterOptions::cutover_wait`], and then opens where the
+//! catalog points once the cutover ended: the new placement, or the old one when the
+//! move was undone.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -52,6 +57,10 @@ pub struct RouterOptions {
     /// this says how to trust it (built with [`Tls::new`], which reads the certificate
     /// files). The default is libpq's: `prefer`, unverified.
     pub cluster_tls: Tls,
+    /// How long opening a transaction waits for a move's cutover of its tenant to end
+    /// (the copy catching up, the two sides verified, the catalog switching), re-reading
+    /// the tenant's route every few milliseconds; then [`Error::Cutover`].
+    pub cutover_wait: Duration,
 }
 
 impl Default for RouterOptions {
@@ -61,6 +70,7 @@ impl Default for RouterOptions {
             cache_ttl: Duration::from_secs(5),
             pool: PoolOptions::default(),
             cluster_tls: Tls::default(),
+            cutover_wait: Duration::from_secs(5),
         }
     }
 }
@@ -249,6 +259,26 @@ impl Router {
         }))
     }
 
+    /// Waits until no move's cutover holds `tenant` (its route read again every 10 ms,
+    /// past the cache), at most [`RouterOptions::cutover_wait`]; returns the route then in
+    /// force (the new placement when the move switched, the old one when it was undone).
+    async fn wait_for_cutover(&self, tenant: TenantId) -> Result<Arc<TenantRoute>, Error> {
+        let started = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let t = self.load_tenant(tenant).await?;
+            if !t.cutover {
+                return Ok(t);
+            }
+            if started.elapsed() >= self.inner.opts.cutover_wait {
+                return Err(Error::Cutover {
+                    tenant: tenant.to_string(),
+                    waited: started.elapsed(),
+                });
+            }
+        }
+    }
+
     /// Forgets every cached tenant record (after a burst of catalog changes).
     pub fn invalidate_all(&self) {
         if let Ok(mut m) = self.inner.tenants.write() {
@@ -270,7 +300,10 @@ impl Router {
     }
 
     async fn open(&self, tenant: TenantId, read_only: bool) -> Result<TenantTx, Error> {
-        let t = self.tenant_record(tenant).await?;
+        let mut t = self.tenant_record(tenant).await?;
+        if t.cutover {
+            t = Box::pin(self.wait_for_cutover(tenant)).await?;
+        }
         if !t.state.allows_data_access() {
             return Err(Error::NotActive {
                 tenant: tenant.to_string(),

@@ -497,7 +497,7 @@ impl<R: AsyncRead + Unpin> ArchiveReader<R> {
 
 /// Undoes the escapes of PostgreSQL's COPY text format in one field (`\\`, `\n`, `\t`,
 /// `\r`, `\b`, `\f`, `\v`, octal `\NNN`, hex `\xHH`).
-pub(crate) fn copy_unescape(field: &[u8]) -> Vec<u8> {
+pub fn copy_unescape(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
     while i < field.len() {

@@ -102,7 +102,7 @@ pub(crate) async fn tenant_tables(tx: &mut TenantTx) -> Result<Vec<Table>, Error
 /// `nodes` ordered so that for each edge (from, to), `to` comes before `from` where the
 /// edges allow it (Kahn's algorithm, smallest first among the ready; a cycle's tables
 /// follow in their given order).
-pub(crate) fn referenced_first(nodes: &[i64], edges: &[(i64, i64)]) -> Vec<i64> {
+pub fn referenced_first(nodes: &[i64], edges: &[(i64, i64)]) -> Vec<i64> {
     let mut waiting: BTreeMap<i64, BTreeSet<i64>> =
         nodes.iter().map(|n| (*n, BTreeSet::new())).collect();
     for (from, to) in edges {

@@ -181,6 +181,7 @@ async fn lookups_return_one_tenant_for_a_held_key_and_nothing_for_a_guess() {
         state: TenantState::Active,
         schema_name: None,
         database_name: None,
+        cutover: false,
     };
     assert_eq!(by_id, expected);
     let by_slug = tenancy_catalog::tenant_route_by_slug(&app, &"acme".parse().expect("slug"))
@@ -258,7 +259,8 @@ async fn lookups_return_one_tenant_for_a_held_key_and_nothing_for_a_guess() {
             "cluster_id",
             "state",
             "schema_name",
-            "database_name"
+            "database_name",
+            "cutover"
         ]
     );
     let text = format!("{row:?}");

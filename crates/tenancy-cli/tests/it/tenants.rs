@@ -94,8 +94,35 @@ async fn tenants_cli_creates_lists_shows_and_queues_lifecycle_workflows() {
         .await
         .expect("delete")
         .contains("queued delete"));
+    let moved = tenants(
+        &url,
+        &["move", "acme", "--to", "dedicated", "--region", "eu-west"],
+    )
+    .await
+    .expect("move");
+    assert!(moved.contains("queued move"), "{moved}");
+    let input: serde_json::Value = c
+        .query_one(
+            "SELECT input FROM tenancy_catalog.workflows WHERE kind = 'move'",
+            &[],
+        )
+        .await
+        .expect("move workflow")
+        .get(0);
+    assert_eq!(
+        input,
+        serde_json::json!({"to": "dedicated", "region": "eu-west"})
+    );
+    // A target that cannot be is refused before anything is queued.
+    for bad in [
+        &["move", "acme", "--to", "elsewhere"][..],
+        &["move", "acme", "--to", "pooled", "--region", "Nowhere Land"][..],
+    ] {
+        let e = tenants(&url, bad).await.expect_err("refused");
+        assert!(e.contains("checking the move"), "{e}");
+    }
     let show = tenants(&url, &["show", "acme"]).await.expect("show");
-    assert_eq!(show.matches("workflow").count(), 4, "{show}");
+    assert_eq!(show.matches("workflow").count(), 5, "{show}");
     let missing = tenants(&url, &["show", "nope-nope"])
         .await
         .expect_err("an unknown tenant is refused");

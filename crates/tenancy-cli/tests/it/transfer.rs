@@ -65,6 +65,7 @@ async fn deployment() -> Deployment {
             webhook_timeout: Duration::from_secs(5),
             poll_interval: Duration::from_millis(50),
             warm_pool: tenancy_provision::WarmPool::DISABLED,
+            ..Default::default()
         },
     )
     .expect("provisioner");

@@ -49,6 +49,27 @@ pub struct ChangePlan {
     pub plan: String,
 }
 
+/// Where to move a tenant.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoveTo {
+    /// The placement to move to.
+    #[schema(pattern = "^(pooled|schema|dedicated)$")]
+    pub to: String,
+    /// The target cluster's name (default: the tenant's cluster when the region stays,
+    /// else an accepting cluster of the new region).
+    #[schema(pattern = "^[a-z][a-z0-9_-]{0,62}$", min_length = 1, max_length = 63)]
+    pub cluster: Option<String>,
+    /// The target region (default: the cluster's, else the tenant's); it must be in the
+    /// tenant's residency policy.
+    #[schema(
+        pattern = "^[a-z][a-z0-9]*(-[a-z0-9]+)*$",
+        min_length = 2,
+        max_length = 32
+    )]
+    pub region: Option<String>,
+}
+
 /// Legal hold switch.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -116,6 +137,7 @@ fn lifecycle_allowed(kind: WorkflowKind, state: tenancy_core::TenantState) -> bo
         WorkflowKind::Suspend | WorkflowKind::Resume => matches!(state, Active | Suspended),
         WorkflowKind::ChangePlan => !matches!(state, Deleting | Deleted),
         WorkflowKind::Delete => matches!(state, Active | Suspended | Deleting),
+        WorkflowKind::Move => state == Active,
         _ => state != Deleted,
     }
 }
@@ -144,6 +166,7 @@ async fn lifecycle(
                     "cannot {} tenant {id}: it is {}",
                     match kind {
                         WorkflowKind::ChangePlan => "change the plan of",
+                        WorkflowKind::Move => "move",
                         _ => op,
                     },
                     t.state
@@ -277,6 +300,31 @@ pub async fn change_plan(
         WorkflowKind::ChangePlan,
         post.raw,
         json!({"plan": plan.as_str()}),
+    )
+    .await
+}
+
+/// Moves a tenant online to another placement, cluster or region: queues its move workflow (copy while it keeps working, catch-up, a short verified cutover); follow it with `GET /v1/workflows/{id}`. A region outside the tenant's residency policy fails the workflow before anything is copied.
+#[utoipa::path(post, path = "/v1/tenants/{id}/move", tag = "tenants", security(("admin" = [])), request_body = MoveTo,
+    params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40), ("Idempotency-Key" = String, Header, description = "Client-chosen key")),
+    responses((status = 202, body = Accepted), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn move_tenant(
+    State(state): State<AppState>,
+    post: TenantPost<MoveTo>,
+) -> Result<Response, ApiError> {
+    let b = &post.body;
+    let req =
+        tenancy_provision::MoveRequest::parse(&b.to, b.cluster.as_deref(), b.region.as_deref())
+            .map_err(|e| ApiError::field(e.field, e.message))?;
+    lifecycle(
+        &state,
+        &post.admin,
+        &post.headers,
+        &post.id,
+        "move",
+        WorkflowKind::Move,
+        post.raw,
+        req.input(),
     )
     .await
 }

@@ -125,6 +125,70 @@ async fn wait_state(app: &axum::Router, id: &str, want: &str) -> Value {
 }
 
 #[tokio::test]
+async fn a_tenant_moves_through_the_api_and_bad_targets_are_refused_up_front() {
+    let (_db, app, p) = fresh().await;
+    let workers = p.spawn_workers(1);
+    let (st, _, body) = call(
+        &app,
+        "POST",
+        "/v1/tenants",
+        &[AUTH, JSON, ("idempotency-key", "m1")],
+        Some(r#"{"slug":"mover","display_name":"Mover","plan":"free","region":"eu-west","placement":"pooled"}"#),
+    )
+    .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    let id = body["tenant"]["id"].as_str().expect("id").to_owned();
+    wait_state(&app, &id, "active").await;
+    for (n, (bad, field)) in [
+        (r#"{"to":"elsewhere"}"#, "to"),
+        (r#"{"to":"dedicated","region":"Not A Region"}"#, "region"),
+        (r#"{"to":"dedicated","cluster":"9lives"}"#, "cluster"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let key = format!("bad-{n}");
+        let (st, _, body) = call(
+            &app,
+            "POST",
+            &format!("/v1/tenants/{id}/move"),
+            &[AUTH, JSON, ("idempotency-key", key.as_str())],
+            Some(bad),
+        )
+        .await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+        assert_eq!(body["errors"][0]["field"], field, "{bad}: {body}");
+    }
+    let (st, _, body) = call(
+        &app,
+        "POST",
+        "/v1/tenants/mover/move",
+        &[AUTH, JSON, ("idempotency-key", "m2")],
+        Some(r#"{"to":"dedicated"}"#),
+    )
+    .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["workflow"]["kind"], "move", "{body}");
+    let wf = body["workflow"]["id"]
+        .as_str()
+        .expect("workflow id")
+        .to_owned();
+    let mut last = Value::Null;
+    for _ in 0..1500 {
+        let (_, _, w) = call(&app, "GET", &format!("/v1/workflows/{wf}"), &[AUTH], None).await;
+        if w["status"] == "succeeded" || w["status"] == "failed" {
+            last = w;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(last["status"], "succeeded", "{last}");
+    let t = wait_state(&app, &id, "active").await;
+    assert_eq!(t["placement"], "dedicated", "{t}");
+    workers.stop().await;
+}
+
+#[tokio::test]
 async fn openapi_document_is_valid_openapi_3_1() {
     // As `tenancy serve` builds it: with the configuration service mounted.
     let (db, state, _p) = fresh_state().await;
@@ -150,6 +214,7 @@ async fn openapi_document_is_valid_openapi_3_1() {
         "/v1/billing/stripe",
         "/v1/tenants/{id}/suspend",
         "/v1/tenants/{id}/migrations",
+        "/v1/tenants/{id}/move",
     ] {
         assert!(doc["paths"].get(p).is_some(), "{p} documented");
     }

@@ -25,6 +25,7 @@ use crate::{AppMigrations, ClusterAccess, Error, ProvisionConfig, Receiver};
 use tenancy_conn::PgConfig;
 
 mod faults;
+mod moves;
 mod placement;
 mod steps;
 mod webhooks;
@@ -34,6 +35,7 @@ mod workers;
 pub use faults::{Fault, FaultPhase, Faults};
 #[cfg(not(feature = "fault-injection"))]
 use faults::{Fault, FaultPhase, Faults};
+pub use moves::{MoveRequest, MoveRequestError};
 use steps::steps_of;
 pub use workers::Workers;
 
@@ -491,12 +493,12 @@ impl Provisioner {
             catalog::retry_workflow(&tx, wf.id, &msg, self.inner.cfg.backoff(current.attempts))
                 .await?;
             tracing::warn!(tenant_id = %wf.tenant_id, workflow = %wf.id, step, attempt, error = %msg, "workflow step failed; will retry");
-        } else if wf.kind == WorkflowKind::Provision {
+        } else if matches!(wf.kind, WorkflowKind::Provision | WorkflowKind::Move) {
             catalog::record_step(&tx, wf.id, step, false, attempt, "failed", Some(&msg), ms)
                 .await?;
             catalog::advance_workflow(&tx, wf.id, WorkflowStatus::Compensating, 0, Some(&msg))
                 .await?;
-            tracing::error!(tenant_id = %wf.tenant_id, workflow = %wf.id, step, error = %msg, "provisioning failed; compensating");
+            tracing::error!(tenant_id = %wf.tenant_id, workflow = %wf.id, kind = %wf.kind, step, error = %msg, "workflow failed; compensating");
         } else {
             catalog::record_step(&tx, wf.id, step, false, attempt, "failed", Some(&msg), ms)
                 .await?;
@@ -511,7 +513,7 @@ impl Provisioner {
         step_metrics(
             wf.kind,
             if final_status.is_some()
-                || (wf.kind == WorkflowKind::Provision
+                || (matches!(wf.kind, WorkflowKind::Provision | WorkflowKind::Move)
                     && !compensating
                     && attempt >= self.inner.cfg.max_attempts)
             {

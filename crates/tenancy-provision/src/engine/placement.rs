@@ -25,7 +25,10 @@ impl Provisioner {
         match tenant.placement {
             Placement::Pooled => self.ensure_shared(&cluster, app).await,
             Placement::Schema => {
-                let schema = schema_name_for(tenant.id);
+                let schema = tenant
+                    .schema_name
+                    .clone()
+                    .unwrap_or_else(|| schema_name_for(tenant.id));
                 let mut owner = self.login(&cluster, Role::Owner, &cluster.dbname).await?;
                 // A spare of the warm pool at the latest version, renamed to the tenant's
                 // schema; none (or the schema exists: a re-run step): created here.
@@ -43,7 +46,10 @@ impl Provisioner {
             Placement::Dedicated => {
                 // A copy of the cluster's template (bootstrapped, migrated, no secrets),
                 // then what a copy does not carry: database privileges and its own keys.
-                let db = database_name_for(tenant.id);
+                let db = tenant
+                    .database_name
+                    .clone()
+                    .unwrap_or_else(|| database_name_for(tenant.id));
                 let (template, strategy) = self.ensure_template(&cluster, app).await?;
                 if self.inner.cfg.warm_pool.databases > 0 {
                     // A finalised spare (own keys, privileges) cloned from the current

@@ -98,6 +98,20 @@ pub(super) enum Step {
     CheckHold,
     /// Deregisters and marks a purged tenant deleted.
     Purged,
+    /// Refuses a move outside the tenant's residency, chooses the target, records the move.
+    MoveResidency,
+    /// Creates the move's target storage at the fleet's app version.
+    MovePrepare,
+    /// Installs the change capture on the source.
+    MoveCapture,
+    /// Copies a consistent snapshot of the tenant's rows to the target.
+    MoveSnapshot,
+    /// Applies captured changes to the target.
+    MoveCatchUp,
+    /// Holds writes, catches up, verifies, switches the catalog.
+    MoveCutover,
+    /// Undoes a move that failed for good.
+    MoveRollBack,
 }
 
 impl Step {
@@ -117,6 +131,13 @@ impl Step {
             Step::ChangePlan => "change_plan",
             Step::CheckHold => "check_hold",
             Step::Purged => "purged",
+            Step::MoveResidency => "residency",
+            Step::MovePrepare => "prepare",
+            Step::MoveCapture => "capture",
+            Step::MoveSnapshot => "snapshot",
+            Step::MoveCatchUp => "catch_up",
+            Step::MoveCutover => "cutover",
+            Step::MoveRollBack => "roll_back",
         }
     }
 }
@@ -130,8 +151,8 @@ const PROVISION: &[Step] = &[
     Step::Activate,
 ];
 
-/// Compensation steps of a provision that failed for good (other workflows have nothing
-/// to undo: each of their steps is one catalog transaction).
+/// Compensation steps of a provision that failed for good (a move has its own; other
+/// workflows have nothing to undo: each of their steps is one catalog transaction).
 const PROVISION_UNDO: &[Step] = &[
     Step::DropStorage { purge_rows: false },
     Step::Deregister,
@@ -144,10 +165,21 @@ const PURGE: &[Step] = &[
     Step::Purged,
 ];
 
+const MOVE: &[Step] = &[
+    Step::MoveResidency,
+    Step::MovePrepare,
+    Step::MoveCapture,
+    Step::MoveSnapshot,
+    Step::MoveCatchUp,
+    Step::MoveCutover,
+];
+
 /// The steps a workflow of `kind` runs forward, or when compensating.
 pub(super) fn steps_of(kind: WorkflowKind, compensating: bool) -> &'static [Step] {
     match (compensating, kind) {
+        (true, WorkflowKind::Move) => &[Step::MoveRollBack],
         (true, _) => PROVISION_UNDO,
+        (false, WorkflowKind::Move) => MOVE,
         (false, WorkflowKind::Provision) => PROVISION,
         (false, WorkflowKind::Suspend) => &[Step::Lifecycle(&SUSPEND)],
         (false, WorkflowKind::Resume) => &[Step::Lifecycle(&RESUME)],
@@ -300,6 +332,13 @@ impl Provisioner {
                     return Ok(Outcome::Cancel("the retention period is not over".into()));
                 }
             }
+            Step::MoveResidency => return self.move_plan(tx, wf, &tenant).await,
+            Step::MovePrepare => self.move_prepare(tx, wf, &tenant).await?,
+            Step::MoveCapture => self.move_capture(tx, wf).await?,
+            Step::MoveSnapshot => self.move_snapshot(tx, wf).await?,
+            Step::MoveCatchUp => self.move_catch_up(tx, wf).await?,
+            Step::MoveCutover => self.move_cutover(tx, wf, &tenant).await?,
+            Step::MoveRollBack => self.move_roll_back(tx, wf).await?,
             Step::Purged => {
                 self.deregister(tx, wf, &tenant).await?;
                 let t =

@@ -166,6 +166,10 @@ impl Provisioner {
                     if let Err(e) = self.schedule_purges(&mut c).await {
                         tracing::warn!(error = %tenancy_conn::ErrorText(&e), "purge scheduling failed");
                     }
+                    // The old copies of moved tenants, once kept long enough.
+                    if let Err(e) = self.drop_moved_sources().await {
+                        tracing::warn!(error = %tenancy_conn::ErrorText(&e), "dropping moved tenants' old copies failed");
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %tenancy_conn::ErrorText(&e), "purge scheduler cannot reach the catalog")

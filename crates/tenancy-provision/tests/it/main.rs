@@ -4,6 +4,7 @@
 
 mod faults;
 mod lifecycle;
+mod moves;
 mod regions;
 mod storage;
 mod support;

@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use secrecy::SecretString;
 use tenancy_catalog::NewCluster;
-use tenancy_core::{Placement, TenantId};
+use tenancy_core::{Placement, TenantId, TenantState};
 use tenancy_pg::testing::{TemplateDb, TestDb};
 use tenancy_pg::{Cluster, ClusterOptions};
 use tenancy_provision::{
@@ -222,6 +222,11 @@ pub(crate) fn config(registration: Vec<Receiver>, events: Vec<Receiver>) -> Prov
         // The warm pool has tests of its own (warm_pool.rs); the others create storage
         // at signup, as they always did.
         warm_pool: tenancy_provision::WarmPool::DISABLED,
+        moves: tenancy_provision::MoveSettings {
+            cutover_wait: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(2),
+            keep_source: Duration::ZERO,
+        },
     }
 }
 
@@ -416,4 +421,27 @@ pub(crate) async fn assert_no_orphans_in(catalog: &Client, regions: &[(&str, &Cl
             "tenant schemas in the shared database of {region}"
         );
     }
+}
+
+/// Provisions one tenant and runs its workflow in this task (no workers, so no refill).
+pub(crate) async fn provision_driven(
+    p: &Provisioner,
+    catalog: &mut Client,
+    slug: &str,
+    placement: Placement,
+) -> TenantId {
+    let (t, wf) = p
+        .provision(catalog, &request(slug, "eu-west", placement), "test")
+        .await
+        .expect("provision");
+    let wf = p
+        .drive(catalog, wf.id, Duration::from_secs(60))
+        .await
+        .expect("drive");
+    assert!(wf.status.is_final(), "{slug}: {:?}", wf.status);
+    let t = tenancy_catalog::get_tenant(catalog, t.id)
+        .await
+        .expect("tenant");
+    assert_eq!(t.state, TenantState::Active, "{slug}");
+    t.id
 }

@@ -5,9 +5,9 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use tenancy_core::{Placement, TenantId, TenantState};
+use tenancy_core::{Placement, TenantId};
 use tenancy_provision::storage::{self, SPARE_DATABASE_PREFIX, SPARE_SCHEMA_PREFIX};
-use tenancy_provision::{AppMigration, AppMigrations, Provisioner, WarmPool};
+use tenancy_provision::{AppMigration, AppMigrations, WarmPool};
 use tenancy_sdk::bootstrap::OWNER_ROLE;
 use tokio_postgres::Client;
 
@@ -79,29 +79,6 @@ async fn rows_in(su: &Client, schema: &str) -> i64 {
             .get::<_, i64>(0);
     }
     n
-}
-
-/// Provisions one tenant and runs its workflow in this task (no workers, so no refill).
-async fn provision_driven(
-    p: &Provisioner,
-    catalog: &mut Client,
-    slug: &str,
-    placement: Placement,
-) -> TenantId {
-    let (t, wf) = p
-        .provision(catalog, &request(slug, "eu-west", placement), "test")
-        .await
-        .expect("provision");
-    let wf = p
-        .drive(catalog, wf.id, Duration::from_secs(60))
-        .await
-        .expect("drive");
-    assert!(wf.status.is_final(), "{slug}: {:?}", wf.status);
-    let t = tenancy_catalog::get_tenant(catalog, t.id)
-        .await
-        .expect("tenant");
-    assert_eq!(t.state, TenantState::Active, "{slug}");
-    t.id
 }
 
 /// Writes a row through the router (runtime role) and reads it back.

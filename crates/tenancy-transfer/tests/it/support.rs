@@ -93,6 +93,7 @@ pub(crate) async fn env_with(app_migrations: AppMigrations) -> Env {
             webhook_timeout: Duration::from_secs(5),
             poll_interval: Duration::from_millis(50),
             warm_pool: tenancy_provision::WarmPool::DISABLED,
+            ..Default::default()
         },
     )
     .expect("provisioner");

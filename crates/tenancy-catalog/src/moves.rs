@@ -1,0 +1,348 @@
+//! Tenant moves: the residency policy, the cutover window the router waits on, the move
+//! records (both regions) and the placement switch.
+
+use std::time::Duration;
+
+use tenancy_core::{Placement, RegionId, TenantId};
+use time::OffsetDateTime;
+use tokio_postgres::{GenericClient, Row, Transaction};
+use uuid::Uuid;
+
+use crate::{corrupt, CatalogError};
+
+/// How far a move got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveStatus {
+    /// Copying and catching up; the tenant is served from the old placement.
+    Copying,
+    /// The catalog names the new placement; the old copy waits for `drop_after`.
+    Switched,
+    /// The old copy was dropped.
+    SourceDropped,
+    /// Undone: the new copy was dropped, the tenant never left the old placement.
+    RolledBack,
+}
+
+impl MoveStatus {
+    /// The name stored in the catalog.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MoveStatus::Copying => "copying",
+            MoveStatus::Switched => "switched",
+            MoveStatus::SourceDropped => "source_dropped",
+            MoveStatus::RolledBack => "rolled_back",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, CatalogError> {
+        Ok(match s {
+            "copying" => MoveStatus::Copying,
+            "switched" => MoveStatus::Switched,
+            "source_dropped" => MoveStatus::SourceDropped,
+            "rolled_back" => MoveStatus::RolledBack,
+            other => return Err(corrupt(format!("unknown move status {other:?}"))),
+        })
+    }
+}
+
+/// One end of a move: where a tenant's rows are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoveEnd {
+    /// Placement.
+    pub placement: Placement,
+    /// Cluster.
+    pub cluster: Uuid,
+    /// The cluster's region.
+    pub region: RegionId,
+    /// The tenant's schema (schema placement).
+    pub schema: Option<String>,
+    /// The tenant's database (dedicated placement).
+    pub database: Option<String>,
+}
+
+/// A move, as recorded in `tenancy_catalog.tenant_moves`.
+#[derive(Debug, Clone)]
+pub struct Move {
+    /// The move workflow.
+    pub workflow: Uuid,
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Where the rows were.
+    pub from: MoveEnd,
+    /// Where they go.
+    pub to: MoveEnd,
+    /// The source snapshot the copy was taken at (`pg_snapshot` text), once taken.
+    pub snapshot: Option<String>,
+    /// How far it got.
+    pub status: MoveStatus,
+    /// When the catalog switched to the new placement.
+    pub switched_at: Option<OffsetDateTime>,
+    /// When the old copy may be dropped.
+    pub drop_after: Option<OffsetDateTime>,
+}
+
+const MOVE_COLUMNS: &str = "workflow_id, tenant_id, from_placement, from_cluster, from_region, from_schema, from_database,
+     to_placement, to_cluster, to_region, to_schema, to_database, snapshot, status, switched_at, drop_after";
+
+fn end(row: &Row, at: usize) -> Result<MoveEnd, CatalogError> {
+    Ok(MoveEnd {
+        placement: row.get::<_, String>(at).parse().map_err(corrupt)?,
+        cluster: row.get(at + 1),
+        region: row.get::<_, String>(at + 2).parse().map_err(corrupt)?,
+        schema: row.get(at + 3),
+        database: row.get(at + 4),
+    })
+}
+
+fn move_from_row(row: &Row) -> Result<Move, CatalogError> {
+    Ok(Move {
+        workflow: row.get(0),
+        tenant: TenantId::from_uuid(row.get(1)).map_err(corrupt)?,
+        from: end(row, 2)?,
+        to: end(row, 7)?,
+        snapshot: row.get(12),
+        status: MoveStatus::parse(row.get(13))?,
+        switched_at: row.get(14),
+        drop_after: row.get(15),
+    })
+}
+
+/// Records a move (idempotent: an existing record of the workflow is returned as it is).
+pub async fn record_move<C: GenericClient>(
+    client: &C,
+    workflow: Uuid,
+    tenant: TenantId,
+    from: &MoveEnd,
+    to: &MoveEnd,
+) -> Result<Move, CatalogError> {
+    client
+        .execute(
+            "INSERT INTO tenancy_catalog.tenant_moves
+                 (workflow_id, tenant_id, from_placement, from_cluster, from_region, from_schema, from_database,
+                  to_placement, to_cluster, to_region, to_schema, to_database)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT (workflow_id) DO NOTHING",
+            &[
+                &workflow,
+                &tenant.as_uuid(),
+                &from.placement.as_str(),
+                &from.cluster,
+                &from.region.as_str(),
+                &from.schema,
+                &from.database,
+                &to.placement.as_str(),
+                &to.cluster,
+                &to.region.as_str(),
+                &to.schema,
+                &to.database,
+            ],
+        )
+        .await
+        .map_err(CatalogError::db("recording a move"))?;
+    get_move(client, workflow)
+        .await?
+        .ok_or_else(|| CatalogError::Invalid(format!("move {workflow} was not recorded")))
+}
+
+/// The move of workflow `workflow`, if recorded.
+pub async fn get_move<C: GenericClient>(
+    client: &C,
+    workflow: Uuid,
+) -> Result<Option<Move>, CatalogError> {
+    client
+        .query_opt(
+            &format!(
+                "SELECT {MOVE_COLUMNS} FROM tenancy_catalog.tenant_moves WHERE workflow_id = $1"
+            ),
+            &[&workflow],
+        )
+        .await
+        .map_err(CatalogError::db("reading a move"))?
+        .as_ref()
+        .map(move_from_row)
+        .transpose()
+}
+
+/// Records the source snapshot a move's copy was taken at.
+pub async fn set_move_snapshot<C: GenericClient>(
+    client: &C,
+    workflow: Uuid,
+    snapshot: &str,
+) -> Result<(), CatalogError> {
+    client
+        .execute(
+            "UPDATE tenancy_catalog.tenant_moves SET snapshot = $2 WHERE workflow_id = $1",
+            &[&workflow, &snapshot],
+        )
+        .await
+        .map_err(CatalogError::db("recording a move's snapshot"))?;
+    Ok(())
+}
+
+/// Ends a move: `RolledBack` (its new copy dropped) or `SourceDropped` (its old copy
+/// dropped).
+pub async fn finish_move<C: GenericClient>(
+    client: &C,
+    workflow: Uuid,
+    status: MoveStatus,
+) -> Result<(), CatalogError> {
+    client
+        .execute(
+            "UPDATE tenancy_catalog.tenant_moves SET status = $2, finished_at = now() WHERE workflow_id = $1",
+            &[&workflow, &status.as_str()],
+        )
+        .await
+        .map_err(CatalogError::db("finishing a move"))?;
+    Ok(())
+}
+
+/// Switched moves whose old copy is due to be dropped (at most `limit`).
+pub async fn moves_to_drop<C: GenericClient>(
+    client: &C,
+    limit: i64,
+) -> Result<Vec<Move>, CatalogError> {
+    client
+        .query(
+            &format!(
+                "SELECT {MOVE_COLUMNS} FROM tenancy_catalog.tenant_moves
+                  WHERE status = 'switched' AND drop_after <= now() ORDER BY drop_after LIMIT $1"
+            ),
+            &[&limit],
+        )
+        .await
+        .map_err(CatalogError::db("listing moves to drop"))?
+        .iter()
+        .map(move_from_row)
+        .collect()
+}
+
+/// The regions tenant `id` may live in: its residency policy, or its current region when
+/// it has none.
+pub async fn residency<C: GenericClient>(
+    client: &C,
+    id: TenantId,
+) -> Result<Vec<RegionId>, CatalogError> {
+    let row = client
+        .query_opt(
+            "SELECT coalesce(residency, ARRAY[region]) FROM tenancy_catalog.tenants WHERE id = $1",
+            &[&id.as_uuid()],
+        )
+        .await
+        .map_err(CatalogError::db("reading a tenant's residency"))?
+        .ok_or_else(|| CatalogError::TenantNotFound(id.to_string()))?;
+    row.get::<_, Vec<String>>(0)
+        .iter()
+        .map(|r| r.parse().map_err(corrupt))
+        .collect()
+}
+
+/// Sets tenant `id`'s residency policy (`None`: its current region only). Every region
+/// must be registered, and the tenant's current region must be one of them.
+pub async fn set_residency<C: GenericClient>(
+    client: &C,
+    id: TenantId,
+    regions: Option<&[RegionId]>,
+) -> Result<(), CatalogError> {
+    let regions: Option<Vec<&str>> = regions.map(|rs| rs.iter().map(|r| r.as_str()).collect());
+    if regions.as_ref().is_some_and(|r| r.is_empty()) {
+        return Err(CatalogError::Invalid(
+            "a residency policy names at least one region".into(),
+        ));
+    }
+    let row = client
+        .query_opt(
+            "UPDATE tenancy_catalog.tenants t SET residency = $2, updated_at = now()
+              WHERE t.id = $1
+                AND ($2::text[] IS NULL OR t.region = ANY($2))
+                AND ($2::text[] IS NULL OR NOT EXISTS (
+                     SELECT 1 FROM unnest($2::text[]) r
+                      WHERE NOT EXISTS (SELECT 1 FROM tenancy_catalog.regions g WHERE g.id = r)))
+             RETURNING 1",
+            &[&id.as_uuid(), &regions],
+        )
+        .await
+        .map_err(CatalogError::db("setting a tenant's residency"))?;
+    if row.is_none() {
+        return Err(CatalogError::Invalid(format!(
+            "tenant {id} does not exist, or the residency policy names an unregistered region or leaves out the tenant's current region"
+        )));
+    }
+    Ok(())
+}
+
+/// Opens (`Some(wait)`: until now + `wait`) or closes (`None`) the cutover window of
+/// move `workflow`, committed on its own (not in a transaction holding the tenant's row)
+/// and announced on the catalog's change channel, so routers see it before the cutover
+/// holds writes.
+pub async fn set_cutover<C: GenericClient>(
+    client: &C,
+    workflow: Uuid,
+    wait: Option<Duration>,
+) -> Result<(), CatalogError> {
+    let ms = wait.map(|w| w.as_millis().min(i64::MAX as u128) as i64);
+    client
+        .execute(
+            "WITH m AS (
+                 UPDATE tenancy_catalog.tenant_moves
+                    SET cutover_until = CASE WHEN $2::bigint IS NULL THEN NULL
+                                             ELSE clock_timestamp() + $2::bigint * interval '1 millisecond' END
+                  WHERE workflow_id = $1
+              RETURNING tenant_id)
+             SELECT pg_notify('tenancy_catalog_changes', 'tenant:' || tenant_id::text) FROM m",
+            &[&workflow, &ms],
+        )
+        .await
+        .map_err(CatalogError::db("setting a move's cutover window"))?;
+    Ok(())
+}
+
+/// Points tenant `id` at the move's new placement, closes its cutover window, marks the
+/// move switched (the old copy dropped after `keep`) and records a `moved` event with
+/// both placements and regions, in the caller's transaction.
+pub async fn switch_placement(
+    tx: &Transaction<'_>,
+    mv: &Move,
+    actor: &str,
+    keep: Duration,
+) -> Result<(), CatalogError> {
+    let to = &mv.to;
+    tx.execute(
+        "UPDATE tenancy_catalog.tenants
+            SET placement = $2, cluster_id = $3, region = $4, schema_name = $5, database_name = $6,
+                updated_at = now()
+          WHERE id = $1",
+        &[
+            &mv.tenant.as_uuid(),
+            &to.placement.as_str(),
+            &to.cluster,
+            &to.region.as_str(),
+            &to.schema,
+            &to.database,
+        ],
+    )
+    .await
+    .map_err(CatalogError::db("switching a tenant's placement"))?;
+    let keep_ms = keep.as_millis().min(i64::MAX as u128) as i64;
+    tx.execute(
+        "UPDATE tenancy_catalog.tenant_moves
+            SET status = 'switched', switched_at = now(), cutover_until = NULL,
+                drop_after = now() + $2::bigint * interval '1 millisecond'
+          WHERE workflow_id = $1 AND status = 'copying'",
+        &[&mv.workflow, &keep_ms],
+    )
+    .await
+    .map_err(CatalogError::db("marking a move switched"))?;
+    let detail = serde_json::json!({
+        "workflow": mv.workflow.to_string(),
+        "from": { "placement": mv.from.placement.as_str(), "cluster": mv.from.cluster.to_string(), "region": mv.from.region.as_str() },
+        "to": { "placement": to.placement.as_str(), "cluster": to.cluster.to_string(), "region": to.region.as_str() },
+    });
+    tx.execute(
+        "INSERT INTO tenancy_catalog.tenant_events (tenant_id, kind, actor, detail)
+         VALUES ($1, 'moved', $2, $3)",
+        &[&mv.tenant.as_uuid(), &actor, &detail],
+    )
+    .await
+    .map_err(CatalogError::db("recording a tenant event"))?;
+    Ok(())
+}
