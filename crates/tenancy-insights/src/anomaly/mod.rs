@@ -42,12 +42,12 @@ mod detection;
 mod detector;
 mod event;
 mod feed;
+mod model;
 pub mod simulate;
 
 pub use board::{Anomaly, Board, DetectionBatch, Filter, Pushed, MAX_BATCH};
 pub use detection::{AnomalyKind, Detection, Evidence, Severity};
-pub use detector::{
-    hour_of_week, poisson_tail, Detector, DetectorOptions, DetectorStats, OptionsError, Thresholds,
-};
+pub use detector::{Detector, DetectorOptions, DetectorStats, OptionsError, Thresholds};
 pub use event::{network_of, AccessEvent, AccessKind, Fingerprint};
 pub use feed::{unix_now, AnomalyFeed};
+pub use model::{hour_of_week, poisson_tail};
