@@ -27,6 +27,15 @@ use crate::AppState;
 /// half of its cluster's database time while others use it too.
 pub const DEFAULT_NOISY_SHARE: f64 = 0.5;
 
+/// The `limit` parameter of a listing: 1 to 1000, `default` when absent.
+fn limit_param(limit: Option<i64>, default: i64) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::field("limit", "must be between 1 and 1000"));
+    }
+    Ok(limit as usize)
+}
+
 /// What happened to a pushed snapshot.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SnapshotAccepted {
@@ -107,10 +116,7 @@ pub async fn tenants(
     State(state): State<AppState>,
     Query(p): Query<InsightsParams>,
 ) -> Result<Json<Report>, ApiError> {
-    let limit = p.limit.unwrap_or(20);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::field("limit", "must be between 1 and 1000"));
-    }
+    let limit = limit_param(p.limit, 20)?;
     let noisy_share = p.noisy_share.unwrap_or(DEFAULT_NOISY_SHARE);
     if !(noisy_share > 0.0 && noisy_share <= 1.0) {
         return Err(ApiError::field(
@@ -128,7 +134,7 @@ pub async fn tenants(
     }
     Ok(Json(state.insights().report(
         p.cluster.as_deref(),
-        limit as usize,
+        limit,
         noisy_share,
         Instant::now(),
     )))
@@ -229,10 +235,7 @@ pub async fn anomalies(
     Query(p): Query<AnomalyParams>,
 ) -> Result<Json<AnomalyList>, ApiError> {
     use tenancy_insights::anomaly::{AnomalyKind, Filter, Severity};
-    let limit = p.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::field("limit", "must be between 1 and 1000"));
-    }
+    let limit = limit_param(p.limit, 100)?;
     let tenant = p
         .tenant
         .map(tenancy_core::TenantId::from_uuid)
@@ -271,6 +274,6 @@ pub async fn anomalies(
         since,
     };
     Ok(Json(AnomalyList {
-        anomalies: state.anomalies(&filter, limit as usize),
+        anomalies: state.anomalies(&filter, limit),
     }))
 }

@@ -34,29 +34,13 @@ async fn anomalies_are_pushed_listed_filtered_and_counted_over_http() {
 
     let s = served(generous(), SignupConfig::default()).await;
     let body = serde_json::to_string(&batch).expect("json");
-    let pushed = http(
-        s.port,
-        FROM,
-        "POST",
-        "/v1/insights/anomalies",
-        &[AUTH, JSON],
-        Some(&body),
-    )
-    .await;
+    let pushed = push(s.port, &body).await;
     assert_eq!(pushed.status, 202, "{:?}", pushed.body);
     assert_eq!(pushed.body["new"], json!(r.detections.len()));
     assert_eq!(pushed.body["updated"], json!(0));
 
     // The same batch again updates, it does not add.
-    let again = http(
-        s.port,
-        FROM,
-        "POST",
-        "/v1/insights/anomalies",
-        &[AUTH, JSON],
-        Some(&body),
-    )
-    .await;
+    let again = push(s.port, &body).await;
     assert_eq!(again.body["new"], json!(0));
     assert_eq!(again.body["updated"], json!(r.detections.len()));
 
@@ -165,6 +149,19 @@ async fn anomalies_are_pushed_listed_filtered_and_counted_over_http() {
         .count();
     // Counted once per new detection (other tests of this binary may add their own).
     assert!(enumerations >= pushed_enumerations as f64, "{text}");
+}
+
+/// Pushes a batch (JSON text) as the admin.
+async fn push(port: u16, body: &str) -> crate::hostile::Resp {
+    http(
+        port,
+        FROM,
+        "POST",
+        "/v1/insights/anomalies",
+        &[AUTH, JSON],
+        Some(body),
+    )
+    .await
 }
 
 /// The `/metrics` text over a plain socket.
