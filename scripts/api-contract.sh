@@ -141,13 +141,14 @@ bearer = "${TENANCY_CONTRACT_ADMIN_TOKEN}"
 [checks]
 object_level_authorization.enabled = false
 
-# Four bodies have rules between their own parts that no JSON Schema can state, answered
+# Five bodies have rules between their own parts that no JSON Schema can state, answered
 # with 422 for a body that fits the schema: a flag's default, off and served variants must
 # be among its variants and each rollout's weights sum to 10000; a setting's default must
 # satisfy the setting's own schema (itself a valid JSON Schema); an override's expiry must
 # be in the future; an insights snapshot's counts must agree (refusals <= errors <=
 # statements, an error bound within its total, a latency sketch counting no more than the
-# statements, no tenant twice). For those four operations 422 is an accepted answer to
+# statements, no tenant twice); an anomaly detection's last hour must not precede its
+# first. For those five operations 422 is an accepted answer to
 # conforming data; every other check runs on them, and every other operation takes the
 # defaults (a reference to a missing definition is 404, a value that does not fit a stored
 # definition 409).
@@ -157,7 +158,7 @@ include-method-regex = "(?i)^put$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
 
 [[operations]]
-include-path-regex = "^/v1/insights/snapshots$"
+include-path-regex = "^/v1/insights/(snapshots|anomalies)$"
 include-method-regex = "(?i)^post$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
 EOF

@@ -112,6 +112,9 @@ struct StateInner {
     /// Per-tenant performance snapshots pushed by applications, for the last window
     /// (see [`api::insights`]).
     insights: Arc<tenancy_insights::Window>,
+    /// Access anomalies pushed by applications' detectors, the latest 10,000 (see
+    /// [`api::insights::anomalies`]).
+    anomalies: Arc<std::sync::Mutex<tenancy_insights::anomaly::Board>>,
     /// Tenant transactions and the application's access model, for the platform
     /// administrators' management of tenants' roles and grants (see [`api::access`]);
     /// without it those routes answer 503.
@@ -173,6 +176,9 @@ impl AppState {
                 audit: None,
                 audit_task: Arc::default(),
                 insights: Arc::new(tenancy_insights::Window::new(Default::default())),
+                anomalies: Arc::new(std::sync::Mutex::new(
+                    tenancy_insights::anomaly::Board::new(10_000),
+                )),
                 tenant_access: None,
             }),
         }
@@ -218,6 +224,31 @@ impl AppState {
     /// The per-tenant performance snapshots of the last window.
     pub fn insights(&self) -> &tenancy_insights::Window {
         &self.inner.insights
+    }
+
+    /// Checks and keeps a batch of detections.
+    pub fn push_anomalies(
+        &self,
+        batch: tenancy_insights::anomaly::DetectionBatch,
+    ) -> Result<tenancy_insights::anomaly::Pushed, tenancy_insights::SnapshotError> {
+        let mut b = match self.inner.anomalies.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        b.push(batch)
+    }
+
+    /// The kept detections `filter` selects, the latest first.
+    pub fn anomalies(
+        &self,
+        filter: &tenancy_insights::anomaly::Filter,
+        limit: usize,
+    ) -> Vec<tenancy_insights::anomaly::Anomaly> {
+        let b = match self.inner.anomalies.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        b.list(filter, limit)
     }
 
     /// The audit sealer, when there is one.
@@ -441,6 +472,10 @@ pub fn router_with(state: AppState, extra: axum::Router) -> axum::Router {
         .route("/v1/webhook-deliveries", get(api::deliveries))
         .route("/v1/insights/snapshots", post(api::insights::push_snapshot))
         .route("/v1/insights/tenants", get(api::insights::tenants))
+        .route(
+            "/v1/insights/anomalies",
+            get(api::insights::anomalies).post(api::insights::push_anomalies),
+        )
         .route("/v1/signup/availability", get(api::availability))
         .route("/v1/signup", post(api::signup))
         .route("/v1/billing/stripe", post(api::stripe_webhook))

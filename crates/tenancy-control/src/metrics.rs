@@ -96,6 +96,10 @@ fn describe() {
         "tenancy_config_listener_connected",
         "1 when the configuration LISTEN connection is up"
     );
+    describe_counter!(
+        "tenancy_anomalies_total",
+        "Access anomalies pushed by applications' detectors, by kind and severity"
+    );
     describe_gauge!("tenancy_shutting_down", "1 once shutdown has begun");
     describe_gauge!("tenancy_tenants", "Tenants by lifecycle state");
     describe_gauge!(

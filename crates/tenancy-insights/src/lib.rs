@@ -16,9 +16,14 @@
 //!   merged into a [`Report`] (top tenants by database time, p50/p99, error rate, share of
 //!   the cluster's time, noisy-neighbour flag past a threshold share).
 //!
+//! - [`anomaly`]: cross-tenant access anomaly detection over the request layer's and
+//!   the SDK's signals (per-tenant baselines, robust scores, detections with evidence),
+//!   and its evaluation harness.
+//!
 //! What it does not do: it never sees SQL text or parameters, never puts a tenant id in
 //! a metric label, and keeps no series per tenant; it does not read `pg_stat_statements`.
 
+pub mod anomaly;
 mod recorder;
 mod report;
 pub mod sketch;

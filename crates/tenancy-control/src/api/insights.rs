@@ -27,6 +27,15 @@ use crate::AppState;
 /// half of its cluster's database time while others use it too.
 pub const DEFAULT_NOISY_SHARE: f64 = 0.5;
 
+/// The `limit` parameter of a listing: 1 to 1000, `default` when absent.
+fn limit_param(limit: Option<i64>, default: i64) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::field("limit", "must be between 1 and 1000"));
+    }
+    Ok(limit as usize)
+}
+
 /// What happened to a pushed snapshot.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SnapshotAccepted {
@@ -107,10 +116,7 @@ pub async fn tenants(
     State(state): State<AppState>,
     Query(p): Query<InsightsParams>,
 ) -> Result<Json<Report>, ApiError> {
-    let limit = p.limit.unwrap_or(20);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::field("limit", "must be between 1 and 1000"));
-    }
+    let limit = limit_param(p.limit, 20)?;
     let noisy_share = p.noisy_share.unwrap_or(DEFAULT_NOISY_SHARE);
     if !(noisy_share > 0.0 && noisy_share <= 1.0) {
         return Err(ApiError::field(
@@ -128,8 +134,146 @@ pub async fn tenants(
     }
     Ok(Json(state.insights().report(
         p.cluster.as_deref(),
-        limit as usize,
+        limit,
         noisy_share,
         Instant::now(),
     )))
+}
+
+/// What happened to a pushed batch of detections.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AnomaliesAccepted {
+    /// Detections not seen before.
+    #[schema(minimum = 0)]
+    pub new: u64,
+    /// Detections already kept from this source, updated.
+    #[schema(minimum = 0)]
+    pub updated: u64,
+}
+
+/// Detections, the latest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AnomalyList {
+    /// At most `limit`.
+    pub anomalies: Vec<tenancy_insights::anomaly::Anomaly>,
+}
+
+/// Filter of the detections listed.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AnomalyParams {
+    /// Only this tenant's.
+    pub tenant: Option<uuid::Uuid>,
+    /// Only this detector's.
+    #[param(
+        pattern = "^(enumeration|context_refusal|tenant_mismatch|exfiltration|cross_tenant|volume|new_origin)$"
+    )]
+    pub kind: Option<String>,
+    /// Only this severity or higher.
+    #[param(pattern = "^(low|medium|high|critical)$")]
+    pub severity: Option<String>,
+    /// Only detections whose last flagged hour starts at or after this time (Unix
+    /// seconds).
+    #[param(minimum = 0, maximum = 9007199254740991_i64)]
+    pub since: Option<i64>,
+    /// Detections to list, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+}
+
+/// Receives detections of an application's anomaly detector
+/// (`tenancy_insights::anomaly::AnomalyFeed::take_opened`, or its kept detections again to
+/// update them), counted in `tenancy_anomalies_total{kind,severity}`.
+#[utoipa::path(post, path = "/v1/insights/anomalies", tag = "insights", security(("admin" = [])),
+    request_body = tenancy_insights::anomaly::DetectionBatch,
+    responses((status = 202, body = AnomaliesAccepted, description = "Kept"),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "Not JSON"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json", description = "Larger than 64 KiB"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "A field is invalid (`errors` names it)")))]
+pub async fn push_anomalies(
+    _: Admin,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<AnomaliesAccepted>), ApiError> {
+    let (batch, _): (tenancy_insights::anomaly::DetectionBatch, _) = parse_body(&headers, body)?;
+    let pushed = state.push_anomalies(batch).map_err(|e| ApiError {
+        code: ProblemCode::ValidationFailed,
+        detail: format!("the batch is invalid: {}", e.message),
+        errors: vec![FieldError {
+            field: e.field,
+            message: e.message,
+        }],
+        retry_after: None,
+    })?;
+    // An update of a kept detection is not a new anomaly: only new ones are counted.
+    for (kind, severity) in &pushed.new {
+        metrics::counter!("tenancy_anomalies_total", "kind" => kind.as_str(), "severity" => severity.as_str())
+            .increment(1);
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(AnomaliesAccepted {
+            new: pushed.new.len() as u64,
+            updated: pushed.updated as u64,
+        }),
+    ))
+}
+
+/// Access anomalies the applications' detectors found, the latest first: tenant, kind,
+/// flagged hours, score, severity and evidence (signal, baseline, observed).
+#[utoipa::path(get, path = "/v1/insights/anomalies", tag = "insights", security(("admin" = [])), params(AnomalyParams),
+    responses((status = 200, body = AnomalyList),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "A parameter is not of its type"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "A parameter is out of range (`errors` names it)")))]
+pub async fn anomalies(
+    _: Admin,
+    State(state): State<AppState>,
+    Query(p): Query<AnomalyParams>,
+) -> Result<Json<AnomalyList>, ApiError> {
+    use tenancy_insights::anomaly::{AnomalyKind, Filter, Severity};
+    let limit = limit_param(p.limit, 100)?;
+    let tenant = p
+        .tenant
+        .map(tenancy_core::TenantId::from_uuid)
+        .transpose()
+        .map_err(|e| ApiError::field("tenant", e.to_string()))?;
+    let kind = match p.kind.as_deref() {
+        None => None,
+        Some(k) => Some(AnomalyKind::parse(k).ok_or_else(|| {
+            ApiError::field(
+                "kind",
+                "must be enumeration, context_refusal, tenant_mismatch, exfiltration, cross_tenant, volume or new_origin",
+            )
+        })?),
+    };
+    let min_severity =
+        match p.severity.as_deref() {
+            None => None,
+            Some(s) => Some(Severity::parse(s).ok_or_else(|| {
+                ApiError::field("severity", "must be low, medium, high or critical")
+            })?),
+        };
+    let since = match p.since {
+        None => None,
+        Some(s) if (0..=9_007_199_254_740_991).contains(&s) => Some(s as u64),
+        Some(_) => {
+            return Err(ApiError::field(
+                "since",
+                "must be between 0 and 9007199254740991 (Unix seconds)",
+            ))
+        }
+    };
+    let filter = Filter {
+        tenant,
+        kind,
+        min_severity,
+        since,
+    };
+    Ok(Json(AnomalyList {
+        anomalies: state.anomalies(&filter, limit),
+    }))
 }

@@ -4,6 +4,7 @@
 //! resources/schemas/v3.1/schema.json).
 
 mod access;
+mod anomalies;
 mod api;
 mod audit;
 mod config;

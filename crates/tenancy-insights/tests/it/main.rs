@@ -2,6 +2,7 @@
 //! bounded memory, the server-side window, and the noisy-neighbour flag from load
 //! generated against a real PostgreSQL cluster through the SDK.
 
+mod anomaly;
 mod cluster;
 mod recorder;
 mod sketch;
