@@ -42,8 +42,10 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(5);
 /// have it; a database whose runtime predates it gets explicit read-only openings until its
 /// runtime is installed again). The PL/pgSQL session context needs
 /// `tenancy.init_session(text)` (a runtime that predates it gets token openings). The last
-/// column is the size of the native context's replay registry, NULL where the server has
-/// none (the library is not in `shared_preload_libraries`).
+/// column but one is the size of the native context's replay registry, NULL where the
+/// server has none (the library is not in `shared_preload_libraries`); the last, whether
+/// the database has `tenancy.enter_pooled` (the extension's version 1.1), the one-call
+/// opening behind a transaction-mode pooler.
 const CONNECTION_CHECK: &str = "SELECT pg_catalog.pg_backend_pid(), (SELECT count(*) = 2 FROM pg_catalog.pg_proc p \
        JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
       WHERE l.lanname = 'c' AND p.oid IN (pg_catalog.to_regprocedure('tenancy.enter(text)'), \
@@ -51,7 +53,8 @@ const CONNECTION_CHECK: &str = "SELECT pg_catalog.pg_backend_pid(), (SELECT coun
             pg_catalog.to_regprocedure('tenancy.reset_session()') IS NOT NULL, \
             pg_catalog.to_regprocedure('tenancy.enter_read_only(text)') IS NOT NULL, \
             pg_catalog.to_regprocedure('tenancy.init_session(text)') IS NOT NULL, \
-            pg_catalog.current_setting('tenancy_context.replay_slots', true)";
+            pg_catalog.current_setting('tenancy_context.replay_slots', true), \
+            pg_catalog.to_regprocedure('tenancy.enter_pooled(text, bool, int4, int4, int4, int4, text)') IS NOT NULL";
 
 /// One pooled connection.
 #[derive(Debug)]
@@ -72,6 +75,9 @@ pub(crate) struct Conn {
     /// context, preloaded), so transactions open with single-use tokens in front of their
     /// first statement, without a round trip of their own.
     pub(crate) replay: bool,
+    /// With a replay registry: the database has `tenancy.enter_pooled`, so the opening is
+    /// one call (enter, reset, limits) without a statement of its own for the timeout.
+    pub(crate) one_call: bool,
     /// Behind a transaction-mode pooler: parameter types by statement (keyed by the
     /// schema placement's schema and the SQL text), learnt from a statement prepared and
     /// closed inside one transaction, so later runs are unnamed (Parse, Bind, Execute in
@@ -408,6 +414,7 @@ impl Manager {
         })?;
         let (native, reset_fn, read_only_fn, session_fn) = (flag(1), flag(2), flag(3), flag(4));
         let replay = native && row.get(5).is_some();
+        let one_call = replay && flag(6);
         self.report_context_impl(native, replay);
         // Through a pooler (PgBouncer and the like) the BackendKeyData is the pooler's,
         // not the backend's.
@@ -429,6 +436,7 @@ impl Manager {
                 let mut conn = self.conn(client, 0, Some(splice), kill);
                 conn.pooled = Some(Arc::clone(pooled));
                 conn.replay = replay;
+                conn.one_call = one_call;
                 return Ok(conn);
             }
             _ => {}
@@ -528,6 +536,7 @@ impl Manager {
             stmts: crate::FastMap::default(),
             pooled: None,
             replay: false,
+            one_call: false,
             types: HashMap::new(),
             last_issued: i64::MIN,
             deferred_commit: Mutex::new(None),
