@@ -17,8 +17,13 @@ use crate::support::*;
 
 /// PgBouncer in transaction mode with `server_pool` backends for the runtime role.
 async fn bouncer(db: &TestDb, server_pool: u32) -> PgBouncer {
+    bouncer_for(db.cluster, server_pool).await
+}
+
+/// The same in front of `cluster`.
+async fn bouncer_for(cluster: &tenancy_pg::Cluster, server_pool: u32) -> PgBouncer {
     PgBouncer::start(
-        db.cluster,
+        cluster,
         PgBouncerOptions {
             users: vec![RUNTIME_ROLE.to_owned()],
             default_pool_size: server_pool,
@@ -30,8 +35,13 @@ async fn bouncer(db: &TestDb, server_pool: u32) -> PgBouncer {
 }
 
 fn pooled_pool(db: &TestDb, bouncer: &PgBouncer, max_size: usize) -> TenantPool {
+    pool_through(bouncer, &db.name, max_size)
+}
+
+/// A transaction-mode tenant pool on database `dbname` through `bouncer`.
+fn pool_through(bouncer: &PgBouncer, dbname: &str, max_size: usize) -> TenantPool {
     TenantPool::new(
-        bouncer.config_as(RUNTIME_ROLE, &db.name),
+        bouncer.config_as(RUNTIME_ROLE, dbname),
         key(),
         PoolOptions {
             max_size,
@@ -609,6 +619,12 @@ async fn is_native(cluster: &tenancy_pg::Cluster) -> bool {
 /// A cluster of its own with `settings`, a database `app` on it bootstrapped like the test
 /// template (roles, runtime with the native context where built, catalog, app tables).
 async fn own_cluster(settings: &[(&str, &str)]) -> tenancy_pg::Cluster {
+    own_cluster_with(settings, "").await
+}
+
+/// [`own_cluster`], running `before_runtime` as the superuser on `app` between the
+/// database bootstrap and the runtime.
+async fn own_cluster_with(settings: &[(&str, &str)], before_runtime: &str) -> tenancy_pg::Cluster {
     let mut opts = tenancy_pg::ClusterOptions::for_tests();
     opts.settings
         .extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -625,6 +641,9 @@ async fn own_cluster(settings: &[(&str, &str)]) -> tenancy_pg::Cluster {
     bootstrap::bootstrap_database(&su, "app")
         .await
         .expect("database bootstrap");
+    su.batch_execute(before_runtime)
+        .await
+        .expect("before the runtime");
     let mut owner = connect(cluster.config_as(OWNER_ROLE, "app")).await;
     bootstrap::install_runtime(&owner, &key())
         .await
@@ -716,26 +735,8 @@ async fn without_preload_pooled_pools_fall_back_to_transaction_tokens() {
         .batch_execute("ALTER ROLE tenancy_app IN DATABASE app SET log_statement = 'all'")
         .await
         .expect("statement logging");
-    let bouncer = PgBouncer::start(
-        &cluster,
-        PgBouncerOptions {
-            users: vec![RUNTIME_ROLE.to_owned()],
-            default_pool_size: 2,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("pgbouncer");
-    let pool = TenantPool::new(
-        bouncer.config_as(RUNTIME_ROLE, "app"),
-        key(),
-        PoolOptions {
-            max_size: 4,
-            pooler: Pooler::Transaction,
-            ..Default::default()
-        },
-    )
-    .expect("pool");
+    let bouncer = bouncer_for(&cluster, 2).await;
+    let pool = pool_through(&bouncer, "app", 4);
     let (a, b) = (TenantId::new_random(), TenantId::new_random());
     seed(&pool, a, 2).await;
     seed(&pool, b, 1).await;
@@ -881,19 +882,7 @@ async fn enter_pooled_checks_its_arguments_first_and_sets_the_transactions_limit
     // Once only.
     c.batch_execute("BEGIN").await.expect("begin");
     let msg = refusal(
-        c.query_one(
-            call,
-            &[
-                &token,
-                &Some(false),
-                &Some(1000i32),
-                &Some(1000i32),
-                &None::<i32>,
-                &None::<i32>,
-                &None::<&str>,
-            ],
-        )
-        .await,
+        enter_pooled_plainly(&c, &token, false).await,
         "the token again",
     );
     assert!(msg.contains("already used"), "{msg}");
@@ -901,20 +890,9 @@ async fn enter_pooled_checks_its_arguments_first_and_sets_the_transactions_limit
 
     // Read-only: the transaction cannot write; not in a subtransaction.
     c.batch_execute("BEGIN").await.expect("begin");
-    c.query_one(
-        call,
-        &[
-            &single_use(t),
-            &Some(true),
-            &Some(1000i32),
-            &Some(1000i32),
-            &None::<i32>,
-            &None::<i32>,
-            &None::<&str>,
-        ],
-    )
-    .await
-    .expect("read-only enter");
+    enter_pooled_plainly(&c, &single_use(t), true)
+        .await
+        .expect("read-only enter");
     let e = c
         .execute(
             "INSERT INTO customers (email, name) VALUES ('x@x.example', 'x')",
@@ -930,23 +908,24 @@ async fn enter_pooled_checks_its_arguments_first_and_sets_the_transactions_limit
         .await
         .expect("savepoint");
     let msg = refusal(
-        c.query_one(
-            call,
-            &[
-                &single_use(t),
-                &Some(true),
-                &Some(1000i32),
-                &Some(1000i32),
-                &None::<i32>,
-                &None::<i32>,
-                &None::<&str>,
-            ],
-        )
-        .await,
+        enter_pooled_plainly(&c, &single_use(t), true).await,
         "read-only in a subtransaction",
     );
     assert!(msg.contains("subtransaction"), "{msg}");
     c.batch_execute("ROLLBACK").await.expect("rollback");
+}
+
+/// `tenancy.enter_pooled(token, read_only)` with 1 s limits and nothing else.
+async fn enter_pooled_plainly(
+    c: &Client,
+    token: &str,
+    read_only: bool,
+) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
+    c.query_one(
+        "SELECT tenancy.enter_pooled($1::text, $2, 1000, 1000, NULL, NULL, NULL)",
+        &[&token, &read_only],
+    )
+    .await
 }
 
 /// A database whose extension is still at 1.0 (no tenancy.enter_pooled) keeps working
@@ -954,13 +933,22 @@ async fn enter_pooled_checks_its_arguments_first_and_sets_the_transactions_limit
 /// build's version, and new connections then open with tenancy.enter_pooled.
 #[tokio::test]
 async fn a_database_at_extension_1_0_works_behind_pgbouncer_until_the_bootstrap_updates_it() {
-    let opts = tenancy_pg::ClusterOptions::for_tests();
-    let cluster = tenancy_pg::Cluster::start(opts).await.expect("cluster");
-    let admin = cluster.connect("postgres").await.expect("admin");
-    admin
-        .batch_execute("CREATE DATABASE app")
-        .await
-        .expect("create database");
+    // Back to 1.0 after the bootstrap created the extension, before anything depends on
+    // its functions.
+    let cluster = own_cluster_with(
+        &[],
+        "ALTER ROLE tenancy_app IN DATABASE app SET log_statement = 'all';
+         DO $$
+         BEGIN
+             IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'tenancy_context') THEN
+                 DROP EXTENSION tenancy_context;
+                 SET LOCAL ROLE tenancy_owner;
+                 CREATE EXTENSION tenancy_context VERSION '1.0';
+             END IF;
+         END
+         $$",
+    )
+    .await;
     let su = cluster.connect("app").await.expect("superuser");
     if !tenancy_test_support::context_extension_offered(&su).await {
         assert!(
@@ -970,26 +958,6 @@ async fn a_database_at_extension_1_0_works_behind_pgbouncer_until_the_bootstrap_
         eprintln!("the server does not offer the tenancy_context extension: nothing to check");
         return;
     }
-    bootstrap::bootstrap_cluster(&su)
-        .await
-        .expect("cluster bootstrap");
-    bootstrap::bootstrap_database(&su, "app")
-        .await
-        .expect("database bootstrap");
-    // Back to 1.0, before anything depends on the extension's functions.
-    su.batch_execute(
-        "DROP EXTENSION tenancy_context; \
-         BEGIN; SET LOCAL ROLE tenancy_owner; CREATE EXTENSION tenancy_context VERSION '1.0'; COMMIT; \
-         ALTER ROLE tenancy_app IN DATABASE app SET log_statement = 'all'",
-    )
-    .await
-    .expect("the extension at 1.0");
-    let mut owner = connect(cluster.config_as(OWNER_ROLE, "app")).await;
-    bootstrap::install_runtime(&owner, &key())
-        .await
-        .expect("runtime");
-    tenancy_catalog::migrate(&mut owner).await.expect("catalog");
-    owner.batch_execute(APP_SCHEMA).await.expect("app tables");
     assert_eq!(
         bootstrap::context_impl(&su).await.expect("impl"),
         Some(ContextImpl::Native)
@@ -1006,31 +974,11 @@ async fn a_database_at_extension_1_0_works_behind_pgbouncer_until_the_bootstrap_
     };
     assert_eq!(extversion().await, ("1.0".to_owned(), false));
 
-    let bouncer = PgBouncer::start(
-        &cluster,
-        PgBouncerOptions {
-            users: vec![RUNTIME_ROLE.to_owned()],
-            default_pool_size: 2,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("pgbouncer");
-    let new_pool = || {
-        TenantPool::new(
-            bouncer.config_as(RUNTIME_ROLE, "app"),
-            key(),
-            PoolOptions {
-                max_size: 2,
-                pooler: Pooler::Transaction,
-                ..Default::default()
-            },
-        )
-        .expect("pool")
-    };
+    let bouncer = bouncer_for(&cluster, 2).await;
+
     let log_path = cluster.data_dir().join("tenancy-postgres.log");
     let (a, b) = (TenantId::new_random(), TenantId::new_random());
-    let pool = new_pool();
+    let pool = pool_through(&bouncer, "app", 2);
     seed(&pool, a, 2).await;
     assert_eq!(visible_tenants(&pool, a).await, vec![a.as_uuid(); 2]);
     assert!(visible_tenants(&pool, b).await.is_empty());
@@ -1055,7 +1003,7 @@ async fn a_database_at_extension_1_0_works_behind_pgbouncer_until_the_bootstrap_
         (tenancy_pg::EXTENSION_VERSION.to_owned(), true),
         "updated"
     );
-    let pool = new_pool();
+    let pool = pool_through(&bouncer, "app", 2);
     seed(&pool, b, 1).await;
     assert_eq!(visible_tenants(&pool, b).await, vec![b.as_uuid()]);
     assert_eq!(visible_tenants(&pool, a).await, vec![a.as_uuid(); 2]);
