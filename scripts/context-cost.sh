@@ -21,9 +21,23 @@
 #               (PL/pgSQL: tenancy.enter_session(hi, lo, secret, next), `next` drawn by
 #               pgbench and carried to the next call as its secret;
 #               tenancy.init_session(v1 token) once per connection)
+# Behind a transaction-mode pooler with the replay registry (native only; the SDK's
+# implicit read-only point read: one pipeline, one Sync, no BEGIN, every statement
+# unnamed, as the SDK sends it through PgBouncer; pgbench -M extended):
+#   pooled_empty  SELECT 1
+#   pooled_plain  the point read without RLS, tenant predicate written out (the bare query)
+#   sign3         a v3 (single-use) token signed in SQL (subtracted, less pooled_empty)
+#   pooled_sql    the opening of tenancy_context 1.0: SET statement_timeout, then
+#                 SELECT pg_backend_pid(), tenancy.enter_read_only(token) and four
+#                 set_config(…, true), then the read
+#   pooled_call   the opening of 1.1: SELECT tenancy.enter_pooled(token, …), then the read
 # Output: one line per scenario, then the overhead of each context over `plain`.
 #
-#   scripts/context-cost.sh                 # about 5 minutes
+# The server preloads the library (shared_preload_libraries, the replay registry):
+# PG_BIN's server must have the current one installed (make -C extensions/tenancy_context
+# install). CONTEXT_COST_SCENARIOS="sign3 pooled_sql …" measures only those (native).
+#
+#   scripts/context-cost.sh                 # about 6 minutes
 #   PG_BIN=/path/to/bin scripts/context-cost.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +50,7 @@ cost_name=context-cost.sh
 . scripts/lib/cost.sh
 cost_need valgrind pgbench psql
 valgrind_tool=(--tool=cachegrind --cache-sim=no --cachegrind-out-file="$work/cg/cg.%p")
+server_options=(-c shared_preload_libraries=tenancy_context)
 cost_start_server
 
 sql=crates/tenancy-sdk/sql
@@ -75,22 +90,40 @@ SELECT tenancy.init_session(sign_token_v1(1)) AS secret \gset
 \set next random(1, 9000000000000000000)'
 scenario session_enter "$init
 SELECT tenancy.enter_session(0, :t, :secret, :next) AS secret \gset"
+# An implicit transaction in one pipeline (the pooled openings): no BEGIN, one Sync.
+pipelined() {
+    local name=$1 body=$2
+    printf '\\set t random(1, 20)\n\\set id random(1, 1000)\n\\startpipeline\n%s\n\\endpipeline\n' "$body" >"$work/$name.sql"
+}
+pipelined pooled_plain "SELECT payload FROM items_plain WHERE tenant_id = $uuid AND id = :id;"
+pipelined pooled_empty 'SELECT 1;'
+pipelined sign3 'SELECT sign_token_v3(:t);'
+pipelined pooled_sql "SET statement_timeout = 30000;
+SELECT pg_catalog.pg_backend_pid(), tenancy.enter_read_only(sign_token_v3(:t)), pg_catalog.set_config('statement_timeout', '30000', true), pg_catalog.set_config('lock_timeout', '10000', true), pg_catalog.set_config('row_security', 'on', true), pg_catalog.set_config('client_min_messages', 'notice', true);
+SELECT payload FROM items WHERE id = :id;"
+pipelined pooled_call "SELECT tenancy.enter_pooled(sign_token_v3(:t), true, 30000, 10000, NULL, NULL, NULL);
+SELECT payload FROM items WHERE id = :id;"
 scenario session "$init
 SELECT tenancy.enter_session(0, :t, :secret, :next) AS secret \gset
 SELECT payload FROM items WHERE id = :id;"
 
 declare -A cost
 measure() {
-    local key="$2/$1" a b
-    cost_count "$1" "$2" 200 -D secret=0
+    local key="$2/$1" a b mode=prepared
+    case $1 in pooled_*|sign3) mode=extended ;; esac
+    cost_count "$1" "$2" 200 -D secret=0 -M "$mode"
     a=$instructions
-    cost_count "$1" "$2" 1200 -D secret=0
+    cost_count "$1" "$2" 1200 -D secret=0 -M "$mode"
     b=$instructions
     cost[$key]=$(( (b - a) / 1000 ))
     printf '%-10s %-20s %9d instructions per transaction\n' "$2" "$1" "${cost[$key]}"
 }
+if [ -n "${CONTEXT_COST_SCENARIOS:-}" ]; then
+    for s in $CONTEXT_COST_SCENARIOS; do measure "$s" native; done
+    exit 0
+fi
 for s in empty plain naive sign enter context session_enter session; do measure "$s" plpgsql; done
-for s in empty plain sign enter context; do measure "$s" native; done
+for s in empty plain sign enter context pooled_empty pooled_plain sign3 pooled_sql pooled_call; do measure "$s" native; done
 echo
 echo "overhead over plain (the read alone), per transaction:"
 p=plpgsql
@@ -101,3 +134,9 @@ printf '  PL/pgSQL session context (enter + read)      %9d   (enter alone %d)\n'
     $(( cost[$p/session] - cost[$p/plain] )) $(( cost[$p/session_enter] - cost[$p/empty] ))
 printf '  %s context on database native (enter + read) %9d   (enter alone %d)\n' "$impl" \
     $(( cost[native/context] - cost[native/sign] + cost[native/empty] - cost[native/plain] )) $(( cost[native/enter] - cost[native/sign] ))
+n=native
+sign3=$(( cost[$n/sign3] - cost[$n/pooled_empty] ))
+printf '  pooled opening + RLS read over the bare read, 1.0 (SET, enter_read_only, set_config x4) %9d\n' \
+    $(( cost[$n/pooled_sql] - sign3 - cost[$n/pooled_plain] ))
+printf '  pooled opening + RLS read over the bare read, 1.1 (tenancy.enter_pooled)              %9d\n' \
+    $(( cost[$n/pooled_call] - sign3 - cost[$n/pooled_plain] ))

@@ -17,7 +17,9 @@
  *     reset or roll back to a value it held before.
  *
  * Nothing here reads a setting of the session: the token arrives as a bound parameter,
- * times come from GetCurrentTimestamp and the key query qualifies every name.
+ * times come from GetCurrentTimestamp and the key query qualifies every name
+ * (tenancy.enter_pooled writes settings, after the token is accepted, and compares the
+ * statement timeout in force with the one it is given).
  *
  * Two token versions: v1 is bound to the backend (pid) and single-use per backend by its
  * issue time (the SDK's direct pools). v2 is bound to one transaction: the backend pid and
@@ -39,7 +41,10 @@
  *
  * A third function exists only here: tenancy.enter_read_only(token), tenancy.enter that
  * also makes the transaction read-only, for the SDK's implicit read-only transactions (see
- * the comment above tenancy_enter_read_only).
+ * the comment above tenancy_enter_read_only). A fourth, tenancy.enter_pooled (extension
+ * version 1.1), is the whole opening of a transaction behind a transaction-mode pooler in
+ * one call: enter (or enter_read_only), RESET ALL and the pool's limits as
+ * transaction-local settings (see the comment above tenancy_enter_pooled).
  *
  * tenancy.enter is SECURITY DEFINER (owned by tenancy_owner) only so that it can read the
  * HMAC pads from tenancy_private.context_keys, which the runtime role cannot read. Keys
@@ -65,6 +70,7 @@
 #include "storage/shmem.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/timeout.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
@@ -77,7 +83,8 @@
  *   - PostgreSQL 18 replaced the trailing pg_attribute_noreturn() with the leading
  *     pg_noreturn specifier (C11 _Noreturn) and removed the old macro.
  *   - PostgreSQL 18 can name a module and its version in its magic block
- *     (PG_MODULE_MAGIC_EXT, shown by pg_get_loaded_modules()).
+ *     (PG_MODULE_MAGIC_EXT, shown by pg_get_loaded_modules()): the extension's version
+ *     whose functions this library provides.
  */
 #if PG_VERSION_NUM < 140000
 #error "tenancy_context needs PostgreSQL 14 or newer"
@@ -98,7 +105,7 @@
 #endif
 
 #if PG_VERSION_NUM >= 180000
-PG_MODULE_MAGIC_EXT(.name = "tenancy_context", .version = "1.0");
+PG_MODULE_MAGIC_EXT(.name = "tenancy_context", .version = "1.1");
 #else
 PG_MODULE_MAGIC;
 #endif
@@ -144,6 +151,7 @@ static bool callback_registered = false;
 PG_FUNCTION_INFO_V1(tenancy_enter);
 PG_FUNCTION_INFO_V1(tenancy_enter_read_only);
 PG_FUNCTION_INFO_V1(tenancy_current_tenant_id);
+PG_FUNCTION_INFO_V1(tenancy_enter_pooled);
 
 static void
 subxact_callback(SubXactEvent event, SubTransactionId mySubid,
@@ -703,14 +711,15 @@ _PG_init(void)
  * read-only too when `read_only` (top level only, see tenancy_enter_read_only); returns the
  * tenant. Any problem is an ERROR (28000) raised before anything is changed: a refused
  * token leaves the context, the single-use mark, the transaction's read-only state and the
- * session's settings as they were. An accepted v1 token also resets session-level
- * settings (a v2 opening resets them itself, before it sets its transaction's limits).
+ * session's settings as they were. An accepted v1 or v3 token also resets session-level
+ * settings (a v2 opening resets them itself, before it sets its transaction's limits),
+ * and so does any accepted token when `always_reset` (tenancy.enter_pooled).
  * token: v1.<kid>.<tenant uuid>.<backend pid>.<issued µs>.<expires µs>.<hmac hex>
  *    or  v2.<kid>.<tenant uuid>.<backend pid>-<transaction start hex>.<issued µs>.<expires µs>.<hmac hex>
  *    or  v3.<kid>.<tenant uuid>.<nonce: 32 hex digits>.<issued µs>.<expires µs>.<hmac hex>
  */
 static pg_uuid_t *
-enter_context(FunctionCallInfo fcinfo, bool read_only)
+enter_context(FunctionCallInfo fcinfo, bool read_only, bool always_reset)
 {
 	text	   *arg;
 	const char *tok;
@@ -828,7 +837,7 @@ enter_context(FunctionCallInfo fcinfo, bool read_only)
 	}
 
 	/* Transactional: undone with the rest if this transaction aborts (out of memory). */
-	if (!per_transaction)
+	if (!per_transaction || always_reset)
 		reset_session_settings();
 
 	/* Allocated first: nothing below can fail, so either all of it happens or none. */
@@ -852,7 +861,7 @@ enter_context(FunctionCallInfo fcinfo, bool read_only)
 Datum
 tenancy_enter(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_UUID_P(enter_context(fcinfo, false));
+	PG_RETURN_UUID_P(enter_context(fcinfo, false, false));
 }
 
 /*
@@ -900,7 +909,120 @@ tenancy_enter(PG_FUNCTION_ARGS)
 Datum
 tenancy_enter_read_only(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_UUID_P(enter_context(fcinfo, true));
+	PG_RETURN_UUID_P(enter_context(fcinfo, true, false));
+}
+
+/*
+ * Starts this statement's timeout afresh with `ms` (0: none), as the next statement's
+ * would start with statement_timeout = ms. A statement's timer starts with the
+ * statement_timeout in force when its first message arrives (its Parse), which behind a
+ * pooler may be a role default or a value an earlier transaction on this backend left
+ * (1 ms): the work of tenancy.enter_pooled and the rest of its statement run under the
+ * pool's timeout instead. Only the timer of this statement: the setting itself is the
+ * transaction's (set after the token is accepted).
+ */
+static void
+restart_statement_timeout(int ms)
+{
+	bool		active = get_timeout_active(STATEMENT_TIMEOUT);
+
+	/* Started with this very value at the statement's first message: nothing to do. */
+	if (ms > 0 && active && StatementTimeout == ms)
+		return;
+	if (active)
+		disable_timeout(STATEMENT_TIMEOUT, false);
+	if (ms > 0)
+		enable_timeout_after(STATEMENT_TIMEOUT, ms);
+}
+
+/* Sets `name` to `value` for the rest of the transaction, as set_config(name, value, true). */
+static void
+set_local(const char *name, const char *value)
+{
+	(void) set_config_option(name, value, PGC_USERSET, PGC_S_SESSION, GUC_ACTION_LOCAL,
+							 true, ERROR, false);
+}
+
+/* Sets the millisecond setting `name` to argument `arg` (skipped when NULL). */
+static void
+set_local_ms(FunctionCallInfo fcinfo, int arg, const char *name)
+{
+	char		buf[16];
+
+	if (PG_ARGISNULL(arg))
+		return;
+	snprintf(buf, sizeof(buf), "%d", PG_GETARG_INT32(arg));
+	set_local(name, buf);
+}
+
+/*
+ * tenancy.enter_pooled(token text, read_only bool, statement_timeout int4,
+ *                      lock_timeout int4, idle_in_transaction_timeout int4,
+ *                      transaction_timeout int4, search_path text) RETURNS int4
+ *
+ * The whole opening of a transaction behind a transaction-mode pooler in one call, after
+ * BEGIN (or first in an implicit transaction): tenancy.enter (read_only:
+ * tenancy.enter_read_only, top level only), RESET ALL whatever the token's version, then
+ * the pool's limits as transaction-local settings, as set_config(…, true) would set them:
+ * statement_timeout, lock_timeout, idle_in_transaction_session_timeout and
+ * transaction_timeout in milliseconds (a NULL one is left as RESET ALL left it),
+ * row_security = on, client_min_messages = notice, and search_path (NULL: left). Returns
+ * the backend's pid, which the SDK's watchdog needs (the pooler picked the backend).
+ *
+ * One call where the SQL opening had six (the enter and five set_config, each looked up,
+ * permission-checked and set up per transaction, since behind a pooler nothing stays
+ * prepared) and no statement of its own for the statement timeout: this statement's
+ * timer is started again with the pool's value before anything else, so a 1 ms role
+ * default or leftover can only reach the parsing of this one short statement (as it
+ * reached the separate SET before).
+ *
+ * Everything the arguments could get wrong is refused before the token is looked at
+ * (negative limits, transaction_timeout before PostgreSQL 17, a search path that does not
+ * parse), so a refused call never uses up a single-use token: the token checks come
+ * last, as in tenancy.enter, and after them nothing is refused.
+ */
+Datum
+tenancy_enter_pooled(PG_FUNCTION_ARGS)
+{
+	int			arg;
+	const char *search_path = NULL;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("tenancy: enter_pooled needs read_only (true or false)")));
+	for (arg = 2; arg <= 5; arg++)
+		if (!PG_ARGISNULL(arg) && PG_GETARG_INT32(arg) < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("tenancy: enter_pooled's limits are milliseconds, 0 or more")));
+#if PG_VERSION_NUM < 170000
+	if (!PG_ARGISNULL(5))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("tenancy: transaction_timeout needs PostgreSQL 17 or newer")));
+#endif
+	if (!PG_ARGISNULL(6))
+	{
+		search_path = text_to_cstring(PG_GETARG_TEXT_PP(6));
+		/* Checked, not set: RESET ALL comes first. */
+		(void) set_config_option("search_path", search_path, PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, false, ERROR, false);
+	}
+	if (!PG_ARGISNULL(2))
+		restart_statement_timeout(PG_GETARG_INT32(2));
+
+	(void) enter_context(fcinfo, PG_GETARG_BOOL(1), true);
+
+	set_local_ms(fcinfo, 2, "statement_timeout");
+	set_local_ms(fcinfo, 3, "lock_timeout");
+	set_local_ms(fcinfo, 4, "idle_in_transaction_session_timeout");
+	set_local_ms(fcinfo, 5, "transaction_timeout");
+	set_local("row_security", "on");
+	set_local("client_min_messages", "notice");
+	if (search_path != NULL)
+		set_local("search_path", search_path);
+	PG_RETURN_INT32(MyProcPid);
 }
 
 /* tenancy.current_tenant_id() RETURNS uuid: the entered tenant, or NULL. */

@@ -2,8 +2,9 @@
 # a private PostgreSQL cluster whose backends run under valgrind, and the count of one
 # pgbench run's backend. Sourced, not run; the caller has set `work` (its scratch
 # directory, emptied here), `port`, `pg_bin` and `valgrind_tool` (valgrind's tool
-# options, ending with the output file pattern `$work/cg/cg.%p`), and runs from the
-# repository root.
+# options, ending with the output file pattern `$work/cg/cg.%p`), optionally
+# `server_options` (more `-c name=value` for the server), and runs from the repository
+# root.
 
 # "NAME: message" on stderr, then exit 2 (the probe cannot run here).
 cost_fail() {
@@ -34,7 +35,8 @@ cost_start_server() {
     [ ${#run_as[@]} -eq 0 ] || chown -R "$user" "$work"
     "${run_as[@]}" "$pg_bin/initdb" -D "$work/data" -A trust -U postgres >/dev/null
     "${run_as[@]}" valgrind "${valgrind_tool[@]}" --trace-children=yes "$pg_bin/postgres" -D "$work/data" -p "$port" -k "$work" \
-        -c listen_addresses= -c autovacuum=off -c shared_buffers=128MB >"$work/server.log" 2>&1 &
+        -c listen_addresses= -c autovacuum=off -c shared_buffers=128MB ${server_options[@]+"${server_options[@]}"} \
+        >"$work/server.log" 2>&1 &
     server=$!
     trap cost_stop_server EXIT
     for _ in $(seq 1 600); do
@@ -60,7 +62,8 @@ cost_context_impl() {
 }
 
 # Instructions of the backend that ran `$3` transactions of the pgbench script
-# `$work/$1.sql` on database $2 as the runtime role (further arguments go to pgbench):
+# `$work/$1.sql` on database $2 as the runtime role (further arguments go to pgbench; a
+# later `-M` overrides the prepared mode):
 # the largest count among the processes that ended meanwhile (autovacuum is off). Sets
 # `instructions` to it and `file` to that process's valgrind output.
 cost_count() {

@@ -29,6 +29,18 @@ BEGIN
     RETURN msg || '.' || encode(sha256('\x%s'::bytea || sha256('\x%s'::bytea || convert_to(msg, 'UTF8'))), 'hex');
 END
 $body$$f$, op, ip);
+    -- A v3 token (single-use by a random nonce, bound to no backend) for tenant t: what
+    -- the SDK sends behind a pooler whose server keeps the replay registry.
+    EXECUTE format($f$
+CREATE FUNCTION public.sign_token_v3(t int) RETURNS text LANGUAGE plpgsql AS $body$
+DECLARE
+    now_us bigint := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+    msg text := 'v3.k1.00000000-0000-0000-0000-' || lpad(t::text, 12, '0') || '.'
+        || replace(gen_random_uuid()::text, '-', '') || '.' || now_us || '.' || (now_us + 10000000);
+BEGIN
+    RETURN msg || '.' || encode(sha256('\x%s'::bytea || sha256('\x%s'::bytea || convert_to(msg, 'UTF8'))), 'hex');
+END
+$body$$f$, op, ip);
 END
 $mk$;
-GRANT EXECUTE ON FUNCTION public.sign_token(int), public.sign_token_v1(int) TO tenancy_app;
+GRANT EXECUTE ON FUNCTION public.sign_token(int), public.sign_token_v1(int), public.sign_token_v3(int) TO tenancy_app;

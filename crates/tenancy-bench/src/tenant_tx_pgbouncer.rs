@@ -39,19 +39,22 @@ pub(crate) async fn run(env: &Env, settings: Settings) -> Result<()> {
         .and_then(|s| s.lines().next().map(str::to_owned))
         .unwrap_or_default();
     // The replay registry (tenancy_context preloaded) decides how pooled openings go.
-    let replay_slots: Option<String> = env
+    // So does tenancy.enter_pooled (the extension's version 1.1): one call per opening.
+    let row = env
         .cluster
         .connect(DB)
         .await
         .context("connecting to the benchmark database")?
         .query_one(
-            "SELECT current_setting('tenancy_context.replay_slots', true)",
+            "SELECT current_setting('tenancy_context.replay_slots', true), \
+                    to_regprocedure('tenancy.enter_pooled(text, bool, int4, int4, int4, int4, text)') IS NOT NULL",
             &[],
         )
         .await
-        .context("reading tenancy_context.replay_slots")?
-        .get(0);
+        .context("reading tenancy_context.replay_slots")?;
+    let (replay_slots, one_call): (Option<String>, bool) = (row.get(0), row.get(1));
     let ours_mode = match &replay_slots {
+        Some(_) if one_call => "PoolOptions::pooler = Pooler::Transaction, server with the replay registry (tenancy_context preloaded) and tenancy.enter_pooled (extension 1.1): a single-use v3 token per transaction, no round trip of its own; a read-only point read is one request: unnamed SELECT tenancy.enter_pooled($1, true, limits…) (token check, RESET ALL, the limits, its own statement timer restarted), then the unnamed query, one Sync, an implicit transaction (no BEGIN, no COMMIT)",
         Some(_) => "PoolOptions::pooler = Pooler::Transaction, server with the replay registry (tenancy_context preloaded): a single-use v3 token per transaction, no round trip of its own; a read-only point read is one request: unnamed SET statement_timeout (undone by the RESET ALL that follows), SELECT pg_backend_pid(), tenancy.enter_read_only($1) and the limits (RESET ALL inside), then the unnamed query, one Sync, an implicit transaction (no BEGIN, no COMMIT)",
         None => "PoolOptions::pooler = Pooler::Transaction, server without the replay registry: per transaction one round trip for BEGIN, RESET ALL, SET LOCAL limits, reading the backend pid and transaction start, then tenancy.enter (a v2 token bound to that transaction) spliced in front of the unnamed query; read-only COMMIT deferred into the next opening",
     };
@@ -64,6 +67,7 @@ pub(crate) async fn run(env: &Env, settings: Settings) -> Result<()> {
             "pooler": format!("{version}, pool_mode = transaction, default_pool_size = {SERVER_POOL}, auth trust, TCP 127.0.0.1 to PgBouncer, Unix socket to PostgreSQL"),
             "ours_mode": ours_mode,
             "replay_slots": replay_slots,
+            "enter_pooled": one_call,
         }),
         pooler: Pooler::Transaction,
     };

@@ -61,11 +61,13 @@ pub(crate) fn context_functions(funcs: &[Function]) -> Vec<String> {
 }
 
 /// tenancy's functions that enter a context (schema `tenancy`, comment
-/// `tenancy:context-enter`): the token openings, and the PL/pgSQL session context's
+/// `tenancy:context-enter`): the token openings (the native `enter_pooled` behind a
+/// transaction-mode pooler among them), and the PL/pgSQL session context's
 /// initialisation and openings.
 const CONTEXT_ENTRIES: &[&str] = &[
     "enter",
     "enter_read_only",
+    "enter_pooled",
     "init_session",
     "enter_session",
     "enter_session_read_only",

@@ -27,14 +27,22 @@ pub const NATIVE_LIBRARY_NAME: &str = "tenancy_context";
 pub const EXTENSION_CONTROL: &str =
     include_str!("../../../extensions/tenancy_context/tenancy_context.control");
 
-/// The extension's versioned SQL scripts: (file name, contents).
-pub const EXTENSION_SCRIPTS: &[(&str, &str)] = &[(
-    "tenancy_context--1.0.sql",
-    include_str!("../../../extensions/tenancy_context/tenancy_context--1.0.sql"),
-)];
+/// The extension's versioned SQL scripts: (file name, contents). Version 1.1 is 1.0 and
+/// the update script, which is also what `ALTER EXTENSION tenancy_context UPDATE` runs on
+/// a database created at 1.0.
+pub const EXTENSION_SCRIPTS: &[(&str, &str)] = &[
+    (
+        "tenancy_context--1.0.sql",
+        include_str!("../../../extensions/tenancy_context/tenancy_context--1.0.sql"),
+    ),
+    (
+        "tenancy_context--1.0--1.1.sql",
+        include_str!("../../../extensions/tenancy_context/tenancy_context--1.0--1.1.sql"),
+    ),
+];
 
 /// The extension version this build creates (`default_version` in the control file).
-pub const EXTENSION_VERSION: &str = "1.0";
+pub const EXTENSION_VERSION: &str = "1.1";
 
 /// The first major version with `extension_control_path`.
 const CONTROL_PATH_MAJOR: u32 = 18;
@@ -161,8 +169,11 @@ mod tests {
             EXTENSION_CONTROL.contains(&format!("default_version = '{EXTENSION_VERSION}'")),
             "the control file's default_version is {EXTENSION_VERSION}"
         );
-        assert!(EXTENSION_SCRIPTS
-            .iter()
-            .any(|(name, _)| *name == format!("{NATIVE_LIBRARY_NAME}--{EXTENSION_VERSION}.sql")));
+        // The default version is reached by a full script or by an update script to it.
+        assert!(EXTENSION_SCRIPTS.iter().any(|(name, _)| {
+            *name == format!("{NATIVE_LIBRARY_NAME}--{EXTENSION_VERSION}.sql")
+                || name.ends_with(&format!("--{EXTENSION_VERSION}.sql"))
+                    && name.matches("--").count() == 2
+        }));
     }
 }

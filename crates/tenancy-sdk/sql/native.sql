@@ -28,3 +28,14 @@ REVOKE ALL ON FUNCTION tenancy.current_tenant_id() FROM PUBLIC;
 REVOKE ALL ON FUNCTION tenancy.enter_read_only(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.enter_read_only(text) TO tenancy_app;
 COMMENT ON FUNCTION tenancy.enter_read_only(text) IS 'tenancy:context-enter';
+-- The whole opening of a transaction behind a transaction-mode pooler in one call (the
+-- extension's version 1.1): native only, dropped by runtime.sql when it installs
+-- PL/pgSQL; granted and commented here for the same reason as enter_read_only.
+CREATE OR REPLACE FUNCTION tenancy.enter_pooled(token text, read_only bool, statement_timeout int4,
+                                                lock_timeout int4, idle_in_transaction_timeout int4,
+                                                transaction_timeout int4, search_path text) RETURNS int4
+    LANGUAGE C VOLATILE SECURITY DEFINER AS 'tenancy_context', 'tenancy_enter_pooled';
+ALTER FUNCTION tenancy.enter_pooled(text, bool, int4, int4, int4, int4, text) OWNER TO tenancy_owner;
+REVOKE ALL ON FUNCTION tenancy.enter_pooled(text, bool, int4, int4, int4, int4, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.enter_pooled(text, bool, int4, int4, int4, int4, text) TO tenancy_app;
+COMMENT ON FUNCTION tenancy.enter_pooled(text, bool, int4, int4, int4, int4, text) IS 'tenancy:context-enter';

@@ -154,6 +154,10 @@ BEGIN
         END;
         DROP EXTENSION tenancy_context;
     END IF;
+    -- The native opening behind a transaction-mode pooler has no PL/pgSQL counterpart:
+    -- it would enter the C context, which the PL/pgSQL functions do not read.
+    DROP FUNCTION IF EXISTS tenancy.enter_pooled(pg_catalog.text, pg_catalog.bool, pg_catalog.int4,
+        pg_catalog.int4, pg_catalog.int4, pg_catalog.int4, pg_catalog.text);
     -- The three functions below run on every transaction (enter) or every statement
     -- (enter_read_only on implicit read-only transactions, current_tenant_id). What they
     -- cost is mostly per function call: each call or operator in an expression is looked

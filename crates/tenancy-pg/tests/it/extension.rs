@@ -150,7 +150,15 @@ async fn create_extension_needs_the_bootstrap_then_enters_signed_tokens_only() {
         .await
         .expect("members");
     let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    assert_eq!(names, ["current_tenant_id", "enter", "enter_read_only"]);
+    assert_eq!(
+        names,
+        [
+            "current_tenant_id",
+            "enter",
+            "enter_pooled",
+            "enter_read_only"
+        ]
+    );
     for r in &rows {
         let name: String = r.get(0);
         assert_eq!(r.get::<_, String>(1), "c", "{name}");

@@ -24,8 +24,10 @@ use crate::wire::{self, Splice};
 /// have it; a database whose runtime predates it gets explicit read-only openings until its
 /// runtime is installed again). The PL/pgSQL session context needs
 /// `tenancy.init_session(text)` (a runtime that predates it gets token openings). The last
-/// column is the size of the native context's replay registry, NULL where the server has
-/// none (the library is not in `shared_preload_libraries`).
+/// column but one is the size of the native context's replay registry, NULL where the
+/// server has none (the library is not in `shared_preload_libraries`); the last, whether
+/// the database has `tenancy.enter_pooled` (the extension's version 1.1), the one-call
+/// opening behind a transaction-mode pooler.
 const CONNECTION_CHECK: &str = "SELECT pg_catalog.pg_backend_pid(), (SELECT count(*) = 2 FROM pg_catalog.pg_proc p \
        JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
       WHERE l.lanname = 'c' AND p.oid IN (pg_catalog.to_regprocedure('tenancy.enter(text)'), \
@@ -33,7 +35,8 @@ const CONNECTION_CHECK: &str = "SELECT pg_catalog.pg_backend_pid(), (SELECT coun
             pg_catalog.to_regprocedure('tenancy.reset_session()') IS NOT NULL, \
             pg_catalog.to_regprocedure('tenancy.enter_read_only(text)') IS NOT NULL, \
             pg_catalog.to_regprocedure('tenancy.init_session(text)') IS NOT NULL, \
-            pg_catalog.current_setting('tenancy_context.replay_slots', true)";
+            pg_catalog.current_setting('tenancy_context.replay_slots', true), \
+            pg_catalog.to_regprocedure('tenancy.enter_pooled(text, bool, int4, int4, int4, int4, text)') IS NOT NULL";
 
 /// Creates and checks connections for the pool.
 #[derive(Debug)]
@@ -139,6 +142,7 @@ impl Manager {
         })?;
         let (native, reset_fn, read_only_fn, session_fn) = (flag(1), flag(2), flag(3), flag(4));
         let replay = native && row.get(5).is_some();
+        let one_call = replay && flag(6);
         self.report_context_impl(native, replay);
         // Through a pooler (PgBouncer and the like) the BackendKeyData is the pooler's,
         // not the backend's.
@@ -160,6 +164,7 @@ impl Manager {
                 let mut conn = self.conn(client, 0, Some(splice), kill);
                 conn.pooled = Some(Arc::clone(pooled));
                 conn.replay = replay;
+                conn.one_call = one_call;
                 return Ok(conn);
             }
             _ => {}
@@ -259,6 +264,7 @@ impl Manager {
             stmts: crate::FastMap::default(),
             pooled: None,
             replay: false,
+            one_call: false,
             types: HashMap::new(),
             last_issued: i64::MIN,
             deferred_commit: Mutex::new(None),

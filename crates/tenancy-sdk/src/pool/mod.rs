@@ -61,6 +61,9 @@ pub(crate) struct Conn {
     /// context, preloaded), so transactions open with single-use tokens in front of their
     /// first statement, without a round trip of their own.
     pub(crate) replay: bool,
+    /// With a replay registry: the database has `tenancy.enter_pooled`, so the opening is
+    /// one call (enter, reset, limits) without a statement of its own for the timeout.
+    pub(crate) one_call: bool,
     /// Behind a transaction-mode pooler: parameter types by statement (keyed by the
     /// schema placement's schema and the SQL text), learnt from a statement prepared and
     /// closed inside one transaction, so later runs are unnamed (Parse, Bind, Execute in

@@ -8,11 +8,15 @@ use tokio_postgres::SimpleQueryMessage;
 
 use super::PoolOptions;
 
-/// What opens a tenant transaction behind a transaction-mode pooler, one simple query
-/// whose reply names the transaction (backend pid, transaction start), which its token is
-/// then bound to: `BEGIN` with its modes named, `RESET ALL` (session settings an earlier
-/// transaction on the same backend left), and the pool's session limits as
-/// transaction-local settings.
+/// What opens a tenant transaction behind a transaction-mode pooler. Without a replay
+/// registry, one simple query whose reply names the transaction (backend pid, transaction
+/// start), which its token is then bound to: `BEGIN` with its modes named, `RESET ALL`
+/// (session settings an earlier transaction on the same backend left), and the pool's
+/// session limits as transaction-local settings. With one, unnamed statements in front of
+/// the first statement with a single-use token: `tenancy.enter_pooled` where the database
+/// has it (the native extension's version 1.1; one call does the enter, the reset and the
+/// limits), else a `SET statement_timeout` and a SELECT of `tenancy.enter` and
+/// `set_config` calls.
 #[derive(Debug)]
 pub(crate) struct Pooled {
     /// `SET LOCAL statement_timeout`, then the SELECT of the backend pid, the transaction
@@ -29,6 +33,13 @@ pub(crate) struct Pooled {
     enter: String,
     /// The same with `tenancy.enter_read_only` (an implicit read-only transaction).
     enter_read_only: String,
+    /// With a replay registry and `tenancy.enter_pooled` (tenancy_context 1.1): the whole
+    /// opening as one call, `$1` the token, the pool's limits as constants, without its
+    /// last argument (the search path) and closing parenthesis; by implicit (0: an
+    /// explicit transaction, 1: an implicit read-only one).
+    call_prefix: [String; 2],
+    /// The same calls complete, with the pool's search path.
+    call: [String; 2],
     /// With a replay registry: the pool's statement timeout as a statement of its own in
     /// front of the enter statement. Each statement's timer starts
     /// with the value in force when it starts: a leftover session value or a role default
@@ -88,7 +99,31 @@ impl Pooled {
                 "SELECT pg_catalog.pg_backend_pid(), tenancy.{f}($1::pg_catalog.text), {set}{idle}"
             )
         };
+        // The same limits, as arguments of tenancy.enter_pooled, which also restarts its
+        // own statement's timer with the statement timeout: no SET statement in front.
+        let call = |read_only: bool, idle: Option<Duration>| {
+            let opt =
+                |d: Option<Duration>| d.map_or_else(|| "NULL".to_owned(), |d| ms(d).to_string());
+            format!(
+                "SELECT tenancy.enter_pooled($1::pg_catalog.text, {read_only}, {}, {}, {}, {}, ",
+                ms(opts.statement_timeout),
+                ms(opts.lock_timeout),
+                opt(idle),
+                opt(opts.transaction_timeout),
+            )
+        };
+        // As above: an implicit transaction is never idle in a transaction block.
+        let call_prefix = [
+            call(false, Some(opts.idle_in_transaction_timeout)),
+            call(true, None),
+        ];
+        let path = opts.search_path.as_deref();
         Pooled {
+            call: [
+                call_sql(&call_prefix[0], path),
+                call_sql(&call_prefix[1], path),
+            ],
+            call_prefix,
             // A utility statement (no plan, no executor), session-level because SET LOCAL
             // outside a transaction block warns: the enter statement's RESET ALL, in the
             // same transaction, takes the session value back to its default (and if the
@@ -142,15 +177,32 @@ impl Pooled {
 
 impl Pooled {
     /// With a replay registry: the statement that sets the pool's statement timeout for
-    /// the transaction, sent in front of [`Pooled::enter_sql`].
-    pub(crate) fn timeout_sql(&self) -> &str {
-        &self.timeout_sql
+    /// the transaction, sent in front of [`Pooled::enter_sql`]; none where the opening is
+    /// `tenancy.enter_pooled` (`one_call`), which starts its statement's timer itself.
+    pub(crate) fn timeout_sql(&self, one_call: bool) -> Option<&str> {
+        (!one_call).then_some(self.timeout_sql.as_str())
     }
 
     /// With a replay registry: the statement that enters the tenant and sets the pool's
     /// limits (`implicit`: and makes the implicit transaction read-only), its first column
     /// the backend pid. `schema` goes first on the search path (checked `[a-z0-9_]`).
-    pub(crate) fn enter_sql(&self, implicit: bool, schema: Option<&str>) -> Cow<'_, str> {
+    /// `one_call`: the database has `tenancy.enter_pooled`, which does all of it.
+    pub(crate) fn enter_sql(
+        &self,
+        implicit: bool,
+        schema: Option<&str>,
+        one_call: bool,
+    ) -> Cow<'_, str> {
+        if one_call {
+            let i = usize::from(implicit);
+            return match schema {
+                Some(schema) => Cow::Owned(call_sql(
+                    &self.call_prefix[i],
+                    Some(&format!("\"{schema}\", public")),
+                )),
+                None => Cow::Borrowed(&self.call[i]),
+            };
+        }
         let base = if implicit {
             &self.enter_read_only
         } else {
@@ -170,18 +222,38 @@ impl Pooled {
     }
 }
 
+/// A `tenancy.enter_pooled` call: `prefix` (see [`Pooled::call_prefix`]) with `path` as
+/// its last argument (NULL: none).
+fn call_sql(prefix: &str, path: Option<&str>) -> String {
+    let mut sql = String::with_capacity(prefix.len() + 64);
+    sql.push_str(prefix);
+    match path {
+        Some(path) => push_literal(&mut sql, path),
+        None => sql.push_str("NULL"),
+    }
+    sql.push(')');
+    sql
+}
+
 /// Appends `, set_config('search_path', <path>, true)` with `path` as an escape string
-/// literal: read the same whatever `standard_conforming_strings` an earlier transaction
-/// left.
+/// literal (see [`push_literal`]).
 fn push_search_path(sql: &mut String, path: &str) {
-    sql.push_str(", pg_catalog.set_config('search_path', E'");
-    for c in path.chars() {
+    sql.push_str(", pg_catalog.set_config('search_path', ");
+    push_literal(sql, path);
+    sql.push_str(", true)");
+}
+
+/// Appends `text` as an escape string literal: read the same whatever
+/// `standard_conforming_strings` an earlier transaction left.
+fn push_literal(sql: &mut String, text: &str) {
+    sql.push_str("E'");
+    for c in text.chars() {
         if c == '\'' || c == '\\' {
             sql.push(c);
         }
         sql.push(c);
     }
-    sql.push_str("', true)");
+    sql.push('\'');
 }
 
 /// The backend pid and the transaction's start (microseconds since 2000-01-01) in the

@@ -52,12 +52,14 @@ impl Begin {
     /// nothing to enter with (no token, or a session-context connection without a secret).
     /// With a single-use token (behind a pooler whose server keeps a replay registry)
     /// everything is queued here, unnamed: the owed COMMIT, BEGIN unless implicit, and
-    /// `pooled`'s enter statement with the pool's limits.
+    /// `pooled`'s enter statement with the pool's limits (`one_call`: the database has
+    /// `tenancy.enter_pooled`, and that call is the whole opening after BEGIN).
     pub(super) fn splice_into(
         &self,
         splice: &Splice,
         implicit: bool,
         pooled: Option<&Pooled>,
+        one_call: bool,
     ) -> bool {
         let Some(credential) = &self.token else {
             return false;
@@ -75,11 +77,11 @@ impl Begin {
                 let Some(pooled) = pooled else {
                     return false;
                 };
-                let sql = pooled.enter_sql(implicit, self.schema.as_deref());
+                let sql = pooled.enter_sql(implicit, self.schema.as_deref(), one_call);
                 splice.push_pooled_opening(
                     self.commit_first,
                     (!implicit).then_some(self.read_only),
-                    pooled.timeout_sql(),
+                    pooled.timeout_sql(one_call),
                     &sql,
                     token.as_str(),
                 );
@@ -114,7 +116,7 @@ pub(super) async fn with_opening<T>(
 ) -> Result<T, Error> {
     match (opening, conn.splice.as_deref()) {
         (Some((b, implicit)), Some(splice)) => {
-            if !b.splice_into(splice, implicit, conn.pooled.as_deref()) {
+            if !b.splice_into(splice, implicit, conn.pooled.as_deref(), conn.one_call) {
                 // Nothing was sent; this connection cannot enter a tenant.
                 conn.retire();
                 return Err(Error::Invalid(

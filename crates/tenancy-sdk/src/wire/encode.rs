@@ -210,14 +210,14 @@ pub(super) fn transaction_enter(token: &str, buf: &mut BytesMut) -> u32 {
 /// Encodes the opening of a transaction behind a transaction-mode pooler with a
 /// single-use token, each statement unnamed (Parse, Bind, Execute; no Sync): the COMMIT of
 /// the connection's finished read-only transaction when `commit_first`, `BEGIN` with its
-/// modes unless `begin` is `None` (an implicit transaction), `timeout_sql` (the pool's
-/// statement timeout, transaction-local), then `enter_sql` (the pooled enter statement:
-/// backend pid first, `$1` the token). Returns the replies that each end one counted reply
+/// modes unless `begin` is `None` (an implicit transaction), `timeout_sql` if any (the
+/// pool's statement timeout; none in front of `tenancy.enter_pooled`), then `enter_sql`
+/// (the pooled enter statement: backend pid first, `$1` the token). Returns the replies that each end one counted reply
 /// (ParseComplete and CommandComplete, two per statement).
 pub(super) fn pooled_opening(
     commit_first: bool,
     begin: Option<bool>,
-    timeout_sql: &str,
+    timeout_sql: Option<&str>,
     enter_sql: &str,
     token: &str,
     buf: &mut BytesMut,
@@ -242,7 +242,9 @@ pub(super) fn pooled_opening(
         ),
         None => {}
     }
-    unnamed(timeout_sql, None, buf);
+    if let Some(timeout_sql) = timeout_sql {
+        unnamed(timeout_sql, None, buf);
+    }
     unnamed(enter_sql, Some(token), buf);
     n
 }

@@ -309,7 +309,7 @@ impl Splice {
         &self,
         commit_first: bool,
         begin: Option<bool>,
-        timeout_sql: &str,
+        timeout_sql: Option<&str>,
         enter_sql: &str,
         token: &str,
     ) {
@@ -317,7 +317,10 @@ impl Splice {
         m.capture_backend = true;
         // The enter statement is the last; its DataRow comes while its CommandComplete is
         // the one counted reply left.
-        let stmts = 2 * (2 + u32::from(commit_first) + u32::from(begin.is_some()));
+        let stmts = 2
+            * (1 + u32::from(commit_first)
+                + u32::from(begin.is_some())
+                + u32::from(timeout_sql.is_some()));
         m.queue_with_secret(
             |buf: &mut BytesMut| {
                 encode::pooled_opening(commit_first, begin, timeout_sql, enter_sql, token, buf)

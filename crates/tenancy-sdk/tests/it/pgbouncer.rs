@@ -17,8 +17,13 @@ use crate::support::*;
 
 /// PgBouncer in transaction mode with `server_pool` backends for the runtime role.
 async fn bouncer(db: &TestDb, server_pool: u32) -> PgBouncer {
+    bouncer_for(db.cluster, server_pool).await
+}
+
+/// The same in front of `cluster`.
+async fn bouncer_for(cluster: &tenancy_pg::Cluster, server_pool: u32) -> PgBouncer {
     PgBouncer::start(
-        db.cluster,
+        cluster,
         PgBouncerOptions {
             users: vec![RUNTIME_ROLE.to_owned()],
             default_pool_size: server_pool,
@@ -30,8 +35,13 @@ async fn bouncer(db: &TestDb, server_pool: u32) -> PgBouncer {
 }
 
 fn pooled_pool(db: &TestDb, bouncer: &PgBouncer, max_size: usize) -> TenantPool {
+    pool_through(bouncer, &db.name, max_size)
+}
+
+/// A transaction-mode tenant pool on database `dbname` through `bouncer`.
+fn pool_through(bouncer: &PgBouncer, dbname: &str, max_size: usize) -> TenantPool {
     TenantPool::new(
-        bouncer.config_as(RUNTIME_ROLE, &db.name),
+        bouncer.config_as(RUNTIME_ROLE, dbname),
         key(),
         PoolOptions {
             max_size,
@@ -570,15 +580,21 @@ async fn pooled_single_use_openings_keep_tokens_out_of_query_text() {
     assert!(visible_tenants(&pool, TenantId::new_random())
         .await
         .is_empty());
-    // The openings were the single-use ones (only they run this statement), implicit for
-    // read-only transactions; no token is in the log.
+    // The openings were the single-use ones, each one call of tenancy.enter_pooled
+    // (read_only true for implicit read-only transactions) with no SET statement in
+    // front; no token is in the log.
     let log = std::fs::read_to_string(db.cluster.data_dir().join("tenancy-postgres.log"))
         .expect("the cluster's log file");
     assert!(
-        log.contains("SELECT pg_catalog.pg_backend_pid(), tenancy.enter_read_only($1"),
+        log.contains("SELECT tenancy.enter_pooled($1::pg_catalog.text, true, 30000, "),
         "implicit single-use openings are logged"
     );
-    assert!(log.contains("SELECT pg_catalog.pg_backend_pid(), tenancy.enter($1"));
+    assert!(log.contains("SELECT tenancy.enter_pooled($1::pg_catalog.text, false, 30000, "));
+    assert!(
+        !log.contains("SET statement_timeout = 30000")
+            && !log.contains("pg_backend_pid(), tenancy.enter_read_only($1"),
+        "no statement of the SQL opening"
+    );
     assert!(
         !log.lines()
             .any(|l| l.contains("parameters:") && l.contains("'v3.")),
@@ -603,6 +619,12 @@ async fn is_native(cluster: &tenancy_pg::Cluster) -> bool {
 /// A cluster of its own with `settings`, a database `app` on it bootstrapped like the test
 /// template (roles, runtime with the native context where built, catalog, app tables).
 async fn own_cluster(settings: &[(&str, &str)]) -> tenancy_pg::Cluster {
+    own_cluster_with(settings, "").await
+}
+
+/// [`own_cluster`], running `before_runtime` as the superuser on `app` between the
+/// database bootstrap and the runtime.
+async fn own_cluster_with(settings: &[(&str, &str)], before_runtime: &str) -> tenancy_pg::Cluster {
     let mut opts = tenancy_pg::ClusterOptions::for_tests();
     opts.settings
         .extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -619,6 +641,9 @@ async fn own_cluster(settings: &[(&str, &str)]) -> tenancy_pg::Cluster {
     bootstrap::bootstrap_database(&su, "app")
         .await
         .expect("database bootstrap");
+    su.batch_execute(before_runtime)
+        .await
+        .expect("before the runtime");
     let mut owner = connect(cluster.config_as(OWNER_ROLE, "app")).await;
     bootstrap::install_runtime(&owner, &key())
         .await
@@ -710,26 +735,8 @@ async fn without_preload_pooled_pools_fall_back_to_transaction_tokens() {
         .batch_execute("ALTER ROLE tenancy_app IN DATABASE app SET log_statement = 'all'")
         .await
         .expect("statement logging");
-    let bouncer = PgBouncer::start(
-        &cluster,
-        PgBouncerOptions {
-            users: vec![RUNTIME_ROLE.to_owned()],
-            default_pool_size: 2,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("pgbouncer");
-    let pool = TenantPool::new(
-        bouncer.config_as(RUNTIME_ROLE, "app"),
-        key(),
-        PoolOptions {
-            max_size: 4,
-            pooler: Pooler::Transaction,
-            ..Default::default()
-        },
-    )
-    .expect("pool");
+    let bouncer = bouncer_for(&cluster, 2).await;
+    let pool = pool_through(&bouncer, "app", 4);
     let (a, b) = (TenantId::new_random(), TenantId::new_random());
     seed(&pool, a, 2).await;
     seed(&pool, b, 1).await;
@@ -751,4 +758,273 @@ async fn without_preload_pooled_pools_fall_back_to_transaction_tokens() {
     assert!(!log.contains("pg_backend_pid(), tenancy.enter"));
     drop(pool);
     bouncer.stop().await;
+}
+
+/// Signs a fresh single-use token for `t`.
+fn single_use(t: TenantId) -> String {
+    key()
+        .sign_single_use(t, rand::random(), now_micros(), 10_000_000)
+        .as_str()
+        .to_owned()
+}
+
+/// `tenancy.enter_pooled` is the whole pooled opening: it refuses arguments it cannot
+/// apply before it looks at the token (which then still enters, once), starts its own
+/// statement's timer with the pool's statement timeout (a session's 1 ms does not cancel
+/// the rest of the statement), resets session settings, and leaves the limits, row
+/// security and search path for the rest of the transaction only; read-only, it makes the
+/// transaction read-only and is refused in a subtransaction.
+#[tokio::test]
+async fn enter_pooled_checks_its_arguments_first_and_sets_the_transactions_limits() {
+    let Some(db) = fresh_native_db().await else {
+        return;
+    };
+    let c = runtime_client(&db).await;
+    let t = TenantId::new_random();
+    let call = "SELECT tenancy.enter_pooled($1::text, $2, $3, $4, $5, $6, $7)";
+    let token = single_use(t);
+    let major: i32 = c
+        .query_one(
+            "SELECT current_setting('server_version_num')::int / 10000",
+            &[],
+        )
+        .await
+        .expect("version")
+        .get(0);
+    let mut bad: Vec<(&str, Option<i32>, Option<&str>, &str)> = vec![
+        ("a negative limit", Some(-1), None, "22023"),
+        ("NULL read_only", Some(1000), None, "22004"),
+        (
+            "a search path that does not parse",
+            Some(1000),
+            Some("\"unclosed"),
+            "22023",
+        ),
+    ];
+    if major < 17 {
+        bad.push(("transaction_timeout before 17", Some(1000), None, "0A000"));
+    }
+    for (what, st, path, code) in &bad {
+        c.batch_execute("BEGIN").await.expect("begin");
+        let read_only: Option<bool> = (*what != "NULL read_only").then_some(false);
+        let tt: Option<i32> = what.starts_with("transaction_timeout").then_some(1000);
+        let e = c
+            .query_one(
+                call,
+                &[
+                    &token,
+                    &read_only,
+                    st,
+                    &Some(1000i32),
+                    &None::<i32>,
+                    &tt,
+                    path,
+                ],
+            )
+            .await
+            .expect_err(what);
+        assert_eq!(e.code().map(|c| c.code()), Some(*code), "{what}: {e:?}");
+        c.batch_execute("ROLLBACK").await.expect("rollback");
+    }
+
+    // A session's leftovers: a 1 ms statement timeout, row security off, a search path.
+    c.batch_execute(
+        "SET statement_timeout = 1; SET row_security = off; SET search_path = pg_catalog",
+    )
+    .await
+    .expect("session settings");
+    c.batch_execute("BEGIN").await.expect("begin");
+    let row = c
+        .query_one(
+            "SELECT tenancy.enter_pooled($1::text, false, 30000, 4000, 50000, NULL, E'\"public\", public'), \
+                    pg_catalog.pg_sleep(0.05)::text, pg_catalog.pg_backend_pid()",
+            &[&token],
+        )
+        .await
+        .expect("the token enters, after the refused calls, and 1 ms does not cancel the statement");
+    let (pid, own): (i32, i32) = (row.get(0), row.get(2));
+    assert_eq!(pid, own, "returns the backend pid");
+    let row = c
+        .query_one(
+            "SELECT current_setting('statement_timeout'), current_setting('lock_timeout'), \
+                    current_setting('idle_in_transaction_session_timeout'), current_setting('row_security'), \
+                    current_setting('search_path'), current_setting('client_min_messages'), \
+                    tenancy.current_tenant_id()",
+            &[],
+        )
+        .await
+        .expect("settings");
+    let got: Vec<String> = (0..6).map(|i| row.get(i)).collect();
+    assert_eq!(
+        got,
+        ["30s", "4s", "50s", "on", "\"public\", public", "notice"]
+    );
+    assert_eq!(row.get::<_, Option<uuid::Uuid>>(6), Some(t.as_uuid()));
+    c.batch_execute("COMMIT").await.expect("commit");
+    // Transaction-local: the session's own values were reset (RESET ALL), not kept.
+    let row = c
+        .query_one(
+            "SELECT current_setting('statement_timeout'), current_setting('row_security'), \
+                    tenancy.current_tenant_id() IS NULL",
+            &[],
+        )
+        .await
+        .expect("after commit");
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(1)),
+        ("0".into(), "on".into())
+    );
+    assert!(
+        row.get::<_, bool>(2),
+        "the context ended with its transaction"
+    );
+
+    // Once only.
+    c.batch_execute("BEGIN").await.expect("begin");
+    let msg = refusal(
+        enter_pooled_plainly(&c, &token, false).await,
+        "the token again",
+    );
+    assert!(msg.contains("already used"), "{msg}");
+    c.batch_execute("ROLLBACK").await.expect("rollback");
+
+    // Read-only: the transaction cannot write; not in a subtransaction.
+    c.batch_execute("BEGIN").await.expect("begin");
+    enter_pooled_plainly(&c, &single_use(t), true)
+        .await
+        .expect("read-only enter");
+    let e = c
+        .execute(
+            "INSERT INTO customers (email, name) VALUES ('x@x.example', 'x')",
+            &[],
+        )
+        .await
+        .expect_err("read-only");
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+    );
+    c.batch_execute("ROLLBACK; BEGIN; SAVEPOINT s")
+        .await
+        .expect("savepoint");
+    let msg = refusal(
+        enter_pooled_plainly(&c, &single_use(t), true).await,
+        "read-only in a subtransaction",
+    );
+    assert!(msg.contains("subtransaction"), "{msg}");
+    c.batch_execute("ROLLBACK").await.expect("rollback");
+}
+
+/// `tenancy.enter_pooled(token, read_only)` with 1 s limits and nothing else.
+async fn enter_pooled_plainly(
+    c: &Client,
+    token: &str,
+    read_only: bool,
+) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
+    c.query_one(
+        "SELECT tenancy.enter_pooled($1::text, $2, 1000, 1000, NULL, NULL, NULL)",
+        &[&token, &read_only],
+    )
+    .await
+}
+
+/// A database whose extension is still at 1.0 (no tenancy.enter_pooled) keeps working
+/// through PgBouncer with the SQL opening; the bootstrap updates the extension to this
+/// build's version, and new connections then open with tenancy.enter_pooled.
+#[tokio::test]
+async fn a_database_at_extension_1_0_works_behind_pgbouncer_until_the_bootstrap_updates_it() {
+    // Back to 1.0 after the bootstrap created the extension, before anything depends on
+    // its functions.
+    let cluster = own_cluster_with(
+        &[],
+        "ALTER ROLE tenancy_app IN DATABASE app SET log_statement = 'all';
+         DO $$
+         BEGIN
+             IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'tenancy_context') THEN
+                 DROP EXTENSION tenancy_context;
+                 SET LOCAL ROLE tenancy_owner;
+                 CREATE EXTENSION tenancy_context VERSION '1.0';
+             END IF;
+         END
+         $$",
+    )
+    .await;
+    let su = cluster.connect("app").await.expect("superuser");
+    if !tenancy_test_support::context_extension_offered(&su).await {
+        assert!(
+            !tenancy_pg::native_required(),
+            "the extension must be offered"
+        );
+        eprintln!("the server does not offer the tenancy_context extension: nothing to check");
+        return;
+    }
+    assert_eq!(
+        bootstrap::context_impl(&su).await.expect("impl"),
+        Some(ContextImpl::Native)
+    );
+    let extversion = || async {
+        su.query_one(
+            "SELECT extversion, to_regprocedure('tenancy.enter_pooled(text, bool, int4, int4, int4, int4, text)') IS NOT NULL \
+               FROM pg_extension WHERE extname = 'tenancy_context'",
+            &[],
+        )
+        .await
+        .map(|r| (r.get::<_, String>(0), r.get::<_, bool>(1)))
+        .expect("extension")
+    };
+    assert_eq!(extversion().await, ("1.0".to_owned(), false));
+
+    let bouncer = bouncer_for(&cluster, 2).await;
+
+    let log_path = cluster.data_dir().join("tenancy-postgres.log");
+    let (a, b) = (TenantId::new_random(), TenantId::new_random());
+    let pool = pool_through(&bouncer, "app", 2);
+    seed(&pool, a, 2).await;
+    assert_eq!(visible_tenants(&pool, a).await, vec![a.as_uuid(); 2]);
+    assert!(visible_tenants(&pool, b).await.is_empty());
+    // Twice: the second run knows its parameter types and opens implicitly.
+    for _ in 0..2 {
+        assert_eq!(read_only_count(&pool, a).await, 2);
+    }
+    let log = std::fs::read_to_string(&log_path).expect("the cluster's log file");
+    assert!(
+        log.contains("SET statement_timeout = 30000")
+            && log.contains("SELECT pg_catalog.pg_backend_pid(), tenancy.enter($1"),
+        "the 1.0 opening"
+    );
+    assert!(!log.contains("SELECT tenancy.enter_pooled($1"));
+    drop(pool);
+
+    bootstrap::bootstrap_database(&su, "app")
+        .await
+        .expect("database bootstrap again");
+    assert_eq!(
+        extversion().await,
+        (tenancy_pg::EXTENSION_VERSION.to_owned(), true),
+        "updated"
+    );
+    let pool = pool_through(&bouncer, "app", 2);
+    seed(&pool, b, 1).await;
+    assert_eq!(visible_tenants(&pool, b).await, vec![b.as_uuid()]);
+    assert_eq!(visible_tenants(&pool, a).await, vec![a.as_uuid(); 2]);
+    for _ in 0..2 {
+        assert_eq!(read_only_count(&pool, b).await, 1);
+    }
+    let log = std::fs::read_to_string(&log_path).expect("the cluster's log file");
+    assert!(log.contains("SELECT tenancy.enter_pooled($1::pg_catalog.text, true, "));
+    assert!(log.contains("SELECT tenancy.enter_pooled($1::pg_catalog.text, false, "));
+    drop(pool);
+    bouncer.stop().await;
+}
+
+/// The customers `tenant` sees in a read-only transaction.
+async fn read_only_count(pool: &TenantPool, tenant: TenantId) -> i64 {
+    let mut tx = pool.begin_read_only(tenant).await.expect("begin");
+    let n = tx
+        .query_one("SELECT count(*) FROM customers", &[])
+        .await
+        .expect("count")
+        .get(0);
+    tx.commit().await.expect("commit");
+    n
 }

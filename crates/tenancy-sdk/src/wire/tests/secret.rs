@@ -269,9 +269,10 @@ fn row_of(values: &[&str]) -> Vec<u8> {
 }
 
 /// A pooled single-use opening (unnamed statements: COMMIT?, BEGIN?, the statement
-/// timeout, the enter statement): every reply is dropped, in any chunking, and the first
-/// column of the enter statement's row (longer than the capture room) is the backend pid
-/// the watchdog reads; no session secret comes of it.
+/// timeout unless the enter statement is `tenancy.enter_pooled`, the enter statement):
+/// every reply is dropped, in any chunking, and the first column of the enter statement's
+/// row (longer than the capture room) is the backend pid the watchdog reads; no session
+/// secret comes of it.
 #[test]
 fn a_pooled_opening_hands_the_backend_pid_over_and_drops_its_replies() {
     let enter_row = row_of(&[
@@ -283,11 +284,15 @@ fn a_pooled_opening_hands_the_backend_pid_over_and_drops_its_replies() {
         "on",
         "notice",
     ]);
-    for (case, (commit_first, begin)) in [
-        (false, None),
-        (true, None),
-        (false, Some(true)),
-        (true, Some(false)),
+    for (case, (commit_first, begin, timeout)) in [
+        (false, None, true),
+        (true, None, true),
+        (false, Some(true), true),
+        (true, Some(false), true),
+        (false, None, false),
+        (true, None, false),
+        (false, Some(true), false),
+        (true, Some(false), false),
     ]
     .into_iter()
     .enumerate()
@@ -305,15 +310,17 @@ fn a_pooled_opening_hands_the_backend_pid_over_and_drops_its_replies() {
             );
         }
         // The statement timeout: one short row.
-        server.extend(
-            [
-                be::parse_complete(),
-                be::bind_complete(),
-                be::row("30000"),
-                be::complete("SELECT 1"),
-            ]
-            .concat(),
-        );
+        if timeout {
+            server.extend(
+                [
+                    be::parse_complete(),
+                    be::bind_complete(),
+                    be::row("30000"),
+                    be::complete("SELECT 1"),
+                ]
+                .concat(),
+            );
+        }
         server.extend(
             [
                 be::parse_complete(),
@@ -327,13 +334,13 @@ fn a_pooled_opening_hands_the_backend_pid_over_and_drops_its_replies() {
         for chunks in chunkings(server.len(), 500 + case as u64) {
             let mut h = Harness::armed();
             h.m.capture_backend = true;
-            let stmts = 2 * (2 + plain);
+            let stmts = 2 * (1 + plain + u32::from(timeout));
             h.m.queue_with_secret(
                 |b| {
                     encode::pooled_opening(
                         commit_first,
                         begin,
-                        "SELECT set_config('statement_timeout', '30000', true)",
+                        timeout.then_some("SELECT set_config('statement_timeout', '30000', true)"),
                         "SELECT pg_backend_pid(), tenancy.enter($1)",
                         "v3.k.t.n.1.2.mac",
                         b,
