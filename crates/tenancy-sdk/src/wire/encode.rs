@@ -105,13 +105,25 @@ pub(super) fn parse_all<'a>(
 /// Appends a Bind/Execute pair of prepared statement `name` (no Sync) to `buf`, with
 /// one text argument or none.
 fn bind_execute(name: &str, arg: Option<&str>, buf: &mut BytesMut) {
-    bind_execute_with(name, 0, arg, |v, buf| buf.extend_from_slice(v.as_bytes()), buf);
+    bind_execute_with(
+        name,
+        0,
+        arg,
+        |v, buf| buf.extend_from_slice(v.as_bytes()),
+        buf,
+    );
 }
 
 /// Appends a Bind/Execute pair of prepared statement `name` with int8 arguments in binary
 /// (eight bytes, big-endian: nothing to format here or to parse on the server).
 fn bind_execute_int8<const N: usize>(name: &str, args: [i64; N], buf: &mut BytesMut) {
-    bind_execute_with(name, 1, args, |v, buf| buf.extend_from_slice(&v.to_be_bytes()), buf);
+    bind_execute_with(
+        name,
+        1,
+        args,
+        |v, buf| buf.extend_from_slice(&v.to_be_bytes()),
+        buf,
+    );
 }
 
 /// Appends a Bind/Execute pair of prepared statement `name`, its arguments in `format`
