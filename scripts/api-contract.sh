@@ -161,6 +161,9 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403",
 include-path-regex = "^/v1/insights/(snapshots|anomalies)$"
 include-method-regex = "(?i)^post$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
+# A batch past its item limit can also be past the 64 KiB body limit, which is refused
+# (413) before the body is read: a rejection like the others.
+checks.negative_data_rejection.expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
 EOF
 
 start=$(date +%s)
