@@ -36,7 +36,7 @@ use std::fmt;
 pub use export::{export, ExportSummary};
 pub use format::{Header, Summary, TableSummary};
 pub use import::{import, verify_archive, ImportSummary, Verified};
-pub use tables::referenced_first;
+pub use tables::{foreign_key_order, referenced_first, FOREIGN_KEYS_SQL};
 
 /// What went wrong; each message names what and, where there is one, the fix.
 #[derive(Debug, thiserror::Error)]

@@ -84,19 +84,24 @@ pub(crate) async fn tenant_tables(tx: &mut TenantTx) -> Result<Vec<Table>, Error
             type_name: r.get(2),
         });
     }
-    let fks = tx
-        .query(
-            "SELECT DISTINCT conrelid::bigint, confrelid::bigint FROM pg_constraint
-              WHERE contype = 'f' AND conrelid::bigint = ANY($1) AND confrelid::bigint = ANY($1)
-                AND conrelid <> confrelid",
-            &[&oids],
-        )
-        .await?;
-    let edges: Vec<(i64, i64)> = fks.iter().map(|r| (r.get(0), r.get(1))).collect();
-    Ok(referenced_first(&oids, &edges)
+    let fks = tx.query(FOREIGN_KEYS_SQL, &[&oids]).await?;
+    Ok(foreign_key_order(&oids, &fks)
         .into_iter()
         .filter_map(|o| tables.remove(&o))
         .collect())
+}
+
+/// The foreign keys among the tables whose oids are `$1` (a `bigint[]`): rows of
+/// (referencing, referenced) oids, a table's references to itself left out.
+pub const FOREIGN_KEYS_SQL: &str =
+    "SELECT DISTINCT conrelid::bigint, confrelid::bigint FROM pg_constraint
+  WHERE contype = 'f' AND conrelid::bigint = ANY($1) AND confrelid::bigint = ANY($1)
+    AND conrelid <> confrelid";
+
+/// `oids` referenced tables first, by the rows of [`FOREIGN_KEYS_SQL`] run on them.
+pub fn foreign_key_order(oids: &[i64], fks: &[tokio_postgres::Row]) -> Vec<i64> {
+    let edges: Vec<(i64, i64)> = fks.iter().map(|r| (r.get(0), r.get(1))).collect();
+    referenced_first(oids, &edges)
 }
 
 /// `nodes` ordered so that for each edge (from, to), `to` comes before `from` where the

@@ -437,17 +437,11 @@ impl Provisioner {
             .map_err(Error::db("listing tenant tables"))?;
         let oids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
         let fks = client
-            .query(
-                "SELECT DISTINCT conrelid::bigint, confrelid::bigint FROM pg_constraint
-                  WHERE contype = 'f' AND conrelid::bigint = ANY($1) AND confrelid::bigint = ANY($1)
-                    AND conrelid <> confrelid",
-                &[&oids],
-            )
+            .query(tenancy_transfer::FOREIGN_KEYS_SQL, &[&oids])
             .await
             .map_err(Error::db("reading foreign keys"))?;
-        let edges: Vec<(i64, i64)> = fks.iter().map(|r| (r.get(0), r.get(1))).collect();
         let mut out = Vec::with_capacity(rows.len());
-        for oid in tenancy_transfer::referenced_first(&oids, &edges) {
+        for oid in tenancy_transfer::foreign_key_order(&oids, &fks) {
             let Some(r) = rows.iter().find(|r| r.get::<_, i64>(0) == oid) else {
                 continue;
             };

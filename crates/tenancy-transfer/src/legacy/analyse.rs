@@ -97,16 +97,10 @@ async fn relations(c: &Client, schemas: Option<&[String]>) -> Result<Vec<Rel>, E
     }
     // Referenced tables first.
     let fks = c
-        .query(
-            "SELECT DISTINCT conrelid::bigint, confrelid::bigint FROM pg_constraint
-              WHERE contype = 'f' AND conrelid::bigint = ANY($1) AND confrelid::bigint = ANY($1)
-                AND conrelid <> confrelid",
-            &[&oids],
-        )
+        .query(crate::FOREIGN_KEYS_SQL, &[&oids])
         .await
         .map_err(Error::db("listing foreign keys"))?;
-    let edges: Vec<(i64, i64)> = fks.iter().map(|r| (r.get(0), r.get(1))).collect();
-    Ok(crate::tables::referenced_first(&oids, &edges)
+    Ok(crate::foreign_key_order(&oids, &fks)
         .into_iter()
         .filter_map(|o| rels.remove(&o))
         .collect())
