@@ -561,6 +561,10 @@ fn serve_drains_on_sigterm_keeps_its_data_dir_and_exports_metrics() {
     );
     wait_active(port, &token, &first, Duration::from_secs(60));
     wait_active(port, &token, &second, Duration::from_secs(60));
+    // A tenant provisioned wholly by this process: the draining one may have run every
+    // remaining step of the first two before it exited, and its counters went with it.
+    let (third, _) = create_tenant(port, &token, "after-restart", "pooled");
+    wait_active(port, &token, &third, Duration::from_secs(60));
 
     // Metrics, in Prometheus text format.
     let m = http(port, "GET", "/metrics", &[], None);
