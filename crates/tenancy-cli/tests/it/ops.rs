@@ -627,7 +627,7 @@ fn serve_drains_on_sigterm_keeps_its_data_dir_and_exports_metrics() {
             })
             .sum()
     };
-    assert_eq!(gauge("tenancy_tenants", &[("state", "active")]), 2.0);
+    assert_eq!(gauge("tenancy_tenants", &[("state", "active")]), 3.0);
     assert_eq!(
         gauge(
             "tenancy_migration_targets",
