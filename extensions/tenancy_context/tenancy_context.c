@@ -46,6 +46,10 @@
  * one call: enter (or enter_read_only), RESET ALL and the pool's limits as
  * transaction-local settings (see the comment above tenancy_enter_pooled).
  *
+ * Version 1.2 adds one function unrelated to the context: tenancy.audit_event_valid_native,
+ * the CHECK of tenancy-audit's table of events (see the comment above
+ * tenancy_audit_event_valid).
+ *
  * tenancy.enter is SECURITY DEFINER (owned by tenancy_owner) only so that it can read the
  * HMAC pads from tenancy_private.context_keys, which the runtime role cannot read. Keys
  * are cached per backend for KEY_TTL_SECS; a MAC that fails against a cached key reloads
@@ -58,6 +62,8 @@
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
+#include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "datatype/timestamp.h"
@@ -72,6 +78,7 @@
 #include "utils/guc.h"
 #include "utils/timeout.h"
 #include "utils/timestamp.h"
+#include "utils/typcache.h"
 #include "utils/uuid.h"
 
 /*
@@ -105,7 +112,7 @@
 #endif
 
 #if PG_VERSION_NUM >= 180000
-PG_MODULE_MAGIC_EXT(.name = "tenancy_context", .version = "1.1");
+PG_MODULE_MAGIC_EXT(.name = "tenancy_context", .version = "1.2");
 #else
 PG_MODULE_MAGIC;
 #endif
@@ -152,6 +159,7 @@ PG_FUNCTION_INFO_V1(tenancy_enter);
 PG_FUNCTION_INFO_V1(tenancy_enter_read_only);
 PG_FUNCTION_INFO_V1(tenancy_current_tenant_id);
 PG_FUNCTION_INFO_V1(tenancy_enter_pooled);
+PG_FUNCTION_INFO_V1(tenancy_audit_event_valid);
 
 static void
 subxact_callback(SubXactEvent event, SubTransactionId mySubid,
@@ -1036,4 +1044,222 @@ tenancy_current_tenant_id(PG_FUNCTION_ARGS)
 	result = (pg_uuid_t *) palloc(sizeof(pg_uuid_t));
 	*result = ctx_tenant;
 	PG_RETURN_UUID_P(result);
+}
+
+/*
+ * tenancy.audit_event_valid_native(record) RETURNS boolean (extension version 1.2): the
+ * rules of tenancy-audit's PL/pgSQL tenancy.audit_event_valid(tenancy.audit_events)
+ * (crates/tenancy-audit/sql/audit.sql), for a row of that table, in C. That table's CHECK
+ * calls this one where it exists: a PL/pgSQL function is set up again in every transaction
+ * (its interpreter state and the plans of its expressions), which made it the largest part
+ * of what an audit event costs the server; here a row costs a look-up of its columns and
+ * a few byte comparisons.
+ *
+ * The same rules, with the same SQL meaning (a NULL field passes any rule on it, as the
+ * PL/pgSQL function's `IS NOT FALSE` lets it):
+ *   - chain fields (chain_pos, prev_hash, hash): none set, or all three with chain_pos >= 1
+ *     and both hashes 32 bytes;
+ *   - actor_kind one of user, api_key, admin, worker, system; outcome one of success,
+ *     failure, denied (byte equality, as text equality under a deterministic collation);
+ *   - action matching ^[A-Za-z][A-Za-z0-9_.:/-]*$ (ASCII ranges, by code, as PostgreSQL's
+ *     regular expressions read them: any byte of a multibyte character fails) and at most
+ *     128 bytes;
+ *   - actor_subject and target at most 1024 bytes, actor_key_id, request_id and trace_id
+ *     at most 256 (octet_length: the stored size before compression).
+ *
+ * The argument is a whole row (`record`: the extension cannot name the table's type,
+ * which tenancy-audit creates later); its columns are found by name and type once per
+ * backend and version of the row type (the type cache's descriptor identifier changes
+ * with the table). A row without one of them, or an anonymous record, is an error, never
+ * a pass.
+ */
+#define AUDIT_COLUMNS 11
+
+typedef enum AuditColumn
+{
+	AC_ACTOR_KIND,
+	AC_OUTCOME,
+	AC_ACTION,
+	AC_ACTOR_SUBJECT,
+	AC_TARGET,
+	AC_ACTOR_KEY_ID,
+	AC_REQUEST_ID,
+	AC_TRACE_ID,
+	AC_CHAIN_POS,
+	AC_PREV_HASH,
+	AC_HASH
+} AuditColumn;
+
+static const struct
+{
+	const char *name;
+	Oid			type;
+}			audit_columns[AUDIT_COLUMNS] = {
+	{"actor_kind", TEXTOID},
+	{"outcome", TEXTOID},
+	{"action", TEXTOID},
+	{"actor_subject", TEXTOID},
+	{"target", TEXTOID},
+	{"actor_key_id", TEXTOID},
+	{"request_id", TEXTOID},
+	{"trace_id", TEXTOID},
+	{"chain_pos", INT8OID},
+	{"prev_hash", BYTEAOID},
+	{"hash", BYTEAOID},
+};
+
+/*
+ * The attribute number (from 1) of each column in the last row type seen, for the version
+ * of that type whose typcache identifier is audit_desc_id (a changed table, ALTER TABLE,
+ * gets a new identifier: the columns are looked up again).
+ */
+static Oid	audit_rowtype = InvalidOid;
+static uint64 audit_desc_id = 0;
+static AttrNumber audit_attnums[AUDIT_COLUMNS];
+
+/* Finds each column in `desc` (by name, of its type) or raises an error. */
+static void
+audit_find_columns(Oid rowtype, uint64 desc_id, TupleDesc desc)
+{
+	int			c;
+	AttrNumber	a;
+
+	audit_rowtype = InvalidOid;
+	for (c = 0; c < AUDIT_COLUMNS; c++)
+	{
+		for (a = 1; a <= desc->natts; a++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, a - 1);
+
+			if (!att->attisdropped && att->atttypid == audit_columns[c].type
+				&& strcmp(NameStr(att->attname), audit_columns[c].name) == 0)
+				break;
+		}
+		if (a > desc->natts)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("tenancy: audit_event_valid_native needs a row with a column %s of type %s",
+							audit_columns[c].name, format_type_be(audit_columns[c].type))));
+		audit_attnums[c] = a;
+	}
+	audit_rowtype = rowtype;
+	audit_desc_id = desc_id;
+}
+
+/* octet_length: the size before compression, without the header. */
+static int64
+audit_octets(Datum d)
+{
+	return (int64) toast_raw_datum_size(d) - VARHDRSZ;
+}
+
+/* Whether text `d` equals one of the NULL-terminated `set`. */
+static bool
+audit_text_in(Datum d, const char *const *set)
+{
+	text	   *t = DatumGetTextPP(d);
+	const char *p = VARDATA_ANY(t);
+	size_t		len = VARSIZE_ANY_EXHDR(t);
+
+	for (; *set != NULL; set++)
+		if (strlen(*set) == len && memcmp(*set, p, len) == 0)
+			return true;
+	return false;
+}
+
+static bool
+audit_ascii_letter(char c)
+{
+	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+/* ^[A-Za-z][A-Za-z0-9_.:/-]*$ */
+static bool
+audit_action_ok(Datum d)
+{
+	text	   *t = DatumGetTextPP(d);
+	const char *p = VARDATA_ANY(t);
+	size_t		len = VARSIZE_ANY_EXHDR(t);
+	size_t		i;
+
+	if (len == 0 || !audit_ascii_letter(p[0]))
+		return false;
+	for (i = 1; i < len; i++)
+	{
+		char		c = p[i];
+
+		if (!(audit_ascii_letter(c) || (c >= '0' && c <= '9') || c == '_' || c == '.'
+			  || c == ':' || c == '/' || c == '-'))
+			return false;
+	}
+	return true;
+}
+
+Datum
+tenancy_audit_event_valid(PG_FUNCTION_ARGS)
+{
+	static const char *const actor_kinds[] = {"user", "api_key", "admin", "worker", "system", NULL};
+	static const char *const outcomes[] = {"success", "failure", "denied", NULL};
+	HeapTupleHeader row;
+	HeapTupleData tuple;
+	TypeCacheEntry *type;
+	Oid			rowtype;
+	Datum		row_values[MaxHeapAttributeNumber];
+	bool		row_nulls[MaxHeapAttributeNumber];
+	Datum		values[AUDIT_COLUMNS];
+	bool		nulls[AUDIT_COLUMNS];
+	int			c;
+	bool		ok = true;
+
+	/* A NULL row: every field is NULL, and no rule refuses a NULL field. */
+	if (PG_ARGISNULL(0))
+		PG_RETURN_BOOL(true);
+	row = PG_GETARG_HEAPTUPLEHEADER(0);
+	rowtype = HeapTupleHeaderGetTypeId(row);
+	/* An anonymous record (ROW(...)) is not a row of the table. */
+	if (rowtype == RECORDOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("tenancy: audit_event_valid_native needs a row of a table, not an anonymous record")));
+	/* No catalog access below: the type cache entry and its descriptor stay valid. */
+	type = lookup_type_cache(rowtype, TYPECACHE_TUPDESC);
+	if (type->tupDesc == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("tenancy: audit_event_valid_native needs a row, not type %s",
+						format_type_be(rowtype))));
+	if (rowtype != audit_rowtype || type->tupDesc_identifier != audit_desc_id)
+		audit_find_columns(rowtype, type->tupDesc_identifier, type->tupDesc);
+	tuple.t_len = HeapTupleHeaderGetDatumLength(row);
+	ItemPointerSetInvalid(&tuple.t_self);
+	tuple.t_tableOid = InvalidOid;
+	tuple.t_data = row;
+	/* One pass over the row. */
+	heap_deform_tuple(&tuple, type->tupDesc, row_values, row_nulls);
+	for (c = 0; c < AUDIT_COLUMNS; c++)
+	{
+		values[c] = row_values[audit_attnums[c] - 1];
+		nulls[c] = row_nulls[audit_attnums[c] - 1];
+	}
+
+	if (!nulls[AC_CHAIN_POS] || !nulls[AC_PREV_HASH] || !nulls[AC_HASH])
+	{
+		if (nulls[AC_CHAIN_POS] || nulls[AC_PREV_HASH] || nulls[AC_HASH]
+			|| DatumGetInt64(values[AC_CHAIN_POS]) < 1
+			|| audit_octets(values[AC_PREV_HASH]) != 32
+			|| audit_octets(values[AC_HASH]) != 32)
+			PG_RETURN_BOOL(false);
+	}
+	if (!nulls[AC_ACTOR_KIND] && !audit_text_in(values[AC_ACTOR_KIND], actor_kinds))
+		ok = false;
+	else if (!nulls[AC_OUTCOME] && !audit_text_in(values[AC_OUTCOME], outcomes))
+		ok = false;
+	else if (!nulls[AC_ACTION]
+			 && (audit_octets(values[AC_ACTION]) > 128 || !audit_action_ok(values[AC_ACTION])))
+		ok = false;
+	else
+		for (c = AC_ACTOR_SUBJECT; c <= AC_TRACE_ID; c++)
+			if (!nulls[c] && audit_octets(values[c]) > (c <= AC_TARGET ? 1024 : 256))
+				ok = false;
+	PG_RETURN_BOOL(ok);
 }

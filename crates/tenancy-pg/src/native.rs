@@ -27,9 +27,9 @@ pub const NATIVE_LIBRARY_NAME: &str = "tenancy_context";
 pub const EXTENSION_CONTROL: &str =
     include_str!("../../../extensions/tenancy_context/tenancy_context.control");
 
-/// The extension's versioned SQL scripts: (file name, contents). Version 1.1 is 1.0 and
-/// the update script, which is also what `ALTER EXTENSION tenancy_context UPDATE` runs on
-/// a database created at 1.0.
+/// The extension's versioned SQL scripts: (file name, contents). Version 1.2 is 1.0 and
+/// the update scripts to 1.1 and 1.2, which are also what `ALTER EXTENSION
+/// tenancy_context UPDATE` runs on a database created at an earlier version.
 pub const EXTENSION_SCRIPTS: &[(&str, &str)] = &[
     (
         "tenancy_context--1.0.sql",
@@ -39,10 +39,14 @@ pub const EXTENSION_SCRIPTS: &[(&str, &str)] = &[
         "tenancy_context--1.0--1.1.sql",
         include_str!("../../../extensions/tenancy_context/tenancy_context--1.0--1.1.sql"),
     ),
+    (
+        "tenancy_context--1.1--1.2.sql",
+        include_str!("../../../extensions/tenancy_context/tenancy_context--1.1--1.2.sql"),
+    ),
 ];
 
 /// The extension version this build creates (`default_version` in the control file).
-pub const EXTENSION_VERSION: &str = "1.1";
+pub const EXTENSION_VERSION: &str = "1.2";
 
 /// The first major version with `extension_control_path`.
 const CONTROL_PATH_MAJOR: u32 = 18;

@@ -39,3 +39,11 @@ ALTER FUNCTION tenancy.enter_pooled(text, bool, int4, int4, int4, int4, text) OW
 REVOKE ALL ON FUNCTION tenancy.enter_pooled(text, bool, int4, int4, int4, int4, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.enter_pooled(text, bool, int4, int4, int4, int4, text) TO tenancy_app;
 COMMENT ON FUNCTION tenancy.enter_pooled(text, bool, int4, int4, int4, int4, text) IS 'tenancy:context-enter';
+-- The CHECK of tenancy-audit's events in C (the extension's version 1.2): tenancy-audit's
+-- install makes its table's CHECK call it where it exists, else its PL/pgSQL function.
+-- Unrelated to the context, so runtime.sql leaves it when it installs PL/pgSQL.
+CREATE OR REPLACE FUNCTION tenancy.audit_event_valid_native(e record) RETURNS boolean
+    LANGUAGE C IMMUTABLE PARALLEL SAFE AS 'tenancy_context', 'tenancy_audit_event_valid';
+ALTER FUNCTION tenancy.audit_event_valid_native(record) OWNER TO tenancy_owner;
+REVOKE ALL ON FUNCTION tenancy.audit_event_valid_native(record) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.audit_event_valid_native(record) TO tenancy_app;
