@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS tenancy.audit_events (
 -- (an actor kind and an outcome of the fixed sets; an action of a letter, then letters,
 -- digits and `_ . : / -`, at most 128 bytes; subject and target at most 1024 bytes, key
 -- id, request id and trace id at most 256; chain fields all set or all empty, a position
--- from 1, 32-byte hashes), as one PL/pgSQL function of the row. PostgreSQL reads every
+-- from 1, 32-byte hashes), as one function of the row: this PL/pgSQL one, or its C twin
+-- where the database has it (see the CHECK below). PostgreSQL reads every
 -- CHECK constraint's expression back from its stored text and plans it at each execution
 -- of an INSERT, so the fragment's twelve checks cost more than the rest of the insert
 -- together; a call on the whole row is a short expression, and the function's own
@@ -58,14 +59,31 @@ REVOKE ALL ON FUNCTION tenancy.audit_event_valid(tenancy.audit_events) FROM PUBL
 GRANT EXECUTE ON FUNCTION tenancy.audit_event_valid(tenancy.audit_events) TO tenancy_app;
 -- The fragment's checks give way to that one, and its unique (tenant_id, chain_pos) to the
 -- same uniqueness over sealed events only: an unsealed event has no position, and a row
--- in that index would be one more index insertion per event recorded. Once, in one
--- statement (an existing table is checked against the new constraint once).
+-- in that index would be one more index insertion per event recorded.
 CREATE UNIQUE INDEX IF NOT EXISTS audit_events_chain_pos_key ON tenancy.audit_events (tenant_id, chain_pos)
     WHERE chain_pos IS NOT NULL;
+-- Which function the CHECK calls: tenancy.audit_event_valid_native, the same rules in C,
+-- where the database has it (the tenancy_context extension from version 1.2, or the
+-- bootstrap's native.sql), else the PL/pgSQL function above. The C function costs a few
+-- byte comparisons per row; the PL/pgSQL one sets up its interpreter and expression
+-- plans again in every transaction, the largest part of what recording an event cost
+-- the server. Both stay: the PL/pgSQL one is the reference the C one is tested against,
+-- and a database without the library keeps it.
+--
+-- Once per change, in one statement: the fragment's checks on a table created before the
+-- table had its own CHECK, or the other function's CHECK on a table installed before the
+-- database had (or after it lost) the C function. The new CHECK is checked against the
+-- existing events once, then; an install that finds the right CHECK changes nothing.
 DO $swap$
+DECLARE
+    native regprocedure := (SELECT p.oid FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+                             WHERE p.oid = to_regprocedure('tenancy.audit_event_valid_native(record)')
+                               AND l.lanname = 'c');
+    wanted regprocedure := coalesce(native, 'tenancy.audit_event_valid(tenancy.audit_events)'::regprocedure);
+    valid oid := (SELECT oid FROM pg_catalog.pg_constraint
+                   WHERE conrelid = 'tenancy.audit_events'::regclass AND conname = 'audit_events_valid');
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
-                    WHERE conrelid = 'tenancy.audit_events'::regclass AND conname = 'audit_events_valid') THEN
+    IF valid IS NULL THEN
         ALTER TABLE tenancy.audit_events
             DROP CONSTRAINT IF EXISTS audit_events_actor_kind_check,
             DROP CONSTRAINT IF EXISTS audit_events_actor_subject_check,
@@ -79,9 +97,16 @@ BEGIN
             DROP CONSTRAINT IF EXISTS audit_events_prev_hash_check,
             DROP CONSTRAINT IF EXISTS audit_events_hash_check,
             DROP CONSTRAINT IF EXISTS audit_events_check,
-            DROP CONSTRAINT IF EXISTS audit_events_tenant_id_chain_pos_key,
-            ADD CONSTRAINT audit_events_valid CHECK (tenancy.audit_event_valid(audit_events));
+            DROP CONSTRAINT IF EXISTS audit_events_tenant_id_chain_pos_key;
+    ELSIF EXISTS (SELECT 1 FROM pg_catalog.pg_depend
+                   WHERE classid = 'pg_catalog.pg_constraint'::regclass AND objid = valid
+                     AND refclassid = 'pg_catalog.pg_proc'::regclass AND refobjid = wanted) THEN
+        RETURN;
     END IF;
+    EXECUTE format('ALTER TABLE tenancy.audit_events %s ADD CONSTRAINT audit_events_valid CHECK (%s(audit_events))',
+                   CASE WHEN valid IS NULL THEN '' ELSE 'DROP CONSTRAINT audit_events_valid,' END,
+                   CASE WHEN native IS NULL THEN 'tenancy.audit_event_valid'
+                        ELSE 'tenancy.audit_event_valid_native' END);
 END
 $swap$;
 -- What the sealer reads: events not sealed yet, in insertion order.
