@@ -112,6 +112,27 @@ $swap$;
 -- What the sealer reads: events not sealed yet, in insertion order.
 CREATE INDEX IF NOT EXISTS audit_events_unsealed_idx ON tenancy.audit_events (seq)
     WHERE chain_pos IS NULL;
+-- No primary key: the fragment's (tenant_id, seq) goes, once. That pair is unique by
+-- construction: seq comes from the identity sequence, which the runtime role cannot
+-- override (it has no INSERT on seq); what verification relies on, one event per chain
+-- position, is the unique index above. The sealer updates an unsealed event by
+-- (tenant_id, seq) through the unsealed index, and refuses a batch whose updates do not
+-- match its events one for one; a tenant's events are read through the two partial
+-- indexes (sealed by position, unsealed by seq). The key's index was one more index
+-- insertion per event recorded, about 12k of the 152k backend instructions an event cost
+-- (scripts/audit-cost.sh). Without a key, logical replication identifies a row the sealer
+-- updates or a purge deletes by all its columns (REPLICA IDENTITY FULL; nothing changes
+-- for inserts).
+DO $key$
+DECLARE
+    pkey name := (SELECT conname FROM pg_catalog.pg_constraint
+                   WHERE conrelid = 'tenancy.audit_events'::regclass AND contype = 'p');
+BEGIN
+    IF pkey IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE tenancy.audit_events DROP CONSTRAINT %I, REPLICA IDENTITY FULL', pkey);
+    END IF;
+END
+$key$;
 SELECT tenancy.make_tenant_table('tenancy.audit_events');
 -- make_tenant_table grants SELECT, INSERT, UPDATE and DELETE; an audit log only grows.
 REVOKE ALL ON tenancy.audit_events FROM tenancy_app;

@@ -308,7 +308,9 @@ pub async fn load_events(owner: &Client, tenant: Uuid) -> Result<Vec<StoredEvent
     load_log_events(owner, Log::Tenant, tenant).await
 }
 
-/// [`load_events`] for a chain of `log`.
+/// [`load_events`] for a chain of `log`. Sealed and unsealed events are read apart, each
+/// through its own partial index (the tenant log's table has no index on its tenant
+/// alone).
 pub async fn load_log_events(
     owner: &impl tokio_postgres::GenericClient,
     log: Log,
@@ -317,9 +319,11 @@ pub async fn load_log_events(
     let rows = owner
         .query(
             &format!(
-                "SELECT {COLUMNS} FROM {} WHERE tenant_id = $1 \
-                  ORDER BY chain_pos NULLS LAST, seq",
-                log.table()
+                "SELECT {COLUMNS} FROM {table} WHERE tenant_id = $1 AND chain_pos IS NOT NULL \
+                 UNION ALL \
+                 SELECT {COLUMNS} FROM {table} WHERE tenant_id = $1 AND chain_pos IS NULL \
+                 ORDER BY chain_pos NULLS LAST, seq",
+                table = log.table()
             ),
             &[&tenant],
         )

@@ -342,11 +342,17 @@ async fn install_brings_a_table_of_the_fragments_shape_to_one_check() {
     tenancy_audit::install(&owner).await.expect("install");
     let after = constraints(&owner).await;
     let names: Vec<&str> = after.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(
-        names,
-        ["audit_events_pkey", "audit_events_valid"],
-        "{after:?}"
-    );
+    assert_eq!(names, ["audit_events_valid"], "{after:?}");
+    // Without a key, rows are identified by all their columns for logical replication.
+    let identity: i8 = owner
+        .query_one(
+            "SELECT relreplident::\"char\" FROM pg_class WHERE oid = 'tenancy.audit_events'::regclass",
+            &[],
+        )
+        .await
+        .expect("replica identity")
+        .get(0);
+    assert_eq!(identity as u8, b'f');
     let valid_oid = || async {
         owner
             .query_one(
@@ -544,4 +550,42 @@ async fn install_moves_the_check_to_the_c_function_once_the_database_has_it() {
         Err(SqlState::CHECK_VIOLATION)
     );
     assert_eq!(insert(&owner, "tenancy.audit_events", &[]).await, Ok(()));
+}
+
+/// A tenant's events are read through the two partial indexes (sealed by position,
+/// unsealed by seq), never by scanning the table: it has no index on its tenant alone.
+#[tokio::test]
+async fn a_tenants_events_are_read_through_the_partial_indexes() {
+    let db = fresh_db().await;
+    let owner = owner(&db).await;
+    owner
+        .batch_execute("SET enable_seqscan = off")
+        .await
+        .expect("set");
+    let tenant = Uuid::new_v4();
+    // The query of `load_events`.
+    let plan: Vec<String> = owner
+        .query(
+            &format!(
+                "EXPLAIN (COSTS OFF) \
+                 SELECT * FROM tenancy.audit_events WHERE tenant_id = '{tenant}' AND chain_pos IS NOT NULL \
+                 UNION ALL \
+                 SELECT * FROM tenancy.audit_events WHERE tenant_id = '{tenant}' AND chain_pos IS NULL \
+                 ORDER BY chain_pos NULLS LAST, seq"
+            ),
+            &[],
+        )
+        .await
+        .expect("plan")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    assert!(plan.contains("audit_events_chain_pos_key"), "{plan}");
+    assert!(plan.contains("audit_events_unsealed_idx"), "{plan}");
+    assert!(tenancy_audit::load_events(&owner, tenant)
+        .await
+        .expect("load")
+        .is_empty());
 }
