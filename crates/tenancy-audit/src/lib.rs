@@ -84,7 +84,10 @@ pub async fn install_catalog(
 }
 
 /// Installs (or updates) the audit table. `owner` must be connected as the owner role to
-/// the tenant database. Idempotent.
+/// the tenant database. Idempotent. The table's CHECK calls the C function of the
+/// tenancy_context library (`tenancy.audit_event_valid_native`, extension version 1.2)
+/// where the database has it, else the PL/pgSQL function with the same rules; run it again
+/// after the bootstrap brought the C function to move the CHECK to it.
 pub async fn install(owner: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
     owner.batch_execute(&audit_sql()).await
 }
