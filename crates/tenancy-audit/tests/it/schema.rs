@@ -57,6 +57,18 @@ async fn check_def(c: &Client) -> String {
     .get(0)
 }
 
+/// The oid of the table's CHECK (a new one each time it is made again).
+async fn check_oid(c: &Client) -> u32 {
+    c.query_one(
+        "SELECT oid FROM pg_constraint WHERE conname = 'audit_events_valid' \
+           AND conrelid = 'tenancy.audit_events'::regclass",
+        &[],
+    )
+    .await
+    .expect("constraint oid")
+    .get(0)
+}
+
 /// A fresh database whose events' CHECK calls the C function (`native`) or the PL/pgSQL
 /// one, chosen by the install itself from what the database has; `None` for `native` when
 /// this build has no library for the server.
@@ -354,18 +366,7 @@ async fn install_brings_a_table_of_the_fragments_shape_to_one_check() {
         .expect("replica identity")
         .get(0);
     assert_eq!(identity as u8, b'f');
-    let valid_oid = || async {
-        owner
-            .query_one(
-                "SELECT oid FROM pg_constraint WHERE conname = 'audit_events_valid' \
-                   AND conrelid = 'tenancy.audit_events'::regclass",
-                &[],
-            )
-            .await
-            .expect("constraint oid")
-            .get::<_, u32>(0)
-    };
-    let first = valid_oid().await;
+    let first = check_oid(&owner).await;
     let index: String = owner
         .query_one(
             "SELECT pg_get_indexdef('tenancy.audit_events_chain_pos_key'::regclass)",
@@ -390,7 +391,7 @@ async fn install_brings_a_table_of_the_fragments_shape_to_one_check() {
 
     // Installing again changes nothing (no new constraint, no revalidation).
     tenancy_audit::install(&owner).await.expect("install again");
-    assert_eq!(valid_oid().await, first);
+    assert_eq!(check_oid(&owner).await, first);
     assert_eq!(constraints(&owner).await, after);
     // A second sealed event at the same position is refused by the partial index.
     let err = owner
@@ -422,12 +423,32 @@ async fn the_c_and_plpgsql_checks_agree_on_every_case() {
         (true, vec![("actor_kind", "NULL")]),
         (true, vec![("outcome", "NULL")]),
         (true, vec![("action", "NULL")]),
-        (true, vec![("action", "NULL"), ("actor_kind", "NULL"), ("outcome", "NULL")]),
+        (
+            true,
+            vec![
+                ("action", "NULL"),
+                ("actor_kind", "NULL"),
+                ("outcome", "NULL"),
+            ],
+        ),
         (false, vec![("action", "NULL"), ("actor_kind", "'robot'")]),
         (false, vec![("outcome", "NULL"), ("action", "'a b'")]),
-        (false, vec![("chain_pos", "-1"), ("prev_hash", HASH), ("hash", HASH)]),
-        (true, vec![("chain_pos", "9223372036854775807"), ("prev_hash", HASH), ("hash", HASH)]),
-        (false, vec![("action", "'a' || chr(45) || chr(47) || chr(127)")]),
+        (
+            false,
+            vec![("chain_pos", "-1"), ("prev_hash", HASH), ("hash", HASH)],
+        ),
+        (
+            true,
+            vec![
+                ("chain_pos", "9223372036854775807"),
+                ("prev_hash", HASH),
+                ("hash", HASH),
+            ],
+        ),
+        (
+            false,
+            vec![("action", "'a' || chr(45) || chr(47) || chr(127)")],
+        ),
         (false, vec![("action", "'Ab' || chr(91)")]),
         (false, vec![("action", "'Ab' || chr(96)")]),
         (false, vec![("action", "'Ab' || chr(64)")]),
@@ -485,7 +506,11 @@ async fn the_c_and_plpgsql_checks_agree_on_every_case() {
             )
             .await
             .expect_err("a row of another shape");
-        assert_eq!(err.code(), Some(&SqlState::DATATYPE_MISMATCH), "{other}: {err}");
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::DATATYPE_MISMATCH),
+            "{other}: {err}"
+        );
     }
 }
 
@@ -510,20 +535,9 @@ async fn install_moves_the_check_to_the_c_function_once_the_database_has_it() {
         ))
         .await
         .expect("an event");
-    let oid = || async {
-        owner
-            .query_one(
-                "SELECT oid FROM pg_constraint WHERE conname = 'audit_events_valid' \
-                   AND conrelid = 'tenancy.audit_events'::regclass",
-                &[],
-            )
-            .await
-            .expect("constraint oid")
-            .get::<_, u32>(0)
-    };
-    let plpgsql = oid().await;
+    let plpgsql = check_oid(&owner).await;
     tenancy_audit::install(&owner).await.expect("install again");
-    assert_eq!(oid().await, plpgsql, "nothing to change");
+    assert_eq!(check_oid(&owner).await, plpgsql, "nothing to change");
 
     su.batch_execute(CREATE_NATIVE_CHECK)
         .await
@@ -533,10 +547,10 @@ async fn install_moves_the_check_to_the_c_function_once_the_database_has_it() {
         check_def(&owner).await,
         "CHECK (tenancy.audit_event_valid_native(audit_events.*))"
     );
-    let native = oid().await;
+    let native = check_oid(&owner).await;
     assert_ne!(native, plpgsql);
     tenancy_audit::install(&owner).await.expect("install again");
-    assert_eq!(oid().await, native, "nothing to change");
+    assert_eq!(check_oid(&owner).await, native, "nothing to change");
     let count: i64 = owner
         .query_one(
             "SELECT count(*) FROM tenancy.audit_events WHERE tenant_id = $1",
