@@ -80,6 +80,18 @@ pub(crate) async fn run(env: &Env, settings: Settings) -> Result<()> {
         .batch_execute(SCHEMA)
         .await
         .context("creating the benchmark's write table")?;
+    // Which function the events' CHECK calls: the C one where the database has the
+    // tenancy_context extension 1.2 (or its library's functions), else the PL/pgSQL one.
+    let check: String = owner
+        .query_one(
+            "SELECT pg_get_constraintdef(oid) FROM pg_catalog.pg_constraint \
+              WHERE conrelid = 'tenancy.audit_events'::regclass AND conname = 'audit_events_valid'",
+            &[],
+        )
+        .await
+        .context("reading the audit events' CHECK")?
+        .get(0);
+    println!("  audit events' {check}");
     let pool = Arc::new(ours_pool(env, CLIENTS)?);
     let spread = Arc::new(env.tenants.clone());
     let one = Arc::new(vec![env.tenants[0]]);
@@ -152,6 +164,7 @@ pub(crate) async fn run(env: &Env, settings: Settings) -> Result<()> {
             "headline": "8 clients over 100 tenants: audited write (INSERT + tenancy_audit::record_and_commit) vs the same write without the event (INSERT + commit)",
             "same_tenant_ratio": harness::ratio(audited1, plain1),
             "same_tenant": { "ours": harness::ops(audited1), "baseline": harness::ops(plain1) },
+            "audit_check": check,
             "clients": CLIENTS,
             "pool_size": CLIENTS,
             "tenants": TENANTS,
