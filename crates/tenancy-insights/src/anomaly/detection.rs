@@ -49,32 +49,6 @@ pub enum AnomalyKind {
 }
 
 impl AnomalyKind {
-    /// The kinds of the access detector ([`super::Detector`]), in the order reports
-    /// list them.
-    pub const ACCESS: [AnomalyKind; 7] = [
-        AnomalyKind::Enumeration,
-        AnomalyKind::ContextRefusal,
-        AnomalyKind::TenantMismatch,
-        AnomalyKind::Exfiltration,
-        AnomalyKind::CrossTenant,
-        AnomalyKind::Volume,
-        AnomalyKind::NewOrigin,
-    ];
-
-    /// The kinds of the configuration and provisioning checks ([`crate::rules`]): the
-    /// declared rules, then the learned detectors.
-    pub const RULES: [AnomalyKind; 9] = [
-        AnomalyKind::ComplianceMissing,
-        AnomalyKind::OutsideResidency,
-        AnomalyKind::DedicatedOnPooled,
-        AnomalyKind::SecurityOverride,
-        AnomalyKind::RolloutRegion,
-        AnomalyKind::StuckProvisioning,
-        AnomalyKind::StepFailures,
-        AnomalyKind::StepDuration,
-        AnomalyKind::ChangeBurst,
-    ];
-
     /// Every kind: the access detector's, then the rules'.
     pub const ALL: [AnomalyKind; 16] = [
         AnomalyKind::Enumeration,
@@ -94,6 +68,14 @@ impl AnomalyKind {
         AnomalyKind::StepDuration,
         AnomalyKind::ChangeBurst,
     ];
+
+    /// The kinds of the access detector ([`super::Detector`]), in the order reports
+    /// list them.
+    pub const ACCESS: &'static [AnomalyKind] = AnomalyKind::ALL.split_at(7).0;
+
+    /// The kinds of the configuration and provisioning checks ([`crate::rules`]): the
+    /// declared rules, then the learned detectors.
+    pub const RULES: &'static [AnomalyKind] = AnomalyKind::ALL.split_at(7).1;
 
     /// The snake_case name (as in JSON and metric labels).
     pub fn as_str(self) -> &'static str {

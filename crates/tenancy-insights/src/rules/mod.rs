@@ -309,14 +309,22 @@ impl Finding {
         (self.kind, self.tenant, self.subject.as_deref())
     }
 
+    /// A declared rule's finding: the rule's severity, score 1, and as evidence the
+    /// property the rule expects (1) against what the tenant has (0).
     fn declared(
         cfg: &RulesConfig,
         kind: AnomalyKind,
         tenant: TenantId,
         subject: String,
         message: String,
-        (signal, baseline, observed): (&str, f64, f64),
     ) -> Finding {
+        let signal = match kind {
+            AnomalyKind::ComplianceMissing => "compliance_flag_present",
+            AnomalyKind::OutsideResidency => "placed_in_residency",
+            AnomalyKind::DedicatedOnPooled => "dedicated_placement",
+            AnomalyKind::SecurityOverride => "security_feature_on",
+            _ => "excluded_region_unreached",
+        };
         Finding {
             kind,
             tenant: Some(tenant),
@@ -326,8 +334,8 @@ impl Finding {
             message: format!("rule {}: {message}", kind.as_str()),
             evidence: vec![Evidence {
                 signal: signal.into(),
-                baseline,
-                observed,
+                baseline: 1.0,
+                observed: 0.0,
             }],
         }
     }
@@ -351,96 +359,70 @@ fn check_tenant(
     out: &mut Vec<Finding>,
 ) {
     let id = t.tenant;
-    if cfg.enabled(AnomalyKind::ComplianceMissing) {
-        for flag in cfg.required_compliance(&t.region) {
-            if !t.compliance.contains(flag) {
-                out.push(Finding::declared(
-                    cfg,
-                    AnomalyKind::ComplianceMissing,
-                    id,
-                    format!("flag:{flag}"),
-                    format!(
-                        "tenant {id} in region {} needs compliance flag {flag}, which is neither on for it nor one of its tags",
-                        t.region
-                    ),
-                    ("compliance_flag_present", 1.0, 0.0),
-                ));
-            }
+    let region = t.region.as_str();
+    // (rule, subject, what is wrong)
+    let mut hits: Vec<(AnomalyKind, String, String)> = Vec::new();
+    for flag in cfg.required_compliance(region) {
+        if !t.compliance.contains(flag) {
+            let why = format!("tenant {id} in region {region} needs compliance flag {flag}, which is neither on for it nor one of its tags");
+            hits.push((AnomalyKind::ComplianceMissing, format!("flag:{flag}"), why));
         }
     }
-    if cfg.enabled(AnomalyKind::OutsideResidency) {
-        if let Some(allowed) = &t.residency {
-            if !allowed.iter().any(|r| r == &t.region) {
-                out.push(Finding::declared(
-                    cfg,
-                    AnomalyKind::OutsideResidency,
-                    id,
-                    format!("region:{}", t.region),
-                    format!(
-                        "tenant {id} is placed in region {}, outside its residency ({})",
-                        t.region,
-                        allowed.join(", ")
-                    ),
-                    ("placed_in_residency", 1.0, 0.0),
-                ));
-            }
-        }
-    }
-    if cfg.enabled(AnomalyKind::DedicatedOnPooled)
-        && t.placement == Placement::Pooled
-        && cfg.dedicated_plans.contains(&t.plan)
+    if let Some(allowed) = t
+        .residency
+        .as_ref()
+        .filter(|a| !a.iter().any(|r| r == region))
     {
-        out.push(Finding::declared(
-            cfg,
-            AnomalyKind::DedicatedOnPooled,
-            id,
-            format!("plan:{}", t.plan),
-            format!(
-                "tenant {id} of dedicated plan {} is on pooled placement",
-                t.plan
-            ),
-            ("dedicated_placement", 1.0, 0.0),
+        let why = format!(
+            "tenant {id} is placed in region {region}, outside its residency ({})",
+            allowed.join(", ")
+        );
+        hits.push((
+            AnomalyKind::OutsideResidency,
+            format!("region:{region}"),
+            why,
         ));
     }
-    if cfg.enabled(AnomalyKind::SecurityOverride) {
-        for o in &t.overrides {
-            if o.turns_off && cfg.security_flags.contains(&o.flag) {
-                out.push(Finding::declared(
-                    cfg,
-                    AnomalyKind::SecurityOverride,
-                    id,
-                    format!("flag:{}", o.flag),
-                    format!(
-                        "tenant {id} has an override serving {:?} of security flag {}, which turns the feature off",
-                        o.variant, o.flag
-                    ),
-                    ("security_feature_on", 1.0, 0.0),
-                ));
-            }
+    if t.placement == Placement::Pooled && cfg.dedicated_plans.contains(&t.plan) {
+        let why = format!(
+            "tenant {id} of dedicated plan {} is on pooled placement",
+            t.plan
+        );
+        hits.push((
+            AnomalyKind::DedicatedOnPooled,
+            format!("plan:{}", t.plan),
+            why,
+        ));
+    }
+    for o in &t.overrides {
+        if o.turns_off && cfg.security_flags.contains(&o.flag) {
+            let why = format!("tenant {id} has an override serving {:?} of security flag {}, which turns the feature off", o.variant, o.flag);
+            hits.push((
+                AnomalyKind::SecurityOverride,
+                format!("flag:{}", o.flag),
+                why,
+            ));
         }
     }
-    if cfg.enabled(AnomalyKind::RolloutRegion) {
-        for s in &t.served {
-            let excluded = match flags.get(s.flag.as_str()) {
-                Some(f) => cfg.excludes(f, &t.region),
-                None => cfg
-                    .rollout_exclusions
-                    .get(&s.flag)
-                    .is_some_and(|rs| rs.iter().any(|r| region_matches(r, &t.region))),
-            };
-            if s.reached && excluded {
-                out.push(Finding::declared(
-                    cfg,
-                    AnomalyKind::RolloutRegion,
-                    id,
-                    format!("flag:{}", s.flag),
-                    format!(
-                        "flag {} serves {:?} to tenant {id} in region {}, which the flag excludes",
-                        s.flag, s.variant, t.region
-                    ),
-                    ("excluded_region_reached", 0.0, 1.0),
-                ));
-            }
+    for s in t.served.iter().filter(|s| s.reached) {
+        let excluded = match flags.get(s.flag.as_str()) {
+            Some(f) => cfg.excludes(f, region),
+            None => cfg
+                .rollout_exclusions
+                .get(&s.flag)
+                .is_some_and(|rs| rs.iter().any(|r| region_matches(r, region))),
+        };
+        if excluded {
+            let why = format!(
+                "flag {} serves {:?} to tenant {id} in region {region}, which the flag excludes",
+                s.flag, s.variant
+            );
+            hits.push((AnomalyKind::RolloutRegion, format!("flag:{}", s.flag), why));
+        }
+    }
+    for (kind, subject, why) in hits {
+        if cfg.enabled(kind) {
+            out.push(Finding::declared(cfg, kind, id, subject, why));
         }
     }
 }
