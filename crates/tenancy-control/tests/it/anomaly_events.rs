@@ -120,8 +120,8 @@ async fn new_detections_are_delivered_as_signed_webhook_events() {
         tenant_id: Some(t),
         subject: None,
         kind: AnomalyKind::Enumeration,
-        first_hour: 1_800_000_000 - 1_800_000_000 % 3600,
-        last_hour: 1_800_000_000 - 1_800_000_000 % 3600,
+        first_hour: 1_800_000_000,
+        last_hour: 1_800_000_000,
         score: 2.5,
         severity: Severity::High,
         evidence: vec![Evidence {

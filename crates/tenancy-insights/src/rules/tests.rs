@@ -188,13 +188,16 @@ fn brought_is_what_a_change_adds() {
 fn configuration_is_validated() {
     let mut cfg = RulesConfig::default();
     cfg.region_compliance.insert("EU West".into(), vec![]);
-    assert!(cfg.validate().unwrap_err().contains("region_compliance"));
+    assert!(cfg
+        .validate()
+        .expect_err("refused")
+        .contains("region_compliance"));
     let mut cfg = RulesConfig::default();
     cfg.disabled.push(AnomalyKind::Volume);
-    assert!(cfg.validate().unwrap_err().contains("disabled"));
+    assert!(cfg.validate().expect_err("refused").contains("disabled"));
     let mut cfg = RulesConfig::default();
     cfg.learned.z = f64::NAN;
-    assert!(cfg.validate().unwrap_err().contains("learned.z"));
+    assert!(cfg.validate().expect_err("refused").contains("learned.z"));
     let cfg: RulesConfig = serde_json::from_value(serde_json::json!({
         "reject_from": "critical",
         "region_compliance": {"us-health": ["hipaa"]},
