@@ -11,6 +11,8 @@
 //!   codes of this service ([`ProblemCode`]).
 //! - [`dns`]: TXT lookups for domain verification (hickory by default, in-memory in tests).
 //! - [`schema`]: typed settings' JSON Schemas, compiled and enforced on every write.
+//! - [`rules`]: the declared configuration rules (`tenancy_insights::rules`) checked on
+//!   every write that can change what they find, refusing or warning by severity.
 //!
 //! What it does not do: it does not authenticate control-plane callers (the embedding
 //! server does, and sets the actor header), does not resolve the tenant of a request, and
@@ -19,6 +21,7 @@
 
 pub mod dns;
 pub mod http;
+pub mod rules;
 pub mod schema;
 pub mod store;
 

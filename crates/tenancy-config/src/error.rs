@@ -41,6 +41,15 @@ pub enum ConfigError {
     /// The change conflicts with the current state (the message says how).
     #[error("{0}")]
     Conflict(String),
+    /// A configuration rule refuses the change: it would bring what the rule forbids
+    /// (a security feature turned off, a region reached that a flag excludes, …).
+    #[error("{message}")]
+    Rule {
+        /// The rule's name (`security_override`, `compliance_missing`, …).
+        rule: &'static str,
+        /// What the change would bring, naming the rule.
+        message: String,
+    },
     /// A stored value failed to parse (the catalog was edited by hand).
     #[error("configuration store holds an invalid value: {0}")]
     Corrupt(String),

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 use tenancy_core::{PlanKey, RegionId, TenantId};
-use tokio_postgres::Client;
+use tokio_postgres::GenericClient;
 
 use crate::engine::{ConfigData, TenantData};
 use crate::error::ConfigError;
@@ -39,7 +39,16 @@ fn layer_from(v: Value) -> Result<LayerValues, ConfigError> {
 }
 
 /// Loads every definition and every live tenant's configuration.
-pub async fn load_all(c: &Client) -> Result<ConfigData, ConfigError> {
+pub async fn load_all(c: &impl GenericClient) -> Result<ConfigData, ConfigError> {
+    load_scoped(c, None).await
+}
+
+/// Loads every definition and the configuration of every live tenant, or of `only` (the
+/// others are left out). With a transaction, what it sees includes its own writes.
+pub async fn load_scoped(
+    c: &impl GenericClient,
+    only: Option<TenantId>,
+) -> Result<ConfigData, ConfigError> {
     let (version, ents, plans, regions, flags, settings, tenants) = futures_util::try_join!(
         c.query_one("SELECT coalesce(max(version), 0) FROM tenancy_catalog.config_changes", &[]),
         c.query("SELECT key, kind, default_value, description FROM tenancy_catalog.config_entitlements", &[]),
@@ -47,7 +56,7 @@ pub async fn load_all(c: &Client) -> Result<ConfigData, ConfigError> {
         c.query("SELECT region, layer FROM tenancy_catalog.config_regions", &[]),
         c.query("SELECT definition FROM tenancy_catalog.config_flags", &[]),
         c.query("SELECT key, schema, default_value, description FROM tenancy_catalog.config_setting_defs", &[]),
-        load_tenants(c, None),
+        load_tenants(c, only),
     )
     .map_err(ConfigError::db("loading the configuration"))?;
     let mut data = ConfigData {
@@ -105,7 +114,10 @@ pub async fn load_all(c: &Client) -> Result<ConfigData, ConfigError> {
 }
 
 /// Loads one flag (`None` when it was deleted).
-pub async fn load_flag(c: &Client, key: &FlagKey) -> Result<Option<(Flag, i64)>, ConfigError> {
+pub async fn load_flag(
+    c: &impl GenericClient,
+    key: &FlagKey,
+) -> Result<Option<(Flag, i64)>, ConfigError> {
     let row = c
         .query_opt(
             "SELECT definition, version FROM tenancy_catalog.config_flags WHERE key = $1",
@@ -123,7 +135,10 @@ pub async fn load_flag(c: &Client, key: &FlagKey) -> Result<Option<(Flag, i64)>,
 }
 
 /// Loads one tenant's configuration (`None` when it is gone or deleted).
-pub async fn load_tenant(c: &Client, id: TenantId) -> Result<Option<TenantData>, ConfigError> {
+pub async fn load_tenant(
+    c: &impl GenericClient,
+    id: TenantId,
+) -> Result<Option<TenantData>, ConfigError> {
     let mut v = load_tenants(c, Some(id))
         .await
         .map_err(ConfigError::db("loading a tenant's configuration"))??;
@@ -133,7 +148,7 @@ pub async fn load_tenant(c: &Client, id: TenantId) -> Result<Option<TenantData>,
 /// The tenants' rows, attributes, overrides, settings, branding and domains: one query per
 /// table, pipelined. The outer error is the driver's, the inner a parse failure.
 async fn load_tenants(
-    c: &Client,
+    c: &impl GenericClient,
     only: Option<TenantId>,
 ) -> Result<Result<Vec<TenantData>, ConfigError>, tokio_postgres::Error> {
     let only = only.map(|t| t.as_uuid());

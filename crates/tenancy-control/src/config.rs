@@ -379,6 +379,18 @@ pub struct ControlConfig {
     /// The application's access model, for the platform administrators' management of
     /// tenants' roles and grants (`/v1/tenants/{id}/access/…`).
     pub access: AccessModelConfig,
+    /// Monitoring: the configuration and provisioning rules.
+    pub insights: InsightsConfig,
+}
+
+/// The `[insights]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InsightsConfig {
+    /// `[insights.rules]`: the declared configuration rules (checked on every
+    /// configuration write and, with the learned detectors, periodically over the fleet),
+    /// their severities and thresholds (`tenancy_insights::rules::RulesConfig`).
+    pub rules: tenancy_insights::rules::RulesConfig,
 }
 
 /// The `[access]` section: the permissions the application declares and what its
@@ -440,6 +452,7 @@ impl Default for ControlConfig {
             shutdown_grace_secs: 30,
             audit: crate::audit::AuditConfig::default(),
             access: AccessModelConfig::default(),
+            insights: InsightsConfig::default(),
         }
     }
 }
@@ -552,6 +565,7 @@ impl ControlConfig {
         }
         cfg.limits.validate()?;
         cfg.access.build()?;
+        cfg.insights.rules.validate()?;
         let mut names = std::collections::BTreeSet::new();
         for c in &cfg.clusters {
             c.validate()?;

@@ -46,6 +46,7 @@ pub mod guard;
 pub mod health;
 pub mod idempotency;
 pub mod metrics;
+pub mod rules;
 pub mod server;
 mod startup;
 pub mod stripe;
@@ -115,6 +116,8 @@ struct StateInner {
     /// Access anomalies pushed by applications' detectors, the latest 10,000 (see
     /// [`api::insights::anomalies`]).
     anomalies: Arc<std::sync::Mutex<tenancy_insights::anomaly::Board>>,
+    /// The configuration and provisioning rules' periodic task (see [`rules`]).
+    rules_task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     /// Tenant transactions and the application's access model, for the platform
     /// administrators' management of tenants' roles and grants (see [`api::access`]);
     /// without it those routes answer 503.
@@ -179,6 +182,7 @@ impl AppState {
                 anomalies: Arc::new(std::sync::Mutex::new(
                     tenancy_insights::anomaly::Board::new(10_000),
                 )),
+                rules_task: Arc::default(),
                 tenant_access: None,
             }),
         }
@@ -226,8 +230,9 @@ impl AppState {
         &self.inner.insights
     }
 
-    /// Checks and keeps a batch of detections.
-    pub fn push_anomalies(
+    /// Checks and keeps a batch of detections (without counting them or queueing their
+    /// events: [`rules::report`] does both).
+    pub fn keep_anomalies(
         &self,
         batch: tenancy_insights::anomaly::DetectionBatch,
     ) -> Result<tenancy_insights::anomaly::Pushed, tenancy_insights::SnapshotError> {
@@ -260,6 +265,21 @@ impl AppState {
     pub fn set_audit_task(&self, task: Option<audit::sealer::SealerTask>) {
         if let Ok(mut t) = self.inner.audit_task.lock() {
             *t = task;
+        }
+    }
+
+    /// Keeps the configuration and provisioning rules' periodic task, to stop it at
+    /// shutdown.
+    pub fn set_rules_task(&self, task: Option<tokio::task::JoinHandle<()>>) {
+        if let Ok(mut t) = self.inner.rules_task.lock() {
+            *t = task;
+        }
+    }
+
+    /// Stops the rules' periodic task, if there is one.
+    pub fn stop_rules_task(&self) {
+        if let Some(t) = self.inner.rules_task.lock().ok().and_then(|mut t| t.take()) {
+            t.abort();
         }
     }
 

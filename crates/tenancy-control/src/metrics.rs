@@ -98,7 +98,7 @@ fn describe() {
     );
     describe_counter!(
         "tenancy_anomalies_total",
-        "Access anomalies pushed by applications' detectors, by kind and severity"
+        "Anomalies detected (access anomalies pushed by applications' detectors, configuration and provisioning rules' findings), by kind and severity"
     );
     describe_gauge!("tenancy_shutting_down", "1 once shutdown has begun");
     describe_gauge!("tenancy_tenants", "Tenants by lifecycle state");

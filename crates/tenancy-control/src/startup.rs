@@ -176,6 +176,7 @@ impl App {
             if let Some(t) = workers_state.take_audit_task() {
                 t.stop().await;
             }
+            workers_state.stop_rules_task();
         };
         let drained = async move {
             let (served, ()) = tokio::join!(server, workers);
@@ -688,9 +689,19 @@ async fn build_with(config: &ControlConfig, clusters: &[LocalCluster]) -> Result
                 .map(|p| p.expose_secret().as_bytes().to_vec())
                 .unwrap_or_default(),
         );
+    // Configuration writes are checked against the rules; their warnings go to the
+    // rules' task (started below) as they come.
+    let (warn_tx, warn_rx) = crate::rules::warnings_channel();
+    let sink: tenancy_config_service::rules::FindingSink = Arc::new(move |f: &[_]| {
+        let _ = warn_tx.send(f.to_vec());
+    });
     let config_state = ConfigState {
         store: tenancy_config_service::Store::new(catalog_cfg.clone(), 4)
-            .context("creating the configuration store")?,
+            .context("creating the configuration store")?
+            .with_rules(Some(tenancy_config_service::rules::RuleCheck {
+                config: Arc::new(config.insights.rules.clone()),
+                sink: Some(sink),
+            })),
         client: ConfigClient::connect(reader_cfg, ClientOptions::default())
             .await
             .context("starting the configuration client (snapshot and LISTEN) as tenancy_config_reader (config_reader_password)")?,
@@ -729,6 +740,11 @@ async fn build_with(config: &ControlConfig, clusters: &[LocalCluster]) -> Result
     let workers = provisioner.spawn_workers(config.workers);
     state.health().set_workers(workers, config.workers);
     state.set_audit_task(sealer.spawn());
+    state.set_rules_task(Some(crate::rules::spawn(
+        state.clone(),
+        config.insights.rules.clone(),
+        warn_rx,
+    )));
     tracing::info!(
         workers = config.workers,
         listen = %config.listen,

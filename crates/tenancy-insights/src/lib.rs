@@ -20,12 +20,18 @@
 //!   the SDK's signals (per-tenant baselines, robust scores, detections with evidence),
 //!   and its evaluation harness.
 //!
+//! - [`rules`]: configuration and provisioning anomalies: rules declared in configuration
+//!   (compliance flags per region, residency, dedicated plans, security overrides, flags
+//!   reaching excluded regions) and learned detectors over provisioning steps and the
+//!   configuration change log, as pure functions over facts the caller gathers.
+//!
 //! What it does not do: it never sees SQL text or parameters, never puts a tenant id in
 //! a metric label, and keeps no series per tenant; it does not read `pg_stat_statements`.
 
 pub mod anomaly;
 mod recorder;
 mod report;
+pub mod rules;
 pub mod sketch;
 mod snapshot;
 

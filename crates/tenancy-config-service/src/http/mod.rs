@@ -66,7 +66,16 @@ pub enum ProblemCode {
     LimitExceeded,
     /// No tenant in the request (the tenant-resolution layer did not run).
     TenantRequired,
+    /// A configuration rule refuses the change (the detail names the rule).
+    RuleRefused,
 }
+
+/// A change a configuration rule refuses (`tenancy_insights::rules`).
+pub const RULE_REFUSED: ProblemType = ProblemType::new(
+    "config-rule",
+    422,
+    "A configuration rule refuses the change",
+);
 
 impl ProblemCode {
     /// Every code, for documentation and tests.
@@ -80,6 +89,7 @@ impl ProblemCode {
         ProblemCode::FeatureNotEntitled,
         ProblemCode::LimitExceeded,
         ProblemCode::TenantRequired,
+        ProblemCode::RuleRefused,
     ];
 
     /// The problem type (code, status, title).
@@ -94,6 +104,7 @@ impl ProblemCode {
             ProblemCode::FeatureNotEntitled => FEATURE_NOT_ENTITLED,
             ProblemCode::LimitExceeded => LIMIT_EXCEEDED,
             ProblemCode::TenantRequired => TENANT_REQUIRED,
+            ProblemCode::RuleRefused => RULE_REFUSED,
         }
     }
 
@@ -148,6 +159,9 @@ impl From<ConfigError> for ApiError {
             ConfigError::Invalid(m) => Problem::new(ProblemCode::Validation, m.to_string()),
             ConfigError::NotFound { .. } => Problem::new(ProblemCode::NotFound, e.to_string()),
             ConfigError::Conflict(m) => Problem::new(ProblemCode::Conflict, m.clone()),
+            ConfigError::Rule { message, .. } => {
+                Problem::new(ProblemCode::RuleRefused, message.clone())
+            }
             // A concurrent change won a race the checks could not see (two verifications of
             // one domain, two creations of one key): a conflict, not our failure.
             ConfigError::Db { source, .. }

@@ -5,7 +5,8 @@ use tenancy_config::model::{Flag, FlagKey};
 use tenancy_config::ConfigError;
 
 use super::{
-    exec, not_found, nothing, row_json, to_json, valid, ChangeMeta, ChangeRecord, Scope, Store, Tx,
+    exec, not_found, nothing, row_json, to_json, valid, ChangeMeta, ChangeRecord, Reach, Scope,
+    Store, Tx,
 };
 
 /// A flag as stored (`NotFound` when there is none).
@@ -50,6 +51,10 @@ impl Store {
         valid(meta, flag.validate())?;
         let key = flag.key.as_str();
         let def = to_json(flag);
+        let reach = Reach::Flag {
+            key: key.to_owned(),
+            excludes: crate::rules::excludes_regions(flag),
+        };
         let prepare = async |tx: &Tx<'_>| {
             let before = locked_flag(tx, key).await?;
             let change = ChangeRecord::new("flag", key, Scope::Flag(key.to_owned()), "put")
@@ -59,7 +64,7 @@ impl Store {
         };
         let apply = async |tx: &Tx<'_>, v: i64, ()| write_flag(tx, key, &def, v).await;
         let (v, ()) = self
-            .write(meta, "committing a flag", prepare, apply)
+            .checked_write(meta, "committing a flag", reach, prepare, apply)
             .await?;
         Ok(v)
     }
@@ -88,7 +93,18 @@ impl Store {
         };
         let apply = async |tx: &Tx<'_>, v: i64, after: Value| write_flag(tx, key, &after, v).await;
         let (v, ()) = self
-            .write(meta, "committing a kill switch", prepare, apply)
+            .checked_write(
+                meta,
+                "committing a kill switch",
+                // Killed, a flag serves its off variant: it can only stop reaching a
+                // region.
+                Reach::Flag {
+                    key: key.to_owned(),
+                    excludes: false,
+                },
+                prepare,
+                apply,
+            )
             .await?;
         Ok(v)
     }
@@ -117,7 +133,16 @@ impl Store {
             Ok((change, ()))
         };
         let (v, ()) = self
-            .write(meta, "committing a flag deletion", prepare, nothing)
+            .checked_write(
+                meta,
+                "committing a flag deletion",
+                Reach::Flag {
+                    key: key.to_owned(),
+                    excludes: false,
+                },
+                prepare,
+                nothing,
+            )
             .await?;
         Ok(v)
     }

@@ -9,7 +9,8 @@ use super::entitlements::entitlement_kinds;
 use super::flags::stored_flag;
 use super::settings::setting_def;
 use super::{
-    exec, invalid, not_found, row_json, to_json, valid, ChangeMeta, ChangeRecord, Scope, Store, Tx,
+    exec, invalid, not_found, row_json, to_json, valid, ChangeMeta, ChangeRecord, Reach, Scope,
+    Store, Tx,
 };
 use crate::schema::{check_stored, compile_setting};
 
@@ -84,7 +85,7 @@ impl Store {
             .await
         };
         let (v, ()) = self
-            .write(meta, "committing a plan", prepare, apply)
+            .checked_write(meta, "committing a plan", Reach::Fleet, prepare, apply)
             .await?;
         Ok(v)
     }
@@ -147,7 +148,13 @@ impl Store {
             .await
         };
         let (v, ()) = self
-            .write(meta, "committing a region layer", prepare, apply)
+            .checked_write(
+                meta,
+                "committing a region layer",
+                Reach::Fleet,
+                prepare,
+                apply,
+            )
             .await?;
         Ok(v)
     }

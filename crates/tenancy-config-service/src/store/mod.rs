@@ -9,6 +9,12 @@
 //! `NOTIFY tenancy_config, '<kind>:<id>'`, writes, and commits. PostgreSQL delivers the
 //! notification only if the transaction commits, so a snapshot never hears of a change
 //! that did not happen. Payloads carry ids only; listeners read the data themselves.
+//!
+//! The writes that can change what the declared configuration rules find (tenant tags,
+//! overrides, flags, plan and region layers) are checked in the same transaction
+//! ([`crate::rules`]): the findings of the tenant concerned, or of the fleet, before and
+//! after; a change that brings a finding severe enough is rolled back. Entitlements,
+//! settings, branding and domains cannot change what the rules find and are not checked.
 
 use std::time::Duration;
 
@@ -31,6 +37,8 @@ mod overrides;
 mod settings;
 mod tenants;
 
+use crate::rules::{self, RuleCheck};
+
 pub use log::{Change, ChangeMeta};
 pub(crate) use log::{ChangeRecord, Scope};
 pub use tenancy_config::load::CHANNEL;
@@ -40,17 +48,84 @@ pub use tenancy_config::load::CHANNEL;
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PlainPool,
+    rules: Option<RuleCheck>,
 }
 
 type Tx<'a> = Transaction<'a>;
 
+/// Whose findings of the configuration rules a write can change.
+#[derive(Debug, Clone)]
+pub(crate) enum Reach {
+    /// One tenant's (its tags, its overrides).
+    Tenant(TenantId),
+    /// Every tenant's, through one flag: only when the rules name the flag (a
+    /// compliance or security flag, configured exclusions) or `excludes` (its own rules
+    /// exclude regions) can the change bring a finding.
+    Flag {
+        /// The flag.
+        key: String,
+        /// Whether its rules, after the change, exclude a region.
+        excludes: bool,
+    },
+    /// Every tenant's (a plan or region layer forcing any flag).
+    Fleet,
+}
+
+impl Reach {
+    fn tenant(&self) -> Option<TenantId> {
+        match self {
+            Reach::Tenant(t) => Some(*t),
+            Reach::Flag { .. } | Reach::Fleet => None,
+        }
+    }
+
+    /// Whether the change can bring a finding of `cfg`'s rules at all.
+    fn matters(&self, cfg: &tenancy_insights::rules::RulesConfig) -> bool {
+        match self {
+            Reach::Flag { key, excludes } => *excludes || cfg.names_flag(key),
+            Reach::Tenant(_) | Reach::Fleet => true,
+        }
+    }
+}
+
 impl Store {
     /// A store connecting with `config` (the catalog's owner role), at most `max_size`
     /// connections.
+    /// Writes are checked against the default configuration rules
+    /// ([`tenancy_insights::rules::RulesConfig::default`]); see [`Store::with_rules`].
     pub fn new(config: impl Into<PgConfig>, max_size: usize) -> Result<Store, ConfigError> {
         let pool = plain_pool(config, max_size, Duration::from_secs(10))
             .map_err(|e| ConfigError::Pool(e.to_string()))?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            rules: Some(RuleCheck {
+                config: Default::default(),
+                sink: None,
+            }),
+        })
+    }
+
+    /// The same store checking writes against `rules` (`None`: no check).
+    pub fn with_rules(mut self, rules: Option<RuleCheck>) -> Store {
+        self.rules = rules;
+        self
+    }
+
+    /// The rules writes are checked against.
+    pub fn rules(&self) -> Option<&RuleCheck> {
+        self.rules.as_ref()
+    }
+
+    /// The declared rules' findings over the whole fleet as committed (what a periodic
+    /// check reports); `None` when the store checks no rule.
+    pub async fn fleet_findings(
+        &self,
+    ) -> Result<Option<Vec<tenancy_insights::rules::Finding>>, ConfigError> {
+        let Some(r) = &self.rules else {
+            return Ok(None);
+        };
+        let c = self.conn().await?;
+        Ok(Some(rules::findings(&*c, &r.config, None).await?))
     }
 
     async fn conn(&self) -> Result<PlainConn, ConfigError> {
@@ -63,7 +138,7 @@ impl Store {
     /// Loads everything (what a snapshot is built from).
     pub async fn load_all(&self) -> Result<ConfigData, ConfigError> {
         let c = self.conn().await?;
-        tenancy_config::load::load_all(&c).await
+        tenancy_config::load::load_all(&*c).await
     }
 
     /// The one write path. Checks `meta`, opens a transaction, runs `prepare` (checks
@@ -79,16 +154,69 @@ impl Store {
         prepare: impl AsyncFnOnce(&Tx<'_>) -> Result<(ChangeRecord, P), ConfigError>,
         apply: impl AsyncFnOnce(&Tx<'_>, i64, P) -> Result<T, ConfigError>,
     ) -> Result<(i64, T), ConfigError> {
+        self.write_in(meta, committing, None, prepare, apply).await
+    }
+
+    /// [`Store::write`] of a change that can alter what the configuration rules find
+    /// for `reach`: the findings before and after the change are compared in its
+    /// transaction; one it brings from the rules' `reject_from` severity on rolls it
+    /// back ([`ConfigError::Rule`]), the others are warnings, logged and handed to the
+    /// rules' sink once the change committed.
+    async fn checked_write<P, T>(
+        &self,
+        meta: &ChangeMeta,
+        committing: &'static str,
+        reach: Reach,
+        prepare: impl AsyncFnOnce(&Tx<'_>) -> Result<(ChangeRecord, P), ConfigError>,
+        apply: impl AsyncFnOnce(&Tx<'_>, i64, P) -> Result<T, ConfigError>,
+    ) -> Result<(i64, T), ConfigError> {
+        self.write_in(meta, committing, Some(reach), prepare, apply)
+            .await
+    }
+
+    async fn write_in<P, T>(
+        &self,
+        meta: &ChangeMeta,
+        committing: &'static str,
+        reach: Option<Reach>,
+        prepare: impl AsyncFnOnce(&Tx<'_>) -> Result<(ChangeRecord, P), ConfigError>,
+        apply: impl AsyncFnOnce(&Tx<'_>, i64, P) -> Result<T, ConfigError>,
+    ) -> Result<(i64, T), ConfigError> {
         meta.validate()?;
+        let check = reach
+            .zip(self.rules.as_ref())
+            .filter(|(r, rc)| r.matters(&rc.config));
         let mut c = self.conn().await?;
         let tx = c
             .transaction()
             .await
             .map_err(ConfigError::db("starting a transaction"))?;
+        let before = match &check {
+            Some((r, rc)) => rules::findings(&tx, &rc.config, r.tenant()).await?,
+            None => Vec::new(),
+        };
         let (change, prepared) = prepare(&tx).await?;
         let version = change.record(&tx, meta).await?;
         let out = apply(&tx, version, prepared).await?;
+        let mut warnings = Vec::new();
+        if let Some((r, rc)) = &check {
+            let after = rules::findings(&tx, &rc.config, r.tenant()).await?;
+            let brought = tenancy_insights::rules::brought(&before, &after);
+            if let Some(f) = brought.iter().find(|f| rc.config.rejects(f)) {
+                // Dropping the transaction rolls the change back, its record included.
+                return Err(rules::refusal(f));
+            }
+            warnings = brought.into_iter().cloned().collect();
+        }
         tx.commit().await.map_err(ConfigError::db(committing))?;
+        if let (false, Some((_, rc))) = (warnings.is_empty(), &check) {
+            for w in &warnings {
+                tracing::warn!(rule = w.kind.as_str(), version, "{}", w.message);
+            }
+            if let Some(sink) = &rc.sink {
+                sink(&warnings);
+            }
+        }
         Ok((version, out))
     }
 }

@@ -10,7 +10,7 @@ use super::entitlements::entitlement_kinds;
 use super::flags::stored_flag;
 use super::{
     exec, invalid, not_found, nothing, row_json, tenant_exists, to_json, valid, ChangeMeta,
-    ChangeRecord, Scope, Store, Tx,
+    ChangeRecord, Reach, Scope, Store, Tx,
 };
 
 /// How the catalog names an override's target: its kind and key.
@@ -117,7 +117,13 @@ impl Store {
             .await
         };
         let (v, ()) = self
-            .write(meta, "committing an override", prepare, apply)
+            .checked_write(
+                meta,
+                "committing an override",
+                Reach::Tenant(tenant),
+                prepare,
+                apply,
+            )
             .await?;
         Ok(v)
     }
@@ -144,7 +150,13 @@ impl Store {
             Ok((change, ()))
         };
         let (v, ()) = self
-            .write(meta, "committing an override deletion", prepare, nothing)
+            .checked_write(
+                meta,
+                "committing an override deletion",
+                Reach::Tenant(tenant),
+                prepare,
+                nothing,
+            )
             .await?;
         Ok(v)
     }

@@ -6,7 +6,8 @@ use tenancy_config::ConfigError;
 use tenancy_core::TenantId;
 
 use super::{
-    exec, row_json, tenant_exists, to_json, valid, ChangeMeta, ChangeRecord, Scope, Store, Tx,
+    exec, row_json, tenant_exists, to_json, valid, ChangeMeta, ChangeRecord, Reach, Scope, Store,
+    Tx,
 };
 
 impl Store {
@@ -57,7 +58,13 @@ impl Store {
             .await
         };
         let (v, ()) = self
-            .write(meta, "committing tenant attributes", prepare, apply)
+            .checked_write(
+                meta,
+                "committing tenant attributes",
+                Reach::Tenant(tenant),
+                prepare,
+                apply,
+            )
             .await?;
         Ok(v)
     }

@@ -3,6 +3,7 @@
 
 mod api;
 mod domains;
+mod rules;
 // One harness for the tests of both configuration crates.
 #[path = "../../../tenancy-config/tests/it/support.rs"]
 #[allow(dead_code)]

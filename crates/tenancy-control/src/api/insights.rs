@@ -164,9 +164,9 @@ pub struct AnomalyList {
 pub struct AnomalyParams {
     /// Only this tenant's.
     pub tenant: Option<uuid::Uuid>,
-    /// Only this detector's.
+    /// Only this detector's or rule's.
     #[param(
-        pattern = "^(enumeration|context_refusal|tenant_mismatch|exfiltration|cross_tenant|volume|new_origin)$"
+        pattern = "^(enumeration|context_refusal|tenant_mismatch|exfiltration|cross_tenant|volume|new_origin|compliance_missing|outside_residency|dedicated_on_pooled|security_override|rollout_region|stuck_provisioning|step_failures|step_duration|change_burst)$"
     )]
     pub kind: Option<String>,
     /// Only this severity or higher.
@@ -183,7 +183,8 @@ pub struct AnomalyParams {
 
 /// Receives detections of an application's anomaly detector
 /// (`tenancy_insights::anomaly::AnomalyFeed::take_opened`, or its kept detections again to
-/// update them), counted in `tenancy_anomalies_total{kind,severity}`.
+/// update them), counted in `tenancy_anomalies_total{kind,severity}`; each new one is
+/// delivered to the event receivers as an `anomaly.detected` webhook.
 #[utoipa::path(post, path = "/v1/insights/anomalies", tag = "insights", security(("admin" = [])),
     request_body = tenancy_insights::anomaly::DetectionBatch,
     responses((status = 202, body = AnomaliesAccepted, description = "Kept"),
@@ -199,20 +200,17 @@ pub async fn push_anomalies(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<AnomaliesAccepted>), ApiError> {
     let (batch, _): (tenancy_insights::anomaly::DetectionBatch, _) = parse_body(&headers, body)?;
-    let pushed = state.push_anomalies(batch).map_err(|e| ApiError {
-        code: ProblemCode::ValidationFailed,
-        detail: format!("the batch is invalid: {}", e.message),
-        errors: vec![FieldError {
-            field: e.field,
-            message: e.message,
-        }],
-        retry_after: None,
-    })?;
-    // An update of a kept detection is not a new anomaly: only new ones are counted.
-    for (kind, severity) in &pushed.new {
-        metrics::counter!("tenancy_anomalies_total", "kind" => kind.as_str(), "severity" => severity.as_str())
-            .increment(1);
-    }
+    let pushed = crate::rules::report(&state, batch)
+        .await
+        .map_err(|e| ApiError {
+            code: ProblemCode::ValidationFailed,
+            detail: format!("the batch is invalid: {}", e.message),
+            errors: vec![FieldError {
+                field: e.field,
+                message: e.message,
+            }],
+            retry_after: None,
+        })?;
     Ok((
         StatusCode::ACCEPTED,
         Json(AnomaliesAccepted {
@@ -222,7 +220,8 @@ pub async fn push_anomalies(
     ))
 }
 
-/// Access anomalies the applications' detectors found, the latest first: tenant, kind,
+/// Access anomalies the applications' detectors found and the configuration and
+/// provisioning rules' findings (source `rules`), the latest first: tenant, kind, subject,
 /// flagged hours, score, severity and evidence (signal, baseline, observed).
 #[utoipa::path(get, path = "/v1/insights/anomalies", tag = "insights", security(("admin" = [])), params(AnomalyParams),
     responses((status = 200, body = AnomalyList),
@@ -246,7 +245,10 @@ pub async fn anomalies(
         Some(k) => Some(AnomalyKind::parse(k).ok_or_else(|| {
             ApiError::field(
                 "kind",
-                "must be enumeration, context_refusal, tenant_mismatch, exfiltration, cross_tenant, volume or new_origin",
+                format!(
+                    "must be one of: {}",
+                    AnomalyKind::ALL.map(AnomalyKind::as_str).join(", ")
+                ),
             )
         })?),
     };

@@ -35,6 +35,9 @@ pub(super) fn store_error(e: &ConfigError) -> Refusal {
         ConfigError::Invalid(m) => Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, m.to_string()),
         ConfigError::NotFound { .. } => Refusal::new(StatusCode::NOT_FOUND, e.to_string()),
         ConfigError::Conflict(m) => Refusal::new(StatusCode::CONFLICT, m.clone()),
+        ConfigError::Rule { message, .. } => {
+            Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, message.clone())
+        }
         _ => {
             tracing::warn!(error = %e, "console: configuration store");
             Refusal::new(

@@ -5,6 +5,7 @@
 
 mod access;
 mod anomalies;
+mod anomaly_events;
 mod api;
 mod audit;
 mod config;

@@ -46,10 +46,10 @@ pub struct Anomaly {
 }
 
 /// What a push changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Pushed {
-    /// Kind and severity of each detection not seen before.
-    pub new: Vec<(AnomalyKind, Severity)>,
+    /// Each detection not seen before, as kept.
+    pub new: Vec<Anomaly>,
     /// Detections updated (the same source and id pushed again).
     pub updated: usize,
 }
@@ -65,6 +65,19 @@ pub struct Filter {
     pub min_severity: Option<Severity>,
     /// Only those whose last hour starts at or after this time (Unix seconds).
     pub since: Option<u64>,
+}
+
+/// Whether `s` is a detection's subject: `what:name`, 3 to 200 characters, `what` of
+/// a-z and `_`, `name` of visible ASCII.
+pub fn is_subject(s: &str) -> bool {
+    let Some((what, name)) = s.split_once(':') else {
+        return false;
+    };
+    (3..=200).contains(&s.len())
+        && !what.is_empty()
+        && what.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        && !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_graphic())
 }
 
 fn finite(field: String, v: f64) -> Result<(), SnapshotError> {
@@ -110,6 +123,14 @@ impl DetectionBatch {
             }
             if d.last_hour < d.first_hour {
                 return Err(bad(at("last_hour"), "must not be before first_hour"));
+            }
+            if let Some(s) = &d.subject {
+                if !is_subject(s) {
+                    return Err(bad(
+                        at("subject"),
+                        "must be 3 to 200 characters: a-z or '_', then ':', then visible ASCII",
+                    ));
+                }
             }
             finite(at("score"), d.score)?;
             if d.score < 0.0 {
@@ -173,11 +194,12 @@ impl Board {
                     if self.kept.len() >= self.capacity {
                         self.kept.pop_front();
                     }
-                    out.new.push((d.kind, d.severity));
-                    self.kept.push_back(Anomaly {
+                    let a = Anomaly {
                         source: batch.source.clone(),
                         detection: d,
-                    });
+                    };
+                    out.new.push(a.clone());
+                    self.kept.push_back(a);
                 }
             }
         }
@@ -192,7 +214,7 @@ impl Board {
             .iter()
             .filter(|a| {
                 let d = &a.detection;
-                filter.tenant.is_none_or(|t| d.tenant_id == t)
+                filter.tenant.is_none_or(|t| d.tenant_id == Some(t))
                     && filter.kind.is_none_or(|k| d.kind == k)
                     && filter.min_severity.is_none_or(|s| d.severity >= s)
                     && filter.since.is_none_or(|s| d.last_hour >= s)

@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 use tenancy_core::TenantId;
 
-/// Which detector fired.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Which detector or rule fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AnomalyKind {
@@ -27,11 +27,30 @@ pub enum AnomalyKind {
     /// Requests of a key from a network and user agent it never used, at an hour it is
     /// never used.
     NewOrigin,
+    /// Rule: a tenant in a region that requires a compliance flag (EU → `gdpr`) without
+    /// it.
+    ComplianceMissing,
+    /// Rule: a tenant placed in a region outside its residency.
+    OutsideResidency,
+    /// Rule: a tenant of a dedicated plan on pooled placement.
+    DedicatedOnPooled,
+    /// Rule: a per-tenant override that turns a security feature off.
+    SecurityOverride,
+    /// Rule: a flag serving a rollout to a tenant in a region the flag excludes.
+    RolloutRegion,
+    /// Learned: a tenant in `provisioning` far longer than provisioning usually takes.
+    StuckProvisioning,
+    /// Learned: a provisioning or move step failing far more often than it used to.
+    StepFailures,
+    /// Learned: a provisioning or move step taking far longer than it used to.
+    StepDuration,
+    /// Learned: an actor making far more configuration changes than it usually does.
+    ChangeBurst,
 }
 
 impl AnomalyKind {
-    /// Every kind, in the order reports list them.
-    pub const ALL: [AnomalyKind; 7] = [
+    /// Every kind: the access detector's, then the rules'.
+    pub const ALL: [AnomalyKind; 16] = [
         AnomalyKind::Enumeration,
         AnomalyKind::ContextRefusal,
         AnomalyKind::TenantMismatch,
@@ -39,7 +58,24 @@ impl AnomalyKind {
         AnomalyKind::CrossTenant,
         AnomalyKind::Volume,
         AnomalyKind::NewOrigin,
+        AnomalyKind::ComplianceMissing,
+        AnomalyKind::OutsideResidency,
+        AnomalyKind::DedicatedOnPooled,
+        AnomalyKind::SecurityOverride,
+        AnomalyKind::RolloutRegion,
+        AnomalyKind::StuckProvisioning,
+        AnomalyKind::StepFailures,
+        AnomalyKind::StepDuration,
+        AnomalyKind::ChangeBurst,
     ];
+
+    /// The kinds of the access detector ([`super::Detector`]), in the order reports
+    /// list them.
+    pub const ACCESS: &'static [AnomalyKind] = AnomalyKind::ALL.split_at(7).0;
+
+    /// The kinds of the configuration and provisioning checks ([`crate::rules`]): the
+    /// declared rules, then the learned detectors.
+    pub const RULES: &'static [AnomalyKind] = AnomalyKind::ALL.split_at(7).1;
 
     /// The snake_case name (as in JSON and metric labels).
     pub fn as_str(self) -> &'static str {
@@ -51,6 +87,15 @@ impl AnomalyKind {
             AnomalyKind::CrossTenant => "cross_tenant",
             AnomalyKind::Volume => "volume",
             AnomalyKind::NewOrigin => "new_origin",
+            AnomalyKind::ComplianceMissing => "compliance_missing",
+            AnomalyKind::OutsideResidency => "outside_residency",
+            AnomalyKind::DedicatedOnPooled => "dedicated_on_pooled",
+            AnomalyKind::SecurityOverride => "security_override",
+            AnomalyKind::RolloutRegion => "rollout_region",
+            AnomalyKind::StuckProvisioning => "stuck_provisioning",
+            AnomalyKind::StepFailures => "step_failures",
+            AnomalyKind::StepDuration => "step_duration",
+            AnomalyKind::ChangeBurst => "change_burst",
         }
     }
 
@@ -67,7 +112,17 @@ impl AnomalyKind {
             AnomalyKind::Enumeration | AnomalyKind::TenantMismatch | AnomalyKind::Exfiltration => {
                 Severity::Medium
             }
-            AnomalyKind::Volume | AnomalyKind::NewOrigin => Severity::Low,
+            AnomalyKind::Volume
+            | AnomalyKind::NewOrigin
+            | AnomalyKind::ComplianceMissing
+            | AnomalyKind::OutsideResidency
+            | AnomalyKind::DedicatedOnPooled
+            | AnomalyKind::SecurityOverride
+            | AnomalyKind::RolloutRegion
+            | AnomalyKind::StuckProvisioning
+            | AnomalyKind::StepFailures
+            | AnomalyKind::StepDuration
+            | AnomalyKind::ChangeBurst => Severity::Low,
         }
     }
 }
@@ -155,10 +210,21 @@ pub struct Detection {
         schema(minimum = 0, maximum = 9007199254740991_i64)
     )]
     pub id: u64,
-    /// The tenant.
-    #[cfg_attr(feature = "openapi", schema(value_type = uuid::Uuid))]
-    pub tenant_id: TenantId,
-    /// Which detector fired.
+    /// The tenant; absent for a finding about the fleet (a provisioning step, an actor's
+    /// configuration changes).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<uuid::Uuid>))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<TenantId>,
+    /// What the finding is about besides the tenant, as `what:name` (`flag:mfa`,
+    /// `step:create_schema`, `actor:ops@example.com`, `region:eu-west`); absent for
+    /// access anomalies.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^[a-z_]+:[\\x21-\\x7e]+$", min_length = 3, max_length = 200)
+    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Which detector or rule fired.
     pub kind: AnomalyKind,
     /// The start of the first flagged hour (Unix seconds).
     #[cfg_attr(

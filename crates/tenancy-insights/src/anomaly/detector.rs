@@ -122,7 +122,7 @@ struct TenantState {
     learning: Option<Box<Learning>>,
     model: Option<Box<Model>>,
     /// Per detector: the last flagged hour and the id of its open detection.
-    open: [Option<(u64, u64)>; 7],
+    open: [Option<(u64, u64)>; AnomalyKind::ACCESS.len()],
 }
 
 /// A bounded set of fingerprints with the hour each joined.
@@ -277,7 +277,7 @@ impl Detector {
                 rates: Rates::default(),
             })),
             model: None,
-            open: [None; 7],
+            open: [None; AnomalyKind::ACCESS.len()],
         });
         t.last_seen = hour;
         match e.kind {
@@ -441,7 +441,7 @@ impl Detector {
 
     /// Opens a detection, or extends the tenant's open one of the same kind.
     fn flag(&mut self, tenant: TenantId, h: u64, f: Flag, opened: &mut Vec<Detection>) {
-        let k = AnomalyKind::ALL
+        let k = AnomalyKind::ACCESS
             .iter()
             .position(|k| *k == f.kind)
             .unwrap_or(0);
@@ -468,7 +468,8 @@ impl Detector {
         t.open[k] = Some((h, id));
         let d = Detection {
             id,
-            tenant_id: tenant,
+            tenant_id: Some(tenant),
+            subject: None,
             kind: f.kind,
             first_hour: h * 3600,
             last_hour: h * 3600,

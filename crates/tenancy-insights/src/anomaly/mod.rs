@@ -45,7 +45,7 @@ mod feed;
 mod model;
 pub mod simulate;
 
-pub use board::{Anomaly, Board, DetectionBatch, Filter, Pushed, MAX_BATCH};
+pub use board::{is_subject, Anomaly, Board, DetectionBatch, Filter, Pushed, MAX_BATCH};
 pub use detection::{AnomalyKind, Detection, Evidence, Severity};
 pub use detector::{Detector, DetectorOptions, DetectorStats, OptionsError, Thresholds};
 pub use event::{network_of, AccessEvent, AccessKind, Fingerprint};

@@ -28,7 +28,7 @@ fn detects(kind: AttackKind, expected: AnomalyKind, seed: u64) {
     assert_eq!(r.ours.attacks, 3);
     for a in sim.attacks() {
         assert!(
-            r.detections.iter().any(|d| d.tenant_id == a.tenant
+            r.detections.iter().any(|d| d.tenant_id == Some(a.tenant)
                 && d.kind == expected
                 && d.first_hour / 3600 >= a.first_hour
                 && d.first_hour / 3600 <= a.last_hour + 24),
@@ -142,7 +142,7 @@ fn a_detection_carries_its_evidence_and_later_hours_extend_it() {
     assert_eq!(kept.len(), 1);
     let det = &kept[0];
     assert_eq!(det.kind, AnomalyKind::Enumeration);
-    assert_eq!(det.tenant_id, t);
+    assert_eq!(det.tenant_id, Some(t));
     assert_eq!(det.first_hour, start + 24 * 3600);
     assert_eq!(
         det.last_hour,
@@ -240,7 +240,7 @@ fn the_board_keeps_updates_filters_and_refuses() {
         },
         10,
     );
-    assert!(mine.iter().all(|a| a.detection.tenant_id == t));
+    assert!(mine.iter().all(|a| a.detection.tenant_id == Some(t)));
     assert!(!mine.is_empty());
     // Bounded: a fourth detection from another source pushes the oldest out.
     let mut more = batch.clone();

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use serde_json::json;
 use tenancy_catalog::{self as catalog, Delivery, OutboxMessage, Tenant, Workflow};
+use tenancy_core::TenantId;
 use tokio_postgres::{Client, Transaction};
 
 use super::{now_rfc3339, tenant_json, Provisioner, StepCtx};
@@ -120,19 +121,43 @@ impl Provisioner {
         tenant: &Tenant,
         event_type: &str,
     ) -> Result<(), Error> {
+        self.queue_event(
+            tx,
+            &format!("{}_{}", wf.id.simple(), step),
+            Some(tenant.id),
+            event_type,
+            tenant_json(tenant),
+        )
+        .await
+    }
+
+    /// Queues an event for every event receiver in `tx` (the transactional outbox): the
+    /// outbox delivery signs it (Standard Webhooks), sends it and retries it like the
+    /// lifecycle events. `id` names the event: each receiver's message has the
+    /// `webhook-id` `msg_<id>_<receiver>`, the same across retries, and queueing an id
+    /// again is a no-op. The body is `{"type", "timestamp", "data"}`; `tenant` (which
+    /// must exist in the catalog) files the deliveries under it.
+    pub async fn queue_event(
+        &self,
+        tx: &Transaction<'_>,
+        id: &str,
+        tenant: Option<TenantId>,
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> Result<(), Error> {
         for (r, _) in &self.inner.event_keys {
             catalog::enqueue_outbox(
                 tx,
                 &OutboxMessage {
-                    webhook_id: format!("msg_{}_{}_{}", wf.id.simple(), step, r.name),
+                    webhook_id: format!("msg_{id}_{}", r.name),
                     receiver: r.name.clone(),
                     url: r.url.clone(),
-                    tenant_id: Some(tenant.id),
+                    tenant_id: tenant,
                     event_type: event_type.into(),
                     payload: json!({
                         "type": event_type,
                         "timestamp": now_rfc3339(),
-                        "data": tenant_json(tenant),
+                        "data": data,
                     }),
                     attempts: 0,
                 },
@@ -140,6 +165,12 @@ impl Provisioner {
             .await?;
         }
         Ok(())
+    }
+
+    /// Whether any event receiver is configured (an event queued without one goes
+    /// nowhere).
+    pub fn has_event_receivers(&self) -> bool {
+        !self.inner.event_keys.is_empty()
     }
 
     /// Delivers the next due outbox message. Returns whether there was one.

@@ -257,7 +257,7 @@ pub fn run(
     baseline.advance(end);
     let alerts: Vec<(TenantId, u64)> = detections
         .iter()
-        .map(|d| (d.tenant_id, d.first_hour / 3600))
+        .filter_map(|d| Some((d.tenant_id?, d.first_hour / 3600)))
         .collect();
     let weeks = sim.scored_tenant_weeks();
     Ok(Run {
