@@ -603,3 +603,41 @@ async fn an_import_cut_off_half_way_leaves_nothing_and_a_rerun_finishes_it() {
         Some(legacy::Recorded { tenant, done: true })
     );
 }
+
+#[tokio::test]
+async fn a_target_trigger_that_changes_rows_is_caught_by_reading_the_table_back() {
+    let mut env = env_with(invoicing_app()).await;
+    let (_cfg, c) = source_db(&env, "shout", SINGLE_TENANT_SCHEMA).await;
+    fill(&c, "shout", 20, 2).await;
+    let tenant = env.tenant("shout-co", Placement::Pooled).await;
+    row_types(&env).await;
+    target_ledger(&env, &["0001_invoicing", "0002_notes"]).await;
+    let owner = tenancy_test_support::connect(env._db.config_as(OWNER_ROLE)).await;
+    owner
+        .batch_execute(
+            "CREATE FUNCTION invoicing.shout() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN NEW.name := upper(NEW.name); RETURN NEW; END $$;
+             CREATE TRIGGER shout BEFORE INSERT ON invoicing.customers
+                 FOR EACH ROW EXECUTE FUNCTION invoicing.shout();",
+        )
+        .await
+        .expect("trigger");
+    let err = legacy::import_database(
+        &env.router,
+        &env.catalog,
+        &env.access,
+        &c,
+        tenant,
+        &opts(),
+        &tenancy_transfer::NoProgress,
+    )
+    .await
+    .expect_err("rows the target changed are refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("table invoicing.customers") && text.contains("the target changed the rows"),
+        "{text}"
+    );
+    assert!(tenant_rows(&env, tenant).await.iter().all(|t| t.is_empty()));
+    assert_eq!(staging_tables(&env, tenant).await, vec![]);
+}
