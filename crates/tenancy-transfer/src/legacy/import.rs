@@ -1,6 +1,7 @@
-//! The import itself: the source's tables copied in foreign-key order into one
-//! `TenantTx` of the tenant, in bounded batches, each table read back and compared by
-//! count and checksum, sequences raised, one commit.
+//! The import itself: the source's tables staged in the tenant's database and inserted
+//! set-based, in foreign-key order, into one `TenantTx` of the tenant, the rows the
+//! inserts return compared by count and checksum with the rows read, sequences raised,
+//! one commit.
 
 use std::fmt;
 
@@ -61,7 +62,7 @@ impl fmt::Display for LegacySummary {
 /// exactly the source's rows, in which case nothing is written) in one transaction of the
 /// tenant's own; see the documentation of [`crate::legacy`]. `source` is a connection to
 /// the source database that may read every table; `access` holds the owner login that
-/// raises sequences. Any incompatibility is refused with the [`Report`](super::Report) of
+/// creates the staging tables and raises sequences. Any incompatibility is refused with the [`Report`](super::Report) of
 /// it (run [`inspect`](super::inspect) first for the complete one, with row scans). The
 /// whole import is one transaction: the router's pool must allow one that long
 /// (`PoolOptions::transaction_deadline` and `statement_timeout`, whose defaults end it
