@@ -351,7 +351,9 @@ async fn stage_table(
     while let Some(chunk) = out.next().await {
         let chunk = chunk.map_err(Error::db(what.clone()))?;
         lines.feed(&chunk, |_| {});
-        sink.send(chunk).await.map_err(Error::db(staging.clone()))?;
+        // One COPY data message arrives per row: fed, not flushed, the sink packs them
+        // into larger messages.
+        sink.feed(chunk).await.map_err(Error::db(staging.clone()))?;
     }
     let staged = sink.finish().await.map_err(Error::db(staging))?;
     let read = lines.end(&p.display)?;
@@ -432,8 +434,12 @@ async fn insert_staged(
         .zip(&p.inserted_at)
         .map(|((_, ty), at)| format!("s.c{at}::{ty}"))
         .collect();
+    // tenant_id is the context's tenant, read once for the statement (an init plan), not
+    // through the column's default for every row; the policy's WITH CHECK still compares
+    // every row with the context.
     let insert = format!(
-        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {} AS s",
+        "INSERT INTO {} (tenant_id, {}) OVERRIDING SYSTEM VALUE
+         SELECT (SELECT tenancy.current_tenant_id()), {} FROM {} AS s",
         p.target,
         cols.join(", "),
         casts.join(", "),
