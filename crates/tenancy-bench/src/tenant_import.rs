@@ -5,10 +5,12 @@
 //!
 //! - ours: `tenancy_transfer::legacy::import_database` into a freshly provisioned pooled
 //!   tenant: the tables compared with the app's, every table streamed out of one
-//!   REPEATABLE READ snapshot with `COPY … TO STDOUT`, inserted in batches through the
-//!   tenant's `TenantTx` (runtime role, row-level security forced, foreign keys checked
-//!   row by row, indexes of the shared tables maintained), each table read back and
-//!   compared by count and checksum, one commit. The pooled tables are emptied after
+//!   REPEATABLE READ snapshot with `COPY … TO STDOUT` into a staging table of the pooled
+//!   database (checksummed on the way), then inserted with one set-based
+//!   `INSERT … SELECT … RETURNING` per table through the tenant's `TenantTx` (runtime
+//!   role, row-level security forced, foreign keys checked row by row, indexes of the
+//!   shared tables maintained), the returned rows compared by count and checksum, the
+//!   next table staged while one is inserted, one commit. The pooled tables are emptied after
 //!   each run so every run loads into tables of the same size.
 //! - baseline: `pg_dump SOURCE | psql SCRATCH` (plain format: the COPY data, then the
 //!   indexes and foreign keys built once at the end), a new scratch database each run.
@@ -277,7 +279,7 @@ async fn measure(cluster: &Cluster, runs: usize) -> Result<()> {
             "baseline_rows_per_s": base_rps,
             "dry_run_inspect_seconds": inspect_s,
             "postgres_bin": bins.dir().display().to_string(),
-            "ours_includes": "table comparison, COPY out of one snapshot, batched INSERTs through the TenantTx (RLS, per-row foreign key checks, indexes of the shared tables), per-table read-back checksum, commit",
+            "ours_includes": "table comparison, COPY out of one snapshot into staging tables, one set-based INSERT … RETURNING per table through the TenantTx (RLS, per-row foreign key checks, indexes of the shared tables), checksums of the rows read and of the rows returned, commit",
         }),
     };
     let path = report.write()?;

@@ -384,6 +384,21 @@ async fn read_back(tx: &mut TenantTx, p: &Plan) -> Result<TableSummary, Error> {
     Ok(sum.summary(name))
 }
 
+/// A connection to the tenant's database as the owner login of its cluster.
+pub(crate) async fn owner_connection(
+    catalog: &Client,
+    access: &ClusterAccess,
+    t: &tenancy_catalog::Tenant,
+) -> Result<Client, Error> {
+    let cluster = tenancy_catalog::get_cluster(catalog, t.cluster_id).await?;
+    let dbname = match (t.placement, &t.database_name) {
+        (Placement::Dedicated, Some(d)) => d.clone(),
+        _ => cluster.dbname.clone(),
+    };
+    let cfg = tenancy_sdk::config_for(&cluster, &access.owner, &dbname, &access.tls);
+    Ok(tenancy_conn::connect(&cfg).await?)
+}
+
 /// Raises each sequence to at least the largest value imported into its column, as the
 /// owner of the tenant's database. Returns how many were raised.
 pub(crate) async fn raise_sequences(
@@ -392,13 +407,15 @@ pub(crate) async fn raise_sequences(
     t: &tenancy_catalog::Tenant,
     bumps: &[(String, i64)],
 ) -> Result<u64, Error> {
-    let cluster = tenancy_catalog::get_cluster(catalog, t.cluster_id).await?;
-    let dbname = match (t.placement, &t.database_name) {
-        (Placement::Dedicated, Some(d)) => d.clone(),
-        _ => cluster.dbname.clone(),
-    };
-    let cfg = tenancy_sdk::config_for(&cluster, &access.owner, &dbname, &access.tls);
-    let owner = tenancy_conn::connect(&cfg).await?;
+    let owner = owner_connection(catalog, access, t).await?;
+    raise_sequences_as(&owner, bumps).await
+}
+
+/// [`raise_sequences`] through an owner connection the caller holds.
+pub(crate) async fn raise_sequences_as(
+    owner: &Client,
+    bumps: &[(String, i64)],
+) -> Result<u64, Error> {
     let mut raised = 0;
     for (seq, max) in bumps {
         // One statement: the sequence's last value is read and raised together, and only

@@ -1,24 +1,19 @@
-//! The import itself: the source's tables copied in foreign-key order into one
-//! `TenantTx` of the tenant, in bounded batches, each table read back and compared by
-//! count and checksum, sequences raised, one commit.
+//! The import itself: the source's tables staged in the tenant's database and inserted
+//! set-based, in foreign-key order, into one `TenantTx` of the tenant, the rows the
+//! inserts return compared by count and checksum with the rows read, sequences raised,
+//! one commit.
 
 use std::fmt;
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use tenancy_core::TenantId;
 use tenancy_sdk::{ClusterAccess, Router};
-use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use super::analyse::analyse;
 use super::{LegacyOptions, TablePlan};
-use crate::format::{copy_unescape, RowChecksum, TableSummary, SESSION_SETTINGS};
+use crate::format::{RowChecksum, TableSummary, SESSION_SETTINGS};
 use crate::{Error, Progress};
-
-/// Rows sent to the target in one statement.
-const BATCH_ROWS: usize = 5_000;
-/// Bytes of row text after which a batch is sent even when it holds fewer rows.
-const BATCH_BYTES: usize = 4 << 20;
 
 /// What an import of a source database did.
 #[derive(Debug, Clone)]
@@ -67,7 +62,7 @@ impl fmt::Display for LegacySummary {
 /// exactly the source's rows, in which case nothing is written) in one transaction of the
 /// tenant's own; see the documentation of [`crate::legacy`]. `source` is a connection to
 /// the source database that may read every table; `access` holds the owner login that
-/// raises sequences. Any incompatibility is refused with the [`Report`](super::Report) of
+/// creates the staging tables and raises sequences. Any incompatibility is refused with the [`Report`](super::Report) of
 /// it (run [`inspect`](super::inspect) first for the complete one, with row scans). The
 /// whole import is one transaction: the router's pool must allow one that long
 /// (`PoolOptions::transaction_deadline` and `statement_timeout`, whose defaults end it
@@ -82,6 +77,7 @@ pub async fn import_database(
     progress: &dyn Progress,
 ) -> Result<LegacySummary, Error> {
     let t = tenancy_catalog::get_tenant(catalog, tenant).await?;
+    let owner = crate::import::owner_connection(catalog, access, &t).await?;
     // One snapshot of the source for every table; only read, so ended by a rollback.
     source
         .batch_execute(&format!(
@@ -91,28 +87,41 @@ pub async fn import_database(
         .map_err(Error::db("opening the source's snapshot"))?;
     let loaded = match router.begin(tenant).await {
         Ok(mut tx) => match tx.batch_execute(SESSION_SETTINGS).await {
-            Ok(()) => load(source, &mut tx, opts, progress).await.map(|l| (tx, l)),
+            Ok(()) => load(source, &owner, &mut tx, opts, progress)
+                .await
+                .map(|l| (tx, l)),
             Err(e) => Err(e.into()),
         },
         Err(e) => Err(e.into()),
     };
     let _ = source.batch_execute("ROLLBACK").await;
+    let done = finish(loaded, &owner, progress).await;
+    // The tenant's transaction is over (committed, rolled back, or dropped and rolling
+    // back): its staging tables go.
+    drop_staging(&owner, tenant).await;
+    let (tables, sequences_raised, already) = done?;
+    Ok(LegacySummary {
+        tenant,
+        tables,
+        sequences_raised,
+        already,
+    })
+}
+
+/// Raises the sequences and commits the tenant's transaction, or rolls it back when the
+/// tenant already held the source's rows.
+async fn finish(
+    loaded: Result<(tenancy_sdk::TenantTx, Loaded), Error>,
+    owner: &Client,
+    progress: &dyn Progress,
+) -> Result<(Vec<TableSummary>, u64, bool), Error> {
     // On an error the tenant's transaction was dropped, which rolls it back.
     let (tx, (tables, bumps, already)) = loaded?;
     if already {
         tx.rollback().await?;
-        return Ok(LegacySummary {
-            tenant,
-            tables,
-            sequences_raised: 0,
-            already,
-        });
+        return Ok((tables, 0, true));
     }
-    let raised = if bumps.is_empty() {
-        Ok(0)
-    } else {
-        crate::import::raise_sequences(catalog, access, &t, &bumps).await
-    };
+    let raised = crate::import::raise_sequences_as(owner, &bumps).await;
     let sequences_raised = match raised {
         Ok(n) => n,
         Err(e) => {
@@ -122,18 +131,14 @@ pub async fn import_database(
     };
     progress.verifying();
     tx.commit().await?;
-    Ok(LegacySummary {
-        tenant,
-        tables,
-        sequences_raised,
-        already: false,
-    })
+    Ok((tables, sequences_raised, false))
 }
 
 type Loaded = (Vec<TableSummary>, Vec<(String, i64)>, bool);
 
 async fn load(
     source: &Client,
+    owner: &Client,
     tx: &mut tenancy_sdk::TenantTx,
     opts: &LegacyOptions,
     progress: &dyn Progress,
@@ -176,16 +181,26 @@ async fn load(
         }
         return Ok((tables, Vec::new(), true));
     }
+    // Table k's rows go from its staging table into the tenant's table while table k+1's
+    // are staged: the source and the owner connection work beside the tenant's.
     let mut tables = Vec::new();
     let mut bumps = Vec::new();
-    for p in &plans {
-        progress.table(&p.display);
-        let copied = copy_table(source, target, p, progress).await?;
-        let back = checksum(target, &p.target, p, "the target").await?;
-        if back != copied {
+    let Some(first) = plans.first() else {
+        return Ok((tables, bumps, false));
+    };
+    let mut staged = stage_table(source, owner, tenant, 0, first).await?;
+    for (i, p) in plans.iter().enumerate() {
+        let next = async {
+            match plans.get(i + 1) {
+                Some(n) => stage_table(source, owner, tenant, i + 1, n).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (back, next) = tokio::try_join!(insert_staged(target, tenant, i, p, progress), next)?;
+        if back != staged {
             return Err(Error::Refused(format!(
                 "after loading, table {} holds {} rows with checksum {} but the source has {} rows with checksum {}: the target changed the rows (a trigger, a default, a type that does not round-trip); nothing was imported",
-                p.display, back.rows, back.checksum, copied.rows, copied.checksum
+                p.display, back.rows, back.checksum, staged.rows, staged.checksum
             )));
         }
         for (col, seq) in &p.sequences {
@@ -203,6 +218,9 @@ async fn load(
             }
         }
         tables.push(back);
+        if let Some(n) = next {
+            staged = n;
+        }
     }
     Ok((tables, bumps, false))
 }
@@ -239,181 +257,226 @@ async fn checksum(
     Ok(sum.summary(&p.display))
 }
 
-/// One batch of rows for the target: a column of text values (None: NULL) per inserted
-/// column.
-type Batch = Vec<Vec<Option<String>>>;
+/// The schema of the staging tables, in the tenant's database.
+const STAGING_SCHEMA: &str = "tenancy_import";
 
-/// Streams one table out of the source and into the target in batches; returns the count
-/// and checksum of what was read. Reading and parsing the source (a task of its own) runs
-/// ahead of the inserts by at most two batches.
-async fn copy_table(
+/// Where one table's source rows wait, as text, between the source and the tenant's
+/// table: an unlogged table of the tenant's database, owned by the owner login, that only
+/// a session in the importing tenant's context may read (a row-level security policy
+/// naming the tenant; no other privilege is granted), dropped when the import ends and
+/// replaced by a rerun.
+fn staging_table(tenant: TenantId, index: usize) -> String {
+    format!(
+        "{STAGING_SCHEMA}.{}",
+        tenancy_conn::quote_ident(&format!("t{}_{index}", tenant.as_uuid().simple()))
+    )
+}
+
+/// Drops the staging tables of `tenant`, once its transaction is over (best effort: a
+/// table left behind by a failure is readable only in the tenant's context, and the next
+/// run replaces it).
+async fn drop_staging(owner: &Client, tenant: TenantId) {
+    let prefix = format!("t{}\\_%", tenant.as_uuid().simple());
+    let Ok(rows) = owner
+        .query(
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables
+              WHERE schemaname = $1 AND tablename LIKE $2",
+            &[&STAGING_SCHEMA, &prefix],
+        )
+        .await
+    else {
+        return;
+    };
+    let mut sql = String::from("SET lock_timeout = '5s'; ");
+    for r in rows {
+        sql.push_str(&format!("DROP TABLE IF EXISTS {}; ", r.get::<_, String>(0)));
+    }
+    let _ = owner.batch_execute(&sql).await;
+}
+
+/// Creates the staging table of plan `index` and streams the source's rows of it into the
+/// table as COPY text, as they are; returns the count and checksum of what was read.
+async fn stage_table(
     source: &Client,
+    owner: &Client,
+    tenant: TenantId,
+    index: usize,
+    p: &TablePlan,
+) -> Result<TableSummary, Error> {
+    let stage = staging_table(tenant, index);
+    let columns: Vec<String> = (0..p.compared.len())
+        .map(|i| format!("c{i} text"))
+        .collect();
+    // One implicit transaction: the table never exists without its policy.
+    owner
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {STAGING_SCHEMA};
+             GRANT USAGE ON SCHEMA {STAGING_SCHEMA} TO {runtime};
+             DROP TABLE IF EXISTS {stage};
+             CREATE UNLOGGED TABLE {stage} ({columns});
+             REVOKE ALL ON {stage} FROM PUBLIC;
+             ALTER TABLE {stage} ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY tenancy_import_tenant ON {stage} FOR SELECT TO {runtime}
+                 USING ((SELECT tenancy.current_tenant_id()) = {tenant}::uuid);
+             GRANT SELECT ON {stage} TO {runtime};",
+            runtime = tenancy_sdk::bootstrap::RUNTIME_ROLE,
+            columns = columns.join(", "),
+            tenant = tenancy_conn::quote_literal(&tenant.as_uuid().to_string()),
+        ))
+        .await
+        .map_err(Error::db(format!(
+            "creating the staging table of {}",
+            p.display
+        )))?;
+    let what = format!("reading table {} of the source", p.display);
+    let out = source
+        .copy_out(
+            format!(
+                "COPY (SELECT {} FROM {}) TO STDOUT",
+                p.compared.join(", "),
+                p.source
+            )
+            .as_str(),
+        )
+        .await
+        .map_err(Error::db(what.clone()))?;
+    let staging = format!("staging table {}", p.display);
+    let sink = owner
+        .copy_in(format!("COPY {stage} FROM STDIN").as_str())
+        .await
+        .map_err(Error::db(staging.clone()))?;
+    futures_util::pin_mut!(out);
+    futures_util::pin_mut!(sink);
+    let mut lines = Lines::default();
+    while let Some(chunk) = out.next().await {
+        let chunk = chunk.map_err(Error::db(what.clone()))?;
+        lines.feed(&chunk, |_| {});
+        // One COPY data message arrives per row: fed, not flushed, the sink packs them
+        // into larger messages.
+        sink.feed(chunk).await.map_err(Error::db(staging.clone()))?;
+    }
+    let staged = sink.finish().await.map_err(Error::db(staging))?;
+    let read = lines.end(&p.display)?;
+    if staged != read.rows {
+        return Err(Error::Refused(format!(
+            "table {}: {} rows read from the source, {staged} staged; nothing was imported",
+            p.display, read.rows
+        )));
+    }
+    Ok(read.summary(&p.display))
+}
+
+/// COPY text split into rows across chunks, each row added to a checksum.
+#[derive(Default)]
+struct Lines {
+    sum: RowChecksum,
+    pending: Vec<u8>,
+}
+
+impl Lines {
+    /// Adds the complete rows of `chunk` (with what was left of the previous one) and
+    /// calls `rows` with how many there were.
+    fn feed(&mut self, chunk: &[u8], rows: impl FnOnce(u64)) {
+        let before = self.sum.rows;
+        let mut rest = chunk;
+        if !self.pending.is_empty() {
+            let Some(pos) = rest.iter().position(|b| *b == b'\n') else {
+                self.pending.extend_from_slice(rest);
+                return;
+            };
+            self.pending.extend_from_slice(&rest[..pos]);
+            self.sum.add(&self.pending);
+            self.pending.clear();
+            rest = &rest[pos + 1..];
+        }
+        while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
+            self.sum.add(&rest[..pos]);
+            rest = &rest[pos + 1..];
+        }
+        self.pending.extend_from_slice(rest);
+        rows(self.sum.rows - before);
+    }
+
+    /// The checksum, once the stream ended (refused if it ended inside a row).
+    fn end(self, display: &str) -> Result<RowChecksum, Error> {
+        if !self.pending.is_empty() {
+            return Err(Error::Refused(format!(
+                "the COPY output of table {display} ended inside a row"
+            )));
+        }
+        Ok(self.sum)
+    }
+}
+
+/// Inserts the staged rows of plan `index` into the tenant's table in one statement,
+/// through the tenant's transaction; returns the count and checksum of the rows as the
+/// table stored them. Without triggers or rules on the table, they are the rows the
+/// insert returns (what was written, defaults and casts applied), read as they are
+/// written; otherwise the table is read back after the insert.
+async fn insert_staged(
     target: &Client,
+    tenant: TenantId,
+    index: usize,
     p: &TablePlan,
     progress: &dyn Progress,
 ) -> Result<TableSummary, Error> {
-    let n = p.inserted.len();
-    if n == 0 {
+    if p.inserted.is_empty() {
         return Err(Error::Refused(format!(
             "table {} has no column to insert besides tenant_id",
             p.display
         )));
     }
+    progress.table(&p.display);
     let cols: Vec<&str> = p.inserted.iter().map(|(c, _)| c.as_str()).collect();
-    let params: Vec<String> = (1..=n).map(|i| format!("${i}::text[]")).collect();
-    let aliases: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
     let casts: Vec<String> = p
         .inserted
         .iter()
-        .enumerate()
-        .map(|(i, (_, ty))| format!("u.c{i}::{ty}"))
+        .zip(&p.inserted_at)
+        .map(|((_, ty), at)| format!("s.c{at}::{ty}"))
         .collect();
+    // tenant_id is the context's tenant, read once for the statement (an init plan), not
+    // through the column's default for every row; the policy's WITH CHECK still compares
+    // every row with the context.
     let insert = format!(
-        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM unnest({}) AS u({})",
+        "INSERT INTO {} (tenant_id, {}) OVERRIDING SYSTEM VALUE
+         SELECT (SELECT tenancy.current_tenant_id()), {} FROM {} AS s",
         p.target,
         cols.join(", "),
         casts.join(", "),
-        params.join(", "),
-        aliases.join(", ")
+        staging_table(tenant, index),
     );
-    let stmt = target
-        .prepare(insert.as_str())
-        .await
-        .map_err(Error::db(format!(
-            "preparing the insert into {}",
-            p.display
-        )))?;
-    let sql = format!(
-        "COPY (SELECT {} FROM {}) TO STDOUT",
-        p.compared.join(", "),
-        p.source
-    );
-    let what = format!("reading table {} of the source", p.display);
-    let stream = source
-        .copy_out(sql.as_str())
-        .await
-        .map_err(Error::db(what.clone()))?;
-    let (send, mut batches) = tokio::sync::mpsc::channel::<Batch>(2);
-    let reader = tokio::spawn(read_rows(
-        stream,
-        send,
-        p.display.clone(),
-        p.compared.len(),
-        p.inserted_at.clone(),
-        what,
-    ));
-    let mut loaded = Ok(());
-    while let Some(mut batch) = batches.recv().await {
-        if let Err(e) = insert_batch(target, &stmt, &mut batch, p, progress).await {
-            loaded = Err(e);
-            break;
-        }
-    }
-    // Closing the channel stops the reader if it is still going.
-    drop(batches);
-    let read = reader
-        .await
-        .map_err(|e| Error::Refused(format!("reading table {}: {e}", p.display)))?;
-    loaded?;
-    read
-}
-
-/// Reads a table's COPY text, checksums every row and sends its values in batches.
-async fn read_rows(
-    stream: tokio_postgres::CopyOutStream,
-    send: tokio::sync::mpsc::Sender<Batch>,
-    display: String,
-    width: usize,
-    inserted_at: Vec<usize>,
-    what: String,
-) -> Result<TableSummary, Error> {
-    futures_util::pin_mut!(stream);
-    let n = inserted_at.len();
-    let mut sum = RowChecksum::default();
-    let mut pending: Vec<u8> = Vec::new();
-    let mut batch: Batch = vec![Vec::with_capacity(BATCH_ROWS); n];
-    let mut batch_bytes = 0usize;
-    // Where each field of the current line starts and ends.
-    let mut fields: Vec<(usize, usize)> = Vec::with_capacity(width);
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(Error::db(what.clone()))?;
-        pending.extend_from_slice(&chunk);
-        let mut start = 0;
-        while let Some(pos) = pending[start..].iter().position(|b| *b == b'\n') {
-            let line = &pending[start..start + pos];
-            start += pos + 1;
-            sum.add(line);
-            fields.clear();
-            let mut from = 0;
-            for (i, b) in line.iter().enumerate() {
-                if *b == b'\t' {
-                    fields.push((from, i));
-                    from = i + 1;
-                }
-            }
-            fields.push((from, line.len()));
-            if fields.len() != width {
-                return Err(Error::Refused(format!(
-                    "a row of table {display} has {} fields, {width} expected",
-                    fields.len(),
-                )));
-            }
-            for (k, at) in inserted_at.iter().enumerate() {
-                let (a, b) = fields[*at];
-                let f = &line[a..b];
-                batch[k].push(if f == b"\\N" {
-                    None
-                } else {
-                    Some(String::from_utf8(copy_unescape(f)).map_err(|_| {
-                        Error::Refused(format!("a value of table {display} is not valid UTF-8"))
-                    })?)
-                });
-            }
-            batch_bytes += line.len();
-            if batch[0].len() >= BATCH_ROWS || batch_bytes >= BATCH_BYTES {
-                let full = std::mem::replace(&mut batch, vec![Vec::with_capacity(BATCH_ROWS); n]);
-                if send.send(full).await.is_err() {
-                    // The loader stopped (an insert failed): it reports why.
-                    return Ok(sum.summary(&display));
-                }
-                batch_bytes = 0;
-            }
-        }
-        pending.drain(..start);
-    }
-    if !pending.is_empty() {
-        return Err(Error::Refused(format!(
-            "the COPY output of table {display} ended inside a row"
-        )));
-    }
-    if !batch[0].is_empty() {
-        let _ = send.send(batch).await;
-    }
-    Ok(sum.summary(&display))
-}
-
-async fn insert_batch(
-    target: &Client,
-    stmt: &tokio_postgres::Statement,
-    batch: &mut [Vec<Option<String>>],
-    p: &TablePlan,
-    progress: &dyn Progress,
-) -> Result<(), Error> {
-    let rows = batch[0].len() as u64;
-    let params: Vec<&(dyn ToSql + Sync)> = batch.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-    let inserted = target.execute(stmt, &params).await.map_err(|e| {
+    let failed = |e: tokio_postgres::Error| {
         Error::Refused(format!(
             "inserting rows into table {}: {}; nothing was imported",
             p.display,
             tenancy_conn::error_text(&e)
         ))
-    })?;
-    if inserted != rows {
-        return Err(Error::Refused(format!(
-            "table {}: {rows} rows sent, {inserted} inserted; nothing was imported",
-            p.display
-        )));
+    };
+    let plain: bool = target
+        .query_one(
+            "SELECT NOT c.relhasrules AND NOT EXISTS (
+                    SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND NOT g.tgisinternal)
+               FROM pg_class c WHERE c.oid = $1::text::regclass",
+            &[&p.target],
+        )
+        .await
+        .map_err(Error::db(format!("reading the triggers of {}", p.display)))?
+        .get(0);
+    if !plain {
+        let n = target.execute(insert.as_str(), &[]).await.map_err(failed)?;
+        progress.rows(n);
+        return checksum(target, &p.target, p, "the target").await;
     }
-    progress.rows(rows);
-    Ok(())
+    let sql = format!(
+        "COPY ({insert} RETURNING {}) TO STDOUT",
+        p.compared.join(", ")
+    );
+    let stream = target.copy_out(sql.as_str()).await.map_err(failed)?;
+    futures_util::pin_mut!(stream);
+    let mut lines = Lines::default();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(failed)?;
+        lines.feed(&chunk, |n| progress.rows(n));
+    }
+    Ok(lines.end(&p.display)?.summary(&p.display))
 }

@@ -7,18 +7,31 @@
 //!   per-tenant, rows that would collide under a unique key of the app, another app
 //!   migration version (when the app keeps a migration ledger table).
 //! - [`import_database`] copies every table in foreign-key order into one `TenantTx` of
-//!   the target tenant (runtime role, signed context, row-level security forced):
-//!   `COPY (SELECT …) TO STDOUT` out of one REPEATABLE READ snapshot of the source,
-//!   batched `INSERT … SELECT … FROM unnest(…)` into the target (COPY FROM is refused on
-//!   tables with row-level security), `tenant_id` from the context, keys kept as they are
-//!   (the app's keys are `(tenant_id, id)`), then each table read back and compared by
-//!   count and order-independent checksum with what was read, sequences raised past the
-//!   imported keys, one commit. A failure anywhere commits nothing.
+//!   the target tenant (runtime role, signed context, row-level security forced). Each
+//!   table is streamed as `COPY (SELECT …) TO STDOUT` text out of one REPEATABLE READ
+//!   snapshot of the source, its rows checksummed on the way, into a *staging table* of
+//!   the tenant's database (COPY FROM is refused on tables with row-level security, and
+//!   the runtime role may not create temporary tables); then one set-based
+//!   `COPY (INSERT INTO table … SELECT … FROM staging RETURNING …) TO STDOUT` in the
+//!   tenant's transaction inserts them (`tenant_id` from the context and checked by the
+//!   policy's WITH CHECK, foreign keys checked row by row, keys kept as they are: the
+//!   app's keys are `(tenant_id, id)`) and returns the rows as stored, which are compared
+//!   by count and order-independent checksum with what was read (a table with triggers or
+//!   rules is read back after the insert instead). The next table is staged while one is
+//!   inserted. Sequences are raised past the imported keys; one commit. A failure
+//!   anywhere commits nothing.
+//! - Staging tables (`tenancy_import.t<tenant>_<n>`, unlogged, text columns) are created
+//!   by the owner login with row-level security enabled and one policy, `FOR SELECT TO`
+//!   the runtime role `USING (tenancy.current_tenant_id() = <the importing tenant>)`, and
+//!   no privilege but that SELECT: another tenant's transaction sees none of their rows.
+//!   They are dropped once the tenant's transaction is over; a table a crash leaves
+//!   behind stays readable in that tenant's context only, and the next run replaces it.
+//!   They hold one copy of the source's rows while the import runs (disk, not memory).
 //! - [`source_identity`], [`recorded`], [`record`], [`finish`]: the catalog's record of
 //!   which source went into which tenant, so that running the same import again finishes
 //!   it (the tenant is reused) or does nothing (it is done).
 //!
-//! Memory is bounded by one batch of rows, whatever the size of the source.
+//! Memory is bounded by one chunk of COPY data, whatever the size of the source.
 //!
 //! Parts: this module holds the options, the report, the plan of each table and the
 //! catalog's record of imports; `analyse` reads both sides' tables and compares them;

@@ -471,6 +471,42 @@ async fn a_dry_run_lists_every_incompatibility_and_changes_nothing() {
     assert_eq!(s.rows(), 3);
 }
 
+/// The staging tables an import into `tenant` left in the tenant's database, and the rows
+/// each holds (read as a superuser).
+async fn staging_tables(env: &Env, tenant: TenantId) -> Vec<(String, i64)> {
+    let su = tenancy_test_support::connect(env._db.cluster.config(&env._db.name)).await;
+    let names: Vec<String> = su
+        .query(
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables
+              WHERE schemaname = 'tenancy_import' AND tablename LIKE $1 ORDER BY 1",
+            &[&format!("t{}\\_%", tenant.as_uuid().simple())],
+        )
+        .await
+        .expect("staging tables")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut out = Vec::new();
+    for n in names {
+        let sql = format!("SELECT count(*) FROM {n}");
+        let rows: i64 = su.query_one(sql.as_str(), &[]).await.expect("count").get(0);
+        out.push((n, rows));
+    }
+    out
+}
+
+/// Rows of each of `tables` that `tenant` sees through its own transaction.
+async fn seen_by(env: &Env, tenant: TenantId, tables: &[(String, i64)]) -> Vec<i64> {
+    let mut tx = env.router.begin(tenant).await.expect("begin");
+    let mut out = Vec::new();
+    for (t, _) in tables {
+        let sql = format!("SELECT count(*) FROM {t}");
+        out.push(tx.query_one(sql.as_str(), &[]).await.expect("count").get(0));
+    }
+    tx.rollback().await.expect("rollback");
+    out
+}
+
 /// Counts rows loaded and, once `at` were, wakes the test, which drops the import: what a
 /// crash of the importing process does to its connections.
 struct CutOff {
@@ -523,6 +559,19 @@ async fn an_import_cut_off_half_way_leaves_nothing_and_a_rerun_finishes_it() {
     }
     assert!(progress.rows.load(Ordering::SeqCst) >= 7_000);
     drop(c);
+    // The source's rows staged in the tenant's database are left behind, readable in the
+    // importing tenant's context only (another tenant's transaction sees none of them).
+    let staged = staging_tables(&env, tenant).await;
+    assert!(
+        staged.iter().map(|(_, n)| n).sum::<i64>() >= 7_000,
+        "{staged:?}"
+    );
+    let other = env.tenant("other-co", Placement::Pooled).await;
+    assert!(seen_by(&env, other, &staged).await.iter().all(|n| *n == 0));
+    assert_eq!(
+        seen_by(&env, tenant, &staged).await,
+        staged.iter().map(|(_, n)| *n).collect::<Vec<_>>()
+    );
     // Nothing of it is visible, and the record still says started.
     let seen = tenant_rows(&env, tenant).await;
     assert!(
@@ -545,10 +594,50 @@ async fn an_import_cut_off_half_way_leaves_nothing_and_a_rerun_finishes_it() {
     assert_eq!(s.tenant, tenant);
     assert!(!s.already);
     assert_eq!(tenant_rows(&env, tenant).await, source_rows(&c).await);
+    assert_eq!(staging_tables(&env, tenant).await, vec![]);
+    assert!(tenant_rows(&env, other).await.iter().all(|t| t.is_empty()));
     assert_eq!(
         legacy::recorded(&env.catalog, &identity)
             .await
             .expect("record"),
         Some(legacy::Recorded { tenant, done: true })
     );
+}
+
+#[tokio::test]
+async fn a_target_trigger_that_changes_rows_is_caught_by_reading_the_table_back() {
+    let mut env = env_with(invoicing_app()).await;
+    let (_cfg, c) = source_db(&env, "shout", SINGLE_TENANT_SCHEMA).await;
+    fill(&c, "shout", 20, 2).await;
+    let tenant = env.tenant("shout-co", Placement::Pooled).await;
+    row_types(&env).await;
+    target_ledger(&env, &["0001_invoicing", "0002_notes"]).await;
+    let owner = tenancy_test_support::connect(env._db.config_as(OWNER_ROLE)).await;
+    owner
+        .batch_execute(
+            "CREATE FUNCTION invoicing.shout() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN NEW.name := upper(NEW.name); RETURN NEW; END $$;
+             CREATE TRIGGER shout BEFORE INSERT ON invoicing.customers
+                 FOR EACH ROW EXECUTE FUNCTION invoicing.shout();",
+        )
+        .await
+        .expect("trigger");
+    let err = legacy::import_database(
+        &env.router,
+        &env.catalog,
+        &env.access,
+        &c,
+        tenant,
+        &opts(),
+        &tenancy_transfer::NoProgress,
+    )
+    .await
+    .expect_err("rows the target changed are refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("table invoicing.customers") && text.contains("the target changed the rows"),
+        "{text}"
+    );
+    assert!(tenant_rows(&env, tenant).await.iter().all(|t| t.is_empty()));
+    assert_eq!(staging_tables(&env, tenant).await, vec![]);
 }
