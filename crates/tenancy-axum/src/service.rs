@@ -13,6 +13,7 @@ use tenancy_problem::request_id::{self, RequestId};
 use tower_service::Service;
 use tracing::Instrument;
 
+use crate::access::Recording;
 use crate::tx::{PublicRoute, TxSlot};
 use crate::{HttpError, ResponseFuture, Tenancy};
 
@@ -203,6 +204,11 @@ where
                     }
                 }
             }
+            let recording = tenancy
+                .access_sink()
+                // Boxed: only a recording layer pays for its state, and the future
+                // every request allocates stays under 1 KB.
+                .map(|sink| Box::new(Recording::start(sink, &parts, &tenant)));
             let read_only = tenancy.read_only_for(&parts.method);
             let slot = TxSlot::new(tenancy, tenant.clone(), read_only);
             // Three extensions, which the map's first allocation holds: the request id
@@ -241,6 +247,9 @@ where
                 Err(Some(e)) => Err(e),
                 Err(None) => Ok(HttpError::internal("handler panicked").into_response()),
             };
+            if let (Some(r), Ok(resp)) = (&recording, &answer) {
+                r.answered(resp);
+            }
             answer.map(|resp| traced(resp, &trace))
         };
         ResponseFuture::new(with_request_id(fut, id).instrument(span))
