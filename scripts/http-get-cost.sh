@@ -9,6 +9,7 @@
 #
 #   scripts/http-get-cost.sh                      # builds and measures this checkout
 #   scripts/http-get-cost.sh path/to/tenancy-bench [more binaries to compare…]
+#   VARIANTS="ours ours_recording" scripts/http-get-cost.sh   # the access recording's cost
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "http-get-cost.sh: valgrind is needed (apt-get install -y valgrind)" >&2; exit 2; }
@@ -25,7 +26,7 @@ count() { # binary variant requests → instructions of the whole process
     sed -n 's/^summary: //p' "$work/cg"
 }
 for bin in "$@"; do
-    for variant in ours bare; do
+    for variant in ${VARIANTS:-ours bare}; do
         small=$(count "$bin" "$variant" 200)
         large=$(count "$bin" "$variant" 1200)
         echo "$bin $variant: $(( (large - small) / 1000 )) instructions per request"

@@ -37,6 +37,9 @@
 //!   extensions as a [`TraceParent`] (and as the task's current one), recorded on the
 //!   request span (`trace_id`, `span_id`), and stored with the jobs the request enqueues,
 //!   whose spans are its children.
+//! - Access signals ([`access`]): with an [`access::AccessSink`] set
+//!   ([`TenancyBuilder::access_sink`]), one `tenancy_insights` `AccessEvent` per answered
+//!   request and per `tenant-mismatch` refusal, for the access anomaly detector.
 //! - [`TenantKey`] / [`TenantCache`]: cache keys that cannot be built without a tenant.
 //!
 //! What it does not do: it never reaches tenant data except through the SDK's
@@ -45,6 +48,7 @@
 //! verified rows), does not issue JWTs, and
 //! does not serve the control plane.
 
+pub mod access;
 pub mod api_key;
 mod body;
 mod catalog;

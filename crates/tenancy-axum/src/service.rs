@@ -13,6 +13,7 @@ use tenancy_problem::request_id::{self, RequestId};
 use tower_service::Service;
 use tracing::Instrument;
 
+use crate::access::Recording;
 use crate::tx::{PublicRoute, TxSlot};
 use crate::{HttpError, ResponseFuture, Tenancy};
 
@@ -79,34 +80,39 @@ impl<const N: usize> std::fmt::Display for Hex<N> {
     }
 }
 
-/// The request's own span in W3C trace-context terms: the caller's trace and sampled flag
-/// when its `traceparent` is valid, else a new trace (sampled); always a new span id. An
-/// invalid `traceparent` is ignored, as the specification asks.
-fn server_span(headers: &http::HeaderMap) -> TraceParent {
+/// The request's id and its own span in W3C trace-context terms, from one random draw.
+/// The id is the client's `X-Request-Id` when it is sane, else the 128 bits as 32 hex
+/// digits. The span is under the caller's trace and sampled flag when its `traceparent`
+/// is valid, else in a new trace (sampled) whose id is the same 128 bits (so a request
+/// that brings neither has one id for both); its span id is always new, the 128 bits
+/// folded and mixed to 64. An invalid `traceparent` is ignored, as the specification
+/// asks.
+fn request_ids(headers: &http::HeaderMap) -> (RequestId, TraceParent) {
     let incoming = headers
         .get(&TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(TraceParent::parse);
-    let (trace_id, flags) = match incoming {
-        Some(t) => (t.trace_id(), t.flags() & 1),
-        None => (nonzero_random(), 1),
-    };
     loop {
-        if let Some(t) = TraceParent::new(trace_id, nonzero_random(), flags) {
-            return t;
+        let bits: u128 = rand::random();
+        let (trace_id, flags) = match incoming {
+            Some(t) => (t.trace_id(), t.flags() & 1),
+            None => (bits.to_be_bytes(), 1),
+        };
+        // W3C forbids all-zero ids: draw again (never, in practice).
+        if let Some(t) = TraceParent::new(trace_id, span_id(bits), flags) {
+            let id = RequestId::sent(headers).unwrap_or_else(|| RequestId::from_bits(bits));
+            return (id, t);
         }
     }
 }
 
-/// Random bytes, not all zero (W3C forbids all-zero ids).
-fn nonzero_random<const N: usize>() -> [u8; N] {
-    loop {
-        let mut b = [0u8; N];
-        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
-        if b.iter().any(|x| *x != 0) {
-            return b;
-        }
-    }
+/// The span id of a request whose draw was `bits`: both halves folded and mixed
+/// (SplitMix64's finaliser), so it repeats no part of the ids written from the same bits.
+fn span_id(bits: u128) -> [u8; 8] {
+    let mut z = (bits as u64) ^ ((bits >> 64) as u64).rotate_left(32);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)).to_be_bytes()
 }
 
 fn strip_path(uri: &Uri, n: usize) -> Option<Uri> {
@@ -142,9 +148,8 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let tenancy = self.tenancy.clone();
-        let id = RequestId::from_headers(req.headers());
-        // The request's span: under the caller's trace, or a new one.
-        let trace = server_span(req.headers());
+        // The request's id and span: under the caller's trace, or a new one.
+        let (id, trace) = request_ids(req.headers());
         // The span exists before anything else runs; tenant_id is filled in as soon as
         // the tenant is known, before any handler code.
         let span = tracing::info_span!(
@@ -183,9 +188,13 @@ where
             };
             count_resolution("resolved");
             let tenant = resolved.tenant;
-            let span = tracing::Span::current();
-            span.record("tenant_id", tracing::field::display(tenant.id()));
-            span.record("tenant", tracing::field::display(tenant.slug()));
+            {
+                // Dropped before the awaits below: a span handle kept alive across them
+                // would take its place in the per-request future.
+                let span = tracing::Span::current();
+                span.record("tenant_id", tracing::field::display(tenant.id()));
+                span.record("tenant", tracing::field::display(tenant.slug()));
+            }
             if let Some(n) = resolved.strip {
                 match strip_path(&parts.uri, n) {
                     Some(u) => parts.uri = u,
@@ -195,10 +204,16 @@ where
                     }
                 }
             }
+            let recording = tenancy
+                .access_sink()
+                // Boxed: only a recording layer pays for its state, and the future
+                // every request allocates stays under 1 KB.
+                .map(|sink| Box::new(Recording::start(sink, &parts, &tenant)));
             let read_only = tenancy.read_only_for(&parts.method);
             let slot = TxSlot::new(tenancy, tenant.clone(), read_only);
-            parts.extensions.insert(tenant.clone());
-            // For layers and crates that only need the id (tenancy-config's guard).
+            // Three extensions, which the map's first allocation holds: the request id
+            // (inserted above), the tenant id for layers and crates that only need it
+            // (tenancy-config's guard), and the slot, which carries the `Tenant` too.
             parts.extensions.insert(tenant.id());
             parts.extensions.insert(slot.clone());
             let req = Request::from_parts(parts, body);
@@ -232,6 +247,9 @@ where
                 Err(Some(e)) => Err(e),
                 Err(None) => Ok(HttpError::internal("handler panicked").into_response()),
             };
+            if let (Some(r), Ok(resp)) = (&recording, &answer) {
+                r.answered(resp);
+            }
             answer.map(|resp| traced(resp, &trace))
         };
         ResponseFuture::new(with_request_id(fut, id).instrument(span))
@@ -358,6 +376,41 @@ mod tests {
                 assert_ne!(answered.trace_id(), caller.trace_id(), "{traceparent}");
                 assert!(answered.sampled(), "{traceparent}");
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_bringing_neither_id_gets_one_draw_for_both() {
+        let app = axum::Router::new().route("/x", axum::routing::get(|| async { "x" }));
+        let mut svc = TenancyService::new(app, offline_tenancy());
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let resp = svc
+                .call(
+                    Request::builder()
+                        .uri("/x")
+                        .body(axum::body::Body::empty())
+                        .expect("request"),
+                )
+                .await
+                .expect("response");
+            let id = resp.headers()["x-request-id"]
+                .to_str()
+                .expect("ascii")
+                .to_owned();
+            let tp = resp.headers()["traceparent"]
+                .to_str()
+                .ok()
+                .and_then(TraceParent::parse)
+                .expect("a valid traceparent answered");
+            assert_eq!(
+                id,
+                tp.trace_id_hex(),
+                "the new trace's id is the request id"
+            );
+            assert!(!id.contains(&hex::encode(tp.parent_id())), "{id} {tp}");
+            assert!(tp.sampled());
+            assert!(seen.insert(id), "ids repeat");
         }
     }
 

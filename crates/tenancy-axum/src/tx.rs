@@ -181,10 +181,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Tenant {
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, HttpError> {
+        // The request's tenant travels in its transaction slot: one extension fewer.
         parts
             .extensions
-            .get::<Tenant>()
-            .cloned()
+            .get::<TxSlot>()
+            .map(|slot| slot.tenant.clone())
             .ok_or_else(|| no_tenant(parts, "Tenant"))
     }
 }

@@ -19,6 +19,7 @@ use tenancy_axum::jwt::{JwtConfig, JwtIssuer, JwtKey, TenantClaim};
 use tenancy_axum::{HttpError, Source, Tenancy, Tx};
 use tenancy_catalog::{NewCluster, NewTenant};
 use tenancy_core::{Placement, TenantId, TenantState};
+use tenancy_insights::anomaly::{AnomalyFeed, DetectorOptions};
 use tenancy_sdk::bootstrap::{OWNER_ROLE, RUNTIME_ROLE};
 use tenancy_sdk::{ClusterCredentials, PoolOptions, Router, RouterOptions};
 use uuid::Uuid;
@@ -30,6 +31,8 @@ use crate::setup::{expected_payload, Env, DB, ROWS_PER_TENANT, TENANTS};
 
 const OURS: &str = "ours";
 const BARE: &str = "bare";
+/// Ours with the layer recording access events into an anomaly feed.
+const RECORDING: &str = "ours_recording";
 const ISSUER: &str = "bench-idp";
 const AUDIENCE: &str = "bench";
 const SECRET: &[u8] = b"http-get-benchmark-secret-32-bytes!!";
@@ -120,23 +123,35 @@ async fn bare_handler(
     Ok(row.get(0))
 }
 
-/// Serves `app` on 127.0.0.1 and returns its base URL.
-async fn serve(app: axum::Router) -> Result<String> {
+/// Serves `app` on 127.0.0.1 and returns its base URL; with `peer`, each request carries
+/// the peer address (`ConnectInfo`), as a server recording client networks needs.
+async fn serve(app: axum::Router, peer: bool) -> Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding")?;
     let port = listener.local_addr()?.port();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    if peer {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    } else {
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
     Ok(format!("http://127.0.0.1:{port}"))
 }
 
-pub(crate) async fn ours_server(env: &Env, c: usize) -> Result<String> {
-    ours_server_with(env, c, None).await
+pub(crate) async fn ours_server(env: &Env, c: usize, recording: bool) -> Result<String> {
+    ours_server_with(env, c, None, recording).await
 }
 
 /// [`ours_server`] with the layer's and the router's caches trusting an entry for `ttl`
-/// (their defaults when `None`).
-pub(crate) async fn ours_server_with(env: &Env, c: usize, ttl: Option<Duration>) -> Result<String> {
+/// (their defaults when `None`); with `recording`, the layer records access events into
+/// an anomaly feed (served with the peer address, for the client network).
+pub(crate) async fn ours_server_with(
+    env: &Env,
+    c: usize,
+    ttl: Option<Duration>,
+    recording: bool,
+) -> Result<String> {
     let router = Router::new(
         env.app_config(),
         env.key.clone(),
@@ -160,11 +175,15 @@ pub(crate) async fn ours_server_with(env: &Env, c: usize, ttl: Option<Duration>)
     if let Some(ttl) = ttl {
         tenancy = tenancy.cache_ttl(ttl);
     }
+    if recording {
+        let feed = AnomalyFeed::new(DetectorOptions::default())?;
+        tenancy = tenancy.access_sink(Arc::new(feed));
+    }
     let tenancy = tenancy.build()?;
     let app = axum::Router::new()
         .route("/items/{id}", get(ours_handler))
         .layer(tenancy.layer());
-    serve(app).await
+    serve(app, recording).await
 }
 
 pub(crate) async fn bare_server(env: &Env, c: usize) -> Result<String> {
@@ -172,7 +191,7 @@ pub(crate) async fn bare_server(env: &Env, c: usize) -> Result<String> {
     let app = axum::Router::new()
         .route("/plain/items/{tenant}/{id}", get(bare_handler))
         .with_state(pool);
-    serve(app).await
+    serve(app, false).await
 }
 
 pub(crate) type HttpClient = Client<HttpConnector, Empty<Bytes>>;
@@ -209,29 +228,29 @@ pub(crate) async fn get_row(
 struct Bench {
     tenants: Arc<Vec<Uuid>>,
     tokens: Arc<std::collections::HashMap<Uuid, String>>,
-    /// Per concurrency: (ours base URL, bare base URL).
-    servers: Vec<(String, String)>,
+    /// Per concurrency: the base URLs of ours, bare and ours recording.
+    servers: Vec<[String; 3]>,
     clients: Vec<HttpClient>,
     postmaster: Option<u32>,
 }
 
 impl Variants for Bench {
     fn names(&self) -> &[&'static str] {
-        &[OURS, BARE]
+        &[OURS, BARE, RECORDING]
     }
 
     async fn run(&self, v: usize, ci: usize, duration: Duration) -> Result<Sample> {
         let c = CONCURRENCY[ci];
         let client = self.clients[ci].clone();
         let tokens = Arc::clone(&self.tokens);
-        let (ours, bare) = self.servers[ci].clone();
+        let [ours, bare, recording] = self.servers[ci].clone();
         harness::measure(&self.tenants, c, duration, self.postmaster, move |t, id| {
             let client = client.clone();
             let tokens = Arc::clone(&tokens);
-            let url = if v == 0 {
-                format!("{ours}/items/{id}")
-            } else {
-                format!("{bare}/plain/items/{t}/{id}")
+            let url = match v {
+                0 => format!("{ours}/items/{id}"),
+                1 => format!("{bare}/plain/items/{t}/{id}"),
+                _ => format!("{recording}/items/{id}"),
             };
             async move {
                 let auth = format!(
@@ -256,7 +275,11 @@ pub(crate) async fn run(env: &Env, settings: Settings) -> Result<()> {
     let mut servers = Vec::new();
     let mut clients = Vec::new();
     for c in CONCURRENCY {
-        servers.push((ours_server(env, c).await?, bare_server(env, c).await?));
+        servers.push([
+            ours_server(env, c, false).await?,
+            bare_server(env, c).await?,
+            ours_server(env, c, true).await?,
+        ]);
         clients.push(
             Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(c)
@@ -277,6 +300,7 @@ pub(crate) async fn run(env: &Env, settings: Settings) -> Result<()> {
     }
     let (o8, b8) = (m.median_ops(OURS, 0), m.median_ops(BARE, 0));
     let (o32, b32) = (m.median_ops(OURS, 1), m.median_ops(BARE, 1));
+    let (r8, r32) = (m.median_ops(RECORDING, 0), m.median_ops(RECORDING, 1));
     let report = Report {
         name: "http_get".into(),
         unit: "requests/s (higher is better; ratio = ours/baseline)".into(),
@@ -290,6 +314,9 @@ pub(crate) async fn run(env: &Env, settings: Settings) -> Result<()> {
             "headline": "top-level ours/baseline/ratio are the medians at concurrency 8; see ratio_c8 and ratio_c32",
             "ratio_c8": harness::ratio(o8, b8),
             "ratio_c32": harness::ratio(o32, b32),
+            "overhead_ratio": harness::ratio(r8, o8),
+            "overhead_ratio_c32": harness::ratio(r32, o32),
+            "overhead": format!("{RECORDING}: ours with the layer recording an access event per request into a tenancy_insights AnomalyFeed (served with the peer address); overhead_ratio = {RECORDING}/ours requests/s at c=8 (c=32 in overhead_ratio_c32)"),
             "concurrency": CONCURRENCY,
             "pool_size": "= concurrency",
             "runs": settings.runs,
@@ -310,6 +337,11 @@ pub(crate) async fn run(env: &Env, settings: Settings) -> Result<()> {
         "http_get: ours {o8:.0} req/s vs bare {b8:.0} req/s at c=8 → ratio {:.3}; c=32: {o32:.0} vs {b32:.0} → {:.3}",
         o8 / b8,
         o32 / b32
+    );
+    println!(
+        "http_get: access recording on/off: {r8:.0} vs {o8:.0} req/s at c=8 → {:.3}; c=32: {r32:.0} vs {o32:.0} → {:.3}",
+        r8 / o8,
+        r32 / o32
     );
     println!("wrote {}", path.display());
     Ok(())

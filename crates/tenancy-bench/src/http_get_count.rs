@@ -30,11 +30,11 @@ const CACHE_TTL: Duration = Duration::from_secs(3600);
 /// reloads must not fall in the counted requests.
 const SETTLE: Duration = Duration::from_secs(5);
 
-/// Sends `WARMUP` then `requests` GETs of `variant` (`ours` or `bare`), one at a time,
+/// Sends `WARMUP` then `requests` GETs of `variant` (`ours`, `bare` or `ours_recording`), one at a time,
 /// through a server and client on a current-thread runtime of their own.
 pub(crate) async fn run(env: &Env, variant: &str, requests: usize) -> Result<()> {
-    if !matches!(variant, "ours" | "bare") {
-        bail!("http_get_count: --only must be `ours` or `bare`, not {variant:?}");
+    if !matches!(variant, "ours" | "bare" | "ours_recording") {
+        bail!("http_get_count: --only must be `ours`, `bare` or `ours_recording`, not {variant:?}");
     }
     catalog(env).await?;
     let mut tokens = Vec::new();
@@ -63,10 +63,9 @@ async fn drive(
     tokens: &[(uuid::Uuid, String)],
     requests: usize,
 ) -> Result<()> {
-    let base = if variant == "ours" {
-        ours_server_with(env, 1, Some(CACHE_TTL)).await?
-    } else {
-        bare_server(env, 1).await?
+    let base = match variant {
+        "bare" => bare_server(env, 1).await?,
+        v => ours_server_with(env, 1, Some(CACHE_TTL), v == "ours_recording").await?,
     };
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1)
@@ -74,10 +73,10 @@ async fn drive(
     let send = |i: usize| {
         let (t, auth) = &tokens[i % tokens.len()];
         let id = i64::try_from(i.wrapping_mul(7919) % 1000).unwrap_or(0) % ROWS_PER_TENANT + 1;
-        let url = if variant == "ours" {
-            format!("{base}/items/{id}")
-        } else {
+        let url = if variant == "bare" {
             format!("{base}/plain/items/{t}/{id}")
+        } else {
+            format!("{base}/items/{id}")
         };
         get_row(&client, url, auth, *t, id)
     };

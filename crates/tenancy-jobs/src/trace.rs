@@ -117,11 +117,19 @@ impl TraceParent {
     pub fn header_bytes(&self) -> [u8; 55] {
         let mut out = [b'-'; 55];
         out[..2].copy_from_slice(b"00");
-        // Both slices have exactly twice the input's length, so encoding cannot fail.
-        let _ = hex::encode_to_slice(self.trace_id, &mut out[3..35]);
-        let _ = hex::encode_to_slice(self.parent_id, &mut out[36..52]);
-        let _ = hex::encode_to_slice([self.flags], &mut out[53..55]);
+        put_hex(&mut out[3..35], &self.trace_id);
+        put_hex(&mut out[36..52], &self.parent_id);
+        put_hex(&mut out[53..55], &[self.flags]);
         out
+    }
+}
+
+/// Writes `bytes` as lowercase hex into `out` (twice as long), a table lookup per digit.
+fn put_hex(out: &mut [u8], bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
     }
 }
 

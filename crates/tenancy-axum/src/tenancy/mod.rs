@@ -19,6 +19,9 @@ use http::HeaderName;
 use tenancy_core::{Slug, TenantId, TenantState};
 use tenancy_sdk::{PgConfig, Router, TenantTx};
 
+use tenancy_insights::anomaly::AccessKind;
+
+use crate::access::{AccessSink, Caller, Sink};
 use crate::api_key::{ApiKey, API_KEY_PREFIX};
 use crate::catalog::Catalog;
 use crate::jwt::{JwtConfig, JwtVerifier, TenantClaim, VerifiedToken};
@@ -215,6 +218,8 @@ struct Inner {
     router: Router,
     /// GET, HEAD and OPTIONS requests get read-only transactions.
     read_only_safe_methods: bool,
+    /// Where access events go, if anywhere.
+    access: Option<Sink>,
 }
 
 /// The tenancy request layer's shared state. Cheap to clone.
@@ -233,6 +238,7 @@ pub struct TenancyBuilder {
     cache_ttl: Duration,
     listen: bool,
     read_only_safe_methods: bool,
+    access: Option<Sink>,
 }
 
 impl TenancyBuilder {
@@ -266,6 +272,17 @@ impl TenancyBuilder {
     /// How long catalog answers are cached without a change notification (default 30 s).
     pub fn cache_ttl(mut self, ttl: Duration) -> Self {
         self.cache_ttl = ttl;
+        self
+    }
+
+    /// Records access signals into `sink` (see [`crate::access`]): one event per request
+    /// answered for a resolved tenant and one per `tenant-mismatch` refusal. Give it a
+    /// `tenancy_insights::anomaly::AnomalyFeed` to detect access anomalies. The client
+    /// network comes from axum's `ConnectInfo<SocketAddr>` (serve with
+    /// `into_make_service_with_connect_info`). Default: none, which costs one branch
+    /// per request.
+    pub fn access_sink(mut self, sink: Arc<dyn AccessSink>) -> Self {
+        self.access = Some(Sink(sink));
         self
     }
 
@@ -352,6 +369,7 @@ impl TenancyBuilder {
                 catalog,
                 router: self.router,
                 read_only_safe_methods: self.read_only_safe_methods,
+                access: self.access,
             }),
         })
     }
@@ -395,6 +413,7 @@ impl Tenancy {
             cache_ttl: Duration::from_secs(30),
             listen: true,
             read_only_safe_methods: true,
+            access: None,
         }
     }
 
@@ -424,6 +443,11 @@ impl Tenancy {
     /// the same for every process, but arrives a little later.
     pub fn forget_api_key(&self, key_id: &str) {
         self.inner.catalog.forget_api_key(key_id);
+    }
+
+    /// Where access events go, if set ([`TenancyBuilder::access_sink`]).
+    pub(crate) fn access_sink(&self) -> Option<&Sink> {
+        self.inner.access.as_ref()
     }
 
     /// Whether `path` is a route declared public ([`TenancyBuilder::public`]).
@@ -621,6 +645,12 @@ impl Tenancy {
         // Disagreement is reported before existence, so a 403 here says nothing about
         // whether the other tenant exists.
         if agreed.mismatch {
+            if let (Some(sink), Some(Some(tenant))) = (&self.inner.access, agreed.first) {
+                // Recorded for the tenant the first source (a credential) named.
+                let kind = AccessKind::TenantMismatch;
+                sink.0
+                    .record(&Caller::of(parts).event(tenant, subject.as_deref(), kind));
+            }
             return Err(HttpError::TenantMismatch);
         }
         let Some(Some(id)) = agreed.first else {

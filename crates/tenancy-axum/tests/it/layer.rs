@@ -4,13 +4,20 @@
 //! nothing, a public route gets no transaction, and every response names the request's
 //! span in a W3C `traceparent`.
 
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
 use axum::routing::{get, post};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
+use tenancy_axum::access::AccessSink;
 use tenancy_axum::jwt::{JwtConfig, JwtIssuer, JwtKey, TenantClaim};
 use tenancy_axum::{HttpError, Source, Tenancy, Tenant, Tx};
 use tenancy_catalog::{NewCluster, NewTenant};
 use tenancy_core::{ContextKey, Placement, TenantId, TenantState};
+use tenancy_insights::anomaly::{
+    network_of, AccessEvent, AccessKind, AnomalyFeed, DetectorOptions, Fingerprint,
+};
 use tenancy_jobs::TraceParent;
 use tenancy_pg::testing::{TemplateDb, TestDb};
 use tenancy_sdk::bootstrap::{OWNER_ROLE, RUNTIME_ROLE};
@@ -74,6 +81,11 @@ async fn notes(tx: &mut Tx) -> Result<Vec<String>, HttpError> {
 
 /// A cluster with two active tenants, a tenant table `notes`, and the app served.
 async fn start() -> Env {
+    start_with(None).await
+}
+
+/// [`start`], the layer recording access events into `access` when given.
+async fn start_with(access: Option<Arc<dyn AccessSink>>) -> Env {
     let db = tenancy_test_support::fresh_catalog_db(
         &TEMPLATE,
         key(),
@@ -132,7 +144,11 @@ async fn start() -> Env {
     )
     .expect("router");
     // The README's configuration, plus a path prefix and public routes.
-    let tenancy = Tenancy::builder(router, db.config_as(RUNTIME_ROLE))
+    let mut tenancy = Tenancy::builder(router, db.config_as(RUNTIME_ROLE));
+    if let Some(sink) = access {
+        tenancy = tenancy.access_sink(sink);
+    }
+    let tenancy = tenancy
         .source(Source::jwt(
             JwtConfig::new(TenantClaim::Id("tenant_id".into()))
                 .issuer(JwtIssuer::new(ISS, AUD).key(JwtKey::hs256(SECRET).expect("key"))),
@@ -179,6 +195,8 @@ async fn start() -> Env {
         .await
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
+    // With the peer address, as `tenancy serve` and the example app serve.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move { axum::serve(listener, app).await });
     Env {
         db,
@@ -501,4 +519,81 @@ fn selectors_alone_are_not_a_configuration() {
             .expect_err("selectors only");
         assert!(err.to_string().contains("credential"), "{err}");
     });
+}
+
+/// Keeps every event it records and passes it on to a real anomaly feed.
+struct Keep {
+    events: Mutex<Vec<AccessEvent>>,
+    feed: AnomalyFeed,
+}
+
+impl AccessSink for Keep {
+    fn record(&self, event: &AccessEvent) {
+        self.events.lock().expect("events").push(*event);
+        self.feed.record(event);
+    }
+}
+
+#[tokio::test]
+async fn answered_requests_and_cross_tenant_refusals_reach_the_anomaly_feed() {
+    let keep = Arc::new(Keep {
+        events: Mutex::new(Vec::new()),
+        feed: AnomalyFeed::new(DetectorOptions::default()).expect("feed"),
+    });
+    let env = start_with(Some(keep.clone())).await;
+    let auth = format!("Bearer {}", token(env.acme, Some("notes:read")));
+    let agent = ("user-agent", "probe/1.0");
+    let signed = [("authorization", auth.as_str()), agent];
+    assert_eq!(env.call("GET", "/notes", &signed).await.0, 200);
+    let (status, code) = env.call("POST", "/notes", &signed).await;
+    assert_eq!((status, code.as_str()), (403, "insufficient-scope"));
+    let lookup = format!("/t/acme/notes/{}", 42);
+    assert_eq!(env.call("GET", &lookup, &signed).await.0, 404);
+    let globex = [
+        ("authorization", auth.as_str()),
+        ("host", "globex.app.example.com"),
+        agent,
+    ];
+    assert_eq!(
+        env.call("GET", "/notes", &globex).await,
+        (403, "tenant-mismatch".into())
+    );
+    // Nothing for requests without a tenant: anonymous, public.
+    assert_eq!(env.call("GET", "/notes", &[agent]).await.0, 401);
+    assert_eq!(env.call("GET", "/health", &[agent]).await.0, 200);
+
+    let events = keep.events.lock().expect("events").clone();
+    let kinds: Vec<_> = events
+        .iter()
+        .map(|e| match e.kind {
+            AccessKind::Response {
+                status, id_lookup, ..
+            } => format!("{status}{}", if id_lookup { " lookup" } else { "" }),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(kinds, ["200", "403", "404 lookup", "TenantMismatch"]);
+    let now = tenancy_insights::anomaly::unix_now();
+    let subject = Fingerprint::of("u");
+    for e in &events {
+        assert_eq!(e.tenant, env.acme, "the credential's tenant, every time");
+        assert_eq!(e.credential, Some(subject));
+        assert_eq!(e.subject, Some(subject));
+        assert_eq!(
+            e.network,
+            Some(network_of("127.0.0.1".parse().expect("ip")))
+        );
+        assert_eq!(e.agent, Some(Fingerprint::of("probe/1.0")));
+        assert!(e.at <= now && e.at + 60 > now, "{}", e.at);
+    }
+    let AccessKind::Response { bytes, .. } = events[0].kind else {
+        panic!("{:?}", events[0]);
+    };
+    assert!(bytes > 0, "the body's length");
+    let stats = keep.feed.stats();
+    assert_eq!(
+        (stats.tenants, stats.credentials, stats.subjects),
+        (1, 1, 1),
+        "{stats:?}"
+    );
 }

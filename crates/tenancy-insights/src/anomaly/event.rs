@@ -13,12 +13,15 @@ impl Fingerprint {
     /// The fingerprint of `text` (FNV-1a over its bytes, then a SplitMix64 finaliser so
     /// nearby texts spread over the whole range).
     pub fn of(text: &str) -> Self {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in text.as_bytes() {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        Fingerprint(mix(h))
+        Fingerprint::of_bytes(text.as_bytes())
+    }
+
+    /// The fingerprint of `bytes` (a header value that need not be UTF-8); the same as
+    /// [`Fingerprint::of`] for a text's bytes.
+    pub fn of_bytes(bytes: &[u8]) -> Self {
+        let mut h = Fnv::default();
+        h.add(bytes);
+        Fingerprint(mix(h.0))
     }
 
     /// A fingerprint from a number the caller already has (a key's row id).
@@ -39,19 +42,51 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// FNV-1a, fed piecewise (also as a formatter's output, so a text is fingerprinted
+/// without being built).
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn add(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+impl std::fmt::Write for Fnv {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.add(s.as_bytes());
+        Ok(())
+    }
+}
+
 /// The client network of an address: its /24 for IPv4, its /48 for IPv6, so a client
-/// moving within its network is not a new one.
+/// moving within its network is not a new one. The fingerprint of the network's text
+/// (`203.0.113.0/24`, `2001:db8:1::/48`), computed without writing it anywhere: the
+/// request layer calls this for every request it records.
 pub fn network_of(addr: std::net::IpAddr) -> Fingerprint {
-    match addr {
+    use std::fmt::Write as _;
+    let mut h = Fnv::default();
+    // Writing into the hash cannot fail.
+    let _ = match addr {
         std::net::IpAddr::V4(a) => {
             let o = a.octets();
-            Fingerprint::of(&format!("{}.{}.{}.0/24", o[0], o[1], o[2]))
+            write!(h, "{}.{}.{}.0/24", o[0], o[1], o[2])
         }
         std::net::IpAddr::V6(a) => {
             let s = a.segments();
-            Fingerprint::of(&format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2]))
+            write!(h, "{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
         }
-    }
+    };
+    Fingerprint(mix(h.0))
 }
 
 /// What happened.
@@ -108,5 +143,27 @@ impl AccessEvent {
             agent: None,
             kind,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_are_the_fingerprints_of_their_text() {
+        let v4: std::net::IpAddr = "203.0.113.77".parse().expect("v4");
+        assert_eq!(network_of(v4), Fingerprint::of("203.0.113.0/24"));
+        assert_eq!(
+            network_of(v4),
+            network_of("203.0.113.1".parse().expect("v4"))
+        );
+        assert_ne!(
+            network_of(v4),
+            network_of("203.0.114.1".parse().expect("v4"))
+        );
+        let v6: std::net::IpAddr = "2001:db8:1:2::5".parse().expect("v6");
+        assert_eq!(network_of(v6), Fingerprint::of("2001:db8:1::/48"));
+        assert_eq!(Fingerprint::of("agent"), Fingerprint::of_bytes(b"agent"));
     }
 }
