@@ -60,7 +60,9 @@ for db in plpgsql native; do
     sed "s/:dbname/$db/g" "$sql/database.sql" | psql_su -d "$db" -f -
     psql_su -d "$db" -c "GRANT TEMPORARY ON DATABASE $db TO tenancy_owner"
 done
-psql_su -d native -f "$sql/native.sql"
+# The native context as the bootstrap installs it where the server offers the extension
+# (`make -C extensions/tenancy_context install` for this server).
+psql_su -d native -c "CREATE EXTENSION tenancy_context"
 psql_su -d plpgsql -c "SET ROLE tenancy_owner" -c "SET tenancy.runtime_impl = 'plpgsql'" -f "$sql/runtime.sql"
 psql_su -d native -c "SET ROLE tenancy_owner" -f "$sql/runtime.sql"
 for db in plpgsql native; do

@@ -444,19 +444,31 @@ pub async fn list_grants(
     Ok(Page::cut(items, page.limit, grant_cursor))
 }
 
+/// A write of a custom role, checked: the change's parts (transaction, access model,
+/// caller's permissions, audit actor), then the role's name and permissions as the caller
+/// wrote them.
+type RoleWrite<'a, 'n> = (
+    &'a mut TenantTx,
+    &'a Access,
+    &'a Permissions,
+    &'a By,
+    &'n str,
+    Vec<String>,
+);
+
 /// A custom role's name and permissions as a caller writes them, checked: the caller may
 /// manage access, the name is well-formed and not built in, and the permission list is
 /// one the caller may hand out (sorted, without duplicates).
-fn role_input<'a>(
-    access: &Access,
-    caller: &Permissions,
-    name: &'a str,
+fn role_input<'a, 'n>(
+    change: Change<'a>,
+    name: &'n str,
     permissions: &[String],
-) -> Result<(&'a str, Vec<String>), AccessError> {
+) -> Result<RoleWrite<'a, 'n>, AccessError> {
+    let (tx, access, caller, by) = change.parts();
     manager(caller)?;
     let name = custom_name("name", name)?;
     let perms = permission_list(access, caller, "permissions", permissions)?;
-    Ok((name, perms))
+    Ok((tx, access, caller, by, name, perms))
 }
 
 /// Creates the custom role `name` with `permissions` (each declared and held by the
@@ -467,8 +479,7 @@ pub async fn create_role(
     name: &str,
     permissions: &[String],
 ) -> Result<Role, AccessError> {
-    let (tx, access, caller, by) = change.parts();
-    let (name, perms) = role_input(access, caller, name, permissions)?;
+    let (tx, access, _, by, name, perms) = role_input(change, name, permissions)?;
     let created = tx
         .execute(
             "INSERT INTO tenancy.access_roles (name, permissions) VALUES ($1, $2)
@@ -531,8 +542,7 @@ pub async fn update_role(
     name: &str,
     permissions: &[String],
 ) -> Result<Role, AccessError> {
-    let (tx, access, caller, by) = change.parts();
-    let (name, perms) = role_input(access, caller, name, permissions)?;
+    let (tx, access, caller, by, name, perms) = role_input(change, name, permissions)?;
     let before = role_to_change(tx, access, caller, name).await?;
     tx.execute(
         "UPDATE tenancy.access_roles SET permissions = $2, updated_at = now() WHERE name = $1",

@@ -119,7 +119,6 @@ pub async fn cluster_route(client: &Client, id: Uuid) -> Result<ClusterRoute, Ca
         .await
         .map_err(CatalogError::db("looking up a cluster"))?
         .ok_or_else(|| CatalogError::ClusterNotFound(id.to_string()))?;
-    let port: i32 = row.get(4);
     let pooler = match (
         row.get::<_, Option<String>>(6),
         row.get::<_, Option<i32>>(7),
@@ -128,12 +127,22 @@ pub async fn cluster_route(client: &Client, id: Uuid) -> Result<ClusterRoute, Ca
         _ => None,
     };
     Ok(ClusterRoute {
+        pooler,
+        ..cluster_location(&row)?
+    })
+}
+
+/// The columns every cluster row starts with (`id, name, region, host, port, dbname`),
+/// as a route without a pooler.
+pub(crate) fn cluster_location(row: &Row) -> Result<ClusterRoute, CatalogError> {
+    let port: i32 = row.get(4);
+    Ok(ClusterRoute {
         id: row.get(0),
         name: row.get(1),
         region: row.get::<_, String>(2).parse().map_err(corrupt)?,
         host: row.get(3),
         port: u16::try_from(port).map_err(corrupt)?,
         dbname: row.get(5),
-        pooler,
+        pooler: None,
     })
 }

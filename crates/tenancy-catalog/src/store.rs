@@ -164,14 +164,14 @@ pub fn tenant_from_row(row: &Row) -> Result<Tenant, CatalogError> {
 }
 
 fn cluster_from_row(row: &Row) -> Result<ClusterRecord, CatalogError> {
-    let port: i32 = row.get(4);
+    let at = crate::lookups::cluster_location(row)?;
     Ok(ClusterRecord {
-        id: row.get(0),
-        name: row.get(1),
-        region: row.get::<_, String>(2).parse().map_err(corrupt)?,
-        host: row.get(3),
-        port: u16::try_from(port).map_err(corrupt)?,
-        dbname: row.get(5),
+        id: at.id,
+        name: at.name,
+        region: at.region,
+        host: at.host,
+        port: at.port,
+        dbname: at.dbname,
         capacity: row.get(6),
         accepting: row.get(7),
     })

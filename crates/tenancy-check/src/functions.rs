@@ -644,21 +644,20 @@ pub(crate) async fn definer_context_rules(
     Ok(reported)
 }
 
+/// The triggers whose function is SECURITY DEFINER: table, trigger name, function,
+/// function owner.
+const DEFINER_TRIGGERS: &str =
+    "SELECT t.tgrelid, t.tgname::text, quote_ident(n.nspname) || '.' || quote_ident(p.proname), pg_get_userbyid(p.proowner)::text \
+       FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
+       JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+      WHERE NOT t.tgisinternal AND p.prosecdef";
+
 pub(crate) async fn trigger_rules(
     client: &Client,
     tables: &HashMap<u32, &Table>,
     f: &mut Vec<Finding>,
 ) -> Result<(), CheckError> {
-    let rows = query(
-        client,
-        "SELECT t.tgrelid, t.tgname::text, quote_ident(n.nspname) || '.' || quote_ident(p.proname), pg_get_userbyid(p.proowner)::text \
-           FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
-           JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
-          WHERE NOT t.tgisinternal AND p.prosecdef",
-        &[],
-        "reading triggers",
-    )
-    .await?;
+    let rows = query(client, DEFINER_TRIGGERS, &[], "reading triggers").await?;
     for r in rows {
         let rel: u32 = r.get(0);
         let Some(tb) = tables.get(&rel) else { continue };

@@ -28,10 +28,10 @@ impl AsyncRead for Recording {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
+        let Recording { inner, seen } = self.get_mut();
         let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Ok(mut seen) = this.seen.lock() {
+        let r = Pin::new(inner).poll_read(cx, buf);
+        if let Ok(mut seen) = seen.lock() {
             let room = KEEP.saturating_sub(seen.len());
             let got = &buf.filled()[before..];
             seen.extend_from_slice(&got[..got.len().min(room)]);

@@ -33,20 +33,76 @@ pub use tenants::{
 };
 pub use webhooks::{deliveries, DeliveryParams, DeliveryView};
 
+use std::future::Future;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tenancy_core::{PlanKey, Slug, TenantId};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use utoipa::OpenApi;
 
+use crate::auth::Admin;
 use crate::error::{ApiError, FieldError, Problem, ProblemCode};
-use crate::AppState;
+use crate::{idempotency, AppState};
 
 fn ts(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// What every admin POST that adds something takes, extracted in this order (so a request
+/// without an admin token is refused before its body is read): the admin, the headers
+/// (for the idempotency key) and the body, parsed, with its raw JSON (what a replay with
+/// the same key must match).
+#[derive(Debug)]
+pub struct AdminPost<T> {
+    admin: Admin,
+    headers: HeaderMap,
+    body: T,
+    raw: serde_json::Value,
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for AdminPost<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
+        let (admin, headers, bytes) =
+            <(Admin, HeaderMap, Result<Bytes, BytesRejection>)>::from_request(req, state).await?;
+        let (body, raw) = parse_body(&headers, bytes).map_err(IntoResponse::into_response)?;
+        Ok(AdminPost {
+            admin,
+            headers,
+            body,
+            raw,
+        })
+    }
+}
+
+impl<T: Send + 'static> AdminPost<T> {
+    /// The admin who sent it.
+    fn admin(&self) -> &Admin {
+        &self.admin
+    }
+
+    /// Runs `add` with the parsed body at most once per Idempotency-Key (scoped to the
+    /// admin and `route`), its answer replayed for a retry.
+    async fn run<F, Fut>(self, state: &AppState, route: &str, add: F) -> Result<Response, ApiError>
+    where
+        F: FnOnce(AppState, T) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(StatusCode, serde_json::Value), ApiError>> + Send + 'static,
+    {
+        let scope = format!("admin:{}:POST {route}", self.admin.principal);
+        let body = self.body;
+        idempotency::run(state, &self.headers, scope, &self.raw, move |state| {
+            add(state, body)
+        })
+        .await
+    }
 }
 
 /// Parses a JSON body, mapping every failure to a clear problem.

@@ -11,7 +11,7 @@
 //! installing anything into the server; on 14–17 that needs the files installed into the
 //! server's share directory (`make install`, see the extension's Makefile). The SDK's
 //! bootstrap creates the extension when the server offers it, else the same functions
-//! from the library directly (`sql/native.sql`), else the PL/pgSQL implementation.
+//! from the library directly (`tenancy_sdk::bootstrap::NATIVE_SQL`), else the PL/pgSQL implementation.
 
 use std::path::Path;
 

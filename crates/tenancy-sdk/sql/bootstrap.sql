@@ -6,59 +6,40 @@
 --
 -- tenancy_owner: runs migrations and owns every tenancy object. It is not a superuser
 --   and does not bypass RLS, so FORCE ROW LEVEL SECURITY binds it too.
--- tenancy_app: the runtime role the application connects as. It owns nothing, is not a
---   member of any role, cannot bypass RLS and receives only SELECT/INSERT/UPDATE/DELETE.
+-- The login roles that own nothing, are members of no role and cannot bypass RLS, each
+--   with only the privileges granted to it by name:
+-- tenancy_app: the runtime role the application connects as; it receives only
+--   SELECT/INSERT/UPDATE/DELETE.
+-- tenancy_worker: the role background workers connect as to claim and finish jobs of
+--   tenancy-axum's job queue; it gets no table privilege, only EXECUTE on the queue's
+--   claim and finish functions (granted where the queue is installed).
+-- tenancy_config_reader: the role the configuration client (tenancy-config's
+--   ConfigClient) reads its snapshot of every tenant's configuration as. That snapshot is
+--   exactly what the runtime role must not read, so it gets a login of its own: SELECT on
+--   the configuration tables and a few tenant columns, nothing else.
+-- Each role's attributes are re-asserted in case someone changed them.
 DO $bootstrap$
+DECLARE
+  r text;
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_owner') THEN
     CREATE ROLE tenancy_owner LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOREPLICATION;
   END IF;
-  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_app') THEN
-    CREATE ROLE tenancy_app LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
-  END IF;
-  -- Re-assert the attributes in case someone changed them.
   IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_owner'
               AND (rolsuper OR rolbypassrls OR rolcreaterole OR rolreplication)) THEN
     ALTER ROLE tenancy_owner NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOREPLICATION;
   END IF;
-  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_app'
-              AND (rolsuper OR rolbypassrls OR rolcreatedb OR rolcreaterole OR rolreplication OR rolinherit)) THEN
-    ALTER ROLE tenancy_app NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
-  END IF;
+  FOREACH r IN ARRAY ARRAY['tenancy_app', 'tenancy_worker', 'tenancy_config_reader'] LOOP
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+      EXECUTE pg_catalog.format('CREATE ROLE %I LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT', r);
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r
+                AND (rolsuper OR rolbypassrls OR rolcreatedb OR rolcreaterole OR rolreplication OR rolinherit)) THEN
+      EXECUTE pg_catalog.format('ALTER ROLE %I NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT', r);
+    END IF;
+  END LOOP;
 END
 $bootstrap$;
-
--- tenancy_worker: the role background workers connect as to claim and finish jobs of
---   tenancy-axum's job queue. Like the runtime role it owns nothing, is not a member of
---   any role and cannot bypass RLS; it gets no table privilege, only EXECUTE on the
---   queue's claim and finish functions (granted where the queue is installed).
-DO $worker$
-BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_worker') THEN
-    CREATE ROLE tenancy_worker LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
-  END IF;
-  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_worker'
-              AND (rolsuper OR rolbypassrls OR rolcreatedb OR rolcreaterole OR rolreplication OR rolinherit)) THEN
-    ALTER ROLE tenancy_worker NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
-  END IF;
-END
-$worker$;
-
--- tenancy_config_reader: the role the configuration client (tenancy-config's
---   ConfigClient) reads its snapshot of every tenant's configuration as. That snapshot is
---   exactly what the runtime role must not read, so it gets a login of its own: SELECT on
---   the configuration tables and a few tenant columns, nothing else, member of no role.
-DO $bootstrap_config_reader$
-BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_config_reader') THEN
-    CREATE ROLE tenancy_config_reader LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
-  END IF;
-  IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_config_reader'
-              AND (rolsuper OR rolbypassrls OR rolcreatedb OR rolcreaterole OR rolreplication OR rolinherit)) THEN
-    ALTER ROLE tenancy_config_reader NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT;
-  END IF;
-END
-$bootstrap_config_reader$;
 
 -- Bound parameters stay out of the server log for the roles that carry signed tokens:
 -- with log_statement or log_min_duration_statement on, PostgreSQL logs each statement's

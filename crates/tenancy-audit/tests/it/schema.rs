@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::support::{fresh_db, owner};
 
-/// The C check, as the bootstrap creates it from the library (`sql/native.sql`): for a
+/// The C check, as the bootstrap creates it from the library (`bootstrap::NATIVE_SQL`): for a
 /// database whose server offers an older tenancy_context extension without it.
 const CREATE_NATIVE_CHECK: &str = "
 CREATE FUNCTION tenancy.audit_event_valid_native(e record) RETURNS boolean

@@ -94,7 +94,7 @@ pub(crate) async fn managed_native() -> Option<TestDb> {
         return None;
     }
     let c = db.connect_superuser().await.expect("superuser");
-    c.batch_execute(include_str!("../../../tenancy-sdk/sql/native.sql"))
+    c.batch_execute(tenancy_sdk::bootstrap::NATIVE_SQL)
         .await
         .expect("native context");
     Some(db)

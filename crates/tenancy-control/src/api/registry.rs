@@ -1,9 +1,7 @@
 //! The registry: regions and clusters.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -12,10 +10,10 @@ use tenancy_core::RegionId;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{check_text, parse_body, parse_field, to_value};
+use super::{check_text, parse_field, to_value, AdminPost};
 use crate::auth::Admin;
 use crate::error::{ApiError, Problem};
-use crate::{idempotency, AppState};
+use crate::AppState;
 
 /// A region.
 #[derive(Debug, Serialize, ToSchema)]
@@ -114,14 +112,7 @@ pub async fn list_regions(
 ) -> Result<Json<Vec<RegionView>>, ApiError> {
     let conn = state.catalog().await?;
     let rs = tenancy_catalog::list_regions(&conn).await?;
-    Ok(Json(
-        rs.into_iter()
-            .map(|r| RegionView {
-                id: r.id.to_string(),
-                display_name: r.display_name,
-            })
-            .collect(),
-    ))
+    Ok(Json(rs.into_iter().map(region_view).collect()))
 }
 
 /// Registers a region, or changes its display name.
@@ -129,27 +120,24 @@ pub async fn list_regions(
     params(("Idempotency-Key" = String, Header, description = "Client-chosen key; same key and body replay the first response")),
     responses((status = 201, body = RegionView), (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn add_region(
-    admin: Admin,
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    post: AdminPost<RegionInput>,
 ) -> Result<Response, ApiError> {
-    let (req, raw): (RegionInput, _) = parse_body(&headers, body)?;
-    let scope = format!("admin:{}:POST /v1/regions", admin.principal);
-    idempotency::run(&state, &headers, scope, &raw, move |state| async move {
+    post.run(&state, "/v1/regions", |state, req| async move {
         let id: RegionId = parse_field("id", &req.id)?;
         check_text("display_name", &req.display_name, 50)?;
         let conn = state.catalog().await?;
         let r = tenancy_catalog::add_region(&conn, &id, &req.display_name).await?;
-        Ok((
-            StatusCode::CREATED,
-            to_value(&RegionView {
-                id: r.id.to_string(),
-                display_name: r.display_name,
-            }),
-        ))
+        Ok((StatusCode::CREATED, to_value(&region_view(r))))
     })
     .await
+}
+
+fn region_view(r: tenancy_catalog::Region) -> RegionView {
+    RegionView {
+        id: r.id.to_string(),
+        display_name: r.display_name,
+    }
 }
 
 fn cluster_view(c: tenancy_catalog::ClusterRecord) -> ClusterView {
@@ -186,14 +174,10 @@ pub async fn list_clusters(
     params(("Idempotency-Key" = String, Header, description = "Client-chosen key")),
     responses((status = 201, body = ClusterView), (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn add_cluster(
-    admin: Admin,
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    post: AdminPost<ClusterInput>,
 ) -> Result<Response, ApiError> {
-    let (req, raw): (ClusterInput, _) = parse_body(&headers, body)?;
-    let scope = format!("admin:{}:POST /v1/clusters", admin.principal);
-    idempotency::run(&state, &headers, scope, &raw, move |state| async move {
+    post.run(&state, "/v1/clusters", |state, req| async move {
         let region: RegionId = parse_field("region", &req.region)?;
         check_text("host", &req.host, 255)?;
         check_text("dbname", &req.dbname, 63)?;

@@ -1,9 +1,7 @@
 //! Tenants: create, list, show, their workflows and migrations.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -13,10 +11,10 @@ use tenancy_provision::ProvisionRequest;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::{check_display_name, known_plan, parse_body, parse_field, tenant_ref, to_value, ts};
+use super::{check_display_name, known_plan, parse_field, tenant_ref, to_value, ts, AdminPost};
 use crate::auth::Admin;
 use crate::error::{ApiError, Problem, ProblemCode};
-use crate::{idempotency, AppState};
+use crate::AppState;
 
 /// A tenant.
 #[derive(Debug, Serialize, ToSchema)]
@@ -224,15 +222,11 @@ pub async fn list_tenants(
     params(("Idempotency-Key" = String, Header, description = "Client-chosen key")),
     responses((status = 202, body = Accepted), (status = 409, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn create_tenant(
-    admin: Admin,
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    post: AdminPost<CreateTenant>,
 ) -> Result<Response, ApiError> {
-    let (req, raw): (CreateTenant, _) = parse_body(&headers, body)?;
-    let scope = format!("admin:{}:POST /v1/tenants", admin.principal);
-    let who = crate::audit::Who::admin(&admin);
-    idempotency::run(&state, &headers, scope, &raw, move |state| async move {
+    let who = crate::audit::Who::admin(post.admin());
+    post.run(&state, "/v1/tenants", move |state, req| async move {
         let new = NewTenant {
             id: None,
             slug: parse_field("slug", &req.slug)?,

@@ -6,8 +6,8 @@
 //! 2. [`bootstrap_database`] (superuser, once per database): database and schema
 //!    privileges, the `tenancy` / `tenancy_private` schemas owned by the owner role, and
 //!    the native signed context: `CREATE EXTENSION tenancy_context` where the server
-//!    offers it, else the same C functions from its library (`sql/native.sql`) where the
-//!    server can load it; an error instead of no native context under
+//!    offers it, else the same C functions from its library ([`NATIVE_SQL`], derived at
+//!    build time from the extension's scripts) where the server can load it; an error instead of no native context under
 //!    `TENANCY_REQUIRE_NATIVE=1`.
 //! 3. [`install_runtime`] (owner role): the signed-context functions (the PL/pgSQL
 //!    implementation, unless step 2 installed the native one), the tenant-table helper and
@@ -36,7 +36,13 @@ pub const CONFIG_READER_ROLE: &str = "tenancy_config_reader";
 const BOOTSTRAP_SQL: &str = include_str!("../../sql/bootstrap.sql");
 const DATABASE_SQL: &str = include_str!("../../sql/database.sql");
 const RUNTIME_SQL: &str = include_str!("../../sql/runtime.sql");
-const NATIVE_SQL: &str = include_str!("../../sql/native.sql");
+/// The native context's C functions created straight from the `tenancy_context` library,
+/// outside the extension (superuser, per database, after [`bootstrap_database`]'s
+/// schemas exist): the extension's own version scripts in order, with `CREATE OR REPLACE`
+/// and the library's name for `MODULE_PATHNAME` (derived by this crate's `build.rs`, so
+/// it cannot drift from the extension). Fails as a whole when the server cannot load the
+/// library.
+pub const NATIVE_SQL: &str = include_str!(concat!(env!("OUT_DIR"), "/native.sql"));
 
 /// The SQL a tenancy database is built from (database privileges, native context, runtime
 /// schema), for fingerprints of what a database or template holds.
@@ -80,7 +86,7 @@ pub async fn bootstrap_database(superuser: &Client, dbname: &str) -> Result<(), 
     //    PostgreSQL 18+ cluster tenancy started) and the database has none of its
     //    functions yet: created as the owner role (the extension is trusted), so the owner
     //    can later swap it for the PL/pgSQL context (runtime.sql);
-    // 3. the same C functions straight from the library (sql/native.sql), where the
+    // 3. the same C functions straight from the library (NATIVE_SQL), where the
     //    server can load it (a cluster tenancy started) or the functions exist already
     //    outside an extension (an extension cannot take over existing functions);
     // 4. nothing: install_runtime installs the PL/pgSQL context. Under
