@@ -379,6 +379,8 @@ pub struct ControlConfig {
     /// The application's access model, for the platform administrators' management of
     /// tenants' roles and grants (`/v1/tenants/{id}/access/…`).
     pub access: AccessModelConfig,
+    /// Tenants' compliance reports: where the applications' key files are.
+    pub report: crate::report::ReportConfig,
 }
 
 /// The `[access]` section: the permissions the application declares and what its
@@ -440,6 +442,7 @@ impl Default for ControlConfig {
             shutdown_grace_secs: 30,
             audit: crate::audit::AuditConfig::default(),
             access: AccessModelConfig::default(),
+            report: crate::report::ReportConfig::default(),
         }
     }
 }

@@ -114,6 +114,24 @@ impl Sealer {
         self.inner.signer.public_key_hex()
     }
 
+    /// The checkpoint signing key (it also signs tenants' compliance reports, under
+    /// another domain: [`Signer::sign_document`]).
+    pub fn signer(&self) -> &Signer {
+        &self.inner.signer
+    }
+
+    /// Connects as the runtime role to a tenant database (what `tenancy check`'s probe
+    /// needs: it tries cross-tenant access as that role, in transactions it rolls back).
+    pub async fn runtime_db(&self, cluster: &ClusterRecord, dbname: &str) -> Result<Client> {
+        let cfg = config_for(
+            cluster,
+            &self.inner.access.runtime,
+            dbname,
+            &self.inner.access.tls,
+        );
+        self.connect(&cfg).await
+    }
+
     /// The configuration.
     pub fn config(&self) -> &AuditConfig {
         &self.inner.config
