@@ -123,12 +123,18 @@ impl Sealer {
     /// Connects as the runtime role to a tenant database (what `tenancy check`'s probe
     /// needs: it tries cross-tenant access as that role, in transactions it rolls back).
     pub async fn runtime_db(&self, cluster: &ClusterRecord, dbname: &str) -> Result<Client> {
-        let cfg = config_for(
-            cluster,
-            &self.inner.access.runtime,
-            dbname,
-            &self.inner.access.tls,
-        );
+        self.connect_as(cluster, &self.inner.access.runtime, dbname)
+            .await
+    }
+
+    /// Connects as `login` to database `dbname` of `cluster`.
+    async fn connect_as(
+        &self,
+        cluster: &ClusterRecord,
+        login: &tenancy_sdk::Login,
+        dbname: &str,
+    ) -> Result<Client> {
+        let cfg = config_for(cluster, login, dbname, &self.inner.access.tls);
         self.connect(&cfg).await
     }
 
@@ -192,13 +198,9 @@ impl Sealer {
     /// there when it is missing (a database made before the audit log, or a dedicated
     /// tenant's).
     pub async fn tenant_db(&self, cluster: &ClusterRecord, dbname: &str) -> Result<Client> {
-        let cfg = config_for(
-            cluster,
-            &self.inner.access.owner,
-            dbname,
-            &self.inner.access.tls,
-        );
-        let client = self.connect(&cfg).await?;
+        let client = self
+            .connect_as(cluster, &self.inner.access.owner, dbname)
+            .await?;
         let has: bool = client
             .query_one(
                 "SELECT to_regclass('tenancy.audit_events') IS NOT NULL",
