@@ -150,6 +150,23 @@ impl Signer {
         hex::encode(self.public_key())
     }
 
+    /// A short name of the key: the first 16 hex digits of its public key (what the
+    /// outbox's checkpoint webhook ids and signed reports carry).
+    pub fn key_id(&self) -> String {
+        key_id(&self.public_key_hex())
+    }
+
+    /// Signs a document: Ed25519 over [`DOCUMENT_DOMAIN`] followed by `bytes` (the
+    /// caller's canonical serialization). The domain keeps a document's signature from
+    /// ever being taken for a checkpoint's, whose messages start with another prefix.
+    /// Returns the 64-byte signature in hex.
+    pub fn sign_document(&self, bytes: &[u8]) -> String {
+        let mut m = Vec::with_capacity(DOCUMENT_DOMAIN.len() + bytes.len());
+        m.extend_from_slice(DOCUMENT_DOMAIN);
+        m.extend_from_slice(bytes);
+        hex::encode(self.key.sign(&m).to_bytes())
+    }
+
     /// Signs a checkpoint of a tenant log.
     pub fn sign(
         &self,
@@ -183,6 +200,31 @@ impl Signer {
             signature: hex::encode(sig.to_bytes()),
         }
     }
+}
+
+/// The prefix of every signed document message (see [`Signer::sign_document`]).
+pub const DOCUMENT_DOMAIN: &[u8] = b"tenancy-signed-document-v1\0";
+
+/// The key id of a public key given in hex: its first 16 hex digits.
+pub fn key_id(public_key_hex: &str) -> String {
+    public_key_hex.chars().take(16).collect()
+}
+
+/// Checks a signature made by [`Signer::sign_document`] over `bytes` with the Ed25519
+/// public key `public_key` (hex), strictly (no malleable or small-order forms).
+pub fn verify_document(public_key: &str, bytes: &[u8], signature: &str) -> Result<(), String> {
+    let key = hash32(public_key, "the public key")?;
+    let key = VerifyingKey::from_bytes(&key)
+        .map_err(|_| "the public key is not an Ed25519 key".to_owned())?;
+    let sig = hex::decode(signature)
+        .ok()
+        .and_then(|b| <[u8; 64]>::try_from(b).ok())
+        .ok_or("the signature is not 64 bytes of hex")?;
+    let mut m = Vec::with_capacity(DOCUMENT_DOMAIN.len() + bytes.len());
+    m.extend_from_slice(DOCUMENT_DOMAIN);
+    m.extend_from_slice(bytes);
+    key.verify_strict(&m, &Signature::from_bytes(&sig))
+        .map_err(|_| "the signature does not verify".to_owned())
 }
 
 pub(crate) fn now_us() -> i64 {

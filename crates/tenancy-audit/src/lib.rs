@@ -11,7 +11,9 @@
 //!   has ended (see [`seal`] for why none is ever passed over).
 //! - [`Signer`] signs [`Checkpoint`]s (Ed25519: tenant, chain position, head hash, time);
 //!   [`checkpoint`] stores them in the catalog and can append them to a JSON-lines file
-//!   kept outside the database.
+//!   kept outside the database. The same key signs documents the control plane hands
+//!   out (a tenant's compliance report) under their own domain
+//!   ([`Signer::sign_document`], [`verify_document`]).
 //! - [`verify_chain`] recomputes a chain and names the first event that was modified,
 //!   deleted, inserted or reordered, and a tail cut off behind a checkpoint;
 //!   [`verify_database`] runs it on a live database, [`export`] / [`read_export`] carry
@@ -45,8 +47,9 @@ mod verify;
 
 pub use chain::{event_hash, event_hash_in, Recorded, StoredEvent, GENESIS};
 pub use checkpoint::{
-    append_jsonl, checkpoint, checkpoint_log, load_anchors, load_checkpoints, load_log_checkpoints,
-    read_jsonl, sign_heads, store_checkpoint, store_checkpoint_in, Checkpoint, Signer,
+    append_jsonl, checkpoint, checkpoint_log, key_id, load_anchors, load_checkpoints,
+    load_log_checkpoints, read_jsonl, sign_heads, store_checkpoint, store_checkpoint_in,
+    verify_document, Checkpoint, Signer, DOCUMENT_DOMAIN,
 };
 pub use control::{digest, record_control};
 pub use export::{export, read_export, Export};

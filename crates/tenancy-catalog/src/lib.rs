@@ -57,7 +57,7 @@ pub use migrate::{
 };
 pub use moves::{
     finish_move, get_move, moves_to_drop, record_move, residency, set_cutover, set_move_snapshot,
-    set_residency, switch_placement, Move, MoveEnd, MoveStatus,
+    set_residency, switch_placement, tenant_moves, Move, MoveEnd, MoveRecord, MoveStatus,
 };
 pub use requests::{
     count_tenants_by_state, idempotency_abandon, idempotency_begin, idempotency_complete,

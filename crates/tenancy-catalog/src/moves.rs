@@ -346,3 +346,41 @@ pub async fn switch_placement(
     .map_err(CatalogError::db("recording a tenant event"))?;
     Ok(())
 }
+
+/// A move with its times, as a tenant's history lists it.
+#[derive(Debug, Clone)]
+pub struct MoveRecord {
+    /// The move.
+    pub record: Move,
+    /// When the move workflow recorded it.
+    pub started_at: OffsetDateTime,
+    /// When it ended (the old copy dropped, or rolled back).
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+/// Every move of tenant `id`, oldest first (at most `limit`).
+pub async fn tenant_moves<C: GenericClient>(
+    client: &C,
+    id: TenantId,
+    limit: i64,
+) -> Result<Vec<MoveRecord>, CatalogError> {
+    client
+        .query(
+            &format!(
+                "SELECT {MOVE_COLUMNS}, started_at, finished_at FROM tenancy_catalog.tenant_moves
+                  WHERE tenant_id = $1 ORDER BY started_at, workflow_id LIMIT $2"
+            ),
+            &[&id.as_uuid(), &limit],
+        )
+        .await
+        .map_err(CatalogError::db("listing a tenant's moves"))?
+        .iter()
+        .map(|row| {
+            Ok(MoveRecord {
+                record: move_from_row(row)?,
+                started_at: row.get(16),
+                finished_at: row.get(17),
+            })
+        })
+        .collect()
+}

@@ -5,9 +5,11 @@ use clap::{Parser, Subcommand};
 
 mod audit;
 mod bootstrap;
+mod client;
 mod keys;
 mod legacy_import;
 mod migrate;
+mod report;
 mod serve;
 mod tenants;
 mod top;
@@ -150,6 +152,10 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Show and rotate a tenant's encryption keys. Exit 0: done; 2: could not run.
     Keys(keys::KeysArgs),
+    /// A tenant's signed compliance evidence report from `tenancy serve` (JSON, or one
+    /// self-contained HTML page), or `report verify FILE`. Exit 0: written / valid;
+    /// 1: invalid (verify); 2: could not run.
+    Report(report::ReportArgs),
     /// A live view of the tenants using the most database time (from `tenancy serve`'s
     /// insights), redrawn in place until Ctrl-C. Exit 0: stopped; 2: could not run.
     Top(top::TopArgs),
@@ -208,6 +214,7 @@ fn main() -> std::process::ExitCode {
             Command::Audit(args) => audit::run(args).await,
             Command::Keys(args) => keys::run(args).await,
             Command::Top(args) => top::run(args).await,
+            Command::Report(args) => report::run(args).await,
             Command::Check(c) => {
                 let mut out = std::io::stdout();
                 tenancy_check::run(&c.args, &mut out).await as u8

@@ -8,10 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use crossterm::{cursor, terminal, QueueableCommand};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 
 /// Arguments of `tenancy top`.
@@ -80,16 +77,7 @@ struct Target {
 }
 
 fn target(args: &TopArgs) -> anyhow::Result<Target> {
-    let Some(rest) = args.url.strip_prefix("http://") else {
-        bail!(
-            "--url {:?}: use an http:// address (tenancy top speaks plain HTTP; reach a remote server through a tunnel)",
-            args.url
-        );
-    };
-    let authority = rest.trim_end_matches('/');
-    if authority.is_empty() || authority.contains('/') {
-        bail!("--url {:?}: give only http://host:port", args.url);
-    }
+    let authority = crate::client::authority(&args.url, "tenancy top")?;
     if !(1..=1000).contains(&args.limit) {
         bail!("--limit {}: must be 1 to 1000", args.limit);
     }
@@ -112,46 +100,11 @@ fn target(args: &TopArgs) -> anyhow::Result<Target> {
         }
         let _ = write!(path, "&cluster={c}");
     }
-    Ok(Target {
-        authority: authority.to_owned(),
-        path,
-    })
+    Ok(Target { authority, path })
 }
 
 async fn fetch(t: &Target, token: &SecretString) -> anyhow::Result<Report> {
-    let stream = tokio::net::TcpStream::connect(&t.authority)
-        .await
-        .with_context(|| format!("connecting to {}", t.authority))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .context("starting HTTP")?;
-    tokio::spawn(conn);
-    let req = hyper::Request::get(&t.path)
-        .header(hyper::header::HOST, &t.authority)
-        .header(
-            hyper::header::AUTHORIZATION,
-            format!("Bearer {}", token.expose_secret()),
-        )
-        .body(Empty::<Bytes>::new())
-        .context("building the request")?;
-    let res = sender
-        .send_request(req)
-        .await
-        .context("asking for /v1/insights/tenants")?;
-    let status = res.status();
-    let body = res
-        .into_body()
-        .collect()
-        .await
-        .context("reading the answer")?
-        .to_bytes();
-    if !status.is_success() {
-        let detail = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_owned))
-            .unwrap_or_default();
-        bail!("the server answered {status}: {detail}");
-    }
+    let body = crate::client::get(&t.authority, &t.path, token).await?;
     serde_json::from_slice(&body).context("reading the report")
 }
 

@@ -381,6 +381,8 @@ pub struct ControlConfig {
     pub access: AccessModelConfig,
     /// Monitoring: the configuration and provisioning rules.
     pub insights: InsightsConfig,
+    /// Tenants' compliance reports: where the applications' key files are.
+    pub report: crate::report::ReportConfig,
 }
 
 /// The `[insights]` section.
@@ -453,6 +455,7 @@ impl Default for ControlConfig {
             audit: crate::audit::AuditConfig::default(),
             access: AccessModelConfig::default(),
             insights: InsightsConfig::default(),
+            report: crate::report::ReportConfig::default(),
         }
     }
 }

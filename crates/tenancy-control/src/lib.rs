@@ -28,6 +28,10 @@
 //!   (seals and checkpoints every audit log, publishes checkpoints, purges logs past
 //!   their plan's retention unless on legal hold); `GET /v1/tenants/{id}/audit` pages
 //!   through a tenant's log.
+//! - [`report`]: a tenant's compliance evidence report (placement history, residency,
+//!   isolation check, keys, audit verification, anomalies, retention, transfers), signed
+//!   with the audit key, as JSON or one self-contained HTML page;
+//!   `GET /v1/tenants/{id}/report` serves it.
 //!
 //! What it does not do: it runs no workflow step itself (the provisioning engine does,
 //! on workers), it never touches tenant data other than the audit log
@@ -46,6 +50,7 @@ pub mod guard;
 pub mod health;
 pub mod idempotency;
 pub mod metrics;
+pub mod report;
 pub mod rules;
 pub mod server;
 mod startup;
@@ -122,6 +127,9 @@ struct StateInner {
     /// administrators' management of tenants' roles and grants (see [`api::access`]);
     /// without it those routes answer 503.
     tenant_access: Option<api::access::TenantAccess>,
+    /// What tenants' compliance reports read besides the catalog and the sealer (the
+    /// context key for the isolation probe, the key directory; see [`report`]).
+    report: report::Sources,
 }
 
 /// A typed OpenAPI document (utoipa's type has no `Debug` without a feature we leave off).
@@ -184,6 +192,7 @@ impl AppState {
                 )),
                 rules_task: Arc::default(),
                 tenant_access: None,
+                report: report::Sources::default(),
             }),
         }
     }
@@ -218,6 +227,20 @@ impl AppState {
         AppState {
             inner: Arc::new(inner),
         }
+    }
+
+    /// The same state with these sources of tenants' compliance reports.
+    pub fn with_report_sources(self, sources: report::Sources) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.report = sources;
+        AppState {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// What tenants' compliance reports read besides the catalog and the sealer.
+    pub fn report_sources(&self) -> &report::Sources {
+        &self.inner.report
     }
 
     /// Tenant transactions and the access model, when the state has them.
@@ -467,6 +490,7 @@ pub fn router_with(state: AppState, extra: axum::Router) -> axum::Router {
         .route("/v1/tenants/{id}/move", post(api::move_tenant))
         .route("/v1/tenants/{id}/legal-hold", post(api::legal_hold))
         .route("/v1/tenants/{id}/audit", get(api::audit::tenant_audit))
+        .route("/v1/tenants/{id}/report", get(api::report::tenant_report))
         .route(
             "/v1/tenants/{id}/access/roles",
             get(api::access::list_roles).post(api::access::create_role),

@@ -622,6 +622,10 @@ async fn build_with(config: &ControlConfig, clusters: &[LocalCluster]) -> Result
         tenant_router,
         config.access.build().map_err(anyhow::Error::msg)?,
     );
+    let report_sources = crate::report::Sources {
+        context_key: Some(key.clone()),
+        key_dir: config.report.key_dir.clone(),
+    };
     let provisioner = Provisioner::new(
         catalog_cfg.clone(),
         access,
@@ -732,6 +736,7 @@ async fn build_with(config: &ControlConfig, clusters: &[LocalCluster]) -> Result
     .with_config(config_state)
     .with_audit(sealer.clone())
     .with_tenant_access(tenant_access)
+    .with_report_sources(report_sources)
     .with_limits(&config.limits)
     .map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(&config.listen)

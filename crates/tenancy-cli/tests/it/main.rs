@@ -9,6 +9,7 @@ mod ops;
 mod otlp;
 mod own_postgres;
 mod pooler;
+mod report;
 mod tenants;
 mod top;
 mod transfer;

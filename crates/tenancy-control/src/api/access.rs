@@ -49,6 +49,11 @@ impl TenantAccess {
     pub fn new(router: tenancy_sdk::Router, model: tenancy_access::Access) -> TenantAccess {
         TenantAccess { router, model }
     }
+
+    /// The router of tenant transactions (runtime role, signed context).
+    pub fn router(&self) -> &tenancy_sdk::Router {
+        &self.router
+    }
 }
 
 /// Paging of a list.

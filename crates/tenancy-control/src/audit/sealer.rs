@@ -114,6 +114,30 @@ impl Sealer {
         self.inner.signer.public_key_hex()
     }
 
+    /// The checkpoint signing key (it also signs tenants' compliance reports, under
+    /// another domain: [`Signer::sign_document`]).
+    pub fn signer(&self) -> &Signer {
+        &self.inner.signer
+    }
+
+    /// Connects as the runtime role to a tenant database (what `tenancy check`'s probe
+    /// needs: it tries cross-tenant access as that role, in transactions it rolls back).
+    pub async fn runtime_db(&self, cluster: &ClusterRecord, dbname: &str) -> Result<Client> {
+        self.connect_as(cluster, &self.inner.access.runtime, dbname)
+            .await
+    }
+
+    /// Connects as `login` to database `dbname` of `cluster`.
+    async fn connect_as(
+        &self,
+        cluster: &ClusterRecord,
+        login: &tenancy_sdk::Login,
+        dbname: &str,
+    ) -> Result<Client> {
+        let cfg = config_for(cluster, login, dbname, &self.inner.access.tls);
+        self.connect(&cfg).await
+    }
+
     /// The configuration.
     pub fn config(&self) -> &AuditConfig {
         &self.inner.config
@@ -174,13 +198,9 @@ impl Sealer {
     /// there when it is missing (a database made before the audit log, or a dedicated
     /// tenant's).
     pub async fn tenant_db(&self, cluster: &ClusterRecord, dbname: &str) -> Result<Client> {
-        let cfg = config_for(
-            cluster,
-            &self.inner.access.owner,
-            dbname,
-            &self.inner.access.tls,
-        );
-        let client = self.connect(&cfg).await?;
+        let client = self
+            .connect_as(cluster, &self.inner.access.owner, dbname)
+            .await?;
         let has: bool = client
             .query_one(
                 "SELECT to_regclass('tenancy.audit_events') IS NOT NULL",

@@ -81,6 +81,8 @@ pub(crate) struct Resp {
     pub(crate) status: u16,
     pub(crate) headers: BTreeMap<String, String>,
     pub(crate) body: Value,
+    /// The body as received (de-chunked), for answers that are not JSON.
+    pub(crate) raw: Vec<u8>,
 }
 
 /// One HTTP/1.1 request over a fresh connection from source address `from` (any
@@ -158,6 +160,7 @@ fn parse_response(raw: &[u8]) -> Resp {
         status,
         headers,
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        raw: body,
     }
 }
 

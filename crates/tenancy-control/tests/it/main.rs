@@ -14,5 +14,6 @@ mod console;
 mod console_edit;
 mod hostile;
 mod ops;
+mod report;
 mod tls;
 mod validation;
