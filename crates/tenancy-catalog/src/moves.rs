@@ -169,13 +169,31 @@ pub async fn set_move_snapshot<C: GenericClient>(
     workflow: Uuid,
     snapshot: &str,
 ) -> Result<(), CatalogError> {
+    update_move(
+        client,
+        workflow,
+        "snapshot = $2",
+        &snapshot,
+        "recording a move's snapshot",
+    )
+    .await
+}
+
+/// `UPDATE … SET {set} WHERE workflow_id = $1` on move `workflow`, `$2` = `value`.
+async fn update_move<C: GenericClient>(
+    client: &C,
+    workflow: Uuid,
+    set: &str,
+    value: &(dyn tokio_postgres::types::ToSql + Sync),
+    what: &'static str,
+) -> Result<(), CatalogError> {
     client
         .execute(
-            "UPDATE tenancy_catalog.tenant_moves SET snapshot = $2 WHERE workflow_id = $1",
-            &[&workflow, &snapshot],
+            &format!("UPDATE tenancy_catalog.tenant_moves SET {set} WHERE workflow_id = $1"),
+            &[&workflow, value],
         )
         .await
-        .map_err(CatalogError::db("recording a move's snapshot"))?;
+        .map_err(CatalogError::db(what))?;
     Ok(())
 }
 
@@ -186,14 +204,14 @@ pub async fn finish_move<C: GenericClient>(
     workflow: Uuid,
     status: MoveStatus,
 ) -> Result<(), CatalogError> {
-    client
-        .execute(
-            "UPDATE tenancy_catalog.tenant_moves SET status = $2, finished_at = now() WHERE workflow_id = $1",
-            &[&workflow, &status.as_str()],
-        )
-        .await
-        .map_err(CatalogError::db("finishing a move"))?;
-    Ok(())
+    update_move(
+        client,
+        workflow,
+        "status = $2, finished_at = now()",
+        &status.as_str(),
+        "finishing a move",
+    )
+    .await
 }
 
 /// Switched moves whose old copy is due to be dropped (at most `limit`).
@@ -298,12 +316,14 @@ pub async fn set_cutover<C: GenericClient>(
 
 /// Points tenant `id` at the move's new placement, closes its cutover window, marks the
 /// move switched (the old copy dropped after `keep`) and records a `moved` event with
-/// both placements and regions, in the caller's transaction.
+/// both placements and regions and `cutover` (how the held window went, as the engine
+/// measured it), in the caller's transaction.
 pub async fn switch_placement(
     tx: &Transaction<'_>,
     mv: &Move,
     actor: &str,
     keep: Duration,
+    cutover: serde_json::Value,
 ) -> Result<(), CatalogError> {
     let to = &mv.to;
     tx.execute(
@@ -336,6 +356,7 @@ pub async fn switch_placement(
         "workflow": mv.workflow.to_string(),
         "from": { "placement": mv.from.placement.as_str(), "cluster": mv.from.cluster.to_string(), "region": mv.from.region.as_str() },
         "to": { "placement": to.placement.as_str(), "cluster": to.cluster.to_string(), "region": to.region.as_str() },
+        "cutover": cutover,
     });
     tx.execute(
         "INSERT INTO tenancy_catalog.tenant_events (tenant_id, kind, actor, detail)
