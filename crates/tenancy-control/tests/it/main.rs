@@ -13,5 +13,6 @@ mod console;
 mod console_edit;
 mod hostile;
 mod ops;
+mod residency;
 mod tls;
 mod validation;
