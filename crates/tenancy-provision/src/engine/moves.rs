@@ -649,39 +649,43 @@ impl Provisioner {
         }
         let mut target = self.target_tx(pool, mv).await?;
         let mut seqs: Vec<i64> = Vec::with_capacity(rows.len());
+        // Consecutive row operations of one kind on one table with distinct keys go in
+        // one statement: their order does not matter among themselves.
+        let mut batch = Batch::default();
         for r in rows {
             seqs.push(r.get(0));
             let tbl: String = r.get(1);
-            let t = tables.iter().find(|t| t.label() == tbl).ok_or_else(|| {
-                Error::NotPossible(format!(
-                    "a change of table {tbl}, which is not a tenant table"
-                ))
-            })?;
-            let q = qualified(&mv.to, t);
+            let t = tables
+                .iter()
+                .position(|t| t.label() == tbl)
+                .ok_or_else(|| {
+                    Error::NotPossible(format!(
+                        "a change of table {tbl}, which is not a tenant table"
+                    ))
+                })?;
             let op: String = r.get(2);
             let old: Option<String> = r.get(3);
             let new: Option<String> = r.get(4);
-            let new_key = new.as_deref().and_then(|n| key_of(t, n));
+            let new_key = new.as_deref().and_then(|n| key_of(&tables[t], n));
             if let Some(old) = old.filter(|_| op != "I") {
                 // An update that keeps the key is an upsert; one that changes it, or a
                 // delete, removes the old key first.
-                let old_key = key_of(t, &old);
+                let old_key = key_of(&tables[t], &old);
                 if op == "D" || new_key != old_key {
-                    let arr = format!("[{old}]");
-                    target
-                        .execute(t.delete(&q).as_str(), &[&arr.as_str()])
+                    batch
+                        .push(&mut target, mv, tables, t, false, old, old_key.clone())
                         .await?;
                 }
-                touched.note(t, old_key);
+                touched.note(&tables[t], old_key);
             }
             if let Some(new) = new {
-                let arr = format!("[{new}]");
-                target
-                    .execute(t.upsert(&q).as_str(), &[&arr.as_str()])
+                batch
+                    .push(&mut target, mv, tables, t, true, new, new_key.clone())
                     .await?;
-                touched.note(t, new_key);
+                touched.note(&tables[t], new_key);
             }
         }
+        batch.flush(&mut target, mv, tables).await?;
         target.commit().await?;
         let s = quote_ident(&capture_schema(mv));
         source
@@ -882,10 +886,14 @@ impl Provisioner {
         // What was written during the verification, still without holding anyone.
         touched = Touched::default();
         if diff.is_none() {
+            // Until little is left (bounded: writers faster than the catch-up still get
+            // their cutover, only a longer one).
+            let started = Instant::now();
             while self
                 .catch_up_round(&mv, &source, &tables, &pool, &mut touched)
                 .await?
                 > CATCH_UP_BATCH as usize / 20
+                && started.elapsed() < Duration::from_secs(10)
             {}
             let conn = self.catalog_conn().await?;
             catalog::set_cutover(&*conn, mv.workflow, Some(settings.cutover_wait)).await?;
@@ -1113,6 +1121,64 @@ fn key_of(t: &MoveTable, row: &str) -> Option<String> {
         })
         .collect();
     serde_json::to_string(&key).ok()
+}
+
+/// Row operations of one kind (upserts or deletes) on one table with distinct keys,
+/// waiting to be applied in one statement.
+#[derive(Debug, Default)]
+struct Batch {
+    /// The table (index into the move's tables) and whether the rows are upserted.
+    what: Option<(usize, bool)>,
+    rows: Vec<String>,
+    keys: BTreeSet<String>,
+}
+
+impl Batch {
+    /// Adds a row operation, applying what is batched first when it cannot join.
+    #[allow(clippy::too_many_arguments)]
+    async fn push(
+        &mut self,
+        target: &mut TenantTx,
+        mv: &Move,
+        tables: &[MoveTable],
+        table: usize,
+        upsert: bool,
+        row: String,
+        key: Option<String>,
+    ) -> Result<(), Error> {
+        let joins = self.what == Some((table, upsert))
+            && key.as_ref().is_some_and(|k| !self.keys.contains(k))
+            && self.rows.len() < CATCH_UP_BATCH as usize;
+        if !joins {
+            self.flush(target, mv, tables).await?;
+            self.what = Some((table, upsert));
+        }
+        self.rows.push(row);
+        if let Some(k) = key {
+            self.keys.insert(k);
+        }
+        Ok(())
+    }
+
+    /// Applies what is batched.
+    async fn flush(
+        &mut self,
+        target: &mut TenantTx,
+        mv: &Move,
+        tables: &[MoveTable],
+    ) -> Result<(), Error> {
+        let Some((table, upsert)) = self.what.take() else {
+            return Ok(());
+        };
+        let t = &tables[table];
+        let q = qualified(&mv.to, t);
+        let sql = if upsert { t.upsert(&q) } else { t.delete(&q) };
+        let arr = format!("[{}]", self.rows.join(","));
+        target.execute(sql.as_str(), &[&arr.as_str()]).await?;
+        self.rows.clear();
+        self.keys.clear();
+        Ok(())
+    }
 }
 
 /// The keys, table by table, of the rows that changes applied since a point touched.
