@@ -149,18 +149,30 @@ pub async fn get_move<C: GenericClient>(
     client: &C,
     workflow: Uuid,
 ) -> Result<Option<Move>, CatalogError> {
+    Ok(
+        select_moves(client, "workflow_id = $1", &[&workflow], "reading a move")
+            .await?
+            .pop(),
+    )
+}
+
+/// The moves `SELECT … WHERE {filter}` finds.
+async fn select_moves<C: GenericClient>(
+    client: &C,
+    filter: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    what: &'static str,
+) -> Result<Vec<Move>, CatalogError> {
     client
-        .query_opt(
-            &format!(
-                "SELECT {MOVE_COLUMNS} FROM tenancy_catalog.tenant_moves WHERE workflow_id = $1"
-            ),
-            &[&workflow],
+        .query(
+            &format!("SELECT {MOVE_COLUMNS} FROM tenancy_catalog.tenant_moves WHERE {filter}"),
+            params,
         )
         .await
-        .map_err(CatalogError::db("reading a move"))?
-        .as_ref()
+        .map_err(CatalogError::db(what))?
+        .iter()
         .map(move_from_row)
-        .transpose()
+        .collect()
 }
 
 /// Records the source snapshot a move's copy was taken at.
@@ -219,20 +231,11 @@ pub async fn moves_to_drop<C: GenericClient>(
     client: &C,
     limit: i64,
 ) -> Result<Vec<Move>, CatalogError> {
-    client
-        .query(
-            &format!(
-                "SELECT {MOVE_COLUMNS} FROM tenancy_catalog.tenant_moves
-                  WHERE status = 'switched' AND drop_after <= now() ORDER BY drop_after LIMIT $1"
-            ),
-            &[&limit],
-        )
-        .await
-        .map_err(CatalogError::db("listing moves to drop"))?
-        .iter()
-        .map(move_from_row)
-        .collect()
+    select_moves(client, DUE, &[&limit], "listing moves to drop").await
 }
+
+/// The filter of switched moves whose old copy is due, the longest due first.
+const DUE: &str = "status = 'switched' AND drop_after <= now() ORDER BY drop_after LIMIT $1";
 
 /// The regions tenant `id` may live in: its residency policy, or its current region when
 /// it has none.
