@@ -819,15 +819,17 @@ impl Provisioner {
     }
 
     /// Brings the target to the source's state at one snapshot (the changes that snapshot
-    /// shows, applied) and compares every row of every table, while the tenant keeps
-    /// writing. The cutover then only compares the rows changed since.
-    async fn move_verify_base(
+    /// shows, applied) and compares, while the tenant keeps writing: every row of every
+    /// table (`since` `None`), or only the rows of the keys `since` holds (the rows
+    /// changed since the last comparison; the changes applied here are added to it).
+    async fn move_verify_at_snapshot(
         &self,
         mv: &Move,
         source: &Client,
         source_admin: &Client,
         tables: &[MoveTable],
         pool: &TenantPool,
+        since: Option<&mut Touched>,
     ) -> Result<Option<String>, Error> {
         source_admin
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -835,9 +837,19 @@ impl Provisioner {
             .map_err(Error::db("starting the verification snapshot"))?;
         let result = async {
             let rows = Self::read_changes(mv, source_admin, None).await?;
-            self.apply_changes(mv, source, tables, pool, &rows, &mut Touched::default())
-                .await?;
-            self.move_verify(mv, source_admin, tables, pool, None).await
+            match since {
+                None => {
+                    self.apply_changes(mv, source, tables, pool, &rows, &mut Touched::default())
+                        .await?;
+                    self.move_verify(mv, source_admin, tables, pool, None).await
+                }
+                Some(touched) => {
+                    self.apply_changes(mv, source, tables, pool, &rows, touched)
+                        .await?;
+                    self.move_verify(mv, source_admin, tables, pool, Some(touched))
+                        .await
+                }
+            }
         }
         .await;
         source_admin
@@ -881,20 +893,31 @@ impl Provisioner {
             >= CATCH_UP_BATCH as usize
         {}
         let mut diff = self
-            .move_verify_base(&mv, &source, &admin, &tables, &pool)
+            .move_verify_at_snapshot(&mv, &source, &admin, &tables, &pool, None)
             .await?;
-        // What was written during the verification, still without holding anyone.
-        touched = Touched::default();
-        if diff.is_none() {
-            // Until little is left (bounded: writers faster than the catch-up still get
-            // their cutover, only a longer one).
-            let started = Instant::now();
+        // What was written during each comparison, caught up and compared again, until
+        // little is left for the held window (bounded: writers faster than the catch-up
+        // still get their cutover, only a longer one).
+        let started = Instant::now();
+        while diff.is_none() {
+            touched = Touched::default();
             while self
                 .catch_up_round(&mv, &source, &tables, &pool, &mut touched)
                 .await?
-                > CATCH_UP_BATCH as usize / 20
+                >= CATCH_UP_BATCH as usize
                 && started.elapsed() < Duration::from_secs(10)
             {}
+            diff = self
+                .move_verify_at_snapshot(&mv, &source, &admin, &tables, &pool, Some(&mut touched))
+                .await?;
+            if touched.len() <= CATCH_UP_BATCH as usize / 4
+                || started.elapsed() > Duration::from_secs(10)
+            {
+                break;
+            }
+        }
+        touched = Touched::default();
+        if diff.is_none() {
             let conn = self.catalog_conn().await?;
             catalog::set_cutover(&*conn, mv.workflow, Some(settings.cutover_wait)).await?;
         }
