@@ -76,18 +76,13 @@ pub struct MoveTo {
 pub struct Residency {
     /// The registered regions the tenant's data may live in, its current region among
     /// them (1 to 64, no duplicates); `null` clears the policy (its current region only).
-    #[schema(min_items = 1, max_items = 64, unique_items = true, inline)]
+    #[schema(min_items = 1, max_items = 64, inline)]
     pub regions: Option<Vec<RegionName>>,
 }
 
 /// A region id.
 #[derive(Debug, Deserialize, ToSchema)]
-#[schema(
-    value_type = String,
-    pattern = "^[a-z][a-z0-9]*(-[a-z0-9]+)*$",
-    min_length = 2,
-    max_length = 32
-)]
+#[schema(value_type = String, pattern = "^(?=.{2,32}$)[a-z][a-z0-9]*(-[a-z0-9]+)*$")]
 pub struct RegionName(pub String);
 
 /// Legal hold switch.
