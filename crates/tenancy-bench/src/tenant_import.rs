@@ -93,38 +93,17 @@ async fn measure(cluster: &Cluster, runs: usize) -> Result<()> {
     println!(
         "== tenant_import: a {ROWS}-row single-tenant database into a pooled tenant vs pg_dump | psql"
     );
-    let key = ContextKey::from_bytes("bench".parse().context("key id")?, rand::random());
-    let su = cluster.connect("postgres").await?;
-    for db in [CATALOG_DB, SOURCE_DB] {
-        su.batch_execute(&format!("CREATE DATABASE {db}"))
-            .await
-            .with_context(|| format!("creating database {db}"))?;
-    }
-    let mut owner = catalog_on(cluster, &su, &key).await?;
-    let access = ClusterAccess::local(cluster.superuser());
-    let provisioner = Provisioner::new(
-        cluster.config_as(OWNER_ROLE, CATALOG_DB),
-        access.clone(),
-        key.clone(),
-        ProvisionConfig {
-            app_migrations: AppMigrations::new(vec![AppMigration {
-                version: 1,
-                name: "0001_invoicing".into(),
-                sql: include_str!("../../../examples/invoicing/migrations/0001_invoicing.sql")
-                    .into(),
-            }])?,
-            plans: [("free".to_owned(), serde_json::Map::new())].into(),
-            ..Default::default()
-        },
-    )?;
-    let router = Router::new(
-        cluster.config_as(RUNTIME_ROLE, CATALOG_DB),
-        key.clone(),
-        ClusterCredentials {
-            user: RUNTIME_ROLE.into(),
-            password: None,
-        },
-        // One transaction carries the whole import: no pool deadline or statement timeout.
+    let InvoicingEnv {
+        key,
+        su,
+        mut owner,
+        access,
+        provisioner,
+    } = invoicing_env(cluster, &[SOURCE_DB]).await?;
+    // One transaction carries the whole import: no pool deadline or statement timeout.
+    let router = runtime_router(
+        cluster,
+        &key,
         RouterOptions {
             pool: tenancy_sdk::PoolOptions {
                 transaction_deadline: Duration::ZERO,
@@ -211,7 +190,13 @@ async fn measure(cluster: &Cluster, runs: usize) -> Result<()> {
         base_rps.push(ROWS as f64 / elapsed.as_secs_f64());
 
         // Ours: a new pooled tenant, the import, then the shared tables emptied again.
-        let tenant = provision(&provisioner, &mut owner, &format!("imported-{run}")).await?;
+        let tenant = provision(
+            &provisioner,
+            &mut owner,
+            &format!("imported-{run}"),
+            Placement::Pooled,
+        )
+        .await?;
         if inspect_s.is_none() {
             let target = tenancy_pg::connect(&cluster.config_as(OWNER_ROLE, CATALOG_DB)).await?;
             let t = Instant::now();
@@ -293,7 +278,7 @@ async fn measure(cluster: &Cluster, runs: usize) -> Result<()> {
 
 /// A client program of the server's version: beside the server binaries, else in the
 /// distribution's directory of that version, else on `PATH`.
-fn client_bin(bins: &PgBinaries, name: &str) -> std::path::PathBuf {
+pub(crate) fn client_bin(bins: &PgBinaries, name: &str) -> std::path::PathBuf {
     let beside = bins.bin(name);
     if beside.exists() {
         return beside;
@@ -317,7 +302,86 @@ async fn count(c: &Client, schema: &str) -> Result<u64> {
     Ok(n)
 }
 
-async fn provision(p: &Provisioner, catalog: &mut Client, slug: &str) -> Result<TenantId> {
+/// The benchmark cluster set up for the example app: the catalog in [`CATALOG_DB`]
+/// (also region `eu-west`'s shared database), more empty databases, and a provisioner of
+/// the invoicing tables.
+pub(crate) struct InvoicingEnv {
+    pub key: ContextKey,
+    /// The superuser on `postgres`.
+    pub su: Client,
+    /// The owner on the catalog.
+    pub owner: Client,
+    pub access: ClusterAccess,
+    pub provisioner: Provisioner,
+}
+
+/// Sets up an [`InvoicingEnv`] on `cluster`, creating `databases` too.
+pub(crate) async fn invoicing_env(cluster: &Cluster, databases: &[&str]) -> Result<InvoicingEnv> {
+    let key = ContextKey::from_bytes("bench".parse().context("key id")?, rand::random());
+    let su = cluster.connect("postgres").await?;
+    for db in std::iter::once(&CATALOG_DB).chain(databases) {
+        su.batch_execute(&format!("CREATE DATABASE {db}"))
+            .await
+            .with_context(|| format!("creating database {db}"))?;
+    }
+    let owner = catalog_on(cluster, &su, &key).await?;
+    let access = ClusterAccess::local(cluster.superuser());
+    let provisioner = invoicing_provisioner(cluster, &access, &key)?;
+    Ok(InvoicingEnv {
+        key,
+        su,
+        owner,
+        access,
+        provisioner,
+    })
+}
+
+/// A router of the runtime role over the catalog.
+pub(crate) fn runtime_router(
+    cluster: &Cluster,
+    key: &ContextKey,
+    opts: RouterOptions,
+) -> Result<Router> {
+    Ok(Router::new(
+        cluster.config_as(RUNTIME_ROLE, CATALOG_DB),
+        key.clone(),
+        ClusterCredentials {
+            user: RUNTIME_ROLE.into(),
+            password: None,
+        },
+        opts,
+    )?)
+}
+
+fn invoicing_provisioner(
+    cluster: &Cluster,
+    access: &ClusterAccess,
+    key: &ContextKey,
+) -> Result<Provisioner> {
+    Ok(Provisioner::new(
+        cluster.config_as(OWNER_ROLE, CATALOG_DB),
+        access.clone(),
+        key.clone(),
+        ProvisionConfig {
+            app_migrations: AppMigrations::new(vec![AppMigration {
+                version: 1,
+                name: "0001_invoicing".into(),
+                sql: include_str!("../../../examples/invoicing/migrations/0001_invoicing.sql")
+                    .into(),
+            }])?,
+            plans: [("free".to_owned(), serde_json::Map::new())].into(),
+            ..Default::default()
+        },
+    )?)
+}
+
+/// A tenant provisioned at `placement` (driven to active).
+pub(crate) async fn provision(
+    p: &Provisioner,
+    catalog: &mut Client,
+    slug: &str,
+    placement: Placement,
+) -> Result<TenantId> {
     let req = ProvisionRequest {
         tenant: tenancy_catalog::NewTenant {
             id: None,
@@ -325,7 +389,7 @@ async fn provision(p: &Provisioner, catalog: &mut Client, slug: &str) -> Result<
             display_name: slug.to_owned(),
             plan: "free".parse()?,
             region: "eu-west".parse()?,
-            placement: Placement::Pooled,
+            placement,
         },
         billing_customer: None,
         billing_subscription: None,

@@ -149,18 +149,30 @@ pub async fn get_move<C: GenericClient>(
     client: &C,
     workflow: Uuid,
 ) -> Result<Option<Move>, CatalogError> {
+    Ok(
+        select_moves(client, "workflow_id = $1", &[&workflow], "reading a move")
+            .await?
+            .pop(),
+    )
+}
+
+/// The moves `SELECT … WHERE {filter}` finds.
+async fn select_moves<C: GenericClient>(
+    client: &C,
+    filter: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    what: &'static str,
+) -> Result<Vec<Move>, CatalogError> {
     client
-        .query_opt(
-            &format!(
-                "SELECT {MOVE_COLUMNS} FROM tenancy_catalog.tenant_moves WHERE workflow_id = $1"
-            ),
-            &[&workflow],
+        .query(
+            &format!("SELECT {MOVE_COLUMNS} FROM tenancy_catalog.tenant_moves WHERE {filter}"),
+            params,
         )
         .await
-        .map_err(CatalogError::db("reading a move"))?
-        .as_ref()
+        .map_err(CatalogError::db(what))?
+        .iter()
         .map(move_from_row)
-        .transpose()
+        .collect()
 }
 
 /// Records the source snapshot a move's copy was taken at.
@@ -169,13 +181,31 @@ pub async fn set_move_snapshot<C: GenericClient>(
     workflow: Uuid,
     snapshot: &str,
 ) -> Result<(), CatalogError> {
+    update_move(
+        client,
+        workflow,
+        "snapshot = $2",
+        &snapshot,
+        "recording a move's snapshot",
+    )
+    .await
+}
+
+/// `UPDATE … SET {set} WHERE workflow_id = $1` on move `workflow`, `$2` = `value`.
+async fn update_move<C: GenericClient>(
+    client: &C,
+    workflow: Uuid,
+    set: &str,
+    value: &(dyn tokio_postgres::types::ToSql + Sync),
+    what: &'static str,
+) -> Result<(), CatalogError> {
     client
         .execute(
-            "UPDATE tenancy_catalog.tenant_moves SET snapshot = $2 WHERE workflow_id = $1",
-            &[&workflow, &snapshot],
+            &format!("UPDATE tenancy_catalog.tenant_moves SET {set} WHERE workflow_id = $1"),
+            &[&workflow, value],
         )
         .await
-        .map_err(CatalogError::db("recording a move's snapshot"))?;
+        .map_err(CatalogError::db(what))?;
     Ok(())
 }
 
@@ -186,14 +216,14 @@ pub async fn finish_move<C: GenericClient>(
     workflow: Uuid,
     status: MoveStatus,
 ) -> Result<(), CatalogError> {
-    client
-        .execute(
-            "UPDATE tenancy_catalog.tenant_moves SET status = $2, finished_at = now() WHERE workflow_id = $1",
-            &[&workflow, &status.as_str()],
-        )
-        .await
-        .map_err(CatalogError::db("finishing a move"))?;
-    Ok(())
+    update_move(
+        client,
+        workflow,
+        "status = $2, finished_at = now()",
+        &status.as_str(),
+        "finishing a move",
+    )
+    .await
 }
 
 /// Switched moves whose old copy is due to be dropped (at most `limit`).
@@ -201,20 +231,11 @@ pub async fn moves_to_drop<C: GenericClient>(
     client: &C,
     limit: i64,
 ) -> Result<Vec<Move>, CatalogError> {
-    client
-        .query(
-            &format!(
-                "SELECT {MOVE_COLUMNS} FROM tenancy_catalog.tenant_moves
-                  WHERE status = 'switched' AND drop_after <= now() ORDER BY drop_after LIMIT $1"
-            ),
-            &[&limit],
-        )
-        .await
-        .map_err(CatalogError::db("listing moves to drop"))?
-        .iter()
-        .map(move_from_row)
-        .collect()
+    select_moves(client, DUE, &[&limit], "listing moves to drop").await
 }
+
+/// The filter of switched moves whose old copy is due, the longest due first.
+const DUE: &str = "status = 'switched' AND drop_after <= now() ORDER BY drop_after LIMIT $1";
 
 /// The regions tenant `id` may live in: its residency policy, or its current region when
 /// it has none.
@@ -298,12 +319,14 @@ pub async fn set_cutover<C: GenericClient>(
 
 /// Points tenant `id` at the move's new placement, closes its cutover window, marks the
 /// move switched (the old copy dropped after `keep`) and records a `moved` event with
-/// both placements and regions, in the caller's transaction.
+/// both placements and regions and `cutover` (how the held window went, as the engine
+/// measured it), in the caller's transaction.
 pub async fn switch_placement(
     tx: &Transaction<'_>,
     mv: &Move,
     actor: &str,
     keep: Duration,
+    cutover: serde_json::Value,
 ) -> Result<(), CatalogError> {
     let to = &mv.to;
     tx.execute(
@@ -336,6 +359,7 @@ pub async fn switch_placement(
         "workflow": mv.workflow.to_string(),
         "from": { "placement": mv.from.placement.as_str(), "cluster": mv.from.cluster.to_string(), "region": mv.from.region.as_str() },
         "to": { "placement": to.placement.as_str(), "cluster": to.cluster.to_string(), "region": to.region.as_str() },
+        "cutover": cutover,
     });
     tx.execute(
         "INSERT INTO tenancy_catalog.tenant_events (tenant_id, kind, actor, detail)

@@ -91,6 +91,8 @@ pub struct Tenant {
     pub legal_hold: bool,
     /// When a soft-deleted tenant's data may be purged.
     pub purge_after: Option<OffsetDateTime>,
+    /// The regions its data may live in (`None`: its current region only).
+    pub residency: Option<Vec<RegionId>>,
 }
 
 /// A tenant to create.
@@ -140,7 +142,7 @@ pub(crate) async fn begin(client: &mut Client) -> Result<Transaction<'_>, Catalo
 /// The columns [`tenant_from_row`] reads, in order.
 pub const TENANT_COLUMNS: &str =
     "id, slug, display_name, plan, region, placement, cluster_id, state, created_at, updated_at, \
-     schema_name, database_name, billing_customer, legal_hold, purge_after";
+     schema_name, database_name, billing_customer, legal_hold, purge_after, residency";
 
 /// Builds a [`Tenant`] from a row selected with [`TENANT_COLUMNS`].
 pub fn tenant_from_row(row: &Row) -> Result<Tenant, CatalogError> {
@@ -160,6 +162,10 @@ pub fn tenant_from_row(row: &Row) -> Result<Tenant, CatalogError> {
         billing_customer: row.get(12),
         legal_hold: row.get(13),
         purge_after: row.get(14),
+        residency: row
+            .get::<_, Option<Vec<String>>>(15)
+            .map(|rs| rs.iter().map(|r| r.parse().map_err(corrupt)).collect())
+            .transpose()?,
     })
 }
 

@@ -325,14 +325,7 @@ async fn hold(
     let tenant = parse_tenant(&tenant)?;
     let url = url.context("no catalog: pass --database-url or set DATABASE_URL")?;
     let mut catalog = connect(&url, "catalog").await?;
-    let actor = actor.unwrap_or_else(|| {
-        format!(
-            "cli:{}",
-            std::env::var("USER").unwrap_or_else(|_| "operator".into())
-        )
-    });
-    let mut who = tenancy_control::audit::Who::named(&actor, Default::default());
-    who.actor.kind = tenancy_audit::ActorKind::Admin;
+    let who = operator(actor);
     let t = tenancy_control::audit::set_legal_hold(&mut catalog, tenant, on, &who)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
@@ -384,4 +377,17 @@ async fn seal(db: Databases, key: PathBuf, publish: Option<PathBuf>, every: u64)
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
     }
+}
+
+/// The operator at the command line as an audited admin: `actor`, else `cli:$USER`.
+pub(crate) fn operator(actor: Option<String>) -> tenancy_control::audit::Who {
+    let actor = actor.unwrap_or_else(|| {
+        format!(
+            "cli:{}",
+            std::env::var("USER").unwrap_or_else(|_| "operator".into())
+        )
+    });
+    let mut who = tenancy_control::audit::Who::named(&actor, Default::default());
+    who.actor.kind = tenancy_audit::ActorKind::Admin;
+    who
 }

@@ -68,6 +68,23 @@ pub(crate) enum TenantsCommand {
         #[arg(long)]
         region: Option<String>,
     },
+    /// Set (--regions) or clear (--clear) a tenant's residency policy: the registered
+    /// regions its data may live in, its current region among them. Moves to a region
+    /// outside it are refused. Recorded in the control-plane audit log.
+    Residency {
+        tenant: String,
+        /// Comma-separated region ids (1 to 64, no duplicates).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required_unless_present = "clear",
+            conflicts_with = "clear"
+        )]
+        regions: Vec<String>,
+        /// Remove the policy (the tenant's current region only).
+        #[arg(long)]
+        clear: bool,
+    },
     /// Write every row of a tenant's tables to an archive (any placement), read through
     /// the tenant's own transaction.
     Export(crate::transfer::ExportArgs),
@@ -196,6 +213,29 @@ pub(crate) async fn run(args: TenantsArgs) -> anyhow::Result<String> {
                     .context("checking the move")?;
             let id = resolve(&client, &tenant).await?;
             enqueue(&mut client, id, WorkflowKind::Move, req.input()).await
+        }
+        TenantsCommand::Residency {
+            tenant,
+            regions,
+            clear,
+        } => {
+            let id = resolve(&client, &tenant).await?;
+            let who = crate::audit::operator(None);
+            let wanted = (!clear).then_some(regions.as_slice());
+            let t = tenancy_control::api::set_tenant_residency(&mut client, id, wanted, &who)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
+            Ok(match &t.residency {
+                Some(rs) => format!(
+                    "tenant {}: residency {}",
+                    t.id,
+                    rs.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+                None => format!(
+                    "tenant {}: residency cleared (region {} only)",
+                    t.id, t.region
+                ),
+            })
         }
         TenantsCommand::Export(a) => crate::transfer::export(&cfg, &client, a).await,
         TenantsCommand::Import(a) => crate::transfer::import(&cfg, &mut client, a).await,

@@ -62,7 +62,7 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderValue;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use secrecy::{ExposeSecret, SecretString};
 use tenancy_config_service::ConfigState;
 use tenancy_provision::{PgConn, PgPool, Provisioner};
@@ -489,6 +489,7 @@ pub fn router_with(state: AppState, extra: axum::Router) -> axum::Router {
         .route("/v1/tenants/{id}/plan", post(api::change_plan))
         .route("/v1/tenants/{id}/move", post(api::move_tenant))
         .route("/v1/tenants/{id}/legal-hold", post(api::legal_hold))
+        .route("/v1/tenants/{id}/residency", put(api::set_residency))
         .route("/v1/tenants/{id}/audit", get(api::audit::tenant_audit))
         .route("/v1/tenants/{id}/report", get(api::report::tenant_report))
         .route(

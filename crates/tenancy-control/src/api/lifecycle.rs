@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 use tenancy_catalog::WorkflowKind;
-use tenancy_core::PlanKey;
+use tenancy_core::{PlanKey, RegionId};
 use utoipa::ToSchema;
 
 use super::tenants::{Accepted, TenantView};
@@ -69,6 +69,21 @@ pub struct MoveTo {
     )]
     pub region: Option<String>,
 }
+
+/// A tenant's residency policy.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Residency {
+    /// The registered regions the tenant's data may live in, its current region among
+    /// them (1 to 64, no duplicates); `null` clears the policy (its current region only).
+    #[schema(min_items = 1, max_items = 64, inline)]
+    pub regions: Option<Vec<RegionName>>,
+}
+
+/// A region id.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(value_type = String, pattern = "^(?=.{2,32}$)[a-z][a-z0-9]*(-[a-z0-9]+)*$")]
+pub struct RegionName(pub String);
 
 /// Legal hold switch.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -327,6 +342,91 @@ pub async fn move_tenant(
         req.input(),
     )
     .await
+}
+
+/// The regions of a residency request, checked: each a registered region id, 1 to 64
+/// of them, no duplicates, `current` among them.
+fn residency_regions(
+    wanted: &[String],
+    registered: &[tenancy_catalog::Region],
+    current: &RegionId,
+) -> Result<Vec<RegionId>, ApiError> {
+    if wanted.is_empty() || wanted.len() > 64 {
+        return Err(ApiError::field(
+            "regions",
+            "must list 1 to 64 regions (or be null to clear the policy)",
+        ));
+    }
+    let mut out: Vec<RegionId> = Vec::with_capacity(wanted.len());
+    for r in wanted {
+        let id: RegionId = r
+            .parse()
+            .map_err(|e| ApiError::field("regions", format!("{r:?} is not a region id: {e}")))?;
+        if out.contains(&id) {
+            return Err(ApiError::field("regions", format!("{id} is listed twice")));
+        }
+        if !registered.iter().any(|g| g.id == id) {
+            return Err(ApiError::field(
+                "regions",
+                format!("{id} is not a registered region (GET /v1/regions lists them)"),
+            ));
+        }
+        out.push(id);
+    }
+    if !out.contains(current) {
+        return Err(ApiError::field(
+            "regions",
+            format!(
+                "must include the tenant's current region {current}: move the tenant into one of the listed regions first (POST /v1/tenants/{{id}}/move), or add {current} to the list"
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// Sets (`Some`: checked as the API checks it, nothing stored when it does not pass) or
+/// clears (`None`) tenant `id`'s residency policy, audited as `who`'s change.
+pub async fn set_tenant_residency(
+    conn: &mut tokio_postgres::Client,
+    id: tenancy_core::TenantId,
+    regions: Option<&[String]>,
+    who: &crate::audit::Who,
+) -> Result<tenancy_catalog::Tenant, ApiError> {
+    let regions = match regions {
+        None => None,
+        Some(wanted) => {
+            let t = tenancy_catalog::get_tenant(conn, id).await?;
+            let registered = tenancy_catalog::list_regions(conn).await?;
+            Some(residency_regions(wanted, &registered, &t.region)?)
+        }
+    };
+    crate::audit::change_tenant(
+        conn,
+        id,
+        crate::audit::TenantChange::Residency(regions.as_deref()),
+        who,
+    )
+    .await
+}
+
+/// Sets (`regions`) or clears (`null`) a tenant's residency policy: the regions its data may live in. A move to a region outside it is refused before anything is copied.
+#[utoipa::path(put, path = "/v1/tenants/{id}/residency", tag = "tenants", security(("admin" = [])), request_body = Residency,
+    params(("id" = String, Path, description = "Tenant id (UUID) or slug", pattern = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z][a-z0-9]*(-[a-z0-9]+)*)$", min_length = 3, max_length = 40)),
+    responses((status = 200, body = TenantView), (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn set_residency(
+    State(state): State<AppState>,
+    put: TenantPost<Residency>,
+) -> Result<Response, ApiError> {
+    let id = tenant_ref(&state, &put.id).await?;
+    let who = crate::audit::Who::admin(&put.admin);
+    let mut conn = state.catalog().await?;
+    let wanted: Option<Vec<String>> = put
+        .body
+        .regions
+        .as_ref()
+        .map(|rs| rs.iter().map(|r| r.0.clone()).collect());
+    let t = set_tenant_residency(&mut conn, id, wanted.as_deref(), &who).await?;
+    Ok((StatusCode::OK, axum::Json(TenantView::from(&t))).into_response())
 }
 
 /// Sets or lifts a tenant's legal hold.

@@ -45,6 +45,9 @@ pub struct TenantView {
     pub legal_hold: bool,
     /// When a soft-deleted tenant may be purged (RFC 3339).
     pub purge_after: Option<String>,
+    /// The regions its data may live in (`null`: its current region only); a move to a
+    /// region outside them is refused.
+    pub residency: Option<Vec<String>>,
     /// Creation time (RFC 3339).
     pub created_at: String,
     /// Last change (RFC 3339).
@@ -67,6 +70,10 @@ impl From<&Tenant> for TenantView {
             billing_customer: t.billing_customer.clone(),
             legal_hold: t.legal_hold,
             purge_after: t.purge_after.map(ts),
+            residency: t
+                .residency
+                .as_ref()
+                .map(|rs| rs.iter().map(ToString::to_string).collect()),
             created_at: ts(t.created_at),
             updated_at: ts(t.updated_at),
         }

@@ -20,7 +20,7 @@ use axum::http::request::Parts;
 use serde::Deserialize;
 use tenancy_audit::{Actor, ActorKind, Event, Outcome};
 use tenancy_catalog::{Tenant, Workflow, WorkflowKind};
-use tenancy_core::TenantId;
+use tenancy_core::{RegionId, TenantId};
 use tenancy_provision::{ProvisionRequest, Provisioner};
 use tokio_postgres::{Client, Transaction};
 
@@ -230,6 +230,7 @@ fn tenant_json(t: &Tenant) -> serde_json::Value {
         "plan": t.plan.as_str(),
         "state": t.state.to_string(),
         "legal_hold": t.legal_hold,
+        "residency": t.residency.as_ref().map(|rs| rs.iter().map(|r| r.as_str()).collect::<Vec<_>>()),
     })
 }
 
@@ -314,21 +315,58 @@ pub async fn set_legal_hold(
     hold: bool,
     who: &Who,
 ) -> Result<Tenant, ApiError> {
+    change_tenant(client, tenant, TenantChange::LegalHold(hold), who).await
+}
+
+/// A change of one of a tenant's own settings.
+#[derive(Debug, Clone, Copy)]
+pub enum TenantChange<'a> {
+    /// Set (`true`) or lift the legal hold.
+    LegalHold(bool),
+    /// Set (`Some`) or clear the residency policy.
+    Residency(Option<&'a [RegionId]>),
+}
+
+/// Makes `change` and records it (`tenant.legal_hold.set|clear`,
+/// `tenant.residency.set|clear`, with the tenant before and after), in one catalog
+/// transaction.
+pub async fn change_tenant(
+    client: &mut Client,
+    tenant: TenantId,
+    change: TenantChange<'_>,
+    who: &Who,
+) -> Result<Tenant, ApiError> {
     let tx = client
         .transaction()
         .await
         .map_err(db_error("starting a catalog transaction"))?;
     let before = tenancy_catalog::get_tenant(tx.client(), tenant).await?;
-    let t = tenancy_catalog::set_legal_hold_in(&tx, tenant, hold, who.actor_name()).await?;
+    let (t, action) = match change {
+        TenantChange::LegalHold(hold) => (
+            tenancy_catalog::set_legal_hold_in(&tx, tenant, hold, who.actor_name()).await?,
+            if hold {
+                "tenant.legal_hold.set"
+            } else {
+                "tenant.legal_hold.clear"
+            },
+        ),
+        TenantChange::Residency(regions) => {
+            tenancy_catalog::set_residency(&tx, tenant, regions).await?;
+            (
+                tenancy_catalog::get_tenant(tx.client(), tenant).await?,
+                if regions.is_some() {
+                    "tenant.residency.set"
+                } else {
+                    "tenant.residency.clear"
+                },
+            )
+        }
+    };
     record(
         &tx,
         Some(tenant),
         who,
-        if hold {
-            "tenant.legal_hold.set"
-        } else {
-            "tenant.legal_hold.clear"
-        },
+        action,
         format!("tenant:{tenant}"),
         Some(&tenant_json(&before)),
         Some(&tenant_json(&t)),
@@ -337,6 +375,6 @@ pub async fn set_legal_hold(
     .map_err(audit_error)?;
     tx.commit()
         .await
-        .map_err(db_error("committing a legal hold"))?;
+        .map_err(db_error("committing a tenant change"))?;
     Ok(t)
 }

@@ -15,5 +15,6 @@ mod console_edit;
 mod hostile;
 mod ops;
 mod report;
+mod residency;
 mod tls;
 mod validation;

@@ -22,6 +22,7 @@
 //!   `seq` order (upserts by primary key, deletes by primary key) and removed.
 //! - `capture()`: the trigger function (SECURITY DEFINER, owned by the owner role).
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -122,6 +123,9 @@ const CATCH_UP_BATCH: i64 = 2000;
 /// A tenant table of the source, as the move copies it.
 #[derive(Debug, Clone)]
 struct MoveTable {
+    /// Its schema in the shared layout (pooled and dedicated ends): its own schema when
+    /// the source is pooled or dedicated, `public` when the source is a tenant schema.
+    schema: String,
     /// Its name (the same in the source and the target: the same migrations made them).
     name: String,
     /// Columns other than `tenant_id` that take values (generated columns left out).
@@ -134,6 +138,11 @@ struct MoveTable {
 }
 
 impl MoveTable {
+    /// How the change capture names the table (`schema.name` in the shared layout).
+    fn label(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
     fn cols(&self) -> String {
         self.columns
             .iter()
@@ -189,16 +198,20 @@ fn capture_schema(mv: &Move) -> String {
     format!("tenancy_move_{}", mv.workflow.simple())
 }
 
-/// The schema the tenant tables of a placement are in.
-fn table_schema(end: &MoveEnd) -> &str {
+/// The tenant's own schema when `end` is a schema placement (`None`: the tenant tables
+/// are in the shared layout's schemas).
+fn tenant_schema(end: &MoveEnd) -> Option<&str> {
     match end.placement {
-        Placement::Schema => end.schema.as_deref().unwrap_or("public"),
-        Placement::Pooled | Placement::Dedicated => "public",
+        Placement::Schema => Some(end.schema.as_deref().unwrap_or("public")),
+        Placement::Pooled | Placement::Dedicated => None,
     }
 }
 
-fn qualified(end: &MoveEnd, table: &str) -> String {
-    format!("{}.{}", quote_ident(table_schema(end)), quote_ident(table))
+/// Table `t` at one end: in the tenant's schema (schema placement), else in its own
+/// schema of the shared layout.
+fn qualified(end: &MoveEnd, t: &MoveTable) -> String {
+    let schema = tenant_schema(end).unwrap_or(&t.schema);
+    format!("{}.{}", quote_ident(schema), quote_ident(&t.name))
 }
 
 /// Reads a COPY … TO STDOUT of one text column, calling `row` with each unescaped line.
@@ -338,7 +351,12 @@ impl Provisioner {
         Ok(Outcome::Next)
     }
 
-    async fn the_move(&self, tx: &Transaction<'_>, wf: &Workflow) -> Result<Move, Error> {
+    /// The move of workflow `wf`, as planned by its `residency` step.
+    pub(super) async fn the_move(
+        &self,
+        tx: &Transaction<'_>,
+        wf: &Workflow,
+    ) -> Result<Move, Error> {
         catalog::get_move(tx, wf.id)
             .await?
             .ok_or_else(|| Error::NotPossible(format!("move {} was never planned", wf.id)))
@@ -349,10 +367,9 @@ impl Provisioner {
     pub(super) async fn move_prepare(
         &self,
         tx: &Transaction<'_>,
-        wf: &Workflow,
+        mv: &Move,
         tenant: &Tenant,
     ) -> Result<(), Error> {
-        let mv = self.the_move(tx, wf).await?;
         let app = self.fleet_app(tx).await?;
         let mut target = tenant.clone();
         target.placement = mv.to.placement;
@@ -408,14 +425,17 @@ impl Provisioner {
     }
 
     /// The tenant tables of one end (row-level security forced, a `tenant_id` column,
-    /// not a partition), referenced tables first, with their columns and primary keys.
+    /// not a partition), referenced tables first, with their columns and primary keys:
+    /// those of the tenant's schema (schema placement), else those of every schema of the
+    /// shared layout (not the system's, not tenancy's own, not a schema tenant's).
     async fn move_tables<C: tokio_postgres::GenericClient>(
         client: &C,
-        schema: &str,
+        end: &MoveEnd,
     ) -> Result<Vec<MoveTable>, Error> {
         let rows = client
             .query(
-                "SELECT c.oid::bigint, c.relname::text,
+                "SELECT c.oid::bigint, CASE WHEN $1::text IS NULL THEN n.nspname::text ELSE 'public' END,
+                        c.relname::text,
                         ARRAY(SELECT a.attname::text FROM pg_attribute a
                                WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                                  AND a.attgenerated = '' AND a.attname <> 'tenant_id' ORDER BY a.attnum),
@@ -427,11 +447,15 @@ impl Provisioner {
                                 JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = ANY(k.conkey)
                                WHERE k.conrelid = c.oid AND k.contype = 'p' ORDER BY a.attnum)
                    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+                  WHERE CASE WHEN $1::text IS NULL
+                             THEN n.nspname !~ '^(pg_|information_schema$|tenancy)'
+                                  AND n.nspname !~ '^t_[0-9a-f]{32}(_b)?$'
+                             ELSE n.nspname = $1 END
+                    AND c.relkind IN ('r', 'p') AND NOT c.relispartition
                     AND c.relrowsecurity AND c.relforcerowsecurity
                     AND EXISTS (SELECT 1 FROM pg_attribute a
                                  WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped)",
-                &[&schema],
+                &[&tenant_schema(end)],
             )
             .await
             .map_err(Error::db("listing tenant tables"))?;
@@ -446,10 +470,11 @@ impl Provisioner {
                 continue;
             };
             let t = MoveTable {
-                name: r.get(1),
-                columns: r.get(2),
-                key: r.get(3),
-                conflict: r.get(4),
+                schema: r.get(1),
+                name: r.get(2),
+                columns: r.get(3),
+                key: r.get(4),
+                conflict: r.get(5),
             };
             if t.key.is_empty() {
                 return Err(Error::NotPossible(format!(
@@ -466,15 +491,10 @@ impl Provisioner {
     /// and triggers on the source, in one transaction (all or none). Creating a trigger
     /// waits for the table's open writers; a short lock timeout keeps other tenants of
     /// a pooled table from queueing behind it (the step is retried).
-    pub(super) async fn move_capture(
-        &self,
-        tx: &Transaction<'_>,
-        wf: &Workflow,
-    ) -> Result<(), Error> {
-        let mv = self.the_move(tx, wf).await?;
+    pub(super) async fn move_capture(&self, mv: &Move) -> Result<(), Error> {
         let (_, mut owner) = self.end_conn(&mv.from, false).await?;
-        let s = quote_ident(&capture_schema(&mv));
-        let tables = Self::move_tables(&owner, table_schema(&mv.from)).await?;
+        let s = quote_ident(&capture_schema(mv));
+        let tables = Self::move_tables(&owner, &mv.from).await?;
         let tenant = quote_literal(&mv.tenant.to_string());
         let mut sql = format!(
             "SET LOCAL lock_timeout = '5s';
@@ -498,7 +518,7 @@ impl Provisioner {
                          USING ERRCODE = '40001';
                  END IF;
                  INSERT INTO {s}.changes (tbl, op, old_row, new_row)
-                 VALUES (TG_TABLE_NAME, left(TG_OP, 1),
+                 VALUES (TG_ARGV[0], left(TG_OP, 1),
                          CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) - 'tenant_id' END,
                          CASE WHEN TG_OP <> 'DELETE' THEN to_jsonb(NEW) - 'tenant_id' END);
                  RETURN NULL;
@@ -506,15 +526,16 @@ impl Provisioner {
              $fn$;
              REVOKE ALL ON FUNCTION {s}.capture() FROM PUBLIC;"
         );
-        let trigger = quote_ident(&capture_schema(&mv));
-        let trigger_d = quote_ident(&format!("{}_d", capture_schema(&mv)));
+        let trigger = quote_ident(&capture_schema(mv));
+        let trigger_d = quote_ident(&format!("{}_d", capture_schema(mv)));
         for t in &tables {
-            let q = qualified(&mv.from, &t.name);
+            let q = qualified(&mv.from, t);
+            let label = quote_literal(&t.label());
             sql.push_str(&format!(
                 "CREATE OR REPLACE TRIGGER {trigger} AFTER INSERT OR UPDATE ON {q} FOR EACH ROW
-                     WHEN (NEW.tenant_id = {tenant}) EXECUTE FUNCTION {s}.capture();
+                     WHEN (NEW.tenant_id = {tenant}) EXECUTE FUNCTION {s}.capture({label});
                  CREATE OR REPLACE TRIGGER {trigger_d} AFTER DELETE ON {q} FOR EACH ROW
-                     WHEN (OLD.tenant_id = {tenant}) EXECUTE FUNCTION {s}.capture();"
+                     WHEN (OLD.tenant_id = {tenant}) EXECUTE FUNCTION {s}.capture({label});"
             ));
         }
         let t = owner
@@ -536,12 +557,7 @@ impl Provisioner {
     /// transaction of the tenant's own (its context, row-level security forced) that
     /// first empties the target's tables (a re-run step starts over). The snapshot's
     /// `pg_snapshot` is recorded: catch-up skips the changes it already shows.
-    pub(super) async fn move_snapshot(
-        &self,
-        tx: &Transaction<'_>,
-        wf: &Workflow,
-    ) -> Result<(), Error> {
-        let mv = self.the_move(tx, wf).await?;
+    pub(super) async fn move_snapshot(&self, tx: &Transaction<'_>, mv: &Move) -> Result<(), Error> {
         let (_, src) = self.end_conn(&mv.from, true).await?;
         // Ended by closing the connection (it only reads).
         src.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -552,20 +568,20 @@ impl Provisioner {
             .await
             .map_err(Error::db("reading the snapshot"))?
             .get(0);
-        let tables = Self::move_tables(&src, table_schema(&mv.from)).await?;
+        let tables = Self::move_tables(&src, &mv.from).await?;
         let pool = self.target_pool(&mv.to).await?;
-        let mut target = self.target_tx(&pool, &mv).await?;
+        let mut target = self.target_tx(&pool, mv).await?;
         for t in tables.iter().rev() {
-            let sql = format!("DELETE FROM {}", qualified(&mv.to, &t.name));
+            let sql = format!("DELETE FROM {}", qualified(&mv.to, t));
             target.execute(sql.as_str(), &[]).await?;
         }
         for t in &tables {
             let sql = format!(
                 "COPY (SELECT (to_jsonb(r) - 'tenant_id')::text FROM {} r WHERE r.tenant_id = {}) TO STDOUT",
-                qualified(&mv.from, &t.name),
+                qualified(&mv.from, t),
                 quote_literal(&mv.tenant.to_string())
             );
-            let insert = t.upsert(&qualified(&mv.to, &t.name));
+            let insert = t.upsert(&qualified(&mv.to, t));
             let mut batch: Vec<Vec<u8>> = Vec::new();
             let mut bytes = 0usize;
             let mut batches: Vec<String> = Vec::new();
@@ -593,78 +609,85 @@ impl Provisioner {
         Ok(())
     }
 
-    /// One round of catch-up: the source's visible changes not in the snapshot, applied
-    /// to the target in `seq` order in one tenant transaction, then removed from the
-    /// change table. Returns how many were applied (and removed).
-    async fn catch_up_round(
+    /// The source's changes not in the move's snapshot, oldest first (at most `limit`),
+    /// as `client` sees them.
+    async fn read_changes(
+        mv: &Move,
+        client: &Client,
+        limit: Option<i64>,
+    ) -> Result<Vec<tokio_postgres::Row>, Error> {
+        let s = quote_ident(&capture_schema(mv));
+        let snap = mv.snapshot.clone().ok_or_else(|| {
+            Error::NotPossible(format!("move {} has no snapshot yet", mv.workflow))
+        })?;
+        client
+            .query(
+                &format!(
+                    "SELECT seq, tbl, op::text, old_row::text, new_row::text FROM {s}.changes
+                      WHERE NOT pg_visible_in_snapshot(xid, $1::text::pg_snapshot) ORDER BY seq LIMIT $2"
+                ),
+                &[&snap, &limit],
+            )
+            .await
+            .map_err(Error::db("reading changes"))
+    }
+
+    /// Applies changes (as [`Self::read_changes`] returns them) to the target in `seq`
+    /// order in one tenant transaction, noting the keys they touch, and removes them from
+    /// the source's change table.
+    async fn apply_changes(
         &self,
         mv: &Move,
         source: &Client,
         tables: &[MoveTable],
         pool: &TenantPool,
-    ) -> Result<usize, Error> {
-        let s = quote_ident(&capture_schema(mv));
-        let snap = mv.snapshot.clone().ok_or_else(|| {
-            Error::NotPossible(format!("move {} has no snapshot yet", mv.workflow))
-        })?;
-        // Changes the snapshot already shows: in the copy, nothing to apply.
-        source
-            .execute(
-                &format!(
-                    "DELETE FROM {s}.changes WHERE pg_visible_in_snapshot(xid, $1::text::pg_snapshot)"
-                ),
-                &[&snap],
-            )
-            .await
-            .map_err(Error::db("skipping changes in the snapshot"))?;
-        let rows = source
-            .query(
-                &format!(
-                    "SELECT seq, tbl, op::text, old_row::text, new_row::text FROM {s}.changes ORDER BY seq LIMIT $1"
-                ),
-                &[&CATCH_UP_BATCH],
-            )
-            .await
-            .map_err(Error::db("reading changes"))?;
+        rows: &[tokio_postgres::Row],
+        touched: &mut Touched,
+    ) -> Result<(), Error> {
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
         let mut target = self.target_tx(pool, mv).await?;
         let mut seqs: Vec<i64> = Vec::with_capacity(rows.len());
-        for r in &rows {
+        // Consecutive row operations of one kind on one table with distinct keys go in
+        // one statement: their order does not matter among themselves.
+        let mut batch = Batch::default();
+        for r in rows {
             seqs.push(r.get(0));
             let tbl: String = r.get(1);
-            let t = tables.iter().find(|t| t.name == tbl).ok_or_else(|| {
-                Error::NotPossible(format!(
-                    "a change of table {tbl}, which is not a tenant table"
-                ))
-            })?;
-            let q = qualified(&mv.to, &t.name);
+            let t = tables
+                .iter()
+                .position(|t| t.label() == tbl)
+                .ok_or_else(|| {
+                    Error::NotPossible(format!(
+                        "a change of table {tbl}, which is not a tenant table"
+                    ))
+                })?;
             let op: String = r.get(2);
             let old: Option<String> = r.get(3);
             let new: Option<String> = r.get(4);
+            let new_key = new.as_deref().and_then(|n| key_of(&tables[t], n));
             if let Some(old) = old.filter(|_| op != "I") {
-                let arr = format!("[{old}]");
                 // An update that keeps the key is an upsert; one that changes it, or a
                 // delete, removes the old key first.
-                let key_changed = op == "D"
-                    || new
-                        .as_ref()
-                        .is_some_and(|n| key_of(t, n) != key_of(t, &arr[1..arr.len() - 1]));
-                if key_changed {
-                    target
-                        .execute(t.delete(&q).as_str(), &[&arr.as_str()])
+                let old_key = key_of(&tables[t], &old);
+                if op == "D" || new_key != old_key {
+                    batch
+                        .push(&mut target, mv, tables, t, false, old, old_key.clone())
                         .await?;
                 }
+                touched.note(&tables[t], old_key);
             }
             if let Some(new) = new {
-                let arr = format!("[{new}]");
-                target
-                    .execute(t.upsert(&q).as_str(), &[&arr.as_str()])
+                batch
+                    .push(&mut target, mv, tables, t, true, new, new_key.clone())
                     .await?;
+                touched.note(&tables[t], new_key);
             }
         }
+        batch.flush(&mut target, mv, tables).await?;
         target.commit().await?;
+        let s = quote_ident(&capture_schema(mv));
         source
             .execute(
                 &format!("DELETE FROM {s}.changes WHERE seq = ANY($1)"),
@@ -672,83 +695,121 @@ impl Provisioner {
             )
             .await
             .map_err(Error::db("removing applied changes"))?;
+        Ok(())
+    }
+
+    /// One round of catch-up: the source's visible changes not in the snapshot (at most
+    /// [`CATCH_UP_BATCH`]), applied to the target and removed from the change table
+    /// (those the snapshot shows are removed without applying). Returns how many were
+    /// applied.
+    async fn catch_up_round(
+        &self,
+        mv: &Move,
+        source: &Client,
+        tables: &[MoveTable],
+        pool: &TenantPool,
+        touched: &mut Touched,
+    ) -> Result<usize, Error> {
+        let s = quote_ident(&capture_schema(mv));
+        // Changes the snapshot already shows: in the copy, nothing to apply.
+        source
+            .execute(
+                &format!(
+                    "DELETE FROM {s}.changes WHERE pg_visible_in_snapshot(xid, $1::text::pg_snapshot)"
+                ),
+                &[&mv.snapshot],
+            )
+            .await
+            .map_err(Error::db("skipping changes in the snapshot"))?;
+        let rows = Self::read_changes(mv, source, Some(CATCH_UP_BATCH)).await?;
+        self.apply_changes(mv, source, tables, pool, &rows, touched)
+            .await?;
         Ok(rows.len())
     }
 
     /// The `catch_up` step: rounds of catch-up until a round finds little left (the
     /// cutover's final catch-up is then short), or for at most 30 s.
-    pub(super) async fn move_catch_up(
-        &self,
-        tx: &Transaction<'_>,
-        wf: &Workflow,
-    ) -> Result<(), Error> {
-        let mv = self.the_move(tx, wf).await?;
+    pub(super) async fn move_catch_up(&self, mv: &Move) -> Result<(), Error> {
         let (_, source) = self.end_conn(&mv.from, false).await?;
-        let tables = Self::move_tables(&source, table_schema(&mv.from)).await?;
+        let tables = Self::move_tables(&source, &mv.from).await?;
         let pool = self.target_pool(&mv.to).await?;
         let started = Instant::now();
         loop {
-            let n = self.catch_up_round(&mv, &source, &tables, &pool).await?;
+            let n = self
+                .catch_up_round(mv, &source, &tables, &pool, &mut Touched::default())
+                .await?;
             if n < CATCH_UP_BATCH as usize / 4 || started.elapsed() > Duration::from_secs(30) {
                 return Ok(());
             }
         }
     }
 
-    /// Counts and checksums of every table on both ends: the source as the admin
-    /// (`WHERE tenant_id = …`), the target through the tenant's own transaction. The
-    /// first difference, in words.
+    /// Counts and checksums of the tenant's rows on both ends, table by table: the source
+    /// as the admin (`WHERE tenant_id = …`), the target through the tenant's own
+    /// transaction; every row (`only` `None`), or only the rows of the keys `only` lists.
+    /// The first difference, in words.
     async fn move_verify(
         &self,
         mv: &Move,
         source_admin: &Client,
         tables: &[MoveTable],
         pool: &TenantPool,
+        only: Option<&Touched>,
     ) -> Result<Option<String>, Error> {
         let mut target = self.target_tx(pool, mv).await?;
+        let tenant = quote_literal(&mv.tenant.to_string());
         for t in tables {
-            let mut a = RowChecksum::default();
-            let mut a_rows = 0u64;
-            let sql = format!(
-                "COPY (SELECT (to_jsonb(r) - 'tenant_id')::text FROM {} r WHERE r.tenant_id = {}) TO STDOUT",
-                qualified(&mv.from, &t.name),
-                quote_literal(&mv.tenant.to_string())
-            );
-            copy_lines(
-                source_admin,
-                &sql,
-                &format!("verifying table {}", t.name),
-                |row| {
-                    a.add(&row);
-                    a_rows += 1;
-                    Ok(())
-                },
-            )
-            .await?;
-            let mut b = RowChecksum::default();
-            let mut b_rows = 0u64;
-            let sql = format!(
-                "COPY (SELECT (to_jsonb(r) - 'tenant_id')::text FROM {} r) TO STDOUT",
-                qualified(&mv.to, &t.name)
-            );
-            let client = target.client().await?;
-            copy_lines(
-                client,
-                &sql,
-                &format!("verifying table {}", t.name),
-                |row| {
-                    b.add(&row);
-                    b_rows += 1;
-                    Ok(())
-                },
-            )
-            .await?;
-            if a_rows != b_rows || a.hex() != b.hex() {
+            let (src, dst) = (qualified(&mv.from, t), qualified(&mv.to, t));
+            let (a, b) = match only {
+                None => {
+                    let what = format!("verifying table {}", t.name);
+                    let a = copy_checksum(
+                        source_admin,
+                        &format!(
+                            "COPY (SELECT (to_jsonb(r) - 'tenant_id')::text FROM {src} r WHERE r.tenant_id = {tenant}) TO STDOUT"
+                        ),
+                        &what,
+                    )
+                    .await?;
+                    let b = copy_checksum(
+                        target.client().await?,
+                        &format!("COPY (SELECT (to_jsonb(r) - 'tenant_id')::text FROM {dst} r) TO STDOUT"),
+                        &what,
+                    )
+                    .await?;
+                    (a, b)
+                }
+                Some(touched) => {
+                    let Some(keys) = touched.keys(t) else {
+                        continue;
+                    };
+                    let pick = |q: &str| {
+                        format!(
+                            "SELECT (to_jsonb(r) - 'tenant_id')::text FROM {q} r
+                              WHERE ({}) IN (SELECT {} FROM jsonb_populate_recordset(NULL::{q}, $1::text::jsonb))",
+                            t.key.iter().map(|c| format!("r.{}", quote_ident(c))).collect::<Vec<_>>().join(", "),
+                            t.key.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", "),
+                        )
+                    };
+                    let a = source_admin
+                        .query(
+                            &format!("{} AND r.tenant_id = {tenant}", pick(&src)),
+                            &[&keys],
+                        )
+                        .await
+                        .map_err(Error::db(format!("verifying table {}", t.name)))?;
+                    let b = target.query(pick(&dst).as_str(), &[&keys]).await?;
+                    (row_checksum(&a), row_checksum(&b))
+                }
+            };
+            if a.rows != b.rows || a.hex() != b.hex() {
                 let _ = target.rollback().await;
                 return Ok(Some(format!(
-                    "table {}: the source holds {a_rows} rows (checksum {}), the target {b_rows} rows (checksum {})",
+                    "table {}: the source holds {} rows (checksum {}), the target {} rows (checksum {})",
                     t.name,
+                    a.rows,
                     a.hex(),
+                    b.rows,
                     b.hex()
                 )));
             }
@@ -757,14 +818,56 @@ impl Provisioner {
         Ok(None)
     }
 
-    /// The `cutover` step. Opens the move's cutover window (routers wait), fences the
-    /// source (waiting, at most the configured drain time, for the transactions that
-    /// wrote), catches up for the last time, verifies every table, commits the fence
-    /// (`moved`: later writes to the old placement fail), raises the target's sequences
-    /// and switches the catalog (the step's transaction). A failure before the fence
-    /// commits rolls the fence back and closes the window: the tenant goes on from the
-    /// old placement. A verification mismatch fails the move for good (it is rolled
-    /// back); a drain timeout is retried.
+    /// Brings the target to the source's state at one snapshot (the changes that snapshot
+    /// shows, applied) and compares, while the tenant keeps writing: every row of every
+    /// table (`since` `None`), or only the rows of the keys `since` holds (the rows
+    /// changed since the last comparison; the changes applied here are added to it).
+    async fn move_verify_at_snapshot(
+        &self,
+        mv: &Move,
+        source: &Client,
+        source_admin: &Client,
+        tables: &[MoveTable],
+        pool: &TenantPool,
+        since: Option<&mut Touched>,
+    ) -> Result<Option<String>, Error> {
+        source_admin
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .map_err(Error::db("starting the verification snapshot"))?;
+        let result = async {
+            let rows = Self::read_changes(mv, source_admin, None).await?;
+            match since {
+                None => {
+                    self.apply_changes(mv, source, tables, pool, &rows, &mut Touched::default())
+                        .await?;
+                    self.move_verify(mv, source_admin, tables, pool, None).await
+                }
+                Some(touched) => {
+                    self.apply_changes(mv, source, tables, pool, &rows, touched)
+                        .await?;
+                    self.move_verify(mv, source_admin, tables, pool, Some(touched))
+                        .await
+                }
+            }
+        }
+        .await;
+        source_admin
+            .batch_execute("ROLLBACK")
+            .await
+            .map_err(Error::db("ending the verification snapshot"))?;
+        result
+    }
+
+    /// The `cutover` step. Catches up and verifies every table in full while the tenant
+    /// keeps writing, catches up again, then opens the move's cutover window (routers
+    /// wait), fences the source (waiting, at most the configured drain time, for the
+    /// transactions that wrote), catches up for the last time, verifies the rows changed
+    /// since the full verification, commits the fence (`moved`: later writes to the old
+    /// placement fail), raises the target's sequences and switches the catalog (the
+    /// step's transaction). A failure before the fence commits rolls the fence back and
+    /// closes the window: the tenant goes on from the old placement. A verification
+    /// mismatch fails the move for good (it is rolled back); a drain timeout is retried.
     pub(super) async fn move_cutover(
         &self,
         tx: &Transaction<'_>,
@@ -780,15 +883,51 @@ impl Provisioner {
         let (_, source) = self.end_conn(&mv.from, false).await?;
         let (_, mut fence) = self.end_conn(&mv.from, false).await?;
         let (_, admin) = self.end_conn(&mv.from, true).await?;
-        let tables = Self::move_tables(&source, table_schema(&mv.from)).await?;
+        let tables = Self::move_tables(&source, &mv.from).await?;
         let pool = self.target_pool(&mv.to).await?;
         // The bulk first, while writes still flow.
-        while self.catch_up_round(&mv, &source, &tables, &pool).await? >= CATCH_UP_BATCH as usize {}
-        {
+        let mut touched = Touched::default();
+        while self
+            .catch_up_round(&mv, &source, &tables, &pool, &mut touched)
+            .await?
+            >= CATCH_UP_BATCH as usize
+        {}
+        let mut diff = self
+            .move_verify_at_snapshot(&mv, &source, &admin, &tables, &pool, None)
+            .await?;
+        // What was written during each comparison, caught up and compared again, until
+        // little is left for the held window (bounded: writers faster than the catch-up
+        // still get their cutover, only a longer one).
+        let started = Instant::now();
+        while diff.is_none() {
+            touched = Touched::default();
+            while self
+                .catch_up_round(&mv, &source, &tables, &pool, &mut touched)
+                .await?
+                >= CATCH_UP_BATCH as usize
+                && started.elapsed() < Duration::from_secs(10)
+            {}
+            diff = self
+                .move_verify_at_snapshot(&mv, &source, &admin, &tables, &pool, Some(&mut touched))
+                .await?;
+            if touched.len() <= CATCH_UP_BATCH as usize / 4
+                || started.elapsed() > Duration::from_secs(10)
+            {
+                break;
+            }
+        }
+        touched = Touched::default();
+        if diff.is_none() {
             let conn = self.catalog_conn().await?;
             catalog::set_cutover(&*conn, mv.workflow, Some(settings.cutover_wait)).await?;
         }
+        let held = Instant::now();
+        let mut timing = serde_json::Map::new();
+        let ms = |d: Duration| serde_json::json!((d.as_secs_f64() * 1e4).round() / 10.0);
         let result: Result<Option<String>, Error> = async {
+            if let Some(diff) = diff.take() {
+                return Ok(Some(diff));
+            }
             let f = fence
                 .transaction()
                 .await
@@ -799,11 +938,22 @@ impl Provisioner {
             ))
             .await
             .map_err(Error::db("fencing the source (draining its writers)"))?;
-            while self.catch_up_round(&mv, &source, &tables, &pool).await? > 0 {}
-            if let Some(diff) = self.move_verify(&mv, &admin, &tables, &pool).await? {
+            timing.insert("drained_ms".into(), ms(held.elapsed()));
+            while self
+                .catch_up_round(&mv, &source, &tables, &pool, &mut touched)
+                .await?
+                > 0
+            {}
+            timing.insert("caught_up_ms".into(), ms(held.elapsed()));
+            if let Some(diff) = self
+                .move_verify(&mv, &admin, &tables, &pool, Some(&touched))
+                .await?
+            {
                 f.rollback().await.map_err(Error::db("lifting the fence"))?;
                 return Ok(Some(diff));
             }
+            timing.insert("verified_ms".into(), ms(held.elapsed()));
+            timing.insert("verified_rows".into(), touched.len().into());
             f.commit()
                 .await
                 .map_err(Error::db("committing the fence"))?;
@@ -828,7 +978,16 @@ impl Provisioner {
             }
         }
         self.move_raise_sequences(&mv, &tables).await?;
-        catalog::switch_placement(tx, &mv, &wf.actor, settings.keep_source).await?;
+        // Until the step's transaction commits: the catalog switch is the last of it.
+        timing.insert("switching_ms".into(), ms(held.elapsed()));
+        catalog::switch_placement(
+            tx,
+            &mv,
+            &wf.actor,
+            settings.keep_source,
+            serde_json::Value::Object(timing),
+        )
+        .await?;
         let mut moved = tenant.clone();
         moved.placement = mv.to.placement;
         moved.cluster_id = mv.to.cluster;
@@ -847,7 +1006,7 @@ impl Provisioner {
         let (_, owner) = self.end_conn(&mv.to, false).await?;
         let (_, admin) = self.end_conn(&mv.to, true).await?;
         for t in tables {
-            let q = qualified(&mv.to, &t.name);
+            let q = qualified(&mv.to, t);
             for c in &t.columns {
                 let seq: Option<String> = owner
                     .query_one("SELECT pg_get_serial_sequence($1, $2)", &[&q, c])
@@ -970,16 +1129,129 @@ impl Provisioner {
     }
 }
 
-/// The primary key of a row given as JSON text, as JSON text (to see whether an update
-/// changed it).
+/// The primary key of a row given as JSON text, as a JSON object of the key columns (to
+/// see whether an update changed it, and to find the row again).
 fn key_of(t: &MoveTable, row: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(row).ok()?;
-    let key: Vec<&serde_json::Value> = t
+    let key: serde_json::Map<String, serde_json::Value> = t
         .key
         .iter()
-        .map(|k| v.get(k).unwrap_or(&serde_json::Value::Null))
+        .map(|k| {
+            (
+                k.clone(),
+                v.get(k).cloned().unwrap_or(serde_json::Value::Null),
+            )
+        })
         .collect();
     serde_json::to_string(&key).ok()
+}
+
+/// Row operations of one kind (upserts or deletes) on one table with distinct keys,
+/// waiting to be applied in one statement.
+#[derive(Debug, Default)]
+struct Batch {
+    /// The table (index into the move's tables) and whether the rows are upserted.
+    what: Option<(usize, bool)>,
+    rows: Vec<String>,
+    keys: BTreeSet<String>,
+}
+
+impl Batch {
+    /// Adds a row operation, applying what is batched first when it cannot join.
+    #[allow(clippy::too_many_arguments)]
+    async fn push(
+        &mut self,
+        target: &mut TenantTx,
+        mv: &Move,
+        tables: &[MoveTable],
+        table: usize,
+        upsert: bool,
+        row: String,
+        key: Option<String>,
+    ) -> Result<(), Error> {
+        let joins = self.what == Some((table, upsert))
+            && key.as_ref().is_some_and(|k| !self.keys.contains(k))
+            && self.rows.len() < CATCH_UP_BATCH as usize;
+        if !joins {
+            self.flush(target, mv, tables).await?;
+            self.what = Some((table, upsert));
+        }
+        self.rows.push(row);
+        if let Some(k) = key {
+            self.keys.insert(k);
+        }
+        Ok(())
+    }
+
+    /// Applies what is batched.
+    async fn flush(
+        &mut self,
+        target: &mut TenantTx,
+        mv: &Move,
+        tables: &[MoveTable],
+    ) -> Result<(), Error> {
+        let Some((table, upsert)) = self.what.take() else {
+            return Ok(());
+        };
+        let t = &tables[table];
+        let q = qualified(&mv.to, t);
+        let sql = if upsert { t.upsert(&q) } else { t.delete(&q) };
+        let arr = format!("[{}]", self.rows.join(","));
+        target.execute(sql.as_str(), &[&arr.as_str()]).await?;
+        self.rows.clear();
+        self.keys.clear();
+        Ok(())
+    }
+}
+
+/// The keys, table by table, of the rows that changes applied since a point touched.
+#[derive(Debug, Default)]
+struct Touched(HashMap<String, BTreeSet<String>>);
+
+impl Touched {
+    fn note(&mut self, t: &MoveTable, key: Option<String>) {
+        if let Some(k) = key {
+            self.0.entry(t.label()).or_default().insert(k);
+        }
+    }
+
+    /// The keys of table `t` as a JSON array of objects, if any were touched.
+    fn keys(&self, t: &MoveTable) -> Option<String> {
+        let keys = self.0.get(&t.label())?;
+        let mut s = String::from("[");
+        for (i, k) in keys.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            s.push_str(k);
+        }
+        s.push(']');
+        Some(s)
+    }
+
+    fn len(&self) -> usize {
+        self.0.values().map(BTreeSet::len).sum()
+    }
+}
+
+/// The checksum of rows of one text column.
+fn row_checksum(rows: &[tokio_postgres::Row]) -> RowChecksum {
+    let mut c = RowChecksum::default();
+    for r in rows {
+        c.add(r.get::<_, &str>(0).as_bytes());
+    }
+    c
+}
+
+/// The checksum of the lines a COPY … TO STDOUT of one text column returns.
+async fn copy_checksum(client: &Client, sql: &str, what: &str) -> Result<RowChecksum, Error> {
+    let mut c = RowChecksum::default();
+    copy_lines(client, sql, what, |row| {
+        c.add(&row);
+        Ok(())
+    })
+    .await?;
+    Ok(c)
 }
 
 /// A JSON array of rows given as JSON texts.

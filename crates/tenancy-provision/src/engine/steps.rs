@@ -333,10 +333,16 @@ impl Provisioner {
                 }
             }
             Step::MoveResidency => return self.move_plan(tx, wf, &tenant).await,
-            Step::MovePrepare => self.move_prepare(tx, wf, &tenant).await?,
-            Step::MoveCapture => self.move_capture(tx, wf).await?,
-            Step::MoveSnapshot => self.move_snapshot(tx, wf).await?,
-            Step::MoveCatchUp => self.move_catch_up(tx, wf).await?,
+            Step::MovePrepare => {
+                let mv = self.the_move(tx, wf).await?;
+                self.move_prepare(tx, &mv, &tenant).await?;
+            }
+            Step::MoveCapture => self.move_capture(&self.the_move(tx, wf).await?).await?,
+            Step::MoveSnapshot => {
+                let mv = self.the_move(tx, wf).await?;
+                self.move_snapshot(tx, &mv).await?;
+            }
+            Step::MoveCatchUp => self.move_catch_up(&self.the_move(tx, wf).await?).await?,
             Step::MoveCutover => self.move_cutover(tx, wf, &tenant).await?,
             Step::MoveRollBack => self.move_roll_back(tx, wf).await?,
             Step::Purged => {
