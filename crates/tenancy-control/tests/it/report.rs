@@ -29,7 +29,8 @@ fn anomaly(t: TenantId) -> DetectionBatch {
         source: "invoicing@host-1".into(),
         detections: vec![Detection {
             id: 9,
-            tenant_id: t,
+            tenant_id: Some(t),
+            subject: None,
             kind: AnomalyKind::Enumeration,
             first_hour: hour - 7200,
             last_hour: hour,
