@@ -76,7 +76,9 @@ pub struct MoveTo {
 pub struct Residency {
     /// The registered regions the tenant's data may live in, its current region among
     /// them (1 to 64, no duplicates); `null` clears the policy (its current region only).
-    #[schema(min_items = 1, max_items = 64, inline)]
+    /// Required: a body without it (or no body) is refused rather than read as a clear.
+    #[schema(min_items = 1, max_items = 64, inline, required = true)]
+    #[serde(deserialize_with = "Option::deserialize")]
     pub regions: Option<Vec<RegionName>>,
 }
 

@@ -43,8 +43,10 @@ pub struct ReportSignature {
     pub value: String,
 }
 
-/// A tenant's compliance evidence at one moment.
+/// A tenant's compliance evidence at one moment (`ComplianceReport` in the OpenAPI
+/// document, apart from the insights' `Report`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(as = ComplianceReport)]
 #[serde(deny_unknown_fields)]
 pub struct Report {
     /// When the report was made.

@@ -80,6 +80,9 @@ async fn residency_is_validated_set_shown_audited_and_cleared() {
         r#"{"regions":"eu-west"}"#,
         r#"{"regions":["eu-west"],"extra":1}"#,
         "{",
+        // No body, or no `regions`, is refused rather than read as a clear.
+        "",
+        "{}",
     ] {
         let r = put(s.port, &id, malformed).await;
         assert!(
