@@ -500,18 +500,24 @@ pub async fn database_exists(admin: &Client, name: &str) -> Result<bool, Error> 
         .is_some())
 }
 
-/// Deletes every row of a pooled tenant from the tenant tables of `public`, children
-/// before parents, through the tenant's own `TenantTx` (so RLS bounds the purge to it).
+/// Deletes every row of a pooled tenant from the tenant tables of the shared layout (every
+/// schema but the system's, tenancy's own and schema tenants', as moves copy them),
+/// children before parents, through the tenant's own `TenantTx` (so RLS bounds the purge
+/// to it).
 pub async fn purge_pooled_rows(pool: &TenantPool, tenant: TenantId) -> Result<u64, Error> {
     let mut tx = pool.begin(tenant).await?;
-    // Tenant tables (with the tenancy policy) in public, and which of them reference which.
+    // Tenant tables (with the tenancy policy) of the shared layout, and which of them
+    // reference which.
     let tables = tx
         .query(
             "SELECT c.oid::regclass::text,
                     coalesce(array_agg(DISTINCT f.confrelid::regclass::text) FILTER (WHERE f.confrelid IS NOT NULL AND f.confrelid <> c.oid), '{}')
                FROM pg_class c JOIN pg_policy p ON p.polrelid = c.oid AND p.polname = 'tenancy_tenant_isolation'
+               JOIN pg_namespace n ON n.oid = c.relnamespace
                LEFT JOIN pg_constraint f ON f.conrelid = c.oid AND f.contype = 'f'
-              WHERE c.relnamespace = 'public'::regnamespace GROUP BY c.oid",
+              WHERE n.nspname !~ '^(pg_|information_schema$|tenancy)' AND n.nspname !~ '^t_[0-9a-f]{32}(_b)?$'
+                AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+              GROUP BY c.oid",
             &[],
         )
         .await?;

@@ -141,6 +141,21 @@ async fn lifecycle_suspend_resume_change_plan_delete_and_purge_respect_the_legal
         .await
         .expect("insert");
     tx.commit().await.expect("commit");
+    // An application's tenant table in a schema of its own is purged too.
+    catalog
+        .batch_execute(
+            "CREATE SCHEMA app2; GRANT USAGE ON SCHEMA app2 TO tenancy_app;
+             CREATE TABLE app2.notes (tenant_id uuid NOT NULL, id bigint GENERATED ALWAYS AS IDENTITY,
+                                      body text NOT NULL, PRIMARY KEY (tenant_id, id));
+             SELECT tenancy.make_tenant_table('app2.notes');",
+        )
+        .await
+        .expect("app schema");
+    let mut tx = router.begin(ids[0]).await.expect("begin");
+    tx.execute("INSERT INTO app2.notes (body) VALUES ('note')", &[])
+        .await
+        .expect("insert note");
+    tx.commit().await.expect("commit");
 
     let run = |kind: WorkflowKind, input: serde_json::Value, i: usize| {
         let p = p.clone();
@@ -245,6 +260,15 @@ async fn lifecycle_suspend_resume_change_plan_delete_and_purge_respect_the_legal
         .expect("count")
         .get(0);
     assert_eq!(n, 0);
+    let n: i64 = su
+        .query_one(
+            "SELECT count(*) FROM app2.notes WHERE tenant_id = $1",
+            &[&ids[0].as_uuid()],
+        )
+        .await
+        .expect("count notes")
+        .get(0);
+    assert_eq!(n, 0, "the app schema's rows are purged too");
     // Even a purge queued by hand is cancelled while the hold is on.
     let wf = run(WorkflowKind::Purge, json!({}), 1).await;
     assert_eq!(wf.status, WorkflowStatus::Cancelled);
