@@ -92,9 +92,9 @@ pub struct TenantFacts {
     pub created_at: String,
 }
 
-/// Where a tenant's rows are.
+/// Where a tenant's rows are. Open to other fields: a placement period flattens it beside
+/// its own `from` and `until`, and the OpenAPI schema must allow them there.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Location {
     /// `pooled`, `schema` or `dedicated`.
     pub placement: String,
