@@ -141,6 +141,16 @@ impl Served {
     }
 }
 
+/// The admin token a first start prints once.
+pub(crate) fn token_of(banner: &[String]) -> String {
+    banner
+        .iter()
+        .find_map(|l| l.strip_prefix("admin token (shown once): "))
+        .expect("a generated admin token in the banner")
+        .trim()
+        .to_owned()
+}
+
 pub(crate) fn port_of(banner: &[String]) -> u16 {
     banner
         .iter()
@@ -362,12 +372,7 @@ fn serve_drains_on_sigterm_keeps_its_data_dir_and_exports_metrics() {
             .any(|l| l.contains(&format!("kept in {data_s}"))),
         "{banner:?}"
     );
-    let token = banner
-        .iter()
-        .find_map(|l| l.strip_prefix("admin token (shown once): "))
-        .expect("a generated token on the first start")
-        .trim()
-        .to_owned();
+    let token = token_of(&banner);
     let dirs = data_dirs(&banner);
     assert_eq!(dirs.len(), 1, "{banner:?}");
     assert!(dirs[0].starts_with(&data_s), "{dirs:?}");
@@ -665,12 +670,7 @@ fn serve_without_data_dir_says_so_answers_503_when_postgres_is_down_and_cleans_u
         "{banner:?}"
     );
     let port = port_of(&banner);
-    let token = banner
-        .iter()
-        .find_map(|l| l.strip_prefix("admin token (shown once): "))
-        .expect("token")
-        .trim()
-        .to_owned();
+    let token = token_of(&banner);
     let dir = data_dirs(&banner).pop().expect("data dir");
     wait_ready(port);
 

@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use crate::ops::{create_tenant, http, port_of, wait_active, wait_ready, Served};
+use crate::ops::{create_tenant, http, port_of, token_of, wait_active, wait_ready, Served};
 
 /// A minimal OTLP/HTTP collector: answers every POST with 200 and keeps the spans of the
 /// `ExportTraceServiceRequest` bodies (with their resource's `service.name`).
@@ -100,12 +100,7 @@ fn serve_exports_spans_over_otlp_continuing_the_callers_trace_with_tenant_ids() 
     let mut serve = Served::start(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())]);
     let banner = serve.banner("admin token");
     let port = port_of(&banner);
-    let token = banner
-        .iter()
-        .find_map(|l| l.strip_prefix("admin token (shown once): "))
-        .expect("token")
-        .trim()
-        .to_owned();
+    let token = token_of(&banner);
     wait_ready(port);
     let (tenant, _) = create_tenant(port, &token, "traced", "pooled");
     wait_active(port, &token, &tenant, Duration::from_secs(60));

@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::ops::{create_tenant, http, port_of, wait_active, wait_ready, Served};
+use crate::ops::{create_tenant, http, port_of, token_of, wait_active, wait_ready, Served};
 
 fn tenancy(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tenancy"))
@@ -27,12 +27,7 @@ fn report_writes_json_and_html_that_verify_until_one_byte_is_edited() {
     let serve = Served::start(&[], &[]);
     let banner = serve.banner("admin token");
     let port = port_of(&banner);
-    let token = banner
-        .iter()
-        .find_map(|l| l.strip_prefix("admin token (shown once): "))
-        .expect("admin token")
-        .trim()
-        .to_owned();
+    let token = token_of(&banner);
     wait_ready(port);
     let (id, _) = create_tenant(port, &token, "evidence", "pooled");
     wait_active(port, &token, &id, Duration::from_secs(60));

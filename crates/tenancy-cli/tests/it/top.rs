@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tenancy_insights::{Recorder, RecorderOptions};
 use tenancy_sdk::{Observer, Outcome, TenantId};
 
-use crate::ops::{http, port_of, wait_ready, Served};
+use crate::ops::{http, port_of, token_of, wait_ready, Served};
 
 /// A snapshot from a recorder that saw `heavy` use 80 ms and three others 5 ms each on
 /// cluster `main`, as JSON.
@@ -47,12 +47,7 @@ fn insights_api_and_top_in_a_terminal_show_the_noisy_tenant_live() {
     let serve = Served::start(&[], &[]);
     let banner = serve.banner("admin token");
     let port = port_of(&banner);
-    let token = banner
-        .iter()
-        .find_map(|l| l.strip_prefix("admin token (shown once): "))
-        .expect("admin token")
-        .trim()
-        .to_owned();
+    let token = token_of(&banner);
     wait_ready(port);
 
     let heavy = TenantId::new_random();
