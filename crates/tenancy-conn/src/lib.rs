@@ -20,6 +20,8 @@
 //!   TLS already done), trying each host in turn.
 //! - [`native_required`]: whether `TENANCY_REQUIRE_NATIVE=1` forbids falling back to the
 //!   PL/pgSQL tenant context.
+//! - [`DbError`]: a failed statement or connection, naming what was being done (what
+//!   provisioning and migrations report for either).
 //!
 //! `sslmode` as in libpq: `disable` (never TLS), `prefer` (TLS when the server offers it;
 //! the certificate is not checked; a failed handshake falls back to plaintext), `require`
@@ -201,6 +203,39 @@ pub enum ConnError {
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+/// A database call that failed, naming what was being done: a statement on a connection,
+/// or a connection that could not be opened. The error the engines that work on tenant
+/// clusters (provisioning, migrations) report for both.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// A database call failed.
+    #[error("{what}: {source}")]
+    Query {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// No connection could be opened.
+    #[error("connecting to {what}: {detail}")]
+    Connect {
+        /// What was being connected to.
+        what: String,
+        /// What failed, in words.
+        detail: String,
+    },
+}
+
+impl DbError {
+    /// For `map_err`: a failed call while doing `what`.
+    pub fn query(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> DbError {
+        let what = what.into();
+        move |source| DbError::Query { what, source }
+    }
 }
 
 impl PgConfig {

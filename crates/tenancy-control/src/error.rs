@@ -9,6 +9,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tenancy_catalog::CatalogError;
+use tenancy_conn::DbError;
 use tenancy_problem::ProblemType;
 
 pub use tenancy_problem::{FieldError, Problem};
@@ -315,7 +316,7 @@ impl From<CatalogError> for ApiError {
 
 impl From<tenancy_provision::Error> for ApiError {
     fn from(e: tenancy_provision::Error) -> Self {
-        if let tenancy_provision::Error::Db { source, .. } = &e {
+        if let tenancy_provision::Error::Db(DbError::Query { source, .. }) = &e {
             if let Some(refused) = input_refused_by_database(source) {
                 return refused;
             }
@@ -323,10 +324,12 @@ impl From<tenancy_provision::Error> for ApiError {
         match e {
             tenancy_provision::Error::Catalog(c) => c.into(),
             tenancy_provision::Error::NotPossible(m) => ApiError::new(ProblemCode::Conflict, m),
-            tenancy_provision::Error::Db { ref source, .. } if connection_lost(source) => {
+            tenancy_provision::Error::Db(DbError::Query { ref source, .. })
+                if connection_lost(source) =>
+            {
                 ApiError::unavailable("provisioning call failed", &e)
             }
-            tenancy_provision::Error::Connect { .. } => {
+            tenancy_provision::Error::Db(DbError::Connect { .. }) => {
                 ApiError::unavailable("provisioning call failed", &e)
             }
             other => ApiError::internal("provisioning call failed", &other),

@@ -31,9 +31,11 @@ pub struct Migrator {
 }
 
 pub(crate) async fn connect(cfg: &PgConfig, what: &str) -> Result<Client, Error> {
-    let (client, conn) = cfg.connect_raw().await.map_err(|e| Error::Connect {
-        what: what.to_owned(),
-        detail: e.to_string(),
+    let (client, conn) = cfg.connect_raw().await.map_err(|e| {
+        Error::Db(tenancy_conn::DbError::Connect {
+            what: what.to_owned(),
+            detail: e.to_string(),
+        })
     })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {

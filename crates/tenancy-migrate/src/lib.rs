@@ -75,23 +75,10 @@ pub enum Error {
     /// A catalog call failed.
     #[error(transparent)]
     Catalog(#[from] tenancy_catalog::CatalogError),
-    /// A database call outside a target's migration failed.
-    #[error("{what}: {source}")]
-    Db {
-        /// What was being done.
-        what: String,
-        /// The error.
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    /// A connection could not be opened.
-    #[error("connecting to {what}: {detail}")]
-    Connect {
-        /// What.
-        what: String,
-        /// Why, with the underlying cause.
-        detail: String,
-    },
+    /// A database call outside a target's migration failed, or a connection could not be
+    /// opened.
+    #[error(transparent)]
+    Db(#[from] tenancy_conn::DbError),
     /// A cluster in the plan is not in the catalog any more.
     #[error("cluster {0} is not in the catalog")]
     UnknownCluster(uuid::Uuid),
@@ -99,8 +86,8 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn db(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
-        let what = what.into();
-        move |source| Error::Db { what, source }
+        let query = tenancy_conn::DbError::query(what);
+        move |source| Error::Db(query(source))
     }
 }
 

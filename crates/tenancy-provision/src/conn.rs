@@ -14,13 +14,15 @@ use crate::Error;
 
 /// Opens one connection and drives it on the current runtime.
 pub(crate) async fn connect(cfg: &PgConfig) -> Result<Client, Error> {
-    let (client, conn) = cfg.connect_raw().await.map_err(|e| Error::Connect {
-        what: format!(
-            "database {:?} as {:?}",
-            cfg.pg().get_dbname().unwrap_or(""),
-            cfg.pg().get_user().unwrap_or("")
-        ),
-        detail: tenancy_conn::error_text(&e),
+    let (client, conn) = cfg.connect_raw().await.map_err(|e| {
+        Error::Db(tenancy_conn::DbError::Connect {
+            what: format!(
+                "database {:?} as {:?}",
+                cfg.pg().get_dbname().unwrap_or(""),
+                cfg.pg().get_user().unwrap_or("")
+            ),
+            detail: tenancy_conn::error_text(&e),
+        })
     })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
@@ -77,9 +79,11 @@ impl Pools {
                 }
             }
         };
-        pool.get().await.map_err(|e| Error::Connect {
-            what: format!("database {dbname:?} as {:?}", login.user),
-            detail: tenancy_conn::error_text(&e),
+        pool.get().await.map_err(|e| {
+            Error::Db(tenancy_conn::DbError::Connect {
+                what: format!("database {dbname:?} as {:?}", login.user),
+                detail: tenancy_conn::error_text(&e),
+            })
         })
     }
 }

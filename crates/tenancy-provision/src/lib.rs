@@ -51,23 +51,10 @@ pub enum Error {
     /// An SDK call failed (bootstrap, tenant transaction).
     #[error(transparent)]
     Sdk(#[from] tenancy_sdk::Error),
-    /// A database call on a tenant cluster failed.
-    #[error("{what}: {source}")]
-    Db {
-        /// What was being done.
-        what: String,
-        /// The underlying error.
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    /// No connection could be opened.
-    #[error("connecting to {what}: {detail}")]
-    Connect {
-        /// What was being done.
-        what: String,
-        /// What failed, in words.
-        detail: String,
-    },
+    /// A database call on a tenant cluster or the catalog failed, or no connection could
+    /// be opened.
+    #[error(transparent)]
+    Db(#[from] tenancy_conn::DbError),
     /// Invalid configuration.
     #[error("{0}")]
     Config(String),
@@ -99,7 +86,7 @@ impl From<tenancy_catalog::AppMigrationsError> for Error {
 
 impl Error {
     pub(crate) fn db(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
-        let what = what.into();
-        move |source| Error::Db { what, source }
+        let query = tenancy_conn::DbError::query(what);
+        move |source| Error::Db(query(source))
     }
 }

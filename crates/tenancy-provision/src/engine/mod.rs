@@ -545,14 +545,12 @@ impl Provisioner {
 
     /// A pooled connection to the catalog.
     pub(super) async fn catalog_conn(&self) -> Result<crate::conn::Object, Error> {
-        self.inner
-            .catalog_pool
-            .get()
-            .await
-            .map_err(|e| Error::Connect {
+        self.inner.catalog_pool.get().await.map_err(|e| {
+            Error::Db(tenancy_conn::DbError::Connect {
                 what: "the catalog".into(),
                 detail: tenancy_conn::error_text(&e),
             })
+        })
     }
 }
 

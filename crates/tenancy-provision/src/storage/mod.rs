@@ -7,6 +7,7 @@
 use std::sync::{Arc, OnceLock};
 
 use sha2::{Digest, Sha256};
+use tenancy_conn::DbError;
 use tenancy_core::{ContextKey, TenantId};
 use tenancy_sdk::bootstrap::{
     quote_ident, CONFIG_READER_ROLE, OWNER_ROLE, RUNTIME_ROLE, WORKER_ROLE,
@@ -54,8 +55,8 @@ pub async fn migrate_schema(
         // real error.
         match create_schema_fast(owner, schema, app).await {
             Ok(()) => return Ok(true),
-            Err(Error::Db { source, .. }) if source.code() == Some(&SqlState::DUPLICATE_SCHEMA) => {
-            }
+            Err(Error::Db(DbError::Query { source, .. }))
+                if source.code() == Some(&SqlState::DUPLICATE_SCHEMA) => {}
             Err(e) => {
                 tracing::debug!(schema, error = %e, "fast schema creation refused; using the general path")
             }
@@ -451,7 +452,7 @@ pub async fn create_database_from(
 
 /// Whether a database-level error says the template database is missing.
 pub fn is_missing_database(e: &Error) -> bool {
-    matches!(e, Error::Db { source, .. } if source.code() == Some(&SqlState::UNDEFINED_DATABASE))
+    matches!(e, Error::Db(DbError::Query { source, .. }) if source.code() == Some(&SqlState::UNDEFINED_DATABASE))
 }
 
 /// The database-level privileges `tenancy_sdk::bootstrap::bootstrap_database` sets
