@@ -137,9 +137,11 @@ async fn measure(cluster: &Cluster, runs: usize) -> Result<()> {
         &NewCluster {
             name: "eu1".into(),
             region: "eu-west".parse()?,
-            host: "localhost".into(),
-            port: 5432,
-            dbname: db.into(),
+            location: tenancy_catalog::ClusterLocation {
+                host: "localhost".into(),
+                port: 5432,
+                dbname: db.into(),
+            },
             capacity: 100,
         },
     )

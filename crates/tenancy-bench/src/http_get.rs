@@ -56,9 +56,11 @@ pub(crate) async fn catalog(env: &Env) -> Result<()> {
         &NewCluster {
             name: "bench".into(),
             region: region.clone(),
-            host: env.cluster.socket_dir().display().to_string(),
-            port: env.cluster.port(),
-            dbname: DB.into(),
+            location: tenancy_catalog::ClusterLocation {
+                host: env.cluster.socket_dir().display().to_string(),
+                port: env.cluster.port(),
+                dbname: DB.into(),
+            },
             capacity: 10_000,
         },
     )

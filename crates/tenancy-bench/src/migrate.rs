@@ -186,9 +186,11 @@ async fn setup_ours(cluster: &Cluster) -> Result<Ours> {
         &NewCluster {
             name: "bench".into(),
             region,
-            host: cluster.socket_dir().display().to_string(),
-            port: cluster.port(),
-            dbname: DB.into(),
+            location: tenancy_catalog::ClusterLocation {
+                host: cluster.socket_dir().display().to_string(),
+                port: cluster.port(),
+                dbname: DB.into(),
+            },
             capacity: 1_000_000,
         },
     )

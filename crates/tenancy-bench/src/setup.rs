@@ -264,9 +264,11 @@ pub(crate) async fn catalog_on(
         &tenancy_catalog::NewCluster {
             name: "pg-eu-west".into(),
             region,
-            host: cluster.socket_dir().display().to_string(),
-            port: cluster.port(),
-            dbname: CATALOG_DB.into(),
+            location: tenancy_catalog::ClusterLocation {
+                host: cluster.socket_dir().display().to_string(),
+                port: cluster.port(),
+                dbname: CATALOG_DB.into(),
+            },
             capacity: 1_000_000,
         },
     )

@@ -66,8 +66,8 @@ pub use requests::{
 pub use store::{
     add_cluster, add_region, create_tenant, create_tenant_in, get_cluster, get_tenant,
     get_tenant_by_slug, list_clusters, list_regions, list_tenants, set_cluster_pooler, set_state,
-    set_state_in, slug_taken, tenant_events, tenant_from_row, transition_allowed, ClusterRecord,
-    NewCluster, NewTenant, Region, Tenant, TenantEvent, TENANT_COLUMNS,
+    set_state_in, slug_taken, tenant_events, tenant_from_row, transition_allowed, ClusterLocation,
+    ClusterRecord, NewCluster, NewTenant, Region, Tenant, TenantEvent, TENANT_COLUMNS,
 };
 pub use tenant_lifecycle::{
     lock_tenant, plan_settings, provisioning_failed, purge_due, seed_plan_settings, set_billing,

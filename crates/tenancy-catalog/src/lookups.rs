@@ -12,6 +12,7 @@ use tokio_postgres::{Client, Row};
 use uuid::Uuid;
 
 use crate::corrupt;
+use crate::store::{cluster_location, ClusterLocation};
 use crate::CatalogError;
 
 /// What resolving and opening one tenant needs: who it is, its state, and where its data
@@ -48,16 +49,21 @@ pub struct ClusterRoute {
     pub name: String,
     /// Region the cluster is in.
     pub region: RegionId,
-    /// Host name, IP address or Unix socket directory.
-    pub host: String,
-    /// Port.
-    pub port: u16,
-    /// The shared tenant database.
-    pub dbname: String,
+    /// Where its shared tenant database is (the direct address).
+    pub location: ClusterLocation,
     /// Where applications reach it through a transaction-mode pooler (host, port), when
-    /// one is registered ([`set_cluster_pooler`](crate::set_cluster_pooler)); `host` and
-    /// `port` stay the direct address.
+    /// one is registered ([`set_cluster_pooler`](crate::set_cluster_pooler)); `location`
+    /// stays the direct address.
     pub pooler: Option<(String, u16)>,
+}
+
+/// A cluster route reads as its direct location too (`cluster.dbname`, `cluster.host`).
+impl std::ops::Deref for ClusterRoute {
+    type Target = ClusterLocation;
+
+    fn deref(&self) -> &ClusterLocation {
+        &self.location
+    }
 }
 
 /// The columns of `tenancy_catalog.tenant_route*`, in order.
@@ -127,22 +133,10 @@ pub async fn cluster_route(client: &Client, id: Uuid) -> Result<ClusterRoute, Ca
         _ => None,
     };
     Ok(ClusterRoute {
-        pooler,
-        ..cluster_location(&row)?
-    })
-}
-
-/// The columns every cluster row starts with (`id, name, region, host, port, dbname`),
-/// as a route without a pooler.
-pub(crate) fn cluster_location(row: &Row) -> Result<ClusterRoute, CatalogError> {
-    let port: i32 = row.get(4);
-    Ok(ClusterRoute {
         id: row.get(0),
         name: row.get(1),
         region: row.get::<_, String>(2).parse().map_err(corrupt)?,
-        host: row.get(3),
-        port: u16::try_from(port).map_err(corrupt)?,
-        dbname: row.get(5),
-        pooler: None,
+        location: cluster_location(&row)?,
+        pooler,
     })
 }

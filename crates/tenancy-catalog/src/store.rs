@@ -18,6 +18,18 @@ pub struct Region {
     pub display_name: String,
 }
 
+/// Where a cluster's shared tenant database is (never how to log in): what the catalog
+/// keeps about a cluster's address, for the owner's records and the runtime's routes alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterLocation {
+    /// Host name, IP address or Unix socket directory.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// The shared tenant database.
+    pub dbname: String,
+}
+
 /// A registered PostgreSQL cluster (its shared tenant database).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterRecord {
@@ -27,16 +39,21 @@ pub struct ClusterRecord {
     pub name: String,
     /// Region the cluster is in; tenants of other regions can never be placed here.
     pub region: RegionId,
-    /// Host name, IP address or Unix socket directory.
-    pub host: String,
-    /// Port.
-    pub port: u16,
-    /// The shared tenant database.
-    pub dbname: String,
+    /// Where its shared tenant database is.
+    pub location: ClusterLocation,
     /// Maximum number of tenants the placement policy puts here.
     pub capacity: i32,
     /// Whether new tenants may be placed here.
     pub accepting: bool,
+}
+
+/// A cluster record reads as its location too (`cluster.dbname`, `cluster.host`).
+impl std::ops::Deref for ClusterRecord {
+    type Target = ClusterLocation;
+
+    fn deref(&self) -> &ClusterLocation {
+        &self.location
+    }
 }
 
 /// A cluster to register.
@@ -46,12 +63,8 @@ pub struct NewCluster {
     pub name: String,
     /// Region.
     pub region: RegionId,
-    /// Host, IP or socket directory.
-    pub host: String,
-    /// Port.
-    pub port: u16,
-    /// Shared tenant database name.
-    pub dbname: String,
+    /// Where its shared tenant database is.
+    pub location: ClusterLocation,
     /// Capacity in tenants.
     pub capacity: i32,
 }
@@ -170,16 +183,23 @@ pub fn tenant_from_row(row: &Row) -> Result<Tenant, CatalogError> {
 }
 
 fn cluster_from_row(row: &Row) -> Result<ClusterRecord, CatalogError> {
-    let at = crate::lookups::cluster_location(row)?;
     Ok(ClusterRecord {
-        id: at.id,
-        name: at.name,
-        region: at.region,
-        host: at.host,
-        port: at.port,
-        dbname: at.dbname,
+        id: row.get(0),
+        name: row.get(1),
+        region: row.get::<_, String>(2).parse().map_err(corrupt)?,
+        location: cluster_location(row)?,
         capacity: row.get(6),
         accepting: row.get(7),
+    })
+}
+
+/// The address columns of a cluster row (`host, port, dbname` at positions 3 to 5, after
+/// `id, name, region`), as every cluster query and lookup returns them.
+pub(crate) fn cluster_location(row: &Row) -> Result<ClusterLocation, CatalogError> {
+    Ok(ClusterLocation {
+        host: row.get(3),
+        port: u16::try_from(row.get::<_, i32>(4)).map_err(corrupt)?,
+        dbname: row.get(5),
     })
 }
 
@@ -257,9 +277,9 @@ pub async fn add_cluster(client: &Client, c: &NewCluster) -> Result<ClusterRecor
                 &Uuid::new_v4(),
                 &c.name,
                 &c.region.as_str(),
-                &c.host,
-                &i32::from(c.port),
-                &c.dbname,
+                &c.location.host,
+                &i32::from(c.location.port),
+                &c.location.dbname,
                 &c.capacity,
             ],
         )

@@ -384,9 +384,7 @@ async fn register_declared(owner: &tokio_postgres::Client, config: &ControlConfi
             &NewCluster {
                 name: c.name.clone(),
                 region: c.region.clone(),
-                host,
-                port,
-                dbname,
+                location: tenancy_catalog::ClusterLocation { host, port, dbname },
                 capacity: c.capacity,
             },
         )
@@ -573,9 +571,11 @@ async fn build_with(config: &ControlConfig, clusters: &[LocalCluster]) -> Result
             &NewCluster {
                 name: format!("local-{region}"),
                 region: id,
-                host: cluster.socket_dir.display().to_string(),
-                port: cluster.port,
-                dbname: "tenancy".into(),
+                location: tenancy_catalog::ClusterLocation {
+                    host: cluster.socket_dir.display().to_string(),
+                    port: cluster.port,
+                    dbname: "tenancy".into(),
+                },
                 capacity: 10_000,
             },
         )

@@ -109,9 +109,11 @@ async fn demo(cluster: &Cluster, args: &DemoArgs) -> Result<()> {
         &NewCluster {
             name: "pg-eu-west-1".into(),
             region: region.clone(),
-            host: cluster.socket_dir().display().to_string(),
-            port: cluster.port(),
-            dbname: db.into(),
+            location: tenancy_catalog::ClusterLocation {
+                host: cluster.socket_dir().display().to_string(),
+                port: cluster.port(),
+                dbname: db.into(),
+            },
             capacity: 1000,
         },
     )

@@ -104,9 +104,11 @@ async fn start_with(access: Option<Arc<dyn AccessSink>>) -> Env {
         &NewCluster {
             name: "pg-1".into(),
             region: region.clone(),
-            host: db.cluster.socket_dir().display().to_string(),
-            port: db.cluster.port(),
-            dbname: db.name.clone(),
+            location: tenancy_catalog::ClusterLocation {
+                host: db.cluster.socket_dir().display().to_string(),
+                port: db.cluster.port(),
+                dbname: db.name.clone(),
+            },
             capacity: 10,
         },
     )

@@ -100,9 +100,11 @@ async fn tenants_are_placed_in_their_region_with_events_and_valid_transitions() 
             &NewCluster {
                 name: name.into(),
                 region: "eu-west".parse().expect("r"),
-                host: "/tmp".into(),
-                port: 5432,
-                dbname: "x".into(),
+                location: tenancy_catalog::ClusterLocation {
+                    host: "/tmp".into(),
+                    port: 5432,
+                    dbname: "x".into(),
+                },
                 capacity: cap,
             },
         )
@@ -132,9 +134,11 @@ async fn tenants_are_placed_in_their_region_with_events_and_valid_transitions() 
     let bad_cluster = NewCluster {
         name: "Bad Name".into(),
         region: "eu-west".parse().expect("r"),
-        host: "/tmp".into(),
-        port: 1,
-        dbname: "x".into(),
+        location: tenancy_catalog::ClusterLocation {
+            host: "/tmp".into(),
+            port: 1,
+            dbname: "x".into(),
+        },
         capacity: 1,
     };
     assert!(matches!(
@@ -214,9 +218,11 @@ async fn a_failed_provisioning_frees_its_slug_and_nothing_else_does() {
         &NewCluster {
             name: "pg-a".into(),
             region: "eu-west".parse().expect("r"),
-            host: "/tmp".into(),
-            port: 5432,
-            dbname: "x".into(),
+            location: tenancy_catalog::ClusterLocation {
+                host: "/tmp".into(),
+                port: 5432,
+                dbname: "x".into(),
+            },
             capacity: 10,
         },
     )

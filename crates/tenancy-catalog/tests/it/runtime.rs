@@ -45,9 +45,11 @@ async fn env() -> Env {
         &NewCluster {
             name: "pg-a".into(),
             region: "eu-west".parse().expect("r"),
-            host: "/tmp".into(),
-            port: 5432,
-            dbname: "shared".into(),
+            location: tenancy_catalog::ClusterLocation {
+                host: "/tmp".into(),
+                port: 5432,
+                dbname: "shared".into(),
+            },
             capacity: 10,
         },
     )
@@ -324,8 +326,8 @@ async fn lookups_return_one_tenant_for_a_held_key_and_nothing_for_a_guess() {
         .expect("cluster with its pooler");
     assert_eq!(
         (
-            with_pooler.host.as_str(),
-            with_pooler.port,
+            with_pooler.location.host.as_str(),
+            with_pooler.location.port,
             with_pooler.pooler
         ),
         ("/tmp", 5432, Some(("bouncer.internal".to_owned(), 6432)))

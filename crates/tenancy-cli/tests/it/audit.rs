@@ -195,9 +195,11 @@ async fn audit_verify_starts_a_purged_chain_at_its_anchor_and_hold_is_recorded()
         &tenancy_catalog::NewCluster {
             name: "pg".into(),
             region: "eu-west".parse().expect("r"),
-            host: db.cluster.socket_dir().display().to_string(),
-            port: db.cluster.port(),
-            dbname: db.name.clone(),
+            location: tenancy_catalog::ClusterLocation {
+                host: db.cluster.socket_dir().display().to_string(),
+                port: db.cluster.port(),
+                dbname: db.name.clone(),
+            },
             capacity: 10,
         },
     )

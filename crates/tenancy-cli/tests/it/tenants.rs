@@ -55,9 +55,11 @@ async fn tenants_cli_creates_lists_shows_and_queues_lifecycle_workflows() {
         &tenancy_catalog::NewCluster {
             name: "pg".into(),
             region: "eu-west".parse().expect("r"),
-            host: "/tmp".into(),
-            port: 5432,
-            dbname: "x".into(),
+            location: tenancy_catalog::ClusterLocation {
+                host: "/tmp".into(),
+                port: 5432,
+                dbname: "x".into(),
+            },
             capacity: 10,
         },
     )

@@ -52,9 +52,11 @@ pub(crate) async fn install(
             &NewCluster {
                 name: name.into(),
                 region: region.parse()?,
-                host: "localhost".into(),
-                port: 5432,
-                dbname: "app".into(),
+                location: tenancy_catalog::ClusterLocation {
+                    host: "localhost".into(),
+                    port: 5432,
+                    dbname: "app".into(),
+                },
                 capacity: 1000,
             },
         )

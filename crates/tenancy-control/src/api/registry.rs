@@ -145,9 +145,9 @@ fn cluster_view(c: tenancy_catalog::ClusterRecord) -> ClusterView {
         id: c.id,
         name: c.name,
         region: c.region.to_string(),
-        host: c.host,
-        port: c.port,
-        dbname: c.dbname,
+        host: c.location.host,
+        port: c.location.port,
+        dbname: c.location.dbname,
         capacity: c.capacity,
     }
 }
@@ -190,9 +190,11 @@ pub async fn add_cluster(
             &NewCluster {
                 name: req.name.clone(),
                 region,
-                host: req.host.clone(),
-                port: req.port,
-                dbname: req.dbname.clone(),
+                location: tenancy_catalog::ClusterLocation {
+                    host: req.host.clone(),
+                    port: req.port,
+                    dbname: req.dbname.clone(),
+                },
                 capacity: req.capacity,
             },
         )

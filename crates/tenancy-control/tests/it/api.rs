@@ -47,9 +47,11 @@ pub(crate) async fn fresh_state_with(signup: SignupConfig) -> (TestDb, AppState,
         &tenancy_catalog::NewCluster {
             name: "pg-eu".into(),
             region: "eu-west".parse().expect("r"),
-            host: db.cluster.socket_dir().display().to_string(),
-            port: db.cluster.port(),
-            dbname: db.name.clone(),
+            location: tenancy_catalog::ClusterLocation {
+                host: db.cluster.socket_dir().display().to_string(),
+                port: db.cluster.port(),
+                dbname: db.name.clone(),
+            },
             capacity: 100,
         },
     )

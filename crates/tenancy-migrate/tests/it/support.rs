@@ -67,9 +67,11 @@ impl Env {
             &NewCluster {
                 name: "pg-eu".into(),
                 region: "eu-west".parse().expect("region"),
-                host: db.cluster.socket_dir().display().to_string(),
-                port: db.cluster.port(),
-                dbname: db.name.clone(),
+                location: tenancy_catalog::ClusterLocation {
+                    host: db.cluster.socket_dir().display().to_string(),
+                    port: db.cluster.port(),
+                    dbname: db.name.clone(),
+                },
                 capacity: 1000,
             },
         )

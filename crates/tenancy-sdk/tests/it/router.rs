@@ -19,9 +19,11 @@ async fn router_opens_active_tenants_in_their_region_only() {
             &NewCluster {
                 name: format!("pg-{r}"),
                 region: r.parse().expect("region"),
-                host: db.cluster.socket_dir().display().to_string(),
-                port: db.cluster.port(),
-                dbname: db.name.clone(),
+                location: tenancy_catalog::ClusterLocation {
+                    host: db.cluster.socket_dir().display().to_string(),
+                    port: db.cluster.port(),
+                    dbname: db.name.clone(),
+                },
                 capacity: 100,
             },
         )

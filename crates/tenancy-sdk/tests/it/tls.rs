@@ -387,9 +387,11 @@ async fn the_router_reaches_tenant_clusters_with_its_cluster_tls_settings() {
         &tenancy_catalog::NewCluster {
             name: "pg-tls".into(),
             region: region.clone(),
-            host: "localhost".into(),
-            port: env.cluster.port(),
-            dbname: DB.into(),
+            location: tenancy_catalog::ClusterLocation {
+                host: "localhost".into(),
+                port: env.cluster.port(),
+                dbname: DB.into(),
+            },
             capacity: 10,
         },
     )

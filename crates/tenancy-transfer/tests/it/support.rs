@@ -67,9 +67,11 @@ pub(crate) async fn env_with(app_migrations: AppMigrations) -> Env {
         &tenancy_catalog::NewCluster {
             name: "pg-eu-west".into(),
             region: "eu-west".parse().expect("r"),
-            host: db.cluster.socket_dir().display().to_string(),
-            port: db.cluster.port(),
-            dbname: db.name.clone(),
+            location: tenancy_catalog::ClusterLocation {
+                host: db.cluster.socket_dir().display().to_string(),
+                port: db.cluster.port(),
+                dbname: db.name.clone(),
+            },
             capacity: 1000,
         },
     )

@@ -227,9 +227,11 @@ pub(crate) async fn catalog_with_tenants_at(
         &NewCluster {
             name: "pg-1".into(),
             region: region.clone(),
-            host,
-            port,
-            dbname: db.name.clone(),
+            location: tenancy_catalog::ClusterLocation {
+                host,
+                port,
+                dbname: db.name.clone(),
+            },
             capacity: 100,
         },
     )
