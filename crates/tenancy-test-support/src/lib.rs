@@ -1,7 +1,11 @@
 //! What the integration tests of several crates set up the same way, on the test
 //! process's shared cluster ([`tenancy_pg::testing`]): a clone of a template database
 //! that holds tenancy's roles and database privileges, the runtime with a context key and
-//! the catalog, and plain connections driven on the current runtime.
+//! the catalog, and plain connections driven on the current runtime. With the `webhooks`
+//! feature, a local webhook receiver that verifies signatures ([`webhooks`]).
+
+#[cfg(feature = "webhooks")]
+pub mod webhooks;
 
 use tenancy_core::ContextKey;
 use tenancy_pg::testing::{SetupError, TemplateDb, TestDb};

@@ -3,103 +3,30 @@
 //! signature: an application's access detection, and a configuration rule's warning on
 //! a configuration write.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
-use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 use tenancy_control::audit::AuditConfig;
 use tenancy_control::SignupConfig;
 use tenancy_insights::anomaly::{AnomalyKind, Detection, DetectionBatch, Evidence, Severity};
+use tenancy_test_support::webhooks::{Message, WebhookReceiver};
 
 use crate::api::{fresh_state_with, AUTH, JSON};
 use crate::audit::{config, create, eventually};
 use crate::hostile::http;
 
-/// A received message: its `webhook-id` and body.
-type Message = (String, Value);
-
-/// A local receiver that accepts only correctly signed messages.
-struct Receiver {
-    url: String,
-    secret: secrecy::SecretString,
-    received: Arc<Mutex<Vec<Message>>>,
-    bad_signatures: Arc<AtomicU64>,
-}
-
-impl Receiver {
-    async fn start() -> Receiver {
-        let secret = tenancy_provision::webhook::generate_secret();
-        let key = tenancy_provision::webhook::decode_secret(&secret).expect("secret");
-        let received: Arc<Mutex<Vec<Message>>> = Arc::default();
-        let bad = Arc::new(AtomicU64::new(0));
-        let (r, b) = (received.clone(), bad.clone());
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-                let (r, b, key) = (r.clone(), b.clone(), key.clone());
-                async move {
-                    let h = |n: &str| {
-                        headers
-                            .get(n)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_owned()
-                    };
-                    let ok = tenancy_provision::webhook::verify(
-                        &key,
-                        &h("webhook-id"),
-                        &h("webhook-timestamp"),
-                        &h("webhook-signature"),
-                        &body,
-                        tenancy_provision::webhook::unix_now(),
-                        Duration::from_secs(300),
-                    );
-                    if !ok {
-                        b.fetch_add(1, Ordering::Relaxed);
-                        return StatusCode::UNAUTHORIZED;
-                    }
-                    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
-                    r.lock().expect("lock").push((h("webhook-id"), v));
-                    StatusCode::NO_CONTENT
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Receiver {
-            url: format!("http://127.0.0.1:{port}/hook"),
-            secret,
-            received,
-            bad_signatures: bad,
-        }
-    }
-
-    /// The anomaly events received of detections of `kind`.
-    fn anomalies(&self, kind: &str) -> Vec<Message> {
-        self.received
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|(_, v)| {
-                v["type"] == "anomaly.detected" && v["data"]["detection"]["kind"] == kind
-            })
-            .cloned()
-            .collect()
-    }
+/// The anomaly events `rx` received of detections of `kind`.
+fn anomalies(rx: &WebhookReceiver, kind: &str) -> Vec<Message> {
+    rx.messages()
+        .into_iter()
+        .filter(|(_, v)| v["type"] == "anomaly.detected" && v["data"]["detection"]["kind"] == kind)
+        .collect()
 }
 
 #[tokio::test]
 async fn new_detections_are_delivered_as_signed_webhook_events() {
     let (db, _state, _p) = fresh_state_with(SignupConfig::default()).await;
-    let rx = Receiver::start().await;
+    let rx = WebhookReceiver::start().await;
     let mut cfg = config(&db, AuditConfig::default());
     cfg.event_receivers = vec![tenancy_control::config::ReceiverConfig {
         name: "siem".into(),
@@ -148,7 +75,7 @@ async fn new_detections_are_delivered_as_signed_webhook_events() {
         assert_eq!(r.status, 202, "{}", r.body);
     }
     let (id, msg) = eventually("the enumeration event", || async {
-        rx.anomalies("enumeration").into_iter().next()
+        anomalies(&rx, "enumeration").into_iter().next()
     })
     .await;
     assert!(
@@ -178,7 +105,7 @@ async fn new_detections_are_delivered_as_signed_webhook_events() {
         assert_eq!(r.status, 200, "{}", r.body);
     }
     let (_, msg) = eventually("the compliance event", || async {
-        rx.anomalies("compliance_missing").into_iter().next()
+        anomalies(&rx, "compliance_missing").into_iter().next()
     })
     .await;
     let d = &msg["data"]["detection"];
@@ -200,7 +127,7 @@ async fn new_detections_are_delivered_as_signed_webhook_events() {
 
     // The update of the application's detection was not delivered again, and every
     // message was signed correctly.
-    assert_eq!(rx.anomalies("enumeration").len(), 1);
+    assert_eq!(anomalies(&rx, "enumeration").len(), 1);
     assert_eq!(rx.bad_signatures.load(Ordering::Relaxed), 0);
     let _ = stopper.send(true);
     running.await.expect("join").expect("stopped");

@@ -2,13 +2,9 @@
 //! second region, local webhook receivers, and helpers to wait and count.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode};
-use secrecy::SecretString;
 use tenancy_catalog::NewCluster;
 use tenancy_core::{Placement, TenantId, TenantState};
 use tenancy_pg::testing::{TemplateDb, TestDb};
@@ -32,6 +28,7 @@ pub(crate) fn key() -> ContextKey {
 }
 
 pub(crate) use tenancy_test_support::connect;
+pub(crate) use tenancy_test_support::webhooks::WebhookReceiver;
 
 /// A fresh catalog database that is also region eu-west's shared tenant database.
 pub(crate) async fn fresh_db() -> TestDb {
@@ -80,122 +77,16 @@ pub(crate) async fn add_region(owner: &Client, region: &str, cluster: &Cluster, 
         &NewCluster {
             name: format!("pg-{region}"),
             region: region.parse().expect("region"),
-            host: cluster.socket_dir().display().to_string(),
-            port: cluster.port(),
-            dbname: dbname.to_owned(),
+            location: tenancy_catalog::ClusterLocation {
+                host: cluster.socket_dir().display().to_string(),
+                port: cluster.port(),
+                dbname: dbname.to_owned(),
+            },
             capacity: 1000,
         },
     )
     .await
     .expect("cluster");
-}
-
-/// One received webhook.
-#[derive(Debug, Clone)]
-pub(crate) struct Received {
-    pub id: String,
-    pub event_type: String,
-    pub tenant: String,
-}
-
-/// A local Standard Webhooks receiver that verifies signatures and records messages.
-#[derive(Debug, Clone)]
-pub(crate) struct WebhookReceiver {
-    pub url: String,
-    pub secret: SecretString,
-    pub received: Arc<Mutex<Vec<Received>>>,
-    pub fail: Arc<AtomicBool>,
-    pub bad_signatures: Arc<AtomicU64>,
-}
-
-impl WebhookReceiver {
-    pub(crate) async fn start() -> Self {
-        let secret = tenancy_provision::webhook::generate_secret();
-        let key = tenancy_provision::webhook::decode_secret(&secret).expect("secret");
-        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let fail = Arc::new(AtomicBool::new(false));
-        let bad = Arc::new(AtomicU64::new(0));
-        let (r, f, b) = (received.clone(), fail.clone(), bad.clone());
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-                let (r, f, b, key) = (r.clone(), f.clone(), b.clone(), key.clone());
-                async move {
-                    let h = |n: &str| {
-                        headers
-                            .get(n)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_owned()
-                    };
-                    let ok = tenancy_provision::webhook::verify(
-                        &key,
-                        &h("webhook-id"),
-                        &h("webhook-timestamp"),
-                        &h("webhook-signature"),
-                        &body,
-                        tenancy_provision::webhook::unix_now(),
-                        Duration::from_secs(300),
-                    );
-                    if !ok {
-                        b.fetch_add(1, Ordering::Relaxed);
-                        return StatusCode::UNAUTHORIZED;
-                    }
-                    if f.load(Ordering::Relaxed) {
-                        return StatusCode::SERVICE_UNAVAILABLE;
-                    }
-                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                    if let Ok(mut g) = r.lock() {
-                        g.push(Received {
-                            id: h("webhook-id"),
-                            event_type: v["type"].as_str().unwrap_or("").to_owned(),
-                            tenant: v["data"]["id"].as_str().unwrap_or("").to_owned(),
-                        });
-                    }
-                    StatusCode::NO_CONTENT
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        WebhookReceiver {
-            url: format!("http://127.0.0.1:{port}/hook"),
-            secret,
-            received,
-            fail,
-            bad_signatures: bad,
-        }
-    }
-
-    pub(crate) fn as_receiver(&self, name: &str) -> Receiver {
-        Receiver {
-            name: name.to_owned(),
-            url: self.url.clone(),
-            secret: self.secret.clone(),
-        }
-    }
-
-    pub(crate) fn messages(&self) -> Vec<Received> {
-        self.received.lock().map(|g| g.clone()).unwrap_or_default()
-    }
-
-    /// Distinct webhook ids of `event_type` received for `tenant`.
-    pub(crate) fn distinct(&self, event_type: &str, tenant: TenantId) -> usize {
-        let mut ids: Vec<String> = self
-            .messages()
-            .into_iter()
-            .filter(|m| m.event_type == event_type && m.tenant == tenant.to_string())
-            .map(|m| m.id)
-            .collect();
-        ids.sort();
-        ids.dedup();
-        ids.len()
-    }
 }
 
 pub(crate) fn config(registration: Vec<Receiver>, events: Vec<Receiver>) -> ProvisionConfig {
