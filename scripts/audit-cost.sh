@@ -18,10 +18,15 @@
 #   audited   the same, then the INSERT of its audit event (the statement
 #             tenancy_audit::record sends: the columns the event has, `after` a jsonb)
 #   event     tenancy.enter(token) and the event's INSERT alone
+#   appended  the write, then the same event through tenancy.audit_append (what
+#             tenancy_audit::record sends where the database has it: the tenancy_context
+#             extension from version 1.3); only where the server offers that version
+#   append    tenancy.enter(token) and the tenancy.audit_append call alone (idem)
 # Output: one line per scenario, then what the event adds to the write.
 # With AUDIT_COST_PROFILE=1 the server runs under callgrind instead, and the functions
 # whose inclusive instructions per transaction grow most from `plain` to `audited` are
-# listed as well.
+# listed as well (AUDIT_COST_PROFILE_OF=appended: those that grow from `plain` to
+# `appended`).
 #
 #   scripts/audit-cost.sh                   # about a minute
 #   AUDIT_COST_PROFILE=1 scripts/audit-cost.sh   # about two
@@ -33,6 +38,7 @@ pg_bin=${PG_BIN:-/usr/lib/postgresql/15/bin}
 work=${AUDIT_COST_DIR:-$root/target/audit-cost}
 port=${AUDIT_COST_PORT:-55497}
 profile=${AUDIT_COST_PROFILE:-0}
+profiled=${AUDIT_COST_PROFILE_OF:-audited}
 cost_name=audit-cost.sh
 # shellcheck source=lib/cost.sh
 . scripts/lib/cost.sh
@@ -53,6 +59,12 @@ sed "s/:dbname/$db/g" "$sql/database.sql" | psql_su -d "$db" -f -
 # The native context as the bootstrap installs it where the server offers the extension
 # (`make -C extensions/tenancy_context install` for this server).
 psql_su -d "$db" -c "CREATE EXTENSION tenancy_context"
+# The newest version the server offers, as the bootstrap's ALTER EXTENSION … UPDATE would
+# where it is the default (1.3 adds tenancy.audit_append).
+psql_su -d "$db" -c "DO \$\$ BEGIN IF EXISTS (SELECT 1 FROM pg_available_extension_versions
+    WHERE name = 'tenancy_context' AND version = '1.3') THEN ALTER EXTENSION tenancy_context UPDATE TO '1.3'; END IF; END \$\$"
+append=$(psql -X -qAt -h "$work" -p "$port" -U postgres -d "$db" \
+    -c "SELECT to_regprocedure('tenancy.audit_append(uuid,text,text,text,text,text,text,jsonb,jsonb,text,text,inet)') IS NOT NULL")
 psql_su -d "$db" -c "SET ROLE tenancy_owner" -f "$sql/runtime.sql"
 psql_su -d "$db" -c "SELECT tenancy.install_context_key('k1', repeat('ab', 32))"
 # audit.sql with the column fragment in place of its marker line, as tenancy_audit::install
@@ -86,6 +98,16 @@ scenario plain "$write"
 scenario audited "$write
 $event"
 scenario event "$event"
+# The same event through tenancy.audit_append: every argument, NULL for an absent field.
+call="SELECT tenancy.audit_append(:tenant, :kind, :action, :outcome, :subject, NULL, :target, NULL, :after,
+    :request, NULL, NULL);"
+scenarios=(plain audited event)
+if [ "$append" = t ]; then
+    scenario appended "$write
+$call"
+    scenario append "$call"
+    scenarios+=(appended append)
+fi
 
 declare -A cost files
 measure() {
@@ -99,13 +121,18 @@ measure() {
     cost[$1]=$(( (b - a) / 1000 ))
     printf '%-10s %9d instructions per transaction\n' "$1" "${cost[$1]}"
 }
-for s in plain audited event; do measure "$s"; done
+for s in "${scenarios[@]}"; do measure "$s"; done
 echo
 printf 'the audit event adds %d instructions per transaction (audited - plain)\n' $(( cost[audited] - cost[plain] ))
+if [ "$append" = t ]; then
+    printf 'through tenancy.audit_append it adds %d (appended - plain)\n' $(( cost[appended] - cost[plain] ))
+else
+    echo "(the server has no tenancy.audit_append: tenancy_context 1.3 is not installed)"
+fi
 
 if [ "$profile" = 1 ]; then
     # Inclusive instructions per function: (1200-run - 200-run) / 1000, audited minus plain.
-    python3 - "${files[audited/200]}" "${files[audited/1200]}" "${files[plain/200]}" "${files[plain/1200]}" <<'PY'
+    python3 - "${files[$profiled/200]}" "${files[$profiled/1200]}" "${files[plain/200]}" "${files[plain/1200]}" <<'PY'
 import collections, re, subprocess, sys
 line = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(\S.*?)(\s+\[[^\]]*\])?\s*$")
 def inclusive(path):

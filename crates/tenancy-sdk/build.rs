@@ -3,7 +3,8 @@
 //! scripts, so that the two ways of installing the native context cannot drift apart.
 //!
 //! The extension's released scripts (`tenancy_context--1.0.sql`, then
-//! `tenancy_context--1.0--1.1.sql` and `tenancy_context--1.1--1.2.sql`) are taken in order and changed in three ways only:
+//! `tenancy_context--1.0--1.1.sql`, `tenancy_context--1.1--1.2.sql` and
+//! `tenancy_context--1.2--1.3.sql`) are taken in order and changed in three ways only:
 //! the `\echo … \quit` line (psql's guard against running a script outside
 //! `CREATE EXTENSION`) is dropped, `CREATE FUNCTION` becomes `CREATE OR REPLACE FUNCTION`
 //! (the functions may already exist outside an extension), and `'MODULE_PATHNAME'`
@@ -17,10 +18,11 @@ use std::path::PathBuf;
 
 /// The extension's scripts, in the order `CREATE EXTENSION` runs them for the default
 /// version.
-const SCRIPTS: [&str; 3] = [
+const SCRIPTS: [&str; 4] = [
     "tenancy_context--1.0.sql",
     "tenancy_context--1.0--1.1.sql",
     "tenancy_context--1.1--1.2.sql",
+    "tenancy_context--1.2--1.3.sql",
 ];
 
 /// The library's name (the control file's `module_pathname`).

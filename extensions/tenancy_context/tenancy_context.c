@@ -48,7 +48,9 @@
  *
  * Version 1.2 adds one function unrelated to the context: tenancy.audit_event_valid_native,
  * the CHECK of tenancy-audit's table of events (see the comment above
- * tenancy_audit_event_valid).
+ * tenancy_audit_event_valid). Version 1.3 adds tenancy.audit_append, the insertion of one
+ * event into that table for the entered tenant without the executor (see the comment above
+ * tenancy_audit_append).
  *
  * tenancy.enter is SECURITY DEFINER (owned by tenancy_owner) only so that it can read the
  * HMAC pads from tenancy_private.context_keys, which the runtime role cannot read. Keys
@@ -63,9 +65,18 @@
 #include "postgres.h"
 
 #include "access/detoast.h"
+#include "access/genam.h"
+#include "access/heapam.h"
 #include "access/htup_details.h"
+#include "access/relation.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/dependency.h"
+#include "catalog/index.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_type.h"
+#include "commands/sequence.h"
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -74,12 +85,20 @@
 #include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "nodes/primnodes.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
 #include "utils/timeout.h"
 #include "utils/timestamp.h"
 #include "utils/typcache.h"
 #include "utils/uuid.h"
+#include "utils/xid8.h"
 
 /*
  * Version shims: the same source builds against the server headers of PostgreSQL 14
@@ -112,7 +131,7 @@
 #endif
 
 #if PG_VERSION_NUM >= 180000
-PG_MODULE_MAGIC_EXT(.name = "tenancy_context", .version = "1.2");
+PG_MODULE_MAGIC_EXT(.name = "tenancy_context", .version = "1.3");
 #else
 PG_MODULE_MAGIC;
 #endif
@@ -160,6 +179,7 @@ PG_FUNCTION_INFO_V1(tenancy_enter_read_only);
 PG_FUNCTION_INFO_V1(tenancy_current_tenant_id);
 PG_FUNCTION_INFO_V1(tenancy_enter_pooled);
 PG_FUNCTION_INFO_V1(tenancy_audit_event_valid);
+PG_FUNCTION_INFO_V1(tenancy_audit_append);
 
 static void
 subxact_callback(SubXactEvent event, SubTransactionId mySubid,
@@ -1195,11 +1215,43 @@ audit_action_ok(Datum d)
 	return true;
 }
 
-Datum
-tenancy_audit_event_valid(PG_FUNCTION_ARGS)
+/*
+ * The rules, on an event's fields (values[c] and nulls[c] for each AuditColumn c): the
+ * CHECK's (tenancy_audit_event_valid) and tenancy.audit_append's.
+ */
+static bool
+audit_fields_ok(const Datum *values, const bool *nulls)
 {
 	static const char *const actor_kinds[] = {"user", "api_key", "admin", "worker", "system", NULL};
 	static const char *const outcomes[] = {"success", "failure", "denied", NULL};
+	bool		ok = true;
+	int			c;
+
+	if (!nulls[AC_CHAIN_POS] || !nulls[AC_PREV_HASH] || !nulls[AC_HASH])
+	{
+		if (nulls[AC_CHAIN_POS] || nulls[AC_PREV_HASH] || nulls[AC_HASH]
+			|| DatumGetInt64(values[AC_CHAIN_POS]) < 1
+			|| audit_octets(values[AC_PREV_HASH]) != 32
+			|| audit_octets(values[AC_HASH]) != 32)
+			return false;
+	}
+	if (!nulls[AC_ACTOR_KIND] && !audit_text_in(values[AC_ACTOR_KIND], actor_kinds))
+		ok = false;
+	else if (!nulls[AC_OUTCOME] && !audit_text_in(values[AC_OUTCOME], outcomes))
+		ok = false;
+	else if (!nulls[AC_ACTION]
+			 && (audit_octets(values[AC_ACTION]) > 128 || !audit_action_ok(values[AC_ACTION])))
+		ok = false;
+	else
+		for (c = AC_ACTOR_SUBJECT; c <= AC_TRACE_ID; c++)
+			if (!nulls[c] && audit_octets(values[c]) > (c <= AC_TARGET ? 1024 : 256))
+				ok = false;
+	return ok;
+}
+
+Datum
+tenancy_audit_event_valid(PG_FUNCTION_ARGS)
+{
 	HeapTupleHeader row;
 	HeapTupleData tuple;
 	TypeCacheEntry *type;
@@ -1209,7 +1261,6 @@ tenancy_audit_event_valid(PG_FUNCTION_ARGS)
 	Datum		values[AUDIT_COLUMNS];
 	bool		nulls[AUDIT_COLUMNS];
 	int			c;
-	bool		ok = true;
 
 	/* A NULL row: every field is NULL, and no rule refuses a NULL field. */
 	if (PG_ARGISNULL(0))
@@ -1242,24 +1293,432 @@ tenancy_audit_event_valid(PG_FUNCTION_ARGS)
 		nulls[c] = row_nulls[audit_attnums[c] - 1];
 	}
 
-	if (!nulls[AC_CHAIN_POS] || !nulls[AC_PREV_HASH] || !nulls[AC_HASH])
+	PG_RETURN_BOOL(audit_fields_ok(values, nulls));
+}
+
+/*
+ * tenancy.audit_append(tenant_id uuid, actor_kind text, action text, outcome text,
+ *     actor_subject text, actor_key_id text, target text, before jsonb, after jsonb,
+ *     request_id text, trace_id text, client_addr inet) RETURNS void (extension version
+ * 1.3): what `INSERT INTO tenancy.audit_events (<those columns>) VALUES (…)` does for the
+ * runtime role, without the planner and the executor. An INSERT sets up a plan, its row
+ * security, its permission checks and its CHECK expression in every execution, most of
+ * what an audit event cost the server; here it costs the work of the row itself.
+ *
+ * The same outcome as that INSERT, checked in the same order, with the same errors:
+ *   - INSERT privilege on each column given a value (not SECURITY DEFINER: the caller's
+ *     grants; tenancy_app has INSERT on exactly these columns);
+ *   - a writable transaction;
+ *   - row security: the tenant is the one this backend's context entered in this
+ *     transaction (the tenant isolation policy's check, `tenant_id =
+ *     tenancy.current_tenant_id()`); no context refuses every tenant. Stricter than the
+ *     INSERT for the owner role, whose own policy lets it insert any tenant's events: it
+ *     uses the INSERT;
+ *   - the column defaults the table has: seq from its identity sequence, xid the
+ *     transaction's id (pg_current_xact_id()), occurred_at the time now
+ *     (clock_timestamp()); the chain fields and sealed_at stay NULL;
+ *   - NOT NULL, then the table's CHECK (tenancy.audit_event_valid_native or the PL/pgSQL
+ *     tenancy.audit_event_valid: the same rules, audit_fields_ok);
+ *   - heap_insert (WAL, logical decoding, TOAST, serializable conflict checks, statistics
+ *     as for any insert), then the row in each index whose predicate it matches.
+ *
+ * The table must have the shape tenancy-audit installs, else the call is an error (never
+ * an insertion that skips something): the columns of an event and no other, no generated
+ * column, defaults only on tenant_id, xid and occurred_at, seq an identity always
+ * generated, exactly one CHECK constraint, audit_events_valid, calling one of the two
+ * functions on the whole row, no trigger that fires on INSERT (the append-only triggers
+ * fire on UPDATE, DELETE and TRUNCATE; a foreign key's would fire on INSERT), and only
+ * B-tree indexes on plain columns, without a predicate or with `chain_pos IS NULL` or
+ * `chain_pos IS NOT NULL` (an appended event has no chain position), none deferrable nor
+ * an exclusion constraint. The shape is read once per backend and read again after any
+ * change of the table (a relcache invalidation).
+ */
+typedef enum AppendColumn
+{
+	/* The arguments, in order. */
+	AP_TENANT_ID,
+	AP_ACTOR_KIND,
+	AP_ACTION,
+	AP_OUTCOME,
+	AP_ACTOR_SUBJECT,
+	AP_ACTOR_KEY_ID,
+	AP_TARGET,
+	AP_BEFORE,
+	AP_AFTER,
+	AP_REQUEST_ID,
+	AP_TRACE_ID,
+	AP_CLIENT_ADDR,
+	/* Set here. */
+	AP_SEQ,
+	AP_XID,
+	AP_OCCURRED_AT,
+	/* NULL on an appended event. */
+	AP_CHAIN_POS,
+	AP_PREV_HASH,
+	AP_HASH,
+	AP_SEALED_AT,
+	AP_COLUMNS
+} AppendColumn;
+
+#define AP_ARGS (AP_CLIENT_ADDR + 1)
+#define AP_MAX_INDEXES 8
+
+static const struct
+{
+	const char *name;
+	Oid			type;
+	bool		may_default;
+	AuditColumn check;			/* its place in the CHECK's fields, or -1 */
+}			append_columns[AP_COLUMNS] = {
+	{"tenant_id", UUIDOID, true, -1},
+	{"actor_kind", TEXTOID, false, AC_ACTOR_KIND},
+	{"action", TEXTOID, false, AC_ACTION},
+	{"outcome", TEXTOID, false, AC_OUTCOME},
+	{"actor_subject", TEXTOID, false, AC_ACTOR_SUBJECT},
+	{"actor_key_id", TEXTOID, false, AC_ACTOR_KEY_ID},
+	{"target", TEXTOID, false, AC_TARGET},
+	{"before", JSONBOID, false, -1},
+	{"after", JSONBOID, false, -1},
+	{"request_id", TEXTOID, false, AC_REQUEST_ID},
+	{"trace_id", TEXTOID, false, AC_TRACE_ID},
+	{"client_addr", INETOID, false, -1},
+	{"seq", INT8OID, false, -1},
+	{"xid", XID8OID, true, -1},
+	{"occurred_at", TIMESTAMPTZOID, true, -1},
+	{"chain_pos", INT8OID, false, AC_CHAIN_POS},
+	{"prev_hash", BYTEAOID, false, AC_PREV_HASH},
+	{"hash", BYTEAOID, false, AC_HASH},
+	{"sealed_at", TIMESTAMPTZOID, false, -1},
+};
+
+/* The table's shape, as audit_append_shape read it; `valid` until the table changes. */
+static struct
+{
+	bool		valid;
+	Oid			relid;
+	Oid			seqid;
+	AttrNumber	attnums[AP_COLUMNS];
+	int			nindexes;
+	Oid			indexes[AP_MAX_INDEXES];
+	bool		unique[AP_MAX_INDEXES];
+	IndexInfo  *infos[AP_MAX_INDEXES];	/* in append_memory */
+	/* The arguments (bit c for AppendColumn c) `user` was found to have INSERT on. */
+	Oid			user;
+	uint32		granted;
+}			append_shape;
+static MemoryContext append_memory = NULL;
+static bool append_callbacks_registered = false;
+
+/*
+ * Any change of the table, one of its indexes, its grants (GRANT and REVOKE on the table or
+ * a column change its pg_class or pg_attribute rows, which invalidate its relcache entry)
+ * forgets the shape and the privileges found; a change of roles or role memberships
+ * forgets the privileges. The invalidations arrive when a transaction starts and when a
+ * lock is taken, as for the relcache itself, so a REVOKE applies from the next transaction
+ * (or the next statement that locks the table first).
+ */
+static void
+append_relcache_callback(Datum arg, Oid relid)
+{
+	int			i;
+
+	if (relid == InvalidOid || relid == append_shape.relid)
+		append_shape.valid = false;
+	for (i = 0; i < append_shape.nindexes; i++)
+		if (relid == append_shape.indexes[i])
+			append_shape.valid = false;
+	if (!append_shape.valid)
+		append_shape.granted = 0;
+}
+
+static void
+append_role_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	append_shape.granted = 0;
+}
+
+TENANCY_NORETURN_BEFORE static void append_refuse(Relation rel, const char *problem) TENANCY_NORETURN_AFTER;
+
+static void
+append_refuse(Relation rel, const char *problem)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("tenancy: audit_append cannot insert into %s: %s",
+					RelationGetRelationName(rel), problem),
+			 errhint("Use INSERT INTO tenancy.audit_events.")));
+}
+
+/* Whether `node` is `chain_pos IS NULL` (1), `chain_pos IS NOT NULL` (0), else -1. */
+static int
+append_chain_pos_test(Node *node, AttrNumber chain_pos)
+{
+	NullTest   *t;
+
+	if (!IsA(node, NullTest))
+		return -1;
+	t = (NullTest *) node;
+	if (t->argisrow || !IsA(t->arg, Var) || ((Var *) t->arg)->varattno != chain_pos)
+		return -1;
+	return t->nulltesttype == IS_NULL ? 1 : 0;
+}
+
+/* Reads the shape of `rel` (locked) into append_shape, or refuses the table. */
+static void
+audit_append_shape(Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	TupleConstr *constr = desc->constr;
+	TriggerDesc *trig = rel->trigdesc;
+	List	   *indexes;
+	ListCell   *lc;
+	Node	   *check;
+	int			a,
+				c;
+
+	append_shape.valid = false;
+	append_shape.granted = 0;
+	append_shape.relid = RelationGetRelid(rel);
+	append_shape.nindexes = 0;
+	if (append_memory == NULL)
+		append_memory = AllocSetContextCreate(CacheMemoryContext, "tenancy audit_append",
+											  ALLOCSET_SMALL_SIZES);
+	MemoryContextReset(append_memory);
+	if (rel->rd_rel->relkind != RELKIND_RELATION)
+		append_refuse(rel, "not a table");
+	for (c = 0; c < AP_COLUMNS; c++)
+		append_shape.attnums[c] = InvalidAttrNumber;
+	for (a = 1; a <= desc->natts; a++)
 	{
-		if (nulls[AC_CHAIN_POS] || nulls[AC_PREV_HASH] || nulls[AC_HASH]
-			|| DatumGetInt64(values[AC_CHAIN_POS]) < 1
-			|| audit_octets(values[AC_PREV_HASH]) != 32
-			|| audit_octets(values[AC_HASH]) != 32)
-			PG_RETURN_BOOL(false);
+		Form_pg_attribute att = TupleDescAttr(desc, a - 1);
+
+		if (att->attisdropped)
+			continue;
+		for (c = 0; c < AP_COLUMNS; c++)
+			if (strcmp(NameStr(att->attname), append_columns[c].name) == 0)
+				break;
+		if (c == AP_COLUMNS || att->atttypid != append_columns[c].type)
+			append_refuse(rel, "a column that is not an event's, or of another type");
+		if (att->attgenerated != '\0')
+			append_refuse(rel, "a generated column");
+		if (att->atthasdef && !append_columns[c].may_default)
+			append_refuse(rel, "a default where the event's table has none");
+		append_shape.attnums[c] = a;
 	}
-	if (!nulls[AC_ACTOR_KIND] && !audit_text_in(values[AC_ACTOR_KIND], actor_kinds))
-		ok = false;
-	else if (!nulls[AC_OUTCOME] && !audit_text_in(values[AC_OUTCOME], outcomes))
-		ok = false;
-	else if (!nulls[AC_ACTION]
-			 && (audit_octets(values[AC_ACTION]) > 128 || !audit_action_ok(values[AC_ACTION])))
-		ok = false;
-	else
-		for (c = AC_ACTOR_SUBJECT; c <= AC_TRACE_ID; c++)
-			if (!nulls[c] && audit_octets(values[c]) > (c <= AC_TARGET ? 1024 : 256))
-				ok = false;
-	PG_RETURN_BOOL(ok);
+	for (c = 0; c < AP_COLUMNS; c++)
+		if (append_shape.attnums[c] == InvalidAttrNumber)
+			append_refuse(rel, "a column of an event is missing");
+	if (TupleDescAttr(desc, append_shape.attnums[AP_SEQ] - 1)->attidentity != ATTRIBUTE_IDENTITY_ALWAYS)
+		append_refuse(rel, "seq is not GENERATED ALWAYS AS IDENTITY");
+#if PG_VERSION_NUM >= 170000
+	append_shape.seqid = getIdentitySequence(rel, append_shape.attnums[AP_SEQ], false);
+#else
+	append_shape.seqid = getIdentitySequence(RelationGetRelid(rel), append_shape.attnums[AP_SEQ], false);
+#endif
+
+	/* One CHECK: audit_events_valid, tenancy.audit_event_valid[_native](<the row>). */
+	if (constr == NULL || constr->num_check != 1
+		|| strcmp(constr->check[0].ccname, "audit_events_valid") != 0)
+		append_refuse(rel, "its CHECK constraints are not exactly audit_events_valid");
+	check = stringToNode(constr->check[0].ccbin);
+	{
+		FuncExpr   *f = (FuncExpr *) check;
+		char	   *fname;
+		Node	   *arg;
+
+		if (!IsA(check, FuncExpr) || list_length(f->args) != 1)
+			append_refuse(rel, "audit_events_valid is not a call of tenancy.audit_event_valid");
+		arg = (Node *) linitial(f->args);
+		fname = get_func_name(f->funcid);
+		if (!IsA(arg, Var) || ((Var *) arg)->varattno != 0 || fname == NULL
+			|| (strcmp(fname, "audit_event_valid_native") != 0 && strcmp(fname, "audit_event_valid") != 0)
+			|| get_func_namespace(f->funcid) != RelationGetNamespace(rel))
+			append_refuse(rel, "audit_events_valid is not a call of tenancy.audit_event_valid on the row");
+	}
+
+	if (trig != NULL
+		&& (trig->trig_insert_before_row || trig->trig_insert_after_row
+			|| trig->trig_insert_instead_row || trig->trig_insert_before_statement
+			|| trig->trig_insert_after_statement || trig->trig_insert_new_table))
+		append_refuse(rel, "a trigger fires on INSERT");
+
+	indexes = RelationGetIndexList(rel);
+	foreach(lc, indexes)
+	{
+		Oid			indexoid = lfirst_oid(lc);
+		Relation	index = index_open(indexoid, AccessShareLock);
+		Form_pg_index form = index->rd_index;
+		List	   *pred;
+		bool		included = true;
+		ListCell   *p;
+
+		if (index->rd_rel->relam != BTREE_AM_OID || RelationGetIndexExpressions(index) != NIL
+			|| form->indisexclusion || (form->indisunique && !form->indimmediate))
+			append_refuse(rel, "an index other than a B-tree on plain columns checked at once");
+		pred = RelationGetIndexPredicate(index);
+		foreach(p, pred)
+		{
+			int			t = append_chain_pos_test((Node *) lfirst(p), append_shape.attnums[AP_CHAIN_POS]);
+
+			if (t < 0)
+				append_refuse(rel, "an index predicate other than chain_pos IS [NOT] NULL");
+			if (t == 0)
+				included = false;
+		}
+		if (form->indisready && included)
+		{
+			if (append_shape.nindexes == AP_MAX_INDEXES)
+				append_refuse(rel, "too many indexes");
+			append_shape.indexes[append_shape.nindexes] = indexoid;
+			append_shape.unique[append_shape.nindexes] = form->indisunique;
+			{
+				MemoryContext old = MemoryContextSwitchTo(append_memory);
+
+				append_shape.infos[append_shape.nindexes] = BuildIndexInfo(index);
+				MemoryContextSwitchTo(old);
+			}
+			append_shape.nindexes++;
+		}
+		index_close(index, AccessShareLock);
+	}
+	list_free(indexes);
+	append_shape.valid = true;
+}
+
+Datum
+tenancy_audit_append(PG_FUNCTION_ARGS)
+{
+	Oid			relid;
+	Relation	rel;
+	TupleDesc	desc;
+	Datum	   *values;
+	bool	   *nulls;
+	Datum		fields[AUDIT_COLUMNS];
+	bool		field_nulls[AUDIT_COLUMNS];
+	HeapTuple	tuple;
+	Oid			user = GetUserId();
+	int			c,
+				i;
+
+	if (!append_callbacks_registered)
+	{
+		CacheRegisterRelcacheCallback(append_relcache_callback, (Datum) 0);
+		CacheRegisterSyscacheCallback(AUTHOID, append_role_callback, (Datum) 0);
+		CacheRegisterSyscacheCallback(AUTHMEMROLEMEM, append_role_callback, (Datum) 0);
+		append_callbacks_registered = true;
+	}
+
+	/* The table: tenancy.audit_events, its shape read once per change. */
+	relid = append_shape.valid ? append_shape.relid : InvalidOid;
+	rel = OidIsValid(relid) ? try_relation_open(relid, RowExclusiveLock) : NULL;
+	if (rel == NULL || !append_shape.valid || RelationGetRelid(rel) != append_shape.relid)
+	{
+		if (rel != NULL)
+			relation_close(rel, RowExclusiveLock);
+		relid = get_relname_relid("audit_events", get_namespace_oid("tenancy", false));
+		if (!OidIsValid(relid))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_TABLE),
+					 errmsg("relation \"tenancy.audit_events\" does not exist")));
+		rel = relation_open(relid, RowExclusiveLock);
+		audit_append_shape(rel);
+	}
+	desc = RelationGetDescr(rel);
+
+	/*
+	 * INSERT privilege on the columns given a value, checked once per user and column until
+	 * the table's grants or the roles change (append_relcache_callback).
+	 */
+	if (append_shape.user != user)
+	{
+		append_shape.user = user;
+		append_shape.granted = 0;
+	}
+	for (c = 0; c < AP_ARGS; c++)
+		if (!PG_ARGISNULL(c) && (append_shape.granted & (1U << c)) == 0)
+		{
+			if (pg_class_aclcheck(relid, user, ACL_INSERT) == ACLCHECK_OK)
+			{
+				append_shape.granted = (1U << AP_ARGS) - 1;
+				break;
+			}
+			if (pg_attribute_aclcheck(relid, append_shape.attnums[c], user, ACL_INSERT) != ACLCHECK_OK)
+				aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_TABLE, RelationGetRelationName(rel));
+			append_shape.granted |= 1U << c;
+		}
+	PreventCommandIfReadOnly("tenancy.audit_append()");
+	PreventCommandIfParallelMode("tenancy.audit_append()");
+
+	/* Row security: the entered tenant's events only. */
+	if (PG_ARGISNULL(AP_TENANT_ID) || !context_active()
+		|| memcmp(PG_GETARG_UUID_P(AP_TENANT_ID), &ctx_tenant, sizeof(pg_uuid_t)) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("new row violates row-level security policy for table \"%s\"",
+						RelationGetRelationName(rel))));
+
+	values = (Datum *) palloc0(desc->natts * sizeof(Datum));
+	nulls = (bool *) palloc(desc->natts * sizeof(bool));
+	memset(nulls, true, desc->natts * sizeof(bool));
+	for (c = 0; c < AP_ARGS; c++)
+		if (!PG_ARGISNULL(c))
+		{
+			values[append_shape.attnums[c] - 1] = PG_GETARG_DATUM(c);
+			nulls[append_shape.attnums[c] - 1] = false;
+		}
+	values[append_shape.attnums[AP_SEQ] - 1] = Int64GetDatum(nextval_internal(append_shape.seqid, false));
+	nulls[append_shape.attnums[AP_SEQ] - 1] = false;
+	values[append_shape.attnums[AP_XID] - 1] = FullTransactionIdGetDatum(GetTopFullTransactionId());
+	nulls[append_shape.attnums[AP_XID] - 1] = false;
+	values[append_shape.attnums[AP_OCCURRED_AT] - 1] = TimestampTzGetDatum(GetCurrentTimestamp());
+	nulls[append_shape.attnums[AP_OCCURRED_AT] - 1] = false;
+
+	/* NOT NULL, then the CHECK. */
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attnotnull && nulls[i] && !att->attisdropped)
+			ereport(ERROR,
+					(errcode(ERRCODE_NOT_NULL_VIOLATION),
+					 errmsg("null value in column \"%s\" of relation \"%s\" violates not-null constraint",
+							NameStr(att->attname), RelationGetRelationName(rel)),
+					 errtablecol(rel, i + 1)));
+	}
+	for (c = 0; c < AP_COLUMNS; c++)
+		if ((int) append_columns[c].check >= 0)
+		{
+			fields[append_columns[c].check] = values[append_shape.attnums[c] - 1];
+			field_nulls[append_columns[c].check] = nulls[append_shape.attnums[c] - 1];
+		}
+	if (!audit_fields_ok(fields, field_nulls))
+		ereport(ERROR,
+				(errcode(ERRCODE_CHECK_VIOLATION),
+				 errmsg("new row for relation \"%s\" violates check constraint \"%s\"",
+						RelationGetRelationName(rel), "audit_events_valid"),
+				 errtableconstraint(rel, "audit_events_valid")));
+
+	tuple = heap_form_tuple(desc, values, nulls);
+	simple_heap_insert(rel, tuple);
+	for (i = 0; i < append_shape.nindexes; i++)
+	{
+		Relation	index = index_open(append_shape.indexes[i], RowExclusiveLock);
+		IndexInfo  *info = append_shape.infos[i];
+		Datum		keys[INDEX_MAX_KEYS];
+		bool		key_nulls[INDEX_MAX_KEYS];
+		int			k;
+
+		for (k = 0; k < info->ii_NumIndexAttrs; k++)
+		{
+			AttrNumber	a = info->ii_IndexAttrNumbers[k];
+
+			keys[k] = values[a - 1];
+			key_nulls[k] = nulls[a - 1];
+		}
+		index_insert(index, keys, key_nulls, &tuple->t_self, rel,
+					 append_shape.unique[i] ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO, false, info);
+		index_close(index, NoLock);
+	}
+	relation_close(rel, NoLock);
+	PG_RETURN_VOID();
 }

@@ -10,6 +10,15 @@
 --   and truncation; the owner could drop it (it owns the table), which the hash chain and
 --   the signed checkpoints make detectable.
 --
+-- Where the database has the tenancy_context extension from version 1.3, the runtime role
+-- records an event with tenancy.audit_append (tenancy_audit::record does), which inserts
+-- the row this INSERT would insert, with the same checks (its column privileges, the
+-- isolation policy's tenant, NOT NULL, the rules of the CHECK below) and the same errors,
+-- without the planner and the executor. It inserts only into a table of the shape this
+-- file makes and refuses any other: a trigger on INSERT, another CHECK, a column or an
+-- index it does not know (so a change here that it should follow makes it refuse, never
+-- skip something); the INSERT stays valid for every role.
+--
 -- Inserting takes no lock shared by a tenant's transactions (the sequence is not
 -- transactional, `pg_current_xact_id()` reads the transaction's own id), so concurrent
 -- audited transactions of one tenant do not wait for each other; the chain is made later,

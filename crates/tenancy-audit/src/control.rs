@@ -20,7 +20,7 @@ pub async fn record_control(
     let insert = Insert::new(Log::Control, tenant.unwrap_or(PLATFORM), event)?;
     let (params, n) = insert.params();
     catalog
-        .execute(&insert.sql, &params[..n])
+        .execute(&insert.sql(), &params[..n])
         .await
         .map_err(db("recording a control-plane audit event"))?;
     Ok(())

@@ -338,8 +338,8 @@ const INSERT_COLUMNS: usize = 12;
 /// A parameter of an event's INSERT.
 type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
 
-/// An event checked and ready to go into `log`'s table for one tenant: the INSERT and
-/// the values its parameters borrow.
+/// An event checked and ready to go into `log`'s table for one tenant: its INSERT (or
+/// its tenancy.audit_append call) and the values their parameters borrow.
 ///
 /// The INSERT names only the columns the event has a value for: an absent optional field
 /// is the column's NULL without being bound, so the server checks, binds and projects
@@ -347,9 +347,8 @@ type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
 /// runtime role). An application records events of a few shapes, so it prepares a few
 /// statements per connection.
 pub(crate) struct Insert<'a> {
-    /// The INSERT; its parameters are [`Insert::params`].
-    pub(crate) sql: String,
     event: &'a Event,
+    log: Log,
     tenant: uuid::Uuid,
     /// The stored names of the actor kind and the outcome.
     names: (&'static str, &'static str),
@@ -364,18 +363,22 @@ impl<'a> Insert<'a> {
     /// into `log`'s chain of `tenant`.
     pub(crate) fn new(log: Log, tenant: uuid::Uuid, event: &'a Event) -> Result<Self, Error> {
         event.check()?;
-        let mut insert = Insert {
-            sql: String::new(),
+        Ok(Insert {
             event,
+            log,
             tenant,
             names: (event.actor.kind.as_str(), event.outcome.as_str()),
-        };
+        })
+    }
+
+    /// The INSERT; its parameters are [`Insert::params`].
+    pub(crate) fn sql(&self) -> String {
         let mut sql = String::with_capacity(256);
         sql.push_str("INSERT INTO ");
-        sql.push_str(log.table());
+        sql.push_str(self.log.table());
         sql.push_str(" (");
         let mut n = 0;
-        for (name, _) in insert.columns().iter().filter(|(_, v)| v.is_some()) {
+        for (name, _) in self.columns().iter().filter(|(_, v)| v.is_some()) {
             if n > 0 {
                 sql.push_str(", ");
             }
@@ -391,8 +394,7 @@ impl<'a> Insert<'a> {
             let _ = write!(sql, "${i}");
         }
         sql.push(')');
-        insert.sql = sql;
-        Ok(insert)
+        sql
     }
 
     /// Every column an event has, with its value when it has one.
@@ -426,18 +428,71 @@ impl<'a> Insert<'a> {
     }
 }
 
+/// The call that appends an event to the tenant log where the database has
+/// `tenancy.audit_append` (the tenancy_context extension from version 1.3): the same
+/// insertion, checks and errors as [`Insert`]'s INSERT for the runtime role, without the
+/// server's planner and executor (a fraction of the server's cost). Every field is bound,
+/// NULL where the event has none, so an application prepares this one statement.
+pub(crate) const APPEND_SQL: &str =
+    "SELECT tenancy.audit_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+
+/// NULL parameters of [`APPEND_SQL`], by type.
+static NO_TEXT: Option<&str> = None;
+static NO_JSON: Option<&serde_json::Value> = None;
+static NO_ADDR: Option<&IpAddr> = None;
+
+fn or_null<'b, T: tokio_postgres::types::ToSql + Sync>(
+    v: &'b Option<T>,
+    null: Param<'static>,
+) -> Param<'b> {
+    match v {
+        Some(v) => v,
+        None => null,
+    }
+}
+
+impl Insert<'_> {
+    /// The parameters of [`APPEND_SQL`], in its order (that of [`Insert::columns`]).
+    fn append_params(&self) -> [Param<'_>; INSERT_COLUMNS] {
+        let e = self.event;
+        [
+            &self.tenant,
+            &self.names.0,
+            &e.action,
+            &self.names.1,
+            or_null(&e.actor.subject, &NO_TEXT),
+            or_null(&e.actor.key_id, &NO_TEXT),
+            or_null(&e.target, &NO_TEXT),
+            or_null(&e.before, &NO_JSON),
+            or_null(&e.after, &NO_JSON),
+            or_null(&e.request_id, &NO_TEXT),
+            or_null(&e.trace_id, &NO_TEXT),
+            or_null(&e.client_addr, &NO_ADDR),
+        ]
+    }
+}
+
 /// Records `event` in `tx`, the transaction of the change it describes: it commits or
 /// rolls back with it. The row-level security policy refuses an event for any tenant but
 /// the transaction's. No lock beyond the inserted row is taken.
+///
+/// Where the database has `tenancy.audit_append` ([`TenantTx::has_audit_append`]) the
+/// event goes through it (one statement of every event, with the INSERT's checks and
+/// errors, at a fraction of its server cost), else through an INSERT naming the fields
+/// the event has.
 pub async fn record(tx: &mut TenantTx, event: &Event) -> Result<(), Error> {
     let insert = Insert::new(Log::Tenant, tx.tenant().as_uuid(), event)?;
+    if tx.has_audit_append() {
+        tx.execute(APPEND_SQL, &insert.append_params()).await?;
+        return Ok(());
+    }
     let (params, n) = insert.params();
-    tx.execute(&insert.sql, &params[..n]).await?;
+    tx.execute(&insert.sql(), &params[..n]).await?;
     Ok(())
 }
 
 /// Records `event` as the last statement of `tx` and commits, in one round trip: the
-/// event's INSERT and the COMMIT are sent together
+/// event's statement and the COMMIT are sent together
 /// ([`TenantTx::execute_and_commit`]). The same outcome as [`record`] then
 /// `commit`: the event and the change both commit, or, if the event is refused or the
 /// commit fails, neither does and the error is returned.
@@ -447,8 +502,13 @@ pub async fn record(tx: &mut TenantTx, event: &Event) -> Result<(), Error> {
 /// of round trips as the write alone.
 pub async fn record_and_commit(tx: TenantTx, event: &Event) -> Result<(), Error> {
     let insert = Insert::new(Log::Tenant, tx.tenant().as_uuid(), event)?;
+    if tx.has_audit_append() {
+        tx.execute_and_commit(APPEND_SQL, &insert.append_params())
+            .await?;
+        return Ok(());
+    }
     let (params, n) = insert.params();
-    tx.execute_and_commit(&insert.sql, &params[..n]).await?;
+    tx.execute_and_commit(&insert.sql(), &params[..n]).await?;
     Ok(())
 }
 
@@ -469,7 +529,7 @@ mod tests {
         );
         let i = Insert::new(Log::Tenant, tenant, &bare).expect("insert");
         assert_eq!(
-            i.sql,
+            i.sql(),
             "INSERT INTO tenancy.audit_events (tenant_id, actor_kind, action, outcome) \
              VALUES ($1, $2, $3, $4)"
         );
@@ -479,11 +539,23 @@ mod tests {
             .client_addr(IpAddr::from([192, 0, 2, 1]));
         let i = Insert::new(Log::Control, tenant, &some).expect("insert");
         assert_eq!(
-            i.sql,
+            i.sql(),
             "INSERT INTO tenancy_catalog.audit_log (tenant_id, actor_kind, action, outcome, \
              actor_subject, after, client_addr) VALUES ($1, $2, $3, $4, $5, $6, $7)"
         );
         assert_eq!(i.params().1, 7);
+        // The call binds every column, in the INSERT's order, NULL where the event has none.
+        assert_eq!(APPEND_SQL.matches('$').count(), INSERT_COLUMNS);
+        let all = i.append_params();
+        let named = i.params();
+        let text = |p: Param<'_>| format!("{p:?}");
+        assert_eq!(text(all[0]), text(named.0[0]));
+        assert_eq!(text(all[4]), text(named.0[4]), "actor_subject");
+        assert_eq!(text(all[8]), text(named.0[5]), "after");
+        assert_eq!(text(all[11]), text(named.0[6]), "client_addr");
+        for absent in [5, 6, 7, 9, 10] {
+            assert_eq!(text(all[absent]), "None", "column {absent}");
+        }
         // A refused event makes no INSERT.
         assert!(Insert::new(Log::Tenant, tenant, &Event::new(bare.actor.clone(), "9")).is_err());
     }

@@ -27,8 +27,8 @@ pub const NATIVE_LIBRARY_NAME: &str = "tenancy_context";
 pub const EXTENSION_CONTROL: &str =
     include_str!("../../../extensions/tenancy_context/tenancy_context.control");
 
-/// The extension's versioned SQL scripts: (file name, contents). Version 1.2 is 1.0 and
-/// the update scripts to 1.1 and 1.2, which are also what `ALTER EXTENSION
+/// The extension's versioned SQL scripts: (file name, contents). Version 1.3 is 1.0 and
+/// the update scripts to 1.1, 1.2 and 1.3, which are also what `ALTER EXTENSION
 /// tenancy_context UPDATE` runs on a database created at an earlier version.
 pub const EXTENSION_SCRIPTS: &[(&str, &str)] = &[
     (
@@ -43,10 +43,14 @@ pub const EXTENSION_SCRIPTS: &[(&str, &str)] = &[
         "tenancy_context--1.1--1.2.sql",
         include_str!("../../../extensions/tenancy_context/tenancy_context--1.1--1.2.sql"),
     ),
+    (
+        "tenancy_context--1.2--1.3.sql",
+        include_str!("../../../extensions/tenancy_context/tenancy_context--1.2--1.3.sql"),
+    ),
 ];
 
 /// The extension version this build creates (`default_version` in the control file).
-pub const EXTENSION_VERSION: &str = "1.2";
+pub const EXTENSION_VERSION: &str = "1.3";
 
 /// The first major version with `extension_control_path`.
 const CONTROL_PATH_MAJOR: u32 = 18;

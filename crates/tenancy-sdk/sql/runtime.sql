@@ -158,6 +158,12 @@ BEGIN
     -- it would enter the C context, which the PL/pgSQL functions do not read.
     DROP FUNCTION IF EXISTS tenancy.enter_pooled(pg_catalog.text, pg_catalog.bool, pg_catalog.int4,
         pg_catalog.int4, pg_catalog.int4, pg_catalog.int4, pg_catalog.text);
+    -- Nor has the C insertion of an audit event: it checks the event's tenant against the
+    -- C context, which no PL/pgSQL opening enters (it would refuse every event); without
+    -- it tenancy-audit records events with an INSERT, checked by the policy.
+    DROP FUNCTION IF EXISTS tenancy.audit_append(pg_catalog.uuid, pg_catalog.text, pg_catalog.text,
+        pg_catalog.text, pg_catalog.text, pg_catalog.text, pg_catalog.text, pg_catalog.jsonb, pg_catalog.jsonb,
+        pg_catalog.text, pg_catalog.text, pg_catalog.inet);
     -- The three functions below run on every transaction (enter) or every statement
     -- (enter_read_only on implicit read-only transactions, current_tenant_id). What they
     -- cost is mostly per function call: each call or operator in an expression is looked

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod append;
 mod chain;
 mod purge;
 mod record;

@@ -153,6 +153,7 @@ async fn create_extension_needs_the_bootstrap_then_enters_signed_tokens_only() {
     assert_eq!(
         names,
         [
+            "audit_append",
             "audit_event_valid_native",
             "current_tenant_id",
             "enter",
@@ -166,14 +167,14 @@ async fn create_extension_needs_the_bootstrap_then_enters_signed_tokens_only() {
         assert_eq!(r.get::<_, String>(2), "tenancy_owner", "{name}");
         assert!(r.get::<_, bool>(3), "tenancy_app must execute {name}");
         assert!(r.get::<_, bool>(4), "PUBLIC must not execute {name}");
-        // The context functions are marked for `tenancy check`; the audit event check
-        // (not a context function) is not.
+        // The context functions are marked for `tenancy check`; the audit event check and
+        // insertion (not context functions) are not.
         let comment: Option<String> = r.get(5);
         assert_eq!(
             comment
                 .as_deref()
                 .is_some_and(|c| c.starts_with("tenancy:context-")),
-            name != "audit_event_valid_native",
+            !name.starts_with("audit_"),
             "{name}: {comment:?}"
         );
         assert_eq!(r.get::<_, String>(6), tenancy_pg::EXTENSION_VERSION);

@@ -27,7 +27,8 @@ use crate::wire::{self, Splice};
 /// column but one is the size of the native context's replay registry, NULL where the
 /// server has none (the library is not in `shared_preload_libraries`); the last, whether
 /// the database has `tenancy.enter_pooled` (the extension's version 1.1), the one-call
-/// opening behind a transaction-mode pooler.
+/// opening behind a transaction-mode pooler; then whether it has `tenancy.audit_append`
+/// (version 1.3), the insertion of an audit event without the executor.
 const CONNECTION_CHECK: &str = "SELECT pg_catalog.pg_backend_pid(), (SELECT count(*) = 2 FROM pg_catalog.pg_proc p \
        JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
       WHERE l.lanname = 'c' AND p.oid IN (pg_catalog.to_regprocedure('tenancy.enter(text)'), \
@@ -36,7 +37,8 @@ const CONNECTION_CHECK: &str = "SELECT pg_catalog.pg_backend_pid(), (SELECT coun
             pg_catalog.to_regprocedure('tenancy.enter_read_only(text)') IS NOT NULL, \
             pg_catalog.to_regprocedure('tenancy.init_session(text)') IS NOT NULL, \
             pg_catalog.current_setting('tenancy_context.replay_slots', true), \
-            pg_catalog.to_regprocedure('tenancy.enter_pooled(text, bool, int4, int4, int4, int4, text)') IS NOT NULL";
+            pg_catalog.to_regprocedure('tenancy.enter_pooled(text, bool, int4, int4, int4, int4, text)') IS NOT NULL, \
+            pg_catalog.to_regprocedure('tenancy.audit_append(uuid, text, text, text, text, text, text, jsonb, jsonb, text, text, inet)') IS NOT NULL";
 
 /// Creates and checks connections for the pool.
 #[derive(Debug)]
@@ -146,6 +148,7 @@ impl Manager {
         let (native, reset_fn, read_only_fn, session_fn) = (flag(1), flag(2), flag(3), flag(4));
         let replay = native && row.get(5).is_some();
         let one_call = replay && flag(6);
+        let audit_append = flag(7);
         self.report_context_impl(native, replay);
         // Through a pooler (PgBouncer and the like) the BackendKeyData is the pooler's,
         // not the backend's.
@@ -168,6 +171,7 @@ impl Manager {
                 conn.pooled = Some(Arc::clone(pooled));
                 conn.replay = replay;
                 conn.one_call = one_call;
+                conn.audit_append = audit_append;
                 return Ok(conn);
             }
             _ => {}
@@ -191,7 +195,9 @@ impl Manager {
         };
         let implicit = read_only_fn;
         wire::prepare(&client, &splice, implicit, reset, session).await?;
-        Ok(self.conn(client, pid, Some(splice), kill))
+        let mut conn = self.conn(client, pid, Some(splice), kill);
+        conn.audit_append = audit_append;
+        Ok(conn)
     }
 
     /// Logs, at the pool's first tenant connection, which implementation of the signed
@@ -267,6 +273,7 @@ impl Manager {
             stmts: crate::FastMap::default(),
             pooled: None,
             replay: false,
+            audit_append: false,
             one_call: false,
             types: HashMap::new(),
             last_issued: i64::MIN,

@@ -64,6 +64,9 @@ pub(crate) struct Conn {
     /// With a replay registry: the database has `tenancy.enter_pooled`, so the opening is
     /// one call (enter, reset, limits) without a statement of its own for the timeout.
     pub(crate) one_call: bool,
+    /// The database has `tenancy.audit_append` (the tenancy_context extension from version
+    /// 1.3) when the connection was made.
+    pub(crate) audit_append: bool,
     /// Behind a transaction-mode pooler: parameter types by statement (keyed by the
     /// schema placement's schema and the SQL text), learnt from a statement prepared and
     /// closed inside one transaction, so later runs are unnamed (Parse, Bind, Execute in

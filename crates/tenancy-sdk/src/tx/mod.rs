@@ -138,6 +138,14 @@ impl TenantTx {
         self.tenant
     }
 
+    /// Whether the database had `tenancy.audit_append(uuid, text, text, text, text, text,
+    /// text, jsonb, jsonb, text, text, inet)` (the tenancy_context extension from version
+    /// 1.3) when this transaction's connection was made: tenancy-audit then records events
+    /// with it rather than with an INSERT. `false` once the transaction has ended.
+    pub fn has_audit_append(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.audit_append)
+    }
+
     fn conn(&mut self) -> Result<&mut Lease, Error> {
         self.conn
             .as_mut()
