@@ -341,6 +341,27 @@ pub async fn set_cutover<C: GenericClient>(
     Ok(())
 }
 
+/// Announces move `workflow`'s target on the catalog's change channel, committed on its
+/// own: `moving:<cluster>:<database>` (the database empty when the target is the
+/// cluster's shared one), so routers open connections to it before the cutover holds the
+/// tenant's writes.
+pub async fn announce_move_target<C: GenericClient>(
+    client: &C,
+    workflow: Uuid,
+) -> Result<(), CatalogError> {
+    client
+        .execute(
+            "SELECT pg_notify('tenancy_catalog_changes',
+                              'moving:' || to_cluster::text || ':'
+                              || coalesce(CASE WHEN to_placement = 'dedicated' THEN to_database END, ''))
+               FROM tenancy_catalog.tenant_moves WHERE workflow_id = $1",
+            &[&workflow],
+        )
+        .await
+        .map_err(CatalogError::db("announcing a move's target"))?;
+    Ok(())
+}
+
 /// Points tenant `id` at the move's new placement, closes its cutover window, marks the
 /// move switched (the old copy dropped after `keep`) and records a `moved` event with
 /// both placements and regions and `cutover` (how the held window went, as the engine

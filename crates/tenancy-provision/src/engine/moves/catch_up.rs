@@ -106,9 +106,11 @@ impl Provisioner {
     }
 
     /// One round of catch-up: the source's visible changes not in the snapshot (at most
-    /// [`CATCH_UP_BATCH`]), applied to the target and removed from the change table
-    /// (those the snapshot shows are removed without applying). Returns how many were
-    /// applied.
+    /// [`CATCH_UP_BATCH`]), applied to the target and removed from the change table.
+    /// With `clear_seen`, the changes the snapshot shows (already in the copy, never
+    /// applied) are removed first; without, they stay until a later round (the held
+    /// window skips that statement: nothing it removes matters there). Returns how many
+    /// were applied.
     pub(super) async fn catch_up_round(
         &self,
         mv: &Move,
@@ -116,18 +118,20 @@ impl Provisioner {
         tables: &[MoveTable],
         pool: &TenantPool,
         touched: &mut Touched,
+        clear_seen: bool,
     ) -> Result<usize, Error> {
-        let s = quote_ident(&capture_schema(mv));
-        // Changes the snapshot already shows: in the copy, nothing to apply.
-        source
-            .execute(
-                &format!(
-                    "DELETE FROM {s}.changes WHERE pg_visible_in_snapshot(xid, $1::text::pg_snapshot)"
-                ),
-                &[&mv.snapshot],
-            )
-            .await
-            .map_err(Error::db("skipping changes in the snapshot"))?;
+        if clear_seen {
+            let s = quote_ident(&capture_schema(mv));
+            source
+                .execute(
+                    &format!(
+                        "DELETE FROM {s}.changes WHERE pg_visible_in_snapshot(xid, $1::text::pg_snapshot)"
+                    ),
+                    &[&mv.snapshot],
+                )
+                .await
+                .map_err(Error::db("skipping changes in the snapshot"))?;
+        }
         let rows = Self::read_changes(mv, source, Some(CATCH_UP_BATCH)).await?;
         self.apply_changes(mv, source, tables, pool, &rows, touched)
             .await?;
@@ -143,7 +147,7 @@ impl Provisioner {
         let started = Instant::now();
         loop {
             let n = self
-                .catch_up_round(mv, &source, &tables, &pool, &mut Touched::default())
+                .catch_up_round(mv, &source, &tables, &pool, &mut Touched::default(), true)
                 .await?;
             if n < CATCH_UP_BATCH as usize / 4 || started.elapsed() > Duration::from_secs(30) {
                 return Ok(());

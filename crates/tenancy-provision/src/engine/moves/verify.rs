@@ -60,15 +60,17 @@ impl Provisioner {
                             t.key.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", "),
                         )
                     };
-                    let a = source_admin
-                        .query(
-                            &format!("{} AND r.tenant_id = {tenant}", pick(&src)),
-                            &[&keys],
-                        )
-                        .await
-                        .map_err(Error::db(format!("verifying table {}", t.name)))?;
-                    let b = target.query(pick(&dst).as_str(), &[&keys]).await?;
-                    (row_checksum(&a), row_checksum(&b))
+                    // Both ends at once: they are different connections.
+                    let (src_sql, dst_sql) = (
+                        format!("{} AND r.tenant_id = {tenant}", pick(&src)),
+                        pick(&dst),
+                    );
+                    let (a, b) = tokio::join!(
+                        source_admin.query(src_sql.as_str(), &[&keys]),
+                        target.query(dst_sql.as_str(), &[&keys])
+                    );
+                    let a = a.map_err(Error::db(format!("verifying table {}", t.name)))?;
+                    (row_checksum(&a), row_checksum(&b?))
                 }
             };
             if a.rows != b.rows || a.hex() != b.hex() {
