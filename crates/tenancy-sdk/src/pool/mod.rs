@@ -508,8 +508,9 @@ impl TenantPool {
         let st = self.pool.status();
         let want = n.min(st.max_size).saturating_sub(st.size);
         let opened = futures_util::future::join_all((0..want).map(|_| self.pool.get())).await;
+        // Dropped: back to the pool, idle.
         for conn in opened {
-            conn.map_err(|e| Error::Pool(e.to_string()))?;
+            drop(conn.map_err(|e| Error::Pool(e.to_string()))?);
         }
         Ok(())
     }

@@ -65,9 +65,10 @@ impl Provisioner {
                         format!("{} AND r.tenant_id = {tenant}", pick(&src)),
                         pick(&dst),
                     );
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&keys];
                     let (a, b) = tokio::join!(
-                        source_admin.query(src_sql.as_str(), &[&keys]),
-                        target.query(dst_sql.as_str(), &[&keys])
+                        source_admin.query(src_sql.as_str(), &params),
+                        target.query(dst_sql.as_str(), &params)
                     );
                     let a = a.map_err(Error::db(format!("verifying table {}", t.name)))?;
                     (row_checksum(&a), row_checksum(&b?))
