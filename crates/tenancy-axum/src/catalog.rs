@@ -218,6 +218,8 @@ impl Catalog {
             }
         } else if let Some(k) = payload.strip_prefix("api_key:") {
             self.forget_api_key(k);
+        } else if payload.starts_with("moving:") {
+            self.router.on_change(payload);
         }
     }
 

@@ -92,6 +92,13 @@ struct Write {
     started: Duration,
     took: Duration,
     email: String,
+    /// Attempts until the acknowledged one (1: no retry).
+    attempts: u32,
+    /// When the acknowledged attempt started (since the epoch).
+    last_attempt: Duration,
+    /// How long that attempt's `Router::begin` took (a cutover's wait, a new pool's
+    /// connection).
+    last_begin: Duration,
 }
 
 /// What a writer did.
@@ -120,9 +127,15 @@ impl Writers {
                     while !stop.load(Ordering::Relaxed) {
                         let email = format!("{tag}-{w}-{i}@example.test");
                         let started = Instant::now();
+                        let mut attempts = 0u32;
+                        let mut last_attempt: Instant;
+                        let mut last_begin = Duration::ZERO;
                         loop {
+                            attempts += 1;
+                            last_attempt = Instant::now();
                             let res: Result<(), tenancy_sdk::Error> = async {
                                 let mut tx = router.begin(tenant).await?;
+                                last_begin = last_attempt.elapsed();
                                 tx.execute(
                                     "INSERT INTO invoicing.customers (name, email) VALUES ($1, $2)",
                                     &[&"written during the move", &email],
@@ -141,6 +154,9 @@ impl Writers {
                             started: started - epoch,
                             took: started.elapsed(),
                             email,
+                            attempts,
+                            last_attempt: last_attempt - epoch,
+                            last_begin,
                         });
                         i += 1;
                     }
@@ -198,6 +214,7 @@ struct RunFigures {
     other_p99_idle_ms: f64,
     other_during_move: usize,
     cutover: serde_json::Value,
+    longest: serde_json::Value,
 }
 
 /// Runs the benchmark `runs` times and writes `target/bench/tenant_move.json`.
@@ -235,6 +252,7 @@ async fn measure(cluster: &Cluster, runs: usize) -> Result<()> {
             f.other_p99_ms,
             f.other_p99_idle_ms
         );
+        println!("  cutover {}\n  longest write {}", f.cutover, f.longest);
         figures.push(f);
     }
     listener.abort();
@@ -271,6 +289,7 @@ async fn measure(cluster: &Cluster, runs: usize) -> Result<()> {
                 "other_tenants_p99_idle_ms": round2(f.other_p99_idle_ms),
                 "other_tenant_writes_during_move": f.other_during_move,
                 "cutover": f.cutover,
+                "longest_write": f.longest,
             })).collect::<Vec<_>>(),
             "ours_is": "the longest time from a write's first attempt to its acknowledged commit, over the writes in flight during the move (cutover wait and retries included)",
             "load_average": loadavg(),
@@ -313,6 +332,10 @@ async fn one_run(
     let baseline_ms = offline_move(cluster, owner, shared, offline, spare).await?;
 
     let epoch = Instant::now();
+    let epoch_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64()
+        * 1000.0;
     let writers = Writers::start(router, mover, WRITERS, &format!("mover{run}"), epoch);
     let others = Writers::start(router, other, OTHER_WRITERS, &format!("other{run}"), epoch);
     let idle_from = epoch.elapsed();
@@ -377,6 +400,24 @@ async fn one_run(
         .await
         .context("reading the move event")?
         .get(0);
+    // The longest write, placed against the held window (ms since the window opened).
+    let held_at = cutover["held_at_unix_ms"].as_f64().unwrap_or(f64::NAN) - epoch_unix_ms;
+    let longest = written
+        .writes
+        .iter()
+        .filter(|x| x.started <= move_to && x.started + x.took >= move_from)
+        .max_by_key(|x| x.took)
+        .map(|x| {
+            json!({
+                "took_ms": round2(ms(x.took)),
+                "attempts": x.attempts,
+                "started_after_hold_ms": round2(ms(x.started) - held_at),
+                "last_attempt_after_hold_ms": round2(ms(x.last_attempt) - held_at),
+                "last_begin_ms": round2(ms(x.last_begin)),
+                "acknowledged_after_hold_ms": round2(ms(x.started + x.took) - held_at),
+            })
+        })
+        .unwrap_or(serde_json::Value::Null);
     Ok(RunFigures {
         ours_ms: during.last().copied().unwrap_or(f64::NAN),
         baseline_ms,
@@ -390,6 +431,7 @@ async fn one_run(
         other_p99_idle_ms: percentile(&other_idle, 0.99),
         other_during_move: other_during.len(),
         cutover,
+        longest,
     })
 }
 

@@ -56,8 +56,9 @@ pub use migrate::{
     AUDIT_MIGRATION_SQL, MIGRATIONS,
 };
 pub use moves::{
-    finish_move, get_move, moves_to_drop, record_move, residency, set_cutover, set_move_snapshot,
-    set_residency, switch_placement, tenant_moves, Move, MoveEnd, MoveRecord, MoveStatus,
+    announce_move_target, finish_move, get_move, moves_to_drop, record_move, residency,
+    set_cutover, set_move_snapshot, set_residency, switch_placement, tenant_moves, Move, MoveEnd,
+    MoveRecord, MoveStatus,
 };
 pub use requests::{
     count_tenants_by_state, idempotency_abandon, idempotency_begin, idempotency_complete,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tenancy_core::{Placement, RegionId, TenantId};
 use time::OffsetDateTime;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row, Transaction};
 use uuid::Uuid;
 
@@ -84,6 +85,38 @@ pub struct Move {
 const MOVE_COLUMNS: &str = "workflow_id, tenant_id, from_placement, from_cluster, from_region, from_schema, from_database,
      to_placement, to_cluster, to_region, to_schema, to_database, snapshot, status, switched_at, drop_after";
 
+/// One end's columns as statement parameters, in the order the move columns name them
+/// (placement, cluster, region, schema, database).
+struct EndParams<'a> {
+    placement: &'static str,
+    cluster: &'a Uuid,
+    region: &'a str,
+    schema: &'a Option<String>,
+    database: &'a Option<String>,
+}
+
+impl<'a> EndParams<'a> {
+    fn of(end: &'a MoveEnd) -> Self {
+        EndParams {
+            placement: end.placement.as_str(),
+            cluster: &end.cluster,
+            region: end.region.as_str(),
+            schema: &end.schema,
+            database: &end.database,
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 5] {
+        [
+            &self.placement,
+            self.cluster,
+            &self.region,
+            self.schema,
+            self.database,
+        ]
+    }
+}
+
 fn end(row: &Row, at: usize) -> Result<MoveEnd, CatalogError> {
     Ok(MoveEnd {
         placement: row.get::<_, String>(at).parse().map_err(corrupt)?,
@@ -122,20 +155,11 @@ pub async fn record_move<C: GenericClient>(
                   to_placement, to_cluster, to_region, to_schema, to_database)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
              ON CONFLICT (workflow_id) DO NOTHING",
-            &[
-                &workflow,
-                &tenant.as_uuid(),
-                &from.placement.as_str(),
-                &from.cluster,
-                &from.region.as_str(),
-                &from.schema,
-                &from.database,
-                &to.placement.as_str(),
-                &to.cluster,
-                &to.region.as_str(),
-                &to.schema,
-                &to.database,
-            ],
+            &[&workflow as &(dyn ToSql + Sync), &tenant.as_uuid()]
+                .into_iter()
+                .chain(EndParams::of(from).params())
+                .chain(EndParams::of(to).params())
+                .collect::<Vec<_>>(),
         )
         .await
         .map_err(CatalogError::db("recording a move"))?;
@@ -160,7 +184,7 @@ pub async fn get_move<C: GenericClient>(
 async fn select_moves<C: GenericClient>(
     client: &C,
     filter: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    params: &[&(dyn ToSql + Sync)],
     what: &'static str,
 ) -> Result<Vec<Move>, CatalogError> {
     client
@@ -196,7 +220,7 @@ async fn update_move<C: GenericClient>(
     client: &C,
     workflow: Uuid,
     set: &str,
-    value: &(dyn tokio_postgres::types::ToSql + Sync),
+    value: &(dyn ToSql + Sync),
     what: &'static str,
 ) -> Result<(), CatalogError> {
     client
@@ -317,6 +341,27 @@ pub async fn set_cutover<C: GenericClient>(
     Ok(())
 }
 
+/// Announces move `workflow`'s target on the catalog's change channel, committed on its
+/// own: `moving:<cluster>:<database>` (the database empty when the target is the
+/// cluster's shared one), so routers open connections to it before the cutover holds the
+/// tenant's writes.
+pub async fn announce_move_target<C: GenericClient>(
+    client: &C,
+    workflow: Uuid,
+) -> Result<(), CatalogError> {
+    client
+        .execute(
+            "SELECT pg_notify('tenancy_catalog_changes',
+                              'moving:' || to_cluster::text || ':'
+                              || coalesce(CASE WHEN to_placement = 'dedicated' THEN to_database END, ''))
+               FROM tenancy_catalog.tenant_moves WHERE workflow_id = $1",
+            &[&workflow],
+        )
+        .await
+        .map_err(CatalogError::db("announcing a move's target"))?;
+    Ok(())
+}
+
 /// Points tenant `id` at the move's new placement, closes its cutover window, marks the
 /// move switched (the old copy dropped after `keep`) and records a `moved` event with
 /// both placements and regions and `cutover` (how the held window went, as the engine
@@ -334,14 +379,10 @@ pub async fn switch_placement(
             SET placement = $2, cluster_id = $3, region = $4, schema_name = $5, database_name = $6,
                 updated_at = now()
           WHERE id = $1",
-        &[
-            &mv.tenant.as_uuid(),
-            &to.placement.as_str(),
-            &to.cluster,
-            &to.region.as_str(),
-            &to.schema,
-            &to.database,
-        ],
+        &[&mv.tenant.as_uuid() as &(dyn ToSql + Sync)]
+            .into_iter()
+            .chain(EndParams::of(to).params())
+            .collect::<Vec<_>>(),
     )
     .await
     .map_err(CatalogError::db("switching a tenant's placement"))?;

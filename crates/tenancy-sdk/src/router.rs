@@ -8,7 +8,11 @@
 //! While a move's cutover holds a tenant (its route says `cutover`), opening a transaction
 //! for it waits, bounded by [`RouterOptions::cutover_wait`], and then opens where the
 //! catalog points once the cutover ended: the new placement, or the old one when the
-//! move was undone.
+//! move was undone. A waiting opening reads the route again as soon as the catalog
+//! announces a change of any tenant ([`Router::listen_for_changes`]), and every few
+//! milliseconds regardless. A move announces its target before its cutover
+//! (`moving:<cluster>:<database>`): the router opens a few connections to it ahead, so
+//! the transactions that waited do not each connect once the catalog switched.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -78,6 +82,15 @@ impl Default for RouterOptions {
 /// A cluster and, for dedicated tenants, the database on it (`None`: the shared one).
 type PoolKey = (Uuid, Option<String>);
 
+/// How often an opening waiting out a cutover reads its tenant's route again when no
+/// catalog change wakes it sooner.
+const CUTOVER_POLL: Duration = Duration::from_millis(10);
+
+/// Connections opened ahead on the pool of a move's target (at most the pool's size):
+/// enough for a few transactions waiting out the cutover to find one ready; more connect
+/// as usual.
+const PREWARM_CONNECTIONS: usize = 4;
+
 #[derive(Debug)]
 struct Inner {
     /// Catalog connections (runtime role: it reads no catalog table, only one tenant's
@@ -96,6 +109,9 @@ struct Inner {
     /// One pool per (cluster, database), created on first use: the shared database of
     /// each cluster (`None`) and each dedicated tenant's own database.
     pools: RwLock<FastMap<PoolKey, (Arc<ClusterRoute>, TenantPool)>>,
+    /// Woken on every catalog change the router hears of: openings waiting out a
+    /// cutover read their route again at once.
+    changed: tokio::sync::Notify,
 }
 
 /// Opens tenant transactions on the right cluster, from the catalog.
@@ -128,15 +144,65 @@ impl Router {
                 opts,
                 tenants: RwLock::new(FastMap::default()),
                 pools: RwLock::new(FastMap::default()),
+                changed: tokio::sync::Notify::new(),
             }),
         })
     }
 
-    /// Forgets the cached record of `tenant` (call on a catalog change notification).
+    /// Forgets the cached record of `tenant` (call on a catalog change notification), and
+    /// wakes the openings waiting out a cutover to read their route again.
     pub fn invalidate(&self, tenant: TenantId) {
         if let Ok(mut m) = self.inner.tenants.write() {
             m.remove(&tenant);
         }
+        self.inner.changed.notify_waiters();
+    }
+
+    /// Applies one notification of the catalog's change channel: `tenant:<id>` forgets
+    /// that tenant's record ([`Router::invalidate`]); `moving:<cluster>:<database>` (a
+    /// move's target, announced before its cutover; an empty database names the
+    /// cluster's shared one) opens a few connections to it ahead, in the background.
+    /// Other payloads are not the router's.
+    pub fn on_change(&self, payload: &str) {
+        if let Some(id) = payload
+            .strip_prefix("tenant:")
+            .and_then(|s| s.parse::<TenantId>().ok())
+        {
+            self.invalidate(id);
+        } else if let Some((cluster, database)) = payload
+            .strip_prefix("moving:")
+            .and_then(|s| s.split_once(':'))
+        {
+            let Ok(cluster) = cluster.parse::<Uuid>() else {
+                return;
+            };
+            let database = (!database.is_empty()).then(|| database.to_owned());
+            let me = self.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if let Err(e) = me.prewarm(cluster, database.as_deref()).await {
+                        tracing::debug!(%cluster, error = %e, "opening connections to a move's target ahead");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Opens up to [`PREWARM_CONNECTIONS`] connections of the pool of `cluster`'s
+    /// `database` (`None`: the shared one) ahead of use, when the cluster is in a region
+    /// this router may open.
+    async fn prewarm(&self, cluster: Uuid, database: Option<&str>) -> Result<(), Error> {
+        let (route, pool) = self.pool_for(cluster, database).await?;
+        let allowed = self
+            .inner
+            .opts
+            .allowed_regions
+            .as_ref()
+            .is_none_or(|rs| rs.contains(&route.region));
+        if allowed {
+            pool.warm(PREWARM_CONNECTIONS).await?;
+        }
+        Ok(())
     }
 
     /// The tenant's route (state and placement), from cache when fresh.
@@ -249,23 +315,22 @@ impl Router {
         let me = self.clone();
         Ok(tokio::spawn(async move {
             while let Some(payload) = changes.recv().await {
-                if let Some(id) = payload
-                    .strip_prefix("tenant:")
-                    .and_then(|s| s.parse::<TenantId>().ok())
-                {
-                    me.invalidate(id);
-                }
+                me.on_change(&payload);
             }
         }))
     }
 
-    /// Waits until no move's cutover holds `tenant` (its route read again every 10 ms,
-    /// past the cache), at most [`RouterOptions::cutover_wait`]; returns the route then in
-    /// force (the new placement when the move switched, the old one when it was undone).
+    /// Waits until no move's cutover holds `tenant` (its route read again, past the
+    /// cache, on every catalog change the router hears of and every [`CUTOVER_POLL`]), at
+    /// most [`RouterOptions::cutover_wait`]; returns the route then in force (the new
+    /// placement when the move switched, the old one when it was undone).
     async fn wait_for_cutover(&self, tenant: TenantId) -> Result<Arc<TenantRoute>, Error> {
         let started = Instant::now();
         loop {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            // Registered before the read: a change announced during it still wakes us.
+            let changed = self.inner.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             let t = self.load_tenant(tenant).await?;
             if !t.cutover {
                 return Ok(t);
@@ -275,6 +340,10 @@ impl Router {
                     tenant: tenant.to_string(),
                     waited: started.elapsed(),
                 });
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep(CUTOVER_POLL) => {}
             }
         }
     }

@@ -521,3 +521,80 @@ async fn the_router_waits_out_a_cutover_and_gives_up_after_its_bound() {
         .await
         .expect("rollback");
 }
+
+/// Connections of the runtime role to database `name`.
+async fn runtime_connections(client: &Client, name: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND usename = $2",
+            &[&name, &tenancy_sdk::bootstrap::RUNTIME_ROLE],
+        )
+        .await
+        .expect("count connections")
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_listening_router_connects_to_an_announced_target_and_wakes_on_the_switch() {
+    let db = fresh_db().await;
+    let mut catalog = connect(db.config_as(OWNER_ROLE)).await;
+    add_region(&catalog, "eu-west", db.cluster, &db.name).await;
+    let p = provisioner(&db, config(vec![], vec![]));
+    let router = router(&db);
+    let listener = router
+        .listen_for_changes(db.config_as(tenancy_sdk::bootstrap::RUNTIME_ROLE))
+        .await
+        .expect("listen");
+    let tenant = provision_driven(&p, &mut catalog, "warmed", Placement::Pooled).await;
+    let wf = enqueue_move(&p, &mut catalog, tenant, json!({ "to": "dedicated" })).await;
+    // residency (records the move), prepare (creates the target database).
+    for _ in 0..2 {
+        p.step_once(&mut catalog, Some(wf.id)).await.expect("step");
+    }
+    let mv = tenancy_catalog::get_move(&catalog, wf.id)
+        .await
+        .expect("move")
+        .expect("recorded");
+    let target = mv.to.database.clone().expect("a dedicated target");
+    assert_eq!(runtime_connections(&catalog, &target).await, 0);
+    // Announced: the router opens connections to the target before any transaction
+    // of the tenant goes there.
+    tenancy_catalog::announce_move_target(&catalog, wf.id)
+        .await
+        .expect("announce");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while runtime_connections(&catalog, &target).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no connection to the announced target"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A window far longer than the test: the opening returns once it is closed (the
+    // notification or the router's poll), not at its deadline.
+    tenancy_catalog::set_cutover(&catalog, wf.id, Some(Duration::from_secs(4)))
+        .await
+        .expect("open the window");
+    let waiting = {
+        let router = router.clone();
+        tokio::spawn(async move {
+            let mut tx = router.begin(tenant).await?;
+            tx.query_one("SELECT 1", &[]).await?;
+            tx.rollback().await?;
+            Ok::<Instant, tenancy_sdk::Error>(Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the opening waits out the window");
+    let closed = Instant::now();
+    tenancy_catalog::set_cutover(&catalog, wf.id, None)
+        .await
+        .expect("close the window");
+    let opened = waiting.await.expect("join").expect("opens");
+    assert!(
+        opened.duration_since(closed) < Duration::from_secs(1),
+        "opened {:?} after the window closed",
+        opened.duration_since(closed)
+    );
+    listener.abort();
+}

@@ -504,6 +504,20 @@ impl TenantPool {
         ))
     }
 
+    /// Opens connections until `n` are open (at most the pool's size) and leaves them
+    /// idle, ahead of the transactions that will need them (connections are otherwise
+    /// opened on first use).
+    pub async fn warm(&self, n: usize) -> Result<(), Error> {
+        let st = self.pool.status();
+        let want = n.min(st.max_size).saturating_sub(st.size);
+        let opened = futures_util::future::join_all((0..want).map(|_| self.pool.get())).await;
+        // Dropped: back to the pool, idle.
+        for conn in opened {
+            drop(conn.map_err(|e| Error::Pool(e.to_string()))?);
+        }
+        Ok(())
+    }
+
     /// Pool status: (connections open, connections idle).
     pub fn status(&self) -> (usize, usize) {
         let s = self.pool.status();

@@ -793,3 +793,23 @@ async fn tenant_pools_connect_over_tcp_with_the_configured_socket_settings() {
         "{msg}"
     );
 }
+
+#[tokio::test]
+async fn a_warmed_pool_opens_its_connections_ahead_and_hands_them_out() {
+    let db = fresh_db().await;
+    let pool = pool(&db, 3);
+    assert_eq!(pool.status(), (0, 0), "connections open lazily");
+    // More than the pool holds: it opens as many as it may.
+    pool.warm(5).await.expect("warm");
+    assert_eq!(pool.status(), (3, 3), "three open, all idle");
+    // Warming again opens nothing more.
+    pool.warm(2).await.expect("warm again");
+    assert_eq!(pool.status(), (3, 3));
+    let t = TenantId::new_random();
+    let mut tx = pool.begin(t).await.expect("begin");
+    tx.query_one("SELECT 1", &[])
+        .await
+        .expect("a warmed connection runs a transaction");
+    tx.commit().await.expect("commit");
+    assert_eq!(pool.status().0, 3, "no new connection was opened");
+}
