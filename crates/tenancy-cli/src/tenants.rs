@@ -237,7 +237,7 @@ pub(crate) async fn run(args: TenantsArgs) -> anyhow::Result<String> {
                 ),
             })
         }
-        TenantsCommand::Export(a) => crate::transfer::export(&cfg, &client, a).await,
+        TenantsCommand::Export(a) => crate::transfer::export(&cfg, &mut client, a).await,
         TenantsCommand::Import(a) => crate::transfer::import(&cfg, &mut client, a).await,
     }
 }

@@ -200,10 +200,10 @@ async fn resolve(client: &tokio_postgres::Client, t: &str) -> Result<Option<Tena
 /// `tenancy tenants export`.
 pub(crate) async fn export(
     cfg: &PgConfig,
-    catalog: &tokio_postgres::Client,
+    catalog: &mut tokio_postgres::Client,
     args: ExportArgs,
 ) -> Result<String> {
-    let (router, _) = open(cfg, &args.access)?;
+    let (router, logins) = open(cfg, &args.access)?;
     let id = resolve(catalog, &args.tenant)
         .await?
         .with_context(|| format!("no tenant has the slug {:?}", args.tenant))?;
@@ -219,23 +219,58 @@ pub(crate) async fn export(
         .with_context(|| format!("creating {}", partial.display()))?;
     let mut out = tokio::io::BufWriter::with_capacity(64 << 10, file);
     let bar = Bar::rows("exporting");
-    let r = tenancy_transfer::export(&router, catalog, id, &mut out, &bar).await;
+    let r = export_recorded(&router, &logins, catalog, id, &mut out, &bar, &partial).await;
     drop(bar);
     let summary = match r {
         Ok(s) => s,
         Err(e) => {
             let _ = tokio::fs::remove_file(&partial).await;
-            return Err(e).context(format!("exporting tenant {id}"));
+            return Err(e);
         }
     };
-    let file = out.into_inner();
-    file.sync_all()
-        .await
-        .with_context(|| format!("writing {}", partial.display()))?;
     tokio::fs::rename(&partial, &args.out)
         .await
         .with_context(|| format!("renaming {} to {}", partial.display(), args.out.display()))?;
     Ok(format!("{summary}written to {}", args.out.display()))
+}
+
+/// Writes the archive of tenant `id` to `out`, syncs it, and records the export as
+/// `tenant.export` in the control log (the catalog) and in the tenant's own audit log
+/// (creating the audit table there as the owner role if it has none yet), as an export
+/// through the control plane's API is recorded; the actor is the operator (`cli:$USER`).
+/// The archive is renamed into place only once the export is recorded.
+async fn export_recorded(
+    router: &Router,
+    logins: &ClusterAccess,
+    catalog: &mut tokio_postgres::Client,
+    id: TenantId,
+    out: &mut tokio::io::BufWriter<tokio::fs::File>,
+    bar: &Bar,
+    partial: &Path,
+) -> Result<tenancy_transfer::ExportSummary> {
+    let plan = tenancy_transfer::ExportPlan::read(catalog, id)
+        .await
+        .with_context(|| format!("reading tenant {id}"))?;
+    let owner = tenancy_transfer::owner_connection(catalog, logins, plan.tenant())
+        .await
+        .context("connecting to the tenant's database as the owner (to record the export in its audit log)")?;
+    tenancy_control::transfer::ensure_audit_table(&owner)
+        .await
+        .context("the tenant's audit table")?;
+    drop(owner);
+    let summary = tenancy_transfer::export_planned(router, plan, &mut *out, bar)
+        .await
+        .with_context(|| format!("exporting tenant {id}"))?;
+    out.get_ref()
+        .sync_all()
+        .await
+        .with_context(|| format!("writing {}", partial.display()))?;
+    let facts = tenancy_control::transfer::ExportFacts::new(uuid::Uuid::new_v4(), "cli", &summary);
+    let who = crate::audit::operator(None);
+    tenancy_control::transfer::record_export(catalog, router, id, &who, &facts)
+        .await
+        .context("recording the export in the audit logs")?;
+    Ok(summary)
 }
 
 fn partial_path(out: &Path) -> PathBuf {

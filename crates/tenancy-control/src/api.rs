@@ -1,6 +1,6 @@
 //! Handlers, request/response types and the OpenAPI document, by resource: [`tenants`],
 //! their [`lifecycle`], the [`registry`] of regions and clusters, [`signup`],
-//! [`webhooks`] deliveries, a tenant's signed compliance [`report`], tenants' roles, grants and API keys ([`access`]), Stripe [`billing`], per-tenant performance [`insights`] and
+//! [`webhooks`] deliveries, a tenant's signed compliance [`report`], a tenant's archive ([`transfer`]), tenants' roles, grants and API keys ([`access`]), Stripe [`billing`], per-tenant performance [`insights`] and
 //! the [`meta`] routes. What every
 //! handler shares (body parsing, the tenant a path names, known plans, text checks) and
 //! the document's assembly ([`ApiDoc`], [`Contract`]) live here.
@@ -15,6 +15,7 @@ pub mod registry;
 pub mod report;
 pub mod signup;
 pub mod tenants;
+pub mod transfer;
 pub mod webhooks;
 
 pub use billing::{stripe_webhook, BillingOutcome};
@@ -315,8 +316,8 @@ fn display_name_schema() -> utoipa::openapi::Object {
 #[derive(OpenApi, Debug)]
 #[openapi(
     info(title = "tenancy control plane", description = "Regions, clusters, tenants and their lifecycle workflows. Errors are RFC 9457 problem documents; every state-changing POST takes an Idempotency-Key."),
-    paths(meta::healthz, crate::health::livez, crate::health::readyz, crate::metrics::metrics_text, meta::openapi_json, registry::list_regions, registry::add_region, registry::list_clusters, registry::add_cluster, tenants::list_tenants, tenants::create_tenant, tenants::get_tenant, tenants::tenant_workflows, tenants::tenant_migrations, tenants::get_workflow, lifecycle::suspend, lifecycle::resume, lifecycle::delete, lifecycle::change_plan, lifecycle::move_tenant, lifecycle::set_residency, lifecycle::legal_hold, audit::tenant_audit, access::list_roles, access::get_role, access::create_role, access::delete_role, access::list_grants, access::grant, access::revoke, access::list_keys, access::revoke_key, webhooks::deliveries, insights::push_snapshot, insights::tenants, insights::push_anomalies, insights::anomalies, signup::availability, signup::signup, billing::stripe_webhook),
-    components(schemas(TenantView, WorkflowView, MigrationStatusView, Accepted, TenantPage, CreateTenant, Signup, Reason, ChangePlan, MoveTo, Residency, RegionName, LegalHold, RegionView, RegionInput, ClusterView, ClusterInput, Availability, DeliveryView, BillingOutcome, audit::AuditPage, audit::AuditEventView, audit::CheckpointView, access::RoleView, access::RolePage, access::NewRole, access::GrantView, access::GrantPage, access::GrantInput, access::ApiKeyView, access::ApiKeyPage, insights::SnapshotAccepted, tenancy_insights::Snapshot, tenancy_insights::Counts, tenancy_insights::TenantStats, tenancy_insights::SketchWire, tenancy_insights::Report, tenancy_insights::ClusterReport, tenancy_insights::TenantReport, insights::AnomaliesAccepted, insights::AnomalyList, tenancy_insights::anomaly::DetectionBatch, tenancy_insights::anomaly::Anomaly, tenancy_insights::anomaly::Detection, tenancy_insights::anomaly::Evidence, tenancy_insights::anomaly::AnomalyKind, tenancy_insights::anomaly::Severity, Problem, FieldError)),
+    paths(meta::healthz, crate::health::livez, crate::health::readyz, crate::metrics::metrics_text, meta::openapi_json, registry::list_regions, registry::add_region, registry::list_clusters, registry::add_cluster, tenants::list_tenants, tenants::create_tenant, tenants::get_tenant, tenants::tenant_workflows, tenants::tenant_migrations, tenants::get_workflow, lifecycle::suspend, lifecycle::resume, lifecycle::delete, lifecycle::change_plan, lifecycle::move_tenant, lifecycle::set_residency, lifecycle::legal_hold, audit::tenant_audit, transfer::export_tenant, access::list_roles, access::get_role, access::create_role, access::delete_role, access::list_grants, access::grant, access::revoke, access::list_keys, access::revoke_key, webhooks::deliveries, insights::push_snapshot, insights::tenants, insights::push_anomalies, insights::anomalies, signup::availability, signup::signup, billing::stripe_webhook),
+    components(schemas(TenantView, WorkflowView, MigrationStatusView, Accepted, TenantPage, CreateTenant, Signup, Reason, ChangePlan, MoveTo, Residency, RegionName, LegalHold, RegionView, RegionInput, ClusterView, ClusterInput, Availability, DeliveryView, BillingOutcome, transfer::TenantArchive, audit::AuditPage, audit::AuditEventView, audit::CheckpointView, access::RoleView, access::RolePage, access::NewRole, access::GrantView, access::GrantPage, access::GrantInput, access::ApiKeyView, access::ApiKeyPage, insights::SnapshotAccepted, tenancy_insights::Snapshot, tenancy_insights::Counts, tenancy_insights::TenantStats, tenancy_insights::SketchWire, tenancy_insights::Report, tenancy_insights::ClusterReport, tenancy_insights::TenantReport, insights::AnomaliesAccepted, insights::AnomalyList, tenancy_insights::anomaly::DetectionBatch, tenancy_insights::anomaly::Anomaly, tenancy_insights::anomaly::Detection, tenancy_insights::anomaly::Evidence, tenancy_insights::anomaly::AnomalyKind, tenancy_insights::anomaly::Severity, Problem, FieldError)),
     modifiers(&SecurityAddon, &ReportDoc, &Contract),
     tags((name = "tenants"), (name = "registry"), (name = "signup"), (name = "billing"), (name = "webhooks"), (name = "insights"), (name = "meta"))
 )]

@@ -32,10 +32,15 @@
 //!   isolation check, keys, audit verification, anomalies, retention, transfers), signed
 //!   with the audit key, as JSON or one self-contained HTML page;
 //!   `GET /v1/tenants/{id}/report` serves it.
+//! - [`transfer`]: exports of one tenant and their audit events (`tenant.export` in the
+//!   control log and in the tenant's own log), shared with `tenancy tenants export`;
+//!   `POST /v1/tenants/{id}/export` streams the archive (`api::transfer`).
 //!
 //! What it does not do: it runs no workflow step itself (the provisioning engine does,
 //! on workers), it never touches tenant data other than the audit log
-//! (`tenancy.audit_events`, which it reads, seals and purges as the owner role), and it
+//! (`tenancy.audit_events`, which it reads, seals and purges as the owner role) and an
+//! export's reading of the tenant's rows (in the tenant's own transaction, as the
+//! runtime role, like the application), and it
 //! never starts PostgreSQL (the private-cluster harness `tenancy-pg` is only a
 //! dev-dependency).
 
@@ -56,6 +61,7 @@ pub mod server;
 mod startup;
 pub mod stripe;
 pub mod telemetry;
+pub mod transfer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -492,6 +498,10 @@ pub fn router_with(state: AppState, extra: axum::Router) -> axum::Router {
         .route("/v1/tenants/{id}/residency", put(api::set_residency))
         .route("/v1/tenants/{id}/audit", get(api::audit::tenant_audit))
         .route("/v1/tenants/{id}/report", get(api::report::tenant_report))
+        .route(
+            "/v1/tenants/{id}/export",
+            post(api::transfer::export_tenant),
+        )
         .route(
             "/v1/tenants/{id}/access/roles",
             get(api::access::list_roles).post(api::access::create_role),

@@ -149,6 +149,32 @@ impl Router {
         })
     }
 
+    /// Its settings.
+    pub fn options(&self) -> &RouterOptions {
+        &self.inner.opts
+    }
+
+    /// A router to the same catalog with the same key and login whose tenant pools use
+    /// `pool` (another transaction deadline or statement timeout, say: an export is one
+    /// transaction as long as the tenant is large). It shares this router's catalog
+    /// connections, not its tenant pools or cached routes.
+    pub fn with_pool_options(&self, pool: PoolOptions) -> Router {
+        Router {
+            inner: Arc::new(Inner {
+                catalog: self.inner.catalog.clone(),
+                key: self.inner.key.clone(),
+                creds: self.inner.creds.clone(),
+                opts: RouterOptions {
+                    pool,
+                    ..self.inner.opts.clone()
+                },
+                tenants: RwLock::new(FastMap::default()),
+                pools: RwLock::new(FastMap::default()),
+                changed: tokio::sync::Notify::new(),
+            }),
+        }
+    }
+
     /// Forgets the cached record of `tenant` (call on a catalog change notification), and
     /// wakes the openings waiting out a cutover to read their route again.
     pub fn invalidate(&self, tenant: TenantId) {

@@ -22,6 +22,19 @@ pub struct ExportSummary {
     pub tables: Vec<TableSummary>,
     /// Bytes written.
     pub bytes: u64,
+    /// The digest the archive's summary carries (SHA-256, hex, of every byte before the
+    /// summary frame; the reader checks it).
+    pub digest: String,
+    /// SHA-256 (hex) of the whole archive as written, what `sha256sum` prints for the
+    /// file.
+    pub sha256: String,
+}
+
+impl ExportSummary {
+    /// Rows of every table.
+    pub fn rows(&self) -> u64 {
+        self.tables.iter().map(|t| t.rows).sum()
+    }
 }
 
 impl std::fmt::Display for ExportSummary {
@@ -34,10 +47,11 @@ impl std::fmt::Display for ExportSummary {
             self.header.source.placement,
             self.header.app.version,
             self.tables.len(),
-            self.tables.iter().map(|t| t.rows).sum::<u64>(),
+            self.rows(),
             self.bytes
         )?;
-        write!(f, "{}", crate::Tables(&self.tables))
+        write!(f, "{}", crate::Tables(&self.tables))?;
+        writeln!(f, "sha256 {}", self.sha256)
     }
 }
 
@@ -89,8 +103,44 @@ pub async fn export<W: AsyncWrite + Unpin>(
     out: W,
     progress: &dyn Progress,
 ) -> Result<ExportSummary, Error> {
-    let t = tenancy_catalog::get_tenant(catalog, tenant).await?;
-    let app = app_version(catalog, &t).await?;
+    let plan = ExportPlan::read(catalog, tenant).await?;
+    export_planned(router, plan, out, progress).await
+}
+
+/// What an export reads from the catalog before it opens the tenant's transaction: the
+/// tenant's record and the app version of its storage. Reading it first lets a caller
+/// give its catalog connection back before the rows stream (an export holds no catalog
+/// connection while it runs).
+#[derive(Debug, Clone)]
+pub struct ExportPlan {
+    tenant: Tenant,
+    app: AppVersion,
+}
+
+impl ExportPlan {
+    /// Reads the tenant's record and its app version. `catalog` is an owner connection
+    /// to the catalog.
+    pub async fn read(catalog: &Client, tenant: TenantId) -> Result<ExportPlan, Error> {
+        let t = tenancy_catalog::get_tenant(catalog, tenant).await?;
+        let app = app_version(catalog, &t).await?;
+        Ok(ExportPlan { tenant: t, app })
+    }
+
+    /// The tenant's record as read.
+    pub fn tenant(&self) -> &Tenant {
+        &self.tenant
+    }
+}
+
+/// [`export`] of a tenant whose catalog facts were read already ([`ExportPlan::read`]).
+pub async fn export_planned<W: AsyncWrite + Unpin>(
+    router: &Router,
+    plan: ExportPlan,
+    out: W,
+    progress: &dyn Progress,
+) -> Result<ExportSummary, Error> {
+    let ExportPlan { tenant: t, app } = plan;
+    let tenant = t.id;
     let mut tx = router.begin(tenant).await?;
     tx.batch_execute(SESSION_SETTINGS).await?;
     let tables = tables::tenant_tables(&mut tx).await?;
@@ -161,14 +211,16 @@ pub async fn export<W: AsyncWrite + Unpin>(
         w.json(b'E', &s).await?;
         sums.push(s);
     }
-    let (_, bytes) = w.finish(sums.clone()).await?;
-    progress.bytes(bytes);
+    let (_, written) = w.finish_written(sums.clone()).await?;
+    progress.bytes(written.bytes);
     // Nothing was written; ending without a commit says so.
     tx.rollback().await?;
     Ok(ExportSummary {
         header,
         tables: sums,
-        bytes,
+        bytes: written.bytes,
+        digest: written.digest,
+        sha256: written.sha256,
     })
 }
 

@@ -166,6 +166,19 @@ impl RowChecksum {
     }
 }
 
+/// The size and digests of a finished archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// Bytes written, the summary frame included.
+    pub bytes: u64,
+    /// The digest the summary carries: SHA-256 (hex) of every byte before the summary
+    /// frame.
+    pub digest: String,
+    /// SHA-256 (hex) of the whole file, the summary frame included (what `sha256sum`
+    /// prints for it).
+    pub sha256: String,
+}
+
 /// Writes an archive: frames, with a running digest of every byte written.
 #[derive(Debug)]
 pub struct ArchiveWriter<W> {
@@ -225,14 +238,39 @@ impl<W: AsyncWrite + Unpin> ArchiveWriter<W> {
 
     /// Writes the summary (with the digest of everything before it), flushes and returns
     /// the writer and the number of bytes written.
-    pub async fn finish(mut self, tables: Vec<TableSummary>) -> Result<(W, u64), Error> {
+    pub async fn finish(self, tables: Vec<TableSummary>) -> Result<(W, u64), Error> {
+        let (out, written) = self.finish_written(tables).await?;
+        Ok((out, written.bytes))
+    }
+
+    /// [`finish`](ArchiveWriter::finish), returning the size and both digests of what
+    /// was written.
+    pub async fn finish_written(
+        mut self,
+        tables: Vec<TableSummary>,
+    ) -> Result<(W, Written), Error> {
         let digest = hex::encode(self.digest.clone().finalize());
-        self.json(b'S', &Summary { tables, digest }).await?;
+        self.json(
+            b'S',
+            &Summary {
+                tables,
+                digest: digest.clone(),
+            },
+        )
+        .await?;
         self.out
             .flush()
             .await
             .map_err(|e| Error::io("writing the archive", e))?;
-        Ok((self.out, self.written))
+        let sha256 = hex::encode(self.digest.finalize());
+        Ok((
+            self.out,
+            Written {
+                bytes: self.written,
+                digest,
+                sha256,
+            },
+        ))
     }
 }
 

@@ -384,8 +384,9 @@ async fn read_back(tx: &mut TenantTx, p: &Plan) -> Result<TableSummary, Error> {
     Ok(sum.summary(name))
 }
 
-/// A connection to the tenant's database as the owner login of its cluster.
-pub(crate) async fn owner_connection(
+/// A connection to the tenant's database (its cluster's shared database, or its own when
+/// dedicated) as the owner login of its cluster.
+pub async fn owner_connection(
     catalog: &Client,
     access: &ClusterAccess,
     t: &tenancy_catalog::Tenant,

@@ -33,9 +33,9 @@ mod tables;
 
 use std::fmt;
 
-pub use export::{export, ExportSummary};
-pub use format::{Header, Summary, TableSummary};
-pub use import::{import, verify_archive, ImportSummary, Verified};
+pub use export::{export, export_planned, ExportPlan, ExportSummary};
+pub use format::{Header, Summary, TableSummary, Written};
+pub use import::{import, owner_connection, verify_archive, ImportSummary, Verified};
 pub use tables::{foreign_key_order, referenced_first, FOREIGN_KEYS_SQL};
 
 /// What went wrong; each message names what and, where there is one, the fix.

@@ -1,5 +1,6 @@
 //! `tenancy tenants export | import` through the binary: a large tenant's round trip with
-//! the process's peak memory measured (it must not grow with the tenant), and a damaged
+//! the process's peak memory measured (it must not grow with the tenant), each export
+//! recorded in the control log and the tenant's audit log, and a damaged
 //! archive refused before any tenant is created. `tenancy import --from-database`: a
 //! single-tenant database checked, imported as a new tenant, and a second run a no-op.
 
@@ -201,6 +202,37 @@ async fn a_large_tenant_round_trips_through_the_binary_in_bounded_memory() {
         .tenancy(&["export", "small", "--out", &path("small.tx")])
         .await;
     assert_eq!(code, Some(0), "{err}");
+    // Recorded as the API records an export: `tenant.export` by the operator, in the
+    // control log and in the tenant's own audit log, with the archive's digests and rows.
+    let sha256 = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(
+            std::fs::read(path("small.tx")).expect("archive"),
+        ))
+    };
+    let digest = summary(dir.join("small.tx").as_path()).await.digest;
+    for table in ["tenancy_catalog.audit_log", "tenancy.audit_events"] {
+        let rows = d
+            .catalog
+            .query(
+                &format!(
+                    "SELECT actor_kind, actor_subject, after FROM {table}
+                      WHERE tenant_id = $1 AND action = 'tenant.export'"
+                ),
+                &[&small.as_uuid()],
+            )
+            .await
+            .expect("events");
+        assert_eq!(rows.len(), 1, "{table}");
+        let (kind, subject, after): (String, String, serde_json::Value) =
+            (rows[0].get(0), rows[0].get(1), rows[0].get(2));
+        assert_eq!(kind, "admin", "{table}");
+        assert!(subject.starts_with("cli:"), "{table}: {subject}");
+        assert_eq!(after["sha256"], sha256.as_str(), "{table}: {after}");
+        assert_eq!(after["digest"], digest.as_str(), "{table}: {after}");
+        assert_eq!(after["rows"], 3000, "{table}: {after}");
+        assert_eq!(after["via"], "cli", "{table}: {after}");
+    }
     let (code, out, err, large_export) = d
         .tenancy(&["export", "large", "--out", &path("large.tx")])
         .await;

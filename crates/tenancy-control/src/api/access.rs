@@ -42,17 +42,33 @@ pub struct TenantAccess {
     router: tenancy_sdk::Router,
     /// The permissions the application declares and its built-in roles.
     model: tenancy_access::Access,
+    /// The same router for exports (`transfer`): an export is one transaction as long
+    /// as the tenant is large, so its pools set no transaction deadline and no statement
+    /// timeout; they hold at most [`crate::transfer::MAX_EXPORTS`] connections per
+    /// database, which bounds the exports running at once.
+    transfer: tenancy_sdk::Router,
 }
 
 impl TenantAccess {
     /// Tenant transactions through `router`, checked against `model`.
     pub fn new(router: tenancy_sdk::Router, model: tenancy_access::Access) -> TenantAccess {
-        TenantAccess { router, model }
+        let transfer =
+            router.with_pool_options(crate::transfer::export_pool_options(&router.options().pool));
+        TenantAccess {
+            router,
+            model,
+            transfer,
+        }
     }
 
     /// The router of tenant transactions (runtime role, signed context).
     pub fn router(&self) -> &tenancy_sdk::Router {
         &self.router
+    }
+
+    /// The router of exports: the same tenants and login, without a transaction deadline.
+    pub fn transfer_router(&self) -> &tenancy_sdk::Router {
+        &self.transfer
     }
 }
 

@@ -105,7 +105,8 @@ pub async fn tenant_report(
         m::AnomalySection,
         m::AnchorView,
         m::RetentionSection,
-        m::ControlEvent
+        m::ControlEvent,
+        m::ExportView
     ))
 )]
 pub struct ReportDoc;

@@ -136,6 +136,7 @@ pub async fn collect(state: &AppState, id: TenantId) -> Result<Report, ApiError>
             .iter()
             .any(|w| a.split(['.', '_', ':', '/', '-']).any(|p| p == *w))
     });
+    let exports = exports(control_events);
     Ok(Report {
         generated_at: ts(now),
         generator: GENERATOR.to_owned(),
@@ -155,7 +156,44 @@ pub async fn collect(state: &AppState, id: TenantId) -> Result<Report, ApiError>
         anomalies,
         retention,
         transfers,
+        exports,
     })
+}
+
+/// The tenant's exports, from the `tenant.export` events of its control-log chain (the
+/// latest [`MAX_ITEMS`]).
+fn exports(events: &[StoredEvent]) -> Vec<ExportView> {
+    let mut out: Vec<ExportView> = events
+        .iter()
+        .filter(|e| e.recorded.action == crate::transfer::EXPORT_ACTION)
+        .map(|e| {
+            let r = &e.recorded;
+            let after: serde_json::Value = r
+                .after
+                .as_deref()
+                .and_then(|a| serde_json::from_str(a).ok())
+                .unwrap_or_default();
+            let text = |k: &str| after[k].as_str().map(str::to_owned);
+            ExportView {
+                at: ts_us(e.occurred_at_us),
+                actor: match &r.actor_subject {
+                    Some(s) => format!("{} {s}", r.actor_kind),
+                    None => r.actor_kind.clone(),
+                },
+                via: text("via"),
+                sha256: text("sha256"),
+                digest: text("digest"),
+                rows: after["rows"].as_u64(),
+                bytes: after["bytes"].as_u64(),
+                export_id: text("export_id"),
+                request_id: r.request_id.clone(),
+                client_addr: r.client_addr.clone(),
+            }
+        })
+        .collect();
+    let skip = out.len().saturating_sub(MAX_ITEMS);
+    out.drain(..skip);
+    out
 }
 
 fn location(

@@ -384,6 +384,21 @@ fn retention(s: &SignedReport) -> Markup {
 fn transfers(s: &SignedReport) -> Markup {
     html! {
         h2 id="transfers" { "Exports and moves" }
+        h3 { "Exports" }
+        @if s.report.exports.is_empty() { p.muted { "Exports: none recorded." } } @else {
+            table {
+                tr { th { "When" } th { "Actor" } th { "Via" } th { "Rows" } th { "Bytes" } th { "Archive SHA-256" } th { "Request" } th { "Client" } }
+                @for e in &s.report.exports {
+                    tr {
+                        td { (e.at) } td { (e.actor) } td { (opt(&e.via)) }
+                        td { @match e.rows { Some(n) => { (n) }, None => span.muted { "—" } } }
+                        td { @match e.bytes { Some(n) => { (n) }, None => span.muted { "—" } } }
+                        td { @match &e.sha256 { Some(h) => code { (h) }, None => span.muted { "—" } } }
+                        td { (opt(&e.request_id)) } td { (opt(&e.client_addr)) }
+                    }
+                }
+            }
+        }
         p.muted { "Moves are listed under Moves above; these are the control plane's audit events of exports, imports and moves." }
         (events("Export, import and move events", &s.report.transfers))
     }

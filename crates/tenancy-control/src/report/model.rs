@@ -72,6 +72,35 @@ pub struct Report {
     pub retention: RetentionSection,
     /// Exports, imports and moves recorded in the control plane's audit log.
     pub transfers: Vec<ControlEvent>,
+    /// The tenant's exports (through the API or `tenancy tenants export`), oldest first,
+    /// from their `tenant.export` events in the control log.
+    pub exports: Vec<ExportView>,
+}
+
+/// One export of the tenant's rows, as its control-log event records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportView {
+    /// When it was recorded (once the archive was complete).
+    pub at: String,
+    /// Who: actor kind and subject.
+    pub actor: String,
+    /// How it was asked for: `api` or `cli`.
+    pub via: Option<String>,
+    /// SHA-256 (hex) of the whole archive.
+    pub sha256: Option<String>,
+    /// The digest the archive's summary carries.
+    pub digest: Option<String>,
+    /// Rows of every table.
+    pub rows: Option<u64>,
+    /// Size of the archive in bytes.
+    pub bytes: Option<u64>,
+    /// The export's id.
+    pub export_id: Option<String>,
+    /// The request that asked for it.
+    pub request_id: Option<String>,
+    /// The client's address.
+    pub client_addr: Option<String>,
 }
 
 /// The tenant.

@@ -164,6 +164,18 @@ pub(crate) fn sample() -> Report {
             anchors: Vec::new(),
         },
         transfers: vec![event("tenant.export")],
+        exports: vec![ExportView {
+            at: "2026-08-03T10:00:00Z".into(),
+            actor: "admin admin:0badc0de".into(),
+            via: Some("api".into()),
+            sha256: Some("ab".repeat(32)),
+            digest: Some("cd".repeat(32)),
+            rows: Some(1200),
+            bytes: Some(98_304),
+            export_id: Some("6f1c2a7e-0000-4000-8000-000000000001".into()),
+            request_id: Some("req-export".into()),
+            client_addr: Some("203.0.113.9".into()),
+        }],
     }
 }
 

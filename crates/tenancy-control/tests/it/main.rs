@@ -12,6 +12,7 @@ mod config;
 mod config_routes;
 mod console;
 mod console_edit;
+mod export;
 mod hostile;
 mod ops;
 mod report;
