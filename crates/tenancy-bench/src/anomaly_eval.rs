@@ -249,15 +249,20 @@ impl Observer for ReplaySink {
 
 /// The front middleware: the request's simulated time, weight and client address.
 async fn replay_front(mut req: Request, next: Next) -> Response {
-    let h = |name: &str| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+    let (at, weight, client) = {
+        let h = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        (
+            h(AT).and_then(|v| v.parse().ok()).unwrap_or(0),
+            h(WEIGHT).and_then(|v| v.parse().ok()).unwrap_or(1),
+            h(CLIENT).and_then(|v| v.parse::<IpAddr>().ok()),
+        )
     };
-    let at = h(AT).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let weight = h(WEIGHT).and_then(|v| v.parse().ok()).unwrap_or(1);
-    if let Some(ip) = h(CLIENT).and_then(|v| v.parse::<IpAddr>().ok()) {
+    if let Some(ip) = client {
         req.extensions_mut()
             .insert(ConnectInfo(SocketAddr::new(ip, 40_000)));
     }
