@@ -84,7 +84,8 @@ enum Name {
     #[value(name = "tenant_move")]
     TenantMove,
     /// Access anomaly detectors vs static thresholds on 30 simulated days of 200 tenants
-    /// with labelled attacks (F1, precision, recall, false alarms per tenant-week).
+    /// with labelled attacks, replayed over HTTP through the tenancy layer and the SDK
+    /// (F1, precision, recall, false alarms per tenant-week).
     #[value(name = "anomaly_eval")]
     AnomalyEval,
     /// Every benchmark above, on one cluster.
@@ -131,6 +132,10 @@ struct Cli {
     /// anomaly_eval: seed of the generated traffic.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// anomaly_eval: feed the generated traffic straight into the detectors (no HTTP, no
+    /// database), unbatched and batched as the replay sends it; prints, writes no report.
+    #[arg(long)]
+    in_process: bool,
     /// migrate: connections per cluster.
     #[arg(long, default_value_t = 4)]
     migrate_concurrency: usize,
@@ -160,7 +165,13 @@ async fn main() -> Result<()> {
         flag_eval::run(cli.runs).context("running flag_eval")?;
     }
     if matches!(cli.name, Name::AnomalyEval | Name::All) {
-        anomaly_eval::run(cli.seed).context("running anomaly_eval")?;
+        if cli.in_process {
+            anomaly_eval::in_process(cli.seed).context("running anomaly_eval in process")?;
+        } else {
+            anomaly_eval::run(cli.seed)
+                .await
+                .context("running anomaly_eval")?;
+        }
     }
     if matches!(cli.name, Name::ConfigPropagation | Name::All) {
         config_propagation::run(cli.runs)

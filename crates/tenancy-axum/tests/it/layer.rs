@@ -599,3 +599,44 @@ async fn answered_requests_and_cross_tenant_refusals_reach_the_anomaly_feed() {
         "{stats:?}"
     );
 }
+
+/// The request layer has no replay clock: headers naming a time, a weight or a client
+/// (what the anomaly benchmark's own front middleware reads) change nothing it records —
+/// one event per request, at the real time, from the real peer.
+#[tokio::test]
+async fn replay_headers_get_the_real_clock_and_peer() {
+    let keep = Arc::new(Keep {
+        events: Mutex::new(Vec::new()),
+        feed: AnomalyFeed::new(DetectorOptions::default()).expect("feed"),
+    });
+    let env = start_with(Some(keep.clone())).await;
+    let auth = format!("Bearer {}", token(env.acme, Some("notes:read")));
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("x-replay-at", "1767571200"),
+        ("x-replay-weight", "50"),
+        ("x-replay-client", "fd00:1:2::1"),
+        ("x-forwarded-for", "203.0.113.9"),
+    ];
+    let before = tenancy_insights::anomaly::unix_now();
+    assert_eq!(env.call("GET", "/notes", &headers).await.0, 200);
+    let after = tenancy_insights::anomaly::unix_now();
+    let events = keep.events.lock().expect("events").clone();
+    assert_eq!(
+        events.len(),
+        1,
+        "one event, whatever weight is asked: {events:?}"
+    );
+    let e = events[0];
+    assert!(
+        e.at >= before && e.at <= after,
+        "{} not in {before}..={after}",
+        e.at
+    );
+    assert_eq!(
+        e.network,
+        Some(network_of("127.0.0.1".parse().expect("ip"))),
+        "the peer, not a header"
+    );
+    assert_eq!(keep.feed.stats().tenants, 1);
+}

@@ -51,12 +51,12 @@ impl Default for Thresholds {
     fn default() -> Self {
         Thresholds {
             not_found_tail: 8.0,
-            not_found_min: 10,
+            not_found_min: 5,
             not_found_ratio: 3.0,
             refusal_tail: 4.0,
             refusal_min: 3,
             volume_z: 8.0,
-            volume_ratio: 3.0,
+            volume_ratio: 3.5,
             volume_excess: 30.0,
             heavy_alpha: 1.0 / 12.0,
             heavy_sigmas: 6.0,

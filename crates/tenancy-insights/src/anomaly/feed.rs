@@ -89,6 +89,13 @@ impl AnomalyFeed {
         self.keep(opened);
     }
 
+    /// Closes the hours that ended by `now` (Unix seconds): [`AnomalyFeed::tick`] with a
+    /// clock of the caller's (a replay of recorded or simulated traffic).
+    pub fn advance(&self, now: u64) {
+        let opened = self.with(|d| d.advance(now));
+        self.keep(opened);
+    }
+
     /// The detections opened since the last call.
     pub fn take_opened(&self) -> Vec<Detection> {
         let mut o = match self.opened.lock() {

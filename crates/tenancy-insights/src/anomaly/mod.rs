@@ -9,8 +9,9 @@
 //!   [`Fingerprint`]s.
 //! - [`Detector`]: learns each tenant, credential and subject over its first
 //!   [`DetectorOptions::baseline_hours`] hours, then scores every closed hour:
-//!   - volume against the tenant's hour-of-week profile (a robust z-score, its scale the
-//!     median absolute deviation of the baseline's own residuals);
+//!   - volume against the tenant's hour-of-week profile, the highest of the hour and the
+//!     hours either side (a robust z-score, its scale the median absolute deviation of
+//!     the baseline's own residuals; a clock moved by an hour is not a noisy neighbour);
 //!   - 404s on id lookups, context refusals and tenant mismatches against the tenant's
 //!     own rate per request (a Poisson tail bound, rates kept as decaying counts);
 //!   - requests returning more rows or bytes than the tenant's 99.9th percentile, as an
@@ -32,7 +33,8 @@
 //! - [`Board`]: the server side, the detections applications push
 //!   ([`DetectionBatch`]), checked and kept bounded, listed by tenant, kind, severity.
 //! - [`simulate`]: the evaluation harness: a generator of tenants of different sizes and
-//!   rhythms with labelled attacks, and the scoring of alerts against the labels.
+//!   rhythms with labelled attacks and benign anomalies, the batches a real-HTTP replay
+//!   sends, and the scoring of alerts against the labels.
 //!
 //! What it does not do: it keeps no identifier in clear (fingerprints only), no series
 //! per tenant beyond its 168-hour profile, and sends nothing itself.

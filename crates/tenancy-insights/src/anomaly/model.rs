@@ -230,19 +230,26 @@ impl Model {
         let mut flags = Vec::new();
         let x = f64::from(c.requests);
 
-        // Volume against the hour of the week.
+        // Volume against the hour of the week, and against the hours either side of it:
+        // a tenant whose clock moved an hour (daylight saving, a shifted schedule) is
+        // not a noisy neighbour.
         let slot = hour_of_week(hour);
         let e = f64::from(self.expected[slot]);
-        let sd = (e + 1.0).sqrt();
-        let z = (x - e) / sd / f64::from(self.scale);
-        let volume = z >= t.volume_z && x >= t.volume_ratio * e + t.volume_excess;
+        let near = [(slot + WEEK - 1) % WEEK, slot, (slot + 1) % WEEK]
+            .iter()
+            .map(|&s| f64::from(self.expected[s]))
+            .fold(e, f64::max);
+        let sd = (near + 1.0).sqrt();
+        let z = (x - near) / sd / f64::from(self.scale);
+        let volume = z >= t.volume_z && x >= t.volume_ratio * near + t.volume_excess;
         if volume {
             flags.push(Flag {
                 kind: AnomalyKind::Volume,
                 score: z / t.volume_z,
-                evidence: vec![ev("requests_per_hour", e, x)],
+                evidence: vec![ev("requests_per_hour", near, x)],
             });
         } else {
+            let sd = (e + 1.0).sqrt();
             let capped = x.min(e + 3.0 * f64::from(self.scale) * sd);
             self.expected[slot] = (e + f64::from(SLOT_ALPHA) * (capped - e)) as f32;
             let r = ((capped - e) / sd).abs() as f32;

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use tenancy_core::TenantId;
-use tenancy_insights::anomaly::simulate::{run, AttackKind, SimOptions, Simulation};
+use tenancy_insights::anomaly::simulate::{
+    run, run_with, AttackKind, Batcher, BenignKind, SimOptions, Simulation,
+};
 use tenancy_insights::anomaly::{
     AccessEvent, AccessKind, AnomalyFeed, AnomalyKind, Board, DetectionBatch, Detector,
     DetectorOptions, Filter, OptionsError, Severity,
@@ -87,6 +89,102 @@ fn seasonal_traffic_without_attacks_raises_nothing() {
     assert!(r.detections.is_empty(), "{:#?}", r.detections);
     // The static thresholds, on the same traffic, do alert (large tenants' normal).
     assert!(r.baseline.false_alerts > 0);
+}
+
+#[test]
+fn benign_anomalies_raise_nothing() {
+    // Marketing spikes, new office networks, daylight saving and growth, no attack.
+    let mut sim = Simulation::new(SimOptions {
+        seed: 22,
+        tenants: 40,
+        days: 24,
+        attacks_per_kind: 0,
+        benign_per_kind: 8,
+        ..SimOptions::default()
+    });
+    let kinds: Vec<BenignKind> = sim.benign().iter().map(|(k, _)| *k).collect();
+    for k in [
+        BenignKind::MarketingSpike,
+        BenignKind::NewOfficeNetwork,
+        BenignKind::DaylightSaving,
+        BenignKind::Growing,
+    ] {
+        assert_eq!(kinds.iter().filter(|b| **b == k).count(), 8, "{k}");
+    }
+    let r = run(&mut sim, DetectorOptions::default()).expect("run");
+    assert!(r.detections.is_empty(), "{:#?}", r.detections);
+}
+
+#[test]
+fn the_replay_batches_keep_every_count_per_tenant() {
+    let mut sim = Simulation::new(SimOptions {
+        seed: 23,
+        tenants: 30,
+        days: 12,
+        attacks_per_kind: 2,
+        ..SimOptions::default()
+    });
+    let mut batcher = Batcher::default();
+    let (mut events, mut requests) = (0usize, 0usize);
+    let mut buf = Vec::new();
+    // Per tenant: requests, lookups, 404s, mismatches, refusals.
+    let count = |m: &mut std::collections::HashMap<TenantId, [u64; 5]>, e: &AccessEvent, w: u64| {
+        let c = m.entry(e.tenant).or_default();
+        match e.kind {
+            AccessKind::Response {
+                status, id_lookup, ..
+            } => {
+                c[0] += w;
+                c[1] += w * u64::from(id_lookup);
+                c[2] += w * u64::from(status == 404);
+            }
+            AccessKind::TenantMismatch => c[3] += w,
+            AccessKind::ContextRefused => c[4] += w,
+        }
+    };
+    let (mut raw, mut sent) = (Default::default(), Default::default());
+    for hour in sim.hours() {
+        buf.clear();
+        sim.labelled_hour(hour, &mut buf);
+        for l in &buf {
+            count(&mut raw, &l.event, 1);
+        }
+        let b = batcher.batches(&buf);
+        for x in &b {
+            count(&mut sent, &x.event, u64::from(x.weight));
+            assert_eq!(x.event.at / 3600, hour);
+        }
+        events += buf.len();
+        requests += b.len();
+    }
+    assert_eq!(raw, sent);
+    assert!(
+        requests * 5 < events,
+        "{requests} requests for {events} events"
+    );
+    // The batched stream scores as the raw one does.
+    let opts = SimOptions {
+        seed: 23,
+        tenants: 30,
+        days: 12,
+        attacks_per_kind: 2,
+        ..SimOptions::default()
+    };
+    let a = run_with(
+        &mut Simulation::new(opts.clone()),
+        DetectorOptions::default(),
+        false,
+    )
+    .expect("run");
+    let b = run_with(&mut Simulation::new(opts), DetectorOptions::default(), true).expect("run");
+    assert_eq!(a.events, b.events);
+    assert!(b.requests < a.requests);
+    assert!(
+        b.ours.recall >= a.ours.recall - 0.1,
+        "{:?} vs {:?}",
+        b.ours,
+        a.ours
+    );
 }
 
 fn tenant(n: u64) -> TenantId {

@@ -3,7 +3,7 @@
 
 use tenancy_core::TenantId;
 
-use super::{Attack, AttackKind, Simulation};
+use super::{Attack, AttackKind, Batcher, Simulation};
 use crate::anomaly::{AccessEvent, AccessKind, Fingerprint};
 
 /// How a set of alerts scores against the labels.
@@ -108,8 +108,10 @@ impl StaticDetector {
     pub const NOT_FOUND: u32 = 25;
     /// Context refusals or tenant mismatches per hour.
     pub const REFUSALS: u32 = 3;
-    /// Rows above which a request is heavy, and heavy requests per hour.
+    /// Rows above which a request is heavy.
     pub const HEAVY_ROWS: u64 = 2000;
+    /// Bytes above which a request is heavy (the request layer records bytes, not rows).
+    pub const HEAVY_BYTES: u64 = 256 * 1024;
     /// Heavy requests per hour that alert.
     pub const HEAVY: u32 = 3;
     /// Tenants a subject uses in one day.
@@ -136,13 +138,13 @@ impl StaticDetector {
                 status,
                 id_lookup,
                 rows,
-                ..
+                bytes,
             } => {
                 c[0] += 1;
                 if id_lookup && status == 404 {
                     c[1] += 1;
                 }
-                if rows > Self::HEAVY_ROWS {
+                if rows > Self::HEAVY_ROWS || bytes > Self::HEAVY_BYTES {
                     c[4] += 1;
                 }
                 if let (Some(s), true) = (e.subject, status < 400) {
@@ -222,8 +224,10 @@ pub struct Run {
     pub ours: Evaluation,
     /// The static detector's evaluation.
     pub baseline: Evaluation,
-    /// Events replayed.
+    /// Events generated.
     pub events: u64,
+    /// Requests the real-HTTP replay sends for them (= `events` unbatched).
+    pub requests: u64,
     /// Tenants simulated.
     pub tenants: usize,
     /// The detector's detections.
@@ -236,20 +240,45 @@ pub fn run(
     sim: &mut Simulation,
     opts: crate::anomaly::DetectorOptions,
 ) -> Result<Run, crate::anomaly::OptionsError> {
+    run_with(sim, opts, false)
+}
+
+/// [`run`]; with `batched`, the events go in as the real-HTTP replay sends them
+/// ([`Batcher`]: a request standing for its batch observed once per request it stands
+/// for), so the figures are what the replay should measure.
+pub fn run_with(
+    sim: &mut Simulation,
+    opts: crate::anomaly::DetectorOptions,
+    batched: bool,
+) -> Result<Run, crate::anomaly::OptionsError> {
     let mut ours = crate::anomaly::Detector::new(opts)?;
     let mut baseline = StaticDetector::new();
     let mut detections = Vec::new();
     let mut events = 0u64;
+    let mut requests = 0u64;
     let mut buf = Vec::new();
+    let mut batcher = Batcher::default();
     for hour in sim.hours() {
         buf.clear();
-        sim.hour(hour, &mut buf);
+        sim.labelled_hour(hour, &mut buf);
         // Events of one hour in time order across tenants.
-        buf.sort_by_key(|e| e.at);
+        buf.sort_by_key(|l| l.event.at);
         events += buf.len() as u64;
-        for e in &buf {
-            detections.extend(ours.observe(e));
-            baseline.observe(e);
+        let feed: Vec<(AccessEvent, u32)> = if batched {
+            batcher
+                .batches(&buf)
+                .into_iter()
+                .map(|b| (b.event, b.weight))
+                .collect()
+        } else {
+            buf.iter().map(|l| (l.event, 1)).collect()
+        };
+        requests += feed.len() as u64;
+        for (e, w) in &feed {
+            for _ in 0..*w {
+                detections.extend(ours.observe(e));
+                baseline.observe(e);
+            }
         }
     }
     let end = sim.hours().end;
@@ -264,6 +293,7 @@ pub fn run(
         ours: evaluate(&alerts, sim.attacks(), weeks),
         baseline: evaluate(baseline.alerts(), sim.attacks(), weeks),
         events,
+        requests,
         tenants: sim.tenants.len(),
         detections,
     })
