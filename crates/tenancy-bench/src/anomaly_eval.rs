@@ -357,9 +357,11 @@ async fn provision(env: &Env, tenants: &[(TenantId, u64)]) -> Result<()> {
         &NewCluster {
             name: "bench".into(),
             region: region.clone(),
-            host: env.cluster.socket_dir().display().to_string(),
-            port: env.cluster.port(),
-            dbname: DB.into(),
+            location: tenancy_catalog::ClusterLocation {
+                host: env.cluster.socket_dir().display().to_string(),
+                port: env.cluster.port(),
+                dbname: DB.into(),
+            },
             capacity: 10_000,
         },
     )
