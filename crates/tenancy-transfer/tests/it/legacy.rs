@@ -833,7 +833,9 @@ async fn a_dangling_reference_in_the_source_fails_the_import_and_leaves_nothing(
     )
     .await
     .expect_err("a dangling reference is refused");
-    assert!(err.to_string().contains("line_items"), "{err}");
+    // The foreign-key error ends the tenant's transaction; the statement that reports it
+    // may be a later one.
+    assert!(err.to_string().contains("transaction"), "{err}");
     assert!(tenant_rows(&env, pooled).await.iter().all(|t| t.is_empty()));
     assert_eq!(staging_tables(&env, pooled).await, vec![]);
 }
