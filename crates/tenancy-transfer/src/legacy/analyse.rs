@@ -209,6 +209,7 @@ pub(super) async fn analyse(
         let mut compared = Vec::new();
         let mut inserted = Vec::new();
         let mut inserted_at = Vec::new();
+        let mut binary = true;
         let keys = key_columns(t);
         for sc in &s.columns {
             if sc.name == "tenant_id" {
@@ -284,6 +285,10 @@ pub(super) async fn analyse(
                     ),
                 }
             }
+            // A built-in type (its oid the same in every database) of the same type and
+            // modifier on both sides: COPY's binary form of a value reads back as itself.
+            binary &=
+                tc.type_oid == sc.type_oid && tc.type_name == sc.type_name && sc.type_oid < 10_000;
             compared.push(tenancy_conn::quote_ident(&sc.name));
             if !tc.generated {
                 inserted_at.push(compared.len() - 1);
@@ -410,6 +415,7 @@ pub(super) async fn analyse(
             inserted,
             inserted_at,
             sequences,
+            binary,
         });
     }
     report.findings.sort_by_key(|f| f.severity);

@@ -4,14 +4,15 @@
 //! one commit.
 
 use std::fmt;
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tenancy_core::TenantId;
+use tenancy_core::{Placement, TenantId};
 use tenancy_sdk::{ClusterAccess, Router};
 use tokio_postgres::Client;
 
 use super::analyse::analyse;
-use super::{LegacyOptions, TablePlan};
+use super::{bulk, LegacyOptions, Phases, TablePlan};
 use crate::format::{RowChecksum, TableSummary, SESSION_SETTINGS};
 use crate::{Error, Progress};
 
@@ -27,6 +28,11 @@ pub struct LegacySummary {
     /// The tenant already held exactly the source's rows (an import that committed
     /// before its record was marked done): nothing was written.
     pub already: bool,
+    /// The tenant's own schema or database was loaded with its keys and indexes dropped
+    /// and rebuilt (else: rows inserted through the tenant's transaction).
+    pub rebuilt: bool,
+    /// How long each step took, in order.
+    pub phases: Vec<(String, Duration)>,
 }
 
 impl LegacySummary {
@@ -48,9 +54,14 @@ impl fmt::Display for LegacySummary {
         } else {
             writeln!(
                 f,
-                "imported {} rows into tenant {}; every table verified by count and checksum against the source; {} sequences raised",
+                "imported {} rows into tenant {}{}; every table verified by count and checksum against the source; {} sequences raised",
                 self.rows(),
                 self.tenant,
+                if self.rebuilt {
+                    " (keys and indexes rebuilt, the schema verified unchanged)"
+                } else {
+                    ""
+                },
                 self.sequences_raised
             )?;
         }
@@ -59,8 +70,10 @@ impl fmt::Display for LegacySummary {
 }
 
 /// Imports the source database into `tenant` (active; no rows in its tenant tables, or
-/// exactly the source's rows, in which case nothing is written) in one transaction of the
-/// tenant's own; see the documentation of [`crate::legacy`]. `source` is a connection to
+/// exactly the source's rows, in which case nothing is written) in one transaction: the
+/// tenant's own for a pooled tenant, the owner login's for a tenant of its own schema or
+/// database (keys and indexes rebuilt, when the owner login owns the tables); see the
+/// documentation of [`crate::legacy`]. `source` is a connection to
 /// the source database that may read every table; `access` holds the owner login that
 /// creates the staging tables and raises sequences. Any incompatibility is refused with the [`Report`](super::Report) of
 /// it (run [`inspect`](super::inspect) first for the complete one, with row scans). The
@@ -76,8 +89,10 @@ pub async fn import_database(
     opts: &LegacyOptions,
     progress: &dyn Progress,
 ) -> Result<LegacySummary, Error> {
+    let mut phases = Phases::new();
     let t = tenancy_catalog::get_tenant(catalog, tenant).await?;
     let owner = crate::import::owner_connection(catalog, access, &t).await?;
+    let own = t.placement != Placement::Pooled;
     // One snapshot of the source for every table; only read, so ended by a rollback.
     source
         .batch_execute(&format!(
@@ -87,24 +102,40 @@ pub async fn import_database(
         .map_err(Error::db("opening the source's snapshot"))?;
     let loaded = match router.begin(tenant).await {
         Ok(mut tx) => match tx.batch_execute(SESSION_SETTINGS).await {
-            Ok(()) => load(source, &owner, &mut tx, opts, progress)
+            Ok(()) => load(source, &owner, &mut tx, opts, progress, own, &mut phases)
                 .await
                 .map(|l| (tx, l)),
             Err(e) => Err(e.into()),
         },
         Err(e) => Err(e.into()),
     };
+    let done = match loaded {
+        Ok((tx, Loaded::Rebuild(plans))) => {
+            // The tenant's transaction only compared the tables; the owner's loads them.
+            let ended = tx.rollback().await;
+            match ended {
+                Ok(()) => bulk::load(source, &owner, tenant, &plans, progress, &mut phases)
+                    .await
+                    .map(|b| (b.tables, b.sequences_raised, false, true)),
+                Err(e) => Err(e.into()),
+            }
+        }
+        other => finish(other, &owner, progress, &mut phases)
+            .await
+            .map(|(t, n, a)| (t, n, a, false)),
+    };
     let _ = source.batch_execute("ROLLBACK").await;
-    let done = finish(loaded, &owner, progress).await;
     // The tenant's transaction is over (committed, rolled back, or dropped and rolling
     // back): its staging tables go.
     drop_staging(&owner, tenant).await;
-    let (tables, sequences_raised, already) = done?;
+    let (tables, sequences_raised, already, rebuilt) = done?;
     Ok(LegacySummary {
         tenant,
         tables,
         sequences_raised,
         already,
+        rebuilt,
+        phases: phases.steps,
     })
 }
 
@@ -114,13 +145,22 @@ async fn finish(
     loaded: Result<(tenancy_sdk::TenantTx, Loaded), Error>,
     owner: &Client,
     progress: &dyn Progress,
+    phases: &mut Phases,
 ) -> Result<(Vec<TableSummary>, u64, bool), Error> {
     // On an error the tenant's transaction was dropped, which rolls it back.
-    let (tx, (tables, bumps, already)) = loaded?;
-    if already {
-        tx.rollback().await?;
-        return Ok((tables, 0, true));
-    }
+    let (tx, loaded) = loaded?;
+    let (tables, bumps) = match loaded {
+        Loaded::Already(tables) => {
+            tx.rollback().await?;
+            return Ok((tables, 0, true));
+        }
+        Loaded::Rebuild(_) => {
+            return Err(Error::Refused(
+                "the tables of the tenant's own schema or database are loaded by the owner".into(),
+            ))
+        }
+        Loaded::Rows(tables, bumps) => (tables, bumps),
+    };
     let raised = crate::import::raise_sequences_as(owner, &bumps).await;
     let sequences_raised = match raised {
         Ok(n) => n,
@@ -131,10 +171,20 @@ async fn finish(
     };
     progress.verifying();
     tx.commit().await?;
+    phases.lap("commit");
     Ok((tables, sequences_raised, false))
 }
 
-type Loaded = (Vec<TableSummary>, Vec<(String, i64)>, bool);
+/// What the tenant's transaction did.
+enum Loaded {
+    /// The rows are inserted and verified; the sequences to raise.
+    Rows(Vec<TableSummary>, Vec<(String, i64)>),
+    /// The tenant already held exactly the source's rows.
+    Already(Vec<TableSummary>),
+    /// The tenant's own empty tables, for the owner to load with their keys and indexes
+    /// rebuilt.
+    Rebuild(Vec<TablePlan>),
+}
 
 async fn load(
     source: &Client,
@@ -142,10 +192,13 @@ async fn load(
     tx: &mut tenancy_sdk::TenantTx,
     opts: &LegacyOptions,
     progress: &dyn Progress,
+    own: bool,
+    phases: &mut Phases,
 ) -> Result<Loaded, Error> {
     let tenant = tx.tenant();
     let target = tx.client().await?;
     let (report, plans) = analyse(source, target, opts, false).await?;
+    phases.lap("compare tables");
     if report.blocked() {
         return Err(Error::Incompatible(format!(
             "the source does not fit the app's tables; nothing was imported:\n{report}"
@@ -179,16 +232,20 @@ async fn load(
             }
             tables.push(s);
         }
-        return Ok((tables, Vec::new(), true));
+        return Ok(Loaded::Already(tables));
+    }
+    if own && bulk::eligible(owner, &plans).await? {
+        return Ok(Loaded::Rebuild(plans));
     }
     // Table k's rows go from its staging table into the tenant's table while table k+1's
     // are staged: the source and the owner connection work beside the tenant's.
     let mut tables = Vec::new();
     let mut bumps = Vec::new();
     let Some(first) = plans.first() else {
-        return Ok((tables, bumps, false));
+        return Ok(Loaded::Rows(tables, bumps));
     };
     let mut staged = stage_table(source, owner, tenant, 0, first).await?;
+    phases.lap(&format!("stage {}", first.display));
     for (i, p) in plans.iter().enumerate() {
         let next = async {
             match plans.get(i + 1) {
@@ -218,11 +275,15 @@ async fn load(
             }
         }
         tables.push(back);
+        phases.lap(&match plans.get(i + 1) {
+            Some(n) => format!("insert {} (staging {} beside)", p.display, n.display),
+            None => format!("insert {}", p.display),
+        });
         if let Some(n) = next {
             staged = n;
         }
     }
-    Ok((tables, bumps, false))
+    Ok(Loaded::Rows(tables, bumps))
 }
 
 /// The count and checksum of a table's rows as COPY text of the compared columns.

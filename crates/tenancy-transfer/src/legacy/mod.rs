@@ -20,6 +20,14 @@
 //!   rules is read back after the insert instead). The next table is staged while one is
 //!   inserted. Sequences are raised past the imported keys; one commit. A failure
 //!   anywhere commits nothing.
+//! - A tenant of its own schema or database (its tables empty and not yet serving, owned
+//!   by the owner login) is loaded instead in one transaction of the owner login the way
+//!   `pg_restore` loads (`bulk`): the exact definitions of the tables' keys, indexes and
+//!   foreign keys recorded and dropped, one COPY per table (binary when both sides have
+//!   the same built-in types) with the tenant's id added to every row, keys and indexes
+//!   rebuilt and foreign keys validated set-based (a dangling reference fails it), the
+//!   rows read back and compared by count and checksum, the schema compared with the
+//!   recorded one (anything the rebuild changed fails it), sequences raised, one commit.
 //! - Staging tables (`tenancy_import.t<tenant>_<n>`, unlogged, text columns) are created
 //!   by the owner login with row-level security enabled and one policy, `FOR SELECT TO`
 //!   the runtime role `USING (tenancy.current_tenant_id() = <the importing tenant>)`, and
@@ -35,12 +43,15 @@
 //!
 //! Parts: this module holds the options, the report, the plan of each table and the
 //! catalog's record of imports; `analyse` reads both sides' tables and compares them;
-//! `import` copies and verifies.
+//! `import` copies and verifies through the tenant's transaction; `bulk` loads a tenant's
+//! own tables with their keys and indexes rebuilt.
 
 mod analyse;
+mod bulk;
 mod import;
 
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tenancy_core::TenantId;
@@ -154,6 +165,30 @@ impl fmt::Display for Report {
     }
 }
 
+/// How long each step of an import took, in order.
+#[derive(Debug, Clone)]
+pub(crate) struct Phases {
+    last: Instant,
+    /// Each step and its time.
+    steps: Vec<(String, Duration)>,
+}
+
+impl Phases {
+    fn new() -> Self {
+        Phases {
+            last: Instant::now(),
+            steps: Vec::new(),
+        }
+    }
+
+    /// Ends step `name` (begun when the previous one ended).
+    fn lap(&mut self, name: &str) {
+        let now = Instant::now();
+        self.steps.push((name.to_owned(), now - self.last));
+        self.last = now;
+    }
+}
+
 /// A column of a table, on either side.
 #[derive(Debug, Clone)]
 struct Column {
@@ -204,6 +239,9 @@ struct TablePlan {
     inserted_at: Vec<usize>,
     /// Sequences of the target fed by a column: (quoted column, sequence).
     sequences: Vec<(String, String)>,
+    /// Every compared column has the same built-in type on both sides: the rows may move
+    /// as binary COPY.
+    binary: bool,
 }
 
 /// The identity of a source database: its cluster's system identifier (when the login may

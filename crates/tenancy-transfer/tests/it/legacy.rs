@@ -172,6 +172,20 @@ async fn tenant_rows(env: &Env, tenant: TenantId) -> Vec<Vec<String>> {
 /// Types shaped like the source's rows, for comparing records as text.
 async fn row_types(env: &Env) {
     let owner = tenancy_test_support::connect(env._db.config_as(OWNER_ROLE)).await;
+    row_types_on(&owner).await;
+}
+
+/// The owner login on the database that holds `tenant`'s tables.
+async fn tenant_owner(env: &Env, tenant: TenantId) -> Client {
+    let t = tenancy_catalog::get_tenant(&env.catalog, tenant)
+        .await
+        .expect("tenant");
+    let db = t.database_name.unwrap_or_else(|| env._db.name.clone());
+    tenancy_test_support::connect(env._db.cluster.config_as(OWNER_ROLE, &db)).await
+}
+
+/// [`row_types`] in the database of `owner`.
+async fn row_types_on(owner: &Client) {
     owner
         .batch_execute(
             "CREATE TYPE invoicing.customers_src AS (id uuid, name text, email text, created_at timestamptz);
@@ -194,6 +208,11 @@ async fn row_types(env: &Env) {
 /// there (they make every table of `public` a tenant table).
 async fn target_ledger(env: &Env, names: &[&str]) {
     let owner = tenancy_test_support::connect(env._db.config_as(OWNER_ROLE)).await;
+    target_ledger_on(&owner, names).await;
+}
+
+/// [`target_ledger`] in the database of `owner`.
+async fn target_ledger_on(owner: &Client, names: &[&str]) {
     owner
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS public.invoicing_migrations (
@@ -219,11 +238,21 @@ async fn import(
     source: &Client,
     slug: &str,
 ) -> Result<legacy::LegacySummary, tenancy_transfer::Error> {
+    import_at(env, source, slug, Placement::Pooled).await
+}
+
+/// [`import`] into a new tenant at `placement`.
+async fn import_at(
+    env: &mut Env,
+    source: &Client,
+    slug: &str,
+    placement: Placement,
+) -> Result<legacy::LegacySummary, tenancy_transfer::Error> {
     let identity = legacy::source_identity(source).await?;
     let tenant = match legacy::recorded(&env.catalog, &identity).await? {
         Some(r) => r.tenant,
         None => {
-            let t = env.tenant(slug, Placement::Pooled).await;
+            let t = env.tenant(slug, placement).await;
             legacy::record(&env.catalog, &identity, t).await?;
             t
         }
@@ -640,4 +669,209 @@ async fn a_target_trigger_that_changes_rows_is_caught_by_reading_the_table_back(
     );
     assert!(tenant_rows(&env, tenant).await.iter().all(|t| t.is_empty()));
     assert_eq!(staging_tables(&env, tenant).await, vec![]);
+}
+
+/// The keys, foreign keys, indexes and row-level security of the app's tables in the
+/// database of `owner`, as text, sorted.
+async fn schema_of(owner: &Client) -> Vec<String> {
+    owner
+        .query(
+            "SELECT line FROM (
+               SELECT format('%s %I %s %s', c.conrelid::regclass, c.conname,
+                             pg_get_constraintdef(c.oid), c.convalidated) AS line
+                 FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid
+                WHERE r.relnamespace = 'invoicing'::regnamespace
+               UNION ALL
+               SELECT pg_get_indexdef(i.indexrelid) || ' ' || i.indisprimary || i.indisunique
+                 FROM pg_index i JOIN pg_class r ON r.oid = i.indrelid
+                WHERE r.relnamespace = 'invoicing'::regnamespace
+               UNION ALL
+               SELECT format('%s %s %s', r.oid::regclass, r.relrowsecurity, r.relforcerowsecurity)
+                 FROM pg_class r WHERE r.relnamespace = 'invoicing'::regnamespace AND r.relkind = 'r'
+             ) s ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("schema")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// A dedicated tenant's database made ready for imports of the example app: the row
+/// types the tests compare with, the ledger. Returns the owner on it.
+async fn dedicated(env: &mut Env, slug: &str) -> (TenantId, Client) {
+    let tenant = env.tenant(slug, Placement::Dedicated).await;
+    let owner = tenant_owner(env, tenant).await;
+    row_types_on(&owner).await;
+    target_ledger_on(&owner, &["0001_invoicing", "0002_notes"]).await;
+    (tenant, owner)
+}
+
+#[tokio::test]
+async fn a_dedicated_tenant_is_loaded_with_its_keys_rebuilt_and_its_schema_unchanged() {
+    let mut env = env_with(invoicing_app()).await;
+    let (tenant, owner) = dedicated(&mut env, "solo-co").await;
+    let before = schema_of(&owner).await;
+    assert!(
+        before
+            .iter()
+            .any(|l| l.contains("FOREIGN KEY (tenant_id, invoice_id)")),
+        "{before:?}"
+    );
+    let (_, c) = source_db(&env, "solo", SINGLE_TENANT_SCHEMA).await;
+    fill(&c, "solo", 40, 3).await;
+    let identity = legacy::source_identity(&c).await.expect("identity");
+    legacy::record(&env.catalog, &identity, tenant)
+        .await
+        .expect("record");
+    let summary = import_at(&mut env, &c, "unused", Placement::Dedicated)
+        .await
+        .expect("import");
+    assert_eq!(summary.tenant, tenant);
+    assert!(summary.rebuilt && !summary.already, "{summary}");
+    assert!(
+        summary
+            .phases
+            .iter()
+            .any(|(p, _)| p == "validate foreign keys"),
+        "{:?}",
+        summary.phases
+    );
+    let want = source_rows(&c).await;
+    assert_eq!(
+        summary.rows(),
+        want.iter().map(|t| t.len() as u64).sum::<u64>()
+    );
+    assert_eq!(tenant_rows(&env, tenant).await, want);
+    assert_eq!(
+        schema_of(&owner).await,
+        before,
+        "the schema is as the migrations made it"
+    );
+    // The keys work again: a duplicate is refused, and the identity sequence was raised.
+    let mut tx = env.router.begin(tenant).await.expect("begin");
+    let dup = tx
+        .execute(
+            "INSERT INTO invoicing.customers (id, name, email)
+             SELECT id, name, 'other-' || email FROM invoicing.customers LIMIT 1",
+            &[],
+        )
+        .await;
+    assert!(dup.is_err(), "the primary key was rebuilt");
+    drop(tx);
+    let mut tx = env.router.begin(tenant).await.expect("begin");
+    let id: i64 = tx
+        .query_one(
+            "INSERT INTO invoicing.notes (customer_id, body)
+             SELECT id, 'after' FROM invoicing.customers LIMIT 1 RETURNING id",
+            &[],
+        )
+        .await
+        .expect("a new note after the import")
+        .get(0);
+    assert!(id > 40, "new note id {id}, imported ids up to 40");
+    tx.rollback().await.expect("rollback");
+    // Run again: the tenant holds exactly the source's rows; nothing is written.
+    let again = import_at(&mut env, &c, "unused", Placement::Dedicated)
+        .await
+        .expect("second run");
+    assert!(again.already, "{again}");
+    assert_eq!(tenant_rows(&env, tenant).await, want);
+}
+
+#[tokio::test]
+async fn a_dangling_reference_in_the_source_fails_the_import_and_leaves_nothing() {
+    let mut env = env_with(invoicing_app()).await;
+    let (tenant, owner) = dedicated(&mut env, "dangling-co").await;
+    let before = schema_of(&owner).await;
+    let (_, c) = source_db(&env, "dangling", SINGLE_TENANT_SCHEMA).await;
+    fill(&c, "dangling", 10, 2).await;
+    c.batch_execute(
+        "ALTER TABLE invoicing.line_items DROP CONSTRAINT line_items_invoice_id_fkey;
+         INSERT INTO invoicing.line_items (invoice_id, description, quantity, unit_price_cents)
+         VALUES ('00000000-0000-0000-0000-0000000000ff', 'orphan', 1, 1);",
+    )
+    .await
+    .expect("a dangling line item");
+    let identity = legacy::source_identity(&c).await.expect("identity");
+    legacy::record(&env.catalog, &identity, tenant)
+        .await
+        .expect("record");
+    let err = import_at(&mut env, &c, "unused", Placement::Dedicated)
+        .await
+        .expect_err("a dangling reference is refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("references a row it does not hold") && text.contains("nothing was imported"),
+        "{text}"
+    );
+    assert!(tenant_rows(&env, tenant).await.iter().all(|t| t.is_empty()));
+    assert_eq!(schema_of(&owner).await, before, "the dropped keys are back");
+    assert_eq!(
+        legacy::recorded(&env.catalog, &identity)
+            .await
+            .expect("record"),
+        Some(legacy::Recorded {
+            tenant,
+            done: false
+        })
+    );
+
+    // The same source into a pooled tenant: the per-row check refuses it too.
+    let pooled = env.tenant("dangling-pooled", Placement::Pooled).await;
+    row_types(&env).await;
+    target_ledger(&env, &["0001_invoicing", "0002_notes"]).await;
+    let err = legacy::import_database(
+        &env.router,
+        &env.catalog,
+        &env.access,
+        &c,
+        pooled,
+        &opts(),
+        &tenancy_transfer::NoProgress,
+    )
+    .await
+    .expect_err("a dangling reference is refused");
+    // The foreign-key error ends the tenant's transaction; the statement that reports it
+    // may be a later one.
+    assert!(err.to_string().contains("transaction"), "{err}");
+    assert!(tenant_rows(&env, pooled).await.iter().all(|t| t.is_empty()));
+    assert_eq!(staging_tables(&env, pooled).await, vec![]);
+}
+
+#[tokio::test]
+async fn a_schema_the_rebuild_would_change_is_refused_and_left_as_it_was() {
+    let mut env = env_with(invoicing_app()).await;
+    let (tenant, owner) = dedicated(&mut env, "commented-co").await;
+    // A comment on an index is not part of its definition: rebuilt, it would be lost.
+    owner
+        .batch_execute("COMMENT ON INDEX invoicing.line_items_invoice_idx IS 'by invoice'")
+        .await
+        .expect("comment");
+    let before = schema_of(&owner).await;
+    let (_, c) = source_db(&env, "commented", SINGLE_TENANT_SCHEMA).await;
+    fill(&c, "commented", 5, 2).await;
+    let identity = legacy::source_identity(&c).await.expect("identity");
+    legacy::record(&env.catalog, &identity, tenant)
+        .await
+        .expect("record");
+    let err = import_at(&mut env, &c, "unused", Placement::Dedicated)
+        .await
+        .expect_err("a schema the rebuild changes is refused");
+    assert!(
+        err.to_string().contains("not what the migrations made"),
+        "{err}"
+    );
+    assert!(tenant_rows(&env, tenant).await.iter().all(|t| t.is_empty()));
+    assert_eq!(schema_of(&owner).await, before);
+    let comment: Option<String> = owner
+        .query_one(
+            "SELECT obj_description('invoicing.line_items_invoice_idx'::regclass, 'pg_class')",
+            &[],
+        )
+        .await
+        .expect("comment")
+        .get(0);
+    assert_eq!(comment.as_deref(), Some("by invoice"));
 }
