@@ -74,8 +74,7 @@ use serde_json::json;
 use tenancy_axum::access::AccessSink;
 use tenancy_axum::jwt::{JwtConfig, JwtIssuer, JwtKey, TenantClaim};
 use tenancy_axum::{HttpError, Source, Tenancy, Tx};
-use tenancy_catalog::{NewCluster, NewTenant};
-use tenancy_core::{ContextKey, Placement, TenantId, TenantState};
+use tenancy_core::{ContextKey, TenantId};
 use tenancy_insights::anomaly::simulate::{
     evaluate, run_with, Batch, Batcher, Evaluation, SimOptions, Simulation, StaticDetector,
     MAX_ROWS,
@@ -83,7 +82,7 @@ use tenancy_insights::anomaly::simulate::{
 use tenancy_insights::anomaly::{
     AccessEvent, AccessKind, AnomalyFeed, DetectorOptions, Fingerprint,
 };
-use tenancy_sdk::bootstrap::{OWNER_ROLE, RUNTIME_ROLE};
+use tenancy_sdk::bootstrap::RUNTIME_ROLE;
 use tenancy_sdk::{ClusterCredentials, Observer, Outcome, PoolOptions, Router, RouterOptions};
 
 use crate::report::Report;
@@ -344,45 +343,7 @@ async fn server(env: &Env, key: ContextKey, sink: &Arc<ReplaySink>) -> Result<St
 /// Registers the simulated tenants (pooled, active) and seeds their rows: `MAX_ROWS`
 /// rows each, every payload as long as the tenant's row size.
 async fn provision(env: &Env, tenants: &[(TenantId, u64)]) -> Result<()> {
-    let mut owner = tenancy_pg::connect(&env.cluster.config_as(OWNER_ROLE, DB))
-        .await
-        .context("connecting as the owner")?;
-    tenancy_catalog::migrate(&mut owner)
-        .await
-        .context("migrating the catalog")?;
-    let region = "bench".parse().context("region")?;
-    tenancy_catalog::add_region(&owner, &region, "Benchmark").await?;
-    tenancy_catalog::add_cluster(
-        &owner,
-        &NewCluster {
-            name: "bench".into(),
-            region: region.clone(),
-            location: tenancy_catalog::ClusterLocation {
-                host: env.cluster.socket_dir().display().to_string(),
-                port: env.cluster.port(),
-                dbname: DB.into(),
-            },
-            capacity: 10_000,
-        },
-    )
-    .await?;
-    for (i, (id, _)) in tenants.iter().enumerate() {
-        let t = tenancy_catalog::create_tenant(
-            &mut owner,
-            &NewTenant {
-                id: Some(*id),
-                slug: format!("sim-{i:03}").parse()?,
-                display_name: format!("Simulated {i}"),
-                plan: "pro".parse()?,
-                region: region.clone(),
-                placement: Placement::Pooled,
-            },
-            "bench",
-        )
-        .await
-        .context("creating a tenant")?;
-        tenancy_catalog::set_state(&mut owner, t.id, TenantState::Active, "bench", "bench").await?;
-    }
+    crate::setup::register_pooled_tenants(env, tenants.iter().map(|(id, _)| *id), "sim").await?;
     let su = env.cluster.connect(DB).await.context("connecting")?;
     let ids: Vec<uuid::Uuid> = tenants.iter().map(|(t, _)| t.as_uuid()).collect();
     let sizes: Vec<i32> = tenants

@@ -17,17 +17,16 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use tenancy_axum::jwt::{JwtConfig, JwtIssuer, JwtKey, TenantClaim};
 use tenancy_axum::{HttpError, Source, Tenancy, Tx};
-use tenancy_catalog::{NewCluster, NewTenant};
-use tenancy_core::{Placement, TenantId, TenantState};
+use tenancy_core::TenantId;
 use tenancy_insights::anomaly::{AnomalyFeed, DetectorOptions};
-use tenancy_sdk::bootstrap::{OWNER_ROLE, RUNTIME_ROLE};
+use tenancy_sdk::bootstrap::RUNTIME_ROLE;
 use tenancy_sdk::{ClusterCredentials, PoolOptions, Router, RouterOptions};
 use uuid::Uuid;
 
 use crate::bare;
 use crate::harness::{self, Sample, Settings, Variants, CONCURRENCY};
 use crate::report::Report;
-use crate::setup::{expected_payload, Env, DB, ROWS_PER_TENANT, TENANTS};
+use crate::setup::{expected_payload, Env, ROWS_PER_TENANT, TENANTS};
 
 const OURS: &str = "ours";
 const BARE: &str = "bare";
@@ -43,47 +42,12 @@ const BARE_SQL: &str = "SELECT payload FROM items_plain WHERE tenant_id = $1 AND
 
 /// Registers the seeded tenants in a catalog in `bench` (idempotent per process run).
 pub(crate) async fn catalog(env: &Env) -> Result<()> {
-    let mut owner = tenancy_pg::connect(&env.cluster.config_as(OWNER_ROLE, DB))
-        .await
-        .context("connecting as the owner")?;
-    tenancy_catalog::migrate(&mut owner)
-        .await
-        .context("migrating the catalog")?;
-    let region = "bench".parse().context("region")?;
-    tenancy_catalog::add_region(&owner, &region, "Benchmark").await?;
-    tenancy_catalog::add_cluster(
-        &owner,
-        &NewCluster {
-            name: "bench".into(),
-            region: region.clone(),
-            location: tenancy_catalog::ClusterLocation {
-                host: env.cluster.socket_dir().display().to_string(),
-                port: env.cluster.port(),
-                dbname: DB.into(),
-            },
-            capacity: 10_000,
-        },
-    )
-    .await?;
-    for (i, t) in env.tenants.iter().enumerate() {
-        let id = TenantId::from_uuid(*t)?;
-        let t = tenancy_catalog::create_tenant(
-            &mut owner,
-            &NewTenant {
-                id: Some(id),
-                slug: format!("bench-{i:03}").parse()?,
-                display_name: format!("Bench {i}"),
-                plan: "pro".parse()?,
-                region: region.clone(),
-                placement: Placement::Pooled,
-            },
-            "bench",
-        )
-        .await
-        .context("creating a tenant")?;
-        tenancy_catalog::set_state(&mut owner, t.id, TenantState::Active, "bench", "bench").await?;
-    }
-    Ok(())
+    let ids = env
+        .tenants
+        .iter()
+        .map(|t| TenantId::from_uuid(*t))
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::setup::register_pooled_tenants(env, ids, "bench").await
 }
 
 pub(crate) fn token(tenant: Uuid) -> Result<String> {

@@ -284,3 +284,54 @@ pub(crate) fn check_payload(payload: &str, tenant: Uuid, id: i64) -> anyhow::Res
     );
     Ok(())
 }
+
+/// Migrates the catalog in the bench database, registers region and cluster `bench` there
+/// (this cluster's socket) and each of `tenants` as an active pooled tenant
+/// `<slug_prefix>-NNN`.
+pub(crate) async fn register_pooled_tenants(
+    env: &Env,
+    tenants: impl IntoIterator<Item = tenancy_core::TenantId>,
+    slug_prefix: &str,
+) -> Result<()> {
+    use tenancy_catalog::{ClusterLocation, NewCluster, NewTenant};
+    use tenancy_core::{Placement, TenantState};
+
+    let mut owner = tenancy_pg::connect(
+        &env.cluster
+            .config_as(tenancy_sdk::bootstrap::OWNER_ROLE, DB),
+    )
+    .await
+    .context("connecting as the owner")?;
+    tenancy_catalog::migrate(&mut owner)
+        .await
+        .context("migrating the catalog")?;
+    let region: tenancy_core::RegionId = "bench".parse().context("region")?;
+    tenancy_catalog::add_region(&owner, &region, "Benchmark").await?;
+    let location = ClusterLocation {
+        host: env.cluster.socket_dir().display().to_string(),
+        port: env.cluster.port(),
+        dbname: DB.into(),
+    };
+    let cluster = NewCluster {
+        name: "bench".into(),
+        region: region.clone(),
+        location,
+        capacity: 10_000,
+    };
+    tenancy_catalog::add_cluster(&owner, &cluster).await?;
+    for (i, id) in tenants.into_iter().enumerate() {
+        let tenant = NewTenant {
+            id: Some(id),
+            slug: format!("{slug_prefix}-{i:03}").parse()?,
+            display_name: format!("{slug_prefix} {i}"),
+            plan: "pro".parse()?,
+            region: region.clone(),
+            placement: Placement::Pooled,
+        };
+        let t = tenancy_catalog::create_tenant(&mut owner, &tenant, "bench")
+            .await
+            .context("creating a tenant")?;
+        tenancy_catalog::set_state(&mut owner, t.id, TenantState::Active, "bench", "bench").await?;
+    }
+    Ok(())
+}

@@ -216,19 +216,9 @@ async fn measure(cluster: &Cluster, runs: usize) -> Result<()> {
             inspect_s = Some(t.elapsed().as_secs_f64());
             anyhow::ensure!(!report.blocked(), "the source does not fit:\n{report}");
         }
-        let t = Instant::now();
-        let summary = legacy::import_database(
-            &router,
-            &owner,
-            &access,
-            &source,
-            tenant,
-            &LegacyOptions::default(),
-            &tenancy_transfer::NoProgress,
-        )
-        .await
-        .context("importing the source")?;
-        let elapsed = t.elapsed();
+        let (summary, elapsed) = timed_import(&router, &owner, &access, &source, tenant)
+            .await
+            .context("importing the source")?;
         anyhow::ensure!(
             summary.rows() == ROWS,
             "the import verified {} rows",
@@ -258,19 +248,9 @@ async fn measure(cluster: &Cluster, runs: usize) -> Result<()> {
             Placement::Dedicated,
         )
         .await?;
-        let t = Instant::now();
-        let summary = legacy::import_database(
-            &router,
-            &owner,
-            &access,
-            &source,
-            tenant,
-            &LegacyOptions::default(),
-            &tenancy_transfer::NoProgress,
-        )
-        .await
-        .context("importing the source into a dedicated tenant")?;
-        let elapsed = t.elapsed();
+        let (summary, elapsed) = timed_import(&router, &owner, &access, &source, tenant)
+            .await
+            .context("importing the source into a dedicated tenant")?;
         anyhow::ensure!(
             summary.rows() == ROWS && summary.rebuilt,
             "the dedicated import verified {} rows (keys rebuilt: {})",
@@ -466,4 +446,26 @@ pub(crate) async fn provision(
         "provisioning {slug}: {wf:?}"
     );
     Ok(t.id)
+}
+
+/// `legacy::import_database` of `source` into `tenant`, and how long it took.
+async fn timed_import(
+    router: &Router,
+    owner: &Client,
+    access: &ClusterAccess,
+    source: &Client,
+    tenant: TenantId,
+) -> Result<(legacy::LegacySummary, Duration)> {
+    let t = Instant::now();
+    let summary = legacy::import_database(
+        router,
+        owner,
+        access,
+        source,
+        tenant,
+        &LegacyOptions::default(),
+        &tenancy_transfer::NoProgress,
+    )
+    .await?;
+    Ok((summary, t.elapsed()))
 }

@@ -68,7 +68,7 @@ pub(super) async fn load(
         ))
         .await
         .map_err(Error::db("opening the owner's transaction"))?;
-    match in_transaction(source, owner, tenant, plans, progress, phases).await {
+    match in_transaction(phases, source, owner, tenant, plans, progress).await {
         Ok(done) => {
             owner
                 .batch_execute("COMMIT")
@@ -84,13 +84,14 @@ pub(super) async fn load(
     }
 }
 
+/// `load` inside the owner's open transaction.
 async fn in_transaction(
+    phases: &mut Phases,
     source: &Client,
     owner: &Client,
     tenant: TenantId,
     plans: &[TablePlan],
     progress: &dyn Progress,
-    phases: &mut Phases,
 ) -> Result<Bulk, Error> {
     // Binary COPY carries text as the database's bytes: only between equal encodings.
     let encoding =
@@ -175,13 +176,7 @@ async fn in_transaction(
         "dropping the keys and indexes of the tenant's tables",
     ))?;
     for p in plans {
-        let sql = format!("SELECT EXISTS (SELECT 1 FROM {})", p.target);
-        if owner
-            .query_one(sql.as_str(), &[])
-            .await
-            .map_err(Error::db(format!("reading table {}", p.display)))?
-            .get::<_, bool>(0)
-        {
+        if any_row(owner, p, "").await? {
             return Err(Error::Refused(format!(
                 "table {} of the tenant's database already has rows: import into a new, empty tenant",
                 p.display
@@ -237,35 +232,14 @@ async fn in_transaction(
                 p.display, back.rows, back.checksum, read.rows, read.checksum
             )));
         }
-        let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM {} WHERE tenant_id IS DISTINCT FROM {tenant_literal})",
-            p.target
-        );
-        if owner
-            .query_one(sql.as_str(), &[])
-            .await
-            .map_err(Error::db(format!("reading table {}", p.display)))?
-            .get::<_, bool>(0)
-        {
+        let other = format!(" WHERE tenant_id IS DISTINCT FROM {tenant_literal}");
+        if any_row(owner, p, &other).await? {
             return Err(Error::Refused(format!(
                 "after loading, table {} holds rows of another tenant; nothing was imported",
                 p.display
             )));
         }
-        for (col, seq) in &p.sequences {
-            let sql = format!("SELECT max({col})::bigint FROM {}", p.target);
-            let max: Option<i64> = owner
-                .query_one(sql.as_str(), &[])
-                .await
-                .map_err(Error::db(format!(
-                    "reading the largest key of {}",
-                    p.display
-                )))?
-                .get(0);
-            if let Some(max) = max {
-                bumps.push((seq.clone(), max));
-            }
-        }
+        super::import::sequence_bumps(owner, p, &mut bumps).await?;
         tables.push(back);
     }
     phases.lap("verify rows");
@@ -351,17 +325,7 @@ async fn copy_table(
 ) -> Result<TableSummary, Error> {
     let format = if p.binary { " (FORMAT binary)" } else { "" };
     let what = format!("reading table {} of the source", p.display);
-    let out = source
-        .copy_out(
-            format!(
-                "COPY (SELECT {} FROM {}) TO STDOUT{format}",
-                p.compared.join(", "),
-                p.source
-            )
-            .as_str(),
-        )
-        .await
-        .map_err(Error::db(what.clone()))?;
+    let out = copy_out_compared(source, p, &p.source, "", &what).await?;
     let cols: Vec<&str> = p.inserted.iter().map(|(c, _)| c.as_str()).collect();
     let failed = |e: tokio_postgres::Error| {
         Error::Refused(format!(
@@ -448,19 +412,9 @@ async fn copy_table(
 /// The count and checksum of the tenant's rows of `p` as the table holds them, in the
 /// form the source's were read.
 async fn read_back(owner: &Client, p: &TablePlan, tenant: &str) -> Result<TableSummary, Error> {
-    let format = if p.binary { " (FORMAT binary)" } else { "" };
     let what = format!("reading back table {}", p.display);
-    let out = owner
-        .copy_out(
-            format!(
-                "COPY (SELECT {} FROM {} WHERE tenant_id = {tenant}) TO STDOUT{format}",
-                p.compared.join(", "),
-                p.target
-            )
-            .as_str(),
-        )
-        .await
-        .map_err(Error::db(what.clone()))?;
+    let filter = format!(" WHERE tenant_id = {tenant}");
+    let out = copy_out_compared(owner, p, &p.target, &filter, &what).await?;
     futures_util::pin_mut!(out);
     let mut rows = Rows::new(p.binary, false);
     while let Some(chunk) = out.next().await {
@@ -609,4 +563,34 @@ impl Rows {
         }
         Ok(self.sum)
     }
+}
+
+/// Starts `COPY (SELECT <p's compared columns> FROM <table><filter>) TO STDOUT`, binary
+/// when `p` is copied in binary.
+async fn copy_out_compared(
+    client: &Client,
+    p: &TablePlan,
+    table: &str,
+    filter: &str,
+    what: &str,
+) -> Result<tokio_postgres::CopyOutStream, Error> {
+    let format = if p.binary { " (FORMAT binary)" } else { "" };
+    let sql = format!(
+        "COPY (SELECT {} FROM {table}{filter}) TO STDOUT{format}",
+        p.compared.join(", ")
+    );
+    client
+        .copy_out(sql.as_str())
+        .await
+        .map_err(Error::db(what.to_owned()))
+}
+
+/// Whether `p`'s target table holds a row (matching `filter`, a WHERE clause or empty).
+async fn any_row(owner: &Client, p: &TablePlan, filter: &str) -> Result<bool, Error> {
+    let sql = format!("SELECT EXISTS (SELECT 1 FROM {}{filter})", p.target);
+    Ok(owner
+        .query_one(sql.as_str(), &[])
+        .await
+        .map_err(Error::db(format!("reading table {}", p.display)))?
+        .get::<_, bool>(0))
 }

@@ -260,20 +260,7 @@ async fn load(
                 p.display, back.rows, back.checksum, staged.rows, staged.checksum
             )));
         }
-        for (col, seq) in &p.sequences {
-            let sql = format!("SELECT max({col})::bigint FROM {}", p.target);
-            let max: Option<i64> = target
-                .query_one(sql.as_str(), &[])
-                .await
-                .map_err(Error::db(format!(
-                    "reading the largest key of {}",
-                    p.display
-                )))?
-                .get(0);
-            if let Some(max) = max {
-                bumps.push((seq.clone(), max));
-            }
-        }
+        sequence_bumps(target, p, &mut bumps).await?;
         tables.push(back);
         phases.lap(&match plans.get(i + 1) {
             Some(n) => format!("insert {} (staging {} beside)", p.display, n.display),
@@ -540,4 +527,28 @@ async fn insert_staged(
         lines.feed(&chunk, |n| progress.rows(n));
     }
     Ok(lines.end(&p.display)?.summary(&p.display))
+}
+
+/// Adds to `bumps` each of `p`'s sequences with the largest key its column holds in the
+/// target (none when the table is empty).
+pub(super) async fn sequence_bumps(
+    client: &Client,
+    p: &TablePlan,
+    bumps: &mut Vec<(String, i64)>,
+) -> Result<(), Error> {
+    for (col, seq) in &p.sequences {
+        let sql = format!("SELECT max({col})::bigint FROM {}", p.target);
+        let max: Option<i64> = client
+            .query_one(sql.as_str(), &[])
+            .await
+            .map_err(Error::db(format!(
+                "reading the largest key of {}",
+                p.display
+            )))?
+            .get(0);
+        if let Some(max) = max {
+            bumps.push((seq.clone(), max));
+        }
+    }
+    Ok(())
 }

@@ -133,41 +133,44 @@ impl StaticDetector {
         let hour = e.at / 3600;
         self.advance(hour);
         let c = self.counts.entry(e.tenant).or_default();
-        match e.kind {
-            AccessKind::Response {
-                status,
-                id_lookup,
-                rows,
-                bytes,
-            } => {
-                c[0] += 1;
-                if id_lookup && status == 404 {
-                    c[1] += 1;
-                }
-                if rows > Self::HEAVY_ROWS || bytes > Self::HEAVY_BYTES {
-                    c[4] += 1;
-                }
-                if let (Some(s), true) = (e.subject, status < 400) {
-                    let day = hour / 24;
-                    let st = self
-                        .subjects
-                        .entry(s)
-                        .or_insert((e.tenant, day, Vec::new()));
-                    if st.1 != day {
-                        st.1 = day;
-                        st.2.clear();
-                    }
-                    if !st.2.contains(&e.tenant) {
-                        st.2.push(e.tenant);
-                        if st.2.len() >= Self::TENANTS_PER_DAY {
-                            let home = st.0;
-                            self.alert(home, 5, hour);
-                        }
-                    }
+        let AccessKind::Response {
+            status,
+            id_lookup,
+            rows,
+            bytes,
+        } = e.kind
+        else {
+            match e.kind {
+                AccessKind::ContextRefused => c[2] += 1,
+                AccessKind::TenantMismatch => c[3] += 1,
+                AccessKind::Response { .. } => {}
+            }
+            return;
+        };
+        c[0] += 1;
+        if id_lookup && status == 404 {
+            c[1] += 1;
+        }
+        if rows > Self::HEAVY_ROWS || bytes > Self::HEAVY_BYTES {
+            c[4] += 1;
+        }
+        if let (Some(s), true) = (e.subject, status < 400) {
+            let day = hour / 24;
+            let st = self
+                .subjects
+                .entry(s)
+                .or_insert((e.tenant, day, Vec::new()));
+            if st.1 != day {
+                st.1 = day;
+                st.2.clear();
+            }
+            if !st.2.contains(&e.tenant) {
+                st.2.push(e.tenant);
+                if st.2.len() >= Self::TENANTS_PER_DAY {
+                    let home = st.0;
+                    self.alert(home, 5, hour);
                 }
             }
-            AccessKind::ContextRefused => c[2] += 1,
-            AccessKind::TenantMismatch => c[3] += 1,
         }
     }
 
