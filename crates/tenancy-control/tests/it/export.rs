@@ -71,7 +71,12 @@ async fn rows(pool: &TenantPool, t: TenantId, n: i64, tag: &str) {
 }
 
 async fn wait_active(port: u16, t: TenantId) {
-    eventually("the tenant active", || async {
+    wait_state(port, t, "active").await;
+}
+
+/// Waits until the API shows tenant `t` in `state`.
+async fn wait_state(port: u16, t: TenantId, state: &str) {
+    eventually(&format!("the tenant {state}"), || async {
         let r = http(
             port,
             FROM,
@@ -81,7 +86,7 @@ async fn wait_active(port: u16, t: TenantId) {
             None,
         )
         .await;
-        (r.body["state"] == "active").then_some(())
+        (r.body["state"] == state).then_some(())
     })
     .await;
 }
@@ -423,19 +428,7 @@ async fn an_export_is_refused_without_a_token_for_an_unknown_tenant_and_while_it
     )
     .await;
     assert_eq!(r.status, 202, "{}", r.body);
-    eventually("the tenant suspended", || async {
-        let r = http(
-            port,
-            FROM,
-            "GET",
-            &format!("/v1/tenants/{t}"),
-            &[AUTH],
-            None,
-        )
-        .await;
-        (r.body["state"] == "suspended").then_some(())
-    })
-    .await;
+    wait_state(port, t, "suspended").await;
     let a = export(port, "refused", &[AUTH]).await;
     assert_eq!(a.status, 409);
     let p = problem(&a);

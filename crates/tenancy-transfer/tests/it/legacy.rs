@@ -333,15 +333,7 @@ async fn three_single_tenant_databases_become_pooled_tenants_that_see_only_their
     // Each source's note ids start at 1: the composite keys keep them apart, and the shared
     // sequence was raised past every imported id, so a new note does not collide.
     let mut tx = env.router.begin(tenants[2]).await.expect("begin");
-    let id: i64 = tx
-        .query_one(
-            "INSERT INTO invoicing.notes (customer_id, body)
-             SELECT id, 'after' FROM invoicing.customers LIMIT 1 RETURNING id",
-            &[],
-        )
-        .await
-        .expect("a new note after the import")
-        .get(0);
+    let id = new_note(&mut tx).await;
     assert!(id > 45, "new note id {id}, imported ids up to 45");
     tx.commit().await.expect("commit");
 
@@ -761,15 +753,7 @@ async fn a_dedicated_tenant_is_loaded_with_its_keys_rebuilt_and_its_schema_uncha
     assert!(dup.is_err(), "the primary key was rebuilt");
     drop(tx);
     let mut tx = env.router.begin(tenant).await.expect("begin");
-    let id: i64 = tx
-        .query_one(
-            "INSERT INTO invoicing.notes (customer_id, body)
-             SELECT id, 'after' FROM invoicing.customers LIMIT 1 RETURNING id",
-            &[],
-        )
-        .await
-        .expect("a new note after the import")
-        .get(0);
+    let id = new_note(&mut tx).await;
     assert!(id > 40, "new note id {id}, imported ids up to 40");
     tx.rollback().await.expect("rollback");
     // Run again: the tenant holds exactly the source's rows; nothing is written.
@@ -874,4 +858,17 @@ async fn a_schema_the_rebuild_would_change_is_refused_and_left_as_it_was() {
         .expect("comment")
         .get(0);
     assert_eq!(comment.as_deref(), Some("by invoice"));
+}
+
+/// Inserts a note for one of the tenant's customers and returns its id (from the shared
+/// sequence, which the import must have raised past every imported id).
+async fn new_note(tx: &mut tenancy_sdk::TenantTx) -> i64 {
+    tx.query_one(
+        "INSERT INTO invoicing.notes (customer_id, body)
+         SELECT id, 'after' FROM invoicing.customers LIMIT 1 RETURNING id",
+        &[],
+    )
+    .await
+    .expect("a new note after the import")
+    .get(0)
 }
